@@ -1,0 +1,1 @@
+"""Snapshots (immutable, versioned sets of resources) and the cache that serves them."""

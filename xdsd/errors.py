@@ -1,0 +1,84 @@
+"""The one error hierarchy of xdsd.
+
+Every error a user can cause carries structured fields (file, line, field path) so that
+it can be printed as ``path:line: field: message`` and also inspected by tests and by the
+admin server. Nothing here imports anything else from xdsd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Severity(Enum):
+    """How bad a problem found while loading configuration is."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem found in configuration: where it is and what is wrong.
+
+    ``path`` is the file (as given, relative or absolute), ``line`` is 1-based (0 when the
+    problem concerns the whole file or no file at all), ``field`` is the dotted/indexed field
+    path inside the document (``http[0].route[1].weight``), empty when the problem is with
+    the document as a whole.
+    """
+
+    path: str
+    line: int
+    field: str
+    message: str
+    severity: Severity = Severity.ERROR
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        kind = "" if self.severity is Severity.ERROR else "warning: "
+        if self.field:
+            return f"{where}: {kind}{self.field}: {self.message}"
+        return f"{where}: {kind}{self.message}"
+
+    def as_warning(self) -> Problem:
+        """The same problem with warning severity."""
+        return Problem(self.path, self.line, self.field, self.message, Severity.WARNING)
+
+    def as_error(self) -> Problem:
+        """The same problem with error severity."""
+        return Problem(self.path, self.line, self.field, self.message, Severity.ERROR)
+
+
+class XdsdError(Exception):
+    """Base of every error xdsd raises on purpose."""
+
+
+class ConfigError(XdsdError):
+    """Configuration could not be loaded; ``problems`` lists every error found (at least one).
+
+    The whole load is refused: callers keep whatever they had before.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class TranslationError(XdsdError):
+    """A loaded mesh cannot be turned into configuration for one node (e.g. an address
+    collision between two of its listeners). ``problems`` says why."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class InconsistentSnapshotError(XdsdError):
+    """A snapshot references resources it does not contain (a bug in translation or an
+    inconsistent raw Envoy resource); it is never published."""
+
+
+class UsageError(XdsdError):
+    """A command was called with arguments that cannot work (the CLI exits 2)."""

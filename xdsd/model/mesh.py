@@ -1,0 +1,103 @@
+"""``Mesh``: everything loaded from one config directory, indexed for translation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsd.model.rules import DestinationRule, VirtualService
+from xdsd.model.service import DOMAIN_SUFFIX, NO_ORIGIN, Origin, ResourceKey, Service
+
+
+@dataclass(frozen=True, slots=True)
+class RawResource:
+    """A raw Envoy resource passed through unchanged (the escape hatch).
+
+    ``payload`` is the message's deterministic wire encoding, already validated against
+    its proto by the source that read it; ``type_url`` names its message type.
+    """
+
+    type_url: str
+    name: str
+    payload: bytes
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    """An immutable, cross-checked set of resources.
+
+    Tuples are sorted by key so that the same files always give the same mesh, whatever
+    the order they were read in. Lookups are by host name as a rule written in
+    ``namespace`` would mean it.
+    """
+
+    services: tuple[Service, ...] = ()
+    virtual_services: tuple[VirtualService, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    raw_resources: tuple[RawResource, ...] = ()
+    _hosts: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
+    _rules: dict[ResourceKey, DestinationRule] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", tuple(sorted(self.services, key=lambda s: s.key)))
+        object.__setattr__(
+            self, "virtual_services", tuple(sorted(self.virtual_services, key=lambda v: v.key))
+        )
+        object.__setattr__(
+            self, "destination_rules", tuple(sorted(self.destination_rules, key=lambda d: d.key))
+        )
+        object.__setattr__(
+            self,
+            "raw_resources",
+            tuple(sorted(self.raw_resources, key=lambda r: (r.type_url, r.name))),
+        )
+        for svc in self.services:
+            self._hosts.setdefault(svc.fqdn, svc)
+            for host in svc.hosts:
+                self._hosts.setdefault(host, svc)
+        for rule in self.destination_rules:
+            target = self.service(rule.host, rule.namespace)
+            if target is None:
+                continue
+            current = self._rules.get(target.key)
+            if current is None or (
+                current.namespace != target.namespace and rule.namespace == target.namespace
+            ):
+                self._rules[target.key] = rule
+
+    def service(self, host: str, namespace: str) -> Service | None:
+        """The service ``host`` names when written in ``namespace``.
+
+        ``reviews`` means ``reviews.<namespace>.svc.cluster.local``; ``reviews.other`` and
+        ``reviews.other.svc`` are completed the same way; full names and a service's extra
+        ``hosts`` match exactly.
+        """
+        found = self._hosts.get(host)
+        if found is not None:
+            return found
+        return self._hosts.get(qualify_host(host, namespace))
+
+    def service_by_name(self, namespace: str, name: str) -> Service | None:
+        """The service with this namespace and name."""
+        return self._hosts.get(f"{name}.{namespace}.{DOMAIN_SUFFIX}")
+
+    def destination_rule(self, service: Service) -> DestinationRule | None:
+        """The DestinationRule that applies to ``service``, preferring one in the service's
+        own namespace (Istio's lookup order), else the first by key."""
+        return self._rules.get(service.key)
+
+
+def qualify_host(host: str, namespace: str) -> str:
+    """Complete a short Kubernetes-style host name: ``a`` → ``a.ns.svc.cluster.local``,
+    ``a.b`` → ``a.b.svc.cluster.local``, ``a.b.svc`` → ``a.b.svc.cluster.local``. Other names
+    are returned unchanged."""
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.{DOMAIN_SUFFIX}"
+    if len(parts) == 2:
+        return f"{host}.{DOMAIN_SUFFIX}"
+    if len(parts) == 3 and parts[2] == "svc":
+        return f"{host}.cluster.local"
+    return host

@@ -1,0 +1,177 @@
+"""Services: what exists in the mesh, where it listens and who serves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+DEFAULT_NAMESPACE = "default"
+DOMAIN_SUFFIX = "svc.cluster.local"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a resource was read from: a file and the 1-based line its document starts on.
+
+    Origins never take part in equality, so a resource that moved in its file (or to
+    another file) but did not change compares equal and is not rebuilt.
+    """
+
+    path: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+NO_ORIGIN = Origin("<none>")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ResourceKey:
+    """The identity of a configuration resource: (kind, namespace, name)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class Protocol(Enum):
+    """The protocol a service port speaks (Istio's port protocols)."""
+
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    TCP = "TCP"
+    TLS = "TLS"
+
+    @property
+    def is_http(self) -> bool:
+        """True when Envoy can route requests on this port (HTTP connection manager)."""
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC)
+
+    @property
+    def is_http2(self) -> bool:
+        """True when upstream connections must speak HTTP/2."""
+        return self in (Protocol.HTTP2, Protocol.GRPC)
+
+
+class Resolution(Enum):
+    """How a service's endpoint addresses are resolved."""
+
+    STATIC = "STATIC"
+    DNS = "DNS"
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Locality:
+    """region/zone/subzone; any part may be empty."""
+
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Locality:
+        """Parse ``region/zone/subzone`` (trailing parts optional). Raises ValueError on
+        more than three parts."""
+        parts = text.split("/") if text else []
+        if len(parts) > 3:
+            raise ValueError(f"locality has at most 3 parts region/zone/subzone (got {text!r})")
+        parts += [""] * (3 - len(parts))
+        return cls(parts[0], parts[1], parts[2])
+
+    def __str__(self) -> str:
+        return "/".join((self.region, self.zone, self.sub_zone)).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A service port. ``number`` is what callers use (and what inbound listeners bind);
+    ``target_port`` is where the application listens behind its sidecar."""
+
+    number: int
+    protocol: Protocol
+    name: str = ""
+    target_port: int = 0
+
+    @property
+    def effective_target_port(self) -> int:
+        """``target_port``, or ``number`` when no target port was given."""
+        return self.target_port or self.number
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One instance of a service. ``ports`` overrides the target port per port name
+    (as Istio's WorkloadEntry does); empty means each port's own number."""
+
+    address: str
+    labels: tuple[tuple[str, str], ...] = ()
+    locality: Locality = Locality()
+    weight: int = 1
+    ports: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """The labels as a dict."""
+        return dict(self.labels)
+
+    def matches(self, selector: tuple[tuple[str, str], ...]) -> bool:
+        """True when every label of ``selector`` is on this endpoint with the same value."""
+        mine = dict(self.labels)
+        return all(mine.get(k) == v for k, v in selector)
+
+    def port_for(self, port: Port) -> int:
+        """The port this endpoint serves ``port`` on."""
+        for name, number in self.ports:
+            if name == port.name:
+                return number
+        return port.number
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """xdsd's own service model: a name in a namespace, its ports and endpoints.
+
+    A service answers to its short name, ``name.namespace``, its fully qualified name
+    ``name.namespace.svc.cluster.local`` (so Istio YAML written for Kubernetes works) and
+    any extra ``hosts``.
+    """
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    ports: tuple[Port, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    hosts: tuple[str, ...] = ()
+    resolution: Resolution = Resolution.STATIC
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+
+    @property
+    def key(self) -> ResourceKey:
+        """The service's identity."""
+        return ResourceKey("Service", self.namespace, self.name)
+
+    @property
+    def fqdn(self) -> str:
+        """The canonical host name, used in cluster names: ``name.namespace.svc.cluster.local``."""
+        return f"{self.name}.{self.namespace}.{DOMAIN_SUFFIX}"
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """Every name this service answers to, canonical first, without duplicates."""
+        names = [self.fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]
+        names.append(self.name)
+        names.extend(self.hosts)
+        return tuple(dict.fromkeys(names))
+
+    def port(self, number: int) -> Port | None:
+        """The port with this number, if any."""
+        for p in self.ports:
+            if p.number == number:
+                return p
+        return None

@@ -1,0 +1,190 @@
+"""Envoy resource types: type URLs, REST paths, and ``Resource``, an encoded message.
+
+A ``Resource`` is built once per snapshot: its deterministic wire encoding and the content
+hash of that encoding are computed when it is made and reused by every client it is sent
+to. This module knows protobuf; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
+from google.protobuf.message import Message
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+TypeUrl = NewType("TypeUrl", str)
+Version = NewType("Version", str)
+
+TYPE_PREFIX = "type.googleapis.com/"
+CLUSTER = TypeUrl(TYPE_PREFIX + "envoy.config.cluster.v3.Cluster")
+ENDPOINT = TypeUrl(TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment")
+LISTENER = TypeUrl(TYPE_PREFIX + "envoy.config.listener.v3.Listener")
+ROUTE = TypeUrl(TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration")
+SECRET = TypeUrl(TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret")
+
+#: The types a snapshot holds, in make-before-break push order (CDS, EDS, LDS, RDS, SDS).
+PUSH_ORDER: tuple[TypeUrl, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+
+#: Short names used in logs, the CLI and REST paths.
+SHORT_NAMES: dict[TypeUrl, str] = {
+    CLUSTER: "clusters",
+    ENDPOINT: "endpoints",
+    LISTENER: "listeners",
+    ROUTE: "routes",
+    SECRET: "secrets",
+}
+
+#: Types for which an empty subscription is a wildcard and every response is complete.
+WILDCARD_TYPES: frozenset[TypeUrl] = frozenset({CLUSTER, LISTENER})
+
+MESSAGE_CLASSES: dict[TypeUrl, type[Message]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
+}
+
+
+def type_url_of(message: Message) -> TypeUrl:
+    """The type URL of a message."""
+    return TypeUrl(TYPE_PREFIX + message.DESCRIPTOR.full_name)
+
+
+def content_hash(data: bytes) -> str:
+    """A short, stable hash of encoded content (16 hex digits of SHA-256)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def encode(message: Message) -> bytes:
+    """The deterministic wire encoding of a message (maps in key order)."""
+    return message.SerializeToString(deterministic=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A named xDS resource with its encoding and content hash.
+
+    Treat ``message`` as read-only: it is shared by every snapshot that selects this
+    resource. ``payload`` is ``encode(message)``; ``digest`` is ``content_hash(payload)``.
+    """
+
+    name: str
+    type_url: TypeUrl
+    message: Message = field(compare=False, repr=False)
+    payload: bytes = field(repr=False)
+    digest: str
+    references: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def of(cls, name: str, message: Message) -> Resource:
+        """Encode ``message`` once and wrap it, recording what it references."""
+        from xdsd.resources.references import references_of
+
+        payload = encode(message)
+        return cls(
+            name,
+            type_url_of(message),
+            message,
+            payload,
+            content_hash(payload),
+            references_of(message),
+        )
+
+    def to_any(self) -> any_pb2.Any:
+        """The resource as a ``google.protobuf.Any`` built from the cached bytes."""
+        return any_pb2.Any(type_url=self.type_url, value=self.payload)
+
+
+def pack(message: Message) -> any_pb2.Any:
+    """Pack a message into an Any (for ``typed_config`` fields)."""
+    out = any_pb2.Any()
+    out.Pack(message)
+    return out
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """proto3 JSON of a message, ``@type`` inside every Any, fields as Envoy spells them."""
+    ensure_any_types_known(message)
+    result: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True
+    )
+    return result
+
+
+def ensure_type_known(full_name: str) -> bool:
+    """Make sure the generated module defining message ``full_name`` is imported, so that
+    ``Any`` values of that type can be packed, unpacked and printed. Returns False when no
+    installed module defines it."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindMessageTypeByName(full_name)
+        return True
+    except KeyError:
+        pass
+    parts = full_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        package = ".".join(parts[:cut])
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+            if info.name.endswith("_pb2"):
+                try:
+                    importlib.import_module(f"{package}.{info.name}")
+                except ImportError:
+                    continue
+        break
+    try:
+        pool.FindMessageTypeByName(full_name)
+        return True
+    except KeyError:
+        return False
+
+
+def ensure_any_types_known(message: Message) -> None:
+    """Import the modules of every Any type nested in ``message``."""
+    for desc, value in message.ListFields():
+        if desc.message_type is None:
+            continue
+        values = value if desc.is_repeated else [value]
+        if desc.message_type.GetOptions().map_entry:
+            values = list(value.values()) if hasattr(value, "values") else []
+            if values and not isinstance(values[0], Message):
+                continue
+        for item in values:
+            if isinstance(item, any_pb2.Any):
+                full = item.type_url.rsplit("/", 1)[-1]
+                if ensure_type_known(full):
+                    inner = symbol_database.Default().GetSymbol(full)()
+                    item.Unpack(inner)
+                    ensure_any_types_known(inner)
+            elif isinstance(item, Message):
+                ensure_any_types_known(item)
+
+
+def ensure_json_types_known(value: Any) -> list[str]:
+    """Import the modules of every ``@type`` named inside a JSON value. Returns the type
+    names that no installed module defines."""
+    missing: list[str] = []
+    if isinstance(value, dict):
+        t = value.get("@type")
+        if isinstance(t, str) and not ensure_type_known(t.rsplit("/", 1)[-1]):
+            missing.append(t)
+        for v in value.values():
+            missing.extend(ensure_json_types_known(v))
+    elif isinstance(value, list):
+        for v in value:
+            missing.extend(ensure_json_types_known(v))
+    return missing

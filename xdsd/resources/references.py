@@ -1,0 +1,90 @@
+"""What an Envoy resource refers to by name: the edges a consistent snapshot must close.
+
+A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
+manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
+its routes name. Computed once, when a ``Resource`` is made.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+_HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
+_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+Refs = tuple[tuple[str, str], ...]
+
+
+def references_of(message: Message) -> Refs:
+    """(type_url, name) pairs that ``message`` needs to be present in the same snapshot."""
+    if isinstance(message, cluster_pb2.Cluster):
+        return _cluster_refs(message)
+    if isinstance(message, listener_pb2.Listener):
+        return _listener_refs(message)
+    if isinstance(message, route_pb2.RouteConfiguration):
+        return _route_config_refs(message)
+    return ()
+
+
+def _cluster_refs(cluster: cluster_pb2.Cluster) -> Refs:
+    if cluster.type != cluster_pb2.Cluster.EDS:
+        return ()
+    name = cluster.eds_cluster_config.service_name or cluster.name
+    return ((_ENDPOINT, name),)
+
+
+def _listener_refs(listener: listener_pb2.Listener) -> Refs:
+    refs: list[tuple[str, str]] = []
+    if listener.HasField("api_listener"):
+        _typed_refs(listener.api_listener.api_listener, refs)
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for f in chain.filters:
+            if f.HasField("typed_config"):
+                _typed_refs(f.typed_config, refs)
+    return tuple(dict.fromkeys(refs))
+
+
+def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
+    full = any_msg.type_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    if full == _HCM:
+        hcm = hcm_pb2.HttpConnectionManager()
+        any_msg.Unpack(hcm)  # type: ignore[attr-defined]
+        if hcm.HasField("rds"):
+            refs.append((_ROUTE, hcm.rds.route_config_name))
+        elif hcm.HasField("route_config"):
+            refs.extend(_route_config_refs(hcm.route_config))
+    elif full == _TCP:
+        tcp = tcp_proxy_pb2.TcpProxy()
+        any_msg.Unpack(tcp)  # type: ignore[attr-defined]
+        if tcp.cluster:
+            refs.append((_CLUSTER, tcp.cluster))
+        for wc in tcp.weighted_clusters.clusters:
+            refs.append((_CLUSTER, wc.name))
+
+
+def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
+    names: dict[tuple[str, str], None] = {}
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            if action.cluster:
+                names[(_CLUSTER, action.cluster)] = None
+            for wc in action.weighted_clusters.clusters:
+                names[(_CLUSTER, wc.name)] = None
+    return tuple(names)
