@@ -1,0 +1,221 @@
+"""Bad input: each case exits 1 with a message naming file, line and field, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xdsd.cli import main
+
+SERVICE = """\
+kind = "Service"
+name = "reviews"
+
+[[ports]]
+number = 9080
+protocol = "HTTP"
+
+[[endpoints]]
+address = "10.0.0.1"
+labels = { version = "v1" }
+"""
+
+DR = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+"""
+
+
+def vs(route: str) -> str:
+    return (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: VirtualService\n"
+        "metadata:\n"
+        "  name: reviews\n"
+        "spec:\n"
+        "  hosts: [reviews]\n"
+        "  http:\n"
+        "  - route:\n" + route
+    )
+
+
+# name → (files, expected fragments of the message). A file value of None means "make a
+# directory", a value starting with "->" a symbolic link to the rest.
+CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
+    "toml syntax": ({"s.toml": 'kind = "Service"\nname = \n'}, ["s.toml:2:", "TOML syntax"]),
+    "yaml syntax": ({"s.yaml": "kind: Service\nname: [a\n"}, ["s.yaml:", "YAML syntax"]),
+    "yaml bad indent": ({"s.yaml": "kind: Service\n  name: x\n bad: 1\n"}, ["s.yaml:2:", "YAML"]),
+    "json syntax": ({"s.json": '{"kind": "Service",\n "name": }'}, ["s.json:2:", "JSON syntax"]),
+    "json trailing comma": ({"s.json": '{"kind": "Service",\n}'}, ["s.json:2:", "JSON"]),
+    "port wrong type": (
+        {"s.toml": SERVICE.replace("number = 9080", 'number = "http"')},
+        ["s.toml:5:", "ports[0].number", "must be an integer"],
+    ),
+    "port out of range": (
+        {"s.toml": SERVICE.replace("number = 9080", "number = 70000")},
+        ["s.toml:5:", "ports[0].number", "at most 65535"],
+    ),
+    "unknown protocol": (
+        {"s.toml": SERVICE.replace('"HTTP"', '"SMTP"')},
+        ["s.toml:6:", "ports[0].protocol", "must be one of"],
+    ),
+    "unknown field with hint": (
+        {"s.toml": SERVICE.replace("[[ports]]", 'resolutoin = "DNS"\n\n[[ports]]')},
+        ["s.toml:4:", "resolutoin", "did you mean 'resolution'"],
+    ),
+    "unknown endpoint field": (
+        {"s.toml": SERVICE + 'wieght = 3\n'},
+        ["s.toml:11:", "endpoints[0].wieght", "unknown field", "did you mean 'weight'"],
+    ),
+    "static endpoint is a host name": (
+        {"s.toml": SERVICE.replace("10.0.0.1", "reviews.example.com")},
+        ["s.toml:9:", "endpoints[0].address", "IP address"],
+    ),
+    "label value not a string": (
+        {"s.toml": SERVICE.replace('version = "v1"', "version = 1")},
+        ["s.toml:10:", "endpoints[0].labels", "strings"],
+    ),
+    "missing kind": ({"s.yaml": "name: x\n"}, ["s.yaml:1:", "kind", "required"]),
+    "unknown xdsd kind": ({"s.yaml": "kind: Servise\nname: x\n"}, ["s.yaml:1:", "kind", "Servise"]),
+    "document not a mapping": ({"s.yaml": "- a\n- b\n"}, ["s.yaml:1:", "mapping"]),
+    "negative weight": (
+        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs(
+            "    - destination: {host: reviews, subset: v1}\n      weight: -10\n"
+            "    - destination: {host: reviews}\n      weight: 10\n")},
+        ["v.yaml:10:", "http[0].route[0].weight", "must not be negative (got -10)"],
+    ),
+    "all-zero weights": (
+        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs(
+            "    - destination: {host: reviews, subset: v1}\n      weight: 0\n"
+            "    - destination: {host: reviews}\n      weight: 0\n")},
+        ["v.yaml:8:", "http[0].route", "all weights are zero"],
+    ),
+    "undefined subset": (
+        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs("    - destination: {host: reviews, subset: v9}\n")},
+        ["v.yaml:1:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
+    ),
+    "unknown destination": (
+        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: ratings}\n")},
+        ["v.yaml:1:", "http[0].route[0].destination.host", "no service named 'ratings'"],
+    ),
+    "unsupported istio field": (
+        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    fault: {}\n")},
+        ["v.yaml:10:", "http[0].fault", "not supported"],
+    ),
+    "bad duration": (
+        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    timeout: soon\n")},
+        ["v.yaml:10:", "http[0].timeout", "duration"],
+    ),
+    "duplicate across files": (
+        {"a.toml": SERVICE, "b.toml": SERVICE},
+        ["b.toml:1:", "duplicate Service default/reviews", "a.toml:1"],
+    ),
+    "duplicate yaml key": (
+        {"s.yaml": "kind: Service\nname: a\nname: b\n"}, ["s.yaml:3:", "name", "duplicate key"],
+    ),
+    "empty file": ({"empty.yaml": ""}, ["empty.yaml:1:", "empty"]),
+    "empty toml": ({"empty.toml": "\n"}, ["empty.toml:1:", "empty"]),
+    "binary junk": ({"junk.yaml": b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"}, ["junk.yaml:1:", "UTF-8"]),
+    "nul bytes": ({"junk.json": b'{"a":\x00}'}, ["junk.json:1:", "binary"]),
+    "directory named like a config file": ({"svc.yaml": None}, ["svc.yaml", "is a directory"]),
+    "dangling symlink": ({"gone.yaml": "->nowhere.yaml"}, ["gone.yaml", "dangling", "nowhere.yaml"]),
+    "raw envoy unknown field": (
+        {"envoy/c.yaml": "'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n"
+                         "name: x\nconnect_timeout: 1s\nbogus_field: 3\n"},
+        ["c.yaml:4:", "bogus_field"],
+    ),
+    "raw envoy without @type": ({"envoy/c.json": '{"name": "x"}'}, ["c.json:1:", "@type", "required"]),
+    "raw envoy unknown type": (
+        {"envoy/c.yaml": "'@type': type.googleapis.com/envoy.config.cluster.v3.Clustr\nname: x\n"},
+        ["c.yaml:1:", "@type", "must be one of"],
+    ),
+    "raw envoy wrong value type": (
+        {"envoy/c.json": '{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",\n'
+                         ' "name": "x",\n "connect_timeout": 5}'},
+        ["c.json:3:", "connect_timeout"],
+    ),
+    "two destination rules for one host": (
+        {"s.toml": SERVICE, "d.yaml": DR, "e.yaml": DR.replace("name: reviews", "name: other", 1)},
+        ["d.yaml:1: host:", "already has DestinationRule 'other'", "e.yaml:1"],
+    ),
+    "service without ports": (
+        {"s.yaml": "kind: Service\nname: x\n"}, ["s.yaml:1:", "ports", "required"],
+    ),
+    "bad istio api version": (
+        {"v.yaml": vs("    - destination: {host: reviews}\n").replace("/v1\n", "/v2\n", 1)},
+        ["v.yaml:1:", "apiVersion", "'v2'"],
+    ),
+}  # fmt: skip
+
+
+def _materialize(root: Path, files: dict[str, str | bytes | None]) -> None:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content is None:
+            path.mkdir()
+        elif isinstance(content, str) and content.startswith("->"):
+            os.symlink(content[2:], path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_1_naming_file_line_field(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files, expected = CASES[case]
+    _materialize(tmp_path, files)
+    code = main(["validate", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    for fragment in expected:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+
+
+def test_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["validate", str(tmp_path / "nope")]) == 1
+    assert "nope: config directory does not exist" in capsys.readouterr().err
+
+
+def test_file_given_as_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "reviews.toml"
+    f.write_text(SERVICE)
+    assert main(["validate", str(f)]) == 1
+    assert "reviews.toml: is not a directory" in capsys.readouterr().err
+
+
+def test_every_error_is_reported_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _materialize(tmp_path, {"a.toml": CASES["port wrong type"][0]["s.toml"], "b.yaml": "kind: X\n"})
+    assert main(["validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "a.toml:5:" in err and "b.yaml:1:" in err
+
+
+def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
+    _materialize(tmp_path, {"junk.toml": b"\xff\x00garbage", "x.yaml": "a: [\n"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "xdsd.cli", "validate", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "junk.toml:1:" in proc.stderr and "x.yaml:" in proc.stderr

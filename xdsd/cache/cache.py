@@ -1,0 +1,256 @@
+"""``SnapshotCache``: the current snapshot per node class, who watches it, and client status.
+
+How this works: the app translates the mesh once per node class and calls ``set(key,
+snapshot)``; the cache keeps the newest snapshot per key and, when its content changed
+(some type's version differs), calls every watcher subscribed to that key, synchronously,
+with the new snapshot. Watchers are plain callables; a transport's watcher only hands the
+snapshot to its stream task (e.g. ``queue.put_nowait``) and must neither block nor raise.
+There are no locks, threads or awaits here, so nothing can wait while holding the cache.
+
+Beside the snapshots the cache keeps one ``ClientStatus`` per connected client (and a
+bounded number of recently disconnected ones): which node class it belongs to, what it was
+sent and what it acknowledged or rejected, per type. Records are frozen; each update
+replaces the record, so a reader (the admin server) always sees a consistent one. Time
+comes from an injectable ``clock``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.resources import TypeUrl, Version
+
+K = TypeVar("K", bound=Hashable)
+
+#: Called with the new snapshot of a key it subscribed to.
+Watcher = Callable[[Snapshot], None]
+
+_NO_TYPES: Mapping[TypeUrl, TypeStatus] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class NackInfo:
+    """The last rejection of a type: which version and nonce, the client's error."""
+
+    version: Version
+    nonce: str
+    code: int
+    message: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TypeStatus:
+    """What one client was sent and reported for one type.
+
+    ``nack`` is the last rejection and stays until a newer version is acknowledged.
+    ``not_applied`` is set when a REST client did not advance to ``sent_version`` (REST
+    cannot carry an error, see ``NotApplied``); it clears on the next acknowledgement.
+    """
+
+    sent_version: Version | None = None
+    sent_nonce: str = ""
+    sent_at: float | None = None
+    acked_version: Version | None = None
+    acked_at: float | None = None
+    nack: NackInfo | None = None
+    not_applied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """One client (a gRPC stream or a REST poller) as the admin server shows it."""
+
+    client_id: str
+    node_id: str
+    key: Hashable
+    transport: str
+    connected: bool
+    connected_at: float
+    disconnected_at: float | None = None
+    types: Mapping[TypeUrl, TypeStatus] = field(default=_NO_TYPES)
+
+    def type_status(self, type_url: TypeUrl) -> TypeStatus:
+        """The status of one type (all empty when nothing happened yet)."""
+        return self.types.get(type_url, TypeStatus())
+
+
+class SnapshotCache(Generic[K]):
+    """Snapshots by node-class key, watchers per key, and per-client status.
+
+    ``max_disconnected`` bounds how many disconnected client records are kept for
+    inspection (oldest dropped first).
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, max_disconnected: int = 1000
+    ) -> None:
+        self._clock = clock
+        self._max_disconnected = max_disconnected
+        self._snapshots: dict[K, Snapshot] = {}
+        self._watchers: dict[K, list[Watcher]] = {}
+        self._clients: dict[str, ClientStatus] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def set(self, key: K, snapshot: Snapshot) -> bool:
+        """Make ``snapshot`` the current one of ``key`` and notify the key's watchers.
+
+        Returns False, keeping the current snapshot and notifying nobody, when the new one
+        has the same version for every type (same content). Exceptions raised by a watcher
+        propagate: watchers must not raise.
+        """
+        old = self._snapshots.get(key)
+        if old is not None and dict(old.versions) == dict(snapshot.versions):
+            return False
+        self._snapshots[key] = snapshot
+        for watcher in tuple(self._watchers.get(key, ())):
+            watcher(snapshot)
+        return True
+
+    def get(self, key: K) -> Snapshot | None:
+        """The current snapshot of ``key``, None when it has none yet."""
+        return self._snapshots.get(key)
+
+    def keys(self) -> tuple[K, ...]:
+        """Every key that has a snapshot."""
+        return tuple(self._snapshots)
+
+    def discard(self, key: K) -> None:
+        """Forget the snapshot of ``key`` (watchers stay and see the next ``set``)."""
+        self._snapshots.pop(key, None)
+
+    def subscribe(self, key: K, watcher: Watcher) -> Snapshot | None:
+        """Call ``watcher`` with each new snapshot of ``key`` from now on.
+
+        Returns the current snapshot (None when the key has none yet), so the caller can
+        start from it without a window in which a change is missed. A key needs no
+        snapshot to be watched.
+        """
+        self._watchers.setdefault(key, []).append(watcher)
+        return self._snapshots.get(key)
+
+    def unsubscribe(self, key: K, watcher: Watcher) -> None:
+        """Stop calling ``watcher`` for ``key`` (a watcher that was not subscribed is
+        ignored, so this is safe in a ``finally``)."""
+        watchers = self._watchers.get(key)
+        if watchers is None:
+            return
+        try:
+            watchers.remove(watcher)
+        except ValueError:
+            return
+        if not watchers:
+            del self._watchers[key]
+
+    def watcher_count(self, key: K | None = None) -> int:
+        """How many watchers ``key`` has (all keys when None): leaks show here."""
+        if key is not None:
+            return len(self._watchers.get(key, ()))
+        return sum(len(w) for w in self._watchers.values())
+
+    # -- client status -----------------------------------------------------------------
+
+    def open_client(self, client_id: str, *, node_id: str, key: K, transport: str) -> None:
+        """Start the record of a connected client (replacing any old one of that id)."""
+        self._gone.pop(client_id, None)
+        self._clients[client_id] = ClientStatus(
+            client_id, node_id, key, transport, True, self._clock()
+        )
+
+    def close_client(self, client_id: str) -> None:
+        """Mark a client disconnected; its record is kept for a while, then dropped."""
+        status = self._clients.get(client_id)
+        if status is None or not status.connected:
+            return
+        self._clients[client_id] = replace(
+            status, connected=False, disconnected_at=self._clock()
+        )
+        self._gone[client_id] = None
+        while len(self._gone) > self._max_disconnected:
+            oldest, _ = self._gone.popitem(last=False)
+            self._clients.pop(oldest, None)
+
+    def client(self, client_id: str) -> ClientStatus | None:
+        """The record of one client."""
+        return self._clients.get(client_id)
+
+    def clients(self) -> tuple[ClientStatus, ...]:
+        """Every record, connected and recently disconnected, in the order opened."""
+        return tuple(self._clients.values())
+
+    def record_sent(
+        self, client_id: str, type_url: TypeUrl, version: Version, nonce: str
+    ) -> None:
+        """A response of ``version`` with ``nonce`` was sent to the client."""
+        self._update(
+            client_id,
+            type_url,
+            lambda t, now: replace(t, sent_version=version, sent_nonce=nonce, sent_at=now),
+        )
+
+    def record_ack(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
+        """The client applied ``version``. Clears ``not_applied``, and the last NACK when
+        ``version`` is not the rejected one."""
+
+        def ack(t: TypeStatus, now: float) -> TypeStatus:
+            nack = t.nack if t.nack is not None and t.nack.version == version else None
+            return replace(t, acked_version=version, acked_at=now, nack=nack, not_applied=False)
+
+        self._update(client_id, type_url, ack)
+
+    def record_nack(
+        self,
+        client_id: str,
+        type_url: TypeUrl,
+        version: Version,
+        nonce: str,
+        code: int,
+        message: str,
+    ) -> bool:
+        """The client rejected ``version`` (sent with ``nonce``) with ``code``/``message``.
+
+        Returns True when this is news: not the same rejection of the same version as the
+        last one recorded (so the caller logs each rejection once).
+        """
+        status = self._clients.get(client_id)
+        if status is None:
+            return False
+        last = status.type_status(type_url).nack
+        news = last is None or (last.version, last.message) != (version, message)
+        self._update(
+            client_id,
+            type_url,
+            lambda t, now: replace(t, nack=NackInfo(version, nonce, code, message, now)),
+        )
+        return news
+
+    def record_not_applied(self, client_id: str, type_url: TypeUrl, version: Version) -> bool:
+        """A REST client did not advance to ``version``, which it was served. Returns True
+        when the flag was not already set."""
+        status = self._clients.get(client_id)
+        if status is None:
+            return False
+        news = not status.type_status(type_url).not_applied
+        self._update(client_id, type_url, lambda t, _now: replace(t, not_applied=True))
+        return news
+
+    def _update(
+        self,
+        client_id: str,
+        type_url: TypeUrl,
+        change: Callable[[TypeStatus, float], TypeStatus],
+    ) -> None:
+        status = self._clients.get(client_id)
+        if status is None:
+            return
+        types = dict(status.types)
+        types[type_url] = change(status.type_status(type_url), self._clock())
+        self._clients[client_id] = replace(status, types=MappingProxyType(types))

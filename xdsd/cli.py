@@ -1,0 +1,256 @@
+"""The ``xdsd`` command: serve | validate | render | bootstrap.
+
+Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
+``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
+for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
+from xdsd.model import Locality
+from xdsd.sources import LoadResult, load_directory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_DIR = "config"
+DEFAULT_GRPC = "127.0.0.1:18000"
+DEFAULT_REST = "127.0.0.1:18001"
+DEFAULT_ADMIN = "127.0.0.1:19001"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as e:
+        for p in (*e.problems, *getattr(e, "warnings", ())):
+            print(p, file=sys.stderr)
+        n = len(e.problems)
+        print(f"error: configuration refused ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+        return 1
+    except TranslationError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return 1
+    except UsageError as e:
+        print(f"xdsd: error: {e}", file=sys.stderr)
+        return 2
+    except XdsdError as e:
+        print(f"xdsd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xdsd", description="A file-backed xDS control plane for Envoy and gRPC."
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve xDS over gRPC and REST, following the config dir")
+    serve.add_argument("--config-dir", default=None, help=f"(default: {DEFAULT_CONFIG_DIR})")
+    serve.add_argument("--grpc", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_GRPC})")
+    serve.add_argument("--rest", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_REST})")
+    serve.add_argument("--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})")
+    serve.add_argument("--settings", default=None, metavar="FILE", help="a TOML settings file")
+    serve.set_defaults(run=_serve)
+
+    validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
+    validate.add_argument("dir", nargs="?", default=None, metavar="DIR")
+    validate.add_argument("--config-dir", default=None)
+    validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    validate.set_defaults(run=_validate)
+
+    render = sub.add_parser("render", help="print the resources a node would receive")
+    render.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
+    _add_node_flags(render)
+    render.add_argument("--client", default="envoy", choices=["envoy", "grpc", "mosn"])
+    render.add_argument(
+        "--transport", default="grpc", choices=["grpc", "delta", "rest"],
+        help="the config source the node uses (changes how clusters find their endpoints)",
+    )  # fmt: skip
+    render.add_argument("--admin-port", type=int, default=15000, help="admin port (--static)")
+    render.add_argument(
+        "--static", action="store_true", help="print a complete Envoy config with resources inline"
+    )
+    render.set_defaults(run=_render)
+
+    boot = sub.add_parser("bootstrap", help="print an Envoy (or gRPC) bootstrap pointing at xdsd")
+    boot.add_argument("--config-dir", default=None, help="check the node against this config")
+    _add_node_flags(boot)
+    boot.add_argument("--xds", default=DEFAULT_GRPC, metavar="HOST:PORT")
+    boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
+    boot.add_argument("--admin-port", type=int, default=15000)
+    boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
+    boot.set_defaults(run=_bootstrap)
+    return parser
+
+
+def _add_node_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--service", required=True, help="the service this proxy fronts (node.cluster)")
+    p.add_argument("--node-id", default=None, help="(default: SERVICE-sidecar)")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--role", default="sidecar", choices=["sidecar", "gateway"])
+    p.add_argument("--instance-ip", default="", help="inbound bind address")
+    p.add_argument("--outbound-ip", default="127.0.0.1", help="outbound bind address")
+    p.add_argument("--locality", default="", metavar="R/Z/S")
+
+
+def _config_dir(args: argparse.Namespace) -> str:
+    given = getattr(args, "dir", None)
+    flag = args.config_dir
+    if given and flag and given != flag:
+        raise UsageError("give the config directory once (DIR or --config-dir)")
+    result: str = given or flag or DEFAULT_CONFIG_DIR
+    return result
+
+
+def _load(path: str) -> LoadResult:
+    result = load_directory(path)
+    for w in result.warnings:
+        print(w, file=sys.stderr)
+    return result
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path = _config_dir(args)
+    result = load_directory(path)
+    if args.strict and result.warnings:
+        raise ConfigError([w.as_error() for w in result.warnings])
+    for w in result.warnings:
+        print(w, file=sys.stderr)
+    mesh = result.mesh
+    print(
+        f"{path}: ok: {len(result.files)} files, {len(mesh.services)} services, "
+        f"{len(mesh.virtual_services)} virtual services, "
+        f"{len(mesh.destination_rules)} destination rules, "
+        f"{len(mesh.raw_resources)} raw Envoy resources"
+        + (f", {len(result.warnings)} warnings" if result.warnings else "")
+    )
+    return 0
+
+
+def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any:
+    from xdsd.translate import ClientKind, ConfigSourceKind, NodeClass, Role
+
+    labels: dict[str, str] = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label wants K=V (got {item!r})")
+        labels[key] = value
+    try:
+        locality = Locality.parse(args.locality)
+    except ValueError as e:
+        raise UsageError(f"--locality: {e}") from None
+    sources = {"grpc": ConfigSourceKind.ADS, "delta": ConfigSourceKind.DELTA,
+               "rest": ConfigSourceKind.REST, "static": ConfigSourceKind.STATIC}  # fmt: skip
+    return NodeClass(
+        service=args.service,
+        namespace=args.namespace,
+        role=Role(args.role),
+        labels=tuple(sorted(labels.items())),
+        locality=locality,
+        client=ClientKind(client),
+        config_source=sources[transport],
+        instance_ip=args.instance_ip,
+        outbound_ip=args.outbound_ip,
+    )
+
+
+def _check_service(result: LoadResult, node: Any) -> None:
+    if result.mesh.service_by_name(node.namespace, node.service) is None:
+        print(
+            Problem(
+                "<node>", 0, "service",
+                f"no service {node.namespace}/{node.service} in the config: "
+                "the proxy gets outbound configuration only",
+            ).as_warning(),
+            file=sys.stderr,
+        )  # fmt: skip
+
+
+def _render(args: argparse.Namespace) -> int:
+    from xdsd.resources import SHORT_NAMES, to_json
+    from xdsd.translate import MeshTranslation, render_static
+
+    result = _load(args.config_dir)
+    transport = "static" if args.static else args.transport
+    node = _node_class(args, client=args.client, transport=transport)
+    _check_service(result, node)
+    if args.static:
+        config = render_static(
+            result.mesh, node, node_id=args.node_id or f"{args.service}-sidecar",
+            admin_port=args.admin_port,
+        )  # fmt: skip
+        json.dump(config, sys.stdout, indent=2, sort_keys=False)
+        print()
+        return 0
+    snapshot = MeshTranslation(result.mesh).snapshot_for(node)
+    out: dict[str, Any] = {"versions": {}, "resources": {}}
+    for type_url, resources in snapshot.resources.items():
+        short = SHORT_NAMES.get(type_url, type_url)
+        out["versions"][short] = snapshot.version(type_url)
+        out["resources"][short] = [
+            {"@type": type_url, **to_json(r.message)} for r in resources.values()
+        ]
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from xdsd.translate import MeshTranslation, bootstrap, grpc_bootstrap
+
+    host, _, port_text = args.xds.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise UsageError(f"--xds wants HOST:PORT (got {args.xds!r})")
+    client = "grpc" if args.format == "grpc" else "envoy"
+    node = _node_class(args, client=client, transport=args.transport)
+    node_id = args.node_id or f"{args.service}-{'grpc' if client == 'grpc' else 'sidecar'}"
+    if args.config_dir:
+        result = _load(args.config_dir)
+        _check_service(result, node)
+        MeshTranslation(result.mesh).snapshot_for(node)  # raises on address collisions
+    if args.format == "grpc":
+        doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text))
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        doc = bootstrap(
+            node_id, node, xds_host=host, xds_port=int(port_text),
+            transport=args.transport, admin_port=args.admin_port,
+        )  # fmt: skip
+        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from xdsd.app import run_server
+
+    return run_server(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

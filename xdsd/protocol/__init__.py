@@ -1,0 +1,144 @@
+"""Sans-I/O xDS protocol cores: requests and snapshots in, events out.
+
+This package holds what the transports (gRPC, REST) share: the events the protocol cores
+emit and the error they raise when a client breaks the protocol. The cores themselves live
+in ``sotw.py`` (State of the World streams, ADS and per-type) and ``fetch.py`` (REST-JSON
+polling). Nothing here does I/O or knows about asyncio: a transport feeds a core what it
+read, sends the ``Response`` events it gets back, and hands every event to
+``record_events`` so the cache's client status stays current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xdsd.cache.cache import SnapshotCache
+from xdsd.errors import XdsdError
+from xdsd.resources import Resource, TypeUrl, Version
+
+#: gRPC status code names a protocol core may end a stream with.
+StatusCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"]
+
+
+class ProtocolError(XdsdError):
+    """The client broke the xDS protocol; the transport ends the stream (or the REST
+    request) with ``code``, a gRPC status code name, and ``message``."""
+
+    def __init__(self, code: StatusCode, message: str) -> None:
+        self.code: StatusCode = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response to send: ``resources`` of ``type_url`` at ``version``.
+
+    ``nonce`` is empty for REST responses. ``resources`` are in name order and are shared,
+    pre-encoded objects: ``to_proto`` builds the message from their cached bytes and never
+    re-encodes a resource.
+    """
+
+    type_url: TypeUrl
+    version: Version
+    nonce: str
+    resources: tuple[Resource, ...]
+
+    def to_proto(self) -> discovery_pb2.DiscoveryResponse:
+        """The ``DiscoveryResponse`` message for this response."""
+        return discovery_pb2.DiscoveryResponse(
+            version_info=self.version,
+            resources=[r.to_any() for r in self.resources],
+            type_url=self.type_url,
+            nonce=self.nonce,
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the resources carried, in order."""
+        return tuple(r.name for r in self.resources)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The client reports ``version`` of ``type_url`` applied.
+
+    Over gRPC: the first request answering the response with ``nonce`` carried no
+    ``error_detail`` (``version`` is the request's ``version_info``), or, with an empty
+    nonce, a new stream's first request said which version the client already holds.
+    Over REST: a poll's ``version_info`` advanced to the version last served.
+    """
+
+    type_url: TypeUrl
+    version: Version
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """The client rejected the response with ``nonce`` (which carried
+    ``rejected_version``) and keeps using ``version``; ``code`` and ``message`` are its
+    ``error_detail``. The rejected content is not sent again; see ``SotwStream``."""
+
+    type_url: TypeUrl
+    version: Version
+    nonce: str
+    rejected_version: Version
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotApplied:
+    """A REST client polled again without advancing to ``served_version``, the version it
+    was last served: it rejected it (REST carries no ``error_detail``, so why is unknown).
+    ``version`` is what the client still holds."""
+
+    type_url: TypeUrl
+    version: Version
+    served_version: Version
+
+
+#: Everything a protocol core emits.
+Event = Response | Ack | Nack | NotApplied
+
+
+def record_events(
+    cache: SnapshotCache[Hashable], client_id: str, events: Iterable[Event]
+) -> list[Nack | NotApplied]:
+    """Record ``events`` of client ``client_id`` in ``cache``'s client status.
+
+    Returns the NACKs and not-applied reports that are news (not the same rejection of the
+    same version seen before), so the caller logs each rejection once. Events of a client
+    with no open record are ignored.
+    """
+    news: list[Nack | NotApplied] = []
+    for ev in events:
+        if isinstance(ev, Response):
+            cache.record_sent(client_id, ev.type_url, ev.version, ev.nonce)
+        elif isinstance(ev, Ack):
+            cache.record_ack(client_id, ev.type_url, ev.version, ev.nonce)
+        elif isinstance(ev, Nack):
+            if cache.record_nack(
+                client_id, ev.type_url, ev.rejected_version, ev.nonce, ev.code, ev.message
+            ):
+                news.append(ev)
+        elif cache.record_not_applied(client_id, ev.type_url, ev.served_version):
+            news.append(ev)
+    return news
+
+
+__all__ = [
+    "Ack",
+    "Event",
+    "Nack",
+    "NotApplied",
+    "ProtocolError",
+    "Response",
+    "StatusCode",
+    "record_events",
+]

@@ -1,0 +1,301 @@
+"""Config files → documents: parsed values plus the line of every field.
+
+How this works: each format is parsed by its own standard parser (PyYAML's composer,
+``tomllib``, ``json``) so that syntax errors are reported exactly as the format defines
+them. Line numbers are kept in a side table, ``Document.lines``, keyed by the field's path
+(a tuple of keys and list indices from the document root). YAML nodes carry their marks;
+JSON is re-scanned by a small locating scanner; TOML, whose parser keeps no positions, is
+indexed from its table headers and ``key =`` lines (inline tables and arrays map to the line
+of their key). Asking for the line of a path falls back to the nearest ancestor known.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from xdsd.errors import Problem
+
+FieldPath = tuple[str | int, ...]
+SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+@dataclass(slots=True)
+class Document:
+    """One resource document of a file: its value, the line it starts on, field lines."""
+
+    path: str
+    line: int
+    value: Any
+    lines: dict[FieldPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: FieldPath) -> int:
+        """The line of ``path`` or of its nearest ancestor known; the document's line last."""
+        for cut in range(len(path), 0, -1):
+            found = self.lines.get(path[:cut])
+            if found:
+                return found
+        return self.line
+
+
+class ParseFailure(Exception):
+    """A file could not be parsed; ``problem`` says where and why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def parse_file(path: str, data: bytes) -> list[Document]:
+    """Parse one config file's bytes into documents (empty YAML documents are skipped).
+
+    Raises ParseFailure for text that is not UTF-8, for syntax errors, and for a file that
+    holds no document at all.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ParseFailure(
+            Problem(path, line, "", f"not UTF-8 text (byte 0x{data[e.start]:02x}): is this a config file?")
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ParseFailure(Problem(path, line, "", "binary data (NUL byte): is this a config file?"))
+    text = text.removeprefix("\ufeff")
+    if path.endswith(".toml"):
+        docs = _parse_toml(path, text)
+    elif path.endswith(".json"):
+        docs = _parse_json(path, text)
+    else:
+        docs = _parse_yaml(path, text)
+    if not docs:
+        raise ParseFailure(Problem(path, 1, "", "file is empty: it defines no resource"))
+    return docs
+
+
+# --- YAML -------------------------------------------------------------------------------
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, line: int, key: str) -> None:
+        self.line, self.key = line, key
+
+
+def _parse_yaml(path: str, text: str) -> list[Document]:
+    loader = yaml.SafeLoader(text)
+    docs: list[Document] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            if isinstance(node, yaml.ScalarNode) and node.value == "" and node.tag.endswith(":null"):
+                continue
+            lines: dict[FieldPath, int] = {}
+            _index_yaml(node, (), lines)
+            value = loader.construct_document(node)
+            docs.append(Document(path, node.start_mark.line + 1, value, lines))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        what = e.problem or "invalid YAML"
+        if e.context:
+            what = f"{e.context}: {what}" if "while" not in e.context else f"{what} ({e.context})"
+        raise ParseFailure(Problem(path, line, "", f"YAML syntax error: {what}")) from None
+    except yaml.YAMLError as e:
+        raise ParseFailure(Problem(path, 0, "", f"YAML error: {e}")) from None
+    except _DuplicateKey as e:
+        raise ParseFailure(Problem(path, e.line, e.key, "duplicate key in the same mapping")) from None
+    finally:
+        loader.dispose()
+    return docs
+
+
+def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = str(key_node.value)
+            if key == "<<":
+                continue
+            if key in seen:
+                raise _DuplicateKey(key_node.start_mark.line + 1, _format_path((*path, key)))
+            seen.add(key)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _index_yaml(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_yaml(item, (*path, i), lines)
+
+
+# --- TOML -------------------------------------------------------------------------------
+
+_TOML_ERR_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_TOML_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+
+
+def _parse_toml(path: str, text: str) -> list[Document]:
+    try:
+        value = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_ERR_LINE.search(str(e))
+        line = int(m.group(1)) if m else max(1, len(text.splitlines()))
+        msg = _TOML_ERR_LINE.sub("", str(e)).replace("(at end of document)", "").strip()
+        raise ParseFailure(Problem(path, line, "", f"TOML syntax error: {msg}")) from None
+    if not value:
+        return []
+    return [Document(path, 1, value, _index_toml(text))]
+
+
+def _toml_key_parts(raw: str) -> list[str]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", raw)
+    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+
+def _index_toml(text: str) -> dict[FieldPath, int]:
+    lines: dict[FieldPath, int] = {}
+    counters: dict[tuple[str, ...], int] = {}
+    prefix: FieldPath = ()
+    in_multiline = False
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if raw.count('"""') % 2 == 1 or raw.count("'''") % 2 == 1:
+            in_multiline = not in_multiline
+            if not in_multiline:
+                continue
+        if in_multiline:
+            continue
+        header = _TOML_HEADER.match(raw)
+        if header:
+            keys = tuple(_toml_key_parts(header.group(2)))
+            if header.group(1) == "[[":
+                index = counters.get(keys, -1) + 1
+                counters[keys] = index
+                # nested arrays of tables under an array element are rare; keep it simple
+                prefix = (*keys, index)
+            else:
+                prefix = keys
+            lines.setdefault(prefix, n)
+            continue
+        key = _TOML_KEY.match(raw)
+        if key:
+            lines.setdefault((*prefix, *_toml_key_parts(key.group(1))), n)
+    return lines
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+def _parse_json(path: str, text: str) -> list[Document]:
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParseFailure(Problem(path, e.lineno, "", f"JSON syntax error: {e.msg}")) from None
+    lines = _JsonLocator(text).locate()
+    if isinstance(value, list):
+        return [
+            Document(path, lines.get((i,), 1), item, _subtree(lines, i))
+            for i, item in enumerate(value)
+        ]
+    return [Document(path, 1, value, lines)]
+
+
+def _subtree(lines: dict[FieldPath, int], index: int) -> dict[FieldPath, int]:
+    return {p[1:]: n for p, n in lines.items() if p and p[0] == index}
+
+
+class _JsonLocator:
+    """Walks valid JSON text recording the line each value starts on, by path."""
+
+    _WS = re.compile(r"[ \t\n\r]*")
+    _SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
+        self.lines: dict[FieldPath, int] = {}
+
+    def locate(self) -> dict[FieldPath, int]:
+        self._value(self._skip(0), ())
+        return self.lines
+
+    def _line(self, pos: int) -> int:
+        return bisect.bisect_right(self.newlines, pos) + 1
+
+    def _skip(self, pos: int) -> int:
+        m = self._WS.match(self.text, pos)
+        return m.end() if m else pos
+
+    def _value(self, pos: int, path: FieldPath) -> int:
+        self.lines.setdefault(path, self._line(pos))
+        c = self.text[pos]
+        if c == "{":
+            pos = self._skip(pos + 1)
+            if self.text[pos] == "}":
+                return pos + 1
+            while True:
+                key, pos = json.decoder.scanstring(self.text, pos + 1)
+                self.lines[(*path, key)] = self._line(pos)
+                pos = self._skip(self._skip(pos) + 1)  # past ':'
+                pos = self._skip(self._value(pos, (*path, key)))
+                self.lines[(*path, key)] = self.lines[(*path, key)]
+                if self.text[pos] == "}":
+                    return pos + 1
+                pos = self._skip(pos + 1)
+        if c == "[":
+            pos = self._skip(pos + 1)
+            if self.text[pos] == "]":
+                return pos + 1
+            i = 0
+            while True:
+                pos = self._skip(self._value(pos, (*path, i)))
+                i += 1
+                if self.text[pos] == "]":
+                    return pos + 1
+                pos = self._skip(pos + 1)
+        if c == '"':
+            _, end = json.decoder.scanstring(self.text, pos + 1)
+            return int(end)
+        m = self._SCALAR.match(self.text, pos)
+        return m.end() if m else pos + 1
+
+
+def _format_path(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def format_path(path: FieldPath) -> str:
+    """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
+    return _format_path(path)
+
+
+def iter_paths(value: Any, path: FieldPath = ()) -> Iterator[FieldPath]:
+    """Every key path in a nested value (for diagnostics)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield (*path, k)
+            yield from iter_paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield (*path, i)
+            yield from iter_paths(v, (*path, i))

@@ -1,0 +1,283 @@
+"""Typed, located access to a document's fields, collecting problems instead of raising.
+
+A ``Fields`` wraps one mapping of a document. Each accessor (``str``, ``int``, ``obj``,
+``items`` ...) checks the type of one field and records a ``Problem`` naming file, line and
+field path when it is wrong, returning a safe default so that one pass reports every
+problem of a document. ``finish()`` reports every field that was not read: as unsupported
+when xdsd knows the name (it belongs to Istio's API but is not implemented), else as unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterator
+from datetime import timedelta
+from enum import Enum
+from typing import Any, TypeVar
+
+from xdsd.errors import Problem, Severity
+from xdsd.sources.documents import Document, FieldPath, format_path
+
+E = TypeVar("E", bound=Enum)
+T = TypeVar("T")
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Report:
+    """The problems found while reading one document (and the document itself)."""
+
+    def __init__(self, doc: Document, base: FieldPath) -> None:
+        self.doc = doc
+        self.base = base
+        self.problems: list[Problem] = []
+
+    def add(self, path: FieldPath, message: str, severity: Severity = Severity.ERROR) -> None:
+        """Record a problem at a field path (relative to the document's spec)."""
+        line = self.doc.line_of((*self.base, *path))
+        self.problems.append(Problem(self.doc.path, line, format_path(path), message, severity))
+
+    @property
+    def failed(self) -> bool:
+        """True once any error (not warning) was recorded."""
+        return any(p.severity is Severity.ERROR for p in self.problems)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Fields:
+    """One mapping of a document at ``path``; see the module docstring."""
+
+    def __init__(self, report: Report, path: FieldPath, data: dict[str, Any]) -> None:
+        self.report = report
+        self.path = path
+        self.data = data
+        self.read: set[str] = set()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _get(self, key: str) -> Any:
+        self.read.add(key)
+        return self.data.get(key)
+
+    def has(self, key: str) -> bool:
+        """True when the field is present (and not null)."""
+        return self.data.get(key) is not None
+
+    def error(self, key: str | int | None, message: str) -> None:
+        """Record an error at this mapping's ``key`` (or at the mapping itself)."""
+        path = self.path if key is None else (*self.path, key)
+        self.report.add(path, message)
+
+    def warn(self, key: str | int | None, message: str) -> None:
+        """Record a warning at this mapping's ``key`` (or at the mapping itself)."""
+        path = self.path if key is None else (*self.path, key)
+        self.report.add(path, message, Severity.WARNING)
+
+    def _wrong(self, key: str, expected: str, value: Any) -> None:
+        self.error(key, f"must be {expected} (got {_type_name(value)} {_shown(value)})")
+
+    # -- scalars ---------------------------------------------------------------------
+
+    def str(self, key: str, *, required: bool = False, default: str = "") -> str:
+        """A string field. Numbers are not silently turned into strings."""
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return default
+        if not isinstance(value, str):
+            self._wrong(key, "a string", value)
+            return default
+        if required and not value:
+            self.error(key, "must not be empty")
+        return value
+
+    def int(
+        self,
+        key: str,
+        *,
+        default: int = 0,
+        required: bool = False,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        """An integer field within [minimum, maximum]. Booleans and fractions are errors."""
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return default
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrong(key, "an integer", value)
+            return default
+        if minimum is not None and value < minimum:
+            if minimum == 0:
+                self.error(key, f"must not be negative (got {value})")
+            else:
+                self.error(key, f"must be at least {minimum} (got {value})")
+            return default
+        if maximum is not None and value > maximum:
+            self.error(key, f"must be at most {maximum} (got {value})")
+            return default
+        return value
+
+    def port(self, key: str, *, required: bool = False) -> int:
+        """A TCP port number 1-65535."""
+        return self.int(key, required=required, minimum=1, maximum=65535)
+
+    def enum(self, key: str, kind: type[E], default: E) -> E:
+        """An enum field, given by the member's value, case-insensitively."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            for member in kind:
+                if str(member.value).upper() == value.upper():
+                    return member
+        allowed = ", ".join(str(m.value) for m in kind)
+        self.error(key, f"must be one of {allowed} (got {_shown(value)})")
+        return default
+
+    def duration(self, key: str) -> timedelta | None:
+        """A duration: ``"1.5s"``, ``"250ms"``, ``"1m30s"``, ``"1h"`` (protobuf JSON or Go
+        style); must not be negative."""
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            pos, seconds = 0, 0.0
+            for m in _DURATION.finditer(text):
+                if m.start() != pos:
+                    break
+                seconds += float(m.group(1)) * _UNITS[m.group(2)]
+                pos = m.end()
+            if pos == len(text) and text:
+                return timedelta(seconds=seconds)
+        if isinstance(value, str) and value.strip().startswith("-"):
+            self.error(key, f"must not be negative (got {value!r})")
+        else:
+            self.error(key, f"must be a duration like \"1.5s\" or \"250ms\" (got {_shown(value)})")
+        return None
+
+    # -- structure -------------------------------------------------------------------
+
+    def obj(self, key: str, *, required: bool = False) -> Fields | None:
+        """A nested mapping, or None when absent (or wrong, which is recorded)."""
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return None
+        if not isinstance(value, dict):
+            self._wrong(key, "a mapping", value)
+            return None
+        return Fields(self.report, (*self.path, key), value)
+
+    def items(self, key: str, *, required: bool = False) -> Iterator[tuple[int, Any]]:
+        """(index, value) of a list field; a missing field is an empty list."""
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "is required")
+            return
+        if not isinstance(value, list):
+            self._wrong(key, "a list", value)
+            return
+        yield from enumerate(value)
+
+    def objects(self, key: str, *, required: bool = False) -> Iterator[Fields]:
+        """The mappings of a list-of-mappings field."""
+        for i, item in self.items(key, required=required):
+            if not isinstance(item, dict):
+                self.report.add(
+                    (*self.path, key, i),
+                    f"must be a mapping (got {_type_name(item)} {_shown(item)})",
+                )
+                continue
+            yield Fields(self.report, (*self.path, key, i), item)
+
+    def parse_list(self, key: str, parse: Callable[[Fields], T | None]) -> tuple[T, ...]:
+        """Parse each mapping of a list field with ``parse`` (None results are dropped)."""
+        out = []
+        for item in self.objects(key):
+            parsed = parse(item)
+            if parsed is not None:
+                out.append(parsed)
+        return tuple(out)
+
+    def strings(self, key: str, *, required: bool = False) -> tuple[str, ...]:
+        """A list of non-empty strings."""
+        out: list[str] = []
+        for i, item in self.items(key, required=required):
+            if not isinstance(item, str) or not item:
+                self.report.add(
+                    (*self.path, key, i), f"must be a non-empty string (got {_shown(item)})"
+                )
+                continue
+            out.append(item)
+        return tuple(out)
+
+    def labels(self, key: str) -> tuple[tuple[str, str], ...]:
+        """A mapping of label names to string values, sorted by name. Numbers and booleans
+        are refused (YAML turns ``version: 1`` into a number; quote it)."""
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            self._wrong(key, "a mapping of label names to strings", value)
+            return ()
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(v, str):
+                self.report.add(
+                    (*self.path, key, str(k)),
+                    f"label values must be strings (got {_type_name(v)} {_shown(v)}; quote it)",
+                )
+                continue
+            out[str(k)] = v
+        return tuple(sorted(out.items()))
+
+    def finish(self, unsupported: Collection[str] = (), note: str = "") -> None:
+        """Report every field not read: unsupported (named in ``unsupported``) or unknown."""
+        for key in self.data:
+            if key in self.read:
+                continue
+            if key in unsupported:
+                suffix = f" ({note})" if note else ""
+                self.error(key, f"is not supported by xdsd yet{suffix}; remove it")
+            else:
+                known = sorted(self.read | set(unsupported))
+                hint = _closest(str(key), known)
+                did = f"; did you mean {hint!r}?" if hint else ""
+                self.error(key, f"unknown field{did}")
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    import difflib
+
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return found[0] if found else ""
