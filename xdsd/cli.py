@@ -64,14 +64,22 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdsd", description="A file-backed xDS control plane for Envoy and gRPC."
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve xDS over gRPC and REST, following the config dir")
     serve.add_argument("--config-dir", default=None, help=f"(default: {DEFAULT_CONFIG_DIR})")
-    serve.add_argument("--grpc", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_GRPC})")
-    serve.add_argument("--rest", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_REST})")
-    serve.add_argument("--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})")
+    serve.add_argument(
+        "--grpc", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_GRPC})"
+    )
+    serve.add_argument(
+        "--rest", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_REST})"
+    )
+    serve.add_argument(
+        "--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})"
+    )
     serve.add_argument("--settings", default=None, metavar="FILE", help="a TOML settings file")
     serve.set_defaults(run=_serve)
 

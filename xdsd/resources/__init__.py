@@ -13,14 +13,13 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, NewType
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
-from google.protobuf.message import Message
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
+from google.protobuf.message import Message
 
 TypeUrl = NewType("TypeUrl", str)
 Version = NewType("Version", str)
@@ -68,7 +67,8 @@ def content_hash(data: bytes) -> str:
 
 def encode(message: Message) -> bytes:
     """The deterministic wire encoding of a message (maps in key order)."""
-    return message.SerializeToString(deterministic=True)
+    data: bytes = message.SerializeToString(deterministic=True)
+    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +116,7 @@ def pack(message: Message) -> any_pb2.Any:
 def to_json(message: Message) -> dict[str, Any]:
     """proto3 JSON of a message, ``@type`` inside every Any, fields as Envoy spells them."""
     ensure_any_types_known(message)
-    result: dict[str, Any] = json_format.MessageToDict(
-        message, preserving_proto_field_name=True
-    )
+    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return result
 
 

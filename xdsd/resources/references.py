@@ -7,8 +7,6 @@ its routes name. Computed once, when a ``Resource`` is made.
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -16,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf.message import Message
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
@@ -59,17 +58,17 @@ def _listener_refs(listener: listener_pb2.Listener) -> Refs:
 
 
 def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
-    full = any_msg.type_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    full = any_msg.type_url.rsplit("/", 1)[-1]
     if full == _HCM:
         hcm = hcm_pb2.HttpConnectionManager()
-        any_msg.Unpack(hcm)  # type: ignore[attr-defined]
+        any_msg.Unpack(hcm)
         if hcm.HasField("rds"):
             refs.append((_ROUTE, hcm.rds.route_config_name))
         elif hcm.HasField("route_config"):
             refs.extend(_route_config_refs(hcm.route_config))
     elif full == _TCP:
         tcp = tcp_proxy_pb2.TcpProxy()
-        any_msg.Unpack(tcp)  # type: ignore[attr-defined]
+        any_msg.Unpack(tcp)
         if tcp.cluster:
             refs.append((_CLUSTER, tcp.cluster))
         for wc in tcp.weighted_clusters.clusters:

@@ -23,6 +23,8 @@ import yaml
 
 from xdsd.errors import Problem
 
+_scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+
 FieldPath = tuple[str | int, ...]
 SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
@@ -64,11 +66,18 @@ def parse_file(path: str, data: bytes) -> list[Document]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ParseFailure(
-            Problem(path, line, "", f"not UTF-8 text (byte 0x{data[e.start]:02x}): is this a config file?")
+            Problem(
+                path,
+                line,
+                "",
+                f"not UTF-8 text (byte 0x{data[e.start]:02x}): is this a config file?",
+            )
         ) from None
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ParseFailure(Problem(path, line, "", "binary data (NUL byte): is this a config file?"))
+        raise ParseFailure(
+            Problem(path, line, "", "binary data (NUL byte): is this a config file?")
+        )
     text = text.removeprefix("\ufeff")
     if path.endswith(".toml"):
         docs = _parse_toml(path, text)
@@ -97,7 +106,11 @@ def _parse_yaml(path: str, text: str) -> list[Document]:
             node = loader.get_node()
             if node is None:
                 continue
-            if isinstance(node, yaml.ScalarNode) and node.value == "" and node.tag.endswith(":null"):
+            if (
+                isinstance(node, yaml.ScalarNode)
+                and node.value == ""
+                and node.tag.endswith(":null")
+            ):
                 continue
             lines: dict[FieldPath, int] = {}
             _index_yaml(node, (), lines)
@@ -113,7 +126,9 @@ def _parse_yaml(path: str, text: str) -> list[Document]:
     except yaml.YAMLError as e:
         raise ParseFailure(Problem(path, 0, "", f"YAML error: {e}")) from None
     except _DuplicateKey as e:
-        raise ParseFailure(Problem(path, e.line, e.key, "duplicate key in the same mapping")) from None
+        raise ParseFailure(
+            Problem(path, e.line, e.key, "duplicate key in the same mapping")
+        ) from None
     finally:
         loader.dispose()
     return docs
@@ -144,7 +159,9 @@ def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -
 
 _TOML_ERR_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_TOML_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_TOML_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
 
 
 def _parse_toml(path: str, text: str) -> list[Document]:
@@ -248,7 +265,7 @@ class _JsonLocator:
             if self.text[pos] == "}":
                 return pos + 1
             while True:
-                key, pos = json.decoder.scanstring(self.text, pos + 1)
+                key, pos = _scanstring(self.text, pos + 1)
                 self.lines[(*path, key)] = self._line(pos)
                 pos = self._skip(self._skip(pos) + 1)  # past ':'
                 pos = self._skip(self._value(pos, (*path, key)))
@@ -268,7 +285,7 @@ class _JsonLocator:
                     return pos + 1
                 pos = self._skip(pos + 1)
         if c == '"':
-            _, end = json.decoder.scanstring(self.text, pos + 1)
+            _, end = _scanstring(self.text, pos + 1)
             return int(end)
         m = self._SCALAR.match(self.text, pos)
         return m.end() if m else pos + 1

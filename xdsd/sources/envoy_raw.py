@@ -38,15 +38,16 @@ def parse_raw_resource(doc: Document) -> RawResource | Problem:
     if message_class is None:
         allowed = ", ".join(sorted(t.rsplit("/", 1)[-1] for t in MESSAGE_CLASSES))
         return Problem(
-            doc.path, doc.line_of(("@type",)), "@type", f"must be one of {allowed} (got {type_name!r})"
+            doc.path,
+            doc.line_of(("@type",)),
+            "@type",
+            f"must be one of {allowed} (got {type_name!r})",
         )
     body = {k: v for k, v in value.items() if k != "@type"}
     missing = ensure_json_types_known(body)
     if missing:
         path = _find_value(doc, missing[0])
-        return Problem(
-            doc.path, doc.line_of(path), _dotted(path), f"unknown type {missing[0]!r}"
-        )
+        return Problem(doc.path, doc.line_of(path), _dotted(path), f"unknown type {missing[0]!r}")
     message = message_class()
     try:
         json_format.ParseDict(body, message)
@@ -54,7 +55,9 @@ def parse_raw_resource(doc: Document) -> RawResource | Problem:
         text = str(e)
         path = _path_in_error(doc, text)
         return Problem(doc.path, doc.line_of(path), _dotted(path), text)
-    name = getattr(message, "cluster_name", "") if type_url.endswith("ClusterLoadAssignment") else ""
+    name = (
+        getattr(message, "cluster_name", "") if type_url.endswith("ClusterLoadAssignment") else ""
+    )
     name = name or getattr(message, "name", "")
     if not name:
         field = "cluster_name" if type_url.endswith("ClusterLoadAssignment") else "name"

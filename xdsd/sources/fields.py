@@ -99,7 +99,7 @@ class Fields:
 
     # -- scalars ---------------------------------------------------------------------
 
-    def str(self, key: str, *, required: bool = False, default: str = "") -> str:
+    def string(self, key: str, *, required: bool = False, default: str = "") -> str:
         """A string field. Numbers are not silently turned into strings."""
         value = self._get(key)
         if value is None:
@@ -111,9 +111,10 @@ class Fields:
             return default
         if required and not value:
             self.error(key, "must not be empty")
-        return value
+        text: str = value
+        return text
 
-    def int(
+    def integer(
         self,
         key: str,
         *,
@@ -146,7 +147,7 @@ class Fields:
 
     def port(self, key: str, *, required: bool = False) -> int:
         """A TCP port number 1-65535."""
-        return self.int(key, required=required, minimum=1, maximum=65535)
+        return self.integer(key, required=required, minimum=1, maximum=65535)
 
     def enum(self, key: str, kind: type[E], default: E) -> E:
         """An enum field, given by the member's value, case-insensitively."""
@@ -180,7 +181,7 @@ class Fields:
         if isinstance(value, str) and value.strip().startswith("-"):
             self.error(key, f"must not be negative (got {value!r})")
         else:
-            self.error(key, f"must be a duration like \"1.5s\" or \"250ms\" (got {_shown(value)})")
+            self.error(key, f'must be a duration like "1.5s" or "250ms" (got {_shown(value)})')
         return None
 
     # -- structure -------------------------------------------------------------------

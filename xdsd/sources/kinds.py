@@ -93,13 +93,13 @@ def _parse_port(f: Fields) -> Port | None:
         f.error("protocol", "is required: one of HTTP, HTTP2, GRPC, TCP, TLS")
         protocol = Protocol.TCP
     target = f.port("targetPort")
-    name = f.str("name")
+    name = f.string("name")
     f.finish()
     return Port(number=number, protocol=protocol, name=name, target_port=target) if number else None
 
 
 def _parse_endpoint(f: Fields, resolution: Resolution, port_names: set[str]) -> Endpoint | None:
-    address = f.str("address", required=True)
+    address = f.string("address", required=True)
     if address:
         try:
             ipaddress.ip_address(address)
@@ -110,17 +110,17 @@ def _parse_endpoint(f: Fields, resolution: Resolution, port_names: set[str]) -> 
             f.error(
                 "address",
                 f"must be an IP address for a STATIC service (got {address!r}); "
-                "set resolution = \"DNS\" for host names",
+                'set resolution = "DNS" for host names',
             )
     labels = f.labels("labels")
     locality = Locality()
-    text = f.str("locality")
+    text = f.string("locality")
     if text:
         try:
             locality = Locality.parse(text)
         except ValueError as e:
             f.error("locality", str(e))
-    weight = f.int("weight", default=1, minimum=1, maximum=2**31 - 1)
+    weight = f.integer("weight", default=1, minimum=1, maximum=2**31 - 1)
     ports: list[tuple[str, int]] = []
     port_map = f.obj("ports")
     if port_map is not None:
@@ -136,7 +136,9 @@ def _parse_endpoint(f: Fields, resolution: Resolution, port_names: set[str]) -> 
     return Endpoint(address, labels, locality, weight, tuple(ports))
 
 
-def parse_virtual_service(spec: Fields, name: str, namespace: str, origin: Origin) -> VirtualService:
+def parse_virtual_service(
+    spec: Fields, name: str, namespace: str, origin: Origin
+) -> VirtualService:
     """The supported core of an Istio VirtualService."""
     hosts = spec.strings("hosts")
     if not hosts and not spec.report.failed:
@@ -148,19 +150,21 @@ def parse_virtual_service(spec: Fields, name: str, namespace: str, origin: Origi
 
 
 def _parse_http_route(f: Fields) -> HTTPRoute:
-    name = f.str("name")
+    name = f.string("name")
     match = f.parse_list("match", _parse_match)
     route = f.parse_list("route", _parse_route_destination)
     if not f.has("route"):
-        f.error("route", "is required (redirect, directResponse and delegate are not supported yet)")
+        f.error(
+            "route", "is required (redirect, directResponse and delegate are not supported yet)"
+        )
     route = _normalize_weights(f, route)
     timeout = f.duration("timeout")
     retries = None
     retry = f.obj("retries")
     if retry is not None:
-        attempts = retry.int("attempts", minimum=0, maximum=1_000)
+        attempts = retry.integer("attempts", minimum=0, maximum=1_000)
         per_try = retry.duration("perTryTimeout")
-        retry_on = retry.str("retryOn")
+        retry_on = retry.string("retryOn")
         retry.finish(RETRY_UNSUPPORTED)
         retries = Retries(attempts, per_try, retry_on)
     f.finish(HTTP_ROUTE_UNSUPPORTED)
@@ -188,9 +192,9 @@ def _string_match(f: Fields | None) -> StringMatch | None:
     found = []
     for kind in MatchKind:
         if f.has(kind.value):
-            found.append(StringMatch(kind, f.str(kind.value)))
+            found.append(StringMatch(kind, f.string(kind.value)))
         else:
-            f.str(kind.value)
+            f.string(kind.value)
     f.finish()
     if len(found) != 1:
         f.error(None, "must set exactly one of exact, prefix, regex")
@@ -210,7 +214,7 @@ def _check_regex(f: Fields, pattern: str) -> None:
 
 
 def _parse_match(f: Fields) -> HTTPMatch:
-    name = f.str("name")
+    name = f.string("name")
     uri = _string_match(f.obj("uri"))
     method = _string_match(f.obj("method"))
     headers: list[HeaderMatch] = []
@@ -227,8 +231,8 @@ def _parse_match(f: Fields) -> HTTPMatch:
 def _parse_destination(f: Fields | None) -> Destination | None:
     if f is None:
         return None
-    host = f.str("host", required=True)
-    subset = f.str("subset")
+    host = f.string("host", required=True)
+    subset = f.string("subset")
     number = 0
     port = f.obj("port")
     if port is not None:
@@ -240,7 +244,7 @@ def _parse_destination(f: Fields | None) -> Destination | None:
 
 def _parse_route_destination(f: Fields) -> RouteDestination | None:
     destination = _parse_destination(f.obj("destination", required=True))
-    weight = f.int("weight", default=-1, minimum=0)
+    weight = f.integer("weight", default=-1, minimum=0)
     f.finish(DESTINATION_WEIGHT_UNSUPPORTED)
     if destination is None:
         return None
@@ -251,7 +255,7 @@ def parse_destination_rule(
     spec: Fields, name: str, namespace: str, origin: Origin
 ) -> DestinationRule:
     """The supported core of an Istio DestinationRule."""
-    host = spec.str("host", required=True)
+    host = spec.string("host", required=True)
     policy = _parse_policy(spec.obj("trafficPolicy"))
     subsets = spec.parse_list("subsets", _parse_subset)
     seen: set[str] = set()
@@ -264,7 +268,7 @@ def parse_destination_rule(
 
 
 def _parse_subset(f: Fields) -> Subset:
-    name = f.str("name", required=True)
+    name = f.string("name", required=True)
     labels = f.labels("labels")
     policy = _parse_policy(f.obj("trafficPolicy"))
     f.finish()

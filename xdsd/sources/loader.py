@@ -160,8 +160,8 @@ def _parse_document(doc: Document, problems: list[Problem]) -> Resource | None:
         )
         return None
     top = Fields(Report(doc, ()), (), value)
-    kind = top.str("kind", required=True)
-    api_version = top.str("apiVersion")
+    kind = top.string("kind", required=True)
+    api_version = top.string("apiVersion")
     istio_shaped = "spec" in value or "metadata" in value
     result: Resource | None = None
     if kind and not top.report.failed:
@@ -180,8 +180,8 @@ def _parse_document(doc: Document, problems: list[Problem]) -> Resource | None:
                 top.finish()
                 spec = Fields(report, (), spec_value)
             else:
-                name = top.str("name", required=True)
-                namespace = top.str("namespace") or DEFAULT_NAMESPACE
+                name = top.string("name", required=True)
+                namespace = top.string("namespace") or DEFAULT_NAMESPACE
                 for key in ("name", "namespace", "kind", "apiVersion"):
                     top.read.add(key)
                 report = Report(doc, ())
@@ -210,7 +210,9 @@ def _parser_for(top: Fields, api_version: str, kind: str):  # type: ignore[no-un
             f"(use apiVersion {XDSD_API} and list its ports and endpoints)",
         )
         return None
-    if group == ISTIO_NETWORKING or (not api_version and kind in ("VirtualService", "DestinationRule")):
+    if group == ISTIO_NETWORKING or (
+        not api_version and kind in ("VirtualService", "DestinationRule")
+    ):
         if api_version and version not in ISTIO_VERSIONS:
             top.error("apiVersion", f"unsupported version of {ISTIO_NETWORKING}: {version!r}")
             return None
@@ -224,7 +226,9 @@ def _parser_for(top: Fields, api_version: str, kind: str):  # type: ignore[no-un
         top.error("kind", f"unknown {ISTIO_NETWORKING} kind {kind!r}")
         return None
     if api_version in ("", XDSD_API):
-        top.error("kind", f"unknown kind {kind!r} (xdsd kinds: Service, VirtualService, DestinationRule)")
+        top.error(
+            "kind", f"unknown kind {kind!r} (xdsd kinds: Service, VirtualService, DestinationRule)"
+        )
         return None
     top.warn("kind", f"{kind} ({api_version}) is not supported by xdsd: ignored")
     return None
@@ -234,8 +238,8 @@ def _read_metadata(top: Fields) -> tuple[str, str]:
     meta = top.obj("metadata", required=True)
     if meta is None:
         return "", DEFAULT_NAMESPACE
-    name = meta.str("name", required=True)
-    namespace = meta.str("namespace") or DEFAULT_NAMESPACE
+    name = meta.string("name", required=True)
+    namespace = meta.string("namespace") or DEFAULT_NAMESPACE
     meta.labels("labels")
     meta.obj("annotations")
     for key in _K8S_METADATA:

@@ -1,0 +1,107 @@
+"""The code base stays clean: ruff, mypy --strict, and DESIGN.md's layering."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.paths import REPO
+
+PACKAGE = REPO / "xdsd"
+
+# module prefix → xdsd modules it may import (DESIGN.md, "Package layout").
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "xdsd.errors": (),
+    "xdsd.model": ("xdsd.model", "xdsd.errors"),
+    "xdsd.resources": ("xdsd.resources",),
+    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources"),
+    "xdsd.translate": ("xdsd.translate", "xdsd.model", "xdsd.resources", "xdsd.errors",
+                       "xdsd.cache.snapshot"),
+    "xdsd.cache": ("xdsd.cache", "xdsd.resources", "xdsd.errors"),
+    "xdsd.protocol": ("xdsd.protocol", "xdsd.resources", "xdsd.cache", "xdsd.errors"),
+    "xdsd.transports": ("xdsd.transports", "xdsd.protocol", "xdsd.cache", "xdsd.resources",
+                        "xdsd.errors", "xdsd.settings"),
+}  # fmt: skip
+# The pure core does no I/O and is not async.
+PURE = ("xdsd.model", "xdsd.translate", "xdsd.protocol", "xdsd.cache.snapshot", "xdsd.resources")
+IO_MODULES = ("asyncio", "socket", "aiohttp", "grpclib", "watchfiles", "subprocess", "threading")
+
+
+def _modules() -> list[tuple[str, ast.Module]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        out.append((name, ast.parse(path.read_text(), str(path))))
+    return out
+
+
+def _imports(tree: ast.Module) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_layering_follows_design() -> None:
+    violations = []
+    for name, tree in _modules():
+        rule = next((p for p in sorted(ALLOWED, key=len, reverse=True)
+                     if name == p or name.startswith(p + ".")), None)  # fmt: skip
+        for imported in _imports(tree):
+            allowed = ALLOWED[rule] if rule is not None else None
+            if (
+                allowed is not None
+                and imported.startswith("xdsd")
+                and not any(imported == a or imported.startswith(a + ".") for a in allowed)
+            ):
+                violations.append(f"{name} imports {imported}")
+            if any(name == p or name.startswith(p + ".") for p in PURE) and (
+                imported.split(".")[0] in IO_MODULES
+            ):
+                violations.append(f"{name} (pure core) imports {imported}")
+        if any(name == p or name.startswith(p + ".") for p in PURE):
+            for node in ast.walk(tree):
+                if isinstance(node, ast.AsyncFunctionDef):
+                    violations.append(f"{name} (pure core) defines async {node.name}")
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "open":
+                    violations.append(f"{name} (pure core) calls open()")
+    assert violations == []
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ruff", "check", "xdsd", "tests", "bench"],
+        ["ruff", "format", "--check", "xdsd", "tests", "bench"],
+    ],
+    ids=["ruff-check", "ruff-format"],
+)
+def test_ruff(argv: list[str]) -> None:
+    paths = [a for a in argv[2:] if (REPO / a).exists()]
+    proc = subprocess.run(
+        [_tool("ruff"), *argv[1:2], *paths], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_strict() -> None:
+    proc = subprocess.run(
+        [_tool("mypy"), "--no-error-summary"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

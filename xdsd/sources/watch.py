@@ -1,0 +1,112 @@
+"""Watching the config directory: file events → debounced reload requests.
+
+How this works: ``watchfiles`` (inotify on Linux) reports batches of changes under the
+directory. A batch ends when no new event arrived for ``quiet_period`` (so a lone save is
+applied after ~50 ms) or after ``max_delay`` during a long burst (a ``git checkout`` or an
+rsync of many files becomes one rebuild). Editor temp and swap files are ignored; dot-names
+are *not* ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish
+a new version by renaming a ``..data`` symlink. When the config directory itself is a
+symlink that is swapped to a new target, the watch is re-established on the new target
+(its real path is checked every ``poll_interval``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+
+import watchfiles
+
+log = logging.getLogger(__name__)
+
+# vim swap/backup and its 4913 probe, emacs locks and autosaves, generic temp and backups.
+_EDITOR_TEMP = re.compile(
+    r"(\.sw[a-p x]$)|(\.swpx$)|(~$)|(^4913$)|(^\.#)|(^#.*#$)|(\.tmp$)|(\.bak$)|(\.orig$)"
+    r"|(\.kate-swp$)|(^\.goutputstream-)|(\.part$)"
+)
+
+
+def is_editor_temp(path: str) -> bool:
+    """True for names editors use for swap, lock, backup and temporary files."""
+    return bool(_EDITOR_TEMP.search(os.path.basename(path)))
+
+
+class _Filter(watchfiles.DefaultFilter):
+    """watchfiles' default ignores (VCS dirs, caches) plus editor temp files; keeps dot
+    names such as ``..data`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(ignore_dirs=("__pycache__", ".hg", ".svn", ".idea", "node_modules"))
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        return not is_editor_temp(path) and bool(super().__call__(change, path))
+
+
+class ConfigWatcher:
+    """Calls ``on_change(paths)`` after each settled batch of relevant file events."""
+
+    def __init__(
+        self,
+        config_dir: str,
+        on_change: Callable[[set[str]], Awaitable[None]],
+        *,
+        quiet_period: float = 0.05,
+        max_delay: float = 0.5,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.config_dir = config_dir
+        self.on_change = on_change
+        self.quiet_period = quiet_period
+        self.max_delay = max_delay
+        self.poll_interval = poll_interval
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until ``stop`` is set. Never raises for a missing directory: waits for it."""
+        while not stop.is_set():
+            target = os.path.realpath(self.config_dir)
+            if not os.path.isdir(target):
+                await _wait(stop, self.poll_interval)
+                if os.path.isdir(os.path.realpath(self.config_dir)):
+                    await self.on_change({self.config_dir})
+                continue
+            rewatch = asyncio.Event()
+            poller = asyncio.create_task(self._poll_target(target, stop, rewatch))
+            try:
+                async for changes in watchfiles.awatch(
+                    target,
+                    watch_filter=_Filter(),
+                    debounce=max(1, int(self.max_delay * 1000)),
+                    step=max(1, int(self.quiet_period * 1000)),
+                    stop_event=rewatch,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    paths = {p for _, p in changes}
+                    log.debug("config change: %s", sorted(paths))
+                    await self.on_change(paths)
+            except FileNotFoundError:
+                log.warning("config directory %s disappeared; waiting for it", self.config_dir)
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            if not stop.is_set():
+                log.info("config directory %s now points at %s", self.config_dir,
+                         os.path.realpath(self.config_dir))  # fmt: skip
+                await self.on_change({self.config_dir})
+
+    async def _poll_target(self, target: str, stop: asyncio.Event, rewatch: asyncio.Event) -> None:
+        while True:
+            await _wait(stop, self.poll_interval)
+            if stop.is_set() or os.path.realpath(self.config_dir) != target:
+                rewatch.set()
+                return
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
