@@ -74,7 +74,7 @@ class ClientStatus:
     connected: bool
     connected_at: float
     disconnected_at: float | None = None
-    types: Mapping[TypeUrl, TypeStatus] = field(default=_NO_TYPES)
+    types: Mapping[TypeUrl, TypeStatus] = field(default_factory=lambda: _NO_TYPES)
 
     def type_status(self, type_url: TypeUrl) -> TypeStatus:
         """The status of one type (all empty when nothing happened yet)."""
@@ -170,9 +170,7 @@ class SnapshotCache(Generic[K]):
         status = self._clients.get(client_id)
         if status is None or not status.connected:
             return
-        self._clients[client_id] = replace(
-            status, connected=False, disconnected_at=self._clock()
-        )
+        self._clients[client_id] = replace(status, connected=False, disconnected_at=self._clock())
         self._gone[client_id] = None
         while len(self._gone) > self._max_disconnected:
             oldest, _ = self._gone.popitem(last=False)
@@ -186,9 +184,7 @@ class SnapshotCache(Generic[K]):
         """Every record, connected and recently disconnected, in the order opened."""
         return tuple(self._clients.values())
 
-    def record_sent(
-        self, client_id: str, type_url: TypeUrl, version: Version, nonce: str
-    ) -> None:
+    def record_sent(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
         """A response of ``version`` with ``nonce`` was sent to the client."""
         self._update(
             client_id,

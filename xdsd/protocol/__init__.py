@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import XdsdError
 from xdsd.resources import Resource, TypeUrl, Version
+
+K = TypeVar("K", bound=Hashable)
 
 #: gRPC status code names a protocol core may end a stream with.
 StatusCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"]
@@ -108,7 +110,7 @@ Event = Response | Ack | Nack | NotApplied
 
 
 def record_events(
-    cache: SnapshotCache[Hashable], client_id: str, events: Iterable[Event]
+    cache: SnapshotCache[K], client_id: str, events: Iterable[Event]
 ) -> list[Nack | NotApplied]:
     """Record ``events`` of client ``client_id`` in ``cache``'s client status.
 
