@@ -1,0 +1,122 @@
+"""Node classes from xDS nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
+
+from xdsd.errors import TranslationError
+from xdsd.model import Locality
+from xdsd.translate.node import (
+    ClientKind,
+    ConfigSourceKind,
+    NodeClass,
+    Role,
+    client_kind,
+    node_class_from_node,
+)
+
+
+def make_node(cluster: str = "reviews", user_agent: str = "envoy", **metadata: object) -> Any:
+    node = base_pb2.Node(id="sidecar-1", cluster=cluster, user_agent_name=user_agent)
+    node.metadata.CopyFrom(struct_pb2.Struct())
+    node.metadata.update(metadata)
+    return node
+
+
+def test_reads_cluster_metadata_and_locality() -> None:
+    node = make_node(
+        namespace="shop",
+        labels={"version": "v2", "app": "reviews"},
+        role="gateway",
+        instance_ip="127.0.0.5",
+        outbound_ip="127.0.0.6",
+    )
+    node.locality.region = "eu"
+    node.locality.zone = "zone-a"
+    got = node_class_from_node(node, config_source=ConfigSourceKind.REST)
+    assert got == NodeClass(
+        service="reviews",
+        namespace="shop",
+        role=Role.GATEWAY,
+        labels=(("app", "reviews"), ("version", "v2")),
+        locality=Locality("eu", "zone-a"),
+        client=ClientKind.ENVOY,
+        config_source=ConfigSourceKind.REST,
+        instance_ip="127.0.0.5",
+        outbound_ip="127.0.0.6",
+    )
+
+
+def test_defaults() -> None:
+    got = node_class_from_node(make_node(), config_source=ConfigSourceKind.ADS)
+    assert (got.namespace, got.role, got.labels, got.instance_ip, got.outbound_ip) == (
+        "default",
+        Role.SIDECAR,
+        (),
+        "",
+        "127.0.0.1",
+    )
+
+
+def test_ignores_other_fields() -> None:
+    a = make_node(namespace="shop")
+    b = make_node(namespace="shop", build="1.2.3")
+    b.id = "another-id"
+    b.user_agent_version = "1.40.0"
+    b.client_features.append("envoy.lb.does_not_support_overprovisioning")
+    kind = ConfigSourceKind.ADS
+    assert node_class_from_node(a, config_source=kind) == node_class_from_node(
+        b, config_source=kind
+    )
+
+
+def test_non_string_labels_become_strings() -> None:
+    got = node_class_from_node(
+        make_node(labels={"replica": 2, "canary": True}), config_source=ConfigSourceKind.ADS
+    )
+    assert got.labels == (("canary", "true"), ("replica", "2"))
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "kind"),
+    [
+        ("envoy", ClientKind.ENVOY),
+        ("gRPC C-core linux", ClientKind.GRPC),
+        ("gRPC Go", ClientKind.GRPC),
+        ("grpc-java", ClientKind.GRPC),
+        ("MOSN", ClientKind.MOSN),
+        ("mosn/1.5", ClientKind.MOSN),
+        ("", ClientKind.ENVOY),
+    ],
+)
+def test_client_kind(user_agent: str, kind: ClientKind) -> None:
+    assert client_kind(user_agent) is kind
+
+
+@pytest.mark.parametrize(
+    ("node", "field"),
+    [
+        (make_node(cluster=""), "cluster"),
+        (make_node(role="ingress"), "metadata.role"),
+        (make_node(labels="v2"), "metadata.labels"),
+        (make_node(instance_ip="my-host"), "metadata.instance_ip"),
+        (make_node(outbound_ip="300.0.0.1"), "metadata.outbound_ip"),
+        (make_node(namespace=3), "metadata.namespace"),
+    ],
+)
+def test_unusable_fields_are_errors(node: Any, field: str) -> None:
+    with pytest.raises(TranslationError) as err:
+        node_class_from_node(node, config_source=ConfigSourceKind.ADS)
+    assert [p.field for p in err.value.problems] == [field]
+    assert err.value.problems[0].path == "<node>"
+
+
+def test_labels_are_sorted_and_classes_hashable() -> None:
+    a = NodeClass("reviews", labels=(("b", "2"), ("a", "1")))
+    b = NodeClass("reviews", labels=(("a", "1"), ("b", "2")))
+    assert a == b and hash(a) == hash(b)
+    assert a.labels == (("a", "1"), ("b", "2"))

@@ -1,0 +1,238 @@
+"""Clusters: one per service port and per DestinationRule subset, plus inbound clusters.
+
+How this works: an outbound cluster is described by an ``OutboundCluster`` (service,
+port, subset, effective traffic policy) and built for a ``ClusterFlavor``, the only thing
+about a client that changes a cluster's bytes:
+
+- ``ENVOY_ADS`` (Envoy over ADS, delta or rendered static, and MOSN): STATIC services are
+  ``EDS`` clusters fetched with ``ads: {}``;
+- ``ENVOY_REST``: the same, fetched by REST polling of ``xds_cluster``;
+- ``GRPC`` (proxyless gRPC): EDS over ADS; gRPC implements only EDS and LOGICAL_DNS
+  clusters and the ROUND_ROBIN/RING_HASH ``lb_policy`` values, so DNS services become
+  LOGICAL_DNS and other load balancers are written as a ``load_balancing_policy`` list
+  that falls back to round robin where the client lacks them.
+
+DNS services get STRICT_DNS clusters (LOGICAL_DNS for DNS_ROUND_ROBIN) with their
+endpoints inline: Envoy refuses host names in EDS. A LOGICAL_DNS cluster resolves a single
+name, so it gets the first endpoint (as Istio does). Names follow Istio:
+``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
+
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import DestinationRule, Port, Resolution, Service, Subset, TrafficPolicy
+from xdsd.model.rules import SimpleLB
+from xdsd.resources import pack
+from xdsd.translate.config_sources import (
+    HTTP_PROTOCOL_OPTIONS_KEY,
+    config_source,
+    duration,
+    http2_protocol_options,
+)
+from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+
+#: Istio's default connect timeout.
+CONNECT_TIMEOUT = timedelta(seconds=10)
+#: Where an application listens behind its sidecar.
+LOCALHOST = "127.0.0.1"
+
+
+class ClusterFlavor(Enum):
+    """The variants of a cluster that different clients need (see the module doc)."""
+
+    ENVOY_ADS = "envoy-ads"
+    ENVOY_REST = "envoy-rest"
+    GRPC = "grpc"
+
+
+def cluster_flavor(node: NodeClass) -> ClusterFlavor:
+    """The cluster flavor a node class receives."""
+    if node.client is ClientKind.GRPC:
+        return ClusterFlavor.GRPC
+    if node.config_source is ConfigSourceKind.REST:
+        return ClusterFlavor.ENVOY_REST
+    return ClusterFlavor.ENVOY_ADS
+
+
+def outbound_cluster_name(port: int, subset: str, fqdn: str) -> str:
+    """Istio's outbound cluster name: ``outbound|9080|v1|reviews.default.svc.cluster.local``
+    (empty subset: ``outbound|9080||…``)."""
+    return f"outbound|{port}|{subset}|{fqdn}"
+
+
+def inbound_cluster_name(port: int) -> str:
+    """The cluster that leads to the local application behind service port ``port``."""
+    return f"inbound|{port}||"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundCluster:
+    """What an outbound cluster is made of: a service port, optionally narrowed to a
+    subset, with the traffic policy that applies to it and the rule it came from."""
+
+    service: Service
+    port: Port
+    subset: Subset | None = None
+    policy: TrafficPolicy | None = None
+    rule: DestinationRule | None = None
+
+    @property
+    def name(self) -> str:
+        """The cluster (and ClusterLoadAssignment) name."""
+        subset = self.subset.name if self.subset is not None else ""
+        return outbound_cluster_name(self.port.number, subset, self.service.fqdn)
+
+    @property
+    def selector(self) -> tuple[tuple[str, str], ...]:
+        """The labels an endpoint needs to belong to this cluster."""
+        return self.subset.labels if self.subset is not None else ()
+
+
+def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[OutboundCluster]:
+    """Every outbound cluster of ``service``: per port, the whole service and then each
+    subset of ``rule`` in the rule's order."""
+    out: list[OutboundCluster] = []
+    for port in service.ports:
+        top = rule.traffic_policy if rule is not None else None
+        out.append(OutboundCluster(service, port, None, top, rule))
+        if rule is None:
+            continue
+        for subset in rule.subsets:
+            out.append(OutboundCluster(service, port, subset, rule.policy_for(subset.name), rule))
+    return out
+
+
+def is_eds(spec: OutboundCluster, flavor: ClusterFlavor) -> bool:
+    """True when the cluster built for ``flavor`` fetches its endpoints by EDS (then a
+    ClusterLoadAssignment named like the cluster must be served with it)."""
+    if spec.service.resolution is Resolution.STATIC:
+        return True
+    # gRPC has no STRICT_DNS and LOGICAL_DNS needs one endpoint: with none, an empty EDS
+    # assignment says "no endpoints" in a form gRPC accepts.
+    return flavor is ClusterFlavor.GRPC and not select_endpoints(
+        spec.service, spec.port, spec.selector
+    )
+
+
+def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
+    """The Envoy ``Cluster`` for ``spec`` as ``flavor`` clients need it.
+
+    Raises TranslationError (path: the DestinationRule's file) for a load balancer xdsd
+    cannot configure (PASSTHROUGH).
+    """
+    name = spec.name
+    cluster = cluster_pb2.Cluster(name=name)
+    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
+    endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+    if is_eds(spec, flavor):
+        cluster.type = cluster_pb2.Cluster.EDS
+        rest = flavor is ClusterFlavor.ENVOY_REST
+        kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
+        cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
+        cluster.eds_cluster_config.service_name = name
+    else:
+        logical = flavor is ClusterFlavor.GRPC or (
+            spec.service.resolution is Resolution.DNS_ROUND_ROBIN
+        )
+        if logical and endpoints:
+            cluster.type = cluster_pb2.Cluster.LOGICAL_DNS
+            endpoints = endpoints[:1]
+        else:
+            cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
+    _set_load_balancer(cluster, spec, flavor)
+    if spec.port.protocol.is_http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
+            http2_protocol_options()
+        )
+    return cluster
+
+
+def build_inbound_cluster(port: Port) -> Any:
+    """The STATIC cluster ``inbound|PORT||`` leading to ``127.0.0.1:targetPort``, where the
+    application listens behind its sidecar (HTTP/2 upstream for HTTP2 and GRPC ports)."""
+    name = inbound_cluster_name(port.number)
+    cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC)
+    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
+    cla = cluster.load_assignment
+    cla.cluster_name = name
+    lb = cla.endpoints.add().lb_endpoints.add()
+    sock = lb.endpoint.address.socket_address
+    sock.address = LOCALHOST
+    sock.port_value = port.effective_target_port
+    if port.protocol.is_http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
+            http2_protocol_options()
+        )
+    return cluster
+
+
+_ENVOY_LB = {
+    SimpleLB.UNSPECIFIED: cluster_pb2.Cluster.LEAST_REQUEST,
+    SimpleLB.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+    SimpleLB.LEAST_CONN: cluster_pb2.Cluster.LEAST_REQUEST,
+    SimpleLB.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    SimpleLB.RANDOM: cluster_pb2.Cluster.RANDOM,
+}
+
+
+def simple_lb(policy: TrafficPolicy | None) -> SimpleLB:
+    """The simple load balancer a policy asks for (UNSPECIFIED when it says nothing)."""
+    if policy is None or policy.load_balancer is None:
+        return SimpleLB.UNSPECIFIED
+    return policy.load_balancer.simple
+
+
+def _set_load_balancer(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> None:
+    simple = simple_lb(spec.policy)
+    if simple is SimpleLB.PASSTHROUGH:
+        raise TranslationError([_passthrough_problem(spec)])
+    if flavor is not ClusterFlavor.GRPC:
+        cluster.lb_policy = _ENVOY_LB[simple]
+        return
+    # Istio's default for proxyless gRPC is round robin, the one policy every gRPC
+    # implementation has as an lb_policy value.
+    if simple in (SimpleLB.UNSPECIFIED, SimpleLB.ROUND_ROBIN):
+        cluster.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+        return
+    preferred: Any = (
+        random_pb2.Random() if simple is SimpleLB.RANDOM else least_request_pb2.LeastRequest()
+    )
+    picking = cluster_pb2.LoadBalancingPolicy()
+    for message in (preferred, round_robin_pb2.RoundRobin()):
+        policy = picking.policies.add()
+        policy.typed_extension_config.name = message.DESCRIPTOR.full_name
+        policy.typed_extension_config.typed_config.CopyFrom(pack(message))
+    wrapper = wrr_locality_pb2.WrrLocality(endpoint_picking_policy=picking)
+    outer = cluster.load_balancing_policy.policies.add()
+    outer.typed_extension_config.name = wrapper.DESCRIPTOR.full_name
+    outer.typed_extension_config.typed_config.CopyFrom(pack(wrapper))
+
+
+def _passthrough_problem(spec: OutboundCluster) -> Problem:
+    rule = spec.rule
+    path, line = (rule.origin.path, rule.origin.line) if rule is not None else ("<none>", 0)
+    field = "trafficPolicy.loadBalancer.simple"
+    if rule is not None and spec.subset is not None and spec.subset.traffic_policy is not None:
+        index = rule.subsets.index(spec.subset)
+        field = f"subsets[{index}].{field}"
+    return Problem(
+        path,
+        line,
+        field,
+        "PASSTHROUGH needs original-destination routing (iptables), which xdsd does not "
+        "set up: use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+    )

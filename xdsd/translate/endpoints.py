@@ -1,0 +1,65 @@
+"""ClusterLoadAssignments: a service port's endpoints, filtered by subset and grouped by
+locality.
+
+Every ``LocalityLbEndpoints`` carries a ``locality`` (empty when the endpoints have none)
+and a ``load_balancing_weight`` (the sum of its endpoints' weights): proxyless gRPC
+drops a group without them. Localities are ordered by (region, zone, subzone) and
+endpoints by (address, port), so the same endpoints always encode to the same bytes,
+whatever order the files listed them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import groupby
+from typing import Any
+
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from xdsd.model import Endpoint, Locality, Port, Service
+
+
+def endpoint_weight(endpoint: Endpoint) -> int:
+    """The weight sent for an endpoint: its own, at least 1 (Envoy and gRPC reject 0)."""
+    return max(endpoint.weight, 1)
+
+
+def select_endpoints(
+    service: Service, port: Port, selector: tuple[tuple[str, str], ...] = ()
+) -> tuple[Endpoint, ...]:
+    """The endpoints of ``service`` whose labels include ``selector`` (all of them for an
+    empty selector), in (locality, address, port) order."""
+    chosen = [e for e in service.endpoints if e.matches(selector)]
+    chosen.sort(key=lambda e: (e.locality, e.address, e.port_for(port), e.weight, e.labels))
+    return tuple(chosen)
+
+
+def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
+    """The ``ClusterLoadAssignment`` named ``cluster_name`` for ``endpoints`` (as ordered by
+    ``select_endpoints``) serving ``port``."""
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    ordered = sorted(endpoints, key=lambda e: (e.locality, e.address, e.port_for(port)))
+    for locality, group in groupby(ordered, key=lambda e: e.locality):
+        members = list(group)
+        lle = cla.endpoints.add()
+        _set_locality(lle.locality, locality)
+        lle.load_balancing_weight.value = sum(endpoint_weight(e) for e in members)
+        for member in members:
+            lb = lle.lb_endpoints.add()
+            sock = lb.endpoint.address.socket_address
+            sock.address = member.address
+            sock.port_value = member.port_for(port)
+            lb.load_balancing_weight.value = endpoint_weight(member)
+    return cla
+
+
+def _set_locality(target: Any, locality: Locality) -> None:
+    target.SetInParent()
+    target.region = locality.region
+    target.zone = locality.zone
+    target.sub_zone = locality.sub_zone
+
+
+def lb_endpoint_count(cla: Any) -> int:
+    """How many endpoints a ClusterLoadAssignment holds, over all its localities."""
+    return sum(len(group.lb_endpoints) for group in cla.endpoints)

@@ -1,0 +1,163 @@
+"""Listeners: inbound, per-port outbound, the outbound HTTP proxy, and gRPC API listeners.
+
+Every socket listener binds a concrete address with ``enable_reuse_port: false`` (two
+proxies binding one address fail loudly instead of sharing connections), sets a
+``stat_prefix``, and ends its HTTP filter chain with the typed router filter. Outbound
+HTTP listeners fetch their routes by RDS, from the ``ConfigSource`` of the client's class;
+inbound HTTP listeners carry their one route inline. Builders here are pure functions of
+their arguments, so a caller may memoize them by those arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from xdsd.model import Port
+from xdsd.resources import pack
+from xdsd.translate.clusters import inbound_cluster_name
+from xdsd.translate.config_sources import config_source
+from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.routes import inbound_route_configuration
+
+ROUTER_FILTER = "envoy.filters.http.router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+#: The port of the outbound HTTP proxy listener (the application's HTTP_PROXY).
+HTTP_PROXY_PORT = 15001
+HTTP_PROXY_LISTENER = "outbound_http_proxy"
+#: The route configuration of the outbound HTTP proxy listener.
+HTTP_PROXY_ROUTES = "http_proxy"
+
+
+def inbound_listener_name(ip: str, port: int) -> str:
+    """``inbound|IP|PORT``."""
+    return f"inbound|{ip}|{port}"
+
+
+def outbound_listener_name(ip: str, port: int) -> str:
+    """``outbound|IP|PORT``."""
+    return f"outbound|{ip}|{port}"
+
+
+def port_route_name(port: int) -> str:
+    """The RDS name of the per-port outbound route configuration: the port number."""
+    return str(port)
+
+
+def http_connection_manager(
+    stat_prefix: str,
+    *,
+    rds: tuple[str, ConfigSourceKind] | None = None,
+    route_config: Any | None = None,
+    allow_absolute_url: bool = False,
+) -> Any:
+    """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
+    RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
+    (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
+    )
+    if rds is not None:
+        name, kind = rds
+        hcm.rds.route_config_name = name
+        hcm.rds.config_source.CopyFrom(config_source(kind))
+    elif route_config is not None:
+        hcm.route_config.CopyFrom(route_config)
+    if allow_absolute_url:
+        hcm.http_protocol_options.allow_absolute_url.value = True
+    router = hcm.http_filters.add(name=ROUTER_FILTER)
+    router.typed_config.CopyFrom(pack(router_pb2.Router()))
+    return hcm
+
+
+def _socket_listener(name: str, ip: str, port: int, direction: int, stat_prefix: str) -> Any:
+    listener = listener_pb2.Listener(
+        name=name, stat_prefix=stat_prefix, traffic_direction=direction
+    )
+    sock = listener.address.socket_address
+    sock.address = ip
+    sock.port_value = port
+    listener.enable_reuse_port.value = False
+    return listener
+
+
+def _add_filter(listener: Any, name: str, config: Any) -> None:
+    chain = listener.filter_chains.add()
+    chain.filters.add(name=name).typed_config.CopyFrom(pack(config))
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> Any:
+    return tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
+
+
+def inbound_listener(ip: str, port: Port) -> Any:
+    """The listener on ``ip:port.number`` that hands traffic to the local application
+    through cluster ``inbound|PORT||``: an HTTP connection manager with one inline route
+    for HTTP ports, a TCP proxy otherwise."""
+    stat_prefix = f"inbound_{port.number}"
+    listener = _socket_listener(
+        inbound_listener_name(ip, port.number), ip, port.number, base_pb2.INBOUND, stat_prefix
+    )
+    if port.protocol.is_http:
+        config = http_connection_manager(
+            stat_prefix, route_config=inbound_route_configuration(port)
+        )
+        _add_filter(listener, HCM_FILTER, config)
+    else:
+        _add_filter(
+            listener, TCP_PROXY_FILTER, _tcp_proxy(stat_prefix, inbound_cluster_name(port.number))
+        )
+    return listener
+
+
+def outbound_http_listener(ip: str, port: int, source: ConfigSourceKind) -> Any:
+    """The listener on ``ip:port`` for HTTP services on ``port``; its routes are the route
+    configuration named like the port."""
+    stat_prefix = f"outbound_{port}"
+    listener = _socket_listener(
+        outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
+    )
+    config = http_connection_manager(stat_prefix, rds=(port_route_name(port), source))
+    _add_filter(listener, HCM_FILTER, config)
+    return listener
+
+
+def outbound_tcp_listener(ip: str, port: int, cluster: str) -> Any:
+    """The listener on ``ip:port`` that proxies TCP to ``cluster``."""
+    stat_prefix = f"outbound_{port}"
+    listener = _socket_listener(
+        outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
+    )
+    _add_filter(listener, TCP_PROXY_FILTER, _tcp_proxy(stat_prefix, cluster))
+    return listener
+
+
+def http_proxy_listener(ip: str, source: ConfigSourceKind) -> Any:
+    """The outbound HTTP proxy on ``ip:15001`` (the application's ``HTTP_PROXY``): routes
+    by Host over every HTTP service, from the route configuration ``http_proxy``."""
+    listener = _socket_listener(
+        HTTP_PROXY_LISTENER, ip, HTTP_PROXY_PORT, base_pb2.OUTBOUND, HTTP_PROXY_LISTENER
+    )
+    config = http_connection_manager(
+        HTTP_PROXY_LISTENER, rds=(HTTP_PROXY_ROUTES, source), allow_absolute_url=True
+    )
+    _add_filter(listener, HCM_FILTER, config)
+    return listener
+
+
+def api_listener(name: str, route_config_name: str) -> Any:
+    """A proxyless gRPC client's listener ``name`` (its target, ``host:port``): no
+    address, an ``api_listener`` holding an HTTP connection manager that fetches
+    ``route_config_name`` over ADS (the only config source gRPC accepts)."""
+    listener = listener_pb2.Listener(name=name)
+    hcm = http_connection_manager(name, rds=(route_config_name, ConfigSourceKind.ADS))
+    listener.api_listener.api_listener.CopyFrom(pack(hcm))
+    return listener

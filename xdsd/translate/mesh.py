@@ -1,0 +1,488 @@
+"""``MeshTranslation``: one mesh's Envoy resources, built once, selected per node class.
+
+How this works: a ``MeshTranslation`` is made for each loaded ``Mesh`` and answers
+``snapshot_for(node_class)``. Everything a class receives is built on first use and
+memoized in the translation, keyed by what it is made of (the cluster flavor, the bind
+addresses, the matcher style...), so two classes that need the same cluster, route
+configuration or listener get the very same ``Resource`` object, encoded once. Clusters,
+endpoint assignments and listeners are keyed by value (the service, port and endpoints
+they are built from), which lets a translation of the next mesh reuse them through
+``previous=``: an edit re-encodes only what it touched. Route configurations depend on
+many rules at once and are rebuilt per mesh.
+
+What a class receives:
+
+- every class: a cluster per service port and per DestinationRule subset (in its
+  ``ClusterFlavor``), the ClusterLoadAssignment of each EDS cluster, and the raw Envoy
+  resources of the mesh — a raw resource replaces a generated one of the same type and
+  name (so ``envoy/`` can override any generated resource);
+- an Envoy or MOSN sidecar: inbound clusters and listeners for its own service (when the
+  mesh defines it), one outbound listener per service port on ``outbound_ip`` (HTTP:
+  routes by RDS from the route configuration named like the port; TCP/TLS: a TCP proxy),
+  and the HTTP proxy listener on ``outbound_ip:15001`` with route configuration
+  ``http_proxy``;
+- a proxyless gRPC client: an ``api_listener`` named ``host:port`` for each name of each
+  HTTP service port (and the bare name for a service with a single port), each fetching
+  the per-port route configuration the sidecars use; no socket listeners;
+- a gateway: clusters and endpoints only, until Gateway resources are translated.
+
+API version v2 is not translated here: every resource is v3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from google.protobuf import message as message_module
+from google.protobuf import symbol_database
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import Mesh, Origin, Port, RawResource, Service
+from xdsd.resources import (
+    CLUSTER,
+    ENDPOINT,
+    MESSAGE_CLASSES,
+    SHORT_NAMES,
+    Resource,
+    TypeUrl,
+    ensure_type_known,
+)
+from xdsd.translate.clusters import (
+    ClusterFlavor,
+    OutboundCluster,
+    build_inbound_cluster,
+    build_outbound_cluster,
+    cluster_flavor,
+    is_eds,
+    outbound_cluster_name,
+    outbound_clusters,
+)
+from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.translate.listeners import (
+    HTTP_PROXY_PORT,
+    HTTP_PROXY_ROUTES,
+    api_listener,
+    http_proxy_listener,
+    inbound_listener,
+    outbound_http_listener,
+    outbound_tcp_listener,
+    port_route_name,
+)
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, Role
+from xdsd.translate.placement import (
+    PortGroup,
+    check_binds,
+    check_port_groups,
+    default_instance_ip,
+)
+from xdsd.translate.routes import (
+    MatcherStyle,
+    RouteBuilder,
+    VirtualHostSpec,
+    dedupe_domains,
+    port_domains,
+    proxy_domains,
+)
+
+Key = tuple[Hashable, ...]
+
+
+class MeshTranslation:
+    """The Envoy resources of one mesh, per node class.
+
+    Not thread-safe (use from one thread or event loop). Treat every returned message as
+    read-only: they are shared between classes and snapshots.
+    """
+
+    def __init__(self, mesh: Mesh, *, previous: MeshTranslation | None = None) -> None:
+        self.mesh = mesh
+        # Resources keyed by everything they are made of (reusable by the next mesh).
+        self._memo: dict[Key, Resource] = {}
+        # Only what ``previous`` built itself (or reused), never its own fallback: no
+        # chain of old translations is kept alive.
+        self._fallback: dict[Key, Resource] = previous._memo if previous is not None else {}
+        # Resources and selections that depend on the whole mesh (this translation only);
+        # a selection that failed keeps its error.
+        self._local: dict[Key, Resource] = {}
+        self._selections: dict[Key, tuple[Resource, ...] | TranslationError] = {}
+        self._snapshots: dict[NodeClass, Snapshot] = {}
+        self._builders: dict[MatcherStyle, RouteBuilder] = {}
+        self._specs: list[OutboundCluster] | None = None
+        self._groups: list[PortGroup] | None = None
+        self._group_index: dict[int, PortGroup] | None = None
+        self._group_problems: list[Problem] | None = None
+        self._port_vhosts: dict[int, list[VirtualHostSpec]] = {}
+        self._assignments: dict[ClusterFlavor, dict[str, Resource]] = {}
+        self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
+        self._raw_origins: dict[tuple[str, str], Origin] = {}
+
+    # -- public ---------------------------------------------------------------------
+
+    def snapshot_for(self, node: NodeClass) -> Snapshot:
+        """The consistent snapshot for ``node`` (memoized per class).
+
+        Raises TranslationError when the node's listeners would collide (see
+        ``placement.check_binds``), when a rule cannot be translated, or when a raw
+        Envoy resource cannot be used or references something the snapshot lacks; every
+        problem names the file to change.
+        """
+        found = self._snapshots.get(node)
+        if found is None:
+            found = self._build_snapshot(node)
+            self._snapshots[node] = found
+        return found
+
+    def instance_ip(self, node: NodeClass) -> str:
+        """The address ``node``'s inbound listeners bind: ``node.instance_ip`` when set,
+        else the address of the one endpoint of its service that matches its labels
+        (when there is exactly one and it is an IP literal), else ``0.0.0.0``."""
+        if node.instance_ip:
+            return node.instance_ip
+        return default_instance_ip(self.own_service(node), node.labels)
+
+    def own_service(self, node: NodeClass) -> Service | None:
+        """The service ``node`` fronts, if the mesh defines it."""
+        return self.mesh.service_by_name(node.namespace, node.service)
+
+    def port_groups(self) -> list[PortGroup]:
+        """Every port number used by a service, ascending, with the service ports on it."""
+        if self._groups is None:
+            by_number: dict[int, list[tuple[Service, Port]]] = {}
+            for service in self.mesh.services:
+                for port in service.ports:
+                    by_number.setdefault(port.number, []).append((service, port))
+            self._groups = [PortGroup(n, tuple(by_number[n])) for n in sorted(by_number)]
+        return self._groups
+
+    def _groups_by_number(self) -> dict[int, PortGroup]:
+        if self._group_index is None:
+            self._group_index = {g.number: g for g in self.port_groups()}
+        return self._group_index
+
+    def _port_group_problems(self) -> list[Problem]:
+        if self._group_problems is None:
+            self._group_problems = check_port_groups(self.port_groups())
+        return self._group_problems
+
+    # -- snapshot assembly ----------------------------------------------------------
+
+    def _build_snapshot(self, node: NodeClass) -> Snapshot:
+        flavor = cluster_flavor(node)
+        style = (
+            MatcherStyle.DEPRECATED if node.client is ClientKind.MOSN else MatcherStyle.STRING_MATCH
+        )
+        source = (
+            ConfigSourceKind.REST
+            if node.config_source is ConfigSourceKind.REST
+            else ConfigSourceKind.ADS
+        )
+        parts: list[Callable[[], Iterable[Resource]]] = [lambda: self._clusters(flavor)]
+        if node.client is ClientKind.GRPC:
+            parts.append(self._grpc_listeners)
+        elif node.role is Role.SIDECAR:
+            parts.append(lambda: self._inbound(node))
+            parts.append(lambda: self._outbound(node.outbound_ip, source, style))
+        parts.append(lambda: self._raw_resources().values())
+        chosen: dict[tuple[str, str], Resource] = {}
+        problems: list[Problem] = []
+        for part in parts:
+            try:
+                for r in part():
+                    chosen[(r.type_url, r.name)] = r  # later parts (raw) replace earlier ones
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+        if problems:
+            raise TranslationError(problems)
+        assignments = self._assignments_by_cluster(flavor)
+        for r in list(chosen.values()):
+            if r.type_url != CLUSTER:
+                continue
+            for type_url, name in r.references:
+                found = assignments.get(name)
+                if type_url == ENDPOINT and found is not None:
+                    chosen.setdefault((ENDPOINT, name), found)
+        return self._consistent(chosen.values())
+
+    def _selection(self, key: Key, compute: Callable[[], list[Resource]]) -> tuple[Resource, ...]:
+        """The resources ``compute`` selects, memoized by ``key`` with its error, if any."""
+        found = self._selections.get(key)
+        if found is None:
+            try:
+                found = tuple(compute())
+            except TranslationError as err:
+                found = err
+            self._selections[key] = found
+        if isinstance(found, TranslationError):
+            raise TranslationError(found.problems)
+        return found
+
+    def _clusters(self, flavor: ClusterFlavor) -> tuple[Resource, ...]:
+        def compute() -> list[Resource]:
+            problems: list[Problem] = []
+            out: list[Resource] = []
+            for spec in self._outbound_specs():
+                try:
+                    out.append(self._cluster(spec, flavor))
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+            if problems:
+                raise TranslationError(problems)
+            return out
+
+        return self._selection(("clusters", flavor), compute)
+
+    def _assignments_by_cluster(self, flavor: ClusterFlavor) -> dict[str, Resource]:
+        """The ClusterLoadAssignment of each cluster that is EDS in ``flavor``, by name."""
+        found = self._assignments.get(flavor)
+        if found is None:
+            found = {
+                spec.name: self._load_assignment(spec)
+                for spec in self._outbound_specs()
+                if is_eds(spec, flavor)
+            }
+            self._assignments[flavor] = found
+        return found
+
+    def _inbound(self, node: NodeClass) -> list[Resource]:
+        """Inbound clusters and listeners of ``node``'s own service, after checking that
+        all of the node's listeners can bind."""
+        own = self.own_service(node)
+        instance_ip = self.instance_ip(node)
+        problems = self._port_group_problems() + check_binds(
+            own, instance_ip, node.outbound_ip, self._groups_by_number(), HTTP_PROXY_PORT
+        )
+        if problems:
+            raise TranslationError(problems)
+        out: list[Resource] = []
+        for port in own.ports if own is not None else ():
+            out.append(self._shared(("inbound-cluster", port), build_inbound_cluster, port))
+            out.append(
+                self._shared(("inbound-listener", instance_ip, port), inbound_listener,
+                             instance_ip, port)
+            )  # fmt: skip
+        return out
+
+    def _outbound(
+        self, ip: str, source: ConfigSourceKind, style: MatcherStyle
+    ) -> tuple[Resource, ...]:
+        """Outbound listeners on ``ip`` and the route configurations they name."""
+
+        def compute() -> list[Resource]:
+            builder = self._route_builder(style)
+            out: list[Resource] = []
+            problems: list[Problem] = []
+            for group in self.port_groups():
+                if group.http:
+                    out.append(
+                        self._shared(("outbound-http", ip, group.number, source),
+                                     outbound_http_listener, ip, group.number, source)
+                    )  # fmt: skip
+                    try:
+                        out.append(self._port_routes(group, style, builder))
+                    except TranslationError as err:
+                        problems.extend(p for p in err.problems if p not in problems)
+                else:
+                    service, port = group.tcp[0]
+                    cluster = outbound_cluster_name(port.number, "", service.fqdn)
+                    out.append(
+                        self._shared(("outbound-tcp", ip, group.number, cluster),
+                                     outbound_tcp_listener, ip, group.number, cluster)
+                    )  # fmt: skip
+            out.append(self._shared(("http-proxy", ip, source), http_proxy_listener, ip, source))
+            try:
+                out.append(self._proxy_routes(style, builder))
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+            if problems:
+                raise TranslationError(problems)
+            return out
+
+        return self._selection(("outbound", ip, source, style), compute)
+
+    def _grpc_listeners(self) -> tuple[Resource, ...]:
+        """API listeners for every name of every HTTP service port, and their routes."""
+
+        def compute() -> list[Resource]:
+            style = MatcherStyle.STRING_MATCH
+            builder = self._route_builder(style)
+            out: list[Resource] = []
+            bare_seen: set[str] = set()
+            for group in self.port_groups():
+                if not group.http:
+                    continue
+                out.append(self._port_routes(group, style, builder))
+                route_name = port_route_name(group.number)
+                suffix = f":{group.number}"
+                for spec in self._vhosts_for_port(group):
+                    names = [d for d in spec.domains if d.endswith(suffix)]
+                    if len(spec.service.ports) == 1:
+                        bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
+                        bare_seen.update(bare)
+                        names.extend(bare)
+                    for name in names:
+                        out.append(
+                            self._shared(("api-listener", name, route_name), api_listener,
+                                         name, route_name)
+                        )  # fmt: skip
+            return out
+
+        return self._selection(("grpc",), compute)
+
+    # -- shared resources -----------------------------------------------------------
+
+    def _shared(self, key: Key, build: Callable[..., Any], *args: Any) -> Resource:
+        """The Resource built by ``build(*args)``, named by the message's ``name`` (or
+        ``cluster_name``); memoized by ``key``, which must determine the message
+        completely, since it is also looked up in the previous translation."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._fallback.get(key)
+            if found is None:
+                message = build(*args)
+                name = message.cluster_name if key[0] == "cla" else message.name
+                found = Resource.of(name, message)
+            self._memo[key] = found
+        return found
+
+    def _local_resource(self, key: Key, build: Callable[[], tuple[str, Any]]) -> Resource:
+        """Like ``_shared`` for resources that depend on more than their key says (route
+        configurations): memoized in this translation only."""
+        found = self._local.get(key)
+        if found is None:
+            name, message = build()
+            found = Resource.of(name, message)
+            self._local[key] = found
+        return found
+
+    def _outbound_specs(self) -> list[OutboundCluster]:
+        if self._specs is None:
+            self._specs = [
+                spec
+                for service in self.mesh.services
+                for spec in outbound_clusters(service, self.mesh.destination_rule(service))
+            ]
+        return self._specs
+
+    def _cluster(self, spec: OutboundCluster, flavor: ClusterFlavor) -> Resource:
+        if is_eds(spec, flavor):
+            key: Key = ("cluster", flavor, spec.name, spec.port, _lb_key(spec))
+        else:
+            # DNS clusters carry no config source: Envoy classes share them.
+            inline_flavor = flavor if flavor is ClusterFlavor.GRPC else ClusterFlavor.ENVOY_ADS
+            endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+            key = ("dns-cluster", inline_flavor, spec.name, spec.port, spec.service.resolution,
+                   _lb_key(spec), endpoints)  # fmt: skip
+        return self._shared(key, build_outbound_cluster, spec, flavor)
+
+    def _load_assignment(self, spec: OutboundCluster) -> Resource:
+        endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+        key = ("cla", spec.name, spec.port, endpoints)
+        return self._shared(key, load_assignment, spec.name, spec.port, endpoints)
+
+    def _route_builder(self, style: MatcherStyle) -> RouteBuilder:
+        builder = self._builders.get(style)
+        if builder is None:
+            builder = RouteBuilder(self.mesh, style)
+            self._builders[style] = builder
+        return builder
+
+    def _vhosts_for_port(self, group: PortGroup) -> list[VirtualHostSpec]:
+        found = self._port_vhosts.get(group.number)
+        if found is None:
+            found = dedupe_domains(
+                (service, port, port_domains(service, port.number)) for service, port in group.http
+            )
+            self._port_vhosts[group.number] = found
+        return found
+
+    def _port_routes(
+        self, group: PortGroup, style: MatcherStyle, builder: RouteBuilder
+    ) -> Resource:
+        name = port_route_name(group.number)
+        return self._local_resource(
+            ("routes", name, style),
+            lambda: (name, builder.route_configuration(name, self._vhosts_for_port(group))),
+        )
+
+    def _proxy_routes(self, style: MatcherStyle, builder: RouteBuilder) -> Resource:
+        def build() -> tuple[str, Any]:
+            vhosts = dedupe_domains(
+                (service, port, proxy_domains(service, port.number))
+                for group in self.port_groups()
+                for service, port in group.http
+            )
+            return HTTP_PROXY_ROUTES, builder.route_configuration(HTTP_PROXY_ROUTES, vhosts)
+
+        return self._local_resource(("routes", HTTP_PROXY_ROUTES, style), build)
+
+    def _raw_resources(self) -> dict[tuple[str, str], Resource]:
+        if self._raw is None:
+            problems: list[Problem] = []
+            raw: dict[tuple[str, str], Resource] = {}
+            for item in self.mesh.raw_resources:
+                try:
+                    resource = raw_resource(item)
+                except TranslationError as err:
+                    problems.extend(err.problems)
+                    continue
+                raw[(resource.type_url, resource.name)] = resource
+                self._raw_origins[(resource.type_url, resource.name)] = item.origin
+            self._raw = TranslationError(problems) if problems else raw
+        if isinstance(self._raw, TranslationError):
+            raise TranslationError(self._raw.problems)
+        return self._raw
+
+    def _consistent(self, resources: Iterable[Resource]) -> Snapshot:
+        """Build the snapshot. A dangling reference from a raw resource is the user's to
+        fix (TranslationError naming its file); any other one is a bug
+        (InconsistentSnapshotError)."""
+        snapshot = Snapshot.build(resources, check=False)
+        problems: list[Problem] = []
+        for key, resource in self._raw_resources().items():
+            origin = self._raw_origins[key]
+            for type_url, name in resource.references:
+                if name not in snapshot.get(TypeUrl(type_url)):
+                    kind = SHORT_NAMES.get(TypeUrl(type_url), type_url)
+                    problems.append(
+                        Problem(
+                            origin.path,
+                            origin.line,
+                            "",
+                            f"{resource.name!r} references {kind} {name!r}, which neither the "
+                            "mesh nor another raw resource defines: define it or remove the "
+                            "reference",
+                        )
+                    )
+        if problems:
+            raise TranslationError(problems)
+        snapshot.check_consistency()
+        return snapshot
+
+
+def _lb_key(spec: OutboundCluster) -> Hashable:
+    policy = spec.policy
+    return None if policy is None or policy.load_balancer is None else policy.load_balancer.simple
+
+
+def raw_resource(item: RawResource) -> Resource:
+    """A raw Envoy resource as a ``Resource``: its payload parsed into its message type.
+
+    Raises TranslationError (path: the file it came from) when no installed module
+    defines its type or the payload does not parse.
+    """
+    cls = MESSAGE_CLASSES.get(TypeUrl(item.type_url))
+    full_name = item.type_url.rsplit("/", 1)[-1]
+    if cls is None and ensure_type_known(full_name):
+        cls = symbol_database.Default().GetSymbol(full_name)
+    where = (item.origin.path, item.origin.line)
+    if cls is None:
+        raise TranslationError([Problem(*where, "@type", f"unknown type {item.type_url!r}")])
+    try:
+        message = cls.FromString(item.payload)
+    except message_module.DecodeError as err:
+        raise TranslationError(
+            [Problem(*where, "", f"cannot decode {full_name} {item.name!r}: {err}")]
+        ) from err
+    return Resource.of(item.name, message)

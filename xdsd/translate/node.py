@@ -1,0 +1,189 @@
+"""Node classes: everything about an xDS client that decides which resources it gets.
+
+Two clients with equal ``NodeClass`` values receive the same snapshot, so a class (not a
+node id) is what snapshots are built and cached for. ``node_class_from_node`` reduces an
+xDS ``Node`` to a class by reading a handful of its fields and nothing else, because Envoy
+sends a very large node block and every field read is a field that splits classes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from google.protobuf import json_format
+
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import DEFAULT_NAMESPACE, Locality
+
+DEFAULT_OUTBOUND_IP = "127.0.0.1"
+NO_LOCALITY = Locality()
+#: Written as the path of problems found in a node's own metadata.
+NODE_PATH = "<node>"
+
+
+class Role(Enum):
+    """What a proxy is: a sidecar in front of one service, or a gateway."""
+
+    SIDECAR = "sidecar"
+    GATEWAY = "gateway"
+
+
+class ClientKind(Enum):
+    """Which xDS client implementation a node is (from ``node.user_agent_name``)."""
+
+    ENVOY = "envoy"
+    GRPC = "grpc"
+    MOSN = "mosn"
+
+
+class ConfigSourceKind(Enum):
+    """How the client fetches resources; decides the ``ConfigSource`` written into the
+    clusters and listeners it receives. STATIC is for ``render --static``: resources that
+    end up inline in a bootstrap (they are built as for ADS and then inlined)."""
+
+    ADS = "ads"
+    DELTA = "delta"
+    REST = "rest"
+    STATIC = "static"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClass:
+    """Everything that decides a node's resources, and nothing else.
+
+    ``labels`` is sorted by key. ``instance_ip`` is the address inbound listeners bind
+    (empty: decided from the service's endpoints, see ``MeshTranslation``);
+    ``outbound_ip`` is the address outbound listeners bind.
+    """
+
+    service: str
+    namespace: str = DEFAULT_NAMESPACE
+    role: Role = Role.SIDECAR
+    labels: tuple[tuple[str, str], ...] = ()
+    locality: Locality = NO_LOCALITY
+    client: ClientKind = ClientKind.ENVOY
+    api_version: str = "v3"
+    config_source: ConfigSourceKind = ConfigSourceKind.ADS
+    instance_ip: str = ""
+    outbound_ip: str = DEFAULT_OUTBOUND_IP
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
+
+
+def client_kind(user_agent_name: str) -> ClientKind:
+    """The client kind a ``user_agent_name`` announces: ``grpc…`` (any case, e.g.
+    ``gRPC C-core linux``) is proxyless gRPC, ``mosn…`` is MOSN, anything else Envoy."""
+    name = user_agent_name.strip().lower()
+    if name.startswith("grpc"):
+        return ClientKind.GRPC
+    if name.startswith("mosn"):
+        return ClientKind.MOSN
+    return ClientKind.ENVOY
+
+
+def node_class_from_node(
+    node: Any, *, config_source: ConfigSourceKind, api_version: str = "v3"
+) -> NodeClass:
+    """The class of an xDS node (``envoy.config.core.v3.Node``).
+
+    Reads only ``node.cluster`` (the service), ``node.locality``,
+    ``node.user_agent_name`` and these ``node.metadata`` fields: ``namespace``,
+    ``labels`` (a struct of strings; numbers and booleans are turned into strings),
+    ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``. Every other
+    field is ignored.
+
+    Raises TranslationError (path ``<node>``) when a field cannot be used: no
+    ``node.cluster``, an unknown role, labels that are not a struct, an address that is
+    not an IP literal.
+    """
+    problems: list[Problem] = []
+    fields = node.metadata.fields
+
+    def text(key: str, default: str) -> str:
+        if key not in fields:
+            return default
+        value = json_format.MessageToDict(fields[key])
+        if isinstance(value, str):
+            return value
+        problems.append(Problem(NODE_PATH, 0, f"metadata.{key}", "must be a string"))
+        return default
+
+    service = node.cluster
+    if not service:
+        problems.append(
+            Problem(NODE_PATH, 0, "cluster", "is empty: set node.cluster to the service name")
+        )
+    namespace = text("namespace", DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
+    role_text = text("role", Role.SIDECAR.value) or Role.SIDECAR.value
+    try:
+        role = Role(role_text.lower())
+    except ValueError:
+        problems.append(
+            Problem(
+                NODE_PATH,
+                0,
+                "metadata.role",
+                f"must be 'sidecar' or 'gateway' (got {role_text!r})",
+            )
+        )
+        role = Role.SIDECAR
+    labels: dict[str, str] = {}
+    if "labels" in fields:
+        raw = json_format.MessageToDict(fields["labels"])
+        if isinstance(raw, dict):
+            for key, value in raw.items():
+                if isinstance(value, bool):
+                    labels[key] = "true" if value else "false"
+                elif isinstance(value, float) and value.is_integer():
+                    labels[key] = str(int(value))
+                elif isinstance(value, str | int | float):
+                    labels[key] = str(value)
+                else:
+                    problems.append(
+                        Problem(NODE_PATH, 0, f"metadata.labels.{key}", "must be a string")
+                    )
+        else:
+            problems.append(Problem(NODE_PATH, 0, "metadata.labels", "must be a struct of strings"))
+    instance_ip = text("instance_ip", "")
+    outbound_ip = text("outbound_ip", DEFAULT_OUTBOUND_IP) or DEFAULT_OUTBOUND_IP
+    for key, value in (("instance_ip", instance_ip), ("outbound_ip", outbound_ip)):
+        if value and not is_ip(value):
+            problems.append(
+                Problem(NODE_PATH, 0, f"metadata.{key}", f"must be an IP address (got {value!r})")
+            )
+    if problems:
+        raise TranslationError(problems)
+    loc = node.locality
+    return NodeClass(
+        service=service,
+        namespace=namespace,
+        role=role,
+        labels=tuple(labels.items()),
+        locality=Locality(loc.region, loc.zone, loc.sub_zone),
+        client=client_kind(node.user_agent_name),
+        api_version=api_version,
+        config_source=config_source,
+        instance_ip=instance_ip,
+        outbound_ip=outbound_ip,
+    )
+
+
+def is_ip(text: str) -> bool:
+    """True when ``text`` is an IPv4 or IPv6 literal."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_wildcard(address: str) -> bool:
+    """True for the any-address of IPv4 or IPv6 (``0.0.0.0``, ``::``)."""
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False

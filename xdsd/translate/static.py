@@ -1,0 +1,253 @@
+"""Bootstraps: a class's resources inlined for a static Envoy, and configs that point
+proxies and proxyless gRPC clients at xdsd.
+
+How this works: ``render_static`` takes the snapshot an Envoy of the class would receive
+and makes it self-contained: each EDS cluster gets its ClusterLoadAssignment inline (and
+becomes STATIC), each HTTP connection manager that names a route configuration by RDS
+gets that configuration inline. Everything is built as Envoy messages (a ``Bootstrap``)
+and only turned into a JSON-able dict at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Literal
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import struct_pb2
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.model import Mesh
+from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, pack, to_json
+from xdsd.translate.config_sources import (
+    HTTP_PROTOCOL_OPTIONS_KEY,
+    XDS_CLUSTER,
+    config_source,
+    duration,
+    http2_protocol_options,
+)
+from xdsd.translate.mesh import MeshTranslation
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, is_ip
+
+Transport = Literal["grpc", "delta", "rest"]
+#: How long Envoy waits to connect to xdsd before retrying.
+XDS_CONNECT_TIMEOUT = timedelta(seconds=1)
+ADMIN_IP = "127.0.0.1"
+_HCM_TYPE = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+
+
+def plain_json(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` with every mapping a plain ``dict`` and every sequence a ``list``
+    (``MessageToDict`` returns ``OrderedDict`` for ``Any`` fields, which YAML dumpers
+    refuse)."""
+    return {str(k): _plain(v) for k, v in document.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return plain_json(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def node_metadata(node: NodeClass) -> Any:
+    """The ``node.metadata`` Struct xdsd reads back (see ``node_class_from_node``):
+    namespace, labels, role, outbound_ip and, when set, instance_ip."""
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {
+            "namespace": node.namespace,
+            "labels": dict(node.labels),
+            "role": node.role.value,
+            "outbound_ip": node.outbound_ip,
+        }
+    )
+    if node.instance_ip:
+        metadata.update({"instance_ip": node.instance_ip})
+    return metadata
+
+
+def node_message(node_id: str, node: NodeClass) -> Any:
+    """The xDS ``Node`` a client of class ``node`` announces itself with."""
+    out = base_pb2.Node(id=node_id, cluster=node.service)
+    out.metadata.CopyFrom(node_metadata(node))
+    loc = node.locality
+    if loc.region or loc.zone or loc.sub_zone:
+        out.locality.region = loc.region
+        out.locality.zone = loc.zone
+        out.locality.sub_zone = loc.sub_zone
+    return out
+
+
+def _admin(bootstrap: Any, admin_port: int) -> None:
+    sock = bootstrap.admin.address.socket_address
+    sock.address = ADMIN_IP
+    sock.port_value = admin_port
+
+
+def render_static(
+    mesh: Mesh, node: NodeClass, *, admin_port: int, node_id: str = ""
+) -> dict[str, Any]:
+    """A complete Envoy bootstrap (proto3 JSON as a dict) holding, inline, every cluster
+    and listener an Envoy sidecar of class ``node`` would receive from xdsd.
+
+    The class is rendered as an Envoy (``client`` and ``config_source`` are overridden):
+    proxyless gRPC listeners have no static form. The node id defaults to the service
+    name; admin listens on 127.0.0.1:``admin_port``. Raises TranslationError as
+    ``MeshTranslation.snapshot_for`` does.
+    """
+    envoy_node = dataclasses.replace(
+        node, client=ClientKind.ENVOY, config_source=ConfigSourceKind.STATIC
+    )
+    snapshot = MeshTranslation(mesh).snapshot_for(envoy_node)
+    bootstrap = bootstrap_pb2.Bootstrap()
+    bootstrap.node.CopyFrom(node_message(node_id or node.service, envoy_node))
+    _admin(bootstrap, admin_port)
+    resources = bootstrap.static_resources
+    for cluster in snapshot.get(CLUSTER).values():
+        resources.clusters.append(_inline_endpoints(cluster.message, snapshot))
+    for listener in snapshot.get(LISTENER).values():
+        if listener.message.HasField("api_listener"):
+            continue
+        resources.listeners.append(_inline_routes(listener.message, snapshot))
+    for secret in snapshot.get(SECRET).values():
+        resources.secrets.append(secret.message)
+    return plain_json(to_json(bootstrap))
+
+
+def _inline_endpoints(message: Any, snapshot: Snapshot) -> Any:
+    """A copy of cluster ``message`` with its EDS assignment inline."""
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(message)
+    if cluster.type != cluster_pb2.Cluster.EDS:
+        return cluster
+    name = cluster.eds_cluster_config.service_name or cluster.name
+    cluster.ClearField("eds_cluster_config")
+    assignment = snapshot.get(ENDPOINT).get(name)
+    if assignment is not None:
+        cluster.load_assignment.CopyFrom(assignment.message)
+    else:
+        cluster.load_assignment.cluster_name = name
+    cluster.load_assignment.cluster_name = cluster.name
+    addresses = [
+        lb.endpoint.address.socket_address.address
+        for group in cluster.load_assignment.endpoints
+        for lb in group.lb_endpoints
+    ]
+    static = all(is_ip(a) for a in addresses)
+    cluster.type = cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS
+    return cluster
+
+
+def _inline_routes(message: Any, snapshot: Snapshot) -> Any:
+    """A copy of listener ``message`` whose HTTP connection managers carry their route
+    configurations inline instead of naming them by RDS."""
+    listener = type(message)()
+    listener.CopyFrom(message)
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for network_filter in chain.filters:
+            typed = network_filter.typed_config
+            if typed.type_url.rsplit("/", 1)[-1] != _HCM_TYPE:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            typed.Unpack(hcm)
+            if not hcm.HasField("rds"):
+                continue
+            routes = snapshot.get(ROUTE).get(hcm.rds.route_config_name)
+            name = hcm.rds.route_config_name
+            hcm.ClearField("rds")
+            if routes is not None:
+                hcm.route_config.CopyFrom(routes.message)
+            else:
+                hcm.route_config.name = name
+            network_filter.typed_config.CopyFrom(pack(hcm))
+    return listener
+
+
+def _xds_cluster(xds_host: str, xds_port: int, *, http2: bool) -> Any:
+    """The static cluster that leads to xdsd (HTTP/2 for gRPC: without it Envoy 1.40
+    hangs on the xDS stream)."""
+    kind = cluster_pb2.Cluster.STATIC if is_ip(xds_host) else cluster_pb2.Cluster.STRICT_DNS
+    cluster = cluster_pb2.Cluster(name=XDS_CLUSTER, type=kind)
+    cluster.connect_timeout.CopyFrom(duration(XDS_CONNECT_TIMEOUT))
+    cluster.load_assignment.cluster_name = XDS_CLUSTER
+    sock = cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address
+    sock.socket_address.address = xds_host
+    sock.socket_address.port_value = xds_port
+    if http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
+            http2_protocol_options()
+        )
+    return cluster
+
+
+def bootstrap(
+    node_id: str,
+    node: NodeClass,
+    *,
+    xds_host: str,
+    xds_port: int,
+    transport: Transport,
+    admin_port: int,
+) -> dict[str, Any]:
+    """An Envoy bootstrap (proto3 JSON as a dict) that fetches clusters and listeners
+    from xdsd at ``xds_host:xds_port``.
+
+    ``grpc``: state-of-the-world ADS; ``delta``: incremental ADS (both send the node only
+    on the first message and reach xdsd over HTTP/2); ``rest``: REST-JSON polling every
+    second. The node carries ``node``'s service, metadata and locality, so xdsd puts the
+    proxy in that class (its ``config_source`` field is not used: ``transport`` decides).
+    Admin listens on 127.0.0.1:``admin_port``.
+    """
+    out = bootstrap_pb2.Bootstrap()
+    out.node.CopyFrom(node_message(node_id, node))
+    _admin(out, admin_port)
+    out.static_resources.clusters.append(
+        _xds_cluster(xds_host, xds_port, http2=transport != "rest")
+    )
+    dynamic = out.dynamic_resources
+    if transport == "rest":
+        dynamic.cds_config.CopyFrom(config_source(ConfigSourceKind.REST))
+        dynamic.lds_config.CopyFrom(config_source(ConfigSourceKind.REST))
+    else:
+        ads = dynamic.ads_config
+        ads.api_type = (
+            config_source_pb2.ApiConfigSource.DELTA_GRPC
+            if transport == "delta"
+            else config_source_pb2.ApiConfigSource.GRPC
+        )
+        ads.transport_api_version = config_source_pb2.V3
+        ads.set_node_on_first_message_only = True
+        ads.grpc_services.add().envoy_grpc.cluster_name = XDS_CLUSTER
+        dynamic.cds_config.CopyFrom(config_source(ConfigSourceKind.ADS))
+        dynamic.lds_config.CopyFrom(config_source(ConfigSourceKind.ADS))
+    return plain_json(to_json(out))
+
+
+def grpc_bootstrap(
+    node_id: str, node: NodeClass, *, xds_host: str, xds_port: int
+) -> dict[str, Any]:
+    """The JSON file ``GRPC_XDS_BOOTSTRAP`` names, for a proxyless gRPC client of class
+    ``node``: xdsd as its xDS server (plaintext, xDS v3) and its node."""
+    host = f"[{xds_host}]" if ":" in xds_host else xds_host
+    return {
+        "xds_servers": [
+            {
+                "server_uri": f"{host}:{xds_port}",
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": plain_json(to_json(node_message(node_id, node))),
+    }
