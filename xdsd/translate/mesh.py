@@ -34,21 +34,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from google.protobuf import message as message_module
-from google.protobuf import symbol_database
-
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import Mesh, Origin, Port, RawResource, Service
-from xdsd.resources import (
-    CLUSTER,
-    ENDPOINT,
-    MESSAGE_CLASSES,
-    SHORT_NAMES,
-    Resource,
-    TypeUrl,
-    ensure_type_known,
-)
+from xdsd.model import Mesh, Origin, Port, Service
+from xdsd.resources import CLUSTER, ENDPOINT, Resource
 from xdsd.translate.clusters import (
     ClusterFlavor,
     OutboundCluster,
@@ -77,6 +66,7 @@ from xdsd.translate.placement import (
     check_port_groups,
     default_instance_ip,
 )
+from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.routes import (
     MatcherStyle,
     RouteBuilder,
@@ -439,22 +429,7 @@ class MeshTranslation:
         fix (TranslationError naming its file); any other one is a bug
         (InconsistentSnapshotError)."""
         snapshot = Snapshot.build(resources, check=False)
-        problems: list[Problem] = []
-        for key, resource in self._raw_resources().items():
-            origin = self._raw_origins[key]
-            for type_url, name in resource.references:
-                if name not in snapshot.get(TypeUrl(type_url)):
-                    kind = SHORT_NAMES.get(TypeUrl(type_url), type_url)
-                    problems.append(
-                        Problem(
-                            origin.path,
-                            origin.line,
-                            "",
-                            f"{resource.name!r} references {kind} {name!r}, which neither the "
-                            "mesh nor another raw resource defines: define it or remove the "
-                            "reference",
-                        )
-                    )
+        problems = dangling_references(snapshot, self._raw_resources(), self._raw_origins)
         if problems:
             raise TranslationError(problems)
         snapshot.check_consistency()
@@ -464,25 +439,3 @@ class MeshTranslation:
 def _lb_key(spec: OutboundCluster) -> Hashable:
     policy = spec.policy
     return None if policy is None or policy.load_balancer is None else policy.load_balancer.simple
-
-
-def raw_resource(item: RawResource) -> Resource:
-    """A raw Envoy resource as a ``Resource``: its payload parsed into its message type.
-
-    Raises TranslationError (path: the file it came from) when no installed module
-    defines its type or the payload does not parse.
-    """
-    cls = MESSAGE_CLASSES.get(TypeUrl(item.type_url))
-    full_name = item.type_url.rsplit("/", 1)[-1]
-    if cls is None and ensure_type_known(full_name):
-        cls = symbol_database.Default().GetSymbol(full_name)
-    where = (item.origin.path, item.origin.line)
-    if cls is None:
-        raise TranslationError([Problem(*where, "@type", f"unknown type {item.type_url!r}")])
-    try:
-        message = cls.FromString(item.payload)
-    except message_module.DecodeError as err:
-        raise TranslationError(
-            [Problem(*where, "", f"cannot decode {full_name} {item.name!r}: {err}")]
-        ) from err
-    return Resource.of(item.name, message)
