@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.run(args)
         return result
     except ConfigError as e:
-        for p in (*e.problems, *getattr(e, "warnings", ())):
+        for p in (*e.problems, *e.warnings):
             print(p, file=sys.stderr)
         n = len(e.problems)
         print(f"error: configuration refused ({n} error{'s' if n != 1 else ''})", file=sys.stderr)

@@ -56,13 +56,15 @@ class XdsdError(Exception):
 
 
 class ConfigError(XdsdError):
-    """Configuration could not be loaded; ``problems`` lists every error found (at least one).
+    """Configuration could not be loaded; ``problems`` lists every error found (at least one)
+    and ``warnings`` what else was noticed.
 
     The whole load is refused: callers keep whatever they had before.
     """
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], warnings: Sequence[Problem] = ()) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
+        self.warnings: tuple[Problem, ...] = tuple(warnings)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -28,8 +28,8 @@ from xdsd.model.service import (
     Origin,
     Port,
     Protocol,
-    ResourceKey,
     Resolution,
+    ResourceKey,
     Service,
 )
 

@@ -99,9 +99,7 @@ def load_directory(root: str) -> LoadResult:
     errors = [p for p in problems if p.severity is Severity.ERROR]
     warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
     if errors:
-        error = ConfigError(errors)
-        error.warnings = warnings  # type: ignore[attr-defined]
-        raise error
+        raise ConfigError(errors, warnings)
     return LoadResult(mesh, warnings, tuple(files))
 
 

@@ -1,0 +1,208 @@
+"""gRPC transport (grpclib): ADS and the per-type SotW discovery services.
+
+How this works: each gRPC stream gets a ``SotwStream`` protocol core and an inbox. A reader
+task puts every request it decodes into the inbox; the snapshot cache's watcher marks a new
+snapshot as pending and wakes the inbox once, however many snapshots arrive meanwhile. The
+stream's own task takes items from the inbox, feeds them to the core, records the events in
+client status and writes the ``Response`` events out. A client that breaks the protocol gets
+its stream ended with a gRPC status; nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import TranslationError
+from xdsd.protocol import Nack, NotApplied, ProtocolError, Response, record_events
+from xdsd.protocol.sotw import SotwStream
+from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES, TypeUrl
+from xdsd.transports import SnapshotSource
+
+log = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+#: Per-type v3 services: (service, stream method) → type.
+PER_TYPE_SERVICES: dict[tuple[str, str], TypeUrl] = {
+    ("envoy.service.cluster.v3.ClusterDiscoveryService", "StreamClusters"): CLUSTER,
+    ("envoy.service.endpoint.v3.EndpointDiscoveryService", "StreamEndpoints"): ENDPOINT,
+    ("envoy.service.listener.v3.ListenerDiscoveryService", "StreamListeners"): LISTENER,
+    ("envoy.service.route.v3.RouteDiscoveryService", "StreamRoutes"): ROUTE,
+    ("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets"): SECRET,
+}
+_STATUS = {
+    "INVALID_ARGUMENT": Status.INVALID_ARGUMENT,
+    "NOT_FOUND": Status.NOT_FOUND,
+    "FAILED_PRECONDITION": Status.FAILED_PRECONDITION,
+}
+_END = object()
+_WAKE = object()
+
+
+class DiscoveryServices:
+    """The grpclib service object serving ADS and the per-type SotW services."""
+
+    def __init__(self, source: SnapshotSource) -> None:
+        self.source = source
+        self._ids = itertools.count(1)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        req, resp = discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+        mapping = {
+            f"/{ADS_SERVICE}/StreamAggregatedResources": Handler(
+                self._ads, Cardinality.STREAM_STREAM, req, resp
+            )
+        }
+        for (service, method), type_url in PER_TYPE_SERVICES.items():
+            mapping[f"/{service}/{method}"] = Handler(
+                self._per_type(type_url), Cardinality.STREAM_STREAM, req, resp
+            )
+        return mapping
+
+    async def _ads(self, stream: Stream[Any, Any]) -> None:
+        await self._serve(stream, None)
+
+    def _per_type(self, type_url: TypeUrl) -> Any:
+        async def handler(stream: Stream[Any, Any]) -> None:
+            await self._serve(stream, type_url)
+
+        return handler
+
+    async def _serve(self, stream: Stream[Any, Any], type_url: TypeUrl | None) -> None:
+        transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
+        client = _Client(self.source, stream, type_url, f"{transport}-{next(self._ids)}")
+        try:
+            await client.run()
+        except ProtocolError as e:
+            log.warning("%s: ending stream: %s", client.label, e)
+            raise GRPCError(_STATUS.get(e.code, Status.INVALID_ARGUMENT), e.message) from None
+        except TranslationError as e:
+            log.error("%s: cannot configure this node: %s", client.label, e)
+            raise GRPCError(Status.FAILED_PRECONDITION, str(e)) from None
+        finally:
+            client.close()
+
+
+class _Client:
+    """One stream's state and loop (private to the transport)."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        stream: Stream[Any, Any],
+        type_url: TypeUrl | None,
+        client_id: str,
+    ) -> None:
+        self.source = source
+        self.stream = stream
+        self.core = SotwStream(type_url)
+        self.client_id = client_id
+        self.transport = client_id.rsplit("-", 1)[0]
+        self.label = client_id
+        self.key: Hashable | None = None
+        self.inbox: asyncio.Queue[object] = asyncio.Queue()
+        self.pending: Snapshot | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        woke = self.pending is not None
+        self.pending = snapshot
+        if not woke:
+            self.inbox.put_nowait(_WAKE)
+
+    async def _read(self) -> None:
+        try:
+            async for request in self.stream:
+                self.inbox.put_nowait(request)
+        except Exception as e:  # a broken stream or an undecodable message
+            self.inbox.put_nowait(e)
+            return
+        self.inbox.put_nowait(_END)
+
+    async def run(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+        while True:
+            item = await self.inbox.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                if isinstance(item, GRPCError | ProtocolError):
+                    raise item
+                log.info("%s: stream closed: %s", self.label, item)
+                return
+            if item is _WAKE:
+                snapshot, self.pending = self.pending, None
+                if snapshot is not None:
+                    await self._send(self.core.on_snapshot(snapshot))
+                continue
+            request: discovery_pb2.DiscoveryRequest = item
+            if self.key is None:
+                self._open(request)
+            log.debug(
+                "%s: request %s version=%r nonce=%r names=%d",
+                self.label, SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url),
+                request.version_info, request.response_nonce, len(request.resource_names),
+            )  # fmt: skip
+            await self._send(self.core.on_request(request))
+
+    def _open(self, first: discovery_pb2.DiscoveryRequest) -> None:
+        if not first.HasField("node") or not (first.node.id or first.node.cluster):
+            raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
+        node = first.node
+        self.key = self.source.classify(node, "ads" if self.core.ads else "grpc")
+        self.label = f"{self.client_id} node={node.id}"
+        cache = self.source.cache
+        cache.open_client(self.client_id, node_id=node.id, key=self.key, transport=self.transport)
+        snapshot = self.source.snapshot(self.key)
+        cache.subscribe(self.key, self._on_snapshot)
+        log.info("%s: stream opened (%s, class %s)", self.label, self.transport, self.key)
+        if snapshot is not None:
+            self.core.on_snapshot(snapshot)
+
+    async def _send(self, events: list[Any]) -> None:
+        for news in record_events(self.source.cache, self.client_id, events):
+            _log_rejection(self.label, news)
+        for event in events:
+            if isinstance(event, Response):
+                log.debug(
+                    "%s: sending %s version=%s nonce=%s resources=%d",
+                    self.label, SHORT_NAMES.get(event.type_url, event.type_url),
+                    event.version, event.nonce, len(event.resources),
+                )  # fmt: skip
+                await self.stream.send_message(event.to_proto())
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.key is not None:
+            self.source.cache.unsubscribe(self.key, self._on_snapshot)
+            self.source.cache.close_client(self.client_id)
+            log.info("%s: stream closed", self.label)
+
+
+def _log_rejection(label: str, event: Nack | NotApplied) -> None:
+    kind = SHORT_NAMES.get(event.type_url, event.type_url)
+    if isinstance(event, Nack):
+        log.warning(
+            "%s: NACK of %s version %s (keeps %s): %s",
+            label, kind, event.rejected_version, event.version, event.message,
+        )  # fmt: skip
+    else:
+        log.warning("%s: %s version %s not applied", label, kind, event.served_version)
+
+
+async def close_quietly(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait for it, swallowing its cancellation."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
