@@ -75,9 +75,9 @@ def test_bad_edit_keeps_the_last_good_config_and_a_fix_applies(mesh: EchoMesh) -
     broken = vs(route_to({"v2": 100})).replace("weight: 100", "weight: -5")
     write_atomically(mesh.rules, broken)
     errors = wait_until(lambda: xdsd.admin("/debug/errors"), what="the error to be reported")
-    assert errors[0]["path"].endswith("echo-vs.yaml") and errors[0]["line"] == 10, errors
+    assert errors[0]["path"].endswith("echo-vs.yaml") and errors[0]["line"] == 9, errors
     assert errors[0]["field"] == "http[0].route[0].weight"
-    wait_until(lambda: "echo-vs.yaml:10: http[0].route[0].weight" in xdsd.log(), what="log line")
+    wait_until(lambda: "echo-vs.yaml:9: http[0].route[0].weight" in xdsd.log(), what="log line")
     assert [mesh.ask() for _ in range(20)] == ["v1"] * 20  # still the last good config
     write_atomically(mesh.rules, vs(route_to({"v2": 100})))
     mesh.wait_for("v2")
