@@ -186,3 +186,14 @@ def test_restart_changes_nothing_in_envoy(mesh: EchoMesh) -> None:
     )
     mesh.wait_for("v1")
     assert {k: envoy.stats()[k] for k in keys} == before
+
+
+def test_sighup_forces_a_reload(mesh: EchoMesh) -> None:
+    import signal
+
+    xdsd = mesh.start_xdsd()
+    wait_until(lambda: "config loaded" in xdsd.log(), what="the first load")
+    xdsd.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: reloading" in xdsd.log(), what="the SIGHUP")
+    wait_until(lambda: "config reloaded: no change" in xdsd.log(), what="the forced reload")
+    assert xdsd.alive()

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench SCENARIO`` prints figures (never asserted in tests)."""
