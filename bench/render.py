@@ -72,9 +72,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             config = write_mesh(Path(tmp), n)
             results[f"generated-{n}"] = measure(config, "svc-00000", "version=v1", runs)
-    print(
-        f"{'mesh':<18}{'resources':>10}{'render cmd':>12}{'load':>10}{'1st class':>11}{'2nd class':>11}"
-    )
+    header = ("mesh", "resources", "render cmd", "load", "1st class", "2nd class")
+    print("{:<18}{:>10}{:>12}{:>10}{:>11}{:>11}".format(*header))
     for name, r in results.items():
         print(
             f"{name:<18}{r['resources']:>10}{r['render_command_ms']:>10.0f}ms"
