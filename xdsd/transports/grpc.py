@@ -18,6 +18,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -138,7 +139,9 @@ class _Client:
             if isinstance(item, Exception):
                 if isinstance(item, GRPCError | ProtocolError):
                     raise item
-                log.info("%s: stream closed: %s", self.label, item)
+                if isinstance(item, DecodeError):
+                    raise ProtocolError("INVALID_ARGUMENT", f"undecodable DiscoveryRequest: {item}")
+                log.info("%s: stream closed: %r", self.label, item)
                 return
             if item is _WAKE:
                 snapshot, self.pending = self.pending, None
