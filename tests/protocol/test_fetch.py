@@ -1,4 +1,4 @@
-"""REST-JSON polling core (PROTOCOL.md rules 20-23)."""
+"""The stateless REST-JSON answer and its JSON (PROTOCOL.md rules 20-23); what needs\nper-client memory is in test_rest_session.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import Ack, NotApplied, ProtocolError, Response
-from xdsd.protocol.fetch import JsonRenderer, NotModified, PollTracker, fetch
-from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, Resource, TypeUrl, Version, pack
+from xdsd.protocol import ProtocolError, Response
+from xdsd.protocol.fetch import JsonRenderer, NotModified, fetch, select
+from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, Resource, TypeUrl, pack
 
 
 def static_cluster(name: str) -> Resource:
@@ -125,46 +125,40 @@ def test_eds_version_depends_only_on_the_requested_names() -> None:
     assert isinstance(b_after, Response) and b_after.version != b_before.version
 
 
-# -- rule 22: not applied -----------------------------------------------------------------
+# -- rule 22: a rejected version is not sent again (RestSessions detects it) -------------
 
 
-def test_poll_tracker_acks_when_the_client_advances() -> None:
-    polls = PollTracker()
-    assert polls.on_poll("n1", CLUSTER, [], "") is None  # nothing served yet
-    polls.on_served("n1", CLUSTER, [], Version("v1"))
-    assert polls.on_poll("n1", CLUSTER, [], "v1") == Ack(CLUSTER, Version("v1"), "")
-    assert polls.on_poll("n1", CLUSTER, [], "v1") is None  # already acknowledged
-    assert len(polls) == 0
-
-
-def test_rejected_version_is_reported_and_not_sent_again() -> None:
+def test_rejected_version_is_not_sent_again_while_current() -> None:
     s = snap()
-    polls = PollTracker()
     first = fetch(s, CLUSTER, [], "")
     assert isinstance(first, Response)
-    polls.on_served("n1", CLUSTER, [], first.version)
-    report = polls.on_poll("n1", CLUSTER, [], "v0")  # the client stayed on its old version
-    assert report == NotApplied(CLUSTER, Version("v0"), first.version)
-    assert isinstance(report, NotApplied)
-    held = fetch(s, CLUSTER, [], "v0", rejected=report.served_version)
+    held = fetch(s, CLUSTER, [], "v0", rejected=first.version)
     assert held == NotModified(CLUSTER, first.version)
-    # Reported on every poll until something else is served; a new version is sent.
-    assert isinstance(polls.on_poll("n1", CLUSTER, [], "v0"), NotApplied)
-    newer = fetch(snap(more=("c",)), CLUSTER, [], "v0", rejected=report.served_version)
+    newer = fetch(snap(more=("c",)), CLUSTER, [], "v0", rejected=first.version)
     assert isinstance(newer, Response) and newer.names == ("a", "b", "c")
 
 
-def test_poll_tracker_keys_pollers_by_names_and_forgets_restarted_clients() -> None:
-    polls = PollTracker(max_entries=2)
-    polls.on_served("n1", ENDPOINT, ["a"], Version("va"))
-    polls.on_served("n1", ENDPOINT, ["b"], Version("vb"))
-    assert polls.on_poll("n1", ENDPOINT, ["a"], "va") == Ack(ENDPOINT, Version("va"), "")
-    assert isinstance(polls.on_poll("n1", ENDPOINT, ["b"], "old"), NotApplied)
-    assert polls.on_poll("n1", ENDPOINT, ["b"], "") is None  # restarted: starts over
-    for name in ("c", "d", "e"):
-        polls.on_served("n1", ENDPOINT, [name], Version("v"))
-    assert len(polls) == 2  # bounded
-    assert polls.on_poll("n1", ENDPOINT, ["c"], "x") is None  # the oldest was dropped
+# -- selections, and resources kept for make-before-break -----------------------------------
+
+
+def test_wildcard_selection_shares_the_snapshot_mapping() -> None:
+    s = snap()
+    assert select(s, CLUSTER, ["*"]).resources is s.get(CLUSTER)
+    assert tuple(select(s, CLUSTER, ["b", "a", "missing"]).resources) == ("a", "b")
+
+
+def test_kept_resources_are_merged_in_name_order_under_their_own_version() -> None:
+    s = snap()
+    plain = select(s, CLUSTER, [])
+    old = static_cluster("0-old")
+    kept = plain.with_kept({"0-old": old})
+    assert kept.response().names == ("0-old", "a", "b")
+    assert kept.response().resources[0] is old
+    assert kept.version.startswith(f"{plain.version}+") and kept.version != plain.version
+    assert kept.version == plain.with_kept({"0-old": static_cluster("0-old")}).version
+    changed = Resource.of("0-old", cluster_pb2.Cluster(name="0-old", type=cluster_pb2.Cluster.EDS))
+    assert kept.version != plain.with_kept({"0-old": changed}).version
+    assert plain.with_kept({}) is plain
 
 
 # -- rule 21: JSON, rendered once ---------------------------------------------------------

@@ -1,37 +1,33 @@
-"""REST-JSON polling (``POST /v3/discovery:<type>``), without I/O.
+"""REST-JSON polling (``POST /v3/discovery:<type>``): the stateless answer, and JSON.
 
 How this works: a REST poll is one question, "has what I asked for changed since
-``version_info``?". ``fetch`` answers it from the node class's snapshot: ``NotModified``
-(HTTP 304) when the client already holds the version it would be sent, else a ``Response``
-(HTTP 200). LDS and CDS polls with no names (or ``*``) get every resource at the type's
-version; every other poll gets the named resources at a version computed from those names
-alone (``Snapshot.version_for``), so an endpoint change elsewhere does not make every EDS
-poller refetch. ``JsonRenderer`` turns a response into proto3 JSON once per content and
-reuses the bytes for every poller. REST carries neither nonces nor ``error_detail``: a
-rejected version only shows as the client polling again with its old ``version_info``,
-which ``PollTracker`` reports as ``NotApplied``; that version is then answered 304 rather
-than sent again, the REST form of "never resend a rejected version".
+``version_info``?". ``select`` says what a poll of (type, names) would be sent from the node
+class's snapshot: LDS and CDS polls with no names (or ``*``) select every resource at the
+type's version; every other poll selects the named resources at a version computed from
+those names alone (``Snapshot.version_for``), so an endpoint change elsewhere does not make
+every EDS poller refetch. ``fetch`` answers from a selection: ``NotModified`` (HTTP 304) when
+the client already holds the version it would be sent, else a ``Response`` (HTTP 200).
+``JsonRenderer`` turns a response into proto3 JSON once per content and reuses the bytes
+for every poller.
 
-A REST transport does, per poll::
-
-    report = polls.on_poll(client_id, type_url, names, request.version_info)
-    rejected = report.served_version if isinstance(report, NotApplied) else None
-    result = fetch(snapshot, type_url, names, request.version_info, rejected=rejected)
-    if isinstance(result, Response):
-        polls.on_served(client_id, type_url, names, result.version)
-        body = renderer.render(result)
+``fetch`` knows nothing about the client. What makes REST polling safe across types
+(make-before-break: LDS/RDS wait for the clusters they need, CDS keeps clusters the client's
+routes still use) and what detects a rejected version (REST carries neither nonces nor
+``error_detail``) needs per-client memory: that is ``xdsd.protocol.rest_session``, which
+answers every poll through ``select`` and a ``Selection``'s ``response``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import Ack, NotApplied, ProtocolError, Response
-from xdsd.resources import PUSH_ORDER, WILDCARD_TYPES, TypeUrl, Version, to_json
+from xdsd.protocol import ProtocolError, Response
+from xdsd.resources import PUSH_ORDER, WILDCARD_TYPES, Resource, TypeUrl, Version, to_json
 
 #: The explicit wildcard name.
 WILDCARD = "*"
@@ -39,10 +35,71 @@ WILDCARD = "*"
 
 @dataclass(frozen=True, slots=True)
 class NotModified:
-    """The client already holds ``version``: answer 304 with an empty body."""
+    """The client keeps what it holds: answer 304 with an empty body.
+
+    ``version`` is the version the poll would be sent; when the poll is held back for
+    make-before-break it is the client's own ``version_info``, and ``waiting_for`` names
+    the clusters the client must hold first (see ``rest_session``).
+    """
 
     type_url: TypeUrl
     version: Version
+    waiting_for: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a poll selects: ``resources`` by name, in name order, at ``version``.
+
+    The version is a content hash of the resources (see ``Snapshot``), so two selections
+    with the same type and version carry the same content.
+    """
+
+    type_url: TypeUrl
+    version: Version
+    resources: Mapping[str, Resource]
+
+    def with_kept(self, kept: Mapping[str, Resource]) -> Selection:
+        """This selection plus ``kept`` (resources it does not select, which the client
+        holds and must keep), at ``<version>+<hash of the kept names and contents>``: a
+        version that differs from the snapshot's and names what is kept."""
+        if not kept:
+            return self
+        h = hashlib.sha256()
+        for name in sorted(kept):
+            h.update(f"{name}\0{kept[name].digest}\n".encode())
+        merged = dict(sorted({**self.resources, **kept}.items()))
+        return Selection(self.type_url, Version(f"{self.version}+{h.hexdigest()[:8]}"), merged)
+
+    def response(self) -> Response:
+        """The REST response carrying this selection (no nonce)."""
+        return Response(self.type_url, self.version, "", tuple(self.resources.values()))
+
+
+def is_wildcard(type_url: TypeUrl, names: Collection[str]) -> bool:
+    """Whether a poll of ``names`` asks for every resource of ``type_url``: LDS and CDS
+    with no names, or with ``*``."""
+    return type_url in WILDCARD_TYPES and (not names or WILDCARD in names)
+
+
+def select(snapshot: Snapshot, type_url: TypeUrl, resource_names: Iterable[str]) -> Selection:
+    """What a poll for ``resource_names`` of ``type_url`` is sent from ``snapshot``: every
+    resource for a wildcard poll, else the named resources that exist.
+
+    Cheap: a wildcard poll shares the snapshot's mapping, a named one looks up its names.
+    Raises ProtocolError (NOT_FOUND) for a type this server does not serve.
+    """
+    if type_url not in PUSH_ORDER:
+        raise ProtocolError("NOT_FOUND", f"unknown type_url {type_url!r}")
+    names = frozenset(resource_names)
+    bucket = snapshot.get(type_url)
+    if is_wildcard(type_url, names):
+        return Selection(type_url, snapshot.version(type_url), bucket)
+    return Selection(
+        type_url,
+        snapshot.version_for(type_url, names),
+        {n: bucket[n] for n in sorted(names) if n in bucket},
+    )
 
 
 def fetch(
@@ -53,26 +110,18 @@ def fetch(
     *,
     rejected: Version | None = None,
 ) -> Response | NotModified:
-    """Answer one poll for ``resource_names`` of ``type_url`` from ``snapshot``.
+    """Answer one poll for ``resource_names`` of ``type_url`` from ``snapshot``, knowing
+    nothing of the client but its ``version_info``.
 
     The response carries the requested resources that exist, in name order, and no nonce.
-    ``rejected`` is a version this poller was served and did not apply (see
-    ``PollTracker``): it is not sent again, the poll is answered NotModified while it is
-    current. Raises ProtocolError (NOT_FOUND) for a type this server does not serve.
+    ``rejected`` is a version this poller was served and did not apply: it is not sent
+    again, the poll is answered NotModified while it is current. Raises ProtocolError
+    (NOT_FOUND) for a type this server does not serve.
     """
-    if type_url not in PUSH_ORDER:
-        raise ProtocolError("NOT_FOUND", f"unknown type_url {type_url!r}")
-    names = frozenset(resource_names)
-    bucket = snapshot.get(type_url)
-    if type_url in WILDCARD_TYPES and (not names or WILDCARD in names):
-        version = snapshot.version(type_url)
-        resources = tuple(bucket.values())
-    else:
-        version = snapshot.version_for(type_url, names)
-        resources = tuple(bucket[n] for n in sorted(names) if n in bucket)
-    if version in (version_info, rejected):
-        return NotModified(type_url, version)
-    return Response(type_url, version, "", resources)
+    selection = select(snapshot, type_url, resource_names)
+    if selection.version in (version_info, rejected):
+        return NotModified(type_url, selection.version)
+    return selection.response()
 
 
 class JsonRenderer:
@@ -111,60 +160,3 @@ class JsonRenderer:
 
     def __len__(self) -> int:
         return len(self._cache)
-
-
-class PollTracker:
-    """Tells, from a REST client's next poll, whether it applied what it was served.
-
-    A poller is identified by (client id, type, requested names): each EDS cluster of an
-    Envoy polls on its own. Served versions are remembered for the ``max_entries`` most
-    recent pollers, so clients that go away are forgotten.
-    """
-
-    def __init__(self, max_entries: int = 65536) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max = max_entries
-        self._served: OrderedDict[tuple[str, TypeUrl, frozenset[str]], Version] = OrderedDict()
-
-    def on_poll(
-        self,
-        client_id: str,
-        type_url: TypeUrl,
-        resource_names: Iterable[str],
-        version_info: str,
-    ) -> Ack | NotApplied | None:
-        """Compare a poll's ``version_info`` with the version last served to that poller.
-
-        Returns Ack (nonce "") when the client advanced to it; NotApplied when it still
-        reports an older version (it rejected it; reported on every poll until it is
-        served something else; pass ``served_version`` to ``fetch`` as ``rejected``);
-        None when nothing is outstanding. An empty ``version_info`` may be a restarted
-        client as well as a rejection, so it forgets the poller and returns None.
-        """
-        key = (client_id, type_url, frozenset(resource_names))
-        served = self._served.get(key)
-        if served is None:
-            return None
-        if version_info == served or not version_info:
-            del self._served[key]
-            return Ack(type_url, served, "") if version_info else None
-        self._served.move_to_end(key)
-        return NotApplied(type_url, Version(version_info), served)
-
-    def on_served(
-        self,
-        client_id: str,
-        type_url: TypeUrl,
-        resource_names: Iterable[str],
-        version: Version,
-    ) -> None:
-        """Remember that the poller was sent ``version`` (a 200, not a 304)."""
-        key = (client_id, type_url, frozenset(resource_names))
-        self._served[key] = version
-        self._served.move_to_end(key)
-        while len(self._served) > self._max:
-            self._served.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._served)

@@ -1,10 +1,13 @@
 """REST-JSON transport (aiohttp): ``POST /v3/discovery:<type>`` polling.
 
-Each poll is answered from the poller's node-class snapshot by ``xdsd.protocol.fetch``:
-200 with proto3 JSON (rendered once per content and reused), 304 when the poller already
-holds the version, 400 for a body that is not a JSON ``DiscoveryRequest``, 404 for an
-unknown type path, 503 while no configuration has loaded. Envoy sends its whole node on
-every poll; only the few fields that classify it are read.
+Each poll is answered from the poller's node-class snapshot by
+``xdsd.protocol.rest_session`` (which holds LDS/RDS back until the client holds the clusters
+they need, and keeps removed clusters while its routes still use them): 200 with proto3
+JSON (rendered once per content and reused), 304 when the poller already holds the version
+or must wait, 400 for a body that is not a JSON ``DiscoveryRequest``, 404 for an unknown
+type path, 503 while no configuration has loaded. Envoy sends its whole node on every poll;
+only the few fields that classify it are read. Clients that stop polling are forgotten
+after a while and shown disconnected.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from google.protobuf import json_format
 
 from xdsd.errors import TranslationError
 from xdsd.protocol import NotApplied, ProtocolError, record_events
-from xdsd.protocol.fetch import JsonRenderer, NotModified, PollTracker, fetch
+from xdsd.protocol.fetch import JsonRenderer, NotModified
+from xdsd.protocol.rest_session import RestSessions
 from xdsd.resources import SHORT_NAMES, TypeUrl
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
@@ -32,13 +36,13 @@ _MAX_BODY = 4 * 1024 * 1024
 
 
 class RestDiscovery:
-    """The aiohttp handlers of REST xDS, sharing one renderer and one poll tracker."""
+    """The aiohttp handlers of REST xDS, sharing one renderer and one set of sessions."""
 
-    def __init__(self, source: SnapshotSource) -> None:
+    def __init__(self, source: SnapshotSource, sessions: RestSessions | None = None) -> None:
         self.source = source
         self.renderer = JsonRenderer()
-        self.polls = PollTracker()
-        self._known: dict[str, Any] = {}  # client id → node class key
+        self.sessions = sessions if sessions is not None else RestSessions()
+        self._known: dict[str, Any] = {}  # client id → node class key, while remembered
 
     def app(self) -> web.Application:
         """An aiohttp application serving ``/v3/discovery:*``."""
@@ -86,18 +90,26 @@ class RestDiscovery:
         if self._known.get(client_id) != key or cache.client(client_id) is None:
             cache.open_client(client_id, node_id=node.id, key=key, transport="rest")
             self._known[client_id] = key
-        report = self.polls.on_poll(client_id, type_url, names, version_info)
-        rejected = report.served_version if isinstance(report, NotApplied) else None
-        if report is not None:
-            for news in record_events(cache, client_id, [report]):
-                log.warning(
-                    "rest node=%s: %s version %s not applied (still at %s)",
-                    node.id, SHORT_NAMES[type_url], news.version, version_info,
-                )  # fmt: skip
-        result = fetch(snapshot, type_url, names, version_info, rejected=rejected)
+        poll = self.sessions.on_poll(client_id, snapshot, type_url, names, version_info)
+        for gone in poll.forgotten:
+            self._known.pop(gone, None)
+            cache.close_client(gone)
+            log.info("rest client %s: stopped polling, forgotten", gone)
+        report = poll.report
+        news = record_events(cache, client_id, [report]) if report is not None else []
+        if news and isinstance(report, NotApplied):
+            log.warning(
+                "rest node=%s: %s version %s not applied (still at %s)",
+                node.id, SHORT_NAMES[type_url], report.served_version, version_info,
+            )  # fmt: skip
+        result = poll.answer
         if isinstance(result, NotModified):
+            if result.waiting_for:
+                log.debug(
+                    "rest node=%s: %s held at %r until it holds clusters %s",
+                    node.id, SHORT_NAMES[type_url], version_info, ", ".join(result.waiting_for),
+                )  # fmt: skip
             return web.Response(status=304)
-        self.polls.on_served(client_id, type_url, names, result.version)
         record_events(cache, client_id, [result])
         log.debug(
             "rest node=%s: %s version %s (%d resources)",
