@@ -4,9 +4,9 @@ This package holds what the transports (gRPC, REST) share: the events the protoc
 emit and the error they raise when a client breaks the protocol. The cores themselves live
 in ``sotw.py`` (State of the World streams, ADS and per-type), ``fetch.py`` (what a REST-JSON
 poll is answered with) and ``rest_session.py`` (what each REST client holds, for
-make-before-break across its pollers). Nothing here does I/O or knows about asyncio: a transport feeds a core what it
-read, sends the ``Response`` events it gets back, and hands every event to
-``record_events`` so the cache's client status stays current.
+make-before-break across its pollers). Nothing here does I/O or knows about asyncio: a
+transport feeds a core what it read, sends the ``Response`` events it gets back, and hands
+every event to ``record_events`` so the cache's client status stays current.
 """
 
 from __future__ import annotations
