@@ -4,7 +4,7 @@ A real Envoy (the client sidecar of ``tests/e2e/mesh.py``) sends requests throug
 per-port outbound listener in a tight loop while a VirtualService file is rewritten
 (atomically) to move all traffic between two backends. For each edit the time from just
 before the write to the first response from the new backend is recorded (confirmed by the
-next three responses). The figure includes the watcher's quiet period (50 ms), the reload,
+next three responses). The figure includes the watcher's quiet period (10-20 ms), the reload,
 the push, and Envoy applying it; with REST it includes the 1 s poll interval.
 """
 

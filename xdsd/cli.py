@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("hpack", "h2", "grpclib", "asyncio", "watchfiles"):
+        # --log-level debug is for xdsd's own decisions, not every HTTP/2 header
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         result: int = args.run(args)
         return result

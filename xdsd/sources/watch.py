@@ -1,8 +1,9 @@
 """Watching the config directory: file events → debounced reload requests.
 
 How this works: ``watchfiles`` (inotify on Linux) reports batches of changes under the
-directory. A batch ends when no new event arrived for ``quiet_period`` (so a lone save is
-applied after ~50 ms) or after ``max_delay`` during a long burst (a ``git checkout`` or an
+directory. A batch ends when no new event arrived for ``quiet_period`` (10 ms: watchfiles
+checks every ``quiet_period`` and ends a batch after a check finds nothing new, so a lone save
+is applied after 10-20 ms) or after ``max_delay`` during a long burst (a ``git checkout`` or an
 rsync of many files becomes one rebuild). Editor temp and swap files are ignored; dot-names
 are *not* ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish
 a new version by renaming a ``..data`` symlink. When the config directory itself is a
@@ -54,7 +55,7 @@ class ConfigWatcher:
         config_dir: str,
         on_change: Callable[[set[str]], Awaitable[None]],
         *,
-        quiet_period: float = 0.05,
+        quiet_period: float = 0.01,
         max_delay: float = 0.5,
         poll_interval: float = 1.0,
     ) -> None:
