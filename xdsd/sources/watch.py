@@ -87,7 +87,7 @@ class ConfigWatcher:
                     ignore_permission_denied=True,
                 ):
                     paths = {p for _, p in changes}
-                    log.debug("config change: %s", sorted(paths))
+                    log.info("config change detected: %d paths, e.g. %s", len(paths), min(paths))
                     await self.on_change(paths)
             except FileNotFoundError:
                 log.warning("config directory %s disappeared; waiting for it", self.config_dir)
