@@ -62,6 +62,14 @@ def wait_until(
         time.sleep(interval)
 
 
+def loopback_block() -> str:
+    """A random ``127.A.B`` prefix, so that tests (and test runs) running at the same time
+    bind different loopback addresses even on fixed ports such as 15001."""
+    import random
+
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 254)}"
+
+
 def port_open(host: str, port: int) -> bool:
     """True when something accepts TCP connections on host:port."""
     with socket.socket() as s:

@@ -12,11 +12,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from tests.harness import Backend, Envoy, Xdsd, free_port, http_get, wait_until
-
-CLIENT_IP = "127.0.0.30"  # the client sidecar's inbound address
-OUTBOUND_IP = "127.0.0.31"  # where its outbound listeners bind
-V1_IP, V2_IP, V3_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"
+from tests.harness import Backend, Envoy, Xdsd, free_port, http_get, loopback_block, wait_until
 
 ECHO = """\
 kind = "Service"
@@ -99,21 +95,24 @@ class EchoMesh:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        block = loopback_block()  # this mesh's own addresses: .11-.13 backends, .30/.31 sidecar
+        self.client_ip, self.outbound_ip = f"{block}.30", f"{block}.31"
+        v1_ip, v2_ip, v3_ip = f"{block}.11", f"{block}.12", f"{block}.13"
         self.config = root / "config"
         (self.config / "services").mkdir(parents=True)
         (self.config / "rules").mkdir()
-        self.port = free_port(V1_IP)
+        self.port = free_port(v1_ip)
         self.backends = {
-            "v1": Backend("v1", V1_IP, self.port),
-            "v2": Backend("v2", V2_IP, self.port),
-            "v3": Backend("v3", V3_IP, self.port),
+            "v1": Backend("v1", v1_ip, self.port),
+            "v2": Backend("v2", v2_ip, self.port),
+            "v3": Backend("v3", v3_ip, self.port),
         }
-        self.client_port = free_port(CLIENT_IP)
+        self.client_port = free_port(self.client_ip)
         (self.config / "services" / "echo.toml").write_text(
-            ECHO.format(port=self.port, v1=V1_IP, v2=V2_IP, v3=V3_IP)
+            ECHO.format(port=self.port, v1=v1_ip, v2=v2_ip, v3=v3_ip)
         )
         (self.config / "services" / "client.toml").write_text(
-            CLIENT.format(port=self.client_port, target=free_port(), ip=CLIENT_IP)
+            CLIENT.format(port=self.client_port, target=free_port(), ip=self.client_ip)
         )
         self.set_subsets("v1", "v2")
         self.rules = self.config / "rules" / "echo-vs.yaml"
@@ -136,8 +135,8 @@ class EchoMesh:
         proc = subprocess.run(
             [
                 sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", "client",
-                "--node-id", f"client-{transport}", "--instance-ip", CLIENT_IP,
-                "--outbound-ip", OUTBOUND_IP, "--xds", f"127.0.0.1:{port}",
+                "--node-id", f"client-{transport}", "--instance-ip", self.client_ip,
+                "--outbound-ip", self.outbound_ip, "--xds", f"127.0.0.1:{port}",
                 "--transport", transport, "--admin-port", str(admin_port),
             ],
             capture_output=True, text=True, timeout=60,
@@ -154,11 +153,11 @@ class EchoMesh:
         (or raises). ``via`` is ``port`` (the per-port listener) or ``proxy`` (15001)."""
         if via == "port":
             status, got, _ = http_get(
-                OUTBOUND_IP, self.port, "/", {"Host": "echo", **(headers or {})}
+                self.outbound_ip, self.port, "/", {"Host": "echo", **(headers or {})}
             )
         else:
             status, got, _ = http_get(
-                OUTBOUND_IP, 15001, headers=headers, proxy_url=f"http://echo:{self.port}/"
+                self.outbound_ip, 15001, headers=headers, proxy_url=f"http://echo:{self.port}/"
             )
         if status != 200:
             raise AssertionError(f"status {status} via {via}")

@@ -15,9 +15,7 @@ from pathlib import Path
 import grpc
 
 from tests.e2e.mesh import write_atomically
-from tests.harness import Xdsd, free_port, wait_until
-
-G1, G2 = "127.0.0.51", "127.0.0.52"
+from tests.harness import Xdsd, free_port, loopback_block, wait_until
 
 
 def _backend(name: str, host: str, port: int) -> grpc.Server:
@@ -46,17 +44,19 @@ def _rules(weights: dict[str, int]) -> str:
 
 
 def test_proxyless_grpc_follows_route_weights(tmp_path: Path) -> None:
-    port = free_port(G1)
+    block = loopback_block()
+    g1, g2 = f"{block}.51", f"{block}.52"
+    port = free_port(g1)
     config = tmp_path / "config"
     config.mkdir()
     (config / "greeter.toml").write_text(
         f'kind = "Service"\nname = "greeter"\n[[ports]]\nname = "grpc"\nnumber = {port}\n'
-        f'protocol = "GRPC"\n[[endpoints]]\naddress = "{G1}"\nlabels = {{ version = "v1" }}\n'
-        f'[[endpoints]]\naddress = "{G2}"\nlabels = {{ version = "v2" }}\n'
+        f'protocol = "GRPC"\n[[endpoints]]\naddress = "{g1}"\nlabels = {{ version = "v1" }}\n'
+        f'[[endpoints]]\naddress = "{g2}"\nlabels = {{ version = "v2" }}\n'
     )
     rules = config / "greeter-rules.yaml"
     write_atomically(rules, _rules({"v1": 100}))
-    servers = [_backend("v1", G1, port), _backend("v2", G2, port)]
+    servers = [_backend("v1", g1, port), _backend("v2", g2, port)]
     xdsd = Xdsd(config, tmp_path)
     client: subprocess.Popen[str] | None = None
     try:

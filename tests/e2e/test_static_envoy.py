@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Envoy, free_port, port_open, running, wait_until
+from tests.harness import Envoy, free_port, loopback_block, port_open, running, wait_until
 from tests.paths import EXAMPLE_CONFIG
 
 SIDECARS = [
@@ -38,8 +38,8 @@ def render(*args: str) -> dict:  # type: ignore[type-arg]
 def test_static_config_goes_live_with_every_listener_bound(
     service: str, version: str, tmp_path: Path
 ) -> None:
-    index = SIDECARS.index((service, version)) + 20
-    instance_ip, outbound_ip = f"127.0.{index}.1", f"127.0.{index}.2"
+    block = loopback_block()
+    instance_ip, outbound_ip = f"{block}.1", f"{block}.2"
     admin_port = free_port()
     config = render(
         "--static", "--service", service, "--label", f"version={version}",
