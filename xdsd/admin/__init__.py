@@ -2,8 +2,9 @@
 
 Read-only views over the snapshot cache and the current configuration's state, as JSON:
 ``/healthz``, ``/readyz`` (200 once a configuration has loaded and the xDS listeners are
-bound), ``/debug/clients`` (per client: node, class, transport and, per type, the version
-sent and acknowledged and the last NACK), ``/debug/errors`` (the current config errors).
+bound), ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
+the version sent and acknowledged with their wall-clock times (seconds since the epoch)
+and the last NACK), ``/debug/errors`` (the current config errors).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
         types[SHORT_NAMES.get(type_url, type_url)] = {
             "sent_version": status.sent_version,
             "sent_nonce": status.sent_nonce,
+            "sent_at": status.sent_at,
             "acked_version": status.acked_version,
+            "acked_at": status.acked_at,
             "not_applied": status.not_applied,
             "nack": None
             if nack is None
@@ -89,6 +92,7 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
         "class": str(client.key),
         "transport": client.transport,
         "connected": client.connected,
+        "connected_at": client.connected_at,
         "types": types,
     }
 
