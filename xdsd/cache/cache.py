@@ -63,6 +63,9 @@ class TypeStatus:
     not_applied: bool = False
 
 
+_EMPTY_TYPE = TypeStatus()
+
+
 @dataclass(frozen=True, slots=True)
 class ClientStatus:
     """One client (a gRPC stream or a REST poller) as the admin server shows it."""
@@ -186,21 +189,32 @@ class SnapshotCache(Generic[K]):
 
     def record_sent(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
         """A response of ``version`` with ``nonce`` was sent to the client."""
-        self._update(
-            client_id,
+        status = self._clients.get(client_id)
+        if status is None:
+            return
+        t = status.types.get(type_url) or _EMPTY_TYPE
+        self._put(
+            status,
             type_url,
-            lambda t, now: replace(t, sent_version=version, sent_nonce=nonce, sent_at=now),
+            TypeStatus(
+                version, nonce, self._clock(), t.acked_version, t.acked_at, t.nack, t.not_applied
+            ),
         )
 
     def record_ack(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
         """The client applied ``version``. Clears ``not_applied``, and the last NACK when
         ``version`` is not the rejected one."""
 
-        def ack(t: TypeStatus, now: float) -> TypeStatus:
-            nack = t.nack if t.nack is not None and t.nack.version == version else None
-            return replace(t, acked_version=version, acked_at=now, nack=nack, not_applied=False)
-
-        self._update(client_id, type_url, ack)
+        status = self._clients.get(client_id)
+        if status is None:
+            return
+        t = status.types.get(type_url) or _EMPTY_TYPE
+        nack = t.nack if t.nack is not None and t.nack.version == version else None
+        self._put(
+            status,
+            type_url,
+            TypeStatus(t.sent_version, t.sent_nonce, t.sent_at, version, self._clock(), nack),
+        )
 
     def record_nack(
         self,
@@ -247,6 +261,23 @@ class SnapshotCache(Generic[K]):
         status = self._clients.get(client_id)
         if status is None:
             return
+        self._put(status, type_url, change(status.type_status(type_url), self._clock()))
+
+    def _put(self, status: ClientStatus, type_url: TypeUrl, new: TypeStatus) -> None:
+        """Replace ``status`` with a copy whose ``type_url`` entry is ``new``.
+
+        Runs for every response and every ACK of every client, so it builds the record
+        directly rather than through ``dataclasses.replace`` (about 4x cheaper).
+        """
         types = dict(status.types)
-        types[type_url] = change(status.type_status(type_url), self._clock())
-        self._clients[client_id] = replace(status, types=MappingProxyType(types))
+        types[type_url] = new
+        self._clients[status.client_id] = ClientStatus(
+            status.client_id,
+            status.node_id,
+            status.key,
+            status.transport,
+            status.connected,
+            status.connected_at,
+            status.disconnected_at,
+            MappingProxyType(types),
+        )

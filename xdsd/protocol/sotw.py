@@ -96,6 +96,7 @@ class _TypeState:
     updates_in_flight: bool = False  # CDS: the last response added or changed clusters
     generation: int = 0  # bumped on each subscription change
     checked: tuple[object, ...] | None = None  # inputs of the last "nothing to send"
+    keeps: bool = True  # CDS: removed clusters were pending at the last check
 
 
 class SotwStream:
@@ -209,10 +210,13 @@ class SotwStream:
 
     def _respond(self, type_url: TypeUrl, state: _TypeState, snap: Snapshot) -> Response | None:
         """The response ``type_url`` needs now, recorded as sent; None when none is due."""
+        # What LDS/RDS hold matters to CDS only while removed clusters are pending: when
+        # the last check found none, the sent set equals the subscribed snapshot set and
+        # stays so until the snapshot or the subscription changes.
         inputs = (
             snap.version(type_url),
             state.generation,
-            self._held_generation if type_url == CLUSTER else 0,
+            self._held_generation if type_url == CLUSTER and state.keeps else 0,
         )
         if state.responded and state.checked == inputs:
             return None
@@ -281,6 +285,7 @@ class SotwStream:
             for n, r in state.sent.items()
             if n not in carried and (state.wildcard or n in state.names)
         }
+        state.keeps = bool(gone)
         if not gone:
             return {}
         held: set[str] = set()

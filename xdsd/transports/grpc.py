@@ -6,6 +6,12 @@ snapshot as pending and wakes the inbox once, however many snapshots arrive mean
 stream's own task takes items from the inbox, feeds them to the core, records the events in
 client status and writes the ``Response`` events out. A client that breaks the protocol gets
 its stream ended with a gRPC status; nothing a client sends can stop the server.
+
+Encoding: after an edit every client of a class is sent the same resources at the same
+version; only the nonce differs. ``ResponseEncoder`` serializes the version, resources and
+type URL of a response once and appends each client's nonce field to those bytes, and the
+services declare ``EncodedResponse`` as their reply type, so grpclib's codec writes the
+bytes as they are instead of serializing a message per client.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -50,15 +57,103 @@ _END = object()
 _WAKE = object()
 
 
+class EncodedResponse:
+    """A ``DiscoveryResponse`` already in wire form.
+
+    It is the reply type the services declare: grpclib's ``ProtoCodec`` checks the type
+    and calls ``SerializeToString``, which returns the bytes unchanged.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> EncodedResponse:
+        """Wrap wire bytes (grpclib's message protocol; a server never decodes replies)."""
+        return cls(data)
+
+    def SerializeToString(self) -> bytes:
+        """The wire bytes."""
+        return self.data
+
+
+class ResponseEncoder:
+    """Wire bytes of ``Response``s, the shared part serialized once.
+
+    ``encode(r)`` equals ``r.to_proto().SerializeToString()`` byte for byte: fields 1
+    (version_info), 2 (resources) and 4 (type_url) come from a cache keyed by type,
+    version and the resources' names and digests; field 5 (nonce) is appended per call.
+    The cache holds at most ``max_entries`` bodies and ``max_bytes`` bytes, least
+    recently used dropped first.
+    """
+
+    def __init__(self, *, max_entries: int = 1024, max_bytes: int = 64 << 20) -> None:
+        self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, response: Response) -> bytes:
+        """The serialized ``DiscoveryResponse`` of ``response``."""
+        resources = response.resources
+        key = (
+            response.type_url,
+            response.version,
+            tuple([r.name for r in resources]),
+            tuple([r.digest for r in resources]),
+        )
+        body = self._bodies.get(key)
+        if body is None:
+            self.misses += 1
+            body = discovery_pb2.DiscoveryResponse(
+                version_info=response.version,
+                resources=[r.to_any() for r in resources],
+                type_url=response.type_url,
+            ).SerializeToString()
+            self._store(key, body)
+        else:
+            self.hits += 1
+            self._bodies.move_to_end(key)
+        if not response.nonce:
+            return body
+        return body + _nonce_field(response.nonce)
+
+    def _store(self, key: Hashable, body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        self._bodies[key] = body
+        self._bytes += len(body)
+        while len(self._bodies) > self.max_entries or self._bytes > self.max_bytes:
+            _, dropped = self._bodies.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
+def _nonce_field(nonce: str) -> bytes:
+    """Field 5 (``nonce``, length-delimited) of a DiscoveryResponse."""
+    data = nonce.encode()
+    n = len(data)
+    length = bytearray()
+    while n > 0x7F:
+        length.append(n & 0x7F | 0x80)
+        n >>= 7
+    length.append(n)
+    return b"\x2a" + bytes(length) + data
+
+
 class DiscoveryServices:
     """The grpclib service object serving ADS and the per-type SotW services."""
 
     def __init__(self, source: SnapshotSource) -> None:
         self.source = source
+        self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
 
     def __mapping__(self) -> dict[str, Handler]:
-        req, resp = discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+        req, resp = discovery_pb2.DiscoveryRequest, EncodedResponse
         mapping = {
             f"/{ADS_SERVICE}/StreamAggregatedResources": Handler(
                 self._ads, Cardinality.STREAM_STREAM, req, resp
@@ -81,7 +176,9 @@ class DiscoveryServices:
 
     async def _serve(self, stream: Stream[Any, Any], type_url: TypeUrl | None) -> None:
         transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
-        client = _Client(self.source, stream, type_url, f"{transport}-{next(self._ids)}")
+        client = _Client(
+            self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
+        )
         try:
             await client.run()
         except ProtocolError as e:
@@ -103,8 +200,10 @@ class _Client:
         stream: Stream[Any, Any],
         type_url: TypeUrl | None,
         client_id: str,
+        encoder: ResponseEncoder,
     ) -> None:
         self.source = source
+        self.encoder = encoder
         self.stream = stream
         self.core = SotwStream(type_url)
         self.client_id = client_id
@@ -182,7 +281,7 @@ class _Client:
                     self.label, SHORT_NAMES.get(event.type_url, event.type_url),
                     event.version, event.nonce, len(event.resources),
                 )  # fmt: skip
-                await self.stream.send_message(event.to_proto())
+                await self.stream.send_message(EncodedResponse(self.encoder.encode(event)))
 
     def close(self) -> None:
         if self.reader is not None:
