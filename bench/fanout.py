@@ -1,0 +1,222 @@
+"""Fan-out convergence: one file edit → every one of N simulated Envoys has ACKed it.
+
+For each (N clients, S services) a generated mesh (``meshgen``) is served by ``xdsd serve``
+pinned to CPU 0; N ``XdsClient``s (ADS, CDS/EDS/LDS/RDS, parse every response, ACK it) run
+in load processes pinned to CPU 1, spread over ``--classes`` node classes (a fleet: many
+proxies, few distinct configurations). Each edit is written atomically and timed from just
+before the write:
+
+- ``detect``: until the daemon logs "config change detected" (the watcher's coalescing
+  window, 10-20 ms; reported apart and excluded from the headline),
+- ``rebuild``: the "config loaded ... in X ms" figure (reload + translation + snapshots),
+- ``first``: until the first response of the edited type is written (min ``sent_at``
+  over clients, from the admin ``/debug/clients``),
+- ``last``: until the last client has received and ACKed it (client side),
+- ``push`` (the headline): ``last`` minus ``detect``.
+
+Kinds of edit: ``route`` (a VirtualService weight: RDS only), ``endpoint`` (an endpoint
+address: EDS only), ``add`` (a new service: CDS, with its EDS and the route configuration
+of its port). Daemon and load CPU seconds per edit are reported, so a client bottleneck
+is visible. Log-line timestamps have millisecond resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._loadgen import ClientSpec, Daemon, LoadGen
+from bench.meshgen import write_mesh
+
+#: The types each kind of edit changes, and which one ``first`` is measured on.
+KINDS: dict[str, list[str]] = {
+    "route": ["rds"],
+    "endpoint": ["eds"],
+    "add": ["cds", "eds", "rds"],
+}
+ADMIN_NAMES = {"cds": "clusters", "eds": "endpoints", "lds": "listeners", "rds": "routes"}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Editor:
+    """Makes the i-th edit of a kind; every edit changes content."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.rule = config / "rules" / "svc-00000.yaml"
+        self.rule_text = self.rule.read_text()
+        self.service = config / "services" / "svc-00000.toml"
+        self.service_text = self.service.read_text()
+        self.added = 0
+
+    def edit(self, kind: str, i: int) -> None:
+        if kind == "route":
+            w = 80 if i % 2 == 0 else 90
+            text = self.rule_text.replace("weight: 90", f"weight: {w}").replace(
+                "weight: 10", f"weight: {100 - w}"
+            )
+            _write(self.rule, text)
+        elif kind == "endpoint":
+            text = self.service_text.replace(
+                'address = "10.0.0.1"', f'address = "10.254.0.{i % 2 + 1}"', 1
+            )
+            _write(self.service, text)
+        elif kind == "add":
+            self.added += 1
+            name = f"new-{self.added:05d}"
+            text = (
+                f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\n'
+                f'number = 8000\nprotocol = "HTTP"\ntargetPort = 7000\n\n[[endpoints]]\n'
+                f'address = "10.250.{self.added // 250}.{self.added % 250 + 1}"\n'
+            )
+            _write(self.config / "services" / f"{name}.toml", text)
+        else:
+            raise ValueError(kind)
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(values),
+        "p99": _pct(values, 0.99),
+        "max": max(values),
+    }
+
+
+def run_case(
+    clients: int, services: int, kinds: list[str], edits: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="xdsd-fanout-") as tmp:
+        root = Path(tmp)
+        config = write_mesh(root, services)
+        daemon = Daemon(config, root / "xdsd.log", profile=args.profile, tree=args.tree)
+        load: LoadGen | None = None
+        try:
+            spec = ClientSpec("127.0.0.1", daemon.grpc_port, classes=min(args.classes, services))
+            load = LoadGen(clients, spec, procs=args.procs)
+            load.go()
+            load.wait_synced(timeout=300)
+            editor = Editor(config)
+            spy = None
+            if args.pyspy:
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "-p", str(daemon.pid), "-o", args.pyspy,
+                     "--format", "raw", "-r", "500"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                time.sleep(1.0)
+            out: dict[str, Any] = {}
+            for kind in kinds:
+                samples: list[dict[str, float]] = []
+                for i in range(edits):
+                    samples.append(_one_edit(daemon, load, editor, kind, i))
+                    time.sleep(args.settle)
+                out[kind] = {
+                    key: _summary([s[key] for s in samples])
+                    for key in samples[0]
+                    if not key.endswith("_cpu")
+                } | {
+                    "daemon_cpu_ms": statistics.median(s["daemon_cpu"] for s in samples),
+                    "load_cpu_ms": statistics.median(s["load_cpu"] for s in samples),
+                    "samples": samples,
+                }
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
+            return out
+        finally:
+            if load is not None:
+                load.stop()
+            daemon.stop()
+            if args.keep_log:
+                Path(args.keep_log).write_text((root / "xdsd.log").read_text())
+
+
+def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) -> dict[str, float]:
+    types = KINDS[kind]
+    load.arm(types)
+    daemon.mark()
+    cpu0 = daemon.cpu()
+    t0 = time.time()
+    editor.edit(kind, i)
+    done = load.wait_done()
+    cpu1 = daemon.cpu()
+    detected, _loaded, rebuild_ms = daemon.events()
+    for _ in range(50):  # the log line may land just after the last ACK
+        if detected is not None and rebuild_ms is not None:
+            break
+        time.sleep(0.01)
+        detected, _loaded, rebuild_ms = daemon.events()
+    if detected is None or rebuild_ms is None:
+        raise RuntimeError("no 'config change detected' / 'config loaded' in the daemon log")
+    admin_name = ADMIN_NAMES[types[0]]
+    sent = [
+        c["types"][admin_name]["sent_at"]
+        for c in daemon.admin("/debug/clients")
+        if c["connected"] and (c["types"].get(admin_name) or {}).get("sent_at")
+    ]
+    acks = [max(ack for _recv, ack in c.values()) for c in done["clients"]]
+    detect = max(0.0, detected - t0)
+    last = max(acks) - t0
+    return {
+        "detect": detect * 1000,
+        "rebuild": rebuild_ms,
+        "first": (min(sent) - t0) * 1000 if sent else float("nan"),
+        "last": last * 1000,
+        "push": (last - detect) * 1000,
+        "daemon_cpu": (cpu1 - cpu0) * 1000,
+        "load_cpu": done["cpu"] * 1000,
+    }
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench fanout", description=__doc__)
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--services", default="10,1000")
+    parser.add_argument("--edits", type=int, default=20)
+    parser.add_argument("--kinds", default="route,endpoint,add")
+    parser.add_argument("--classes", type=int, default=10, help="distinct node classes")
+    parser.add_argument("--procs", type=int, default=2, help="load processes")
+    parser.add_argument("--settle", type=float, default=0.1, help="pause between edits (s)")
+    parser.add_argument("--profile", help="run the daemon under cProfile, writing here")
+    parser.add_argument("--pyspy", help="sample the daemon during the edits (py-spy raw)")
+    parser.add_argument("--tree", help="serve xdsd from this checkout (a baseline worktree)")
+    parser.add_argument("--keep-log", help="copy the daemon log here")
+    args = parser.parse_args(argv)
+    kinds = args.kinds.split(",")
+    results: dict[str, Any] = {}
+    print(
+        f"{'N':>5} {'S':>5} {'edit':<9}"
+        f"{'push p50':>9}{'p99':>7}{'max':>7} | {'detect':>6}{'rebuild':>8}{'first':>7}"
+        f"{'last p99':>9} | {'cpu xdsd':>8}{'load':>6}  (ms)"
+    )
+    for s in (int(x) for x in args.services.split(",")):
+        for n in (int(x) for x in args.clients.split(",")):
+            case = run_case(n, s, kinds, args.edits, args)
+            results[f"N={n},S={s}"] = case
+            for kind, r in case.items():
+                print(
+                    f"{n:>5} {s:>5} {kind:<9}"
+                    f"{r['push']['p50']:>9.1f}{r['push']['p99']:>7.1f}{r['push']['max']:>7.1f} | "
+                    f"{r['detect']['p50']:>6.1f}{r['rebuild']['p50']:>8.1f}"
+                    f"{r['first']['p50']:>7.1f}{r['last']['p99']:>9.1f} | "
+                    f"{r['daemon_cpu_ms']:>8.0f}{r['load_cpu_ms']:>6.0f}",
+                    flush=True,
+                )
+    return results
