@@ -1,0 +1,128 @@
+"""The REST transport's poll handling without sockets: ``RestDiscovery.answer`` takes a
+body and gives the response. A body seen before is answered from the parse cache with
+exactly what a fresh parse gives; the timings record every poll."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.paths import EXAMPLE_CONFIG
+from xdsd.app import MeshState
+from xdsd.resources import TypeUrl
+from xdsd.transports.rest import PollTimings, RestDiscovery
+
+CDS = TypeUrl("type.googleapis.com/envoy.config.cluster.v3.Cluster")
+LDS = TypeUrl("type.googleapis.com/envoy.config.listener.v3.Listener")
+BIG_NODE_EXTRAS = {"extensions": [{"name": f"envoy.ext.{i}", "category": "c"} for i in range(500)]}
+
+
+def _rest() -> RestDiscovery:
+    state = MeshState(EXAMPLE_CONFIG)
+    state.reload()
+    return RestDiscovery(state)
+
+
+def _body(type_url: str = CDS, version: str = "", node_id: str = "p-1", **extra: Any) -> bytes:
+    node = {"id": node_id, "cluster": "productpage", **BIG_NODE_EXTRAS}
+    return json.dumps(
+        {"version_info": version, "node": node, "type_url": type_url, **extra}
+    ).encode()
+
+
+def _fresh(raw: bytes) -> bytes:
+    """The same bytes in a new object (each request's body is one)."""
+    return bytes(bytearray(raw))
+
+
+def test_an_unchanged_poll_is_304_and_served_from_the_parse_cache() -> None:
+    rest = _rest()
+    first = rest.answer(CDS, _body())
+    assert first.status == 200
+    version = first.headers["X-Xdsd-Version"]
+    again = _body(version=version)
+    assert rest.answer(CDS, again).status == 304
+    parsed = len(rest._parsed)
+    assert rest.answer(CDS, _fresh(again)).status == 304
+    assert len(rest._parsed) == parsed  # no new entry: the body was recognised
+
+
+def test_cached_answers_follow_the_version_and_the_type_path() -> None:
+    rest = _rest()
+    version = rest.answer(CDS, _body()).headers["X-Xdsd-Version"]
+    assert rest.answer(CDS, _body(version=version)).status == 304
+    # the same client at an old version gets the current one again
+    assert rest.answer(CDS, _fresh(_body(version="old"))).status == 200
+    # a body without type_url is read for the path it was posted to
+    untyped = json.dumps({"node": {"id": "p-1", "cluster": "productpage"}}).encode()
+    assert rest.answer(CDS, untyped).status == 200
+    listeners = rest.answer(LDS, _fresh(untyped))
+    assert listeners.status == 200
+    assert isinstance(listeners.body, bytes)
+    assert json.loads(listeners.body)["type_url"] == LDS
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"not json", 400),
+        (b"[]", 400),
+        (json.dumps({"type_url": CDS}).encode(), 400),
+        (_body(type_url=LDS), 400),
+        (json.dumps({"node": {"id": "x"}, "type_url": CDS}).encode(), 400),
+    ],
+)
+def test_bad_bodies_are_refused_every_time_and_not_cached(raw: bytes, status: int) -> None:
+    rest = _rest()
+    assert rest.answer(CDS, raw).status == status
+    assert rest.answer(CDS, _fresh(raw)).status == status
+    assert len(rest._parsed) == 0
+
+
+def test_the_parse_cache_is_bounded() -> None:
+    state = MeshState(EXAMPLE_CONFIG)
+    state.reload()
+    rest = RestDiscovery(state, max_parsed=3)
+    for i in range(10):
+        assert rest.answer(CDS, _body(node_id=f"p-{i}")).status == 200
+    assert len(rest._parsed) == 3
+
+
+def test_poll_timings_summarise_by_status_and_reset() -> None:
+    timings = PollTimings(capacity=100)
+    for i in range(1, 201):
+        timings.record(304, i * 1000)
+    timings.record(200, 5_000)
+    summary = timings.summary()
+    assert summary["304"]["count"] == 200 and summary["304"]["samples"] == 100
+    assert summary["304"]["max_us"] == 200.0  # the ring kept the last 100
+    assert 101.0 <= summary["304"]["p50_us"] <= summary["304"]["p99_us"] <= 200.0
+    assert summary["200"]["p50_us"] == 5.0
+    timings.reset()
+    assert timings.summary() == {}
+
+
+def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
+    async def scenario() -> dict[str, Any]:
+        rest = _rest()
+        async with TestClient(TestServer(rest.app())) as client:
+            first = await client.post("/v3/discovery:clusters", data=_body())
+            assert first.status == 200
+            version = first.headers["X-Xdsd-Version"]
+            for _ in range(3):
+                again = await client.post("/v3/discovery:clusters", data=_body(version=version))
+                assert again.status == 304
+            missing = await client.post("/v3/discovery:nothing", data=_body())
+            assert missing.status == 404
+            shown = await client.get("/debug/rest/timings?reset=1")
+            summary: dict[str, Any] = await shown.json()
+            assert (await (await client.get("/debug/rest/timings")).json()) == {}
+            return summary
+
+    summary = asyncio.run(scenario())
+    assert summary["200"]["count"] == 1 and summary["304"]["count"] == 3
+    assert "404" not in summary  # refused before reading the body: not a poll
