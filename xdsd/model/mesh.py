@@ -67,6 +67,23 @@ class Mesh:
             ):
                 self._rules[target.key] = rule
 
+    def with_virtual_services(
+        self, virtual_services: tuple[VirtualService, ...], raw_resources: tuple[RawResource, ...]
+    ) -> Mesh:
+        """This mesh's services and destination rules with other virtual services and raw
+        resources (the host and rule indexes are shared, not built again)."""
+        mesh = object.__new__(Mesh)
+        for name, value in (
+            ("services", self.services),
+            ("virtual_services", tuple(sorted(virtual_services, key=lambda v: v.key))),
+            ("destination_rules", self.destination_rules),
+            ("raw_resources", tuple(sorted(raw_resources, key=lambda r: (r.type_url, r.name)))),
+            ("_hosts", self._hosts),
+            ("_rules", self._rules),
+        ):
+            object.__setattr__(mesh, name, value)
+        return mesh
+
     def service(self, host: str, namespace: str) -> Service | None:
         """The service ``host`` names when written in ``namespace``.
 

@@ -97,11 +97,15 @@ class VirtualService:
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    _key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", ResourceKey("VirtualService", self.namespace, self.name))
 
     @property
     def key(self) -> ResourceKey:
-        """The rule's identity."""
-        return ResourceKey("VirtualService", self.namespace, self.name)
+        """The rule's identity (derived once, not compared)."""
+        return self._key
 
 
 class SimpleLB(Enum):
@@ -148,11 +152,15 @@ class DestinationRule:
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    _key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", ResourceKey("DestinationRule", self.namespace, self.name))
 
     @property
     def key(self) -> ResourceKey:
-        """The rule's identity."""
-        return ResourceKey("DestinationRule", self.namespace, self.name)
+        """The rule's identity (derived once, not compared)."""
+        return self._key
 
     def subset(self, name: str) -> Subset | None:
         """The subset with this name, if defined."""

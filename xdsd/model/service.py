@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 DEFAULT_NAMESPACE = "default"
 DOMAIN_SUFFIX = "svc.cluster.local"
@@ -27,9 +28,12 @@ class Origin:
 NO_ORIGIN = Origin("<none>")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ResourceKey:
-    """The identity of a configuration resource: (kind, namespace, name)."""
+class ResourceKey(NamedTuple):
+    """The identity of a configuration resource: (kind, namespace, name).
+
+    A named tuple rather than a dataclass: keys are hashed and compared hundreds of
+    thousands of times per load of a large mesh, and a tuple does both in C.
+    """
 
     kind: str
     namespace: str
@@ -150,24 +154,32 @@ class Service:
     hosts: tuple[str, ...] = ()
     resolution: Resolution = Resolution.STATIC
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    # Derived once (a mesh asks for them hundreds of thousands of times); not compared.
+    _key: ResourceKey = field(init=False, compare=False, repr=False)
+    _host_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", ResourceKey("Service", self.namespace, self.name))
+        fqdn = f"{self.name}.{self.namespace}.{DOMAIN_SUFFIX}"
+        names = [fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]
+        names.append(self.name)
+        names.extend(self.hosts)
+        object.__setattr__(self, "_host_names", tuple(dict.fromkeys(names)))
 
     @property
     def key(self) -> ResourceKey:
         """The service's identity."""
-        return ResourceKey("Service", self.namespace, self.name)
+        return self._key
 
     @property
     def fqdn(self) -> str:
         """The canonical host name, used in cluster names: ``name.namespace.svc.cluster.local``."""
-        return f"{self.name}.{self.namespace}.{DOMAIN_SUFFIX}"
+        return self._host_names[0]
 
     @property
     def host_names(self) -> tuple[str, ...]:
         """Every name this service answers to, canonical first, without duplicates."""
-        names = [self.fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]
-        names.append(self.name)
-        names.extend(self.hosts)
-        return tuple(dict.fromkeys(names))
+        return self._host_names
 
     def port(self, number: int) -> Port | None:
         """The port with this number, if any."""

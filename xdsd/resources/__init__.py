@@ -85,6 +85,14 @@ class Resource:
     payload: bytes = field(repr=False)
     digest: str
     references: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    #: 64 bits of a hash of (name, digest): a type's version is the sum of its resources'
+    #: tokens (see ``xdsd.cache.snapshot``), so adding, removing or replacing one resource
+    #: updates a version without visiting the others. Derived, never passed.
+    token: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        h = hashlib.sha256(f"{self.name}\0{self.digest}".encode()).digest()
+        object.__setattr__(self, "token", int.from_bytes(h[:8], "big"))
 
     @classmethod
     def of(cls, name: str, message: Message) -> Resource:

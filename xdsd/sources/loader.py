@@ -11,10 +11,11 @@ resources (see ``envoy_raw``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
@@ -23,14 +24,15 @@ from xdsd.model import (
     Mesh,
     Origin,
     RawResource,
-    ResourceKey,
     Service,
     VirtualService,
 )
-from xdsd.sources.documents import SUFFIXES, Document, ParseFailure, parse_file
+from xdsd.sources.crosscheck import cross_check
+from xdsd.sources.documents import Document, ParseFailure, parse_file
 from xdsd.sources.envoy_raw import parse_raw_resource
 from xdsd.sources.fields import Fields, Report
 from xdsd.sources.kinds import parse_destination_rule, parse_service, parse_virtual_service
+from xdsd.sources.listing import Stamp, file_stamp, list_config_files
 
 XDSD_API = "xdsd.io/v1"
 ISTIO_NETWORKING = "networking.istio.io"
@@ -53,11 +55,68 @@ Resource = Service | VirtualService | DestinationRule
 
 @dataclass(frozen=True, slots=True)
 class LoadResult:
-    """A successfully loaded directory: the mesh, the warnings, and the files read."""
+    """A successfully loaded directory: the mesh, the warnings, and the files read.
+
+    ``timings`` (seconds, by phase: ``list``, ``parse``, ``check``) and ``reread`` (how
+    many files were read and parsed again) describe the work done, for logs and benchmarks.
+    """
 
     mesh: Mesh
     warnings: tuple[Problem, ...]
     files: tuple[str, ...]
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
+    reread: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What one config file holds: its resources, raw resources and problems.
+
+    A function of the file's bytes and path alone, so it stays valid for as long as the
+    file does not change, whatever happens to the other files.
+    """
+
+    stamp: Stamp | None
+    resources: tuple[tuple[Resource, Origin], ...]
+    raw: tuple[RawResource, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def failed(self) -> bool:
+        """True when the file has an error (it is read again on every reload)."""
+        return any(p.severity is Severity.ERROR for p in self.problems)
+
+
+def parse_config_file(root: str, path: str) -> FileResult:
+    """Read and parse one config file of the directory ``root`` (never raises for what
+    the file holds: every problem is in the result)."""
+    problems: list[Problem] = []
+    resources: list[tuple[Resource, Origin]] = []
+    raw: list[RawResource] = []
+    stamp = file_stamp(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        problems.append(Problem(path, 0, "", f"cannot read: {e.strerror or e}"))
+        return FileResult(stamp, (), (), tuple(problems))
+    try:
+        docs = parse_file(path, data)
+    except ParseFailure as e:
+        return FileResult(stamp, (), (), (e.problem,))
+    is_raw = os.path.relpath(path, root).split(os.sep)[0] == RAW_DIR
+    for doc in docs:
+        if is_raw:
+            parsed = parse_raw_resource(doc)
+            if isinstance(parsed, Problem):
+                problems.append(parsed)
+            else:
+                raw.append(parsed)
+        else:
+            resource = _parse_document(doc, problems)
+            if resource is not None:
+                resources.append((resource, Origin(doc.path, doc.line)))
+    return FileResult(stamp, tuple(resources), tuple(raw), tuple(problems))
 
 
 def load_directory(root: str) -> LoadResult:
@@ -67,87 +126,97 @@ def load_directory(root: str) -> LoadResult:
     ``root`` missing or not a directory, unreadable or malformed files, invalid fields,
     dangling references, duplicates.
     """
-    problems: list[Problem] = []
-    files = _find_files(root, problems)
-    resources: list[tuple[Resource, Origin]] = []
-    raw: list[RawResource] = []
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as e:
-            problems.append(Problem(path, 0, "", f"cannot read: {e.strerror or e}"))
-            continue
-        try:
-            docs = parse_file(path, data)
-        except ParseFailure as e:
-            problems.append(e.problem)
-            continue
-        is_raw = os.path.relpath(path, root).split(os.sep)[0] == RAW_DIR
-        for doc in docs:
-            if is_raw:
-                parsed = parse_raw_resource(doc)
-                if isinstance(parsed, Problem):
-                    problems.append(parsed)
-                else:
-                    raw.append(parsed)
-            else:
-                resource = _parse_document(doc, problems)
-                if resource is not None:
-                    resources.append((resource, Origin(doc.path, doc.line)))
-    mesh = _cross_check(resources, raw, problems)
-    errors = [p for p in problems if p.severity is Severity.ERROR]
-    warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
-    if errors:
-        raise ConfigError(errors, warnings)
-    return LoadResult(mesh, warnings, tuple(files))
+    return DirectoryLoader(root).load()
 
 
-def _find_files(root: str, problems: list[Problem]) -> list[str]:
-    if not os.path.exists(root):
-        problems.append(Problem(root, 0, "", "config directory does not exist"))
-        return []
-    if not os.path.isdir(root):
-        problems.append(
-            Problem(root, 0, "", "is not a directory: give the directory holding the config files")
-        )
-        return []
-    found: list[str] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            problems.append(Problem(dirpath, 0, "", "symbolic link loop: directory visited twice"))
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for d in dirnames:
-            if d.endswith(SUFFIXES):
-                problems.append(
-                    Problem(
-                        os.path.join(dirpath, d),
-                        0,
-                        "",
-                        "is a directory but named like a config file (a bind mount of a "
-                        "missing file creates one); remove it or mount the file",
-                    )
-                )
-        dirnames[:] = [d for d in dirnames if not d.endswith(SUFFIXES)]
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.endswith(SUFFIXES):
-                continue
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) and not os.path.exists(path):
-                problems.append(
-                    Problem(path, 0, "", f"dangling symbolic link to {os.readlink(path)!r}")
-                )
-                continue
-            if not os.path.isfile(path):
-                problems.append(Problem(path, 0, "", "is not a regular file"))
-                continue
-            found.append(path)
-    return found
+class DirectoryLoader:
+    """Loads one directory again and again, reading only the files that changed.
+
+    How this works: the result of parsing each file (``FileResult``: model objects and
+    problems, not the documents) is kept by path. A reload lists the directory (names
+    only: no stat per file), then parses again: files it has not seen, files named in
+    ``changed``, files that had an error (a file that failed is retried every time), and,
+    when ``changed`` is None (a forced reload, SIGHUP) or names something that is not a
+    config file of the listing (a directory, a ``..data`` symlink swap, the directory
+    itself), every file whose stamp (inode, size, times) differs from when it was read.
+    Files no longer listed are forgotten. The cross-checks then run over the whole
+    directory, in the listing's order, so the result (mesh, problems, their order) is
+    exactly what a cold ``load_directory`` gives; unchanged files contribute the very same
+    model objects, which lets translation recognise them by identity. All or nothing still
+    holds: a load with any error raises ConfigError and the caller keeps what it had.
+
+    Not thread-safe: one load at a time.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._files: dict[str, FileResult] = {}
+
+    def load(self, changed: Iterable[str] | None = None) -> LoadResult:
+        """Load the directory; ``changed`` names the paths known to have changed since the
+        last load (None: unknown, check every file by stat).
+
+        Raises ConfigError as ``load_directory`` does.
+        """
+        started = time.perf_counter()
+        problems: list[Problem] = []
+        files = list_config_files(self.root, problems)
+        listed = time.perf_counter()
+        stale = self._stale(files, changed)
+        resources: list[tuple[Resource, Origin]] = []
+        raw: list[RawResource] = []
+        cache: dict[str, FileResult] = {}
+        reread = 0
+        for path in files:
+            entry = self._files.get(path)
+            if entry is None or path in stale or (entry.problems and entry.failed):
+                entry = parse_config_file(self.root, path)
+                reread += 1
+            cache[path] = entry
+            resources.extend(entry.resources)
+            raw.extend(entry.raw)
+            problems.extend(entry.problems)
+        self._files = cache
+        parsed = time.perf_counter()
+        mesh = cross_check(resources, raw, problems)
+        errors = [p for p in problems if p.severity is Severity.ERROR]
+        warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
+        checked = time.perf_counter()
+        if errors:
+            raise ConfigError(errors, warnings)
+        timings = {"list": listed - started, "parse": parsed - listed, "check": checked - parsed}
+        return LoadResult(mesh, warnings, tuple(files), timings, reread)
+
+    def _stale(self, files: list[str], changed: Iterable[str] | None) -> set[str]:
+        """The listed files that must be parsed again (besides new and failed ones)."""
+        if changed is not None:
+            named = {self._as_listed(p) for p in changed}
+            listed = set(files)
+            if all(p in listed or p in self._files or _plain_file(p) for p in named):
+                return named
+        stale = set()
+        for path in files:
+            entry = self._files.get(path)
+            if entry is not None and file_stamp(path) != entry.stamp:
+                stale.add(path)
+        return stale
+
+    def _as_listed(self, path: str) -> str:
+        """``path`` as the listing spells it (the watcher reports real paths; the root may
+        be a symbolic link)."""
+        path = os.path.normpath(path)
+        real_root = os.path.realpath(self.root)
+        if real_root != os.path.normpath(self.root) and (
+            path == real_root or path.startswith(real_root + os.sep)
+        ):
+            return os.path.normpath(self.root) + path[len(real_root) :]
+        return path
+
+
+def _plain_file(path: str) -> bool:
+    """True for an existing regular file (not a directory, not a symbolic link): one that
+    is not listed is not a config file, and its change changes nothing."""
+    return os.path.isfile(path) and not os.path.islink(path)
 
 
 def _parse_document(doc: Document, problems: list[Problem]) -> Resource | None:
@@ -244,176 +313,3 @@ def _read_metadata(top: Fields) -> tuple[str, str]:
         meta.read.add(key)
     meta.finish()
     return name, namespace
-
-
-def _cross_check(
-    resources: list[tuple[Resource, Origin]], raw: list[RawResource], problems: list[Problem]
-) -> Mesh:
-    by_key: dict[ResourceKey, Resource] = {}
-    for resource, origin in resources:
-        first = by_key.get(resource.key)
-        if first is not None:
-            problems.append(
-                Problem(
-                    origin.path,
-                    origin.line,
-                    "",
-                    f"duplicate {resource.key}: also defined at {first.origin}",
-                )
-            )
-            continue
-        by_key[resource.key] = resource
-    services = [r for r in by_key.values() if isinstance(r, Service)]
-    rules = [r for r in by_key.values() if isinstance(r, DestinationRule)]
-    virtual = [r for r in by_key.values() if isinstance(r, VirtualService)]
-    _check_hosts(services, problems)
-    mesh = Mesh(tuple(services), (), tuple(rules), ())
-    _check_destination_rules(mesh, problems)
-    checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
-    _check_vs_overlap(mesh, checked, problems)
-    seen_raw: dict[tuple[str, str], RawResource] = {}
-    for r in raw:
-        first_raw = seen_raw.get((r.type_url, r.name))
-        if first_raw is not None:
-            kind = r.type_url.rsplit(".", 1)[-1]
-            problems.append(
-                Problem(
-                    r.origin.path,
-                    r.origin.line,
-                    "",
-                    f"duplicate raw {kind} {r.name!r}: also defined at {first_raw.origin}",
-                )
-            )
-            continue
-        seen_raw[(r.type_url, r.name)] = r
-    return Mesh(tuple(services), checked, tuple(rules), tuple(seen_raw.values()))
-
-
-def mesh_sorted(virtual: list[VirtualService]) -> list[VirtualService]:
-    """Virtual services in key order (deterministic checks and messages)."""
-    return sorted(virtual, key=lambda v: v.key)
-
-
-def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
-    return Problem(origin.path, origin.line, field, message, severity)
-
-
-def _check_hosts(services: list[Service], problems: list[Problem]) -> None:
-    owners: dict[str, Service] = {}
-    for svc in sorted(services, key=lambda s: s.key):
-        for i, host in enumerate((svc.fqdn, *svc.hosts)):
-            other = owners.get(host)
-            if other is not None and other.key != svc.key:
-                problems.append(
-                    _at(svc.origin, f"hosts[{i - 1}]" if i else "name",
-                        f"host {host!r} is already a name of {other.key} ({other.origin})")
-                )  # fmt: skip
-            owners.setdefault(host, svc)
-
-
-def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:
-    claimed: dict[ResourceKey, DestinationRule] = {}
-    for rule in mesh.destination_rules:
-        svc = mesh.service(rule.host, rule.namespace)
-        if svc is None:
-            problems.append(
-                _at(rule.origin, "host",
-                    f"no service named {rule.host!r}: rule ignored until one is defined",
-                    Severity.WARNING)
-            )  # fmt: skip
-            continue
-        other = claimed.get(svc.key)
-        if other is not None:
-            problems.append(
-                _at(rule.origin, "host",
-                    f"{svc.key} already has DestinationRule {other.name!r} ({other.origin}); "
-                    "merge them into one")
-            )  # fmt: skip
-            continue
-        claimed[svc.key] = rule
-
-
-def _applies_to_mesh(vs: VirtualService) -> bool:
-    return not vs.gateways or "mesh" in vs.gateways
-
-
-def _check_virtual_service(
-    mesh: Mesh, vs: VirtualService, problems: list[Problem]
-) -> VirtualService:
-    """Check a VirtualService's references; returns it with destination ports filled in
-    where the destination service has a single port."""
-    for i, host in enumerate(vs.hosts):
-        if "*" in host:
-            continue
-        if mesh.service(host, vs.namespace) is None:
-            problems.append(
-                _at(vs.origin, f"hosts[{i}]",
-                    f"no service named {host!r}: this host is ignored until one is defined",
-                    Severity.WARNING)
-            )  # fmt: skip
-    routes = []
-    for i, http in enumerate(vs.http):
-        destinations = []
-        for j, rd in enumerate(http.route):
-            field = f"http[{i}].route[{j}].destination"
-            dest = rd.destination
-            svc = mesh.service(dest.host, vs.namespace)
-            if svc is None:
-                # A rule only gateways use is inert until gateways are implemented.
-                severity = Severity.ERROR if _applies_to_mesh(vs) else Severity.WARNING
-                problems.append(
-                    _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
-                )
-                destinations.append(rd)
-                continue
-            if dest.port and svc.port(dest.port) is None:
-                numbers = ", ".join(str(p.number) for p in svc.ports)
-                problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"{svc.key} has no port {dest.port} (ports: {numbers})")
-                )  # fmt: skip
-            elif not dest.port and len(svc.ports) == 1:
-                dest = dataclasses.replace(dest, port=svc.ports[0].number)
-            elif not dest.port:
-                problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"is required: {svc.key} has several ports")
-                )  # fmt: skip
-            if dest.subset:
-                rule = mesh.destination_rule(svc)
-                if rule is None or rule.subset(dest.subset) is None:
-                    where = (
-                        f"DestinationRule {rule.name!r} ({rule.origin}) defines "
-                        + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
-                        if rule is not None
-                        else "no DestinationRule defines subsets for it"
-                    )
-                    problems.append(
-                        _at(vs.origin, f"{field}.subset",
-                            f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
-                    )  # fmt: skip
-            destinations.append(dataclasses.replace(rd, destination=dest))
-        routes.append(dataclasses.replace(http, route=tuple(destinations)))
-    return dataclasses.replace(vs, http=tuple(routes))
-
-
-def _check_vs_overlap(
-    mesh: Mesh, virtual: tuple[VirtualService, ...], problems: list[Problem]
-) -> None:
-    claimed: dict[ResourceKey, VirtualService] = {}
-    for vs in virtual:
-        if not _applies_to_mesh(vs):
-            continue
-        for i, host in enumerate(vs.hosts):
-            svc = mesh.service(host, vs.namespace)
-            if svc is None:
-                continue
-            other = claimed.get(svc.key)
-            if other is not None and other.key != vs.key:
-                problems.append(
-                    _at(vs.origin, f"hosts[{i}]",
-                        f"{svc.key} is already routed by VirtualService {other.name!r} "
-                        f"({other.origin}); merge the two rules")
-                )  # fmt: skip
-                continue
-            claimed[svc.key] = vs

@@ -31,13 +31,14 @@ API version v2 is not translated here: every resource is v3.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import Mesh, Origin, Port, Service
-from xdsd.resources import CLUSTER, ENDPOINT, Resource
+from xdsd.resources import CLUSTER, ENDPOINT, Resource, TypeUrl
 from xdsd.translate.clusters import (
     ClusterFlavor,
     OutboundCluster,
@@ -46,7 +47,6 @@ from xdsd.translate.clusters import (
     cluster_flavor,
     is_eds,
     outbound_cluster_name,
-    outbound_clusters,
 )
 from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.listeners import (
@@ -67,6 +67,7 @@ from xdsd.translate.placement import (
     default_instance_ip,
 )
 from xdsd.translate.raw import dangling_references, raw_resource
+from xdsd.translate.reuse import RouteConfigEntry
 from xdsd.translate.routes import (
     MatcherStyle,
     RouteBuilder,
@@ -75,6 +76,7 @@ from xdsd.translate.routes import (
     port_domains,
     proxy_domains,
 )
+from xdsd.translate.shared import SharedClusters
 
 Key = tuple[Hashable, ...]
 
@@ -95,18 +97,35 @@ class MeshTranslation:
         self._fallback: dict[Key, Resource] = previous._memo if previous is not None else {}
         # Resources and selections that depend on the whole mesh (this translation only);
         # a selection that failed keeps its error.
-        self._local: dict[Key, Resource] = {}
         self._selections: dict[Key, tuple[Resource, ...] | TranslationError] = {}
         self._snapshots: dict[NodeClass, Snapshot] = {}
         self._builders: dict[MatcherStyle, RouteBuilder] = {}
-        self._specs: list[OutboundCluster] | None = None
         self._groups: list[PortGroup] | None = None
         self._group_index: dict[int, PortGroup] | None = None
         self._group_problems: list[Problem] | None = None
         self._port_vhosts: dict[int, list[VirtualHostSpec]] = {}
-        self._assignments: dict[ClusterFlavor, dict[str, Resource]] = {}
         self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
+        #: Seconds spent so far: building resources (``translate``) and assembling and
+        #: checking snapshots (``snapshot``), for logs and benchmarks.
+        self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
+        # Handed to the next translation (see ``reuse``, ``shared``): only what this one
+        # used.
+        self._bases: SharedClusters = SharedClusters(
+            mesh, previous=previous._bases if previous is not None else None, timings=self.timings
+        )
+        self._route_configs: dict[Key, RouteConfigEntry] = {}
+        self._prev_route_configs = previous._route_configs if previous is not None else {}
+        self._prev_routes = (
+            {style: b.memo for style, b in previous._builders.items()}
+            if previous is not None
+            else {}
+        )
+        self._group_inputs: dict[tuple[int, MatcherStyle], tuple[Hashable, ...]] = {}
+        # Per class: what it chose besides the base, and whether that replaces any of it.
+        self._chosen: dict[NodeClass, tuple[dict[tuple[str, str], Resource], bool]] = {}
+        self._prev_chosen = previous._chosen if previous is not None else {}
+        self._prev_snapshots = previous._snapshots if previous is not None else {}
 
     # -- public ---------------------------------------------------------------------
 
@@ -120,7 +139,13 @@ class MeshTranslation:
         """
         found = self._snapshots.get(node)
         if found is None:
-            found = self._build_snapshot(node)
+            started = time.perf_counter()
+            snapshot_before = self.timings["snapshot"]
+            try:
+                found = self._build_snapshot(node)
+            finally:
+                spent = time.perf_counter() - started
+                self.timings["translate"] += spent - (self.timings["snapshot"] - snapshot_before)
             self._snapshots[node] = found
         return found
 
@@ -168,15 +193,19 @@ class MeshTranslation:
             if node.config_source is ConfigSourceKind.REST
             else ConfigSourceKind.ADS
         )
-        parts: list[Callable[[], Iterable[Resource]]] = [lambda: self._clusters(flavor)]
+        parts: list[Callable[[], Iterable[Resource]]] = []
         if node.client is ClientKind.GRPC:
             parts.append(self._grpc_listeners)
         elif node.role is Role.SIDECAR:
             parts.append(lambda: self._inbound(node))
             parts.append(lambda: self._outbound(node.outbound_ip, source, style))
         parts.append(lambda: self._raw_resources().values())
-        chosen: dict[tuple[str, str], Resource] = {}
         problems: list[Problem] = []
+        try:
+            base = self._bases.base(flavor, self._cluster, self._load_assignment)
+        except TranslationError as err:
+            problems.extend(err.problems)
+        chosen: dict[tuple[str, str], Resource] = {}
         for part in parts:
             try:
                 for r in part():
@@ -185,15 +214,7 @@ class MeshTranslation:
                 problems.extend(p for p in err.problems if p not in problems)
         if problems:
             raise TranslationError(problems)
-        assignments = self._assignments_by_cluster(flavor)
-        for r in list(chosen.values()):
-            if r.type_url != CLUSTER:
-                continue
-            for type_url, name in r.references:
-                found = assignments.get(name)
-                if type_url == ENDPOINT and found is not None:
-                    chosen.setdefault((ENDPOINT, name), found)
-        return self._consistent(chosen.values())
+        return self._consistent(node, flavor, base, chosen)
 
     def _selection(self, key: Key, compute: Callable[[], list[Resource]]) -> tuple[Resource, ...]:
         """The resources ``compute`` selects, memoized by ``key`` with its error, if any."""
@@ -202,37 +223,12 @@ class MeshTranslation:
             try:
                 found = tuple(compute())
             except TranslationError as err:
-                found = err
+                # Kept without its traceback, whose frames would tie this translation
+                # into a reference cycle.
+                found = TranslationError(err.problems)
             self._selections[key] = found
         if isinstance(found, TranslationError):
             raise TranslationError(found.problems)
-        return found
-
-    def _clusters(self, flavor: ClusterFlavor) -> tuple[Resource, ...]:
-        def compute() -> list[Resource]:
-            problems: list[Problem] = []
-            out: list[Resource] = []
-            for spec in self._outbound_specs():
-                try:
-                    out.append(self._cluster(spec, flavor))
-                except TranslationError as err:
-                    problems.extend(p for p in err.problems if p not in problems)
-            if problems:
-                raise TranslationError(problems)
-            return out
-
-        return self._selection(("clusters", flavor), compute)
-
-    def _assignments_by_cluster(self, flavor: ClusterFlavor) -> dict[str, Resource]:
-        """The ClusterLoadAssignment of each cluster that is EDS in ``flavor``, by name."""
-        found = self._assignments.get(flavor)
-        if found is None:
-            found = {
-                spec.name: self._load_assignment(spec)
-                for spec in self._outbound_specs()
-                if is_eds(spec, flavor)
-            }
-            self._assignments[flavor] = found
         return found
 
     def _inbound(self, node: NodeClass) -> list[Resource]:
@@ -336,25 +332,6 @@ class MeshTranslation:
             self._memo[key] = found
         return found
 
-    def _local_resource(self, key: Key, build: Callable[[], tuple[str, Any]]) -> Resource:
-        """Like ``_shared`` for resources that depend on more than their key says (route
-        configurations): memoized in this translation only."""
-        found = self._local.get(key)
-        if found is None:
-            name, message = build()
-            found = Resource.of(name, message)
-            self._local[key] = found
-        return found
-
-    def _outbound_specs(self) -> list[OutboundCluster]:
-        if self._specs is None:
-            self._specs = [
-                spec
-                for service in self.mesh.services
-                for spec in outbound_clusters(service, self.mesh.destination_rule(service))
-            ]
-        return self._specs
-
     def _cluster(self, spec: OutboundCluster, flavor: ClusterFlavor) -> Resource:
         if is_eds(spec, flavor):
             key: Key = ("cluster", flavor, spec.name, spec.port, _lb_key(spec))
@@ -374,7 +351,7 @@ class MeshTranslation:
     def _route_builder(self, style: MatcherStyle) -> RouteBuilder:
         builder = self._builders.get(style)
         if builder is None:
-            builder = RouteBuilder(self.mesh, style)
+            builder = RouteBuilder(self.mesh, style, previous=self._prev_routes.get(style))
             self._builders[style] = builder
         return builder
 
@@ -391,8 +368,9 @@ class MeshTranslation:
         self, group: PortGroup, style: MatcherStyle, builder: RouteBuilder
     ) -> Resource:
         name = port_route_name(group.number)
-        return self._local_resource(
+        return self._route_config(
             ("routes", name, style),
+            self._inputs_of_group(group, style, builder),
             lambda: (name, builder.route_configuration(name, self._vhosts_for_port(group))),
         )
 
@@ -405,7 +383,38 @@ class MeshTranslation:
             )
             return HTTP_PROXY_ROUTES, builder.route_configuration(HTTP_PROXY_ROUTES, vhosts)
 
-        return self._local_resource(("routes", HTTP_PROXY_ROUTES, style), build)
+        inputs = tuple(self._inputs_of_group(g, style, builder) for g in self.port_groups())
+        return self._route_config(("routes", HTTP_PROXY_ROUTES, style), inputs, build)
+
+    def _inputs_of_group(
+        self, group: PortGroup, style: MatcherStyle, builder: RouteBuilder
+    ) -> tuple[Hashable, ...]:
+        """What the virtual hosts of a port group's HTTP services are made of."""
+        key = (group.number, style)
+        found = self._group_inputs.get(key)
+        if found is None:
+            found = tuple(
+                (service.host_names, port.number, builder.inputs(service, port.number))
+                for service, port in group.http
+            )
+            self._group_inputs[key] = found
+        return found
+
+    def _route_config(
+        self, key: Key, inputs: tuple[Hashable, ...], build: Callable[[], tuple[str, Any]]
+    ) -> Resource:
+        """The route configuration ``build`` makes, memoized by ``key`` in this translation
+        and taken over from the previous one when its ``inputs`` compare equal."""
+        found = self._route_configs.get(key)
+        if found is None:
+            old = self._prev_route_configs.get(key)
+            if old is not None and old.inputs == inputs:
+                found = old
+            else:
+                name, message = build()
+                found = RouteConfigEntry(inputs, Resource.of(name, message))
+            self._route_configs[key] = found
+        return found.resource
 
     def _raw_resources(self) -> dict[tuple[str, str], Resource]:
         if self._raw is None:
@@ -424,16 +433,61 @@ class MeshTranslation:
             raise TranslationError(self._raw.problems)
         return self._raw
 
-    def _consistent(self, resources: Iterable[Resource]) -> Snapshot:
-        """Build the snapshot. A dangling reference from a raw resource is the user's to
-        fix (TranslationError naming its file); any other one is a bug
+    def _updated(
+        self, node: NodeClass, flavor: ClusterFlavor, chosen: dict[tuple[str, str], Resource]
+    ) -> Snapshot | None:
+        """``node``'s snapshot of the previous translation brought up to date with what
+        changed in the base and in the class's own resources, when neither translation's
+        own resources replace a base resource (None otherwise: build from the base).
+        Costs one copy of each changed type's mapping instead of a merge per class."""
+        delta = self._bases.delta(flavor)
+        previous = self._prev_snapshots.get(node)
+        before = self._prev_chosen.get(node)
+        if delta is None or previous is None or before is None or before[1]:
+            return None
+        old = before[0]
+        added = [*delta[0], *(r for k, r in chosen.items() if old.get(k) is not r)]
+        removed = [*delta[1], *((TypeUrl(k[0]), k[1]) for k in old if k not in chosen)]
+        if not added and not removed:
+            return previous
+        return Snapshot.extend(previous, added, removed=removed, check=False)
+
+    def _consistent(
+        self,
+        node: NodeClass,
+        flavor: ClusterFlavor,
+        base: Snapshot,
+        chosen: dict[tuple[str, str], Resource],
+    ) -> Snapshot:
+        """The snapshot of ``base`` with the class's ``chosen`` resources. A generated
+        cluster replaced by a raw one takes its ClusterLoadAssignment with it unless
+        something chosen still needs it. A dangling reference from a raw resource is the
+        user's to fix (TranslationError naming its file); any other one is a bug
         (InconsistentSnapshotError)."""
-        snapshot = Snapshot.build(resources, check=False)
+        started = time.perf_counter()
+        overlaps = any(n in base.get(TypeUrl(t)) for t, n in chosen if t in _BASE_TYPES)
+        self._chosen[node] = (chosen, overlaps)
+        snapshot = None if overlaps else self._updated(node, flavor, chosen)
+        if snapshot is None:
+            removed: list[tuple[TypeUrl, str]] = []
+            clusters = base.get(CLUSTER)
+            replaced = [clusters[n] for t, n in chosen if t == CLUSTER and n in clusters]
+            if replaced:
+                needed = {ref for r in chosen.values() for ref in r.references}
+                for old in replaced:
+                    for type_url, name in old.references:
+                        if (type_url, name) not in needed and (type_url, name) not in chosen:
+                            removed.append((TypeUrl(type_url), name))
+            snapshot = Snapshot.extend(base, chosen.values(), removed=removed, check=False)
         problems = dangling_references(snapshot, self._raw_resources(), self._raw_origins)
         if problems:
             raise TranslationError(problems)
         snapshot.check_consistency()
+        self.timings["snapshot"] += time.perf_counter() - started
         return snapshot
+
+
+_BASE_TYPES = (CLUSTER, ENDPOINT)
 
 
 def _lb_key(spec: OutboundCluster) -> Hashable:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from xdsd.errors import Problem
@@ -32,16 +32,14 @@ class PortGroup:
 
     number: int
     members: tuple[tuple[Service, Port], ...]
+    #: The members whose protocol is routed by HTTP.
+    http: tuple[tuple[Service, Port], ...] = field(init=False, compare=False, repr=False)
+    #: The members proxied as plain TCP (TCP, TLS).
+    tcp: tuple[tuple[Service, Port], ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def http(self) -> tuple[tuple[Service, Port], ...]:
-        """The members whose protocol is routed by HTTP."""
-        return tuple(m for m in self.members if m[1].protocol.is_http)
-
-    @property
-    def tcp(self) -> tuple[tuple[Service, Port], ...]:
-        """The members proxied as plain TCP (TCP, TLS)."""
-        return tuple(m for m in self.members if not m[1].protocol.is_http)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "http", tuple(m for m in self.members if m[1].protocol.is_http))
+        object.__setattr__(self, "tcp", tuple(m for m in self.members if not m[1].protocol.is_http))
 
 
 def default_instance_ip(own: Service | None, labels: tuple[tuple[str, str], ...]) -> str:

@@ -18,7 +18,7 @@ Timeouts default to 0s (no timeout) and retries to Istio's default policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -129,11 +129,21 @@ class RouteBuilder:
     """Builds virtual hosts and route configurations for one mesh and matcher style,
     making the routes of each (service, port) once."""
 
-    def __init__(self, mesh: Mesh, style: MatcherStyle) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        style: MatcherStyle,
+        *,
+        previous: Mapping[tuple[ResourceKey, int], tuple[Hashable, list[Any]]] | None = None,
+    ) -> None:
         self._mesh = mesh
         self._style = style
         self._rules = virtual_service_index(mesh)
-        self._routes: dict[tuple[ResourceKey, int], list[Any]] = {}
+        # (service, port) → (what the routes are made of, the routes); a builder for the
+        # next mesh reuses the routes whose inputs compare equal (``previous=``, the
+        # ``memo`` of the builder of the same style for the previous mesh).
+        self.memo: dict[tuple[ResourceKey, int], tuple[Hashable, list[Any]]] = {}
+        self._previous = previous if previous is not None else {}
 
     def route_configuration(self, name: str, vhosts: Sequence[VirtualHostSpec]) -> Any:
         """The ``RouteConfiguration`` ``name`` with one virtual host per spec, in order.
@@ -155,17 +165,42 @@ class RouteBuilder:
         return config
 
     def routes(self, service: Service, port: int) -> list[Any]:
-        """The routes of ``service``'s virtual host for ``port`` (memoized)."""
+        """The routes of ``service``'s virtual host for ``port`` (memoized, and reused
+        from the previous builder when what they are made of is unchanged)."""
         key = (service.key, port)
-        found = self._routes.get(key)
+        found = self.memo.get(key)
         if found is None:
-            vs = self._rules.get(service.key)
-            if vs is None:
-                found = [self._default_route(service, port)]
+            inputs = self.inputs(service, port)
+            old = self._previous.get(key)
+            if old is not None and old[0] == inputs:
+                found = old
             else:
-                found = self._rule_routes(vs, port)
-            self._routes[key] = found
-        return found
+                vs = self._rules.get(service.key)
+                if vs is None:
+                    found = (inputs, [self._default_route(service, port)])
+                else:
+                    found = (inputs, self._rule_routes(vs, port))
+            self.memo[key] = found
+        return found[1]
+
+    def inputs(self, service: Service, port: int) -> Hashable:
+        """Everything the routes of ``service``'s virtual host for ``port`` are made of,
+        as a value that compares equal exactly when they would be built the same (and is
+        cheap to compare for a service without a VirtualService)."""
+        vs = self._rules.get(service.key)
+        if vs is None:
+            return (service.fqdn, port)
+        targets: list[Hashable] = []
+        for http in vs.http:
+            for rd in http.route:
+                target = self._mesh.service(rd.destination.host, vs.namespace)
+                if target is None:
+                    targets.append(None)
+                    continue
+                rule = self._mesh.destination_rule(target)
+                subsets = tuple(s.name for s in rule.subsets) if rule is not None else None
+                targets.append((target.fqdn, target.ports, subsets))
+        return (service.fqdn, port, vs, tuple(targets))
 
     def _default_route(self, service: Service, port: int) -> Any:
         route = route_components_pb2.Route(name="default")

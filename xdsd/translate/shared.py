@@ -1,0 +1,157 @@
+"""``SharedClusters``: the clusters and endpoints every class of a flavor receives.
+
+How this works: per cluster flavor (ADS Envoy, REST Envoy, proxyless gRPC), every node
+class gets every service's outbound clusters and the ClusterLoadAssignment of each EDS
+one: in a large mesh, tens of thousands of resources. They are built per service
+(``ServiceParts``, taken over from the previous translation for every service whose
+objects are unchanged) and gathered into one *base* snapshot per flavor, checked once.
+The base of the next translation is the previous base with the resources of the services
+that changed put in and those of removed services taken out (``Snapshot.extend``), and
+that difference (``delta``) lets each class's own snapshot be brought up to date the same
+way instead of being merged again from the base.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import Mesh, ResourceKey, Service
+from xdsd.resources import Resource, TypeUrl
+from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
+from xdsd.translate.reuse import ServiceParts
+
+#: Resources put in and (type, name) of resources taken out.
+Delta = tuple[list[Resource], list[tuple[TypeUrl, str]]]
+
+
+class SharedClusters:
+    """Per flavor, the base snapshot of one mesh (see the module docstring).
+
+    ``timings["snapshot"]`` gets the seconds spent assembling bases. Not thread-safe.
+    Holds no reference to the translation (the builders are passed to ``base``), so a
+    translation is freed by reference counting alone.
+    """
+
+    def __init__(
+        self, mesh: Mesh, *, previous: SharedClusters | None, timings: dict[str, float]
+    ) -> None:
+        self.mesh = mesh
+        self._timings = timings
+        # Only what this translation used is handed on: no chain of translations is kept.
+        self._parts: dict[ResourceKey, ServiceParts] = {}
+        self._bases: dict[ClusterFlavor, Snapshot | TranslationError] = {}
+        self._deltas: dict[ClusterFlavor, Delta] = {}
+        self._prev_parts = previous._parts if previous is not None else {}
+        self._prev_bases = previous._bases if previous is not None else {}
+
+    def base(
+        self,
+        flavor: ClusterFlavor,
+        cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
+        assignment: Callable[[OutboundCluster], Resource],
+    ) -> Snapshot:
+        """The outbound clusters of ``flavor`` and the assignments of the EDS ones;
+        ``cluster(spec, flavor)`` and ``assignment(spec)`` build one resource each.
+
+        Raises TranslationError (remembered, raised again on every call) when a
+        cluster cannot be built.
+        """
+        found = self._bases.get(flavor)
+        if found is None:
+            try:
+                self._build_parts(flavor, cluster, assignment)
+            except TranslationError as err:
+                found = TranslationError(err.problems)  # without its traceback
+            else:
+                started = time.perf_counter()
+                previous = self._prev_bases.get(flavor)
+                if isinstance(previous, Snapshot):
+                    delta = self._changes(flavor)
+                    found = Snapshot.extend(previous, delta[0], removed=delta[1])
+                    self._deltas[flavor] = delta
+                else:
+                    found = Snapshot.build(
+                        r
+                        for parts in self._parts.values()
+                        for r in (*parts.clusters[flavor], *parts.assignments[flavor])
+                    )
+                self._timings["snapshot"] += time.perf_counter() - started
+            self._bases[flavor] = found
+        if isinstance(found, TranslationError):
+            raise TranslationError(found.problems)
+        return found
+
+    def delta(self, flavor: ClusterFlavor) -> Delta | None:
+        """How ``base(flavor)`` differs from the previous translation's (None when it
+        was built from scratch)."""
+        return self._deltas.get(flavor)
+
+    def _build_parts(
+        self,
+        flavor: ClusterFlavor,
+        cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
+        assignment: Callable[[OutboundCluster], Resource],
+    ) -> None:
+        problems: list[Problem] = []
+        for service in self.mesh.services:
+            parts = self._service_parts(service)
+            if flavor not in parts.clusters:
+                try:
+                    clusters = tuple(cluster(spec, flavor) for spec in parts.specs)
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+                    continue
+                parts.clusters[flavor] = clusters
+            if flavor not in parts.assignments:
+                parts.assignments[flavor] = tuple(
+                    assignment(spec) for spec in parts.specs if is_eds(spec, flavor)
+                )
+        if problems:
+            raise TranslationError(problems)
+
+    def _service_parts(self, service: Service) -> ServiceParts:
+        """What is built from ``service`` and its rule alone (taken over from the previous
+        translation when both are unchanged)."""
+        found = self._parts.get(service.key)
+        if found is None:
+            rule = self.mesh.destination_rule(service)
+            old = self._prev_parts.get(service.key)
+            if old is not None and old.reusable_for(service, rule):
+                found = old.rebound(service, rule)
+            else:
+                found = ServiceParts.of(service, rule)
+            self._parts[service.key] = found
+        return found
+
+    def _changes(self, flavor: ClusterFlavor) -> Delta:
+        """The resources of every service whose parts were rebuilt, and the names of
+        those they no longer have (or of services that are gone)."""
+        added: list[Resource] = []
+        removed: list[tuple[TypeUrl, str]] = []
+        for key, parts in self._parts.items():
+            old = self._prev_parts.get(key)
+            if (
+                old is not None
+                and old.clusters.get(flavor) is parts.clusters[flavor]
+                and old.assignments.get(flavor) is parts.assignments[flavor]
+            ):
+                continue
+            new = (*parts.clusters[flavor], *parts.assignments[flavor])
+            if old is not None:
+                names = {(r.type_url, r.name) for r in new}
+                removed.extend(
+                    (r.type_url, r.name)
+                    for r in (*old.clusters.get(flavor, ()), *old.assignments.get(flavor, ()))
+                    if (r.type_url, r.name) not in names
+                )
+            added.extend(new)
+        for key, old in self._prev_parts.items():
+            if key not in self._parts:
+                removed.extend(
+                    (r.type_url, r.name)
+                    for r in (*old.clusters.get(flavor, ()), *old.assignments.get(flavor, ()))
+                )
+        return added, removed
