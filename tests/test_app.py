@@ -1,0 +1,48 @@
+"""MeshState: reloads by changed paths, last good configuration kept, classes republished."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.paths import EXAMPLE_CONFIG
+from xdsd.app import MeshState
+from xdsd.cache.snapshot import Snapshot
+from xdsd.resources import ENDPOINT
+from xdsd.translate import MeshTranslation, NodeClass
+
+NODE = NodeClass("productpage", labels=(("version", "v1"),))
+
+
+def test_a_changed_file_is_published_and_a_bad_one_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    state = MeshState(str(config))
+    assert state.reload()
+    seen: list[Snapshot] = []
+    state.cache.subscribe(NODE, seen.append)
+    first = state.snapshot(NODE)
+    assert first is not None
+
+    details = config / "services" / "details.toml"
+    details.write_text(details.read_text().replace("10.0.0.21", "10.0.0.77"))
+    assert state.reload({str(details)})
+    assert seen and seen[-1].version(ENDPOINT) != first.version(ENDPOINT)
+    assert set(state.last_timings) == {"list", "parse", "check", "translate", "snapshot"}
+    assert state.loaded is not None and state.loaded.reread == 1
+
+    bad = config / "services" / "bad.yaml"
+    bad.write_text("kind: Service\nname: bad\nports: oops\n")
+    assert not state.reload({str(bad)})
+    assert state.errors and state.errors[0].path == str(bad)
+    assert state.cache.get(NODE) is seen[-1]  # the last good configuration stays
+
+    bad.unlink()
+    assert not state.reload({str(bad)})  # same mesh as before the bad file: nothing new
+    assert state.errors == ()
+
+    details.write_text(details.read_text().replace("10.0.0.77", "10.0.0.78"))
+    assert state.reload()  # forced: every file checked by stat
+    cold = MeshTranslation(state.loaded.mesh).snapshot_for(NODE)
+    current = state.cache.get(NODE)
+    assert current is not None and dict(current.versions) == dict(cold.versions)

@@ -1,0 +1,164 @@
+"""Translations chained with ``previous=`` give exactly what a cold translation gives."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.paths import EXAMPLE_CONFIG
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import ConfigError, TranslationError
+from xdsd.resources import CLUSTER, ENDPOINT
+from xdsd.sources import DirectoryLoader, load_directory
+from xdsd.translate import ClientKind, ConfigSourceKind, MeshTranslation, NodeClass, Role
+
+CLASSES = [
+    NodeClass("productpage", labels=(("version", "v1"),)),
+    NodeClass("reviews", labels=(("version", "v2"),), config_source=ConfigSourceKind.REST),
+    NodeClass("details", outbound_ip="127.0.5.5", instance_ip="127.0.5.6"),
+    NodeClass("ratings", client=ClientKind.GRPC),
+    NodeClass("reviews", client=ClientKind.MOSN, instance_ip="127.0.6.1"),
+    NodeClass("edge", role=Role.GATEWAY),
+]
+DETAILS = "outbound|9080||details.default.svc.cluster.local"
+RAW_DETAILS = f"""\
+'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+name: {DETAILS}
+type: STATIC
+load_assignment:
+  cluster_name: {DETAILS}
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{address: {{socket_address: {{address: 10.7.7.7, port_value: 80}}}}}}
+"""
+
+
+def contents(snap: Snapshot) -> dict[str, list[tuple[str, str]]]:
+    return {t: [(n, r.digest) for n, r in b.items()] for t, b in snap.resources.items()}
+
+
+def outcome(translation: MeshTranslation, node: NodeClass) -> object:
+    try:
+        snap = translation.snapshot_for(node)
+    except TranslationError as e:
+        return sorted(str(p) for p in e.problems)
+    return contents(snap), dict(snap.versions)
+
+
+def replace_in(path: Path, old: str, new: str) -> Callable[[Path], set[str]]:
+    def edit(root: Path) -> set[str]:
+        target = root / path
+        target.write_text(target.read_text().replace(old, new))
+        return {str(target)}
+
+    return edit
+
+
+def write(path: str, text: str) -> Callable[[Path], set[str]]:
+    def edit(root: Path) -> set[str]:
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return {str(target)}
+
+    return edit
+
+
+def delete(path: str) -> Callable[[Path], set[str]]:
+    def edit(root: Path) -> set[str]:
+        (root / path).unlink()
+        return {str(root / path)}
+
+    return edit
+
+
+NEW_SERVICE = (
+    'kind = "Service"\nname = "extra"\n\n[[ports]]\nnumber = 9080\nprotocol = "HTTP"\n\n'
+    '[[endpoints]]\naddress = "10.0.9.1"\n'
+)
+EDITS = [
+    replace_in(Path("services/details.toml"), "10.0.0.21", "10.0.0.77"),  # endpoints only
+    replace_in(Path("rules/reviews.yaml"), "weight: 50", "weight: 25"),  # routes only
+    write("services/extra.toml", NEW_SERVICE),  # a service appears
+    write("envoy/details.yaml", RAW_DETAILS),  # a raw cluster replaces a generated one
+    replace_in(Path("services/details.toml"), "10.0.0.77", "10.0.0.78"),
+    delete("envoy/details.yaml"),
+    replace_in(Path("services/extra.toml"), "9080", "9090"),  # a port group appears
+    delete("services/extra.toml"),  # ... and goes
+    replace_in(Path("rules/destination-rules.yaml"), "name: v3", "name: v4"),  # subset gone
+    replace_in(Path("rules/destination-rules.yaml"), "name: v4", "name: v3"),
+]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    root = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, root)
+    return root
+
+
+def test_chained_translations_equal_cold_ones_after_every_edit(config: Path) -> None:
+    loader = DirectoryLoader(str(config))
+    translation = MeshTranslation(loader.load().mesh)
+    for node in CLASSES:
+        outcome(translation, node)
+    for number, edit in enumerate(EDITS):
+        changed = edit(config)
+        try:
+            mesh = loader.load(changed).mesh
+        except ConfigError:
+            continue  # refused: the previous translation stays, as in MeshState
+        translation = MeshTranslation(mesh, previous=translation)
+        fresh = MeshTranslation(load_directory(str(config)).mesh)
+        for node in CLASSES:
+            assert outcome(translation, node) == outcome(fresh, node), (number, node)
+
+
+def test_a_raw_cluster_takes_the_generated_assignment_out(config: Path) -> None:
+    loader = DirectoryLoader(str(config))
+    first = MeshTranslation(loader.load().mesh)
+    assert DETAILS in first.snapshot_for(CLASSES[0]).get(ENDPOINT)
+    second = MeshTranslation(loader.load(write("envoy/d.yaml", RAW_DETAILS)(config)).mesh,
+                             previous=first)  # fmt: skip
+    snap = second.snapshot_for(CLASSES[0])
+    assert DETAILS not in snap.get(ENDPOINT)
+    assert snap.get(CLUSTER)[DETAILS].message.type == snap.get(CLUSTER)[DETAILS].message.STATIC
+
+
+def test_an_endpoint_edit_reencodes_only_that_service(config: Path) -> None:
+    loader = DirectoryLoader(str(config))
+    first = MeshTranslation(loader.load().mesh)
+    old = first.snapshot_for(CLASSES[0])
+    edit = replace_in(Path("services/details.toml"), "10.0.0.21", "10.0.0.77")
+    second = MeshTranslation(loader.load(edit(config)).mesh, previous=first)
+    new = second.snapshot_for(CLASSES[0])
+    changed = [
+        (t, n) for t, bucket in new.resources.items() for n, r in bucket.items()
+        if old.get(t).get(n) is not r
+    ]  # fmt: skip
+    details = DETAILS.rsplit("|", 1)[1]
+    assert changed == [(ENDPOINT, n) for n in new.get(ENDPOINT) if n.endswith(details)]
+    assert len(changed) == 2  # the whole service and its subset
+    assert [t for t in new.versions if new.version(t) != old.version(t)] == [ENDPOINT]
+
+
+def test_translations_are_freed_without_the_cycle_collector(config: Path) -> None:
+    mesh = load_directory(str(config)).mesh
+    gc.disable()
+    try:
+        first = MeshTranslation(mesh)
+        for node in CLASSES:
+            outcome(first, node)
+        second = MeshTranslation(mesh, previous=first)
+        for node in CLASSES:
+            outcome(second, node)
+        ref = weakref.ref(first)
+        del first
+        assert ref() is None
+    finally:
+        gc.enable()
