@@ -67,7 +67,7 @@ def free_port() -> int:
 # -- daemon ------------------------------------------------------------------------------
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-_LOADED = re.compile(r"config loaded: .* in ([\d.]+) ms")
+_LOADED = re.compile(r"config loaded: .*?([\d.]+) ms")
 
 
 def _stamp(line: str) -> float | None:
