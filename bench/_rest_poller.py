@@ -2,9 +2,11 @@
 
 Each simulated client behaves like an Envoy polling over REST: one poller for CDS and one
 for LDS (wildcards), then one per EDS cluster named by its CDS responses and one per route
-configuration named by its LDS responses, each on its own timer (``refresh`` seconds after
-its previous answer; 0 polls back to back), each sending the client's whole node block and
-the version it last received. Every 200 is parsed (as Envoy must); a 304 is not.
+configuration named by its LDS responses, each on its own timer, each sending the client's
+whole node block and the version it last received. Like Envoy's ``RestApiFetcher``, a poller
+waits ``refresh`` plus a random jitter of up to ``refresh`` after each answer (1-2 s for
+Envoy's usual 1 s); ``refresh`` 0 polls back to back. Every 200 is parsed (as Envoy must);
+a 304 is not.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class FleetSpec:
     client_ids: tuple[str, ...]
     service: str  # node.cluster of every client
     refresh: float  # seconds between a poller's answer and its next poll
-    measure_from: float  # wall time: record 304 latencies from here on
+    measure_from: float  # wall time: record 304 latencies (and CPU) from here on...
+    measure_until: float  # ...until here
     cpu: int | None = None  # pin this process to one CPU
 
 
@@ -50,19 +53,15 @@ class FleetResult:
     unchanged_us: list[float] = field(default_factory=list)  # client-side 304 latencies
     updates: list[tuple[str, float, str]] = field(default_factory=list)  # (poller, wall, ver)
     pollers: int = 0
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time over the measured window
 
 
 def run(spec: FleetSpec, stop: Event, out: Connection) -> None:
     """Process entry point: poll until ``stop`` is set, then send a FleetResult to ``out``."""
     if spec.cpu is not None:
         os.sched_setaffinity(0, {spec.cpu})
-    started, cpu = time.perf_counter(), time.process_time()
     result = FleetResult()
     asyncio.run(_fleet(spec, stop, result))
-    result.cpu_seconds = time.process_time() - cpu
-    result.wall_seconds = time.perf_counter() - started
     out.send(result)
     out.close()
 
@@ -71,6 +70,10 @@ async def _fleet(spec: FleetSpec, stop: Event, result: FleetResult) -> None:
     clients = [_Client(spec, cid, result) for cid in spec.client_ids]
     for client in clients:
         client.start()
+    await asyncio.sleep(max(0.0, spec.measure_from - time.time()))
+    cpu = time.process_time()
+    await asyncio.sleep(max(0.0, spec.measure_until - time.time()))
+    result.cpu_seconds = time.process_time() - cpu
     while not stop.is_set():
         await asyncio.sleep(0.05)
     for client in clients:
@@ -134,7 +137,7 @@ class _Client:
             took = time.perf_counter() - sent
             result.requests += 1
             if status == 304:
-                if time.time() >= spec.measure_from:
+                if spec.measure_from <= time.time() < spec.measure_until:
                     result.unchanged_us.append(took * 1e6)
             elif status == 200:
                 answer = json.loads(data)
@@ -143,7 +146,7 @@ class _Client:
                 self._discover(type_url, answer.get("resources", []))
             else:
                 result.errors += 1
-            await asyncio.sleep(spec.refresh)
+            await asyncio.sleep(spec.refresh + random.uniform(0, spec.refresh))
 
     def _discover(self, type_url: str, resources: list[dict[str, Any]]) -> None:
         """Start the pollers a CDS or LDS response calls for, as Envoy does."""

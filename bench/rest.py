@@ -2,10 +2,14 @@
 
 xdsd serves a generated mesh (``meshgen``, 1 service by default) over REST, pinned to
 CPU 0; simulated Envoys (``bench/_rest_poller.py``) run in child processes pinned to CPU 1,
-each sending a real Envoy 1.40 node block (captured at the start of the run, ~61 KB) on
+each sending a real Envoy 1.40 node block (captured at the start of the run, ~77 KB) on
 every poll, polling CDS, LDS, and then every EDS cluster and route configuration those
-name, each poller on its own 1 s timer, the way Envoy does (7 pollers per client with one
-service). Two scenarios:
+name, each poller on its own timer of 1 s plus up to 1 s of jitter, the way Envoy does with
+``refresh_delay: 1s`` (7 pollers per client with one service). Three scenarios:
+
+- in process (``_rest_micro``): ``RestDiscovery.answer`` on each poller's unchanged body in a
+  loop, without sockets: the server's own cost per poll with the least noise (``--profile``
+  adds a cProfile table).
 
 - ``fleet``: for each fleet size, a steady window (client-side latency of unchanged polls,
   304, and the server's own time per poll from ``GET /debug/rest/timings``: body read to
@@ -61,21 +65,33 @@ class Fleet:
     """Child processes simulating ``clients`` Envoys against one xdsd."""
 
     def __init__(
-        self, xdsd: Xdsd, node: dict[str, Any], clients: int, refresh: float, warmup: float
+        self,
+        xdsd: Xdsd,
+        node: dict[str, Any],
+        clients: int,
+        refresh: float,
+        warmup: float,
+        window: float,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.stop_event = ctx.Event()
         self.measure_from = time.time() + warmup
+        self.window = window
         processes = 1 if clients < 20 else 2
         self.pipes = []
         self.processes = []
         ids = [f"poller-{i:05d}" for i in range(clients)]
         for p in range(processes):
             spec = FleetSpec(
-                url=f"http://127.0.0.1:{xdsd.rest_port}", node=node,
-                client_ids=tuple(ids[p::processes]), service=SERVICE, refresh=refresh,
-                measure_from=self.measure_from, cpu=CLIENT_CPU if _cpus() > 1 else None,
-            )  # fmt: skip
+                url=f"http://127.0.0.1:{xdsd.rest_port}",
+                node=node,
+                client_ids=tuple(ids[p::processes]),
+                service=SERVICE,
+                refresh=refresh,
+                measure_from=self.measure_from,
+                measure_until=self.measure_from + window,
+                cpu=CLIENT_CPU if _cpus() > 1 else None,
+            )
             receive, send = ctx.Pipe(duplex=False)
             process = ctx.Process(target=run, args=(spec, self.stop_event, send), daemon=True)
             process.start()
@@ -98,7 +114,6 @@ class Fleet:
             merged.updates.extend(part.updates)
             merged.pollers += part.pollers
             merged.cpu_seconds += part.cpu_seconds
-            merged.wall_seconds = max(merged.wall_seconds, part.wall_seconds)
         return merged
 
 
@@ -134,18 +149,20 @@ def _detected_after(xdsd: Xdsd, wall: float) -> float | None:
     return None
 
 
-def fleet(xdsd: Xdsd, config: Path, node: dict[str, Any], clients: int,
-          window: float, edit: int) -> dict[str, Any]:  # fmt: skip
+def fleet(
+    xdsd: Xdsd, config: Path, node: dict[str, Any], clients: int, window: float, edit: int
+) -> dict[str, Any]:
     """One fleet size: steady-state polls, then one route edit."""
-    run_fleet = Fleet(xdsd, node, clients, refresh=1.0, warmup=3.0)
+    run_fleet = Fleet(xdsd, node, clients, refresh=1.0, warmup=3.0, window=window)
     run_fleet.wait_for_measuring()
     _server_timings(xdsd, reset=True)
     time.sleep(window)
     server = _server_timings(xdsd, reset=True)
     wall = time.time()
-    write_atomically(config / "rules" / f"{SERVICE}.yaml",
-                     _vs(10, 90) if edit % 2 == 0 else _vs(90, 10))  # fmt: skip
-    time.sleep(3.5)
+    write_atomically(
+        config / "rules" / f"{SERVICE}.yaml", _vs(10, 90) if edit % 2 == 0 else _vs(90, 10)
+    )
+    time.sleep(4.5)  # a poller waits at most 2 s (1 s + jitter); answers come after
     result = run_fleet.finish()
     first: dict[str, float] = {}
     for label, at, _version in result.updates:
@@ -166,13 +183,13 @@ def fleet(xdsd: Xdsd, config: Path, node: dict[str, Any], clients: int,
         "all_updated_ms": max(delays_ms) if delays_ms else None,
         "p50_updated_ms": statistics.median(delays_ms) if delays_ms else None,
         "detect_ms": None if detected is None else (detected - wall) * 1000,
-        "client_cpu_percent": 100 * result.cpu_seconds / max(result.wall_seconds, 1e-9),
+        "client_cpu_percent": 100 * result.cpu_seconds / window,
     }
 
 
 def throughput(xdsd: Xdsd, node: dict[str, Any], clients: int, window: float) -> dict[str, Any]:
     """Pollers polling back to back: unchanged polls per second."""
-    run_fleet = Fleet(xdsd, node, clients, refresh=0.0, warmup=3.0)
+    run_fleet = Fleet(xdsd, node, clients, refresh=0.0, warmup=3.0, window=window)
     run_fleet.wait_for_measuring()
     _server_timings(xdsd, reset=True)
     cpu_before = _process_cpu(xdsd)
@@ -189,7 +206,7 @@ def throughput(xdsd: Xdsd, node: dict[str, Any], clients: int, window: float) ->
         "client_304_us": _quantiles(steady),
         "server": server,
         "server_cpu_percent": server_cpu,
-        "client_cpu_percent": 100 * result.cpu_seconds / max(result.wall_seconds, 1e-9),
+        "client_cpu_percent": 100 * result.cpu_seconds / window,
     }
 
 
@@ -199,14 +216,19 @@ def _process_cpu(xdsd: Xdsd) -> float:
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m bench rest", description=__doc__.split(
-        "\n")[0])  # fmt: skip
-    parser.add_argument("--pollers", type=int, nargs="+", default=[10, 100, 1000],
-                        help="fleet sizes in pollers (7 per simulated Envoy)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench rest", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--pollers",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="fleet sizes in pollers (7 per simulated Envoy)",
+    )
     parser.add_argument("--throughput-clients", type=int, default=10)
     parser.add_argument("--window", type=float, default=5.0, help="seconds measured")
-    parser.add_argument("--skip", choices=["fleet", "throughput", "micro"], nargs="*",
-                        default=[])  # fmt: skip
+    parser.add_argument("--skip", choices=["fleet", "throughput", "micro"], nargs="*", default=[])
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process polls")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"fleet": [], "throughput": None, "micro": None}
@@ -248,16 +270,18 @@ def _print(results: dict[str, Any]) -> None:
                     f"  p99 {figures['p99_us']:>7.1f} us"
                 )
     if results["fleet"]:
-        print(f"{'clients':>8}{'pollers':>8}{'polls/s':>9}{'cli 304 p50/p99':>18}"
-              f"{'srv 304 p50/p99/max':>24}{'all new':>9}{'p50 new':>9}{'detect':>8}"
-              f"{'errs':>6}")  # fmt: skip
+        print(
+            f"{'clients':>8}{'pollers':>8}{'polls/s':>9}{'cli 304 p50/p99':>18}"
+            f"{'srv 304 p50/p99/max (cpu p99)':>34}{'all new':>9}{'p50 new':>9}{'detect':>8}"
+            f"{'errs':>6}"
+        )
         for r in results["fleet"]:
             c, s = r["client_304_us"], r["server"].get("304", {})
             print(
                 f"{r['clients']:>8}{r['pollers']:>8}{r['polls_per_s']:>9.0f}"
                 f"{c.get('p50', 0):>8.0f}/{c.get('p99', 0):>6.0f}us"
                 f"{s.get('p50_us', 0):>9.0f}/{s.get('p99_us', 0):>5.0f}"
-                f"/{s.get('max_us', 0):>6.0f}us"
+                f"/{s.get('max_us', 0):>6.0f}us ({s.get('cpu_p99_us', 0):>4.0f}us)"
                 f"{r['all_updated_ms'] or 0:>7.0f}ms{r['p50_updated_ms'] or 0:>7.0f}ms"
                 f"{r['detect_ms'] or 0:>6.0f}ms{r['errors']:>6}"
                 f"   ({r['updated_pollers']} pollers of {r['updated_clients']} clients updated)"
@@ -269,6 +293,7 @@ def _print(results: dict[str, Any]) -> None:
             f"throughput: {t['clients']} clients ({t['pollers']} pollers) back to back: "
             f"{t['polls_per_s']:.0f} polls/s; client 304 p50 {c.get('p50', 0):.0f} us, "
             f"p99 {c.get('p99', 0):.0f} us; server 304 p50 {s.get('p50_us', 0):.0f} us, "
-            f"p99 {s.get('p99_us', 0):.0f} us; server CPU {t['server_cpu_percent']:.0f}%, "
+            f"p99 {s.get('p99_us', 0):.0f} us (CPU {s.get('cpu_p99_us', 0):.0f} us); "
+            f"server CPU {t['server_cpu_percent']:.0f}%, "
             f"clients CPU {t['client_cpu_percent']:.0f}%"
         )

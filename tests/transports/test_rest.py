@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.paths import EXAMPLE_CONFIG
@@ -46,9 +47,9 @@ def test_an_unchanged_poll_is_304_and_served_from_the_parse_cache() -> None:
     version = first.headers["X-Xdsd-Version"]
     again = _body(version=version)
     assert rest.answer(CDS, again).status == 304
-    parsed = len(rest._parsed)
+    parses = rest.parses
     assert rest.answer(CDS, _fresh(again)).status == 304
-    assert len(rest._parsed) == parsed  # no new entry: the body was recognised
+    assert rest.parses == parses  # the body was recognised
 
 
 def test_cached_answers_follow_the_version_and_the_type_path() -> None:
@@ -80,7 +81,7 @@ def test_bad_bodies_are_refused_every_time_and_not_cached(raw: bytes, status: in
     rest = _rest()
     assert rest.answer(CDS, raw).status == status
     assert rest.answer(CDS, _fresh(raw)).status == status
-    assert len(rest._parsed) == 0
+    assert len(rest._parsed) == 0 and rest.parses == 2
 
 
 def test_the_parse_cache_is_bounded() -> None:
@@ -95,13 +96,14 @@ def test_the_parse_cache_is_bounded() -> None:
 def test_poll_timings_summarise_by_status_and_reset() -> None:
     timings = PollTimings(capacity=100)
     for i in range(1, 201):
-        timings.record(304, i * 1000)
+        timings.record(304, i * 1000, i * 500)
     timings.record(200, 5_000)
     summary = timings.summary()
     assert summary["304"]["count"] == 200 and summary["304"]["samples"] == 100
     assert summary["304"]["max_us"] == 200.0  # the ring kept the last 100
     assert 101.0 <= summary["304"]["p50_us"] <= summary["304"]["p99_us"] <= 200.0
-    assert summary["200"]["p50_us"] == 5.0
+    assert summary["304"]["cpu_max_us"] == 100.0
+    assert summary["200"]["p50_us"] == 5.0 and summary["200"]["cpu_p50_us"] == 0.0
     timings.reset()
     assert timings.summary() == {}
 
@@ -126,3 +128,56 @@ def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
     summary = asyncio.run(scenario())
     assert summary["200"]["count"] == 1 and summary["304"]["count"] == 3
     assert "404" not in summary  # refused before reading the body: not a poll
+
+
+def _envoy_body(version: str, node_id: str = "p-1", type_url: str = CDS) -> bytes:
+    """As Envoy writes it: compact, ``version_info`` first and absent while empty."""
+    body: dict[str, Any] = {"version_info": version} if version else {}
+    body |= {"node": {"id": node_id, "cluster": "productpage", **BIG_NODE_EXTRAS}}
+    body["type_url"] = type_url
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def test_an_envoy_poll_at_a_new_version_is_recognised_without_parsing() -> None:
+    rest = _rest()
+    first = rest.answer(CDS, _envoy_body(""))
+    assert first.status == 200 and rest.parses == 1
+    version = first.headers["X-Xdsd-Version"]
+    assert rest.answer(CDS, _envoy_body(version)).status == 304
+    assert rest.answer(CDS, _envoy_body("0123abcd")).status == 200
+    assert rest.answer(CDS, _envoy_body("")).status == 200
+    assert rest.parses == 1  # one poller: parsed once, whatever its version
+    assert rest.answer(CDS, _envoy_body(version, node_id="p-2")).status == 304
+    assert rest.parses == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a second version_info after the node: JSON keeps the last one
+        b'{"version_info":"VERSION","node":{"id":"p","cluster":"productpage"},'
+        b'"version_info":"old"}',
+        b'{"version_info":"old","node":{"id":"p","cluster":"productpage"},'
+        b'"version_info":"VERSION"}',
+        # camelCase alone, or beside the snake_case one (which wins)
+        b'{"node":{"id":"p","cluster":"productpage"},"versionInfo":"VERSION"}',
+        b'{"version_info":"VERSION","node":{"id":"p","cluster":"productpage"},"versionInfo":"old"}',
+        b'{"version_info":"old","node":{"id":"p","cluster":"productpage"},"versionInfo":"VERSION"}',
+        # escapes and spaces: not the fast form
+        b'{"version_info":"VERS\\u0049ON","node":{"id":"p","cluster":"productpage"}}',
+        b'{ "version_info": "VERSION", "node": {"id": "p", "cluster": "productpage"}}',
+        b'{"node":{"id":"p","cluster":"productpage"},"version_info":"VERSION"}',
+    ],
+)
+def test_what_a_cached_body_says_is_what_a_fresh_parse_says(raw: bytes) -> None:
+    version = _rest().answer(CDS, _body()).headers["X-Xdsd-Version"]
+    body = raw.replace(b"VERSION", version.encode())
+    warm = _rest()
+    for seen in (b"VERSION", b"old", b"", b"VERSION"):
+        # the warm server has seen the same remainder at other versions first
+        other = raw.replace(b"VERSION", seen).replace(b"VERS\\u0049ON", seen)
+        warm._parse(CDS, other)
+    expected = _rest()._parse(CDS, body)
+    got = warm._parse(CDS, _fresh(body))
+    assert got == expected
+    assert not isinstance(got, web.Response)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from array import array
 from collections import OrderedDict
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 PATHS: dict[str, TypeUrl] = {short: type_url for type_url, short in SHORT_NAMES.items()}
 _NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name", "userAgentName")
 _MAX_BODY = 4 * 1024 * 1024
+#: ``{`` then, optionally, a ``version_info`` of plain characters (no escapes) written first.
+_VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
 
 
 class _ParsedPoll(NamedTuple):
@@ -60,46 +63,54 @@ class _ParsedPoll(NamedTuple):
 
 class PollTimings:
     """How long the server spent on each poll, from the request body read to the response
-    ready (not the network, not aiohttp's own parsing and writing), by HTTP status.
+    ready (not the network, not aiohttp's own parsing and writing), by HTTP status: wall
+    time, and the CPU time of the thread over the same span (wall minus CPU is time the
+    process was not running: preempted on a busy machine).
 
-    Keeps the last ``capacity`` samples of each status in a ring of integers
-    (nanoseconds): recording is two array stores, summaries sort a copy on demand.
+    Keeps the last ``capacity`` samples of each status in rings of integers
+    (nanoseconds): recording is a few array stores, summaries sort a copy on demand.
     """
 
     def __init__(self, capacity: int = 65536) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
-        self._rings: dict[int, array[int]] = {}
+        self._rings: dict[int, tuple[array[int], array[int]]] = {}
         self._counts: dict[int, int] = {}
 
-    def record(self, status: int, nanoseconds: int) -> None:
-        """Record one poll answered with ``status`` that took ``nanoseconds``."""
-        ring = self._rings.get(status)
-        if ring is None:
-            ring = self._rings[status] = array("Q", bytes(8 * self._capacity))
+    def record(self, status: int, nanoseconds: int, cpu_nanoseconds: int = 0) -> None:
+        """Record one poll answered with ``status`` that took ``nanoseconds`` of wall
+        time and ``cpu_nanoseconds`` of CPU."""
+        rings = self._rings.get(status)
+        if rings is None:
+            rings = self._rings[status] = (
+                array("Q", bytes(8 * self._capacity)),
+                array("Q", bytes(8 * self._capacity)),
+            )
             self._counts[status] = 0
         count = self._counts[status]
-        ring[count % self._capacity] = nanoseconds
+        slot = count % self._capacity
+        rings[0][slot] = nanoseconds
+        rings[1][slot] = cpu_nanoseconds
         self._counts[status] = count + 1
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per status: ``count`` (all polls) and, over the kept samples, p50, p90, p99,
-        p99.9 and max in microseconds."""
+        """Per status: ``count`` (all polls) and, over the kept samples, wall time p50,
+        p90, p99, p99.9 and max in microseconds (``p99_us``...), and the same of CPU time
+        (``cpu_p99_us``...)."""
         out: dict[str, dict[str, float]] = {}
-        for status, ring in sorted(self._rings.items()):
+        for status, rings in sorted(self._rings.items()):
             count = self._counts[status]
-            kept = sorted(ring[: min(count, self._capacity)])
+            kept = min(count, self._capacity)
             if not kept:
                 continue
-
-            def at(q: float, kept: list[int] = kept) -> float:
-                return kept[min(len(kept) - 1, int(q * len(kept)))] / 1000
-
-            out[str(status)] = {
-                "count": count, "samples": len(kept), "p50_us": at(0.5), "p90_us": at(0.9),
-                "p99_us": at(0.99), "p999_us": at(0.999), "max_us": kept[-1] / 1000,
-            }  # fmt: skip
+            figures: dict[str, float] = {"count": count, "samples": kept}
+            for prefix, ring in (("", rings[0]), ("cpu_", rings[1])):
+                ordered = sorted(ring[:kept])
+                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+                    figures[f"{prefix}{name}_us"] = ordered[min(kept - 1, int(q * kept))] / 1000
+                figures[f"{prefix}max_us"] = ordered[-1] / 1000
+            out[str(status)] = figures
         return out
 
     def reset(self) -> None:
@@ -129,8 +140,9 @@ class RestDiscovery:
         self.timings = PollTimings()
         self._known: dict[str, Any] = {}  # client id → node class key, while remembered
         # (type, length, hash of the body) → what it says, least recently used first
-        self._parsed: OrderedDict[tuple[TypeUrl, int, int], _ParsedPoll] = OrderedDict()
+        self._parsed: OrderedDict[tuple[TypeUrl, bool, int, int], _ParsedPoll] = OrderedDict()
         self._max_parsed = max_parsed
+        self.parses = 0  # how many bodies were parsed, not recognised (tests, metrics)
 
     def app(self) -> web.Application:
         """An aiohttp application serving ``/v3/discovery:*`` (and the timings)."""
@@ -150,8 +162,9 @@ class RestDiscovery:
     async def _log_timings(self, app: web.Application) -> None:
         for status, figures in self.timings.summary().items():
             log.info(
-                "rest polls answered %s: %d, p50 %.0f us, p99 %.0f us, max %.0f us",
-                status, figures["count"], figures["p50_us"], figures["p99_us"], figures["max_us"],
+                "rest polls answered %s: %d, p50 %.0f us, p99 %.0f us (CPU %.0f us), max %.0f us",
+                status, figures["count"], figures["p50_us"], figures["p99_us"],
+                figures["cpu_p99_us"], figures["max_us"],
             )  # fmt: skip
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -160,9 +173,11 @@ class RestDiscovery:
         if type_url is None:
             return _error(404, f"unknown discovery type {request.match_info['type']!r}")
         raw = await request.read()
-        started = time.perf_counter_ns()
+        started, cpu = time.perf_counter_ns(), time.thread_time_ns()
         response = self.answer(type_url, raw)
-        self.timings.record(response.status, time.perf_counter_ns() - started)
+        self.timings.record(
+            response.status, time.perf_counter_ns() - started, time.thread_time_ns() - cpu
+        )
         return response
 
     def answer(self, type_url: TypeUrl, raw: bytes) -> web.Response:
@@ -217,14 +232,34 @@ class RestDiscovery:
 
     def _parse(self, type_url: TypeUrl, raw: bytes) -> _ParsedPoll | web.Response:
         """What a poll body says, or the error response (400; 500 for a node that cannot
-        be configured), from the cache of recent bodies when ``raw`` was seen before."""
-        digest = (type_url, len(raw), hash(raw))
-        found = self._parsed.get(digest)
-        if found is not None:
-            self._parsed.move_to_end(digest)
+        be configured), from the cache of recent bodies when ``raw`` was seen before.
+
+        The cache is keyed by the whole body (an unchanged poll) and, when the body has
+        Envoy's form (``{"version_info":"V",...`` with ``version_info`` written first, or
+        no such key while it holds nothing) and a plain version, by what follows the
+        version too, so a poller's first poll at a new version is recognised as well; the
+        version is then read from the prefix. A body whose remainder names a version of
+        its own (a duplicate key) is keyed whole only.
+        """
+        whole = (type_url, False, len(raw), hash(raw))
+        found = self._parsed.get(whole)
+        if found is not None:  # the poller's previous poll, unchanged
+            self._parsed.move_to_end(whole)
             return found
+        prefix = _VERSION_PREFIX.match(raw)
+        start = prefix.end() if prefix is not None else 0
+        rest = memoryview(raw)[start:]
+        digest = (type_url, True, len(rest), hash(rest)) if start else whole
+        found = self._parsed.get(digest)
+        if found is not None:  # the poller's first poll at another version
+            assert prefix is not None
+            version = prefix.group(1)
+            return self._remember(
+                whole, found._replace(version_info=version.decode() if version else "")
+            )
+        self.parses += 1
         try:
-            body = json.loads(raw)
+            body = json.loads(b"{" + rest if start else raw)
             if not isinstance(body, dict):
                 raise ValueError("a DiscoveryRequest is a JSON object")
             node_json = body.get("node")
@@ -237,7 +272,11 @@ class RestDiscovery:
             )
             raw_names = body.get("resource_names", body.get("resourceNames")) or []
             names = frozenset(str(n) for n in raw_names)
-            version_info = str(body.get("version_info", body.get("versionInfo", "")))
+            versioned = "version_info" in body
+            if prefix is not None and prefix.group(1) is not None and not versioned:
+                version_info = prefix.group(1).decode()  # the version is the prefix's alone
+            else:
+                version_info = str(body.get("version_info", body.get("versionInfo", "")))
             asked = body.get("type_url", body.get("typeUrl", ""))
             if asked and asked != type_url:
                 raise ValueError(f"type_url {asked!r} does not match the path")
@@ -251,7 +290,14 @@ class RestDiscovery:
             log.error("rest node=%s: cannot configure this node: %s", node.id, e)
             return _error(500, str(e))
         parsed = _ParsedPoll(key, f"rest-{node.id or node.cluster}", node.id, names, version_info)
+        if start and not (versioned or "versionInfo" in body):
+            # the version is the prefix's alone: the remainder says the rest at any version
+            self._remember(digest, parsed)
+        return self._remember(whole, parsed)
+
+    def _remember(self, digest: tuple[TypeUrl, bool, int, int], parsed: _ParsedPoll) -> _ParsedPoll:
         self._parsed[digest] = parsed
+        self._parsed.move_to_end(digest)
         if len(self._parsed) > self._max_parsed:
             self._parsed.popitem(last=False)
         return parsed
