@@ -150,6 +150,7 @@ class MeshState:
             return found
         snapshot = self.translation.snapshot_for(key)
         self._cache.set(key, snapshot)
+        _settle_heap()  # the first class of a flavor built every cluster of the mesh
         return snapshot
 
 

@@ -162,3 +162,15 @@ def test_translations_are_freed_without_the_cycle_collector(config: Path) -> Non
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_a_flavor_first_asked_for_after_a_reload_is_complete(config: Path) -> None:
+    loader = DirectoryLoader(str(config))
+    first = MeshTranslation(loader.load().mesh)
+    outcome(first, CLASSES[0])  # ADS only
+    edit = replace_in(Path("services/details.toml"), "10.0.0.21", "10.0.0.77")
+    mesh = loader.load(edit(config)).mesh
+    second = MeshTranslation(mesh, previous=first)
+    fresh = MeshTranslation(mesh)
+    for node in CLASSES:  # REST and gRPC flavors appear only now
+        assert outcome(second, node) == outcome(fresh, node), node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from xdsd.model.rules import DestinationRule, VirtualService
 from xdsd.model.service import DOMAIN_SUFFIX, NO_ORIGIN, Origin, ResourceKey, Service
@@ -41,22 +42,24 @@ class Mesh:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "services", tuple(sorted(self.services, key=lambda s: s.key)))
+        by_key = attrgetter("key")  # a slot: read in C
+        object.__setattr__(self, "services", tuple(sorted(self.services, key=by_key)))
         object.__setattr__(
-            self, "virtual_services", tuple(sorted(self.virtual_services, key=lambda v: v.key))
+            self, "virtual_services", tuple(sorted(self.virtual_services, key=by_key))
         )
         object.__setattr__(
-            self, "destination_rules", tuple(sorted(self.destination_rules, key=lambda d: d.key))
+            self, "destination_rules", tuple(sorted(self.destination_rules, key=by_key))
         )
         object.__setattr__(
             self,
             "raw_resources",
             tuple(sorted(self.raw_resources, key=lambda r: (r.type_url, r.name))),
         )
+        hosts = self._hosts
         for svc in self.services:
-            self._hosts.setdefault(svc.fqdn, svc)
+            hosts.setdefault(svc.fqdn, svc)
             for host in svc.hosts:
-                self._hosts.setdefault(host, svc)
+                hosts.setdefault(host, svc)
         for rule in self.destination_rules:
             target = self.service(rule.host, rule.namespace)
             if target is None:

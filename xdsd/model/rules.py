@@ -97,15 +97,11 @@ class VirtualService:
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
-    _key: ResourceKey = field(init=False, compare=False, repr=False)
+    #: The rule's identity (derived once, never compared nor passed).
+    key: ResourceKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", ResourceKey("VirtualService", self.namespace, self.name))
-
-    @property
-    def key(self) -> ResourceKey:
-        """The rule's identity (derived once, not compared)."""
-        return self._key
+        object.__setattr__(self, "key", ResourceKey("VirtualService", self.namespace, self.name))
 
 
 class SimpleLB(Enum):
@@ -152,15 +148,11 @@ class DestinationRule:
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
-    _key: ResourceKey = field(init=False, compare=False, repr=False)
+    #: The rule's identity (derived once, never compared nor passed).
+    key: ResourceKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", ResourceKey("DestinationRule", self.namespace, self.name))
-
-    @property
-    def key(self) -> ResourceKey:
-        """The rule's identity (derived once, not compared)."""
-        return self._key
+        object.__setattr__(self, "key", ResourceKey("DestinationRule", self.namespace, self.name))
 
     def subset(self, name: str) -> Subset | None:
         """The subset with this name, if defined."""

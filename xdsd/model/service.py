@@ -119,6 +119,15 @@ class Endpoint:
     locality: Locality = Locality()
     weight: int = 1
     ports: tuple[tuple[str, int], ...] = ()
+    # Endpoints are hashed as parts of translation keys, many times per reload.
+    _hash: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.address, self.labels, self.locality, self.weight, self.ports)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -127,8 +136,8 @@ class Endpoint:
 
     def matches(self, selector: tuple[tuple[str, str], ...]) -> bool:
         """True when every label of ``selector`` is on this endpoint with the same value."""
-        mine = dict(self.labels)
-        return all(mine.get(k) == v for k, v in selector)
+        labels = self.labels  # unique keys: a (key, value) pair is present or not
+        return all(pair in labels for pair in selector)
 
     def port_for(self, port: Port) -> int:
         """The port this endpoint serves ``port`` on."""
@@ -154,32 +163,23 @@ class Service:
     hosts: tuple[str, ...] = ()
     resolution: Resolution = Resolution.STATIC
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
-    # Derived once (a mesh asks for them hundreds of thousands of times); not compared.
-    _key: ResourceKey = field(init=False, compare=False, repr=False)
-    _host_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
+    # rather than properties; never compared, never passed.
+    #: The service's identity.
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+    #: The canonical host name, used in cluster names: ``name.namespace.svc.cluster.local``.
+    fqdn: str = field(init=False, compare=False, repr=False)
+    #: Every name this service answers to, canonical first, without duplicates.
+    host_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", ResourceKey("Service", self.namespace, self.name))
+        object.__setattr__(self, "key", ResourceKey("Service", self.namespace, self.name))
         fqdn = f"{self.name}.{self.namespace}.{DOMAIN_SUFFIX}"
         names = [fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]
         names.append(self.name)
         names.extend(self.hosts)
-        object.__setattr__(self, "_host_names", tuple(dict.fromkeys(names)))
-
-    @property
-    def key(self) -> ResourceKey:
-        """The service's identity."""
-        return self._key
-
-    @property
-    def fqdn(self) -> str:
-        """The canonical host name, used in cluster names: ``name.namespace.svc.cluster.local``."""
-        return self._host_names[0]
-
-    @property
-    def host_names(self) -> tuple[str, ...]:
-        """Every name this service answers to, canonical first, without duplicates."""
-        return self._host_names
+        object.__setattr__(self, "fqdn", fqdn)
+        object.__setattr__(self, "host_names", tuple(dict.fromkeys(names)))
 
     def port(self, number: int) -> Port | None:
         """The port with this number, if any."""

@@ -27,6 +27,9 @@ Resource = Service | VirtualService | DestinationRule
 def cross_check(
     resources: list[tuple[Resource, Origin]], raw: list[RawResource], problems: list[Problem]
 ) -> Mesh:
+    """The mesh of ``resources`` (in file order: the first of two duplicates wins) and
+    ``raw``, appending every problem found to ``problems`` (the mesh is meaningful only
+    when none of them is an error)."""
     by_key: dict[ResourceKey, Resource] = {}
     for resource, origin in resources:
         first = by_key.get(resource.key)
@@ -41,11 +44,18 @@ def cross_check(
             )
             continue
         by_key[resource.key] = resource
-    services = [r for r in by_key.values() if isinstance(r, Service)]
-    rules = [r for r in by_key.values() if isinstance(r, DestinationRule)]
-    virtual = [r for r in by_key.values() if isinstance(r, VirtualService)]
-    _check_hosts(services, problems)
+    services: list[Service] = []
+    rules: list[DestinationRule] = []
+    virtual: list[VirtualService] = []
+    for resource in by_key.values():
+        if isinstance(resource, Service):
+            services.append(resource)
+        elif isinstance(resource, DestinationRule):
+            rules.append(resource)
+        else:
+            virtual.append(resource)
     mesh = Mesh(tuple(services), (), tuple(rules), ())
+    _check_hosts(mesh.services, problems)
     _check_destination_rules(mesh, problems)
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
@@ -76,9 +86,10 @@ def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.
     return Problem(origin.path, origin.line, field, message, severity)
 
 
-def _check_hosts(services: list[Service], problems: list[Problem]) -> None:
+def _check_hosts(services: tuple[Service, ...], problems: list[Problem]) -> None:
+    """``services`` in key order."""
     owners: dict[str, Service] = {}
-    for svc in sorted(services, key=lambda s: s.key):
+    for svc in services:
         for i, host in enumerate((svc.fqdn, *svc.hosts)):
             other = owners.get(host)
             if other is not None and other.key != svc.key:

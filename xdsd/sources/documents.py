@@ -15,7 +15,7 @@ import bisect
 import json
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +31,24 @@ SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 @dataclass(slots=True)
 class Document:
-    """One resource document of a file: its value, the line it starts on, field lines."""
+    """One resource document of a file: its value, the line it starts on, field lines.
+
+    ``index`` is the line table or a function that makes it: TOML and JSON tables are
+    made only when a line is asked for (a problem is reported), which saves a second
+    pass over every valid file.
+    """
 
     path: str
     line: int
     value: Any
-    lines: dict[FieldPath, int] = field(default_factory=dict)
+    index: dict[FieldPath, int] | Callable[[], dict[FieldPath, int]] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> dict[FieldPath, int]:
+        """The line of each field path known."""
+        if callable(self.index):
+            self.index = self.index()
+        return self.index
 
     def line_of(self, path: FieldPath) -> int:
         """The line of ``path`` or of its nearest ancestor known; the document's line last."""
@@ -178,7 +190,7 @@ def _parse_toml(path: str, text: str) -> list[Document]:
         raise ParseFailure(Problem(path, line, "", f"TOML syntax error: {msg}")) from None
     if not value:
         return []
-    return [Document(path, 1, value, _index_toml(text))]
+    return [Document(path, 1, value, lambda: _index_toml(text))]
 
 
 def _toml_key_parts(raw: str) -> list[str]:
@@ -226,13 +238,13 @@ def _parse_json(path: str, text: str) -> list[Document]:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise ParseFailure(Problem(path, e.lineno, "", f"JSON syntax error: {e.msg}")) from None
-    lines = _JsonLocator(text).locate()
     if isinstance(value, list):
+        lines = _JsonLocator(text).locate()
         return [
             Document(path, lines.get((i,), 1), item, _subtree(lines, i))
             for i, item in enumerate(value)
         ]
-    return [Document(path, 1, value, lines)]
+    return [Document(path, 1, value, lambda: _JsonLocator(text).locate())]
 
 
 def _subtree(lines: dict[FieldPath, int], index: int) -> dict[FieldPath, int]:

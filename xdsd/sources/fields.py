@@ -9,6 +9,7 @@ when xdsd knows the name (it belongs to Istio's API but is not implemented), els
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
@@ -155,9 +156,9 @@ class Fields:
         if value is None:
             return default
         if isinstance(value, str):
-            for member in kind:
-                if str(member.value).upper() == value.upper():
-                    return member
+            found: E | None = _members(kind).get(value.upper())
+            if found is not None:
+                return found
         allowed = ", ".join(str(m.value) for m in kind)
         self.error(key, f"must be one of {allowed} (got {_shown(value)})")
         return default
@@ -282,3 +283,9 @@ def _closest(word: str, choices: list[str]) -> str:
 
     found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
     return found[0] if found else ""
+
+
+@functools.cache
+def _members(kind: type[E]) -> dict[str, E]:
+    """An enum's members by upper-cased value (enums are fixed: computed once)."""
+    return {str(m.value).upper(): m for m in kind}

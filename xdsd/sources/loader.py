@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
@@ -151,6 +152,8 @@ class DirectoryLoader:
     def __init__(self, root: str) -> None:
         self.root = root
         self._files: dict[str, FileResult] = {}
+        # The last listing and its problems, kept while only known files change.
+        self._listing: tuple[list[str], list[Problem]] | None = None
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -159,24 +162,29 @@ class DirectoryLoader:
         Raises ConfigError as ``load_directory`` does.
         """
         started = time.perf_counter()
-        problems: list[Problem] = []
-        files = list_config_files(self.root, problems)
+        named = None if changed is None else {self._as_listed(p) for p in changed}
+        if named is not None and self._listing is not None and self._same_files(named):
+            files, listing_problems = self._listing
+        else:
+            listing_problems = []
+            files = list_config_files(self.root, listing_problems)
+            self._listing = (files, listing_problems)
+        problems = list(listing_problems)
         listed = time.perf_counter()
-        stale = self._stale(files, changed)
-        resources: list[tuple[Resource, Origin]] = []
-        raw: list[RawResource] = []
-        cache: dict[str, FileResult] = {}
+        stale = self._stale(files, named)
+        old = self._files
+        entries: list[FileResult] = []
         reread = 0
         for path in files:
-            entry = self._files.get(path)
+            entry = old.get(path)
             if entry is None or path in stale or (entry.problems and entry.failed):
                 entry = parse_config_file(self.root, path)
                 reread += 1
-            cache[path] = entry
-            resources.extend(entry.resources)
-            raw.extend(entry.raw)
-            problems.extend(entry.problems)
-        self._files = cache
+            entries.append(entry)
+        self._files = dict(zip(files, entries, strict=True))
+        resources = list(chain.from_iterable(e.resources for e in entries))
+        raw = list(chain.from_iterable(e.raw for e in entries))
+        problems.extend(chain.from_iterable(e.problems for e in entries))
         parsed = time.perf_counter()
         mesh = cross_check(resources, raw, problems)
         errors = [p for p in problems if p.severity is Severity.ERROR]
@@ -187,10 +195,14 @@ class DirectoryLoader:
         timings = {"list": listed - started, "parse": parsed - listed, "check": checked - parsed}
         return LoadResult(mesh, warnings, tuple(files), timings, reread)
 
-    def _stale(self, files: list[str], changed: Iterable[str] | None) -> set[str]:
+    def _same_files(self, named: set[str]) -> bool:
+        """True when changes to ``named`` cannot have changed the listing: each is a file
+        already listed and still a regular file (no file added, removed or renamed)."""
+        return all(p in self._files and _plain_file(p) for p in named)
+
+    def _stale(self, files: list[str], named: set[str] | None) -> set[str]:
         """The listed files that must be parsed again (besides new and failed ones)."""
-        if changed is not None:
-            named = {self._as_listed(p) for p in changed}
+        if named is not None:
             listed = set(files)
             if all(p in listed or p in self._files or _plain_file(p) for p in named):
                 return named

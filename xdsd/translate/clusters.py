@@ -136,7 +136,6 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     name = spec.name
     cluster = cluster_pb2.Cluster(name=name)
     cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
-    endpoints = select_endpoints(spec.service, spec.port, spec.selector)
     if is_eds(spec, flavor):
         cluster.type = cluster_pb2.Cluster.EDS
         rest = flavor is ClusterFlavor.ENVOY_REST
@@ -144,6 +143,7 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
         cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
         cluster.eds_cluster_config.service_name = name
     else:
+        endpoints = select_endpoints(spec.service, spec.port, spec.selector)
         logical = flavor is ClusterFlavor.GRPC or (
             spec.service.resolution is Resolution.DNS_ROUND_ROBIN
         )

@@ -29,18 +29,26 @@ def select_endpoints(
 ) -> tuple[Endpoint, ...]:
     """The endpoints of ``service`` whose labels include ``selector`` (all of them for an
     empty selector), in (locality, address, port) order."""
-    chosen = [e for e in service.endpoints if e.matches(selector)]
-    chosen.sort(key=lambda e: (e.locality, e.address, e.port_for(port), e.weight, e.labels))
+    chosen = (
+        [e for e in service.endpoints if e.matches(selector)] if selector else [*service.endpoints]
+    )
+    chosen.sort(key=lambda e: (_order(e.locality), e.address, e.port_for(port), e.weight, e.labels))
     return tuple(chosen)
+
+
+def _order(locality: Locality) -> tuple[str, str, str]:
+    """A locality's sort key (the dataclass order, compared in C)."""
+    return (locality.region, locality.zone, locality.sub_zone)
 
 
 def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
     """The ``ClusterLoadAssignment`` named ``cluster_name`` for ``endpoints`` (as ordered by
     ``select_endpoints``) serving ``port``."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
-    ordered = sorted(endpoints, key=lambda e: (e.locality, e.address, e.port_for(port)))
-    for locality, group in groupby(ordered, key=lambda e: e.locality):
+    ordered = sorted(endpoints, key=lambda e: (_order(e.locality), e.address, e.port_for(port)))
+    for _, group in groupby(ordered, key=lambda e: _order(e.locality)):
         members = list(group)
+        locality = members[0].locality
         lle = cla.endpoints.add()
         _set_locality(lle.locality, locality)
         lle.load_balancing_weight.value = sum(endpoint_weight(e) for e in members)

@@ -7,8 +7,12 @@ addresses, the matcher style...), so two classes that need the same cluster, rou
 configuration or listener get the very same ``Resource`` object, encoded once. Clusters,
 endpoint assignments and listeners are keyed by value (the service, port and endpoints
 they are built from), which lets a translation of the next mesh reuse them through
-``previous=``: an edit re-encodes only what it touched. Route configurations depend on
-many rules at once and are rebuilt per mesh.
+``previous=``: an edit re-encodes only what it touched. What is built from one service
+alone (its clusters and assignments, ``shared.SharedClusters``) is taken over by identity
+of the service's objects, and route configurations, which depend on many services at
+once, by comparing what they are made of (``route_configs.RouteConfigs``). A class's
+snapshot is the previous translation's snapshot of that class with the same changes
+applied, when there is one (``Snapshot.extend``).
 
 What a class receives:
 
@@ -51,7 +55,6 @@ from xdsd.translate.clusters import (
 from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.listeners import (
     HTTP_PROXY_PORT,
-    HTTP_PROXY_ROUTES,
     api_listener,
     http_proxy_listener,
     inbound_listener,
@@ -67,14 +70,9 @@ from xdsd.translate.placement import (
     default_instance_ip,
 )
 from xdsd.translate.raw import dangling_references, raw_resource
-from xdsd.translate.reuse import RouteConfigEntry
+from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.routes import (
     MatcherStyle,
-    RouteBuilder,
-    VirtualHostSpec,
-    dedupe_domains,
-    port_domains,
-    proxy_domains,
 )
 from xdsd.translate.shared import SharedClusters
 
@@ -99,11 +97,9 @@ class MeshTranslation:
         # a selection that failed keeps its error.
         self._selections: dict[Key, tuple[Resource, ...] | TranslationError] = {}
         self._snapshots: dict[NodeClass, Snapshot] = {}
-        self._builders: dict[MatcherStyle, RouteBuilder] = {}
         self._groups: list[PortGroup] | None = None
         self._group_index: dict[int, PortGroup] | None = None
         self._group_problems: list[Problem] | None = None
-        self._port_vhosts: dict[int, list[VirtualHostSpec]] = {}
         self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
         #: Seconds spent so far: building resources (``translate``) and assembling and
@@ -114,14 +110,9 @@ class MeshTranslation:
         self._bases: SharedClusters = SharedClusters(
             mesh, previous=previous._bases if previous is not None else None, timings=self.timings
         )
-        self._route_configs: dict[Key, RouteConfigEntry] = {}
-        self._prev_route_configs = previous._route_configs if previous is not None else {}
-        self._prev_routes = (
-            {style: b.memo for style, b in previous._builders.items()}
-            if previous is not None
-            else {}
+        self._routes: RouteConfigs = RouteConfigs(
+            mesh, previous=previous._routes if previous is not None else None
         )
-        self._group_inputs: dict[tuple[int, MatcherStyle], tuple[Hashable, ...]] = {}
         # Per class: what it chose besides the base, and whether that replaces any of it.
         self._chosen: dict[NodeClass, tuple[dict[tuple[str, str], Resource], bool]] = {}
         self._prev_chosen = previous._chosen if previous is not None else {}
@@ -256,7 +247,6 @@ class MeshTranslation:
         """Outbound listeners on ``ip`` and the route configurations they name."""
 
         def compute() -> list[Resource]:
-            builder = self._route_builder(style)
             out: list[Resource] = []
             problems: list[Problem] = []
             for group in self.port_groups():
@@ -266,7 +256,7 @@ class MeshTranslation:
                                      outbound_http_listener, ip, group.number, source)
                     )  # fmt: skip
                     try:
-                        out.append(self._port_routes(group, style, builder))
+                        out.append(self._routes.port_routes(group, style))
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
                 else:
@@ -278,7 +268,7 @@ class MeshTranslation:
                     )  # fmt: skip
             out.append(self._shared(("http-proxy", ip, source), http_proxy_listener, ip, source))
             try:
-                out.append(self._proxy_routes(style, builder))
+                out.append(self._routes.proxy_routes(self.port_groups(), style))
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
             if problems:
@@ -292,16 +282,15 @@ class MeshTranslation:
 
         def compute() -> list[Resource]:
             style = MatcherStyle.STRING_MATCH
-            builder = self._route_builder(style)
             out: list[Resource] = []
             bare_seen: set[str] = set()
             for group in self.port_groups():
                 if not group.http:
                     continue
-                out.append(self._port_routes(group, style, builder))
+                out.append(self._routes.port_routes(group, style))
                 route_name = port_route_name(group.number)
                 suffix = f":{group.number}"
-                for spec in self._vhosts_for_port(group):
+                for spec in self._routes.vhosts_for_port(group):
                     names = [d for d in spec.domains if d.endswith(suffix)]
                     if len(spec.service.ports) == 1:
                         bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
@@ -347,74 +336,6 @@ class MeshTranslation:
         endpoints = select_endpoints(spec.service, spec.port, spec.selector)
         key = ("cla", spec.name, spec.port, endpoints)
         return self._shared(key, load_assignment, spec.name, spec.port, endpoints)
-
-    def _route_builder(self, style: MatcherStyle) -> RouteBuilder:
-        builder = self._builders.get(style)
-        if builder is None:
-            builder = RouteBuilder(self.mesh, style, previous=self._prev_routes.get(style))
-            self._builders[style] = builder
-        return builder
-
-    def _vhosts_for_port(self, group: PortGroup) -> list[VirtualHostSpec]:
-        found = self._port_vhosts.get(group.number)
-        if found is None:
-            found = dedupe_domains(
-                (service, port, port_domains(service, port.number)) for service, port in group.http
-            )
-            self._port_vhosts[group.number] = found
-        return found
-
-    def _port_routes(
-        self, group: PortGroup, style: MatcherStyle, builder: RouteBuilder
-    ) -> Resource:
-        name = port_route_name(group.number)
-        return self._route_config(
-            ("routes", name, style),
-            self._inputs_of_group(group, style, builder),
-            lambda: (name, builder.route_configuration(name, self._vhosts_for_port(group))),
-        )
-
-    def _proxy_routes(self, style: MatcherStyle, builder: RouteBuilder) -> Resource:
-        def build() -> tuple[str, Any]:
-            vhosts = dedupe_domains(
-                (service, port, proxy_domains(service, port.number))
-                for group in self.port_groups()
-                for service, port in group.http
-            )
-            return HTTP_PROXY_ROUTES, builder.route_configuration(HTTP_PROXY_ROUTES, vhosts)
-
-        inputs = tuple(self._inputs_of_group(g, style, builder) for g in self.port_groups())
-        return self._route_config(("routes", HTTP_PROXY_ROUTES, style), inputs, build)
-
-    def _inputs_of_group(
-        self, group: PortGroup, style: MatcherStyle, builder: RouteBuilder
-    ) -> tuple[Hashable, ...]:
-        """What the virtual hosts of a port group's HTTP services are made of."""
-        key = (group.number, style)
-        found = self._group_inputs.get(key)
-        if found is None:
-            found = tuple(
-                (service.host_names, port.number, builder.inputs(service, port.number))
-                for service, port in group.http
-            )
-            self._group_inputs[key] = found
-        return found
-
-    def _route_config(
-        self, key: Key, inputs: tuple[Hashable, ...], build: Callable[[], tuple[str, Any]]
-    ) -> Resource:
-        """The route configuration ``build`` makes, memoized by ``key`` in this translation
-        and taken over from the previous one when its ``inputs`` compare equal."""
-        found = self._route_configs.get(key)
-        if found is None:
-            old = self._prev_route_configs.get(key)
-            if old is not None and old.inputs == inputs:
-                found = old
-            else:
-                name, message = build()
-                found = RouteConfigEntry(inputs, Resource.of(name, message))
-            self._route_configs[key] = found
-        return found.resource
 
     def _raw_resources(self) -> dict[tuple[str, str], Resource]:
         if self._raw is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from xdsd.model import DestinationRule, Service
 from xdsd.resources import Resource
-from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, outbound_clusters
+from xdsd.translate.clusters import OutboundCluster, outbound_clusters
 
 
 @dataclass(slots=True)
@@ -30,8 +30,9 @@ class ServiceParts:
     service: Service
     rule: DestinationRule | None
     specs: tuple[OutboundCluster, ...]
-    clusters: dict[ClusterFlavor, tuple[Resource, ...]] = field(default_factory=dict)
-    assignments: dict[ClusterFlavor, tuple[Resource, ...]] = field(default_factory=dict)
+    #: By ``ClusterFlavor`` value.
+    clusters: dict[str, tuple[Resource, ...]] = field(default_factory=dict)
+    assignments: dict[str, tuple[Resource, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, service: Service, rule: DestinationRule | None) -> ServiceParts:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import Mesh, ResourceKey, Service
+from xdsd.model import Mesh, ResourceKey
 from xdsd.resources import Resource, TypeUrl
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
 from xdsd.translate.reuse import ServiceParts
@@ -62,21 +62,21 @@ class SharedClusters:
         found = self._bases.get(flavor)
         if found is None:
             try:
-                self._build_parts(flavor, cluster, assignment)
+                changed = self._build_parts(flavor, cluster, assignment)
             except TranslationError as err:
                 found = TranslationError(err.problems)  # without its traceback
             else:
                 started = time.perf_counter()
                 previous = self._prev_bases.get(flavor)
                 if isinstance(previous, Snapshot):
-                    delta = self._changes(flavor)
+                    delta = self._changes(flavor, changed)
                     found = Snapshot.extend(previous, delta[0], removed=delta[1])
                     self._deltas[flavor] = delta
                 else:
                     found = Snapshot.build(
                         r
                         for parts in self._parts.values()
-                        for r in (*parts.clusters[flavor], *parts.assignments[flavor])
+                        for r in (*parts.clusters[flavor.value], *parts.assignments[flavor.value])
                     )
                 self._timings["snapshot"] += time.perf_counter() - started
             self._bases[flavor] = found
@@ -94,64 +94,74 @@ class SharedClusters:
         flavor: ClusterFlavor,
         cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
         assignment: Callable[[OutboundCluster], Resource],
-    ) -> None:
+    ) -> list[ResourceKey]:
+        """Build what is missing of every service's ``flavor`` resources; returns the
+        services whose resources differ from the previous translation's (one pass: this
+        runs on every reload, over every service)."""
         problems: list[Problem] = []
+        changed: list[ResourceKey] = []
+        mine, previous = self._parts, self._prev_parts
+        rule_of = self.mesh.destination_rule
+        tag = flavor.value  # a str key: enum members hash in Python
         for service in self.mesh.services:
-            parts = self._service_parts(service)
-            if flavor not in parts.clusters:
+            key = service.key
+            parts = mine.get(key)
+            old = previous.get(key)
+            if parts is None:
+                rule = rule_of(service)
+                if old is not None and old.reusable_for(service, rule):
+                    parts = old.rebound(service, rule)
+                else:
+                    parts = ServiceParts.of(service, rule)
+                mine[key] = parts
+            if parts is old and tag in parts.clusters and tag in parts.assignments:
+                continue  # the very same parts, already built for this flavor
+            clusters = parts.clusters.get(tag)
+            if clusters is None:
                 try:
                     clusters = tuple(cluster(spec, flavor) for spec in parts.specs)
                 except TranslationError as err:
                     problems.extend(p for p in err.problems if p not in problems)
                     continue
-                parts.clusters[flavor] = clusters
-            if flavor not in parts.assignments:
-                parts.assignments[flavor] = tuple(
+                parts.clusters[tag] = clusters
+            assignments = parts.assignments.get(tag)
+            if assignments is None:
+                assignments = tuple(
                     assignment(spec) for spec in parts.specs if is_eds(spec, flavor)
                 )
+                parts.assignments[tag] = assignments
+            if (
+                old is None
+                or old.clusters.get(tag) is not clusters
+                or old.assignments.get(tag) is not assignments
+            ):
+                changed.append(key)
         if problems:
             raise TranslationError(problems)
+        return changed
 
-    def _service_parts(self, service: Service) -> ServiceParts:
-        """What is built from ``service`` and its rule alone (taken over from the previous
-        translation when both are unchanged)."""
-        found = self._parts.get(service.key)
-        if found is None:
-            rule = self.mesh.destination_rule(service)
-            old = self._prev_parts.get(service.key)
-            if old is not None and old.reusable_for(service, rule):
-                found = old.rebound(service, rule)
-            else:
-                found = ServiceParts.of(service, rule)
-            self._parts[service.key] = found
-        return found
-
-    def _changes(self, flavor: ClusterFlavor) -> Delta:
-        """The resources of every service whose parts were rebuilt, and the names of
-        those they no longer have (or of services that are gone)."""
+    def _changes(self, flavor: ClusterFlavor, changed: list[ResourceKey]) -> Delta:
+        """The resources of the ``changed`` services, and the names of those they no
+        longer have (or of services that are gone)."""
+        tag = flavor.value
         added: list[Resource] = []
         removed: list[tuple[TypeUrl, str]] = []
-        for key, parts in self._parts.items():
+        for key in changed:
+            parts = self._parts[key]
             old = self._prev_parts.get(key)
-            if (
-                old is not None
-                and old.clusters.get(flavor) is parts.clusters[flavor]
-                and old.assignments.get(flavor) is parts.assignments[flavor]
-            ):
-                continue
-            new = (*parts.clusters[flavor], *parts.assignments[flavor])
+            new = (*parts.clusters[tag], *parts.assignments[tag])
             if old is not None:
                 names = {(r.type_url, r.name) for r in new}
                 removed.extend(
                     (r.type_url, r.name)
-                    for r in (*old.clusters.get(flavor, ()), *old.assignments.get(flavor, ()))
+                    for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
                     if (r.type_url, r.name) not in names
                 )
             added.extend(new)
-        for key, old in self._prev_parts.items():
-            if key not in self._parts:
-                removed.extend(
-                    (r.type_url, r.name)
-                    for r in (*old.clusters.get(flavor, ()), *old.assignments.get(flavor, ()))
-                )
+        for key in self._prev_parts.keys() - self._parts.keys():
+            old = self._prev_parts[key]
+            removed.extend(
+                (r.type_url, r.name)
+                for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
+            )
         return added, removed
