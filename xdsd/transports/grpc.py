@@ -221,41 +221,56 @@ class _Client:
             self.inbox.put_nowait(_WAKE)
 
     async def _read(self) -> None:
+        """Put every request read into the inbox, then ``_END`` (or the exception that
+        ended the stream). Holds no request while waiting for the next: a client that
+        sends its whole node (61 KB from Envoy) on every request must not keep one alive
+        per idle stream."""
         try:
-            async for request in self.stream:
+            while True:
+                request = await self.stream.recv_message()
+                if request is None:
+                    break
                 self.inbox.put_nowait(request)
+                del request
         except Exception as e:  # a broken stream or an undecodable message
             self.inbox.put_nowait(e)
             return
         self.inbox.put_nowait(_END)
 
     async def run(self) -> None:
+        """Serve the stream until it ends; raises what ends it for a protocol error."""
         self.reader = asyncio.create_task(self._read())
-        while True:
-            item = await self.inbox.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                if isinstance(item, GRPCError | ProtocolError):
-                    raise item
-                if isinstance(item, DecodeError):
-                    raise ProtocolError("INVALID_ARGUMENT", f"undecodable DiscoveryRequest: {item}")
-                log.info("%s: stream closed: %r", self.label, item)
-                return
-            if item is _WAKE:
-                snapshot, self.pending = self.pending, None
-                if snapshot is not None:
-                    await self._send(self.core.on_snapshot(snapshot))
-                continue
-            request: discovery_pb2.DiscoveryRequest = item
-            if self.key is None:
-                self._open(request)
-            log.debug(
-                "%s: request %s version=%r nonce=%r names=%d",
-                self.label, SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url),
-                request.version_info, request.response_nonce, len(request.resource_names),
-            )  # fmt: skip
-            await self._send(self.core.on_request(request))
+        while await self._handle(await self.inbox.get()):
+            pass
+
+    async def _handle(self, item: object) -> bool:
+        """Act on one inbox item; False when the stream is over. (A method of its own so
+        that nothing of the item stays referenced while the stream waits.)"""
+        if item is _END:
+            return False
+        if isinstance(item, Exception):
+            if isinstance(item, GRPCError | ProtocolError):
+                raise item
+            if isinstance(item, DecodeError):
+                raise ProtocolError("INVALID_ARGUMENT", f"undecodable DiscoveryRequest: {item}")
+            log.info("%s: stream closed: %r", self.label, item)
+            return False
+        if item is _WAKE:
+            snapshot, self.pending = self.pending, None
+            if snapshot is not None:
+                await self._send(self.core.on_snapshot(snapshot))
+            return True
+        assert isinstance(item, discovery_pb2.DiscoveryRequest)
+        request = item
+        if self.key is None:
+            self._open(request)
+        log.debug(
+            "%s: request %s version=%r nonce=%r names=%d",
+            self.label, SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url),
+            request.version_info, request.response_nonce, len(request.resource_names),
+        )  # fmt: skip
+        await self._send(self.core.on_request(request))
+        return True
 
     def _open(self, first: discovery_pb2.DiscoveryRequest) -> None:
         if not first.HasField("node") or not (first.node.id or first.node.cluster):
