@@ -91,6 +91,7 @@ class Daemon:
         port: int | None = None,
         profile: str | None = None,
         tree: str | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         self.config_dir = config_dir
         self.log_path = log_path
@@ -100,7 +101,7 @@ class Daemon:
         argv = [
             sys.executable, "-m", "xdsd.cli", "--log-level", "info", "serve",
             "--config-dir", str(config_dir), "--grpc", f"127.0.0.1:{self.grpc_port}",
-            "--admin", f"127.0.0.1:{self.admin_port}",
+            "--admin", f"127.0.0.1:{self.admin_port}", *(extra or []),
         ]  # fmt: skip
         if profile:
             argv = [sys.executable, "-m", "cProfile", "-o", profile, *argv[1:]]

@@ -70,7 +70,12 @@ def run(clients: int, services: int, args: argparse.Namespace) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="xdsd-storm-") as tmp:
         root = Path(tmp)
         config = write_mesh(root, services)
-        daemon = Daemon(config, root / "xdsd.log", tree=args.tree)
+        extra: list[str] = []
+        if args.backlog:
+            settings = root / "settings.toml"
+            settings.write_text(f"grpc_backlog = {args.backlog}\n")
+            extra = ["--settings", str(settings)]
+        daemon = Daemon(config, root / "xdsd.log", tree=args.tree, extra=extra)
         load = None
         out: dict[str, Any] = {"somaxconn": somaxconn()}
         try:
@@ -85,7 +90,9 @@ def run(clients: int, services: int, args: argparse.Namespace) -> dict[str, Any]
                 before = load.status()
                 daemon.stop()
                 down = time.time()
-                daemon = Daemon(config, root / "xdsd2.log", port=daemon.grpc_port, tree=args.tree)
+                daemon = Daemon(
+                    config, root / "xdsd2.log", port=daemon.grpc_port, tree=args.tree, extra=extra
+                )
                 up = time.time()
                 after_up = load.status()
                 st = _wait_all_synced(load, clients, up, args.timeout)
@@ -110,6 +117,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--parts", default="connect,restart")
     parser.add_argument("--tree", help="serve xdsd from this checkout")
+    parser.add_argument("--backlog", type=int, help="grpc_backlog setting (default: xdsd's)")
     args = parser.parse_args(argv)
     runs = [run(args.clients, args.services, args) for _ in range(args.runs)]
     first = runs[0]
