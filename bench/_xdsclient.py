@@ -100,6 +100,7 @@ class XdsClient:
     session_acks: set[str] = field(default_factory=set)
     synced_at: float = 0.0  # time.time() the current stream became synced
     _sent_first: bool = False
+    _opened: bool = False  # the current attempt opened its stream
 
     def synced(self) -> bool:
         """True once the current stream delivered a full configuration: every type ACKed
@@ -133,13 +134,14 @@ class XdsClient:
         does); a connection that fails is counted and retried after ``retry_delay`` (with
         jitter) until ``retry_until`` (time.monotonic())."""
         while True:
+            self._opened = False
             try:
                 await self._session(host, port)
                 self.ends += 1
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # connection refused, reset, stream error
-                if self.connected:
+                if self._opened:
                     self.ends += 1
                 else:
                     self.failures += 1
@@ -163,7 +165,7 @@ class XdsClient:
                 self.synced_at = 0.0
                 self.resumed = bool(self.types[CDS].version)
                 await stream.send_message(self._request(CDS, ack=False, held=True))
-                self.connected = True
+                self.connected = self._opened = True
                 requested_lds = self.resumed
                 if self.resumed:
                     for t in (EDS, LDS, RDS):
