@@ -83,6 +83,7 @@ class _TypeState:
 
     wildcard: bool = False
     names: frozenset[str] = frozenset()
+    ordered: tuple[str, ...] = ()  # names, sorted (kept with names by _subscribe)
     named_ever: bool = False  # a non-empty resource_names was seen: no legacy wildcard
     client_version: str = ""  # version_info of the latest request
     ready: bool = False  # the client has a request outstanding
@@ -253,7 +254,7 @@ class SotwStream:
         if state.wildcard:
             carried = dict(bucket)
         else:
-            carried = {n: bucket[n] for n in sorted(state.names) if n in bucket}
+            carried = {n: bucket[n] for n in state.ordered if n in bucket}
         version = snap.version(type_url)
         if type_url == CLUSTER and self.ads:
             kept = self._kept_clusters(state, carried)
@@ -334,14 +335,20 @@ def _changed_due(
     """EDS/RDS/SDS: the subscribed resources whose content this stream has not sent (or
     must send again), if there are any or this is the first response."""
     bucket = snap.get(type_url)
-    changed = tuple(
-        bucket[n]
-        for n in sorted(state.names)
-        if n in bucket and (n in state.must_send or _digest(state.sent.get(n)) != bucket[n].digest)
-    )
+    sent, must_send = state.sent, state.must_send
+    changed: list[Resource] = []
+    for n in state.ordered:  # runs per client per snapshot: keep it lean
+        r = bucket.get(n)
+        if r is None:
+            continue
+        held = sent.get(n)
+        if held is r and n not in must_send:
+            continue  # the same shared object: unchanged
+        if held is None or n in must_send or held.digest != r.digest:
+            changed.append(r)
     if state.responded and not changed:
         return None
-    return changed, snap.version(type_url)
+    return tuple(changed), snap.version(type_url)
 
 
 def _answer(type_url: TypeUrl, state: _TypeState, request: discovery_pb2.DiscoveryRequest) -> Event:
@@ -377,6 +384,7 @@ def _subscribe(type_url: TypeUrl, state: _TypeState, resource_names: Iterable[st
             state.sent.pop(gone, None)  # the client drops it; send it again if re-named
     state.must_send &= new_names
     state.wildcard, state.names = wildcard, new_names
+    state.ordered = tuple(sorted(new_names))
     state.generation += 1
     return True
 
