@@ -15,7 +15,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 from grpclib.server import Server
@@ -76,13 +76,18 @@ class MeshState:
         that is served (safe to run in a worker thread while the loop serves; one load at
         a time)."""
         try:
-            return self._loader.load(changed)
+            with _collector_paused():
+                return self._loader.load(changed)
         except ConfigError as e:
             return e
 
     def apply(self, result: LoadResult | ConfigError) -> bool:
         """The second half of ``reload``, on the serving thread: keep the last good
         configuration on an error, else translate and publish (see ``reload``)."""
+        with _collector_paused():
+            return self._apply(result)
+
+    def _apply(self, result: LoadResult | ConfigError) -> bool:
         started = time.perf_counter()
         if isinstance(result, ConfigError):
             e = result
@@ -148,10 +153,26 @@ class MeshState:
         found = self._cache.get(key)
         if found is not None or self.translation is None:
             return found
-        snapshot = self.translation.snapshot_for(key)
+        with _collector_paused():
+            snapshot = self.translation.snapshot_for(key)
         self._cache.set(key, snapshot)
         _settle_heap()  # the first class of a flavor built every cluster of the mesh
         return snapshot
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a reload builds (reference counting still frees
+    what dies): a large mesh's build creates millions of objects that all survive, and
+    every full collection on the way walks all of them again (a sixth of a cold build of
+    10,000 services). Nested or concurrent uses leave the collector enabled at the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _settle_heap() -> None:

@@ -94,9 +94,11 @@ def parse_config_file(root: str, path: str) -> FileResult:
     problems: list[Problem] = []
     resources: list[tuple[Resource, Origin]] = []
     raw: list[RawResource] = []
-    stamp = file_stamp(path)
+    stamp = None
     try:
         with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())  # of the file read, and cheaper than a stat by path
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             data = fh.read()
     except OSError as e:
         problems.append(Problem(path, 0, "", f"cannot read: {e.strerror or e}"))
