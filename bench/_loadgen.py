@@ -103,6 +103,9 @@ class Daemon:
             "--config-dir", str(config_dir), "--grpc", f"127.0.0.1:{self.grpc_port}",
             "--admin", f"127.0.0.1:{self.admin_port}", *(extra or []),
         ]  # fmt: skip
+        impl = os.environ.get("XDSD_GRPC_IMPL")  # A/B the gRPC server implementation
+        if impl:
+            argv += ["--grpc-impl", impl]
         if profile:
             argv = [sys.executable, "-m", "cProfile", "-o", profile, *argv[1:]]
         self._log = log_path.open("ab")

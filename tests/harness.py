@@ -187,6 +187,9 @@ class Xdsd(Process):
             "--admin", f"127.0.0.1:{self.admin_port}",
             *(extra or []),
         ]  # fmt: skip
+        impl = os.environ.get("XDSD_GRPC_IMPL")  # run the suite against another gRPC server
+        if impl and "--grpc-impl" not in argv:
+            argv += ["--grpc-impl", impl]
         log_path = workdir / f"xdsd-{self.grpc_port}.log"
         if log_path.exists():
             log_path = log_path.with_suffix(".restarted.log")

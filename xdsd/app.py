@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import Hashable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpclib.server import Server
 
@@ -30,6 +30,9 @@ from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.transports.grpc import DiscoveryServices
+
+if TYPE_CHECKING:
+    from xdsd.transports.grpc_aio import AioServer
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +224,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         loop.add_signal_handler(signal.SIGINT, stop.set)
 
     grpc_server: Server | None = None
-    if settings.grpc is not None:
+    aio_server: AioServer | None = None
+    if settings.grpc is not None and settings.grpc_impl == "grpcio":
+        from xdsd.transports.grpc_aio import AioServer
+
+        aio_server = AioServer(state)
+        await aio_server.start(settings.grpc)
+        bound = Address(settings.grpc.host, aio_server.port)
+        log.info("gRPC xDS listening on %s (grpcio)", bound)
+    elif settings.grpc is not None:
         grpc_server = Server([DiscoveryServices(state)])
         await grpc_server.start(
             settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog
@@ -261,6 +272,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
             grpc_server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(grpc_server.wait_closed(), 5)
+        if aio_server is not None:
+            await aio_server.stop(5)
         for runner in (rest_runner, admin_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -278,7 +291,7 @@ def run_server(args: argparse.Namespace) -> int:
     """``xdsd serve``: settings from file then flags, then run until stopped."""
     settings = Settings.from_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
-    for name in ("config_dir", "grpc", "rest", "admin"):
+    for name in ("config_dir", "grpc", "rest", "admin", "grpc_impl"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

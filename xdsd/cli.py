@@ -83,6 +83,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})"
     )
+    serve.add_argument(
+        "--grpc-impl", default=None, choices=["grpclib", "grpcio"],
+        help="gRPC server implementation (default: grpclib)",
+    )  # fmt: skip
     serve.add_argument("--settings", default=None, metavar="FILE", help="a TOML settings file")
     serve.set_defaults(run=_serve)
 

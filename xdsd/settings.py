@@ -13,6 +13,9 @@ from typing import Any
 
 from xdsd.errors import ConfigError, Problem
 
+#: The gRPC server implementations ``grpc_impl`` may name.
+GRPC_IMPLS = ("grpclib", "grpcio")
+
 
 @dataclass(frozen=True, slots=True)
 class Address:
@@ -43,6 +46,7 @@ class Settings:
 
     ``quiet_period`` is how long the watcher waits for a burst of file events to go quiet
     before rebuilding (seconds); ``max_delay`` caps that wait during a long burst.
+    ``grpc_impl`` picks the gRPC server: ``grpclib`` (pure Python) or ``grpcio``.
     """
 
     config_dir: str = "config"
@@ -53,6 +57,7 @@ class Settings:
     max_delay: float = 0.5
     grpc_backlog: int = 4096
     rest_long_poll: float = 0.0
+    grpc_impl: str = "grpclib"
 
     @classmethod
     def from_file(cls, path: str) -> Settings:
@@ -98,6 +103,10 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError('must be "HOST:PORT" or "" to disable')
         return Address.parse(value)
+    if name == "grpc_impl":
+        if value not in GRPC_IMPLS:
+            raise ValueError(f"must be one of {', '.join(GRPC_IMPLS)}")
+        return value
     if isinstance(current, bool) or isinstance(value, bool):
         raise ValueError("must not be a boolean")
     if isinstance(current, float):

@@ -22,7 +22,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
@@ -55,6 +55,19 @@ _STATUS = {
 }
 _END = object()
 _WAKE = object()
+
+
+class MessageStream(Protocol):
+    """The two calls a stream's loop makes (grpclib's ``Stream`` has them; the grpcio
+    transport adapts its context to them)."""
+
+    async def recv_message(self) -> Any:
+        """The next decoded request; None once the client has finished sending."""
+        ...
+
+    async def send_message(self, message: EncodedResponse) -> None:
+        """Write one response."""
+        ...
 
 
 class EncodedResponse:
@@ -176,7 +189,7 @@ class DiscoveryServices:
 
     async def _serve(self, stream: Stream[Any, Any], type_url: TypeUrl | None) -> None:
         transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
-        client = _Client(
+        client = StreamClient(
             self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
         )
         try:
@@ -191,13 +204,13 @@ class DiscoveryServices:
             client.close()
 
 
-class _Client:
-    """One stream's state and loop (private to the transport)."""
+class StreamClient:
+    """One stream's state and loop (shared by the grpclib and grpcio transports)."""
 
     def __init__(
         self,
         source: SnapshotSource,
-        stream: Stream[Any, Any],
+        stream: MessageStream,
         type_url: TypeUrl | None,
         client_id: str,
         encoder: ResponseEncoder,

@@ -1,0 +1,161 @@
+"""gRPC transport on grpcio's asyncio server: the same services as ``xdsd.transports.grpc``.
+
+ADS and the per-type v3 SotW services are registered as generic stream-stream handlers.
+Each stream runs the grpclib transport's ``StreamClient`` loop (the same ``SotwStream``
+core, inbox, watcher subscription, client status and log lines) over an adapter that
+reads requests from the grpcio context and writes responses to it. Responses are the
+``ResponseEncoder``'s pre-encoded bytes; the response serializer passes them through.
+
+A request that does not decode is handed to the loop as its ``DecodeError`` (the
+deserializer does not raise), so it ends the stream with INVALID_ARGUMENT like grpclib's
+transport, not with grpcio's generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import grpc.aio  # type: ignore[import-untyped]
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
+
+from xdsd.errors import TranslationError
+from xdsd.protocol import ProtocolError
+from xdsd.resources import SHORT_NAMES, TypeUrl
+from xdsd.settings import Address
+from xdsd.transports import SnapshotSource
+from xdsd.transports.grpc import (
+    ADS_SERVICE,
+    PER_TYPE_SERVICES,
+    EncodedResponse,
+    ResponseEncoder,
+    StreamClient,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _decode(data: bytes) -> discovery_pb2.DiscoveryRequest | DecodeError:
+    """``DiscoveryRequest.FromString``, returning the error instead of raising it."""
+    try:
+        return discovery_pb2.DiscoveryRequest.FromString(data)
+    except DecodeError as e:
+        return e
+
+
+def _encoded(response: EncodedResponse) -> bytes:
+    return response.data
+
+
+class _ContextStream:
+    """A grpcio servicer context as the ``MessageStream`` the loop reads and writes."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.context = context
+
+    async def recv_message(self) -> Any:
+        message = await self.context.read()
+        if message is grpc.aio.EOF:
+            return None
+        if isinstance(message, DecodeError):
+            raise message
+        return message
+
+    async def send_message(self, message: EncodedResponse) -> None:
+        await self.context.write(message)
+
+
+class AioDiscoveryServices:
+    """ADS and the per-type SotW services as grpcio generic handlers."""
+
+    def __init__(self, source: SnapshotSource) -> None:
+        self.source = source
+        self.encoder = ResponseEncoder()
+        self._ids = itertools.count(1)
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        """One generic handler per service."""
+
+        def method(type_url: TypeUrl | None) -> grpc.RpcMethodHandler:
+            async def behaviour(_requests: Any, context: Any) -> None:
+                await self._serve(context, type_url)
+
+            return grpc.stream_stream_rpc_method_handler(
+                behaviour, request_deserializer=_decode, response_serializer=_encoded
+            )
+
+        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {
+            ADS_SERVICE: {"StreamAggregatedResources": method(None)}
+        }
+        for (service, name), type_url in PER_TYPE_SERVICES.items():
+            services.setdefault(service, {})[name] = method(type_url)
+        return [
+            grpc.method_handlers_generic_handler(service, methods)
+            for service, methods in services.items()
+        ]
+
+    async def _serve(self, context: Any, type_url: TypeUrl | None) -> None:
+        transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
+        client = StreamClient(
+            self.source,
+            _ContextStream(context),
+            type_url,
+            f"{transport}-{next(self._ids)}",
+            self.encoder,
+        )
+        code: grpc.StatusCode | None = None
+        details = ""
+        try:
+            await client.run()
+        except ProtocolError as e:
+            log.warning("%s: ending stream: %s", client.label, e)
+            code = _STATUS.get(e.code, grpc.StatusCode.INVALID_ARGUMENT)
+            details = e.message
+        except TranslationError as e:
+            log.error("%s: cannot configure this node: %s", client.label, e)
+            code, details = grpc.StatusCode.FAILED_PRECONDITION, str(e)
+        finally:
+            client.close()
+        if code is not None:
+            await context.abort(code, details)
+
+
+class AioServer:
+    """A grpcio asyncio server serving ``AioDiscoveryServices``."""
+
+    def __init__(self, source: SnapshotSource) -> None:
+        self.services = AioDiscoveryServices(source)
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self, address: Address) -> None:
+        """Bind and start serving (port 0 binds a free port, see ``port``)."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers(self.services.handlers())
+        self.port = server.add_insecure_port(str(address))
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self.server = server
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting streams; end the open ones after ``grace`` seconds."""
+        if self.server is not None:
+            await self.server.stop(grace)
