@@ -23,7 +23,7 @@ from grpclib.server import Server
 from xdsd.admin import AdminViews, start_admin
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
-from xdsd.errors import ConfigError, Problem, TranslationError
+from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
 from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
@@ -226,7 +226,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     grpc_server: Server | None = None
     aio_server: AioServer | None = None
     if settings.grpc is not None and settings.grpc_impl == "grpcio":
-        from xdsd.transports.grpc_aio import AioServer
+        try:
+            from xdsd.transports.grpc_aio import AioServer
+        except ImportError as e:
+            raise UsageError(
+                f"grpc_impl = grpcio needs grpcio: pip install 'xdsd[grpcio]' ({e})"
+            ) from None
 
         aio_server = AioServer(state)
         await aio_server.start(settings.grpc)
