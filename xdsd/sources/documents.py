@@ -15,7 +15,7 @@ import bisect
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,14 +321,3 @@ def format_path(path: FieldPath) -> str:
     """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
     return _format_path(path)
 
-
-def iter_paths(value: Any, path: FieldPath = ()) -> Iterator[FieldPath]:
-    """Every key path in a nested value (for diagnostics)."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield (*path, k)
-            yield from iter_paths(v, (*path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield (*path, i)
-            yield from iter_paths(v, (*path, i))
