@@ -17,7 +17,6 @@ bytes as they are instead of serializing a message per client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import OrderedDict
@@ -329,10 +328,3 @@ def _log_rejection(label: str, event: Nack | NotApplied) -> None:
         )  # fmt: skip
     else:
         log.warning("%s: %s version %s not applied", label, kind, event.served_version)
-
-
-async def close_quietly(task: asyncio.Task[Any]) -> None:
-    """Cancel a task and wait for it, swallowing its cancellation."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
