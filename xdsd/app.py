@@ -247,7 +247,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     if settings.rest is not None:
         from xdsd.transports.rest import start_rest
 
-        rest_runner = await start_rest(state, settings.rest, long_poll=settings.rest_long_poll)
+        rest_runner = await start_rest(state, settings.rest)
         log.info("REST xDS listening on %s", settings.rest)
     admin_runner = None
     views = AdminViews(

@@ -307,11 +307,8 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
 
 
-async def start_rest(
-    source: SnapshotSource, address: Address, *, long_poll: float = 0.0
-) -> web.AppRunner:
+async def start_rest(source: SnapshotSource, address: Address) -> web.AppRunner:
     """Bind the REST xDS server; returns the runner to ``cleanup()`` on shutdown."""
-    del long_poll  # answering at once is within any request_timeout; holding comes later
     runner = web.AppRunner(RestDiscovery(source).app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
