@@ -161,7 +161,7 @@ def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -
             if key == "<<":
                 continue
             if key in seen:
-                raise _DuplicateKey(key_node.start_mark.line + 1, _format_path((*path, key)))
+                raise _DuplicateKey(key_node.start_mark.line + 1, format_path((*path, key)))
             seen.add(key)
             lines[(*path, key)] = key_node.start_mark.line + 1
             _index_yaml(value_node, (*path, key), lines)
@@ -307,7 +307,8 @@ class _JsonLocator:
         return m.end() if m else pos + 1
 
 
-def _format_path(path: FieldPath) -> str:
+def format_path(path: FieldPath) -> str:
+    """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -315,9 +316,3 @@ def _format_path(path: FieldPath) -> str:
         else:
             out += f".{part}" if out else part
     return out
-
-
-def format_path(path: FieldPath) -> str:
-    """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
-    return _format_path(path)
-

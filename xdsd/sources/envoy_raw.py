@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from xdsd.errors import Problem
 from xdsd.model import Origin, RawResource
 from xdsd.resources import MESSAGE_CLASSES, TYPE_PREFIX, TypeUrl, encode, ensure_json_types_known
-from xdsd.sources.documents import Document, FieldPath
+from xdsd.sources.documents import Document, FieldPath, format_path
 
 _FIELD_IN_ERROR = re.compile(r'(?:no field named|field) "([^"]+)"')
 
@@ -47,14 +47,15 @@ def parse_raw_resource(doc: Document) -> RawResource | Problem:
     missing = ensure_json_types_known(body)
     if missing:
         path = _find_value(doc, missing[0])
-        return Problem(doc.path, doc.line_of(path), _dotted(path), f"unknown type {missing[0]!r}")
+        text = f"unknown type {missing[0]!r}"
+        return Problem(doc.path, doc.line_of(path), format_path(path), text)
     message = message_class()
     try:
         json_format.ParseDict(body, message)
     except json_format.ParseError as e:
         text = str(e)
         path = _path_in_error(doc, text)
-        return Problem(doc.path, doc.line_of(path), _dotted(path), text)
+        return Problem(doc.path, doc.line_of(path), format_path(path), text)
     name = (
         getattr(message, "cluster_name", "") if type_url.endswith("ClusterLoadAssignment") else ""
     )
@@ -129,9 +130,3 @@ def _find_value(doc: Document, wanted: str) -> FieldPath:
         return None
 
     return walk(doc.value, ()) or ()
-
-
-def _dotted(path: FieldPath) -> str:
-    from xdsd.sources.documents import format_path
-
-    return format_path(path)
