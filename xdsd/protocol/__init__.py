@@ -11,7 +11,8 @@ every event to ``record_events`` so the cache's client status stays current.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import hashlib
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -22,6 +23,9 @@ from xdsd.errors import XdsdError
 from xdsd.resources import Resource, TypeUrl, Version
 
 K = TypeVar("K", bound=Hashable)
+
+#: The explicit wildcard name.
+WILDCARD = "*"
 
 #: gRPC status code names a protocol core may end a stream with.
 StatusCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"]
@@ -110,6 +114,16 @@ class NotApplied:
 Event = Response | Ack | Nack | NotApplied
 
 
+def kept_version(version: Version, kept: Mapping[str, Resource]) -> Version:
+    """The version of a CDS response that carries, besides the snapshot's clusters at
+    ``version``, the removed clusters ``kept``: ``<version>+<hash of the kept names and
+    contents>``, which differs from the snapshot's and names what is kept."""
+    h = hashlib.sha256()
+    for name in sorted(kept):
+        h.update(f"{name}\0{kept[name].digest}\n".encode())
+    return Version(f"{version}+{h.hexdigest()[:8]}")
+
+
 def record_events(
     cache: SnapshotCache[K], client_id: str, events: Iterable[Event]
 ) -> list[Nack | NotApplied]:
@@ -136,6 +150,7 @@ def record_events(
 
 
 __all__ = [
+    "WILDCARD",
     "Ack",
     "Event",
     "Nack",
@@ -143,5 +158,6 @@ __all__ = [
     "ProtocolError",
     "Response",
     "StatusCode",
+    "kept_version",
     "record_events",
 ]

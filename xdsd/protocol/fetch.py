@@ -19,18 +19,14 @@ answers every poll through ``select`` and a ``Selection``'s ``response``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import ProtocolError, Response
+from xdsd.protocol import WILDCARD, ProtocolError, Response, kept_version
 from xdsd.resources import PUSH_ORDER, WILDCARD_TYPES, Resource, TypeUrl, Version, to_json
-
-#: The explicit wildcard name.
-WILDCARD = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +61,8 @@ class Selection:
         version that differs from the snapshot's and names what is kept."""
         if not kept:
             return self
-        h = hashlib.sha256()
-        for name in sorted(kept):
-            h.update(f"{name}\0{kept[name].digest}\n".encode())
         merged = dict(sorted({**self.resources, **kept}.items()))
-        return Selection(self.type_url, Version(f"{self.version}+{h.hexdigest()[:8]}"), merged)
+        return Selection(self.type_url, kept_version(self.version, kept), merged)
 
     def response(self) -> Response:
         """The REST response carrying this selection (no nonce)."""

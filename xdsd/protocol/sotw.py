@@ -41,7 +41,6 @@ drops it. Per-type streams cannot see the other types: they send as the snapshot
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -49,7 +48,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import Ack, Event, Nack, ProtocolError, Response
+from xdsd.protocol import WILDCARD, Ack, Event, Nack, ProtocolError, Response, kept_version
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -64,9 +63,6 @@ from xdsd.resources import (
 
 #: The types a SotW stream serves.
 KNOWN_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
-
-#: The explicit wildcard name.
-WILDCARD = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +256,7 @@ class SotwStream:
             kept = self._kept_clusters(state, carried)
             if kept:
                 carried = dict(sorted({**carried, **kept}.items()))
-                version = Version(f"{version}+{_names_hash(kept.values())}")
+                version = kept_version(version, kept)
         if not state.responded:
             if state.wildcard and not state.names and state.client_version == version:
                 # A reconnecting client already holds exactly this: nothing to send.
@@ -395,13 +391,6 @@ def _digest(resource: Resource | None) -> str | None:
 
 def _digests(resources: Mapping[str, Resource]) -> dict[str, str]:
     return {n: r.digest for n, r in resources.items()}
-
-
-def _names_hash(resources: Iterable[Resource]) -> str:
-    h = hashlib.sha256()
-    for r in resources:
-        h.update(f"{r.name}\0{r.digest}\n".encode())
-    return h.hexdigest()[:8]
 
 
 def _trim_node(node: base_pb2.Node) -> base_pb2.Node:
