@@ -69,14 +69,7 @@ class Snapshot:
         Raises InconsistentSnapshotError when two resources of a type share a name, or when
         a resource references a name its snapshot lacks (see ``references_of``).
         """
-        by_type: dict[TypeUrl, dict[str, Resource]] = {t: {} for t in PUSH_ORDER}
-        for r in resources:
-            bucket = by_type.setdefault(r.type_url, {})
-            if r.name in bucket and bucket[r.name] is not r:
-                raise InconsistentSnapshotError(
-                    f"two {SHORT_NAMES.get(r.type_url, r.type_url)} named {r.name!r}"
-                )
-            bucket[r.name] = r
+        by_type = _group(resources, {t: {} for t in PUSH_ORDER})
         frozen = {
             t: MappingProxyType(dict(sorted(bucket.items()))) for t, bucket in by_type.items()
         }
@@ -102,14 +95,7 @@ class Snapshot:
         Raises InconsistentSnapshotError when two added resources of a type share a name,
         or (``check``) when the result has a dangling reference.
         """
-        extra: dict[TypeUrl, dict[str, Resource]] = {}
-        for r in added:
-            bucket = extra.setdefault(r.type_url, {})
-            if r.name in bucket and bucket[r.name] is not r:
-                raise InconsistentSnapshotError(
-                    f"two {SHORT_NAMES.get(r.type_url, r.type_url)} named {r.name!r}"
-                )
-            bucket[r.name] = r
+        extra = _group(added, {})
         gone: dict[TypeUrl, set[str]] = {}
         for type_url, name in removed:
             gone.setdefault(type_url, set()).add(name)
@@ -179,6 +165,21 @@ class Snapshot:
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.resources.values())
+
+
+def _group(
+    resources: Iterable[Resource], by_type: dict[TypeUrl, dict[str, Resource]]
+) -> dict[TypeUrl, dict[str, Resource]]:
+    """``by_type`` with ``resources`` added by type and name. Raises
+    InconsistentSnapshotError when two different resources of a type share a name."""
+    for r in resources:
+        bucket = by_type.setdefault(r.type_url, {})
+        if r.name in bucket and bucket[r.name] is not r:
+            raise InconsistentSnapshotError(
+                f"two {SHORT_NAMES.get(r.type_url, r.type_url)} named {r.name!r}"
+            )
+        bucket[r.name] = r
+    return by_type
 
 
 def _merge(
