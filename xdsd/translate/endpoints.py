@@ -66,8 +66,3 @@ def _set_locality(target: Any, locality: Locality) -> None:
     target.region = locality.region
     target.zone = locality.zone
     target.sub_zone = locality.sub_zone
-
-
-def lb_endpoint_count(cla: Any) -> int:
-    """How many endpoints a ClusterLoadAssignment holds, over all its localities."""
-    return sum(len(group.lb_endpoints) for group in cla.endpoints)
