@@ -129,11 +129,6 @@ class Endpoint:
     def __hash__(self) -> int:
         return self._hash
 
-    @property
-    def label_map(self) -> dict[str, str]:
-        """The labels as a dict."""
-        return dict(self.labels)
-
     def matches(self, selector: tuple[tuple[str, str], ...]) -> bool:
         """True when every label of ``selector`` is on this endpoint with the same value."""
         labels = self.labels  # unique keys: a (key, value) pair is present or not
