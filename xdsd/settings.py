@@ -56,7 +56,6 @@ class Settings:
     quiet_period: float = 0.01
     max_delay: float = 0.5
     grpc_backlog: int = 4096
-    rest_long_poll: float = 0.0
     grpc_impl: str = "grpclib"
 
     @classmethod
