@@ -391,7 +391,10 @@ def _set_match(match: Any, block: HTTPMatch | None, style: MatcherStyle) -> None
         _set_header(match.headers.add(name=name), condition, style)
 
 
-def _set_header(header: Any, condition: StringMatch, style: MatcherStyle) -> None:
+def _set_header(header: Any, condition: StringMatch | None, style: MatcherStyle) -> None:
+    if condition is None:
+        header.present_match = True
+        return
     if style is MatcherStyle.DEPRECATED:
         if condition.kind is MatchKind.EXACT:
             header.exact_match = condition.value
