@@ -1,0 +1,102 @@
+"""The fast parsing paths give exactly what the standard parsers give, and bad input still
+gets tomllib's messages with file, line and field."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xdsd.sources import documents
+from xdsd.sources.documents import ParseFailure, parse_file
+from xdsd.sources.loader import parse_config_file
+
+VALID_TOML = {
+    "service": (
+        'kind = "Service"\nname = "reviews"\n\n[[ports]]\nname = "http"\nnumber = 9080\n'
+        'protocol = "HTTP"\n\n[[endpoints]]\naddress = "10.0.0.1"\n'
+        'labels = { version = "v1", "x.y" = "z" }\nlocality = "r/z"\nweight = 3\n'
+    ),
+    "scalars": (
+        "i = 0x7fffffffffffffff\nbig = 0x8fffffffffffffff\no = 0o17\nb = 0b101\n"
+        "n = -1_000\nf = 1e400\ng = -inf\nh = nan\nj = 1.0000000000000001\nt = true\n"
+    ),
+    "strings": (
+        's = "tab\\tquote\\"\\u00e9\\U0001F600"\nl = \'C:\\\\raw\'\n'
+        "m = \"\"\"\nline one\\\n   still one\n\"\"\"\nr = '''\nraw\n'''\n"
+    ),
+    "dates": (
+        "a = 1979-05-27T07:32:00Z\nb = 1979-05-27T07:32:00.5-07:00\n"
+        "c = 1979-05-27T07:32:00.999999\nd = 1979-05-27\ne = 07:32:00\n"
+    ),
+    "tables and order": (
+        'z = 1\na.b.c = 2\n"quoted key" = 3\n[t]\ny = 1\nx = 2\n[t.sub]\nk = []\n'
+        "[[arr]]\nv = [1, [2, 3], {a = 1}]\n[[arr]]\n[[arr.inner]]\nq = 1\n"
+    ),
+    "empty": "# nothing\n",
+}
+
+INVALID_TOML = {
+    "missing value": ('kind = "Service"\nname = \n', 2),
+    "duplicate key": ("a = 1\na = 2\n", 2),
+    "duplicate table": ("[t]\n[t]\n", 2),
+    "unterminated string": ('a = 1\nb = "x\n', 2),
+    "inline table newline (TOML 1.1 only)": ("a = {\n b = 1 }\n", 1),
+    "trailing comma in inline table (TOML 1.1 only)": ("a = {b = 1,}\n", 1),
+    "time without seconds (TOML 1.1 only)": ("a = 07:32\n", 1),
+    "redefined by array of tables": ("a = []\n[[a]]\n", 2),
+}
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with every scalar's type and every mapping's key order made visible."""
+    if isinstance(value, dict):
+        return [(k, _typed(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return ("float", "nan")
+    return (type(value).__name__, repr(value))
+
+
+@pytest.mark.parametrize("case", sorted(VALID_TOML))
+def test_fast_toml_equals_tomllib(case: str) -> None:
+    text = VALID_TOML[case]
+    fast = documents._fast_toml(text)
+    assert fast is not None
+    assert _typed(fast) == _typed(tomllib.loads(text))
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_TOML))
+def test_invalid_toml_is_refused_with_tomllibs_line(case: str) -> None:
+    text, line = INVALID_TOML[case]
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads(text)
+    assert documents._fast_toml(text) is None  # never accepted where tomllib refuses
+    with pytest.raises(ParseFailure) as caught:
+        parse_file("s.toml", text.encode())
+    problem = caught.value.problem
+    assert (problem.path, problem.line) == ("s.toml", line)
+    assert problem.message.startswith("TOML syntax error: ")
+
+
+def test_a_file_the_fast_parser_refuses_is_parsed_by_tomllib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(documents, "_fast_toml", lambda text: None)
+    text = VALID_TOML["service"]
+    [doc] = parse_file("s.toml", text.encode())
+    assert _typed(doc.value) == _typed(tomllib.loads(text))
+
+
+def test_fast_toml_keeps_field_lines(tmp_path: Path) -> None:
+    text = VALID_TOML["service"].replace("weight = 3", "weight = 0\nwieght = 1")
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    result = parse_config_file(str(tmp_path), str(path))
+    found = {(p.line, p.field) for p in result.problems}
+    assert (13, "endpoints[0].weight") in found
+    assert (14, "endpoints[0].wieght") in found
