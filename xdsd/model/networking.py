@@ -1,0 +1,299 @@
+"""The rest of Istio's networking kinds: ServiceEntry, WorkloadEntry, Gateway, Sidecar and
+EnvoyFilter.
+
+As in ``rules``, only what xdsd translates is modelled and sources refuse other fields by
+name. A ServiceEntry is kept as written (its hosts, ports and endpoints); the loader turns
+it into ``Service`` objects, one per host, so translation sees one kind of service.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from xdsd.model.service import (
+    DEFAULT_NAMESPACE,
+    NO_ORIGIN,
+    Locality,
+    Origin,
+    Protocol,
+    ResourceKey,
+)
+
+#: No locality (Locality is frozen, so one shared instance serves every default).
+_NOWHERE = Locality()
+
+
+class Location(Enum):
+    """Istio's ServiceEntry.Location: inside the mesh (has sidecars) or outside."""
+
+    MESH_EXTERNAL = "MESH_EXTERNAL"
+    MESH_INTERNAL = "MESH_INTERNAL"
+
+
+class EntryResolution(Enum):
+    """Istio's ServiceEntry.Resolution (NONE needs original-destination capture)."""
+
+    NONE = "NONE"
+    STATIC = "STATIC"
+    DNS = "DNS"
+    DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPort:
+    """A ServiceEntry or Gateway port: ``number`` is what callers use, ``target_port``
+    where endpoints listen (0 = the same)."""
+
+    number: int
+    protocol: Protocol
+    name: str = ""
+    target_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEndpoint:
+    """Istio's WorkloadEntry spec: one workload's address, labels and per-port-name
+    ports (``ports`` maps a port name to the port the workload listens on)."""
+
+    address: str
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[str, int], ...] = ()
+    locality: Locality = _NOWHERE
+    weight: int = 1
+    network: str = ""
+    service_account: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """Istio's ServiceEntry: hosts (each becomes a service), ports, resolution,
+    endpoints given inline or selected among WorkloadEntries by ``workload_selector``."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    hosts: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+    ports: tuple[EntryPort, ...] = ()
+    location: Location = Location.MESH_EXTERNAL
+    resolution: EntryResolution = EntryResolution.NONE
+    endpoints: tuple[WorkloadEndpoint, ...] = ()
+    workload_selector: tuple[tuple[str, str], ...] = ()
+    export_to: tuple[str, ...] = ()
+    subject_alt_names: tuple[str, ...] = ()
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("ServiceEntry", self.namespace, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEntry:
+    """Istio's WorkloadEntry: a workload (VM) that ServiceEntries select by labels."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    endpoint: WorkloadEndpoint = WorkloadEndpoint("")
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("WorkloadEntry", self.namespace, self.name))
+
+
+class ServerTLSMode(Enum):
+    """Istio's ServerTLSSettings.TLSmode."""
+
+    PASSTHROUGH = "PASSTHROUGH"
+    SIMPLE = "SIMPLE"
+    MUTUAL = "MUTUAL"
+    AUTO_PASSTHROUGH = "AUTO_PASSTHROUGH"
+    ISTIO_MUTUAL = "ISTIO_MUTUAL"
+    OPTIONAL_MUTUAL = "OPTIONAL_MUTUAL"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """Istio's ServerTLSSettings with certificate files (paths as written; relative paths
+    are relative to the config directory). ``https_redirect`` alone (no mode) is allowed on
+    a plain HTTP server."""
+
+    mode: ServerTLSMode | None = None
+    https_redirect: bool = False
+    server_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    min_protocol_version: str = ""
+    max_protocol_version: str = ""
+    cipher_suites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One server of a Gateway: a port, the hosts it admits (``ns/host`` or ``host``,
+    ``*`` wildcards), TLS settings, and an optional bind address."""
+
+    port: EntryPort
+    hosts: tuple[str, ...] = ()
+    tls: ServerTLS | None = None
+    bind: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """Istio's Gateway: servers exposed by the gateway nodes whose labels include
+    ``selector``."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    selector: tuple[tuple[str, str], ...] = ()
+    servers: tuple[Server, ...] = ()
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("Gateway", self.namespace, self.name))
+
+
+@dataclass(frozen=True, slots=True)
+class EgressListener:
+    """Istio's IstioEgressListener: the hosts (``ns/host``, ``*`` wildcards, ``./host`` =
+    the Sidecar's namespace) reachable through it; with ``port`` it is an explicit listener
+    on that port (and ``bind`` address) instead of the defaults."""
+
+    hosts: tuple[str, ...]
+    port: EntryPort | None = None
+    bind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngressListener:
+    """Istio's IstioIngressListener: inbound ``port`` forwarded to ``default_endpoint``
+    (``127.0.0.1:PORT``)."""
+
+    port: EntryPort
+    default_endpoint: str = ""
+    bind: str = ""
+
+
+class OutboundPolicy(Enum):
+    """Istio's OutboundTrafficPolicy.Mode."""
+
+    REGISTRY_ONLY = "REGISTRY_ONLY"
+    ALLOW_ANY = "ALLOW_ANY"
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """Istio's Sidecar: scopes what the selected nodes (all of the namespace when
+    ``workload_selector`` is empty) may reach, and how they listen."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    workload_selector: tuple[tuple[str, str], ...] = ()
+    egress: tuple[EgressListener, ...] = ()
+    ingress: tuple[IngressListener, ...] = ()
+    outbound_policy: OutboundPolicy | None = None
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("Sidecar", self.namespace, self.name))
+
+
+class PatchContext(Enum):
+    """Istio's EnvoyFilter.PatchContext."""
+
+    ANY = "ANY"
+    SIDECAR_INBOUND = "SIDECAR_INBOUND"
+    SIDECAR_OUTBOUND = "SIDECAR_OUTBOUND"
+    GATEWAY = "GATEWAY"
+
+
+class ApplyTo(Enum):
+    """Istio's EnvoyFilter.ApplyTo (the ones xdsd implements)."""
+
+    LISTENER = "LISTENER"
+    FILTER_CHAIN = "FILTER_CHAIN"
+    NETWORK_FILTER = "NETWORK_FILTER"
+    HTTP_FILTER = "HTTP_FILTER"
+    ROUTE_CONFIGURATION = "ROUTE_CONFIGURATION"
+    VIRTUAL_HOST = "VIRTUAL_HOST"
+    HTTP_ROUTE = "HTTP_ROUTE"
+    CLUSTER = "CLUSTER"
+
+
+class PatchOperation(Enum):
+    """Istio's EnvoyFilter.Patch.Operation."""
+
+    MERGE = "MERGE"
+    ADD = "ADD"
+    REMOVE = "REMOVE"
+    INSERT_BEFORE = "INSERT_BEFORE"
+    INSERT_AFTER = "INSERT_AFTER"
+    INSERT_FIRST = "INSERT_FIRST"
+    REPLACE = "REPLACE"
+
+
+@dataclass(frozen=True, slots=True)
+class PatchMatch:
+    """Where a patch applies (every set field must match). Listener side: ``port_number``,
+    ``listener_name``, ``filter_chain_name``, ``filter_name``, ``sub_filter_name``;
+    route side: ``port_number``, ``route_config_name``, ``vhost_name``, ``route_name``;
+    cluster side: ``port_number``, ``service``, ``subset``, ``cluster_name``. ``kind``
+    says which of the three (``listener``, ``route_configuration``, ``cluster``, or "")."""
+
+    context: PatchContext = PatchContext.ANY
+    kind: str = ""
+    port_number: int = 0
+    listener_name: str = ""
+    filter_chain_name: str = ""
+    filter_name: str = ""
+    sub_filter_name: str = ""
+    route_config_name: str = ""
+    vhost_name: str = ""
+    route_name: str = ""
+    service: str = ""
+    subset: str = ""
+    cluster_name: str = ""
+    proxy_metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPatch:
+    """One patch: ``value`` is the patch's JSON (proto3 JSON of the target message, as
+    written; ``value_json`` is its canonical text, which is what compares)."""
+
+    apply_to: ApplyTo
+    operation: PatchOperation
+    match: PatchMatch = PatchMatch()
+    value_json: str = ""
+    filter_class: str = ""
+
+    @property
+    def value(self) -> Any:
+        """The patch value as plain JSON data (None when there is none)."""
+        return json.loads(self.value_json) if self.value_json else None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyFilter:
+    """Istio's EnvoyFilter: patches applied, in order, to the generated configuration of
+    the selected nodes (all of the namespace when ``workload_selector`` is empty; every
+    node for the root namespace)."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    workload_selector: tuple[tuple[str, str], ...] = ()
+    patches: tuple[ConfigPatch, ...] = ()
+    priority: int = 0
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("EnvoyFilter", self.namespace, self.name))
