@@ -146,6 +146,16 @@ class Fields:
             return default
         return value
 
+    def boolean(self, key: str, *, default: bool = False) -> bool:
+        """A boolean field (``true``/``false``; strings and numbers are refused)."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._wrong(key, "true or false", value)
+            return default
+        return value
+
     def port(self, key: str, *, required: bool = False) -> int:
         """A TCP port number 1-65535."""
         return self.integer(key, required=required, minimum=1, maximum=65535)
