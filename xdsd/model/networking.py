@@ -44,13 +44,17 @@ class EntryResolution(Enum):
 
 @dataclass(frozen=True, slots=True)
 class EntryPort:
-    """A ServiceEntry or Gateway port: ``number`` is what callers use, ``target_port``
-    where endpoints listen (0 = the same)."""
+    """A ServiceEntry, Gateway or Sidecar port: ``number`` is what callers use,
+    ``target_port`` where endpoints listen (0 = the same). ``protocol`` is how xdsd treats
+    it; ``protocol_name`` the name as written, upper-cased (``HTTPS`` is ``TLS`` to a
+    caller, but on a Gateway server it means "terminate TLS, then route HTTP"; ``MONGO``,
+    ``MYSQL``, ``REDIS`` are ``TCP``)."""
 
     number: int
     protocol: Protocol
     name: str = ""
     target_port: int = 0
+    protocol_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
