@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import chain
 
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
@@ -28,7 +27,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
-from xdsd.sources.crosscheck import cross_check
+from xdsd.sources.crosscheck import Change, CrossCheck
 from xdsd.sources.documents import Document, ParseFailure, parse_file
 from xdsd.sources.envoy_raw import parse_raw_resource
 from xdsd.sources.fields import Fields, Report
@@ -133,18 +132,23 @@ def load_directory(root: str) -> LoadResult:
 
 
 class DirectoryLoader:
-    """Loads one directory again and again, reading only the files that changed.
+    """Loads one directory again and again, reading only the files that changed and
+    checking again only what they affect.
 
     How this works: the result of parsing each file (``FileResult``: model objects and
-    problems, not the documents) is kept by path. A reload lists the directory (names
-    only: no stat per file), then parses again: files it has not seen, files named in
-    ``changed``, files that had an error (a file that failed is retried every time), and,
-    when ``changed`` is None (a forced reload, SIGHUP) or names something that is not a
-    config file of the listing (a directory, a ``..data`` symlink swap, the directory
-    itself), every file whose stamp (inode, size, times) differs from when it was read.
-    Files no longer listed are forgotten. The cross-checks then run over the whole
-    directory, in the listing's order, so the result (mesh, problems, their order) is
-    exactly what a cold ``load_directory`` gives; unchanged files contribute the very same
+    problems, not the documents) is kept by path, and the cross-checks' state
+    (``CrossCheck``) is kept with it. When ``changed`` names only files of the last
+    listing that are still regular files, the directory is not listed and nothing else
+    is looked at: those files and the files that had an error (retried every time) are
+    parsed again. Otherwise the directory is listed (names only: no stat per file) and
+    parsed again are: files it has not seen, the files named, files that had an error,
+    and, when ``changed`` is None (a forced reload, SIGHUP) or names something that is not
+    a config file of the listing (a directory, a ``..data`` symlink swap, the directory
+    itself), every file whose stamp (inode, size, times) differs from when it was read;
+    files no longer listed are forgotten. Either way only the files parsed again (and
+    the ones gone) are handed to the cross-checks, which re-check what they affect; the
+    result (mesh, problems, their order) is exactly what a cold ``load_directory`` gives
+    (``tests/sources/test_incremental.py``), and unchanged files contribute the very same
     model objects, which lets translation recognise them by identity. All or nothing still
     holds: a load with any error raises ConfigError and the caller keeps what it had.
 
@@ -154,8 +158,11 @@ class DirectoryLoader:
     def __init__(self, root: str) -> None:
         self.root = root
         self._files: dict[str, FileResult] = {}
-        # The last listing and its problems, kept while only known files change.
-        self._listing: tuple[list[str], list[Problem]] | None = None
+        self._failed: set[str] = set()
+        self._check = CrossCheck()
+        # The last listing, its problems and each file's position in it, kept while
+        # only known files change.
+        self._listing: tuple[tuple[str, ...], tuple[Problem, ...], dict[str, int]] | None = None
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -165,44 +172,60 @@ class DirectoryLoader:
         """
         started = time.perf_counter()
         named = None if changed is None else {self._as_listed(p) for p in changed}
+        changes: list[Change] = []
         if named is not None and self._listing is not None and self._same_files(named):
-            files, listing_problems = self._listing
+            files, listing_problems, order = self._listing
+            listed = time.perf_counter()
+            for path in named | self._failed:
+                changes.append((path, self._files[path], self._parse(path)))
         else:
-            listing_problems = []
-            files = list_config_files(self.root, listing_problems)
-            self._listing = (files, listing_problems)
-        problems = list(listing_problems)
-        listed = time.perf_counter()
-        stale = self._stale(files, named)
-        old = self._files
-        entries: list[FileResult] = []
-        reread = 0
-        for path in files:
-            entry = old.get(path)
-            if entry is None or path in stale or (entry.problems and entry.failed):
-                entry = parse_config_file(self.root, path)
-                reread += 1
-            entries.append(entry)
-        self._files = dict(zip(files, entries, strict=True))
-        resources = list(chain.from_iterable(e.resources for e in entries))
-        raw = list(chain.from_iterable(e.raw for e in entries))
-        problems.extend(chain.from_iterable(e.problems for e in entries))
+            found: list[Problem] = []
+            files = tuple(list_config_files(self.root, found))
+            listing_problems = tuple(found)
+            order = {path: i for i, path in enumerate(files)}
+            self._listing = (files, listing_problems, order)
+            listed = time.perf_counter()
+            stale = self._stale(files, named) | self._failed
+            old = self._files
+            self._files = {}
+            for path in files:
+                entry = old.pop(path, None)
+                if entry is None or path in stale:
+                    changes.append((path, entry, self._parse(path)))
+                else:
+                    self._files[path] = entry
+            for path, entry in old.items():
+                changes.append((path, entry, None))
+                self._failed.discard(path)
         parsed = time.perf_counter()
-        mesh = cross_check(resources, raw, problems)
+        mesh = self._check.update(changes, order)
+        problems = [*listing_problems, *self._check.problems()]
         errors = [p for p in problems if p.severity is Severity.ERROR]
         warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
         checked = time.perf_counter()
         if errors:
             raise ConfigError(errors, warnings)
         timings = {"list": listed - started, "parse": parsed - listed, "check": checked - parsed}
-        return LoadResult(mesh, warnings, tuple(files), timings, reread)
+        reread = sum(1 for _, _, new in changes if new is not None)
+        return LoadResult(mesh, warnings, files, timings, reread)
+
+    def _parse(self, path: str) -> FileResult:
+        """Parse ``path`` again and keep the result (in listing order: a path already
+        kept keeps its place)."""
+        entry = parse_config_file(self.root, path)
+        self._files[path] = entry
+        if entry.problems and entry.failed:
+            self._failed.add(path)
+        else:
+            self._failed.discard(path)
+        return entry
 
     def _same_files(self, named: set[str]) -> bool:
         """True when changes to ``named`` cannot have changed the listing: each is a file
         already listed and still a regular file (no file added, removed or renamed)."""
         return all(p in self._files and _plain_file(p) for p in named)
 
-    def _stale(self, files: list[str], named: set[str] | None) -> set[str]:
+    def _stale(self, files: tuple[str, ...], named: set[str] | None) -> set[str]:
         """The listed files that must be parsed again (besides new and failed ones)."""
         if named is not None:
             listed = set(files)
