@@ -278,3 +278,50 @@ def test_inbound_cluster_leads_to_localhost_target_port() -> None:
         .endpoint.address.socket_address.port_value
         == 9080
     )
+
+
+def reference_eds_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
+    """An EDS cluster built field by field (what ``build_outbound_cluster`` writes from a
+    template)."""
+    from xdsd.translate import clusters
+    from xdsd.translate.config_sources import (
+        HTTP_PROTOCOL_OPTIONS_KEY,
+        config_source,
+        duration,
+        http2_protocol_options,
+    )
+
+    cluster = Cluster(name=spec.name, type=Cluster.EDS)
+    cluster.connect_timeout.CopyFrom(duration(clusters.CONNECT_TIMEOUT))
+    rest = flavor is ClusterFlavor.ENVOY_REST
+    source = config_source(ConfigSourceKind.REST if rest else ConfigSourceKind.ADS)
+    cluster.eds_cluster_config.eds_config.CopyFrom(source)
+    cluster.eds_cluster_config.service_name = spec.name
+    clusters._set_load_balancer(cluster, clusters.simple_lb(spec.policy), flavor)
+    if spec.port.protocol.is_http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
+            http2_protocol_options()
+        )
+    return cluster
+
+
+@pytest.mark.parametrize("flavor", list(ClusterFlavor))
+@pytest.mark.parametrize("protocol", [Protocol.HTTP, Protocol.GRPC, Protocol.TCP])
+@pytest.mark.parametrize(
+    "simple",
+    [None, SimpleLB.ROUND_ROBIN, SimpleLB.RANDOM, SimpleLB.LEAST_CONN, SimpleLB.UNSPECIFIED],
+)
+def test_eds_cluster_from_template_equals_field_by_field(
+    flavor: ClusterFlavor, protocol: Protocol, simple: SimpleLB | None
+) -> None:
+    port = Port(9080, protocol, "p")
+    svc = service("reviews-é", port, endpoints=(Endpoint("10.0.0.1"),))
+    policy = TrafficPolicy(LoadBalancer(simple)) if simple is not None else None
+    for subset in (None, Subset("v" * 150, (("version", "v1"),), policy)):
+        spec = OutboundCluster(svc, port, subset, policy)
+        got = build_outbound_cluster(spec, flavor)
+        want = reference_eds_cluster(spec, flavor)
+        assert got == want
+        assert got.SerializeToString(deterministic=True) == want.SerializeToString(
+            deterministic=True
+        )

@@ -87,3 +87,79 @@ def test_weight_zero_is_sent_as_one() -> None:
     cla = load_assignment("c", svc.ports[0], select_endpoints(svc, svc.ports[0]))
     assert flat(cla) == [("10.0.0.1", 80, 1)]
     assert cla.endpoints[0].load_balancing_weight.value == 1
+
+
+def reference_assignment(cluster_name: str, port: Port, endpoints: Any) -> Any:
+    """The assignment built field by field with the generated classes (what
+    ``load_assignment`` writes as wire bytes)."""
+    from itertools import groupby
+
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    def where(e: Endpoint) -> tuple[str, str, str]:
+        return (e.locality.region, e.locality.zone, e.locality.sub_zone)
+
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    ordered = sorted(endpoints, key=lambda e: (where(e), e.address, e.port_for(port)))
+    for _, group in groupby(ordered, key=where):
+        members = list(group)
+        lle = cla.endpoints.add()
+        lle.locality.SetInParent()
+        lle.locality.region, lle.locality.zone, lle.locality.sub_zone = where(members[0])
+        lle.load_balancing_weight.value = sum(max(e.weight, 1) for e in members)
+        for member in members:
+            lb = lle.lb_endpoints.add()
+            sock = lb.endpoint.address.socket_address
+            sock.address = member.address
+            sock.port_value = member.port_for(port)
+            lb.load_balancing_weight.value = max(member.weight, 1)
+    return cla
+
+
+MANY = tuple(
+    Endpoint(
+        f"10.{i % 3}.{i % 7}.{i}" if i % 5 else f"host-{i}.example.com",
+        (("version", f"v{i % 3}"),),
+        Locality(
+            *[("eu", "us", "", "ap")[i % 4], ("a", "", "b")[i % 3], ("", "x")[i % 2]][: 1 + i % 3]
+        ),
+        weight=(0, 1, 7, 300, 2**24)[i % 5],
+        ports=(("http", 1 + i * 997 % 65535),) if i % 4 == 0 else (),
+    )
+    for i in range(60)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "endpoints"),
+    [
+        ("c", ENDPOINTS),
+        ("outbound|9080|v1|reviews.default.svc.cluster.local", MANY),
+        ("é" * 200, MANY[:3]),  # multi-byte lengths
+        ("empty", ()),
+        ("same address twice", (Endpoint("10.0.0.1", weight=3), Endpoint("10.0.0.1", weight=2))),
+        ("unsorted input", tuple(reversed(MANY))),
+    ],
+)
+def test_wire_built_assignment_equals_field_by_field(name: str, endpoints: Any) -> None:
+    for selector in ((), (("version", "v1"),)):
+        chosen = [e for e in endpoints if e.matches(selector)]
+        for given in (
+            select_endpoints(service("s", PORT, endpoints=endpoints), PORT, selector),
+            chosen,
+        ):
+            got = load_assignment(name, PORT, given)
+            want = reference_assignment(name, PORT, given)
+            assert got == want
+            assert got.SerializeToString(deterministic=True) == want.SerializeToString(
+                deterministic=True
+            )
+
+
+def test_a_locality_weight_over_32_bits_is_refused_as_field_by_field() -> None:
+    heavy = (Endpoint("10.0.0.1", weight=2**31 - 1), Endpoint("10.0.0.2", weight=2**31 - 1),
+             Endpoint("10.0.0.3", weight=2))  # fmt: skip
+    with pytest.raises(ValueError, match="out of range"):
+        reference_assignment("c", PORT, heavy)
+    with pytest.raises(ValueError, match="out of range"):
+        load_assignment("c", PORT, heavy)

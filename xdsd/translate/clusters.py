@@ -20,6 +20,7 @@ name, so it gets the first endpoint (as Istio does). Names follow Istio:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -43,6 +44,7 @@ from xdsd.translate.config_sources import (
 )
 from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.wire import delimited, tag
 
 #: Istio's default connect timeout.
 CONNECT_TIMEOUT = timedelta(seconds=10)
@@ -133,32 +135,60 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     Raises TranslationError (path: the DestinationRule's file) for a load balancer xdsd
     cannot configure (PASSTHROUGH).
     """
+    simple = simple_lb(spec.policy)
+    if simple is SimpleLB.PASSTHROUGH:
+        raise TranslationError([_passthrough_problem(spec)])
     name = spec.name
+    if is_eds(spec, flavor):
+        # Only the name differs between EDS clusters of one kind: their wire bytes are the
+        # name's followed by a template's (see ``wire``; parsing merges the two
+        # ``eds_cluster_config`` fields).
+        head = delimited(_CLUSTER_NAME, name.encode()) + delimited(
+            _EDS_CONFIG, delimited(_EDS_SERVICE_NAME, name.encode())
+        )
+        template = _eds_template(flavor, simple, spec.port.protocol.is_http2)
+        return cluster_pb2.Cluster.FromString(head + template)
     cluster = cluster_pb2.Cluster(name=name)
     cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
-    if is_eds(spec, flavor):
-        cluster.type = cluster_pb2.Cluster.EDS
-        rest = flavor is ClusterFlavor.ENVOY_REST
-        kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
-        cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
-        cluster.eds_cluster_config.service_name = name
+    endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+    logical = flavor is ClusterFlavor.GRPC or (
+        spec.service.resolution is Resolution.DNS_ROUND_ROBIN
+    )
+    if logical and endpoints:
+        cluster.type = cluster_pb2.Cluster.LOGICAL_DNS
+        endpoints = endpoints[:1]
     else:
-        endpoints = select_endpoints(spec.service, spec.port, spec.selector)
-        logical = flavor is ClusterFlavor.GRPC or (
-            spec.service.resolution is Resolution.DNS_ROUND_ROBIN
-        )
-        if logical and endpoints:
-            cluster.type = cluster_pb2.Cluster.LOGICAL_DNS
-            endpoints = endpoints[:1]
-        else:
-            cluster.type = cluster_pb2.Cluster.STRICT_DNS
-        cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
-    _set_load_balancer(cluster, spec, flavor)
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
+    _set_load_balancer(cluster, simple, flavor)
     if spec.port.protocol.is_http2:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
             http2_protocol_options()
         )
     return cluster
+
+
+_CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]
+_EDS_CONFIG = tag(cluster_pb2.Cluster, "eds_cluster_config")[1]
+_EDS_SERVICE_NAME = tag(cluster_pb2.Cluster.EdsClusterConfig, "service_name")[1]
+
+
+@functools.cache
+def _eds_template(flavor: ClusterFlavor, simple: SimpleLB, http2: bool) -> bytes:
+    """The wire bytes of an unnamed EDS cluster of ``flavor`` (a few dozen kinds at most:
+    computed once each)."""
+    cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
+    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
+    rest = flavor is ClusterFlavor.ENVOY_REST
+    kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
+    cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
+    _set_load_balancer(cluster, simple, flavor)
+    if http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
+            http2_protocol_options()
+        )
+    template: bytes = cluster.SerializeToString(deterministic=True)
+    return template
 
 
 def build_inbound_cluster(port: Port) -> Any:
@@ -196,10 +226,8 @@ def simple_lb(policy: TrafficPolicy | None) -> SimpleLB:
     return policy.load_balancer.simple
 
 
-def _set_load_balancer(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> None:
-    simple = simple_lb(spec.policy)
-    if simple is SimpleLB.PASSTHROUGH:
-        raise TranslationError([_passthrough_problem(spec)])
+def _set_load_balancer(cluster: Any, simple: SimpleLB, flavor: ClusterFlavor) -> None:
+    """Write load balancer ``simple`` (not PASSTHROUGH) as ``flavor`` clients take it."""
     if flavor is not ClusterFlavor.GRPC:
         cluster.lb_policy = _ENVOY_LB[simple]
         return

@@ -10,13 +10,16 @@ whatever order the files listed them in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from itertools import groupby
 from typing import Any
 
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import wrappers_pb2
 
 from xdsd.model import Endpoint, Locality, Port, Service
+from xdsd.translate.wire import delimited, tag, varint
 
 
 def endpoint_weight(endpoint: Endpoint) -> int:
@@ -43,26 +46,89 @@ def _order(locality: Locality) -> tuple[str, str, str]:
 
 def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
     """The ``ClusterLoadAssignment`` named ``cluster_name`` for ``endpoints`` (as ordered by
-    ``select_endpoints``) serving ``port``."""
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
-    ordered = sorted(endpoints, key=lambda e: (_order(e.locality), e.address, e.port_for(port)))
-    for _, group in groupby(ordered, key=lambda e: _order(e.locality)):
-        members = list(group)
-        locality = members[0].locality
-        lle = cla.endpoints.add()
-        _set_locality(lle.locality, locality)
-        lle.load_balancing_weight.value = sum(endpoint_weight(e) for e in members)
-        for member in members:
-            lb = lle.lb_endpoints.add()
-            sock = lb.endpoint.address.socket_address
-            sock.address = member.address
-            sock.port_value = member.port_for(port)
-            lb.load_balancing_weight.value = endpoint_weight(member)
-    return cla
+    ``select_endpoints``) serving ``port``.
+
+    Written as wire bytes and parsed (see ``wire``): the same message as setting its fields
+    one by one, in half the time."""
+    # (locality, address, port), then the given order: a stable sort by that key.
+    rows = sorted(
+        (_order(e.locality), e.address, e.port_for(port), i, endpoint_weight(e))
+        for i, e in enumerate(endpoints)
+    )
+    out = [delimited(_CLA_NAME, cluster_name.encode())]
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i][0] != rows[start][0]:
+            group = rows[start:i]
+            parts = [_locality(group[0][0])]
+            parts.extend(
+                _lb_endpoint(address, number, weight) for _, address, number, _, weight in group
+            )
+            parts.append(_lle_weight(sum(row[4] for row in group)))
+            out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
+            start = i
+    return _CLA.FromString(b"".join(out))
 
 
-def _set_locality(target: Any, locality: Locality) -> None:
-    target.SetInParent()
-    target.region = locality.region
-    target.zone = locality.zone
-    target.sub_zone = locality.sub_zone
+_CLA = endpoint_pb2.ClusterLoadAssignment
+_LLE = endpoint_components_pb2.LocalityLbEndpoints
+_LB = endpoint_components_pb2.LbEndpoint
+_CLA_NAME = tag(_CLA, "cluster_name")[1]
+_LLE_ENDPOINTS = tag(_CLA, "endpoints")[1]
+_LLE_LOCALITY = tag(_LLE, "locality")[1]
+_LLE_LB_ENDPOINTS = tag(_LLE, "lb_endpoints")[1]
+_LB_ENDPOINT = tag(_LB, "endpoint")[1]
+_ENDPOINT_ADDRESS = tag(endpoint_components_pb2.Endpoint, "address")[1]
+_SOCKET_ADDRESS = tag(address_pb2.Address, "socket_address")[1]
+_SOCKET_HOST = tag(address_pb2.SocketAddress, "address")[1]
+_SOCKET_PORT = tag(address_pb2.SocketAddress, "port_value")[0]
+_REGION = tag(base_pb2.Locality, "region")[1]
+_ZONE = tag(base_pb2.Locality, "zone")[1]
+_SUB_ZONE = tag(base_pb2.Locality, "sub_zone")[1]
+_UINT32_VALUE = tag(wrappers_pb2.UInt32Value, "value")[0]
+_UINT32_MAX = 2**32 - 1
+
+
+def _uint32_value(value: int) -> bytes:
+    """A ``UInt32Value`` message (proto3: a zero value is left out)."""
+    return _UINT32_VALUE + varint(value) if value else b""
+
+
+@functools.lru_cache(maxsize=256)
+def _lb_weight(weight: int) -> bytes:
+    """An ``LbEndpoint``'s ``load_balancing_weight`` field."""
+    return delimited(tag(_LB, "load_balancing_weight")[1], _uint32_value(weight))
+
+
+def _lle_weight(weight: int) -> bytes:
+    """A ``LocalityLbEndpoints``' ``load_balancing_weight`` field.
+
+    Raises ValueError, as the generated class does, when the sum does not fit 32 bits."""
+    if weight > _UINT32_MAX:
+        raise ValueError(f"Value out of range: {weight}")
+    return delimited(tag(_LLE, "load_balancing_weight")[1], _uint32_value(weight))
+
+
+@functools.lru_cache(maxsize=4096)
+def _lb_endpoint(address: str, port: int, weight: int) -> bytes:
+    """One ``lb_endpoints`` field: the socket address (its port is in a oneof, so it is
+    written even when 0) and the endpoint's weight. Remembered for a while: a service's
+    endpoints are written again in its subsets' assignments."""
+    host = address.encode()
+    socket = _SOCKET_HOST + varint(len(host)) + host + _SOCKET_PORT + varint(port)
+    address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
+    endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
+    body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint + _lb_weight(weight)
+    return _LLE_LB_ENDPOINTS + varint(len(body)) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _locality(locality: tuple[str, str, str]) -> bytes:
+    """A ``LocalityLbEndpoints``' ``locality`` field, always present (empty parts left
+    out, as proto3 does)."""
+    body = b"".join(
+        delimited(key, part.encode())
+        for key, part in zip((_REGION, _ZONE, _SUB_ZONE), locality, strict=True)
+        if part
+    )
+    return delimited(_LLE_LOCALITY, body)
