@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.paths import EXAMPLE_CONFIG
-from xdsd.errors import ConfigError
+from tests.sources.crosscheck_reference import reference_load
+from xdsd.errors import ConfigError, Severity
 from xdsd.sources import DirectoryLoader, LoadResult, load_directory
 
 CONFIG_YAML = "apiVersion: xdsd.io/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n" + (
@@ -182,3 +184,74 @@ def test_listing_matches_the_walk_order(config: Path) -> None:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         expected += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
     assert list(files) == expected
+
+
+def test_cross_checks_follow_a_sequence_of_edits(config: Path) -> None:
+    """What the cross-checks find changes with files that did not change themselves; each
+    step is compared with a cold load and with the one-pass reference checks."""
+    loader = DirectoryLoader(str(config))
+    loader.load()
+    rules = config / "rules"
+    services = config / "services"
+    route = rules / "route-extra.yaml"
+    extra = services / "extra.yaml"
+    subsets = rules / "extra-rule.yaml"
+
+    def write(path: Path, text: str) -> set[str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return {str(path)}
+
+    def vs(name: str, host: str, dest: str, subset: str = "") -> str:
+        sub = f", subset: {subset}" if subset else ""
+        return (
+            f"kind: VirtualService\nname: {name}\nhosts: [{host}]\nhttp:\n- route:\n"
+            f"  - {{destination: {{host: {dest}{sub}}}}}\n"
+        )
+
+    def dr(name: str, host: str, subset: str) -> str:
+        return (
+            f"kind: DestinationRule\nname: {name}\nhost: {host}\n"
+            f"subsets: [{{name: {subset}, labels: {{version: {subset}}}}}]\n"
+        )
+
+    steps: list[tuple[str, Callable[[], set[str]]]] = [
+        ("a service and a rule routing to its subset", lambda: write(extra, service_yaml("extra"))
+         | write(route, vs("extra", "extra", "extra", "v1")) | write(subsets, dr("x", "extra", "v1"))),
+        ("the routed service deleted", lambda: (extra.unlink(), {str(extra)})[1]),
+        ("the service back", lambda: write(extra, service_yaml("extra"))),
+        ("the subset renamed", lambda: write(subsets, dr("x", "extra", "v2"))),
+        ("the rule moved to another service", lambda: write(subsets, dr("x", "details", "v2"))),
+        ("a second rule for details", lambda: write(rules / "a-rule.yaml", dr("y", "details", "v1"))),
+        ("the first rule gone", lambda: (subsets.unlink(), {str(subsets)})[1]),
+        ("a duplicate service, later in walk order", lambda: write(services / "zz" / "dup.yaml",
+                                                                   service_yaml("extra", "10.9.9.9"))),
+        ("a duplicate earlier in walk order", lambda: write(config / "aa.yaml",
+                                                            service_yaml("extra", "10.9.9.8"))),
+        ("the first duplicate gone", lambda: (extra.unlink(), {str(extra)})[1]),
+        ("a rename that reorders", lambda: (os.rename(config / "aa.yaml", services / "zz" / "zz.yaml"),
+                                            {str(config / "aa.yaml"), str(services / "zz" / "zz.yaml")})[1]),
+        ("a second VirtualService for one host", lambda: write(rules / "b.yaml", vs("other", "extra", "details"))),
+        ("the other one moved to gateways", lambda: write(rules / "b.yaml", vs("other", "extra", "details")
+                                                         .replace("http:", "gateways: [gw]\nhttp:"))),
+        ("the duplicates gone", lambda: (shutil.rmtree(services / "zz"), {str(services / "zz")})[1]),
+        ("the second rule for details gone", lambda: (os.unlink(rules / "a-rule.yaml"),
+                                                      {str(rules / "a-rule.yaml")})[1]),
+        ("everything back", lambda: write(extra, service_yaml("extra"))),
+    ]  # fmt: skip
+    for name, change in steps:
+        changed = change()
+        got = warm(loader, changed)
+        assert same(got, cold(config)), name
+        assert same(got, reference(config)), name
+    assert isinstance(got, LoadResult)
+
+
+def reference(root: Path) -> LoadResult | list[str]:
+    """What the one-pass reference checks give (as ``cold``)."""
+    mesh, problems, files = reference_load(str(root))
+    errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+    if errors:
+        return errors
+    warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
+    return LoadResult(mesh, warnings, files)

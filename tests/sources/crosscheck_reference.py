@@ -1,0 +1,223 @@
+"""The cross-checks as one pass over the whole directory: the reference the incremental
+``CrossCheck`` is held to (the implementation it replaced, kept as the specification).
+
+``reference_load`` loads a directory with it, the way a cold load did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from xdsd.errors import Problem, Severity
+from xdsd.model import (
+    DestinationRule,
+    Mesh,
+    Origin,
+    RawResource,
+    ResourceKey,
+    Service,
+    VirtualService,
+)
+from xdsd.sources.listing import list_config_files
+from xdsd.sources.loader import parse_config_file
+
+Resource = Service | VirtualService | DestinationRule
+
+
+def reference_load(root: str) -> tuple[Mesh, list[Problem], tuple[str, ...]]:
+    """The mesh, every problem (in order) and the files of a cold one-pass load."""
+    problems: list[Problem] = []
+    files = list_config_files(root, problems)
+    resources: list[tuple[Resource, Origin]] = []
+    raw: list[RawResource] = []
+    for path in files:
+        result = parse_config_file(root, path)
+        resources.extend(result.resources)
+        raw.extend(result.raw)
+        problems.extend(result.problems)
+    mesh = cross_check(resources, raw, problems)
+    return mesh, problems, tuple(files)
+
+
+def cross_check(
+    resources: list[tuple[Resource, Origin]], raw: list[RawResource], problems: list[Problem]
+) -> Mesh:
+    """The mesh of ``resources`` (in file order: the first of two duplicates wins) and
+    ``raw``, appending every problem found to ``problems`` (the mesh is meaningful only
+    when none of them is an error)."""
+    by_key: dict[ResourceKey, Resource] = {}
+    for resource, origin in resources:
+        first = by_key.get(resource.key)
+        if first is not None:
+            problems.append(
+                Problem(
+                    origin.path,
+                    origin.line,
+                    "",
+                    f"duplicate {resource.key}: also defined at {first.origin}",
+                )
+            )
+            continue
+        by_key[resource.key] = resource
+    services: list[Service] = []
+    rules: list[DestinationRule] = []
+    virtual: list[VirtualService] = []
+    for resource in by_key.values():
+        if isinstance(resource, Service):
+            services.append(resource)
+        elif isinstance(resource, DestinationRule):
+            rules.append(resource)
+        else:
+            virtual.append(resource)
+    mesh = Mesh(tuple(services), (), tuple(rules), ())
+    _check_hosts(mesh.services, problems)
+    _check_destination_rules(mesh, problems)
+    checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
+    _check_vs_overlap(mesh, checked, problems)
+    seen_raw: dict[tuple[str, str], RawResource] = {}
+    for r in raw:
+        first_raw = seen_raw.get((r.type_url, r.name))
+        if first_raw is not None:
+            kind = r.type_url.rsplit(".", 1)[-1]
+            problems.append(
+                Problem(
+                    r.origin.path,
+                    r.origin.line,
+                    "",
+                    f"duplicate raw {kind} {r.name!r}: also defined at {first_raw.origin}",
+                )
+            )
+            continue
+        seen_raw[(r.type_url, r.name)] = r
+    return mesh.with_virtual_services(checked, tuple(seen_raw.values()))
+
+
+def mesh_sorted(virtual: list[VirtualService]) -> list[VirtualService]:
+    """Virtual services in key order (deterministic checks and messages)."""
+    return sorted(virtual, key=lambda v: v.key)
+
+
+def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
+    return Problem(origin.path, origin.line, field, message, severity)
+
+
+def _check_hosts(services: tuple[Service, ...], problems: list[Problem]) -> None:
+    """``services`` in key order."""
+    owners: dict[str, Service] = {}
+    for svc in services:
+        for i, host in enumerate((svc.fqdn, *svc.hosts)):
+            other = owners.get(host)
+            if other is not None and other.key != svc.key:
+                problems.append(
+                    _at(svc.origin, f"hosts[{i - 1}]" if i else "name",
+                        f"host {host!r} is already a name of {other.key} ({other.origin})")
+                )  # fmt: skip
+            owners.setdefault(host, svc)
+
+
+def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:
+    claimed: dict[ResourceKey, DestinationRule] = {}
+    for rule in mesh.destination_rules:
+        svc = mesh.service(rule.host, rule.namespace)
+        if svc is None:
+            problems.append(
+                _at(rule.origin, "host",
+                    f"no service named {rule.host!r}: rule ignored until one is defined",
+                    Severity.WARNING)
+            )  # fmt: skip
+            continue
+        other = claimed.get(svc.key)
+        if other is not None:
+            problems.append(
+                _at(rule.origin, "host",
+                    f"{svc.key} already has DestinationRule {other.name!r} ({other.origin}); "
+                    "merge them into one")
+            )  # fmt: skip
+            continue
+        claimed[svc.key] = rule
+
+
+def _applies_to_mesh(vs: VirtualService) -> bool:
+    return not vs.gateways or "mesh" in vs.gateways
+
+
+def _check_virtual_service(
+    mesh: Mesh, vs: VirtualService, problems: list[Problem]
+) -> VirtualService:
+    """Check a VirtualService's references; returns it with destination ports filled in
+    where the destination service has a single port."""
+    for i, host in enumerate(vs.hosts):
+        if "*" in host:
+            continue
+        if mesh.service(host, vs.namespace) is None:
+            problems.append(
+                _at(vs.origin, f"hosts[{i}]",
+                    f"no service named {host!r}: this host is ignored until one is defined",
+                    Severity.WARNING)
+            )  # fmt: skip
+    routes = []
+    for i, http in enumerate(vs.http):
+        destinations = []
+        for j, rd in enumerate(http.route):
+            field = f"http[{i}].route[{j}].destination"
+            dest = rd.destination
+            svc = mesh.service(dest.host, vs.namespace)
+            if svc is None:
+                # A rule only gateways use is inert until gateways are implemented.
+                severity = Severity.ERROR if _applies_to_mesh(vs) else Severity.WARNING
+                problems.append(
+                    _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
+                )
+                destinations.append(rd)
+                continue
+            if dest.port and svc.port(dest.port) is None:
+                numbers = ", ".join(str(p.number) for p in svc.ports)
+                problems.append(
+                    _at(vs.origin, f"{field}.port.number",
+                        f"{svc.key} has no port {dest.port} (ports: {numbers})")
+                )  # fmt: skip
+            elif not dest.port and len(svc.ports) == 1:
+                dest = dataclasses.replace(dest, port=svc.ports[0].number)
+            elif not dest.port:
+                problems.append(
+                    _at(vs.origin, f"{field}.port.number",
+                        f"is required: {svc.key} has several ports")
+                )  # fmt: skip
+            if dest.subset:
+                rule = mesh.destination_rule(svc)
+                if rule is None or rule.subset(dest.subset) is None:
+                    where = (
+                        f"DestinationRule {rule.name!r} ({rule.origin}) defines "
+                        + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
+                        if rule is not None
+                        else "no DestinationRule defines subsets for it"
+                    )
+                    problems.append(
+                        _at(vs.origin, f"{field}.subset",
+                            f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
+                    )  # fmt: skip
+            destinations.append(dataclasses.replace(rd, destination=dest))
+        routes.append(dataclasses.replace(http, route=tuple(destinations)))
+    return dataclasses.replace(vs, http=tuple(routes))
+
+
+def _check_vs_overlap(
+    mesh: Mesh, virtual: tuple[VirtualService, ...], problems: list[Problem]
+) -> None:
+    claimed: dict[ResourceKey, VirtualService] = {}
+    for vs in virtual:
+        if not _applies_to_mesh(vs):
+            continue
+        for i, host in enumerate(vs.hosts):
+            svc = mesh.service(host, vs.namespace)
+            if svc is None:
+                continue
+            other = claimed.get(svc.key)
+            if other is not None and other.key != vs.key:
+                problems.append(
+                    _at(vs.origin, f"hosts[{i}]",
+                        f"{svc.key} is already routed by VirtualService {other.name!r} "
+                        f"({other.origin}); merge the two rules")
+                )  # fmt: skip
+                continue
+            claimed[svc.key] = vs
