@@ -237,7 +237,8 @@ def test_cross_checks_follow_a_sequence_of_edits(config: Path) -> None:
         ("the duplicates gone", lambda: (shutil.rmtree(services / "zz"), {str(services / "zz")})[1]),
         ("the second rule for details gone", lambda: (os.unlink(rules / "a-rule.yaml"),
                                                       {str(rules / "a-rule.yaml")})[1]),
-        ("everything back", lambda: write(extra, service_yaml("extra"))),
+        ("everything back", lambda: write(extra, service_yaml("extra"))
+         | write(subsets, dr("x", "extra", "v1"))),
     ]  # fmt: skip
     for name, change in steps:
         changed = change()
