@@ -100,3 +100,67 @@ def test_fast_toml_keeps_field_lines(tmp_path: Path) -> None:
     found = {(p.line, p.field) for p in result.problems}
     assert (13, "endpoints[0].weight") in found
     assert (14, "endpoints[0].wieght") in found
+
+
+VALID_YAML = {
+    "istio": (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+        "spec:\n  hosts: [r]\n  http:\n  - route:\n    - {destination: {host: r}, weight: 90}\n"
+    ),
+    "scalars": (
+        "a: 1\nb: 0x1f\nc: 1_000\nd: 1.5\ne: .inf\nf: yes\ng: ~\nh: null\ni: '1'\nj: 2001-12-14\n"
+        "k: 2001-12-14t21:59:43.10-05:00\nl: !!str 12\nm: 010\nn: -0o7\no: 1:20\n1: int key\n"
+    ),
+    "anchors": "base: &b {x: 1, y: [1, 2]}\ncopy: *b\nlist: [*b, *b]\n",
+    "merge key (PyYAML constructs it)": "base: &b {x: 1}\nmine:\n  <<: *b\n  y: 2\n",
+    "set (PyYAML constructs it)": "s: !!set {a, b}\n",
+    "binary (PyYAML constructs it)": "b: !!binary aGVsbG8=\n",
+    "complex key (PyYAML constructs it)": "? [a, b]\n: 1\n",
+    "nested lists": "a:\n- - 1\n  - {b: [c, d]}\n- []\n- {}\n",
+}
+
+
+def _pyyaml(text: str) -> list[Any]:
+    import yaml
+
+    return [d for d in yaml.load_all(text, Loader=yaml.SafeLoader) if d is not None]
+
+
+@pytest.mark.parametrize("case", sorted(VALID_YAML))
+def test_fast_yaml_equals_pyyaml(case: str) -> None:
+    text = VALID_YAML[case]
+    try:
+        want = _pyyaml(text)
+    except Exception as e:  # e.g. an unhashable complex key
+        with pytest.raises(ParseFailure):
+            parse_file("x.yaml", text.encode())
+        assert "yaml" in type(e).__module__
+        return
+    got = [doc.value for doc in parse_file("x.yaml", text.encode())]
+    assert _typed(got) == _typed(want)
+
+
+def test_fast_yaml_lines_equal_the_node_index() -> None:
+    import yaml
+
+    text = VALID_YAML["istio"] + "---\n" + VALID_YAML["nested lists"]
+    docs = parse_file("x.yaml", text.encode())
+    for doc, node in zip(docs, yaml.compose_all(text, Loader=yaml.SafeLoader), strict=True):
+        want: dict[Any, int] = {}
+        documents._index_yaml(node, (), want)
+        assert doc.lines == want
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        ("kind: Service\nname: a\nname: b\n", 3, "name"),
+        ("spec:\n  http:\n  - route: []\n    route: []\n", 4, "spec.http[0].route"),
+        ("a: {'x': 1, x: 2}\n", 1, "a.x"),
+    ],
+)
+def test_duplicate_yaml_keys_name_line_and_field(text: str, line: int, field: str) -> None:
+    with pytest.raises(ParseFailure) as caught:
+        parse_file("x.yaml", text.encode())
+    problem = caught.value.problem
+    assert (problem.path, problem.line, problem.field) == ("x.yaml", line, field)

@@ -133,8 +133,12 @@ def _parse_yaml(path: str, text: str) -> list[Document]:
             ):
                 continue
             lines: dict[FieldPath, int] = {}
-            _index_yaml(node, (), lines)
-            value = loader.construct_document(node)
+            try:
+                value = _plain_yaml(node, (), lines, loader, set())
+            except _NotPlain:
+                lines = {}
+                _index_yaml(node, (), lines)
+                value = loader.construct_document(node)
             docs.append(Document(path, node.start_mark.line + 1, value, lines))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -152,6 +156,66 @@ def _parse_yaml(path: str, text: str) -> list[Document]:
     finally:
         loader.dispose()
     return docs
+
+
+class _NotPlain(Exception):
+    """A YAML document uses what only PyYAML's constructor handles (merge keys, tags
+    other than the core schema's, complex keys, recursive aliases)."""
+
+
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_CORE_SCALARS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null", "timestamp")
+)
+
+
+def _plain_yaml(
+    node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int], loader: Any, open_: set[int]
+) -> Any:
+    """The value ``loader.construct_document(node)`` gives, and each field's line (as
+    ``_index_yaml`` records them), in one walk: for plain mappings, sequences and core
+    schema scalars, which is what config files are made of.
+
+    Raises _DuplicateKey as ``_index_yaml`` does, and _NotPlain for anything else (the
+    caller then constructs the document with PyYAML)."""
+    lines[path] = node.start_mark.line + 1
+    tag = node.tag
+    if isinstance(node, yaml.ScalarNode):
+        if tag == _STR:
+            return node.value
+        if tag in _CORE_SCALARS:
+            return loader.construct_object(node)
+        raise _NotPlain
+    if id(node) in open_:
+        raise _NotPlain  # a recursive alias
+    open_.add(id(node))
+    try:
+        if isinstance(node, yaml.MappingNode) and tag == _MAP:
+            out: dict[Any, Any] = {}
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                    raise _NotPlain
+                name = str(key_node.value)
+                if name in seen:
+                    line = key_node.start_mark.line + 1
+                    raise _DuplicateKey(line, format_path((*path, name)))
+                seen.add(name)
+                key = _plain_yaml(key_node, (), {}, loader, open_)
+                field = (*path, name)
+                out[key] = _plain_yaml(value_node, field, lines, loader, open_)
+                lines[field] = key_node.start_mark.line + 1
+            return out
+        if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
+            return [
+                _plain_yaml(item, (*path, i), lines, loader, open_)
+                for i, item in enumerate(node.value)
+            ]
+        raise _NotPlain
+    finally:
+        open_.discard(id(node))
 
 
 def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -> None:
