@@ -110,7 +110,9 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
 def contents(rng: random.Random, root: Path, slot: str, wild: bool) -> str:
     if slot.startswith("envoy/"):
         names = ["raw-1", "raw-2"] if wild or rng.random() < 0.1 else [f"raw-{slot}"]
-        docs = [raw_cluster(rng, rng.choice(names)) for _ in range(rng.randint(1, 2 if wild else 1))]
+        docs = [
+            raw_cluster(rng, rng.choice(names)) for _ in range(rng.randint(1, 2 if wild else 1))
+        ]
     elif not wild:
         return tame(rng, root, slot)
     else:
