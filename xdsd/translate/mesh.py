@@ -24,7 +24,9 @@ What a class receives:
   mesh defines it), one outbound listener per service port on ``outbound_ip`` (HTTP:
   routes by RDS from the route configuration named like the port; TCP/TLS: a TCP proxy),
   and the HTTP proxy listener on ``outbound_ip:15001`` with route configuration
-  ``http_proxy``;
+  ``http_proxy``; route configurations are chosen per matcher style (MOSN's own) and per
+  ``Caller`` (the node's labels and namespace as far as ``sourceLabels`` and
+  ``sourceNamespace`` look at them: usually none, so all classes share them);
 - a proxyless gRPC client: an ``api_listener`` named ``host:port`` for each name of each
   HTTP service port (and the bare name for a service with a single port), each fetching
   the per-port route configuration the sidecars use; no socket listeners;
