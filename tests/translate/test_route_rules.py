@@ -52,16 +52,15 @@ from xdsd.translate import ClientKind, MeshTranslation, NodeClass
 from xdsd.translate.listeners import api_listener, inbound_listener, outbound_http_listener
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import redirect_action
-from xdsd.translate.routes import (
+from xdsd.translate.route_matches import (
     NO_CALLER,
     Caller,
     MatcherStyle,
-    RouteBuilder,
     applies_to_sidecar,
     caller_of,
     relevance_of,
-    retry_policy,
 )
+from xdsd.translate.routes import RouteBuilder, retry_policy
 from xdsd.translate.static import render_static
 
 SHOP = FQDN.format("shop")

@@ -73,7 +73,7 @@ from xdsd.translate.placement import (
 )
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
-from xdsd.translate.routes import Caller, MatcherStyle
+from xdsd.translate.route_matches import Caller, MatcherStyle
 from xdsd.translate.shared import SharedClusters
 
 Key = tuple[Hashable, ...]

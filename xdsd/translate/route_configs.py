@@ -26,14 +26,10 @@ from xdsd.resources import Resource
 from xdsd.translate.listeners import HTTP_PROXY_ROUTES, port_route_name
 from xdsd.translate.placement import PortGroup
 from xdsd.translate.reuse import RouteConfigEntry
+from xdsd.translate.route_matches import NO_CALLER, Caller, MatcherStyle, Relevance, caller_of
 from xdsd.translate.routes import (
-    NO_CALLER,
-    Caller,
-    MatcherStyle,
-    Relevance,
     RouteBuilder,
     VirtualHostSpec,
-    caller_of,
     dedupe_domains,
     port_domains,
     proxy_domains,

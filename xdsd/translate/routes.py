@@ -14,6 +14,9 @@ another ``port`` is left out); a rule without match blocks matches everything. A
 without a VirtualService gets one route to its own cluster. As in Istio, a service with a
 VirtualService gets only the VirtualService's routes: a request no rule matches is a 404.
 Timeouts default to 0s (no timeout) and retries to Istio's default policy.
+Match blocks become ``RouteMatch``es in ``route_matches``; what a rule does besides
+choosing clusters (redirect, direct response, fault, CORS, mirrors, header changes) is
+written by ``route_actions``.
 
 Callers: a match block with ``sourceLabels`` (or ``sourceNamespace``) applies only to
 proxies whose labels include them, and one with ``gateways`` only when they name
@@ -28,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -48,10 +50,8 @@ from xdsd.model import (
     ResourceKey,
     Retries,
     Service,
-    StringMatch,
     VirtualService,
 )
-from xdsd.model.rules import MatchKind
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
@@ -65,11 +65,19 @@ from xdsd.translate.route_actions import (
     fault_config,
     mirror_policy,
     redirect_action,
-    string_matcher,
 )
+from xdsd.translate.route_matches import (
+    MESH_GATEWAY,
+    NO_CALLER,
+    Caller,
+    Relevance,
+    applies_to_sidecar,
+    caller_of,
+    relevance_of,
+    set_match,
+)
+from xdsd.translate.route_matches import MatcherStyle as MatcherStyle  # re-exported
 
-#: The gateway name that binds a VirtualService to sidecars.
-MESH_GATEWAY = "mesh"
 #: Istio's default retry policy.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIES = 2
@@ -78,15 +86,6 @@ PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 #: The status of a route whose destinations name no known service.
 NO_DESTINATION_STATUS = 503
-
-
-class MatcherStyle(Enum):
-    """How header conditions are written. MOSN reads only the deprecated
-    ``exact_match``/``prefix_match``/``safe_regex_match`` fields, which share a oneof with
-    ``string_match``, so it gets a route configuration of its own."""
-
-    STRING_MATCH = "string_match"
-    DEPRECATED = "deprecated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,57 +133,8 @@ def dedupe_domains(candidates: Iterable[tuple[Service, Port, list[str]]]) -> lis
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """What about the proxy receiving routes decides which match blocks apply to it: its
-    labels that some block's ``sourceLabels`` names (sorted), and its namespace when some
-    block has a ``sourceNamespace`` (else None). Equal callers get equal routes."""
-
-    labels: tuple[tuple[str, str], ...] = ()
-    namespace: str | None = None
-
-
-#: A set of label pairs named by ``sourceLabels``, and whether ``sourceNamespace`` is used.
-Relevance = tuple[frozenset[tuple[str, str]], bool]
-NO_RELEVANCE: Relevance = (frozenset(), False)
-
-
-def relevance_of(rules: Iterable[VirtualService]) -> Relevance:
-    """The label pairs and namespace use by which ``rules`` tell callers apart."""
-    pairs: set[tuple[str, str]] = set()
-    namespaces = False
-    for vs in rules:
-        for http in vs.http:
-            for block in http.match:
-                pairs.update(block.source_labels)
-                namespaces = namespaces or bool(block.source_namespace)
-    return frozenset(pairs), namespaces
-
-
-def caller_of(labels: Iterable[tuple[str, str]], namespace: str, relevance: Relevance) -> Caller:
-    """The ``Caller`` of a proxy with ``labels`` in ``namespace``, keeping only what
-    ``relevance`` says tells callers apart."""
-    pairs, namespaces = relevance
-    if not pairs and not namespaces:
-        return NO_CALLER
-    kept = tuple(sorted(pair for pair in labels if pair in pairs))
-    return Caller(kept, namespace if namespaces else None)
-
-
-NO_CALLER = Caller()
 #: The memo key of the routes of a virtual host: (service, port, caller).
 RoutesKey = tuple[ResourceKey, int, Caller]
-
-
-def applies_to_sidecar(block: HTTPMatch, caller: Caller) -> bool:
-    """Istio's per-proxy check of a match block: a block with ``gateways`` applies to a
-    sidecar only when they name ``mesh``; otherwise its ``sourceLabels`` must all be
-    among the caller's labels and its ``sourceNamespace`` (if any) the caller's."""
-    if block.gateways:
-        return MESH_GATEWAY in block.gateways
-    if block.source_labels and not set(block.source_labels) <= set(caller.labels):
-        return False
-    return not block.source_namespace or block.source_namespace == caller.namespace
 
 
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
@@ -328,7 +278,7 @@ class RouteBuilder:
                 route = route_components_pb2.Route()
                 route.CopyFrom(template)
                 route.name = _route_name(http, block)
-                _set_match(route.match, block, self._style)
+                set_match(route.match, block, self._style)
                 out.append(route)
         if problems:
             raise TranslationError(problems)
@@ -544,64 +494,6 @@ def _route_name(http: HTTPRoute, block: HTTPMatch | None) -> str:
     if block is not None and block.name:
         return f"{http.name}.{block.name}" if http.name else block.name
     return http.name
-
-
-def _set_match(match: Any, block: HTTPMatch | None, style: MatcherStyle) -> None:
-    uri = block.uri if block is not None else None
-    if uri is None:
-        match.prefix = "/"
-    elif uri.kind is MatchKind.EXACT:
-        match.path = uri.value
-    elif uri.kind is MatchKind.PREFIX:
-        match.prefix = uri.value
-    else:
-        match.safe_regex.regex = uri.value
-    if block is None:
-        return
-    if block.ignore_uri_case:
-        # Envoy (and Istio's documentation) apply this to exact and prefix paths only.
-        match.case_sensitive.value = False
-    for header in block.headers:
-        _set_header(match.headers.add(name=header.name), header.match, style)
-    for header in block.without_headers:
-        _set_header(match.headers.add(name=header.name), header.match, style, invert=True)
-    for name, condition in (
-        (":method", block.method),
-        (":authority", block.authority),
-        (":scheme", block.scheme),
-    ):
-        if condition is not None:
-            _set_header(match.headers.add(name=name), condition, style)
-    for param in block.query_params:
-        query = match.query_parameters.add(name=param.name)
-        if param.match is None:
-            query.present_match = True
-        else:
-            query.string_match.CopyFrom(string_matcher(param.match))
-
-
-def _set_header(
-    header: Any, condition: StringMatch | None, style: MatcherStyle, *, invert: bool = False
-) -> None:
-    """One header condition; ``invert`` for ``withoutHeaders``, where (as in Istio) a
-    missing header counts as an empty value unless the condition is "is present", so
-    that a request without the header is let through."""
-    if invert:
-        header.invert_match = True
-        if condition is not None:
-            header.treat_missing_header_as_empty = True
-    if condition is None:
-        header.present_match = True
-        return
-    if style is MatcherStyle.DEPRECATED:
-        if condition.kind is MatchKind.EXACT:
-            header.exact_match = condition.value
-        elif condition.kind is MatchKind.PREFIX:
-            header.prefix_match = condition.value
-        else:
-            header.safe_regex_match.regex = condition.value
-        return
-    header.string_match.CopyFrom(string_matcher(condition))
 
 
 def _problem(vs: VirtualService, field: str, message: str) -> Problem:
