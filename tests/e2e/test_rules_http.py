@@ -257,12 +257,21 @@ def ok(reply: Reply) -> Reply:
     return reply
 
 
-def backend(client: Sidecar, host: str, path: str = "/", **kw: object) -> str:
-    return ok(client.request(host, path, **kw)).backend  # type: ignore[arg-type]
+def backend(
+    client: Sidecar,
+    host: str,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+) -> str:
+    """The upstream that answered ``method path`` (which must succeed)."""
+    return ok(client.request(host, path, method=method, headers=headers)).backend
 
 
-def ready(client: Sidecar, host: str, expected: str, path: str = "/", **kw: object) -> None:
-    client.wait_for(lambda: backend(client, host, path, **kw) == expected, f"{host} routes")
+def ready(client: Sidecar, host: str, expected: str, path: str = "/") -> None:
+    """Wait until ``host`` is routed (to ``expected``) by ``client``'s sidecar."""
+    client.wait_for(lambda: backend(client, host, path) == expected, f"{host} routes")
 
 
 def test_header_present_prefix_regex_and_without_headers(world: World) -> None:
