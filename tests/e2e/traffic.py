@@ -50,6 +50,8 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    #: Every header line as received, in order (repeated names kept).
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+    #: Every header line as received, in order (repeated names kept).
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def backend(self) -> str:
@@ -73,7 +77,8 @@ class Upstream:
     """An HTTP/1.1 server on ``host:port`` (TLS when ``tls`` is given).
 
     Every answer carries ``X-Backend: name`` and a JSON body echoing the request. Steering:
-    request header ``x-echo-status: N`` answers N, ``x-echo-delay-ms: N`` waits first; the
+    request header ``x-echo-status: N`` answers N, ``x-echo-delay-ms: N`` waits first,
+    ``x-echo-header: NAME=VALUE`` (repeatable) adds that response header; the
     attributes ``status`` and ``delay`` do the same for every request, and ``fail_next = N``
     answers the next N requests with 503. ``labels`` and ``locality`` are what the service
     file gives its endpoint.
@@ -107,8 +112,9 @@ class Upstream:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                raw = [(k.lower(), v) for k, v in self.headers.items()]
                 with upstream._lock:
-                    upstream.seen.append(Seen(self.command, self.path, headers, body))
+                    upstream.seen.append(Seen(self.command, self.path, headers, body, raw))
                     status = upstream.status
                     if upstream.fail_next > 0:
                         upstream.fail_next -= 1
@@ -130,6 +136,9 @@ class Upstream:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.send_header("X-Backend", upstream.name)
+                for line in self.headers.get_all("x-echo-header") or ():
+                    name, _, value = line.partition("=")
+                    self.send_header(name.strip(), value.strip())
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
@@ -334,7 +343,8 @@ class Sidecar:
         try:
             conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
             resp = conn.getresponse()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+            raw = [(k.lower(), v) for k, v in resp.getheaders()]
+            return Reply(resp.status, dict(raw), resp.read(), raw)
         finally:
             conn.close()
 

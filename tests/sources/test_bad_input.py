@@ -110,8 +110,8 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         ["v.yaml:1:", "http[0].route[0].destination.host", "no service named 'ratings'"],
     ),
     "unsupported istio field": (
-        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    fault: {}\n")},
-        ["v.yaml:10:", "http[0].fault", "not supported"],
+        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    delegate: {name: x}\n")},
+        ["v.yaml:10:", "http[0].delegate", "not supported"],
     ),
     "bad duration": (
         {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    timeout: soon\n")},

@@ -154,6 +154,16 @@ class FaultDelay:
     percentage: float = 100.0
 
 
+#: gRPC status code names, in code order (a name's index is its code): what
+#: ``FaultAbort.grpc_status`` may be.
+GRPC_STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class FaultAbort:
     """Answer ``percentage`` % of requests with ``http_status`` (or the gRPC status
@@ -196,11 +206,17 @@ class CorsPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Retries:
-    """Istio's HTTPRetry. ``attempts`` 0 disables retries."""
+    """Istio's HTTPRetry. ``attempts`` 0 disables retries. ``retry_ignore_previous_hosts``
+    avoids hosts already tried (Istio's default); ``retry_remote_localities`` lets retries
+    go to other localities; ``backoff`` is the base interval between attempts (None:
+    Envoy's 25 ms)."""
 
     attempts: int
     per_try_timeout: timedelta | None = None
     retry_on: str = ""
+    retry_ignore_previous_hosts: bool = True
+    retry_remote_localities: bool = False
+    backoff: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)

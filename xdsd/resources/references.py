@@ -2,7 +2,7 @@
 
 A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
 manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
-its routes name. Computed once, when a ``Resource`` is made.
+its routes name (destinations and mirrors). Computed once, when a ``Resource`` is made.
 """
 
 from __future__ import annotations
@@ -86,4 +86,6 @@ def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
                 names[(_CLUSTER, action.cluster)] = None
             for wc in action.weighted_clusters.clusters:
                 names[(_CLUSTER, wc.name)] = None
+            for mirror in action.request_mirror_policies:
+                names[(_CLUSTER, mirror.cluster)] = None
     return tuple(names)

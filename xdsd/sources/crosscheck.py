@@ -26,7 +26,9 @@ from typing import Generic, Protocol, TypeVar
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import (
+    Destination,
     DestinationRule,
+    HTTPRoute,
     Mesh,
     Origin,
     RawResource,
@@ -575,45 +577,70 @@ def check_virtual_service(
     for i, http in enumerate(vs.http):
         destinations = []
         for j, rd in enumerate(http.route):
-            field = f"http[{i}].route[{j}].destination"
-            dest = rd.destination
-            svc = mesh.service(dest.host, vs.namespace)
-            if svc is None:
-                # A rule only gateways use is inert until gateways are implemented.
-                severity = Severity.ERROR if applies_to_mesh(vs) else Severity.WARNING
-                problems.append(
-                    _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
-                )
-                destinations.append(rd)
-                continue
-            if dest.port and svc.port(dest.port) is None:
-                numbers = ", ".join(str(p.number) for p in svc.ports)
-                problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"{svc.key} has no port {dest.port} (ports: {numbers})")
-                )  # fmt: skip
-            elif not dest.port and len(svc.ports) == 1:
-                dest = dataclasses.replace(dest, port=svc.ports[0].number)
-            elif not dest.port:
-                problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"is required: {svc.key} has several ports")
-                )  # fmt: skip
-            if dest.subset:
-                rule = mesh.destination_rule(svc)
-                if rule is None or rule.subset(dest.subset) is None:
-                    where = (
-                        f"DestinationRule {rule.name!r} ({rule.origin}) defines "
-                        + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
-                        if rule is not None
-                        else "no DestinationRule defines subsets for it"
-                    )
-                    problems.append(
-                        _at(vs.origin, f"{field}.subset",
-                            f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
-                    )  # fmt: skip
+            dest = _check_destination(
+                mesh, vs, f"http[{i}].route[{j}].destination", rd.destination, problems
+            )
             destinations.append(
                 rd if dest is rd.destination else dataclasses.replace(rd, destination=dest)
             )
-        routes.append(dataclasses.replace(http, route=tuple(destinations)))
+        mirrors = []
+        for j, mirror in enumerate(http.mirrors):
+            dest = _check_destination(
+                mesh, vs, _mirror_field(http, i, j), mirror.destination, problems
+            )
+            mirrors.append(
+                mirror
+                if dest is mirror.destination
+                else dataclasses.replace(mirror, destination=dest)
+            )
+        routes.append(dataclasses.replace(http, route=tuple(destinations), mirrors=tuple(mirrors)))
     return dataclasses.replace(vs, http=tuple(routes))
+
+
+def _mirror_field(http: HTTPRoute, i: int, j: int) -> str:
+    """Where mirror ``j`` of rule ``i`` was written (``mirror`` or ``mirrors[j]``)."""
+    return (
+        f"http[{i}].mirrors[{j}].destination" if len(http.mirrors) > 1 or j else f"http[{i}].mirror"
+    )
+
+
+def _check_destination(
+    mesh: Lookup, vs: VirtualService, field: str, dest: Destination, problems: list[Problem]
+) -> Destination:
+    """Check one destination of ``vs`` (written at ``field``); returns it with its port
+    filled in when the service has a single port (``dest`` itself otherwise)."""
+    svc = mesh.service(dest.host, vs.namespace)
+    if svc is None:
+        # A rule only gateways use is inert until gateways are implemented.
+        severity = Severity.ERROR if applies_to_mesh(vs) else Severity.WARNING
+        problems.append(
+            _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
+        )
+        return dest
+    if dest.port and svc.port(dest.port) is None:
+        numbers = ", ".join(str(p.number) for p in svc.ports)
+        problems.append(
+            _at(vs.origin, f"{field}.port.number",
+                f"{svc.key} has no port {dest.port} (ports: {numbers})")
+        )  # fmt: skip
+    elif not dest.port and len(svc.ports) == 1:
+        dest = dataclasses.replace(dest, port=svc.ports[0].number)
+    elif not dest.port:
+        problems.append(
+            _at(vs.origin, f"{field}.port.number",
+                f"is required: {svc.key} has several ports")
+        )  # fmt: skip
+    if dest.subset:
+        rule = mesh.destination_rule(svc)
+        if rule is None or rule.subset(dest.subset) is None:
+            where = (
+                f"DestinationRule {rule.name!r} ({rule.origin}) defines "
+                + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
+                if rule is not None
+                else "no DestinationRule defines subsets for it"
+            )
+            problems.append(
+                _at(vs.origin, f"{field}.subset",
+                    f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
+            )  # fmt: skip
+    return dest

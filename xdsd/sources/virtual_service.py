@@ -7,34 +7,51 @@ References to services and subsets are checked by the loader once every file is 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from typing import Any
 
 from xdsd.model import (
+    CorsPolicy,
     Destination,
+    DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
     HeaderMatch,
+    HeaderOperations,
+    Headers,
     HTTPMatch,
     HTTPRoute,
+    Mirror,
     Origin,
+    Redirect,
+    RegexRewrite,
     Retries,
+    Rewrite,
     RouteDestination,
     StringMatch,
     VirtualService,
 )
-from xdsd.model.rules import MatchKind
+from xdsd.model.rules import GRPC_STATUS_NAMES, MatchKind
 from xdsd.sources.fields import Fields
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
 VS_UNSUPPORTED = ("tls", "tcp", "exportTo")
-HTTP_ROUTE_UNSUPPORTED = (
-    "redirect", "directResponse", "delegate", "rewrite", "fault", "mirror", "mirrors",
-    "mirrorPercentage", "mirrorPercent", "mirror_percent", "corsPolicy", "headers",
-)  # fmt: skip
-HTTP_MATCH_UNSUPPORTED = (
-    "scheme", "authority", "port", "queryParams", "sourceLabels", "gateways",
-    "ignoreUriCase", "withoutHeaders", "sourceNamespace", "statPrefix",
-)  # fmt: skip
-RETRY_UNSUPPORTED = ("retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff")
-DESTINATION_WEIGHT_UNSUPPORTED = ("headers",)
+HTTP_ROUTE_UNSUPPORTED = ("delegate", "mirror_percent")
+HTTP_MATCH_UNSUPPORTED = ("statPrefix",)
+RETRY_UNSUPPORTED: tuple[str, ...] = ()
+DESTINATION_WEIGHT_UNSUPPORTED: tuple[str, ...] = ()
+FAULT_DELAY_UNSUPPORTED = ("exponentialDelay", "percent")
+FAULT_ABORT_UNSUPPORTED = ("http2Error",)
+#: Istio's redirectCode values (Envoy's RedirectAction.RedirectResponseCode).
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+DERIVE_PORTS = ("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")
+UNMATCHED_PREFLIGHTS = ("FORWARD", "IGNORE")
+#: The largest direct response body (Istio's limit; route configurations raise Envoy's
+#: 4 KiB default to it).
+MAX_DIRECT_RESPONSE_BODY = 1024 * 1024
 
 
 def parse_virtual_service(
@@ -54,22 +71,45 @@ def _parse_http_route(f: Fields) -> HTTPRoute:
     name = f.string("name")
     match = f.parse_list("match", _parse_match)
     route = f.parse_list("route", _parse_route_destination)
-    if not f.has("route"):
-        f.error(
-            "route", "is required (redirect, directResponse and delegate are not supported yet)"
-        )
-    route = _normalize_weights(f, route)
+    redirect = _parse_redirect(f.obj("redirect"))
+    direct = _parse_direct_response(f.obj("directResponse"))
+    rewrite = _parse_rewrite(f.obj("rewrite"))
+    fault = _parse_fault(f.obj("fault"))
+    actions = [k for k in ("route", "redirect", "directResponse") if f.has(k)]
+    if not actions:
+        f.error("route", "is required (or redirect, or directResponse)")
+    elif len(actions) > 1:
+        f.error(actions[1], f"cannot be used together with {actions[0]}: set only one")
+    elif not f.has("route"):
+        for other in ("rewrite", "fault", "mirror", "mirrors"):
+            if f.has(other):
+                f.error(other, f"cannot be used with {actions[0]} (there is no upstream)")
+    route = _normalize_weights(f, route) if f.has("route") else ()
     timeout = f.duration("timeout")
-    retries = None
-    retry = f.obj("retries")
-    if retry is not None:
-        attempts = retry.integer("attempts", minimum=0, maximum=1_000)
-        per_try = retry.duration("perTryTimeout")
-        retry_on = retry.string("retryOn")
-        retry.finish(RETRY_UNSUPPORTED)
-        retries = Retries(attempts, per_try, retry_on)
+    retries = _parse_retries(f.obj("retries"))
+    mirrors = _parse_mirrors(f)
+    cors = _parse_cors(f.obj("corsPolicy"))
+    headers = _parse_headers(f.obj("headers"))
     f.finish(HTTP_ROUTE_UNSUPPORTED)
-    return HTTPRoute(name, match, route, timeout, retries)
+    return HTTPRoute(
+        name, match, route, timeout, retries, redirect, direct, rewrite, fault, mirrors,
+        cors, headers,
+    )  # fmt: skip
+
+
+def _parse_retries(retry: Fields | None) -> Retries | None:
+    if retry is None:
+        return None
+    attempts = retry.integer("attempts", minimum=0, maximum=1_000)
+    per_try = retry.duration("perTryTimeout")
+    retry_on = retry.string("retryOn")
+    ignore_previous = _boolean(retry, "retryIgnorePreviousHosts")
+    remote = _boolean(retry, "retryRemoteLocalities")
+    backoff = retry.duration("backoff")
+    retry.finish(RETRY_UNSUPPORTED)
+    return Retries(
+        attempts, per_try, retry_on, ignore_previous is not False, remote is True, backoff
+    )
 
 
 def _normalize_weights(
@@ -80,14 +120,17 @@ def _normalize_weights(
     if len(route) == 1 and route[0].weight in (-1, 0):
         if route[0].weight == 0:
             f.report.add((*f.path, "route", 0, "weight"), "must not be 0 for the only destination")
-        return (RouteDestination(route[0].destination, 100),)
-    fixed = tuple(RouteDestination(r.destination, max(r.weight, 0)) for r in route)
+        return (RouteDestination(route[0].destination, 100, route[0].headers),)
+    fixed = tuple(RouteDestination(r.destination, max(r.weight, 0), r.headers) for r in route)
     if fixed and not any(r.weight for r in fixed):
         f.error("route", "all weights are zero: at least one destination needs a weight")
     return fixed
 
 
-def _string_match(f: Fields | None) -> StringMatch | None:
+def _string_match(f: Fields | None, *, empty_is_present: bool = False) -> StringMatch | None:
+    """Istio's StringMatch (exactly one of exact, prefix, regex). With
+    ``empty_is_present`` (header and query parameter conditions) ``{}`` and Istio's
+    ``regex: "*"`` mean "is present" and give None without a problem."""
     if f is None:
         return None
     found = []
@@ -97,34 +140,62 @@ def _string_match(f: Fields | None) -> StringMatch | None:
         else:
             f.string(kind.value)
     f.finish()
+    if empty_is_present and (
+        not f.data or (len(found) == 1 and found[0] == StringMatch(MatchKind.REGEX, "*"))
+    ):
+        return None
     if len(found) != 1:
         f.error(None, "must set exactly one of exact, prefix, regex")
         return None
     if found[0].kind is MatchKind.REGEX:
-        _check_regex(f, found[0].value)
+        _check_regex(f, "regex", found[0].value)
     return found[0]
 
 
-def _check_regex(f: Fields, pattern: str) -> None:
+def _check_regex(f: Fields, key: str, pattern: str) -> None:
     try:
         re.compile(pattern)
     except re.error as e:
-        f.error("regex", f"is not a valid regular expression: {e}")
+        f.error(key, f"is not a valid regular expression: {e}")
+
+
+def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[HeaderMatch, ...]:
+    """A map of names to StringMatch (``{}`` = present), sorted by name."""
+    out: list[HeaderMatch] = []
+    conditions = f.obj(key)
+    if conditions is None:
+        return ()
+    for name in sorted(conditions.data):
+        item = conditions.obj(name, required=True)
+        if item is None:
+            continue
+        out.append(
+            HeaderMatch(name.lower() if lower else name, _string_match(item, empty_is_present=True))
+        )
+    return tuple(out)
 
 
 def _parse_match(f: Fields) -> HTTPMatch:
     name = f.string("name")
     uri = _string_match(f.obj("uri"))
     method = _string_match(f.obj("method"))
-    headers: list[HeaderMatch] = []
-    header_map = f.obj("headers")
-    if header_map is not None:
-        for key in sorted(header_map.data):
-            sm = _string_match(header_map.obj(key, required=True))
-            if sm is not None:
-                headers.append(HeaderMatch(key.lower(), sm))
+    scheme = _string_match(f.obj("scheme"))
+    authority = _string_match(f.obj("authority"))
+    headers = _header_conditions(f, "headers")
+    without = _header_conditions(f, "withoutHeaders")
+    query = _header_conditions(f, "queryParams", lower=False)
+    port = f.port("port")
+    ignore_case = _boolean(f, "ignoreUriCase") is True
+    source_labels = f.labels("sourceLabels")
+    source_namespace = f.string("sourceNamespace")
+    gateways = f.strings("gateways")
     f.finish(HTTP_MATCH_UNSUPPORTED)
-    return HTTPMatch(name=name, uri=uri, method=method, headers=tuple(headers))
+    return HTTPMatch(
+        name=name, uri=uri, method=method, headers=headers, port=port, scheme=scheme,
+        authority=authority, query_params=query, without_headers=without,
+        ignore_uri_case=ignore_case, source_labels=source_labels,
+        source_namespace=source_namespace, gateways=gateways,
+    )  # fmt: skip
 
 
 def _parse_destination(f: Fields | None) -> Destination | None:
@@ -144,7 +215,232 @@ def _parse_destination(f: Fields | None) -> Destination | None:
 def _parse_route_destination(f: Fields) -> RouteDestination | None:
     destination = _parse_destination(f.obj("destination", required=True))
     weight = f.integer("weight", default=-1, minimum=0)
+    headers = _parse_headers(f.obj("headers"))
     f.finish(DESTINATION_WEIGHT_UNSUPPORTED)
     if destination is None:
         return None
-    return RouteDestination(destination, weight)
+    return RouteDestination(destination, weight, headers)
+
+
+def _parse_redirect(f: Fields | None) -> Redirect | None:
+    if f is None:
+        return None
+    uri = f.string("uri")
+    authority = f.string("authority")
+    port = f.port("port")
+    derive = f.string("derivePort")
+    if derive and derive not in DERIVE_PORTS:
+        f.error("derivePort", f"must be one of {', '.join(DERIVE_PORTS)} (got {derive!r})")
+        derive = ""
+    if port and derive:
+        f.error("derivePort", "cannot be used together with port: set only one")
+    scheme = f.string("scheme")
+    code = f.integer("redirectCode", default=301)
+    if code not in REDIRECT_CODES:
+        codes = ", ".join(map(str, REDIRECT_CODES))
+        f.error("redirectCode", f"must be one of {codes} (got {code})")
+        code = 301
+    f.finish()
+    if not (uri or authority or port or derive or scheme):
+        f.error(None, "must change something: set uri, authority, port, derivePort or scheme")
+    return Redirect(uri, authority, port, derive, scheme, code)
+
+
+def _parse_direct_response(f: Fields | None) -> DirectResponse | None:
+    if f is None:
+        return None
+    status = f.integer("status", required=True, minimum=200, maximum=599)
+    data: bytes | None = None
+    body = f.obj("body")
+    if body is not None:
+        text = body.string("string")
+        encoded = body.string("bytes")
+        if body.has("string") == body.has("bytes"):
+            body.error(None, "must set exactly one of string, bytes")
+        elif body.has("bytes"):
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                body.error("bytes", "must be base64-encoded")
+        else:
+            data = text.encode()
+        body.finish()
+        if data is not None and len(data) > MAX_DIRECT_RESPONSE_BODY:
+            f.error("body", f"is {len(data)} bytes; at most {MAX_DIRECT_RESPONSE_BODY} allowed")
+            data = None
+    f.finish()
+    return DirectResponse(status, data)
+
+
+def _parse_rewrite(f: Fields | None) -> Rewrite | None:
+    if f is None:
+        return None
+    uri = f.string("uri")
+    authority = f.string("authority")
+    regex = None
+    rr = f.obj("uriRegexRewrite")
+    if rr is not None:
+        pattern = rr.string("match", required=True)
+        rewrite = rr.string("rewrite")
+        if not rr.has("rewrite"):
+            rr.error("rewrite", "is required")
+        _check_regex(rr, "match", pattern)
+        rr.finish()
+        regex = RegexRewrite(pattern, rewrite)
+    if uri and regex is not None:
+        f.error("uriRegexRewrite", "cannot be used together with uri: set only one")
+    f.finish()
+    return Rewrite(uri, authority, regex)
+
+
+def _parse_fault(f: Fields | None) -> Fault | None:
+    if f is None:
+        return None
+    delay = abort = None
+    d = f.obj("delay")
+    if d is not None:
+        fixed = d.duration("fixedDelay")
+        if fixed is None and not d.has("fixedDelay"):
+            d.error("fixedDelay", "is required")
+        percent = _fault_percentage(d, "delayed")
+        d.finish(FAULT_DELAY_UNSUPPORTED)
+        if fixed is not None:
+            delay = FaultDelay(fixed, percent)
+    a = f.obj("abort")
+    if a is not None:
+        status = a.integer("httpStatus", minimum=200, maximum=599)
+        grpc = a.string("grpcStatus")
+        if grpc and grpc not in GRPC_STATUS_NAMES:
+            a.error("grpcStatus", f"must be a gRPC status name such as UNAVAILABLE (got {grpc!r})")
+        if a.has("httpStatus") == a.has("grpcStatus"):
+            a.error(None, "must set exactly one of httpStatus, grpcStatus")
+        percent = _fault_percentage(a, "aborted")
+        a.finish(FAULT_ABORT_UNSUPPORTED)
+        abort = FaultAbort(status, grpc, percent)
+    f.finish()
+    if delay is None and abort is None and not f.report.failed:
+        f.error(None, "must set delay or abort")
+    return Fault(delay, abort)
+
+
+def _fault_percentage(f: Fields, what: str) -> float:
+    """A fault's percentage; none means none (Istio's behaviour, which its documentation
+    now states), with a warning, since that is rarely what was meant."""
+    value = _percentage(f, "percentage")
+    if value is None:
+        f.warn(None, f"has no percentage: no request is {what} (as in Istio); "
+                     "set percentage.value")  # fmt: skip
+        return 0.0
+    return value
+
+
+def _parse_mirrors(f: Fields) -> tuple[Mirror, ...]:
+    out: list[Mirror] = []
+    single = _parse_destination(f.obj("mirror"))
+    percentage = _percentage(f, "mirrorPercentage")
+    legacy = f.integer("mirrorPercent", minimum=0, maximum=100, default=-1)
+    if single is not None:
+        if percentage is None and legacy >= 0:
+            percentage = float(legacy)
+        out.append(Mirror(single, 100.0 if percentage is None else percentage))
+    elif f.has("mirrorPercentage") or f.has("mirrorPercent"):
+        f.error("mirrorPercentage" if f.has("mirrorPercentage") else "mirrorPercent",
+                "needs mirror (use mirrors[].percentage with mirrors)")  # fmt: skip
+    if f.has("mirror") and f.has("mirrors"):
+        f.error("mirrors", "cannot be used together with mirror: set only one")
+    for item in f.objects("mirrors"):
+        dest = _parse_destination(item.obj("destination", required=True))
+        value = _percentage(item, "percentage")
+        item.finish()
+        if dest is not None:
+            out.append(Mirror(dest, 100.0 if value is None else value))
+    return tuple(out)
+
+
+def _parse_cors(f: Fields | None) -> CorsPolicy | None:
+    if f is None:
+        return None
+    origins: list[StringMatch] = []
+    for item in f.objects("allowOrigins"):
+        sm = _string_match(item)
+        if sm is not None:
+            origins.append(sm)
+    legacy = f.strings("allowOrigin")
+    if legacy and origins:
+        f.error("allowOrigin", "cannot be used together with allowOrigins: set only one")
+    origins.extend(StringMatch(MatchKind.EXACT, o) for o in legacy)
+    methods = f.strings("allowMethods")
+    allow_headers = f.strings("allowHeaders")
+    expose = f.strings("exposeHeaders")
+    max_age = f.duration("maxAge")
+    credentials = _boolean(f, "allowCredentials")
+    unmatched = f.string("unmatchedPreflights").upper()
+    if unmatched and unmatched not in UNMATCHED_PREFLIGHTS:
+        f.error("unmatchedPreflights", f"must be FORWARD or IGNORE (got {unmatched!r})")
+        unmatched = ""
+    f.finish()
+    return CorsPolicy(
+        tuple(origins), methods, allow_headers, expose, max_age, credentials, unmatched
+    )
+
+
+def _parse_headers(f: Fields | None) -> Headers | None:
+    if f is None:
+        return None
+    request = _parse_header_operations(f.obj("request"))
+    response = _parse_header_operations(f.obj("response"))
+    f.finish()
+    return Headers(request, response)
+
+
+def _parse_header_operations(f: Fields | None) -> HeaderOperations | None:
+    if f is None:
+        return None
+    ops = HeaderOperations(_header_values(f, "set"), _header_values(f, "add"), f.strings("remove"))
+    f.finish()
+    return ops
+
+
+def _header_values(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    """A map of header names to string values, in file order."""
+    value = _read(f, key)
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        f.error(key, f"must be a mapping of header names to strings (got {value!r})")
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, item in value.items():
+        if not isinstance(item, str):
+            f.report.add((*f.path, key, str(name)), f"must be a string (got {item!r}; quote it)")
+            continue
+        out.append((str(name), item))
+    return tuple(out)
+
+
+def _read(f: Fields, key: str) -> Any:
+    """The raw value of ``key`` (marked as read)."""
+    f.read.add(key)
+    return f.data.get(key)
+
+
+def _boolean(f: Fields, key: str) -> bool | None:
+    """A boolean field (None when absent)."""
+    value = _read(f, key)
+    if value is None or isinstance(value, bool):
+        return value
+    f.error(key, f"must be true or false (got {value!r})")
+    return None
+
+
+def _percentage(f: Fields, key: str) -> float | None:
+    """Istio's Percent message ``{value: 0-100}`` (None when absent)."""
+    p = f.obj(key)
+    if p is None:
+        return None
+    value = _read(p, "value")
+    p.finish()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        p.error("value", f"must be a number from 0 to 100 (got {value!r})")
+        return None
+    return float(value)

@@ -3,8 +3,11 @@
 Every socket listener binds a concrete address with ``enable_reuse_port: false`` (two
 proxies binding one address fail loudly instead of sharing connections), sets a
 ``stat_prefix``, and ends its HTTP filter chain with the typed router filter. Outbound
-HTTP listeners fetch their routes by RDS, from the ``ConfigSource`` of the client's class;
-inbound HTTP listeners carry their one route inline. Builders here are pure functions of
+HTTP listeners fetch their routes by RDS, from the ``ConfigSource`` of the client's class,
+and run the fault and CORS filters before the router (as Istio does), which do nothing
+unless a route carries their per-route configuration; gRPC API listeners run the fault
+filter only (gRPC has no CORS filter). Inbound HTTP listeners carry their one route
+inline. Builders here are pure functions of
 their arguments, so a caller may memoize them by those arguments.
 """
 
@@ -14,6 +17,8 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -25,6 +30,7 @@ from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source
 from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
 
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -35,6 +41,9 @@ HTTP_PROXY_PORT = 15001
 HTTP_PROXY_LISTENER = "outbound_http_proxy"
 #: The route configuration of the outbound HTTP proxy listener.
 HTTP_PROXY_ROUTES = "http_proxy"
+#: The filters before the router that VirtualService rules configure per route.
+RULE_FILTERS = (FAULT_FILTER, CORS_FILTER)
+_FILTER_CONFIGS = {FAULT_FILTER: fault_pb2.HTTPFault, CORS_FILTER: cors_pb2.Cors}
 
 
 def inbound_listener_name(ip: str, port: int) -> str:
@@ -58,10 +67,12 @@ def http_connection_manager(
     rds: tuple[str, ConfigSourceKind] | None = None,
     route_config: Any | None = None,
     allow_absolute_url: bool = False,
+    filters: tuple[str, ...] = (),
 ) -> Any:
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
-    (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY."""
+    (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY; ``filters``
+    (names from ``RULE_FILTERS``) run before the router with an empty configuration."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -73,6 +84,8 @@ def http_connection_manager(
         hcm.route_config.CopyFrom(route_config)
     if allow_absolute_url:
         hcm.http_protocol_options.allow_absolute_url.value = True
+    for name in filters:
+        hcm.http_filters.add(name=name).typed_config.CopyFrom(pack(_FILTER_CONFIGS[name]()))
     router = hcm.http_filters.add(name=ROUTER_FILTER)
     router.typed_config.CopyFrom(pack(router_pb2.Router()))
     return hcm
@@ -125,7 +138,9 @@ def outbound_http_listener(ip: str, port: int, source: ConfigSourceKind) -> Any:
     listener = _socket_listener(
         outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
     )
-    config = http_connection_manager(stat_prefix, rds=(port_route_name(port), source))
+    config = http_connection_manager(
+        stat_prefix, rds=(port_route_name(port), source), filters=RULE_FILTERS
+    )
     _add_filter(listener, HCM_FILTER, config)
     return listener
 
@@ -147,7 +162,10 @@ def http_proxy_listener(ip: str, source: ConfigSourceKind) -> Any:
         HTTP_PROXY_LISTENER, ip, HTTP_PROXY_PORT, base_pb2.OUTBOUND, HTTP_PROXY_LISTENER
     )
     config = http_connection_manager(
-        HTTP_PROXY_LISTENER, rds=(HTTP_PROXY_ROUTES, source), allow_absolute_url=True
+        HTTP_PROXY_LISTENER,
+        rds=(HTTP_PROXY_ROUTES, source),
+        allow_absolute_url=True,
+        filters=RULE_FILTERS,
     )
     _add_filter(listener, HCM_FILTER, config)
     return listener
@@ -158,6 +176,8 @@ def api_listener(name: str, route_config_name: str) -> Any:
     address, an ``api_listener`` holding an HTTP connection manager that fetches
     ``route_config_name`` over ADS (the only config source gRPC accepts)."""
     listener = listener_pb2.Listener(name=name)
-    hcm = http_connection_manager(name, rds=(route_config_name, ConfigSourceKind.ADS))
+    hcm = http_connection_manager(
+        name, rds=(route_config_name, ConfigSourceKind.ADS), filters=(FAULT_FILTER,)
+    )
     listener.api_listener.api_listener.CopyFrom(pack(hcm))
     return listener

@@ -24,7 +24,9 @@ What a class receives:
   mesh defines it), one outbound listener per service port on ``outbound_ip`` (HTTP:
   routes by RDS from the route configuration named like the port; TCP/TLS: a TCP proxy),
   and the HTTP proxy listener on ``outbound_ip:15001`` with route configuration
-  ``http_proxy``;
+  ``http_proxy``; route configurations are chosen per matcher style (MOSN's own) and per
+  ``Caller`` (the node's labels and namespace as far as ``sourceLabels`` and
+  ``sourceNamespace`` look at them: usually none, so all classes share them);
 - a proxyless gRPC client: an ``api_listener`` named ``host:port`` for each name of each
   HTTP service port (and the bare name for a service with a single port), each fetching
   the per-port route configuration the sidecars use; no socket listeners;
@@ -71,9 +73,7 @@ from xdsd.translate.placement import (
 )
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
-from xdsd.translate.routes import (
-    MatcherStyle,
-)
+from xdsd.translate.route_matches import Caller, MatcherStyle
 from xdsd.translate.shared import SharedClusters
 
 Key = tuple[Hashable, ...]
@@ -184,12 +184,13 @@ class MeshTranslation:
             if node.config_source is ConfigSourceKind.REST
             else ConfigSourceKind.ADS
         )
+        caller = self._routes.caller(node.labels, node.namespace)
         parts: list[Callable[[], Iterable[Resource]]] = []
         if node.client is ClientKind.GRPC:
-            parts.append(self._grpc_listeners)
+            parts.append(lambda: self._grpc_listeners(caller))
         elif node.role is Role.SIDECAR:
             parts.append(lambda: self._inbound(node))
-            parts.append(lambda: self._outbound(node.outbound_ip, source, style))
+            parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller))
         parts.append(lambda: self._raw_resources().values())
         problems: list[Problem] = []
         try:
@@ -242,9 +243,10 @@ class MeshTranslation:
         return out
 
     def _outbound(
-        self, ip: str, source: ConfigSourceKind, style: MatcherStyle
+        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller
     ) -> tuple[Resource, ...]:
-        """Outbound listeners on ``ip`` and the route configurations they name."""
+        """Outbound listeners on ``ip`` and the route configurations they name, as
+        ``caller`` sees them."""
 
         def compute() -> list[Resource]:
             out: list[Resource] = []
@@ -256,7 +258,7 @@ class MeshTranslation:
                                      outbound_http_listener, ip, group.number, source)
                     )  # fmt: skip
                     try:
-                        out.append(self._routes.port_routes(group, style))
+                        out.append(self._routes.port_routes(group, style, caller))
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
                 else:
@@ -268,17 +270,18 @@ class MeshTranslation:
                     )  # fmt: skip
             out.append(self._shared(("http-proxy", ip, source), http_proxy_listener, ip, source))
             try:
-                out.append(self._routes.proxy_routes(self.port_groups(), style))
+                out.append(self._routes.proxy_routes(self.port_groups(), style, caller))
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
             if problems:
                 raise TranslationError(problems)
             return out
 
-        return self._selection(("outbound", ip, source, style), compute)
+        return self._selection(("outbound", ip, source, style, caller), compute)
 
-    def _grpc_listeners(self) -> tuple[Resource, ...]:
-        """API listeners for every name of every HTTP service port, and their routes."""
+    def _grpc_listeners(self, caller: Caller) -> tuple[Resource, ...]:
+        """API listeners for every name of every HTTP service port, and their routes as
+        ``caller`` sees them."""
 
         def compute() -> list[Resource]:
             style = MatcherStyle.STRING_MATCH
@@ -287,7 +290,7 @@ class MeshTranslation:
             for group in self.port_groups():
                 if not group.http:
                     continue
-                out.append(self._routes.port_routes(group, style))
+                out.append(self._routes.port_routes(group, style, caller))
                 route_name = port_route_name(group.number)
                 suffix = f":{group.number}"
                 for spec in self._routes.vhosts_for_port(group):
@@ -303,7 +306,7 @@ class MeshTranslation:
                         )  # fmt: skip
             return out
 
-        return self._selection(("grpc",), compute)
+        return self._selection(("grpc", caller), compute)
 
     # -- shared resources -----------------------------------------------------------
 

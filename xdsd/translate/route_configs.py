@@ -9,6 +9,11 @@ computes with the remembered ones: tuples of mostly identical objects compare in
 edit that does not touch routing (an endpoint, a subset's labels) keeps every route
 configuration object as it was, neither rebuilt nor encoded again. Route messages of the
 services that did not change are reused even when a configuration is rebuilt.
+
+A route configuration also depends on the ``Caller`` (the labels and namespace of the
+proxy, reduced to what the mesh's ``sourceLabels``/``sourceNamespace`` name): each is
+kept per (name, matcher style, caller), so proxies whose labels no rule looks at share
+one object.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from xdsd.resources import Resource
 from xdsd.translate.listeners import HTTP_PROXY_ROUTES, port_route_name
 from xdsd.translate.placement import PortGroup
 from xdsd.translate.reuse import RouteConfigEntry
+from xdsd.translate.route_matches import NO_CALLER, Caller, MatcherStyle, Relevance, caller_of
 from xdsd.translate.routes import (
-    MatcherStyle,
     RouteBuilder,
     VirtualHostSpec,
     dedupe_domains,
@@ -41,7 +46,8 @@ class RouteConfigs:
     def __init__(self, mesh: Mesh, *, previous: RouteConfigs | None = None) -> None:
         self.mesh = mesh
         self._builders: dict[MatcherStyle, RouteBuilder] = {}
-        self._configs: dict[tuple[str, MatcherStyle], RouteConfigEntry] = {}
+        self._configs: dict[tuple[str, MatcherStyle, Caller], RouteConfigEntry] = {}
+        self._relevance: Relevance | None = None
         self._port_vhosts: dict[int, list[VirtualHostSpec]] = {}
         self._group_inputs: dict[tuple[int, MatcherStyle], tuple[Hashable, ...]] = {}
         self._prev_configs = previous._configs if previous is not None else {}
@@ -59,6 +65,13 @@ class RouteConfigs:
             self._builders[style] = found
         return found
 
+    def caller(self, labels: tuple[tuple[str, str], ...], namespace: str) -> Caller:
+        """The ``Caller`` a proxy with ``labels`` in ``namespace`` is for this mesh's
+        rules (``NO_CALLER`` when no rule names source labels or a source namespace)."""
+        if self._relevance is None:
+            self._relevance = self.builder(MatcherStyle.STRING_MATCH).relevance()
+        return caller_of(labels, namespace, self._relevance)
+
     def vhosts_for_port(self, group: PortGroup) -> list[VirtualHostSpec]:
         """The virtual hosts of the per-port route configuration of ``group``."""
         found = self._port_vhosts.get(group.number)
@@ -69,8 +82,10 @@ class RouteConfigs:
             self._port_vhosts[group.number] = found
         return found
 
-    def port_routes(self, group: PortGroup, style: MatcherStyle) -> Resource:
-        """The route configuration named like ``group``'s port.
+    def port_routes(
+        self, group: PortGroup, style: MatcherStyle, caller: Caller = NO_CALLER
+    ) -> Resource:
+        """The route configuration named like ``group``'s port, as ``caller`` sees it.
 
         Raises TranslationError listing every rule that cannot be translated.
         """
@@ -79,13 +94,17 @@ class RouteConfigs:
         return self._config(
             name,
             style,
+            caller,
             self._inputs_of_group(group, style),
-            lambda: builder.route_configuration(name, self.vhosts_for_port(group)),
+            lambda: builder.route_configuration(name, self.vhosts_for_port(group), caller),
         )
 
-    def proxy_routes(self, groups: Sequence[PortGroup], style: MatcherStyle) -> Resource:
+    def proxy_routes(
+        self, groups: Sequence[PortGroup], style: MatcherStyle, caller: Caller = NO_CALLER
+    ) -> Resource:
         """The ``http_proxy`` route configuration over every HTTP service port of
-        ``groups``. Raises TranslationError as ``port_routes`` does."""
+        ``groups``, as ``caller`` sees it. Raises TranslationError as ``port_routes``
+        does."""
         builder = self.builder(style)
 
         def build() -> Any:
@@ -94,10 +113,10 @@ class RouteConfigs:
                 for group in groups
                 for service, port in group.http
             )
-            return builder.route_configuration(HTTP_PROXY_ROUTES, vhosts)
+            return builder.route_configuration(HTTP_PROXY_ROUTES, vhosts, caller)
 
         inputs = tuple(self._inputs_of_group(g, style) for g in groups)
-        return self._config(HTTP_PROXY_ROUTES, style, inputs, build)
+        return self._config(HTTP_PROXY_ROUTES, style, caller, inputs, build)
 
     def _inputs_of_group(self, group: PortGroup, style: MatcherStyle) -> tuple[Hashable, ...]:
         """What the virtual hosts of a port group's HTTP services are made of."""
@@ -113,11 +132,16 @@ class RouteConfigs:
         return found
 
     def _config(
-        self, name: str, style: MatcherStyle, inputs: tuple[Hashable, ...], build: Callable[[], Any]
+        self,
+        name: str,
+        style: MatcherStyle,
+        caller: Caller,
+        inputs: tuple[Hashable, ...],
+        build: Callable[[], Any],
     ) -> Resource:
         """The route configuration ``build`` makes, memoized in this translation and taken
         over from the previous one when its ``inputs`` compare equal."""
-        key = (name, style)
+        key = (name, style, caller)
         found = self._configs.get(key)
         if found is None:
             old = self._prev_configs.get(key)

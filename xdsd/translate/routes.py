@@ -14,6 +14,16 @@ another ``port`` is left out); a rule without match blocks matches everything. A
 without a VirtualService gets one route to its own cluster. As in Istio, a service with a
 VirtualService gets only the VirtualService's routes: a request no rule matches is a 404.
 Timeouts default to 0s (no timeout) and retries to Istio's default policy.
+Match blocks become ``RouteMatch``es in ``route_matches``; what a rule does besides
+choosing clusters (redirect, direct response, fault, CORS, mirrors, header changes) is
+written by ``route_actions``.
+
+Callers: a match block with ``sourceLabels`` (or ``sourceNamespace``) applies only to
+proxies whose labels include them, and one with ``gateways`` only when they name
+``mesh`` (a sidecar), as Istio decides it per proxy. So routes depend on the caller, but
+only through the labels some block names: a ``Caller`` holds just those, and routes and
+route configurations are memoized per distinct ``Caller``, not per node (most rules name
+no labels, and then every caller is the same ``Caller()``).
 """
 
 from __future__ import annotations
@@ -21,15 +31,18 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import (
+    previous_priorities_config_pb2,
+)
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
+    Destination,
+    Headers,
     HTTPMatch,
     HTTPRoute,
     Mesh,
@@ -37,32 +50,42 @@ from xdsd.model import (
     ResourceKey,
     Retries,
     Service,
-    StringMatch,
     VirtualService,
 )
-from xdsd.model.rules import MatchKind
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
+from xdsd.translate.route_actions import (
+    CORS_FILTER,
+    FAULT_FILTER,
+    MAX_DIRECT_RESPONSE_BODY,
+    apply_headers,
+    cors_config,
+    direct_response_action,
+    fault_config,
+    mirror_policy,
+    redirect_action,
+)
+from xdsd.translate.route_matches import (
+    MESH_GATEWAY,
+    NO_CALLER,
+    Caller,
+    Relevance,
+    applies_to_sidecar,
+    caller_of,
+    relevance_of,
+    set_match,
+)
+from xdsd.translate.route_matches import MatcherStyle as MatcherStyle  # re-exported
 
-#: The gateway name that binds a VirtualService to sidecars.
-MESH_GATEWAY = "mesh"
 #: Istio's default retry policy.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIES = 2
 HOST_SELECTION_RETRY_MAX_ATTEMPTS = 5
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 #: The status of a route whose destinations name no known service.
 NO_DESTINATION_STATUS = 503
-
-
-class MatcherStyle(Enum):
-    """How header conditions are written. MOSN reads only the deprecated
-    ``exact_match``/``prefix_match``/``safe_regex_match`` fields, which share a oneof with
-    ``string_match``, so it gets a route configuration of its own."""
-
-    STRING_MATCH = "string_match"
-    DEPRECATED = "deprecated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +133,10 @@ def dedupe_domains(candidates: Iterable[tuple[Service, Port, list[str]]]) -> lis
     return out
 
 
+#: The memo key of the routes of a virtual host: (service, port, caller).
+RoutesKey = tuple[ResourceKey, int, Caller]
+
+
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
     """The VirtualService that routes each service's mesh traffic: the first by key that
     is bound to the mesh and names the service (hosts resolved in the rule's namespace;
@@ -127,73 +154,95 @@ def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
 
 class RouteBuilder:
     """Builds virtual hosts and route configurations for one mesh and matcher style,
-    making the routes of each (service, port) once."""
+    making the routes of each (service, port, caller) once."""
 
     def __init__(
         self,
         mesh: Mesh,
         style: MatcherStyle,
         *,
-        previous: Mapping[tuple[ResourceKey, int], tuple[Hashable, list[Any]]] | None = None,
+        previous: Mapping[RoutesKey, tuple[Hashable, list[Any]]] | None = None,
     ) -> None:
         self._mesh = mesh
         self._style = style
         self._rules = virtual_service_index(mesh)
-        # (service, port) → (what the routes are made of, the routes); a builder for the
-        # next mesh reuses the routes whose inputs compare equal (``previous=``, the
-        # ``memo`` of the builder of the same style for the previous mesh).
-        self.memo: dict[tuple[ResourceKey, int], tuple[Hashable, list[Any]]] = {}
+        self._relevance: dict[ResourceKey, Relevance] = {}
+        # (service, port, caller) → (what the routes are made of, the routes); a builder
+        # for the next mesh reuses the routes whose inputs compare equal (``previous=``,
+        # the ``memo`` of the builder of the same style for the previous mesh).
+        self.memo: dict[RoutesKey, tuple[Hashable, list[Any]]] = {}
         self._previous = previous if previous is not None else {}
 
-    def route_configuration(self, name: str, vhosts: Sequence[VirtualHostSpec]) -> Any:
-        """The ``RouteConfiguration`` ``name`` with one virtual host per spec, in order.
+    def relevance(self) -> Relevance:
+        """What tells callers apart anywhere in the mesh's rules."""
+        return relevance_of(dict.fromkeys(self._rules.values()))
+
+    def route_configuration(
+        self, name: str, vhosts: Sequence[VirtualHostSpec], caller: Caller = NO_CALLER
+    ) -> Any:
+        """The ``RouteConfiguration`` ``name`` with one virtual host per spec, in order,
+        as ``caller`` sees it.
 
         Raises TranslationError listing every rule that cannot be translated (a
         destination port or subset that does not exist, an ambiguous destination port).
         """
         config = route_pb2.RouteConfiguration(name=name)
+        config.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
         problems: list[Problem] = []
         for spec in vhosts:
             vhost = config.virtual_hosts.add(name=spec.name)
             vhost.domains.extend(spec.domains)
             try:
-                vhost.routes.extend(self.routes(spec.service, spec.port.number))
+                vhost.routes.extend(self.routes(spec.service, spec.port.number, caller))
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
         if problems:
             raise TranslationError(problems)
         return config
 
-    def routes(self, service: Service, port: int) -> list[Any]:
-        """The routes of ``service``'s virtual host for ``port`` (memoized, and reused
-        from the previous builder when what they are made of is unchanged)."""
-        key = (service.key, port)
+    def routes(self, service: Service, port: int, caller: Caller = NO_CALLER) -> list[Any]:
+        """The routes of ``service``'s virtual host for ``port`` as ``caller`` sees them
+        (memoized per the part of ``caller`` the service's rule looks at, and reused from
+        the previous builder when what they are made of is unchanged)."""
+        vs = self._rules.get(service.key)
+        if vs is not None and caller is not NO_CALLER:
+            caller = caller_of(caller.labels, caller.namespace or "", self._relevance_of(vs))
+        else:
+            caller = NO_CALLER
+        key = (service.key, port, caller)
         found = self.memo.get(key)
         if found is None:
             inputs = self.inputs(service, port)
             old = self._previous.get(key)
             if old is not None and old[0] == inputs:
                 found = old
+            elif vs is None:
+                found = (inputs, [self._default_route(service, port)])
             else:
-                vs = self._rules.get(service.key)
-                if vs is None:
-                    found = (inputs, [self._default_route(service, port)])
-                else:
-                    found = (inputs, self._rule_routes(vs, port))
+                found = (inputs, self._rule_routes(vs, port, caller))
             self.memo[key] = found
         return found[1]
 
+    def _relevance_of(self, vs: VirtualService) -> Relevance:
+        found = self._relevance.get(vs.key)
+        if found is None:
+            found = relevance_of((vs,))
+            self._relevance[vs.key] = found
+        return found
+
     def inputs(self, service: Service, port: int) -> Hashable:
-        """Everything the routes of ``service``'s virtual host for ``port`` are made of,
-        as a value that compares equal exactly when they would be built the same (and is
-        cheap to compare for a service without a VirtualService)."""
+        """Everything the routes of ``service``'s virtual host for ``port`` are made of
+        (besides the caller), as a value that compares equal exactly when they would be
+        built the same (and is cheap to compare for a service without a
+        VirtualService)."""
         vs = self._rules.get(service.key)
         if vs is None:
             return (service.fqdn, port)
         targets: list[Hashable] = []
         for http in vs.http:
-            for rd in http.route:
-                target = self._mesh.service(rd.destination.host, vs.namespace)
+            for dest in (*(rd.destination for rd in http.route),
+                         *(m.destination for m in http.mirrors)):  # fmt: skip
+                target = self._mesh.service(dest.host, vs.namespace)
                 if target is None:
                     targets.append(None)
                     continue
@@ -209,27 +258,54 @@ class RouteBuilder:
         _finish_action(route.route, None, None)
         return route
 
-    def _rule_routes(self, vs: VirtualService, port: int) -> list[Any]:
+    def _rule_routes(self, vs: VirtualService, port: int, caller: Caller) -> list[Any]:
         problems: list[Problem] = []
         out: list[Any] = []
         for index, http in enumerate(vs.http):
-            blocks: list[HTTPMatch | None] = [m for m in http.match if not m.port or m.port == port]
-            if not http.match:
+            blocks: list[HTTPMatch | None]
+            if http.match:
+                blocks = [
+                    m
+                    for m in http.match
+                    if (not m.port or m.port == port) and applies_to_sidecar(m, caller)
+                ]
+                if not blocks:
+                    continue
+            else:
                 blocks = [None]
-            if not blocks:
-                continue
-            action = self._action(vs, index, http, port, problems)
+            template = self._template(vs, index, http, port, problems)
             for block in blocks:
-                route = route_components_pb2.Route(name=_route_name(http, block))
-                _set_match(route.match, block, self._style)
-                if action is None:
-                    route.direct_response.status = NO_DESTINATION_STATUS
-                else:
-                    route.route.CopyFrom(action)
+                route = route_components_pb2.Route()
+                route.CopyFrom(template)
+                route.name = _route_name(http, block)
+                set_match(route.match, block, self._style)
                 out.append(route)
         if problems:
             raise TranslationError(problems)
         return out
+
+    def _template(
+        self, vs: VirtualService, index: int, http: HTTPRoute, port: int, problems: list[Problem]
+    ) -> Any:
+        """The route of rule ``index`` without its name and match: one per rule, copied
+        for each of its match blocks."""
+        route = route_components_pb2.Route()
+        authority = apply_headers(route, http.headers)
+        if http.redirect is not None:
+            route.redirect.CopyFrom(redirect_action(http.redirect, port))
+        elif http.direct_response is not None:
+            route.direct_response.CopyFrom(direct_response_action(http.direct_response))
+        else:
+            action = self._action(vs, index, http, port, problems, route, authority)
+            if action is None:
+                route.direct_response.status = NO_DESTINATION_STATUS
+            else:
+                route.route.CopyFrom(action)
+        if http.fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(fault_config(http.fault))
+        if http.cors_policy is not None:
+            route.typed_per_filter_config[CORS_FILTER].CopyFrom(cors_config(http.cors_policy))
+        return route
 
     def _action(
         self,
@@ -238,46 +314,83 @@ class RouteBuilder:
         http: HTTPRoute,
         port: int,
         problems: list[Problem],
+        route: Any,
+        authority: str,
     ) -> Any | None:
-        weighted: dict[str, int] = {}
+        """The ``RouteAction`` of a rule that forwards (None when no destination names a
+        known service); header changes of a lone destination go on ``route``."""
+        weighted: dict[tuple[str, Headers | None], int] = {}
         for j, rd in enumerate(http.route):
-            dest = rd.destination
             field = f"http[{index}].route[{j}].destination"
-            target = self._mesh.service(dest.host, vs.namespace)
-            if target is None:
-                continue
-            number = self._destination_port(vs, field, target, dest.port, port, problems)
-            if number is None:
-                continue
-            if dest.subset:
-                rule = self._mesh.destination_rule(target)
-                if rule is None or rule.subset(dest.subset) is None:
-                    problems.append(
-                        _problem(
-                            vs,
-                            f"{field}.subset",
-                            f"subset {dest.subset!r} of {target.fqdn} is not defined by any "
-                            "DestinationRule: define it or remove it from the route",
-                        )
-                    )
-                    continue
-            name = outbound_cluster_name(number, dest.subset, target.fqdn)
-            weighted[name] = weighted.get(name, 0) + rd.weight
+            name = self._cluster(vs, field, rd.destination, port, problems)
+            if name is not None:
+                weighted[(name, rd.headers)] = weighted.get((name, rd.headers), 0) + rd.weight
         if not weighted:
             return None
         action = route_components_pb2.RouteAction()
+        if http.rewrite is not None:
+            if http.rewrite.uri_regex is not None:
+                action.regex_rewrite.pattern.regex = http.rewrite.uri_regex.match
+                action.regex_rewrite.substitution = http.rewrite.uri_regex.rewrite
+            elif http.rewrite.uri:
+                action.prefix_rewrite = http.rewrite.uri
+            authority = http.rewrite.authority or authority
+        if authority:
+            action.host_rewrite_literal = authority
         if any(weighted.values()):
-            weighted = {name: w for name, w in weighted.items() if w > 0}
+            weighted = {key: w for key, w in weighted.items() if w > 0}
         else:
             weighted = dict.fromkeys(weighted, 1)
         if len(weighted) == 1:
-            action.cluster = next(iter(weighted))
+            ((name, headers),) = weighted
+            action.cluster = name
+            lone = apply_headers(route, headers)
+            if lone and not authority:
+                action.host_rewrite_literal = lone
         else:
-            for name, weight in weighted.items():
+            for (name, headers), weight in weighted.items():
                 cw = action.weighted_clusters.clusters.add(name=name)
                 cw.weight.value = weight
+                lone = apply_headers(cw, headers)
+                if lone:
+                    cw.host_rewrite_literal = lone
+        for j, mirror in enumerate(http.mirrors):
+            field = f"http[{index}].mirrors[{j}].destination"
+            name = self._cluster(vs, field, mirror.destination, port, problems)
+            if name is not None and mirror.percentage > 0:
+                action.request_mirror_policies.append(mirror_policy(name, mirror.percentage))
         _finish_action(action, http.timeout, http.retries)
         return action
+
+    def _cluster(
+        self,
+        vs: VirtualService,
+        field: str,
+        dest: Destination,
+        port: int,
+        problems: list[Problem],
+    ) -> str | None:
+        """The cluster of a destination reached from a route served on ``port`` (None,
+        with a problem when it cannot be translated, or for an unknown host)."""
+        target = self._mesh.service(dest.host, vs.namespace)
+        if target is None:
+            return None
+        number = self._destination_port(vs, field, target, dest.port, port, problems)
+        if number is None:
+            return None
+        if dest.subset:
+            rule = self._mesh.destination_rule(target)
+            if rule is None or rule.subset(dest.subset) is None:
+                problems.append(
+                    _problem(
+                        vs,
+                        f"{field}.subset",
+                        f"subset {dest.subset!r} of {target.fqdn} is not defined by any "
+                        "DestinationRule: define it or remove it from the route",
+                    )
+                )
+                return None
+        return outbound_cluster_name(number, dest.subset, target.fqdn)
 
     def _destination_port(
         self,
@@ -332,7 +445,10 @@ def retry_policy(retries: Retries | None) -> Any | None:
     default policy (2 retries on connect-failure, refused-stream, unavailable, cancelled
     and retriable status codes, avoiding hosts already tried) when the rule says nothing;
     otherwise the default with the rule's attempts, per-try timeout and ``retryOn`` (whose
-    numbers become retriable status codes)."""
+    numbers become retriable status codes), without the previous-hosts predicate for
+    ``retryIgnorePreviousHosts: false``, with the previous-priorities retry priority
+    (update frequency 2, as Istio) for ``retryRemoteLocalities: true`` and the base
+    interval ``backoff``."""
     if retries is not None and retries.attempts <= 0:
         return None
     policy = route_components_pb2.RetryPolicy(
@@ -340,10 +456,18 @@ def retry_policy(retries: Retries | None) -> Any | None:
         host_selection_retry_max_attempts=HOST_SELECTION_RETRY_MAX_ATTEMPTS,
     )
     policy.num_retries.value = DEFAULT_RETRIES
-    predicate = policy.retry_host_predicate.add(name=PREVIOUS_HOSTS)
-    predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
+    if retries is None or retries.retry_ignore_previous_hosts:
+        predicate = policy.retry_host_predicate.add(name=PREVIOUS_HOSTS)
+        predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
     if retries is None:
         return policy
+    if retries.retry_remote_localities:
+        priority = policy.retry_priority
+        priority.name = PREVIOUS_PRIORITIES
+        config = previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2)
+        priority.typed_config.CopyFrom(pack(config))
+    if retries.backoff is not None:
+        policy.retry_back_off.base_interval.CopyFrom(duration(retries.backoff))
     policy.num_retries.value = retries.attempts
     if retries.per_try_timeout is not None:
         policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
@@ -370,47 +494,6 @@ def _route_name(http: HTTPRoute, block: HTTPMatch | None) -> str:
     if block is not None and block.name:
         return f"{http.name}.{block.name}" if http.name else block.name
     return http.name
-
-
-def _set_match(match: Any, block: HTTPMatch | None, style: MatcherStyle) -> None:
-    uri = block.uri if block is not None else None
-    if uri is None:
-        match.prefix = "/"
-    elif uri.kind is MatchKind.EXACT:
-        match.path = uri.value
-    elif uri.kind is MatchKind.PREFIX:
-        match.prefix = uri.value
-    else:
-        match.safe_regex.regex = uri.value
-    if block is None:
-        return
-    conditions = [(h.name, h.match) for h in block.headers]
-    if block.method is not None:
-        conditions.append((":method", block.method))
-    for name, condition in conditions:
-        _set_header(match.headers.add(name=name), condition, style)
-
-
-def _set_header(header: Any, condition: StringMatch | None, style: MatcherStyle) -> None:
-    if condition is None:
-        header.present_match = True
-        return
-    if style is MatcherStyle.DEPRECATED:
-        if condition.kind is MatchKind.EXACT:
-            header.exact_match = condition.value
-        elif condition.kind is MatchKind.PREFIX:
-            header.prefix_match = condition.value
-        else:
-            header.safe_regex_match.regex = condition.value
-        return
-    matcher = string_pb2.StringMatcher()
-    if condition.kind is MatchKind.EXACT:
-        matcher.exact = condition.value
-    elif condition.kind is MatchKind.PREFIX:
-        matcher.prefix = condition.value
-    else:
-        matcher.safe_regex.regex = condition.value
-    header.string_match.CopyFrom(matcher)
 
 
 def _problem(vs: VirtualService, field: str, message: str) -> Problem:
