@@ -70,6 +70,7 @@ from xdsd.translate.listeners import (
     outbound_l4_listener,
     port_route_name,
 )
+from xdsd.translate.mosn import l4_problems as mosn_l4_problems
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.placement import (
     PortGroup,
@@ -286,11 +287,13 @@ class MeshTranslation:
     def _l4_listeners(self, node: NodeClass) -> tuple[Resource, ...]:
         """The outbound listeners of the TCP/TLS ports on ``node.outbound_ip``. They depend
         on the node's namespace and labels only when some tcp/tls match looks at them, so
-        the selection is keyed by those only then (see ``l4``)."""
+        the selection is keyed by those only then (see ``l4``). A MOSN node is refused a
+        listener it would apply only in part (see ``mosn.l4_problems``)."""
         if self._l4_by_caller is None:
             self._l4_by_caller = caller_dependent(self.mesh)
         caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
         ip = node.outbound_ip
+        mosn = node.client is ClientKind.MOSN
 
         def compute() -> list[Resource]:
             out: list[Resource] = []
@@ -309,12 +312,16 @@ class MeshTranslation:
                         problems.extend(p for p in err.problems if p not in problems)
                         continue
                     self._l4_plans[(group.number, caller)] = plan
+                if mosn:
+                    if rules is None:
+                        rules = virtual_service_index(self.mesh)
+                    problems.extend(mosn_l4_problems(plan, group, rules))
                 out.append(self._shared(("outbound-l4", ip, plan), outbound_l4_listener, ip, plan))
             if problems:
                 raise TranslationError(problems)
             return out
 
-        return self._selection(("l4", ip, caller), compute)
+        return self._selection(("l4", ip, caller, mosn), compute)
 
     def _grpc_listeners(self) -> tuple[Resource, ...]:
         """API listeners for every name of every HTTP service port, and their routes."""

@@ -44,6 +44,7 @@ from xdsd.model.rules import MatchKind
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
+from xdsd.translate.mosn import header_condition
 
 #: The gateway name that binds a VirtualService to sidecars.
 MESH_GATEWAY = "mesh"
@@ -58,8 +59,8 @@ NO_DESTINATION_STATUS = 503
 
 class MatcherStyle(Enum):
     """How header conditions are written. MOSN reads only the deprecated
-    ``exact_match``/``prefix_match``/``safe_regex_match`` fields, which share a oneof with
-    ``string_match``, so it gets a route configuration of its own."""
+    ``exact_match``/``safe_regex_match`` fields, which share a oneof with
+    ``string_match``, so it gets a route configuration of its own (see ``mosn``)."""
 
     STRING_MATCH = "string_match"
     DEPRECATED = "deprecated"
@@ -392,16 +393,11 @@ def _set_match(match: Any, block: HTTPMatch | None, style: MatcherStyle) -> None
 
 
 def _set_header(header: Any, condition: StringMatch | None, style: MatcherStyle) -> None:
+    if style is MatcherStyle.DEPRECATED:
+        header_condition(header, condition)
+        return
     if condition is None:
         header.present_match = True
-        return
-    if style is MatcherStyle.DEPRECATED:
-        if condition.kind is MatchKind.EXACT:
-            header.exact_match = condition.value
-        elif condition.kind is MatchKind.PREFIX:
-            header.prefix_match = condition.value
-        else:
-            header.safe_regex_match.regex = condition.value
         return
     matcher = string_pb2.StringMatcher()
     if condition.kind is MatchKind.EXACT:
