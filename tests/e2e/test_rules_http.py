@@ -383,7 +383,9 @@ def test_fault_delay_adds_the_delay(world: World) -> None:
     ready(c, "delay", "delay", "/slow")
     started = time.monotonic()
     assert backend(c, "delay", "/slow") == "delay"
-    assert time.monotonic() - started >= 0.4
+    # Envoy's timers tick in whole milliseconds and can fire just under the delay as
+    # measured here: allow 10 ms (a request without the fault takes ~1 ms)
+    assert time.monotonic() - started >= 0.39
 
 
 def test_mirror_reaches_the_shadow(world: World) -> None:

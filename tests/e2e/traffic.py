@@ -172,9 +172,13 @@ class Upstream:
 
 
 class TcpEcho:
-    """A TCP server that answers each chunk it reads with ``name:`` + the chunk."""
+    """A TCP server that answers each chunk it reads with ``name:`` + the chunk; with
+    ``tls``, it first completes a TLS handshake as that server context (and echoes what
+    it reads inside TLS)."""
 
-    def __init__(self, name: str, host: str, port: int) -> None:
+    def __init__(
+        self, name: str, host: str, port: int, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.name = name
         self.labels: dict[str, str] = {}
         self.locality = ""
@@ -182,8 +186,14 @@ class TcpEcho:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                while data := self.request.recv(65536):
-                    self.request.sendall(prefix + data)
+                conn = self.request
+                if tls is not None:
+                    try:
+                        conn = tls.wrap_socket(conn, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return
+                while data := conn.recv(65536):
+                    conn.sendall(prefix + data)
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
@@ -354,6 +364,31 @@ class Sidecar:
             s.sendall(data)
             return s.recv(65536)
 
+    def tls(
+        self,
+        port: int,
+        data: bytes,
+        server_hostname: str,
+        cafile: Path | None,
+        timeout: float = 5.0,
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Open TLS through the outbound listener on ``port`` with SNI ``server_hostname``,
+        verifying the server against ``cafile`` and that name (no verification when
+        ``cafile`` is None); send ``data`` and return the first answer and the certificate
+        the server presented (``ssl.getpeercert()``, empty without verification)."""
+        if cafile is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.create_default_context(cafile=str(cafile))
+        with (
+            socket.create_connection((self.outbound_ip, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=server_hostname) as s,
+        ):
+            s.sendall(data)
+            return s.recv(65536), s.getpeercert() or {}
+
     def wait_for(self, check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         """Wait until ``check()`` holds (exceptions count as not yet)."""
 
@@ -418,9 +453,12 @@ class TrafficMesh:
         self._things.append(up)
         return up
 
-    def tcp_upstream(self, name: str, port: int, **labels: str) -> TcpEcho:
-        """A new TCP echo upstream on its own address and ``port``."""
-        echo = TcpEcho(name, self.ip(), port)
+    def tcp_upstream(
+        self, name: str, port: int, *, tls: ssl.SSLContext | None = None, **labels: str
+    ) -> TcpEcho:
+        """A new TCP echo upstream on its own address and ``port`` (speaking TLS as the
+        server context ``tls`` when given)."""
+        echo = TcpEcho(name, self.ip(), port, tls=tls)
         echo.labels = dict(labels)
         self._things.append(echo)
         return echo

@@ -135,13 +135,15 @@ STRING_FORMS = [
     (":authority", "string_match.safe_regex", "shop(:[0-9]+)?", False),
     (":scheme", "string_match.exact", "http", False),
 ]
+# MOSN reads only exact_match and safe_regex_match, and its regexes search: prefixes and
+# regexes are anchored, "present" is ``.*`` (see xdsd/translate/mosn.py)
 DEPRECATED_FORMS = [
     ("x-a", "exact_match", "1", False),
-    ("x-p", "present_match", "True", False),
-    ("x-b", "prefix_match", "pre", True),
-    ("x-gone", "present_match", "True", True),
+    ("x-p", "safe_regex_match", ".*", False),
+    ("x-b", "safe_regex_match", "^pre", True),
+    ("x-gone", "safe_regex_match", ".*", True),
     (":method", "exact_match", "POST", False),
-    (":authority", "safe_regex_match", "shop(:[0-9]+)?", False),
+    (":authority", "safe_regex_match", "^(?:shop(:[0-9]+)?)$", False),
     (":scheme", "exact_match", "http", False),
 ]
 
@@ -153,7 +155,7 @@ DEPRECATED_FORMS = [
 def test_every_header_like_condition_in_both_styles(
     style: MatcherStyle, expected: list[tuple[str, str, str, bool]]
 ) -> None:
-    """MOSN (DEPRECATED) gets exact_match / prefix_match / safe_regex_match for headers,
+    """MOSN (DEPRECATED) gets exact_match / safe_regex_match for headers,
     withoutHeaders, method, authority and scheme; Envoy gets string_match."""
     (route,) = routes_of(HTTPRoute("r", match=(EVERY_HEADER,), route=(to(),)), style=style)
     assert [header_form(h) for h in route.match.headers] == expected

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from typing import Any
 
+from xdsd.errors import Severity
 from xdsd.model import (
     CorsPolicy,
     Destination,
@@ -24,6 +26,8 @@ from xdsd.model import (
     Headers,
     HTTPMatch,
     HTTPRoute,
+    L4Match,
+    L4Route,
     Mirror,
     Origin,
     Redirect,
@@ -38,7 +42,7 @@ from xdsd.model.rules import GRPC_STATUS_NAMES, MatchKind
 from xdsd.sources.fields import Fields
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
-VS_UNSUPPORTED = ("tls", "tcp", "exportTo")
+VS_UNSUPPORTED = ("exportTo",)
 HTTP_ROUTE_UNSUPPORTED = ("delegate", "mirror_percent")
 HTTP_MATCH_UNSUPPORTED = ("statPrefix",)
 RETRY_UNSUPPORTED: tuple[str, ...] = ()
@@ -63,8 +67,10 @@ def parse_virtual_service(
         spec.error("hosts", "is required: the hosts this rule applies to")
     gateways = spec.strings("gateways")
     http = spec.parse_list("http", _parse_http_route)
+    tcp = spec.parse_list("tcp", _parse_tcp_route)
+    tls = spec.parse_list("tls", lambda f: _parse_tls_route(f, hosts))
     spec.finish(VS_UNSUPPORTED)
-    return VirtualService(name, namespace, hosts, gateways, http, origin=origin)
+    return VirtualService(name, namespace, hosts, gateways, http, tcp=tcp, tls=tls, origin=origin)
 
 
 def _parse_http_route(f: Fields) -> HTTPRoute:
@@ -444,3 +450,123 @@ def _percentage(f: Fields, key: str) -> float | None:
         p.error("value", f"must be a number from 0 to 100 (got {value!r})")
         return None
     return float(value)
+
+
+# -- tcp and tls routes ----------------------------------------------------------------
+
+#: Fields of Istio's L4MatchAttributes (tcp matches) that Istio itself never applies.
+L4_MATCH_UNSUPPORTED = ("sourceSubnet",)
+_DNS_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_SNI_HOST = re.compile(rf"\*|(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
+def _parse_tcp_route(f: Fields) -> L4Route:
+    """One ``tcp`` rule: optional match blocks (ORed) and weighted destinations."""
+    match = f.parse_list("match", lambda m: _parse_l4_match(m, None))
+    route = _parse_l4_destinations(f)
+    f.finish()
+    return L4Route(match, route)
+
+
+def _parse_tls_route(f: Fields, hosts: tuple[str, ...]) -> L4Route:
+    """One ``tls`` rule: match blocks (at least one, each with ``sniHosts`` within the
+    VirtualService's ``hosts``, as Istio requires) and weighted destinations."""
+    match = f.parse_list("match", lambda m: _parse_l4_match(m, hosts))
+    if not f.has("match"):
+        f.error("match", "is required: a tls rule needs at least one match with sniHosts")
+    route = _parse_l4_destinations(f)
+    f.finish()
+    return L4Route(match, route)
+
+
+def _parse_l4_destinations(f: Fields) -> tuple[RouteDestination, ...]:
+    route = f.parse_list("route", _parse_route_destination)
+    if not f.has("route"):
+        f.error("route", "is required: where the connections go")
+    for i, rd in enumerate(route):
+        if rd.headers is not None:
+            f.report.add(
+                (*f.path, "route", i, "headers"), "only http routes can change headers; remove it"
+            )
+    return _normalize_weights(f, route)
+
+
+def _parse_l4_match(f: Fields, tls_hosts: tuple[str, ...] | None) -> L4Match:
+    """A tcp match (``tls_hosts`` None) or a tls match, whose ``sniHosts`` are required
+    and must each fall within one of ``tls_hosts`` (the VirtualService's hosts)."""
+    sni_hosts: tuple[str, ...] = ()
+    if tls_hosts is None:
+        if f.has("sniHosts"):
+            f.strings("sniHosts")
+            f.error("sniHosts", "only tls matches have sniHosts: move this rule to tls")
+    else:
+        sni_hosts = f.strings("sniHosts", required=True)
+        if f.has("sniHosts") and not sni_hosts and not f.report.failed:
+            f.error("sniHosts", "must name at least one server name")
+        for i, sni in enumerate(sni_hosts):
+            _check_sni_host(f, i, sni, tls_hosts)
+    subnets = []
+    for i, text in enumerate(f.strings("destinationSubnets")):
+        try:
+            subnets.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            f.report.add(
+                (*f.path, "destinationSubnets", i),
+                f"must be an IP address or a CIDR block like 10.0.0.0/8 (got {text!r})",
+            )
+    port = f.port("port")
+    source_labels = f.labels("sourceLabels")
+    source_namespace = f.string("sourceNamespace")
+    gateways = f.strings("gateways")
+    if tls_hosts is None:
+        f.finish(L4_MATCH_UNSUPPORTED, "Istio accepts it but never applies it")
+    else:
+        f.finish()
+    return L4Match(
+        port=port,
+        sni_hosts=sni_hosts,
+        destination_subnets=tuple(subnets),
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=gateways,
+    )
+
+
+def _check_sni_host(f: Fields, index: int, sni: str, hosts: tuple[str, ...]) -> None:
+    path = (*f.path, "sniHosts", index)
+    try:
+        ipaddress.ip_address(sni)
+    except ValueError:
+        pass
+    else:
+        f.report.add(
+            path,
+            f"{sni!r} is an IP address: clients do not send IP addresses as SNI, so this "
+            "match will not be taken",
+            Severity.WARNING,
+        )
+        return
+    if len(sni) > 253 or not _SNI_HOST.fullmatch(sni):
+        f.report.add(
+            path, f"must be a DNS name, optionally starting with '*.' (got {_shown_text(sni)})"
+        )
+        return
+    if not any(_host_within(sni, host) for host in hosts):
+        f.report.add(
+            path,
+            f"{sni!r} is not within any of the VirtualService's hosts ({', '.join(hosts)}): "
+            "a tls rule only routes the names its VirtualService is for",
+        )
+
+
+def _host_within(name: str, host: str) -> bool:
+    """True when every name ``name`` covers is covered by ``host`` (``*.`` prefixes are
+    wildcards, a lone ``*`` covers everything): Istio's host subset rule."""
+    if host.startswith("*"):
+        suffix = host[1:]
+        return (name[1:] if name.startswith("*") else name).endswith(suffix)
+    return not name.startswith("*") and name == host
+
+
+def _shown_text(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")

@@ -20,6 +20,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -29,6 +30,7 @@ from xdsd.model import Port
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source
+from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
@@ -36,6 +38,7 @@ from xdsd.translate.routes import inbound_route_configuration
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 #: The port of the outbound HTTP proxy listener (the application's HTTP_PROXY).
 HTTP_PROXY_PORT = 15001
 HTTP_PROXY_LISTENER = "outbound_http_proxy"
@@ -152,6 +155,38 @@ def outbound_tcp_listener(ip: str, port: int, cluster: str) -> Any:
         outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
     )
     _add_filter(listener, TCP_PROXY_FILTER, _tcp_proxy(stat_prefix, cluster))
+    return listener
+
+
+def outbound_l4_listener(ip: str, plan: L4ListenerPlan) -> Any:
+    """The listener on ``ip:plan.port`` of a TCP/TLS port: a filter chain per chain of
+    ``plan``, in order, matched by destination address (``prefix_ranges``) and SNI
+    (``server_names``, with the TLS inspector as listener filter when any chain uses it),
+    each ending in a TCP proxy to one cluster or to weighted clusters (relative
+    weights)."""
+    port = plan.port
+    stat_prefix = f"outbound_{port}"
+    listener = _socket_listener(
+        outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
+    )
+    if plan.inspects_tls:
+        inspector = listener.listener_filters.add(name=TLS_INSPECTOR)
+        inspector.typed_config.CopyFrom(pack(tls_inspector_pb2.TlsInspector()))
+    for spec in plan.chains:
+        chain = listener.filter_chains.add()
+        if spec.server_names:
+            chain.filter_chain_match.server_names.extend(spec.server_names)
+        for cidr in spec.prefix_ranges:
+            address, length = cidr_range(cidr)
+            cidr_msg = chain.filter_chain_match.prefix_ranges.add(address_prefix=address)
+            cidr_msg.prefix_len.value = length
+        if len(spec.clusters) == 1:
+            proxy = _tcp_proxy(stat_prefix, spec.clusters[0][0])
+        else:
+            proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
+            for name, weight in spec.clusters:
+                proxy.weighted_clusters.clusters.add(name=name, weight=weight)
+        chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
     return listener
 
 

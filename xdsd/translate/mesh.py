@@ -22,7 +22,9 @@ What a class receives:
   name (so ``envoy/`` can override any generated resource);
 - an Envoy or MOSN sidecar: inbound clusters and listeners for its own service (when the
   mesh defines it), one outbound listener per service port on ``outbound_ip`` (HTTP:
-  routes by RDS from the route configuration named like the port; TCP/TLS: a TCP proxy),
+  routes by RDS from the route configuration named like the port; TCP/TLS: filter chains
+  from the tcp/tls rules, each a TCP proxy, see ``l4``; keyed by the node's namespace
+  and labels only when some tcp/tls match looks at them),
   and the HTTP proxy listener on ``outbound_ip:15001`` with route configuration
   ``http_proxy``; route configurations are chosen per matcher style (MOSN's own) and per
   ``Caller`` (the node's labels and namespace as far as ``sourceLabels`` and
@@ -52,18 +54,25 @@ from xdsd.translate.clusters import (
     build_outbound_cluster,
     cluster_flavor,
     is_eds,
-    outbound_cluster_name,
 )
 from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.translate.l4 import (
+    ANY_CALLER,
+    L4Caller,
+    L4ListenerPlan,
+    caller_dependent,
+    plan_l4_listener,
+)
 from xdsd.translate.listeners import (
     HTTP_PROXY_PORT,
     api_listener,
     http_proxy_listener,
     inbound_listener,
     outbound_http_listener,
-    outbound_tcp_listener,
+    outbound_l4_listener,
     port_route_name,
 )
+from xdsd.translate.mosn import l4_problems as mosn_l4_problems
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.placement import (
     PortGroup,
@@ -74,6 +83,7 @@ from xdsd.translate.placement import (
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle
+from xdsd.translate.routes import virtual_service_index
 from xdsd.translate.shared import SharedClusters
 
 Key = tuple[Hashable, ...]
@@ -101,6 +111,9 @@ class MeshTranslation:
         self._group_index: dict[int, PortGroup] | None = None
         self._group_problems: list[Problem] | None = None
         self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
+        # TCP/TLS listener plans by (port, caller), and whether any depends on the caller.
+        self._l4_plans: dict[tuple[int, L4Caller], L4ListenerPlan] = {}
+        self._l4_by_caller: bool | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
         #: Seconds spent so far: building resources (``translate``) and assembling and
         #: checking snapshots (``snapshot``), for logs and benchmarks.
@@ -191,6 +204,7 @@ class MeshTranslation:
         elif node.role is Role.SIDECAR:
             parts.append(lambda: self._inbound(node))
             parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller))
+            parts.append(lambda: self._l4_listeners(node))
         parts.append(lambda: self._raw_resources().values())
         problems: list[Problem] = []
         try:
@@ -261,13 +275,6 @@ class MeshTranslation:
                         out.append(self._routes.port_routes(group, style, caller))
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
-                else:
-                    service, port = group.tcp[0]
-                    cluster = outbound_cluster_name(port.number, "", service.fqdn)
-                    out.append(
-                        self._shared(("outbound-tcp", ip, group.number, cluster),
-                                     outbound_tcp_listener, ip, group.number, cluster)
-                    )  # fmt: skip
             out.append(self._shared(("http-proxy", ip, source), http_proxy_listener, ip, source))
             try:
                 out.append(self._routes.proxy_routes(self.port_groups(), style, caller))
@@ -278,6 +285,45 @@ class MeshTranslation:
             return out
 
         return self._selection(("outbound", ip, source, style, caller), compute)
+
+    def _l4_listeners(self, node: NodeClass) -> tuple[Resource, ...]:
+        """The outbound listeners of the TCP/TLS ports on ``node.outbound_ip``. They depend
+        on the node's namespace and labels only when some tcp/tls match looks at them, so
+        the selection is keyed by those only then (see ``l4``). A MOSN node is refused a
+        listener it would apply only in part (see ``mosn.l4_problems``)."""
+        if self._l4_by_caller is None:
+            self._l4_by_caller = caller_dependent(self.mesh)
+        caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
+        ip = node.outbound_ip
+        mosn = node.client is ClientKind.MOSN
+
+        def compute() -> list[Resource]:
+            out: list[Resource] = []
+            problems: list[Problem] = []
+            rules = None
+            for group in self.port_groups():
+                if group.http or not group.tcp:
+                    continue
+                plan = self._l4_plans.get((group.number, caller))
+                if plan is None:
+                    if rules is None:
+                        rules = virtual_service_index(self.mesh)
+                    try:
+                        plan = plan_l4_listener(self.mesh, rules, group, caller)
+                    except TranslationError as err:
+                        problems.extend(p for p in err.problems if p not in problems)
+                        continue
+                    self._l4_plans[(group.number, caller)] = plan
+                if mosn:
+                    if rules is None:
+                        rules = virtual_service_index(self.mesh)
+                    problems.extend(mosn_l4_problems(plan, group, rules))
+                out.append(self._shared(("outbound-l4", ip, plan), outbound_l4_listener, ip, plan))
+            if problems:
+                raise TranslationError(problems)
+            return out
+
+        return self._selection(("l4", ip, caller, mosn), compute)
 
     def _grpc_listeners(self, caller: Caller) -> tuple[Resource, ...]:
         """API listeners for every name of every HTTP service port, and their routes as

@@ -32,7 +32,8 @@ class Role(Enum):
 
 
 class ClientKind(Enum):
-    """Which xDS client implementation a node is (from ``node.user_agent_name``)."""
+    """Which xDS client implementation a node is (from ``node.metadata.client``, else
+    ``node.user_agent_name``)."""
 
     ENVOY = "envoy"
     GRPC = "grpc"
@@ -93,12 +94,15 @@ def node_class_from_node(
     Reads only ``node.cluster`` (the service), ``node.locality``,
     ``node.user_agent_name`` and these ``node.metadata`` fields: ``namespace``,
     ``labels`` (a struct of strings; numbers and booleans are turned into strings),
-    ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``. Every other
-    field is ignored.
+    ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``, ``client``
+    (``envoy`` | ``grpc`` | ``mosn``: the client kind, overriding what
+    ``user_agent_name`` says; MOSN sends no ``user_agent_name``, only ``id``, ``cluster``
+    and ``metadata``, so a MOSN node is known by this field). Every other field is
+    ignored.
 
     Raises TranslationError (path ``<node>``) when a field cannot be used: no
-    ``node.cluster``, an unknown role, labels that are not a struct, an address that is
-    not an IP literal.
+    ``node.cluster``, an unknown role or client, labels that are not a struct, an
+    address that is not an IP literal.
     """
     problems: list[Problem] = []
     fields = node.metadata.fields
@@ -148,6 +152,21 @@ def node_class_from_node(
                     )
         else:
             problems.append(Problem(NODE_PATH, 0, "metadata.labels", "must be a struct of strings"))
+    client = client_kind(node.user_agent_name)
+    client_text = text("client", "")
+    if client_text:
+        try:
+            client = ClientKind(client_text.strip().lower())
+        except ValueError:
+            allowed = ", ".join(k.value for k in ClientKind)
+            problems.append(
+                Problem(
+                    NODE_PATH,
+                    0,
+                    "metadata.client",
+                    f"must be one of {allowed} (got {client_text!r})",
+                )
+            )
     instance_ip = text("instance_ip", "")
     outbound_ip = text("outbound_ip", DEFAULT_OUTBOUND_IP) or DEFAULT_OUTBOUND_IP
     for key, value in (("instance_ip", instance_ip), ("outbound_ip", outbound_ip)):
@@ -164,7 +183,7 @@ def node_class_from_node(
         role=role,
         labels=tuple(labels.items()),
         locality=Locality(loc.region, loc.zone, loc.sub_zone),
-        client=client_kind(node.user_agent_name),
+        client=client,
         api_version=api_version,
         config_source=config_source,
         instance_ip=instance_ip,

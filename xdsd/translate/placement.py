@@ -6,8 +6,8 @@ of its own service on ``instance_ip``; its application listens on ``127.0.0.1:ta
 Two of these sockets collide when they have the same port and the same address, or when
 either address is the wildcard (Linux refuses ``127.0.0.1:P`` next to ``0.0.0.0:P``, and
 listeners never share a port: ``enable_reuse_port`` is off). One listener per port also
-means one TCP service per port. Each collision becomes a ``Problem`` on the file of the
-service to change, with what to change.
+means one TCP service per port (TLS services may share one: SNI tells them apart). Each
+collision becomes a ``Problem`` on the file of the service to change, with what to change.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from xdsd.errors import Problem
-from xdsd.model import Port, Service
+from xdsd.model import Port, Protocol, Service
 from xdsd.translate.node import is_ip, is_wildcard
 
 WILDCARD = "0.0.0.0"
@@ -81,8 +81,9 @@ def overlaps(a: str, b: str) -> bool:
 
 
 def check_port_groups(groups: Sequence[PortGroup]) -> list[Problem]:
-    """Port numbers that cannot have one outbound listener: two TCP services, or HTTP
-    and TCP services, on one number. The same for every sidecar of a mesh."""
+    """Port numbers that cannot have one outbound listener: two TCP services, a TCP and a
+    TLS service, or HTTP and TCP/TLS services, on one number. The same for every sidecar
+    of a mesh."""
     return [problem for group in groups for problem in _protocol_mix(group)]
 
 
@@ -128,10 +129,14 @@ def check_binds(
 
 
 def _protocol_mix(group: PortGroup) -> list[Problem]:
+    """Several TLS services may share a port (the listener tells them apart by SNI); a
+    plain TCP service has nothing to be told apart by, so it must be alone on its port."""
     out: list[Problem] = []
     tcp = group.tcp
-    for service, port in tcp[1:]:
-        first = tcp[0][0]
+    plain = [m for m in tcp if m[1].protocol is not Protocol.TLS]
+    tls = [m for m in tcp if m[1].protocol is Protocol.TLS]
+    for service, port in plain[1:]:
+        first = plain[0][0]
         out.append(
             _at(
                 service,
@@ -139,6 +144,17 @@ def _protocol_mix(group: PortGroup) -> list[Problem]:
                 f"{service.fqdn} and {first.fqdn} are both TCP services on port "
                 f"{group.number}, and a sidecar has one outbound listener per port: give one "
                 "of them another port number",
+            )
+        )
+    if plain and tls:
+        service, port = plain[0]
+        out.append(
+            _at(
+                service,
+                port,
+                f"port {group.number} carries TCP service {service.fqdn} and TLS service "
+                f"{tls[0][0].fqdn}, and a sidecar has one outbound listener per port, which "
+                "tells services apart only by SNI: give one of them another port number",
             )
         )
     if tcp and group.http:

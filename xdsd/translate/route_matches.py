@@ -21,6 +21,7 @@ from typing import Any
 
 from xdsd.model import HTTPMatch, StringMatch, VirtualService
 from xdsd.model.rules import MatchKind
+from xdsd.translate.mosn import header_condition
 from xdsd.translate.route_actions import string_matcher
 
 #: The gateway name that binds a VirtualService (or a match block) to sidecars.
@@ -133,15 +134,10 @@ def _set_header(
         header.invert_match = True
         if condition is not None:
             header.treat_missing_header_as_empty = True
+    if style is MatcherStyle.DEPRECATED:
+        header_condition(header, condition)
+        return
     if condition is None:
         header.present_match = True
-        return
-    if style is MatcherStyle.DEPRECATED:
-        if condition.kind is MatchKind.EXACT:
-            header.exact_match = condition.value
-        elif condition.kind is MatchKind.PREFIX:
-            header.prefix_match = condition.value
-        else:
-            header.safe_regex_match.regex = condition.value
         return
     header.string_match.CopyFrom(string_matcher(condition))
