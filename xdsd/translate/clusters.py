@@ -21,7 +21,6 @@ name, so it gets the first endpoint (as Istio does). Names follow Istio:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -35,6 +34,7 @@ from xdsd.errors import Problem, TranslationError
 from xdsd.model import DestinationRule, Port, Resolution, Service, Subset, TrafficPolicy
 from xdsd.model.rules import SimpleLB
 from xdsd.resources import pack
+from xdsd.translate.cluster_policy import CONNECT_TIMEOUT, apply_traffic_policy
 from xdsd.translate.config_sources import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     config_source,
@@ -44,8 +44,6 @@ from xdsd.translate.config_sources import (
 from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 
-#: Istio's default connect timeout.
-CONNECT_TIMEOUT = timedelta(seconds=10)
 #: Where an application listens behind its sidecar.
 LOCALHOST = "127.0.0.1"
 
@@ -106,12 +104,14 @@ def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[Ou
     subset of ``rule`` in the rule's order."""
     out: list[OutboundCluster] = []
     for port in service.ports:
-        top = rule.traffic_policy if rule is not None else None
-        out.append(OutboundCluster(service, port, None, top, rule))
         if rule is None:
+            out.append(OutboundCluster(service, port))
             continue
+        number = port.number
+        out.append(OutboundCluster(service, port, None, rule.policy_for("", number), rule))
         for subset in rule.subsets:
-            out.append(OutboundCluster(service, port, subset, rule.policy_for(subset.name), rule))
+            policy = rule.policy_for(subset.name, number)
+            out.append(OutboundCluster(service, port, subset, policy, rule))
     return out
 
 
@@ -131,11 +131,10 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     """The Envoy ``Cluster`` for ``spec`` as ``flavor`` clients need it.
 
     Raises TranslationError (path: the DestinationRule's file) for a load balancer xdsd
-    cannot configure (PASSTHROUGH).
+    cannot configure (PASSTHROUGH) and for TLS origination to a proxyless gRPC client.
     """
     name = spec.name
     cluster = cluster_pb2.Cluster(name=name)
-    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
     if is_eds(spec, flavor):
         cluster.type = cluster_pb2.Cluster.EDS
         rest = flavor is ClusterFlavor.ENVOY_REST
@@ -154,10 +153,9 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
             cluster.type = cluster_pb2.Cluster.STRICT_DNS
         cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
     _set_load_balancer(cluster, spec, flavor)
-    if spec.port.protocol.is_http2:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
-            http2_protocol_options()
-        )
+    apply_traffic_policy(
+        cluster, spec.port, spec.policy, grpc=flavor is ClusterFlavor.GRPC, rule=spec.rule
+    )
     return cluster
 
 

@@ -11,6 +11,7 @@ whatever order the files listed them in.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
@@ -41,18 +42,45 @@ def _order(locality: Locality) -> tuple[str, str, str]:
     return (locality.region, locality.zone, locality.sub_zone)
 
 
+@dataclass(frozen=True, slots=True)
+class LocalityGroup:
+    """The endpoints of one locality at one priority, with the group's weight."""
+
+    locality: Locality
+    members: tuple[Endpoint, ...]
+    weight: int
+    priority: int = 0
+
+
+def locality_groups(port: Port, endpoints: Iterable[Endpoint]) -> list[LocalityGroup]:
+    """``endpoints`` grouped by locality in (region, zone, subzone) order, endpoints by
+    (address, port) within a group; a group weighs the sum of its endpoints' weights."""
+    ordered = sorted(endpoints, key=lambda e: (_order(e.locality), e.address, e.port_for(port)))
+    out: list[LocalityGroup] = []
+    for _, group in groupby(ordered, key=lambda e: _order(e.locality)):
+        members = tuple(group)
+        weight = sum(endpoint_weight(e) for e in members)
+        out.append(LocalityGroup(members[0].locality, members, weight))
+    return out
+
+
 def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
     """The ``ClusterLoadAssignment`` named ``cluster_name`` for ``endpoints`` (as ordered by
     ``select_endpoints``) serving ``port``."""
+    return assignment_of_groups(cluster_name, port, locality_groups(port, endpoints))
+
+
+def assignment_of_groups(cluster_name: str, port: Port, groups: Iterable[LocalityGroup]) -> Any:
+    """The ``ClusterLoadAssignment`` named ``cluster_name`` with one
+    ``LocalityLbEndpoints`` per group, in the order given."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
-    ordered = sorted(endpoints, key=lambda e: (_order(e.locality), e.address, e.port_for(port)))
-    for _, group in groupby(ordered, key=lambda e: _order(e.locality)):
-        members = list(group)
-        locality = members[0].locality
+    for group in groups:
         lle = cla.endpoints.add()
-        _set_locality(lle.locality, locality)
-        lle.load_balancing_weight.value = sum(endpoint_weight(e) for e in members)
-        for member in members:
+        _set_locality(lle.locality, group.locality)
+        lle.load_balancing_weight.value = group.weight
+        if group.priority:
+            lle.priority = group.priority
+        for member in group.members:
             lb = lle.lb_endpoints.add()
             sock = lb.endpoint.address.socket_address
             sock.address = member.address

@@ -44,6 +44,7 @@ from xdsd.model.rules import MatchKind
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
+from xdsd.translate.hash_policy import add_hash_policies, rule_hashes
 
 #: The gateway name that binds a VirtualService to sidecars.
 MESH_GATEWAY = "mesh"
@@ -189,7 +190,7 @@ class RouteBuilder:
         cheap to compare for a service without a VirtualService)."""
         vs = self._rules.get(service.key)
         if vs is None:
-            return (service.fqdn, port)
+            return (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
         targets: list[Hashable] = []
         for http in vs.http:
             for rd in http.route:
@@ -199,7 +200,7 @@ class RouteBuilder:
                     continue
                 rule = self._mesh.destination_rule(target)
                 subsets = tuple(s.name for s in rule.subsets) if rule is not None else None
-                targets.append((target.fqdn, target.ports, subsets))
+                targets.append((target.fqdn, target.ports, subsets, rule_hashes(rule)))
         return (service.fqdn, port, vs, tuple(targets))
 
     def _default_route(self, service: Service, port: int) -> Any:
@@ -207,6 +208,7 @@ class RouteBuilder:
         route.match.prefix = "/"
         route.route.cluster = outbound_cluster_name(port, "", service.fqdn)
         _finish_action(route.route, None, None)
+        add_hash_policies(route.route, self._mesh)
         return route
 
     def _rule_routes(self, vs: VirtualService, port: int) -> list[Any]:
@@ -277,6 +279,7 @@ class RouteBuilder:
                 cw = action.weighted_clusters.clusters.add(name=name)
                 cw.weight.value = weight
         _finish_action(action, http.timeout, http.retries)
+        add_hash_policies(action, self._mesh)
         return action
 
     def _destination_port(
