@@ -105,6 +105,8 @@ def test_caller_without_locality_or_outlier_detection_sees_the_plain_assignment(
     assert lp is not None
     groups = locality_groups(PORT, ENDPOINTS)
     assert localize(groups, lp, CallerKey(Locality())) == groups
+    mesh_default = locality_policy(TrafficPolicy(outlier_detection=OUTLIER))
+    assert mesh_default is not None and mesh_default.setting == LocalityLbSetting()
     no_outlier = TrafficPolicy(LoadBalancer(locality=LocalityLbSetting()))
     assert locality_policy(no_outlier) is None
     assert locality_policy(setting(enabled=False)) is None
