@@ -112,6 +112,25 @@ EDITS = [
         "outlierDetection: {}",
     ),
     replace_in(Path("rules/destination-rules.yaml"), "\n    outlierDetection: {}", ""),
+    # A consistent hash changes routes (hash_policy) as well as clusters.
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "simple: ROUND_ROBIN",
+        "consistentHash: {httpHeaderName: x-user}",
+    ),
+    replace_in(
+        Path("rules/destination-rules.yaml"), "httpHeaderName: x-user", "httpQueryParameterName: u"
+    ),
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "consistentHash: {httpQueryParameterName: u}",
+        "simple: ROUND_ROBIN",
+    ),  # ... also on the default route of a service without a VirtualService.
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "host: productpage\n",
+        "host: productpage\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n",
+    ),
 ]
 
 
