@@ -207,6 +207,20 @@ POLICY_CASES: dict[str, tuple[str, list[str]]] = {
         "        distribute: [{from: r1, to: {r1: 100}}]\n        failover: [{from: r1, to: r2}]\n",
         ["d.yaml:10:", "localityLbSetting.distribute", "exclude each other"],
     ),
+    "distribute weight 0": (
+        "    loadBalancer:\n      localityLbSetting:\n        distribute:\n"
+        "        - from: r1/*\n          to: {r1/*: 100, r2/*: 0}\n",
+        ["d.yaml:12:", "distribute[0].to.r2/*", "at least 1"],
+    ),
+    "failover with a zone": (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1/z1, to: r2}]\n",
+        ["d.yaml:10:", "failover[0].from", "must be a region"],
+    ),
+    "failover with topology priority": (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r2}]\n"
+        "        failoverPriority: [topology.kubernetes.io/zone]\n",
+        ["d.yaml:11:", "failoverPriority[0]", "cannot be combined with failover"],
+    ),
     "failover to itself": (
         "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r1}]\n",
         ["d.yaml:10:", "failover[0].to", "must differ"],
@@ -363,3 +377,19 @@ def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "junk.toml:1:" in proc.stderr and "x.yaml:" in proc.stderr
+
+
+def test_failover_without_outlier_detection_is_a_warning(tmp_path: Path) -> None:
+    """As Istio's validation: failover cannot act without outlier detection (xdsd then
+    writes no priorities); the merged policy of each subset and port is what counts."""
+    from xdsd.sources import load_directory
+
+    policy = (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r2}]\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n"
+    )
+    _materialize(tmp_path, {"s.toml": SERVICE, "d.yaml": dr_policy(policy)})
+    warnings = [str(w) for w in load_directory(str(tmp_path)).warnings]
+    assert len(warnings) == 1, warnings
+    assert "d.yaml:7: warning: trafficPolicy: localityLbSetting failover needs" in (warnings[0])

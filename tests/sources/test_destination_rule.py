@@ -53,7 +53,7 @@ spec:
         maglev: {tableSize: 65537}
       localityLbSetting:
         failover: [{from: r1, to: r2}]
-        failoverPriority: [topology.kubernetes.io/region, "env=prod"]
+        failoverPriority: [tier, "env=prod"]
         enabled: true
     connectionPool:
       tcp:
@@ -120,7 +120,7 @@ def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
             ),
             locality=LocalityLbSetting(
                 failover=(LocalityFailover("r1", "r2"),),
-                failover_priority=("topology.kubernetes.io/region", "env=prod"),
+                failover_priority=("tier", "env=prod"),
                 enabled=True,
             ),
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from xdsd.errors import Severity
 from xdsd.model import (
     ClientTLS,
     ConnectionPool,
@@ -46,6 +47,9 @@ HTTP_POOL_UNSUPPORTED = ("http2KeepAlive",)
 COOKIE_UNSUPPORTED = ("attributes",)
 TLS_UNSUPPORTED = ("caCrl",)
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
+TOPOLOGY_LABELS = (
+    "topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone",
+)  # fmt: skip
 _UINT32 = 2**32 - 1
 _INT32 = 2**31 - 1
 
@@ -64,7 +68,40 @@ def parse_destination_rule(
             spec.report.add(("subsets", i, "name"), f"subset {subset.name!r} is defined twice")
         seen.add(subset.name)
     spec.finish(DR_UNSUPPORTED)
-    return DestinationRule(name, host, namespace, policy, subsets, origin=origin)
+    rule = DestinationRule(name, host, namespace, policy, subsets, origin=origin)
+    _warn_failover_without_outlier(spec, rule)
+    return rule
+
+
+def _warn_failover_without_outlier(spec: Fields, rule: DestinationRule) -> None:
+    """Warn (as Istio's validation does) where locality failover is configured for traffic
+    that has no outlier detection: nothing would ever be ejected, so failover never acts
+    (and xdsd writes no priorities for it)."""
+    places: list[tuple[str, tuple[str | int, ...]]] = [("", ("trafficPolicy",))]
+    places += [(s.name, ("subsets", i, "trafficPolicy")) for i, s in enumerate(rule.subsets)]
+    ports = {0}
+    for policy in (rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)):
+        if policy is not None:
+            ports.update(x.port for x in policy.port_level_settings)
+    for subset, path in places:
+        for port in sorted(ports):
+            merged = rule.policy_for(subset, port)
+            lb = merged.load_balancer if merged is not None else None
+            setting = lb.locality if lb is not None else None
+            if (
+                merged is not None
+                and setting is not None
+                and (setting.failover or setting.failover_priority)
+                and merged.outlier_detection is None
+            ):
+                spec.report.add(
+                    path,
+                    "localityLbSetting failover needs outlierDetection to act (nothing is "
+                    "ever ejected without it): failover is not configured"
+                    + (f" for port {port}" if port else ""),
+                    Severity.WARNING,
+                )
+                break
 
 
 def _parse_subset(f: Fields, config_dir: str) -> Subset:
@@ -193,7 +230,7 @@ def _parse_locality(f: Fields | None) -> LocalityLbSetting | None:
         to = item.obj("to", required=True)
         if to is not None:
             for locality in to.data:
-                weight = to.integer(locality, minimum=0, maximum=100)
+                weight = to.integer(locality, minimum=1, maximum=100)
                 targets.append((str(locality), weight))
             total = sum(w for _, w in targets)
             if targets and total != 100:
@@ -204,14 +241,25 @@ def _parse_locality(f: Fields | None) -> LocalityLbSetting | None:
     for item in f.objects("failover"):
         source = item.string("from", required=True)
         target = item.string("to", required=True)
+        for key, region in (("from", source), ("to", target)):
+            if "/" in region or "*" in region:
+                item.error(key, f"must be a region, without '/' or '*' (got {region!r})")
         if source and source == target:
             item.error("to", f"must differ from 'from' (both {source!r})")
         item.finish()
         failover.append(LocalityFailover(source, target))
     priority = f.strings("failoverPriority")
+    if failover:
+        for i, label in enumerate(priority):
+            if label.split("=", 1)[0] in TOPOLOGY_LABELS:
+                f.report.add(
+                    (*f.path, "failoverPriority", i),
+                    f"{label!r} cannot be combined with failover (failover already orders "
+                    "by region, zone and subzone)",
+                )
     enabled = _boolean(f, "enabled") if f.has("enabled") else None
-    if distribute and (failover or priority):
-        f.error("distribute", "distribute and failover/failoverPriority exclude each other")
+    if distribute and failover:
+        f.error("distribute", "distribute and failover exclude each other")
     f.finish()
     return LocalityLbSetting(tuple(distribute), tuple(failover), priority, enabled)
 
