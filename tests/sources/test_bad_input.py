@@ -159,6 +159,164 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
 }  # fmt: skip
 
 
+def dr_policy(policy: str) -> str:
+    """A DestinationRule for reviews whose trafficPolicy is ``policy`` (YAML lines indented
+    by four spaces; the policy's first line is line 8)."""
+    return (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: DestinationRule\n"
+        "metadata:\n"
+        "  name: reviews\n"
+        "spec:\n"
+        "  host: reviews\n"
+        "  trafficPolicy:\n" + policy
+    )
+
+
+# DestinationRule traffic policies: name → (trafficPolicy YAML, expected fragments).
+POLICY_CASES: dict[str, tuple[str, list[str]]] = {
+    "hash without key": (
+        "    loadBalancer:\n      consistentHash: {minimumRingSize: 10}\n",
+        ["d.yaml:9:", "trafficPolicy.loadBalancer.consistentHash:", "exactly one of"],
+    ),
+    "hash with two keys": (
+        "    loadBalancer:\n      consistentHash: {httpHeaderName: x, useSourceIp: true}\n",
+        ["d.yaml:9:", "consistentHash", "(got 2)"],
+    ),
+    "simple and hash": (
+        "    loadBalancer:\n      simple: RANDOM\n      consistentHash: {httpHeaderName: x}\n",
+        ["d.yaml:10:", "loadBalancer.consistentHash", "exclude each other"],
+    ),
+    "ring and maglev": (
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x\n"
+        "        ringHash: {minimumRingSize: 8}\n        maglev: {tableSize: 7}\n",
+        ["d.yaml:12:", "consistentHash.maglev", "exclude each other"],
+    ),
+    "cookie attributes": (
+        "    loadBalancer:\n      consistentHash:\n        httpCookie:\n"
+        "          name: c\n          attributes: [{name: a}]\n",
+        ["d.yaml:12:", "httpCookie.attributes", "not supported"],
+    ),
+    "distribute not 100": (
+        "    loadBalancer:\n      localityLbSetting:\n        distribute:\n"
+        "        - from: r1/*\n          to: {r1/*: 70, r2/*: 20}\n",
+        ["d.yaml:12:", "distribute[0].to", "sum to 100 (got 90)"],
+    ),
+    "distribute and failover": (
+        "    loadBalancer:\n      localityLbSetting:\n"
+        "        distribute: [{from: r1, to: {r1: 100}}]\n        failover: [{from: r1, to: r2}]\n",
+        ["d.yaml:10:", "localityLbSetting.distribute", "exclude each other"],
+    ),
+    "distribute weight 0": (
+        "    loadBalancer:\n      localityLbSetting:\n        distribute:\n"
+        "        - from: r1/*\n          to: {r1/*: 100, r2/*: 0}\n",
+        ["d.yaml:12:", "distribute[0].to.r2/*", "at least 1"],
+    ),
+    "failover with a zone": (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1/z1, to: r2}]\n",
+        ["d.yaml:10:", "failover[0].from", "must be a region"],
+    ),
+    "failover with topology priority": (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r2}]\n"
+        "        failoverPriority: [topology.kubernetes.io/zone]\n",
+        ["d.yaml:11:", "failoverPriority[0]", "cannot be combined with failover"],
+    ),
+    "failover to itself": (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r1}]\n",
+        ["d.yaml:10:", "failover[0].to", "must differ"],
+    ),
+    "negative max connections": (
+        "    connectionPool:\n      tcp: {maxConnections: -1}\n",
+        ["d.yaml:9:", "connectionPool.tcp.maxConnections", "must not be negative"],
+    ),
+    "zero connect timeout": (
+        "    connectionPool:\n      tcp:\n        connectTimeout: 0s\n",
+        ["d.yaml:10:", "connectionPool.tcp.connectTimeout", "longer than 0s"],
+    ),
+    "bad h2 upgrade policy": (
+        "    connectionPool:\n      http:\n        h2UpgradePolicy: ALWAYS\n",
+        ["d.yaml:10:", "h2UpgradePolicy", "DO_NOT_UPGRADE"],
+    ),
+    "pool unknown field": (
+        "    connectionPool:\n      http:\n        maxRetry: 3\n",
+        ["d.yaml:10:", "connectionPool.http.maxRetry", "did you mean 'maxRetries'"],
+    ),
+    "ejection percent over 100": (
+        "    outlierDetection:\n      maxEjectionPercent: 150\n",
+        ["d.yaml:9:", "outlierDetection.maxEjectionPercent", "at most 100"],
+    ),
+    "deprecated consecutiveErrors": (
+        "    outlierDetection:\n      consecutiveErrors: 5\n",
+        ["d.yaml:9:", "outlierDetection.consecutiveErrors", "consecutive5xxErrors"],
+    ),
+    "local origin without split": (
+        "    outlierDetection:\n      consecutiveLocalOriginFailures: 3\n",
+        ["d.yaml:9:", "consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"],
+    ),
+    "interval not a duration": (
+        "    outlierDetection:\n      interval: 10\n",
+        ["d.yaml:9:", "outlierDetection.interval", "must be a duration"],
+    ),
+    "istio mutual": (
+        "    tls: {mode: ISTIO_MUTUAL}\n",
+        ["d.yaml:8:", "trafficPolicy.tls.mode", "ISTIO_MUTUAL", "use MUTUAL"],
+    ),
+    "credential name": (
+        "    tls:\n      mode: SIMPLE\n      credentialName: my-secret\n",
+        ["d.yaml:10:", "trafficPolicy.tls.credentialName", "Kubernetes secret"],
+    ),
+    "missing certificate file": (
+        "    tls:\n      mode: SIMPLE\n      caCertificates: certs/none.pem\n",
+        ["d.yaml:10:", "trafficPolicy.tls.caCertificates", "'certs/none.pem' does not exist",
+         "relative to the config directory"],
+    ),
+    "mutual without key": (
+        "    tls:\n      mode: MUTUAL\n      caCertificates: ca.pem\n"
+        "      clientCertificate: ca.pem\n",
+        ["d.yaml:8:", "trafficPolicy.tls.privateKey", "required with mode MUTUAL"],
+    ),
+    "simple without ca": (
+        "    tls: {mode: SIMPLE, sni: a.example}\n",
+        ["d.yaml:8:", "trafficPolicy.tls.caCertificates", "insecureSkipVerify"],
+    ),
+    "client certificate with simple": (
+        "    tls:\n      mode: SIMPLE\n      insecureSkipVerify: true\n"
+        "      clientCertificate: ca.pem\n",
+        ["d.yaml:11:", "trafficPolicy.tls.clientCertificate", "only with mode MUTUAL"],
+    ),
+    "skip verify not a boolean": (
+        "    tls:\n      mode: SIMPLE\n      insecureSkipVerify: yes please\n",
+        ["d.yaml:10:", "trafficPolicy.tls.insecureSkipVerify", "true or false"],
+    ),
+    "port settings twice": (
+        "    portLevelSettings:\n    - port: {number: 9080}\n    - port: {number: 9080}\n",
+        ["d.yaml:10:", "portLevelSettings[1].port", "settings twice"],
+    ),
+    "port settings without port": (
+        "    portLevelSettings:\n    - tls: {mode: DISABLE}\n",
+        ["d.yaml:9:", "portLevelSettings[0].port", "required"],
+    ),
+    "tunnel": (
+        "    tunnel: {protocol: CONNECT, targetHost: x, targetPort: 1}\n",
+        ["d.yaml:8:", "trafficPolicy.tunnel", "not supported"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(POLICY_CASES))
+def test_bad_traffic_policy_names_file_line_field(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy, expected = POLICY_CASES[case]
+    _materialize(tmp_path, {"s.toml": SERVICE, "d.yaml": dr_policy(policy), "ca.pem": "x"})
+    code = main(["validate", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    for fragment in expected:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+
+
 def _materialize(root: Path, files: dict[str, str | bytes | None]) -> None:
     for rel, content in files.items():
         path = root / rel
@@ -219,3 +377,19 @@ def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "junk.toml:1:" in proc.stderr and "x.yaml:" in proc.stderr
+
+
+def test_failover_without_outlier_detection_is_a_warning(tmp_path: Path) -> None:
+    """As Istio's validation: failover cannot act without outlier detection (xdsd then
+    writes no priorities); the merged policy of each subset and port is what counts."""
+    from xdsd.sources import load_directory
+
+    policy = (
+        "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: r1, to: r2}]\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n"
+    )
+    _materialize(tmp_path, {"s.toml": SERVICE, "d.yaml": dr_policy(policy)})
+    warnings = [str(w) for w in load_directory(str(tmp_path)).warnings]
+    assert len(warnings) == 1, warnings
+    assert "d.yaml:7: warning: trafficPolicy: localityLbSetting failover needs" in (warnings[0])

@@ -281,27 +281,17 @@ def test_inbound_cluster_leads_to_localhost_target_port() -> None:
 
 
 def reference_eds_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
-    """An EDS cluster built field by field (what ``build_outbound_cluster`` writes from a
-    template)."""
+    """An EDS cluster built field by field, named first (what ``build_outbound_cluster``
+    writes from a template)."""
     from xdsd.translate import clusters
-    from xdsd.translate.config_sources import (
-        HTTP_PROTOCOL_OPTIONS_KEY,
-        config_source,
-        duration,
-        http2_protocol_options,
-    )
+    from xdsd.translate.config_sources import config_source
 
     cluster = Cluster(name=spec.name, type=Cluster.EDS)
-    cluster.connect_timeout.CopyFrom(duration(clusters.CONNECT_TIMEOUT))
     rest = flavor is ClusterFlavor.ENVOY_REST
     source = config_source(ConfigSourceKind.REST if rest else ConfigSourceKind.ADS)
     cluster.eds_cluster_config.eds_config.CopyFrom(source)
     cluster.eds_cluster_config.service_name = spec.name
-    clusters._set_load_balancer(cluster, clusters.simple_lb(spec.policy), flavor)
-    if spec.port.protocol.is_http2:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
-            http2_protocol_options()
-        )
+    clusters._configure(cluster, spec, flavor)
     return cluster
 
 

@@ -13,6 +13,7 @@ import pytest
 from tests.paths import EXAMPLE_CONFIG
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, TranslationError
+from xdsd.model import Locality
 from xdsd.resources import CLUSTER, ENDPOINT
 from xdsd.sources import DirectoryLoader, load_directory
 from xdsd.translate import ClientKind, ConfigSourceKind, MeshTranslation, NodeClass, Role
@@ -24,6 +25,12 @@ CLASSES = [
     NodeClass("ratings", client=ClientKind.GRPC),
     NodeClass("reviews", client=ClientKind.MOSN, instance_ip="127.0.6.1"),
     NodeClass("edge", role=Role.GATEWAY),
+    NodeClass(
+        "details",
+        locality=Locality("eu-west", "zone-b"),
+        outbound_ip="127.0.5.7",
+        instance_ip="127.0.5.8",
+    ),
 ]
 DETAILS = "outbound|9080||details.default.svc.cluster.local"
 RAW_DETAILS = f"""\
@@ -92,6 +99,38 @@ EDITS = [
     delete("services/extra.toml"),  # ... and goes
     replace_in(Path("rules/destination-rules.yaml"), "name: v3", "name: v4"),  # subset gone
     replace_in(Path("rules/destination-rules.yaml"), "name: v4", "name: v3"),
+    # Outlier detection makes the reviews assignments depend on the caller's locality.
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "simple: ROUND_ROBIN",
+        "simple: ROUND_ROBIN\n    outlierDetection: {consecutive5xxErrors: 3}",
+    ),
+    replace_in(Path("services/reviews.yaml"), "eu-west/zone-b", "eu-east/zone-b"),
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "outlierDetection: {consecutive5xxErrors: 3}",
+        "outlierDetection: {}",
+    ),
+    replace_in(Path("rules/destination-rules.yaml"), "\n    outlierDetection: {}", ""),
+    # A consistent hash changes routes (hash_policy) as well as clusters.
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "simple: ROUND_ROBIN",
+        "consistentHash: {httpHeaderName: x-user}",
+    ),
+    replace_in(
+        Path("rules/destination-rules.yaml"), "httpHeaderName: x-user", "httpQueryParameterName: u"
+    ),
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "consistentHash: {httpQueryParameterName: u}",
+        "simple: ROUND_ROBIN",
+    ),  # ... also on the default route of a service without a VirtualService.
+    replace_in(
+        Path("rules/destination-rules.yaml"),
+        "host: productpage\n",
+        "host: productpage\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n",
+    ),
 ]
 
 

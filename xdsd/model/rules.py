@@ -426,8 +426,9 @@ class TLSMode(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ClientTLS:
-    """Istio's ClientTLSSettings with certificate files (paths as written; relative paths
-    are relative to the config directory)."""
+    """Istio's ClientTLSSettings with certificate files. Sources resolve the paths
+    (relative ones against the config directory) and check that the files exist, so the
+    model holds absolute paths, which the proxy reads as they are."""
 
     mode: TLSMode = TLSMode.DISABLE
     client_certificate: str = ""

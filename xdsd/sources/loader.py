@@ -11,6 +11,7 @@ resources (see ``envoy_raw``).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -115,7 +116,7 @@ def parse_config_file(root: str, path: str) -> FileResult:
             else:
                 raw.append(parsed)
         else:
-            resource = _parse_document(doc, problems)
+            resource = _parse_document(doc, problems, root)
             if resource is not None:
                 resources.append((resource, Origin(doc.path, doc.line)))
     return FileResult(stamp, tuple(resources), tuple(raw), tuple(problems))
@@ -256,7 +257,9 @@ def _plain_file(path: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def _parse_document(doc: Document, problems: list[Problem]) -> Resource | None:
+def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resource | None:
+    """One document → a resource (None when it has an error or is not for xdsd); paths
+    the document names (certificate files) are relative to the config directory ``root``."""
     value = doc.value
     if not isinstance(value, dict):
         problems.append(
@@ -270,6 +273,8 @@ def _parse_document(doc: Document, problems: list[Problem]) -> Resource | None:
     result: Resource | None = None
     if kind and not top.report.failed:
         parser = _parser_for(top, api_version, kind)
+        if parser is parse_destination_rule:
+            parser = functools.partial(parse_destination_rule, config_dir=root)
         if parser is not None:
             if istio_shaped:
                 name, namespace = _read_metadata(top)

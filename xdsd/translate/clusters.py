@@ -20,9 +20,7 @@ name, so it gets the first endpoint (as Istio does). Names follow Istio:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -36,6 +34,7 @@ from xdsd.errors import Problem, TranslationError
 from xdsd.model import DestinationRule, Port, Resolution, Service, Subset, TrafficPolicy
 from xdsd.model.rules import SimpleLB
 from xdsd.resources import pack
+from xdsd.translate.cluster_policy import CONNECT_TIMEOUT, apply_traffic_policy
 from xdsd.translate.config_sources import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     config_source,
@@ -46,8 +45,6 @@ from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 from xdsd.translate.wire import delimited, tag
 
-#: Istio's default connect timeout.
-CONNECT_TIMEOUT = timedelta(seconds=10)
 #: Where an application listens behind its sidecar.
 LOCALHOST = "127.0.0.1"
 
@@ -108,12 +105,14 @@ def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[Ou
     subset of ``rule`` in the rule's order."""
     out: list[OutboundCluster] = []
     for port in service.ports:
-        top = rule.traffic_policy if rule is not None else None
-        out.append(OutboundCluster(service, port, None, top, rule))
         if rule is None:
+            out.append(OutboundCluster(service, port))
             continue
+        number = port.number
+        out.append(OutboundCluster(service, port, None, rule.policy_for("", number), rule))
         for subset in rule.subsets:
-            out.append(OutboundCluster(service, port, subset, rule.policy_for(subset.name), rule))
+            policy = rule.policy_for(subset.name, number)
+            out.append(OutboundCluster(service, port, subset, policy, rule))
     return out
 
 
@@ -133,23 +132,18 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     """The Envoy ``Cluster`` for ``spec`` as ``flavor`` clients need it.
 
     Raises TranslationError (path: the DestinationRule's file) for a load balancer xdsd
-    cannot configure (PASSTHROUGH).
+    cannot configure (PASSTHROUGH) and for TLS origination to a proxyless gRPC client.
     """
-    simple = simple_lb(spec.policy)
-    if simple is SimpleLB.PASSTHROUGH:
-        raise TranslationError([_passthrough_problem(spec)])
     name = spec.name
     if is_eds(spec, flavor):
-        # Only the name differs between EDS clusters of one kind: their wire bytes are the
-        # name's followed by a template's (see ``wire``; parsing merges the two
-        # ``eds_cluster_config`` fields).
+        # Only the name differs between EDS clusters of one flavor, port and policy: their
+        # wire bytes are the name's followed by a template's (see ``wire``; parsing merges
+        # the two ``eds_cluster_config`` fields).
         head = delimited(_CLUSTER_NAME, name.encode()) + delimited(
             _EDS_CONFIG, delimited(_EDS_SERVICE_NAME, name.encode())
         )
-        template = _eds_template(flavor, simple, spec.port.protocol.is_http2)
-        return cluster_pb2.Cluster.FromString(head + template)
+        return cluster_pb2.Cluster.FromString(head + _eds_template(spec, flavor))
     cluster = cluster_pb2.Cluster(name=name)
-    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
     endpoints = select_endpoints(spec.service, spec.port, spec.selector)
     logical = flavor is ClusterFlavor.GRPC or (
         spec.service.resolution is Resolution.DNS_ROUND_ROBIN
@@ -160,35 +154,43 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
     cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
-    _set_load_balancer(cluster, simple, flavor)
-    if spec.port.protocol.is_http2:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
-            http2_protocol_options()
-        )
+    _configure(cluster, spec, flavor)
     return cluster
+
+
+def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> None:
+    """Everything of an outbound cluster that follows from its flavor, port and policy."""
+    _set_load_balancer(cluster, spec, flavor)
+    apply_traffic_policy(
+        cluster, spec.port, spec.policy, grpc=flavor is ClusterFlavor.GRPC, rule=spec.rule
+    )
 
 
 _CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]
 _EDS_CONFIG = tag(cluster_pb2.Cluster, "eds_cluster_config")[1]
 _EDS_SERVICE_NAME = tag(cluster_pb2.Cluster.EdsClusterConfig, "service_name")[1]
+#: Unnamed EDS clusters' wire bytes by (flavor, port, policy); only successes are kept, so
+#: a policy that cannot be translated raises again, naming each rule that uses it.
+_EDS_TEMPLATES: dict[tuple[ClusterFlavor, Port, TrafficPolicy | None], bytes] = {}
+_MAX_TEMPLATES = 4096
 
 
-@functools.cache
-def _eds_template(flavor: ClusterFlavor, simple: SimpleLB, http2: bool) -> bytes:
-    """The wire bytes of an unnamed EDS cluster of ``flavor`` (a few dozen kinds at most:
-    computed once each)."""
-    cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
-    cluster.connect_timeout.CopyFrom(duration(CONNECT_TIMEOUT))
-    rest = flavor is ClusterFlavor.ENVOY_REST
-    kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
-    cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
-    _set_load_balancer(cluster, simple, flavor)
-    if http2:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
-            http2_protocol_options()
-        )
-    template: bytes = cluster.SerializeToString(deterministic=True)
-    return template
+def _eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> bytes:
+    """The wire bytes of ``spec``'s EDS cluster without its name (meshes have few distinct
+    (flavor, port, policy) triples: each is built once)."""
+    key = (flavor, spec.port, spec.policy)
+    found = _EDS_TEMPLATES.get(key)
+    if found is None:
+        cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
+        rest = flavor is ClusterFlavor.ENVOY_REST
+        kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
+        cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
+        _configure(cluster, spec, flavor)
+        found = cluster.SerializeToString(deterministic=True)
+        if len(_EDS_TEMPLATES) >= _MAX_TEMPLATES:
+            _EDS_TEMPLATES.clear()
+        _EDS_TEMPLATES[key] = found
+    return found
 
 
 def build_inbound_cluster(port: Port) -> Any:
@@ -226,8 +228,12 @@ def simple_lb(policy: TrafficPolicy | None) -> SimpleLB:
     return policy.load_balancer.simple
 
 
-def _set_load_balancer(cluster: Any, simple: SimpleLB, flavor: ClusterFlavor) -> None:
-    """Write load balancer ``simple`` (not PASSTHROUGH) as ``flavor`` clients take it."""
+def _set_load_balancer(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> None:
+    """Write ``spec``'s simple load balancer as ``flavor`` clients take it. Raises
+    TranslationError for PASSTHROUGH."""
+    simple = simple_lb(spec.policy)
+    if simple is SimpleLB.PASSTHROUGH:
+        raise TranslationError([_passthrough_problem(spec)])
     if flavor is not ClusterFlavor.GRPC:
         cluster.lb_policy = _ENVOY_LB[simple]
         return

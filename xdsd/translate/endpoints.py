@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -46,6 +48,28 @@ def select_endpoints(
 def _order(locality: Locality) -> tuple[str, str, str]:
     """A locality's sort key (the dataclass order, compared in C)."""
     return (locality.region, locality.zone, locality.sub_zone)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityGroup:
+    """The endpoints of one locality at one priority, with the group's weight."""
+
+    locality: Locality
+    members: tuple[Endpoint, ...]
+    weight: int
+    priority: int = 0
+
+
+def locality_groups(port: Port, endpoints: Iterable[Endpoint]) -> list[LocalityGroup]:
+    """``endpoints`` grouped by locality in (region, zone, subzone) order, endpoints by
+    (address, port) within a group; a group weighs the sum of its endpoints' weights."""
+    ordered = sorted(endpoints, key=lambda e: (_order(e.locality), e.address, e.port_for(port)))
+    out: list[LocalityGroup] = []
+    for _, group in groupby(ordered, key=lambda e: _order(e.locality)):
+        members = tuple(group)
+        weight = sum(endpoint_weight(e) for e in members)
+        out.append(LocalityGroup(members[0].locality, members, weight))
+    return out
 
 
 def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
@@ -136,3 +160,29 @@ def _locality(locality: tuple[str, str, str]) -> bytes:
         if part
     )
     return delimited(_LLE_LOCALITY, body)
+
+
+def assignment_of_groups(cluster_name: str, port: Port, groups: Iterable[LocalityGroup]) -> Any:
+    """The ``ClusterLoadAssignment`` named ``cluster_name`` with one
+    ``LocalityLbEndpoints`` per group, in the order given (with its priority)."""
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    for group in groups:
+        lle = cla.endpoints.add()
+        _set_locality(lle.locality, group.locality)
+        lle.load_balancing_weight.value = group.weight
+        if group.priority:
+            lle.priority = group.priority
+        for member in group.members:
+            lb = lle.lb_endpoints.add()
+            sock = lb.endpoint.address.socket_address
+            sock.address = member.address
+            sock.port_value = member.port_for(port)
+            lb.load_balancing_weight.value = endpoint_weight(member)
+    return cla
+
+
+def _set_locality(target: Any, locality: Locality) -> None:
+    target.SetInParent()
+    target.region = locality.region
+    target.zone = locality.zone
+    target.sub_zone = locality.sub_zone

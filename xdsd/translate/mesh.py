@@ -45,7 +45,7 @@ from typing import Any
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import Mesh, Origin, Port, Service
+from xdsd.model import DestinationRule, Mesh, Origin, Port, Resolution, Service, TrafficPolicy
 from xdsd.resources import CLUSTER, ENDPOINT, Resource, TypeUrl
 from xdsd.translate.clusters import (
     ClusterFlavor,
@@ -54,8 +54,14 @@ from xdsd.translate.clusters import (
     build_outbound_cluster,
     cluster_flavor,
     is_eds,
+    outbound_clusters,
 )
-from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.translate.endpoints import (
+    assignment_of_groups,
+    load_assignment,
+    locality_groups,
+    select_endpoints,
+)
 from xdsd.translate.l4 import (
     ANY_CALLER,
     L4Caller,
@@ -72,8 +78,9 @@ from xdsd.translate.listeners import (
     outbound_l4_listener,
     port_route_name,
 )
+from xdsd.translate.locality import LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
-from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, Role
+from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.placement import (
     PortGroup,
     check_binds,
@@ -115,6 +122,7 @@ class MeshTranslation:
         self._l4_plans: dict[tuple[int, L4Caller], L4ListenerPlan] = {}
         self._l4_by_caller: bool | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
+        self._priority_names: frozenset[str] | None = None
         #: Seconds spent so far: building resources (``translate``) and assembling and
         #: checking snapshots (``snapshot``), for logs and benchmarks.
         self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
@@ -205,6 +213,8 @@ class MeshTranslation:
             parts.append(lambda: self._inbound(node))
             parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller))
             parts.append(lambda: self._l4_listeners(node))
+        if node.locality != NO_LOCALITY:
+            parts.append(lambda: self._local_assignments(node))
         parts.append(lambda: self._raw_resources().values())
         problems: list[Problem] = []
         try:
@@ -324,6 +334,55 @@ class MeshTranslation:
             return out
 
         return self._selection(("l4", ip, caller, mosn), compute)
+
+    def _local_assignments(self, node: NodeClass) -> tuple[Resource, ...]:
+        """The ClusterLoadAssignments that ``node``'s locality changes (see
+        ``locality.py``): they replace the shared ones in its snapshot. Memoized per
+        (locality, labels failoverPriority names), and each assignment per what it is
+        made of, so classes in one locality share them."""
+        names = self._priority_label_names()
+        labels = tuple((k, v) for k, v in node.labels if k in names)
+
+        def compute() -> list[Resource]:
+            out: list[Resource] = []
+            for service in self.mesh.services:
+                if service.resolution is not Resolution.STATIC:
+                    continue
+                rule = self.mesh.destination_rule(service)
+                if rule is None or not _may_localize(rule):
+                    continue
+                for spec in outbound_clusters(service, rule):
+                    policy = locality_policy(spec.policy)
+                    if policy is not None:
+                        out.append(self._local_assignment(spec, policy, node))
+            return out
+
+        return self._selection(("local-cla", node.locality, labels), compute)
+
+    def _priority_label_names(self) -> frozenset[str]:
+        """Every label name a failoverPriority of the mesh names."""
+        if self._priority_names is None:
+            names: set[str] = set()
+            for rule in self.mesh.destination_rules:
+                for policy in _policies(rule):
+                    lb = policy.load_balancer
+                    if lb is not None and lb.locality is not None:
+                        names.update(p.split("=", 1)[0] for p in lb.locality.failover_priority)
+            self._priority_names = frozenset(names)
+        return self._priority_names
+
+    def _local_assignment(
+        self, spec: OutboundCluster, policy: LocalityPolicy, node: NodeClass
+    ) -> Resource:
+        endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+        caller = caller_key(policy, node.locality, node.labels)
+        key = ("cla", spec.name, spec.port, endpoints, policy, caller)
+
+        def build() -> Any:
+            groups = localize(locality_groups(spec.port, endpoints), policy, caller)
+            return assignment_of_groups(spec.name, spec.port, groups)
+
+        return self._shared(key, build)
 
     def _grpc_listeners(self, caller: Caller) -> tuple[Resource, ...]:
         """API listeners for every name of every HTTP service port, and their routes as
@@ -460,6 +519,29 @@ class MeshTranslation:
 _BASE_TYPES = (CLUSTER, ENDPOINT)
 
 
+def _policies(rule: DestinationRule) -> Iterable[TrafficPolicy]:
+    """Every traffic policy written in ``rule`` (top level and subsets, with their
+    port-level settings as policies)."""
+    for policy in (rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)):
+        if policy is None:
+            continue
+        yield policy
+        for port in policy.port_level_settings:
+            yield TrafficPolicy(port.load_balancer, port.connection_pool,
+                                port.outlier_detection, port.tls)  # fmt: skip
+
+
+def _may_localize(rule: DestinationRule) -> bool:
+    """True when some cluster of ``rule`` may look different from some locality."""
+    return any(
+        p.outlier_detection is not None
+        or (p.load_balancer is not None and p.load_balancer.locality is not None
+            and bool(p.load_balancer.locality.distribute))
+        for p in _policies(rule)
+    )  # fmt: skip
+
+
 def _lb_key(spec: OutboundCluster) -> Hashable:
-    policy = spec.policy
-    return None if policy is None or policy.load_balancer is None else policy.load_balancer.simple
+    """What a cluster takes from its DestinationRule: the effective traffic policy (a
+    frozen value, already merged for the cluster's port and subset)."""
+    return spec.policy

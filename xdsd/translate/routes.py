@@ -55,6 +55,7 @@ from xdsd.model import (
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
+from xdsd.translate.hash_policy import add_hash_policies, rule_hashes
 from xdsd.translate.route_actions import (
     CORS_FILTER,
     FAULT_FILTER,
@@ -237,7 +238,7 @@ class RouteBuilder:
         VirtualService)."""
         vs = self._rules.get(service.key)
         if vs is None:
-            return (service.fqdn, port)
+            return (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
         targets: list[Hashable] = []
         for http in vs.http:
             for dest in (*(rd.destination for rd in http.route),
@@ -248,7 +249,7 @@ class RouteBuilder:
                     continue
                 rule = self._mesh.destination_rule(target)
                 subsets = tuple(s.name for s in rule.subsets) if rule is not None else None
-                targets.append((target.fqdn, target.ports, subsets))
+                targets.append((target.fqdn, target.ports, subsets, rule_hashes(rule)))
         return (service.fqdn, port, vs, tuple(targets))
 
     def _default_route(self, service: Service, port: int) -> Any:
@@ -256,6 +257,7 @@ class RouteBuilder:
         route.match.prefix = "/"
         route.route.cluster = outbound_cluster_name(port, "", service.fqdn)
         _finish_action(route.route, None, None)
+        add_hash_policies(route.route, self._mesh)
         return route
 
     def _rule_routes(self, vs: VirtualService, port: int, caller: Caller) -> list[Any]:
@@ -360,6 +362,7 @@ class RouteBuilder:
             if name is not None and mirror.percentage > 0:
                 action.request_mirror_policies.append(mirror_policy(name, mirror.percentage))
         _finish_action(action, http.timeout, http.retries)
+        add_hash_policies(action, self._mesh)
         return action
 
     def _cluster(
