@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
 from xdsd.model.rules import DestinationRule, VirtualService
 from xdsd.model.service import DOMAIN_SUFFIX, NO_ORIGIN, Origin, ResourceKey, Service
 
@@ -23,6 +24,16 @@ class RawResource:
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
 
 
+#: The kinds a mesh holds as sorted tuples without indexes, by kind: the field's name.
+OTHER_KINDS = {
+    "Gateway": "gateways",
+    "Sidecar": "sidecars",
+    "EnvoyFilter": "envoy_filters",
+    "ServiceEntry": "service_entries",
+    "WorkloadEntry": "workload_entries",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Mesh:
     """An immutable, cross-checked set of resources.
@@ -36,6 +47,11 @@ class Mesh:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     raw_resources: tuple[RawResource, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
+    envoy_filters: tuple[EnvoyFilter, ...] = ()
+    service_entries: tuple[ServiceEntry, ...] = ()
+    workload_entries: tuple[WorkloadEntry, ...] = ()
     _hosts: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
     _rules: dict[ResourceKey, DestinationRule] = field(
         default_factory=dict, compare=False, repr=False
@@ -55,6 +71,8 @@ class Mesh:
             "raw_resources",
             tuple(sorted(self.raw_resources, key=lambda r: (r.type_url, r.name))),
         )
+        for name in OTHER_KINDS.values():
+            object.__setattr__(self, name, tuple(sorted(getattr(self, name), key=by_key)))
         hosts = self._hosts
         for svc in self.services:
             hosts.setdefault(svc.fqdn, svc)
@@ -81,6 +99,7 @@ class Mesh:
             ("virtual_services", tuple(sorted(virtual_services, key=lambda v: v.key))),
             ("destination_rules", self.destination_rules),
             ("raw_resources", tuple(sorted(raw_resources, key=lambda r: (r.type_url, r.name)))),
+            *((name, getattr(self, name)) for name in OTHER_KINDS.values()),
             ("_hosts", self._hosts),
             ("_rules", self._rules),
         ):

@@ -36,9 +36,14 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
-from xdsd.model.mesh import qualify_host
+from xdsd.model.mesh import OTHER_KINDS, qualify_host
+from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
 
-Resource = Service | VirtualService | DestinationRule
+Resource = (
+    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
+    | WorkloadEntry
+)  # fmt: skip
+Other = Gateway | Sidecar | EnvoyFilter | ServiceEntry | WorkloadEntry
 RawKey = tuple[str, str]
 #: One definition of a key: (file, position in the file's list, what, where).
 _Definition = tuple[str, int, Resource, Origin]
@@ -117,6 +122,11 @@ class CrossCheck:
         self._vs_targets: dict[ResourceKey, tuple[ResourceKey | None, ...]] = {}
         self._routed: dict[ResourceKey, set[ResourceKey]] = {}
         self._overlap_problems: dict[ResourceKey, list[Problem]] = {}
+        # The kinds kept without indexes (``OTHER_KINDS``): winners by kind and key.
+        self._others: dict[str, dict[ResourceKey, Other]] = {k: {} for k in OTHER_KINDS}
+        self._sorted_others: dict[str, _Sorted[ResourceKey, Other]] = {
+            k: _Sorted() for k in OTHER_KINDS
+        }
         # The sorted tuples of the mesh.
         self._sorted_services: _Sorted[ResourceKey, Service] = _Sorted()
         self._sorted_rules: _Sorted[ResourceKey, DestinationRule] = _Sorted()
@@ -159,6 +169,7 @@ class CrossCheck:
         services: dict[ResourceKey, tuple[Service | None, Service | None]] = {}
         rules: set[ResourceKey] = set()
         virtual: set[ResourceKey] = set()
+        others: set[ResourceKey] = set()
         for key in touched:
             winner = self._winner(key)
             if key.kind == "Service":
@@ -170,6 +181,12 @@ class CrossCheck:
                 assert winner is None or isinstance(winner, DestinationRule)
                 if _replace(self._rules, key, winner):
                     rules.add(key)
+            elif key.kind in OTHER_KINDS:
+                assert winner is None or not isinstance(
+                    winner, Service | DestinationRule | VirtualService
+                )
+                if _replace(self._others[key.kind], key, winner):
+                    others.add(key)
             else:
                 assert winner is None or isinstance(winner, VirtualService)
                 if _replace(self._virtual, key, winner):
@@ -179,7 +196,7 @@ class CrossCheck:
         hosts = self._update_hosts(services)
         applied = self._update_rules(rules, hosts)
         checked = self._update_virtual(virtual, hosts, applied)
-        return self._mesh(set(services), rules, checked, raw_touched)
+        return self._mesh(set(services), rules, checked, raw_touched, others)
 
     def problems(self) -> list[Problem]:
         """Every problem of the directory (the files' own first, then the cross-checks'),
@@ -432,6 +449,7 @@ class CrossCheck:
         rules: Collection[ResourceKey],
         virtual: Collection[ResourceKey],
         raw: Collection[RawKey],
+        others: Collection[ResourceKey] = (),
     ) -> Mesh:
         """The mesh of the current winners (the arguments: the keys whose winner or
         checked object changed). Built around the indexes kept here (copied: an earlier
@@ -439,14 +457,18 @@ class CrossCheck:
         and rule again; equal to ``Mesh(...)`` of the same resources, indexes included
         (tested)."""
         mesh = object.__new__(Mesh)
-        for name, value in (
+        fields: list[tuple[str, object]] = [
             ("services", self._sorted_services.update(self._services, services)),
             ("virtual_services", self._sorted_virtual.update(self._checked, virtual)),
             ("destination_rules", self._sorted_rules.update(self._rules, rules)),
             ("raw_resources", self._sorted_raw.update(self._raw, raw)),
             ("_hosts", dict(self._owners)),
             ("_rules", dict(self._applied)),
-        ):
+        ]
+        for kind, name in OTHER_KINDS.items():
+            changed = [k for k in others if k.kind == kind]
+            fields.append((name, self._sorted_others[kind].update(self._others[kind], changed)))
+        for name, value in fields:
             object.__setattr__(mesh, name, value)
         return mesh
 

@@ -28,21 +28,32 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
 from xdsd.sources.crosscheck import Change, CrossCheck
 from xdsd.sources.documents import Document, ParseFailure, parse_file
+from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.envoy_raw import parse_raw_resource
 from xdsd.sources.fields import Fields, Report
+from xdsd.sources.gateway import parse_gateway, parse_sidecar
 from xdsd.sources.kinds import parse_destination_rule, parse_service, parse_virtual_service
 from xdsd.sources.listing import Stamp, file_stamp, list_config_files
+from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 
 XDSD_API = "xdsd.io/v1"
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: networking.istio.io kinds that later xdsd versions implement; ignored with a warning.
-LATER_KINDS = frozenset(
-    {"ServiceEntry", "WorkloadEntry", "WorkloadGroup", "Gateway", "Sidecar", "EnvoyFilter",
-     "ProxyConfig"}
-)  # fmt: skip
+LATER_KINDS = frozenset({"WorkloadGroup", "ProxyConfig"})
+#: Istio kinds parsed into the mesh besides VirtualService and DestinationRule.
+OTHER_PARSERS = {
+    "ServiceEntry": parse_service_entry,
+    "WorkloadEntry": parse_workload_entry,
+    "Gateway": parse_gateway,
+    "Sidecar": parse_sidecar,
+    "EnvoyFilter": parse_envoy_filter,
+}
+#: Of those, the kinds that are checked but not translated yet (a warning says so).
+NOT_APPLIED = frozenset({"ServiceEntry", "WorkloadEntry", "Gateway", "Sidecar", "EnvoyFilter"})
 RAW_DIR = "envoy"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
@@ -51,7 +62,10 @@ _K8S_METADATA = (
     "selfLink", "finalizers", "ownerReferences", "deletionTimestamp", "generateName",
 )  # fmt: skip
 
-Resource = Service | VirtualService | DestinationRule
+Resource = (
+    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
+    | WorkloadEntry
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +341,10 @@ def _parser_for(top: Fields, api_version: str, kind: str):  # type: ignore[no-un
             return None
         if kind == "VirtualService":
             return parse_virtual_service
+        if kind in OTHER_PARSERS:
+            if kind in NOT_APPLIED:
+                top.warn("kind", f"{kind} is checked but not applied by xdsd yet")
+            return OTHER_PARSERS[kind]
         if kind == "DestinationRule":
             return parse_destination_rule
         if kind in LATER_KINDS:
