@@ -80,16 +80,16 @@ def test_tcp_and_tls_rules_are_read(tmp_path: Path) -> None:
                 ),
             ),
             (
-                RouteDestination(Destination("db", "v1"), 3),
+                RouteDestination(Destination("db", "v1", 5432), 3),  # the only port, filled in
                 RouteDestination(Destination("db", "", 5432), 1),
             ),
         ),
-        L4Route((), (RouteDestination(Destination("db"), 100),)),
+        L4Route((), (RouteDestination(Destination("db", "", 5432), 100),)),
     )
     assert vs.tls == (
         L4Route(
             (L4Match(port=8443, sni_hosts=("tls-a", "a.example.com", "*.b.example.com")),),
-            (RouteDestination(Destination("tls-a"), 100),),
+            (RouteDestination(Destination("tls-a", "", 8443), 100),),
         ),
     )
 
@@ -153,6 +153,19 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "unknown field in a tls match": (
         "  tls:\n  - match: [{sniHost: [tls-a]}]\n    route: [{destination: {host: tls-a}}]\n",
         ["tls[0].match[0].sniHost", "did you mean 'sniHosts'"],
+    ),
+    "tcp destination to no service (validate checks it too)": (
+        "  tcp:\n  - route: [{destination: {host: nowhere}}]\n",
+        ["vs.yaml:1:", "tcp[0].route[0].destination.host", "no service named 'nowhere'"],
+    ),
+    "tcp destination subset not defined": (
+        "  tcp:\n  - route: [{destination: {host: db, subset: v9}}]\n",
+        ["tcp[0].route[0].destination.subset", "subset 'v9'", "is not defined"],
+    ),
+    "tls destination port not a port of the service": (
+        "  tls:\n  - match: [{sniHosts: [tls-a]}]\n"
+        "    route: [{destination: {host: tls-a, port: {number: 9}}}]\n",
+        ["tls[0].route[0].destination.port.number", "has no port 9"],
     ),
     "unknown field in a tcp rule": (
         "  tcp:\n  - rout: [{destination: {host: db}}]\n",

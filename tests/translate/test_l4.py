@@ -393,3 +393,33 @@ def test_port_sharing_rules() -> None:
     assert "services/b.toml" in mixed and "TLS service a.default" in mixed
     (two,) = problems(("a", tcp(8443)), ("b", tcp(8443)))
     assert "both TCP services" in two
+
+
+def test_tcp_idle_timeout_comes_from_the_destinations_connection_pool() -> None:
+    """DestinationRule trafficPolicy.connectionPool.tcp.idleTimeout (per subset, merged as
+    Istio does) becomes the TCP proxy's idle_timeout; a chain takes its shortest."""
+    from datetime import timedelta
+
+    from xdsd.model import ConnectionPool, TcpPool, TrafficPolicy
+
+    def pool(seconds: int) -> TrafficPolicy:
+        return TrafficPolicy(
+            connection_pool=ConnectionPool(TcpPool(idle_timeout=timedelta(seconds=seconds)))
+        )
+
+    base = mesh(tcp_rules=(L4Route(route=(to("db", "v1", 3), to("db", "v2", 1))),))
+    rule = DestinationRule(
+        "db", "db", traffic_policy=pool(600),
+        subsets=(Subset("v1", (("version", "v1"),), pool(30)), Subset("v2", (("version", "v2"),))),
+    )  # fmt: skip
+    m = Mesh(base.services, base.virtual_services, (rule,))
+    (weighted,) = plan(m, 5432)
+    assert weighted.idle_timeout == timedelta(seconds=30)  # v1's 30 s beats v2's 600 s
+    (proxy,) = proxies(outbound_l4_listener("127.0.0.9", L4ListenerPlan(5432, (weighted,))))
+    assert proxy.idle_timeout.seconds == 30
+    (own,) = plan(Mesh(base.services, (), (rule,)), 5432)
+    assert own.idle_timeout == timedelta(seconds=600)
+    (plain,) = plan(mesh(), 5432)
+    assert plain.idle_timeout is None
+    (untouched,) = proxies(outbound_l4_listener("127.0.0.9", L4ListenerPlan(5432, (plain,))))
+    assert not untouched.HasField("idle_timeout")

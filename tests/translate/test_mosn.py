@@ -235,3 +235,34 @@ def test_mosn_is_refused_listeners_it_would_apply_in_part(
         t.snapshot_for(MOSN)
     text = "\n".join(str(p) for p in err.value.problems)
     assert all(f in text for f in fragments), text
+
+
+@pytest.mark.parametrize(
+    ("block", "field"),
+    [
+        (
+            HTTPMatch(without_headers=(HeaderMatch("x-debug", None),)),
+            "http[0].match[0].withoutHeaders",
+        ),
+        (HTTPMatch(query_params=(HeaderMatch("v", exact("2")),)), "http[0].match[0].queryParams"),
+    ],
+)
+def test_mosn_is_refused_conditions_it_would_drop(block: HTTPMatch, field: str) -> None:
+    """MOSN ignores ``invert_match`` and query parameter matchers: a rule using
+    withoutHeaders or queryParams is refused to MOSN classes (naming the rule), not served
+    as a rule that matches everything; Envoy classes are served."""
+    vs = VirtualService(
+        "web", hosts=("web",), origin=Origin("rules/web.yaml", 4),
+        http=(HTTPRoute("r", match=(block,), route=(RouteDestination(Destination("web"), 100),)),),
+    )  # fmt: skip
+    mesh = Mesh(
+        services=(service("web", http(80, 8080), endpoints=(Endpoint("127.0.0.2"),)),),
+        virtual_services=(vs,),
+    )
+    t = MeshTranslation(mesh)
+    assert t.snapshot_for(ENVOY)
+    with pytest.raises(TranslationError) as err:
+        t.snapshot_for(MOSN)
+    (problem,) = err.value.problems
+    assert (problem.path, problem.field) == ("rules/web.yaml", field)
+    assert "MOSN ignores" in problem.message

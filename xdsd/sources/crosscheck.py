@@ -29,6 +29,7 @@ from xdsd.model import (
     Destination,
     DestinationRule,
     HTTPRoute,
+    L4Route,
     Mesh,
     Origin,
     RawResource,
@@ -616,7 +617,32 @@ def check_virtual_service(
                 else dataclasses.replace(mirror, destination=dest)
             )
         routes.append(dataclasses.replace(http, route=tuple(destinations), mirrors=tuple(mirrors)))
-    return dataclasses.replace(vs, http=tuple(routes))
+    tcp = _check_l4(mesh, vs, "tcp", vs.tcp, problems)
+    tls = _check_l4(mesh, vs, "tls", vs.tls, problems)
+    return dataclasses.replace(vs, http=tuple(routes), tcp=tcp, tls=tls)
+
+
+def _check_l4(
+    mesh: Lookup,
+    vs: VirtualService,
+    kind: str,
+    rules: tuple[L4Route, ...],
+    problems: list[Problem],
+) -> tuple[L4Route, ...]:
+    """Check the destinations of ``vs``'s tcp or tls rules (``kind``); a destination
+    without a port may name a service with several ports (the listener's port is taken)."""
+    out = []
+    for i, rule in enumerate(rules):
+        destinations = []
+        for j, rd in enumerate(rule.route):
+            field = f"{kind}[{i}].route[{j}].destination"
+            dest = _check_destination(mesh, vs, field, rd.destination, problems, any_port=True)
+            destinations.append(
+                rd if dest is rd.destination else dataclasses.replace(rd, destination=dest)
+            )
+        changed = any(a is not b for a, b in zip(destinations, rule.route, strict=True))
+        out.append(dataclasses.replace(rule, route=tuple(destinations)) if changed else rule)
+    return tuple(out)
 
 
 def _mirror_field(http: HTTPRoute, i: int, j: int) -> str:
@@ -627,10 +653,17 @@ def _mirror_field(http: HTTPRoute, i: int, j: int) -> str:
 
 
 def _check_destination(
-    mesh: Lookup, vs: VirtualService, field: str, dest: Destination, problems: list[Problem]
+    mesh: Lookup,
+    vs: VirtualService,
+    field: str,
+    dest: Destination,
+    problems: list[Problem],
+    *,
+    any_port: bool = False,
 ) -> Destination:
     """Check one destination of ``vs`` (written at ``field``); returns it with its port
-    filled in when the service has a single port (``dest`` itself otherwise)."""
+    filled in when the service has a single port (``dest`` itself otherwise). Without
+    ``any_port``, a service with several ports needs the port named."""
     svc = mesh.service(dest.host, vs.namespace)
     if svc is None:
         # A rule only gateways use is inert until gateways are implemented.
@@ -647,7 +680,7 @@ def _check_destination(
         )  # fmt: skip
     elif not dest.port and len(svc.ports) == 1:
         dest = dataclasses.replace(dest, port=svc.ports[0].number)
-    elif not dest.port:
+    elif not dest.port and not any_port:
         problems.append(
             _at(vs.origin, f"{field}.port.number",
                 f"is required: {svc.key} has several ports")

@@ -30,12 +30,15 @@ address.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
+    DEFAULT_NAMESPACE,
     L4Match,
     L4Route,
     Mesh,
@@ -75,6 +78,9 @@ class FilterChainPlan:
     clusters: tuple[tuple[str, int], ...]
     server_names: tuple[str, ...] = ()
     prefix_ranges: tuple[str, ...] = ()
+    #: The TCP proxy's idle timeout: the shortest ``connectionPool.tcp.idleTimeout`` of
+    #: the chain's destinations (None: Envoy's default, 1 hour).
+    idle_timeout: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,28 @@ def plan_l4_listener(
             chains.extend(_tcp_chains(mesh, vs, service, port, caller, problems))
     if problems:
         raise TranslationError(problems)
-    return L4ListenerPlan(group.number, _without_shadowed(chains))
+    return L4ListenerPlan(group.number, _with_idle_timeouts(mesh, _without_shadowed(chains)))
+
+
+def _with_idle_timeouts(
+    mesh: Mesh, chains: tuple[FilterChainPlan, ...]
+) -> tuple[FilterChainPlan, ...]:
+    """``chains`` with the idle timeout their destinations' DestinationRules ask for
+    (``connectionPool.tcp.idleTimeout`` of the policy merged for the subset and port)."""
+    out = []
+    for chain in chains:
+        found = [t for name, _ in chain.clusters if (t := _idle_timeout(mesh, name)) is not None]
+        out.append(dataclasses.replace(chain, idle_timeout=min(found)) if found else chain)
+    return tuple(out)
+
+
+def _idle_timeout(mesh: Mesh, cluster: str) -> timedelta | None:
+    _, port, subset, host = cluster.split("|", 3)
+    service = mesh.service(host, DEFAULT_NAMESPACE)  # an FQDN: found as written
+    rule = mesh.destination_rule(service) if service is not None else None
+    policy = rule.policy_for(subset, int(port)) if rule is not None else None
+    pool = policy.connection_pool if policy is not None else None
+    return pool.tcp.idle_timeout if pool is not None and pool.tcp is not None else None
 
 
 def _applies(match: L4Match, caller: L4Caller, port: int) -> bool:

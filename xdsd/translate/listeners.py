@@ -29,7 +29,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from xdsd.model import Port
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name
-from xdsd.translate.config_sources import config_source
+from xdsd.translate.config_sources import config_source, duration
 from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
@@ -186,6 +186,8 @@ def outbound_l4_listener(ip: str, plan: L4ListenerPlan) -> Any:
             proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
             for name, weight in spec.clusters:
                 proxy.weighted_clusters.clusters.add(name=name, weight=weight)
+        if spec.idle_timeout is not None:
+            proxy.idle_timeout.CopyFrom(duration(spec.idle_timeout))
         chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
     return listener
 

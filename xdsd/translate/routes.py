@@ -276,6 +276,8 @@ class RouteBuilder:
             else:
                 blocks = [None]
             template = self._template(vs, index, http, port, problems)
+            if self._style is MatcherStyle.DEPRECATED:
+                problems.extend(_mosn_problems(vs, index, http))
             for block in blocks:
                 route = route_components_pb2.Route()
                 route.CopyFrom(template)
@@ -497,6 +499,26 @@ def _route_name(http: HTTPRoute, block: HTTPMatch | None) -> str:
     if block is not None and block.name:
         return f"{http.name}.{block.name}" if http.name else block.name
     return http.name
+
+
+def _mosn_problems(vs: VirtualService, index: int, http: HTTPRoute) -> list[Problem]:
+    """What MOSN would apply wrongly in rule ``index`` of ``vs``: its route conversion
+    ignores ``invert_match`` and query parameter matchers, so ``withoutHeaders`` and
+    ``queryParams`` would match every request (see ``mosn``). Refused, not dropped."""
+    out = []
+    for j, block in enumerate(http.match):
+        for name, present in (("withoutHeaders", block.without_headers),
+                              ("queryParams", block.query_params)):  # fmt: skip
+            if present:
+                out.append(
+                    _problem(
+                        vs,
+                        f"http[{index}].match[{j}].{name}",
+                        f"MOSN ignores {name} (its route conversion drops the condition): "
+                        "this rule cannot be served to MOSN nodes",
+                    )
+                )
+    return out
 
 
 def _problem(vs: VirtualService, field: str, message: str) -> Problem:
