@@ -281,7 +281,7 @@ def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Probl
     return ok
 
 
-def _hosts_match(server: Server, gateway: ResourceKey, vs: VirtualService) -> list[str]:
+def common_hosts(server: Server, gateway: ResourceKey, vs: VirtualService) -> list[str]:
     """The host names ``server`` (of ``gateway``) and ``vs`` have in common (Istio's
     ``Names.Intersection`` over the server hosts that apply to the rule's namespace and
     the rule's hosts, short names qualified), lower case, in order, each once."""
@@ -341,7 +341,7 @@ def _tcp_clusters(
     rules bound to its gateway whose hosts meet the server's (empty when none does)."""
     port = server.port.number
     for vs in rules:
-        if not _hosts_match(server, gateway, vs):
+        if not common_hosts(server, gateway, vs):
             continue
         for i, rule in enumerate(vs.tcp):
             if not rule.route:
@@ -369,7 +369,7 @@ def _passthrough_chains(
     port = server.port.number
     out: list[ChainPlan] = []
     for vs in rules:
-        if not _hosts_match(server, gateway, vs):
+        if not common_hosts(server, gateway, vs):
             continue
         for i, rule in enumerate(vs.tls):
             if not rule.route:
@@ -428,7 +428,7 @@ def gateway_route_configuration(
         redirect = server.tls is not None and server.tls.https_redirect
         port = server.port.number
         for vs in bound.get(gw, ()):
-            names = _hosts_match(server, gw, vs)
+            names = common_hosts(server, gw, vs)
             if not names:
                 continue
             try:
