@@ -398,7 +398,20 @@ def test_envoy_accepts_every_gateway_feature(tmp_path: Path) -> None:
     text = GATEWAY.replace("[ECDHE-ECDSA-AES128-GCM-SHA256]", f"[{ciphers}]")
     (tmp_path / "services.yaml").write_text(SERVICES)
     (tmp_path / "rules.yaml").write_text(text)
+    (tmp_path / "optional.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: opt}\nspec:\n"
+        "  selector: {istio: ingressgateway}\n  servers:\n"
+        "  - port: {number: 9443, name: opt, protocol: HTTPS}\n    hosts: ['*']\n"
+        "    tls: {mode: OPTIONAL_MUTUAL, serverCertificate: certs/gw.pem,\n"
+        "          privateKey: certs/gw-key.pem, caCertificates: certs/ca.pem}\n"
+        "  - port: {number: 9444, name: tls, protocol: TLS}\n    hosts: ['*']\n"
+        "    tls: {mode: SIMPLE, serverCertificate: certs/gw.pem, privateKey: certs/gw-key.pem}\n"
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t}\n"
+        "spec:\n  hosts: ['*']\n  gateways: [opt]\n  tcp: [{route: [{destination: {host: db}}]}]\n"
+    )
     mesh = load_directory(str(tmp_path)).mesh
+    listeners, _ = resources(mesh)
+    assert "0.0.0.0_9443" in listeners and "0.0.0.0_9444" in listeners
     config = render_static(mesh, NODE, admin_port=0)
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
