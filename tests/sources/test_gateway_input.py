@@ -153,3 +153,25 @@ def test_virtual_service_naming_an_unknown_gateway_is_a_warning(tmp_path: Path) 
     (tmp_path / "gw.yaml").unlink()
     again = [str(w) for w in load_directory(str(tmp_path)).warnings]
     assert any("gateways[0]: no Gateway default/gw" in w for w in again), again
+
+
+def test_gateway_warnings_follow_edits_incrementally(tmp_path: Path) -> None:
+    """Adding or removing a Gateway re-checks the VirtualServices naming it, even when
+    their own files did not change."""
+    from xdsd.sources import DirectoryLoader
+
+    (tmp_path / "vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs}\n"
+        "spec:\n  hosts: [a.example.com]\n  gateways: [gw]\n"
+        "  http:\n  - directResponse: {status: 200}\n"
+    )
+    loader = DirectoryLoader(str(tmp_path))
+
+    def warned() -> bool:
+        return any("no Gateway default/gw" in str(w) for w in loader.load().warnings)
+
+    assert warned()
+    write(tmp_path, GATEWAY)
+    assert not warned()
+    (tmp_path / "gw.yaml").unlink()
+    assert warned()
