@@ -123,7 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service this proxy fronts (node.cluster)")
-    p.add_argument("--node-id", default=None, help="(default: SERVICE-sidecar)")
+    p.add_argument("--node-id", default=None, help="(default: SERVICE-sidecar, SERVICE-gateway)")
     p.add_argument("--namespace", default="default")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--role", default="sidecar", choices=["sidecar", "gateway"])
@@ -195,6 +195,21 @@ def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any
 
 
 def _check_service(result: LoadResult, node: Any) -> None:
+    from xdsd.translate import Role
+    from xdsd.translate.gateways import selects
+
+    if node.role is Role.GATEWAY:
+        if not any(selects(g, node.labels) for g in result.mesh.gateways):
+            labels = ", ".join(f"{k}={v}" for k, v in node.labels) or "none"
+            print(
+                Problem(
+                    "<node>", 0, "labels",
+                    f"no Gateway selects a gateway with labels {labels}: it gets clusters "
+                    "only (give --label K=V as a Gateway's selector says)",
+                ).as_warning(),
+                file=sys.stderr,
+            )  # fmt: skip
+        return
     if result.mesh.service_by_name(node.namespace, node.service) is None:
         print(
             Problem(
@@ -216,7 +231,7 @@ def _render(args: argparse.Namespace) -> int:
     _check_service(result, node)
     if args.static:
         config = render_static(
-            result.mesh, node, node_id=args.node_id or f"{args.service}-sidecar",
+            result.mesh, node, node_id=args.node_id or f"{args.service}-{args.role}",
             admin_port=args.admin_port,
         )  # fmt: skip
         _print_json(config)
@@ -248,7 +263,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         raise UsageError(f"--xds wants HOST:PORT (got {args.xds!r})")
     client = "grpc" if args.format == "grpc" else "envoy"
     node = _node_class(args, client=client, transport=args.transport)
-    node_id = args.node_id or f"{args.service}-{'grpc' if client == 'grpc' else 'sidecar'}"
+    kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
+    node_id = args.node_id or f"{args.service}-{kind}"
     if args.config_dir:
         result = _load(args.config_dir)
         _check_service(result, node)

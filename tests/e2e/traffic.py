@@ -404,6 +404,117 @@ class Sidecar:
         return self.envoy.stats()
 
 
+@dataclass
+class TlsSession:
+    """What a TLS client saw of a handshake: protocol version, cipher suite name, and
+    the server's certificate (``ssl.getpeercert()``, empty without verification)."""
+
+    version: str
+    cipher: str
+    peer: dict[str, Any]
+
+
+def client_tls_context(cafile: Path | None, cert: CertFiles | None = None) -> ssl.SSLContext:
+    """A client TLS context verifying the server against ``cafile`` (no verification
+    when None), presenting ``cert`` when given."""
+    if cafile is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+    if cert is not None:
+        ctx.load_cert_chain(cert.cert, cert.key)
+    return ctx
+
+
+@dataclass
+class GatewayNode:
+    """A gateway's real Envoy: requests go to its listeners on ``ip:PORT`` (the Gateway
+    servers' ports), over TLS with a chosen SNI when asked."""
+
+    name: str
+    ip: str
+    envoy: Envoy
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def request(
+        self,
+        port: int,
+        host: str,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        tls: bool = False,
+        sni: str | None = None,
+        cafile: Path | None = None,
+        cert: CertFiles | None = None,
+        timeout: float = 10.0,
+    ) -> Reply:
+        """One HTTP/1.1 request to the listener on ``port`` with ``Host: host``; with
+        ``tls``, over TLS with SNI ``sni`` (default: ``host`` without port), verifying
+        the server against ``cafile`` and presenting client certificate ``cert``."""
+        conn = http.client.HTTPConnection(self.ip, port, timeout=timeout)
+        try:
+            if tls:
+                raw = socket.create_connection((self.ip, port), timeout=timeout)
+                ctx = client_tls_context(cafile, cert)
+                conn.sock = ctx.wrap_socket(raw, server_hostname=sni or host.split(":")[0])
+            conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+            resp = conn.getresponse()
+            raw_headers = [(k.lower(), v) for k, v in resp.getheaders()]
+            return Reply(resp.status, dict(raw_headers), resp.read(), raw_headers)
+        finally:
+            conn.close()
+
+    def handshake(
+        self, port: int, sni: str, cafile: Path | None, cert: CertFiles | None = None,
+        timeout: float = 5.0,
+    ) -> TlsSession:  # fmt: skip
+        """Complete a TLS handshake with the listener on ``port`` (SNI ``sni``) and
+        report what was negotiated."""
+        ctx = client_tls_context(cafile, cert)
+        with (
+            socket.create_connection((self.ip, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=sni) as s,
+        ):
+            cipher = s.cipher()
+            return TlsSession(s.version() or "", cipher[0] if cipher else "", s.getpeercert() or {})
+
+    def tls(
+        self, port: int, data: bytes, sni: str, cafile: Path | None, timeout: float = 5.0
+    ) -> tuple[bytes, dict[str, Any]]:
+        """Open TLS to the listener on ``port`` with SNI ``sni`` (verified against
+        ``cafile`` and that name), send ``data``; return the first answer and the
+        certificate the server presented."""
+        ctx = client_tls_context(cafile)
+        with (
+            socket.create_connection((self.ip, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=sni) as s,
+        ):
+            s.sendall(data)
+            return s.recv(65536), s.getpeercert() or {}
+
+    def tcp(self, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+        """Send ``data`` to the listener on ``port``; return the first answer."""
+        with socket.create_connection((self.ip, port), timeout=timeout) as s:
+            s.sendall(data)
+            return s.recv(65536)
+
+    def wait_for(self, check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        """Wait until ``check()`` holds (exceptions count as not yet)."""
+
+        def attempt() -> bool:
+            try:
+                return check()
+            except (OSError, http.client.HTTPException, ValueError):
+                return False
+
+        wait_until(attempt, timeout=timeout, what=what)
+
+
 class TrafficMesh:
     """Upstreams, service and rule files, xdsd and client sidecars of one test (or module).
 
@@ -421,6 +532,7 @@ class TrafficMesh:
         self._things: list[Any] = []
         self.sidecars: dict[str, Sidecar] = {}
         self.xdsd: Xdsd | None = None
+        self._gateway_ips: dict[str, str] = {}
 
     def __enter__(self) -> TrafficMesh:
         return self
@@ -541,6 +653,42 @@ class TrafficMesh:
         sidecar = Sidecar(name, ip, outbound_ip, envoy, self.port, dict(labels or {}))
         self.sidecars[name] = sidecar
         return sidecar
+
+    def start_gateway(
+        self, name: str, labels: dict[str, str], *, namespace: str = ""
+    ) -> GatewayNode:
+        """Start xdsd (once) and a gateway Envoy for ``name`` with role ``gateway`` and
+        ``labels`` (what Gateway selectors match), its listeners bound on an address of
+        its own (reserved by ``gateway_ip(name)`` when called before, so that server ports
+        can be picked free on it); return it once Envoy is LIVE."""
+        ip = self._gateway_ips.pop(name, None) or self.ip()
+        if self.xdsd is None:
+            self.xdsd = Xdsd(self.config, self.root)
+        admin_port = free_port()
+        argv = [
+            sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", name,
+            "--role", "gateway", "--instance-ip", ip,
+            "--xds", f"127.0.0.1:{self.xdsd.grpc_port}", "--admin-port", str(admin_port),
+        ]  # fmt: skip
+        if namespace:
+            argv += ["--namespace", namespace]
+        for k, v in labels.items():
+            argv += ["--label", f"{k}={v}"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        path = self.root / f"envoy-{name}.yaml"
+        path.write_text(proc.stdout)
+        envoy = Envoy(path, admin_port, self.root)
+        self._things.append(envoy)
+        envoy.ready()
+        return GatewayNode(name, ip, envoy, dict(labels))
+
+    def gateway_ip(self, name: str) -> str:
+        """The address the gateway ``name`` will bind (reserved now, so that its server
+        ports can be chosen free on it before the Gateway file is written)."""
+        ip = self._gateway_ips.get(name) or self.ip()
+        self._gateway_ips[name] = ip
+        return ip
 
     def errors(self) -> Any:
         """xdsd's current configuration errors (``/debug/errors``)."""

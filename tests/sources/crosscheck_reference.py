@@ -18,10 +18,12 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.networking import Gateway
+from xdsd.sources.crosscheck import gateway_problems
 from xdsd.sources.listing import list_config_files
 from xdsd.sources.loader import parse_config_file
 
-Resource = Service | VirtualService | DestinationRule
+Resource = Service | VirtualService | DestinationRule | Gateway
 
 
 def reference_load(root: str) -> tuple[Mesh, list[Problem], tuple[str, ...]]:
@@ -62,18 +64,24 @@ def cross_check(
     services: list[Service] = []
     rules: list[DestinationRule] = []
     virtual: list[VirtualService] = []
+    gateways: list[Gateway] = []
     for resource in by_key.values():
         if isinstance(resource, Service):
             services.append(resource)
         elif isinstance(resource, DestinationRule):
             rules.append(resource)
-        else:
+        elif isinstance(resource, Gateway):
+            gateways.append(resource)
+        elif isinstance(resource, VirtualService):
             virtual.append(resource)
-    mesh = Mesh(tuple(services), (), tuple(rules), ())
+    mesh = Mesh(tuple(services), (), tuple(rules), (), gateways=tuple(gateways))
     _check_hosts(mesh.services, problems)
     _check_destination_rules(mesh, problems)
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
+    defined = {g.key for g in gateways}
+    for vs in mesh_sorted(virtual):
+        problems.extend(gateway_problems(vs, defined)[1])
     seen_raw: dict[tuple[str, str], RawResource] = {}
     for r in raw:
         first_raw = seen_raw.get((r.type_url, r.name))
@@ -147,7 +155,7 @@ def _check_virtual_service(
     """Check a VirtualService's references; returns it with destination ports filled in
     where the destination service has a single port."""
     for i, host in enumerate(vs.hosts):
-        if "*" in host:
+        if "*" in host or not _applies_to_mesh(vs):
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(
@@ -163,7 +171,7 @@ def _check_virtual_service(
             dest = rd.destination
             svc = mesh.service(dest.host, vs.namespace)
             if svc is None:
-                # A rule only gateways use is inert until gateways are implemented.
+                # A rule only gateways use routes there with 503, as Istio does.
                 severity = Severity.ERROR if _applies_to_mesh(vs) else Severity.WARNING
                 problems.append(
                     _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)

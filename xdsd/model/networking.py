@@ -164,6 +164,26 @@ class Gateway:
         object.__setattr__(self, "key", ResourceKey("Gateway", self.namespace, self.name))
 
 
+#: The gateway name that binds a VirtualService (or a match block) to sidecars.
+MESH_GATEWAY_NAME = "mesh"
+
+
+def gateway_key(reference: str, namespace: str) -> ResourceKey | None:
+    """The Gateway a VirtualService written in ``namespace`` names by ``reference`` (an
+    entry of its ``gateways`` or of a match block's): ``ns/name``; ``name`` (in the rule's
+    namespace); Istio's legacy ``name.ns.svc.cluster.local`` form (``name.ns…``). None for
+    ``mesh``, which names the sidecars."""
+    if reference == MESH_GATEWAY_NAME:
+        return None
+    ns, sep, name = reference.partition("/")
+    if sep:
+        return ResourceKey("Gateway", ns, name)
+    if "." in reference:
+        name, _, rest = reference.partition(".")
+        return ResourceKey("Gateway", rest.split(".", 1)[0], name)
+    return ResourceKey("Gateway", namespace, reference)
+
+
 @dataclass(frozen=True, slots=True)
 class EgressListener:
     """Istio's IstioEgressListener: the hosts (``ns/host``, ``*`` wildcards, ``./host`` =

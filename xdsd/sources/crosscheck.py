@@ -38,7 +38,14 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.mesh import OTHER_KINDS, qualify_host
-from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
+from xdsd.model.networking import (
+    EnvoyFilter,
+    Gateway,
+    ServiceEntry,
+    Sidecar,
+    WorkloadEntry,
+    gateway_key,
+)
 
 Resource = (
     Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
@@ -123,6 +130,11 @@ class CrossCheck:
         self._vs_targets: dict[ResourceKey, tuple[ResourceKey | None, ...]] = {}
         self._routed: dict[ResourceKey, set[ResourceKey]] = {}
         self._overlap_problems: dict[ResourceKey, list[Problem]] = {}
+        # Gateways each VirtualService names (``gateways``), who names each, and the
+        # warnings for names no Gateway answers to.
+        self._vs_gateways: dict[ResourceKey, tuple[ResourceKey, ...]] = {}
+        self._vs_by_gateway: dict[ResourceKey, set[ResourceKey]] = {}
+        self._gateway_problems: dict[ResourceKey, list[Problem]] = {}
         # The kinds kept without indexes (``OTHER_KINDS``): winners by kind and key.
         self._others: dict[str, dict[ResourceKey, Other]] = {k: {} for k in OTHER_KINDS}
         self._sorted_others: dict[str, _Sorted[ResourceKey, Other]] = {
@@ -197,6 +209,7 @@ class CrossCheck:
         hosts = self._update_hosts(services)
         applied = self._update_rules(rules, hosts)
         checked = self._update_virtual(virtual, hosts, applied)
+        self._update_gateway_references(checked, {k for k in others if k.kind == "Gateway"})
         return self._mesh(set(services), rules, checked, raw_touched, others)
 
     def problems(self) -> list[Problem]:
@@ -221,6 +234,8 @@ class CrossCheck:
             out.extend(self._vs_problems[vs_key])
         for vs_key in sorted(self._overlap_problems):
             out.extend(self._overlap_problems[vs_key])
+        for vs_key in sorted(self._gateway_problems):
+            out.extend(self._gateway_problems[vs_key])
         raw_dups: list[tuple[int, int, Problem]] = []
         for raw_key in self._raw_duplicated:
             raw_defs = sorted(self._raw_defs[raw_key], key=lambda d: (order[d[0]], d[1]))
@@ -426,6 +441,29 @@ class CrossCheck:
             _file(self._overlap_problems, key, self._overlap(key))
         return recheck
 
+    def _update_gateway_references(
+        self, virtual: set[ResourceKey], gateways: set[ResourceKey]
+    ) -> None:
+        """Check again the ``gateways`` of the VirtualServices in ``virtual`` (checked
+        again or removed) and of those naming a Gateway in ``gateways`` (added or
+        removed): a name no Gateway answers to is a warning, as Istio accepts it."""
+        recheck = set(virtual)
+        for gw in gateways:
+            recheck |= self._vs_by_gateway.get(gw, _NONE)
+        defined = self._others["Gateway"]
+        for key in recheck:
+            for gw in self._vs_gateways.pop(key, ()):
+                _unindex(self._vs_by_gateway, gw, key)
+            vs = self._virtual.get(key)
+            if vs is None:
+                self._gateway_problems.pop(key, None)
+                continue
+            named, problems = gateway_problems(vs, defined)
+            self._vs_gateways[key] = named
+            for gw in named:
+                self._vs_by_gateway.setdefault(gw, set()).add(key)
+            _file(self._gateway_problems, key, problems)
+
     def _overlap(self, key: ResourceKey) -> list[Problem]:
         vs = self._virtual[key]
         problems: list[Problem] = []
@@ -577,6 +615,27 @@ def _host_problems(svc: Service, owners: Mapping[str, Service]) -> list[Problem]
     return problems
 
 
+def gateway_problems(
+    vs: VirtualService, defined: Collection[ResourceKey]
+) -> tuple[tuple[ResourceKey, ...], list[Problem]]:
+    """The Gateways ``vs`` names in ``gateways`` (``mesh`` left out), and a warning for
+    each that is not in ``defined``."""
+    named: list[ResourceKey] = []
+    problems: list[Problem] = []
+    for i, reference in enumerate(vs.gateways):
+        gw = gateway_key(reference, vs.namespace)
+        if gw is None:
+            continue
+        named.append(gw)
+        if gw not in defined:
+            problems.append(
+                _at(vs.origin, f"gateways[{i}]",
+                    f"no Gateway {gw.namespace}/{gw.name}: the rule applies to it once one "
+                    "is defined", Severity.WARNING)
+            )  # fmt: skip
+    return tuple(named), problems
+
+
 def applies_to_mesh(vs: VirtualService) -> bool:
     """True for a rule that applies to sidecars (no gateways, or the ``mesh`` gateway)."""
     return not vs.gateways or "mesh" in vs.gateways
@@ -586,9 +645,11 @@ def check_virtual_service(
     mesh: Lookup, vs: VirtualService, problems: list[Problem]
 ) -> VirtualService:
     """Check a VirtualService's references; returns it with destination ports filled in
-    where the destination service has a single port (``vs`` itself when nothing is)."""
+    where the destination service has a single port (``vs`` itself when nothing is).
+    Hosts are looked up only for rules that apply to sidecars: a gateway's hosts are the
+    names clients outside use, not services."""
     for i, host in enumerate(vs.hosts):
-        if "*" in host:
+        if "*" in host or not applies_to_mesh(vs):
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(
@@ -666,7 +727,7 @@ def _check_destination(
     ``any_port``, a service with several ports needs the port named."""
     svc = mesh.service(dest.host, vs.namespace)
     if svc is None:
-        # A rule only gateways use is inert until gateways are implemented.
+        # A rule only gateways use routes there with 503, as Istio does.
         severity = Severity.ERROR if applies_to_mesh(vs) else Severity.WARNING
         problems.append(
             _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)

@@ -368,9 +368,9 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
             "names a Kubernetes secret, which xdsd cannot read: give the certificate "
             "files (caCertificates, clientCertificate, privateKey) instead",
         )
-    ca = _certificate_file(f, "caCertificates", config_dir)
-    cert = _certificate_file(f, "clientCertificate", config_dir)
-    key = _certificate_file(f, "privateKey", config_dir)
+    ca = certificate_file(f, "caCertificates", config_dir)
+    cert = certificate_file(f, "clientCertificate", config_dir)
+    key = certificate_file(f, "privateKey", config_dir)
     sans = f.strings("subjectAltNames")
     sni = f.string("sni")
     skip = _boolean(f, "insecureSkipVerify")
@@ -392,7 +392,7 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
     return ClientTLS(mode, cert, key, ca, sans, sni, skip)
 
 
-def _certificate_file(f: Fields, key: str, config_dir: str) -> str:
+def certificate_file(f: Fields, key: str, config_dir: str) -> str:
     """The absolute path of a certificate file field ("" when absent); a file that does
     not exist (or is not a regular file) is an error naming the field."""
     value = f.string(key)

@@ -1,11 +1,14 @@
 """Gateway and Sidecar specs → model objects (Istio's networking.istio.io API).
 
-Certificate paths are kept as written; the loader resolves relative ones against the
-config directory and checks that the files exist.
+Certificate paths: the loader passes the config directory, against which relative paths
+are resolved and every file is checked to exist (as for DestinationRule tls).
 """
 
 from __future__ import annotations
 
+import ipaddress
+
+from xdsd.errors import Severity
 from xdsd.model import Origin
 from xdsd.model.networking import (
     EgressListener,
@@ -17,11 +20,13 @@ from xdsd.model.networking import (
     ServerTLSMode,
     Sidecar,
 )
+from xdsd.sources.destination_rule import certificate_file
 from xdsd.sources.fields import Fields
 from xdsd.sources.service_entry import parse_entry_port
 
 SERVER_TLS_UNSUPPORTED = ("credentialName", "credentialNames", "verifyCertificateSpki",
-                          "verifyCertificateHash", "tlsCertificates")  # fmt: skip
+                          "verifyCertificateHash", "tlsCertificates", "caCrl", "ecdhCurves",
+                          "insecureSkipVerify", "caCertCredentialName")  # fmt: skip
 SIDECAR_UNSUPPORTED = ("inboundConnectionPool",)
 EGRESS_UNSUPPORTED = ("captureMode",)
 INGRESS_UNSUPPORTED = ("captureMode", "tls", "connectionPool")
@@ -29,40 +34,88 @@ REFUSED_TLS_MODES = {
     ServerTLSMode.ISTIO_MUTUAL: "needs Istio's certificate authority; use MUTUAL with files",
     ServerTLSMode.AUTO_PASSTHROUGH: "needs Istio's multi-network SNI naming",
 }
+#: Istio's TLS protocol names, in order (``TLS_AUTO``: Envoy's default).
+TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
+#: The cipher suite names Envoy's TLS library accepts for TLS 1.0-1.2 (TLS 1.3 suites are
+#: not configurable). Istio drops other names with a warning; so does xdsd.
+CIPHER_SUITES = frozenset({
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-PSK-CHACHA20-POLY1305", "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA",
+    "ECDHE-PSK-AES128-CBC-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
+    "ECDHE-PSK-AES256-CBC-SHA", "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA",
+    "PSK-AES128-CBC-SHA", "AES256-SHA", "PSK-AES256-CBC-SHA", "DES-CBC3-SHA",
+})  # fmt: skip
+#: Server protocols that carry plain HTTP (routes by RDS).
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+#: Server protocols that carry TLS (a tls.mode is required).
+TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
+_TERMINATING = (ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
 
 
-def parse_gateway(spec: Fields, name: str, namespace: str, origin: Origin) -> Gateway:
-    """An Istio Gateway. Each server needs a port and at least one host; TLS modes
-    SIMPLE/MUTUAL need certificate files, MUTUAL a CA too."""
+def parse_gateway(
+    spec: Fields, name: str, namespace: str, origin: Origin, *, config_dir: str | None = None
+) -> Gateway:
+    """An Istio Gateway. Each server needs a port (with a name unique in the gateway) and
+    at least one host; TLS modes SIMPLE/MUTUAL/OPTIONAL_MUTUAL need certificate files,
+    MUTUAL and OPTIONAL_MUTUAL a CA too. With ``config_dir``, certificate paths become
+    absolute (relative ones are relative to it) and each file must exist; without it they
+    are kept as written and not looked at."""
     selector = spec.labels("selector")
-    servers = spec.parse_list("servers", _parse_server)
+    seen: dict[str, int] = {}
+    servers = spec.parse_list("servers", lambda f: _parse_server(f, config_dir, seen))
     if not spec.has("servers"):
         spec.error("servers", "is required: a Gateway needs at least one server")
     spec.finish()
     return Gateway(name, namespace, selector, servers, origin=origin)
 
 
-def _parse_server(f: Fields) -> Server | None:
-    port = parse_entry_port(f.obj("port", required=True) or _empty(f))
+def _parse_server(f: Fields, config_dir: str | None, seen: dict[str, int]) -> Server | None:
+    """One server; ``seen`` maps the port names of the servers before it to their index."""
+    port_f = f.obj("port", required=True)
+    port = parse_entry_port(port_f or _empty(f))
     hosts = f.strings("hosts", required=True)
-    tls = _parse_server_tls(f.obj("tls"))
+    for i, host in enumerate(hosts):
+        ns, sep, rest = host.rpartition("/")
+        if (sep and (not ns or "/" in ns)) or not rest:
+            f.report.add((*f.path, "hosts", i), "must be HOST or NAMESPACE/HOST (./HOST, */HOST)")
+    tls = _parse_server_tls(f.obj("tls"), config_dir)
     bind = f.string("bind")
+    if bind and not _is_ip(bind):
+        f.error("bind", f"must be an IP address (got {bind!r})")
     name = f.string("name")
     f.finish(("defaultEndpoint",))
     if port is None:
         return None
-    if tls is not None and tls.mode is not None and port.protocol_name in ("HTTP", "HTTP2"):
-        f.error("tls", f"a {port.protocol_name} server does not speak TLS: use protocol HTTPS")
-    if port.protocol_name in ("HTTPS", "TLS") and (tls is None or tls.mode is None):
-        f.error(
-            "tls", f"a {port.protocol_name} server needs tls.mode (SIMPLE, MUTUAL or PASSTHROUGH)"
+    if port_f is not None:
+        if not port.name:
+            port_f.error("name", "is required: Istio names a server's routes by it")
+        index = f.path[-1]
+        if port.name and port.name in seen:
+            port_f.error(
+                "name",
+                f"port names must be unique in a Gateway: {port.name!r} is also the name "
+                f"of servers[{seen[port.name]}]",
+            )
+        elif port.name and isinstance(index, int):
+            seen[port.name] = index
+        if port.target_port:
+            port_f.error("targetPort", "has no effect on a Gateway server: remove it")
+    protocol = port.protocol_name
+    if protocol in TLS_PROTOCOLS:
+        if tls is None or tls.mode is None:
+            f.error("tls", f"a {protocol} server needs tls.mode (SIMPLE, MUTUAL or PASSTHROUGH)")
+    elif tls is not None and tls.mode is not None:
+        f.error("tls", f"a {protocol} server does not speak TLS: use protocol HTTPS or TLS")
+    elif tls is not None and protocol not in HTTP_PROTOCOLS:
+        f.error("tls", f"a {protocol} server takes no tls settings")
+    if tls is not None and tls.https_redirect and protocol not in HTTP_PROTOCOLS:
+        f.report.add(
+            (*f.path, "tls", "httpsRedirect"),
+            "applies only to HTTP servers (as Istio: ignored here)",
+            Severity.WARNING,
         )
-    if (
-        tls is not None
-        and tls.mode is ServerTLSMode.PASSTHROUGH
-        and port.protocol_name not in ("HTTPS", "TLS")
-    ):
-        f.error("tls", "PASSTHROUGH needs protocol TLS or HTTPS")
     return Server(port, hosts, tls, bind, name)
 
 
@@ -70,29 +123,88 @@ def _empty(f: Fields) -> Fields:
     return Fields(f.report, (*f.path, "port"), {})
 
 
-def _parse_server_tls(f: Fields | None) -> ServerTLS | None:
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | None:
     if f is None:
         return None
     redirect = f.boolean("httpsRedirect")
     mode = f.enum("mode", ServerTLSMode, ServerTLSMode.SIMPLE) if f.has("mode") else None
-    cert = f.string("serverCertificate")
-    key = f.string("privateKey")
-    ca = f.string("caCertificates")
+    files = mode in _TERMINATING and config_dir is not None
+    cert = _file(f, "serverCertificate", config_dir if files else None)
+    key = _file(f, "privateKey", config_dir if files else None)
+    ca = _file(f, "caCertificates", config_dir if files else None)
     sans = f.strings("subjectAltNames")
-    min_v = f.string("minProtocolVersion")
-    max_v = f.string("maxProtocolVersion")
-    ciphers = f.strings("cipherSuites")
+    min_v = _version(f, "minProtocolVersion")
+    max_v = _version(f, "maxProtocolVersion")
+    ciphers = _ciphers(f)
     f.finish(SERVER_TLS_UNSUPPORTED, "give serverCertificate and privateKey files")
     if mode in REFUSED_TLS_MODES:
         f.error("mode", f"{mode.value} is not supported by xdsd: {REFUSED_TLS_MODES[mode]}")
-    if mode in (ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL):
-        if not cert:
+    if mode in _TERMINATING:
+        if not cert and not f.has("serverCertificate"):
             f.error("serverCertificate", f"is required for mode {mode.value}")
-        if not key:
+        if not key and not f.has("privateKey"):
             f.error("privateKey", f"is required for mode {mode.value}")
-    if mode in (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL) and not ca:
+    if mode in (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL) and not f.has(
+        "caCertificates"
+    ):
         f.error("caCertificates", f"is required for mode {mode.value}")
+    if mode is ServerTLSMode.PASSTHROUGH and (cert or key or ca):
+        f.warn("mode", "PASSTHROUGH does not terminate TLS: the certificate files are ignored")
+    if (
+        min_v
+        and max_v
+        and min_v != "TLS_AUTO"
+        and max_v != "TLS_AUTO"
+        and TLS_VERSIONS.index(min_v) > TLS_VERSIONS.index(max_v)
+    ):
+        f.error("minProtocolVersion", f"{min_v} is above maxProtocolVersion {max_v}")
     return ServerTLS(mode, redirect, cert, key, ca, sans, min_v, max_v, ciphers)
+
+
+def _file(f: Fields, key: str, config_dir: str | None) -> str:
+    """A certificate path: checked and made absolute against ``config_dir``, or as
+    written when there is none."""
+    if config_dir is None:
+        return f.string(key)
+    return certificate_file(f, key, config_dir)
+
+
+def _version(f: Fields, key: str) -> str:
+    value = f.string(key).upper()
+    if value and value not in TLS_VERSIONS:
+        f.error(key, f"must be one of {', '.join(TLS_VERSIONS)} (got {value!r})")
+        return ""
+    return value
+
+
+def _ciphers(f: Fields) -> tuple[str, ...]:
+    """The cipher suites Envoy accepts, in order, each once; others are dropped with a
+    warning (Istio's behaviour: Envoy would refuse the whole listener). Names starting
+    with another character than a letter or digit (BoringSSL's ``[A|B]`` groups,
+    ``-``/``+`` operators) are passed on, as Istio does."""
+    kept: list[str] = []
+    for i, name in f.items("cipherSuites"):
+        if not isinstance(name, str):
+            f.report.add((*f.path, "cipherSuites", i), "must be a string")
+            continue
+        if name in kept:
+            f.report.add((*f.path, "cipherSuites", i), f"{name!r} repeats: ignored",
+                         Severity.WARNING)  # fmt: skip
+        elif name and name[0].isalnum() and name not in CIPHER_SUITES:
+            f.report.add((*f.path, "cipherSuites", i),
+                         f"{name!r} is not a cipher suite Envoy knows: ignored",
+                         Severity.WARNING)  # fmt: skip
+        elif name:
+            kept.append(name)
+    return tuple(kept)
 
 
 def parse_sidecar(spec: Fields, name: str, namespace: str, origin: Origin) -> Sidecar:

@@ -53,7 +53,7 @@ OTHER_PARSERS = {
     "EnvoyFilter": parse_envoy_filter,
 }
 #: Of those, the kinds that are checked but not translated yet (a warning says so).
-NOT_APPLIED = frozenset({"ServiceEntry", "WorkloadEntry", "Gateway", "Sidecar", "EnvoyFilter"})
+NOT_APPLIED = frozenset({"ServiceEntry", "WorkloadEntry", "Sidecar", "EnvoyFilter"})
 RAW_DIR = "envoy"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
@@ -289,6 +289,8 @@ def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resour
         parser = _parser_for(top, api_version, kind)
         if parser is parse_destination_rule:
             parser = functools.partial(parse_destination_rule, config_dir=root)
+        elif parser is parse_gateway:
+            parser = functools.partial(parse_gateway, config_dir=root)
         if parser is not None:
             if istio_shaped:
                 name, namespace = _read_metadata(top)

@@ -262,7 +262,7 @@ def _set_tls(cluster: Any, port: Port, pool: ConnectionPool | None, tls: ClientT
         validation = common.validation_context
         validation.trusted_ca.filename = tls.ca_certificates
         for name in tls.subject_alt_names:
-            validation.match_typed_subject_alt_names.append(_san_matcher(name))
+            validation.match_typed_subject_alt_names.append(san_matcher(name))
     if _speaks_http2(port, pool):
         common.alpn_protocols.append("h2")
     cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
@@ -297,7 +297,7 @@ def _set_auto_sni(cluster: Any, *, verify: bool) -> None:
     cluster.typed_extension_protocol_options[key].CopyFrom(pack(options))
 
 
-def _san_matcher(name: str) -> Any:
+def san_matcher(name: str) -> Any:
     """An exact SAN matcher: URI for ``scheme://…`` names (SPIFFE ids), IP for address
     literals, DNS otherwise."""
     matcher = common_pb2.SubjectAltNameMatcher()

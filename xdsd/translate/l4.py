@@ -181,7 +181,7 @@ def _tcp_chains(
         return [own]
     # Every rule's destinations are checked, even past the catch-all.
     targets = [
-        _clusters(mesh, vs, f"tcp[{i}]", rule, port.number, problems)
+        route_clusters(mesh, vs, f"tcp[{i}]", rule, port.number, problems)
         for i, rule in enumerate(vs.tcp)
     ]
     out: list[FilterChainPlan] = []
@@ -215,7 +215,7 @@ def _tls_chains(
     handled: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     for i, rule in enumerate(vs.tls if vs is not None else ()):
         assert vs is not None
-        clusters = _clusters(mesh, vs, f"tls[{i}]", rule, port.number, problems)
+        clusters = route_clusters(mesh, vs, f"tls[{i}]", rule, port.number, problems)
         if not clusters:
             continue
         for match in rule.match:
@@ -233,7 +233,7 @@ def _tls_chains(
     return out
 
 
-def _clusters(
+def route_clusters(
     mesh: Mesh,
     vs: VirtualService,
     field: str,

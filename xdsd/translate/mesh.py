@@ -32,7 +32,12 @@ What a class receives:
 - a proxyless gRPC client: an ``api_listener`` named ``host:port`` for each name of each
   HTTP service port (and the bare name for a service with a single port), each fetching
   the per-port route configuration the sidecars use; no socket listeners;
-- a gateway: clusters and endpoints only, until Gateway resources are translated.
+- a gateway (Envoy or MOSN): every cluster and assignment, and the listeners and route
+  configurations of the Gateways whose selector its labels match (see ``gateways``), on
+  its ``instance_ip`` (``0.0.0.0`` when unset and its service does not say, as Istio
+  binds) unless a server has a ``bind``; memoized per (selected Gateways, address,
+  config source, matcher style, caller), each listener and route configuration by what
+  it is made of.
 
 API version v2 is not translated here: every resource is v3.
 """
@@ -45,7 +50,17 @@ from typing import Any
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import DestinationRule, Mesh, Origin, Port, Resolution, Service, TrafficPolicy
+from xdsd.model import (
+    DestinationRule,
+    Mesh,
+    Origin,
+    Port,
+    Resolution,
+    ResourceKey,
+    Service,
+    TrafficPolicy,
+    VirtualService,
+)
 from xdsd.resources import CLUSTER, ENDPOINT, Resource, TypeUrl
 from xdsd.translate.clusters import (
     ClusterFlavor,
@@ -61,6 +76,14 @@ from xdsd.translate.endpoints import (
     load_assignment,
     locality_groups,
     select_endpoints,
+)
+from xdsd.translate.gateways import (
+    bound_virtual_services,
+    gateway_listener,
+    gateway_match_applies,
+    gateway_route_configuration,
+    plan_gateway,
+    selects,
 )
 from xdsd.translate.l4 import (
     ANY_CALLER,
@@ -89,7 +112,7 @@ from xdsd.translate.placement import (
 )
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
-from xdsd.translate.route_matches import Caller, MatcherStyle
+from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
 from xdsd.translate.routes import virtual_service_index
 from xdsd.translate.shared import SharedClusters
 
@@ -123,6 +146,10 @@ class MeshTranslation:
         self._l4_by_caller: bool | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
         self._priority_names: frozenset[str] | None = None
+        # Gateways: the VirtualServices bound to each, and routes per (rule, port,
+        # gateway, caller, style).
+        self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
+        self._gateway_routes: dict[Key, list[Any]] = {}
         #: Seconds spent so far: building resources (``translate``) and assembling and
         #: checking snapshots (``snapshot``), for logs and benchmarks.
         self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
@@ -209,6 +236,8 @@ class MeshTranslation:
         parts: list[Callable[[], Iterable[Resource]]] = []
         if node.client is ClientKind.GRPC:
             parts.append(lambda: self._grpc_listeners(caller))
+        elif node.role is Role.GATEWAY:
+            parts.append(lambda: self._gateway(node, source, style))
         elif node.role is Role.SIDECAR:
             parts.append(lambda: self._inbound(node))
             parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller))
@@ -334,6 +363,61 @@ class MeshTranslation:
             return out
 
         return self._selection(("l4", ip, caller, mosn), compute)
+
+    def _gateway(
+        self, node: NodeClass, source: ConfigSourceKind, style: MatcherStyle
+    ) -> tuple[Resource, ...]:
+        """The listeners and route configurations of a gateway node (see ``gateways``);
+        nothing when no Gateway selects it."""
+        selected = tuple(g for g in self.mesh.gateways if selects(g, node.labels))
+        if not selected:
+            return ()
+        if self._bound is None:
+            self._bound = bound_virtual_services(self.mesh)
+        bound = self._bound
+        rules = {vs.key: vs for g in selected for vs in bound.get(g.key, ())}
+        caller = caller_of(node.labels, node.namespace, relevance_of(rules.values()))
+        address = self.instance_ip(node)
+        builder = self._routes.builder(style)
+
+        def routes_of(vs: VirtualService, port: int, gateway: ResourceKey) -> list[Any]:
+            key = (vs.key, port, gateway, caller, style)
+            found = self._gateway_routes.get(key)
+            if found is None:
+                found = builder.gateway_routes(
+                    vs, port, lambda m: gateway_match_applies(m, gateway, vs.namespace, caller)
+                )
+                self._gateway_routes[key] = found
+            return found
+
+        def compute() -> list[Resource]:
+            plan = plan_gateway(self.mesh, selected, bound, address)
+            out: list[Resource] = []
+            problems: list[Problem] = []
+            for listener in plan.listeners:
+                out.append(
+                    self._shared(("gateway-listener", listener, source), gateway_listener,
+                                 listener, source)
+                )  # fmt: skip
+            for route in plan.routes:
+                used = tuple(
+                    (vs, builder.rule_inputs(vs))
+                    for gw, _ in route.servers
+                    for vs in bound.get(gw, ())
+                )
+                key = ("gateway-routes", route, used, caller, style)
+                try:
+                    out.append(
+                        self._shared(key, gateway_route_configuration, route, bound, routes_of)
+                    )
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+            if problems:
+                raise TranslationError(problems)
+            return out
+
+        keys = tuple(g.key for g in selected)
+        return self._selection(("gateway", keys, address, source, style, caller), compute)
 
     def _local_assignments(self, node: NodeClass) -> tuple[Resource, ...]:
         """The ClusterLoadAssignments that ``node``'s locality changes (see

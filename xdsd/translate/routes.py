@@ -28,7 +28,7 @@ no labels, and then every caller is the same ``Caller()``).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -220,7 +220,10 @@ class RouteBuilder:
             elif vs is None:
                 found = (inputs, [self._default_route(service, port)])
             else:
-                found = (inputs, self._rule_routes(vs, port, caller))
+                found = (
+                    inputs,
+                    self._rule_routes(vs, port, lambda m: applies_to_sidecar(m, caller)),
+                )
             self.memo[key] = found
         return found[1]
 
@@ -239,6 +242,13 @@ class RouteBuilder:
         vs = self._rules.get(service.key)
         if vs is None:
             return (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
+        return (service.fqdn, port, vs, self.rule_inputs(vs))
+
+    def rule_inputs(self, vs: VirtualService) -> tuple[Hashable, ...]:
+        """What the routes of ``vs`` take from the rest of the mesh: for each destination
+        and mirror of its http rules, the target service's names and ports, the subsets
+        its DestinationRule defines and the rule's hash policy (None for an unknown
+        host)."""
         targets: list[Hashable] = []
         for http in vs.http:
             for dest in (*(rd.destination for rd in http.route),
@@ -250,7 +260,18 @@ class RouteBuilder:
                 rule = self._mesh.destination_rule(target)
                 subsets = tuple(s.name for s in rule.subsets) if rule is not None else None
                 targets.append((target.fqdn, target.ports, subsets, rule_hashes(rule)))
-        return (service.fqdn, port, vs, tuple(targets))
+        return tuple(targets)
+
+    def gateway_routes(
+        self, vs: VirtualService, port: int, applies: Callable[[HTTPMatch], bool]
+    ) -> list[Any]:
+        """The routes of ``vs``'s http rules as a gateway server on ``port`` serves them:
+        the match blocks for which ``applies`` holds (and whose ``port``, if any, is
+        ``port``). Not memoized: the caller keeps what it builds.
+
+        Raises TranslationError as ``route_configuration`` does.
+        """
+        return self._rule_routes(vs, port, applies)
 
     def _default_route(self, service: Service, port: int) -> Any:
         route = route_components_pb2.Route(name="default")
@@ -260,17 +281,15 @@ class RouteBuilder:
         add_hash_policies(route.route, self._mesh)
         return route
 
-    def _rule_routes(self, vs: VirtualService, port: int, caller: Caller) -> list[Any]:
+    def _rule_routes(
+        self, vs: VirtualService, port: int, applies: Callable[[HTTPMatch], bool]
+    ) -> list[Any]:
         problems: list[Problem] = []
         out: list[Any] = []
         for index, http in enumerate(vs.http):
             blocks: list[HTTPMatch | None]
             if http.match:
-                blocks = [
-                    m
-                    for m in http.match
-                    if (not m.port or m.port == port) and applies_to_sidecar(m, caller)
-                ]
+                blocks = [m for m in http.match if (not m.port or m.port == port) and applies(m)]
                 if not blocks:
                     continue
             else:

@@ -1,0 +1,574 @@
+"""Gateways: the listeners and route configurations of a node with role ``gateway``.
+
+How this works: a gateway node gets the servers of every ``Gateway`` whose ``selector``
+is among its labels (an empty selector selects every gateway node; the Gateway's
+namespace does not matter, as in Istio by default). ``plan_gateway`` merges those servers
+into listener plans, one per (bind address, port), the way Istio's ``mergeGateways``
+does, and the listeners and route configurations are built from the plans (values, so
+equal plans share one resource):
+
+- Plain HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) on one port merge into one filter
+  chain: an HTTP connection manager fetching the route configuration ``http.PORT`` (with
+  ``.BIND`` when the server has a ``bind``) by RDS.
+- HTTPS servers terminating TLS (SIMPLE, MUTUAL, OPTIONAL_MUTUAL) get a filter chain
+  each, matched by SNI = the server's hosts (none when a host is ``*``), with a
+  ``DownstreamTlsContext`` naming the certificate files, and a route configuration of
+  their own, ``https.PORT.PORTNAME.GATEWAY.NAMESPACE``.
+- TLS servers terminating TLS and TCP servers proxy connections by the ``tcp`` rules of
+  the VirtualServices bound to the gateway (the first rule that applies, as Istio);
+  PASSTHROUGH servers get a filter chain per applying ``tls`` match block, matched by its
+  ``sniHosts``, each a TCP proxy (``l4.route_clusters``), TLS not terminated.
+- Servers that cannot share a listener are a translation error naming both (Istio drops
+  the later one with a log line; xdsd refuses rather than serve half of what was
+  written): on one port and bind, either every server is plain HTTP, or every server
+  carries TLS with distinct SNI hosts, or there is a single TCP server. A listener with
+  no filter chain (a TCP server no rule routes) is left out.
+
+Route configurations (Istio's ``buildGatewayHTTPRouteConfig``): for each server, the
+VirtualServices bound to its gateway (``gateways`` names it as ``name`` in the rule's
+namespace, ``ns/name``, or Istio's legacy ``name.ns.svc.cluster.local``) whose hosts
+intersect the server's hosts (``*`` and ``*.suffix`` wildcards both ways; a server host
+``ns/host`` counts only for rules in namespace ``ns``, ``./host`` is the Gateway's
+namespace, ``*/host`` any) give one virtual host per intersecting name (lower case,
+domain = the name, name ``host:PORT``), holding the routes of their http rules; virtual
+hosts with identical routes are collapsed into one with several domains; catch-all routes
+move after the others; a server with ``httpsRedirect`` marks its virtual hosts (and adds
+one per host of its own) ``require_tls: ALL``, which Envoy answers with a 301 to https;
+no virtual host at all gives one ``*`` virtual host with no routes (404). Hosts are
+matched ignoring the port (``ignore_port_in_host_matching``), as Istio. A match block
+applies on a gateway when its ``port`` is empty or the server's, and its ``gateways``
+name the server's gateway, or, without ``gateways``, its ``sourceLabels`` and
+``sourceNamespace`` are the node's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import DOMAIN_SUFFIX, HTTPMatch, L4Match, Mesh, ResourceKey, VirtualService
+from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
+from xdsd.resources import pack
+from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET, san_matcher
+from xdsd.translate.l4 import route_clusters
+from xdsd.translate.listeners import (
+    HCM_FILTER,
+    RULE_FILTERS,
+    TCP_PROXY_FILTER,
+    TLS_INSPECTOR,
+    http_connection_manager,
+)
+from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.route_actions import MAX_DIRECT_RESPONSE_BODY
+from xdsd.translate.route_matches import Caller
+
+#: Server protocols whose servers merge into one plain HTTP connection manager.
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+#: ALPN a TLS-terminating HTTPS server offers (Istio's).
+HTTPS_ALPN = ("h2", "http/1.1")
+_TERMINATING = (ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
+_VALIDATING = (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
+_TLS_VERSIONS = {
+    "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO,
+    "TLSV1_0": common_pb2.TlsParameters.TLSv1_0,
+    "TLSV1_1": common_pb2.TlsParameters.TLSv1_1,
+    "TLSV1_2": common_pb2.TlsParameters.TLSv1_2,
+    "TLSV1_3": common_pb2.TlsParameters.TLSv1_3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """A route configuration of a gateway: its name, the port its servers listen on,
+    and the servers it serves (each with the key of its Gateway)."""
+
+    name: str
+    port: int
+    servers: tuple[tuple[ResourceKey, Server], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPlan:
+    """One filter chain of a gateway listener: matched by ``server_names`` (SNI; empty =
+    any), terminating TLS with ``tls`` when set (offering HTTP ALPN when ``http``), then
+    an HTTP connection manager fetching ``route_name`` when set, else a TCP proxy to
+    ``clusters`` ((name, relative weight))."""
+
+    stat_prefix: str
+    server_names: tuple[str, ...] = ()
+    tls: ServerTLS | None = None
+    http: bool = False
+    route_name: str = ""
+    clusters: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayListenerPlan:
+    """The listener of a gateway on ``bind:port`` (named ``BIND_PORT``, as Istio)."""
+
+    bind: str
+    port: int
+    chains: tuple[ChainPlan, ...]
+
+    @property
+    def name(self) -> str:
+        """Istio's gateway listener name, ``BIND_PORT``."""
+        return f"{self.bind}_{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPlan:
+    """Everything a gateway node gets besides clusters: listeners and the route
+    configurations their HTTP chains fetch."""
+
+    listeners: tuple[GatewayListenerPlan, ...]
+    routes: tuple[RoutePlan, ...]
+
+
+def selects(gateway: Gateway, labels: Iterable[tuple[str, str]]) -> bool:
+    """True when ``gateway``'s selector is among ``labels`` (an empty one selects all)."""
+    return set(gateway.selector) <= set(labels)
+
+
+def bound_virtual_services(mesh: Mesh) -> dict[ResourceKey, tuple[VirtualService, ...]]:
+    """The VirtualServices bound to each Gateway key (by its ``gateways``), in key order;
+    a Gateway that does not exist may have some."""
+    bound: dict[ResourceKey, list[VirtualService]] = {}
+    for vs in mesh.virtual_services:
+        for reference in vs.gateways:
+            key = gateway_key(reference, vs.namespace)
+            if key is not None and vs not in bound.get(key, ()):
+                bound.setdefault(key, []).append(vs)
+    return {k: tuple(v) for k, v in bound.items()}
+
+
+def http_route_name(server: Server, port: int, gateway: ResourceKey) -> str:
+    """The RDS name of an HTTP server's routes (Istio's ``gatewayRDSRouteName``):
+    ``http.PORT`` for plain HTTP, ``https.PORT.PORTNAME.GATEWAY.NAMESPACE`` for HTTPS
+    terminating TLS; ``.BIND`` appended when the server binds an address."""
+    bind = f".{server.bind}" if server.bind else ""
+    if server.port.protocol_name in HTTP_PROTOCOLS:
+        return f"http.{port}{bind}"
+    return f"https.{port}.{server.port.name}.{gateway.name}.{gateway.namespace}{bind}"
+
+
+def _kind(server: Server) -> str:
+    """How a server is served: ``http`` (plain, merged), ``https`` (TLS terminated, then
+    routes), ``tls`` (TLS terminated or passed through, then TCP) or ``tcp``."""
+    protocol = server.port.protocol_name
+    if protocol in HTTP_PROTOCOLS:
+        return "http"
+    tls = server.tls
+    if protocol == "HTTPS" and tls is not None and tls.mode in _TERMINATING:
+        return "https"
+    if protocol in ("HTTPS", "TLS"):
+        return "tls"
+    return "tcp"
+
+
+def sni_hosts(server: Server) -> tuple[str, ...]:
+    """The SNI names a TLS server's filter chain matches: its hosts without namespace,
+    sorted, each once; none (any name) when one is ``*``."""
+    names = sorted({h.rpartition("/")[2].lower() for h in server.hosts})
+    return () if "*" in names else tuple(names)
+
+
+def plan_gateway(
+    mesh: Mesh,
+    gateways: Iterable[Gateway],
+    bound: Mapping[ResourceKey, tuple[VirtualService, ...]],
+    address: str,
+) -> GatewayPlan:
+    """The listeners (on ``address`` unless a server has a ``bind``) and route
+    configurations of a gateway node serving ``gateways`` (in key order).
+
+    Raises TranslationError naming the Gateway's file for servers that cannot share a
+    listener, and the VirtualService's for tcp/tls destinations that cannot be
+    translated.
+    """
+    groups: dict[tuple[str, int], list[tuple[Gateway, int, Server]]] = {}
+    for gw in gateways:
+        for i, server in enumerate(gw.servers):
+            bind = server.bind or address
+            groups.setdefault((bind, server.port.number), []).append((gw, i, server))
+    problems: list[Problem] = []
+    listeners: list[GatewayListenerPlan] = []
+    routes: dict[str, list[tuple[ResourceKey, Server]]] = {}
+    for (bind, port), members in groups.items():
+        if not _compatible(members, problems):
+            continue
+        chains: list[ChainPlan] = []
+        first_kind = _kind(members[0][2])
+        prefix = f"{bind}_{port}"
+        if first_kind == "http":
+            name = http_route_name(members[0][2], port, members[0][0].key)
+            chains.append(ChainPlan(prefix, route_name=name))
+            for gw, _, server in members:
+                routes.setdefault(name, []).append((gw.key, server))
+        others = [] if first_kind == "http" else members
+        # Names of TLS-terminating servers, which passthrough rules may not take.
+        claimed = {
+            name
+            for _, _, server in others
+            if server.tls is not None and server.tls.mode in _TERMINATING
+            for name in sni_hosts(server) or ("*",)
+        }
+        for gw, _, server in others:
+            tls = server.tls
+            names = sni_hosts(server)
+            if _kind(server) == "https":
+                name = http_route_name(server, port, gw.key)
+                routes.setdefault(name, []).append((gw.key, server))
+                chains.append(ChainPlan(server.name or prefix, names, tls, True, name))
+            elif tls is not None and tls.mode is ServerTLSMode.PASSTHROUGH:
+                chains.extend(
+                    _passthrough_chains(mesh, bound.get(gw.key, ()), gw.key, server, prefix,
+                                        claimed, problems)
+                )  # fmt: skip
+            else:
+                clusters = _tcp_clusters(mesh, bound.get(gw.key, ()), gw.key, server, problems)
+                if clusters:
+                    chains.append(ChainPlan(prefix, names if tls else (), tls, False, "", clusters))
+        if chains:
+            listeners.append(GatewayListenerPlan(bind, port, tuple(chains)))
+    if problems:
+        raise TranslationError(problems)
+    route_plans = tuple(
+        RoutePlan(name, servers[0][1].port.number, tuple(servers))
+        for name, servers in routes.items()
+    )
+    return GatewayPlan(tuple(listeners), route_plans)
+
+
+def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Problem]) -> bool:
+    """Check that the servers of one bind and port can share a listener (see the module
+    doc); a problem names the first server that cannot."""
+    first_gw, first_i, first = members[0]
+    first_kind = _kind(first)
+    seen: dict[str, tuple[Gateway, int]] = {}
+    ok = True
+    for gw, i, server in members:
+        kind = _kind(server)
+        other, j = first_gw, first_i
+        clash = ""
+        if (kind == "http") != (first_kind == "http"):
+            clash = f"plain HTTP and TLS servers cannot share port {server.port.number}"
+        elif "tcp" in (kind, first_kind) and (gw.key, i) != (first_gw.key, first_i):
+            clash = f"a TCP server cannot share port {server.port.number}"
+        elif kind != "http":
+            for name in sni_hosts(server) or ("*",):
+                owner = seen.setdefault(name, (gw, i))
+                if (owner[0].key, owner[1]) != (gw.key, i):
+                    other, j = owner
+                    clash = f"SNI host {name!r} is served on port {server.port.number} already"
+                    break
+        if clash:
+            problems.append(
+                Problem(gw.origin.path, gw.origin.line, f"servers[{i}]",
+                        f"{clash} (by servers[{j}] of Gateway {other.namespace}/{other.name}, "
+                        f"{other.origin}): give it another port or bind address, or select "
+                        "the gateways on different nodes")
+            )  # fmt: skip
+            ok = False
+    return ok
+
+
+def common_hosts(server: Server, gateway: ResourceKey, vs: VirtualService) -> list[str]:
+    """The host names ``server`` (of ``gateway``) and ``vs`` have in common (Istio's
+    ``Names.Intersection`` over the server hosts that apply to the rule's namespace and
+    the rule's hosts, short names qualified), lower case, in order, each once."""
+    server_hosts = []
+    for host in server.hosts:
+        ns, sep, name = host.rpartition("/")
+        if sep:
+            ns = gateway.namespace if ns == "." else ns
+            if ns not in ("*", vs.namespace):
+                continue
+        server_hosts.append(name.lower())
+    found: list[str] = []
+    for own in server_hosts:
+        for other in (_qualified(h, vs.namespace) for h in vs.hosts):
+            common = own if _within(own, other) else other if _within(other, own) else ""
+            if common and common not in found:
+                found.append(common)
+    return found
+
+
+def _qualified(host: str, namespace: str) -> str:
+    """A VirtualService host as Istio resolves it: a name without a dot (and not ``*``
+    or an address) is ``name.NAMESPACE.svc.cluster.local``."""
+    host = host.lower()
+    if host == "*" or "." in host or ":" in host:
+        return host
+    return f"{host}.{namespace}.{DOMAIN_SUFFIX}"
+
+
+def _within(name: str, other: str) -> bool:
+    """True when every name ``name`` covers is covered by ``other`` (Istio's
+    ``SubsetOf``: ``*.suffix`` covers names ending in ``.suffix``; ``*`` covers all)."""
+    if name == other:
+        return True
+    if not other.startswith("*"):
+        return False
+    suffix = other[1:]
+    return (name[1:] if name.startswith("*") else name).endswith(suffix)
+
+
+def _l4_applies(match: L4Match, port: int, gateway: ResourceKey, namespace: str) -> bool:
+    """Istio's gateway L4 match: ``port`` empty or the server's, ``gateways`` empty or
+    naming this gateway (source labels and subnets are not looked at on gateways)."""
+    if match.port and match.port != port:
+        return False
+    return not match.gateways or any(gateway_key(g, namespace) == gateway for g in match.gateways)
+
+
+def _tcp_clusters(
+    mesh: Mesh,
+    rules: tuple[VirtualService, ...],
+    gateway: ResourceKey,
+    server: Server,
+    problems: list[Problem],
+) -> tuple[tuple[str, int], ...]:
+    """The destinations of the first ``tcp`` rule that applies to ``server``, among the
+    rules bound to its gateway whose hosts meet the server's (empty when none does)."""
+    port = server.port.number
+    for vs in rules:
+        if not common_hosts(server, gateway, vs):
+            continue
+        for i, rule in enumerate(vs.tcp):
+            if not rule.route:
+                continue
+            if not rule.match or any(
+                _l4_applies(m, port, gateway, vs.namespace) for m in rule.match
+            ):
+                return route_clusters(mesh, vs, f"tcp[{i}]", rule, port, problems)
+    return ()
+
+
+def _passthrough_chains(
+    mesh: Mesh,
+    rules: tuple[VirtualService, ...],
+    gateway: ResourceKey,
+    server: Server,
+    prefix: str,
+    claimed: set[str],
+    problems: list[Problem],
+) -> list[ChainPlan]:
+    """A chain per applying ``tls`` match block of the rules bound to ``server``'s gateway
+    whose hosts meet the server's, matched by its ``sniHosts``; a block naming an SNI
+    host an earlier chain of the listener has is left out (Envoy refuses two chains with
+    one match), as Istio does."""
+    port = server.port.number
+    out: list[ChainPlan] = []
+    for vs in rules:
+        if not common_hosts(server, gateway, vs):
+            continue
+        for i, rule in enumerate(vs.tls):
+            if not rule.route:
+                continue
+            clusters: tuple[tuple[str, int], ...] | None = None
+            for match in rule.match:
+                if not _l4_applies(match, port, gateway, vs.namespace):
+                    continue
+                names = tuple(h.lower() for h in match.sni_hosts)
+                if "*" in names:
+                    names = ()
+                if any(n in claimed for n in names or ("*",)):
+                    continue
+                if clusters is None:
+                    clusters = route_clusters(mesh, vs, f"tls[{i}]", rule, port, problems)
+                if clusters:
+                    claimed.update(names or ("*",))
+                    out.append(ChainPlan(prefix, names, None, False, "", clusters))
+    return out
+
+
+# -- route configurations ------------------------------------------------------------
+
+
+def gateway_match_applies(
+    block: HTTPMatch, gateway: ResourceKey, namespace: str, caller: Caller
+) -> bool:
+    """Istio's per-proxy check of a match block on a gateway: with ``gateways`` it
+    applies when they name ``gateway`` (as written in ``namespace``, the rule's);
+    otherwise its ``sourceLabels`` must be among the caller's labels and its
+    ``sourceNamespace`` (if any) the caller's namespace."""
+    if block.gateways:
+        return any(gateway_key(g, namespace) == gateway for g in block.gateways)
+    if block.source_labels and not set(block.source_labels) <= set(caller.labels):
+        return False
+    return not block.source_namespace or block.source_namespace == caller.namespace
+
+
+#: Builds the routes of a VirtualService for (port, gateway): ``RouteBuilder``'s.
+RoutesOf = Callable[[VirtualService, int, ResourceKey], list[Any]]
+
+
+def gateway_route_configuration(
+    plan: RoutePlan,
+    bound: Mapping[ResourceKey, tuple[VirtualService, ...]],
+    routes_of: RoutesOf,
+) -> Any:
+    """The ``RouteConfiguration`` of ``plan`` (see the module doc); ``routes_of`` gives
+    the routes of a VirtualService on a port for a gateway.
+
+    Raises TranslationError listing every rule that cannot be translated.
+    """
+    vhosts: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for gw, server in plan.servers:
+        redirect = server.tls is not None and server.tls.https_redirect
+        port = server.port.number
+        for vs in bound.get(gw, ()):
+            names = common_hosts(server, gw, vs)
+            if not names:
+                continue
+            try:
+                routes = routes_of(vs, port, gw)
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+                continue
+            for name in names:
+                vhost = vhosts.get(name)
+                if vhost is None:
+                    vhost = vhosts[name] = route_components_pb2.VirtualHost(name=f"{name}:{port}")
+                    vhost.domains.append(name)
+                vhost.routes.extend(routes)
+                if redirect:
+                    vhost.require_tls = route_components_pb2.VirtualHost.ALL
+        if redirect:
+            for host in server.hosts:
+                name = host.rpartition("/")[2].lower()
+                vhost = vhosts.get(name)
+                if vhost is None:
+                    vhost = vhosts[name] = route_components_pb2.VirtualHost(name=f"{name}:{port}")
+                    vhost.domains.append(name)
+                vhost.require_tls = route_components_pb2.VirtualHost.ALL
+    if problems:
+        raise TranslationError(problems)
+    config = route_pb2.RouteConfiguration(name=plan.name)
+    config.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
+    config.ignore_port_in_host_matching = True
+    if not vhosts:
+        blackhole = config.virtual_hosts.add(name=f"blackhole:{plan.port}")
+        blackhole.domains.append("*")
+        return config
+    for vhost in _collapsed(vhosts):
+        _catch_all_last(vhost)
+        config.virtual_hosts.append(vhost)
+    return config
+
+
+def _collapsed(vhosts: Mapping[str, Any]) -> list[Any]:
+    """Virtual hosts with equal routes and TLS requirement merged into the first by
+    Istio's host order (longest name first, wildcards last), in name order."""
+    merged: dict[bytes, Any] = {}
+    for name in sorted(vhosts, key=lambda n: (n.startswith("*"), -len(n), n)):
+        vhost = vhosts[name]
+        key = vhost.require_tls.to_bytes(1, "big") + b"".join(
+            r.SerializeToString(deterministic=True) for r in vhost.routes
+        )
+        first = merged.get(key)
+        if first is None:
+            merged[key] = vhost
+        else:
+            first.domains.extend(vhost.domains)
+    return sorted(merged.values(), key=lambda v: str(v.name))
+
+
+def _catch_all_last(vhost: Any) -> None:
+    """Move routes matching every request (prefix ``/`` and nothing else) after the
+    others, keeping order within each group (Istio's ``SortVHostRoutes``): rules of a
+    later VirtualService are not shadowed by an earlier one's catch-all."""
+    routes = list(vhost.routes)
+    rest = [r for r in routes if not _catch_all(r)]
+    if len(rest) in (0, len(routes)):
+        return
+    del vhost.routes[:]
+    vhost.routes.extend([*rest, *(r for r in routes if _catch_all(r))])
+
+
+def _catch_all(route: Any) -> bool:
+    match = route.match
+    return (
+        match.WhichOneof("path_specifier") == "prefix"
+        and match.prefix == "/"
+        and not match.headers
+        and not match.query_parameters
+    )
+
+
+# -- listeners ------------------------------------------------------------------------
+
+
+def downstream_tls_context(tls: ServerTLS, *, http: bool) -> Any:
+    """The ``DownstreamTlsContext`` of a server terminating TLS with certificate files
+    (Istio's ``BuildListenerTLSContext``): the server certificate and key; for MUTUAL
+    and OPTIONAL_MUTUAL the CA (and subject alt names) client certificates are checked
+    against, a client certificate required for MUTUAL; protocol versions and cipher
+    suites; ALPN ``h2``, ``http/1.1`` for HTTPS."""
+    ctx = tls_pb2.DownstreamTlsContext()
+    common = ctx.common_tls_context
+    if http:
+        common.alpn_protocols.extend(HTTPS_ALPN)
+    cert = common.tls_certificates.add()
+    cert.certificate_chain.filename = tls.server_certificate
+    cert.private_key.filename = tls.private_key
+    if tls.mode in _VALIDATING:
+        validation = common.validation_context
+        validation.trusted_ca.filename = tls.ca_certificates
+        for name in tls.subject_alt_names:
+            validation.match_typed_subject_alt_names.append(san_matcher(name))
+    ctx.require_client_certificate.value = tls.mode is ServerTLSMode.MUTUAL
+    params = common_pb2.TlsParameters()
+    if tls.min_protocol_version and tls.min_protocol_version != "TLS_AUTO":
+        params.tls_minimum_protocol_version = _TLS_VERSIONS[tls.min_protocol_version]
+    if tls.max_protocol_version and tls.max_protocol_version != "TLS_AUTO":
+        params.tls_maximum_protocol_version = _TLS_VERSIONS[tls.max_protocol_version]
+    params.cipher_suites.extend(tls.cipher_suites)
+    if params.ByteSize():
+        common.tls_params.CopyFrom(params)
+    return ctx
+
+
+def gateway_listener(plan: GatewayListenerPlan, source: ConfigSourceKind) -> Any:
+    """The listener of ``plan``: ``enable_reuse_port: false``, the TLS inspector when a
+    chain matches SNI, a filter chain per chain plan in order."""
+    listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
+    sock = listener.address.socket_address
+    sock.address = plan.bind
+    sock.port_value = plan.port
+    listener.enable_reuse_port.value = False
+    if any(c.server_names for c in plan.chains):
+        inspector = listener.listener_filters.add(name=TLS_INSPECTOR)
+        inspector.typed_config.CopyFrom(pack(tls_inspector_pb2.TlsInspector()))
+    for spec in plan.chains:
+        chain = listener.filter_chains.add()
+        chain.filter_chain_match.server_names.extend(spec.server_names)
+        if spec.tls is not None and spec.tls.mode in _TERMINATING:
+            socket = chain.transport_socket
+            socket.name = TLS_TRANSPORT_SOCKET
+            socket.typed_config.CopyFrom(pack(downstream_tls_context(spec.tls, http=spec.http)))
+        if spec.route_name:
+            hcm = http_connection_manager(
+                spec.stat_prefix, rds=(spec.route_name, source), filters=RULE_FILTERS
+            )
+            hcm.use_remote_address.value = True
+            chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(hcm))
+            continue
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=spec.stat_prefix)
+        if len(spec.clusters) == 1:
+            proxy.cluster = spec.clusters[0][0]
+        else:
+            for name, weight in spec.clusters:
+                proxy.weighted_clusters.clusters.add(name=name, weight=weight)
+        chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
+    return listener
