@@ -1,8 +1,9 @@
 """EnvoyFilter specs → model objects (Istio's networking.istio.io API).
 
-A patch's ``value`` is kept as canonical JSON text (and the line it is written on);
-whether it is a valid Envoy message of the patched type is checked by translation, which
-knows the type (``ApplyTo``, see ``xdsd.translate.patches``).
+A patch's ``value`` is kept as canonical JSON text (and the line it is written on), after
+checking that it parses as the Envoy message its ``applyTo`` patches (so a bad value
+refuses the file like any bad field; translation parses it again to apply it, see
+``xdsd.translate.patches``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from xdsd.model.networking import (
     PatchMatch,
     PatchOperation,
 )
+from xdsd.resources.patch_values import parse_patch_value
 from xdsd.sources.fields import Fields
 
 FILTER_UNSUPPORTED = ("targetRefs", "targetRef")
@@ -110,6 +112,11 @@ def _parse_patch(f: Fields) -> ConfigPatch | None:
         patch.error("filterClass", "applies to HTTP_FILTER patches only")
     elif filter_class:
         patch.warn("filterClass", "has no effect: Istio's pilot does not read it either")
+    if value:
+        try:
+            parse_patch_value(apply_to.value, value)
+        except ValueError as err:
+            patch.error("value", str(err))
     text = json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
     return ConfigPatch(apply_to, operation, match, text, filter_class, value_line=value_line)
 

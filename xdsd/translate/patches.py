@@ -31,12 +31,12 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2, json_format, symbol_database
+from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
 
 from xdsd.errors import Problem, TranslationError
@@ -49,24 +49,14 @@ from xdsd.model.networking import (
     PatchOperation,
 )
 from xdsd.model.service import ResourceKey
-from xdsd.resources import ensure_json_types_known, ensure_type_known, pack
+from xdsd.resources import ensure_type_known, pack
+from xdsd.resources.patch_values import PATCH_VALUE_TYPES, parse_patch_value
 
 #: The namespace whose EnvoyFilters apply to every node (Istio's default
 #: ``meshConfig.rootNamespace``).
 ROOT_NAMESPACE = "istio-system"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
-#: The message type of each ``applyTo``'s patch value.
-VALUE_TYPES: dict[ApplyTo, type[Message]] = {
-    ApplyTo.LISTENER: listener_pb2.Listener,
-    ApplyTo.FILTER_CHAIN: listener_components_pb2.FilterChain,
-    ApplyTo.NETWORK_FILTER: listener_components_pb2.Filter,
-    ApplyTo.HTTP_FILTER: hcm_pb2.HttpFilter,
-    ApplyTo.ROUTE_CONFIGURATION: route_pb2.RouteConfiguration,
-    ApplyTo.VIRTUAL_HOST: route_components_pb2.VirtualHost,
-    ApplyTo.HTTP_ROUTE: route_components_pb2.Route,
-    ApplyTo.CLUSTER: cluster_pb2.Cluster,
-}
 #: What patches each kind of resource (listeners carry inline route configurations).
 ROUTE_FAMILY = frozenset({ApplyTo.ROUTE_CONFIGURATION, ApplyTo.VIRTUAL_HOST, ApplyTo.HTTP_ROUTE})
 LISTENER_FAMILY = (
@@ -133,16 +123,10 @@ def parse_patches(envoy_filter: EnvoyFilter) -> tuple[Patch, ...]:
         if data is None:
             out.append(patch)
             continue
-        cls = VALUE_TYPES[config.apply_to]
-        name = cls.DESCRIPTOR.full_name
-        missing = ensure_json_types_known(data)
-        if missing:
-            problems.append(patch.problem(f"unknown type {missing[0]!r} in {name}", ".patch.value"))
-            continue
         try:
-            value = json_format.ParseDict(data, cls())
-        except json_format.ParseError as err:
-            problems.append(patch.problem(f"is not a valid {name}: {err}", ".patch.value"))
+            value = parse_patch_value(config.apply_to.value, data)
+        except ValueError as err:
+            problems.append(patch.problem(str(err), ".patch.value"))
             continue
         out.append(Patch(config, envoy_filter.key, i, value, envoy_filter.origin))
     if problems:
@@ -763,5 +747,5 @@ def added(
             wanted is c or (wanted is PatchContext.ANY and c is not PatchContext.SIDECAR_INBOUND)
             for c in contexts
         ):
-            out.append((_value(p, VALUE_TYPES[kind]), p))
+            out.append((_value(p, PATCH_VALUE_TYPES[kind.value]), p))
     return out
