@@ -250,3 +250,24 @@ def test_a_value_that_is_not_a_message_of_its_type_names_file_line_and_field() -
         "ef/a.yaml", 10, "configPatches[0].patch.value"
     )  # fmt: skip
     assert "envoy.config.cluster.v3.Cluster" in problem.message and "soon" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (timeout_filter("a"), timeout_filter("a", seconds="4s")),
+        (timeout_filter("a"), ""),
+        ("", ADD_AND_REMOVE),
+        (ADD_AND_REMOVE, timeout_filter("a")),
+    ],
+)
+def test_reloads_give_what_a_cold_translation_gives(before: str, after: str) -> None:
+    nodes = (PRODUCTPAGE, LABELLED, NodeClass("ingress", role=Role.GATEWAY))
+    first = MeshTranslation(mesh_with(before) if before else bookinfo())
+    for node in nodes:
+        first.snapshot_for(node)
+    mesh = mesh_with(after) if after else bookinfo()
+    warm = MeshTranslation(mesh, previous=first)
+    cold = MeshTranslation(mesh)
+    for node in nodes:
+        assert warm.snapshot_for(node).versions == cold.snapshot_for(node).versions
