@@ -93,10 +93,6 @@ class Patch:
             return PatchOperation.ADD
         return op
 
-    def where(self) -> str:
-        """``namespace/name (path:line)`` of the EnvoyFilter, for messages."""
-        return f"EnvoyFilter {self.owner.namespace}/{self.owner.name} ({self.origin})"
-
     def problem(self, message: str, field_path: str = "") -> Problem:
         """A problem at this patch (``configPatches[i]`` + ``field_path``)."""
         line = self.config.value_line or self.origin.line
