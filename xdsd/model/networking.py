@@ -298,6 +298,8 @@ class ConfigPatch:
     match: PatchMatch = PatchMatch()
     value_json: str = ""
     filter_class: str = ""
+    #: The line of ``patch.value`` in its file (for errors; takes no part in equality).
+    value_line: int = field(default=0, compare=False)
 
     @property
     def value(self) -> Any:

@@ -1,7 +1,9 @@
 """EnvoyFilter specs → model objects (Istio's networking.istio.io API).
 
-A patch's ``value`` is kept as canonical JSON text; whether it is a valid Envoy message of
-the patched type is checked by translation, which knows the type (``ApplyTo``).
+A patch's ``value`` is kept as canonical JSON text (and the line it is written on), after
+checking that it parses as the Envoy message its ``applyTo`` patches (so a bad value
+refuses the file like any bad field; translation parses it again to apply it, see
+``xdsd.translate.patches``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from xdsd.model.networking import (
     PatchMatch,
     PatchOperation,
 )
+from xdsd.resources.patch_values import parse_patch_value
 from xdsd.sources.fields import Fields
 
 FILTER_UNSUPPORTED = ("targetRefs", "targetRef")
@@ -25,8 +28,15 @@ CHAIN_MATCH_UNSUPPORTED = ("sni", "transportProtocol", "applicationProtocols", "
 ROUTE_MATCH_UNSUPPORTED = ("portName", "gateway")
 VHOST_MATCH_UNSUPPORTED = ("domainName",)
 HTTP_ROUTE_MATCH_UNSUPPORTED = ("action",)
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+#: The node metadata keys ``match.proxy.metadata`` may test: the ones xdsd reads from a
+#: node (everything else is not part of a node class).
+PROXY_METADATA_KEYS = ("namespace", "role", "client", "instance_ip", "outbound_ip")
 
-#: The operations each ApplyTo accepts (Istio's table, narrowed to what xdsd applies).
+#: The operations each ApplyTo accepts: what Istio's patch code applies (its API reference
+#: is narrower in places: it calls ADD and REMOVE "ignored" for HTTP_ROUTE and REPLACE valid
+#: for filters only, but pilot adds and removes routes and replaces virtual hosts). Istio
+#: turns INSERT_FIRST on a FILTER_CHAIN into ADD (appended), and so does xdsd.
 OPERATIONS: dict[ApplyTo, frozenset[PatchOperation]] = {
     ApplyTo.LISTENER: frozenset({PatchOperation.MERGE, PatchOperation.ADD, PatchOperation.REMOVE}),
     ApplyTo.FILTER_CHAIN: frozenset(
@@ -41,11 +51,12 @@ OPERATIONS: dict[ApplyTo, frozenset[PatchOperation]] = {
     ApplyTo.HTTP_FILTER: frozenset(PatchOperation),
     ApplyTo.ROUTE_CONFIGURATION: frozenset({PatchOperation.MERGE}),
     ApplyTo.VIRTUAL_HOST: frozenset(
-        {PatchOperation.MERGE, PatchOperation.ADD, PatchOperation.REMOVE}
+        {PatchOperation.MERGE, PatchOperation.ADD, PatchOperation.REMOVE, PatchOperation.REPLACE}
     ),
     ApplyTo.HTTP_ROUTE: frozenset(
         {
             PatchOperation.MERGE,
+            PatchOperation.ADD,
             PatchOperation.INSERT_BEFORE,
             PatchOperation.INSERT_AFTER,
             PatchOperation.INSERT_FIRST,
@@ -85,6 +96,7 @@ def _parse_patch(f: Fields) -> ConfigPatch | None:
         patch.error("operation", "is required")
     operation = patch.enum("operation", PatchOperation, PatchOperation.MERGE)
     value = patch._get("value")
+    value_line = patch.report.doc.line_of((*patch.report.base, *patch.path, "value"))
     filter_class = patch.string("filterClass")
     patch.finish()
     if operation not in OPERATIONS[apply_to]:
@@ -98,8 +110,15 @@ def _parse_patch(f: Fields) -> ConfigPatch | None:
         return None
     if filter_class and apply_to is not ApplyTo.HTTP_FILTER:
         patch.error("filterClass", "applies to HTTP_FILTER patches only")
+    elif filter_class:
+        patch.warn("filterClass", "has no effect: Istio's pilot does not read it either")
+    if value:
+        try:
+            parse_patch_value(apply_to.value, value)
+        except ValueError as err:
+            patch.error("value", str(err))
     text = json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-    return ConfigPatch(apply_to, operation, match, text, filter_class)
+    return ConfigPatch(apply_to, operation, match, text, filter_class, value_line=value_line)
 
 
 def _parse_match(f: Fields | None, apply_to: ApplyTo) -> PatchMatch:
@@ -110,6 +129,13 @@ def _parse_match(f: Fields | None, apply_to: ApplyTo) -> PatchMatch:
     proxy = f.obj("proxy")
     if proxy is not None:
         proxy_meta = proxy.labels("metadata")
+        for key, _ in proxy_meta:
+            if key not in PROXY_METADATA_KEYS:
+                known = ", ".join(PROXY_METADATA_KEYS)
+                proxy.error(
+                    "metadata",
+                    f"key {key!r}: xdsd matches only the node metadata it reads ({known})",
+                )
         proxy.finish(("proxyVersion",), "xdsd serves one Envoy version range")
     fields: dict[str, object] = {"context": context, "proxy_metadata": proxy_meta}
     listener, routes, cluster = f.obj("listener"), f.obj("routeConfiguration"), f.obj("cluster")
@@ -119,6 +145,9 @@ def _parse_match(f: Fields | None, apply_to: ApplyTo) -> PatchMatch:
         f.error(given[1], f"excludes {given[0]}: a patch matches one kind of object")
     if listener is not None:
         fields.update(kind="listener", **_listener_match(listener))
+        if fields.get("sub_filter_name") and apply_to is not ApplyTo.HTTP_FILTER:
+            f.error("listener", f"subFilter selects HTTP filters: it does not apply to "
+                    f"{apply_to.value}")  # fmt: skip
         if apply_to in (ApplyTo.ROUTE_CONFIGURATION, ApplyTo.VIRTUAL_HOST, ApplyTo.HTTP_ROUTE,
                         ApplyTo.CLUSTER):  # fmt: skip
             f.error("listener", f"does not select {apply_to.value} objects")
@@ -144,10 +173,12 @@ def _listener_match(f: Fields) -> dict[str, object]:
         out["filter_chain_name"] = chain.string("name")
         flt = chain.obj("filter")
         if flt is not None:
-            out["filter_name"] = flt.string("name")
+            out["filter_name"] = flt.string("name", required=True)
             sub = flt.obj("subFilter")
             if sub is not None:
-                out["sub_filter_name"] = sub.string("name")
+                out["sub_filter_name"] = sub.string("name", required=True)
+                if out["filter_name"] not in ("", HCM_FILTER):
+                    flt.error("name", f"must be {HCM_FILTER} to match a subFilter")
                 sub.finish()
             flt.finish()
         chain.finish(CHAIN_MATCH_UNSUPPORTED)
@@ -165,7 +196,7 @@ def _route_match(f: Fields) -> dict[str, object]:
         out["vhost_name"] = vhost.string("name")
         route = vhost.obj("route")
         if route is not None:
-            out["route_name"] = route.string("name")
+            out["route_name"] = route.string("name", required=True)
             route.finish(HTTP_ROUTE_MATCH_UNSUPPORTED)
         vhost.finish(VHOST_MATCH_UNSUPPORTED)
     f.finish(ROUTE_MATCH_UNSUPPORTED)

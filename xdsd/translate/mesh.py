@@ -39,13 +39,22 @@ What a class receives:
   config source, matcher style, caller), each listener and route configuration by what
   it is made of.
 
+Then the EnvoyFilters that select the class (``patches``: those of the root namespace and
+of the node's namespace whose selector matches its labels; not for proxyless gRPC, as in
+Istio) patch what was generated, before the raw resources are laid over it. A patched
+resource is memoized by (resource, the patches that may touch it in its context), so
+classes with the same applicable filters share it; a class no EnvoyFilter selects gets the
+shared resources untouched. The base's clusters are patched once per (flavor, cluster
+patches) and the class's snapshot replaces or drops them like a raw resource would.
+
 API version v2 is not translated here: every resource is v3.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from xdsd.cache.snapshot import Snapshot
@@ -61,7 +70,8 @@ from xdsd.model import (
     TrafficPolicy,
     VirtualService,
 )
-from xdsd.resources import CLUSTER, ENDPOINT, Resource, TypeUrl
+from xdsd.model.networking import ApplyTo, EnvoyFilter, PatchContext, PatchOperation
+from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, Resource, TypeUrl
 from xdsd.translate.clusters import (
     ClusterFlavor,
     OutboundCluster,
@@ -104,6 +114,24 @@ from xdsd.translate.listeners import (
 from xdsd.translate.locality import LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
 from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
+from xdsd.translate.patches import (
+    CLUSTER_FAMILY,
+    LISTENER_FAMILY,
+    ROOT_NAMESPACE,
+    ROUTE_FAMILY,
+    Patch,
+    added,
+    could_patch_cluster,
+    listener_context,
+    name_context,
+    parse_patches,
+    patch_cluster,
+    patch_listener,
+    patch_route_configuration,
+    proxy_matches,
+    relevant,
+    selected_filters,
+)
 from xdsd.translate.placement import (
     PortGroup,
     check_binds,
@@ -117,6 +145,10 @@ from xdsd.translate.routes import virtual_service_index
 from xdsd.translate.shared import SharedClusters
 
 Key = tuple[Hashable, ...]
+#: A resource after patching (None: removed) and the patches that changed it.
+Patched = tuple[Resource | None, tuple[Patch, ...]]
+#: (type URL, name) of a resource in a snapshot.
+Slot = tuple[str, str]
 
 
 class MeshTranslation:
@@ -126,8 +158,24 @@ class MeshTranslation:
     read-only: they are shared between classes and snapshots.
     """
 
-    def __init__(self, mesh: Mesh, *, previous: MeshTranslation | None = None) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        previous: MeshTranslation | None = None,
+        root_namespace: str = ROOT_NAMESPACE,
+    ) -> None:
         self.mesh = mesh
+        #: The namespace whose EnvoyFilters apply to every node (Istio's rootNamespace).
+        self.root_namespace = root_namespace
+        # EnvoyFilter patches: parsed per filter, and patched resources by (resource,
+        # patches) (reusable by the next mesh), base cluster patches by (flavor, patches).
+        self._filter_patches: dict[EnvoyFilter, tuple[Patch, ...] | TranslationError] = {}
+        self._patched: dict[Key, Patched] = {}
+        self._patched_fallback: dict[Key, Patched] = (
+            previous._patched if previous is not None else {}
+        )
+        self._base_patches: dict[Key, dict[Slot, Patched]] = {}
         # Resources keyed by everything they are made of (reusable by the next mesh).
         self._memo: dict[Key, Resource] = {}
         # Only what ``previous`` built itself (or reused), never its own fallback: no
@@ -244,7 +292,6 @@ class MeshTranslation:
             parts.append(lambda: self._l4_listeners(node))
         if node.locality != NO_LOCALITY:
             parts.append(lambda: self._local_assignments(node))
-        parts.append(lambda: self._raw_resources().values())
         problems: list[Problem] = []
         try:
             base = self._bases.base(flavor, self._cluster, self._load_assignment)
@@ -257,9 +304,21 @@ class MeshTranslation:
                     chosen[(r.type_url, r.name)] = r  # later parts (raw) replace earlier ones
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
+        changes: dict[Slot, Patched] = {}
+        if not problems:
+            try:
+                changes = self._apply_envoy_filters(node, base, chosen)
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+        try:
+            for r in self._raw_resources().values():
+                chosen[(r.type_url, r.name)] = r  # raw resources replace generated ones
+                changes.pop((r.type_url, r.name), None)
+        except TranslationError as err:
+            problems.extend(p for p in err.problems if p not in problems)
         if problems:
             raise TranslationError(problems)
-        return self._consistent(node, flavor, base, chosen)
+        return self._consistent(node, flavor, base, chosen, changes)
 
     def _selection(self, key: Key, compute: Callable[[], list[Resource]]) -> tuple[Resource, ...]:
         """The resources ``compute`` selects, memoized by ``key`` with its error, if any."""
@@ -497,6 +556,185 @@ class MeshTranslation:
 
         return self._selection(("grpc", caller), compute)
 
+    # -- EnvoyFilter ----------------------------------------------------------------
+
+    def node_patches(self, node: NodeClass) -> tuple[Patch, ...]:
+        """The patches of the EnvoyFilters that select ``node``, in the order they apply
+        (see ``patches.selected_filters``), without those whose ``match.proxy.metadata``
+        the node does not have; none for a proxyless gRPC client (Istio applies no
+        EnvoyFilter to one). Raises TranslationError when a selected filter's patch value
+        is not a message of its type."""
+        if not self.mesh.envoy_filters or node.client is ClientKind.GRPC:
+            return ()
+        metadata = {
+            "namespace": node.namespace,
+            "role": node.role.value,
+            "client": node.client.value,
+            "instance_ip": node.instance_ip,
+            "outbound_ip": node.outbound_ip,
+        }
+        filters = selected_filters(
+            self.mesh.envoy_filters, node.namespace, dict(node.labels), self.root_namespace
+        )
+        out: list[Patch] = []
+        problems: list[Problem] = []
+        for flt in filters:
+            try:
+                out.extend(p for p in self._patches_of(flt) if proxy_matches(p, metadata))
+            except TranslationError as err:
+                problems.extend(err.problems)
+        if problems:
+            raise TranslationError(problems)
+        return tuple(out)
+
+    def _patches_of(self, flt: EnvoyFilter) -> tuple[Patch, ...]:
+        """``flt``'s patches, parsed once; a cluster match's ``service`` is completed to
+        the full name of the service it names from the filter's namespace (``reviews`` →
+        ``reviews.<ns>.svc.cluster.local``), as cluster names carry it."""
+        found = self._filter_patches.get(flt)
+        if found is None:
+            try:
+                parsed = []
+                for patch in parse_patches(flt):
+                    match = patch.config.match
+                    if match.service:
+                        target = self.mesh.service(match.service, flt.namespace)
+                        if target is not None and target.fqdn != match.service:
+                            match = dataclasses.replace(match, service=target.fqdn)
+                            config = dataclasses.replace(patch.config, match=match)
+                            patch = dataclasses.replace(patch, config=config)
+                    parsed.append(patch)
+                found = tuple(parsed)
+            except TranslationError as err:
+                found = TranslationError(err.problems)
+            self._filter_patches[flt] = found
+        if isinstance(found, TranslationError):
+            raise TranslationError(found.problems)
+        return found
+
+    def _apply_envoy_filters(
+        self, node: NodeClass, base: Snapshot, chosen: dict[Slot, Resource]
+    ) -> dict[Slot, Patched]:
+        """Patch ``chosen`` (the class's generated resources, in place) and the base's
+        clusters with the EnvoyFilters that select ``node``; add what ADD patches create.
+        Returns what changed, by slot: the new resource (None: removed) and the patches
+        that made it, for ``_consistent`` and for messages."""
+        patches = self.node_patches(node)
+        if not patches:
+            return {}
+        gateway = node.role is Role.GATEWAY
+        own = self.own_service(node)
+        hosts = (own.fqdn, *own.hosts) if own is not None else ()
+        changes: dict[Slot, Patched] = {}
+        for slot, resource in list(chosen.items()):
+            result = self._patched_resource(resource, gateway, patches, hosts)
+            if result[0] is not resource:
+                changes[slot] = result
+        for slot, result in self._patched_base(node, base, gateway, patches).items():
+            if slot not in chosen:
+                changes[slot] = result
+        for slot, result in changes.items():
+            if result[0] is None:
+                chosen.pop(slot, None)
+            else:
+                chosen[slot] = result[0]
+        problems: list[Problem] = []
+        contexts = (
+            (PatchContext.GATEWAY,) if gateway
+            else (PatchContext.SIDECAR_INBOUND, PatchContext.SIDECAR_OUTBOUND)
+        )  # fmt: skip
+        for kind, type_url in ((ApplyTo.LISTENER, LISTENER), (ApplyTo.CLUSTER, CLUSTER)):
+            for message, patch in added(kind, contexts, patches):
+                slot = (type_url, message.name)
+                noun = SHORT_NAMES[type_url][:-1]
+                if not message.name:
+                    problems.append(patch.problem(f"ADD needs a {noun} name", ".patch.value.name"))
+                    continue
+                exists = slot in chosen or (
+                    message.name in base.get(type_url) and changes.get(slot, (1,))[0] is not None
+                )
+                if exists:
+                    problems.append(patch.problem(
+                        f"adds {noun} {message.name!r}, which the node already has: MERGE "
+                        "into it, or REMOVE it first", ".patch.value.name",
+                    ))  # fmt: skip
+                    continue
+                resource = self._shared(("patch-add", patch), lambda m=message: m)
+                chosen[slot] = resource
+                changes[slot] = (resource, (patch,))
+        if problems:
+            raise TranslationError(problems)
+        return changes
+
+    def _patched_resource(
+        self, resource: Resource, gateway: bool, patches: Sequence[Patch], hosts: Sequence[str]
+    ) -> Patched:
+        """``resource`` after ``patches`` (itself when none changes it), memoized by the
+        resource and the patches that may touch it in its context."""
+        message = resource.message
+        if resource.type_url == LISTENER:
+            context = listener_context(message, gateway)
+            family = LISTENER_FAMILY
+        elif resource.type_url == ROUTE:
+            context, family = name_context(resource.name, gateway), ROUTE_FAMILY
+        elif resource.type_url == CLUSTER:
+            context, family = name_context(resource.name, gateway), CLUSTER_FAMILY
+            if not could_patch_cluster(resource.name, hosts, relevant(patches, family, context)):
+                return resource, ()
+        else:
+            return resource, ()
+        mine = relevant(patches, family, context)
+        if not mine:
+            return resource, ()
+        scope = hosts if resource.name.startswith("inbound|") else ()
+        key: Key = ("patched", resource.type_url, resource.name, resource.digest, context,
+                    mine, scope)  # fmt: skip
+        found = self._patched.get(key) or self._patched_fallback.get(key)
+        if found is None:
+            if resource.type_url == LISTENER:
+                new, applied = patch_listener(message, context, mine)
+            elif resource.type_url == ROUTE:
+                new, applied = patch_route_configuration(message, context, mine)
+            else:
+                new, applied = patch_cluster(message, context, mine, scope)
+            if not applied:
+                found = (resource, ())
+            elif new is None:
+                found = (None, applied)
+            else:
+                patched = Resource.of(resource.name, new)
+                found = (resource if patched.digest == resource.digest else patched, applied)
+        else:
+            # Patches compare by value: name the current ones (their files may have moved).
+            current = {p: p for p in mine}
+            found = (found[0], tuple(current.get(p, p) for p in found[1]))
+            if found[0] is not None and found[0].digest == resource.digest:
+                found = (resource, found[1])
+        self._patched[key] = found
+        return found
+
+    def _patched_base(
+        self, node: NodeClass, base: Snapshot, gateway: bool, patches: Sequence[Patch]
+    ) -> dict[Slot, Patched]:
+        """The base's clusters that the cluster patches of ``node`` change or remove, by
+        slot; computed once per (flavor, those patches)."""
+        context = PatchContext.GATEWAY if gateway else PatchContext.SIDECAR_OUTBOUND
+        mine = relevant(patches, CLUSTER_FAMILY, context)
+        if not any(p.operation in (PatchOperation.MERGE, PatchOperation.REMOVE) for p in mine):
+            return {}
+        key: Key = ("base-patches", cluster_flavor(node), gateway, mine)
+        found = self._base_patches.get(key)
+        if found is None:
+            found = {}
+            for name, resource in base.get(CLUSTER).items():
+                if not could_patch_cluster(name, (), mine):
+                    continue
+                result = self._patched_resource(resource, gateway, mine, ())
+                if result[0] is not resource:
+                    found[(CLUSTER, name)] = result
+            self._base_patches[key] = found
+        return found
+
     # -- shared resources -----------------------------------------------------------
 
     def _shared(self, key: Key, build: Callable[..., Any], *args: Any) -> Resource:
@@ -571,20 +809,27 @@ class MeshTranslation:
         flavor: ClusterFlavor,
         base: Snapshot,
         chosen: dict[tuple[str, str], Resource],
+        changes: Mapping[Slot, Patched] | None = None,
     ) -> Snapshot:
-        """The snapshot of ``base`` with the class's ``chosen`` resources. A generated
-        cluster replaced by a raw one takes its ClusterLoadAssignment with it unless
-        something chosen still needs it. A dangling reference from a raw resource is the
-        user's to fix (TranslationError naming its file); any other one is a bug
+        """The snapshot of ``base`` with the class's ``chosen`` resources, without those
+        EnvoyFilter patches removed (``changes``: slot → (None, patches) for those). A
+        generated cluster replaced by a raw or patched one, or removed, takes its
+        ClusterLoadAssignment with it unless something chosen still needs it. A dangling
+        reference from a raw or patched resource, or to a resource a patch removed, is
+        the user's to fix (TranslationError naming the file); any other one is a bug
         (InconsistentSnapshotError)."""
         started = time.perf_counter()
-        overlaps = any(n in base.get(TypeUrl(t)) for t, n in chosen if t in _BASE_TYPES)
+        changes = changes or {}
+        gone = [slot for slot, (new, _) in changes.items() if new is None]
+        overlaps = bool(gone) or any(
+            n in base.get(TypeUrl(t)) for t, n in chosen if t in _BASE_TYPES
+        )
         self._chosen[node] = (chosen, overlaps)
         snapshot = None if overlaps else self._updated(node, flavor, chosen)
         if snapshot is None:
-            removed: list[tuple[TypeUrl, str]] = []
+            removed: list[tuple[TypeUrl, str]] = [(TypeUrl(t), n) for t, n in gone]
             clusters = base.get(CLUSTER)
-            replaced = [clusters[n] for t, n in chosen if t == CLUSTER and n in clusters]
+            replaced = [clusters[n] for t, n in [*chosen, *gone] if t == CLUSTER and n in clusters]
             if replaced:
                 needed = {ref for r in chosen.values() for ref in r.references}
                 for old in replaced:
@@ -593,11 +838,48 @@ class MeshTranslation:
                             removed.append((TypeUrl(type_url), name))
             snapshot = Snapshot.extend(base, chosen.values(), removed=removed, check=False)
         problems = dangling_references(snapshot, self._raw_resources(), self._raw_origins)
+        if changes:
+            problems.extend(_patch_problems(snapshot, chosen, changes))
         if problems:
             raise TranslationError(problems)
         snapshot.check_consistency()
         self.timings["snapshot"] += time.perf_counter() - started
         return snapshot
+
+
+def _patch_problems(
+    snapshot: Snapshot, chosen: Mapping[Slot, Resource], changes: Mapping[Slot, Patched]
+) -> list[Problem]:
+    """A problem, at the patch to blame, for each reference left dangling by EnvoyFilter
+    patches: one a patched or added resource makes to something the snapshot lacks, and
+    one a class's resource makes to something a patch removed."""
+    problems: list[Problem] = []
+
+    def kind(type_url: str) -> str:
+        return SHORT_NAMES.get(TypeUrl(type_url), type_url).removesuffix("s")
+
+    for (type_url, name), (new, applied) in changes.items():
+        if new is None or not applied:
+            continue
+        for ref_type, ref in new.references:
+            if ref in snapshot.get(TypeUrl(ref_type)):
+                continue
+            problems.append(applied[-1].problem(
+                f"after this patch {kind(type_url)} {name!r} references {kind(ref_type)} "
+                f"{ref!r}, which the node does not have: add it (a CLUSTER ADD patch, a "
+                "service or a raw resource) or change the reference", ".patch.value",
+            ))  # fmt: skip
+    removed = {slot: applied for slot, (new, applied) in changes.items() if new is None}
+    if removed:
+        for resource in chosen.values():
+            for ref_type, ref in resource.references:
+                blamed = removed.get((ref_type, ref))
+                if blamed and ref not in snapshot.get(TypeUrl(ref_type)):
+                    problems.append(blamed[-1].problem(
+                        f"removes {kind(ref_type)} {ref!r}, which {kind(resource.type_url)} "
+                        f"{resource.name!r} still references", ".patch.operation",
+                    ))  # fmt: skip
+    return problems
 
 
 _BASE_TYPES = (CLUSTER, ENDPOINT)
