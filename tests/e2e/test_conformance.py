@@ -44,7 +44,7 @@ SUPPORTED = [
 NOT_YET = {
     "certmanager-gateway.yaml": "Gateway",
     "destination-rule-all-mtls.yaml": "trafficPolicy.tls",
-    "egress-rule-google-apis.yaml": "ServiceEntry",
+    "egress-rule-google-apis.yaml": "tls.caCertificates",
 }
 
 
