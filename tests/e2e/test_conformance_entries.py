@@ -53,9 +53,7 @@ SE_EXAMPLE_CERTS = "tests/testdata/certs/default"
 
 
 def test_every_file_with_a_service_entry_is_listed() -> None:
-    using = sorted(
-        p.name for p in TESTDATA.glob("*.yaml") if "kind: ServiceEntry" in p.read_text()
-    )
+    using = sorted(p.name for p in TESTDATA.glob("*.yaml") if "kind: ServiceEntry" in p.read_text())
     assert using == sorted([*LOADING, *OTHER_REASONS])
 
 

@@ -235,8 +235,9 @@ def entry_services(
     DNS_ROUND_ROBIN without either) the host itself; an endpoint serves a port on the
     number its ``ports`` map gives for the port's name, else the port's ``targetPort``,
     else its number. Resolution NONE keeps only the HTTP ports (the parser warned about
-    the others) and has no endpoints; an entry left without ports has no services. A STATIC entry selecting a WorkloadEntry whose
-    address is not an IP address (or ``unix://`` path) is an error at the entry.
+    the others) and has no endpoints; an entry left without ports has no services. A
+    STATIC entry selecting a WorkloadEntry whose address is not an IP address (or
+    ``unix://`` path) is an error at the entry.
     """
     resolution = _RESOLUTIONS[entry.resolution]
     ports = tuple(
