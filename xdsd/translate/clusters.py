@@ -13,12 +13,12 @@ about a client that changes a cluster's bytes:
   that falls back to round robin where the client lacks them.
 
 DNS services get STRICT_DNS clusters (LOGICAL_DNS for DNS_ROUND_ROBIN) with their
-endpoints inline: Envoy refuses host names in EDS. A LOGICAL_DNS cluster resolves a single
-name, so it gets the first endpoint (as Istio does). Services of resolution NONE (from
-ServiceEntries) get dynamic forward proxy clusters (``forward_proxy``); gRPC, which has
-none, an empty EDS assignment. A service with an active health check gets it on every
-cluster but gRPC's (proxyless gRPC does not health-check). Names follow Istio:
-``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``.
+endpoints inline (Envoy refuses host names in EDS), resolving IPv4 first. A LOGICAL_DNS
+cluster resolves a single name, so it gets the first endpoint (as Istio does). Services
+of resolution NONE (from ServiceEntries) get dynamic forward proxy clusters
+(``forward_proxy``); gRPC, which has none, an empty EDS assignment. A service with an
+active health check gets it on every cluster but gRPC's (proxyless gRPC does not
+health-check). Names follow Istio: ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ from xdsd.translate.wire import delimited, tag
 
 #: Where an application listens behind its sidecar.
 LOCALHOST = "127.0.0.1"
+#: How DNS clusters resolve names: IPv4 addresses when a name has any. Istio asks for
+#: V4_ONLY on IPv4 proxies; xdsd does not know a proxy's address family, and Envoy's
+#: default (AUTO: IPv6 first) resolves ``localhost`` to ``::1``, where IPv4 services do
+#: not listen.
+DNS_LOOKUP_FAMILY = cluster_pb2.Cluster.V4_PREFERRED
 
 
 class ClusterFlavor(Enum):
@@ -183,6 +188,8 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
         endpoints = endpoints[:1]
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    if flavor is not ClusterFlavor.GRPC:
+        cluster.dns_lookup_family = DNS_LOOKUP_FAMILY
     cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
     _configure(cluster, spec, flavor)
     return cluster

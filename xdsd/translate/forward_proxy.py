@@ -1,17 +1,18 @@
 """Envoy's dynamic forward proxy: how ServiceEntries of resolution NONE are served.
 
-How this works: Istio serves resolution NONE with an ORIGINAL_DST cluster, which connects
-to the address the application dialled before iptables redirected it to the sidecar.
-xdsd's sidecars capture nothing: an application reaches them through the HTTP proxy
-listener (``HTTP_PROXY``), and there the original destination *is* the request's host,
-written in the absolute-form URL and the Host header. So a NONE service's clusters
-(``outbound|PORT||HOST``, ``HOST`` possibly a wildcard such as ``*.bar.com``) are dynamic
-forward proxy clusters, and the HTTP proxy listener runs the dynamic forward proxy filter
-before the router when the mesh has such a service: the filter resolves the request's
-host by DNS (the port from the Host header, else 80) and the cluster connects to the
-answer. Every filter and cluster shares one DNS cache (Envoy requires one configuration
-per cache name). The per-port listeners leave NONE services out: a Host header without a
-port would send requests to port 80 whatever port they came in on.
+How this works: Istio serves resolution NONE with an ORIGINAL_DST cluster, which
+connects to the address the application dialled before iptables redirected it to the
+sidecar. xdsd's sidecars capture nothing: an application reaches them through the HTTP
+proxy listener (``HTTP_PROXY``), and there the original destination *is* the request's
+host, written in the absolute-form URL and the Host header. So a NONE service's clusters
+(``outbound|PORT||HOST``, ``HOST`` possibly a wildcard such as ``*.bar.com``) are
+dynamic forward proxy clusters, and the HTTP proxy listener runs the dynamic forward
+proxy filter before the router when the mesh has such a service: the filter resolves the
+request's host by DNS (the port from the Host header, else 80) and the cluster connects
+to the answer. Every filter and cluster shares one DNS cache (Envoy requires one
+configuration per cache name), resolving IPv4 first as DNS clusters do. The per-port
+listeners leave NONE services out: a Host header without a port would send requests to
+port 80 whatever port they came in on.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ DNS_CACHE_NAME = "xdsd_dynamic_forward_proxy"
 def dns_cache_config() -> Any:
     """The DNS cache every filter and cluster names (identical everywhere, as Envoy
     requires of one cache name)."""
-    return dns_cache_pb2.DnsCacheConfig(name=DNS_CACHE_NAME)
+    return dns_cache_pb2.DnsCacheConfig(
+        name=DNS_CACHE_NAME, dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED
+    )
 
 
 def forward_proxy_filter_config() -> Any:
