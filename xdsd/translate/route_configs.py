@@ -128,8 +128,15 @@ class RouteConfigs:
         found = self._group_inputs.get(key)
         if found is None:
             builder = self.builder(style)
+            # Whether a service is resolution NONE decides whether the per-port
+            # configuration has it (see ``vhosts_for_port``).
             found = tuple(
-                (service.host_names, port.number, builder.inputs(service, port.number))
+                (
+                    service.host_names,
+                    port.number,
+                    service.resolution is Resolution.NONE,
+                    builder.inputs(service, port.number),
+                )
                 for service, port in group.http
             )
             self._group_inputs[key] = found
