@@ -565,6 +565,13 @@ class TrafficMesh:
         self._things.append(up)
         return up
 
+    def upstream_on(self, name: str, host: str = "127.0.0.1", **labels: str) -> Upstream:
+        """A new HTTP upstream on ``host`` (by default 127.0.0.1, the address ``localhost``
+        resolves to) and a port the system picks."""
+        up = Upstream(name, host, 0, labels=labels)
+        self._things.append(up)
+        return up
+
     def tcp_upstream(
         self, name: str, port: int, *, tls: ssl.SSLContext | None = None, **labels: str
     ) -> TcpEcho:
@@ -584,13 +591,17 @@ class TrafficMesh:
         protocol: str = "HTTP",
         port_name: str = "",
         namespace: str = "",
+        extra: str = "",
     ) -> None:
         """Write ``services/NAME.toml``: one port (the shared one by default) and an endpoint
-        per upstream with its labels and locality."""
+        per upstream with its labels and locality; ``extra`` holds more top-level TOML
+        lines (e.g. ``healthCheck = { path = "/healthz" }``)."""
         number = port or self.port
         lines = [f'kind = "Service"\nname = "{name}"']
         if namespace:
             lines.append(f'namespace = "{namespace}"')
+        if extra:
+            lines.append(extra.strip())
         lines.append(
             f'[[ports]]\nname = "{port_name or protocol.lower()}"\nnumber = {number}\n'
             f'protocol = "{protocol}"'

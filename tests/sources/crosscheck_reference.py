@@ -18,12 +18,12 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
-from xdsd.model.networking import Gateway
+from xdsd.model.mesh import OTHER_KINDS
+from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.crosscheck import gateway_problems
 from xdsd.sources.listing import list_config_files
-from xdsd.sources.loader import parse_config_file
-
-Resource = Service | VirtualService | DestinationRule | Gateway
+from xdsd.sources.loader import Resource, parse_config_file
+from xdsd.sources.service_entry import entry_services
 
 
 def reference_load(root: str) -> tuple[Mesh, list[Problem], tuple[str, ...]]:
@@ -64,22 +64,33 @@ def cross_check(
     services: list[Service] = []
     rules: list[DestinationRule] = []
     virtual: list[VirtualService] = []
-    gateways: list[Gateway] = []
+    others: dict[str, list[Resource]] = {kind: [] for kind in OTHER_KINDS}
     for resource in by_key.values():
         if isinstance(resource, Service):
             services.append(resource)
         elif isinstance(resource, DestinationRule):
             rules.append(resource)
-        elif isinstance(resource, Gateway):
-            gateways.append(resource)
         elif isinstance(resource, VirtualService):
             virtual.append(resource)
-    mesh = Mesh(tuple(services), (), tuple(rules), (), gateways=tuple(gateways))
-    _check_hosts(mesh.services, problems)
+        else:
+            others[resource.key.kind].append(resource)
+    # Each ServiceEntry (in key order) gives a service per host, with the WorkloadEntries
+    # of its namespace (in key order) that it selects.
+    entries = sorted((e for e in others["ServiceEntry"] if isinstance(e, ServiceEntry)),
+                     key=lambda e: e.key)  # fmt: skip
+    workloads = sorted((w for w in others["WorkloadEntry"] if isinstance(w, WorkloadEntry)),
+                       key=lambda w: w.key)  # fmt: skip
+    for entry in entries:
+        derived, found = entry_services(entry, workloads)
+        services.extend(derived)
+        problems.extend(found)
+    kinds = {name: tuple(others[kind]) for kind, name in OTHER_KINDS.items()}
+    mesh = Mesh(tuple(services), (), tuple(rules), (), **kinds)  # type: ignore[arg-type]
+    _check_hosts(mesh.services, entries, problems)
     _check_destination_rules(mesh, problems)
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
-    defined = {g.key for g in gateways}
+    defined = {g.key for g in others["Gateway"] if isinstance(g, Gateway)}
     for vs in mesh_sorted(virtual):
         problems.extend(gateway_problems(vs, defined)[1])
     seen_raw: dict[tuple[str, str], RawResource] = {}
@@ -109,7 +120,18 @@ def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.
     return Problem(origin.path, origin.line, field, message, severity)
 
 
-def _check_hosts(services: tuple[Service, ...], problems: list[Problem]) -> None:
+def _field(svc: Service, i: int, entries: list[ServiceEntry]) -> str:
+    """Where name ``i`` of ``svc`` is written (a service of a ServiceEntry is one of the
+    entry's hosts)."""
+    if svc.entry:
+        [entry] = [e for e in entries if (e.namespace, e.name) == (svc.namespace, svc.entry)]
+        return f"hosts[{entry.hosts.index(svc.name)}]"
+    return f"hosts[{i - 1}]" if i else "name"
+
+
+def _check_hosts(
+    services: tuple[Service, ...], entries: list[ServiceEntry], problems: list[Problem]
+) -> None:
     """``services`` in key order."""
     owners: dict[str, Service] = {}
     for svc in services:
@@ -117,7 +139,7 @@ def _check_hosts(services: tuple[Service, ...], problems: list[Problem]) -> None
             other = owners.get(host)
             if other is not None and other.key != svc.key:
                 problems.append(
-                    _at(svc.origin, f"hosts[{i - 1}]" if i else "name",
+                    _at(svc.origin, _field(svc, i, entries),
                         f"host {host!r} is already a name of {other.key} ({other.origin})")
                 )  # fmt: skip
             owners.setdefault(host, svc)

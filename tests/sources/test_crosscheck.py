@@ -1,8 +1,9 @@
 """Incremental cross-checks give what one pass over the whole directory gives.
 
-After every step of seeded random sequences of edits (services, DestinationRules,
-VirtualServices and raw resources written, broken, deleted and renamed across files, so
-that duplicates, host owners, rule targets, subsets, ports and overlaps come and go), a
+After every step of seeded random sequences of edits (services, ServiceEntries,
+WorkloadEntries, DestinationRules, VirtualServices and raw resources written, broken,
+deleted and renamed across files, so that duplicates, host owners, selected workloads, rule
+targets, subsets, ports and overlaps come and go), a
 ``DirectoryLoader`` that saw every step must give what ``reference_load`` (the one-pass
 implementation) gives: the same mesh, the same objects' origins and indexes, the same
 errors and warnings, in the same order.
@@ -30,7 +31,10 @@ NAMES = ["a", "b", "c"]
 #: What each kind of cross-check problem says (the first match names a problem's kind).
 KINDS = ("duplicate raw", "duplicate", "already a name of", "already has DestinationRule",
          "rule ignored", "host is ignored", "no service named", "has no port", "is required",
-         "is not defined", "already routed")  # fmt: skip
+         "is not defined", "already routed", "is not an IP address")  # fmt: skip
+ISTIO = "networking.istio.io/v1"
+#: Hosts of ServiceEntries: their own, shared with services, and a service's full name.
+ENTRY_HOSTS = ["ext.example", "shared.example", "a.default.svc.cluster.local", "other.example"]
 
 
 def service(rng: random.Random) -> str:
@@ -46,10 +50,41 @@ def service(rng: random.Random) -> str:
     )
 
 
+def service_entry(rng: random.Random) -> str:
+    hosts = rng.sample(ENTRY_HOSTS, rng.randint(1, 2))
+    namespace = rng.choice(["", "", "namespace: other\n"])
+    resolution = rng.choice(["STATIC", "DNS"])
+    ports = rng.choice(["[{number: 80, name: http, protocol: HTTP}]",
+                        "[{number: 80, name: http, protocol: HTTP, targetPort: 8080},"
+                        " {number: 81, name: h2, protocol: HTTP}]"])  # fmt: skip
+    if rng.random() < 0.5:
+        selected = f"workloadSelector: {{labels: {{app: {rng.choice(['x', 'y'])}}}}}\n"
+    elif resolution == "STATIC":
+        selected = f"endpoints: [{{address: 10.0.2.{rng.randint(1, 9)}, ports: {{http: 9000}}}}]\n"
+    else:
+        selected = rng.choice(["", "endpoints: [{address: ext.example.net}]\n"])
+    return (
+        f"apiVersion: {ISTIO}\nkind: ServiceEntry\nname: e{rng.randint(1, 3)}\n{namespace}hosts: [{', '.join(hosts)}]\n"
+        f"ports: {ports}\nresolution: {resolution}\n{selected}"
+    )
+
+
+def workload_entry(rng: random.Random) -> str:
+    namespace = rng.choice(["", "", "namespace: other\n"])
+    address = rng.choice(["10.0.3.1", "10.0.3.2", "vm.example.net"])
+    labels = rng.choice(["{app: x}", "{app: y}", "{app: x, version: v1}"])
+    port = rng.choice(["", "ports: {http: 7000}\n"])
+    return (
+        f"apiVersion: {ISTIO}\nkind: WorkloadEntry\nname: w{rng.randint(1, 3)}\n{namespace}"
+        f"address: {address}\nlabels: {labels}\n{port}"
+    )
+
+
 def destination_rule(rng: random.Random) -> str:
     subsets = rng.choice(["[]", "[{name: v1, labels: {version: v1}}]",
                           "[{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]"])  # fmt: skip
-    host = rng.choice([*NAMES, "shared.example", "ghost", "b.default.svc.cluster.local"])
+    host = rng.choice([*NAMES, "shared.example", "ghost", "b.default.svc.cluster.local",
+                       "ext.example"])  # fmt: skip
     namespace = rng.choice(["", "", "namespace: other\n"])
     return (
         f"kind: DestinationRule\nname: r{rng.randint(1, 3)}\n{namespace}host: {host}\n"
@@ -58,12 +93,13 @@ def destination_rule(rng: random.Random) -> str:
 
 
 def virtual_service(rng: random.Random) -> str:
-    hosts = rng.sample([*NAMES, "shared.example", "*.example", "ghost"], rng.randint(1, 2))
+    hosts = rng.sample([*NAMES, "shared.example", "*.example", "ghost", "ext.example"],
+                       rng.randint(1, 2))  # fmt: skip
     gateways = rng.choice(["", "", "gateways: [gw]\n", "gateways: [mesh, gw]\n"])
     routes = ""
     count = rng.randint(1, 2)
     for _ in range(count):
-        host = rng.choice([*NAMES, "shared.example", "ghost"])
+        host = rng.choice([*NAMES, "shared.example", "ghost", "ext.example"])
         subset = rng.choice(["", ", subset: v1", ", subset: v2"])
         port = rng.choice(["", "", ", port: {number: 80}", ", port: {number: 81}"])
         weight = ", weight: 50" if count > 1 else ""
@@ -97,6 +133,19 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
         f"kind: DestinationRule\nname: r-{own}\nhost: {rng.choice([*existing, own]) if conflict else own}\n"
         + ("subsets: []\n" if conflict else "subsets: [{name: v1, labels: {version: v1}}]\n"),
     ]
+    if rng.random() < 0.4:
+        docs.append(
+            f"apiVersion: {ISTIO}\nkind: ServiceEntry\nname: e-{own}\nhosts: [{own}.example]\n"
+            "ports: [{number: 80, name: http, protocol: HTTP}]\nresolution: STATIC\n"
+            f"workloadSelector: {{labels: {{app: {own}}}}}\n"
+        )
+    if rng.random() < 0.5:
+        app = rng.choice([*existing, own])
+        address = "vm.example.net" if conflict else f"10.0.4.{rng.randint(1, 9)}"
+        docs.append(
+            f"apiVersion: {ISTIO}\nkind: WorkloadEntry\nname: w-{own}\naddress: {address}\n"
+            f"labels: {{app: {app}}}\n"
+        )
     if rng.random() < 0.6:
         target = rng.choice([*existing, own]) if rng.random() < 0.5 else own
         host = rng.choice([*existing, "shared.example"]) if conflict and existing else own
@@ -116,7 +165,8 @@ def contents(rng: random.Random, root: Path, slot: str, wild: bool) -> str:
     elif not wild:
         return tame(rng, root, slot)
     else:
-        makers = [service, service, destination_rule, virtual_service]
+        makers = [service, service, destination_rule, virtual_service, service_entry,
+                  workload_entry, workload_entry]  # fmt: skip
         docs = [rng.choice(makers)(rng) for _ in range(rng.randint(1, 3))]
     if rng.random() < (0.05 if wild else 0.02):
         docs.append("kind: Service\nname: broken\nports: oops\n")
@@ -147,7 +197,8 @@ def step(rng: random.Random, root: Path, wild: bool) -> set[str] | None:
 
 
 def origins(mesh: Mesh) -> list[object]:
-    everything = (*mesh.services, *mesh.destination_rules, *mesh.virtual_services)
+    everything = (*mesh.services, *mesh.destination_rules, *mesh.virtual_services,
+                  *mesh.service_entries, *mesh.workload_entries)  # fmt: skip
     return [(r.key, r.origin) for r in everything] + [r.origin for r in mesh.raw_resources]
 
 

@@ -88,6 +88,39 @@ NEW_SERVICE = (
     'kind = "Service"\nname = "extra"\n\n[[ports]]\nnumber = 9080\nprotocol = "HTTP"\n\n'
     '[[endpoints]]\naddress = "10.0.9.1"\n'
 )
+ENTRIES = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms}
+spec:
+  hosts: [vm.example.com]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vm}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tls}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS, targetPort: 8443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: anything}
+spec:
+  hosts: ["*.example.org"]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: NONE
+"""
+WORKLOAD = """\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm1}
+spec: {address: 10.0.8.1, labels: {app: other}}
+"""
+CHECK = 'healthCheck = { path = "/healthz", interval = "5s" }'
 EDITS = [
     replace_in(Path("services/details.toml"), "10.0.0.21", "10.0.0.77"),  # endpoints only
     replace_in(Path("rules/reviews.yaml"), "weight: 50", "weight: 25"),  # routes only
@@ -131,6 +164,18 @@ EDITS = [
         "host: productpage\n",
         "host: productpage\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n",
     ),
+    # ServiceEntries: services appear (a NONE one adds the forward proxy filter), a
+    # WorkloadEntry edit changes an entry's endpoints, a health check comes and changes.
+    write("rules/entries.yaml", ENTRIES),
+    write("rules/workloads.yaml", WORKLOAD),
+    replace_in(Path("rules/workloads.yaml"), "app: other", "app: vm"),
+    replace_in(Path("rules/workloads.yaml"), "10.0.8.1", "10.0.8.2"),
+    replace_in(Path("rules/entries.yaml"), "targetPort: 8443", "targetPort: 9443"),
+    replace_in(Path("services/details.toml"), "\n[[ports]]", f"{CHECK}\n\n[[ports]]"),
+    replace_in(Path("services/details.toml"), 'interval = "5s"', 'interval = "7s"'),
+    replace_in(Path("rules/entries.yaml"), "resolution: NONE", "resolution: STATIC"),
+    delete("rules/workloads.yaml"),
+    delete("rules/entries.yaml"),
 ]
 
 

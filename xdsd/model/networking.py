@@ -4,6 +4,8 @@ EnvoyFilter.
 As in ``rules``, only what xdsd translates is modelled and sources refuse other fields by
 name. A ServiceEntry is kept as written (its hosts, ports and endpoints); the loader turns
 it into ``Service`` objects, one per host, so translation sees one kind of service.
+(``Location`` lives in ``service`` with the Service it describes; it is importable from
+here too.)
 """
 
 from __future__ import annotations
@@ -21,16 +23,10 @@ from xdsd.model.service import (
     Protocol,
     ResourceKey,
 )
+from xdsd.model.service import Location as Location  # re-exported
 
 #: No locality (Locality is frozen, so one shared instance serves every default).
 _NOWHERE = Locality()
-
-
-class Location(Enum):
-    """Istio's ServiceEntry.Location: inside the mesh (has sidecars) or outside."""
-
-    MESH_EXTERNAL = "MESH_EXTERNAL"
-    MESH_INTERNAL = "MESH_INTERNAL"
 
 
 class EntryResolution(Enum):

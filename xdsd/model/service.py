@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from typing import NamedTuple
 
@@ -64,11 +65,25 @@ class Protocol(Enum):
 
 
 class Resolution(Enum):
-    """How a service's endpoint addresses are resolved."""
+    """How a service's endpoint addresses are resolved.
+
+    ``NONE`` comes only from a ServiceEntry (the xdsd Service kind refuses it): the
+    service has no endpoints, and a request goes to the host it names, resolved by DNS
+    when it is made (Envoy's dynamic forward proxy).
+    """
 
     STATIC = "STATIC"
     DNS = "DNS"
     DNS_ROUND_ROBIN = "DNS_ROUND_ROBIN"
+    NONE = "NONE"
+
+
+class Location(Enum):
+    """Istio's ServiceEntry.Location: inside the mesh (has sidecars) or outside. xdsd's
+    own services are inside."""
+
+    MESH_EXTERNAL = "MESH_EXTERNAL"
+    MESH_INTERNAL = "MESH_INTERNAL"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -143,12 +158,42 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """An active health check of every endpoint of a service (not Istio API; Kuma and
+    Consul have them). With ``path`` it is an HTTP GET of that path (``host`` as Host,
+    the service's canonical name when empty), healthy when the status is in one of
+    ``expected_statuses`` (half-open ranges ``[start, end)``; empty: 200 only); without,
+    a TCP connect. ``interval`` apart, each check given ``timeout``; an endpoint is taken
+    out after ``unhealthy_threshold`` failures in a row and put back after
+    ``healthy_threshold`` successes."""
+
+    path: str = ""
+    host: str = ""
+    expected_statuses: tuple[tuple[int, int], ...] = ()
+    interval: timedelta = timedelta(seconds=10)
+    timeout: timedelta = timedelta(seconds=1)
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+
+    @property
+    def is_http(self) -> bool:
+        """True for an HTTP check, False for a TCP connect check."""
+        return bool(self.path)
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """xdsd's own service model: a name in a namespace, its ports and endpoints.
 
     A service answers to its short name, ``name.namespace``, its fully qualified name
     ``name.namespace.svc.cluster.local`` (so Istio YAML written for Kubernetes works) and
     any extra ``hosts``.
+
+    A service made from one host of a ServiceEntry (``entry`` is the entry's name) is
+    named by that host: ``name`` is the host, and it is also its canonical name and its
+    only name (no short names, no namespace completion); its key is
+    ``ServiceEntry namespace/ENTRY/HOST``. Its endpoints already carry the port each
+    serves every port on.
     """
 
     name: str
@@ -158,6 +203,10 @@ class Service:
     hosts: tuple[str, ...] = ()
     resolution: Resolution = Resolution.STATIC
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    health_check: HealthCheck | None = None
+    #: The ServiceEntry this service comes from ("" for an xdsd Service).
+    entry: str = ""
+    location: Location = Location.MESH_INTERNAL
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.
     #: The service's identity.
@@ -168,6 +217,12 @@ class Service:
     host_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.entry:
+            key = ResourceKey("ServiceEntry", self.namespace, f"{self.entry}/{self.name}")
+            object.__setattr__(self, "key", key)
+            object.__setattr__(self, "fqdn", self.name)
+            object.__setattr__(self, "host_names", (self.name,))
+            return
         object.__setattr__(self, "key", ResourceKey("Service", self.namespace, self.name))
         fqdn = f"{self.name}.{self.namespace}.{DOMAIN_SUFFIX}"
         names = [fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]

@@ -1,7 +1,9 @@
 """Cross-checks: resources of a whole directory checked against each other, incrementally.
 
 Duplicates across files, host names claimed twice, rules for unknown hosts, destinations
-naming unknown services, ports or subsets, two rules for one service.
+naming unknown services, ports or subsets, two rules for one service. ServiceEntries
+become services here (one per host, ``service_entry.entry_services``), with the
+WorkloadEntries they select, and take part in every check like the services of files.
 
 How this works: ``CrossCheck`` holds what the checks of the whole directory found, with
 the indexes they were found with: every definition of every key (the first in file
@@ -9,7 +11,10 @@ order wins, later ones are duplicates), the owner of every host name, the servic
 DestinationRule resolves to, and what each VirtualService looked up (host names, the
 DestinationRules of services). ``update`` is given the files that changed (their old and
 new contents); it recomputes the winners of the keys those files define, then only what
-depends on a changed winner, a changed host owner or a changed DestinationRule, and keeps
+depends on a changed winner, a changed host owner or a changed DestinationRule (a changed
+ServiceEntry, or a changed WorkloadEntry in the namespace of an entry with a
+``workloadSelector``, derives that entry's services again: those that compare equal keep
+their objects), and keeps
 every problem filed under what it belongs to (a file, a key, a service, a rule). The
 problems come out sorted the way one pass over the whole directory emits them, so a
 directory gives the same mesh and the same problems, in the same order, whatever
@@ -46,6 +51,7 @@ from xdsd.model.networking import (
     WorkloadEntry,
     gateway_key,
 )
+from xdsd.sources.service_entry import entry_services
 
 Resource = (
     Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
@@ -135,6 +141,11 @@ class CrossCheck:
         self._vs_gateways: dict[ResourceKey, tuple[ResourceKey, ...]] = {}
         self._vs_by_gateway: dict[ResourceKey, set[ResourceKey]] = {}
         self._gateway_problems: dict[ResourceKey, list[Problem]] = {}
+        # ServiceEntries: the services each derives, the problems of deriving them, and
+        # the entries with a workloadSelector, by namespace.
+        self._derived: dict[ResourceKey, tuple[Service, ...]] = {}
+        self._entry_problems: dict[ResourceKey, list[Problem]] = {}
+        self._selecting: dict[str, set[ResourceKey]] = {}
         # The kinds kept without indexes (``OTHER_KINDS``): winners by kind and key.
         self._others: dict[str, dict[ResourceKey, Other]] = {k: {} for k in OTHER_KINDS}
         self._sorted_others: dict[str, _Sorted[ResourceKey, Other]] = {
@@ -206,6 +217,7 @@ class CrossCheck:
                     virtual.add(key)
         for raw_key in raw_touched:
             self._raw_winner(raw_key)
+        services.update(self._update_entries(others))
         hosts = self._update_hosts(services)
         applied = self._update_rules(rules, hosts)
         checked = self._update_virtual(virtual, hosts, applied)
@@ -227,6 +239,8 @@ class CrossCheck:
                 message = f"duplicate {resource.key}: also defined at {first.origin}"
                 dups.append((order[path], i, Problem(origin.path, origin.line, "", message)))
         out.extend(p for _, _, p in sorted(dups, key=lambda d: (d[0], d[1])))
+        for entry_key in sorted(self._entry_problems):
+            out.extend(self._entry_problems[entry_key])
         for svc_key in sorted(self._host_problems):
             out.extend(self._host_problems[svc_key])
         out.extend(self._rule_problems[k] for k in sorted(self._rule_problems))
@@ -278,6 +292,63 @@ class CrossCheck:
         order = self._order
         self._raw[key] = min(defs, key=lambda d: (order[d[0]], d[1]))[2]
 
+    # -- ServiceEntries -------------------------------------------------------------
+
+    def _update_entries(
+        self, others: set[ResourceKey]
+    ) -> dict[ResourceKey, tuple[Service | None, Service | None]]:
+        """Derive again the services of the changed ServiceEntries and of the entries
+        selecting WorkloadEntries in a namespace where one changed; returns the services
+        that changed (old, new) by key, after putting them in ``_services``."""
+        entries = self._others["ServiceEntry"]
+        rederive = {k for k in others if k.kind == "ServiceEntry"}
+        namespaces = {k.namespace for k in others if k.kind == "WorkloadEntry"}
+        for namespace in namespaces:
+            rederive |= self._selecting.get(namespace, _NONE)
+        workloads: dict[str, list[WorkloadEntry]] = {}
+        changes: dict[ResourceKey, tuple[Service | None, Service | None]] = {}
+        for key in rederive:
+            before = {s.key: s for s in self._derived.pop(key, ())}
+            entry = entries.get(key)
+            found: tuple[Service, ...] = ()
+            if entry is None:
+                _unindex(self._selecting, key.namespace, key)
+                self._entry_problems.pop(key, None)
+            else:
+                assert isinstance(entry, ServiceEntry)
+                if entry.workload_selector:
+                    self._selecting.setdefault(key.namespace, set()).add(key)
+                else:
+                    _unindex(self._selecting, key.namespace, key)
+                if key.namespace not in workloads:
+                    workloads[key.namespace] = self._workloads(key.namespace)
+                found, problems = entry_services(entry, workloads[key.namespace])
+                _file(self._entry_problems, key, problems)
+            kept = []
+            for svc in found:
+                old = before.pop(svc.key, None)
+                if old is not None and old == svc and old.origin == svc.origin:
+                    svc = old
+                else:
+                    self._services[svc.key] = svc
+                    changes[svc.key] = (old, svc)
+                kept.append(svc)
+            if entry is not None:
+                self._derived[key] = tuple(kept)
+            for svc_key, old in before.items():
+                del self._services[svc_key]
+                changes[svc_key] = (old, None)
+        return changes
+
+    def _workloads(self, namespace: str) -> list[WorkloadEntry]:
+        """The WorkloadEntries of ``namespace``, in key order."""
+        found = [
+            w
+            for k, w in self._others["WorkloadEntry"].items()
+            if k.namespace == namespace and isinstance(w, WorkloadEntry)
+        ]
+        return sorted(found, key=lambda w: w.key)
+
     # -- host names -----------------------------------------------------------------
 
     def _update_hosts(
@@ -313,7 +384,7 @@ class CrossCheck:
                 changed.add(host)
             recheck |= claims
         for key in recheck:
-            found = _host_problems(self._services[key], self._owners)
+            found = _host_problems(self._services[key], self._owners, self._others["ServiceEntry"])
             if found:
                 self._host_problems[key] = found
             else:
@@ -602,14 +673,17 @@ def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.
     return Problem(origin.path, origin.line, field, message, severity)
 
 
-def _host_problems(svc: Service, owners: Mapping[str, Service]) -> list[Problem]:
-    """Names of ``svc`` that belong to another service (one that comes first by key)."""
+def _host_problems(
+    svc: Service, owners: Mapping[str, Service], entries: Mapping[ResourceKey, Other]
+) -> list[Problem]:
+    """Names of ``svc`` that belong to another service (one that comes first by key);
+    ``entries`` are the ServiceEntries by key (a service of an entry is its host)."""
     problems = []
     for i, host in enumerate((svc.fqdn, *svc.hosts)):
         other = owners[host]
         if other.key != svc.key:
             problems.append(
-                _at(svc.origin, f"hosts[{i - 1}]" if i else "name",
+                _at(svc.origin, host_field(svc, i, entries),
                     f"host {host!r} is already a name of {other.key} ({other.origin})")
             )  # fmt: skip
     return problems
@@ -634,6 +708,17 @@ def gateway_problems(
                     "is defined", Severity.WARNING)
             )  # fmt: skip
     return tuple(named), problems
+
+
+def host_field(svc: Service, i: int, entries: Mapping[ResourceKey, Other]) -> str:
+    """Where name ``i`` of ``svc`` (its canonical name, then its ``hosts``) is written:
+    ``name``, ``hosts[N]``, or for a service of a ServiceEntry the entry's ``hosts[N]``."""
+    if svc.entry:
+        entry = entries.get(ResourceKey("ServiceEntry", svc.namespace, svc.entry))
+        if isinstance(entry, ServiceEntry) and svc.name in entry.hosts:
+            return f"hosts[{entry.hosts.index(svc.name)}]"
+        return "hosts"
+    return f"hosts[{i - 1}]" if i else "name"
 
 
 def applies_to_mesh(vs: VirtualService) -> bool:

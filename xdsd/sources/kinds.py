@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import timedelta
 
 from xdsd.model import (
     Endpoint,
+    HealthCheck,
     Locality,
     Origin,
     Port,
@@ -28,8 +30,15 @@ __all__ = ["parse_destination_rule", "parse_service", "parse_virtual_service"]
 
 
 def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Service:
-    """An xdsd Service spec (see DESIGN.md's interface contract)."""
+    """An xdsd Service spec (see DESIGN.md's interface contract), with an optional
+    ``healthCheck`` (see ``_parse_health_check``)."""
     resolution = spec.enum("resolution", Resolution, Resolution.STATIC)
+    if resolution is Resolution.NONE:
+        spec.error(
+            "resolution",
+            "NONE is for ServiceEntries (a Service lists its endpoints): use STATIC or DNS",
+        )
+        resolution = Resolution.STATIC
     hosts = spec.strings("hosts")
     ports = spec.parse_list("ports", _parse_port)
     if not spec.has("ports"):
@@ -48,6 +57,8 @@ def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Se
         endpoint = _parse_endpoint(item, resolution, {p.name for p in ports if p.name})
         if endpoint is not None:
             endpoints.append(endpoint)
+    check = spec.obj("healthCheck")
+    health_check = _parse_health_check(check) if check is not None else None
     spec.finish()
     return Service(
         name=name,
@@ -57,7 +68,70 @@ def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Se
         hosts=hosts,
         resolution=resolution,
         origin=origin,
+        health_check=health_check,
     )
+
+
+_STATUS_RANGE = re.compile(r"^\s*(\d{3})\s*-\s*(\d{3})\s*$")
+
+
+def _parse_health_check(f: Fields) -> HealthCheck:
+    """``healthCheck``: ``path`` (an HTTP GET; without it, a TCP connect), ``host``,
+    ``expectedStatuses`` (codes, or inclusive ``"200-299"`` ranges; HTTP only; default
+    200), ``interval`` (default 10s), ``timeout`` (default 1s; both above zero),
+    ``unhealthyThreshold`` (default 2), ``healthyThreshold`` (default 1)."""
+    default = HealthCheck()
+    path = f.string("path")
+    if path and not path.startswith("/"):
+        f.error("path", f"must start with '/' (got {path!r})")
+    host = f.string("host")
+    statuses: list[tuple[int, int]] = []
+    for i, item in f.items("expectedStatuses"):
+        found = _status_range(item)
+        if found is None:
+            f.report.add(
+                (*f.path, "expectedStatuses", i),
+                f'must be an HTTP status (100-599) or a range like "200-299" (got {item!r})',
+            )
+        else:
+            statuses.append(found)
+    for key in ("host", "expectedStatuses"):
+        if f.has(key) and not path:
+            f.error(key, "needs path: only an HTTP check has it (without path: TCP connect)")
+    interval = _positive(f, "interval", default.interval)
+    timeout = _positive(f, "timeout", default.timeout)
+    limit = 2**32 - 1
+    unhealthy = f.integer(
+        "unhealthyThreshold", default=default.unhealthy_threshold, minimum=1, maximum=limit
+    )
+    healthy = f.integer(
+        "healthyThreshold", default=default.healthy_threshold, minimum=1, maximum=limit
+    )
+    f.finish()
+    return HealthCheck(path, host, tuple(statuses), interval, timeout, unhealthy, healthy)
+
+
+def _status_range(item: object) -> tuple[int, int] | None:
+    """A status or inclusive range as Envoy's half-open range, None when invalid."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        start, end = item, item
+    elif isinstance(item, str) and (m := _STATUS_RANGE.match(item)):
+        start, end = int(m.group(1)), int(m.group(2))
+    else:
+        return None
+    if not 100 <= start <= end <= 599:
+        return None
+    return start, end + 1
+
+
+def _positive(f: Fields, key: str, default: timedelta) -> timedelta:
+    value = f.duration(key)
+    if value is None:
+        return default
+    if value <= timedelta(0):
+        f.error(key, "must be above zero")
+        return default
+    return value
 
 
 def _parse_port(f: Fields) -> Port | None:

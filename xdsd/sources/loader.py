@@ -53,7 +53,7 @@ OTHER_PARSERS = {
     "EnvoyFilter": parse_envoy_filter,
 }
 #: Of those, the kinds that are checked but not translated yet (a warning says so).
-NOT_APPLIED = frozenset({"ServiceEntry", "WorkloadEntry", "Sidecar"})
+NOT_APPLIED = frozenset({"Sidecar"})
 RAW_DIR = "envoy"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")

@@ -10,8 +10,10 @@ loader once every file is read.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
-from xdsd.model import Locality, Origin, Protocol
+from xdsd.errors import Problem, Severity
+from xdsd.model import Endpoint, Locality, Origin, Port, Protocol, Resolution, Service
 from xdsd.model.networking import (
     EntryPort,
     EntryResolution,
@@ -96,7 +98,10 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
     hosts = spec.strings("hosts", required=True)
     ports = spec.parse_list("ports", parse_entry_port)
     location = spec.enum("location", Location, Location.MESH_EXTERNAL)
+    before = len(spec.report.problems)
     resolution = spec.enum("resolution", EntryResolution, EntryResolution.NONE)
+    # A wrong resolution is reported once, not again by the checks of the default.
+    known = len(spec.report.problems) == before
     port_names = {p.name for p in ports if p.name}
     endpoints = tuple(
         e
@@ -107,6 +112,8 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
     sel = spec.obj("workloadSelector")
     if sel is not None:
         selector = sel.labels("labels")
+        if not selector and not sel.report.failed:
+            sel.error("labels", "is required: a workloadSelector selects by at least one label")
         sel.finish()
         if spec.has("endpoints"):
             spec.error("workloadSelector", "excludes endpoints: give one or the other")
@@ -120,7 +127,7 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
     export_to = spec.strings("exportTo")
     sans = spec.strings("subjectAltNames")
     spec.finish()
-    _check_entry(spec, hosts, ports, resolution, endpoints)
+    _check_entry(spec, hosts, ports, resolution if known else None, endpoints)
     return ServiceEntry(
         name, namespace, hosts, addresses, ports, location, resolution, endpoints, selector,
         export_to, sans, origin=origin,
@@ -131,18 +138,50 @@ def _check_entry(
     spec: Fields,
     hosts: tuple[str, ...],
     ports: tuple[EntryPort, ...],
-    resolution: EntryResolution,
+    resolution: EntryResolution | None,
     endpoints: tuple[WorkloadEndpoint, ...],
 ) -> None:
+    """The checks of a whole entry (``resolution`` None: it was wrong, and the checks
+    that depend on it are skipped)."""
     if not ports and not spec.report.failed:
         spec.error("ports", "is required: a ServiceEntry needs at least one port")
+    for i, host in enumerate(hosts):
+        if host in hosts[:i]:
+            spec.report.add((*spec.path, "hosts", i), f"host {host!r} is listed twice")
     seen: set[int] = set()
+    names: set[str] = set()
     for i, port in enumerate(ports):
         if port.number in seen:
             spec.report.add(
                 (*spec.path, "ports", i, "number"), f"port {port.number} is listed twice"
             )
         seen.add(port.number)
+        if not port.name:
+            spec.report.add(
+                (*spec.path, "ports", i, "name"),
+                "is required: endpoints name the ports they serve (ports: {NAME: number})",
+            )
+        elif port.name in names:
+            spec.report.add(
+                (*spec.path, "ports", i, "name"), f"port name {port.name!r} is used twice"
+            )
+        names.add(port.name)
+        if resolution is EntryResolution.NONE and not port.protocol.is_http:
+            spec.report.add(
+                (*spec.path, "ports", i),
+                f"port {port.number} ({port.protocol_name}) is not served: resolution NONE "
+                "on a TCP or TLS port means connecting to the original destination address, "
+                "which needs iptables capture that xdsd's sidecars do not have (HTTP ports "
+                "are served through a dynamic forward proxy; use resolution DNS here)",
+                Severity.WARNING,
+            )
+    if resolution is EntryResolution.NONE and endpoints:
+        spec.error("endpoints", "must be empty for resolution NONE (or use STATIC or DNS)")
+    if resolution is EntryResolution.DNS_ROUND_ROBIN and len(endpoints) > 1:
+        spec.error(
+            "endpoints",
+            "DNS_ROUND_ROBIN resolves one name: give at most one endpoint (or use DNS)",
+        )
     if resolution is EntryResolution.STATIC:
         for i, endpoint in enumerate(endpoints):
             if not _is_ip(endpoint.address) and not endpoint.address.startswith("unix://"):
@@ -173,3 +212,108 @@ def _is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: How a ServiceEntry's resolution becomes a service's.
+_RESOLUTIONS = {
+    EntryResolution.STATIC: Resolution.STATIC,
+    EntryResolution.DNS: Resolution.DNS,
+    EntryResolution.DNS_ROUND_ROBIN: Resolution.DNS_ROUND_ROBIN,
+    EntryResolution.NONE: Resolution.NONE,
+}
+
+
+def entry_services(
+    entry: ServiceEntry, workloads: Iterable[WorkloadEntry]
+) -> tuple[tuple[Service, ...], list[Problem]]:
+    """The services of ``entry``, one per host, in host order, and the problems of the
+    WorkloadEntries it selects. ``workloads`` are the WorkloadEntries that may be selected,
+    in key order (those of other namespaces are skipped here).
+
+    As Istio: each port's endpoints are the inline ``endpoints``, or the WorkloadEntries
+    of the entry's namespace whose labels include ``workloadSelector``, or (DNS and
+    DNS_ROUND_ROBIN without either) the host itself; an endpoint serves a port on the
+    number its ``ports`` map gives for the port's name, else the port's ``targetPort``,
+    else its number. Resolution NONE keeps only the HTTP ports (the parser warned about
+    the others) and has no endpoints; an entry left without ports has no services. A
+    STATIC entry selecting a WorkloadEntry whose address is not an IP address (or
+    ``unix://`` path) is an error at the entry.
+    """
+    resolution = _RESOLUTIONS[entry.resolution]
+    ports = tuple(
+        Port(p.number, p.protocol, p.name, p.target_port)
+        for p in entry.ports
+        if resolution is not Resolution.NONE or p.protocol.is_http
+    )
+    problems: list[Problem] = []
+    if not ports:
+        return (), problems
+    sources: list[WorkloadEndpoint] = []
+    if entry.workload_selector:
+        for workload in workloads:
+            if workload.namespace != entry.namespace:
+                continue
+            endpoint = workload.endpoint
+            if not _selects(entry.workload_selector, endpoint.labels):
+                continue
+            address = endpoint.address
+            if (
+                resolution is Resolution.STATIC
+                and not _is_ip(address)
+                and not address.startswith("unix://")
+            ):
+                problems.append(
+                    Problem(
+                        entry.origin.path,
+                        entry.origin.line,
+                        "workloadSelector",
+                        f"selects {workload.key} ({workload.origin}), whose address "
+                        f"{address!r} is not an IP address: resolution STATIC needs IP "
+                        "addresses (use resolution DNS for host names)",
+                    )
+                )
+                continue
+            sources.append(endpoint)
+    elif resolution is not Resolution.NONE:
+        sources.extend(entry.endpoints)
+    services = []
+    for host in entry.hosts:
+        found = sources
+        if (
+            not found
+            and not entry.workload_selector
+            and resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN)
+        ):
+            found = [WorkloadEndpoint(host)]
+        endpoints = tuple(_endpoint(e, ports) for e in found)
+        services.append(
+            Service(
+                name=host,
+                namespace=entry.namespace,
+                ports=ports,
+                endpoints=endpoints,
+                resolution=resolution,
+                origin=entry.origin,
+                entry=entry.name,
+                location=entry.location,
+            )
+        )
+    return tuple(services), problems
+
+
+def _selects(selector: tuple[tuple[str, str], ...], labels: tuple[tuple[str, str], ...]) -> bool:
+    return all(pair in labels for pair in selector)
+
+
+def _endpoint(workload: WorkloadEndpoint, ports: tuple[Port, ...]) -> Endpoint:
+    """A workload as an endpoint of a service with ``ports``: the number it serves each
+    port on is written out where it is not the port's number."""
+    given = dict(workload.ports)
+    serves = []
+    for port in ports:
+        number = given.get(port.name) or port.target_port or port.number
+        if number != port.number:
+            serves.append((port.name, number))
+    return Endpoint(
+        workload.address, workload.labels, workload.locality, workload.weight, tuple(serves)
+    )

@@ -33,12 +33,14 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import http_pb2, range_pb2
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
     ClientTLS,
     ConnectionPool,
     DestinationRule,
+    HealthCheck,
     LoadBalancer,
     OutlierDetection,
     Port,
@@ -96,6 +98,33 @@ def apply_traffic_policy(
         if grpc:
             raise TranslationError([_grpc_tls_problem(rule)])
         _set_tls(cluster, port, pool, tls)
+
+
+def apply_health_check(cluster: Any, port: Port, check: HealthCheck) -> None:
+    """Write an xdsd Service's active ``check`` (its ``host`` already filled in) as the
+    cluster's one ``health_checks`` entry: HTTP GET (over HTTP/2 on HTTP2 and GRPC
+    ports) or TCP connect, with its interval, timeout and thresholds; the no-traffic
+    interval is the same interval, so a cluster nobody called yet is checked as often.
+    Also sets ``healthy_panic_threshold`` to 0, as Istio does for outlier detection:
+    Envoy's default (50 %) would send traffic to failing endpoints once half of them
+    fail. A DestinationRule's ``minHealthPercent``, applied after, overrides it."""
+    hc = cluster.health_checks.add()
+    hc.timeout.CopyFrom(duration(check.timeout))
+    hc.interval.CopyFrom(duration(check.interval))
+    hc.no_traffic_interval.CopyFrom(duration(check.interval))
+    hc.unhealthy_threshold.value = check.unhealthy_threshold
+    hc.healthy_threshold.value = check.healthy_threshold
+    if check.is_http:
+        http = hc.http_health_check
+        http.path = check.path
+        http.host = check.host
+        for start, end in check.expected_statuses:
+            http.expected_statuses.append(range_pb2.Int64Range(start=start, end=end))
+        if port.protocol.is_http2:
+            http.codec_client_type = http_pb2.HTTP2
+    else:
+        hc.tcp_health_check.SetInParent()
+    cluster.common_lb_config.healthy_panic_threshold.value = 0.0
 
 
 def needs_locality_weighting(policy: TrafficPolicy | None) -> bool:

@@ -13,14 +13,17 @@ about a client that changes a cluster's bytes:
   that falls back to round robin where the client lacks them.
 
 DNS services get STRICT_DNS clusters (LOGICAL_DNS for DNS_ROUND_ROBIN) with their
-endpoints inline: Envoy refuses host names in EDS. A LOGICAL_DNS cluster resolves a single
-name, so it gets the first endpoint (as Istio does). Names follow Istio:
-``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``.
+endpoints inline (Envoy refuses host names in EDS), resolving IPv4 first. A LOGICAL_DNS
+cluster resolves a single name, so it gets the first endpoint (as Istio does). Services
+of resolution NONE (from ServiceEntries) get dynamic forward proxy clusters
+(``forward_proxy``); gRPC, which has none, an empty EDS assignment. A service with an
+active health check gets it on every cluster but gRPC's (proxyless gRPC does not
+health-check). Names follow Istio: ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -31,10 +34,22 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import DestinationRule, Port, Resolution, Service, Subset, TrafficPolicy
+from xdsd.model import (
+    DestinationRule,
+    HealthCheck,
+    Port,
+    Resolution,
+    Service,
+    Subset,
+    TrafficPolicy,
+)
 from xdsd.model.rules import SimpleLB
 from xdsd.resources import pack
-from xdsd.translate.cluster_policy import CONNECT_TIMEOUT, apply_traffic_policy
+from xdsd.translate.cluster_policy import (
+    CONNECT_TIMEOUT,
+    apply_health_check,
+    apply_traffic_policy,
+)
 from xdsd.translate.config_sources import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     config_source,
@@ -42,11 +57,17 @@ from xdsd.translate.config_sources import (
     http2_protocol_options,
 )
 from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.translate.forward_proxy import make_forward_proxy_cluster
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 from xdsd.translate.wire import delimited, tag
 
 #: Where an application listens behind its sidecar.
 LOCALHOST = "127.0.0.1"
+#: How DNS clusters resolve names: IPv4 addresses when a name has any. Istio asks for
+#: V4_ONLY on IPv4 proxies; xdsd does not know a proxy's address family, and Envoy's
+#: default (AUTO: IPv6 first) resolves ``localhost`` to ``::1``, where IPv4 services do
+#: not listen.
+DNS_LOOKUP_FAMILY = cluster_pb2.Cluster.V4_PREFERRED
 
 
 class ClusterFlavor(Enum):
@@ -99,6 +120,15 @@ class OutboundCluster:
         """The labels an endpoint needs to belong to this cluster."""
         return self.subset.labels if self.subset is not None else ()
 
+    @property
+    def health_check(self) -> HealthCheck | None:
+        """The service's active health check as this cluster sends it: an HTTP check
+        without a ``host`` asks for the service's canonical name."""
+        check = self.service.health_check
+        if check is not None and check.is_http and not check.host:
+            return replace(check, host=self.service.fqdn)
+        return check
+
 
 def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[OutboundCluster]:
     """Every outbound cluster of ``service``: per port, the whole service and then each
@@ -144,6 +174,11 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
         )
         return cluster_pb2.Cluster.FromString(head + _eds_template(spec, flavor))
     cluster = cluster_pb2.Cluster(name=name)
+    if spec.service.resolution is Resolution.NONE:
+        _configure(cluster, spec, flavor)
+        cluster.ClearField("lb_config")
+        make_forward_proxy_cluster(cluster)
+        return cluster
     endpoints = select_endpoints(spec.service, spec.port, spec.selector)
     logical = flavor is ClusterFlavor.GRPC or (
         spec.service.resolution is Resolution.DNS_ROUND_ROBIN
@@ -153,13 +188,19 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
         endpoints = endpoints[:1]
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
+    if flavor is not ClusterFlavor.GRPC:
+        cluster.dns_lookup_family = DNS_LOOKUP_FAMILY
     cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
     _configure(cluster, spec, flavor)
     return cluster
 
 
 def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> None:
-    """Everything of an outbound cluster that follows from its flavor, port and policy."""
+    """Everything of an outbound cluster that follows from its flavor, port, health check
+    and policy."""
+    check = spec.health_check
+    if check is not None and flavor is not ClusterFlavor.GRPC:
+        apply_health_check(cluster, spec.port, check)
     _set_load_balancer(cluster, spec, flavor)
     apply_traffic_policy(
         cluster, spec.port, spec.policy, grpc=flavor is ClusterFlavor.GRPC, rule=spec.rule
@@ -169,16 +210,19 @@ def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> No
 _CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]
 _EDS_CONFIG = tag(cluster_pb2.Cluster, "eds_cluster_config")[1]
 _EDS_SERVICE_NAME = tag(cluster_pb2.Cluster.EdsClusterConfig, "service_name")[1]
-#: Unnamed EDS clusters' wire bytes by (flavor, port, policy); only successes are kept, so
-#: a policy that cannot be translated raises again, naming each rule that uses it.
-_EDS_TEMPLATES: dict[tuple[ClusterFlavor, Port, TrafficPolicy | None], bytes] = {}
+#: Unnamed EDS clusters' wire bytes by (flavor, port, policy, health check); only
+#: successes are kept, so a policy that cannot be translated raises again, naming each
+#: rule that uses it.
+_EDS_TEMPLATES: dict[
+    tuple[ClusterFlavor, Port, TrafficPolicy | None, HealthCheck | None], bytes
+] = {}
 _MAX_TEMPLATES = 4096
 
 
 def _eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> bytes:
     """The wire bytes of ``spec``'s EDS cluster without its name (meshes have few distinct
-    (flavor, port, policy) triples: each is built once)."""
-    key = (flavor, spec.port, spec.policy)
+    (flavor, port, policy, health check) keys: each is built once)."""
+    key = (flavor, spec.port, spec.policy, spec.health_check)
     found = _EDS_TEMPLATES.get(key)
     if found is None:
         cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)

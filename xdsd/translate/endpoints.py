@@ -5,7 +5,8 @@ Every ``LocalityLbEndpoints`` carries a ``locality`` (empty when the endpoints h
 and a ``load_balancing_weight`` (the sum of its endpoints' weights): proxyless gRPC
 drops a group without them. Localities are ordered by (region, zone, subzone) and
 endpoints by (address, port), so the same endpoints always encode to the same bytes,
-whatever order the files listed them in.
+whatever order the files listed them in. An endpoint address ``unix:///path`` (a
+ServiceEntry's Unix domain socket) becomes a ``pipe`` address.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ _LLE_LB_ENDPOINTS = tag(_LLE, "lb_endpoints")[1]
 _LB_ENDPOINT = tag(_LB, "endpoint")[1]
 _ENDPOINT_ADDRESS = tag(endpoint_components_pb2.Endpoint, "address")[1]
 _SOCKET_ADDRESS = tag(address_pb2.Address, "socket_address")[1]
+_PIPE = tag(address_pb2.Address, "pipe")[1]
+_PIPE_PATH = tag(address_pb2.Pipe, "path")[1]
+UNIX_PREFIX = "unix://"
 _SOCKET_HOST = tag(address_pb2.SocketAddress, "address")[1]
 _SOCKET_PORT = tag(address_pb2.SocketAddress, "port_value")[0]
 _REGION = tag(base_pb2.Locality, "region")[1]
@@ -142,9 +146,14 @@ def _lb_endpoint(address: str, port: int, weight: int) -> bytes:
     """One ``lb_endpoints`` field: the socket address (its port is in a oneof, so it is
     written even when 0) and the endpoint's weight. Remembered for a while: a service's
     endpoints are written again in its subsets' assignments."""
-    host = address.encode()
-    socket = _SOCKET_HOST + varint(len(host)) + host + _SOCKET_PORT + varint(port)
-    address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
+    if address.startswith(UNIX_PREFIX):
+        address_field = delimited(
+            _PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode())
+        )
+    else:
+        host = address.encode()
+        socket = _SOCKET_HOST + varint(len(host)) + host + _SOCKET_PORT + varint(port)
+        address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
     endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
     body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint + _lb_weight(weight)
     return _LLE_LB_ENDPOINTS + varint(len(body)) + body
@@ -174,11 +183,19 @@ def assignment_of_groups(cluster_name: str, port: Port, groups: Iterable[Localit
             lle.priority = group.priority
         for member in group.members:
             lb = lle.lb_endpoints.add()
-            sock = lb.endpoint.address.socket_address
-            sock.address = member.address
-            sock.port_value = member.port_for(port)
+            set_address(lb.endpoint.address, member.address, member.port_for(port))
             lb.load_balancing_weight.value = endpoint_weight(member)
     return cla
+
+
+def set_address(target: Any, address: str, port: int) -> None:
+    """Fill the ``Address`` ``target``: a ``pipe`` for ``unix:///path``, else a socket
+    address."""
+    if address.startswith(UNIX_PREFIX):
+        target.pipe.path = address[len(UNIX_PREFIX) :]
+    else:
+        target.socket_address.address = address
+        target.socket_address.port_value = port
 
 
 def _set_locality(target: Any, locality: Locality) -> None:

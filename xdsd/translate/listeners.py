@@ -13,6 +13,7 @@ their arguments, so a caller may memoize them by those arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -30,6 +31,7 @@ from xdsd.model import Port
 from xdsd.resources import pack
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source, duration
+from xdsd.translate.forward_proxy import FORWARD_PROXY_FILTER, forward_proxy_filter_config
 from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
@@ -46,7 +48,11 @@ HTTP_PROXY_LISTENER = "outbound_http_proxy"
 HTTP_PROXY_ROUTES = "http_proxy"
 #: The filters before the router that VirtualService rules configure per route.
 RULE_FILTERS = (FAULT_FILTER, CORS_FILTER)
-_FILTER_CONFIGS = {FAULT_FILTER: fault_pb2.HTTPFault, CORS_FILTER: cors_pb2.Cors}
+_FILTER_CONFIGS: dict[str, Callable[[], Any]] = {
+    FAULT_FILTER: fault_pb2.HTTPFault,
+    CORS_FILTER: cors_pb2.Cors,
+    FORWARD_PROXY_FILTER: forward_proxy_filter_config,
+}
 
 
 def inbound_listener_name(ip: str, port: int) -> str:
@@ -75,7 +81,8 @@ def http_connection_manager(
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
     (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY; ``filters``
-    (names from ``RULE_FILTERS``) run before the router with an empty configuration."""
+    (names from ``RULE_FILTERS``, and the dynamic forward proxy) run before the router
+    with their default configuration."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -192,9 +199,11 @@ def outbound_l4_listener(ip: str, plan: L4ListenerPlan) -> Any:
     return listener
 
 
-def http_proxy_listener(ip: str, source: ConfigSourceKind) -> Any:
+def http_proxy_listener(ip: str, source: ConfigSourceKind, forward: bool = False) -> Any:
     """The outbound HTTP proxy on ``ip:15001`` (the application's ``HTTP_PROXY``): routes
-    by Host over every HTTP service, from the route configuration ``http_proxy``."""
+    by Host over every HTTP service, from the route configuration ``http_proxy``. With
+    ``forward`` (the mesh has services of resolution NONE), the dynamic forward proxy
+    filter runs last before the router (see ``forward_proxy``)."""
     listener = _socket_listener(
         HTTP_PROXY_LISTENER, ip, HTTP_PROXY_PORT, base_pb2.OUTBOUND, HTTP_PROXY_LISTENER
     )
@@ -202,7 +211,7 @@ def http_proxy_listener(ip: str, source: ConfigSourceKind) -> Any:
         HTTP_PROXY_LISTENER,
         rds=(HTTP_PROXY_ROUTES, source),
         allow_absolute_url=True,
-        filters=RULE_FILTERS,
+        filters=(*RULE_FILTERS, FORWARD_PROXY_FILTER) if forward else RULE_FILTERS,
     )
     _add_filter(listener, HCM_FILTER, config)
     return listener

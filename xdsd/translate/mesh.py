@@ -198,6 +198,7 @@ class MeshTranslation:
         # gateway, caller, style).
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[Key, list[Any]] = {}
+        self._forward: bool | None = None
         #: Seconds spent so far: building resources (``translate``) and assembling and
         #: checking snapshots (``snapshot``), for logs and benchmarks.
         self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
@@ -257,6 +258,15 @@ class MeshTranslation:
                     by_number.setdefault(port.number, []).append((service, port))
             self._groups = [PortGroup(n, tuple(by_number[n])) for n in sorted(by_number)]
         return self._groups
+
+    def _forwards(self) -> bool:
+        """True when the mesh has an HTTP service of resolution NONE (then the HTTP proxy
+        listener runs the dynamic forward proxy filter)."""
+        if self._forward is None:
+            self._forward = any(
+                svc.resolution is Resolution.NONE for g in self.port_groups() for svc, _ in g.http
+            )
+        return self._forward
 
     def _groups_by_number(self) -> dict[int, PortGroup]:
         if self._group_index is None:
@@ -373,7 +383,11 @@ class MeshTranslation:
                         out.append(self._routes.port_routes(group, style, caller))
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
-            out.append(self._shared(("http-proxy", ip, source), http_proxy_listener, ip, source))
+            forward = self._forwards()
+            out.append(
+                self._shared(("http-proxy", ip, source, forward), http_proxy_listener,
+                             ip, source, forward)
+            )  # fmt: skip
             try:
                 out.append(self._routes.proxy_routes(self.port_groups(), style, caller))
             except TranslationError as err:
@@ -908,6 +922,7 @@ def _may_localize(rule: DestinationRule) -> bool:
 
 
 def _lb_key(spec: OutboundCluster) -> Hashable:
-    """What a cluster takes from its DestinationRule: the effective traffic policy (a
-    frozen value, already merged for the cluster's port and subset)."""
-    return spec.policy
+    """What a cluster takes from its DestinationRule and its service's health check: the
+    effective traffic policy (a frozen value, already merged for the cluster's port and
+    subset) and the health check as the cluster sends it."""
+    return (spec.policy, spec.health_check)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from xdsd.model import Mesh
+from xdsd.model import Mesh, Resolution
 from xdsd.resources import Resource
 from xdsd.translate.listeners import HTTP_PROXY_ROUTES, port_route_name
 from xdsd.translate.placement import PortGroup
@@ -76,8 +76,12 @@ class RouteConfigs:
         """The virtual hosts of the per-port route configuration of ``group``."""
         found = self._port_vhosts.get(group.number)
         if found is None:
+            # Services of resolution NONE are reached through the HTTP proxy only (see
+            # ``forward_proxy``).
             found = dedupe_domains(
-                (service, port, port_domains(service, port.number)) for service, port in group.http
+                (service, port, port_domains(service, port.number))
+                for service, port in group.http
+                if service.resolution is not Resolution.NONE
             )
             self._port_vhosts[group.number] = found
         return found
@@ -124,8 +128,15 @@ class RouteConfigs:
         found = self._group_inputs.get(key)
         if found is None:
             builder = self.builder(style)
+            # Whether a service is resolution NONE decides whether the per-port
+            # configuration has it (see ``vhosts_for_port``).
             found = tuple(
-                (service.host_names, port.number, builder.inputs(service, port.number))
+                (
+                    service.host_names,
+                    port.number,
+                    service.resolution is Resolution.NONE,
+                    builder.inputs(service, port.number),
+                )
                 for service, port in group.http
             )
             self._group_inputs[key] = found

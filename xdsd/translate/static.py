@@ -138,11 +138,11 @@ def _inline_endpoints(message: Any, snapshot: Snapshot) -> Any:
         cluster.load_assignment.cluster_name = name
     cluster.load_assignment.cluster_name = cluster.name
     addresses = [
-        lb.endpoint.address.socket_address.address
+        lb.endpoint.address
         for group in cluster.load_assignment.endpoints
         for lb in group.lb_endpoints
     ]
-    static = all(is_ip(a) for a in addresses)
+    static = all(a.HasField("pipe") or is_ip(a.socket_address.address) for a in addresses)
     cluster.type = cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS
     return cluster
 
