@@ -314,3 +314,22 @@ def test_a_bad_service_still_gets_file_line_and_field(tmp_path: Path) -> None:
 )
 def test_first_part_below_the_root_is_relpaths(root: str, path: str) -> None:
     assert loader._first_part(root, path) == os.path.relpath(path, root).split(os.sep)[0]
+
+
+def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
+    for size in (0, 1, 4095, 4096, 70000):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(bytes(i % 251 for i in range(size)))
+        stamp, data = loader._read(str(path))
+        st = os.stat(path)
+        assert data == path.read_bytes()
+        assert stamp == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    for missing in (tmp_path / "missing", tmp_path):  # absent, a directory
+        with pytest.raises(OSError) as caught:
+            open(missing, "rb").read()  # noqa: SIM115
+        with pytest.raises(type(caught.value)) as ours:
+            loader._read(str(missing))
+        assert (ours.value.errno, ours.value.strerror) == (
+            caught.value.errno,
+            caught.value.strerror,
+        )

@@ -11,9 +11,11 @@ resources (see ``envoy_raw``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -116,10 +118,7 @@ def parse_config_file(root: str, path: str) -> FileResult:
     raw: list[RawResource] = []
     stamp = None
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())  # of the file read, and cheaper than a stat by path
-            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            data = fh.read()
+        stamp, data = _read(path)
     except OSError as e:
         problems.append(Problem(path, 0, "", f"cannot read: {e.strerror or e}"))
         return FileResult(stamp, (), (), tuple(problems))
@@ -140,6 +139,26 @@ def parse_config_file(root: str, path: str) -> FileResult:
             if resource is not None:
                 resources.append((resource, Origin(doc.path, doc.line)))
     return FileResult(stamp, tuple(resources), tuple(raw), tuple(problems))
+
+
+def _read(path: str) -> tuple[Stamp, bytes]:
+    """The stamp and bytes of the file at ``path``, as ``open(path, "rb")``, ``os.fstat``
+    and ``read()`` give them (and raising the same errors), with plain system calls: no
+    file object per file (a fifth of the cost of reading 20,000 small files)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)  # of the file read, and cheaper than a stat by path
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        data = os.read(fd, st.st_size + 1)
+        if len(data) != st.st_size:  # changed since the stat, or a short read: to the end
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), data
 
 
 def _first_part(root: str, path: str) -> str:
