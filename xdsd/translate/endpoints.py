@@ -14,6 +14,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -107,22 +108,19 @@ def assignment_payload(cluster_name: str, port: Port, endpoints: Iterable[Endpoi
         for i, e in enumerate(endpoints)
     )
     out = [delimited(_CLA_NAME, cluster_name.encode())]
-    start = 0
-    count = len(rows)
-    for i in range(1, count + 1):
-        if i == count or rows[i][0] != rows[start][0]:
-            group = rows[start:i]
-            parts = [_locality(group[0][0])]
-            total = 0
-            for _, address, port_number, _, weight in group:
-                parts.append(_lb_endpoint(address, port_number, weight))
-                total += weight
-            parts.append(_lle_weight(total))
-            out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
-            start = i
+    lb_endpoint = _lb_endpoint
+    for where, group in groupby(rows, key=_FIRST):
+        parts = [_locality(where)]
+        total = 0
+        for _, address, port_number, _, weight in group:
+            parts.append(lb_endpoint(address, port_number, weight))
+            total += weight
+        parts.append(_lle_weight(total))
+        out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
     return b"".join(out)
 
 
+_FIRST = itemgetter(0)
 _CLA = endpoint_pb2.ClusterLoadAssignment
 _LLE = endpoint_components_pb2.LocalityLbEndpoints
 _LB = endpoint_components_pb2.LbEndpoint
@@ -139,6 +137,7 @@ _REGION = tag(base_pb2.Locality, "region")[1]
 _ZONE = tag(base_pb2.Locality, "zone")[1]
 _SUB_ZONE = tag(base_pb2.Locality, "sub_zone")[1]
 _UINT32_VALUE = tag(wrappers_pb2.UInt32Value, "value")[0]
+_LLE_WEIGHT = tag(_LLE, "load_balancing_weight")[1]
 _UINT32_MAX = 2**32 - 1
 
 
@@ -153,13 +152,14 @@ def _lb_weight(weight: int) -> bytes:
     return delimited(tag(_LB, "load_balancing_weight")[1], _uint32_value(weight))
 
 
+@functools.lru_cache(maxsize=1024)
 def _lle_weight(weight: int) -> bytes:
     """A ``LocalityLbEndpoints``' ``load_balancing_weight`` field.
 
     Raises ValueError, as the generated class does, when the sum does not fit 32 bits."""
     if weight > _UINT32_MAX:
         raise ValueError(f"Value out of range: {weight}")
-    return delimited(tag(_LLE, "load_balancing_weight")[1], _uint32_value(weight))
+    return delimited(_LLE_WEIGHT, _uint32_value(weight))
 
 
 @functools.lru_cache(maxsize=16384)
