@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from xdsd.sources import documents, loader
+from xdsd.sources import documents, kinds, loader
 from xdsd.sources.documents import Document, ParseFailure, parse_file
 from xdsd.sources.loader import parse_config_file
 
@@ -287,6 +287,34 @@ def test_every_variant_of_a_rule_is_read_as_fields_read_it(
     for variant in _variants(PLAIN_RULES[case]):
         fast, careful, _ = _both_ways(variant, monkeypatch)
         assert fast == careful, variant
+
+
+def test_a_plain_destination_rule_is_read_without_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read by ``parse_plain_destination_rule`` (so without ``Fields`` at all) exactly when
+    it has a host and label subsets only; with a traffic policy it is read with ``Fields``
+    (and a failover without outlier detection still warns)."""
+    rule = PLAIN_RULES["destination rule"]
+    seen: list[Any] = []
+    plain = kinds.parse_plain_destination_rule
+
+    def spy(*args: Any) -> Any:
+        seen.append(plain(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(loader, "parse_plain_destination_rule", spy)
+    failover = {"loadBalancer": {"localityLbSetting": {"failover": [{"from": "a", "to": "b"}]}}}
+    for spec, plainly in [
+        (rule["spec"], True),
+        ({"host": "r"}, True),
+        ({**rule["spec"], "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}, False),
+        ({**rule["spec"], "trafficPolicy": failover}, False),
+    ]:
+        seen.clear()
+        fast, careful, _ = _both_ways({**rule, "spec": spec}, monkeypatch)
+        assert fast == careful
+        assert (seen[0] is not None) is plainly
+        if spec.get("trafficPolicy") is failover:
+            assert careful[1] and {p.severity.name for p in careful[1]} == {"WARNING"}
 
 
 def test_a_bad_service_still_gets_file_line_and_field(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from xdsd.model import (
+    DestinationRule,
     Endpoint,
     Locality,
     Origin,
@@ -21,6 +22,7 @@ from xdsd.model import (
     Protocol,
     Resolution,
     Service,
+    Subset,
 )
 from xdsd.sources.destination_rule import parse_destination_rule
 from xdsd.sources.fields import Fields
@@ -28,6 +30,7 @@ from xdsd.sources.virtual_service import parse_virtual_service
 
 __all__ = [
     "parse_destination_rule",
+    "parse_plain_destination_rule",
     "parse_plain_service",
     "parse_service",
     "parse_virtual_service",
@@ -242,6 +245,49 @@ def _plain_endpoint(item: dict[str, Any], static: bool, port_names: set[str]) ->
             pairs.append((key, number))
         ports = tuple(pairs)
     return Endpoint(address, label_pairs, where, weight, ports)
+
+
+_RULE_KEYS = frozenset({"host", "subsets"})
+_SUBSET_KEYS = frozenset({"name", "labels"})
+
+
+def parse_plain_destination_rule(
+    data: dict[str, Any], name: str, namespace: str, origin: Origin
+) -> DestinationRule | None:
+    """What ``parse_destination_rule`` gives for the spec ``data`` of a rule with a host
+    and subsets chosen by labels, and no traffic policy (so no paths to resolve and no
+    warnings), when it has nothing to report; None at the first doubt, as
+    ``parse_plain_service`` does (tested the same way)."""
+    if not _RULE_KEYS.issuperset(data):
+        return None
+    host = data.get("host")
+    items = data.get("subsets")
+    if type(host) is not str or not host:
+        return None
+    if items is None:
+        items = []
+    elif type(items) is not list:
+        return None
+    subsets = []
+    names: set[str] = set()
+    for item in items:
+        if type(item) is not dict or not _SUBSET_KEYS.issuperset(item):
+            return None
+        subset_name = item.get("name")
+        labels = item.get("labels")
+        if type(subset_name) is not str or not subset_name or subset_name in names:
+            return None
+        names.add(subset_name)
+        if labels is None:
+            pairs: tuple[tuple[str, str], ...] = ()
+        elif type(labels) is dict and all(
+            type(k) is str and type(v) is str for k, v in labels.items()
+        ):
+            pairs = tuple(sorted(labels.items()))
+        else:
+            return None
+        subsets.append(Subset(subset_name, pairs, None))
+    return DestinationRule(name, host, namespace, None, tuple(subsets), origin=origin)
 
 
 _NO_LOCALITY = Locality()

@@ -40,6 +40,7 @@ from xdsd.sources.fields import Fields, Report
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
 from xdsd.sources.kinds import (
     parse_destination_rule,
+    parse_plain_destination_rule,
     parse_plain_service,
     parse_service,
     parse_virtual_service,
@@ -371,7 +372,8 @@ def _parse_plain_document(
 ) -> Resource | None:
     """``_parse_document``'s result for a plainly well-formed document of a Service, a
     VirtualService or a DestinationRule, read without ``Fields`` for its top level and
-    metadata (and without them at all for a Service, see ``parse_plain_service``); None
+    metadata (and without them at all for a Service or a plain DestinationRule, see
+    ``parse_plain_service`` and ``parse_plain_destination_rule``); None
     for anything else or at the first doubt, and the caller then reads the document the
     careful way, which reports every problem (tested equal, in
     ``tests/sources/test_fast_parsing.py``)."""
@@ -420,6 +422,10 @@ def _parse_plain_document(
         api_version and api_version not in _ISTIO_API_VERSIONS
     ):
         return None
+    if kind == "DestinationRule":
+        rule = parse_plain_destination_rule(spec, name, namespace, origin)
+        if rule is not None:
+            return rule
     report = Report(doc, base)
     fields = Fields(report, (), spec)
     result: Resource
