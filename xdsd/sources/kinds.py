@@ -4,6 +4,11 @@ Each parser reads the fields xdsd implements, records a problem for every wrong 
 lists the fields of Istio's API it does not implement yet so that they are reported by name
 (see ``Fields.finish``). Cross-resource checks (subsets, hosts, duplicates) are done by the
 loader once every file is read.
+
+Services and simple DestinationRules, which a large mesh has by the thousand, also have a
+plain reader (``parse_plain_*``): straight from the mapping, five to ten times faster, and
+giving up (None) at the first thing that is not plainly valid, so that every problem is
+still reported by the careful parser, word for word.
 """
 
 from __future__ import annotations

@@ -373,10 +373,9 @@ def _parse_plain_document(
     """``_parse_document``'s result for a plainly well-formed document of a Service, a
     VirtualService or a DestinationRule, read without ``Fields`` for its top level and
     metadata (and without them at all for a Service or a plain DestinationRule, see
-    ``parse_plain_service`` and ``parse_plain_destination_rule``); None
-    for anything else or at the first doubt, and the caller then reads the document the
-    careful way, which reports every problem (tested equal, in
-    ``tests/sources/test_fast_parsing.py``)."""
+    ``parse_plain_service`` and ``parse_plain_destination_rule``); None for anything else
+    or at the first doubt, and the caller then reads the document the careful way, which
+    reports every problem (tested equal, in ``tests/sources/test_fast_parsing.py``)."""
     kind = value.get("kind")
     api_version = value.get("apiVersion")
     if api_version is None:
@@ -392,10 +391,12 @@ def _parse_plain_document(
         name = meta.get("name")
         namespace = meta.get("namespace")
         labels = meta.get("labels")
+        if labels is not None and (
+            type(labels) is not dict or any(type(v) is not str for v in labels.values())
+        ):
+            return None
         annotations = meta.get("annotations")
-        if (labels is not None and (type(labels) is not dict or any(
-                type(v) is not str for v in labels.values()))) or (
-                annotations is not None and type(annotations) is not dict):  # fmt: skip
+        if annotations is not None and type(annotations) is not dict:
             return None
         spec = value.get("spec")
         if spec is None:
