@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 from pathlib import Path
 
 from tests.paths import EXAMPLE_CONFIG
 from xdsd.app import MeshState
 from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import ConfigError
 from xdsd.resources import ENDPOINT
 from xdsd.translate import MeshTranslation, NodeClass
 
@@ -46,3 +48,37 @@ def test_a_changed_file_is_published_and_a_bad_one_refused(tmp_path: Path) -> No
     cold = MeshTranslation(state.loaded.mesh).snapshot_for(NODE)
     current = state.cache.get(NODE)
     assert current is not None and dict(current.versions) == dict(cold.versions)
+
+
+def test_builds_leave_no_cyclic_garbage(tmp_path: Path) -> None:
+    """What ``_building`` relies on when it freezes a build's survivors unwalked: a cold
+    build, a class's first snapshot, an incremental reload and a refused one create no
+    reference cycles, so there is nothing a collection would have freed."""
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    details = config / "services" / "details.toml"
+    bad = config / "services" / "bad.yaml"
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.unfreeze()  # what earlier tests' builds froze
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds, to name it
+    try:
+        state = MeshState(str(config))
+        assert state.reload()
+        state.cache.subscribe(NODE, lambda _snapshot: None)
+        assert state.snapshot(NODE) is not None
+        details.write_text(details.read_text().replace("10.0.0.21", "10.0.0.77"))
+        assert state.reload({str(details)})
+        bad.write_text("kind: Service\nname: bad\nports: oops\n")
+        assert not state.reload({str(bad)})
+        assert isinstance(state.load({str(bad)}, exclusive=False), ConfigError)
+        gc.unfreeze()
+        gc.collect()
+        assert sorted({f"{type(o).__module__}.{type(o).__name__}" for o in gc.garbage}) == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()

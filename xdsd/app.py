@@ -74,12 +74,17 @@ class MeshState:
         """
         return self.apply(self.load(changed))
 
-    def load(self, changed: Iterable[str] | None = None) -> LoadResult | ConfigError:
+    def load(
+        self, changed: Iterable[str] | None = None, *, exclusive: bool = True
+    ) -> LoadResult | ConfigError:
         """The first half of ``reload``: read and check the directory, touching nothing
-        that is served (safe to run in a worker thread while the loop serves; one load at
-        a time)."""
+        that is served (safe to run in a worker thread while the loop serves, with
+        ``exclusive=False``; one load at a time).
+
+        ``exclusive``: nothing else runs in the process meanwhile, so everything allocated
+        during the load is the load's own (see ``_building``)."""
         try:
-            with _collector_paused():
+            with _building(exclusive=exclusive):
                 return self._loader.load(changed)
         except ConfigError as e:
             return e
@@ -87,7 +92,7 @@ class MeshState:
     def apply(self, result: LoadResult | ConfigError) -> bool:
         """The second half of ``reload``, on the serving thread: keep the last good
         configuration on an error, else translate and publish (see ``reload``)."""
-        with _collector_paused():
+        with _building():
             return self._apply(result)
 
     def _apply(self, result: LoadResult | ConfigError) -> bool:
@@ -126,7 +131,6 @@ class MeshState:
             if self._cache.set(key, snapshot):
                 changed += 1
         self.last_timings = {**result.timings, **self.translation.timings}
-        _settle_heap()
         log.info(
             "config loaded: %d services, %d rules (%d files read); %d classes updated; %.1f ms: %s",
             len(result.mesh.services),
@@ -156,41 +160,49 @@ class MeshState:
         found = self._cache.get(key)
         if found is not None or self.translation is None:
             return found
-        with _collector_paused():
+        with _building():  # the first class of a flavor builds every cluster of the mesh
             snapshot = self.translation.snapshot_for(key)
-        self._cache.set(key, snapshot)
-        _settle_heap()  # the first class of a flavor built every cluster of the mesh
+            self._cache.set(key, snapshot)
         return snapshot
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a reload builds (reference counting still frees
-    what dies): a large mesh's build creates millions of objects that all survive, and
-    every full collection on the way walks all of them again (a sixth of a cold build of
-    10,000 services). Nested or concurrent uses leave the collector enabled at the end."""
+def _building(*, exclusive: bool = True) -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a build, and its survivors out of its
+    sight afterwards.
+
+    How this works: a large mesh's build creates millions of objects that nearly all
+    survive. A collection during the build walks all of them again and again (a sixth of
+    a cold build of 10,000 services), and so does every full collection later (half a
+    second and more; one fell due every few reloads, making the one-file reload's p99 ten
+    times its median). So the collector is paused (reference counting still frees what
+    dies) and at the end what is alive is frozen (``gc.freeze()``: kept out of every
+    later collection). Before the build, the young generations are collected: what was
+    allocated since the last build (the serving's garbage) is looked at once as usual.
+
+    At the end, when the build had the process to itself (``exclusive``: the daemon's
+    event loop thread, or a load before serving starts), its survivors are frozen without
+    being walked: the build creates no reference cycles (the model, the loader, the
+    translation and resources hold none; ``tests/test_app.py`` checks that a cold build,
+    a refused reload and incremental reloads leave no cyclic garbage), so a walk would
+    find nothing to free, and it costs as much as a tenth of a cold build. A load in a
+    worker thread while the loop serves (``exclusive=False``) walks the young generations
+    first (``gc.collect(1)``), since the loop's garbage of that time is among them.
+
+    Nested or concurrent uses leave the collector enabled at the end, and only the
+    outermost freezes."""
     enabled = gc.isenabled()
+    if enabled:
+        gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            if not exclusive:
+                gc.collect(1)
+            gc.freeze()
             gc.enable()
-
-
-def _settle_heap() -> None:
-    """Move what a reload left alive out of the cyclic garbage collector's sight.
-
-    A large mesh is millions of long-lived objects; a full collection walks all of them
-    (half a second and more for 10,000 services), and one falls due every few reloads,
-    which made the one-file reload's p99 ten times its median. Freezing them (after
-    collecting the young generations, so fresh cyclic garbage is not frozen) keeps full
-    collections to what was allocated since. Objects freed by reference counting are
-    still freed; the cost is that a reference cycle which became garbage after surviving
-    two collections, and before this call, is never collected (the model and resources
-    hold no cycles)."""
-    gc.collect(1)
-    gc.freeze()
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
@@ -207,7 +219,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         async with reload_lock:
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
-            result = await asyncio.to_thread(state.load, paths)
+            result = await asyncio.to_thread(state.load, paths, exclusive=False)
             state.apply(result)
 
     background: set[asyncio.Task[None]] = set()

@@ -4,14 +4,16 @@ gets tomllib's messages with file, line and field."""
 from __future__ import annotations
 
 import math
+import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from xdsd.sources import documents
-from xdsd.sources.documents import ParseFailure, parse_file
+from xdsd.sources import documents, kinds, loader
+from xdsd.sources.documents import Document, ParseFailure, parse_file
 from xdsd.sources.loader import parse_config_file
 
 VALID_TOML = {
@@ -164,3 +166,198 @@ def test_duplicate_yaml_keys_name_line_and_field(text: str, line: int, field: st
         parse_file("x.yaml", text.encode())
     problem = caught.value.problem
     assert (problem.path, problem.line, problem.field) == ("x.yaml", line, field)
+
+
+# --- documents read without Fields ------------------------------------------------------
+
+PLAIN_SERVICE: dict[str, Any] = {
+    "kind": "Service",
+    "name": "reviews",
+    "resolution": "STATIC",
+    "hosts": ["reviews.example"],
+    "ports": [
+        {"name": "http", "number": 9080, "protocol": "HTTP", "targetPort": 7000},
+        {"name": "grpc", "number": 9090, "protocol": "GRPC"},
+    ],
+    "endpoints": [
+        {"address": "10.0.0.1", "labels": {"version": "v1", "zone": "a"},
+         "locality": "r/z", "weight": 3, "ports": {"grpc": 7090}},
+        {"address": "10.0.0.2", "labels": {"version": "v2"}},
+        {"address": "fd00::1", "locality": "r"},
+    ],
+}  # fmt: skip
+PLAIN_RULES: dict[str, dict[str, Any]] = {
+    "virtual service": {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "r", "namespace": "ns", "labels": {"a": "b"}, "uid": "x"},
+        "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}]}]},
+    },
+    "destination rule": {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "r", "annotations": {}},
+        "spec": {"host": "r", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]},
+    },
+    "istio-shaped service": {
+        "kind": "Service",
+        "apiVersion": "xdsd.io/v1",
+        "metadata": {"name": "s"},
+        "spec": {"ports": [{"number": 80, "protocol": "TCP"}], "endpoints": []},
+    },
+}
+
+
+def _both_ways(
+    value: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[tuple[Any, list[Any]], tuple[Any, list[Any]], bool]:
+    """``_parse_document``'s (resource with its origin and repr, problems) read the fast
+    way and the careful way, and whether the fast way gave the result itself."""
+    doc = Document("x.yaml", 7, value, {("ports",): 9})
+    taken: list[Any] = []
+    fast_path = loader._parse_plain_document
+
+    def spy(*args: Any) -> Any:
+        taken.append(fast_path(*args))
+        return taken[-1]
+
+    outcomes = []
+    for reader in (spy, lambda *args: None):
+        with monkeypatch.context() as m:
+            m.setattr(loader, "_parse_plain_document", reader)
+            problems: list[Any] = []
+            resource = loader._parse_document(doc, problems, "/config")
+        seen = None if resource is None else (resource, repr(resource), resource.origin)
+        outcomes.append((seen, problems))
+    return outcomes[0], outcomes[1], taken[0] is not None
+
+
+def _variants(value: Any) -> Iterator[Any]:
+    """``value`` with one thing changed, everywhere in it: each key dropped, renamed or
+    set to null, and each value replaced by values of other types and unusual forms."""
+    replacements = [None, "", "x", "HTTP", "http", "dns", "DNS", "NONE", "10.0.0.9", "host.example",
+                    "r/z/s/x", 0, 1, -1, 70000, 2**31, 1.0, 1.5, True, [], ["x"], [""], [1],
+                    {}, {"a": 1}, {"version": "v1"}, {"http": 8080}, {"grpc": 0}]  # fmt: skip
+    if isinstance(value, dict):
+        for key in value:
+            yield {k: v for k, v in value.items() if k != key}
+            yield {(f"{k}x" if k == key else k): v for k, v in value.items()}
+            for sub in [*replacements, *_variants(value[key])]:
+                yield {**value, key: sub}
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            for sub in [*replacements, *_variants(item)]:
+                yield [*value[:i], sub, *value[i + 1 :]]
+        if value:
+            yield [*value, value[0]]  # a duplicate
+
+
+@pytest.mark.parametrize("case", ["service", *sorted(PLAIN_RULES)])
+def test_a_plain_document_is_read_as_fields_read_it(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = PLAIN_SERVICE if case == "service" else PLAIN_RULES[case]
+    fast, careful, taken = _both_ways(value, monkeypatch)
+    assert taken, "a well-formed document is read the fast way"
+    assert fast == careful
+    assert careful[0] is not None and careful[1] == []
+
+
+def test_every_variant_of_a_service_is_read_as_fields_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each change either keeps the document plainly valid (and both ways agree) or
+    makes the fast way give up, so the problems are the careful way's, word for word."""
+    taken = refused = 0
+    for variant in _variants(PLAIN_SERVICE):
+        fast, careful, used = _both_ways(variant, monkeypatch)
+        assert fast == careful, variant
+        if used:
+            taken += 1
+            assert careful[1] == [], variant  # nothing to report when the fast way reads it
+        else:
+            refused += 1
+    assert taken > 50 and refused > 500
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_RULES))
+def test_every_variant_of_a_rule_is_read_as_fields_read_it(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variant in _variants(PLAIN_RULES[case]):
+        fast, careful, _ = _both_ways(variant, monkeypatch)
+        assert fast == careful, variant
+
+
+def test_a_plain_destination_rule_is_read_without_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read by ``parse_plain_destination_rule`` (so without ``Fields`` at all) exactly when
+    it has a host and label subsets only; with a traffic policy it is read with ``Fields``
+    (and a failover without outlier detection still warns)."""
+    rule = PLAIN_RULES["destination rule"]
+    seen: list[Any] = []
+    plain = kinds.parse_plain_destination_rule
+
+    def spy(*args: Any) -> Any:
+        seen.append(plain(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(loader, "parse_plain_destination_rule", spy)
+    failover = {"loadBalancer": {"localityLbSetting": {"failover": [{"from": "a", "to": "b"}]}}}
+    for spec, plainly in [
+        (rule["spec"], True),
+        ({"host": "r"}, True),
+        ({**rule["spec"], "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}, False),
+        ({**rule["spec"], "trafficPolicy": failover}, False),
+    ]:
+        seen.clear()
+        fast, careful, _ = _both_ways({**rule, "spec": spec}, monkeypatch)
+        assert fast == careful
+        assert (seen[0] is not None) is plainly
+        if spec.get("trafficPolicy") is failover:
+            assert careful[1] and {p.severity.name for p in careful[1]} == {"WARNING"}
+
+
+def test_a_bad_service_still_gets_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(VALID_TOML["service"].replace('"10.0.0.1"', '"10.0.0.300"'))
+    result = parse_config_file(str(tmp_path), str(path))
+    assert [(p.path, p.line, p.field) for p in result.problems] == [
+        (str(path), 10, "endpoints[0].address")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("root", "path"),
+    [
+        ("config", "config/envoy/a.yaml"),
+        ("config/", "config/envoy/a.yaml"),
+        ("./config", "config/envoy/x.json"),
+        ("/a/b", "/a/b/services/x.toml"),
+        ("/a/b", "/a/b/x.toml"),
+        ("c", "c/../c/envoy/x.yaml"),
+        ("c", "c/envoy/../x.yaml"),
+        ("c", "c/./envoy/x.yaml"),
+        ("/a/b", "/a/bc/envoy/x.yaml"),
+    ],
+)
+def test_first_part_below_the_root_is_relpaths(root: str, path: str) -> None:
+    assert loader._first_part(root, path) == os.path.relpath(path, root).split(os.sep)[0]
+
+
+def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
+    for size in (0, 1, 4095, 4096, 70000):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(bytes(i % 251 for i in range(size)))
+        stamp, data = loader._read(str(path))
+        st = os.stat(path)
+        assert data == path.read_bytes()
+        assert stamp == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    for missing in (tmp_path / "missing", tmp_path):  # absent, a directory
+        with pytest.raises(OSError) as caught:
+            open(missing, "rb").read()  # noqa: SIM115
+        with pytest.raises(type(caught.value)) as ours:
+            loader._read(str(missing))
+        assert (ours.value.errno, ours.value.strerror) == (
+            caught.value.errno,
+            caught.value.strerror,
+        )

@@ -8,7 +8,8 @@ import pytest
 
 from tests.translate.meshes import http, service
 from xdsd.model import Endpoint, Locality, Port, Protocol
-from xdsd.translate.endpoints import load_assignment, select_endpoints
+from xdsd.resources import Resource
+from xdsd.translate.endpoints import assignment_resource, load_assignment, select_endpoints
 
 PORT = Port(9080, Protocol.HTTP, "http")
 ENDPOINTS = (
@@ -154,6 +155,15 @@ def test_wire_built_assignment_equals_field_by_field(name: str, endpoints: Any) 
             assert got.SerializeToString(deterministic=True) == want.SerializeToString(
                 deterministic=True
             )
+            # made from the bytes, never parsed nor encoded again: the same resource
+            made, reference = assignment_resource(name, PORT, given), Resource.of(name, want)
+            assert made.payload == reference.payload
+            assert (made.name, made.type_url, made.digest, made.token, made.references) == (
+                reference.name, reference.type_url, reference.digest, reference.token,
+                reference.references,
+            )  # fmt: skip
+            assert made == reference
+            assert made.parsed is None and made.message == want  # parsed when asked for
 
 
 def test_a_locality_weight_over_32_bits_is_refused_as_field_by_field() -> None:

@@ -77,11 +77,15 @@ class Resource:
 
     Treat ``message`` as read-only: it is shared by every snapshot that selects this
     resource. ``payload`` is ``encode(message)``; ``digest`` is ``content_hash(payload)``.
+    A resource made from its encoding (``Resource.encoded``) parses ``message`` from
+    ``payload`` the first time it is asked for (only ``xdsd render`` and static bootstraps
+    ask; serving sends ``payload``).
     """
 
     name: str
     type_url: TypeUrl
-    message: Message = field(compare=False, repr=False)
+    #: The message, or None until ``message`` parses it from ``payload``.
+    parsed: Message | None = field(compare=False, repr=False)
     payload: bytes = field(repr=False)
     digest: str
     references: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
@@ -93,6 +97,16 @@ class Resource:
     def __post_init__(self) -> None:
         h = hashlib.sha256(f"{self.name}\0{self.digest}".encode()).digest()
         object.__setattr__(self, "token", int.from_bytes(h[:8], "big"))
+
+    @property
+    def message(self) -> Message:
+        """The resource's message (parsed from ``payload`` on first use when the resource
+        was made from its encoding)."""
+        found = self.parsed
+        if found is None:
+            found = MESSAGE_CLASSES[self.type_url].FromString(self.payload)
+            object.__setattr__(self, "parsed", found)
+        return found
 
     @classmethod
     def of(cls, name: str, message: Message) -> Resource:
@@ -108,6 +122,16 @@ class Resource:
             content_hash(payload),
             references_of(message),
         )
+
+    @classmethod
+    def encoded(
+        cls, name: str, type_url: TypeUrl, payload: bytes, references: tuple[tuple[str, str], ...]
+    ) -> Resource:
+        """A resource from its deterministic encoding, which the caller guarantees:
+        ``payload`` must be exactly what ``encode`` gives for the message it holds, and
+        ``references`` what ``references_of`` finds in it (the writers of such payloads
+        test both against ``Resource.of``)."""
+        return cls(name, type_url, None, payload, content_hash(payload), references)
 
     def to_any(self) -> any_pb2.Any:
         """The resource as a ``google.protobuf.Any`` built from the cached bytes."""

@@ -11,12 +11,15 @@ resources (see ``envoy_raw``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
@@ -30,12 +33,18 @@ from xdsd.model import (
 )
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
 from xdsd.sources.crosscheck import Change, CrossCheck
-from xdsd.sources.documents import Document, ParseFailure, parse_file
+from xdsd.sources.documents import Document, FieldPath, ParseFailure, parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.envoy_raw import parse_raw_resource
 from xdsd.sources.fields import Fields, Report
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
-from xdsd.sources.kinds import parse_destination_rule, parse_service, parse_virtual_service
+from xdsd.sources.kinds import (
+    parse_destination_rule,
+    parse_plain_destination_rule,
+    parse_plain_service,
+    parse_service,
+    parse_virtual_service,
+)
 from xdsd.sources.listing import Stamp, file_stamp, list_config_files
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 
@@ -110,10 +119,7 @@ def parse_config_file(root: str, path: str) -> FileResult:
     raw: list[RawResource] = []
     stamp = None
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())  # of the file read, and cheaper than a stat by path
-            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            data = fh.read()
+        stamp, data = _read(path)
     except OSError as e:
         problems.append(Problem(path, 0, "", f"cannot read: {e.strerror or e}"))
         return FileResult(stamp, (), (), tuple(problems))
@@ -121,7 +127,7 @@ def parse_config_file(root: str, path: str) -> FileResult:
         docs = parse_file(path, data)
     except ParseFailure as e:
         return FileResult(stamp, (), (), (e.problem,))
-    is_raw = os.path.relpath(path, root).split(os.sep)[0] == RAW_DIR
+    is_raw = _first_part(root, path) == RAW_DIR
     for doc in docs:
         if is_raw:
             parsed = parse_raw_resource(doc)
@@ -134,6 +140,36 @@ def parse_config_file(root: str, path: str) -> FileResult:
             if resource is not None:
                 resources.append((resource, Origin(doc.path, doc.line)))
     return FileResult(stamp, tuple(resources), tuple(raw), tuple(problems))
+
+
+def _read(path: str) -> tuple[Stamp, bytes]:
+    """The stamp and bytes of the file at ``path``, as ``open(path, "rb")``, ``os.fstat``
+    and ``read()`` give them (and raising the same errors), with plain system calls: no
+    file object per file (a fifth of the cost of reading 20,000 small files)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)  # of the file read, and cheaper than a stat by path
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        data = os.read(fd, st.st_size + 1)
+        if len(data) != st.st_size:  # changed since the stat, or a short read: to the end
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), data
+
+
+def _first_part(root: str, path: str) -> str:
+    """The first component of ``path`` below ``root``: ``os.path.relpath``'s, without
+    its cost for the paths the listing makes (``root`` joined with the rest)."""
+    head = os.path.join(root, "")
+    rest = path[len(head) :]
+    if path.startswith(head) and not rest.startswith(".") and os.sep + "." not in rest:
+        return rest.split(os.sep, 1)[0]
+    return os.path.relpath(path, root).split(os.sep)[0]
 
 
 def load_directory(root: str) -> LoadResult:
@@ -280,6 +316,9 @@ def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resour
             Problem(doc.path, doc.line, "", "a resource must be a mapping with kind and name")
         )
         return None
+    fast = _parse_plain_document(doc, value, problems, root)
+    if fast is not None:
+        return fast
     top = Fields(Report(doc, ()), (), value)
     kind = top.string("kind", required=True)
     api_version = top.string("apiVersion")
@@ -321,6 +360,83 @@ def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resour
     problems.extend(top.report.problems)
     if top.report.failed:
         return None
+    return result
+
+
+_ISTIO_API_VERSIONS = frozenset(f"{ISTIO_NETWORKING}/{v}" for v in ISTIO_VERSIONS)
+_FLAT_KEYS = frozenset({"name", "namespace", "kind", "apiVersion"})
+_ISTIO_KEYS = frozenset({"kind", "apiVersion", "metadata", "spec"})
+_PLAIN_METADATA = frozenset({*_METADATA_KEYS, *_K8S_METADATA})
+
+
+def _parse_plain_document(
+    doc: Document, value: dict[str, Any], problems: list[Problem], root: str
+) -> Resource | None:
+    """``_parse_document``'s result for a plainly well-formed document of a Service, a
+    VirtualService or a DestinationRule, read without ``Fields`` for its top level and
+    metadata (and without them at all for a Service or a plain DestinationRule, see
+    ``parse_plain_service`` and ``parse_plain_destination_rule``); None for anything else
+    or at the first doubt, and the caller then reads the document the careful way, which
+    reports every problem (tested equal, in ``tests/sources/test_fast_parsing.py``)."""
+    kind = value.get("kind")
+    api_version = value.get("apiVersion")
+    if api_version is None:
+        api_version = ""
+    if type(kind) is not str or type(api_version) is not str:
+        return None
+    if "spec" in value or "metadata" in value:
+        if not _ISTIO_KEYS.issuperset(value):
+            return None
+        meta = value.get("metadata")
+        if type(meta) is not dict or not _PLAIN_METADATA.issuperset(meta):
+            return None
+        name = meta.get("name")
+        namespace = meta.get("namespace")
+        labels = meta.get("labels")
+        if labels is not None and (
+            type(labels) is not dict or any(type(v) is not str for v in labels.values())
+        ):
+            return None
+        annotations = meta.get("annotations")
+        if annotations is not None and type(annotations) is not dict:
+            return None
+        spec = value.get("spec")
+        if spec is None:
+            spec = {}
+        elif type(spec) is not dict:
+            return None
+        base: FieldPath = ("spec",)
+    else:
+        name = value.get("name")
+        namespace = value.get("namespace")
+        spec = {k: v for k, v in value.items() if k not in _FLAT_KEYS}
+        base = ()
+    if type(name) is not str or not name:
+        return None
+    if namespace is not None and type(namespace) is not str:
+        return None
+    namespace = namespace or DEFAULT_NAMESPACE
+    origin = Origin(doc.path, doc.line)
+    if kind == "Service" and api_version in ("", XDSD_API):
+        if not _DNS_LABEL.match(name):
+            return None
+        return parse_plain_service(spec, name, namespace, origin)
+    if kind not in ("VirtualService", "DestinationRule") or (
+        api_version and api_version not in _ISTIO_API_VERSIONS
+    ):
+        return None
+    if kind == "DestinationRule":
+        rule = parse_plain_destination_rule(spec, name, namespace, origin)
+        if rule is not None:
+            return rule
+    report = Report(doc, base)
+    fields = Fields(report, (), spec)
+    result: Resource
+    if kind == "VirtualService":
+        result = parse_virtual_service(fields, name, namespace, origin)
+    else:
+        result = parse_destination_rule(fields, name, namespace, origin, config_dir=root)
+    problems.extend(report.problems)
     return result
 
 

@@ -83,7 +83,7 @@ from xdsd.translate.clusters import (
 )
 from xdsd.translate.endpoints import (
     assignment_of_groups,
-    load_assignment,
+    assignment_resource,
     locality_groups,
     select_endpoints,
 )
@@ -759,9 +759,12 @@ class MeshTranslation:
         if found is None:
             found = self._fallback.get(key)
             if found is None:
-                message = build(*args)
-                name = message.cluster_name if key[0] == "cla" else message.name
-                found = Resource.of(name, message)
+                built = build(*args)
+                if isinstance(built, Resource):
+                    found = built
+                else:
+                    name = built.cluster_name if key[0] == "cla" else built.name
+                    found = Resource.of(name, built)
             self._memo[key] = found
         return found
 
@@ -779,7 +782,7 @@ class MeshTranslation:
     def _load_assignment(self, spec: OutboundCluster) -> Resource:
         endpoints = select_endpoints(spec.service, spec.port, spec.selector)
         key = ("cla", spec.name, spec.port, endpoints)
-        return self._shared(key, load_assignment, spec.name, spec.port, endpoints)
+        return self._shared(key, assignment_resource, spec.name, spec.port, endpoints)
 
     def _raw_resources(self) -> dict[tuple[str, str], Resource]:
         if self._raw is None:
