@@ -365,3 +365,14 @@ def test_proxyless_grpc_is_scoped_too() -> None:
     snap = MeshTranslation(mesh).snapshot_for(NodeClass("pp", client=ClientKind.GRPC))
     names = set(snap.get(LISTENER))
     assert "ratings:9081" in names and not any(n.startswith("reviews") for n in names)
+
+
+def test_root_namespace_is_a_setting() -> None:
+    """A Sidecar without selector in the root namespace applies to namespaces without
+    their own; ``root_namespace`` (settings) says which namespace that is."""
+    mesh = with_sidecars(bookinfo(), sidecar("root", "./reviews", namespace="mesh-root"))
+    node = NodeClass("productpage", instance_ip="127.0.0.2")
+    assert MeshTranslation(mesh).sidecar(node) is None
+    t = MeshTranslation(mesh, root_namespace="mesh-root")
+    assert t.sidecar(node) is mesh.sidecars[0]
+    assert f"outbound|9081||{FQDN.format('ratings')}" not in t.snapshot_for(node).get(CLUSTER)
