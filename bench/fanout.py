@@ -18,6 +18,11 @@ Kinds of edit: ``route`` (a VirtualService weight: RDS only), ``endpoint`` (an e
 address: EDS only), ``add`` (a new service: CDS, with its EDS and the route configuration
 of its port). Daemon and load CPU seconds per edit are reported, so a client bottleneck
 is visible. Log-line timestamps have millisecond resolution.
+
+``--sidecar-hosts K`` adds a namespace-wide Istio Sidecar limiting every client to K
+services (``svc-00000`` and the next K-1, plus the services ``add`` creates, which answer
+to ``*.added.local``): each client then receives K services' clusters, endpoints and
+virtual hosts instead of all of them, and an edit reaches only the clients that see it.
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def _write(path: Path, text: str) -> None:
 class Editor:
     """Makes the i-th edit of a kind; every edit changes content."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *, added_hosts: bool = False) -> None:
         self.config = config
+        self.added_hosts = added_hosts
         self.rule = config / "rules" / "svc-00000.yaml"
         self.rule_text = self.rule.read_text()
         self.service = config / "services" / "svc-00000.toml"
@@ -81,6 +87,9 @@ class Editor:
                 f'number = 8000\nprotocol = "HTTP"\ntargetPort = 7000\n\n[[endpoints]]\n'
                 f'address = "10.250.{self.added // 250}.{self.added % 250 + 1}"\n'
             )
+            if self.added_hosts:  # before the first [[table]]: a top-level key
+                extra = f'\nhosts = ["{name}.added.local"]\n\n[[ports]]'
+                text = text.replace("\n\n[[ports]]", extra, 1)
             _write(self.config / "services" / f"{name}.toml", text)
         else:
             raise ValueError(kind)
@@ -105,6 +114,8 @@ def run_case(
     with tempfile.TemporaryDirectory(prefix="xdsd-fanout-") as tmp:
         root = Path(tmp)
         config = write_mesh(root, services)
+        if args.sidecar_hosts:
+            write_sidecar(config, args.sidecar_hosts)
         daemon = Daemon(config, root / "xdsd.log", profile=args.profile, tree=args.tree)
         load: LoadGen | None = None
         try:
@@ -112,7 +123,7 @@ def run_case(
             load = LoadGen(clients, spec, procs=args.procs)
             load.go()
             load.wait_synced(timeout=300)
-            editor = Editor(config)
+            editor = Editor(config, added_hosts=bool(args.sidecar_hosts))
             spy = None
             if args.pyspy:
                 spy = subprocess.Popen(
@@ -146,6 +157,16 @@ def run_case(
             daemon.stop()
             if args.keep_log:
                 Path(args.keep_log).write_text((root / "xdsd.log").read_text())
+
+
+def write_sidecar(config: Path, hosts: int) -> None:
+    """A Sidecar without selector for namespace ``default``: every client may reach
+    ``svc-00000`` .. ``svc-{hosts-1}`` and the services ``add`` creates."""
+    names = [f'"./svc-{i:05d}"' for i in range(hosts)] + ['"./*.added.local"']
+    (config / "rules" / "sidecar.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\n"
+        f"spec:\n  egress:\n  - hosts: [{', '.join(names)}]\n"
+    )
 
 
 def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) -> dict[str, float]:
@@ -198,6 +219,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--pyspy", help="sample the daemon during the edits (py-spy raw)")
     parser.add_argument("--tree", help="serve xdsd from this checkout (a baseline worktree)")
     parser.add_argument("--keep-log", help="copy the daemon log here")
+    parser.add_argument(
+        "--sidecar-hosts", type=int, default=0,
+        help="limit every client to this many services with an Istio Sidecar (0: none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     results: dict[str, Any] = {}

@@ -209,11 +209,13 @@ class Xdsd(Process):
 class Envoy(Process):
     """A real Envoy started from a config file; ``ready()`` waits for LIVE."""
 
-    def __init__(self, config_path: Path, admin_port: int, workdir: Path) -> None:
+    def __init__(
+        self, config_path: Path, admin_port: int, workdir: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.admin_port = admin_port
         argv = [
             envoy_binary(), "-c", str(config_path), "--disable-hot-restart",
-            "--log-level", "info", "--concurrency", "1",
+            "--log-level", "info", "--concurrency", "1", *extra,
         ]  # fmt: skip
         super().__init__(argv, workdir / f"envoy-{admin_port}.log")
 

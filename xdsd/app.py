@@ -24,6 +24,7 @@ from xdsd.admin import AdminViews, start_admin
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
+from xdsd.model.networking import ROOT_NAMESPACE
 from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
@@ -43,8 +44,16 @@ _SOURCES = {"ads": ConfigSourceKind.ADS, "grpc": ConfigSourceKind.ADS,
 class MeshState:
     """The current mesh, its translation, and the snapshots served from it."""
 
-    def __init__(self, config_dir: str, cache: SnapshotCache[NodeClass] | None = None) -> None:
+    def __init__(
+        self,
+        config_dir: str,
+        cache: SnapshotCache[NodeClass] | None = None,
+        *,
+        root_namespace: str = ROOT_NAMESPACE,
+    ) -> None:
         self.config_dir = config_dir
+        #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
+        self.root_namespace = root_namespace
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
         self._loader = DirectoryLoader(config_dir)
         self.loaded: LoadResult | None = None
@@ -116,7 +125,9 @@ class MeshState:
             self.loaded = result
             return False
         self.loaded = result
-        self.translation = MeshTranslation(result.mesh, previous=self.translation)
+        self.translation = MeshTranslation(
+            result.mesh, previous=self.translation, root_namespace=self.root_namespace
+        )
         self.reloads += 1
         changed = 0
         for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
@@ -210,7 +221,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     """Run xdsd until ``stop`` is set (or SIGTERM/SIGINT). ``ready`` is set once the
     listeners are bound."""
     stop = stop or asyncio.Event()
-    state = MeshState(settings.config_dir)
+    state = MeshState(settings.config_dir, root_namespace=settings.root_namespace)
     state.reload()
     loop = asyncio.get_running_loop()
     reload_lock = asyncio.Lock()

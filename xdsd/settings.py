@@ -47,6 +47,8 @@ class Settings:
     ``quiet_period`` is how long the watcher waits for a burst of file events to go quiet
     before rebuilding (seconds); ``max_delay`` caps that wait during a long burst.
     ``grpc_impl`` picks the gRPC server: ``grpclib`` (pure Python) or ``grpcio``.
+    ``root_namespace`` is Istio's MeshConfig ``rootNamespace``: a Sidecar there without
+    ``workloadSelector`` applies to every namespace that has none of its own.
     """
 
     config_dir: str = "config"
@@ -57,6 +59,7 @@ class Settings:
     max_delay: float = 0.5
     grpc_backlog: int = 4096
     grpc_impl: str = "grpclib"
+    root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
 
     @classmethod
     def from_file(cls, path: str) -> Settings:

@@ -333,6 +333,8 @@ class Sidecar:
     envoy: Envoy
     default_port: int
     labels: dict[str, str] = field(default_factory=dict)
+    #: The port of the client's own service (its inbound listener, on ``ip``).
+    inbound_port: int = 0
 
     def request(
         self,
@@ -344,11 +346,14 @@ class Sidecar:
         body: bytes | None = None,
         port: int = 0,
         timeout: float = 10.0,
+        address: str = "",
     ) -> Reply:
         """One HTTP/1.1 request through this sidecar's outbound listener on ``port`` (the
-        mesh's shared port by default), ``Host: host``."""
+        mesh's shared port by default), ``Host: host``; to another of its listeners with
+        ``address`` (e.g. an explicit egress listener's bind address, or ``ip`` for the
+        inbound listener)."""
         conn = http.client.HTTPConnection(
-            self.outbound_ip, port or self.default_port, timeout=timeout
+            address or self.outbound_ip, port or self.default_port, timeout=timeout
         )
         try:
             conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
@@ -555,11 +560,13 @@ class TrafficMesh:
         locality: str = "",
         tls: ssl.SSLContext | None = None,
         port: int = 0,
+        host: str = "",
         **label_kw: str,
     ) -> Upstream:
-        """A new HTTP upstream on its own address and the shared port (or ``port``)."""
+        """A new HTTP upstream on its own address and the shared port (or on ``host`` and
+        ``port``, e.g. an application behind a sidecar on 127.0.0.1)."""
         up = Upstream(
-            name, self.ip(), port or self.port, labels={**(labels or {}), **label_kw},
+            name, host or self.ip(), port or self.port, labels={**(labels or {}), **label_kw},
             locality=locality, tls=tls,
         )  # fmt: skip
         self._things.append(up)
@@ -629,12 +636,16 @@ class TrafficMesh:
         labels: dict[str, str] | None = None,
         locality: str = "",
         transport: str = "grpc",
+        drain_time_s: int = 0,
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
-        is written here, on its own address); return it once Envoy is LIVE."""
+        is written here, on its own address); return it once Envoy is LIVE.
+        ``drain_time_s`` shortens how long Envoy drains a removed listener (and keeps its
+        routes, and so the clusters they name) from Envoy's default of 600 s."""
         ip, outbound_ip = self.ip(), self.ip()
+        inbound_port = free_port(ip)
         lines = f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\n'
-        lines += f'number = {free_port(ip)}\nprotocol = "HTTP"\ntargetPort = {free_port()}\n\n'
+        lines += f'number = {inbound_port}\nprotocol = "HTTP"\ntargetPort = {free_port()}\n\n'
         lines += f'[[endpoints]]\naddress = "{ip}"\n'
         if labels:
             pairs = ", ".join(f'{k} = "{v}"' for k, v in sorted(labels.items()))
@@ -658,10 +669,11 @@ class TrafficMesh:
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{name}.yaml"
         path.write_text(proc.stdout)
-        envoy = Envoy(path, admin_port, self.root)
+        extra = ("--drain-time-s", str(drain_time_s)) if drain_time_s else ()
+        envoy = Envoy(path, admin_port, self.root, extra)
         self._things.append(envoy)
         envoy.ready()
-        sidecar = Sidecar(name, ip, outbound_ip, envoy, self.port, dict(labels or {}))
+        sidecar = Sidecar(name, ip, outbound_ip, envoy, self.port, dict(labels or {}), inbound_port)
         self.sidecars[name] = sidecar
         return sidecar
 

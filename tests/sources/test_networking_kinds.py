@@ -243,10 +243,10 @@ metadata: {name: default}
 spec:
   workloadSelector: {labels: {app: reviews}}
   egress:
-  - hosts: ["./*", "istio-system/*"]
   - port: {number: 9080, protocol: HTTP, name: http}
     bind: 127.0.0.2
     hosts: ["prod/ratings.prod.svc.cluster.local"]
+  - hosts: ["./*", "istio-system/*"]
   ingress:
   - port: {number: 9080, protocol: HTTP, name: http}
     defaultEndpoint: 127.0.0.1:8080
@@ -258,11 +258,11 @@ def test_sidecar_model_and_errors() -> None:
     sidecar, problems = one(SIDECAR)
     assert problems == []
     assert sidecar.workload_selector == (("app", "reviews"),)
-    assert sidecar.egress[1].port.number == 9080 and sidecar.egress[1].bind == "127.0.0.2"
+    assert sidecar.egress[0].port.number == 9080 and sidecar.egress[0].bind == "127.0.0.2"
     assert sidecar.ingress[0].default_endpoint == "127.0.0.1:8080"
     assert sidecar.outbound_policy is OutboundPolicy.REGISTRY_ONLY
     assert [(ln, f) for ln, f, _ in errors(SIDECAR.replace('"./*", ', '"ratings", '))] == [
-        (7, "egress[0].hosts[0]")
+        (10, "egress[1].hosts[0]")
     ]
     assert [(ln, f) for ln, f, _ in errors(SIDECAR.replace("127.0.0.1:8080", "10.0.0.1:80"))] == [
         (13, "ingress[0].defaultEndpoint")

@@ -319,3 +319,8 @@ class EnvoyFilter:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", ResourceKey("EnvoyFilter", self.namespace, self.name))
+
+
+#: The namespace whose Sidecar without ``workloadSelector`` applies to every namespace that
+#: has none of its own (Istio's MeshConfig ``rootNamespace`` and its default).
+ROOT_NAMESPACE = "istio-system"

@@ -209,7 +209,9 @@ def _ciphers(f: Fields) -> tuple[str, ...]:
 
 def parse_sidecar(spec: Fields, name: str, namespace: str, origin: Origin) -> Sidecar:
     """An Istio Sidecar: egress host scoping and explicit listeners, ingress listeners,
-    outbound traffic policy."""
+    outbound traffic policy. Istio's validation rules: something must be configured; at
+    most one egress listener without a port, and it comes last; ports unique among egress
+    listeners and among ingress listeners; ``targetPort`` has no meaning here."""
     selector: tuple[tuple[str, str], ...] = ()
     sel = spec.obj("workloadSelector")
     if sel is not None:
@@ -222,8 +224,55 @@ def parse_sidecar(spec: Fields, name: str, namespace: str, origin: Origin) -> Si
     if otp is not None:
         policy = otp.enum("mode", OutboundPolicy, OutboundPolicy.REGISTRY_ONLY)
         otp.finish(("egressProxy",))
+        if policy is OutboundPolicy.ALLOW_ANY:
+            otp.warn(
+                "mode",
+                "ALLOW_ANY needs original-destination capture (iptables), which xdsd's VM "
+                "sidecars do not have: a host no service answers to gets no route (404), as "
+                "without a policy; REGISTRY_ONLY answers 502",
+            )
     spec.finish(SIDECAR_UNSUPPORTED)
+    if not spec.has("egress") and not spec.has("ingress") and otp is None:
+        spec.error(None, "empty Sidecar: give egress, ingress or outboundTrafficPolicy")
+    _check_sidecar_ports(spec, egress, ingress)
     return Sidecar(name, namespace, selector, egress, ingress, policy, origin=origin)
+
+
+def _check_sidecar_ports(
+    spec: Fields, egress: tuple[EgressListener, ...], ingress: tuple[IngressListener, ...]
+) -> None:
+    for key, parsed in (("egress", egress), ("ingress", ingress)):
+        raw = spec.data.get(key)
+        if len(parsed) != (len(raw) if isinstance(raw, list) else 0):
+            return  # a listener was refused: indexes would not match
+    catch_all = [i for i, e in enumerate(egress) if e.port is None]
+    if len(catch_all) > 1:
+        spec.report.add(
+            (*spec.path, "egress", catch_all[1]),
+            "only one egress listener may have no port (the catch-all)",
+        )
+    elif catch_all and catch_all[0] != len(egress) - 1:
+        spec.report.add(
+            (*spec.path, "egress", catch_all[0]),
+            "the egress listener without a port (the catch-all) must be the last one",
+        )
+    ports = (("egress", [e.port for e in egress]), ("ingress", [i.port for i in ingress]))
+    for kind, listed in ports:
+        seen: set[int] = set()
+        for i, port in enumerate(listed):
+            if port is None:
+                continue
+            if port.number in seen:
+                spec.report.add(
+                    (*spec.path, kind, i, "port", "number"),
+                    f"port {port.number} is used by another {kind} listener",
+                )
+            seen.add(port.number)
+            if port.target_port:
+                spec.report.add(
+                    (*spec.path, kind, i, "port", "targetPort"),
+                    "has no meaning on a Sidecar listener (Istio refuses it too)",
+                )
 
 
 def _parse_egress(f: Fields) -> EgressListener | None:
@@ -237,6 +286,10 @@ def _parse_egress(f: Fields) -> EgressListener | None:
     port_f = f.obj("port")
     port = parse_entry_port(port_f) if port_f is not None else None
     bind = f.string("bind")
+    if bind and not _is_ip(bind):
+        f.error("bind", f"must be an IP address (got {bind!r})")
+    if bind and port is None and port_f is None:
+        f.error("bind", "needs a port: a listener without port is the catch-all")
     f.finish(EGRESS_UNSUPPORTED)
     return EgressListener(hosts, port, bind)
 
@@ -244,9 +297,20 @@ def _parse_egress(f: Fields) -> EgressListener | None:
 def _parse_ingress(f: Fields) -> IngressListener | None:
     port = parse_entry_port(f.obj("port", required=True) or _empty(f))
     default = f.string("defaultEndpoint")
-    if default and not (default.startswith("127.0.0.1:") or default.startswith("0.0.0.0:")):
-        f.error("defaultEndpoint", "must be 127.0.0.1:PORT or 0.0.0.0:PORT")
+    if default:
+        host, sep, number = default.rpartition(":")
+        if host == "0.0.0.0":
+            f.error(
+                "defaultEndpoint",
+                "0.0.0.0:PORT (the instance address) is not supported: xdsd's inbound "
+                "listener binds instance_ip itself; let the application listen on "
+                "127.0.0.1:PORT and write that",
+            )
+        elif host != "127.0.0.1" or not sep or not number.isdigit() or not 0 < int(number) < 65536:
+            f.error("defaultEndpoint", f"must be 127.0.0.1:PORT (got {default!r})")
     bind = f.string("bind")
+    if bind:
+        f.error("bind", "is not supported: inbound listeners bind the node's instance_ip")
     f.finish(INGRESS_UNSUPPORTED)
     if port is None:
         return None

@@ -47,6 +47,7 @@ from xdsd.sources.kinds import (
 )
 from xdsd.sources.listing import Stamp, file_stamp, list_config_files
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
+from xdsd.sources.sidecars import sidecar_problems
 
 XDSD_API = "xdsd.io/v1"
 ISTIO_NETWORKING = "networking.istio.io"
@@ -62,7 +63,7 @@ OTHER_PARSERS = {
     "EnvoyFilter": parse_envoy_filter,
 }
 #: Of those, the kinds that are checked but not translated yet (a warning says so).
-NOT_APPLIED = frozenset({"Sidecar"})
+NOT_APPLIED: frozenset[str] = frozenset()
 RAW_DIR = "envoy"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
@@ -250,7 +251,7 @@ class DirectoryLoader:
                 self._failed.discard(path)
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
-        problems = [*listing_problems, *self._check.problems()]
+        problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         errors = [p for p in problems if p.severity is Severity.ERROR]
         warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
         checked = time.perf_counter()

@@ -141,15 +141,17 @@ def inbound_listener(ip: str, port: Port) -> Any:
     return listener
 
 
-def outbound_http_listener(ip: str, port: int, source: ConfigSourceKind) -> Any:
+def outbound_http_listener(
+    ip: str, port: int, source: ConfigSourceKind, route_name: str = ""
+) -> Any:
     """The listener on ``ip:port`` for HTTP services on ``port``; its routes are the route
-    configuration named like the port."""
+    configuration ``route_name`` (default: named like the port)."""
     stat_prefix = f"outbound_{port}"
     listener = _socket_listener(
         outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
     )
     config = http_connection_manager(
-        stat_prefix, rds=(port_route_name(port), source), filters=RULE_FILTERS
+        stat_prefix, rds=(route_name or port_route_name(port), source), filters=RULE_FILTERS
     )
     _add_filter(listener, HCM_FILTER, config)
     return listener

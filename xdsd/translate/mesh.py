@@ -47,6 +47,13 @@ classes with the same applicable filters share it; a class no EnvoyFilter select
 shared resources untouched. The base's clusters are patched once per (flavor, cluster
 patches) and the class's snapshot replaces or drops them like a raw resource would.
 
+A Sidecar (``sidecar_scope``) narrows what a sidecar-role class receives to the services
+it may reach: clusters and assignments of a *scoped base* (one per flavor and set of
+services), default listeners and route configurations over those services only,
+explicit egress listeners, and inbound listeners from its ingress. Everything it narrows
+is memoized by the ``Scope`` value (or by the services a port holds), so classes that
+see the same services share it.
+
 API version v2 is not translated here: every resource is v3.
 """
 
@@ -70,7 +77,14 @@ from xdsd.model import (
     TrafficPolicy,
     VirtualService,
 )
-from xdsd.model.networking import ApplyTo, EnvoyFilter, PatchContext, PatchOperation
+from xdsd.model.networking import (
+    ROOT_NAMESPACE,
+    ApplyTo,
+    EnvoyFilter,
+    PatchContext,
+    PatchOperation,
+    Sidecar,
+)
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, Resource, TypeUrl
 from xdsd.translate.clusters import (
     ClusterFlavor,
@@ -117,7 +131,6 @@ from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeC
 from xdsd.translate.patches import (
     CLUSTER_FAMILY,
     LISTENER_FAMILY,
-    ROOT_NAMESPACE,
     ROUTE_FAMILY,
     Patch,
     added,
@@ -137,18 +150,27 @@ from xdsd.translate.placement import (
     check_binds,
     check_port_groups,
     default_instance_ip,
+    overlaps,
 )
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
 from xdsd.translate.routes import virtual_service_index
 from xdsd.translate.shared import SharedClusters
+from xdsd.translate.sidecar_ports import (
+    explicit_bind_problems,
+    explicit_route_name,
+    ingress_service,
+)
+from xdsd.translate.sidecar_scope import EVERYTHING, Scope, scope_of, select_sidecar
 
 Key = tuple[Hashable, ...]
 #: A resource after patching (None: removed) and the patches that changed it.
 Patched = tuple[Resource | None, tuple[Patch, ...]]
 #: (type URL, name) of a resource in a snapshot.
 Slot = tuple[str, str]
+#: Port groups as a scope leaves them, each with its view (None: the whole group).
+Groups = list[tuple[PortGroup, Hashable]]
 
 
 class MeshTranslation:
@@ -166,7 +188,8 @@ class MeshTranslation:
         root_namespace: str = ROOT_NAMESPACE,
     ) -> None:
         self.mesh = mesh
-        #: The namespace whose EnvoyFilters apply to every node (Istio's rootNamespace).
+        #: Istio's rootNamespace: its EnvoyFilters apply to every node, and its Sidecar
+        #: without selector to namespaces that have none.
         self.root_namespace = root_namespace
         # EnvoyFilter patches: parsed per filter, and patched resources by (resource,
         # patches) (reusable by the next mesh), base cluster patches by (flavor, patches).
@@ -176,6 +199,10 @@ class MeshTranslation:
             previous._patched if previous is not None else {}
         )
         self._base_patches: dict[Key, dict[Slot, Patched]] = {}
+        self._sidecars: dict[tuple[str, tuple[tuple[str, str], ...]], Sidecar | None] = {}
+        self._scopes: dict[tuple[ResourceKey, str], Scope | TranslationError] = {}
+        self._scoped_groups: dict[Key, Groups] = {}
+        self._vs_index: dict[ResourceKey, Any] | None = None
         # Resources keyed by everything they are made of (reusable by the next mesh).
         self._memo: dict[Key, Resource] = {}
         # Only what ``previous`` built itself (or reused), never its own fallback: no
@@ -190,7 +217,7 @@ class MeshTranslation:
         self._group_problems: list[Problem] | None = None
         self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
         # TCP/TLS listener plans by (port, caller), and whether any depends on the caller.
-        self._l4_plans: dict[tuple[int, L4Caller], L4ListenerPlan] = {}
+        self._l4_plans: dict[tuple[int, L4Caller, Hashable], L4ListenerPlan] = {}
         self._l4_by_caller: bool | None = None
         self._raw_origins: dict[tuple[str, str], Origin] = {}
         self._priority_names: frozenset[str] | None = None
@@ -211,7 +238,7 @@ class MeshTranslation:
             mesh, previous=previous._routes if previous is not None else None
         )
         # Per class: what it chose besides the base, and whether that replaces any of it.
-        self._chosen: dict[NodeClass, tuple[dict[tuple[str, str], Resource], bool]] = {}
+        self._chosen: dict[NodeClass, Chosen] = {}
         self._prev_chosen = previous._chosen if previous is not None else {}
         self._prev_snapshots = previous._snapshots if previous is not None else {}
 
@@ -268,6 +295,82 @@ class MeshTranslation:
             )
         return self._forward
 
+    def sidecar(self, node: NodeClass) -> Sidecar | None:
+        """The Sidecar that applies to ``node`` (None for gateways, which Sidecars do not
+        apply to, and when none does; see ``sidecar_scope.select_sidecar``)."""
+        if node.role is not Role.SIDECAR or not self.mesh.sidecars:
+            return None
+        key = (node.namespace, node.labels)
+        if key not in self._sidecars:
+            self._sidecars[key] = select_sidecar(
+                self.mesh.sidecars, node.namespace, node.labels, self.root_namespace
+            )
+        return self._sidecars[key]
+
+    def scope(self, node: NodeClass) -> Scope:
+        """What ``node`` may reach (``EVERYTHING`` when no Sidecar applies). Raises
+        TranslationError when its Sidecar cannot be translated."""
+        sidecar = self.sidecar(node)
+        if sidecar is None:
+            return EVERYTHING
+        key = (sidecar.key, node.namespace)
+        found = self._scopes.get(key)
+        if found is None:
+            if self._vs_index is None:
+                self._vs_index = virtual_service_index(self.mesh)
+            scope, problems = scope_of(self.mesh, sidecar, node.namespace, self._vs_index)
+            found = TranslationError(problems) if problems else scope
+            self._scopes[key] = found
+        if isinstance(found, TranslationError):
+            raise TranslationError(found.problems)
+        return found
+
+    def _default_groups(self, scope: Scope, ip: str) -> Groups:
+        """The port groups of ``scope``'s default per-port listeners on ``ip``: the
+        reachable services, without those an explicit listener serves on that port, and
+        without the ports whose explicit listener takes the default listener's address."""
+        if scope.reachable is None and not scope.explicit:
+            return [(g, None) for g in self.port_groups()]
+        key: Key = ("default", scope, ip if any(e.bind for e in scope.explicit) else "")
+        found = self._scoped_groups.get(key)
+        if found is None:
+            taken: dict[int, set[ResourceKey]] = {}
+            dropped: set[int] = set()
+            for e in scope.explicit:
+                if e.services and overlaps(e.bind or ip, ip):
+                    dropped.add(e.port)
+                taken.setdefault(e.port, set()).update(e.services)
+            found = _filter_groups(self.port_groups(), scope.reachable, taken, dropped)
+            self._scoped_groups[key] = found
+        return found
+
+    def _visible_groups(self, scope: Scope) -> Groups:
+        """The port groups of every service ``scope`` shows (HTTP proxy, gRPC)."""
+        visible = scope.visible
+        if visible is None:
+            return [(g, None) for g in self.port_groups()]
+        key: Key = ("visible", visible)
+        found = self._scoped_groups.get(key)
+        if found is None:
+            found = _filter_groups(self.port_groups(), visible, {}, set())
+            self._scoped_groups[key] = found
+        return found
+
+    def _explicit_groups(self, scope: Scope) -> list[tuple[str, PortGroup, Hashable]]:
+        """Each explicit listener of ``scope`` that serves something: its bind address
+        (empty: outbound_ip), its port group and view."""
+        out: list[tuple[str, PortGroup, Hashable]] = []
+        for e in scope.explicit:
+            members = []
+            for key in e.services:
+                service = self.mesh.service_by_name(key.namespace, key.name)
+                port = service.port(e.port) if service is not None else None
+                if service is not None and port is not None:
+                    members.append((service, port))
+            if members:
+                out.append((e.bind, PortGroup(e.port, tuple(members)), e.services))
+        return out
+
     def _groups_by_number(self) -> dict[int, PortGroup]:
         if self._group_index is None:
             self._group_index = {g.number: g for g in self.port_groups()}
@@ -291,20 +394,21 @@ class MeshTranslation:
             else ConfigSourceKind.ADS
         )
         caller = self._routes.caller(node.labels, node.namespace)
+        problems: list[Problem] = []
+        scope = self.scope(node)
         parts: list[Callable[[], Iterable[Resource]]] = []
         if node.client is ClientKind.GRPC:
-            parts.append(lambda: self._grpc_listeners(caller))
+            parts.append(lambda: self._grpc_listeners(caller, scope))
         elif node.role is Role.GATEWAY:
             parts.append(lambda: self._gateway(node, source, style))
         elif node.role is Role.SIDECAR:
-            parts.append(lambda: self._inbound(node))
-            parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller))
-            parts.append(lambda: self._l4_listeners(node))
+            parts.append(lambda: self._inbound(node, scope))
+            parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller, scope))
+            parts.append(lambda: self._l4_listeners(node, scope))
         if node.locality != NO_LOCALITY:
-            parts.append(lambda: self._local_assignments(node))
-        problems: list[Problem] = []
+            parts.append(lambda: self._local_assignments(node, scope))
         try:
-            base = self._bases.base(flavor, self._cluster, self._load_assignment)
+            base = self._bases.base(flavor, self._cluster, self._load_assignment, scope.clusters)
         except TranslationError as err:
             problems.extend(err.problems)
         chosen: dict[tuple[str, str], Resource] = {}
@@ -317,7 +421,7 @@ class MeshTranslation:
         changes: dict[Slot, Patched] = {}
         if not problems:
             try:
-                changes = self._apply_envoy_filters(node, base, chosen)
+                changes = self._apply_envoy_filters(node, base, chosen, scope.clusters)
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
         try:
@@ -328,7 +432,7 @@ class MeshTranslation:
             problems.extend(p for p in err.problems if p not in problems)
         if problems:
             raise TranslationError(problems)
-        return self._consistent(node, flavor, base, chosen, changes)
+        return self._consistent(node, flavor, base, chosen, changes, scope.clusters)
 
     def _selection(self, key: Key, compute: Callable[[], list[Resource]]) -> tuple[Resource, ...]:
         """The resources ``compute`` selects, memoized by ``key`` with its error, if any."""
@@ -345,14 +449,32 @@ class MeshTranslation:
             raise TranslationError(found.problems)
         return found
 
-    def _inbound(self, node: NodeClass) -> list[Resource]:
-        """Inbound clusters and listeners of ``node``'s own service, after checking that
-        all of the node's listeners can bind."""
+    def _inbound(self, node: NodeClass, scope: Scope) -> list[Resource]:
+        """Inbound clusters and listeners of ``node``'s own service (of its Sidecar's
+        ingress listeners, when it has some), after checking that all of the node's
+        listeners can bind."""
         own = self.own_service(node)
         instance_ip = self.instance_ip(node)
-        problems = self._port_group_problems() + check_binds(
-            own, instance_ip, node.outbound_ip, self._groups_by_number(), HTTP_PROXY_PORT
-        )
+        sidecar = self.sidecar(node)
+        if sidecar is not None and sidecar.ingress:
+            own = ingress_service(sidecar, own, node.service, node.namespace)
+        if scope is EVERYTHING:
+            problems = self._port_group_problems() + check_binds(
+                own, instance_ip, node.outbound_ip, self._groups_by_number(), HTTP_PROXY_PORT
+            )
+        else:
+            groups = self._default_groups(scope, node.outbound_ip)
+            explicit = self._explicit_groups(scope)
+            problems = check_port_groups([g for g, _ in groups] + [g for _, g, _ in explicit])
+            problems += check_binds(
+                own, instance_ip, node.outbound_ip, {g.number: g for g, _ in groups},
+                HTTP_PROXY_PORT,
+            )  # fmt: skip
+            if sidecar is not None:
+                problems += explicit_bind_problems(
+                    sidecar, [(b, g.number) for b, g, _ in explicit], own, instance_ip,
+                    node.outbound_ip,
+                )  # fmt: skip
         if problems:
             raise TranslationError(problems)
         out: list[Resource] = []
@@ -365,40 +487,68 @@ class MeshTranslation:
         return out
 
     def _outbound(
-        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller
-    ) -> tuple[Resource, ...]:
-        """Outbound listeners on ``ip`` and the route configurations they name, as
-        ``caller`` sees them."""
+        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
+        scope: Scope = EVERYTHING,
+    ) -> tuple[Resource, ...]:  # fmt: skip
+        """Outbound HTTP listeners on ``ip`` (and on the bind addresses of explicit
+        egress listeners) and the route configurations they name, as ``caller`` sees them
+        and as far as ``scope`` lets it see."""
+        block = scope.registry_only
 
         def compute() -> list[Resource]:
             out: list[Resource] = []
             problems: list[Problem] = []
-            for group in self.port_groups():
+            routes = self._routes
+            for group, view in self._default_groups(scope, ip):
                 if group.http:
                     out.append(
                         self._shared(("outbound-http", ip, group.number, source),
                                      outbound_http_listener, ip, group.number, source)
                     )  # fmt: skip
                     try:
-                        out.append(self._routes.port_routes(group, style, caller))
+                        out.append(
+                            routes.port_routes(group, style, caller, view=view,
+                                               block_unknown=block)
+                        )  # fmt: skip
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
+            for bind, group, view in self._explicit_groups(scope):
+                if not group.http:
+                    continue
+                name = explicit_route_name(bind, group.number)
+                address = bind or ip
+                out.append(
+                    self._shared(("outbound-http", address, group.number, source, name),
+                                 outbound_http_listener, address, group.number, source, name)
+                )  # fmt: skip
+                try:
+                    out.append(
+                        routes.port_routes(group, style, caller, view=view, name=name,
+                                           block_unknown=block)
+                    )  # fmt: skip
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
             forward = self._forwards()
             out.append(
                 self._shared(("http-proxy", ip, source, forward), http_proxy_listener,
                              ip, source, forward)
             )  # fmt: skip
+            visible = self._visible_groups(scope)
+            proxy_view = scope.visible
             try:
-                out.append(self._routes.proxy_routes(self.port_groups(), style, caller))
+                out.append(
+                    routes.proxy_routes([g for g, _ in visible], style, caller, view=proxy_view,
+                                        block_unknown=block)
+                )  # fmt: skip
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
             if problems:
                 raise TranslationError(problems)
             return out
 
-        return self._selection(("outbound", ip, source, style, caller), compute)
+        return self._selection(("outbound", ip, source, style, caller, scope), compute)
 
-    def _l4_listeners(self, node: NodeClass) -> tuple[Resource, ...]:
+    def _l4_listeners(self, node: NodeClass, scope: Scope = EVERYTHING) -> tuple[Resource, ...]:
         """The outbound listeners of the TCP/TLS ports on ``node.outbound_ip``. They depend
         on the node's namespace and labels only when some tcp/tls match looks at them, so
         the selection is keyed by those only then (see ``l4``). A MOSN node is refused a
@@ -413,10 +563,12 @@ class MeshTranslation:
             out: list[Resource] = []
             problems: list[Problem] = []
             rules = None
-            for group in self.port_groups():
+            wanted = [(ip, g, v) for g, v in self._default_groups(scope, ip)]
+            wanted += [(b or ip, g, v) for b, g, v in self._explicit_groups(scope)]
+            for address, group, view in wanted:
                 if group.http or not group.tcp:
                     continue
-                plan = self._l4_plans.get((group.number, caller))
+                plan = self._l4_plans.get((group.number, caller, view))
                 if plan is None:
                     if rules is None:
                         rules = virtual_service_index(self.mesh)
@@ -425,17 +577,20 @@ class MeshTranslation:
                     except TranslationError as err:
                         problems.extend(p for p in err.problems if p not in problems)
                         continue
-                    self._l4_plans[(group.number, caller)] = plan
+                    self._l4_plans[(group.number, caller, view)] = plan
                 if mosn:
                     if rules is None:
                         rules = virtual_service_index(self.mesh)
                     problems.extend(mosn_l4_problems(plan, group, rules))
-                out.append(self._shared(("outbound-l4", ip, plan), outbound_l4_listener, ip, plan))
+                out.append(
+                    self._shared(("outbound-l4", address, plan), outbound_l4_listener,
+                                 address, plan)
+                )  # fmt: skip
             if problems:
                 raise TranslationError(problems)
             return out
 
-        return self._selection(("l4", ip, caller, mosn), compute)
+        return self._selection(("l4", ip, caller, mosn, scope), compute)
 
     def _gateway(
         self, node: NodeClass, source: ConfigSourceKind, style: MatcherStyle
@@ -492,7 +647,9 @@ class MeshTranslation:
         keys = tuple(g.key for g in selected)
         return self._selection(("gateway", keys, address, source, style, caller), compute)
 
-    def _local_assignments(self, node: NodeClass) -> tuple[Resource, ...]:
+    def _local_assignments(
+        self, node: NodeClass, scope: Scope = EVERYTHING
+    ) -> tuple[Resource, ...]:
         """The ClusterLoadAssignments that ``node``'s locality changes (see
         ``locality.py``): they replace the shared ones in its snapshot. Memoized per
         (locality, labels failoverPriority names), and each assignment per what it is
@@ -500,10 +657,14 @@ class MeshTranslation:
         names = self._priority_label_names()
         labels = tuple((k, v) for k, v in node.labels if k in names)
 
+        clusters = scope.clusters
+
         def compute() -> list[Resource]:
             out: list[Resource] = []
             for service in self.mesh.services:
                 if service.resolution is not Resolution.STATIC:
+                    continue
+                if clusters is not None and service.key not in clusters:
                     continue
                 rule = self.mesh.destination_rule(service)
                 if rule is None or not _may_localize(rule):
@@ -514,7 +675,7 @@ class MeshTranslation:
                         out.append(self._local_assignment(spec, policy, node))
             return out
 
-        return self._selection(("local-cla", node.locality, labels), compute)
+        return self._selection(("local-cla", node.locality, labels, clusters), compute)
 
     def _priority_label_names(self) -> frozenset[str]:
         """Every label name a failoverPriority of the mesh names."""
@@ -541,21 +702,21 @@ class MeshTranslation:
 
         return self._shared(key, build)
 
-    def _grpc_listeners(self, caller: Caller) -> tuple[Resource, ...]:
-        """API listeners for every name of every HTTP service port, and their routes as
-        ``caller`` sees them."""
+    def _grpc_listeners(self, caller: Caller, scope: Scope = EVERYTHING) -> tuple[Resource, ...]:
+        """API listeners for every name of every HTTP service port ``scope`` shows, and
+        their routes as ``caller`` sees them."""
 
         def compute() -> list[Resource]:
             style = MatcherStyle.STRING_MATCH
             out: list[Resource] = []
             bare_seen: set[str] = set()
-            for group in self.port_groups():
+            for group, view in self._visible_groups(scope):
                 if not group.http:
                     continue
-                out.append(self._routes.port_routes(group, style, caller))
+                out.append(self._routes.port_routes(group, style, caller, view=view))
                 route_name = port_route_name(group.number)
                 suffix = f":{group.number}"
-                for spec in self._routes.vhosts_for_port(group):
+                for spec in self._routes.vhosts_for_port(group, view):
                     names = [d for d in spec.domains if d.endswith(suffix)]
                     if len(spec.service.ports) == 1:
                         bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
@@ -568,7 +729,7 @@ class MeshTranslation:
                         )  # fmt: skip
             return out
 
-        return self._selection(("grpc", caller), compute)
+        return self._selection(("grpc", caller, scope), compute)
 
     # -- EnvoyFilter ----------------------------------------------------------------
 
@@ -627,7 +788,11 @@ class MeshTranslation:
         return found
 
     def _apply_envoy_filters(
-        self, node: NodeClass, base: Snapshot, chosen: dict[Slot, Resource]
+        self,
+        node: NodeClass,
+        base: Snapshot,
+        chosen: dict[Slot, Resource],
+        base_scope: frozenset[ResourceKey] | None = None,
     ) -> dict[Slot, Patched]:
         """Patch ``chosen`` (the class's generated resources, in place) and the base's
         clusters with the EnvoyFilters that select ``node``; add what ADD patches create.
@@ -644,7 +809,7 @@ class MeshTranslation:
             result = self._patched_resource(resource, gateway, patches, hosts)
             if result[0] is not resource:
                 changes[slot] = result
-        for slot, result in self._patched_base(node, base, gateway, patches).items():
+        for slot, result in self._patched_base(node, base, gateway, patches, base_scope).items():
             if slot not in chosen:
                 changes[slot] = result
         for slot, result in changes.items():
@@ -728,15 +893,21 @@ class MeshTranslation:
         return found
 
     def _patched_base(
-        self, node: NodeClass, base: Snapshot, gateway: bool, patches: Sequence[Patch]
+        self,
+        node: NodeClass,
+        base: Snapshot,
+        gateway: bool,
+        patches: Sequence[Patch],
+        base_scope: frozenset[ResourceKey] | None = None,
     ) -> dict[Slot, Patched]:
         """The base's clusters that the cluster patches of ``node`` change or remove, by
-        slot; computed once per (flavor, those patches)."""
+        slot; computed once per (flavor, the services the base holds (``base_scope``,
+        None: all, as a Sidecar scopes it), those patches)."""
         context = PatchContext.GATEWAY if gateway else PatchContext.SIDECAR_OUTBOUND
         mine = relevant(patches, CLUSTER_FAMILY, context)
         if not any(p.operation in (PatchOperation.MERGE, PatchOperation.REMOVE) for p in mine):
             return {}
-        key: Key = ("base-patches", cluster_flavor(node), gateway, mine)
+        key: Key = ("base-patches", cluster_flavor(node), base_scope, gateway, mine)
         found = self._base_patches.get(key)
         if found is None:
             found = {}
@@ -802,16 +973,22 @@ class MeshTranslation:
         return self._raw
 
     def _updated(
-        self, node: NodeClass, flavor: ClusterFlavor, chosen: dict[tuple[str, str], Resource]
+        self,
+        node: NodeClass,
+        flavor: ClusterFlavor,
+        chosen: dict[tuple[str, str], Resource],
+        base_scope: frozenset[ResourceKey] | None,
     ) -> Snapshot | None:
         """``node``'s snapshot of the previous translation brought up to date with what
         changed in the base and in the class's own resources, when neither translation's
         own resources replace a base resource (None otherwise: build from the base).
         Costs one copy of each changed type's mapping instead of a merge per class."""
-        delta = self._bases.delta(flavor)
+        delta = self._bases.delta(flavor, base_scope)
         previous = self._prev_snapshots.get(node)
         before = self._prev_chosen.get(node)
         if delta is None or previous is None or before is None or before[1]:
+            return None
+        if before[2] != base_scope:  # built on another base: the delta does not apply
             return None
         old = before[0]
         added = [*delta[0], *(r for k, r in chosen.items() if old.get(k) is not r)]
@@ -827,6 +1004,7 @@ class MeshTranslation:
         base: Snapshot,
         chosen: dict[tuple[str, str], Resource],
         changes: Mapping[Slot, Patched] | None = None,
+        base_scope: frozenset[ResourceKey] | None = None,
     ) -> Snapshot:
         """The snapshot of ``base`` with the class's ``chosen`` resources, without those
         EnvoyFilter patches removed (``changes``: slot → (None, patches) for those). A
@@ -841,8 +1019,8 @@ class MeshTranslation:
         overlaps = bool(gone) or any(
             n in base.get(TypeUrl(t)) for t, n in chosen if t in _BASE_TYPES
         )
-        self._chosen[node] = (chosen, overlaps)
-        snapshot = None if overlaps else self._updated(node, flavor, chosen)
+        self._chosen[node] = (chosen, overlaps, base_scope)
+        snapshot = None if overlaps else self._updated(node, flavor, chosen, base_scope)
         if snapshot is None:
             removed: list[tuple[TypeUrl, str]] = [(TypeUrl(t), n) for t, n in gone]
             clusters = base.get(CLUSTER)
@@ -900,6 +1078,36 @@ def _patch_problems(
 
 
 _BASE_TYPES = (CLUSTER, ENDPOINT)
+#: What a class chose besides its base, whether that replaces any of the base, and which
+#: services its base holds (None: all).
+Chosen = tuple[dict[tuple[str, str], Resource], bool, frozenset[ResourceKey] | None]
+
+
+def _filter_groups(
+    groups: Iterable[PortGroup],
+    keep: frozenset[ResourceKey] | None,
+    taken: dict[int, set[ResourceKey]],
+    dropped: set[int],
+) -> Groups:
+    """``groups`` with only the members whose service ``keep`` holds (all when None) and
+    that ``taken`` does not list for the group's port, without the ports in ``dropped``
+    and the groups left empty; each with its view: None when nothing was left out, else
+    the keys of its members."""
+    out: Groups = []
+    for group in groups:
+        if group.number in dropped:
+            continue
+        gone = taken.get(group.number, ())
+        members = tuple(
+            (s, p)
+            for s, p in group.members
+            if (keep is None or s.key in keep) and s.key not in gone
+        )
+        if len(members) == len(group.members):
+            out.append((group, None))
+        elif members:
+            out.append((PortGroup(group.number, members), tuple(s.key for s, _ in members)))
+    return out
 
 
 def _policies(rule: DestinationRule) -> Iterable[TrafficPolicy]:

@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import Origin
 from xdsd.model.networking import (
+    ROOT_NAMESPACE,
     ApplyTo,
     ConfigPatch,
     EnvoyFilter,
@@ -52,9 +53,6 @@ from xdsd.model.service import ResourceKey
 from xdsd.resources import ensure_type_known, pack
 from xdsd.resources.patch_values import PATCH_VALUE_TYPES, parse_patch_value
 
-#: The namespace whose EnvoyFilters apply to every node (Istio's default
-#: ``meshConfig.rootNamespace``).
-ROOT_NAMESPACE = "istio-system"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
 #: What patches each kind of resource (listeners carry inline route configurations).

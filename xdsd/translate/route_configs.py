@@ -14,6 +14,12 @@ A route configuration also depends on the ``Caller`` (the labels and namespace o
 proxy, reduced to what the mesh's ``sourceLabels``/``sourceNamespace`` name): each is
 kept per (name, matcher style, caller), so proxies whose labels no rule looks at share
 one object.
+
+A node that a Sidecar limits sees only some services: its route configurations are built
+from port groups holding just those (``view`` names them; None for the unscoped ones),
+with a catch-all virtual host answering 502 under an explicit REGISTRY_ONLY policy
+(``block_unknown``), and are kept per (name, style, caller, view, block_unknown): nodes
+that see the same services share them, across reloads too.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from xdsd.translate.routes import (
     proxy_domains,
 )
 
+#: A route configuration's memo key: (name, style, caller, view, block_unknown).
+ConfigKey = tuple[str, MatcherStyle, Caller, Hashable, bool]
+
 
 class RouteConfigs:
     """The route configurations of one mesh, per matcher style (see the module doc).
@@ -46,10 +55,10 @@ class RouteConfigs:
     def __init__(self, mesh: Mesh, *, previous: RouteConfigs | None = None) -> None:
         self.mesh = mesh
         self._builders: dict[MatcherStyle, RouteBuilder] = {}
-        self._configs: dict[tuple[str, MatcherStyle, Caller], RouteConfigEntry] = {}
+        self._configs: dict[ConfigKey, RouteConfigEntry] = {}
         self._relevance: Relevance | None = None
-        self._port_vhosts: dict[int, list[VirtualHostSpec]] = {}
-        self._group_inputs: dict[tuple[int, MatcherStyle], tuple[Hashable, ...]] = {}
+        self._port_vhosts: dict[tuple[int, Hashable], list[VirtualHostSpec]] = {}
+        self._group_inputs: dict[tuple[int, MatcherStyle, Hashable], tuple[Hashable, ...]] = {}
         self._prev_configs = previous._configs if previous is not None else {}
         self._prev_routes = (
             {style: b.memo for style, b in previous._builders.items()}
@@ -72,9 +81,11 @@ class RouteConfigs:
             self._relevance = self.builder(MatcherStyle.STRING_MATCH).relevance()
         return caller_of(labels, namespace, self._relevance)
 
-    def vhosts_for_port(self, group: PortGroup) -> list[VirtualHostSpec]:
-        """The virtual hosts of the per-port route configuration of ``group``."""
-        found = self._port_vhosts.get(group.number)
+    def vhosts_for_port(self, group: PortGroup, view: Hashable = None) -> list[VirtualHostSpec]:
+        """The virtual hosts of the per-port route configuration of ``group`` (``view``:
+        which services of the port it holds, None for all of them)."""
+        key = (group.number, view)
+        found = self._port_vhosts.get(key)
         if found is None:
             # Services of resolution NONE are reached through the HTTP proxy only (see
             # ``forward_proxy``).
@@ -83,32 +94,49 @@ class RouteConfigs:
                 for service, port in group.http
                 if service.resolution is not Resolution.NONE
             )
-            self._port_vhosts[group.number] = found
+            self._port_vhosts[key] = found
         return found
 
     def port_routes(
-        self, group: PortGroup, style: MatcherStyle, caller: Caller = NO_CALLER
+        self,
+        group: PortGroup,
+        style: MatcherStyle,
+        caller: Caller = NO_CALLER,
+        *,
+        view: Hashable = None,
+        name: str = "",
+        block_unknown: bool = False,
     ) -> Resource:
-        """The route configuration named like ``group``'s port, as ``caller`` sees it.
+        """The route configuration of ``group``'s port (named like the port unless
+        ``name`` is given), as ``caller`` sees it; ``view`` says which services of the
+        port ``group`` holds (None: all of them), ``block_unknown`` adds the REGISTRY_ONLY
+        catch-all.
 
         Raises TranslationError listing every rule that cannot be translated.
         """
-        name = port_route_name(group.number)
+        name = name or port_route_name(group.number)
         builder = self.builder(style)
         return self._config(
-            name,
-            style,
-            caller,
-            self._inputs_of_group(group, style),
-            lambda: builder.route_configuration(name, self.vhosts_for_port(group), caller),
+            (name, style, caller, view, block_unknown),
+            self._inputs_of_group(group, style, view),
+            lambda: builder.route_configuration(
+                name, self.vhosts_for_port(group, view), caller, block_unknown=block_unknown
+            ),
         )
 
     def proxy_routes(
-        self, groups: Sequence[PortGroup], style: MatcherStyle, caller: Caller = NO_CALLER
+        self,
+        groups: Sequence[PortGroup],
+        style: MatcherStyle,
+        caller: Caller = NO_CALLER,
+        *,
+        view: Hashable = None,
+        block_unknown: bool = False,
     ) -> Resource:
         """The ``http_proxy`` route configuration over every HTTP service port of
-        ``groups``, as ``caller`` sees it. Raises TranslationError as ``port_routes``
-        does."""
+        ``groups``, as ``caller`` sees it (``view`` and ``block_unknown`` as for
+        ``port_routes``; ``view`` must tell apart every selection ``groups`` may be).
+        Raises TranslationError as ``port_routes`` does."""
         builder = self.builder(style)
 
         def build() -> Any:
@@ -117,14 +145,18 @@ class RouteConfigs:
                 for group in groups
                 for service, port in group.http
             )
-            return builder.route_configuration(HTTP_PROXY_ROUTES, vhosts, caller)
+            return builder.route_configuration(
+                HTTP_PROXY_ROUTES, vhosts, caller, block_unknown=block_unknown
+            )
 
-        inputs = tuple(self._inputs_of_group(g, style) for g in groups)
-        return self._config(HTTP_PROXY_ROUTES, style, caller, inputs, build)
+        inputs = tuple(self._inputs_of_group(g, style, view) for g in groups)
+        return self._config((HTTP_PROXY_ROUTES, style, caller, view, block_unknown), inputs, build)
 
-    def _inputs_of_group(self, group: PortGroup, style: MatcherStyle) -> tuple[Hashable, ...]:
+    def _inputs_of_group(
+        self, group: PortGroup, style: MatcherStyle, view: Hashable
+    ) -> tuple[Hashable, ...]:
         """What the virtual hosts of a port group's HTTP services are made of."""
-        key = (group.number, style)
+        key = (group.number, style, view)
         found = self._group_inputs.get(key)
         if found is None:
             builder = self.builder(style)
@@ -143,22 +175,16 @@ class RouteConfigs:
         return found
 
     def _config(
-        self,
-        name: str,
-        style: MatcherStyle,
-        caller: Caller,
-        inputs: tuple[Hashable, ...],
-        build: Callable[[], Any],
+        self, key: ConfigKey, inputs: tuple[Hashable, ...], build: Callable[[], Any]
     ) -> Resource:
         """The route configuration ``build`` makes, memoized in this translation and taken
         over from the previous one when its ``inputs`` compare equal."""
-        key = (name, style, caller)
         found = self._configs.get(key)
         if found is None:
             old = self._prev_configs.get(key)
             if old is not None and old.inputs == inputs:
                 found = old
             else:
-                found = RouteConfigEntry(inputs, Resource.of(name, build()))
+                found = RouteConfigEntry(inputs, Resource.of(key[0], build()))
             self._configs[key] = found
         return found.resource

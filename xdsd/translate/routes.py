@@ -87,6 +87,9 @@ PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 #: The status of a route whose destinations name no known service.
 NO_DESTINATION_STATUS = 503
+#: The catch-all virtual host of a REGISTRY_ONLY node, and what it answers (Istio's).
+BLOCK_ALL = "block_all"
+BLOCKED_STATUS = 502
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +182,16 @@ class RouteBuilder:
         return relevance_of(dict.fromkeys(self._rules.values()))
 
     def route_configuration(
-        self, name: str, vhosts: Sequence[VirtualHostSpec], caller: Caller = NO_CALLER
+        self,
+        name: str,
+        vhosts: Sequence[VirtualHostSpec],
+        caller: Caller = NO_CALLER,
+        *,
+        block_unknown: bool = False,
     ) -> Any:
         """The ``RouteConfiguration`` ``name`` with one virtual host per spec, in order,
-        as ``caller`` sees it.
+        as ``caller`` sees it; with ``block_unknown`` (a Sidecar's REGISTRY_ONLY), a last
+        virtual host ``block_all`` for any other host answers 502, as Istio's does.
 
         Raises TranslationError listing every rule that cannot be translated (a
         destination port or subset that does not exist, an ambiguous destination port).
@@ -199,6 +208,12 @@ class RouteBuilder:
                 problems.extend(p for p in err.problems if p not in problems)
         if problems:
             raise TranslationError(problems)
+        if block_unknown:
+            block = config.virtual_hosts.add(name=BLOCK_ALL)
+            block.domains.append("*")
+            route = block.routes.add(name=BLOCK_ALL)
+            route.match.prefix = "/"
+            route.direct_response.status = BLOCKED_STATUS
         return config
 
     def routes(self, service: Service, port: int, caller: Caller = NO_CALLER) -> list[Any]:

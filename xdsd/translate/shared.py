@@ -9,12 +9,17 @@ The base of the next translation is the previous base with the resources of the 
 that changed put in and those of removed services taken out (``Snapshot.extend``), and
 that difference (``delta``) lets each class's own snapshot be brought up to date the same
 way instead of being merged again from the base.
+
+A node that a Sidecar limits to some services gets a *scoped* base instead: the resources
+of those services only, built from the same per-service parts, one per (flavor, set of
+services) and carried across reloads the same way, so nodes that see the same set share
+it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
@@ -25,6 +30,8 @@ from xdsd.translate.reuse import ServiceParts
 
 #: Resources put in and (type, name) of resources taken out.
 Delta = tuple[list[Resource], list[tuple[TypeUrl, str]]]
+#: Which base: the flavor, and the services of a scoped base (None: every service).
+BaseKey = tuple[ClusterFlavor, frozenset[ResourceKey] | None]
 
 
 class SharedClusters:
@@ -42,8 +49,10 @@ class SharedClusters:
         self._timings = timings
         # Only what this translation used is handed on: no chain of translations is kept.
         self._parts: dict[ResourceKey, ServiceParts] = {}
-        self._bases: dict[ClusterFlavor, Snapshot | TranslationError] = {}
-        self._deltas: dict[ClusterFlavor, Delta] = {}
+        self._bases: dict[BaseKey, Snapshot | TranslationError] = {}
+        self._deltas: dict[BaseKey, Delta] = {}
+        # Per flavor: the services whose parts differ from the previous translation's.
+        self._changed: dict[ClusterFlavor, list[ResourceKey] | TranslationError] = {}
         self._prev_parts = previous._parts if previous is not None else {}
         self._prev_bases = previous._bases if previous is not None else {}
 
@@ -52,42 +61,64 @@ class SharedClusters:
         flavor: ClusterFlavor,
         cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
         assignment: Callable[[OutboundCluster], Resource],
+        scope: frozenset[ResourceKey] | None = None,
     ) -> Snapshot:
-        """The outbound clusters of ``flavor`` and the assignments of the EDS ones;
-        ``cluster(spec, flavor)`` and ``assignment(spec)`` build one resource each.
+        """The outbound clusters of ``flavor`` and the assignments of the EDS ones, of
+        every service or only of the services ``scope`` names; ``cluster(spec, flavor)``
+        and ``assignment(spec)`` build one resource each.
 
         Raises TranslationError (remembered, raised again on every call) when a
         cluster cannot be built.
         """
-        found = self._bases.get(flavor)
+        key: BaseKey = (flavor, scope)
+        found = self._bases.get(key)
         if found is None:
-            try:
-                changed = self._build_parts(flavor, cluster, assignment)
-            except TranslationError as err:
-                found = TranslationError(err.problems)  # without its traceback
+            changed = self._changed.get(flavor)
+            if changed is None:
+                try:
+                    changed = self._build_parts(flavor, cluster, assignment)
+                except TranslationError as err:
+                    changed = TranslationError(err.problems)  # without its traceback
+                self._changed[flavor] = changed
+            if isinstance(changed, TranslationError):
+                found = TranslationError(changed.problems)
             else:
                 started = time.perf_counter()
-                previous = self._prev_bases.get(flavor)
-                if isinstance(previous, Snapshot):
-                    delta = self._changes(flavor, changed)
-                    found = Snapshot.extend(previous, delta[0], removed=delta[1])
-                    self._deltas[flavor] = delta
-                else:
-                    found = Snapshot.build(
-                        r
-                        for parts in self._parts.values()
-                        for r in (*parts.clusters[flavor.value], *parts.assignments[flavor.value])
-                    )
+                found = self._assemble(key, changed)
                 self._timings["snapshot"] += time.perf_counter() - started
-            self._bases[flavor] = found
+            self._bases[key] = found
         if isinstance(found, TranslationError):
             raise TranslationError(found.problems)
         return found
 
-    def delta(self, flavor: ClusterFlavor) -> Delta | None:
-        """How ``base(flavor)`` differs from the previous translation's (None when it
-        was built from scratch)."""
-        return self._deltas.get(flavor)
+    def _assemble(self, key: BaseKey, changed: list[ResourceKey]) -> Snapshot:
+        """The base ``key`` names: the previous translation's with the changes applied,
+        else built from the parts."""
+        flavor, scope = key
+        tag = flavor.value
+        previous = self._prev_bases.get(key)
+        if isinstance(previous, Snapshot):
+            if scope is None:
+                delta = self._changes(flavor, changed)
+            else:  # an equal scope names services that exist in both meshes
+                delta = self._changes(flavor, [k for k in changed if k in scope], gone=False)
+            self._deltas[key] = delta
+            return Snapshot.extend(previous, delta[0], removed=delta[1])
+        chosen: Iterable[ServiceParts]
+        if scope is None:
+            chosen = self._parts.values()
+        else:
+            chosen = [self._parts[k] for k in sorted(scope) if k in self._parts]
+        return Snapshot.build(
+            r for parts in chosen for r in (*parts.clusters[tag], *parts.assignments[tag])
+        )
+
+    def delta(
+        self, flavor: ClusterFlavor, scope: frozenset[ResourceKey] | None = None
+    ) -> Delta | None:
+        """How ``base(flavor, scope=scope)`` differs from the previous translation's
+        (None when it was built from scratch)."""
+        return self._deltas.get((flavor, scope))
 
     def _build_parts(
         self,
@@ -140,9 +171,11 @@ class SharedClusters:
             raise TranslationError(problems)
         return changed
 
-    def _changes(self, flavor: ClusterFlavor, changed: list[ResourceKey]) -> Delta:
+    def _changes(
+        self, flavor: ClusterFlavor, changed: list[ResourceKey], *, gone: bool = True
+    ) -> Delta:
         """The resources of the ``changed`` services, and the names of those they no
-        longer have (or of services that are gone)."""
+        longer have (and, with ``gone``, of services that are gone)."""
         tag = flavor.value
         added: list[Resource] = []
         removed: list[tuple[TypeUrl, str]] = []
@@ -158,7 +191,7 @@ class SharedClusters:
                     if (r.type_url, r.name) not in names
                 )
             added.extend(new)
-        for key in self._prev_parts.keys() - self._parts.keys():
+        for key in self._prev_parts.keys() - self._parts.keys() if gone else ():
             old = self._prev_parts[key]
             removed.extend(
                 (r.type_url, r.name)

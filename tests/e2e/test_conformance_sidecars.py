@@ -1,0 +1,95 @@
+"""Istio's own test configuration that uses the Sidecar kind (``testdata/none.yaml``,
+``se-example.yaml``, ``se-example-gw.yaml``): each loads, and for a node of each
+Sidecar's namespace the configuration xdsd renders passes ``envoy --mode validate``.
+
+A file that fails to load for a reason outside the Sidecar kind (another kind not
+translated yet) is an expected failure naming those problems; any problem on a Sidecar
+document fails the test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.traffic import CertAuthority
+from tests.harness import envoy_binary
+from tests.paths import CONFORMANCE
+from xdsd.errors import ConfigError, Problem
+from xdsd.resources import LISTENER
+from xdsd.sources import load_directory
+from xdsd.translate import MeshTranslation, NodeClass, render_static
+
+TESTDATA = CONFORMANCE / "istio" / "testdata"
+FILES = ["none.yaml", "se-example.yaml", "se-example-gw.yaml"]
+#: Certificate files the files' DestinationRules name, relative to the config directory.
+CERTS = ("tests/testdata/certs/default/cert-chain.pem", "tests/testdata/certs/default/key.pem",
+         "tests/testdata/certs/default/root-cert.pem")  # fmt: skip
+
+
+def test_every_file_with_a_sidecar_is_covered() -> None:
+    using = sorted(p.name for p in TESTDATA.glob("*.yaml") if "kind: Sidecar" in p.read_text())
+    assert using == sorted(FILES)
+
+
+def _sidecar_lines(path: Path) -> set[int]:
+    """The first line of each Sidecar document of ``path``."""
+    lines: set[int] = set()
+    start = 1
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if text.startswith("---"):
+            start = number + 1
+        if text.strip() == "kind: Sidecar":
+            lines.add(start)
+    return lines
+
+
+def _workdir(tmp_path: Path, name: str) -> Path:
+    root = tmp_path / "config"
+    root.mkdir()
+    shutil.copy(TESTDATA / name, root)
+    ca = CertAuthority(tmp_path / "ca")
+    files = ca.issue("client", ["client.example"])
+    for rel, src in zip(CERTS, (files.cert, files.key, files.ca), strict=True):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / rel)
+    return root
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_sidecar_file_loads_and_envoy_accepts_the_result(name: str, tmp_path: Path) -> None:
+    root = _workdir(tmp_path, name)
+    try:
+        mesh = load_directory(str(root)).mesh
+    except ConfigError as e:
+        sidecar_docs = _sidecar_lines(root / name)
+        mine = [p for p in e.problems if p.path.endswith(name) and p.line in sidecar_docs]
+        assert mine == [], [str(p) for p in mine]
+        pytest.xfail("not loadable before other kinds are translated: " + _brief(e.problems))
+    assert mesh.sidecars
+    for sidecar in mesh.sidecars:
+        service = next((s.name for s in mesh.services if s.namespace == sidecar.namespace), "app")
+        node = NodeClass(
+            service, namespace=sidecar.namespace, labels=sidecar.workload_selector,
+            instance_ip="127.0.0.2",
+        )  # fmt: skip
+        translation = MeshTranslation(mesh)
+        assert translation.sidecar(node) is sidecar
+        snapshot = translation.snapshot_for(node)
+        inbound = {n for n in snapshot.get(LISTENER) if n.startswith("inbound|")}
+        assert inbound == {f"inbound|127.0.0.2|{i.port.number}" for i in sidecar.ingress}
+        config = render_static(mesh, node, node_id=f"{service}-{sidecar.name}", admin_port=0)
+        path = tmp_path / f"{sidecar.namespace}-{sidecar.name}.json"
+        path.write_text(json.dumps(config))
+        proc = subprocess.run(
+            [envoy_binary(), "--mode", "validate", "-c", str(path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _brief(problems: tuple[Problem, ...] | list[Problem]) -> str:
+    return "; ".join(f"line {p.line}: {p.field}: {p.message}" for p in problems)
