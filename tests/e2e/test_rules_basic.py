@@ -3,6 +3,9 @@ Envoy sidecar configured by xdsd (one mesh for the module; each test its own hos
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +76,50 @@ spec:
 """
 
 
+class WebSocketEcho:
+    """A server that accepts an HTTP/1.1 ``Upgrade: websocket`` request with 101 and then
+    echoes raw bytes (framing is the endpoints' business; Envoy just relays them)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.labels: dict[str, str] = {}
+        self.locality = ""
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                if b"upgrade: websocket" not in head.lower():
+                    self.request.sendall(
+                        b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n"
+                    )
+                    return
+                self.request.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\n"
+                )
+                if rest:
+                    self.request.sendall(rest)
+                while chunk := self.request.recv(4096):
+                    self.request.sendall(chunk)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server((host, port), Handler)
+        self.host, self.port = host, port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Mesh:
     def __init__(self, tmp: Path) -> None:
         self.mesh = TrafficMesh(tmp)
@@ -85,6 +132,9 @@ class Mesh:
         m.service("split", self.split.values())
         m.service("slow", [self.slow])
         m.service("flaky", [self.flaky])
+        self.ws = WebSocketEcho(m.ip(), m.port)
+        m._things.append(self.ws)  # stopped with the mesh
+        m.service("ws", [self.ws])  # type: ignore[list-item]
         m.rule("rules", RULES)
         self.client: Sidecar = m.start()
 
@@ -149,3 +199,32 @@ def test_retries_hide_a_flaky_upstream(world: Mesh) -> None:
     world.flaky.fail_next = 10  # more failures than attempts: the caller sees the 503
     assert c.request("flaky").status == 503
     world.flaky.reset()
+
+
+def test_websocket_upgrade_passes_through_the_sidecar(world: Mesh) -> None:
+    """Every HTTP listener lets requests upgrade to WebSocket (Istio's upgrade_configs;
+    the obsolete http[].websocketUpgrade is accepted as a no-op): the 101 comes back and
+    bytes then flow both ways through Envoy."""
+    c = world.client
+
+    def upgrade() -> bytes:
+        with socket.create_connection((c.outbound_ip, world.mesh.port), timeout=5) as s:
+            s.sendall(
+                b"GET /chat HTTP/1.1\r\nHost: ws\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 101"):
+                return head
+            s.sendall(b"\x81\x05hello")
+            return head + b"|" + s.recv(4096)
+
+    c.wait_for(lambda: upgrade().startswith(b"HTTP/1.1 101"), "the upgrade to be served")
+    reply = upgrade()
+    assert reply.split(b"|", 1)[1] == b"\x81\x05hello", reply

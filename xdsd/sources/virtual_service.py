@@ -96,6 +96,17 @@ def _parse_http_route(f: Fields) -> HTTPRoute:
     mirrors = _parse_mirrors(f)
     cors = _parse_cors(f.obj("corsPolicy"))
     headers = _parse_headers(f.obj("headers"))
+    if f.has("websocketUpgrade"):
+        # Istio's v1alpha3 field, long gone from its API: every xdsd HTTP listener lets
+        # requests upgrade to WebSocket, so ``true`` asks for what already happens.
+        if f.boolean("websocketUpgrade"):
+            f.warn(
+                "websocketUpgrade", "is obsolete (WebSocket upgrades are always allowed): remove it"
+            )
+        else:
+            f.error(
+                "websocketUpgrade", "false is not supported: WebSocket upgrades are always allowed"
+            )
     f.finish(HTTP_ROUTE_UNSUPPORTED)
     return HTTPRoute(
         name, match, route, timeout, retries, redirect, direct, rewrite, fault, mirrors,

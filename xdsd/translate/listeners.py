@@ -77,12 +77,14 @@ def http_connection_manager(
     route_config: Any | None = None,
     allow_absolute_url: bool = False,
     filters: tuple[str, ...] = (),
+    websocket: bool = True,
 ) -> Any:
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
     (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY; ``filters``
     (names from ``RULE_FILTERS``, and the dynamic forward proxy) run before the router
-    with their default configuration."""
+    with their default configuration. ``websocket`` lets requests upgrade to WebSocket,
+    as Istio's listeners do (off for proxyless gRPC, which has no upgrades)."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -94,6 +96,8 @@ def http_connection_manager(
         hcm.route_config.CopyFrom(route_config)
     if allow_absolute_url:
         hcm.http_protocol_options.allow_absolute_url.value = True
+    if websocket:
+        hcm.upgrade_configs.add(upgrade_type="websocket")
     for name in filters:
         hcm.http_filters.add(name=name).typed_config.CopyFrom(pack(_FILTER_CONFIGS[name]()))
     router = hcm.http_filters.add(name=ROUTER_FILTER)
@@ -225,7 +229,8 @@ def api_listener(name: str, route_config_name: str) -> Any:
     ``route_config_name`` over ADS (the only config source gRPC accepts)."""
     listener = listener_pb2.Listener(name=name)
     hcm = http_connection_manager(
-        name, rds=(route_config_name, ConfigSourceKind.ADS), filters=(FAULT_FILTER,)
-    )
+        name, rds=(route_config_name, ConfigSourceKind.ADS), filters=(FAULT_FILTER,),
+        websocket=False,
+    )  # fmt: skip
     listener.api_listener.api_listener.CopyFrom(pack(hcm))
     return listener
