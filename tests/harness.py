@@ -34,6 +34,17 @@ def envoy_binary() -> str:
     return found
 
 
+def envoy_accepts(config: Any, path: Path) -> None:
+    """Write ``config`` (an Envoy bootstrap as JSON data) to ``path`` and assert that
+    ``envoy --mode validate`` accepts it (Envoy's own words in the failure)."""
+    path.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now."""
     with socket.socket() as s:

@@ -8,16 +8,14 @@ written beside it, as ``test_conformance_gateways`` does."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_conformance_gateways import SE_GW_SERVICES
 from tests.e2e.traffic import CertAuthority
-from tests.harness import envoy_binary
+from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE
 from xdsd.resources import LISTENER
 from xdsd.sources import load_directory
@@ -83,10 +81,4 @@ def test_sidecar_file_loads_and_envoy_accepts_the_result(name: str, tmp_path: Pa
         )
         assert inbound == {f"inbound|127.0.0.2|{n}" for n in ports}
         config = render_static(mesh, node, node_id=f"{service}-{sidecar.name}", admin_port=0)
-        path = tmp_path / f"{sidecar.namespace}-{sidecar.name}.json"
-        path.write_text(json.dumps(config))
-        proc = subprocess.run(
-            [envoy_binary(), "--mode", "validate", "-c", str(path)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        envoy_accepts(config, tmp_path / f"{sidecar.namespace}-{sidecar.name}.json")
