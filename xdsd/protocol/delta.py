@@ -1,0 +1,314 @@
+"""``DeltaStream``: the incremental (delta) xDS protocol for one stream, without I/O.
+
+How this works: a transport makes one ``DeltaStream`` per delta gRPC stream (ADS, or a
+per-type service with its ``type_url``) and feeds it every ``DeltaDiscoveryRequest`` it
+reads (``on_request``) and every new snapshot of the client's node class
+(``on_snapshot``); both return the events to act on, in order (``Ack``/``Nack`` to
+record, ``DeltaResponse``s to send). Client protocol errors raise ``ProtocolError``.
+
+Per type the stream keeps the subscription (wildcard flag and names) and what the client
+holds, by name, as far as the stream knows: the per-resource version it was last sent
+(a content hash: ``resource_version``), or what the first request's
+``initial_resource_versions`` said it had after a reconnect. Rules
+(../shared/PROTOCOL.md, "Delta"):
+
+- Every request's subscribe and unsubscribe lists are applied; there is no stale-nonce
+  drop. A request whose ``response_nonce`` is the outstanding response's is its ACK (or
+  NACK, with ``error_detail``); other nonces only carry subscription changes.
+- A response carries the subscribed resources whose version differs from what the client
+  holds, and in ``removed_resources`` the names the client holds that are gone or no longer
+  subscribed, and the subscribed names that do not exist (once each, so the client stops
+  waiting for them).
+- A NACKed response leaves its content recorded as held, so it is not sent again until it
+  changes.
+- The first response to a wildcard subscription is sent even when empty, unless the
+  client resumed (said what it holds) and holds exactly what it would be sent.
+- One response per type is outstanding at a time. On ADS, types are answered in push order
+  (CDS, EDS, LDS, RDS, SDS); a CDS response that adds or changes clusters holds LDS and RDS
+  until it is answered and makes those clusters' assignments due again (Envoy warms a
+  cluster until it gets one). A removed cluster is announced removed only once no listener
+  or route configuration the client holds references it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.protocol import WILDCARD, Ack, Nack, ProtocolError
+from xdsd.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    WILDCARD_TYPES,
+    Resource,
+    TypeUrl,
+    Version,
+)
+
+#: The types a delta stream serves.
+KNOWN_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
+
+
+def resource_version(resource: Resource) -> str:
+    """A resource's delta version: its content hash (the same for every client and every
+    replica, so a reconnecting client's ``initial_resource_versions`` compare)."""
+    return resource.digest[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaResponse:
+    """A delta response to send: ``resources`` (changed, in name order) and ``removed``
+    names of ``type_url``; ``version`` is the snapshot's version of the type (the
+    ``system_version_info``, for status and debugging only)."""
+
+    type_url: TypeUrl
+    version: Version
+    nonce: str
+    resources: tuple[Resource, ...]
+    removed: tuple[str, ...]
+
+    def to_proto(self) -> discovery_pb2.DeltaDiscoveryResponse:
+        """The ``DeltaDiscoveryResponse`` message for this response."""
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=self.version,
+            type_url=self.type_url,
+            nonce=self.nonce,
+            resources=[
+                discovery_pb2.Resource(
+                    name=r.name, version=resource_version(r), resource=r.to_any()
+                )
+                for r in self.resources
+            ],
+            removed_resources=list(self.removed),
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the resources carried, in order."""
+        return tuple(r.name for r in self.resources)
+
+
+DeltaEvent = DeltaResponse | Ack | Nack
+
+
+@dataclass(slots=True)
+class _DeltaType:
+    """Everything a delta stream knows about one type (mutable, private)."""
+
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    held: dict[str, str] = field(default_factory=dict)  # name → version the client holds
+    sent: dict[str, Resource] = field(default_factory=dict)  # what was sent, by name
+    dropped: set[str] = field(default_factory=set)  # unsubscribed: announce removed
+    absent: set[str] = field(default_factory=set)  # announced as not existing
+    responded: bool = False
+    resumed: bool = False  # the first request said what the client holds (a reconnect)
+    nonce: str = ""  # the outstanding response's nonce ("": none outstanding)
+    version: str = ""  # its system version
+    updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
+
+
+class DeltaStream:
+    """The protocol state of one delta stream: ADS when ``type_url`` is None, else the
+    per-type stream of ``type_url``. Not thread-safe; one stream, one task."""
+
+    def __init__(self, type_url: TypeUrl | None = None, snapshot: Snapshot | None = None) -> None:
+        if type_url is not None and type_url not in KNOWN_TYPES:
+            raise ValueError(f"no delta service for type {type_url!r}")
+        self._type_url = type_url
+        self._snapshot = snapshot
+        self._node: base_pb2.Node | None = None
+        self._types: dict[TypeUrl, _DeltaType] = {}
+        self._counter = 0
+
+    @property
+    def ads(self) -> bool:
+        """True for an aggregated stream carrying every type."""
+        return self._type_url is None
+
+    @property
+    def node(self) -> base_pb2.Node | None:
+        """The client's node from its first request (None before it)."""
+        return self._node
+
+    def held(self, type_url: TypeUrl) -> dict[str, str]:
+        """What the client holds of ``type_url``, by name: the version (a copy)."""
+        state = self._types.get(type_url)
+        return dict(state.held) if state is not None else {}
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaEvent]:
+        """Process one request: its ACK/NACK, its subscription changes, what to send now.
+
+        Raises ProtocolError (INVALID_ARGUMENT) when the first request has no node, when an
+        ADS request has no type URL, when a per-type stream is asked for another type, or
+        when the type is not one this server serves.
+        """
+        if self._node is None:
+            if not request.HasField("node"):
+                raise ProtocolError("INVALID_ARGUMENT", "the first request must carry node")
+            self._node = request.node
+        type_url = self._type_of(request)
+        events: list[DeltaEvent] = []
+        state = self._types.get(type_url)
+        if state is None:
+            state = self._types[type_url] = _DeltaType()
+            state.held.update(request.initial_resource_versions)
+            state.resumed = bool(request.initial_resource_versions)
+            if type_url in WILDCARD_TYPES and not request.resource_names_subscribe:
+                state.wildcard = True  # the legacy wildcard: a first request naming nothing
+        elif state.nonce and request.response_nonce == state.nonce:
+            events.append(_answer(type_url, state, request))
+            state.nonce = ""
+            state.updates_in_flight = False
+        for name in request.resource_names_subscribe:
+            if name == WILDCARD:
+                state.wildcard = True
+            else:
+                state.names.add(name)
+                state.dropped.discard(name)
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                state.wildcard = False
+                continue
+            state.names.discard(name)
+            state.absent.discard(name)
+            if name in state.held:
+                state.dropped.add(name)
+        events.extend(self._push())
+        return events
+
+    def on_snapshot(self, snapshot: Snapshot) -> list[DeltaResponse]:
+        """Serve from ``snapshot`` from now on; returns the responses it makes due."""
+        self._snapshot = snapshot
+        return self._push()
+
+    def _type_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> TypeUrl:
+        type_url = TypeUrl(request.type_url)
+        if self._type_url is None:
+            if not type_url:
+                raise ProtocolError("INVALID_ARGUMENT", "an ADS request must carry type_url")
+        elif not type_url:
+            type_url = self._type_url
+        elif type_url != self._type_url:
+            raise ProtocolError(
+                "INVALID_ARGUMENT", f"{type_url} requested on the {self._type_url} service"
+            )
+        if type_url not in KNOWN_TYPES:
+            raise ProtocolError("INVALID_ARGUMENT", f"unknown type_url {type_url!r}")
+        return type_url
+
+    def _push(self) -> list[DeltaResponse]:
+        snap = self._snapshot
+        if snap is None:
+            return []
+        out: list[DeltaResponse] = []
+        # CDS once more at the end: removals that the LDS/RDS just sent released.
+        for type_url in (*PUSH_ORDER, CLUSTER):
+            state = self._types.get(type_url)
+            if state is None or state.nonce:
+                continue
+            if type_url in (LISTENER, ROUTE) and self._clusters_warming(snap):
+                continue
+            response = self._respond(type_url, state, snap)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _wanted(self, state: _DeltaType, snap: Snapshot, type_url: TypeUrl) -> set[str]:
+        bucket = snap.get(type_url)
+        if state.wildcard:
+            return set(bucket) | state.names
+        return set(state.names)
+
+    def _respond(
+        self, type_url: TypeUrl, state: _DeltaType, snap: Snapshot
+    ) -> DeltaResponse | None:
+        bucket = snap.get(type_url)
+        wanted = self._wanted(state, snap, type_url)
+        changed = [
+            bucket[n]
+            for n in sorted(wanted)
+            if n in bucket and state.held.get(n) != resource_version(bucket[n])
+        ]
+        removed = set(state.dropped)
+        removed.update(n for n in state.held if n not in bucket or n not in wanted)
+        if type_url == CLUSTER and self.ads:
+            removed -= self._clusters_still_used()
+        missing = {n for n in state.names if n not in bucket and n not in state.held}
+        removed.update(missing - state.absent)
+        first_wildcard = not state.responded and state.wildcard and not state.resumed
+        if not changed and not removed and not first_wildcard:
+            return None
+        if type_url == CLUSTER:
+            self._note_cluster_updates(state, changed)
+        for r in changed:
+            state.held[r.name] = resource_version(r)
+            state.sent[r.name] = r
+            state.absent.discard(r.name)
+        for n in removed:
+            state.held.pop(n, None)
+            state.sent.pop(n, None)
+        state.absent |= missing
+        state.dropped.clear()
+        self._counter += 1
+        state.nonce = str(self._counter)
+        state.version = snap.version(type_url)
+        state.responded = True
+        return DeltaResponse(
+            type_url, snap.version(type_url), state.nonce, tuple(changed), tuple(sorted(removed))
+        )
+
+    def _clusters_still_used(self) -> set[str]:
+        """Clusters a listener or route configuration the client holds references."""
+        used: set[str] = set()
+        for type_url in (LISTENER, ROUTE):
+            state = self._types.get(type_url)
+            if state is None:
+                continue
+            for r in state.sent.values():
+                used.update(name for t, name in r.references if t == CLUSTER)
+        return used
+
+    def _note_cluster_updates(self, state: _DeltaType, changed: Iterable[Resource]) -> None:
+        """Before sending CDS: note whether it adds or changes clusters (ADS holds LDS/RDS
+        until it is answered), and make each such cluster's assignment due again."""
+        changed = list(changed)
+        state.updates_in_flight = bool(changed)
+        endpoints = self._types.get(ENDPOINT)
+        if not self.ads or endpoints is None:
+            return
+        for r in changed:
+            for type_url, name in r.references:
+                if type_url == ENDPOINT:
+                    endpoints.held.pop(name, None)
+
+    def _clusters_warming(self, snap: Snapshot) -> bool:
+        """ADS only: LDS and RDS wait while a CDS response that adds or changes clusters
+        is outstanding, or while CDS has changes not yet sent."""
+        state = self._types.get(CLUSTER)
+        if not self.ads or state is None:
+            return False
+        if state.nonce and state.updates_in_flight:
+            return True
+        bucket = snap.get(CLUSTER)
+        wanted = self._wanted(state, snap, CLUSTER)
+        return any(n in bucket and state.held.get(n) != resource_version(bucket[n]) for n in wanted)
+
+
+def _answer(
+    type_url: TypeUrl, state: _DeltaType, request: discovery_pb2.DeltaDiscoveryRequest
+) -> Ack | Nack:
+    """The ACK or NACK ``request`` is of the outstanding response (delta requests carry no
+    version: a NACK's kept version is unknown, so empty)."""
+    version = Version(state.version)
+    if request.HasField("error_detail"):
+        detail = request.error_detail
+        return Nack(type_url, Version(""), state.nonce, version, detail.code, detail.message)
+    return Ack(type_url, version, state.nonce)
