@@ -10,8 +10,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.protocol.test_sotw import NODE, cluster, endpoints, listener, mesh, routes
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import Ack, Nack, ProtocolError
-from xdsd.protocol.delta import DeltaEvent, DeltaResponse, DeltaStream, resource_version
+from xdsd.protocol import Ack, DeltaResponse, Nack, ProtocolError, resource_version
+from xdsd.protocol.delta import DeltaEvent, DeltaStream
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TypeUrl
 
 

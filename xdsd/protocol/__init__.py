@@ -110,8 +110,47 @@ class NotApplied:
     served_version: Version
 
 
+def resource_version(resource: Resource) -> str:
+    """A resource's delta version: its content hash (the same for every client and every
+    replica, so a reconnecting client's ``initial_resource_versions`` compare)."""
+    return resource.digest[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaResponse:
+    """A delta response to send: ``resources`` (changed, in name order) and ``removed``
+    names of ``type_url``; ``version`` is the snapshot's version of the type (the
+    ``system_version_info``, for status and debugging only)."""
+
+    type_url: TypeUrl
+    version: Version
+    nonce: str
+    resources: tuple[Resource, ...]
+    removed: tuple[str, ...]
+
+    def to_proto(self) -> discovery_pb2.DeltaDiscoveryResponse:
+        """The ``DeltaDiscoveryResponse`` message for this response."""
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=self.version,
+            type_url=self.type_url,
+            nonce=self.nonce,
+            resources=[
+                discovery_pb2.Resource(
+                    name=r.name, version=resource_version(r), resource=r.to_any()
+                )
+                for r in self.resources
+            ],
+            removed_resources=list(self.removed),
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the resources carried, in order."""
+        return tuple(r.name for r in self.resources)
+
+
 #: Everything a protocol core emits.
-Event = Response | Ack | Nack | NotApplied
+Event = Response | DeltaResponse | Ack | Nack | NotApplied
 
 
 def kept_version(version: Version, kept: Mapping[str, Resource]) -> Version:
@@ -135,7 +174,7 @@ def record_events(
     """
     news: list[Nack | NotApplied] = []
     for ev in events:
-        if isinstance(ev, Response):
+        if isinstance(ev, Response | DeltaResponse):
             cache.record_sent(client_id, ev.type_url, ev.version, ev.nonce)
         elif isinstance(ev, Ack):
             cache.record_ack(client_id, ev.type_url, ev.version, ev.nonce)
@@ -152,6 +191,7 @@ def record_events(
 __all__ = [
     "WILDCARD",
     "Ack",
+    "DeltaResponse",
     "Event",
     "Nack",
     "NotApplied",
@@ -160,4 +200,5 @@ __all__ = [
     "StatusCode",
     "kept_version",
     "record_events",
+    "resource_version",
 ]

@@ -39,7 +39,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import WILDCARD, Ack, Nack, ProtocolError
+from xdsd.protocol import WILDCARD, Ack, DeltaResponse, Nack, ProtocolError, resource_version
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -54,45 +54,6 @@ from xdsd.resources import (
 
 #: The types a delta stream serves.
 KNOWN_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
-
-
-def resource_version(resource: Resource) -> str:
-    """A resource's delta version: its content hash (the same for every client and every
-    replica, so a reconnecting client's ``initial_resource_versions`` compare)."""
-    return resource.digest[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaResponse:
-    """A delta response to send: ``resources`` (changed, in name order) and ``removed``
-    names of ``type_url``; ``version`` is the snapshot's version of the type (the
-    ``system_version_info``, for status and debugging only)."""
-
-    type_url: TypeUrl
-    version: Version
-    nonce: str
-    resources: tuple[Resource, ...]
-    removed: tuple[str, ...]
-
-    def to_proto(self) -> discovery_pb2.DeltaDiscoveryResponse:
-        """The ``DeltaDiscoveryResponse`` message for this response."""
-        return discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=self.version,
-            type_url=self.type_url,
-            nonce=self.nonce,
-            resources=[
-                discovery_pb2.Resource(
-                    name=r.name, version=resource_version(r), resource=r.to_any()
-                )
-                for r in self.resources
-            ],
-            removed_resources=list(self.removed),
-        )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The names of the resources carried, in order."""
-        return tuple(r.name for r in self.resources)
 
 
 DeltaEvent = DeltaResponse | Ack | Nack

@@ -134,6 +134,20 @@ class ResponseEncoder:
             return body
         return body + _nonce_field(response.nonce)
 
+    def cached(self, key: Hashable) -> bytes | None:
+        """The body stored under ``key`` (counted as a hit), or None (a miss)."""
+        body = self._bodies.get(key)
+        if body is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._bodies.move_to_end(key)
+        return body
+
+    def store(self, key: Hashable, body: bytes) -> None:
+        """Keep ``body`` under ``key`` (within the cache's bounds)."""
+        self._store(key, body)
+
     def _store(self, key: Hashable, body: bytes) -> None:
         if len(body) > self.max_bytes:
             return
@@ -175,7 +189,22 @@ class DiscoveryServices:
             mapping[f"/{service}/{method}"] = Handler(
                 self._per_type(type_url), Cardinality.STREAM_STREAM, req, resp
             )
+        from xdsd.transports.grpc_delta import DELTA_METHODS
+
+        for (service, method), delta_type in DELTA_METHODS.items():
+            mapping[f"/{service}/{method}"] = Handler(
+                self._delta(delta_type),
+                Cardinality.STREAM_STREAM,
+                discovery_pb2.DeltaDiscoveryRequest,
+                resp,
+            )
         return mapping
+
+    def _delta(self, type_url: TypeUrl | None) -> Any:
+        async def handler(stream: Stream[Any, Any]) -> None:
+            await self._serve(stream, type_url, delta=True)
+
+        return handler
 
     async def _ads(self, stream: Stream[Any, Any]) -> None:
         await self._serve(stream, None)
@@ -186,11 +215,22 @@ class DiscoveryServices:
 
         return handler
 
-    async def _serve(self, stream: Stream[Any, Any], type_url: TypeUrl | None) -> None:
-        transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
-        client = StreamClient(
-            self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
-        )
+    async def _serve(
+        self, stream: Stream[Any, Any], type_url: TypeUrl | None, *, delta: bool = False
+    ) -> None:
+        client: StreamClient
+        if delta:
+            from xdsd.transports.grpc_delta import DeltaStreamClient, delta_key
+
+            client = DeltaStreamClient(
+                self.source, stream, type_url, f"{delta_key(type_url)}-{next(self._ids)}",
+                self.encoder,
+            )  # fmt: skip
+        else:
+            transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
+            client = StreamClient(
+                self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
+            )
         try:
             await client.run()
         except ProtocolError as e:
@@ -217,6 +257,7 @@ class StreamClient:
         self.source = source
         self.encoder = encoder
         self.stream = stream
+        self.type_url = type_url
         self.core = SotwStream(type_url)
         self.client_id = client_id
         self.transport = client_id.rsplit("-", 1)[0]
@@ -284,11 +325,11 @@ class StreamClient:
         await self._send(self.core.on_request(request))
         return True
 
-    def _open(self, first: discovery_pb2.DiscoveryRequest) -> None:
+    def _open(self, first: Any) -> None:
         if not first.HasField("node") or not (first.node.id or first.node.cluster):
             raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
         node = first.node
-        self.key = self.source.classify(node, "ads" if self.core.ads else "grpc")
+        self.key = self.source.classify(node, self._classify_as())
         self.label = f"{self.client_id} node={node.id}"
         cache = self.source.cache
         cache.open_client(self.client_id, node_id=node.id, key=self.key, transport=self.transport)
@@ -296,7 +337,16 @@ class StreamClient:
         cache.subscribe(self.key, self._on_snapshot)
         log.info("%s: stream opened (%s, class %s)", self.label, self.transport, self.key)
         if snapshot is not None:
-            self.core.on_snapshot(snapshot)
+            self._feed_first_snapshot(snapshot)
+
+    def _classify_as(self) -> str:
+        """The transport name the node class is made with (``ads``, ``grpc``...)."""
+        return "ads" if self.core.ads else "grpc"
+
+    def _feed_first_snapshot(self, snapshot: Snapshot) -> None:
+        """Give the core the class's snapshot as the stream opens (no events yet: the
+        first request is processed right after)."""
+        self.core.on_snapshot(snapshot)
 
     async def _send(self, events: list[Any]) -> None:
         for news in record_events(self.source.cache, self.client_id, events):
