@@ -190,19 +190,24 @@ class DiscoveryServices:
                 self._per_type(type_url), Cardinality.STREAM_STREAM, req, resp
             )
         from xdsd.transports.grpc_delta import DELTA_METHODS
+        from xdsd.transports.grpc_v2 import V2_METHODS
 
         for (service, method), delta_type in DELTA_METHODS.items():
             mapping[f"/{service}/{method}"] = Handler(
-                self._delta(delta_type),
+                self._variant(delta_type, "delta"),
                 Cardinality.STREAM_STREAM,
                 discovery_pb2.DeltaDiscoveryRequest,
                 resp,
             )
+        for (service, method), v2_type in V2_METHODS.items():
+            mapping[f"/{service}/{method}"] = Handler(
+                self._variant(v2_type, "v2"), Cardinality.STREAM_STREAM, req, resp
+            )
         return mapping
 
-    def _delta(self, type_url: TypeUrl | None) -> Any:
+    def _variant(self, type_url: TypeUrl | None, variant: str) -> Any:
         async def handler(stream: Stream[Any, Any]) -> None:
-            await self._serve(stream, type_url, delta=True)
+            await self._serve(stream, type_url, variant=variant)
 
         return handler
 
@@ -216,14 +221,22 @@ class DiscoveryServices:
         return handler
 
     async def _serve(
-        self, stream: Stream[Any, Any], type_url: TypeUrl | None, *, delta: bool = False
+        self, stream: Stream[Any, Any], type_url: TypeUrl | None, *, variant: str = "sotw"
     ) -> None:
+        """Serve one stream: ``variant`` is ``sotw`` (v3), ``delta`` or ``v2``."""
         client: StreamClient
-        if delta:
+        if variant == "delta":
             from xdsd.transports.grpc_delta import DeltaStreamClient, delta_key
 
             client = DeltaStreamClient(
                 self.source, stream, type_url, f"{delta_key(type_url)}-{next(self._ids)}",
+                self.encoder,
+            )  # fmt: skip
+        elif variant == "v2":
+            from xdsd.transports.grpc_v2 import V2StreamClient, v2_label
+
+            client = V2StreamClient(
+                self.source, stream, type_url, f"{v2_label(type_url)}-{next(self._ids)}",
                 self.encoder,
             )  # fmt: skip
         else:
