@@ -47,4 +47,4 @@ def test_serve_with_bad_settings_exits_1(
     path = tmp_path / "xdsd.toml"
     path.write_text("bogus = 1\n")
     assert main(["serve", "--settings", str(path)]) == 1
-    assert "xdsd.toml: bogus: unknown setting" in capsys.readouterr().err
+    assert "xdsd.toml:1: bogus: unknown setting" in capsys.readouterr().err
