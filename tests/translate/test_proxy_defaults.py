@@ -227,9 +227,10 @@ def test_registry_only_default_blocks_unknown_hosts_of_sidecars_only() -> None:
         last = by_name(snap.get(ROUTE), name).virtual_hosts[-1]
         assert last.name == "block_all" and last.routes[0].direct_response.status == 502
     gateway = NodeClass("ingress", role=Role.GATEWAY, labels=(("istio", "ingress"),))
-    assert MeshTranslation(bookinfo(), mesh_config=REGISTRY_ONLY).snapshot_for(
-        gateway
-    ).versions == MeshTranslation(bookinfo()).snapshot_for(gateway).versions
+    assert (
+        MeshTranslation(bookinfo(), mesh_config=REGISTRY_ONLY).snapshot_for(gateway).versions
+        == MeshTranslation(bookinfo()).snapshot_for(gateway).versions
+    )
 
 
 def test_a_sidecars_own_policy_wins_over_the_default() -> None:
