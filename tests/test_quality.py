@@ -24,7 +24,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                        "xdsd.cache.snapshot"),
     "xdsd.cache": ("xdsd.cache", "xdsd.resources", "xdsd.errors"),
     "xdsd.protocol": ("xdsd.protocol", "xdsd.resources", "xdsd.cache", "xdsd.errors"),
-    "xdsd.settings": ("xdsd.errors",),
+    "xdsd.settings": ("xdsd.errors", "xdsd.model"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
     "xdsd.transports": ("xdsd.transports", "xdsd.protocol", "xdsd.cache", "xdsd.resources",
                         "xdsd.errors", "xdsd.settings"),

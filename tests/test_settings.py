@@ -8,6 +8,15 @@ import pytest
 
 from xdsd.cli import main
 from xdsd.errors import ConfigError
+from xdsd.model.mesh_config import (
+    AccessLog,
+    LogEncoding,
+    MeshConfig,
+    PrometheusStats,
+    Tracing,
+    TracingProvider,
+)
+from xdsd.model.networking import OutboundPolicy
 from xdsd.settings import Address, Settings
 
 
@@ -47,4 +56,77 @@ def test_serve_with_bad_settings_exits_1(
     path = tmp_path / "xdsd.toml"
     path.write_text("bogus = 1\n")
     assert main(["serve", "--settings", str(path)]) == 1
-    assert "xdsd.toml: bogus: unknown setting" in capsys.readouterr().err
+    assert "xdsd.toml:1: bogus: unknown setting" in capsys.readouterr().err
+
+
+MESH = """\
+grpc = "127.0.0.1:18000"
+
+[mesh]
+outbound_traffic_policy = "REGISTRY_ONLY"
+
+[mesh.access_log]
+path = "/var/log/envoy/access.log"
+encoding = "JSON"
+fields = { code = "%RESPONSE_CODE%", host = "%UPSTREAM_HOST%" }
+
+[mesh.prometheus]
+enabled = true
+port = 9102
+
+[mesh.tracing]
+provider = "opentelemetry"
+address = "otel.example:4317"
+sampling = 12.5
+"""
+
+
+def test_mesh_section_applies(tmp_path: Path) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text(MESH)
+    mesh = Settings.from_file(str(path)).mesh
+    assert mesh.outbound_traffic_policy is OutboundPolicy.REGISTRY_ONLY
+    assert mesh.access_log == AccessLog(
+        enabled=True, path="/var/log/envoy/access.log", encoding=LogEncoding.JSON,
+        fields=(("code", "%RESPONSE_CODE%"), ("host", "%UPSTREAM_HOST%")),
+    )  # fmt: skip
+    assert mesh.prometheus == PrometheusStats(enabled=True, port=9102)
+    assert mesh.tracing == Tracing(TracingProvider.OPENTELEMETRY, "otel.example", 4317, 12.5)
+    assert Settings().mesh == MeshConfig()  # nothing on by default, ALLOW_ANY
+    # A table present means "on" unless it says otherwise.
+    path.write_text("[mesh.access_log]\n[mesh.prometheus]\nenabled = false\n")
+    mesh = Settings.from_file(str(path)).mesh
+    assert mesh.access_log.enabled and mesh.access_log.path == "/dev/stdout"
+    assert not mesh.prometheus.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[mesh]\noutbound_traffic_policy = "DENY"\n',
+         ":2: mesh.outbound_traffic_policy: must be one of REGISTRY_ONLY, ALLOW_ANY"),
+        ("[mesh]\n\naccess_logs = true\n", ":3: mesh.access_logs: unknown setting"),
+        ("[mesh.access_log]\nenabled = true\npth = 'x'\n", ":3: mesh.access_log.pth: unknown"),
+        ('[mesh.access_log]\nformat = "%START_TIME%"\nencoding = "JSON"\n',
+         ":2: mesh.access_log.format: is for TEXT logs"),
+        ("[mesh.access_log]\nfields = { a = 1 }\n", ":2: mesh.access_log.fields: must be a table"),
+        ("[mesh.prometheus]\nport = 70000\n", ":2: mesh.prometheus.port: must be a port number"),
+        ('[mesh.prometheus]\npath = "metrics"\n', ':2: mesh.prometheus.path: must be a path'),
+        ('[mesh.tracing]\nprovider = "jaeger"\naddress = "a:1"\n',
+         ":2: mesh.tracing.provider: must be one of zipkin, opentelemetry"),
+        ('[mesh.tracing]\nprovider = "zipkin"\n', ":1: mesh.tracing.address: missing"),
+        ('[mesh.tracing]\nprovider = "zipkin"\naddress = "a:1"\nsampling = 101\n',
+         ":4: mesh.tracing.sampling: must be a percentage from 0 to 100"),
+        ('[mesh.tracing]\nprovider = "zipkin"\naddress = "nocolon"\n',
+         ":3: mesh.tracing.address: expected HOST:PORT"),
+        ("mesh = 1\n", ":1: mesh: must be a table"),
+        ("[mesh]\naccess_log = { enabled = 1 }\n", ":2: mesh.access_log.enabled: must be true"),
+        ("[mesh\n", ":1: TOML syntax error"),
+    ],
+)  # fmt: skip
+def test_bad_mesh_settings_name_line_and_key(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_file(str(path))
+    assert f"xdsd.toml{fragment}" in str(info.value)

@@ -2,8 +2,9 @@
 
 ``MeshState`` owns the current configuration: it reloads the directory (keeping the last
 good mesh when a load fails), builds a snapshot per node class on first use and rebuilds
-the snapshots of every watched class after each successful reload. ``serve`` runs the
-transports and the watcher until a stop signal; SIGHUP forces a reload.
+the snapshots of every watched class after each successful reload, or when the mesh-wide
+proxy defaults change. ``serve`` runs the transports and the watcher until a stop signal;
+SIGHUP forces a reload of the directory and of the settings file's ``[mesh]`` section.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from xdsd.admin import AdminViews, start_admin
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
 from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
@@ -50,10 +52,13 @@ class MeshState:
         cache: SnapshotCache[NodeClass] | None = None,
         *,
         root_namespace: str = ROOT_NAMESPACE,
+        mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
     ) -> None:
         self.config_dir = config_dir
         #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
         self.root_namespace = root_namespace
+        #: The mesh-wide proxy defaults every class gets (settings' ``[mesh]``).
+        self.mesh_config = mesh_config
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
         self._loader = DirectoryLoader(config_dir)
         self.loaded: LoadResult | None = None
@@ -125,10 +130,46 @@ class MeshState:
             self.loaded = result
             return False
         self.loaded = result
-        self.translation = MeshTranslation(
-            result.mesh, previous=self.translation, root_namespace=self.root_namespace
-        )
         self.reloads += 1
+        changed = self._translate_and_publish()
+        assert self.translation is not None
+        self.last_timings = {**result.timings, **self.translation.timings}
+        log.info(
+            "config loaded: %d services, %d rules (%d files read); %d classes updated; %.1f ms: %s",
+            len(result.mesh.services),
+            len(result.mesh.virtual_services) + len(result.mesh.destination_rules),
+            result.reread,
+            changed,
+            (sum(result.timings.values()) + time.perf_counter() - started) * 1000,
+            ", ".join(f"{k} {v * 1000:.1f}" for k, v in self.last_timings.items()),
+        )
+        return True
+
+    def set_mesh_config(self, mesh_config: MeshConfig) -> bool:
+        """Use ``mesh_config`` as the mesh-wide proxy defaults from now on. When it differs
+        from the current one and a mesh is loaded, translate again (reusing every
+        resource the defaults do not touch) and publish new snapshots for every watched
+        class; return True then."""
+        if mesh_config == self.mesh_config:
+            return False
+        self.mesh_config = mesh_config
+        if self.loaded is None:
+            return False
+        with _building():
+            changed = self._translate_and_publish()
+        log.info("mesh defaults changed: %d classes updated", changed)
+        return True
+
+    def _translate_and_publish(self) -> int:
+        """Translate the loaded mesh with the current defaults and publish a snapshot for
+        every watched class (forgetting unwatched ones); return how many changed."""
+        assert self.loaded is not None
+        self.translation = MeshTranslation(
+            self.loaded.mesh,
+            previous=self.translation,
+            root_namespace=self.root_namespace,
+            mesh_config=self.mesh_config,
+        )
         changed = 0
         for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
             if self._cache.watcher_count(key) == 0:
@@ -141,17 +182,7 @@ class MeshState:
                 continue
             if self._cache.set(key, snapshot):
                 changed += 1
-        self.last_timings = {**result.timings, **self.translation.timings}
-        log.info(
-            "config loaded: %d services, %d rules (%d files read); %d classes updated; %.1f ms: %s",
-            len(result.mesh.services),
-            len(result.mesh.virtual_services) + len(result.mesh.destination_rules),
-            result.reread,
-            changed,
-            (sum(result.timings.values()) + time.perf_counter() - started) * 1000,
-            ", ".join(f"{k} {v * 1000:.1f}" for k, v in self.last_timings.items()),
-        )
-        return True
+        return changed
 
     def classify(self, node: Any, transport: str) -> Hashable:
         """The node class of an xDS node (see ``SnapshotSource.classify``)."""
@@ -217,17 +248,23 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:  # fmt: skip
+                stop: asyncio.Event | None = None,
+                settings_path: str | None = None) -> None:  # fmt: skip
     """Run xdsd until ``stop`` is set (or SIGTERM/SIGINT). ``ready`` is set once the
-    listeners are bound."""
+    listeners are bound. ``settings_path`` is the settings file ``settings`` came from:
+    SIGHUP reads its ``[mesh]`` section again (the other settings need a restart)."""
     stop = stop or asyncio.Event()
-    state = MeshState(settings.config_dir, root_namespace=settings.root_namespace)
+    state = MeshState(
+        settings.config_dir, root_namespace=settings.root_namespace, mesh_config=settings.mesh
+    )
     state.reload()
     loop = asyncio.get_running_loop()
     reload_lock = asyncio.Lock()
 
-    async def reload(paths: set[str] | None = None) -> None:
+    async def reload(paths: set[str] | None = None, mesh: MeshConfig | None = None) -> None:
         async with reload_lock:
+            if mesh is not None:
+                state.set_mesh_config(mesh)
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             result = await asyncio.to_thread(state.load, paths, exclusive=False)
@@ -237,7 +274,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
 
     def on_hup() -> None:
         log.info("SIGHUP: reloading %s", settings.config_dir)
-        task = loop.create_task(reload())
+        task = loop.create_task(reload(mesh=_reread_mesh(settings_path)))
         background.add(task)
         task.add_done_callback(background.discard)
 
@@ -307,6 +344,23 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
                 await runner.cleanup()
 
 
+def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
+    """The ``[mesh]`` section of the settings file, read again (None without a file, or
+    when it cannot be used: its errors are logged and the current defaults stay)."""
+    if settings_path is None:
+        return None
+    try:
+        mesh = Settings.from_file(settings_path).mesh
+    except ConfigError as e:
+        for problem in e.problems:
+            log.error("settings: %s", problem)
+        log.error("settings refused; keeping the current mesh defaults")
+        return None
+    log.info("settings %s read again: [mesh] applies now, other settings at restart",
+             settings_path)  # fmt: skip
+    return mesh
+
+
 def _bound(server: Server, wanted: Address) -> str:
     sockets = getattr(server, "_server", None)
     if sockets is not None and sockets.sockets:
@@ -324,5 +378,5 @@ def run_server(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[name] = value
     settings = settings.merged(overrides, source="command line")
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, settings_path=args.settings))
     return 0

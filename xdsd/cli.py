@@ -106,6 +106,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     render.add_argument("--admin-port", type=int, default=15000, help="admin port (--static)")
     render.add_argument(
+        "--settings", default=None, metavar="FILE",
+        help="apply the mesh-wide proxy defaults ([mesh]) of this settings file",
+    )  # fmt: skip
+    render.add_argument(
         "--static", action="store_true", help="print a complete Envoy config with resources inline"
     )
     render.set_defaults(run=_render)
@@ -223,8 +227,10 @@ def _check_service(result: LoadResult, node: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from xdsd.resources import SHORT_NAMES, to_json
+    from xdsd.settings import Settings
     from xdsd.translate import MeshTranslation, render_static
 
+    mesh_config = Settings.from_file(args.settings).mesh if args.settings else Settings().mesh
     result = _load(args.config_dir)
     transport = "static" if args.static else args.transport
     node = _node_class(args, client=args.client, transport=transport)
@@ -232,11 +238,11 @@ def _render(args: argparse.Namespace) -> int:
     if args.static:
         config = render_static(
             result.mesh, node, node_id=args.node_id or f"{args.service}-{args.role}",
-            admin_port=args.admin_port,
+            admin_port=args.admin_port, mesh_config=mesh_config,
         )  # fmt: skip
         _print_json(config)
         return 0
-    snapshot = MeshTranslation(result.mesh).snapshot_for(node)
+    snapshot = MeshTranslation(result.mesh, mesh_config=mesh_config).snapshot_for(node)
     out: dict[str, Any] = {"versions": {}, "resources": {}}
     for type_url, resources in snapshot.resources.items():
         short = SHORT_NAMES.get(type_url, type_url)

@@ -1,17 +1,31 @@
-"""The daemon's own settings: where to listen, what to watch, how to coalesce edits.
+"""The daemon's own settings: where to listen, what to watch, how to coalesce edits, and
+the mesh-wide proxy defaults (the ``[mesh]`` section, see ``xdsd.model.mesh_config``).
 
 Settings come from defaults, then an optional TOML file (``--settings``), then command-line
 flags, later ones winning. Unknown keys and wrong types in the file are errors naming the
-file and the key, like config errors.
+file, the line and the key, like config errors.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from xdsd.errors import ConfigError, Problem
+from xdsd.model.mesh_config import (
+    DEFAULT_MESH_CONFIG,
+    AccessLog,
+    LogEncoding,
+    MeshConfig,
+    PrometheusStats,
+    Tracing,
+    TracingProvider,
+)
+from xdsd.model.networking import OutboundPolicy
 
 #: The gRPC server implementations ``grpc_impl`` may name.
 GRPC_IMPLS = ("grpclib", "grpcio")
@@ -49,6 +63,7 @@ class Settings:
     ``grpc_impl`` picks the gRPC server: ``grpclib`` (pure Python) or ``grpcio``.
     ``root_namespace`` is Istio's MeshConfig ``rootNamespace``: a Sidecar there without
     ``workloadSelector`` applies to every namespace that has none of its own.
+    ``mesh`` holds the mesh-wide proxy defaults (the ``[mesh]`` table of the file).
     """
 
     config_dir: str = "config"
@@ -60,42 +75,297 @@ class Settings:
     grpc_backlog: int = 4096
     grpc_impl: str = "grpclib"
     root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
+    mesh: MeshConfig = DEFAULT_MESH_CONFIG
 
     @classmethod
     def from_file(cls, path: str) -> Settings:
         """Read a TOML settings file (top-level keys are the field names, addresses as
-        ``"HOST:PORT"`` strings or ``""`` to disable). Raises ConfigError."""
+        ``"HOST:PORT"`` strings or ``""`` to disable; the ``[mesh]`` table as
+        ``docs/operations.md`` describes). Raises ConfigError naming file, line and key."""
         try:
             with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+                raw = fh.read()
+            data = tomllib.loads(raw.decode())
         except OSError as e:
             raise ConfigError(
                 [Problem(path, 0, "", f"cannot read settings: {e.strerror}")]
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError([Problem(path, 0, "", "settings are not UTF-8 text")]) from None
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError([Problem(path, 0, "", f"TOML syntax error: {e}")]) from None
-        return cls().merged(data, source=path)
+            at = _SYNTAX_AT.search(str(e))
+            line = int(at.group(1)) if at else 0
+            message = _SYNTAX_AT.sub("", str(e)) if at else str(e)
+            raise ConfigError([Problem(path, line, "", f"TOML syntax error: {message}")]) from None
+        return cls().merged(data, source=path, lines=key_lines(raw.decode()))
 
-    def merged(self, data: dict[str, Any], *, source: str) -> Settings:
-        """These settings with ``data`` applied; ``source`` names where data came from."""
+    def merged(
+        self, data: Mapping[str, Any], *, source: str, lines: Mapping[str, int] | None = None
+    ) -> Settings:
+        """These settings with ``data`` applied; ``source`` names where data came from and
+        ``lines`` the line of each dotted key in it (see ``key_lines``). Raises
+        ConfigError listing every unknown key and wrong value."""
         known = {f.name: f for f in fields(self)}
+        where = _Where(source, lines or {})
         problems: list[Problem] = []
         changes: dict[str, Any] = {}
         for key, value in data.items():
             key_name = key.replace("-", "_")
             if key_name not in known:
-                problems.append(
-                    Problem(source, 0, key, f"unknown setting; known: {', '.join(known)}")
-                )
+                problems.append(where.problem(key, f"unknown setting; known: {', '.join(known)}"))
+                continue
+            if key_name == "mesh":
+                mesh = _mesh_config(value, key, where, problems)
+                if mesh is not None:
+                    changes["mesh"] = mesh
                 continue
             current = getattr(self, key_name)
             try:
                 changes[key_name] = _coerce(key_name, current, value)
             except ValueError as e:
-                problems.append(Problem(source, 0, key, str(e)))
+                problems.append(where.problem(key, str(e)))
         if problems:
             raise ConfigError(problems)
         return replace(self, **changes)
+
+
+_SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")
+_TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of each table header and ``key =`` line of TOML ``text``, by
+    dotted key (``mesh.access_log.path``). Keys inside inline tables are not listed:
+    their problems name the line of the key holding the table."""
+    out: dict[str, int] = {}
+    table = ""
+    in_multiline = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.count('"""') % 2 or line.count("'''") % 2:
+            in_multiline = not in_multiline
+            if not in_multiline:
+                continue
+        elif in_multiline:
+            continue
+        header = _TABLE.match(line)
+        if header is not None:
+            table = _dotted(header.group(1))
+            out.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key is not None:
+            name = _dotted(key.group(1))
+            out.setdefault(f"{table}.{name}" if table else name, number)
+    return out
+
+
+def _dotted(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where a settings key was written: the source and the line of each dotted key."""
+
+    source: str
+    lines: Mapping[str, int]
+
+    def problem(self, key: str, message: str) -> Problem:
+        """A problem at ``key`` (dotted), on its line or its nearest table's."""
+        path = key
+        while path:
+            line = self.lines.get(path) or self.lines.get(path.replace("_", "-"))
+            if line:
+                return Problem(self.source, line, key, message)
+            path = path.rpartition(".")[0]
+        return Problem(self.source, 0, key, message)
+
+
+# -- the [mesh] table -----------------------------------------------------------------
+
+_MESH_KEYS = ("outbound_traffic_policy", "access_log", "prometheus", "tracing")
+_POLICIES = tuple(p.value for p in OutboundPolicy)
+
+
+def _mesh_config(value: Any, key: str, where: _Where, problems: list[Problem]) -> MeshConfig | None:
+    """The ``[mesh]`` table as a MeshConfig (None, with ``problems``, when it is wrong)."""
+    table = _table(value, key, where, problems, _MESH_KEYS)
+    if table is None:
+        return None
+    before = len(problems)
+    config = DEFAULT_MESH_CONFIG
+    if "outbound_traffic_policy" in table:
+        mode = _choice(table["outbound_traffic_policy"], _POLICIES, where,
+                       f"{key}.outbound_traffic_policy", problems, upper=True)  # fmt: skip
+        if mode is not None:
+            config = replace(config, outbound_traffic_policy=OutboundPolicy(mode))
+    if "access_log" in table:
+        access_log = _access_log(table["access_log"], f"{key}.access_log", where, problems)
+        if access_log is not None:
+            config = replace(config, access_log=access_log)
+    if "prometheus" in table:
+        stats = _prometheus(table["prometheus"], f"{key}.prometheus", where, problems)
+        if stats is not None:
+            config = replace(config, prometheus=stats)
+    if "tracing" in table:
+        tracing = _tracing(table["tracing"], f"{key}.tracing", where, problems)
+        if tracing is not None:
+            config = replace(config, tracing=tracing)
+    return config if len(problems) == before else None
+
+
+def _table(
+    value: Any, key: str, where: _Where, problems: list[Problem], known: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """``value`` as a table with its keys normalized (``-`` → ``_``); unknown keys are
+    problems."""
+    if not isinstance(value, dict):
+        problems.append(where.problem(key, "must be a table"))
+        return None
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        normal = name.replace("-", "_")
+        if normal not in known:
+            problems.append(
+                where.problem(f"{key}.{name}", f"unknown setting; known: {', '.join(known)}")
+            )
+            continue
+        out[normal] = item
+    return out
+
+
+def _check(
+    value: Any, ok: Callable[[Any], bool], what: str, key: str, where: _Where,
+    problems: list[Problem],
+) -> bool:  # fmt: skip
+    if ok(value):
+        return True
+    problems.append(where.problem(key, f"must be {what} (got {value!r})"))
+    return False
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _choice(
+    value: Any, choices: tuple[str, ...], where: _Where, key: str, problems: list[Problem],
+    *, upper: bool = False,
+) -> str | None:  # fmt: skip
+    text = value.upper() if upper and isinstance(value, str) else value
+    if isinstance(text, str) and text in choices:
+        return text
+    problems.append(where.problem(key, f"must be one of {', '.join(choices)} (got {value!r})"))
+    return None
+
+
+def _access_log(value: Any, key: str, where: _Where, problems: list[Problem]) -> AccessLog | None:
+    known = ("enabled", "path", "encoding", "format", "fields")
+    table = _table(value, key, where, problems, known)
+    if table is None:
+        return None
+    before = len(problems)
+    out = AccessLog(enabled=True)
+    if "enabled" in table and _check(table["enabled"], _is_bool, "true or false",
+                                     f"{key}.enabled", where, problems):  # fmt: skip
+        out = replace(out, enabled=table["enabled"])
+    if "path" in table and _check(table["path"], lambda v: _is_str(v) and bool(v),
+                                  "a file path", f"{key}.path", where, problems):  # fmt: skip
+        out = replace(out, path=table["path"])
+    if "encoding" in table:
+        encoding = _choice(table["encoding"], tuple(e.value for e in LogEncoding), where,
+                           f"{key}.encoding", problems, upper=True)  # fmt: skip
+        if encoding is not None:
+            out = replace(out, encoding=LogEncoding(encoding))
+    if "format" in table and _check(table["format"], lambda v: _is_str(v) and bool(v),
+                                    "an Envoy format string", f"{key}.format", where,
+                                    problems):  # fmt: skip
+        out = replace(out, format=table["format"])
+    if "fields" in table:
+        fields_ = table["fields"]
+        if _check(fields_, lambda v: isinstance(v, dict) and bool(v)
+                  and all(_is_str(x) for x in v.values()),
+                  "a table of field name = format string", f"{key}.fields", where,
+                  problems):  # fmt: skip
+            out = replace(out, fields=tuple(fields_.items()))
+    if out.format and out.encoding is not LogEncoding.TEXT:
+        problems.append(where.problem(f"{key}.format", "is for TEXT logs; JSON logs take fields"))
+    if out.fields and out.encoding is not LogEncoding.JSON:
+        problems.append(where.problem(f"{key}.fields", 'is for JSON logs: set encoding = "JSON"'))
+    return out if len(problems) == before else None
+
+
+def _prometheus(
+    value: Any, key: str, where: _Where, problems: list[Problem]
+) -> PrometheusStats | None:
+    table = _table(value, key, where, problems, ("enabled", "port", "path"))
+    if table is None:
+        return None
+    before = len(problems)
+    out = PrometheusStats(enabled=True)
+    if "enabled" in table and _check(table["enabled"], _is_bool, "true or false",
+                                     f"{key}.enabled", where, problems):  # fmt: skip
+        out = replace(out, enabled=table["enabled"])
+    if "port" in table and _check(table["port"], _is_port, "a port number (1-65535)",
+                                  f"{key}.port", where, problems):  # fmt: skip
+        out = replace(out, port=table["port"])
+    if "path" in table and _check(table["path"], lambda v: _is_str(v) and v.startswith("/"),
+                                  'a path starting with "/"', f"{key}.path", where,
+                                  problems):  # fmt: skip
+        out = replace(out, path=table["path"])
+    return out if len(problems) == before else None
+
+
+def _tracing(value: Any, key: str, where: _Where, problems: list[Problem]) -> Tracing | None:
+    known = ("provider", "address", "sampling", "zipkin_path")
+    table = _table(value, key, where, problems, known)
+    if table is None:
+        return None
+    before = len(problems)
+    provider = None
+    address = None
+    for required in ("provider", "address"):
+        if required not in table:
+            problems.append(where.problem(f"{key}.{required}", "missing: tracing needs it"))
+    if "provider" in table:
+        name = _choice(table["provider"], tuple(p.value for p in TracingProvider), where,
+                       f"{key}.provider", problems)  # fmt: skip
+        provider = TracingProvider(name) if name is not None else None
+    if "address" in table:
+        try:
+            if not isinstance(table["address"], str):
+                raise ValueError('must be "HOST:PORT"')
+            address = Address.parse(table["address"])
+            if address.port == 0:
+                raise ValueError("the collector's port must not be 0")
+        except ValueError as e:
+            problems.append(where.problem(f"{key}.address", str(e)))
+    sampling = 1.0
+    if "sampling" in table and _check(
+        table["sampling"],
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+        and math.isfinite(v) and 0 <= v <= 100,
+        "a percentage from 0 to 100", f"{key}.sampling", where, problems,
+    ):  # fmt: skip
+        sampling = float(table["sampling"])
+    zipkin_path = "/api/v2/spans"
+    if "zipkin_path" in table and _check(
+        table["zipkin_path"], lambda v: _is_str(v) and v.startswith("/"),
+        'a path starting with "/"', f"{key}.zipkin_path", where, problems,
+    ):  # fmt: skip
+        zipkin_path = table["zipkin_path"]
+    if len(problems) != before or provider is None or address is None:
+        return None
+    return Tracing(provider, address.host, address.port, sampling, zipkin_path)
 
 
 def _coerce(name: str, current: Any, value: Any) -> Any:

@@ -537,6 +537,8 @@ class TrafficMesh:
         self._things: list[Any] = []
         self.sidecars: dict[str, Sidecar] = {}
         self.xdsd: Xdsd | None = None
+        #: More ``xdsd serve`` arguments (e.g. ``--settings FILE``), for the first start.
+        self.xdsd_args: list[str] = []
         self._gateway_ips: dict[str, str] = {}
 
     def __enter__(self) -> TrafficMesh:
@@ -652,7 +654,7 @@ class TrafficMesh:
             lines += f"labels = {{ {pairs} }}\n"
         write_atomically(self.config / "services" / f"{name}.toml", lines)
         if self.xdsd is None:
-            self.xdsd = Xdsd(self.config, self.root)
+            self.xdsd = Xdsd(self.config, self.root, extra=self.xdsd_args)
         admin_port = free_port()
         xds_port = self.xdsd.rest_port if transport == "rest" else self.xdsd.grpc_port
         argv = [
@@ -686,7 +688,7 @@ class TrafficMesh:
         can be picked free on it); return it once Envoy is LIVE."""
         ip = self._gateway_ips.pop(name, None) or self.ip()
         if self.xdsd is None:
-            self.xdsd = Xdsd(self.config, self.root)
+            self.xdsd = Xdsd(self.config, self.root, extra=self.xdsd_args)
         admin_port = free_port()
         argv = [
             sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", name,

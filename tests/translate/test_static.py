@@ -178,7 +178,8 @@ def test_bootstrap_for_ads(transport: Any, api_type: str) -> None:
     assert [g.envoy_grpc.cluster_name for g in ads.grpc_services] == ["xds_cluster"]
     for source in (config.dynamic_resources.cds_config, config.dynamic_resources.lds_config):
         assert source.HasField("ads") and source.resource_api_version == config_source_pb2.V3
-    (xds,) = config.static_resources.clusters
+    xds, stats = config.static_resources.clusters
+    assert stats.name == "prometheus_stats"
     assert xds.name == "xds_cluster" and xds.type == cluster_pb2.Cluster.STRICT_DNS
     sock = xds.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (sock.address, sock.port_value) == ("xds.internal", 18000)
@@ -209,7 +210,8 @@ def test_bootstrap_for_rest() -> None:
         assert list(api.cluster_names) == ["xds_cluster"]
         assert api.refresh_delay.ToTimedelta().total_seconds() == 1
         assert api.transport_api_version == config_source_pb2.V3
-    (xds,) = config.static_resources.clusters
+    xds, stats = config.static_resources.clusters
+    assert stats.name == "prometheus_stats"
     assert xds.type == cluster_pb2.Cluster.STATIC
     assert not xds.typed_extension_protocol_options  # REST-JSON is HTTP/1.1
     assert json_format.MessageToDict(config.node.metadata)["outbound_ip"] == "127.0.0.1"

@@ -77,10 +77,12 @@ from xdsd.model import (
     TrafficPolicy,
     VirtualService,
 )
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import (
     ROOT_NAMESPACE,
     ApplyTo,
     EnvoyFilter,
+    OutboundPolicy,
     PatchContext,
     PatchOperation,
     Sidecar,
@@ -152,6 +154,12 @@ from xdsd.translate.placement import (
     default_instance_ip,
     overlaps,
 )
+from xdsd.translate.proxy_defaults import (
+    decorated_listener,
+    stats_listener,
+    stats_listener_name,
+    tracing_cluster,
+)
 from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
@@ -162,7 +170,13 @@ from xdsd.translate.sidecar_ports import (
     explicit_route_name,
     ingress_service,
 )
-from xdsd.translate.sidecar_scope import EVERYTHING, Scope, scope_of, select_sidecar
+from xdsd.translate.sidecar_scope import (
+    EVERYTHING,
+    EVERYTHING_REGISTRY_ONLY,
+    Scope,
+    scope_of,
+    select_sidecar,
+)
 
 Key = tuple[Hashable, ...]
 #: A resource after patching (None: removed) and the patches that changed it.
@@ -186,8 +200,12 @@ class MeshTranslation:
         *,
         previous: MeshTranslation | None = None,
         root_namespace: str = ROOT_NAMESPACE,
+        mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
     ) -> None:
         self.mesh = mesh
+        #: The mesh-wide proxy defaults (access log, stats listener, tracing, outbound
+        #: policy) every class gets; see ``proxy_defaults``.
+        self.mesh_config = mesh_config
         #: Istio's rootNamespace: its EnvoyFilters apply to every node, and its Sidecar
         #: without selector to namespaces that have none.
         self.root_namespace = root_namespace
@@ -308,17 +326,23 @@ class MeshTranslation:
         return self._sidecars[key]
 
     def scope(self, node: NodeClass) -> Scope:
-        """What ``node`` may reach (``EVERYTHING`` when no Sidecar applies). Raises
+        """What ``node`` may reach (``EVERYTHING`` when no Sidecar applies, registry-only
+        for a sidecar under the mesh's REGISTRY_ONLY default). Raises
         TranslationError when its Sidecar cannot be translated."""
         sidecar = self.sidecar(node)
+        default_policy = self.mesh_config.outbound_traffic_policy
         if sidecar is None:
+            if node.role is Role.SIDECAR and default_policy is OutboundPolicy.REGISTRY_ONLY:
+                return EVERYTHING_REGISTRY_ONLY
             return EVERYTHING
         key = (sidecar.key, node.namespace)
         found = self._scopes.get(key)
         if found is None:
             if self._vs_index is None:
                 self._vs_index = virtual_service_index(self.mesh)
-            scope, problems = scope_of(self.mesh, sidecar, node.namespace, self._vs_index)
+            scope, problems = scope_of(
+                self.mesh, sidecar, node.namespace, self._vs_index, default_policy
+            )
             found = TranslationError(problems) if problems else scope
             self._scopes[key] = found
         if isinstance(found, TranslationError):
@@ -418,6 +442,8 @@ class MeshTranslation:
                     chosen[(r.type_url, r.name)] = r  # later parts (raw) replace earlier ones
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
+        if not problems and node.client is not ClientKind.GRPC:
+            problems.extend(self._apply_mesh_config(node, chosen))
         changes: dict[Slot, Patched] = {}
         if not problems:
             try:
@@ -433,6 +459,43 @@ class MeshTranslation:
         if problems:
             raise TranslationError(problems)
         return self._consistent(node, flavor, base, chosen, changes, scope.clusters)
+
+    def _apply_mesh_config(self, node: NodeClass, chosen: dict[Slot, Resource]) -> list[Problem]:
+        """Lay the mesh-wide proxy defaults over ``chosen`` (in place; an Envoy or MOSN
+        class's generated resources, before EnvoyFilters): each listener with the access
+        log and tracing (memoized by the listener and the defaults, so classes share the
+        result), the Prometheus stats listener on the node's ``instance_ip``, and the
+        tracing collector's cluster. Returns the problems: a stats listener that would
+        collide with one of the node's listeners."""
+        config = self.mesh_config
+        if config.decorates:
+            for slot, resource in chosen.items():
+                if resource.type_url != LISTENER:
+                    continue
+                key: Key = ("decorated", resource.name, resource.digest, config)
+                chosen[slot] = self._shared(key, decorated_listener, resource.message, config)
+        if config.tracing is not None:
+            cluster = self._shared(("tracing-cluster", config.tracing), tracing_cluster,
+                                   config.tracing)  # fmt: skip
+            chosen[(CLUSTER, cluster.name)] = cluster
+        stats = config.prometheus
+        if not stats.enabled:
+            return []
+        ip = self.instance_ip(node)
+        for resource in chosen.values():
+            if resource.type_url != LISTENER:
+                continue
+            sock = resource.message.address.socket_address
+            if sock.port_value == stats.port and overlaps(sock.address, ip):
+                return [Problem(
+                    "<settings>", 0, "mesh.prometheus.port",
+                    f"the stats listener on {ip}:{stats.port} would collide with listener "
+                    f"{resource.name!r} of {node.namespace}/{node.service}: choose another "
+                    "port for the stats listener, or move that port",
+                )]  # fmt: skip
+        listener = self._shared(("stats-listener", ip, stats), _stats_resource, ip, stats)
+        chosen[(LISTENER, stats_listener_name(ip, stats.port))] = listener
+        return []
 
     def _selection(self, key: Key, compute: Callable[[], list[Resource]]) -> tuple[Resource, ...]:
         """The resources ``compute`` selects, memoized by ``key`` with its error, if any."""
@@ -458,7 +521,7 @@ class MeshTranslation:
         sidecar = self.sidecar(node)
         if sidecar is not None and sidecar.ingress:
             own = ingress_service(sidecar, own, node.service, node.namespace)
-        if scope is EVERYTHING:
+        if scope is EVERYTHING or scope is EVERYTHING_REGISTRY_ONLY:
             problems = self._port_group_problems() + check_binds(
                 own, instance_ip, node.outbound_ip, self._groups_by_number(), HTTP_PROXY_PORT
             )
@@ -1040,6 +1103,15 @@ class MeshTranslation:
         snapshot.check_consistency()
         self.timings["snapshot"] += time.perf_counter() - started
         return snapshot
+
+
+def _stats_resource(ip: str, stats: Any) -> Resource:
+    """The stats listener as a Resource that references nothing: its cluster
+    ``prometheus_stats`` is in the proxy's bootstrap, not in the snapshot."""
+    return dataclasses.replace(
+        Resource.of(stats_listener_name(ip, stats.port), stats_listener(ip, stats)),
+        references=(),
+    )
 
 
 def _patch_problems(

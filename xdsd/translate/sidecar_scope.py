@@ -83,7 +83,8 @@ class ExplicitListener:
 class Scope:
     """What a node may reach. ``reachable`` (services with default listeners and virtual
     hosts) and ``clusters`` (services whose clusters it receives) are None for every
-    service of the mesh. ``registry_only`` is an explicit REGISTRY_ONLY policy: requests
+    service of the mesh. ``registry_only`` is a REGISTRY_ONLY policy (the Sidecar's, else
+    the mesh's default): requests
     for a host no reachable service answers to get a 502 from a catch-all virtual host."""
 
     reachable: frozenset[ResourceKey] | None = None
@@ -106,6 +107,8 @@ class Scope:
 
 #: The scope of a node no Sidecar applies to: everything.
 EVERYTHING = Scope()
+#: The same under a mesh-wide REGISTRY_ONLY default (``MeshConfig``).
+EVERYTHING_REGISTRY_ONLY = Scope(registry_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +178,12 @@ def scope_of(
     sidecar: Sidecar,
     namespace: str,
     rules: Mapping[ResourceKey, VirtualService],
+    default_policy: OutboundPolicy = OutboundPolicy.ALLOW_ANY,
 ) -> tuple[Scope, list[Problem]]:
     """The scope ``sidecar`` gives a node in ``namespace`` (see the module doc);
-    ``rules`` is the VirtualService of each service (``routes.virtual_service_index``).
+    ``rules`` is the VirtualService of each service (``routes.virtual_service_index``);
+    ``default_policy`` is the mesh's outbound traffic policy, used when the Sidecar sets
+    none.
     Also returns the problems that stop it being translated (an explicit listener whose
     protocol disagrees with a service it serves), on the Sidecar's file."""
     problems: list[Problem] = []
@@ -216,7 +222,8 @@ def scope_of(
         if vs is not None:
             clusters.update(_destinations(mesh, vs))
     everything = len(mesh.services)
-    registry_only = sidecar.outbound_policy is OutboundPolicy.REGISTRY_ONLY
+    policy = sidecar.outbound_policy or default_policy
+    registry_only = policy is OutboundPolicy.REGISTRY_ONLY
     scope = Scope(
         None if len(reachable) == everything else frozenset(reachable),
         None if len(clusters) == everything else frozenset(clusters),

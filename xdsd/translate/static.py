@@ -25,6 +25,7 @@ from google.protobuf import struct_pb2
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.model import Mesh
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, pack, to_json
 from xdsd.translate.config_sources import (
     HTTP_PROTOCOL_OPTIONS_KEY,
@@ -35,6 +36,7 @@ from xdsd.translate.config_sources import (
 )
 from xdsd.translate.mesh import MeshTranslation
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, is_ip
+from xdsd.translate.proxy_defaults import admin_cluster
 
 Transport = Literal["grpc", "delta", "rest"]
 #: How long Envoy waits to connect to xdsd before retrying.
@@ -94,24 +96,31 @@ def _admin(bootstrap: Any, admin_port: int) -> None:
 
 
 def render_static(
-    mesh: Mesh, node: NodeClass, *, admin_port: int, node_id: str = ""
+    mesh: Mesh,
+    node: NodeClass,
+    *,
+    admin_port: int,
+    node_id: str = "",
+    mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
 ) -> dict[str, Any]:
     """A complete Envoy bootstrap (proto3 JSON as a dict) holding, inline, every cluster
     and listener an Envoy sidecar of class ``node`` would receive from xdsd.
 
     The class is rendered as an Envoy (``client`` and ``config_source`` are overridden):
     proxyless gRPC listeners have no static form. The node id defaults to the service
-    name; admin listens on 127.0.0.1:``admin_port``. Raises TranslationError as
-    ``MeshTranslation.snapshot_for`` does.
+    name; admin listens on 127.0.0.1:``admin_port`` (and the cluster
+    ``prometheus_stats`` leads there, for the stats listener of ``mesh_config``). Raises
+    TranslationError as ``MeshTranslation.snapshot_for`` does.
     """
     envoy_node = dataclasses.replace(
         node, client=ClientKind.ENVOY, config_source=ConfigSourceKind.STATIC
     )
-    snapshot = MeshTranslation(mesh).snapshot_for(envoy_node)
+    snapshot = MeshTranslation(mesh, mesh_config=mesh_config).snapshot_for(envoy_node)
     bootstrap = bootstrap_pb2.Bootstrap()
     bootstrap.node.CopyFrom(node_message(node_id or node.service, envoy_node))
     _admin(bootstrap, admin_port)
     resources = bootstrap.static_resources
+    resources.clusters.append(admin_cluster(ADMIN_IP, admin_port))
     for cluster in snapshot.get(CLUSTER).values():
         resources.clusters.append(_inline_endpoints(cluster.message, snapshot))
     for listener in snapshot.get(LISTENER).values():
@@ -208,7 +217,8 @@ def bootstrap(
     on the first message and reach xdsd over HTTP/2); ``rest``: REST-JSON polling every
     second. The node carries ``node``'s service, metadata and locality, so xdsd puts the
     proxy in that class (its ``config_source`` field is not used: ``transport`` decides).
-    Admin listens on 127.0.0.1:``admin_port``.
+    Admin listens on 127.0.0.1:``admin_port``; the static cluster ``prometheus_stats``
+    leads there, for the stats listener the mesh settings may give every proxy.
     """
     out = bootstrap_pb2.Bootstrap()
     out.node.CopyFrom(node_message(node_id, node))
@@ -216,6 +226,7 @@ def bootstrap(
     out.static_resources.clusters.append(
         _xds_cluster(xds_host, xds_port, http2=transport != "rest")
     )
+    out.static_resources.clusters.append(admin_cluster(ADMIN_IP, admin_port))
     dynamic = out.dynamic_resources
     if transport == "rest":
         dynamic.cds_config.CopyFrom(config_source(ConfigSourceKind.REST))

@@ -1,0 +1,141 @@
+"""Mesh-wide proxy defaults: what every proxy gets whatever its class (Istio's MeshConfig).
+
+These come from the ``[mesh]`` section of xdsd's settings, not from the config directory:
+they are the operator's choices for the whole mesh (access logs, a Prometheus stats
+listener, tracing, the default outbound traffic policy). Frozen values, so a translation
+can key what it builds by them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from xdsd.model.networking import OutboundPolicy
+
+#: Envoy command operators of the default TEXT access log line (one request or
+#: connection per line: when, what, how it ended, sizes, timing, who and where).
+DEFAULT_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+    '%CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    "%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" '
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% "
+    "%ROUTE_NAME%\n"
+)
+
+#: The default JSON access log record: field name → Envoy command operator.
+DEFAULT_JSON_FIELDS: tuple[tuple[str, str], ...] = (
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("route_name", "%ROUTE_NAME%"),
+)
+
+
+class LogEncoding(Enum):
+    """Istio's ``accessLogEncoding``."""
+
+    TEXT = "TEXT"
+    JSON = "JSON"
+
+
+class TracingProvider(Enum):
+    """Where spans go: a Zipkin collector (HTTP JSON v2) or an OpenTelemetry one (OTLP
+    over gRPC)."""
+
+    ZIPKIN = "zipkin"
+    OPENTELEMETRY = "opentelemetry"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """A file access log on every HTTP connection manager and TCP proxy of every proxy
+    (Istio's ``accessLogFile``, ``accessLogEncoding``, ``accessLogFormat``). ``format``
+    is the TEXT line (Envoy command operators; empty: ``DEFAULT_TEXT_FORMAT``);
+    ``fields`` the JSON record (empty: ``DEFAULT_JSON_FIELDS``)."""
+
+    enabled: bool = False
+    path: str = "/dev/stdout"
+    encoding: LogEncoding = LogEncoding.TEXT
+    format: str = ""
+    fields: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def text_format(self) -> str:
+        """The TEXT line Envoy writes (ends with a newline)."""
+        line = self.format or DEFAULT_TEXT_FORMAT
+        return line if line.endswith("\n") else line + "\n"
+
+    @property
+    def json_fields(self) -> tuple[tuple[str, str], ...]:
+        """The JSON record Envoy writes, field by field."""
+        return self.fields or DEFAULT_JSON_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusStats:
+    """A listener on every sidecar and gateway, on its ``instance_ip:port``, answering
+    ``path`` (only) with Envoy's statistics in Prometheus text (Istio's 15090): it
+    forwards to Envoy's own admin server through the bootstrap's ``prometheus_stats``
+    cluster."""
+
+    enabled: bool = False
+    port: int = 15090
+    path: str = "/stats/prometheus"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Spans of every HTTP request through every proxy, sent to the collector at
+    ``host:port`` (a ``tracing_collector`` cluster); ``sampling`` is the percentage of
+    requests traced when the caller did not decide (Istio's default is 1%).
+    ``zipkin_path`` is where a Zipkin collector takes spans."""
+
+    provider: TracingProvider
+    host: str
+    port: int
+    sampling: float = 1.0
+    zipkin_path: str = "/api/v2/spans"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Every mesh-wide proxy default. The defaults change nothing: no access log, no stats
+    listener, no tracing, and ALLOW_ANY (Istio's default outbound policy)."""
+
+    access_log: AccessLog = field(default_factory=AccessLog)
+    prometheus: PrometheusStats = field(default_factory=PrometheusStats)
+    tracing: Tracing | None = None
+    outbound_traffic_policy: OutboundPolicy = OutboundPolicy.ALLOW_ANY
+
+    @property
+    def decorates(self) -> bool:
+        """True when listeners get something added (an access log or tracing)."""
+        return self.access_log.enabled or self.tracing is not None
+
+
+#: The mesh defaults when the settings say nothing.
+DEFAULT_MESH_CONFIG = MeshConfig()
