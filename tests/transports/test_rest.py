@@ -181,3 +181,29 @@ def test_what_a_cached_body_says_is_what_a_fresh_parse_says(raw: bytes) -> None:
     got = warm._parse(CDS, _fresh(body))
     assert got == expected
     assert not isinstance(got, web.Response)
+
+
+def test_v2_polls_are_answered_with_v2_names() -> None:
+    """``POST /v2/discovery:*``: a v2 client names v2 types and gets them back, with the
+    resources and the ``Any``s inside them (the HTTP connection manager, its filters)
+    named the v2 way."""
+    v2_cds = "type.googleapis.com/envoy.api.v2.Cluster"
+    v2_lds = "type.googleapis.com/envoy.api.v2.Listener"
+    rest = _rest()
+
+    async def scenario() -> tuple[int, dict[str, Any], int, dict[str, Any], int]:
+        async with TestClient(TestServer(rest.app())) as client:
+            cds = await client.post("/v2/discovery:clusters", data=_body(v2_cds))
+            lds = await client.post("/v2/discovery:listeners", data=_body(v2_lds))
+            wrong = await client.post("/v2/discovery:listeners", data=_body(v2_cds))
+            return cds.status, await cds.json(), lds.status, await lds.json(), wrong.status
+
+    cds_status, cds, lds_status, lds, wrong = asyncio.run(scenario())
+    assert (cds_status, lds_status, wrong) == (200, 200, 400)
+    assert cds["type_url"] == v2_cds and cds["resources"]
+    assert {r["@type"] for r in cds["resources"]} == {v2_cds}
+    assert lds["type_url"] == v2_lds
+    text = json.dumps(lds)
+    assert "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager" in text
+    assert "envoy.config.filter.http.router.v2.Router" in text
+    assert ".v3." not in text  # no v3 name is left for a v2 client to trip on

@@ -24,6 +24,8 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from envoy.service.discovery.v3 import discovery_pb2
+
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import WILDCARD, ProtocolError, Response, kept_version
 from xdsd.resources import PUSH_ORDER, WILDCARD_TYPES, Resource, TypeUrl, Version, to_json
@@ -129,27 +131,40 @@ class JsonRenderer:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
-        self._cache: OrderedDict[tuple[TypeUrl, Version, tuple[str, ...]], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[TypeUrl, Version, tuple[str, ...], bool], bytes] = (
+            OrderedDict()
+        )
         self.renders = 0  # how many renderings were made (for tests and metrics)
 
-    def render(self, response: Response) -> bytes:
-        """The UTF-8 JSON body of ``response``. Responses with a nonce (not REST) are
-        rendered every time and not kept."""
+    def render(self, response: Response, *, v2: bool = False) -> bytes:
+        """The UTF-8 JSON body of ``response`` (named the v2 way for a v2 client, see
+        ``resources.v2``). Responses with a nonce (not REST) are rendered every time and
+        not kept."""
         if response.nonce:
-            return self._encode(response)
-        key = (response.type_url, response.version, response.names)
+            return self._encode(response, v2)
+        key = (response.type_url, response.version, response.names, v2)
         body = self._cache.get(key)
         if body is not None:
             self._cache.move_to_end(key)
             return body
-        body = self._cache[key] = self._encode(response)
+        body = self._cache[key] = self._encode(response, v2)
         if len(self._cache) > self._max:
             self._cache.popitem(last=False)
         return body
 
-    def _encode(self, response: Response) -> bytes:
+    def _encode(self, response: Response, v2: bool) -> bytes:
         self.renders += 1
-        return json.dumps(to_json(response.to_proto()), separators=(",", ":")).encode()
+        message = response.to_proto()
+        if v2:
+            from xdsd.resources.v2 import V2_TYPES, load_v2_types, to_v2
+
+            load_v2_types()
+            message = discovery_pb2.DiscoveryResponse(
+                version_info=response.version,
+                resources=[to_v2(r).to_any() for r in response.resources],
+                type_url=V2_TYPES.get(response.type_url, response.type_url),
+            )
+        return json.dumps(to_json(message), separators=(",", ":")).encode()
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -131,3 +131,32 @@ def _rename_any(packed: any_pb2.Any) -> None:
     _rename_anys(inner)
     packed.value = inner.SerializeToString(deterministic=True)
     packed.type_url = TYPE_PREFIX + V2_NAMES.get(full, full)
+
+
+#: Modules holding the v2 messages a v2 resource may carry (imported on demand: rendering
+#: v2 resources as JSON needs their descriptors).
+_V2_MODULES = (
+    "envoy.api.v2.cluster_pb2",
+    "envoy.api.v2.endpoint_pb2",
+    "envoy.api.v2.listener_pb2",
+    "envoy.api.v2.route_pb2",
+    "envoy.api.v2.auth.secret_pb2",
+    "envoy.api.v2.auth.tls_pb2",
+    "envoy.config.filter.network.http_connection_manager.v2.http_connection_manager_pb2",
+    "envoy.config.filter.network.tcp_proxy.v2.tcp_proxy_pb2",
+    "envoy.config.filter.http.router.v2.router_pb2",
+    "envoy.config.filter.http.fault.v2.fault_pb2",
+    "envoy.config.filter.http.cors.v2.cors_pb2",
+    "envoy.config.accesslog.v2.file_pb2",
+)
+
+
+def load_v2_types() -> None:
+    """Import the v2 message modules (once), so their types resolve by name."""
+    import importlib
+
+    for name in _V2_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a package without one of them: those types stay unknown
+            continue

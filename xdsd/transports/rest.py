@@ -38,6 +38,7 @@ from xdsd.protocol import NotApplied, ProtocolError, record_events
 from xdsd.protocol.fetch import JsonRenderer, NotModified
 from xdsd.protocol.rest_session import RestSessions
 from xdsd.resources import SHORT_NAMES, TypeUrl
+from xdsd.resources.v2 import v3_type
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 
@@ -148,6 +149,7 @@ class RestDiscovery:
         """An aiohttp application serving ``/v3/discovery:*`` (and the timings)."""
         application = web.Application(client_max_size=_MAX_BODY)
         application.router.add_post("/v3/discovery:{type}", self.handle)
+        application.router.add_post("/v2/discovery:{type}", self.handle_v2)
         application.router.add_get("/debug/rest/timings", self.show_timings)
         application.on_cleanup.append(self._log_timings)
         return application
@@ -167,22 +169,28 @@ class RestDiscovery:
                 figures["cpu_p99_us"], figures["max_us"],
             )  # fmt: skip
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Answer one poll (and record how long that took, see ``PollTimings``)."""
+    async def handle(self, request: web.Request, *, v2: bool = False) -> web.StreamResponse:
+        """Answer one poll (and record how long that took, see ``PollTimings``); ``v2``
+        for ``/v2/discovery:*`` (v2 type URLs, resources named the v2 way)."""
         type_url = PATHS.get(request.match_info["type"])
         if type_url is None:
             return _error(404, f"unknown discovery type {request.match_info['type']!r}")
         raw = await request.read()
         started, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        response = self.answer(type_url, raw)
+        response = self.answer(type_url, raw, v2=v2)
         self.timings.record(
             response.status, time.perf_counter_ns() - started, time.thread_time_ns() - cpu
         )
         return response
 
-    def answer(self, type_url: TypeUrl, raw: bytes) -> web.Response:
-        """The response to one poll of ``type_url`` whose body is ``raw``."""
-        parsed = self._parse(type_url, raw)
+    async def handle_v2(self, request: web.Request) -> web.StreamResponse:
+        """Answer one poll of a v2 client (``/v2/discovery:*``)."""
+        return await self.handle(request, v2=True)
+
+    def answer(self, type_url: TypeUrl, raw: bytes, *, v2: bool = False) -> web.Response:
+        """The response to one poll of ``type_url`` whose body is ``raw`` (a v2 client's
+        when ``v2``: it names v2 types, and is answered with v2 names)."""
+        parsed = self._parse(type_url, raw, v2=v2)
         if isinstance(parsed, web.Response):
             return parsed
         key, client_id, node_id, names, version_info = parsed
@@ -225,12 +233,14 @@ class RestDiscovery:
             node_id, SHORT_NAMES[type_url], result.version, len(result.resources),
         )  # fmt: skip
         return web.Response(
-            body=self.renderer.render(result),
+            body=self.renderer.render(result, v2=v2),
             content_type="application/json",
             headers={"X-Xdsd-Version": result.version},
         )
 
-    def _parse(self, type_url: TypeUrl, raw: bytes) -> _ParsedPoll | web.Response:
+    def _parse(
+        self, type_url: TypeUrl, raw: bytes, *, v2: bool = False
+    ) -> _ParsedPoll | web.Response:
         """What a poll body says, or the error response (400; 500 for a node that cannot
         be configured), from the cache of recent bodies when ``raw`` was seen before.
 
@@ -278,7 +288,7 @@ class RestDiscovery:
             else:
                 version_info = str(body.get("version_info", body.get("versionInfo", "")))
             asked = body.get("type_url", body.get("typeUrl", ""))
-            if asked and asked != type_url:
+            if asked and v3_type(asked) != type_url:
                 raise ValueError(f"type_url {asked!r} does not match the path")
         except (ValueError, TypeError, json_format.ParseError) as e:
             return _error(400, f"bad DiscoveryRequest: {e}")
