@@ -49,6 +49,8 @@ class Settings:
     ``grpc_impl`` picks the gRPC server: ``grpclib`` (pure Python) or ``grpcio``.
     ``root_namespace`` is Istio's MeshConfig ``rootNamespace``: a Sidecar there without
     ``workloadSelector`` applies to every namespace that has none of its own.
+    ``shutdown_grace`` is how long, after SIGTERM, open streams get to end with their
+    UNAVAILABLE status before they are cut (seconds).
     """
 
     config_dir: str = "config"
@@ -60,6 +62,7 @@ class Settings:
     grpc_backlog: int = 4096
     grpc_impl: str = "grpclib"
     root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
+    shutdown_grace: float = 5.0
 
     @classmethod
     def from_file(cls, path: str) -> Settings:
