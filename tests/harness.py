@@ -183,6 +183,8 @@ class Xdsd(Process):
         *,
         extra: list[str] | None = None,
         ports: tuple[int, int, int] | None = None,
+        env: dict[str, str] | None = None,
+        log_format: str = "text",
     ) -> None:
         self.config_dir = config_dir
         self.grpc_port, self.rest_port, self.admin_port = ports or (
@@ -191,7 +193,8 @@ class Xdsd(Process):
             free_port(),
         )
         argv = [
-            sys.executable, "-m", "xdsd.cli", "--log-level", "debug", "serve",
+            sys.executable, "-m", "xdsd.cli", "--log-level", "debug", "--log-format", log_format,
+            "serve",
             "--config-dir", str(config_dir),
             "--grpc", f"127.0.0.1:{self.grpc_port}",
             "--rest", f"127.0.0.1:{self.rest_port}",
@@ -204,7 +207,7 @@ class Xdsd(Process):
         log_path = workdir / f"xdsd-{self.grpc_port}.log"
         if log_path.exists():
             log_path = log_path.with_suffix(".restarted.log")
-        super().__init__(argv, log_path)
+        super().__init__(argv, log_path, env)
         wait_until(
             lambda: not self.alive() or port_open("127.0.0.1", self.grpc_port),
             what="xdsd to listen",

@@ -3,8 +3,10 @@
 ``MeshState`` owns the current configuration: it reloads the directory (keeping the last
 good mesh when a load fails), builds a snapshot per node class on first use and rebuilds
 the snapshots of every watched class after each successful reload, or when the mesh-wide
-proxy defaults change. ``serve`` runs the transports and the watcher until a stop signal;
-SIGHUP forces a reload of the directory and of the settings file's ``[mesh]`` section.
+proxy defaults change. ``serve`` runs the transports and the watcher until a stop signal
+(then ends every stream with a status, within a bound); SIGHUP forces a reload of the
+directory and of the settings file's ``[mesh]`` section; systemd is told about all of it
+(``notify``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from grpclib.server import Server
 
@@ -27,12 +31,13 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
+from xdsd.notify import Notifier
 from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
-from xdsd.transports.grpc import DiscoveryServices
+from xdsd.transports.grpc import DiscoveryServices, OpenStreams
 
 if TYPE_CHECKING:
     from xdsd.transports.grpc_aio import AioServer
@@ -247,44 +252,93 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
             gc.enable()
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None,
-                settings_path: str | None = None) -> None:  # fmt: skip
-    """Run xdsd until ``stop`` is set (or SIGTERM/SIGINT). ``ready`` is set once the
-    listeners are bound. ``settings_path`` is the settings file ``settings`` came from:
-    SIGHUP reads its ``[mesh]`` section again (the other settings need a restart)."""
+#: The message every open stream ends with (status UNAVAILABLE) when xdsd shuts down.
+SHUTDOWN_MESSAGE = "xdsd is shutting down; reconnect (to another replica, if there is one)"
+#: Exit code after a second SIGTERM/SIGINT cut a shutdown short is 128 + the signal number;
+#: after a shutdown that overran its bound (``shutdown_grace`` + this many seconds), 1.
+SHUTDOWN_BACKSTOP = 5.0
+
+
+async def serve(
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
+    backstop: bool = False,
+    settings_path: str | None = None,
+) -> None:
+    """Run xdsd until ``stop`` is set or SIGTERM/SIGINT arrives; SIGHUP forces a reload.
+
+    ``ready`` is set once the listeners are bound. ``notifier`` tells systemd: READY=1
+    once a configuration is loaded and the listeners are bound (``/readyz``'s condition),
+    RELOADING=1 / READY=1 around a SIGHUP reload, STATUS= lines, WATCHDOG=1 every half
+    watchdog interval from the event loop, STOPPING=1 when shutting down.
+
+    Shutdown: ``/readyz`` turns 503, the watcher stops, every open gRPC stream ends with
+    UNAVAILABLE and ``SHUTDOWN_MESSAGE`` (streams opened meanwhile too), and whatever is
+    still open after ``settings.shutdown_grace`` seconds is cut. A second SIGTERM or SIGINT
+    during shutdown exits at once (code 128 + signal). With ``backstop`` (the ``xdsd
+    serve`` process, not an in-process caller), a shutdown still running
+    ``SHUTDOWN_BACKSTOP`` seconds after the grace ends the process with code 1.
+
+    ``settings_path`` is the settings file ``settings`` came from: SIGHUP reads its
+    ``[mesh]`` section again (the other settings need a restart).
+    """
     stop = stop or asyncio.Event()
+    notifier = notifier or Notifier(None)
+    loop = asyncio.get_running_loop()
+
+    def on_stop_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            _exit_now(f"{signum.name} during shutdown: exiting now", 128 + signum)
+        log.info("%s: shutting down", signum.name)
+        stop.set()
+
+    background: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        log.info("SIGHUP: reloading %s (every file checked)", settings.config_dir)
+        task = loop.create_task(reload(None, requested=True, mesh=_reread_mesh(settings_path)))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_stop_signal, signum)
+
     state = MeshState(
         settings.config_dir, root_namespace=settings.root_namespace, mesh_config=settings.mesh
     )
     state.reload()
-    loop = asyncio.get_running_loop()
     reload_lock = asyncio.Lock()
+    views = AdminViews(
+        state.cache, errors=lambda: state.errors, loaded=lambda: state.loaded is not None
+    )
+    readiness = _Readiness(notifier, views, state)
 
-    async def reload(paths: set[str] | None = None, mesh: MeshConfig | None = None) -> None:
+    async def reload(
+        paths: set[str] | None = None, *, requested: bool = False, mesh: MeshConfig | None = None
+    ) -> None:
         async with reload_lock:
+            if requested:
+                readiness.reloading()
             if mesh is not None:
                 state.set_mesh_config(mesh)
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             result = await asyncio.to_thread(state.load, paths, exclusive=False)
             state.apply(result)
+            readiness.update()
 
-    background: set[asyncio.Task[None]] = set()
-
-    def on_hup() -> None:
-        log.info("SIGHUP: reloading %s", settings.config_dir)
-        task = loop.create_task(reload(mesh=_reread_mesh(settings_path)))
-        background.add(task)
-        task.add_done_callback(background.discard)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+    watchdog_task = None
+    if notifier.watchdog_interval is not None:
+        watchdog_task = asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval / 2))
 
     grpc_server: Server | None = None
     aio_server: AioServer | None = None
+    streams: list[OpenStreams] = []
     if settings.grpc is not None and settings.grpc_impl == "grpcio":
         try:
             from xdsd.transports.grpc_aio import AioServer
@@ -295,10 +349,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
 
         aio_server = AioServer(state)
         await aio_server.start(settings.grpc)
+        streams.append(aio_server.services.streams)
         bound = Address(settings.grpc.host, aio_server.port)
         log.info("gRPC xDS listening on %s (grpcio)", bound)
     elif settings.grpc is not None:
-        grpc_server = Server([DiscoveryServices(state)])
+        services = DiscoveryServices(state)
+        streams.append(services.streams)
+        grpc_server = Server([services])
         await grpc_server.start(
             settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog
         )
@@ -310,13 +367,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         rest_runner = await start_rest(state, settings.rest)
         log.info("REST xDS listening on %s", settings.rest)
     admin_runner = None
-    views = AdminViews(
-        state.cache, errors=lambda: state.errors, loaded=lambda: state.loaded is not None
-    )
     if settings.admin is not None:
         admin_runner = await start_admin(views, settings.admin)
         log.info("admin listening on %s", settings.admin)
     views.listening = True
+    readiness.update()
     watcher = ConfigWatcher(
         settings.config_dir,
         reload,
@@ -329,19 +384,119 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        grace = settings.shutdown_grace
+        log.info("shutting down: open streams get %.1f s to end", grace)
+        if backstop:
+            _start_backstop(grace + SHUTDOWN_BACKSTOP)
+        views.listening = False
+        notifier.stopping("shutting down")
+        deadline = loop.time() + grace
         watch_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch_task
+        for open_streams in streams:
+            count = len(open_streams)
+            left = await open_streams.close_all(SHUTDOWN_MESSAGE, max(0.0, deadline - loop.time()))
+            if count:
+                log.info("ended %d streams with UNAVAILABLE", count - left)
+            if left:
+                log.warning("%d streams still open after %.1f s (clients not reading): cut",
+                            left, grace)  # fmt: skip
         if grpc_server is not None:
             grpc_server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(grpc_server.wait_closed(), 5)
+                await asyncio.wait_for(grpc_server.wait_closed(), max(1.0, deadline - loop.time()))
         if aio_server is not None:
-            await aio_server.stop(5)
+            await aio_server.stop(max(0.0, deadline - loop.time()))
         for runner in (rest_runner, admin_runner):
             if runner is not None:
-                await runner.cleanup()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runner.cleanup(), max(1.0, deadline - loop.time()))
+        if watchdog_task is not None:
+            watchdog_task.cancel()
+        for task in tuple(background):
+            task.cancel()
+        notifier.close()
+        log.info("stopped")
+
+
+class _Readiness:
+    """Tells systemd when xdsd is ready (the ``/readyz`` condition: a configuration loaded
+    and the listeners bound), reloading, and what its status is."""
+
+    def __init__(self, notifier: Notifier, views: AdminViews, state: MeshState) -> None:
+        self.notifier = notifier
+        self.views = views
+        self.state = state
+        self.announced = False
+        self._reloading = False
+        self._status = ""
+
+    def reloading(self) -> None:
+        """A requested reload (SIGHUP) begins; ``update`` ends it."""
+        if self.announced:
+            self._reloading = True
+            self.notifier.reloading()
+
+    def update(self) -> None:
+        """After a reload or once listening: READY=1 when newly ready (or a requested reload
+        ended), else a STATUS= line when the status text changed."""
+        status = self._text()
+        if not self.announced:
+            if self.views.listening and self.state.loaded is not None:
+                self.announced = True
+                self._status = status
+                self.notifier.ready(status)
+                log.info("ready: %s", status)
+            elif status != self._status:
+                self._status = status
+                self.notifier.status(status)
+            return
+        if self._reloading:
+            self._reloading = False
+            self._status = status
+            self.notifier.ready(status)
+        elif status != self._status:
+            self._status = status
+            self.notifier.status(status)
+
+    def _text(self) -> str:
+        state = self.state
+        if state.loaded is None:
+            errors = len(state.errors)
+            return f"waiting for a valid configuration in {state.config_dir}: {errors} errors"
+        mesh = state.loaded.mesh
+        text = f"serving {len(mesh.services)} services from {state.config_dir}"
+        if state.errors:
+            text += f"; last edit refused ({len(state.errors)} errors), serving the last good one"
+        return text
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    """WATCHDOG=1 every ``interval`` seconds, from the event loop: a loop stuck for longer
+    than the watchdog timeout stops the pings, and systemd restarts the service."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+def _exit_now(message: str, code: int) -> NoReturn:
+    """Log ``message`` and end the process at once (no cleanup, no waiting for threads)."""
+    log.warning(message)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
+
+
+def _start_backstop(after: float) -> None:
+    """End the process with code 1 if it is still alive ``after`` seconds from now: a
+    shutdown must not hang on a stuck loop or a worker thread."""
+    timer = threading.Timer(
+        after, _exit_now, (f"shutdown still running after {after:.1f} s: exiting now", 1)
+    )
+    timer.daemon = True
+    timer.start()
 
 
 def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
@@ -373,10 +528,15 @@ def run_server(args: argparse.Namespace) -> int:
     """``xdsd serve``: settings from file then flags, then run until stopped."""
     settings = Settings.from_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
-    for name in ("config_dir", "grpc", "rest", "admin", "grpc_impl"):
+    for name in ("config_dir", "grpc", "rest", "admin", "grpc_impl", "shutdown_grace"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     settings = settings.merged(overrides, source="command line")
-    asyncio.run(serve(settings, settings_path=args.settings))
+    asyncio.run(
+        serve(
+            settings, notifier=Notifier.from_environment(), backstop=True,
+            settings_path=args.settings,
+        )
+    )  # fmt: skip
     return 0

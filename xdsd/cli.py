@@ -1,4 +1,4 @@
-"""The ``xdsd`` command: serve | validate | render | bootstrap.
+"""The ``xdsd`` command: serve | validate | render | bootstrap | status.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
+from xdsd.logs import LOG_FORMATS, configure_logging
 from xdsd.model import Locality
 from xdsd.sources import LoadResult, load_directory
 
@@ -32,14 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("hpack", "h2", "grpclib", "asyncio", "watchfiles"):
-        # --log-level debug is for xdsd's own decisions, not every HTTP/2 header
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    configure_logging(args.log_level, args.log_format)
     try:
         result: int = args.run(args)
         return result
@@ -70,6 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--log-format", default="text", choices=list(LOG_FORMATS),
+        help="text (readable, the default) or json (one object per line)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve xDS over gRPC and REST, following the config dir")
@@ -88,7 +86,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="gRPC server implementation (default: grpclib)",
     )  # fmt: skip
     serve.add_argument("--settings", default=None, metavar="FILE", help="a TOML settings file")
+    serve.add_argument(
+        "--shutdown-grace", default=None, type=float, metavar="SECONDS",
+        help="on SIGTERM, how long open streams get to end (default: 5)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
+
+    status = sub.add_parser(
+        "status", help="every connected proxy's sync state (exit 1: some NACK or are stale)"
+    )
+    status.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="xdsd's admin address"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--stale-after", type=float, default=10.0, metavar="SECONDS",
+        help="a version sent and not ACKed for longer is STALE (default: 10)",
+    )  # fmt: skip
+    status.set_defaults(run=_status)
 
     validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
     validate.add_argument("dir", nargs="?", default=None, metavar="DIR")
@@ -286,6 +301,24 @@ def _bootstrap(args: argparse.Namespace) -> int:
         )  # fmt: skip
         sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from xdsd import status
+
+    if args.stale_after < 0:
+        raise UsageError("--stale-after must not be negative")
+    try:
+        clients, problems, now = status.fetch(args.admin)
+    except status.AdminUnreachable as e:
+        print(f"xdsd status: {e}", file=sys.stderr)
+        return status.EXIT_UNREACHABLE
+    result = status.summarize(clients, problems, now=now, stale_after=args.stale_after)
+    if args.json:
+        _print_json(status.to_json(result))
+    else:
+        sys.stdout.write(status.render_table(result))
+    return result.exit_code
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ class Settings:
     ``root_namespace`` is Istio's MeshConfig ``rootNamespace``: a Sidecar there without
     ``workloadSelector`` applies to every namespace that has none of its own.
     ``mesh`` holds the mesh-wide proxy defaults (the ``[mesh]`` table of the file).
+    ``shutdown_grace`` is how long, after SIGTERM, open streams get to end with their
+    UNAVAILABLE status before they are cut (seconds).
     """
 
     config_dir: str = "config"
@@ -76,6 +78,7 @@ class Settings:
     grpc_impl: str = "grpclib"
     root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
     mesh: MeshConfig = DEFAULT_MESH_CONFIG
+    shutdown_grace: float = 5.0
 
     @classmethod
     def from_file(cls, path: str) -> Settings:

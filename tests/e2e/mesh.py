@@ -128,7 +128,7 @@ class EchoMesh:
         self.xdsd = Xdsd(self.config, self.root, **kwargs)  # type: ignore[arg-type]
         return self.xdsd
 
-    def start_envoy(self, transport: str = "grpc") -> Envoy:
+    def start_envoy(self, transport: str = "grpc", extra: tuple[str, ...] = ()) -> Envoy:
         assert self.xdsd is not None
         admin_port = free_port()
         port = self.xdsd.grpc_port if transport != "rest" else self.xdsd.rest_port
@@ -144,7 +144,7 @@ class EchoMesh:
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{transport}.yaml"
         path.write_text(proc.stdout)
-        self.envoy = Envoy(path, admin_port, self.root)
+        self.envoy = Envoy(path, admin_port, self.root, extra)
         self.envoy.ready()
         return self.envoy
 

@@ -5,7 +5,13 @@ task puts every request it decodes into the inbox; the snapshot cache's watcher 
 snapshot as pending and wakes the inbox once, however many snapshots arrive meanwhile. The
 stream's own task takes items from the inbox, feeds them to the core, records the events in
 client status and writes the ``Response`` events out. A client that breaks the protocol gets
-its stream ended with a gRPC status; nothing a client sends can stop the server.
+its stream ended with a gRPC status; nothing a client sends can stop the server. On
+shutdown, ``OpenStreams.close_all`` ends every stream with UNAVAILABLE and a message (and
+any stream opened meanwhile at once), so clients know to reconnect elsewhere.
+
+Logging: each line about a stream carries ``client`` (the stream's id) and ``node`` (its
+node id), and lines about one type ``type`` and ``version``, as ``extra`` fields (see
+``xdsd.logs``); per-request DEBUG lines build them only when DEBUG is enabled.
 
 Encoding: after an edit every client of a class is sent the same resources at the same
 version; only the nonce differs. ``ResponseEncoder`` serializes the version, resources and
@@ -17,6 +23,7 @@ bytes as they are instead of serializing a message per client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import OrderedDict
@@ -54,6 +61,49 @@ _STATUS = {
 }
 _END = object()
 _WAKE = object()
+
+
+class ServerClosing(Exception):
+    """The server is shutting down: the stream ends with UNAVAILABLE and this message."""
+
+
+class OpenStreams:
+    """The open streams of a server, so that shutdown can end each with a status."""
+
+    def __init__(self) -> None:
+        self._open: set[StreamClient] = set()
+        self._idle: asyncio.Event | None = None
+        #: The shutdown message once ``close_all`` was called (new streams end at once).
+        self.closing: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, client: StreamClient) -> None:
+        """Track ``client``; raises ServerClosing when the server is shutting down."""
+        if self.closing is not None:
+            raise ServerClosing(self.closing)
+        self._open.add(client)
+
+    def discard(self, client: StreamClient) -> None:
+        """Stop tracking ``client`` (its stream ended)."""
+        self._open.discard(client)
+        if not self._open and self._idle is not None:
+            self._idle.set()
+
+    async def close_all(self, message: str, timeout: float) -> int:
+        """Ask every open stream to end with UNAVAILABLE and ``message``, refuse new ones
+        the same way, and wait up to ``timeout`` seconds for them to end. Returns how many
+        are still open (streams stuck writing to a client that does not read)."""
+        self.closing = message
+        self._idle = asyncio.Event()
+        if not self._open:
+            return 0
+        for client in tuple(self._open):
+            client.shut_down(message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return len(self._open)
 
 
 class MessageStream(Protocol):
@@ -177,6 +227,7 @@ class DiscoveryServices:
         self.source = source
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
+        self.streams = OpenStreams()
 
     def __mapping__(self) -> dict[str, Handler]:
         req, resp = discovery_pb2.DiscoveryRequest, EncodedResponse
@@ -245,14 +296,19 @@ class DiscoveryServices:
                 self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
             )
         try:
+            self.streams.add(client)
             await client.run()
+        except ServerClosing as e:
+            log.info("ending stream: %s", e, extra=client.fields)
+            raise GRPCError(Status.UNAVAILABLE, str(e)) from None
         except ProtocolError as e:
-            log.warning("%s: ending stream: %s", client.label, e)
+            log.warning("ending stream: %s", e, extra=client.fields)
             raise GRPCError(_STATUS.get(e.code, Status.INVALID_ARGUMENT), e.message) from None
         except TranslationError as e:
-            log.error("%s: cannot configure this node: %s", client.label, e)
+            log.error("cannot configure this node: %s", e, extra=client.fields)
             raise GRPCError(Status.FAILED_PRECONDITION, str(e)) from None
         finally:
+            self.streams.discard(client)
             client.close()
 
 
@@ -274,11 +330,16 @@ class StreamClient:
         self.core = SotwStream(type_url)
         self.client_id = client_id
         self.transport = client_id.rsplit("-", 1)[0]
-        self.label = client_id
+        #: The ``extra`` fields of every log line about this stream (``node`` once known).
+        self.fields: dict[str, str] = {"client": client_id}
         self.key: Hashable | None = None
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.pending: Snapshot | None = None
         self.reader: asyncio.Task[None] | None = None
+
+    def shut_down(self, message: str) -> None:
+        """End the stream with UNAVAILABLE and ``message`` once its loop gets to it."""
+        self.inbox.put_nowait(ServerClosing(message))
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         woke = self.pending is not None
@@ -315,11 +376,11 @@ class StreamClient:
         if item is _END:
             return False
         if isinstance(item, Exception):
-            if isinstance(item, GRPCError | ProtocolError):
+            if isinstance(item, GRPCError | ProtocolError | ServerClosing):
                 raise item
             if isinstance(item, DecodeError):
                 raise ProtocolError("INVALID_ARGUMENT", f"undecodable DiscoveryRequest: {item}")
-            log.info("%s: stream closed: %r", self.label, item)
+            log.info("stream broken: %r", item, extra=self.fields)
             return False
         if item is _WAKE:
             snapshot, self.pending = self.pending, None
@@ -330,11 +391,14 @@ class StreamClient:
         request = item
         if self.key is None:
             self._open(request)
-        log.debug(
-            "%s: request %s version=%r nonce=%r names=%d",
-            self.label, SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url),
-            request.version_info, request.response_nonce, len(request.resource_names),
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            kind = SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url)
+            log.debug(
+                "request %s version=%r nonce=%r names=%d",
+                kind, request.version_info, request.response_nonce, len(request.resource_names),
+                extra={**self.fields, "type": kind, "version": request.version_info,
+                       "nonce": request.response_nonce},
+            )  # fmt: skip
         await self._send(self.core.on_request(request))
         return True
 
@@ -343,12 +407,15 @@ class StreamClient:
             raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
         node = first.node
         self.key = self.source.classify(node, self._classify_as())
-        self.label = f"{self.client_id} node={node.id}"
+        self.fields = {"client": self.client_id, "node": node.id}
         cache = self.source.cache
         cache.open_client(self.client_id, node_id=node.id, key=self.key, transport=self.transport)
         snapshot = self.source.snapshot(self.key)
         cache.subscribe(self.key, self._on_snapshot)
-        log.info("%s: stream opened (%s, class %s)", self.label, self.transport, self.key)
+        log.info(
+            "stream opened (%s, class %s)", self.transport, self.key,
+            extra={**self.fields, "transport": self.transport},
+        )  # fmt: skip
         if snapshot is not None:
             self._feed_first_snapshot(snapshot)
 
@@ -363,14 +430,17 @@ class StreamClient:
 
     async def _send(self, events: list[Any]) -> None:
         for news in record_events(self.source.cache, self.client_id, events):
-            _log_rejection(self.label, news)
+            _log_rejection(self.fields, news)
         for event in events:
             if isinstance(event, Response):
-                log.debug(
-                    "%s: sending %s version=%s nonce=%s resources=%d",
-                    self.label, SHORT_NAMES.get(event.type_url, event.type_url),
-                    event.version, event.nonce, len(event.resources),
-                )  # fmt: skip
+                if log.isEnabledFor(logging.DEBUG):
+                    kind = SHORT_NAMES.get(event.type_url, event.type_url)
+                    log.debug(
+                        "sending %s version=%s nonce=%s resources=%d",
+                        kind, event.version, event.nonce, len(event.resources),
+                        extra={**self.fields, "type": kind, "version": event.version,
+                               "nonce": event.nonce},
+                    )  # fmt: skip
                 await self.stream.send_message(EncodedResponse(self.encoder.encode(event)))
 
     def close(self) -> None:
@@ -379,15 +449,19 @@ class StreamClient:
         if self.key is not None:
             self.source.cache.unsubscribe(self.key, self._on_snapshot)
             self.source.cache.close_client(self.client_id)
-            log.info("%s: stream closed", self.label)
+            log.info("stream closed", extra=self.fields)
 
 
-def _log_rejection(label: str, event: Nack | NotApplied) -> None:
+def _log_rejection(fields: dict[str, str], event: Nack | NotApplied) -> None:
     kind = SHORT_NAMES.get(event.type_url, event.type_url)
     if isinstance(event, Nack):
         log.warning(
-            "%s: NACK of %s version %s (keeps %s): %s",
-            label, kind, event.rejected_version, event.version, event.message,
+            "NACK of %s version %s (keeps %s): %s",
+            kind, event.rejected_version, event.version, event.message,
+            extra={**fields, "type": kind, "version": event.rejected_version},
         )  # fmt: skip
     else:
-        log.warning("%s: %s version %s not applied", label, kind, event.served_version)
+        log.warning(
+            "%s version %s not applied", kind, event.served_version,
+            extra={**fields, "type": kind, "version": event.served_version},
+        )  # fmt: skip

@@ -31,7 +31,9 @@ from xdsd.transports.grpc import (
     ADS_SERVICE,
     PER_TYPE_SERVICES,
     EncodedResponse,
+    OpenStreams,
     ResponseEncoder,
+    ServerClosing,
     StreamClient,
 )
 
@@ -83,6 +85,7 @@ class AioDiscoveryServices:
         self.source = source
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
+        self.streams = OpenStreams()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """One generic handler per service."""
@@ -117,15 +120,20 @@ class AioDiscoveryServices:
         code: grpc.StatusCode | None = None
         details = ""
         try:
+            self.streams.add(client)
             await client.run()
+        except ServerClosing as e:
+            log.info("ending stream: %s", e, extra=client.fields)
+            code, details = grpc.StatusCode.UNAVAILABLE, str(e)
         except ProtocolError as e:
-            log.warning("%s: ending stream: %s", client.label, e)
+            log.warning("ending stream: %s", e, extra=client.fields)
             code = _STATUS.get(e.code, grpc.StatusCode.INVALID_ARGUMENT)
             details = e.message
         except TranslationError as e:
-            log.error("%s: cannot configure this node: %s", client.label, e)
+            log.error("cannot configure this node: %s", e, extra=client.fields)
             code, details = grpc.StatusCode.FAILED_PRECONDITION, str(e)
         finally:
+            self.streams.discard(client)
             client.close()
         if code is not None:
             await context.abort(code, details)

@@ -17,14 +17,11 @@ from collections.abc import Hashable
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf.message import DecodeError
-from grpclib.exceptions import GRPCError
 
-from xdsd.protocol import DeltaResponse, ProtocolError, record_events
+from xdsd.protocol import DeltaResponse, record_events
 from xdsd.protocol.delta import DeltaStream
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES, TypeUrl
 from xdsd.transports.grpc import (
-    _END,
     _WAKE,
     EncodedResponse,
     ResponseEncoder,
@@ -75,17 +72,8 @@ class DeltaStreamClient(StreamClient):
         self.delta = DeltaStream(self.type_url)
 
     async def _handle(self, item: object) -> bool:
-        if item is _END:
-            return False
-        if isinstance(item, Exception):
-            if isinstance(item, GRPCError | ProtocolError):
-                raise item
-            if isinstance(item, DecodeError):
-                raise ProtocolError(
-                    "INVALID_ARGUMENT", f"undecodable DeltaDiscoveryRequest: {item}"
-                )
-            log.info("%s: stream closed: %r", self.label, item)
-            return False
+        if item is not _WAKE and not isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
+            return await super()._handle(item)  # the end, or what ended the stream
         if item is _WAKE:
             snapshot, self.pending = self.pending, None
             if snapshot is not None:
@@ -95,12 +83,14 @@ class DeltaStreamClient(StreamClient):
         request = item
         if self.key is None:
             self._open(request)
-        log.debug(
-            "%s: delta request %s nonce=%r subscribe=%d unsubscribe=%d initial=%d",
-            self.label, SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url),
-            request.response_nonce, len(request.resource_names_subscribe),
-            len(request.resource_names_unsubscribe), len(request.initial_resource_versions),
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            kind = SHORT_NAMES.get(TypeUrl(request.type_url), request.type_url)
+            log.debug(
+                "delta request %s nonce=%r subscribe=%d unsubscribe=%d initial=%d",
+                kind, request.response_nonce, len(request.resource_names_subscribe),
+                len(request.resource_names_unsubscribe), len(request.initial_resource_versions),
+                extra={**self.fields, "type": kind, "nonce": request.response_nonce},
+            )  # fmt: skip
         await self._send(list(self.delta.on_request(request)))
         return True
 
@@ -112,14 +102,18 @@ class DeltaStreamClient(StreamClient):
 
     async def _send(self, events: list[Any]) -> None:
         for news in record_events(self.source.cache, self.client_id, events):
-            _log_rejection(self.label, news)
+            _log_rejection(self.fields, news)
         for event in events:
             if isinstance(event, DeltaResponse):
-                log.debug(
-                    "%s: sending delta %s version=%s nonce=%s resources=%d removed=%d",
-                    self.label, SHORT_NAMES.get(event.type_url, event.type_url),
-                    event.version, event.nonce, len(event.resources), len(event.removed),
-                )  # fmt: skip
+                if log.isEnabledFor(logging.DEBUG):
+                    kind = SHORT_NAMES.get(event.type_url, event.type_url)
+                    log.debug(
+                        "sending delta %s version=%s nonce=%s resources=%d removed=%d",
+                        kind, event.version, event.nonce, len(event.resources),
+                        len(event.removed),
+                        extra={**self.fields, "type": kind, "version": event.version,
+                               "nonce": event.nonce},
+                    )  # fmt: skip
                 data = encode_delta(self.encoder, event)
                 await self.stream.send_message(EncodedResponse(data))
 

@@ -72,7 +72,7 @@ class V2StreamClient(StreamClient):
 
     async def _send(self, events: list[Any]) -> None:
         for news in record_events(self.source.cache, self.client_id, events):
-            _log_rejection(self.label, news)
+            _log_rejection(self.fields, news)
         for event in events:
             if isinstance(event, Response):
                 await self.stream.send_message(EncodedResponse(encode_v2(self.encoder, event)))

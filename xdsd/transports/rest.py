@@ -199,7 +199,9 @@ class RestDiscovery:
         except ProtocolError as e:
             return _error(400, e.message)
         except TranslationError as e:
-            log.error("rest node=%s: cannot configure this node: %s", node_id, e)
+            log.error(
+                "cannot configure this node: %s", e, extra={"node": node_id, "client": client_id}
+            )
             return _error(500, str(e))
         if snapshot is None:
             return _error(503, "no configuration loaded yet")
@@ -211,27 +213,34 @@ class RestDiscovery:
         for gone in poll.forgotten:
             self._known.pop(gone, None)
             cache.close_client(gone)
-            log.info("rest client %s: stopped polling, forgotten", gone)
+            log.info("stopped polling, forgotten", extra={"client": gone})
         report = poll.report
         news = record_events(cache, client_id, [report]) if report is not None else []
         if news and isinstance(report, NotApplied):
             log.warning(
-                "rest node=%s: %s version %s not applied (still at %s)",
-                node_id, SHORT_NAMES[type_url], report.served_version, version_info,
+                "%s version %s not applied (still at %s)",
+                SHORT_NAMES[type_url], report.served_version, version_info,
+                extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
+                       "version": report.served_version},
             )  # fmt: skip
         result = poll.answer
         if isinstance(result, NotModified):
-            if result.waiting_for:
+            if result.waiting_for and log.isEnabledFor(logging.DEBUG):
                 log.debug(
-                    "rest node=%s: %s held at %r until it holds clusters %s",
-                    node_id, SHORT_NAMES[type_url], version_info, ", ".join(result.waiting_for),
+                    "%s held at %r until it holds clusters %s",
+                    SHORT_NAMES[type_url], version_info, ", ".join(result.waiting_for),
+                    extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
+                           "version": version_info},
                 )  # fmt: skip
             return web.Response(status=304)
         record_events(cache, client_id, [result])
-        log.debug(
-            "rest node=%s: %s version %s (%d resources)",
-            node_id, SHORT_NAMES[type_url], result.version, len(result.resources),
-        )  # fmt: skip
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "sending %s version %s (%d resources)",
+                SHORT_NAMES[type_url], result.version, len(result.resources),
+                extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
+                       "version": result.version},
+            )  # fmt: skip
         return web.Response(
             body=self.renderer.render(result, v2=v2),
             content_type="application/json",
@@ -297,7 +306,7 @@ class RestDiscovery:
         except ProtocolError as e:
             return _error(400, e.message)
         except TranslationError as e:
-            log.error("rest node=%s: cannot configure this node: %s", node.id, e)
+            log.error("cannot configure this node: %s", e, extra={"node": node.id})
             return _error(500, str(e))
         parsed = _ParsedPoll(key, f"rest-{node.id or node.cluster}", node.id, names, version_info)
         if start and not (versioned or "versionInfo" in body):

@@ -1,0 +1,135 @@
+"""``xdsd status`` against a running daemon with a real Envoy (SYNCED), a client that NACKs
+and one that never ACKs (STALE); unreachable daemons; the states from /debug/clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.mesh import EchoMesh
+from tests.harness import free_port, wait_until
+from tests.xds_clients import AdsClient
+from xdsd.status import NACKED, NOT_SENT, PENDING, STALE, SYNCED, summarize
+
+
+def _status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xdsd.cli", "status", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[EchoMesh]:
+    m = EchoMesh(tmp_path)
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def test_status_of_a_synced_envoy_a_nacking_and_a_stale_client(mesh: EchoMesh) -> None:
+    xdsd = mesh.start_xdsd()
+    mesh.start_envoy("grpc")
+    mesh.wait_for("v1")
+    admin = f"127.0.0.1:{xdsd.admin_port}"
+
+    def envoy_synced() -> bool:
+        result = _status("--admin", admin)
+        return result.returncode == 0 and "SYNCED  SYNCED  SYNCED  SYNCED" in result.stdout
+
+    wait_until(envoy_synced, what="Envoy SYNCED on every type")
+    table = _status("--admin", admin).stdout
+    assert table.splitlines()[0].split() == [
+        "NAME",
+        "SERVICE",
+        "TRANSPORT",
+        "CDS",
+        "EDS",
+        "LDS",
+        "RDS",
+    ]
+    assert "client-grpc  default/client  ads" in table
+    assert "1 proxy: 1 synced, 0 NACKing" in table
+
+    nacking = AdsClient(
+        xdsd.grpc_port, "sim-nack", "sim", mode="nack", error="bad cluster: " + "x" * 300
+    )
+    silent = AdsClient(xdsd.grpc_port, "sim-silent", "sim", mode="silent")
+    try:
+
+        def failing() -> subprocess.CompletedProcess[str] | None:
+            result = _status("--admin", admin, "--stale-after", "1")
+            return result if "NACKED" in result.stdout and "STALE" in result.stdout else None
+
+        result = wait_until(failing, what="NACKED and STALE shown")
+        assert result.returncode == 1, result.stdout
+        lines = {
+            line.split()[0]: line
+            for line in result.stdout.splitlines()
+            if line.startswith("sim-") or line.startswith("client-")
+        }
+        assert lines["sim-nack"].split()[3] == NACKED
+        assert lines["sim-silent"].split()[3] == STALE
+        assert lines["client-grpc"].split()[3:] == [SYNCED] * 4
+        rejection = next(
+            line for line in result.stdout.splitlines() if line.startswith("  sim-nack CDS")
+        )
+        assert (
+            "bad cluster: xxx" in rejection and rejection.endswith("...") and len(rejection) < 200
+        )
+        assert "3 proxies: 1 synced, 1 NACKing, 1 stale" in result.stdout
+
+        as_json = json.loads(_status("--admin", admin, "--stale-after", "1", "--json").stdout)
+        by_node = {p["node_id"]: p for p in as_json["proxies"]}
+        assert by_node["sim-nack"]["types"]["clusters"]["error"].startswith("bad cluster: ")
+        assert by_node["sim-nack"]["failing"] and not by_node["client-grpc"]["failing"]
+        assert as_json["exit_code"] == 1
+    finally:
+        nacking.stop()
+        silent.stop()
+    wait_until(lambda: _status("--admin", admin).returncode == 0, what="back to all synced")
+
+
+def test_unreachable_daemon_is_a_clear_error() -> None:
+    result = _status("--admin", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 3
+    assert "cannot reach xdsd's admin server at 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _client(types: dict[str, Any]) -> dict[str, Any]:
+    return {"client_id": "ads-1", "node_id": "n", "connected": True, "transport": "ads",
+            "class": "NodeClass(service='reviews', namespace='shop', role=<Role.GATEWAY: 'gateway'>)",
+            "types": types}  # fmt: skip
+
+
+def test_states_from_client_records() -> None:
+    def t(
+        sent: str | None, acked: str | None, at: float = 100.0, nack: str | None = None
+    ) -> dict[str, Any]:
+        return {"sent_version": sent, "acked_version": acked, "sent_at": at, "not_applied": False,
+                "nack": None if nack is None else {"version": nack, "message": "no"}}  # fmt: skip
+
+    status = summarize(
+        [_client({"clusters": t("2", "2"), "endpoints": t("3", "2", at=90.0),
+                  "listeners": t("4", "1", at=99.5), "routes": t("5", "1", nack="5"),
+                  "secrets": t(None, None)})],
+        [{"text": "a.yaml:1: x: bad"}, {"text": "b.yaml:2: y: odd", "severity": "warning"}],
+        now=100.0, stale_after=5.0,
+    )  # fmt: skip
+    (proxy,) = status.proxies
+    assert {n: s.state for n, s in proxy.types.items()} == {
+        "clusters": SYNCED, "endpoints": STALE, "listeners": PENDING, "routes": NACKED,
+        "secrets": NOT_SENT,
+    }  # fmt: skip
+    assert proxy.service == "shop/reviews (gateway)"
+    assert status.exit_code == 1 and len(status.errors) == 1 and len(status.warnings) == 1
+    disconnected = summarize([{**_client({}), "connected": False}], [], now=0, stale_after=1)
+    assert disconnected.proxies == () and disconnected.exit_code == 0

@@ -1,0 +1,279 @@
+"""``xdsd status``: every connected proxy's sync state, as a table (like ``istioctl
+proxy-status``) or JSON, read from a running daemon's admin server.
+
+How this works: ``fetch`` reads ``/debug/clients`` and ``/debug/errors`` over HTTP;
+``summarize`` (pure) gives each connected client, per type, one state:
+
+- ``SYNCED``: the version last sent is the version last acknowledged;
+- ``NACKED``: the client rejected the version last sent (its error is kept);
+- ``NOT APPLIED``: a REST client did not advance to the version it was served (REST's way
+  of rejecting: it carries no error);
+- ``STALE``: sent, neither acknowledged nor rejected for longer than ``stale_after``;
+- ``PENDING``: sent, not acknowledged yet, more recently than that;
+- ``NOT SENT``: nothing of that type was sent (not asked for, or nothing to send).
+
+A proxy is *failing* when any of its types is NACKED, NOT APPLIED or STALE; the command
+exits 1 then (0 when none is), 3 when the admin server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from xdsd.errors import XdsdError
+
+SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
+    "SYNCED", "NACKED", "NOT APPLIED", "STALE", "PENDING", "NOT SENT",
+)  # fmt: skip
+FAILING = frozenset({NACKED, NOT_APPLIED, STALE})
+
+#: Column order and heading of the types /debug/clients names; others follow, upper-cased.
+TYPE_COLUMNS = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "routes": "RDS",
+                "secrets": "SDS"}  # fmt: skip
+ALWAYS_SHOWN = ("clusters", "endpoints", "listeners", "routes")
+
+#: Exit codes.
+EXIT_OK, EXIT_FAILING, EXIT_UNREACHABLE = 0, 1, 3
+
+
+class AdminUnreachable(XdsdError):
+    """The admin server did not answer (with what went wrong)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TypeState:
+    """One type of one proxy."""
+
+    state: str
+    sent_version: str | None
+    acked_version: str | None
+    age: float | None  # seconds since the last send
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyState:
+    """One connected proxy."""
+
+    node_id: str
+    client_id: str
+    service: str
+    transport: str
+    types: dict[str, TypeState] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> bool:
+        """Some type is NACKED, NOT APPLIED or STALE."""
+        return any(t.state in FAILING for t in self.types.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the daemon reported: proxies and config problems."""
+
+    proxies: tuple[ProxyState, ...]
+    errors: tuple[dict[str, Any], ...]
+    warnings: tuple[dict[str, Any], ...]
+    stale_after: float
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any proxy is failing, else 0."""
+        return EXIT_FAILING if any(p.failing for p in self.proxies) else EXIT_OK
+
+
+def fetch(admin: str, *, timeout: float = 5.0) -> tuple[list[Any], list[Any], float]:
+    """``/debug/clients``, ``/debug/errors`` and the daemon's clock (its ``Date`` header,
+    else ours) from the admin server at ``HOST:PORT``. Raises AdminUnreachable."""
+    base = admin if "://" in admin else f"http://{admin}"
+    results: list[Any] = []
+    now = time.time()
+    for path in ("/debug/clients", "/debug/errors"):
+        url = base.rstrip("/") + path
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                results.append(json.loads(response.read()))
+                date = response.headers.get("Date")
+                if date:
+                    now = max(now, email.utils.parsedate_to_datetime(date).timestamp())
+        except urllib.error.HTTPError as e:
+            raise AdminUnreachable(
+                f"{url} answered {e.code} {e.reason}: is it xdsd's admin address?"
+            ) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise AdminUnreachable(
+                f"cannot reach xdsd's admin server at {admin} ({reason}): is xdsd running, "
+                "and is --admin its admin address?"
+            ) from None
+        except ValueError as e:
+            raise AdminUnreachable(
+                f"{url} did not answer JSON ({e}): is it xdsd's admin address?"
+            ) from None
+    return results[0], results[1], now
+
+
+def summarize(clients: list[Any], problems: list[Any], *, now: float, stale_after: float) -> Status:
+    """The status of every connected client in ``clients`` (``/debug/clients``) at
+    ``now`` (seconds since the epoch, the daemon's clock); ``problems`` is
+    ``/debug/errors`` (entries with ``severity: warning`` are warnings)."""
+    proxies = []
+    for client in clients:
+        if not client.get("connected", True):
+            continue
+        types = {
+            name: _type_state(status, now, stale_after)
+            for name, status in (client.get("types") or {}).items()
+        }
+        proxies.append(
+            ProxyState(
+                node_id=client.get("node_id") or "?",
+                client_id=client.get("client_id", ""),
+                service=_service(client.get("class", "")),
+                transport=client.get("transport", ""),
+                types=types,
+            )
+        )
+    proxies.sort(key=lambda p: (p.node_id, p.client_id))
+    warnings = tuple(p for p in problems if p.get("severity") == "warning")
+    errors = tuple(p for p in problems if p.get("severity") != "warning")
+    return Status(tuple(proxies), errors, warnings, stale_after)
+
+
+def _type_state(status: dict[str, Any], now: float, stale_after: float) -> TypeState:
+    sent, acked = status.get("sent_version"), status.get("acked_version")
+    sent_at = status.get("sent_at")
+    age = max(0.0, now - sent_at) if isinstance(sent_at, int | float) else None
+    nack = status.get("nack")
+    if sent is None:
+        state = NOT_SENT
+    elif nack and nack.get("version") == sent:
+        return TypeState(NACKED, sent, acked, age, str(nack.get("message", "")))
+    elif status.get("not_applied"):
+        state = NOT_APPLIED
+    elif acked == sent:
+        state = SYNCED
+    elif age is not None and age > stale_after:
+        state = STALE
+    else:
+        state = PENDING
+    return TypeState(state, sent, acked, age)
+
+
+_CLASS_FIELD = re.compile(r"(service|namespace)='([^']*)'|role=<Role\.\w+: '(\w+)'>")
+
+
+def _service(text: str) -> str:
+    """``namespace/service (role)`` from a node class's text, else the text itself."""
+    found: dict[str, str] = {}
+    for m in _CLASS_FIELD.finditer(text):
+        if m.group(1):
+            found.setdefault(m.group(1), m.group(2))
+        else:
+            found.setdefault("role", m.group(3))
+    if "service" not in found:
+        return text
+    name = f"{found.get('namespace', 'default')}/{found['service']}"
+    return f"{name} ({found['role']})" if found.get("role", "sidecar") != "sidecar" else name
+
+
+def render_table(status: Status, *, error_width: int = 100) -> str:
+    """The status as a terminal table, NACK errors below it, and a summary line."""
+    names = list(ALWAYS_SHOWN)
+    for proxy in status.proxies:
+        names += [n for n in proxy.types if n not in names]
+    headings = [TYPE_COLUMNS.get(n, n.upper()) for n in names]
+    rows = [["NAME", "SERVICE", "TRANSPORT", *headings]]
+    details = []
+    for p in status.proxies:
+        cells = []
+        for n in names:
+            t = p.types.get(n)
+            if t is None:
+                cells.append(NOT_SENT)
+                continue
+            cells.append(f"{t.state} ({t.age:.0f}s)" if t.state == STALE and t.age else t.state)
+            if t.state in (NACKED, NOT_APPLIED):
+                text = " ".join(t.error.split()) or "(no error text: REST cannot carry one)"
+                if len(text) > error_width:
+                    text = text[: error_width - 3] + "..."
+                heading = TYPE_COLUMNS.get(n, n.upper())
+                details.append(f"  {p.node_id} {heading} version {t.sent_version}: {text}")
+        rows.append([p.node_id, p.service, p.transport, *cells])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if not status.proxies:
+        lines = ["no proxies connected"]
+    if details:
+        lines += ["", "rejections:", *details]
+    for problem in status.errors:
+        lines.append(f"config error: {_problem_text(problem)}")
+    for problem in status.warnings:
+        lines.append(f"config warning: {_problem_text(problem)}")
+    lines += ["", summary_line(status)]
+    return "\n".join(lines) + "\n"
+
+
+def _problem_text(problem: dict[str, Any]) -> str:
+    return str(
+        problem.get("text")
+        or f"{problem.get('path')}:{problem.get('line')}: {problem.get('message')}"
+    )
+
+
+def summary_line(status: Status) -> str:
+    """``N proxies: S synced, K NACKing, T stale; config: E errors, W warnings``."""
+
+    def count(states: frozenset[str] | set[str]) -> int:
+        return sum(any(t.state in states for t in p.types.values()) for p in status.proxies)
+
+    n = len(status.proxies)
+    synced = sum(
+        all(t.state in (SYNCED, NOT_SENT) for t in p.types.values()) for p in status.proxies
+    )
+    text = (
+        f"{n} prox{'y' if n == 1 else 'ies'}: {synced} synced, {count({NACKED, NOT_APPLIED})} "
+        f"NACKing, {count({STALE})} stale (no ACK after {status.stale_after:g}s), "
+        f"{count({PENDING})} pending; config: {len(status.errors)} errors, "
+        f"{len(status.warnings)} warnings"
+    )
+    if status.errors:
+        text += " (the last good configuration is being served)"
+    return text
+
+
+def to_json(status: Status) -> dict[str, Any]:
+    """The status as JSON (what ``--json`` prints)."""
+    return {
+        "proxies": [
+            {
+                "node_id": p.node_id,
+                "client_id": p.client_id,
+                "service": p.service,
+                "transport": p.transport,
+                "failing": p.failing,
+                "types": {
+                    n: {
+                        "state": t.state,
+                        "sent_version": t.sent_version,
+                        "acked_version": t.acked_version,
+                        "age": t.age,
+                        "error": t.error,
+                    }
+                    for n, t in p.types.items()
+                },
+            }
+            for p in status.proxies
+        ],
+        "config": {"errors": list(status.errors), "warnings": list(status.warnings)},
+        "stale_after": status.stale_after,
+        "summary": summary_line(status),
+        "exit_code": status.exit_code,
+    }
