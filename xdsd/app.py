@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.server import Server
 
+from xdsd import __version__
 from xdsd.admin import AdminViews, start_admin
+from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
@@ -59,6 +61,8 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self.errors: tuple[Problem, ...] = ()
+        #: The warnings of the last load attempt (refused or not).
+        self.warnings: tuple[Problem, ...] = ()
         self.reloads = 0
         self.failed_reloads = 0
         #: Seconds per phase of the last reload that loaded the directory: ``list``,
@@ -110,6 +114,7 @@ class MeshState:
             e = result
             self.failed_reloads += 1
             self.errors = e.problems
+            self.warnings = e.warnings
             for problem in e.problems:
                 log.error("config: %s", problem)
             log.error(
@@ -118,6 +123,7 @@ class MeshState:
             )
             return False
         self.errors = ()
+        self.warnings = tuple(result.warnings)
         for warning in result.warnings:
             log.warning("config: %s", warning)
         if self.loaded is not None and result.mesh == self.loaded.mesh:
@@ -221,8 +227,20 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
     """Run xdsd until ``stop`` is set (or SIGTERM/SIGINT). ``ready`` is set once the
     listeners are bound."""
     stop = stop or asyncio.Event()
-    state = MeshState(settings.config_dir, root_namespace=settings.root_namespace)
-    state.reload()
+    metrics = Metrics(version=__version__)
+    cache: SnapshotCache[NodeClass] = SnapshotCache(observer=metrics)
+    state = MeshState(settings.config_dir, cache, root_namespace=settings.root_namespace)
+    metrics.track(cache, state)
+
+    def apply(result: LoadResult | ConfigError, started: float) -> None:
+        applied = state.apply(result)
+        outcome = (
+            "refused" if isinstance(result, ConfigError) else "applied" if applied else "unchanged"
+        )
+        metrics.observe_reload(time.perf_counter() - started, outcome)
+
+    started = time.perf_counter()
+    apply(state.load(), started)
     loop = asyncio.get_running_loop()
     reload_lock = asyncio.Lock()
 
@@ -230,8 +248,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         async with reload_lock:
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
+            started = time.perf_counter()
             result = await asyncio.to_thread(state.load, paths, exclusive=False)
-            state.apply(result)
+            apply(result, started)
 
     background: set[asyncio.Task[None]] = set()
 
@@ -274,7 +293,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None,
         log.info("REST xDS listening on %s", settings.rest)
     admin_runner = None
     views = AdminViews(
-        state.cache, errors=lambda: state.errors, loaded=lambda: state.loaded is not None
+        cache, config=state, metrics=metrics, version=__version__, config_dir=settings.config_dir
     )
     if settings.admin is not None:
         admin_runner = await start_admin(views, settings.admin)
