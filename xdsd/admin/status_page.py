@@ -42,8 +42,8 @@ th { background: #f3f5f7; font-weight: 600; }
 code { font: 12px ui-monospace, monospace; }
 .class { color: #4a5563; font-size: 12px; }
 .state { white-space: nowrap; }
-.in_sync { color: #17663a; } .pending { color: #8a5a00; }
-.nacked, .not_applied, .error { color: #b3261e; }
+span.in_sync, p.in_sync { color: #17663a; } span.pending { color: #8a5a00; }
+span.nacked, span.not_applied, .error, .message { color: #b3261e; }
 td.nacked, td.not_applied { background: #fdecea; white-space: normal; }
 .warning { color: #8a5a00; }
 .message { font: 12px ui-monospace, monospace; white-space: pre-wrap; max-width: 60em; }
