@@ -185,7 +185,7 @@ def test_status_page_shows_the_proxy_in_sync(world: World) -> None:
     row = doc.row(NODE)
     assert row["class"] == "proxy in_sync", row
     assert [doc.cell_class(NODE, t) for t in TYPES] == ["state in_sync"] * 4
-    assert "1 proxies connected" in doc.text and "No errors or warnings." in doc.text
+    assert "1 proxy connected" in doc.text and "No errors or warnings." in doc.text
 
 
 def test_a_nack_shows_with_envoys_error_text_everywhere(world: World) -> None:
@@ -277,7 +277,7 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     doc = Dom(dom.stdout)
-    assert doc.title.startswith("xdsd status: 1 proxies"), doc.title
+    assert doc.title == "xdsd status: 1 proxy", doc.title
     assert doc.row(NODE)["class"] == "proxy in_sync"
     assert [doc.cell_class(NODE, t) for t in TYPES] == ["state in_sync"] * 4
     assert doc.refresh == "5"
@@ -289,6 +289,30 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000  # a rendered page, not a blank
+
+
+def test_a_rest_client_shows_with_its_transport(world: World) -> None:
+    """A second sidecar polling over REST: listed, in sync, counted under ``rest``."""
+    rest = world.mesh.start("poller", transport="rest")
+    assert rest.request("web").backend == "web-v1"
+
+    def synced() -> dict[str, Any] | None:
+        found = [
+            c for c in world.xdsd.admin("/debug/clients?node=poller-sidecar") if c["connected"]
+        ]
+        ok = found and all(found[0]["types"].get(t, {}).get("state") == "in_sync" for t in TYPES)
+        return found[0] if ok else None
+
+    client = wait_until(synced, what="the REST client in sync")
+    assert client["transport"] == "rest"
+    assert "/rest in=" in client["class"], client["class"]
+    m = world.metrics()
+    assert m["xdsd_connected_clients", (("transport", "rest"),)] == 1
+    assert m["xdsd_connected_clients", (("transport", "ads"),)] == 1
+    assert m["xdsd_acks_total", (("transport", "rest"), ("type", "clusters"))] >= 1
+    doc = Dom(world.get("/")[2])
+    assert doc.row("poller-sidecar")["class"] == "proxy in_sync"
+    assert "2 proxies connected" in doc.text
 
 
 class Dom(HTMLParser):

@@ -78,7 +78,7 @@ def render_status_page(view: StatusView) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>xdsd status: {len(connected)} proxies</title>",
+        f"<title>xdsd status: {_proxies(len(connected))}</title>",
         f"<style>{_STYLE}</style></head><body>",
         _header(view, connected),
         _config_section(view),
@@ -117,7 +117,7 @@ def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
         "<header><h1>xdsd</h1>"
         f"<p>version {_e(view.version)} · up {_duration(view.now - view.started_at)} · "
         f"config <code>{_e(view.config_dir)}</code>: {config}</p>"
-        f'<p class="summary"><span id="count-proxies">{len(connected)} proxies connected'
+        f'<p class="summary"><span id="count-proxies">{_proxies(len(connected))} connected'
         f"</span>{summary}</p></header>"
     )
 
@@ -256,6 +256,10 @@ def _types_shown(
 def _worst(client: ClientStatus) -> SyncState:
     states = {status.state for status in client.types.values()}
     return next((s for s in SYNC_STATES if s in states), "pending")
+
+
+def _proxies(n: int) -> str:
+    return "1 proxy" if n == 1 else f"{n} proxies"
 
 
 def _short(type_url: TypeUrl) -> str:
