@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from grpclib.server import Server
 
+from xdsd import __version__
 from xdsd.admin import AdminViews, start_admin
+from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
@@ -69,6 +71,8 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self.errors: tuple[Problem, ...] = ()
+        #: The warnings of the last load attempt (refused or not).
+        self.warnings: tuple[Problem, ...] = ()
         self.reloads = 0
         self.failed_reloads = 0
         #: Seconds per phase of the last reload that loaded the directory: ``list``,
@@ -120,6 +124,7 @@ class MeshState:
             e = result
             self.failed_reloads += 1
             self.errors = e.problems
+            self.warnings = e.warnings
             for problem in e.problems:
                 log.error("config: %s", problem)
             log.error(
@@ -128,6 +133,7 @@ class MeshState:
             )
             return False
         self.errors = ()
+        self.warnings = tuple(result.warnings)
         for warning in result.warnings:
             log.warning("config: %s", warning)
         if self.loaded is not None and result.mesh == self.loaded.mesh:
@@ -308,13 +314,25 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_stop_signal, signum)
 
+    metrics = Metrics(version=__version__)
+    cache: SnapshotCache[NodeClass] = SnapshotCache(observer=metrics)
     state = MeshState(
-        settings.config_dir, root_namespace=settings.root_namespace, mesh_config=settings.mesh
-    )
-    state.reload()
+        settings.config_dir, cache, root_namespace=settings.root_namespace,
+        mesh_config=settings.mesh,
+    )  # fmt: skip
+    metrics.track(cache, state)
+
+    def apply(result: LoadResult | ConfigError, started: float) -> None:
+        applied = state.apply(result)
+        outcome = (
+            "refused" if isinstance(result, ConfigError) else "applied" if applied else "unchanged"
+        )
+        metrics.observe_reload(time.perf_counter() - started, outcome)
+
+    apply(state.load(), time.perf_counter())
     reload_lock = asyncio.Lock()
     views = AdminViews(
-        state.cache, errors=lambda: state.errors, loaded=lambda: state.loaded is not None
+        cache, config=state, metrics=metrics, version=__version__, config_dir=settings.config_dir
     )
     readiness = _Readiness(notifier, views, state)
 
@@ -328,8 +346,9 @@ async def serve(
                 state.set_mesh_config(mesh)
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
+            started = time.perf_counter()
             result = await asyncio.to_thread(state.load, paths, exclusive=False)
-            state.apply(result)
+            apply(result, started)
             readiness.update()
 
     watchdog_task = None

@@ -171,7 +171,13 @@ _CLASS_FIELD = re.compile(r"(service|namespace)='([^']*)'|role=<Role\.\w+: '(\w+
 
 
 def _service(text: str) -> str:
-    """``namespace/service (role)`` from a node class's text, else the text itself."""
+    """``namespace/service (role)`` from a node class's text (its one-line form,
+    ``ROLE SERVICE.NAMESPACE ...``, or a dataclass repr), else the text itself."""
+    words = text.split()
+    if len(words) >= 2 and words[0] in ("sidecar", "gateway") and "." in words[1]:
+        service, _, namespace = words[1].rpartition(".")
+        name = f"{namespace}/{service}"
+        return f"{name} ({words[0]})" if words[0] != "sidecar" else name
     found: dict[str, str] = {}
     for m in _CLASS_FIELD.finditer(text):
         if m.group(1):

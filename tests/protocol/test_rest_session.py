@@ -468,3 +468,21 @@ def test_a_poller_remembers_only_its_last_versions_served() -> None:
     sessions.on_poll("n1", needs_c3, CLUSTER, [], snaps[2].version(CLUSTER))
     held = sessions.on_poll("n1", needs_c3, ROUTE, ["r"], "").answer
     assert held == NotModified(ROUTE, Version(""), ("c3",))
+
+
+def test_settled_once_every_poller_of_a_type_reports_what_it_was_served() -> None:
+    """Envoy polls EDS once per cluster: the client holds the type's last response only
+    when no poller has a served version outstanding."""
+    sessions = RestSessions(clock=lambda: 0.0)
+    snap = Snapshot.build([cluster("a"), cluster("b"), endpoints("a"), endpoints("b")])
+    assert not sessions.settled("c", ENDPOINT)  # a client never seen
+    first = sessions.on_poll("c", snap, ENDPOINT, ["a"], "").answer
+    second = sessions.on_poll("c", snap, ENDPOINT, ["b"], "").answer
+    assert isinstance(first, Response) and isinstance(second, Response)
+    assert not sessions.settled("c", ENDPOINT)
+    sessions.on_poll("c", snap, ENDPOINT, ["a"], first.version)
+    assert not sessions.settled("c", ENDPOINT)  # "b" has not reported yet
+    report = sessions.on_poll("c", snap, ENDPOINT, ["b"], second.version).report
+    assert report == Ack(ENDPOINT, second.version, "")
+    assert sessions.settled("c", ENDPOINT)
+    assert sessions.settled("c", CLUSTER)  # no poller of the type

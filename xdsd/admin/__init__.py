@@ -1,47 +1,69 @@
-"""The admin HTTP server: health, readiness and debug views of clients and config.
+"""The admin HTTP server: health, readiness, metrics, a status page and debug views.
 
-Read-only views over the snapshot cache and the current configuration's state, as JSON:
-``/healthz``, ``/readyz`` (200 once a configuration has loaded and the xDS listeners are
-bound), ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
-the version sent and acknowledged with their wall-clock times (seconds since the epoch)
-and the last NACK), ``/debug/errors`` (the current config errors).
+Read-only views over the snapshot cache and the configuration's state:
+
+- ``/`` the status page (HTML, refreshes itself: ``status_page.py``);
+- ``/healthz``; ``/readyz`` (200 once a configuration has loaded and the xDS listeners are
+  bound);
+- ``/metrics`` in Prometheus' text format (``metrics.py``);
+- ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
+  the version sent and acknowledged with their wall-clock times (seconds since the epoch),
+  the sync state and the last NACK; ``?node=ID`` keeps one node's);
+- ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON);
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.message import Message
+from prometheus_client.aiohttp import make_aiohttp_handler
 
+from xdsd.admin.metrics import ConfigState, Metrics
+from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
+from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
-from xdsd.resources import SHORT_NAMES
+from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, to_json
 from xdsd.settings import Address
 
 
 class AdminViews:
-    """The admin handlers. ``errors`` returns the current config errors; ``loaded`` says
-    whether a configuration is being served."""
+    """The admin handlers over ``cache`` and ``config``; ``metrics`` is exposed at
+    ``/metrics``; ``version`` and ``config_dir`` are shown on the status page."""
 
     def __init__(
         self,
         cache: SnapshotCache[Any],
         *,
-        errors: Callable[[], Sequence[Problem]],
-        loaded: Callable[[], bool],
+        config: ConfigState,
+        metrics: Metrics,
+        version: str,
+        config_dir: str = "",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache = cache
-        self.errors = errors
-        self.loaded = loaded
+        self.config = config
+        self.metrics = metrics
+        self.version = version
+        self.config_dir = config_dir
+        self.clock = clock
         self.listening = False
 
     def app(self) -> web.Application:
         """The aiohttp application."""
         application = web.Application()
+        application.router.add_get("/", self.status_page)
         application.router.add_get("/healthz", self.healthz)
         application.router.add_get("/readyz", self.readyz)
+        application.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         application.router.add_get("/debug/clients", self.clients)
+        application.router.add_get("/debug/config_dump", self.config_dump)
         application.router.add_get("/debug/errors", self.config_errors)
         return application
 
@@ -51,22 +73,92 @@ class AdminViews:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         """503 until a configuration loaded and the xDS listeners are bound."""
-        ready = self.listening and self.loaded()
+        ready = self.listening and self.config.loaded is not None
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
-    async def clients(self, _request: web.Request) -> web.Response:
-        """Every client's sync state."""
-        return web.json_response([client_json(c) for c in self.cache.clients()])
+    async def status_page(self, _request: web.Request) -> web.Response:
+        """The HTML status page."""
+        snapshots = {}
+        for key in self.cache.keys():  # noqa: SIM118 - a cache, not a dict
+            snapshot = self.cache.get(key)
+            if snapshot is not None:
+                snapshots[key] = snapshot
+        view = StatusView(
+            version=self.version,
+            started_at=self.metrics.started_at,
+            now=self.clock(),
+            config_dir=self.config_dir,
+            loaded=self.config.loaded is not None,
+            errors=tuple(self.config.errors),
+            warnings=tuple(self.config.warnings),
+            clients=self.cache.clients(),
+            snapshots=snapshots,
+        )
+        return web.Response(
+            text=render_status_page(view),
+            content_type="text/html",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def clients(self, request: web.Request) -> web.Response:
+        """Every client's sync state (``?node=ID``: that node's clients only)."""
+        node = request.query.get("node")
+        return web.json_response(
+            [client_json(c) for c in self.cache.clients() if node is None or c.node_id == node]
+        )
+
+    async def config_dump(self, request: web.Request) -> web.Response:
+        """What node ``?node=ID`` is served: the snapshot of its class (every type, proto3
+        JSON) with the versions its client was sent and acknowledged. 400 without a node,
+        404 naming the node when no client has that id or its class has no snapshot.
+
+        A node with several clients (per-type gRPC streams, or a reconnect) is shown
+        through its connected client that connected last."""
+        node = request.query.get("node")
+        if not node:
+            return _error(400, "name the node: /debug/config_dump?node=ID")
+        found = [c for c in self.cache.clients() if c.node_id == node]
+        if not found:
+            return _error(
+                404, f"no proxy with node id {node!r} is connected or recently disconnected"
+            )
+        client = max(found, key=lambda c: (c.connected, c.connected_at))
+        snapshot = self.cache.get(client.key)
+        if snapshot is None:
+            return _error(
+                404,
+                f"node {node!r} is disconnected and its class no longer has a snapshot",
+            )
+        # Rendering a large snapshot as JSON takes a while: off the serving loop.
+        dump = await asyncio.to_thread(_snapshot_json, snapshot)
+        return web.json_response(
+            {
+                "node_id": client.node_id,
+                "class": str(client.key),
+                "transport": client.transport,
+                "connected": client.connected,
+                "clients": [client_json(c) for c in found],
+                **dump,
+            }
+        )
 
     async def config_errors(self, _request: web.Request) -> web.Response:
-        """The errors of the last refused reload (empty when the last one loaded)."""
-        return web.json_response(
-            [
-                {"path": p.path, "line": p.line, "field": p.field, "message": p.message,
-                 "text": str(p)}
-                for p in self.errors()
-            ]
-        )  # fmt: skip
+        """The errors of the last refused reload (none when the last one loaded), then the
+        warnings of the last reload."""
+        problems = [*self.config.errors, *self.config.warnings]
+        return web.json_response([problem_json(p) for p in problems])
+
+
+def problem_json(problem: Problem) -> dict[str, Any]:
+    """A config problem as JSON (``text`` is the ``path:line: field: message`` line)."""
+    return {
+        "severity": problem.severity.value,
+        "path": problem.path,
+        "line": problem.line,
+        "field": problem.field,
+        "message": problem.message,
+        "text": str(problem),
+    }
 
 
 def client_json(client: ClientStatus) -> dict[str, Any]:
@@ -75,6 +167,7 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
     for type_url, status in client.types.items():
         nack = status.nack
         types[SHORT_NAMES.get(type_url, type_url)] = {
+            "state": status.state,
             "sent_version": status.sent_version,
             "sent_nonce": status.sent_nonce,
             "sent_at": status.sent_at,
@@ -93,8 +186,34 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
         "transport": client.transport,
         "connected": client.connected,
         "connected_at": client.connected_at,
+        "disconnected_at": client.disconnected_at,
         "types": types,
     }
+
+
+def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    """A snapshot's versions and resources as proto3 JSON, by short type name (the shape
+    of ``xdsd render``'s output)."""
+    out: dict[str, Any] = {"versions": {}, "resources": {}}
+    for type_url, resources in snapshot.resources.items():
+        short = SHORT_NAMES.get(type_url, type_url)
+        out["versions"][short] = snapshot.version(type_url)
+        out["resources"][short] = [
+            {"@type": type_url, **to_json(_message_of(r))} for r in resources.values()
+        ]
+    return out
+
+
+def _message_of(resource: Resource) -> Message:
+    """The resource's message, parsed afresh when it is held only encoded (so that a dump
+    does not keep a parsed copy of every resource alive)."""
+    if resource.parsed is not None:
+        return resource.parsed
+    return MESSAGE_CLASSES[resource.type_url].FromString(resource.payload)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 async def start_admin(views: AdminViews, address: Address) -> web.AppRunner:

@@ -11,7 +11,8 @@ Beside the snapshots the cache keeps one ``ClientStatus`` per connected client (
 bounded number of recently disconnected ones): which node class it belongs to, what it was
 sent and what it acknowledged or rejected, per type. Records are frozen; each update
 replaces the record, so a reader (the admin server) always sees a consistent one. Time
-comes from an injectable ``clock``.
+comes from an injectable ``clock``. An optional ``ClientObserver`` is told of each
+response, ACK and rejection as it is recorded (the admin server's metrics count them).
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.resources import TypeUrl, Version
 
 K = TypeVar("K", bound=Hashable)
+
+#: A client's sync state for one type (see ``TypeStatus.state``).
+SyncState = Literal["in_sync", "pending", "nacked", "not_applied"]
+#: Every ``SyncState``, worst first.
+SYNC_STATES: tuple[SyncState, ...] = ("nacked", "not_applied", "pending", "in_sync")
 
 #: Called with the new snapshot of a key it subscribed to.
 Watcher = Callable[[Snapshot], None]
@@ -62,6 +68,20 @@ class TypeStatus:
     nack: NackInfo | None = None
     not_applied: bool = False
 
+    @property
+    def state(self) -> SyncState:
+        """Where the client stands: ``nacked`` (the last rejection stands),
+        ``not_applied`` (REST: the last version served was not taken up), ``in_sync``
+        (it acknowledged the last version sent) or ``pending`` (nothing sent yet, or the
+        answer to the last response not in yet)."""
+        if self.nack is not None:
+            return "nacked"
+        if self.not_applied:
+            return "not_applied"
+        if self.sent_version is not None and self.acked_version == self.sent_version:
+            return "in_sync"
+        return "pending"
+
 
 _EMPTY_TYPE = TypeStatus()
 
@@ -84,17 +104,41 @@ class ClientStatus:
         return self.types.get(type_url, TypeStatus())
 
 
+class ClientObserver(Protocol):
+    """Told of client events as the cache records them (on the serving thread, once per
+    response, ACK or rejection of every client: each call must be cheap and must not
+    raise)."""
+
+    def on_sent(self, transport: str, type_url: TypeUrl) -> None:
+        """A response of ``type_url`` was sent to a client of ``transport``."""
+
+    def on_ack(self, transport: str, type_url: TypeUrl, latency: float | None) -> None:
+        """A client acknowledged ``type_url``; ``latency`` is the seconds since the
+        response it answers was sent (None when the ACK answers no response recorded
+        here, e.g. a reconnecting client reporting the version it holds)."""
+
+    def on_rejected(self, transport: str, type_url: TypeUrl) -> None:
+        """A client rejected a response of ``type_url`` (a NACK; over REST, a version
+        it did not apply, counted once per version)."""
+
+
 class SnapshotCache(Generic[K]):
     """Snapshots by node-class key, watchers per key, and per-client status.
 
     ``max_disconnected`` bounds how many disconnected client records are kept for
-    inspection (oldest dropped first).
+    inspection (oldest dropped first). ``observer`` is told of every response, ACK and
+    rejection recorded.
     """
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.time, max_disconnected: int = 1000
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_disconnected: int = 1000,
+        observer: ClientObserver | None = None,
     ) -> None:
         self._clock = clock
+        self._observer = observer
         self._max_disconnected = max_disconnected
         self._snapshots: dict[K, Snapshot] = {}
         self._watchers: dict[K, list[Watcher]] = {}
@@ -200,6 +244,8 @@ class SnapshotCache(Generic[K]):
                 version, nonce, self._clock(), t.acked_version, t.acked_at, t.nack, t.not_applied
             ),
         )
+        if self._observer is not None:
+            self._observer.on_sent(status.transport, type_url)
 
     def record_ack(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
         """The client applied ``version``. Clears ``not_applied``, and the last NACK when
@@ -210,11 +256,17 @@ class SnapshotCache(Generic[K]):
             return
         t = status.types.get(type_url) or _EMPTY_TYPE
         nack = t.nack if t.nack is not None and t.nack.version == version else None
+        now = self._clock()
         self._put(
             status,
             type_url,
-            TypeStatus(t.sent_version, t.sent_nonce, t.sent_at, version, self._clock(), nack),
+            TypeStatus(t.sent_version, t.sent_nonce, t.sent_at, version, now, nack),
         )
+        if self._observer is not None:
+            sent_at = t.sent_at
+            answers = sent_at is not None and t.sent_nonce == nonce and t.sent_version == version
+            latency = now - sent_at if answers and sent_at is not None else None
+            self._observer.on_ack(status.transport, type_url, latency)
 
     def record_nack(
         self,
@@ -240,6 +292,8 @@ class SnapshotCache(Generic[K]):
             type_url,
             lambda t, now: replace(t, nack=NackInfo(version, nonce, code, message, now)),
         )
+        if self._observer is not None:
+            self._observer.on_rejected(status.transport, type_url)
         return news
 
     def record_not_applied(self, client_id: str, type_url: TypeUrl, version: Version) -> bool:
@@ -250,6 +304,8 @@ class SnapshotCache(Generic[K]):
             return False
         news = not status.type_status(type_url).not_applied
         self._update(client_id, type_url, lambda t, _now: replace(t, not_applied=True))
+        if news and self._observer is not None:
+            self._observer.on_rejected(status.transport, type_url)
         return news
 
     def _update(

@@ -184,6 +184,16 @@ class RestSessions:
         """How many pollers are remembered, over every client."""
         return sum(len(p) for c in self._clients.values() for p in c.pollers.values())
 
+    def settled(self, client_id: str, type_url: TypeUrl) -> bool:
+        """True when every poller of ``type_url`` of the client has reported holding what
+        it was last served (nothing is outstanding): the client then holds the last
+        response served for the type, whichever poller it went to."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return False
+        pollers = client.pollers.get(type_url)
+        return pollers is None or all(p.outstanding is None for p in pollers.values())
+
     # -- the rules ---------------------------------------------------------------------
 
     def _answer(

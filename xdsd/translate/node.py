@@ -74,6 +74,25 @@ class NodeClass:
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
 
+    def __str__(self) -> str:
+        """A one-line description for logs and the admin server, e.g. ``sidecar
+        reviews.default {version=v2} envoy/v3/ads in=10.0.0.7`` (locality after ``@``;
+        ``out=`` only when not the default outbound address)."""
+        parts = [f"{self.role.value} {self.service}.{self.namespace}"]
+        if self.labels:
+            parts.append("{" + ",".join(f"{k}={v}" for k, v in self.labels) + "}")
+        locality = "/".join(
+            p for p in (self.locality.region, self.locality.zone, self.locality.sub_zone) if p
+        )
+        if locality:
+            parts.append(f"@{locality}")
+        parts.append(f"{self.client.value}/{self.api_version}/{self.config_source.value}")
+        if self.instance_ip:
+            parts.append(f"in={self.instance_ip}")
+        if self.outbound_ip != DEFAULT_OUTBOUND_IP:
+            parts.append(f"out={self.outbound_ip}")
+        return " ".join(parts)
+
 
 def client_kind(user_agent_name: str) -> ClientKind:
     """The client kind a ``user_agent_name`` announces: ``grpc…`` (any case, e.g.

@@ -34,7 +34,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
 from xdsd.errors import TranslationError
-from xdsd.protocol import NotApplied, ProtocolError, record_events
+from xdsd.protocol import Ack, NotApplied, ProtocolError, record_events
 from xdsd.protocol.fetch import JsonRenderer, NotModified
 from xdsd.protocol.rest_session import RestSessions
 from xdsd.resources import SHORT_NAMES, TypeUrl
@@ -215,6 +215,14 @@ class RestDiscovery:
             cache.close_client(gone)
             log.info("stopped polling, forgotten", extra={"client": gone})
         report = poll.report
+        if isinstance(report, Ack) and self.sessions.settled(client_id, type_url):
+            # Envoy polls a named type (EDS, RDS) once per resource name set: the client
+            # is in sync once every poller holds what it was last served, and it then
+            # holds the type's last response, whichever poller that went to.
+            status = cache.client(client_id)
+            sent = status.type_status(type_url).sent_version if status is not None else None
+            if sent is not None:
+                report = Ack(type_url, sent, "")
         news = record_events(cache, client_id, [report]) if report is not None else []
         if news and isinstance(report, NotApplied):
             log.warning(

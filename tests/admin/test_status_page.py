@@ -1,0 +1,112 @@
+"""The status page's HTML: states per proxy and type, problems, versions; everything a
+client or a config file controls is escaped."""
+
+from __future__ import annotations
+
+import html.parser
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+from xdsd.admin.status_page import StatusView, render_status_page
+from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import Problem, Severity
+from xdsd.resources import CLUSTER, ENDPOINT, Resource, Version
+
+EVIL = '<script>alert("x")</script>&'
+
+
+class Elements(html.parser.HTMLParser):
+    """Every start tag with its attributes, and the text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(page: str) -> Elements:
+    parser = Elements()
+    parser.feed(page)
+    return parser
+
+
+def view(cache: SnapshotCache[str], **kw: object) -> StatusView:
+    args: dict[str, object] = dict(
+        version="1.2.3", started_at=1000.0, now=1000.0 + 3725, config_dir="/etc/xdsd",
+        loaded=True, errors=(), warnings=(), clients=cache.clients(),
+        snapshots={k: s for k in cache.keys() if (s := cache.get(k)) is not None},  # noqa: SIM118
+    )  # fmt: skip
+    args.update(kw)
+    return StatusView(**args)  # type: ignore[arg-type]
+
+
+def fleet() -> SnapshotCache[str]:
+    cache: SnapshotCache[str] = SnapshotCache(clock=lambda: 4000.0)
+    cluster = cluster_pb2.Cluster(name="a", type=cluster_pb2.Cluster.STATIC)
+    cache.set(EVIL, Snapshot.build([Resource.of("a", cluster)]))
+    cache.open_client("c1", node_id="good", key=EVIL, transport="ads")
+    cache.record_sent("c1", CLUSTER, Version("v1"), "1")
+    cache.record_ack("c1", CLUSTER, Version("v1"), "1")
+    cache.open_client("c2", node_id=EVIL, key=EVIL, transport="ads")
+    cache.record_sent("c2", CLUSTER, Version("v1"), "1")
+    cache.record_ack("c2", CLUSTER, Version("v1"), "1")
+    cache.record_sent("c2", CLUSTER, Version("v2"), "2")
+    cache.record_nack("c2", CLUSTER, Version("v2"), "2", 13, f"rejected: {EVIL}")
+    cache.record_sent("c2", ENDPOINT, Version("e1"), "3")
+    cache.open_client("c3", node_id="gone", key=EVIL, transport="rest")
+    cache.close_client("c3")
+    return cache
+
+
+def test_rows_per_proxy_worst_first_with_the_nack_text() -> None:
+    page = render_status_page(view(fleet()))
+    doc = parse(page)
+    rows = [a for tag, a in doc.tags if tag == "tr" and "proxy" in (a.get("class") or "")]
+    assert [(r["data-node"], r["class"]) for r in rows] == [
+        (EVIL, "proxy nacked"),
+        ("good", "proxy in_sync"),
+    ]
+    cells = [
+        (a["data-type"], a["class"]) for tag, a in doc.tags if tag == "td" and "data-type" in a
+    ]
+    assert cells == [
+        ("clusters", "state nacked"), ("endpoints", "state pending"),
+        ("clusters", "state in_sync"), ("endpoints", "state none"),
+    ]  # fmt: skip
+    text = "".join(doc.text)
+    assert f"rejected: {EVIL}" in text  # shown as text...
+    assert "<script>" not in page  # ...never as markup
+    assert "1 NACKed" in text and "1 in sync" in text and "2 proxies connected" in text
+    assert "up 1 h 2 min" in text and "version 1.2.3" in text
+    assert "Recently disconnected (1)" in text
+    links = [a["href"] for tag, a in doc.tags if tag == "a" and "config_dump" in (a["href"] or "")]
+    assert "/debug/config_dump?node=good" in links
+    assert ("refresh", "5") in [
+        (a.get("http-equiv"), a.get("content")) for tag, a in doc.tags if tag == "meta"
+    ]
+
+
+def test_problems_and_an_empty_fleet() -> None:
+    cache: SnapshotCache[str] = SnapshotCache()
+    error = Problem(f"rules/{EVIL}.yaml", 12, "http[0]", "must not be negative")
+    warning = Problem("rules/b.yaml", 3, "", "no service defines host x", Severity.WARNING)
+    page = render_status_page(view(cache, errors=(error,), warnings=(warning,)))
+    doc = parse(page)
+    text = "".join(doc.text)
+    assert f"rules/{EVIL}.yaml:12: http[0]: must not be negative" in text
+    assert "rules/b.yaml:3: warning: no service defines host x" in text
+    assert "<script>" not in page
+    assert "1 errors: last reload refused" in text
+    assert "No proxy is connected." in text
+    classes = [a.get("class") for tag, a in doc.tags if tag == "li"]
+    assert classes == ["error", "warning"]
+    assert "no configuration loaded" in "".join(
+        parse(render_status_page(view(cache, loaded=False))).text
+    )

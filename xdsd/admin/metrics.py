@@ -1,0 +1,264 @@
+"""Prometheus metrics of one daemon, in a registry of its own.
+
+How this works: events are counted where they happen, and states are read when scraped.
+``Metrics`` is the snapshot cache's ``ClientObserver``: each response, ACK and rejection
+the cache records increments a counter (the labelled child is looked up once per label
+pair and kept, so the serving path pays an increment, not a label lookup), and each ACK
+that answers a recorded response observes its push-to-ACK latency. Reloads are timed by
+the daemon (``observe_reload``). Everything that is a state — connected clients, their
+sync state per type, config errors and warnings, the version of each type per node class
+— is computed from the cache and the configuration when ``/metrics`` is scraped, so it
+costs nothing between scrapes. No metric lives in a module global: two daemons in one
+process (tests) never share a value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from xdsd.cache.cache import SYNC_STATES, SnapshotCache
+from xdsd.errors import Problem
+from xdsd.resources import SHORT_NAMES, TypeUrl
+
+#: Push-to-ACK latency buckets (seconds): an Envoy answers in milliseconds, a REST
+#: poller after up to its refresh delay.
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+               30.0, 60.0)  # fmt: skip
+#: Reload duration buckets (seconds): milliseconds for an edit, seconds for a cold load of
+#: a large mesh.
+RELOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                  10.0, 30.0)  # fmt: skip
+
+
+class ConfigState(Protocol):
+    """What the admin server reads of the daemon's configuration (``MeshState`` is one)."""
+
+    @property
+    def errors(self) -> Sequence[Problem]:
+        """The errors of the last refused reload (empty once a reload succeeds)."""
+        ...
+
+    @property
+    def warnings(self) -> Sequence[Problem]:
+        """The warnings of the last load attempt."""
+        ...
+
+    @property
+    def failed_reloads(self) -> int:
+        """How many reloads were refused since the start."""
+        ...
+
+    @property
+    def loaded(self) -> object | None:
+        """The configuration being served; None before the first good load."""
+        ...
+
+
+def type_name(type_url: str) -> str:
+    """The short name of a type (``clusters``), or the URL of a type without one."""
+    return SHORT_NAMES.get(TypeUrl(type_url), type_url)
+
+
+class Metrics:
+    """The daemon's metrics and their registry (expose ``registry``).
+
+    Implements ``ClientObserver`` (pass it to ``SnapshotCache(observer=...)``); call
+    ``track`` once the cache and configuration exist so the states are exported too.
+    """
+
+    def __init__(self, *, version: str, clock: Any = time.time) -> None:
+        self.registry = CollectorRegistry()
+        self.started_at: float = clock()
+        r = self.registry
+        Info("xdsd_build", "xdsd's version.", registry=r).info({"version": version})
+        Gauge("xdsd_start_time_seconds", "When the daemon started (Unix time).", registry=r).set(
+            self.started_at
+        )
+        ProcessCollector(registry=r)
+        self.responses = Counter(
+            "xdsd_responses",
+            "Discovery responses sent (pushes), by transport and type.",
+            ["transport", "type"],
+            registry=r,
+        )
+        self.acks = Counter(
+            "xdsd_acks",
+            "Responses acknowledged (ACKs), by transport and type.",
+            ["transport", "type"],
+            registry=r,
+        )
+        self.nacks = Counter(
+            "xdsd_nacks",
+            "Responses rejected (NACKs; over REST, versions not applied), by transport and type.",
+            ["transport", "type"],
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "xdsd_push_ack_seconds",
+            "Seconds from sending a response to receiving its ACK, by type.",
+            ["type"],
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.reload_duration = Histogram(
+            "xdsd_reload_duration_seconds",
+            "Seconds a reload took (reading, checking, translating, publishing), by "
+            "outcome: applied, unchanged or refused.",
+            ["outcome"],
+            buckets=RELOAD_BUCKETS,
+            registry=r,
+        )
+        self._sent: dict[tuple[str, str], Any] = {}
+        self._acked: dict[tuple[str, str], Any] = {}
+        self._rejected: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    # -- ClientObserver (called on the serving path: keep these lean) -------------------
+
+    def on_sent(self, transport: str, type_url: TypeUrl) -> None:
+        """Count a response."""
+        child = self._sent.get((transport, type_url))
+        if child is None:
+            child = self._sent[transport, type_url] = self.responses.labels(
+                transport, type_name(type_url)
+            )
+        child.inc()
+
+    def on_ack(self, transport: str, type_url: TypeUrl, latency: float | None) -> None:
+        """Count an ACK; observe its latency when it answers a recorded response."""
+        child = self._acked.get((transport, type_url))
+        if child is None:
+            child = self._acked[transport, type_url] = self.acks.labels(
+                transport, type_name(type_url)
+            )
+        child.inc()
+        if latency is not None:
+            histogram = self._latency.get(type_url)
+            if histogram is None:
+                histogram = self._latency[type_url] = self.ack_latency.labels(type_name(type_url))
+            histogram.observe(max(latency, 0.0))
+
+    def on_rejected(self, transport: str, type_url: TypeUrl) -> None:
+        """Count a NACK (or a REST version not applied)."""
+        child = self._rejected.get((transport, type_url))
+        if child is None:
+            child = self._rejected[transport, type_url] = self.nacks.labels(
+                transport, type_name(type_url)
+            )
+        child.inc()
+
+    # -- the daemon ----------------------------------------------------------------------
+
+    def observe_reload(self, seconds: float, outcome: str) -> None:
+        """A reload took ``seconds``; ``outcome`` is applied, unchanged or refused."""
+        self.reload_duration.labels(outcome).observe(seconds)
+
+    def track(self, cache: SnapshotCache[Any], config: ConfigState) -> None:
+        """Export the states of ``cache`` and ``config`` at every scrape."""
+        self.registry.register(StateCollector(cache, config))
+
+
+class StateCollector(Collector):
+    """The metrics that are states, computed from the cache and configuration when
+    scraped (cost: one pass over the client records and the node classes)."""
+
+    def __init__(self, cache: SnapshotCache[Any], config: ConfigState) -> None:
+        self.cache = cache
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        """Every state metric, as it is now."""
+        connected: Tally[str] = Tally()
+        by_type: Tally[tuple[str, ...]] = Tally()
+        sync: Tally[tuple[str, str]] = Tally()
+        for client in self.cache.clients():
+            if not client.connected:
+                continue
+            connected[client.transport] += 1
+            for type_url, status in client.types.items():
+                name = type_name(type_url)
+                by_type[client.transport, name] += 1
+                sync[name, status.state] += 1
+        yield _gauge(
+            "xdsd_connected_clients",
+            "Connected xDS clients (gRPC streams, REST pollers), by transport.",
+            ["transport"],
+            {(t,): n for t, n in connected.items()},
+        )
+        yield _gauge(
+            "xdsd_connected_clients_by_type",
+            "Connected clients that were served a type, by transport and type.",
+            ["transport", "type"],
+            dict(by_type),
+        )
+        types = sorted({t for t, _ in sync})
+        yield _gauge(
+            "xdsd_client_sync",
+            "Connected clients by type and sync state (in_sync, pending, nacked, not_applied).",
+            ["type", "state"],
+            {(t, s): sync.get((t, s), 0) for t in types for s in SYNC_STATES},
+        )
+        yield _gauge(
+            "xdsd_config_errors",
+            "Errors of the last refused reload (0 when the last reload loaded).",
+            [],
+            {(): len(self.config.errors)},
+        )
+        yield _gauge(
+            "xdsd_config_warnings",
+            "Warnings of the last reload.",
+            [],
+            {(): len(self.config.warnings)},
+        )
+        yield _gauge(
+            "xdsd_config_loaded",
+            "1 once a configuration is served (the last good one stays after a refusal).",
+            [],
+            {(): 1 if self.config.loaded is not None else 0},
+        )
+        refused = CounterMetricFamily(
+            "xdsd_config_reloads_refused",
+            "Reloads refused for configuration errors (the last good configuration stayed).",
+        )
+        refused.add_metric([], self.config.failed_reloads)
+        yield refused
+        keys: list[Hashable] = list(self.cache.keys())
+        yield _gauge("xdsd_node_classes", "Node classes with a snapshot.", [], {(): len(keys)})
+        versions = GaugeMetricFamily(
+            "xdsd_snapshot_version_info",
+            "The current version of each type per node class (value 1).",
+            labels=["class", "type", "version"],
+        )
+        resources = GaugeMetricFamily(
+            "xdsd_snapshot_resources",
+            "Resources in the current snapshot of each node class, by type.",
+            labels=["class", "type"],
+        )
+        for key in keys:
+            snapshot = self.cache.get(key)
+            if snapshot is None:
+                continue
+            label = str(key)
+            for type_url, version in snapshot.versions.items():
+                name = type_name(type_url)
+                versions.add_metric([label, name, version], 1)
+                resources.add_metric([label, name], len(snapshot.get(type_url)))
+        yield versions
+        yield resources
+
+
+def _gauge(
+    name: str, documentation: str, labels: list[str], values: dict[tuple[str, ...], int]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family

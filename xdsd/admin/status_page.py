@@ -1,0 +1,287 @@
+"""The status page: one plain HTML page of proxies, configuration and versions.
+
+``render_status_page`` is a pure function of a ``StatusView`` (what the admin server read
+from the cache and the configuration at request time) and returns the whole page. Every
+value that comes from a client or a config file (node ids, NACK messages, paths, class
+descriptions) is escaped. The page refreshes itself with a ``<meta http-equiv=refresh>``:
+no script.
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from xdsd.cache.cache import SYNC_STATES, ClientStatus, SyncState, TypeStatus
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import Problem
+from xdsd.resources import PUSH_ORDER, SHORT_NAMES, TypeUrl
+
+#: Seconds between the page's own refreshes.
+REFRESH_SECONDS = 5
+#: At most this many proxies are listed (the worst first); the rest are counted.
+MAX_ROWS = 500
+
+_STATE_TEXT = {
+    "in_sync": "in sync",
+    "pending": "pending",
+    "nacked": "NACKed",
+    "not_applied": "not applied",
+}
+
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em 2em; color: #1d232b; }
+h1 { font-size: 1.5em; margin: 0 0 .2em; } h2 { font-size: 1.15em; margin: 1.6em 0 .5em; }
+header p { margin: 0; color: #4a5563; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; vertical-align: top; padding: .35em .6em;
+         border-bottom: 1px solid #dfe3e8; }
+th { background: #f3f5f7; font-weight: 600; }
+code { font: 12px ui-monospace, monospace; }
+.class { color: #4a5563; font-size: 12px; }
+.state { white-space: nowrap; }
+span.in_sync, p.in_sync { color: #17663a; } span.pending { color: #8a5a00; }
+span.nacked, span.not_applied, .error, .message { color: #b3261e; }
+td.nacked, td.not_applied { background: #fdecea; white-space: normal; }
+.warning { color: #8a5a00; }
+.message { font: 12px ui-monospace, monospace; white-space: pre-wrap; max-width: 60em; }
+.summary span { margin-right: 1.2em; }
+ul.problems { padding-left: 1.2em; } ul.problems li { margin: .2em 0; }
+footer { margin-top: 2em; color: #6b7380; font-size: 12px; }
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    """Everything the page shows, read at request time."""
+
+    version: str
+    started_at: float
+    now: float
+    config_dir: str
+    loaded: bool
+    errors: Sequence[Problem]
+    warnings: Sequence[Problem]
+    clients: Sequence[ClientStatus]
+    snapshots: Mapping[Hashable, Snapshot]
+
+
+def render_status_page(view: StatusView) -> str:
+    """The whole page, as HTML text."""
+    connected = [c for c in view.clients if c.connected]
+    gone = [c for c in view.clients if not c.connected]
+    types = _types_shown(connected, view.snapshots)
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>xdsd status: {_proxies(len(connected))}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        _header(view, connected),
+        _config_section(view),
+        _proxies_section(connected, types, view.now),
+        _versions_section(view, connected, types),
+        _disconnected_section(gone, view.now),
+        "<footer>This page refreshes every "
+        f'{REFRESH_SECONDS} s. As JSON: <a href="/debug/clients">/debug/clients</a>, '
+        '<a href="/debug/errors">/debug/errors</a>, '
+        "<code>/debug/config_dump?node=ID</code>; for Prometheus: "
+        '<a href="/metrics">/metrics</a>.</footer>',
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
+    states: dict[SyncState, int] = dict.fromkeys(SYNC_STATES, 0)
+    for client in connected:
+        states[_worst(client)] += 1
+    if not view.loaded:
+        config = '<span class="error">no configuration loaded</span>'
+    elif view.errors:
+        config = (
+            f'<span class="error">{len(view.errors)} errors: last reload refused, serving the '
+            "last good configuration</span>"
+        )
+    else:
+        config = '<span class="in_sync">loaded</span>'
+    summary = " ".join(
+        f'<span class="{s}" id="count-{s}">{n} {_STATE_TEXT[s]}</span>'
+        for s, n in states.items()
+        if n or s == "in_sync"
+    )
+    return (
+        "<header><h1>xdsd</h1>"
+        f"<p>version {_e(view.version)} · up {_duration(view.now - view.started_at)} · "
+        f"config <code>{_e(view.config_dir)}</code>: {config}</p>"
+        f'<p class="summary"><span id="count-proxies">{_proxies(len(connected))} connected'
+        f"</span>{summary}</p></header>"
+    )
+
+
+def _config_section(view: StatusView) -> str:
+    out = ['<section id="config"><h2>Configuration errors and warnings</h2>']
+    if not view.errors and not view.warnings:
+        out.append('<p class="in_sync">No errors or warnings.</p>')
+    else:
+        out.append('<ul class="problems">')
+        for problem in view.errors:
+            out.append(f'<li class="error">{_e(str(problem))}</li>')
+        for problem in view.warnings:
+            out.append(f'<li class="warning">{_e(str(problem))}</li>')
+        out.append("</ul>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _proxies_section(
+    connected: Sequence[ClientStatus], types: Sequence[TypeUrl], now: float
+) -> str:
+    out = ['<section id="proxies"><h2>Proxies</h2>']
+    if not connected:
+        out.append("<p>No proxy is connected.</p></section>")
+        return "".join(out)
+    rank = {s: i for i, s in enumerate(SYNC_STATES)}
+    ordered = sorted(connected, key=lambda c: (rank[_worst(c)], c.node_id, c.client_id))
+    out.append("<table><thead><tr><th>Node</th><th>Transport</th><th>Connected</th>")
+    out.extend(f"<th>{_e(_short(t))}</th>" for t in types)
+    out.append("</tr></thead><tbody>")
+    for client in ordered[:MAX_ROWS]:
+        link = "/debug/config_dump?" + urllib.parse.urlencode({"node": client.node_id})
+        out.append(
+            f'<tr class="proxy {_worst(client)}" data-node="{_e(client.node_id)}">'
+            f'<td><a href="{_e(link)}">{_e(client.node_id or "(no id)")}</a>'
+            f'<div class="class">{_e(str(client.key))}</div></td>'
+            f"<td>{_e(client.transport)}</td>"
+            f"<td>{_ago(now, client.connected_at)}</td>"
+        )
+        for type_url in types:
+            status = client.types.get(type_url)
+            out.append(_type_cell(type_url, status, now))
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    if len(ordered) > MAX_ROWS:
+        out.append(
+            f"<p>… and {len(ordered) - MAX_ROWS} more (all of them in "
+            '<a href="/debug/clients">/debug/clients</a>).</p>'
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _type_cell(type_url: TypeUrl, status: TypeStatus | None, now: float) -> str:
+    name = _e(_short(type_url))
+    if status is None:
+        return f'<td class="state none" data-type="{name}">—</td>'
+    state = status.state
+    lines = [f'<span class="{state}">{_STATE_TEXT[state]}</span>']
+    if state == "in_sync":
+        lines.append(f"<code>{_e(status.acked_version or '')}</code>")
+    elif state == "pending" and status.sent_version is None:
+        lines.append("nothing sent yet")
+    elif state == "pending":
+        sent = status.sent_version or ""
+        lines.append(f"sent <code>{_e(sent)}</code> {_ago(now, status.sent_at)}")
+        if status.acked_version:
+            lines.append(f"holds <code>{_e(status.acked_version)}</code>")
+    elif state == "nacked" and status.nack is not None:
+        nack = status.nack
+        lines.append(f"rejected <code>{_e(nack.version)}</code> {_ago(now, nack.at)}")
+        lines.append(f"holds <code>{_e(status.acked_version or 'nothing')}</code>")
+        lines.append(f'<div class="message">{_e(nack.message)}</div>')
+    elif state == "not_applied":
+        lines.append(f"served <code>{_e(status.sent_version or '')}</code>, not taken up")
+        lines.append(f"holds <code>{_e(status.acked_version or 'nothing')}</code>")
+    return f'<td class="state {state}" data-type="{name}">{"<br>".join(lines)}</td>'
+
+
+def _versions_section(
+    view: StatusView, connected: Sequence[ClientStatus], types: Sequence[TypeUrl]
+) -> str:
+    out = ['<section id="versions"><h2>Versions per node class</h2>']
+    if not view.snapshots:
+        out.append("<p>No node class has a snapshot yet (one is built when a proxy of it "
+                   "connects).</p></section>")  # fmt: skip
+        return "".join(out)
+    clients: dict[Hashable, int] = {}
+    for client in connected:
+        clients[client.key] = clients.get(client.key, 0) + 1
+    out.append("<table><thead><tr><th>Node class</th><th>Proxies</th>")
+    out.extend(f"<th>{_e(_short(t))}</th>" for t in types)
+    out.append("</tr></thead><tbody>")
+    for key, snapshot in sorted(view.snapshots.items(), key=lambda kv: str(kv[0])):
+        out.append(f'<tr><td class="class">{_e(str(key))}</td><td>{clients.get(key, 0)}</td>')
+        for type_url in types:
+            count = len(snapshot.get(type_url))
+            out.append(
+                f"<td><code>{_e(snapshot.version(type_url))}</code><br>"
+                f'<span class="class">{count} resources</span></td>'
+            )
+        out.append("</tr>")
+    out.append("</tbody></table></section>")
+    return "".join(out)
+
+
+def _disconnected_section(gone: Sequence[ClientStatus], now: float) -> str:
+    if not gone:
+        return ""
+    recent = sorted(gone, key=lambda c: -(c.disconnected_at or 0.0))[:20]
+    items = "".join(
+        f"<li>{_e(c.node_id or '(no id)')} ({_e(c.transport)}), {_ago(now, c.disconnected_at)}</li>"
+        for c in recent
+    )
+    return (
+        f'<section id="disconnected"><h2>Recently disconnected ({len(gone)})</h2>'
+        f"<ul>{items}</ul></section>"
+    )
+
+
+def _types_shown(
+    connected: Sequence[ClientStatus], snapshots: Mapping[Hashable, Snapshot]
+) -> list[TypeUrl]:
+    """The types any connected client was served or any snapshot holds, in push order."""
+    seen: set[str] = set()
+    for client in connected:
+        seen.update(client.types)
+    for snapshot in snapshots.values():
+        seen.update(t for t in snapshot.versions if snapshot.get(t))
+    return [t for t in PUSH_ORDER if t in seen] + sorted(
+        TypeUrl(t) for t in seen if t not in PUSH_ORDER
+    )
+
+
+def _worst(client: ClientStatus) -> SyncState:
+    states = {status.state for status in client.types.values()}
+    return next((s for s in SYNC_STATES if s in states), "pending")
+
+
+def _proxies(n: int) -> str:
+    return "1 proxy" if n == 1 else f"{n} proxies"
+
+
+def _short(type_url: TypeUrl) -> str:
+    return SHORT_NAMES.get(type_url, type_url)
+
+
+def _ago(now: float, at: float | None) -> str:
+    if at is None:
+        return ""
+    return f"{_duration(now - at)} ago"
+
+
+def _duration(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
