@@ -273,6 +273,8 @@ def bootstrap_files(layout: Layout) -> dict[str, str]:
             name, node, xds_host=layout.xds_host, xds_port=XDS_PORT,
             transport="grpc", admin_port=ENVOY_ADMIN_PORT,
         )  # fmt: skip
+        metadata = doc["node"]["metadata"]  # a Struct: its keys come in no stable order
+        doc["node"]["metadata"] = {key: metadata[key] for key in sorted(metadata)}
         if layout.admin_on_own_address:
             doc["admin"]["address"]["socket_address"]["address"] = address
         out[f"{name}.yaml"] = yaml.safe_dump(doc, sort_keys=False)
@@ -285,3 +287,17 @@ def write_files(directory: Path, files: dict[str, str]) -> None:
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+def write_compose_files(demo_dir: Path) -> None:
+    """Write the config directory and bootstraps of the docker-compose demo
+    (``demo/config/``, ``demo/bootstrap/``)."""
+    layout = compose_layout()
+    write_files(demo_dir / "config", config_files(layout))
+    write_files(demo_dir / "bootstrap", bootstrap_files(layout))
+
+
+if __name__ == "__main__":  # python -m xdsd.demo.mesh demo: regenerate the compose files
+    import sys
+
+    write_compose_files(Path(sys.argv[1] if len(sys.argv) > 1 else "demo"))
