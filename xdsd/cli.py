@@ -1,4 +1,4 @@
-"""The ``xdsd`` command: serve | validate | render | bootstrap | status.
+"""The ``xdsd`` command: serve | validate | render | bootstrap | status | demo.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
@@ -137,6 +137,15 @@ def _build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--admin-port", type=int, default=15000)
     boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
     boot.set_defaults(run=_bootstrap)
+
+    demo = sub.add_parser(
+        "demo", help="run a demo mesh here: xdsd, Envoys, an ingress gateway, small services"
+    )
+    demo.add_argument("--dir", default=None, help="keep config and logs here (default: a temp dir)")
+    demo.add_argument("--block", default=None, metavar="127.A.B",
+                      help="the loopback block to use (default: 127.0.10)")  # fmt: skip
+    demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -319,6 +328,12 @@ def _status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(status.render_table(result))
     return result.exit_code
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from xdsd.demo.runner import DEFAULT_BLOCK, run_demo
+
+    return run_demo(directory=args.dir, block=args.block or DEFAULT_BLOCK, envoy=args.envoy)
 
 
 def _serve(args: argparse.Namespace) -> int:

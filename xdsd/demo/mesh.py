@@ -1,0 +1,303 @@
+"""The demo mesh: four workloads, an ingress gateway, and the files that describe them.
+
+How this works: one ``Layout`` says where each workload lives (its address, the address
+its sidecar's outbound listeners bind, the loopback port its application listens on) and
+where xdsd and the gateway are. ``config_files`` turns a layout into xdsd config files and
+``bootstrap_files`` into one Envoy bootstrap per proxy. The same functions write the files
+of ``xdsd demo`` (everything on a ``127.A.B.x`` loopback block), of the docker-compose demo
+(``demo/``: a compose network, one network namespace per workload) and of the network
+namespace test, so the three cannot drift apart.
+
+The mesh is a small bookinfo: the gateway sends every request to ``productpage``, which
+calls ``reviews``; ``reviews`` v2 calls ``ratings``. ``rules/reviews.yaml`` is the canary:
+its weights decide how much of the traffic reaches ``reviews`` v2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xdsd.translate import NodeClass, Role, bootstrap
+
+#: Every service port of the demo (what callers use; sidecars' inbound listeners bind it).
+SERVICE_PORT = 9080
+#: The port of the gateway's HTTP server (a Gateway resource).
+GATEWAY_PORT = 8080
+#: The xDS gRPC, REST and admin ports of xdsd (as ``xdsd serve``'s defaults).
+XDS_PORT, REST_PORT, ADMIN_PORT = 18000, 18001, 19001
+#: The outbound HTTP proxy listener every sidecar offers its application.
+PROXY_PORT = 15001
+#: Envoy's admin port (on the proxy's own address where the layout says so).
+ENVOY_ADMIN_PORT = 15000
+#: The labels a gateway proxy carries, and which the demo's Gateway selects.
+GATEWAY_LABELS = (("istio", "ingressgateway"),)
+#: The file to edit to move traffic between reviews v1 and v2.
+CANARY_FILE = "rules/reviews.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One instance of a demo service: an application and its sidecar.
+
+    ``address`` is the endpoint address (the sidecar's inbound listeners bind it);
+    ``outbound_ip`` is where the sidecar's outbound listeners and HTTP proxy bind (what the
+    application's ``HTTP_PROXY`` names); ``app_port`` is the port the application listens
+    on at 127.0.0.1 (a Sidecar resource's ``ingress.defaultEndpoint`` for this workload);
+    ``calls`` are the URLs the application fetches, through its sidecar, on each request.
+    """
+
+    service: str
+    version: str
+    address: str
+    outbound_ip: str
+    app_port: int
+    calls: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``service-version``: the workload's name (node id, process and file names)."""
+        return f"{self.service}-{self.version}"
+
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]:
+        return (("app", self.service), ("version", self.version))
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.outbound_ip}:{PROXY_PORT}"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where everything of one demo mesh lives.
+
+    ``xds_host`` is how proxies reach xdsd (an address, or a name DNS resolves);
+    ``gateway_address`` is what the gateway's listener binds; ``admin_on_own_address``
+    puts each Envoy's admin on its workload's address instead of 127.0.0.1 (needed when
+    several Envoys share one loopback).
+    """
+
+    workloads: tuple[Workload, ...]
+    xds_host: str
+    gateway_address: str
+    admin_on_own_address: bool = False
+
+    def workload(self, name: str) -> Workload:
+        """The workload named ``service-version``; KeyError if there is none."""
+        for w in self.workloads:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+
+def standard_layout(
+    address: dict[str, str],
+    outbound: dict[str, str],
+    app_ports: dict[str, int],
+    *,
+    xds_host: str,
+    gateway_address: str,
+    admin_on_own_address: bool = False,
+) -> Layout:
+    """The demo's four workloads (``productpage-v1``, ``reviews-v1``, ``reviews-v2``,
+    ``ratings-v1``) placed by the three maps, which are keyed by workload name."""
+    reviews = f"http://reviews:{SERVICE_PORT}/"
+    ratings = f"http://ratings:{SERVICE_PORT}/"
+    plan = (
+        ("productpage", "v1", (reviews,)),
+        ("reviews", "v1", ()),
+        ("reviews", "v2", (ratings,)),
+        ("ratings", "v1", ()),
+    )
+    workloads = []
+    for service, version, calls in plan:
+        name = f"{service}-{version}"
+        workloads.append(
+            Workload(service, version, address[name], outbound[name], app_ports[name], calls)
+        )
+    return Layout(tuple(workloads), xds_host, gateway_address, admin_on_own_address)
+
+
+def loopback_layout(block: str, app_ports: dict[str, int]) -> Layout:
+    """The layout of ``xdsd demo``: everything on the loopback block ``block``
+    (``127.A.B``): xdsd on ``.1``, the gateway on ``.2``, workloads on ``.11``, ``.21``,
+    ``.22``, ``.31`` with their sidecars' outbound listeners on ``.111`` ... ``.131``."""
+    hosts = {"productpage-v1": 11, "reviews-v1": 21, "reviews-v2": 22, "ratings-v1": 31}
+    return standard_layout(
+        {name: f"{block}.{n}" for name, n in hosts.items()},
+        {name: f"{block}.{n + 100}" for name, n in hosts.items()},
+        app_ports,
+        xds_host=f"{block}.1",
+        gateway_address=f"{block}.2",
+        admin_on_own_address=True,
+    )
+
+
+#: The compose network of ``demo/docker-compose.yaml``.
+COMPOSE_SUBNET = "172.30.0.0/24"
+#: Where each application listens in its own network namespace (compose and netns).
+NAMESPACED_APP_PORTS = {
+    "productpage-v1": 9181, "reviews-v1": 9182, "reviews-v2": 9183, "ratings-v1": 9184,
+}  # fmt: skip
+
+
+def namespaced_layout(prefix: str, *, xds_host: str) -> Layout:
+    """The layout when each workload has its own network namespace (docker-compose, the
+    network namespace test): workloads at ``prefix.11`` ... ``prefix.31``, the gateway at
+    ``prefix.3``; each sidecar's outbound listeners on the namespace's own 127.0.0.1."""
+    hosts = {"productpage-v1": 11, "reviews-v1": 21, "reviews-v2": 22, "ratings-v1": 31}
+    return standard_layout(
+        {name: f"{prefix}.{n}" for name, n in hosts.items()},
+        dict.fromkeys(hosts, "127.0.0.1"),
+        NAMESPACED_APP_PORTS,
+        xds_host=xds_host,
+        gateway_address=f"{prefix}.3",
+    )
+
+
+def compose_layout() -> Layout:
+    """The layout of ``demo/docker-compose.yaml`` (xdsd is reached by its service name)."""
+    return namespaced_layout(COMPOSE_SUBNET.rsplit(".", 1)[0], xds_host="xdsd")
+
+
+def config_files(layout: Layout) -> dict[str, str]:
+    """The xdsd config directory of the demo: relative path → file text."""
+    services = sorted({w.service for w in layout.workloads})
+    docs = []
+    for service in services:
+        instances = [w for w in layout.workloads if w.service == service]
+        endpoints = "".join(
+            f"    - address: {w.address}\n"
+            f"      labels: {{app: {w.service}, version: {w.version}}}\n"
+            for w in instances
+        )
+        docs.append(
+            f"apiVersion: xdsd.io/v1\nkind: Service\nmetadata: {{name: {service}}}\nspec:\n"
+            f"  ports:\n  - {{name: http, number: {SERVICE_PORT}, protocol: HTTP}}\n"
+            f"  endpoints:\n{endpoints}"
+        )
+    rules = [
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        f"metadata: {{name: {service}}}\nspec:\n  host: {service}\n  subsets:\n"
+        + "".join(
+            f"  - {{name: {v}, labels: {{version: {v}}}}}\n"
+            for v in sorted({w.version for w in layout.workloads if w.service == service})
+        )
+        for service in services
+    ]
+    sidecars = [
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\n"
+        f"metadata: {{name: {w.name}}}\nspec:\n"
+        f"  workloadSelector:\n    labels: {{app: {w.service}, version: {w.version}}}\n"
+        f"  ingress:\n  - port: {{number: {SERVICE_PORT}, protocol: HTTP, name: http}}\n"
+        f"    defaultEndpoint: 127.0.0.1:{w.app_port}\n"
+        for w in layout.workloads
+    ]
+    labels = ", ".join(f"{k}: {v}" for k, v in GATEWAY_LABELS)
+    gateway = f"""\
+# The ingress gateway: one HTTP server on port {GATEWAY_PORT}, and every request to productpage.
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: demo-gateway}}
+spec:
+  selector: {{{labels}}}
+  servers:
+  - port: {{number: {GATEWAY_PORT}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: productpage-ingress}}
+spec:
+  hosts: ["*"]
+  gateways: [demo-gateway]
+  http:
+  - route:
+    - destination: {{host: productpage, port: {{number: {SERVICE_PORT}}}}}
+"""
+    canary = """\
+# The canary: how the traffic to reviews is split between v1 and v2.
+# Weights are relative (a subset gets weight / sum of weights). Try 50/50, then 0/100:
+# xdsd sees the change when you save, and every proxy follows within a second.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 100
+    - destination: {host: reviews, subset: v2}
+      weight: 0
+"""
+    return {
+        "services.yaml": "# The demo's services: one endpoint per workload.\n" + "---\n".join(docs),
+        "destination-rules.yaml": "# Subsets by version label.\n" + "---\n".join(rules),
+        "sidecars.yaml": "# Where each workload's application listens, behind its sidecar.\n"
+        + "---\n".join(sidecars),
+        "gateway.yaml": gateway,
+        CANARY_FILE: canary,
+    }
+
+
+def gateway_node(layout: Layout) -> NodeClass:
+    """The gateway proxy's node class."""
+    address = layout.gateway_address
+    return NodeClass(
+        service="ingressgateway", role=Role.GATEWAY, labels=GATEWAY_LABELS,
+        instance_ip=address, outbound_ip=address,
+    )  # fmt: skip
+
+
+def workload_node(workload: Workload) -> NodeClass:
+    """A workload's sidecar node class."""
+    return NodeClass(
+        service=workload.service, labels=workload.labels,
+        instance_ip=workload.address, outbound_ip=workload.outbound_ip,
+    )  # fmt: skip
+
+
+def bootstrap_files(layout: Layout) -> dict[str, str]:
+    """One Envoy bootstrap (YAML) per proxy: ``ingressgateway.yaml`` and
+    ``WORKLOAD.yaml`` (e.g. ``reviews-v2.yaml``), all pointing at ``layout.xds_host``."""
+    nodes = [("ingressgateway", gateway_node(layout), layout.gateway_address)]
+    nodes += [(w.name, workload_node(w), w.address) for w in layout.workloads]
+    out: dict[str, str] = {}
+    for name, node, address in nodes:
+        doc: dict[str, Any] = bootstrap(
+            name, node, xds_host=layout.xds_host, xds_port=XDS_PORT,
+            transport="grpc", admin_port=ENVOY_ADMIN_PORT,
+        )  # fmt: skip
+        metadata = doc["node"]["metadata"]  # a Struct: its keys come in no stable order
+        doc["node"]["metadata"] = {key: metadata[key] for key in sorted(metadata)}
+        if layout.admin_on_own_address:
+            doc["admin"]["address"]["socket_address"]["address"] = address
+        out[f"{name}.yaml"] = yaml.safe_dump(doc, sort_keys=False)
+    return out
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    """Write ``files`` (relative path → text) under ``directory``."""
+    for rel, text in files.items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def write_compose_files(demo_dir: Path) -> None:
+    """Write the config directory and bootstraps of the docker-compose demo
+    (``demo/config/``, ``demo/bootstrap/``)."""
+    layout = compose_layout()
+    write_files(demo_dir / "config", config_files(layout))
+    write_files(demo_dir / "bootstrap", bootstrap_files(layout))
+
+
+if __name__ == "__main__":  # python -m xdsd.demo.mesh demo: regenerate the compose files
+    import sys
+
+    write_compose_files(Path(sys.argv[1] if len(sys.argv) > 1 else "demo"))
