@@ -136,12 +136,15 @@ def test_a_nack_is_recorded_and_the_rejected_content_not_resent() -> None:
     response = only(client.request(CLUSTER))
     events = client.request(CLUSTER, nonce=response.nonce, error="bad cluster")
     nack = [e for e in events if isinstance(e, Nack)]
-    assert len(nack) == 1 and nack[0].message == "bad cluster"
+    assert len(nack) == 1 and nack[0].message == "bad cluster [rejected resources: a]"
+    assert stream.rejected(CLUSTER) == {"a": resource_version(response.resources[0])}
     assert nack[0].rejected_version == response.version
     assert responses(events) == []
     assert stream.on_snapshot(mesh({"a": "10.0.0.1"})) == []  # same content: held
     changed = stream.on_snapshot(mesh({"a": "10.0.0.1"}, timeouts={"a": 3}))
     assert only(changed, CLUSTER).names == ("a",)
+    client.ack(only(changed, CLUSTER))
+    assert stream.rejected(CLUSTER) == {}  # the next version of a was accepted
 
 
 def test_one_response_per_type_is_outstanding() -> None:

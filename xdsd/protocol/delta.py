@@ -20,7 +20,8 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   subscribed, and the subscribed names that do not exist (once each, so the client stops
   waiting for them).
 - A NACKed response leaves its content recorded as held, so it is not sent again until it
-  changes.
+  changes; its resources are recorded as rejected, by name (``rejected``, and named in the
+  NACK event's message), until a later version of each is ACKed.
 - The first response to a wildcard subscription is sent even when empty, unless the
   client resumed (said what it holds) and holds exactly what it would be sent.
 - One response per type is outstanding at a time. On ADS, types are answered in push order
@@ -72,6 +73,8 @@ class _DeltaType:
     responded: bool = False
     resumed: bool = False  # the first request said what the client holds (a reconnect)
     nonce: str = ""  # the outstanding response's nonce ("": none outstanding)
+    in_flight: dict[str, str] = field(default_factory=dict)  # its resources: name → version
+    rejected: dict[str, str] = field(default_factory=dict)  # NACKed: name → version
     version: str = ""  # its system version
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
 
@@ -98,6 +101,13 @@ class DeltaStream:
     def node(self) -> base_pb2.Node | None:
         """The client's node from its first request (None before it)."""
         return self._node
+
+    def rejected(self, type_url: TypeUrl) -> dict[str, str]:
+        """The resources of ``type_url`` the client NACKed and that were not sent again
+        since (name → the rejected version); a resource leaves when its next version is
+        ACKed."""
+        state = self._types.get(type_url)
+        return dict(state.rejected) if state is not None else {}
 
     def held(self, type_url: TypeUrl) -> dict[str, str]:
         """What the client holds of ``type_url``, by name: the version (a copy)."""
@@ -126,6 +136,11 @@ class DeltaStream:
                 state.wildcard = True  # the legacy wildcard: a first request naming nothing
         elif state.nonce and request.response_nonce == state.nonce:
             events.append(_answer(type_url, state, request))
+            if request.HasField("error_detail"):
+                state.rejected.update(state.in_flight)
+            else:
+                for name in state.in_flight:
+                    state.rejected.pop(name, None)
             state.nonce = ""
             state.updates_in_flight = False
         for name in request.resource_names_subscribe:
@@ -209,6 +224,7 @@ class DeltaStream:
             return None
         if type_url == CLUSTER:
             self._note_cluster_updates(state, changed)
+        state.in_flight = {r.name: resource_version(r) for r in changed}
         for r in changed:
             state.held[r.name] = resource_version(r)
             state.sent[r.name] = r
@@ -271,5 +287,7 @@ def _answer(
     version = Version(state.version)
     if request.HasField("error_detail"):
         detail = request.error_detail
-        return Nack(type_url, Version(""), state.nonce, version, detail.code, detail.message)
+        names = ", ".join(sorted(state.in_flight)) or "(removals only)"
+        message = f"{detail.message} [rejected resources: {names}]"
+        return Nack(type_url, Version(""), state.nonce, version, detail.code, message)
     return Ack(type_url, version, state.nonce)
