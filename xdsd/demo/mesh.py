@@ -273,12 +273,21 @@ def bootstrap_files(layout: Layout) -> dict[str, str]:
             name, node, xds_host=layout.xds_host, xds_port=XDS_PORT,
             transport="grpc", admin_port=ENVOY_ADMIN_PORT,
         )  # fmt: skip
-        metadata = doc["node"]["metadata"]  # a Struct: its keys come in no stable order
-        doc["node"]["metadata"] = {key: metadata[key] for key in sorted(metadata)}
+        # a Struct (labels inside it too): its keys come in no stable order
+        doc["node"]["metadata"] = _sorted_keys(doc["node"]["metadata"])
         if layout.admin_on_own_address:
             doc["admin"]["address"]["socket_address"]["address"] = address
         out[f"{name}.yaml"] = yaml.safe_dump(doc, sort_keys=False)
     return out
+
+
+def _sorted_keys(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order, at every depth."""
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 def write_files(directory: Path, files: dict[str, str]) -> None:
