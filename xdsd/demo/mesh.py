@@ -307,6 +307,11 @@ def write_compose_files(demo_dir: Path) -> None:
 
 
 if __name__ == "__main__":  # python -m xdsd.demo.mesh demo: regenerate the compose files
-    import sys
+    import argparse
 
-    write_compose_files(Path(sys.argv[1] if len(sys.argv) > 1 else "demo"))
+    parser = argparse.ArgumentParser(
+        prog="python -m xdsd.demo.mesh",
+        description="Write the compose demo's config and Envoy bootstraps into DIR.",
+    )
+    parser.add_argument("dir", nargs="?", default="demo", help="the demo directory (demo)")
+    write_compose_files(Path(parser.parse_args().dir))
