@@ -12,7 +12,7 @@ every event to ``record_events`` so the cache's client status stays current.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -153,6 +153,29 @@ class DeltaResponse:
 Event = Response | DeltaResponse | Ack | Nack | NotApplied
 
 
+def requested_type(asked: str, stream_type: TypeUrl | None, known: Collection[TypeUrl]) -> TypeUrl:
+    """The type a request is for: ``asked`` (its ``type_url``) on an ADS stream
+    (``stream_type`` None), where it is required; on a per-type stream, the stream's own
+    type, which ``asked`` may repeat or leave empty.
+
+    Raises ProtocolError (INVALID_ARGUMENT) for a missing ADS type, another type than a
+    per-type stream's, or a type not in ``known``.
+    """
+    type_url = TypeUrl(asked)
+    if stream_type is None:
+        if not type_url:
+            raise ProtocolError("INVALID_ARGUMENT", "an ADS request must carry type_url")
+    elif not type_url:
+        type_url = stream_type
+    elif type_url != stream_type:
+        raise ProtocolError(
+            "INVALID_ARGUMENT", f"{type_url} requested on the {stream_type} service"
+        )
+    if type_url not in known:
+        raise ProtocolError("INVALID_ARGUMENT", f"unknown type_url {type_url!r}")
+    return type_url
+
+
 def kept_version(version: Version, kept: Mapping[str, Resource]) -> Version:
     """The version of a CDS response that carries, besides the snapshot's clusters at
     ``version``, the removed clusters ``kept``: ``<version>+<hash of the kept names and
@@ -200,5 +223,6 @@ __all__ = [
     "StatusCode",
     "kept_version",
     "record_events",
+    "requested_type",
     "resource_version",
 ]

@@ -40,7 +40,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import WILDCARD, Ack, DeltaResponse, Nack, ProtocolError, resource_version
+from xdsd.protocol import (
+    WILDCARD,
+    Ack,
+    DeltaResponse,
+    Nack,
+    ProtocolError,
+    requested_type,
+    resource_version,
+)
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -166,19 +174,7 @@ class DeltaStream:
         return self._push()
 
     def _type_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> TypeUrl:
-        type_url = TypeUrl(request.type_url)
-        if self._type_url is None:
-            if not type_url:
-                raise ProtocolError("INVALID_ARGUMENT", "an ADS request must carry type_url")
-        elif not type_url:
-            type_url = self._type_url
-        elif type_url != self._type_url:
-            raise ProtocolError(
-                "INVALID_ARGUMENT", f"{type_url} requested on the {self._type_url} service"
-            )
-        if type_url not in KNOWN_TYPES:
-            raise ProtocolError("INVALID_ARGUMENT", f"unknown type_url {type_url!r}")
-        return type_url
+        return requested_type(request.type_url, self._type_url, KNOWN_TYPES)
 
     def _push(self) -> list[DeltaResponse]:
         snap = self._snapshot

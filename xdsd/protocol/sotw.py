@@ -48,7 +48,16 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import WILDCARD, Ack, Event, Nack, ProtocolError, Response, kept_version
+from xdsd.protocol import (
+    WILDCARD,
+    Ack,
+    Event,
+    Nack,
+    ProtocolError,
+    Response,
+    kept_version,
+    requested_type,
+)
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -173,19 +182,7 @@ class SotwStream:
         return self._push()
 
     def _type_of(self, request: discovery_pb2.DiscoveryRequest) -> TypeUrl:
-        type_url = TypeUrl(request.type_url)
-        if self._type_url is None:
-            if not type_url:
-                raise ProtocolError("INVALID_ARGUMENT", "an ADS request must carry type_url")
-        elif not type_url:
-            type_url = self._type_url
-        elif type_url != self._type_url:
-            raise ProtocolError(
-                "INVALID_ARGUMENT", f"{type_url} requested on the {self._type_url} service"
-            )
-        if type_url not in KNOWN_TYPES:
-            raise ProtocolError("INVALID_ARGUMENT", f"unknown type_url {type_url!r}")
-        return type_url
+        return requested_type(request.type_url, self._type_url, KNOWN_TYPES)
 
     def _push(self) -> list[Response]:
         """Answer every ready type that has something to send, in push order; then CDS
