@@ -6,6 +6,7 @@ node A cannot speak for node B (gRPC PERMISSION_DENIED, REST 403), counted in me
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 import urllib.error
@@ -24,6 +25,9 @@ from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 SERVER_NAME = "xdsd.mesh.test"
+pytestmark = pytest.mark.skipif(
+    os.environ.get("XDSD_GRPC_IMPL") == "grpcio", reason="TLS is the grpclib transport's"
+)
 
 
 class Pki:
@@ -52,7 +56,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Traffic
             f'tls_cert = "{pki.server.cert}"\ntls_key = "{pki.server.key}"\n'
             f'tls_client_ca = "{pki.ca.ca_path}"\n\n'
             "[authorized_nodes]\n"
-            '"spiffe://mesh.test/client" = { node_ids = ["client-sidecar"] }\n'
+            '"spiffe://mesh.test/client" = { node_ids = ["client-sidecar", "poller-sidecar"] }\n'
             '"spiffe://mesh.test/other" = { services = ["other"] }\n'
         )
         m.xdsd_args = ["--settings", str(root / "settings.toml")]
@@ -166,6 +170,17 @@ def test_a_certificate_for_node_a_cannot_speak_for_node_b(
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _refusals(mesh, pki)[("grpc", "permission_denied")] >= before + 2
     assert client.request("echo").backend == "echo-1"
+
+
+def test_a_rest_envoy_polls_over_mtls(mesh: TrafficMesh, client: Sidecar, pki: Pki) -> None:
+    poller = mesh.start(
+        "poller", transport="rest",
+        bootstrap_args=(
+            "--xds-tls-ca", str(pki.ca.ca_path), "--xds-tls-cert", str(pki.client.cert),
+            "--xds-tls-key", str(pki.client.key), "--xds-tls-server-name", SERVER_NAME,
+        ),
+    )  # fmt: skip
+    poller.wait_for(lambda: poller.request("echo").backend == "echo-1", "REST Envoy routed")
 
 
 def _rest(mesh: TrafficMesh, pki: Pki, cert: CertFiles, node: dict[str, str]) -> int:
