@@ -143,7 +143,8 @@ class BoundedStream:
     ``max_bytes`` before reading any of it, so a client cannot make xdsd buffer more.
 
     grpclib has no such limit of its own; this reads its stream the way its
-    ``recv_message`` does (its ``_stream``, ``_codec`` and ``_recv_type``).
+    ``recv_message`` does (its ``_stream``, ``_codec`` and ``_recv_type``), without
+    grpclib's ``RecvMessage`` event and channelz message counters (xdsd uses neither).
     """
 
     __slots__ = ("max_bytes", "stream")
