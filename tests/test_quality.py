@@ -26,6 +26,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.protocol": ("xdsd.protocol", "xdsd.resources", "xdsd.cache", "xdsd.errors"),
     "xdsd.settings": ("xdsd.errors", "xdsd.model"),
     "xdsd.notify": (),
+    "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors",),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),

@@ -38,8 +38,10 @@ from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
+from xdsd.tls import server_context
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
+from xdsd.transports.limits import NodeAuthorizer, StreamLimits
 
 if TYPE_CHECKING:
     from xdsd.transports.grpc_aio import AioServer
@@ -358,6 +360,15 @@ async def serve(
     grpc_server: Server | None = None
     aio_server: AioServer | None = None
     streams: list[OpenStreams] = []
+    limits = StreamLimits.from_settings(settings)
+    authorizer = NodeAuthorizer(settings.authorized_nodes)
+    if settings.tls_client_ca and not authorizer.enforcing:
+        log.warning("client certificates are required but authorized_nodes is empty: "
+                    "any client with a valid certificate may speak for any node")  # fmt: skip
+    if settings.tls and settings.grpc is not None and settings.grpc_impl == "grpcio":
+        raise UsageError("TLS (tls_cert) needs grpc_impl = grpclib")
+    grpc_tls = server_context(settings, alpn="h2")
+    http_tls = server_context(settings, alpn="http/1.1")
     if settings.grpc is not None and settings.grpc_impl == "grpcio":
         try:
             from xdsd.transports.grpc_aio import AioServer
@@ -366,29 +377,40 @@ async def serve(
                 f"grpc_impl = grpcio needs grpcio: pip install 'xdsd[grpcio]' ({e})"
             ) from None
 
-        aio_server = AioServer(state)
+        aio_server = AioServer(state, limits=limits, on_refused=metrics.on_refused)
         await aio_server.start(settings.grpc)
         streams.append(aio_server.services.streams)
         bound = Address(settings.grpc.host, aio_server.port)
         log.info("gRPC xDS listening on %s (grpcio)", bound)
     elif settings.grpc is not None:
-        services = DiscoveryServices(state)
+        services = DiscoveryServices(
+            state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused
+        )
         streams.append(services.streams)
         grpc_server = Server([services])
         await grpc_server.start(
-            settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog
+            settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog, ssl=grpc_tls
         )
-        log.info("gRPC xDS listening on %s", _bound(grpc_server, settings.grpc))
+        log.info("gRPC xDS listening on %s%s", _bound(grpc_server, settings.grpc),
+                 _tls_note(settings))  # fmt: skip
     rest_runner = None
     if settings.rest is not None:
         from xdsd.transports.rest import start_rest
 
-        rest_runner = await start_rest(state, settings.rest)
-        log.info("REST xDS listening on %s", settings.rest)
+        rest_runner = await start_rest(
+            state, settings.rest, max_body=settings.max_request_bytes,
+            idle_timeout=settings.rest_idle_timeout, ssl_context=http_tls,
+            authorizer=authorizer, on_refused=metrics.on_refused,
+        )  # fmt: skip
+        log.info("REST xDS listening on %s%s", settings.rest, _tls_note(settings))
     admin_runner = None
     if settings.admin is not None:
-        admin_runner = await start_admin(views, settings.admin)
-        log.info("admin listening on %s", settings.admin)
+        admin_tls = http_tls if settings.admin_tls else None
+        admin_runner = await start_admin(
+            views, settings.admin, ssl_context=admin_tls, idle_timeout=settings.rest_idle_timeout
+        )
+        log.info("admin listening on %s%s", settings.admin,
+                 _tls_note(settings) if admin_tls else "")  # fmt: skip
     views.listening = True
     readiness.update()
     watcher = ConfigWatcher(
@@ -533,6 +555,13 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
     log.info("settings %s read again: [mesh] applies now, other settings at restart",
              settings_path)  # fmt: skip
     return mesh
+
+
+def _tls_note(settings: Settings) -> str:
+    """How a listener of ``settings`` speaks: "" (plaintext), " (TLS)" or " (mTLS)"."""
+    if not settings.tls:
+        return ""
+    return " (mTLS)" if settings.tls_client_ca else " (TLS)"
 
 
 def _bound(server: Server, wanted: Address) -> str:

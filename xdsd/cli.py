@@ -136,6 +136,19 @@ def _build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
     boot.add_argument("--admin-port", type=int, default=15000)
     boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
+    boot.add_argument(
+        "--xds-tls-ca", default=None, metavar="FILE",
+        help="reach xdsd over TLS, verifying its certificate against this CA (PEM)",
+    )  # fmt: skip
+    boot.add_argument(
+        "--xds-tls-cert", default=None, metavar="FILE",
+        help="reach xdsd over TLS, presenting this client certificate (with --xds-tls-key)",
+    )  # fmt: skip
+    boot.add_argument("--xds-tls-key", default=None, metavar="FILE", help="its private key")
+    boot.add_argument(
+        "--xds-tls-server-name", default=None, metavar="NAME",
+        help="the SNI to send and the DNS SAN xdsd's certificate must carry (Envoy)",
+    )  # fmt: skip
     boot.set_defaults(run=_bootstrap)
 
     demo = sub.add_parser(
@@ -299,8 +312,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
         result = _load(args.config_dir)
         _check_service(result, node)
         MeshTranslation(result.mesh).snapshot_for(node)  # raises on address collisions
+    tls = _xds_tls_flags(args)
     if args.format == "grpc":
         doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text))
+        if tls:
+            for server in doc["xds_servers"]:
+                server["channel_creds"] = [{"type": "tls", "config": _grpc_tls_config(args)}]
         json.dump(doc, sys.stdout, indent=2)
         print()
     else:
@@ -308,8 +325,76 @@ def _bootstrap(args: argparse.Namespace) -> int:
             node_id, node, xds_host=host, xds_port=int(port_text),
             transport=args.transport, admin_port=args.admin_port,
         )  # fmt: skip
+        if tls:
+            for cluster in doc["static_resources"]["clusters"]:
+                if cluster["name"] == "xds_cluster":
+                    cluster["transport_socket"] = _xds_transport_socket(args)
         sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
     return 0
+
+
+def _xds_tls_flags(args: argparse.Namespace) -> bool:
+    """True when the bootstrap should reach xdsd over TLS; UsageError for flags that
+    cannot work together."""
+    if bool(args.xds_tls_cert) != bool(args.xds_tls_key):
+        raise UsageError("--xds-tls-cert and --xds-tls-key go together")
+    tls = bool(args.xds_tls_ca or args.xds_tls_cert)
+    if args.xds_tls_server_name and not tls:
+        raise UsageError("--xds-tls-server-name needs --xds-tls-ca (or a client certificate)")
+    if args.xds_tls_server_name and args.format == "grpc":
+        raise UsageError(
+            "--xds-tls-server-name is for Envoy: gRPC checks the --xds host name itself"
+        )
+    if tls and not args.xds_tls_ca:
+        print(
+            "warning: without --xds-tls-ca the proxy does not verify xdsd's certificate",
+            file=sys.stderr,
+        )
+    return tls
+
+
+def _xds_transport_socket(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``transport_socket`` of the bootstrap's ``xds_cluster``: an UpstreamTlsContext
+    trusting ``--xds-tls-ca`` (and checking ``--xds-tls-server-name`` against the server's
+    DNS SANs), presenting ``--xds-tls-cert``/``--xds-tls-key``, offering ALPN ``h2`` for
+    gRPC."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+
+    from xdsd.resources import to_json
+    from xdsd.translate.static import plain_json
+
+    context = tls_pb2.UpstreamTlsContext()
+    common = context.common_tls_context
+    if args.transport != "rest":
+        common.alpn_protocols.append("h2")
+    if args.xds_tls_server_name:
+        context.sni = args.xds_tls_server_name
+    if args.xds_tls_ca:
+        validation = common.validation_context
+        validation.trusted_ca.filename = args.xds_tls_ca
+        if args.xds_tls_server_name:
+            san = validation.match_typed_subject_alt_names.add()
+            san.san_type = common_pb2.SubjectAltNameMatcher.DNS
+            san.matcher.exact = args.xds_tls_server_name
+    if args.xds_tls_cert:
+        certificate = common.tls_certificates.add()
+        certificate.certificate_chain.filename = args.xds_tls_cert
+        certificate.private_key.filename = args.xds_tls_key
+    socket = base_pb2.TransportSocket(name="envoy.transport_sockets.tls")
+    socket.typed_config.Pack(context)
+    return plain_json(to_json(socket))
+
+
+def _grpc_tls_config(args: argparse.Namespace) -> dict[str, str]:
+    """The ``tls`` channel credentials' config of a gRPC bootstrap (gRFC A65)."""
+    config: dict[str, str] = {}
+    if args.xds_tls_ca:
+        config["ca_certificate_file"] = args.xds_tls_ca
+    if args.xds_tls_cert:
+        config["certificate_file"] = args.xds_tls_cert
+        config["private_key_file"] = args.xds_tls_key
+    return config
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -66,6 +66,18 @@ class Settings:
     ``mesh`` holds the mesh-wide proxy defaults (the ``[mesh]`` table of the file).
     ``shutdown_grace`` is how long, after SIGTERM, open streams get to end with their
     UNAVAILABLE status before they are cut (seconds).
+
+    Limits (``docs/operations.md``, "Limits and hostile clients"): ``max_request_bytes``
+    bounds one gRPC message and one REST body; ``max_streams_per_address`` the gRPC
+    streams open at once from one client address; ``first_request_timeout`` how long a
+    new gRPC stream may stay silent before its first request (seconds, 0: no limit);
+    ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle.
+
+    TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
+    ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
+    unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
+    issued by that CA. ``authorized_nodes`` maps a client certificate's SAN to the nodes
+    it may speak for (needs ``tls_client_ca``).
     """
 
     config_dir: str = "config"
@@ -79,6 +91,20 @@ class Settings:
     root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
     mesh: MeshConfig = DEFAULT_MESH_CONFIG
     shutdown_grace: float = 5.0
+    max_request_bytes: int = 4 << 20
+    max_streams_per_address: int = 1024
+    first_request_timeout: float = 10.0
+    rest_idle_timeout: float = 60.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    admin_tls: bool = True
+    authorized_nodes: tuple[NodeGrant, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        """True when xdsd's listeners speak TLS."""
+        return bool(self.tls_cert)
 
     @classmethod
     def from_file(cls, path: str) -> Settings:
@@ -122,6 +148,11 @@ class Settings:
                 if mesh is not None:
                     changes["mesh"] = mesh
                 continue
+            if key_name == "authorized_nodes":
+                grants = _authorized_nodes(value, key, where, problems)
+                if grants is not None:
+                    changes["authorized_nodes"] = grants
+                continue
             current = getattr(self, key_name)
             try:
                 changes[key_name] = _coerce(key_name, current, value)
@@ -129,7 +160,75 @@ class Settings:
                 problems.append(where.problem(key, str(e)))
         if problems:
             raise ConfigError(problems)
-        return replace(self, **changes)
+        result = replace(self, **changes)
+        problems.extend(result._tls_problems(where))
+        if problems:
+            raise ConfigError(problems)
+        return result
+
+    def _tls_problems(self, where: _Where) -> list[Problem]:
+        """What is wrong with the TLS settings taken together."""
+        out: list[Problem] = []
+        if bool(self.tls_cert) != bool(self.tls_key):
+            key = "tls_key" if self.tls_cert else "tls_cert"
+            out.append(where.problem(key, "tls_cert and tls_key go together"))
+        if self.tls_client_ca and not self.tls_cert:
+            out.append(where.problem("tls_client_ca", "needs tls_cert and tls_key"))
+        if self.authorized_nodes and not self.tls_client_ca:
+            out.append(
+                where.problem(
+                    "authorized_nodes",
+                    "needs tls_client_ca: nodes are authorized by their client certificate",
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGrant:
+    """Which nodes a client certificate with the SAN ``san`` (a URI or DNS name) may
+    speak for: those whose ``node.id`` is in ``node_ids`` or whose ``node.cluster`` (the
+    service it fronts) is in ``services``; ``"*"`` in either means any."""
+
+    san: str
+    node_ids: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+
+    def allows(self, node_id: str, service: str) -> bool:
+        """True when this grant lets its certificate speak for that node."""
+        return (
+            "*" in self.node_ids
+            or "*" in self.services
+            or node_id in self.node_ids
+            or service in self.services
+        )
+
+
+def _authorized_nodes(
+    value: Any, key: str, where: _Where, problems: list[Problem]
+) -> tuple[NodeGrant, ...] | None:
+    """The ``[authorized_nodes]`` table: SAN = { node_ids = [...], services = [...] }."""
+    if not isinstance(value, dict):
+        problems.append(where.problem(key, "must be a table of SAN = { node_ids, services }"))
+        return None
+    before = len(problems)
+    grants: list[NodeGrant] = []
+    for san, entry in value.items():
+        at = f"{key}.{san}"
+        table = _table(entry, at, where, problems, ("node_ids", "services"))
+        if table is None:
+            continue
+        lists: dict[str, tuple[str, ...]] = {}
+        for name in ("node_ids", "services"):
+            items = table.get(name, [])
+            if _check(items, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
+                      "a list of names", f"{at}.{name}", where, problems):  # fmt: skip
+                lists[name] = tuple(items)
+        if not table.get("node_ids") and not table.get("services"):
+            problems.append(where.problem(at, "names no node_ids and no services"))
+            continue
+        grants.append(NodeGrant(san, lists.get("node_ids", ()), lists.get("services", ())))
+    return tuple(grants) if len(problems) == before else None
 
 
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")
@@ -382,7 +481,11 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
         if value not in GRPC_IMPLS:
             raise ValueError(f"must be one of {', '.join(GRPC_IMPLS)}")
         return value
-    if isinstance(current, bool) or isinstance(value, bool):
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if isinstance(value, bool):
         raise ValueError("must not be a boolean")
     if isinstance(current, float):
         if not isinstance(value, int | float) or value < 0:

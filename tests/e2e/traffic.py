@@ -639,11 +639,13 @@ class TrafficMesh:
         locality: str = "",
         transport: str = "grpc",
         drain_time_s: int = 0,
+        bootstrap_args: tuple[str, ...] = (),
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
         is written here, on its own address); return it once Envoy is LIVE.
         ``drain_time_s`` shortens how long Envoy drains a removed listener (and keeps its
-        routes, and so the clusters they name) from Envoy's default of 600 s."""
+        routes, and so the clusters they name) from Envoy's default of 600 s.
+        ``bootstrap_args`` are more ``xdsd bootstrap`` flags (e.g. ``--xds-tls-ca``)."""
         ip, outbound_ip = self.ip(), self.ip()
         inbound_port = free_port(ip)
         lines = f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\n'
@@ -667,6 +669,7 @@ class TrafficMesh:
             argv += ["--label", f"{k}={v}"]
         if locality:
             argv += ["--locality", locality]
+        argv += bootstrap_args
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{name}.yaml"

@@ -116,6 +116,14 @@ class Metrics:
             buckets=RELOAD_BUCKETS,
             registry=r,
         )
+        self.refused = Counter(
+            "xdsd_refused",
+            "Streams and requests refused by a limit or by node authorization, by listener "
+            "(grpc, rest) and reason (request_too_large, too_many_streams, "
+            "first_request_timeout, permission_denied).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self._sent: dict[tuple[str, str], Any] = {}
         self._acked: dict[tuple[str, str], Any] = {}
         self._rejected: dict[tuple[str, str], Any] = {}
@@ -156,6 +164,10 @@ class Metrics:
         child.inc()
 
     # -- the daemon ----------------------------------------------------------------------
+
+    def on_refused(self, listener: str, reason: str) -> None:
+        """Count a refusal (the transports' ``RefusalObserver``)."""
+        self.refused.labels(listener, reason).inc()
 
     def observe_reload(self, seconds: float, outcome: str) -> None:
         """A reload took ``seconds``; ``outcome`` is applied, unchanged or refused."""

@@ -9,6 +9,12 @@ its stream ended with a gRPC status; nothing a client sends can stop the server.
 shutdown, ``OpenStreams.close_all`` ends every stream with UNAVAILABLE and a message (and
 any stream opened meanwhile at once), so clients know to reconnect elsewhere.
 
+Limits (``xdsd.transports.limits``): a request message's length prefix is checked before
+its bytes are read (``BoundedStream``), the streams of one client address are counted,
+and a stream that sends no first request in time is ended; with client certificates, the
+node a stream names is checked against what its certificate may speak for. Each refusal
+ends that stream only, with RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or PERMISSION_DENIED.
+
 Logging: each line about a stream carries ``client`` (the stream's id) and ``node`` (its
 node id), and lines about one type ``type`` and ``version``, as ``extra`` fields (see
 ``xdsd.logs``); per-request DEBUG lines build them only when DEBUG is enabled.
@@ -27,7 +33,7 @@ import contextlib
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -42,6 +48,15 @@ from xdsd.protocol import Nack, NotApplied, ProtocolError, Response, record_even
 from xdsd.protocol.sotw import SotwStream
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES, TypeUrl
 from xdsd.transports import SnapshotSource
+from xdsd.transports.limits import (
+    AddressCount,
+    NodeAuthorizer,
+    RefusalObserver,
+    Refused,
+    StreamLimits,
+    ignore_refusal,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +73,9 @@ _STATUS = {
     "INVALID_ARGUMENT": Status.INVALID_ARGUMENT,
     "NOT_FOUND": Status.NOT_FOUND,
     "FAILED_PRECONDITION": Status.FAILED_PRECONDITION,
+    "RESOURCE_EXHAUSTED": Status.RESOURCE_EXHAUSTED,
+    "PERMISSION_DENIED": Status.PERMISSION_DENIED,
+    "DEADLINE_EXCEEDED": Status.DEADLINE_EXCEEDED,
 }
 _END = object()
 _WAKE = object()
@@ -117,6 +135,57 @@ class MessageStream(Protocol):
     async def send_message(self, message: EncodedResponse) -> None:
         """Write one response."""
         ...
+
+
+class BoundedStream:
+    """A grpclib server stream whose ``recv_message`` reads a message's 5-byte prefix
+    first and refuses (``Refused``, RESOURCE_EXHAUSTED) a message longer than
+    ``max_bytes`` before reading any of it, so a client cannot make xdsd buffer more.
+
+    grpclib has no such limit of its own; this reads its stream the way its
+    ``recv_message`` does (its ``_stream``, ``_codec`` and ``_recv_type``), without
+    grpclib's ``RecvMessage`` event and channelz message counters (xdsd uses neither).
+    """
+
+    __slots__ = ("max_bytes", "stream")
+
+    def __init__(self, stream: Stream[Any, Any], max_bytes: int) -> None:
+        self.stream = stream
+        self.max_bytes = max_bytes
+
+    async def recv_message(self) -> Any:
+        """The next decoded request; None once the client has finished sending."""
+        raw = self.stream._stream
+        prefix = await raw.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise ProtocolError("INVALID_ARGUMENT", "truncated gRPC message prefix")
+        size = int.from_bytes(prefix[1:5], "big")
+        if size > self.max_bytes:
+            raise too_large(size, self.max_bytes)
+        if prefix[0]:
+            raise ProtocolError("INVALID_ARGUMENT", "compressed messages are not accepted")
+        data = await raw.recv_data(size)
+        if len(data) < size:
+            raise ProtocolError("INVALID_ARGUMENT", "the stream ended inside a message")
+        return self.stream._codec.decode(data, self.stream._recv_type)
+
+    async def send_message(self, message: EncodedResponse) -> None:
+        """Write one response."""
+        await self.stream.send_message(message)
+
+
+def peer_host(stream: Stream[Any, Any]) -> str:
+    """The client's address (host only) of a grpclib stream ("" when unknown)."""
+    addr = stream.peer.addr()
+    return str(addr[0]) if addr else ""
+
+
+def peer_certificate(stream: Stream[Any, Any]) -> dict[str, Any] | None:
+    """The verified client certificate of a grpclib stream (``getpeercert()``), if any."""
+    cert = stream.peer.cert()
+    return dict(cert) if cert else None
 
 
 class EncodedResponse:
@@ -221,13 +290,26 @@ def _nonce_field(nonce: str) -> bytes:
 
 
 class DiscoveryServices:
-    """The grpclib service object serving ADS and the per-type SotW services."""
+    """The grpclib service object serving ADS and the per-type SotW services, within
+    ``limits``; ``authorizer`` checks the node of each stream against its client
+    certificate; ``on_refused`` hears of every refusal."""
 
-    def __init__(self, source: SnapshotSource) -> None:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        limits: StreamLimits | None = None,
+        authorizer: NodeAuthorizer | None = None,
+        on_refused: RefusalObserver = ignore_refusal,
+    ) -> None:
         self.source = source
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
         self.streams = OpenStreams()
+        self.limits = limits or StreamLimits()
+        self.addresses = AddressCount(self.limits.max_streams_per_address)
+        self.authorizer = authorizer
+        self.on_refused = on_refused
 
     def __mapping__(self) -> dict[str, Handler]:
         req, resp = discovery_pb2.DiscoveryRequest, EncodedResponse
@@ -275,29 +357,55 @@ class DiscoveryServices:
         self, stream: Stream[Any, Any], type_url: TypeUrl | None, *, variant: str = "sotw"
     ) -> None:
         """Serve one stream: ``variant`` is ``sotw`` (v3), ``delta`` or ``v2``."""
+        address = peer_host(stream)
+        try:
+            self.addresses.acquire(address)
+        except Refused as e:
+            raise self._refuse(e, {"peer": address}) from None
+        try:
+            await self._serve_counted(stream, type_url, variant, address)
+        finally:
+            self.addresses.release(address)
+
+    def _refuse(self, e: Refused, fields: dict[str, str]) -> GRPCError:
+        """Log and count a refusal; the error that ends the stream with its status."""
+        log.warning("refused: %s", e.message, extra={**fields, "reason": e.reason})
+        self.on_refused("grpc", e.reason)
+        return GRPCError(_STATUS.get(e.code, Status.INVALID_ARGUMENT), e.message)
+
+    async def _serve_counted(
+        self, stream: Stream[Any, Any], type_url: TypeUrl | None, variant: str, address: str
+    ) -> None:
+        bounded = BoundedStream(stream, self.limits.max_request_bytes)
         client: StreamClient
         if variant == "delta":
             from xdsd.transports.grpc_delta import DeltaStreamClient, delta_key
 
             client = DeltaStreamClient(
-                self.source, stream, type_url, f"{delta_key(type_url)}-{next(self._ids)}",
+                self.source, bounded, type_url, f"{delta_key(type_url)}-{next(self._ids)}",
                 self.encoder,
             )  # fmt: skip
         elif variant == "v2":
             from xdsd.transports.grpc_v2 import V2StreamClient, v2_label
 
             client = V2StreamClient(
-                self.source, stream, type_url, f"{v2_label(type_url)}-{next(self._ids)}",
+                self.source, bounded, type_url, f"{v2_label(type_url)}-{next(self._ids)}",
                 self.encoder,
             )  # fmt: skip
         else:
             transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
             client = StreamClient(
-                self.source, stream, type_url, f"{transport}-{next(self._ids)}", self.encoder
+                self.source, bounded, type_url, f"{transport}-{next(self._ids)}", self.encoder
             )
+        client.first_request_timeout = self.limits.first_request_timeout
+        if self.authorizer is not None and self.authorizer.enforcing:
+            cert, check = peer_certificate(stream), self.authorizer.check
+            client.authorize = lambda node_id, service: check(cert, node_id, service)
         try:
             self.streams.add(client)
             await client.run()
+        except Refused as e:
+            raise self._refuse(e, {**client.fields, "peer": address}) from None
         except ServerClosing as e:
             log.info("ending stream: %s", e, extra=client.fields)
             raise GRPCError(Status.UNAVAILABLE, str(e)) from None
@@ -336,6 +444,11 @@ class StreamClient:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.pending: Snapshot | None = None
         self.reader: asyncio.Task[None] | None = None
+        #: Seconds the stream may wait for its first request (0: forever).
+        self.first_request_timeout = 0.0
+        #: Called with the node's id and service when the stream opens; raises Refused
+        #: when this client may not speak for that node.
+        self.authorize: Callable[[str, str], None] | None = None
 
     def shut_down(self, message: str) -> None:
         """End the stream with UNAVAILABLE and ``message`` once its loop gets to it."""
@@ -367,6 +480,18 @@ class StreamClient:
     async def run(self) -> None:
         """Serve the stream until it ends; raises what ends it for a protocol error."""
         self.reader = asyncio.create_task(self._read())
+        if self.first_request_timeout > 0:
+            try:
+                first = await asyncio.wait_for(self.inbox.get(), self.first_request_timeout)
+            except TimeoutError:
+                raise Refused(
+                    "DEADLINE_EXCEEDED", 408, "first_request_timeout",
+                    f"no request within {self.first_request_timeout:g} s of opening the "
+                    "stream (first_request_timeout)",
+                ) from None  # fmt: skip
+            if not await self._handle(first):
+                return
+            del first
         while await self._handle(await self.inbox.get()):
             pass
 
@@ -376,7 +501,7 @@ class StreamClient:
         if item is _END:
             return False
         if isinstance(item, Exception):
-            if isinstance(item, GRPCError | ProtocolError | ServerClosing):
+            if isinstance(item, GRPCError | ProtocolError | ServerClosing | Refused):
                 raise item
             if isinstance(item, DecodeError):
                 raise ProtocolError("INVALID_ARGUMENT", f"undecodable DiscoveryRequest: {item}")
@@ -406,6 +531,8 @@ class StreamClient:
         if not first.HasField("node") or not (first.node.id or first.node.cluster):
             raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
         node = first.node
+        if self.authorize is not None:
+            self.authorize(node.id, node.cluster)
         self.key = self.source.classify(node, self._classify_as())
         self.fields = {"client": self.client_id, "node": node.id}
         cache = self.source.cache

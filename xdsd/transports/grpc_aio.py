@@ -9,6 +9,10 @@ reads requests from the grpcio context and writes responses to it. Responses are
 A request that does not decode is handed to the loop as its ``DecodeError`` (the
 deserializer does not raise), so it ends the stream with INVALID_ARGUMENT like grpclib's
 transport, not with grpcio's generic INTERNAL.
+
+Limits: grpcio itself refuses a message over ``max_request_bytes`` (RESOURCE_EXHAUSTED,
+not counted in metrics); streams per address and the first-request timeout are counted
+as in the grpclib transport. TLS and node authorization are the grpclib transport's only.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ from xdsd.transports.grpc import (
     ServerClosing,
     StreamClient,
 )
+from xdsd.transports.limits import (
+    AddressCount,
+    RefusalObserver,
+    Refused,
+    StreamLimits,
+    ignore_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +54,16 @@ _STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+def _peer_host(peer: str) -> str:
+    """The host of a grpcio peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
+    address = peer.partition(":")[2]
+    return address.rpartition(":")[0].strip("[]") or address
 
 
 def _decode(data: bytes) -> discovery_pb2.DiscoveryRequest | DecodeError:
@@ -81,11 +101,20 @@ class _ContextStream:
 class AioDiscoveryServices:
     """ADS and the per-type SotW services as grpcio generic handlers."""
 
-    def __init__(self, source: SnapshotSource) -> None:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        limits: StreamLimits | None = None,
+        on_refused: RefusalObserver = ignore_refusal,
+    ) -> None:
         self.source = source
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
         self.streams = OpenStreams()
+        self.limits = limits or StreamLimits()
+        self.addresses = AddressCount(self.limits.max_streams_per_address)
+        self.on_refused = on_refused
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """One generic handler per service."""
@@ -109,6 +138,19 @@ class AioDiscoveryServices:
         ]
 
     async def _serve(self, context: Any, type_url: TypeUrl | None) -> None:
+        address = _peer_host(context.peer() or "")
+        try:
+            self.addresses.acquire(address)
+        except Refused as e:
+            log.warning("refused: %s", e.message, extra={"peer": address, "reason": e.reason})
+            self.on_refused("grpc", e.reason)
+            await context.abort(_STATUS[e.code], e.message)
+        try:
+            await self._serve_counted(context, type_url, address)
+        finally:
+            self.addresses.release(address)
+
+    async def _serve_counted(self, context: Any, type_url: TypeUrl | None, address: str) -> None:
         transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
         client = StreamClient(
             self.source,
@@ -117,11 +159,17 @@ class AioDiscoveryServices:
             f"{transport}-{next(self._ids)}",
             self.encoder,
         )
+        client.first_request_timeout = self.limits.first_request_timeout
         code: grpc.StatusCode | None = None
         details = ""
         try:
             self.streams.add(client)
             await client.run()
+        except Refused as e:
+            log.warning("refused: %s", e.message,
+                        extra={**client.fields, "peer": address, "reason": e.reason})  # fmt: skip
+            self.on_refused("grpc", e.reason)
+            code, details = _STATUS[e.code], e.message
         except ServerClosing as e:
             log.info("ending stream: %s", e, extra=client.fields)
             code, details = grpc.StatusCode.UNAVAILABLE, str(e)
@@ -142,8 +190,14 @@ class AioDiscoveryServices:
 class AioServer:
     """A grpcio asyncio server serving ``AioDiscoveryServices``."""
 
-    def __init__(self, source: SnapshotSource) -> None:
-        self.services = AioDiscoveryServices(source)
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        limits: StreamLimits | None = None,
+        on_refused: RefusalObserver = ignore_refusal,
+    ) -> None:
+        self.services = AioDiscoveryServices(source, limits=limits, on_refused=on_refused)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -151,7 +205,7 @@ class AioServer:
         """Bind and start serving (port 0 binds a free port, see ``port``)."""
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", self.services.limits.max_request_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ]

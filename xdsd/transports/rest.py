@@ -5,8 +5,9 @@ Each poll is answered from the poller's node-class snapshot by
 they need, and keeps removed clusters while its routes still use them): 200 with proto3
 JSON (rendered once per content and reused), 304 when the poller already holds the version
 or must wait, 400 for a body that is not a JSON ``DiscoveryRequest``, 404 for an unknown
-type path, 503 while no configuration has loaded. Clients that stop polling are forgotten
-after a while and shown disconnected.
+type path, 413 for a body over ``max_request_bytes``, 403 for a node the client
+certificate may not speak for, 503 while no configuration has loaded. Clients that stop
+polling are forgotten after a while and shown disconnected.
 
 Envoy sends its whole node (~77 KB of JSON from Envoy 1.40) on every poll, and an unchanged
 poller sends the very same bytes each time. Parsing them was 90 % of a poll's cost (and
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import time
 from array import array
 from collections import OrderedDict
@@ -41,23 +43,31 @@ from xdsd.resources import SHORT_NAMES, TypeUrl
 from xdsd.resources.v2 import v3_type
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
+from xdsd.transports.limits import (
+    NodeAuthorizer,
+    RefusalObserver,
+    Refused,
+    ignore_refusal,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
 PATHS: dict[str, TypeUrl] = {short: type_url for type_url, short in SHORT_NAMES.items()}
 _NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name", "userAgentName")
-_MAX_BODY = 4 * 1024 * 1024
 #: ``{`` then, optionally, a ``version_info`` of plain characters (no escapes) written first.
 _VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
 
 
 class _ParsedPoll(NamedTuple):
     """What one poll body says, once parsed and its node classified: the node class
-    ``key``, the ``client_id`` and ``node_id``, the ``names`` and ``version_info`` asked."""
+    ``key``, the ``client_id``, ``node_id`` and ``service`` (``node.cluster``), the
+    ``names`` and ``version_info`` asked."""
 
     key: Hashable
     client_id: str
     node_id: str
+    service: str
     names: frozenset[str]
     version_info: str
 
@@ -134,8 +144,14 @@ class RestDiscovery:
         sessions: RestSessions | None = None,
         *,
         max_parsed: int = 16384,
+        max_body: int = 4 << 20,
+        authorizer: NodeAuthorizer | None = None,
+        on_refused: RefusalObserver = ignore_refusal,
     ) -> None:
         self.source = source
+        self.max_body = max_body
+        self.authorizer = authorizer if authorizer is not None and authorizer.enforcing else None
+        self.on_refused = on_refused
         self.renderer = JsonRenderer()
         self.sessions = sessions if sessions is not None else RestSessions()
         self.timings = PollTimings()
@@ -147,7 +163,7 @@ class RestDiscovery:
 
     def app(self) -> web.Application:
         """An aiohttp application serving ``/v3/discovery:*`` (and the timings)."""
-        application = web.Application(client_max_size=_MAX_BODY)
+        application = web.Application(client_max_size=self.max_body)
         application.router.add_post("/v3/discovery:{type}", self.handle)
         application.router.add_post("/v2/discovery:{type}", self.handle_v2)
         application.router.add_get("/debug/rest/timings", self.show_timings)
@@ -175,25 +191,49 @@ class RestDiscovery:
         type_url = PATHS.get(request.match_info["type"])
         if type_url is None:
             return _error(404, f"unknown discovery type {request.match_info['type']!r}")
-        raw = await request.read()
+        if request.content_length is not None and request.content_length > self.max_body:
+            return self._refused(request, too_large(request.content_length, self.max_body))
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # chunked: its size is known as it is read
+            return self._refused(request, too_large(None, self.max_body))
         started, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        response = self.answer(type_url, raw, v2=v2)
+        peer_cert = None
+        if self.authorizer is not None and request.transport is not None:
+            peer_cert = request.transport.get_extra_info("peercert")
+        try:
+            response = self.answer(type_url, raw, v2=v2, peer_cert=peer_cert)
+        except Refused as e:
+            return self._refused(request, e)
         self.timings.record(
             response.status, time.perf_counter_ns() - started, time.thread_time_ns() - cpu
         )
         return response
 
+    def _refused(self, request: web.Request, e: Refused) -> web.Response:
+        """Log and count a refusal; its HTTP answer."""
+        log.warning("refused: %s", e.message, extra={"peer": request.remote or "",
+                                                     "reason": e.reason})  # fmt: skip
+        self.on_refused("rest", e.reason)
+        return _error(e.http_status, e.message)
+
     async def handle_v2(self, request: web.Request) -> web.StreamResponse:
         """Answer one poll of a v2 client (``/v2/discovery:*``)."""
         return await self.handle(request, v2=True)
 
-    def answer(self, type_url: TypeUrl, raw: bytes, *, v2: bool = False) -> web.Response:
+    def answer(
+        self, type_url: TypeUrl, raw: bytes, *, v2: bool = False,
+        peer_cert: dict[str, Any] | None = None,
+    ) -> web.Response:  # fmt: skip
         """The response to one poll of ``type_url`` whose body is ``raw`` (a v2 client's
-        when ``v2``: it names v2 types, and is answered with v2 names)."""
+        when ``v2``: it names v2 types, and is answered with v2 names). With an
+        authorizer, raises Refused when ``peer_cert`` may not speak for the body's node."""
         parsed = self._parse(type_url, raw, v2=v2)
         if isinstance(parsed, web.Response):
             return parsed
-        key, client_id, node_id, names, version_info = parsed
+        key, client_id, node_id, service, names, version_info = parsed
+        if self.authorizer is not None:
+            self.authorizer.check(peer_cert, node_id, service)
         try:
             snapshot = self.source.snapshot(key)
         except ProtocolError as e:
@@ -316,7 +356,9 @@ class RestDiscovery:
         except TranslationError as e:
             log.error("cannot configure this node: %s", e, extra={"node": node.id})
             return _error(500, str(e))
-        parsed = _ParsedPoll(key, f"rest-{node.id or node.cluster}", node.id, names, version_info)
+        parsed = _ParsedPoll(
+            key, f"rest-{node.id or node.cluster}", node.id, node.cluster, names, version_info
+        )
         if start and not (versioned or "versionInfo" in body):
             # the version is the prefix's alone: the remainder says the rest at any version
             self._remember(digest, parsed)
@@ -334,10 +376,26 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
 
 
-async def start_rest(source: SnapshotSource, address: Address) -> web.AppRunner:
-    """Bind the REST xDS server; returns the runner to ``cleanup()`` on shutdown."""
-    runner = web.AppRunner(RestDiscovery(source).app(), access_log=None)
+async def start_rest(
+    source: SnapshotSource,
+    address: Address,
+    *,
+    max_body: int = 4 << 20,
+    idle_timeout: float = 60.0,
+    ssl_context: ssl.SSLContext | None = None,
+    authorizer: NodeAuthorizer | None = None,
+    on_refused: RefusalObserver = ignore_refusal,
+) -> web.AppRunner:
+    """Bind the REST xDS server (TLS with ``ssl_context``; a connection idle for
+    ``idle_timeout`` seconds is closed); returns the runner to ``cleanup()`` on
+    shutdown."""
+    discovery = RestDiscovery(
+        source, max_body=max_body, authorizer=authorizer, on_refused=on_refused
+    )
+    runner = web.AppRunner(discovery.app(), access_log=None, keepalive_timeout=idle_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    site = web.TCPSite(
+        runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
+    )
     await site.start()
     return runner

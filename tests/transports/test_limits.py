@@ -1,0 +1,63 @@
+"""The limits' and node authorization's decisions, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from xdsd.settings import NodeGrant
+from xdsd.transports.limits import AddressCount, NodeAuthorizer, Refused, certificate_sans
+
+CERT = {"subjectAltName": (("URI", "spiffe://m/a"), ("DNS", "a.m"), ("IP Address", "10.0.0.1"))}
+GRANTS = (
+    NodeGrant("spiffe://m/a", node_ids=("a-1",)),
+    NodeGrant("a.m", services=("alpha",)),
+    NodeGrant("spiffe://m/ops", node_ids=("*",)),
+)
+
+
+def test_sans_are_the_uri_and_dns_names() -> None:
+    assert certificate_sans(CERT) == ("spiffe://m/a", "a.m")
+    assert certificate_sans(None) == ()
+
+
+@pytest.mark.parametrize(
+    ("cert", "node_id", "service", "allowed"),
+    [
+        (CERT, "a-1", "anything", True),  # by node id (URI SAN)
+        (CERT, "other", "alpha", True),  # by service (DNS SAN)
+        (CERT, "b-1", "beta", False),
+        ({"subjectAltName": (("URI", "spiffe://m/ops"),)}, "b-1", "beta", True),
+        ({"subjectAltName": (("URI", "spiffe://m/unknown"),)}, "a-1", "alpha", False),
+        (None, "a-1", "alpha", False),
+    ],
+)  # fmt: skip
+def test_a_certificate_speaks_only_for_its_nodes(
+    cert: dict[str, object] | None, node_id: str, service: str, allowed: bool
+) -> None:
+    authorizer = NodeAuthorizer(GRANTS)
+    if allowed:
+        authorizer.check(cert, node_id, service)
+    else:
+        with pytest.raises(Refused) as info:
+            authorizer.check(cert, node_id, service)
+        assert (info.value.code, info.value.http_status) == ("PERMISSION_DENIED", 403)
+        assert node_id in info.value.message
+
+
+def test_without_grants_every_client_is_allowed() -> None:
+    authorizer = NodeAuthorizer(())
+    assert not authorizer.enforcing
+    authorizer.check(None, "x", "y")
+
+
+def test_streams_are_counted_per_address() -> None:
+    count = AddressCount(2)
+    count.acquire("10.0.0.1")
+    count.acquire("10.0.0.1")
+    count.acquire("10.0.0.2")
+    with pytest.raises(Refused) as info:
+        count.acquire("10.0.0.1")
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    count.release("10.0.0.1")
+    count.acquire("10.0.0.1")
+    assert count["10.0.0.1"] == 2 and count["10.0.0.2"] == 1

@@ -1,0 +1,144 @@
+"""What the transports refuse, and why: the limits every listener applies and the node
+authorization of clients with certificates.
+
+How this works: a limit or an authorization check that fails raises ``Refused``, which
+carries the gRPC status and the HTTP status to answer with and a short ``reason`` (the
+label refusals are counted under). Transports catch it at their edge, log it with the
+client's address and node, report it to ``on_refused`` and end only that stream or
+request. ``AddressCount`` counts the streams open per client address; ``NodeAuthorizer``
+decides whether a client certificate may speak for a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from xdsd.errors import XdsdError
+from xdsd.settings import NodeGrant, Settings
+
+#: Called with (listener, reason) for every refusal: ``grpc`` or ``rest``, and
+#: ``request_too_large``, ``too_many_streams``, ``first_request_timeout`` or
+#: ``permission_denied``.
+RefusalObserver = Callable[[str, str], None]
+
+
+def ignore_refusal(listener: str, reason: str) -> None:
+    """The default ``RefusalObserver``: refusals are only logged."""
+
+
+class Refused(XdsdError):
+    """A client's stream or request is refused: answered with the gRPC status ``code``
+    (a status name) or HTTP ``http_status``, and ``message``; ``reason`` names the limit
+    or check (see ``RefusalObserver``)."""
+
+    def __init__(self, code: str, http_status: int, reason: str, message: str) -> None:
+        self.code = code
+        self.http_status = http_status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """The limits of one gRPC server (see ``Settings``): the largest request message in
+    bytes, the streams open at once per client address, and the seconds a new stream may
+    wait before its first request (0: no limit)."""
+
+    max_request_bytes: int = 4 << 20
+    max_streams_per_address: int = 1024
+    first_request_timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamLimits:
+        """The limits ``settings`` give."""
+        return cls(
+            settings.max_request_bytes,
+            settings.max_streams_per_address,
+            settings.first_request_timeout,
+        )
+
+
+def too_large(size: int | None, limit: int) -> Refused:
+    """The refusal of a request of ``size`` bytes (None: not known) over ``limit``."""
+    what = f"request of {size} bytes" if size is not None else "request"
+    return Refused(
+        "RESOURCE_EXHAUSTED", 413, "request_too_large",
+        f"{what} is larger than the limit of {limit} bytes (max_request_bytes)",
+    )  # fmt: skip
+
+
+class AddressCount:
+    """The streams open per client address, bounded by ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, address: str) -> None:
+        """Count one more stream from ``address``; raises Refused (RESOURCE_EXHAUSTED)
+        when that address already has ``limit`` open."""
+        count = self._open.get(address, 0)
+        if count >= self.limit:
+            raise Refused(
+                "RESOURCE_EXHAUSTED", 429, "too_many_streams",
+                f"{address} already has {count} streams open, the limit "
+                "(max_streams_per_address)",
+            )  # fmt: skip
+        self._open[address] = count + 1
+
+    def release(self, address: str) -> None:
+        """One stream from ``address`` ended."""
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+    def __getitem__(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+
+def certificate_sans(peer_cert: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The URI and DNS subject alternative names of a certificate as Python's
+    ``SSLSocket.getpeercert()`` gives it (empty without a certificate)."""
+    if not peer_cert:
+        return ()
+    return tuple(
+        str(value) for kind, value in peer_cert.get("subjectAltName", ()) if kind in ("URI", "DNS")
+    )
+
+
+class NodeAuthorizer:
+    """Decides whether a client may speak for a node, from its certificate's SANs and
+    the grants of ``authorized_nodes``. With no grants every client is allowed (TLS
+    alone decides who connects)."""
+
+    def __init__(self, grants: tuple[NodeGrant, ...]) -> None:
+        self._grants: dict[str, list[NodeGrant]] = {}
+        for grant in grants:
+            self._grants.setdefault(grant.san, []).append(grant)
+
+    @property
+    def enforcing(self) -> bool:
+        """True when some grant is configured (so nodes are checked)."""
+        return bool(self._grants)
+
+    def check(self, peer_cert: Mapping[str, Any] | None, node_id: str, service: str) -> None:
+        """Return when the client whose certificate is ``peer_cert`` may speak for the node
+        ``node_id`` fronting ``service``; else raise Refused (PERMISSION_DENIED, 403)."""
+        if not self._grants:
+            return
+        sans = certificate_sans(peer_cert)
+        for san in sans:
+            for grant in self._grants.get(san, ()):
+                if grant.allows(node_id, service):
+                    return
+        names = ", ".join(sans) or "none"
+        raise Refused(
+            "PERMISSION_DENIED", 403, "permission_denied",
+            f"the client certificate (SANs: {names}) may not speak for node {node_id!r} "
+            f"of service {service!r} (authorized_nodes)",
+        )  # fmt: skip
