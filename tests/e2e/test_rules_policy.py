@@ -276,6 +276,12 @@ def test_tls_mutual_origination_and_wrong_ca(world: World) -> None:
     c = world.client
     serving(c, "tls-mutual")
     assert c.request("tls-mutual").backend == "tls-mutual"
+    # the certificates came over SDS (xdsd read the files), not as file names
+    dump = c.envoy.admin_json("/config_dump?resource=dynamic_active_secrets")
+    secrets = sorted(s["name"].split(":")[0] for s in dump.get("configs", []))
+    assert "file-cert" in secrets and "file-root" in secrets, secrets
+    clusters = c.envoy.admin_text("/config_dump?resource=dynamic_active_clusters")
+    assert "tls_certificate_sds_secret_configs" in clusters and '"filename"' not in clusters
     reply = c.request("tls-wrong-ca")
     assert reply.status == 503 and reply.backend == "", reply
     assert world.tls_wrong.hits == 0
