@@ -221,7 +221,10 @@ class DirectoryLoader:
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
-        last load (None: unknown, check every file by stat).
+        last load (None: unknown, check every file by stat). The certificate files the
+        rules name are read again every time (``sources.certificates``; a changed path
+        that is one of them needs nothing else re-read), and ``certificate_paths`` says
+        which they were, even when the load fails.
 
         Raises ConfigError as ``load_directory`` does.
         """
