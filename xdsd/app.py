@@ -83,6 +83,12 @@ class MeshState:
         self.last_timings: dict[str, float] = {}
 
     @property
+    def certificate_paths(self) -> frozenset[str]:
+        """The certificate and key files the last load attempt's rules named (their
+        directories are watched besides the config directory)."""
+        return self._loader.certificate_paths
+
+    @property
     def cache(self) -> SnapshotCache[NodeClass]:
         """The snapshot cache (node class → snapshot, client status)."""
         return self._cache
@@ -418,6 +424,7 @@ async def serve(
         reload,
         quiet_period=settings.quiet_period,
         max_delay=settings.max_delay,
+        files=lambda: state.certificate_paths,
     )
     watch_task = asyncio.create_task(watcher.run(stop))
     if ready is not None:

@@ -276,7 +276,33 @@ def test_tls_mutual_origination_and_wrong_ca(world: World) -> None:
     c = world.client
     serving(c, "tls-mutual")
     assert c.request("tls-mutual").backend == "tls-mutual"
+    # the certificates came over SDS (xdsd read the files), not as file names
+    dump = c.envoy.admin_json("/config_dump?resource=dynamic_active_secrets")
+    secrets = sorted(s["name"].split(":")[0] for s in dump.get("configs", []))
+    assert "file-cert" in secrets and "file-root" in secrets, secrets
+    clusters = c.envoy.admin_text("/config_dump?resource=dynamic_active_clusters")
+    assert "tls_certificate_sds_secret_configs" in clusters and '"filename"' not in clusters
     reply = c.request("tls-wrong-ca")
     assert reply.status == 503 and reply.backend == "", reply
     assert world.tls_wrong.hits == 0
     assert cluster_stat(c, "tls-wrong-ca", "ssl.fail_verify_error") >= 1
+
+
+def test_tls_origination_by_a_rest_client_polls_its_secrets(world: World) -> None:
+    """A REST-polling sidecar's TLS contexts fetch their SDS secrets by REST too: it
+    reaches the MUTUAL backend with certificates it polled from xdsd."""
+    c = world.mesh.start("rest-caller", transport="rest")
+    serving(c, "tls-mutual")
+    assert c.request("tls-mutual").backend == "tls-mutual"
+    dump = c.envoy.admin_json("/config_dump?resource=dynamic_active_clusters")
+    [cluster] = [
+        d["cluster"]
+        for d in dump["configs"]
+        if d["cluster"]["name"].endswith("tls-mutual.default.svc.cluster.local")
+    ]
+    common = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    [certificate] = common["tls_certificate_sds_secret_configs"]
+    assert certificate["name"].startswith("file-cert:")
+    assert certificate["sds_config"]["api_config_source"]["api_type"] == "REST"
+    secrets = c.envoy.admin_json("/config_dump?resource=dynamic_active_secrets")
+    assert certificate["name"] in [s["name"] for s in secrets["configs"]]

@@ -260,10 +260,16 @@ class CertAuthority:
         self.ca_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, dns_names: Iterable[str] = (), uris: Iterable[str] = ()
+        self,
+        name: str,
+        dns_names: Iterable[str] = (),
+        uris: Iterable[str] = (),
+        *,
+        directory: Path | None = None,
     ) -> CertFiles:
         """A leaf certificate for ``name`` with these DNS and URI SANs (server and client
-        use), written as ``NAME.pem`` and ``NAME-key.pem``."""
+        use), written as ``NAME.pem`` and ``NAME-key.pem`` (in ``directory``, default the
+        CA's)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -291,7 +297,9 @@ class CertAuthority:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
-        cert_path, key_path = self.directory / f"{name}.pem", self.directory / f"{name}-key.pem"
+        where = directory or self.directory
+        where.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = where / f"{name}.pem", where / f"{name}-key.pem"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
             key.private_bytes(

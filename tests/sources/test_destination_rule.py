@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pem import write_fake_pem
 from xdsd.model import (
     ClientTLS,
     ConnectionPool,
@@ -106,7 +107,7 @@ spec:
 def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
     for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / "certs" / name).write_text("pem")
+        write_fake_pem(tmp_path / "certs" / name)
     key = tmp_path / "certs" / "key.pem"
     (tmp_path / "s.toml").write_text(SERVICE)
     (tmp_path / "d.yaml").write_text(RULE.replace("KEY", str(key)))
@@ -166,7 +167,7 @@ def test_relative_certificate_paths_are_relative_to_the_config_directory(
     """The same files load the same paths whatever the current directory is."""
     root = tmp_path / "config"
     (root / "certs").mkdir(parents=True)
-    (root / "certs" / "ca.pem").write_text("pem")
+    write_fake_pem(root / "certs" / "ca.pem")
     (root / "s.toml").write_text(SERVICE)
     (root / "d.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pem import write_fake_pem
 from xdsd.errors import ConfigError
 from xdsd.model.networking import ServerTLSMode
 from xdsd.sources import load_directory
@@ -40,7 +41,7 @@ spec:
 def write(root: Path, text: str) -> None:
     (root / "certs").mkdir(parents=True, exist_ok=True)
     for name in ("gw.pem", "gw-key.pem", "ca.pem"):
-        (root / "certs" / name).write_text("not checked here\n")
+        write_fake_pem(root / "certs" / name)
     (root / "gw.yaml").write_text(text)
 
 

@@ -46,6 +46,9 @@ from xdsd.translate.clusters import (
 from xdsd.translate.hash_policy import add_hash_policies, consistent_hash_for
 from xdsd.translate.routes import MatcherStyle, RouteBuilder
 
+#: How SDS secrets are fetched by ADS classes.
+ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
+
 SVC = service("reviews", http(9080), endpoints=(Endpoint("10.0.0.1"),))
 H2 = service("grpc", http(50051, protocol=Protocol.GRPC), endpoints=(Endpoint("10.0.0.2"),))
 DB = service("db", tcp(5432), endpoints=(Endpoint("10.0.0.3"),))
@@ -194,21 +197,25 @@ CASES: dict[str, tuple[TrafficPolicy | None, Any, dict[str, Any]]] = {
         TrafficPolicy(tls=ClientTLS(TLSMode.SIMPLE, ca_certificates="/c/ca.pem", sni="a.test",
                                     subject_alt_names=("a.test", "spiffe://t/a", "10.0.0.1"))),
         SVC,
-        {"tls": {"sni": "a.test", "common_tls_context": {"validation_context": {
-            "trusted_ca": {"filename": "/c/ca.pem"},
-            "match_typed_subject_alt_names": [
+        {"tls": {"sni": "a.test", "common_tls_context": {"combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [
                 {"san_type": "DNS", "matcher": {"exact": "a.test"}},
                 {"san_type": "URI", "matcher": {"exact": "spiffe://t/a"}},
-                {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.1"}}]}}},
+                {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.1"}}]},
+            "validation_context_sds_secret_config": {"name": "file-root:/c/ca.pem",
+                                                     "sds_config": ADS_SOURCE}}}},
          "http_options": None},
     ),
     "tls mutual without SNI: auto SNI and SAN validation, h2 ALPN on gRPC": (
         TrafficPolicy(tls=ClientTLS(TLSMode.MUTUAL, "/c/cert.pem", "/c/key.pem", "/c/ca.pem")),
         H2,
         {"tls": {"common_tls_context": {
-            "tls_certificates": [{"certificate_chain": {"filename": "/c/cert.pem"},
-                                  "private_key": {"filename": "/c/key.pem"}}],
-            "validation_context": {"trusted_ca": {"filename": "/c/ca.pem"}},
+            "tls_certificate_sds_secret_configs": [
+                {"name": "file-cert:/c/cert.pem~/c/key.pem", "sds_config": ADS_SOURCE}],
+            "combined_validation_context": {
+                "default_validation_context": {},
+                "validation_context_sds_secret_config": {"name": "file-root:/c/ca.pem",
+                                                         "sds_config": ADS_SOURCE}},
             "alpn_protocols": ["h2"]}},
          "http_options": {"explicit_http_config": {"http2_protocol_options": {}},
                           "upstream_http_protocol_options": {

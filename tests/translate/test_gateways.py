@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from tests.harness import envoy_accepts
+from tests.pem import write_fake_pem
 from xdsd.errors import TranslationError
 from xdsd.model import HTTPMatch, Mesh, ResourceKey
 from xdsd.model.networking import EntryPort, Server, gateway_key
@@ -129,7 +130,7 @@ NODE = NodeClass("ingress", role=Role.GATEWAY, labels=(("istio", "ingressgateway
 def load(tmp: Path, *texts: str) -> Mesh:
     (tmp / "certs").mkdir(exist_ok=True)
     for name in ("gw.pem", "gw-key.pem", "ca.pem"):
-        (tmp / "certs" / name).write_text("-")
+        write_fake_pem(tmp / "certs" / name)
     (tmp / "services.yaml").write_text(SERVICES)
     for i, text in enumerate(texts):
         (tmp / f"rules{i}.yaml").write_text(text)
@@ -183,9 +184,11 @@ def test_downstream_tls_contexts_from_files(tmp_path: Path) -> None:
                     tls_pb2.DownstreamTlsContext)  # fmt: skip
     common = simple.common_tls_context
     assert list(common.alpn_protocols) == ["h2", "http/1.1"]
-    assert common.tls_certificates[0].certificate_chain.filename == str(certs / "gw.pem")
-    assert common.tls_certificates[0].private_key.filename == str(certs / "gw-key.pem")
-    assert not common.HasField("validation_context")
+    [sds] = common.tls_certificate_sds_secret_configs
+    assert sds.name == f"file-cert:{certs / 'gw.pem'}~{certs / 'gw-key.pem'}"
+    assert sds.sds_config.HasField("ads")
+    assert not common.tls_certificates
+    assert not common.HasField("combined_validation_context")
     assert simple.require_client_certificate.value is False
     params = common.tls_params
     assert (params.tls_minimum_protocol_version, params.tls_maximum_protocol_version) == (
@@ -193,9 +196,10 @@ def test_downstream_tls_contexts_from_files(tmp_path: Path) -> None:
     assert list(params.cipher_suites) == ["ECDHE-ECDSA-AES128-GCM-SHA256"]
     mutual = unpack(chains[("api.example.com",)].transport_socket.typed_config,
                     tls_pb2.DownstreamTlsContext)  # fmt: skip
-    validation = mutual.common_tls_context.validation_context
+    combined = mutual.common_tls_context.combined_validation_context
+    validation = combined.default_validation_context
     assert mutual.require_client_certificate.value is True
-    assert validation.trusted_ca.filename == str(certs / "ca.pem")
+    assert combined.validation_context_sds_secret_config.name == f"file-root:{certs / 'ca.pem'}"
     sans = [(m.san_type, m.matcher.exact) for m in validation.match_typed_subject_alt_names]
     matcher = common_pb2.SubjectAltNameMatcher
     assert sans == [

@@ -52,6 +52,8 @@ from xdsd.model.rules import (
 from xdsd.model.service import (
     DEFAULT_NAMESPACE,
     DOMAIN_SUFFIX,
+    CertificateFile,
+    CertificateRef,
     Endpoint,
     HealthCheck,
     Locality,
@@ -67,6 +69,8 @@ from xdsd.model.service import (
 __all__ = [
     "DEFAULT_NAMESPACE",
     "DOMAIN_SUFFIX",
+    "CertificateFile",
+    "CertificateRef",
     "ClientTLS",
     "ConnectionPool",
     "ConsistentHash",

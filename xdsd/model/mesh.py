@@ -6,8 +6,16 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
-from xdsd.model.rules import DestinationRule, VirtualService
-from xdsd.model.service import DOMAIN_SUFFIX, NO_ORIGIN, Origin, ResourceKey, Service
+from xdsd.model.rules import DestinationRule, PortTrafficPolicy, TrafficPolicy, VirtualService
+from xdsd.model.service import (
+    DOMAIN_SUFFIX,
+    NO_ORIGIN,
+    CertificateFile,
+    CertificateRef,
+    Origin,
+    ResourceKey,
+    Service,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,9 @@ class Mesh:
     envoy_filters: tuple[EnvoyFilter, ...] = ()
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
+    #: The certificate and key files the rules name, with their bytes, by path (read by
+    #: the sources on every load, so that a file replaced on disk changes the mesh).
+    certificates: tuple[CertificateFile, ...] = ()
     _hosts: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
     _rules: dict[ResourceKey, DestinationRule] = field(
         default_factory=dict, compare=False, repr=False
@@ -100,11 +111,43 @@ class Mesh:
             ("destination_rules", self.destination_rules),
             ("raw_resources", tuple(sorted(raw_resources, key=lambda r: (r.type_url, r.name)))),
             *((name, getattr(self, name)) for name in OTHER_KINDS.values()),
+            ("certificates", self.certificates),
             ("_hosts", self._hosts),
             ("_rules", self._rules),
         ):
             object.__setattr__(mesh, name, value)
         return mesh
+
+    def with_certificates(self, certificates: tuple[CertificateFile, ...]) -> Mesh:
+        """This mesh with other certificate file contents (sorted by path; indexes
+        shared, not built again)."""
+        mesh = object.__new__(Mesh)
+        for name in Mesh.__dataclass_fields__:
+            object.__setattr__(mesh, name, getattr(self, name))
+        ordered = tuple(sorted(certificates, key=lambda c: c.path))
+        object.__setattr__(mesh, "certificates", ordered)
+        return mesh
+
+    def certificate(self, path: str) -> bytes | None:
+        """The bytes of the certificate file at ``path`` (None when not loaded)."""
+        for item in self.certificates:
+            if item.path == path:
+                return item.data
+        return None
+
+    def certificate_refs(self) -> list[CertificateRef]:
+        """Every certificate file the rules name (Gateway servers terminating TLS,
+        DestinationRule TLS origination), in rule order, with where it is named."""
+        refs: list[CertificateRef] = []
+        for gateway in self.gateways:
+            for server in gateway.servers:
+                if server.tls is not None:
+                    refs.extend(server.tls.refs)
+        for rule in self.destination_rules:
+            for policy in _rule_policies(rule):
+                if policy.tls is not None:
+                    refs.extend(policy.tls.refs)
+        return refs
 
     def service(self, host: str, namespace: str) -> Service | None:
         """The service ``host`` names when written in ``namespace``.
@@ -126,6 +169,19 @@ class Mesh:
         """The DestinationRule that applies to ``service``, preferring one in the service's
         own namespace (Istio's lookup order), else the first by key."""
         return self._rules.get(service.key)
+
+
+def _rule_policies(rule: DestinationRule) -> list[TrafficPolicy | PortTrafficPolicy]:
+    """Every traffic policy of ``rule``: its own, its port policies, its subsets' and
+    their port policies."""
+    out: list[TrafficPolicy | PortTrafficPolicy] = []
+    policies = [rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)]
+    for policy in policies:
+        if policy is None:
+            continue
+        out.append(policy)
+        out.extend(policy.port_level_settings)
+    return out
 
 
 def qualify_host(host: str, namespace: str) -> str:

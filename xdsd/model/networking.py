@@ -18,6 +18,7 @@ from typing import Any
 from xdsd.model.service import (
     DEFAULT_NAMESPACE,
     NO_ORIGIN,
+    CertificateRef,
     Locality,
     Origin,
     Protocol,
@@ -130,6 +131,8 @@ class ServerTLS:
     min_protocol_version: str = ""
     max_protocol_version: str = ""
     cipher_suites: tuple[str, ...] = ()
+    #: Where each certificate file is named (for errors about the file; not compared).
+    refs: tuple[CertificateRef, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

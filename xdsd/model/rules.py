@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 
-from xdsd.model.service import DEFAULT_NAMESPACE, NO_ORIGIN, Origin, ResourceKey
+from xdsd.model.service import (
+    DEFAULT_NAMESPACE,
+    NO_ORIGIN,
+    CertificateRef,
+    Origin,
+    ResourceKey,
+)
 
 
 class MatchKind(Enum):
@@ -437,6 +443,8 @@ class ClientTLS:
     subject_alt_names: tuple[str, ...] = ()
     sni: str = ""
     insecure_skip_verify: bool = False
+    #: Where each certificate file is named (for errors about the file; not compared).
+    refs: tuple[CertificateRef, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,26 @@ class Origin:
 NO_ORIGIN = Origin("<none>")
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateRef:
+    """A certificate or key file a rule names: its absolute ``path``, and where it is
+    named (the ``field`` path of the rule, in the document at ``origin``), so that a file
+    that cannot be read is reported on the line that names it."""
+
+    path: str
+    field: str
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFile:
+    """The bytes of a certificate or key file, read by the sources (translation does no
+    I/O): what SDS secrets carry inline."""
+
+    path: str
+    data: bytes
+
+
 class ResourceKey(NamedTuple):
     """The identity of a configuration resource: (kind, namespace, name).
 

@@ -2,7 +2,8 @@
 
 A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
 manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
-its routes name (destinations and mirrors). Computed once, when a ``Resource`` is made.
+its routes name (destinations and mirrors); a cluster or listener whose TLS transport
+socket names SDS secrets needs those Secrets. Computed once, when a ``Resource`` is made.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
@@ -21,6 +23,9 @@ _TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
 _CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+_UPSTREAM_TLS = tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
+_DOWNSTREAM_TLS = tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
 
 Refs = tuple[tuple[str, str], ...]
 
@@ -37,10 +42,38 @@ def references_of(message: Message) -> Refs:
 
 
 def _cluster_refs(cluster: cluster_pb2.Cluster) -> Refs:
-    if cluster.type != cluster_pb2.Cluster.EDS:
-        return ()
-    name = cluster.eds_cluster_config.service_name or cluster.name
-    return ((_ENDPOINT, name),)
+    refs: list[tuple[str, str]] = []
+    if cluster.type == cluster_pb2.Cluster.EDS:
+        refs.append((_ENDPOINT, cluster.eds_cluster_config.service_name or cluster.name))
+    if cluster.HasField("transport_socket"):
+        _secret_refs(cluster.transport_socket, refs)
+    return tuple(refs)
+
+
+def _secret_refs(socket: Message, refs: list[tuple[str, str]]) -> None:
+    """The SDS secrets a TLS transport socket names (fetched by SDS: with an
+    ``sds_config``; a name alone means a static secret of the bootstrap)."""
+    typed = socket.typed_config
+    full = typed.type_url.rsplit("/", 1)[-1]
+    if full == _UPSTREAM_TLS:
+        context: Message = tls_pb2.UpstreamTlsContext()
+    elif full == _DOWNSTREAM_TLS:
+        context = tls_pb2.DownstreamTlsContext()
+    else:
+        return
+    typed.Unpack(context)
+    common = context.common_tls_context
+    for config in common.tls_certificate_sds_secret_configs:
+        if config.HasField("sds_config"):
+            refs.append((_SECRET, config.name))
+    if common.HasField("validation_context_sds_secret_config"):
+        config = common.validation_context_sds_secret_config
+        if config.HasField("sds_config"):
+            refs.append((_SECRET, config.name))
+    if common.HasField("combined_validation_context"):
+        config = common.combined_validation_context.validation_context_sds_secret_config
+        if config.HasField("sds_config"):
+            refs.append((_SECRET, config.name))
 
 
 def _listener_refs(listener: listener_pb2.Listener) -> Refs:
@@ -51,6 +84,8 @@ def _listener_refs(listener: listener_pb2.Listener) -> Refs:
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
     for chain in chains:
+        if chain.HasField("transport_socket"):
+            _secret_refs(chain.transport_socket, refs)
         for f in chain.filters:
             if f.HasField("typed_config"):
                 _typed_refs(f.typed_config, refs)

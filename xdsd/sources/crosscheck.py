@@ -574,6 +574,7 @@ class CrossCheck:
             ("raw_resources", self._sorted_raw.update(self._raw, raw)),
             ("_hosts", dict(self._owners)),
             ("_rules", dict(self._applied)),
+            ("certificates", ()),  # read by the loader after the checks
         ]
         for kind, name in OTHER_KINDS.items():
             changed = [k for k in others if k.kind == kind]

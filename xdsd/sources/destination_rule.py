@@ -12,10 +12,12 @@ absolute paths that the proxy reads as they are.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 
 from xdsd.errors import Severity
 from xdsd.model import (
+    CertificateRef,
     ClientTLS,
     ConnectionPool,
     ConsistentHash,
@@ -36,6 +38,7 @@ from xdsd.model import (
     TrafficPolicy,
 )
 from xdsd.model.rules import SimpleLB
+from xdsd.sources.documents import format_path
 from xdsd.sources.fields import Fields
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
@@ -389,7 +392,9 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
             "system CA bundle is): give a CA file, or set insecureSkipVerify: true",
         )
     f.finish(TLS_UNSUPPORTED)
-    return ClientTLS(mode, cert, key, ca, sans, sni, skip)
+    refs = certificate_refs(f, (("caCertificates", ca), ("clientCertificate", cert),
+                                ("privateKey", key)))  # fmt: skip
+    return ClientTLS(mode, cert, key, ca, sans, sni, skip, refs)
 
 
 def certificate_file(f: Fields, key: str, config_dir: str) -> str:
@@ -403,6 +408,19 @@ def certificate_file(f: Fields, key: str, config_dir: str) -> str:
         where = "" if os.path.isabs(value) else f" (relative to the config directory: {path})"
         f.error(key, f"file {value!r} does not exist{where}")
     return path
+
+
+def certificate_refs(f: Fields, files: Iterable[tuple[str, str]]) -> tuple[CertificateRef, ...]:
+    """Where each (field, absolute path) of ``files`` with a path is named: the field's
+    path and line, for errors about reading the file (``sources.certificates``)."""
+    refs = []
+    doc = f.report.doc
+    for key, path in files:
+        if path:
+            at = (*f.path, key)
+            origin = Origin(doc.path, doc.line_of((*f.report.base, *at)))
+            refs.append(CertificateRef(path, format_path(at), origin))
+    return tuple(refs)
 
 
 # -- scalars -----------------------------------------------------------------------------

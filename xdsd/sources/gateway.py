@@ -20,7 +20,7 @@ from xdsd.model.networking import (
     ServerTLSMode,
     Sidecar,
 )
-from xdsd.sources.destination_rule import certificate_file
+from xdsd.sources.destination_rule import certificate_file, certificate_refs
 from xdsd.sources.fields import Fields
 from xdsd.sources.service_entry import parse_entry_port
 
@@ -166,7 +166,9 @@ def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | N
         and TLS_VERSIONS.index(min_v) > TLS_VERSIONS.index(max_v)
     ):
         f.error("minProtocolVersion", f"{min_v} is above maxProtocolVersion {max_v}")
-    return ServerTLS(mode, redirect, cert, key, ca, sans, min_v, max_v, ciphers)
+    named = (("serverCertificate", cert), ("privateKey", key), ("caCertificates", ca))
+    refs = certificate_refs(f, named if files else ())
+    return ServerTLS(mode, redirect, cert, key, ca, sans, min_v, max_v, ciphers, refs)
 
 
 def _file(f: Fields, key: str, config_dir: str | None) -> str:

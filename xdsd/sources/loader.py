@@ -32,6 +32,7 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
+from xdsd.sources.certificates import read_certificates
 from xdsd.sources.crosscheck import Change, CrossCheck
 from xdsd.sources.documents import Document, FieldPath, ParseFailure, parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
@@ -215,14 +216,21 @@ class DirectoryLoader:
         # The last listing, its problems and each file's position in it, kept while
         # only known files change.
         self._listing: tuple[tuple[str, ...], tuple[Problem, ...], dict[str, int]] | None = None
+        #: The certificate and key files the last load's rules named (absolute paths).
+        self.certificate_paths: frozenset[str] = frozenset()
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
-        last load (None: unknown, check every file by stat).
+        last load (None: unknown, check every file by stat). The certificate files the
+        rules name are read again every time (``sources.certificates``; a changed path
+        that is one of them needs nothing else re-read), and ``certificate_paths`` says
+        which they were, even when the load fails.
 
         Raises ConfigError as ``load_directory`` does.
         """
         started = time.perf_counter()
+        if changed is not None:  # certificate files are read on every load anyway
+            changed = [p for p in changed if os.path.normpath(p) not in self.certificate_paths]
         named = None if changed is None else {self._as_listed(p) for p in changed}
         changes: list[Change] = []
         if named is not None and self._listing is not None and self._same_files(named):
@@ -251,7 +259,13 @@ class DirectoryLoader:
                 self._failed.discard(path)
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
+        refs = mesh.certificate_refs()
+        certificates, certificate_problems = read_certificates(refs)
+        mesh = mesh.with_certificates(certificates)
+        self.certificate_paths = frozenset(ref.path for ref in refs)
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
+        located = {(p.path, p.line, p.field) for p in problems}
+        problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)
         errors = [p for p in problems if p.severity is Severity.ERROR]
         warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
         checked = time.perf_counter()

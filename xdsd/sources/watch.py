@@ -9,6 +9,13 @@ are *not* ignored for triggering, because Kubernetes ConfigMap volumes and git-s
 a new version by renaming a ``..data`` symlink. When the config directory itself is a
 symlink that is swapped to a new target, the watch is re-established on the new target
 (its real path is checked every ``poll_interval``).
+
+Certificate files the rules name may live outside the config directory (``/etc/ssl/...``).
+``files()`` gives their current set (the last load's); their directories are watched too,
+not recursively, and a batch of changes there is reported as the certificate files of the
+directories it touched (a file replaced by a rename, a Kubernetes ``..data`` swap, a file
+edited in place all count). The set is looked at every ``poll_interval``: a reload that
+names other files moves the watch there within that time.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import watchfiles
 
@@ -58,8 +65,11 @@ class ConfigWatcher:
         quiet_period: float = 0.01,
         max_delay: float = 0.5,
         poll_interval: float = 1.0,
+        files: Callable[[], Iterable[str]] = frozenset,
     ) -> None:
         self.config_dir = config_dir
+        #: The certificate files to watch besides the directory (absolute paths).
+        self.files = files
         self.on_change = on_change
         self.quiet_period = quiet_period
         self.max_delay = max_delay
@@ -67,6 +77,15 @@ class ConfigWatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop`` is set. Never raises for a missing directory: waits for it."""
+        outside = asyncio.create_task(self._watch_files(stop))
+        try:
+            await self._watch_directory(stop)
+        finally:
+            outside.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outside
+
+    async def _watch_directory(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             target = os.path.realpath(self.config_dir)
             if not os.path.isdir(target):
@@ -106,6 +125,59 @@ class ConfigWatcher:
             if stop.is_set() or os.path.realpath(self.config_dir) != target:
                 rewatch.set()
                 return
+
+    def _outside(self) -> dict[str, frozenset[str]]:
+        """The watched certificate files outside the config directory, by directory
+        (existing directories only)."""
+        root = os.path.join(os.path.realpath(self.config_dir), "")
+        by_dir: dict[str, set[str]] = {}
+        for path in self.files():
+            directory = os.path.realpath(os.path.dirname(path))
+            if os.path.join(directory, "").startswith(root) or not os.path.isdir(directory):
+                continue
+            by_dir.setdefault(directory, set()).add(path)
+        return {d: frozenset(p) for d, p in by_dir.items()}
+
+    async def _watch_files(self, stop: asyncio.Event) -> None:
+        """Watch the directories of the certificate files outside the config directory
+        (see the module docstring) until ``stop`` is set."""
+        while not stop.is_set():
+            watched = self._outside()
+            if not watched:
+                await _wait(stop, self.poll_interval)
+                continue
+            rewatch = asyncio.Event()
+            poller = asyncio.create_task(self._poll_files(watched, stop, rewatch))
+            try:
+                async for changes in watchfiles.awatch(
+                    *watched,
+                    debounce=max(1, int(self.max_delay * 1000)),
+                    step=max(1, int(self.quiet_period * 1000)),
+                    stop_event=rewatch,
+                    recursive=False,
+                    ignore_permission_denied=True,
+                ):
+                    dirs = {os.path.dirname(p) for _, p in changes}
+                    paths = {p for d in dirs for p in watched.get(d, ())}
+                    if paths:
+                        log.info("certificate change detected: %s", ", ".join(sorted(paths)))
+                        await self.on_change(paths)
+            except FileNotFoundError:
+                log.warning("a certificate directory disappeared; watching again")
+                await _wait(stop, self.poll_interval)
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+
+    async def _poll_files(
+        self, current: dict[str, frozenset[str]], stop: asyncio.Event, rewatch: asyncio.Event
+    ) -> None:
+        """Set ``rewatch`` once ``stop`` is set or the files to watch are no longer
+        ``current``."""
+        while not stop.is_set() and self._outside() == current:
+            await _wait(stop, self.poll_interval)
+        rewatch.set()
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

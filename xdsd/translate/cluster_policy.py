@@ -18,7 +18,8 @@ what Istio's cluster builder writes for it:
   failover is configured and outlier detection lets it act; the per-caller priorities and
   weights are in the ClusterLoadAssignment (``locality.py``);
 - tls → an ``envoy.transport_sockets.tls`` transport socket with an ``UpstreamTlsContext``
-  naming the certificate files (absolute paths, resolved and checked at load).
+  naming the certificate files' SDS secrets (``secrets``; the files are read by the
+  sources, their bytes served as ``Secret`` resources).
 
 Proxyless gRPC reads certificates only through certificate providers, so a TLS policy for
 a gRPC flavor cluster is a TranslationError naming the rule, never a plaintext cluster.
@@ -49,6 +50,8 @@ from xdsd.model import (
 )
 from xdsd.resources import pack
 from xdsd.translate.config_sources import HTTP_PROTOCOL_OPTIONS_KEY, duration
+from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.secrets import add_certificate, add_validation
 
 #: Istio's default connect timeout.
 CONNECT_TIMEOUT = timedelta(seconds=10)
@@ -66,10 +69,12 @@ def apply_traffic_policy(
     *,
     grpc: bool = False,
     rule: DestinationRule | None = None,
+    source: ConfigSourceKind = ConfigSourceKind.ADS,
 ) -> None:
     """Write ``policy`` (already merged for this cluster's port and subset) into
     ``cluster``, whose type, load assignment and simple ``lb_policy`` are already set.
 
+    TLS certificates are fetched by SDS (``secrets``), the way ``source`` says.
     Raises TranslationError (naming ``rule``'s file) for a TLS policy on a proxyless gRPC
     (``grpc``) cluster.
     """
@@ -97,7 +102,13 @@ def apply_traffic_policy(
     if tls is not None and tls.mode in (TLSMode.SIMPLE, TLSMode.MUTUAL):
         if grpc:
             raise TranslationError([_grpc_tls_problem(rule)])
-        _set_tls(cluster, port, pool, tls)
+        _set_tls(cluster, port, pool, tls, source)
+
+
+def uses_sds(policy: TrafficPolicy | None) -> bool:
+    """True when a cluster with ``policy`` (merged for its port) names SDS secrets."""
+    tls = policy.tls if policy is not None else None
+    return tls is not None and tls.mode in (TLSMode.SIMPLE, TLSMode.MUTUAL)
 
 
 def apply_health_check(cluster: Any, port: Port, check: HealthCheck) -> None:
@@ -278,20 +289,22 @@ def _set_hash_lb(cluster: Any, lb: LoadBalancer, *, grpc: bool) -> None:
 # -- TLS ----------------------------------------------------------------------------------
 
 
-def _set_tls(cluster: Any, port: Port, pool: ConnectionPool | None, tls: ClientTLS) -> None:
+def _set_tls(
+    cluster: Any,
+    port: Port,
+    pool: ConnectionPool | None,
+    tls: ClientTLS,
+    source: ConfigSourceKind,
+) -> None:
     context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
     common = context.common_tls_context
     if tls.mode is TLSMode.MUTUAL:
-        certificate = common.tls_certificates.add()
-        certificate.certificate_chain.filename = tls.client_certificate
-        certificate.private_key.filename = tls.private_key
+        add_certificate(common, tls.client_certificate, tls.private_key, source)
     if tls.insecure_skip_verify or not tls.ca_certificates:
         common.validation_context.SetInParent()
     else:
-        validation = common.validation_context
-        validation.trusted_ca.filename = tls.ca_certificates
-        for name in tls.subject_alt_names:
-            validation.match_typed_subject_alt_names.append(san_matcher(name))
+        matchers = [san_matcher(name) for name in tls.subject_alt_names]
+        add_validation(common, tls.ca_certificates, matchers, source)
     if _speaks_http2(port, pool):
         common.alpn_protocols.append("h2")
     cluster.transport_socket.name = TLS_TRANSPORT_SOCKET

@@ -12,8 +12,8 @@ equal plans share one resource):
   ``.BIND`` when the server has a ``bind``) by RDS.
 - HTTPS servers terminating TLS (SIMPLE, MUTUAL, OPTIONAL_MUTUAL) get a filter chain
   each, matched by SNI = the server's hosts (none when a host is ``*``), with a
-  ``DownstreamTlsContext`` naming the certificate files, and a route configuration of
-  their own, ``https.PORT.PORTNAME.GATEWAY.NAMESPACE``.
+  ``DownstreamTlsContext`` naming the certificate files' SDS secrets (``secrets``),
+  and a route configuration of their own, ``https.PORT.PORTNAME.GATEWAY.NAMESPACE``.
 - TLS servers terminating TLS and TCP servers proxy connections by the ``tcp`` rules of
   the VirtualServices bound to the gateway (the first rule that applies, as Istio);
   PASSTHROUGH servers get a filter chain per applying ``tls`` match block, matched by its
@@ -69,6 +69,7 @@ from xdsd.translate.listeners import (
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import MAX_DIRECT_RESPONSE_BODY
 from xdsd.translate.route_matches import Caller
+from xdsd.translate.secrets import add_certificate, add_validation
 
 #: Server protocols whose servers merge into one plain HTTP connection manager.
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
@@ -509,24 +510,23 @@ def _catch_all(route: Any) -> bool:
 # -- listeners ------------------------------------------------------------------------
 
 
-def downstream_tls_context(tls: ServerTLS, *, http: bool) -> Any:
+def downstream_tls_context(
+    tls: ServerTLS, *, http: bool, source: ConfigSourceKind = ConfigSourceKind.ADS
+) -> Any:
     """The ``DownstreamTlsContext`` of a server terminating TLS with certificate files
-    (Istio's ``BuildListenerTLSContext``): the server certificate and key; for MUTUAL
-    and OPTIONAL_MUTUAL the CA (and subject alt names) client certificates are checked
-    against, a client certificate required for MUTUAL; protocol versions and cipher
-    suites; ALPN ``h2``, ``http/1.1`` for HTTPS."""
+    (Istio's ``BuildListenerTLSContext``): the server certificate and key, by SDS
+    (``secrets``: fetched like the class's other resources, ``source``); for MUTUAL
+    and OPTIONAL_MUTUAL the CA (by SDS, and subject alt names) client certificates are
+    checked against, a client certificate required for MUTUAL; protocol versions and
+    cipher suites; ALPN ``h2``, ``http/1.1`` for HTTPS."""
     ctx = tls_pb2.DownstreamTlsContext()
     common = ctx.common_tls_context
     if http:
         common.alpn_protocols.extend(HTTPS_ALPN)
-    cert = common.tls_certificates.add()
-    cert.certificate_chain.filename = tls.server_certificate
-    cert.private_key.filename = tls.private_key
+    add_certificate(common, tls.server_certificate, tls.private_key, source)
     if tls.mode in _VALIDATING:
-        validation = common.validation_context
-        validation.trusted_ca.filename = tls.ca_certificates
-        for name in tls.subject_alt_names:
-            validation.match_typed_subject_alt_names.append(san_matcher(name))
+        matchers = [san_matcher(name) for name in tls.subject_alt_names]
+        add_validation(common, tls.ca_certificates, matchers, source)
     ctx.require_client_certificate.value = tls.mode is ServerTLSMode.MUTUAL
     params = common_pb2.TlsParameters()
     if tls.min_protocol_version and tls.min_protocol_version != "TLS_AUTO":
@@ -556,7 +556,8 @@ def gateway_listener(plan: GatewayListenerPlan, source: ConfigSourceKind) -> Any
         if spec.tls is not None and spec.tls.mode in _TERMINATING:
             socket = chain.transport_socket
             socket.name = TLS_TRANSPORT_SOCKET
-            socket.typed_config.CopyFrom(pack(downstream_tls_context(spec.tls, http=spec.http)))
+            context = downstream_tls_context(spec.tls, http=spec.http, source=source)
+            socket.typed_config.CopyFrom(pack(context))
         if spec.route_name:
             hcm = http_connection_manager(
                 spec.stat_prefix, rds=(spec.route_name, source), filters=RULE_FILTERS

@@ -87,7 +87,17 @@ from xdsd.model.networking import (
     PatchOperation,
     Sidecar,
 )
-from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, Resource, TypeUrl
+from xdsd.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    SHORT_NAMES,
+    Resource,
+    TypeUrl,
+)
+from xdsd.translate.cluster_policy import uses_sds
 from xdsd.translate.clusters import (
     ClusterFlavor,
     OutboundCluster,
@@ -164,6 +174,7 @@ from xdsd.translate.raw import dangling_references, raw_resource
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
 from xdsd.translate.routes import virtual_service_index
+from xdsd.translate.secrets import Secrets
 from xdsd.translate.shared import SharedClusters
 from xdsd.translate.sidecar_ports import (
     explicit_bind_problems,
@@ -244,6 +255,9 @@ class MeshTranslation:
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[Key, list[Any]] = {}
         self._forward: bool | None = None
+        # SDS secrets of the mesh's certificate files, by name (built again by every
+        # translation: they are cheap, and a file may change while no rule does).
+        self._secrets = Secrets(mesh)
         #: Seconds spent so far: building resources (``translate``) and assembling and
         #: checking snapshots (``snapshot``), for logs and benchmarks.
         self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
@@ -432,7 +446,9 @@ class MeshTranslation:
         if node.locality != NO_LOCALITY:
             parts.append(lambda: self._local_assignments(node, scope))
         try:
-            base = self._bases.base(flavor, self._cluster, self._load_assignment, scope.clusters)
+            base = self._bases.base(
+                flavor, self._cluster, self._load_assignment, scope.clusters, self._secrets.get
+            )
         except TranslationError as err:
             problems.extend(err.problems)
         chosen: dict[tuple[str, str], Resource] = {}
@@ -690,6 +706,8 @@ class MeshTranslation:
                     self._shared(("gateway-listener", listener, source), gateway_listener,
                                  listener, source)
                 )  # fmt: skip
+            secrets = {n for r in out for t, n in r.references if t == SECRET}
+            out.extend(s for s in map(self._secrets.get, sorted(secrets)) if s is not None)
             for route in plan.routes:
                 used = tuple(
                     (vs, builder.rule_inputs(vs))
@@ -1006,8 +1024,10 @@ class MeshTranslation:
         if is_eds(spec, flavor):
             key: Key = ("cluster", flavor, spec.name, spec.port, _lb_key(spec))
         else:
-            # DNS clusters carry no config source: Envoy classes share them.
-            inline_flavor = flavor if flavor is ClusterFlavor.GRPC else ClusterFlavor.ENVOY_ADS
+            # DNS clusters carry no config source (unless their TLS certificates come by
+            # SDS): Envoy classes share them.
+            shared = flavor is not ClusterFlavor.GRPC and not uses_sds(spec.policy)
+            inline_flavor = ClusterFlavor.ENVOY_ADS if shared else flavor
             endpoints = select_endpoints(spec.service, spec.port, spec.selector)
             key = ("dns-cluster", inline_flavor, spec.name, spec.port, spec.service.resolution,
                    _lb_key(spec), endpoints)  # fmt: skip
@@ -1055,7 +1075,10 @@ class MeshTranslation:
             return None
         old = before[0]
         added = [*delta[0], *(r for k, r in chosen.items() if old.get(k) is not r)]
-        removed = [*delta[1], *((TypeUrl(k[0]), k[1]) for k in old if k not in chosen)]
+        removed = [
+            *(k for k in delta[1] if k not in chosen),  # a secret the class names itself
+            *((TypeUrl(k[0]), k[1]) for k in old if k not in chosen),
+        ]
         if not added and not removed:
             return previous
         return Snapshot.extend(previous, added, removed=removed, check=False)

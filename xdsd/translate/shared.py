@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import Mesh, ResourceKey
-from xdsd.resources import Resource, TypeUrl
+from xdsd.resources import CLUSTER, SECRET, Resource, TypeUrl
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
 from xdsd.translate.reuse import ServiceParts
 
@@ -62,10 +62,12 @@ class SharedClusters:
         cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
         assignment: Callable[[OutboundCluster], Resource],
         scope: frozenset[ResourceKey] | None = None,
+        secret: Callable[[str], Resource | None] = lambda name: None,
     ) -> Snapshot:
         """The outbound clusters of ``flavor`` and the assignments of the EDS ones, of
-        every service or only of the services ``scope`` names; ``cluster(spec, flavor)``
-        and ``assignment(spec)`` build one resource each.
+        every service or only of the services ``scope`` names, and the SDS secrets those
+        clusters name; ``cluster(spec, flavor)``, ``assignment(spec)`` and
+        ``secret(name)`` build one resource each.
 
         Raises TranslationError (remembered, raised again on every call) when a
         cluster cannot be built.
@@ -84,16 +86,19 @@ class SharedClusters:
                 found = TranslationError(changed.problems)
             else:
                 started = time.perf_counter()
-                found = self._assemble(key, changed)
+                found = self._assemble(key, changed, secret)
                 self._timings["snapshot"] += time.perf_counter() - started
             self._bases[key] = found
         if isinstance(found, TranslationError):
             raise TranslationError(found.problems)
         return found
 
-    def _assemble(self, key: BaseKey, changed: list[ResourceKey]) -> Snapshot:
+    def _assemble(
+        self, key: BaseKey, changed: list[ResourceKey], secret: Callable[[str], Resource | None]
+    ) -> Snapshot:
         """The base ``key`` names: the previous translation's with the changes applied,
-        else built from the parts."""
+        else built from the parts; with the secrets its clusters name (built again on
+        every translation: a certificate file may have changed while no rule did)."""
         flavor, scope = key
         tag = flavor.value
         previous = self._prev_bases.get(key)
@@ -102,16 +107,23 @@ class SharedClusters:
                 delta = self._changes(flavor, changed)
             else:  # an equal scope names services that exist in both meshes
                 delta = self._changes(flavor, [k for k in changed if k in scope], gone=False)
+            base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
+            added, removed = _secret_changes(base, secret)
+            if added or removed:
+                delta = ([*delta[0], *added], [*delta[1], *removed])
+                base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
             self._deltas[key] = delta
-            return Snapshot.extend(previous, delta[0], removed=delta[1])
+            base.check_consistency()
+            return base
         chosen: Iterable[ServiceParts]
         if scope is None:
             chosen = self._parts.values()
         else:
             chosen = [self._parts[k] for k in sorted(scope) if k in self._parts]
-        return Snapshot.build(
-            r for parts in chosen for r in (*parts.clusters[tag], *parts.assignments[tag])
-        )
+        resources = [r for parts in chosen for r in (*parts.clusters[tag], *parts.assignments[tag])]
+        names = {n for r in resources for t, n in r.references if t == SECRET}
+        resources.extend(s for s in map(secret, sorted(names)) if s is not None)
+        return Snapshot.build(resources)
 
     def delta(
         self, flavor: ClusterFlavor, scope: frozenset[ResourceKey] | None = None
@@ -198,3 +210,20 @@ class SharedClusters:
                 for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
             )
         return added, removed
+
+
+def _secret_changes(
+    base: Snapshot, secret: Callable[[str], Resource | None]
+) -> tuple[list[Resource], list[tuple[TypeUrl, str]]]:
+    """The secrets ``base``'s clusters name that it lacks or holds with other content,
+    and the ones it holds that no cluster names."""
+    names = {n for r in base.get(CLUSTER).values() for t, n in r.references if t == SECRET}
+    held = base.get(SECRET)
+    added = []
+    for name in sorted(names):
+        found = secret(name)
+        old = held.get(name)
+        if found is not None and (old is None or old.digest != found.digest):
+            added.append(found)
+    removed = [(SECRET, n) for n in held if n not in names]
+    return added, removed

@@ -4,7 +4,9 @@ proxies and proxyless gRPC clients at xdsd.
 How this works: ``render_static`` takes the snapshot an Envoy of the class would receive
 and makes it self-contained: each EDS cluster gets its ClusterLoadAssignment inline (and
 becomes STATIC), each HTTP connection manager that names a route configuration by RDS
-gets that configuration inline. Everything is built as Envoy messages (a ``Bootstrap``)
+gets that configuration inline, and TLS contexts name their SDS secrets without a config
+source, which makes them the bootstrap's ``static_resources.secrets`` (the certificate
+bytes inline, as read when rendering). Everything is built as Envoy messages (a ``Bootstrap``)
 and only turned into a JSON-able dict at the end.
 """
 
@@ -37,6 +39,7 @@ from xdsd.translate.config_sources import (
 from xdsd.translate.mesh import MeshTranslation
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, is_ip
 from xdsd.translate.proxy_defaults import admin_cluster
+from xdsd.translate.secrets import static_secret_references
 
 Transport = Literal["grpc", "delta", "rest"]
 #: How long Envoy waits to connect to xdsd before retrying.
@@ -122,11 +125,13 @@ def render_static(
     resources = bootstrap.static_resources
     resources.clusters.append(admin_cluster(ADMIN_IP, admin_port))
     for cluster in snapshot.get(CLUSTER).values():
-        resources.clusters.append(_inline_endpoints(cluster.message, snapshot))
+        inlined = _inline_endpoints(cluster.message, snapshot)
+        resources.clusters.append(static_secret_references(inlined))
     for listener in snapshot.get(LISTENER).values():
         if listener.message.HasField("api_listener"):
             continue
-        resources.listeners.append(_inline_routes(listener.message, snapshot))
+        inlined = _inline_routes(listener.message, snapshot)
+        resources.listeners.append(static_secret_references(inlined))
     for secret in snapshot.get(SECRET).values():
         resources.secrets.append(secret.message)
     return plain_json(to_json(bootstrap))
