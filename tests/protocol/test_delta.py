@@ -213,3 +213,15 @@ def test_per_type_stream_takes_an_empty_type_url_as_its_own() -> None:
     stream = DeltaStream(CLUSTER, mesh())
     request = discovery_pb2.DeltaDiscoveryRequest(node=NODE)
     assert only(stream.on_request(request)).type_url == CLUSTER
+
+
+def test_node_is_kept_trimmed() -> None:
+    """As on SotW streams: the node's identifying fields are kept, not the tens of KB of
+    extensions Envoy lists (an idle stream must not hold them)."""
+    stream = DeltaStream(snapshot=mesh())
+    big = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)
+    big.node.CopyFrom(NODE)
+    big.node.extensions.add(name="envoy.filters.http.router", category="envoy.filters.http")
+    stream.on_request(big)
+    assert stream.node is not None and stream.node.id == NODE.id
+    assert len(stream.node.extensions) == 0

@@ -16,11 +16,12 @@ from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import XdsdError
-from xdsd.resources import Resource, TypeUrl, Version
+from xdsd.resources import CLUSTER, PUSH_ORDER, Resource, TypeUrl, Version
 
 K = TypeVar("K", bound=Hashable)
 
@@ -153,6 +154,35 @@ class DeltaResponse:
 Event = Response | DeltaResponse | Ack | Nack | NotApplied
 
 
+#: The types the protocol cores serve.
+SERVED_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
+
+
+def clusters_referenced(resources: Iterable[Resource]) -> set[str]:
+    """The clusters ``resources`` (listeners, route configurations) reference."""
+    return {name for r in resources for t, name in r.references if t == CLUSTER}
+
+
+def trim_node(node: base_pb2.Node) -> base_pb2.Node:
+    """The identifying part of ``node``: Envoy sends tens of KB of extension names."""
+    kept = base_pb2.Node(
+        id=node.id,
+        cluster=node.cluster,
+        user_agent_name=node.user_agent_name,
+        client_features=node.client_features,
+    )
+    if node.HasField("metadata"):
+        kept.metadata.CopyFrom(node.metadata)
+    if node.HasField("locality"):
+        kept.locality.CopyFrom(node.locality)
+    which = node.WhichOneof("user_agent_version_type")
+    if which == "user_agent_version":
+        kept.user_agent_version = node.user_agent_version
+    elif which == "user_agent_build_version":
+        kept.user_agent_build_version.CopyFrom(node.user_agent_build_version)
+    return kept
+
+
 def requested_type(asked: str, stream_type: TypeUrl | None, known: Collection[TypeUrl]) -> TypeUrl:
     """The type a request is for: ``asked`` (its ``type_url``) on an ADS stream
     (``stream_type`` None), where it is required; on a per-type stream, the stream's own
@@ -212,6 +242,7 @@ def record_events(
 
 
 __all__ = [
+    "SERVED_TYPES",
     "WILDCARD",
     "Ack",
     "DeltaResponse",
@@ -221,8 +252,10 @@ __all__ = [
     "ProtocolError",
     "Response",
     "StatusCode",
+    "clusters_referenced",
     "kept_version",
     "record_events",
     "requested_type",
     "resource_version",
+    "trim_node",
 ]

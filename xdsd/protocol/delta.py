@@ -41,13 +41,16 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import (
+    SERVED_TYPES,
     WILDCARD,
     Ack,
     DeltaResponse,
     Nack,
     ProtocolError,
+    clusters_referenced,
     requested_type,
     resource_version,
+    trim_node,
 )
 from xdsd.resources import (
     CLUSTER,
@@ -62,7 +65,7 @@ from xdsd.resources import (
 )
 
 #: The types a delta stream serves.
-KNOWN_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
+KNOWN_TYPES = SERVED_TYPES
 
 
 DeltaEvent = DeltaResponse | Ack | Nack
@@ -107,7 +110,8 @@ class DeltaStream:
 
     @property
     def node(self) -> base_pb2.Node | None:
-        """The client's node from its first request (None before it)."""
+        """The client's node from its first request, trimmed to the identifying fields
+        (``trim_node``); None before the first request."""
         return self._node
 
     def rejected(self, type_url: TypeUrl) -> dict[str, str]:
@@ -132,7 +136,7 @@ class DeltaStream:
         if self._node is None:
             if not request.HasField("node"):
                 raise ProtocolError("INVALID_ARGUMENT", "the first request must carry node")
-            self._node = request.node
+            self._node = trim_node(request.node)
         type_url = self._type_of(request)
         events: list[DeltaEvent] = []
         state = self._types.get(type_url)
@@ -240,14 +244,12 @@ class DeltaStream:
 
     def _clusters_still_used(self) -> set[str]:
         """Clusters a listener or route configuration the client holds references."""
-        used: set[str] = set()
-        for type_url in (LISTENER, ROUTE):
-            state = self._types.get(type_url)
-            if state is None:
-                continue
-            for r in state.sent.values():
-                used.update(name for t, name in r.references if t == CLUSTER)
-        return used
+        return clusters_referenced(
+            r
+            for type_url in (LISTENER, ROUTE)
+            if (state := self._types.get(type_url)) is not None
+            for r in state.sent.values()
+        )
 
     def _note_cluster_updates(self, state: _DeltaType, changed: Iterable[Resource]) -> None:
         """Before sending CDS: note whether it adds or changes clusters (ADS holds LDS/RDS

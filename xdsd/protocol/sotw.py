@@ -49,14 +49,17 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import (
+    SERVED_TYPES,
     WILDCARD,
     Ack,
     Event,
     Nack,
     ProtocolError,
     Response,
+    clusters_referenced,
     kept_version,
     requested_type,
+    trim_node,
 )
 from xdsd.resources import (
     CLUSTER,
@@ -71,7 +74,7 @@ from xdsd.resources import (
 )
 
 #: The types a SotW stream serves.
-KNOWN_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
+KNOWN_TYPES = SERVED_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,7 @@ class SotwStream:
         if self._node is None:
             if not request.HasField("node"):
                 raise ProtocolError("INVALID_ARGUMENT", "the first request must carry node")
-            self._node = _trim_node(request.node)
+            self._node = trim_node(request.node)
         type_url = self._type_of(request)
         state = self._types.get(type_url)
         events: list[Event] = []
@@ -282,13 +285,12 @@ class SotwStream:
         state.keeps = bool(gone)
         if not gone:
             return {}
-        held: set[str] = set()
-        for type_url in (LISTENER, ROUTE):
-            other = self._types.get(type_url)
-            if other is None:
-                continue
-            for r in other.sent.values():
-                held.update(name for t, name in r.references if t == CLUSTER)
+        held = clusters_referenced(
+            r
+            for type_url in (LISTENER, ROUTE)
+            if (other := self._types.get(type_url)) is not None
+            for r in other.sent.values()
+        )
         return {n: r for n, r in gone.items() if n in held}
 
     def _note_cluster_updates(self, state: _TypeState, resources: Iterable[Resource]) -> None:
@@ -388,23 +390,3 @@ def _digest(resource: Resource | None) -> str | None:
 
 def _digests(resources: Mapping[str, Resource]) -> dict[str, str]:
     return {n: r.digest for n, r in resources.items()}
-
-
-def _trim_node(node: base_pb2.Node) -> base_pb2.Node:
-    """The identifying part of ``node``: Envoy sends tens of KB of extension names."""
-    kept = base_pb2.Node(
-        id=node.id,
-        cluster=node.cluster,
-        user_agent_name=node.user_agent_name,
-        client_features=node.client_features,
-    )
-    if node.HasField("metadata"):
-        kept.metadata.CopyFrom(node.metadata)
-    if node.HasField("locality"):
-        kept.locality.CopyFrom(node.locality)
-    which = node.WhichOneof("user_agent_version_type")
-    if which == "user_agent_version":
-        kept.user_agent_version = node.user_agent_version
-    elif which == "user_agent_build_version":
-        kept.user_agent_build_version.CopyFrom(node.user_agent_build_version)
-    return kept

@@ -6,8 +6,6 @@ are resolved and every file is checked to exist (as for DestinationRule tls).
 
 from __future__ import annotations
 
-import ipaddress
-
 from xdsd.errors import Severity
 from xdsd.model import Origin
 from xdsd.model.networking import (
@@ -22,6 +20,7 @@ from xdsd.model.networking import (
 )
 from xdsd.sources.destination_rule import certificate_file, certificate_refs
 from xdsd.sources.fields import Fields
+from xdsd.sources.kinds import is_ip
 from xdsd.sources.service_entry import parse_entry_port
 
 SERVER_TLS_UNSUPPORTED = ("credentialName", "credentialNames", "verifyCertificateSpki",
@@ -82,7 +81,7 @@ def _parse_server(f: Fields, config_dir: str | None, seen: dict[str, int]) -> Se
             f.report.add((*f.path, "hosts", i), "must be HOST or NAMESPACE/HOST (./HOST, */HOST)")
     tls = _parse_server_tls(f.obj("tls"), config_dir)
     bind = f.string("bind")
-    if bind and not _is_ip(bind):
+    if bind and not is_ip(bind):
         f.error("bind", f"must be an IP address (got {bind!r})")
     name = f.string("name")
     f.finish(("defaultEndpoint",))
@@ -121,14 +120,6 @@ def _parse_server(f: Fields, config_dir: str | None, seen: dict[str, int]) -> Se
 
 def _empty(f: Fields) -> Fields:
     return Fields(f.report, (*f.path, "port"), {})
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | None:
@@ -288,7 +279,7 @@ def _parse_egress(f: Fields) -> EgressListener | None:
     port_f = f.obj("port")
     port = parse_entry_port(port_f) if port_f is not None else None
     bind = f.string("bind")
-    if bind and not _is_ip(bind):
+    if bind and not is_ip(bind):
         f.error("bind", f"must be an IP address (got {bind!r})")
     if bind and port is None and port_f is None:
         f.error("bind", "needs a port: a listener without port is the catch-all")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -163,36 +164,51 @@ def _parse_port(f: Fields) -> Port | None:
 
 def _parse_endpoint(f: Fields, resolution: Resolution, port_names: set[str]) -> Endpoint | None:
     address = f.string("address", required=True)
-    if address:
-        is_ip = _is_ip(address)
-        if resolution is Resolution.STATIC and not is_ip:
-            f.error(
-                "address",
-                f"must be an IP address for a STATIC service (got {address!r}); "
-                'set resolution = "DNS" for host names',
-            )
+    if address and resolution is Resolution.STATIC and not is_ip(address):
+        f.error(
+            "address",
+            f"must be an IP address for a STATIC service (got {address!r}); "
+            'set resolution = "DNS" for host names',
+        )
     labels = f.labels("labels")
-    locality = Locality()
-    text = f.string("locality")
-    if text:
-        try:
-            locality = Locality.parse(text)
-        except ValueError as e:
-            f.error("locality", str(e))
+    locality = read_locality(f)
     weight = f.integer("weight", default=1, minimum=1, maximum=2**31 - 1)
+    ports = read_port_map(f, port_names, "this service")
+    f.finish()
+    if not address:
+        return None
+    return Endpoint(address, labels, locality, weight, ports)
+
+
+def read_locality(f: Fields) -> Locality:
+    """An endpoint's ``locality`` (``region/zone/subzone``); none when absent or wrong (a
+    wrong one is recorded)."""
+    text = f.string("locality")
+    if not text:
+        return Locality()
+    try:
+        return Locality.parse(text)
+    except ValueError as e:
+        f.error("locality", str(e))
+        return Locality()
+
+
+def read_port_map(
+    f: Fields, port_names: Collection[str] | None, owner: str
+) -> tuple[tuple[str, int], ...]:
+    """An endpoint's ``ports`` (port name → the port it listens on), sorted by name;
+    with ``port_names``, a name not among them is an error ("names no port of
+    ``owner``")."""
     ports: list[tuple[str, int]] = []
     port_map = f.obj("ports")
     if port_map is not None:
         for key in sorted(port_map.data):
             number = port_map.port(key, required=True)
-            if key not in port_names:
-                port_map.error(key, "names no port of this service")
+            if port_names is not None and key not in port_names:
+                port_map.error(key, f"names no port of {owner}")
             elif number:
                 ports.append((key, number))
-    f.finish()
-    if not address:
-        return None
-    return Endpoint(address, labels, locality, weight, tuple(ports))
+    return tuple(ports)
 
 
 _SERVICE_KEYS = frozenset({"resolution", "hosts", "ports", "endpoints"})
@@ -287,7 +303,7 @@ def _plain_endpoint(item: dict[str, Any], static: bool, port_names: set[str]) ->
     if not _ENDPOINT_KEYS.issuperset(item):
         return None
     address = item.get("address")
-    if type(address) is not str or not address or (static and not _is_ip(address)):
+    if type(address) is not str or not address or (static and not is_ip(address)):
         return None
     labels = item.get("labels")
     if labels is None:
@@ -387,7 +403,7 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
-def _is_ip(address: str) -> bool:
+def is_ip(address: str) -> bool:
     """True for an IPv4 or IPv6 literal (dotted IPv4 by a regular expression, which is
     what nearly every endpoint is, ten times faster than ``ipaddress``)."""
     if _IPV4.fullmatch(address):

@@ -9,11 +9,10 @@ loader once every file is read.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from xdsd.errors import Problem, Severity
-from xdsd.model import Endpoint, Locality, Origin, Port, Protocol, Resolution, Service
+from xdsd.model import Endpoint, Origin, Port, Protocol, Resolution, Service
 from xdsd.model.networking import (
     EntryPort,
     EntryResolution,
@@ -23,6 +22,7 @@ from xdsd.model.networking import (
     WorkloadEntry,
 )
 from xdsd.sources.fields import Fields
+from xdsd.sources.kinds import is_ip, read_locality, read_port_map
 
 #: Istio port protocols → how xdsd treats them (anything opaque is TCP).
 PROTOCOLS: dict[str, Protocol] = {
@@ -65,29 +65,15 @@ def parse_workload(f: Fields, *, port_names: set[str] | None = None) -> Workload
     (a ServiceEntry's) limits the keys of ``ports``; None accepts any name."""
     address = f.string("address", required=True)
     labels = f.labels("labels")
-    ports: list[tuple[str, int]] = []
-    port_map = f.obj("ports")
-    if port_map is not None:
-        for key in sorted(port_map.data):
-            number = port_map.port(key, required=True)
-            if port_names is not None and key not in port_names:
-                port_map.error(key, "names no port of this ServiceEntry")
-            elif number:
-                ports.append((key, number))
-    locality = Locality()
-    text = f.string("locality")
-    if text:
-        try:
-            locality = Locality.parse(text)
-        except ValueError as e:
-            f.error("locality", str(e))
+    ports = read_port_map(f, port_names, "this ServiceEntry")
+    locality = read_locality(f)
     weight = f.integer("weight", default=1, minimum=1, maximum=2**31 - 1)
     network = f.string("network")
     account = f.string("serviceAccount")
     f.finish()
     if not address:
         return None
-    return WorkloadEndpoint(address, labels, tuple(ports), locality, weight, network, account)
+    return WorkloadEndpoint(address, labels, ports, locality, weight, network, account)
 
 
 def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin) -> ServiceEntry:
@@ -184,7 +170,7 @@ def _check_entry(
         )
     if resolution is EntryResolution.STATIC:
         for i, endpoint in enumerate(endpoints):
-            if not _is_ip(endpoint.address) and not endpoint.address.startswith("unix://"):
+            if not is_ip(endpoint.address) and not endpoint.address.startswith("unix://"):
                 spec.report.add(
                     (*spec.path, "endpoints", i, "address"),
                     "must be an IP address or unix:///path for resolution STATIC "
@@ -204,14 +190,6 @@ def parse_workload_entry(spec: Fields, name: str, namespace: str, origin: Origin
     """An Istio WorkloadEntry (one workload that ServiceEntries select by labels)."""
     endpoint = parse_workload(spec)
     return WorkloadEntry(name, namespace, endpoint or WorkloadEndpoint(""), origin=origin)
-
-
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 #: How a ServiceEntry's resolution becomes a service's.
@@ -259,7 +237,7 @@ def entry_services(
             address = endpoint.address
             if (
                 resolution is Resolution.STATIC
-                and not _is_ip(address)
+                and not is_ip(address)
                 and not address.startswith("unix://")
             ):
                 problems.append(

@@ -76,6 +76,7 @@ _STATUS = {
     "RESOURCE_EXHAUSTED": Status.RESOURCE_EXHAUSTED,
     "PERMISSION_DENIED": Status.PERMISSION_DENIED,
     "DEADLINE_EXCEEDED": Status.DEADLINE_EXCEEDED,
+    "UNAVAILABLE": Status.UNAVAILABLE,
 }
 _END = object()
 _WAKE = object()
@@ -377,26 +378,7 @@ class DiscoveryServices:
         self, stream: Stream[Any, Any], type_url: TypeUrl | None, variant: str, address: str
     ) -> None:
         bounded = BoundedStream(stream, self.limits.max_request_bytes)
-        client: StreamClient
-        if variant == "delta":
-            from xdsd.transports.grpc_delta import DeltaStreamClient, delta_key
-
-            client = DeltaStreamClient(
-                self.source, bounded, type_url, f"{delta_key(type_url)}-{next(self._ids)}",
-                self.encoder,
-            )  # fmt: skip
-        elif variant == "v2":
-            from xdsd.transports.grpc_v2 import V2StreamClient, v2_label
-
-            client = V2StreamClient(
-                self.source, bounded, type_url, f"{v2_label(type_url)}-{next(self._ids)}",
-                self.encoder,
-            )  # fmt: skip
-        else:
-            transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
-            client = StreamClient(
-                self.source, bounded, type_url, f"{transport}-{next(self._ids)}", self.encoder
-            )
+        client = make_client(variant, self.source, bounded, type_url, next(self._ids), self.encoder)
         client.first_request_timeout = self.limits.first_request_timeout
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(stream), self.authorizer.check
@@ -404,20 +386,61 @@ class DiscoveryServices:
         try:
             self.streams.add(client)
             await client.run()
-        except Refused as e:
-            raise self._refuse(e, {**client.fields, "peer": address}) from None
-        except ServerClosing as e:
-            log.info("ending stream: %s", e, extra=client.fields)
-            raise GRPCError(Status.UNAVAILABLE, str(e)) from None
-        except ProtocolError as e:
-            log.warning("ending stream: %s", e, extra=client.fields)
-            raise GRPCError(_STATUS.get(e.code, Status.INVALID_ARGUMENT), e.message) from None
-        except TranslationError as e:
-            log.error("cannot configure this node: %s", e, extra=client.fields)
-            raise GRPCError(Status.FAILED_PRECONDITION, str(e)) from None
+        except STREAM_ENDINGS as e:
+            code, message = stream_ending(client, e, address, self.on_refused)
+            raise GRPCError(_STATUS.get(code, Status.INVALID_ARGUMENT), message) from None
         finally:
             self.streams.discard(client)
             client.close()
+
+
+#: What can end a stream with a status (see ``stream_ending``).
+STREAM_ENDINGS = (Refused, ServerClosing, ProtocolError, TranslationError)
+
+
+def stream_ending(
+    client: StreamClient, error: Exception, address: str, on_refused: RefusalObserver
+) -> tuple[str, str]:
+    """Log (and, for a refusal, count) what ended ``client``'s stream, one of
+    ``STREAM_ENDINGS``; returns the gRPC status code name and message to end it with
+    (each transport maps the name to its library's status)."""
+    if isinstance(error, Refused):
+        log.warning("refused: %s", error.message,
+                    extra={**client.fields, "peer": address, "reason": error.reason})  # fmt: skip
+        on_refused("grpc", error.reason)
+        return error.code, error.message
+    if isinstance(error, ServerClosing):
+        log.info("ending stream: %s", error, extra=client.fields)
+        return "UNAVAILABLE", str(error)
+    if isinstance(error, ProtocolError):
+        log.warning("ending stream: %s", error, extra=client.fields)
+        return error.code, error.message
+    log.error("cannot configure this node: %s", error, extra=client.fields)
+    return "FAILED_PRECONDITION", str(error)
+
+
+def make_client(
+    variant: str,
+    source: SnapshotSource,
+    stream: MessageStream,
+    type_url: TypeUrl | None,
+    number: int,
+    encoder: ResponseEncoder,
+) -> StreamClient:
+    """The stream client of ``variant`` (``sotw``, ``delta`` or ``v2``) for a stream of
+    ``type_url`` (None: ADS), its id made of its transport label and ``number``."""
+    if variant == "delta":
+        from xdsd.transports.grpc_delta import DeltaStreamClient, delta_key
+
+        return DeltaStreamClient(
+            source, stream, type_url, f"{delta_key(type_url)}-{number}", encoder
+        )
+    if variant == "v2":
+        from xdsd.transports.grpc_v2 import V2StreamClient, v2_label
+
+        return V2StreamClient(source, stream, type_url, f"{v2_label(type_url)}-{number}", encoder)
+    transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
+    return StreamClient(source, stream, type_url, f"{transport}-{number}", encoder)
 
 
 class StreamClient:

@@ -26,19 +26,18 @@ import grpc.aio  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
-from xdsd.errors import TranslationError
-from xdsd.protocol import ProtocolError
-from xdsd.resources import SHORT_NAMES, TypeUrl
+from xdsd.resources import TypeUrl
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.grpc import (
     ADS_SERVICE,
     PER_TYPE_SERVICES,
+    STREAM_ENDINGS,
     EncodedResponse,
     OpenStreams,
     ResponseEncoder,
-    ServerClosing,
-    StreamClient,
+    make_client,
+    stream_ending,
 )
 from xdsd.transports.limits import (
     AddressCount,
@@ -57,6 +56,7 @@ _STATUS = {
     "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -151,40 +151,22 @@ class AioDiscoveryServices:
             self.addresses.release(address)
 
     async def _serve_counted(self, context: Any, type_url: TypeUrl | None, address: str) -> None:
-        transport = "ads" if type_url is None else f"grpc-{SHORT_NAMES[type_url]}"
-        client = StreamClient(
-            self.source,
-            _ContextStream(context),
-            type_url,
-            f"{transport}-{next(self._ids)}",
-            self.encoder,
+        client = make_client(
+            "sotw", self.source, _ContextStream(context), type_url, next(self._ids), self.encoder
         )
         client.first_request_timeout = self.limits.first_request_timeout
-        code: grpc.StatusCode | None = None
-        details = ""
+        ending: tuple[str, str] | None = None
         try:
             self.streams.add(client)
             await client.run()
-        except Refused as e:
-            log.warning("refused: %s", e.message,
-                        extra={**client.fields, "peer": address, "reason": e.reason})  # fmt: skip
-            self.on_refused("grpc", e.reason)
-            code, details = _STATUS[e.code], e.message
-        except ServerClosing as e:
-            log.info("ending stream: %s", e, extra=client.fields)
-            code, details = grpc.StatusCode.UNAVAILABLE, str(e)
-        except ProtocolError as e:
-            log.warning("ending stream: %s", e, extra=client.fields)
-            code = _STATUS.get(e.code, grpc.StatusCode.INVALID_ARGUMENT)
-            details = e.message
-        except TranslationError as e:
-            log.error("cannot configure this node: %s", e, extra=client.fields)
-            code, details = grpc.StatusCode.FAILED_PRECONDITION, str(e)
+        except STREAM_ENDINGS as e:
+            ending = stream_ending(client, e, address, self.on_refused)
         finally:
             self.streams.discard(client)
             client.close()
-        if code is not None:
-            await context.abort(code, details)
+        if ending is not None:
+            code, details = ending
+            await context.abort(_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT), details)
 
 
 class AioServer:
