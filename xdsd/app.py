@@ -70,6 +70,10 @@ class MeshState:
         self.mesh_config = mesh_config
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
         self._loader = DirectoryLoader(config_dir)
+        self._loader.mesh_tls = mesh_config.mtls
+        # Set when the mesh defaults changed in a way the next load must translate even
+        # if the directory did not change (mesh mutual TLS: its files come with the load).
+        self._retranslate = False
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self.errors: tuple[Problem, ...] = ()
@@ -144,12 +148,13 @@ class MeshState:
         self.warnings = tuple(result.warnings)
         for warning in result.warnings:
             log.warning("config: %s", warning)
-        if self.loaded is not None and result.mesh == self.loaded.mesh:
+        if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
             log.info("config reloaded: no change")
             self.loaded = result
             return False
         self.loaded = result
         self.reloads += 1
+        self._retranslate = False
         changed = self._translate_and_publish()
         assert self.translation is not None
         self.last_timings = {**result.timings, **self.translation.timings}
@@ -168,11 +173,17 @@ class MeshState:
         """Use ``mesh_config`` as the mesh-wide proxy defaults from now on. When it differs
         from the current one and a mesh is loaded, translate again (reusing every
         resource the defaults do not touch) and publish new snapshots for every watched
-        class; return True then."""
+        class; return True then. A change to mesh mutual TLS is translated by the next
+        ``load``/``apply`` instead, which reads its certificate files."""
         if mesh_config == self.mesh_config:
             return False
+        tls_changed = mesh_config.mtls != self.mesh_config.mtls
         self.mesh_config = mesh_config
+        self._loader.mesh_tls = mesh_config.mtls
         if self.loaded is None:
+            return False
+        if tls_changed:
+            self._retranslate = True
             return False
         with _building():
             changed = self._translate_and_publish()

@@ -109,6 +109,10 @@ def _build_parser() -> argparse.ArgumentParser:
     validate.add_argument("dir", nargs="?", default=None, metavar="DIR")
     validate.add_argument("--config-dir", default=None)
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    validate.add_argument(
+        "--settings", default=None, metavar="FILE",
+        help="check against this settings file's [mesh] (e.g. ISTIO_MUTUAL needs [mesh.mtls])",
+    )  # fmt: skip
     validate.set_defaults(run=_validate)
 
     render = sub.add_parser("render", help="print the resources a node would receive")
@@ -131,6 +135,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     boot = sub.add_parser("bootstrap", help="print an Envoy (or gRPC) bootstrap pointing at xdsd")
     boot.add_argument("--config-dir", default=None, help="check the node against this config")
+    boot.add_argument(
+        "--settings", default=None, metavar="FILE",
+        help="with --config-dir: check with this settings file's [mesh]",
+    )  # fmt: skip
     _add_node_flags(boot)
     boot.add_argument("--xds", default=DEFAULT_GRPC, metavar="HOST:PORT")
     boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
@@ -182,8 +190,16 @@ def _config_dir(args: argparse.Namespace) -> str:
     return result
 
 
-def _load(path: str) -> LoadResult:
-    result = load_directory(path)
+def _mesh_config(args: argparse.Namespace) -> Any:
+    """The ``[mesh]`` defaults of ``--settings`` (the defaults without it)."""
+    from xdsd.settings import Settings
+
+    settings = getattr(args, "settings", None)
+    return Settings.from_file(settings).mesh if settings else Settings().mesh
+
+
+def _load(path: str, args: argparse.Namespace) -> LoadResult:
+    result = load_directory(path, mesh_tls=_mesh_config(args).mtls)
     for w in result.warnings:
         print(w, file=sys.stderr)
     return result
@@ -191,7 +207,7 @@ def _load(path: str) -> LoadResult:
 
 def _validate(args: argparse.Namespace) -> int:
     path = _config_dir(args)
-    result = load_directory(path)
+    result = load_directory(path, mesh_tls=_mesh_config(args).mtls)
     if args.strict and result.warnings:
         raise ConfigError([w.as_error() for w in result.warnings])
     for w in result.warnings:
@@ -264,11 +280,10 @@ def _check_service(result: LoadResult, node: Any) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from xdsd.resources import SHORT_NAMES, to_json
-    from xdsd.settings import Settings
     from xdsd.translate import MeshTranslation, render_static
 
-    mesh_config = Settings.from_file(args.settings).mesh if args.settings else Settings().mesh
-    result = _load(args.config_dir)
+    mesh_config = _mesh_config(args)
+    result = _load(args.config_dir, args)
     transport = "static" if args.static else args.transport
     node = _node_class(args, client=args.client, transport=transport)
     _check_service(result, node)
@@ -309,9 +324,10 @@ def _bootstrap(args: argparse.Namespace) -> int:
     kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
     node_id = args.node_id or f"{args.service}-{kind}"
     if args.config_dir:
-        result = _load(args.config_dir)
+        result = _load(args.config_dir, args)
         _check_service(result, node)
-        MeshTranslation(result.mesh).snapshot_for(node)  # raises on address collisions
+        # Raises on address collisions (and, with mesh mTLS, a missing certificate).
+        MeshTranslation(result.mesh, mesh_config=_mesh_config(args)).snapshot_for(node)
     tls = _xds_tls_flags(args)
     if args.format == "grpc":
         doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text))

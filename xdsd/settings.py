@@ -9,7 +9,9 @@ file, the line and the key, like config errors.
 from __future__ import annotations
 
 import math
+import os
 import re
+import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -18,14 +20,18 @@ from typing import Any
 from xdsd.errors import ConfigError, Problem
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
+    MTLS_PLACEHOLDERS,
     AccessLog,
     LogEncoding,
     MeshConfig,
+    MeshTLS,
+    MTLSMode,
     PrometheusStats,
     Tracing,
     TracingProvider,
 )
 from xdsd.model.networking import OutboundPolicy
+from xdsd.model.service import Origin
 
 #: The gRPC server implementations ``grpc_impl`` may name.
 GRPC_IMPLS = ("grpclib", "grpcio")
@@ -286,7 +292,7 @@ class _Where:
 
 # -- the [mesh] table -----------------------------------------------------------------
 
-_MESH_KEYS = ("outbound_traffic_policy", "access_log", "prometheus", "tracing")
+_MESH_KEYS = ("outbound_traffic_policy", "access_log", "prometheus", "tracing", "mtls")
 _POLICIES = tuple(p.value for p in OutboundPolicy)
 
 
@@ -314,6 +320,10 @@ def _mesh_config(value: Any, key: str, where: _Where, problems: list[Problem]) -
         tracing = _tracing(table["tracing"], f"{key}.tracing", where, problems)
         if tracing is not None:
             config = replace(config, tracing=tracing)
+    if "mtls" in table:
+        mtls = _mesh_tls(table["mtls"], f"{key}.mtls", where, problems)
+        if mtls is not None:
+            config = replace(config, mtls=mtls)
     return config if len(problems) == before else None
 
 
@@ -468,6 +478,66 @@ def _tracing(value: Any, key: str, where: _Where, problems: list[Problem]) -> Tr
     if len(problems) != before or provider is None or address is None:
         return None
     return Tracing(provider, address.host, address.port, sampling, zipkin_path)
+
+
+def _mesh_tls(value: Any, key: str, where: _Where, problems: list[Problem]) -> MeshTLS | None:
+    """The ``[mesh.mtls]`` table. Paths are made absolute against the settings file's
+    directory; the certificate and key paths must be templates naming the proxy
+    (``{service}`` or ``{instance_ip}``), since a service's identity is in its
+    certificate."""
+    known = ("mode", "ca", "certificate", "private_key", "trust_domain")
+    table = _table(value, key, where, problems, known)
+    if table is None:
+        return None
+    before = len(problems)
+    from_file = os.path.isfile(where.source)
+    base = os.path.dirname(os.path.abspath(where.source)) if from_file else os.getcwd()
+    out = MeshTLS(origin=Origin(where.source, where.lines.get(key, 0)))
+    if "mode" in table:
+        mode = _choice(table["mode"], tuple(m.value for m in MTLSMode), where,
+                       f"{key}.mode", problems, upper=True)  # fmt: skip
+        if mode is not None:
+            out = replace(out, mode=MTLSMode(mode))
+    paths: dict[str, str] = {}
+    for name in ("ca", "certificate", "private_key"):
+        if name not in table:
+            if out.enabled:
+                problems.append(where.problem(f"{key}.{name}", "missing: mutual TLS needs it"))
+            continue
+        item = table[name]
+        if not _check(item, lambda v: _is_str(v) and bool(v), "a file path", f"{key}.{name}",
+                      where, problems):  # fmt: skip
+            continue
+        paths[name] = os.path.normpath(os.path.join(base, item))
+        if name == "ca":
+            continue
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(item) if f is not None}
+        except ValueError as e:
+            problems.append(where.problem(f"{key}.{name}", f"is not a path template: {e}"))
+            continue
+        unknown = sorted(used - set(MTLS_PLACEHOLDERS))
+        if unknown:
+            problems.append(where.problem(
+                f"{key}.{name}",
+                f"unknown placeholder {{{unknown[0]}}}; known: "
+                + ", ".join(f"{{{p}}}" for p in MTLS_PLACEHOLDERS),
+            ))  # fmt: skip
+        elif not used & {"service", "instance_ip"}:
+            problems.append(where.problem(
+                f"{key}.{name}",
+                "must name the proxy with {service} (a certificate per service) or "
+                "{instance_ip} (per workload): every service has its own identity",
+            ))  # fmt: skip
+    if "trust_domain" in table and _check(
+        table["trust_domain"],
+        lambda v: _is_str(v) and bool(v) and "/" not in v and ":" not in v,
+        "a trust domain name (no '/' or ':')", f"{key}.trust_domain", where, problems,
+    ):  # fmt: skip
+        out = replace(out, trust_domain=table["trust_domain"])
+    out = replace(out, ca=paths.get("ca", ""), certificate=paths.get("certificate", ""),
+                  private_key=paths.get("private_key", ""))  # fmt: skip
+    return out if len(problems) == before else None
 
 
 def _coerce(name: str, current: Any, value: Any) -> Any:

@@ -20,7 +20,7 @@ tokens; only the added resources' references need checking, since the base was c
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -123,8 +123,11 @@ class Snapshot:
             snap.check_consistency()
         return snap
 
-    def check_consistency(self) -> None:
-        """Raise InconsistentSnapshotError listing every dangling reference."""
+    def check_consistency(self, *, supplied: Collection[tuple[str, str]] = ()) -> None:
+        """Raise InconsistentSnapshotError listing every dangling reference, except to
+        the (type URL, name) pairs in ``supplied``: what every snapshot extending this
+        one is given itself (a base's per-class secrets). The snapshot is then closed:
+        only what is added to it is checked again."""
         if self._closed:
             return
         missing: list[str] = []
@@ -134,7 +137,9 @@ class Snapshot:
             candidates = (r for bucket in self.resources.values() for r in bucket.values())
         for r in candidates:
             for type_url, name in r.references:
-                if name not in self.resources.get(TypeUrl(type_url), {}):
+                if name not in self.resources.get(TypeUrl(type_url), {}) and (
+                    not supplied or (type_url, name) not in supplied
+                ):
                     kind = SHORT_NAMES.get(TypeUrl(type_url), type_url)
                     missing.append(f"{r.name!r} references missing {kind} {name!r}")
         if missing:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
-from xdsd.model.rules import DestinationRule, PortTrafficPolicy, TrafficPolicy, VirtualService
+from xdsd.model.rules import DestinationRule, VirtualService
 from xdsd.model.service import (
     DOMAIN_SUFFIX,
     NO_ORIGIN,
@@ -67,6 +67,7 @@ class Mesh:
     _rules: dict[ResourceKey, DestinationRule] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _by_path: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_key = attrgetter("key")  # a slot: read in C
@@ -112,6 +113,7 @@ class Mesh:
             ("raw_resources", tuple(sorted(raw_resources, key=lambda r: (r.type_url, r.name)))),
             *((name, getattr(self, name)) for name in OTHER_KINDS.values()),
             ("certificates", self.certificates),
+            ("_by_path", self._by_path),
             ("_hosts", self._hosts),
             ("_rules", self._rules),
         ):
@@ -126,14 +128,14 @@ class Mesh:
             object.__setattr__(mesh, name, getattr(self, name))
         ordered = tuple(sorted(certificates, key=lambda c: c.path))
         object.__setattr__(mesh, "certificates", ordered)
+        object.__setattr__(mesh, "_by_path", {})
         return mesh
 
     def certificate(self, path: str) -> bytes | None:
         """The bytes of the certificate file at ``path`` (None when not loaded)."""
-        for item in self.certificates:
-            if item.path == path:
-                return item.data
-        return None
+        if len(self._by_path) != len(self.certificates):
+            self._by_path.update((c.path, c.data) for c in self.certificates)
+        return self._by_path.get(path)
 
     def certificate_refs(self) -> list[CertificateRef]:
         """Every certificate file the rules name (Gateway servers terminating TLS,
@@ -144,9 +146,8 @@ class Mesh:
                 if server.tls is not None:
                     refs.extend(server.tls.refs)
         for rule in self.destination_rules:
-            for policy in _rule_policies(rule):
-                if policy.tls is not None:
-                    refs.extend(policy.tls.refs)
+            for tls in rule.client_tls():
+                refs.extend(tls.refs)
         return refs
 
     def service(self, host: str, namespace: str) -> Service | None:
@@ -169,19 +170,6 @@ class Mesh:
         """The DestinationRule that applies to ``service``, preferring one in the service's
         own namespace (Istio's lookup order), else the first by key."""
         return self._rules.get(service.key)
-
-
-def _rule_policies(rule: DestinationRule) -> list[TrafficPolicy | PortTrafficPolicy]:
-    """Every traffic policy of ``rule``: its own, its port policies, its subsets' and
-    their port policies."""
-    out: list[TrafficPolicy | PortTrafficPolicy] = []
-    policies = [rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)]
-    for policy in policies:
-        if policy is None:
-            continue
-        out.append(policy)
-        out.extend(policy.port_level_settings)
-    return out
 
 
 def qualify_host(host: str, namespace: str) -> str:

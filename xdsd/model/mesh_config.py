@@ -2,8 +2,8 @@
 
 These come from the ``[mesh]`` section of xdsd's settings, not from the config directory:
 they are the operator's choices for the whole mesh (access logs, a Prometheus stats
-listener, tracing, the default outbound traffic policy). Frozen values, so a translation
-can key what it builds by them.
+listener, tracing, the default outbound traffic policy, mutual TLS between proxies).
+Frozen values, so a translation can key what it builds by them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from xdsd.model.networking import OutboundPolicy
+from xdsd.model.service import NO_ORIGIN, Origin
 
 #: Envoy command operators of the default TEXT access log line (one request or
 #: connection per line: when, what, how it ended, sizes, timing, who and where).
@@ -121,15 +122,79 @@ class Tracing:
     zipkin_path: str = "/api/v2/spans"
 
 
+class MTLSMode(Enum):
+    """What a sidecar's inbound listeners accept (Istio's mesh-wide PeerAuthentication
+    mode): DISABLE (plaintext only: mesh mTLS is off), PERMISSIVE (mutual TLS or
+    plaintext, told apart by the first bytes) or STRICT (mutual TLS only). Under
+    PERMISSIVE and STRICT every sidecar and gateway also originates mutual TLS to the
+    mesh's own services (Istio's auto mTLS)."""
+
+    DISABLE = "DISABLE"
+    PERMISSIVE = "PERMISSIVE"
+    STRICT = "STRICT"
+
+
+#: The placeholders a mesh certificate path may hold.
+MTLS_PLACEHOLDERS = ("namespace", "service", "instance_ip")
+#: The SDS names of a proxy's own certificate and of the mesh's root CA (Istio's names, so
+#: ``istioctl``-trained eyes find them where they expect).
+WORKLOAD_SECRET = "default"
+ROOT_CA_SECRET = "ROOTCA"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshTLS:
+    """Mutual TLS between the mesh's proxies, from certificate files (``[mesh.mtls]``).
+
+    ``certificate`` and ``private_key`` are absolute path templates naming a proxy's own
+    files: ``{namespace}`` and ``{service}`` (a certificate per service) and
+    ``{instance_ip}`` (per workload: the node's inbound address) are replaced by the
+    node's. ``ca`` is the absolute path of the root CA bundle every proxy trusts. A
+    service's identity, which its certificate must carry as a URI SAN and which its
+    callers check, is ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE``. ``origin`` is
+    where the table was read (for errors about its files; not compared).
+    """
+
+    mode: MTLSMode = MTLSMode.DISABLE
+    ca: str = ""
+    certificate: str = ""
+    private_key: str = ""
+    trust_domain: str = "cluster.local"
+    origin: Origin = field(default=NO_ORIGIN, compare=False)
+
+    @property
+    def enabled(self) -> bool:
+        """True when proxies speak mutual TLS to each other."""
+        return self.mode is not MTLSMode.DISABLE
+
+    def identity(self, namespace: str, service: str) -> str:
+        """The SPIFFE id of ``service`` in ``namespace``."""
+        return f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{service}"
+
+    def workload_files(self, namespace: str, service: str, instance_ip: str) -> tuple[str, str]:
+        """The certificate and key paths of the proxy of ``service`` at ``instance_ip``."""
+        values = {"namespace": namespace, "service": service, "instance_ip": instance_ip}
+        return self.certificate.format(**values), self.private_key.format(**values)
+
+    @property
+    def per_workload(self) -> bool:
+        """True when the paths name each workload by its ``{instance_ip}``."""
+        return "{instance_ip}" in self.certificate + self.private_key
+
+
+NO_MESH_TLS = MeshTLS()
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     """Every mesh-wide proxy default. The defaults change nothing: no access log, no stats
-    listener, no tracing, and ALLOW_ANY (Istio's default outbound policy)."""
+    listener, no tracing, ALLOW_ANY (Istio's default outbound policy) and no mutual TLS."""
 
     access_log: AccessLog = field(default_factory=AccessLog)
     prometheus: PrometheusStats = field(default_factory=PrometheusStats)
     tracing: Tracing | None = None
     outbound_traffic_policy: OutboundPolicy = OutboundPolicy.ALLOW_ANY
+    mtls: MeshTLS = NO_MESH_TLS
 
     @property
     def decorates(self) -> bool:

@@ -445,6 +445,9 @@ class ClientTLS:
     insecure_skip_verify: bool = False
     #: Where each certificate file is named (for errors about the file; not compared).
     refs: tuple[CertificateRef, ...] = field(default=(), compare=False, repr=False)
+    #: Where ``mode`` is written, as (field path, origin): for errors about ISTIO_MUTUAL
+    #: without mesh mutual TLS (not compared).
+    mode_at: tuple[str, Origin] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +542,18 @@ class DestinationRule:
             if s.name == name:
                 return s
         return None
+
+    def client_tls(self) -> list[ClientTLS]:
+        """Every TLS setting written in the rule (top level, subsets, and their port
+        settings), in the rule's order."""
+        out: list[ClientTLS] = []
+        for policy in (self.traffic_policy, *(s.traffic_policy for s in self.subsets)):
+            if policy is None:
+                continue
+            if policy.tls is not None:
+                out.append(policy.tls)
+            out.extend(p.tls for p in policy.port_level_settings if p.tls is not None)
+        return out
 
     def policy_for(self, subset: str, port: int = 0) -> TrafficPolicy | None:
         """The effective policy for traffic to ``subset`` ("" = the whole service) on

@@ -8,15 +8,23 @@ parsed, is what makes a file replaced on disk reach the proxies: the mesh then d
 and the secret's content version changes. A file that cannot be read, or that does not
 hold what its field needs (a PEM certificate; a PEM private key for ``privateKey``), is
 an error on the line of the field that names it.
+
+Mesh mutual TLS (``[mesh.mtls]``, ``mesh_certificate_refs``) names its files by path
+templates: every file the templates can name is read (a glob with each placeholder as
+``*``), since which proxies will connect is not known when loading. Which of them a
+proxy needs is decided when its class is translated.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import string
 from collections.abc import Iterable
 
 from xdsd.errors import Problem
-from xdsd.model import CertificateFile, CertificateRef
+from xdsd.model import CertificateFile, CertificateRef, Mesh, TLSMode
+from xdsd.model.mesh_config import MeshTLS
 
 #: What a PEM file of each kind must hold (a marker line).
 _CERTIFICATE_MARK = b"-----BEGIN CERTIFICATE-----"
@@ -42,7 +50,7 @@ def read_certificates(
             message = f"cannot read {ref.path}: {data.strerror or data}"
         elif data is None:
             message = f"{ref.path} is larger than {MAX_CERTIFICATE_BYTES} bytes"
-        elif ref.field.endswith("privateKey"):
+        elif ref.field.endswith(("privateKey", "private_key")):
             if _KEY_MARK not in data:
                 message = f"{ref.path} holds no PEM private key (no '...PRIVATE KEY-----' line)"
         elif _CERTIFICATE_MARK not in data:
@@ -72,3 +80,39 @@ def certificate_directories(refs: Iterable[CertificateRef]) -> frozenset[str]:
     """The directories holding the files ``refs`` name (what to watch for their
     replacement: editors and ``mv`` replace a file by renaming into its directory)."""
     return frozenset(os.path.dirname(ref.path) for ref in refs)
+
+
+def mesh_certificate_refs(mtls: MeshTLS) -> list[CertificateRef]:
+    """The files mesh mutual TLS may need (none when it is off): its CA, and every
+    existing file its certificate and key templates can name, in path order."""
+    if not mtls.enabled:
+        return []
+    refs = [CertificateRef(mtls.ca, "mesh.mtls.ca", mtls.origin)]
+    for field, template in (("certificate", mtls.certificate), ("private_key", mtls.private_key)):
+        for path in sorted(glob.glob(_glob_of(template))):
+            refs.append(CertificateRef(path, f"mesh.mtls.{field}", mtls.origin))
+    return refs
+
+
+def _glob_of(template: str) -> str:
+    """A glob matching what ``template`` gives for any placeholder values."""
+    return "".join(
+        glob.escape(literal) + ("*" if name is not None else "")
+        for literal, name, _, _ in string.Formatter().parse(template)
+    )
+
+
+def istio_mutual_problems(mesh: Mesh) -> list[Problem]:
+    """An error on each DestinationRule TLS mode ISTIO_MUTUAL: what a loader reports
+    while mesh mutual TLS is off, since those certificates do not exist then."""
+    problems = []
+    for rule in mesh.destination_rules:
+        for tls in rule.client_tls():
+            if tls.mode is TLSMode.ISTIO_MUTUAL and tls.mode_at is not None:
+                field, origin = tls.mode_at
+                problems.append(Problem(
+                    origin.path, origin.line, field,
+                    "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
+                    "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
+                ))  # fmt: skip
+    return problems

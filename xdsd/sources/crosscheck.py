@@ -575,6 +575,7 @@ class CrossCheck:
             ("_hosts", dict(self._owners)),
             ("_rules", dict(self._applied)),
             ("certificates", ()),  # read by the loader after the checks
+            ("_by_path", {}),
         ]
         for kind, name in OTHER_KINDS.items():
             changed = [k for k in others if k.kind == kind]

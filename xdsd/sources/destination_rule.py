@@ -358,12 +358,17 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
     if f is None:
         return None
     mode = f.enum("mode", TLSMode, TLSMode.DISABLE)
+    mode_at = None
     if mode is TLSMode.ISTIO_MUTUAL:
-        f.error(
-            "mode",
-            "ISTIO_MUTUAL needs Istio's workload certificates, which xdsd does not issue: "
-            "use MUTUAL with clientCertificate, privateKey and caCertificates files",
-        )
+        # The mesh's certificates ([mesh.mtls]); the loader refuses the mode when mesh
+        # mutual TLS is off.
+        at = (*f.path, "mode")
+        mode_at = (format_path(at), Origin(f.report.doc.path, f.report.doc.line_of(
+            (*f.report.base, *at))))  # fmt: skip
+        for name in ("caCertificates", "clientCertificate", "privateKey"):
+            if f.has(name):
+                f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
+                        "certificates ([mesh.mtls] in the settings)")  # fmt: skip
     if f.has("credentialName"):
         f.read.add("credentialName")
         f.error(
@@ -394,7 +399,7 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
     f.finish(TLS_UNSUPPORTED)
     refs = certificate_refs(f, (("caCertificates", ca), ("clientCertificate", cert),
                                 ("privateKey", key)))  # fmt: skip
-    return ClientTLS(mode, cert, key, ca, sans, sni, skip, refs)
+    return ClientTLS(mode, cert, key, ca, sans, sni, skip, refs, mode_at)
 
 
 def certificate_file(f: Fields, key: str, config_dir: str) -> str:

@@ -31,8 +31,13 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
-from xdsd.sources.certificates import read_certificates
+from xdsd.sources.certificates import (
+    istio_mutual_problems,
+    mesh_certificate_refs,
+    read_certificates,
+)
 from xdsd.sources.crosscheck import Change, CrossCheck
 from xdsd.sources.documents import Document, FieldPath, ParseFailure, parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
@@ -174,14 +179,16 @@ def _first_part(root: str, path: str) -> str:
     return os.path.relpath(path, root).split(os.sep)[0]
 
 
-def load_directory(root: str) -> LoadResult:
-    """Load every config file under ``root``.
+def load_directory(root: str, *, mesh_tls: MeshTLS = NO_MESH_TLS) -> LoadResult:
+    """Load every config file under ``root`` (and the files of ``mesh_tls``).
 
     Raises ConfigError (listing every error, warnings excluded) when anything is wrong:
     ``root`` missing or not a directory, unreadable or malformed files, invalid fields,
     dangling references, duplicates.
     """
-    return DirectoryLoader(root).load()
+    loader = DirectoryLoader(root)
+    loader.mesh_tls = mesh_tls
+    return loader.load()
 
 
 class DirectoryLoader:
@@ -218,6 +225,10 @@ class DirectoryLoader:
         self._listing: tuple[tuple[str, ...], tuple[Problem, ...], dict[str, int]] | None = None
         #: The certificate and key files the last load's rules named (absolute paths).
         self.certificate_paths: frozenset[str] = frozenset()
+        #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are read on every
+        #: load with the rules' (``mesh_certificate_refs``), and ISTIO_MUTUAL is refused
+        #: while it is off.
+        self.mesh_tls: MeshTLS = NO_MESH_TLS
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -259,11 +270,13 @@ class DirectoryLoader:
                 self._failed.discard(path)
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
-        refs = mesh.certificate_refs()
+        refs = [*mesh.certificate_refs(), *mesh_certificate_refs(self.mesh_tls)]
         certificates, certificate_problems = read_certificates(refs)
         mesh = mesh.with_certificates(certificates)
         self.certificate_paths = frozenset(ref.path for ref in refs)
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
+        if not self.mesh_tls.enabled:
+            problems.extend(istio_mutual_problems(mesh))
         located = {(p.path, p.line, p.field) for p in problems}
         problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)
         errors = [p for p in problems if p.severity is Severity.ERROR]

@@ -48,10 +48,16 @@ from xdsd.model import (
     TLSMode,
     TrafficPolicy,
 )
+from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.resources import pack
 from xdsd.translate.config_sources import HTTP_PROTOCOL_OPTIONS_KEY, duration
 from xdsd.translate.node import ConfigSourceKind
-from xdsd.translate.secrets import add_certificate, add_validation
+from xdsd.translate.secrets import (
+    add_certificate,
+    add_certificate_secret,
+    add_validation,
+    add_validation_secret,
+)
 
 #: Istio's default connect timeout.
 CONNECT_TIMEOUT = timedelta(seconds=10)
@@ -99,7 +105,7 @@ def apply_traffic_policy(
         if needs_locality_weighting(policy):
             cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
     tls = policy.tls
-    if tls is not None and tls.mode in (TLSMode.SIMPLE, TLSMode.MUTUAL):
+    if tls is not None and tls.mode is not TLSMode.DISABLE:
         if grpc:
             raise TranslationError([_grpc_tls_problem(rule)])
         _set_tls(cluster, port, pool, tls, source)
@@ -108,7 +114,7 @@ def apply_traffic_policy(
 def uses_sds(policy: TrafficPolicy | None) -> bool:
     """True when a cluster with ``policy`` (merged for its port) names SDS secrets."""
     tls = policy.tls if policy is not None else None
-    return tls is not None and tls.mode in (TLSMode.SIMPLE, TLSMode.MUTUAL)
+    return tls is not None and tls.mode is not TLSMode.DISABLE
 
 
 def apply_health_check(cluster: Any, port: Port, check: HealthCheck) -> None:
@@ -298,6 +304,17 @@ def _set_tls(
 ) -> None:
     context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
     common = context.common_tls_context
+    if tls.mode is TLSMode.ISTIO_MUTUAL:
+        # The mesh's certificates: the proxy's own (each class is sent its own secret of
+        # that name) and the mesh CA, checking the callee's SPIFFE identity.
+        add_certificate_secret(common, WORKLOAD_SECRET, source)
+        matchers = [san_matcher(name) for name in tls.subject_alt_names]
+        add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
+        if _speaks_http2(port, pool):
+            common.alpn_protocols.append("h2")
+        cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
+        cluster.transport_socket.typed_config.CopyFrom(pack(context))
+        return
     if tls.mode is TLSMode.MUTUAL:
         add_certificate(common, tls.client_certificate, tls.private_key, source)
     if tls.insecure_skip_verify or not tls.ca_certificates:

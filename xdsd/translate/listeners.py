@@ -26,9 +26,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from xdsd.model import Port
+from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET, MTLSMode
 from xdsd.resources import pack
+from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source, duration
 from xdsd.translate.forward_proxy import FORWARD_PROXY_FILTER, forward_proxy_filter_config
@@ -36,6 +39,7 @@ from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
+from xdsd.translate.secrets import add_certificate_secret, add_validation_secret
 
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -125,23 +129,62 @@ def _tcp_proxy(stat_prefix: str, cluster: str) -> Any:
     return tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)
 
 
-def inbound_listener(ip: str, port: Port) -> Any:
+def inbound_listener(
+    ip: str,
+    port: Port,
+    mtls: MTLSMode = MTLSMode.DISABLE,
+    source: ConfigSourceKind = ConfigSourceKind.ADS,
+) -> Any:
     """The listener on ``ip:port.number`` that hands traffic to the local application
     through cluster ``inbound|PORT||``: an HTTP connection manager with one inline route
-    for HTTP ports, a TCP proxy otherwise."""
+    for HTTP ports, a TCP proxy otherwise.
+
+    With mesh mutual TLS (``mtls``), callers must present a certificate of the mesh CA
+    (secrets ``default`` and ``ROOTCA`` fetched the way ``source`` says); under STRICT
+    that is the only chain, under PERMISSIVE the TLS inspector sends TLS to it and
+    anything else to a plaintext chain. On HTTP ports the TLS chain tells the application
+    who called: ``x-forwarded-client-cert`` is replaced by the caller's certificate URI
+    (its SPIFFE identity); every chain drops one sent by the caller.
+    """
     stat_prefix = f"inbound_{port.number}"
     listener = _socket_listener(
         inbound_listener_name(ip, port.number), ip, port.number, base_pb2.INBOUND, stat_prefix
     )
+
+    def add_chain(secure: bool) -> Any:
+        chain = listener.filter_chains.add()
+        if port.protocol.is_http:
+            config = http_connection_manager(
+                stat_prefix, route_config=inbound_route_configuration(port)
+            )
+            if secure:
+                config.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+                config.set_current_client_cert_details.uri = True
+            chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(config))
+        else:
+            proxy = _tcp_proxy(stat_prefix, inbound_cluster_name(port.number))
+            chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
+        return chain
+
+    if mtls is MTLSMode.DISABLE:
+        add_chain(secure=False)
+        return listener
+    if mtls is MTLSMode.PERMISSIVE:
+        inspector = listener.listener_filters.add(name=TLS_INSPECTOR)
+        inspector.typed_config.CopyFrom(pack(tls_inspector_pb2.TlsInspector()))
+    secure = add_chain(secure=True)
+    context = tls_pb2.DownstreamTlsContext()
+    context.require_client_certificate.value = True
+    common = context.common_tls_context
+    add_certificate_secret(common, WORKLOAD_SECRET, source)
+    add_validation_secret(common, ROOT_CA_SECRET, [], source)
     if port.protocol.is_http:
-        config = http_connection_manager(
-            stat_prefix, route_config=inbound_route_configuration(port)
-        )
-        _add_filter(listener, HCM_FILTER, config)
-    else:
-        _add_filter(
-            listener, TCP_PROXY_FILTER, _tcp_proxy(stat_prefix, inbound_cluster_name(port.number))
-        )
+        common.alpn_protocols.extend(["h2", "http/1.1"])
+    secure.transport_socket.name = TLS_TRANSPORT_SOCKET
+    secure.transport_socket.typed_config.CopyFrom(pack(context))
+    if mtls is MTLSMode.PERMISSIVE:
+        secure.filter_chain_match.transport_protocol = "tls"
+        add_chain(secure=False)
     return listener
 
 

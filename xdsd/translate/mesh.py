@@ -67,6 +67,7 @@ from typing import Any
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
+    ClientTLS,
     DestinationRule,
     Mesh,
     Origin,
@@ -74,6 +75,7 @@ from xdsd.model import (
     Resolution,
     ResourceKey,
     Service,
+    TLSMode,
     TrafficPolicy,
     VirtualService,
 )
@@ -139,7 +141,14 @@ from xdsd.translate.listeners import (
 )
 from xdsd.translate.locality import LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
-from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
+from xdsd.translate.node import (
+    NO_LOCALITY,
+    ClientKind,
+    ConfigSourceKind,
+    NodeClass,
+    Role,
+    is_wildcard,
+)
 from xdsd.translate.patches import (
     CLUSTER_FAMILY,
     LISTENER_FAMILY,
@@ -205,6 +214,10 @@ class MeshTranslation:
     read-only: they are shared between classes and snapshots.
     """
 
+    #: The mesh-wide proxy defaults (access log, stats listener, tracing, outbound
+    #: policy, mutual TLS) every class gets; see ``proxy_defaults``.
+    mesh_config: MeshConfig
+
     def __init__(
         self,
         mesh: Mesh,
@@ -213,9 +226,11 @@ class MeshTranslation:
         root_namespace: str = ROOT_NAMESPACE,
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
     ) -> None:
+        if previous is not None and previous.mesh_config.mtls != mesh_config.mtls:
+            # Mesh mutual TLS changes every cluster of the mesh's own services, which
+            # are otherwise taken over by the identity of their service's objects.
+            previous = None
         self.mesh = mesh
-        #: The mesh-wide proxy defaults (access log, stats listener, tracing, outbound
-        #: policy) every class gets; see ``proxy_defaults``.
         self.mesh_config = mesh_config
         #: Istio's rootNamespace: its EnvoyFilters apply to every node, and its Sidecar
         #: without selector to namespaces that have none.
@@ -440,11 +455,13 @@ class MeshTranslation:
         elif node.role is Role.GATEWAY:
             parts.append(lambda: self._gateway(node, source, style))
         elif node.role is Role.SIDECAR:
-            parts.append(lambda: self._inbound(node, scope))
+            parts.append(lambda: self._inbound(node, scope, source))
             parts.append(lambda: self._outbound(node.outbound_ip, source, style, caller, scope))
             parts.append(lambda: self._l4_listeners(node, scope))
         if node.locality != NO_LOCALITY:
             parts.append(lambda: self._local_assignments(node, scope))
+        if self.mesh_config.mtls.enabled and node.client is not ClientKind.GRPC:
+            parts.append(lambda: self._mesh_identity(node))
         try:
             base = self._bases.base(
                 flavor, self._cluster, self._load_assignment, scope.clusters, self._secrets.get
@@ -528,10 +545,13 @@ class MeshTranslation:
             raise TranslationError(found.problems)
         return found
 
-    def _inbound(self, node: NodeClass, scope: Scope) -> list[Resource]:
+    def _inbound(
+        self, node: NodeClass, scope: Scope, source: ConfigSourceKind = ConfigSourceKind.ADS
+    ) -> list[Resource]:
         """Inbound clusters and listeners of ``node``'s own service (of its Sidecar's
         ingress listeners, when it has some), after checking that all of the node's
-        listeners can bind."""
+        listeners can bind. Under mesh mutual TLS the listeners take what its mode lets
+        in (their secrets fetched the way ``source`` says)."""
         own = self.own_service(node)
         instance_ip = self.instance_ip(node)
         sidecar = self.sidecar(node)
@@ -557,13 +577,38 @@ class MeshTranslation:
         if problems:
             raise TranslationError(problems)
         out: list[Resource] = []
+        mode = self.mesh_config.mtls.mode
         for port in own.ports if own is not None else ():
             out.append(self._shared(("inbound-cluster", port), build_inbound_cluster, port))
             out.append(
-                self._shared(("inbound-listener", instance_ip, port), inbound_listener,
-                             instance_ip, port)
+                self._shared(("inbound-listener", instance_ip, port, mode, source),
+                             inbound_listener, instance_ip, port, mode, source)
             )  # fmt: skip
         return out
+
+    def _mesh_identity(self, node: NodeClass) -> tuple[Resource, Resource]:
+        """The mesh mutual TLS secrets of ``node``: its own certificate (from the
+        ``[mesh.mtls]`` templates filled in with its namespace, service and inbound
+        address) and the mesh CA. Raises TranslationError (naming the settings) when
+        its files were not found."""
+        mtls = self.mesh_config.mtls
+        ip = self.instance_ip(node)
+        where = mtls.origin
+        if mtls.per_workload and (not ip or is_wildcard(ip)):
+            raise TranslationError([Problem(
+                where.path, where.line, "mesh.mtls.certificate",
+                f"names each workload by {{instance_ip}}, and {node} has none: set the "
+                "node's instance_ip (xdsd bootstrap --instance-ip)",
+            )])  # fmt: skip
+        certificate, key = mtls.workload_files(node.namespace, node.service, ip)
+        try:
+            return self._secrets.mesh_identity(certificate, key, mtls.ca)
+        except KeyError as missing:
+            raise TranslationError([Problem(
+                where.path, where.line, "mesh.mtls.certificate",
+                f"no mesh certificate for {node}: {missing.args[0]} was not found (files "
+                "are read when the config is loaded; SIGHUP reads them again)",
+            )]) from None  # fmt: skip
 
     def _outbound(
         self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
@@ -1021,6 +1066,7 @@ class MeshTranslation:
         return found
 
     def _cluster(self, spec: OutboundCluster, flavor: ClusterFlavor) -> Resource:
+        spec = self._with_mesh_tls(spec, flavor)
         if is_eds(spec, flavor):
             key: Key = ("cluster", flavor, spec.name, spec.port, _lb_key(spec))
         else:
@@ -1032,6 +1078,32 @@ class MeshTranslation:
             key = ("dns-cluster", inline_flavor, spec.name, spec.port, spec.service.resolution,
                    _lb_key(spec), endpoints)  # fmt: skip
         return self._shared(key, build_outbound_cluster, spec, flavor)
+
+    def _with_mesh_tls(self, spec: OutboundCluster, flavor: ClusterFlavor) -> OutboundCluster:
+        """``spec`` with the TLS mesh mutual TLS gives it: ISTIO_MUTUAL to the mesh's own
+        services (not ServiceEntry hosts) unless their DestinationRule says otherwise, and
+        wherever a rule asks for ISTIO_MUTUAL; checking the callee's SPIFFE identity
+        unless the rule names subject alt names. Proxyless gRPC is left out (it reads
+        certificates only through certificate providers)."""
+        mtls = self.mesh_config.mtls
+        policy = spec.policy
+        tls = policy.tls if policy is not None else None
+        if policy is not None and tls is not None and tls.mode is TLSMode.ISTIO_MUTUAL:
+            if not mtls.enabled:  # the loader refuses such rules: a mesh built by hand
+                raise TranslationError([_istio_mutual_problem(spec)])
+            if flavor is ClusterFlavor.GRPC:
+                return dataclasses.replace(spec, policy=dataclasses.replace(policy, tls=None))
+        if not mtls.enabled or flavor is ClusterFlavor.GRPC:
+            return spec
+        if tls is None and not spec.service.entry:
+            tls = ClientTLS(TLSMode.ISTIO_MUTUAL)
+        if tls is None or tls.mode is not TLSMode.ISTIO_MUTUAL:
+            return spec
+        if not tls.subject_alt_names and not spec.service.entry:
+            identity = mtls.identity(spec.service.namespace, spec.service.name)
+            tls = dataclasses.replace(tls, subject_alt_names=(identity,))
+        policy = dataclasses.replace(policy or TrafficPolicy(), tls=tls)
+        return dataclasses.replace(spec, policy=policy)
 
     def _load_assignment(self, spec: OutboundCluster) -> Resource:
         endpoints = select_endpoints(spec.service, spec.port, spec.selector)
@@ -1126,6 +1198,13 @@ class MeshTranslation:
         snapshot.check_consistency()
         self.timings["snapshot"] += time.perf_counter() - started
         return snapshot
+
+
+def _istio_mutual_problem(spec: OutboundCluster) -> Problem:
+    rule = spec.rule
+    path, line = (rule.origin.path, rule.origin.line) if rule is not None else ("<none>", 0)
+    return Problem(path, line, "trafficPolicy.tls.mode",
+                   "ISTIO_MUTUAL needs mesh mutual TLS ([mesh.mtls] in the settings)")  # fmt: skip
 
 
 def _stats_resource(ip: str, stats: Any) -> Resource:

@@ -9,7 +9,11 @@ classes):
 - ``file-cert:CERT~KEY``: a ``tls_certificate`` with the certificate chain and the
   private key inline;
 - ``file-root:CA``: a ``validation_context`` with the trusted CAs inline (subject alt
-  names stay in the TLS context, in a ``combined_validation_context``).
+  names stay in the TLS context, in a ``combined_validation_context``);
+- with mesh mutual TLS, ``default`` (the proxy's own certificate) and ``ROOTCA`` (the
+  mesh's CA), as Istio names them: the clusters and inbound listeners that name them are
+  shared by every class, and each class is sent its own ``default``
+  (``Secrets.mesh_identity``).
 
 The bytes come from the mesh (``Mesh.certificates``, read by the sources): translation
 does no I/O. A class receives exactly the secrets its clusters and listeners reference
@@ -26,6 +30,7 @@ from typing import Any
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
 from xdsd.model import Mesh
+from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.resources import Resource
 from xdsd.translate.config_sources import config_source
 from xdsd.translate.node import ConfigSourceKind
@@ -46,19 +51,32 @@ def ca_secret_name(ca: str) -> str:
 
 def add_certificate(common: Any, certificate: str, key: str, source: ConfigSourceKind) -> None:
     """Make ``common`` (a ``CommonTlsContext``) fetch its certificate and key by SDS."""
-    config = common.tls_certificate_sds_secret_configs.add()
-    config.name = certificate_secret_name(certificate, key)
-    config.sds_config.CopyFrom(config_source(source))
+    add_certificate_secret(common, certificate_secret_name(certificate, key), source)
 
 
 def add_validation(common: Any, ca: str, matchers: list[Any], source: ConfigSourceKind) -> None:
     """Make ``common`` check peers against the CA bundle ``ca`` fetched by SDS, and (when
     ``matchers`` are given) their subject alt names."""
+    add_validation_secret(common, ca_secret_name(ca), matchers, source)
+
+
+def add_certificate_secret(common: Any, name: str, source: ConfigSourceKind) -> None:
+    """Make ``common`` present the certificate of the SDS secret ``name``."""
+    config = common.tls_certificate_sds_secret_configs.add()
+    config.name = name
+    config.sds_config.CopyFrom(config_source(source))
+
+
+def add_validation_secret(
+    common: Any, name: str, matchers: list[Any], source: ConfigSourceKind
+) -> None:
+    """Make ``common`` check peers against the CAs of the SDS secret ``name``, and (when
+    ``matchers`` are given) their subject alt names."""
     combined = common.combined_validation_context
     combined.default_validation_context.SetInParent()
     combined.default_validation_context.match_typed_subject_alt_names.extend(matchers)
     config = combined.validation_context_sds_secret_config
-    config.name = ca_secret_name(ca)
+    config.name = name
     config.sds_config.CopyFrom(config_source(source))
 
 
@@ -66,8 +84,9 @@ class Secrets:
     """The secrets of one mesh by name, built on first use (one per name)."""
 
     def __init__(self, mesh: Mesh) -> None:
-        self._mesh = mesh
+        self._files = mesh
         self._built: dict[str, Resource] = {}
+        self._identities: dict[str, tuple[Resource, Resource]] = {}
 
     def get(self, name: str) -> Resource | None:
         """The ``Secret`` named ``name`` (None when the name is not one xdsd makes or a
@@ -80,10 +99,32 @@ class Secrets:
             found = self._built[name] = Resource.of(name, message)
         return found
 
+    def mesh_identity(self, certificate: str, key: str, ca: str) -> tuple[Resource, Resource]:
+        """A proxy's mesh mutual TLS secrets: its own certificate and key as
+        ``WORKLOAD_SECRET`` and the mesh's CA as ``ROOT_CA_SECRET`` (one pair per
+        distinct file set). Raises KeyError naming a file missing from the mesh."""
+        key_ = f"mesh:{certificate}~{key}~{ca}"
+        found = self._identities.get(key_)
+        if found is None:
+            data = {p: self._files.certificate(p) for p in (certificate, key, ca)}
+            for path, content in data.items():
+                if content is None:
+                    raise KeyError(path)
+            own = secret_pb2.Secret(name=WORKLOAD_SECRET)
+            own.tls_certificate.certificate_chain.inline_bytes = data[certificate] or b""
+            own.tls_certificate.private_key.inline_bytes = data[key] or b""
+            root = secret_pb2.Secret(name=ROOT_CA_SECRET)
+            root.validation_context.trusted_ca.inline_bytes = data[ca] or b""
+            found = self._identities[key_] = (
+                Resource.of(WORKLOAD_SECRET, own),
+                Resource.of(ROOT_CA_SECRET, root),
+            )
+        return found
+
     def _build(self, name: str) -> Any | None:
         secret = secret_pb2.Secret(name=name)
         if name.startswith(CA_PREFIX):
-            data = self._mesh.certificate(name[len(CA_PREFIX) :])
+            data = self._files.certificate(name[len(CA_PREFIX) :])
             if data is None:
                 return None
             secret.validation_context.trusted_ca.inline_bytes = data
@@ -95,8 +136,8 @@ class Secrets:
         paths = name[len(CERTIFICATE_PREFIX) :]
         at = paths.find("~/")
         while at >= 0:
-            chain = self._mesh.certificate(paths[:at])
-            private = self._mesh.certificate(paths[at + 1 :])
+            chain = self._files.certificate(paths[:at])
+            private = self._files.certificate(paths[at + 1 :])
             if chain is not None and private is not None:
                 secret.tls_certificate.certificate_chain.inline_bytes = chain
                 secret.tls_certificate.private_key.inline_bytes = private

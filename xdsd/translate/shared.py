@@ -24,10 +24,14 @@ from collections.abc import Callable, Iterable
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import Mesh, ResourceKey
+from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.resources import CLUSTER, SECRET, Resource, TypeUrl
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
 from xdsd.translate.reuse import ServiceParts
 
+#: What a base's clusters may name without holding it: the mesh mutual TLS secrets, which
+#: differ per class and are added to each class's snapshot (``MeshTranslation``).
+CLASS_SECRETS = frozenset({(SECRET, WORKLOAD_SECRET), (SECRET, ROOT_CA_SECRET)})
 #: Resources put in and (type, name) of resources taken out.
 Delta = tuple[list[Resource], list[tuple[TypeUrl, str]]]
 #: Which base: the flavor, and the services of a scoped base (None: every service).
@@ -113,7 +117,7 @@ class SharedClusters:
                 delta = ([*delta[0], *added], [*delta[1], *removed])
                 base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
             self._deltas[key] = delta
-            base.check_consistency()
+            base.check_consistency(supplied=CLASS_SECRETS)
             return base
         chosen: Iterable[ServiceParts]
         if scope is None:
@@ -123,7 +127,9 @@ class SharedClusters:
         resources = [r for parts in chosen for r in (*parts.clusters[tag], *parts.assignments[tag])]
         names = {n for r in resources for t, n in r.references if t == SECRET}
         resources.extend(s for s in map(secret, sorted(names)) if s is not None)
-        return Snapshot.build(resources)
+        base = Snapshot.build(resources, check=False)
+        base.check_consistency(supplied=CLASS_SECRETS)
+        return base
 
     def delta(
         self, flavor: ClusterFlavor, scope: frozenset[ResourceKey] | None = None
