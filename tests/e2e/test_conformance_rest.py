@@ -18,9 +18,11 @@ from tests.e2e import (
     test_conformance_gateways,
     test_conformance_sidecars,
 )
+from tests.e2e.traffic import CertAuthority
 from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG
 from xdsd.errors import ConfigError
+from xdsd.model.mesh_config import MeshConfig, MeshTLS, MTLSMode
 from xdsd.sources import load_directory
 from xdsd.translate import NodeClass, render_static
 
@@ -74,7 +76,6 @@ LOADING: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Files refused whatever is written beside them, and what the refusal names. The same
 #: list, with the reasons, is in docs/rules.md ("Conformance").
 REFUSED = {
-    "bookinfo/destination-rule-all-mtls.yaml": "ISTIO_MUTUAL",
     "bookinfo/egress-rule-google-apis.yaml": "caCertificates",
     "testdata/destination-rule-passthrough.yaml": "PASSTHROUGH",
     "testdata/destination-rule-ssl.yaml": "caCertificates",
@@ -96,6 +97,33 @@ def test_file_loads_and_envoy_accepts_the_result(name: str, tmp_path: Path) -> N
         envoy_accepts(config, tmp_path / f"{namespace}.json")
 
 
+#: Files that load with mesh mutual TLS on (``[mesh.mtls]``) and are refused without it.
+MESH_MTLS = {"bookinfo/destination-rule-all-mtls.yaml": "ISTIO_MUTUAL"}
+
+
+@pytest.mark.parametrize("name", sorted(MESH_MTLS))
+def test_file_needs_mesh_mtls_and_envoy_accepts_the_result(name: str, tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG / "services", root / "services")
+    shutil.copy(ISTIO / name, root)
+    with pytest.raises(ConfigError) as caught:
+        load_directory(str(root))
+    assert any(MESH_MTLS[name] in str(p) and "[mesh.mtls]" in str(p)
+               for p in caught.value.problems), caught.value.problems  # fmt: skip
+    ca = CertAuthority(tmp_path / "pki")
+    ca.issue("productpage", uris=["spiffe://cluster.local/ns/default/sa/productpage"],
+             directory=tmp_path / "pki" / "default")  # fmt: skip
+    tls = MeshTLS(
+        mode=MTLSMode.STRICT, ca=str(ca.ca_path),
+        certificate=str(tmp_path / "pki" / "{namespace}" / "{service}.pem"),
+        private_key=str(tmp_path / "pki" / "{namespace}" / "{service}-key.pem"),
+    )  # fmt: skip
+    mesh = load_directory(str(root), mesh_tls=tls).mesh
+    node = NodeClass("productpage", instance_ip="127.0.0.2", outbound_ip="127.0.0.3")
+    config = render_static(mesh, node, admin_port=0, mesh_config=MeshConfig(mtls=tls))
+    envoy_accepts(config, tmp_path / "productpage.json")
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_file_is_refused_naming_the_reason(name: str, tmp_path: Path) -> None:
     root = tmp_path / "config"
@@ -114,6 +142,7 @@ def _covered() -> set[str]:
     out |= {f"testdata/{n}" for n in test_conformance_sidecars.FILES}
     out |= {f for case in test_conformance_gateways.CASES.values() for f in case.files}
     out |= {f"testdata/{n}" for n in LOADING}
+    out |= set(MESH_MTLS)
     return out
 
 

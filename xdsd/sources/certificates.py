@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import string
 from collections.abc import Iterable
 
@@ -84,22 +85,46 @@ def certificate_directories(refs: Iterable[CertificateRef]) -> frozenset[str]:
 
 def mesh_certificate_refs(mtls: MeshTLS) -> list[CertificateRef]:
     """The files mesh mutual TLS may need (none when it is off): its CA, and every
-    existing file its certificate and key templates can name, in path order."""
+    existing file its certificate and key templates can name but the CA, in path order. A
+    file both
+    templates can name (``{service}.pem`` also names ``web-key.pem``) is taken as the
+    one's with the longer fixed part, or as both when they are equally long (one file
+    holding the certificate and the key)."""
     if not mtls.enabled:
         return []
     refs = [CertificateRef(mtls.ca, "mesh.mtls.ca", mtls.origin)]
-    for field, template in (("certificate", mtls.certificate), ("private_key", mtls.private_key)):
+    templates = (("certificate", mtls.certificate), ("private_key", mtls.private_key))
+    fixed = {field: _fixed_length(template) for field, template in templates}
+    patterns = {field: _regex_of(template) for field, template in templates}
+    for field, template in templates:
+        other = "private_key" if field == "certificate" else "certificate"
         for path in sorted(glob.glob(_glob_of(template))):
+            if path == mtls.ca or (fixed[other] > fixed[field] and patterns[other].fullmatch(path)):
+                continue
             refs.append(CertificateRef(path, f"mesh.mtls.{field}", mtls.origin))
     return refs
 
 
+def _parts(template: str) -> list[tuple[str, bool]]:
+    """``template`` as (literal text, followed by a placeholder) pairs."""
+    return [(literal, name is not None)
+            for literal, name, _, _ in string.Formatter().parse(template)]  # fmt: skip
+
+
 def _glob_of(template: str) -> str:
     """A glob matching what ``template`` gives for any placeholder values."""
-    return "".join(
-        glob.escape(literal) + ("*" if name is not None else "")
-        for literal, name, _, _ in string.Formatter().parse(template)
+    return "".join(glob.escape(text) + ("*" if hole else "") for text, hole in _parts(template))
+
+
+def _regex_of(template: str) -> re.Pattern[str]:
+    """The same as ``_glob_of``, as a regular expression (a placeholder spans no ``/``)."""
+    return re.compile(
+        "".join(re.escape(text) + ("[^/]*" if hole else "") for text, hole in _parts(template))
     )
+
+
+def _fixed_length(template: str) -> int:
+    return sum(len(text) for text, _ in _parts(template))
 
 
 def istio_mutual_problems(mesh: Mesh) -> list[Problem]:

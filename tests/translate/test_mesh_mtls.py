@@ -1,0 +1,405 @@
+"""Mesh mutual TLS (``[mesh.mtls]``): the settings, how the loader reads its files and
+refuses ISTIO_MUTUAL without it, and what each class receives — ISTIO_MUTUAL clusters to
+the mesh's own services (checking the callee's SPIFFE id), inbound listeners that require
+(STRICT) or accept (PERMISSIVE) mesh certificates, and its own ``default`` and ``ROOTCA``
+secrets; Envoy accepts every variant."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+from tests.e2e.traffic import CertAuthority
+from tests.harness import envoy_accepts
+from xdsd.errors import ConfigError, TranslationError
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig, MeshTLS, MTLSMode
+from xdsd.resources import CLUSTER, LISTENER, SECRET
+from xdsd.settings import Settings
+from xdsd.sources import load_directory
+from xdsd.translate import ClientKind, MeshTranslation, NodeClass, Role, render_static
+
+CONFIG = """\
+kind: Service
+name: web
+ports: [{number: 8080, protocol: HTTP}, {number: 9000, name: db, protocol: TCP}]
+endpoints: [{address: 10.0.0.1}]
+---
+kind: Service
+name: api
+ports: [{number: 8081, protocol: GRPC}]
+endpoints: [{address: 10.0.0.2}]
+---
+kind: Service
+name: legacy
+ports: [{number: 8082, protocol: HTTP}]
+endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy}
+spec:
+  host: legacy
+  trafficPolicy: {tls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: web, port: {number: 8080}}}]
+"""
+
+WEB = NodeClass("web", instance_ip="10.0.0.1", outbound_ip="127.0.0.2")
+INGRESS = NodeClass("ingress", role=Role.GATEWAY, labels=(("istio", "ingressgateway"),))
+TRUST = "mesh.test"
+
+
+def pki(root: Path) -> CertAuthority:
+    """The mesh CA, and certificates for web, api and the ingress gateway at
+    ``root/pki/default/SERVICE/{cert,key}.pem``."""
+    ca = CertAuthority(root / "pki")
+    for service in ("web", "api", "ingress"):
+        files = ca.issue(service, uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
+                         directory=root / "pki" / "default" / service)  # fmt: skip
+        files.cert.rename(files.cert.with_name("cert.pem"))
+        files.key.rename(files.key.with_name("key.pem"))
+    return ca
+
+
+def mesh_tls(root: Path, mode: MTLSMode = MTLSMode.STRICT, **changes: Any) -> MeshTLS:
+    tls = MeshTLS(
+        mode=mode, ca=str(root / "pki" / "ca.pem"),
+        certificate=str(root / "pki" / "{namespace}" / "{service}" / "cert.pem"),
+        private_key=str(root / "pki" / "{namespace}" / "{service}" / "key.pem"),
+        trust_domain=TRUST,
+    )  # fmt: skip
+    return dataclasses.replace(tls, **changes)
+
+
+def translation(root: Path, tls: MeshTLS, config: str = CONFIG) -> MeshTranslation:
+    (root / "config").mkdir(exist_ok=True)
+    (root / "config" / "mesh.yaml").write_text(config)
+    mesh = load_directory(str(root / "config"), mesh_tls=tls).mesh
+    return MeshTranslation(mesh, mesh_config=MeshConfig(mtls=tls))
+
+
+def upstream_tls(cluster: Any) -> tls_pb2.UpstreamTlsContext | None:
+    if not cluster.HasField("transport_socket"):
+        return None
+    context = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(context)
+    return context
+
+
+def test_clusters_to_mesh_services_originate_mutual_tls_checking_the_callees_identity(
+    tmp_path: Path,
+) -> None:
+    pki(tmp_path)
+    snapshot = translation(tmp_path, mesh_tls(tmp_path)).snapshot_for(WEB)
+    clusters = snapshot.get(CLUSTER)
+    api = upstream_tls(clusters["outbound|8081||api.default.svc.cluster.local"].message)
+    assert api is not None
+    common = api.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["default"]
+    combined = common.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == "ROOTCA"
+    sans = combined.default_validation_context.match_typed_subject_alt_names
+    assert [s.matcher.exact for s in sans] == [f"spiffe://{TRUST}/ns/default/sa/api"]
+    assert list(common.alpn_protocols) == ["h2"]  # a GRPC port
+    # TCP ports too; not a ServiceEntry host (outside the mesh), nor a rule's DISABLE.
+    assert upstream_tls(clusters["outbound|9000||web.default.svc.cluster.local"].message)
+    assert upstream_tls(clusters["outbound|443||api.example.com"].message) is None
+    assert upstream_tls(clusters["outbound|8082||legacy.default.svc.cluster.local"].message) is None
+
+
+def test_each_class_gets_its_own_certificate_and_the_mesh_ca(tmp_path: Path) -> None:
+    pki(tmp_path)
+    tr = translation(tmp_path, mesh_tls(tmp_path))
+    web, ingress = tr.snapshot_for(WEB), tr.snapshot_for(INGRESS)
+    for snapshot, service in ((web, "web"), (ingress, "ingress")):
+        secrets = snapshot.get(SECRET)
+        own = secrets["default"].message.tls_certificate
+        assert (
+            own.certificate_chain.inline_bytes
+            == (tmp_path / "pki" / "default" / service / "cert.pem").read_bytes()
+        )
+        assert (
+            secrets["ROOTCA"].message.validation_context.trusted_ca.inline_bytes
+            == (tmp_path / "pki" / "ca.pem").read_bytes()
+        )
+    # The clusters naming them are shared.
+    name = "outbound|8081||api.default.svc.cluster.local"
+    assert web.get(CLUSTER)[name] is ingress.get(CLUSTER)[name]
+    # Proxyless gRPC reads no SDS: plaintext clusters and no secrets.
+    grpc = tr.snapshot_for(NodeClass("web", client=ClientKind.GRPC))
+    assert upstream_tls(grpc.get(CLUSTER)[name].message) is None
+    assert not grpc.get(SECRET)
+
+
+def inbound_chains(snapshot: Any, port: int) -> tuple[Any, list[Any]]:
+    listener = snapshot.get(LISTENER)[f"inbound|10.0.0.1|{port}"].message
+    return listener, list(listener.filter_chains)
+
+
+@pytest.mark.parametrize("port", [8080, 9000])
+def test_inbound_listeners_require_mesh_certificates_under_strict(
+    tmp_path: Path, port: int
+) -> None:
+    pki(tmp_path)
+    listener, chains = inbound_chains(
+        translation(tmp_path, mesh_tls(tmp_path)).snapshot_for(WEB), port
+    )
+    assert len(chains) == 1 and not listener.listener_filters
+    context = tls_pb2.DownstreamTlsContext()
+    chains[0].transport_socket.typed_config.Unpack(context)
+    assert context.require_client_certificate.value
+    common = context.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["default"]
+    assert common.combined_validation_context.validation_context_sds_secret_config.name == (
+        "ROOTCA"
+    )
+
+
+def test_permissive_inbound_listeners_take_tls_and_plaintext(tmp_path: Path) -> None:
+    pki(tmp_path)
+    tr = translation(tmp_path, mesh_tls(tmp_path, MTLSMode.PERMISSIVE))
+    listener, chains = inbound_chains(tr.snapshot_for(WEB), 8080)
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    assert chains[0].filter_chain_match.transport_protocol == "tls"
+    assert chains[0].HasField("transport_socket")
+    assert not chains[1].HasField("filter_chain_match") and not chains[1].HasField(
+        "transport_socket"
+    )
+
+
+def test_a_class_without_its_certificate_is_refused_naming_the_settings(
+    tmp_path: Path,
+) -> None:
+    pki(tmp_path)
+    tls = dataclasses.replace(mesh_tls(tmp_path), origin=dataclasses.replace(
+        MeshTLS().origin, path="settings.toml", line=3))  # fmt: skip
+    tr = translation(tmp_path, tls)
+    with pytest.raises(TranslationError) as err:
+        tr.snapshot_for(NodeClass("legacy", outbound_ip="127.0.0.2"))
+    (problem,) = err.value.problems
+    assert (problem.path, problem.line, problem.field) == (
+        "settings.toml",
+        3,
+        "mesh.mtls.certificate",
+    )
+    assert "default/legacy/cert.pem" in problem.message
+
+
+def test_per_workload_certificates_follow_the_instance_address(tmp_path: Path) -> None:
+    ca = CertAuthority(tmp_path / "pki")
+    files = ca.issue("web-1", uris=[f"spiffe://{TRUST}/ns/default/sa/web"],
+                     directory=tmp_path / "pki" / "10.0.0.1")  # fmt: skip
+    tls = mesh_tls(
+        tmp_path,
+        certificate=str(tmp_path / "pki" / "{instance_ip}" / "web-1.pem"),
+        private_key=str(tmp_path / "pki" / "{instance_ip}" / "web-1-key.pem"),
+    )
+    tr = translation(tmp_path, tls)
+    own = tr.snapshot_for(WEB).get(SECRET)["default"].message.tls_certificate
+    assert own.certificate_chain.inline_bytes == files.cert.read_bytes()
+    with pytest.raises(TranslationError, match="instance_ip"):
+        tr.snapshot_for(INGRESS)
+
+
+def test_turning_mesh_mtls_on_rebuilds_what_the_previous_translation_built(
+    tmp_path: Path,
+) -> None:
+    pki(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "mesh.yaml").write_text(CONFIG)
+    tls = mesh_tls(tmp_path)
+    mesh = load_directory(str(tmp_path / "config"), mesh_tls=tls).mesh
+    plain = MeshTranslation(mesh, mesh_config=DEFAULT_MESH_CONFIG)
+    name = "outbound|8081||api.default.svc.cluster.local"
+    assert upstream_tls(plain.snapshot_for(WEB).get(CLUSTER)[name].message) is None
+    secured = MeshTranslation(mesh, previous=plain, mesh_config=MeshConfig(mtls=tls))
+    assert upstream_tls(secured.snapshot_for(WEB).get(CLUSTER)[name].message) is not None
+    again = MeshTranslation(mesh, previous=secured, mesh_config=DEFAULT_MESH_CONFIG)
+    snapshot = again.snapshot_for(WEB)
+    assert upstream_tls(snapshot.get(CLUSTER)[name].message) is None
+    assert not snapshot.get(SECRET)
+
+
+ISTIO_MUTUAL_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL
+      subjectAltNames: ["spiffe://mesh.test/ns/default/sa/api-v2"]
+"""
+
+
+def test_istio_mutual_needs_mesh_mtls_and_then_uses_its_certificates(tmp_path: Path) -> None:
+    pki(tmp_path)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(CONFIG)
+    (config / "rule.yaml").write_text(ISTIO_MUTUAL_RULE)
+    with pytest.raises(ConfigError) as err:
+        load_directory(str(config))
+    (problem,) = err.value.problems
+    assert (problem.path, problem.line, problem.field) == (
+        str(config / "rule.yaml"),
+        8,
+        "trafficPolicy.tls.mode",
+    )
+    assert "[mesh.mtls]" in problem.message
+    tls = mesh_tls(tmp_path)
+    mesh = load_directory(str(config), mesh_tls=tls).mesh
+    snapshot = MeshTranslation(mesh, mesh_config=MeshConfig(mtls=tls)).snapshot_for(WEB)
+    context = upstream_tls(snapshot.get(CLUSTER)["outbound|8081||api.default.svc.cluster.local"]
+                           .message)  # fmt: skip
+    assert context is not None
+    sans = context.common_tls_context.combined_validation_context.default_validation_context
+    # The rule's own subject alt names replace the service's identity.
+    assert [s.matcher.exact for s in sans.match_typed_subject_alt_names] == [
+        "spiffe://mesh.test/ns/default/sa/api-v2"
+    ]
+
+
+def test_istio_mutual_refuses_certificate_files(tmp_path: Path) -> None:
+    (tmp_path / "rule.yaml").write_text(
+        ISTIO_MUTUAL_RULE.replace(
+            "      subjectAltNames", "      caCertificates: ca.pem\n      subjectAltNames"
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_directory(str(tmp_path), mesh_tls=MeshTLS(mode=MTLSMode.STRICT))
+    assert any(p.field == "trafficPolicy.tls.caCertificates" and "ISTIO_MUTUAL" in p.message
+               for p in err.value.problems), err.value.problems  # fmt: skip
+
+
+def test_a_missing_mesh_ca_refuses_the_load_naming_the_settings(tmp_path: Path) -> None:
+    pki(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "mesh.yaml").write_text(CONFIG)
+    tls = dataclasses.replace(mesh_tls(tmp_path), ca=str(tmp_path / "nowhere.pem"))
+    with pytest.raises(ConfigError) as err:
+        load_directory(str(tmp_path / "config"), mesh_tls=tls)
+    assert [p.field for p in err.value.problems] == ["mesh.mtls.ca"]
+
+
+SETTINGS_CASES = [
+    ('mode = "SOMETIMES"', "mesh.mtls.mode", 2, "must be one of"),
+    ('mode = "STRICT"', "mesh.mtls.ca", 1, "missing"),
+    (
+        'mode = "STRICT"\nca = "ca.pem"\ncertificate = "all.pem"\nprivate_key = "{service}.key"',
+        "mesh.mtls.certificate",
+        4,
+        "{service}",
+    ),
+    (
+        'mode = "STRICT"\nca = "ca.pem"\ncertificate = "{host}.pem"\nprivate_key = "{service}.key"',
+        "mesh.mtls.certificate",
+        4,
+        "unknown placeholder {host}",
+    ),
+    ('trust_domain = "a/b"', "mesh.mtls.trust_domain", 2, "trust domain"),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "line", "message"), SETTINGS_CASES)
+def test_mesh_mtls_settings_errors_name_file_line_and_key(
+    tmp_path: Path, body: str, field: str, line: int, message: str
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(f"[mesh.mtls]\n{body}\n")
+    with pytest.raises(ConfigError) as err:
+        Settings.from_file(str(path))
+    found = [p for p in err.value.problems if p.field == field]
+    assert found, err.value.problems
+    assert (found[0].path, found[0].line) == (str(path), line)
+    assert message in found[0].message
+
+
+def test_mesh_mtls_settings_paths_are_relative_to_the_settings_file(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "settings.toml"
+    path.parent.mkdir()
+    path.write_text(
+        '[mesh.mtls]\nmode = "permissive"\nca = "pki/ca.pem"\n'
+        'certificate = "pki/{namespace}/{service}/cert.pem"\n'
+        'private_key = "/abs/{service}.key"\n'
+    )
+    tls = Settings.from_file(str(path)).mesh.mtls
+    assert tls.mode is MTLSMode.PERMISSIVE
+    assert tls.ca == str(tmp_path / "etc" / "pki" / "ca.pem")
+    assert tls.workload_files("ns", "svc", "") == (
+        str(tmp_path / "etc" / "pki" / "ns" / "svc" / "cert.pem"),
+        "/abs/svc.key",
+    )
+    assert (tls.origin.path, tls.origin.line) == (str(path), 1)
+
+
+@pytest.mark.parametrize("mode", [MTLSMode.STRICT, MTLSMode.PERMISSIVE])
+def test_envoy_accepts_sidecars_and_gateways_under_mesh_mtls(
+    tmp_path: Path, mode: MTLSMode
+) -> None:
+    pki(tmp_path)
+    tls = mesh_tls(tmp_path, mode)
+    mesh = load_directory(str(_write(tmp_path)), mesh_tls=tls).mesh
+    for node in (WEB, INGRESS):
+        config = render_static(mesh, node, admin_port=0, mesh_config=MeshConfig(mtls=tls))
+        secrets = {s["name"] for s in config["static_resources"]["secrets"]}
+        assert secrets == {"default", "ROOTCA"}
+        envoy_accepts(config, tmp_path / f"{node.service}.json")
+
+
+def _write(root: Path) -> Path:
+    config = root / "config"
+    config.mkdir(exist_ok=True)
+    (config / "mesh.yaml").write_text(CONFIG)
+    return config
+
+
+def test_files_both_templates_can_name_go_to_the_more_specific_one(tmp_path: Path) -> None:
+    from xdsd.sources.certificates import mesh_certificate_refs
+
+    for name in ("web.pem", "web-key.pem", "api.pem", "api-key.pem", "ca.pem"):
+        (tmp_path / name).write_text("")
+    tls = MeshTLS(mode=MTLSMode.STRICT, ca=str(tmp_path / "ca.pem"),
+                  certificate=str(tmp_path / "{service}.pem"),
+                  private_key=str(tmp_path / "{service}-key.pem"))  # fmt: skip
+    refs = {(Path(r.path).name, r.field) for r in mesh_certificate_refs(tls)}
+    assert refs == {
+        ("ca.pem", "mesh.mtls.ca"),
+        ("web.pem", "mesh.mtls.certificate"), ("api.pem", "mesh.mtls.certificate"),
+        ("web-key.pem", "mesh.mtls.private_key"), ("api-key.pem", "mesh.mtls.private_key"),
+    }  # fmt: skip
+    # One file holding both: named by both fields, so both checks apply to it.
+    combined = dataclasses.replace(tls, private_key=tls.certificate)
+    refs = {(Path(r.path).name, r.field) for r in mesh_certificate_refs(combined)}
+    assert ("web.pem", "mesh.mtls.private_key") in refs
+    assert ("web.pem", "mesh.mtls.certificate") in refs
+    assert ("ca.pem", "mesh.mtls.private_key") not in refs  # the CA is no one's key
