@@ -54,6 +54,17 @@ spec:
   resolution: DNS
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm}
+spec:
+  hosts: [vm.internal]
+  location: MESH_INTERNAL
+  ports: [{number: 7070, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.9}]
+  subjectAltNames: ["spiffe://mesh.test/ns/default/sa/vm"]
+---
+apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: edge}
 spec:
@@ -129,8 +140,15 @@ def test_clusters_to_mesh_services_originate_mutual_tls_checking_the_callees_ide
     sans = combined.default_validation_context.match_typed_subject_alt_names
     assert [s.matcher.exact for s in sans] == [f"spiffe://{TRUST}/ns/default/sa/api"]
     assert list(common.alpn_protocols) == ["h2"]  # a GRPC port
-    # TCP ports too; not a ServiceEntry host (outside the mesh), nor a rule's DISABLE.
+    # TCP ports too; a MESH_INTERNAL entry, checked against its subjectAltNames; not a
+    # ServiceEntry host outside the mesh (the default), nor where a rule says DISABLE.
     assert upstream_tls(clusters["outbound|9000||web.default.svc.cluster.local"].message)
+    vm = upstream_tls(clusters["outbound|7070||vm.internal"].message)
+    assert vm is not None
+    vm_sans = vm.common_tls_context.combined_validation_context.default_validation_context
+    assert [s.matcher.exact for s in vm_sans.match_typed_subject_alt_names] == [
+        "spiffe://mesh.test/ns/default/sa/vm"
+    ]
     assert upstream_tls(clusters["outbound|443||api.example.com"].message) is None
     assert upstream_tls(clusters["outbound|8082||legacy.default.svc.cluster.local"].message) is None
 

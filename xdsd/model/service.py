@@ -226,7 +226,12 @@ class Service:
     health_check: HealthCheck | None = None
     #: The ServiceEntry this service comes from ("" for an xdsd Service).
     entry: str = ""
+    #: Inside the mesh (its endpoints have sidecars: mesh mutual TLS reaches it) or not;
+    #: an xdsd Service is inside, a ServiceEntry host outside unless it says otherwise.
     location: Location = Location.MESH_INTERNAL
+    #: The identities a ServiceEntry host's workloads present (its ``subjectAltNames``:
+    #: what callers check under mesh mutual TLS).
+    subject_alt_names: tuple[str, ...] = ()
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.
     #: The service's identity.

@@ -274,6 +274,7 @@ def entry_services(
                 origin=entry.origin,
                 entry=entry.name,
                 location=entry.location,
+                subject_alt_names=entry.subject_alt_names,
             )
         )
     return tuple(services), problems

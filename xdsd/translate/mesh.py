@@ -69,6 +69,7 @@ from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
     ClientTLS,
     DestinationRule,
+    Location,
     Mesh,
     Origin,
     Port,
@@ -1080,11 +1081,14 @@ class MeshTranslation:
         return self._shared(key, build_outbound_cluster, spec, flavor)
 
     def _with_mesh_tls(self, spec: OutboundCluster, flavor: ClusterFlavor) -> OutboundCluster:
-        """``spec`` with the TLS mesh mutual TLS gives it: ISTIO_MUTUAL to the mesh's own
-        services (not ServiceEntry hosts) unless their DestinationRule says otherwise, and
-        wherever a rule asks for ISTIO_MUTUAL; checking the callee's SPIFFE identity
-        unless the rule names subject alt names. Proxyless gRPC is left out (it reads
-        certificates only through certificate providers)."""
+        """``spec`` with the TLS mesh mutual TLS gives it: ISTIO_MUTUAL to the services
+        inside the mesh (xdsd Services, MESH_INTERNAL ServiceEntry hosts) unless their
+        DestinationRule says otherwise, and wherever a rule asks for ISTIO_MUTUAL;
+        checking the callee's identity: the rule's subject alt names, else the entry's,
+        else (a Service) its SPIFFE id; a MESH_INTERNAL entry that names none is checked
+        against the mesh CA only. Proxyless gRPC is left out: it reads certificates only
+        through certificate providers, so its ISTIO_MUTUAL is plaintext (refused by
+        STRICT sidecars)."""
         mtls = self.mesh_config.mtls
         policy = spec.policy
         tls = policy.tls if policy is not None else None
@@ -1095,13 +1099,16 @@ class MeshTranslation:
                 return dataclasses.replace(spec, policy=dataclasses.replace(policy, tls=None))
         if not mtls.enabled or flavor is ClusterFlavor.GRPC:
             return spec
-        if tls is None and not spec.service.entry:
+        service = spec.service
+        if tls is None and service.location is Location.MESH_INTERNAL:
             tls = ClientTLS(TLSMode.ISTIO_MUTUAL)
         if tls is None or tls.mode is not TLSMode.ISTIO_MUTUAL:
             return spec
-        if not tls.subject_alt_names and not spec.service.entry:
-            identity = mtls.identity(spec.service.namespace, spec.service.name)
-            tls = dataclasses.replace(tls, subject_alt_names=(identity,))
+        if not tls.subject_alt_names:
+            sans = service.subject_alt_names
+            if not sans and not service.entry:
+                sans = (mtls.identity(service.namespace, service.name),)
+            tls = dataclasses.replace(tls, subject_alt_names=sans)
         policy = dataclasses.replace(policy or TrafficPolicy(), tls=tls)
         return dataclasses.replace(spec, policy=policy)
 
