@@ -38,7 +38,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
-from xdsd.tls import server_context
+from xdsd.tls import ServerCertificates
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
 from xdsd.transports.limits import NodeAuthorizer, StreamLimits
@@ -344,6 +344,8 @@ async def serve(
     )
     readiness = _Readiness(notifier, views, state)
 
+    certificates: ServerCertificates | None = None
+
     async def reload(
         paths: set[str] | None = None, *, requested: bool = False, mesh: MeshConfig | None = None
     ) -> None:
@@ -371,10 +373,10 @@ async def serve(
     if settings.tls_client_ca and not authorizer.enforcing:
         log.warning("client certificates are required but authorized_nodes is empty: "
                     "any client with a valid certificate may speak for any node")  # fmt: skip
-    if settings.tls and settings.grpc is not None and settings.grpc_impl == "grpcio":
-        raise UsageError("TLS (tls_cert) needs grpc_impl = grpclib")
-    grpc_tls = server_context(settings, alpn="h2")
-    http_tls = server_context(settings, alpn="http/1.1")
+    if settings.tls:
+        certificates = ServerCertificates(settings)
+    grpc_tls = certificates.context("h2") if certificates is not None else None
+    http_tls = certificates.context("http/1.1") if certificates is not None else None
     if settings.grpc is not None and settings.grpc_impl == "grpcio":
         try:
             from xdsd.transports.grpc_aio import AioServer
@@ -383,11 +385,14 @@ async def serve(
                 f"grpc_impl = grpcio needs grpcio: pip install 'xdsd[grpcio]' ({e})"
             ) from None
 
-        aio_server = AioServer(state, limits=limits, on_refused=metrics.on_refused)
+        aio_server = AioServer(
+            state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused,
+            tls=certificates.current if certificates is not None else None,
+        )  # fmt: skip
         await aio_server.start(settings.grpc)
         streams.append(aio_server.services.streams)
         bound = Address(settings.grpc.host, aio_server.port)
-        log.info("gRPC xDS listening on %s (grpcio)", bound)
+        log.info("gRPC xDS listening on %s (grpcio)%s", bound, _tls_note(settings))
     elif settings.grpc is not None:
         services = DiscoveryServices(
             state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused
