@@ -5,7 +5,8 @@ good mesh when a load fails), builds a snapshot per node class on first use and 
 the snapshots of every watched class after each successful reload, or when the mesh-wide
 proxy defaults change. ``serve`` runs the transports and the watcher until a stop signal
 (then ends every stream with a status, within a bound); SIGHUP forces a reload of the
-directory and of the settings file's ``[mesh]`` section; systemd is told about all of it
+directory, of the settings file's ``[mesh]`` section and of xdsd's own certificate files
+(which are also watched, and reloaded when they change); systemd is told about all of it
 (``notify``).
 """
 
@@ -298,6 +299,13 @@ async def serve(
 
     ``settings_path`` is the settings file ``settings`` came from: SIGHUP reads its
     ``[mesh]`` section again (the other settings need a restart).
+
+    TLS: the files ``tls_cert``, ``tls_key`` and ``tls_client_ca`` name are watched (their
+    directories, like certificate files the rules name) and checked by stat on every
+    reload; when they changed, new connections to every listener get what they now hold
+    (``xdsd.tls.ServerCertificates``), and a replacement that cannot be used is logged as
+    an error while the previous certificate keeps serving. SIGHUP reads them again in any
+    case.
     """
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier(None)
@@ -354,6 +362,14 @@ async def serve(
                 readiness.reloading()
             if mesh is not None:
                 state.set_mesh_config(mesh)
+            if certificates is not None:
+                # xdsd's own certificate: a few stats, then (if they changed) new contexts
+                certificates.reload(force=requested)
+                if paths is not None:
+                    own = certificates.paths - state.certificate_paths
+                    paths = {p for p in paths if os.path.abspath(p) not in own}
+                    if not paths:  # only xdsd's own certificate files changed
+                        return
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             started = time.perf_counter()
@@ -424,12 +440,13 @@ async def serve(
                  _tls_note(settings) if admin_tls else "")  # fmt: skip
     views.listening = True
     readiness.update()
+    own_certificate = certificates.paths if certificates is not None else frozenset()
     watcher = ConfigWatcher(
         settings.config_dir,
         reload,
         quiet_period=settings.quiet_period,
         max_delay=settings.max_delay,
-        files=lambda: state.certificate_paths,
+        files=lambda: state.certificate_paths | own_certificate,
     )
     watch_task = asyncio.create_task(watcher.run(stop))
     if ready is not None:
