@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.mesh import EchoMesh
-from tests.harness import free_port, wait_until
+from tests.e2e.traffic import CertAuthority, CertFiles
+from tests.harness import Xdsd, free_port, wait_until
 from tests.xds_clients import AdsClient
 from xdsd.status import NACKED, NOT_SENT, PENDING, STALE, SYNCED, summarize
 
@@ -102,6 +103,109 @@ def test_unreachable_daemon_is_a_clear_error() -> None:
     assert result.returncode == 3
     assert "cannot reach xdsd's admin server at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SERVER_NAME = "xdsd.status.test"
+
+
+@pytest.fixture
+def tls_daemon(tmp_path: Path) -> Iterator[tuple[Xdsd, CertAuthority, CertFiles]]:
+    """xdsd whose listeners, admin included, speak mTLS; its CA and a client certificate."""
+    ca = CertAuthority(tmp_path / "ca")
+    server = ca.issue("xdsd", dns_names=[SERVER_NAME])
+    client = ca.issue("operator", uris=["spiffe://status.test/operator"])
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\n'
+        f'tls_client_ca = "{ca.ca_path}"\nadmin_tls = true\n'
+    )
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "echo.toml").write_text(
+        'kind = "Service"\nname = "echo"\n\n[[ports]]\nname = "http"\nnumber = 8080\n'
+        'protocol = "HTTP"\n\n[[endpoints]]\naddress = "127.0.0.1"\n'
+    )
+    xdsd = Xdsd(config, tmp_path, extra=["--settings", str(settings)])
+    try:
+        yield xdsd, ca, client
+    finally:
+        xdsd.stop()
+
+
+def test_status_over_mtls_admin(tls_daemon: tuple[Xdsd, CertAuthority, CertFiles]) -> None:
+    import queue
+
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    xdsd, ca, client = tls_daemon
+    admin = f"127.0.0.1:{xdsd.admin_port}"
+    flags = ("--admin-tls-ca", str(ca.ca_path), "--admin-tls-cert", str(client.cert),
+             "--admin-tls-key", str(client.key))  # fmt: skip
+    # a proxy connected over mTLS, holding its stream open without ACKing
+    credentials = grpc.ssl_channel_credentials(
+        ca.ca_path.read_bytes(), client.key.read_bytes(), client.cert.read_bytes()
+    )
+    requests: queue.Queue[bytes | None] = queue.Queue()
+    requests.put(discovery_pb2.DiscoveryRequest(
+        node=base_pb2.Node(id="tls-proxy", cluster="client"),
+        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    ).SerializeToString())  # fmt: skip
+    with grpc.secure_channel(
+        f"127.0.0.1:{xdsd.grpc_port}", credentials,
+        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+    ) as channel:  # fmt: skip
+        stream = channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+        )(iter(requests.get, None), timeout=60)
+        next(stream)
+        try:
+            result = _status("--admin", admin, *flags, "--json")
+            assert result.returncode == 0, result.stderr
+            shown = json.loads(result.stdout)
+            assert [p["node_id"] for p in shown["proxies"]] == ["tls-proxy"]
+            assert shown["proxies"][0]["types"]["clusters"]["state"] == PENDING
+            # https:// and the server name checked against the certificate
+            named = _status("--admin", f"https://{admin}", *flags,
+                            "--admin-tls-server-name", SERVER_NAME)  # fmt: skip
+            assert named.returncode == 0, named.stderr
+            assert "tls-proxy" in named.stdout
+        finally:
+            requests.put(None)
+            stream.cancel()
+
+    wrong_name = _status("--admin", admin, *flags, "--admin-tls-server-name", "other.test")
+    assert wrong_name.returncode == 3
+    assert "TLS with xdsd's admin server" in wrong_name.stderr, wrong_name.stderr
+    assert "other.test" in wrong_name.stderr  # OpenSSL's "Hostname mismatch ... 'other.test'"
+    no_client_cert = _status("--admin", admin, "--admin-tls-ca", str(ca.ca_path))
+    assert no_client_cert.returncode == 3, no_client_cert.stdout
+    assert "--admin-tls-cert" in no_client_cert.stderr
+    untrusted = _status("--admin", f"https://{admin}")  # the system's CAs do not know ours
+    assert untrusted.returncode == 3 and "TLS with" in untrusted.stderr
+    plaintext = _status("--admin", admin)
+    assert plaintext.returncode == 3
+    assert "--admin https://HOST:PORT" in plaintext.stderr, plaintext.stderr
+    for result in (wrong_name, no_client_cert, untrusted, plaintext):
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (("--admin-tls-cert", "c.pem"), "--admin-tls-cert and --admin-tls-key go together"),
+        (("--admin-tls-ca", "/nonexistent/ca.pem"), "--admin-tls-ca /nonexistent/ca.pem"),
+        (("--admin", "http://127.0.0.1:1", "--admin-tls-ca", "{ca}"), "is http://"),
+    ],
+)
+def test_status_tls_flags_that_cannot_work(
+    tmp_path: Path, argv: tuple[str, ...], fragment: str
+) -> None:
+    ca = CertAuthority(tmp_path)
+    result = _status(*(a.format(ca=ca.ca_path) for a in argv))
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
 
 
 def _client(types: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ good mesh when a load fails), builds a snapshot per node class on first use and 
 the snapshots of every watched class after each successful reload, or when the mesh-wide
 proxy defaults change. ``serve`` runs the transports and the watcher until a stop signal
 (then ends every stream with a status, within a bound); SIGHUP forces a reload of the
-directory and of the settings file's ``[mesh]`` section; systemd is told about all of it
+directory, of the settings file's ``[mesh]`` section and of xdsd's own certificate files
+(which are also watched, and reloaded when they change); systemd is told about all of it
 (``notify``).
 """
 
@@ -38,7 +39,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
-from xdsd.tls import server_context
+from xdsd.tls import ServerCertificates
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
 from xdsd.transports.limits import NodeAuthorizer, StreamLimits
@@ -309,6 +310,13 @@ async def serve(
 
     ``settings_path`` is the settings file ``settings`` came from: SIGHUP reads its
     ``[mesh]`` section again (the other settings need a restart).
+
+    TLS: the files ``tls_cert``, ``tls_key`` and ``tls_client_ca`` name are watched (their
+    directories, like certificate files the rules name) and checked by stat on every
+    reload; when they changed, new connections to every listener get what they now hold
+    (``xdsd.tls.ServerCertificates``), and a replacement that cannot be used is logged as
+    an error while the previous certificate keeps serving. SIGHUP reads them again in any
+    case.
     """
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier(None)
@@ -355,6 +363,8 @@ async def serve(
     )
     readiness = _Readiness(notifier, views, state)
 
+    certificates: ServerCertificates | None = None
+
     async def reload(
         paths: set[str] | None = None, *, requested: bool = False, mesh: MeshConfig | None = None
     ) -> None:
@@ -363,6 +373,14 @@ async def serve(
                 readiness.reloading()
             if mesh is not None:
                 state.set_mesh_config(mesh)
+            if certificates is not None:
+                # xdsd's own certificate: a few stats, then (if they changed) new contexts
+                certificates.reload(force=requested)
+                if paths is not None:
+                    own = certificates.paths - state.certificate_paths
+                    paths = {p for p in paths if os.path.abspath(p) not in own}
+                    if not paths:  # only xdsd's own certificate files changed
+                        return
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             started = time.perf_counter()
@@ -382,10 +400,10 @@ async def serve(
     if settings.tls_client_ca and not authorizer.enforcing:
         log.warning("client certificates are required but authorized_nodes is empty: "
                     "any client with a valid certificate may speak for any node")  # fmt: skip
-    if settings.tls and settings.grpc is not None and settings.grpc_impl == "grpcio":
-        raise UsageError("TLS (tls_cert) needs grpc_impl = grpclib")
-    grpc_tls = server_context(settings, alpn="h2")
-    http_tls = server_context(settings, alpn="http/1.1")
+    if settings.tls:
+        certificates = ServerCertificates(settings)
+    grpc_tls = certificates.context("h2") if certificates is not None else None
+    http_tls = certificates.context("http/1.1") if certificates is not None else None
     if settings.grpc is not None and settings.grpc_impl == "grpcio":
         try:
             from xdsd.transports.grpc_aio import AioServer
@@ -394,11 +412,14 @@ async def serve(
                 f"grpc_impl = grpcio needs grpcio: pip install 'xdsd[grpcio]' ({e})"
             ) from None
 
-        aio_server = AioServer(state, limits=limits, on_refused=metrics.on_refused)
+        aio_server = AioServer(
+            state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused,
+            tls=certificates.current if certificates is not None else None,
+        )  # fmt: skip
         await aio_server.start(settings.grpc)
         streams.append(aio_server.services.streams)
         bound = Address(settings.grpc.host, aio_server.port)
-        log.info("gRPC xDS listening on %s (grpcio)", bound)
+        log.info("gRPC xDS listening on %s (grpcio)%s", bound, _tls_note(settings))
     elif settings.grpc is not None:
         services = DiscoveryServices(
             state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused
@@ -430,12 +451,13 @@ async def serve(
                  _tls_note(settings) if admin_tls else "")  # fmt: skip
     views.listening = True
     readiness.update()
+    own_certificate = certificates.paths if certificates is not None else frozenset()
     watcher = ConfigWatcher(
         settings.config_dir,
         reload,
         quiet_period=settings.quiet_period,
         max_delay=settings.max_delay,
-        files=lambda: state.certificate_paths,
+        files=lambda: state.certificate_paths | own_certificate,
     )
     watch_task = asyncio.create_task(watcher.run(stop))
     if ready is not None:

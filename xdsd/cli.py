@@ -96,8 +96,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "status", help="every connected proxy's sync state (exit 1: some NACK or are stale)"
     )
     status.add_argument(
-        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="xdsd's admin address"
-    )
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT",
+        help="xdsd's admin address (https://HOST:PORT: over TLS, trusting the system's CAs)",
+    )  # fmt: skip
+    status.add_argument(
+        "--admin-tls-ca", default=None, metavar="FILE",
+        help="reach admin over TLS (admin_tls), verifying its certificate against this CA",
+    )  # fmt: skip
+    status.add_argument(
+        "--admin-tls-cert", default=None, metavar="FILE",
+        help="reach admin over TLS, presenting this client certificate (with --admin-tls-key)",
+    )  # fmt: skip
+    status.add_argument("--admin-tls-key", default=None, metavar="FILE", help="its private key")
+    status.add_argument(
+        "--admin-tls-server-name", default=None, metavar="NAME",
+        help="the SNI to send and the DNS SAN admin's certificate must carry",
+    )  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
         "--stale-after", type=float, default=10.0, metavar="SECONDS",
@@ -418,8 +432,16 @@ def _status(args: argparse.Namespace) -> int:
 
     if args.stale_after < 0:
         raise UsageError("--stale-after must not be negative")
+    tls = None
+    if args.admin_tls_ca or args.admin_tls_cert or args.admin_tls_key or args.admin_tls_server_name:
+        tls = status.client_context(
+            ca=args.admin_tls_ca, cert=args.admin_tls_cert, key=args.admin_tls_key,
+            server_name=args.admin_tls_server_name,
+        )  # fmt: skip
     try:
-        clients, problems, now = status.fetch(args.admin)
+        clients, problems, now = status.fetch(
+            args.admin, tls=tls, server_name=args.admin_tls_server_name
+        )
     except status.AdminUnreachable as e:
         print(f"xdsd status: {e}", file=sys.stderr)
         return status.EXIT_UNREACHABLE

@@ -83,7 +83,9 @@ class Settings:
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
     unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
     issued by that CA. ``authorized_nodes`` maps a client certificate's SAN to the nodes
-    it may speak for (needs ``tls_client_ca``).
+    it may speak for (needs ``tls_client_ca``). Both ``grpc_impl``s serve TLS. The
+    three files are read again, without a restart, when they change and on SIGHUP
+    (``xdsd.tls.ServerCertificates``); the settings themselves are read at start.
     """
 
     config_dir: str = "config"

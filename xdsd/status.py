@@ -1,7 +1,8 @@
 """``xdsd status``: every connected proxy's sync state, as a table (like ``istioctl
 proxy-status``) or JSON, read from a running daemon's admin server.
 
-How this works: ``fetch`` reads ``/debug/clients`` and ``/debug/errors`` over HTTP;
+How this works: ``fetch`` reads ``/debug/clients`` and ``/debug/errors`` over HTTP, or
+HTTPS with a ``client_context`` (an admin listener with ``admin_tls``);
 ``summarize`` (pure) gives each connected client, per type, one state:
 
 - ``SYNCED``: the version last sent is the version last acknowledged;
@@ -19,15 +20,16 @@ exits 1 then (0 when none is), 3 when the admin server cannot be reached.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import re
+import ssl
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from xdsd.errors import XdsdError
+from xdsd.errors import UsageError, XdsdError
 
 SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
     "SYNCED", "NACKED", "NOT APPLIED", "STALE", "PENDING", "NOT SENT",
@@ -89,34 +91,122 @@ class Status:
         return EXIT_FAILING if any(p.failing for p in self.proxies) else EXIT_OK
 
 
-def fetch(admin: str, *, timeout: float = 5.0) -> tuple[list[Any], list[Any], float]:
+def client_context(
+    *, ca: str | None = None, cert: str | None = None, key: str | None = None,
+    server_name: str | None = None,
+) -> ssl.SSLContext:  # fmt: skip
+    """The TLS context ``fetch`` reaches an admin server with: trusting ``ca`` (PEM), else
+    the system's trusted CAs; presenting ``cert``/``key`` when given. The server's
+    certificate must name ``server_name`` when given; without it, with ``ca`` only the
+    chain is checked (as ``xdsd bootstrap --xds-tls-ca`` does: xdsd is often reached by
+    address), and without ``ca`` the host name of the address is checked (ordinary
+    HTTPS). Raises UsageError naming a file that cannot be used."""
+    if bool(cert) != bool(key):
+        raise UsageError("--admin-tls-cert and --admin-tls-key go together")
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"--admin-tls-ca {ca}: cannot use it: {e}") from None
+    context.check_hostname = bool(server_name) or not ca
+    if cert:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(
+                f"--admin-tls-cert {cert} / --admin-tls-key {key}: cannot use them: {e}"
+            ) from None
+    return context
+
+
+class _HttpsConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks ``server_name`` (not the address's host) in the
+    server's certificate, and sends it as SNI."""
+
+    def __init__(
+        self, host: str, port: int | None, *, tls: ssl.SSLContext, server_name: str | None,
+        timeout: float,
+    ) -> None:  # fmt: skip
+        super().__init__(host, port, timeout=timeout, context=tls)
+        self.tls = tls
+        self.server_name = server_name or host
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
+def fetch(
+    admin: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> tuple[list[Any], list[Any], float]:  # fmt: skip
     """``/debug/clients``, ``/debug/errors`` and the daemon's clock (its ``Date`` header,
-    else ours) from the admin server at ``HOST:PORT``. Raises AdminUnreachable."""
-    base = admin if "://" in admin else f"http://{admin}"
+    else ours) from the admin server at ``HOST:PORT`` or ``http(s)://HOST:PORT``. With
+    ``tls`` (``client_context``), or an ``https://`` address, it is reached over TLS,
+    checking ``server_name`` in its certificate when given. Raises AdminUnreachable;
+    UsageError for an address that is not one."""
+    base = admin if "://" in admin else f"{'https' if tls else 'http'}://{admin}"
+    url = urllib.parse.urlsplit(base)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise UsageError(f"--admin wants HOST:PORT or https://HOST:PORT (got {admin!r})")
+    if url.scheme == "http" and tls is not None:
+        raise UsageError(f"--admin {admin} is http://, but --admin-tls-* flags ask for TLS")
+    try:
+        port = url.port
+    except ValueError:
+        raise UsageError(f"--admin wants HOST:PORT (got {admin!r})") from None
     results: list[Any] = []
     now = time.time()
     for path in ("/debug/clients", "/debug/errors"):
-        url = base.rstrip("/") + path
+        where = f"{base.rstrip('/')}{path}"
+        connection: http.client.HTTPConnection
+        if url.scheme == "https":
+            connection = _HttpsConnection(
+                url.hostname, port, tls=tls or client_context(), server_name=server_name,
+                timeout=timeout,
+            )  # fmt: skip
+        else:
+            connection = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                results.append(json.loads(response.read()))
-                date = response.headers.get("Date")
-                if date:
-                    now = max(now, email.utils.parsedate_to_datetime(date).timestamp())
-        except urllib.error.HTTPError as e:
+            connection.request("GET", url.path.rstrip("/") + path)
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise AdminUnreachable(
+                    f"{where} answered {response.status} {response.reason}: is it xdsd's "
+                    "admin address?"
+                )
+            results.append(json.loads(body))
+            date = response.getheader("Date")
+            if date:
+                now = max(now, email.utils.parsedate_to_datetime(date).timestamp())
+        except ssl.SSLError as e:
+            detail = getattr(e, "verify_message", None) or e.reason or e
             raise AdminUnreachable(
-                f"{url} answered {e.code} {e.reason}: is it xdsd's admin address?"
+                f"TLS with xdsd's admin server at {admin} failed ({detail}): does "
+                "--admin-tls-ca trust its certificate (and --admin-tls-server-name match "
+                "it), and does it want a client certificate (--admin-tls-cert/--admin-tls-key)?"
             ) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except (OSError, http.client.HTTPException) as e:
+            hint = ""
+            if isinstance(e, http.client.BadStatusLine | ConnectionResetError):
+                # RemoteDisconnected is both; a TLS server hangs up on plaintext, and an
+                # mTLS server on a client without a certificate (TLS 1.3: after the
+                # handshake, as the request is read)
+                hint = (
+                    " (if its admin listener speaks TLS: --admin https://HOST:PORT)"
+                    if url.scheme == "http"
+                    else " (if it wants a client certificate: --admin-tls-cert/--admin-tls-key)"
+                )
             raise AdminUnreachable(
-                f"cannot reach xdsd's admin server at {admin} ({reason}): is xdsd running, "
+                f"cannot reach xdsd's admin server at {admin} ({e}){hint}: is xdsd running, "
                 "and is --admin its admin address?"
             ) from None
         except ValueError as e:
             raise AdminUnreachable(
-                f"{url} did not answer JSON ({e}): is it xdsd's admin address?"
+                f"{where} did not answer JSON ({e}): is it xdsd's admin address?"
             ) from None
+        finally:
+            connection.close()
     return results[0], results[1], now
 
 

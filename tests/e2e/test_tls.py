@@ -1,12 +1,12 @@
 """TLS on xdsd's own listeners and node authorization, with a real Envoy connected over
 mTLS (its bootstrap from ``xdsd bootstrap --xds-tls-*``): it is served and routes; a
 client without a valid certificate is refused by xdsd; a client whose certificate names
-node A cannot speak for node B (gRPC PERMISSION_DENIED, REST 403), counted in metrics."""
+node A cannot speak for node B (gRPC PERMISSION_DENIED, REST 403), counted in metrics.
+Every test with a daemon runs once per gRPC server implementation (grpclib, grpcio)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import ssl
 import urllib.error
@@ -25,9 +25,6 @@ from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 SERVER_NAME = "xdsd.mesh.test"
-pytestmark = pytest.mark.skipif(
-    os.environ.get("XDSD_GRPC_IMPL") == "grpcio", reason="TLS is the grpclib transport's"
-)
 
 
 class Pki:
@@ -48,9 +45,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[TrafficMesh]:
-    root = tmp_path_factory.mktemp("tls")
+@pytest.fixture(scope="module", params=["grpclib", "grpcio"])
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> Iterator[TrafficMesh]:
+    root = tmp_path_factory.mktemp(f"tls-{request.param}")
     with TrafficMesh(root) as m:
         (root / "settings.toml").write_text(
             f'tls_cert = "{pki.server.cert}"\ntls_key = "{pki.server.key}"\n'
@@ -59,7 +58,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Traffic
             '"spiffe://mesh.test/client" = { node_ids = ["client-sidecar", "poller-sidecar"] }\n'
             '"spiffe://mesh.test/other" = { services = ["other"] }\n'
         )
-        m.xdsd_args = ["--settings", str(root / "settings.toml")]
+        m.xdsd_args = ["--settings", str(root / "settings.toml"), "--grpc-impl", request.param]
         m.service("echo", [m.upstream("echo-1")])
         yield m
 

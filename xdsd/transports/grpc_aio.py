@@ -12,14 +12,24 @@ transport, not with grpcio's generic INTERNAL.
 
 Limits: grpcio itself refuses a message over ``max_request_bytes`` (RESOURCE_EXHAUSTED,
 not counted in metrics); streams per address and the first-request timeout are counted
-as in the grpclib transport. TLS and node authorization are the grpclib transport's only.
+as in the grpclib transport.
+
+TLS: given a ``PemSource``, the server listens with grpcio's dynamic SSL credentials,
+which ask for the certificate before every new connection's handshake (on a grpcio
+thread): the source's ``current`` PEM files are handed over whenever their
+``generation`` changed, so a reloaded certificate serves new connections at once. Node
+authorization is the grpclib transport's: the client certificate's URI and DNS SANs
+(grpcio's ``peer_uri`` / ``peer_dns`` auth properties) are checked by the
+``NodeAuthorizer`` when the first request names the node, and a refusal ends the stream
+with PERMISSION_DENIED, logged and counted the same way.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
@@ -41,6 +51,7 @@ from xdsd.transports.grpc import (
 )
 from xdsd.transports.limits import (
     AddressCount,
+    NodeAuthorizer,
     RefusalObserver,
     Refused,
     StreamLimits,
@@ -64,6 +75,60 @@ def _peer_host(peer: str) -> str:
     """The host of a grpcio peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
     address = peer.partition(":")[2]
     return address.rpartition(":")[0].strip("[]") or address
+
+
+class PemFiles(Protocol):
+    """A server certificate as PEM bytes: ``chain`` (leaf first), ``key``, ``client_ca``
+    (b"": no client certificates asked for) and a ``generation`` that changes whenever
+    the rest does."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def chain(self) -> bytes: ...
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def client_ca(self) -> bytes: ...
+
+
+#: Where the server's current certificate comes from (``xdsd.tls.ServerCertificates``).
+PemSource = Callable[[], PemFiles]
+
+
+def server_credentials(source: PemSource) -> grpc.ServerCredentials:
+    """grpcio server credentials presenting ``source()``'s certificate, asking for it
+    again before every handshake and switching when its generation changed; client
+    certificates are required when the first one names a client CA."""
+    first = source()
+    served = [first.generation]
+
+    def configuration(pem: PemFiles) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(pem.key, pem.chain)], root_certificates=pem.client_ca or None
+        )
+
+    def fetch() -> Any:  # on a grpcio thread; None keeps the current configuration
+        pem = source()
+        if pem.generation == served[0]:
+            return None
+        served[0] = pem.generation
+        return configuration(pem)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(first), fetch, require_client_authentication=bool(first.client_ca)
+    )
+
+
+def peer_certificate(context: Any) -> dict[str, Any] | None:
+    """The verified client certificate's URI and DNS SANs from a grpcio context's auth
+    properties, in ``getpeercert()``'s shape (None without a certificate)."""
+    properties = context.auth_context() or {}
+    sans = [("URI", value.decode()) for value in properties.get("peer_uri", ())]
+    sans += [("DNS", value.decode()) for value in properties.get("peer_dns", ())]
+    if not sans and not properties.get("x509_pem_cert"):
+        return None
+    return {"subjectAltName": tuple(sans)}
 
 
 def _decode(data: bytes) -> discovery_pb2.DiscoveryRequest | DecodeError:
@@ -106,9 +171,11 @@ class AioDiscoveryServices:
         source: SnapshotSource,
         *,
         limits: StreamLimits | None = None,
+        authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
     ) -> None:
         self.source = source
+        self.authorizer = authorizer
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
         self.streams = OpenStreams()
@@ -155,6 +222,9 @@ class AioDiscoveryServices:
             "sotw", self.source, _ContextStream(context), type_url, next(self._ids), self.encoder
         )
         client.first_request_timeout = self.limits.first_request_timeout
+        if self.authorizer is not None and self.authorizer.enforcing:
+            cert, check = peer_certificate(context), self.authorizer.check
+            client.authorize = lambda node_id, service: check(cert, node_id, service)
         ending: tuple[str, str] | None = None
         try:
             self.streams.add(client)
@@ -170,21 +240,28 @@ class AioDiscoveryServices:
 
 
 class AioServer:
-    """A grpcio asyncio server serving ``AioDiscoveryServices``."""
+    """A grpcio asyncio server serving ``AioDiscoveryServices`` (over TLS with ``tls``,
+    see the module docstring)."""
 
     def __init__(
         self,
         source: SnapshotSource,
         *,
         limits: StreamLimits | None = None,
+        authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        tls: PemSource | None = None,
     ) -> None:
-        self.services = AioDiscoveryServices(source, limits=limits, on_refused=on_refused)
+        self.services = AioDiscoveryServices(
+            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+        )
+        self.tls = tls
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self, address: Address) -> None:
-        """Bind and start serving (port 0 binds a free port, see ``port``)."""
+        """Bind and start serving (port 0 binds a free port, see ``port``); raises
+        OSError when the address cannot be bound."""
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.services.limits.max_request_bytes),
@@ -193,7 +270,10 @@ class AioServer:
             ]
         )
         server.add_generic_rpc_handlers(self.services.handlers())
-        self.port = server.add_insecure_port(str(address))
+        if self.tls is not None:
+            self.port = server.add_secure_port(str(address), server_credentials(self.tls))
+        else:
+            self.port = server.add_insecure_port(str(address))
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()
