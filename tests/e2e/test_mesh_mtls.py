@@ -241,3 +241,84 @@ def test_permissive_mode_lets_plaintext_in_besides_mutual_tls(world: World) -> N
         world.settings.write_text(settings(world.pki, "STRICT"))
         world.mesh.xdsd.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: refused(lambda: plaintext_get(world)), what="STRICT again")
+
+
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+XDSD_NAME = "xdsd.mesh.test"
+
+
+def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path) -> None:
+    """The mesh certificates double as xDS client certificates: with xdsd requiring them
+    and ``[authorized_nodes]`` mapping each SPIFFE id to its service, a proxy gets its
+    own ``default`` secret, and its certificate cannot fetch another service's."""
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from tests.harness import Xdsd
+
+    pki = tmp_path / "pki"
+    ca = CertAuthority(pki)
+    server = ca.issue("xdsd", dns_names=[XDSD_NAME], directory=tmp_path / "server")
+    for service in ("client", "web"):
+        install(ca.issue(service, uris=[identity(service)], directory=tmp_path / "issued"),
+                pki / "default" / service)  # fmt: skip
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\n'
+        f'tls_client_ca = "{ca.ca_path}"\n\n'
+        "[authorized_nodes]\n"
+        f'"{identity("client")}" = {{ services = ["client"] }}\n'
+        f'"{identity("web")}" = {{ services = ["web"] }}\n\n' + settings(pki, "STRICT")
+    )
+    config = tmp_path / "config" / "services"
+    config.mkdir(parents=True)
+    for n, service in enumerate(("client", "web"), 1):
+        (config / f"{service}.toml").write_text(
+            f'kind = "Service"\nname = "{service}"\n[[ports]]\nname = "http"\nnumber = 8080\n'
+            f'protocol = "HTTP"\ntargetPort = 9090\n[[endpoints]]\naddress = "10.9.0.{n}"\n'
+        )
+
+    def fetch(cert_of: str, node_service: str) -> bytes | grpc.RpcError:
+        """Ask for SDS ``default`` as a node of ``node_service``, presenting the mesh
+        certificate of ``cert_of``; its certificate chain, or the stream's error."""
+        files = pki / "default" / cert_of
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.ca_path.read_bytes(),
+            private_key=(files / "key.pem").read_bytes(),
+            certificate_chain=(files / "cert.pem").read_bytes(),
+        )
+        node = base_pb2.Node(id=f"{node_service}-1", cluster=node_service)
+        request = discovery_pb2.DiscoveryRequest(
+            node=node, type_url=SECRET_TYPE, resource_names=["default"]
+        )
+        assert xdsd.grpc_port
+        with grpc.secure_channel(
+            f"127.0.0.1:{xdsd.grpc_port}", credentials,
+            options=[("grpc.ssl_target_name_override", XDSD_NAME)],
+        ) as channel:  # fmt: skip
+            call = channel.stream_stream(ADS)(iter([request.SerializeToString()]), timeout=20)
+            try:
+                response = discovery_pb2.DiscoveryResponse.FromString(next(call))
+            except grpc.RpcError as e:
+                return e
+            call.cancel()
+        secret = secret_pb2.Secret()
+        (packed,) = response.resources
+        packed.Unpack(secret)
+        assert secret.name == "default"
+        return bytes(secret.tls_certificate.certificate_chain.inline_bytes)
+
+    xdsd = Xdsd(tmp_path / "config", tmp_path, extra=["--settings", str(path)])
+    try:
+        for service in ("client", "web"):
+            own = fetch(service, service)
+            assert own == (pki / "default" / service / "cert.pem").read_bytes(), own
+        denied = fetch("client", "web")
+        assert isinstance(denied, grpc.RpcError)
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
+        assert identity("client") in (denied.details() or "")
+    finally:
+        xdsd.stop()
