@@ -12,8 +12,12 @@ watcher does. Timed from the reload call to the new snapshot of every watched cl
 in the cache, split into reading+parsing, cross-checking, translating and snapshot
 building (``MeshState.last_timings``). The watcher's quiet period is not included.
 
+With ``--mtls``, mesh mutual TLS is on (STRICT, a certificate and key file per service,
+placeholder PEM: nothing here checks signatures), so every load also reads 2N+1
+certificate files and every cluster of the mesh is an ISTIO_MUTUAL one.
+
 ``python -m bench rebuild [--services 100,1000,10000] [--endpoints 10] [--edits 20]
-[--runs 3]``
+[--runs 3] [--mtls]``
 """
 
 from __future__ import annotations
@@ -27,7 +31,26 @@ from typing import Any
 
 from bench.meshgen import write_mesh
 from xdsd.app import MeshState
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig, MeshTLS, MTLSMode
 from xdsd.translate import NodeClass
+
+_PEM = "-----BEGIN {0}-----\nbench placeholder\n-----END {0}-----\n"
+
+
+def mesh_tls(root: Path, services: int) -> MeshConfig:
+    """Mesh mutual TLS with placeholder files for ``services`` generated services."""
+    pki = root / "pki"
+    for i in range(services):
+        directory = pki / "default" / f"svc-{i:05d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cert.pem").write_text(_PEM.format("CERTIFICATE"))
+        (directory / "key.pem").write_text(_PEM.format("PRIVATE KEY"))
+    (pki / "ca.pem").write_text(_PEM.format("CERTIFICATE"))
+    return MeshConfig(mtls=MeshTLS(
+        mode=MTLSMode.STRICT, ca=str(pki / "ca.pem"),
+        certificate=str(pki / "{namespace}" / "{service}" / "cert.pem"),
+        private_key=str(pki / "{namespace}" / "{service}" / "key.pem"),
+    ))  # fmt: skip
 
 
 def _classes() -> list[NodeClass]:
@@ -45,7 +68,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def cold(config: Path, runs: int) -> dict[str, Any]:
+def cold(config: Path, runs: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -> dict[str, Any]:
     """Median cold-build figures (ms) over ``runs`` in-process builds, the way the daemon
     builds: ``MeshState.reload`` then a class's first snapshot. Wall and CPU time (the
     machine is shared: CPU time is the steadier figure)."""
@@ -55,7 +78,7 @@ def cold(config: Path, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         classes = _classes()
         marks = [(time.perf_counter(), time.process_time())]
-        state = MeshState(str(config))
+        state = MeshState(str(config), mesh_config=mesh)
         state.reload()
         marks.append((time.perf_counter(), time.process_time()))
         first = state.snapshot(classes[0])
@@ -91,9 +114,9 @@ def _rewrite(path: Path, edit: int) -> None:
     path.write_text(head + sep + tail)
 
 
-def one_file(config: Path, edits: int) -> dict[str, Any]:
+def one_file(config: Path, edits: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -> dict[str, Any]:
     """p50/p99/max (ms) of one service file's change through ``MeshState.reload``."""
-    state = MeshState(str(config))
+    state = MeshState(str(config), mesh_config=mesh)
     started = time.perf_counter()
     state.reload()
     initial = time.perf_counter() - started
@@ -135,15 +158,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="cold builds per size")
+    parser.add_argument("--mtls", action="store_true", help="with mesh mutual TLS (STRICT)")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.services.split(","))
-    results: dict[str, Any] = {"endpoints": args.endpoints, "cold": {}}
+    results: dict[str, Any] = {"endpoints": args.endpoints, "mtls": args.mtls, "cold": {}}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path()
         for n in sizes:
             config = write_mesh(Path(tmp) / str(n), n, endpoints=args.endpoints)
-            results["cold"][str(n)] = cold(config, args.runs)
-        results["one_file"] = one_file(config, args.edits)
+            mesh = mesh_tls(Path(tmp) / str(n), n) if args.mtls else DEFAULT_MESH_CONFIG
+            results["cold"][str(n)] = cold(config, args.runs, mesh)
+        results["one_file"] = one_file(config, args.edits, mesh)
         results["one_file"]["services"] = sizes[-1]
     print(f"{'services':>9}{'resources':>11}{'load':>9}{'1st class':>11}{'cold':>9}"
           f"{'+class':>9}{'cold x5':>9}{'cold cpu':>10}{'+cls cpu':>10}")  # fmt: skip

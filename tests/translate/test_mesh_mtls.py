@@ -421,3 +421,30 @@ def test_files_both_templates_can_name_go_to_the_more_specific_one(tmp_path: Pat
     assert ("web.pem", "mesh.mtls.private_key") in refs
     assert ("web.pem", "mesh.mtls.certificate") in refs
     assert ("ca.pem", "mesh.mtls.private_key") not in refs  # the CA is no one's key
+
+
+def test_a_reload_reads_again_only_the_mesh_files_the_watcher_named(tmp_path: Path) -> None:
+    from xdsd.sources import DirectoryLoader
+
+    ca = pki(tmp_path)
+    config = _write(tmp_path)
+    loader = DirectoryLoader(str(config))
+    loader.mesh_tls = mesh_tls(tmp_path)
+    web_cert = tmp_path / "pki" / "default" / "web" / "cert.pem"
+    api_cert = tmp_path / "pki" / "default" / "api" / "cert.pem"
+    first = loader.load().mesh
+    assert first.certificate(str(web_cert)) == web_cert.read_bytes()
+    # Both files replaced; the watcher names web's only (api's change is not seen yet).
+    old_api = api_cert.read_bytes()
+    for service, path in (("web", web_cert), ("api", api_cert)):
+        files = ca.issue(f"{service}-2", uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
+                         directory=tmp_path / "new")  # fmt: skip
+        path.write_bytes(files.cert.read_bytes())
+        (path.parent / "key.pem").write_bytes(files.key.read_bytes())
+    mesh = loader.load({str(web_cert), str(web_cert.parent / "key.pem")}).mesh
+    assert mesh.certificate(str(web_cert)) == web_cert.read_bytes()
+    assert mesh.certificate(str(api_cert)) == old_api
+    # A config edit alone reads no certificate again; a forced load (SIGHUP) reads all.
+    (config / "mesh.yaml").write_text(CONFIG.replace("10.0.0.3", "10.0.0.4"))
+    assert loader.load({str(config / "mesh.yaml")}).mesh.certificate(str(api_cert)) == old_api
+    assert loader.load().mesh.certificate(str(api_cert)) == api_cert.read_bytes()

@@ -140,14 +140,19 @@ class Mesh:
     def certificate_refs(self) -> list[CertificateRef]:
         """Every certificate file the rules name (Gateway servers terminating TLS,
         DestinationRule TLS origination), in rule order, with where it is named."""
+        refs = self.gateway_certificate_refs()
+        for rule in self.destination_rules:
+            for tls in rule.client_tls():
+                refs.extend(tls.refs)
+        return refs
+
+    def gateway_certificate_refs(self) -> list[CertificateRef]:
+        """The certificate files Gateway servers terminating TLS name."""
         refs: list[CertificateRef] = []
         for gateway in self.gateways:
             for server in gateway.servers:
                 if server.tls is not None:
                     refs.extend(server.tls.refs)
-        for rule in self.destination_rules:
-            for tls in rule.client_tls():
-                refs.extend(tls.refs)
         return refs
 
     def service(self, host: str, namespace: str) -> Service | None:

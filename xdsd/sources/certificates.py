@@ -21,10 +21,10 @@ import glob
 import os
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from xdsd.errors import Problem
-from xdsd.model import CertificateFile, CertificateRef, Mesh, TLSMode
+from xdsd.model import CertificateFile, CertificateRef, ClientTLS, TLSMode
 from xdsd.model.mesh_config import MeshTLS
 
 #: What a PEM file of each kind must hold (a marker line).
@@ -35,16 +35,18 @@ MAX_CERTIFICATE_BYTES = 4 << 20
 
 
 def read_certificates(
-    refs: Iterable[CertificateRef],
+    refs: Iterable[CertificateRef], cache: Mapping[str, bytes] | None = None
 ) -> tuple[tuple[CertificateFile, ...], list[Problem]]:
-    """The bytes of each file ``refs`` name (each path read once), and a problem on the
-    naming field for each file that cannot be read or does not hold PEM data of its
-    kind."""
+    """The bytes of each file ``refs`` name (each path read once, unless ``cache``
+    already has its bytes), and a problem on the naming field for each file that cannot
+    be read or does not hold PEM data of its kind."""
     files: dict[str, bytes | OSError | None] = {}
     problems: list[Problem] = []
+    known = cache or {}
     for ref in refs:
         if ref.path not in files:
-            files[ref.path] = _read(ref.path)
+            cached = known.get(ref.path)
+            files[ref.path] = cached if cached is not None else _read(ref.path)
         data = files[ref.path]
         message = ""
         if isinstance(data, OSError):
@@ -127,17 +129,16 @@ def _fixed_length(template: str) -> int:
     return sum(len(text) for text, _ in _parts(template))
 
 
-def istio_mutual_problems(mesh: Mesh) -> list[Problem]:
-    """An error on each DestinationRule TLS mode ISTIO_MUTUAL: what a loader reports
-    while mesh mutual TLS is off, since those certificates do not exist then."""
+def istio_mutual_problems(settings: Iterable[ClientTLS]) -> list[Problem]:
+    """An error on each ISTIO_MUTUAL of DestinationRule TLS ``settings``: what a loader
+    reports while mesh mutual TLS is off, since those certificates do not exist then."""
     problems = []
-    for rule in mesh.destination_rules:
-        for tls in rule.client_tls():
-            if tls.mode is TLSMode.ISTIO_MUTUAL and tls.mode_at is not None:
-                field, origin = tls.mode_at
-                problems.append(Problem(
-                    origin.path, origin.line, field,
-                    "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
-                    "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
-                ))  # fmt: skip
+    for tls in settings:
+        if tls.mode is TLSMode.ISTIO_MUTUAL and tls.mode_at is not None:
+            field, origin = tls.mode_at
+            problems.append(Problem(
+                origin.path, origin.line, field,
+                "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
+                "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
+            ))  # fmt: skip
     return problems

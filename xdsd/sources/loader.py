@@ -24,11 +24,15 @@ from typing import Any
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
     DEFAULT_NAMESPACE,
+    CertificateRef,
+    ClientTLS,
     DestinationRule,
     Mesh,
     Origin,
     RawResource,
+    ResourceKey,
     Service,
+    TLSMode,
     VirtualService,
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
@@ -229,6 +233,12 @@ class DirectoryLoader:
         #: load with the rules' (``mesh_certificate_refs``), and ISTIO_MUTUAL is refused
         #: while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
+        self._mesh_seen: MeshTLS | None = None
+        self._mesh_refs: list[CertificateRef] = []
+        self._mesh_cache: dict[str, bytes] = {}
+        self._rule_memo: dict[
+            ResourceKey, tuple[DestinationRule, tuple[CertificateRef, ...], tuple[ClientTLS, ...]]
+        ] = {}
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -240,6 +250,7 @@ class DirectoryLoader:
         Raises ConfigError as ``load_directory`` does.
         """
         started = time.perf_counter()
+        touched = None if changed is None else {os.path.normpath(p) for p in changed}
         if changed is not None:  # certificate files are read on every load anyway
             changed = [p for p in changed if os.path.normpath(p) not in self.certificate_paths]
         named = None if changed is None else {self._as_listed(p) for p in changed}
@@ -270,13 +281,17 @@ class DirectoryLoader:
                 self._failed.discard(path)
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
-        refs = [*mesh.certificate_refs(), *mesh_certificate_refs(self.mesh_tls)]
-        certificates, certificate_problems = read_certificates(refs)
+        rule_refs, istio_mutual = self._rule_tls(mesh)
+        mesh_refs, cache = self._mesh_files(touched, changes)
+        refs = [*rule_refs, *mesh_refs]
+        certificates, certificate_problems = read_certificates(refs, cache)
         mesh = mesh.with_certificates(certificates)
         self.certificate_paths = frozenset(ref.path for ref in refs)
+        mesh_paths = {ref.path for ref in mesh_refs}
+        self._mesh_cache = {c.path: c.data for c in certificates if c.path in mesh_paths}
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         if not self.mesh_tls.enabled:
-            problems.extend(istio_mutual_problems(mesh))
+            problems.extend(istio_mutual_problems(istio_mutual))
         located = {(p.path, p.line, p.field) for p in problems}
         problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)
         errors = [p for p in problems if p.severity is Severity.ERROR]
@@ -303,6 +318,54 @@ class DirectoryLoader:
         """True when changes to ``named`` cannot have changed the listing: each is a file
         already listed and still a regular file (no file added, removed or renamed)."""
         return all(p in self._files and _plain_file(p) for p in named)
+
+    def _rule_tls(self, mesh: Mesh) -> tuple[list[CertificateRef], list[ClientTLS]]:
+        """The certificate files the rules name, and the ISTIO_MUTUAL settings of the
+        DestinationRules; what a rule holds is remembered while it is the same object
+        (the cross-checks keep unchanged rules), so a large mesh costs a lookup per rule."""
+        refs = mesh.gateway_certificate_refs()
+        istio: list[ClientTLS] = []
+        memo, fresh = self._rule_memo, {}
+        for rule in mesh.destination_rules:
+            found = memo.get(rule.key)
+            if found is None or found[0] is not rule:
+                settings = rule.client_tls()
+                found = (rule, tuple(r for tls in settings for r in tls.refs),
+                         tuple(t for t in settings if t.mode is TLSMode.ISTIO_MUTUAL))  # fmt: skip
+            fresh[rule.key] = found
+            refs.extend(found[1])
+            istio.extend(found[2])
+        self._rule_memo = fresh
+        return refs, istio
+
+    def _mesh_files(
+        self, touched: set[str] | None, changes: list[Change]
+    ) -> tuple[list[CertificateRef], dict[str, bytes]]:
+        """The files of mesh mutual TLS, and the bytes that need not be read again.
+
+        The templates are matched on disk again (``mesh_certificate_refs``) when mesh
+        mutual TLS changed, when a config file came or went (a new service may come with
+        its files), or when something changed under the templates' fixed directory;
+        otherwise the last matches are kept. A file is read again when the load is
+        forced (``touched`` is None: start, SIGHUP) or the watcher named it or its
+        directory; the others cannot have changed unseen (their directories are
+        watched), so their last bytes are used."""
+        mtls = self.mesh_tls
+        if (
+            touched is None
+            or mtls != self._mesh_seen
+            or any(old is None or new is None for _, old, new in changes)
+            or any(_under(path, mtls) for path in touched)
+        ):
+            self._mesh_seen = mtls
+            self._mesh_refs = mesh_certificate_refs(mtls)
+        if touched is None:
+            return self._mesh_refs, {}
+        cache = {
+            path: data for path, data in self._mesh_cache.items()
+            if path not in touched and os.path.dirname(path) not in touched
+        }  # fmt: skip
+        return self._mesh_refs, cache
 
     def _stale(self, files: tuple[str, ...], named: set[str] | None) -> set[str]:
         """The listed files that must be parsed again (besides new and failed ones)."""
@@ -519,3 +582,12 @@ def _read_metadata(top: Fields) -> tuple[str, str]:
         meta.read.add(key)
     meta.finish()
     return name, namespace
+
+
+def _under(path: str, mtls: MeshTLS) -> bool:
+    """True when ``path`` is in the fixed directory of a mesh certificate template."""
+    for template in (mtls.certificate, mtls.private_key, mtls.ca):
+        root = os.path.dirname(template.split("{", 1)[0])
+        if root and (path == root or path.startswith(root + os.sep)):
+            return True
+    return False
