@@ -24,6 +24,7 @@ from typing import Any
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
     DEFAULT_NAMESPACE,
+    CertificateFile,
     CertificateRef,
     ClientTLS,
     DestinationRule,
@@ -235,7 +236,11 @@ class DirectoryLoader:
         self.mesh_tls: MeshTLS = NO_MESH_TLS
         self._mesh_seen: MeshTLS | None = None
         self._mesh_refs: list[CertificateRef] = []
-        self._mesh_cache: dict[str, bytes] = {}
+        # The last reading of the mesh files: the matches, their bytes, the problems.
+        self._mesh_read: (
+            tuple[list[CertificateRef], tuple[CertificateFile, ...], list[Problem]] | None
+        ) = None
+        self._mesh_paths: frozenset[str] = frozenset()
         self._rule_memo: dict[
             ResourceKey, tuple[DestinationRule, tuple[CertificateRef, ...], tuple[ClientTLS, ...]]
         ] = {}
@@ -282,13 +287,12 @@ class DirectoryLoader:
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
         rule_refs, istio_mutual = self._rule_tls(mesh)
-        mesh_refs, cache = self._mesh_files(touched, changes)
-        refs = [*rule_refs, *mesh_refs]
-        certificates, certificate_problems = read_certificates(refs, cache)
-        mesh = mesh.with_certificates(certificates)
-        self.certificate_paths = frozenset(ref.path for ref in refs)
-        mesh_paths = {ref.path for ref in mesh_refs}
-        self._mesh_cache = {c.path: c.data for c in certificates if c.path in mesh_paths}
+        rule_files, certificate_problems = read_certificates(rule_refs)
+        mesh_files, mesh_problems = self._mesh_certificates(touched, changes)
+        certificate_problems.extend(mesh_problems)
+        by_path = {c.path: c for c in (*mesh_files, *rule_files)}
+        mesh = mesh.with_certificates(tuple(by_path.values()))
+        self.certificate_paths = frozenset(r.path for r in rule_refs) | self._mesh_paths
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         if not self.mesh_tls.enabled:
             problems.extend(istio_mutual_problems(istio_mutual))
@@ -338,6 +342,21 @@ class DirectoryLoader:
         self._rule_memo = fresh
         return refs, istio
 
+    def _mesh_certificates(
+        self, touched: set[str] | None, changes: list[Change]
+    ) -> tuple[tuple[CertificateFile, ...], list[Problem]]:
+        """The files of mesh mutual TLS with their bytes, and the problems reading them:
+        those of the last load when the same files were matched, none was read again
+        and they had no problem (a large mesh has two files per service)."""
+        refs, cache = self._mesh_files(touched, changes)
+        last = self._mesh_read
+        if last is not None and last[0] is refs and len(cache) == len(last[1]) and not last[2]:
+            return last[1], []
+        files, problems = read_certificates(refs, cache)
+        self._mesh_read = (refs, files, problems)
+        self._mesh_paths = frozenset(ref.path for ref in refs)
+        return files, problems
+
     def _mesh_files(
         self, touched: set[str] | None, changes: list[Change]
     ) -> tuple[list[CertificateRef], dict[str, bytes]]:
@@ -361,9 +380,10 @@ class DirectoryLoader:
             self._mesh_refs = mesh_certificate_refs(mtls)
         if touched is None:
             return self._mesh_refs, {}
+        last = self._mesh_read[1] if self._mesh_read is not None else ()
         cache = {
-            path: data for path, data in self._mesh_cache.items()
-            if path not in touched and os.path.dirname(path) not in touched
+            c.path: c.data for c in last
+            if c.path not in touched and os.path.dirname(c.path) not in touched
         }  # fmt: skip
         return self._mesh_refs, cache
 

@@ -32,6 +32,7 @@ from xdsd.translate.reuse import ServiceParts
 #: What a base's clusters may name without holding it: the mesh mutual TLS secrets, which
 #: differ per class and are added to each class's snapshot (``MeshTranslation``).
 CLASS_SECRETS = frozenset({(SECRET, WORKLOAD_SECRET), (SECRET, ROOT_CA_SECRET)})
+_CLASS_SECRET_NAMES = frozenset(name for _, name in CLASS_SECRETS)
 #: Resources put in and (type, name) of resources taken out.
 Delta = tuple[list[Resource], list[tuple[TypeUrl, str]]]
 #: Which base: the flavor, and the services of a scoped base (None: every service).
@@ -55,10 +56,13 @@ class SharedClusters:
         self._parts: dict[ResourceKey, ServiceParts] = {}
         self._bases: dict[BaseKey, Snapshot | TranslationError] = {}
         self._deltas: dict[BaseKey, Delta] = {}
+        # Per base: whether its clusters name a secret of a file (not a class secret).
+        self._file_secrets: dict[BaseKey, bool] = {}
         # Per flavor: the services whose parts differ from the previous translation's.
         self._changed: dict[ClusterFlavor, list[ResourceKey] | TranslationError] = {}
         self._prev_parts = previous._parts if previous is not None else {}
         self._prev_bases = previous._bases if previous is not None else {}
+        self._prev_file_secrets = previous._file_secrets if previous is not None else {}
 
     def base(
         self,
@@ -112,10 +116,14 @@ class SharedClusters:
             else:  # an equal scope names services that exist in both meshes
                 delta = self._changes(flavor, [k for k in changed if k in scope], gone=False)
             base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
-            added, removed = _secret_changes(base, secret)
-            if added or removed:
-                delta = ([*delta[0], *added], [*delta[1], *removed])
-                base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
+            named = self._prev_file_secrets.get(key, True) or _names_file_secrets(delta[0])
+            if named:  # else no cluster names a file's secret, before or now: none to change
+                added, removed = _secret_changes(base, secret)
+                if added or removed:
+                    delta = ([*delta[0], *added], [*delta[1], *removed])
+                    base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
+                named = _names_file_secrets(base.get(CLUSTER).values())
+            self._file_secrets[key] = named
             self._deltas[key] = delta
             base.check_consistency(supplied=CLASS_SECRETS)
             return base
@@ -126,6 +134,7 @@ class SharedClusters:
             chosen = [self._parts[k] for k in sorted(scope) if k in self._parts]
         resources = [r for parts in chosen for r in (*parts.clusters[tag], *parts.assignments[tag])]
         names = {n for r in resources for t, n in r.references if t == SECRET}
+        self._file_secrets[key] = bool(names - _CLASS_SECRET_NAMES)
         resources.extend(s for s in map(secret, sorted(names)) if s is not None)
         base = Snapshot.build(resources, check=False)
         base.check_consistency(supplied=CLASS_SECRETS)
@@ -216,6 +225,13 @@ class SharedClusters:
                 for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
             )
         return added, removed
+
+
+def _names_file_secrets(resources: Iterable[Resource]) -> bool:
+    """True when some of ``resources`` names a secret that is not a class secret."""
+    return any(
+        t == SECRET and n not in _CLASS_SECRET_NAMES for r in resources for t, n in r.references
+    )
 
 
 def _secret_changes(
