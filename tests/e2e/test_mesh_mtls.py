@@ -78,7 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("mesh-mtls")
     pki = root / "pki"
     ca = CertAuthority(pki)
-    for service in ("client", "web"):
+    for service in ("client", "web", "ingress"):
         install(ca.issue(service, uris=[identity(service)], directory=root / "issued"),
                 pki / "default" / service)  # fmt: skip
     with TrafficMesh(root) as mesh:
@@ -241,6 +241,62 @@ def test_permissive_mode_lets_plaintext_in_besides_mutual_tls(world: World) -> N
         world.settings.write_text(settings(world.pki, "STRICT"))
         world.mesh.xdsd.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: refused(lambda: plaintext_get(world)), what="STRICT again")
+
+
+GATEWAY_RULES = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: east-west}}
+spec:
+  selector: {{istio: eastwestgateway}}
+  servers:
+  - port: {{number: {port}, name: mtls, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-through-east-west}}
+spec:
+  hosts: [web.mesh.example]
+  gateways: [east-west]
+  http:
+  - route: [{{destination: {{host: web}}}}]
+"""
+
+
+def test_a_gateway_server_in_istio_mutual_takes_mesh_clients_and_calls_in_the_mesh(
+    world: World, tmp_path: Path
+) -> None:
+    """An ISTIO_MUTUAL gateway server presents the gateway's mesh certificate and wants
+    one of the mesh CA; the gateway then calls web over mesh mTLS as itself."""
+    ip = world.mesh.gateway_ip("ingress")
+    port = free_port(ip)
+    world.mesh.rule("east-west", GATEWAY_RULES.format(port=port))
+    gateway = world.mesh.start_gateway("ingress", {"istio": "eastwestgateway"})
+    member = world.ca.issue("caller", uris=[identity("caller")], directory=tmp_path)
+
+    def through_gateway(cert: CertFiles | None) -> int:
+        ctx = ssl.create_default_context(cafile=str(world.ca.ca_path))
+        ctx.check_hostname = False
+        if cert is not None:
+            ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        conn = http.client.HTTPConnection(ip, port, timeout=5)
+        try:
+            raw = socket.create_connection((ip, port), timeout=5)
+            conn.sock = ctx.wrap_socket(raw)
+            presented = conn.sock.getpeercert() or {}
+            uris = [v for k, v in presented.get("subjectAltName", ()) if k == "URI"]
+            assert uris == [identity("ingress")], uris
+            conn.request("GET", "/", headers={"Host": "web.mesh.example"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    gateway.wait_for(lambda: through_gateway(member) == 200, "web through the gateway")
+    details = client_cert_details(world.app.seen[-1].headers["x-forwarded-client-cert"])
+    assert details["URI"] == identity("ingress"), details
+    assert refused(lambda: through_gateway(None))
 
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

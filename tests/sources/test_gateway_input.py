@@ -86,7 +86,7 @@ def test_certificate_paths_are_relative_to_the_config_directory(tmp_path: Path) 
         ("    tls: {httpsRedirect: true}\n", "    tls: {mode: SIMPLE}\n",
          "servers[0].tls: a HTTP server does not speak TLS"),
         ("mode: MUTUAL", "mode: ISTIO_MUTUAL",
-         "servers[1].tls.mode: ISTIO_MUTUAL is not supported by xdsd"),
+         "servers[1].tls.serverCertificate: does not apply with mode ISTIO_MUTUAL"),
         ("      caCertificates: certs/ca.pem\n", "",
          "servers[1].tls.caCertificates: is required for mode MUTUAL"),
         ("caCertificates:", "credentialName: gw-secret\n      caCertificates:",

@@ -448,3 +448,54 @@ def test_a_reload_reads_again_only_the_mesh_files_the_watcher_named(tmp_path: Pa
     (config / "mesh.yaml").write_text(CONFIG.replace("10.0.0.3", "10.0.0.4"))
     assert loader.load({str(config / "mesh.yaml")}).mesh.certificate(str(api_cert)) == old_api
     assert loader.load().mesh.certificate(str(api_cert)) == api_cert.read_bytes()
+
+
+EAST_WEST = """\
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: east-west}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 15443, name: mtls, protocol: HTTPS}
+    hosts: ["*"]
+    tls:
+      mode: ISTIO_MUTUAL
+      subjectAltNames: ["spiffe://mesh.test/ns/default/sa/web"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api-east-west}
+spec:
+  hosts: [api.mesh.example]
+  gateways: [east-west]
+  http:
+  - route: [{destination: {host: api}}]
+"""
+
+
+def test_istio_mutual_gateway_servers_use_the_mesh_certificates(tmp_path: Path) -> None:
+    pki(tmp_path)
+    config = _write(tmp_path)
+    (config / "east-west.yaml").write_text(EAST_WEST)
+    with pytest.raises(ConfigError) as err:
+        load_directory(str(config))
+    assert [(p.line, p.field) for p in err.value.problems] == [(11, "servers[0].tls.mode")]
+    tls = mesh_tls(tmp_path)
+    mesh = load_directory(str(config), mesh_tls=tls).mesh
+    snapshot = MeshTranslation(mesh, mesh_config=MeshConfig(mtls=tls)).snapshot_for(INGRESS)
+    listener = next(r.message for r in snapshot.get(LISTENER).values()
+                    if r.message.address.socket_address.port_value == 15443)  # fmt: skip
+    (chain,) = listener.filter_chains
+    context = tls_pb2.DownstreamTlsContext()
+    chain.transport_socket.typed_config.Unpack(context)
+    assert context.require_client_certificate.value
+    common = context.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["default"]
+    combined = common.combined_validation_context
+    assert combined.validation_context_sds_secret_config.name == "ROOTCA"
+    assert [m.matcher.exact for m in combined.default_validation_context
+            .match_typed_subject_alt_names] == ["spiffe://mesh.test/ns/default/sa/web"]  # fmt: skip
+    config_json = render_static(mesh, INGRESS, admin_port=0, mesh_config=MeshConfig(mtls=tls))
+    envoy_accepts(config_json, tmp_path / "east-west.json")

@@ -133,6 +133,9 @@ class ServerTLS:
     cipher_suites: tuple[str, ...] = ()
     #: Where each certificate file is named (for errors about the file; not compared).
     refs: tuple[CertificateRef, ...] = field(default=(), compare=False, repr=False)
+    #: Where ``mode`` is written, as (field path, origin): for errors about ISTIO_MUTUAL
+    #: without mesh mutual TLS (not compared).
+    mode_at: tuple[str, Origin] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

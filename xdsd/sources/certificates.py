@@ -24,7 +24,7 @@ import string
 from collections.abc import Iterable, Mapping
 
 from xdsd.errors import Problem
-from xdsd.model import CertificateFile, CertificateRef, ClientTLS, TLSMode
+from xdsd.model import CertificateFile, CertificateRef, Origin
 from xdsd.model.mesh_config import MeshTLS
 
 #: What a PEM file of each kind must hold (a marker line).
@@ -129,16 +129,15 @@ def _fixed_length(template: str) -> int:
     return sum(len(text) for text, _ in _parts(template))
 
 
-def istio_mutual_problems(settings: Iterable[ClientTLS]) -> list[Problem]:
-    """An error on each ISTIO_MUTUAL of DestinationRule TLS ``settings``: what a loader
-    reports while mesh mutual TLS is off, since those certificates do not exist then."""
-    problems = []
-    for tls in settings:
-        if tls.mode is TLSMode.ISTIO_MUTUAL and tls.mode_at is not None:
-            field, origin = tls.mode_at
-            problems.append(Problem(
-                origin.path, origin.line, field,
-                "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
-                "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
-            ))  # fmt: skip
-    return problems
+def istio_mutual_problems(places: Iterable[tuple[str, Origin]]) -> list[Problem]:
+    """An error at each (field, origin) where a rule asks for TLS mode ISTIO_MUTUAL:
+    what a loader reports while mesh mutual TLS is off, since those certificates do not
+    exist then."""
+    return [
+        Problem(
+            origin.path, origin.line, field,
+            "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
+            "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
+        )
+        for field, origin in places
+    ]  # fmt: skip

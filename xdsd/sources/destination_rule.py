@@ -362,9 +362,7 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
     if mode is TLSMode.ISTIO_MUTUAL:
         # The mesh's certificates ([mesh.mtls]); the loader refuses the mode when mesh
         # mutual TLS is off.
-        at = (*f.path, "mode")
-        mode_at = (format_path(at), Origin(f.report.doc.path, f.report.doc.line_of(
-            (*f.report.base, *at))))  # fmt: skip
+        mode_at = field_at(f, "mode")
         for name in ("caCertificates", "clientCertificate", "privateKey"):
             if f.has(name):
                 f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
@@ -418,14 +416,15 @@ def certificate_file(f: Fields, key: str, config_dir: str) -> str:
 def certificate_refs(f: Fields, files: Iterable[tuple[str, str]]) -> tuple[CertificateRef, ...]:
     """Where each (field, absolute path) of ``files`` with a path is named: the field's
     path and line, for errors about reading the file (``sources.certificates``)."""
-    refs = []
+    return tuple(CertificateRef(path, *field_at(f, key)) for key, path in files if path)
+
+
+def field_at(f: Fields, key: str) -> tuple[str, Origin]:
+    """The full path of field ``key`` of ``f`` and where it is written (file and line),
+    for errors reported after parsing."""
+    at = (*f.path, key)
     doc = f.report.doc
-    for key, path in files:
-        if path:
-            at = (*f.path, key)
-            origin = Origin(doc.path, doc.line_of((*f.report.base, *at)))
-            refs.append(CertificateRef(path, format_path(at), origin))
-    return tuple(refs)
+    return format_path(at), Origin(doc.path, doc.line_of((*f.report.base, *at)))
 
 
 # -- scalars -----------------------------------------------------------------------------

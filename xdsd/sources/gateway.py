@@ -18,7 +18,7 @@ from xdsd.model.networking import (
     ServerTLSMode,
     Sidecar,
 )
-from xdsd.sources.destination_rule import certificate_file, certificate_refs
+from xdsd.sources.destination_rule import certificate_file, certificate_refs, field_at
 from xdsd.sources.fields import Fields
 from xdsd.sources.kinds import is_ip
 from xdsd.sources.service_entry import parse_entry_port
@@ -30,7 +30,6 @@ SIDECAR_UNSUPPORTED = ("inboundConnectionPool",)
 EGRESS_UNSUPPORTED = ("captureMode",)
 INGRESS_UNSUPPORTED = ("captureMode", "tls", "connectionPool")
 REFUSED_TLS_MODES = {
-    ServerTLSMode.ISTIO_MUTUAL: "needs Istio's certificate authority; use MUTUAL with files",
     ServerTLSMode.AUTO_PASSTHROUGH: "needs Istio's multi-network SNI naming",
 }
 #: Istio's TLS protocol names, in order (``TLS_AUTO``: Envoy's default).
@@ -138,6 +137,15 @@ def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | N
     f.finish(SERVER_TLS_UNSUPPORTED, "give serverCertificate and privateKey files")
     if mode in REFUSED_TLS_MODES:
         f.error("mode", f"{mode.value} is not supported by xdsd: {REFUSED_TLS_MODES[mode]}")
+    mode_at = None
+    if mode is ServerTLSMode.ISTIO_MUTUAL:
+        # The mesh's certificates ([mesh.mtls]); the loader refuses the mode when mesh
+        # mutual TLS is off.
+        mode_at = field_at(f, "mode")
+        for name in ("serverCertificate", "privateKey", "caCertificates"):
+            if f.has(name):
+                f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
+                        "certificates ([mesh.mtls] in the settings)")  # fmt: skip
     if mode in _TERMINATING:
         if not cert and not f.has("serverCertificate"):
             f.error("serverCertificate", f"is required for mode {mode.value}")
@@ -159,7 +167,7 @@ def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | N
         f.error("minProtocolVersion", f"{min_v} is above maxProtocolVersion {max_v}")
     named = (("serverCertificate", cert), ("privateKey", key), ("caCertificates", ca))
     refs = certificate_refs(f, named if files else ())
-    return ServerTLS(mode, redirect, cert, key, ca, sans, min_v, max_v, ciphers, refs)
+    return ServerTLS(mode, redirect, cert, key, ca, sans, min_v, max_v, ciphers, refs, mode_at)
 
 
 def _file(f: Fields, key: str, config_dir: str | None) -> str:

@@ -26,14 +26,12 @@ from xdsd.model import (
     DEFAULT_NAMESPACE,
     CertificateFile,
     CertificateRef,
-    ClientTLS,
     DestinationRule,
     Mesh,
     Origin,
     RawResource,
     ResourceKey,
     Service,
-    TLSMode,
     VirtualService,
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
@@ -242,7 +240,8 @@ class DirectoryLoader:
         ) = None
         self._mesh_paths: frozenset[str] = frozenset()
         self._rule_memo: dict[
-            ResourceKey, tuple[DestinationRule, tuple[CertificateRef, ...], tuple[ClientTLS, ...]]
+            ResourceKey,
+            tuple[DestinationRule, tuple[CertificateRef, ...], tuple[tuple[str, Origin], ...]],
         ] = {}
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
@@ -323,19 +322,23 @@ class DirectoryLoader:
         already listed and still a regular file (no file added, removed or renamed)."""
         return all(p in self._files and _plain_file(p) for p in named)
 
-    def _rule_tls(self, mesh: Mesh) -> tuple[list[CertificateRef], list[ClientTLS]]:
-        """The certificate files the rules name, and the ISTIO_MUTUAL settings of the
-        DestinationRules; what a rule holds is remembered while it is the same object
-        (the cross-checks keep unchanged rules), so a large mesh costs a lookup per rule."""
+    def _rule_tls(self, mesh: Mesh) -> tuple[list[CertificateRef], list[tuple[str, Origin]]]:
+        """The certificate files the rules name, and where DestinationRules and Gateway
+        servers ask for ISTIO_MUTUAL; what a DestinationRule holds is remembered while it
+        is the same object (the cross-checks keep unchanged rules), so a large mesh costs
+        a lookup per rule."""
         refs = mesh.gateway_certificate_refs()
-        istio: list[ClientTLS] = []
+        istio = [
+            server.tls.mode_at for gateway in mesh.gateways for server in gateway.servers
+            if server.tls is not None and server.tls.mode_at is not None
+        ]  # fmt: skip
         memo, fresh = self._rule_memo, {}
         for rule in mesh.destination_rules:
             found = memo.get(rule.key)
             if found is None or found[0] is not rule:
                 settings = rule.client_tls()
                 found = (rule, tuple(r for tls in settings for r in tls.refs),
-                         tuple(t for t in settings if t.mode is TLSMode.ISTIO_MUTUAL))  # fmt: skip
+                         tuple(t.mode_at for t in settings if t.mode_at is not None))  # fmt: skip
             fresh[rule.key] = found
             refs.extend(found[1])
             istio.extend(found[2])

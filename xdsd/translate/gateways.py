@@ -10,9 +10,10 @@ equal plans share one resource):
 - Plain HTTP servers (HTTP, HTTP2, GRPC, GRPC-WEB) on one port merge into one filter
   chain: an HTTP connection manager fetching the route configuration ``http.PORT`` (with
   ``.BIND`` when the server has a ``bind``) by RDS.
-- HTTPS servers terminating TLS (SIMPLE, MUTUAL, OPTIONAL_MUTUAL) get a filter chain
-  each, matched by SNI = the server's hosts (none when a host is ``*``), with a
-  ``DownstreamTlsContext`` naming the certificate files' SDS secrets (``secrets``),
+- HTTPS servers terminating TLS (SIMPLE, MUTUAL, OPTIONAL_MUTUAL; ISTIO_MUTUAL with
+  mesh mutual TLS) get a filter chain each, matched by SNI = the server's hosts (none
+  when a host is ``*``), with a ``DownstreamTlsContext`` naming the certificate files'
+  SDS secrets (the mesh's ``default``/``ROOTCA`` for ISTIO_MUTUAL; ``secrets``),
   and a route configuration of their own, ``https.PORT.PORTNAME.GATEWAY.NAMESPACE``.
 - TLS servers terminating TLS and TCP servers proxy connections by the ``tcp`` rules of
   the VirtualServices bound to the gateway (the first rule that applies, as Istio);
@@ -55,6 +56,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import DOMAIN_SUFFIX, HTTPMatch, L4Match, Mesh, ResourceKey, VirtualService
+from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
 from xdsd.resources import pack
 from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET, san_matcher
@@ -69,13 +71,21 @@ from xdsd.translate.listeners import (
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import MAX_DIRECT_RESPONSE_BODY
 from xdsd.translate.route_matches import Caller
-from xdsd.translate.secrets import add_certificate, add_validation
+from xdsd.translate.secrets import (
+    add_certificate,
+    add_certificate_secret,
+    add_validation,
+    add_validation_secret,
+)
 
 #: Server protocols whose servers merge into one plain HTTP connection manager.
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 #: ALPN a TLS-terminating HTTPS server offers (Istio's).
 HTTPS_ALPN = ("h2", "http/1.1")
-_TERMINATING = (ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
+_TERMINATING = (
+    ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL,
+    ServerTLSMode.ISTIO_MUTUAL,
+)  # fmt: skip
 _VALIDATING = (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
 _TLS_VERSIONS = {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO,
@@ -518,16 +528,24 @@ def downstream_tls_context(
     (``secrets``: fetched like the class's other resources, ``source``); for MUTUAL
     and OPTIONAL_MUTUAL the CA (by SDS, and subject alt names) client certificates are
     checked against, a client certificate required for MUTUAL; protocol versions and
-    cipher suites; ALPN ``h2``, ``http/1.1`` for HTTPS."""
+    cipher suites; ALPN ``h2``, ``http/1.1`` for HTTPS. ISTIO_MUTUAL uses the mesh's
+    certificates instead (secrets ``default`` and ``ROOTCA``, see ``secrets``) and
+    requires a client certificate of the mesh CA."""
     ctx = tls_pb2.DownstreamTlsContext()
     common = ctx.common_tls_context
     if http:
         common.alpn_protocols.extend(HTTPS_ALPN)
-    add_certificate(common, tls.server_certificate, tls.private_key, source)
-    if tls.mode in _VALIDATING:
-        matchers = [san_matcher(name) for name in tls.subject_alt_names]
-        add_validation(common, tls.ca_certificates, matchers, source)
-    ctx.require_client_certificate.value = tls.mode is ServerTLSMode.MUTUAL
+    matchers = [san_matcher(name) for name in tls.subject_alt_names]
+    if tls.mode is ServerTLSMode.ISTIO_MUTUAL:
+        add_certificate_secret(common, WORKLOAD_SECRET, source)
+        add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
+    else:
+        add_certificate(common, tls.server_certificate, tls.private_key, source)
+        if tls.mode in _VALIDATING:
+            add_validation(common, tls.ca_certificates, matchers, source)
+    ctx.require_client_certificate.value = tls.mode in (
+        ServerTLSMode.MUTUAL, ServerTLSMode.ISTIO_MUTUAL
+    )  # fmt: skip
     params = common_pb2.TlsParameters()
     if tls.min_protocol_version and tls.min_protocol_version != "TLS_AUTO":
         params.tls_minimum_protocol_version = _TLS_VERSIONS[tls.min_protocol_version]
