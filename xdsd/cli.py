@@ -151,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--config-dir", default=None, help="check the node against this config")
     boot.add_argument(
         "--settings", default=None, metavar="FILE",
-        help="with --config-dir: check with this settings file's [mesh]",
+        help="with --config-dir: check with this settings file's [mesh]; with --format "
+        "grpc and [mesh.mtls]: give the client its mesh certificates",
     )  # fmt: skip
     _add_node_flags(boot)
     boot.add_argument("--xds", default=DEFAULT_GRPC, metavar="HOST:PORT")
@@ -344,7 +345,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
         MeshTranslation(result.mesh, mesh_config=_mesh_config(args)).snapshot_for(node)
     tls = _xds_tls_flags(args)
     if args.format == "grpc":
-        doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text))
+        doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text),
+                             mesh_tls=_mesh_config(args).mtls)  # fmt: skip
         if tls:
             for server in doc["xds_servers"]:
                 server["channel_creds"] = [{"type": "tls", "config": _grpc_tls_config(args)}]

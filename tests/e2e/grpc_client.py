@@ -1,17 +1,24 @@
 """A proxyless gRPC client for the tests: dials ``xds:///TARGET`` (GRPC_XDS_BOOTSTRAP set
-by the caller) and prints, one per line, which backend answered each call."""
+by the caller) and prints, one per line, which backend answered each call (or the error).
+With ``--xds-credentials`` the channel takes its security from xDS (falling back to
+plaintext), as a client that wants mesh mutual TLS must."""
 
 from __future__ import annotations
 
 import sys
 import time
 
-import grpc
-
 
 def main() -> None:
     target = sys.argv[1]
-    with grpc.insecure_channel(f"xds:///{target}") as channel:
+    if "--xds-credentials" in sys.argv[2:]:
+        import grpc.experimental
+
+        fallback = grpc.experimental.insecure_channel_credentials()
+        channel = grpc.secure_channel(f"xds:///{target}", grpc.xds_channel_credentials(fallback))
+    else:
+        channel = grpc.insecure_channel(f"xds:///{target}")
+    with channel:
         who = channel.unary_unary("/test.Echo/Who")
         while True:
             try:

@@ -299,6 +299,76 @@ def test_a_gateway_server_in_istio_mutual_takes_mesh_clients_and_calls_in_the_me
     assert refused(lambda: through_gateway(None))
 
 
+def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
+    world: World, tmp_path: Path
+) -> None:
+    """A proxyless gRPC client whose bootstrap (``xdsd bootstrap --format grpc
+    --settings``) holds its mesh certificate reaches a gRPC service behind a STRICT
+    sidecar, checking the callee's identity; the same client without it is refused."""
+    import json
+    import queue
+    import subprocess
+    import sys
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    for service in ("greeter", "caller"):
+        install(world.ca.issue(service, uris=[identity(service)], directory=tmp_path),
+                world.pki / "default" / service)  # fmt: skip
+    app_port = free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(lambda r, c: b"greeter")}),))  # fmt: skip
+    server.add_insecure_port(f"127.0.0.1:{app_port}")
+    server.start()
+    greeter = world.mesh.start("greeter", app_port=app_port, protocol="GRPC")
+    assert world.mesh.xdsd is not None
+    clients: list[subprocess.Popen[str]] = []
+
+    def start_client(mesh_tls: bool) -> queue.Queue[str]:
+        argv = [sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", "caller",
+                "--format", "grpc", "--xds", f"127.0.0.1:{world.mesh.xdsd.grpc_port}"]  # fmt: skip
+        if mesh_tls:
+            argv += ["--settings", str(world.settings)]
+        boot = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        doc = json.loads(boot.stdout)
+        assert ("certificate_providers" in doc) is mesh_tls, doc
+        path = tmp_path / f"bootstrap-{mesh_tls}.json"
+        path.write_text(json.dumps(doc))
+        client = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("grpc_client.py")),
+             f"greeter:{greeter.inbound_port}", "--xds-credentials"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)},
+        )  # fmt: skip
+        clients.append(client)
+        seen: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [seen.put(line.strip()) for line in client.stdout or []], daemon=True
+        ).start()
+        return seen
+
+    def answers(seen: queue.Queue[str], n: int = 5) -> list[str]:
+        return [seen.get(timeout=30) for _ in range(n)]
+
+    try:
+        secured = start_client(mesh_tls=True)
+        wait_until(lambda: answers(secured) == ["greeter"] * 5, timeout=60,
+                   what="the proxyless client answered over mesh mTLS")  # fmt: skip
+        stats = greeter.stats()
+        assert stats.get(f"listener.inbound_{greeter.inbound_port}.ssl.handshake", 0) > 0
+        plain = start_client(mesh_tls=False)
+        got = answers(plain, 2)  # each waits out the client's 5 s deadline
+        assert all(line.startswith("error") for line in got), got
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+        server.stop(None)
+
+
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 XDSD_NAME = "xdsd.mesh.test"

@@ -649,6 +649,7 @@ class TrafficMesh:
         drain_time_s: int = 0,
         bootstrap_args: tuple[str, ...] = (),
         app_port: int = 0,
+        protocol: str = "HTTP",
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
         is written here, on its own address); return it once Envoy is LIVE.
@@ -656,12 +657,13 @@ class TrafficMesh:
         routes, and so the clusters they name) from Envoy's default of 600 s.
         ``bootstrap_args`` are more ``xdsd bootstrap`` flags (e.g. ``--xds-tls-ca``).
         ``app_port`` is where the client's own application listens on 127.0.0.1 (its
-        service's targetPort; default: a free port nobody listens on)."""
+        service's targetPort; default: a free port nobody listens on), speaking
+        ``protocol``."""
         ip, outbound_ip = self.ip(), self.ip()
         inbound_port = free_port(ip)
         lines = f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\n'
         target = app_port or free_port()
-        lines += f'number = {inbound_port}\nprotocol = "HTTP"\ntargetPort = {target}\n\n'
+        lines += f'number = {inbound_port}\nprotocol = "{protocol}"\ntargetPort = {target}\n\n'
         lines += f'[[endpoints]]\naddress = "{ip}"\n'
         if labels:
             pairs = ", ".join(f'{k} = "{v}"' for k, v in sorted(labels.items()))

@@ -203,8 +203,13 @@ def test_gateway_model() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "line", "field", "message"),
     [
-        ("mode: SIMPLE", "mode: ISTIO_MUTUAL", 14, "servers[1].tls.serverCertificate",
-         "does not apply with mode ISTIO_MUTUAL"),
+        (
+            "mode: SIMPLE",
+            "mode: ISTIO_MUTUAL",
+            14,
+            "servers[1].tls.serverCertificate",
+            "does not apply with mode ISTIO_MUTUAL",
+        ),
         ("mode: SIMPLE", "mode: MUTUAL", 12, "servers[1].tls.caCertificates", "is required"),
         (
             "      privateKey: certs/gw-key.pem\n",

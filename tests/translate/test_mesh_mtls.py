@@ -499,3 +499,32 @@ def test_istio_mutual_gateway_servers_use_the_mesh_certificates(tmp_path: Path) 
             .match_typed_subject_alt_names] == ["spiffe://mesh.test/ns/default/sa/web"]  # fmt: skip
     config_json = render_static(mesh, INGRESS, admin_port=0, mesh_config=MeshConfig(mtls=tls))
     envoy_accepts(config_json, tmp_path / "east-west.json")
+
+
+def test_proxyless_grpc_with_mesh_certificates_gets_a_certificate_provider_context(
+    tmp_path: Path,
+) -> None:
+    from xdsd.translate import grpc_bootstrap
+
+    pki(tmp_path)
+    tls = mesh_tls(tmp_path)
+    tr = translation(tmp_path, tls)
+    node = NodeClass("web", client=ClientKind.GRPC, mesh_tls=True)
+    name = "outbound|8081||api.default.svc.cluster.local"
+    context = upstream_tls(tr.snapshot_for(node).get(CLUSTER)[name].message)
+    assert context is not None
+    common = context.common_tls_context
+    assert common.tls_certificate_provider_instance.instance_name == "mesh"
+    validation = common.validation_context
+    assert validation.ca_certificate_provider_instance.instance_name == "mesh"
+    assert [m.exact for m in validation.match_subject_alt_names] == [
+        f"spiffe://{TRUST}/ns/default/sa/api"
+    ]
+    assert not tr.snapshot_for(node).get(SECRET)  # the files are the client's to read
+    # Its bootstrap names its own files, and says it has them.
+    doc = grpc_bootstrap("web-1", NodeClass("web", client=ClientKind.GRPC), xds_host="127.0.0.1",
+                         xds_port=1, mesh_tls=tls)  # fmt: skip
+    config = doc["certificate_providers"]["mesh"]["config"]
+    assert config["certificate_file"] == str(tmp_path / "pki" / "default" / "web" / "cert.pem")
+    assert config["ca_certificate_file"] == tls.ca
+    assert doc["node"]["metadata"]["mesh_tls"] is True

@@ -106,6 +106,7 @@ def test_client_kind(user_agent: str, kind: ClientKind) -> None:
         (make_node(instance_ip="my-host"), "metadata.instance_ip"),
         (make_node(outbound_ip="300.0.0.1"), "metadata.outbound_ip"),
         (make_node(namespace=3), "metadata.namespace"),
+        (make_node(mesh_tls="yes"), "metadata.mesh_tls"),
     ],
 )
 def test_unusable_fields_are_errors(node: Any, field: str) -> None:
@@ -120,3 +121,13 @@ def test_labels_are_sorted_and_classes_hashable() -> None:
     b = NodeClass("reviews", labels=(("a", "1"), ("b", "2")))
     assert a == b and hash(a) == hash(b)
     assert a.labels == (("a", "1"), ("b", "2"))
+
+
+def test_mesh_tls_is_a_proxyless_grpc_clients_only() -> None:
+    ads = ConfigSourceKind.ADS
+    grpc = node_class_from_node(make_node(user_agent="gRPC Python", mesh_tls=True),
+                                config_source=ads)  # fmt: skip
+    assert grpc.mesh_tls and "mesh-tls" in str(grpc)
+    # An Envoy reads the mesh's certificates by SDS: the flag would only split classes.
+    envoy = node_class_from_node(make_node(mesh_tls=True), config_source=ads)
+    assert not envoy.mesh_tls and envoy == node_class_from_node(make_node(), config_source=ads)

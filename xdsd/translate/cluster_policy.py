@@ -106,9 +106,12 @@ def apply_traffic_policy(
             cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
     tls = policy.tls
     if tls is not None and tls.mode is not TLSMode.DISABLE:
-        if grpc:
+        if grpc and tls.mode is TLSMode.ISTIO_MUTUAL:
+            _set_grpc_mesh_tls(cluster, tls)
+        elif grpc:
             raise TranslationError([_grpc_tls_problem(rule)])
-        _set_tls(cluster, port, pool, tls, source)
+        else:
+            _set_tls(cluster, port, pool, tls, source)
 
 
 def uses_sds(policy: TrafficPolicy | None) -> bool:
@@ -333,6 +336,28 @@ def _set_tls(
         _set_auto_sni(cluster, verify=verify)
 
 
+#: The certificate provider instance (of a proxyless gRPC client's bootstrap) that holds
+#: the mesh's certificates: the client's own and the mesh CA (``xdsd bootstrap --format
+#: grpc --settings``).
+MESH_CERTIFICATE_PROVIDER = "mesh"
+
+
+def _set_grpc_mesh_tls(cluster: Any, tls: ClientTLS) -> None:
+    """Mesh mutual TLS as proxyless gRPC takes it (gRFC A29): the client's certificate
+    and the CA from the certificate provider ``MESH_CERTIFICATE_PROVIDER`` of its
+    bootstrap, the callee's identity checked by ``match_subject_alt_names`` (the field
+    gRPC reads)."""
+    context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
+    common = context.common_tls_context
+    common.tls_certificate_provider_instance.instance_name = MESH_CERTIFICATE_PROVIDER
+    validation = common.validation_context
+    validation.ca_certificate_provider_instance.instance_name = MESH_CERTIFICATE_PROVIDER
+    for name in tls.subject_alt_names:
+        validation.match_subject_alt_names.add(exact=name)
+    cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
+    cluster.transport_socket.typed_config.CopyFrom(pack(context))
+
+
 def _speaks_http2(port: Port, pool: ConnectionPool | None) -> bool:
     """True when the cluster's upstream connections are HTTP/2: an HTTP2 or GRPC port, or
     h2UpgradePolicy UPGRADE without useClientProtocol (Istio's ``shouldH2Upgrade``)."""
@@ -378,7 +403,8 @@ def _grpc_tls_problem(rule: DestinationRule | None) -> Problem:
         path,
         line,
         "trafficPolicy.tls",
-        "proxyless gRPC clients read certificates only through certificate providers, "
-        "which xdsd does not configure yet: TLS origination from certificate files is "
+        "proxyless gRPC clients read certificates only through certificate providers: "
+        "they get mesh mutual TLS (ISTIO_MUTUAL) from the one xdsd bootstrap writes, and "
+        "TLS origination from certificate files is "
         "for Envoy sidecars",
     )

@@ -76,12 +76,19 @@ class ClusterFlavor(Enum):
     ENVOY_ADS = "envoy-ads"
     ENVOY_REST = "envoy-rest"
     GRPC = "grpc"
+    #: Proxyless gRPC with the mesh's certificates (``NodeClass.mesh_tls``).
+    GRPC_MTLS = "grpc-mtls"
+
+    @property
+    def grpc(self) -> bool:
+        """True for proxyless gRPC's flavors."""
+        return self in (ClusterFlavor.GRPC, ClusterFlavor.GRPC_MTLS)
 
 
 def cluster_flavor(node: NodeClass) -> ClusterFlavor:
     """The cluster flavor a node class receives."""
     if node.client is ClientKind.GRPC:
-        return ClusterFlavor.GRPC
+        return ClusterFlavor.GRPC_MTLS if node.mesh_tls else ClusterFlavor.GRPC
     if node.config_source is ConfigSourceKind.REST:
         return ClusterFlavor.ENVOY_REST
     return ClusterFlavor.ENVOY_ADS
@@ -153,9 +160,7 @@ def is_eds(spec: OutboundCluster, flavor: ClusterFlavor) -> bool:
         return True
     # gRPC has no STRICT_DNS and LOGICAL_DNS needs one endpoint: with none, an empty EDS
     # assignment says "no endpoints" in a form gRPC accepts.
-    return flavor is ClusterFlavor.GRPC and not select_endpoints(
-        spec.service, spec.port, spec.selector
-    )
+    return flavor.grpc and not select_endpoints(spec.service, spec.port, spec.selector)
 
 
 def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
@@ -180,15 +185,13 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
         make_forward_proxy_cluster(cluster)
         return cluster
     endpoints = select_endpoints(spec.service, spec.port, spec.selector)
-    logical = flavor is ClusterFlavor.GRPC or (
-        spec.service.resolution is Resolution.DNS_ROUND_ROBIN
-    )
+    logical = flavor.grpc or (spec.service.resolution is Resolution.DNS_ROUND_ROBIN)
     if logical and endpoints:
         cluster.type = cluster_pb2.Cluster.LOGICAL_DNS
         endpoints = endpoints[:1]
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
-    if flavor is not ClusterFlavor.GRPC:
+    if not flavor.grpc:
         cluster.dns_lookup_family = DNS_LOOKUP_FAMILY
     cluster.load_assignment.CopyFrom(load_assignment(name, spec.port, endpoints))
     _configure(cluster, spec, flavor)
@@ -199,12 +202,12 @@ def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> No
     """Everything of an outbound cluster that follows from its flavor, port, health check
     and policy."""
     check = spec.health_check
-    if check is not None and flavor is not ClusterFlavor.GRPC:
+    if check is not None and not flavor.grpc:
         apply_health_check(cluster, spec.port, check)
     _set_load_balancer(cluster, spec, flavor)
     source = ConfigSourceKind.REST if flavor is ClusterFlavor.ENVOY_REST else ConfigSourceKind.ADS
     apply_traffic_policy(
-        cluster, spec.port, spec.policy, grpc=flavor is ClusterFlavor.GRPC, rule=spec.rule,
+        cluster, spec.port, spec.policy, grpc=flavor.grpc, rule=spec.rule,
         source=source,
     )  # fmt: skip
 
@@ -280,7 +283,7 @@ def _set_load_balancer(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavo
     simple = simple_lb(spec.policy)
     if simple is SimpleLB.PASSTHROUGH:
         raise TranslationError([_passthrough_problem(spec)])
-    if flavor is not ClusterFlavor.GRPC:
+    if not flavor.grpc:
         cluster.lb_policy = _ENVOY_LB[simple]
         return
     # Istio's default for proxyless gRPC is round robin, the one policy every gRPC

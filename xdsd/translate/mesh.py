@@ -1073,7 +1073,7 @@ class MeshTranslation:
         else:
             # DNS clusters carry no config source (unless their TLS certificates come by
             # SDS): Envoy classes share them.
-            shared = flavor is not ClusterFlavor.GRPC and not uses_sds(spec.policy)
+            shared = not flavor.grpc and not uses_sds(spec.policy)
             inline_flavor = ClusterFlavor.ENVOY_ADS if shared else flavor
             endpoints = select_endpoints(spec.service, spec.port, spec.selector)
             key = ("dns-cluster", inline_flavor, spec.name, spec.port, spec.service.resolution,
@@ -1086,9 +1086,10 @@ class MeshTranslation:
         DestinationRule says otherwise, and wherever a rule asks for ISTIO_MUTUAL;
         checking the callee's identity: the rule's subject alt names, else the entry's,
         else (a Service) its SPIFFE id; a MESH_INTERNAL entry that names none is checked
-        against the mesh CA only. Proxyless gRPC is left out: it reads certificates only
-        through certificate providers, so its ISTIO_MUTUAL is plaintext (refused by
-        STRICT sidecars)."""
+        against the mesh CA only. Proxyless gRPC reads certificates only through the
+        certificate providers of its bootstrap: a client that has the mesh's
+        (``ClusterFlavor.GRPC_MTLS``) is treated as Envoy, any other is left out (its
+        ISTIO_MUTUAL is plaintext, which STRICT sidecars refuse)."""
         mtls = self.mesh_config.mtls
         policy = spec.policy
         tls = policy.tls if policy is not None else None
@@ -1098,7 +1099,7 @@ class MeshTranslation:
             if flavor is ClusterFlavor.GRPC:
                 return dataclasses.replace(spec, policy=dataclasses.replace(policy, tls=None))
         if not mtls.enabled or flavor is ClusterFlavor.GRPC:
-            return spec
+            return spec  # (a GRPC_MTLS client has the mesh's certificates: as Envoy)
         service = spec.service
         if tls is None and service.location is Location.MESH_INTERNAL:
             tls = ClientTLS(TLSMode.ISTIO_MUTUAL)

@@ -70,6 +70,9 @@ class NodeClass:
     config_source: ConfigSourceKind = ConfigSourceKind.ADS
     instance_ip: str = ""
     outbound_ip: str = DEFAULT_OUTBOUND_IP
+    #: A proxyless gRPC client whose bootstrap holds the mesh's certificates (the
+    #: certificate provider ``mesh``): it is sent mesh mutual TLS (``clusters``).
+    mesh_tls: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
@@ -91,6 +94,8 @@ class NodeClass:
             parts.append(f"in={self.instance_ip}")
         if self.outbound_ip != DEFAULT_OUTBOUND_IP:
             parts.append(f"out={self.outbound_ip}")
+        if self.mesh_tls:
+            parts.append("mesh-tls")
         return " ".join(parts)
 
 
@@ -116,8 +121,9 @@ def node_class_from_node(
     ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``, ``client``
     (``envoy`` | ``grpc`` | ``mosn``: the client kind, overriding what
     ``user_agent_name`` says; MOSN sends no ``user_agent_name``, only ``id``, ``cluster``
-    and ``metadata``, so a MOSN node is known by this field). Every other field is
-    ignored.
+    and ``metadata``, so a MOSN node is known by this field), ``mesh_tls`` (true: a
+    proxyless gRPC client with the mesh's certificates in its bootstrap). Every other
+    field is ignored.
 
     Raises TranslationError (path ``<node>``) when a field cannot be used: no
     ``node.cluster``, an unknown role or client, labels that are not a struct, an
@@ -186,6 +192,13 @@ def node_class_from_node(
                     f"must be one of {allowed} (got {client_text!r})",
                 )
             )
+    mesh_tls = False
+    if "mesh_tls" in fields:
+        flag = json_format.MessageToDict(fields["mesh_tls"])
+        if isinstance(flag, bool):
+            mesh_tls = flag
+        else:
+            problems.append(Problem(NODE_PATH, 0, "metadata.mesh_tls", "must be true or false"))
     instance_ip = text("instance_ip", "")
     outbound_ip = text("outbound_ip", DEFAULT_OUTBOUND_IP) or DEFAULT_OUTBOUND_IP
     for key, value in (("instance_ip", instance_ip), ("outbound_ip", outbound_ip)):
@@ -207,6 +220,7 @@ def node_class_from_node(
         config_source=config_source,
         instance_ip=instance_ip,
         outbound_ip=outbound_ip,
+        mesh_tls=mesh_tls and client is ClientKind.GRPC,
     )
 
 

@@ -26,9 +26,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import struct_pb2
 
 from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import UsageError
 from xdsd.model import Mesh
-from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, NO_MESH_TLS, MeshConfig, MeshTLS
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, pack, to_json
+from xdsd.translate.cluster_policy import MESH_CERTIFICATE_PROVIDER
 from xdsd.translate.config_sources import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     XDS_CLUSTER,
@@ -77,6 +79,8 @@ def node_metadata(node: NodeClass) -> Any:
     )
     if node.instance_ip:
         metadata.update({"instance_ip": node.instance_ip})
+    if node.mesh_tls:
+        metadata.update({"mesh_tls": True})
     return metadata
 
 
@@ -252,12 +256,25 @@ def bootstrap(
 
 
 def grpc_bootstrap(
-    node_id: str, node: NodeClass, *, xds_host: str, xds_port: int
+    node_id: str,
+    node: NodeClass,
+    *,
+    xds_host: str,
+    xds_port: int,
+    mesh_tls: MeshTLS = NO_MESH_TLS,
 ) -> dict[str, Any]:
     """The JSON file ``GRPC_XDS_BOOTSTRAP`` names, for a proxyless gRPC client of class
-    ``node``: xdsd as its xDS server (plaintext, xDS v3) and its node."""
+    ``node``: xdsd as its xDS server (plaintext, xDS v3) and its node.
+
+    With mesh mutual TLS on (``mesh_tls``), the client's own certificate files (the
+    templates filled in for its namespace, service and ``instance_ip``) and the mesh CA
+    become the certificate provider ``mesh`` (gRPC's ``file_watcher``, which reads them
+    again every minute), and the node says it has them (``mesh_tls``), so xdsd sends it
+    mesh mutual TLS; the application must dial with xDS channel credentials. Raises
+    UsageError when the templates name workloads by ``{instance_ip}`` and the node has
+    none."""
     host = f"[{xds_host}]" if ":" in xds_host else xds_host
-    return {
+    out: dict[str, Any] = {
         "xds_servers": [
             {
                 "server_uri": f"{host}:{xds_port}",
@@ -265,5 +282,24 @@ def grpc_bootstrap(
                 "server_features": ["xds_v3"],
             }
         ],
-        "node": plain_json(to_json(node_message(node_id, node))),
     }
+    if mesh_tls.enabled:
+        if mesh_tls.per_workload and not node.instance_ip:
+            raise UsageError(
+                "the mesh certificates are per workload ({instance_ip}): give --instance-ip"
+            )
+        node = dataclasses.replace(node, mesh_tls=True)
+        certificate, key = mesh_tls.workload_files(node.namespace, node.service, node.instance_ip)
+        out["certificate_providers"] = {
+            MESH_CERTIFICATE_PROVIDER: {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "certificate_file": certificate,
+                    "private_key_file": key,
+                    "ca_certificate_file": mesh_tls.ca,
+                    "refresh_interval": "60s",
+                },
+            }
+        }
+    out["node"] = plain_json(to_json(node_message(node_id, node)))
+    return out
