@@ -396,10 +396,18 @@ async def serve(
     aio_server: AioServer | None = None
     streams: list[OpenStreams] = []
     limits = StreamLimits.from_settings(settings)
-    authorizer = NodeAuthorizer(settings.authorized_nodes)
+    mtls = settings.mesh.mtls
+    authorizer = NodeAuthorizer(
+        settings.authorized_nodes,
+        trust_domain=mtls.trust_domain if mtls.enabled and settings.tls_client_ca else "",
+    )
     if settings.tls_client_ca and not authorizer.enforcing:
         log.warning("client certificates are required but authorized_nodes is empty: "
                     "any client with a valid certificate may speak for any node")  # fmt: skip
+    if mtls.enabled and not settings.tls_client_ca:
+        log.warning("mesh mutual TLS is on but xDS clients are not authenticated "
+                    "(tls_client_ca): any client that reaches xDS can fetch any service's "
+                    "private key")  # fmt: skip
     if settings.tls:
         certificates = ServerCertificates(settings)
     grpc_tls = certificates.context("h2") if certificates is not None else None

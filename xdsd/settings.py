@@ -196,19 +196,21 @@ class Settings:
 class NodeGrant:
     """Which nodes a client certificate with the SAN ``san`` (a URI or DNS name) may
     speak for: those whose ``node.id`` is in ``node_ids`` or whose ``node.cluster`` (the
-    service it fronts) is in ``services``; ``"*"`` in either means any."""
+    service it fronts) is in ``services``, written ``NAMESPACE/SERVICE`` (that namespace
+    only) or ``SERVICE`` (any namespace); ``"*"`` in either means any."""
 
     san: str
     node_ids: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
 
-    def allows(self, node_id: str, service: str) -> bool:
+    def allows(self, node_id: str, service: str, namespace: str = "default") -> bool:
         """True when this grant lets its certificate speak for that node."""
         return (
             "*" in self.node_ids
             or "*" in self.services
             or node_id in self.node_ids
             or service in self.services
+            or f"{namespace}/{service}" in self.services
         )
 
 

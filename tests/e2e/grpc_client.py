@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 import time
 
+import grpc
+import grpc.experimental
+
 
 def main() -> None:
     target = sys.argv[1]
     if "--xds-credentials" in sys.argv[2:]:
-        import grpc.experimental
-
         fallback = grpc.experimental.insecure_channel_credentials()
         channel = grpc.secure_channel(f"xds:///{target}", grpc.xds_channel_credentials(fallback))
     else:

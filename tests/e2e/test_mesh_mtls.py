@@ -130,6 +130,14 @@ def test_sidecars_speak_mutual_tls_and_the_callee_learns_the_callers_identity(
     web_stats = world.web.stats()
     inbound = f"listener.inbound_{world.web.inbound_port}.ssl.handshake"
     assert web_stats.get(inbound, 0) > 0, "web's inbound listener made no TLS handshake"
+    # xdsd's config dump shows the secrets a node was sent, without the private key.
+    assert world.mesh.xdsd is not None
+    dump = world.mesh.xdsd.admin("/debug/config_dump?node=client-sidecar")
+    secrets = {item["name"]: item for item in dump["resources"]["secrets"]}
+    own = secrets["default"]["tls_certificate"]
+    assert own["private_key"] == {"inline_string": "[redacted]"}
+    assert own["certificate_chain"]["inline_bytes"]
+    assert "validation_context" in secrets["ROOTCA"]
 
 
 def plaintext_get(world: World) -> int:
@@ -375,9 +383,11 @@ XDSD_NAME = "xdsd.mesh.test"
 
 
 def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path) -> None:
-    """The mesh certificates double as xDS client certificates: with xdsd requiring them
-    and ``[authorized_nodes]`` mapping each SPIFFE id to its service, a proxy gets its
-    own ``default`` secret, and its certificate cannot fetch another service's."""
+    """The mesh certificates double as xDS client certificates: with xdsd requiring
+    client certificates and mesh mTLS on, a mesh identity may speak for the nodes of its
+    own service in its own namespace (no ``[authorized_nodes]`` needed), so a proxy gets
+    its own ``default`` secret and cannot fetch another service's, nor the same
+    service's in another namespace."""
     import grpc
     from envoy.config.core.v3 import base_pb2
     from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
@@ -388,39 +398,40 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
     pki = tmp_path / "pki"
     ca = CertAuthority(pki)
     server = ca.issue("xdsd", dns_names=[XDSD_NAME], directory=tmp_path / "server")
-    for service in ("client", "web"):
-        install(ca.issue(service, uris=[identity(service)], directory=tmp_path / "issued"),
-                pki / "default" / service)  # fmt: skip
+    members = (("default", "client"), ("default", "web"), ("prod", "web"))
+    for namespace, service in members:
+        uri = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service}"
+        install(ca.issue(f"{namespace}-{service}", uris=[uri], directory=tmp_path / "issued"),
+                pki / namespace / service)  # fmt: skip
     path = tmp_path / "settings.toml"
     path.write_text(
         f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\n'
-        f'tls_client_ca = "{ca.ca_path}"\n\n'
-        "[authorized_nodes]\n"
-        f'"{identity("client")}" = {{ services = ["client"] }}\n'
-        f'"{identity("web")}" = {{ services = ["web"] }}\n\n' + settings(pki, "STRICT")
+        f'tls_client_ca = "{ca.ca_path}"\n\n' + settings(pki, "STRICT")
     )
     config = tmp_path / "config" / "services"
     config.mkdir(parents=True)
-    for n, service in enumerate(("client", "web"), 1):
-        (config / f"{service}.toml").write_text(
-            f'kind = "Service"\nname = "{service}"\n[[ports]]\nname = "http"\nnumber = 8080\n'
-            f'protocol = "HTTP"\ntargetPort = 9090\n[[endpoints]]\naddress = "10.9.0.{n}"\n'
+    for n, (namespace, service) in enumerate(members, 1):
+        (config / f"{namespace}-{service}.toml").write_text(
+            f'kind = "Service"\nname = "{service}"\nnamespace = "{namespace}"\n[[ports]]\n'
+            f'name = "http"\nnumber = 8080\nprotocol = "HTTP"\ntargetPort = 9090\n'
+            f'[[endpoints]]\naddress = "10.9.0.{n}"\n'
         )
 
-    def fetch(cert_of: str, node_service: str) -> bytes | grpc.RpcError:
-        """Ask for SDS ``default`` as a node of ``node_service``, presenting the mesh
-        certificate of ``cert_of``; its certificate chain, or the stream's error."""
-        files = pki / "default" / cert_of
+    def fetch(cert_of: tuple[str, str], node_of: tuple[str, str]) -> bytes | grpc.RpcError:
+        """Ask for SDS ``default`` as a node of (namespace, service) ``node_of``,
+        presenting the mesh certificate of ``cert_of``; its certificate chain, or the
+        stream's error."""
+        files = pki / cert_of[0] / cert_of[1]
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca.ca_path.read_bytes(),
             private_key=(files / "key.pem").read_bytes(),
             certificate_chain=(files / "cert.pem").read_bytes(),
         )
-        node = base_pb2.Node(id=f"{node_service}-1", cluster=node_service)
+        node = base_pb2.Node(id=f"{node_of[1]}-1", cluster=node_of[1])
+        node.metadata.update({"namespace": node_of[0]})
         request = discovery_pb2.DiscoveryRequest(
             node=node, type_url=SECRET_TYPE, resource_names=["default"]
         )
-        assert xdsd.grpc_port
         with grpc.secure_channel(
             f"127.0.0.1:{xdsd.grpc_port}", credentials,
             options=[("grpc.ssl_target_name_override", XDSD_NAME)],
@@ -439,12 +450,16 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
 
     xdsd = Xdsd(tmp_path / "config", tmp_path, extra=["--settings", str(path)])
     try:
-        for service in ("client", "web"):
-            own = fetch(service, service)
-            assert own == (pki / "default" / service / "cert.pem").read_bytes(), own
-        denied = fetch("client", "web")
-        assert isinstance(denied, grpc.RpcError)
-        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
-        assert identity("client") in (denied.details() or "")
+        for member in members:
+            own = fetch(member, member)
+            assert own == (pki / member[0] / member[1] / "cert.pem").read_bytes(), own
+        for cert_of, node_of in (
+            (("default", "client"), ("default", "web")),  # another service
+            (("default", "web"), ("prod", "web")),  # the same service, another namespace
+        ):
+            denied = fetch(cert_of, node_of)
+            assert isinstance(denied, grpc.RpcError), node_of
+            assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
+            assert f"in namespace {node_of[0]!r}" in (denied.details() or "")
     finally:
         xdsd.stop()

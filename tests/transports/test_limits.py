@@ -44,6 +44,38 @@ def test_a_certificate_speaks_only_for_its_nodes(
         assert node_id in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("san", "namespace", "service", "allowed"),
+    [
+        ("spiffe://mesh.test/ns/prod/sa/web", "prod", "web", True),
+        ("spiffe://mesh.test/ns/prod/sa/web", "default", "web", False),  # another namespace
+        ("spiffe://mesh.test/ns/prod/sa/web", "prod", "api", False),  # another service
+        ("spiffe://other.test/ns/prod/sa/web", "prod", "web", False),  # another trust domain
+        ("spiffe://m/a", "prod", "web", False),  # no grant, not a mesh identity
+    ],
+)  # fmt: skip
+def test_mesh_identities_speak_for_their_own_service_and_namespace(
+    san: str, namespace: str, service: str, allowed: bool
+) -> None:
+    authorizer = NodeAuthorizer((), trust_domain="mesh.test")
+    assert authorizer.enforcing
+    cert = {"subjectAltName": (("URI", san),)}
+    if allowed:
+        authorizer.check(cert, "any-id", service, namespace)
+    else:
+        with pytest.raises(Refused, match=f"in namespace '{namespace}'"):
+            authorizer.check(cert, "any-id", service, namespace)
+
+
+def test_a_service_grant_may_name_its_namespace() -> None:
+    authorizer = NodeAuthorizer((NodeGrant("a.m", services=("prod/web", "api")),))
+    cert = {"subjectAltName": (("DNS", "a.m"),)}
+    authorizer.check(cert, "x", "web", "prod")
+    authorizer.check(cert, "x", "api", "anywhere")  # a bare name: any namespace
+    with pytest.raises(Refused):
+        authorizer.check(cert, "x", "web", "default")
+
+
 def test_without_grants_every_client_is_allowed() -> None:
     authorizer = NodeAuthorizer(())
     assert not authorizer.enforcing

@@ -30,7 +30,7 @@ from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
-from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, to_json
+from xdsd.resources import MESSAGE_CLASSES, SECRET, SHORT_NAMES, Resource, to_json
 from xdsd.settings import Address
 
 
@@ -194,14 +194,19 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     """A snapshot's versions and resources as proto3 JSON, by short type name (the shape
-    of ``xdsd render``'s output)."""
+    of ``xdsd render``'s output), with private keys redacted (as Envoy's own config dump
+    does): the admin server is not where keys are handed out."""
     out: dict[str, Any] = {"versions": {}, "resources": {}}
     for type_url, resources in snapshot.resources.items():
         short = SHORT_NAMES.get(type_url, type_url)
         out["versions"][short] = snapshot.version(type_url)
-        out["resources"][short] = [
-            {"@type": type_url, **to_json(_message_of(r))} for r in resources.values()
-        ]
+        items = [{"@type": type_url, **to_json(_message_of(r))} for r in resources.values()]
+        if type_url == SECRET:
+            for item in items:
+                key = item.get("tls_certificate", {}).get("private_key")
+                if key is not None:
+                    item["tls_certificate"]["private_key"] = {"inline_string": "[redacted]"}
+        out["resources"][short] = items
     return out
 
 

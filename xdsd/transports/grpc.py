@@ -55,6 +55,7 @@ from xdsd.transports.limits import (
     Refused,
     StreamLimits,
     ignore_refusal,
+    node_namespace,
     too_large,
 )
 
@@ -382,7 +383,7 @@ class DiscoveryServices:
         client.first_request_timeout = self.limits.first_request_timeout
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(stream), self.authorizer.check
-            client.authorize = lambda node_id, service: check(cert, node_id, service)
+            client.authorize = lambda node: check(cert, node.id, node.cluster, node_namespace(node))
         try:
             self.streams.add(client)
             await client.run()
@@ -471,7 +472,7 @@ class StreamClient:
         self.first_request_timeout = 0.0
         #: Called with the node's id and service when the stream opens; raises Refused
         #: when this client may not speak for that node.
-        self.authorize: Callable[[str, str], None] | None = None
+        self.authorize: Callable[[Any], None] | None = None
 
     def shut_down(self, message: str) -> None:
         """End the stream with UNAVAILABLE and ``message`` once its loop gets to it."""
@@ -555,7 +556,7 @@ class StreamClient:
             raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
         node = first.node
         if self.authorize is not None:
-            self.authorize(node.id, node.cluster)
+            self.authorize(node)
         self.key = self.source.classify(node, self._classify_as())
         self.fields = {"client": self.client_id, "node": node.id}
         cache = self.source.cache

@@ -113,32 +113,51 @@ def certificate_sans(peer_cert: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 class NodeAuthorizer:
     """Decides whether a client may speak for a node, from its certificate's SANs and
-    the grants of ``authorized_nodes``. With no grants every client is allowed (TLS
-    alone decides who connects)."""
+    the grants of ``authorized_nodes``; with ``trust_domain`` (mesh mutual TLS, client
+    certificates required) a mesh identity ``spiffe://TRUST_DOMAIN/ns/NS/sa/SERVICE``
+    may also speak for the nodes of SERVICE in NS, and nothing else by itself. With
+    neither, every client is allowed (TLS alone decides who connects)."""
 
-    def __init__(self, grants: tuple[NodeGrant, ...]) -> None:
+    def __init__(self, grants: tuple[NodeGrant, ...], *, trust_domain: str = "") -> None:
         self._grants: dict[str, list[NodeGrant]] = {}
         for grant in grants:
             self._grants.setdefault(grant.san, []).append(grant)
+        self._mesh_prefix = f"spiffe://{trust_domain}/ns/" if trust_domain else ""
 
     @property
     def enforcing(self) -> bool:
-        """True when some grant is configured (so nodes are checked)."""
-        return bool(self._grants)
+        """True when nodes are checked (some grant, or mesh identities)."""
+        return bool(self._grants) or bool(self._mesh_prefix)
 
-    def check(self, peer_cert: Mapping[str, Any] | None, node_id: str, service: str) -> None:
+    def check(
+        self, peer_cert: Mapping[str, Any] | None, node_id: str, service: str,
+        namespace: str = "default",
+    ) -> None:  # fmt: skip
         """Return when the client whose certificate is ``peer_cert`` may speak for the node
-        ``node_id`` fronting ``service``; else raise Refused (PERMISSION_DENIED, 403)."""
-        if not self._grants:
+        ``node_id`` fronting ``service`` in ``namespace``; else raise Refused
+        (PERMISSION_DENIED, 403)."""
+        if not self.enforcing:
             return
         sans = certificate_sans(peer_cert)
         for san in sans:
+            if self._mesh_prefix and san == f"{self._mesh_prefix}{namespace}/sa/{service}":
+                return
             for grant in self._grants.get(san, ()):
-                if grant.allows(node_id, service):
+                if grant.allows(node_id, service, namespace):
                     return
         names = ", ".join(sans) or "none"
         raise Refused(
             "PERMISSION_DENIED", 403, "permission_denied",
             f"the client certificate (SANs: {names}) may not speak for node {node_id!r} "
-            f"of service {service!r} (authorized_nodes)",
+            f"of service {service!r} in namespace {namespace!r} (authorized_nodes"
+            + (", mesh identities" if self._mesh_prefix else "") + ")",
         )  # fmt: skip
+
+
+def node_namespace(node: Any) -> str:
+    """The namespace an xDS node announces (``node.metadata.namespace``; ``default``
+    when it says none, as the node classes read it)."""
+    value = node.metadata.fields.get("namespace")
+    if value is not None and value.WhichOneof("kind") == "string_value" and value.string_value:
+        return str(value.string_value)
+    return "default"

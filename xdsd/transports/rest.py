@@ -48,6 +48,7 @@ from xdsd.transports.limits import (
     RefusalObserver,
     Refused,
     ignore_refusal,
+    node_namespace,
     too_large,
 )
 
@@ -62,7 +63,7 @@ _VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
 class _ParsedPoll(NamedTuple):
     """What one poll body says, once parsed and its node classified: the node class
     ``key``, the ``client_id``, ``node_id`` and ``service`` (``node.cluster``), the
-    ``names`` and ``version_info`` asked."""
+    ``names`` and ``version_info`` asked, and the node's ``namespace``."""
 
     key: Hashable
     client_id: str
@@ -70,6 +71,7 @@ class _ParsedPoll(NamedTuple):
     service: str
     names: frozenset[str]
     version_info: str
+    namespace: str = "default"
 
 
 class PollTimings:
@@ -231,9 +233,9 @@ class RestDiscovery:
         parsed = self._parse(type_url, raw, v2=v2)
         if isinstance(parsed, web.Response):
             return parsed
-        key, client_id, node_id, service, names, version_info = parsed
+        key, client_id, node_id, service, names, version_info, namespace = parsed
         if self.authorizer is not None:
-            self.authorizer.check(peer_cert, node_id, service)
+            self.authorizer.check(peer_cert, node_id, service, namespace)
         try:
             snapshot = self.source.snapshot(key)
         except ProtocolError as e:
@@ -357,8 +359,9 @@ class RestDiscovery:
             log.error("cannot configure this node: %s", e, extra={"node": node.id})
             return _error(500, str(e))
         parsed = _ParsedPoll(
-            key, f"rest-{node.id or node.cluster}", node.id, node.cluster, names, version_info
-        )
+            key, f"rest-{node.id or node.cluster}", node.id, node.cluster, names, version_info,
+            node_namespace(node),
+        )  # fmt: skip
         if start and not (versioned or "versionInfo" in body):
             # the version is the prefix's alone: the remainder says the rest at any version
             self._remember(digest, parsed)
