@@ -82,3 +82,34 @@ def test_builds_leave_no_cyclic_garbage(tmp_path: Path) -> None:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+def test_a_refused_mesh_mtls_change_keeps_serving_the_last_good_translation(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    from xdsd.model.mesh_config import AccessLog, MeshConfig, MeshTLS, MTLSMode
+
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    state = MeshState(str(config))
+    assert state.reload()
+    state.cache.subscribe(NODE, lambda _snapshot: None)
+    before = state.snapshot(NODE)
+    # Mesh mTLS whose CA is missing: the next load (which reads its files) is refused.
+    mtls = MeshTLS(mode=MTLSMode.STRICT, ca=str(tmp_path / "missing-ca.pem"),
+                   certificate=str(tmp_path / "{service}.pem"),
+                   private_key=str(tmp_path / "{service}-key.pem"))  # fmt: skip
+    assert not state.set_mesh_config(MeshConfig(mtls=mtls))
+    assert not state.reload()
+    assert [p.field for p in state.errors] == ["mesh.mtls.ca"]
+    # Another defaults change meanwhile is not translated against the old mesh's files.
+    logged = MeshConfig(mtls=mtls, access_log=AccessLog(enabled=True))
+    assert not state.set_mesh_config(logged)
+    assert state.cache.get(NODE) is before
+    # Once the settings can be served, the next load translates them.
+    assert not state.set_mesh_config(dataclasses.replace(logged, mtls=MeshTLS()))
+    assert state.reload()
+    after = state.cache.get(NODE)
+    assert after is not None and after is not before

@@ -183,7 +183,9 @@ class MeshState:
         self._loader.mesh_tls = mesh_config.mtls
         if self.loaded is None:
             return False
-        if tls_changed:
+        if tls_changed or self._retranslate:
+            # The loaded mesh lacks (or has stale) mesh certificate files until a load
+            # succeeds with these settings: translating it now would fail every class.
             self._retranslate = True
             return False
         with _building():

@@ -516,10 +516,17 @@ def _mesh_tls(value: Any, key: str, where: _Where, problems: list[Problem]) -> M
         if name == "ca":
             continue
         try:
-            used = {f for _, f, _, _ in string.Formatter().parse(item) if f is not None}
+            fields_ = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(item)
+                       if f is not None]  # fmt: skip
         except ValueError as e:
             problems.append(where.problem(f"{key}.{name}", f"is not a path template: {e}"))
             continue
+        if any(spec or conv for _, spec, conv in fields_):
+            problems.append(where.problem(
+                f"{key}.{name}", "placeholders take no format (write {service}, not {service:x})"
+            ))  # fmt: skip
+            continue
+        used = {f for f, _, _ in fields_}
         unknown = sorted(used - set(MTLS_PLACEHOLDERS))
         if unknown:
             problems.append(where.problem(

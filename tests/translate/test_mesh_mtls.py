@@ -345,6 +345,20 @@ SETTINGS_CASES = [
         "unknown placeholder {host}",
     ),
     ('trust_domain = "a/b"', "mesh.mtls.trust_domain", 2, "trust domain"),
+    (
+        'mode = "STRICT"\nca = "ca.pem"\ncertificate = "{service:d}.pem"\n'
+        'private_key = "{service!r}.key"',
+        "mesh.mtls.private_key",
+        5,
+        "take no format",
+    ),
+    (
+        'mode = "STRICT"\nca = "ca.pem"\ncertificate = "{service:d}.pem"\n'
+        'private_key = "{service}.key"',
+        "mesh.mtls.certificate",
+        4,
+        "take no format",
+    ),
 ]
 
 
