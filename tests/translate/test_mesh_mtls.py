@@ -542,3 +542,34 @@ def test_proxyless_grpc_with_mesh_certificates_gets_a_certificate_provider_conte
     assert config["certificate_file"] == str(tmp_path / "pki" / "default" / "web" / "cert.pem")
     assert config["ca_certificate_file"] == tls.ca
     assert doc["node"]["metadata"]["mesh_tls"] is True
+
+
+def test_a_service_added_to_a_file_finds_its_files_and_a_swapped_link_is_read(
+    tmp_path: Path,
+) -> None:
+    from xdsd.sources import DirectoryLoader
+
+    ca = pki(tmp_path)
+    config = _write(tmp_path)
+    loader = DirectoryLoader(str(config))
+    loader.mesh_tls = mesh_tls(tmp_path)
+    loader.load()
+    # A new service in an existing file, its files written first: found without SIGHUP.
+    files = ca.issue("extra", uris=[f"spiffe://{TRUST}/ns/default/sa/extra"],
+                     directory=tmp_path / "pki" / "default" / "extra")  # fmt: skip
+    files.cert.rename(files.cert.with_name("cert.pem"))
+    files.key.rename(files.key.with_name("key.pem"))
+    extra_cert = tmp_path / "pki" / "default" / "extra" / "cert.pem"
+    (config / "mesh.yaml").write_text(
+        CONFIG + "---\nkind: Service\nname: extra\nports: [{number: 8083, protocol: HTTP}]\n"
+    )
+    mesh = loader.load({str(config / "mesh.yaml")}).mesh
+    assert mesh.certificate(str(extra_cert)) == extra_cert.read_bytes()
+    # A volume that swaps a "..data" link reports that name, never cert.pem's.
+    web_dir = tmp_path / "pki" / "default" / "web"
+    renewed = ca.issue("web-3", uris=[f"spiffe://{TRUST}/ns/default/sa/web"],
+                       directory=tmp_path / "renewed")  # fmt: skip
+    (web_dir / "cert.pem").write_bytes(renewed.cert.read_bytes())
+    (web_dir / "key.pem").write_bytes(renewed.key.read_bytes())
+    mesh = loader.load({str(web_dir / "..data")}).mesh
+    assert mesh.certificate(str(web_dir / "cert.pem")) == renewed.cert.read_bytes()

@@ -41,7 +41,7 @@ from xdsd.sources.certificates import (
     mesh_certificate_refs,
     read_certificates,
 )
-from xdsd.sources.crosscheck import Change, CrossCheck
+from xdsd.sources.crosscheck import Change, CrossCheck, FileContents
 from xdsd.sources.documents import Document, FieldPath, ParseFailure, parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.envoy_raw import parse_raw_resource
@@ -366,28 +366,33 @@ class DirectoryLoader:
         """The files of mesh mutual TLS, and the bytes that need not be read again.
 
         The templates are matched on disk again (``mesh_certificate_refs``) when mesh
-        mutual TLS changed, when a config file came or went (a new service may come with
-        its files), or when something changed under the templates' fixed directory;
-        otherwise the last matches are kept. A file is read again when the load is
+        mutual TLS changed, when a changed file holds other services than before (a new
+        service may come with its files; with per-workload templates, on any change, since
+        endpoints name the workloads), or when something changed under the templates'
+        fixed directory; otherwise the last matches are kept. A file is read again when the load is
         forced (``touched`` is None: start, SIGHUP) or the watcher named it or its
         directory; the others cannot have changed unseen (their directories are
         watched), so their last bytes are used."""
         mtls = self.mesh_tls
+        if touched is not None:
+            touched = {self._as_listed(path) for path in touched}
         if (
             touched is None
             or mtls != self._mesh_seen
-            or any(old is None or new is None for _, old, new in changes)
+            or any(
+                mtls.per_workload or _services(old) != _services(new) for _, old, new in changes
+            )
             or any(_under(path, mtls) for path in touched)
         ):
             self._mesh_seen = mtls
             self._mesh_refs = mesh_certificate_refs(mtls)
         if touched is None:
             return self._mesh_refs, {}
+        # A change in a file's directory drops its bytes too: a Kubernetes-style volume
+        # swaps a ``..data`` link there and the file's own name is never reported.
+        dirs = touched | {os.path.dirname(path) for path in touched}
         last = self._mesh_read[1] if self._mesh_read is not None else ()
-        cache = {
-            c.path: c.data for c in last
-            if c.path not in touched and os.path.dirname(c.path) not in touched
-        }  # fmt: skip
+        cache = {c.path: c.data for c in last if os.path.dirname(c.path) not in dirs}
         return self._mesh_refs, cache
 
     def _stale(self, files: tuple[str, ...], named: set[str] | None) -> set[str]:
@@ -610,7 +615,18 @@ def _read_metadata(top: Fields) -> tuple[str, str]:
 def _under(path: str, mtls: MeshTLS) -> bool:
     """True when ``path`` is in the fixed directory of a mesh certificate template."""
     for template in (mtls.certificate, mtls.private_key, mtls.ca):
-        root = os.path.dirname(template.split("{", 1)[0])
-        if root and (path == root or path.startswith(root + os.sep)):
+        fixed = os.path.dirname(template.split("{", 1)[0])
+        if fixed and (path == fixed or path.startswith(fixed + os.sep)):
             return True
     return False
+
+
+def _services(contents: FileContents | None) -> frozenset[tuple[Any, ...]]:
+    """The services a file defines (Services, and ServiceEntries with their hosts)."""
+    if contents is None:
+        return frozenset()
+    return frozenset(
+        (r.key, r.hosts if isinstance(r, ServiceEntry) else ())
+        for r, _ in contents.resources
+        if isinstance(r, Service | ServiceEntry)
+    )
