@@ -211,6 +211,14 @@ def test_permissive_inbound_listeners_take_tls_and_plaintext(tmp_path: Path) -> 
     assert not chains[1].HasField("filter_chain_match") and not chains[1].HasField(
         "transport_socket"
     )
+    assert not chains[0].filter_chain_match.application_protocols  # HTTP: any TLS is mTLS
+    # On a TCP port only TLS offering the mesh's ALPN is mesh mTLS (which sidecars offer):
+    # an application's own TLS from outside the mesh goes through as plaintext would.
+    _, tcp_chains = inbound_chains(tr.snapshot_for(WEB), 9000)
+    assert list(tcp_chains[0].filter_chain_match.application_protocols) == ["istio"]
+    tcp = upstream_tls(tr.snapshot_for(WEB).get(CLUSTER)[
+        "outbound|9000||web.default.svc.cluster.local"].message)  # fmt: skip
+    assert tcp is not None and list(tcp.common_tls_context.alpn_protocols) == ["istio"]
 
 
 def test_a_class_without_its_certificate_is_refused_naming_the_settings(

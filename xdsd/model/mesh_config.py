@@ -140,6 +140,9 @@ MTLS_PLACEHOLDERS = ("namespace", "service", "instance_ip")
 #: ``istioctl``-trained eyes find them where they expect).
 WORKLOAD_SECRET = "default"
 ROOT_CA_SECRET = "ROOTCA"
+#: The ALPN a sidecar offers when it speaks mesh mutual TLS on a TCP or TLS port (Istio's
+#: marker): a PERMISSIVE inbound listener tells it from an application's own TLS by it.
+MESH_TCP_ALPN = "istio"
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,9 +379,7 @@ class DirectoryLoader:
         if (
             touched is None
             or mtls != self._mesh_seen
-            or any(
-                mtls.per_workload or _services(old) != _services(new) for _, old, new in changes
-            )
+            or any(mtls.per_workload or _services(old) != _services(new) for _, old, new in changes)
             or any(_under(path, mtls) for path in touched)
         ):
             self._mesh_seen = mtls

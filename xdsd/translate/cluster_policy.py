@@ -48,7 +48,7 @@ from xdsd.model import (
     TLSMode,
     TrafficPolicy,
 )
-from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
+from xdsd.model.mesh_config import MESH_TCP_ALPN, ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.resources import pack
 from xdsd.translate.config_sources import HTTP_PROTOCOL_OPTIONS_KEY, duration
 from xdsd.translate.node import ConfigSourceKind
@@ -315,6 +315,8 @@ def _set_tls(
         add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
         if _speaks_http2(port, pool):
             common.alpn_protocols.append("h2")
+        elif not port.protocol.is_http:
+            common.alpn_protocols.append(MESH_TCP_ALPN)
         cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
         cluster.transport_socket.typed_config.CopyFrom(pack(context))
         return

@@ -29,7 +29,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from xdsd.model import Port
-from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET, MTLSMode
+from xdsd.model.mesh_config import MESH_TCP_ALPN, ROOT_CA_SECRET, WORKLOAD_SECRET, MTLSMode
 from xdsd.resources import pack
 from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET
 from xdsd.translate.clusters import inbound_cluster_name
@@ -141,8 +141,10 @@ def inbound_listener(
 
     With mesh mutual TLS (``mtls``), callers must present a certificate of the mesh CA
     (secrets ``default`` and ``ROOTCA`` fetched the way ``source`` says); under STRICT
-    that is the only chain, under PERMISSIVE the TLS inspector sends TLS to it and
-    anything else to a plaintext chain. On HTTP ports the TLS chain tells the application
+    that is the only chain, under PERMISSIVE the TLS inspector sends TLS to it (on TCP
+    and TLS ports only TLS offering the mesh's ALPN, ``MESH_TCP_ALPN``, so that an
+    application's own TLS from outside the mesh passes through) and anything else to a
+    plaintext chain. On HTTP ports the TLS chain tells the application
     who called: ``x-forwarded-client-cert`` is replaced by the caller's certificate URI
     (its SPIFFE identity); every chain drops one sent by the caller.
     """
@@ -184,6 +186,8 @@ def inbound_listener(
     secure.transport_socket.typed_config.CopyFrom(pack(context))
     if mtls is MTLSMode.PERMISSIVE:
         secure.filter_chain_match.transport_protocol = "tls"
+        if not port.protocol.is_http:
+            secure.filter_chain_match.application_protocols.append(MESH_TCP_ALPN)
         add_chain(secure=False)
     return listener
 
