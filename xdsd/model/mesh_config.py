@@ -143,6 +143,11 @@ ROOT_CA_SECRET = "ROOTCA"
 #: The ALPN a sidecar offers when it speaks mesh mutual TLS on a TCP or TLS port (Istio's
 #: marker): a PERMISSIVE inbound listener tells it from an application's own TLS by it.
 MESH_TCP_ALPN = "istio"
+#: The error on TLS mode ISTIO_MUTUAL while mesh mutual TLS is off.
+ISTIO_MUTUAL_WITHOUT_MESH_TLS = (
+    "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: set "
+    "[mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 
 from xdsd.errors import Problem
 from xdsd.model import CertificateFile, CertificateRef, Origin
-from xdsd.model.mesh_config import MeshTLS
+from xdsd.model.mesh_config import ISTIO_MUTUAL_WITHOUT_MESH_TLS, MeshTLS
 
 #: What a PEM file of each kind must hold (a marker line).
 _CERTIFICATE_MARK = b"-----BEGIN CERTIFICATE-----"
@@ -133,11 +133,5 @@ def istio_mutual_problems(places: Iterable[tuple[str, Origin]]) -> list[Problem]
     """An error at each (field, origin) where a rule asks for TLS mode ISTIO_MUTUAL:
     what a loader reports while mesh mutual TLS is off, since those certificates do not
     exist then."""
-    return [
-        Problem(
-            origin.path, origin.line, field,
-            "ISTIO_MUTUAL uses the mesh's certificates, and mesh mutual TLS is off: "
-            "set [mesh.mtls] in xdsd's settings, or use MUTUAL with certificate files",
-        )
-        for field, origin in places
-    ]  # fmt: skip
+    return [Problem(origin.path, origin.line, field, ISTIO_MUTUAL_WITHOUT_MESH_TLS)
+            for field, origin in places]  # fmt: skip

@@ -360,13 +360,7 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
     mode = f.enum("mode", TLSMode, TLSMode.DISABLE)
     mode_at = None
     if mode is TLSMode.ISTIO_MUTUAL:
-        # The mesh's certificates ([mesh.mtls]); the loader refuses the mode when mesh
-        # mutual TLS is off.
-        mode_at = field_at(f, "mode")
-        for name in ("caCertificates", "clientCertificate", "privateKey"):
-            if f.has(name):
-                f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
-                        "certificates ([mesh.mtls] in the settings)")  # fmt: skip
+        mode_at = istio_mutual_at(f, ("caCertificates", "clientCertificate", "privateKey"))
     if f.has("credentialName"):
         f.read.add("credentialName")
         f.error(
@@ -417,6 +411,17 @@ def certificate_refs(f: Fields, files: Iterable[tuple[str, str]]) -> tuple[Certi
     """Where each (field, absolute path) of ``files`` with a path is named: the field's
     path and line, for errors about reading the file (``sources.certificates``)."""
     return tuple(CertificateRef(path, *field_at(f, key)) for key, path in files if path)
+
+
+def istio_mutual_at(f: Fields, files: tuple[str, ...]) -> tuple[str, Origin]:
+    """Where TLS settings ``f`` say ``mode: ISTIO_MUTUAL`` (the loader refuses it while
+    mesh mutual TLS is off), after an error on each of the certificate file fields
+    ``files`` given: that mode uses the mesh's certificates."""
+    for name in files:
+        if f.has(name):
+            f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
+                    "certificates ([mesh.mtls] in the settings)")  # fmt: skip
+    return field_at(f, "mode")
 
 
 def field_at(f: Fields, key: str) -> tuple[str, Origin]:

@@ -18,7 +18,7 @@ from xdsd.model.networking import (
     ServerTLSMode,
     Sidecar,
 )
-from xdsd.sources.destination_rule import certificate_file, certificate_refs, field_at
+from xdsd.sources.destination_rule import certificate_file, certificate_refs, istio_mutual_at
 from xdsd.sources.fields import Fields
 from xdsd.sources.kinds import is_ip
 from xdsd.sources.service_entry import parse_entry_port
@@ -139,13 +139,7 @@ def _parse_server_tls(f: Fields | None, config_dir: str | None) -> ServerTLS | N
         f.error("mode", f"{mode.value} is not supported by xdsd: {REFUSED_TLS_MODES[mode]}")
     mode_at = None
     if mode is ServerTLSMode.ISTIO_MUTUAL:
-        # The mesh's certificates ([mesh.mtls]); the loader refuses the mode when mesh
-        # mutual TLS is off.
-        mode_at = field_at(f, "mode")
-        for name in ("serverCertificate", "privateKey", "caCertificates"):
-            if f.has(name):
-                f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
-                        "certificates ([mesh.mtls] in the settings)")  # fmt: skip
+        mode_at = istio_mutual_at(f, ("serverCertificate", "privateKey", "caCertificates"))
     if mode in _TERMINATING:
         if not cert and not f.has("serverCertificate"):
             f.error("serverCertificate", f"is required for mode {mode.value}")

@@ -48,16 +48,11 @@ from xdsd.model import (
     TLSMode,
     TrafficPolicy,
 )
-from xdsd.model.mesh_config import MESH_TCP_ALPN, ROOT_CA_SECRET, WORKLOAD_SECRET
+from xdsd.model.mesh_config import MESH_TCP_ALPN
 from xdsd.resources import pack
 from xdsd.translate.config_sources import HTTP_PROTOCOL_OPTIONS_KEY, duration
 from xdsd.translate.node import ConfigSourceKind
-from xdsd.translate.secrets import (
-    add_certificate,
-    add_certificate_secret,
-    add_validation,
-    add_validation_secret,
-)
+from xdsd.translate.secrets import add_certificate, add_mesh_identity, add_validation
 
 #: Istio's default connect timeout.
 CONNECT_TIMEOUT = timedelta(seconds=10)
@@ -310,9 +305,7 @@ def _set_tls(
     if tls.mode is TLSMode.ISTIO_MUTUAL:
         # The mesh's certificates: the proxy's own (each class is sent its own secret of
         # that name) and the mesh CA, checking the callee's SPIFFE identity.
-        add_certificate_secret(common, WORKLOAD_SECRET, source)
-        matchers = [san_matcher(name) for name in tls.subject_alt_names]
-        add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
+        add_mesh_identity(common, [san_matcher(name) for name in tls.subject_alt_names], source)
         if _speaks_http2(port, pool):
             common.alpn_protocols.append("h2")
         elif not port.protocol.is_http:

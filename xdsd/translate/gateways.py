@@ -56,7 +56,6 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import DOMAIN_SUFFIX, HTTPMatch, L4Match, Mesh, ResourceKey, VirtualService
-from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
 from xdsd.resources import pack
 from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET, san_matcher
@@ -71,12 +70,7 @@ from xdsd.translate.listeners import (
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import MAX_DIRECT_RESPONSE_BODY
 from xdsd.translate.route_matches import Caller
-from xdsd.translate.secrets import (
-    add_certificate,
-    add_certificate_secret,
-    add_validation,
-    add_validation_secret,
-)
+from xdsd.translate.secrets import add_certificate, add_mesh_identity, add_validation
 
 #: Server protocols whose servers merge into one plain HTTP connection manager.
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
@@ -537,8 +531,7 @@ def downstream_tls_context(
         common.alpn_protocols.extend(HTTPS_ALPN)
     matchers = [san_matcher(name) for name in tls.subject_alt_names]
     if tls.mode is ServerTLSMode.ISTIO_MUTUAL:
-        add_certificate_secret(common, WORKLOAD_SECRET, source)
-        add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
+        add_mesh_identity(common, matchers, source)
     else:
         add_certificate(common, tls.server_certificate, tls.private_key, source)
         if tls.mode in _VALIDATING:

@@ -29,7 +29,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from xdsd.model import Port
-from xdsd.model.mesh_config import MESH_TCP_ALPN, ROOT_CA_SECRET, WORKLOAD_SECRET, MTLSMode
+from xdsd.model.mesh_config import MESH_TCP_ALPN, MTLSMode
 from xdsd.resources import pack
 from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET
 from xdsd.translate.clusters import inbound_cluster_name
@@ -39,7 +39,7 @@ from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
-from xdsd.translate.secrets import add_certificate_secret, add_validation_secret
+from xdsd.translate.secrets import add_mesh_identity
 
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -178,8 +178,7 @@ def inbound_listener(
     context = tls_pb2.DownstreamTlsContext()
     context.require_client_certificate.value = True
     common = context.common_tls_context
-    add_certificate_secret(common, WORKLOAD_SECRET, source)
-    add_validation_secret(common, ROOT_CA_SECRET, [], source)
+    add_mesh_identity(common, [], source)
     if port.protocol.is_http:
         common.alpn_protocols.extend(["h2", "http/1.1"])
     secure.transport_socket.name = TLS_TRANSPORT_SOCKET

@@ -80,7 +80,11 @@ from xdsd.model import (
     TrafficPolicy,
     VirtualService,
 )
-from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
+from xdsd.model.mesh_config import (
+    DEFAULT_MESH_CONFIG,
+    ISTIO_MUTUAL_WITHOUT_MESH_TLS,
+    MeshConfig,
+)
 from xdsd.model.networking import (
     ROOT_NAMESPACE,
     ApplyTo,
@@ -1212,8 +1216,7 @@ class MeshTranslation:
 def _istio_mutual_problem(spec: OutboundCluster) -> Problem:
     rule = spec.rule
     path, line = (rule.origin.path, rule.origin.line) if rule is not None else ("<none>", 0)
-    return Problem(path, line, "trafficPolicy.tls.mode",
-                   "ISTIO_MUTUAL needs mesh mutual TLS ([mesh.mtls] in the settings)")  # fmt: skip
+    return Problem(path, line, "trafficPolicy.tls.mode", ISTIO_MUTUAL_WITHOUT_MESH_TLS)
 
 
 def _stats_resource(ip: str, stats: Any) -> Resource:

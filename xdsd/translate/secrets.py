@@ -60,6 +60,13 @@ def add_validation(common: Any, ca: str, matchers: list[Any], source: ConfigSour
     add_validation_secret(common, ca_secret_name(ca), matchers, source)
 
 
+def add_mesh_identity(common: Any, matchers: list[Any], source: ConfigSourceKind) -> None:
+    """Make ``common`` present the proxy's mesh certificate (``WORKLOAD_SECRET``) and
+    check peers against the mesh CA (``ROOT_CA_SECRET``) and ``matchers``, if any."""
+    add_certificate_secret(common, WORKLOAD_SECRET, source)
+    add_validation_secret(common, ROOT_CA_SECRET, matchers, source)
+
+
 def add_certificate_secret(common: Any, name: str, source: ConfigSourceKind) -> None:
     """Make ``common`` present the certificate of the SDS secret ``name``."""
     config = common.tls_certificate_sds_secret_configs.add()
