@@ -139,3 +139,34 @@ class UnreadingClient:
     def stop(self) -> None:
         """Close the connection."""
         self.sock.close()
+
+
+def first_response_over_tls(
+    port: int,
+    request: discovery_pb2.DiscoveryRequest,
+    *,
+    root: bytes,
+    key: bytes | None = None,
+    chain: bytes | None = None,
+    server_name: str,
+) -> discovery_pb2.DiscoveryResponse | Any:
+    """Open an ADS stream to xdsd on 127.0.0.1:``port`` over TLS (trusting ``root``,
+    expecting ``server_name``, presenting the client certificate ``chain``/``key`` when
+    given), send ``request``; return the first response, or the ``grpc.RpcError`` the
+    stream ended with."""
+    import grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+    with grpc.secure_channel(
+        f"127.0.0.1:{port}", credentials,
+        options=[("grpc.ssl_target_name_override", server_name)],
+    ) as channel:  # fmt: skip
+        call = channel.stream_stream(ADS_PATH)(iter([request.SerializeToString()]), timeout=20)
+        try:
+            first = discovery_pb2.DiscoveryResponse.FromString(next(call))
+        except grpc.RpcError as e:
+            return e
+        call.cancel()
+        return first

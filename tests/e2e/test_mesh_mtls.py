@@ -377,7 +377,6 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
         server.stop(None)
 
 
-ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 XDSD_NAME = "xdsd.mesh.test"
 
@@ -394,6 +393,7 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
     from envoy.service.discovery.v3 import discovery_pb2
 
     from tests.harness import Xdsd
+    from tests.xds_clients import first_response_over_tls
 
     pki = tmp_path / "pki"
     ca = CertAuthority(pki)
@@ -422,26 +422,18 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
         presenting the mesh certificate of ``cert_of``; its certificate chain, or the
         stream's error."""
         files = pki / cert_of[0] / cert_of[1]
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca.ca_path.read_bytes(),
-            private_key=(files / "key.pem").read_bytes(),
-            certificate_chain=(files / "cert.pem").read_bytes(),
-        )
         node = base_pb2.Node(id=f"{node_of[1]}-1", cluster=node_of[1])
         node.metadata.update({"namespace": node_of[0]})
         request = discovery_pb2.DiscoveryRequest(
             node=node, type_url=SECRET_TYPE, resource_names=["default"]
         )
-        with grpc.secure_channel(
-            f"127.0.0.1:{xdsd.grpc_port}", credentials,
-            options=[("grpc.ssl_target_name_override", XDSD_NAME)],
-        ) as channel:  # fmt: skip
-            call = channel.stream_stream(ADS)(iter([request.SerializeToString()]), timeout=20)
-            try:
-                response = discovery_pb2.DiscoveryResponse.FromString(next(call))
-            except grpc.RpcError as e:
-                return e
-            call.cancel()
+        response = first_response_over_tls(
+            xdsd.grpc_port, request, root=ca.ca_path.read_bytes(),
+            key=(files / "key.pem").read_bytes(), chain=(files / "cert.pem").read_bytes(),
+            server_name=XDSD_NAME,
+        )  # fmt: skip
+        if isinstance(response, grpc.RpcError):
+            return response
         secret = secret_pb2.Secret()
         (packed,) = response.resources
         packed.Unpack(secret)

@@ -21,6 +21,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh
+from tests.xds_clients import first_response_over_tls
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -92,23 +93,11 @@ def _ads(mesh: TrafficMesh, pki: Pki, cert: CertFiles | None, node: base_pb2.Nod
     """Open an ADS stream over TLS (presenting ``cert``) as ``node``; return the first
     response, or the RpcError the stream ended with."""
     assert mesh.xdsd is not None
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca.ca_path.read_bytes(),
-        private_key=cert.key.read_bytes() if cert else None,
-        certificate_chain=cert.cert.read_bytes() if cert else None,
-    )
-    with grpc.secure_channel(
-        f"127.0.0.1:{mesh.xdsd.grpc_port}", credentials,
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    ) as channel:  # fmt: skip
-        request = discovery_pb2.DiscoveryRequest(node=node, type_url=CDS)
-        responses = channel.stream_stream(ADS)(iter([request.SerializeToString()]), timeout=20)
-        try:
-            first = discovery_pb2.DiscoveryResponse.FromString(next(responses))
-        except grpc.RpcError as e:
-            return e
-        responses.cancel()
-        return first
+    return first_response_over_tls(
+        mesh.xdsd.grpc_port, discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
+        root=pki.ca.ca_path.read_bytes(), key=cert.key.read_bytes() if cert else None,
+        chain=cert.cert.read_bytes() if cert else None, server_name=SERVER_NAME,
+    )  # fmt: skip
 
 
 def _refusals(mesh: TrafficMesh, pki: Pki) -> dict[tuple[str, str], float]:

@@ -21,8 +21,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.e2e.traffic import CertAuthority, CertFiles
 from tests.harness import Xdsd, wait_until
+from tests.xds_clients import first_response_over_tls
 
-ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 SERVER_NAME = "xdsd.reload.test"
 UNUSABLE = "still serving the previous certificate"
@@ -98,24 +98,12 @@ class Daemon:
     def ads(self, client: CertFiles, ca: Path | None = None) -> Any:
         """The first CDS response of an ADS stream over TLS presenting ``client`` (and
         trusting ``ca``), or the RpcError the stream ended with."""
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=(ca or self.ca.ca_path).read_bytes(),
-            private_key=client.key.read_bytes(),
-            certificate_chain=client.cert.read_bytes(),
-        )
-        with grpc.secure_channel(
-            f"127.0.0.1:{self.xdsd.grpc_port}", credentials,
-            options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-        ) as channel:  # fmt: skip
-            node = base_pb2.Node(id="reload-sidecar", cluster="client")
-            request = discovery_pb2.DiscoveryRequest(node=node, type_url=CDS)
-            responses = channel.stream_stream(ADS)(iter([request.SerializeToString()]), timeout=20)
-            try:
-                first = discovery_pb2.DiscoveryResponse.FromString(next(responses))
-            except grpc.RpcError as e:
-                return e
-            responses.cancel()
-            return first
+        node = base_pb2.Node(id="reload-sidecar", cluster="client")
+        return first_response_over_tls(
+            self.xdsd.grpc_port, discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
+            root=(ca or self.ca.ca_path).read_bytes(), key=client.key.read_bytes(),
+            chain=client.cert.read_bytes(), server_name=SERVER_NAME,
+        )  # fmt: skip
 
     def errors(self) -> int:
         return self.xdsd.log().count(UNUSABLE)
