@@ -99,19 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT",
         help="xdsd's admin address (https://HOST:PORT: over TLS, trusting the system's CAs)",
     )  # fmt: skip
-    status.add_argument(
-        "--admin-tls-ca", default=None, metavar="FILE",
-        help="reach admin over TLS (admin_tls), verifying its certificate against this CA",
-    )  # fmt: skip
-    status.add_argument(
-        "--admin-tls-cert", default=None, metavar="FILE",
-        help="reach admin over TLS, presenting this client certificate (with --admin-tls-key)",
-    )  # fmt: skip
-    status.add_argument("--admin-tls-key", default=None, metavar="FILE", help="its private key")
-    status.add_argument(
-        "--admin-tls-server-name", default=None, metavar="NAME",
-        help="the SNI to send and the DNS SAN admin's certificate must carry",
-    )  # fmt: skip
+    _add_tls_client_flags(status, "admin", "admin (admin_tls)", "admin's")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
         "--stale-after", type=float, default=10.0, metavar="SECONDS",
@@ -159,19 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
     boot.add_argument("--admin-port", type=int, default=15000)
     boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
-    boot.add_argument(
-        "--xds-tls-ca", default=None, metavar="FILE",
-        help="reach xdsd over TLS, verifying its certificate against this CA (PEM)",
-    )  # fmt: skip
-    boot.add_argument(
-        "--xds-tls-cert", default=None, metavar="FILE",
-        help="reach xdsd over TLS, presenting this client certificate (with --xds-tls-key)",
-    )  # fmt: skip
-    boot.add_argument("--xds-tls-key", default=None, metavar="FILE", help="its private key")
-    boot.add_argument(
-        "--xds-tls-server-name", default=None, metavar="NAME",
-        help="the SNI to send and the DNS SAN xdsd's certificate must carry (Envoy)",
-    )  # fmt: skip
+    _add_tls_client_flags(boot, "xds", "xdsd", "xdsd's", sni_note=" (Envoy)")
     boot.set_defaults(run=_bootstrap)
 
     demo = sub.add_parser(
@@ -183,6 +159,27 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_tls_client_flags(
+    p: argparse.ArgumentParser, prefix: str, what: str, whose: str, sni_note: str = ""
+) -> None:
+    """``--PREFIX-tls-ca``, ``-cert``, ``-key`` and ``-server-name``: how a client reaches
+    ``what`` over TLS."""
+    p.add_argument(
+        f"--{prefix}-tls-ca", default=None, metavar="FILE",
+        help=f"reach {what} over TLS, verifying its certificate against this CA (PEM)",
+    )  # fmt: skip
+    p.add_argument(
+        f"--{prefix}-tls-cert", default=None, metavar="FILE",
+        help=f"reach {what} over TLS, presenting this client certificate "
+        f"(with --{prefix}-tls-key)",
+    )  # fmt: skip
+    p.add_argument(f"--{prefix}-tls-key", default=None, metavar="FILE", help="its private key")
+    p.add_argument(
+        f"--{prefix}-tls-server-name", default=None, metavar="NAME",
+        help=f"the SNI to send and the DNS SAN {whose} certificate must carry{sni_note}",
+    )  # fmt: skip
 
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
