@@ -581,3 +581,31 @@ def test_a_service_added_to_a_file_finds_its_files_and_a_swapped_link_is_read(
     (web_dir / "key.pem").write_bytes(renewed.key.read_bytes())
     mesh = loader.load({str(web_dir / "..data")}).mesh
     assert mesh.certificate(str(web_dir / "cert.pem")) == renewed.cert.read_bytes()
+
+
+def test_a_bad_proxy_file_fails_only_its_class_and_is_read_again_when_fixed(
+    tmp_path: Path,
+) -> None:
+    from xdsd.sources import DirectoryLoader
+
+    pki(tmp_path)
+    config = _write(tmp_path)
+    loader = DirectoryLoader(str(config))
+    tls = mesh_tls(tmp_path)
+    loader.mesh_tls = tls
+    api_key = tmp_path / "pki" / "default" / "api" / "key.pem"
+    good = api_key.read_bytes()
+    api_key.write_text("not a key\n")
+    result = loader.load()  # not refused: one service's renewal gone wrong
+    (warning,) = [w for w in result.warnings if w.field == "mesh.mtls.private_key"]
+    assert str(api_key) in warning.message and "no PEM private key" in warning.message
+    tr = MeshTranslation(result.mesh, mesh_config=MeshConfig(mtls=tls))
+    assert tr.snapshot_for(WEB).get(SECRET)["default"]  # other classes are served
+    with pytest.raises(TranslationError, match="not usable"):
+        tr.snapshot_for(NodeClass("api", outbound_ip="127.0.0.2"))
+    # Loads that touch nothing of it keep the warning; fixing the file is seen.
+    assert [w.field for w in loader.load([]).warnings] == ["mesh.mtls.private_key"]
+    api_key.write_bytes(good)
+    fixed = loader.load([str(api_key)])
+    assert not fixed.warnings
+    assert fixed.mesh.certificate(str(api_key)) == good

@@ -35,11 +35,15 @@ MAX_CERTIFICATE_BYTES = 4 << 20
 
 
 def read_certificates(
-    refs: Iterable[CertificateRef], cache: Mapping[str, bytes] | None = None
+    refs: Iterable[CertificateRef],
+    cache: Mapping[str, bytes] | None = None,
+    *,
+    unusable: set[str] | None = None,
 ) -> tuple[tuple[CertificateFile, ...], list[Problem]]:
     """The bytes of each file ``refs`` name (each path read once, unless ``cache``
     already has its bytes), and a problem on the naming field for each file that cannot
-    be read or does not hold PEM data of its kind."""
+    be read or does not hold PEM data of its kind. With ``unusable``, the paths of those
+    files are added to it and they are left out of the files returned."""
     files: dict[str, bytes | OSError | None] = {}
     problems: list[Problem] = []
     known = cache or {}
@@ -60,9 +64,12 @@ def read_certificates(
             message = f"{ref.path} holds no PEM certificate (no '{_CERTIFICATE_MARK.decode()}')"
         if message:
             problems.append(Problem(ref.origin.path, ref.origin.line, ref.field, message))
+            if unusable is not None:
+                unusable.add(ref.path)
+    dropped = unusable or set()
     loaded = tuple(
         CertificateFile(path, data) for path, data in sorted(files.items())
-        if isinstance(data, bytes)
+        if isinstance(data, bytes) and path not in dropped
     )  # fmt: skip
     return loaded, problems
 

@@ -239,6 +239,7 @@ class DirectoryLoader:
             tuple[list[CertificateRef], tuple[CertificateFile, ...], list[Problem]] | None
         ) = None
         self._mesh_paths: frozenset[str] = frozenset()
+        self._mesh_dirs: frozenset[str] = frozenset()
         self._rule_memo: dict[
             ResourceKey,
             tuple[DestinationRule, tuple[CertificateRef, ...], tuple[tuple[str, Origin], ...]],
@@ -348,22 +349,32 @@ class DirectoryLoader:
     def _mesh_certificates(
         self, touched: set[str] | None, changes: list[Change]
     ) -> tuple[tuple[CertificateFile, ...], list[Problem]]:
-        """The files of mesh mutual TLS with their bytes, and the problems reading them:
-        those of the last load when the same files were matched, none was read again
-        and they had no problem (a large mesh has two files per service)."""
-        refs, cache = self._mesh_files(touched, changes)
+        """The usable files of mesh mutual TLS with their bytes, and the problems reading
+        them (the last load's when the same files were matched and nothing in their
+        directories changed: a large mesh has two files per service).
+
+        A proxy's file that cannot be read or is not PEM of its kind is left out with a
+        warning: only the classes that need it fail (each keeps what it was last sent),
+        instead of one renewal gone wrong refusing every edit of the mesh. The CA is
+        everyone's: a problem with it is an error."""
+        refs, cache, fresh = self._mesh_files(touched, changes)
         last = self._mesh_read
-        if last is not None and last[0] is refs and len(cache) == len(last[1]) and not last[2]:
-            return last[1], []
-        files, problems = read_certificates(refs, cache)
+        if last is not None and last[0] is refs and not fresh:
+            return last[1], last[2]
+        unusable: set[str] = set()
+        files, problems = read_certificates(refs, cache, unusable=unusable)
+        problems = [p if p.field == "mesh.mtls.ca" else p.as_warning() for p in problems]
         self._mesh_read = (refs, files, problems)
         self._mesh_paths = frozenset(ref.path for ref in refs)
+        self._mesh_dirs = frozenset(os.path.dirname(ref.path) for ref in refs)
         return files, problems
 
     def _mesh_files(
         self, touched: set[str] | None, changes: list[Change]
-    ) -> tuple[list[CertificateRef], dict[str, bytes]]:
-        """The files of mesh mutual TLS, and the bytes that need not be read again.
+    ) -> tuple[list[CertificateRef], dict[str, bytes], bool]:
+        """The files of mesh mutual TLS, the bytes that need not be read again, and
+        whether anything must be (the matches changed, or something in their
+        directories).
 
         The templates are matched on disk again (``mesh_certificate_refs``) when mesh
         mutual TLS changed, when a changed file holds other services than before (a new
@@ -384,14 +395,19 @@ class DirectoryLoader:
         ):
             self._mesh_seen = mtls
             self._mesh_refs = mesh_certificate_refs(mtls)
+            rescanned = True
+        else:
+            rescanned = False
         if touched is None:
-            return self._mesh_refs, {}
+            return self._mesh_refs, {}, True
         # A change in a file's directory drops its bytes too: a Kubernetes-style volume
         # swaps a ``..data`` link there and the file's own name is never reported.
         dirs = touched | {os.path.dirname(path) for path in touched}
+        if not rescanned and not dirs & self._mesh_dirs:
+            return self._mesh_refs, {}, False
         last = self._mesh_read[1] if self._mesh_read is not None else ()
         cache = {c.path: c.data for c in last if os.path.dirname(c.path) not in dirs}
-        return self._mesh_refs, cache
+        return self._mesh_refs, cache, True
 
     def _stale(self, files: tuple[str, ...], named: set[str] | None) -> set[str]:
         """The listed files that must be parsed again (besides new and failed ones)."""

@@ -611,9 +611,10 @@ class MeshTranslation:
         except KeyError as missing:
             raise TranslationError([Problem(
                 where.path, where.line, "mesh.mtls.certificate",
-                f"no mesh certificate for {node}: {missing.args[0]} was not found (xdsd "
-                "looks for new files when services are added, when something changes under "
-                "the templates' directory, and on SIGHUP)",
+                f"no mesh certificate for {node}: {missing.args[0]} was not found or is "
+                "not usable (see the load's warnings; xdsd looks for new files when services "
+                "are added, when something changes under the templates' directory, and on "
+                "SIGHUP)",
             )]) from None  # fmt: skip
 
     def _outbound(
