@@ -8,6 +8,8 @@ and the index: every file of ``../shared/conformance/istio`` is either shown to 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,18 @@ def test_file_needs_mesh_mtls_and_envoy_accepts_the_result(name: str, tmp_path: 
     node = NodeClass("productpage", instance_ip="127.0.0.2", outbound_ip="127.0.0.3")
     config = render_static(mesh, node, admin_port=0, mesh_config=MeshConfig(mtls=tls))
     envoy_accepts(config, tmp_path / "productpage.json")
+    # The command line says the same: validate needs the settings to accept the file.
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'[mesh.mtls]\nmode = "STRICT"\nca = "{tls.ca}"\ncertificate = "{tls.certificate}"\n'
+        f'private_key = "{tls.private_key}"\n'
+    )
+    argv = [sys.executable, "-m", "xdsd.cli", "validate", str(root)]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "[mesh.mtls]" in refused.stderr, refused.stderr
+    accepted = subprocess.run([*argv, "--settings", str(settings)], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
