@@ -375,6 +375,7 @@ async def serve(
                 readiness.reloading()
             if mesh is not None:
                 state.set_mesh_config(mesh)
+                _authorize_mesh(authorizer, settings, mesh)
             if certificates is not None:
                 # xdsd's own certificate: a few stats, then (if they changed) new contexts
                 certificates.reload(force=requested)
@@ -398,18 +399,8 @@ async def serve(
     aio_server: AioServer | None = None
     streams: list[OpenStreams] = []
     limits = StreamLimits.from_settings(settings)
-    mtls = settings.mesh.mtls
-    authorizer = NodeAuthorizer(
-        settings.authorized_nodes,
-        trust_domain=mtls.trust_domain if mtls.enabled and settings.tls_client_ca else "",
-    )
-    if settings.tls_client_ca and not authorizer.enforcing:
-        log.warning("client certificates are required but authorized_nodes is empty: "
-                    "any client with a valid certificate may speak for any node")  # fmt: skip
-    if mtls.enabled and not settings.tls_client_ca:
-        log.warning("mesh mutual TLS is on but xDS clients are not authenticated "
-                    "(tls_client_ca): any client that reaches xDS can fetch any service's "
-                    "private key")  # fmt: skip
+    authorizer = NodeAuthorizer(settings.authorized_nodes)
+    _authorize_mesh(authorizer, settings, settings.mesh)
     if settings.tls:
         certificates = ServerCertificates(settings)
     grpc_tls = certificates.context("h2") if certificates is not None else None
@@ -605,6 +596,21 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
     log.info("settings %s read again: [mesh] applies now, other settings at restart",
              settings_path)  # fmt: skip
     return mesh
+
+
+def _authorize_mesh(authorizer: NodeAuthorizer, settings: Settings, mesh: MeshConfig) -> None:
+    """Let mesh identities speak for their nodes when mesh mutual TLS is on and clients
+    present certificates (at start, and again when SIGHUP brings other ``[mesh]``
+    settings), and warn about what is then left open."""
+    mtls = mesh.mtls
+    authorizer.trust_domain = mtls.trust_domain if mtls.enabled and settings.tls_client_ca else ""
+    if settings.tls_client_ca and not authorizer.enforcing:
+        log.warning("client certificates are required but authorized_nodes is empty: "
+                    "any client with a valid certificate may speak for any node")  # fmt: skip
+    if mtls.enabled and not settings.tls_client_ca:
+        log.warning("mesh mutual TLS is on but xDS clients are not authenticated "
+                    "(tls_client_ca): any client that reaches xDS can fetch any service's "
+                    "private key")  # fmt: skip
 
 
 def _tls_note(settings: Settings) -> str:

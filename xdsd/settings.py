@@ -209,7 +209,7 @@ class NodeGrant:
             "*" in self.node_ids
             or "*" in self.services
             or node_id in self.node_ids
-            or service in self.services
+            or ("/" not in service and service in self.services)
             or f"{namespace}/{service}" in self.services
         )
 

@@ -455,3 +455,48 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
             assert f"in namespace {node_of[0]!r}" in (denied.details() or "")
     finally:
         xdsd.stop()
+
+
+def test_a_service_whose_certificate_directory_appears_later_is_served_then(
+    world: World, tmp_path: Path
+) -> None:
+    """Its Service first, its certificate directory renamed into place afterwards: xdsd
+    notices the new directory (its parent is watched) and serves the proxy its secret."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    assert world.mesh.xdsd is not None
+    world.mesh.service("late", [world.mesh.upstream("late-app")])
+    body = json.dumps({
+        "node": {"id": "late-1", "cluster": "late", "metadata": {"outbound_ip": "127.0.0.2"}},
+        "resource_names": ["default"],
+    }).encode()  # fmt: skip
+    url = f"http://127.0.0.1:{world.mesh.xdsd.rest_port}/v3/discovery:secrets"
+
+    def poll() -> int:
+        request = urllib.request.Request(url, data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    wait_until(lambda: poll() == 500, what="the late service without its certificate")
+    # Only once xdsd has loaded the service (so that no config change is left to find
+    # the files) does the directory appear.
+    clusters = f"http://127.0.0.1:{world.mesh.xdsd.rest_port}/v3/discovery:clusters"
+    probe = json.dumps({"node": {"id": "probe", "cluster": "client",
+                                 "metadata": {"outbound_ip": "127.0.0.3"}}}).encode()  # fmt: skip
+
+    def late_loaded() -> bool:
+        request = urllib.request.Request(clusters, data=probe, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return b"||late.default.svc.cluster.local" in answer.read()
+
+    wait_until(late_loaded, what="xdsd to load the late service")
+    staged = tmp_path / "late"
+    install(world.ca.issue("late", uris=[identity("late")], directory=tmp_path / "issued"),
+            staged)  # fmt: skip
+    os.replace(staged, world.pki / "default" / "late")
+    wait_until(lambda: poll() == 200, what="the late service's certificate to be served")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from xdsd.settings import NodeGrant
-from xdsd.transports.limits import AddressCount, NodeAuthorizer, Refused, certificate_sans
+from xdsd.transports.limits import (
+    AddressCount,
+    NodeAuthorizer,
+    NodeIdentity,
+    Refused,
+    certificate_sans,
+    node_identity,
+)
 
 CERT = {"subjectAltName": (("URI", "spiffe://m/a"), ("DNS", "a.m"), ("IP Address", "10.0.0.1"))}
 GRANTS = (
@@ -36,10 +43,10 @@ def test_a_certificate_speaks_only_for_its_nodes(
 ) -> None:
     authorizer = NodeAuthorizer(GRANTS)
     if allowed:
-        authorizer.check(cert, node_id, service)
+        authorizer.check(cert, NodeIdentity(node_id, service))
     else:
         with pytest.raises(Refused) as info:
-            authorizer.check(cert, node_id, service)
+            authorizer.check(cert, NodeIdentity(node_id, service))
         assert (info.value.code, info.value.http_status) == ("PERMISSION_DENIED", 403)
         assert node_id in info.value.message
 
@@ -61,25 +68,63 @@ def test_mesh_identities_speak_for_their_own_service_and_namespace(
     assert authorizer.enforcing
     cert = {"subjectAltName": (("URI", san),)}
     if allowed:
-        authorizer.check(cert, "any-id", service, namespace)
+        authorizer.check(cert, NodeIdentity("any-id", service, namespace))
     else:
         with pytest.raises(Refused, match=f"in namespace '{namespace}'"):
-            authorizer.check(cert, "any-id", service, namespace)
+            authorizer.check(cert, NodeIdentity("any-id", service, namespace))
 
 
 def test_a_service_grant_may_name_its_namespace() -> None:
     authorizer = NodeAuthorizer((NodeGrant("a.m", services=("prod/web", "api")),))
     cert = {"subjectAltName": (("DNS", "a.m"),)}
-    authorizer.check(cert, "x", "web", "prod")
-    authorizer.check(cert, "x", "api", "anywhere")  # a bare name: any namespace
+    authorizer.check(cert, NodeIdentity("x", "web", "prod"))
+    authorizer.check(cert, NodeIdentity("x", "api", "anywhere"))  # a bare name: any namespace
     with pytest.raises(Refused):
-        authorizer.check(cert, "x", "web", "default")
+        authorizer.check(cert, NodeIdentity("x", "web", "default"))
+
+
+def test_a_mesh_identity_does_not_speak_for_a_gateway() -> None:
+    """A gateway receives the server keys of the Gateways its labels select: a mesh
+    workload claiming to be one (with its own service name) needs a grant."""
+    web = {"subjectAltName": (("URI", "spiffe://mesh.test/ns/default/sa/web"),)}
+    authorizer = NodeAuthorizer((), trust_domain="mesh.test")
+    authorizer.check(web, NodeIdentity("web-1", "web"))
+    with pytest.raises(Refused, match="may not speak for gateway"):
+        authorizer.check(web, NodeIdentity("web-1", "web", gateway=True))
+    granted = NodeAuthorizer((NodeGrant("spiffe://mesh.test/ns/default/sa/web",
+                                        services=("default/web",)),), trust_domain="mesh.test")  # fmt: skip
+    granted.check(web, NodeIdentity("web-1", "web", gateway=True))
+
+
+def test_a_slash_in_a_service_name_does_not_meet_a_namespaced_grant() -> None:
+    authorizer = NodeAuthorizer((NodeGrant("a.m", services=("prod/web",)),))
+    with pytest.raises(Refused):
+        authorizer.check({"subjectAltName": (("DNS", "a.m"),)}, NodeIdentity("x", "prod/web"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "namespace", "gateway"),
+    [
+        ({}, "default", False),
+        ({"namespace": "prod", "role": "Gateway"}, "prod", True),
+        ({"namespace": "", "role": "sidecar"}, "default", False),
+        ({"namespace": 3, "role": 1}, "default", False),  # the node class refuses these
+    ],
+)  # fmt: skip
+def test_node_identity_reads_the_node_as_its_class_does(
+    metadata: dict[str, object], namespace: str, gateway: bool
+) -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node(id="n", cluster="web")
+    node.metadata.update(metadata)
+    assert node_identity(node) == NodeIdentity("n", "web", namespace, gateway)
 
 
 def test_without_grants_every_client_is_allowed() -> None:
     authorizer = NodeAuthorizer(())
     assert not authorizer.enforcing
-    authorizer.check(None, "x", "y")
+    authorizer.check(None, NodeIdentity("x", "y"))
 
 
 def test_streams_are_counted_per_address() -> None:

@@ -228,9 +228,8 @@ class DirectoryLoader:
         self._listing: tuple[tuple[str, ...], tuple[Problem, ...], dict[str, int]] | None = None
         #: The certificate and key files the last load's rules named (absolute paths).
         self.certificate_paths: frozenset[str] = frozenset()
-        #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are read on every
-        #: load with the rules' (``mesh_certificate_refs``), and ISTIO_MUTUAL is refused
-        #: while it is off.
+        #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are looked for and
+        #: read as ``_mesh_files`` says, and ISTIO_MUTUAL is refused while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
         self._mesh_seen: MeshTLS | None = None
         self._mesh_refs: list[CertificateRef] = []
@@ -240,6 +239,10 @@ class DirectoryLoader:
         ) = None
         self._mesh_paths: frozenset[str] = frozenset()
         self._mesh_dirs: frozenset[str] = frozenset()
+        # "DIR/." for each directory between the templates' fixed directory and the
+        # matched files' (watched, so that a new service's directory is noticed).
+        self._mesh_watch: frozenset[str] = frozenset()
+        self._certificate_filter: frozenset[str] = frozenset()
         self._rule_memo: dict[
             ResourceKey,
             tuple[DestinationRule, tuple[CertificateRef, ...], tuple[tuple[str, Origin], ...]],
@@ -257,7 +260,8 @@ class DirectoryLoader:
         started = time.perf_counter()
         touched = None if changed is None else {os.path.normpath(p) for p in changed}
         if changed is not None:  # certificate files are read on every load anyway
-            changed = [p for p in changed if os.path.normpath(p) not in self.certificate_paths]
+            known = self._certificate_filter
+            changed = [p for p in changed if os.path.normpath(p) not in known]
         named = None if changed is None else {self._as_listed(p) for p in changed}
         changes: list[Change] = []
         if named is not None and self._listing is not None and self._same_files(named):
@@ -292,7 +296,10 @@ class DirectoryLoader:
         certificate_problems.extend(mesh_problems)
         by_path = {c.path: c for c in (*mesh_files, *rule_files)}
         mesh = mesh.with_certificates(tuple(by_path.values()))
-        self.certificate_paths = frozenset(r.path for r in rule_refs) | self._mesh_paths
+        self.certificate_paths = (
+            frozenset(r.path for r in rule_refs) | self._mesh_paths | self._mesh_watch
+        )
+        self._certificate_filter = frozenset(map(os.path.normpath, self.certificate_paths))
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         if not self.mesh_tls.enabled:
             problems.extend(istio_mutual_problems(istio_mutual))
@@ -367,6 +374,7 @@ class DirectoryLoader:
         self._mesh_read = (refs, files, problems)
         self._mesh_paths = frozenset(ref.path for ref in refs)
         self._mesh_dirs = frozenset(os.path.dirname(ref.path) for ref in refs)
+        self._mesh_watch = _template_directories(self.mesh_tls, self._mesh_dirs)
         return files, problems
 
     def _mesh_files(
@@ -385,8 +393,10 @@ class DirectoryLoader:
         directory; the others cannot have changed unseen (their directories are
         watched), so their last bytes are used."""
         mtls = self.mesh_tls
-        if touched is not None:
-            touched = {self._as_listed(path) for path in touched}
+        if touched is not None:  # both spellings: templates may use either
+            touched = {os.path.normpath(p) for p in touched} | {
+                self._as_listed(path) for path in touched
+            }
         if (
             touched is None
             or mtls != self._mesh_seen
@@ -633,6 +643,23 @@ def _under(path: str, mtls: MeshTLS) -> bool:
         if fixed and (path == fixed or path.startswith(fixed + os.sep)):
             return True
     return False
+
+
+def _template_directories(mtls: MeshTLS, dirs: Iterable[str]) -> frozenset[str]:
+    """``DIR/.`` for the templates' fixed directories and every directory between them
+    and ``dirs`` (where matched files are): what the certificate watcher watches (it
+    watches the directory of each path it is given) so that a new ``{service}``
+    directory shows up as a change there."""
+    roots = {os.path.dirname(t.split("{", 1)[0]) for t in (mtls.certificate, mtls.private_key)} - {
+        ""
+    }
+    out: set[str] = {os.path.join(root, ".") for root in roots}
+    for directory in dirs:
+        parent = os.path.dirname(directory)
+        while any(parent.startswith(root + os.sep) for root in roots):
+            out.add(os.path.join(parent, "."))
+            parent = os.path.dirname(parent)
+    return frozenset(out)
 
 
 def _services(contents: FileContents | None) -> frozenset[tuple[Any, ...]]:

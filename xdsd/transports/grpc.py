@@ -55,7 +55,7 @@ from xdsd.transports.limits import (
     Refused,
     StreamLimits,
     ignore_refusal,
-    node_namespace,
+    node_identity,
     too_large,
 )
 
@@ -383,7 +383,7 @@ class DiscoveryServices:
         client.first_request_timeout = self.limits.first_request_timeout
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(stream), self.authorizer.check
-            client.authorize = lambda node: check(cert, node.id, node.cluster, node_namespace(node))
+            client.authorize = lambda node: check(cert, node_identity(node))
         try:
             self.streams.add(client)
             await client.run()

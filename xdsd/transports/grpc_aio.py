@@ -56,7 +56,7 @@ from xdsd.transports.limits import (
     Refused,
     StreamLimits,
     ignore_refusal,
-    node_namespace,
+    node_identity,
 )
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class AioDiscoveryServices:
         client.first_request_timeout = self.limits.first_request_timeout
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(context), self.authorizer.check
-            client.authorize = lambda node: check(cert, node.id, node.cluster, node_namespace(node))
+            client.authorize = lambda node: check(cert, node_identity(node))
         ending: tuple[str, str] | None = None
         try:
             self.streams.add(client)

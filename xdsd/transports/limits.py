@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from xdsd.errors import XdsdError
 from xdsd.settings import NodeGrant, Settings
@@ -111,47 +111,72 @@ def certificate_sans(peer_cert: Mapping[str, Any] | None) -> tuple[str, ...]:
     )
 
 
+class NodeIdentity(NamedTuple):
+    """What a node claims to be, as far as authorization looks at it: its ``node.id``,
+    the ``service`` it fronts (``node.cluster``), its ``namespace`` and whether its role
+    is ``gateway``."""
+
+    node_id: str
+    service: str
+    namespace: str = "default"
+    gateway: bool = False
+
+
 class NodeAuthorizer:
     """Decides whether a client may speak for a node, from its certificate's SANs and
-    the grants of ``authorized_nodes``; with ``trust_domain`` (mesh mutual TLS, client
+    the grants of ``authorized_nodes``; with a ``trust_domain`` (mesh mutual TLS, client
     certificates required) a mesh identity ``spiffe://TRUST_DOMAIN/ns/NS/sa/SERVICE``
-    may also speak for the nodes of SERVICE in NS, and nothing else by itself. With
-    neither, every client is allowed (TLS alone decides who connects)."""
+    may also speak for the sidecars (and proxyless clients) of SERVICE in NS, and nothing
+    else by itself: a gateway, which receives the server keys of the Gateways its labels
+    select, needs a grant. With neither, every client is allowed (TLS alone decides who
+    connects). ``trust_domain`` may change while serving (SIGHUP re-reads ``[mesh]``)."""
 
     def __init__(self, grants: tuple[NodeGrant, ...], *, trust_domain: str = "") -> None:
         self._grants: dict[str, list[NodeGrant]] = {}
         for grant in grants:
             self._grants.setdefault(grant.san, []).append(grant)
-        self._mesh_prefix = f"spiffe://{trust_domain}/ns/" if trust_domain else ""
+        self.trust_domain = trust_domain
 
     @property
     def enforcing(self) -> bool:
         """True when nodes are checked (some grant, or mesh identities)."""
-        return bool(self._grants) or bool(self._mesh_prefix)
+        return bool(self._grants) or bool(self.trust_domain)
 
-    def check(
-        self, peer_cert: Mapping[str, Any] | None, node_id: str, service: str,
-        namespace: str = "default",
-    ) -> None:  # fmt: skip
-        """Return when the client whose certificate is ``peer_cert`` may speak for the node
-        ``node_id`` fronting ``service`` in ``namespace``; else raise Refused
-        (PERMISSION_DENIED, 403)."""
+    def check(self, peer_cert: Mapping[str, Any] | None, node: NodeIdentity) -> None:
+        """Return when the client whose certificate is ``peer_cert`` may speak for
+        ``node``; else raise Refused (PERMISSION_DENIED, 403)."""
         if not self.enforcing:
             return
         sans = certificate_sans(peer_cert)
+        mesh_id = (
+            f"spiffe://{self.trust_domain}/ns/{node.namespace}/sa/{node.service}"
+            if self.trust_domain and not node.gateway else ""
+        )  # fmt: skip
         for san in sans:
-            if self._mesh_prefix and san == f"{self._mesh_prefix}{namespace}/sa/{service}":
+            if mesh_id and san == mesh_id:
                 return
             for grant in self._grants.get(san, ()):
-                if grant.allows(node_id, service, namespace):
+                if grant.allows(node.node_id, node.service, node.namespace):
                     return
         names = ", ".join(sans) or "none"
+        kind = "gateway" if node.gateway else "node"
         raise Refused(
             "PERMISSION_DENIED", 403, "permission_denied",
-            f"the client certificate (SANs: {names}) may not speak for node {node_id!r} "
-            f"of service {service!r} in namespace {namespace!r} (authorized_nodes"
-            + (", mesh identities" if self._mesh_prefix else "") + ")",
+            f"the client certificate (SANs: {names}) may not speak for {kind} "
+            f"{node.node_id!r} of service {node.service!r} in namespace {node.namespace!r} "
+            "(authorized_nodes" + (", mesh identities" if self.trust_domain else "") + ")",
         )  # fmt: skip
+
+
+def node_identity(node: Any) -> NodeIdentity:
+    """What an xDS node (``envoy.config.core.v3.Node``) claims, read the way node classes
+    read it (``translate.node.node_class_from_node``)."""
+    role = node.metadata.fields.get("role")
+    gateway = (
+        role is not None and role.WhichOneof("kind") == "string_value"
+        and role.string_value.lower() == "gateway"
+    )  # fmt: skip
+    return NodeIdentity(node.id, node.cluster, node_namespace(node), gateway)
 
 
 def node_namespace(node: Any) -> str:

@@ -45,10 +45,11 @@ from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.limits import (
     NodeAuthorizer,
+    NodeIdentity,
     RefusalObserver,
     Refused,
     ignore_refusal,
-    node_namespace,
+    node_identity,
     too_large,
 )
 
@@ -62,16 +63,14 @@ _VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
 
 class _ParsedPoll(NamedTuple):
     """What one poll body says, once parsed and its node classified: the node class
-    ``key``, the ``client_id``, ``node_id`` and ``service`` (``node.cluster``), the
-    ``names`` and ``version_info`` asked, and the node's ``namespace``."""
+    ``key``, the ``client_id``, what the node claims (``identity``: its id, service,
+    namespace and role), and the ``names`` and ``version_info`` asked."""
 
     key: Hashable
     client_id: str
-    node_id: str
-    service: str
+    identity: NodeIdentity
     names: frozenset[str]
     version_info: str
-    namespace: str = "default"
 
 
 class PollTimings:
@@ -152,7 +151,7 @@ class RestDiscovery:
     ) -> None:
         self.source = source
         self.max_body = max_body
-        self.authorizer = authorizer if authorizer is not None and authorizer.enforcing else None
+        self.authorizer = authorizer
         self.on_refused = on_refused
         self.renderer = JsonRenderer()
         self.sessions = sessions if sessions is not None else RestSessions()
@@ -233,9 +232,10 @@ class RestDiscovery:
         parsed = self._parse(type_url, raw, v2=v2)
         if isinstance(parsed, web.Response):
             return parsed
-        key, client_id, node_id, service, names, version_info, namespace = parsed
+        key, client_id, identity, names, version_info = parsed
+        node_id = identity.node_id
         if self.authorizer is not None:
-            self.authorizer.check(peer_cert, node_id, service, namespace)
+            self.authorizer.check(peer_cert, identity)
         try:
             snapshot = self.source.snapshot(key)
         except ProtocolError as e:
@@ -359,9 +359,8 @@ class RestDiscovery:
             log.error("cannot configure this node: %s", e, extra={"node": node.id})
             return _error(500, str(e))
         parsed = _ParsedPoll(
-            key, f"rest-{node.id or node.cluster}", node.id, node.cluster, names, version_info,
-            node_namespace(node),
-        )  # fmt: skip
+            key, f"rest-{node.id or node.cluster}", node_identity(node), names, version_info
+        )
         if start and not (versioned or "versionInfo" in body):
             # the version is the prefix's alone: the remainder says the rest at any version
             self._remember(digest, parsed)
