@@ -137,15 +137,6 @@ class Mesh:
             self._by_path.update((c.path, c.data) for c in self.certificates)
         return self._by_path.get(path)
 
-    def certificate_refs(self) -> list[CertificateRef]:
-        """Every certificate file the rules name (Gateway servers terminating TLS,
-        DestinationRule TLS origination), in rule order, with where it is named."""
-        refs = self.gateway_certificate_refs()
-        for rule in self.destination_rules:
-            for tls in rule.client_tls():
-                refs.extend(tls.refs)
-        return refs
-
     def gateway_certificate_refs(self) -> list[CertificateRef]:
         """The certificate files Gateway servers terminating TLS name."""
         refs: list[CertificateRef] = []

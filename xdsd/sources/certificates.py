@@ -18,7 +18,6 @@ proxy needs is decided when its class is translated.
 from __future__ import annotations
 
 import glob
-import os
 import re
 import string
 from collections.abc import Iterable, Mapping
@@ -84,12 +83,6 @@ def _read(path: str) -> bytes | OSError | None:
     if len(data) > MAX_CERTIFICATE_BYTES:
         return None
     return data
-
-
-def certificate_directories(refs: Iterable[CertificateRef]) -> frozenset[str]:
-    """The directories holding the files ``refs`` name (what to watch for their
-    replacement: editors and ``mv`` replace a file by renaming into its directory)."""
-    return frozenset(os.path.dirname(ref.path) for ref in refs)
 
 
 def mesh_certificate_refs(mtls: MeshTLS) -> list[CertificateRef]:

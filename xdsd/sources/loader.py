@@ -639,10 +639,15 @@ def _read_metadata(top: Fields) -> tuple[str, str]:
 def _under(path: str, mtls: MeshTLS) -> bool:
     """True when ``path`` is in the fixed directory of a mesh certificate template."""
     for template in (mtls.certificate, mtls.private_key, mtls.ca):
-        fixed = os.path.dirname(template.split("{", 1)[0])
+        fixed = _fixed_directory(template)
         if fixed and (path == fixed or path.startswith(fixed + os.sep)):
             return True
     return False
+
+
+def _fixed_directory(template: str) -> str:
+    """The directory of a path template before its first placeholder ("" for none)."""
+    return os.path.dirname(template.split("{", 1)[0])
 
 
 def _template_directories(mtls: MeshTLS, dirs: Iterable[str]) -> frozenset[str]:
@@ -650,9 +655,7 @@ def _template_directories(mtls: MeshTLS, dirs: Iterable[str]) -> frozenset[str]:
     and ``dirs`` (where matched files are): what the certificate watcher watches (it
     watches the directory of each path it is given) so that a new ``{service}``
     directory shows up as a change there."""
-    roots = {os.path.dirname(t.split("{", 1)[0]) for t in (mtls.certificate, mtls.private_key)} - {
-        ""
-    }
+    roots = {_fixed_directory(t) for t in (mtls.certificate, mtls.private_key)} - {""}
     out: set[str] = {os.path.join(root, ".") for root in roots}
     for directory in dirs:
         parent = os.path.dirname(directory)

@@ -63,6 +63,13 @@ DEFAULT_RING_SIZE = 1024
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 
+def set_tls_socket(socket: Any, context: Any) -> None:
+    """Make ``socket`` (a cluster's or filter chain's ``transport_socket``) Envoy's TLS
+    transport socket with ``context`` (an Upstream or DownstreamTlsContext)."""
+    socket.name = TLS_TRANSPORT_SOCKET
+    socket.typed_config.CopyFrom(pack(context))
+
+
 def apply_traffic_policy(
     cluster: Any,
     port: Port,
@@ -310,8 +317,7 @@ def _set_tls(
             common.alpn_protocols.append("h2")
         elif not port.protocol.is_http:
             common.alpn_protocols.append(MESH_TCP_ALPN)
-        cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
-        cluster.transport_socket.typed_config.CopyFrom(pack(context))
+        set_tls_socket(cluster.transport_socket, context)
         return
     if tls.mode is TLSMode.MUTUAL:
         add_certificate(common, tls.client_certificate, tls.private_key, source)
@@ -322,8 +328,7 @@ def _set_tls(
         add_validation(common, tls.ca_certificates, matchers, source)
     if _speaks_http2(port, pool):
         common.alpn_protocols.append("h2")
-    cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
-    cluster.transport_socket.typed_config.CopyFrom(pack(context))
+    set_tls_socket(cluster.transport_socket, context)
     if not tls.sni and port.protocol.is_http:
         # As Istio: the SNI is the request's host, and without explicit SANs the
         # certificate is checked against it.
@@ -349,8 +354,7 @@ def _set_grpc_mesh_tls(cluster: Any, tls: ClientTLS) -> None:
     validation.ca_certificate_provider_instance.instance_name = MESH_CERTIFICATE_PROVIDER
     for name in tls.subject_alt_names:
         validation.match_subject_alt_names.add(exact=name)
-    cluster.transport_socket.name = TLS_TRANSPORT_SOCKET
-    cluster.transport_socket.typed_config.CopyFrom(pack(context))
+    set_tls_socket(cluster.transport_socket, context)
 
 
 def _speaks_http2(port: Port, pool: ConnectionPool | None) -> bool:

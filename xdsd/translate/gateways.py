@@ -58,7 +58,7 @@ from xdsd.errors import Problem, TranslationError
 from xdsd.model import DOMAIN_SUFFIX, HTTPMatch, L4Match, Mesh, ResourceKey, VirtualService
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
 from xdsd.resources import pack
-from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET, san_matcher
+from xdsd.translate.cluster_policy import san_matcher, set_tls_socket
 from xdsd.translate.l4 import route_clusters
 from xdsd.translate.listeners import (
     HCM_FILTER,
@@ -565,10 +565,8 @@ def gateway_listener(plan: GatewayListenerPlan, source: ConfigSourceKind) -> Any
         chain = listener.filter_chains.add()
         chain.filter_chain_match.server_names.extend(spec.server_names)
         if spec.tls is not None and spec.tls.mode in _TERMINATING:
-            socket = chain.transport_socket
-            socket.name = TLS_TRANSPORT_SOCKET
             context = downstream_tls_context(spec.tls, http=spec.http, source=source)
-            socket.typed_config.CopyFrom(pack(context))
+            set_tls_socket(chain.transport_socket, context)
         if spec.route_name:
             hcm = http_connection_manager(
                 spec.stat_prefix, rds=(spec.route_name, source), filters=RULE_FILTERS

@@ -31,7 +31,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from xdsd.model import Port
 from xdsd.model.mesh_config import MESH_TCP_ALPN, MTLSMode
 from xdsd.resources import pack
-from xdsd.translate.cluster_policy import TLS_TRANSPORT_SOCKET
+from xdsd.translate.cluster_policy import set_tls_socket
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source, duration
 from xdsd.translate.forward_proxy import FORWARD_PROXY_FILTER, forward_proxy_filter_config
@@ -181,8 +181,7 @@ def inbound_listener(
     add_mesh_identity(common, [], source)
     if port.protocol.is_http:
         common.alpn_protocols.extend(["h2", "http/1.1"])
-    secure.transport_socket.name = TLS_TRANSPORT_SOCKET
-    secure.transport_socket.typed_config.CopyFrom(pack(context))
+    set_tls_socket(secure.transport_socket, context)
     if mtls is MTLSMode.PERMISSIVE:
         secure.filter_chain_match.transport_protocol = "tls"
         if not port.protocol.is_http:

@@ -176,10 +176,10 @@ def node_identity(node: Any) -> NodeIdentity:
         role is not None and role.WhichOneof("kind") == "string_value"
         and role.string_value.lower() == "gateway"
     )  # fmt: skip
-    return NodeIdentity(node.id, node.cluster, node_namespace(node), gateway)
+    return NodeIdentity(node.id, node.cluster, _node_namespace(node), gateway)
 
 
-def node_namespace(node: Any) -> str:
+def _node_namespace(node: Any) -> str:
     """The namespace an xDS node announces (``node.metadata.namespace``; ``default``
     when it says none, as the node classes read it)."""
     value = node.metadata.fields.get("namespace")
