@@ -160,8 +160,18 @@ def _covered() -> set[str]:
     return out
 
 
+#: Istio's AuthorizationPolicy translation goldens: policies in, Envoy RBAC filters out.
+#: They are a semantic reference for translating security.istio.io (not yet built), not
+#: configuration directories; this index covers the config inputs.
+GOLDENS = "authz"
+
+
 def test_every_conformance_file_is_accounted_for() -> None:
-    files = {str(p.relative_to(ISTIO)) for p in ISTIO.rglob("*.yaml")}
+    files = {
+        str(p.relative_to(ISTIO))
+        for p in ISTIO.rglob("*.yaml")
+        if p.relative_to(ISTIO).parts[0] != GOLDENS
+    }
     covered = _covered()
     assert not covered & set(REFUSED), covered & set(REFUSED)
     assert files - covered - set(REFUSED) == set(), "files neither loaded nor refused"
