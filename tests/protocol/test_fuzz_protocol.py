@@ -27,6 +27,7 @@ transports' decode step) and fed to fresh streams, and random nodes are classifi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,11 +91,15 @@ def route(name: str, clusters: Sequence[str], generation: int) -> Resource:
             internal_only_headers=[f"x-generation-{generation}"],
             virtual_hosts=[
                 route_components_pb2.VirtualHost(
-                    name=c, domains=[c], routes=[route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=c),
-                    )],
-                )  # fmt: skip
+                    name=c,
+                    domains=[c],
+                    routes=[
+                        route_components_pb2.Route(
+                            match=route_components_pb2.RouteMatch(prefix="/"),
+                            route=route_components_pb2.RouteAction(cluster=c),
+                        )
+                    ],
+                )
                 for c in clusters
             ],
         ),
@@ -189,20 +194,33 @@ class SotwModel:
     dead: bool = False
 
     def request(
-        self, form: str, type_url: TypeUrl, names: list[str] | None, nonce: str, version: str,
-        error: str | None, with_node: bool,
-    ) -> None:  # fmt: skip
+        self,
+        form: str,
+        type_url: TypeUrl,
+        names: list[str] | None,
+        nonce: str,
+        version: str,
+        error: str | None,
+        with_node: bool,
+    ) -> None:
         type_url = wire_type(form, type_url, self.stream_type)
         with_node = with_node or not self.node_sent
         served = self.stream_type if type_url == "" and self.stream_type else type_url
         asked = list(names) if names is not None else self.names.get(served, [])
         last = self.last_nonce.get(served, "")
         nonce_text = {
-            "current": last, "stale": str(int(last) - 1) if last else "0",
-            "future": "999999", "": "", "junk": "n\x00\u202e",
-        }.get(nonce, nonce)  # fmt: skip
-        version_text = {"acked": self.acked.get(served, ""), "": "", "junk": "v?",
-                        "current": self.version.get(served, "")}[version]  # fmt: skip
+            "current": last,
+            "stale": str(int(last) - 1) if last else "0",
+            "future": "999999",
+            "": "",
+            "junk": "n\x00\u202e",
+        }.get(nonce, nonce)
+        version_text = {
+            "acked": self.acked.get(served, ""),
+            "": "",
+            "junk": "v?",
+            "current": self.version.get(served, ""),
+        }[version]
         req = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
             resource_names=asked,
@@ -255,8 +273,15 @@ class SotwModel:
             return
         response = self.responses[self.outstanding[type_url]]
         self.version[type_url] = response.version
-        self.request("plain", type_url, None, "current", "acked" if nack else "current",
-                     "rejected" if nack else None, False)  # fmt: skip
+        self.request(
+            "plain",
+            type_url,
+            None,
+            "current",
+            "acked" if nack else "current",
+            "rejected" if nack else None,
+            False,
+        )
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -342,9 +367,12 @@ class SotwModel:
 
 
 def run_sotw(
-    stream_type: TypeUrl | None, first: Snapshot, opening: list[tuple[TypeUrl, list[str]]],
-    steps: list[tuple[object, ...]], final: Snapshot,
-) -> None:  # fmt: skip
+    stream_type: TypeUrl | None,
+    first: Snapshot,
+    opening: list[tuple[TypeUrl, list[str]]],
+    steps: list[tuple[object, ...]],
+    final: Snapshot,
+) -> None:
     model = SotwModel(SotwStream(stream_type), stream_type)
     model.on_snapshot(first)
     for type_url, names in opening:
@@ -366,19 +394,27 @@ def run_sotw(
 #: A client's first requests: each type once, with names (None: a wildcard's none).
 OPENINGS = st.lists(
     st.tuples(st.sampled_from(PUSH_ORDER), st.lists(st.sampled_from(NAMES), max_size=3)),
-    min_size=1, max_size=5, unique_by=lambda o: o[0],
-)  # fmt: skip
+    min_size=1,
+    max_size=5,
+    unique_by=lambda o: o[0],
+)
 
 
 @fuzz_settings(2)
 @given(
-    st.sampled_from([None, None, *PUSH_ORDER]), snapshots(), OPENINGS,
-    st.lists(sotw_steps(), min_size=5, max_size=40), snapshots(final=True),
-)  # fmt: skip
+    st.sampled_from([None, None, *PUSH_ORDER]),
+    snapshots(),
+    OPENINGS,
+    st.lists(sotw_steps(), min_size=5, max_size=40),
+    snapshots(final=True),
+)
 def test_sotw_streams_keep_their_promises(
-    stream_type: TypeUrl | None, first: Snapshot, opening: list[tuple[TypeUrl, list[str]]],
-    steps: list[tuple[object, ...]], final: Snapshot,
-) -> None:  # fmt: skip
+    stream_type: TypeUrl | None,
+    first: Snapshot,
+    opening: list[tuple[TypeUrl, list[str]]],
+    steps: list[tuple[object, ...]],
+    final: Snapshot,
+) -> None:
     if stream_type is not None:
         opening = [(stream_type, opening[0][1])]
     with deadline("protocol.sotw"):
@@ -405,8 +441,11 @@ def delta_steps(draw: st.DrawFn) -> tuple[object, ...]:
         draw(NONCES),
         draw(st.one_of(st.none(), st.text(max_size=20))),
         draw(st.sampled_from([True, False, False, False])),  # carry the node (again)
-        draw(st.dictionaries(st.sampled_from(NAMES), st.sampled_from(["", "junk", "real"]),
-                             max_size=3)),  # fmt: skip
+        draw(
+            st.dictionaries(
+                st.sampled_from(NAMES), st.sampled_from(["", "junk", "real"]), max_size=3
+            )
+        ),
     )
 
 
@@ -429,17 +468,27 @@ class DeltaModel:
     dead: bool = False
 
     def request(
-        self, form: str, type_url: TypeUrl, subscribe: list[str], unsubscribe: list[str],
-        nonce: str, error: str | None, with_node: bool, initial: dict[str, str],
-    ) -> None:  # fmt: skip
+        self,
+        form: str,
+        type_url: TypeUrl,
+        subscribe: list[str],
+        unsubscribe: list[str],
+        nonce: str,
+        error: str | None,
+        with_node: bool,
+        initial: dict[str, str],
+    ) -> None:
         type_url = wire_type(form, type_url, self.stream_type)
         with_node = with_node or not self.node_sent
         served = self.stream_type if type_url == "" and self.stream_type else type_url
         last = self.last_nonce.get(served, "")
         nonce_text = {
-            "current": last, "stale": str(int(last) - 1) if last else "0",
-            "future": "999999", "": "", "junk": "n\x00\u202e",
-        }.get(nonce, nonce)  # fmt: skip
+            "current": last,
+            "stale": str(int(last) - 1) if last else "0",
+            "future": "999999",
+            "": "",
+            "junk": "n\x00\u202e",
+        }.get(nonce, nonce)
         versions = {}
         if self.snapshot is not None and served in SERVED_TYPES:
             bucket = self.snapshot.get(served)
@@ -501,8 +550,9 @@ class DeltaModel:
 
     def answer(self, type_url: TypeUrl, nack: bool) -> None:
         if type_url in self.outstanding:
-            self.request("plain", type_url, [], [], "current", "rejected" if nack else None,
-                         False, {})  # fmt: skip
+            self.request(
+                "plain", type_url, [], [], "current", "rejected" if nack else None, False, {}
+            )
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -554,17 +604,21 @@ class DeltaModel:
             extra = set(held) - (wanted & set(bucket))
             if t == CLUSTER and self.stream_type is None:
                 extra -= clusters_referenced(
-                    r for other in (LISTENER, ROUTE)
-                    for _, r in self.held.get(other, {}).values() if r is not None
-                )  # fmt: skip
+                    r
+                    for other in (LISTENER, ROUTE)
+                    for _, r in self.held.get(other, {}).values()
+                    if r is not None
+                )
             assert not extra, (t, extra)
 
 
 def run_delta(
-    stream_type: TypeUrl | None, first: Snapshot,
+    stream_type: TypeUrl | None,
+    first: Snapshot,
     opening: list[tuple[TypeUrl, list[str], dict[str, str]]],
-    steps: list[tuple[object, ...]], final: Snapshot,
-) -> None:  # fmt: skip
+    steps: list[tuple[object, ...]],
+    final: Snapshot,
+) -> None:
     model = DeltaModel(DeltaStream(stream_type), stream_type)
     model.on_snapshot(first)
     for type_url, names, initial in opening:
@@ -586,24 +640,31 @@ def run_delta(
 #: A delta client's first requests: names and what it says it holds (a reconnect).
 DELTA_OPENINGS = st.lists(
     st.tuples(
-        st.sampled_from(PUSH_ORDER), st.lists(st.sampled_from(NAMES), max_size=3),
-        st.dictionaries(st.sampled_from(NAMES), st.sampled_from(["", "junk", "real"]),
-                        max_size=3),
+        st.sampled_from(PUSH_ORDER),
+        st.lists(st.sampled_from(NAMES), max_size=3),
+        st.dictionaries(st.sampled_from(NAMES), st.sampled_from(["", "junk", "real"]), max_size=3),
     ),
-    min_size=1, max_size=5, unique_by=lambda o: o[0],
-)  # fmt: skip
+    min_size=1,
+    max_size=5,
+    unique_by=lambda o: o[0],
+)
 
 
 @fuzz_settings(2)
 @given(
-    st.sampled_from([None, None, *PUSH_ORDER]), snapshots(), DELTA_OPENINGS,
-    st.lists(delta_steps(), min_size=5, max_size=40), snapshots(final=True),
-)  # fmt: skip
+    st.sampled_from([None, None, *PUSH_ORDER]),
+    snapshots(),
+    DELTA_OPENINGS,
+    st.lists(delta_steps(), min_size=5, max_size=40),
+    snapshots(final=True),
+)
 def test_delta_streams_keep_their_promises(
-    stream_type: TypeUrl | None, first: Snapshot,
+    stream_type: TypeUrl | None,
+    first: Snapshot,
     opening: list[tuple[TypeUrl, list[str], dict[str, str]]],
-    steps: list[tuple[object, ...]], final: Snapshot,
-) -> None:  # fmt: skip
+    steps: list[tuple[object, ...]],
+    final: Snapshot,
+) -> None:
     if stream_type is not None:
         opening = [(stream_type, *opening[0][1:])]
     with deadline("protocol.delta"):
@@ -645,9 +706,9 @@ class RestModel:
     served: dict[tuple[str, TypeUrl, frozenset[str]], str] = field(default_factory=dict)
     cds_ever: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # client → sent
 
-    def poll(self, client: str, type_url: TypeUrl, names: tuple[str, ...], version: str) -> (
-        Response | NotModified | None
-    ):  # fmt: skip
+    def poll(
+        self, client: str, type_url: TypeUrl, names: tuple[str, ...], version: str
+    ) -> Response | NotModified | None:
         key = (client, type_url, frozenset(names))
         version_info = {"last": self.served.get(key, ""), "": "", "junk": "junk"}.get(version, "")
         if version == "current" and type_url in PUSH_ORDER:
@@ -694,7 +755,9 @@ class RestModel:
             answers = [self.poll("envoy-1", CLUSTER, (), "last")]
             answers += [self.poll("envoy-1", ENDPOINT, (n,), "last") for n in final.get(CLUSTER)]
             answers.append(self.poll("envoy-1", LISTENER, (), "last"))
-            routes = {n for r in final.get(LISTENER).values() for t, n in r.references if t == ROUTE}
+            routes = {
+                n for r in final.get(LISTENER).values() for t, n in r.references if t == ROUTE
+            }
             answers += [self.poll("envoy-1", ROUTE, (n,), "last") for n in sorted(routes)]
             answers += [self.poll("envoy-1", SECRET, ("s",), "last")]
             quiet = quiet + 1 if all(isinstance(a, NotModified) for a in answers) else 0
@@ -711,8 +774,9 @@ def test_rest_sessions_keep_their_promises(
     first: Snapshot, steps: list[tuple[object, ...]], final: Snapshot
 ) -> None:
     clock = Clock()
-    sessions = RestSessions(clock=clock, idle_timeout=30.0, max_clients=3, max_pollers=3,
-                            max_versions=2, max_contents=4)  # fmt: skip
+    sessions = RestSessions(
+        clock=clock, idle_timeout=30.0, max_clients=3, max_pollers=3, max_versions=2, max_contents=4
+    )
     model = RestModel(sessions, clock, first)
     with deadline("protocol.rest"):
         for step in steps:
@@ -777,19 +841,21 @@ def test_random_bytes_as_requests_end_the_stream_or_are_served(
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=10,
-)  # fmt: skip
+)
 METADATA_KEYS = ("namespace", "labels", "role", "instance_ip", "outbound_ip", "client", "mesh_tls")
 
 
 @fuzz_settings(2)
 @given(
-    st.text(max_size=10), st.text(max_size=10),
+    st.text(max_size=10),
+    st.text(max_size=10),
     st.dictionaries(st.sampled_from(METADATA_KEYS) | st.text(max_size=5), JSON, max_size=4),
     st.sampled_from(list(ConfigSourceKind)),
-)  # fmt: skip
+)
 # found by this test: MessageToDict raised ValueError on a NaN or infinite number
 @example("reviews", "", {"namespace": math.nan}, ConfigSourceKind.ADS)
 @example("reviews", "", {"labels": {"version": math.inf}}, ConfigSourceKind.REST)
@@ -803,11 +869,8 @@ def test_any_node_is_classified_or_refused(
         node.metadata.CopyFrom(json_format.ParseDict(metadata, struct_pb2.Struct()))
     except json_format.ParseError:
         return  # not a Struct: the transport's decode step already refused it
-    with deadline("protocol.node"):
-        try:
-            node_class_from_node(node, config_source=source)
-        except TranslationError:
-            pass
+    with deadline("protocol.node"), contextlib.suppress(TranslationError):
+        node_class_from_node(node, config_source=source)
 
 
 # -- regressions found by the fuzzing ----------------------------------------------------

@@ -51,9 +51,15 @@ from xdsd.translate.node import ConfigSourceKind
 
 #: The kinds xdsd reads (the Istio networking kinds and its own Service).
 KINDS = (
-    "Service", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry",
-    "Gateway", "Sidecar", "EnvoyFilter",
-)  # fmt: skip
+    "Service",
+    "VirtualService",
+    "DestinationRule",
+    "ServiceEntry",
+    "WorkloadEntry",
+    "Gateway",
+    "Sidecar",
+    "EnvoyFilter",
+)
 WORKLOAD_ENTRY = (
     "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\n"
     "spec: {address: 10.0.0.5, labels: {app: ratings}, ports: {http: 9080}}\n"
@@ -65,10 +71,21 @@ RAW_CLUSTER = {
     "type": "STATIC",
     "load_assignment": {
         "cluster_name": "raw-backend",
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-            "address": "10.1.0.1", "port_value": 8080}}}}]}],
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": "10.1.0.1", "port_value": 8080}
+                            }
+                        }
+                    }
+                ]
+            }
+        ],
     },
-}  # fmt: skip
+}
 
 
 def _documents(path: Path) -> list[Any]:
@@ -88,7 +105,9 @@ def _seeds() -> list[tuple[bool, Any]]:
         files += sorted((CONFORMANCE / "istio" / sub).glob("*.yaml"))
     docs: list[tuple[bool, Any]] = []
     for f in files:
-        docs += [(False, d) for d in _documents(f) if isinstance(d, dict) and d.get("kind") in KINDS]
+        docs += [
+            (False, d) for d in _documents(f) if isinstance(d, dict) and d.get("kind") in KINDS
+        ]
     docs += [(False, d) for d in yaml.safe_load_all(WORKLOAD_ENTRY + "---\n" + LUA)]
     docs.append((True, RAW_CLUSTER))
     return docs
@@ -101,10 +120,30 @@ GOOD_FILES = sorted(str(p.relative_to(EXAMPLE_CONFIG)) for p in EXAMPLE_CONFIG.r
 
 ODD_TEXT = st.one_of(
     st.text(max_size=12),
-    st.sampled_from([
-        "", " ", "\u202e", "\ufeff", "e\u0301", "\U0001f600", "ǅ", "\u2028", "a\tb",
-        "10.0.0.1", "::1", "*", "-", "~", "null", "0x1F", "1e400", "*.", "..", "a" * 300,
-    ]),  # fmt: skip
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\u202e",
+            "\ufeff",
+            "e\u0301",
+            "\U0001f600",
+            "ǅ",
+            "\u2028",
+            "a\tb",
+            "10.0.0.1",
+            "::1",
+            "*",
+            "-",
+            "~",
+            "null",
+            "0x1F",
+            "1e400",
+            "*.",
+            "..",
+            "a" * 300,
+        ]
+    ),
 )
 #: Integers beyond every 64-bit field, within Python's 4,300-digit string limit.
 HUGE_INTS = st.one_of(
@@ -175,9 +214,18 @@ def mutate(draw: st.DrawFn, doc: Any) -> Any:
             target.insert(key, target[key])
     elif op == "retype":
         value = target[key]
-        target[key] = draw(st.sampled_from([
-            [value], {"value": value}, str(value), len(str(value)), None, not value,
-        ]))  # fmt: skip
+        target[key] = draw(
+            st.sampled_from(
+                [
+                    [value],
+                    {"value": value},
+                    str(value),
+                    len(str(value)),
+                    None,
+                    not value,
+                ]
+            )
+        )
     else:  # "nest": deep, but within the nesting-depth limit
         target[key] = _nested(draw(st.integers(1, 40)), target[key])
     return doc
@@ -208,12 +256,31 @@ def corrupt(draw: st.DrawFn, data: bytes) -> bytes:
         elif op == "truncate":
             del buf[at:]
         elif op == "insert":
-            buf[at:at] = draw(st.one_of(
-                st.binary(min_size=1, max_size=8),
-                st.sampled_from([b"\n", b":", b"- ", b"{", b"[", b"\"", b"'", b"&a ", b"*a",
-                                 b"!!python/object:os.system ", b"\xff", b"\x00", b"\t",
-                                 b"---\n", b"[[x]]\n", b"\r"]),
-            ))  # fmt: skip
+            buf[at:at] = draw(
+                st.one_of(
+                    st.binary(min_size=1, max_size=8),
+                    st.sampled_from(
+                        [
+                            b"\n",
+                            b":",
+                            b"- ",
+                            b"{",
+                            b"[",
+                            b'"',
+                            b"'",
+                            b"&a ",
+                            b"*a",
+                            b"!!python/object:os.system ",
+                            b"\xff",
+                            b"\x00",
+                            b"\t",
+                            b"---\n",
+                            b"[[x]]\n",
+                            b"\r",
+                        ]
+                    ),
+                )
+            )
         elif buf:
             del buf[at : at + draw(st.integers(1, 16))]
     return bytes(buf)
@@ -335,11 +402,14 @@ BEYOND_LIMITS = {
     "nesting depth (JSON, 100k levels: RecursionError)": ("deep.json", b"[" * 100_000),
     "nesting depth (YAML, 100k levels)": ("deep.yaml", b"[" * 100_000),
     "integer length (JSON, 5,000 digits: ValueError)": (
-        "big.json", b'{"kind": "Service", "name": "big", "ports": [{"number": '
-        + b"9" * 5000 + b"}]}"),
+        "big.json",
+        b'{"kind": "Service", "name": "big", "ports": [{"number": ' + b"9" * 5000 + b"}]}",
+    ),
     "integer length (YAML, 5,000 digits: ValueError)": (
-        "big.yaml", b"kind: Service\nname: big\nports: [{number: " + b"9" * 5000 + b"}]\n"),
-}  # fmt: skip
+        "big.yaml",
+        b"kind: Service\nname: big\nports: [{number: " + b"9" * 5000 + b"}]\n",
+    ),
+}
 
 
 @pytest.mark.xfail(
@@ -371,8 +441,10 @@ def test_deep_toml_is_refused_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "deep.toml").write_bytes(b"x = " + b"[" * 8000 + b"]" * 8000 + b"\n")
     run = subprocess.run(
         [str(Path(sys.executable).with_name("xdsd")), "validate", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
     assert "deep.toml" in run.stdout + run.stderr
 

@@ -64,27 +64,41 @@ def odd_requests(draw: st.DrawFn) -> bytes:
     """A well-formed request with odd content (SotW or delta layout), or random bytes."""
     if draw(st.integers(0, 3)) == 0:
         return draw(st.binary(max_size=64))
-    names = st.lists(st.sampled_from(["*", "", "a", "outbound|9080||details.default.svc"
-                                      ".cluster.local", "\x00", "x" * 300]), max_size=3)  # fmt: skip
+    names = st.lists(
+        st.sampled_from(
+            ["*", "", "a", "outbound|9080||details.default.svc.cluster.local", "\x00", "x" * 300]
+        ),
+        max_size=3,
+    )
     node = _node()
-    metadata = draw(st.dictionaries(
-        st.sampled_from(["namespace", "labels", "role", "client", "instance_ip", "x"]),
-        st.one_of(st.text(max_size=8), st.floats(), st.booleans(),
-                  st.dictionaries(st.text(max_size=3), st.floats(), max_size=2)),
-        max_size=2,
-    ))  # fmt: skip
+    metadata = draw(
+        st.dictionaries(
+            st.sampled_from(["namespace", "labels", "role", "client", "instance_ip", "x"]),
+            st.one_of(
+                st.text(max_size=8),
+                st.floats(),
+                st.booleans(),
+                st.dictionaries(st.text(max_size=3), st.floats(), max_size=2),
+            ),
+            max_size=2,
+        )
+    )
     for key, value in metadata.items():
         node.metadata.fields[key].CopyFrom(_value(value))
     if draw(st.booleans()):
         request = discovery_pb2.DiscoveryRequest(
-            type_url=draw(st.sampled_from(TYPES)), resource_names=draw(names),
-            version_info=draw(st.text(max_size=8)), response_nonce=draw(st.text(max_size=8)),
-        )  # fmt: skip
+            type_url=draw(st.sampled_from(TYPES)),
+            resource_names=draw(names),
+            version_info=draw(st.text(max_size=8)),
+            response_nonce=draw(st.text(max_size=8)),
+        )
     else:
         request = discovery_pb2.DeltaDiscoveryRequest(  # type: ignore[assignment]
-            type_url=draw(st.sampled_from(TYPES)), resource_names_subscribe=draw(names),
-            resource_names_unsubscribe=draw(names), response_nonce=draw(st.text(max_size=8)),
-        )  # fmt: skip
+            type_url=draw(st.sampled_from(TYPES)),
+            resource_names_subscribe=draw(names),
+            resource_names_unsubscribe=draw(names),
+            response_nonce=draw(st.text(max_size=8)),
+        )
     if draw(st.booleans()):
         request.node.CopyFrom(node)
     if draw(st.booleans()):
@@ -120,17 +134,22 @@ def test_odd_grpc_streams_end_with_a_status_and_the_daemon_serves_on(
             for _ in call:  # responses until the daemon ends the stream or we stop sending
                 pass
         except grpc.RpcError as e:
-            assert e.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED), (e.code(), e.details())  # fmt: skip
+            assert e.code() not in (
+                grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ), (e.code(), e.details())
         assert xdsd.alive()
         _assert_still_serving(xdsd)
 
 
 def _post(xdsd: Xdsd, path: str, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{xdsd.rest_port}/v3/discovery:{path}", data=body, method="POST",
+        f"http://127.0.0.1:{xdsd.rest_port}/v3/discovery:{path}",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status), response.read()
@@ -147,10 +166,11 @@ UNUSABLE_NODE = b"<node>: metadata."
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 
 
 @st.composite
@@ -162,13 +182,19 @@ def poll_bodies(draw: st.DrawFn) -> bytes:
     if which == 1:
         return json.dumps(draw(JSON)).encode()
     poll: dict[str, Any] = {
-        "node": {"id": "fuzz", "cluster": draw(st.sampled_from(["productpage", "", "nope"])),
-                 "metadata": draw(st.dictionaries(st.sampled_from(["namespace", "labels",
-                                                                   "role", "x"]), JSON,
-                                                  max_size=2))},
-        "version_info": draw(JSON), "resource_names": draw(JSON),
+        "node": {
+            "id": "fuzz",
+            "cluster": draw(st.sampled_from(["productpage", "", "nope"])),
+            "metadata": draw(
+                st.dictionaries(
+                    st.sampled_from(["namespace", "labels", "role", "x"]), JSON, max_size=2
+                )
+            ),
+        },
+        "version_info": draw(JSON),
+        "resource_names": draw(JSON),
         "type_url": draw(st.sampled_from(TYPES)),
-    }  # fmt: skip
+    }
     if draw(st.booleans()):
         del poll[draw(st.sampled_from(sorted(poll)))]
     return json.dumps(poll).encode()
@@ -177,8 +203,12 @@ def poll_bodies(draw: st.DrawFn) -> bytes:
 @fuzz_settings(0.5)
 @given(st.sampled_from(REST_PATHS), poll_bodies())
 @example("clusters", b'{"node": {"cluster": "productpage", "metadata": {"namespace": NaN}}}')
-@example("clusters", json.dumps({"node": {"cluster": "productpage", "metadata": {
-    "labels": {"version": math.inf}}}}).encode())  # fmt: skip
+@example(
+    "clusters",
+    json.dumps(
+        {"node": {"cluster": "productpage", "metadata": {"labels": {"version": math.inf}}}}
+    ).encode(),
+)
 def test_odd_rest_polls_get_a_4xx_and_the_daemon_serves_on(
     xdsd: Xdsd, path: str, body: bytes
 ) -> None:
