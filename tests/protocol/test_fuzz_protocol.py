@@ -191,6 +191,9 @@ class SotwModel:
     rejected_named: dict[TypeUrl, dict[str, str]] = field(default_factory=dict)
     rejected_full: dict[TypeUrl, frozenset[tuple[str, str]]] = field(default_factory=dict)
     responses: dict[str, Response] = field(default_factory=dict)  # by nonce
+    #: assignments a CDS response made due again (Envoy warms a cluster until it gets one,
+    #: even an unchanged or NACKed one): exempt from the NACK rule until sent once
+    warming: set[str] = field(default_factory=set)
     dead: bool = False
 
     def request(
@@ -328,10 +331,15 @@ class SotwModel:
         else:
             rejected = self.rejected_named.get(t, {})
             for r in response.resources:
-                assert rejected.get(r.name) != r.digest, f"NACKed {t} {r.name} sent again"
+                if not (t == ENDPOINT and r.name in self.warming):
+                    assert rejected.get(r.name) != r.digest, f"NACKed {t} {r.name} sent again"
                 rejected.pop(r.name, None)
+                self.warming.discard(r.name)
         if t == CLUSTER:  # a CDS response makes its clusters' assignments due (warming)
             self.rejected_named.pop(ENDPOINT, None)
+            self.warming |= {
+                n for r in response.resources for u, n in r.references if u == ENDPOINT
+            }
             for r in response.resources:
                 self.cds_ever.setdefault(r.name, set()).add(r.digest)
         self.outstanding[t] = response.nonce
@@ -465,6 +473,9 @@ class DeltaModel:
     responses: dict[str, DeltaResponse] = field(default_factory=dict)
     held: dict[TypeUrl, dict[str, tuple[str, Resource | None]]] = field(default_factory=dict)
     rejected: dict[TypeUrl, dict[str, str]] = field(default_factory=dict)
+    #: assignments a CDS response made due again (Envoy warms a cluster until it gets one,
+    #: even an unchanged or NACKed one): exempt from the NACK rule until sent once
+    warming: set[str] = field(default_factory=set)
     dead: bool = False
 
     def request(
@@ -574,8 +585,10 @@ class DeltaModel:
         for r in response.resources:
             assert bucket.get(r.name) is not None and bucket[r.name].digest == r.digest
             assert self.wildcard.get(t) or r.name in names, (t, r.name)
-            assert rejected.get(r.name) != resource_version(r), f"NACKed {t} {r.name} again"
+            if not (t == ENDPOINT and r.name in self.warming):
+                assert rejected.get(r.name) != resource_version(r), f"NACKed {t} {r.name} again"
             rejected.pop(r.name, None)
+            self.warming.discard(r.name)
         held = self.held.setdefault(t, {})
         for n in response.removed:
             held.pop(n, None)
@@ -583,6 +596,9 @@ class DeltaModel:
         held.update((r.name, (resource_version(r), r)) for r in response.resources)
         if t == CLUSTER and response.resources:  # warming makes assignments due again
             self.rejected.pop(ENDPOINT, None)
+            self.warming |= {
+                n for r in response.resources for u, n in r.references if u == ENDPOINT
+            }
         self.outstanding[t] = response.nonce
         self.last_nonce[t] = response.nonce
         self.responses[response.nonce] = response
