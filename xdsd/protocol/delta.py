@@ -213,7 +213,8 @@ class DeltaStream:
             for n in sorted(wanted)
             if n in bucket and state.held.get(n) != resource_version(bucket[n])
         ]
-        removed = set(state.dropped)
+        # An unsubscribed name the wildcard still wants is kept, not announced removed.
+        removed = {n for n in state.dropped if n not in wanted or n not in bucket}
         removed.update(n for n in state.held if n not in bucket or n not in wanted)
         if type_url == CLUSTER and self.ads:
             removed -= self._clusters_still_used()

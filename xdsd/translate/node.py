@@ -9,6 +9,7 @@ sends a very large node block and every field read is a field that splits classe
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -110,6 +111,20 @@ def client_kind(user_agent_name: str) -> ClientKind:
     return ClientKind.ENVOY
 
 
+def _plain(value: Any) -> Any:
+    """A metadata ``google.protobuf.Value`` as plain Python, as ``MessageToDict`` reads it,
+    except that a number JSON cannot hold (NaN, ±Infinity: a client may send them) is None,
+    which no field accepts, where ``MessageToDict`` would raise ValueError."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value" and not math.isfinite(value.number_value):
+        return None
+    if kind == "struct_value":
+        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    return json_format.MessageToDict(value)
+
+
 def node_class_from_node(
     node: Any, *, config_source: ConfigSourceKind, api_version: str = "v3"
 ) -> NodeClass:
@@ -135,7 +150,7 @@ def node_class_from_node(
     def text(key: str, default: str) -> str:
         if key not in fields:
             return default
-        value = json_format.MessageToDict(fields[key])
+        value = _plain(fields[key])
         if isinstance(value, str):
             return value
         problems.append(Problem(NODE_PATH, 0, f"metadata.{key}", "must be a string"))
@@ -162,7 +177,7 @@ def node_class_from_node(
         role = Role.SIDECAR
     labels: dict[str, str] = {}
     if "labels" in fields:
-        raw = json_format.MessageToDict(fields["labels"])
+        raw = _plain(fields["labels"])
         if isinstance(raw, dict):
             for key, value in raw.items():
                 if isinstance(value, bool):
@@ -194,7 +209,7 @@ def node_class_from_node(
             )
     mesh_tls = False
     if "mesh_tls" in fields:
-        flag = json_format.MessageToDict(fields["mesh_tls"])
+        flag = _plain(fields["mesh_tls"])
         if isinstance(flag, bool):
             mesh_tls = flag
         else:
