@@ -84,6 +84,9 @@ class Settings:
     unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
     issued by that CA. ``authorized_nodes`` maps a client certificate's SAN to the nodes
     it may speak for and the roles and labels they may claim (``NodeGrant``; needs
+    ``tls_client_ca``). Under admin mutual TLS a node's resources
+    (``/debug/config_dump?node=ID``) are shown only to a certificate that may speak for
+    that node, or that has one of the SANs of ``admin_sans`` (full admin access; needs
     ``tls_client_ca``). Both ``grpc_impl``s serve TLS. The
     three files are read again, without a restart, when they change and on SIGHUP
     (``xdsd.tls.ServerCertificates``); the settings themselves are read at start.
@@ -109,6 +112,7 @@ class Settings:
     tls_client_ca: str = ""
     admin_tls: bool = True
     authorized_nodes: tuple[NodeGrant, ...] = ()
+    admin_sans: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -162,6 +166,11 @@ class Settings:
                 if grants is not None:
                     changes["authorized_nodes"] = grants
                 continue
+            if key_name == "admin_sans":
+                if _check(value, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
+                          "a list of SANs", key, where, problems):  # fmt: skip
+                    changes["admin_sans"] = tuple(value)
+                continue
             current = getattr(self, key_name)
             try:
                 changes[key_name] = _coerce(key_name, current, value)
@@ -183,6 +192,13 @@ class Settings:
             out.append(where.problem(key, "tls_cert and tls_key go together"))
         if self.tls_client_ca and not self.tls_cert:
             out.append(where.problem("tls_client_ca", "needs tls_cert and tls_key"))
+        if self.admin_sans and not self.tls_client_ca:
+            out.append(
+                where.problem(
+                    "admin_sans",
+                    "needs tls_client_ca: admin clients are known by their client certificate",
+                )
+            )
         if self.authorized_nodes and not self.tls_client_ca:
             out.append(
                 where.problem(
