@@ -32,6 +32,7 @@ from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
+from xdsd.logs import dropped_log_lines, set_log_queue_lines
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
 from xdsd.notify import Notifier
@@ -356,6 +357,8 @@ async def serve(
         mesh_config=settings.mesh,
     )  # fmt: skip
     metrics.track(cache, state)
+    metrics.track_log_drops(dropped_log_lines)
+    set_log_queue_lines(settings.log_queue_lines)
 
     def apply(result: LoadResult | ConfigError, started: float) -> None:
         applied = state.apply(result)

@@ -77,7 +77,9 @@ class Settings:
     bounds one gRPC message and one REST body; ``max_streams_per_address`` the gRPC
     streams open at once from one client address; ``first_request_timeout`` how long a
     new gRPC stream may stay silent before its first request (seconds, 0: no limit);
-    ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle.
+    ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle;
+    ``log_queue_lines`` how many log lines may wait for a slow log stream before new
+    ones are dropped and counted (``xdsd.logs.QueueingHandler``).
 
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
@@ -113,6 +115,7 @@ class Settings:
     admin_tls: bool = True
     authorized_nodes: tuple[NodeGrant, ...] = ()
     admin_sans: tuple[str, ...] = ()
+    log_queue_lines: int = 10_000
 
     @property
     def tls(self) -> bool:
