@@ -138,12 +138,24 @@ class QueueingHandler(logging.Handler):
         with self._lines.mutex:
             self._lines.maxsize = lines
 
+    def flush(self) -> None:
+        """Wait until the writer has written every queued line, at most
+        ``close_timeout`` seconds (before an immediate exit, ``os._exit``)."""
+        lines = self._lines
+        with lines.all_tasks_done:
+            lines.all_tasks_done.wait_for(
+                lambda: lines.unfinished_tasks == 0, timeout=self.close_timeout
+            )
+
     def _write(self) -> None:
         while True:
             line = self._lines.get()
-            if line is None:
-                return
-            self._put(line)
+            try:
+                if line is None:
+                    return
+                self._put(line)
+            finally:
+                self._lines.task_done()
             if self._lines.empty() and self.dropped != self._reported:
                 count, self._reported = self.dropped - self._reported, self.dropped
                 summary = logging.LogRecord(
