@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -77,3 +78,48 @@ def test_formatters_quote_and_keep_exceptions() -> None:
     parsed = json.loads(JsonFormatter().format(record))
     assert parsed["node"] == "a b" and parsed["message"] == "hello you"
     assert "ValueError: boom" in parsed["exception"]
+
+
+class _GatedStream:
+    """A stream whose writes wait until ``gate`` is set (a pipe nobody reads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.gate.wait()
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_stuck_stream_drops_and_counts_lines_then_says_so() -> None:
+    from typing import cast
+
+    from xdsd.logs import QueueingHandler
+
+    stream = _GatedStream()
+    handler = QueueingHandler(cast("TextIO", stream), capacity=5, close_timeout=5)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("test.queueing")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for n in range(50):
+            logger.warning("line %d", n)  # returns at once: nothing waits for the stream
+        assert handler.dropped >= 50 - 5 - 1  # the queue, and the line the writer holds
+        stream.gate.set()
+        wait_until(lambda: any("log lines dropped" in line for line in stream.lines),
+                   what="the summary line")  # fmt: skip
+        summary = next(line for line in stream.lines if "log lines dropped" in line)
+        assert f"{handler.dropped} log lines dropped" in summary
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # writes what is queued
+    assert "after" in stream.lines[-1]

@@ -130,3 +130,75 @@ def test_bad_mesh_settings_name_line_and_key(tmp_path: Path, text: str, fragment
     with pytest.raises(ConfigError) as info:
         Settings.from_file(str(path))
     assert f"xdsd.toml{fragment}" in str(info.value)
+
+
+def _docs_settings(tmp_path: Path) -> Settings:
+    """The TLS example of docs/operations.md, read as xdsd reads a settings file."""
+    from tests.paths import REPO
+
+    text = (REPO / "docs" / "operations.md").read_text()
+    start = text.index("## TLS and node authorization")
+    block = text[text.index("```toml\n", start) + 8 :]
+    path = tmp_path / "docs.toml"
+    path.write_text(block[: block.index("```")])
+    return Settings.from_file(str(path))
+
+
+def test_the_docs_grants_are_safe_as_written(tmp_path: Path) -> None:
+    """issue 14 #6: productpage's grant does not make it a gateway; the gateway's grant
+    names its labels and its service."""
+    from xdsd.transports.limits import NodeAuthorizer, NodeIdentity
+
+    authorizer = NodeAuthorizer(_docs_settings(tmp_path).authorized_nodes)
+    productpage = {"subjectAltName": (("URI", "spiffe://mesh.example/productpage"),)}
+    gateway = {"subjectAltName": (("DNS", "gateway.mesh.example"),)}
+    ingress = (("istio", "ingressgateway"),)
+    assert authorizer.allowed(productpage, NodeIdentity("p-1", "productpage"))
+    assert not authorizer.allowed(
+        productpage, NodeIdentity("p-1", "productpage", role="gateway", labels=ingress)
+    )
+    assert not authorizer.allowed(productpage, NodeIdentity("p-1", "reviews"))
+    gw = NodeIdentity("ingress-gateway", "istio-ingressgateway", "istio-system", "gateway", ingress)
+    assert authorizer.allowed(gateway, gw)
+    assert not authorizer.allowed(gateway, gw._replace(service="productpage", namespace="default"))
+    assert not authorizer.allowed(gateway, gw._replace(labels=(("istio", "egressgateway"),)))
+
+
+@pytest.mark.parametrize(
+    ("grant", "fragment"),
+    [
+        ('{ services = ["a"], roles = ["router"] }',
+         "authorized_nodes.a.roles: unknown role 'router'; known: sidecar, gateway, proxyless"),
+        ('{ services = ["a"], roles = [] }', "authorized_nodes.a.roles: is empty"),
+        ('{ services = ["a"], roles = ["gateway"] }',
+         "authorized_nodes.a: grants the gateway role without gateway_labels"),
+        ('{ services = ["a"], gateway_labels = { istio = "x" } }',
+         'authorized_nodes.a.gateway_labels: needs roles to include "gateway"'),
+        ('{ services = ["a"], roles = ["gateway"], gateway_labels = { istio = "*" } }',
+         "names each value exactly"),
+        ('{ services = ["a"], labels = { app = 1 } }',
+         "authorized_nodes.a.labels: must be a table of label = value strings"),
+        ('{ services = ["a"], role = ["gateway"] }', "authorized_nodes.a.role: unknown setting"),
+    ],
+)  # fmt: skip
+def test_bad_grants_name_line_and_key(tmp_path: Path, grant: str, fragment: str) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text(
+        f'tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n"a" = {grant}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        Settings.from_file(str(path))
+    assert fragment in str(info.value)
+    assert "xdsd.toml:5:" in str(info.value)
+
+
+def test_a_gateway_grant_reads_its_roles_and_labels(tmp_path: Path) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text(
+        'tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n'
+        '"g" = { node_ids = ["gw"], roles = ["gateway"], gateway_labels = { istio = "in" } }\n'
+        '"s" = { services = ["ns/web"], labels = { app = "web", version = "*" } }\n'
+    )
+    g, s = Settings.from_file(str(path)).authorized_nodes
+    assert (g.roles, g.gateway_labels, g.labels) == (("gateway",), (("istio", "in"),), None)
+    assert (s.roles, s.labels) == (("sidecar", "proxyless"), (("app", "web"), ("version", "*")))

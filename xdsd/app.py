@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from grpclib.server import Server
@@ -29,9 +29,10 @@ from grpclib.server import Server
 from xdsd import __version__
 from xdsd.admin import AdminViews, start_admin
 from xdsd.admin.metrics import Metrics
-from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
+from xdsd.logs import dropped_log_lines, set_log_queue_lines
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
 from xdsd.notify import Notifier
@@ -41,8 +42,14 @@ from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.tls import ServerCertificates
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
+from xdsd.translate.node import ClientKind, Role
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
-from xdsd.transports.limits import NodeAuthorizer, StreamLimits
+from xdsd.transports.limits import (
+    NodeAuthorizer,
+    NodeIdentity,
+    StreamLimits,
+    certificate_sans,
+)
 
 if TYPE_CHECKING:
     from xdsd.transports.grpc_aio import AioServer
@@ -350,6 +357,8 @@ async def serve(
         mesh_config=settings.mesh,
     )  # fmt: skip
     metrics.track(cache, state)
+    metrics.track_log_drops(dropped_log_lines)
+    set_log_queue_lines(settings.log_queue_lines)
 
     def apply(result: LoadResult | ConfigError, started: float) -> None:
         applied = state.apply(result)
@@ -401,6 +410,8 @@ async def serve(
     limits = StreamLimits.from_settings(settings)
     authorizer = NodeAuthorizer(settings.authorized_nodes)
     _authorize_mesh(authorizer, settings, settings.mesh)
+    if settings.admin_tls and settings.tls_client_ca:
+        views.node_access = _admin_node_access(authorizer, settings.admin_sans)
     if settings.tls:
         certificates = ServerCertificates(settings)
     grpc_tls = certificates.context("h2") if certificates is not None else None
@@ -596,6 +607,30 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
     log.info("settings %s read again: [mesh] applies now, other settings at restart",
              settings_path)  # fmt: skip
     return mesh
+
+
+def _admin_node_access(
+    authorizer: NodeAuthorizer, admin_sans: tuple[str, ...]
+) -> Callable[[Mapping[str, Any] | None, ClientStatus], bool]:
+    """Who may see a node's resources on the admin server (``AdminViews.node_access``):
+    a certificate with one of ``admin_sans``, or one that may speak for that node over
+    xDS (``authorizer``, with the role and labels of the node's class)."""
+    admins = frozenset(admin_sans)
+
+    def allowed(cert: Mapping[str, Any] | None, client: ClientStatus) -> bool:
+        if admins.intersection(certificate_sans(cert)):
+            return True
+        key = client.key
+        if not isinstance(key, NodeClass):
+            return False
+        role = (
+            "gateway" if key.role is Role.GATEWAY
+            else "proxyless" if key.client is ClientKind.GRPC else "sidecar"
+        )  # fmt: skip
+        identity = NodeIdentity(client.node_id, key.service, key.namespace, role, key.labels)
+        return authorizer.allowed(cert, identity)
+
+    return allowed
 
 
 def _authorize_mesh(authorizer: NodeAuthorizer, settings: Settings, mesh: MeshConfig) -> None:

@@ -7,9 +7,25 @@ admin server. Nothing here imports anything else from xdsd.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+#: A PEM private key (any kind, encrypted or not), whole or cut off.
+_PEM_KEY = re.compile(
+    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every PEM private key in it (even one cut off before its END line)
+    replaced by ``[redacted]``: for messages and log lines that may quote what they
+    could not parse."""
+    if "PRIVATE KEY-----" not in text:
+        return text
+    return _PEM_KEY.sub(lambda m: f"-----BEGIN {m.group(1)}PRIVATE KEY----- [redacted]", text)
 
 
 class Severity(Enum):
@@ -26,7 +42,9 @@ class Problem:
     ``path`` is the file (as given, relative or absolute), ``line`` is 1-based (0 when the
     problem concerns the whole file or no file at all), ``field`` is the dotted/indexed field
     path inside the document (``http[0].route[1].weight``), empty when the problem is with
-    the document as a whole.
+    the document as a whole. A PEM private key quoted in ``message`` (a parser's
+    excerpt of what it could not read) is redacted (``redact_text``), so no output made
+    from a problem shows one.
     """
 
     path: str
@@ -34,6 +52,9 @@ class Problem:
     field: str
     message: str
     severity: Severity = Severity.ERROR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", redact_text(self.message))
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path

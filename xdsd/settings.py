@@ -77,13 +77,19 @@ class Settings:
     bounds one gRPC message and one REST body; ``max_streams_per_address`` the gRPC
     streams open at once from one client address; ``first_request_timeout`` how long a
     new gRPC stream may stay silent before its first request (seconds, 0: no limit);
-    ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle.
+    ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle;
+    ``log_queue_lines`` how many log lines may wait for a slow log stream before new
+    ones are dropped and counted (``xdsd.logs.QueueingHandler``).
 
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
     unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
     issued by that CA. ``authorized_nodes`` maps a client certificate's SAN to the nodes
-    it may speak for (needs ``tls_client_ca``). Both ``grpc_impl``s serve TLS. The
+    it may speak for and the roles and labels they may claim (``NodeGrant``; needs
+    ``tls_client_ca``). Under admin mutual TLS a node's resources
+    (``/debug/config_dump?node=ID``) are shown only to a certificate that may speak for
+    that node, or that has one of the SANs of ``admin_sans`` (full admin access; needs
+    ``tls_client_ca``). Both ``grpc_impl``s serve TLS. The
     three files are read again, without a restart, when they change and on SIGHUP
     (``xdsd.tls.ServerCertificates``); the settings themselves are read at start.
     """
@@ -108,6 +114,8 @@ class Settings:
     tls_client_ca: str = ""
     admin_tls: bool = True
     authorized_nodes: tuple[NodeGrant, ...] = ()
+    admin_sans: tuple[str, ...] = ()
+    log_queue_lines: int = 10_000
 
     @property
     def tls(self) -> bool:
@@ -161,6 +169,11 @@ class Settings:
                 if grants is not None:
                     changes["authorized_nodes"] = grants
                 continue
+            if key_name == "admin_sans":
+                if _check(value, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
+                          "a list of SANs", key, where, problems):  # fmt: skip
+                    changes["admin_sans"] = tuple(value)
+                continue
             current = getattr(self, key_name)
             try:
                 changes[key_name] = _coerce(key_name, current, value)
@@ -182,6 +195,13 @@ class Settings:
             out.append(where.problem(key, "tls_cert and tls_key go together"))
         if self.tls_client_ca and not self.tls_cert:
             out.append(where.problem("tls_client_ca", "needs tls_cert and tls_key"))
+        if self.admin_sans and not self.tls_client_ca:
+            out.append(
+                where.problem(
+                    "admin_sans",
+                    "needs tls_client_ca: admin clients are known by their client certificate",
+                )
+            )
         if self.authorized_nodes and not self.tls_client_ca:
             out.append(
                 where.problem(
@@ -192,44 +212,90 @@ class Settings:
         return out
 
 
+#: The roles a grant may let a certificate claim (``NodeGrant.roles``): a sidecar, a
+#: gateway (``metadata.role: gateway``) and a proxyless gRPC client.
+NODE_ROLES = ("sidecar", "gateway", "proxyless")
+#: The roles of a grant that names none: never a gateway.
+DEFAULT_ROLES = ("sidecar", "proxyless")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeGrant:
     """Which nodes a client certificate with the SAN ``san`` (a URI or DNS name) may
-    speak for: those whose ``node.id`` is in ``node_ids`` or whose ``node.cluster`` (the
-    service it fronts) is in ``services``, written ``NAMESPACE/SERVICE`` (that namespace
-    only) or ``SERVICE`` (any namespace); ``"*"`` in either means any."""
+    speak for, and what they may claim to be.
+
+    The node: its ``node.id`` is in ``node_ids`` and its ``node.cluster`` (the service
+    it fronts) is in ``services``, written ``NAMESPACE/SERVICE`` (that namespace only)
+    or ``SERVICE`` (any namespace); a grant naming only one of the two leaves the other
+    free, and ``"*"`` in either means any. The claim: its role is in ``roles``
+    (``sidecar``, ``gateway``, ``proxyless``; ``DEFAULT_ROLES`` when the grant names
+    none, so never a gateway by default). A gateway may claim only labels of
+    ``gateway_labels`` (same key, same value), so the only Gateways whose server keys it
+    receives are those a node with exactly those labels would receive; a grant with the
+    gateway role must name them. ``labels``, when given, bounds a sidecar's and a
+    proxyless client's labels the same way (the value ``"*"``: any value of that key);
+    without it they may claim any labels."""
 
     san: str
     node_ids: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    gateway_labels: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] | None = None
 
-    def allows(self, node_id: str, service: str, namespace: str = "default") -> bool:
-        """True when this grant lets its certificate speak for that node."""
+    def allows(
+        self, node_id: str, service: str, namespace: str = "default", *,
+        role: str = "sidecar", labels: Mapping[str, str] | None = None,
+    ) -> bool:  # fmt: skip
+        """True when this grant lets its certificate speak for the node ``node_id``
+        fronting ``service`` in ``namespace`` with ``role`` and ``labels``."""
         return (
-            "*" in self.node_ids
-            or "*" in self.services
-            or node_id in self.node_ids
+            self.allows_node(node_id, service, namespace)
+            and role in self.roles
+            and self.allows_labels(role, labels or {})
+        )
+
+    def allows_node(self, node_id: str, service: str, namespace: str = "default") -> bool:
+        """True when the node's id and service are among those this grant names."""
+        by_id = "*" in self.node_ids or node_id in self.node_ids
+        by_service = (
+            "*" in self.services
             or ("/" not in service and service in self.services)
             or f"{namespace}/{service}" in self.services
         )
+        if self.node_ids and self.services:
+            return by_id and by_service
+        return by_id if self.node_ids else by_service
+
+    def allows_labels(self, role: str, labels: Mapping[str, str]) -> bool:
+        """True when a node of ``role`` may claim ``labels``."""
+        if role == "gateway":
+            allowed = dict(self.gateway_labels)
+            return bool(allowed) and all(allowed.get(k) == v for k, v in labels.items())
+        if self.labels is None:
+            return True
+        bound = dict(self.labels)
+        return all(k in bound and bound[k] in ("*", v) for k, v in labels.items())
 
 
 def _authorized_nodes(
     value: Any, key: str, where: _Where, problems: list[Problem]
 ) -> tuple[NodeGrant, ...] | None:
-    """The ``[authorized_nodes]`` table: SAN = { node_ids = [...], services = [...] }."""
+    """The ``[authorized_nodes]`` table: SAN = { node_ids = [...], services = [...],
+    roles = [...], gateway_labels = { ... }, labels = { ... } }."""
     if not isinstance(value, dict):
         problems.append(where.problem(key, "must be a table of SAN = { node_ids, services }"))
         return None
     before = len(problems)
     grants: list[NodeGrant] = []
+    known = ("node_ids", "services", "roles", "gateway_labels", "labels")
     for san, entry in value.items():
         at = f"{key}.{san}"
-        table = _table(entry, at, where, problems, ("node_ids", "services"))
+        table = _table(entry, at, where, problems, known)
         if table is None:
             continue
         lists: dict[str, tuple[str, ...]] = {}
-        for name in ("node_ids", "services"):
+        for name in ("node_ids", "services", "roles"):
             items = table.get(name, [])
             if _check(items, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
                       "a list of names", f"{at}.{name}", where, problems):  # fmt: skip
@@ -237,7 +303,45 @@ def _authorized_nodes(
         if not table.get("node_ids") and not table.get("services"):
             problems.append(where.problem(at, "names no node_ids and no services"))
             continue
-        grants.append(NodeGrant(san, lists.get("node_ids", ()), lists.get("services", ())))
+        roles = lists.get("roles") or DEFAULT_ROLES
+        unknown = [r for r in roles if r not in NODE_ROLES]
+        if unknown:
+            problems.append(where.problem(
+                f"{at}.roles", f"unknown role {unknown[0]!r}; known: {', '.join(NODE_ROLES)}"
+            ))  # fmt: skip
+        if "roles" in table and not table["roles"]:
+            problems.append(where.problem(f"{at}.roles", "is empty: name at least one role"))
+        tables: dict[str, tuple[tuple[str, str], ...]] = {}
+        for name in ("gateway_labels", "labels"):
+            if name in table and _check(
+                table[name], lambda v: isinstance(v, dict) and all(
+                    _is_str(x) and x and _is_str(y) and y for x, y in v.items()
+                ), "a table of label = value strings", f"{at}.{name}", where, problems,
+            ):  # fmt: skip
+                tables[name] = tuple(sorted(table[name].items()))
+        if "gateway" in roles and not tables.get("gateway_labels"):
+            problems.append(where.problem(
+                at, "grants the gateway role without gateway_labels: name the labels "
+                "(e.g. { istio = \"ingressgateway\" }) its gateways may claim",
+            ))  # fmt: skip
+        if "gateway_labels" in table and "gateway" not in roles:
+            problems.append(where.problem(
+                f"{at}.gateway_labels", "needs roles to include \"gateway\""
+            ))  # fmt: skip
+        if any(v == "*" for _, v in tables.get("gateway_labels", ())):
+            problems.append(where.problem(
+                f"{at}.gateway_labels", "names each value exactly (\"*\" is for labels)"
+            ))  # fmt: skip
+        grants.append(
+            NodeGrant(
+                san,
+                lists.get("node_ids", ()),
+                lists.get("services", ()),
+                tuple(roles),
+                tables.get("gateway_labels", ()),
+                tables.get("labels"),
+            )
+        )
     return tuple(grants) if len(problems) == before else None
 
 

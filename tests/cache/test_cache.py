@@ -182,3 +182,17 @@ def test_disconnected_records_are_bounded() -> None:
     assert [c.client_id for c in cache.clients()] == ["c2", "c3", "live"]
     cache.open_client("c3", node_id="n", key="k", transport="ads")  # reconnects
     assert status(cache, "c3").connected
+
+
+def test_what_a_new_stream_says_it_holds_counts_as_sent_and_acknowledged() -> None:
+    """issue 14 #13: after a restart the client's first request says what it holds (no
+    nonce); with nothing to send, that is in sync; a response that follows replaces it."""
+    cache: SnapshotCache[str] = SnapshotCache(clock=Clock())
+    cache.open_client("c1", node_id="n", key="k", transport="ads")
+    cache.record_ack("c1", CLUSTER, Version("v1"), "")
+    cds = status(cache).type_status(CLUSTER)
+    assert (cds.sent_version, cds.acked_version, cds.state) == ("v1", "v1", "in_sync")
+    cache.record_sent("c1", CLUSTER, Version("v2"), "1")  # it held an older version
+    assert status(cache).type_status(CLUSTER).state == "pending"
+    cache.record_ack("c1", LISTENER, Version("v9"), "5")  # an answer to nothing sent
+    assert status(cache).type_status(LISTENER).state == "pending"

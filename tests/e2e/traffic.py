@@ -697,12 +697,14 @@ class TrafficMesh:
         return sidecar
 
     def start_gateway(
-        self, name: str, labels: dict[str, str], *, namespace: str = ""
-    ) -> GatewayNode:
+        self, name: str, labels: dict[str, str], *, namespace: str = "",
+        bootstrap_args: tuple[str, ...] = (),
+    ) -> GatewayNode:  # fmt: skip
         """Start xdsd (once) and a gateway Envoy for ``name`` with role ``gateway`` and
         ``labels`` (what Gateway selectors match), its listeners bound on an address of
         its own (reserved by ``gateway_ip(name)`` when called before, so that server ports
-        can be picked free on it); return it once Envoy is LIVE."""
+        can be picked free on it); return it once Envoy is LIVE. ``bootstrap_args`` are
+        more ``xdsd bootstrap`` flags (e.g. ``--xds-tls-ca``)."""
         ip = self._gateway_ips.pop(name, None) or self.ip()
         if self.xdsd is None:
             self.xdsd = Xdsd(self.config, self.root, extra=self.xdsd_args)
@@ -716,6 +718,7 @@ class TrafficMesh:
             argv += ["--namespace", namespace]
         for k, v in labels.items():
             argv += ["--label", f"{k}={v}"]
+        argv += bootstrap_args
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{name}.yaml"

@@ -85,15 +85,71 @@ def test_a_service_grant_may_name_its_namespace() -> None:
 
 def test_a_mesh_identity_does_not_speak_for_a_gateway() -> None:
     """A gateway receives the server keys of the Gateways its labels select: a mesh
-    workload claiming to be one (with its own service name) needs a grant."""
+    workload claiming to be one (with its own service name) needs a grant with the
+    gateway role and the labels."""
     web = {"subjectAltName": (("URI", "spiffe://mesh.test/ns/default/sa/web"),)}
     authorizer = NodeAuthorizer((), trust_domain="mesh.test")
     authorizer.check(web, NodeIdentity("web-1", "web"))
     with pytest.raises(Refused, match="may not speak for gateway"):
-        authorizer.check(web, NodeIdentity("web-1", "web", gateway=True))
+        authorizer.check(web, NodeIdentity("web-1", "web", role="gateway"))
     granted = NodeAuthorizer((NodeGrant("spiffe://mesh.test/ns/default/sa/web",
-                                        services=("default/web",)),), trust_domain="mesh.test")  # fmt: skip
-    granted.check(web, NodeIdentity("web-1", "web", gateway=True))
+                                        services=("default/web",), roles=("gateway",),
+                                        gateway_labels=(("istio", "web-gw"),)),),
+                             trust_domain="mesh.test")  # fmt: skip
+    granted.check(web, NodeIdentity("web-1", "web", role="gateway", labels=(("istio", "web-gw"),)))
+
+
+PRODUCTPAGE = {"subjectAltName": (("URI", "spiffe://mesh.test/productpage"),)}
+GATEWAY = {"subjectAltName": (("DNS", "gateway.mesh.test"),)}
+INGRESS = (("istio", "ingressgateway"),)
+DOCS_GRANTS = (
+    NodeGrant("spiffe://mesh.test/productpage", services=("default/productpage",)),
+    NodeGrant("gateway.mesh.test", node_ids=("ingress-gateway",), roles=("gateway",),
+              gateway_labels=(("app", "istio-ingressgateway"), *INGRESS)),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cert", "identity", "allowed"),
+    [
+        # issue 14 #6: a service's certificate posing as the ingress gateway
+        (PRODUCTPAGE, NodeIdentity("x", "productpage", role="gateway", labels=INGRESS), False),
+        (PRODUCTPAGE, NodeIdentity("x", "productpage", role="gateway"), False),
+        (PRODUCTPAGE, NodeIdentity("x", "productpage", labels=INGRESS), True),  # a sidecar
+        (PRODUCTPAGE, NodeIdentity("x", "productpage", role="proxyless"), True),
+        (PRODUCTPAGE, NodeIdentity("x", "productpage", "prod"), False),  # another namespace
+        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway", labels=INGRESS), True),
+        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway"), True),  # fewer labels
+        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway",
+                               labels=(("istio", "egressgateway"),)), False),  # another Gateway's
+        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway",
+                               labels=(*INGRESS, ("x", "y"))), False),  # a label not granted
+        (GATEWAY, NodeIdentity("ingress-gateway", "gw"), False),  # a sidecar: not granted
+    ],
+)  # fmt: skip
+def test_a_grant_binds_role_and_labels(
+    cert: dict[str, object], identity: NodeIdentity, allowed: bool
+) -> None:
+    authorizer = NodeAuthorizer(DOCS_GRANTS)
+    assert authorizer.allowed(cert, identity) is allowed
+    if not allowed:
+        with pytest.raises(Refused, match=f"may not speak for {identity.role}"):
+            authorizer.check(cert, identity)
+
+
+def test_a_grant_with_labels_bounds_a_sidecars_labels() -> None:
+    grant = NodeGrant("a.m", services=("web",), labels=(("app", "web"), ("version", "*")))
+    assert grant.allows("x", "web", labels={"app": "web", "version": "v2"})
+    assert grant.allows("x", "web", labels={})
+    assert not grant.allows("x", "web", labels={"app": "reviews"})
+    assert not grant.allows("x", "web", labels={"app": "web", "team": "a"})
+
+
+def test_node_ids_and_services_together_must_both_match() -> None:
+    grant = NodeGrant("a.m", node_ids=("web-1",), services=("web",))
+    assert grant.allows("web-1", "web")
+    assert not grant.allows("web-1", "reviews")
+    assert not grant.allows("web-2", "web")
 
 
 def test_a_slash_in_a_service_name_does_not_meet_a_namespaced_grant() -> None:
@@ -103,22 +159,28 @@ def test_a_slash_in_a_service_name_does_not_meet_a_namespaced_grant() -> None:
 
 
 @pytest.mark.parametrize(
-    ("metadata", "namespace", "gateway"),
+    ("metadata", "agent", "namespace", "role", "labels"),
     [
-        ({}, "default", False),
-        ({"namespace": "prod", "role": "Gateway"}, "prod", True),
-        ({"namespace": "", "role": "sidecar"}, "default", False),
-        ({"namespace": 3, "role": 1}, "default", False),  # the node class refuses these
+        ({}, "envoy", "default", "sidecar", ()),
+        ({"namespace": "prod", "role": "Gateway"}, "envoy", "prod", "gateway", ()),
+        ({"namespace": "", "role": "sidecar"}, "envoy", "default", "sidecar", ()),
+        ({"namespace": 3, "role": 1}, "envoy", "default", "sidecar", ()),  # refused by its class
+        ({}, "gRPC C-core", "default", "proxyless", ()),
+        ({"client": " GRPC"}, "envoy", "default", "proxyless", ()),
+        ({"client": "grpc", "role": "gateway"}, "", "default", "gateway", ()),
+        ({"labels": {"istio": "ingressgateway", "n": 2, "b": True, "f": 1.5}}, "", "default",
+         "sidecar", (("b", "true"), ("f", "1.5"), ("istio", "ingressgateway"), ("n", "2"))),
     ],
 )  # fmt: skip
 def test_node_identity_reads_the_node_as_its_class_does(
-    metadata: dict[str, object], namespace: str, gateway: bool
-) -> None:
+    metadata: dict[str, object], agent: str, namespace: str, role: str,
+    labels: tuple[tuple[str, str], ...],
+) -> None:  # fmt: skip
     from envoy.config.core.v3 import base_pb2
 
-    node = base_pb2.Node(id="n", cluster="web")
+    node = base_pb2.Node(id="n", cluster="web", user_agent_name=agent)
     node.metadata.update(metadata)
-    assert node_identity(node) == NodeIdentity("n", "web", namespace, gateway)
+    assert node_identity(node) == NodeIdentity("n", "web", namespace, role, labels)
 
 
 def test_without_grants_every_client_is_allowed() -> None:

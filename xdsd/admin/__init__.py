@@ -9,7 +9,9 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
   the version sent and acknowledged with their wall-clock times (seconds since the epoch),
   the sync state and the last NACK; ``?node=ID`` keeps one node's);
-- ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON);
+- ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
+  every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
+  client certificate that may speak for that node, see ``NodeAccess``);
 - ``/debug/errors`` (the current config errors, then the warnings, with file and line).
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -30,13 +32,21 @@ from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
-from xdsd.resources import MESSAGE_CLASSES, SECRET, SHORT_NAMES, Resource, to_json
+from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, to_json
+from xdsd.resources.redaction import redact
 from xdsd.settings import Address
+
+#: Decides whether the admin client with this certificate (``getpeercert()``; None
+#: without one) may see what this client's node is served.
+NodeAccess = Callable[[Mapping[str, Any] | None, ClientStatus], bool]
 
 
 class AdminViews:
     """The admin handlers over ``cache`` and ``config``; ``metrics`` is exposed at
-    ``/metrics``; ``version`` and ``config_dir`` are shown on the status page."""
+    ``/metrics``; ``version`` and ``config_dir`` are shown on the status page.
+    ``node_access`` (None: everyone) decides who may see a node's resources
+    (``/debug/config_dump``); a refusal is answered 403 and counted as
+    ``xdsd_refused_total{listener="admin",reason="permission_denied"}``."""
 
     def __init__(
         self,
@@ -55,6 +65,7 @@ class AdminViews:
         self.config_dir = config_dir
         self.clock = clock
         self.listening = False
+        self.node_access: NodeAccess | None = None
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -110,8 +121,9 @@ class AdminViews:
 
     async def config_dump(self, request: web.Request) -> web.Response:
         """What node ``?node=ID`` is served: the snapshot of its class (every type, proto3
-        JSON) with the versions its client was sent and acknowledged. 400 without a node,
-        404 naming the node when no client has that id or its class has no snapshot.
+        JSON, secrets redacted) with the versions its client was sent and acknowledged.
+        400 without a node, 404 naming the node when no client has that id or its class
+        has no snapshot, 403 when ``node_access`` refuses the admin client's certificate.
 
         A node with several clients (per-type gRPC streams, or a reconnect) is shown
         through its connected client that connected last."""
@@ -124,6 +136,16 @@ class AdminViews:
                 404, f"no proxy with node id {node!r} is connected or recently disconnected"
             )
         client = max(found, key=lambda c: (c.connected, c.connected_at))
+        if self.node_access is not None:
+            transport = request.transport
+            cert = transport.get_extra_info("peercert") if transport is not None else None
+            if not self.node_access(cert, client):
+                self.metrics.on_refused("admin", "permission_denied")
+                return _error(
+                    403,
+                    f"this client certificate may not read node {node!r} "
+                    "(authorized_nodes, admin_sans)",
+                )
         snapshot = self.cache.get(client.key)
         if snapshot is None:
             return _error(
@@ -194,19 +216,17 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     """A snapshot's versions and resources as proto3 JSON, by short type name (the shape
-    of ``xdsd render``'s output), with private keys redacted (as Envoy's own config dump
-    does): the admin server is not where keys are handed out."""
+    of ``xdsd render``'s output), with every secret redacted (``resources.redaction``:
+    private keys, passwords, session ticket keys, generic secrets, in Secrets and inline
+    in listeners and clusters alike): the admin server is not where keys are handed
+    out."""
     out: dict[str, Any] = {"versions": {}, "resources": {}}
     for type_url, resources in snapshot.resources.items():
         short = SHORT_NAMES.get(type_url, type_url)
         out["versions"][short] = snapshot.version(type_url)
-        items = [{"@type": type_url, **to_json(_message_of(r))} for r in resources.values()]
-        if type_url == SECRET:
-            for item in items:
-                key = item.get("tls_certificate", {}).get("private_key")
-                if key is not None:
-                    item["tls_certificate"]["private_key"] = {"inline_string": "[redacted]"}
-        out["resources"][short] = items
+        out["resources"][short] = [
+            redact({"@type": type_url, **to_json(_message_of(r))}) for r in resources.values()
+        ]
     return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -176,6 +176,27 @@ class Metrics:
     def track(self, cache: SnapshotCache[Any], config: ConfigState) -> None:
         """Export the states of ``cache`` and ``config`` at every scrape."""
         self.registry.register(StateCollector(cache, config))
+
+    def track_log_drops(self, count: Callable[[], int]) -> None:
+        """Export ``count()`` (log lines dropped so far, ``logs.dropped_log_lines``) as
+        ``xdsd_log_records_dropped_total`` at every scrape."""
+        self.registry.register(_LogDrops(count))
+
+
+class _LogDrops(Collector):
+    """``xdsd_log_records_dropped_total``, read when scraped."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter, as it is now."""
+        family = CounterMetricFamily(
+            "xdsd_log_records_dropped",
+            "Log lines dropped because the log stream did not keep up (queue full).",
+        )
+        family.add_metric([], self.count())
+        yield family
 
 
 class StateCollector(Collector):

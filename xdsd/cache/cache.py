@@ -249,7 +249,10 @@ class SnapshotCache(Generic[K]):
 
     def record_ack(self, client_id: str, type_url: TypeUrl, version: Version, nonce: str) -> None:
         """The client applied ``version``. Clears ``not_applied``, and the last NACK when
-        ``version`` is not the rejected one."""
+        ``version`` is not the rejected one. With no ``nonce`` and nothing sent yet (a
+        client saying on a new stream, or a new poller, what it already holds, as after
+        xdsd restarted), ``version`` also counts as sent: the client is in sync with it
+        until a response that follows (when it is not the current version) replaces it."""
 
         status = self._clients.get(client_id)
         if status is None:
@@ -257,10 +260,13 @@ class SnapshotCache(Generic[K]):
         t = status.types.get(type_url) or _EMPTY_TYPE
         nack = t.nack if t.nack is not None and t.nack.version == version else None
         now = self._clock()
+        sent = t.sent_version
+        if sent is None and not nonce:
+            sent = version
         self._put(
             status,
             type_url,
-            TypeStatus(t.sent_version, t.sent_nonce, t.sent_at, version, now, nack),
+            TypeStatus(sent, t.sent_nonce, t.sent_at, version, now, nack),
         )
         if self._observer is not None:
             sent_at = t.sent_at

@@ -83,6 +83,7 @@ class _DeltaType:
     absent: set[str] = field(default_factory=set)  # announced as not existing
     responded: bool = False
     resumed: bool = False  # the first request said what the client holds (a reconnect)
+    confirmed: bool = False  # that holding was reported as acknowledged
     nonce: str = ""  # the outstanding response's nonce ("": none outstanding)
     in_flight: dict[str, str] = field(default_factory=dict)  # its resources: name → version
     rejected: dict[str, str] = field(default_factory=dict)  # NACKed: name → version
@@ -170,6 +171,12 @@ class DeltaStream:
             if name in state.held:
                 state.dropped.add(name)
         events.extend(self._push())
+        snap = self._snapshot
+        if state.resumed and not state.responded and not state.confirmed and snap is not None:
+            # A reconnect holding exactly what it would be sent: nothing goes out, and
+            # what it holds counts as acknowledged (its status is in sync, not pending).
+            state.confirmed = True
+            events.append(Ack(type_url, snap.version(type_url), ""))
         return events
 
     def on_snapshot(self, snapshot: Snapshot) -> list[DeltaResponse]:

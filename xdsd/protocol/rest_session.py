@@ -169,7 +169,12 @@ class RestSessions:
         client = self._client(client_id, now, forgotten)
         forgotten.extend(self._expire(now))
         poller = self._poller(client, type_url, names, now)
+        fresh = poller.held_version == "" and poller.outstanding is None
         report = _observe(poller, type_url, version_info)
+        if fresh and version_info and version_info == selection.version:
+            # A new poller already holding the current version (xdsd restarted): that
+            # counts as acknowledged, and it is answered 304 below.
+            report = Ack(type_url, selection.version, "")
         if type_url == CLUSTER:
             selection = self._keep_referenced(client, poller, selection)
         rejected = report.served_version if isinstance(report, NotApplied) else None

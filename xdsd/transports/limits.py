@@ -113,23 +113,32 @@ def certificate_sans(peer_cert: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 class NodeIdentity(NamedTuple):
     """What a node claims to be, as far as authorization looks at it: its ``node.id``,
-    the ``service`` it fronts (``node.cluster``), its ``namespace`` and whether its role
-    is ``gateway``."""
+    the ``service`` it fronts (``node.cluster``), its ``namespace``, its ``role``
+    (``sidecar``, ``gateway`` or ``proxyless``, see ``settings.NODE_ROLES``) and its
+    ``labels`` (sorted)."""
 
     node_id: str
     service: str
     namespace: str = "default"
-    gateway: bool = False
+    role: str = "sidecar"
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def gateway(self) -> bool:
+        """True when the node claims to be a gateway."""
+        return self.role == "gateway"
 
 
 class NodeAuthorizer:
-    """Decides whether a client may speak for a node, from its certificate's SANs and
-    the grants of ``authorized_nodes``; with a ``trust_domain`` (mesh mutual TLS, client
-    certificates required) a mesh identity ``spiffe://TRUST_DOMAIN/ns/NS/sa/SERVICE``
-    may also speak for the sidecars (and proxyless clients) of SERVICE in NS, and nothing
-    else by itself: a gateway, which receives the server keys of the Gateways its labels
-    select, needs a grant. With neither, every client is allowed (TLS alone decides who
-    connects). ``trust_domain`` may change while serving (SIGHUP re-reads ``[mesh]``)."""
+    """Decides whether a client may speak for a node — its id, service and namespace,
+    and also its role and labels, which decide what it receives (a gateway the server
+    keys of the Gateways its labels select) — from its certificate's SANs and the grants
+    of ``authorized_nodes`` (``settings.NodeGrant``). With a ``trust_domain`` (mesh
+    mutual TLS, client certificates required) a mesh identity
+    ``spiffe://TRUST_DOMAIN/ns/NS/sa/SERVICE`` may also speak for the sidecars (and
+    proxyless clients) of SERVICE in NS, and nothing else by itself: a gateway needs a
+    grant. With neither, every client is allowed (TLS alone decides who connects).
+    ``trust_domain`` may change while serving (SIGHUP re-reads ``[mesh]``)."""
 
     def __init__(self, grants: tuple[NodeGrant, ...], *, trust_domain: str = "") -> None:
         self._grants: dict[str, list[NodeGrant]] = {}
@@ -142,47 +151,77 @@ class NodeAuthorizer:
         """True when nodes are checked (some grant, or mesh identities)."""
         return bool(self._grants) or bool(self.trust_domain)
 
-    def check(self, peer_cert: Mapping[str, Any] | None, node: NodeIdentity) -> None:
-        """Return when the client whose certificate is ``peer_cert`` may speak for
-        ``node``; else raise Refused (PERMISSION_DENIED, 403)."""
+    def allowed(self, peer_cert: Mapping[str, Any] | None, node: NodeIdentity) -> bool:
+        """True when the client whose certificate is ``peer_cert`` may speak for
+        ``node`` (always, when not ``enforcing``)."""
         if not self.enforcing:
-            return
-        sans = certificate_sans(peer_cert)
+            return True
         mesh_id = (
             f"spiffe://{self.trust_domain}/ns/{node.namespace}/sa/{node.service}"
             if self.trust_domain and not node.gateway else ""
         )  # fmt: skip
-        for san in sans:
+        labels = dict(node.labels)
+        for san in certificate_sans(peer_cert):
             if mesh_id and san == mesh_id:
-                return
+                return True
             for grant in self._grants.get(san, ()):
-                if grant.allows(node.node_id, node.service, node.namespace):
-                    return
-        names = ", ".join(sans) or "none"
-        kind = "gateway" if node.gateway else "node"
+                if grant.allows(
+                    node.node_id, node.service, node.namespace, role=node.role, labels=labels
+                ):
+                    return True
+        return False
+
+    def check(self, peer_cert: Mapping[str, Any] | None, node: NodeIdentity) -> None:
+        """Return when the client whose certificate is ``peer_cert`` may speak for
+        ``node``; else raise Refused (PERMISSION_DENIED, 403) naming the certificate's
+        SANs and what the node claimed."""
+        if self.allowed(peer_cert, node):
+            return
+        names = ", ".join(certificate_sans(peer_cert)) or "none"
+        labels = ",".join(f"{k}={v}" for k, v in node.labels)
         raise Refused(
             "PERMISSION_DENIED", 403, "permission_denied",
-            f"the client certificate (SANs: {names}) may not speak for {kind} "
-            f"{node.node_id!r} of service {node.service!r} in namespace {node.namespace!r} "
-            "(authorized_nodes" + (", mesh identities" if self.trust_domain else "") + ")",
+            f"the client certificate (SANs: {names}) may not speak for {node.role} "
+            f"{node.node_id!r} of service {node.service!r} in namespace {node.namespace!r}"
+            + (f" with labels {{{labels}}}" if labels else "")
+            + " (authorized_nodes" + (", mesh identities" if self.trust_domain else "") + ")",
         )  # fmt: skip
 
 
 def node_identity(node: Any) -> NodeIdentity:
     """What an xDS node (``envoy.config.core.v3.Node``) claims, read the way node classes
-    read it (``translate.node.node_class_from_node``)."""
-    role = node.metadata.fields.get("role")
-    gateway = (
-        role is not None and role.WhichOneof("kind") == "string_value"
-        and role.string_value.lower() == "gateway"
-    )  # fmt: skip
-    return NodeIdentity(node.id, node.cluster, _node_namespace(node), gateway)
+    read it (``translate.node.node_class_from_node``): ``gateway`` when
+    ``metadata.role`` says so (any case), else ``proxyless`` when ``metadata.client``
+    or else ``user_agent_name`` names gRPC, else ``sidecar``; labels as strings. What
+    the node class would refuse (a role or label that is not a string) is read as
+    nothing here: such a node is served nothing."""
+    fields = node.metadata.fields
+    role = "sidecar"
+    if _text(fields, "role").lower() == "gateway":
+        role = "gateway"
+    else:
+        client = _text(fields, "client").strip().lower() or node.user_agent_name.strip().lower()
+        if client.startswith("grpc"):
+            role = "proxyless"
+    labels: dict[str, str] = {}
+    raw = fields.get("labels")
+    if raw is not None and raw.WhichOneof("kind") == "struct_value":
+        for key, value in raw.struct_value.fields.items():
+            kind = value.WhichOneof("kind")
+            if kind == "string_value":
+                labels[key] = value.string_value
+            elif kind == "bool_value":
+                labels[key] = "true" if value.bool_value else "false"
+            elif kind == "number_value":
+                number = value.number_value
+                labels[key] = str(int(number)) if float(number).is_integer() else str(number)
+    namespace = _text(fields, "namespace") or "default"
+    return NodeIdentity(node.id, node.cluster, namespace, role, tuple(sorted(labels.items())))
 
 
-def _node_namespace(node: Any) -> str:
-    """The namespace an xDS node announces (``node.metadata.namespace``; ``default``
-    when it says none, as the node classes read it)."""
-    value = node.metadata.fields.get("namespace")
-    if value is not None and value.WhichOneof("kind") == "string_value" and value.string_value:
+def _text(fields: Any, key: str) -> str:
+    """The string ``node.metadata`` holds at ``key`` (empty when none or not a string)."""
+    value = fields.get(key)
+    if value is not None and value.WhichOneof("kind") == "string_value":
         return str(value.string_value)
-    return "default"
+    return ""
