@@ -109,9 +109,19 @@ def test_poll_timings_summarise_by_status_and_reset() -> None:
 
 
 def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
+    """The timings are served by the admin listener (``timing_routes``), never by the
+    clients' port, where a client could reset them."""
+
     async def scenario() -> dict[str, Any]:
         rest = _rest()
         async with TestClient(TestServer(rest.app())) as client:
+            assert (await client.get("/debug/rest/timings?reset=1")).status == 404
+        admin = web.Application()
+        admin.router.add_routes(rest.timing_routes())
+        async with (
+            TestClient(TestServer(admin)) as timings,
+            TestClient(TestServer(rest.app())) as client,
+        ):
             first = await client.post("/v3/discovery:clusters", data=_body())
             assert first.status == 200
             version = first.headers["X-Xdsd-Version"]
@@ -120,9 +130,9 @@ def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
                 assert again.status == 304
             missing = await client.post("/v3/discovery:nothing", data=_body())
             assert missing.status == 404
-            shown = await client.get("/debug/rest/timings?reset=1")
+            shown = await timings.get("/debug/rest/timings?reset=1")
             summary: dict[str, Any] = await shown.json()
-            assert (await (await client.get("/debug/rest/timings")).json()) == {}
+            assert (await (await timings.get("/debug/rest/timings")).json()) == {}
             return summary
 
     summary = asyncio.run(scenario())
