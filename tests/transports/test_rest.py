@@ -217,3 +217,21 @@ def test_v2_polls_are_answered_with_v2_names() -> None:
     assert "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager" in text
     assert "envoy.config.filter.http.router.v2.Router" in text
     assert ".v3." not in text  # no v3 name is left for a v2 client to trip on
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [(b"{}", 1), (b'{"a":[1,{"b":[]}]}', 4), (b'{"s":"[[[[{{{{"}', 1), (b'{"s":"\\"[["}', 1),
+     (b"[" * 1_000_000, 1_000_000)],
+)  # fmt: skip
+def test_json_depth_ignores_brackets_in_strings(text: bytes, depth: int) -> None:
+    from xdsd.transports.rest import json_depth
+
+    assert json_depth(text) == depth
+
+
+def test_a_deeply_nested_body_is_a_bad_request_not_a_crash() -> None:
+    rest = _rest()
+    response = rest.answer(CDS, b'{"node":' * 100_000 + b"1" + b"}" * 100_000)
+    assert response.status == 400
+    assert response.text is not None and "nested" in response.text
