@@ -133,7 +133,7 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 
 def _server_timings(xdsd: Xdsd, reset: bool = False) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{xdsd.rest_port}/debug/rest/timings" + ("?reset=1" if reset else "")
+    url = f"http://127.0.0.1:{xdsd.admin_port}/debug/rest/timings" + ("?reset=1" if reset else "")
     with urllib.request.urlopen(url, timeout=10) as r:
         result: dict[str, Any] = json.loads(r.read())
     return result

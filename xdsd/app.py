@@ -24,10 +24,8 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from grpclib.server import Server
-
 from xdsd import __version__
-from xdsd.admin import AdminViews, start_admin
+from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
@@ -43,10 +41,19 @@ from xdsd.sources.watch import ConfigWatcher
 from xdsd.tls import ServerCertificates
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.translate.node import ClientKind, Role
+from xdsd.transports.connections import (
+    ADMIN_RESERVE,
+    ConnectionGate,
+    ConnectionLimits,
+    Listener,
+    serve_http,
+)
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
+from xdsd.transports.grpc_server import GrpcServer
 from xdsd.transports.limits import (
     NodeAuthorizer,
     NodeIdentity,
+    Refused,
     StreamLimits,
     certificate_sans,
 )
@@ -70,8 +77,11 @@ class MeshState:
         *,
         root_namespace: str = ROOT_NAMESPACE,
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
+        max_classes: int = 10000,
     ) -> None:
         self.config_dir = config_dir
+        #: The most node classes with a snapshot (``Settings.max_node_classes``).
+        self.max_classes = max_classes
         #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
         self.root_namespace = root_namespace
         #: The mesh-wide proxy defaults every class gets (settings' ``[mesh]``).
@@ -237,11 +247,23 @@ class MeshState:
         )
 
     def snapshot(self, key: Hashable) -> Snapshot | None:
-        """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``)."""
+        """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``).
+
+        A new class beyond ``max_classes`` first makes room by forgetting the classes no
+        client holds; when every class is held, raises Refused (RESOURCE_EXHAUSTED, 429):
+        a client's class is never evicted for a newcomer's."""
         assert isinstance(key, NodeClass)
         found = self._cache.get(key)
         if found is not None or self.translation is None:
             return found
+        if len(self._cache.keys()) >= self.max_classes:
+            self._cache.evict_unheld()
+            if len(self._cache.keys()) >= self.max_classes:
+                raise Refused(
+                    "RESOURCE_EXHAUSTED", 429, "too_many_node_classes",
+                    f"{self.max_classes} node classes are held by clients, the limit "
+                    "(max_node_classes): no snapshot for a new one",
+                )  # fmt: skip
         with _building():  # the first class of a flavor builds every cluster of the mesh
             snapshot = self.translation.snapshot_for(key)
             self._cache.set(key, snapshot)
@@ -354,7 +376,7 @@ async def serve(
     cache: SnapshotCache[NodeClass] = SnapshotCache(observer=metrics)
     state = MeshState(
         settings.config_dir, cache, root_namespace=settings.root_namespace,
-        mesh_config=settings.mesh,
+        mesh_config=settings.mesh, max_classes=settings.max_node_classes,
     )  # fmt: skip
     metrics.track(cache, state)
     metrics.track_log_drops(dropped_log_lines)
@@ -404,10 +426,12 @@ async def serve(
     if notifier.watchdog_interval is not None:
         watchdog_task = asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval / 2))
 
-    grpc_server: Server | None = None
+    grpc_server: GrpcServer | None = None
     aio_server: AioServer | None = None
     streams: list[OpenStreams] = []
     limits = StreamLimits.from_settings(settings)
+    gate = ConnectionGate(ConnectionLimits.from_settings(settings), on_refused=metrics.on_refused)
+    listeners: list[Listener] = []
     authorizer = NodeAuthorizer(settings.authorized_nodes)
     _authorize_mesh(authorizer, settings, settings.mesh)
     if settings.admin_tls and settings.tls_client_ca:
@@ -427,6 +451,7 @@ async def serve(
         aio_server = AioServer(
             state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused,
             tls=certificates.current if certificates is not None else None,
+            connections=gate.limits, max_connections=gate.max_connections,
         )  # fmt: skip
         await aio_server.start(settings.grpc)
         streams.append(aio_server.services.streams)
@@ -437,28 +462,42 @@ async def serve(
             state, limits=limits, authorizer=authorizer, on_refused=metrics.on_refused
         )
         streams.append(services.streams)
-        grpc_server = Server([services])
-        await grpc_server.start(
-            settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog, ssl=grpc_tls
+        grpc_server = GrpcServer(
+            [services], gate=gate, resets_per_second=limits.max_stream_resets_per_second
         )
+        await grpc_server.listen(
+            settings.grpc.host, settings.grpc.port, backlog=settings.grpc_backlog,
+            ssl_context=grpc_tls,
+        )  # fmt: skip
         log.info("gRPC xDS listening on %s%s", _bound(grpc_server, settings.grpc),
                  _tls_note(settings))  # fmt: skip
     rest_runner = None
+    discovery = None
     if settings.rest is not None:
-        from xdsd.transports.rest import start_rest
+        from xdsd.transports.rest import RestDiscovery, start_rest
 
-        rest_runner = await start_rest(
-            state, settings.rest, max_body=settings.max_request_bytes,
-            idle_timeout=settings.rest_idle_timeout, ssl_context=http_tls,
-            authorizer=authorizer, on_refused=metrics.on_refused,
+        discovery = RestDiscovery(
+            state, max_body=settings.max_request_bytes, authorizer=authorizer,
+            on_refused=metrics.on_refused,
         )  # fmt: skip
+        rest_runner, rest_listener = await start_rest(
+            discovery, settings.rest, gate, idle_timeout=settings.rest_idle_timeout,
+            ssl_context=http_tls,
+        )  # fmt: skip
+        listeners.append(rest_listener)
         log.info("REST xDS listening on %s%s", settings.rest, _tls_note(settings))
     admin_runner = None
     if settings.admin is not None:
         admin_tls = http_tls if settings.admin_tls else None
-        admin_runner = await start_admin(
-            views, settings.admin, ssl_context=admin_tls, idle_timeout=settings.rest_idle_timeout
-        )
+        admin_app = views.app()
+        if discovery is not None:
+            admin_app.router.add_routes(discovery.timing_routes())
+        admin_runner, admin_listener = await serve_http(
+            admin_app, "admin", gate, settings.admin.host, settings.admin.port,
+            idle_timeout=settings.rest_idle_timeout, ssl_context=admin_tls,
+            reserve=ADMIN_RESERVE,
+        )  # fmt: skip
+        listeners.append(admin_listener)
         log.info("admin listening on %s%s", settings.admin,
                  _tls_note(settings) if admin_tls else "")  # fmt: skip
     views.listening = True
@@ -501,6 +540,8 @@ async def serve(
                 await asyncio.wait_for(grpc_server.wait_closed(), max(1.0, deadline - loop.time()))
         if aio_server is not None:
             await aio_server.stop(max(0.0, deadline - loop.time()))
+        for listener in listeners:
+            listener.close()
         for runner in (rest_runner, admin_runner):
             if runner is not None:
                 with contextlib.suppress(TimeoutError):
@@ -655,7 +696,7 @@ def _tls_note(settings: Settings) -> str:
     return " (mTLS)" if settings.tls_client_ca else " (TLS)"
 
 
-def _bound(server: Server, wanted: Address) -> str:
+def _bound(server: GrpcServer, wanted: Address) -> str:
     sockets = getattr(server, "_server", None)
     if sockets is not None and sockets.sockets:
         host, port = sockets.sockets[0].getsockname()[:2]

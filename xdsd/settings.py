@@ -80,6 +80,20 @@ class Settings:
     ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle;
     ``log_queue_lines`` how many log lines may wait for a slow log stream before new
     ones are dropped and counted (``xdsd.logs.QueueingHandler``).
+    ``max_queued_requests`` bounds the requests one gRPC stream may have read but not yet
+    handled (a client that sends without reading is cut off with RESOURCE_EXHAUSTED).
+    ``max_connections`` bounds the connections open at once over the gRPC, REST and admin
+    listeners together (0: derived from the descriptor limit, see
+    ``xdsd.transports.connections``) and ``max_connections_per_address`` those from one
+    client address; a connection beyond is closed as it is accepted.
+    ``handshake_timeout`` is how long a new connection may take to finish its TLS
+    handshake and start its first request or stream, ``idle_connection_timeout`` how long
+    a connection may then stay without one (seconds; 0: no limit).
+    ``max_stream_resets_per_second`` is the rate of streams a client may reset on one
+    HTTP/2 connection (bursts of ten seconds' worth); beyond it the connection is closed
+    with GOAWAY. ``max_node_classes`` bounds the node classes with a snapshot; a client
+    of a new class beyond it is refused (RESOURCE_EXHAUSTED, HTTP 429) while every class
+    is held by a client.
 
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
@@ -109,6 +123,13 @@ class Settings:
     max_streams_per_address: int = 1024
     first_request_timeout: float = 10.0
     rest_idle_timeout: float = 60.0
+    max_queued_requests: int = 16
+    max_connections: int = 0
+    max_connections_per_address: int = 256
+    handshake_timeout: float = 10.0
+    idle_connection_timeout: float = 300.0
+    max_stream_resets_per_second: float = 50.0
+    max_node_classes: int = 10000
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -677,6 +698,8 @@ def _coerce(name: str, current: Any, value: Any) -> Any:
             raise ValueError("must be a non-negative number")
         return float(value)
     if isinstance(current, int):
+        if name == "max_connections" and value == 0:  # 0: from the descriptor limit
+            return 0
         if not isinstance(value, int) or value < 1:
             raise ValueError("must be a positive integer")
         return value

@@ -196,3 +196,41 @@ def test_what_a_new_stream_says_it_holds_counts_as_sent_and_acknowledged() -> No
     assert status(cache).type_status(CLUSTER).state == "pending"
     cache.record_ack("c1", LISTENER, Version("v9"), "5")  # an answer to nothing sent
     assert status(cache).type_status(LISTENER).state == "pending"
+
+
+# -- holding classes ----------------------------------------------------------------------
+
+
+def test_a_snapshot_goes_with_the_last_client_that_held_it() -> None:
+    cache: SnapshotCache[str] = SnapshotCache()
+    watcher: list[Snapshot] = []
+    cache.set("stream", snap("a"))
+    cache.open_client("s1", node_id="n", key="stream", transport="ads")
+    cache.subscribe("stream", watcher.append)
+    cache.unsubscribe("stream", watcher.append)
+    assert cache.get("stream") is not None  # the client record still holds it
+    cache.close_client("s1")
+    assert cache.get("stream") is None and cache.keys() == ()
+
+
+def test_a_poller_that_moves_to_another_class_lets_the_old_one_go() -> None:
+    cache: SnapshotCache[str] = SnapshotCache()
+    for i in range(100):
+        key = f"ip-{i}"
+        cache.set(key, snap("a"))
+        cache.open_client("rest-mover", node_id="mover", key=key, transport="rest")
+    assert cache.keys() == ("ip-99",)
+    cache.open_client("rest-other", node_id="other", key="ip-99", transport="rest")
+    cache.close_client("rest-mover")
+    assert cache.keys() == ("ip-99",)  # still held by the other poller
+
+
+def test_evict_unheld_keeps_every_held_class() -> None:
+    cache: SnapshotCache[str] = SnapshotCache()
+    for key in ("watched", "polled", "orphan-1", "orphan-2"):
+        cache.set(key, snap("a"))
+    cache.subscribe("watched", lambda _s: None)
+    cache.open_client("p", node_id="p", key="polled", transport="rest")
+    assert cache.evict_unheld() == 2
+    assert sorted(cache.keys()) == ["polled", "watched"]
+    assert cache.held("watched") and cache.held("polled") and not cache.held("orphan-1")

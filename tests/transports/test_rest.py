@@ -109,9 +109,19 @@ def test_poll_timings_summarise_by_status_and_reset() -> None:
 
 
 def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
+    """The timings are served by the admin listener (``timing_routes``), never by the
+    clients' port, where a client could reset them."""
+
     async def scenario() -> dict[str, Any]:
         rest = _rest()
         async with TestClient(TestServer(rest.app())) as client:
+            assert (await client.get("/debug/rest/timings?reset=1")).status == 404
+        admin = web.Application()
+        admin.router.add_routes(rest.timing_routes())
+        async with (
+            TestClient(TestServer(admin)) as timings,
+            TestClient(TestServer(rest.app())) as client,
+        ):
             first = await client.post("/v3/discovery:clusters", data=_body())
             assert first.status == 200
             version = first.headers["X-Xdsd-Version"]
@@ -120,9 +130,9 @@ def test_polls_over_http_are_timed_and_the_timings_are_served() -> None:
                 assert again.status == 304
             missing = await client.post("/v3/discovery:nothing", data=_body())
             assert missing.status == 404
-            shown = await client.get("/debug/rest/timings?reset=1")
+            shown = await timings.get("/debug/rest/timings?reset=1")
             summary: dict[str, Any] = await shown.json()
-            assert (await (await client.get("/debug/rest/timings")).json()) == {}
+            assert (await (await timings.get("/debug/rest/timings")).json()) == {}
             return summary
 
     summary = asyncio.run(scenario())
@@ -207,3 +217,21 @@ def test_v2_polls_are_answered_with_v2_names() -> None:
     assert "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager" in text
     assert "envoy.config.filter.http.router.v2.Router" in text
     assert ".v3." not in text  # no v3 name is left for a v2 client to trip on
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [(b"{}", 1), (b'{"a":[1,{"b":[]}]}', 4), (b'{"s":"[[[[{{{{"}', 1), (b'{"s":"\\"[["}', 1),
+     (b"[" * 1_000_000, 1_000_000)],
+)  # fmt: skip
+def test_json_depth_ignores_brackets_in_strings(text: bytes, depth: int) -> None:
+    from xdsd.transports.rest import json_depth
+
+    assert json_depth(text) == depth
+
+
+def test_a_deeply_nested_body_is_a_bad_request_not_a_crash() -> None:
+    rest = _rest()
+    response = rest.answer(CDS, b'{"node":' * 100_000 + b"1" + b"}" * 100_000)
+    assert response.status == 400
+    assert response.text is not None and "nested" in response.text

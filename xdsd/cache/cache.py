@@ -13,6 +13,11 @@ sent and what it acknowledged or rejected, per type. Records are frozen; each up
 replaces the record, so a reader (the admin server) always sees a consistent one. Time
 comes from an injectable ``clock``. An optional ``ClientObserver`` is told of each
 response, ACK and rejection as it is recorded (the admin server's metrics count them).
+
+A key is *held* while it has a watcher or a connected client record; when its last holder
+lets go, its snapshot is forgotten, so the classes of clients that left (a REST poller
+forgotten, a stream closed) cost nothing and show in no metric (``evict_unheld`` forgets
+every unheld one at once, for a cap on classes).
 """
 
 from __future__ import annotations
@@ -144,6 +149,7 @@ class SnapshotCache(Generic[K]):
         self._watchers: dict[K, list[Watcher]] = {}
         self._clients: dict[str, ClientStatus] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        self._holders: dict[K, int] = {}  # connected client records per key
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -174,6 +180,26 @@ class SnapshotCache(Generic[K]):
         """Forget the snapshot of ``key`` (watchers stay and see the next ``set``)."""
         self._snapshots.pop(key, None)
 
+    def held(self, key: K) -> bool:
+        """True while a client holds ``key``: a watcher (a stream) or a connected client
+        record (a REST poller the transport still remembers)."""
+        return key in self._watchers or key in self._holders
+
+    def evict_unheld(self) -> int:
+        """Forget the snapshot of every key no client holds (see ``held``); returns how
+        many were forgotten."""
+        gone = [key for key in self._snapshots if not self.held(key)]
+        for key in gone:
+            del self._snapshots[key]
+        return len(gone)
+
+    def _release(self, key: K) -> None:
+        """One holder of ``key`` let go: when it was the last, the key's snapshot is
+        forgotten (the next client of the class builds it again), so classes made by
+        departed clients do not accumulate."""
+        if not self.held(key):
+            self._snapshots.pop(key, None)
+
     def subscribe(self, key: K, watcher: Watcher) -> Snapshot | None:
         """Call ``watcher`` with each new snapshot of ``key`` from now on.
 
@@ -196,6 +222,7 @@ class SnapshotCache(Generic[K]):
             return
         if not watchers:
             del self._watchers[key]
+            self._release(key)
 
     def watcher_count(self, key: K | None = None) -> int:
         """How many watchers ``key`` has (all keys when None): leaks show here."""
@@ -206,11 +233,16 @@ class SnapshotCache(Generic[K]):
     # -- client status -----------------------------------------------------------------
 
     def open_client(self, client_id: str, *, node_id: str, key: K, transport: str) -> None:
-        """Start the record of a connected client (replacing any old one of that id)."""
+        """Start the record of a connected client (replacing any old one of that id); it
+        holds ``key`` until closed or replaced."""
         self._gone.pop(client_id, None)
+        old = self._clients.get(client_id)
         self._clients[client_id] = ClientStatus(
             client_id, node_id, key, transport, True, self._clock()
         )
+        self._holders[key] = self._holders.get(key, 0) + 1
+        if old is not None and old.connected:
+            self._let_go(old.key)  # type: ignore[arg-type]
 
     def close_client(self, client_id: str) -> None:
         """Mark a client disconnected; its record is kept for a while, then dropped."""
@@ -218,10 +250,19 @@ class SnapshotCache(Generic[K]):
         if status is None or not status.connected:
             return
         self._clients[client_id] = replace(status, connected=False, disconnected_at=self._clock())
+        self._let_go(status.key)  # type: ignore[arg-type]
         self._gone[client_id] = None
         while len(self._gone) > self._max_disconnected:
             oldest, _ = self._gone.popitem(last=False)
             self._clients.pop(oldest, None)
+
+    def _let_go(self, key: K) -> None:
+        count = self._holders.get(key, 0) - 1
+        if count > 0:
+            self._holders[key] = count
+            return
+        self._holders.pop(key, None)
+        self._release(key)
 
     def client(self, client_id: str) -> ClientStatus | None:
         """The record of one client."""

@@ -381,6 +381,7 @@ class DiscoveryServices:
         bounded = BoundedStream(stream, self.limits.max_request_bytes)
         client = make_client(variant, self.source, bounded, type_url, next(self._ids), self.encoder)
         client.first_request_timeout = self.limits.first_request_timeout
+        client.max_queued = self.limits.max_queued_requests
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(stream), self.authorizer.check
             client.authorize = lambda node: check(cert, node_identity(node))
@@ -470,6 +471,14 @@ class StreamClient:
         self.reader: asyncio.Task[None] | None = None
         #: Seconds the stream may wait for its first request (0: forever).
         self.first_request_timeout = 0.0
+        #: Requests read but not yet handled that the stream may hold (0: no bound);
+        #: one more ends the stream (see ``_cut_off``).
+        self.max_queued = 0
+        #: Requests in the inbox now.
+        self.queued = 0
+        #: Why the stream was cut off while its loop was busy (it ends with this).
+        self.overflow: Refused | None = None
+        self._task: asyncio.Task[Any] | None = None
         #: Called with the node's id and service when the stream opens; raises Refused
         #: when this client may not speak for that node.
         self.authorize: Callable[[Any], None] | None = None
@@ -494,6 +503,10 @@ class StreamClient:
                 request = await self.stream.recv_message()
                 if request is None:
                     break
+                if self.max_queued and self.queued >= self.max_queued:
+                    self._cut_off()
+                    return
+                self.queued += 1
                 self.inbox.put_nowait(request)
                 del request
         except Exception as e:  # a broken stream or an undecodable message
@@ -503,21 +516,48 @@ class StreamClient:
 
     async def run(self) -> None:
         """Serve the stream until it ends; raises what ends it for a protocol error."""
+        self._task = asyncio.current_task()
         self.reader = asyncio.create_task(self._read())
-        if self.first_request_timeout > 0:
-            try:
-                first = await asyncio.wait_for(self.inbox.get(), self.first_request_timeout)
-            except TimeoutError:
-                raise Refused(
-                    "DEADLINE_EXCEEDED", 408, "first_request_timeout",
-                    f"no request within {self.first_request_timeout:g} s of opening the "
-                    "stream (first_request_timeout)",
-                ) from None  # fmt: skip
-            if not await self._handle(first):
-                return
-            del first
-        while await self._handle(await self.inbox.get()):
-            pass
+        try:
+            if self.first_request_timeout > 0:
+                try:
+                    first = await asyncio.wait_for(self._next(), self.first_request_timeout)
+                except TimeoutError:
+                    raise Refused(
+                        "DEADLINE_EXCEEDED", 408, "first_request_timeout",
+                        f"no request within {self.first_request_timeout:g} s of opening the "
+                        "stream (first_request_timeout)",
+                    ) from None  # fmt: skip
+                if not await self._handle(first):
+                    return
+                del first
+            while await self._handle(await self._next()):
+                pass
+        except asyncio.CancelledError:
+            if self.overflow is None or self._task is None:
+                raise
+            self._task.uncancel()
+            raise self.overflow from None
+
+    async def _next(self) -> object:
+        """The next inbox item (a request taken leaves room for another)."""
+        item = await self.inbox.get()
+        if item is not _WAKE and item is not _END and not isinstance(item, Exception):
+            self.queued -= 1
+        return item
+
+    def _cut_off(self) -> None:
+        """The client sent ``max_queued`` requests more than the stream handled: it does
+        not read the responses (the stream waits for HTTP/2 window to write one). Holding
+        more would buffer without bound, so the stream ends at once with
+        RESOURCE_EXHAUSTED, even while its loop is stuck writing (it is cancelled)."""
+        self.overflow = Refused(
+            "RESOURCE_EXHAUSTED", 429, "slow_reader",
+            f"{self.queued} requests read but not yet handled: the client sends without "
+            "reading the responses (max_queued_requests)",
+        )  # fmt: skip
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     async def _handle(self, item: object) -> bool:
         """Act on one inbox item; False when the stream is over. (A method of its own so

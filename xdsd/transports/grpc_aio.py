@@ -11,8 +11,14 @@ deserializer does not raise), so it ends the stream with INVALID_ARGUMENT like g
 transport, not with grpcio's generic INTERNAL.
 
 Limits: grpcio itself refuses a message over ``max_request_bytes`` (RESOURCE_EXHAUSTED,
-not counted in metrics); streams per address and the first-request timeout are counted
-as in the grpclib transport.
+not counted in metrics); streams per address, the first-request timeout and the bound on
+queued requests are counted as in the grpclib transport. Connections are grpcio's own
+(its C core accepts them): ``max_connections`` becomes its
+``grpc.max_allowed_incoming_connections`` (the gRPC listener's alone, not shared with
+REST and admin), ``handshake_timeout`` its ``grpc.server_handshake_timeout_ms`` and
+``idle_connection_timeout`` its ``grpc.max_connection_idle_ms``; grpcio has no limit per
+client address, and its refusals are not counted in xdsd's metrics. Rapid resets are
+bounded by grpcio's own HTTP/2 defences.
 
 TLS: given a ``PemSource``, the server listens with grpcio's dynamic SSL credentials,
 which ask for the certificate before every new connection's handshake (on a grpcio
@@ -39,6 +45,7 @@ from google.protobuf.message import DecodeError
 from xdsd.resources import TypeUrl
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
+from xdsd.transports.connections import ConnectionLimits
 from xdsd.transports.grpc import (
     ADS_SERVICE,
     PER_TYPE_SERVICES,
@@ -223,6 +230,7 @@ class AioDiscoveryServices:
             "sotw", self.source, _ContextStream(context), type_url, next(self._ids), self.encoder
         )
         client.first_request_timeout = self.limits.first_request_timeout
+        client.max_queued = self.limits.max_queued_requests
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = peer_certificate(context), self.authorizer.check
             client.authorize = lambda node: check(cert, node_identity(node))
@@ -252,24 +260,38 @@ class AioServer:
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
         tls: PemSource | None = None,
+        connections: ConnectionLimits | None = None,
+        max_connections: int = 0,
     ) -> None:
         self.services = AioDiscoveryServices(
             source, limits=limits, authorizer=authorizer, on_refused=on_refused
         )
         self.tls = tls
+        self.connections = connections or ConnectionLimits()
+        self.max_connections = max_connections or self.connections.max_connections
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self, address: Address) -> None:
         """Bind and start serving (port 0 binds a free port, see ``port``); raises
         OSError when the address cannot be bound."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.services.limits.max_request_bytes),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", self.services.limits.max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+        limits = self.connections
+        if self.max_connections:
+            options.append(("grpc.max_allowed_incoming_connections", self.max_connections))
+        if limits.handshake_timeout:
+            options.append(
+                ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout * 1000))
+            )
+        if limits.idle_connection_timeout:
+            options.append(
+                ("grpc.max_connection_idle_ms", int(limits.idle_connection_timeout * 1000))
+            )
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(self.services.handlers())
         if self.tls is not None:
             self.port = server.add_secure_port(str(address), server_credentials(self.tls))

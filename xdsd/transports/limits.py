@@ -18,9 +18,12 @@ from typing import Any, NamedTuple
 from xdsd.errors import XdsdError
 from xdsd.settings import NodeGrant, Settings
 
-#: Called with (listener, reason) for every refusal: ``grpc`` or ``rest``, and
-#: ``request_too_large``, ``too_many_streams``, ``first_request_timeout`` or
-#: ``permission_denied``.
+#: Called with (listener, reason) for every refusal: ``grpc``, ``rest`` or ``admin``, and
+#: ``request_too_large``, ``too_many_streams``, ``first_request_timeout``,
+#: ``permission_denied``, ``slow_reader``, ``too_many_node_classes``, or for connections
+#: (``xdsd.transports.connections``) ``too_many_connections``,
+#: ``too_many_connections_from_address``, ``out_of_descriptors``, ``handshake_timeout``,
+#: ``idle_timeout`` and ``rapid_reset``.
 RefusalObserver = Callable[[str, str], None]
 
 
@@ -44,12 +47,17 @@ class Refused(XdsdError):
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
     """The limits of one gRPC server (see ``Settings``): the largest request message in
-    bytes, the streams open at once per client address, and the seconds a new stream may
-    wait before its first request (0: no limit)."""
+    bytes, the streams open at once per client address, the seconds a new stream may
+    wait before its first request (0: no limit), the requests a stream may have read but
+    not handled (``max_queued_requests``), the stream resets a client may make per second
+    on one HTTP/2 connection (grpclib), and the connection limits of
+    ``xdsd.transports.connections`` (``ConnectionLimits``)."""
 
     max_request_bytes: int = 4 << 20
     max_streams_per_address: int = 1024
     first_request_timeout: float = 10.0
+    max_queued_requests: int = 16
+    max_stream_resets_per_second: float = 50.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamLimits:
@@ -58,6 +66,8 @@ class StreamLimits:
             settings.max_request_bytes,
             settings.max_streams_per_address,
             settings.first_request_timeout,
+            settings.max_queued_requests,
+            settings.max_stream_resets_per_second,
         )
 
 

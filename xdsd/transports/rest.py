@@ -16,7 +16,8 @@ version) is kept per (type, length, ``hash(body)``) for the most recent bodies: 
 unchanged poll costs one pass of the string hash over the body and a few dict lookups.
 Only the few node fields that classify it are ever read, and no node is kept. Bytes hash
 with SipHash under a per-process random key, so a client cannot forge a body colliding
-with another's. ``GET /debug/rest/timings`` shows what polls cost inside the server.
+with another's. ``GET /debug/rest/timings`` on the admin listener shows what polls cost
+inside the server.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from xdsd.resources import SHORT_NAMES, TypeUrl
 from xdsd.resources.v2 import v3_type
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
+from xdsd.transports.connections import ConnectionGate, Listener, serve_http
 from xdsd.transports.limits import (
     NodeAuthorizer,
     NodeIdentity,
@@ -134,9 +136,9 @@ class PollTimings:
 class RestDiscovery:
     """The aiohttp handlers of REST xDS, sharing one renderer and one set of sessions.
 
-    Besides ``POST /v3/discovery:<type>`` the application answers ``GET /debug/rest/timings``
-    with ``PollTimings.summary()`` as JSON (``?reset=1`` starts over): what a poll costs
-    inside the server, for benchmarks and operators.
+    ``GET /debug/rest/timings`` (``timing_routes``, served by the admin listener, not the
+    clients' port) answers ``PollTimings.summary()`` as JSON (``?reset=1`` starts over):
+    what a poll costs inside the server, for benchmarks and operators.
     """
 
     def __init__(
@@ -163,13 +165,18 @@ class RestDiscovery:
         self.parses = 0  # how many bodies were parsed, not recognised (tests, metrics)
 
     def app(self) -> web.Application:
-        """An aiohttp application serving ``/v3/discovery:*`` (and the timings)."""
+        """An aiohttp application serving ``/v3/discovery:*`` and ``/v2/discovery:*``
+        (the timings are the admin listener's: see ``timing_routes``)."""
         application = web.Application(client_max_size=self.max_body)
         application.router.add_post("/v3/discovery:{type}", self.handle)
         application.router.add_post("/v2/discovery:{type}", self.handle_v2)
-        application.router.add_get("/debug/rest/timings", self.show_timings)
         application.on_cleanup.append(self._log_timings)
         return application
+
+    def timing_routes(self) -> list[web.RouteDef]:
+        """``GET /debug/rest/timings`` (see ``show_timings``), for the admin listener:
+        an operator's view and reset, not the clients' port."""
+        return [web.get("/debug/rest/timings", self.show_timings)]
 
     async def show_timings(self, request: web.Request) -> web.Response:
         """``PollTimings.summary()`` as JSON; ``?reset=1`` clears the samples after."""
@@ -328,7 +335,13 @@ class RestDiscovery:
             )
         self.parses += 1
         try:
-            body = json.loads(b"{" + rest if start else raw)
+            text = b"{" + rest if start else raw
+            depth = json_depth(text) if text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH else 0
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(
+                    f"nested {depth} levels deep; a DiscoveryRequest needs at most {MAX_JSON_DEPTH}"
+                )
+            body = json.loads(text)
             if not isinstance(body, dict):
                 raise ValueError("a DiscoveryRequest is a JSON object")
             node_json = body.get("node")
@@ -349,7 +362,7 @@ class RestDiscovery:
             asked = body.get("type_url", body.get("typeUrl", ""))
             if asked and v3_type(asked) != type_url:
                 raise ValueError(f"type_url {asked!r} does not match the path")
-        except (ValueError, TypeError, json_format.ParseError) as e:
+        except (ValueError, TypeError, RecursionError, json_format.ParseError) as e:
             return _error(400, f"bad DiscoveryRequest: {e}")
         try:
             key = self.source.classify(node, "rest")
@@ -374,30 +387,44 @@ class RestDiscovery:
         return parsed
 
 
+#: The deepest nesting of a poll body's JSON parsed (Envoy's node metadata nests a few
+#: levels; the parsers recurse per level).
+MAX_JSON_DEPTH = 64
+_BRACKETS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``text`` (JSON; brackets inside
+    strings do not count), found without parsing: one regular-expression pass, so a
+    body nested a million levels deep costs no recursion."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
 
 
 async def start_rest(
-    source: SnapshotSource,
+    discovery: RestDiscovery,
     address: Address,
+    gate: ConnectionGate,
     *,
-    max_body: int = 4 << 20,
     idle_timeout: float = 60.0,
     ssl_context: ssl.SSLContext | None = None,
-    authorizer: NodeAuthorizer | None = None,
-    on_refused: RefusalObserver = ignore_refusal,
-) -> web.AppRunner:
-    """Bind the REST xDS server (TLS with ``ssl_context``; a connection idle for
-    ``idle_timeout`` seconds is closed); returns the runner to ``cleanup()`` on
-    shutdown."""
-    discovery = RestDiscovery(
-        source, max_body=max_body, authorizer=authorizer, on_refused=on_refused
-    )
-    runner = web.AppRunner(discovery.app(), access_log=None, keepalive_timeout=idle_timeout)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
-    )
-    await site.start()
-    return runner
+) -> tuple[web.AppRunner, Listener]:
+    """Bind the REST xDS server for ``discovery`` through ``gate`` (TLS with
+    ``ssl_context``; a keep-alive connection idle for ``idle_timeout`` seconds is
+    closed); returns the runner to ``cleanup()`` and the listener to close on shutdown."""
+    return await serve_http(
+        discovery.app(), "rest", gate, address.host, address.port,
+        idle_timeout=idle_timeout, ssl_context=ssl_context,
+    )  # fmt: skip

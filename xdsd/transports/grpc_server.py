@@ -1,0 +1,144 @@
+"""grpclib's server on xdsd's listener: connections bounded, streams counted, resets costed.
+
+How this works: ``GrpcServer`` is grpclib's ``Server`` whose connections come from a
+``xdsd.transports.connections.Listener`` (limits per address and in total, accept
+failures shed, handshake and idle timeouts) instead of asyncio's server. Each connection's
+protocol is grpclib's ``H2Protocol`` with two hooks on its events processor: every stream
+registered and released tells the ``Connection`` (so a connection without streams times
+out), and every stream the client resets spends a token of the connection's
+``TokenBucket`` (``max_stream_resets_per_second``, bursts of ten seconds' worth). A client
+out of tokens is abusing resets (HTTP/2 "rapid reset": each opened stream costs the server
+a task, each reset its cancellation): the connection gets GOAWAY (ENHANCE_YOUR_CALM) and
+is closed, its streams cancelled, counted as ``rapid_reset``. A stream reset before its
+handler ran is released at once, so it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable, Collection
+from typing import Any
+
+from grpclib.protocol import H2Protocol
+from grpclib.server import Handler, Server
+from h2.errors import ErrorCodes
+from h2.events import StreamReset
+
+from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
+
+log = logging.getLogger(__name__)
+
+#: Seconds of ``max_stream_resets_per_second`` a connection may spend at once.
+RESET_BURST_SECONDS = 10.0
+
+
+class CostedH2Protocol(H2Protocol):
+    """grpclib's HTTP/2 server protocol for one ``connection``, its streams counted and
+    its stream resets limited to ``resets`` (see the module docstring)."""
+
+    def __init__(
+        self, handler: Handler, config: Any, h2_config: Any, connection: Connection,
+        resets: TokenBucket,
+    ) -> None:  # fmt: skip
+        super().__init__(handler, config, h2_config)
+        self.tracked = connection
+        self.resets = resets
+        #: Set once the client reset streams beyond its rate (the connection closes).
+        self.abusive = False
+        self._releases: dict[int, Callable[[], None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        processor = self.processor
+        register = processor.register
+        processed_reset: Callable[[Any], None] = processor.processors[StreamReset]  # type: ignore[assignment]
+
+        def register_counted(stream: Any) -> Callable[[], None]:
+            release = register(stream)
+            stream_id: int = stream.id
+            released = False
+
+            def release_counted() -> None:
+                nonlocal released
+                if released:
+                    return
+                released = True
+                self._releases.pop(stream_id, None)
+                self.tracked.ended()
+                release()
+
+            self._releases[stream_id] = release_counted
+            self.tracked.started()
+            return release_counted
+
+        def on_reset(event: StreamReset) -> None:
+            processed_reset(event)
+            # The stream is over: release it now (its handler, if it ever runs, finds
+            # it released), so a stream reset before its handler ran leaves nothing.
+            release = self._releases.get(event.stream_id)
+            if release is not None:
+                release()
+            if event.remote_reset and not self.abusive and not self.resets.take():
+                self.abusive = True
+                asyncio.get_running_loop().call_soon(self._close_abusive)
+
+        processor.register = register_counted  # type: ignore[method-assign]
+        processor.processors[StreamReset] = on_reset
+
+    def data_received(self, data: bytes) -> None:
+        if not self.abusive:  # what an abusive client sends before it is closed is dropped
+            super().data_received(data)
+
+    def _close_abusive(self) -> None:
+        """GOAWAY (ENHANCE_YOUR_CALM), cancel every stream, close the connection."""
+        if self.connection.is_closing():
+            return
+        tracked = self.tracked
+        tracked.listener.gate.refuse(
+            tracked.listener.name, "rapid_reset",
+            f"closing a connection from {tracked.address}: it resets streams faster than "
+            f"{self.resets.rate:g} per second (max_stream_resets_per_second)",
+        )  # fmt: skip
+        self.connection._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+        self.connection.flush()
+        for release in tuple(self._releases.values()):
+            release()
+        self.processor.close("closed for rapid resets")
+
+
+class GrpcServer(Server):
+    """grpclib's ``Server`` accepting through ``gate`` (listener label ``grpc``), each
+    connection allowed ``resets_per_second`` stream resets (0: no limit)."""
+
+    def __init__(
+        self, handlers: Collection[Any], *, gate: ConnectionGate, resets_per_second: float
+    ) -> None:
+        super().__init__(handlers)
+        self.gate = gate
+        self.resets_per_second = resets_per_second
+        self.listener: Listener | None = None
+
+    def _connection_protocol(self, connection: Connection) -> H2Protocol:
+        self.__gc_step__()
+        handler = Handler(self._mapping, self._codec, self._status_details_codec, self.__dispatch__)
+        self._handlers.add(handler)
+        rate = self.resets_per_second
+        resets = TokenBucket(rate, max(1.0, rate * RESET_BURST_SECONDS))
+        return CostedH2Protocol(handler, self._config, self._h2_config, connection, resets)
+
+    async def listen(
+        self, host: str, port: int, *, backlog: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Listener:  # fmt: skip
+        """Bind and serve (see ``Listener.start``); grpclib's ``close`` and
+        ``wait_closed`` work as with its own ``start``."""
+        if self._server is not None:
+            raise RuntimeError("the server is already listening")
+        listener = Listener("grpc", self.gate, self._connection_protocol, ssl_context=ssl_context)
+        await listener.start(host, port, backlog=backlog)
+        self.listener = listener
+        self._server = listener
+        self._server_closed_fut = asyncio.get_running_loop().create_future()
+        return listener
