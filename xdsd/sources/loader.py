@@ -307,6 +307,8 @@ class DirectoryLoader:
         self._bytes = 0
         self._mesh_seen: MeshTLS | None = None
         self._mesh_refs: list[CertificateRef] = []
+        # What matching the templates met (directories that could not be listed): errors.
+        self._mesh_errors: list[Problem] = []
         # The last reading of the mesh files: the matches, their bytes, the problems.
         self._mesh_read: (
             tuple[list[CertificateRef], tuple[CertificateFile, ...], list[Problem]] | None
@@ -383,6 +385,7 @@ class DirectoryLoader:
         rule_files, certificate_problems = read_certificates(rule_refs)
         mesh_files, mesh_problems = self._mesh_certificates(touched, changes)
         certificate_problems.extend(mesh_problems)
+        certificate_problems.extend(self._mesh_errors)
         by_path = {c.path: c for c in (*mesh_files, *rule_files)}
         mesh = mesh.with_certificates(tuple(by_path.values()))
         self.certificate_paths = (
@@ -493,12 +496,14 @@ class DirectoryLoader:
             }
         if (
             touched is None
+            or self._mesh_errors  # a directory that could not be listed: try again
             or mtls != self._mesh_seen
             or any(mtls.per_workload or _services(old) != _services(new) for _, old, new in changes)
             or any(_under(path, mtls) for path in touched)
         ):
             self._mesh_seen = mtls
-            self._mesh_refs = mesh_certificate_refs(mtls)
+            self._mesh_errors = []
+            self._mesh_refs = mesh_certificate_refs(mtls, self._mesh_errors)
             rescanned = True
         else:
             rescanned = False
