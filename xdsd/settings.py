@@ -33,6 +33,9 @@ from xdsd.model.mesh_config import (
 from xdsd.model.networking import OutboundPolicy
 from xdsd.model.service import Origin
 
+#: The largest settings file read.
+MAX_SETTINGS_BYTES = 1 << 20
+
 #: The gRPC server implementations ``grpc_impl`` may name.
 GRPC_IMPLS = ("grpclib", "grpcio")
 
@@ -79,6 +82,14 @@ class Settings:
     new gRPC stream may stay silent before its first request (seconds, 0: no limit);
     ``rest_idle_timeout`` how long a REST (and admin) connection may stay idle.
 
+    Config file limits (``docs/operations.md``, "Limits"; ``xdsd.sources.limits``):
+    ``max_file_bytes`` one config file's size, ``max_config_bytes`` the directory's
+    config files together, ``max_documents_per_file`` the documents of one file,
+    ``max_nesting_depth`` the levels of lists and mappings of a document,
+    ``max_integer_digits`` the longest run of digits, ``max_yaml_alias_nodes`` the nodes
+    a file's YAML aliases may expand to. A file beyond any of them is an error (the load
+    is refused), found before the parser that could not take it sees it.
+
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
     unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
@@ -103,6 +114,13 @@ class Settings:
     max_streams_per_address: int = 1024
     first_request_timeout: float = 10.0
     rest_idle_timeout: float = 60.0
+    # The defaults of xdsd.sources.limits.ParseLimits (tests/test_settings.py checks).
+    max_file_bytes: int = 16 << 20
+    max_config_bytes: int = 256 << 20
+    max_documents_per_file: int = 20_000
+    max_nesting_depth: int = 100
+    max_integer_digits: int = 1_000
+    max_yaml_alias_nodes: int = 100_000
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -118,10 +136,15 @@ class Settings:
     def from_file(cls, path: str) -> Settings:
         """Read a TOML settings file (top-level keys are the field names, addresses as
         ``"HOST:PORT"`` strings or ``""`` to disable; the ``[mesh]`` table as
-        ``docs/operations.md`` describes). Raises ConfigError naming file, line and key."""
+        ``docs/operations.md`` describes). Raises ConfigError naming file, line and key,
+        also for a file over ``MAX_SETTINGS_BYTES`` or one ``tomllib`` cannot take
+        (nested too deeply for its recursion, an integer of more than 4,300 digits)."""
         try:
             with open(path, "rb") as fh:
-                raw = fh.read()
+                raw = fh.read(MAX_SETTINGS_BYTES + 1)
+            if len(raw) > MAX_SETTINGS_BYTES:
+                message = f"settings file is larger than {MAX_SETTINGS_BYTES} bytes: not read"
+                raise ConfigError([Problem(path, 0, "", message)])
             data = tomllib.loads(raw.decode())
         except OSError as e:
             raise ConfigError(
@@ -134,6 +157,10 @@ class Settings:
             line = int(at.group(1)) if at else 0
             message = _SYNTAX_AT.sub("", str(e)) if at else str(e)
             raise ConfigError([Problem(path, line, "", f"TOML syntax error: {message}")]) from None
+        except RecursionError:
+            raise ConfigError([Problem(path, 0, "", "settings nested too deeply")]) from None
+        except ValueError as e:  # what tomllib meets beyond its parsing (Python's int limit)
+            raise ConfigError([Problem(path, 0, "", f"settings cannot be parsed: {e}")]) from None
         return cls().merged(data, source=path, lines=key_lines(raw.decode()))
 
     def merged(

@@ -238,7 +238,7 @@ class _TooLarge(Exception):
 class _YamlWalk:
     """One document's walk for ``plain``, counting what its aliases expand to."""
 
-    __slots__ = ("loader", "depth", "budget", "seen")
+    __slots__ = ("budget", "depth", "loader", "seen")
 
     def __init__(self, loader: Any, limits: ParseLimits) -> None:
         self.loader = loader
@@ -296,9 +296,7 @@ class _YamlWalk:
                 lines[field] = key_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
-            return [
-                self.plain(item, (*path, i), lines, again) for i, item in enumerate(node.value)
-            ]
+            return [self.plain(item, (*path, i), lines, again) for i, item in enumerate(node.value)]
         raise _NotPlain
 
 

@@ -26,7 +26,7 @@ constructed (``documents._yaml_shape``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import accumulate
 
 from xdsd.errors import Problem
@@ -54,6 +54,12 @@ class ParseLimits:
     max_nesting_depth: int = 100
     max_integer_digits: int = 1_000
     max_yaml_alias_nodes: int = 100_000
+
+    @classmethod
+    def of(cls, settings: object) -> ParseLimits:
+        """The limits ``settings`` (``xdsd.settings.Settings``: a key per field, of the
+        same name) give."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 DEFAULT_LIMITS = ParseLimits()
