@@ -80,6 +80,7 @@ for _c in b"]}":
     _STEP[_c] = -1
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _NOT_NESTERS = bytes(c for c in range(256) if c not in b"[]{}.")
+_NOT_DIGITS = bytes(c for c in range(256) if c not in b"0123456789")
 
 
 def size_problem(path: str, size: int, limits: ParseLimits) -> Problem | None:
@@ -161,6 +162,8 @@ def digits_problem(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
     """An error on the line of the first run of more than ``max_integer_digits`` digits
     (TOML's and YAML's ``_`` separators included) in ``data``, else None."""
     limit = limits.max_integer_digits
+    if len(data) <= limit or len(data.translate(None, _NOT_DIGITS)) <= limit:
+        return None  # not that many digits in all: no need to look for a run
     m = _digit_run(limit).search(data)
     if m is None:
         return None
