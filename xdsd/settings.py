@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import string
 import tomllib
 from collections.abc import Callable, Mapping
@@ -140,7 +141,10 @@ class Settings:
         also for a file over ``MAX_SETTINGS_BYTES`` or one ``tomllib`` cannot take
         (nested too deeply for its recursion, an integer of more than 4,300 digits)."""
         try:
-            with open(path, "rb") as fh:
+            # not blocking in open(): SIGHUP reads the file again on the event loop
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConfigError([Problem(path, 0, "", "settings: not a regular file")])
                 raw = fh.read(MAX_SETTINGS_BYTES + 1)
             if len(raw) > MAX_SETTINGS_BYTES:
                 message = f"settings file is larger than {MAX_SETTINGS_BYTES} bytes: not read"

@@ -207,6 +207,13 @@ def test_limits_are_settings_with_the_same_defaults(tmp_path: Path) -> None:
         Settings.from_file(str(path))
 
 
+def test_a_settings_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Settings.from_file(str(path))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
