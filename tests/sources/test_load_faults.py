@@ -294,3 +294,57 @@ def test_the_watcher_outlives_a_failing_reload(tmp_path: Path) -> None:
 
     calls = asyncio.run(main())
     assert any("second" in p for batch in calls for p in batch)
+
+
+def test_readiness_reports_a_reloader_that_cannot_make_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` in this process: while reloads keep failing with internal errors,
+    ``/readyz`` is 503 with the reason; a reload that succeeds makes it ready again."""
+    import aiohttp
+
+    from tests.harness import free_port
+    from xdsd.app import serve
+    from xdsd.settings import Address, Settings
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "a.toml").write_text(service("a"))
+    admin = free_port()
+    settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", free_port()),
+                        rest=None, admin=Address("127.0.0.1", admin))  # fmt: skip
+
+    def crash(*args: object) -> object:
+        raise MemoryError
+
+    async def readyz(session: aiohttp.ClientSession) -> tuple[int, dict[str, object]]:
+        async with session.get(f"http://127.0.0.1:{admin}/readyz") as response:
+            return response.status, await response.json()
+
+    async def until(session: aiohttp.ClientSession, status: int, edit: str) -> dict[str, object]:
+        for i in range(200):  # each edit is a reload attempt
+            (config / f"{edit}-{i}.toml").write_text(service(f"{edit}-{i}"))
+            await asyncio.sleep(0.1)
+            got, body = await readyz(session)
+            if got == status:
+                return body
+        raise AssertionError(f"/readyz never answered {status}")
+
+    async def main() -> None:
+        ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(settings, ready=ready, stop=stop))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            async with aiohttp.ClientSession() as session:
+                assert await readyz(session) == (200, {"ready": True})
+                monkeypatch.setattr(DirectoryLoader, "_load", crash)
+                body = await until(session, 503, "failing")
+                assert body["ready"] is False
+                assert "reloads failed with an internal error" in str(body["reason"])
+                monkeypatch.undo()
+                assert await until(session, 200, "good") == {"ready": True}
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
