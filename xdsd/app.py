@@ -161,14 +161,16 @@ class MeshState:
         Never raises: an exception while translating or publishing is logged with its
         traceback and handled as a refused load (``InternalError``); the configuration
         that was being served stays the current one."""
-        loaded, translation, retranslate = self.loaded, self.translation, self._retranslate
+        loaded, translation = self.loaded, self.translation
         try:
             with _building():
                 applied = self._apply(result)
         except Exception as e:
             log.exception("internal error applying the configuration of %s", self.config_dir)
-            self.loaded, self.translation, self._retranslate = loaded, translation, retranslate
-            self._retranslate = True  # what was published may be part of the new mesh
+            self.loaded, self.translation = loaded, translation
+            # Some classes may have been sent the new mesh: the next load translates
+            # every class again, even if the directory is the same as this one.
+            self._retranslate = True
             result = _internal(self.config_dir, "translating and publishing", e)
             with _building():
                 return self._apply(result)
@@ -605,7 +607,8 @@ async def serve(
 
 class _Readiness:
     """Tells systemd when xdsd is ready (the ``/readyz`` condition: a configuration loaded
-    and the listeners bound), reloading, and what its status is."""
+    and the listeners bound), reloading, and what its status is (with ``NOT RELOADING``
+    and the reason while ``trouble`` gives one: ``/readyz`` is 503 then)."""
 
     def __init__(self, notifier: Notifier, views: AdminViews, state: MeshState) -> None:
         self.notifier = notifier
