@@ -14,8 +14,8 @@ import pytest
 
 from xdsd.sources import documents, kinds, loader
 from xdsd.sources.documents import Document, ParseFailure, parse_file
-from xdsd.sources.loader import parse_config_file
 from xdsd.sources.limits import DEFAULT_LIMITS
+from xdsd.sources.loader import parse_config_file
 
 VALID_TOML = {
     "service": (
