@@ -29,7 +29,7 @@ from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
-from xdsd.errors import ConfigError, Problem, TranslationError, UsageError
+from xdsd.errors import ConfigError, InternalError, Problem, TranslationError, UsageError
 from xdsd.logs import dropped_log_lines, set_log_queue_lines
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
@@ -37,6 +37,7 @@ from xdsd.notify import Notifier
 from xdsd.protocol import ProtocolError
 from xdsd.settings import Address, Settings
 from xdsd.sources import DirectoryLoader, LoadResult
+from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.tls import ServerCertificates
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
@@ -63,6 +64,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A refused load logs its first this many errors (then how many more there were), and
+#: keeps this many more for ``/debug/errors`` (the last one saying how many were left
+#: out): a file of a million broken documents must not flood the log or the admin.
+MAX_LOGGED_PROBLEMS = 100
+MAX_KEPT_PROBLEMS = 1000
+#: After this many reload attempts in a row ended in an internal error, the reloader is
+#: reported as unable to make progress (``/readyz`` 503, systemd's status).
+STUCK_AFTER = 3
+
 _SOURCES = {"ads": ConfigSourceKind.ADS, "grpc": ConfigSourceKind.ADS,
             "rest": ConfigSourceKind.REST, "delta": ConfigSourceKind.DELTA}  # fmt: skip
 
@@ -78,6 +88,7 @@ class MeshState:
         root_namespace: str = ROOT_NAMESPACE,
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
         max_classes: int = 10000,
+        limits: ParseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config_dir = config_dir
         #: The most node classes with a snapshot (``Settings.max_node_classes``).
@@ -87,7 +98,7 @@ class MeshState:
         #: The mesh-wide proxy defaults every class gets (settings' ``[mesh]``).
         self.mesh_config = mesh_config
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
-        self._loader = DirectoryLoader(config_dir)
+        self._loader = DirectoryLoader(config_dir, limits=limits)
         self._loader.mesh_tls = mesh_config.mtls
         # Set when the mesh defaults changed in a way the next load must translate even
         # if the directory did not change (mesh mutual TLS: its files come with the load).
@@ -99,6 +110,8 @@ class MeshState:
         self.warnings: tuple[Problem, ...] = ()
         self.reloads = 0
         self.failed_reloads = 0
+        #: Reload attempts in a row that ended in an internal error (``InternalError``).
+        self.internal_errors = 0
         #: Seconds per phase of the last reload that loaded the directory: ``list``,
         #: ``parse`` (reading and parsing changed files), ``check`` (cross-checks),
         #: ``translate`` and ``snapshot`` (building and checking the watched classes').
@@ -135,37 +148,77 @@ class MeshState:
         ``exclusive=False``; one load at a time).
 
         ``exclusive``: nothing else runs in the process meanwhile, so everything allocated
-        during the load is the load's own (see ``_building``)."""
+        during the load is the load's own (see ``_building``).
+
+        Never raises for what the directory holds or for a failure while loading it: an
+        unexpected exception is logged with its traceback and returned as an
+        ``InternalError`` (the loader starts afresh next time)."""
         try:
             with _building(exclusive=exclusive):
                 return self._loader.load(changed)
         except ConfigError as e:
             return e
+        except Exception as e:
+            log.exception("internal error loading %s", self.config_dir)
+            return _internal(self.config_dir, "loading", e)
+
+    @property
+    def stuck(self) -> str:
+        """Why the reloader cannot make progress ("" when it can): the last
+        ``STUCK_AFTER`` reload attempts or more ended in an internal error."""
+        if self.internal_errors >= STUCK_AFTER:
+            return (f"the last {self.internal_errors} reloads failed with an internal error "
+                    "(see the log)")  # fmt: skip
+        return ""
 
     def apply(self, result: LoadResult | ConfigError) -> bool:
         """The second half of ``reload``, on the serving thread: keep the last good
-        configuration on an error, else translate and publish (see ``reload``)."""
-        with _building():
-            return self._apply(result)
+        configuration on an error, else translate and publish (see ``reload``).
+
+        Never raises: an exception while translating or publishing is logged with its
+        traceback and handled as a refused load (``InternalError``); the configuration
+        that was being served stays the current one."""
+        loaded, translation = self.loaded, self.translation
+        try:
+            with _building():
+                applied = self._apply(result)
+        except Exception as e:
+            log.exception("internal error applying the configuration of %s", self.config_dir)
+            self.loaded, self.translation = loaded, translation
+            # Some classes may have been sent the new mesh: the next load translates
+            # every class again, even if the directory is the same as this one.
+            self._retranslate = True
+            result = _internal(self.config_dir, "translating and publishing", e)
+            with _building():
+                return self._apply(result)
+        return applied
 
     def _apply(self, result: LoadResult | ConfigError) -> bool:
         started = time.perf_counter()
         if isinstance(result, ConfigError):
             e = result
             self.failed_reloads += 1
-            self.errors = e.problems
-            self.warnings = e.warnings
-            for problem in e.problems:
+            self.internal_errors = self.internal_errors + 1 if isinstance(e, InternalError) else 0
+            self.errors = _bounded(e.problems, MAX_KEPT_PROBLEMS)
+            self.warnings = _bounded(e.warnings, MAX_KEPT_PROBLEMS)
+            for problem in e.problems[:MAX_LOGGED_PROBLEMS]:
                 log.error("config: %s", problem)
+            if len(e.problems) > MAX_LOGGED_PROBLEMS:
+                log.error("config: ... and %d more errors (xdsd validate lists them all)",
+                          len(e.problems) - MAX_LOGGED_PROBLEMS)  # fmt: skip
             log.error(
                 "config refused (%d errors); still serving the last good configuration",
                 len(e.problems),
             )
             return False
+        self.internal_errors = 0
         self.errors = ()
-        self.warnings = tuple(result.warnings)
-        for warning in result.warnings:
+        self.warnings = _bounded(result.warnings, MAX_KEPT_PROBLEMS)
+        for warning in result.warnings[:MAX_LOGGED_PROBLEMS]:
             log.warning("config: %s", warning)
+        if len(result.warnings) > MAX_LOGGED_PROBLEMS:
+            log.warning("config: ... and %d more warnings",
+                        len(result.warnings) - MAX_LOGGED_PROBLEMS)  # fmt: skip
         if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
             log.info("config reloaded: no change")
             self.loaded = result
@@ -268,6 +321,28 @@ class MeshState:
             snapshot = self.translation.snapshot_for(key)
             self._cache.set(key, snapshot)
         return snapshot
+
+
+def _internal(config_dir: str, doing: str, error: BaseException) -> InternalError:
+    """The refusal for an unexpected exception while ``doing`` (already logged)."""
+    return InternalError([Problem(
+        config_dir, 0, "",
+        f"internal error while {doing} ({type(error).__name__}: {error}); the last good "
+        "configuration keeps serving and the log has the traceback",
+    )])  # fmt: skip
+
+
+def _bounded(problems: tuple[Problem, ...], limit: int) -> tuple[Problem, ...]:
+    """``problems``, or its first ``limit`` and one more saying how many were left out."""
+    if len(problems) <= limit:
+        return problems
+    last = problems[limit]
+    left = len(problems) - limit
+    return (*problems[:limit], Problem(
+        last.path, 0, "",
+        f"... and {left} more like these (not kept here; xdsd validate lists them all)",
+        last.severity,
+    ))  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -377,6 +452,7 @@ async def serve(
     state = MeshState(
         settings.config_dir, cache, root_namespace=settings.root_namespace,
         mesh_config=settings.mesh, max_classes=settings.max_node_classes,
+        limits=ParseLimits.of(settings),
     )  # fmt: skip
     metrics.track(cache, state)
     metrics.track_log_drops(dropped_log_lines)
@@ -384,9 +460,7 @@ async def serve(
 
     def apply(result: LoadResult | ConfigError, started: float) -> None:
         applied = state.apply(result)
-        outcome = (
-            "refused" if isinstance(result, ConfigError) else "applied" if applied else "unchanged"
-        )
+        outcome = "refused" if state.errors else "applied" if applied else "unchanged"
         metrics.observe_reload(time.perf_counter() - started, outcome)
 
     apply(state.load(), time.perf_counter())
@@ -400,6 +474,20 @@ async def serve(
 
     async def reload(
         paths: set[str] | None = None, *, requested: bool = False, mesh: MeshConfig | None = None
+    ) -> None:
+        """Load and apply (see ``MeshState``); never raises but CancelledError: whatever
+        goes wrong is logged, counted as a refused reload, and the next one starts
+        afresh."""
+        started = time.perf_counter()
+        try:
+            await reload_once(paths, requested=requested, mesh=mesh)
+        except Exception as e:
+            log.exception("internal error reloading %s", settings.config_dir)
+            apply(_internal(settings.config_dir, "reloading", e), started)
+            readiness.update()
+
+    async def reload_once(
+        paths: set[str] | None, *, requested: bool, mesh: MeshConfig | None
     ) -> None:
         async with reload_lock:
             if requested:
@@ -511,6 +599,22 @@ async def serve(
         files=lambda: state.certificate_paths | own_certificate,
     )
     watch_task = asyncio.create_task(watcher.run(stop))
+
+    def watcher_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not stop.is_set():
+            log.error("the config watcher stopped: edits are not seen until a restart",
+                      exc_info=task.exception())  # fmt: skip
+        readiness.update()
+
+    def trouble() -> str:
+        """Why the reloader cannot make progress ("" when it can)."""
+        if watch_task.done() and not stop.is_set():
+            return "the config watcher stopped (see the log): edits are not seen"
+        return state.stuck
+
+    watch_task.add_done_callback(watcher_ended)
+    readiness.trouble = trouble
+    views.trouble = trouble
     if ready is not None:
         ready.set()
     try:
@@ -556,7 +660,8 @@ async def serve(
 
 class _Readiness:
     """Tells systemd when xdsd is ready (the ``/readyz`` condition: a configuration loaded
-    and the listeners bound), reloading, and what its status is."""
+    and the listeners bound), reloading, and what its status is (with ``NOT RELOADING``
+    and the reason while ``trouble`` gives one: ``/readyz`` is 503 then)."""
 
     def __init__(self, notifier: Notifier, views: AdminViews, state: MeshState) -> None:
         self.notifier = notifier
@@ -565,6 +670,8 @@ class _Readiness:
         self.announced = False
         self._reloading = False
         self._status = ""
+        #: Why the reloader cannot make progress ("" when it can): part of the status.
+        self.trouble: Callable[[], str] = lambda: ""
 
     def reloading(self) -> None:
         """A requested reload (SIGHUP) begins; ``update`` ends it."""
@@ -603,6 +710,9 @@ class _Readiness:
         text = f"serving {len(mesh.services)} services from {state.config_dir}"
         if state.errors:
             text += f"; last edit refused ({len(state.errors)} errors), serving the last good one"
+        trouble = self.trouble()
+        if trouble:
+            text += f"; NOT RELOADING: {trouble}"
         return text
 
 
@@ -641,9 +751,13 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
     try:
         mesh = Settings.from_file(settings_path).mesh
     except ConfigError as e:
-        for problem in e.problems:
+        for problem in e.problems[:MAX_LOGGED_PROBLEMS]:
             log.error("settings: %s", problem)
         log.error("settings refused; keeping the current mesh defaults")
+        return None
+    except Exception:
+        log.exception("internal error reading the settings %s; keeping the current mesh "
+                      "defaults", settings_path)  # fmt: skip
         return None
     log.info("settings %s read again: [mesh] applies now, other settings at restart",
              settings_path)  # fmt: skip

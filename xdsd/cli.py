@@ -202,12 +202,17 @@ def _config_dir(args: argparse.Namespace) -> str:
     return result
 
 
-def _mesh_config(args: argparse.Namespace) -> Any:
-    """The ``[mesh]`` defaults of ``--settings`` (the defaults without it)."""
+def _settings(args: argparse.Namespace) -> Any:
+    """The settings of ``--settings`` (the defaults without it)."""
     from xdsd.settings import Settings
 
     settings = getattr(args, "settings", None)
-    return Settings.from_file(settings).mesh if settings else Settings().mesh
+    return Settings.from_file(settings) if settings else Settings()
+
+
+def _mesh_config(args: argparse.Namespace) -> Any:
+    """The ``[mesh]`` defaults of ``--settings`` (the defaults without it)."""
+    return _settings(args).mesh
 
 
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
@@ -218,8 +223,11 @@ def _load(path: str, args: argparse.Namespace) -> LoadResult:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from xdsd.sources.limits import ParseLimits
+
     path = _config_dir(args)
-    result = load_directory(path, mesh_tls=_mesh_config(args).mtls)
+    settings = _settings(args)
+    result = load_directory(path, mesh_tls=settings.mesh.mtls, limits=ParseLimits.of(settings))
     if args.strict and result.warnings:
         raise ConfigError([w.as_error() for w in result.warnings])
     for w in result.warnings:

@@ -89,6 +89,12 @@ class ConfigError(XdsdError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class InternalError(ConfigError):
+    """Loading, translating or publishing a configuration raised what it never should (a
+    bug, or memory running out). ``problems`` holds one problem saying so; the log has
+    the traceback. Handled as a refused load: nothing was published."""
+
+
 class TranslationError(XdsdError):
     """A loaded mesh cannot be turned into configuration for one node (e.g. an address
     collision between two of its listeners). ``problems`` says why."""

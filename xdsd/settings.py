@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import string
 import tomllib
 from collections.abc import Callable, Mapping
@@ -32,6 +33,9 @@ from xdsd.model.mesh_config import (
 )
 from xdsd.model.networking import OutboundPolicy
 from xdsd.model.service import Origin
+
+#: The largest settings file read.
+MAX_SETTINGS_BYTES = 1 << 20
 
 #: The gRPC server implementations ``grpc_impl`` may name.
 GRPC_IMPLS = ("grpclib", "grpcio")
@@ -95,6 +99,14 @@ class Settings:
     of a new class beyond it is refused (RESOURCE_EXHAUSTED, HTTP 429) while every class
     is held by a client.
 
+    Config file limits (``docs/operations.md``, "Limits"; ``xdsd.sources.limits``):
+    ``max_file_bytes`` one config file's size, ``max_config_bytes`` the directory's
+    config files together, ``max_documents_per_file`` the documents of one file,
+    ``max_nesting_depth`` the levels of lists and mappings of a document,
+    ``max_integer_digits`` the longest run of digits, ``max_yaml_alias_nodes`` the nodes
+    a file's YAML aliases may expand to. A file beyond any of them is an error (the load
+    is refused), found before the parser that could not take it sees it.
+
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
     unless ``admin_tls`` is false; ``tls_client_ca`` then requires client certificates
@@ -127,9 +139,16 @@ class Settings:
     max_connections: int = 0
     max_connections_per_address: int = 256
     handshake_timeout: float = 10.0
-    idle_connection_timeout: float = 300.0
+    idle_connection_timeout: float = 60.0
     max_stream_resets_per_second: float = 50.0
     max_node_classes: int = 10000
+    # The defaults of xdsd.sources.limits.ParseLimits (tests/test_settings.py checks).
+    max_file_bytes: int = 16 << 20
+    max_config_bytes: int = 256 << 20
+    max_documents_per_file: int = 20_000
+    max_nesting_depth: int = 100
+    max_integer_digits: int = 1_000
+    max_yaml_alias_nodes: int = 100_000
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -147,10 +166,18 @@ class Settings:
     def from_file(cls, path: str) -> Settings:
         """Read a TOML settings file (top-level keys are the field names, addresses as
         ``"HOST:PORT"`` strings or ``""`` to disable; the ``[mesh]`` table as
-        ``docs/operations.md`` describes). Raises ConfigError naming file, line and key."""
+        ``docs/operations.md`` describes). Raises ConfigError naming file, line and key,
+        also for a file over ``MAX_SETTINGS_BYTES`` or one ``tomllib`` cannot take
+        (nested too deeply for its recursion, an integer of more than 4,300 digits)."""
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            # not blocking in open(): SIGHUP reads the file again on the event loop
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConfigError([Problem(path, 0, "", "settings: not a regular file")])
+                raw = fh.read(MAX_SETTINGS_BYTES + 1)
+            if len(raw) > MAX_SETTINGS_BYTES:
+                message = f"settings file is larger than {MAX_SETTINGS_BYTES} bytes: not read"
+                raise ConfigError([Problem(path, 0, "", message)])
             data = tomllib.loads(raw.decode())
         except OSError as e:
             raise ConfigError(
@@ -163,6 +190,10 @@ class Settings:
             line = int(at.group(1)) if at else 0
             message = _SYNTAX_AT.sub("", str(e)) if at else str(e)
             raise ConfigError([Problem(path, line, "", f"TOML syntax error: {message}")]) from None
+        except RecursionError:
+            raise ConfigError([Problem(path, 0, "", "settings nested too deeply")]) from None
+        except ValueError as e:  # what tomllib meets beyond its parsing (Python's int limit)
+            raise ConfigError([Problem(path, 0, "", f"settings cannot be parsed: {e}")]) from None
         return cls().merged(data, source=path, lines=key_lines(raw.decode()))
 
     def merged(

@@ -14,6 +14,7 @@ import pytest
 
 from xdsd.sources import documents, kinds, loader
 from xdsd.sources.documents import Document, ParseFailure, parse_file
+from xdsd.sources.limits import DEFAULT_LIMITS
 from xdsd.sources.loader import parse_config_file
 
 VALID_TOML = {
@@ -348,7 +349,7 @@ def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
     for size in (0, 1, 4095, 4096, 70000):
         path = tmp_path / f"f{size}"
         path.write_bytes(bytes(i % 251 for i in range(size)))
-        stamp, data = loader._read(str(path))
+        stamp, data = loader._read(str(path), DEFAULT_LIMITS, None)
         st = os.stat(path)
         assert data == path.read_bytes()
         assert stamp == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -356,7 +357,7 @@ def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
         with pytest.raises(OSError) as caught:
             open(missing, "rb").read()  # noqa: SIM115
         with pytest.raises(type(caught.value)) as ours:
-            loader._read(str(missing))
+            loader._read(str(missing), DEFAULT_LIMITS, None)
         assert (ours.value.errno, ours.value.strerror) == (
             caught.value.errno,
             caught.value.strerror,

@@ -4,7 +4,7 @@ Read-only views over the snapshot cache and the configuration's state:
 
 - ``/`` the status page (HTML, refreshes itself: ``status_page.py``);
 - ``/healthz``; ``/readyz`` (200 once a configuration has loaded and the xDS listeners are
-  bound);
+  bound, 503 while the reloader cannot make progress);
 - ``/metrics`` in Prometheus' text format (``metrics.py``);
 - ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
   the version sent and acknowledged with their wall-clock times (seconds since the epoch),
@@ -66,6 +66,8 @@ class AdminViews:
         self.clock = clock
         self.listening = False
         self.node_access: NodeAccess | None = None
+        #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
+        self.trouble: Callable[[], str] = lambda: ""
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -84,9 +86,14 @@ class AdminViews:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        """503 until a configuration loaded and the xDS listeners are bound."""
-        ready = self.listening and self.config.loaded is not None
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        """503 until a configuration loaded and the xDS listeners are bound, and while
+        the reloader cannot make progress (``trouble``, given as ``reason``)."""
+        trouble = self.trouble()
+        ready = self.listening and self.config.loaded is not None and not trouble
+        body: dict[str, Any] = {"ready": ready}
+        if trouble:
+            body["reason"] = trouble
+        return web.json_response(body, status=200 if ready else 503)
 
     async def status_page(self, _request: web.Request) -> web.Response:
         """The HTML status page."""

@@ -12,13 +12,21 @@ an error on the line of the field that names it.
 Mesh mutual TLS (``[mesh.mtls]``, ``mesh_certificate_refs``) names its files by path
 templates: every file the templates can name is read (a glob with each placeholder as
 ``*``), since which proxies will connect is not known when loading. Which of them a
-proxy needs is decided when its class is translated.
+proxy needs is decided when its class is translated. A directory on the way that cannot
+be listed (or a file that cannot be stat'ed) is an error, not a match missing: the load
+is refused rather than published without some proxy's files.
+
+Files are opened without blocking (``O_NONBLOCK``) and read only when ``fstat`` says they
+are regular files: a FIFO put in a certificate's place cannot stall the loader.
 """
 
 from __future__ import annotations
 
-import glob
+import errno
+import fnmatch
+import os
 import re
+import stat
 import string
 from collections.abc import Iterable, Mapping
 
@@ -43,7 +51,7 @@ def read_certificates(
     already has its bytes), and a problem on the naming field for each file that cannot
     be read or does not hold PEM data of its kind. With ``unusable``, the paths of those
     files are added to it and they are left out of the files returned."""
-    files: dict[str, bytes | OSError | None] = {}
+    files: dict[str, bytes | str | None] = {}
     problems: list[Problem] = []
     known = cache or {}
     for ref in refs:
@@ -52,8 +60,8 @@ def read_certificates(
             files[ref.path] = cached if cached is not None else _read(ref.path)
         data = files[ref.path]
         message = ""
-        if isinstance(data, OSError):
-            message = f"cannot read {ref.path}: {data.strerror or data}"
+        if isinstance(data, str):
+            message = data
         elif data is None:
             message = f"{ref.path} is larger than {MAX_CERTIFICATE_BYTES} bytes"
         elif ref.field.endswith(("privateKey", "private_key")):
@@ -73,25 +81,52 @@ def read_certificates(
     return loaded, problems
 
 
-def _read(path: str) -> bytes | OSError | None:
-    """The bytes of ``path``, the error reading it, or None when it is too large."""
+def _read(path: str) -> bytes | str | None:
+    """The bytes of ``path``, why it cannot be read, or None when it is too large."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CERTIFICATE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        return e
-    if len(data) > MAX_CERTIFICATE_BYTES:
+        return f"cannot read {path}: {_os_error(e)}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"cannot read {path}: not a regular file"
+        if st.st_size > MAX_CERTIFICATE_BYTES:
+            return None
+        chunks = []
+        size = 0
+        while size <= MAX_CERTIFICATE_BYTES and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        return f"cannot read {path}: {_os_error(e)}"
+    finally:
+        os.close(fd)
+    if size > MAX_CERTIFICATE_BYTES:
         return None
-    return data
+    return b"".join(chunks)
 
 
-def mesh_certificate_refs(mtls: MeshTLS) -> list[CertificateRef]:
+def _os_error(error: OSError) -> str:
+    """``EACCES: Permission denied``: an OS error's symbol and text."""
+    name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+    text = error.strerror or str(error)
+    return f"{name}: {text}" if name else text
+
+
+def mesh_certificate_refs(
+    mtls: MeshTLS, problems: list[Problem] | None = None
+) -> list[CertificateRef]:
     """The files mesh mutual TLS may need (none when it is off): its CA, and every
     existing file its certificate and key templates can name but the CA, in path order. A
     file both
     templates can name (``{service}.pem`` also names ``web-key.pem``) is taken as the
     one's with the longer fixed part, or as both when they are equally long (one file
-    holding the certificate and the key)."""
+    holding the certificate and the key).
+
+    A directory that cannot be listed (or a path that cannot be stat'ed) while matching
+    is an error on the template's field, appended to ``problems``; without
+    ``problems``, raises OSError."""
     if not mtls.enabled:
         return []
     refs = [CertificateRef(mtls.ca, "mesh.mtls.ca", mtls.origin)]
@@ -100,11 +135,64 @@ def mesh_certificate_refs(mtls: MeshTLS) -> list[CertificateRef]:
     patterns = {field: _regex_of(template) for field, template in templates}
     for field, template in templates:
         other = "private_key" if field == "certificate" else "certificate"
-        for path in sorted(glob.glob(_glob_of(template))):
+        try:
+            matched = _matches(_glob_of(template))
+        except OSError as e:
+            if problems is None:
+                raise
+            where = e.filename if e.filename is not None else template
+            message = f"cannot look for the files of {template!r} in {where}: {_os_error(e)}"
+            problems.append(Problem(mtls.origin.path, mtls.origin.line, f"mesh.mtls.{field}",
+                                    message))  # fmt: skip
+            continue
+        for path in sorted(matched):
             if path == mtls.ca or (fixed[other] > fixed[field] and patterns[other].fullmatch(path)):
                 continue
             refs.append(CertificateRef(path, f"mesh.mtls.{field}", mtls.origin))
     return refs
+
+
+_MAGIC = re.compile(r"[*?[]")
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+def _matches(pattern: str) -> list[str]:
+    """The existing paths ``pattern`` (a glob: ``*``, ``?``, ``[...]``; names starting
+    with a dot matched only by a dot) matches, as ``glob.glob`` finds them, except that
+    a directory that cannot be listed, or a path that cannot be stat'ed, raises OSError
+    instead of matching nothing."""
+    head, tail = os.path.split(pattern)
+    dirs = _matches(head) if head and head != pattern and _MAGIC.search(head) else [head]
+    out: list[str] = []
+    for directory in dirs:
+        if not _MAGIC.search(tail):
+            path = os.path.join(directory, tail)
+            if _lexists(path):
+                out.append(path)
+            continue
+        try:
+            with os.scandir(directory or os.curdir) as it:
+                names = [e.name for e in it]
+        except OSError as e:
+            if e.errno in _ABSENT:
+                continue
+            raise
+        if not tail.startswith("."):
+            names = [n for n in names if not n.startswith(".")]
+        out.extend(os.path.join(directory, n) for n in fnmatch.filter(names, tail))
+    return out
+
+
+def _lexists(path: str) -> bool:
+    """True when ``path`` exists (a symbolic link counts); raises OSError for a failure
+    other than its absence."""
+    try:
+        os.lstat(path)
+    except OSError as e:
+        if e.errno in _ABSENT:
+            return False
+        raise
+    return True
 
 
 def _parts(template: str) -> list[tuple[str, bool]]:
@@ -115,7 +203,12 @@ def _parts(template: str) -> list[tuple[str, bool]]:
 
 def _glob_of(template: str) -> str:
     """A glob matching what ``template`` gives for any placeholder values."""
-    return "".join(glob.escape(text) + ("*" if hole else "") for text, hole in _parts(template))
+    return "".join(_escape(text) + ("*" if hole else "") for text, hole in _parts(template))
+
+
+def _escape(text: str) -> str:
+    """``text`` with every glob character matching only itself (as ``glob.escape``)."""
+    return _MAGIC.sub(lambda m: f"[{m.group()}]", text)
 
 
 def _regex_of(template: str) -> re.Pattern[str]:

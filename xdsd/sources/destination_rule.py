@@ -12,6 +12,7 @@ absolute paths that the proxy reads as they are.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -401,8 +402,15 @@ def certificate_file(f: Fields, key: str, config_dir: str) -> str:
     if not value:
         return ""
     path = os.path.abspath(os.path.join(config_dir, value))
-    if not os.path.isfile(path):
-        where = "" if os.path.isabs(value) else f" (relative to the config directory: {path})"
+    where = "" if os.path.isabs(value) else f" (relative to the config directory: {path})"
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        regular = False
+    except OSError as e:  # it may exist: say why it cannot be looked at
+        f.error(key, f"cannot stat file {value!r}{where}: {e.strerror or e}")
+        return path
+    if not regular:
         f.error(key, f"file {value!r} does not exist{where}")
     return path
 

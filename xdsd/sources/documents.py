@@ -26,6 +26,14 @@ import toml_rs
 import yaml
 
 from xdsd.errors import Problem
+from xdsd.sources.limits import (
+    DEFAULT_LIMITS,
+    ParseLimits,
+    digits_problem,
+    nesting_problem,
+    size_problem,
+    too_many_documents,
+)
 
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
@@ -71,12 +79,19 @@ class ParseFailure(Exception):
         self.problem = problem
 
 
-def parse_file(path: str, data: bytes) -> list[Document]:
+def parse_file(path: str, data: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> list[Document]:
     """Parse one config file's bytes into documents (empty YAML documents are skipped).
 
-    Raises ParseFailure for text that is not UTF-8, for syntax errors, and for a file that
-    holds no document at all.
+    Raises ParseFailure for text that is not UTF-8, for syntax errors, for a file that
+    holds no document at all, and for a file beyond ``limits`` (size, nesting depth,
+    digits, documents, YAML alias expansion: ``sources.limits``), which is refused
+    before the parser that could not take it sees it. Never raises anything else for
+    what the bytes hold.
     """
+    for check in (_size_check, digits_problem, _nesting_check):
+        problem = check(path, data, limits)
+        if problem is not None:
+            raise ParseFailure(problem)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -95,15 +110,32 @@ def parse_file(path: str, data: bytes) -> list[Document]:
             Problem(path, line, "", "binary data (NUL byte): is this a config file?")
         )
     text = text.removeprefix("\ufeff")
-    if path.endswith(".toml"):
-        docs = _parse_toml(path, text)
-    elif path.endswith(".json"):
-        docs = _parse_json(path, text)
-    else:
-        docs = _parse_yaml(path, text)
+    try:
+        if path.endswith(".toml"):
+            docs = _parse_toml(path, text)
+        elif path.endswith(".json"):
+            docs = _parse_json(path, text, limits)
+        else:
+            docs = _parse_yaml(path, text, limits)
+    except RecursionError:  # a backstop: the checks above keep parsers well within
+        raise ParseFailure(Problem(path, 0, "", "nested too deeply to parse")) from None
+    except ValueError as e:  # a backstop, e.g. Python's limit on an integer's digits
+        raise ParseFailure(Problem(path, 0, "", f"cannot be parsed: {e}")) from None
     if not docs:
         raise ParseFailure(Problem(path, 1, "", "file is empty: it defines no resource"))
     return docs
+
+
+def _size_check(path: str, data: bytes, limits: ParseLimits) -> Problem | None:
+    return size_problem(path, len(data), limits)
+
+
+def _nesting_check(path: str, data: bytes, limits: ParseLimits) -> Problem | None:
+    """JSON and TOML are scanned for depth before parsing; YAML's composed nodes are
+    (``_yaml_shape``), libyaml itself refusing more than 1,000 levels."""
+    if path.endswith((".json", ".toml")):
+        return nesting_problem(path, data, limits)
+    return None
 
 
 # --- YAML -------------------------------------------------------------------------------
@@ -118,12 +150,17 @@ class _DuplicateKey(Exception):
         self.line, self.key = line, key
 
 
-def _parse_yaml(path: str, text: str) -> list[Document]:
+def _parse_yaml(path: str, text: str, limits: ParseLimits) -> list[Document]:
     loader = _SafeLoader(text)
     docs: list[Document] = []
+    count = 0
     try:
         while loader.check_node():
             node = loader.get_node()
+            count += 1
+            if count > limits.max_documents_per_file:
+                line = node.start_mark.line + 1 if node is not None else 0
+                raise ParseFailure(too_many_documents(path, line, limits))
             if node is None:
                 continue
             if (
@@ -133,12 +170,18 @@ def _parse_yaml(path: str, text: str) -> list[Document]:
             ):
                 continue
             lines: dict[FieldPath, int] = {}
+            walk = _YamlWalk(loader, limits)
             try:
-                value = _plain_yaml(node, (), lines, loader, set())
+                value = walk.plain(node, (), lines, False)
             except _NotPlain:
                 lines = {}
+                problem = _yaml_shape(path, node, limits)
+                if problem is not None:
+                    raise ParseFailure(problem) from None
                 _index_yaml(node, (), lines)
                 value = loader.construct_document(node)
+            except _TooLarge as e:
+                raise ParseFailure(e.problem(path, limits)) from None
             docs.append(Document(path, node.start_mark.line + 1, value, lines))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -171,51 +214,133 @@ _CORE_SCALARS = frozenset(
 )
 
 
-def _plain_yaml(
-    node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int], loader: Any, open_: set[int]
-) -> Any:
-    """The value ``loader.construct_document(node)`` gives, and each field's line (as
-    ``_index_yaml`` records them), in one walk: for plain mappings, sequences and core
-    schema scalars, which is what config files are made of.
+class _TooLarge(Exception):
+    """A YAML document nests deeper than the limit, or its aliases expand to more
+    nodes than the limit."""
 
-    Raises _DuplicateKey as ``_index_yaml`` does, and _NotPlain for anything else (the
-    caller then constructs the document with PyYAML)."""
-    lines[path] = node.start_mark.line + 1
-    tag = node.tag
-    if isinstance(node, yaml.ScalarNode):
-        if tag == _STR:
-            return node.value
-        if tag in _CORE_SCALARS:
-            return loader.construct_object(node)
-        raise _NotPlain
-    if id(node) in open_:
-        raise _NotPlain  # a recursive alias
-    open_.add(id(node))
-    try:
+    def __init__(self, line: int, *, aliases: bool) -> None:
+        self.line, self.aliases = line, aliases
+
+    def problem(self, path: str, limits: ParseLimits) -> Problem:
+        if self.aliases:
+            message = (
+                f"aliases expand to more than max_yaml_alias_nodes "
+                f"({limits.max_yaml_alias_nodes}) nodes: not loaded"
+            )
+        else:
+            message = (
+                f"nested deeper than max_nesting_depth ({limits.max_nesting_depth} levels "
+                "of lists and mappings): not loaded"
+            )
+        return Problem(path, self.line, "", message)
+
+
+class _YamlWalk:
+    """One document's walk for ``plain``, counting what its aliases expand to."""
+
+    __slots__ = ("budget", "depth", "loader", "seen")
+
+    def __init__(self, loader: Any, limits: ParseLimits) -> None:
+        self.loader = loader
+        self.depth = limits.max_nesting_depth
+        #: Nodes still allowed beyond the first visit of each (through aliases).
+        self.budget = limits.max_yaml_alias_nodes
+        #: The collection nodes visited (by id): a second visit comes through an alias.
+        self.seen: set[int] = set()
+
+    def plain(
+        self, node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int], again: bool
+    ) -> Any:
+        """The value ``loader.construct_document(node)`` gives, and each field's line (as
+        ``_index_yaml`` records them), in one walk: for plain mappings, sequences and
+        core schema scalars, which is what config files are made of.
+
+        ``again``: the node is reached through an alias (a node visited before); every
+        node so reached counts against ``max_yaml_alias_nodes``.
+
+        Raises _DuplicateKey as ``_index_yaml`` does, _TooLarge beyond the limits, and
+        _NotPlain for anything else (the caller then constructs the document with
+        PyYAML)."""
+        lines[path] = node.start_mark.line + 1
+        if again:
+            self.budget -= 1
+            if self.budget < 0:
+                raise _TooLarge(node.start_mark.line + 1, aliases=True)
+        tag = node.tag
+        if isinstance(node, yaml.ScalarNode):
+            if tag == _STR:
+                return node.value
+            if tag in _CORE_SCALARS:
+                return self.loader.construct_object(node)
+            raise _NotPlain
+        if len(path) >= self.depth:
+            raise _TooLarge(node.start_mark.line + 1, aliases=False)
+        key_id = id(node)
+        if key_id in self.seen:
+            again = True
+        self.seen.add(key_id)
         if isinstance(node, yaml.MappingNode) and tag == _MAP:
             out: dict[Any, Any] = {}
-            seen: set[str] = set()
+            names: set[str] = set()
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
                     raise _NotPlain
                 name = str(key_node.value)
-                if name in seen:
+                if name in names:
                     line = key_node.start_mark.line + 1
                     raise _DuplicateKey(line, format_path((*path, name)))
-                seen.add(name)
-                key = _plain_yaml(key_node, (), {}, loader, open_)
+                names.add(name)
+                key = self.plain(key_node, (), {}, again)
                 field = (*path, name)
-                out[key] = _plain_yaml(value_node, field, lines, loader, open_)
+                out[key] = self.plain(value_node, field, lines, again)
                 lines[field] = key_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
-            return [
-                _plain_yaml(item, (*path, i), lines, loader, open_)
-                for i, item in enumerate(node.value)
-            ]
+            return [self.plain(item, (*path, i), lines, again) for i, item in enumerate(node.value)]
         raise _NotPlain
-    finally:
-        open_.discard(id(node))
+
+
+def _yaml_shape(path: str, root: yaml.Node, limits: ParseLimits) -> Problem | None:
+    """An error when the document ``root`` (a graph: aliases share nodes) nests deeper
+    than ``max_nesting_depth``, expands through its aliases to more than
+    ``max_yaml_alias_nodes`` nodes beyond its own, or holds a recursive alias; else None.
+    Iterative, and linear in the nodes composed (each node's depth and expanded size are
+    computed once)."""
+    depth: dict[int, int] = {}
+    size: dict[int, int] = {}
+    cap = limits.max_yaml_alias_nodes + 1
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            children = _children(node)
+            d = 1 + max((depth[id(c)] for c in children), default=0)
+            depth[key] = d
+            size[key] = min(cap * 2, 1 + sum(size[id(c)] for c in children))
+            if d > limits.max_nesting_depth:
+                return _TooLarge(node.start_mark.line + 1, aliases=False).problem(path, limits)
+            continue
+        if key in depth:
+            continue
+        if key in open_:
+            return Problem(path, node.start_mark.line + 1, "", "a recursive YAML alias")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in depth)
+    if size[id(root)] - len(size) > limits.max_yaml_alias_nodes:
+        return _TooLarge(root.start_mark.line + 1, aliases=True).problem(path, limits)
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -> None:
@@ -317,7 +442,7 @@ def _index_toml(text: str) -> dict[FieldPath, int]:
 # --- JSON -------------------------------------------------------------------------------
 
 
-def _parse_json(path: str, text: str) -> list[Document]:
+def _parse_json(path: str, text: str, limits: ParseLimits) -> list[Document]:
     if not text.strip():
         return []
     try:
@@ -326,6 +451,9 @@ def _parse_json(path: str, text: str) -> list[Document]:
         raise ParseFailure(Problem(path, e.lineno, "", f"JSON syntax error: {e.msg}")) from None
     if isinstance(value, list):
         lines = _JsonLocator(text).locate()
+        if len(value) > limits.max_documents_per_file:
+            beyond = limits.max_documents_per_file
+            raise ParseFailure(too_many_documents(path, lines.get((beyond,), 1), limits))
         return [
             Document(path, lines.get((i,), 1), item, _subtree(lines, i))
             for i, item in enumerate(value)

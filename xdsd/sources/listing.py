@@ -5,11 +5,19 @@
 costs a few milliseconds where a stat of each costs a hundred or more on a busy machine.
 ``file_stamp`` is what an unchanged file is recognised by when a reload must check every
 file (a forced reload): device, inode, size, modification and change times.
+
+Anything the kernel refuses while listing (a directory that cannot be opened or read:
+``EACCES``, ``EMFILE``/``ENFILE`` when the process is out of descriptors, ``ENOMEM``,
+``EIO``; an entry whose type or link cannot be read) is a problem naming the path and
+the error, never a directory taken as empty or an entry skipped: the whole load is then
+refused, and what is served stays as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from xdsd.errors import Problem
 from xdsd.sources.documents import SUFFIXES
@@ -19,12 +27,21 @@ Stamp = tuple[int, int, int, int, int]
 
 
 def file_stamp(path: str) -> Stamp | None:
-    """The stamp of ``path`` (None when it cannot be stat'ed)."""
+    """The stamp of ``path``; None when it does not exist (any more). Raises OSError
+    for any other failure to stat it (the caller cannot tell whether it changed)."""
     try:
         st = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def os_problem(path: str, what: str, error: OSError) -> Problem:
+    """The error for a failed system call on ``path``: what was attempted, the error's
+    symbol (``EMFILE``) and its text."""
+    name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+    text = error.strerror or str(error)
+    return Problem(path, 0, "", f"cannot {what}: {f'{name}: ' if name else ''}{text}")
 
 
 def list_config_files(root: str, problems: list[Problem]) -> list[str]:
@@ -34,12 +51,18 @@ def list_config_files(root: str, problems: list[Problem]) -> list[str]:
 
     Appends a problem for: ``root`` missing or not a directory, a symbolic link loop, a
     directory named like a config file, a dangling symbolic link, a config name that is
-    not a regular file.
+    not a regular file, and any directory or entry that cannot be read (the OS error
+    named).
     """
-    if not os.path.exists(root):
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
         problems.append(Problem(root, 0, "", "config directory does not exist"))
         return []
-    if not os.path.isdir(root):
+    except OSError as e:
+        problems.append(os_problem(root, "stat the config directory", e))
+        return []
+    if not stat.S_ISDIR(st.st_mode):
         problems.append(
             Problem(root, 0, "", "is not a directory: give the directory holding the config files")
         )
@@ -50,7 +73,11 @@ def list_config_files(root: str, problems: list[Problem]) -> list[str]:
 
 
 def _walk(dirpath: str, found: list[str], seen: set[str], problems: list[Problem]) -> None:
-    real = os.path.realpath(dirpath)
+    try:
+        real = os.path.realpath(dirpath, strict=True)
+    except OSError as e:
+        problems.append(os_problem(dirpath, "resolve the directory", e))
+        return
     if real in seen:
         problems.append(Problem(dirpath, 0, "", "symbolic link loop: directory visited twice"))
         return
@@ -58,41 +85,57 @@ def _walk(dirpath: str, found: list[str], seen: set[str], problems: list[Problem
     try:
         with os.scandir(dirpath) as it:
             entries = sorted(it, key=lambda e: e.name)
-    except OSError:
-        return  # as os.walk: an unreadable directory is skipped
+    except OSError as e:
+        problems.append(os_problem(dirpath, "list the directory", e))
+        return
     subdirs: list[str] = []
     for entry in entries:
         name = entry.name
         if name.startswith("."):
             continue
         try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if name.endswith(SUFFIXES):
-                problems.append(
-                    Problem(
-                        entry.path,
-                        0,
-                        "",
-                        "is a directory but named like a config file (a bind mount of a "
-                        "missing file creates one); remove it or mount the file",
-                    )
-                )
-            else:
-                subdirs.append(entry.path)
-            continue
-        if not name.endswith(SUFFIXES):
-            continue
-        if entry.is_symlink() and not os.path.exists(entry.path):
-            problems.append(
-                Problem(entry.path, 0, "", f"dangling symbolic link to {os.readlink(entry.path)!r}")
-            )
-            continue
-        if not entry.is_file():
-            problems.append(Problem(entry.path, 0, "", "is not a regular file"))
-            continue
-        found.append(entry.path)
+            _entry(entry, found, subdirs, problems)
+        except OSError as e:
+            problems.append(os_problem(entry.path, "read the directory entry", e))
     for sub in subdirs:
         _walk(sub, found, seen, problems)
+
+
+def _entry(
+    entry: os.DirEntry[str], found: list[str], subdirs: list[str], problems: list[Problem]
+) -> None:
+    """Sort one directory entry: a subdirectory to walk, a config file, or a problem.
+    Raises OSError when the entry cannot be looked at (a dangling symbolic link is not
+    such a failure: it is a problem of its own)."""
+    name = entry.name
+    try:
+        is_dir = entry.is_dir()
+    except FileNotFoundError:
+        is_dir = False
+    if is_dir:
+        if name.endswith(SUFFIXES):
+            problems.append(
+                Problem(
+                    entry.path,
+                    0,
+                    "",
+                    "is a directory but named like a config file (a bind mount of a "
+                    "missing file creates one); remove it or mount the file",
+                )
+            )
+        else:
+            subdirs.append(entry.path)
+        return
+    if not name.endswith(SUFFIXES):
+        return
+    if entry.is_symlink():
+        try:
+            os.stat(entry.path)
+        except FileNotFoundError:
+            target = os.readlink(entry.path)
+            problems.append(Problem(entry.path, 0, "", f"dangling symbolic link to {target!r}"))
+            return
+    if not entry.is_file():
+        problems.append(Problem(entry.path, 0, "", "is not a regular file"))
+        return
+    found.append(entry.path)

@@ -16,6 +16,11 @@ not recursively, and a batch of changes there is reported as the certificate fil
 directories it touched (a file replaced by a rename, a Kubernetes ``..data`` swap, a file
 edited in place all count). The set is looked at every ``poll_interval``: a reload that
 names other files moves the watch there within that time.
+
+The watcher outlives whatever goes wrong: an exception from ``on_change`` is logged with
+its traceback and the next batch is reported as usual; an error from the watch itself
+(inotify out of descriptors or watches, a directory that cannot be read) is logged and
+the watch is set up again after ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ class ConfigWatcher:
             if not os.path.isdir(target):
                 await _wait(stop, self.poll_interval)
                 if os.path.isdir(os.path.realpath(self.config_dir)):
-                    await self.on_change({self.config_dir})
+                    await self._report({self.config_dir})
                 continue
             rewatch = asyncio.Event()
             poller = asyncio.create_task(self._poll_target(target, stop, rewatch))
@@ -107,9 +112,13 @@ class ConfigWatcher:
                 ):
                     paths = {p for _, p in changes}
                     log.info("config change detected: %d paths, e.g. %s", len(paths), min(paths))
-                    await self.on_change(paths)
+                    await self._report(paths)
             except FileNotFoundError:
                 log.warning("config directory %s disappeared; waiting for it", self.config_dir)
+            except Exception:
+                log.exception("watching %s failed; watching again in %.1f s", self.config_dir,
+                              self.poll_interval)  # fmt: skip
+                await _wait(stop, self.poll_interval)
             finally:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -117,7 +126,15 @@ class ConfigWatcher:
             if not stop.is_set():
                 log.info("config directory %s now points at %s", self.config_dir,
                          os.path.realpath(self.config_dir))  # fmt: skip
-                await self.on_change({self.config_dir})
+                await self._report({self.config_dir})
+
+    async def _report(self, paths: set[str]) -> None:
+        """``on_change(paths)``; an exception from it is logged, not raised (the watch
+        goes on: the next batch, or a SIGHUP, tries again)."""
+        try:
+            await self.on_change(paths)
+        except Exception:
+            log.exception("reloading after a change to %s failed", min(paths))
 
     async def _poll_target(self, target: str, stop: asyncio.Event, rewatch: asyncio.Event) -> None:
         while True:
@@ -161,9 +178,13 @@ class ConfigWatcher:
                     paths = {p for d in dirs for p in watched.get(d, ())}
                     if paths:
                         log.info("certificate change detected: %s", ", ".join(sorted(paths)))
-                        await self.on_change(paths)
+                        await self._report(paths)
             except FileNotFoundError:
                 log.warning("a certificate directory disappeared; watching again")
+                await _wait(stop, self.poll_interval)
+            except Exception:
+                log.exception("watching certificate directories failed; watching again in "
+                              "%.1f s", self.poll_interval)  # fmt: skip
                 await _wait(stop, self.poll_interval)
             finally:
                 poller.cancel()
