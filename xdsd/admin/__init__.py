@@ -247,22 +247,3 @@ def _message_of(resource: Resource) -> Message:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-async def start_admin(
-    views: AdminViews,
-    address: Address,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    idle_timeout: float = 60.0,
-) -> web.AppRunner:
-    """Bind the admin server (TLS with ``ssl_context``; a connection idle for
-    ``idle_timeout`` seconds is closed); returns the runner to ``cleanup()`` on
-    shutdown."""
-    runner = web.AppRunner(views.app(), access_log=None, keepalive_timeout=idle_timeout)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, address.host, address.port, reuse_address=True, ssl_context=ssl_context
-    )
-    await site.start()
-    return runner
