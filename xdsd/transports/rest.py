@@ -307,8 +307,8 @@ class RestDiscovery:
     def _parse(
         self, type_url: TypeUrl, raw: bytes, *, v2: bool = False
     ) -> _ParsedPoll | web.Response:
-        """What a poll body says, or the error response (400; 500 for a node that cannot
-        be configured), from the cache of recent bodies when ``raw`` was seen before.
+        """What a poll body says, or the error response (400, also for a node whose own
+        metadata cannot be used), from the cache of recent bodies when ``raw`` was seen before.
 
         The cache is keyed by the whole body (an unchanged poll) and, when the body has
         Envoy's form (``{"version_info":"V",...`` with ``version_info`` written first, or
@@ -368,9 +368,9 @@ class RestDiscovery:
             key = self.source.classify(node, "rest")
         except ProtocolError as e:
             return _error(400, e.message)
-        except TranslationError as e:
-            log.error("cannot configure this node: %s", e, extra={"node": node.id})
-            return _error(500, str(e))
+        except TranslationError as e:  # the node's own metadata: the client's error
+            log.warning("unusable node: %s", e, extra={"node": node.id})
+            return _error(400, str(e))
         parsed = _ParsedPoll(
             key, f"rest-{node.id or node.cluster}", node_identity(node), names, version_info
         )
