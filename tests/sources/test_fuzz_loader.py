@@ -14,10 +14,10 @@ exception, never a hang); the incremental load equals a cold load of the same fi
 it gave before (a refused load left its state intact); and a loaded mesh translates, for
 sidecars, a gateway and proxyless gRPC, into a consistent snapshot or a TranslationError.
 
-The in-suite generators stay within the parser limits issue 14 adds to the loader
-(nesting depth, integer length, alias expansion, document count, file size): inputs
-beyond them are in ``test_inputs_beyond_the_parser_limits``, expected to fail until the
-limits land (non-strict xfail).
+The in-suite generators stay within the loader's parser limits (nesting depth, integer
+length, alias expansion, document count, file size; ``sources/limits.py``), where the
+mutations are varied; inputs beyond them are ``test_inputs_beyond_the_parser_limits`` and
+``test_deep_toml_is_refused_not_a_crash``: refused as errors, the loader intact.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ HUGE_INTS = st.one_of(
 SCALARS = st.one_of(
     st.none(), st.booleans(), HUGE_INTS, st.floats(allow_nan=True, allow_infinity=True), ODD_TEXT
 )
-#: Within the depth limit the loader engineer adds (nesting depth: well below 64).
+#: Within the nesting-depth limit (`max_nesting_depth`, 100) where mutations are varied.
 VALUES = st.recursive(
     SCALARS,
     lambda inner: st.one_of(
@@ -398,7 +398,7 @@ def test_a_corrupted_file_of_every_kind_loads_or_is_refused(
 # -- beyond the limits -------------------------------------------------------------------
 
 BEYOND_LIMITS = {
-    # (what the loader engineer's limit bounds, file name, bytes)
+    # (what the limit bounds, file name, bytes)
     "nesting depth (JSON, 100k levels: RecursionError)": ("deep.json", b"[" * 100_000),
     "nesting depth (YAML, 100k levels)": ("deep.yaml", b"[" * 100_000),
     "integer length (JSON, 5,000 digits: ValueError)": (
@@ -412,11 +412,6 @@ BEYOND_LIMITS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the parser limits of issue 14 (branch i14-loader): nesting depth, integer "
-    "length; the loader raises RecursionError / ValueError instead of ConfigError",
-)
 @pytest.mark.parametrize("case", sorted(BEYOND_LIMITS))
 def test_inputs_beyond_the_parser_limits(case: str, tmp_path: Path) -> None:
     name, data = BEYOND_LIMITS[case]
@@ -431,11 +426,6 @@ def test_inputs_beyond_the_parser_limits(case: str, tmp_path: Path) -> None:
     assert loader.load({str(root / name)}).mesh == good.mesh
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the TOML nesting-depth limit of issue 14 (branch i14-loader): toml_rs "
-    "overflows its stack (SIGSEGV) from ~7,000 levels",
-)
 def test_deep_toml_is_refused_not_a_crash(tmp_path: Path) -> None:
     """In a child process: the crash this guards against kills the interpreter."""
     (tmp_path / "deep.toml").write_bytes(b"x = " + b"[" * 8000 + b"]" * 8000 + b"\n")
