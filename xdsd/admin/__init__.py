@@ -18,7 +18,6 @@ Read-only views over the snapshot cache and the configuration's state:
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +33,6 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
 from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, to_json
 from xdsd.resources.redaction import redact
-from xdsd.settings import Address
 
 #: Decides whether the admin client with this certificate (``getpeercert()``; None
 #: without one) may see what this client's node is served.
