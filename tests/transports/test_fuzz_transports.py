@@ -158,9 +158,16 @@ def _post(xdsd: Xdsd, path: str, body: bytes) -> tuple[int, bytes]:
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.floats()
+    | st.integers()
+    | st.text(max_size=8)
+    | st.just([])
+    | st.just({}),
     lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        st.lists(inner, min_size=1, max_size=3)
+        | st.dictionaries(st.text(max_size=6), inner, min_size=1, max_size=3)
     ),
     max_leaves=8,
 )
