@@ -47,6 +47,7 @@ from xdsd.transports.connections import (
     ConnectionGate,
     ConnectionLimits,
     Listener,
+    raise_descriptor_limit,
     serve_http,
 )
 from xdsd.transports.grpc import DiscoveryServices, OpenStreams
@@ -819,7 +820,8 @@ def _bound(server: GrpcServer, wanted: Address) -> str:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """``xdsd serve``: settings from file then flags, then run until stopped."""
+    """``xdsd serve``: settings from file then flags, the descriptor limit raised (see
+    ``raise_descriptor_limit``), then run until stopped."""
     settings = Settings.from_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
     for name in ("config_dir", "grpc", "rest", "admin", "grpc_impl", "shutdown_grace"):
@@ -827,6 +829,9 @@ def run_server(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[name] = value
     settings = settings.merged(overrides, source="command line")
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.info("descriptor limit (RLIMIT_NOFILE, soft) raised from %d to %d", before, after)
     asyncio.run(
         serve(
             settings, notifier=Notifier.from_environment(), backstop=True,

@@ -137,7 +137,7 @@ class Settings:
     rest_idle_timeout: float = 60.0
     max_queued_requests: int = 16
     max_connections: int = 0
-    max_connections_per_address: int = 256
+    max_connections_per_address: int = 1024
     handshake_timeout: float = 10.0
     idle_connection_timeout: float = 60.0
     max_stream_resets_per_second: float = 50.0

@@ -3,6 +3,9 @@ and the connection gate's counting, driven by a fake clock."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from xdsd.transports.connections import (
@@ -70,3 +73,21 @@ def test_the_gate_counts_per_address_and_in_total() -> None:
 def test_the_default_total_leaves_descriptors_for_files(soft: int, budget: int) -> None:
     assert descriptor_budget(soft) == budget
     assert ConnectionGate(ConnectionLimits(max_connections=7)).max_connections == 7
+
+
+RAISE = """
+import resource, sys
+from xdsd.transports.connections import raise_descriptor_limit
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+first = raise_descriptor_limit()
+second = raise_descriptor_limit()
+capped = (resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)), raise_descriptor_limit(1000))[1]
+print(first, second, capped, resource.getrlimit(resource.RLIMIT_NOFILE))
+"""
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
+    """In a child process: the test process keeps its own limits."""
+    run = subprocess.run([sys.executable, "-c", RAISE], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[0] == "(256, 4096) (4096, 4096) (256, 1000) (1000, 4096)"

@@ -54,7 +54,7 @@ class ConnectionLimits:
     ``handshake_timeout`` and ``idle_connection_timeout`` (seconds; 0: none)."""
 
     max_connections: int = 0
-    max_connections_per_address: int = 256
+    max_connections_per_address: int = 1024
     handshake_timeout: float = 10.0
     idle_connection_timeout: float = 60.0
 
@@ -67,6 +67,27 @@ class ConnectionLimits:
             settings.handshake_timeout,
             settings.idle_connection_timeout,
         )
+
+
+#: The highest soft descriptor limit ``raise_descriptor_limit`` asks for.
+DESCRIPTOR_CEILING = 1 << 20
+
+
+def raise_descriptor_limit(ceiling: int = DESCRIPTOR_CEILING) -> tuple[int, int]:
+    """Raise the process's soft ``RLIMIT_NOFILE`` to its hard limit (at most ``ceiling``),
+    as a server that counts its connections against it should: the soft default of many
+    shells (1,024) would cap a mesh at a few hundred proxies while the hard limit allows
+    far more. Returns the (old, new) soft limits; a limit the kernel refuses to raise
+    stays as it was (``OSError``/``ValueError`` are not raised)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, wanted
+    return soft, soft
 
 
 def descriptor_budget(soft_limit: int | None = None) -> int:
