@@ -1,5 +1,5 @@
 """DeltaStream, driven synchronously with real Envoy messages: one test per delta rule of
-../shared/PROTOCOL.md (14-19), ordering on ADS, and protocol errors."""
+docs/protocol.md (14-19), ordering on ADS, and protocol errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stateless REST-JSON answer and its JSON (PROTOCOL.md rules 20-23); what needs\nper-client memory is in test_rest_session.py."""
+"""The stateless REST-JSON answer and its JSON (docs/protocol.md, rules 20-23); what needs\nper-client memory is in test_rest_session.py."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ ones and the empty one included), random names (``*``, unknown names), nonces th
 current, stale, from the future or garbage, versions that are current, old or garbage,
 NACKs with ``error_detail``, subscribe/unsubscribe and ``initial_resource_versions``,
 interleaved with snapshot changes. A model of the client checks after every step what
-PROTOCOL.md and the modules' docstrings promise:
+docs/protocol.md and the modules' docstrings promise:
 
 - the only exception is ``ProtocolError``, exactly when the request breaks rule 1 (no node
   on the first request, a missing or unknown type, another type on a per-type stream) or

@@ -1,4 +1,4 @@
-"""RestSessions: REST polling with make-before-break (PROTOCOL.md rules 8, 21-23), driven
+"""RestSessions: REST polling with make-before-break (docs/protocol.md, rules 8, 21-23), driven
 synchronously by a small REST client that polls like Envoy does."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SotwStream, driven synchronously with real Envoy messages (PROTOCOL.md rules 1-13)."""
+"""SotwStream, driven synchronously with real Envoy messages (docs/protocol.md, rules 1-13)."""
 
 from __future__ import annotations
 

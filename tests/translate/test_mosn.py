@@ -144,7 +144,7 @@ def mosn_matches(header: Any, value: str | None) -> bool:
 def test_mosn_header_matchers_mean_what_envoys_do(
     condition: StringMatch | None, value: str | None, expected: bool
 ) -> None:
-    """MOSN gets only ``exact_match`` / ``safe_regex_match`` (PROTOCOL.md), written so that
+    """MOSN gets only ``exact_match`` / ``safe_regex_match`` (docs/protocol.md, "What real clients need"), written so that
     MOSN's reading gives Envoy's answer."""
     header, method = header_matchers(MOSN, web_mesh(condition))
     assert header.WhichOneof("header_match_specifier") in ("exact_match", "safe_regex_match")

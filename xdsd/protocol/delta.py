@@ -10,7 +10,7 @@ Per type the stream keeps the subscription (wildcard flag and names) and what th
 holds, by name, as far as the stream knows: the per-resource version it was last sent
 (a content hash: ``resource_version``), or what the first request's
 ``initial_resource_versions`` said it had after a reconnect. Rules
-(../shared/PROTOCOL.md, "Delta"):
+(``docs/protocol.md``, rules 14-19):
 
 - Every request's subscribe and unsubscribe lists are applied; there is no stale-nonce
   drop. A request whose ``response_nonce`` is the outstanding response's is its ACK (or
