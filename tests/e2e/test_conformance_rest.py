@@ -1,6 +1,6 @@
 """Istio's conformance inputs not covered by the per-kind modules (DestinationRules on
 their own, security kinds, rules whose destinations a Kubernetes cluster would define),
-and the index: every file of ``../shared/conformance/istio`` is either shown to load
+and the index: every file of the Istio conformance inputs (``tests.paths.CONFORMANCE``) is either shown to load
 (and to render configuration ``envoy --mode validate`` accepts) by one of the
 ``test_conformance*`` modules, or refused for a reason ``docs/rules.md`` names.
 """
