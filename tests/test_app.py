@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from tests.paths import EXAMPLE_CONFIG
-from xdsd.app import MeshState
+from xdsd.state import MeshState
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError
 from xdsd.resources import ENDPOINT
