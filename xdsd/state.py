@@ -317,10 +317,9 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
     sight afterwards.
 
     How this works: a large mesh's build creates millions of objects that nearly all
-    survive. A collection during the build walks all of them again and again (a sixth of
-    a cold build of 10,000 services), and so does every full collection later (half a
-    second and more; one fell due every few reloads, making the one-file reload's p99 ten
-    times its median). So the collector is paused (reference counting still frees what
+    survive. A collection during the build walks all of them again and again, and so does
+    every full collection later (what that cost, measured: ``docs/performance.md``,
+    "Rebuild cost"). So the collector is paused (reference counting still frees what
     dies) and at the end what is alive is frozen (``gc.freeze()``: kept out of every
     later collection). Before the build, the young generations are collected: what was
     allocated since the last build (the serving's garbage) is looked at once as usual.
@@ -330,7 +329,7 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
     being walked: the build creates no reference cycles (the model, the loader, the
     translation and resources hold none; ``tests/test_app.py`` checks that a cold build,
     a refused reload and incremental reloads leave no cyclic garbage), so a walk would
-    find nothing to free, and it costs as much as a tenth of a cold build. A load in a
+    find nothing to free, and it is not cheap. A load in a
     worker thread while the loop serves (``exclusive=False``) walks the young generations
     first (``gc.collect(1)``), since the loop's garbage of that time is among them.
 
