@@ -74,7 +74,6 @@ class MeshState:
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
         self.warnings: tuple[Problem, ...] = ()
-        self.reloads = 0
         self.failed_reloads = 0
         #: Reload attempts in a row that ended in an internal error (``InternalError``).
         self.internal_errors = 0
@@ -190,7 +189,6 @@ class MeshState:
             self.loaded = result
             return False
         self.loaded = result
-        self.reloads += 1
         self._retranslate = False
         changed = self._translate_and_publish()
         assert self.translation is not None
