@@ -1,16 +1,24 @@
-"""MeshState: reloads by changed paths, last good configuration kept, classes republished."""
+"""MeshState: reloads by changed paths, last good configuration kept, classes republished;
+the Daemon: its parts exist before it runs, and a failed start leaves nothing bound."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import shutil
+import socket
 from pathlib import Path
 
+import pytest
+
+from tests.harness import free_port, port_open
 from tests.paths import EXAMPLE_CONFIG
-from xdsd.app import MeshState
+from xdsd.app import Daemon
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError
 from xdsd.resources import ENDPOINT
+from xdsd.settings import Address, Settings
+from xdsd.state import MeshState
 from xdsd.translate import MeshTranslation, NodeClass
 
 NODE = NodeClass("productpage", labels=(("version", "v1"),))
@@ -113,3 +121,50 @@ def test_a_refused_mesh_mtls_change_keeps_serving_the_last_good_translation(
     assert state.reload()
     after = state.cache.get(NODE)
     assert after is not None and after is not before
+
+
+def test_a_daemon_reloads_before_it_runs(tmp_path: Path) -> None:
+    """Every part a reload touches exists once the daemon is constructed: a reload
+    before ``start`` loads the directory and publishes, and binds nothing."""
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    grpc = free_port()
+    settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", grpc), rest=None,
+                        admin=None)  # fmt: skip
+
+    async def main() -> None:
+        daemon = Daemon(settings)
+        assert daemon.state.loaded is None
+        await daemon.reload(requested=True)
+        assert daemon.state.loaded is not None and daemon.state.errors == ()
+        assert daemon.trouble() == ""
+        assert not port_open("127.0.0.1", grpc)
+
+    asyncio.run(main())
+
+
+def test_a_start_that_cannot_bind_closes_what_it_bound(tmp_path: Path) -> None:
+    """The admin address is taken: ``start`` raises OSError, and the gRPC and REST
+    listeners it had bound before are closed again."""
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    grpc, rest = free_port(), free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        admin = taken.getsockname()[1]
+        settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", grpc),
+                            rest=Address("127.0.0.1", rest),
+                            admin=Address("127.0.0.1", admin))  # fmt: skip
+
+        async def main() -> None:
+            daemon = Daemon(settings)
+            with pytest.raises(OSError):
+                await daemon.start()
+            assert [listener.name for listener in daemon.listeners] == [
+                "gRPC xDS", "REST xDS", "admin"
+            ]  # fmt: skip
+            # still in the daemon's loop, the daemon alive: closed, not collected
+            assert not port_open("127.0.0.1", grpc) and not port_open("127.0.0.1", rest)
+
+        asyncio.run(main())

@@ -17,6 +17,7 @@ raises: a service manager that went away must not take the daemon with it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -101,6 +102,16 @@ class Notifier:
     def watchdog(self) -> bool:
         """The keep-alive ping (``WATCHDOG=1``)."""
         return self.send("WATCHDOG=1")
+
+    async def keep_alive(self) -> None:
+        """``WATCHDOG=1`` every half ``watchdog_interval``, from the event loop, until
+        cancelled (returns at once when systemd expects no pings): a loop stuck for longer
+        than the watchdog timeout stops the pings, and systemd restarts the service."""
+        if self.watchdog_interval is None:
+            return
+        while True:
+            self.watchdog()
+            await asyncio.sleep(self.watchdog_interval / 2)
 
     def close(self) -> None:
         """Close the socket (a later ``send`` opens it again)."""

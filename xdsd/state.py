@@ -1,0 +1,347 @@
+"""The current mesh: ``MeshState`` and the reload boundary around it.
+
+``MeshState`` owns the current configuration: it reloads the directory (keeping the last
+good mesh when a load fails), builds a snapshot per node class on first use and rebuilds
+the snapshots of every watched class after each successful reload, or when the mesh-wide
+proxy defaults change. Its ``load`` and ``apply`` are the reload boundary: whatever goes
+wrong in them becomes a refused reload (``InternalError``), never an exception out of
+them. The daemon (``xdsd.app``) runs ``load`` in a worker thread and ``apply`` on the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any
+
+from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import ConfigError, InternalError, Problem, TranslationError
+from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
+from xdsd.model.networking import ROOT_NAMESPACE
+from xdsd.protocol import ProtocolError
+from xdsd.sources import DirectoryLoader, LoadResult
+from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
+from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
+from xdsd.transports.limits import Refused
+
+log = logging.getLogger(__name__)
+
+#: A refused load logs its first this many errors (then how many more there were), and
+#: keeps this many more for ``/debug/errors`` (the last one saying how many were left
+#: out): a file of a million broken documents must not flood the log or the admin.
+MAX_LOGGED_PROBLEMS = 100
+MAX_KEPT_PROBLEMS = 1000
+#: After this many reload attempts in a row ended in an internal error, the reloader is
+#: reported as unable to make progress (``/readyz`` 503, systemd's status).
+STUCK_AFTER = 3
+
+_SOURCES = {"ads": ConfigSourceKind.ADS, "grpc": ConfigSourceKind.ADS,
+            "rest": ConfigSourceKind.REST, "delta": ConfigSourceKind.DELTA}  # fmt: skip
+
+
+class MeshState:
+    """The current mesh, its translation, and the snapshots served from it."""
+
+    def __init__(
+        self,
+        config_dir: str,
+        cache: SnapshotCache[NodeClass] | None = None,
+        *,
+        root_namespace: str = ROOT_NAMESPACE,
+        mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
+        max_classes: int = 10000,
+        limits: ParseLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.config_dir = config_dir
+        #: The most node classes with a snapshot (``Settings.max_node_classes``).
+        self.max_classes = max_classes
+        #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
+        self.root_namespace = root_namespace
+        #: The mesh-wide proxy defaults every class gets (settings' ``[mesh]``).
+        self.mesh_config = mesh_config
+        self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
+        self._loader = DirectoryLoader(config_dir, limits=limits)
+        self._loader.mesh_tls = mesh_config.mtls
+        # Set when the mesh defaults changed in a way the next load must translate even
+        # if the directory did not change (mesh mutual TLS: its files come with the load).
+        self._retranslate = False
+        self.loaded: LoadResult | None = None
+        self.translation: MeshTranslation | None = None
+        self.errors: tuple[Problem, ...] = ()
+        #: The warnings of the last load attempt (refused or not).
+        self.warnings: tuple[Problem, ...] = ()
+        self.failed_reloads = 0
+        #: Reload attempts in a row that ended in an internal error (``InternalError``).
+        self.internal_errors = 0
+        #: Seconds per phase of the last reload that loaded the directory: ``list``,
+        #: ``parse`` (reading and parsing changed files), ``check`` (cross-checks),
+        #: ``translate`` and ``snapshot`` (building and checking the watched classes').
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def certificate_paths(self) -> frozenset[str]:
+        """The certificate and key files the last load attempt's rules named (their
+        directories are watched besides the config directory)."""
+        return self._loader.certificate_paths
+
+    @property
+    def cache(self) -> SnapshotCache[NodeClass]:
+        """The snapshot cache (node class → snapshot, client status)."""
+        return self._cache
+
+    def reload(self, changed: Iterable[str] | None = None) -> bool:
+        """Load the directory again. On success, publish new snapshots for every class a
+        client watches and return True; on failure log every error with file:line, keep
+        serving the last good configuration and return False (also when nothing changed).
+
+        ``changed`` names the paths known to have changed (the watcher's batch): only
+        those files, new ones and ones that had errors are read again. None (SIGHUP, a
+        forced reload) checks every file by stat. Either way the result is what a cold
+        load of the directory gives.
+        """
+        return self.apply(self.load(changed))
+
+    def load(
+        self, changed: Iterable[str] | None = None, *, exclusive: bool = True
+    ) -> LoadResult | ConfigError:
+        """The first half of ``reload``: read and check the directory, touching nothing
+        that is served (safe to run in a worker thread while the loop serves, with
+        ``exclusive=False``; one load at a time).
+
+        ``exclusive``: nothing else runs in the process meanwhile, so everything allocated
+        during the load is the load's own (see ``_building``).
+
+        Never raises for what the directory holds or for a failure while loading it: an
+        unexpected exception is logged with its traceback and returned as an
+        ``InternalError`` (the loader starts afresh next time)."""
+        try:
+            with _building(exclusive=exclusive):
+                return self._loader.load(changed)
+        except ConfigError as e:
+            return e
+        except Exception as e:
+            log.exception("internal error loading %s", self.config_dir)
+            return internal_error(self.config_dir, "loading", e)
+
+    @property
+    def stuck(self) -> str:
+        """Why the reloader cannot make progress ("" when it can): the last
+        ``STUCK_AFTER`` reload attempts or more ended in an internal error."""
+        if self.internal_errors >= STUCK_AFTER:
+            return (f"the last {self.internal_errors} reloads failed with an internal error "
+                    "(see the log)")  # fmt: skip
+        return ""
+
+    def apply(self, result: LoadResult | ConfigError) -> bool:
+        """The second half of ``reload``, on the serving thread: keep the last good
+        configuration on an error, else translate and publish (see ``reload``).
+
+        Never raises: an exception while translating or publishing is logged with its
+        traceback and handled as a refused load (``InternalError``); the configuration
+        that was being served stays the current one."""
+        loaded, translation = self.loaded, self.translation
+        try:
+            with _building():
+                applied = self._apply(result)
+        except Exception as e:
+            log.exception("internal error applying the configuration of %s", self.config_dir)
+            self.loaded, self.translation = loaded, translation
+            # Some classes may have been sent the new mesh: the next load translates
+            # every class again, even if the directory is the same as this one.
+            self._retranslate = True
+            result = internal_error(self.config_dir, "translating and publishing", e)
+            with _building():
+                return self._apply(result)
+        return applied
+
+    def _apply(self, result: LoadResult | ConfigError) -> bool:
+        started = time.perf_counter()
+        if isinstance(result, ConfigError):
+            e = result
+            self.failed_reloads += 1
+            self.internal_errors = self.internal_errors + 1 if isinstance(e, InternalError) else 0
+            self.errors = _bounded(e.problems, MAX_KEPT_PROBLEMS)
+            self.warnings = _bounded(e.warnings, MAX_KEPT_PROBLEMS)
+            for problem in e.problems[:MAX_LOGGED_PROBLEMS]:
+                log.error("config: %s", problem)
+            if len(e.problems) > MAX_LOGGED_PROBLEMS:
+                log.error("config: ... and %d more errors (xdsd validate lists them all)",
+                          len(e.problems) - MAX_LOGGED_PROBLEMS)  # fmt: skip
+            log.error(
+                "config refused (%d errors); still serving the last good configuration",
+                len(e.problems),
+            )
+            return False
+        self.internal_errors = 0
+        self.errors = ()
+        self.warnings = _bounded(result.warnings, MAX_KEPT_PROBLEMS)
+        for warning in result.warnings[:MAX_LOGGED_PROBLEMS]:
+            log.warning("config: %s", warning)
+        if len(result.warnings) > MAX_LOGGED_PROBLEMS:
+            log.warning("config: ... and %d more warnings",
+                        len(result.warnings) - MAX_LOGGED_PROBLEMS)  # fmt: skip
+        if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
+            log.info("config reloaded: no change")
+            self.loaded = result
+            return False
+        self.loaded = result
+        self._retranslate = False
+        changed = self._translate_and_publish()
+        assert self.translation is not None
+        self.last_timings = {**result.timings, **self.translation.timings}
+        log.info(
+            "config loaded: %d services, %d rules (%d files read); %d classes updated; %.1f ms: %s",
+            len(result.mesh.services),
+            len(result.mesh.virtual_services) + len(result.mesh.destination_rules),
+            result.reread,
+            changed,
+            (sum(result.timings.values()) + time.perf_counter() - started) * 1000,
+            ", ".join(f"{k} {v * 1000:.1f}" for k, v in self.last_timings.items()),
+        )
+        return True
+
+    def set_mesh_config(self, mesh_config: MeshConfig) -> bool:
+        """Use ``mesh_config`` as the mesh-wide proxy defaults from now on. When it differs
+        from the current one and a mesh is loaded, translate again (reusing every
+        resource the defaults do not touch) and publish new snapshots for every watched
+        class; return True then. A change to mesh mutual TLS is translated by the next
+        ``load``/``apply`` instead, which reads its certificate files."""
+        if mesh_config == self.mesh_config:
+            return False
+        tls_changed = mesh_config.mtls != self.mesh_config.mtls
+        self.mesh_config = mesh_config
+        self._loader.mesh_tls = mesh_config.mtls
+        if self.loaded is None:
+            return False
+        if tls_changed or self._retranslate:
+            # The loaded mesh lacks (or has stale) mesh certificate files until a load
+            # succeeds with these settings: translating it now would fail every class.
+            self._retranslate = True
+            return False
+        with _building():
+            changed = self._translate_and_publish()
+        log.info("mesh defaults changed: %d classes updated", changed)
+        return True
+
+    def _translate_and_publish(self) -> int:
+        """Translate the loaded mesh with the current defaults and publish a snapshot for
+        every watched class (forgetting unwatched ones); return how many changed."""
+        assert self.loaded is not None
+        self.translation = MeshTranslation(
+            self.loaded.mesh,
+            previous=self.translation,
+            root_namespace=self.root_namespace,
+            mesh_config=self.mesh_config,
+        )
+        changed = 0
+        for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
+            if self._cache.watcher_count(key) == 0:
+                self._cache.discard(key)
+                continue
+            try:
+                snapshot = self.translation.snapshot_for(key)
+            except TranslationError as e:
+                log.error("node class %s cannot be configured: %s", key, e)
+                continue
+            if self._cache.set(key, snapshot):
+                changed += 1
+        return changed
+
+    def classify(self, node: Any, transport: str) -> Hashable:
+        """The node class of an xDS node (see ``SnapshotSource.classify``)."""
+        if not node.cluster:
+            raise ProtocolError(
+                "INVALID_ARGUMENT",
+                "node.cluster must name the service this proxy fronts "
+                "(xdsd bootstrap --service NAME sets it)",
+            )
+        return node_class_from_node(
+            node, config_source=_SOURCES.get(transport, ConfigSourceKind.ADS)
+        )
+
+    def snapshot(self, key: Hashable) -> Snapshot | None:
+        """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``).
+
+        A new class beyond ``max_classes`` first makes room by forgetting the classes no
+        client holds; when every class is held, raises Refused (RESOURCE_EXHAUSTED, 429):
+        a client's class is never evicted for a newcomer's."""
+        assert isinstance(key, NodeClass)
+        found = self._cache.get(key)
+        if found is not None or self.translation is None:
+            return found
+        if len(self._cache.keys()) >= self.max_classes:
+            self._cache.evict_unheld()
+            if len(self._cache.keys()) >= self.max_classes:
+                raise Refused(
+                    "RESOURCE_EXHAUSTED", 429, "too_many_node_classes",
+                    f"{self.max_classes} node classes are held by clients, the limit "
+                    "(max_node_classes): no snapshot for a new one",
+                )  # fmt: skip
+        with _building():  # the first class of a flavor builds every cluster of the mesh
+            snapshot = self.translation.snapshot_for(key)
+            self._cache.set(key, snapshot)
+        return snapshot
+
+
+def internal_error(config_dir: str, doing: str, error: BaseException) -> InternalError:
+    """The refusal for an unexpected exception while ``doing`` (already logged)."""
+    return InternalError([Problem(
+        config_dir, 0, "",
+        f"internal error while {doing} ({type(error).__name__}: {error}); the last good "
+        "configuration keeps serving and the log has the traceback",
+    )])  # fmt: skip
+
+
+def _bounded(problems: tuple[Problem, ...], limit: int) -> tuple[Problem, ...]:
+    """``problems``, or its first ``limit`` and one more saying how many were left out."""
+    if len(problems) <= limit:
+        return problems
+    last = problems[limit]
+    left = len(problems) - limit
+    return (*problems[:limit], Problem(
+        last.path, 0, "",
+        f"... and {left} more like these (not kept here; xdsd validate lists them all)",
+        last.severity,
+    ))  # fmt: skip
+
+
+@contextlib.contextmanager
+def _building(*, exclusive: bool = True) -> Iterator[None]:
+    """Keep the cyclic garbage collector out of a build, and its survivors out of its
+    sight afterwards.
+
+    How this works: a large mesh's build creates millions of objects that nearly all
+    survive. A collection during the build walks all of them again and again, and so does
+    every full collection later (what that cost, measured: ``docs/performance.md``,
+    "Rebuild cost"). So the collector is paused (reference counting still frees what
+    dies) and at the end what is alive is frozen (``gc.freeze()``: kept out of every
+    later collection). Before the build, the young generations are collected: what was
+    allocated since the last build (the serving's garbage) is looked at once as usual.
+
+    At the end, when the build had the process to itself (``exclusive``: the daemon's
+    event loop thread, or a load before serving starts), its survivors are frozen without
+    being walked: the build creates no reference cycles (the model, the loader, the
+    translation and resources hold none; ``tests/test_app.py`` checks that a cold build,
+    a refused reload and incremental reloads leave no cyclic garbage), so a walk would
+    find nothing to free, and it is not cheap. A load in a
+    worker thread while the loop serves (``exclusive=False``) walks the young generations
+    first (``gc.collect(1)``), since the loop's garbage of that time is among them.
+
+    Nested or concurrent uses leave the collector enabled at the end, and only the
+    outermost freezes."""
+    enabled = gc.isenabled()
+    if enabled:
+        gc.collect(1)
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            if not exclusive:
+                gc.collect(1)
+            gc.freeze()
+            gc.enable()
