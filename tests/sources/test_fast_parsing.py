@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from xdsd.sources import documents, kinds, loader
+from xdsd.sources import documents, loader, plain_readers
 from xdsd.sources.documents import Document, ParseFailure, parse_file
 from xdsd.sources.limits import DEFAULT_LIMITS
 from xdsd.sources.loader import parse_config_file
@@ -296,7 +296,7 @@ def test_a_plain_destination_rule_is_read_without_fields(monkeypatch: pytest.Mon
     (and a failover without outlier detection still warns)."""
     rule = PLAIN_RULES["destination rule"]
     seen: list[Any] = []
-    plain = kinds.parse_plain_destination_rule
+    plain = plain_readers.parse_plain_destination_rule
 
     def spy(*args: Any) -> Any:
         seen.append(plain(*args))

@@ -20,7 +20,7 @@ from xdsd.model.networking import (
 )
 from xdsd.sources.destination_rule import certificate_file, certificate_refs, istio_mutual_at
 from xdsd.sources.fields import Fields
-from xdsd.sources.kinds import is_ip
+from xdsd.sources.service import is_ip
 from xdsd.sources.service_entry import parse_entry_port
 
 SERVER_TLS_UNSUPPORTED = ("credentialName", "credentialNames", "verifyCertificateSpki",

@@ -43,22 +43,19 @@ from xdsd.sources.certificates import (
     read_certificates,
 )
 from xdsd.sources.crosscheck import Change, CrossCheck, FileContents
+from xdsd.sources.destination_rule import parse_destination_rule
 from xdsd.sources.documents import Document, FieldPath, ParseFailure, parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.envoy_raw import parse_raw_resource
 from xdsd.sources.fields import Fields, Report
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
-from xdsd.sources.kinds import (
-    parse_destination_rule,
-    parse_plain_destination_rule,
-    parse_plain_service,
-    parse_service,
-    parse_virtual_service,
-)
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits, size_problem
 from xdsd.sources.listing import Stamp, file_stamp, list_config_files, os_problem
+from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
+from xdsd.sources.service import parse_service
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 from xdsd.sources.sidecars import sidecar_problems
+from xdsd.sources.virtual_service import parse_virtual_service
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from xdsd.model.networking import (
     WorkloadEntry,
 )
 from xdsd.sources.fields import Fields
-from xdsd.sources.kinds import is_ip, read_locality, read_port_map
+from xdsd.sources.service import is_ip, read_locality, read_port_map
 
 #: Istio port protocols → how xdsd treats them (anything opaque is TCP).
 PROTOCOLS: dict[str, Protocol] = {
