@@ -36,6 +36,7 @@ from xdsd.model import (
     HTTPRoute,
     L4Route,
     Mesh,
+    MeshObject,
     Origin,
     RawResource,
     ResourceKey,
@@ -53,14 +54,10 @@ from xdsd.model.networking import (
 )
 from xdsd.sources.service_entry import entry_services
 
-Resource = (
-    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
-    | WorkloadEntry
-)  # fmt: skip
 Other = Gateway | Sidecar | EnvoyFilter | ServiceEntry | WorkloadEntry
 RawKey = tuple[str, str]
 #: One definition of a key: (file, position in the file's list, what, where).
-_Definition = tuple[str, int, Resource, Origin]
+_Definition = tuple[str, int, MeshObject, Origin]
 _RawDefinition = tuple[str, int, RawResource]
 
 K = TypeVar("K", bound=tuple[str, ...])
@@ -76,7 +73,7 @@ class FileContents(Protocol):
     """What the cross-checks need of one parsed config file."""
 
     @property
-    def resources(self) -> tuple[tuple[Resource, Origin], ...]: ...
+    def resources(self) -> tuple[tuple[MeshObject, Origin], ...]: ...
     @property
     def raw(self) -> tuple[RawResource, ...]: ...
     @property
@@ -265,7 +262,7 @@ class CrossCheck:
 
     # -- winners --------------------------------------------------------------------
 
-    def _winner(self, key: ResourceKey) -> Resource | None:
+    def _winner(self, key: ResourceKey) -> MeshObject | None:
         defs = self._defs.get(key)
         if not defs:
             self._defs.pop(key, None)

@@ -29,14 +29,14 @@ from xdsd.model import (
     CertificateRef,
     DestinationRule,
     Mesh,
+    MeshObject,
     Origin,
     RawResource,
     ResourceKey,
     Service,
-    VirtualService,
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
-from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
+from xdsd.model.networking import ServiceEntry
 from xdsd.sources.certificates import (
     istio_mutual_problems,
     mesh_certificate_refs,
@@ -82,10 +82,6 @@ _K8S_METADATA = (
     "selfLink", "finalizers", "ownerReferences", "deletionTimestamp", "generateName",
 )  # fmt: skip
 
-Resource = (
-    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
-    | WorkloadEntry
-)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +108,7 @@ class FileResult:
     """
 
     stamp: Stamp | None
-    resources: tuple[tuple[Resource, Origin], ...]
+    resources: tuple[tuple[MeshObject, Origin], ...]
     raw: tuple[RawResource, ...]
     problems: tuple[Problem, ...]
 
@@ -140,7 +136,7 @@ def parse_config_file(
     traceback). ``budget``, when given, is charged the file's size before it is read, and
     a file beyond it is not read (the directory is over ``max_config_bytes``)."""
     problems: list[Problem] = []
-    resources: list[tuple[Resource, Origin]] = []
+    resources: list[tuple[MeshObject, Origin]] = []
     raw: list[RawResource] = []
     stamp = None
     try:
@@ -556,7 +552,7 @@ def _plain_file(path: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resource | None:
+def _parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObject | None:
     """One document → a resource (None when it has an error or is not for xdsd); paths
     the document names (certificate files) are relative to the config directory ``root``."""
     value = doc.value
@@ -572,7 +568,7 @@ def _parse_document(doc: Document, problems: list[Problem], root: str) -> Resour
     kind = top.string("kind", required=True)
     api_version = top.string("apiVersion")
     istio_shaped = "spec" in value or "metadata" in value
-    result: Resource | None = None
+    result: MeshObject | None = None
     if kind and not top.report.failed:
         parser = _parser_for(top, api_version, kind)
         if parser is parse_destination_rule:
@@ -620,7 +616,7 @@ _PLAIN_METADATA = frozenset({*_METADATA_KEYS, *_K8S_METADATA})
 
 def _parse_plain_document(
     doc: Document, value: dict[str, Any], problems: list[Problem], root: str
-) -> Resource | None:
+) -> MeshObject | None:
     """``_parse_document``'s result for a plainly well-formed document of a Service, a
     VirtualService or a DestinationRule, read without ``Fields`` for its top level and
     metadata (and without them at all for a Service or a plain DestinationRule, see
@@ -680,7 +676,7 @@ def _parse_plain_document(
             return rule
     report = Report(doc, base)
     fields = Fields(report, (), spec)
-    result: Resource
+    result: MeshObject
     if kind == "VirtualService":
         result = parse_virtual_service(fields, name, namespace, origin)
     else:
