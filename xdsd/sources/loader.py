@@ -72,8 +72,6 @@ OTHER_PARSERS = {
     "Sidecar": parse_sidecar,
     "EnvoyFilter": parse_envoy_filter,
 }
-#: Of those, the kinds that are checked but not translated yet (a warning says so).
-NOT_APPLIED: frozenset[str] = frozenset()
 RAW_DIR = "envoy"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
@@ -705,8 +703,6 @@ def _parser_for(top: Fields, api_version: str, kind: str):  # type: ignore[no-un
         if kind == "VirtualService":
             return parse_virtual_service
         if kind in OTHER_PARSERS:
-            if kind in NOT_APPLIED:
-                top.warn("kind", f"{kind} is checked but not applied by xdsd yet")
             return OTHER_PARSERS[kind]
         if kind == "DestinationRule":
             return parse_destination_rule
