@@ -139,3 +139,15 @@ def _entry(
         problems.append(Problem(entry.path, 0, "", "is not a regular file"))
         return
     found.append(entry.path)
+
+
+def as_listed(root: str, path: str) -> str:
+    """``path`` as the listing of ``root`` spells it (the watcher reports real paths; the
+    root may be a symbolic link)."""
+    path = os.path.normpath(path)
+    real_root = os.path.realpath(root)
+    if real_root != os.path.normpath(root) and (
+        path == real_root or path.startswith(real_root + os.sep)
+    ):
+        return os.path.normpath(root) + path[len(real_root) :]
+    return path

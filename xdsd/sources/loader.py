@@ -16,29 +16,17 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
-    CertificateFile,
-    CertificateRef,
-    DestinationRule,
     Mesh,
-    Origin,
-    ResourceKey,
-    Service,
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
-from xdsd.model.networking import ServiceEntry
-from xdsd.sources.certificates import (
-    istio_mutual_problems,
-    mesh_certificate_refs,
-    read_certificates,
-)
+from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
-from xdsd.sources.crosscheck import Change, CrossCheck, FileContents
+from xdsd.sources.crosscheck import Change, CrossCheck
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
-from xdsd.sources.listing import file_stamp, list_config_files
+from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.sidecars import sidecar_problems
 
 log = logging.getLogger(__name__)
@@ -108,10 +96,12 @@ class DirectoryLoader:
         #: What each load may read (``sources.limits``).
         self.limits = limits
         self._reset()
-        #: The certificate and key files the last load's rules named (absolute paths).
+        #: The certificate and key files the last load's rules and mesh mutual TLS named
+        #: (absolute paths), with the directories watched for new ones
+        #: (``CertificateFiles.paths``).
         self.certificate_paths: frozenset[str] = frozenset()
         #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are looked for and
-        #: read as ``_mesh_files`` says, and ISTIO_MUTUAL is refused while it is off.
+        #: read as ``CertificateFiles`` says, and ISTIO_MUTUAL is refused while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
 
     def _reset(self) -> None:
@@ -124,29 +114,12 @@ class DirectoryLoader:
         self._listing: tuple[tuple[str, ...], tuple[Problem, ...], dict[str, int]] | None = None
         # The bytes of the files kept (what counts against ``max_config_bytes``).
         self._bytes = 0
-        self._mesh_seen: MeshTLS | None = None
-        self._mesh_refs: list[CertificateRef] = []
-        # What matching the templates met (directories that could not be listed): errors.
-        self._mesh_errors: list[Problem] = []
-        # The last reading of the mesh files: the matches, their bytes, the problems.
-        self._mesh_read: (
-            tuple[list[CertificateRef], tuple[CertificateFile, ...], list[Problem]] | None
-        ) = None
-        self._mesh_paths: frozenset[str] = frozenset()
-        self._mesh_dirs: frozenset[str] = frozenset()
-        # "DIR/." for each directory between the templates' fixed directory and the
-        # matched files' (watched, so that a new service's directory is noticed).
-        self._mesh_watch: frozenset[str] = frozenset()
-        self._certificate_filter: frozenset[str] = frozenset()
-        self._rule_memo: dict[
-            ResourceKey,
-            tuple[DestinationRule, tuple[CertificateRef, ...], tuple[tuple[str, Origin], ...]],
-        ] = {}
+        self._certificates = CertificateFiles(self.root)
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
         last load (None: unknown, check every file by stat). The certificate files the
-        rules name are read again every time (``sources.certificates``; a changed path
+        rules name are read again every time (``sources.certificate_files``; a changed path
         that is one of them needs nothing else re-read), and ``certificate_paths`` says
         which they were, even when the load fails.
 
@@ -165,9 +138,8 @@ class DirectoryLoader:
         started = time.perf_counter()
         touched = None if changed is None else {os.path.normpath(p) for p in changed}
         if changed is not None:  # certificate files are read on every load anyway
-            known = self._certificate_filter
-            changed = [p for p in changed if os.path.normpath(p) not in known]
-        named = None if changed is None else {self._as_listed(p) for p in changed}
+            changed = [p for p in changed if not self._certificates.holds(p)]
+        named = None if changed is None else {as_listed(self.root, p) for p in changed}
         changes: list[Change] = []
         if named is not None and self._listing is not None and self._same_files(named):
             files, listing_problems, order = self._listing
@@ -200,20 +172,12 @@ class DirectoryLoader:
         self._bytes = budget.limit - budget.left
         parsed = time.perf_counter()
         mesh = self._check.update(changes, order)
-        rule_refs, istio_mutual = self._rule_tls(mesh)
-        rule_files, certificate_problems = read_certificates(rule_refs)
-        mesh_files, mesh_problems = self._mesh_certificates(touched, changes)
-        certificate_problems.extend(mesh_problems)
-        certificate_problems.extend(self._mesh_errors)
-        by_path = {c.path: c for c in (*mesh_files, *rule_files)}
-        mesh = mesh.with_certificates(tuple(by_path.values()))
-        self.certificate_paths = (
-            frozenset(r.path for r in rule_refs) | self._mesh_paths | self._mesh_watch
-        )
-        self._certificate_filter = frozenset(map(os.path.normpath, self.certificate_paths))
+        certificates = self._certificates.read(mesh, self.mesh_tls, touched, changes)
+        mesh = certificates.mesh
+        self.certificate_paths = self._certificates.paths
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
-        if not self.mesh_tls.enabled:
-            problems.extend(istio_mutual_problems(istio_mutual))
+        problems.extend(certificates.istio_mutual)
+        certificate_problems = certificates.problems
         located = {(p.path, p.line, p.field) for p in problems}
         problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)
         errors = [p for p in problems if p.severity is Severity.ERROR]
@@ -246,97 +210,6 @@ class DirectoryLoader:
         already listed and still a regular file (no file added, removed or renamed)."""
         return all(p in self._files and _plain_file(p) for p in named)
 
-    def _rule_tls(self, mesh: Mesh) -> tuple[list[CertificateRef], list[tuple[str, Origin]]]:
-        """The certificate files the rules name, and where DestinationRules and Gateway
-        servers ask for ISTIO_MUTUAL; what a DestinationRule holds is remembered while it
-        is the same object (the cross-checks keep unchanged rules), so a large mesh costs
-        a lookup per rule."""
-        refs = mesh.gateway_certificate_refs()
-        istio = [
-            server.tls.mode_at for gateway in mesh.gateways for server in gateway.servers
-            if server.tls is not None and server.tls.mode_at is not None
-        ]  # fmt: skip
-        memo, fresh = self._rule_memo, {}
-        for rule in mesh.destination_rules:
-            found = memo.get(rule.key)
-            if found is None or found[0] is not rule:
-                settings = rule.client_tls()
-                found = (rule, tuple(r for tls in settings for r in tls.refs),
-                         tuple(t.mode_at for t in settings if t.mode_at is not None))  # fmt: skip
-            fresh[rule.key] = found
-            refs.extend(found[1])
-            istio.extend(found[2])
-        self._rule_memo = fresh
-        return refs, istio
-
-    def _mesh_certificates(
-        self, touched: set[str] | None, changes: list[Change]
-    ) -> tuple[tuple[CertificateFile, ...], list[Problem]]:
-        """The usable files of mesh mutual TLS with their bytes, and the problems reading
-        them (the last load's when the same files were matched and nothing in their
-        directories changed: a large mesh has two files per service).
-
-        A proxy's file that cannot be read or is not PEM of its kind is left out with a
-        warning: only the classes that need it fail (each keeps what it was last sent),
-        instead of one renewal gone wrong refusing every edit of the mesh. The CA is
-        everyone's: a problem with it is an error."""
-        refs, cache, fresh = self._mesh_files(touched, changes)
-        last = self._mesh_read
-        if last is not None and last[0] is refs and not fresh:
-            return last[1], last[2]
-        unusable: set[str] = set()
-        files, problems = read_certificates(refs, cache, unusable=unusable)
-        problems = [p if p.field == "mesh.mtls.ca" else p.as_warning() for p in problems]
-        self._mesh_read = (refs, files, problems)
-        self._mesh_paths = frozenset(ref.path for ref in refs)
-        self._mesh_dirs = frozenset(os.path.dirname(ref.path) for ref in refs)
-        self._mesh_watch = _template_directories(self.mesh_tls, self._mesh_dirs)
-        return files, problems
-
-    def _mesh_files(
-        self, touched: set[str] | None, changes: list[Change]
-    ) -> tuple[list[CertificateRef], dict[str, bytes], bool]:
-        """The files of mesh mutual TLS, the bytes that need not be read again, and
-        whether anything must be (the matches changed, or something in their
-        directories).
-
-        The templates are matched on disk again (``mesh_certificate_refs``) when mesh
-        mutual TLS changed, when a changed file holds other services than before (a new
-        service may come with its files; with per-workload templates, on any change, since
-        endpoints name the workloads), or when something changed under the templates'
-        fixed directory; otherwise the last matches are kept. A file is read again when the load is
-        forced (``touched`` is None: start, SIGHUP) or the watcher named it or its
-        directory; the others cannot have changed unseen (their directories are
-        watched), so their last bytes are used."""
-        mtls = self.mesh_tls
-        if touched is not None:  # both spellings: templates may use either
-            touched = {os.path.normpath(p) for p in touched} | {
-                self._as_listed(path) for path in touched
-            }
-        if (
-            touched is None
-            or self._mesh_errors  # a directory that could not be listed: try again
-            or mtls != self._mesh_seen
-            or any(mtls.per_workload or _services(old) != _services(new) for _, old, new in changes)
-            or any(_under(path, mtls) for path in touched)
-        ):
-            self._mesh_seen = mtls
-            self._mesh_errors = []
-            self._mesh_refs = mesh_certificate_refs(mtls, self._mesh_errors)
-            rescanned = True
-        else:
-            rescanned = False
-        if touched is None:
-            return self._mesh_refs, {}, True
-        # A change in a file's directory drops its bytes too: a Kubernetes-style volume
-        # swaps a ``..data`` link there and the file's own name is never reported.
-        dirs = touched | {os.path.dirname(path) for path in touched}
-        if not rescanned and not dirs & self._mesh_dirs:
-            return self._mesh_refs, {}, False
-        last = self._mesh_read[1] if self._mesh_read is not None else ()
-        cache = {c.path: c.data for c in last if os.path.dirname(c.path) not in dirs}
-        return self._mesh_refs, cache, True
-
     def _stale(self, files: tuple[str, ...], named: set[str] | None) -> set[str]:
         """The listed files that must be parsed again (besides new and failed ones)."""
         if named is not None:
@@ -355,17 +228,6 @@ class DirectoryLoader:
                 stale.add(path)
         return stale
 
-    def _as_listed(self, path: str) -> str:
-        """``path`` as the listing spells it (the watcher reports real paths; the root may
-        be a symbolic link)."""
-        path = os.path.normpath(path)
-        real_root = os.path.realpath(self.root)
-        if real_root != os.path.normpath(self.root) and (
-            path == real_root or path.startswith(real_root + os.sep)
-        ):
-            return os.path.normpath(self.root) + path[len(real_root) :]
-        return path
-
 
 def _size(entry: FileResult) -> int:
     """The bytes of the file ``entry`` was read from (0 when it could not be)."""
@@ -376,43 +238,3 @@ def _plain_file(path: str) -> bool:
     """True for an existing regular file (not a directory, not a symbolic link): one that
     is not listed is not a config file, and its change changes nothing."""
     return os.path.isfile(path) and not os.path.islink(path)
-
-
-def _under(path: str, mtls: MeshTLS) -> bool:
-    """True when ``path`` is in the fixed directory of a mesh certificate template."""
-    for template in (mtls.certificate, mtls.private_key, mtls.ca):
-        fixed = _fixed_directory(template)
-        if fixed and (path == fixed or path.startswith(fixed + os.sep)):
-            return True
-    return False
-
-
-def _fixed_directory(template: str) -> str:
-    """The directory of a path template before its first placeholder ("" for none)."""
-    return os.path.dirname(template.split("{", 1)[0])
-
-
-def _template_directories(mtls: MeshTLS, dirs: Iterable[str]) -> frozenset[str]:
-    """``DIR/.`` for the templates' fixed directories and every directory between them
-    and ``dirs`` (where matched files are): what the certificate watcher watches (it
-    watches the directory of each path it is given) so that a new ``{service}``
-    directory shows up as a change there."""
-    roots = {_fixed_directory(t) for t in (mtls.certificate, mtls.private_key)} - {""}
-    out: set[str] = {os.path.join(root, ".") for root in roots}
-    for directory in dirs:
-        parent = os.path.dirname(directory)
-        while any(parent.startswith(root + os.sep) for root in roots):
-            out.add(os.path.join(parent, "."))
-            parent = os.path.dirname(parent)
-    return frozenset(out)
-
-
-def _services(contents: FileContents | None) -> frozenset[tuple[Any, ...]]:
-    """The services a file defines (Services, and ServiceEntries with their hosts)."""
-    if contents is None:
-        return frozenset()
-    return frozenset(
-        (r.key, r.hosts if isinstance(r, ServiceEntry) else ())
-        for r, _ in contents.resources
-        if isinstance(r, Service | ServiceEntry)
-    )
