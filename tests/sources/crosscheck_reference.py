@@ -22,7 +22,7 @@ from xdsd.model import (
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
-from xdsd.sources.crosscheck import gateway_problems
+from xdsd.sources.crosscheck.gateways import gateway_problems
 from xdsd.sources.listing import list_config_files
 from xdsd.sources.service_entry import entry_services
 

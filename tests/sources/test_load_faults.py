@@ -25,7 +25,7 @@ from tests.paths import EXAMPLE_CONFIG
 from xdsd.app import MAX_KEPT_PROBLEMS, MAX_LOGGED_PROBLEMS, STUCK_AFTER, MeshState
 from xdsd.errors import ConfigError, InternalError, Problem
 from xdsd.sources import DirectoryLoader, config_file, load_directory
-from xdsd.sources.crosscheck import CrossCheck
+from xdsd.sources.crosscheck.directory import CrossCheck
 from xdsd.sources.watch import ConfigWatcher
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from xdsd.sources.certificates import (
     mesh_certificate_refs,
     read_certificates,
 )
-from xdsd.sources.crosscheck import Change, FileContents
+from xdsd.sources.crosscheck.directory import Change, FileContents
 from xdsd.sources.listing import as_listed
 
 

@@ -24,7 +24,7 @@ from xdsd.model import (
 from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
 from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
-from xdsd.sources.crosscheck import Change, CrossCheck
+from xdsd.sources.crosscheck.directory import Change, CrossCheck
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.sidecars import sidecar_problems
