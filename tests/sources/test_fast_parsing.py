@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from xdsd.located import Document
 from xdsd.sources import config_file, dispatch, documents, plain_readers
 from xdsd.sources.config_file import parse_config_file
-from xdsd.sources.documents import Document, ParseFailure, parse_file
+from xdsd.sources.documents import ParseFailure, parse_file
 from xdsd.sources.limits import DEFAULT_LIMITS
 
 VALID_TOML = {

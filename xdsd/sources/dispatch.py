@@ -18,11 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from xdsd.errors import Problem
+from xdsd.located import Document, FieldPath, Fields, Report
 from xdsd.model import DEFAULT_NAMESPACE, MeshObject, Origin
 from xdsd.sources.destination_rule import parse_destination_rule
-from xdsd.sources.documents import Document, FieldPath
 from xdsd.sources.envoy_filter import parse_envoy_filter
-from xdsd.sources.fields import Fields, Report
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
 from xdsd.sources.service import parse_service

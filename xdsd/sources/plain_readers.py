@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from xdsd.located import is_ip
 from xdsd.model import (
     DestinationRule,
     Endpoint,
@@ -25,7 +26,6 @@ from xdsd.model import (
     Service,
     Subset,
 )
-from xdsd.sources.service import is_ip
 
 _SERVICE_KEYS = frozenset({"resolution", "hosts", "ports", "endpoints"})
 _PORT_KEYS = frozenset({"number", "protocol", "targetPort", "name"})

@@ -3,17 +3,17 @@
 Every wrong value is recorded as a problem with its file, line and field path, and
 parsing goes on, so one pass reports everything a Service says wrong. The plain reader
 for well-formed Services (``plain_readers.parse_plain_service``) gives up to this parser
-at the first doubt. ``read_locality``, ``read_port_map`` and ``is_ip`` are shared with the
+at the first doubt. ``read_locality`` and ``read_port_map`` are shared with the
 ServiceEntry and Gateway parsers.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Collection
 from datetime import timedelta
 
+from xdsd.located import Fields, is_ip
 from xdsd.model import (
     Endpoint,
     HealthCheck,
@@ -24,7 +24,6 @@ from xdsd.model import (
     Resolution,
     Service,
 )
-from xdsd.sources.fields import Fields
 
 
 def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Service:
@@ -191,19 +190,3 @@ def read_port_map(
             elif number:
                 ports.append((key, number))
     return tuple(ports)
-
-
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
-def is_ip(address: str) -> bool:
-    """True for an IPv4 or IPv6 literal (dotted IPv4 by a regular expression, which is
-    what nearly every endpoint is, ten times faster than ``ipaddress``)."""
-    if _IPV4.fullmatch(address):
-        return True
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
