@@ -418,7 +418,7 @@ _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 def is_ip(address: str) -> bool:
     """True for an IPv4 or IPv6 literal (dotted IPv4 by a regular expression, which is
-    what nearly every endpoint is, ten times faster than ``ipaddress``)."""
+    what nearly every endpoint is, cheaper than ``ipaddress``)."""
     if _IPV4.fullmatch(address):
         return True
     try:

@@ -3,13 +3,14 @@
 How this works: each format is parsed by its own standard parser (PyYAML's composer,
 ``tomllib``, ``json``) so that syntax errors are reported exactly as the format defines
 them. TOML is first parsed by ``toml_rs`` (compiled, held to TOML 1.0 like ``tomllib``,
-twenty times faster); when it refuses a file, ``tomllib`` parses it again, so an error's
-message and line are always ``tomllib``'s. Line numbers are kept in a side table,
-``Document.lines``, keyed by the field's path (a tuple of keys and list indices from the
-document root). YAML nodes carry their marks; JSON is re-scanned by a small locating
-scanner; TOML, whose parsers keep no positions, is indexed from its table headers and
-``key =`` lines (inline tables and arrays map to the line of their key). Asking for the
-line of a path falls back to the nearest ancestor known.
+much faster: ``docs/performance.md``); when it refuses a file, ``tomllib`` parses it
+again, so an error's message and line are always ``tomllib``'s. Line numbers are kept in
+a side table, ``Document.lines`` (``xdsd.located``), keyed by the field's path (a tuple
+of keys and list indices from the document root). YAML nodes carry their marks; JSON is
+re-scanned by a small locating scanner; TOML, whose parsers keep no positions, is
+indexed from its table headers and ``key =`` lines (``located.index_toml``) (inline
+tables and arrays map to the line of their key). Asking for the line of a path falls
+back to the nearest ancestor known.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _nesting_check(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
 # --- YAML -------------------------------------------------------------------------------
 
 
-# libyaml's parser when PyYAML was built with it (10x faster, same nodes and marks).
+# libyaml's parser when PyYAML was built with it (faster, same nodes and marks).
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

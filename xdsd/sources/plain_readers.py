@@ -1,13 +1,13 @@
 """Plain readers: the common, well-formed Service and DestinationRule specs read straight
 from their mappings.
 
-A large mesh has Services and simple DestinationRules by the thousand. These readers take
-them without ``Fields`` (five to ten times faster) and give up (None) at the first thing
-that is not plainly valid, so that the careful parsers (``service.parse_service``,
-``destination_rule.parse_destination_rule``) read the spec again and report every
-problem, word for word. ``tests/sources/test_fast_parsing.py`` checks that whenever a
-reader returns an object, the careful parser returns an equal one and reports nothing.
-"""
+A large mesh has Services and simple DestinationRules by the thousand. These readers
+take them without ``Fields`` (``docs/performance.md``, "Plain readers") and give up
+(None) at the first thing that is not plainly valid, so that the careful parsers
+(``service.parse_service``, ``destination_rule.parse_destination_rule``) read the spec
+again and report every problem, word for word. ``tests/sources/test_fast_parsing.py``
+checks that whenever a reader returns an object, the careful parser returns an equal one
+and reports nothing."""
 
 from __future__ import annotations
 
