@@ -17,14 +17,16 @@ PACKAGE = REPO / "xdsd"
 # module prefix → xdsd modules it may import (DESIGN.md, "Package layout").
 ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.errors": (),
+    "xdsd.located": ("xdsd.errors",),
     "xdsd.model": ("xdsd.model", "xdsd.errors"),
     "xdsd.resources": ("xdsd.resources",),
-    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources"),
+    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources",
+                     "xdsd.located"),
     "xdsd.translate": ("xdsd.translate", "xdsd.model", "xdsd.resources", "xdsd.errors",
-                       "xdsd.cache.snapshot"),
+                       "xdsd.cache.snapshot", "xdsd.located"),
     "xdsd.cache": ("xdsd.cache", "xdsd.resources", "xdsd.errors"),
     "xdsd.protocol": ("xdsd.protocol", "xdsd.resources", "xdsd.cache", "xdsd.errors"),
-    "xdsd.settings": ("xdsd.errors", "xdsd.model"),
+    "xdsd.settings": ("xdsd.errors", "xdsd.model", "xdsd.located"),
     "xdsd.notify": (),
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
@@ -34,7 +36,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                         "xdsd.errors", "xdsd.settings"),
 }  # fmt: skip
 # The pure core does no I/O and is not async.
-PURE = ("xdsd.model", "xdsd.translate", "xdsd.protocol", "xdsd.cache.snapshot", "xdsd.resources")
+PURE = (
+    "xdsd.model",
+    "xdsd.translate",
+    "xdsd.protocol",
+    "xdsd.cache.snapshot",
+    "xdsd.resources",
+    "xdsd.located",
+)
 IO_MODULES = ("asyncio", "socket", "aiohttp", "grpclib", "watchfiles", "subprocess", "threading")
 
 

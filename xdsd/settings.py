@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import stat
 import string
 import tomllib
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from xdsd.errors import ConfigError, Problem
+from xdsd.located import index_toml, toml_error
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
@@ -186,9 +186,8 @@ class Settings:
         except UnicodeDecodeError:
             raise ConfigError([Problem(path, 0, "", "settings are not UTF-8 text")]) from None
         except tomllib.TOMLDecodeError as e:
-            at = _SYNTAX_AT.search(str(e))
-            line = int(at.group(1)) if at else 0
-            message = _SYNTAX_AT.sub("", str(e)) if at else str(e)
+            at, message = toml_error(e)
+            line = at if at is not None else 0
             raise ConfigError([Problem(path, line, "", f"TOML syntax error: {message}")]) from None
         except RecursionError:
             raise ConfigError([Problem(path, 0, "", "settings nested too deeply")]) from None
@@ -397,39 +396,12 @@ def _authorized_nodes(
     return tuple(grants) if len(problems) == before else None
 
 
-_SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column \d+\)")
-_TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
-
-
 def key_lines(text: str) -> dict[str, int]:
     """The 1-based line of each table header and ``key =`` line of TOML ``text``, by
-    dotted key (``mesh.access_log.path``). Keys inside inline tables are not listed:
-    their problems name the line of the key holding the table."""
-    out: dict[str, int] = {}
-    table = ""
-    in_multiline = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.count('"""') % 2 or line.count("'''") % 2:
-            in_multiline = not in_multiline
-            if not in_multiline:
-                continue
-        elif in_multiline:
-            continue
-        header = _TABLE.match(line)
-        if header is not None:
-            table = _dotted(header.group(1))
-            out.setdefault(table, number)
-            continue
-        key = _KEY.match(line)
-        if key is not None:
-            name = _dotted(key.group(1))
-            out.setdefault(f"{table}.{name}" if table else name, number)
-    return out
-
-
-def _dotted(key: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+    dotted key (``mesh.access_log.path``), as ``located.index_toml`` finds them. Keys
+    inside inline tables are not listed: their problems name the line of the key holding
+    the table."""
+    return {".".join(map(str, path)): line for path, line in index_toml(text).items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from xdsd.errors import Problem, Severity
 from xdsd.model import (
     DestinationRule,
     Mesh,
+    MeshObject,
     Origin,
     RawResource,
     ResourceKey,
@@ -20,9 +21,9 @@ from xdsd.model import (
 )
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
-from xdsd.sources.crosscheck import gateway_problems
+from xdsd.sources.config_file import parse_config_file
+from xdsd.sources.crosscheck.gateways import gateway_problems
 from xdsd.sources.listing import list_config_files
-from xdsd.sources.loader import Resource, parse_config_file
 from xdsd.sources.service_entry import entry_services
 
 
@@ -30,7 +31,7 @@ def reference_load(root: str) -> tuple[Mesh, list[Problem], tuple[str, ...]]:
     """The mesh, every problem (in order) and the files of a cold one-pass load."""
     problems: list[Problem] = []
     files = list_config_files(root, problems)
-    resources: list[tuple[Resource, Origin]] = []
+    resources: list[tuple[MeshObject, Origin]] = []
     raw: list[RawResource] = []
     for path in files:
         result = parse_config_file(root, path)
@@ -42,12 +43,12 @@ def reference_load(root: str) -> tuple[Mesh, list[Problem], tuple[str, ...]]:
 
 
 def cross_check(
-    resources: list[tuple[Resource, Origin]], raw: list[RawResource], problems: list[Problem]
+    resources: list[tuple[MeshObject, Origin]], raw: list[RawResource], problems: list[Problem]
 ) -> Mesh:
     """The mesh of ``resources`` (in file order: the first of two duplicates wins) and
     ``raw``, appending every problem found to ``problems`` (the mesh is meaningful only
     when none of them is an error)."""
-    by_key: dict[ResourceKey, Resource] = {}
+    by_key: dict[ResourceKey, MeshObject] = {}
     for resource, origin in resources:
         first = by_key.get(resource.key)
         if first is not None:
@@ -64,7 +65,7 @@ def cross_check(
     services: list[Service] = []
     rules: list[DestinationRule] = []
     virtual: list[VirtualService] = []
-    others: dict[str, list[Resource]] = {kind: [] for kind in OTHER_KINDS}
+    others: dict[str, list[MeshObject]] = {kind: [] for kind in OTHER_KINDS}
     for resource in by_key.values():
         if isinstance(resource, Service):
             services.append(resource)

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from xdsd.sources import documents, kinds, loader
-from xdsd.sources.documents import Document, ParseFailure, parse_file
+from xdsd.located import Document
+from xdsd.sources import config_file, dispatch, documents, plain_readers
+from xdsd.sources.config_file import parse_config_file
+from xdsd.sources.documents import ParseFailure, parse_file
 from xdsd.sources.limits import DEFAULT_LIMITS
-from xdsd.sources.loader import parse_config_file
 
 VALID_TOML = {
     "service": (
@@ -216,7 +217,7 @@ def _both_ways(
     way and the careful way, and whether the fast way gave the result itself."""
     doc = Document("x.yaml", 7, value, {("ports",): 9})
     taken: list[Any] = []
-    fast_path = loader._parse_plain_document
+    fast_path = dispatch.parse_plain_document
 
     def spy(*args: Any) -> Any:
         taken.append(fast_path(*args))
@@ -225,9 +226,9 @@ def _both_ways(
     outcomes = []
     for reader in (spy, lambda *args: None):
         with monkeypatch.context() as m:
-            m.setattr(loader, "_parse_plain_document", reader)
+            m.setattr(dispatch, "parse_plain_document", reader)
             problems: list[Any] = []
-            resource = loader._parse_document(doc, problems, "/config")
+            resource = dispatch.parse_document(doc, problems, "/config")
         seen = None if resource is None else (resource, repr(resource), resource.origin)
         outcomes.append((seen, problems))
     return outcomes[0], outcomes[1], taken[0] is not None
@@ -296,13 +297,13 @@ def test_a_plain_destination_rule_is_read_without_fields(monkeypatch: pytest.Mon
     (and a failover without outlier detection still warns)."""
     rule = PLAIN_RULES["destination rule"]
     seen: list[Any] = []
-    plain = kinds.parse_plain_destination_rule
+    plain = plain_readers.parse_plain_destination_rule
 
     def spy(*args: Any) -> Any:
         seen.append(plain(*args))
         return seen[-1]
 
-    monkeypatch.setattr(loader, "parse_plain_destination_rule", spy)
+    monkeypatch.setattr(dispatch, "parse_plain_destination_rule", spy)
     failover = {"loadBalancer": {"localityLbSetting": {"failover": [{"from": "a", "to": "b"}]}}}
     for spec, plainly in [
         (rule["spec"], True),
@@ -342,14 +343,14 @@ def test_a_bad_service_still_gets_file_line_and_field(tmp_path: Path) -> None:
     ],
 )
 def test_first_part_below_the_root_is_relpaths(root: str, path: str) -> None:
-    assert loader._first_part(root, path) == os.path.relpath(path, root).split(os.sep)[0]
+    assert config_file.first_part(root, path) == os.path.relpath(path, root).split(os.sep)[0]
 
 
 def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
     for size in (0, 1, 4095, 4096, 70000):
         path = tmp_path / f"f{size}"
         path.write_bytes(bytes(i % 251 for i in range(size)))
-        stamp, data = loader._read(str(path), DEFAULT_LIMITS, None)
+        stamp, data = config_file.read_config_bytes(str(path), DEFAULT_LIMITS, None)
         st = os.stat(path)
         assert data == path.read_bytes()
         assert stamp == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -357,7 +358,7 @@ def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
         with pytest.raises(OSError) as caught:
             open(missing, "rb").read()  # noqa: SIM115
         with pytest.raises(type(caught.value)) as ours:
-            loader._read(str(missing), DEFAULT_LIMITS, None)
+            config_file.read_config_bytes(str(missing), DEFAULT_LIMITS, None)
         assert (ours.value.errno, ours.value.strerror) == (
             caught.value.errno,
             caught.value.strerror,

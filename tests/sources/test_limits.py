@@ -15,9 +15,9 @@ import pytest
 from xdsd.errors import ConfigError
 from xdsd.settings import Settings
 from xdsd.sources import DirectoryLoader, load_directory
+from xdsd.sources.config_file import parse_config_file
 from xdsd.sources.documents import ParseFailure, parse_file
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
-from xdsd.sources.loader import parse_config_file
 
 SMALL = ParseLimits(
     max_file_bytes=4096, max_config_bytes=10_000, max_documents_per_file=3,

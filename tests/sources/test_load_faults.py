@@ -24,9 +24,8 @@ import pytest
 from tests.paths import EXAMPLE_CONFIG
 from xdsd.app import MAX_KEPT_PROBLEMS, MAX_LOGGED_PROBLEMS, STUCK_AFTER, MeshState
 from xdsd.errors import ConfigError, InternalError, Problem
-from xdsd.sources import DirectoryLoader, load_directory
-from xdsd.sources import loader as loader_module
-from xdsd.sources.crosscheck import CrossCheck
+from xdsd.sources import DirectoryLoader, config_file, load_directory
+from xdsd.sources.crosscheck.directory import CrossCheck
 from xdsd.sources.watch import ConfigWatcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,7 +180,7 @@ def test_an_exception_parsing_one_file_is_that_file_s_error(
     loader = DirectoryLoader(str(config))
     loader.load()
     details = config / "services" / "details.toml"
-    parse = loader_module._parse_document
+    parse = config_file.parse_document
 
     def crash(doc: object, *args: object) -> object:
         if getattr(doc, "path", "") == str(details):
@@ -189,7 +188,7 @@ def test_an_exception_parsing_one_file_is_that_file_s_error(
         return parse(doc, *args)  # type: ignore[arg-type]
 
     with monkeypatch.context() as patch:
-        patch.setattr(loader_module, "_parse_document", crash)
+        patch.setattr(config_file, "parse_document", crash)
         with pytest.raises(ConfigError) as caught:
             loader.load({str(details)})
     (problem,) = caught.value.problems

@@ -11,6 +11,7 @@ import pytest
 
 from tests.paths import CONFORMANCE
 from xdsd.errors import Problem, Severity
+from xdsd.located import Fields, Report
 from xdsd.model.networking import (
     ApplyTo,
     EntryResolution,
@@ -21,7 +22,6 @@ from xdsd.model.networking import (
 from xdsd.model.service import Origin, Protocol
 from xdsd.sources.documents import parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
-from xdsd.sources.fields import Fields, Report
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 

@@ -10,12 +10,12 @@ import pytest
 
 from tests.translate.meshes import FQDN, bookinfo
 from xdsd.errors import TranslationError
+from xdsd.located import Fields, Report
 from xdsd.model import Mesh, Origin
 from xdsd.model.networking import EnvoyFilter
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xdsd.sources.documents import parse_file
 from xdsd.sources.envoy_filter import parse_envoy_filter
-from xdsd.sources.fields import Fields, Report
 from xdsd.translate import ClientKind, MeshTranslation, NodeClass, Role
 
 REVIEWS = FQDN.format("reviews")

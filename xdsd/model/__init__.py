@@ -5,7 +5,7 @@
 one config directory, cross-checked. Field names follow Istio's API in snake_case.
 """
 
-from xdsd.model.mesh import Mesh, RawResource
+from xdsd.model.mesh import Mesh, MeshObject, RawResource
 from xdsd.model.rules import (
     ClientTLS,
     ConnectionPool,
@@ -100,6 +100,7 @@ __all__ = [
     "Location",
     "MatchKind",
     "Mesh",
+    "MeshObject",
     "Mirror",
     "Origin",
     "OutlierDetection",

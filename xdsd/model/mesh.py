@@ -32,6 +32,14 @@ class RawResource:
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
 
 
+#: What a config document defines: one model object of a kind xdsd reads (not an Envoy
+#: resource, which is ``xdsd.resources.Resource``; raw Envoy resources are ``RawResource``).
+MeshObject = (
+    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
+    | WorkloadEntry
+)  # fmt: skip
+
+
 #: The kinds a mesh holds as sorted tuples without indexes, by kind: the field's name.
 OTHER_KINDS = {
     "Gateway": "gateways",

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from xdsd.errors import Severity
+from xdsd.located import Fields, format_path
 from xdsd.model import (
     CertificateRef,
     ClientTLS,
@@ -39,8 +40,6 @@ from xdsd.model import (
     TrafficPolicy,
 )
 from xdsd.model.rules import SimpleLB
-from xdsd.sources.documents import format_path
-from xdsd.sources.fields import Fields
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
 DR_UNSUPPORTED = ("exportTo", "workloadSelector")

@@ -3,13 +3,14 @@
 How this works: each format is parsed by its own standard parser (PyYAML's composer,
 ``tomllib``, ``json``) so that syntax errors are reported exactly as the format defines
 them. TOML is first parsed by ``toml_rs`` (compiled, held to TOML 1.0 like ``tomllib``,
-twenty times faster); when it refuses a file, ``tomllib`` parses it again, so an error's
-message and line are always ``tomllib``'s. Line numbers are kept in a side table,
-``Document.lines``, keyed by the field's path (a tuple of keys and list indices from the
-document root). YAML nodes carry their marks; JSON is re-scanned by a small locating
-scanner; TOML, whose parsers keep no positions, is indexed from its table headers and
-``key =`` lines (inline tables and arrays map to the line of their key). Asking for the
-line of a path falls back to the nearest ancestor known.
+much faster: ``docs/performance.md``); when it refuses a file, ``tomllib`` parses it
+again, so an error's message and line are always ``tomllib``'s. Line numbers are kept in
+a side table, ``Document.lines`` (``xdsd.located``), keyed by the field's path (a tuple
+of keys and list indices from the document root). YAML nodes carry their marks; JSON is
+re-scanned by a small locating scanner; TOML, whose parsers keep no positions, is
+indexed from its table headers and ``key =`` lines (``located.index_toml``) (inline
+tables and arrays map to the line of their key). Asking for the line of a path falls
+back to the nearest ancestor known.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import bisect
 import json
 import re
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import toml_rs
 import yaml
 
 from xdsd.errors import Problem
+from xdsd.located import Document, FieldPath, format_path, index_toml, toml_error
 from xdsd.sources.limits import (
     DEFAULT_LIMITS,
     ParseLimits,
@@ -37,38 +37,7 @@ from xdsd.sources.limits import (
 
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
-FieldPath = tuple[str | int, ...]
 SUFFIXES = (".yaml", ".yml", ".json", ".toml")
-
-
-@dataclass(slots=True)
-class Document:
-    """One resource document of a file: its value, the line it starts on, field lines.
-
-    ``index`` is the line table or a function that makes it: TOML and JSON tables are
-    made only when a line is asked for (a problem is reported), which saves a second
-    pass over every valid file.
-    """
-
-    path: str
-    line: int
-    value: Any
-    index: dict[FieldPath, int] | Callable[[], dict[FieldPath, int]] = field(default_factory=dict)
-
-    @property
-    def lines(self) -> dict[FieldPath, int]:
-        """The line of each field path known."""
-        if callable(self.index):
-            self.index = self.index()
-        return self.index
-
-    def line_of(self, path: FieldPath) -> int:
-        """The line of ``path`` or of its nearest ancestor known; the document's line last."""
-        for cut in range(len(path), 0, -1):
-            found = self.lines.get(path[:cut])
-            if found:
-                return found
-        return self.line
 
 
 class ParseFailure(Exception):
@@ -141,7 +110,7 @@ def _nesting_check(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
 # --- YAML -------------------------------------------------------------------------------
 
 
-# libyaml's parser when PyYAML was built with it (10x faster, same nodes and marks).
+# libyaml's parser when PyYAML was built with it (faster, same nodes and marks).
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -366,12 +335,6 @@ def _index_yaml(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -
 
 # --- TOML -------------------------------------------------------------------------------
 
-_TOML_ERR_LINE = re.compile(r"\(at line (\d+), column \d+\)")
-_TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_TOML_KEY = re.compile(
-    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
-)
-
 
 def _parse_toml(path: str, text: str) -> list[Document]:
     value = _fast_toml(text)
@@ -379,7 +342,7 @@ def _parse_toml(path: str, text: str) -> list[Document]:
         value = _strict_toml(path, text)
     if not value:
         return []
-    return [Document(path, 1, value, lambda: _index_toml(text))]
+    return [Document(path, 1, value, lambda: index_toml(text))]
 
 
 def _fast_toml(text: str) -> dict[str, Any] | None:
@@ -398,45 +361,10 @@ def _strict_toml(path: str, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        m = _TOML_ERR_LINE.search(str(e))
-        line = int(m.group(1)) if m else max(1, len(text.splitlines()))
-        msg = _TOML_ERR_LINE.sub("", str(e)).replace("(at end of document)", "").strip()
+        at, msg = toml_error(e)
+        line = at if at is not None else max(1, len(text.splitlines()))
+        msg = msg.replace("(at end of document)", "").strip()
         raise ParseFailure(Problem(path, line, "", f"TOML syntax error: {msg}")) from None
-
-
-def _toml_key_parts(raw: str) -> list[str]:
-    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", raw)
-    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
-
-
-def _index_toml(text: str) -> dict[FieldPath, int]:
-    lines: dict[FieldPath, int] = {}
-    counters: dict[tuple[str, ...], int] = {}
-    prefix: FieldPath = ()
-    in_multiline = False
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if raw.count('"""') % 2 == 1 or raw.count("'''") % 2 == 1:
-            in_multiline = not in_multiline
-            if not in_multiline:
-                continue
-        if in_multiline:
-            continue
-        header = _TOML_HEADER.match(raw)
-        if header:
-            keys = tuple(_toml_key_parts(header.group(2)))
-            if header.group(1) == "[[":
-                index = counters.get(keys, -1) + 1
-                counters[keys] = index
-                # nested arrays of tables under an array element are rare; keep it simple
-                prefix = (*keys, index)
-            else:
-                prefix = keys
-            lines.setdefault(prefix, n)
-            continue
-        key = _TOML_KEY.match(raw)
-        if key:
-            lines.setdefault((*prefix, *_toml_key_parts(key.group(1))), n)
-    return lines
 
 
 # --- JSON -------------------------------------------------------------------------------
@@ -519,14 +447,3 @@ class _JsonLocator:
             return int(end)
         m = self._SCALAR.match(self.text, pos)
         return m.end() if m else pos + 1
-
-
-def format_path(path: FieldPath) -> str:
-    """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from xdsd.located import Fields
 from xdsd.model import Origin
 from xdsd.model.networking import (
     ApplyTo,
@@ -20,7 +21,6 @@ from xdsd.model.networking import (
     PatchOperation,
 )
 from xdsd.resources.patch_values import parse_patch_value
-from xdsd.sources.fields import Fields
 
 FILTER_UNSUPPORTED = ("targetRefs", "targetRef")
 LISTENER_MATCH_UNSUPPORTED = ("portName",)

@@ -13,9 +13,9 @@ import re
 from google.protobuf import json_format
 
 from xdsd.errors import Problem
+from xdsd.located import Document, FieldPath, format_path
 from xdsd.model import Origin, RawResource
 from xdsd.resources import MESSAGE_CLASSES, TYPE_PREFIX, TypeUrl, encode, ensure_json_types_known
-from xdsd.sources.documents import Document, FieldPath, format_path
 
 _FIELD_IN_ERROR = re.compile(r'(?:no field named|field) "([^"]+)"')
 

@@ -7,6 +7,7 @@ are resolved and every file is checked to exist (as for DestinationRule tls).
 from __future__ import annotations
 
 from xdsd.errors import Severity
+from xdsd.located import Fields, is_ip
 from xdsd.model import Origin
 from xdsd.model.networking import (
     EgressListener,
@@ -19,8 +20,6 @@ from xdsd.model.networking import (
     Sidecar,
 )
 from xdsd.sources.destination_rule import certificate_file, certificate_refs, istio_mutual_at
-from xdsd.sources.fields import Fields
-from xdsd.sources.kinds import is_ip
 from xdsd.sources.service_entry import parse_entry_port
 
 SERVER_TLS_UNSUPPORTED = ("credentialName", "credentialNames", "verifyCertificateSpki",

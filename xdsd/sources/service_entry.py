@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from xdsd.errors import Problem, Severity
+from xdsd.located import Fields, is_ip
 from xdsd.model import Endpoint, Origin, Port, Protocol, Resolution, Service
 from xdsd.model.networking import (
     EntryPort,
@@ -21,8 +22,7 @@ from xdsd.model.networking import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from xdsd.sources.fields import Fields
-from xdsd.sources.kinds import is_ip, read_locality, read_port_map
+from xdsd.sources.service import read_locality, read_port_map
 
 #: Istio port protocols → how xdsd treats them (anything opaque is TCP).
 PROTOCOLS: dict[str, Protocol] = {

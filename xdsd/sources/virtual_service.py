@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from xdsd.errors import Severity
+from xdsd.located import Fields
 from xdsd.model import (
     CorsPolicy,
     Destination,
@@ -39,7 +40,6 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.rules import GRPC_STATUS_NAMES, MatchKind
-from xdsd.sources.fields import Fields
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
 VS_UNSUPPORTED = ("exportTo",)

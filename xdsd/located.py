@@ -1,23 +1,134 @@
-"""Typed, located access to a document's fields, collecting problems instead of raising.
+"""Located input: values read from a file with the line of each key, and typed access to
+them that collects problems naming file, line and key instead of raising.
 
-A ``Fields`` wraps one mapping of a document. Each accessor (``str``, ``int``, ``obj``,
-``items`` ...) checks the type of one field and records a ``Problem`` naming file, line and
-field path when it is wrong, returning a safe default so that one pass reports every
-problem of a document. ``finish()`` reports every field that was not read: as unsupported
-when xdsd knows the name (it belongs to Istio's API but is not implemented), else as unknown.
+Config documents (``xdsd.sources``) and the settings file (``xdsd.settings``) are read
+the same way: a ``Document`` holds a parsed value and a table of the line of each field
+path (``index_toml`` makes it for TOML, the one TOML line scanner; ``toml_error`` reads
+the line out of a TOML syntax error); a ``Fields`` wraps one mapping of it. Each
+accessor (``string``, ``integer``, ``obj``, ``items``, ``value`` ...) checks the type of
+one field and records a ``Problem`` naming file, line and field path when it is wrong,
+returning a safe default so that one pass reports every problem of a document.
+``finish()`` reports every field that was not read: as unsupported when xdsd knows the
+name (it belongs to Istio's API but is not implemented), else as unknown. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
 from xdsd.errors import Problem, Severity
-from xdsd.sources.documents import Document, FieldPath, format_path
+
+#: Where a value is in a document: mapping keys and list indices from its root.
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class Document:
+    """One resource document of a file: its value, the line it starts on, field lines.
+
+    ``index`` is the line table or a function that makes it: TOML and JSON tables are
+    made only when a line is asked for (a problem is reported), which saves a second
+    pass over every valid file.
+    """
+
+    path: str
+    line: int
+    value: Any
+    index: dict[FieldPath, int] | Callable[[], dict[FieldPath, int]] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> dict[FieldPath, int]:
+        """The line of each field path known."""
+        if callable(self.index):
+            self.index = self.index()
+        return self.index
+
+    def line_of(self, path: FieldPath) -> int:
+        """The line of ``path`` or of its nearest ancestor known; the document's line last."""
+        for cut in range(len(path), 0, -1):
+            found = self.lines.get(path[:cut])
+            if found:
+                return found
+        return self.line
+
+
+def format_path(path: FieldPath) -> str:
+    """``("http", 0, "route", 1, "weight")`` → ``http[0].route[1].weight``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+# -- TOML lines ----------------------------------------------------------------------
+
+_TOML_ERR_LINE = re.compile(r"\s*\(at line (\d+), column \d+\)")
+_TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_TOML_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+
+
+def _toml_key_parts(raw: str) -> list[str]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", raw)
+    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+
+def index_toml(text: str) -> dict[FieldPath, int]:
+    """The 1-based line of each table header and ``key =`` line of TOML ``text``, by
+    field path (``[[array]]`` tables by their index). Keys inside inline tables and
+    multi-line strings are not listed: a path's line is then its nearest ancestor's."""
+    lines: dict[FieldPath, int] = {}
+    counters: dict[tuple[str, ...], int] = {}
+    prefix: FieldPath = ()
+    in_multiline = False
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if raw.count('"""') % 2 == 1 or raw.count("'''") % 2 == 1:
+            in_multiline = not in_multiline
+            if not in_multiline:
+                continue
+        if in_multiline:
+            continue
+        header = _TOML_HEADER.match(raw)
+        if header:
+            keys = tuple(_toml_key_parts(header.group(2)))
+            if header.group(1) == "[[":
+                index = counters.get(keys, -1) + 1
+                counters[keys] = index
+                # nested arrays of tables under an array element are rare; keep it simple
+                prefix = (*keys, index)
+            else:
+                prefix = keys
+            lines.setdefault(prefix, n)
+            continue
+        key = _TOML_KEY.match(raw)
+        if key:
+            lines.setdefault((*prefix, *_toml_key_parts(key.group(1))), n)
+    return lines
+
+
+def toml_error(error: Exception) -> tuple[int | None, str]:
+    """The line a ``tomllib.TOMLDecodeError`` names (None when it names none) and its
+    message without the location."""
+    text = str(error)
+    found = _TOML_ERR_LINE.search(text)
+    if found is None:
+        return None, text.strip()
+    return int(found.group(1)), _TOML_ERR_LINE.sub("", text).strip()
+
+
+# -- typed access ----------------------------------------------------------------------
 
 E = TypeVar("E", bound=Enum)
 T = TypeVar("T")
@@ -289,8 +400,6 @@ class Fields:
 
 
 def _closest(word: str, choices: list[str]) -> str:
-    import difflib
-
     found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
     return found[0] if found else ""
 
@@ -299,3 +408,21 @@ def _closest(word: str, choices: list[str]) -> str:
 def _members(kind: type[E]) -> dict[str, E]:
     """An enum's members by upper-cased value (enums are fixed: computed once)."""
     return {str(m.value).upper(): m for m in kind}
+
+
+# -- values ------------------------------------------------------------------------------
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def is_ip(address: str) -> bool:
+    """True for an IPv4 or IPv6 literal (dotted IPv4 by a regular expression, which is
+    what nearly every endpoint is, cheaper than ``ipaddress``)."""
+    if _IPV4.fullmatch(address):
+        return True
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True

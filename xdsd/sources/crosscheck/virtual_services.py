@@ -1,0 +1,148 @@
+"""VirtualServices: each checked against the mesh, what it looked up, who routes what."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from xdsd.errors import Problem
+from xdsd.model import DestinationRule, ResourceKey, Service, VirtualService
+from xdsd.sources.crosscheck.hosts import resolve
+from xdsd.sources.crosscheck.index import NONE, file_under, problem_at, unindex
+from xdsd.sources.crosscheck.routes import applies_to_mesh, check_virtual_service
+
+
+class VirtualServiceChecks:
+    """The checked VirtualServices and their problems; what each looked up (host names,
+    the DestinationRules of services), the services its hosts resolve to (rules that
+    apply to sidecars only), who routes each service, and the problems of two rules
+    routing one service."""
+
+    def __init__(self) -> None:
+        #: The checked VirtualServices (destination ports filled in), by key.
+        self.checked: dict[ResourceKey, VirtualService] = {}
+        self._problems: dict[ResourceKey, list[Problem]] = {}
+        self._lookups: dict[ResourceKey, tuple[tuple[str, ...], tuple[ResourceKey, ...]]] = {}
+        self._by_host: dict[str, set[ResourceKey]] = {}
+        self._by_rule: dict[ResourceKey, set[ResourceKey]] = {}
+        self._targets: dict[ResourceKey, tuple[ResourceKey | None, ...]] = {}
+        self._routed: dict[ResourceKey, set[ResourceKey]] = {}
+        self._overlap_problems: dict[ResourceKey, list[Problem]] = {}
+
+    def update(
+        self,
+        changed: set[ResourceKey],
+        hosts: set[str],
+        applied: set[ResourceKey],
+        virtual: Mapping[ResourceKey, VirtualService],
+        owners: Mapping[str, Service],
+        rules: Mapping[ResourceKey, DestinationRule],
+    ) -> set[ResourceKey]:
+        """Check again the ``changed`` VirtualServices and those that looked up a
+        re-owned host (``hosts``) or the DestinationRule of a service whose rule changed
+        (``applied``); then the overlaps of every VirtualService routing a service whose
+        routers changed. ``virtual`` are the VirtualServices by key, ``owners`` the
+        services by host name, ``rules`` the applied DestinationRules by service key.
+        Returns the VirtualServices checked again (or removed)."""
+        recheck = set(changed)
+        for host in hosts:
+            recheck |= self._by_host.get(host, NONE)
+        for svc_key in applied:
+            recheck |= self._by_rule.get(svc_key, NONE)
+        affected: set[ResourceKey] = set()
+        for key in recheck:
+            self._forget_lookups(key, affected)
+            vs = virtual.get(key)
+            if vs is None:
+                self.checked.pop(key, None)
+                self._problems.pop(key, None)
+                self._overlap_problems.pop(key, None)
+                continue
+            lookup = RecordingLookup(owners, rules)
+            problems: list[Problem] = []
+            self.checked[key] = check_virtual_service(lookup, vs, problems)
+            file_under(self._problems, key, problems)
+            if applies_to_mesh(vs):
+                targets = tuple(
+                    svc.key if svc is not None else None
+                    for svc in (lookup.service(host, vs.namespace) for host in vs.hosts)
+                )
+                self._targets[key] = targets
+                for target in targets:
+                    if target is not None:
+                        self._routed.setdefault(target, set()).add(key)
+                        affected.add(target)
+            self._lookups[key] = (tuple(lookup.hosts), tuple(lookup.rules))
+            for host in lookup.hosts:
+                self._by_host.setdefault(host, set()).add(key)
+            for svc_key in lookup.rules:
+                self._by_rule.setdefault(svc_key, set()).add(key)
+        overlaps = {k for k in recheck if k in self.checked}
+        for svc_key in affected:
+            routers = self._routed.get(svc_key)
+            if routers:
+                overlaps |= routers
+            else:
+                self._routed.pop(svc_key, None)
+        for key in overlaps:
+            file_under(self._overlap_problems, key, self._overlap(key, virtual))
+        return recheck
+
+    def _forget_lookups(self, key: ResourceKey, affected: set[ResourceKey]) -> None:
+        """Take ``key`` out of the reverse indexes; the services it routed go to
+        ``affected``."""
+        looked_up, rules_read = self._lookups.pop(key, ((), ()))
+        for host in looked_up:
+            unindex(self._by_host, host, key)
+        for svc_key in rules_read:
+            unindex(self._by_rule, svc_key, key)
+        for target in self._targets.pop(key, ()):
+            if target is not None:
+                self._routed[target].discard(key)
+                affected.add(target)
+
+    def _overlap(
+        self, key: ResourceKey, virtual: Mapping[ResourceKey, VirtualService]
+    ) -> list[Problem]:
+        vs = virtual[key]
+        problems: list[Problem] = []
+        for i, target in enumerate(self._targets.get(key, ())):
+            if target is None:
+                continue
+            first = min(self._routed[target])
+            if first != key:
+                other = virtual[first]
+                problems.append(
+                    problem_at(vs.origin, f"hosts[{i}]",
+                               f"{target} is already routed by VirtualService {other.name!r} "
+                               f"({other.origin}); merge the two rules")
+                )  # fmt: skip
+        return problems
+
+    def problems(self) -> list[Problem]:
+        """The problems of the checks by VirtualService key, then those of overlaps."""
+        out = [p for key in sorted(self._problems) for p in self._problems[key]]
+        out.extend(p for key in sorted(self._overlap_problems) for p in self._overlap_problems[key])
+        return out
+
+
+class RecordingLookup:
+    """``Mesh``'s lookups over the kept indexes, remembering what was looked up."""
+
+    __slots__ = ("_applied", "_owners", "hosts", "rules")
+
+    def __init__(
+        self, owners: Mapping[str, Service], applied: Mapping[ResourceKey, DestinationRule]
+    ) -> None:
+        self._owners = owners
+        self._applied = applied
+        self.hosts: list[str] = []
+        self.rules: list[ResourceKey] = []
+
+    def service(self, host: str, namespace: str) -> Service | None:
+        """The service ``host`` names from ``namespace`` (``Mesh.service``)."""
+        return resolve(self._owners, host, namespace, self.hosts)
+
+    def destination_rule(self, service: Service) -> DestinationRule | None:
+        """The DestinationRule applied to ``service``."""
+        self.rules.append(service.key)
+        return self._applied.get(service.key)

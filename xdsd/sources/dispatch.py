@@ -1,0 +1,241 @@
+"""Documents → model objects: dispatch on (apiVersion, kind) to the parser of the kind.
+
+How this works: a document is either flat (``kind``, ``name``, spec fields at top level)
+or Istio-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``); both mean the same.
+``parse_document`` first tries ``parse_plain_document``, which takes a plainly well-formed
+Service, VirtualService or DestinationRule without ``Fields`` for its top level (the
+plain readers of ``plain_readers``); at the first doubt it reads the document the careful
+way: top level and metadata through ``Fields``, then the parser ``_parser_for`` picks.
+Kinds xdsd does not read are warnings (a mixed Istio directory loads), unknown kinds of
+its own API groups errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any
+
+from xdsd.errors import Problem
+from xdsd.located import Document, FieldPath, Fields, Report
+from xdsd.model import DEFAULT_NAMESPACE, MeshObject, Origin
+from xdsd.sources.destination_rule import parse_destination_rule
+from xdsd.sources.envoy_filter import parse_envoy_filter
+from xdsd.sources.gateway import parse_gateway, parse_sidecar
+from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
+from xdsd.sources.service import parse_service
+from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
+from xdsd.sources.virtual_service import parse_virtual_service
+
+#: A kind's parser: (spec, name, namespace, origin) → the model object.
+Parser = Callable[[Fields, str, str, Origin], MeshObject]
+
+XDSD_API = "xdsd.io/v1"
+ISTIO_NETWORKING = "networking.istio.io"
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+#: networking.istio.io kinds that later xdsd versions implement; ignored with a warning.
+LATER_KINDS = frozenset({"WorkloadGroup", "ProxyConfig"})
+#: Istio kinds parsed into the mesh besides VirtualService and DestinationRule.
+OTHER_PARSERS: dict[str, Parser] = {
+    "ServiceEntry": parse_service_entry,
+    "WorkloadEntry": parse_workload_entry,
+    "Gateway": parse_gateway,
+    "Sidecar": parse_sidecar,
+    "EnvoyFilter": parse_envoy_filter,
+}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_METADATA_KEYS = ("name", "namespace", "labels", "annotations")
+_K8S_METADATA = (
+    "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
+    "selfLink", "finalizers", "ownerReferences", "deletionTimestamp", "generateName",
+)  # fmt: skip
+
+
+def parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObject | None:
+    """One document → a model object (None when it has an error or is not for xdsd),
+    its problems appended to ``problems``; paths the document names (certificate files)
+    are relative to the config directory ``root``. Never raises for what the document
+    holds."""
+    value = doc.value
+    if not isinstance(value, dict):
+        problems.append(
+            Problem(doc.path, doc.line, "", "a resource must be a mapping with kind and name")
+        )
+        return None
+    fast = parse_plain_document(doc, value, problems, root)
+    if fast is not None:
+        return fast
+    top = Fields(Report(doc, ()), (), value)
+    kind = top.string("kind", required=True)
+    api_version = top.string("apiVersion")
+    istio_shaped = "spec" in value or "metadata" in value
+    result: MeshObject | None = None
+    if kind and not top.report.failed:
+        parser = _parser_for(top, api_version, kind)
+        if parser is parse_destination_rule:
+            parser = functools.partial(parse_destination_rule, config_dir=root)
+        elif parser is parse_gateway:
+            parser = functools.partial(parse_gateway, config_dir=root)
+        if parser is not None:
+            if istio_shaped:
+                name, namespace = _read_metadata(top)
+                spec_value = value.get("spec")
+                top.read.add("spec")
+                if spec_value is None:
+                    spec_value = {}
+                report = Report(doc, ("spec",))
+                if not isinstance(spec_value, dict):
+                    top.error("spec", "must be a mapping")
+                    spec_value = {}
+                top.finish()
+                spec = Fields(report, (), spec_value)
+            else:
+                name = top.string("name", required=True)
+                namespace = top.string("namespace") or DEFAULT_NAMESPACE
+                for key in ("name", "namespace", "kind", "apiVersion"):
+                    top.read.add(key)
+                report = Report(doc, ())
+                spec = Fields(report, (), {k: v for k, v in value.items() if k not in top.read})
+            if name and kind == "Service" and not _DNS_LABEL.match(name):
+                top.error(
+                    "metadata.name" if istio_shaped else "name",
+                    f"must be a DNS label (lower-case letters, digits, '-'): got {name!r}",
+                )
+            result = parser(spec, name, namespace, Origin(doc.path, doc.line))
+            problems.extend(report.problems)
+    problems.extend(top.report.problems)
+    if top.report.failed:
+        return None
+    return result
+
+
+_ISTIO_API_VERSIONS = frozenset(f"{ISTIO_NETWORKING}/{v}" for v in ISTIO_VERSIONS)
+_FLAT_KEYS = frozenset({"name", "namespace", "kind", "apiVersion"})
+_ISTIO_KEYS = frozenset({"kind", "apiVersion", "metadata", "spec"})
+_PLAIN_METADATA = frozenset({*_METADATA_KEYS, *_K8S_METADATA})
+
+
+def parse_plain_document(
+    doc: Document, value: dict[str, Any], problems: list[Problem], root: str
+) -> MeshObject | None:
+    """``parse_document``'s result for a plainly well-formed document of a Service, a
+    VirtualService or a DestinationRule, read without ``Fields`` for its top level and
+    metadata (and without them at all for a Service or a plain DestinationRule, see
+    ``parse_plain_service`` and ``parse_plain_destination_rule``); None for anything else
+    or at the first doubt, and the caller then reads the document the careful way, which
+    reports every problem (tested equal, in ``tests/sources/test_fast_parsing.py``)."""
+    kind = value.get("kind")
+    api_version = value.get("apiVersion")
+    if api_version is None:
+        api_version = ""
+    if type(kind) is not str or type(api_version) is not str:
+        return None
+    if "spec" in value or "metadata" in value:
+        if not _ISTIO_KEYS.issuperset(value):
+            return None
+        meta = value.get("metadata")
+        if type(meta) is not dict or not _PLAIN_METADATA.issuperset(meta):
+            return None
+        name = meta.get("name")
+        namespace = meta.get("namespace")
+        labels = meta.get("labels")
+        if labels is not None and (
+            type(labels) is not dict or any(type(v) is not str for v in labels.values())
+        ):
+            return None
+        annotations = meta.get("annotations")
+        if annotations is not None and type(annotations) is not dict:
+            return None
+        spec = value.get("spec")
+        if spec is None:
+            spec = {}
+        elif type(spec) is not dict:
+            return None
+        base: FieldPath = ("spec",)
+    else:
+        name = value.get("name")
+        namespace = value.get("namespace")
+        spec = {k: v for k, v in value.items() if k not in _FLAT_KEYS}
+        base = ()
+    if type(name) is not str or not name:
+        return None
+    if namespace is not None and type(namespace) is not str:
+        return None
+    namespace = namespace or DEFAULT_NAMESPACE
+    origin = Origin(doc.path, doc.line)
+    if kind == "Service" and api_version in ("", XDSD_API):
+        if not _DNS_LABEL.match(name):
+            return None
+        return parse_plain_service(spec, name, namespace, origin)
+    if kind not in ("VirtualService", "DestinationRule") or (
+        api_version and api_version not in _ISTIO_API_VERSIONS
+    ):
+        return None
+    if kind == "DestinationRule":
+        rule = parse_plain_destination_rule(spec, name, namespace, origin)
+        if rule is not None:
+            return rule
+    report = Report(doc, base)
+    fields = Fields(report, (), spec)
+    result: MeshObject
+    if kind == "VirtualService":
+        result = parse_virtual_service(fields, name, namespace, origin)
+    else:
+        result = parse_destination_rule(fields, name, namespace, origin, config_dir=root)
+    problems.extend(report.problems)
+    return result
+
+
+def _parser_for(top: Fields, api_version: str, kind: str) -> Parser | None:
+    """The parser of documents of ``kind`` in ``api_version``; None, with an error or a
+    warning recorded on ``top``, for a kind xdsd does not read."""
+    group, _, version = api_version.rpartition("/") if "/" in api_version else ("", "", api_version)
+    if kind == "Service" and api_version in ("", XDSD_API):
+        return parse_service
+    if kind == "Service" and api_version == "v1":
+        top.warn(
+            "apiVersion",
+            "a Kubernetes v1 Service is not an xdsd Service: ignored "
+            f"(use apiVersion {XDSD_API} and list its ports and endpoints)",
+        )
+        return None
+    if group == ISTIO_NETWORKING or (
+        not api_version and kind in ("VirtualService", "DestinationRule")
+    ):
+        if api_version and version not in ISTIO_VERSIONS:
+            top.error("apiVersion", f"unsupported version of {ISTIO_NETWORKING}: {version!r}")
+            return None
+        if kind == "VirtualService":
+            return parse_virtual_service
+        if kind in OTHER_PARSERS:
+            return OTHER_PARSERS[kind]
+        if kind == "DestinationRule":
+            return parse_destination_rule
+        if kind in LATER_KINDS:
+            top.warn("kind", f"{kind} is not supported by xdsd yet: ignored")
+            return None
+        top.error("kind", f"unknown {ISTIO_NETWORKING} kind {kind!r}")
+        return None
+    if api_version in ("", XDSD_API):
+        top.error(
+            "kind", f"unknown kind {kind!r} (xdsd kinds: Service, VirtualService, DestinationRule)"
+        )
+        return None
+    top.warn("kind", f"{kind} ({api_version}) is not supported by xdsd: ignored")
+    return None
+
+
+def _read_metadata(top: Fields) -> tuple[str, str]:
+    """The name and namespace of an Istio-shaped document's ``metadata``."""
+    meta = top.obj("metadata", required=True)
+    if meta is None:
+        return "", DEFAULT_NAMESPACE
+    name = meta.string("name", required=True)
+    namespace = meta.string("namespace") or DEFAULT_NAMESPACE
+    meta.labels("labels")
+    meta.obj("annotations")
+    for key in _K8S_METADATA:
+        meta.read.add(key)
+    meta.finish()
+    return name, namespace
