@@ -1,4 +1,4 @@
-"""The code base stays clean: ruff, mypy --strict, and DESIGN.md's layering."""
+"""The code base stays clean: ruff, mypy --strict, and the layering of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.paths import REPO
 
 PACKAGE = REPO / "xdsd"
 
-# module prefix → xdsd modules it may import (DESIGN.md, "Package layout").
+# module prefix → xdsd modules it may import (docs/architecture.md, "Layering").
 ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.errors": (),
     "xdsd.located": ("xdsd.errors",),

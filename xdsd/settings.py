@@ -66,7 +66,7 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything ``xdsd serve`` needs to know, with DESIGN.md's defaults.
+    """Everything ``xdsd serve`` needs to know, with its defaults (``docs/operations.md``).
 
     ``quiet_period`` is how long the watcher waits for a burst of file events to go quiet
     before rebuilding (seconds); ``max_delay`` caps that wait during a long burst.

@@ -27,7 +27,7 @@ from xdsd.model import (
 
 
 def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Service:
-    """An xdsd Service spec (see DESIGN.md's interface contract), with an optional
+    """An xdsd Service spec (``docs/rules.md``, "Service: xdsd's own kind"), with an optional
     ``healthCheck`` (see ``_parse_health_check``)."""
     resolution = spec.enum("resolution", Resolution, Resolution.STATIC)
     if resolution is Resolution.NONE:
