@@ -50,8 +50,8 @@ from xdsd.transports.connections import (
     raise_descriptor_limit,
     serve_http,
 )
-from xdsd.transports.grpc import DiscoveryServices, OpenStreams
-from xdsd.transports.grpc_server import GrpcServer
+from xdsd.transports.grpc import OpenStreams
+from xdsd.transports.grpc_server import DiscoveryServices, GrpcServer
 from xdsd.transports.limits import (
     NodeAuthorizer,
     NodeIdentity,

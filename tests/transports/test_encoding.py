@@ -9,7 +9,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.protocol import Response
 from xdsd.resources import CLUSTER, Resource, Version
-from xdsd.transports.grpc import EncodedResponse, ResponseEncoder
+from xdsd.transports.wire import EncodedResponse, ResponseEncoder
 
 
 def _clusters(n: int, tag: str = "") -> tuple[Resource, ...]:
