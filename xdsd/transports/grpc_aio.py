@@ -1,7 +1,7 @@
 """The gRPC server on grpcio's asyncio server: the same methods as the grpclib server.
 
-ADS and the per-type v3 SotW services of ``xdsd.transports.methods.METHODS`` are
-registered as generic stream-stream handlers. Each stream is served by
+Every method of ``xdsd.transports.methods.METHODS`` (ADS and the per-type services, SotW,
+delta and v2) is registered as a generic stream-stream handler. Each stream is served by
 ``xdsd.transports.grpc.DiscoveryStreams`` (the same stream loop, protocol cores, inbox,
 watcher subscription, client status and log lines as on grpclib) over an adapter that
 reads requests from the grpcio context and writes responses to it. Responses are the
@@ -50,7 +50,7 @@ from xdsd.transports.limits import (
     StreamLimits,
     ignore_refusal,
 )
-from xdsd.transports.methods import METHODS, SOTW, Method
+from xdsd.transports.methods import METHODS, Method
 from xdsd.transports.wire import EncodedResponse
 
 _STATUS = {
@@ -161,7 +161,7 @@ class _ContextStream:
 
 
 class AioDiscoveryServices:
-    """The v3 SotW methods of ``METHODS`` as grpcio generic handlers, served from ``source``
+    """Every method of ``METHODS`` as grpcio generic handlers, served from ``source``
     within ``limits``; ``authorizer`` checks the node of each stream against its client
     certificate; ``on_refused`` hears of every refusal (see ``DiscoveryStreams``)."""
 
@@ -184,8 +184,6 @@ class AioDiscoveryServices:
         """One generic handler per service."""
         services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for method in METHODS:
-            if method.codec is not SOTW:
-                continue
             services.setdefault(method.service, {})[method.name] = self._handler(method)
         return [
             grpc.method_handlers_generic_handler(service, methods)
