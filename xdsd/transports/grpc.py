@@ -235,7 +235,6 @@ class StreamClient:
         self.encoder = encoder
         self.stream = stream
         self.codec = codec
-        self.type_url = method.type_url
         self.core = codec.core(method.type_url)
         self.transport = codec.label(method.type_url)
         self.client_id = f"{self.transport}-{number}"

@@ -65,7 +65,6 @@ def _kind(type_url: str) -> str:
 class SotwCodec:
     """v3 State of the World (see the module docstring)."""
 
-    name = "sotw"
     request_type: type[Any] = discovery_pb2.DiscoveryRequest
 
     def __init__(self) -> None:
@@ -109,7 +108,6 @@ class SotwCodec:
 class V2Codec:
     """The v2 API over the SotW core (see the module docstring)."""
 
-    name = "v2"
     request_type: type[Any] = discovery_pb2.DiscoveryRequest
 
     def __init__(self, sotw: SotwCodec) -> None:
@@ -146,7 +144,6 @@ class V2Codec:
 class DeltaCodec:
     """Incremental xDS (see the module docstring)."""
 
-    name = "delta"
     request_type: type[Any] = discovery_pb2.DeltaDiscoveryRequest
 
     def __init__(self) -> None:
@@ -192,11 +189,6 @@ class DeltaCodec:
 class Codec(Protocol):
     """One flavour of the protocol as the stream loop needs it (see the module
     docstring)."""
-
-    @property
-    def name(self) -> str:
-        """``sotw``, ``v2`` or ``delta``."""
-        ...
 
     @property
     def request_type(self) -> type[Any]:
