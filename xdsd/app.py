@@ -70,8 +70,7 @@ from xdsd.transports.connections import (
     raise_descriptor_limit,
     serve_http,
 )
-from xdsd.transports.grpc import DiscoveryServices
-from xdsd.transports.grpc_server import GrpcServer
+from xdsd.transports.grpc_server import DiscoveryServices, GrpcServer
 from xdsd.transports.limits import NodeAuthorizer, StreamLimits
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """A real Envoy on incremental xDS (``xdsd bootstrap --transport delta``: DELTA_GRPC ADS):
-it routes and follows edits without a failed request, an edit sends only what changed,
-and after an xdsd restart it is sent nothing it already has."""
+it routes and follows edits without a failed request, served by either gRPC server
+(grpclib and grpcio), an edit sends only what changed, and after an xdsd restart it is
+sent nothing it already has."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def sent(log: str) -> list[tuple[str, int, int]]:
     return [(t, int(n), int(r)) for t, n, r in SENT.findall(log)]
 
 
-def test_delta_envoy_follows_edits_without_failing_a_request(mesh: EchoMesh) -> None:
-    mesh.start_xdsd()
+@pytest.mark.parametrize("impl", ["grpclib", "grpcio"])
+def test_delta_envoy_follows_edits_without_failing_a_request(mesh: EchoMesh, impl: str) -> None:
+    xdsd = mesh.start_xdsd(extra=["--grpc-impl", impl])
     envoy = mesh.start_envoy("delta")
     mesh.wait_for("v1", "port")
     mesh.wait_for("v1", "proxy")
@@ -53,6 +55,8 @@ def test_delta_envoy_follows_edits_without_failing_a_request(mesh: EchoMesh) -> 
     assert prober.failures == [], prober.failures[:5]
     assert sum(prober.outcomes.values()) > 20
     assert envoy.stats().get("cluster_manager.cds.update_rejected", 0) == 0
+    assert [c["transport"] for c in xdsd.admin("/debug/clients")] == ["delta-ads"]
+    assert ("(grpcio)" in xdsd.log()) == (impl == "grpcio")
 
 
 def test_an_edit_sends_only_what_changed(mesh: EchoMesh) -> None:

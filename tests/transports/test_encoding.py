@@ -1,5 +1,6 @@
-"""``ResponseEncoder`` writes exactly what ``Response.to_proto()`` serializes to, sharing the
-body between clients, and stays within its bounds."""
+"""``ResponseEncoder`` writes exactly what ``Response.to_proto()`` serializes to (delta
+responses: what decodes to ``DeltaResponse.to_proto()``), sharing the body between
+clients, keeping each flavour's bodies apart, and stays within its bounds."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xdsd.protocol import Response
+from xdsd.protocol import DeltaResponse, Response
 from xdsd.resources import CLUSTER, Resource, Version
-from xdsd.transports.grpc import EncodedResponse, ResponseEncoder
+from xdsd.resources.v2 import V2_TYPES
+from xdsd.transports.wire import (
+    EncodedResponse,
+    ResponseEncoder,
+    write_delta,
+    write_sotw,
+    write_v2,
+)
 
 
 def _clusters(n: int, tag: str = "") -> tuple[Resource, ...]:
@@ -55,3 +63,29 @@ def test_encoded_response_passes_through_the_codec() -> None:
     from grpclib.encoding.proto import ProtoCodec
 
     assert ProtoCodec().encode(EncodedResponse(b"\x0a\x01x"), EncodedResponse) == b"\x0a\x01x"
+
+
+@pytest.mark.parametrize("removed", [(), ("gone",), ("a", "b")])
+@pytest.mark.parametrize("nonce", ["", "7"])
+def test_delta_bytes_decode_to_proto(removed: tuple[str, ...], nonce: str) -> None:
+    response = DeltaResponse(CLUSTER, Version("v1"), nonce, _clusters(2), removed)
+    encoded = ResponseEncoder().encode(response, write_delta)
+    assert discovery_pb2.DeltaDiscoveryResponse.FromString(encoded) == response.to_proto()
+
+
+def test_bodies_keyed_by_writer_and_removed_names() -> None:
+    """One cache for every flavour: a v2 body is never served for a v3 response of the
+    same content, nor a delta body for one that removes other names."""
+    encoder = ResponseEncoder()
+    response = Response(CLUSTER, Version("v1"), "1", _clusters(2))
+    v3 = discovery_pb2.DiscoveryResponse.FromString(encoder.encode(response, write_sotw))
+    v2 = discovery_pb2.DiscoveryResponse.FromString(encoder.encode(response, write_v2))
+    assert v3.type_url == CLUSTER and v2.type_url == V2_TYPES[CLUSTER]
+    assert encoder.misses == 2
+    for removed in [("x",), ("y",)]:
+        delta = DeltaResponse(CLUSTER, Version("v1"), "2", _clusters(2), removed)
+        decoded = discovery_pb2.DeltaDiscoveryResponse.FromString(
+            encoder.encode(delta, write_delta)
+        )
+        assert list(decoded.removed_resources) == list(removed)
+    assert (encoder.hits, encoder.misses) == (0, 4)

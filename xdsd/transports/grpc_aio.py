@@ -1,8 +1,9 @@
-"""gRPC transport on grpcio's asyncio server: the same services as ``xdsd.transports.grpc``.
+"""The gRPC server on grpcio's asyncio server: the same methods as the grpclib server.
 
-ADS and the per-type v3 SotW services are registered as generic stream-stream handlers.
-Each stream runs the grpclib transport's ``StreamClient`` loop (the same ``SotwStream``
-core, inbox, watcher subscription, client status and log lines) over an adapter that
+Every method of ``xdsd.transports.methods.METHODS`` (ADS and the per-type services, SotW,
+delta and v2) is registered as a generic stream-stream handler. Each stream is served by
+``xdsd.transports.grpc.DiscoveryStreams`` (the same stream loop, protocol cores, inbox,
+watcher subscription, client status and log lines as on grpclib) over an adapter that
 reads requests from the grpcio context and writes responses to it. Responses are the
 ``ResponseEncoder``'s pre-encoded bytes; the response serializer passes them through.
 
@@ -32,41 +33,25 @@ with PERMISSION_DENIED, logged and counted the same way.
 
 from __future__ import annotations
 
-import itertools
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
-from xdsd.resources import TypeUrl
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionLimits
-from xdsd.transports.grpc import (
-    ADS_SERVICE,
-    PER_TYPE_SERVICES,
-    STREAM_ENDINGS,
-    EncodedResponse,
-    OpenStreams,
-    ResponseEncoder,
-    make_client,
-    stream_ending,
-)
+from xdsd.transports.grpc import DiscoveryStreams
 from xdsd.transports.limits import (
-    AddressCount,
     NodeAuthorizer,
     RefusalObserver,
-    Refused,
     StreamLimits,
     ignore_refusal,
-    node_identity,
 )
-
-log = logging.getLogger(__name__)
+from xdsd.transports.methods import METHODS, Method
+from xdsd.transports.wire import EncodedResponse
 
 _STATUS = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -139,12 +124,16 @@ def peer_certificate(context: Any) -> dict[str, Any] | None:
     return {"subjectAltName": tuple(sans)}
 
 
-def _decode(data: bytes) -> discovery_pb2.DiscoveryRequest | DecodeError:
-    """``DiscoveryRequest.FromString``, returning the error instead of raising it."""
-    try:
-        return discovery_pb2.DiscoveryRequest.FromString(data)
-    except DecodeError as e:
-        return e
+def _decoder(request_type: type[Any]) -> Callable[[bytes], Any]:
+    """``request_type.FromString``, returning the error instead of raising it."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except DecodeError as e:
+            return e
+
+    return decode
 
 
 def _encoded(response: EncodedResponse) -> bytes:
@@ -172,7 +161,9 @@ class _ContextStream:
 
 
 class AioDiscoveryServices:
-    """ADS and the per-type SotW services as grpcio generic handlers."""
+    """Every method of ``METHODS`` as grpcio generic handlers, served from ``source``
+    within ``limits``; ``authorizer`` checks the node of each stream against its client
+    certificate; ``on_refused`` hears of every refusal (see ``DiscoveryStreams``)."""
 
     def __init__(
         self,
@@ -182,67 +173,40 @@ class AioDiscoveryServices:
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
     ) -> None:
-        self.source = source
-        self.authorizer = authorizer
-        self.encoder = ResponseEncoder()
-        self._ids = itertools.count(1)
-        self.streams = OpenStreams()
-        self.limits = limits or StreamLimits()
-        self.addresses = AddressCount(self.limits.max_streams_per_address)
-        self.on_refused = on_refused
+        self.discovery = DiscoveryStreams(
+            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+        )
+        #: The open streams (for shutdown).
+        self.streams = self.discovery.streams
+        self.limits = self.discovery.limits
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """One generic handler per service."""
-
-        def method(type_url: TypeUrl | None) -> grpc.RpcMethodHandler:
-            async def behaviour(_requests: Any, context: Any) -> None:
-                await self._serve(context, type_url)
-
-            return grpc.stream_stream_rpc_method_handler(
-                behaviour, request_deserializer=_decode, response_serializer=_encoded
-            )
-
-        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {
-            ADS_SERVICE: {"StreamAggregatedResources": method(None)}
-        }
-        for (service, name), type_url in PER_TYPE_SERVICES.items():
-            services.setdefault(service, {})[name] = method(type_url)
+        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for method in METHODS:
+            services.setdefault(method.service, {})[method.name] = self._handler(method)
         return [
             grpc.method_handlers_generic_handler(service, methods)
             for service, methods in services.items()
         ]
 
-    async def _serve(self, context: Any, type_url: TypeUrl | None) -> None:
-        address = _peer_host(context.peer() or "")
-        try:
-            self.addresses.acquire(address)
-        except Refused as e:
-            log.warning("refused: %s", e.message, extra={"peer": address, "reason": e.reason})
-            self.on_refused("grpc", e.reason)
-            await context.abort(_STATUS[e.code], e.message)
-        try:
-            await self._serve_counted(context, type_url, address)
-        finally:
-            self.addresses.release(address)
+    def _handler(self, method: Method) -> grpc.RpcMethodHandler:
+        async def behaviour(_requests: Any, context: Any) -> None:
+            await self._serve(method, context)
 
-    async def _serve_counted(self, context: Any, type_url: TypeUrl | None, address: str) -> None:
-        client = make_client(
-            "sotw", self.source, _ContextStream(context), type_url, next(self._ids), self.encoder
+        return grpc.stream_stream_rpc_method_handler(
+            behaviour,
+            request_deserializer=_decoder(method.codec.request_type),
+            response_serializer=_encoded,
         )
-        client.first_request_timeout = self.limits.first_request_timeout
-        client.max_queued = self.limits.max_queued_requests
-        if self.authorizer is not None and self.authorizer.enforcing:
-            cert, check = peer_certificate(context), self.authorizer.check
-            client.authorize = lambda node: check(cert, node_identity(node))
-        ending: tuple[str, str] | None = None
-        try:
-            self.streams.add(client)
-            await client.run()
-        except STREAM_ENDINGS as e:
-            ending = stream_ending(client, e, address, self.on_refused)
-        finally:
-            self.streams.discard(client)
-            client.close()
+
+    async def _serve(self, method: Method, context: Any) -> None:
+        ending = await self.discovery.serve(
+            method,
+            _ContextStream(context),
+            _peer_host(context.peer() or ""),
+            lambda: peer_certificate(context),
+        )
         if ending is not None:
             code, details = ending
             await context.abort(_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT), details)

@@ -1,4 +1,5 @@
-"""grpclib's server on xdsd's listener: connections bounded, streams counted, resets costed.
+"""The gRPC server on grpclib: the discovery services, and grpclib's server on xdsd's
+listener (connections bounded, streams counted, resets costed).
 
 How this works: ``GrpcServer`` is grpclib's ``Server`` whose connections come from a
 ``xdsd.transports.connections.Listener`` (limits per address and in total, accept
@@ -11,6 +12,13 @@ out of tokens is abusing resets (HTTP/2 "rapid reset": each opened stream costs 
 a task, each reset its cancellation): the connection gets GOAWAY (ENHANCE_YOUR_CALM) and
 is closed, its streams cancelled, counted as ``rapid_reset``. A stream reset before its
 handler ran is released at once, so it leaves nothing behind.
+
+The discovery services: ``DiscoveryServices`` is grpclib's service object for every
+method of ``xdsd.transports.methods.METHODS``; each stream is served by
+``xdsd.transports.grpc.DiscoveryStreams`` over a ``BoundedStream``, which checks a request
+message's length prefix before reading its bytes. Responses are the ``ResponseEncoder``'s
+pre-encoded bytes: the services declare ``EncodedResponse`` as their reply type, so
+grpclib's codec writes them as they are.
 """
 
 from __future__ import annotations
@@ -21,17 +29,140 @@ import ssl
 from collections.abc import Callable, Collection
 from typing import Any
 
+from grpclib.const import Cardinality, Status
+from grpclib.const import Handler as MethodHandler
+from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
-from grpclib.server import Handler, Server
+from grpclib.server import Handler, Server, Stream
 from h2.errors import ErrorCodes
 from h2.events import StreamReset
 
+from xdsd.protocol import ProtocolError
+from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
+from xdsd.transports.grpc import DiscoveryStreams
+from xdsd.transports.limits import (
+    NodeAuthorizer,
+    RefusalObserver,
+    StreamLimits,
+    ignore_refusal,
+    too_large,
+)
+from xdsd.transports.methods import METHODS, Method
+from xdsd.transports.wire import EncodedResponse
 
 log = logging.getLogger(__name__)
 
 #: Seconds of ``max_stream_resets_per_second`` a connection may spend at once.
 RESET_BURST_SECONDS = 10.0
+
+_STATUS = {
+    "INVALID_ARGUMENT": Status.INVALID_ARGUMENT,
+    "NOT_FOUND": Status.NOT_FOUND,
+    "FAILED_PRECONDITION": Status.FAILED_PRECONDITION,
+    "RESOURCE_EXHAUSTED": Status.RESOURCE_EXHAUSTED,
+    "PERMISSION_DENIED": Status.PERMISSION_DENIED,
+    "DEADLINE_EXCEEDED": Status.DEADLINE_EXCEEDED,
+    "UNAVAILABLE": Status.UNAVAILABLE,
+}
+
+
+class BoundedStream:
+    """A grpclib server stream whose ``recv_message`` reads a message's 5-byte prefix
+    first and refuses (``Refused``, RESOURCE_EXHAUSTED) a message longer than
+    ``max_bytes`` before reading any of it, so a client cannot make xdsd buffer more.
+
+    grpclib has no such limit of its own; this reads its stream the way its
+    ``recv_message`` does (its ``_stream``, ``_codec`` and ``_recv_type``), without
+    grpclib's ``RecvMessage`` event and channelz message counters (xdsd uses neither).
+    """
+
+    __slots__ = ("max_bytes", "stream")
+
+    def __init__(self, stream: Stream[Any, Any], max_bytes: int) -> None:
+        self.stream = stream
+        self.max_bytes = max_bytes
+
+    async def recv_message(self) -> Any:
+        """The next decoded request; None once the client has finished sending."""
+        raw = self.stream._stream
+        prefix = await raw.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise ProtocolError("INVALID_ARGUMENT", "truncated gRPC message prefix")
+        size = int.from_bytes(prefix[1:5], "big")
+        if size > self.max_bytes:
+            raise too_large(size, self.max_bytes)
+        if prefix[0]:
+            raise ProtocolError("INVALID_ARGUMENT", "compressed messages are not accepted")
+        data = await raw.recv_data(size)
+        if len(data) < size:
+            raise ProtocolError("INVALID_ARGUMENT", "the stream ended inside a message")
+        return self.stream._codec.decode(data, self.stream._recv_type)
+
+    async def send_message(self, message: EncodedResponse) -> None:
+        """Write one response."""
+        await self.stream.send_message(message)
+
+
+def peer_host(stream: Stream[Any, Any]) -> str:
+    """The client's address (host only) of a grpclib stream ("" when unknown)."""
+    addr = stream.peer.addr()
+    return str(addr[0]) if addr else ""
+
+
+def peer_certificate(stream: Stream[Any, Any]) -> dict[str, Any] | None:
+    """The verified client certificate of a grpclib stream (``getpeercert()``), if any."""
+    cert = stream.peer.cert()
+    return dict(cert) if cert else None
+
+
+class DiscoveryServices:
+    """The grpclib service object serving every method of ``METHODS`` from ``source``,
+    within ``limits``; ``authorizer`` checks the node of each stream against its client
+    certificate; ``on_refused`` hears of every refusal (see ``DiscoveryStreams``)."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        limits: StreamLimits | None = None,
+        authorizer: NodeAuthorizer | None = None,
+        on_refused: RefusalObserver = ignore_refusal,
+    ) -> None:
+        self.discovery = DiscoveryStreams(
+            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+        )
+        #: The open streams (for shutdown).
+        self.streams = self.discovery.streams
+
+    def __mapping__(self) -> dict[str, MethodHandler]:
+        return {
+            method.path: MethodHandler(
+                self._handler(method),
+                Cardinality.STREAM_STREAM,
+                method.codec.request_type,
+                EncodedResponse,
+            )
+            for method in METHODS
+        }
+
+    def _handler(self, method: Method) -> Any:
+        async def handler(stream: Stream[Any, Any]) -> None:
+            await self._serve(method, stream)
+
+        return handler
+
+    async def _serve(self, method: Method, stream: Stream[Any, Any]) -> None:
+        discovery = self.discovery
+        bounded = BoundedStream(stream, discovery.limits.max_request_bytes)
+        ending = await discovery.serve(
+            method, bounded, peer_host(stream), lambda: peer_certificate(stream)
+        )
+        if ending is not None:
+            code, message = ending
+            raise GRPCError(_STATUS.get(code, Status.INVALID_ARGUMENT), message)
 
 
 class CostedH2Protocol(H2Protocol):

@@ -10,8 +10,8 @@ certificate may not speak for, 503 while no configuration has loaded. Clients th
 polling are forgotten after a while and shown disconnected.
 
 Envoy sends its whole node (~77 KB of JSON from Envoy 1.40) on every poll, and an unchanged
-poller sends the very same bytes each time. Parsing them was 90 % of a poll's cost (and
-its garbage made collector pauses of ~5 ms), so what a body says (its node's class, names,
+poller sends the very same bytes each time. Parsing them dominated a poll's cost (see
+docs/performance.md, "REST polling"), so what a body says (its node's class, names,
 version) is kept per (type, length, ``hash(body)``) for the most recent bodies: an
 unchanged poll costs one pass of the string hash over the body and a few dict lookups.
 Only the few node fields that classify it are ever read, and no node is kept. Bytes hash
