@@ -5,6 +5,7 @@ server no window), and one that opens and resets streams in a loop (rapid reset)
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,10 +86,12 @@ def _absorb(sock: socket.socket, conn: h2.connection.H2Connection, outcome: Outc
             outcome.closed = True
 
 
-def slow_reader(port: int, message: bytes, count: int) -> Outcome:
+def slow_reader(port: int, message: bytes, count: int, *, linger: float | None = None) -> Outcome:
     """Open an ADS stream, send ``message`` (a serialized DiscoveryRequest) ``count``
     times as gRPC messages without ever granting window for the responses; stop as soon
-    as the server ends the stream or the connection."""
+    as the server ends the stream or the connection. Once all is sent, wait for the
+    server to end it: without limit, or at most ``linger`` seconds (then the outcome
+    says it did not end)."""
     sock, conn = _connect(port)
     outcome = Outcome()
     try:
@@ -113,17 +116,19 @@ def slow_reader(port: int, message: bytes, count: int) -> Outcome:
             if outcome.ended:
                 break
             outcome.sent += 1
-        sock.settimeout(10)
-        while not outcome.ended:
+        sock.settimeout(min(10.0, linger) if linger is not None else 10.0)
+        deadline = None if linger is None else time.monotonic() + linger
+        while not outcome.ended and (deadline is None or time.monotonic() < deadline):
             _absorb(sock, conn, outcome)
     finally:
         sock.close()
     return outcome
 
 
-def rapid_reset(port: int, count: int) -> Outcome:
+def rapid_reset(port: int, count: int, *, linger: float | None = None) -> Outcome:
     """Open a stream and reset it at once, ``count`` times on one connection (reading
-    what the server sends between batches); stop when the server ends the connection."""
+    what the server sends between batches); stop when the server ends the connection.
+    Once all are sent, wait for that without limit, or at most ``linger`` seconds."""
     sock, conn = _connect(port)
     outcome = Outcome()
     sock.settimeout(0.001)
@@ -141,8 +146,11 @@ def rapid_reset(port: int, count: int) -> Outcome:
                 _absorb(sock, conn, outcome)
             if outcome.goaway is not None or outcome.closed:
                 break
-        sock.settimeout(10)
-        while not (outcome.goaway is not None or outcome.closed):
+        sock.settimeout(min(10.0, linger) if linger is not None else 10.0)
+        deadline = None if linger is None else time.monotonic() + linger
+        while not (outcome.goaway is not None or outcome.closed) and (
+            deadline is None or time.monotonic() < deadline
+        ):
             _absorb(sock, conn, outcome)
     finally:
         sock.close()
