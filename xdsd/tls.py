@@ -69,11 +69,6 @@ class ServerCertificates:
         named = (self.cert_path, self.key_path, self.client_ca_path)
         return frozenset(os.path.abspath(p) for p in named if p)
 
-    @property
-    def client_certificates(self) -> bool:
-        """True when clients must present a certificate (``tls_client_ca``)."""
-        return bool(self.client_ca_path)
-
     def current(self) -> ServerPem:
         """The certificate new connections get, as PEM bytes (safe to call from any
         thread: it is replaced, never changed)."""

@@ -64,10 +64,6 @@ from xdsd.resources import (
     Version,
 )
 
-#: The types a delta stream serves.
-KNOWN_TYPES = SERVED_TYPES
-
-
 DeltaEvent = DeltaResponse | Ack | Nack
 
 
@@ -96,7 +92,7 @@ class DeltaStream:
     per-type stream of ``type_url``. Not thread-safe; one stream, one task."""
 
     def __init__(self, type_url: TypeUrl | None = None, snapshot: Snapshot | None = None) -> None:
-        if type_url is not None and type_url not in KNOWN_TYPES:
+        if type_url is not None and type_url not in SERVED_TYPES:
             raise ValueError(f"no delta service for type {type_url!r}")
         self._type_url = type_url
         self._snapshot = snapshot
@@ -185,7 +181,7 @@ class DeltaStream:
         return self._push()
 
     def _type_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> TypeUrl:
-        return requested_type(request.type_url, self._type_url, KNOWN_TYPES)
+        return requested_type(request.type_url, self._type_url, SERVED_TYPES)
 
     def _push(self) -> list[DeltaResponse]:
         snap = self._snapshot

@@ -73,9 +73,6 @@ from xdsd.resources import (
     Version,
 )
 
-#: The types a SotW stream serves.
-KNOWN_TYPES = SERVED_TYPES
-
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
@@ -117,7 +114,7 @@ class SotwStream:
     """
 
     def __init__(self, type_url: TypeUrl | None = None, snapshot: Snapshot | None = None) -> None:
-        if type_url is not None and type_url not in KNOWN_TYPES:
+        if type_url is not None and type_url not in SERVED_TYPES:
             raise ValueError(f"no SotW service for type {type_url!r}")
         self._type_url = type_url
         self._snapshot = snapshot
@@ -185,7 +182,7 @@ class SotwStream:
         return self._push()
 
     def _type_of(self, request: discovery_pb2.DiscoveryRequest) -> TypeUrl:
-        return requested_type(request.type_url, self._type_url, KNOWN_TYPES)
+        return requested_type(request.type_url, self._type_url, SERVED_TYPES)
 
     def _push(self) -> list[Response]:
         """Answer every ready type that has something to send, in push order; then CDS
