@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -57,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+if TYPE_CHECKING:
+    #: What ``add_subparsers`` returns: where each ``_add_*_command`` adds its subcommand.
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdsd", description="A file-backed xDS control plane for Envoy and gRPC."
@@ -69,7 +74,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="text (readable, the default) or json (one object per line)",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve_command, _add_status_command, _add_validate_command,
+                _add_render_command, _add_bootstrap_command, _add_demo_command):  # fmt: skip
+        add(sub)
+    return parser
 
+
+def _add_serve_command(sub: Subcommands) -> None:
+    """The ``xdsd serve`` subcommand and its flags."""
     serve = sub.add_parser("serve", help="serve xDS over gRPC and REST, following the config dir")
     serve.add_argument("--config-dir", default=None, help=f"(default: {DEFAULT_CONFIG_DIR})")
     serve.add_argument(
@@ -92,6 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.set_defaults(run=_serve)
 
+
+def _add_status_command(sub: Subcommands) -> None:
+    """The ``xdsd status`` subcommand and its flags."""
     status = sub.add_parser(
         "status", help="every connected proxy's sync state (exit 1: some NACK or are stale)"
     )
@@ -107,6 +122,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     status.set_defaults(run=_status)
 
+
+def _add_validate_command(sub: Subcommands) -> None:
+    """The ``xdsd validate`` subcommand and its flags."""
     validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
     validate.add_argument("dir", nargs="?", default=None, metavar="DIR")
     validate.add_argument("--config-dir", default=None)
@@ -117,6 +135,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     validate.set_defaults(run=_validate)
 
+
+def _add_render_command(sub: Subcommands) -> None:
+    """The ``xdsd render`` subcommand and its flags."""
     render = sub.add_parser("render", help="print the resources a node would receive")
     render.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
     _add_node_flags(render)
@@ -135,6 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     render.set_defaults(run=_render)
 
+
+def _add_bootstrap_command(sub: Subcommands) -> None:
+    """The ``xdsd bootstrap`` subcommand and its flags."""
     boot = sub.add_parser("bootstrap", help="print an Envoy (or gRPC) bootstrap pointing at xdsd")
     boot.add_argument("--config-dir", default=None, help="check the node against this config")
     boot.add_argument(
@@ -150,6 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_tls_client_flags(boot, "xds", "xdsd", "xdsd's", sni_note=" (Envoy)")
     boot.set_defaults(run=_bootstrap)
 
+
+def _add_demo_command(sub: Subcommands) -> None:
+    """The ``xdsd demo`` subcommand and its flags."""
     demo = sub.add_parser(
         "demo", help="run a demo mesh here: xdsd, Envoys, an ingress gateway, small services"
     )
@@ -158,7 +185,6 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="the loopback block to use (default: 127.0.10)")  # fmt: skip
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
     demo.set_defaults(run=_demo)
-    return parser
 
 
 def _add_tls_client_flags(
