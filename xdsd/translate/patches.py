@@ -741,5 +741,10 @@ def added(
             wanted is c or (wanted is PatchContext.ANY and c is not PatchContext.SIDECAR_INBOUND)
             for c in contexts
         ):
-            out.append((_value(p, PATCH_VALUE_TYPES[kind.value]), p))
+            out.append((added_value(p), p))
     return out
+
+
+def added_value(patch: Patch) -> Any:
+    """The listener or cluster an ADD ``patch`` creates: a copy of its value."""
+    return _value(patch, PATCH_VALUE_TYPES[patch.apply_to.value])
