@@ -144,7 +144,9 @@ class Selections:
     def get(self, compute: Callable[..., list[Resource]], *args: Hashable) -> tuple[Resource, ...]:
         """``tuple(compute(*args))`` memoized by ``(compute, *args)`` with its error, if
         any (raised again, as a new TranslationError, on every call)."""
-        key = (compute, *args)
+        # By the function, not the bound method: a key holding its object would tie the
+        # translation into a reference cycle (one Selections serves one object).
+        key = (getattr(compute, "__func__", compute), *args)
         found = self._found.get(key)
         if found is None:
             found = _selected(compute, args)
