@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
+from tests.translate.meshes import bookinfo
 from xdsd.errors import Problem, TranslationError
-from xdsd.resources import Resource
-from xdsd.translate.memo import Memo, Selections, StaleMemoError, fingerprint
+from xdsd.resources import LISTENER, Resource
+from xdsd.translate import MeshTranslation, NodeClass
+from xdsd.translate import listeners as listeners_module
+from xdsd.translate.memo import CHECK_MEMO_ENV, Memo, Selections, StaleMemoError, fingerprint
 
 #: What ``leaky`` reads besides its arguments (the bug checking mode exists to find).
 OUTSIDE = {"suffix": "a"}
@@ -117,3 +121,23 @@ def test_fingerprint_compares_resources_by_digest() -> None:
     assert one is not same
     assert fingerprint((one, None)) == fingerprint((same, None))
     assert fingerprint(one) != fingerprint(Resource.of("m", _listener("m")))
+
+
+def test_the_translate_tests_run_in_checking_mode() -> None:
+    assert os.environ.get(CHECK_MEMO_ENV) == "1"
+
+
+def test_checking_mode_catches_a_stale_resource_across_translations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener builder whose output changes while its inputs do not (here: a module
+    constant patched between two translations) is caught on the reuse."""
+    node = NodeClass("productpage", instance_ip="127.0.0.2", outbound_ip="127.0.0.10")
+    mesh = bookinfo()
+    first = MeshTranslation(mesh)
+    first.snapshot_for(node)
+    monkeypatch.setattr(listeners_module, "HTTP_PROXY_LISTENER", "renamed_http_proxy")
+    with pytest.raises(StaleMemoError, match="http_proxy_listener"):
+        MeshTranslation(mesh, previous=first).snapshot_for(node)
+    unchecked = MeshTranslation(mesh, previous=first, check_memo=False).snapshot_for(node)
+    assert "outbound_http_proxy" in unchecked.get(LISTENER)
