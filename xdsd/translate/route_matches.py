@@ -20,12 +20,13 @@ from enum import Enum
 from typing import Any
 
 from xdsd.model import HTTPMatch, StringMatch, VirtualService
+from xdsd.model.networking import MESH_GATEWAY_NAME
 from xdsd.model.rules import MatchKind
 from xdsd.translate.mosn import header_condition
 from xdsd.translate.route_actions import string_matcher
 
 #: The gateway name that binds a VirtualService (or a match block) to sidecars.
-MESH_GATEWAY = "mesh"
+MESH_GATEWAY = MESH_GATEWAY_NAME
 
 
 class MatcherStyle(Enum):
