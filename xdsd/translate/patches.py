@@ -4,19 +4,22 @@ How this works: an ``EnvoyFilter``'s patches are parsed once into ``Patch`` obje
 patch value as a message of the type its ``applyTo`` names). ``selected_filters`` says
 which EnvoyFilters apply to a node and in which order (Istio's: priority, root namespace
 first, then name). The ``patch_*`` functions take one generated resource, the context it
-was generated in (``context_of_*``: SIDECAR_INBOUND, SIDECAR_OUTBOUND or GATEWAY) and the
-node's patches in order, and return a patched copy (the input is never modified: it is
-shared between node classes) with the patches that changed it, or None when a patch
-removed it; ``added`` gives the listeners and clusters that ADD patches create. The walk
-follows Istio's (``pilot/pkg/networking/core/envoyfilter``): a listener's own MERGE and
-REMOVE, then each filter chain (MERGE, REMOVE), its network filters (ADD, INSERT_*,
-REPLACE, REMOVE, then MERGE), the HTTP filters of each HTTP connection manager likewise,
-then FILTER_CHAIN ADDs; a route configuration's MERGE, then each virtual host (MERGE,
-REPLACE, REMOVE) and its routes (MERGE, REMOVE, then ADD and INSERT_*), then virtual host
-ADDs. MERGE is Istio's proto merge: singular fields set, messages merged recursively,
-repeated fields appended, map entries replaced, a ``Duration`` replaced whole; the
-``typed_config`` of a filter (and a transport socket of the same name) is merged as the
-message it holds, so a patch may change one field of a filter's configuration.
+was generated in (``listener_context``, ``name_context``: SIDECAR_INBOUND,
+SIDECAR_OUTBOUND or GATEWAY) and the node's patches in order (the applicable ones:
+``relevant``), and return a patched copy (the input is never modified: it is shared
+between node classes) with the patches that changed it, or None when a patch removed it;
+``added`` gives the listeners and clusters that ADD patches create (``added_value``
+one). ``filters.EnvoyFilters`` drives all of it for a node class. The walk follows
+Istio's (``pilot/pkg/networking/core/envoyfilter``): a listener's own MERGE and REMOVE,
+then each filter chain (MERGE, REMOVE), its network filters (ADD, INSERT_*, REPLACE,
+REMOVE, then MERGE), the HTTP filters of each HTTP connection manager likewise, then
+FILTER_CHAIN ADDs; a route configuration's MERGE, then each virtual host (MERGE,
+REPLACE, REMOVE) and its routes (MERGE, REMOVE, then ADD and INSERT_*), then virtual
+host ADDs. MERGE is Istio's proto merge: singular fields set, messages merged
+recursively, repeated fields appended, map entries replaced, a ``Duration`` replaced
+whole; the ``typed_config`` of a filter (and a transport socket of the same name) is
+merged as the message it holds, so a patch may change one field of a filter's
+configuration.
 
 Pure: no I/O. Raises TranslationError naming the EnvoyFilter's file, line and patch for a
 value that is not a message of its type, or a MERGE of a filter configuration of another
