@@ -2,7 +2,7 @@
 *filters*).
 
 How this works: the EnvoyFilters of the root namespace and of the node's namespace whose
-selector matches its labels apply, in order (``patches.selected_filters``; none to a
+selector matches its labels apply, in order (``patch_spec.selected_filters``; none to a
 proxyless gRPC client, as in Istio), each parsed once per translation. They patch what
 the class chose besides its base in place, and the base's clusters, whose changes are
 returned by slot for ``consistent`` to lay over the base like a raw resource would. A
@@ -27,23 +27,25 @@ from xdsd.resources import CLUSTER, LISTENER, ROUTE, SHORT_NAMES, Resource
 from xdsd.translate.clusters import cluster_flavor
 from xdsd.translate.memo import Memo
 from xdsd.translate.node import ClientKind, NodeClass, Role
-from xdsd.translate.patches import (
+from xdsd.translate.patch_spec import (
     CLUSTER_FAMILY,
     LISTENER_FAMILY,
     ROUTE_FAMILY,
     Patch,
-    added,
-    added_value,
-    could_patch_cluster,
     listener_context,
     name_context,
     parse_patches,
-    patch_cluster,
-    patch_listener,
-    patch_route_configuration,
     proxy_matches,
     relevant,
     selected_filters,
+)
+from xdsd.translate.patches import (
+    added,
+    added_value,
+    could_patch_cluster,
+    patch_cluster,
+    patch_listener,
+    patch_route_configuration,
 )
 
 #: (type URL, name) of a resource in a snapshot.
@@ -70,7 +72,7 @@ class EnvoyFilters:
 
     def node_patches(self, node: NodeClass) -> tuple[Patch, ...]:
         """The patches of the EnvoyFilters that select ``node``, in the order they apply
-        (see ``patches.selected_filters``), without those whose ``match.proxy.metadata``
+        (see ``patch_spec.selected_filters``), without those whose ``match.proxy.metadata``
         the node does not have; none for a proxyless gRPC client (Istio applies no
         EnvoyFilter to one). Raises TranslationError when a selected filter's patch value
         is not a message of its type."""

@@ -93,7 +93,7 @@ from xdsd.translate.memo import CHECK_MEMO_ENV, Memo, Selections
 from xdsd.translate.mesh_tls import mesh_identity
 from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.parts import ClassParts
-from xdsd.translate.patches import Patch
+from xdsd.translate.patch_spec import Patch
 from xdsd.translate.placement import PortGroup
 from xdsd.translate.raw import RawResources
 from xdsd.translate.route_configs import RouteConfigs
