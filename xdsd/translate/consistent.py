@@ -125,9 +125,9 @@ class Assembly:
         if before.base_scope != base_scope:  # built on another base: the delta does not apply
             return None
         old = before.resources
-        added = [*delta[0], *(r for k, r in chosen.items() if old.get(k) is not r)]
+        added = [*delta.added, *(r for k, r in chosen.items() if old.get(k) is not r)]
         removed = [
-            *(k for k in delta[1] if k not in chosen),  # a secret the class names itself
+            *(k for k in delta.removed if k not in chosen),  # a secret the class names itself
             *((TypeUrl(k[0]), k[1]) for k in old if k not in chosen),
         ]
         if not added and not removed:

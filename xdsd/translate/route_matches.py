@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from xdsd.model import HTTPMatch, StringMatch, VirtualService
 from xdsd.model.networking import MESH_GATEWAY_NAME
@@ -49,8 +49,16 @@ class Caller:
 
 
 #: A set of label pairs named by ``sourceLabels``, and whether ``sourceNamespace`` is used.
-Relevance = tuple[frozenset[tuple[str, str]], bool]
-NO_RELEVANCE: Relevance = (frozenset(), False)
+class Relevance(NamedTuple):
+    """What tells callers apart in some rules."""
+
+    #: The label pairs some ``sourceLabels`` names.
+    pairs: frozenset[tuple[str, str]]
+    #: Whether some block has a ``sourceNamespace``.
+    namespaces: bool
+
+
+NO_RELEVANCE = Relevance(frozenset(), False)
 
 
 def relevance_of(rules: Iterable[VirtualService]) -> Relevance:
@@ -62,7 +70,7 @@ def relevance_of(rules: Iterable[VirtualService]) -> Relevance:
             for block in http.match:
                 pairs.update(block.source_labels)
                 namespaces = namespaces or bool(block.source_namespace)
-    return frozenset(pairs), namespaces
+    return Relevance(frozenset(pairs), namespaces)
 
 
 def caller_of(labels: Iterable[tuple[str, str]], namespace: str, relevance: Relevance) -> Caller:
