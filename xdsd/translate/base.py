@@ -45,6 +45,7 @@ class BaseBuilders:
         return self._memo.resource(build_outbound_cluster, spec, flavor)
 
     def _without_endpoints(self, service: Service) -> Service:
+        """``service`` without its endpoints (the last one is remembered)."""
         last = self._last
         if last is not None and last[0] is service:
             return last[1]

@@ -105,6 +105,7 @@ class Memo:
     def _get(
         self, build: Callable[..., Any], args: tuple[Hashable, ...], context: Any, wrap: bool
     ) -> Any:
+        """``get`` and ``resource`` (``wrap``: the result as a Resource)."""
         if build not in self._builds:
             _check_build(build)
             self._builds.add(build)
@@ -128,6 +129,7 @@ class Memo:
 
 
 def _build(build: Callable[..., Any], args: tuple[Any, ...], context: Any, wrap: bool) -> Any:
+    """One build of ``build`` with ``args`` (``context`` first when given)."""
     built = build(*args) if context is None else build(context, *args)
     return as_resource(built) if wrap else built
 
@@ -164,6 +166,7 @@ class Selections:
 def _selected(
     compute: Callable[..., list[Resource]], args: tuple[Hashable, ...]
 ) -> tuple[Resource, ...] | TranslationError:
+    """``tuple(compute(*args))``, or the TranslationError it raised (its problems)."""
     try:
         return tuple(compute(*args))
     except TranslationError as err:

@@ -297,6 +297,8 @@ class MeshTranslation:
         return out
 
     def _mesh_identity(self, node: NodeClass) -> Callable[[], Iterable[Resource]]:
+        """A part giving ``node``'s mesh mutual TLS secrets (``mesh_tls.mesh_identity``)."""
+
         def identity() -> Iterable[Resource]:
             ip = self._scoping.instance_ip(node)
             return mesh_identity(node, ip, self.mesh_config.mtls, self._secrets)

@@ -114,6 +114,7 @@ class ClassParts:
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
 
     def _rules(self) -> dict[ResourceKey, VirtualService]:
+        """The mesh's VirtualService of each service (computed once)."""
         if self._vs_index is None:
             self._vs_index = virtual_service_index(self.mesh)
         return self._vs_index
@@ -173,6 +174,7 @@ class ClassParts:
         self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
         scope: Scope,
     ) -> list[Resource]:  # fmt: skip
+        """The selection ``outbound`` memoizes."""
         block = scope.registry_only
         memo = self._memo
         out: list[Resource] = []
@@ -226,6 +228,7 @@ class ClassParts:
         return self._selections.get(self._l4, node.outbound_ip, caller, mosn, scope)
 
     def _l4(self, ip: str, caller: L4Caller, mosn: bool, scope: Scope) -> list[Resource]:
+        """The selection ``l4_listeners`` memoizes."""
         out: list[Resource] = []
         problems: list[Problem] = []
         wanted = [(ip, g, v) for g, v in self._scoping.default_groups(scope, ip)]
@@ -265,6 +268,7 @@ class ClassParts:
         return self._selections.get(self._gateway, selected, address, source, style, caller)
 
     def _bound_rules(self) -> dict[ResourceKey, tuple[VirtualService, ...]]:
+        """The VirtualServices bound to each Gateway (computed once)."""
         if self._bound is None:
             self._bound = bound_virtual_services(self.mesh)
         return self._bound
@@ -277,6 +281,7 @@ class ClassParts:
         style: MatcherStyle,
         caller: Caller,
     ) -> list[Resource]:
+        """The selection ``gateway`` memoizes."""
         bound = self._bound_rules()
         builder = self._routes.builder(style)
         plan = plan_gateway(self.mesh, selected, bound, address)
@@ -330,6 +335,7 @@ class ClassParts:
         labels: tuple[tuple[str, str], ...],
         clusters: frozenset[ResourceKey] | None,
     ) -> list[Resource]:
+        """The selection ``local_assignments`` memoizes."""
         out: list[Resource] = []
         for service in self.mesh.services:
             if service.resolution is not Resolution.STATIC:
@@ -370,6 +376,7 @@ class ClassParts:
         return self._selections.get(self._grpc, caller, scope)
 
     def _grpc(self, caller: Caller, scope: Scope) -> list[Resource]:
+        """The selection ``grpc_listeners`` memoizes."""
         style = MatcherStyle.STRING_MATCH
         out: list[Resource] = []
         bare_seen: set[str] = set()
