@@ -81,7 +81,7 @@ class Memo:
     taken over by the next one (see the module docstring). Not thread-safe."""
 
     def __init__(self, *, previous: Memo | None = None, check: bool = False) -> None:
-        self._values: dict[tuple[Hashable, ...], Any] = {}
+        self._values: dict[_Key, Any] = {}
         # Only what ``previous`` built itself (or reused), never its own fallback: no
         # chain of old translations is kept alive.
         self._fallback = previous._values if previous is not None else {}
@@ -109,7 +109,7 @@ class Memo:
         if build not in self._builds:
             _check_build(build)
             self._builds.add(build)
-        key = (build, *args)
+        key = _Key((build, *args))
         found = self._values.get(key)
         if found is None:
             found = self._fallback.get(key)
@@ -126,6 +126,25 @@ class Memo:
                     f"arguments {args!r:.300} do not determine what it builds"
                 )
         return found
+
+
+class _Key:
+    """A memo key: ``(build, *args)`` with its hash computed once (a tuple of frozen
+    dataclasses rehashes every field on every lookup, and a miss looks up twice)."""
+
+    __slots__ = ("_hash", "items")
+
+    def __init__(self, items: tuple[Hashable, ...]) -> None:
+        self.items = items
+        self._hash = hash(items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and (
+            self is other or (self._hash == other._hash and self.items == other.items)
+        )
 
 
 def _build(build: Callable[..., Any], args: tuple[Any, ...], context: Any, wrap: bool) -> Any:
