@@ -8,10 +8,10 @@ calls share a value only when they would build it from equal inputs. A ``Memo`` 
 looked up in the previous translation's (``previous=``), which is how an edit re-encodes
 only what it touched; a ``build`` must therefore be a module-level function (the same
 object in every translation, never a lambda, closure or bound method — refused with
-``TypeError``) whose result depends on its arguments alone. The one exception is
-``context=``: an object handed to ``build`` first and left out of the key, for a builder
-that reads the mesh through a helper (a ``RouteBuilder``); the arguments must then name
-everything ``build`` reads through it.
+``TypeError``) whose result depends on its arguments alone and is never None. The one
+exception is ``context=``: an object handed to ``build`` first and left out of the key,
+for a builder that reads the mesh through a helper (a ``RouteBuilder``); the arguments
+must then name everything ``build`` reads through it.
 
 Checking mode (``check=True``; ``MeshTranslation`` turns it on when ``XDSD_CHECK_MEMO=1``,
 as the translate tests do): every hit is built again and compared with what the memo
