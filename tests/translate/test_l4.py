@@ -33,7 +33,7 @@ from xdsd.translate.l4 import (
     L4ListenerPlan,
     plan_l4_listener,
 )
-from xdsd.translate.listeners import TLS_INSPECTOR, outbound_l4_listener, outbound_tcp_listener
+from xdsd.translate.listeners import TLS_INSPECTOR, outbound_l4_listener
 from xdsd.translate.placement import PortGroup, check_port_groups
 from xdsd.translate.routes import virtual_service_index
 
@@ -352,7 +352,12 @@ def test_listener_of_a_plan() -> None:
 def test_plain_tcp_listener_is_unchanged() -> None:
     """Without rules, the listener is the one a TCP service always had (no inspector)."""
     p = L4ListenerPlan(5432, (chain((OWN_DB, 1)),))
-    assert outbound_l4_listener("127.0.0.9", p) == outbound_tcp_listener("127.0.0.9", 5432, OWN_DB)
+    listener = outbound_l4_listener("127.0.0.9", p)
+    assert not listener.listener_filters
+    [only] = listener.filter_chains
+    assert not only.HasField("filter_chain_match")
+    [proxy] = proxies(listener)
+    assert proxy == tcp_proxy_pb2.TcpProxy(stat_prefix="outbound_5432", cluster=OWN_DB)
 
 
 def by_name(snapshot: Any, name: str) -> Any:

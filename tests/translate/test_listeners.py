@@ -13,12 +13,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from tests.translate.meshes import hcm_of, tcp_proxy_of
 from xdsd.model import Port, Protocol
+from xdsd.translate.l4 import FilterChainPlan, L4ListenerPlan
 from xdsd.translate.listeners import (
     api_listener,
     http_proxy_listener,
     inbound_listener,
     outbound_http_listener,
-    outbound_tcp_listener,
+    outbound_l4_listener,
 )
 from xdsd.translate.node import ConfigSourceKind
 
@@ -85,9 +86,10 @@ def test_outbound_http_uses_rds_named_after_the_port(source: ConfigSourceKind, a
 
 
 def test_outbound_tcp() -> None:
-    listener = outbound_tcp_listener(
-        "127.0.0.1", 3306, "outbound|3306||db.default.svc.cluster.local"
+    plan = L4ListenerPlan(
+        3306, (FilterChainPlan((("outbound|3306||db.default.svc.cluster.local", 1),)),)
     )
+    listener = outbound_l4_listener("127.0.0.1", plan)
     assert_socket(listener, "127.0.0.1", 3306, base_pb2.OUTBOUND)
     assert tcp_proxy_of(listener).cluster == "outbound|3306||db.default.svc.cluster.local"
 

@@ -24,15 +24,14 @@ from xdsd.resources import encode
 from xdsd.resources.patch_values import parse_patch_value
 from xdsd.translate.listeners import inbound_listener, outbound_http_listener
 from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.patch_spec import Patch, selected_filters
 from xdsd.translate.patches import (
-    Patch,
     added,
     merge,
     patch_cluster,
     patch_listener,
     patch_route_configuration,
     route_port,
-    selected_filters,
 )
 
 OUT = PatchContext.SIDECAR_OUTBOUND

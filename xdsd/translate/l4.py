@@ -49,9 +49,9 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.networking import MESH_GATEWAY_NAME
 from xdsd.translate.clusters import outbound_cluster_name
 from xdsd.translate.placement import PortGroup
-from xdsd.translate.route_matches import MESH_GATEWAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,7 @@ def _idle_timeout(mesh: Mesh, cluster: str) -> timedelta | None:
 def _applies(match: L4Match, caller: L4Caller, port: int) -> bool:
     return (
         (not match.port or match.port == port)
-        and (not match.gateways or MESH_GATEWAY in match.gateways)
+        and (not match.gateways or MESH_GATEWAY_NAME in match.gateways)
         and (not match.source_namespace or match.source_namespace == caller.namespace)
         and set(match.source_labels) <= set(caller.labels)
     )

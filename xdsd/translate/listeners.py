@@ -206,16 +206,6 @@ def outbound_http_listener(
     return listener
 
 
-def outbound_tcp_listener(ip: str, port: int, cluster: str) -> Any:
-    """The listener on ``ip:port`` that proxies TCP to ``cluster``."""
-    stat_prefix = f"outbound_{port}"
-    listener = _socket_listener(
-        outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
-    )
-    _add_filter(listener, TCP_PROXY_FILTER, _tcp_proxy(stat_prefix, cluster))
-    return listener
-
-
 def outbound_l4_listener(ip: str, plan: L4ListenerPlan) -> Any:
     """The listener on ``ip:plan.port`` of a TCP/TLS port: a filter chain per chain of
     ``plan``, in order, matched by destination address (``prefix_ranges``) and SNI

@@ -22,15 +22,13 @@ unverified against a running one):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xdsd.errors import Problem
 from xdsd.model import ResourceKey, Service, StringMatch, VirtualService
 from xdsd.model.rules import MatchKind
-
-if TYPE_CHECKING:  # routes.py imports this module; l4 imports routes
-    from xdsd.translate.l4 import L4ListenerPlan
-    from xdsd.translate.placement import PortGroup
+from xdsd.translate.l4 import L4ListenerPlan
+from xdsd.translate.placement import PortGroup
 
 #: Characters with a meaning in RE2 syntax, escaped to match themselves.
 _RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")

@@ -1,5 +1,5 @@
 """Raw Envoy resources (the ``envoy/`` escape hatch) as ``Resource`` objects, and the
-references they leave dangling.
+references they leave dangling (stage *raw* of a class's snapshot).
 
 A raw resource is added to every class's snapshot and replaces a generated resource of the
 same type and name. Its payload is already validated by sources; here it is parsed into
@@ -15,7 +15,7 @@ from google.protobuf import symbol_database
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import Origin, RawResource
+from xdsd.model import Mesh, Origin, RawResource
 from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, TypeUrl, ensure_type_known
 
 
@@ -66,3 +66,33 @@ def dangling_references(
                 )
             )
     return problems
+
+
+class RawResources:
+    """The raw resources of one mesh, parsed once, by (type URL, name), with the origin
+    of each; a failure is remembered and raised again on every call."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._raw: dict[tuple[str, str], Resource] | TranslationError | None = None
+        #: Where each raw resource is written, by (type URL, name).
+        self.origins: dict[tuple[str, str], Origin] = {}
+
+    def resources(self) -> dict[tuple[str, str], Resource]:
+        """Every raw resource of the mesh. Raises TranslationError (every problem, on
+        the file) when one cannot be used."""
+        if self._raw is None:
+            problems: list[Problem] = []
+            raw: dict[tuple[str, str], Resource] = {}
+            for item in self.mesh.raw_resources:
+                try:
+                    resource = raw_resource(item)
+                except TranslationError as err:
+                    problems.extend(err.problems)
+                    continue
+                raw[(resource.type_url, resource.name)] = resource
+                self.origins[(resource.type_url, resource.name)] = item.origin
+            self._raw = TranslationError(problems) if problems else raw
+        if isinstance(self._raw, TranslationError):
+            raise TranslationError(self._raw.problems)
+        return self._raw

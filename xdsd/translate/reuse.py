@@ -9,8 +9,8 @@ service and the rule are the same objects (or equal ones), without hashing or re
 anything. Route configurations depend on many services at once: each is remembered with
 ``inputs``, a tuple of what each of its virtual hosts is made of (the service's names and
 ports and what its routes are made of); tuples of mostly identical objects compare in
-C, so an unchanged route configuration is recognised in well under a millisecond per
-thousand virtual hosts and is not rebuilt nor encoded again.
+C, so an unchanged route configuration is recognised cheaply (see docs/performance.md)
+and is not rebuilt nor encoded again.
 """
 
 from __future__ import annotations

@@ -17,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from xdsd.model import HTTPMatch, StringMatch, VirtualService
+from xdsd.model.networking import MESH_GATEWAY_NAME
 from xdsd.model.rules import MatchKind
 from xdsd.translate.mosn import header_condition
 from xdsd.translate.route_actions import string_matcher
 
 #: The gateway name that binds a VirtualService (or a match block) to sidecars.
-MESH_GATEWAY = "mesh"
+MESH_GATEWAY = MESH_GATEWAY_NAME
 
 
 class MatcherStyle(Enum):
@@ -48,8 +49,16 @@ class Caller:
 
 
 #: A set of label pairs named by ``sourceLabels``, and whether ``sourceNamespace`` is used.
-Relevance = tuple[frozenset[tuple[str, str]], bool]
-NO_RELEVANCE: Relevance = (frozenset(), False)
+class Relevance(NamedTuple):
+    """What tells callers apart in some rules."""
+
+    #: The label pairs some ``sourceLabels`` names.
+    pairs: frozenset[tuple[str, str]]
+    #: Whether some block has a ``sourceNamespace``.
+    namespaces: bool
+
+
+NO_RELEVANCE = Relevance(frozenset(), False)
 
 
 def relevance_of(rules: Iterable[VirtualService]) -> Relevance:
@@ -61,7 +70,7 @@ def relevance_of(rules: Iterable[VirtualService]) -> Relevance:
             for block in http.match:
                 pairs.update(block.source_labels)
                 namespaces = namespaces or bool(block.source_namespace)
-    return frozenset(pairs), namespaces
+    return Relevance(frozenset(pairs), namespaces)
 
 
 def caller_of(labels: Iterable[tuple[str, str]], namespace: str, relevance: Relevance) -> Caller:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
@@ -33,8 +34,17 @@ from xdsd.translate.reuse import ServiceParts
 #: differ per class and are added to each class's snapshot (``MeshTranslation``).
 CLASS_SECRETS = frozenset({(SECRET, WORKLOAD_SECRET), (SECRET, ROOT_CA_SECRET)})
 _CLASS_SECRET_NAMES = frozenset(name for _, name in CLASS_SECRETS)
-#: Resources put in and (type, name) of resources taken out.
-Delta = tuple[list[Resource], list[tuple[TypeUrl, str]]]
+
+
+class Delta(NamedTuple):
+    """How a base differs from the previous translation's."""
+
+    #: Resources put in.
+    added: list[Resource]
+    #: (type, name) of resources taken out.
+    removed: list[tuple[TypeUrl, str]]
+
+
 #: Which base: the flavor, and the services of a scoped base (None: every service).
 BaseKey = tuple[ClusterFlavor, frozenset[ResourceKey] | None]
 
@@ -115,13 +125,15 @@ class SharedClusters:
                 delta = self._changes(flavor, changed)
             else:  # an equal scope names services that exist in both meshes
                 delta = self._changes(flavor, [k for k in changed if k in scope], gone=False)
-            base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
-            named = self._prev_file_secrets.get(key, True) or _names_file_secrets(delta[0])
+            base = Snapshot.extend(previous, delta.added, removed=delta.removed, check=False)
+            named = self._prev_file_secrets.get(key, True) or _names_file_secrets(delta.added)
             if named:  # else no cluster names a file's secret, before or now: none to change
                 added, removed = _secret_changes(base, secret)
                 if added or removed:
-                    delta = ([*delta[0], *added], [*delta[1], *removed])
-                    base = Snapshot.extend(previous, delta[0], removed=delta[1], check=False)
+                    delta = Delta([*delta.added, *added], [*delta.removed, *removed])
+                    base = Snapshot.extend(
+                        previous, delta.added, removed=delta.removed, check=False
+                    )
                 named = _names_file_secrets(base.get(CLUSTER).values())
             self._file_secrets[key] = named
             self._deltas[key] = delta
@@ -224,7 +236,7 @@ class SharedClusters:
                 (r.type_url, r.name)
                 for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
             )
-        return added, removed
+        return Delta(added, removed)
 
 
 def _names_file_secrets(resources: Iterable[Resource]) -> bool:

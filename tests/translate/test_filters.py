@@ -1,5 +1,6 @@
-"""EnvoyFilters in MeshTranslation: which classes they apply to, what is shared, what
-ADD and REMOVE do to a snapshot, and the errors that name the filter to change."""
+"""Stage *filters* (``filters.EnvoyFilters``): which classes EnvoyFilters apply to, what
+is shared, what ADD and REMOVE do to a snapshot, and the errors that name the filter to
+change."""
 
 from __future__ import annotations
 

@@ -1,0 +1,444 @@
+"""``ClassParts``: the resources a class gets besides its base (stage *parts*).
+
+How this works: what a class receives on top of its base depends on its kind — inbound
+clusters and listeners of its own service (``inbound``), outbound HTTP listeners and their
+route configurations (``outbound``), TCP/TLS listeners (``l4_listeners``), a gateway's
+listeners and routes (``gateway``), a proxyless gRPC client's API listeners
+(``grpc_listeners``), and the assignments its locality changes (``local_assignments``).
+Each is a *selection*: a tuple of resources computed from hashable arguments (the address,
+the config source, the matcher style, the ``Caller``, the ``Scope``...), memoized per
+translation by those arguments (``memo.Selections``), so classes that rules cannot tell
+apart share it. Each resource in it is built through the translation's ``memo.Memo``,
+keyed by its build function and arguments and carried to the next translation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from xdsd.errors import Problem, TranslationError
+from xdsd.model import (
+    DestinationRule,
+    Locality,
+    Mesh,
+    Port,
+    Resolution,
+    ResourceKey,
+    TrafficPolicy,
+    VirtualService,
+)
+from xdsd.model.mesh_config import MTLSMode
+from xdsd.model.networking import Gateway
+from xdsd.resources import SECRET, Resource
+from xdsd.translate.clusters import build_inbound_cluster, outbound_clusters
+from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
+from xdsd.translate.gateways import (
+    RoutePlan,
+    bound_virtual_services,
+    gateway_listener,
+    gateway_match_applies,
+    gateway_route_configuration,
+    plan_gateway,
+    selects,
+)
+from xdsd.translate.l4 import (
+    ANY_CALLER,
+    L4Caller,
+    L4ListenerPlan,
+    caller_dependent,
+    plan_l4_listener,
+)
+from xdsd.translate.listeners import (
+    HTTP_PROXY_PORT,
+    api_listener,
+    http_proxy_listener,
+    inbound_listener,
+    outbound_http_listener,
+    outbound_l4_listener,
+    port_route_name,
+)
+from xdsd.translate.locality import CallerKey, LocalityPolicy, caller_key, locality_policy, localize
+from xdsd.translate.memo import Memo, Selections
+from xdsd.translate.mosn import l4_problems as mosn_l4_problems
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.placement import check_binds, check_port_groups
+from xdsd.translate.route_configs import RouteConfigs
+from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
+from xdsd.translate.routes import virtual_service_index
+from xdsd.translate.scoping import Scoping
+from xdsd.translate.secrets import Secrets
+from xdsd.translate.sidecar_ports import (
+    explicit_bind_problems,
+    explicit_route_name,
+    ingress_service,
+)
+from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
+
+#: The VirtualServices bound to each Gateway of a route configuration's servers, each
+#: with what its routes take from the rest of the mesh (``RouteBuilder.rule_inputs``).
+BoundRules = tuple[tuple[ResourceKey, tuple[tuple[VirtualService, Hashable], ...]], ...]
+
+
+class ClassParts:
+    """The per-class selections of one mesh (see the module docstring). Not
+    thread-safe."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        memo: Memo,
+        selections: Selections,
+        scoping: Scoping,
+        routes: RouteConfigs,
+        secrets: Secrets,
+        mtls_mode: MTLSMode,
+    ) -> None:
+        self.mesh = mesh
+        self._memo = memo
+        self._selections = selections
+        self._scoping = scoping
+        self._routes = routes
+        self._secrets = secrets
+        self._mtls_mode = mtls_mode
+        # TCP/TLS listener plans by (port, caller, view), and whether any depends on the
+        # caller.
+        self._l4_plans: dict[tuple[int, L4Caller, Hashable], L4ListenerPlan] = {}
+        self._l4_by_caller: bool | None = None
+        self._vs_index: dict[ResourceKey, VirtualService] | None = None
+        self._priority_names: frozenset[str] | None = None
+        # Gateways: the VirtualServices bound to each, and routes per (rule, port,
+        # gateway, caller, style).
+        self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
+        self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
+
+    def _rules(self) -> dict[ResourceKey, VirtualService]:
+        """The mesh's VirtualService of each service (computed once)."""
+        if self._vs_index is None:
+            self._vs_index = virtual_service_index(self.mesh)
+        return self._vs_index
+
+    # -- sidecars -------------------------------------------------------------------
+
+    def inbound(
+        self, node: NodeClass, scope: Scope, source: ConfigSourceKind = ConfigSourceKind.ADS
+    ) -> list[Resource]:
+        """Inbound clusters and listeners of ``node``'s own service (of its Sidecar's
+        ingress listeners, when it has some), after checking that all of the node's
+        listeners can bind. Under mesh mutual TLS the listeners take what its mode lets
+        in (their secrets fetched the way ``source`` says)."""
+        scoping = self._scoping
+        own = scoping.own_service(node)
+        instance_ip = scoping.instance_ip(node)
+        sidecar = scoping.sidecar(node)
+        if sidecar is not None and sidecar.ingress:
+            own = ingress_service(sidecar, own, node.service, node.namespace)
+        if scope is EVERYTHING or scope is EVERYTHING_REGISTRY_ONLY:
+            problems = scoping.port_group_problems() + check_binds(
+                own, instance_ip, node.outbound_ip, scoping.groups_by_number(), HTTP_PROXY_PORT
+            )
+        else:
+            groups = scoping.default_groups(scope, node.outbound_ip)
+            explicit = scoping.explicit_groups(scope)
+            problems = check_port_groups([g for g, _ in groups] + [g for _, g, _ in explicit])
+            problems += check_binds(
+                own, instance_ip, node.outbound_ip, {g.number: g for g, _ in groups},
+                HTTP_PROXY_PORT,
+            )  # fmt: skip
+            if sidecar is not None:
+                problems += explicit_bind_problems(
+                    sidecar, [(b, g.number) for b, g, _ in explicit], own, instance_ip,
+                    node.outbound_ip,
+                )  # fmt: skip
+        if problems:
+            raise TranslationError(problems)
+        out: list[Resource] = []
+        mode = self._mtls_mode
+        memo = self._memo
+        for port in own.ports if own is not None else ():
+            out.append(memo.resource(build_inbound_cluster, port))
+            out.append(memo.resource(inbound_listener, instance_ip, port, mode, source))
+        return out
+
+    def outbound(
+        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
+        scope: Scope = EVERYTHING,
+    ) -> tuple[Resource, ...]:  # fmt: skip
+        """Outbound HTTP listeners on ``ip`` (and on the bind addresses of explicit
+        egress listeners) and the route configurations they name, as ``caller`` sees them
+        and as far as ``scope`` lets it see."""
+        return self._selections.get(self._outbound, ip, source, style, caller, scope)
+
+    def _outbound(
+        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
+        scope: Scope,
+    ) -> list[Resource]:  # fmt: skip
+        """The selection ``outbound`` memoizes."""
+        block = scope.registry_only
+        memo = self._memo
+        out: list[Resource] = []
+        problems: list[Problem] = []
+        routes = self._routes
+        for group, view in self._scoping.default_groups(scope, ip):
+            if group.http:
+                out.append(memo.resource(outbound_http_listener, ip, group.number, source))
+                try:
+                    out.append(
+                        routes.port_routes(group, style, caller, view=view, block_unknown=block)
+                    )
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+        for bind, group, view in self._scoping.explicit_groups(scope):
+            if not group.http:
+                continue
+            name = explicit_route_name(bind, group.number)
+            address = bind or ip
+            out.append(memo.resource(outbound_http_listener, address, group.number, source, name))
+            try:
+                out.append(
+                    routes.port_routes(group, style, caller, view=view, name=name,
+                                       block_unknown=block)
+                )  # fmt: skip
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+        forward = self._scoping.forwards()
+        out.append(memo.resource(http_proxy_listener, ip, source, forward))
+        visible = self._scoping.visible_groups(scope)
+        try:
+            out.append(
+                routes.proxy_routes([g for g, _ in visible], style, caller, view=scope.visible,
+                                    block_unknown=block)
+            )  # fmt: skip
+        except TranslationError as err:
+            problems.extend(p for p in err.problems if p not in problems)
+        if problems:
+            raise TranslationError(problems)
+        return out
+
+    def l4_listeners(self, node: NodeClass, scope: Scope = EVERYTHING) -> tuple[Resource, ...]:
+        """The outbound listeners of the TCP/TLS ports on ``node.outbound_ip``. They depend
+        on the node's namespace and labels only when some tcp/tls match looks at them, so
+        the selection is keyed by those only then (see ``l4``). A MOSN node is refused a
+        listener it would apply only in part (see ``mosn.l4_problems``)."""
+        if self._l4_by_caller is None:
+            self._l4_by_caller = caller_dependent(self.mesh)
+        caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
+        mosn = node.client is ClientKind.MOSN
+        return self._selections.get(self._l4, node.outbound_ip, caller, mosn, scope)
+
+    def _l4(self, ip: str, caller: L4Caller, mosn: bool, scope: Scope) -> list[Resource]:
+        """The selection ``l4_listeners`` memoizes."""
+        out: list[Resource] = []
+        problems: list[Problem] = []
+        wanted = [(ip, g, v) for g, v in self._scoping.default_groups(scope, ip)]
+        wanted += [(b or ip, g, v) for b, g, v in self._scoping.explicit_groups(scope)]
+        for address, group, view in wanted:
+            if group.http or not group.tcp:
+                continue
+            plan = self._l4_plans.get((group.number, caller, view))
+            if plan is None:
+                try:
+                    plan = plan_l4_listener(self.mesh, self._rules(), group, caller)
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+                    continue
+                self._l4_plans[(group.number, caller, view)] = plan
+            if mosn:
+                problems.extend(mosn_l4_problems(plan, group, self._rules()))
+            out.append(self._memo.resource(outbound_l4_listener, address, plan))
+        if problems:
+            raise TranslationError(problems)
+        return out
+
+    # -- gateways -------------------------------------------------------------------
+
+    def gateway(
+        self, node: NodeClass, source: ConfigSourceKind, style: MatcherStyle
+    ) -> tuple[Resource, ...]:
+        """The listeners and route configurations of a gateway node (see ``gateways``);
+        nothing when no Gateway selects it."""
+        selected = tuple(g for g in self.mesh.gateways if selects(g, node.labels))
+        if not selected:
+            return ()
+        bound = self._bound_rules()
+        rules = {vs.key: vs for g in selected for vs in bound.get(g.key, ())}
+        caller = caller_of(node.labels, node.namespace, relevance_of(rules.values()))
+        address = self._scoping.instance_ip(node)
+        return self._selections.get(self._gateway, selected, address, source, style, caller)
+
+    def _bound_rules(self) -> dict[ResourceKey, tuple[VirtualService, ...]]:
+        """The VirtualServices bound to each Gateway (computed once)."""
+        if self._bound is None:
+            self._bound = bound_virtual_services(self.mesh)
+        return self._bound
+
+    def _gateway(
+        self,
+        selected: tuple[Gateway, ...],
+        address: str,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
+    ) -> list[Resource]:
+        """The selection ``gateway`` memoizes."""
+        bound = self._bound_rules()
+        builder = self._routes.builder(style)
+        plan = plan_gateway(self.mesh, selected, bound, address)
+        memo = self._memo
+        out = [memo.resource(gateway_listener, listener, source) for listener in plan.listeners]
+        secrets = {n for r in out for t, n in r.references if t == SECRET}
+        out.extend(s for s in map(self._secrets.get, sorted(secrets)) if s is not None)
+        problems: list[Problem] = []
+        for route in plan.routes:
+            used: BoundRules = tuple(
+                (gw, tuple((vs, builder.rule_inputs(vs)) for vs in bound.get(gw, ())))
+                for gw, _ in route.servers
+            )
+            try:
+                out.append(memo.resource(_gateway_routes, route, used, caller, style, context=self))
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+        if problems:
+            raise TranslationError(problems)
+        return out
+
+    def gateway_routes(
+        self, vs: VirtualService, port: int, gateway: ResourceKey, caller: Caller,
+        style: MatcherStyle,
+    ) -> list[Any]:  # fmt: skip
+        """The routes of ``vs`` on ``port`` of ``gateway`` as ``caller`` sees them, in
+        ``style`` (memoized per translation)."""
+        key = (vs.key, port, gateway, caller, style)
+        found = self._gateway_routes.get(key)
+        if found is None:
+            found = self._routes.builder(style).gateway_routes(
+                vs, port, lambda m: gateway_match_applies(m, gateway, vs.namespace, caller)
+            )
+            self._gateway_routes[key] = found
+        return found
+
+    # -- locality and proxyless gRPC --------------------------------------------------
+
+    def local_assignments(self, node: NodeClass, scope: Scope = EVERYTHING) -> tuple[Resource, ...]:
+        """The ClusterLoadAssignments that ``node``'s locality changes (see
+        ``locality.py``): they replace the shared ones in its snapshot. Memoized per
+        (locality, labels failoverPriority names, services), and each assignment per
+        what it is made of, so classes in one locality share them."""
+        names = self._priority_label_names()
+        labels = tuple((k, v) for k, v in node.labels if k in names)
+        return self._selections.get(self._local, node.locality, labels, scope.clusters)
+
+    def _local(
+        self,
+        locality: Locality,
+        labels: tuple[tuple[str, str], ...],
+        clusters: frozenset[ResourceKey] | None,
+    ) -> list[Resource]:
+        """The selection ``local_assignments`` memoizes."""
+        out: list[Resource] = []
+        for service in self.mesh.services:
+            if service.resolution is not Resolution.STATIC:
+                continue
+            if clusters is not None and service.key not in clusters:
+                continue
+            rule = self.mesh.destination_rule(service)
+            if rule is None or not _may_localize(rule):
+                continue
+            for spec in outbound_clusters(service, rule):
+                policy = locality_policy(spec.policy)
+                if policy is None:
+                    continue
+                endpoints = select_endpoints(spec.service, spec.port, spec.selector)
+                caller = caller_key(policy, locality, labels)
+                out.append(
+                    self._memo.resource(
+                        _local_assignment, spec.name, spec.port, endpoints, policy, caller
+                    )
+                )
+        return out
+
+    def _priority_label_names(self) -> frozenset[str]:
+        """Every label name a failoverPriority of the mesh names."""
+        if self._priority_names is None:
+            names: set[str] = set()
+            for rule in self.mesh.destination_rules:
+                for policy in _policies(rule):
+                    lb = policy.load_balancer
+                    if lb is not None and lb.locality is not None:
+                        names.update(p.split("=", 1)[0] for p in lb.locality.failover_priority)
+            self._priority_names = frozenset(names)
+        return self._priority_names
+
+    def grpc_listeners(self, caller: Caller, scope: Scope = EVERYTHING) -> tuple[Resource, ...]:
+        """API listeners for every name of every HTTP service port ``scope`` shows, and
+        their routes as ``caller`` sees them."""
+        return self._selections.get(self._grpc, caller, scope)
+
+    def _grpc(self, caller: Caller, scope: Scope) -> list[Resource]:
+        """The selection ``grpc_listeners`` memoizes."""
+        style = MatcherStyle.STRING_MATCH
+        out: list[Resource] = []
+        bare_seen: set[str] = set()
+        for group, view in self._scoping.visible_groups(scope):
+            if not group.http:
+                continue
+            out.append(self._routes.port_routes(group, style, caller, view=view))
+            route_name = port_route_name(group.number)
+            suffix = f":{group.number}"
+            for spec in self._routes.vhosts_for_port(group, view):
+                names = [d for d in spec.domains if d.endswith(suffix)]
+                if len(spec.service.ports) == 1:
+                    bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
+                    bare_seen.update(bare)
+                    names.extend(bare)
+                for name in names:
+                    out.append(self._memo.resource(api_listener, name, route_name))
+        return out
+
+
+def _gateway_routes(
+    parts: ClassParts, route: RoutePlan, used: BoundRules, caller: Caller, style: MatcherStyle
+) -> Any:
+    """The RouteConfiguration of ``route`` (a memo build: ``used`` names every rule it
+    reads and what that rule takes from the mesh; ``parts`` only builds their routes)."""
+    bound = {gw: tuple(vs for vs, _ in rules) for gw, rules in used}
+    return gateway_route_configuration(
+        route, bound, lambda vs, port, gw: parts.gateway_routes(vs, port, gw, caller, style)
+    )
+
+
+def _local_assignment(
+    name: str,
+    port: Port,
+    endpoints: Any,
+    policy: LocalityPolicy,
+    caller: CallerKey,
+) -> Any:
+    """The ClusterLoadAssignment ``name`` of ``endpoints`` as ``caller`` sees them under
+    ``policy`` (a memo build)."""
+    return assignment_of_groups(
+        name, port, localize(locality_groups(port, endpoints), policy, caller)
+    )
+
+
+def _policies(rule: DestinationRule) -> Iterable[TrafficPolicy]:
+    """Every traffic policy written in ``rule`` (top level and subsets, with their
+    port-level settings as policies)."""
+    for policy in (rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)):
+        if policy is None:
+            continue
+        yield policy
+        for port in policy.port_level_settings:
+            yield TrafficPolicy(port.load_balancer, port.connection_pool,
+                                port.outlier_detection, port.tls)  # fmt: skip
+
+
+def _may_localize(rule: DestinationRule) -> bool:
+    """True when some cluster of ``rule`` may look different from some locality."""
+    return any(
+        p.outlier_detection is not None
+        or (p.load_balancer is not None and p.load_balancer.locality is not None
+            and bool(p.load_balancer.locality.distribute))
+        for p in _policies(rule)
+    )  # fmt: skip
