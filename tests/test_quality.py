@@ -92,6 +92,83 @@ def test_layering_follows_design() -> None:
     assert violations == []
 
 
+def _import_statements(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, at any depth: lazy imports and those under
+    ``if TYPE_CHECKING:`` too (a cycle of type names is a cycle of design)."""
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """xdsd module → the xdsd modules it imports (``from P import N`` counts ``P.N`` when
+    that is a module, else ``P``)."""
+    modules = dict(_modules())
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in _import_statements(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                    else node.module
+                    for a in node.names
+                ]  # fmt: skip
+            else:
+                targets = []
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    """No two modules of xdsd import each other, directly or through others (a package's
+    ``__init__`` counts as a module)."""
+    graph = _import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    assert cycles == []
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """A name starting with ``_`` stays in its module (``__future__`` aside)."""
+    found = [
+        f"{name} imports {node.module}.{alias.name}"
+        for name, tree in _modules()
+        for node in _import_statements(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__"
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert found == []
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
