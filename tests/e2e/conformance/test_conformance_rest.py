@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import (
+from tests.e2e.conformance import (
     test_conformance,
     test_conformance_entries,
     test_conformance_gateways,
@@ -22,7 +22,7 @@ from tests.e2e import (
 )
 from tests.e2e.traffic import CertAuthority
 from tests.harness import envoy_accepts
-from tests.paths import CONFORMANCE, EXAMPLE_CONFIG
+from tests.paths import CONFORMANCE, EXAMPLE_CONFIG, REPO
 from xdsd.errors import ConfigError
 from xdsd.model.mesh_config import MeshConfig, MeshTLS, MTLSMode
 from xdsd.sources import load_directory
@@ -30,7 +30,7 @@ from xdsd.translate import NodeClass, render_static
 
 ISTIO = CONFORMANCE / "istio"
 TESTDATA = ISTIO / "testdata"
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+DOCS = REPO / "docs" / "rules.md"
 
 #: What a Kubernetes cluster would define beside the files (their destinations).
 SERVICE3 = """\
