@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_proxyless_grpc import greeter_mesh
+from tests.e2e.serving.test_proxyless_grpc import greeter_mesh
 
 OLD_GRPCIO = "grpcio==1.49.1"
 

@@ -90,7 +90,7 @@ class GreeterMesh:
         path.write_text(json.dumps(doc))
         env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)}
         self.client = client = subprocess.Popen(
-            [python, str(Path(__file__).with_name("grpc_client.py")), f"greeter:{self.port}"],
+            [python, str(Path(__file__).parents[1] / "grpc_client.py"), f"greeter:{self.port}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         threading.Thread(
