@@ -346,7 +346,7 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
         path = tmp_path / f"bootstrap-{mesh_tls}.json"
         path.write_text(json.dumps(doc))
         client = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("grpc_client.py")),
+            [sys.executable, str(Path(__file__).parents[1] / "grpc_client.py"),
              f"greeter:{greeter.inbound_port}", "--xds-credentials"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)},
