@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e.h2_hostile import rapid_reset, slow_reader
+from tests.e2e.hostile.h2_hostile import rapid_reset, slow_reader
 from tests.harness import Xdsd, free_port, wait_until
 from tests.xds_clients import AdsClient, make_node
 
