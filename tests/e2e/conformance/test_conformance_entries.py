@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority
+from tests.e2e.certs import CertAuthority
 from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE
 from xdsd.errors import ConfigError

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.certs import CertAuthority
 from tests.e2e.conformance import (
     test_conformance,
     test_conformance_entries,
     test_conformance_gateways,
     test_conformance_sidecars,
 )
-from tests.e2e.traffic import CertAuthority
 from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG, REPO
 from xdsd.errors import ConfigError

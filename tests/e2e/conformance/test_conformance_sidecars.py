@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.certs import CertAuthority
 from tests.e2e.conformance.test_conformance_gateways import SE_GW_SERVICES
-from tests.e2e.traffic import CertAuthority
 from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE
 from xdsd.resources import LISTENER

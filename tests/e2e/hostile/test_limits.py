@@ -20,7 +20,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e.traffic import Sidecar, TrafficMesh
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.harness import wait_until
 from tests.xds_clients import AdsClient
 

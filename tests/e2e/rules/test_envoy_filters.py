@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.traffic import Sidecar, TrafficMesh
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 
 FILTERS = """\
 apiVersion: networking.istio.io/v1alpha3

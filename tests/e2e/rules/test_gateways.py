@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, GatewayNode, TrafficMesh, Upstream
+from tests.e2e.certs import CertAuthority
+from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
+from tests.e2e.upstreams import Upstream
 from tests.harness import free_port
 
 SERVERS = ("http", "https", "mtls", "pass", "plain", "tcp")

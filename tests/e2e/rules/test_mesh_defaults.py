@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.traffic import Sidecar, TrafficMesh
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.harness import wait_until
 
 SETTINGS = """\

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import Sidecar, TrafficMesh
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 
 RULES = """\
 apiVersion: networking.istio.io/v1

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import Reply, Sidecar, TrafficMesh, Upstream
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.e2e.upstreams import Reply, Upstream
 
 BINARY = b"\x00\x01\xfe\xffbinary"
 

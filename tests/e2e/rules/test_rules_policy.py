@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, Reply, Sidecar, TrafficMesh
+from tests.e2e.certs import CertAuthority
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.e2e.upstreams import Reply
 
 RULES = """\
 apiVersion: networking.istio.io/v1

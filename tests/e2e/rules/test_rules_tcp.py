@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, Sidecar, TcpEcho, TrafficMesh
+from tests.e2e.certs import CertAuthority
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.e2e.upstreams import TcpEcho
 from tests.harness import free_port
 
 

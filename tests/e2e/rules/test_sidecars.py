@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import Sidecar, TrafficMesh
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.harness import free_port, wait_until
 
 SIDECARS = """\

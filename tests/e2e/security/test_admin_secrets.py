@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh, write_atomically
-from tests.harness import free_port, wait_until
+from tests.e2e.certs import CertAuthority, CertFiles
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.harness import free_port, wait_until, write_atomically
 
 SERVER_NAME = "xdsd.mesh.test"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."

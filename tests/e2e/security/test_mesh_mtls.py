@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh, Upstream
+from tests.e2e.certs import CertAuthority, CertFiles
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.e2e.upstreams import Upstream
 from tests.harness import free_port, wait_until
 
 TRUST_DOMAIN = "mesh.test"

@@ -23,7 +23,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from tests.e2e.traffic import CertAuthority, CertFiles, GatewayNode, TrafficMesh
+from tests.e2e.certs import CertAuthority, CertFiles
+from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
 from tests.harness import free_port
 from tests.xds_clients import first_response_over_tls
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, CertFiles, GatewayNode, TrafficMesh
+from tests.e2e.certs import CertAuthority, CertFiles
+from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
 from tests.harness import free_port, wait_until
 
 

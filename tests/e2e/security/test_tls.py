@@ -20,7 +20,8 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e.traffic import CertAuthority, CertFiles, Sidecar, TrafficMesh
+from tests.e2e.certs import CertAuthority, CertFiles
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.xds_clients import first_response_over_tls
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"

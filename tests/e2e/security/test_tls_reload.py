@@ -19,7 +19,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e.traffic import CertAuthority, CertFiles
+from tests.e2e.certs import CertAuthority, CertFiles
 from tests.harness import Xdsd, wait_until
 from tests.xds_clients import first_response_over_tls
 

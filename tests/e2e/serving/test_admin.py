@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.traffic import Sidecar, TrafficMesh, write_atomically
-from tests.harness import Xdsd, wait_until
+from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
+from tests.harness import Xdsd, wait_until, write_atomically
 
 NODE = "client-sidecar"
 TYPES = ("clusters", "endpoints", "listeners", "routes")

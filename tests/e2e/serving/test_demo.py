@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import write_atomically
-from tests.harness import http_get, loopback_block, port_open, wait_until
+from tests.harness import http_get, loopback_block, port_open, wait_until, write_atomically
 
 CANARY = """\
 apiVersion: networking.istio.io/v1

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import write_atomically
-from tests.harness import Process, envoy_binary, http_get, port_open, wait_until
+from tests.harness import Process, envoy_binary, http_get, port_open, wait_until, write_atomically
 from xdsd.demo.mesh import (
     ADMIN_PORT,
     CANARY_FILE,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.mesh import EchoMesh, route_to, vs, write_atomically
-from tests.harness import wait_until
+from tests.e2e.mesh import EchoMesh, route_to, vs
+from tests.harness import wait_until, write_atomically
 from tests.xds_clients import AdsClient, UnreadingClient
 from xdsd.app import SHUTDOWN_MESSAGE
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import grpc
 
-from tests.e2e.mesh import write_atomically
-from tests.harness import Xdsd, free_port, loopback_block, wait_until
+from tests.harness import Xdsd, free_port, loopback_block, wait_until, write_atomically
 
 
 def _backend(name: str, host: str, port: int) -> grpc.Server:

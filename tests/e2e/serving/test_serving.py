@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.mesh import EchoMesh, Prober, route_to, vs, write_atomically
-from tests.harness import Xdsd, wait_until
+from tests.e2e.mesh import EchoMesh, Prober, route_to, vs
+from tests.harness import Xdsd, wait_until, write_atomically
 
 
 @pytest.fixture
