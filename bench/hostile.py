@@ -27,8 +27,8 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.e2e.h2_hostile import rapid_reset, slow_reader
-from tests.e2e.test_client_limits import Daemon
+from tests.e2e.hostile.h2_hostile import rapid_reset, slow_reader
+from tests.e2e.hostile.test_client_limits import Daemon
 from tests.xds_clients import make_node
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

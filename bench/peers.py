@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.e2e.mesh import CLIENT, DR, ECHO, route_to, vs, write_atomically
+from tests.e2e.mesh import CLIENT, DR, ECHO, route_to, vs
 from tests.harness import (
     Backend,
     Envoy,
@@ -53,6 +53,7 @@ from tests.harness import (
     free_port,
     http_get,
     wait_until,
+    write_atomically,
 )
 
 BACKEND_IPS = {"v1": "127.0.2.11", "v2": "127.0.2.12", "v3": "127.0.2.13"}

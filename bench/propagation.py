@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.mesh import EchoMesh, route_to, vs, write_atomically
+from tests.e2e.mesh import EchoMesh, route_to, vs
+from tests.harness import write_atomically
 
 
 def _one_edit(mesh: EchoMesh, target: str, deadline: float = 30.0) -> float:

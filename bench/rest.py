@@ -41,8 +41,7 @@ from bench._rest_micro import measure
 from bench._rest_node import capture_envoy_node
 from bench._rest_poller import FleetResult, FleetSpec, run
 from bench.meshgen import write_mesh
-from tests.e2e.mesh import write_atomically
-from tests.harness import Xdsd
+from tests.harness import Xdsd, write_atomically
 
 SERVICE = "svc-00000"
 POLLERS_PER_CLIENT = 7  # CDS, LDS, 3 EDS clusters, 2 route configurations (1 service)

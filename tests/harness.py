@@ -88,6 +88,15 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` as careful tools do: a dot temp file, then rename (its directory
+    is created when missing), so a watcher never reads a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class Backend:
     """A small HTTP server on ``host:port`` answering every request with JSON naming
     itself, the path and the request headers (and ``X-Backend: name``)."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.certs import CertAuthority, CertFiles
 from tests.e2e.mesh import EchoMesh
-from tests.e2e.traffic import CertAuthority, CertFiles
 from tests.harness import Xdsd, free_port, wait_until
 from tests.xds_clients import AdsClient
 from xdsd.status import NACKED, NOT_SENT, PENDING, STALE, SYNCED, summarize

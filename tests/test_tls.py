@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.traffic import CertAuthority, CertFiles
+from tests.e2e.certs import CertAuthority, CertFiles
 from xdsd.errors import UsageError
 from xdsd.settings import Settings
 from xdsd.tls import ServerCertificates

@@ -5,14 +5,22 @@ Envoy) is configured by xdsd. Rule edits are written atomically (temp file + ren
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
 from collections import Counter
 from pathlib import Path
 
-from tests.harness import Backend, Envoy, Xdsd, free_port, http_get, loopback_block, wait_until
+from tests.harness import (
+    Backend,
+    Envoy,
+    Xdsd,
+    free_port,
+    http_get,
+    loopback_block,
+    wait_until,
+    write_atomically,
+)
 
 ECHO = """\
 kind = "Service"
@@ -81,13 +89,6 @@ def route_to(weights: dict[str, int], match_header: tuple[str, str] | None = Non
     for subset, weight in weights.items():
         text += f"    - destination: {{host: echo, subset: {subset}}}\n      weight: {weight}\n"
     return text
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` the way careful tools do: a dot temp file, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class EchoMesh:

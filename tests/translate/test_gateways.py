@@ -392,7 +392,7 @@ def test_envoy_accepts_every_gateway_feature(tmp_path: Path) -> None:
     """A gateway with every server kind, TLS setting and every cipher suite xdsd lets
     through, rendered statically, passes ``envoy --mode validate`` with real
     certificate files."""
-    from tests.e2e.traffic import CertAuthority
+    from tests.e2e.certs import CertAuthority
 
     ca = CertAuthority(tmp_path / "certs")
     ca.issue("gw")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from tests.e2e.traffic import CertAuthority
+from tests.e2e.certs import CertAuthority
 from tests.harness import envoy_accepts
 from xdsd.errors import ConfigError, TranslationError
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig, MeshTLS, MTLSMode

@@ -1,0 +1,167 @@
+"""``xdsd demo`` as a newcomer runs it: a real process tree (xdsd, five Envoys, four
+applications), requests through its gateway, an edit of the canary file it names, and a
+stop that leaves nothing behind — on Ctrl-C, when a child dies, and when the demo itself is
+killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.harness import http_get, loopback_block, port_open, wait_until, write_atomically
+
+CANARY = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {v1}
+    - destination: {{host: reviews, subset: v2}}
+      weight: {v2}
+"""
+
+
+@dataclass
+class Demo:
+    proc: subprocess.Popen[bytes]
+    out: Path
+    gateway: tuple[str, int]
+    canary: Path
+    pids: list[int]
+    pgid: int
+
+    def reviews_version(self) -> str:
+        """The reviews version that answered one request through the gateway."""
+        status, _, body = http_get(*self.gateway, "/")
+        assert status == 200, body
+        page = json.loads(body)
+        assert page["service"] == "productpage"
+        (reviews,) = page["calls"]
+        assert reviews["service"] == "reviews"
+        if reviews["version"] == "v2":  # v2 calls ratings through its own sidecar
+            assert [c["service"] for c in reviews["calls"]] == ["ratings"]
+        return str(reviews["version"])
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Every live process whose process group is ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(demo: Demo, *, reaped: bool = True) -> None:
+    """No process the demo printed is alive, nor any process in its children's group;
+    ``reaped``: not even a zombie (the demo waited for them)."""
+    wait_until(
+        lambda: not any(alive(p) for p in demo.pids) and not group_members(demo.pgid),
+        timeout=30,
+        what="every process of the demo to be gone",
+    )
+    if reaped:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(demo.pgid, 0)
+    assert not port_open(*demo.gateway)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    out = tmp_path / "demo.out"
+    block = loopback_block()
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xdsd.cli", "demo", "--dir", str(tmp_path / "demo"),
+             "--block", block],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    started = Demo(proc, out, ("", 0), Path(), [], 0)
+    try:
+
+        def banner() -> str | None:
+            text = out.read_text()
+            done = "Ctrl-C stops everything" in text or proc.poll() is not None
+            return text if done else None
+
+        text = wait_until(banner, timeout=180, what="the demo to print its banner")
+        url = re.search(r"curl http://([\d.]+):(\d+)/", text)
+        canary = re.search(r"edit (\S+reviews\.yaml)", text)
+        group = re.search(r"process group (\d+)", text)
+        assert url and canary and group, text
+        started.gateway = (url[1], int(url[2]))
+        started.canary = Path(canary[1])
+        started.pgid = int(group[1])
+        started.pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert url[1].startswith(block + ".")
+        assert len(started.pids) == 10, text  # xdsd, five Envoys, four applications
+        yield started
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(60)
+        for pgid in (proc.pid, started.pgid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if pgid:
+                    os.killpg(pgid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_demo_serves_shifts_traffic_and_stops_on_ctrl_c(demo: Demo) -> None:
+    assert demo.canary.read_text().count("weight:") == 2
+    assert {demo.reviews_version() for _ in range(10)} == {"v1"}
+
+    write_atomically(demo.canary, CANARY.format(v1=0, v2=100))
+    wait_until(lambda: demo.reviews_version() == "v2", what="reviews v2 to get the traffic")
+    assert {demo.reviews_version() for _ in range(10)} == {"v2"}
+
+    write_atomically(demo.canary, CANARY.format(v1=50, v2=50))
+    seen: set[str] = set()
+    wait_until(lambda: seen.add(demo.reviews_version()) or seen == {"v1", "v2"},
+               what="both versions to answer under 50/50")  # fmt: skip
+
+    demo.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert demo.proc.wait(60) == 0
+    assert_nothing_left(demo)
+    assert "xdsd demo: stopped." in demo.out.read_text()
+
+
+def test_demo_stops_everything_when_a_child_dies(demo: Demo) -> None:
+    envoy = demo.pids[1]  # the gateway's Envoy
+    os.kill(envoy, signal.SIGKILL)
+    assert demo.proc.wait(60) == 1
+    assert_nothing_left(demo)
+    assert "envoy-ingressgateway exited" in demo.out.read_text()
+
+
+def test_children_die_with_the_demo_when_it_is_killed(demo: Demo) -> None:
+    demo.proc.kill()  # no chance to clean up: the children's parent-death signal does
+    demo.proc.wait(10)
+    assert_nothing_left(demo, reaped=False)  # orphans are reaped by init, not by us
