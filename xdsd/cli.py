@@ -353,7 +353,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _print_json(value: Any) -> None:
-    """Indented for a terminal; compact (and C-encoded, 10x faster) into a pipe or file."""
+    """Indented for a terminal; compact (and C-encoded: the fast path, see
+    ``docs/architecture.md``, "Departures") into a pipe or file."""
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(value, indent=indent))
     sys.stdout.write("\n")
