@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from xdsd.errors import Problem, TranslationError
+from xdsd.located import is_ip
 from xdsd.model import DEFAULT_NAMESPACE, Locality
 
 DEFAULT_OUTBOUND_IP = "127.0.0.1"
@@ -237,15 +238,6 @@ def node_class_from_node(
         outbound_ip=outbound_ip,
         mesh_tls=mesh_tls and client is ClientKind.GRPC,
     )
-
-
-def is_ip(text: str) -> bool:
-    """True when ``text`` is an IPv4 or IPv6 literal."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def is_wildcard(address: str) -> bool:
