@@ -335,11 +335,12 @@ def _grant(grants: Fields, san: str) -> NodeGrant | None:
         for name in ("node_ids", "services", "roles")
     }
     tables = {
-        name: tuple(sorted(entry.value(name, _is_labels, "a table of label = value strings",
-                                       {}).items()))
+        name: tuple(
+            sorted(entry.value(name, _is_labels, "a table of label = value strings", {}).items())
+        )
         for name in ("gateway_labels", "labels")
         if name in entry.data
-    }  # fmt: skip
+    }
     _refuse_unknown(entry, _GRANT_KEYS)
     given = entry.data
     if not given.get("node_ids") and not given.get("services"):
@@ -352,8 +353,11 @@ def _grant(grants: Fields, san: str) -> NodeGrant | None:
     if "roles" in given and not given["roles"]:
         entry.error("roles", "is empty: name at least one role")
     if "gateway" in roles and not tables.get("gateway_labels"):
-        entry.error(None, "grants the gateway role without gateway_labels: name the labels "
-                    "(e.g. { istio = \"ingressgateway\" }) its gateways may claim")  # fmt: skip
+        entry.error(
+            None,
+            "grants the gateway role without gateway_labels: name the labels "
+            '(e.g. { istio = "ingressgateway" }) its gateways may claim',
+        )
     if "gateway_labels" in given and "gateway" not in roles:
         entry.error("gateway_labels", 'needs roles to include "gateway"')
     if any(v == "*" for _, v in tables.get("gateway_labels", ())):
@@ -641,8 +645,13 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
     what = "a trust domain name (no '/' or ':')"
     trust_domain = table.value("trust_domain", _is_trust_domain, what, out.trust_domain)
     _refuse_unknown(table, known)
-    return replace(out, ca=paths.get("ca", ""), certificate=paths.get("certificate", ""),
-                   private_key=paths.get("private_key", ""), trust_domain=trust_domain)  # fmt: skip
+    return replace(
+        out,
+        ca=paths.get("ca", ""),
+        certificate=paths.get("certificate", ""),
+        private_key=paths.get("private_key", ""),
+        trust_domain=trust_domain,
+    )
 
 
 def _is_trust_domain(value: Any) -> bool:
@@ -652,8 +661,11 @@ def _is_trust_domain(value: Any) -> bool:
 def _template_problem(template: str) -> str:
     """What is wrong with a certificate or key path template ("" when nothing is)."""
     try:
-        fields_ = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template)
-                   if f is not None]  # fmt: skip
+        fields_ = [
+            (f, spec, conv)
+            for _, f, spec, conv in string.Formatter().parse(template)
+            if f is not None
+        ]
     except ValueError as e:
         return f"is not a path template: {e}"
     if any(spec or conv for _, spec, conv in fields_):

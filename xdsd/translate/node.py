@@ -112,8 +112,14 @@ def client_kind(user_agent_name: str) -> ClientKind:
 
 #: The ``node.metadata`` fields a node class reads; every other one is ignored.
 METADATA_FIELDS = (
-    "namespace", "labels", "role", "instance_ip", "outbound_ip", "client", "mesh_tls"
-)  # fmt: skip
+    "namespace",
+    "labels",
+    "role",
+    "instance_ip",
+    "outbound_ip",
+    "client",
+    "mesh_tls",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -183,9 +189,11 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
     labels = _read_labels(metadata)
     default_client = client_kind(user_agent_name).value
     client = metadata.choice(
-        "client", _CLIENTS, default=default_client,
+        "client",
+        _CLIENTS,
+        default=default_client,
         fold=lambda s: s.strip().lower() if s else default_client,
-    )  # fmt: skip
+    )
     mesh_tls = metadata.boolean("mesh_tls")
     instance_ip = metadata.value("instance_ip", _is_address, "an IP address", "")
     outbound_ip = metadata.value("outbound_ip", _is_address, "an IP address", "")
