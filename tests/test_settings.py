@@ -39,7 +39,7 @@ def test_file_values_apply_and_flags_win(tmp_path: Path) -> None:
         ('grcp = "127.0.0.1:1"\n', "grcp: unknown setting"),
         ('grpc = "no-port"\n', "grpc: expected HOST:PORT"),
         ("quiet_period = -1\n", "quiet_period: must be a non-negative number"),
-        ("grpc_backlog = true\n", "grpc_backlog: must not be a boolean"),
+        ("grpc_backlog = true\n", "grpc_backlog: must be a positive integer (got boolean True)"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path: Path, text: str, fragment: str) -> None:
@@ -202,3 +202,46 @@ def test_a_gateway_grant_reads_its_roles_and_labels(tmp_path: Path) -> None:
     g, s = Settings.from_file(str(path)).authorized_nodes
     assert (g.roles, g.gateway_labels, g.labels) == (("gateway",), (("istio", "in"),), None)
     assert (s.roles, s.labels) == (("sidecar", "proxyless"), (("app", "web"), ("version", "*")))
+
+
+def test_keys_may_be_spelled_with_dashes_and_keep_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text('grpc-impl = "grpcio"\nmax-connections = 0\n[mesh.access-log]\n'
+                    'encoding = "json"\nenabld = true\n')  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Settings.from_file(str(path))
+    assert [str(p).split("xdsd.toml")[1] for p in info.value.problems] == [
+        ":5: mesh.access_log.enabld: unknown setting; known: enabled, path, encoding, format, "
+        "fields"
+    ]
+    path.write_text('grpc-impl = "grpcio"\nmax-connections = 0\n[mesh.access-log]\n')
+    settings = Settings.from_file(str(path))
+    assert (settings.grpc_impl, settings.max_connections) == ("grpcio", 0)
+    assert settings.mesh.access_log.enabled
+
+
+def test_a_key_given_in_both_spellings_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "xdsd.toml"
+    path.write_text('grpc_impl = "grpclib"\ngrpc-impl = "grpcio"\n')
+    with pytest.raises(ConfigError) as info:
+        Settings.from_file(str(path))
+    assert "xdsd.toml:2: grpc-impl: repeats grpc_impl: give it once" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"admin_tls": 1}, "admin_tls: must be true or false (got number 1)"),
+        ({"max_delay": True}, "max_delay: must be a non-negative number (got boolean True)"),
+        ({"max_connections": -1}, "max_connections: must be a positive integer (got number -1)"),
+        ({"config_dir": 3}, "config_dir: must be a string (got number 3)"),
+        ({"grpc": 5}, 'grpc: must be "HOST:PORT" or "" to disable (got number 5)'),
+        ({"grpc_impl": "grpc"}, "grpc_impl: must be one of grpclib, grpcio (got 'grpc')"),
+        ({"mesh": {"prometheus": {"port": 0}}},
+         "mesh.prometheus.port: must be a port number (1-65535) (got number 0)"),
+    ],
+)  # fmt: skip
+def test_flags_are_read_as_the_file_is(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings().merged(data, source="command line")
+    assert str(info.value) == f"command line: {message}"

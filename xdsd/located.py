@@ -5,7 +5,7 @@ Config documents (``xdsd.sources``) and the settings file (``xdsd.settings``) ar
 the same way: a ``Document`` holds a parsed value and a table of the line of each field
 path (``index_toml`` makes it for TOML, the one TOML line scanner; ``toml_error`` reads
 the line out of a TOML syntax error); a ``Fields`` wraps one mapping of it. Each
-accessor (``string``, ``integer``, ``obj``, ``items``, ``value`` ...) checks the type of
+accessor (``string``, ``integer``, ``obj``, ``items``, ``value``, ``choice`` ...) checks
 one field and records a ``Problem`` naming file, line and field path when it is wrong,
 returning a safe default so that one pass reports every problem of a document.
 ``finish()`` reports every field that was not read: as unsupported when xdsd knows the
@@ -18,7 +18,7 @@ import difflib
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -28,6 +28,21 @@ from xdsd.errors import Problem, Severity
 
 #: Where a value is in a document: mapping keys and list indices from its root.
 FieldPath = tuple[str | int, ...]
+
+
+class _Null:
+    """The type of ``NULL``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+#: A null that is a value, not an absence: inputs where an explicit null must be refused
+#: (an xDS node's metadata) hold it where ``None`` would read as "not given". Every
+#: accessor refuses it as a value of the wrong type.
+NULL = _Null()
 
 
 @dataclass(slots=True)
@@ -157,7 +172,7 @@ class Report:
 
 
 def _type_name(value: Any) -> str:
-    if value is None:
+    if value is None or value is NULL:
         return "null"
     if isinstance(value, bool):
         return "boolean"
@@ -170,6 +185,13 @@ def _type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "mapping"
     return type(value).__name__
+
+
+def _described(value: Any) -> str:
+    """``number 3``, ``string 'x'``; a null as just ``null``."""
+    if value is None or value is NULL:
+        return "null"
+    return f"{_type_name(value)} {_shown(value)}"
 
 
 def _shown(value: Any) -> str:
@@ -206,8 +228,13 @@ class Fields:
         path = self.path if key is None else (*self.path, key)
         self.report.add(path, message, Severity.WARNING)
 
+    def unread(self) -> list[str]:
+        """The keys of this mapping no accessor has read (yet), in the mapping's order:
+        for a reader that reports unknown keys its own way rather than by ``finish``."""
+        return [key for key in self.data if key not in self.read]
+
     def _wrong(self, key: str, expected: str, value: Any) -> None:
-        self.error(key, f"must be {expected} (got {_type_name(value)} {_shown(value)})")
+        self.error(key, f"must be {expected} (got {_described(value)})")
 
     # -- scalars ---------------------------------------------------------------------
 
@@ -266,6 +293,38 @@ class Fields:
             self._wrong(key, "true or false", value)
             return default
         return value
+
+    def value(self, key: str, ok: Callable[[Any], bool], what: str, default: Any = None) -> Any:
+        """A field of any type that ``ok`` accepts; else the error ``must be {what}`` is
+        recorded. ``default`` when absent or refused."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not ok(value):
+            self._wrong(key, what, value)
+            return default
+        return value
+
+    def choice(
+        self,
+        key: str,
+        choices: Sequence[str],
+        *,
+        default: str | None = None,
+        fold: Callable[[str], str] | None = None,
+    ) -> str | None:
+        """A string field that is one of ``choices`` once ``fold`` (e.g. ``str.upper``)
+        has been applied to it; the folded string is returned. ``default`` when absent or
+        refused (anything else, including a value of another type, is an error)."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            text = fold(value) if fold is not None else value
+            if text in choices:
+                return text
+        self.error(key, f"must be one of {', '.join(choices)} (got {_shown(value)})")
+        return default
 
     def port(self, key: str, *, required: bool = False) -> int:
         """A TCP port number 1-65535."""

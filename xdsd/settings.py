@@ -3,7 +3,8 @@ the mesh-wide proxy defaults (the ``[mesh]`` section, see ``xdsd.model.mesh_conf
 
 Settings come from defaults, then an optional TOML file (``--settings``), then command-line
 flags, later ones winning. Unknown keys and wrong types in the file are errors naming the
-file, the line and the key, like config errors.
+file, the line and the key, like config errors: both are read with ``xdsd.located``'s
+``Fields`` over a ``Document`` (``merged``; flags are a document without lines).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from xdsd.errors import ConfigError, Problem
-from xdsd.located import index_toml, toml_error
+from xdsd.located import Document, FieldPath, Fields, Report, index_toml, toml_error
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
@@ -193,74 +194,54 @@ class Settings:
             raise ConfigError([Problem(path, 0, "", "settings nested too deeply")]) from None
         except ValueError as e:  # what tomllib meets beyond its parsing (Python's int limit)
             raise ConfigError([Problem(path, 0, "", f"settings cannot be parsed: {e}")]) from None
-        return cls().merged(data, source=path, lines=key_lines(raw.decode()))
+        return cls().merged(data, source=path, index=lambda: _spellings(index_toml(raw.decode())))
 
     def merged(
-        self, data: Mapping[str, Any], *, source: str, lines: Mapping[str, int] | None = None
+        self,
+        data: Mapping[str, Any],
+        *,
+        source: str,
+        index: dict[FieldPath, int] | Callable[[], dict[FieldPath, int]] | None = None,
     ) -> Settings:
         """These settings with ``data`` applied; ``source`` names where data came from and
-        ``lines`` the line of each dotted key in it (see ``key_lines``). Raises
-        ConfigError listing every unknown key and wrong value."""
-        known = {f.name: f for f in fields(self)}
-        where = _Where(source, lines or {})
-        problems: list[Problem] = []
-        changes: dict[str, Any] = {}
-        for key, value in data.items():
-            key_name = key.replace("-", "_")
-            if key_name not in known:
-                problems.append(where.problem(key, f"unknown setting; known: {', '.join(known)}"))
-                continue
-            if key_name == "mesh":
-                mesh = _mesh_config(value, key, where, problems)
-                if mesh is not None:
-                    changes["mesh"] = mesh
-                continue
-            if key_name == "authorized_nodes":
-                grants = _authorized_nodes(value, key, where, problems)
-                if grants is not None:
-                    changes["authorized_nodes"] = grants
-                continue
-            if key_name == "admin_sans":
-                if _check(value, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
-                          "a list of SANs", key, where, problems):  # fmt: skip
-                    changes["admin_sans"] = tuple(value)
-                continue
-            current = getattr(self, key_name)
-            try:
-                changes[key_name] = _coerce(key_name, current, value)
-            except ValueError as e:
-                problems.append(where.problem(key, str(e)))
-        if problems:
-            raise ConfigError(problems)
+        ``index`` the line of each key path in it (a ``located.Document`` index, or a
+        function that makes it when a problem needs a line). Keys may be spelled with
+        ``-`` for ``_``. Raises ConfigError listing every unknown key and wrong value,
+        each naming source, line and dotted key."""
+        known = tuple(f.name for f in fields(self))
+        report = Report(Document(source, 0, dict(data), index if index is not None else {}), ())
+        top = _spelled(report, (), data, known)
+        changes = {
+            name: _read_setting(top, name, getattr(self, name))
+            for name in top.data
+            if name in known
+        }
+        _refuse_unknown(top, known)
+        if report.problems:
+            raise ConfigError(report.problems)
         result = replace(self, **changes)
-        problems.extend(result._tls_problems(where))
-        if problems:
-            raise ConfigError(problems)
+        result._check_tls(top)
+        if report.problems:
+            raise ConfigError(report.problems)
         return result
 
-    def _tls_problems(self, where: _Where) -> list[Problem]:
-        """What is wrong with the TLS settings taken together."""
-        out: list[Problem] = []
+    def _check_tls(self, top: Fields) -> None:
+        """Record in ``top`` what is wrong with the TLS settings taken together."""
         if bool(self.tls_cert) != bool(self.tls_key):
             key = "tls_key" if self.tls_cert else "tls_cert"
-            out.append(where.problem(key, "tls_cert and tls_key go together"))
+            top.error(key, "tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
-            out.append(where.problem("tls_client_ca", "needs tls_cert and tls_key"))
+            top.error("tls_client_ca", "needs tls_cert and tls_key")
         if self.admin_sans and not self.tls_client_ca:
-            out.append(
-                where.problem(
-                    "admin_sans",
-                    "needs tls_client_ca: admin clients are known by their client certificate",
-                )
+            top.error(
+                "admin_sans",
+                "needs tls_client_ca: admin clients are known by their client certificate",
             )
         if self.authorized_nodes and not self.tls_client_ca:
-            out.append(
-                where.problem(
-                    "authorized_nodes",
-                    "needs tls_client_ca: nodes are authorized by their client certificate",
-                )
+            top.error(
+                "authorized_nodes",
+                "needs tls_client_ca: nodes are authorized by their client certificate",
             )
-        return out
 
 
 #: The roles a grant may let a certificate claim (``NodeGrant.roles``): a sidecar, a
@@ -329,383 +310,375 @@ class NodeGrant:
         return all(k in bound and bound[k] in ("*", v) for k, v in labels.items())
 
 
-def _authorized_nodes(
-    value: Any, key: str, where: _Where, problems: list[Problem]
-) -> tuple[NodeGrant, ...] | None:
+def _authorized_nodes(top: Fields) -> tuple[NodeGrant, ...]:
     """The ``[authorized_nodes]`` table: SAN = { node_ids = [...], services = [...],
     roles = [...], gateway_labels = { ... }, labels = { ... } }."""
-    if not isinstance(value, dict):
-        problems.append(where.problem(key, "must be a table of SAN = { node_ids, services }"))
+    what = "a table of SAN = { node_ids, services }"
+    value = top.value("authorized_nodes", _is_table, what)
+    if value is None:
+        return ()
+    grants = Fields(top.report, (*top.path, "authorized_nodes"), value)
+    found = (_grant(grants, str(san)) for san in value)
+    return tuple(grant for grant in found if grant is not None)
+
+
+_GRANT_KEYS = ("node_ids", "services", "roles", "gateway_labels", "labels")
+
+
+def _grant(grants: Fields, san: str) -> NodeGrant | None:
+    """The grant of ``san`` (None, with problems, when it cannot be used)."""
+    entry = _table(grants, san, _GRANT_KEYS)
+    if entry is None:
         return None
-    before = len(problems)
-    grants: list[NodeGrant] = []
-    known = ("node_ids", "services", "roles", "gateway_labels", "labels")
-    for san, entry in value.items():
-        at = f"{key}.{san}"
-        table = _table(entry, at, where, problems, known)
-        if table is None:
-            continue
-        lists: dict[str, tuple[str, ...]] = {}
-        for name in ("node_ids", "services", "roles"):
-            items = table.get(name, [])
-            if _check(items, lambda v: isinstance(v, list) and all(_is_str(x) and x for x in v),
-                      "a list of names", f"{at}.{name}", where, problems):  # fmt: skip
-                lists[name] = tuple(items)
-        if not table.get("node_ids") and not table.get("services"):
-            problems.append(where.problem(at, "names no node_ids and no services"))
-            continue
-        roles = lists.get("roles") or DEFAULT_ROLES
-        unknown = [r for r in roles if r not in NODE_ROLES]
-        if unknown:
-            problems.append(where.problem(
-                f"{at}.roles", f"unknown role {unknown[0]!r}; known: {', '.join(NODE_ROLES)}"
-            ))  # fmt: skip
-        if "roles" in table and not table["roles"]:
-            problems.append(where.problem(f"{at}.roles", "is empty: name at least one role"))
-        tables: dict[str, tuple[tuple[str, str], ...]] = {}
-        for name in ("gateway_labels", "labels"):
-            if name in table and _check(
-                table[name], lambda v: isinstance(v, dict) and all(
-                    _is_str(x) and x and _is_str(y) and y for x, y in v.items()
-                ), "a table of label = value strings", f"{at}.{name}", where, problems,
-            ):  # fmt: skip
-                tables[name] = tuple(sorted(table[name].items()))
-        if "gateway" in roles and not tables.get("gateway_labels"):
-            problems.append(where.problem(
-                at, "grants the gateway role without gateway_labels: name the labels "
-                "(e.g. { istio = \"ingressgateway\" }) its gateways may claim",
-            ))  # fmt: skip
-        if "gateway_labels" in table and "gateway" not in roles:
-            problems.append(where.problem(
-                f"{at}.gateway_labels", "needs roles to include \"gateway\""
-            ))  # fmt: skip
-        if any(v == "*" for _, v in tables.get("gateway_labels", ())):
-            problems.append(where.problem(
-                f"{at}.gateway_labels", "names each value exactly (\"*\" is for labels)"
-            ))  # fmt: skip
-        grants.append(
-            NodeGrant(
-                san,
-                lists.get("node_ids", ()),
-                lists.get("services", ()),
-                tuple(roles),
-                tables.get("gateway_labels", ()),
-                tables.get("labels"),
-            )
+    lists = {
+        name: tuple(entry.value(name, _is_names, "a list of names", []))
+        for name in ("node_ids", "services", "roles")
+    }
+    tables = {
+        name: tuple(
+            sorted(entry.value(name, _is_labels, "a table of label = value strings", {}).items())
         )
-    return tuple(grants) if len(problems) == before else None
+        for name in ("gateway_labels", "labels")
+        if name in entry.data
+    }
+    _refuse_unknown(entry, _GRANT_KEYS)
+    given = entry.data
+    if not given.get("node_ids") and not given.get("services"):
+        entry.error(None, "names no node_ids and no services")
+        return None
+    roles = lists["roles"] or DEFAULT_ROLES
+    unknown = [r for r in roles if r not in NODE_ROLES]
+    if unknown:
+        entry.error("roles", f"unknown role {unknown[0]!r}; known: {', '.join(NODE_ROLES)}")
+    if "roles" in given and not given["roles"]:
+        entry.error("roles", "is empty: name at least one role")
+    if "gateway" in roles and not tables.get("gateway_labels"):
+        entry.error(
+            None,
+            "grants the gateway role without gateway_labels: name the labels "
+            '(e.g. { istio = "ingressgateway" }) its gateways may claim',
+        )
+    if "gateway_labels" in given and "gateway" not in roles:
+        entry.error("gateway_labels", 'needs roles to include "gateway"')
+    if any(v == "*" for _, v in tables.get("gateway_labels", ())):
+        entry.error("gateway_labels", 'names each value exactly ("*" is for labels)')
+    return NodeGrant(
+        san,
+        lists["node_ids"],
+        lists["services"],
+        roles,
+        tables.get("gateway_labels", ()),
+        tables.get("labels"),
+    )
 
 
-def key_lines(text: str) -> dict[str, int]:
-    """The 1-based line of each table header and ``key =`` line of TOML ``text``, by
-    dotted key (``mesh.access_log.path``), as ``located.index_toml`` finds them. Keys
-    inside inline tables are not listed: their problems name the line of the key holding
-    the table."""
-    return {".".join(map(str, path)): line for path, line in index_toml(text).items()}
+# -- reading tables ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Where:
-    """Where a settings key was written: the source and the line of each dotted key."""
+def _spelled(
+    report: Report, path: FieldPath, table: Mapping[str, Any], known: tuple[str, ...]
+) -> Fields:
+    """``table`` read at ``path``, each key that names one of ``known`` once ``-`` is read
+    as ``_`` (``grpc-impl``) spelled as ``known`` does, other keys as written. A key
+    given in both spellings is an error."""
+    out: dict[str, Any] = {}
+    spelled = Fields(report, path, out)
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        name = name if name in known else key
+        if name in out:
+            spelled.error(key, f"repeats {name}: give it once")
+        out[name] = value
+    return spelled
 
-    source: str
-    lines: Mapping[str, int]
 
-    def problem(self, key: str, message: str) -> Problem:
-        """A problem at ``key`` (dotted), on its line or its nearest table's."""
-        path = key
-        while path:
-            line = self.lines.get(path) or self.lines.get(path.replace("_", "-"))
-            if line:
-                return Problem(self.source, line, key, message)
-            path = path.rpartition(".")[0]
-        return Problem(self.source, 0, key, message)
+def _spellings(lines: dict[FieldPath, int]) -> dict[FieldPath, int]:
+    """A TOML line index (``located.index_toml``) with each path also under its ``_``
+    spelling, the one the settings are read by (``_spelled``)."""
+    out = dict(lines)
+    for path, line in lines.items():
+        out.setdefault(tuple(p.replace("-", "_") if isinstance(p, str) else p for p in path), line)
+    return out
+
+
+def _table(parent: Fields, key: str, known: tuple[str, ...]) -> Fields | None:
+    """The table at ``key`` of ``parent``, its keys spelled by ``_spelled`` (None when
+    absent, or when not a table, which is recorded)."""
+    value = parent.value(key, _is_table, "a table")
+    if value is None:
+        return None
+    return _spelled(parent.report, (*parent.path, key), value, known)
+
+
+def _refuse_unknown(table: Fields, known: tuple[str, ...]) -> None:
+    """Record every key of ``table`` not read as an unknown setting."""
+    for key in table.unread():
+        table.error(key, f"unknown setting; known: {', '.join(known)}")
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_text(value: Any) -> bool:
+    """A non-empty string."""
+    return isinstance(value, str) and bool(value)
+
+
+def _is_names(value: Any) -> bool:
+    """A list of non-empty strings."""
+    return isinstance(value, list) and all(_is_text(x) for x in value)
+
+
+def _is_labels(value: Any) -> bool:
+    """A table of non-empty strings to non-empty strings."""
+    return isinstance(value, dict) and all(_is_text(k) and _is_text(v) for k, v in value.items())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_url_path(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("/")
+
+
+# -- the top level ------------------------------------------------------------------------
+
+
+def _read_setting(top: Fields, name: str, current: Any) -> Any:
+    """The value of the top-level setting ``name``; ``current`` (its value so far) says
+    how a plain value is read: true or false, a number, a count, a string."""
+    if name == "mesh":
+        return _mesh_config(top)
+    if name == "authorized_nodes":
+        return _authorized_nodes(top)
+    if name == "admin_sans":
+        return tuple(top.value(name, _is_names, "a list of SANs", ()))
+    if name in ("grpc", "rest", "admin"):
+        return _address(top, name)
+    if name == "grpc_impl":
+        return top.choice(name, GRPC_IMPLS, default=current)
+    if isinstance(current, bool):
+        return top.boolean(name, default=current)
+    if isinstance(current, float):
+        return float(top.value(name, _is_non_negative, "a non-negative number", current))
+    if isinstance(current, int):
+        # max_connections 0: derived from the descriptor limit
+        ok = _is_count if name == "max_connections" else _is_positive
+        return int(top.value(name, ok, "a positive integer", current))
+    return top.string(name, default=current)
+
+
+def _is_non_negative(value: Any) -> bool:
+    return _is_number(value) and not value < 0
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_count(value: Any) -> bool:
+    """A positive integer, or 0 (0.0 too)."""
+    return _is_positive(value) or (not isinstance(value, bool) and value == 0)
+
+
+def _address(top: Fields, name: str) -> Address | None:
+    """A listen address, ``"HOST:PORT"``; ``""`` (or false) turns the listener off."""
+    value = top.value(name, _is_address, '"HOST:PORT" or "" to disable', "")
+    if value in ("", False):
+        return None
+    try:
+        return Address.parse(value)
+    except ValueError as e:
+        top.error(name, str(e))
+        return None
+
+
+def _is_address(value: Any) -> bool:
+    return value in ("", False) or isinstance(value, str)
 
 
 # -- the [mesh] table -----------------------------------------------------------------
 
 _MESH_KEYS = ("outbound_traffic_policy", "access_log", "prometheus", "tracing", "mtls")
 _POLICIES = tuple(p.value for p in OutboundPolicy)
+_ENCODINGS = tuple(e.value for e in LogEncoding)
+_PROVIDERS = tuple(p.value for p in TracingProvider)
+_MTLS_MODES = tuple(m.value for m in MTLSMode)
 
 
-def _mesh_config(value: Any, key: str, where: _Where, problems: list[Problem]) -> MeshConfig | None:
-    """The ``[mesh]`` table as a MeshConfig (None, with ``problems``, when it is wrong)."""
-    table = _table(value, key, where, problems, _MESH_KEYS)
+def _mesh_config(top: Fields) -> MeshConfig | None:
+    """The ``[mesh]`` table as a MeshConfig (None when absent or not a table)."""
+    table = _table(top, "mesh", _MESH_KEYS)
     if table is None:
         return None
-    before = len(problems)
     config = DEFAULT_MESH_CONFIG
-    if "outbound_traffic_policy" in table:
-        mode = _choice(table["outbound_traffic_policy"], _POLICIES, where,
-                       f"{key}.outbound_traffic_policy", problems, upper=True)  # fmt: skip
-        if mode is not None:
-            config = replace(config, outbound_traffic_policy=OutboundPolicy(mode))
-    if "access_log" in table:
-        access_log = _access_log(table["access_log"], f"{key}.access_log", where, problems)
-        if access_log is not None:
-            config = replace(config, access_log=access_log)
-    if "prometheus" in table:
-        stats = _prometheus(table["prometheus"], f"{key}.prometheus", where, problems)
-        if stats is not None:
-            config = replace(config, prometheus=stats)
-    if "tracing" in table:
-        tracing = _tracing(table["tracing"], f"{key}.tracing", where, problems)
-        if tracing is not None:
-            config = replace(config, tracing=tracing)
-    if "mtls" in table:
-        mtls = _mesh_tls(table["mtls"], f"{key}.mtls", where, problems)
-        if mtls is not None:
-            config = replace(config, mtls=mtls)
-    return config if len(problems) == before else None
+    policy = table.choice("outbound_traffic_policy", _POLICIES, fold=str.upper)
+    if policy is not None:
+        config = replace(config, outbound_traffic_policy=OutboundPolicy(policy))
+    parts: dict[str, Any] = {
+        "access_log": _access_log(table),
+        "prometheus": _prometheus(table),
+        "tracing": _tracing(table),
+        "mtls": _mesh_tls(table),
+    }
+    _refuse_unknown(table, _MESH_KEYS)
+    return replace(config, **{name: part for name, part in parts.items() if part is not None})
 
 
-def _table(
-    value: Any, key: str, where: _Where, problems: list[Problem], known: tuple[str, ...]
-) -> dict[str, Any] | None:
-    """``value`` as a table with its keys normalized (``-`` → ``_``); unknown keys are
-    problems."""
-    if not isinstance(value, dict):
-        problems.append(where.problem(key, "must be a table"))
+def _access_log(mesh: Fields) -> AccessLog | None:
+    known = ("enabled", "path", "encoding", "format", "fields")
+    table = _table(mesh, "access_log", known)
+    if table is None:
         return None
-    out: dict[str, Any] = {}
-    for name, item in value.items():
-        normal = name.replace("-", "_")
-        if normal not in known:
-            problems.append(
-                where.problem(f"{key}.{name}", f"unknown setting; known: {', '.join(known)}")
-            )
-            continue
-        out[normal] = item
+    default = AccessLog(enabled=True)
+    encoding = table.choice("encoding", _ENCODINGS, fold=str.upper) or default.encoding.value
+    what = "a table of field name = format string"
+    fields_ = table.value("fields", _is_log_fields, what, {})
+    out = AccessLog(
+        enabled=table.boolean("enabled", default=default.enabled),
+        path=table.value("path", _is_text, "a file path", default.path),
+        encoding=LogEncoding(encoding),
+        format=table.value("format", _is_text, "an Envoy format string", default.format),
+        fields=tuple(fields_.items()),
+    )
+    if out.format and out.encoding is not LogEncoding.TEXT:
+        table.error("format", "is for TEXT logs; JSON logs take fields")
+    if out.fields and out.encoding is not LogEncoding.JSON:
+        table.error("fields", 'is for JSON logs: set encoding = "JSON"')
+    _refuse_unknown(table, known)
     return out
 
 
-def _check(
-    value: Any, ok: Callable[[Any], bool], what: str, key: str, where: _Where,
-    problems: list[Problem],
-) -> bool:  # fmt: skip
-    if ok(value):
-        return True
-    problems.append(where.problem(key, f"must be {what} (got {value!r})"))
-    return False
+def _is_log_fields(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(x, str) for x in value.values())
+    )
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
+def _prometheus(mesh: Fields) -> PrometheusStats | None:
+    known = ("enabled", "port", "path")
+    table = _table(mesh, "prometheus", known)
+    if table is None:
+        return None
+    default = PrometheusStats(enabled=True)
+    out = PrometheusStats(
+        enabled=table.boolean("enabled", default=default.enabled),
+        port=table.value("port", _is_port, "a port number (1-65535)", default.port),
+        path=table.value("path", _is_url_path, 'a path starting with "/"', default.path),
+    )
+    _refuse_unknown(table, known)
+    return out
 
 
 def _is_port(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
-def _choice(
-    value: Any, choices: tuple[str, ...], where: _Where, key: str, problems: list[Problem],
-    *, upper: bool = False,
-) -> str | None:  # fmt: skip
-    text = value.upper() if upper and isinstance(value, str) else value
-    if isinstance(text, str) and text in choices:
-        return text
-    problems.append(where.problem(key, f"must be one of {', '.join(choices)} (got {value!r})"))
-    return None
-
-
-def _access_log(value: Any, key: str, where: _Where, problems: list[Problem]) -> AccessLog | None:
-    known = ("enabled", "path", "encoding", "format", "fields")
-    table = _table(value, key, where, problems, known)
-    if table is None:
-        return None
-    before = len(problems)
-    out = AccessLog(enabled=True)
-    if "enabled" in table and _check(table["enabled"], _is_bool, "true or false",
-                                     f"{key}.enabled", where, problems):  # fmt: skip
-        out = replace(out, enabled=table["enabled"])
-    if "path" in table and _check(table["path"], lambda v: _is_str(v) and bool(v),
-                                  "a file path", f"{key}.path", where, problems):  # fmt: skip
-        out = replace(out, path=table["path"])
-    if "encoding" in table:
-        encoding = _choice(table["encoding"], tuple(e.value for e in LogEncoding), where,
-                           f"{key}.encoding", problems, upper=True)  # fmt: skip
-        if encoding is not None:
-            out = replace(out, encoding=LogEncoding(encoding))
-    if "format" in table and _check(table["format"], lambda v: _is_str(v) and bool(v),
-                                    "an Envoy format string", f"{key}.format", where,
-                                    problems):  # fmt: skip
-        out = replace(out, format=table["format"])
-    if "fields" in table:
-        fields_ = table["fields"]
-        if _check(fields_, lambda v: isinstance(v, dict) and bool(v)
-                  and all(_is_str(x) for x in v.values()),
-                  "a table of field name = format string", f"{key}.fields", where,
-                  problems):  # fmt: skip
-            out = replace(out, fields=tuple(fields_.items()))
-    if out.format and out.encoding is not LogEncoding.TEXT:
-        problems.append(where.problem(f"{key}.format", "is for TEXT logs; JSON logs take fields"))
-    if out.fields and out.encoding is not LogEncoding.JSON:
-        problems.append(where.problem(f"{key}.fields", 'is for JSON logs: set encoding = "JSON"'))
-    return out if len(problems) == before else None
-
-
-def _prometheus(
-    value: Any, key: str, where: _Where, problems: list[Problem]
-) -> PrometheusStats | None:
-    table = _table(value, key, where, problems, ("enabled", "port", "path"))
-    if table is None:
-        return None
-    before = len(problems)
-    out = PrometheusStats(enabled=True)
-    if "enabled" in table and _check(table["enabled"], _is_bool, "true or false",
-                                     f"{key}.enabled", where, problems):  # fmt: skip
-        out = replace(out, enabled=table["enabled"])
-    if "port" in table and _check(table["port"], _is_port, "a port number (1-65535)",
-                                  f"{key}.port", where, problems):  # fmt: skip
-        out = replace(out, port=table["port"])
-    if "path" in table and _check(table["path"], lambda v: _is_str(v) and v.startswith("/"),
-                                  'a path starting with "/"', f"{key}.path", where,
-                                  problems):  # fmt: skip
-        out = replace(out, path=table["path"])
-    return out if len(problems) == before else None
-
-
-def _tracing(value: Any, key: str, where: _Where, problems: list[Problem]) -> Tracing | None:
+def _tracing(mesh: Fields) -> Tracing | None:
     known = ("provider", "address", "sampling", "zipkin_path")
-    table = _table(value, key, where, problems, known)
+    table = _table(mesh, "tracing", known)
     if table is None:
         return None
-    before = len(problems)
-    provider = None
-    address = None
     for required in ("provider", "address"):
-        if required not in table:
-            problems.append(where.problem(f"{key}.{required}", "missing: tracing needs it"))
-    if "provider" in table:
-        name = _choice(table["provider"], tuple(p.value for p in TracingProvider), where,
-                       f"{key}.provider", problems)  # fmt: skip
-        provider = TracingProvider(name) if name is not None else None
-    if "address" in table:
-        try:
-            if not isinstance(table["address"], str):
-                raise ValueError('must be "HOST:PORT"')
-            address = Address.parse(table["address"])
-            if address.port == 0:
-                raise ValueError("the collector's port must not be 0")
-        except ValueError as e:
-            problems.append(where.problem(f"{key}.address", str(e)))
-    sampling = 1.0
-    if "sampling" in table and _check(
-        table["sampling"],
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-        and math.isfinite(v) and 0 <= v <= 100,
-        "a percentage from 0 to 100", f"{key}.sampling", where, problems,
-    ):  # fmt: skip
-        sampling = float(table["sampling"])
-    zipkin_path = "/api/v2/spans"
-    if "zipkin_path" in table and _check(
-        table["zipkin_path"], lambda v: _is_str(v) and v.startswith("/"),
-        'a path starting with "/"', f"{key}.zipkin_path", where, problems,
-    ):  # fmt: skip
-        zipkin_path = table["zipkin_path"]
-    if len(problems) != before or provider is None or address is None:
+        if not table.has(required):
+            table.error(required, "missing: tracing needs it")
+    provider = table.choice("provider", _PROVIDERS)
+    address = _collector(table)
+    what = "a percentage from 0 to 100"
+    sampling = table.value("sampling", _is_percentage, what, 1.0)
+    path = table.value("zipkin_path", _is_url_path, 'a path starting with "/"', "/api/v2/spans")
+    _refuse_unknown(table, known)
+    if provider is None or address is None:
         return None
-    return Tracing(provider, address.host, address.port, sampling, zipkin_path)
+    return Tracing(TracingProvider(provider), address.host, address.port, float(sampling), path)
 
 
-def _mesh_tls(value: Any, key: str, where: _Where, problems: list[Problem]) -> MeshTLS | None:
+def _is_percentage(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and 0 <= value <= 100
+
+
+def _collector(tracing: Fields) -> Address | None:
+    """The tracing collector's ``"HOST:PORT"`` (a port, not 0)."""
+    text = tracing.value("address", lambda v: isinstance(v, str), '"HOST:PORT"')
+    if text is None:
+        return None
+    try:
+        address = Address.parse(text)
+        if address.port == 0:
+            raise ValueError("the collector's port must not be 0")
+    except ValueError as e:
+        tracing.error("address", str(e))
+        return None
+    return address
+
+
+def _mesh_tls(mesh: Fields) -> MeshTLS | None:
     """The ``[mesh.mtls]`` table. Paths are made absolute against the settings file's
     directory; the certificate and key paths must be templates naming the proxy
     (``{service}`` or ``{instance_ip}``), since a service's identity is in its
     certificate."""
     known = ("mode", "ca", "certificate", "private_key", "trust_domain")
-    table = _table(value, key, where, problems, known)
+    table = _table(mesh, "mtls", known)
     if table is None:
         return None
-    before = len(problems)
-    from_file = os.path.isfile(where.source)
-    base = os.path.dirname(os.path.abspath(where.source)) if from_file else os.getcwd()
-    out = MeshTLS(origin=Origin(where.source, where.lines.get(key, 0)))
-    if "mode" in table:
-        mode = _choice(table["mode"], tuple(m.value for m in MTLSMode), where,
-                       f"{key}.mode", problems, upper=True)  # fmt: skip
-        if mode is not None:
-            out = replace(out, mode=MTLSMode(mode))
+    source = table.report.doc.path
+    base = os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
+    out = MeshTLS(origin=Origin(source, table.report.doc.lines.get(table.path, 0)))
+    mode = table.choice("mode", _MTLS_MODES, fold=str.upper)
+    if mode is not None:
+        out = replace(out, mode=MTLSMode(mode))
     paths: dict[str, str] = {}
     for name in ("ca", "certificate", "private_key"):
-        if name not in table:
+        if not table.has(name):
             if out.enabled:
-                problems.append(where.problem(f"{key}.{name}", "missing: mutual TLS needs it"))
+                table.error(name, "missing: mutual TLS needs it")
             continue
-        item = table[name]
-        if not _check(item, lambda v: _is_str(v) and bool(v), "a file path", f"{key}.{name}",
-                      where, problems):  # fmt: skip
+        item = table.value(name, _is_text, "a file path")
+        if item is None:
             continue
         paths[name] = os.path.normpath(os.path.join(base, item))
-        if name == "ca":
-            continue
-        try:
-            fields_ = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(item)
-                       if f is not None]  # fmt: skip
-        except ValueError as e:
-            problems.append(where.problem(f"{key}.{name}", f"is not a path template: {e}"))
-            continue
-        if any(spec or conv for _, spec, conv in fields_):
-            problems.append(where.problem(
-                f"{key}.{name}", "placeholders take no format (write {service}, not {service:x})"
-            ))  # fmt: skip
-            continue
-        used = {f for f, _, _ in fields_}
-        unknown = sorted(used - set(MTLS_PLACEHOLDERS))
-        if unknown:
-            problems.append(where.problem(
-                f"{key}.{name}",
-                f"unknown placeholder {{{unknown[0]}}}; known: "
-                + ", ".join(f"{{{p}}}" for p in MTLS_PLACEHOLDERS),
-            ))  # fmt: skip
-        elif not used & {"service", "instance_ip"}:
-            problems.append(where.problem(
-                f"{key}.{name}",
-                "must name the proxy with {service} (a certificate per service) or "
-                "{instance_ip} (per workload): every service has its own identity",
-            ))  # fmt: skip
-    if "trust_domain" in table and _check(
-        table["trust_domain"],
-        lambda v: _is_str(v) and bool(v) and "/" not in v and ":" not in v,
-        "a trust domain name (no '/' or ':')", f"{key}.trust_domain", where, problems,
-    ):  # fmt: skip
-        out = replace(out, trust_domain=table["trust_domain"])
-    out = replace(out, ca=paths.get("ca", ""), certificate=paths.get("certificate", ""),
-                  private_key=paths.get("private_key", ""))  # fmt: skip
-    return out if len(problems) == before else None
+        problem = "" if name == "ca" else _template_problem(item)
+        if problem:
+            table.error(name, problem)
+    what = "a trust domain name (no '/' or ':')"
+    trust_domain = table.value("trust_domain", _is_trust_domain, what, out.trust_domain)
+    _refuse_unknown(table, known)
+    return replace(
+        out,
+        ca=paths.get("ca", ""),
+        certificate=paths.get("certificate", ""),
+        private_key=paths.get("private_key", ""),
+        trust_domain=trust_domain,
+    )
 
 
-def _coerce(name: str, current: Any, value: Any) -> Any:
-    if name in ("grpc", "rest", "admin"):
-        if value in ("", None, False):
-            return None
-        if not isinstance(value, str):
-            raise ValueError('must be "HOST:PORT" or "" to disable')
-        return Address.parse(value)
-    if name == "grpc_impl":
-        if value not in GRPC_IMPLS:
-            raise ValueError(f"must be one of {', '.join(GRPC_IMPLS)}")
-        return value
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError("must be true or false")
-        return value
-    if isinstance(value, bool):
-        raise ValueError("must not be a boolean")
-    if isinstance(current, float):
-        if not isinstance(value, int | float) or value < 0:
-            raise ValueError("must be a non-negative number")
-        return float(value)
-    if isinstance(current, int):
-        if name == "max_connections" and value == 0:  # 0: from the descriptor limit
-            return 0
-        if not isinstance(value, int) or value < 1:
-            raise ValueError("must be a positive integer")
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
+def _is_trust_domain(value: Any) -> bool:
+    return _is_text(value) and "/" not in value and ":" not in value
+
+
+def _template_problem(template: str) -> str:
+    """What is wrong with a certificate or key path template ("" when nothing is)."""
+    try:
+        fields_ = [
+            (f, spec, conv)
+            for _, f, spec, conv in string.Formatter().parse(template)
+            if f is not None
+        ]
+    except ValueError as e:
+        return f"is not a path template: {e}"
+    if any(spec or conv for _, spec, conv in fields_):
+        return "placeholders take no format (write {service}, not {service:x})"
+    used = {f for f, _, _ in fields_}
+    unknown = sorted(used - set(MTLS_PLACEHOLDERS))
+    if unknown:
+        return f"unknown placeholder {{{unknown[0]}}}; known: " + ", ".join(
+            f"{{{p}}}" for p in MTLS_PLACEHOLDERS
+        )
+    if not used & {"service", "instance_ip"}:
+        return (
+            "must name the proxy with {service} (a certificate per service) or "
+            "{instance_ip} (per workload): every service has its own identity"
+        )
+    return ""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import fuzz_settings
 from xdsd.errors import TranslationError
 from xdsd.model import Locality
 from xdsd.translate.node import (
@@ -107,6 +111,18 @@ def test_client_kind(user_agent: str, kind: ClientKind) -> None:
         (make_node(outbound_ip="300.0.0.1"), "metadata.outbound_ip"),
         (make_node(namespace=3), "metadata.namespace"),
         (make_node(mesh_tls="yes"), "metadata.mesh_tls"),
+        (make_node(client="linkerd"), "metadata.client"),
+        (make_node(client="  "), "metadata.client"),  # blank, not empty: refused
+        (make_node(role=7), "metadata.role"),
+        (make_node(labels={"version": ["v1"]}), "metadata.labels.version"),
+        # a null is a value of the wrong type, not "not given"
+        (make_node(namespace=None), "metadata.namespace"),
+        (make_node(labels={"version": None}), "metadata.labels.version"),
+        (make_node(mesh_tls=None), "metadata.mesh_tls"),
+        # numbers JSON cannot hold: a client may send them in a Struct
+        (make_node(namespace=math.nan), "metadata.namespace"),
+        (make_node(labels={"version": math.inf}), "metadata.labels.version"),
+        (make_node(outbound_ip=-math.inf), "metadata.outbound_ip"),
     ],
 )
 def test_unusable_fields_are_errors(node: Any, field: str) -> None:
@@ -114,6 +130,63 @@ def test_unusable_fields_are_errors(node: Any, field: str) -> None:
         node_class_from_node(node, config_source=ConfigSourceKind.ADS)
     assert [p.field for p in err.value.problems] == [field]
     assert err.value.problems[0].path == "<node>"
+
+
+def test_every_unusable_field_is_named_at_once() -> None:
+    node = make_node(cluster="", role="ingress", namespace=3, mesh_tls="yes", other=[None])
+    with pytest.raises(TranslationError) as err:
+        node_class_from_node(node, config_source=ConfigSourceKind.ADS)
+    assert [str(p) for p in err.value.problems] == [
+        "<node>: cluster: is empty: set node.cluster to the service name",
+        "<node>: metadata.namespace: must be a string (got number 3.0)",
+        "<node>: metadata.role: must be one of sidecar, gateway (got 'ingress')",
+        "<node>: metadata.mesh_tls: must be true or false (got string 'yes')",
+    ]
+
+
+def test_blank_values_are_the_defaults() -> None:
+    got = node_class_from_node(
+        make_node(user_agent="gRPC Go", namespace="", role="", client="", outbound_ip=""),
+        config_source=ConfigSourceKind.ADS,
+    )
+    assert (got.namespace, got.role, got.client, got.outbound_ip) == (
+        "default", Role.SIDECAR, ClientKind.GRPC, "127.0.0.1"
+    )  # fmt: skip
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.sampled_from(["", " grpc", "GATEWAY", "x", "1.2.3.4"])
+)
+
+
+@fuzz_settings(0.5)
+@given(
+    st.dictionaries(
+        st.sampled_from(["namespace", "role", "client", "labels"]),
+        _VALUES | st.dictionaries(st.sampled_from(["app", "v"]), _VALUES, max_size=2),
+        max_size=4,
+    ),
+    st.sampled_from(["", "envoy", "gRPC Go", "MOSN"]),
+)
+def test_node_identity_reads_role_and_labels_as_the_class_does(
+    metadata: dict[str, object], agent: str
+) -> None:
+    """What ``transports.limits.node_identity`` authorizes is what the class is built of."""
+    from xdsd.transports.limits import node_identity
+
+    node = make_node("reviews", agent)
+    node.metadata.update(metadata)
+    try:
+        got = node_class_from_node(node, config_source=ConfigSourceKind.ADS)
+    except TranslationError:
+        return  # refused: such a node is served nothing, whatever its identity says
+    identity = node_identity(node)
+    role = {Role.GATEWAY: "gateway"}.get(got.role, "sidecar")
+    if role == "sidecar" and got.client is ClientKind.GRPC:
+        role = "proxyless"
+    assert (identity.namespace, identity.role, identity.labels) == (
+        got.namespace, role, got.labels
+    )  # fmt: skip
 
 
 def test_labels_are_sorted_and_classes_hashable() -> None:

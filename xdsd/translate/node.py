@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from google.protobuf import json_format
-
-from xdsd.errors import Problem, TranslationError
+from xdsd.errors import TranslationError
+from xdsd.located import NULL, Document, Fields, Report, is_ip
 from xdsd.model import DEFAULT_NAMESPACE, Locality
 
 DEFAULT_OUTBOUND_IP = "127.0.0.1"
@@ -111,18 +110,116 @@ def client_kind(user_agent_name: str) -> ClientKind:
     return ClientKind.ENVOY
 
 
+#: The ``node.metadata`` fields a node class reads; every other one is ignored.
+METADATA_FIELDS = (
+    "namespace",
+    "labels",
+    "role",
+    "instance_ip",
+    "outbound_ip",
+    "client",
+    "mesh_tls",
+)
+
+
 def _plain(value: Any) -> Any:
     """A metadata ``google.protobuf.Value`` as plain Python, as ``MessageToDict`` reads it,
-    except that a number JSON cannot hold (NaN, ±Infinity: a client may send them) is None,
-    which no field accepts, where ``MessageToDict`` would raise ValueError."""
+    except that a null is ``located.NULL`` (refused as a value, where ``None`` would read
+    as absent) and a number JSON cannot hold (NaN, ±Infinity: a client may send them)
+    stays a float, which every accessor of ``_read_metadata`` refuses, where
+    ``MessageToDict`` would raise ValueError."""
     kind = value.WhichOneof("kind")
-    if kind == "number_value" and not math.isfinite(value.number_value):
-        return None
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
     if kind == "struct_value":
         return {k: _plain(v) for k, v in value.struct_value.fields.items()}
     if kind == "list_value":
         return [_plain(v) for v in value.list_value.values]
-    return json_format.MessageToDict(value)
+    return NULL
+
+
+def _is_label(value: Any) -> bool:
+    """A label value a node may send: a string, a boolean or a finite number."""
+    return isinstance(value, str | bool) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _label_text(value: str | bool | float) -> str:
+    """A label value as the string a node class holds: ``true``/``false``, ``2`` for 2.0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    return value
+
+
+def _is_address(value: Any) -> bool:
+    """An IP literal, or empty (not given)."""
+    return isinstance(value, str) and (not value or is_ip(value))
+
+
+_ROLES = tuple(r.value for r in Role)
+_CLIENTS = tuple(k.value for k in ClientKind)
+
+
+@dataclass(frozen=True, slots=True)
+class _Metadata:
+    """What ``node_class_from_node`` reads from ``node.metadata``."""
+
+    namespace: str
+    role: Role
+    labels: tuple[tuple[str, str], ...]
+    client: ClientKind
+    mesh_tls: bool
+    instance_ip: str
+    outbound_ip: str
+
+
+def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
+    """The node class's fields of ``metadata``, its problems recorded in its report: a
+    blank role is a sidecar, a client that is not given (or empty) is the one
+    ``user_agent_name`` names, a blank namespace ``default``."""
+    namespace = metadata.string("namespace") or DEFAULT_NAMESPACE
+    role = metadata.choice(
+        "role", _ROLES, default=Role.SIDECAR.value, fold=lambda s: s.lower() or Role.SIDECAR.value
+    )
+    labels = _read_labels(metadata)
+    default_client = client_kind(user_agent_name).value
+    client = metadata.choice(
+        "client",
+        _CLIENTS,
+        default=default_client,
+        fold=lambda s: s.strip().lower() if s else default_client,
+    )
+    mesh_tls = metadata.boolean("mesh_tls")
+    instance_ip = metadata.value("instance_ip", _is_address, "an IP address", "")
+    outbound_ip = metadata.value("outbound_ip", _is_address, "an IP address", "")
+    return _Metadata(
+        namespace=namespace,
+        role=Role(role),
+        labels=labels,
+        client=ClientKind(client),
+        mesh_tls=mesh_tls,
+        instance_ip=instance_ip,
+        outbound_ip=outbound_ip or DEFAULT_OUTBOUND_IP,
+    )
+
+
+def _read_labels(metadata: Fields) -> tuple[tuple[str, str], ...]:
+    """``metadata.labels``: a struct of strings, booleans and finite numbers, as strings."""
+    table = metadata.value("labels", lambda v: isinstance(v, dict), "a struct of strings")
+    if table is None:
+        return ()
+    fields = Fields(metadata.report, (*metadata.path, "labels"), table)
+    labels: list[tuple[str, str]] = []
+    for key in table:
+        value = fields.value(key, _is_label, "a string")
+        if value is not None:
+            labels.append((key, _label_text(value)))
+    return tuple(labels)
 
 
 def node_class_from_node(
@@ -131,121 +228,43 @@ def node_class_from_node(
     """The class of an xDS node (``envoy.config.core.v3.Node``).
 
     Reads only ``node.cluster`` (the service), ``node.locality``,
-    ``node.user_agent_name`` and these ``node.metadata`` fields: ``namespace``,
-    ``labels`` (a struct of strings; numbers and booleans are turned into strings),
-    ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``, ``client``
-    (``envoy`` | ``grpc`` | ``mosn``: the client kind, overriding what
+    ``node.user_agent_name`` and these ``node.metadata`` fields (``METADATA_FIELDS``):
+    ``namespace``, ``labels`` (a struct of strings; numbers and booleans are turned into
+    strings), ``role`` (``sidecar`` | ``gateway``), ``instance_ip``, ``outbound_ip``,
+    ``client`` (``envoy`` | ``grpc`` | ``mosn``: the client kind, overriding what
     ``user_agent_name`` says; MOSN sends no ``user_agent_name``, only ``id``, ``cluster``
     and ``metadata``, so a MOSN node is known by this field), ``mesh_tls`` (true: a
     proxyless gRPC client with the mesh's certificates in its bootstrap). Every other
-    field is ignored.
+    field is ignored. The metadata is read with ``xdsd.located.Fields``, as config
+    documents are.
 
-    Raises TranslationError (path ``<node>``) when a field cannot be used: no
-    ``node.cluster``, an unknown role or client, labels that are not a struct, an
-    address that is not an IP literal.
+    Raises TranslationError (path ``<node>``, line 0) when a field cannot be used: no
+    ``node.cluster``, an unknown role or client, labels that are not a struct, a value
+    of the wrong type (a null, NaN or ±Infinity included), an address that is not an IP
+    literal.
     """
-    problems: list[Problem] = []
-    fields = node.metadata.fields
-
-    def text(key: str, default: str) -> str:
-        if key not in fields:
-            return default
-        value = _plain(fields[key])
-        if isinstance(value, str):
-            return value
-        problems.append(Problem(NODE_PATH, 0, f"metadata.{key}", "must be a string"))
-        return default
-
-    service = node.cluster
-    if not service:
-        problems.append(
-            Problem(NODE_PATH, 0, "cluster", "is empty: set node.cluster to the service name")
-        )
-    namespace = text("namespace", DEFAULT_NAMESPACE) or DEFAULT_NAMESPACE
-    role_text = text("role", Role.SIDECAR.value) or Role.SIDECAR.value
-    try:
-        role = Role(role_text.lower())
-    except ValueError:
-        problems.append(
-            Problem(
-                NODE_PATH,
-                0,
-                "metadata.role",
-                f"must be 'sidecar' or 'gateway' (got {role_text!r})",
-            )
-        )
-        role = Role.SIDECAR
-    labels: dict[str, str] = {}
-    if "labels" in fields:
-        raw = _plain(fields["labels"])
-        if isinstance(raw, dict):
-            for key, value in raw.items():
-                if isinstance(value, bool):
-                    labels[key] = "true" if value else "false"
-                elif isinstance(value, float) and value.is_integer():
-                    labels[key] = str(int(value))
-                elif isinstance(value, str | int | float):
-                    labels[key] = str(value)
-                else:
-                    problems.append(
-                        Problem(NODE_PATH, 0, f"metadata.labels.{key}", "must be a string")
-                    )
-        else:
-            problems.append(Problem(NODE_PATH, 0, "metadata.labels", "must be a struct of strings"))
-    client = client_kind(node.user_agent_name)
-    client_text = text("client", "")
-    if client_text:
-        try:
-            client = ClientKind(client_text.strip().lower())
-        except ValueError:
-            allowed = ", ".join(k.value for k in ClientKind)
-            problems.append(
-                Problem(
-                    NODE_PATH,
-                    0,
-                    "metadata.client",
-                    f"must be one of {allowed} (got {client_text!r})",
-                )
-            )
-    mesh_tls = False
-    if "mesh_tls" in fields:
-        flag = _plain(fields["mesh_tls"])
-        if isinstance(flag, bool):
-            mesh_tls = flag
-        else:
-            problems.append(Problem(NODE_PATH, 0, "metadata.mesh_tls", "must be true or false"))
-    instance_ip = text("instance_ip", "")
-    outbound_ip = text("outbound_ip", DEFAULT_OUTBOUND_IP) or DEFAULT_OUTBOUND_IP
-    for key, value in (("instance_ip", instance_ip), ("outbound_ip", outbound_ip)):
-        if value and not is_ip(value):
-            problems.append(
-                Problem(NODE_PATH, 0, f"metadata.{key}", f"must be an IP address (got {value!r})")
-            )
-    if problems:
-        raise TranslationError(problems)
+    given = node.metadata.fields
+    data = {key: _plain(given[key]) for key in METADATA_FIELDS if key in given}
+    report = Report(Document(NODE_PATH, 0, data), ())
+    if not node.cluster:
+        report.add(("cluster",), "is empty: set node.cluster to the service name")
+    read = _read_metadata(Fields(report, ("metadata",), data), node.user_agent_name)
+    if report.problems:
+        raise TranslationError(report.problems)
     loc = node.locality
     return NodeClass(
-        service=service,
-        namespace=namespace,
-        role=role,
-        labels=tuple(labels.items()),
+        service=node.cluster,
+        namespace=read.namespace,
+        role=read.role,
+        labels=read.labels,
         locality=Locality(loc.region, loc.zone, loc.sub_zone),
-        client=client,
+        client=read.client,
         api_version=api_version,
         config_source=config_source,
-        instance_ip=instance_ip,
-        outbound_ip=outbound_ip,
-        mesh_tls=mesh_tls and client is ClientKind.GRPC,
+        instance_ip=read.instance_ip,
+        outbound_ip=read.outbound_ip,
+        mesh_tls=read.mesh_tls and read.client is ClientKind.GRPC,
     )
-
-
-def is_ip(text: str) -> bool:
-    """True when ``text`` is an IPv4 or IPv6 literal."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def is_wildcard(address: str) -> bool:

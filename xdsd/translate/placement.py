@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from xdsd.errors import Problem
+from xdsd.located import is_ip
 from xdsd.model import Port, Protocol, Service
-from xdsd.translate.node import is_ip, is_wildcard
+from xdsd.translate.node import is_wildcard
 
 WILDCARD = "0.0.0.0"
 #: Where an application behind its sidecar listens.

@@ -34,6 +34,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from xdsd.located import is_ip
 from xdsd.model.mesh_config import (
     AccessLog,
     LogEncoding,
@@ -48,7 +49,6 @@ from xdsd.translate.config_sources import (
     duration,
     http2_protocol_options,
 )
-from xdsd.translate.node import is_ip
 
 #: The static cluster, in every bootstrap xdsd writes, that leads to Envoy's admin server.
 PROMETHEUS_CLUSTER = "prometheus_stats"

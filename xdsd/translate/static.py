@@ -27,6 +27,7 @@ from google.protobuf import struct_pb2
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import UsageError
+from xdsd.located import is_ip
 from xdsd.model import Mesh
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, NO_MESH_TLS, MeshConfig, MeshTLS
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, pack, to_json
@@ -39,7 +40,7 @@ from xdsd.translate.config_sources import (
     http2_protocol_options,
 )
 from xdsd.translate.mesh import MeshTranslation
-from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, is_ip
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 from xdsd.translate.proxy_defaults import admin_cluster
 from xdsd.translate.secrets import static_secret_references
 
