@@ -31,8 +31,10 @@ def scenarios() -> list[str]:
 def main() -> int:
     names = scenarios()
     if len(sys.argv) < 2 or sys.argv[1] not in names:
-        print(f"usage: python -m bench {{{'|'.join(names)}}} [ARGS]  (ARGS: SCENARIO --help)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"usage: python -m bench {{{'|'.join(names)}}} [ARGS]  (ARGS: SCENARIO --help)",
+            file=sys.stderr,
+        )
         return 2
     name = sys.argv[1]
     module = importlib.import_module(f"bench.{name}")

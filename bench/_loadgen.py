@@ -99,10 +99,20 @@ class Daemon:
         self.admin_port = free_port()
         self.cpus = cpus if cpus is not None else {0}
         argv = [
-            sys.executable, "-m", "xdsd.cli", "--log-level", "info", "serve",
-            "--config-dir", str(config_dir), "--grpc", f"127.0.0.1:{self.grpc_port}",
-            "--admin", f"127.0.0.1:{self.admin_port}", *(extra or []),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "--log-level",
+            "info",
+            "serve",
+            "--config-dir",
+            str(config_dir),
+            "--grpc",
+            f"127.0.0.1:{self.grpc_port}",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+            *(extra or []),
+        ]
         impl = os.environ.get("XDSD_GRPC_IMPL")  # A/B the gRPC server implementation
         if impl:
             argv += ["--grpc-impl", impl]
@@ -211,8 +221,9 @@ def _node(i: int, spec: ClientSpec) -> Any:
 class _Worker:
     """Runs in a load process: its clients and the pipe to the parent."""
 
-    def __init__(self, conn: multiprocessing.connection.Connection, ids: list[int],
-                 spec: ClientSpec) -> None:  # fmt: skip
+    def __init__(
+        self, conn: multiprocessing.connection.Connection, ids: list[int], spec: ClientSpec
+    ) -> None:
         self.conn = conn
         self.spec = spec
         self.clients = [
@@ -291,8 +302,9 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _worker_main(conn: Any, ids: list[int], spec: ClientSpec, cpus: set[int],
-                 retry_for: float) -> None:  # fmt: skip
+def _worker_main(
+    conn: Any, ids: list[int], spec: ClientSpec, cpus: set[int], retry_for: float
+) -> None:
     pin(cpus)
     gc.disable()  # the clients make no cycles worth collecting; full scans of big heaps
     worker = _Worker(conn, ids, spec)
@@ -303,9 +315,16 @@ class LoadGen:
     """``clients`` simulated Envoys (numbered from ``first``) in ``procs`` processes pinned
     to ``cpus``; a client whose connection fails retries for ``retry_for`` seconds."""
 
-    def __init__(self, clients: int, spec: ClientSpec, *, procs: int = 2,
-                 cpus: set[int] | None = None, retry_for: float = 30.0,
-                 first: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        clients: int,
+        spec: ClientSpec,
+        *,
+        procs: int = 2,
+        cpus: set[int] | None = None,
+        retry_for: float = 30.0,
+        first: int = 0,
+    ) -> None:
         self.clients = clients
         procs = max(1, min(procs, clients))
         ctx = multiprocessing.get_context("fork")
@@ -329,8 +348,9 @@ class LoadGen:
         return [self._recv(c, cmd) for c in self.conns]
 
     @staticmethod
-    def _recv(conn: multiprocessing.connection.Connection, expect: str,
-              timeout: float = 120.0) -> Any:  # fmt: skip
+    def _recv(
+        conn: multiprocessing.connection.Connection, expect: str, timeout: float = 120.0
+    ) -> Any:
         if not conn.poll(timeout):
             raise TimeoutError(f"load process did not answer {expect!r} in {timeout}s")
         _kind, value = conn.recv()

@@ -110,9 +110,13 @@ class XdsClient:
         return all(t in self.session_acks for t in need)
 
     def _request(
-        self, type_url: str, names: tuple[str, ...] = (), *, ack: bool = True,
+        self,
+        type_url: str,
+        names: tuple[str, ...] = (),
+        *,
+        ack: bool = True,
         held: bool = False,
-    ) -> discovery_pb2.DiscoveryRequest:  # fmt: skip
+    ) -> discovery_pb2.DiscoveryRequest:
         """A request for ``type_url``: an ACK of the last response (``ack``), or a first
         request of a stream carrying the version held (``held``) or none."""
         record = self.types[type_url]
@@ -127,8 +131,9 @@ class XdsClient:
             self._sent_first = True
         return req
 
-    async def run(self, host: str, port: int, *, retry_until: float = 0.0,
-                  retry_delay: float = 0.05) -> None:  # fmt: skip
+    async def run(
+        self, host: str, port: int, *, retry_until: float = 0.0, retry_delay: float = 0.05
+    ) -> None:
         """Connect and follow the server until cancelled. A stream that ends is reopened
         at once (resuming: every subscription re-sent with the versions held, as Envoy
         does); a connection that fails is counted and retried after ``retry_delay`` (with

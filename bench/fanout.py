@@ -127,10 +127,21 @@ def run_case(
             spy = None
             if args.pyspy:
                 spy = subprocess.Popen(
-                    ["py-spy", "record", "-p", str(daemon.pid), "-o", args.pyspy,
-                     "--format", "raw", "-r", "500"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                    [
+                        "py-spy",
+                        "record",
+                        "-p",
+                        str(daemon.pid),
+                        "-o",
+                        args.pyspy,
+                        "--format",
+                        "raw",
+                        "-r",
+                        "500",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 time.sleep(1.0)
             out: dict[str, Any] = {}
             for kind in kinds:
@@ -220,9 +231,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--tree", help="serve xdsd from this checkout (a baseline worktree)")
     parser.add_argument("--keep-log", help="copy the daemon log here")
     parser.add_argument(
-        "--sidecar-hosts", type=int, default=0,
+        "--sidecar-hosts",
+        type=int,
+        default=0,
         help="limit every client to this many services with an Istio Sidecar (0: none)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     kinds = args.kinds.split(",")
     results: dict[str, Any] = {}

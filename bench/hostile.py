@@ -69,12 +69,17 @@ def run_slow(daemon: Daemon, requests: int) -> dict[str, Any]:
     return {
         "sent": outcome.sent,
         "request_bytes": len(big),
-        "ended": f"grpc-status {outcome.grpc_status}" if outcome.grpc_status else
-                 "reset" if outcome.reset else "closed" if outcome.closed else "not ended",
+        "ended": f"grpc-status {outcome.grpc_status}"
+        if outcome.grpc_status
+        else "reset"
+        if outcome.reset
+        else "closed"
+        if outcome.closed
+        else "not ended",
         "rss_before_mib": before / 1024,
         "rss_during_mib": during / 1024,
         "rss_after_mib": after / 1024,
-    }  # fmt: skip
+    }
 
 
 def run_reset(daemon: Daemon, resets: int) -> dict[str, Any]:
@@ -83,11 +88,14 @@ def run_reset(daemon: Daemon, resets: int) -> dict[str, Any]:
     outcome = rapid_reset(daemon.xdsd.grpc_port, resets, linger=3.0)
     return {
         "sent": outcome.sent,
-        "ended": "GOAWAY" if outcome.goaway is not None else "closed" if outcome.closed
-                 else "not ended",
+        "ended": "GOAWAY"
+        if outcome.goaway is not None
+        else "closed"
+        if outcome.closed
+        else "not ended",
         "daemon_cpu_s": daemon.cpu() - cpu,
         "wall_s": time.perf_counter() - started,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -113,8 +121,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(f"{'mode':10} {'sent':>5} {'ended':>16} {'RSS before':>11} {'during':>8} {'after':>8}")
     for mode, r in results.items():
         s = r["slow"]
-        print(f"{mode:10} {s['sent']:>5} {s['ended']:>16} {s['rss_before_mib']:>9.1f}MB "
-              f"{s['rss_during_mib']:>6.1f}MB {s['rss_after_mib']:>6.1f}MB")  # fmt: skip
+        print(
+            f"{mode:10} {s['sent']:>5} {s['ended']:>16} {s['rss_before_mib']:>9.1f}MB "
+            f"{s['rss_during_mib']:>6.1f}MB {s['rss_after_mib']:>6.1f}MB"
+        )
     print(f"\nrapid reset: {args.resets} streams opened and reset on one connection")
     print(
         f"{'mode':10} {'sent':>6} {'ended':>10} {'daemon CPU':>11} {'wall':>7} {'good client':>12}"
@@ -122,8 +132,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     for mode, r in results.items():
         x = r["reset"]
         served = "served" if r["good_client_served"] else "NOT served"
-        print(f"{mode:10} {x['sent']:>6} {x['ended']:>10} {x['daemon_cpu_s']:>10.2f}s "
-              f"{x['wall_s']:>6.2f}s {served:>12}")  # fmt: skip
+        print(
+            f"{mode:10} {x['sent']:>6} {x['ended']:>10} {x['daemon_cpu_s']:>10.2f}s "
+            f"{x['wall_s']:>6.2f}s {served:>12}"
+        )
     b, u = results["bounded"], results["unbounded"]
     growth_b = b["slow"]["rss_during_mib"] - b["slow"]["rss_before_mib"]
     growth_u = u["slow"]["rss_during_mib"] - u["slow"]["rss_before_mib"]

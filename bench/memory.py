@@ -76,8 +76,11 @@ def mesh_curve(sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
                 load.go()
                 status = load.wait_synced(timeout=600)
                 after = _settled_rss(daemon, args.pause)
-                out[s] = {"rss_loaded": before, "rss_one_client": after,
-                          "resources": status["resources"]}  # fmt: skip
+                out[s] = {
+                    "rss_loaded": before,
+                    "rss_one_client": after,
+                    "resources": status["resources"],
+                }
             finally:
                 if load is not None:
                     load.stop()

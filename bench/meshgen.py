@@ -16,15 +16,24 @@ def write_mesh(root: Path, services: int, endpoints: int = 3, ports: int = 20) -
         name = f"svc-{i:05d}"
         port = 8000 + i % ports
         lines = [
-            'kind = "Service"', f'name = "{name}"', "", "[[ports]]", 'name = "http"',
-            f"number = {port}", 'protocol = "HTTP"', "targetPort = 7000",
-        ]  # fmt: skip
+            'kind = "Service"',
+            f'name = "{name}"',
+            "",
+            "[[ports]]",
+            'name = "http"',
+            f"number = {port}",
+            'protocol = "HTTP"',
+            "targetPort = 7000",
+        ]
         for j in range(endpoints):
             a, b = divmod(i * endpoints + j, 250)
             lines += [
-                "", "[[endpoints]]", f'address = "10.{a // 250}.{a % 250}.{b + 1}"',
-                f'labels = {{ version = "v{j % 2 + 1}" }}', f'locality = "region-{j % 2}/zone-a"',
-            ]  # fmt: skip
+                "",
+                "[[endpoints]]",
+                f'address = "10.{a // 250}.{a % 250}.{b + 1}"',
+                f'labels = {{ version = "v{j % 2 + 1}" }}',
+                f'locality = "region-{j % 2}/zone-a"',
+            ]
         (config / "services" / f"{name}.toml").write_text("\n".join(lines) + "\n")
         rules = (
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"

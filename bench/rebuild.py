@@ -46,11 +46,14 @@ def mesh_tls(root: Path, services: int) -> MeshConfig:
         (directory / "cert.pem").write_text(_PEM.format("CERTIFICATE"))
         (directory / "key.pem").write_text(_PEM.format("PRIVATE KEY"))
     (pki / "ca.pem").write_text(_PEM.format("CERTIFICATE"))
-    return MeshConfig(mtls=MeshTLS(
-        mode=MTLSMode.STRICT, ca=str(pki / "ca.pem"),
-        certificate=str(pki / "{namespace}" / "{service}" / "cert.pem"),
-        private_key=str(pki / "{namespace}" / "{service}" / "key.pem"),
-    ))  # fmt: skip
+    return MeshConfig(
+        mtls=MeshTLS(
+            mode=MTLSMode.STRICT,
+            ca=str(pki / "ca.pem"),
+            certificate=str(pki / "{namespace}" / "{service}" / "cert.pem"),
+            private_key=str(pki / "{namespace}" / "{service}" / "key.pem"),
+        )
+    )
 
 
 def _classes() -> list[NodeClass]:
@@ -153,8 +156,11 @@ def one_file(config: Path, edits: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench rebuild", description=__doc__)
-    parser.add_argument("--services", default="100,1000,10000",
-                        help="comma-separated mesh sizes; the largest gets the edits")  # fmt: skip
+    parser.add_argument(
+        "--services",
+        default="100,1000,10000",
+        help="comma-separated mesh sizes; the largest gets the edits",
+    )
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="cold builds per size")
@@ -170,18 +176,24 @@ def main(argv: list[str]) -> dict[str, Any]:
             results["cold"][str(n)] = cold(config, args.runs, mesh)
         results["one_file"] = one_file(config, args.edits, mesh)
         results["one_file"]["services"] = sizes[-1]
-    print(f"{'services':>9}{'resources':>11}{'load':>9}{'1st class':>11}{'cold':>9}"
-          f"{'+class':>9}{'cold x5':>9}{'cold cpu':>10}{'+cls cpu':>10}")  # fmt: skip
+    print(
+        f"{'services':>9}{'resources':>11}{'load':>9}{'1st class':>11}{'cold':>9}"
+        f"{'+class':>9}{'cold x5':>9}{'cold cpu':>10}{'+cls cpu':>10}"
+    )
     for n, r in results["cold"].items():
-        print(f"{n:>9}{r['resources']:>11}{r['load_ms']:>7.0f}ms{r['first_class_ms']:>9.0f}ms"
-              f"{r['cold_one_class_ms']:>7.0f}ms{r['per_extra_class_ms']:>7.1f}ms"
-              f"{r['cold_five_classes_ms']:>7.0f}ms{r['cold_one_class_cpu_ms']:>8.0f}ms"
-              f"{r['per_extra_class_cpu_ms']:>8.1f}ms")  # fmt: skip
+        print(
+            f"{n:>9}{r['resources']:>11}{r['load_ms']:>7.0f}ms{r['first_class_ms']:>9.0f}ms"
+            f"{r['cold_one_class_ms']:>7.0f}ms{r['per_extra_class_ms']:>7.1f}ms"
+            f"{r['cold_five_classes_ms']:>7.0f}ms{r['cold_one_class_cpu_ms']:>8.0f}ms"
+            f"{r['per_extra_class_cpu_ms']:>8.1f}ms"
+        )
     one = results["one_file"]
     phases = ", ".join(f"{k} {v:.1f}" for k, v in one["phases_p50_ms"].items())
-    print(f"one service file changed in {one['services']} services, {one['classes']} classes "
-          f"watched, {one['edits']} edits: p50 {one['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} "
-          f"ms, max {one['max_ms']:.1f} ms, p50 CPU {one['p50_cpu_ms']:.1f} ms "
-          f"(p50 phases ms: {phases})")  # fmt: skip
+    print(
+        f"one service file changed in {one['services']} services, {one['classes']} classes "
+        f"watched, {one['edits']} edits: p50 {one['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} "
+        f"ms, max {one['max_ms']:.1f} ms, p50 CPU {one['p50_cpu_ms']:.1f} ms "
+        f"(p50 phases ms: {phases})"
+    )
     print(f"(cold: median of {args.runs} runs; in-process, imports excluded)")
     return results

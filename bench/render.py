@@ -28,8 +28,20 @@ def measure(config: Path, service: str, label: str, runs: int) -> dict[str, Any]
     from xdsd.sources import load_directory
     from xdsd.translate import MeshTranslation, NodeClass
 
-    command = [sys.executable, "-m", "xdsd.cli", "render", "--config-dir", str(config),
-               "--service", service, "--label", label, "--instance-ip", "127.0.0.2"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "xdsd.cli",
+        "render",
+        "--config-dir",
+        str(config),
+        "--service",
+        service,
+        "--label",
+        label,
+        "--instance-ip",
+        "127.0.0.2",
+    ]
     whole, load, first, second = [], [], [], []
     size = 0
     for _ in range(runs):

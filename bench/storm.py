@@ -121,18 +121,24 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     runs = [run(args.clients, args.services, args) for _ in range(args.runs)]
     first = runs[0]
-    print(f"N={args.clients} S={args.services}  backlog={first['backlog']} "
-          f"somaxconn={first['somaxconn']}")  # fmt: skip
+    print(
+        f"N={args.clients} S={args.services}  backlog={first['backlog']} "
+        f"somaxconn={first['somaxconn']}"
+    )
     print(f"{'run':>4} {'phase':<8}{'all synced':>11}{'p50':>8}{'failures':>9}  notes")
     for i, r in enumerate(runs):
         c = r["connect"]
-        print(f"{i:>4} {'connect':<8}{_s(c['all_synced_s']):>11}{_s(c['p50_synced_s']):>8}"
-              f"{c['failures']:>9}  daemon cpu {c['daemon_cpu_s']:.2f}s")  # fmt: skip
+        print(
+            f"{i:>4} {'connect':<8}{_s(c['all_synced_s']):>11}{_s(c['p50_synced_s']):>8}"
+            f"{c['failures']:>9}  daemon cpu {c['daemon_cpu_s']:.2f}s"
+        )
         if "restart" in r:
             s = r["restart"]
-            print(f"{i:>4} {'restart':<8}{_s(s['all_synced_s']):>11}{_s(s['p50_synced_s']):>8}"
-                  f"{s['failures_after_up']:>9}  down {s['down_s']:.2f}s, "
-                  f"{s['failures_while_down']} refused while down")  # fmt: skip
+            print(
+                f"{i:>4} {'restart':<8}{_s(s['all_synced_s']):>11}{_s(s['p50_synced_s']):>8}"
+                f"{s['failures_after_up']:>9}  down {s['down_s']:.2f}s, "
+                f"{s['failures_while_down']} refused while down"
+            )
     return {"runs": runs}
 
 

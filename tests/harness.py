@@ -40,8 +40,10 @@ def envoy_accepts(config: Any, path: Path) -> None:
     path.write_text(json.dumps(config))
     proc = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -139,9 +141,13 @@ class Backend:
 
 
 def http_get(
-    host: str, port: int, path: str = "/", headers: dict[str, str] | None = None,
-    timeout: float = 5.0, proxy_url: str | None = None,
-) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    host: str,
+    port: int,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+    proxy_url: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 GET; returns (status, headers, body). ``proxy_url`` sends an
     absolute-form request line, as an HTTP_PROXY client does."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -202,14 +208,24 @@ class Xdsd(Process):
             free_port(),
         )
         argv = [
-            sys.executable, "-m", "xdsd.cli", "--log-level", "debug", "--log-format", log_format,
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "--log-level",
+            "debug",
+            "--log-format",
+            log_format,
             "serve",
-            "--config-dir", str(config_dir),
-            "--grpc", f"127.0.0.1:{self.grpc_port}",
-            "--rest", f"127.0.0.1:{self.rest_port}",
-            "--admin", f"127.0.0.1:{self.admin_port}",
+            "--config-dir",
+            str(config_dir),
+            "--grpc",
+            f"127.0.0.1:{self.grpc_port}",
+            "--rest",
+            f"127.0.0.1:{self.rest_port}",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
             *(extra or []),
-        ]  # fmt: skip
+        ]
         impl = os.environ.get("XDSD_GRPC_IMPL")  # run the suite against another gRPC server
         if impl and "--grpc-impl" not in argv:
             argv += ["--grpc-impl", impl]
@@ -237,9 +253,16 @@ class Envoy(Process):
     ) -> None:
         self.admin_port = admin_port
         argv = [
-            envoy_binary(), "-c", str(config_path), "--disable-hot-restart",
-            "--log-level", "info", "--concurrency", "1", *extra,
-        ]  # fmt: skip
+            envoy_binary(),
+            "-c",
+            str(config_path),
+            "--disable-hot-restart",
+            "--log-level",
+            "info",
+            "--concurrency",
+            "1",
+            *extra,
+        ]
         super().__init__(argv, workdir / f"envoy-{admin_port}.log")
 
     def admin_text(self, path: str) -> str:

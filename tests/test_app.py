@@ -106,9 +106,12 @@ def test_a_refused_mesh_mtls_change_keeps_serving_the_last_good_translation(
     state.cache.subscribe(NODE, lambda _snapshot: None)
     before = state.snapshot(NODE)
     # Mesh mTLS whose CA is missing: the next load (which reads its files) is refused.
-    mtls = MeshTLS(mode=MTLSMode.STRICT, ca=str(tmp_path / "missing-ca.pem"),
-                   certificate=str(tmp_path / "{service}.pem"),
-                   private_key=str(tmp_path / "{service}-key.pem"))  # fmt: skip
+    mtls = MeshTLS(
+        mode=MTLSMode.STRICT,
+        ca=str(tmp_path / "missing-ca.pem"),
+        certificate=str(tmp_path / "{service}.pem"),
+        private_key=str(tmp_path / "{service}-key.pem"),
+    )
     assert not state.set_mesh_config(MeshConfig(mtls=mtls))
     assert not state.reload()
     assert [p.field for p in state.errors] == ["mesh.mtls.ca"]
@@ -129,8 +132,9 @@ def test_a_daemon_reloads_before_it_runs(tmp_path: Path) -> None:
     config = tmp_path / "config"
     shutil.copytree(EXAMPLE_CONFIG, config)
     grpc = free_port()
-    settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", grpc), rest=None,
-                        admin=None)  # fmt: skip
+    settings = Settings(
+        config_dir=str(config), grpc=Address("127.0.0.1", grpc), rest=None, admin=None
+    )
 
     async def main() -> None:
         daemon = Daemon(settings)
@@ -153,17 +157,22 @@ def test_a_start_that_cannot_bind_closes_what_it_bound(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         admin = taken.getsockname()[1]
-        settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", grpc),
-                            rest=Address("127.0.0.1", rest),
-                            admin=Address("127.0.0.1", admin))  # fmt: skip
+        settings = Settings(
+            config_dir=str(config),
+            grpc=Address("127.0.0.1", grpc),
+            rest=Address("127.0.0.1", rest),
+            admin=Address("127.0.0.1", admin),
+        )
 
         async def main() -> None:
             daemon = Daemon(settings)
             with pytest.raises(OSError):
                 await daemon.start()
             assert [listener.name for listener in daemon.listeners] == [
-                "gRPC xDS", "REST xDS", "admin"
-            ]  # fmt: skip
+                "gRPC xDS",
+                "REST xDS",
+                "admin",
+            ]
             # still in the daemon's loop, the daemon alive: closed, not collected
             assert not port_open("127.0.0.1", grpc) and not port_open("127.0.0.1", rest)
 

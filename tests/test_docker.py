@@ -124,8 +124,11 @@ def test_healthcheck_asks_the_admin_port_for_healthz(tmp_path: Path) -> None:
     # the same command against a real xdsd: healthy, then not once it is gone
     xdsd = Xdsd(REPO / "config", tmp_path)
     try:
-        local = [sys.executable, *command[1:-1],
-                 command[-1].replace(url, f"http://127.0.0.1:{xdsd.admin_port}/healthz")]  # fmt: skip
+        local = [
+            sys.executable,
+            *command[1:-1],
+            command[-1].replace(url, f"http://127.0.0.1:{xdsd.admin_port}/healthz"),
+        ]
         assert subprocess.run(local, capture_output=True, timeout=30).returncode == 0
     finally:
         xdsd.stop()
@@ -169,8 +172,9 @@ def test_compose_files_are_what_the_demo_generator_writes() -> None:
     for sub, files in (("config", config_files(layout)), ("bootstrap", bootstrap_files(layout))):
         on_disk = {
             str(p.relative_to(DEMO / sub)): p.read_text()
-            for p in (DEMO / sub).rglob("*") if p.is_file()
-        }  # fmt: skip
+            for p in (DEMO / sub).rglob("*")
+            if p.is_file()
+        }
         assert on_disk == files, f"demo/{sub} is stale: python -m xdsd.demo.mesh demo"
 
 
@@ -184,13 +188,18 @@ def test_compose_config_loads_and_matches_addresses_and_ports() -> None:
     mesh = result.mesh
     endpoints = {
         e.address: (svc.name, dict(e.labels), svc.ports)
-        for svc in mesh.services for e in svc.endpoints
-    }  # fmt: skip
+        for svc in mesh.services
+        for e in svc.endpoints
+    }
     default_endpoints = {sc.name: [i.default_endpoint for i in sc.ingress] for sc in mesh.sidecars}
     subnet = data["networks"]["mesh"]["ipam"]["config"][0]["subnet"]
     prefix = subnet.rsplit(".", 1)[0] + "."
 
-    apps = {n: s for n, s in services.items() if s.get("entrypoint") == ["python", "-m", "xdsd.demo.app"]}  # fmt: skip
+    apps = {
+        n: s
+        for n, s in services.items()
+        if s.get("entrypoint") == ["python", "-m", "xdsd.demo.app"]
+    }
     assert len(apps) == 4
     for name, app in apps.items():
         address = app["networks"]["mesh"]["ipv4_address"]
@@ -224,7 +233,9 @@ def test_every_sidecar_shares_its_apps_namespace_and_bootstrap_matches_it() -> N
     data = compose()
     services = data["services"]
     result = load_directory(str(DEMO / "config"))
-    endpoint_of = {e.address: (s.name, dict(e.labels)) for s in result.mesh.services for e in s.endpoints}  # fmt: skip
+    endpoint_of = {
+        e.address: (s.name, dict(e.labels)) for s in result.mesh.services for e in s.endpoints
+    }
     sidecars = {n: s for n, s in services.items() if n.endswith("-sidecar")}
     assert len(sidecars) == 4
     for name, sidecar in sidecars.items():
@@ -244,7 +255,9 @@ def test_every_sidecar_shares_its_apps_namespace_and_bootstrap_matches_it() -> N
         settings = image_settings()
         assert settings.grpc is not None and sock["port_value"] == settings.grpc.port
 
-    gateway = yaml.safe_load(host_path(services["ingressgateway"]["volumes"][0].split(":")[0]).read_text())  # fmt: skip
+    gateway = yaml.safe_load(
+        host_path(services["ingressgateway"]["volumes"][0].split(":")[0]).read_text()
+    )
     assert gateway["node"]["metadata"]["role"] == "gateway"
     gw_address = services["ingressgateway"]["networks"]["mesh"]["ipv4_address"]
     assert gateway["node"]["metadata"]["instance_ip"] == gw_address
@@ -257,8 +270,18 @@ def test_every_sidecar_shares_its_apps_namespace_and_bootstrap_matches_it() -> N
 @pytest.mark.parametrize("name", sorted(p.name for p in (DEMO / "bootstrap").glob("*.yaml")))
 def test_envoy_accepts_each_compose_bootstrap(name: str) -> None:
     done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(DEMO / "bootstrap" / name),
-         "--disable-hot-restart", "--base-id", str(free_port())],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(DEMO / "bootstrap" / name),
+            "--disable-hot-restart",
+            "--base-id",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

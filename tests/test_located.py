@@ -83,8 +83,15 @@ def test_nan_is_not_a_string() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ip"),
-    [("10.0.0.1", True), ("::1", True), ("fe80::1%eth0", True), ("300.0.0.1", False),
-     ("01.2.3.4", False), ("my-host", False), ("", False)],
-)  # fmt: skip
+    [
+        ("10.0.0.1", True),
+        ("::1", True),
+        ("fe80::1%eth0", True),
+        ("300.0.0.1", False),
+        ("01.2.3.4", False),
+        ("my-host", False),
+        ("", False),
+    ],
+)
 def test_is_ip(text: str, ip: bool) -> None:
     assert is_ip(text) is ip

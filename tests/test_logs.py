@@ -44,8 +44,11 @@ def test_json_lines_carry_node_type_and_version(mesh: EchoMesh) -> None:
     sends = [r for r in records if r["message"].startswith("sending ")]
     assert {r["node"] for r in sends} == {"client-grpc", "sim-nack"}
     assert {r["type"] for r in sends if r["node"] == "client-grpc"} == {
-        "clusters", "endpoints", "listeners", "routes"
-    }  # fmt: skip
+        "clusters",
+        "endpoints",
+        "listeners",
+        "routes",
+    }
     assert all(r["version"] and r["nonce"] for r in sends)
     opened = [r for r in records if r["message"].startswith("stream opened")]
     assert {r["node"] for r in opened} == {"client-grpc", "sim-nack"}
@@ -114,8 +117,10 @@ def test_a_stuck_stream_drops_and_counts_lines_then_says_so() -> None:
             logger.warning("line %d", n)  # returns at once: nothing waits for the stream
         assert handler.dropped >= 50 - 5 - 1  # the queue, and the line the writer holds
         stream.gate.set()
-        wait_until(lambda: any("log lines dropped" in line for line in stream.lines),
-                   what="the summary line")  # fmt: skip
+        wait_until(
+            lambda: any("log lines dropped" in line for line in stream.lines),
+            what="the summary line",
+        )
         summary = next(line for line in stream.lines if "log lines dropped" in line)
         assert f"{handler.dropped} log lines dropped" in summary
         logger.warning("after")

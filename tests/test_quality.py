@@ -20,10 +20,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.located": ("xdsd.errors",),
     "xdsd.model": ("xdsd.model", "xdsd.errors"),
     "xdsd.resources": ("xdsd.resources",),
-    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources",
-                     "xdsd.located"),
-    "xdsd.translate": ("xdsd.translate", "xdsd.model", "xdsd.resources", "xdsd.errors",
-                       "xdsd.cache.snapshot", "xdsd.located"),
+    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources", "xdsd.located"),
+    "xdsd.translate": (
+        "xdsd.translate",
+        "xdsd.model",
+        "xdsd.resources",
+        "xdsd.errors",
+        "xdsd.cache.snapshot",
+        "xdsd.located",
+    ),
     "xdsd.cache": ("xdsd.cache", "xdsd.resources", "xdsd.errors"),
     "xdsd.protocol": ("xdsd.protocol", "xdsd.resources", "xdsd.cache", "xdsd.errors"),
     "xdsd.settings": ("xdsd.errors", "xdsd.model", "xdsd.located"),
@@ -32,9 +37,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors",),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
-    "xdsd.transports": ("xdsd.transports", "xdsd.protocol", "xdsd.cache", "xdsd.resources",
-                        "xdsd.errors", "xdsd.settings"),
-}  # fmt: skip
+    "xdsd.transports": (
+        "xdsd.transports",
+        "xdsd.protocol",
+        "xdsd.cache",
+        "xdsd.resources",
+        "xdsd.errors",
+        "xdsd.settings",
+    ),
+}
 # The pure core does no I/O and is not async.
 PURE = (
     "xdsd.model",
@@ -69,8 +80,14 @@ def _imports(tree: ast.Module) -> list[str]:
 def test_layering_follows_design() -> None:
     violations = []
     for name, tree in _modules():
-        rule = next((p for p in sorted(ALLOWED, key=len, reverse=True)
-                     if name == p or name.startswith(p + ".")), None)  # fmt: skip
+        rule = next(
+            (
+                p
+                for p in sorted(ALLOWED, key=len, reverse=True)
+                if name == p or name.startswith(p + ".")
+            ),
+            None,
+        )
         for imported in _imports(tree):
             allowed = ALLOWED[rule] if rule is not None else None
             if (
@@ -109,10 +126,11 @@ def _import_graph() -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif node.module and node.level == 0:
                 targets = [
-                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in modules
                     else node.module
                     for a in node.names
-                ]  # fmt: skip
+                ]
             else:
                 targets = []
             graph[name].update(t for t in targets if t in modules and t != name)
@@ -165,6 +183,20 @@ def test_no_private_name_is_imported_from_another_module() -> None:
         if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__"
         for alias in node.names
         if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert found == []
+
+
+def test_the_formatter_is_not_switched_off() -> None:
+    """``ruff format`` (its defaults, line length 100) lays out all the code: no
+    ``fmt: skip`` / ``fmt: off`` escapes, which had grown to hundreds of markers."""
+    marker = "fmt" + ": "  # split, so this file does not match itself
+    found = [
+        f"{path.relative_to(REPO)}:{number}"
+        for top in ("xdsd", "tests", "bench")
+        for path in sorted((REPO / top).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if f"# {marker}skip" in line or f"# {marker}off" in line
     ]
     assert found == []
 

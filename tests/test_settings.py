@@ -22,8 +22,9 @@ from xdsd.settings import Address, Settings
 
 def test_file_values_apply_and_flags_win(tmp_path: Path) -> None:
     path = tmp_path / "xdsd.toml"
-    path.write_text('config_dir = "/etc/xdsd/mesh"\ngrpc = "0.0.0.0:18000"\nrest = ""\n'
-                    "quiet_period = 0.1\n")  # fmt: skip
+    path.write_text(
+        'config_dir = "/etc/xdsd/mesh"\ngrpc = "0.0.0.0:18000"\nrest = ""\nquiet_period = 0.1\n'
+    )
     settings = Settings.from_file(str(path))
     assert settings.config_dir == "/etc/xdsd/mesh"
     assert settings.grpc == Address("0.0.0.0", 18000)
@@ -87,9 +88,11 @@ def test_mesh_section_applies(tmp_path: Path) -> None:
     mesh = Settings.from_file(str(path)).mesh
     assert mesh.outbound_traffic_policy is OutboundPolicy.REGISTRY_ONLY
     assert mesh.access_log == AccessLog(
-        enabled=True, path="/var/log/envoy/access.log", encoding=LogEncoding.JSON,
+        enabled=True,
+        path="/var/log/envoy/access.log",
+        encoding=LogEncoding.JSON,
         fields=(("code", "%RESPONSE_CODE%"), ("host", "%UPSTREAM_HOST%")),
-    )  # fmt: skip
+    )
     assert mesh.prometheus == PrometheusStats(enabled=True, port=9102)
     assert mesh.tracing == Tracing(TracingProvider.OPENTELEMETRY, "otel.example", 4317, 12.5)
     assert Settings().mesh == MeshConfig()  # nothing on by default, ALLOW_ANY
@@ -103,27 +106,37 @@ def test_mesh_section_applies(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('[mesh]\noutbound_traffic_policy = "DENY"\n',
-         ":2: mesh.outbound_traffic_policy: must be one of REGISTRY_ONLY, ALLOW_ANY"),
+        (
+            '[mesh]\noutbound_traffic_policy = "DENY"\n',
+            ":2: mesh.outbound_traffic_policy: must be one of REGISTRY_ONLY, ALLOW_ANY",
+        ),
         ("[mesh]\n\naccess_logs = true\n", ":3: mesh.access_logs: unknown setting"),
         ("[mesh.access_log]\nenabled = true\npth = 'x'\n", ":3: mesh.access_log.pth: unknown"),
-        ('[mesh.access_log]\nformat = "%START_TIME%"\nencoding = "JSON"\n',
-         ":2: mesh.access_log.format: is for TEXT logs"),
+        (
+            '[mesh.access_log]\nformat = "%START_TIME%"\nencoding = "JSON"\n',
+            ":2: mesh.access_log.format: is for TEXT logs",
+        ),
         ("[mesh.access_log]\nfields = { a = 1 }\n", ":2: mesh.access_log.fields: must be a table"),
         ("[mesh.prometheus]\nport = 70000\n", ":2: mesh.prometheus.port: must be a port number"),
-        ('[mesh.prometheus]\npath = "metrics"\n', ':2: mesh.prometheus.path: must be a path'),
-        ('[mesh.tracing]\nprovider = "jaeger"\naddress = "a:1"\n',
-         ":2: mesh.tracing.provider: must be one of zipkin, opentelemetry"),
+        ('[mesh.prometheus]\npath = "metrics"\n', ":2: mesh.prometheus.path: must be a path"),
+        (
+            '[mesh.tracing]\nprovider = "jaeger"\naddress = "a:1"\n',
+            ":2: mesh.tracing.provider: must be one of zipkin, opentelemetry",
+        ),
         ('[mesh.tracing]\nprovider = "zipkin"\n', ":1: mesh.tracing.address: missing"),
-        ('[mesh.tracing]\nprovider = "zipkin"\naddress = "a:1"\nsampling = 101\n',
-         ":4: mesh.tracing.sampling: must be a percentage from 0 to 100"),
-        ('[mesh.tracing]\nprovider = "zipkin"\naddress = "nocolon"\n',
-         ":3: mesh.tracing.address: expected HOST:PORT"),
+        (
+            '[mesh.tracing]\nprovider = "zipkin"\naddress = "a:1"\nsampling = 101\n',
+            ":4: mesh.tracing.sampling: must be a percentage from 0 to 100",
+        ),
+        (
+            '[mesh.tracing]\nprovider = "zipkin"\naddress = "nocolon"\n',
+            ":3: mesh.tracing.address: expected HOST:PORT",
+        ),
         ("mesh = 1\n", ":1: mesh: must be a table"),
         ("[mesh]\naccess_log = { enabled = 1 }\n", ":2: mesh.access_log.enabled: must be true"),
         ("[mesh\n", ":1: TOML syntax error"),
     ],
-)  # fmt: skip
+)
 def test_bad_mesh_settings_name_line_and_key(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "xdsd.toml"
     path.write_text(text)
@@ -167,20 +180,30 @@ def test_the_docs_grants_are_safe_as_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("grant", "fragment"),
     [
-        ('{ services = ["a"], roles = ["router"] }',
-         "authorized_nodes.a.roles: unknown role 'router'; known: sidecar, gateway, proxyless"),
+        (
+            '{ services = ["a"], roles = ["router"] }',
+            "authorized_nodes.a.roles: unknown role 'router'; known: sidecar, gateway, proxyless",
+        ),
         ('{ services = ["a"], roles = [] }', "authorized_nodes.a.roles: is empty"),
-        ('{ services = ["a"], roles = ["gateway"] }',
-         "authorized_nodes.a: grants the gateway role without gateway_labels"),
-        ('{ services = ["a"], gateway_labels = { istio = "x" } }',
-         'authorized_nodes.a.gateway_labels: needs roles to include "gateway"'),
-        ('{ services = ["a"], roles = ["gateway"], gateway_labels = { istio = "*" } }',
-         "names each value exactly"),
-        ('{ services = ["a"], labels = { app = 1 } }',
-         "authorized_nodes.a.labels: must be a table of label = value strings"),
+        (
+            '{ services = ["a"], roles = ["gateway"] }',
+            "authorized_nodes.a: grants the gateway role without gateway_labels",
+        ),
+        (
+            '{ services = ["a"], gateway_labels = { istio = "x" } }',
+            'authorized_nodes.a.gateway_labels: needs roles to include "gateway"',
+        ),
+        (
+            '{ services = ["a"], roles = ["gateway"], gateway_labels = { istio = "*" } }',
+            "names each value exactly",
+        ),
+        (
+            '{ services = ["a"], labels = { app = 1 } }',
+            "authorized_nodes.a.labels: must be a table of label = value strings",
+        ),
         ('{ services = ["a"], role = ["gateway"] }', "authorized_nodes.a.role: unknown setting"),
     ],
-)  # fmt: skip
+)
 def test_bad_grants_name_line_and_key(tmp_path: Path, grant: str, fragment: str) -> None:
     path = tmp_path / "xdsd.toml"
     path.write_text(
@@ -206,8 +229,10 @@ def test_a_gateway_grant_reads_its_roles_and_labels(tmp_path: Path) -> None:
 
 def test_keys_may_be_spelled_with_dashes_and_keep_their_lines(tmp_path: Path) -> None:
     path = tmp_path / "xdsd.toml"
-    path.write_text('grpc-impl = "grpcio"\nmax-connections = 0\n[mesh.access-log]\n'
-                    'encoding = "json"\nenabld = true\n')  # fmt: skip
+    path.write_text(
+        'grpc-impl = "grpcio"\nmax-connections = 0\n[mesh.access-log]\n'
+        'encoding = "json"\nenabld = true\n'
+    )
     with pytest.raises(ConfigError) as info:
         Settings.from_file(str(path))
     assert [str(p).split("xdsd.toml")[1] for p in info.value.problems] == [
@@ -237,10 +262,12 @@ def test_a_key_given_in_both_spellings_is_refused(tmp_path: Path) -> None:
         ({"config_dir": 3}, "config_dir: must be a string (got number 3)"),
         ({"grpc": 5}, 'grpc: must be "HOST:PORT" or "" to disable (got number 5)'),
         ({"grpc_impl": "grpc"}, "grpc_impl: must be one of grpclib, grpcio (got 'grpc')"),
-        ({"mesh": {"prometheus": {"port": 0}}},
-         "mesh.prometheus.port: must be a port number (1-65535) (got number 0)"),
+        (
+            {"mesh": {"prometheus": {"port": 0}}},
+            "mesh.prometheus.port: must be a port number (1-65535) (got number 0)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_flags_are_read_as_the_file_is(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings().merged(data, source="command line")

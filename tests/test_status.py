@@ -22,8 +22,10 @@ from xdsd.status import NACKED, NOT_SENT, PENDING, STALE, SYNCED, summarize
 def _status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "xdsd.cli", "status", *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -141,21 +143,30 @@ def test_status_over_mtls_admin(tls_daemon: tuple[Xdsd, CertAuthority, CertFiles
 
     xdsd, ca, client = tls_daemon
     admin = f"127.0.0.1:{xdsd.admin_port}"
-    flags = ("--admin-tls-ca", str(ca.ca_path), "--admin-tls-cert", str(client.cert),
-             "--admin-tls-key", str(client.key))  # fmt: skip
+    flags = (
+        "--admin-tls-ca",
+        str(ca.ca_path),
+        "--admin-tls-cert",
+        str(client.cert),
+        "--admin-tls-key",
+        str(client.key),
+    )
     # a proxy connected over mTLS, holding its stream open without ACKing
     credentials = grpc.ssl_channel_credentials(
         ca.ca_path.read_bytes(), client.key.read_bytes(), client.cert.read_bytes()
     )
     requests: queue.Queue[bytes | None] = queue.Queue()
-    requests.put(discovery_pb2.DiscoveryRequest(
-        node=base_pb2.Node(id="tls-proxy", cluster="client"),
-        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
-    ).SerializeToString())  # fmt: skip
+    requests.put(
+        discovery_pb2.DiscoveryRequest(
+            node=base_pb2.Node(id="tls-proxy", cluster="client"),
+            type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ).SerializeToString()
+    )
     with grpc.secure_channel(
-        f"127.0.0.1:{xdsd.grpc_port}", credentials,
+        f"127.0.0.1:{xdsd.grpc_port}",
+        credentials,
         options=[("grpc.ssl_target_name_override", SERVER_NAME)],
-    ) as channel:  # fmt: skip
+    ) as channel:
         stream = channel.stream_stream(
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
         )(iter(requests.get, None), timeout=60)
@@ -167,8 +178,9 @@ def test_status_over_mtls_admin(tls_daemon: tuple[Xdsd, CertAuthority, CertFiles
             assert [p["node_id"] for p in shown["proxies"]] == ["tls-proxy"]
             assert shown["proxies"][0]["types"]["clusters"]["state"] == PENDING
             # https:// and the server name checked against the certificate
-            named = _status("--admin", f"https://{admin}", *flags,
-                            "--admin-tls-server-name", SERVER_NAME)  # fmt: skip
+            named = _status(
+                "--admin", f"https://{admin}", *flags, "--admin-tls-server-name", SERVER_NAME
+            )
             assert named.returncode == 0, named.stderr
             assert "tls-proxy" in named.stdout
         finally:
@@ -209,30 +221,52 @@ def test_status_tls_flags_that_cannot_work(
 
 
 def _client(types: dict[str, Any]) -> dict[str, Any]:
-    return {"client_id": "ads-1", "node_id": "n", "connected": True, "transport": "ads",
-            "class": "NodeClass(service='reviews', namespace='shop', role=<Role.GATEWAY: 'gateway'>)",
-            "types": types}  # fmt: skip
+    return {
+        "client_id": "ads-1",
+        "node_id": "n",
+        "connected": True,
+        "transport": "ads",
+        "class": "NodeClass(service='reviews', namespace='shop', role=<Role.GATEWAY: 'gateway'>)",
+        "types": types,
+    }
 
 
 def test_states_from_client_records() -> None:
     def t(
         sent: str | None, acked: str | None, at: float = 100.0, nack: str | None = None
     ) -> dict[str, Any]:
-        return {"sent_version": sent, "acked_version": acked, "sent_at": at, "not_applied": False,
-                "nack": None if nack is None else {"version": nack, "message": "no"}}  # fmt: skip
+        return {
+            "sent_version": sent,
+            "acked_version": acked,
+            "sent_at": at,
+            "not_applied": False,
+            "nack": None if nack is None else {"version": nack, "message": "no"},
+        }
 
     status = summarize(
-        [_client({"clusters": t("2", "2"), "endpoints": t("3", "2", at=90.0),
-                  "listeners": t("4", "1", at=99.5), "routes": t("5", "1", nack="5"),
-                  "secrets": t(None, None)})],
+        [
+            _client(
+                {
+                    "clusters": t("2", "2"),
+                    "endpoints": t("3", "2", at=90.0),
+                    "listeners": t("4", "1", at=99.5),
+                    "routes": t("5", "1", nack="5"),
+                    "secrets": t(None, None),
+                }
+            )
+        ],
         [{"text": "a.yaml:1: x: bad"}, {"text": "b.yaml:2: y: odd", "severity": "warning"}],
-        now=100.0, stale_after=5.0,
-    )  # fmt: skip
+        now=100.0,
+        stale_after=5.0,
+    )
     (proxy,) = status.proxies
     assert {n: s.state for n, s in proxy.types.items()} == {
-        "clusters": SYNCED, "endpoints": STALE, "listeners": PENDING, "routes": NACKED,
+        "clusters": SYNCED,
+        "endpoints": STALE,
+        "listeners": PENDING,
+        "routes": NACKED,
         "secrets": NOT_SENT,
-    }  # fmt: skip
+    }
     assert proxy.service == "shop/reviews (gateway)"
     assert status.exit_code == 1 and len(status.errors) == 1 and len(status.warnings) == 1
     disconnected = summarize([{**_client({}), "connected": False}], [], now=0, stale_after=1)

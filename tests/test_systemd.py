@@ -36,9 +36,17 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     import subprocess
 
     text = UNIT.read_text()
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "DynamicUser=yes",
-                 "ProtectSystem=strict", "NoNewPrivileges=yes", "ProtectHome=yes",
-                 "PrivateTmp=yes", "ReadOnlyPaths=/etc/xdsd", "CapabilityBoundingSet=\n"):  # fmt: skip
+    for line in (
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ReadOnlyPaths=/etc/xdsd",
+        "CapabilityBoundingSet=\n",
+    ):
         assert line in text, line
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
     unit = _unit_for_here(tmp_path)
@@ -48,8 +56,10 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert verify.returncode == 0 and "xdsd.service" not in verify.stderr, verify.stderr
     security = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(unit)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     found = re.search(r"Overall exposure level for xdsd.service: ([\d.]+)", security.stdout)
     assert found is not None, security.stdout[-2000:]
     assert float(found.group(1)) <= 2.0, security.stdout[-2000:]  # "OK" or better

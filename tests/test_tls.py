@@ -73,8 +73,10 @@ class Files:
         self.tls = root / "tls"
         self.tls.mkdir()
         self.cert, self.key, self.client_ca = (
-            self.tls / "xdsd.pem", self.tls / "xdsd-key.pem", self.tls / "client-ca.pem"
-        )  # fmt: skip
+            self.tls / "xdsd.pem",
+            self.tls / "xdsd-key.pem",
+            self.tls / "client-ca.pem",
+        )
         self.install(self.ca.issue("first", ["xdsd.test"]))
         shutil.copy(self.ca.ca_path, self.client_ca)
         self.client = self.ca.issue("client", uris=["spiffe://t/client"])

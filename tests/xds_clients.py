@@ -40,8 +40,15 @@ class AdsClient:
     """One ADS stream subscribing to clusters (wildcard). ``mode``: ``ack`` every
     response, ``nack`` every response (with ``error``), or ``silent`` (never answer)."""
 
-    def __init__(self, port: int, node_id: str, service: str, *, mode: str = "ack",
-                 error: str = "simulated rejection: cluster foo is bad") -> None:  # fmt: skip
+    def __init__(
+        self,
+        port: int,
+        node_id: str,
+        service: str,
+        *,
+        mode: str = "ack",
+        error: str = "simulated rejection: cluster foo is bad",
+    ) -> None:
         self.port = port
         self.node = make_node(node_id, service)
         self.mode = mode
@@ -59,9 +66,11 @@ class AdsClient:
         channel = Channel("127.0.0.1", self.port)
         try:
             async with channel.request(
-                ADS_PATH, Cardinality.STREAM_STREAM,
-                discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse,
-            ) as stream:  # fmt: skip
+                ADS_PATH,
+                Cardinality.STREAM_STREAM,
+                discovery_pb2.DiscoveryRequest,
+                discovery_pb2.DiscoveryResponse,
+            ) as stream:
                 await stream.send_message(
                     discovery_pb2.DiscoveryRequest(node=self.node, type_url=CDS)
                 )
@@ -125,10 +134,15 @@ class UnreadingClient:
         stream_id = conn.get_next_available_stream_id()
         conn.send_headers(
             stream_id,
-            [(":method", "POST"), (":scheme", "http"), (":path", ADS_PATH),
-             (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
-             ("te", "trailers")],
-        )  # fmt: skip
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", ADS_PATH),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
         body = discovery_pb2.DiscoveryRequest(
             node=make_node(node_id, service), type_url=CDS
         ).SerializeToString()
@@ -160,9 +174,10 @@ def first_response_over_tls(
         root_certificates=root, private_key=key, certificate_chain=chain
     )
     with grpc.secure_channel(
-        f"127.0.0.1:{port}", credentials,
+        f"127.0.0.1:{port}",
+        credentials,
         options=[("grpc.ssl_target_name_override", server_name)],
-    ) as channel:  # fmt: skip
+    ) as channel:
         call = channel.stream_stream(ADS_PATH)(iter([request.SerializeToString()]), timeout=20)
         try:
             first = discovery_pb2.DiscoveryResponse.FromString(next(call))

@@ -37,9 +37,12 @@ def admin_node_access(
         if not isinstance(key, NodeClass):
             return False
         role = (
-            "gateway" if key.role is Role.GATEWAY
-            else "proxyless" if key.client is ClientKind.GRPC else "sidecar"
-        )  # fmt: skip
+            "gateway"
+            if key.role is Role.GATEWAY
+            else "proxyless"
+            if key.client is ClientKind.GRPC
+            else "sidecar"
+        )
         identity = NodeIdentity(client.node_id, key.service, key.namespace, role, key.labels)
         return authorizer.allowed(cert, identity)
 
@@ -53,9 +56,13 @@ def authorize_mesh(authorizer: NodeAuthorizer, settings: Settings, mesh: MeshCon
     mtls = mesh.mtls
     authorizer.trust_domain = mtls.trust_domain if mtls.enabled and settings.tls_client_ca else ""
     if settings.tls_client_ca and not authorizer.enforcing:
-        log.warning("client certificates are required but authorized_nodes is empty: "
-                    "any client with a valid certificate may speak for any node")  # fmt: skip
+        log.warning(
+            "client certificates are required but authorized_nodes is empty: "
+            "any client with a valid certificate may speak for any node"
+        )
     if mtls.enabled and not settings.tls_client_ca:
-        log.warning("mesh mutual TLS is on but xDS clients are not authenticated "
-                    "(tls_client_ca): any client that reaches xDS can fetch any service's "
-                    "private key")  # fmt: skip
+        log.warning(
+            "mesh mutual TLS is on but xDS clients are not authenticated "
+            "(tls_client_ca): any client that reaches xDS can fetch any service's "
+            "private key"
+        )

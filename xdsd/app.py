@@ -123,16 +123,22 @@ class Daemon:
         self.metrics = Metrics(version=__version__)
         self.cache: SnapshotCache[NodeClass] = SnapshotCache(observer=self.metrics)
         self.state = MeshState(
-            settings.config_dir, self.cache, root_namespace=settings.root_namespace,
-            mesh_config=settings.mesh, max_classes=settings.max_node_classes,
+            settings.config_dir,
+            self.cache,
+            root_namespace=settings.root_namespace,
+            mesh_config=settings.mesh,
+            max_classes=settings.max_node_classes,
             limits=ParseLimits.of(settings),
-        )  # fmt: skip
+        )
         self.metrics.track(self.cache, self.state)
         self.metrics.track_log_drops(dropped_log_lines)
         self.views = AdminViews(
-            self.cache, config=self.state, metrics=self.metrics, version=__version__,
+            self.cache,
+            config=self.state,
+            metrics=self.metrics,
+            version=__version__,
             config_dir=settings.config_dir,
-        )  # fmt: skip
+        )
         self.readiness = Readiness(self.notifier, self.views, self.state)
         self.readiness.trouble = self.views.trouble = self.trouble
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)
@@ -168,24 +174,48 @@ class Daemon:
             from xdsd.transports.rest import RestDiscovery, start_rest
 
             discovery = RestDiscovery(
-                self.state, max_body=settings.max_request_bytes, authorizer=self.authorizer,
+                self.state,
+                max_body=settings.max_request_bytes,
+                authorizer=self.authorizer,
                 on_refused=self.metrics.on_refused,
-            )  # fmt: skip
+            )
             timing_routes = discovery.timing_routes()
             rest = settings.rest
-            listeners.append(HttpListener("REST xDS", lambda: start_rest(
-                discovery, rest, self.gate, idle_timeout=settings.rest_idle_timeout,
-                ssl_context=http_tls,
-            ), rest, note=note))  # fmt: skip
+            listeners.append(
+                HttpListener(
+                    "REST xDS",
+                    lambda: start_rest(
+                        discovery,
+                        rest,
+                        self.gate,
+                        idle_timeout=settings.rest_idle_timeout,
+                        ssl_context=http_tls,
+                    ),
+                    rest,
+                    note=note,
+                )
+            )
         if settings.admin is not None:
             admin, admin_app = settings.admin, self.views.app()
             admin_app.router.add_routes(timing_routes)
             admin_tls = http_tls if settings.admin_tls else None
-            listeners.append(HttpListener("admin", lambda: serve_http(
-                admin_app, "admin", self.gate, admin.host, admin.port,
-                idle_timeout=settings.rest_idle_timeout, ssl_context=admin_tls,
-                reserve=ADMIN_RESERVE,
-            ), admin, note=note if admin_tls else ""))  # fmt: skip
+            listeners.append(
+                HttpListener(
+                    "admin",
+                    lambda: serve_http(
+                        admin_app,
+                        "admin",
+                        self.gate,
+                        admin.host,
+                        admin.port,
+                        idle_timeout=settings.rest_idle_timeout,
+                        ssl_context=admin_tls,
+                        reserve=ADMIN_RESERVE,
+                    ),
+                    admin,
+                    note=note if admin_tls else "",
+                )
+            )
         return listeners
 
     def _grpc_listener(self, address: Address, note: str) -> DaemonListener:
@@ -199,23 +229,32 @@ class Daemon:
                     f"grpc_impl = grpcio needs grpcio: pip install 'xdsd[grpcio]' ({e})"
                 ) from None
             aio_server = AioServer(
-                self.state, limits=limits, authorizer=self.authorizer,
+                self.state,
+                limits=limits,
+                authorizer=self.authorizer,
                 on_refused=self.metrics.on_refused,
                 tls=certificates.current if certificates is not None else None,
-                connections=self.gate.limits, max_connections=self.gate.max_connections,
-            )  # fmt: skip
+                connections=self.gate.limits,
+                max_connections=self.gate.max_connections,
+            )
             return GrpcioListener(aio_server, address, note=note)
         services = DiscoveryServices(
-            self.state, limits=limits, authorizer=self.authorizer,
+            self.state,
+            limits=limits,
+            authorizer=self.authorizer,
             on_refused=self.metrics.on_refused,
-        )  # fmt: skip
+        )
         server = GrpcServer(
             [services], gate=self.gate, resets_per_second=limits.max_stream_resets_per_second
         )
         return GrpclibListener(
-            server, services.streams, address, backlog=settings.grpc_backlog,
-            tls=certificates.context("h2") if certificates is not None else None, note=note,
-        )  # fmt: skip
+            server,
+            services.streams,
+            address,
+            backlog=settings.grpc_backlog,
+            tls=certificates.context("h2") if certificates is not None else None,
+            note=note,
+        )
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then ``shutdown``. ``ready`` is set once the
@@ -290,9 +329,12 @@ class Daemon:
         self._requested.put_nowait(_reread_mesh(self.settings_path))
 
     async def reload(
-        self, paths: set[str] | None = None, *, requested: bool = False,
+        self,
+        paths: set[str] | None = None,
+        *,
+        requested: bool = False,
         mesh: MeshConfig | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Load and apply (see ``MeshState``), one reload at a time: ``paths`` changed
         (None: check every file), ``requested`` (SIGHUP: RELOADING=1 first, own
         certificate read again even if unchanged), ``mesh`` the new ``[mesh]`` defaults.
@@ -349,9 +391,12 @@ class Daemon:
         settings = self.settings
         own = self.certificates.paths if self.certificates is not None else frozenset()
         watcher = ConfigWatcher(
-            settings.config_dir, self.reload, quiet_period=settings.quiet_period,
-            max_delay=settings.max_delay, files=lambda: self.state.certificate_paths | own,
-        )  # fmt: skip
+            settings.config_dir,
+            self.reload,
+            quiet_period=settings.quiet_period,
+            max_delay=settings.max_delay,
+            files=lambda: self.state.certificate_paths | own,
+        )
         try:
             await watcher.run(self.stop)
         except Exception:
@@ -454,11 +499,12 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
         log.error("settings refused; keeping the current mesh defaults")
         return None
     except Exception:
-        log.exception("internal error reading the settings %s; keeping the current mesh "
-                      "defaults", settings_path)  # fmt: skip
+        log.exception(
+            "internal error reading the settings %s; keeping the current mesh defaults",
+            settings_path,
+        )
         return None
-    log.info("settings %s read again: [mesh] applies now, other settings at restart",
-             settings_path)  # fmt: skip
+    log.info("settings %s read again: [mesh] applies now, other settings at restart", settings_path)
     return mesh
 
 
@@ -484,8 +530,10 @@ def run_server(args: argparse.Namespace) -> int:
         log.info("descriptor limit (RLIMIT_NOFILE, soft) raised from %d to %d", before, after)
     asyncio.run(
         serve(
-            settings, notifier=Notifier.from_environment(), backstop=True,
+            settings,
+            notifier=Notifier.from_environment(),
+            backstop=True,
             settings_path=args.settings,
         )
-    )  # fmt: skip
+    )
     return 0

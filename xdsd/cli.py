@@ -70,12 +70,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
-        "--log-format", default="text", choices=list(LOG_FORMATS),
+        "--log-format",
+        default="text",
+        choices=list(LOG_FORMATS),
         help="text (readable, the default) or json (one object per line)",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve_command, _add_status_command, _add_validate_command,
-                _add_render_command, _add_bootstrap_command, _add_demo_command):  # fmt: skip
+    for add in (
+        _add_serve_command,
+        _add_status_command,
+        _add_validate_command,
+        _add_render_command,
+        _add_bootstrap_command,
+        _add_demo_command,
+    ):
         add(sub)
     return parser
 
@@ -94,14 +102,19 @@ def _add_serve_command(sub: Subcommands) -> None:
         "--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})"
     )
     serve.add_argument(
-        "--grpc-impl", default=None, choices=["grpclib", "grpcio"],
+        "--grpc-impl",
+        default=None,
+        choices=["grpclib", "grpcio"],
         help="gRPC server implementation (default: grpclib)",
-    )  # fmt: skip
+    )
     serve.add_argument("--settings", default=None, metavar="FILE", help="a TOML settings file")
     serve.add_argument(
-        "--shutdown-grace", default=None, type=float, metavar="SECONDS",
+        "--shutdown-grace",
+        default=None,
+        type=float,
+        metavar="SECONDS",
         help="on SIGTERM, how long open streams get to end (default: 5)",
-    )  # fmt: skip
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -111,15 +124,20 @@ def _add_status_command(sub: Subcommands) -> None:
         "status", help="every connected proxy's sync state (exit 1: some NACK or are stale)"
     )
     status.add_argument(
-        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT",
+        "--admin",
+        default=DEFAULT_ADMIN,
+        metavar="HOST:PORT",
         help="xdsd's admin address (https://HOST:PORT: over TLS, trusting the system's CAs)",
-    )  # fmt: skip
+    )
     _add_tls_client_flags(status, "admin", "admin (admin_tls)", "admin's")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
-        "--stale-after", type=float, default=10.0, metavar="SECONDS",
+        "--stale-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="a version sent and not ACKed for longer is STALE (default: 10)",
-    )  # fmt: skip
+    )
     status.set_defaults(run=_status)
 
 
@@ -130,9 +148,11 @@ def _add_validate_command(sub: Subcommands) -> None:
     validate.add_argument("--config-dir", default=None)
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
     validate.add_argument(
-        "--settings", default=None, metavar="FILE",
+        "--settings",
+        default=None,
+        metavar="FILE",
         help="check against this settings file's [mesh] (e.g. ISTIO_MUTUAL needs [mesh.mtls])",
-    )  # fmt: skip
+    )
     validate.set_defaults(run=_validate)
 
 
@@ -143,14 +163,18 @@ def _add_render_command(sub: Subcommands) -> None:
     _add_node_flags(render)
     render.add_argument("--client", default="envoy", choices=["envoy", "grpc", "mosn"])
     render.add_argument(
-        "--transport", default="grpc", choices=["grpc", "delta", "rest"],
+        "--transport",
+        default="grpc",
+        choices=["grpc", "delta", "rest"],
         help="the config source the node uses (changes how clusters find their endpoints)",
-    )  # fmt: skip
+    )
     render.add_argument("--admin-port", type=int, default=15000, help="admin port (--static)")
     render.add_argument(
-        "--settings", default=None, metavar="FILE",
+        "--settings",
+        default=None,
+        metavar="FILE",
         help="apply the mesh-wide proxy defaults ([mesh]) of this settings file",
-    )  # fmt: skip
+    )
     render.add_argument(
         "--static", action="store_true", help="print a complete Envoy config with resources inline"
     )
@@ -162,10 +186,12 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
     boot = sub.add_parser("bootstrap", help="print an Envoy (or gRPC) bootstrap pointing at xdsd")
     boot.add_argument("--config-dir", default=None, help="check the node against this config")
     boot.add_argument(
-        "--settings", default=None, metavar="FILE",
+        "--settings",
+        default=None,
+        metavar="FILE",
         help="with --config-dir: check with this settings file's [mesh]; with --format "
         "grpc and [mesh.mtls]: give the client its mesh certificates",
-    )  # fmt: skip
+    )
     _add_node_flags(boot)
     boot.add_argument("--xds", default=DEFAULT_GRPC, metavar="HOST:PORT")
     boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
@@ -181,8 +207,12 @@ def _add_demo_command(sub: Subcommands) -> None:
         "demo", help="run a demo mesh here: xdsd, Envoys, an ingress gateway, small services"
     )
     demo.add_argument("--dir", default=None, help="keep config and logs here (default: a temp dir)")
-    demo.add_argument("--block", default=None, metavar="127.A.B",
-                      help="the loopback block to use (default: 127.0.10)")  # fmt: skip
+    demo.add_argument(
+        "--block",
+        default=None,
+        metavar="127.A.B",
+        help="the loopback block to use (default: 127.0.10)",
+    )
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
     demo.set_defaults(run=_demo)
 
@@ -193,19 +223,24 @@ def _add_tls_client_flags(
     """``--PREFIX-tls-ca``, ``-cert``, ``-key`` and ``-server-name``: how a client reaches
     ``what`` over TLS."""
     p.add_argument(
-        f"--{prefix}-tls-ca", default=None, metavar="FILE",
+        f"--{prefix}-tls-ca",
+        default=None,
+        metavar="FILE",
         help=f"reach {what} over TLS, verifying its certificate against this CA (PEM)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        f"--{prefix}-tls-cert", default=None, metavar="FILE",
-        help=f"reach {what} over TLS, presenting this client certificate "
-        f"(with --{prefix}-tls-key)",
-    )  # fmt: skip
+        f"--{prefix}-tls-cert",
+        default=None,
+        metavar="FILE",
+        help=f"reach {what} over TLS, presenting this client certificate (with --{prefix}-tls-key)",
+    )
     p.add_argument(f"--{prefix}-tls-key", default=None, metavar="FILE", help="its private key")
     p.add_argument(
-        f"--{prefix}-tls-server-name", default=None, metavar="NAME",
+        f"--{prefix}-tls-server-name",
+        default=None,
+        metavar="NAME",
         help=f"the SNI to send and the DNS SAN {whose} certificate must carry{sni_note}",
-    )  # fmt: skip
+    )
 
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
@@ -282,8 +317,12 @@ def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any
         locality = Locality.parse(args.locality)
     except ValueError as e:
         raise UsageError(f"--locality: {e}") from None
-    sources = {"grpc": ConfigSourceKind.ADS, "delta": ConfigSourceKind.DELTA,
-               "rest": ConfigSourceKind.REST, "static": ConfigSourceKind.STATIC}  # fmt: skip
+    sources = {
+        "grpc": ConfigSourceKind.ADS,
+        "delta": ConfigSourceKind.DELTA,
+        "rest": ConfigSourceKind.REST,
+        "static": ConfigSourceKind.STATIC,
+    }
     return NodeClass(
         service=args.service,
         namespace=args.namespace,
@@ -306,22 +345,26 @@ def _check_service(result: LoadResult, node: Any) -> None:
             labels = ", ".join(f"{k}={v}" for k, v in node.labels) or "none"
             print(
                 Problem(
-                    "<node>", 0, "labels",
+                    "<node>",
+                    0,
+                    "labels",
                     f"no Gateway selects a gateway with labels {labels}: it gets clusters "
                     "only (give --label K=V as a Gateway's selector says)",
                 ).as_warning(),
                 file=sys.stderr,
-            )  # fmt: skip
+            )
         return
     if result.mesh.service_by_name(node.namespace, node.service) is None:
         print(
             Problem(
-                "<node>", 0, "service",
+                "<node>",
+                0,
+                "service",
                 f"no service {node.namespace}/{node.service} in the config: "
                 "the proxy gets outbound configuration only",
             ).as_warning(),
             file=sys.stderr,
-        )  # fmt: skip
+        )
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -335,9 +378,12 @@ def _render(args: argparse.Namespace) -> int:
     _check_service(result, node)
     if args.static:
         config = render_static(
-            result.mesh, node, node_id=args.node_id or f"{args.service}-{args.role}",
-            admin_port=args.admin_port, mesh_config=mesh_config,
-        )  # fmt: skip
+            result.mesh,
+            node,
+            node_id=args.node_id or f"{args.service}-{args.role}",
+            admin_port=args.admin_port,
+            mesh_config=mesh_config,
+        )
         _print_json(config)
         return 0
     snapshot = MeshTranslation(result.mesh, mesh_config=mesh_config).snapshot_for(node)
@@ -377,8 +423,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
         MeshTranslation(result.mesh, mesh_config=_mesh_config(args)).snapshot_for(node)
     tls = _xds_tls_flags(args)
     if args.format == "grpc":
-        doc = grpc_bootstrap(node_id, node, xds_host=host, xds_port=int(port_text),
-                             mesh_tls=_mesh_config(args).mtls)  # fmt: skip
+        doc = grpc_bootstrap(
+            node_id, node, xds_host=host, xds_port=int(port_text), mesh_tls=_mesh_config(args).mtls
+        )
         if tls:
             for server in doc["xds_servers"]:
                 server["channel_creds"] = [{"type": "tls", "config": _grpc_tls_config(args)}]
@@ -386,9 +433,13 @@ def _bootstrap(args: argparse.Namespace) -> int:
         print()
     else:
         doc = bootstrap(
-            node_id, node, xds_host=host, xds_port=int(port_text),
-            transport=args.transport, admin_port=args.admin_port,
-        )  # fmt: skip
+            node_id,
+            node,
+            xds_host=host,
+            xds_port=int(port_text),
+            transport=args.transport,
+            admin_port=args.admin_port,
+        )
         if tls:
             for cluster in doc["static_resources"]["clusters"]:
                 if cluster["name"] == "xds_cluster":
@@ -469,9 +520,11 @@ def _status(args: argparse.Namespace) -> int:
     tls = None
     if args.admin_tls_ca or args.admin_tls_cert or args.admin_tls_key or args.admin_tls_server_name:
         tls = status.client_context(
-            ca=args.admin_tls_ca, cert=args.admin_tls_cert, key=args.admin_tls_key,
+            ca=args.admin_tls_ca,
+            cert=args.admin_tls_cert,
+            key=args.admin_tls_key,
             server_name=args.admin_tls_server_name,
-        )  # fmt: skip
+        )
     try:
         clients, problems, now = status.fetch(
             args.admin, tls=tls, server_name=args.admin_tls_server_name

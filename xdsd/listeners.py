@@ -88,8 +88,9 @@ async def end_streams(streams: OpenStreams, deadline: Deadline) -> None:
     if count:
         log.info("ended %d streams with UNAVAILABLE", count - left)
     if left:
-        log.warning("%d streams still open after %.1f s (clients not reading): cut",
-                    left, deadline.grace)  # fmt: skip
+        log.warning(
+            "%d streams still open after %.1f s (clients not reading): cut", left, deadline.grace
+        )
 
 
 class GrpclibListener:
@@ -99,9 +100,15 @@ class GrpclibListener:
     name = "gRPC xDS"
 
     def __init__(
-        self, server: GrpcServer, streams: OpenStreams, address: Address, *, backlog: int,
-        tls: ssl.SSLContext | None, note: str,
-    ) -> None:  # fmt: skip
+        self,
+        server: GrpcServer,
+        streams: OpenStreams,
+        address: Address,
+        *,
+        backlog: int,
+        tls: ssl.SSLContext | None,
+        note: str,
+    ) -> None:
         self.server = server
         self.streams = streams
         self.address = address

@@ -159,9 +159,14 @@ class QueueingHandler(logging.Handler):
             if self._lines.empty() and self.dropped != self._reported:
                 count, self._reported = self.dropped - self._reported, self.dropped
                 summary = logging.LogRecord(
-                    __name__, logging.WARNING, __file__, 0,
-                    "%d log lines dropped: the log stream did not keep up", (count,), None,
-                )  # fmt: skip
+                    __name__,
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "%d log lines dropped: the log stream did not keep up",
+                    (count,),
+                    None,
+                )
                 self._put(self.format(summary))
 
     def _put(self, line: str) -> None:

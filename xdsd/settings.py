@@ -276,9 +276,14 @@ class NodeGrant:
     labels: tuple[tuple[str, str], ...] | None = None
 
     def allows(
-        self, node_id: str, service: str, namespace: str = "default", *,
-        role: str = "sidecar", labels: Mapping[str, str] | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        node_id: str,
+        service: str,
+        namespace: str = "default",
+        *,
+        role: str = "sidecar",
+        labels: Mapping[str, str] | None = None,
+    ) -> bool:
         """True when this grant lets its certificate speak for the node ``node_id``
         fronting ``service`` in ``namespace`` with ``role`` and ``labels``."""
         return (

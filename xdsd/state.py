@@ -39,8 +39,12 @@ MAX_KEPT_PROBLEMS = 1000
 #: reported as unable to make progress (``/readyz`` 503, systemd's status).
 STUCK_AFTER = 3
 
-_SOURCES = {"ads": ConfigSourceKind.ADS, "grpc": ConfigSourceKind.ADS,
-            "rest": ConfigSourceKind.REST, "delta": ConfigSourceKind.DELTA}  # fmt: skip
+_SOURCES = {
+    "ads": ConfigSourceKind.ADS,
+    "grpc": ConfigSourceKind.ADS,
+    "rest": ConfigSourceKind.REST,
+    "delta": ConfigSourceKind.DELTA,
+}
 
 
 class MeshState:
@@ -132,8 +136,10 @@ class MeshState:
         """Why the reloader cannot make progress ("" when it can): the last
         ``STUCK_AFTER`` reload attempts or more ended in an internal error."""
         if self.internal_errors >= STUCK_AFTER:
-            return (f"the last {self.internal_errors} reloads failed with an internal error "
-                    "(see the log)")  # fmt: skip
+            return (
+                f"the last {self.internal_errors} reloads failed with an internal error "
+                "(see the log)"
+            )
         return ""
 
     def apply(self, result: LoadResult | ConfigError) -> bool:
@@ -169,8 +175,10 @@ class MeshState:
             for problem in e.problems[:MAX_LOGGED_PROBLEMS]:
                 log.error("config: %s", problem)
             if len(e.problems) > MAX_LOGGED_PROBLEMS:
-                log.error("config: ... and %d more errors (xdsd validate lists them all)",
-                          len(e.problems) - MAX_LOGGED_PROBLEMS)  # fmt: skip
+                log.error(
+                    "config: ... and %d more errors (xdsd validate lists them all)",
+                    len(e.problems) - MAX_LOGGED_PROBLEMS,
+                )
             log.error(
                 "config refused (%d errors); still serving the last good configuration",
                 len(e.problems),
@@ -182,8 +190,9 @@ class MeshState:
         for warning in result.warnings[:MAX_LOGGED_PROBLEMS]:
             log.warning("config: %s", warning)
         if len(result.warnings) > MAX_LOGGED_PROBLEMS:
-            log.warning("config: ... and %d more warnings",
-                        len(result.warnings) - MAX_LOGGED_PROBLEMS)  # fmt: skip
+            log.warning(
+                "config: ... and %d more warnings", len(result.warnings) - MAX_LOGGED_PROBLEMS
+            )
         if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
             log.info("config reloaded: no change")
             self.loaded = result
@@ -277,10 +286,12 @@ class MeshState:
             self._cache.evict_unheld()
             if len(self._cache.keys()) >= self.max_classes:
                 raise Refused(
-                    "RESOURCE_EXHAUSTED", 429, "too_many_node_classes",
+                    "RESOURCE_EXHAUSTED",
+                    429,
+                    "too_many_node_classes",
                     f"{self.max_classes} node classes are held by clients, the limit "
                     "(max_node_classes): no snapshot for a new one",
-                )  # fmt: skip
+                )
         with _building():  # the first class of a flavor builds every cluster of the mesh
             snapshot = self.translation.snapshot_for(key)
             self._cache.set(key, snapshot)
@@ -289,11 +300,17 @@ class MeshState:
 
 def internal_error(config_dir: str, doing: str, error: BaseException) -> InternalError:
     """The refusal for an unexpected exception while ``doing`` (already logged)."""
-    return InternalError([Problem(
-        config_dir, 0, "",
-        f"internal error while {doing} ({type(error).__name__}: {error}); the last good "
-        "configuration keeps serving and the log has the traceback",
-    )])  # fmt: skip
+    return InternalError(
+        [
+            Problem(
+                config_dir,
+                0,
+                "",
+                f"internal error while {doing} ({type(error).__name__}: {error}); the last good "
+                "configuration keeps serving and the log has the traceback",
+            )
+        ]
+    )
 
 
 def _bounded(problems: tuple[Problem, ...], limit: int) -> tuple[Problem, ...]:
@@ -302,11 +319,16 @@ def _bounded(problems: tuple[Problem, ...], limit: int) -> tuple[Problem, ...]:
         return problems
     last = problems[limit]
     left = len(problems) - limit
-    return (*problems[:limit], Problem(
-        last.path, 0, "",
-        f"... and {left} more like these (not kept here; xdsd validate lists them all)",
-        last.severity,
-    ))  # fmt: skip
+    return (
+        *problems[:limit],
+        Problem(
+            last.path,
+            0,
+            "",
+            f"... and {left} more like these (not kept here; xdsd validate lists them all)",
+            last.severity,
+        ),
+    )
 
 
 @contextlib.contextmanager

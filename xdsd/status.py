@@ -32,13 +32,23 @@ from typing import Any
 from xdsd.errors import UsageError, XdsdError
 
 SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
-    "SYNCED", "NACKED", "NOT APPLIED", "STALE", "PENDING", "NOT SENT",
-)  # fmt: skip
+    "SYNCED",
+    "NACKED",
+    "NOT APPLIED",
+    "STALE",
+    "PENDING",
+    "NOT SENT",
+)
 FAILING = frozenset({NACKED, NOT_APPLIED, STALE})
 
 #: Column order and heading of the types /debug/clients names; others follow, upper-cased.
-TYPE_COLUMNS = {"clusters": "CDS", "endpoints": "EDS", "listeners": "LDS", "routes": "RDS",
-                "secrets": "SDS"}  # fmt: skip
+TYPE_COLUMNS = {
+    "clusters": "CDS",
+    "endpoints": "EDS",
+    "listeners": "LDS",
+    "routes": "RDS",
+    "secrets": "SDS",
+}
 ALWAYS_SHOWN = ("clusters", "endpoints", "listeners", "routes")
 
 #: Exit codes.
@@ -92,9 +102,12 @@ class Status:
 
 
 def client_context(
-    *, ca: str | None = None, cert: str | None = None, key: str | None = None,
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
     server_name: str | None = None,
-) -> ssl.SSLContext:  # fmt: skip
+) -> ssl.SSLContext:
     """The TLS context ``fetch`` reaches an admin server with: trusting ``ca`` (PEM), else
     the system's trusted CAs; presenting ``cert``/``key`` when given. The server's
     certificate must name ``server_name`` when given; without it, with ``ca`` only the
@@ -123,9 +136,14 @@ class _HttpsConnection(http.client.HTTPSConnection):
     server's certificate, and sends it as SNI."""
 
     def __init__(
-        self, host: str, port: int | None, *, tls: ssl.SSLContext, server_name: str | None,
+        self,
+        host: str,
+        port: int | None,
+        *,
+        tls: ssl.SSLContext,
+        server_name: str | None,
         timeout: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(host, port, timeout=timeout, context=tls)
         self.tls = tls
         self.server_name = server_name or host
@@ -136,9 +154,12 @@ class _HttpsConnection(http.client.HTTPSConnection):
 
 
 def fetch(
-    admin: str, *, timeout: float = 5.0, tls: ssl.SSLContext | None = None,
+    admin: str,
+    *,
+    timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
-) -> tuple[list[Any], list[Any], float]:  # fmt: skip
+) -> tuple[list[Any], list[Any], float]:
     """``/debug/clients``, ``/debug/errors`` and the daemon's clock (its ``Date`` header,
     else ours) from the admin server at ``HOST:PORT`` or ``http(s)://HOST:PORT``. With
     ``tls`` (``client_context``), or an ``https://`` address, it is reached over TLS,
@@ -161,9 +182,12 @@ def fetch(
         connection: http.client.HTTPConnection
         if url.scheme == "https":
             connection = _HttpsConnection(
-                url.hostname, port, tls=tls or client_context(), server_name=server_name,
+                url.hostname,
+                port,
+                tls=tls or client_context(),
+                server_name=server_name,
                 timeout=timeout,
-            )  # fmt: skip
+            )
         else:
             connection = http.client.HTTPConnection(url.hostname, port, timeout=timeout)
         try:

@@ -113,10 +113,12 @@ class ServerCertificates:
             return False
         self._pem, self._current = pem, contexts
         log.info(
-            "TLS: new connections get the certificate in %s%s", self.cert_path,
+            "TLS: new connections get the certificate in %s%s",
+            self.cert_path,
             f" and trust client certificates of {self.client_ca_path}"
-            if self.client_ca_path else "",
-        )  # fmt: skip
+            if self.client_ca_path
+            else "",
+        )
         return True
 
     def _stat(self) -> tuple[tuple[int, int, int, int] | None, ...]:
@@ -144,8 +146,11 @@ class ServerCertificates:
 
     def _bytes(self) -> tuple[bytes, bytes, bytes]:
         out = []
-        for setting, path in (("tls_cert", self.cert_path), ("tls_key", self.key_path),
-                              ("tls_client_ca", self.client_ca_path)):  # fmt: skip
+        for setting, path in (
+            ("tls_cert", self.cert_path),
+            ("tls_key", self.key_path),
+            ("tls_client_ca", self.client_ca_path),
+        ):
             try:
                 out.append(_read_file(path) if path else b"")
             except OSError as e:

@@ -100,8 +100,10 @@ def test_states_are_read_at_scrape_time() -> None:
     assert got["xdsd_connected_clients", (("transport", "ads"),)] == 2  # not the closed one
     assert got["xdsd_connected_clients", (("transport", "rest"),)] == 1
     assert got["xdsd_connected_clients_by_type", (("transport", "ads"), ("type", "clusters"))] == 2
-    sync = {s: got["xdsd_client_sync", (("state", s), ("type", "clusters"))]
-            for s in ("in_sync", "pending", "nacked", "not_applied")}  # fmt: skip
+    sync = {
+        s: got["xdsd_client_sync", (("state", s), ("type", "clusters"))]
+        for s in ("in_sync", "pending", "nacked", "not_applied")
+    }
     assert sync == {"in_sync": 1, "pending": 1, "nacked": 1, "not_applied": 0}
     assert got["xdsd_config_errors", ()] == 1
     assert got["xdsd_config_warnings", ()] == 2

@@ -39,10 +39,16 @@ def parse(page: str) -> Elements:
 
 def view(cache: SnapshotCache[str], **kw: object) -> StatusView:
     args: dict[str, object] = dict(
-        version="1.2.3", started_at=1000.0, now=1000.0 + 3725, config_dir="/etc/xdsd",
-        loaded=True, errors=(), warnings=(), clients=cache.clients(),
+        version="1.2.3",
+        started_at=1000.0,
+        now=1000.0 + 3725,
+        config_dir="/etc/xdsd",
+        loaded=True,
+        errors=(),
+        warnings=(),
+        clients=cache.clients(),
         snapshots={k: s for k in cache.keys() if (s := cache.get(k)) is not None},  # noqa: SIM118
-    )  # fmt: skip
+    )
     args.update(kw)
     return StatusView(**args)  # type: ignore[arg-type]
 
@@ -77,9 +83,11 @@ def test_rows_per_proxy_worst_first_with_the_nack_text() -> None:
         (a["data-type"], a["class"]) for tag, a in doc.tags if tag == "td" and "data-type" in a
     ]
     assert cells == [
-        ("clusters", "state nacked"), ("endpoints", "state pending"),
-        ("clusters", "state in_sync"), ("endpoints", "state none"),
-    ]  # fmt: skip
+        ("clusters", "state nacked"),
+        ("endpoints", "state pending"),
+        ("clusters", "state in_sync"),
+        ("endpoints", "state none"),
+    ]
     text = "".join(doc.text)
     assert f"rejected: {EVIL}" in text  # shown as text...
     assert "<script>" not in page  # ...never as markup

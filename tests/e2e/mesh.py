@@ -135,13 +135,29 @@ class EchoMesh:
         port = self.xdsd.grpc_port if transport != "rest" else self.xdsd.rest_port
         proc = subprocess.run(
             [
-                sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", "client",
-                "--node-id", f"client-{transport}", "--instance-ip", self.client_ip,
-                "--outbound-ip", self.outbound_ip, "--xds", f"127.0.0.1:{port}",
-                "--transport", transport, "--admin-port", str(admin_port),
+                sys.executable,
+                "-m",
+                "xdsd.cli",
+                "bootstrap",
+                "--service",
+                "client",
+                "--node-id",
+                f"client-{transport}",
+                "--instance-ip",
+                self.client_ip,
+                "--outbound-ip",
+                self.outbound_ip,
+                "--xds",
+                f"127.0.0.1:{port}",
+                "--transport",
+                transport,
+                "--admin-port",
+                str(admin_port),
             ],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{transport}.yaml"
         path.write_text(proc.stdout)
@@ -164,13 +180,19 @@ class EchoMesh:
             raise AssertionError(f"status {status} via {via}")
         return got.get("x-backend", "?")
 
-    def wait_for(self, backend: str, via: str = "port", headers: dict[str, str] | None = None,
-                 timeout: float = 30) -> None:  # fmt: skip
+    def wait_for(
+        self,
+        backend: str,
+        via: str = "port",
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> None:
         """Wait until 5 requests in a row reach ``backend``."""
         wait_until(
             lambda: all(self.ask(via, headers) == backend for _ in range(5)),
-            timeout=timeout, what=f"traffic via {via} to reach {backend}",
-        )  # fmt: skip
+            timeout=timeout,
+            what=f"traffic via {via} to reach {backend}",
+        )
 
     def stop(self) -> None:
         for thing in (self.envoy, self.xdsd, *self.backends.values()):

@@ -160,9 +160,13 @@ class GatewayNode:
             conn.close()
 
     def handshake(
-        self, port: int, sni: str, cafile: Path | None, cert: CertFiles | None = None,
+        self,
+        port: int,
+        sni: str,
+        cafile: Path | None,
+        cert: CertFiles | None = None,
         timeout: float = 5.0,
-    ) -> TlsSession:  # fmt: skip
+    ) -> TlsSession:
         """Complete a TLS handshake with the listener on ``port`` (SNI ``sni``) and
         report what was negotiated."""
         ctx = client_tls_context(cafile, cert)
@@ -253,9 +257,13 @@ class TrafficMesh:
         """A new HTTP upstream on its own address and the shared port (or on ``host`` and
         ``port``, e.g. an application behind a sidecar on 127.0.0.1)."""
         up = Upstream(
-            name, host or self.ip(), port or self.port, labels={**(labels or {}), **label_kw},
-            locality=locality, tls=tls,
-        )  # fmt: skip
+            name,
+            host or self.ip(),
+            port or self.port,
+            labels={**(labels or {}), **label_kw},
+            locality=locality,
+            tls=tls,
+        )
         self._things.append(up)
         return up
 
@@ -351,11 +359,25 @@ class TrafficMesh:
         admin_port = free_port()
         xds_port = self.xdsd.rest_port if transport == "rest" else self.xdsd.grpc_port
         argv = [
-            sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", name,
-            "--node-id", f"{name}-sidecar", "--instance-ip", ip, "--outbound-ip", outbound_ip,
-            "--xds", f"127.0.0.1:{xds_port}", "--transport", transport,
-            "--admin-port", str(admin_port),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "bootstrap",
+            "--service",
+            name,
+            "--node-id",
+            f"{name}-sidecar",
+            "--instance-ip",
+            ip,
+            "--outbound-ip",
+            outbound_ip,
+            "--xds",
+            f"127.0.0.1:{xds_port}",
+            "--transport",
+            transport,
+            "--admin-port",
+            str(admin_port),
+        ]
         for k, v in (labels or {}).items():
             argv += ["--label", f"{k}={v}"]
         if locality:
@@ -374,9 +396,13 @@ class TrafficMesh:
         return sidecar
 
     def start_gateway(
-        self, name: str, labels: dict[str, str], *, namespace: str = "",
+        self,
+        name: str,
+        labels: dict[str, str],
+        *,
+        namespace: str = "",
         bootstrap_args: tuple[str, ...] = (),
-    ) -> GatewayNode:  # fmt: skip
+    ) -> GatewayNode:
         """Start xdsd (once) and a gateway Envoy for ``name`` with role ``gateway`` and
         ``labels`` (what Gateway selectors match), its listeners bound on an address of
         its own (reserved by ``gateway_ip(name)`` when called before, so that server ports
@@ -387,10 +413,21 @@ class TrafficMesh:
             self.xdsd = Xdsd(self.config, self.root, extra=self.xdsd_args)
         admin_port = free_port()
         argv = [
-            sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", name,
-            "--role", "gateway", "--instance-ip", ip,
-            "--xds", f"127.0.0.1:{self.xdsd.grpc_port}", "--admin-port", str(admin_port),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "bootstrap",
+            "--service",
+            name,
+            "--role",
+            "gateway",
+            "--instance-ip",
+            ip,
+            "--xds",
+            f"127.0.0.1:{self.xdsd.grpc_port}",
+            "--admin-port",
+            str(admin_port),
+        ]
         if namespace:
             argv += ["--namespace", namespace]
         for k, v in labels.items():

@@ -184,8 +184,9 @@ def test_a_cluster_is_removed_only_once_no_route_uses_it() -> None:
     client.ack(only(client.request(CLUSTER)))
     client.ack(only(client.request(ROUTE, ["r"])))
     # b moves to the route and a goes: the route still names a until RDS is sent
-    gone = Snapshot.build([listener("http", "r"), routes("r", "b"), cluster("b"),
-                           endpoints("b", "10.0.0.2")])  # fmt: skip
+    gone = Snapshot.build(
+        [listener("http", "r"), routes("r", "b"), cluster("b"), endpoints("b", "10.0.0.2")]
+    )
     events = stream.on_snapshot(gone)
     kinds = [(r.type_url, r.removed) for r in responses(events)]
     assert kinds == [(ROUTE, ()), (CLUSTER, ("a",))], kinds
@@ -196,11 +197,18 @@ def test_a_cluster_is_removed_only_once_no_route_uses_it() -> None:
     [
         (None, discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER), "must carry node"),
         (None, discovery_pb2.DeltaDiscoveryRequest(node=NODE), "must carry type_url"),
-        (CLUSTER, discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url=LISTENER), "requested on"),
-        (None, discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url="type.googleapis.com/x.Y"),
-         "unknown type_url"),
+        (
+            CLUSTER,
+            discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url=LISTENER),
+            "requested on",
+        ),
+        (
+            None,
+            discovery_pb2.DeltaDiscoveryRequest(node=NODE, type_url="type.googleapis.com/x.Y"),
+            "unknown type_url",
+        ),
     ],
-)  # fmt: skip
+)
 def test_protocol_errors(
     stream_type: TypeUrl | None, first: discovery_pb2.DeltaDiscoveryRequest, message: str
 ) -> None:

@@ -63,9 +63,14 @@ def test_an_inline_key_in_a_listeners_tls_context_is_redacted() -> None:
     context.session_ticket_keys.keys.add().inline_string = "TICKETKEY"
     provider = context.common_tls_context.tls_certificates.add().private_key_provider
     provider.provider_name = "cryptomb"
-    provider.typed_config.CopyFrom(pack(secret_pb2.Secret(
-        name="x", generic_secret=secret_pb2.GenericSecret(
-            secret={"inline_string": "GENERICSECRET"}))))  # fmt: skip
+    provider.typed_config.CopyFrom(
+        pack(
+            secret_pb2.Secret(
+                name="x",
+                generic_secret=secret_pb2.GenericSecret(secret={"inline_string": "GENERICSECRET"}),
+            )
+        )
+    )
     listener = listener_pb2.Listener(name="raw")
     chain = listener.filter_chains.add()
     chain.transport_socket.name = "envoy.transport_sockets.tls"

@@ -77,10 +77,12 @@ def cross_check(
             others[resource.key.kind].append(resource)
     # Each ServiceEntry (in key order) gives a service per host, with the WorkloadEntries
     # of its namespace (in key order) that it selects.
-    entries = sorted((e for e in others["ServiceEntry"] if isinstance(e, ServiceEntry)),
-                     key=lambda e: e.key)  # fmt: skip
-    workloads = sorted((w for w in others["WorkloadEntry"] if isinstance(w, WorkloadEntry)),
-                       key=lambda w: w.key)  # fmt: skip
+    entries = sorted(
+        (e for e in others["ServiceEntry"] if isinstance(e, ServiceEntry)), key=lambda e: e.key
+    )
+    workloads = sorted(
+        (w for w in others["WorkloadEntry"] if isinstance(w, WorkloadEntry)), key=lambda w: w.key
+    )
     for entry in entries:
         derived, found = entry_services(entry, workloads)
         services.extend(derived)
@@ -140,9 +142,12 @@ def _check_hosts(
             other = owners.get(host)
             if other is not None and other.key != svc.key:
                 problems.append(
-                    _at(svc.origin, _field(svc, i, entries),
-                        f"host {host!r} is already a name of {other.key} ({other.origin})")
-                )  # fmt: skip
+                    _at(
+                        svc.origin,
+                        _field(svc, i, entries),
+                        f"host {host!r} is already a name of {other.key} ({other.origin})",
+                    )
+                )
             owners.setdefault(host, svc)
 
 
@@ -152,18 +157,24 @@ def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:
         svc = mesh.service(rule.host, rule.namespace)
         if svc is None:
             problems.append(
-                _at(rule.origin, "host",
+                _at(
+                    rule.origin,
+                    "host",
                     f"no service named {rule.host!r}: rule ignored until one is defined",
-                    Severity.WARNING)
-            )  # fmt: skip
+                    Severity.WARNING,
+                )
+            )
             continue
         other = claimed.get(svc.key)
         if other is not None:
             problems.append(
-                _at(rule.origin, "host",
+                _at(
+                    rule.origin,
+                    "host",
                     f"{svc.key} already has DestinationRule {other.name!r} ({other.origin}); "
-                    "merge them into one")
-            )  # fmt: skip
+                    "merge them into one",
+                )
+            )
             continue
         claimed[svc.key] = rule
 
@@ -182,10 +193,13 @@ def _check_virtual_service(
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(
-                _at(vs.origin, f"hosts[{i}]",
+                _at(
+                    vs.origin,
+                    f"hosts[{i}]",
                     f"no service named {host!r}: this host is ignored until one is defined",
-                    Severity.WARNING)
-            )  # fmt: skip
+                    Severity.WARNING,
+                )
+            )
     routes = []
     for i, http in enumerate(vs.http):
         destinations = []
@@ -204,16 +218,22 @@ def _check_virtual_service(
             if dest.port and svc.port(dest.port) is None:
                 numbers = ", ".join(str(p.number) for p in svc.ports)
                 problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"{svc.key} has no port {dest.port} (ports: {numbers})")
-                )  # fmt: skip
+                    _at(
+                        vs.origin,
+                        f"{field}.port.number",
+                        f"{svc.key} has no port {dest.port} (ports: {numbers})",
+                    )
+                )
             elif not dest.port and len(svc.ports) == 1:
                 dest = dataclasses.replace(dest, port=svc.ports[0].number)
             elif not dest.port:
                 problems.append(
-                    _at(vs.origin, f"{field}.port.number",
-                        f"is required: {svc.key} has several ports")
-                )  # fmt: skip
+                    _at(
+                        vs.origin,
+                        f"{field}.port.number",
+                        f"is required: {svc.key} has several ports",
+                    )
+                )
             if dest.subset:
                 rule = mesh.destination_rule(svc)
                 if rule is None or rule.subset(dest.subset) is None:
@@ -224,9 +244,12 @@ def _check_virtual_service(
                         else "no DestinationRule defines subsets for it"
                     )
                     problems.append(
-                        _at(vs.origin, f"{field}.subset",
-                            f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
-                    )  # fmt: skip
+                        _at(
+                            vs.origin,
+                            f"{field}.subset",
+                            f"subset {dest.subset!r} of {svc.key} is not defined: {where}",
+                        )
+                    )
             destinations.append(dataclasses.replace(rd, destination=dest))
         routes.append(dataclasses.replace(http, route=tuple(destinations)))
     return dataclasses.replace(vs, http=tuple(routes))
@@ -246,9 +269,12 @@ def _check_vs_overlap(
             other = claimed.get(svc.key)
             if other is not None and other.key != vs.key:
                 problems.append(
-                    _at(vs.origin, f"hosts[{i}]",
+                    _at(
+                        vs.origin,
+                        f"hosts[{i}]",
                         f"{svc.key} is already routed by VirtualService {other.name!r} "
-                        f"({other.origin}); merge the two rules")
-                )  # fmt: skip
+                        f"({other.origin}); merge the two rules",
+                    )
+                )
                 continue
             claimed[svc.key] = vs

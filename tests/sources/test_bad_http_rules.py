@@ -32,8 +32,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["v.yaml:8:", "http[0].redirect", "cannot be used together with route"],
     ),
     "redirect code": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - redirect: {uri: /x, redirectCode: 304}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - redirect: {uri: /x, redirectCode: 304}\n",
+        ),
         ["v.yaml:7:", "http[0].redirect.redirectCode", "301, 302, 303, 307, 308", "304"],
     ),
     "redirect changes nothing": (
@@ -41,28 +43,37 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["http[0].redirect", "must change something"],
     ),
     "redirect port and derivePort": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - redirect: {port: 8080, derivePort: FROM_REQUEST_PORT}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - redirect: {port: 8080, derivePort: FROM_REQUEST_PORT}\n",
+        ),
         ["http[0].redirect.derivePort", "together with port"],
     ),
     "redirect with rewrite": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - redirect: {uri: /x}\n    rewrite: {uri: /y}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - redirect: {uri: /x}\n    rewrite: {uri: /y}\n",
+        ),
         ["v.yaml:8:", "http[0].rewrite", "cannot be used with redirect"],
     ),
     "direct response status": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - directResponse: {status: 99}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n", "  - directResponse: {status: 99}\n"
+        ),
         ["v.yaml:7:", "http[0].directResponse.status", "at least 200"],
     ),
     "direct response body both": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - directResponse:\n      status: 200\n      body: {string: a, bytes: YQ==}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - directResponse:\n      status: 200\n      body: {string: a, bytes: YQ==}\n",
+        ),
         ["v.yaml:9:", "http[0].directResponse.body", "exactly one of string, bytes"],
     ),
     "direct response bytes not base64": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - directResponse:\n      status: 200\n      body: {bytes: '%%%'}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - directResponse:\n      status: 200\n      body: {bytes: '%%%'}\n",
+        ),
         ["v.yaml:9:", "http[0].directResponse.body.bytes", "base64"],
     ),
     "fault abort status": (
@@ -78,7 +89,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["http[0].fault.abort", "exactly one of httpStatus, grpcStatus"],
     ),
     "fault percentage over 100": (
-        rule("    fault:\n      delay:\n        fixedDelay: 1s\n        percentage: {value: 150}\n"),
+        rule(
+            "    fault:\n      delay:\n        fixedDelay: 1s\n        percentage: {value: 150}\n"
+        ),
         ["v.yaml:11:", "http[0].fault.delay.percentage.value", "0 to 100", "150"],
     ),
     "fault delay without fixedDelay": (
@@ -86,7 +99,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["http[0].fault.delay.fixedDelay", "is required"],
     ),
     "fault exponential delay": (
-        rule("    fault: {delay: {exponentialDelay: 1s, fixedDelay: 1s, percentage: {value: 5}}}\n"),
+        rule(
+            "    fault: {delay: {exponentialDelay: 1s, fixedDelay: 1s, percentage: {value: 5}}}\n"
+        ),
         ["http[0].fault.delay.exponentialDelay", "not supported"],
     ),
     "empty fault": (rule("    fault: {}\n"), ["http[0].fault", "must set delay or abort"]),
@@ -95,8 +110,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["v.yaml:1:", "http[0].mirror.host", "no service named 'nowhere'"],
     ),
     "mirror undefined subset": (
-        rule("    mirrors:\n    - destination: {host: reviews, subset: v1}\n"
-             "    - destination: {host: reviews, subset: v7}\n"),
+        rule(
+            "    mirrors:\n    - destination: {host: reviews, subset: v1}\n"
+            "    - destination: {host: reviews, subset: v7}\n"
+        ),
         ["http[0].mirrors[1].destination.subset", "'v7'"],
     ),
     "mirror and mirrors": (
@@ -104,7 +121,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["http[0].mirrors", "together with mirror"],
     ),
     "mirrorPercentage without mirror": (
-        rule("    mirrorPercentage: {value: 5}\n"), ["http[0].mirrorPercentage", "needs mirror"],
+        rule("    mirrorPercentage: {value: 5}\n"),
+        ["http[0].mirrorPercentage", "needs mirror"],
     ),
     "cors origin without kind": (
         rule("    corsPolicy: {allowOrigins: [{}]}\n"),
@@ -119,9 +137,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["v.yaml:10:", "http[0].headers.request.set.x-n", "must be a string", "quote it"],
     ),
     "destination headers unknown field": (
-        HEAD.replace("  - route: [{destination: {host: reviews}}]\n",
-                     "  - route:\n    - destination: {host: reviews}\n"
-                     "      headers: {request: {sett: {a: b}}}\n"),
+        HEAD.replace(
+            "  - route: [{destination: {host: reviews}}]\n",
+            "  - route:\n    - destination: {host: reviews}\n"
+            "      headers: {request: {sett: {a: b}}}\n",
+        ),
         ["v.yaml:9:", "http[0].route[0].headers.request.sett", "did you mean 'set'"],
     ),
     "match query regex": (
@@ -137,7 +157,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["http[0].match[0].ignoreUriCase", "true or false"],
     ),
     "match statPrefix": (
-        rule("    match: [{statPrefix: x}]\n"), ["http[0].match[0].statPrefix", "not supported"],
+        rule("    match: [{statPrefix: x}]\n"),
+        ["http[0].match[0].statPrefix", "not supported"],
     ),
     "rewrite uri and regex": (
         rule("    rewrite: {uri: /a, uriRegexRewrite: {match: x, rewrite: y}}\n"),
@@ -151,7 +172,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
         rule("    retries: {attempts: 2, retryRemoteLocalities: 'true'}\n"),
         ["http[0].retries.retryRemoteLocalities", "true or false"],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

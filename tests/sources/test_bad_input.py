@@ -75,7 +75,7 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         ["s.toml:4:", "resolutoin", "did you mean 'resolution'"],
     ),
     "unknown endpoint field": (
-        {"s.toml": SERVICE + 'wieght = 3\n'},
+        {"s.toml": SERVICE + "wieght = 3\n"},
         ["s.toml:11:", "endpoints[0].wieght", "unknown field", "did you mean 'weight'"],
     ),
     "static endpoint is a host name": (
@@ -90,19 +90,33 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
     "unknown xdsd kind": ({"s.yaml": "kind: Servise\nname: x\n"}, ["s.yaml:1:", "kind", "Servise"]),
     "document not a mapping": ({"s.yaml": "- a\n- b\n"}, ["s.yaml:1:", "mapping"]),
     "negative weight": (
-        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs(
-            "    - destination: {host: reviews, subset: v1}\n      weight: -10\n"
-            "    - destination: {host: reviews}\n      weight: 10\n")},
+        {
+            "s.toml": SERVICE,
+            "d.yaml": DR,
+            "v.yaml": vs(
+                "    - destination: {host: reviews, subset: v1}\n      weight: -10\n"
+                "    - destination: {host: reviews}\n      weight: 10\n"
+            ),
+        },
         ["v.yaml:10:", "http[0].route[0].weight", "must not be negative (got -10)"],
     ),
     "all-zero weights": (
-        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs(
-            "    - destination: {host: reviews, subset: v1}\n      weight: 0\n"
-            "    - destination: {host: reviews}\n      weight: 0\n")},
+        {
+            "s.toml": SERVICE,
+            "d.yaml": DR,
+            "v.yaml": vs(
+                "    - destination: {host: reviews, subset: v1}\n      weight: 0\n"
+                "    - destination: {host: reviews}\n      weight: 0\n"
+            ),
+        },
         ["v.yaml:8:", "http[0].route", "all weights are zero"],
     ),
     "undefined subset": (
-        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs("    - destination: {host: reviews, subset: v9}\n")},
+        {
+            "s.toml": SERVICE,
+            "d.yaml": DR,
+            "v.yaml": vs("    - destination: {host: reviews, subset: v9}\n"),
+        },
         ["v.yaml:1:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
     ),
     "unknown destination": (
@@ -110,11 +124,17 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         ["v.yaml:1:", "http[0].route[0].destination.host", "no service named 'ratings'"],
     ),
     "unsupported istio field": (
-        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    delegate: {name: x}\n")},
+        {
+            "s.toml": SERVICE,
+            "v.yaml": vs("    - destination: {host: reviews}\n    delegate: {name: x}\n"),
+        },
         ["v.yaml:10:", "http[0].delegate", "not supported"],
     ),
     "bad duration": (
-        {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: reviews}\n    timeout: soon\n")},
+        {
+            "s.toml": SERVICE,
+            "v.yaml": vs("    - destination: {host: reviews}\n    timeout: soon\n"),
+        },
         ["v.yaml:10:", "http[0].timeout", "duration"],
     ),
     "duplicate across files": (
@@ -122,27 +142,38 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         ["b.toml:1:", "duplicate Service default/reviews", "a.toml:1"],
     ),
     "duplicate yaml key": (
-        {"s.yaml": "kind: Service\nname: a\nname: b\n"}, ["s.yaml:3:", "name", "duplicate key"],
+        {"s.yaml": "kind: Service\nname: a\nname: b\n"},
+        ["s.yaml:3:", "name", "duplicate key"],
     ),
     "empty file": ({"empty.yaml": ""}, ["empty.yaml:1:", "empty"]),
     "empty toml": ({"empty.toml": "\n"}, ["empty.toml:1:", "empty"]),
     "binary junk": ({"junk.yaml": b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"}, ["junk.yaml:1:", "UTF-8"]),
     "nul bytes": ({"junk.json": b'{"a":\x00}'}, ["junk.json:1:", "binary"]),
     "directory named like a config file": ({"svc.yaml": None}, ["svc.yaml", "is a directory"]),
-    "dangling symlink": ({"gone.yaml": "->nowhere.yaml"}, ["gone.yaml", "dangling", "nowhere.yaml"]),
+    "dangling symlink": (
+        {"gone.yaml": "->nowhere.yaml"},
+        ["gone.yaml", "dangling", "nowhere.yaml"],
+    ),
     "raw envoy unknown field": (
-        {"envoy/c.yaml": "'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n"
-                         "name: x\nconnect_timeout: 1s\nbogus_field: 3\n"},
+        {
+            "envoy/c.yaml": "'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster\n"
+            "name: x\nconnect_timeout: 1s\nbogus_field: 3\n"
+        },
         ["c.yaml:4:", "bogus_field"],
     ),
-    "raw envoy without @type": ({"envoy/c.json": '{"name": "x"}'}, ["c.json:1:", "@type", "required"]),
+    "raw envoy without @type": (
+        {"envoy/c.json": '{"name": "x"}'},
+        ["c.json:1:", "@type", "required"],
+    ),
     "raw envoy unknown type": (
         {"envoy/c.yaml": "'@type': type.googleapis.com/envoy.config.cluster.v3.Clustr\nname: x\n"},
         ["c.yaml:1:", "@type", "must be one of"],
     ),
     "raw envoy wrong value type": (
-        {"envoy/c.json": '{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",\n'
-                         ' "name": "x",\n "connect_timeout": 5}'},
+        {
+            "envoy/c.json": '{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",\n'
+            ' "name": "x",\n "connect_timeout": 5}'
+        },
         ["c.json:3:", "connect_timeout"],
     ),
     "two destination rules for one host": (
@@ -150,13 +181,14 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
         ["d.yaml:1: host:", "already has DestinationRule 'other'", "e.yaml:1"],
     ),
     "service without ports": (
-        {"s.yaml": "kind: Service\nname: x\n"}, ["s.yaml:1:", "ports", "required"],
+        {"s.yaml": "kind: Service\nname: x\n"},
+        ["s.yaml:1:", "ports", "required"],
     ),
     "bad istio api version": (
         {"v.yaml": vs("    - destination: {host: reviews}\n").replace("/v1\n", "/v2\n", 1)},
         ["v.yaml:1:", "apiVersion", "'v2'"],
     ),
-}  # fmt: skip
+}
 
 
 def dr_policy(policy: str) -> str:
@@ -267,8 +299,12 @@ POLICY_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "missing certificate file": (
         "    tls:\n      mode: SIMPLE\n      caCertificates: certs/none.pem\n",
-        ["d.yaml:10:", "trafficPolicy.tls.caCertificates", "'certs/none.pem' does not exist",
-         "relative to the config directory"],
+        [
+            "d.yaml:10:",
+            "trafficPolicy.tls.caCertificates",
+            "'certs/none.pem' does not exist",
+            "relative to the config directory",
+        ],
     ),
     "mutual without key": (
         "    tls:\n      mode: MUTUAL\n      caCertificates: ca.pem\n"
@@ -300,7 +336,7 @@ POLICY_CASES: dict[str, tuple[str, list[str]]] = {
         "    tunnel: {protocol: CONNECT, targetHost: x, targetPort: 1}\n",
         ["d.yaml:8:", "trafficPolicy.tunnel", "not supported"],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(POLICY_CASES))

@@ -22,11 +22,11 @@ def sidecar(spec: str, name: str = "default", selector: str = "") -> str:
 CASES: dict[str, tuple[str, list[str]]] = {
     "empty": ("  {}\n", ["x.yaml:4:", "empty Sidecar"]),
     "host without namespace": (
-        "  egress:\n  - hosts: [reviews]\n", ["x.yaml:6:", "egress[0].hosts[0]", "./reviews"],
+        "  egress:\n  - hosts: [reviews]\n",
+        ["x.yaml:6:", "egress[0].hosts[0]", "./reviews"],
     ),
     "catch-all not last": (
-        "  egress:\n  - hosts: [./*]\n  - port: {number: 80, protocol: HTTP}\n"
-        "    hosts: [./a]\n",
+        "  egress:\n  - hosts: [./*]\n  - port: {number: 80, protocol: HTTP}\n    hosts: [./a]\n",
         ["x.yaml:6:", "egress[0]", "must be the last one"],
     ),
     "two catch-alls": (
@@ -88,7 +88,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "  inboundConnectionPool: {http: {http1MaxPendingRequests: 1}}\n",
         ["x.yaml:5:", "inboundConnectionPool", "not supported"],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -129,10 +129,13 @@ def test_overlapping_selectors_and_allow_any_are_warnings(tmp_path: Path) -> Non
     _materialize(tmp_path, files)
     warnings = [str(w) for w in load_directory(str(tmp_path)).warnings]
     assert any(
-        w.startswith(f"{tmp_path}/b.yaml:1: warning: workloadSelector: a workload labelled "
-                     "app=r, version=v1 is selected by Sidecar a")
+        w.startswith(
+            f"{tmp_path}/b.yaml:1: warning: workloadSelector: a workload labelled "
+            "app=r, version=v1 is selected by Sidecar a"
+        )
         for w in warnings
-    ), warnings  # fmt: skip
+    ), warnings
     assert not any("c.yaml" in w for w in warnings)
-    assert any("d.yaml:6: warning: outboundTrafficPolicy.mode: ALLOW_ANY needs" in w
-               for w in warnings), warnings  # fmt: skip
+    assert any(
+        "d.yaml:6: warning: outboundTrafficPolicy.mode: ALLOW_ANY needs" in w for w in warnings
+    ), warnings

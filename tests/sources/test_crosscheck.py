@@ -25,13 +25,34 @@ from xdsd.sources import DirectoryLoader, LoadResult
 Outcome = tuple[object, ...]
 
 #: File names the sequences write to, in walk order and out of it.
-SLOTS = ["a.yaml", "b.yaml", "m.yaml", "z.yaml", "sub/c.yaml", "sub/d.yaml", "sub/deep/e.yaml",
-         "zz/f.yaml", "envoy/r1.yaml", "envoy/r2.yaml"]  # fmt: skip
+SLOTS = [
+    "a.yaml",
+    "b.yaml",
+    "m.yaml",
+    "z.yaml",
+    "sub/c.yaml",
+    "sub/d.yaml",
+    "sub/deep/e.yaml",
+    "zz/f.yaml",
+    "envoy/r1.yaml",
+    "envoy/r2.yaml",
+]
 NAMES = ["a", "b", "c"]
 #: What each kind of cross-check problem says (the first match names a problem's kind).
-KINDS = ("duplicate raw", "duplicate", "already a name of", "already has DestinationRule",
-         "rule ignored", "host is ignored", "no service named", "has no port", "is required",
-         "is not defined", "already routed", "is not an IP address")  # fmt: skip
+KINDS = (
+    "duplicate raw",
+    "duplicate",
+    "already a name of",
+    "already has DestinationRule",
+    "rule ignored",
+    "host is ignored",
+    "no service named",
+    "has no port",
+    "is required",
+    "is not defined",
+    "already routed",
+    "is not an IP address",
+)
 ISTIO = "networking.istio.io/v1"
 #: Hosts of ServiceEntries: their own, shared with services, and a service's full name.
 ENTRY_HOSTS = ["ext.example", "shared.example", "a.default.svc.cluster.local", "other.example"]
@@ -39,10 +60,21 @@ ENTRY_HOSTS = ["ext.example", "shared.example", "a.default.svc.cluster.local", "
 
 def service(rng: random.Random) -> str:
     name = rng.choice(NAMES)
-    hosts = rng.choice(["", "hosts: [shared.example]\n", "hosts: [other.example, shared.example]\n",
-                        f"hosts: [{rng.choice(NAMES)}.default.svc.cluster.local]\n"])  # fmt: skip
-    ports = rng.choice(["[{number: 80, protocol: HTTP}]", "[{number: 81, protocol: HTTP}]",
-                        "[{number: 80, protocol: HTTP}, {number: 81, protocol: HTTP}]"])  # fmt: skip
+    hosts = rng.choice(
+        [
+            "",
+            "hosts: [shared.example]\n",
+            "hosts: [other.example, shared.example]\n",
+            f"hosts: [{rng.choice(NAMES)}.default.svc.cluster.local]\n",
+        ]
+    )
+    ports = rng.choice(
+        [
+            "[{number: 80, protocol: HTTP}]",
+            "[{number: 81, protocol: HTTP}]",
+            "[{number: 80, protocol: HTTP}, {number: 81, protocol: HTTP}]",
+        ]
+    )
     version = rng.choice(["v1", "v2"])
     return (
         f"kind: Service\nname: {name}\n{hosts}ports: {ports}\n"
@@ -54,9 +86,13 @@ def service_entry(rng: random.Random) -> str:
     hosts = rng.sample(ENTRY_HOSTS, rng.randint(1, 2))
     namespace = rng.choice(["", "", "namespace: other\n"])
     resolution = rng.choice(["STATIC", "DNS"])
-    ports = rng.choice(["[{number: 80, name: http, protocol: HTTP}]",
-                        "[{number: 80, name: http, protocol: HTTP, targetPort: 8080},"
-                        " {number: 81, name: h2, protocol: HTTP}]"])  # fmt: skip
+    ports = rng.choice(
+        [
+            "[{number: 80, name: http, protocol: HTTP}]",
+            "[{number: 80, name: http, protocol: HTTP, targetPort: 8080},"
+            " {number: 81, name: h2, protocol: HTTP}]",
+        ]
+    )
     if rng.random() < 0.5:
         selected = f"workloadSelector: {{labels: {{app: {rng.choice(['x', 'y'])}}}}}\n"
     elif resolution == "STATIC":
@@ -81,10 +117,16 @@ def workload_entry(rng: random.Random) -> str:
 
 
 def destination_rule(rng: random.Random) -> str:
-    subsets = rng.choice(["[]", "[{name: v1, labels: {version: v1}}]",
-                          "[{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]"])  # fmt: skip
-    host = rng.choice([*NAMES, "shared.example", "ghost", "b.default.svc.cluster.local",
-                       "ext.example"])  # fmt: skip
+    subsets = rng.choice(
+        [
+            "[]",
+            "[{name: v1, labels: {version: v1}}]",
+            "[{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]",
+        ]
+    )
+    host = rng.choice(
+        [*NAMES, "shared.example", "ghost", "b.default.svc.cluster.local", "ext.example"]
+    )
     namespace = rng.choice(["", "", "namespace: other\n"])
     return (
         f"kind: DestinationRule\nname: r{rng.randint(1, 3)}\n{namespace}host: {host}\n"
@@ -93,8 +135,9 @@ def destination_rule(rng: random.Random) -> str:
 
 
 def virtual_service(rng: random.Random) -> str:
-    hosts = rng.sample([*NAMES, "shared.example", "*.example", "ghost", "ext.example"],
-                       rng.randint(1, 2))  # fmt: skip
+    hosts = rng.sample(
+        [*NAMES, "shared.example", "*.example", "ghost", "ext.example"], rng.randint(1, 2)
+    )
     gateways = rng.choice(["", "", "gateways: [gw]\n", "gateways: [mesh, gw]\n"])
     routes = ""
     count = rng.randint(1, 2)
@@ -121,8 +164,11 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
     """Mostly valid contents: the slot's own service (with a DestinationRule and maybe a
     VirtualService routing to services of files that exist), now and then a conflict."""
     own = f"s{SLOTS.index(slot)}"
-    existing = [f"s{i}" for i, s in enumerate(SLOTS)
-                if (root / s).exists() and s != slot and not s.startswith("envoy/")]  # fmt: skip
+    existing = [
+        f"s{i}"
+        for i, s in enumerate(SLOTS)
+        if (root / s).exists() and s != slot and not s.startswith("envoy/")
+    ]
     conflict = rng.random() < 0.08
     name = rng.choice([*existing, own]) if conflict else own
     docs = [
@@ -165,8 +211,15 @@ def contents(rng: random.Random, root: Path, slot: str, wild: bool) -> str:
     elif not wild:
         return tame(rng, root, slot)
     else:
-        makers = [service, service, destination_rule, virtual_service, service_entry,
-                  workload_entry, workload_entry]  # fmt: skip
+        makers = [
+            service,
+            service,
+            destination_rule,
+            virtual_service,
+            service_entry,
+            workload_entry,
+            workload_entry,
+        ]
         docs = [rng.choice(makers)(rng) for _ in range(rng.randint(1, 3))]
     if rng.random() < (0.05 if wild else 0.02):
         docs.append("kind: Service\nname: broken\nports: oops\n")
@@ -197,8 +250,13 @@ def step(rng: random.Random, root: Path, wild: bool) -> set[str] | None:
 
 
 def origins(mesh: Mesh) -> list[object]:
-    everything = (*mesh.services, *mesh.destination_rules, *mesh.virtual_services,
-                  *mesh.service_entries, *mesh.workload_entries)  # fmt: skip
+    everything = (
+        *mesh.services,
+        *mesh.destination_rules,
+        *mesh.virtual_services,
+        *mesh.service_entries,
+        *mesh.workload_entries,
+    )
     return [(r.key, r.origin) for r in everything] + [r.origin for r in mesh.raw_resources]
 
 
@@ -223,8 +281,14 @@ def outcome(loader: DirectoryLoader, changed: set[str] | None) -> Outcome:
     except ConfigError as e:
         return ("refused", [str(p) for p in e.problems], [str(p) for p in e.warnings])
     mesh = result.mesh
-    return ("loaded", mesh, origins(mesh), indexes(mesh), [str(p) for p in result.warnings],
-            result.files)  # fmt: skip
+    return (
+        "loaded",
+        mesh,
+        origins(mesh),
+        indexes(mesh),
+        [str(p) for p in result.warnings],
+        result.files,
+    )
 
 
 @pytest.mark.parametrize("seed", range(16))

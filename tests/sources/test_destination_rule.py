@@ -116,7 +116,11 @@ def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
     assert rule.traffic_policy == TrafficPolicy(
         load_balancer=LoadBalancer(
             consistent_hash=ConsistentHash(
-                HashKind.COOKIE, "session", timedelta(seconds=30), "/", maglev=True,
+                HashKind.COOKIE,
+                "session",
+                timedelta(seconds=30),
+                "/",
+                maglev=True,
                 table_size=65537,
             ),
             locality=LocalityLbSetting(
@@ -127,9 +131,11 @@ def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
         ),
         connection_pool=ConnectionPool(
             TcpPool(
-                10, timedelta(milliseconds=250),
+                10,
+                timedelta(milliseconds=250),
                 TcpKeepalive(3, timedelta(seconds=60), timedelta(seconds=5)),
-                timedelta(hours=1), timedelta(seconds=30),
+                timedelta(hours=1),
+                timedelta(seconds=30),
             ),
             HttpPool(1, 2, 3, 4, timedelta(seconds=5), "UPGRADE", False, 6),
         ),
@@ -137,8 +143,12 @@ def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
             0, 3, 2, True, timedelta(seconds=1), timedelta(minutes=1), 50, 20
         ),
         tls=ClientTLS(
-            TLSMode.MUTUAL, f"{certs}/cert.pem", f"{certs}/key.pem", f"{certs}/ca.pem",
-            ("reviews.example",), "reviews.example",
+            TLSMode.MUTUAL,
+            f"{certs}/cert.pem",
+            f"{certs}/key.pem",
+            f"{certs}/ca.pem",
+            ("reviews.example",),
+            "reviews.example",
         ),
         port_level_settings=(
             PortTrafficPolicy(
@@ -148,7 +158,7 @@ def test_every_policy_field_reaches_the_model(tmp_path: Path) -> None:
                 ),
             ),
         ),
-    )  # fmt: skip
+    )
     subset = rule.subsets[0].traffic_policy
     assert subset == TrafficPolicy(
         load_balancer=LoadBalancer(

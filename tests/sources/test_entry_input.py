@@ -43,14 +43,19 @@ PORTS = "  ports: [{number: 443, name: https, protocol: TLS, targetPort: 8443}]\
 
 def test_an_entry_becomes_one_service_per_host(tmp_path: Path) -> None:
     (tmp_path / "e.yaml").write_text(
-        entry("  hosts: [a.example.com, b.example.com]\n" + PORTS + "  resolution: DNS\n"
-              "  location: MESH_INTERNAL\n")
-    )  # fmt: skip
+        entry(
+            "  hosts: [a.example.com, b.example.com]\n" + PORTS + "  resolution: DNS\n"
+            "  location: MESH_INTERNAL\n"
+        )
+    )
     mesh = load_directory(str(tmp_path)).mesh
     a, b = mesh.services
     assert (a.name, a.fqdn, a.host_names, a.entry) == (
-        "a.example.com", "a.example.com", ("a.example.com",), "ext"
-    )  # fmt: skip
+        "a.example.com",
+        "a.example.com",
+        ("a.example.com",),
+        "ext",
+    )
     assert str(a.key) == "ServiceEntry default/ext/a.example.com"
     assert a.location is Location.MESH_INTERNAL and a.resolution is Resolution.DNS
     # DNS without endpoints: the host itself, on the targetPort
@@ -61,17 +66,25 @@ def test_an_entry_becomes_one_service_per_host(tmp_path: Path) -> None:
 
 def test_workload_selector_picks_workloads_of_its_namespace(tmp_path: Path) -> None:
     (tmp_path / "e.yaml").write_text(
-        entry("  hosts: [vm.example.com]\n" + PORTS + "  resolution: STATIC\n"
-              "  workloadSelector: {labels: {app: vm}}\n")
-    )  # fmt: skip
+        entry(
+            "  hosts: [vm.example.com]\n" + PORTS + "  resolution: STATIC\n"
+            "  workloadSelector: {labels: {app: vm}}\n"
+        )
+    )
     (tmp_path / "w.yaml").write_text(
-        "---\n".join([
-            workload("one", "{address: 10.0.0.1, labels: {app: vm, v: '1'}, ports: {https: 9443}}"),
-            workload("two", "{address: 10.0.0.2, labels: {app: other}}"),
-            workload("three", "{address: 10.0.0.3, labels: {app: vm}}", namespace="elsewhere"),
-            workload("four", "{address: 10.0.0.4, labels: {app: vm}, locality: r/z, weight: 3}"),
-        ])
-    )  # fmt: skip
+        "---\n".join(
+            [
+                workload(
+                    "one", "{address: 10.0.0.1, labels: {app: vm, v: '1'}, ports: {https: 9443}}"
+                ),
+                workload("two", "{address: 10.0.0.2, labels: {app: other}}"),
+                workload("three", "{address: 10.0.0.3, labels: {app: vm}}", namespace="elsewhere"),
+                workload(
+                    "four", "{address: 10.0.0.4, labels: {app: vm}, locality: r/z, weight: 3}"
+                ),
+            ]
+        )
+    )
     [svc] = load_directory(str(tmp_path)).mesh.services
     assert [(e.address, e.ports, str(e.locality), e.weight) for e in svc.endpoints] == [
         ("10.0.0.4", (("https", 8443),), "r/z", 3),
@@ -82,57 +95,102 @@ def test_workload_selector_picks_workloads_of_its_namespace(tmp_path: Path) -> N
 # name → (files, expected fragments of the message)
 CASES: dict[str, tuple[dict[str, str], list[str]]] = {
     "host of a service": (
-        {"s.toml": SERVICE,
-         "e.yaml": entry("  hosts: [x.example.com, web.default.svc.cluster.local]\n" + PORTS
-                         + "  resolution: DNS\n")},
-        ["e.yaml:1: hosts[1]:", "host 'web.default.svc.cluster.local' is already a name of "
-         "Service default/web (", "s.toml:1)"],
+        {
+            "s.toml": SERVICE,
+            "e.yaml": entry(
+                "  hosts: [x.example.com, web.default.svc.cluster.local]\n"
+                + PORTS
+                + "  resolution: DNS\n"
+            ),
+        },
+        [
+            "e.yaml:1: hosts[1]:",
+            "host 'web.default.svc.cluster.local' is already a name of Service default/web (",
+            "s.toml:1)",
+        ],
     ),
     "host of another entry": (
-        {"a.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS\n", "a"),
-         "b.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS\n", "b",
-                         namespace="other")},
-        ["b.yaml:1: hosts[0]:", "already a name of ServiceEntry default/a/x.example.com",
-         "a.yaml:1"],
+        {
+            "a.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS\n", "a"),
+            "b.yaml": entry(
+                "  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS\n", "b", namespace="other"
+            ),
+        },
+        [
+            "b.yaml:1: hosts[0]:",
+            "already a name of ServiceEntry default/a/x.example.com",
+            "a.yaml:1",
+        ],
     ),
     "host listed twice": (
-        {"e.yaml": entry("  hosts: [x.example.com, x.example.com]\n" + PORTS
-                         + "  resolution: DNS\n")},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com, x.example.com]\n" + PORTS + "  resolution: DNS\n"
+            )
+        },
         ["e.yaml:5: hosts[1]:", "listed twice"],
     ),
     "port without a name": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n  ports: [{number: 80, protocol: HTTP}]\n"
-                         "  resolution: DNS\n")},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n  ports: [{number: 80, protocol: HTTP}]\n"
+                "  resolution: DNS\n"
+            )
+        },
         ["e.yaml:6: ports[0].name:", "is required"],
     ),
     "static workload with a host name": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: STATIC\n"
-                         "  workloadSelector: {labels: {app: vm}}\n"),
-         "w.yaml": workload("vm", "{address: vm.example.net, labels: {app: vm}}")},
-        ["e.yaml:1: workloadSelector:", "WorkloadEntry default/vm (", "w.yaml:1)",
-         "'vm.example.net' is not an IP address"],
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n" + PORTS + "  resolution: STATIC\n"
+                "  workloadSelector: {labels: {app: vm}}\n"
+            ),
+            "w.yaml": workload("vm", "{address: vm.example.net, labels: {app: vm}}"),
+        },
+        [
+            "e.yaml:1: workloadSelector:",
+            "WorkloadEntry default/vm (",
+            "w.yaml:1)",
+            "'vm.example.net' is not an IP address",
+        ],
     ),
     "empty workload selector": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: STATIC\n"
-                         "  workloadSelector: {labels: {}}\n")},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n" + PORTS + "  resolution: STATIC\n"
+                "  workloadSelector: {labels: {}}\n"
+            )
+        },
         ["e.yaml:8: workloadSelector.labels:", "at least one label"],
     ),
     "endpoints with resolution NONE": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: NONE\n"
-                         "  endpoints: [{address: 10.0.0.1}]\n")},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n" + PORTS + "  resolution: NONE\n"
+                "  endpoints: [{address: 10.0.0.1}]\n"
+            )
+        },
         ["e.yaml:8: endpoints:", "must be empty for resolution NONE"],
     ),
     "two endpoints for DNS_ROUND_ROBIN": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS_ROUND_ROBIN\n"
-                         "  endpoints: [{address: a.example.net}, {address: b.example.net}]\n")},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n" + PORTS + "  resolution: DNS_ROUND_ROBIN\n"
+                "  endpoints: [{address: a.example.net}, {address: b.example.net}]\n"
+            )
+        },
         ["e.yaml:8: endpoints:", "at most one endpoint"],
     ),
     "rule naming an unknown subset of an entry": (
-        {"e.yaml": entry("  hosts: [x.example.com]\n  ports: [{number: 80, name: http, "
-                         "protocol: HTTP}]\n  resolution: DNS\n"),
-         "v.yaml": "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
-                   "metadata: {name: v}\nspec:\n  hosts: [x.example.com]\n  http:\n"
-                   "  - route: [{destination: {host: x.example.com, subset: v9}}]\n"},
+        {
+            "e.yaml": entry(
+                "  hosts: [x.example.com]\n  ports: [{number: 80, name: http, "
+                "protocol: HTTP}]\n  resolution: DNS\n"
+            ),
+            "v.yaml": "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+            "metadata: {name: v}\nspec:\n  hosts: [x.example.com]\n  http:\n"
+            "  - route: [{destination: {host: x.example.com, subset: v9}}]\n",
+        },
         ["v.yaml:", "subset 'v9' of ServiceEntry default/ext/x.example.com"],
     ),
     "resolution NONE on a Service": (
@@ -140,8 +198,11 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         ["s.toml:3: resolution:", "NONE is for ServiceEntries"],
     ),
     "health check interval": (
-        {"s.toml": SERVICE.replace("\n[[ports]]",
-                                   'healthCheck = { path = "/h", interval = "0s" }\n\n[[ports]]')},
+        {
+            "s.toml": SERVICE.replace(
+                "\n[[ports]]", 'healthCheck = { path = "/h", interval = "0s" }\n\n[[ports]]'
+            )
+        },
         ["s.toml:3: healthCheck.interval:", "above zero"],
     ),
     "health check path": (
@@ -149,28 +210,35 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
         ["s.toml:3: healthCheck.path:", "must start with '/'"],
     ),
     "health check status": (
-        {"s.toml": SERVICE.replace(
-            "\n[[ports]]", 'healthCheck = { path = "/h", expectedStatuses = ["200-1"] }\n\n[[ports]]'
-        )},
+        {
+            "s.toml": SERVICE.replace(
+                "\n[[ports]]",
+                'healthCheck = { path = "/h", expectedStatuses = ["200-1"] }\n\n[[ports]]',
+            )
+        },
         ["s.toml:3: healthCheck.expectedStatuses[0]:", "HTTP status"],
     ),
     "health check expected statuses without path": (
-        {"s.toml": SERVICE.replace(
-            "\n[[ports]]", "healthCheck = { expectedStatuses = [200] }\n\n[[ports]]"
-        )},
+        {
+            "s.toml": SERVICE.replace(
+                "\n[[ports]]", "healthCheck = { expectedStatuses = [200] }\n\n[[ports]]"
+            )
+        },
         ["s.toml:3: healthCheck.expectedStatuses:", "needs path"],
     ),
     "health check threshold": (
-        {"s.toml": SERVICE.replace(
-            "\n[[ports]]", "healthCheck = { healthyThreshold = 0 }\n\n[[ports]]"
-        )},
+        {
+            "s.toml": SERVICE.replace(
+                "\n[[ports]]", "healthCheck = { healthyThreshold = 0 }\n\n[[ports]]"
+            )
+        },
         ["s.toml:3: healthCheck.healthyThreshold:", "at least 1"],
     ),
     "health check unknown field": (
         {"s.toml": SERVICE.replace("\n[[ports]]", 'healthCheck = { pth = "/h" }\n\n[[ports]]')},
         ["s.toml:3: healthCheck.pth:", "did you mean 'path'"],
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -190,9 +258,11 @@ def test_bad_input_names_file_line_field(
 
 def test_resolution_none_on_a_tcp_port_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "e.yaml").write_text(
-        entry("  hosts: [x.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP},"
-              " {number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n")
-    )  # fmt: skip
+        entry(
+            "  hosts: [x.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP},"
+            " {number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n"
+        )
+    )
     result = load_directory(str(tmp_path))
     [svc] = result.mesh.services
     assert [p.number for p in svc.ports] == [80] and svc.endpoints == ()

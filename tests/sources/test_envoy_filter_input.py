@@ -39,49 +39,64 @@ spec:
 # (old, new) in GOOD → fragments of the error
 CASES: dict[str, tuple[str, str, list[str]]] = {
     "wrong value type": (
-        "connect_timeout: 3s", "connect_timeout: soon",
-        ["ef.yaml:22:", "configPatches[1].patch.value", "envoy.config.cluster.v3.Cluster",
-         "soon"],
+        "connect_timeout: 3s",
+        "connect_timeout: soon",
+        ["ef.yaml:22:", "configPatches[1].patch.value", "envoy.config.cluster.v3.Cluster", "soon"],
     ),
     "unknown value field": (
-        "connect_timeout: 3s", "connect_timeot: 3s",
+        "connect_timeout: 3s",
+        "connect_timeot: 3s",
         ["ef.yaml:22:", "configPatches[1].patch.value", "connect_timeot"],
     ),
     "unknown @type": (
-        "lua.v3.Lua", "lua.v3.Luna",
-        ["ef.yaml:15:", "configPatches[0].patch.value", "unknown type",
-         "envoy.extensions.filters.http.lua.v3.Luna"],
+        "lua.v3.Lua",
+        "lua.v3.Luna",
+        [
+            "ef.yaml:15:",
+            "configPatches[0].patch.value",
+            "unknown type",
+            "envoy.extensions.filters.http.lua.v3.Luna",
+        ],
     ),
     "bad typed_config field": (
-        "default_source_code:", "default_sauce_code:",
+        "default_source_code:",
+        "default_sauce_code:",
         ["ef.yaml:15:", "configPatches[0].patch.value", "default_sauce_code"],
     ),
     "operation not for applyTo": (
-        "operation: MERGE", "operation: INSERT_AFTER",
+        "operation: MERGE",
+        "operation: INSERT_AFTER",
         ["ef.yaml:22:", "configPatches[1].patch.operation", "does not apply to CLUSTER"],
     ),
     "filter match without name": (
-        "            name: envoy.filters.network.http_connection_manager\n", "",
+        "            name: envoy.filters.network.http_connection_manager\n",
+        "",
         ["configPatches[0].match.listener.filterChain.filter.name", "required"],
     ),
     "subFilter under another filter": (
-        "name: envoy.filters.network.http_connection_manager", "name: envoy.filters.network.tcp_proxy",
-        ["configPatches[0].match.listener.filterChain.filter.name",
-         "must be envoy.filters.network.http_connection_manager"],
+        "name: envoy.filters.network.http_connection_manager",
+        "name: envoy.filters.network.tcp_proxy",
+        [
+            "configPatches[0].match.listener.filterChain.filter.name",
+            "must be envoy.filters.network.http_connection_manager",
+        ],
     ),
     "subFilter on a NETWORK_FILTER patch": (
-        "applyTo: HTTP_FILTER", "applyTo: NETWORK_FILTER",
+        "applyTo: HTTP_FILTER",
+        "applyTo: NETWORK_FILTER",
         ["configPatches[0].match.listener", "subFilter selects HTTP filters"],
     ),
     "unknown proxy metadata key": (
-        "match: {context: SIDECAR_OUTBOUND,", "match: {proxy: {metadata: {ISTIO_VERSION: '1'}},",
+        "match: {context: SIDECAR_OUTBOUND,",
+        "match: {proxy: {metadata: {ISTIO_VERSION: '1'}},",
         ["configPatches[1].match.proxy.metadata", "'ISTIO_VERSION'"],
     ),
     "targetRefs": (
-        "  configPatches:", "  targetRefs: [{kind: Gateway, name: gw}]\n  configPatches:",
+        "  configPatches:",
+        "  targetRefs: [{kind: Gateway, name: gw}]\n  configPatches:",
         ["ef.yaml:5:", "targetRefs", "not supported"],
     ),
-}  # fmt: skip
+}
 
 
 def test_good_filter_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,12 +182,17 @@ PLAIN_SERVICE: dict[str, Any] = {
         {"name": "grpc", "number": 9090, "protocol": "GRPC"},
     ],
     "endpoints": [
-        {"address": "10.0.0.1", "labels": {"version": "v1", "zone": "a"},
-         "locality": "r/z", "weight": 3, "ports": {"grpc": 7090}},
+        {
+            "address": "10.0.0.1",
+            "labels": {"version": "v1", "zone": "a"},
+            "locality": "r/z",
+            "weight": 3,
+            "ports": {"grpc": 7090},
+        },
         {"address": "10.0.0.2", "labels": {"version": "v2"}},
         {"address": "fd00::1", "locality": "r"},
     ],
-}  # fmt: skip
+}
 PLAIN_RULES: dict[str, dict[str, Any]] = {
     "virtual service": {
         "apiVersion": "networking.istio.io/v1",
@@ -237,9 +242,36 @@ def _both_ways(
 def _variants(value: Any) -> Iterator[Any]:
     """``value`` with one thing changed, everywhere in it: each key dropped, renamed or
     set to null, and each value replaced by values of other types and unusual forms."""
-    replacements = [None, "", "x", "HTTP", "http", "dns", "DNS", "NONE", "10.0.0.9", "host.example",
-                    "r/z/s/x", 0, 1, -1, 70000, 2**31, 1.0, 1.5, True, [], ["x"], [""], [1],
-                    {}, {"a": 1}, {"version": "v1"}, {"http": 8080}, {"grpc": 0}]  # fmt: skip
+    replacements = [
+        None,
+        "",
+        "x",
+        "HTTP",
+        "http",
+        "dns",
+        "DNS",
+        "NONE",
+        "10.0.0.9",
+        "host.example",
+        "r/z/s/x",
+        0,
+        1,
+        -1,
+        70000,
+        2**31,
+        1.0,
+        1.5,
+        True,
+        [],
+        ["x"],
+        [""],
+        [1],
+        {},
+        {"a": 1},
+        {"version": "v1"},
+        {"http": 8080},
+        {"grpc": 0},
+    ]
     if isinstance(value, dict):
         for key in value:
             yield {k: v for k, v in value.items() if k != key}

@@ -64,37 +64,73 @@ def test_certificate_paths_are_relative_to_the_config_directory(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("certs/gw.pem", "certs/missing.pem",
-         "gw.yaml:14: servers[1].tls.serverCertificate: file 'certs/missing.pem' does "
-         "not exist"),
-        ("minProtocolVersion: TLSV1_2", "minProtocolVersion: TLS1.2",
-         "gw.yaml:17: servers[1].tls.minProtocolVersion: must be one of TLS_AUTO"),
-        ("minProtocolVersion: TLSV1_2", "minProtocolVersion: TLSV1_3\n      "
-         "maxProtocolVersion: TLSV1_2",
-         "servers[1].tls.minProtocolVersion: TLSV1_3 is above maxProtocolVersion"),
-        ("name: tls,", "name: https,",
-         "gw.yaml:19: servers[2].port.name: port names must be unique in a Gateway"),
-        ("{number: 80, name: http, protocol: HTTP}", "{number: 80, protocol: HTTP}",
-         "servers[0].port.name: is required"),
-        ("{number: 80, name: http, protocol: HTTP}",
-         "{number: 80, name: http, protocol: HTTP, targetPort: 8080}",
-         "servers[0].port.targetPort: has no effect on a Gateway server"),
-        ('hosts: ["*.internal"]', 'hosts: ["a/b/c"]',
-         "servers[2].hosts[0]: must be HOST or NAMESPACE/HOST"),
-        ("protocol: HTTP}\n    hosts", "protocol: TCP}\n    hosts",
-         "servers[0].tls: a TCP server takes no tls settings"),
-        ("    tls: {httpsRedirect: true}\n", "    tls: {mode: SIMPLE}\n",
-         "servers[0].tls: a HTTP server does not speak TLS"),
-        ("mode: MUTUAL", "mode: ISTIO_MUTUAL",
-         "servers[1].tls.serverCertificate: does not apply with mode ISTIO_MUTUAL"),
-        ("      caCertificates: certs/ca.pem\n", "",
-         "servers[1].tls.caCertificates: is required for mode MUTUAL"),
-        ("caCertificates:", "credentialName: gw-secret\n      caCertificates:",
-         "servers[1].tls.credentialName: "),
-        ("hosts: [bookinfo.example.com]", "hosts: [bookinfo.example.com]\n    bind: here",
-         "servers[1].bind: must be an IP address"),
+        (
+            "certs/gw.pem",
+            "certs/missing.pem",
+            "gw.yaml:14: servers[1].tls.serverCertificate: file 'certs/missing.pem' does not exist",
+        ),
+        (
+            "minProtocolVersion: TLSV1_2",
+            "minProtocolVersion: TLS1.2",
+            "gw.yaml:17: servers[1].tls.minProtocolVersion: must be one of TLS_AUTO",
+        ),
+        (
+            "minProtocolVersion: TLSV1_2",
+            "minProtocolVersion: TLSV1_3\n      maxProtocolVersion: TLSV1_2",
+            "servers[1].tls.minProtocolVersion: TLSV1_3 is above maxProtocolVersion",
+        ),
+        (
+            "name: tls,",
+            "name: https,",
+            "gw.yaml:19: servers[2].port.name: port names must be unique in a Gateway",
+        ),
+        (
+            "{number: 80, name: http, protocol: HTTP}",
+            "{number: 80, protocol: HTTP}",
+            "servers[0].port.name: is required",
+        ),
+        (
+            "{number: 80, name: http, protocol: HTTP}",
+            "{number: 80, name: http, protocol: HTTP, targetPort: 8080}",
+            "servers[0].port.targetPort: has no effect on a Gateway server",
+        ),
+        (
+            'hosts: ["*.internal"]',
+            'hosts: ["a/b/c"]',
+            "servers[2].hosts[0]: must be HOST or NAMESPACE/HOST",
+        ),
+        (
+            "protocol: HTTP}\n    hosts",
+            "protocol: TCP}\n    hosts",
+            "servers[0].tls: a TCP server takes no tls settings",
+        ),
+        (
+            "    tls: {httpsRedirect: true}\n",
+            "    tls: {mode: SIMPLE}\n",
+            "servers[0].tls: a HTTP server does not speak TLS",
+        ),
+        (
+            "mode: MUTUAL",
+            "mode: ISTIO_MUTUAL",
+            "servers[1].tls.serverCertificate: does not apply with mode ISTIO_MUTUAL",
+        ),
+        (
+            "      caCertificates: certs/ca.pem\n",
+            "",
+            "servers[1].tls.caCertificates: is required for mode MUTUAL",
+        ),
+        (
+            "caCertificates:",
+            "credentialName: gw-secret\n      caCertificates:",
+            "servers[1].tls.credentialName: ",
+        ),
+        (
+            "hosts: [bookinfo.example.com]",
+            "hosts: [bookinfo.example.com]\n    bind: here",
+            "servers[1].bind: must be an IP address",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_gateway_values(tmp_path: Path, old: str, new: str, expected: str) -> None:
     assert old in GATEWAY
     write(tmp_path, GATEWAY.replace(old, new, 1))
@@ -107,18 +143,27 @@ def test_bad_gateway_values(tmp_path: Path, old: str, new: str, expected: str) -
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]",
-         "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, NOPE, ECDHE-RSA-AES128-GCM-SHA256]",
-         ["servers[1].tls.cipherSuites[1]: 'NOPE' is not a cipher suite Envoy knows",
-          "servers[1].tls.cipherSuites[2]: 'ECDHE-RSA-AES128-GCM-SHA256' repeats"]),
-        ("{mode: PASSTHROUGH}", "{mode: PASSTHROUGH, serverCertificate: x.pem}",
-         ["servers[2].tls.mode: PASSTHROUGH does not terminate TLS"]),
-        ("protocol: TLS}\n    hosts: [\"*.internal\"]\n    tls: {mode: PASSTHROUGH}",
-         "protocol: TLS}\n    hosts: [\"*.internal\"]\n    tls: {mode: PASSTHROUGH, "
-         "httpsRedirect: true}",
-         ["servers[2].tls.httpsRedirect: applies only to HTTP servers"]),
+        (
+            "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]",
+            "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, NOPE, ECDHE-RSA-AES128-GCM-SHA256]",
+            [
+                "servers[1].tls.cipherSuites[1]: 'NOPE' is not a cipher suite Envoy knows",
+                "servers[1].tls.cipherSuites[2]: 'ECDHE-RSA-AES128-GCM-SHA256' repeats",
+            ],
+        ),
+        (
+            "{mode: PASSTHROUGH}",
+            "{mode: PASSTHROUGH, serverCertificate: x.pem}",
+            ["servers[2].tls.mode: PASSTHROUGH does not terminate TLS"],
+        ),
+        (
+            'protocol: TLS}\n    hosts: ["*.internal"]\n    tls: {mode: PASSTHROUGH}',
+            'protocol: TLS}\n    hosts: ["*.internal"]\n    tls: {mode: PASSTHROUGH, '
+            "httpsRedirect: true}",
+            ["servers[2].tls.httpsRedirect: applies only to HTTP servers"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_what_istio_tolerates_is_a_warning(
     tmp_path: Path, old: str, new: str, expected: list[str]
 ) -> None:

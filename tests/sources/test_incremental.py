@@ -93,8 +93,16 @@ def test_a_sequence_of_edits_loads_as_a_cold_load_would(config: Path) -> None:
         shutil.rmtree(moved.parent)
         return {str(moved.parent)}
 
-    steps = [edit_details, add_extra, break_extra, fix_extra, rename_extra,
-             duplicate_in_new_file, delete_duplicate, delete_directory]  # fmt: skip
+    steps = [
+        edit_details,
+        add_extra,
+        break_extra,
+        fix_extra,
+        rename_extra,
+        duplicate_in_new_file,
+        delete_duplicate,
+        delete_directory,
+    ]
     for step in steps:
         changed = step()
         got = warm(loader, changed)
@@ -216,30 +224,63 @@ def test_cross_checks_follow_a_sequence_of_edits(config: Path) -> None:
         )
 
     steps: list[tuple[str, Callable[[], set[str]]]] = [
-        ("a service and a rule routing to its subset", lambda: write(extra, service_yaml("extra"))
-         | write(route, vs("extra", "extra", "extra", "v1")) | write(subsets, dr("x", "extra", "v1"))),
+        (
+            "a service and a rule routing to its subset",
+            lambda: (
+                write(extra, service_yaml("extra"))
+                | write(route, vs("extra", "extra", "extra", "v1"))
+                | write(subsets, dr("x", "extra", "v1"))
+            ),
+        ),
         ("the routed service deleted", lambda: (extra.unlink(), {str(extra)})[1]),
         ("the service back", lambda: write(extra, service_yaml("extra"))),
         ("the subset renamed", lambda: write(subsets, dr("x", "extra", "v2"))),
         ("the rule moved to another service", lambda: write(subsets, dr("x", "details", "v2"))),
-        ("a second rule for details", lambda: write(rules / "a-rule.yaml", dr("y", "details", "v1"))),
+        (
+            "a second rule for details",
+            lambda: write(rules / "a-rule.yaml", dr("y", "details", "v1")),
+        ),
         ("the first rule gone", lambda: (subsets.unlink(), {str(subsets)})[1]),
-        ("a duplicate service, later in walk order", lambda: write(services / "zz" / "dup.yaml",
-                                                                   service_yaml("extra", "10.9.9.9"))),
-        ("a duplicate earlier in walk order", lambda: write(config / "aa.yaml",
-                                                            service_yaml("extra", "10.9.9.8"))),
+        (
+            "a duplicate service, later in walk order",
+            lambda: write(services / "zz" / "dup.yaml", service_yaml("extra", "10.9.9.9")),
+        ),
+        (
+            "a duplicate earlier in walk order",
+            lambda: write(config / "aa.yaml", service_yaml("extra", "10.9.9.8")),
+        ),
         ("the first duplicate gone", lambda: (extra.unlink(), {str(extra)})[1]),
-        ("a rename that reorders", lambda: (os.rename(config / "aa.yaml", services / "zz" / "zz.yaml"),
-                                            {str(config / "aa.yaml"), str(services / "zz" / "zz.yaml")})[1]),
-        ("a second VirtualService for one host", lambda: write(rules / "b.yaml", vs("other", "extra", "details"))),
-        ("the other one moved to gateways", lambda: write(rules / "b.yaml", vs("other", "extra", "details")
-                                                         .replace("http:", "gateways: [gw]\nhttp:"))),
-        ("the duplicates gone", lambda: (shutil.rmtree(services / "zz"), {str(services / "zz")})[1]),
-        ("the second rule for details gone", lambda: (os.unlink(rules / "a-rule.yaml"),
-                                                      {str(rules / "a-rule.yaml")})[1]),
-        ("everything back", lambda: write(extra, service_yaml("extra"))
-         | write(subsets, dr("x", "extra", "v1"))),
-    ]  # fmt: skip
+        (
+            "a rename that reorders",
+            lambda: (
+                os.rename(config / "aa.yaml", services / "zz" / "zz.yaml"),
+                {str(config / "aa.yaml"), str(services / "zz" / "zz.yaml")},
+            )[1],
+        ),
+        (
+            "a second VirtualService for one host",
+            lambda: write(rules / "b.yaml", vs("other", "extra", "details")),
+        ),
+        (
+            "the other one moved to gateways",
+            lambda: write(
+                rules / "b.yaml",
+                vs("other", "extra", "details").replace("http:", "gateways: [gw]\nhttp:"),
+            ),
+        ),
+        (
+            "the duplicates gone",
+            lambda: (shutil.rmtree(services / "zz"), {str(services / "zz")})[1],
+        ),
+        (
+            "the second rule for details gone",
+            lambda: (os.unlink(rules / "a-rule.yaml"), {str(rules / "a-rule.yaml")})[1],
+        ),
+        (
+            "everything back",
+            lambda: write(extra, service_yaml("extra")) | write(subsets, dr("x", "extra", "v1")),
+        ),
+    ]
     for name, change in steps:
         changed = change()
         got = warm(loader, changed)

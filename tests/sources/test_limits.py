@@ -20,9 +20,13 @@ from xdsd.sources.documents import ParseFailure, parse_file
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 
 SMALL = ParseLimits(
-    max_file_bytes=4096, max_config_bytes=10_000, max_documents_per_file=3,
-    max_nesting_depth=5, max_integer_digits=20, max_yaml_alias_nodes=50,
-)  # fmt: skip
+    max_file_bytes=4096,
+    max_config_bytes=10_000,
+    max_documents_per_file=3,
+    max_nesting_depth=5,
+    max_integer_digits=20,
+    max_yaml_alias_nodes=50,
+)
 
 
 def service(name: str, padding: int) -> str:
@@ -63,7 +67,7 @@ def nested_yaml(depth: int) -> str:
         ("x.yaml", "- " * 500 + "x\n", 1),
         ("x.yaml", "a: &a [*a]\n", 1),
     ],
-)  # fmt: skip
+)
 def test_too_deep_is_refused_with_its_line(path: str, text: str, line: int) -> None:
     message = refusal(path, text)
     assert message.startswith(f"{path}:{line}: nested deeper than max_nesting_depth (100 ")
@@ -86,12 +90,14 @@ def test_the_limit_itself_is_allowed(path: str, text: str) -> None:
     [
         # closing brackets in strings (or comments) must not hide the nesting after them
         ("x.json", '{"s": "' + "]}" * 500 + '", "t": ' + nested_json(101) + "}"),
-        ("x.toml", 's = "' + "]" * 500 + '"\n# ' + "]" * 500 + "\nt = " + "[" * 101
-         + "]" * 101 + "\n"),
+        (
+            "x.toml",
+            's = "' + "]" * 500 + '"\n# ' + "]" * 500 + "\nt = " + "[" * 101 + "]" * 101 + "\n",
+        ),
         ("x.toml", "s = '''\n" + "]" * 500 + "\n'''\nt = " + "[" * 101 + "]" * 101 + "\n"),
         ("x.toml", 's = """\\"""' + "]" * 500 + '"""\nt = ' + "[" * 101 + "]" * 101 + "\n"),
     ],
-)  # fmt: skip
+)
 def test_strings_do_not_hide_depth(path: str, text: str) -> None:
     assert "max_nesting_depth" in refusal(path, text)
 
@@ -100,11 +106,20 @@ def test_strings_do_not_hide_depth(path: str, text: str) -> None:
     ("path", "text"),
     [
         ("x.json", json.dumps({"s": "[{" * 500, "ips": [f"10.0.0.{i}" for i in range(200)]})),
-        ("x.toml", 's = "' + "[" * 500 + '"\n# ' + "{" * 500 + "\nm = '''\n"
-         + "[" * 500 + "\n'''\n" + "".join(f'h{i} = "a.b.c.d.e"\n' for i in range(100))),
+        (
+            "x.toml",
+            's = "'
+            + "[" * 500
+            + '"\n# '
+            + "{" * 500
+            + "\nm = '''\n"
+            + "[" * 500
+            + "\n'''\n"
+            + "".join(f'h{i} = "a.b.c.d.e"\n' for i in range(100)),
+        ),
         ("x.toml", "".join(f"[t{i}]\nk.a.b = {i}.5\n" for i in range(200))),
     ],
-)  # fmt: skip
+)
 def test_brackets_and_dots_in_strings_do_not_count(path: str, text: str) -> None:
     assert parse_file(path, text.encode())
 
@@ -155,8 +170,10 @@ def test_a_file_too_large_is_not_read(tmp_path: Path) -> None:
     path.write_text("# padding\n" * 500)
     result = parse_config_file(str(tmp_path), str(path), limits=SMALL)
     (problem,) = result.problems
-    assert str(problem) == (f"{path}: file is 5000 bytes, more than max_file_bytes (4096): "
-                            "not read (split it, or raise the limit in the settings)")  # fmt: skip
+    assert str(problem) == (
+        f"{path}: file is 5000 bytes, more than max_file_bytes (4096): "
+        "not read (split it, or raise the limit in the settings)"
+    )
 
 
 def test_the_directory_total_is_bounded(tmp_path: Path) -> None:
@@ -184,8 +201,9 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "x.yaml"
     os.mkfifo(fifo)
     results = []
-    reader = threading.Thread(target=lambda: results.append(parse_config_file(str(tmp_path),
-                                                                              str(fifo))))  # fmt: skip
+    reader = threading.Thread(
+        target=lambda: results.append(parse_config_file(str(tmp_path), str(fifo)))
+    )
     reader.daemon = True
     reader.start()
     reader.join(30)

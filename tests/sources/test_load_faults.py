@@ -33,8 +33,10 @@ ROOT = os.geteuid() == 0
 
 
 def service(name: str) -> str:
-    return (f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\nnumber = 80\n'
-            'protocol = "http"\n\n[[endpoints]]\naddress = "10.0.0.1"\n')  # fmt: skip
+    return (
+        f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\nnumber = 80\n'
+        'protocol = "http"\n\n[[endpoints]]\naddress = "10.0.0.1"\n'
+    )
 
 
 @pytest.fixture
@@ -51,8 +53,13 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
-def load_elsewhere(config: Path, *, user: str | None = None, nofile: int | None = None,
-                   mesh_dir: Path | None = None) -> list[str]:  # fmt: skip
+def load_elsewhere(
+    config: Path,
+    *,
+    user: str | None = None,
+    nofile: int | None = None,
+    mesh_dir: Path | None = None,
+) -> list[str]:
     """The problems ``load_directory(config)`` reports in a child process running as
     ``user`` (without root's permission override) or with ``nofile`` descriptors
     left; [] when it loads."""
@@ -310,8 +317,12 @@ def test_readiness_reports_a_reloader_that_cannot_make_progress(
     config.mkdir()
     (config / "a.toml").write_text(service("a"))
     admin = free_port()
-    settings = Settings(config_dir=str(config), grpc=Address("127.0.0.1", free_port()),
-                        rest=None, admin=Address("127.0.0.1", admin))  # fmt: skip
+    settings = Settings(
+        config_dir=str(config),
+        grpc=Address("127.0.0.1", free_port()),
+        rest=None,
+        admin=Address("127.0.0.1", admin),
+    )
 
     def crash(*args: object) -> object:
         raise MemoryError

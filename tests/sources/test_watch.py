@@ -15,9 +15,17 @@ from xdsd.sources.watch import ConfigWatcher, is_editor_temp
 
 @pytest.mark.parametrize(
     "name",
-    [".reviews.yaml.swp", "reviews.yaml.swx", "reviews.yaml~", "4913", ".#reviews.yaml",
-     "#reviews.yaml#", "reviews.yaml.tmp", "reviews.toml.bak"],
-)  # fmt: skip
+    [
+        ".reviews.yaml.swp",
+        "reviews.yaml.swx",
+        "reviews.yaml~",
+        "4913",
+        ".#reviews.yaml",
+        "#reviews.yaml#",
+        "reviews.yaml.tmp",
+        "reviews.toml.bak",
+    ],
+)
 def test_editor_temp_files_are_recognised(name: str) -> None:
     assert is_editor_temp(f"/etc/xdsd/{name}")
 

@@ -92,143 +92,260 @@ def limits(**given: int) -> dict[str, Any]:
 
 CASES: dict[str, tuple[TrafficPolicy | None, Any, dict[str, Any]]] = {
     "no policy: Istio's circuit-breaker defaults, 10 s connect timeout": (
-        None, SVC, {"circuit_breakers": limits(), "connect_timeout": "10s"},
+        None,
+        SVC,
+        {"circuit_breakers": limits(), "connect_timeout": "10s"},
     ),
     "tcp limits and timeouts": (
-        pool(TcpPool(7, 2 * S, None, timedelta(hours=1), 30 * S)), SVC,
-        {"circuit_breakers": limits(max_connections=7), "connect_timeout": "2s",
-         "http_options": {"explicit_http_config": {"http_protocol_options": {}},
-                          "common_http_protocol_options": {
-                              "idle_timeout": "30s", "max_connection_duration": "3600s"}}},
+        pool(TcpPool(7, 2 * S, None, timedelta(hours=1), 30 * S)),
+        SVC,
+        {
+            "circuit_breakers": limits(max_connections=7),
+            "connect_timeout": "2s",
+            "http_options": {
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {
+                    "idle_timeout": "30s",
+                    "max_connection_duration": "3600s",
+                },
+            },
+        },
     ),
     "tcp keepalive": (
-        pool(TcpPool(keepalive=TcpKeepalive(3, 60 * S, 5 * S))), SVC,
-        {"upstream_connection_options": {"tcp_keepalive": {
-            "keepalive_probes": 3, "keepalive_time": 60, "keepalive_interval": 5}}},
+        pool(TcpPool(keepalive=TcpKeepalive(3, 60 * S, 5 * S))),
+        SVC,
+        {
+            "upstream_connection_options": {
+                "tcp_keepalive": {
+                    "keepalive_probes": 3,
+                    "keepalive_time": 60,
+                    "keepalive_interval": 5,
+                }
+            }
+        },
     ),
     "http limits": (
-        pool(None, HttpPool(1, 2, 3, 4, 5 * S)), SVC,
-        {"circuit_breakers": limits(max_pending_requests=1, max_requests=2, max_retries=4),
-         "http_options": {"explicit_http_config": {"http_protocol_options": {}},
-                          "common_http_protocol_options": {
-                              "idle_timeout": "5s", "max_requests_per_connection": 3}}},
+        pool(None, HttpPool(1, 2, 3, 4, 5 * S)),
+        SVC,
+        {
+            "circuit_breakers": limits(max_pending_requests=1, max_requests=2, max_retries=4),
+            "http_options": {
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {
+                    "idle_timeout": "5s",
+                    "max_requests_per_connection": 3,
+                },
+            },
+        },
     ),
     "http idle timeout wins over tcp's": (
-        pool(TcpPool(idle_timeout=30 * S), HttpPool(idle_timeout=5 * S)), SVC,
-        {"http_options": {"explicit_http_config": {"http_protocol_options": {}},
-                          "common_http_protocol_options": {"idle_timeout": "5s"}}},
+        pool(TcpPool(idle_timeout=30 * S), HttpPool(idle_timeout=5 * S)),
+        SVC,
+        {
+            "http_options": {
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"idle_timeout": "5s"},
+            }
+        },
     ),
     "h2 upgrade with stream limit": (
-        pool(None, HttpPool(h2_upgrade_policy="UPGRADE", max_concurrent_streams=9)), SVC,
-        {"http_options": {"explicit_http_config": {
-            "http2_protocol_options": {"max_concurrent_streams": 9}}}},
+        pool(None, HttpPool(h2_upgrade_policy="UPGRADE", max_concurrent_streams=9)),
+        SVC,
+        {
+            "http_options": {
+                "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 9}}
+            }
+        },
     ),
     "use client protocol": (
-        pool(None, HttpPool(h2_upgrade_policy="UPGRADE", use_client_protocol=True)), SVC,
-        {"http_options": {"use_downstream_protocol_config": {
-            "http_protocol_options": {}, "http2_protocol_options": {}}}},
+        pool(None, HttpPool(h2_upgrade_policy="UPGRADE", use_client_protocol=True)),
+        SVC,
+        {
+            "http_options": {
+                "use_downstream_protocol_config": {
+                    "http_protocol_options": {},
+                    "http2_protocol_options": {},
+                }
+            }
+        },
     ),
     "grpc port stays HTTP/2 without a policy": (
-        None, H2, {"http_options": {"explicit_http_config": {"http2_protocol_options": {}}}},
+        None,
+        H2,
+        {"http_options": {"explicit_http_config": {"http2_protocol_options": {}}}},
     ),
     "tcp port: limits only, no HTTP options": (
-        pool(TcpPool(3, idle_timeout=S), HttpPool(2)), DB,
-        {"circuit_breakers": limits(max_connections=3, max_pending_requests=2),
-         "http_options": None},
+        pool(TcpPool(3, idle_timeout=S), HttpPool(2)),
+        DB,
+        {
+            "circuit_breakers": limits(max_connections=3, max_pending_requests=2),
+            "http_options": None,
+        },
     ),
     "outlier detection: only what is set, panic threshold off": (
-        TrafficPolicy(outlier_detection=OutlierDetection(
-            consecutive_5xx_errors=3, interval=S, base_ejection_time=30 * S,
-            max_ejection_percent=100)), SVC,
-        {"outlier_detection": {"consecutive_5xx": 3, "enforcing_consecutive_5xx": 100,
-                               "enforcing_success_rate": 0, "interval": "1s",
-                               "base_ejection_time": "30s", "max_ejection_percent": 100},
-         "common_lb_config": {"healthy_panic_threshold": {}}},
+        TrafficPolicy(
+            outlier_detection=OutlierDetection(
+                consecutive_5xx_errors=3,
+                interval=S,
+                base_ejection_time=30 * S,
+                max_ejection_percent=100,
+            )
+        ),
+        SVC,
+        {
+            "outlier_detection": {
+                "consecutive_5xx": 3,
+                "enforcing_consecutive_5xx": 100,
+                "enforcing_success_rate": 0,
+                "interval": "1s",
+                "base_ejection_time": "30s",
+                "max_ejection_percent": 100,
+            },
+            "common_lb_config": {"healthy_panic_threshold": {}},
+        },
     ),
     "outlier detection: 0 disables a check; gateway and local-origin errors": (
-        TrafficPolicy(outlier_detection=OutlierDetection(
-            0, 4, 2, True, min_health_percent=25)), SVC,
-        {"outlier_detection": {
-            "consecutive_5xx": 0, "enforcing_consecutive_5xx": 0,
-            "consecutive_gateway_failure": 4, "enforcing_consecutive_gateway_failure": 100,
-            "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 2,
-            "enforcing_consecutive_local_origin_failure": 100,
-            "enforcing_local_origin_success_rate": 0, "enforcing_success_rate": 0},
-         "common_lb_config": {"healthy_panic_threshold": {"value": 25.0}}},
+        TrafficPolicy(outlier_detection=OutlierDetection(0, 4, 2, True, min_health_percent=25)),
+        SVC,
+        {
+            "outlier_detection": {
+                "consecutive_5xx": 0,
+                "enforcing_consecutive_5xx": 0,
+                "consecutive_gateway_failure": 4,
+                "enforcing_consecutive_gateway_failure": 100,
+                "split_external_local_origin_errors": True,
+                "consecutive_local_origin_failure": 2,
+                "enforcing_consecutive_local_origin_failure": 100,
+                "enforcing_local_origin_success_rate": 0,
+                "enforcing_success_rate": 0,
+            },
+            "common_lb_config": {"healthy_panic_threshold": {"value": 25.0}},
+        },
     ),
     "ring hash with Envoy's default ring": (
-        TrafficPolicy(LoadBalancer(consistent_hash=ConsistentHash(HashKind.HEADER, "x"))), SVC,
+        TrafficPolicy(LoadBalancer(consistent_hash=ConsistentHash(HashKind.HEADER, "x"))),
+        SVC,
         {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": "1024"}},
     ),
     "ring hash size": (
-        TrafficPolicy(LoadBalancer(consistent_hash=ConsistentHash(
-            HashKind.SOURCE_IP, minimum_ring_size=64))), SVC,
+        TrafficPolicy(
+            LoadBalancer(consistent_hash=ConsistentHash(HashKind.SOURCE_IP, minimum_ring_size=64))
+        ),
+        SVC,
         {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": "64"}},
     ),
     "maglev": (
-        TrafficPolicy(LoadBalancer(consistent_hash=ConsistentHash(
-            HashKind.HEADER, "x", maglev=True, table_size=65537))), SVC,
+        TrafficPolicy(
+            LoadBalancer(
+                consistent_hash=ConsistentHash(HashKind.HEADER, "x", maglev=True, table_size=65537)
+            )
+        ),
+        SVC,
         {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": "65537"}},
     ),
     "distribute: locality weighting": (
-        TrafficPolicy(LoadBalancer(locality=LocalityLbSetting(
-            distribute=(LocalityWeights("r1", (("r1", 100),)),)))), SVC,
+        TrafficPolicy(
+            LoadBalancer(
+                locality=LocalityLbSetting(distribute=(LocalityWeights("r1", (("r1", 100),)),))
+            )
+        ),
+        SVC,
         {"common_lb_config": {"locality_weighted_lb_config": {}}},
     ),
     "failover without outlier detection: nothing (it could never act)": (
-        TrafficPolicy(LoadBalancer(locality=LocalityLbSetting(
-            failover=(LocalityFailover("r1", "r2"),)))), SVC,
+        TrafficPolicy(
+            LoadBalancer(locality=LocalityLbSetting(failover=(LocalityFailover("r1", "r2"),)))
+        ),
+        SVC,
         {"common_lb_config": None},
     ),
     "failover with outlier detection: locality weighting": (
-        TrafficPolicy(LoadBalancer(locality=LocalityLbSetting(
-            failover=(LocalityFailover("r1", "r2"),))),
-            outlier_detection=OutlierDetection()), SVC,
-        {"common_lb_config": {"healthy_panic_threshold": {},
-                              "locality_weighted_lb_config": {}}},
+        TrafficPolicy(
+            LoadBalancer(locality=LocalityLbSetting(failover=(LocalityFailover("r1", "r2"),))),
+            outlier_detection=OutlierDetection(),
+        ),
+        SVC,
+        {"common_lb_config": {"healthy_panic_threshold": {}, "locality_weighted_lb_config": {}}},
     ),
     "locality disabled": (
-        TrafficPolicy(LoadBalancer(locality=LocalityLbSetting(
-            distribute=(LocalityWeights("r1", (("r1", 100),)),), enabled=False))), SVC,
+        TrafficPolicy(
+            LoadBalancer(
+                locality=LocalityLbSetting(
+                    distribute=(LocalityWeights("r1", (("r1", 100),)),), enabled=False
+                )
+            )
+        ),
+        SVC,
         {"common_lb_config": None},
     ),
     "tls simple: CA, SANs by type, SNI": (
-        TrafficPolicy(tls=ClientTLS(TLSMode.SIMPLE, ca_certificates="/c/ca.pem", sni="a.test",
-                                    subject_alt_names=("a.test", "spiffe://t/a", "10.0.0.1"))),
+        TrafficPolicy(
+            tls=ClientTLS(
+                TLSMode.SIMPLE,
+                ca_certificates="/c/ca.pem",
+                sni="a.test",
+                subject_alt_names=("a.test", "spiffe://t/a", "10.0.0.1"),
+            )
+        ),
         SVC,
-        {"tls": {"sni": "a.test", "common_tls_context": {"combined_validation_context": {
-            "default_validation_context": {"match_typed_subject_alt_names": [
-                {"san_type": "DNS", "matcher": {"exact": "a.test"}},
-                {"san_type": "URI", "matcher": {"exact": "spiffe://t/a"}},
-                {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.1"}}]},
-            "validation_context_sds_secret_config": {"name": "file-root:/c/ca.pem",
-                                                     "sds_config": ADS_SOURCE}}}},
-         "http_options": None},
+        {
+            "tls": {
+                "sni": "a.test",
+                "common_tls_context": {
+                    "combined_validation_context": {
+                        "default_validation_context": {
+                            "match_typed_subject_alt_names": [
+                                {"san_type": "DNS", "matcher": {"exact": "a.test"}},
+                                {"san_type": "URI", "matcher": {"exact": "spiffe://t/a"}},
+                                {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.1"}},
+                            ]
+                        },
+                        "validation_context_sds_secret_config": {
+                            "name": "file-root:/c/ca.pem",
+                            "sds_config": ADS_SOURCE,
+                        },
+                    }
+                },
+            },
+            "http_options": None,
+        },
     ),
     "tls mutual without SNI: auto SNI and SAN validation, h2 ALPN on gRPC": (
         TrafficPolicy(tls=ClientTLS(TLSMode.MUTUAL, "/c/cert.pem", "/c/key.pem", "/c/ca.pem")),
         H2,
-        {"tls": {"common_tls_context": {
-            "tls_certificate_sds_secret_configs": [
-                {"name": "file-cert:/c/cert.pem~/c/key.pem", "sds_config": ADS_SOURCE}],
-            "combined_validation_context": {
-                "default_validation_context": {},
-                "validation_context_sds_secret_config": {"name": "file-root:/c/ca.pem",
-                                                         "sds_config": ADS_SOURCE}},
-            "alpn_protocols": ["h2"]}},
-         "http_options": {"explicit_http_config": {"http2_protocol_options": {}},
-                          "upstream_http_protocol_options": {
-                              "auto_sni": True, "auto_san_validation": True}}},
+        {
+            "tls": {
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [
+                        {"name": "file-cert:/c/cert.pem~/c/key.pem", "sds_config": ADS_SOURCE}
+                    ],
+                    "combined_validation_context": {
+                        "default_validation_context": {},
+                        "validation_context_sds_secret_config": {
+                            "name": "file-root:/c/ca.pem",
+                            "sds_config": ADS_SOURCE,
+                        },
+                    },
+                    "alpn_protocols": ["h2"],
+                }
+            },
+            "http_options": {
+                "explicit_http_config": {"http2_protocol_options": {}},
+                "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+            },
+        },
     ),
     "tls insecureSkipVerify: no validation": (
-        TrafficPolicy(tls=ClientTLS(TLSMode.SIMPLE, sni="a", insecure_skip_verify=True)), SVC,
+        TrafficPolicy(tls=ClientTLS(TLSMode.SIMPLE, sni="a", insecure_skip_verify=True)),
+        SVC,
         {"tls": {"sni": "a", "common_tls_context": {"validation_context": {}}}},
     ),
     "tls disable: plaintext": (
-        TrafficPolicy(tls=ClientTLS(TLSMode.DISABLE)), SVC, {"tls": None},
+        TrafficPolicy(tls=ClientTLS(TLSMode.DISABLE)),
+        SVC,
+        {"tls": None},
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -322,9 +439,13 @@ def test_consistent_hash_lookup_follows_istio() -> None:
         ),
     )
     table = {
-        ("", 80): HEADER, ("", 81): QUERY, ("a", 80): COOKIE, ("a", 81): SOURCE,
-        ("b", 80): HEADER, ("b", 81): QUERY,
-    }  # fmt: skip
+        ("", 80): HEADER,
+        ("", 81): QUERY,
+        ("a", 80): COOKIE,
+        ("a", 81): SOURCE,
+        ("b", 80): HEADER,
+        ("b", 81): QUERY,
+    }
     for (subset, port), expected in table.items():
         assert consistent_hash_for(rule, subset, port) == expected, (subset, port)
     assert consistent_hash_for(None, "", 80) is None
@@ -358,10 +479,12 @@ def test_weighted_destinations_get_each_distinct_hash_once() -> None:
         (web, api, plain), (), (rule, DestinationRule("api", "api", traffic_policy=hashing(SOURCE)))
     )
     action = route_components_pb2.RouteAction()
-    for name in ("outbound|80||web.default.svc.cluster.local",
-                 "outbound|80|a|web.default.svc.cluster.local",
-                 "outbound|80||api.default.svc.cluster.local",
-                 "outbound|80||plain.default.svc.cluster.local"):  # fmt: skip
+    for name in (
+        "outbound|80||web.default.svc.cluster.local",
+        "outbound|80|a|web.default.svc.cluster.local",
+        "outbound|80||api.default.svc.cluster.local",
+        "outbound|80||plain.default.svc.cluster.local",
+    ):
         action.weighted_clusters.clusters.add(name=name)
     add_hash_policies(action, mesh)
     kinds = [p.WhichOneof("policy_specifier") for p in action.hash_policy]

@@ -159,16 +159,22 @@ def test_wire_built_assignment_equals_field_by_field(name: str, endpoints: Any) 
             made, reference = assignment_resource(name, PORT, given), Resource.of(name, want)
             assert made.payload == reference.payload
             assert (made.name, made.type_url, made.digest, made.token, made.references) == (
-                reference.name, reference.type_url, reference.digest, reference.token,
+                reference.name,
+                reference.type_url,
+                reference.digest,
+                reference.token,
                 reference.references,
-            )  # fmt: skip
+            )
             assert made == reference
             assert made.parsed is None and made.message == want  # parsed when asked for
 
 
 def test_a_locality_weight_over_32_bits_is_refused_as_field_by_field() -> None:
-    heavy = (Endpoint("10.0.0.1", weight=2**31 - 1), Endpoint("10.0.0.2", weight=2**31 - 1),
-             Endpoint("10.0.0.3", weight=2))  # fmt: skip
+    heavy = (
+        Endpoint("10.0.0.1", weight=2**31 - 1),
+        Endpoint("10.0.0.2", weight=2**31 - 1),
+        Endpoint("10.0.0.3", weight=2),
+    )
     with pytest.raises(ValueError, match="out of range"):
         reference_assignment("c", PORT, heavy)
     with pytest.raises(ValueError, match="out of range"):

@@ -58,12 +58,16 @@ spec:
 """
 
 
-def timeout_filter(name: str, ns: str = "default", selector: str = "", prio: int = 0,
-                   seconds: str = "3s") -> str:  # fmt: skip
+def timeout_filter(
+    name: str, ns: str = "default", selector: str = "", prio: int = 0, seconds: str = "3s"
+) -> str:
     return (
-        TIMEOUT.replace("NAME", name).replace("NS", ns).replace("PRIO", str(prio))
-        .replace("SELECTOR", selector).replace("SECONDS", seconds)
-    )  # fmt: skip
+        TIMEOUT.replace("NAME", name)
+        .replace("NS", ns)
+        .replace("PRIO", str(prio))
+        .replace("SELECTOR", selector)
+        .replace("SECONDS", seconds)
+    )
 
 
 def timeout_of(snapshot: Any, name: str = f"outbound|9080|v1|{REVIEWS}") -> float:
@@ -231,8 +235,9 @@ def test_an_added_eds_cluster_without_endpoints_names_the_patch() -> None:
 
 
 def test_adding_what_exists_is_an_error() -> None:
-    text = ADD_AND_REMOVE.replace("name: extra\n        address", "name: outbound_http_proxy\n"
-                                  "        address")  # fmt: skip
+    text = ADD_AND_REMOVE.replace(
+        "name: extra\n        address", "name: outbound_http_proxy\n        address"
+    )
     [(path, _, field, message)] = problems_of(text)
     assert (path, field) == ("ef/shape.yaml", "configPatches[3].patch.value.name")
     assert "adds listener 'outbound_http_proxy', which the node already has" in message
@@ -248,8 +253,10 @@ def test_a_value_that_is_not_a_message_of_its_type_names_file_line_and_field() -
         MeshTranslation(mesh).snapshot_for(PRODUCTPAGE)
     [problem] = err.value.problems
     assert (problem.path, problem.line, problem.field) == (
-        "ef/a.yaml", 10, "configPatches[0].patch.value"
-    )  # fmt: skip
+        "ef/a.yaml",
+        10,
+        "configPatches[0].patch.value",
+    )
     assert "envoy.config.cluster.v3.Cluster" in problem.message and "soon" in problem.message
 
 

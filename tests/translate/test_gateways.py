@@ -180,8 +180,9 @@ def test_downstream_tls_contexts_from_files(tmp_path: Path) -> None:
         tuple(c.filter_chain_match.server_names): c for c in listeners["0.0.0.0_443"].filter_chains
     }
     certs = tmp_path / "certs"
-    simple = unpack(chains[("web.example.com",)].transport_socket.typed_config,
-                    tls_pb2.DownstreamTlsContext)  # fmt: skip
+    simple = unpack(
+        chains[("web.example.com",)].transport_socket.typed_config, tls_pb2.DownstreamTlsContext
+    )
     common = simple.common_tls_context
     assert list(common.alpn_protocols) == ["h2", "http/1.1"]
     [sds] = common.tls_certificate_sds_secret_configs
@@ -192,10 +193,13 @@ def test_downstream_tls_contexts_from_files(tmp_path: Path) -> None:
     assert simple.require_client_certificate.value is False
     params = common.tls_params
     assert (params.tls_minimum_protocol_version, params.tls_maximum_protocol_version) == (
-        params.TLSv1_2, params.TLSv1_3)  # fmt: skip
+        params.TLSv1_2,
+        params.TLSv1_3,
+    )
     assert list(params.cipher_suites) == ["ECDHE-ECDSA-AES128-GCM-SHA256"]
-    mutual = unpack(chains[("api.example.com",)].transport_socket.typed_config,
-                    tls_pb2.DownstreamTlsContext)  # fmt: skip
+    mutual = unpack(
+        chains[("api.example.com",)].transport_socket.typed_config, tls_pb2.DownstreamTlsContext
+    )
     combined = mutual.common_tls_context.combined_validation_context
     validation = combined.default_validation_context
     assert mutual.require_client_certificate.value is True
@@ -232,8 +236,10 @@ def test_route_configurations(tmp_path: Path) -> None:
 
 
 def test_identical_virtual_hosts_collapse_and_no_rule_gives_a_404_host(tmp_path: Path) -> None:
-    text = GATEWAY.replace('hosts: ["*.example.com"]\n    tls: {httpsRedirect: true}',
-                           "hosts: [a.example.com, b.example.com, c.other.org]")  # fmt: skip
+    text = GATEWAY.replace(
+        'hosts: ["*.example.com"]\n    tls: {httpsRedirect: true}',
+        "hosts: [a.example.com, b.example.com, c.other.org]",
+    )
     _, routes = resources(load(tmp_path, text))
     # the api rule meets a and b alike; the db rule (hosts "*", tcp only) gives c.other.org
     # a virtual host without routes, as Istio
@@ -243,7 +249,10 @@ def test_identical_virtual_hosts_collapse_and_no_rule_gives_a_404_host(tmp_path:
     _, routes = resources(load(tmp_path, empty.replace("*.example.com", "nobody.org")))
     [blackhole] = routes["http.80"].virtual_hosts
     assert (blackhole.name, list(blackhole.domains), len(blackhole.routes)) == (
-        "nobody.org:80", ["nobody.org"], 0)  # fmt: skip
+        "nobody.org:80",
+        ["nobody.org"],
+        0,
+    )
 
 
 def test_gateway_without_rules_answers_404_everywhere(tmp_path: Path) -> None:
@@ -251,7 +260,10 @@ def test_gateway_without_rules_answers_404_everywhere(tmp_path: Path) -> None:
     _, routes = resources(load(tmp_path, text))
     [blackhole] = routes["http.80"].virtual_hosts
     assert (blackhole.name, list(blackhole.domains), len(blackhole.routes)) == (
-        "blackhole:80", ["*"], 0)  # fmt: skip
+        "blackhole:80",
+        ["*"],
+        0,
+    )
 
 
 def test_selection_by_labels(tmp_path: Path) -> None:
@@ -294,10 +306,12 @@ spec:
     [
         ("{number: 443, name: plain, protocol: HTTP}", "plain HTTP and TLS servers cannot share"),
         ("{number: 5432, name: db2, protocol: TCP}", "a TCP server cannot share port 5432"),
-        ("{number: 443, name: again, protocol: TLS}",
-         "SNI host 'web.example.com' is served on port 443 already"),
+        (
+            "{number: 443, name: again, protocol: TLS}",
+            "SNI host 'web.example.com' is served on port 443 already",
+        ),
     ],
-)  # fmt: skip
+)
 def test_servers_that_cannot_share_a_listener(tmp_path: Path, server: str, message: str) -> None:
     extra = f"""\
 apiVersion: networking.istio.io/v1
@@ -317,8 +331,9 @@ spec:
         MeshTranslation(mesh).snapshot_for(NODE)
     text = [str(p) for p in info.value.problems]
     # Gateways are merged in key order: infra/clash first, so edge's server is refused
-    assert any("rules0.yaml:1: servers[" in t and message in t and "Gateway infra/clash" in t
-               for t in text), text  # fmt: skip
+    assert any(
+        "rules0.yaml:1: servers[" in t and message in t and "Gateway infra/clash" in t for t in text
+    ), text
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,11 @@ def test_grpc_client_resolves_and_calls(lb: SimpleLB) -> None:
                         HTTPRoute(
                             "users",
                             match=(
-                                HTTPMatch(headers=(HeaderMatch("x-user", StringMatch(MatchKind.REGEX, "a.*")),)),
+                                HTTPMatch(
+                                    headers=(
+                                        HeaderMatch("x-user", StringMatch(MatchKind.REGEX, "a.*")),
+                                    )
+                                ),
                                 HTTPMatch(uri=StringMatch(MatchKind.PREFIX, "/test.Echo/")),
                             ),
                             route=(
@@ -144,9 +148,14 @@ def test_grpc_client_resolves_and_calls(lb: SimpleLB) -> None:
                 ),
             ),
             destination_rules=(
-                DestinationRule("echo", "echo", traffic_policy=TrafficPolicy(LoadBalancer(lb)), subsets=(Subset("v1", (("v", "1"),)),)),
+                DestinationRule(
+                    "echo",
+                    "echo",
+                    traffic_policy=TrafficPolicy(LoadBalancer(lb)),
+                    subsets=(Subset("v1", (("v", "1"),)),),
+                ),
             ),
-        )  # fmt: skip
+        )
         node = NodeClass("client", client=ClientKind.GRPC)
         ads = _Ads(MeshTranslation(mesh).snapshot_for(node))
         xds, xds_port = _serve(

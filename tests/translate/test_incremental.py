@@ -207,8 +207,9 @@ def test_a_raw_cluster_takes_the_generated_assignment_out(config: Path) -> None:
     loader = DirectoryLoader(str(config))
     first = MeshTranslation(loader.load().mesh)
     assert DETAILS in first.snapshot_for(CLASSES[0]).get(ENDPOINT)
-    second = MeshTranslation(loader.load(write("envoy/d.yaml", RAW_DETAILS)(config)).mesh,
-                             previous=first)  # fmt: skip
+    second = MeshTranslation(
+        loader.load(write("envoy/d.yaml", RAW_DETAILS)(config)).mesh, previous=first
+    )
     snap = second.snapshot_for(CLASSES[0])
     assert DETAILS not in snap.get(ENDPOINT)
     assert snap.get(CLUSTER)[DETAILS].message.type == snap.get(CLUSTER)[DETAILS].message.STATIC
@@ -222,9 +223,11 @@ def test_an_endpoint_edit_reencodes_only_that_service(config: Path) -> None:
     second = MeshTranslation(loader.load(edit(config)).mesh, previous=first)
     new = second.snapshot_for(CLASSES[0])
     changed = [
-        (t, n) for t, bucket in new.resources.items() for n, r in bucket.items()
+        (t, n)
+        for t, bucket in new.resources.items()
+        for n, r in bucket.items()
         if old.get(t).get(n) is not r
-    ]  # fmt: skip
+    ]
     details = DETAILS.rsplit("|", 1)[1]
     assert changed == [(ENDPOINT, n) for n in new.get(ENDPOINT) if n.endswith(details)]
     assert len(changed) == 2  # the whole service and its subset

@@ -62,9 +62,12 @@ def mesh(*, tcp_rules: tuple[L4Route, ...] = (), tls_rules: tuple[L4Route, ...] 
         service("web", http(9080), http(9090), endpoints=(Endpoint("10.0.2.1"),)),
     )
     rules = (
-        DestinationRule("db", "db", subsets=(Subset("v1", (("version", "v1"),)),
-                                              Subset("v2", (("version", "v2"),)))),
-    )  # fmt: skip
+        DestinationRule(
+            "db",
+            "db",
+            subsets=(Subset("v1", (("version", "v1"),)), Subset("v2", (("version", "v2"),))),
+        ),
+    )
     vss = []
     if tcp_rules:
         vss.append(VirtualService("db", hosts=("db",), tcp=tcp_rules, origin=Origin("vs.yaml", 3)))
@@ -414,9 +417,11 @@ def test_tcp_idle_timeout_comes_from_the_destinations_connection_pool() -> None:
 
     base = mesh(tcp_rules=(L4Route(route=(to("db", "v1", 3), to("db", "v2", 1))),))
     rule = DestinationRule(
-        "db", "db", traffic_policy=pool(600),
+        "db",
+        "db",
+        traffic_policy=pool(600),
         subsets=(Subset("v1", (("version", "v1"),), pool(30)), Subset("v2", (("version", "v2"),))),
-    )  # fmt: skip
+    )
     m = Mesh(base.services, base.virtual_services, (rule,))
     (weighted,) = plan(m, 5432)
     assert weighted.idle_timeout == timedelta(seconds=30)  # v1's 30 s beats v2's 600 s

@@ -52,22 +52,29 @@ def view(policy: TrafficPolicy, caller: Locality, labels: tuple[tuple[str, str],
     lp = locality_policy(policy)
     assert lp is not None
     groups = localize(locality_groups(PORT, ENDPOINTS), lp, caller_key(lp, caller, labels))
-    return [(str(g.locality), g.priority, g.weight, [e.address[-1] for e in g.members])
-            for g in groups]  # fmt: skip
+    return [
+        (str(g.locality), g.priority, g.weight, [e.address[-1] for e in g.members]) for g in groups
+    ]
 
 
 def test_default_failover_priorities_by_distance() -> None:
     """Same zone 0, same region 1, elsewhere 2 (Istio's 0/1/2/3 renumbered)."""
     assert view(setting(), R1Z1) == [
-        ("r1/z1", 0, 2, ["1", "2"]), ("r1/z2", 1, 1, ["3"]),
-        ("r2/z1", 2, 3, ["4"]), ("r3/z1", 2, 1, ["5"]),
-    ]  # fmt: skip
+        ("r1/z1", 0, 2, ["1", "2"]),
+        ("r1/z2", 1, 1, ["3"]),
+        ("r2/z1", 2, 3, ["4"]),
+        ("r3/z1", 2, 1, ["5"]),
+    ]
 
 
 def test_explicit_failover_region_comes_before_other_regions() -> None:
     got = view(setting(failover=(LocalityFailover("r1", "r3"),)), R1Z1)
-    assert [(loc, p) for loc, p, _, _ in got] == [("r1/z1", 0), ("r1/z2", 1), ("r2/z1", 3),
-                                                  ("r3/z1", 2)]  # fmt: skip
+    assert [(loc, p) for loc, p, _, _ in got] == [
+        ("r1/z1", 0),
+        ("r1/z2", 1),
+        ("r2/z1", 3),
+        ("r3/z1", 2),
+    ]
 
 
 def test_failover_priority_labels_split_groups() -> None:
@@ -76,9 +83,12 @@ def test_failover_priority_labels_split_groups() -> None:
     policy = setting(failover_priority=("topology.kubernetes.io/region", "env"))
     got = view(policy, R1Z1, (("env", "prod"),))
     assert got == [
-        ("r1/z1", 0, 1, ["1"]), ("r1/z1", 1, 1, ["2"]), ("r1/z2", 1, 1, ["3"]),
-        ("r2/z1", 2, 3, ["4"]), ("r3/z1", 2, 1, ["5"]),
-    ]  # fmt: skip
+        ("r1/z1", 0, 1, ["1"]),
+        ("r1/z1", 1, 1, ["2"]),
+        ("r1/z2", 1, 1, ["3"]),
+        ("r2/z1", 2, 3, ["4"]),
+        ("r3/z1", 2, 1, ["5"]),
+    ]
 
 
 def test_failover_priority_with_fixed_value() -> None:
@@ -88,10 +98,16 @@ def test_failover_priority_with_fixed_value() -> None:
 
 def test_distribute_splits_percentages_by_group_weight() -> None:
     """80 % to r1/* (split 2:1 by the groups' own weights), 20 % to r2; r3 gets none."""
-    policy = TrafficPolicy(LoadBalancer(locality=LocalityLbSetting(distribute=(
-        LocalityWeights("r2/*", (("r2/*", 100),)),
-        LocalityWeights("r1/z1/*", (("r1/*", 80), ("r2/*", 20))),
-    ))))  # fmt: skip
+    policy = TrafficPolicy(
+        LoadBalancer(
+            locality=LocalityLbSetting(
+                distribute=(
+                    LocalityWeights("r2/*", (("r2/*", 100),)),
+                    LocalityWeights("r1/z1/*", (("r1/*", 80), ("r2/*", 20))),
+                )
+            )
+        )
+    )
     assert [(loc, w) for loc, _, w, _ in view(policy, R1Z1)] == [
         ("r1/z1", 54),
         ("r1/z2", 27),

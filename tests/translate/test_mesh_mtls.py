@@ -93,8 +93,11 @@ def pki(root: Path) -> CertAuthority:
     ``root/pki/default/SERVICE/{cert,key}.pem``."""
     ca = CertAuthority(root / "pki")
     for service in ("web", "api", "ingress"):
-        files = ca.issue(service, uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
-                         directory=root / "pki" / "default" / service)  # fmt: skip
+        files = ca.issue(
+            service,
+            uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
+            directory=root / "pki" / "default" / service,
+        )
         files.cert.rename(files.cert.with_name("cert.pem"))
         files.key.rename(files.key.with_name("key.pem"))
     return ca
@@ -102,11 +105,12 @@ def pki(root: Path) -> CertAuthority:
 
 def mesh_tls(root: Path, mode: MTLSMode = MTLSMode.STRICT, **changes: Any) -> MeshTLS:
     tls = MeshTLS(
-        mode=mode, ca=str(root / "pki" / "ca.pem"),
+        mode=mode,
+        ca=str(root / "pki" / "ca.pem"),
         certificate=str(root / "pki" / "{namespace}" / "{service}" / "cert.pem"),
         private_key=str(root / "pki" / "{namespace}" / "{service}" / "key.pem"),
         trust_domain=TRUST,
-    )  # fmt: skip
+    )
     return dataclasses.replace(tls, **changes)
 
 
@@ -216,8 +220,9 @@ def test_permissive_inbound_listeners_take_tls_and_plaintext(tmp_path: Path) -> 
     # an application's own TLS from outside the mesh goes through as plaintext would.
     _, tcp_chains = inbound_chains(tr.snapshot_for(WEB), 9000)
     assert list(tcp_chains[0].filter_chain_match.application_protocols) == ["istio"]
-    tcp = upstream_tls(tr.snapshot_for(WEB).get(CLUSTER)[
-        "outbound|9000||web.default.svc.cluster.local"].message)  # fmt: skip
+    tcp = upstream_tls(
+        tr.snapshot_for(WEB).get(CLUSTER)["outbound|9000||web.default.svc.cluster.local"].message
+    )
     assert tcp is not None and list(tcp.common_tls_context.alpn_protocols) == ["istio"]
 
 
@@ -225,8 +230,10 @@ def test_a_class_without_its_certificate_is_refused_naming_the_settings(
     tmp_path: Path,
 ) -> None:
     pki(tmp_path)
-    tls = dataclasses.replace(mesh_tls(tmp_path), origin=dataclasses.replace(
-        MeshTLS().origin, path="settings.toml", line=3))  # fmt: skip
+    tls = dataclasses.replace(
+        mesh_tls(tmp_path),
+        origin=dataclasses.replace(MeshTLS().origin, path="settings.toml", line=3),
+    )
     tr = translation(tmp_path, tls)
     with pytest.raises(TranslationError) as err:
         tr.snapshot_for(NodeClass("legacy", outbound_ip="127.0.0.2"))
@@ -241,8 +248,11 @@ def test_a_class_without_its_certificate_is_refused_naming_the_settings(
 
 def test_per_workload_certificates_follow_the_instance_address(tmp_path: Path) -> None:
     ca = CertAuthority(tmp_path / "pki")
-    files = ca.issue("web-1", uris=[f"spiffe://{TRUST}/ns/default/sa/web"],
-                     directory=tmp_path / "pki" / "10.0.0.1")  # fmt: skip
+    files = ca.issue(
+        "web-1",
+        uris=[f"spiffe://{TRUST}/ns/default/sa/web"],
+        directory=tmp_path / "pki" / "10.0.0.1",
+    )
     tls = mesh_tls(
         tmp_path,
         certificate=str(tmp_path / "pki" / "{instance_ip}" / "web-1.pem"),
@@ -305,8 +315,9 @@ def test_istio_mutual_needs_mesh_mtls_and_then_uses_its_certificates(tmp_path: P
     tls = mesh_tls(tmp_path)
     mesh = load_directory(str(config), mesh_tls=tls).mesh
     snapshot = MeshTranslation(mesh, mesh_config=MeshConfig(mtls=tls)).snapshot_for(WEB)
-    context = upstream_tls(snapshot.get(CLUSTER)["outbound|8081||api.default.svc.cluster.local"]
-                           .message)  # fmt: skip
+    context = upstream_tls(
+        snapshot.get(CLUSTER)["outbound|8081||api.default.svc.cluster.local"].message
+    )
     assert context is not None
     sans = context.common_tls_context.combined_validation_context.default_validation_context
     # The rule's own subject alt names replace the service's identity.
@@ -323,8 +334,10 @@ def test_istio_mutual_refuses_certificate_files(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as err:
         load_directory(str(tmp_path), mesh_tls=MeshTLS(mode=MTLSMode.STRICT))
-    assert any(p.field == "trafficPolicy.tls.caCertificates" and "ISTIO_MUTUAL" in p.message
-               for p in err.value.problems), err.value.problems  # fmt: skip
+    assert any(
+        p.field == "trafficPolicy.tls.caCertificates" and "ISTIO_MUTUAL" in p.message
+        for p in err.value.problems
+    ), err.value.problems
 
 
 def test_a_missing_mesh_ca_refuses_the_load_naming_the_settings(tmp_path: Path) -> None:
@@ -428,15 +441,20 @@ def test_files_both_templates_can_name_go_to_the_more_specific_one(tmp_path: Pat
 
     for name in ("web.pem", "web-key.pem", "api.pem", "api-key.pem", "ca.pem"):
         (tmp_path / name).write_text("")
-    tls = MeshTLS(mode=MTLSMode.STRICT, ca=str(tmp_path / "ca.pem"),
-                  certificate=str(tmp_path / "{service}.pem"),
-                  private_key=str(tmp_path / "{service}-key.pem"))  # fmt: skip
+    tls = MeshTLS(
+        mode=MTLSMode.STRICT,
+        ca=str(tmp_path / "ca.pem"),
+        certificate=str(tmp_path / "{service}.pem"),
+        private_key=str(tmp_path / "{service}-key.pem"),
+    )
     refs = {(Path(r.path).name, r.field) for r in mesh_certificate_refs(tls)}
     assert refs == {
         ("ca.pem", "mesh.mtls.ca"),
-        ("web.pem", "mesh.mtls.certificate"), ("api.pem", "mesh.mtls.certificate"),
-        ("web-key.pem", "mesh.mtls.private_key"), ("api-key.pem", "mesh.mtls.private_key"),
-    }  # fmt: skip
+        ("web.pem", "mesh.mtls.certificate"),
+        ("api.pem", "mesh.mtls.certificate"),
+        ("web-key.pem", "mesh.mtls.private_key"),
+        ("api-key.pem", "mesh.mtls.private_key"),
+    }
     # One file holding both: named by both fields, so both checks apply to it.
     combined = dataclasses.replace(tls, private_key=tls.certificate)
     refs = {(Path(r.path).name, r.field) for r in mesh_certificate_refs(combined)}
@@ -459,8 +477,11 @@ def test_a_reload_reads_again_only_the_mesh_files_the_watcher_named(tmp_path: Pa
     # Both files replaced; the watcher names web's only (api's change is not seen yet).
     old_api = api_cert.read_bytes()
     for service, path in (("web", web_cert), ("api", api_cert)):
-        files = ca.issue(f"{service}-2", uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
-                         directory=tmp_path / "new")  # fmt: skip
+        files = ca.issue(
+            f"{service}-2",
+            uris=[f"spiffe://{TRUST}/ns/default/sa/{service}"],
+            directory=tmp_path / "new",
+        )
         path.write_bytes(files.cert.read_bytes())
         (path.parent / "key.pem").write_bytes(files.key.read_bytes())
     mesh = loader.load({str(web_cert), str(web_cert.parent / "key.pem")}).mesh
@@ -507,8 +528,11 @@ def test_istio_mutual_gateway_servers_use_the_mesh_certificates(tmp_path: Path) 
     tls = mesh_tls(tmp_path)
     mesh = load_directory(str(config), mesh_tls=tls).mesh
     snapshot = MeshTranslation(mesh, mesh_config=MeshConfig(mtls=tls)).snapshot_for(INGRESS)
-    listener = next(r.message for r in snapshot.get(LISTENER).values()
-                    if r.message.address.socket_address.port_value == 15443)  # fmt: skip
+    listener = next(
+        r.message
+        for r in snapshot.get(LISTENER).values()
+        if r.message.address.socket_address.port_value == 15443
+    )
     (chain,) = listener.filter_chains
     context = tls_pb2.DownstreamTlsContext()
     chain.transport_socket.typed_config.Unpack(context)
@@ -517,8 +541,9 @@ def test_istio_mutual_gateway_servers_use_the_mesh_certificates(tmp_path: Path) 
     assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["default"]
     combined = common.combined_validation_context
     assert combined.validation_context_sds_secret_config.name == "ROOTCA"
-    assert [m.matcher.exact for m in combined.default_validation_context
-            .match_typed_subject_alt_names] == ["spiffe://mesh.test/ns/default/sa/web"]  # fmt: skip
+    assert [
+        m.matcher.exact for m in combined.default_validation_context.match_typed_subject_alt_names
+    ] == ["spiffe://mesh.test/ns/default/sa/web"]
     config_json = render_static(mesh, INGRESS, admin_port=0, mesh_config=MeshConfig(mtls=tls))
     envoy_accepts(config_json, tmp_path / "east-west.json")
 
@@ -544,8 +569,13 @@ def test_proxyless_grpc_with_mesh_certificates_gets_a_certificate_provider_conte
     ]
     assert not tr.snapshot_for(node).get(SECRET)  # the files are the client's to read
     # Its bootstrap names its own files, and says it has them.
-    doc = grpc_bootstrap("web-1", NodeClass("web", client=ClientKind.GRPC), xds_host="127.0.0.1",
-                         xds_port=1, mesh_tls=tls)  # fmt: skip
+    doc = grpc_bootstrap(
+        "web-1",
+        NodeClass("web", client=ClientKind.GRPC),
+        xds_host="127.0.0.1",
+        xds_port=1,
+        mesh_tls=tls,
+    )
     config = doc["certificate_providers"]["mesh"]["config"]
     assert config["certificate_file"] == str(tmp_path / "pki" / "default" / "web" / "cert.pem")
     assert config["ca_certificate_file"] == tls.ca
@@ -563,8 +593,11 @@ def test_a_service_added_to_a_file_finds_its_files_and_a_swapped_link_is_read(
     loader.mesh_tls = mesh_tls(tmp_path)
     loader.load()
     # A new service in an existing file, its files written first: found without SIGHUP.
-    files = ca.issue("extra", uris=[f"spiffe://{TRUST}/ns/default/sa/extra"],
-                     directory=tmp_path / "pki" / "default" / "extra")  # fmt: skip
+    files = ca.issue(
+        "extra",
+        uris=[f"spiffe://{TRUST}/ns/default/sa/extra"],
+        directory=tmp_path / "pki" / "default" / "extra",
+    )
     files.cert.rename(files.cert.with_name("cert.pem"))
     files.key.rename(files.key.with_name("key.pem"))
     extra_cert = tmp_path / "pki" / "default" / "extra" / "cert.pem"
@@ -575,8 +608,9 @@ def test_a_service_added_to_a_file_finds_its_files_and_a_swapped_link_is_read(
     assert mesh.certificate(str(extra_cert)) == extra_cert.read_bytes()
     # A volume that swaps a "..data" link reports that name, never cert.pem's.
     web_dir = tmp_path / "pki" / "default" / "web"
-    renewed = ca.issue("web-3", uris=[f"spiffe://{TRUST}/ns/default/sa/web"],
-                       directory=tmp_path / "renewed")  # fmt: skip
+    renewed = ca.issue(
+        "web-3", uris=[f"spiffe://{TRUST}/ns/default/sa/web"], directory=tmp_path / "renewed"
+    )
     (web_dir / "cert.pem").write_bytes(renewed.cert.read_bytes())
     (web_dir / "key.pem").write_bytes(renewed.key.read_bytes())
     mesh = loader.load({str(web_dir / "..data")}).mesh

@@ -157,7 +157,13 @@ def test_envoy_keeps_string_match_and_shares_everything_else() -> None:
     t = MeshTranslation(mesh)
     envoy, mosn = t.snapshot_for(ENVOY), t.snapshot_for(MOSN)
     kinds = [h.WhichOneof("header_match_specifier") for h in header_matchers(ENVOY, mesh)]
-    assert kinds == ["string_match", "string_match", "string_match", "present_match", "string_match"]  # fmt: skip
+    assert kinds == [
+        "string_match",
+        "string_match",
+        "string_match",
+        "present_match",
+        "string_match",
+    ]
     assert envoy.get(ROUTE)["80"] is not mosn.get(ROUTE)["80"]
     assert all(envoy.get(CLUSTER)[n] is r for n, r in mosn.get(CLUSTER).items())
 
@@ -172,7 +178,10 @@ def test_mosn_is_served_over_ads_in_v3() -> None:
     hcm = hcm_pb2.HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.config_source.HasField("ads")
-    assert hcm.rds.config_source.resource_api_version == cluster.eds_cluster_config.eds_config.resource_api_version  # fmt: skip
+    assert (
+        hcm.rds.config_source.resource_api_version
+        == cluster.eds_cluster_config.eds_config.resource_api_version
+    )
 
 
 def test_quote_re2() -> None:
@@ -187,9 +196,12 @@ def l4_mesh(**vs: Any) -> Mesh:
     services = [service("db", tcp(5432), endpoints=eps)]
     services += [service(n, tls, endpoints=(Endpoint("10.0.1.1"),)) for n in vs.pop("tls", ())]
     rules = (
-        DestinationRule("db", "db", subsets=(Subset("v1", (("version", "v1"),)),
-                                              Subset("v2", (("version", "v2"),)))),
-    )  # fmt: skip
+        DestinationRule(
+            "db",
+            "db",
+            subsets=(Subset("v1", (("version", "v1"),)), Subset("v2", (("version", "v2"),))),
+        ),
+    )
     virtual = (
         (VirtualService("db", hosts=("db",), origin=Origin("rules/db.yaml", 1), **vs),)
         if vs
@@ -252,9 +264,11 @@ def test_mosn_is_refused_conditions_it_would_drop(block: HTTPMatch, field: str) 
     withoutHeaders or queryParams is refused to MOSN classes (naming the rule), not served
     as a rule that matches everything; Envoy classes are served."""
     vs = VirtualService(
-        "web", hosts=("web",), origin=Origin("rules/web.yaml", 4),
+        "web",
+        hosts=("web",),
+        origin=Origin("rules/web.yaml", 4),
         http=(HTTPRoute("r", match=(block,), route=(RouteDestination(Destination("web"), 100),)),),
-    )  # fmt: skip
+    )
     mesh = Mesh(
         services=(service("web", http(80, 8080), endpoints=(Endpoint("127.0.0.2"),)),),
         virtual_services=(vs,),

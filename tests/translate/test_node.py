@@ -150,8 +150,11 @@ def test_blank_values_are_the_defaults() -> None:
         config_source=ConfigSourceKind.ADS,
     )
     assert (got.namespace, got.role, got.client, got.outbound_ip) == (
-        "default", Role.SIDECAR, ClientKind.GRPC, "127.0.0.1"
-    )  # fmt: skip
+        "default",
+        Role.SIDECAR,
+        ClientKind.GRPC,
+        "127.0.0.1",
+    )
 
 
 _VALUES = st.one_of(
@@ -184,9 +187,7 @@ def test_node_identity_reads_role_and_labels_as_the_class_does(
     role = {Role.GATEWAY: "gateway"}.get(got.role, "sidecar")
     if role == "sidecar" and got.client is ClientKind.GRPC:
         role = "proxyless"
-    assert (identity.namespace, identity.role, identity.labels) == (
-        got.namespace, role, got.labels
-    )  # fmt: skip
+    assert (identity.namespace, identity.role, identity.labels) == (got.namespace, role, got.labels)
 
 
 def test_labels_are_sorted_and_classes_hashable() -> None:
@@ -198,8 +199,9 @@ def test_labels_are_sorted_and_classes_hashable() -> None:
 
 def test_mesh_tls_is_a_proxyless_grpc_clients_only() -> None:
     ads = ConfigSourceKind.ADS
-    grpc = node_class_from_node(make_node(user_agent="gRPC Python", mesh_tls=True),
-                                config_source=ads)  # fmt: skip
+    grpc = node_class_from_node(
+        make_node(user_agent="gRPC Python", mesh_tls=True), config_source=ads
+    )
     assert grpc.mesh_tls and "mesh-tls" in str(grpc)
     # An Envoy reads the mesh's certificates by SDS: the flag would only split classes.
     envoy = node_class_from_node(make_node(mesh_tls=True), config_source=ads)

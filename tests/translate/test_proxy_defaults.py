@@ -316,6 +316,8 @@ def test_everything_on_a_gateway_and_envoy_accepts_it(tmp_path: Path) -> None:
         path.write_text(json.dumps(config))
         proc = subprocess.run(
             [envoy_binary(), "--mode", "validate", "-c", str(path)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -186,9 +186,11 @@ def test_query_parameters_and_ignore_uri_case() -> None:
             for q in route.match.query_parameters
         ]
         assert got == [
-            ("mode", "string_match"), ("Id", "string_match"), ("p", "string_match"),
+            ("mode", "string_match"),
+            ("Id", "string_match"),
+            ("p", "string_match"),
             ("debug", "present_match"),
-        ]  # fmt: skip
+        ]
         assert route.match.query_parameters[1].string_match.safe_regex.regex == "[0-9]+"
         assert route.match.query_parameters[2].string_match.prefix == "ab"
     (plain,) = routes_of(HTTPRoute("r", match=(HTTPMatch(uri=sm(EXACT, "/a")),), route=(to(),)))
@@ -234,11 +236,12 @@ def test_caller_keeps_only_what_rules_name() -> None:
 
 def test_source_labels_route_configurations_are_per_relevant_labels() -> None:
     mesh = mesh_of(
-        HTTPRoute("canary", match=(HTTPMatch(source_labels=(("track", "canary"),)),),
-                  route=(to("v2"),)),
+        HTTPRoute(
+            "canary", match=(HTTPMatch(source_labels=(("track", "canary"),)),), route=(to("v2"),)
+        ),
         HTTPRoute("edge-only", match=(HTTPMatch(gateways=("edge",)),), route=(to("v2"),)),
         HTTPRoute("rest", route=(to("v1"),)),
-    )  # fmt: skip
+    )
     translation = MeshTranslation(mesh)
 
     def config(labels: tuple[tuple[str, str], ...], ip: str) -> Resource:
@@ -265,12 +268,18 @@ def test_source_labels_route_configurations_are_per_relevant_labels() -> None:
 
 def test_redirect_and_direct_response_routes() -> None:
     redirect, direct, binary = routes_of(
-        HTTPRoute("redirect", match=(HTTPMatch(uri=sm(EXACT, "/a")),),
-                  redirect=Redirect(uri="/b", code=307)),
-        HTTPRoute("direct", match=(HTTPMatch(uri=sm(EXACT, "/c")),),
-                  direct_response=DirectResponse(418, b"teapot")),
+        HTTPRoute(
+            "redirect",
+            match=(HTTPMatch(uri=sm(EXACT, "/a")),),
+            redirect=Redirect(uri="/b", code=307),
+        ),
+        HTTPRoute(
+            "direct",
+            match=(HTTPMatch(uri=sm(EXACT, "/c")),),
+            direct_response=DirectResponse(418, b"teapot"),
+        ),
         HTTPRoute("binary", direct_response=DirectResponse(200, b"\xff\x00")),
-    )  # fmt: skip
+    )
     assert redirect.WhichOneof("action") == "redirect"
     assert redirect.redirect.path_redirect == "/b"
     assert redirect.redirect.response_code == route_components_pb2.RedirectAction.TEMPORARY_REDIRECT
@@ -283,7 +292,10 @@ def test_redirect_and_direct_response_routes() -> None:
     ("redirect", "fields"),
     [
         (Redirect(uri="/x"), {"path_redirect": "/x", "response_code": 0}),
-        (Redirect(authority="a.example", code=302), {"host_redirect": "a.example", "response_code": 1}),
+        (
+            Redirect(authority="a.example", code=302),
+            {"host_redirect": "a.example", "response_code": 1},
+        ),
         (Redirect(port=8443, scheme="https"), {"port_redirect": 8443, "scheme_redirect": "https"}),
         (Redirect(port=80), {"port_redirect": 0}),  # http's default port is left out
         (Redirect(port=443, scheme="https"), {"port_redirect": 0}),
@@ -292,7 +304,7 @@ def test_redirect_and_direct_response_routes() -> None:
         (Redirect(uri="/y", code=308), {"response_code": 4}),
         (Redirect(uri="/y", code=303), {"response_code": 2}),
     ],
-)  # fmt: skip
+)
 def test_redirect_fields(redirect: Redirect, fields: dict[str, Any]) -> None:
     action = redirect_action(redirect, 8080)
     assert {k: getattr(action, k) for k in fields} == fields
@@ -326,10 +338,14 @@ def test_header_operations_on_route_and_destinations() -> None:
     dest_a = Headers(request=HeaderOperations(set=(("x-dest", "a"), ("host", "a.example"))))
     dest_b = Headers(response=HeaderOperations(add=(("x-from", "b"),)))
     single, split = routes_of(
-        HTTPRoute("single", match=(HTTPMatch(uri=sm(PREFIX, "/s")),), headers=ops,
-                  route=(to("v1", headers=dest_a),)),
+        HTTPRoute(
+            "single",
+            match=(HTTPMatch(uri=sm(PREFIX, "/s")),),
+            headers=ops,
+            route=(to("v1", headers=dest_a),),
+        ),
         HTTPRoute("split", route=(to("v1", 50, dest_a), to("v2", 50, dest_b))),
-    )  # fmt: skip
+    )
     overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
     append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
@@ -337,8 +353,10 @@ def test_header_operations_on_route_and_destinations() -> None:
         return [(o.header.key, o.header.value, o.append_action) for o in items]
 
     assert adds(single.request_headers_to_add) == [
-        ("x-s", "1", overwrite), ("x-a", "2", append), ("x-dest", "a", overwrite),
-    ]  # fmt: skip
+        ("x-s", "1", overwrite),
+        ("x-a", "2", append),
+        ("x-dest", "a", overwrite),
+    ]
     assert list(single.request_headers_to_remove) == ["x-r"]
     assert adds(single.response_headers_to_add) == [("x-rs", "3", overwrite)]
     assert list(single.response_headers_to_remove) == ["server"]
@@ -505,10 +523,14 @@ def test_mosn_class_gets_deprecated_matchers_through_the_translation() -> None:
 
 def test_unchanged_rules_keep_their_route_configuration_across_meshes() -> None:
     rules = (
-        HTTPRoute("canary", match=(HTTPMatch(source_labels=(("track", "canary"),)),),
-                  route=(to("v2"),), mirrors=(Mirror(Destination("shadow")),)),
+        HTTPRoute(
+            "canary",
+            match=(HTTPMatch(source_labels=(("track", "canary"),)),),
+            route=(to("v2"),),
+            mirrors=(Mirror(Destination("shadow")),),
+        ),
         HTTPRoute("rest", route=(to("v1"),)),
-    )  # fmt: skip
+    )
     mesh = mesh_of(*rules)
     node = NodeClass("client", labels=(("track", "canary"),), instance_ip="10.0.0.3")
     first = MeshTranslation(mesh)
@@ -535,27 +557,46 @@ def test_envoy_accepts_every_rule_field(tmp_path: Path) -> None:
         ),
         route=(to("v1", 30, Headers(HeaderOperations(set=(("host", "a.example"),)))), to("v2", 70)),
         timeout=timedelta(seconds=3),
-        retries=Retries(3, timedelta(seconds=1), "5xx,503", False, True, timedelta(milliseconds=20)),
+        retries=Retries(
+            3, timedelta(seconds=1), "5xx,503", False, True, timedelta(milliseconds=20)
+        ),
         rewrite=Rewrite(uri_regex=RegexRewrite("^/(.*)$", "/v2/\\1"), authority="in.example"),
         fault=Fault(FaultDelay(timedelta(seconds=1), 0.5), FaultAbort(0, "UNAVAILABLE", 1.0)),
         mirrors=(Mirror(Destination("shadow"), 10.0),),
-        cors_policy=CorsPolicy((sm(EXACT, "https://a.example"),), ("GET",), ("x-h",), ("x-e",),
-                               timedelta(minutes=5), True, "IGNORE"),
-        headers=Headers(HeaderOperations((("x-s", "1"),), (("x-a", "2"),), ("x-r",)),
-                        HeaderOperations((("x-rs", "1"),), (), ("x-rr",))),
-    )  # fmt: skip
+        cors_policy=CorsPolicy(
+            (sm(EXACT, "https://a.example"),),
+            ("GET",),
+            ("x-h",),
+            ("x-e",),
+            timedelta(minutes=5),
+            True,
+            "IGNORE",
+        ),
+        headers=Headers(
+            HeaderOperations((("x-s", "1"),), (("x-a", "2"),), ("x-r",)),
+            HeaderOperations((("x-rs", "1"),), (), ("x-rr",)),
+        ),
+    )
     mesh = mesh_of(
         everything,
-        HTTPRoute("moved", match=(HTTPMatch(uri=sm(EXACT, "/m")),),
-                  redirect=Redirect("/n", "b.example", 8443, "", "https", 308)),
-        HTTPRoute("big", match=(HTTPMatch(uri=sm(EXACT, "/big")),),
-                  direct_response=DirectResponse(200, b"x" * 100_000)),
-    )  # fmt: skip
+        HTTPRoute(
+            "moved",
+            match=(HTTPMatch(uri=sm(EXACT, "/m")),),
+            redirect=Redirect("/n", "b.example", 8443, "", "https", 308),
+        ),
+        HTTPRoute(
+            "big",
+            match=(HTTPMatch(uri=sm(EXACT, "/big")),),
+            direct_response=DirectResponse(200, b"x" * 100_000),
+        ),
+    )
     node = NodeClass("client", instance_ip="127.0.0.2", outbound_ip="127.0.0.10")
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(render_static(mesh, node, admin_port=0)))
     proc = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

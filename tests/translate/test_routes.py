@@ -177,12 +177,21 @@ def test_mosn_gets_deprecated_header_fields() -> None:
 
 def test_no_match_blocks_means_everything_and_block_port_filters() -> None:
     mesh = one_rule_mesh(
-        HTTPRoute("only-9090", match=(HTTPMatch(port=9090, uri=StringMatch(MatchKind.PREFIX, "/x")),),
-                  route=(RouteDestination(Destination("reviews", "v1")),)),
-        HTTPRoute("mixed", match=(HTTPMatch(name="a", port=9090), HTTPMatch(name="b", uri=StringMatch(MatchKind.EXACT, "/y"))),
-                  route=(RouteDestination(Destination("reviews", "v2")),)),
+        HTTPRoute(
+            "only-9090",
+            match=(HTTPMatch(port=9090, uri=StringMatch(MatchKind.PREFIX, "/x")),),
+            route=(RouteDestination(Destination("reviews", "v1")),),
+        ),
+        HTTPRoute(
+            "mixed",
+            match=(
+                HTTPMatch(name="a", port=9090),
+                HTTPMatch(name="b", uri=StringMatch(MatchKind.EXACT, "/y")),
+            ),
+            route=(RouteDestination(Destination("reviews", "v2")),),
+        ),
         HTTPRoute("", route=(RouteDestination(Destination("reviews")),)),
-    )  # fmt: skip
+    )
     on_9080 = routes_of(mesh, "reviews", 9080)
     assert [(r.name, _path(r.match)) for r in on_9080] == [
         ("mixed.b", {"path": "/y"}),
@@ -197,10 +206,13 @@ def test_no_match_blocks_means_everything_and_block_port_filters() -> None:
 
 def test_destination_port_defaults() -> None:
     mesh = one_rule_mesh(
-        HTTPRoute("to-ratings", match=(HTTPMatch(uri=StringMatch(MatchKind.PREFIX, "/r")),),
-                  route=(RouteDestination(Destination("ratings")),)),
+        HTTPRoute(
+            "to-ratings",
+            match=(HTTPMatch(uri=StringMatch(MatchKind.PREFIX, "/r")),),
+            route=(RouteDestination(Destination("ratings")),),
+        ),
         HTTPRoute("explicit", route=(RouteDestination(Destination("reviews", "v2", 9090)),)),
-    )  # fmt: skip
+    )
     to_ratings, explicit = routes_of(mesh, "reviews", 9080)
     assert to_ratings.route.cluster == "outbound|7070||" + FQDN.format("ratings")  # its only port
     assert explicit.route.cluster == f"outbound|9090|v2|{REVIEWS}"
@@ -229,9 +241,15 @@ def test_untranslatable_destinations_are_reported_together() -> None:
 
 def test_unknown_hosts_are_skipped() -> None:
     mesh = one_rule_mesh(
-        HTTPRoute("partly", route=(RouteDestination(Destination("nowhere"), 50), RouteDestination(Destination("reviews"), 50))),
+        HTTPRoute(
+            "partly",
+            route=(
+                RouteDestination(Destination("nowhere"), 50),
+                RouteDestination(Destination("reviews"), 50),
+            ),
+        ),
         HTTPRoute("nothing", route=(RouteDestination(Destination("nowhere")),)),
-    )  # fmt: skip
+    )
     partly, nothing = routes_of(mesh, "reviews", 9080)
     assert partly.route.cluster == f"outbound|9080||{REVIEWS}"
     assert nothing.WhichOneof("action") == "direct_response"
@@ -240,11 +258,29 @@ def test_unknown_hosts_are_skipped() -> None:
 
 def test_weights_merge_and_all_zero_split_evenly() -> None:
     mesh = one_rule_mesh(
-        HTTPRoute("dup", route=(RouteDestination(Destination("reviews", "v1"), 30), RouteDestination(Destination("reviews", "v2"), 40),
-                                RouteDestination(Destination("reviews.default.svc.cluster.local", "v1"), 30))),
-        HTTPRoute("zeros", route=(RouteDestination(Destination("reviews", "v1")), RouteDestination(Destination("reviews", "v2")))),
-        HTTPRoute("one-left", route=(RouteDestination(Destination("reviews", "v1"), 100), RouteDestination(Destination("reviews", "v2"), 0))),
-    )  # fmt: skip
+        HTTPRoute(
+            "dup",
+            route=(
+                RouteDestination(Destination("reviews", "v1"), 30),
+                RouteDestination(Destination("reviews", "v2"), 40),
+                RouteDestination(Destination("reviews.default.svc.cluster.local", "v1"), 30),
+            ),
+        ),
+        HTTPRoute(
+            "zeros",
+            route=(
+                RouteDestination(Destination("reviews", "v1")),
+                RouteDestination(Destination("reviews", "v2")),
+            ),
+        ),
+        HTTPRoute(
+            "one-left",
+            route=(
+                RouteDestination(Destination("reviews", "v1"), 100),
+                RouteDestination(Destination("reviews", "v2"), 0),
+            ),
+        ),
+    )
     dup, zeros, one_left = routes_of(mesh, "reviews", 9080)
     assert [
         (c.name.split("|")[2], c.weight.value) for c in dup.route.weighted_clusters.clusters
@@ -305,13 +341,24 @@ def test_attempts_zero_means_no_retry_policy_on_the_route() -> None:
 def test_domains() -> None:
     svc = service("reviews", http(9080), hosts=("reviews.shop",))
     assert port_domains(svc, 9080) == [
-        REVIEWS, f"{REVIEWS}:9080", "reviews.default.svc", "reviews.default.svc:9080",
-        "reviews.default", "reviews.default:9080", "reviews", "reviews:9080",
-        "reviews.shop", "reviews.shop:9080",
-    ]  # fmt: skip
+        REVIEWS,
+        f"{REVIEWS}:9080",
+        "reviews.default.svc",
+        "reviews.default.svc:9080",
+        "reviews.default",
+        "reviews.default:9080",
+        "reviews",
+        "reviews:9080",
+        "reviews.shop",
+        "reviews.shop:9080",
+    ]
     assert proxy_domains(svc, 9080) == [
-        f"{REVIEWS}:9080", "reviews.default.svc:9080", "reviews.default:9080", "reviews:9080", "reviews.shop:9080",
-    ]  # fmt: skip
+        f"{REVIEWS}:9080",
+        "reviews.default.svc:9080",
+        "reviews.default:9080",
+        "reviews:9080",
+        "reviews.shop:9080",
+    ]
     web = service("web", http(80))
     assert "web" in proxy_domains(web, 80) and "web:80" in proxy_domains(web, 80)
 
@@ -327,9 +374,13 @@ def test_colliding_domains_stay_with_the_first_service_by_key() -> None:
         first.domains
     )
     assert second.domains == (
-        "reviews.prod.svc.cluster.local", "reviews.prod.svc.cluster.local:9080",
-        "reviews.prod.svc", "reviews.prod.svc:9080", "reviews.prod", "reviews.prod:9080",
-    )  # fmt: skip
+        "reviews.prod.svc.cluster.local",
+        "reviews.prod.svc.cluster.local:9080",
+        "reviews.prod.svc",
+        "reviews.prod.svc:9080",
+        "reviews.prod",
+        "reviews.prod:9080",
+    )
     config = RouteBuilder(mesh, MatcherStyle.STRING_MATCH).route_configuration(
         "9080", [first, second]
     )

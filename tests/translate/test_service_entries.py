@@ -56,9 +56,14 @@ def entry(
     selector: tuple[tuple[str, str], ...] = (),
 ) -> ServiceEntry:
     return ServiceEntry(
-        "e", hosts=hosts, ports=ports or (HTTP80,), resolution=resolution,
-        endpoints=endpoints, workload_selector=selector, origin=Origin("rules/e.yaml", 1),
-    )  # fmt: skip
+        "e",
+        hosts=hosts,
+        ports=ports or (HTTP80,),
+        resolution=resolution,
+        endpoints=endpoints,
+        workload_selector=selector,
+        origin=Origin("rules/e.yaml", 1),
+    )
 
 
 def entry_mesh(*entries: ServiceEntry, workloads: tuple[WorkloadEntry, ...] = ()) -> Mesh:
@@ -73,41 +78,71 @@ def snapshot(mesh: Mesh, node: NodeClass = NODE) -> Any:
 # (entry, cluster name, Envoy discovery type or "dfp", endpoints as (address, port))
 CLUSTER_CASES: dict[str, tuple[ServiceEntry, str, str, list[tuple[str, int]]]] = {
     "static with a ports map": (
-        entry(("api.example.com",), EntryResolution.STATIC,
-              endpoints=(WorkloadEndpoint("10.0.0.1", ports=(("http", 8080),)),
-                         WorkloadEndpoint("10.0.0.2"))),
-        "outbound|80||api.example.com", "EDS", [("10.0.0.1", 8080), ("10.0.0.2", 80)],
+        entry(
+            ("api.example.com",),
+            EntryResolution.STATIC,
+            endpoints=(
+                WorkloadEndpoint("10.0.0.1", ports=(("http", 8080),)),
+                WorkloadEndpoint("10.0.0.2"),
+            ),
+        ),
+        "outbound|80||api.example.com",
+        "EDS",
+        [("10.0.0.1", 8080), ("10.0.0.2", 80)],
     ),
     "static with a targetPort": (
-        entry(("api.example.com",), EntryResolution.STATIC,
-              EntryPort(80, Protocol.HTTP, "http", 9090, "HTTP"),
-              endpoints=(WorkloadEndpoint("10.0.0.1"),
-                         WorkloadEndpoint("10.0.0.2", ports=(("http", 7070),)))),
-        "outbound|80||api.example.com", "EDS", [("10.0.0.1", 9090), ("10.0.0.2", 7070)],
+        entry(
+            ("api.example.com",),
+            EntryResolution.STATIC,
+            EntryPort(80, Protocol.HTTP, "http", 9090, "HTTP"),
+            endpoints=(
+                WorkloadEndpoint("10.0.0.1"),
+                WorkloadEndpoint("10.0.0.2", ports=(("http", 7070),)),
+            ),
+        ),
+        "outbound|80||api.example.com",
+        "EDS",
+        [("10.0.0.1", 9090), ("10.0.0.2", 7070)],
     ),
     "dns without endpoints: the host": (
-        entry(("db.example.com",), EntryResolution.DNS,
-              EntryPort(5432, Protocol.TCP, "pg", 6432, "TCP")),
-        "outbound|5432||db.example.com", "STRICT_DNS", [("db.example.com", 6432)],
+        entry(
+            ("db.example.com",),
+            EntryResolution.DNS,
+            EntryPort(5432, Protocol.TCP, "pg", 6432, "TCP"),
+        ),
+        "outbound|5432||db.example.com",
+        "STRICT_DNS",
+        [("db.example.com", 6432)],
     ),
     "dns with endpoints": (
-        entry(("db.example.com",), EntryResolution.DNS,
-              endpoints=(WorkloadEndpoint("b.example.net"), WorkloadEndpoint("a.example.net"))),
-        "outbound|80||db.example.com", "STRICT_DNS", [("a.example.net", 80), ("b.example.net", 80)],
+        entry(
+            ("db.example.com",),
+            EntryResolution.DNS,
+            endpoints=(WorkloadEndpoint("b.example.net"), WorkloadEndpoint("a.example.net")),
+        ),
+        "outbound|80||db.example.com",
+        "STRICT_DNS",
+        [("a.example.net", 80), ("b.example.net", 80)],
     ),
     "dns round robin": (
         entry(("db.example.com",), EntryResolution.DNS_ROUND_ROBIN),
-        "outbound|80||db.example.com", "LOGICAL_DNS", [("db.example.com", 80)],
+        "outbound|80||db.example.com",
+        "LOGICAL_DNS",
+        [("db.example.com", 80)],
     ),
     "none: dynamic forward proxy": (
         entry(("*.bar.com",), EntryResolution.NONE),
-        "outbound|80||*.bar.com", "dfp", [],
+        "outbound|80||*.bar.com",
+        "dfp",
+        [],
     ),
     "workload selector": (
         entry(("vm.example.com",), EntryResolution.STATIC, selector=(("app", "vm"),)),
-        "outbound|80||vm.example.com", "EDS", [("10.0.1.1", 8081)],
+        "outbound|80||vm.example.com",
+        "EDS",
+        [("10.0.1.1", 8081)],
     ),
-}  # fmt: skip
+}
 WORKLOADS = (
     WorkloadEntry("a", endpoint=WorkloadEndpoint("10.0.1.1", (("app", "vm"),), (("http", 8081),))),
     WorkloadEntry("b", endpoint=WorkloadEndpoint("10.0.1.2", (("app", "other"),))),
@@ -149,8 +184,11 @@ def test_grpc_gets_an_empty_assignment_for_resolution_none() -> None:
 
 
 def test_unix_socket_endpoints_are_pipes() -> None:
-    se = entry(("uds.local",), EntryResolution.STATIC,
-               endpoints=(WorkloadEndpoint("unix:///var/run/example/socket"),))  # fmt: skip
+    se = entry(
+        ("uds.local",),
+        EntryResolution.STATIC,
+        endpoints=(WorkloadEndpoint("unix:///var/run/example/socket"),),
+    )
     cla = by_name(snapshot(entry_mesh(se)).get(ENDPOINT), "outbound|80||uds.local")
     [group] = cla.endpoints
     [lb] = group.lb_endpoints
@@ -161,10 +199,10 @@ def test_unix_socket_endpoints_are_pipes() -> None:
 def test_entry_hosts_are_their_only_names() -> None:
     """Per-port and HTTP proxy domains are the host (and host:port) only; a NONE host is
     served by the HTTP proxy alone, whose listener then runs the forward proxy filter."""
-    static = entry(("api.example.com",), EntryResolution.STATIC,
-                   endpoints=(WorkloadEndpoint("10.0.0.1"),))  # fmt: skip
-    none = ServiceEntry("n", hosts=("*.bar.com",), ports=(HTTP80,),
-                        resolution=EntryResolution.NONE)  # fmt: skip
+    static = entry(
+        ("api.example.com",), EntryResolution.STATIC, endpoints=(WorkloadEndpoint("10.0.0.1"),)
+    )
+    none = ServiceEntry("n", hosts=("*.bar.com",), ports=(HTTP80,), resolution=EntryResolution.NONE)
     snap = snapshot(entry_mesh(static, none))
     port_routes = by_name(snap.get(ROUTE), "80")
     assert [(v.name, list(v.domains)) for v in port_routes.virtual_hosts] == [
@@ -191,12 +229,20 @@ def test_tls_entries_share_a_port_by_sni() -> None:
     se = entry(("a.example.com", "b.example.com"), EntryResolution.DNS, tls)
     listener = by_name(snapshot(entry_mesh(se)).get(LISTENER), "outbound|127.0.0.10|443")
     assert [list(c.filter_chain_match.server_names) for c in listener.filter_chains] == [
-        ["a.example.com"], ["b.example.com"],
-    ]  # fmt: skip
+        ["a.example.com"],
+        ["b.example.com"],
+    ]
 
 
-CHECK = HealthCheck("/healthz", "", ((200, 300), (404, 405)), timedelta(seconds=2),
-                    timedelta(milliseconds=500), 3, 2)  # fmt: skip
+CHECK = HealthCheck(
+    "/healthz",
+    "",
+    ((200, 300), (404, 405)),
+    timedelta(seconds=2),
+    timedelta(milliseconds=500),
+    3,
+    2,
+)
 
 
 def checked(name: str, check: HealthCheck | None, port: Port | None = None) -> Service:
@@ -208,13 +254,21 @@ def checked(name: str, check: HealthCheck | None, port: Port | None = None) -> S
 @pytest.mark.parametrize(
     ("check", "port", "expected"),
     [
-        (CHECK, None, {"path": "/healthz", "host": "web.default.svc.cluster.local",
-                       "statuses": [(200, 300), (404, 405)], "codec": 0}),
+        (
+            CHECK,
+            None,
+            {
+                "path": "/healthz",
+                "host": "web.default.svc.cluster.local",
+                "statuses": [(200, 300), (404, 405)],
+                "codec": 0,
+            },
+        ),
         (CHECK, Port(9080, Protocol.GRPC, "grpc"), {"codec": 1}),
         (HealthCheck("/h", "web.internal"), None, {"host": "web.internal", "statuses": []}),
         (HealthCheck(), None, {"tcp": True}),
     ],
-)  # fmt: skip
+)
 def test_health_check_becomes_cluster_health_checks(
     check: HealthCheck, port: Port | None, expected: dict[str, Any]
 ) -> None:
@@ -226,8 +280,9 @@ def test_health_check_becomes_cluster_health_checks(
     assert hc.interval.ToTimedelta() == check.interval == hc.no_traffic_interval.ToTimedelta()
     assert hc.timeout.ToTimedelta() == check.timeout
     assert (hc.unhealthy_threshold.value, hc.healthy_threshold.value) == (
-        check.unhealthy_threshold, check.healthy_threshold,
-    )  # fmt: skip
+        check.unhealthy_threshold,
+        check.healthy_threshold,
+    )
     assert cluster.common_lb_config.HasField("healthy_panic_threshold")
     assert cluster.common_lb_config.healthy_panic_threshold.value == 0
     if expected.get("tcp"):
@@ -250,8 +305,11 @@ def test_health_checks_per_service_and_flavor() -> None:
     keyed by the check as sent); a DestinationRule's minHealthPercent wins over the
     check's panic threshold; proxyless gRPC gets no health checks."""
     a, b = checked("a", HealthCheck("/h")), checked("b", HealthCheck("/h"))
-    rule = DestinationRule("b", "b", traffic_policy=TrafficPolicy(
-        outlier_detection=OutlierDetection(min_health_percent=40)))  # fmt: skip
+    rule = DestinationRule(
+        "b",
+        "b",
+        traffic_policy=TrafficPolicy(outlier_detection=OutlierDetection(min_health_percent=40)),
+    )
     mesh = Mesh((a, b), destination_rules=(rule,))
     clusters = snapshot(mesh).get(CLUSTER)
     ca = by_name(clusters, "outbound|9080||a.default.svc.cluster.local")
@@ -278,20 +336,43 @@ def test_a_health_check_edit_rebuilds_the_cluster() -> None:
 def test_envoy_accepts_entries_and_health_checks(tmp_path: Path) -> None:
     """A real Envoy validates every kind of entry cluster at once, with health checks."""
     entries = [
-        entry(("api.example.com",), EntryResolution.STATIC,
-              endpoints=(WorkloadEndpoint("10.0.0.1", ports=(("http", 8080),)),)),
-        ServiceEntry("dns", hosts=("db.example.com",), resolution=EntryResolution.DNS,
-                     ports=(EntryPort(81, Protocol.HTTP, "http", 0, "HTTP"),)),
-        ServiceEntry("rr", hosts=("rr.example.com",), resolution=EntryResolution.DNS_ROUND_ROBIN,
-                     ports=(EntryPort(82, Protocol.HTTP2, "h2", 0, "HTTP2"),)),
-        ServiceEntry("none", hosts=("*.bar.com",), resolution=EntryResolution.NONE,
-                     ports=(EntryPort(83, Protocol.HTTP, "http", 0, "HTTP"),)),
-        ServiceEntry("uds", hosts=("uds.local",), resolution=EntryResolution.STATIC,
-                     ports=(EntryPort(84, Protocol.HTTP, "http", 0, "HTTP"),),
-                     endpoints=(WorkloadEndpoint("unix:///tmp/x.sock"),)),
-        ServiceEntry("tls", hosts=("a.tls.com", "b.tls.com"), resolution=EntryResolution.DNS,
-                     ports=(EntryPort(443, Protocol.TLS, "https", 0, "HTTPS"),)),
-    ]  # fmt: skip
+        entry(
+            ("api.example.com",),
+            EntryResolution.STATIC,
+            endpoints=(WorkloadEndpoint("10.0.0.1", ports=(("http", 8080),)),),
+        ),
+        ServiceEntry(
+            "dns",
+            hosts=("db.example.com",),
+            resolution=EntryResolution.DNS,
+            ports=(EntryPort(81, Protocol.HTTP, "http", 0, "HTTP"),),
+        ),
+        ServiceEntry(
+            "rr",
+            hosts=("rr.example.com",),
+            resolution=EntryResolution.DNS_ROUND_ROBIN,
+            ports=(EntryPort(82, Protocol.HTTP2, "h2", 0, "HTTP2"),),
+        ),
+        ServiceEntry(
+            "none",
+            hosts=("*.bar.com",),
+            resolution=EntryResolution.NONE,
+            ports=(EntryPort(83, Protocol.HTTP, "http", 0, "HTTP"),),
+        ),
+        ServiceEntry(
+            "uds",
+            hosts=("uds.local",),
+            resolution=EntryResolution.STATIC,
+            ports=(EntryPort(84, Protocol.HTTP, "http", 0, "HTTP"),),
+            endpoints=(WorkloadEndpoint("unix:///tmp/x.sock"),),
+        ),
+        ServiceEntry(
+            "tls",
+            hosts=("a.tls.com", "b.tls.com"),
+            resolution=EntryResolution.DNS,
+            ports=(EntryPort(443, Protocol.TLS, "https", 0, "HTTPS"),),
+        ),
+    ]
     services = [s for e in entries for s in entry_services(e, ())[0]]
     services += [checked("web", CHECK), checked("tcp", HealthCheck(), Port(9090, Protocol.TCP))]
     mesh = Mesh(tuple(services), service_entries=tuple(entries))
@@ -299,6 +380,8 @@ def test_envoy_accepts_entries_and_health_checks(tmp_path: Path) -> None:
     path.write_text(json.dumps(render_static(mesh, NODE, admin_port=0)))
     proc = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

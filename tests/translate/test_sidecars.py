@@ -147,11 +147,15 @@ def test_virtual_service_destinations_get_clusters_but_no_virtual_host() -> None
     from xdsd.model import Destination, HTTPRoute, RouteDestination, VirtualService
 
     vs = VirtualService(
-        "pp", hosts=("productpage",),
+        "pp",
+        hosts=("productpage",),
         http=(HTTPRoute(route=(RouteDestination(Destination("ratings")),)),),
-    )  # fmt: skip
-    mesh = Mesh(services=mesh.services, virtual_services=(*mesh.virtual_services, vs),
-                destination_rules=mesh.destination_rules)  # fmt: skip
+    )
+    mesh = Mesh(
+        services=mesh.services,
+        virtual_services=(*mesh.virtual_services, vs),
+        destination_rules=mesh.destination_rules,
+    )
     scope, _ = scope_of(mesh, sidecar("s", "./productpage"), "default", virtual_service_index(mesh))
     assert keys(scope.reachable) == {"default/productpage"}
     assert keys(scope.clusters) == {"default/productpage", "default/ratings"}
@@ -210,8 +214,12 @@ def test_route_configurations_are_shared_per_visible_set_and_across_reloads() ->
         replace(s, endpoints=(Endpoint("127.0.9.9"),)) if s.name == "ratings" else s
         for s in mesh.services
     )
-    edited = Mesh(services=services, virtual_services=mesh.virtual_services,
-                  destination_rules=mesh.destination_rules, sidecars=mesh.sidecars)  # fmt: skip
+    edited = Mesh(
+        services=services,
+        virtual_services=mesh.virtual_services,
+        destination_rules=mesh.destination_rules,
+        sidecars=mesh.sidecars,
+    )
     t2 = MeshTranslation(edited, previous=t)
     a2 = t2.snapshot_for(NODE)
     assert a2.get(ROUTE)["http_proxy"] is a.get(ROUTE)["http_proxy"]
@@ -240,11 +248,13 @@ def test_explicit_egress_listener_takes_its_services_off_the_default_one() -> No
     port = EntryPort(9080, Protocol.HTTP, "http", 0, "HTTP")
     mesh = with_sidecars(
         bookinfo(),
-        sidecar(egress=(
-            EgressListener(("./reviews",), port, "127.0.0.7"),
-            EgressListener(("./*",)),
-        )),
-    )  # fmt: skip
+        sidecar(
+            egress=(
+                EgressListener(("./reviews",), port, "127.0.0.7"),
+                EgressListener(("./*",)),
+            )
+        ),
+    )
     snap = MeshTranslation(mesh).snapshot_for(NODE)
     listener = by_name(snap.get(LISTENER), "outbound|127.0.0.7|9080")
     assert listener.address.socket_address.address == "127.0.0.7"
@@ -277,8 +287,12 @@ def test_explicit_listener_protocol_must_agree() -> None:
 
 
 def test_explicit_listener_on_the_proxy_port_is_a_collision() -> None:
-    mesh = Mesh(services=(service("proxyish", http(15001), endpoints=(Endpoint("127.0.8.1"),)),
-                          service("productpage", http(9080, 19080))))  # fmt: skip
+    mesh = Mesh(
+        services=(
+            service("proxyish", http(15001), endpoints=(Endpoint("127.0.8.1"),)),
+            service("productpage", http(9080, 19080)),
+        )
+    )
     port = EntryPort(15001, Protocol.HTTP, "http", 0, "HTTP")
     mesh = with_sidecars(mesh, sidecar(egress=(EgressListener(("./proxyish",), port),)))
     with pytest.raises(TranslationError) as err:
@@ -288,11 +302,13 @@ def test_explicit_listener_on_the_proxy_port_is_a_collision() -> None:
 
 def test_hiding_a_colliding_service_resolves_the_collision() -> None:
     """Two TCP services on one port collide only if the node sees both."""
-    mesh = Mesh(services=(
-        service("db1", tcp(5432), endpoints=(Endpoint("127.0.8.1"),)),
-        service("db2", tcp(5432), endpoints=(Endpoint("127.0.8.2"),)),
-        service("productpage", http(9080, 19080)),
-    ))  # fmt: skip
+    mesh = Mesh(
+        services=(
+            service("db1", tcp(5432), endpoints=(Endpoint("127.0.8.1"),)),
+            service("db2", tcp(5432), endpoints=(Endpoint("127.0.8.2"),)),
+            service("productpage", http(9080, 19080)),
+        )
+    )
     with pytest.raises(TranslationError):
         MeshTranslation(mesh).snapshot_for(NODE)
     snap = MeshTranslation(with_sidecars(mesh, sidecar("s", "./db1"))).snapshot_for(NODE)
@@ -302,8 +318,7 @@ def test_hiding_a_colliding_service_resolves_the_collision() -> None:
 def test_ingress_default_endpoint_replaces_the_target_port() -> None:
     """Sidecar.ingress[].port and defaultEndpoint: the inbound listener of that port
     forwards to 127.0.0.1:PORT; the ingress list replaces the service's ports (Istio)."""
-    ingress = IngressListener(EntryPort(9080, Protocol.HTTP, "http", 0, "HTTP"),
-                              "127.0.0.1:18888")  # fmt: skip
+    ingress = IngressListener(EntryPort(9080, Protocol.HTTP, "http", 0, "HTTP"), "127.0.0.1:18888")
     mesh = with_sidecars(bookinfo(), sidecar(ingress=(ingress,), selector=(("app", "pp"),)))
     snap = MeshTranslation(mesh).snapshot_for(NODE)
     cluster = by_name(snap.get(CLUSTER), "inbound|9080||")
@@ -340,13 +355,17 @@ def test_chained_translations_equal_cold_ones_when_scopes_change() -> None:
         NodeClass("ratings", labels=(("app", "pp"),), client=ClientKind.GRPC),
     ]
     steps = [
-        (sidecar("pp", "./reviews", selector=(("app", "pp"),)),
-         sidecar("qq", "./ratings", selector=(("app", "qq"),))),
-        (sidecar("pp", "./ratings", selector=(("app", "pp"),)),
-         sidecar("qq", "./ratings", selector=(("app", "qq"),))),
+        (
+            sidecar("pp", "./reviews", selector=(("app", "pp"),)),
+            sidecar("qq", "./ratings", selector=(("app", "qq"),)),
+        ),
+        (
+            sidecar("pp", "./ratings", selector=(("app", "pp"),)),
+            sidecar("qq", "./ratings", selector=(("app", "qq"),)),
+        ),
         (sidecar("pp", "./ratings", "./mysql", selector=(("app", "pp"),)),),
         (),
-    ]  # fmt: skip
+    ]
     previous = None
     for sidecars in steps:
         mesh = with_sidecars(bookinfo(), *sidecars)

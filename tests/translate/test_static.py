@@ -345,7 +345,15 @@ def test_envoy_starts_binds_every_listener_and_routes(
 def test_render_static_uses_static_config_source() -> None:
     # whatever the class says, a static render is an Envoy with everything inline
     config = parse_bootstrap(
-        render_static(bookinfo(), NodeClass("productpage", instance_ip="127.0.0.2", outbound_ip="127.0.0.10",
-                                            config_source=ConfigSourceKind.REST), admin_port=1)
-    )  # fmt: skip
+        render_static(
+            bookinfo(),
+            NodeClass(
+                "productpage",
+                instance_ip="127.0.0.2",
+                outbound_ip="127.0.0.10",
+                config_source=ConfigSourceKind.REST,
+            ),
+            admin_port=1,
+        )
+    )
     assert all(not c.HasField("eds_cluster_config") for c in config.static_resources.clusters)

@@ -57,18 +57,38 @@ def _assert_still_serving(xdsd: Xdsd) -> None:
 @pytest.mark.parametrize(
     ("messages", "code", "fragment"),
     [
-        ([discovery_pb2.DiscoveryRequest(type_url=CDS).SerializeToString()],
-         grpc.StatusCode.INVALID_ARGUMENT, "node"),
-        ([discovery_pb2.DiscoveryRequest(node=_node()).SerializeToString()],
-         grpc.StatusCode.INVALID_ARGUMENT, "type_url"),
-        ([discovery_pb2.DiscoveryRequest(node=_node(), type_url="type.googleapis.com/x.Y")
-          .SerializeToString()], grpc.StatusCode.INVALID_ARGUMENT, "x.Y"),
-        ([discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="n"), type_url=CDS)
-          .SerializeToString()], grpc.StatusCode.INVALID_ARGUMENT, "cluster"),
+        (
+            [discovery_pb2.DiscoveryRequest(type_url=CDS).SerializeToString()],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "node",
+        ),
+        (
+            [discovery_pb2.DiscoveryRequest(node=_node()).SerializeToString()],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "type_url",
+        ),
+        (
+            [
+                discovery_pb2.DiscoveryRequest(
+                    node=_node(), type_url="type.googleapis.com/x.Y"
+                ).SerializeToString()
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "x.Y",
+        ),
+        (
+            [
+                discovery_pb2.DiscoveryRequest(
+                    node=base_pb2.Node(id="n"), type_url=CDS
+                ).SerializeToString()
+            ],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cluster",
+        ),
         ([b"\xff\xff\xff\xff garbage, not protobuf"], None, ""),
     ],
     ids=["no-node", "no-type-url", "unknown-type", "no-cluster", "garbage"],
-)  # fmt: skip
+)
 def test_bad_stream_ends_with_a_status_and_others_are_served(
     xdsd: Xdsd, messages: list[bytes], code: grpc.StatusCode | None, fragment: str
 ) -> None:

@@ -37,7 +37,7 @@ def test_sans_are_the_uri_and_dns_names() -> None:
         ({"subjectAltName": (("URI", "spiffe://m/unknown"),)}, "a-1", "alpha", False),
         (None, "a-1", "alpha", False),
     ],
-)  # fmt: skip
+)
 def test_a_certificate_speaks_only_for_its_nodes(
     cert: dict[str, object] | None, node_id: str, service: str, allowed: bool
 ) -> None:
@@ -60,7 +60,7 @@ def test_a_certificate_speaks_only_for_its_nodes(
         ("spiffe://other.test/ns/prod/sa/web", "prod", "web", False),  # another trust domain
         ("spiffe://m/a", "prod", "web", False),  # no grant, not a mesh identity
     ],
-)  # fmt: skip
+)
 def test_mesh_identities_speak_for_their_own_service_and_namespace(
     san: str, namespace: str, service: str, allowed: bool
 ) -> None:
@@ -92,10 +92,17 @@ def test_a_mesh_identity_does_not_speak_for_a_gateway() -> None:
     authorizer.check(web, NodeIdentity("web-1", "web"))
     with pytest.raises(Refused, match="may not speak for gateway"):
         authorizer.check(web, NodeIdentity("web-1", "web", role="gateway"))
-    granted = NodeAuthorizer((NodeGrant("spiffe://mesh.test/ns/default/sa/web",
-                                        services=("default/web",), roles=("gateway",),
-                                        gateway_labels=(("istio", "web-gw"),)),),
-                             trust_domain="mesh.test")  # fmt: skip
+    granted = NodeAuthorizer(
+        (
+            NodeGrant(
+                "spiffe://mesh.test/ns/default/sa/web",
+                services=("default/web",),
+                roles=("gateway",),
+                gateway_labels=(("istio", "web-gw"),),
+            ),
+        ),
+        trust_domain="mesh.test",
+    )
     granted.check(web, NodeIdentity("web-1", "web", role="gateway", labels=(("istio", "web-gw"),)))
 
 
@@ -104,9 +111,13 @@ GATEWAY = {"subjectAltName": (("DNS", "gateway.mesh.test"),)}
 INGRESS = (("istio", "ingressgateway"),)
 DOCS_GRANTS = (
     NodeGrant("spiffe://mesh.test/productpage", services=("default/productpage",)),
-    NodeGrant("gateway.mesh.test", node_ids=("ingress-gateway",), roles=("gateway",),
-              gateway_labels=(("app", "istio-ingressgateway"), *INGRESS)),
-)  # fmt: skip
+    NodeGrant(
+        "gateway.mesh.test",
+        node_ids=("ingress-gateway",),
+        roles=("gateway",),
+        gateway_labels=(("app", "istio-ingressgateway"), *INGRESS),
+    ),
+)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +131,21 @@ DOCS_GRANTS = (
         (PRODUCTPAGE, NodeIdentity("x", "productpage", "prod"), False),  # another namespace
         (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway", labels=INGRESS), True),
         (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway"), True),  # fewer labels
-        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway",
-                               labels=(("istio", "egressgateway"),)), False),  # another Gateway's
-        (GATEWAY, NodeIdentity("ingress-gateway", "gw", role="gateway",
-                               labels=(*INGRESS, ("x", "y"))), False),  # a label not granted
+        (
+            GATEWAY,
+            NodeIdentity(
+                "ingress-gateway", "gw", role="gateway", labels=(("istio", "egressgateway"),)
+            ),
+            False,
+        ),  # another Gateway's
+        (
+            GATEWAY,
+            NodeIdentity("ingress-gateway", "gw", role="gateway", labels=(*INGRESS, ("x", "y"))),
+            False,
+        ),  # a label not granted
         (GATEWAY, NodeIdentity("ingress-gateway", "gw"), False),  # a sidecar: not granted
     ],
-)  # fmt: skip
+)
 def test_a_grant_binds_role_and_labels(
     cert: dict[str, object], identity: NodeIdentity, allowed: bool
 ) -> None:
@@ -168,14 +187,22 @@ def test_a_slash_in_a_service_name_does_not_meet_a_namespaced_grant() -> None:
         ({}, "gRPC C-core", "default", "proxyless", ()),
         ({"client": " GRPC"}, "envoy", "default", "proxyless", ()),
         ({"client": "grpc", "role": "gateway"}, "", "default", "gateway", ()),
-        ({"labels": {"istio": "ingressgateway", "n": 2, "b": True, "f": 1.5}}, "", "default",
-         "sidecar", (("b", "true"), ("f", "1.5"), ("istio", "ingressgateway"), ("n", "2"))),
+        (
+            {"labels": {"istio": "ingressgateway", "n": 2, "b": True, "f": 1.5}},
+            "",
+            "default",
+            "sidecar",
+            (("b", "true"), ("f", "1.5"), ("istio", "ingressgateway"), ("n", "2")),
+        ),
     ],
-)  # fmt: skip
+)
 def test_node_identity_reads_the_node_as_its_class_does(
-    metadata: dict[str, object], agent: str, namespace: str, role: str,
+    metadata: dict[str, object],
+    agent: str,
+    namespace: str,
+    role: str,
     labels: tuple[tuple[str, str], ...],
-) -> None:  # fmt: skip
+) -> None:
     from envoy.config.core.v3 import base_pb2
 
     node = base_pb2.Node(id="n", cluster="web", user_agent_name=agent)

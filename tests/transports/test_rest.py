@@ -221,9 +221,14 @@ def test_v2_polls_are_answered_with_v2_names() -> None:
 
 @pytest.mark.parametrize(
     ("text", "depth"),
-    [(b"{}", 1), (b'{"a":[1,{"b":[]}]}', 4), (b'{"s":"[[[[{{{{"}', 1), (b'{"s":"\\"[["}', 1),
-     (b"[" * 1_000_000, 1_000_000)],
-)  # fmt: skip
+    [
+        (b"{}", 1),
+        (b'{"a":[1,{"b":[]}]}', 4),
+        (b'{"s":"[[[[{{{{"}', 1),
+        (b'{"s":"\\"[["}', 1),
+        (b"[" * 1_000_000, 1_000_000),
+    ],
+)
 def test_json_depth_ignores_brackets_in_strings(text: bytes, depth: int) -> None:
     from xdsd.transports.rest import json_depth
 

@@ -204,9 +204,13 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
             "not_applied": status.not_applied,
             "nack": None
             if nack is None
-            else {"version": nack.version, "code": nack.code, "message": nack.message,
-                  "at": nack.at},
-        }  # fmt: skip
+            else {
+                "version": nack.version,
+                "code": nack.code,
+                "message": nack.message,
+                "at": nack.at,
+            },
+        }
     return {
         "client_id": client.client_id,
         "node_id": client.node_id,

@@ -203,8 +203,10 @@ def _versions_section(
 ) -> str:
     out = ['<section id="versions"><h2>Versions per node class</h2>']
     if not view.snapshots:
-        out.append("<p>No node class has a snapshot yet (one is built when a proxy of it "
-                   "connects).</p></section>")  # fmt: skip
+        out.append(
+            "<p>No node class has a snapshot yet (one is built when a proxy of it "
+            "connects).</p></section>"
+        )
         return "".join(out)
     clients: dict[Hashable, int] = {}
     for client in connected:

@@ -116,9 +116,11 @@ class Snapshot:
         if base._closed and not gone:
             unchecked = tuple(r for bucket in extra.values() for r in bucket.values())
         snap = cls(
-            MappingProxyType(resources), MappingProxyType(versions), _sums=sums,
+            MappingProxyType(resources),
+            MappingProxyType(versions),
+            _sums=sums,
             _unchecked=unchecked,
-        )  # fmt: skip
+        )
         if check:
             snap.check_consistency()
         return snap

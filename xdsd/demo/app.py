@@ -79,12 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the service name it answers with")
     parser.add_argument("--version", required=True, help="the version it answers with")
     parser.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
-    parser.add_argument("--call", action="append", default=[], metavar="URL",
-                        help="a downstream to call on each request (repeatable)")  # fmt: skip
     parser.add_argument(
-        "--proxy", default=os.environ.get("HTTP_PROXY", os.environ.get("http_proxy", "")),
+        "--call",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a downstream to call on each request (repeatable)",
+    )
+    parser.add_argument(
+        "--proxy",
+        default=os.environ.get("HTTP_PROXY", os.environ.get("http_proxy", "")),
         help="the HTTP proxy for downstream calls (default: $HTTP_PROXY)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     server = make_server(args.name, args.version, host, int(port), args.call, args.proxy)

@@ -141,8 +141,11 @@ def loopback_layout(block: str, app_ports: dict[str, int]) -> Layout:
 COMPOSE_SUBNET = "172.30.0.0/24"
 #: Where each application listens in its own network namespace (compose and netns).
 NAMESPACED_APP_PORTS = {
-    "productpage-v1": 9181, "reviews-v1": 9182, "reviews-v2": 9183, "ratings-v1": 9184,
-}  # fmt: skip
+    "productpage-v1": 9181,
+    "reviews-v1": 9182,
+    "reviews-v2": 9183,
+    "ratings-v1": 9184,
+}
 
 
 def namespaced_layout(prefix: str, *, xds_host: str) -> Layout:
@@ -249,17 +252,22 @@ def gateway_node(layout: Layout) -> NodeClass:
     """The gateway proxy's node class."""
     address = layout.gateway_address
     return NodeClass(
-        service="ingressgateway", role=Role.GATEWAY, labels=GATEWAY_LABELS,
-        instance_ip=address, outbound_ip=address,
-    )  # fmt: skip
+        service="ingressgateway",
+        role=Role.GATEWAY,
+        labels=GATEWAY_LABELS,
+        instance_ip=address,
+        outbound_ip=address,
+    )
 
 
 def workload_node(workload: Workload) -> NodeClass:
     """A workload's sidecar node class."""
     return NodeClass(
-        service=workload.service, labels=workload.labels,
-        instance_ip=workload.address, outbound_ip=workload.outbound_ip,
-    )  # fmt: skip
+        service=workload.service,
+        labels=workload.labels,
+        instance_ip=workload.address,
+        outbound_ip=workload.outbound_ip,
+    )
 
 
 def bootstrap_files(layout: Layout) -> dict[str, str]:
@@ -270,9 +278,13 @@ def bootstrap_files(layout: Layout) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, node, address in nodes:
         doc: dict[str, Any] = bootstrap(
-            name, node, xds_host=layout.xds_host, xds_port=XDS_PORT,
-            transport="grpc", admin_port=ENVOY_ADMIN_PORT,
-        )  # fmt: skip
+            name,
+            node,
+            xds_host=layout.xds_host,
+            xds_port=XDS_PORT,
+            transport="grpc",
+            admin_port=ENVOY_ADMIN_PORT,
+        )
         # a Struct (labels inside it too): its keys come in no stable order
         doc["node"]["metadata"] = _sorted_keys(doc["node"]["metadata"])
         if layout.admin_on_own_address:

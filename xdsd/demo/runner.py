@@ -116,10 +116,14 @@ class Supervisor:
         out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self._files.append(out)
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, process_group=self.pgid,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            process_group=self.pgid,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
         if not self.pgid:
             self.pgid = proc.pid
         child = Child(name, proc, log)
@@ -196,21 +200,52 @@ def start_mesh(supervisor: Supervisor, layout: Layout, workdir: Path, envoy: str
     """Start xdsd, every proxy and every application; wait for the gateway to answer."""
     config, boots = workdir / "config", workdir / "bootstrap"
     host = layout.xds_host
-    supervisor.start("xdsd", [
-        sys.executable, "-m", "xdsd.cli", "serve", "--config-dir", str(config),
-        "--grpc", f"{host}:{XDS_PORT}", "--rest", f"{host}:{REST_PORT}",
-        "--admin", f"{host}:{ADMIN_PORT}",
-    ])  # fmt: skip
+    supervisor.start(
+        "xdsd",
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "serve",
+            "--config-dir",
+            str(config),
+            "--grpc",
+            f"{host}:{XDS_PORT}",
+            "--rest",
+            f"{host}:{REST_PORT}",
+            "--admin",
+            f"{host}:{ADMIN_PORT}",
+        ],
+    )
     _wait(lambda: _port_open(host, XDS_PORT), supervisor, "waiting for xdsd to listen")
     for name in ["ingressgateway", *(w.name for w in layout.workloads)]:
-        supervisor.start(f"envoy-{name}", [
-            envoy, "-c", str(boots / f"{name}.yaml"), "--disable-hot-restart",
-            "--concurrency", "1", "--log-level", "warning",
-        ])  # fmt: skip
+        supervisor.start(
+            f"envoy-{name}",
+            [
+                envoy,
+                "-c",
+                str(boots / f"{name}.yaml"),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+        )
     for w in layout.workloads:
-        argv = [sys.executable, "-m", "xdsd.demo.app", "--name", w.service,
-                "--version", w.version, "--listen", f"127.0.0.1:{w.app_port}",
-                "--proxy", w.proxy_url]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "xdsd.demo.app",
+            "--name",
+            w.service,
+            "--version",
+            w.version,
+            "--listen",
+            f"127.0.0.1:{w.app_port}",
+            "--proxy",
+            w.proxy_url,
+        ]
         for url in w.calls:
             argv += ["--call", url]
         supervisor.start(w.name, argv)
@@ -282,8 +317,9 @@ def _supervise(layout: Layout, workdir: Path, envoy: str) -> int:
         print(
             f"xdsd demo: {dead.name} exited ({dead.proc.returncode}); stopping. "
             f"{dead.log}:\n{dead.tail()}",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     except _Stop:
         print("xdsd demo: stopping ...", flush=True)

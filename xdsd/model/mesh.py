@@ -35,9 +35,15 @@ class RawResource:
 #: What a config document defines: one model object of a kind xdsd reads (not an Envoy
 #: resource, which is ``xdsd.resources.Resource``; raw Envoy resources are ``RawResource``).
 MeshObject = (
-    Service | VirtualService | DestinationRule | Gateway | Sidecar | EnvoyFilter | ServiceEntry
+    Service
+    | VirtualService
+    | DestinationRule
+    | Gateway
+    | Sidecar
+    | EnvoyFilter
+    | ServiceEntry
     | WorkloadEntry
-)  # fmt: skip
+)
 
 
 #: The kinds a mesh holds as sorted tuples without indexes, by kind: the field's name.

@@ -55,10 +55,11 @@ def _redacted(value: Any) -> Any:
     """Every leaf of ``value`` replaced by ``REDACTED``, but for ``REFERENCES``."""
     if isinstance(value, dict):
         return {
-            key: item if _snake(key) in REFERENCES and not isinstance(item, dict | list)
+            key: item
+            if _snake(key) in REFERENCES and not isinstance(item, dict | list)
             else _redacted(item)
             for key, item in value.items()
-        }  # fmt: skip
+        }
     if isinstance(value, list):
         return [_redacted(item) for item in value]
     return REDACTED

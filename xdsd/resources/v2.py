@@ -39,22 +39,42 @@ V2_TYPES: dict[TypeUrl, TypeUrl] = {
 V3_TYPES: dict[str, TypeUrl] = {v2: v3 for v3, v2 in V2_TYPES.items()}
 
 #: Message types inside resources whose v2 names differ (v3 full name → v2 full name).
-V2_NAMES: dict[str, str] = {
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
-        "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager",
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
-        "envoy.config.filter.network.tcp_proxy.v2.TcpProxy",
-    "envoy.extensions.filters.http.router.v3.Router": "envoy.config.filter.http.router.v2.Router",
-    "envoy.extensions.filters.http.fault.v3.HTTPFault":
-        "envoy.config.filter.http.fault.v2.HTTPFault",
-    "envoy.extensions.filters.http.cors.v3.Cors": "envoy.config.filter.http.cors.v2.Cors",
-    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
-        "envoy.api.v2.auth.UpstreamTlsContext",
-    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
-        "envoy.api.v2.auth.DownstreamTlsContext",
-    "envoy.extensions.access_loggers.file.v3.FileAccessLog":
-        "envoy.config.accesslog.v2.FileAccessLog",
-}  # fmt: skip
+V2_NAMES: dict[str, str] = dict(
+    [
+        (
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager",
+        ),
+        (
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "envoy.config.filter.network.tcp_proxy.v2.TcpProxy",
+        ),
+        (
+            "envoy.extensions.filters.http.router.v3.Router",
+            "envoy.config.filter.http.router.v2.Router",
+        ),
+        (
+            "envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "envoy.config.filter.http.fault.v2.HTTPFault",
+        ),
+        (
+            "envoy.extensions.filters.http.cors.v3.Cors",
+            "envoy.config.filter.http.cors.v2.Cors",
+        ),
+        (
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "envoy.api.v2.auth.UpstreamTlsContext",
+        ),
+        (
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "envoy.api.v2.auth.DownstreamTlsContext",
+        ),
+        (
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "envoy.config.accesslog.v2.FileAccessLog",
+        ),
+    ]
+)
 
 _CACHE: OrderedDict[tuple[str, str, str], Resource] = OrderedDict()
 _CACHE_SIZE = 65536
@@ -77,9 +97,11 @@ def to_v2(resource: Resource) -> Resource:
     _rename_anys(message)
     payload: bytes = message.SerializeToString(deterministic=True)
     found = Resource.encoded(
-        resource.name, V2_TYPES.get(resource.type_url, resource.type_url), payload,
+        resource.name,
+        V2_TYPES.get(resource.type_url, resource.type_url),
+        payload,
         resource.references,
-    )  # fmt: skip
+    )
     _CACHE[key] = found
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -104,16 +104,21 @@ class CertificateFiles:
         a lookup per rule."""
         refs = mesh.gateway_certificate_refs()
         istio = [
-            server.tls.mode_at for gateway in mesh.gateways for server in gateway.servers
+            server.tls.mode_at
+            for gateway in mesh.gateways
+            for server in gateway.servers
             if server.tls is not None and server.tls.mode_at is not None
-        ]  # fmt: skip
+        ]
         memo, fresh = self._rule_memo, {}
         for rule in mesh.destination_rules:
             found = memo.get(rule.key)
             if found is None or found[0] is not rule:
                 settings = rule.client_tls()
-                found = (rule, tuple(r for tls in settings for r in tls.refs),
-                         tuple(t.mode_at for t in settings if t.mode_at is not None))  # fmt: skip
+                found = (
+                    rule,
+                    tuple(r for tls in settings for r in tls.refs),
+                    tuple(t.mode_at for t in settings if t.mode_at is not None),
+                )
             fresh[rule.key] = found
             refs.extend(found[1])
             istio.extend(found[2])

@@ -75,9 +75,10 @@ def read_certificates(
                 unusable.add(ref.path)
     dropped = unusable or set()
     loaded = tuple(
-        CertificateFile(path, data) for path, data in sorted(files.items())
+        CertificateFile(path, data)
+        for path, data in sorted(files.items())
         if isinstance(data, bytes) and path not in dropped
-    )  # fmt: skip
+    )
     return loaded, problems
 
 
@@ -142,8 +143,9 @@ def mesh_certificate_refs(
                 raise
             where = e.filename if e.filename is not None else template
             message = f"cannot look for the files of {template!r} in {where}: {_os_error(e)}"
-            problems.append(Problem(mtls.origin.path, mtls.origin.line, f"mesh.mtls.{field}",
-                                    message))  # fmt: skip
+            problems.append(
+                Problem(mtls.origin.path, mtls.origin.line, f"mesh.mtls.{field}", message)
+            )
             continue
         for path in sorted(matched):
             if path == mtls.ca or (fixed[other] > fixed[field] and patterns[other].fullmatch(path)):
@@ -197,8 +199,9 @@ def _lexists(path: str) -> bool:
 
 def _parts(template: str) -> list[tuple[str, bool]]:
     """``template`` as (literal text, followed by a placeholder) pairs."""
-    return [(literal, name is not None)
-            for literal, name, _, _ in string.Formatter().parse(template)]  # fmt: skip
+    return [
+        (literal, name is not None) for literal, name, _, _ in string.Formatter().parse(template)
+    ]
 
 
 def _glob_of(template: str) -> str:
@@ -226,5 +229,7 @@ def istio_mutual_problems(places: Iterable[tuple[str, Origin]]) -> list[Problem]
     """An error at each (field, origin) where a rule asks for TLS mode ISTIO_MUTUAL:
     what a loader reports while mesh mutual TLS is off, since those certificates do not
     exist then."""
-    return [Problem(origin.path, origin.line, field, ISTIO_MUTUAL_WITHOUT_MESH_TLS)
-            for field, origin in places]  # fmt: skip
+    return [
+        Problem(origin.path, origin.line, field, ISTIO_MUTUAL_WITHOUT_MESH_TLS)
+        for field, origin in places
+    ]

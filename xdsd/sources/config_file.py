@@ -100,10 +100,12 @@ def parse_config_file(
 def internal_problem(path: str, error: BaseException) -> Problem:
     """The error shown for an unexpected exception while loading ``path``."""
     return Problem(
-        path, 0, "",
+        path,
+        0,
+        "",
         f"internal error ({type(error).__name__}: {error}); the load is refused and the "
         "log has the traceback",
-    )  # fmt: skip
+    )
 
 
 class NotRead(Exception):
@@ -135,11 +137,16 @@ def read_config_bytes(path: str, limits: ParseLimits, budget: Budget | None) -> 
         if too_large is not None:
             raise NotRead(stamp, too_large)
         if budget is not None and budget.left < 0:
-            raise NotRead(stamp, Problem(
-                path, 0, "",
-                f"the config files together are more than max_config_bytes "
-                f"({budget.limit} bytes) with this one ({st.st_size} bytes): not read",
-            ))  # fmt: skip
+            raise NotRead(
+                stamp,
+                Problem(
+                    path,
+                    0,
+                    "",
+                    f"the config files together are more than max_config_bytes "
+                    f"({budget.limit} bytes) with this one ({st.st_size} bytes): not read",
+                ),
+            )
         data = os.read(fd, st.st_size + 1)
         if len(data) != st.st_size:  # changed since the stat, or a short read: to the end
             chunks = [data]

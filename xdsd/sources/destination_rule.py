@@ -51,8 +51,10 @@ COOKIE_UNSUPPORTED = ("attributes",)
 TLS_UNSUPPORTED = ("caCrl",)
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 TOPOLOGY_LABELS = (
-    "topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone",
-)  # fmt: skip
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)
 _UINT32 = 2**32 - 1
 _INT32 = 2**31 - 1
 
@@ -389,8 +391,9 @@ def _parse_tls(f: Fields | None, config_dir: str) -> ClientTLS | None:
             "system CA bundle is): give a CA file, or set insecureSkipVerify: true",
         )
     f.finish(TLS_UNSUPPORTED)
-    refs = certificate_refs(f, (("caCertificates", ca), ("clientCertificate", cert),
-                                ("privateKey", key)))  # fmt: skip
+    refs = certificate_refs(
+        f, (("caCertificates", ca), ("clientCertificate", cert), ("privateKey", key))
+    )
     return ClientTLS(mode, cert, key, ca, sans, sni, skip, refs, mode_at)
 
 
@@ -426,8 +429,11 @@ def istio_mutual_at(f: Fields, files: tuple[str, ...]) -> tuple[str, Origin]:
     ``files`` given: that mode uses the mesh's certificates."""
     for name in files:
         if f.has(name):
-            f.error(name, "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
-                    "certificates ([mesh.mtls] in the settings)")  # fmt: skip
+            f.error(
+                name,
+                "does not apply with mode ISTIO_MUTUAL, which uses the mesh's "
+                "certificates ([mesh.mtls] in the settings)",
+            )
     return field_at(f, "mode")
 
 

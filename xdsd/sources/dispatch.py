@@ -47,9 +47,17 @@ OTHER_PARSERS: dict[str, Parser] = {
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
 _K8S_METADATA = (
-    "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-    "selfLink", "finalizers", "ownerReferences", "deletionTimestamp", "generateName",
-)  # fmt: skip
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "finalizers",
+    "ownerReferences",
+    "deletionTimestamp",
+    "generateName",
+)
 
 
 def parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObject | None:

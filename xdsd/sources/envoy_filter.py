@@ -139,17 +139,25 @@ def _parse_match(f: Fields | None, apply_to: ApplyTo) -> PatchMatch:
         proxy.finish(("proxyVersion",), "xdsd serves one Envoy version range")
     fields: dict[str, object] = {"context": context, "proxy_metadata": proxy_meta}
     listener, routes, cluster = f.obj("listener"), f.obj("routeConfiguration"), f.obj("cluster")
-    given = [n for n, o in (("listener", listener), ("routeConfiguration", routes),
-                            ("cluster", cluster)) if o is not None]  # fmt: skip
+    given = [
+        n
+        for n, o in (("listener", listener), ("routeConfiguration", routes), ("cluster", cluster))
+        if o is not None
+    ]
     if len(given) > 1:
         f.error(given[1], f"excludes {given[0]}: a patch matches one kind of object")
     if listener is not None:
         fields.update(kind="listener", **_listener_match(listener))
         if fields.get("sub_filter_name") and apply_to is not ApplyTo.HTTP_FILTER:
-            f.error("listener", f"subFilter selects HTTP filters: it does not apply to "
-                    f"{apply_to.value}")  # fmt: skip
-        if apply_to in (ApplyTo.ROUTE_CONFIGURATION, ApplyTo.VIRTUAL_HOST, ApplyTo.HTTP_ROUTE,
-                        ApplyTo.CLUSTER):  # fmt: skip
+            f.error(
+                "listener", f"subFilter selects HTTP filters: it does not apply to {apply_to.value}"
+            )
+        if apply_to in (
+            ApplyTo.ROUTE_CONFIGURATION,
+            ApplyTo.VIRTUAL_HOST,
+            ApplyTo.HTTP_ROUTE,
+            ApplyTo.CLUSTER,
+        ):
             f.error("listener", f"does not select {apply_to.value} objects")
     elif routes is not None:
         fields.update(kind="route_configuration", **_route_match(routes))

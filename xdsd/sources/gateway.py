@@ -22,9 +22,17 @@ from xdsd.model.networking import (
 from xdsd.sources.destination_rule import certificate_file, certificate_refs, istio_mutual_at
 from xdsd.sources.service_entry import parse_entry_port
 
-SERVER_TLS_UNSUPPORTED = ("credentialName", "credentialNames", "verifyCertificateSpki",
-                          "verifyCertificateHash", "tlsCertificates", "caCrl", "ecdhCurves",
-                          "insecureSkipVerify", "caCertCredentialName")  # fmt: skip
+SERVER_TLS_UNSUPPORTED = (
+    "credentialName",
+    "credentialNames",
+    "verifyCertificateSpki",
+    "verifyCertificateHash",
+    "tlsCertificates",
+    "caCrl",
+    "ecdhCurves",
+    "insecureSkipVerify",
+    "caCertCredentialName",
+)
 SIDECAR_UNSUPPORTED = ("inboundConnectionPool",)
 EGRESS_UNSUPPORTED = ("captureMode",)
 INGRESS_UNSUPPORTED = ("captureMode", "tls", "connectionPool")
@@ -35,15 +43,30 @@ REFUSED_TLS_MODES = {
 TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 #: The cipher suite names Envoy's TLS library accepts for TLS 1.0-1.2 (TLS 1.3 suites are
 #: not configurable). Istio drops other names with a warning; so does xdsd.
-CIPHER_SUITES = frozenset({
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    "ECDHE-PSK-CHACHA20-POLY1305", "ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA",
-    "ECDHE-PSK-AES128-CBC-SHA", "ECDHE-ECDSA-AES256-SHA", "ECDHE-RSA-AES256-SHA",
-    "ECDHE-PSK-AES256-CBC-SHA", "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA",
-    "PSK-AES128-CBC-SHA", "AES256-SHA", "PSK-AES256-CBC-SHA", "DES-CBC3-SHA",
-})  # fmt: skip
+CIPHER_SUITES = frozenset(
+    {
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-PSK-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-PSK-AES128-CBC-SHA",
+        "ECDHE-ECDSA-AES256-SHA",
+        "ECDHE-RSA-AES256-SHA",
+        "ECDHE-PSK-AES256-CBC-SHA",
+        "AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "AES128-SHA",
+        "PSK-AES128-CBC-SHA",
+        "AES256-SHA",
+        "PSK-AES256-CBC-SHA",
+        "DES-CBC3-SHA",
+    }
+)
 #: Server protocols that carry plain HTTP (routes by RDS).
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 #: Server protocols that carry TLS (a tls.mode is required).
@@ -190,12 +213,15 @@ def _ciphers(f: Fields) -> tuple[str, ...]:
             f.report.add((*f.path, "cipherSuites", i), "must be a string")
             continue
         if name in kept:
-            f.report.add((*f.path, "cipherSuites", i), f"{name!r} repeats: ignored",
-                         Severity.WARNING)  # fmt: skip
+            f.report.add(
+                (*f.path, "cipherSuites", i), f"{name!r} repeats: ignored", Severity.WARNING
+            )
         elif name and name[0].isalnum() and name not in CIPHER_SUITES:
-            f.report.add((*f.path, "cipherSuites", i),
-                         f"{name!r} is not a cipher suite Envoy knows: ignored",
-                         Severity.WARNING)  # fmt: skip
+            f.report.add(
+                (*f.path, "cipherSuites", i),
+                f"{name!r} is not a cipher suite Envoy knows: ignored",
+                Severity.WARNING,
+            )
         elif name:
             kept.append(name)
     return tuple(kept)

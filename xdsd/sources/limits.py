@@ -88,10 +88,12 @@ def size_problem(path: str, size: int, limits: ParseLimits) -> Problem | None:
     if size <= limits.max_file_bytes:
         return None
     return Problem(
-        path, 0, "",
+        path,
+        0,
+        "",
         f"file is {size} bytes, more than max_file_bytes ({limits.max_file_bytes}): "
         "not read (split it, or raise the limit in the settings)",
-    )  # fmt: skip
+    )
 
 
 def nesting_problem(path: str, data: bytes, limits: ParseLimits) -> Problem | None:
@@ -152,10 +154,11 @@ def _keep_newlines(m: re.Match[bytes]) -> bytes:
 
 def _too_deep(path: str, line: int, limit: int) -> Problem:
     return Problem(
-        path, line, "",
-        f"nested deeper than max_nesting_depth ({limit} levels of lists and mappings): "
-        "not parsed",
-    )  # fmt: skip
+        path,
+        line,
+        "",
+        f"nested deeper than max_nesting_depth ({limit} levels of lists and mappings): not parsed",
+    )
 
 
 def digits_problem(path: str, data: bytes, limits: ParseLimits) -> Problem | None:
@@ -168,9 +171,11 @@ def digits_problem(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
     if m is None:
         return None
     return Problem(
-        path, data.count(b"\n", 0, m.start()) + 1, "",
+        path,
+        data.count(b"\n", 0, m.start()) + 1,
+        "",
         f"a number of more than max_integer_digits ({limit}) digits: not parsed",
-    )  # fmt: skip
+    )
 
 
 _DIGIT_RUNS: dict[int, re.Pattern[bytes]] = {}
@@ -188,10 +193,12 @@ def too_many_documents(path: str, line: int, limits: ParseLimits) -> Problem:
     """The error for a file holding more than ``max_documents_per_file`` documents (on
     the line of the first one beyond)."""
     return Problem(
-        path, line, "",
+        path,
+        line,
+        "",
         f"more than max_documents_per_file ({limits.max_documents_per_file}) documents in "
         "one file: not loaded (split it, or raise the limit in the settings)",
-    )  # fmt: skip
+    )
 
 
 __all__ = [

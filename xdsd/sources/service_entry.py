@@ -115,9 +115,19 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
     spec.finish()
     _check_entry(spec, hosts, ports, resolution if known else None, endpoints)
     return ServiceEntry(
-        name, namespace, hosts, addresses, ports, location, resolution, endpoints, selector,
-        export_to, sans, origin=origin,
-    )  # fmt: skip
+        name,
+        namespace,
+        hosts,
+        addresses,
+        ports,
+        location,
+        resolution,
+        endpoints,
+        selector,
+        export_to,
+        sans,
+        origin=origin,
+    )
 
 
 def _check_entry(

@@ -29,25 +29,29 @@ def sidecar_problems(sidecars: Sequence[Sidecar]) -> list[Problem]:
         for extra in plain[1:]:
             problems.append(
                 Problem(
-                    extra.origin.path, extra.origin.line, "",
+                    extra.origin.path,
+                    extra.origin.line,
+                    "",
                     f"namespace {namespace!r} already has a Sidecar without workloadSelector "
                     f"({plain[0].name}, {plain[0].origin}): merge the two, or give one a "
                     "workloadSelector",
                 )
-            )  # fmt: skip
+            )
         selected = [s for s in group if s.workload_selector]
         for i, later in enumerate(selected):
             for first in selected[:i]:
                 if _compatible(first.workload_selector, later.workload_selector):
                     problems.append(
                         Problem(
-                            later.origin.path, later.origin.line, "workloadSelector",
+                            later.origin.path,
+                            later.origin.line,
+                            "workloadSelector",
                             f"a workload labelled {_labels(first, later)} is selected by "
                             f"Sidecar {first.name} ({first.origin}) too, which applies to it "
                             "(the first by name)",
                             Severity.WARNING,
                         )
-                    )  # fmt: skip
+                    )
                     break
     return problems
 

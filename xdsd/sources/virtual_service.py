@@ -109,9 +109,19 @@ def _parse_http_route(f: Fields) -> HTTPRoute:
             )
     f.finish(HTTP_ROUTE_UNSUPPORTED)
     return HTTPRoute(
-        name, match, route, timeout, retries, redirect, direct, rewrite, fault, mirrors,
-        cors, headers,
-    )  # fmt: skip
+        name,
+        match,
+        route,
+        timeout,
+        retries,
+        redirect,
+        direct,
+        rewrite,
+        fault,
+        mirrors,
+        cors,
+        headers,
+    )
 
 
 def _parse_retries(retry: Fields | None) -> Retries | None:
@@ -208,11 +218,20 @@ def _parse_match(f: Fields) -> HTTPMatch:
     gateways = f.strings("gateways")
     f.finish(HTTP_MATCH_UNSUPPORTED)
     return HTTPMatch(
-        name=name, uri=uri, method=method, headers=headers, port=port, scheme=scheme,
-        authority=authority, query_params=query, without_headers=without,
-        ignore_uri_case=ignore_case, source_labels=source_labels,
-        source_namespace=source_namespace, gateways=gateways,
-    )  # fmt: skip
+        name=name,
+        uri=uri,
+        method=method,
+        headers=headers,
+        port=port,
+        scheme=scheme,
+        authority=authority,
+        query_params=query,
+        without_headers=without,
+        ignore_uri_case=ignore_case,
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=gateways,
+    )
 
 
 def _parse_destination(f: Fields | None) -> Destination | None:
@@ -345,8 +364,7 @@ def _fault_percentage(f: Fields, what: str) -> float:
     now states), with a warning, since that is rarely what was meant."""
     value = _percentage(f, "percentage")
     if value is None:
-        f.warn(None, f"has no percentage: no request is {what} (as in Istio); "
-                     "set percentage.value")  # fmt: skip
+        f.warn(None, f"has no percentage: no request is {what} (as in Istio); set percentage.value")
         return 0.0
     return value
 
@@ -361,8 +379,10 @@ def _parse_mirrors(f: Fields) -> tuple[Mirror, ...]:
             percentage = float(legacy)
         out.append(Mirror(single, 100.0 if percentage is None else percentage))
     elif f.has("mirrorPercentage") or f.has("mirrorPercent"):
-        f.error("mirrorPercentage" if f.has("mirrorPercentage") else "mirrorPercent",
-                "needs mirror (use mirrors[].percentage with mirrors)")  # fmt: skip
+        f.error(
+            "mirrorPercentage" if f.has("mirrorPercentage") else "mirrorPercent",
+            "needs mirror (use mirrors[].percentage with mirrors)",
+        )
     if f.has("mirror") and f.has("mirrors"):
         f.error("mirrors", "cannot be used together with mirror: set only one")
     for item in f.objects("mirrors"):

@@ -116,16 +116,22 @@ class ConfigWatcher:
             except FileNotFoundError:
                 log.warning("config directory %s disappeared; waiting for it", self.config_dir)
             except Exception:
-                log.exception("watching %s failed; watching again in %.1f s", self.config_dir,
-                              self.poll_interval)  # fmt: skip
+                log.exception(
+                    "watching %s failed; watching again in %.1f s",
+                    self.config_dir,
+                    self.poll_interval,
+                )
                 await _wait(stop, self.poll_interval)
             finally:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             if not stop.is_set():
-                log.info("config directory %s now points at %s", self.config_dir,
-                         os.path.realpath(self.config_dir))  # fmt: skip
+                log.info(
+                    "config directory %s now points at %s",
+                    self.config_dir,
+                    os.path.realpath(self.config_dir),
+                )
                 await self._report({self.config_dir})
 
     async def _report(self, paths: set[str]) -> None:
@@ -183,8 +189,10 @@ class ConfigWatcher:
                 log.warning("a certificate directory disappeared; watching again")
                 await _wait(stop, self.poll_interval)
             except Exception:
-                log.exception("watching certificate directories failed; watching again in "
-                              "%.1f s", self.poll_interval)  # fmt: skip
+                log.exception(
+                    "watching certificate directories failed; watching again in %.1f s",
+                    self.poll_interval,
+                )
                 await _wait(stop, self.poll_interval)
             finally:
                 poller.cancel()

@@ -207,9 +207,13 @@ def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> No
     _set_load_balancer(cluster, spec, flavor)
     source = ConfigSourceKind.REST if flavor is ClusterFlavor.ENVOY_REST else ConfigSourceKind.ADS
     apply_traffic_policy(
-        cluster, spec.port, spec.policy, grpc=flavor.grpc, rule=spec.rule,
+        cluster,
+        spec.port,
+        spec.policy,
+        grpc=flavor.grpc,
+        rule=spec.rule,
         source=source,
-    )  # fmt: skip
+    )
 
 
 _CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]

@@ -152,19 +152,25 @@ def _patch_problems(
         for ref_type, ref in new.references:
             if ref in snapshot.get(TypeUrl(ref_type)):
                 continue
-            problems.append(applied[-1].problem(
-                f"after this patch {kind(type_url)} {name!r} references {kind(ref_type)} "
-                f"{ref!r}, which the node does not have: add it (a CLUSTER ADD patch, a "
-                "service or a raw resource) or change the reference", ".patch.value",
-            ))  # fmt: skip
+            problems.append(
+                applied[-1].problem(
+                    f"after this patch {kind(type_url)} {name!r} references {kind(ref_type)} "
+                    f"{ref!r}, which the node does not have: add it (a CLUSTER ADD patch, a "
+                    "service or a raw resource) or change the reference",
+                    ".patch.value",
+                )
+            )
     removed = {slot: applied for slot, (new, applied) in changes.items() if new is None}
     if removed:
         for resource in chosen.values():
             for ref_type, ref in resource.references:
                 blamed = removed.get((ref_type, ref))
                 if blamed and ref not in snapshot.get(TypeUrl(ref_type)):
-                    problems.append(blamed[-1].problem(
-                        f"removes {kind(ref_type)} {ref!r}, which {kind(resource.type_url)} "
-                        f"{resource.name!r} still references", ".patch.operation",
-                    ))  # fmt: skip
+                    problems.append(
+                        blamed[-1].problem(
+                            f"removes {kind(ref_type)} {ref!r}, which {kind(resource.type_url)} "
+                            f"{resource.name!r} still references",
+                            ".patch.operation",
+                        )
+                    )
     return problems

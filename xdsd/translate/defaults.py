@@ -52,12 +52,16 @@ def apply_mesh_config(
             continue
         sock = resource.message.address.socket_address
         if sock.port_value == stats.port and overlaps(sock.address, ip):
-            return [Problem(
-                "<settings>", 0, "mesh.prometheus.port",
-                f"the stats listener on {ip}:{stats.port} would collide with listener "
-                f"{resource.name!r} of {node.namespace}/{node.service}: choose another "
-                "port for the stats listener, or move that port",
-            )]  # fmt: skip
+            return [
+                Problem(
+                    "<settings>",
+                    0,
+                    "mesh.prometheus.port",
+                    f"the stats listener on {ip}:{stats.port} would collide with listener "
+                    f"{resource.name!r} of {node.namespace}/{node.service}: choose another "
+                    "port for the stats listener, or move that port",
+                )
+            ]
     listener = memo.get(_stats_resource, ip, stats)
     chosen[(LISTENER, stats_listener_name(ip, stats.port))] = listener
     return []

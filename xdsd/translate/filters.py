@@ -157,9 +157,10 @@ class EnvoyFilters:
                 chosen[slot] = result.resource
         problems: list[Problem] = []
         contexts = (
-            (PatchContext.GATEWAY,) if gateway
+            (PatchContext.GATEWAY,)
+            if gateway
             else (PatchContext.SIDECAR_INBOUND, PatchContext.SIDECAR_OUTBOUND)
-        )  # fmt: skip
+        )
         for kind, type_url in ((ApplyTo.LISTENER, LISTENER), (ApplyTo.CLUSTER, CLUSTER)):
             for message, patch in added(kind, contexts, patches):
                 slot = (type_url, message.name)
@@ -172,10 +173,13 @@ class EnvoyFilters:
                     and (slot not in changes or changes[slot].resource is not None)
                 )
                 if exists:
-                    problems.append(patch.problem(
-                        f"adds {noun} {message.name!r}, which the node already has: MERGE "
-                        "into it, or REMOVE it first", ".patch.value.name",
-                    ))  # fmt: skip
+                    problems.append(
+                        patch.problem(
+                            f"adds {noun} {message.name!r}, which the node already has: MERGE "
+                            "into it, or REMOVE it first",
+                            ".patch.value.name",
+                        )
+                    )
                     continue
                 resource = self._memo.resource(added_value, patch)
                 chosen[slot] = resource

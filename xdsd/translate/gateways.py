@@ -77,9 +77,11 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 #: ALPN a TLS-terminating HTTPS server offers (Istio's).
 HTTPS_ALPN = ("h2", "http/1.1")
 _TERMINATING = (
-    ServerTLSMode.SIMPLE, ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL,
+    ServerTLSMode.SIMPLE,
+    ServerTLSMode.MUTUAL,
+    ServerTLSMode.OPTIONAL_MUTUAL,
     ServerTLSMode.ISTIO_MUTUAL,
-)  # fmt: skip
+)
 _VALIDATING = (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
 _TLS_VERSIONS = {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO,
@@ -235,9 +237,10 @@ def plan_gateway(
                 chains.append(ChainPlan(server.name or prefix, names, tls, True, name))
             elif tls is not None and tls.mode is ServerTLSMode.PASSTHROUGH:
                 chains.extend(
-                    _passthrough_chains(mesh, bound.get(gw.key, ()), gw.key, server, prefix,
-                                        claimed, problems)
-                )  # fmt: skip
+                    _passthrough_chains(
+                        mesh, bound.get(gw.key, ()), gw.key, server, prefix, claimed, problems
+                    )
+                )
             else:
                 clusters = _tcp_clusters(mesh, bound.get(gw.key, ()), gw.key, server, problems)
                 if clusters:
@@ -277,11 +280,15 @@ def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Probl
                     break
         if clash:
             problems.append(
-                Problem(gw.origin.path, gw.origin.line, f"servers[{i}]",
-                        f"{clash} (by servers[{j}] of Gateway {other.namespace}/{other.name}, "
-                        f"{other.origin}): give it another port or bind address, or select "
-                        "the gateways on different nodes")
-            )  # fmt: skip
+                Problem(
+                    gw.origin.path,
+                    gw.origin.line,
+                    f"servers[{i}]",
+                    f"{clash} (by servers[{j}] of Gateway {other.namespace}/{other.name}, "
+                    f"{other.origin}): give it another port or bind address, or select "
+                    "the gateways on different nodes",
+                )
+            )
             ok = False
     return ok
 
@@ -537,8 +544,9 @@ def downstream_tls_context(
         if tls.mode in _VALIDATING:
             add_validation(common, tls.ca_certificates, matchers, source)
     ctx.require_client_certificate.value = tls.mode in (
-        ServerTLSMode.MUTUAL, ServerTLSMode.ISTIO_MUTUAL
-    )  # fmt: skip
+        ServerTLSMode.MUTUAL,
+        ServerTLSMode.ISTIO_MUTUAL,
+    )
     params = common_pb2.TlsParameters()
     if tls.min_protocol_version and tls.min_protocol_version != "TLS_AUTO":
         params.tls_minimum_protocol_version = _TLS_VERSIONS[tls.min_protocol_version]

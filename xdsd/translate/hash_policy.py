@@ -35,8 +35,12 @@ def consistent_hash_for(
         return None
     found = rule.subset(subset) if subset else None
     inner = found.traffic_policy if found is not None else None
-    for policy, at_port in ((inner, True), (inner, False), (rule.traffic_policy, True),
-                            (rule.traffic_policy, False)):  # fmt: skip
+    for policy, at_port in (
+        (inner, True),
+        (inner, False),
+        (rule.traffic_policy, True),
+        (rule.traffic_policy, False),
+    ):
         hashing = _hash_of(policy, port if at_port else None)
         if hashing is not None:
             return hashing
@@ -80,9 +84,9 @@ def add_hash_policies(action: Any, mesh: Mesh) -> None:
     """Append to a finished route ``action`` the hash policy of each of its outbound
     clusters (``outbound|PORT|SUBSET|FQDN``) whose DestinationRule has a consistent hash,
     once per distinct hash, in cluster order (Istio appends one per destination)."""
-    names = [action.cluster] if action.cluster else [
-        c.name for c in action.weighted_clusters.clusters
-    ]  # fmt: skip
+    names = (
+        [action.cluster] if action.cluster else [c.name for c in action.weighted_clusters.clusters]
+    )
     seen: list[ConsistentHash] = []
     for name in names:
         parts = name.split("|")

@@ -268,9 +268,12 @@ def _cluster_of(
     if dest.port:
         if target.port(dest.port) is None:
             problems.append(
-                _problem(vs, f"{field}.port.number",
-                         f"{target.fqdn} has no port {dest.port}: use one of {ports}")
-            )  # fmt: skip
+                _problem(
+                    vs,
+                    f"{field}.port.number",
+                    f"{target.fqdn} has no port {dest.port}: use one of {ports}",
+                )
+            )
             return None
         number = dest.port
     elif target.port(listener_port) is not None:
@@ -279,19 +282,25 @@ def _cluster_of(
         number = target.ports[0].number
     else:
         problems.append(
-            _problem(vs, f"{field}.port.number",
-                     f"{target.fqdn} has several ports and none is {listener_port}: set "
-                     f"destination.port to one of {ports}")
-        )  # fmt: skip
+            _problem(
+                vs,
+                f"{field}.port.number",
+                f"{target.fqdn} has several ports and none is {listener_port}: set "
+                f"destination.port to one of {ports}",
+            )
+        )
         return None
     if dest.subset:
         rule = mesh.destination_rule(target)
         if rule is None or rule.subset(dest.subset) is None:
             problems.append(
-                _problem(vs, f"{field}.subset",
-                         f"subset {dest.subset!r} of {target.fqdn} is not defined by any "
-                         "DestinationRule: define it or remove it from the route")
-            )  # fmt: skip
+                _problem(
+                    vs,
+                    f"{field}.subset",
+                    f"subset {dest.subset!r} of {target.fqdn} is not defined by any "
+                    "DestinationRule: define it or remove it from the route",
+                )
+            )
             return None
     return outbound_cluster_name(number, dest.subset, target.fqdn)
 

@@ -264,8 +264,10 @@ def api_listener(name: str, route_config_name: str) -> Any:
     ``route_config_name`` over ADS (the only config source gRPC accepts)."""
     listener = listener_pb2.Listener(name=name)
     hcm = http_connection_manager(
-        name, rds=(route_config_name, ConfigSourceKind.ADS), filters=(FAULT_FILTER,),
+        name,
+        rds=(route_config_name, ConfigSourceKind.ADS),
+        filters=(FAULT_FILTER,),
         websocket=False,
-    )  # fmt: skip
+    )
     listener.api_listener.api_listener.CopyFrom(pack(hcm))
     return listener

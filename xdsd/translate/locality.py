@@ -124,9 +124,10 @@ def _distribute(
         weights: dict[int, int] = {}
         for pattern, percent in entry.to:
             matched = [
-                i for i, g in enumerate(groups)
+                i
+                for i, g in enumerate(groups)
                 if i not in weights and locality_matches(g.locality, pattern)
-            ]  # fmt: skip
+            ]
             total = sum(groups[i].weight for i in matched)
             for i in matched:
                 weights[i] = max(1, math.ceil(groups[i].weight * percent / total))
@@ -155,8 +156,11 @@ def _by_locality(
 
 
 def _labels_of(endpoint_labels: Iterable[tuple[str, str]], locality: Locality) -> dict[str, str]:
-    labels = {REGION_LABEL: locality.region, ZONE_LABEL: locality.zone,
-              SUBZONE_LABEL: locality.sub_zone}  # fmt: skip
+    labels = {
+        REGION_LABEL: locality.region,
+        ZONE_LABEL: locality.zone,
+        SUBZONE_LABEL: locality.sub_zone,
+    }
     labels.update(endpoint_labels)
     return labels
 

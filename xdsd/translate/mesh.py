@@ -154,19 +154,26 @@ class MeshTranslation:
         self._secrets = Secrets(mesh)
         self._raw = RawResources(mesh)
         self._assembly: Assembly = Assembly(
-            bases=self._bases, raw=self._raw, timings=self.timings,
+            bases=self._bases,
+            raw=self._raw,
+            timings=self.timings,
             previous=previous._assembly if previous else None,
-        )  # fmt: skip
+        )
         self._scoping = Scoping(
-            mesh, root_namespace=root_namespace,
+            mesh,
+            root_namespace=root_namespace,
             outbound_policy=mesh_config.outbound_traffic_policy,
-        )  # fmt: skip
+        )
         self._base_builders = BaseBuilders(self._memo, mesh_config.mtls)
         self._parts = ClassParts(
-            mesh, memo=self._memo, selections=Selections(check=check_memo),
-            scoping=self._scoping, routes=self._routes, secrets=self._secrets,
+            mesh,
+            memo=self._memo,
+            selections=Selections(check=check_memo),
+            scoping=self._scoping,
+            routes=self._routes,
+            secrets=self._secrets,
             mtls_mode=mesh_config.mtls.mode,
-        )  # fmt: skip
+        )
         self._filters = EnvoyFilters(mesh, root_namespace=root_namespace, memo=self._memo)
 
     # -- public ---------------------------------------------------------------------

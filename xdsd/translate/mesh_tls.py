@@ -63,22 +63,34 @@ def mesh_identity(
     its files were not found."""
     where = mtls.origin
     if mtls.per_workload and (not ip or is_wildcard(ip)):
-        raise TranslationError([Problem(
-            where.path, where.line, "mesh.mtls.certificate",
-            f"names each workload by {{instance_ip}}, and {node} has none: set the "
-            "node's instance_ip (xdsd bootstrap --instance-ip)",
-        )])  # fmt: skip
+        raise TranslationError(
+            [
+                Problem(
+                    where.path,
+                    where.line,
+                    "mesh.mtls.certificate",
+                    f"names each workload by {{instance_ip}}, and {node} has none: set the "
+                    "node's instance_ip (xdsd bootstrap --instance-ip)",
+                )
+            ]
+        )
     certificate, key = mtls.workload_files(node.namespace, node.service, ip)
     try:
         return secrets.mesh_identity(certificate, key, mtls.ca)
     except KeyError as missing:
-        raise TranslationError([Problem(
-            where.path, where.line, "mesh.mtls.certificate",
-            f"no mesh certificate for {node}: {missing.args[0]} was not found or is "
-            "not usable (see the load's warnings; xdsd looks for new files when services "
-            "are added, when something changes under the templates' directory, and on "
-            "SIGHUP)",
-        )]) from None  # fmt: skip
+        raise TranslationError(
+            [
+                Problem(
+                    where.path,
+                    where.line,
+                    "mesh.mtls.certificate",
+                    f"no mesh certificate for {node}: {missing.args[0]} was not found or is "
+                    "not usable (see the load's warnings; xdsd looks for new files when services "
+                    "are added, when something changes under the templates' directory, and on "
+                    "SIGHUP)",
+                )
+            ]
+        ) from None
 
 
 def istio_mutual_problem(spec: OutboundCluster) -> Problem:

@@ -143,14 +143,20 @@ class ClassParts:
             explicit = scoping.explicit_groups(scope)
             problems = check_port_groups([g for g, _ in groups] + [g for _, g, _ in explicit])
             problems += check_binds(
-                own, instance_ip, node.outbound_ip, {g.number: g for g, _ in groups},
+                own,
+                instance_ip,
+                node.outbound_ip,
+                {g.number: g for g, _ in groups},
                 HTTP_PROXY_PORT,
-            )  # fmt: skip
+            )
             if sidecar is not None:
                 problems += explicit_bind_problems(
-                    sidecar, [(b, g.number) for b, g, _ in explicit], own, instance_ip,
+                    sidecar,
+                    [(b, g.number) for b, g, _ in explicit],
+                    own,
+                    instance_ip,
                     node.outbound_ip,
-                )  # fmt: skip
+                )
         if problems:
             raise TranslationError(problems)
         out: list[Resource] = []
@@ -162,18 +168,26 @@ class ClassParts:
         return out
 
     def outbound(
-        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
+        self,
+        ip: str,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
         scope: Scope = EVERYTHING,
-    ) -> tuple[Resource, ...]:  # fmt: skip
+    ) -> tuple[Resource, ...]:
         """Outbound HTTP listeners on ``ip`` (and on the bind addresses of explicit
         egress listeners) and the route configurations they name, as ``caller`` sees them
         and as far as ``scope`` lets it see."""
         return self._selections.get(self._outbound, ip, source, style, caller, scope)
 
     def _outbound(
-        self, ip: str, source: ConfigSourceKind, style: MatcherStyle, caller: Caller,
+        self,
+        ip: str,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
         scope: Scope,
-    ) -> list[Resource]:  # fmt: skip
+    ) -> list[Resource]:
         """The selection ``outbound`` memoizes."""
         block = scope.registry_only
         memo = self._memo
@@ -197,9 +211,10 @@ class ClassParts:
             out.append(memo.resource(outbound_http_listener, address, group.number, source, name))
             try:
                 out.append(
-                    routes.port_routes(group, style, caller, view=view, name=name,
-                                       block_unknown=block)
-                )  # fmt: skip
+                    routes.port_routes(
+                        group, style, caller, view=view, name=name, block_unknown=block
+                    )
+                )
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
         forward = self._scoping.forwards()
@@ -207,9 +222,10 @@ class ClassParts:
         visible = self._scoping.visible_groups(scope)
         try:
             out.append(
-                routes.proxy_routes([g for g, _ in visible], style, caller, view=scope.visible,
-                                    block_unknown=block)
-            )  # fmt: skip
+                routes.proxy_routes(
+                    [g for g, _ in visible], style, caller, view=scope.visible, block_unknown=block
+                )
+            )
         except TranslationError as err:
             problems.extend(p for p in err.problems if p not in problems)
         if problems:
@@ -304,9 +320,13 @@ class ClassParts:
         return out
 
     def gateway_routes(
-        self, vs: VirtualService, port: int, gateway: ResourceKey, caller: Caller,
+        self,
+        vs: VirtualService,
+        port: int,
+        gateway: ResourceKey,
+        caller: Caller,
         style: MatcherStyle,
-    ) -> list[Any]:  # fmt: skip
+    ) -> list[Any]:
         """The routes of ``vs`` on ``port`` of ``gateway`` as ``caller`` sees them, in
         ``style`` (memoized per translation)."""
         key = (vs.key, port, gateway, caller, style)
@@ -430,15 +450,19 @@ def _policies(rule: DestinationRule) -> Iterable[TrafficPolicy]:
             continue
         yield policy
         for port in policy.port_level_settings:
-            yield TrafficPolicy(port.load_balancer, port.connection_pool,
-                                port.outlier_detection, port.tls)  # fmt: skip
+            yield TrafficPolicy(
+                port.load_balancer, port.connection_pool, port.outlier_detection, port.tls
+            )
 
 
 def _may_localize(rule: DestinationRule) -> bool:
     """True when some cluster of ``rule`` may look different from some locality."""
     return any(
         p.outlier_detection is not None
-        or (p.load_balancer is not None and p.load_balancer.locality is not None
-            and bool(p.load_balancer.locality.distribute))
+        or (
+            p.load_balancer is not None
+            and p.load_balancer.locality is not None
+            and bool(p.load_balancer.locality.distribute)
+        )
         for p in _policies(rule)
-    )  # fmt: skip
+    )

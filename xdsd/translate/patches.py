@@ -94,11 +94,15 @@ def merge_any(dst: any_pb2.Any, src: any_pb2.Any, patch: Patch, what: str) -> an
     """The Any holding ``dst``'s message with ``src``'s merged into it (Istio's
     MergeAnyWithAny). Raises TranslationError when the two hold different types."""
     if dst.type_url != src.type_url:
-        raise TranslationError([patch.problem(
-            f"cannot MERGE a {src.type_url.rsplit('/', 1)[-1]} into {what}, whose "
-            f"typed_config is a {dst.type_url.rsplit('/', 1)[-1]}: use REPLACE",
-            ".patch.value.typed_config",
-        )])  # fmt: skip
+        raise TranslationError(
+            [
+                patch.problem(
+                    f"cannot MERGE a {src.type_url.rsplit('/', 1)[-1]} into {what}, whose "
+                    f"typed_config is a {dst.type_url.rsplit('/', 1)[-1]}: use REPLACE",
+                    ".patch.value.typed_config",
+                )
+            ]
+        )
     target, addition = _unpack(dst), _unpack(src)
     if target is None or addition is None:
         return dst
@@ -406,10 +410,14 @@ def _patch_http_filters(listener: Any, chain: Any, flt: Any, walk: _Walk) -> Non
             if value.name:
                 http_filter.name = value.name
             if value.HasField("typed_config"):
-                http_filter.typed_config.CopyFrom(merge_any(
-                    http_filter.typed_config, value.typed_config, p,
-                    f"HTTP filter {http_filter.name!r}",
-                ))  # fmt: skip
+                http_filter.typed_config.CopyFrom(
+                    merge_any(
+                        http_filter.typed_config,
+                        value.typed_config,
+                        p,
+                        f"HTTP filter {http_filter.name!r}",
+                    )
+                )
             walk.did(p)
     if len(walk.applied) != before:
         flt.typed_config.CopyFrom(pack(hcm))

@@ -266,8 +266,10 @@ class RouteBuilder:
         host)."""
         targets: list[Hashable] = []
         for http in vs.http:
-            for dest in (*(rd.destination for rd in http.route),
-                         *(m.destination for m in http.mirrors)):  # fmt: skip
+            for dest in (
+                *(rd.destination for rd in http.route),
+                *(m.destination for m in http.mirrors),
+            ):
                 target = self._mesh.service(dest.host, vs.namespace)
                 if target is None:
                     targets.append(None)
@@ -541,8 +543,10 @@ def _mosn_problems(vs: VirtualService, index: int, http: HTTPRoute) -> list[Prob
     ``queryParams`` would match every request (see ``mosn``). Refused, not dropped."""
     out = []
     for j, block in enumerate(http.match):
-        for name, present in (("withoutHeaders", block.without_headers),
-                              ("queryParams", block.query_params)):  # fmt: skip
+        for name, present in (
+            ("withoutHeaders", block.without_headers),
+            ("queryParams", block.query_params),
+        ):
             if present:
                 out.append(
                     _problem(

@@ -205,13 +205,14 @@ def scope_of(
             if port.protocol.is_http != http:
                 problems.append(
                     Problem(
-                        sidecar.origin.path, sidecar.origin.line,
+                        sidecar.origin.path,
+                        sidecar.origin.line,
                         f"egress[{index}].port.protocol",
                         f"{listener.port.protocol_name} disagrees with port {number} of "
                         f"{service.fqdn} ({port.protocol.value}): a listener either routes "
                         "HTTP by Host or proxies TCP",
                     )
-                )  # fmt: skip
+                )
                 continue
             members.append(service.key)
         explicit.append(ExplicitListener(number, listener.bind, tuple(members), http))

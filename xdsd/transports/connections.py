@@ -180,14 +180,20 @@ class ConnectionGate:
         ``max_connections`` (+ ``reserve``) or ``max_connections_per_address``."""
         count = self._per_address.get(address, 0)
         if self.open >= self.max_connections + reserve:
-            self.refuse(listener, "too_many_connections",
-                        f"{self.open} connections open, the limit (max_connections): "
-                        f"closing a new one from {address}")  # fmt: skip
+            self.refuse(
+                listener,
+                "too_many_connections",
+                f"{self.open} connections open, the limit (max_connections): "
+                f"closing a new one from {address}",
+            )
             return False
         if count >= self.limits.max_connections_per_address:
-            self.refuse(listener, "too_many_connections_from_address",
-                        f"{address} already has {count} connections open, the limit "
-                        "(max_connections_per_address): closing a new one")  # fmt: skip
+            self.refuse(
+                listener,
+                "too_many_connections_from_address",
+                f"{address} already has {count} connections open, the limit "
+                "(max_connections_per_address): closing a new one",
+            )
             return False
         self.open += 1
         self._per_address[address] = count + 1
@@ -212,8 +218,14 @@ class ConnectionGate:
         if held is None:
             return
         more = f" ({held} more since the last such line)" if held else ""
-        log.log(level, "%s: %s%s", listener, message, more,
-                extra={"listener": listener, "reason": reason})  # fmt: skip
+        log.log(
+            level,
+            "%s: %s%s",
+            listener,
+            message,
+            more,
+            extra={"listener": listener, "reason": reason},
+        )
 
 
 #: Makes a connection's server protocol (grpclib's, aiohttp's) given its ``Connection``.
@@ -335,11 +347,12 @@ class Listener(asyncio.AbstractServer):
                     continue
                 backoff = min(1.0, max(0.01, backoff * 2))
                 self.gate.refuse(
-                    self.name, "out_of_descriptors",
+                    self.name,
+                    "out_of_descriptors",
                     f"cannot accept connections: {e.strerror} (errno {e.errno}); new "
                     "connections wait while the open ones are served",
                     level=logging.ERROR,
-                )  # fmt: skip
+                )
                 await asyncio.sleep(backoff)
                 continue
             backoff = 0.0
@@ -358,17 +371,22 @@ class Listener(asyncio.AbstractServer):
         timeout = self.gate.limits.handshake_timeout
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: connection, conn, ssl=self.ssl_context,
+                lambda: connection,
+                conn,
+                ssl=self.ssl_context,
                 ssl_handshake_timeout=(timeout or None) if self.ssl_context else None,
-            )  # fmt: skip
+            )
         except (OSError, ssl.SSLError, asyncio.CancelledError) as e:
             conn.close()
             connection.release()
             if isinstance(e, asyncio.CancelledError):
                 raise
-            self.gate.refuse(self.name, "tls_handshake_failed",
-                             f"TLS handshake with {address} failed: {e}",
-                             level=logging.INFO)  # fmt: skip
+            self.gate.refuse(
+                self.name,
+                "tls_handshake_failed",
+                f"TLS handshake with {address} failed: {e}",
+                level=logging.INFO,
+            )
 
 
 class Connection(asyncio.Protocol):
@@ -458,8 +476,12 @@ class Connection(asyncio.Protocol):
             message = f"{what} within {seconds:g} s of connecting (handshake_timeout)"
             self.close(reason, f"closing a connection from {self.address}: {message}")
         else:
-            self.close(reason, f"closing a connection from {self.address}: idle for "
-                       f"{seconds:g} s (idle_connection_timeout)", level=logging.DEBUG)  # fmt: skip
+            self.close(
+                reason,
+                f"closing a connection from {self.address}: idle for "
+                f"{seconds:g} s (idle_connection_timeout)",
+                level=logging.DEBUG,
+            )
 
 
 def tracking_middleware(connections: Mapping[asyncio.BaseProtocol, Connection]) -> Any:
@@ -504,9 +526,13 @@ async def serve_http(
     server = runner.server
     assert server is not None
     listener = Listener(
-        name, gate, lambda _c: server(), ssl_context=ssl_context, reserve=reserve,
+        name,
+        gate,
+        lambda _c: server(),
+        ssl_context=ssl_context,
+        reserve=reserve,
         connections=connections,
-    )  # fmt: skip
+    )
     try:
         await listener.start(host, port)
     except OSError:

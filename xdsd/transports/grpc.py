@@ -133,8 +133,11 @@ def stream_ending(
     ``STREAM_ENDINGS``; returns the gRPC status code name and message to end it with
     (each transport maps the name to its library's status)."""
     if isinstance(error, Refused):
-        log.warning("refused: %s", error.message,
-                    extra={**client.fields, "peer": address, "reason": error.reason})  # fmt: skip
+        log.warning(
+            "refused: %s",
+            error.message,
+            extra={**client.fields, "peer": address, "reason": error.reason},
+        )
         on_refused("grpc", error.reason)
         return error.code, error.message
     if isinstance(error, ServerClosing):
@@ -299,10 +302,12 @@ class StreamClient:
                     first = await asyncio.wait_for(self._next(), self.first_request_timeout)
                 except TimeoutError:
                     raise Refused(
-                        "DEADLINE_EXCEEDED", 408, "first_request_timeout",
+                        "DEADLINE_EXCEEDED",
+                        408,
+                        "first_request_timeout",
                         f"no request within {self.first_request_timeout:g} s of opening the "
                         "stream (first_request_timeout)",
-                    ) from None  # fmt: skip
+                    ) from None
                 if not await self._handle(first):
                     return
                 del first
@@ -327,10 +332,12 @@ class StreamClient:
         more would buffer without bound, so the stream ends at once with
         RESOURCE_EXHAUSTED, even while its loop is stuck writing (it is cancelled)."""
         self.overflow = Refused(
-            "RESOURCE_EXHAUSTED", 429, "slow_reader",
+            "RESOURCE_EXHAUSTED",
+            429,
+            "slow_reader",
             f"{self.queued} requests read but not yet handled: the client sends without "
             "reading the responses (max_queued_requests)",
-        )  # fmt: skip
+        )
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -374,9 +381,11 @@ class StreamClient:
         snapshot = self.source.snapshot(self.key)
         cache.subscribe(self.key, self._on_snapshot)
         log.info(
-            "stream opened (%s, class %s)", self.transport, self.key,
+            "stream opened (%s, class %s)",
+            self.transport,
+            self.key,
             extra={**self.fields, "transport": self.transport},
-        )  # fmt: skip
+        )
         if snapshot is not None:
             # no events yet: the first request is processed right after
             self.core.on_snapshot(snapshot)
@@ -407,11 +416,16 @@ def _log_rejection(fields: dict[str, str], event: Nack | NotApplied) -> None:
     if isinstance(event, Nack):
         log.warning(
             "NACK of %s version %s (keeps %s): %s",
-            kind, event.rejected_version, event.version, event.message,
+            kind,
+            event.rejected_version,
+            event.version,
+            event.message,
             extra={**fields, "type": kind, "version": event.rejected_version},
-        )  # fmt: skip
+        )
     else:
         log.warning(
-            "%s version %s not applied", kind, event.served_version,
+            "%s version %s not applied",
+            kind,
+            event.served_version,
             extra={**fields, "type": kind, "version": event.served_version},
-        )  # fmt: skip
+        )

@@ -170,9 +170,13 @@ class CostedH2Protocol(H2Protocol):
     its stream resets limited to ``resets`` (see the module docstring)."""
 
     def __init__(
-        self, handler: Handler, config: Any, h2_config: Any, connection: Connection,
+        self,
+        handler: Handler,
+        config: Any,
+        h2_config: Any,
+        connection: Connection,
         resets: TokenBucket,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(handler, config, h2_config)
         self.tracked = connection
         self.resets = resets
@@ -228,10 +232,11 @@ class CostedH2Protocol(H2Protocol):
             return
         tracked = self.tracked
         tracked.listener.gate.refuse(
-            tracked.listener.name, "rapid_reset",
+            tracked.listener.name,
+            "rapid_reset",
             f"closing a connection from {tracked.address}: it resets streams faster than "
             f"{self.resets.rate:g} per second (max_stream_resets_per_second)",
-        )  # fmt: skip
+        )
         self.connection._connection.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
         self.connection.flush()
         for release in tuple(self._releases.values()):
@@ -260,9 +265,13 @@ class GrpcServer(Server):
         return CostedH2Protocol(handler, self._config, self._h2_config, connection, resets)
 
     async def listen(
-        self, host: str, port: int, *, backlog: int = 1024,
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 1024,
         ssl_context: ssl.SSLContext | None = None,
-    ) -> Listener:  # fmt: skip
+    ) -> Listener:
         """Bind and serve (see ``Listener.start``); grpclib's ``close`` and
         ``wait_closed`` work as with its own ``start``."""
         if self._server is not None:

@@ -75,9 +75,11 @@ def too_large(size: int | None, limit: int) -> Refused:
     """The refusal of a request of ``size`` bytes (None: not known) over ``limit``."""
     what = f"request of {size} bytes" if size is not None else "request"
     return Refused(
-        "RESOURCE_EXHAUSTED", 413, "request_too_large",
+        "RESOURCE_EXHAUSTED",
+        413,
+        "request_too_large",
         f"{what} is larger than the limit of {limit} bytes (max_request_bytes)",
-    )  # fmt: skip
+    )
 
 
 class AddressCount:
@@ -93,10 +95,11 @@ class AddressCount:
         count = self._open.get(address, 0)
         if count >= self.limit:
             raise Refused(
-                "RESOURCE_EXHAUSTED", 429, "too_many_streams",
-                f"{address} already has {count} streams open, the limit "
-                "(max_streams_per_address)",
-            )  # fmt: skip
+                "RESOURCE_EXHAUSTED",
+                429,
+                "too_many_streams",
+                f"{address} already has {count} streams open, the limit (max_streams_per_address)",
+            )
         self._open[address] = count + 1
 
     def release(self, address: str) -> None:
@@ -168,8 +171,9 @@ class NodeAuthorizer:
             return True
         mesh_id = (
             f"spiffe://{self.trust_domain}/ns/{node.namespace}/sa/{node.service}"
-            if self.trust_domain and not node.gateway else ""
-        )  # fmt: skip
+            if self.trust_domain and not node.gateway
+            else ""
+        )
         labels = dict(node.labels)
         for san in certificate_sans(peer_cert):
             if mesh_id and san == mesh_id:
@@ -190,12 +194,16 @@ class NodeAuthorizer:
         names = ", ".join(certificate_sans(peer_cert)) or "none"
         labels = ",".join(f"{k}={v}" for k, v in node.labels)
         raise Refused(
-            "PERMISSION_DENIED", 403, "permission_denied",
+            "PERMISSION_DENIED",
+            403,
+            "permission_denied",
             f"the client certificate (SANs: {names}) may not speak for {node.role} "
             f"{node.node_id!r} of service {node.service!r} in namespace {node.namespace!r}"
             + (f" with labels {{{labels}}}" if labels else "")
-            + " (authorized_nodes" + (", mesh identities" if self.trust_domain else "") + ")",
-        )  # fmt: skip
+            + " (authorized_nodes"
+            + (", mesh identities" if self.trust_domain else "")
+            + ")",
+        )
 
 
 def node_identity(node: Any) -> NodeIdentity:

@@ -170,20 +170,30 @@ class DeltaCodec:
         kind = _kind(request.type_url)
         return (
             "delta request %s nonce=%r subscribe=%d unsubscribe=%d initial=%d",
-            (kind, request.response_nonce, len(request.resource_names_subscribe),
-             len(request.resource_names_unsubscribe), len(request.initial_resource_versions)),
+            (
+                kind,
+                request.response_nonce,
+                len(request.resource_names_subscribe),
+                len(request.resource_names_unsubscribe),
+                len(request.initial_resource_versions),
+            ),
             {"type": kind, "nonce": request.response_nonce},
-        )  # fmt: skip
+        )
 
     def describe_response(self, response: Any) -> LogLine:
         """The debug line of a response."""
         kind = _kind(response.type_url)
         return (
             "sending delta %s version=%s nonce=%s resources=%d removed=%d",
-            (kind, response.version, response.nonce, len(response.resources),
-             len(response.removed)),
+            (
+                kind,
+                response.version,
+                response.nonce,
+                len(response.resources),
+                len(response.removed),
+            ),
             {"type": kind, "version": response.version, "nonce": response.nonce},
-        )  # fmt: skip
+        )
 
 
 class Codec(Protocol):

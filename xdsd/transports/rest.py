@@ -189,9 +189,13 @@ class RestDiscovery:
         for status, figures in self.timings.summary().items():
             log.info(
                 "rest polls answered %s: %d, p50 %.0f us, p99 %.0f us (CPU %.0f us), max %.0f us",
-                status, figures["count"], figures["p50_us"], figures["p99_us"],
-                figures["cpu_p99_us"], figures["max_us"],
-            )  # fmt: skip
+                status,
+                figures["count"],
+                figures["p50_us"],
+                figures["p99_us"],
+                figures["cpu_p99_us"],
+                figures["max_us"],
+            )
 
     async def handle(self, request: web.Request, *, v2: bool = False) -> web.StreamResponse:
         """Answer one poll (and record how long that took, see ``PollTimings``); ``v2``
@@ -220,8 +224,9 @@ class RestDiscovery:
 
     def _refused(self, request: web.Request, e: Refused) -> web.Response:
         """Log and count a refusal; its HTTP answer."""
-        log.warning("refused: %s", e.message, extra={"peer": request.remote or "",
-                                                     "reason": e.reason})  # fmt: skip
+        log.warning(
+            "refused: %s", e.message, extra={"peer": request.remote or "", "reason": e.reason}
+        )
         self.on_refused("rest", e.reason)
         return _error(e.http_status, e.message)
 
@@ -230,9 +235,13 @@ class RestDiscovery:
         return await self.handle(request, v2=True)
 
     def answer(
-        self, type_url: TypeUrl, raw: bytes, *, v2: bool = False,
+        self,
+        type_url: TypeUrl,
+        raw: bytes,
+        *,
+        v2: bool = False,
         peer_cert: dict[str, Any] | None = None,
-    ) -> web.Response:  # fmt: skip
+    ) -> web.Response:
         """The response to one poll of ``type_url`` whose body is ``raw`` (a v2 client's
         when ``v2``: it names v2 types, and is answered with v2 names). With an
         authorizer, raises Refused when ``peer_cert`` may not speak for the body's node."""
@@ -276,28 +285,46 @@ class RestDiscovery:
         if news and isinstance(report, NotApplied):
             log.warning(
                 "%s version %s not applied (still at %s)",
-                SHORT_NAMES[type_url], report.served_version, version_info,
-                extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
-                       "version": report.served_version},
-            )  # fmt: skip
+                SHORT_NAMES[type_url],
+                report.served_version,
+                version_info,
+                extra={
+                    "node": node_id,
+                    "client": client_id,
+                    "type": SHORT_NAMES[type_url],
+                    "version": report.served_version,
+                },
+            )
         result = poll.answer
         if isinstance(result, NotModified):
             if result.waiting_for and log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s held at %r until it holds clusters %s",
-                    SHORT_NAMES[type_url], version_info, ", ".join(result.waiting_for),
-                    extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
-                           "version": version_info},
-                )  # fmt: skip
+                    SHORT_NAMES[type_url],
+                    version_info,
+                    ", ".join(result.waiting_for),
+                    extra={
+                        "node": node_id,
+                        "client": client_id,
+                        "type": SHORT_NAMES[type_url],
+                        "version": version_info,
+                    },
+                )
             return web.Response(status=304)
         record_events(cache, client_id, [result])
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "sending %s version %s (%d resources)",
-                SHORT_NAMES[type_url], result.version, len(result.resources),
-                extra={"node": node_id, "client": client_id, "type": SHORT_NAMES[type_url],
-                       "version": result.version},
-            )  # fmt: skip
+                SHORT_NAMES[type_url],
+                result.version,
+                len(result.resources),
+                extra={
+                    "node": node_id,
+                    "client": client_id,
+                    "type": SHORT_NAMES[type_url],
+                    "version": result.version,
+                },
+            )
         return web.Response(
             body=self.renderer.render(result, v2=v2),
             content_type="application/json",
@@ -425,6 +452,11 @@ async def start_rest(
     ``ssl_context``; a keep-alive connection idle for ``idle_timeout`` seconds is
     closed); returns the runner to ``cleanup()`` and the listener to close on shutdown."""
     return await serve_http(
-        discovery.app(), "rest", gate, address.host, address.port,
-        idle_timeout=idle_timeout, ssl_context=ssl_context,
-    )  # fmt: skip
+        discovery.app(),
+        "rest",
+        gate,
+        address.host,
+        address.port,
+        idle_timeout=idle_timeout,
+        ssl_context=ssl_context,
+    )

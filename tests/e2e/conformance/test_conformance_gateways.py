@@ -91,41 +91,59 @@ INGRESS = (("istio", "ingressgateway"),)
 EGRESS = (("istio", "egressgateway"),)
 CASES = {
     "bookinfo-gateway": Case(
-        ("bookinfo/bookinfo-gateway.yaml",), INGRESS, ("0.0.0.0_8080",), ("http.8080",),
+        ("bookinfo/bookinfo-gateway.yaml",),
+        INGRESS,
+        ("0.0.0.0_8080",),
+        ("http.8080",),
         bookinfo=True,
     ),
     "certmanager-gateway": Case(
-        ("bookinfo/certmanager-gateway.yaml",), INGRESS, ("0.0.0.0_80",), ("http.80",),
+        ("bookinfo/certmanager-gateway.yaml",),
+        INGRESS,
+        ("0.0.0.0_80",),
+        ("http.80",),
         bookinfo=True,
     ),
     "gateway-all": Case(
-        ("testdata/gateway-all.yaml",), (("app", "my-gateway-controller"),),
-        ("0.0.0.0_443", "0.0.0.0_80"), ("http.80", "https.443.https.my-gateway.testns"),
+        ("testdata/gateway-all.yaml",),
+        (("app", "my-gateway-controller"),),
+        ("0.0.0.0_443", "0.0.0.0_80"),
+        ("http.80", "https.443.https.my-gateway.testns"),
         certs=("testdata/gateway-all.yaml",),
     ),
     # a TCP server no rule routes: no listener (nothing to proxy to)
     "gateway-tcp-a": Case(("testdata/gateway-tcp-a.yaml",), INGRESS, ()),
     "ingressgateway": Case(
-        ("testdata/ingressgateway.yaml", "testdata/rule-ingressgateway.yaml"), INGRESS,
+        ("testdata/ingressgateway.yaml", "testdata/rule-ingressgateway.yaml"),
+        INGRESS,
         ("0.0.0.0_443", "0.0.0.0_80"),
         ("http.80", "https.443.https.istio-ingressgateway.testns"),
-        services=C_SERVICE, certs=("testdata/ingressgateway.yaml",),
+        services=C_SERVICE,
+        certs=("testdata/ingressgateway.yaml",),
     ),
     "egressgateway": Case(
-        ("testdata/egressgateway.yaml", "testdata/rule-route-via-egressgateway.yaml"), EGRESS,
+        ("testdata/egressgateway.yaml", "testdata/rule-route-via-egressgateway.yaml"),
+        EGRESS,
         ("0.0.0.0_443", "0.0.0.0_80"),
         ("http.80", "https.443.https.istio-egressgateway.testns"),
-        services=EGRESS_SERVICES, certs=("testdata/egressgateway.yaml",),
+        services=EGRESS_SERVICES,
+        certs=("testdata/egressgateway.yaml",),
     ),
     "ingress": Case(
-        ("testdata/ingress.yaml",), (("istio", "ingress"),), ("0.0.0.0_443", "0.0.0.0_80"),
-        ("http.80", "https.443.https.istio-ingress.testns"), certs=("testdata/ingress.yaml",),
+        ("testdata/ingress.yaml",),
+        (("istio", "ingress"),),
+        ("0.0.0.0_443", "0.0.0.0_80"),
+        ("http.80", "https.443.https.istio-ingress.testns"),
+        certs=("testdata/ingress.yaml",),
     ),
     "se-example-gw": Case(
-        ("testdata/se-example-gw.yaml",), EGRESS, ("0.0.0.0_80",), ("http.80",),
+        ("testdata/se-example-gw.yaml",),
+        EGRESS,
+        ("0.0.0.0_80",),
+        ("http.80",),
         services=SE_GW_SERVICES,
     ),
-}  # fmt: skip
+}
 
 
 def test_every_corpus_gateway_is_covered() -> None:
@@ -152,9 +170,13 @@ def _config_dir(tmp_path: Path, case: Case, *, substitute: bool) -> Path:
         (root / Path(name).name).write_text(text)
     ca = CertAuthority(root / "certs")
     files = ca.issue("gateway", ["uk.bookinfo.com", "eu.bookinfo.com"])
-    for target, source in (("servercert.pem", files.cert), ("cert-chain.pem", files.cert),
-                           ("privatekey.pem", files.key), ("key.pem", files.key),
-                           ("root-cert.pem", files.ca)):  # fmt: skip
+    for target, source in (
+        ("servercert.pem", files.cert),
+        ("cert-chain.pem", files.cert),
+        ("privatekey.pem", files.key),
+        ("key.pem", files.key),
+        ("root-cert.pem", files.ca),
+    ):
         shutil.copy(source, root / "certs" / target)
     return root
 

@@ -110,16 +110,21 @@ def test_file_needs_mesh_mtls_and_envoy_accepts_the_result(name: str, tmp_path: 
     shutil.copy(ISTIO / name, root)
     with pytest.raises(ConfigError) as caught:
         load_directory(str(root))
-    assert any(MESH_MTLS[name] in str(p) and "[mesh.mtls]" in str(p)
-               for p in caught.value.problems), caught.value.problems  # fmt: skip
+    assert any(
+        MESH_MTLS[name] in str(p) and "[mesh.mtls]" in str(p) for p in caught.value.problems
+    ), caught.value.problems
     ca = CertAuthority(tmp_path / "pki")
-    ca.issue("productpage", uris=["spiffe://cluster.local/ns/default/sa/productpage"],
-             directory=tmp_path / "pki" / "default")  # fmt: skip
+    ca.issue(
+        "productpage",
+        uris=["spiffe://cluster.local/ns/default/sa/productpage"],
+        directory=tmp_path / "pki" / "default",
+    )
     tls = MeshTLS(
-        mode=MTLSMode.STRICT, ca=str(ca.ca_path),
+        mode=MTLSMode.STRICT,
+        ca=str(ca.ca_path),
         certificate=str(tmp_path / "pki" / "{namespace}" / "{service}.pem"),
         private_key=str(tmp_path / "pki" / "{namespace}" / "{service}-key.pem"),
-    )  # fmt: skip
+    )
     mesh = load_directory(str(root), mesh_tls=tls).mesh
     node = NodeClass("productpage", instance_ip="127.0.0.2", outbound_ip="127.0.0.3")
     config = render_static(mesh, node, admin_port=0, mesh_config=MeshConfig(mtls=tls))
@@ -133,8 +138,9 @@ def test_file_needs_mesh_mtls_and_envoy_accepts_the_result(name: str, tmp_path: 
     argv = [sys.executable, "-m", "xdsd.cli", "validate", str(root)]
     refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "[mesh.mtls]" in refused.stderr, refused.stderr
-    accepted = subprocess.run([*argv, "--settings", str(settings)], capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+    accepted = subprocess.run(
+        [*argv, "--settings", str(settings)], capture_output=True, text=True, timeout=60
+    )
     assert accepted.returncode == 0, accepted.stderr
 
 

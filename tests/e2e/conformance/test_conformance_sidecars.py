@@ -24,8 +24,11 @@ from xdsd.translate import MeshTranslation, NodeClass, render_static
 TESTDATA = CONFORMANCE / "istio" / "testdata"
 FILES = ["none.yaml", "se-example.yaml", "se-example-gw.yaml"]
 #: Certificate files the files' DestinationRules name, relative to the config directory.
-CERTS = ("tests/testdata/certs/default/cert-chain.pem", "tests/testdata/certs/default/key.pem",
-         "tests/testdata/certs/default/root-cert.pem")  # fmt: skip
+CERTS = (
+    "tests/testdata/certs/default/cert-chain.pem",
+    "tests/testdata/certs/default/key.pem",
+    "tests/testdata/certs/default/root-cert.pem",
+)
 
 
 def test_every_file_with_a_sidecar_is_covered() -> None:
@@ -67,9 +70,12 @@ def test_sidecar_file_loads_and_envoy_accepts_the_result(name: str, tmp_path: Pa
     for sidecar in mesh.sidecars:
         service = next((s.name for s in mesh.services if s.namespace == sidecar.namespace), "app")
         node = NodeClass(
-            service, namespace=sidecar.namespace, labels=sidecar.workload_selector,
-            instance_ip="127.0.0.2", outbound_ip="127.0.0.3",
-        )  # fmt: skip
+            service,
+            namespace=sidecar.namespace,
+            labels=sidecar.workload_selector,
+            instance_ip="127.0.0.2",
+            outbound_ip="127.0.0.3",
+        )
         translation = MeshTranslation(mesh)
         assert translation.sidecar(node) is sidecar
         snapshot = translation.snapshot_for(node)

@@ -50,10 +50,13 @@ def _connect(
 
 def _headers(port: int) -> list[tuple[str, str]]:
     return [
-        (":method", "POST"), (":scheme", "http"), (":path", ADS),
-        (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", ADS),
+        (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc"),
         ("te", "trailers"),
-    ]  # fmt: skip
+    ]
 
 
 def _absorb(sock: socket.socket, conn: h2.connection.H2Connection, outcome: Outcome) -> None:

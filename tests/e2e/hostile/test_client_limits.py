@@ -159,8 +159,10 @@ def test_a_client_that_does_not_read_is_cut_off(daemon: Daemon) -> None:
     before = daemon.rss()
     outcome = slow_reader(daemon.xdsd.grpc_port, big, 200)
     after = daemon.rss()
-    print(f"slow reader: sent {outcome.sent} x {len(big)} B; RSS {before} -> {after} KiB "
-          f"(x{after / before:.2f})")  # fmt: skip
+    print(
+        f"slow reader: sent {outcome.sent} x {len(big)} B; RSS {before} -> {after} KiB "
+        f"(x{after / before:.2f})"
+    )
     assert outcome.grpc_status == "8", outcome  # RESOURCE_EXHAUSTED
     assert "max_queued_requests" in outcome.grpc_message
     assert outcome.sent < 200

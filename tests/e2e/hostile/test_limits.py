@@ -103,13 +103,21 @@ def test_oversized_request_is_refused(mesh: TrafficMesh, client: Sidecar) -> Non
 @pytest.mark.parametrize(
     ("message", "code", "fragment"),
     [
-        (b"\xff\xff\xff\xff garbage, not protobuf", grpc.StatusCode.INVALID_ARGUMENT,
-         "undecodable"),
-        (discovery_pb2.DiscoveryRequest(node=_node(), type_url="type.googleapis.com/no.Such")
-         .SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "no.Such"),
+        (
+            b"\xff\xff\xff\xff garbage, not protobuf",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "undecodable",
+        ),
+        (
+            discovery_pb2.DiscoveryRequest(
+                node=_node(), type_url="type.googleapis.com/no.Such"
+            ).SerializeToString(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no.Such",
+        ),
     ],
     ids=["garbage", "unknown-type-url"],
-)  # fmt: skip
+)
 def test_garbage_and_unknown_types_end_their_stream(
     mesh: TrafficMesh,
     client: Sidecar,

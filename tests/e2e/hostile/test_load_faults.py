@@ -39,8 +39,10 @@ max_documents_per_file = 50
 
 
 def service(name: str, port: int) -> str:
-    return (f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\nnumber = {port}\n'
-            'protocol = "http"\n\n[[endpoints]]\naddress = "127.0.0.1"\n')  # fmt: skip
+    return (
+        f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\nnumber = {port}\n'
+        'protocol = "http"\n\n[[endpoints]]\naddress = "127.0.0.1"\n'
+    )
 
 
 class GrpcioAds:
@@ -51,8 +53,9 @@ class GrpcioAds:
         self.pushes: list[set[str]] = []
         self.ended: str | None = None
         self._requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
-        self._requests.put(discovery_pb2.DiscoveryRequest(node=make_node(node_id, service),
-                                                          type_url=CDS))  # fmt: skip
+        self._requests.put(
+            discovery_pb2.DiscoveryRequest(node=make_node(node_id, service), type_url=CDS)
+        )
         self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         call = self._channel.stream_stream(
             ADS,
@@ -68,9 +71,13 @@ class GrpcioAds:
             for response in self._call:
                 names = {cluster_pb2.Cluster.FromString(r.value).name for r in response.resources}
                 self.pushes.append(names)
-                self._requests.put(discovery_pb2.DiscoveryRequest(
-                    type_url=CDS, version_info=response.version_info, response_nonce=response.nonce
-                ))  # fmt: skip
+                self._requests.put(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=CDS,
+                        version_info=response.version_info,
+                        response_nonce=response.nonce,
+                    )
+                )
         except grpc.RpcError as e:
             self.ended = e.code().name
 
@@ -122,25 +129,49 @@ def _fifo(path: Path) -> None:
 
 
 HOSTILE: list[tuple[str, Callable[[Path], object], tuple[str, ...]]] = [
-    ("deep.toml", lambda p: p.write_text("a = " + "[" * 8000 + "]" * 8000 + "\n"),
-     ("deep.toml:1", "max_nesting_depth")),
-    ("deep.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
-     ("deep.json:1", "max_nesting_depth")),
-    ("digits.yaml", lambda p: p.write_text("kind: Service\nname: x\nn: " + "7" * 5000 + "\n"),
-     ("digits.yaml:3", "max_integer_digits")),
-    ("digits.json", lambda p: p.write_text('{"n": ' + "7" * 5000 + "}"),
-     ("digits.json:1", "max_integer_digits")),
-    ("bomb.yaml", lambda p: p.write_text(
-        'a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
-            f"{k}: &{k} [{', '.join([f'*{j}'] * 9)}]\n" for j, k in zip("abcdefgh", "bcdefghi", strict=True)
-        )), ("bomb.yaml", "max_yaml_alias_nodes")),
+    (
+        "deep.toml",
+        lambda p: p.write_text("a = " + "[" * 8000 + "]" * 8000 + "\n"),
+        ("deep.toml:1", "max_nesting_depth"),
+    ),
+    (
+        "deep.json",
+        lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+        ("deep.json:1", "max_nesting_depth"),
+    ),
+    (
+        "digits.yaml",
+        lambda p: p.write_text("kind: Service\nname: x\nn: " + "7" * 5000 + "\n"),
+        ("digits.yaml:3", "max_integer_digits"),
+    ),
+    (
+        "digits.json",
+        lambda p: p.write_text('{"n": ' + "7" * 5000 + "}"),
+        ("digits.json:1", "max_integer_digits"),
+    ),
+    (
+        "bomb.yaml",
+        lambda p: p.write_text(
+            'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+            + "".join(
+                f"{k}: &{k} [{', '.join([f'*{j}'] * 9)}]\n"
+                for j, k in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+        ),
+        ("bomb.yaml", "max_yaml_alias_nodes"),
+    ),
     ("fifo.yaml", _fifo, ("fifo.yaml", "not a regular file")),
-    ("huge.yaml", lambda p: p.write_text("# padding\n" * 30_000),
-     ("huge.yaml", "max_file_bytes (262144)")),
-    ("many.yaml", lambda p: p.write_text(
-        "".join(f"---\nkind: Service\nname: m{i}\n" for i in range(51))),
-     ("many.yaml:152", "max_documents_per_file (50)")),
-]  # fmt: skip
+    (
+        "huge.yaml",
+        lambda p: p.write_text("# padding\n" * 30_000),
+        ("huge.yaml", "max_file_bytes (262144)"),
+    ),
+    (
+        "many.yaml",
+        lambda p: p.write_text("".join(f"---\nkind: Service\nname: m{i}\n" for i in range(51))),
+        ("many.yaml:152", "max_documents_per_file (50)"),
+    ),
+]
 
 
 @pytest.mark.parametrize(("name", "write", "words"), HOSTILE, ids=[h[0] for h in HOSTILE])
@@ -167,8 +198,9 @@ def test_a_hostile_file_is_refused_and_the_next_edit_applies(
     wait_until(lambda: client.has(f"after-{name.split('.')[0]}"), what="the next edit applied")
     assert errors_of(xdsd) == []
     extra.unlink()
-    wait_until(lambda: not client.has(f"after-{name.split('.')[0]}"),
-               what="the extra service removed")  # fmt: skip
+    wait_until(
+        lambda: not client.has(f"after-{name.split('.')[0]}"), what="the extra service removed"
+    )
 
 
 def test_sighup_after_the_refusals_loads_the_directory_as_it_is(
@@ -189,8 +221,10 @@ def test_validate_refuses_deep_toml_without_crashing(tmp_path: Path) -> None:
     (tmp_path / "deep.toml").write_text("a = " + "[" * 8000 + "]" * 8000 + "\n")
     done = subprocess.run(
         [sys.executable, "-m", "xdsd.cli", "validate", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     assert f"{tmp_path / 'deep.toml'}:1: nested deeper than max_nesting_depth" in done.stderr
 
@@ -218,14 +252,30 @@ class NobodyXdsd(Process):
     def __init__(self, config: Path, log_dir: Path) -> None:
         self.grpc_port, self.admin_port = free_port(), free_port()
         argv = [
-            "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-            sys.executable, "-m", "xdsd.cli", "--log-level", "debug", "serve",
-            "--config-dir", str(config), "--grpc", f"127.0.0.1:{self.grpc_port}",
-            "--rest", "", "--admin", f"127.0.0.1:{self.admin_port}",
-        ]  # fmt: skip
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "--log-level",
+            "debug",
+            "serve",
+            "--config-dir",
+            str(config),
+            "--grpc",
+            f"127.0.0.1:{self.grpc_port}",
+            "--rest",
+            "",
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+        ]
         super().__init__(argv, log_dir / f"xdsd-nobody-{self.grpc_port}.log")
-        wait_until(lambda: not self.alive() or port_open("127.0.0.1", self.grpc_port),
-                   what="xdsd to listen")  # fmt: skip
+        wait_until(
+            lambda: not self.alive() or port_open("127.0.0.1", self.grpc_port),
+            what="xdsd to listen",
+        )
         assert self.alive(), self.log()
 
     def admin(self, path: str) -> Any:
@@ -248,8 +298,10 @@ def test_an_unreadable_subdirectory_refuses_the_load(open_dir: Path, tmp_path: P
         (config / "team").chmod(0)
         (config / "c.toml").write_text(service("c", 8080))  # an edit: a reload
         team = str(config / "team")
-        wait_until(refused_with(xdsd, team, "cannot list the directory", "EACCES"),  # type: ignore[arg-type]
-                   what="the load refused, naming the directory")  # fmt: skip
+        wait_until(
+            refused_with(xdsd, team, "cannot list the directory", "EACCES"),  # type: ignore[arg-type]
+            what="the load refused, naming the directory",
+        )
         assert not client.has("c") and client.has("b")
         assert all(any(_of("b", c) for c in push) for push in client.pushes[pushes:])
         (config / "team").chmod(0o755)
@@ -311,12 +363,16 @@ def test_out_of_descriptors_a_reload_publishes_nothing(tmp_path: Path) -> None:
         resource.prlimit(xdsd.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
         for _ in range(64):
             hogs.append(socket.create_connection(("127.0.0.1", xdsd.grpc_port), timeout=5))
-        wait_until(lambda: _open_descriptors(xdsd.proc.pid) >= limit - 1,
-                   what="the daemon's descriptors exhausted")  # fmt: skip
+        wait_until(
+            lambda: _open_descriptors(xdsd.proc.pid) >= limit - 1,
+            what="the daemon's descriptors exhausted",
+        )
         (config / "c.toml").write_text(service("c", 8080))
         log = LogTail(xdsd.log_path)
-        wait_until(lambda: log.has(f"{config}", "EMFILE") and log.has("config refused"),
-                   what="the reload refused for EMFILE")  # fmt: skip
+        wait_until(
+            lambda: log.has(f"{config}", "EMFILE") and log.has("config refused"),
+            what="the reload refused for EMFILE",
+        )
         assert xdsd.alive() and client.ended is None
         assert not client.has("c") and client.has("b")
         assert all(any(_of("b", c) for c in push) for push in client.pushes[pushes:])
@@ -324,8 +380,9 @@ def test_out_of_descriptors_a_reload_publishes_nothing(tmp_path: Path) -> None:
         for hog in hogs:
             hog.close()
     try:
-        wait_until(lambda: _open_descriptors(xdsd.proc.pid) < limit - 8,
-                   what="the connections closed")  # fmt: skip
+        wait_until(
+            lambda: _open_descriptors(xdsd.proc.pid) < limit - 8, what="the connections closed"
+        )
         errors = errors_of(xdsd)
         assert any("EMFILE" in e for e in errors), errors
         assert client.has("b") and not client.has("c")

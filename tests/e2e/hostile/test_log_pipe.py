@@ -47,12 +47,27 @@ def test_a_pipe_nobody_reads_does_not_stop_serving(tmp_path: Path) -> None:
     (tmp_path / "settings.toml").write_text("log_queue_lines = 100\n")
     grpc_port, rest_port, admin_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xdsd.cli", "--log-level", "debug", "serve",
-         "--settings", str(tmp_path / "settings.toml"), "--config-dir", str(config),
-         "--grpc", f"127.0.0.1:{grpc_port}", "--rest", f"127.0.0.1:{rest_port}",
-         "--admin", f"127.0.0.1:{admin_port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "--log-level",
+            "debug",
+            "serve",
+            "--settings",
+            str(tmp_path / "settings.toml"),
+            "--config-dir",
+            str(config),
+            "--grpc",
+            f"127.0.0.1:{grpc_port}",
+            "--rest",
+            f"127.0.0.1:{rest_port}",
+            "--admin",
+            f"127.0.0.1:{admin_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     try:
         wait_until(lambda: port_open("127.0.0.1", rest_port), what="xdsd to listen")
@@ -68,8 +83,10 @@ def test_a_pipe_nobody_reads_does_not_stop_serving(tmp_path: Path) -> None:
         seen: list[bytes] = []
         reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, b"")))
         reader.start()
-        wait_until(lambda: any(b"log lines dropped" in line for line in seen),
-                   what="the dropped lines counted in the log")  # fmt: skip
+        wait_until(
+            lambda: any(b"log lines dropped" in line for line in seen),
+            what="the dropped lines counted in the log",
+        )
         assert _poll(rest_port, "poller-last") == 200
     finally:
         proc.terminate()

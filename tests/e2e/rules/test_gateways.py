@@ -133,8 +133,12 @@ class World:
         m.service("api", [self.api])
         secure_port, pipe_port = free_port(), free_port()
         secure = self.ca.server_context(self.ca.issue("secure", ["secure.example.com"]))
-        m.service("secure", [m.tcp_upstream("secure", secure_port, tls=secure)],
-                  port=secure_port, protocol="TLS")  # fmt: skip
+        m.service(
+            "secure",
+            [m.tcp_upstream("secure", secure_port, tls=secure)],
+            port=secure_port,
+            protocol="TLS",
+        )
         m.service("pipe", [m.tcp_upstream("pipe", pipe_port)], port=pipe_port, protocol="TCP")
         m.rule("gateways", rules(self.ports))
         self.gateway: GatewayNode = m.start_gateway("ingress", {"istio": "ingressgateway"})

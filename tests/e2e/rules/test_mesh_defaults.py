@@ -78,8 +78,14 @@ class ZipkinCollector:
 
 
 class World:
-    def __init__(self, mesh: TrafficMesh, client: Sidecar, collector: ZipkinCollector,
-                 settings: Path, log: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        mesh: TrafficMesh,
+        client: Sidecar,
+        collector: ZipkinCollector,
+        settings: Path,
+        log: Path,
+    ) -> None:
         self.mesh, self.client, self.collector = mesh, client, collector
         self.settings, self.log = settings, log
 
@@ -124,8 +130,9 @@ def test_access_log_lines_in_the_settings_file(world: World) -> None:
     # Envoy logs the request on the outbound listener (and the inbound of the callee,
     # which has no sidecar here): method, path, status and upstream cluster.
     assert any('"GET /logged-path HTTP/1.1" 200' in line for line in lines), lines
-    assert any("outbound|" in line and "echo.default.svc.cluster.local" in line
-               for line in lines), lines  # fmt: skip
+    assert any(
+        "outbound|" in line and "echo.default.svc.cluster.local" in line for line in lines
+    ), lines
 
 
 def test_stats_port_answers_with_prometheus_text_and_nothing_else(world: World) -> None:
@@ -160,12 +167,15 @@ def test_settings_change_reaches_the_proxy_on_sighup(world: World) -> None:
     xdsd = world.mesh.xdsd
     assert xdsd is not None
     text = world.settings.read_text().replace('"REGISTRY_ONLY"', '"ALLOW_ANY"')
-    world.settings.write_text(text.replace("[mesh.prometheus]\nenabled = true",
-                                           "[mesh.prometheus]\nenabled = false"))  # fmt: skip
+    world.settings.write_text(
+        text.replace("[mesh.prometheus]\nenabled = true", "[mesh.prometheus]\nenabled = false")
+    )
     xdsd.proc.send_signal(signal.SIGHUP)
     # ALLOW_ANY: no catch-all; xdsd has no passthrough, so an unknown host gets 404.
-    wait_until(lambda: world.client.request("unknown.example.com", "/").status == 404,
-               what="the REGISTRY_ONLY catch-all to go away")  # fmt: skip
+    wait_until(
+        lambda: world.client.request("unknown.example.com", "/").status == 404,
+        what="the REGISTRY_ONLY catch-all to go away",
+    )
 
     def stats_gone() -> bool:
         try:

@@ -232,8 +232,17 @@ class World:
         ):
             self.ups[host] = {n: m.upstream(f"{host}-{n}", version=n) for n in names}
             m.service(host, self.ups[host].values())
-        for host in ("redir", "rw", "direct", "abort", "delay", "mirrored", "shadow",
-                     "shadow2", "cors"):  # fmt: skip
+        for host in (
+            "redir",
+            "rw",
+            "direct",
+            "abort",
+            "delay",
+            "mirrored",
+            "shadow",
+            "shadow2",
+            "cors",
+        ):
             self.ups[host] = {"": m.upstream(host)}
             m.service(host, self.ups[host].values())
         m.rule("rules", RULES)
@@ -440,8 +449,7 @@ def test_header_operations_seen_by_backend_and_client(world: World) -> None:
     c = world.client
     a = world.ups["hdrops"]["a"]
     ready(c, "hdrops", "hdrops-a")
-    sent = {"x-set": "zero", "x-add": "zero", "x-drop": "bye",
-            "x-echo-header": "x-gone=1"}  # fmt: skip
+    sent = {"x-set": "zero", "x-add": "zero", "x-drop": "bye", "x-echo-header": "x-gone=1"}
     reply = ok(c.request("hdrops", "/ops", headers=sent))
     seen = a.seen[-1]
     assert seen.headers["x-set"] == "one"

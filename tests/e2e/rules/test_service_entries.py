@@ -38,14 +38,16 @@ class World:
         self.checked = {n: m.upstream(f"checked-{n}") for n in ("good", "bad")}
         self.tcpchecked = {n: m.upstream(f"tcpchecked-{n}") for n in ("live", "dead")}
         m.service(
-            "checked", self.checked.values(),
+            "checked",
+            self.checked.values(),
             extra='healthCheck = { path = "/healthz", interval = "0.2s", timeout = "1s", '
             "unhealthyThreshold = 1, healthyThreshold = 1 }",
-        )  # fmt: skip
+        )
         m.service(
-            "tcpchecked", self.tcpchecked.values(),
+            "tcpchecked",
+            self.tcpchecked.values(),
             extra='healthCheck = { interval = "0.2s", unhealthyThreshold = 1 }',
-        )  # fmt: skip
+        )
         m.rule("entries", self.entries())
         m.rule("workloads", self.workloads(selected=("a",)))
         self.client: Sidecar = m.start()

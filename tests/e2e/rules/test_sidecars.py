@@ -59,11 +59,14 @@ class World:
         self.clusters_before = a.envoy.admin_text("/clusters")
         m.rule(
             "sidecars",
-            SIDECARS.format(port=m.port, bind=self.bind, b_port=self.b.inbound_port,
-                            local_port=self.local.port),
-        )  # fmt: skip
-        a.wait_for(lambda: "client-b.default" not in a.envoy.admin_text("/clusters"),
-                   "the Sidecar to reach client a, its old listeners drained")  # fmt: skip
+            SIDECARS.format(
+                port=m.port, bind=self.bind, b_port=self.b.inbound_port, local_port=self.local.port
+            ),
+        )
+        a.wait_for(
+            lambda: "client-b.default" not in a.envoy.admin_text("/clusters"),
+            "the Sidecar to reach client a, its old listeners drained",
+        )
 
 
 @pytest.fixture(scope="module")

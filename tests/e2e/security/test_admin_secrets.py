@@ -25,8 +25,15 @@ from tests.harness import free_port, wait_until, write_atomically
 
 SERVER_NAME = "xdsd.mesh.test"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-SECRETS = ("GENERIC-SENTINEL", "KEY-SENTINEL", "PASSWORD-SENTINEL", "TICKET-SENTINEL",
-           "LISTENER-KEY-SENTINEL", "CLUSTER-KEY-SENTINEL", "BROKEN-KEY-SENTINEL")  # fmt: skip
+SECRETS = (
+    "GENERIC-SENTINEL",
+    "KEY-SENTINEL",
+    "PASSWORD-SENTINEL",
+    "TICKET-SENTINEL",
+    "LISTENER-KEY-SENTINEL",
+    "CLUSTER-KEY-SENTINEL",
+    "BROKEN-KEY-SENTINEL",
+)
 
 
 def _key(sentinel: str) -> str:
@@ -36,45 +43,98 @@ def _key(sentinel: str) -> str:
 def _certificate(sentinel: str, *, inline_bytes: bool = False) -> dict[str, object]:
     key = (
         {"inline_bytes": base64.b64encode(_key(sentinel).encode()).decode()}
-        if inline_bytes else {"inline_string": _key(sentinel)}
-    )  # fmt: skip
+        if inline_bytes
+        else {"inline_string": _key(sentinel)}
+    )
     return {"certificate_chain": {"inline_string": "PUBLIC-CHAIN"}, "private_key": key}
 
 
 RAW = {
-    "generic": {"@type": TLS + "Secret", "name": "raw-generic",
-                "generic_secret": {"secret": {"inline_string": "GENERIC-SENTINEL"}}},
-    "tls": {"@type": TLS + "Secret", "name": "raw-tls", "tls_certificate": {
-        **_certificate("KEY-SENTINEL"), "password": {"inline_string": "PASSWORD-SENTINEL"}}},
-    "tickets": {"@type": TLS + "Secret", "name": "raw-tickets", "session_ticket_keys": {
-        "keys": [{"inline_bytes": base64.b64encode(b"TICKET-SENTINEL" * 6).decode()}]}},
-}  # fmt: skip
+    "generic": {
+        "@type": TLS + "Secret",
+        "name": "raw-generic",
+        "generic_secret": {"secret": {"inline_string": "GENERIC-SENTINEL"}},
+    },
+    "tls": {
+        "@type": TLS + "Secret",
+        "name": "raw-tls",
+        "tls_certificate": {
+            **_certificate("KEY-SENTINEL"),
+            "password": {"inline_string": "PASSWORD-SENTINEL"},
+        },
+    },
+    "tickets": {
+        "@type": TLS + "Secret",
+        "name": "raw-tickets",
+        "session_ticket_keys": {
+            "keys": [{"inline_bytes": base64.b64encode(b"TICKET-SENTINEL" * 6).decode()}]
+        },
+    },
+}
 
 
 def _raw_listener(port: int) -> dict[str, object]:
     return {
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "raw-tls",
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "raw-tls",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network."
-                             "tcp_proxy.v3.TcpProxy", "stat_prefix": "raw", "cluster": "raw-tls"}}],
-            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-                "@type": TLS + "DownstreamTlsContext",
-                "common_tls_context": {
-                    "tls_certificates": [_certificate("LISTENER-KEY-SENTINEL", inline_bytes=True)]},
-                "session_ticket_keys": {"keys": [{"inline_string": "TICKET-SENTINEL" * 6}]}}}}],
-    }  # fmt: skip
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "raw",
+                            "cluster": "raw-tls",
+                        },
+                    }
+                ],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": TLS + "DownstreamTlsContext",
+                        "common_tls_context": {
+                            "tls_certificates": [
+                                _certificate("LISTENER-KEY-SENTINEL", inline_bytes=True)
+                            ]
+                        },
+                        "session_ticket_keys": {"keys": [{"inline_string": "TICKET-SENTINEL" * 6}]},
+                    },
+                },
+            }
+        ],
+    }
 
 
 RAW_CLUSTER = {
-    "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "raw-tls",
-    "type": "STATIC", "connect_timeout": "1s",
-    "load_assignment": {"cluster_name": "raw-tls", "endpoints": [{"lb_endpoints": [{"endpoint": {
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]},
-    "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": TLS + "UpstreamTlsContext",
-        "common_tls_context": {"tls_certificates": [_certificate("CLUSTER-KEY-SENTINEL")]}}},
-}  # fmt: skip
+    "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "name": "raw-tls",
+    "type": "STATIC",
+    "connect_timeout": "1s",
+    "load_assignment": {
+        "cluster_name": "raw-tls",
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}
+                        }
+                    }
+                ]
+            }
+        ],
+    },
+    "transport_socket": {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS + "UpstreamTlsContext",
+            "common_tls_context": {"tls_certificates": [_certificate("CLUSTER-KEY-SENTINEL")]},
+        },
+    },
+}
 
 
 class World:
@@ -94,16 +154,25 @@ class World:
             '"spiffe://mesh.test/other" = { services = ["default/other"] }\n'
         )
         m.xdsd_args = ["--settings", str(root / "settings.toml")]
-        for name, body in {**RAW, "listener": _raw_listener(free_port()),
-                           "cluster": RAW_CLUSTER}.items():  # fmt: skip
+        for name, body in {
+            **RAW,
+            "listener": _raw_listener(free_port()),
+            "cluster": RAW_CLUSTER,
+        }.items():
             write_atomically(m.config / "envoy" / f"{name}.json", json.dumps(body))
         self.sidecar: Sidecar = m.start(
             "web",
             bootstrap_args=(
-                "--xds-tls-ca", str(self.ca.ca_path), "--xds-tls-cert", str(self.web.cert),
-                "--xds-tls-key", str(self.web.key), "--xds-tls-server-name", SERVER_NAME,
+                "--xds-tls-ca",
+                str(self.ca.ca_path),
+                "--xds-tls-cert",
+                str(self.web.cert),
+                "--xds-tls-key",
+                str(self.web.key),
+                "--xds-tls-server-name",
+                SERVER_NAME,
             ),
-        )  # fmt: skip
+        )
 
     def admin(self, path: str, cert: CertFiles) -> tuple[int, str]:
         assert self.mesh.xdsd is not None

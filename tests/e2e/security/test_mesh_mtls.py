@@ -81,8 +81,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     pki = root / "pki"
     ca = CertAuthority(pki)
     for service in ("client", "web", "ingress"):
-        install(ca.issue(service, uris=[identity(service)], directory=root / "issued"),
-                pki / "default" / service)  # fmt: skip
+        install(
+            ca.issue(service, uris=[identity(service)], directory=root / "issued"),
+            pki / "default" / service,
+        )
     with TrafficMesh(root) as mesh:
         path = root / "settings.toml"
         path.write_text(settings(pki, "STRICT"))
@@ -117,17 +119,23 @@ def test_sidecars_speak_mutual_tls_and_the_callee_learns_the_callers_identity(
     # A caller cannot pass itself off as another: its own x-forwarded-client-cert is
     # dropped, and the callee's sidecar writes the one the handshake proved.
     reply = world.client.request(
-        "web", port=world.web.inbound_port,
+        "web",
+        port=world.web.inbound_port,
         headers={"x-forwarded-client-cert": f"URI={identity('admin')}"},
-    )  # fmt: skip
+    )
     assert reply.status == 200 and reply.backend == "web-app"
     details = client_cert_details(world.app.seen[-1].headers["x-forwarded-client-cert"])
     assert details["URI"] == identity("client") and details["By"] == identity("web"), details
     # Both ends count TLS handshakes: the caller's cluster, the callee's inbound listener.
     client_stats = world.client.stats()
-    origin = [k for k, v in client_stats.items()
-              if k.startswith("cluster.outbound|") and "|web." in k
-              and k.endswith(".ssl.handshake") and v > 0]  # fmt: skip
+    origin = [
+        k
+        for k, v in client_stats.items()
+        if k.startswith("cluster.outbound|")
+        and "|web." in k
+        and k.endswith(".ssl.handshake")
+        and v > 0
+    ]
     assert origin, "the client's cluster to web made no TLS handshake"
     web_stats = world.web.stats()
     inbound = f"listener.inbound_{world.web.inbound_port}.ssl.handshake"
@@ -223,8 +231,9 @@ def test_the_caller_checks_the_callees_identity_and_follows_replaced_files(
 
 def presented(world: World) -> list[str]:
     """The URI SANs of the certificate web's inbound listener presents to a member."""
-    member = world.ca.issue("prober", uris=[identity("prober")],
-                            directory=world.pki.parent / "issued")  # fmt: skip
+    member = world.ca.issue(
+        "prober", uris=[identity("prober")], directory=world.pki.parent / "issued"
+    )
     with connect_tls(world, member) as s:
         cert = s.getpeercert() or {}
     return [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
@@ -235,8 +244,10 @@ def test_permissive_mode_lets_plaintext_in_besides_mutual_tls(world: World) -> N
     assert world.mesh.xdsd is not None
     try:
         world.mesh.xdsd.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: not refused(lambda: plaintext_get(world)) and plaintext_get(world)
-                   == 200, what="plaintext accepted under PERMISSIVE")  # fmt: skip
+        wait_until(
+            lambda: not refused(lambda: plaintext_get(world)) and plaintext_get(world) == 200,
+            what="plaintext accepted under PERMISSIVE",
+        )
         world.app.reset()
         assert call_web(world) == 200
         details = client_cert_details(world.app.seen[-1].headers["x-forwarded-client-cert"])
@@ -325,12 +336,19 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
     import grpc
 
     for service in ("greeter", "caller"):
-        install(world.ca.issue(service, uris=[identity(service)], directory=tmp_path),
-                world.pki / "default" / service)  # fmt: skip
+        install(
+            world.ca.issue(service, uris=[identity(service)], directory=tmp_path),
+            world.pki / "default" / service,
+        )
     app_port = free_port()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(lambda r, c: b"greeter")}),))  # fmt: skip
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(lambda r, c: b"greeter")}
+            ),
+        )
+    )
     server.add_insecure_port(f"127.0.0.1:{app_port}")
     server.start()
     greeter = world.mesh.start("greeter", app_port=app_port, protocol="GRPC")
@@ -338,8 +356,18 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
     clients: list[subprocess.Popen[str]] = []
 
     def start_client(mesh_tls: bool) -> queue.Queue[str]:
-        argv = [sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", "caller",
-                "--format", "grpc", "--xds", f"127.0.0.1:{world.mesh.xdsd.grpc_port}"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "bootstrap",
+            "--service",
+            "caller",
+            "--format",
+            "grpc",
+            "--xds",
+            f"127.0.0.1:{world.mesh.xdsd.grpc_port}",
+        ]
         if mesh_tls:
             argv += ["--settings", str(world.settings)]
         boot = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
@@ -348,11 +376,17 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
         path = tmp_path / f"bootstrap-{mesh_tls}.json"
         path.write_text(json.dumps(doc))
         client = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parents[1] / "grpc_client.py"),
-             f"greeter:{greeter.inbound_port}", "--xds-credentials"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(Path(__file__).parents[1] / "grpc_client.py"),
+                f"greeter:{greeter.inbound_port}",
+                "--xds-credentials",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)},
-        )  # fmt: skip
+        )
         clients.append(client)
         seen: queue.Queue[str] = queue.Queue()
         threading.Thread(
@@ -365,8 +399,11 @@ def test_a_proxyless_grpc_client_speaks_mesh_mtls_from_its_bootstrap(
 
     try:
         secured = start_client(mesh_tls=True)
-        wait_until(lambda: answers(secured) == ["greeter"] * 5, timeout=60,
-                   what="the proxyless client answered over mesh mTLS")  # fmt: skip
+        wait_until(
+            lambda: answers(secured) == ["greeter"] * 5,
+            timeout=60,
+            what="the proxyless client answered over mesh mTLS",
+        )
         stats = greeter.stats()
         assert stats.get(f"listener.inbound_{greeter.inbound_port}.ssl.handshake", 0) > 0
         plain = start_client(mesh_tls=False)
@@ -403,8 +440,10 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
     members = (("default", "client"), ("default", "web"), ("prod", "web"))
     for namespace, service in members:
         uri = f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service}"
-        install(ca.issue(f"{namespace}-{service}", uris=[uri], directory=tmp_path / "issued"),
-                pki / namespace / service)  # fmt: skip
+        install(
+            ca.issue(f"{namespace}-{service}", uris=[uri], directory=tmp_path / "issued"),
+            pki / namespace / service,
+        )
     path = tmp_path / "settings.toml"
     path.write_text(
         f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\n'
@@ -430,10 +469,13 @@ def test_a_proxy_certificate_fetches_its_own_secret_and_no_other(tmp_path: Path)
             node=node, type_url=SECRET_TYPE, resource_names=["default"]
         )
         response = first_response_over_tls(
-            xdsd.grpc_port, request, root=ca.ca_path.read_bytes(),
-            key=(files / "key.pem").read_bytes(), chain=(files / "cert.pem").read_bytes(),
+            xdsd.grpc_port,
+            request,
+            root=ca.ca_path.read_bytes(),
+            key=(files / "key.pem").read_bytes(),
+            chain=(files / "cert.pem").read_bytes(),
             server_name=XDSD_NAME,
-        )  # fmt: skip
+        )
         if isinstance(response, grpc.RpcError):
             return response
         secret = secret_pb2.Secret()
@@ -470,10 +512,12 @@ def test_a_service_whose_certificate_directory_appears_later_is_served_then(
 
     assert world.mesh.xdsd is not None
     world.mesh.service("late", [world.mesh.upstream("late-app")])
-    body = json.dumps({
-        "node": {"id": "late-1", "cluster": "late", "metadata": {"outbound_ip": "127.0.0.2"}},
-        "resource_names": ["default"],
-    }).encode()  # fmt: skip
+    body = json.dumps(
+        {
+            "node": {"id": "late-1", "cluster": "late", "metadata": {"outbound_ip": "127.0.0.2"}},
+            "resource_names": ["default"],
+        }
+    ).encode()
     url = f"http://127.0.0.1:{world.mesh.xdsd.rest_port}/v3/discovery:secrets"
 
     def poll() -> int:
@@ -488,8 +532,9 @@ def test_a_service_whose_certificate_directory_appears_later_is_served_then(
     # Only once xdsd has loaded the service (so that no config change is left to find
     # the files) does the directory appear.
     clusters = f"http://127.0.0.1:{world.mesh.xdsd.rest_port}/v3/discovery:clusters"
-    probe = json.dumps({"node": {"id": "probe", "cluster": "client",
-                                 "metadata": {"outbound_ip": "127.0.0.3"}}}).encode()  # fmt: skip
+    probe = json.dumps(
+        {"node": {"id": "probe", "cluster": "client", "metadata": {"outbound_ip": "127.0.0.3"}}}
+    ).encode()
 
     def late_loaded() -> bool:
         request = urllib.request.Request(clusters, data=probe, method="POST")
@@ -498,7 +543,6 @@ def test_a_service_whose_certificate_directory_appears_later_is_served_then(
 
     wait_until(late_loaded, what="xdsd to load the late service")
     staged = tmp_path / "late"
-    install(world.ca.issue("late", uris=[identity("late")], directory=tmp_path / "issued"),
-            staged)  # fmt: skip
+    install(world.ca.issue("late", uris=[identity("late")], directory=tmp_path / "issued"), staged)
     os.replace(staged, world.pki / "default" / "late")
     wait_until(lambda: poll() == 200, what="the late service's certificate to be served")

@@ -60,7 +60,9 @@ class World:
         m.service("web", [self.web])
         m.service("productpage", [m.upstream("productpage-1")])
         self.port = free_port(m.gateway_ip("ingress"))
-        m.rule("gateways", f"""\
+        m.rule(
+            "gateways",
+            f"""\
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: edge}}
@@ -79,15 +81,22 @@ spec:
   gateways: [edge]
   http:
   - route: [{{destination: {{host: web}}}}]
-""")  # fmt: skip
+""",
+        )
         self.gateway: GatewayNode = m.start_gateway(
-            "ingress", INGRESS,
+            "ingress",
+            INGRESS,
             bootstrap_args=(
-                "--xds-tls-ca", str(self.ca.ca_path), "--xds-tls-cert",
-                str(self.gateway_cert.cert), "--xds-tls-key", str(self.gateway_cert.key),
-                "--xds-tls-server-name", SERVER_NAME,
+                "--xds-tls-ca",
+                str(self.ca.ca_path),
+                "--xds-tls-cert",
+                str(self.gateway_cert.cert),
+                "--xds-tls-key",
+                str(self.gateway_cert.key),
+                "--xds-tls-server-name",
+                SERVER_NAME,
             ),
-        )  # fmt: skip
+        )
 
     def ads(self, cert: CertFiles, node: base_pb2.Node, type_url: str) -> Any:
         """The first response of an ADS stream over mTLS as ``node``, or its RpcError."""
@@ -95,12 +104,15 @@ spec:
         return first_response_over_tls(
             self.mesh.xdsd.grpc_port,
             discovery_pb2.DiscoveryRequest(
-                node=node, type_url=type_url,
+                node=node,
+                type_url=type_url,
                 resource_names=[self.secret_name] if type_url == SDS else [],
             ),
-            root=self.ca.ca_path.read_bytes(), key=cert.key.read_bytes(),
-            chain=cert.cert.read_bytes(), server_name=SERVER_NAME,
-        )  # fmt: skip
+            root=self.ca.ca_path.read_bytes(),
+            key=cert.key.read_bytes(),
+            chain=cert.cert.read_bytes(),
+            server_name=SERVER_NAME,
+        )
 
     def rest(self, cert: CertFiles, node: base_pb2.Node, kind: str) -> tuple[int, str]:
         """A REST poll of ``kind`` (``listeners``, ``secrets``) over mTLS as ``node``:
@@ -153,10 +165,12 @@ def holds_key(body: str, pem: str) -> bool:
 def test_the_granted_gateway_receives_its_key_and_serves_tls(world: World) -> None:
     gw = world.gateway
     gw.wait_for(
-        lambda: gw.request(world.port, "web.example.com", tls=True,
-                           cafile=world.ca.ca_path).status == 200,
+        lambda: (
+            gw.request(world.port, "web.example.com", tls=True, cafile=world.ca.ca_path).status
+            == 200
+        ),
         "the gateway serving TLS with its key from SDS",
-    )  # fmt: skip
+    )
     status, body = world.rest(
         world.gateway_cert, node("ingress-2", "ingress", "gateway", INGRESS), "secrets"
     )
@@ -172,7 +186,7 @@ def test_the_granted_gateway_receives_its_key_and_serves_tls(world: World) -> No
         ("gateway", node("ingress-2", "ingress", "gateway", {**INGRESS, "extra": "x"})),
         ("gateway", node("ingress-2", "productpage", "gateway", INGRESS)),  # another service
     ],
-)  # fmt: skip
+)
 def test_a_claim_beyond_the_grant_gets_no_gateway_listener_or_key(
     world: World, who: str, claim: base_pb2.Node
 ) -> None:

@@ -144,8 +144,9 @@ def test_a_bad_certificate_file_is_refused_on_the_naming_line(world: World) -> N
         key.unlink()
         wait_until(
             lambda: any("cannot read" in e["message"] for e in world.mesh.errors()),
-            timeout=30, what="the missing key refused",
-        )  # fmt: skip
+            timeout=30,
+            what="the missing key refused",
+        )
     finally:
         tmp.write_bytes(good)
         os.replace(tmp, key)

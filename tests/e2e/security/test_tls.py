@@ -69,10 +69,16 @@ def mesh(
 def client(mesh: TrafficMesh, pki: Pki) -> Sidecar:
     return mesh.start(
         bootstrap_args=(
-            "--xds-tls-ca", str(pki.ca.ca_path), "--xds-tls-cert", str(pki.client.cert),
-            "--xds-tls-key", str(pki.client.key), "--xds-tls-server-name", SERVER_NAME,
+            "--xds-tls-ca",
+            str(pki.ca.ca_path),
+            "--xds-tls-cert",
+            str(pki.client.cert),
+            "--xds-tls-key",
+            str(pki.client.key),
+            "--xds-tls-server-name",
+            SERVER_NAME,
         )
-    )  # fmt: skip
+    )
 
 
 def _https(pki: Pki, cert: CertFiles | None) -> ssl.SSLContext:
@@ -95,10 +101,13 @@ def _ads(mesh: TrafficMesh, pki: Pki, cert: CertFiles | None, node: base_pb2.Nod
     response, or the RpcError the stream ended with."""
     assert mesh.xdsd is not None
     return first_response_over_tls(
-        mesh.xdsd.grpc_port, discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
-        root=pki.ca.ca_path.read_bytes(), key=cert.key.read_bytes() if cert else None,
-        chain=cert.cert.read_bytes() if cert else None, server_name=SERVER_NAME,
-    )  # fmt: skip
+        mesh.xdsd.grpc_port,
+        discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
+        root=pki.ca.ca_path.read_bytes(),
+        key=cert.key.read_bytes() if cert else None,
+        chain=cert.cert.read_bytes() if cert else None,
+        server_name=SERVER_NAME,
+    )
 
 
 def _refusals(mesh: TrafficMesh, pki: Pki) -> dict[tuple[str, str], float]:
@@ -163,12 +172,19 @@ def test_a_certificate_for_node_a_cannot_speak_for_node_b(
 
 def test_a_rest_envoy_polls_over_mtls(mesh: TrafficMesh, client: Sidecar, pki: Pki) -> None:
     poller = mesh.start(
-        "poller", transport="rest",
+        "poller",
+        transport="rest",
         bootstrap_args=(
-            "--xds-tls-ca", str(pki.ca.ca_path), "--xds-tls-cert", str(pki.client.cert),
-            "--xds-tls-key", str(pki.client.key), "--xds-tls-server-name", SERVER_NAME,
+            "--xds-tls-ca",
+            str(pki.ca.ca_path),
+            "--xds-tls-cert",
+            str(pki.client.cert),
+            "--xds-tls-key",
+            str(pki.client.key),
+            "--xds-tls-server-name",
+            SERVER_NAME,
         ),
-    )  # fmt: skip
+    )
     poller.wait_for(lambda: poller.request("echo").backend == "echo-1", "REST Envoy routed")
 
 
@@ -198,15 +214,22 @@ def test_rest_authorizes_nodes_too(mesh: TrafficMesh, client: Sidecar, pki: Pki)
     [
         ('tls_cert = "c.pem"\n', "tls_cert and tls_key go together"),
         ('tls_client_ca = "ca.pem"\n', "needs tls_cert"),
-        ('tls_cert = "c"\ntls_key = "k"\n[authorized_nodes]\n"a" = { services = ["x"] }\n',
-         "needs tls_client_ca"),
-        ('tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n"a" = {}\n',
-         "names no node_ids and no services"),
-        ('tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n'
-         '"a" = { node_ids = "x" }\n', "a list of names"),
+        (
+            'tls_cert = "c"\ntls_key = "k"\n[authorized_nodes]\n"a" = { services = ["x"] }\n',
+            "needs tls_client_ca",
+        ),
+        (
+            'tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n"a" = {}\n',
+            "names no node_ids and no services",
+        ),
+        (
+            'tls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n[authorized_nodes]\n'
+            '"a" = { node_ids = "x" }\n',
+            "a list of names",
+        ),
         ("admin_tls = 1\n", "true or false"),
     ],
-)  # fmt: skip
+)
 def test_tls_settings_that_cannot_work_are_errors(tmp_path: Path, text: str, fragment: str) -> None:
     from xdsd.errors import ConfigError
     from xdsd.settings import Settings
@@ -226,12 +249,31 @@ def test_grpc_bootstrap_gets_tls_channel_credentials(pki: Pki) -> None:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["bootstrap", "--service", "a", "--format", "grpc",
-                     "--xds-tls-ca", str(pki.ca.ca_path), "--xds-tls-cert", str(pki.client.cert),
-                     "--xds-tls-key", str(pki.client.key)])  # fmt: skip
+        code = main(
+            [
+                "bootstrap",
+                "--service",
+                "a",
+                "--format",
+                "grpc",
+                "--xds-tls-ca",
+                str(pki.ca.ca_path),
+                "--xds-tls-cert",
+                str(pki.client.cert),
+                "--xds-tls-key",
+                str(pki.client.key),
+            ]
+        )
     assert code == 0
     creds = json.loads(out.getvalue())["xds_servers"][0]["channel_creds"]
-    assert creds == [{"type": "tls", "config": {
-        "ca_certificate_file": str(pki.ca.ca_path), "certificate_file": str(pki.client.cert),
-        "private_key_file": str(pki.client.key)}}]  # fmt: skip
+    assert creds == [
+        {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": str(pki.ca.ca_path),
+                "certificate_file": str(pki.client.cert),
+                "private_key_file": str(pki.client.key),
+            },
+        }
+    ]
     assert main(["bootstrap", "--service", "a", "--xds-tls-cert", "c.pem"]) == 2

@@ -73,8 +73,11 @@ class Daemon:
     def ports(self) -> dict[str, tuple[int, str]]:
         """Each listener's port and ALPN."""
         x = self.xdsd
-        return {"grpc": (x.grpc_port, "h2"), "rest": (x.rest_port, "http/1.1"),
-                "admin": (x.admin_port, "http/1.1")}  # fmt: skip
+        return {
+            "grpc": (x.grpc_port, "h2"),
+            "rest": (x.rest_port, "http/1.1"),
+            "admin": (x.admin_port, "http/1.1"),
+        }
 
     def served(self, listener: str, client: CertFiles | None = None) -> int:
         """The serial of the certificate a new connection to ``listener`` is presented."""
@@ -100,10 +103,13 @@ class Daemon:
         trusting ``ca``), or the RpcError the stream ended with."""
         node = base_pb2.Node(id="reload-sidecar", cluster="client")
         return first_response_over_tls(
-            self.xdsd.grpc_port, discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
-            root=(ca or self.ca.ca_path).read_bytes(), key=client.key.read_bytes(),
-            chain=client.cert.read_bytes(), server_name=SERVER_NAME,
-        )  # fmt: skip
+            self.xdsd.grpc_port,
+            discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
+            root=(ca or self.ca.ca_path).read_bytes(),
+            key=client.key.read_bytes(),
+            chain=client.cert.read_bytes(),
+            server_name=SERVER_NAME,
+        )
 
     def errors(self) -> int:
         return self.xdsd.log().count(UNUSABLE)

@@ -32,10 +32,21 @@ BAD_CLUSTER = {
     "connect_timeout": "1s",
     "load_assignment": {
         "cluster_name": "raw-bad",
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-            "address": "not-an-ip-address", "port_value": 1}}}}]}],
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": "not-an-ip-address", "port_value": 1}
+                            }
+                        }
+                    }
+                ]
+            }
+        ],
     },
-}  # fmt: skip
+}
 
 
 class World:
@@ -172,8 +183,11 @@ def test_metrics_of_a_connected_envoy(world: World) -> None:
     versions = {
         labels: v for (name, labels), v in m.items() if name == "xdsd_snapshot_version_info"
     }
-    want = (("class", node["class"]), ("type", "clusters"),
-            ("version", node["types"]["clusters"]["acked_version"]))  # fmt: skip
+    want = (
+        ("class", node["class"]),
+        ("type", "clusters"),
+        ("version", node["types"]["clusters"]["acked_version"]),
+    )
     assert versions.get(want) == 1, sorted(versions)[:5]
 
 
@@ -269,9 +283,15 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     chromium = _chromium()
     wait_until(world.in_sync, what="every type ACKed")
     argv = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--no-default-browser-check", f"--user-data-dir={tmp_path / 'profile'}",
-    ]  # fmt: skip
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run(
         [*argv, "--dump-dom", world.url("/")], capture_output=True, text=True, timeout=120
     )
@@ -284,8 +304,10 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     shot = tmp_path / "status.png"
     done = subprocess.run(
         [*argv, f"--screenshot={shot}", "--window-size=1280,900", world.url("/")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000  # a rendered page, not a blank

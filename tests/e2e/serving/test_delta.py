@@ -65,7 +65,10 @@ def test_an_edit_sends_only_what_changed(mesh: EchoMesh) -> None:
     xdsd = mesh.start_xdsd()
     envoy = mesh.start_envoy("delta")
     mesh.wait_for("v1")
-    wait_until(lambda: envoy.stats().get("http.outbound_http_proxy.rds.http_proxy.update_success", 0) >= 1, what="routes")  # fmt: skip
+    wait_until(
+        lambda: envoy.stats().get("http.outbound_http_proxy.rds.http_proxy.update_success", 0) >= 1,
+        what="routes",
+    )
     before = len(sent(xdsd.log()))
     write_atomically(mesh.rules, vs(route_to({"v2": 100})))
     mesh.wait_for("v2")

@@ -98,10 +98,20 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     block = loopback_block()
     with open(out, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "xdsd.cli", "demo", "--dir", str(tmp_path / "demo"),
-             "--block", block],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "xdsd.cli",
+                "demo",
+                "--dir",
+                str(tmp_path / "demo"),
+                "--block",
+                block,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     started = Demo(proc, out, ("", 0), Path(), [], 0)
     try:
 
@@ -144,8 +154,10 @@ def test_demo_serves_shifts_traffic_and_stops_on_ctrl_c(demo: Demo) -> None:
 
     write_atomically(demo.canary, CANARY.format(v1=50, v2=50))
     seen: set[str] = set()
-    wait_until(lambda: seen.add(demo.reviews_version()) or seen == {"v1", "v2"},
-               what="both versions to answer under 50/50")  # fmt: skip
+    wait_until(
+        lambda: seen.add(demo.reviews_version()) or seen == {"v1", "v2"},
+        what="both versions to answer under 50/50",
+    )
 
     demo.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert demo.proc.wait(60) == 0

@@ -154,11 +154,22 @@ def run(topo: Topology, processes: list[Process], tmp: Path) -> None:
     write_files(tmp / "bootstrap", bootstrap_files(layout))
 
     xdsd = Process(
-        [sys.executable, "-m", "xdsd.cli", "serve", "--config-dir", str(config),
-         "--grpc", f"{prefix}.1:{XDS_PORT}", "--rest", f"{prefix}.1:{REST_PORT}",
-         "--admin", f"{prefix}.1:{ADMIN_PORT}"],
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "serve",
+            "--config-dir",
+            str(config),
+            "--grpc",
+            f"{prefix}.1:{XDS_PORT}",
+            "--rest",
+            f"{prefix}.1:{REST_PORT}",
+            "--admin",
+            f"{prefix}.1:{ADMIN_PORT}",
+        ],
         tmp / "xdsd.log",
-    )  # fmt: skip
+    )
     processes.append(xdsd)
     wait_until(lambda: port_open(f"{prefix}.1", XDS_PORT), what="xdsd to listen")
 
@@ -170,9 +181,19 @@ def run(topo: Topology, processes: list[Process], tmp: Path) -> None:
         argv = [envoy_binary(), "-c", str(boot), "--disable-hot-restart", "--concurrency", "1"]
         processes.append(Process(in_namespace(ns, *argv), tmp / f"envoy-{name}.log"))
     for w in layout.workloads:
-        argv = [sys.executable, "-m", "xdsd.demo.app", "--name", w.service,
-                "--version", w.version, "--listen", f"127.0.0.1:{w.app_port}",
-                "--proxy", f"http://127.0.0.1:{PROXY_PORT}"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "xdsd.demo.app",
+            "--name",
+            w.service,
+            "--version",
+            w.version,
+            "--listen",
+            f"127.0.0.1:{w.app_port}",
+            "--proxy",
+            f"http://127.0.0.1:{PROXY_PORT}",
+        ]
         for url in w.calls:
             argv += ["--call", url]
         processes.append(
@@ -202,9 +223,10 @@ def run(topo: Topology, processes: list[Process], tmp: Path) -> None:
 
     first = wait_until(page, timeout=120, what="a request through the gateway to cross the mesh")
     assert first == {
-        "service": "productpage", "version": "v1",
+        "service": "productpage",
+        "version": "v1",
         "calls": [{"service": "reviews", "version": "v1", "calls": []}],
-    }  # fmt: skip
+    }
     # it went through productpage's sidecar (outbound) and reviews v1's (inbound)
     fqdn = "reviews.default.svc.cluster.local"
     assert (
@@ -225,8 +247,13 @@ def run(topo: Topology, processes: list[Process], tmp: Path) -> None:
     wait_until(v2, timeout=60, what="reviews v2 to take the traffic")
     got = page()
     assert got is not None
-    assert got["calls"] == [{"service": "reviews", "version": "v2",
-                             "calls": [{"service": "ratings", "version": "v1", "calls": []}]}]  # fmt: skip
+    assert got["calls"] == [
+        {
+            "service": "reviews",
+            "version": "v2",
+            "calls": [{"service": "ratings", "version": "v1", "calls": []}],
+        }
+    ]
 
     # isolation: an application is reachable only through its sidecar
     reviews = layout.workload("reviews-v2")

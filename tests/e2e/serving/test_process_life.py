@@ -107,8 +107,9 @@ def test_sighup_rereads_every_file(mesh: EchoMesh) -> None:
     target.write_text(vs(route_to({"v2": 100})))  # invisible to the watcher
     # a visible edit (same content) makes a reload that reads only the file it names
     loads = xdsd.log().count("config reloaded: no change")
-    write_atomically(mesh.config / "rules" / "echo-dr.yaml",
-                     (mesh.config / "rules" / "echo-dr.yaml").read_text())  # fmt: skip
+    write_atomically(
+        mesh.config / "rules" / "echo-dr.yaml", (mesh.config / "rules" / "echo-dr.yaml").read_text()
+    )
     wait_until(lambda: xdsd.log().count("config reloaded: no change") > loads, what="reload")
     assert [mesh.ask() for _ in range(5)] == ["v1"] * 5  # the symlinked edit is unseen
 

@@ -78,10 +78,23 @@ class GreeterMesh:
         """Run the client with ``python``, its bootstrap from ``xdsd bootstrap --format
         grpc`` (changed by ``edit`` first, when given)."""
         boot = subprocess.run(
-            [sys.executable, "-m", "xdsd.cli", "bootstrap", "--service", "caller",
-             "--format", "grpc", "--xds", f"127.0.0.1:{self.xdsd.grpc_port}"],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "xdsd.cli",
+                "bootstrap",
+                "--service",
+                "caller",
+                "--format",
+                "grpc",
+                "--xds",
+                f"127.0.0.1:{self.xdsd.grpc_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         doc = json.loads(boot.stdout)
         if edit is not None:
             edit(doc)
@@ -90,8 +103,11 @@ class GreeterMesh:
         env = {**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)}
         self.client = client = subprocess.Popen(
             [python, str(Path(__file__).parents[1] / "grpc_client.py"), f"greeter:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         threading.Thread(
             target=lambda: [self.seen.put(line.strip()) for line in client.stdout or []],
             daemon=True,
@@ -108,8 +124,11 @@ class GreeterMesh:
         wait_until(lambda: expected(self.recent(n)), timeout=60, what=what)
 
     def nacks(self) -> list[Any]:
-        return [c for c in self.xdsd.admin("/debug/clients")
-                if any(t["nack"] for t in c["types"].values())]  # fmt: skip
+        return [
+            c
+            for c in self.xdsd.admin("/debug/clients")
+            if any(t["nack"] for t in c["types"].values())
+        ]
 
     def stop(self) -> None:
         if self.client is not None:

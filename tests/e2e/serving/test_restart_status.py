@@ -55,10 +55,19 @@ def _pending(xdsd: Xdsd) -> float:
 
 def _status(xdsd: Xdsd) -> Any:
     proc = subprocess.run(
-        [sys.executable, "-m", "xdsd.cli", "status", "--admin", f"127.0.0.1:{xdsd.admin_port}",
-         "--json"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "status",
+            "--admin",
+            f"127.0.0.1:{xdsd.admin_port}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)
 

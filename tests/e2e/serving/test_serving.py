@@ -91,10 +91,21 @@ BAD_CLUSTER = {
     "connect_timeout": "1s",
     "load_assignment": {
         "cluster_name": "raw-bad",
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-            "address": "not-an-ip-address", "port_value": 1}}}}]}],
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": "not-an-ip-address", "port_value": 1}
+                            }
+                        }
+                    }
+                ]
+            }
+        ],
     },
-}  # fmt: skip
+}
 
 
 def _client(xdsd: Xdsd, transport: str) -> dict:  # type: ignore[type-arg]

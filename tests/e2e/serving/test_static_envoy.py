@@ -42,10 +42,20 @@ def test_static_config_goes_live_with_every_listener_bound(
     instance_ip, outbound_ip = f"{block}.1", f"{block}.2"
     admin_port = free_port()
     config = render(
-        "--static", "--service", service, "--label", f"version={version}",
-        "--label", f"app={service}", "--instance-ip", instance_ip,
-        "--outbound-ip", outbound_ip, "--admin-port", str(admin_port),
-    )  # fmt: skip
+        "--static",
+        "--service",
+        service,
+        "--label",
+        f"version={version}",
+        "--label",
+        f"app={service}",
+        "--instance-ip",
+        instance_ip,
+        "--outbound-ip",
+        outbound_ip,
+        "--admin-port",
+        str(admin_port),
+    )
     listeners = config["static_resources"]["listeners"]
     expected = {
         (

@@ -27,16 +27,19 @@ def old_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     python = root / "bin" / "python"
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--only-binary=:all:", OLD_GRPCIO],
-        check=True, timeout=600,
-    )  # fmt: skip
+        check=True,
+        timeout=600,
+    )
     yield python
 
 
 def test_v2_grpc_client_follows_route_weights(tmp_path: Path, old_python: Path) -> None:
     version = subprocess.run(
         [str(old_python), "-c", "import grpc; print(grpc.__version__)"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert version == "1.49.1"
 
     def v2_bootstrap(doc: dict[str, Any]) -> None:

@@ -65,8 +65,12 @@ def gateway_problems(
         named.append(gw)
         if gw not in defined:
             problems.append(
-                problem_at(vs.origin, f"gateways[{i}]",
-                           f"no Gateway {gw.namespace}/{gw.name}: the rule applies to it once "
-                           "one is defined", Severity.WARNING)
-            )  # fmt: skip
+                problem_at(
+                    vs.origin,
+                    f"gateways[{i}]",
+                    f"no Gateway {gw.namespace}/{gw.name}: the rule applies to it once "
+                    "one is defined",
+                    Severity.WARNING,
+                )
+            )
     return tuple(named), problems

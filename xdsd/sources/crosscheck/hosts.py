@@ -96,9 +96,12 @@ def _host_problems(
         other = owners[host]
         if other.key != svc.key:
             problems.append(
-                problem_at(svc.origin, host_field(svc, i, entries),
-                           f"host {host!r} is already a name of {other.key} ({other.origin})")
-            )  # fmt: skip
+                problem_at(
+                    svc.origin,
+                    host_field(svc, i, entries),
+                    f"host {host!r} is already a name of {other.key} ({other.origin})",
+                )
+            )
     return problems
 
 

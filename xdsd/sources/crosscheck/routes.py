@@ -46,10 +46,13 @@ def check_virtual_service(
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(
-                problem_at(vs.origin, f"hosts[{i}]",
+                problem_at(
+                    vs.origin,
+                    f"hosts[{i}]",
                     f"no service named {host!r}: this host is ignored until one is defined",
-                    Severity.WARNING)
-            )  # fmt: skip
+                    Severity.WARNING,
+                )
+            )
     routes = []
     for i, http in enumerate(vs.http):
         destinations = []
@@ -129,16 +132,20 @@ def _check_destination(
     if dest.port and svc.port(dest.port) is None:
         numbers = ", ".join(str(p.number) for p in svc.ports)
         problems.append(
-            problem_at(vs.origin, f"{field}.port.number",
-                f"{svc.key} has no port {dest.port} (ports: {numbers})")
-        )  # fmt: skip
+            problem_at(
+                vs.origin,
+                f"{field}.port.number",
+                f"{svc.key} has no port {dest.port} (ports: {numbers})",
+            )
+        )
     elif not dest.port and len(svc.ports) == 1:
         dest = dataclasses.replace(dest, port=svc.ports[0].number)
     elif not dest.port and not any_port:
         problems.append(
-            problem_at(vs.origin, f"{field}.port.number",
-                f"is required: {svc.key} has several ports")
-        )  # fmt: skip
+            problem_at(
+                vs.origin, f"{field}.port.number", f"is required: {svc.key} has several ports"
+            )
+        )
     if dest.subset:
         rule = mesh.destination_rule(svc)
         if rule is None or rule.subset(dest.subset) is None:
@@ -149,7 +156,10 @@ def _check_destination(
                 else "no DestinationRule defines subsets for it"
             )
             problems.append(
-                problem_at(vs.origin, f"{field}.subset",
-                    f"subset {dest.subset!r} of {svc.key} is not defined: {where}")
-            )  # fmt: skip
+                problem_at(
+                    vs.origin,
+                    f"{field}.subset",
+                    f"subset {dest.subset!r} of {svc.key} is not defined: {where}",
+                )
+            )
     return dest

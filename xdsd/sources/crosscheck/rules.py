@@ -59,10 +59,11 @@ class RuleTargets:
             self._target[key] = target
             if target is None:
                 self._problems[key] = problem_at(
-                    rule.origin, "host",
+                    rule.origin,
+                    "host",
                     f"no service named {rule.host!r}: rule ignored until one is defined",
                     Severity.WARNING,
-                )  # fmt: skip
+                )
             else:
                 self._targeted.setdefault(target, set()).add(key)
                 affected.add(target)
@@ -91,10 +92,11 @@ class RuleTargets:
             self._problems.pop(ordered[0], None)
             for key in ordered[1:]:
                 self._problems[key] = problem_at(
-                    rules[key].origin, "host",
+                    rules[key].origin,
+                    "host",
                     f"{svc_key} already has DestinationRule {first.name!r} ({first.origin}); "
                     "merge them into one",
-                )  # fmt: skip
+                )
         return applied_changed
 
     def problems(self) -> list[Problem]:

@@ -112,10 +112,13 @@ class VirtualServiceChecks:
             if first != key:
                 other = virtual[first]
                 problems.append(
-                    problem_at(vs.origin, f"hosts[{i}]",
-                               f"{target} is already routed by VirtualService {other.name!r} "
-                               f"({other.origin}); merge the two rules")
-                )  # fmt: skip
+                    problem_at(
+                        vs.origin,
+                        f"hosts[{i}]",
+                        f"{target} is already routed by VirtualService {other.name!r} "
+                        f"({other.origin}); merge the two rules",
+                    )
+                )
         return problems
 
     def problems(self) -> list[Problem]:
