@@ -39,7 +39,7 @@ from google.protobuf import json_format
 from xdsd.errors import TranslationError
 from xdsd.protocol import Ack, NotApplied, ProtocolError, record_events
 from xdsd.protocol.fetch import JsonRenderer, NotModified
-from xdsd.protocol.rest_session import RestSessions
+from xdsd.protocol.rest_session import PollAnswer, RestSessions
 from xdsd.resources import SHORT_NAMES, TypeUrl
 from xdsd.resources.v2 import v3_type
 from xdsd.settings import Address
@@ -268,33 +268,7 @@ class RestDiscovery:
             cache.open_client(client_id, node_id=node_id, key=key, transport="rest")
             self._known[client_id] = key
         poll = self.sessions.on_poll(client_id, snapshot, type_url, names, version_info)
-        for gone in poll.forgotten:
-            self._known.pop(gone, None)
-            cache.close_client(gone)
-            log.info("stopped polling, forgotten", extra={"client": gone})
-        report = poll.report
-        if isinstance(report, Ack) and self.sessions.settled(client_id, type_url):
-            # Envoy polls a named type (EDS, RDS) once per resource name set: the client
-            # is in sync once every poller holds what it was last served, and it then
-            # holds the type's last response, whichever poller that went to.
-            status = cache.client(client_id)
-            sent = status.type_status(type_url).sent_version if status is not None else None
-            if sent is not None:
-                report = Ack(type_url, sent, "")
-        news = record_events(cache, client_id, [report]) if report is not None else []
-        if news and isinstance(report, NotApplied):
-            log.warning(
-                "%s version %s not applied (still at %s)",
-                SHORT_NAMES[type_url],
-                report.served_version,
-                version_info,
-                extra={
-                    "node": node_id,
-                    "client": client_id,
-                    "type": SHORT_NAMES[type_url],
-                    "version": report.served_version,
-                },
-            )
+        self._record(poll, client_id, node_id, type_url, version_info)
         result = poll.answer
         if isinstance(result, NotModified):
             if result.waiting_for and log.isEnabledFor(logging.DEBUG):
@@ -330,6 +304,41 @@ class RestDiscovery:
             content_type="application/json",
             headers={"X-Xdsd-Version": result.version},
         )
+
+    def _record(
+        self, poll: PollAnswer, client_id: str, node_id: str, type_url: TypeUrl, version_info: str
+    ) -> None:
+        """Record what ``poll`` says of the client (pollers it forgot, an ACK once every
+        poller of a named type holds its last response, a version not applied) in the
+        cache, logging what changed."""
+        cache = self.source.cache
+        for gone in poll.forgotten:
+            self._known.pop(gone, None)
+            cache.close_client(gone)
+            log.info("stopped polling, forgotten", extra={"client": gone})
+        report = poll.report
+        if isinstance(report, Ack) and self.sessions.settled(client_id, type_url):
+            # Envoy polls a named type (EDS, RDS) once per resource name set: the client
+            # is in sync once every poller holds what it was last served, and it then
+            # holds the type's last response, whichever poller that went to.
+            status = cache.client(client_id)
+            sent = status.type_status(type_url).sent_version if status is not None else None
+            if sent is not None:
+                report = Ack(type_url, sent, "")
+        news = record_events(cache, client_id, [report]) if report is not None else []
+        if news and isinstance(report, NotApplied):
+            log.warning(
+                "%s version %s not applied (still at %s)",
+                SHORT_NAMES[type_url],
+                report.served_version,
+                version_info,
+                extra={
+                    "node": node_id,
+                    "client": client_id,
+                    "type": SHORT_NAMES[type_url],
+                    "version": report.served_version,
+                },
+            )
 
     def _parse(
         self, type_url: TypeUrl, raw: bytes, *, v2: bool = False
