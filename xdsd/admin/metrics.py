@@ -28,25 +28,6 @@ from xdsd.cache.cache import SYNC_STATES, SnapshotCache
 from xdsd.errors import Problem
 from xdsd.resources import SHORT_NAMES, TypeUrl
 
-#: Push-to-ACK latency buckets (seconds): an Envoy answers in milliseconds, a REST
-#: poller after up to its refresh delay.
-ACK_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 #: Reload duration buckets (seconds): milliseconds for an edit, seconds for a cold load of
 #: a large mesh.
 RELOAD_BUCKETS = (
@@ -65,6 +46,9 @@ RELOAD_BUCKETS = (
     10.0,
     30.0,
 )
+#: Push-to-ACK latency buckets (seconds): an Envoy answers in milliseconds, a REST
+#: poller after up to its refresh delay.
+ACK_BUCKETS = (*RELOAD_BUCKETS, 60.0)
 
 
 class ConfigState(Protocol):
