@@ -31,6 +31,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -171,6 +172,48 @@ def sotw_steps(draw: st.DrawFn) -> tuple[object, ...]:
     )
 
 
+def nonce_of(nonce: str, last: str) -> str:
+    """The nonce a request carries: ``last`` (the last one received), a stale or future
+    one, none, junk, or ``nonce`` as drawn."""
+    return {
+        "current": last,
+        "stale": str(int(last) - 1) if last else "0",
+        "future": "999999",
+        "": "",
+        "junk": "n\x00\u202e",
+    }.get(nonce, nonce)
+
+
+def deliver(
+    stream: SotwStream | DeltaStream,
+    req: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest,
+    error: str | None,
+    with_node: bool,
+    node_sent: bool,
+    stream_type: TypeUrl | None,
+) -> list[Any] | None:
+    """Complete ``req`` (the node, a NACK's ``error_detail``) and hand it to ``stream``:
+    its events, or None when the stream ended with ProtocolError — which must happen
+    exactly when rule 1 says (no node yet, or a type the stream does not serve)."""
+    if with_node:
+        req.node.CopyFrom(NODE)
+    if error is not None:
+        req.error_detail.code = 3
+        req.error_detail.message = error
+    expect_error = (not node_sent and not with_node) or (
+        req.type_url not in SERVED_TYPES
+        if stream_type is None
+        else req.type_url not in ("", stream_type)
+    )
+    try:
+        events = stream.on_request(req)
+    except ProtocolError:
+        assert expect_error, req
+        return None
+    assert not expect_error, req
+    return list(events)
+
+
 @dataclass
 class SotwModel:
     """The client side of one SotW stream, and the checks of what the server sends."""
@@ -211,13 +254,7 @@ class SotwModel:
         served = self.stream_type if type_url == "" and self.stream_type else type_url
         asked = list(names) if names is not None else self.names.get(served, [])
         last = self.last_nonce.get(served, "")
-        nonce_text = {
-            "current": last,
-            "stale": str(int(last) - 1) if last else "0",
-            "future": "999999",
-            "": "",
-            "junk": "n\x00\u202e",
-        }.get(nonce, nonce)
+        nonce_text = nonce_of(nonce, last)
         version_text = {
             "acked": self.acked.get(served, ""),
             "": "",
@@ -230,23 +267,10 @@ class SotwModel:
             version_info=version_text,
             response_nonce=nonce_text,
         )
-        if with_node:
-            req.node.CopyFrom(NODE)
-        if error is not None:
-            req.error_detail.code = 3
-            req.error_detail.message = error
-        expect_error = (not self.node_sent and not with_node) or (
-            type_url not in SERVED_TYPES
-            if self.stream_type is None
-            else type_url not in ("", self.stream_type)
-        )
-        try:
-            events = self.stream.on_request(req)
-        except ProtocolError:
-            assert expect_error, req
+        events = deliver(self.stream, req, error, with_node, self.node_sent, self.stream_type)
+        if events is None:
             self.dead = True
             return
-        assert not expect_error, req
         self.node_sent = True
         if last and nonce_text != last:  # stale: ignored, subscription and all
             assert events == [], (req, events)
@@ -493,13 +517,7 @@ class DeltaModel:
         with_node = with_node or not self.node_sent
         served = self.stream_type if type_url == "" and self.stream_type else type_url
         last = self.last_nonce.get(served, "")
-        nonce_text = {
-            "current": last,
-            "stale": str(int(last) - 1) if last else "0",
-            "future": "999999",
-            "": "",
-            "junk": "n\x00\u202e",
-        }.get(nonce, nonce)
+        nonce_text = nonce_of(nonce, last)
         versions = {}
         if self.snapshot is not None and served in SERVED_TYPES:
             bucket = self.snapshot.get(served)
@@ -513,23 +531,10 @@ class DeltaModel:
             response_nonce=nonce_text,
             initial_resource_versions=versions,
         )
-        if with_node:
-            req.node.CopyFrom(NODE)
-        if error is not None:
-            req.error_detail.code = 3
-            req.error_detail.message = error
-        expect_error = (not self.node_sent and not with_node) or (
-            type_url not in SERVED_TYPES
-            if self.stream_type is None
-            else type_url not in ("", self.stream_type)
-        )
-        try:
-            events = self.stream.on_request(req)
-        except ProtocolError:
-            assert expect_error, req
+        events = deliver(self.stream, req, error, with_node, self.node_sent, self.stream_type)
+        if events is None:
             self.dead = True
             return
-        assert not expect_error, req
         self.node_sent = True
         held = self.held.setdefault(served, {})
         if served not in self.requested:
