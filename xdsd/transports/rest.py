@@ -426,21 +426,24 @@ class RestDiscovery:
 #: The deepest nesting of a poll body's JSON parsed (Envoy's node metadata nests a few
 #: levels; the parsers recurse per level).
 MAX_JSON_DEPTH = 64
-_BRACKETS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def json_depth(text: bytes) -> int:
     """The deepest nesting of arrays and objects in ``text`` (JSON; brackets inside
-    strings do not count), found without parsing: one regular-expression pass, so a
-    body nested a million levels deep costs no recursion."""
+    strings do not count), found without parsing, so a body nested a million levels deep
+    costs no recursion. How: escapes are dropped (an escaped quote ends no string), the
+    text between quotes (the strings) is cut out, and the brackets left are counted — a
+    few bytes operations, a fraction of parsing an Envoy's 60 KB node."""
+    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
     depth = deepest = 0
-    for match in _BRACKETS.finditer(text):
-        token = match.group()
-        if token in (b"[", b"{"):
+    for byte in outside.translate(None, _NOT_BRACKETS):
+        if byte in b"[{":
             depth += 1
             if depth > deepest:
                 deepest = depth
-        elif token in (b"]", b"}"):
+        else:
             depth -= 1
     return deepest
 
