@@ -53,16 +53,6 @@ from xdsd.transports.limits import (
 from xdsd.transports.methods import METHODS, Method
 from xdsd.transports.wire import EncodedResponse
 
-_STATUS = {
-    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
-    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
-    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
-    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
-}
-
 
 def _peer_host(peer: str) -> str:
     """The host of a grpcio peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
@@ -209,7 +199,9 @@ class AioDiscoveryServices:
         )
         if ending is not None:
             code, details = ending
-            await context.abort(_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT), details)
+            await context.abort(
+                grpc.StatusCode.__members__.get(code, grpc.StatusCode.INVALID_ARGUMENT), details
+            )
 
 
 class AioServer:

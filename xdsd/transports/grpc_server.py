@@ -56,16 +56,6 @@ log = logging.getLogger(__name__)
 #: Seconds of ``max_stream_resets_per_second`` a connection may spend at once.
 RESET_BURST_SECONDS = 10.0
 
-_STATUS = {
-    "INVALID_ARGUMENT": Status.INVALID_ARGUMENT,
-    "NOT_FOUND": Status.NOT_FOUND,
-    "FAILED_PRECONDITION": Status.FAILED_PRECONDITION,
-    "RESOURCE_EXHAUSTED": Status.RESOURCE_EXHAUSTED,
-    "PERMISSION_DENIED": Status.PERMISSION_DENIED,
-    "DEADLINE_EXCEEDED": Status.DEADLINE_EXCEEDED,
-    "UNAVAILABLE": Status.UNAVAILABLE,
-}
-
 
 class BoundedStream:
     """A grpclib server stream whose ``recv_message`` reads a message's 5-byte prefix
@@ -162,7 +152,7 @@ class DiscoveryServices:
         )
         if ending is not None:
             code, message = ending
-            raise GRPCError(_STATUS.get(code, Status.INVALID_ARGUMENT), message)
+            raise GRPCError(Status.__members__.get(code, Status.INVALID_ARGUMENT), message)
 
 
 class CostedH2Protocol(H2Protocol):
