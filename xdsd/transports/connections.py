@@ -398,9 +398,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, listener: Listener, address: str) -> None:
         self.listener = listener
         self.address = address
-        #: Requests or streams in progress, and started so far.
+        #: Requests or streams in progress.
         self.active = 0
-        self.started_total = 0
         self.transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._released = False
@@ -415,7 +414,6 @@ class Connection(asyncio.Protocol):
     def started(self) -> None:
         """A request or stream began on this connection."""
         self.active += 1
-        self.started_total += 1
         self._disarm()
 
     def ended(self) -> None:

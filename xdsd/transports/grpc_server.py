@@ -244,7 +244,6 @@ class GrpcServer(Server):
         super().__init__(handlers)
         self.gate = gate
         self.resets_per_second = resets_per_second
-        self.listener: Listener | None = None
 
     def _connection_protocol(self, connection: Connection) -> H2Protocol:
         self.__gc_step__()
@@ -268,7 +267,6 @@ class GrpcServer(Server):
             raise RuntimeError("the server is already listening")
         listener = Listener("grpc", self.gate, self._connection_protocol, ssl_context=ssl_context)
         await listener.start(host, port, backlog=backlog)
-        self.listener = listener
         self._server = listener
         self._server_closed_fut = asyncio.get_running_loop().create_future()
         return listener
