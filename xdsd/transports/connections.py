@@ -31,7 +31,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
@@ -60,13 +60,8 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        """The limits ``settings`` give."""
-        return cls(
-            settings.max_connections,
-            settings.max_connections_per_address,
-            settings.handshake_timeout,
-            settings.idle_connection_timeout,
-        )
+        """The limits ``settings`` give (a key per field, of the same name)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 #: The highest soft descriptor limit ``raise_descriptor_limit`` asks for.

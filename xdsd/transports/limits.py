@@ -12,7 +12,7 @@ decides whether a client certificate may speak for a node.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from xdsd.errors import XdsdError
@@ -49,9 +49,9 @@ class StreamLimits:
     """The limits of one gRPC server (see ``Settings``): the largest request message in
     bytes, the streams open at once per client address, the seconds a new stream may
     wait before its first request (0: no limit), the requests a stream may have read but
-    not handled (``max_queued_requests``), the stream resets a client may make per second
-    on one HTTP/2 connection (grpclib), and the connection limits of
-    ``xdsd.transports.connections`` (``ConnectionLimits``)."""
+    not handled (``max_queued_requests``) and the stream resets a client may make per
+    second on one HTTP/2 connection (grpclib). The connection limits are
+    ``xdsd.transports.connections.ConnectionLimits``."""
 
     max_request_bytes: int = 4 << 20
     max_streams_per_address: int = 1024
@@ -61,14 +61,8 @@ class StreamLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamLimits:
-        """The limits ``settings`` give."""
-        return cls(
-            settings.max_request_bytes,
-            settings.max_streams_per_address,
-            settings.first_request_timeout,
-            settings.max_queued_requests,
-            settings.max_stream_resets_per_second,
-        )
+        """The limits ``settings`` give (a key per field, of the same name)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def too_large(size: int | None, limit: int) -> Refused:
