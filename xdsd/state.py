@@ -238,7 +238,8 @@ class MeshState:
 
     def _translate_and_publish(self) -> int:
         """Translate the loaded mesh with the current defaults and publish a snapshot for
-        every watched class (forgetting unwatched ones); return how many changed."""
+        every class a client holds (a stream, or a REST poller still remembered: the
+        cache's ``held``; the others are forgotten); return how many changed."""
         assert self.loaded is not None
         self.translation = MeshTranslation(
             self.loaded.mesh,
@@ -247,10 +248,8 @@ class MeshState:
             mesh_config=self.mesh_config,
         )
         changed = 0
+        self._cache.evict_unheld()
         for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
-            if self._cache.watcher_count(key) == 0:
-                self._cache.discard(key)
-                continue
             try:
                 snapshot = self.translation.snapshot_for(key)
             except TranslationError as e:
