@@ -7,6 +7,7 @@ from operator import attrgetter
 
 from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
 from xdsd.model.rules import DestinationRule, VirtualService
+from xdsd.model.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from xdsd.model.service import (
     DOMAIN_SUFFIX,
     NO_ORIGIN,
@@ -43,6 +44,9 @@ MeshObject = (
     | EnvoyFilter
     | ServiceEntry
     | WorkloadEntry
+    | AuthorizationPolicy
+    | PeerAuthentication
+    | RequestAuthentication
 )
 
 
@@ -53,6 +57,9 @@ OTHER_KINDS = {
     "EnvoyFilter": "envoy_filters",
     "ServiceEntry": "service_entries",
     "WorkloadEntry": "workload_entries",
+    "AuthorizationPolicy": "authorization_policies",
+    "PeerAuthentication": "peer_authentications",
+    "RequestAuthentication": "request_authentications",
 }
 
 
@@ -74,6 +81,9 @@ class Mesh:
     envoy_filters: tuple[EnvoyFilter, ...] = ()
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    request_authentications: tuple[RequestAuthentication, ...] = ()
     #: The certificate and key files the rules name, with their bytes, by path (read by
     #: the sources on every load, so that a file replaced on disk changes the mesh).
     certificates: tuple[CertificateFile, ...] = ()

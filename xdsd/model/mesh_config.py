@@ -193,6 +193,46 @@ class MeshTLS:
 NO_MESH_TLS = MeshTLS()
 
 
+class ExtAuthzKind(Enum):
+    """How an external authorization server is asked: Istio's ``envoyExtAuthzHttp`` (an
+    HTTP request per check) or ``envoyExtAuthzGrpc`` (Envoy's gRPC ``Authorization``
+    service)."""
+
+    HTTP = "envoy_ext_authz_http"
+    GRPC = "envoy_ext_authz_grpc"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionProvider:
+    """An external authorization server a CUSTOM AuthorizationPolicy names (Istio's
+    ``meshConfig.extensionProviders``, from ``[[mesh.extension_providers]]``).
+
+    ``service`` is a host of the mesh (a Service or a ServiceEntry host) and ``port`` its
+    port. ``timeout_seconds`` 0 is Envoy's default; ``fail_open`` lets requests through
+    when the server cannot be asked; ``status_on_error`` is the status otherwise (0:
+    403). HTTP only: ``path_prefix`` and the header lists. ``include_request_body``
+    (``max_request_bytes`` > 0) sends the body, up to that many bytes.
+    """
+
+    name: str
+    kind: ExtAuthzKind
+    service: str
+    port: int
+    timeout_seconds: float = 0.0
+    fail_open: bool = False
+    status_on_error: int = 0
+    path_prefix: str = ""
+    include_request_headers_in_check: tuple[str, ...] = ()
+    include_additional_headers_in_check: tuple[tuple[str, str], ...] = ()
+    headers_to_upstream_on_allow: tuple[str, ...] = ()
+    headers_to_downstream_on_deny: tuple[str, ...] = ()
+    headers_to_downstream_on_allow: tuple[str, ...] = ()
+    max_request_bytes: int = 0
+    allow_partial_message: bool = False
+    pack_as_bytes: bool = False
+    origin: Origin = field(default=NO_ORIGIN, compare=False)
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     """Every mesh-wide proxy default. The defaults change nothing: no access log, no stats
@@ -203,6 +243,14 @@ class MeshConfig:
     tracing: Tracing | None = None
     outbound_traffic_policy: OutboundPolicy = OutboundPolicy.ALLOW_ANY
     mtls: MeshTLS = NO_MESH_TLS
+    extension_providers: tuple[ExtensionProvider, ...] = ()
+
+    def extension_provider(self, name: str) -> ExtensionProvider | None:
+        """The extension provider called ``name`` (None when the settings declare none)."""
+        for provider in self.extension_providers:
+            if provider.name == name:
+                return provider
+        return None
 
     @property
     def decorates(self) -> bool:
