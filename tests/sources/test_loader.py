@@ -131,14 +131,33 @@ def test_unsupported_kinds_are_named(tmp_path: Path) -> None:
     (tmp_path / "gw.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: gw}\n"
         "spec: {}\n---\n"
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: p}\n"
         "spec: {}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: k8s}\nspec: {}\n"
     )
     result = load_directory(str(tmp_path))
     text = "\n".join(str(w) for w in result.warnings)
     assert "gw.yaml:2: warning: kind: WorkloadGroup is not supported" in text
-    assert "gw.yaml:7: warning: kind: PeerAuthentication (security.istio.io/v1)" in text
+    assert "gw.yaml:7: warning: kind: Widget (example.com/v1)" in text
     assert "gw.yaml:11: warning: apiVersion: a Kubernetes v1 Service" in text
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "message"),
+    [
+        ("security.istio.io/v1", "Nope", "kind: unknown security.istio.io kind 'Nope'"),
+        ("security.istio.io/v2", "PeerAuthentication", "apiVersion: unsupported version"),
+    ],
+)
+def test_unknown_security_kinds_are_errors(
+    tmp_path: Path, api_version: str, kind: str, message: str
+) -> None:
+    """Security fails closed: what xdsd cannot enforce refuses the load."""
+    (tmp_path / "p.yaml").write_text(
+        f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: p}}\nspec: {{}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_directory(str(tmp_path))
+    assert any(message in str(p) for p in info.value.problems), info.value.problems
 
 
 def test_a_failed_load_returns_nothing_and_lists_all_errors(tmp_path: Path) -> None:

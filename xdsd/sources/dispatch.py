@@ -20,10 +20,13 @@ from typing import Any
 from xdsd.errors import Problem
 from xdsd.located import Document, FieldPath, Fields, Report
 from xdsd.model import DEFAULT_NAMESPACE, MeshObject, Origin
+from xdsd.sources.authorization_policy import parse_authorization_policy
 from xdsd.sources.destination_rule import parse_destination_rule
 from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
+from xdsd.sources.peer_authentication import parse_peer_authentication
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
+from xdsd.sources.request_authentication import parse_request_authentication
 from xdsd.sources.service import parse_service
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 from xdsd.sources.virtual_service import parse_virtual_service
@@ -43,6 +46,15 @@ OTHER_PARSERS: dict[str, Parser] = {
     "Gateway": parse_gateway,
     "Sidecar": parse_sidecar,
     "EnvoyFilter": parse_envoy_filter,
+}
+ISTIO_SECURITY = "security.istio.io"
+SECURITY_VERSIONS = ("v1", "v1beta1")
+#: security.istio.io kinds: each parser also takes the document's annotations (Istio's
+#: ``istio.io/dry-run``). Any other kind of the group is an error: security fails closed.
+SECURITY_PARSERS: dict[str, Callable[..., MeshObject]] = {
+    "AuthorizationPolicy": parse_authorization_policy,
+    "PeerAuthentication": parse_peer_authentication,
+    "RequestAuthentication": parse_request_authentication,
 }
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _METADATA_KEYS = ("name", "namespace", "labels", "annotations")
@@ -85,6 +97,8 @@ def parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObj
             parser = functools.partial(parse_destination_rule, config_dir=root)
         elif parser is parse_gateway:
             parser = functools.partial(parse_gateway, config_dir=root)
+        elif kind in SECURITY_PARSERS and parser is SECURITY_PARSERS[kind]:
+            parser = functools.partial(SECURITY_PARSERS[kind], annotations=_annotations(value))
         if parser is not None:
             if istio_shaped:
                 name, namespace = _read_metadata(top)
@@ -230,8 +244,28 @@ def _parser_for(top: Fields, api_version: str, kind: str) -> Parser | None:
             "kind", f"unknown kind {kind!r} (xdsd kinds: Service, VirtualService, DestinationRule)"
         )
         return None
+    if group == ISTIO_SECURITY:
+        if version not in SECURITY_VERSIONS:
+            top.error("apiVersion", f"unsupported version of {ISTIO_SECURITY}: {version!r}")
+            return None
+        if kind in SECURITY_PARSERS:
+            return SECURITY_PARSERS[kind]
+        top.error(
+            "kind",
+            f"unknown {ISTIO_SECURITY} kind {kind!r}: xdsd refuses security configuration it "
+            f"cannot enforce (it reads {', '.join(SECURITY_PARSERS)})",
+        )
+        return None
     top.warn("kind", f"{kind} ({api_version}) is not supported by xdsd: ignored")
     return None
+
+
+def _annotations(value: dict[str, Any]) -> dict[str, object]:
+    """The ``metadata.annotations`` of an Istio-shaped document (empty when absent or not
+    a mapping: ``_read_metadata`` reports that)."""
+    meta = value.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    return dict(annotations) if isinstance(annotations, dict) else {}
 
 
 def _read_metadata(top: Fields) -> tuple[str, str]:
