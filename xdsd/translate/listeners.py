@@ -13,7 +13,7 @@ their arguments, so a caller may memoize them by those arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -31,15 +31,18 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from xdsd.model import Port
 from xdsd.model.mesh_config import MESH_TCP_ALPN, MTLSMode
 from xdsd.resources import pack
+from xdsd.translate import authz, jwt_authn
 from xdsd.translate.cluster_policy import set_tls_socket
 from xdsd.translate.clusters import inbound_cluster_name
 from xdsd.translate.config_sources import config_source, duration
 from xdsd.translate.forward_proxy import FORWARD_PROXY_FILTER, forward_proxy_filter_config
 from xdsd.translate.l4 import L4ListenerPlan, cidr_range
 from xdsd.translate.node import ConfigSourceKind
+from xdsd.translate.peer_authentication import effective_mode
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
 from xdsd.translate.secrets import add_mesh_identity
+from xdsd.translate.workload_security import NO_POLICIES, NamedFilter, WorkloadPolicies
 
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -82,13 +85,16 @@ def http_connection_manager(
     allow_absolute_url: bool = False,
     filters: tuple[str, ...] = (),
     websocket: bool = True,
+    configured: Sequence[NamedFilter] = (),
 ) -> Any:
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
     (``route_config``). ``allow_absolute_url`` lets it act as an HTTP_PROXY; ``filters``
     (names from ``RULE_FILTERS``, and the dynamic forward proxy) run before the router
-    with their default configuration. ``websocket`` lets requests upgrade to WebSocket,
-    as Istio's listeners do (off for proxyless gRPC, which has no upgrades)."""
+    with their default configuration, after the ``configured`` filters (name, typed
+    config: the security filters of an inbound listener). ``websocket`` lets requests
+    upgrade to WebSocket, as Istio's listeners do (off for proxyless gRPC, which has no
+    upgrades)."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -102,6 +108,8 @@ def http_connection_manager(
         hcm.http_protocol_options.allow_absolute_url.value = True
     if websocket:
         hcm.upgrade_configs.add(upgrade_type="websocket")
+    for name, typed in configured:
+        hcm.http_filters.add(name=name).typed_config.CopyFrom(pack(typed))
     for name in filters:
         hcm.http_filters.add(name=name).typed_config.CopyFrom(pack(_FILTER_CONFIGS[name]()))
     router = hcm.http_filters.add(name=ROUTER_FILTER)
@@ -134,10 +142,16 @@ def inbound_listener(
     port: Port,
     mtls: MTLSMode = MTLSMode.DISABLE,
     source: ConfigSourceKind = ConfigSourceKind.ADS,
+    policies: WorkloadPolicies = NO_POLICIES,
 ) -> Any:
     """The listener on ``ip:port.number`` that hands traffic to the local application
     through cluster ``inbound|PORT||``: an HTTP connection manager with one inline route
     for HTTP ports, a TCP proxy otherwise.
+
+    ``policies`` (the security policies that apply to the workload) decide the port's
+    mutual TLS mode (PeerAuthentication, over ``mtls``, the settings' mode) and the
+    filters before the router or TCP proxy: ``jwt_authn`` (RequestAuthentication), then
+    the authorization filters (AuthorizationPolicy), in every chain.
 
     With mesh mutual TLS (``mtls``), callers must present a certificate of the mesh CA
     (secrets ``default`` and ``ROOTCA`` fetched the way ``source`` says); under STRICT
@@ -152,18 +166,25 @@ def inbound_listener(
     listener = _socket_listener(
         inbound_listener_name(ip, port.number), ip, port.number, base_pb2.INBOUND, stat_prefix
     )
+    mtls = effective_mode(policies, port, mtls)
+    if port.protocol.is_http:
+        configured = jwt_authn.http_filters(policies) + authz.http_filters(policies, port)
+    else:
+        configured = authz.network_filters(policies, port)
 
     def add_chain(secure: bool) -> Any:
         chain = listener.filter_chains.add()
         if port.protocol.is_http:
             config = http_connection_manager(
-                stat_prefix, route_config=inbound_route_configuration(port)
+                stat_prefix, route_config=inbound_route_configuration(port), configured=configured
             )
             if secure:
                 config.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
                 config.set_current_client_cert_details.uri = True
             chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(config))
         else:
+            for name, typed in configured:
+                chain.filters.add(name=name).typed_config.CopyFrom(pack(typed))
             proxy = _tcp_proxy(stat_prefix, inbound_cluster_name(port.number))
             chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
         return chain

@@ -172,7 +172,7 @@ class MeshTranslation:
             scoping=self._scoping,
             routes=self._routes,
             secrets=self._secrets,
-            mtls_mode=mesh_config.mtls.mode,
+            mesh_config=mesh_config,
         )
         self._filters = EnvoyFilters(mesh, root_namespace=root_namespace, memo=self._memo)
 

@@ -28,7 +28,7 @@ from xdsd.model import (
     TrafficPolicy,
     VirtualService,
 )
-from xdsd.model.mesh_config import MTLSMode
+from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
 from xdsd.resources import SECRET, Resource
 from xdsd.translate.clusters import build_inbound_cluster, outbound_clusters
@@ -74,6 +74,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
+from xdsd.translate.workload_security import WorkloadPolicies, workload_policies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
 #: with what its routes take from the rest of the mesh (``RouteBuilder.rule_inputs``).
@@ -93,7 +94,7 @@ class ClassParts:
         scoping: Scoping,
         routes: RouteConfigs,
         secrets: Secrets,
-        mtls_mode: MTLSMode,
+        mesh_config: MeshConfig,
     ) -> None:
         self.mesh = mesh
         self._memo = memo
@@ -101,7 +102,10 @@ class ClassParts:
         self._scoping = scoping
         self._routes = routes
         self._secrets = secrets
-        self._mtls_mode = mtls_mode
+        self._mesh_config = mesh_config
+        self._mtls_mode = mesh_config.mtls.mode
+        # The security policies of each workload, by (namespace, labels).
+        self._policies: dict[tuple[str, tuple[tuple[str, str], ...]], WorkloadPolicies] = {}
         # TCP/TLS listener plans by (port, caller, view), and whether any depends on the
         # caller.
         self._l4_plans: dict[tuple[int, L4Caller, Hashable], L4ListenerPlan] = {}
@@ -118,6 +122,16 @@ class ClassParts:
         if self._vs_index is None:
             self._vs_index = virtual_service_index(self.mesh)
         return self._vs_index
+
+    def policies(self, node: NodeClass) -> WorkloadPolicies:
+        """The security policies that apply to ``node``'s workload (computed once per
+        namespace and labels)."""
+        key = (node.namespace, node.labels)
+        found = self._policies.get(key)
+        if found is None:
+            found = workload_policies(self.mesh, node.namespace, node.labels, self._mesh_config)
+            self._policies[key] = found
+        return found
 
     # -- sidecars -------------------------------------------------------------------
 
@@ -162,9 +176,10 @@ class ClassParts:
         out: list[Resource] = []
         mode = self._mtls_mode
         memo = self._memo
+        policies = self.policies(node)
         for port in own.ports if own is not None else ():
             out.append(memo.resource(build_inbound_cluster, port))
-            out.append(memo.resource(inbound_listener, instance_ip, port, mode, source))
+            out.append(memo.resource(inbound_listener, instance_ip, port, mode, source, policies))
         return out
 
     def outbound(
