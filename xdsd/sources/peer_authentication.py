@@ -117,7 +117,7 @@ def _port_modes(
             spec.report.add(path, f"must be a port number 1-65535 (got {key!r})")
             continue
         if number in out:
-            spec.report.add(path, f"port {number} is given twice")
+            spec.report.add(path, f"duplicate port {number} (written twice)")
             continue
         if not isinstance(entry, dict):
             spec.report.add(path, "must be a mapping with mode")
