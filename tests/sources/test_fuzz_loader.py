@@ -59,10 +59,19 @@ KINDS = (
     "Gateway",
     "Sidecar",
     "EnvoyFilter",
+    "PeerAuthentication",
 )
 WORKLOAD_ENTRY = (
     "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\n"
     "spec: {address: 10.0.0.5, labels: {app: ratings}, ports: {http: 9080}}\n"
+)
+#: A PeerAuthentication that loads without mesh mutual TLS (the fuzzed loads have none),
+#: with every field (Istio's own files seed the PERMISSIVE and STRICT ones).
+PEER_AUTHENTICATION = (
+    "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n"
+    "metadata: {name: ratings, namespace: default}\n"
+    "spec: {selector: {matchLabels: {app: ratings}}, mtls: {mode: DISABLE},\n"
+    "  portLevelMtls: {9080: {mode: UNSET}, 9443: {mode: DISABLE}}}\n"
 )
 RAW_CLUSTER = {
     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -109,6 +118,7 @@ def _seeds() -> list[tuple[bool, Any]]:
             (False, d) for d in _documents(f) if isinstance(d, dict) and d.get("kind") in KINDS
         ]
     docs += [(False, d) for d in yaml.safe_load_all(WORKLOAD_ENTRY + "---\n" + LUA)]
+    docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
     docs.append((True, RAW_CLUSTER))
     return docs
 

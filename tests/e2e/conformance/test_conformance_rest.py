@@ -67,8 +67,6 @@ spec:
 
 #: File → (what is written beside it, namespaces to render a sidecar in).
 LOADING: dict[str, tuple[str, tuple[str, ...]]] = {
-    "authn.yaml": ("", ("default",)),  # security.istio.io only: warned about, nothing else
-    "peer-authn-strict.yaml": ("", ("default",)),
     "destination-rule-fqdn.yaml": ("", ("default",)),
     "destination-rule-locality.yaml": ("", ("default",)),
     "rule-content-route.yaml": (C_WEIGHTED, ("testns",)),
@@ -144,6 +142,65 @@ def test_file_needs_mesh_mtls_and_envoy_accepts_the_result(name: str, tmp_path: 
     assert accepted.returncode == 0, accepted.stderr
 
 
+#: PeerAuthentications asking for PERMISSIVE or STRICT: refused without mesh mutual TLS
+#: (nothing could enforce them), loaded with it; (the namespace a sidecar is rendered in,
+#: the inbound chains its HTTP port then has: 2 for PERMISSIVE, 1 for STRICT).
+PEER_MTLS = {"authn.yaml": ("default", 2), "peer-authn-strict.yaml": ("testns", 1)}
+#: A service of each namespace, for a sidecar with an inbound port to render.
+PEER_SERVICES = """\
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  ports: [{number: 8080, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.2}]
+---
+kind: Service
+metadata: {name: web, namespace: testns}
+spec:
+  ports: [{number: 8080, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.2}]
+"""
+
+
+@pytest.mark.parametrize("name", sorted(PEER_MTLS))
+def test_peer_authentication_needs_mesh_mtls_and_envoy_accepts_the_result(
+    name: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "services.yaml").write_text(PEER_SERVICES)
+    shutil.copy(TESTDATA / name, root)
+    with pytest.raises(ConfigError) as caught:
+        load_directory(str(root))
+    assert any(
+        f"{name}:" in str(p) and "mtls.mode" in str(p) and "[mesh.mtls]" in str(p)
+        for p in caught.value.problems
+    ), caught.value.problems
+    namespace, chains = PEER_MTLS[name]
+    ca = CertAuthority(tmp_path / "pki")
+    ca.issue(
+        "web",
+        uris=[f"spiffe://cluster.local/ns/{namespace}/sa/web"],
+        directory=tmp_path / "pki" / namespace,
+    )
+    tls = MeshTLS(
+        mode=MTLSMode.PERMISSIVE,
+        ca=str(ca.ca_path),
+        certificate=str(tmp_path / "pki" / "{namespace}" / "{service}.pem"),
+        private_key=str(tmp_path / "pki" / "{namespace}" / "{service}-key.pem"),
+    )
+    mesh = load_directory(str(root), mesh_tls=tls).mesh
+    node = NodeClass("web", namespace=namespace, instance_ip="127.0.0.2", outbound_ip="127.0.0.3")
+    config = render_static(mesh, node, admin_port=0, mesh_config=MeshConfig(mtls=tls))
+    (inbound,) = [
+        listener
+        for listener in config["static_resources"]["listeners"]
+        if listener["name"] == "inbound|127.0.0.2|8080"
+    ]
+    assert len(inbound["filter_chains"]) == chains
+    envoy_accepts(config, tmp_path / f"{namespace}.json")
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_file_is_refused_naming_the_reason(name: str, tmp_path: Path) -> None:
     root = tmp_path / "config"
@@ -163,6 +220,7 @@ def _covered() -> set[str]:
     out |= {f for case in test_conformance_gateways.CASES.values() for f in case.files}
     out |= {f"testdata/{n}" for n in LOADING}
     out |= set(MESH_MTLS)
+    out |= {f"testdata/{n}" for n in PEER_MTLS}
     return out
 
 
