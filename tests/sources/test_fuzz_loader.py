@@ -1,11 +1,12 @@
 """Fuzzing the loader: mutated documents of every kind, as YAML, TOML and JSON.
 
 Seeds are the documents of the example config (``config/``), of the Istio conformance
-inputs (every kind xdsd reads) and a raw Envoy resource. A Hypothesis example takes a
-seed, mutates its structure (values of another type, keys deleted or duplicated, deep
-nesting, huge integers, odd unicode, another kind), serializes it to one of the three
-formats and may then mutate the bytes (flips, truncation, insertions); it writes the
-result into a copy of the example config, as a new file or over an existing one.
+inputs (every kind xdsd reads), a RequestAuthentication and a raw Envoy resource. A
+Hypothesis example takes a seed, mutates its structure (values of another type, keys
+deleted or duplicated, deep nesting, huge integers, odd unicode, another kind),
+serializes it to one of the three formats and may then mutate the bytes (flips,
+truncation, insertions); it writes the result into a copy of the example config, as a
+new file or over an existing one.
 
 Properties, for every edit of a sequence and for the restoring of the good files:
 ``DirectoryLoader.load`` returns a LoadResult or raises ConfigError (never another
@@ -60,6 +61,7 @@ KINDS = (
     "Sidecar",
     "EnvoyFilter",
     "PeerAuthentication",
+    "RequestAuthentication",
 )
 WORKLOAD_ENTRY = (
     "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\n"
@@ -73,6 +75,29 @@ PEER_AUTHENTICATION = (
     "spec: {selector: {matchLabels: {app: ratings}}, mtls: {mode: DISABLE},\n"
     "  portLevelMtls: {9080: {mode: UNSET}, 9443: {mode: DISABLE}}}\n"
 )
+#: Every field of a RequestAuthentication (its jwks a real JWKS, its jwksUri by address
+#: and by name), for the workloads of the default namespace.
+REQUEST_AUTHENTICATION = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  jwtRules:
+  - issuer: https://a.test
+    audiences: [productpage]
+    jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ"}]}'
+    fromHeaders: [{name: x-jwt, prefix: "Token "}]
+    fromParams: [tok]
+    fromCookies: [session]
+    outputPayloadToHeader: x-payload
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+    forwardOriginalToken: true
+  - issuer: https://b.test
+    jwksUri: http://127.0.0.1:9999/keys
+    timeout: 2s
+  - issuer: https://c.test
+    jwksUri: https://login.c.test/keys
+"""
 RAW_CLUSTER = {
     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
     "name": "raw-backend",
@@ -117,7 +142,12 @@ def _seeds() -> list[tuple[bool, Any]]:
         docs += [
             (False, d) for d in _documents(f) if isinstance(d, dict) and d.get("kind") in KINDS
         ]
-    docs += [(False, d) for d in yaml.safe_load_all(WORKLOAD_ENTRY + "---\n" + LUA)]
+    docs += [
+        (False, d)
+        for d in yaml.safe_load_all(
+            WORKLOAD_ENTRY + "---\n" + LUA + "---\n" + REQUEST_AUTHENTICATION
+        )
+    ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
     docs.append((True, RAW_CLUSTER))
     return docs

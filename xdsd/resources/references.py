@@ -2,7 +2,8 @@
 
 A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
 manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
-its routes name (destinations and mirrors); a cluster or listener whose TLS transport
+its routes name (destinations and mirrors), and the clusters its ``jwt_authn`` filter
+fetches key sets through; a cluster or listener whose TLS transport
 socket names SDS secrets needs those Secrets. Computed once, when a ``Resource`` is made.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -20,6 +22,7 @@ from google.protobuf.message import Message
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
+_JWT_AUTHN = "/" + jwt_pb2.JwtAuthentication.DESCRIPTOR.full_name
 _CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -101,6 +104,9 @@ def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
             refs.append((_ROUTE, hcm.rds.route_config_name))
         elif hcm.HasField("route_config"):
             refs.extend(_route_config_refs(hcm.route_config))
+        for http_filter in hcm.http_filters:
+            if http_filter.typed_config.type_url.endswith(_JWT_AUTHN):
+                _jwks_refs(http_filter.typed_config, refs)
     elif full == _TCP:
         tcp = tcp_proxy_pb2.TcpProxy()
         any_msg.Unpack(tcp)
@@ -108,6 +114,15 @@ def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
             refs.append((_CLUSTER, tcp.cluster))
         for wc in tcp.weighted_clusters.clusters:
             refs.append((_CLUSTER, wc.name))
+
+
+def _jwks_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
+    """The clusters a ``jwt_authn`` filter fetches its remote key sets through."""
+    jwt = jwt_pb2.JwtAuthentication()
+    any_msg.Unpack(jwt)
+    for provider in jwt.providers.values():
+        if provider.HasField("remote_jwks"):
+            refs.append((_CLUSTER, provider.remote_jwks.http_uri.cluster))
 
 
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:

@@ -32,6 +32,7 @@ from xdsd.model import (
 from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
 from xdsd.resources import SECRET, Resource
+from xdsd.translate import jwt_authn
 from xdsd.translate.clusters import build_inbound_cluster, outbound_clusters
 from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
 from xdsd.translate.gateways import (
@@ -184,6 +185,8 @@ class ClassParts:
         for port in own.ports if own is not None else ():
             out.append(memo.resource(build_inbound_cluster, port))
             out.append(memo.resource(inbound_listener, instance_ip, port, mode, source, policies))
+        if own is not None and any(p.protocol.is_http for p in own.ports):
+            out.extend(jwt_authn.jwks_clusters(policies, memo))  # its listeners fetch through
         return out
 
     def outbound(
