@@ -529,7 +529,9 @@ def _claim_path(key: str) -> list[str]:
 
 def _claim_matcher(claims: list[str], values: Sequence[str]) -> JsonDict:
     """A claim of the JWT payload that is one of ``values`` or a list holding one."""
-    strings = {"orMatch": {"valueMatchers": [{"stringMatch": _string(v)} for v in values]}}
+    matchers = [{"stringMatch": _string(v)} for v in values]
+    # Envoy's OrMatcher takes two matchers or more.
+    strings = matchers[0] if len(matchers) == 1 else {"orMatch": {"valueMatchers": matchers}}
     return {
         "filter": JWT_FILTER,
         "path": [{"key": JWT_PAYLOAD_KEY}, *({"key": c} for c in claims)],
