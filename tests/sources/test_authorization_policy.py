@@ -9,7 +9,7 @@ import pytest
 
 from tests.sources.test_bad_input import _materialize
 from xdsd.cli import main
-from xdsd.model.security import AuthorizationAction, AuthorizationRule
+from xdsd.model.security import AuthorizationAction, AuthorizationPolicy, AuthorizationRule
 from xdsd.sources import load_directory
 
 
@@ -20,7 +20,7 @@ def policy(spec: str, annotations: str = "") -> str:
     return "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n" + meta + spec
 
 
-def _load(tmp_path: Path, text: str) -> object:
+def _load(tmp_path: Path, text: str) -> AuthorizationPolicy:
     _materialize(tmp_path, {"x.yaml": text})
     policies = load_directory(str(tmp_path)).mesh.authorization_policies
     assert len(policies) == 1
@@ -28,11 +28,11 @@ def _load(tmp_path: Path, text: str) -> object:
 
 
 def test_spec_empty_rules_absent_and_rules_of_an_empty_rule(tmp_path: Path) -> None:
-    assert getattr(_load(tmp_path / "a", policy("spec: {}\n")), "rules") is None
+    assert _load(tmp_path / "a", policy("spec: {}\n")).rules is None
     empty = _load(tmp_path / "b", policy("spec:\n  rules: []\n"))
-    assert getattr(empty, "rules") == ()
+    assert empty.rules == ()
     everything = _load(tmp_path / "c", policy("spec:\n  rules:\n  - {}\n"))
-    assert getattr(everything, "rules") == (AuthorizationRule(),)
+    assert everything.rules == (AuthorizationRule(),)
 
 
 def test_fields_and_http_only_lines(tmp_path: Path) -> None:
@@ -56,9 +56,10 @@ def test_fields_and_http_only_lines(tmp_path: Path) -> None:
         '"istio.io/dry-run": "true"',
     )
     p = _load(tmp_path, text)
-    assert getattr(p, "action") is AuthorizationAction.DENY
-    assert getattr(p, "dry_run") is True
-    rule = getattr(p, "rules")[0]
+    assert p.action is AuthorizationAction.DENY
+    assert p.dry_run is True
+    assert p.rules is not None
+    rule = p.rules[0]
     assert rule.sources[0].ip_blocks == ("10.0.0.0/8",)
     assert rule.sources[0].service_accounts == ("ns/sa",)
     assert rule.operations[0].ports == ("80", "81")
