@@ -242,7 +242,9 @@ def _parser_for(top: Fields, api_version: str, kind: str, refuse_unknown: bool) 
         if kind == "DestinationRule":
             return parse_destination_rule
         if kind in LATER_KINDS:
-            _not_implemented(top, "kind", f"{kind} is not supported by xdsd yet", "", refuse_unknown)
+            _not_implemented(
+                top, "kind", f"{kind} is not supported by xdsd yet", "", refuse_unknown
+            )
             return None
         top.error("kind", f"unknown {ISTIO_NETWORKING} kind {kind!r}")
         return None
