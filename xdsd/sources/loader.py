@@ -27,6 +27,7 @@ from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
+from xdsd.sources.peer_authentication import peer_authentication_problems
 from xdsd.sources.sidecars import sidecar_problems
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class DirectoryLoader:
         #: (``CertificateFiles.paths``).
         self.certificate_paths: frozenset[str] = frozenset()
         #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are looked for and
-        #: read as ``CertificateFiles`` says, and ISTIO_MUTUAL is refused while it is off.
+        #: read as ``CertificateFiles`` says, and ISTIO_MUTUAL (and a PeerAuthentication
+        #: asking for PERMISSIVE or STRICT) is refused while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
 
     def _reset(self) -> None:
@@ -176,6 +178,7 @@ class DirectoryLoader:
         mesh = certificates.mesh
         self.certificate_paths = self._certificates.paths
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
+        problems.extend(peer_authentication_problems(mesh.peer_authentications, self.mesh_tls))
         problems.extend(certificates.istio_mutual)
         certificate_problems = certificates.problems
         located = {(p.path, p.line, p.field) for p in problems}

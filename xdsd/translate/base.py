@@ -22,14 +22,17 @@ from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, build_outbou
 from xdsd.translate.endpoints import assignment_resource, select_endpoints
 from xdsd.translate.memo import Memo
 from xdsd.translate.mesh_tls import with_mesh_tls
+from xdsd.translate.peer_authentication import CalleeModes
 
 
 class BaseBuilders:
     """``cluster`` and ``assignment`` for ``SharedClusters.base``, memoized."""
 
-    def __init__(self, memo: Memo, mtls: MeshTLS) -> None:
+    def __init__(self, memo: Memo, mtls: MeshTLS, callee: CalleeModes | None = None) -> None:
+        """``callee``: which endpoints callers reach in plaintext (None: none)."""
         self._memo = memo
         self._mtls = mtls
+        self._callee = callee
         # The last service given, and it without endpoints (a service's specs come in a
         # row).
         self._last: tuple[Service, Service] | None = None
@@ -54,6 +57,13 @@ class BaseBuilders:
         return bare
 
     def assignment(self, spec: OutboundCluster) -> Resource:
-        """The ClusterLoadAssignment of the EDS cluster of ``spec``."""
+        """The ClusterLoadAssignment of the EDS cluster of ``spec``, its endpoints whose
+        workload is DISABLE marked for plaintext (``peer_authentication``)."""
         endpoints: tuple[Endpoint, ...] = select_endpoints(spec.service, spec.port, spec.selector)
+        callee = self._callee
+        plaintext = callee.plaintext(spec.service, spec.port, endpoints) if callee else None
+        if plaintext:
+            return self._memo.resource(
+                assignment_resource, spec.name, spec.port, endpoints, plaintext
+            )
         return self._memo.resource(assignment_resource, spec.name, spec.port, endpoints)

@@ -59,6 +59,7 @@ from xdsd.translate.config_sources import (
 from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.forward_proxy import make_forward_proxy_cluster
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.peer_authentication import add_plaintext_match
 from xdsd.translate.wire import delimited, tag
 
 #: Where an application listens behind its sidecar.
@@ -108,13 +109,17 @@ def inbound_cluster_name(port: int) -> str:
 @dataclass(frozen=True, slots=True)
 class OutboundCluster:
     """What an outbound cluster is made of: a service port, optionally narrowed to a
-    subset, with the traffic policy that applies to it and the rule it came from."""
+    subset, with the traffic policy that applies to it and the rule it came from.
+    ``auto_mtls``: the policy's mesh mutual TLS was added by ``mesh_tls.with_mesh_tls``
+    (no rule asked for TLS), so endpoints whose workload is DISABLE get plaintext
+    (``peer_authentication.add_plaintext_match``)."""
 
     service: Service
     port: Port
     subset: Subset | None = None
     policy: TrafficPolicy | None = None
     rule: DestinationRule | None = None
+    auto_mtls: bool = False
 
     @property
     def name(self) -> str:
@@ -214,6 +219,8 @@ def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> No
         rule=spec.rule,
         source=source,
     )
+    if spec.auto_mtls and not flavor.grpc:
+        add_plaintext_match(cluster)
 
 
 _CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]
@@ -223,15 +230,15 @@ _EDS_SERVICE_NAME = tag(cluster_pb2.Cluster.EdsClusterConfig, "service_name")[1]
 #: successes are kept, so a policy that cannot be translated raises again, naming each
 #: rule that uses it.
 _EDS_TEMPLATES: dict[
-    tuple[ClusterFlavor, Port, TrafficPolicy | None, HealthCheck | None], bytes
+    tuple[ClusterFlavor, Port, TrafficPolicy | None, HealthCheck | None, bool], bytes
 ] = {}
 _MAX_TEMPLATES = 4096
 
 
 def _eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> bytes:
     """The wire bytes of ``spec``'s EDS cluster without its name (meshes have few distinct
-    (flavor, port, policy, health check) keys: each is built once)."""
-    key = (flavor, spec.port, spec.policy, spec.health_check)
+    (flavor, port, policy, health check, auto mTLS) keys: each is built once)."""
+    key = (flavor, spec.port, spec.policy, spec.health_check, spec.auto_mtls)
     found = _EDS_TEMPLATES.get(key)
     if found is None:
         cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)

@@ -6,13 +6,16 @@ and a ``load_balancing_weight`` (the sum of its endpoints' weights): proxyless g
 drops a group without them. Localities are ordered by (region, zone, subzone) and
 endpoints by (address, port), so the same endpoints always encode to the same bytes,
 whatever order the files listed them in. An endpoint address ``unix:///path`` (a
-ServiceEntry's Unix domain socket) becomes a ``pipe`` address.
+ServiceEntry's Unix domain socket) becomes a ``pipe`` address. An endpoint its callers
+reach in plaintext (its workload's PeerAuthentication mode is DISABLE, see
+``peer_authentication``) carries the metadata the cluster's plaintext transport socket
+match looks for.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -24,6 +27,7 @@ from google.protobuf import wrappers_pb2
 
 from xdsd.model import Endpoint, Locality, Port, Service
 from xdsd.resources import ENDPOINT, Resource
+from xdsd.translate.peer_authentication import plaintext_metadata
 from xdsd.translate.wire import delimited, tag, varint
 
 
@@ -75,27 +79,43 @@ def locality_groups(port: Port, endpoints: Iterable[Endpoint]) -> list[LocalityG
     return out
 
 
-def load_assignment(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Any:
+def load_assignment(
+    cluster_name: str,
+    port: Port,
+    endpoints: Iterable[Endpoint],
+    plaintext: Collection[Endpoint] = (),
+) -> Any:
     """The ``ClusterLoadAssignment`` named ``cluster_name`` for ``endpoints`` (as ordered by
-    ``select_endpoints``) serving ``port``.
+    ``select_endpoints``) serving ``port``; those in ``plaintext`` carry the plaintext
+    transport socket match metadata.
 
     Written as wire bytes and parsed (see ``wire``): the same message as setting its fields
     one by one, in half the time."""
-    return _CLA.FromString(assignment_payload(cluster_name, port, endpoints))
+    return _CLA.FromString(assignment_payload(cluster_name, port, endpoints, plaintext))
 
 
-def assignment_resource(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> Resource:
-    """``Resource.of(cluster_name, load_assignment(cluster_name, port, endpoints))``,
-    made from the wire bytes without parsing them (nor encoding the message again): the
-    bytes are the message's deterministic encoding (tested)."""
+def assignment_resource(
+    cluster_name: str,
+    port: Port,
+    endpoints: Iterable[Endpoint],
+    plaintext: Collection[Endpoint] = (),
+) -> Resource:
+    """``Resource.of(cluster_name, load_assignment(cluster_name, port, endpoints,
+    plaintext))``, made from the wire bytes without parsing them (nor encoding the message
+    again): the bytes are the message's deterministic encoding (tested)."""
     return Resource.encoded(
-        cluster_name, ENDPOINT, assignment_payload(cluster_name, port, endpoints), ()
+        cluster_name, ENDPOINT, assignment_payload(cluster_name, port, endpoints, plaintext), ()
     )
 
 
-def assignment_payload(cluster_name: str, port: Port, endpoints: Iterable[Endpoint]) -> bytes:
-    """The deterministic encoding of ``load_assignment(cluster_name, port, endpoints)``:
-    fields in number order, as ``encode`` writes them."""
+def assignment_payload(
+    cluster_name: str,
+    port: Port,
+    endpoints: Iterable[Endpoint],
+    plaintext: Collection[Endpoint] = (),
+) -> bytes:
+    """The deterministic encoding of ``load_assignment(cluster_name, port, endpoints,
+    plaintext)``: fields in number order, as ``encode`` writes them."""
     # (locality, address, port), then the given order: a stable sort by that key.
     number = port.number
     rows = sorted(
@@ -105,6 +125,7 @@ def assignment_payload(cluster_name: str, port: Port, endpoints: Iterable[Endpoi
             e.port_for(port) if e.ports else number,
             i,
             e.weight if e.weight > 1 else 1,  # endpoint_weight
+            bool(plaintext) and e in plaintext,
         )
         for i, e in enumerate(endpoints)
     )
@@ -113,8 +134,8 @@ def assignment_payload(cluster_name: str, port: Port, endpoints: Iterable[Endpoi
     for where, group in groupby(rows, key=_FIRST):
         parts = [_locality(where)]
         total = 0
-        for _, address, port_number, _, weight in group:
-            parts.append(lb_endpoint(address, port_number, weight))
+        for _, address, port_number, _, weight, plain in group:
+            parts.append(lb_endpoint(address, port_number, weight, plain))
             total += weight
         parts.append(_lle_weight(total))
         out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
@@ -130,6 +151,7 @@ _LLE_ENDPOINTS = tag(_CLA, "endpoints")[1]
 _LLE_LOCALITY = tag(_LLE, "locality")[1]
 _LLE_LB_ENDPOINTS = tag(_LLE, "lb_endpoints")[1]
 _LB_ENDPOINT = tag(_LB, "endpoint")[1]
+_PLAINTEXT_METADATA = delimited(tag(_LB, "metadata")[1], plaintext_metadata())
 _ENDPOINT_ADDRESS = tag(endpoint_components_pb2.Endpoint, "address")[1]
 _SOCKET_ADDRESS = tag(address_pb2.Address, "socket_address")[1]
 _PIPE = tag(address_pb2.Address, "pipe")[1]
@@ -167,10 +189,11 @@ def _lle_weight(weight: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=16384)
-def _lb_endpoint(address: str, port: int, weight: int) -> bytes:
+def _lb_endpoint(address: str, port: int, weight: int, plaintext: bool = False) -> bytes:
     """One ``lb_endpoints`` field: the socket address (its port is in a oneof, so it is
-    written even when 0) and the endpoint's weight. Remembered for a while: a service's
-    endpoints are written again in its subsets' assignments."""
+    written even when 0), the plaintext metadata when ``plaintext``, and the endpoint's
+    weight. Remembered for a while: a service's endpoints are written again in its
+    subsets' assignments."""
     if address.startswith(UNIX_PREFIX):
         address_field = delimited(
             _PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode())
@@ -180,7 +203,10 @@ def _lb_endpoint(address: str, port: int, weight: int) -> bytes:
         socket = _SOCKET_HOST + varint(len(host)) + host + _SOCKET_PORT + varint(port)
         address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
     endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
-    body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint + _lb_weight(weight)
+    body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint
+    if plaintext:
+        body += _PLAINTEXT_METADATA
+    body += _lb_weight(weight)
     return _LLE_LB_ENDPOINTS + varint(len(body)) + body
 
 
@@ -196,9 +222,15 @@ def _locality(locality: tuple[str, str, str]) -> bytes:
     return delimited(_LLE_LOCALITY, body)
 
 
-def assignment_of_groups(cluster_name: str, port: Port, groups: Iterable[LocalityGroup]) -> Any:
+def assignment_of_groups(
+    cluster_name: str,
+    port: Port,
+    groups: Iterable[LocalityGroup],
+    plaintext: Collection[Endpoint] = (),
+) -> Any:
     """The ``ClusterLoadAssignment`` named ``cluster_name`` with one
-    ``LocalityLbEndpoints`` per group, in the order given (with its priority)."""
+    ``LocalityLbEndpoints`` per group, in the order given (with its priority); members in
+    ``plaintext`` carry the plaintext transport socket match metadata."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
     for group in groups:
         lle = cla.endpoints.add()
@@ -209,6 +241,8 @@ def assignment_of_groups(cluster_name: str, port: Port, groups: Iterable[Localit
         for member in group.members:
             lb = lle.lb_endpoints.add()
             set_address(lb.endpoint.address, member.address, member.port_for(port))
+            if member in plaintext:
+                lb.metadata.MergeFromString(plaintext_metadata())
             lb.load_balancing_weight.value = endpoint_weight(member)
     return cla
 

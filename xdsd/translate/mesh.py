@@ -94,6 +94,7 @@ from xdsd.translate.mesh_tls import mesh_identity
 from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.parts import ClassParts
 from xdsd.translate.patch_spec import Patch
+from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import PortGroup
 from xdsd.translate.raw import RawResources
 from xdsd.translate.route_configs import RouteConfigs
@@ -143,8 +144,12 @@ class MeshTranslation:
         self.timings: dict[str, float] = {"translate": 0.0, "snapshot": 0.0}
         # Handed to the next translation: only what this one used (see ``reuse``).
         self._memo: Memo = Memo(previous=previous._memo if previous else None, check=check_memo)
+        callee = CalleeModes(mesh, mesh_config.mtls)
         self._bases: SharedClusters = SharedClusters(
-            mesh, previous=previous._bases if previous else None, timings=self.timings
+            mesh,
+            previous=previous._bases if previous else None,
+            timings=self.timings,
+            callee=callee,
         )
         self._routes: RouteConfigs = RouteConfigs(
             mesh, previous=previous._routes if previous else None
@@ -164,7 +169,7 @@ class MeshTranslation:
             root_namespace=root_namespace,
             outbound_policy=mesh_config.outbound_traffic_policy,
         )
-        self._base_builders = BaseBuilders(self._memo, mesh_config.mtls)
+        self._base_builders = BaseBuilders(self._memo, mesh_config.mtls, callee)
         self._parts = ClassParts(
             mesh,
             memo=self._memo,

@@ -3,7 +3,8 @@
 How this works: with ``[mesh.mtls]`` on, every cluster to a service inside the mesh (an
 xdsd Service, a MESH_INTERNAL ServiceEntry host) originates ISTIO_MUTUAL unless its
 DestinationRule says otherwise (``with_mesh_tls``, applied to a cluster's spec before it
-is built, so the memo key holds the TLS it gets), and every Envoy or MOSN class gets two
+is built, so the memo key holds the TLS it gets; endpoints whose workload is DISABLE get
+plaintext, see ``peer_authentication``), and every Envoy or MOSN class gets two
 secrets of its own, its workload certificate and the mesh CA (``mesh_identity``), which
 the base's clusters name without holding them (``shared.CLASS_SECRETS``).
 """
@@ -30,7 +31,10 @@ def with_mesh_tls(spec: OutboundCluster, flavor: ClusterFlavor, mtls: MeshTLS) -
     against the mesh CA only. Proxyless gRPC reads certificates only through the
     certificate providers of its bootstrap: a client that has the mesh's
     (``ClusterFlavor.GRPC_MTLS``) is treated as Envoy, any other is left out (its
-    ISTIO_MUTUAL is plaintext, which STRICT sidecars refuse)."""
+    ISTIO_MUTUAL is plaintext, which STRICT sidecars refuse). Mutual TLS added here
+    without a rule asking for it is marked ``auto_mtls``: the cluster then sends
+    plaintext to the endpoints whose workload's PeerAuthentication mode is DISABLE (see
+    ``peer_authentication``), as Istio's auto mTLS does; a rule's own ``tls`` wins."""
     policy = spec.policy
     tls = policy.tls if policy is not None else None
     if policy is not None and tls is not None and tls.mode is TLSMode.ISTIO_MUTUAL:
@@ -41,7 +45,8 @@ def with_mesh_tls(spec: OutboundCluster, flavor: ClusterFlavor, mtls: MeshTLS) -
     if not mtls.enabled or flavor is ClusterFlavor.GRPC:
         return spec  # (a GRPC_MTLS client has the mesh's certificates: as Envoy)
     service = spec.service
-    if tls is None and service.location is Location.MESH_INTERNAL:
+    auto = tls is None and service.location is Location.MESH_INTERNAL
+    if auto:
         tls = ClientTLS(TLSMode.ISTIO_MUTUAL)
     if tls is None or tls.mode is not TLSMode.ISTIO_MUTUAL:
         return spec
@@ -51,7 +56,7 @@ def with_mesh_tls(spec: OutboundCluster, flavor: ClusterFlavor, mtls: MeshTLS) -
             sans = (mtls.identity(service.namespace, service.name),)
         tls = dataclasses.replace(tls, subject_alt_names=sans)
     policy = dataclasses.replace(policy or TrafficPolicy(), tls=tls)
-    return dataclasses.replace(spec, policy=policy)
+    return dataclasses.replace(spec, policy=policy, auto_mtls=auto)
 
 
 def mesh_identity(

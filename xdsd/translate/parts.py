@@ -20,6 +20,7 @@ from typing import Any
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import (
     DestinationRule,
+    Endpoint,
     Locality,
     Mesh,
     Port,
@@ -62,6 +63,7 @@ from xdsd.translate.locality import CallerKey, LocalityPolicy, caller_key, local
 from xdsd.translate.memo import Memo, Selections
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import check_binds, check_port_groups
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
@@ -104,6 +106,8 @@ class ClassParts:
         self._secrets = secrets
         self._mesh_config = mesh_config
         self._mtls_mode = mesh_config.mtls.mode
+        # Which endpoints callers reach in plaintext (PeerAuthentication DISABLE).
+        self._callee = CalleeModes(mesh, mesh_config.mtls)
         # The security policies of each workload, by (namespace, labels).
         self._policies: dict[tuple[str, tuple[tuple[str, str], ...]], WorkloadPolicies] = {}
         # TCP/TLS listener plans by (port, caller, view), and whether any depends on the
@@ -386,9 +390,16 @@ class ClassParts:
                     continue
                 endpoints = select_endpoints(spec.service, spec.port, spec.selector)
                 caller = caller_key(policy, locality, labels)
+                plaintext = self._callee.plaintext(spec.service, spec.port, endpoints)
                 out.append(
                     self._memo.resource(
-                        _local_assignment, spec.name, spec.port, endpoints, policy, caller
+                        _local_assignment,
+                        spec.name,
+                        spec.port,
+                        endpoints,
+                        policy,
+                        caller,
+                        plaintext,
                     )
                 )
         return out
@@ -449,11 +460,12 @@ def _local_assignment(
     endpoints: Any,
     policy: LocalityPolicy,
     caller: CallerKey,
+    plaintext: frozenset[Endpoint] = frozenset(),
 ) -> Any:
     """The ClusterLoadAssignment ``name`` of ``endpoints`` as ``caller`` sees them under
-    ``policy`` (a memo build)."""
+    ``policy``, those in ``plaintext`` marked for plaintext (a memo build)."""
     return assignment_of_groups(
-        name, port, localize(locality_groups(port, endpoints), policy, caller)
+        name, port, localize(locality_groups(port, endpoints), policy, caller), plaintext
     )
 
 

@@ -19,13 +19,16 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from xdsd.model import DestinationRule, Service
+from xdsd.model.security import PeerAuthentication
 from xdsd.resources import Resource
 from xdsd.translate.clusters import OutboundCluster, outbound_clusters
 
 
 @dataclass(slots=True)
 class ServiceParts:
-    """The resources built from one service and its DestinationRule alone."""
+    """The resources built from one service, its DestinationRule and ``peer`` (the
+    PeerAuthentications that decide which of its endpoints callers reach in plaintext:
+    ``peer_authentication.CalleeModes.inputs``, usually none) alone."""
 
     service: Service
     rule: DestinationRule | None
@@ -33,21 +36,40 @@ class ServiceParts:
     #: By ``ClusterFlavor`` value.
     clusters: dict[str, tuple[Resource, ...]] = field(default_factory=dict)
     assignments: dict[str, tuple[Resource, ...]] = field(default_factory=dict)
+    peer: tuple[PeerAuthentication, ...] = ()
 
     @classmethod
-    def of(cls, service: Service, rule: DestinationRule | None) -> ServiceParts:
-        """Nothing built yet for ``service`` with ``rule``."""
-        return cls(service, rule, tuple(outbound_clusters(service, rule)))
+    def of(
+        cls,
+        service: Service,
+        rule: DestinationRule | None,
+        peer: tuple[PeerAuthentication, ...] = (),
+    ) -> ServiceParts:
+        """Nothing built yet for ``service`` with ``rule`` and ``peer``."""
+        return cls(service, rule, tuple(outbound_clusters(service, rule)), peer=peer)
 
-    def reusable_for(self, service: Service, rule: DestinationRule | None) -> bool:
-        """True when ``service`` and ``rule`` would give exactly these resources."""
-        return (self.service is service or self.service == service) and (
-            self.rule is rule or self.rule == rule
+    def reusable_for(
+        self,
+        service: Service,
+        rule: DestinationRule | None,
+        peer: tuple[PeerAuthentication, ...] = (),
+    ) -> bool:
+        """True when ``service``, ``rule`` and ``peer`` would give exactly these
+        resources."""
+        return (
+            (self.service is service or self.service == service)
+            and (self.rule is rule or self.rule == rule)
+            and (self.peer is peer or self.peer == peer)
         )
 
-    def rebound(self, service: Service, rule: DestinationRule | None) -> ServiceParts:
+    def rebound(
+        self,
+        service: Service,
+        rule: DestinationRule | None,
+        peer: tuple[PeerAuthentication, ...] = (),
+    ) -> ServiceParts:
         """These parts, for equal objects read again (their origins may differ)."""
-        if self.service is service and self.rule is rule:
+        if self.service is service and self.rule is rule and self.peer is peer:
             return self
         return ServiceParts(
             service,
@@ -55,6 +77,7 @@ class ServiceParts:
             tuple(outbound_clusters(service, rule)),
             dict(self.clusters),
             dict(self.assignments),
+            peer,
         )
 
 

@@ -28,6 +28,7 @@ from xdsd.model import Mesh, ResourceKey
 from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
 from xdsd.resources import CLUSTER, SECRET, Resource, TypeUrl
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
+from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.reuse import ServiceParts
 
 #: What a base's clusters may name without holding it: the mesh mutual TLS secrets, which
@@ -58,9 +59,17 @@ class SharedClusters:
     """
 
     def __init__(
-        self, mesh: Mesh, *, previous: SharedClusters | None, timings: dict[str, float]
+        self,
+        mesh: Mesh,
+        *,
+        previous: SharedClusters | None,
+        timings: dict[str, float],
+        callee: CalleeModes | None = None,
     ) -> None:
+        """``callee``: which endpoints callers reach in plaintext (what a service's
+        assignments read besides the service and its rule; None: none)."""
         self.mesh = mesh
+        self._callee = callee
         self._timings = timings
         # Only what this translation used is handed on: no chain of translations is kept.
         self._parts: dict[ResourceKey, ServiceParts] = {}
@@ -173,16 +182,18 @@ class SharedClusters:
         mine, previous = self._parts, self._prev_parts
         rule_of = self.mesh.destination_rule
         tag = flavor.value  # a str key: enum members hash in Python
+        callee = self._callee
         for service in self.mesh.services:
             key = service.key
             parts = mine.get(key)
             old = previous.get(key)
             if parts is None:
                 rule = rule_of(service)
-                if old is not None and old.reusable_for(service, rule):
-                    parts = old.rebound(service, rule)
+                peer = callee.inputs(service.namespace) if callee is not None else ()
+                if old is not None and old.reusable_for(service, rule, peer):
+                    parts = old.rebound(service, rule, peer)
                 else:
-                    parts = ServiceParts.of(service, rule)
+                    parts = ServiceParts.of(service, rule, peer)
                 mine[key] = parts
             if parts is old and tag in parts.clusters and tag in parts.assignments:
                 continue  # the very same parts, already built for this flavor

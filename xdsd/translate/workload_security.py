@@ -7,7 +7,8 @@ the root namespace without a selector applies to every workload of the mesh, one
 root namespace with a selector to the workloads of any namespace it selects (Istio's
 AuthorizationPolicy and RequestAuthentication; PeerAuthentication's own precedence is
 ``peer_authentication.effective_mode``), one in another namespace to that namespace's
-workloads (those its selector picks, when it has one). ``WorkloadPolicies`` is the
+workloads (those its selector picks, when it has one). A PeerAuthentication of the root
+namespace with a selector applies to no workload (Istio ignores it). ``WorkloadPolicies`` is the
 hashable result, so everything built from it is memoized by it and shared by every class
 with the same policies.
 """
@@ -55,10 +56,16 @@ NO_POLICIES = WorkloadPolicies()
 
 def applies(policy: SecurityObject, namespace: str, labels: tuple[tuple[str, str], ...]) -> bool:
     """True when ``policy`` selects the workload in ``namespace`` with node ``labels``
-    (see the module docstring)."""
+    (see the module docstring). A PeerAuthentication of the root namespace with a
+    selector selects nothing, as in Istio (which leaves it out of the precedence: only
+    mesh-wide policies count there; the sources refuse it)."""
     if policy.namespace != namespace and policy.namespace != ROOT_NAMESPACE:
         return False
-    return policy.selector is None or policy.selector.selects(labels)
+    if policy.selector is None:
+        return True
+    if policy.namespace == ROOT_NAMESPACE and isinstance(policy, PeerAuthentication):
+        return False
+    return policy.selector.selects(labels)
 
 
 def workload_policies(
