@@ -155,7 +155,7 @@ def _class_of(world: World) -> str:
 def test_config_dump_and_clients_name_the_policies_that_select_the_proxy(world: World) -> None:
     dump = world.xdsd.admin(f"/debug/config_dump?node={NODE}")
     assert _names(dump["policies"]) == EXPECTED
-    (port,) = (l for l in dump["resources"]["listeners"] if l["name"].startswith("inbound|"))
+    (port,) = (x for x in dump["resources"]["listeners"] if x["name"].startswith("inbound|"))
     number = str(port["address"]["socket_address"]["port_value"])
     assert dump["policies"]["mtls"] == {number: "DISABLE"}
     allow = dump["policies"]["authorization_policies"][0]
