@@ -49,3 +49,62 @@ def write_mesh(root: Path, services: int, endpoints: int = 3, ports: int = 20) -
             )
         (config / "rules" / f"{name}.yaml").write_text(rules)
     return config
+
+
+def policy_text(i: int, services: int, edit: int = 0) -> str:
+    """The ``i``-th of the generated AuthorizationPolicies over ``services`` services
+    (``edit`` changes one path, for the one-policy edit). The mix: policy 0 is a
+    mesh-wide DENY (root namespace, no selector), policy 1 a namespace-wide ALLOW; the
+    rest select one workload each (``app: svc-N``, ``i`` over the services in turn),
+    allowing two callers' principals to some methods and paths, every tenth a DENY of
+    other paths, every fourth with a header condition, every twentieth a namespace and a
+    port."""
+    head = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+    if i == 0:
+        return (
+            f"{head}metadata: {{name: deny-admin, namespace: istio-system}}\nspec:\n"
+            "  action: DENY\n  rules:\n"
+            f"  - to: [{{operation: {{paths: [/admin*, /debug/v{edit}/*]}}}}]\n"
+        )
+    if i == 1:
+        return (
+            f"{head}metadata: {{name: allow-namespace, namespace: default}}\nspec:\n"
+            "  action: ALLOW\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n"
+            f"    to: [{{operation: {{notPaths: [/internal/v{edit}/*]}}}}]\n"
+        )
+    target = i % services
+    callers = [f"cluster.local/ns/default/sa/svc-{(target + k) % services:05d}" for k in (1, 2)]
+    action = "DENY" if i % 10 == 0 else "ALLOW"
+    lines = [
+        f"{head}metadata: {{name: policy-{i:05d}, namespace: default}}",
+        "spec:",
+        f"  selector: {{matchLabels: {{app: svc-{target:05d}}}}}",
+        f"  action: {action}",
+        "  rules:",
+        f"  - from: [{{source: {{principals: [{', '.join(callers)}]}}}}]",
+        "    to:",
+        "    - operation:",
+        "        methods: [GET, POST]" if action == "ALLOW" else "        methods: [DELETE]",
+        f"        paths: [/api/v{i % 3}/*, /items/{edit}, /health]",
+    ]
+    if i % 4 == 0:
+        lines += ["    when:", "    - {key: 'request.headers[x-tenant]', values: [t1, t2]}"]
+    if i % 20 == 0:
+        lines += [
+            "  - from: [{source: {namespaces: [default], notPrincipals: ['*/sa/legacy']}}]",
+            "    to: [{operation: {ports: ['8080'], methods: [GET]}}]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_policies(config: Path, services: int, policies: int) -> list[Path]:
+    """Write ``policies`` AuthorizationPolicies over ``services`` generated services, one
+    file each under ``security/`` (``policy_text``). Returns the files, in order."""
+    directory = config / "security"
+    directory.mkdir(exist_ok=True)
+    paths = []
+    for i in range(policies):
+        path = directory / f"policy-{i:05d}.yaml"
+        path.write_text(policy_text(i, services))
+        paths.append(path)
+    return paths

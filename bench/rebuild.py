@@ -16,8 +16,15 @@ With ``--mtls``, mesh mutual TLS is on (STRICT, a certificate and key file per s
 placeholder PEM: nothing here checks signatures), so every load also reads 2N+1
 certificate files and every cluster of the mesh is an ISTIO_MUTUAL one.
 
+With ``--policies P``, the largest mesh is measured again in the same run with ``P``
+generated AuthorizationPolicies (``meshgen.policy_text``: a mesh-wide DENY, a
+namespace-wide ALLOW, the rest one workload each, with principals, methods, paths, some
+conditions) next to it without them: cold build, each further class, one service's file
+changed, and one policy's file changed (a policy selecting a watched class; the
+mesh-wide one, which every class takes), with the ratios.
+
 ``python -m bench rebuild [--services 100,1000,10000] [--endpoints 10] [--edits 20]
-[--runs 3] [--mtls]``
+[--runs 3] [--mtls] [--policies 1000]``
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.meshgen import write_mesh
+from bench.meshgen import policy_text, write_mesh, write_policies
 from xdsd.app import MeshState
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig, MeshTLS, MTLSMode
 from xdsd.translate import NodeClass
@@ -57,13 +64,20 @@ def mesh_tls(root: Path, services: int) -> MeshConfig:
 
 
 def _classes() -> list[NodeClass]:
-    v1 = (("version", "v1"),)
+    """The measured classes: five services' sidecars (``app`` labelled, as the generated
+    AuthorizationPolicies select them)."""
+
+    def labels(i: int, version: str = "v1") -> tuple[tuple[str, str], ...]:
+        return (("app", f"svc-{i:05d}"), ("version", version))
+
     return [
-        NodeClass(service="svc-00000", labels=v1, instance_ip="127.0.0.2"),
-        NodeClass(service="svc-00001", labels=v1, instance_ip="127.0.0.3"),
-        NodeClass(service="svc-00002", labels=(("version", "v2"),), instance_ip="127.0.0.4"),
-        NodeClass(service="svc-00003", labels=v1, instance_ip="127.0.0.5", outbound_ip="127.0.1.1"),
-        NodeClass(service="svc-00004", labels=v1, instance_ip="127.0.0.6"),
+        NodeClass(service="svc-00000", labels=labels(0), instance_ip="127.0.0.2"),
+        NodeClass(service="svc-00001", labels=labels(1), instance_ip="127.0.0.3"),
+        NodeClass(service="svc-00002", labels=labels(2, "v2"), instance_ip="127.0.0.4"),
+        NodeClass(
+            service="svc-00003", labels=labels(3), instance_ip="127.0.0.5", outbound_ip="127.0.1.1"
+        ),
+        NodeClass(service="svc-00004", labels=labels(4), instance_ip="127.0.0.6"),
     ]
 
 
@@ -117,8 +131,15 @@ def _rewrite(path: Path, edit: int) -> None:
     path.write_text(head + sep + tail)
 
 
-def one_file(config: Path, edits: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -> dict[str, Any]:
-    """p50/p99/max (ms) of one service file's change through ``MeshState.reload``."""
+def one_file(
+    config: Path,
+    edits: int,
+    mesh: MeshConfig = DEFAULT_MESH_CONFIG,
+    policies: tuple[int, list[int]] | None = None,
+) -> dict[str, Any]:
+    """p50/p99/max (ms) of one service file's change through ``MeshState.reload``; with
+    ``policies`` (how many services the generated policies are over, and the indexes of
+    the policies to edit in turn), of one AuthorizationPolicy file's change instead."""
     state = MeshState(str(config), mesh_config=mesh)
     started = time.perf_counter()
     state.reload()
@@ -131,8 +152,14 @@ def one_file(config: Path, edits: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -
     cpu_totals: list[float] = []
     phases: dict[str, list[float]] = {}
     for i in range(edits):
-        path = services[(i * 7919) % len(services)]
-        _rewrite(path, i)
+        if policies is None:
+            path = services[(i * 7919) % len(services)]
+            _rewrite(path, i)
+        else:
+            over, chosen = policies
+            index = chosen[i % len(chosen)]
+            path = config / "security" / f"policy-{index:05d}.yaml"
+            path.write_text(policy_text(index, over, edit=i + 1))
         t, c = time.perf_counter(), time.process_time()
         changed = state.reload({str(path)})
         totals.append(time.perf_counter() - t)
@@ -165,6 +192,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3, help="cold builds per size")
     parser.add_argument("--mtls", action="store_true", help="with mesh mutual TLS (STRICT)")
+    parser.add_argument(
+        "--policies",
+        type=int,
+        default=0,
+        help="also measure the largest mesh with this many AuthorizationPolicies",
+    )
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.services.split(","))
     results: dict[str, Any] = {"endpoints": args.endpoints, "mtls": args.mtls, "cold": {}}
@@ -176,6 +209,10 @@ def main(argv: list[str]) -> dict[str, Any]:
             results["cold"][str(n)] = cold(config, args.runs, mesh)
         results["one_file"] = one_file(config, args.edits, mesh)
         results["one_file"]["services"] = sizes[-1]
+        if args.policies:
+            results["policies"] = with_policies(
+                Path(tmp) / "policies", sizes[-1], args, mesh, results
+            )
     print(
         f"{'services':>9}{'resources':>11}{'load':>9}{'1st class':>11}{'cold':>9}"
         f"{'+class':>9}{'cold x5':>9}{'cold cpu':>10}{'+cls cpu':>10}"
@@ -196,4 +233,63 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"(p50 phases ms: {phases})"
     )
     print(f"(cold: median of {args.runs} runs; in-process, imports excluded)")
+    if args.policies:
+        _print_policies(results)
     return results
+
+
+def with_policies(
+    root: Path, services: int, args: argparse.Namespace, mesh: MeshConfig, plain: dict[str, Any]
+) -> dict[str, Any]:
+    """The largest mesh again with ``args.policies`` AuthorizationPolicies: cold build,
+    further classes, one service file and one policy file changed (a policy of a watched
+    class's workload, and the mesh-wide one); ``plain`` holds the figures without."""
+    config = write_mesh(root, services, endpoints=args.endpoints)
+    write_policies(config, services, args.policies)
+    watched = [i for i in range(2, min(args.policies, 5))]  # svc-00002..4's own policies
+    out: dict[str, Any] = {"policies": args.policies, "services": services}
+    out["cold"] = cold(config, args.runs, mesh)
+    out["one_file"] = one_file(config, args.edits, mesh)
+    out["one_policy"] = one_file(config, args.edits, mesh, (services, watched))
+    out["mesh_wide_policy"] = one_file(config, args.edits, mesh, (services, [0]))
+    out["without"] = {"cold": plain["cold"][str(services)], "one_file": plain["one_file"]}
+    return out
+
+
+def _print_policies(results: dict[str, Any]) -> None:
+    r = results["policies"]
+    before, after = r["without"], r
+    rows = [
+        (
+            "cold build (load + 1st class)",
+            before["cold"]["cold_one_class_ms"],
+            after["cold"]["cold_one_class_ms"],
+        ),
+        (
+            "cold build CPU",
+            before["cold"]["cold_one_class_cpu_ms"],
+            after["cold"]["cold_one_class_cpu_ms"],
+        ),
+        ("load", before["cold"]["load_ms"], after["cold"]["load_ms"]),
+        ("first class", before["cold"]["first_class_ms"], after["cold"]["first_class_ms"]),
+        (
+            "each further class",
+            before["cold"]["per_extra_class_ms"],
+            after["cold"]["per_extra_class_ms"],
+        ),
+        ("one service file: p50", before["one_file"]["p50_ms"], after["one_file"]["p50_ms"]),
+        ("one service file: p99", before["one_file"]["p99_ms"], after["one_file"]["p99_ms"]),
+        ("one workload's policy file: p50", None, after["one_policy"]["p50_ms"]),
+        ("one workload's policy file: p99", None, after["one_policy"]["p99_ms"]),
+        ("the mesh-wide policy file: p50", None, after["mesh_wide_policy"]["p50_ms"]),
+        ("the mesh-wide policy file: p99", None, after["mesh_wide_policy"]["p99_ms"]),
+    ]
+    print(f"\n{r['services']} services, without and with {r['policies']} AuthorizationPolicies:")
+    print(f"{'':34}{'without':>10}{'with':>10}{'ratio':>8}")
+    for name, a, b in rows:
+        ratio = f"{b / a:.2f}x" if a else ""
+        left = f"{a:.1f}" if a is not None else "-"
+        print(f"{name:34}{left:>10}{b:>10.1f}{ratio:>8}")
+    for key in ("one_file", "one_policy", "mesh_wide_policy"):
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in r[key]["phases_p50_ms"].items())
+        print(f"  {key} p50 phases ms: {phases}")

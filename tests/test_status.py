@@ -16,7 +16,16 @@ from tests.e2e.certs import CertAuthority, CertFiles
 from tests.e2e.mesh import EchoMesh
 from tests.harness import Xdsd, free_port, wait_until
 from tests.xds_clients import AdsClient
-from xdsd.status import NACKED, NOT_SENT, PENDING, STALE, SYNCED, summarize
+from xdsd.status import (
+    NACKED,
+    NOT_SENT,
+    PENDING,
+    STALE,
+    SYNCED,
+    render_table,
+    summarize,
+    to_json,
+)
 
 
 def _status(*args: str) -> subprocess.CompletedProcess[str]:
@@ -271,3 +280,45 @@ def test_states_from_client_records() -> None:
     assert status.exit_code == 1 and len(status.errors) == 1 and len(status.warnings) == 1
     disconnected = summarize([{**_client({}), "connected": False}], [], now=0, stale_after=1)
     assert disconnected.proxies == () and disconnected.exit_code == 0
+
+
+POLICIES = {
+    "authorization_policies": [
+        {"namespace": "istio-system", "name": "deny-all", "action": "DENY", "origin": "a:1"},
+        {"namespace": "shop", "name": "allow-get", "action": "ALLOW DRY-RUN", "origin": "b:2"},
+    ],
+    "peer_authentications": [{"namespace": "shop", "name": "strict", "origin": "c:1"}],
+    "request_authentications": [],
+    "mtls": {"9080": "STRICT", "15021": "PERMISSIVE"},
+}
+
+
+def test_policies_of_each_proxy_are_listed_below_the_table() -> None:
+    clients = [
+        {**_client({}), "node_id": "secured", "policies": POLICIES},
+        {**_client({}), "node_id": "plain", "policies": {"mtls": {"80": "DISABLE"}}},
+        {**_client({}), "node_id": "old-daemon"},  # a daemon that does not say
+        {**_client({}), "node_id": "junk", "policies": ["not", "a", "mapping"]},
+    ]
+    status = summarize(clients, [], now=0, stale_after=1)
+    by_node = {p.node_id: p for p in status.proxies}
+    assert by_node["secured"].policies == (
+        "AuthorizationPolicy istio-system/deny-all (DENY)",
+        "AuthorizationPolicy shop/allow-get (ALLOW DRY-RUN)",
+        "PeerAuthentication shop/strict",
+    )
+    assert by_node["secured"].mtls == {"9080": "STRICT", "15021": "PERMISSIVE"}
+    assert by_node["plain"].policies == by_node["old-daemon"].policies == ()
+    assert by_node["junk"].policies == () and by_node["junk"].mtls == {}
+    table = render_table(status)
+    below = table.split("security policies:\n", 1)[1].splitlines()
+    assert below[:2] == [
+        "  secured: AuthorizationPolicy istio-system/deny-all (DENY), "
+        "AuthorizationPolicy shop/allow-get (ALLOW DRY-RUN), PeerAuthentication shop/strict",
+        "           mTLS: 9080 STRICT, 15021 PERMISSIVE",
+    ]
+    assert "plain" not in table.split("security policies:")[1]  # nothing enforced there
+    as_json = to_json(status)["proxies"]
+    assert {p["node_id"]: p["policies"] for p in as_json}["secured"] == list(
+        by_node["secured"].policies
+    )

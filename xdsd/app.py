@@ -139,6 +139,7 @@ class Daemon:
             version=__version__,
             config_dir=settings.config_dir,
         )
+        self.views.policies = self.state.policies
         self.readiness = Readiness(self.notifier, self.views, self.state)
         self.readiness.trouble = self.views.trouble = self.trouble
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)

@@ -107,6 +107,10 @@ class Settings:
     ``max_integer_digits`` the longest run of digits, ``max_yaml_alias_nodes`` the nodes
     a file's YAML aliases may expand to. A file beyond any of them is an error (the load
     is refused), found before the parser that could not take it sees it.
+    ``refuse_unknown_kinds`` makes a document of a kind xdsd does not implement (a
+    Kubernetes kind, WorkloadGroup, another API group: a warning by default) an error,
+    under ``serve`` (the reload refused, the last good configuration kept) and under
+    ``validate --settings``; unknown ``security.istio.io`` kinds are errors regardless.
 
     TLS (``docs/operations.md``, "TLS and node authorization"): ``tls_cert`` and
     ``tls_key`` (PEM files) turn TLS on for the gRPC and REST listeners, and for admin
@@ -150,6 +154,7 @@ class Settings:
     max_nesting_depth: int = 100
     max_integer_digits: int = 1_000
     max_yaml_alias_nodes: int = 100_000
+    refuse_unknown_kinds: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""

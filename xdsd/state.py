@@ -26,6 +26,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
+from xdsd.translate.policy_view import NO_APPLIED_POLICIES, applied_policies
 from xdsd.transports.limits import Refused
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ class MeshState:
         #: ``parse`` (reading and parsing changed files), ``check`` (cross-checks),
         #: ``translate`` and ``snapshot`` (building and checking the watched classes').
         self.last_timings: dict[str, float] = {}
+        # The security policies of each class as the admin server shows them, for the
+        # translation they were read from (``policies``).
+        self._policies: tuple[MeshTranslation | None, dict[NodeClass, dict[str, Any]]] = (
+            None,
+            {},
+        )
 
     @property
     def certificate_paths(self) -> frozenset[str]:
@@ -270,6 +277,23 @@ class MeshState:
         return node_class_from_node(
             node, config_source=_SOURCES.get(transport, ConfigSourceKind.ADS)
         )
+
+    def policies(self, key: Hashable) -> dict[str, Any]:
+        """The security policies that apply to node class ``key`` under the current
+        translation and its inbound ports' mutual TLS modes, as the admin server shows
+        them (``policy_view.AppliedPolicies.as_json``; none before a configuration
+        loaded). Computed once per class and translation."""
+        translation = self.translation
+        if not isinstance(key, NodeClass) or translation is None:
+            return NO_APPLIED_POLICIES.as_json()
+        read_from, found = self._policies
+        if read_from is not translation:
+            found = {}
+            self._policies = (translation, found)
+        shown = found.get(key)
+        if shown is None:
+            shown = found[key] = applied_policies(translation, key).as_json()
+        return shown
 
     def snapshot(self, key: Hashable) -> Snapshot | None:
         """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``).

@@ -14,7 +14,9 @@ HTTPS with a ``client_context`` (an admin listener with ``admin_tls``);
 - ``NOT SENT``: nothing of that type was sent (not asked for, or nothing to send).
 
 A proxy is *failing* when any of its types is NACKED, NOT APPLIED or STALE; the command
-exits 1 then (0 when none is), 3 when the admin server cannot be reached.
+exits 1 then (0 when none is), 3 when the admin server cannot be reached. Each proxy also
+carries the security policies that apply to it and its inbound ports' mutual TLS modes
+(``policies`` of ``/debug/clients``), listed below the table.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ TYPE_COLUMNS = {
 }
 ALWAYS_SHOWN = ("clusters", "endpoints", "listeners", "routes")
 
+#: The kinds of a client's ``policies`` (their JSON keys) and the kind's name as shown.
+POLICY_KINDS = (
+    ("authorization_policies", "AuthorizationPolicy"),
+    ("peer_authentications", "PeerAuthentication"),
+    ("request_authentications", "RequestAuthentication"),
+)
+
 #: Exit codes.
 EXIT_OK, EXIT_FAILING, EXIT_UNREACHABLE = 0, 1, 3
 
@@ -79,6 +88,11 @@ class ProxyState:
     service: str
     transport: str
     types: dict[str, TypeState] = field(default_factory=dict)
+    #: The security policies that select it: ``KIND NAMESPACE/NAME`` (``(ACTION)`` for
+    #: an AuthorizationPolicy).
+    policies: tuple[str, ...] = ()
+    #: Each inbound port's mutual TLS mode (port as a string → mode).
+    mtls: dict[str, str] = field(default_factory=dict)
 
     @property
     def failing(self) -> bool:
@@ -253,12 +267,36 @@ def summarize(clients: list[Any], problems: list[Any], *, now: float, stale_afte
                 service=_service(client.get("class", "")),
                 transport=client.get("transport", ""),
                 types=types,
+                policies=policy_names(client.get("policies")),
+                mtls=_mtls(client.get("policies")),
             )
         )
     proxies.sort(key=lambda p: (p.node_id, p.client_id))
     warnings = tuple(p for p in problems if p.get("severity") == "warning")
     errors = tuple(p for p in problems if p.get("severity") != "warning")
     return Status(tuple(proxies), errors, warnings, stale_after)
+
+
+def policy_names(policies: Any) -> tuple[str, ...]:
+    """``KIND NAMESPACE/NAME`` (with ``(ACTION)`` for an AuthorizationPolicy) of each
+    policy of a client's ``policies`` JSON (nothing when it is absent or not a
+    mapping)."""
+    if not isinstance(policies, dict):
+        return ()
+    out = []
+    for key, kind in POLICY_KINDS:
+        for policy in policies.get(key) or ():
+            if not isinstance(policy, dict):
+                continue
+            action = f" ({policy['action']})" if policy.get("action") else ""
+            out.append(f"{kind} {policy.get('namespace')}/{policy.get('name')}{action}")
+    return tuple(out)
+
+
+def _mtls(policies: Any) -> dict[str, str]:
+    """The ``mtls`` of a client's ``policies`` JSON (port → mode)."""
+    found = policies.get("mtls") if isinstance(policies, dict) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 def _type_state(status: dict[str, Any], now: float, stale_after: float) -> TypeState:
@@ -333,12 +371,25 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
         lines = ["no proxies connected"]
     if details:
         lines += ["", "rejections:", *details]
+    secured = [p for p in status.proxies if p.policies or _enforced(p.mtls)]
+    if secured:
+        lines += ["", "security policies:"]
+        for p in secured:
+            modes = ", ".join(f"{port} {mode}" for port, mode in p.mtls.items())
+            lines.append(f"  {p.node_id}: {', '.join(p.policies) or 'none'}")
+            if modes:
+                lines.append(f"  {' ' * len(p.node_id)}  mTLS: {modes}")
     for problem in status.errors:
         lines.append(f"config error: {_problem_text(problem)}")
     for problem in status.warnings:
         lines.append(f"config warning: {_problem_text(problem)}")
     lines += ["", summary_line(status)]
     return "\n".join(lines) + "\n"
+
+
+def _enforced(mtls: dict[str, str]) -> bool:
+    """True when some inbound port takes mutual TLS (worth listing without policies)."""
+    return any(mode != "DISABLE" for mode in mtls.values())
 
 
 def _problem_text(problem: dict[str, Any]) -> str:
@@ -379,6 +430,8 @@ def to_json(status: Status) -> dict[str, Any]:
                 "service": p.service,
                 "transport": p.transport,
                 "failing": p.failing,
+                "policies": list(p.policies),
+                "mtls": p.mtls,
                 "types": {
                     n: {
                         "state": t.state,

@@ -118,3 +118,35 @@ def test_problems_and_an_empty_fleet() -> None:
     assert "no configuration loaded" in "".join(
         parse(render_status_page(view(cache, loaded=False))).text
     )
+
+
+def test_policies_per_class_and_under_each_proxy_escaped() -> None:
+    policies = {
+        EVIL: {
+            "authorization_policies": [
+                {"namespace": "default", "name": "allow-get", "action": "ALLOW", "origin": "a:3"},
+                {"namespace": "default", "name": EVIL, "action": "DENY", "origin": EVIL},
+            ],
+            "peer_authentications": [{"namespace": "istio-system", "name": "mesh", "origin": ""}],
+            "request_authentications": [],
+            "mtls": {"9080": "STRICT"},
+        }
+    }
+    page = render_status_page(view(fleet(), policies=policies))
+    assert "<script>" not in page
+    doc = parse(page)
+    text = "".join(doc.text)
+    assert (
+        f"AuthorizationPolicy default/allow-get (ALLOW), AuthorizationPolicy default/{EVIL}" in text
+    )
+    rows = [a for tag, a in doc.tags if tag == "tr" and a.get("class") == "policies"]
+    assert [r["data-class"] for r in rows] == [EVIL]
+    cells = [a["data-kind"] for tag, a in doc.tags if tag == "td" and a.get("class") == "policy"]
+    assert cells == ["AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"]
+    assert "istio-system/mesh" in text and "9080 STRICT" in text
+    assert ("li", {"title": "a:3"}) in doc.tags
+
+
+def test_no_policies_says_so() -> None:
+    page = render_status_page(view(fleet(), policies={EVIL: {"mtls": {}}}))
+    assert "No security policy applies to any node class." in "".join(parse(page).text)

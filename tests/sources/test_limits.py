@@ -215,10 +215,15 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     assert str(problem) == f"{fifo}: is not a regular file: not read"
 
 
+def _toml(value: object) -> str:
+    """``value`` as a TOML literal (an integer or a boolean)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def test_limits_are_settings_with_the_same_defaults(tmp_path: Path) -> None:
     assert ParseLimits.of(Settings()) == DEFAULT_LIMITS
     path = tmp_path / "settings.toml"
-    path.write_text("".join(f"{f.name} = {getattr(SMALL, f.name)}\n" for f in fields(SMALL)))
+    path.write_text("".join(f"{f.name} = {_toml(getattr(SMALL, f.name))}\n" for f in fields(SMALL)))
     assert ParseLimits.of(Settings.from_file(str(path))) == SMALL
     path.write_text("max_nesting_depth = 0\n")
     with pytest.raises(ConfigError, match="max_nesting_depth: must be a positive integer"):

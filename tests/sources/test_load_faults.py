@@ -189,10 +189,10 @@ def test_an_exception_parsing_one_file_is_that_file_s_error(
     details = config / "services" / "details.toml"
     parse = config_file.parse_document
 
-    def crash(doc: object, *args: object) -> object:
+    def crash(doc: object, *args: object, **kwargs: bool) -> object:
         if getattr(doc, "path", "") == str(details):
             raise RecursionError("maximum recursion depth exceeded")
-        return parse(doc, *args)  # type: ignore[arg-type]
+        return parse(doc, *args, **kwargs)  # type: ignore[arg-type]
 
     with monkeypatch.context() as patch:
         patch.setattr(config_file, "parse_document", crash)

@@ -13,13 +13,17 @@ Read-only views over the snapshot cache and the configuration's state:
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
 - ``/debug/errors`` (the current config errors, then the warnings, with file and line).
+
+Each client of ``/debug/clients`` and ``/debug/config_dump``, and each class on the status
+page, carries the security policies that apply to its node class (``policies``, a hook
+the daemon sets: the admin server does not read the mesh itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -37,6 +41,13 @@ from xdsd.resources.redaction import redact
 #: Decides whether the admin client with this certificate (``getpeercert()``; None
 #: without one) may see what this client's node is served.
 NodeAccess = Callable[[Mapping[str, Any] | None, ClientStatus], bool]
+#: The security policies that apply to a node class, as JSON (``MeshState.policies``).
+ClassPolicies = Callable[[Hashable], Mapping[str, Any]]
+
+
+def no_policies(_key: Hashable) -> Mapping[str, Any]:
+    """The ``policies`` hook of views over no mesh: nothing applies."""
+    return {}
 
 
 class AdminViews:
@@ -44,7 +55,8 @@ class AdminViews:
     ``/metrics``; ``version`` and ``config_dir`` are shown on the status page.
     ``node_access`` (None: everyone) decides who may see a node's resources
     (``/debug/config_dump``); a refusal is answered 403 and counted as
-    ``xdsd_refused_total{listener="admin",reason="permission_denied"}``."""
+    ``xdsd_refused_total{listener="admin",reason="permission_denied"}``. ``policies``
+    gives the security policies of a node class (``ClassPolicies``)."""
 
     def __init__(
         self,
@@ -64,6 +76,7 @@ class AdminViews:
         self.clock = clock
         self.listening = False
         self.node_access: NodeAccess | None = None
+        self.policies: ClassPolicies = no_policies
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
 
@@ -100,6 +113,8 @@ class AdminViews:
             snapshot = self.cache.get(key)
             if snapshot is not None:
                 snapshots[key] = snapshot
+        clients = self.cache.clients()
+        keys = {*snapshots, *(c.key for c in clients if c.connected)}
         view = StatusView(
             version=self.version,
             started_at=self.metrics.started_at,
@@ -108,8 +123,9 @@ class AdminViews:
             loaded=self.config.loaded is not None,
             errors=tuple(self.config.errors),
             warnings=tuple(self.config.warnings),
-            clients=self.cache.clients(),
+            clients=clients,
             snapshots=snapshots,
+            policies={key: self.policies(key) for key in keys},
         )
         return web.Response(
             text=render_status_page(view),
@@ -118,10 +134,15 @@ class AdminViews:
         )
 
     async def clients(self, request: web.Request) -> web.Response:
-        """Every client's sync state (``?node=ID``: that node's clients only)."""
+        """Every client's sync state and its class's security policies (``?node=ID``:
+        that node's clients only)."""
         node = request.query.get("node")
         return web.json_response(
-            [client_json(c) for c in self.cache.clients() if node is None or c.node_id == node]
+            [
+                client_json(c, self.policies(c.key))
+                for c in self.cache.clients()
+                if node is None or c.node_id == node
+            ]
         )
 
     async def config_dump(self, request: web.Request) -> web.Response:
@@ -165,7 +186,8 @@ class AdminViews:
                 "class": str(client.key),
                 "transport": client.transport,
                 "connected": client.connected,
-                "clients": [client_json(c) for c in found],
+                "policies": self.policies(client.key),
+                "clients": [client_json(c, self.policies(c.key)) for c in found],
                 **dump,
             }
         )
@@ -189,8 +211,9 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
-def client_json(client: ClientStatus) -> dict[str, Any]:
-    """A client's status as JSON."""
+def client_json(client: ClientStatus, policies: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A client's status as JSON, with ``policies`` (its class's security policies,
+    ``ClassPolicies``) when given."""
     types = {}
     for type_url, status in client.types.items():
         nack = status.nack
@@ -220,6 +243,7 @@ def client_json(client: ClientStatus) -> dict[str, Any]:
         "connected_at": client.connected_at,
         "disconnected_at": client.disconnected_at,
         "types": types,
+        **({"policies": policies} if policies is not None else {}),
     }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import html
 import urllib.parse
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from xdsd.cache.cache import SYNC_STATES, ClientStatus, SyncState, TypeStatus
 from xdsd.cache.snapshot import Snapshot
@@ -23,6 +24,13 @@ from xdsd.resources import PUSH_ORDER, SHORT_NAMES, TypeUrl
 REFRESH_SECONDS = 5
 #: At most this many proxies are listed (the worst first); the rest are counted.
 MAX_ROWS = 500
+#: The kinds of security policies a class's ``policies`` lists (their JSON keys), with
+#: the kind's name as shown.
+POLICY_KINDS = (
+    ("authorization_policies", "AuthorizationPolicy"),
+    ("peer_authentications", "PeerAuthentication"),
+    ("request_authentications", "RequestAuthentication"),
+)
 
 _STATE_TEXT = {
     "in_sync": "in sync",
@@ -49,6 +57,7 @@ td.nacked, td.not_applied { background: #fdecea; white-space: normal; }
 .message { font: 12px ui-monospace, monospace; white-space: pre-wrap; max-width: 60em; }
 .summary span { margin-right: 1.2em; }
 ul.problems { padding-left: 1.2em; } ul.problems li { margin: .2em 0; }
+td.policy ul { margin: 0; padding-left: 1.1em; } .policies { font-size: 12px; }
 footer { margin-top: 2em; color: #6b7380; font-size: 12px; }
 """
 
@@ -66,6 +75,8 @@ class StatusView:
     warnings: Sequence[Problem]
     clients: Sequence[ClientStatus]
     snapshots: Mapping[Hashable, Snapshot]
+    #: The security policies of each class shown (``admin.ClassPolicies``' JSON).
+    policies: Mapping[Hashable, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def render_status_page(view: StatusView) -> str:
@@ -82,8 +93,9 @@ def render_status_page(view: StatusView) -> str:
         f"<style>{_STYLE}</style></head><body>",
         _header(view, connected),
         _config_section(view),
-        _proxies_section(connected, types, view.now),
+        _proxies_section(connected, types, view.now, view.policies),
         _versions_section(view, connected, types),
+        _policies_section(view, connected),
         _disconnected_section(gone, view.now),
         "<footer>This page refreshes every "
         f'{REFRESH_SECONDS} s. As JSON: <a href="/debug/clients">/debug/clients</a>, '
@@ -138,7 +150,10 @@ def _config_section(view: StatusView) -> str:
 
 
 def _proxies_section(
-    connected: Sequence[ClientStatus], types: Sequence[TypeUrl], now: float
+    connected: Sequence[ClientStatus],
+    types: Sequence[TypeUrl],
+    now: float,
+    policies: Mapping[Hashable, Mapping[str, Any]],
 ) -> str:
     out = ['<section id="proxies"><h2>Proxies</h2>']
     if not connected:
@@ -154,7 +169,8 @@ def _proxies_section(
         out.append(
             f'<tr class="proxy {_worst(client)}" data-node="{_e(client.node_id)}">'
             f'<td><a href="{_e(link)}">{_e(client.node_id or "(no id)")}</a>'
-            f'<div class="class">{_e(str(client.key))}</div></td>'
+            f'<div class="class">{_e(str(client.key))}</div>'
+            f"{_policies_line(policies.get(client.key))}</td>"
             f"<td>{_e(client.transport)}</td>"
             f"<td>{_ago(now, client.connected_at)}</td>"
         )
@@ -224,6 +240,71 @@ def _versions_section(
             )
         out.append("</tr>")
     out.append("</tbody></table></section>")
+    return "".join(out)
+
+
+def policy_names(policies: Mapping[str, Any] | None) -> list[str]:
+    """``KIND NAMESPACE/NAME`` (and ``(ACTION)`` for an AuthorizationPolicy) of each
+    policy in a class's ``policies`` JSON, in kind order."""
+    out = []
+    for key, kind in POLICY_KINDS:
+        for policy in (policies or {}).get(key) or ():
+            action = f" ({policy['action']})" if policy.get("action") else ""
+            out.append(f"{kind} {policy.get('namespace')}/{policy.get('name')}{action}")
+    return out
+
+
+def _policies_line(policies: Mapping[str, Any] | None) -> str:
+    """The policies of a proxy's class, under its class in the proxies table."""
+    names = policy_names(policies)
+    if not names:
+        return ""
+    return f'<div class="policies">{_e(", ".join(names))}</div>'
+
+
+def _policies_section(view: StatusView, connected: Sequence[ClientStatus]) -> str:
+    """Per node class: the security policies that select it, and the mutual TLS mode of
+    each inbound port."""
+    out = ['<section id="policies"><h2>Security policies per node class</h2>']
+    clients: dict[Hashable, int] = {}
+    for client in connected:
+        clients[client.key] = clients.get(client.key, 0) + 1
+    shown = sorted(
+        (
+            (key, policies)
+            for key, policies in view.policies.items()
+            if policy_names(policies) or policies.get("mtls")
+        ),
+        key=lambda kv: str(kv[0]),
+    )
+    if not shown:
+        out.append("<p>No security policy applies to any node class.</p></section>")
+        return "".join(out)
+    out.append("<table><thead><tr><th>Node class</th><th>Proxies</th>")
+    out.extend(f"<th>{kind}</th>" for _, kind in POLICY_KINDS)
+    out.append("<th>mTLS per inbound port</th></tr></thead><tbody>")
+    for key, policies in shown[:MAX_ROWS]:
+        out.append(
+            f'<tr class="policies" data-class="{_e(str(key))}">'
+            f'<td class="class">{_e(str(key))}</td><td>{clients.get(key, 0)}</td>'
+        )
+        for json_key, kind in POLICY_KINDS:
+            items = []
+            for policy in policies.get(json_key) or ():
+                action = f" ({policy['action']})" if policy.get("action") else ""
+                where = f' title="{_e(str(policy.get("origin", "")))}"'
+                items.append(
+                    f"<li{where}>{_e(str(policy.get('namespace')))}/"
+                    f"{_e(str(policy.get('name')))}{_e(action)}</li>"
+                )
+            cell = f"<ul>{''.join(items)}</ul>" if items else "—"
+            out.append(f'<td class="policy" data-kind="{kind}">{cell}</td>')
+        modes = ", ".join(f"{port} {mode}" for port, mode in (policies.get("mtls") or {}).items())
+        out.append(f'<td class="mtls">{_e(modes) or "—"}</td></tr>')
+    out.append("</tbody></table>")
+    if len(shown) > MAX_ROWS:
+        out.append(f"<p>… and {len(shown) - MAX_ROWS} more classes.</p>")
+    out.append("</section>")
     return "".join(out)
 
 

@@ -86,7 +86,9 @@ def parse_config_file(
                 else:
                     raw.append(parsed)
             else:
-                resource = parse_document(doc, problems, root)
+                resource = parse_document(
+                    doc, problems, root, refuse_unknown=limits.refuse_unknown_kinds
+                )
                 if resource is not None:
                     resources.append((resource, Origin(doc.path, doc.line)))
     except ParseFailure as e:

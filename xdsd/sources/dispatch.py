@@ -6,8 +6,9 @@ or Istio-shaped (``apiVersion``, ``kind``, ``metadata``, ``spec``); both mean th
 Service, VirtualService or DestinationRule without ``Fields`` for its top level (the
 plain readers of ``plain_readers``); at the first doubt it reads the document the careful
 way: top level and metadata through ``Fields``, then the parser ``_parser_for`` picks.
-Kinds xdsd does not read are warnings (a mixed Istio directory loads), unknown kinds of
-its own API groups errors.
+Kinds xdsd does not read are warnings (a mixed Istio directory loads) unless the load
+refuses them (``ParseLimits.refuse_unknown_kinds``, the setting of the same name), unknown
+kinds of its own API groups and of ``security.istio.io`` always errors.
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ _K8S_METADATA = (
 )
 
 
-def parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObject | None:
+def parse_document(
+    doc: Document, problems: list[Problem], root: str, *, refuse_unknown: bool = False
+) -> MeshObject | None:
     """One document → a model object (None when it has an error or is not for xdsd),
     its problems appended to ``problems``; paths the document names (certificate files)
-    are relative to the config directory ``root``. Never raises for what the document
+    are relative to the config directory ``root``. A kind xdsd does not implement is a
+    warning, an error when ``refuse_unknown``. Never raises for what the document
     holds."""
     value = doc.value
     if not isinstance(value, dict):
@@ -92,7 +96,7 @@ def parse_document(doc: Document, problems: list[Problem], root: str) -> MeshObj
     istio_shaped = "spec" in value or "metadata" in value
     result: MeshObject | None = None
     if kind and not top.report.failed:
-        parser = _parser_for(top, api_version, kind)
+        parser = _parser_for(top, api_version, kind, refuse_unknown)
         if parser is parse_destination_rule:
             parser = functools.partial(parse_destination_rule, config_dir=root)
         elif parser is parse_gateway:
@@ -209,17 +213,20 @@ def parse_plain_document(
     return result
 
 
-def _parser_for(top: Fields, api_version: str, kind: str) -> Parser | None:
+def _parser_for(top: Fields, api_version: str, kind: str, refuse_unknown: bool) -> Parser | None:
     """The parser of documents of ``kind`` in ``api_version``; None, with an error or a
-    warning recorded on ``top``, for a kind xdsd does not read."""
+    warning (an error when ``refuse_unknown``) recorded on ``top``, for a kind xdsd does
+    not read."""
     group, _, version = api_version.rpartition("/") if "/" in api_version else ("", "", api_version)
     if kind == "Service" and api_version in ("", XDSD_API):
         return parse_service
     if kind == "Service" and api_version == "v1":
-        top.warn(
+        _not_implemented(
+            top,
             "apiVersion",
-            "a Kubernetes v1 Service is not an xdsd Service: ignored "
+            "a Kubernetes v1 Service is not an xdsd Service",
             f"(use apiVersion {XDSD_API} and list its ports and endpoints)",
+            refuse_unknown,
         )
         return None
     if group == ISTIO_NETWORKING or (
@@ -235,7 +242,9 @@ def _parser_for(top: Fields, api_version: str, kind: str) -> Parser | None:
         if kind == "DestinationRule":
             return parse_destination_rule
         if kind in LATER_KINDS:
-            top.warn("kind", f"{kind} is not supported by xdsd yet: ignored")
+            _not_implemented(
+                top, "kind", f"{kind} is not supported by xdsd yet", "", refuse_unknown
+            )
             return None
         top.error("kind", f"unknown {ISTIO_NETWORKING} kind {kind!r}")
         return None
@@ -256,8 +265,26 @@ def _parser_for(top: Fields, api_version: str, kind: str) -> Parser | None:
             f"cannot enforce (it reads {', '.join(SECURITY_PARSERS)})",
         )
         return None
-    top.warn("kind", f"{kind} ({api_version}) is not supported by xdsd: ignored")
+    _not_implemented(
+        top, "kind", f"{kind} ({api_version}) is not supported by xdsd", "", refuse_unknown
+    )
     return None
+
+
+#: What an error for a kind xdsd does not implement adds, under ``refuse_unknown_kinds``.
+REFUSED_BY_SETTING = "refused (refuse_unknown_kinds is set)"
+
+
+def _not_implemented(top: Fields, key: str, what: str, hint: str, refuse: bool) -> None:
+    """Record on ``top`` at ``key`` that the document is of a kind xdsd does not
+    implement (``what``, then ``hint`` when not empty): a warning (``ignored``), or an
+    error when ``refuse``."""
+    outcome = REFUSED_BY_SETTING if refuse else "ignored"
+    message = f"{what}: {outcome}" + (f" {hint}" if hint else "")
+    if refuse:
+        top.error(key, message)
+    else:
+        top.warn(key, message)
 
 
 def _annotations(value: dict[str, Any]) -> dict[str, object]:

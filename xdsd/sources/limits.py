@@ -46,6 +46,11 @@ class ParseLimits:
     ``max_integer_digits``: the longest run of digits anywhere in a file.
     ``max_yaml_alias_nodes``: nodes a file's YAML aliases may expand to (each use of an
     alias counts every node under its anchor again).
+
+    One policy rides along, a settings key of the same name too:
+    ``refuse_unknown_kinds``: a document of a kind xdsd does not implement (outside its
+    own and Istio's security API groups, which are always errors) is an error instead of
+    a warning.
     """
 
     max_file_bytes: int = 16 << 20
@@ -54,6 +59,7 @@ class ParseLimits:
     max_nesting_depth: int = 100
     max_integer_digits: int = 1_000
     max_yaml_alias_nodes: int = 100_000
+    refuse_unknown_kinds: bool = False
 
     @classmethod
     def of(cls, settings: object) -> ParseLimits:

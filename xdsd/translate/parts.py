@@ -66,6 +66,7 @@ from xdsd.translate.mosn import l4_problems as mosn_l4_problems
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import check_binds, check_port_groups
+from xdsd.translate.policy_index import PolicyIndex
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
 from xdsd.translate.routes import virtual_service_index
@@ -77,7 +78,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
-from xdsd.translate.workload_security import WorkloadPolicies, workload_policies
+from xdsd.translate.workload_security import WorkloadPolicies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
 #: with what its routes take from the rest of the mesh (``RouteBuilder.rule_inputs``).
@@ -111,6 +112,7 @@ class ClassParts:
         self._callee = CalleeModes(mesh, mesh_config.mtls)
         # The security policies of each workload, by (namespace, labels).
         self._policies: dict[tuple[str, tuple[tuple[str, str], ...]], WorkloadPolicies] = {}
+        self._policy_index: PolicyIndex | None = None
         # TCP/TLS listener plans by (port, caller, view), and whether any depends on the
         # caller.
         self._l4_plans: dict[tuple[int, L4Caller, Hashable], L4ListenerPlan] = {}
@@ -134,7 +136,9 @@ class ClassParts:
         key = (node.namespace, node.labels)
         found = self._policies.get(key)
         if found is None:
-            found = workload_policies(self.mesh, node.namespace, node.labels, self._mesh_config)
+            if self._policy_index is None:
+                self._policy_index = PolicyIndex(self.mesh)
+            found = self._policy_index.select(node.namespace, node.labels, self._mesh_config)
             self._policies[key] = found
         return found
 
