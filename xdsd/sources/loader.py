@@ -21,10 +21,11 @@ from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
     Mesh,
 )
-from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
+from xdsd.model.mesh_config import NO_MESH_TLS, ExtensionProvider, MeshTLS
 from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
+from xdsd.sources.crosscheck.providers import provider_problems
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.sidecars import sidecar_problems
@@ -48,10 +49,15 @@ class LoadResult:
 
 
 def load_directory(
-    root: str, *, mesh_tls: MeshTLS = NO_MESH_TLS, limits: ParseLimits = DEFAULT_LIMITS
+    root: str,
+    *,
+    mesh_tls: MeshTLS = NO_MESH_TLS,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    extension_providers: tuple[ExtensionProvider, ...] = (),
 ) -> LoadResult:
     """Load every config file under ``root`` (and the files of ``mesh_tls``) under
-    ``limits``.
+    ``limits``; CUSTOM AuthorizationPolicies are checked against the settings'
+    ``extension_providers`` (``crosscheck.providers``).
 
     Raises ConfigError (listing every error, warnings excluded) when anything is wrong:
     ``root`` missing or not a directory, anything under it that cannot be listed, stat'ed
@@ -60,6 +66,7 @@ def load_directory(
     """
     loader = DirectoryLoader(root, limits=limits)
     loader.mesh_tls = mesh_tls
+    loader.extension_providers = extension_providers
     return loader.load()
 
 
@@ -103,6 +110,9 @@ class DirectoryLoader:
         #: Mesh mutual TLS (the settings' ``[mesh.mtls]``): its files are looked for and
         #: read as ``CertificateFiles`` says, and ISTIO_MUTUAL is refused while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
+        #: The settings' ``[[mesh.extension_providers]]``: what CUSTOM
+        #: AuthorizationPolicies may name (``crosscheck.providers``).
+        self.extension_providers: tuple[ExtensionProvider, ...] = ()
 
     def _reset(self) -> None:
         """Forget every file, listing, check and memo: the next load is a cold one."""
@@ -177,6 +187,7 @@ class DirectoryLoader:
         self.certificate_paths = self._certificates.paths
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         problems.extend(certificates.istio_mutual)
+        problems.extend(provider_problems(mesh, self.extension_providers))
         certificate_problems = certificates.problems
         located = {(p.path, p.line, p.field) for p in problems}
         problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)
