@@ -2,7 +2,8 @@
 
 A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
 manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
-its routes name (destinations and mirrors); a cluster or listener whose TLS transport
+its routes name (destinations and mirrors); an external authorization filter (HTTP or
+network) the cluster of its server; a cluster or listener whose TLS transport
 socket names SDS secrets needs those Secrets. Computed once, when a ``Resource`` is made.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -20,6 +23,8 @@ from google.protobuf.message import Message
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
+_HTTP_EXT_AUTHZ = http_ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name
+_TCP_EXT_AUTHZ = tcp_ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name
 _CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -101,6 +106,15 @@ def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
             refs.append((_ROUTE, hcm.rds.route_config_name))
         elif hcm.HasField("route_config"):
             refs.extend(_route_config_refs(hcm.route_config))
+        for http_filter in hcm.http_filters:
+            if http_filter.typed_config.type_url.endswith("/" + _HTTP_EXT_AUTHZ):
+                authz = http_ext_authz_pb2.ExtAuthz()
+                http_filter.typed_config.Unpack(authz)
+                _ext_authz_refs(authz, refs)
+    elif full == _TCP_EXT_AUTHZ:
+        tcp_authz = tcp_ext_authz_pb2.ExtAuthz()
+        any_msg.Unpack(tcp_authz)
+        _ext_authz_refs(tcp_authz, refs)
     elif full == _TCP:
         tcp = tcp_proxy_pb2.TcpProxy()
         any_msg.Unpack(tcp)
@@ -108,6 +122,14 @@ def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
             refs.append((_CLUSTER, tcp.cluster))
         for wc in tcp.weighted_clusters.clusters:
             refs.append((_CLUSTER, wc.name))
+
+
+def _ext_authz_refs(authz: Message, refs: list[tuple[str, str]]) -> None:
+    """The cluster an ext_authz filter (HTTP or network) asks its server through."""
+    if authz.HasField("grpc_service") and authz.grpc_service.HasField("envoy_grpc"):
+        refs.append((_CLUSTER, authz.grpc_service.envoy_grpc.cluster_name))
+    elif authz.DESCRIPTOR.fields_by_name.get("http_service") and authz.HasField("http_service"):
+        refs.append((_CLUSTER, authz.http_service.server_uri.cluster))
 
 
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
