@@ -58,7 +58,8 @@ class AuthorizationAction(Enum):
 @dataclass(frozen=True, slots=True)
 class Source:
     """``rules[].from[].source``: who the caller is. Every list is ORed within itself,
-    the fields are ANDed, and a ``not_`` list excludes."""
+    the fields are ANDed, and a ``not_`` list excludes. ``trust_domains`` are the trust
+    domains of the caller's SPIFFE id."""
 
     principals: tuple[str, ...] = ()
     not_principals: tuple[str, ...] = ()
@@ -72,6 +73,8 @@ class Source:
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
