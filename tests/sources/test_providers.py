@@ -3,8 +3,11 @@ port the mesh has; anything else is an error at the policy's ``provider.name``."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from xdsd.cli import main
 from xdsd.model import Mesh, Origin, Port, Protocol, Service
 from xdsd.model.mesh_config import ExtAuthzKind, ExtensionProvider
 from xdsd.model.security import AuthorizationAction, AuthorizationPolicy, AuthorizationRule
@@ -66,3 +69,73 @@ def test_only_custom_policies_are_checked_and_unnamed_providers_are_not() -> Non
     deny = _policy(provider="", action=AuthorizationAction.DENY)
     mesh = Mesh(authorization_policies=(deny,))
     assert provider_problems(mesh, (_provider(service="nowhere.example"),)) == []
+
+
+AUTHZ_SERVICE = """\
+kind = "Service"
+name = "ext-authz"
+namespace = "foo"
+
+[[ports]]
+name = "http"
+number = 8000
+protocol = "HTTP"
+
+[[endpoints]]
+address = "127.0.0.1"
+"""
+
+CUSTOM_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ext
+  namespace: bar
+spec:
+  action: CUSTOM
+  provider:
+    name: {provider}
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin/*"]
+"""
+
+SETTINGS = """\
+[[mesh.extension_providers]]
+name = "authz"
+envoy_ext_authz_http = {{ service = "ext-authz.foo.svc.cluster.local", port = {port} }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("provider", "port", "message"),
+    [
+        ("authz", 8000, ""),
+        ("other", 8000, "cfg/policy.yaml:9: provider.name: no extension provider 'other'"),
+        ("authz", 9999, "cfg/policy.yaml:9: provider.name: provider 'authz' (declared at "),
+    ],
+)
+def test_validate_names_the_provider_line_and_exits_1(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    provider: str,
+    port: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "authz.toml").write_text(AUTHZ_SERVICE)
+    (tmp_path / "cfg" / "policy.yaml").write_text(CUSTOM_POLICY.format(provider=provider))
+    (tmp_path / "xdsd.toml").write_text(SETTINGS.format(port=port))
+    code = main(["validate", "--settings", "xdsd.toml", "cfg"])
+    err = capsys.readouterr().err
+    if not message:
+        assert code == 0, err
+        return
+    assert code == 1
+    assert message in err
+    # Without the settings no provider is declared at all.
+    assert main(["validate", "cfg"]) == 1
+    assert "declared: none" in capsys.readouterr().err
