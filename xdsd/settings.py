@@ -637,7 +637,7 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
     directory; the certificate and key paths must be templates naming the proxy
     (``{service}`` or ``{instance_ip}``), since a service's identity is in its
     certificate."""
-    known = ("mode", "ca", "certificate", "private_key", "trust_domain")
+    known = ("mode", "ca", "certificate", "private_key", "trust_domain", "trust_domain_aliases")
     table = _table(mesh, "mtls", known)
     if table is None:
         return None
@@ -662,6 +662,12 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
             table.error(name, problem)
     what = "a trust domain name (no '/' or ':')"
     trust_domain = table.value("trust_domain", _is_trust_domain, what, out.trust_domain)
+    aliases = table.value(
+        "trust_domain_aliases",
+        lambda v: isinstance(v, list) and all(_is_trust_domain(a) for a in v),
+        "a list of trust domain names (no '/' or ':')",
+        [],
+    )
     _refuse_unknown(table, known)
     return replace(
         out,
@@ -669,6 +675,7 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
         certificate=paths.get("certificate", ""),
         private_key=paths.get("private_key", ""),
         trust_domain=trust_domain,
+        trust_domain_aliases=tuple(aliases),
     )
 
 

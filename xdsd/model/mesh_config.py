@@ -159,7 +159,10 @@ class MeshTLS:
     ``{instance_ip}`` (per workload: the node's inbound address) are replaced by the
     node's. ``ca`` is the absolute path of the root CA bundle every proxy trusts. A
     service's identity, which its certificate must carry as a URI SAN and which its
-    callers check, is ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE``. ``origin`` is
+    callers check, is ``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE``.
+    ``trust_domain_aliases`` (Istio's ``trustDomainAliases``) are other trust domains an
+    AuthorizationPolicy principal of the mesh's may be written in, or come from: a
+    principal in any of them matches the same service in all of them. ``origin`` is
     where the table was read (for errors about its files; not compared).
     """
 
@@ -168,6 +171,7 @@ class MeshTLS:
     certificate: str = ""
     private_key: str = ""
     trust_domain: str = "cluster.local"
+    trust_domain_aliases: tuple[str, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False)
 
     @property

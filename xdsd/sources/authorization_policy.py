@@ -110,6 +110,12 @@ def parse_authorization_policy(
         spec.read.add("rules")
     spec.finish()
     dry_run = _dry_run(spec, annotations)
+    if dry_run and action is AuthorizationAction.CUSTOM:
+        spec.error(
+            "action",
+            f"CUSTOM cannot be a dry run ({DRY_RUN_ANNOTATION}): the provider would still "
+            "be asked, and its answer enforced",
+        )
     return AuthorizationPolicy(
         name,
         namespace,

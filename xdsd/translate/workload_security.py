@@ -35,13 +35,15 @@ NamedFilter = tuple[str, Any]
 class WorkloadPolicies:
     """The security policies that apply to one workload, each tuple in key order, with
     what translating them needs from the settings: the mesh's trust domain (principals
-    are ``TRUST_DOMAIN/ns/NS/sa/SERVICE``) and the extension providers CUSTOM policies
+    are ``TRUST_DOMAIN/ns/NS/sa/SERVICE``), its aliases (trust domains whose principals
+    count as the mesh's own, as Istio's ``trustDomainAliases``) and the extension providers CUSTOM policies
     name."""
 
     authorization: tuple[AuthorizationPolicy, ...] = ()
     request_authentication: tuple[RequestAuthentication, ...] = ()
     peer_authentication: tuple[PeerAuthentication, ...] = ()
     trust_domain: str = "cluster.local"
+    trust_domain_aliases: tuple[str, ...] = ()
     providers: tuple[ExtensionProvider, ...] = ()
 
     @property
@@ -69,7 +71,10 @@ def workload_policies(
     if not (
         mesh.authorization_policies or mesh.request_authentications or mesh.peer_authentications
     ):
-        return WorkloadPolicies(trust_domain=config.mtls.trust_domain)
+        return WorkloadPolicies(
+            trust_domain=config.mtls.trust_domain,
+            trust_domain_aliases=config.mtls.trust_domain_aliases,
+        )
     authorization = tuple(p for p in mesh.authorization_policies if applies(p, namespace, labels))
     names = {p.provider for p in authorization if p.provider}
     return WorkloadPolicies(
@@ -81,5 +86,6 @@ def workload_policies(
             p for p in mesh.peer_authentications if applies(p, namespace, labels)
         ),
         trust_domain=config.mtls.trust_domain,
+        trust_domain_aliases=config.mtls.trust_domain_aliases,
         providers=tuple(p for p in config.extension_providers if p.name in names),
     )
