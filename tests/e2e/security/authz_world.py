@@ -30,6 +30,17 @@ HTTP_AUTHZ_HOST = "http-authz.example"
 GRPC_AUTHZ_HOST = "grpc-authz.example"
 
 
+WEB_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 1}}
+"""
+
+
 def principal(namespace: str, service: str) -> str:
     """A workload's principal as AuthorizationPolicy writes it (no ``spiffe://``)."""
     return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service}"
@@ -44,8 +55,20 @@ def install(files: CertFiles, directory: Path) -> None:
         os.replace(staged, directory / name)
 
 
-def settings(pki: Path, http_port: int, grpc_port: int) -> str:
+#: The access log line of every proxy: the path, AUDIT's hint and what the RBAC filters
+#: left in the request's metadata (the names of the policies that decided).
+LOG_FORMAT = (
+    "%REQ(:PATH)% audit=%DYNAMIC_METADATA(envoy.common:access_log_hint)% "
+    "rbac=%DYNAMIC_METADATA(envoy.filters.http.rbac)%"
+)
+
+
+def settings(pki: Path, http_port: int, grpc_port: int, log: Path) -> str:
     return f"""\
+[mesh.access_log]
+path = "{log}"
+format = "{LOG_FORMAT}"
+
 [mesh.mtls]
 mode = "STRICT"
 trust_domain = "{TRUST_DOMAIN}"
@@ -96,10 +119,23 @@ class World:
     tcp_port: int
     http_authz: HttpAuthz
     grpc_authz: GrpcAuthz
+    #: The access log every proxy appends to (``LOG_FORMAT``).
+    access_log: Path
+
+    def logged(self, path: str) -> list[str]:
+        """The access log lines of requests for ``path`` (every proxy's)."""
+        if not self.access_log.exists():
+            return []
+        lines = self.access_log.read_text(errors="replace").splitlines()
+        return [line for line in lines if line.startswith(path + " ")]
 
     def policies(self, text: str) -> Path:
-        """Write ``rules/authz.yaml`` (empty text: no policy)."""
-        return self.mesh.rule("authz", text or "# no policy\n")
+        """Write ``rules/authz.yaml`` (empty text: remove it, no policy)."""
+        if not text:
+            path = self.mesh.config / "rules" / "authz.yaml"
+            path.unlink(missing_ok=True)
+            return path
+        return self.mesh.rule("authz", text)
 
     def call(
         self,
@@ -149,17 +185,20 @@ def build(root: Path) -> tuple[World, list[TcpEcho | HttpAuthz | GrpcAuthz]]:
     grpc_ip = mesh.ip()
     grpc_authz = GrpcAuthz(grpc_ip, free_port(grpc_ip))
     path = root / "settings.toml"
-    path.write_text(settings(pki, http_authz.port, grpc_authz.port))
+    log = root / "access.log"
+    path.write_text(settings(pki, http_authz.port, grpc_authz.port, log))
     mesh.xdsd_args = ["--settings", str(path)]
     entries = service_entry("http-authz", HTTP_AUTHZ_HOST, http_authz.host, http_authz.port, "HTTP")
     entries += "---\n" + service_entry(
         "grpc-authz", GRPC_AUTHZ_HOST, grpc_authz.host, grpc_authz.port, "GRPC"
     )
     mesh.rule("providers", entries)
-    mesh.rule("authz", "# no policy\n")
+    # A connection per request: a policy edit replaces web's inbound listener, and a
+    # pooled connection would stay on the old one while it drains.
+    mesh.rule("web", WEB_RULE)
     app_port = free_port()
     app = mesh.upstream("web-app", host="127.0.0.1", port=app_port)
-    web = mesh.start("web", app_port=app_port, labels={"app": "web"})
+    web = mesh.start("web", app_port=app_port, labels={"app": "web"}, drain_time_s=1)
     echo = TcpEcho("web-tcp", "127.0.0.1", free_port())
     tcp_port = free_port(web.ip)
     text = (mesh.config / "services" / "web.toml").read_text()
@@ -171,5 +210,5 @@ def build(root: Path) -> tuple[World, list[TcpEcho | HttpAuthz | GrpcAuthz]]:
     write_atomically(mesh.config / "services" / "web.toml", text)
     client = mesh.start("client", labels={"app": "client"})
     intruder = mesh.start("intruder", namespace="other", labels={"app": "intruder"})
-    world = World(mesh, web, client, intruder, app, tcp_port, http_authz, grpc_authz)
+    world = World(mesh, web, client, intruder, app, tcp_port, http_authz, grpc_authz, log)
     return world, [echo, http_authz, grpc_authz]

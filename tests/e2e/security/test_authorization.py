@@ -90,8 +90,12 @@ def test_methods_paths_hosts_and_ports(w: World) -> None:
     assert w.call(w.client, "/public/x", method="POST") == 403
     w.policies(policy("  rules:\n  - to:\n    - operation: {ports: ['1'], notMethods: [PUT]}\n"))
     w.until(lambda: w.call(w.client, "/public/x") == 403, "another port only")
+    w.policies(
+        policy("  rules:\n  - to:\n    - operation: {hosts: [web.default.svc.cluster.local]}\n")
+    )
+    w.until(lambda: w.call(w.client, "/private") == 200, "web's host only")
     w.policies(policy("  rules:\n  - to:\n    - operation: {hosts: [elsewhere.example]}\n"))
-    w.until(lambda: w.call(w.client, "/public/x") == 403, "another host only")
+    w.until(lambda: w.call(w.client, "/private") == 403, "another host only")
 
 
 def test_when_headers(w: World) -> None:
@@ -105,8 +109,8 @@ def test_when_headers(w: World) -> None:
     assert w.call(w.client, headers={"x-token": "open-sesame"}) == 200
     assert w.call(w.intruder, headers={"x-token": "open-never"}) == 403
     w.policies(policy("  rules:\n  - when:\n    - key: source.namespace\n      values: [other]\n"))
-    w.until(lambda: w.call(w.client) == 403, "when source.namespace")
-    assert w.call(w.intruder) == 200
+    w.until(lambda: w.call(w.intruder) == 200, "when source.namespace")
+    assert w.call(w.client) == 403
 
 
 def test_deny_wins_over_allow_and_root_namespace_applies(w: World) -> None:
@@ -117,6 +121,14 @@ def test_deny_wins_over_allow_and_root_namespace_applies(w: World) -> None:
     w.policies(allow_all + "---\n" + deny_admin)
     w.until(lambda: w.call(w.client, "/admin/x") == 403, "DENY over ALLOW")
     assert w.call(w.client, "/fine") == 200
+    # The denial is counted, and the rule that denied is named in the access log.
+    w.until(
+        lambda: any(
+            "ns[default]-policy[deny]-rule[0]" in line and '"denied"' in line
+            for line in w.logged("/admin/x")
+        ),
+        "the denying rule's name",
+    )
     # istio-system without a selector: every workload of the mesh.
     root = (
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
@@ -129,31 +141,39 @@ def test_deny_wins_over_allow_and_root_namespace_applies(w: World) -> None:
     assert w.call(w.client, "/") == 200
 
 
-def test_audit_passes_and_is_counted(w: World) -> None:
+def test_audit_passes_and_is_logged_by_rule_name(w: World) -> None:
     w.policies(policy("  action: AUDIT\n  rules:\n  - to:\n    - operation: {paths: [/audited]}\n"))
-
-    def logged() -> int:
-        return sum(v for k, v in w.rbac_stats().items() if k.endswith("rbac.logged"))
+    rule = "ns[default]-policy[p]-rule[0]"
 
     def audited() -> bool:
-        before = logged()
-        return w.call(w.client, "/audited") == 200 and logged() > before
+        return w.call(w.client, "/audited") == 200 and any(
+            "audit=true" in line and rule in line for line in w.logged("/audited")
+        )
 
-    w.until(audited, "AUDIT counts the request and lets it through")
+    w.until(audited, "AUDIT lets the request through and marks it for the access log")
+    assert w.call(w.client, "/other") == 200
+    w.until(
+        lambda: any("audit=false" in line for line in w.logged("/other")),
+        "a request the AUDIT rule does not match is not marked",
+    )
 
 
 def test_dry_run_is_not_enforced_but_counted(w: World) -> None:
-    annotation = ", annotations: {istio.io/dry-run: 'true'}"
-    w.policies(policy("", extra=annotation))  # a deny-all, in dry run
-
-    def shadow() -> int:
-        return sum(v for k, v in w.rbac_stats().items() if k.endswith("shadow_denied"))
+    dry = ", annotations: {istio.io/dry-run: 'true'}"
+    w.policies(
+        policy("  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/dry]}\n", extra=dry)
+    )
+    stat = f"http.inbound_{w.web.inbound_port}.rbac.istio_dry_run_deny_.shadow_denied"
 
     def counted() -> bool:
-        before = shadow()
-        return w.call(w.client) == 200 and shadow() > before
+        before = w.rbac_stats().get(stat, 0)
+        return w.call(w.client, "/dry") == 200 and w.rbac_stats().get(stat, 0) > before
 
     w.until(counted, "dry run: the request passes, the shadow denial is counted")
+    w.until(
+        lambda: any("ns[default]-policy[p]-rule[0]" in line for line in w.logged("/dry")),
+        "the shadow rule's name in the request's metadata",
+    )
 
 
 def test_custom_http_provider(w: World) -> None:
