@@ -78,8 +78,8 @@ TCP_STAT_PREFIX = "tcp."
 #: What the CUSTOM RBAC filter's shadow rules leave in dynamic metadata (its shadow
 #: stat prefix + Envoy's key), which enables the ext_authz filter.
 EXT_AUTHZ_MARK = EXT_AUTHZ_PREFIX + "shadow_effective_policy_id"
-#: An HTTP ext_authz server's timeout when the provider sets none (Istio's default).
-DEFAULT_HTTP_TIMEOUT = 600.0
+#: An ext_authz server's timeout when the provider sets none (Istio's default).
+DEFAULT_TIMEOUT = 600.0
 _URI_TEMPLATE_TYPE = (
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 )
@@ -277,8 +277,7 @@ def ext_authz_filter(provider: ExtensionProvider, tcp: bool) -> tuple[str, JsonD
     cluster = provider_cluster(provider)
     if provider.kind is ExtAuthzKind.GRPC:
         grpc: JsonDict = {"envoyGrpc": {"clusterName": cluster, "authority": provider.service}}
-        if provider.timeout_seconds:
-            grpc["timeout"] = _duration(provider.timeout_seconds)
+        grpc["timeout"] = _duration(provider.timeout_seconds or DEFAULT_TIMEOUT)
         config["grpcService"] = grpc
     if tcp:
         config["statPrefix"] = TCP_STAT_PREFIX
@@ -289,7 +288,7 @@ def ext_authz_filter(provider: ExtensionProvider, tcp: bool) -> tuple[str, JsonD
             "serverUri": {
                 "uri": f"http://{provider.service}",
                 "cluster": cluster,
-                "timeout": _duration(provider.timeout_seconds or DEFAULT_HTTP_TIMEOUT),
+                "timeout": _duration(provider.timeout_seconds or DEFAULT_TIMEOUT),
             }
         }
         if provider.path_prefix:
@@ -530,7 +529,9 @@ def _claim_path(key: str) -> list[str]:
 
 def _claim_matcher(claims: list[str], values: Sequence[str]) -> JsonDict:
     """A claim of the JWT payload that is one of ``values`` or a list holding one."""
-    strings = {"orMatch": {"valueMatchers": [{"stringMatch": _string(v)} for v in values]}}
+    matchers = [{"stringMatch": _string(v)} for v in values]
+    # Envoy's OrMatcher takes two matchers or more.
+    strings = matchers[0] if len(matchers) == 1 else {"orMatch": {"valueMatchers": matchers}}
     return {
         "filter": JWT_FILTER,
         "path": [{"key": JWT_PAYLOAD_KEY}, *({"key": c} for c in claims)],

@@ -36,8 +36,8 @@ class WorkloadPolicies:
     """The security policies that apply to one workload, each tuple in key order, with
     what translating them needs from the settings: the mesh's trust domain (principals
     are ``TRUST_DOMAIN/ns/NS/sa/SERVICE``), its aliases (trust domains whose principals
-    count as the mesh's own, as Istio's ``trustDomainAliases``) and the extension providers CUSTOM policies
-    name."""
+    count as the mesh's own, as Istio's ``trustDomainAliases``) and the extension
+    providers CUSTOM policies name."""
 
     authorization: tuple[AuthorizationPolicy, ...] = ()
     request_authentication: tuple[RequestAuthentication, ...] = ()

@@ -23,6 +23,7 @@ from tests.e2e.conformance import (
 )
 from tests.harness import envoy_accepts
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG, REPO
+from tests.translate import test_authz_goldens as authz_goldens
 from xdsd.errors import ConfigError
 from xdsd.model.mesh_config import MeshConfig, MeshTLS, MTLSMode
 from xdsd.sources import load_directory
@@ -163,21 +164,23 @@ def _covered() -> set[str]:
     out |= {f for case in test_conformance_gateways.CASES.values() for f in case.files}
     out |= {f"testdata/{n}" for n in LOADING}
     out |= set(MESH_MTLS)
+    out |= _authz_goldens()
     return out
 
 
-#: Istio's AuthorizationPolicy translation goldens: policies in, Envoy RBAC filters out.
-#: They are a semantic reference for translating security.istio.io (not yet built), not
-#: configuration directories; this index covers the config inputs.
-GOLDENS = "authz"
+def _authz_goldens() -> set[str]:
+    """Istio's AuthorizationPolicy goldens (inputs and Istio's filters): each input is
+    loaded and its filters compared by ``tests/translate/test_authz_goldens.py``, and
+    rendered into listeners Envoy accepts by ``test_conformance_authz``."""
+    out = {f"authz/{c.input}" for c in authz_goldens.CASES.values()}
+    out |= {f"authz/{o}" for c in authz_goldens.CASES.values() for o in c.outputs}
+    out |= {f"authz/{n}" for n in authz_goldens.NOT_COMPARED}
+    out |= {str(p.relative_to(ISTIO)) for p in (ISTIO / "authz").rglob("extended-*.yaml")}
+    return out
 
 
 def test_every_conformance_file_is_accounted_for() -> None:
-    files = {
-        str(p.relative_to(ISTIO))
-        for p in ISTIO.rglob("*.yaml")
-        if p.relative_to(ISTIO).parts[0] != GOLDENS
-    }
+    files = {str(p.relative_to(ISTIO)) for p in ISTIO.rglob("*.yaml")}
     covered = _covered()
     assert not covered & set(REFUSED), covered & set(REFUSED)
     assert files - covered - set(REFUSED) == set(), "files neither loaded nor refused"
