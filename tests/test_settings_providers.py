@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import deadline, fuzz_settings
 from xdsd.errors import ConfigError
 from xdsd.model.mesh_config import ExtAuthzKind, ExtensionProvider
 from xdsd.settings import Settings
@@ -166,3 +169,54 @@ def test_bad_providers_name_line_and_key(tmp_path: Path, text: str, fragment: st
     with pytest.raises(ConfigError) as info:
         _read(tmp_path, text)
     assert f"xdsd.toml{fragment}" in str(info.value)
+
+
+_KEYS = st.sampled_from(
+    [
+        "name",
+        "envoy_ext_authz_http",
+        "envoy_ext_authz_grpc",
+        "service",
+        "port",
+        "timeout",
+        "fail_open",
+        "status_on_error",
+        "path_prefix",
+        "include_request_headers_in_check",
+        "include_additional_headers_in_check",
+        "headers_to_upstream_on_allow",
+        "include_request_body_in_check",
+        "max_request_bytes",
+        "pack_as_bytes",
+        "bogus",
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["0.5s", "-1s", "503", "/check", "a.example", "x-token"]),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@fuzz_settings()
+@given(st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=3))
+def test_fuzz_providers_are_read_or_refused_by_name(providers: list[dict[str, object]]) -> None:
+    """Any [[mesh.extension_providers]] value gives providers or a ConfigError whose
+    every problem names a key under mesh (never another exception)."""
+    with deadline("test_fuzz_providers_are_read_or_refused_by_name"):
+        try:
+            read = Settings().merged({"mesh": {"extension_providers": providers}}, source="s")
+        except ConfigError as e:
+            assert all(p.field.startswith("mesh") for p in e.problems), e
+            return
+        names = [p.name for p in read.mesh.extension_providers]
+        assert len(names) == len(set(names)) == len(providers)
+        assert all(p.service and 1 <= p.port <= 65535 for p in read.mesh.extension_providers)
