@@ -277,7 +277,8 @@ def _mesh_config(args: argparse.Namespace) -> Any:
 
 
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
-    result = load_directory(path, mesh_tls=_mesh_config(args).mtls)
+    mesh = _mesh_config(args)
+    result = load_directory(path, mesh_tls=mesh.mtls, extension_providers=mesh.extension_providers)
     for w in result.warnings:
         print(w, file=sys.stderr)
     return result
@@ -288,7 +289,12 @@ def _validate(args: argparse.Namespace) -> int:
 
     path = _config_dir(args)
     settings = _settings(args)
-    result = load_directory(path, mesh_tls=settings.mesh.mtls, limits=ParseLimits.of(settings))
+    result = load_directory(
+        path,
+        mesh_tls=settings.mesh.mtls,
+        limits=ParseLimits.of(settings),
+        extension_providers=settings.mesh.extension_providers,
+    )
     if args.strict and result.warnings:
         raise ConfigError([w.as_error() for w in result.warnings])
     for w in result.warnings:

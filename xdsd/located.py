@@ -124,13 +124,23 @@ def index_toml(text: str) -> dict[FieldPath, int]:
                 # nested arrays of tables under an array element are rare; keep it simple
                 prefix = (*keys, index)
             else:
-                prefix = keys
+                prefix = _in_arrays(keys, counters)
             lines.setdefault(prefix, n)
             continue
         key = _TOML_KEY.match(raw)
         if key:
             lines.setdefault((*prefix, *_toml_key_parts(key.group(1))), n)
     return lines
+
+
+def _in_arrays(keys: tuple[str, ...], counters: dict[tuple[str, ...], int]) -> FieldPath:
+    """The path of the table header ``[keys]``: a sub-table of an array of tables
+    (``[a.b]`` after ``[[a]]``) belongs to its last element (``a[N].b``)."""
+    for cut in range(len(keys) - 1, 0, -1):
+        index = counters.get(keys[:cut])
+        if index is not None:
+            return (*keys[:cut], index, *keys[cut:])
+    return keys
 
 
 def toml_error(error: Exception) -> tuple[int | None, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import string
 import tomllib
@@ -18,12 +19,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from envoy.type.v3 import http_status_pb2
+
 from xdsd.errors import ConfigError, Problem
 from xdsd.located import Document, FieldPath, Fields, Report, index_toml, toml_error
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
     AccessLog,
+    ExtAuthzKind,
+    ExtensionProvider,
     LogEncoding,
     MeshConfig,
     MeshTLS,
@@ -511,7 +516,14 @@ def _is_address(value: Any) -> bool:
 
 # -- the [mesh] table -----------------------------------------------------------------
 
-_MESH_KEYS = ("outbound_traffic_policy", "access_log", "prometheus", "tracing", "mtls")
+_MESH_KEYS = (
+    "outbound_traffic_policy",
+    "access_log",
+    "prometheus",
+    "tracing",
+    "mtls",
+    "extension_providers",
+)
 _POLICIES = tuple(p.value for p in OutboundPolicy)
 _ENCODINGS = tuple(e.value for e in LogEncoding)
 _PROVIDERS = tuple(p.value for p in TracingProvider)
@@ -532,6 +544,7 @@ def _mesh_config(top: Fields) -> MeshConfig | None:
         "prometheus": _prometheus(table),
         "tracing": _tracing(table),
         "mtls": _mesh_tls(table),
+        "extension_providers": _extension_providers(table),
     }
     _refuse_unknown(table, _MESH_KEYS)
     return replace(config, **{name: part for name, part in parts.items() if part is not None})
@@ -699,3 +712,187 @@ def _template_problem(template: str) -> str:
             "{instance_ip} (per workload): every service has its own identity"
         )
     return ""
+
+
+# -- [[mesh.extension_providers]] ---------------------------------------------------------
+
+_PROVIDER_KINDS = tuple(k.value for k in ExtAuthzKind)
+_PROVIDER_COMMON = ("service", "port", "timeout", "fail_open", "status_on_error")
+_PROVIDER_BODY = "include_request_body_in_check"
+_PROVIDER_KEYS: dict[ExtAuthzKind, tuple[str, ...]] = {
+    ExtAuthzKind.HTTP: (
+        *_PROVIDER_COMMON,
+        "path_prefix",
+        "include_request_headers_in_check",
+        "include_additional_headers_in_check",
+        "headers_to_upstream_on_allow",
+        "headers_to_downstream_on_deny",
+        "headers_to_downstream_on_allow",
+        _PROVIDER_BODY,
+    ),
+    ExtAuthzKind.GRPC: (*_PROVIDER_COMMON, _PROVIDER_BODY),
+}
+_BODY_KEYS = ("max_request_bytes", "allow_partial_message", "pack_as_bytes")
+#: The HTTP status codes Envoy takes as ``status_on_error``.
+_STATUS_CODES = frozenset(v.number for v in http_status_pb2.StatusCode.DESCRIPTOR.values) - {0}
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _extension_providers(mesh: Fields) -> tuple[ExtensionProvider, ...] | None:
+    """``[[mesh.extension_providers]]``: the external authorization servers CUSTOM
+    AuthorizationPolicies may name (Istio's ``extensionProviders``), each with a unique
+    ``name`` and exactly one of the tables ``envoy_ext_authz_http`` /
+    ``envoy_ext_authz_grpc``. None when absent."""
+    what = "a list of tables ([[mesh.extension_providers]])"
+    value = mesh.value("extension_providers", _is_tables, what)
+    if value is None:
+        return None
+    out: list[ExtensionProvider] = []
+    seen: dict[str, int] = {}
+    source = mesh.report.doc
+    for index, item in enumerate(value):
+        path = (*mesh.path, "extension_providers", index)
+        entry = _spelled(mesh.report, path, item, ("name", *_PROVIDER_KINDS))
+        provider = _extension_provider(entry, Origin(source.path, source.line_of(path)))
+        name = entry.data.get("name")
+        if isinstance(name, str) and name in seen:
+            entry.error("name", f"repeats provider {name!r} (first at line {seen[name]})")
+            continue
+        if isinstance(name, str):
+            seen[name] = source.line_of((*path, "name"))
+        if provider is not None:
+            out.append(provider)
+    return tuple(out)
+
+
+def _is_tables(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, dict) for x in value)
+
+
+def _extension_provider(entry: Fields, origin: Origin) -> ExtensionProvider | None:
+    """One provider (None, with problems, when it cannot be used)."""
+    name = entry.value("name", _is_text, "a non-empty string")
+    if not entry.has("name"):
+        entry.error(None, "names no provider: give it a name")
+    given = [k for k in ExtAuthzKind if entry.has(k.value)]
+    for kind in ExtAuthzKind:
+        entry.value(kind.value, _is_table, "a table")
+    _refuse_unknown(entry, ("name", *_PROVIDER_KINDS))
+    if len(given) != 1:
+        how = "both" if given else "neither of"
+        entry.error(None, f"has {how} {' and '.join(_PROVIDER_KINDS)}: give exactly one")
+        return None
+    kind = given[0]
+    table = _table(entry, kind.value, _PROVIDER_KEYS[kind])
+    if table is None or name is None:
+        return None
+    return _provider_server(table, kind, name, origin)
+
+
+def _provider_server(
+    table: Fields, kind: ExtAuthzKind, name: str, origin: Origin
+) -> ExtensionProvider | None:
+    """The provider ``name`` of ``kind`` from its server table."""
+    problems = len(table.report.problems)
+    service = table.value("service", _is_host, "a host name of the mesh")
+    port = table.value("port", _is_port, "a port number (1-65535)")
+    for required in ("service", "port"):
+        if not table.has(required):
+            table.error(required, "missing: the provider needs it")
+    timeout = _seconds(table, "timeout")
+    status = table.value("status_on_error", _is_status, "an HTTP status code (e.g. 503)", 0)
+    http = _http_fields(table) if kind is ExtAuthzKind.HTTP else {}
+    body = _request_body(table)
+    provider = ExtensionProvider(
+        name=name,
+        kind=kind,
+        service=service or "",
+        port=port or 0,
+        timeout_seconds=timeout,
+        fail_open=table.boolean("fail_open"),
+        status_on_error=int(status),
+        **http,
+        max_request_bytes=body[0],
+        allow_partial_message=body[1],
+        pack_as_bytes=body[2],
+        origin=origin,
+    )
+    _refuse_unknown(table, _PROVIDER_KEYS[kind])
+    return provider if len(table.report.problems) == problems else None
+
+
+def _http_fields(table: Fields) -> dict[str, Any]:
+    """The fields only an HTTP provider has, by ``ExtensionProvider`` field name."""
+    out: dict[str, Any] = {
+        key: tuple(table.value(key, _is_header_names, "a list of header names", ()))
+        for key in (
+            "include_request_headers_in_check",
+            "headers_to_upstream_on_allow",
+            "headers_to_downstream_on_deny",
+            "headers_to_downstream_on_allow",
+        )
+    }
+    what = "a table of header name = value strings"
+    additional = table.value("include_additional_headers_in_check", _is_header_values, what, {})
+    out["include_additional_headers_in_check"] = tuple(sorted(additional.items()))
+    out["path_prefix"] = table.value("path_prefix", _is_url_path, 'a path starting with "/"', "")
+    return out
+
+
+def _request_body(table: Fields) -> tuple[int, bool, bool]:
+    """``include_request_body_in_check``: (max_request_bytes, allow_partial_message,
+    pack_as_bytes); (0, False, False) when absent (the body is not sent)."""
+    body = _table(table, _PROVIDER_BODY, _BODY_KEYS)
+    if body is None:
+        return 0, False, False
+    size = body.value("max_request_bytes", _is_positive, "a positive number of bytes")
+    if size is None and not body.has("max_request_bytes"):
+        body.error("max_request_bytes", "missing: how many bytes of the body to send")
+    out = (
+        int(size or 0),
+        body.boolean("allow_partial_message"),
+        body.boolean("pack_as_bytes"),
+    )
+    _refuse_unknown(body, _BODY_KEYS)
+    return out
+
+
+def _seconds(table: Fields, key: str) -> float:
+    """A duration: a number of seconds, or a string like ``"0.5s"`` or ``"250ms"`` (0:
+    absent)."""
+    raw = table.data.get(key)
+    if _is_number(raw):
+        return float(table.value(key, _is_finite_non_negative, "a non-negative duration", 0.0))
+    found = table.duration(key)
+    return found.total_seconds() if found is not None else 0.0
+
+
+def _is_finite_non_negative(value: Any) -> bool:
+    return _is_non_negative(value) and math.isfinite(value)
+
+
+def _is_host(value: Any) -> bool:
+    """A DNS name (letters, digits, ``-``, ``.``; no scheme, port or path)."""
+    host = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
+    return _is_text(value) and re.fullmatch(host, value) is not None
+
+
+def _is_status(value: Any) -> bool:
+    """An HTTP status code Envoy knows (``envoy.type.v3.StatusCode``), given as a number
+    or a string of digits (Istio writes ``"503"``)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value in _STATUS_CODES
+
+
+def _is_header_names(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(x, str) and _HEADER_NAME.fullmatch(x) is not None for x in value
+    )
+
+
+def _is_header_values(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        _HEADER_NAME.fullmatch(k) is not None and isinstance(v, str) for k, v in value.items()
+    )

@@ -71,6 +71,7 @@ class MeshState:
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
         self._loader = DirectoryLoader(config_dir, limits=limits)
         self._loader.mesh_tls = mesh_config.mtls
+        self._loader.extension_providers = mesh_config.extension_providers
         # Set when the mesh defaults changed in a way the next load must translate even
         # if the directory did not change (mesh mutual TLS: its files come with the load).
         self._retranslate = False
@@ -224,16 +225,23 @@ class MeshState:
         """Use ``mesh_config`` as the mesh-wide proxy defaults from now on. When it differs
         from the current one and a mesh is loaded, translate again (reusing every
         resource the defaults do not touch) and publish new snapshots for every watched
-        class; return True then. A change to mesh mutual TLS is translated by the next
+        class; return True then. A change to mesh mutual TLS or to the extension providers
+        is translated by the next
         ``load``/``apply`` instead, which reads its certificate files."""
         if mesh_config == self.mesh_config:
             return False
-        tls_changed = mesh_config.mtls != self.mesh_config.mtls
+        # Mesh mutual TLS comes with its certificate files, and extension providers are
+        # checked against the policies: both need a load.
+        needs_load = (
+            mesh_config.mtls != self.mesh_config.mtls
+            or mesh_config.extension_providers != self.mesh_config.extension_providers
+        )
         self.mesh_config = mesh_config
         self._loader.mesh_tls = mesh_config.mtls
+        self._loader.extension_providers = mesh_config.extension_providers
         if self.loaded is None:
             return False
-        if tls_changed or self._retranslate:
+        if needs_load or self._retranslate:
             # The loaded mesh lacks (or has stale) mesh certificate files until a load
             # succeeds with these settings: translating it now would fail every class.
             self._retranslate = True

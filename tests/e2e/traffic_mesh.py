@@ -335,6 +335,7 @@ class TrafficMesh:
         bootstrap_args: tuple[str, ...] = (),
         app_port: int = 0,
         protocol: str = "HTTP",
+        namespace: str = "",
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
         is written here, on its own address); return it once Envoy is LIVE.
@@ -343,10 +344,13 @@ class TrafficMesh:
         ``bootstrap_args`` are more ``xdsd bootstrap`` flags (e.g. ``--xds-tls-ca``).
         ``app_port`` is where the client's own application listens on 127.0.0.1 (its
         service's targetPort; default: a free port nobody listens on), speaking
-        ``protocol``."""
+        ``protocol``; ``namespace`` is the service's and the node's (default: default)."""
         ip, outbound_ip = self.ip(), self.ip()
         inbound_port = free_port(ip)
-        lines = f'kind = "Service"\nname = "{name}"\n\n[[ports]]\nname = "http"\n'
+        lines = f'kind = "Service"\nname = "{name}"\n'
+        if namespace:
+            lines += f'namespace = "{namespace}"\n'
+        lines += '\n[[ports]]\nname = "http"\n'
         target = app_port or free_port()
         lines += f'number = {inbound_port}\nprotocol = "{protocol}"\ntargetPort = {target}\n\n'
         lines += f'[[endpoints]]\naddress = "{ip}"\n'
@@ -380,6 +384,8 @@ class TrafficMesh:
         ]
         for k, v in (labels or {}).items():
             argv += ["--label", f"{k}={v}"]
+        if namespace:
+            argv += ["--namespace", namespace]
         if locality:
             argv += ["--locality", locality]
         argv += bootstrap_args

@@ -2,9 +2,10 @@
 
 A cluster with EDS needs its ClusterLoadAssignment; a listener whose HTTP connection
 manager uses RDS needs its RouteConfiguration; a route configuration needs the clusters
-its routes name (destinations and mirrors), and the clusters its ``jwt_authn`` filter
-fetches key sets through; a cluster or listener whose TLS transport
-socket names SDS secrets needs those Secrets. Computed once, when a ``Resource`` is made.
+its routes name (destinations and mirrors); a ``jwt_authn`` filter needs the clusters it
+fetches key sets through, an external authorization filter (HTTP or network) the cluster
+of its server; a cluster or listener whose TLS transport socket names SDS secrets needs
+those Secrets. Computed once, when a ``Resource`` is made.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -23,6 +26,8 @@ from google.protobuf.message import Message
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _TCP = tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
 _JWT_AUTHN = "/" + jwt_pb2.JwtAuthentication.DESCRIPTOR.full_name
+_HTTP_EXT_AUTHZ = http_ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name
+_TCP_EXT_AUTHZ = tcp_ext_authz_pb2.ExtAuthz.DESCRIPTOR.full_name
 _CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -107,6 +112,14 @@ def _typed_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
         for http_filter in hcm.http_filters:
             if http_filter.typed_config.type_url.endswith(_JWT_AUTHN):
                 _jwks_refs(http_filter.typed_config, refs)
+            elif http_filter.typed_config.type_url.endswith("/" + _HTTP_EXT_AUTHZ):
+                authz = http_ext_authz_pb2.ExtAuthz()
+                http_filter.typed_config.Unpack(authz)
+                _ext_authz_refs(authz, refs)
+    elif full == _TCP_EXT_AUTHZ:
+        tcp_authz = tcp_ext_authz_pb2.ExtAuthz()
+        any_msg.Unpack(tcp_authz)
+        _ext_authz_refs(tcp_authz, refs)
     elif full == _TCP:
         tcp = tcp_proxy_pb2.TcpProxy()
         any_msg.Unpack(tcp)
@@ -123,6 +136,14 @@ def _jwks_refs(any_msg: Message, refs: list[tuple[str, str]]) -> None:
     for provider in jwt.providers.values():
         if provider.HasField("remote_jwks"):
             refs.append((_CLUSTER, provider.remote_jwks.http_uri.cluster))
+
+
+def _ext_authz_refs(authz: Message, refs: list[tuple[str, str]]) -> None:
+    """The cluster an ext_authz filter (HTTP or network) asks its server through."""
+    if authz.HasField("grpc_service") and authz.grpc_service.HasField("envoy_grpc"):
+        refs.append((_CLUSTER, authz.grpc_service.envoy_grpc.cluster_name))
+    elif authz.DESCRIPTOR.fields_by_name.get("http_service") and authz.HasField("http_service"):
+        refs.append((_CLUSTER, authz.http_service.server_uri.cluster))
 
 
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:

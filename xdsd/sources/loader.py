@@ -21,10 +21,11 @@ from xdsd.errors import ConfigError, Problem, Severity
 from xdsd.model import (
     Mesh,
 )
-from xdsd.model.mesh_config import NO_MESH_TLS, MeshTLS
+from xdsd.model.mesh_config import NO_MESH_TLS, ExtensionProvider, MeshTLS
 from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
+from xdsd.sources.crosscheck.providers import provider_problems
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.peer_authentication import peer_authentication_problems
@@ -49,10 +50,15 @@ class LoadResult:
 
 
 def load_directory(
-    root: str, *, mesh_tls: MeshTLS = NO_MESH_TLS, limits: ParseLimits = DEFAULT_LIMITS
+    root: str,
+    *,
+    mesh_tls: MeshTLS = NO_MESH_TLS,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    extension_providers: tuple[ExtensionProvider, ...] = (),
 ) -> LoadResult:
     """Load every config file under ``root`` (and the files of ``mesh_tls``) under
-    ``limits``.
+    ``limits``; CUSTOM AuthorizationPolicies are checked against the settings'
+    ``extension_providers`` (``crosscheck.providers``).
 
     Raises ConfigError (listing every error, warnings excluded) when anything is wrong:
     ``root`` missing or not a directory, anything under it that cannot be listed, stat'ed
@@ -61,6 +67,7 @@ def load_directory(
     """
     loader = DirectoryLoader(root, limits=limits)
     loader.mesh_tls = mesh_tls
+    loader.extension_providers = extension_providers
     return loader.load()
 
 
@@ -105,6 +112,9 @@ class DirectoryLoader:
         #: read as ``CertificateFiles`` says, and ISTIO_MUTUAL (and a PeerAuthentication
         #: asking for PERMISSIVE or STRICT) is refused while it is off.
         self.mesh_tls: MeshTLS = NO_MESH_TLS
+        #: The settings' ``[[mesh.extension_providers]]``: what CUSTOM
+        #: AuthorizationPolicies may name (``crosscheck.providers``).
+        self.extension_providers: tuple[ExtensionProvider, ...] = ()
 
     def _reset(self) -> None:
         """Forget every file, listing, check and memo: the next load is a cold one."""
@@ -180,6 +190,7 @@ class DirectoryLoader:
         problems = [*listing_problems, *self._check.problems(), *sidecar_problems(mesh.sidecars)]
         problems.extend(peer_authentication_problems(mesh.peer_authentications, self.mesh_tls))
         problems.extend(certificates.istio_mutual)
+        problems.extend(provider_problems(mesh, self.extension_providers))
         certificate_problems = certificates.problems
         located = {(p.path, p.line, p.field) for p in problems}
         problems.extend(p for p in certificate_problems if (p.path, p.line, p.field) not in located)

@@ -55,9 +55,19 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from xdsd.errors import Problem, TranslationError
-from xdsd.model import DOMAIN_SUFFIX, HTTPMatch, L4Match, Mesh, ResourceKey, VirtualService
+from xdsd.model import (
+    DOMAIN_SUFFIX,
+    HTTPMatch,
+    L4Match,
+    Mesh,
+    Port,
+    Protocol,
+    ResourceKey,
+    VirtualService,
+)
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
 from xdsd.resources import pack
+from xdsd.translate import authz, jwt_authn
 from xdsd.translate.cluster_policy import san_matcher, set_tls_socket
 from xdsd.translate.l4 import route_clusters
 from xdsd.translate.listeners import (
@@ -71,6 +81,7 @@ from xdsd.translate.node import ConfigSourceKind
 from xdsd.translate.route_actions import MAX_DIRECT_RESPONSE_BODY
 from xdsd.translate.route_matches import Caller
 from xdsd.translate.secrets import add_certificate, add_mesh_identity, add_validation
+from xdsd.translate.workload_security import NO_POLICIES, WorkloadPolicies
 
 #: Server protocols whose servers merge into one plain HTTP connection manager.
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
@@ -558,9 +569,16 @@ def downstream_tls_context(
     return ctx
 
 
-def gateway_listener(plan: GatewayListenerPlan, source: ConfigSourceKind) -> Any:
+def gateway_listener(
+    plan: GatewayListenerPlan,
+    source: ConfigSourceKind,
+    policies: WorkloadPolicies = NO_POLICIES,
+) -> Any:
     """The listener of ``plan``: ``enable_reuse_port: false``, the TLS inspector when a
-    chain matches SNI, a filter chain per chain plan in order."""
+    chain matches SNI, a filter chain per chain plan in order. ``policies`` (those that
+    select the gateway node) put the security filters of a sidecar's inbound side in
+    every chain: ``jwt_authn`` then the authorization filters before the router, the
+    authorization network filters before the TCP proxy."""
     listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
     sock = listener.address.socket_address
     sock.address = plan.bind
@@ -576,12 +594,19 @@ def gateway_listener(plan: GatewayListenerPlan, source: ConfigSourceKind) -> Any
             context = downstream_tls_context(spec.tls, http=spec.http, source=source)
             set_tls_socket(chain.transport_socket, context)
         if spec.route_name:
+            port = Port(plan.port, Protocol.HTTP)
+            configured = jwt_authn.http_filters(policies) + authz.http_filters(policies, port)
             hcm = http_connection_manager(
-                spec.stat_prefix, rds=(spec.route_name, source), filters=RULE_FILTERS
+                spec.stat_prefix,
+                rds=(spec.route_name, source),
+                filters=RULE_FILTERS,
+                configured=configured,
             )
             hcm.use_remote_address.value = True
             chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(hcm))
             continue
+        for name, typed in authz.network_filters(policies, Port(plan.port, Protocol.TCP)):
+            chain.filters.add(name=name).typed_config.CopyFrom(pack(typed))
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=spec.stat_prefix)
         if len(spec.clusters) == 1:
             proxy.cluster = spec.clusters[0][0]

@@ -74,6 +74,7 @@ API version v2 is not translated here: every resource is v3.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -243,7 +244,7 @@ class MeshTranslation:
         builds on succeeded), and they are raised together."""
         flavor = cluster_flavor(node)
         problems: list[Problem] = []
-        scope = self._scoping.scope(node)
+        scope = self._with_providers(node, self._scoping.scope(node))
         base: Snapshot | None = None
         try:
             builders = self._base_builders
@@ -279,6 +280,22 @@ class MeshTranslation:
         if problems or base is None:
             raise TranslationError(problems)
         return self._assembly.consistent(node, flavor, base, chosen, changes, scope.clusters)
+
+    def _with_providers(self, node: NodeClass, scope: Scope) -> Scope:
+        """``scope`` with the services of the extension providers ``node``'s CUSTOM
+        AuthorizationPolicies name: their ext_authz filters ask the server through its
+        cluster (``outbound|PORT||HOST``), which a Sidecar's egress may leave out."""
+        if scope.clusters is None or node.client is ClientKind.GRPC:
+            return scope
+        providers = self._parts.policies(node).providers
+        wanted = {
+            service.key
+            for service in (self.mesh.service(p.service, node.namespace) for p in providers)
+            if service is not None
+        }
+        if wanted <= scope.clusters:
+            return scope
+        return dataclasses.replace(scope, clusters=scope.clusters | wanted)
 
     def _parts_of(self, node: NodeClass, scope: Scope) -> list[Callable[[], Iterable[Resource]]]:
         """The stage *parts* of ``node``: what its kind receives besides its base, in the

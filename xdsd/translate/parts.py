@@ -298,8 +298,9 @@ class ClassParts:
     def gateway(
         self, node: NodeClass, source: ConfigSourceKind, style: MatcherStyle
     ) -> tuple[Resource, ...]:
-        """The listeners and route configurations of a gateway node (see ``gateways``);
-        nothing when no Gateway selects it."""
+        """The listeners and route configurations of a gateway node (see ``gateways``),
+        enforcing the security policies that select the node (``policies``); nothing
+        when no Gateway selects it."""
         selected = tuple(g for g in self.mesh.gateways if selects(g, node.labels))
         if not selected:
             return ()
@@ -307,7 +308,10 @@ class ClassParts:
         rules = {vs.key: vs for g in selected for vs in bound.get(g.key, ())}
         caller = caller_of(node.labels, node.namespace, relevance_of(rules.values()))
         address = self._scoping.instance_ip(node)
-        return self._selections.get(self._gateway, selected, address, source, style, caller)
+        policies = self.policies(node)
+        return self._selections.get(
+            self._gateway, selected, address, source, style, caller, policies
+        )
 
     def _bound_rules(self) -> dict[ResourceKey, tuple[VirtualService, ...]]:
         """The VirtualServices bound to each Gateway (computed once)."""
@@ -322,13 +326,19 @@ class ClassParts:
         source: ConfigSourceKind,
         style: MatcherStyle,
         caller: Caller,
+        policies: WorkloadPolicies,
     ) -> list[Resource]:
-        """The selection ``gateway`` memoizes."""
+        """The selection ``gateway`` memoizes (``policies``: those that select the
+        gateway node, enforced on its listeners)."""
         bound = self._bound_rules()
         builder = self._routes.builder(style)
         plan = plan_gateway(self.mesh, selected, bound, address)
         memo = self._memo
-        out = [memo.resource(gateway_listener, listener, source) for listener in plan.listeners]
+        out = [
+            memo.resource(gateway_listener, listener, source, policies)
+            for listener in plan.listeners
+        ]
+        out.extend(jwt_authn.jwks_clusters(policies))
         secrets = {n for r in out for t, n in r.references if t == SECRET}
         out.extend(s for s in map(self._secrets.get, sorted(secrets)) if s is not None)
         problems: list[Problem] = []
