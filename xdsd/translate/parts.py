@@ -338,7 +338,7 @@ class ClassParts:
             memo.resource(gateway_listener, listener, source, policies)
             for listener in plan.listeners
         ]
-        out.extend(jwt_authn.jwks_clusters(policies))
+        out.extend(jwt_authn.jwks_clusters(policies, memo))
         secrets = {n for r in out for t, n in r.references if t == SECRET}
         out.extend(s for s in map(self._secrets.get, sorted(secrets)) if s is not None)
         problems: list[Problem] = []
