@@ -53,6 +53,7 @@ KINDS = (
     "already routed",
     "is not an IP address",
     "HTTP-only",
+    "one rule per issuer",
 )
 ISTIO = "networking.istio.io/v1"
 #: Hosts of ServiceEntries: their own, shared with services, and a service's full name.
@@ -149,6 +150,22 @@ def authorization_policy(rng: random.Random) -> str:
     )
 
 
+def request_authentication(rng: random.Random) -> str:
+    """A policy accepting one or two of a few issuers, in the default, another or the root
+    namespace, with or without a selector: issuers meet on the workloads of services."""
+    namespace = rng.choice(["default", "default", "other", "istio-system"])
+    selector = rng.choice(
+        ["", "  selector: {matchLabels: {version: v1}}\n", "  selector: {matchLabels: {app: x}}\n"]
+    )
+    issuers = rng.sample(["iss-a", "iss-b", "iss-c"], rng.randint(1, 2))
+    rules = "".join(f"  - {{issuer: {i}, jwksUri: 'http://keys.test/{i}'}}\n" for i in issuers)
+    return (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+        f"metadata: {{name: j{rng.randint(1, 3)}, namespace: {namespace}}}\n"
+        f"spec:\n{selector}  jwtRules:\n{rules}"
+    )
+
+
 def destination_rule(rng: random.Random) -> str:
     subsets = rng.choice(
         [
@@ -232,6 +249,8 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
         )
     if rng.random() < 0.3:
         docs.append(authorization_policy(rng).replace("name: p", f"name: p-{own}-"))
+    if rng.random() < 0.15:
+        docs.append(request_authentication(rng).replace("name: j", f"name: j-{own}-"))
     if rng.random() < 0.6:
         target = rng.choice([*existing, own]) if rng.random() < 0.5 else own
         host = rng.choice([*existing, "shared.example"]) if conflict and existing else own
@@ -260,6 +279,7 @@ def contents(rng: random.Random, root: Path, slot: str, wild: bool) -> str:
             workload_entry,
             workload_entry,
             authorization_policy,
+            request_authentication,
         ]
         docs = [rng.choice(makers)(rng) for _ in range(rng.randint(1, 3))]
     if rng.random() < (0.05 if wild else 0.02):
@@ -298,6 +318,7 @@ def origins(mesh: Mesh) -> list[object]:
         *mesh.service_entries,
         *mesh.workload_entries,
         *mesh.authorization_policies,
+        *mesh.request_authentications,
     )
     return [(r.key, r.origin) for r in everything] + [r.origin for r in mesh.raw_resources]
 
