@@ -32,6 +32,22 @@ KIND = "RequestAuthentication"
 Conflict = tuple[ResourceKey, int, ResourceKey, int, str]
 
 
+def _reaches(policy: RequestAuthentication, svc: Service) -> bool:
+    """True when ``policy`` applies to a workload of ``svc`` (see the module doc)."""
+    if policy.namespace not in (ROOT_NAMESPACE, svc.namespace):
+        return False
+    selector = policy.selector
+    if selector is None:
+        return True
+    return any(selector.selects(labels) for labels in _label_sets(svc))
+
+
+def _label_sets(svc: Service) -> set[tuple[tuple[str, str], ...]]:
+    """The labels of each workload of ``svc`` (one without labels when it has no
+    endpoints)."""
+    return {ep.labels for ep in svc.endpoints} or {()}
+
+
 def service_conflicts(
     svc: Service, policies: Iterable[RequestAuthentication]
 ) -> frozenset[Conflict]:
@@ -43,7 +59,7 @@ def service_conflicts(
     )
     if len(applying) < 2:
         return frozenset()
-    label_sets = {ep.labels for ep in svc.endpoints} or {()}
+    label_sets = _label_sets(svc)
     found: set[Conflict] = set()
     for labels in label_sets:
         seen: dict[str, tuple[ResourceKey, int]] = {}
@@ -127,16 +143,29 @@ class IssuerConflicts:
                 continue
             policy = policies.get(key)
             by_key = self._policies.setdefault(key.namespace, {})
+            old = by_key.get(key)
             if isinstance(policy, RequestAuthentication):
                 by_key[key] = policy
             else:
                 by_key.pop(key, None)
                 if not by_key:
                     del self._policies[key.namespace]
-            if key.namespace == ROOT_NAMESPACE:
-                recheck.update(k for t in self._services.values() for k in t)
-            else:
-                recheck.update(self._services.get(key.namespace, {}))
+            # Only the services the policy applied to before or applies to now can see
+            # their conflicts change.
+            tables = (
+                self._services.values()
+                if key.namespace == ROOT_NAMESPACE
+                else [self._services.get(key.namespace, {})]
+            )
+            reached = [p for p in (old, policy) if isinstance(p, RequestAuthentication)]
+            for table in tables:
+                if recheck.issuperset(table):  # a cold load: every service already
+                    continue
+                recheck.update(
+                    k
+                    for k, svc in table.items()
+                    if k not in recheck and any(_reaches(p, svc) for p in reached)
+                )
         for key in recheck:
             svc = self._services.get(key.namespace, {}).get(key)
             if svc is None:
