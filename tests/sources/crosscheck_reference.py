@@ -22,7 +22,9 @@ from xdsd.model import (
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
+from xdsd.sources.crosscheck.authorization import http_only_problems
 from xdsd.sources.crosscheck.gateways import gateway_problems
+from xdsd.sources.crosscheck.jwt_issuers import conflict_problems, service_conflicts
 from xdsd.sources.listing import list_config_files
 from xdsd.sources.service_entry import entry_services
 
@@ -96,6 +98,15 @@ def cross_check(
     defined = {g.key for g in others["Gateway"] if isinstance(g, Gateway)}
     for vs in mesh_sorted(virtual):
         problems.extend(gateway_problems(vs, defined)[1])
+    # AuthorizationPolicies (in key order) warn about HTTP-only fields on TCP ports.
+    for policy in mesh.authorization_policies:
+        problems.extend(http_only_problems(policy, mesh.services))
+    # RequestAuthentications: one issuer twice for the workloads of a service.
+    authentications = {p.key: p for p in mesh.request_authentications}
+    conflicts = {
+        svc.key: service_conflicts(svc, mesh.request_authentications) for svc in mesh.services
+    }
+    problems.extend(conflict_problems(conflicts, authentications))
     seen_raw: dict[tuple[str, str], RawResource] = {}
     for r in raw:
         first_raw = seen_raw.get((r.type_url, r.name))

@@ -52,6 +52,8 @@ KINDS = (
     "is not defined",
     "already routed",
     "is not an IP address",
+    "HTTP-only",
+    "one rule per issuer",
 )
 ISTIO = "networking.istio.io/v1"
 #: Hosts of ServiceEntries: their own, shared with services, and a service's full name.
@@ -73,6 +75,8 @@ def service(rng: random.Random) -> str:
             "[{number: 80, protocol: HTTP}]",
             "[{number: 81, protocol: HTTP}]",
             "[{number: 80, protocol: HTTP}, {number: 81, protocol: HTTP}]",
+            "[{number: 80, protocol: HTTP}, {number: 3306, protocol: TCP}]",
+            "[{number: 8443, protocol: TLS}]",
         ]
     )
     version = rng.choice(["v1", "v2"])
@@ -91,6 +95,7 @@ def service_entry(rng: random.Random) -> str:
             "[{number: 80, name: http, protocol: HTTP}]",
             "[{number: 80, name: http, protocol: HTTP, targetPort: 8080},"
             " {number: 81, name: h2, protocol: HTTP}]",
+            "[{number: 3306, name: tcp, protocol: TCP}]",
         ]
     )
     if rng.random() < 0.5:
@@ -113,6 +118,51 @@ def workload_entry(rng: random.Random) -> str:
     return (
         f"apiVersion: {ISTIO}\nkind: WorkloadEntry\nname: w{rng.randint(1, 3)}\n{namespace}"
         f"address: {address}\nlabels: {labels}\n{port}"
+    )
+
+
+def authorization_policy(rng: random.Random) -> str:
+    """A policy in the default, another or the root namespace, with or without a
+    selector (of services' or WorkloadEntries' labels), often with HTTP-only fields."""
+    namespace = rng.choice(["default", "default", "other", "istio-system"])
+    selector = rng.choice(
+        [
+            "",
+            "",
+            "  selector: {matchLabels: {version: v1}}\n",
+            "  selector: {matchLabels: {app: x}}\n",
+        ]
+    )
+    action = rng.choice(["ALLOW", "DENY", "AUDIT"])
+    rule = rng.choice(
+        [
+            "  - {}\n",
+            "  - to: [{operation: {paths: [/a]}}]\n",
+            "  - to: [{operation: {ports: ['3306'], methods: [GET]}}]\n",
+            "  - from: [{source: {requestPrincipals: ['*']}}]\n"
+            "    when: [{key: 'request.headers[x]', values: [y]}]\n",
+        ]
+    )
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: p{rng.randint(1, 2)}, namespace: {namespace}}}\n"
+        f"spec:\n{selector}  action: {action}\n  rules:\n{rule}"
+    )
+
+
+def request_authentication(rng: random.Random) -> str:
+    """A policy accepting one or two of a few issuers, in the default, another or the root
+    namespace, with or without a selector: issuers meet on the workloads of services."""
+    namespace = rng.choice(["default", "default", "other", "istio-system"])
+    selector = rng.choice(
+        ["", "  selector: {matchLabels: {version: v1}}\n", "  selector: {matchLabels: {app: x}}\n"]
+    )
+    issuers = rng.sample(["iss-a", "iss-b", "iss-c"], rng.randint(1, 2))
+    rules = "".join(f"  - {{issuer: {i}, jwksUri: 'http://keys.test/{i}'}}\n" for i in issuers)
+    return (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+        f"metadata: {{name: j{rng.randint(1, 3)}, namespace: {namespace}}}\n"
+        f"spec:\n{selector}  jwtRules:\n{rules}"
     )
 
 
@@ -192,6 +242,15 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
             f"apiVersion: {ISTIO}\nkind: WorkloadEntry\nname: w-{own}\naddress: {address}\n"
             f"labels: {{app: {app}}}\n"
         )
+    if rng.random() < 0.3:
+        docs.append(
+            f"kind: Service\nname: t-{own}\nports: [{{number: 3306, protocol: TCP}}]\n"
+            f"endpoints: [{{address: 10.0.5.{rng.randint(1, 9)}, labels: {{version: v1}}}}]\n"
+        )
+    if rng.random() < 0.3:
+        docs.append(authorization_policy(rng).replace("name: p", f"name: p-{own}-"))
+    if rng.random() < 0.15:
+        docs.append(request_authentication(rng).replace("name: j", f"name: j-{own}-"))
     if rng.random() < 0.6:
         target = rng.choice([*existing, own]) if rng.random() < 0.5 else own
         host = rng.choice([*existing, "shared.example"]) if conflict and existing else own
@@ -219,6 +278,8 @@ def contents(rng: random.Random, root: Path, slot: str, wild: bool) -> str:
             service_entry,
             workload_entry,
             workload_entry,
+            authorization_policy,
+            request_authentication,
         ]
         docs = [rng.choice(makers)(rng) for _ in range(rng.randint(1, 3))]
     if rng.random() < (0.05 if wild else 0.02):
@@ -256,6 +317,8 @@ def origins(mesh: Mesh) -> list[object]:
         *mesh.virtual_services,
         *mesh.service_entries,
         *mesh.workload_entries,
+        *mesh.authorization_policies,
+        *mesh.request_authentications,
     )
     return [(r.key, r.origin) for r in everything] + [r.origin for r in mesh.raw_resources]
 

@@ -25,7 +25,10 @@ Tokens are read where Envoy reads them by default (``Authorization: Bearer`` and
 ``access_token`` query parameter), as Istio leaves it, unless ``fromHeaders``,
 ``fromParams`` or ``fromCookies`` name places. Two rules of one workload for the same
 issuer (in different policies) are refused (``TranslationError`` at the second's line):
-which of them judges a token would otherwise depend on the order of files.
+which of them judges a token would otherwise depend on the order of files. The sources
+refuse the same at load for the workloads the files show
+(``sources.crosscheck.jwt_issuers``); this check stays for nodes whose labels no file
+shows.
 
 A ``jwksUri`` is fetched by Envoy when a token first needs it (and again when its cache,
 Envoy's default duration, runs out), through the cluster ``jwks|HOST|PORT`` that

@@ -26,6 +26,8 @@ One module per concern, each holding its own indexes: ``definitions`` (winners a
 duplicates by key), ``entries`` (services derived from ServiceEntries), ``hosts`` (the
 owner of each host name), ``rules`` (the DestinationRule applied to each service),
 ``virtual_services`` (checked VirtualServices, what they looked up, overlaps; the check
-of one rule itself is ``routes``), ``gateways`` (Gateways named by VirtualServices).
+of one rule itself is ``routes``), ``gateways`` (Gateways named by VirtualServices),
+``authorization`` (AuthorizationPolicies' HTTP-only fields on TCP/TLS ports),
+``jwt_issuers`` (one issuer in two RequestAuthentications of one workload).
 ``directory.CrossCheck`` composes them in that order and builds the mesh.
 """

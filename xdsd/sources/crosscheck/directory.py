@@ -18,11 +18,13 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.mesh import OTHER_KINDS
+from xdsd.sources.crosscheck.authorization import HttpOnlyWarnings
 from xdsd.sources.crosscheck.definitions import Definitions
 from xdsd.sources.crosscheck.entries import EntryServices
 from xdsd.sources.crosscheck.gateways import GatewayReferences
 from xdsd.sources.crosscheck.hosts import HostOwners, ServiceChange
 from xdsd.sources.crosscheck.index import replace_entry
+from xdsd.sources.crosscheck.jwt_issuers import IssuerConflicts
 from xdsd.sources.crosscheck.rules import RuleTargets
 from xdsd.sources.crosscheck.virtual_services import VirtualServiceChecks
 
@@ -77,6 +79,8 @@ class CrossCheck:
         self._targets = RuleTargets()
         self._checks = VirtualServiceChecks()
         self._gateways = GatewayReferences()
+        self._http_only = HttpOnlyWarnings()
+        self._issuers = IssuerConflicts()
         # The sorted tuples of the mesh.
         self._sorted_others: dict[str, _Sorted[ResourceKey, MeshObject]] = {
             k: _Sorted() for k in OTHER_KINDS
@@ -138,6 +142,8 @@ class CrossCheck:
         )
         gateways = {k for k in others if k.kind == "Gateway"}
         self._gateways.update(checked, gateways, self._virtual, self._others["Gateway"])
+        self._http_only.update(others, services, self._others["AuthorizationPolicy"])
+        self._issuers.update(others, services, self._others["RequestAuthentication"])
         return self._mesh(set(services), rules, checked, raw_touched, others)
 
     def problems(self) -> list[Problem]:
@@ -155,6 +161,8 @@ class CrossCheck:
         out.extend(self._targets.problems())
         out.extend(self._checks.problems())
         out.extend(self._gateways.problems())
+        out.extend(self._http_only.problems())
+        out.extend(self._issuers.problems())
         for first_raw, r in self._raw_defs.duplicates(order):
             kind = r.type_url.rsplit(".", 1)[-1]
             message = f"duplicate raw {kind} {r.name!r}: also defined at {first_raw.origin}"
