@@ -7,6 +7,8 @@ echo ``pipe``). The policies that select the node (its namespace and labels, or 
 namespace) put RBAC and ``jwt_authn`` in front of the router and RBAC in front of the
 TCP proxy, as on a sidecar's inbound side. Clients connect from two loopback addresses
 of their own (``allowed`` and ``denied``), which is the peer address the gateway sees.
+xdsd's settings declare one HTTP ext_authz provider (a small real server, a
+ServiceEntry host) for CUSTOM policies; a JWKS document is served by a real HTTP server.
 
 Each test starts from no policy (every peer let in), writes the policies of its case to
 ``rules/policy.yaml`` and waits until a probe answers the way that case makes it
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.e2e.security.ext_authz import HttpAuthz
 from tests.e2e.security.test_request_authentication import JwksServer
 from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
 from tests.e2e.upstreams import Upstream
@@ -30,6 +33,21 @@ from tests.jwt_signer import SigningKey, claims, jwks
 NAMESPACE = "infra"
 LABELS = {"istio": "ingressgateway"}
 ISSUER = "https://issuer.gateway.test"
+AUTHZ_HOST = "authz.gateway.test"
+
+
+def settings(authz_port: int) -> str:
+    """xdsd's settings: one HTTP ext_authz provider for CUSTOM policies."""
+    return f"""\
+[[mesh.extension_providers]]
+name = "edge-authz"
+[mesh.extension_providers.envoy_ext_authz_http]
+service = "{AUTHZ_HOST}"
+port = {authz_port}
+timeout = "2s"
+include_request_headers_in_check = ["x-ext-authz"]
+headers_to_downstream_on_deny = ["x-ext-authz-check"]
+"""
 
 
 def routing(http_port: int, tcp_port: int, pipe_port: int) -> str:
@@ -59,6 +77,21 @@ spec:
 """
 
 
+def authz_entry(address: str, port: int) -> str:
+    """The ext_authz server as a mesh host outside the mesh (asked in plaintext)."""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: edge-authz, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{AUTHZ_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: {address}}}]
+"""
+
+
 @dataclass
 class World:
     mesh: TrafficMesh
@@ -72,6 +105,7 @@ class World:
     key: SigningKey
     stranger: SigningKey
     server: JwksServer
+    authz: HttpAuthz
 
     def policies(self, text: str) -> None:
         """Write ``rules/policy.yaml`` (empty text: remove it, no policy)."""
@@ -134,8 +168,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # The same key id with another key: its signatures do not verify.
     stranger = SigningKey.generate("RS256", "gw-1")
     server = JwksServer(jwks(key))
+    authz: HttpAuthz | None = None
     try:
         with TrafficMesh(root) as mesh:
+            authz = HttpAuthz(mesh.ip())
+            (root / "settings.toml").write_text(settings(authz.port))
+            mesh.xdsd_args = ["--settings", str(root / "settings.toml")]
+            mesh.rule("edge-authz", authz_entry(authz.host, authz.port))
             ip = mesh.gateway_ip("ingress")
             http_port, tcp_port, pipe_port = free_port(ip), free_port(ip), free_port()
             web = mesh.upstream("web")
@@ -155,6 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 key,
                 stranger,
                 server,
+                authz,
             )
             world.until(
                 lambda: world.status() == 200 and world.tcp(world.allowed) == b"pipe:hello",
@@ -163,6 +203,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield world
     finally:
         server.stop()
+        if authz is not None:
+            authz.stop()
 
 
 @pytest.fixture
@@ -352,3 +394,40 @@ def test_remote_ip_blocks_use_the_peer_not_x_forwarded_for(w: World) -> None:
     assert w.status(source=w.allowed) == 200
     assert w.status(source=w.denied, headers={"X-Forwarded-For": w.allowed}) == 403
     assert w.status(source=w.allowed, headers={"X-Forwarded-For": w.denied}) == 200
+
+
+CUSTOM = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-check, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: CUSTOM
+  provider: {{name: edge-authz}}
+  rules:
+  - to: [{{operation: {{paths: ["/ext/*"], ports: ["{port}"]}}}}]
+"""
+
+
+def test_custom_policy_asks_the_ext_authz_server(w: World) -> None:
+    """A CUSTOM policy selecting the gateway: the requests its rule matches are checked
+    by a real HTTP ext_authz server (through the cluster of the provider's mesh host,
+    which xdsd adds to the gateway's snapshot), denied with its 403 and headers unless
+    it allows them; other requests pass unchecked. The rule names the HTTP port, so the
+    TCP server stays open."""
+    w.policies(CUSTOM.format(namespace=NAMESPACE, port=w.http_port))
+    w.until(lambda: w.status("/ext/a") == 403, "the gateway's CUSTOM policy")
+    checked = len(w.authz.checked)
+    denied = w.gateway.request(w.http_port, "web.example.com", "/ext/b", source=w.allowed)
+    assert (denied.status, denied.headers.get("x-ext-authz-check")) == (403, "denied")
+    allowed = w.gateway.request(
+        w.http_port,
+        "web.example.com",
+        "/ext/c",
+        headers={"x-ext-authz": "allow"},
+        source=w.allowed,
+    )
+    assert (allowed.status, allowed.backend) == (200, "web")
+    assert w.status("/elsewhere") == 200
+    assert w.authz.checked[checked:] == ["/ext/b", "/ext/c"]
+    assert w.tcp(w.allowed) == b"pipe:hello"
