@@ -142,14 +142,20 @@ class GatewayNode:
         cafile: Path | None = None,
         cert: CertFiles | None = None,
         timeout: float = 10.0,
+        source: str = "",
     ) -> Reply:
         """One HTTP/1.1 request to the listener on ``port`` with ``Host: host``; with
         ``tls``, over TLS with SNI ``sni`` (default: ``host`` without port), verifying
-        the server against ``cafile`` and presenting client certificate ``cert``."""
-        conn = http.client.HTTPConnection(self.ip, port, timeout=timeout)
+        the server against ``cafile`` and presenting client certificate ``cert``; from
+        the local address ``source`` when given (a loopback address: the peer address
+        the gateway sees)."""
+        bind = (source, 0) if source else None
+        conn = http.client.HTTPConnection(self.ip, port, timeout=timeout, source_address=bind)
         try:
             if tls:
-                raw = socket.create_connection((self.ip, port), timeout=timeout)
+                raw = socket.create_connection(
+                    (self.ip, port), timeout=timeout, source_address=bind
+                )
                 ctx = client_tls_context(cafile, cert)
                 conn.sock = ctx.wrap_socket(raw, server_hostname=sni or host.split(":")[0])
             conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
@@ -191,9 +197,12 @@ class GatewayNode:
             s.sendall(data)
             return s.recv(65536), s.getpeercert() or {}
 
-    def tcp(self, port: int, data: bytes, timeout: float = 5.0) -> bytes:
-        """Send ``data`` to the listener on ``port``; return the first answer."""
-        with socket.create_connection((self.ip, port), timeout=timeout) as s:
+    def tcp(self, port: int, data: bytes, timeout: float = 5.0, source: str = "") -> bytes:
+        """Send ``data`` to the listener on ``port`` (from the local address ``source``
+        when given); return the first answer (empty when the gateway closed the
+        connection)."""
+        bind = (source, 0) if source else None
+        with socket.create_connection((self.ip, port), timeout=timeout, source_address=bind) as s:
             s.sendall(data)
             return s.recv(65536)
 
