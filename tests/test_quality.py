@@ -36,6 +36,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors",),
+    "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
     "xdsd.transports": (
         "xdsd.transports",

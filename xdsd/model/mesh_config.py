@@ -172,6 +172,12 @@ class MeshTLS:
     private_key: str = ""
     trust_domain: str = "cluster.local"
     trust_domain_aliases: tuple[str, ...] = ()
+    #: True when xdsd's own CA issues every proxy's certificate (``[mesh.ca]``): the
+    #: ``default`` secret is then each connected proxy's own, added to its snapshot by
+    #: the server, and ``ROOTCA`` is ``bundle`` (the PEM of every trusted authority,
+    #: set by the daemon once it has loaded the CA) instead of the ``ca`` file.
+    issued: bool = False
+    bundle: bytes = field(default=b"", repr=False)
     origin: Origin = field(default=NO_ORIGIN, compare=False)
 
     @property
@@ -195,6 +201,50 @@ class MeshTLS:
 
 
 NO_MESH_TLS = MeshTLS()
+
+
+@dataclass(frozen=True, slots=True)
+class CAAuthority:
+    """One certificate authority of ``[mesh.ca]`` (``[[mesh.ca.authorities]]``): the
+    operator's CA or intermediate (``cert`` and ``key``, absolute paths), or, with both
+    empty, one xdsd generates at first start and keeps in the state directory under
+    ``name``."""
+
+    name: str
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshCA:
+    """xdsd as the mesh's certificate authority (``[mesh.ca]``).
+
+    ``authorities`` are all trusted (the bundle holds each one's certificate); ``signing``
+    names the one that issues (default: the first), so a CA is rotated in three settings
+    changes: add the new one, make it the signing one, remove the old one. Workload
+    certificates live ``workload_ttl_seconds`` and are renewed at ``renew_fraction`` of
+    their life. Tokens (``xdsd token``) are signed with ``token_key`` (an Ed25519 private
+    key file; empty: one generated in ``state_dir``) and refused when their id is in
+    ``revoked_tokens``. ``state_dir`` (absolute) holds what xdsd generates, created 0700.
+    """
+
+    state_dir: str
+    authorities: tuple[CAAuthority, ...] = ()
+    signing: str = ""
+    workload_ttl_seconds: float = 86400.0
+    renew_fraction: float = 0.5
+    key_type: str = "ecdsa-p256"
+    token_key: str = ""
+    revoked_tokens: tuple[str, ...] = ()
+    origin: Origin = field(default=NO_ORIGIN, compare=False)
+
+    @property
+    def signing_authority(self) -> CAAuthority:
+        """The authority that issues (``signing``, else the first)."""
+        for authority in self.authorities:
+            if authority.name == self.signing:
+                return authority
+        return self.authorities[0] if self.authorities else CAAuthority("default")
 
 
 class ExtAuthzKind(Enum):
@@ -248,6 +298,8 @@ class MeshConfig:
     outbound_traffic_policy: OutboundPolicy = OutboundPolicy.ALLOW_ANY
     mtls: MeshTLS = NO_MESH_TLS
     extension_providers: tuple[ExtensionProvider, ...] = ()
+    #: xdsd's own CA (``[mesh.ca]``); None: certificates come from ``mtls``'s files.
+    ca: MeshCA | None = None
 
     def extension_provider(self, name: str) -> ExtensionProvider | None:
         """The extension provider called ``name`` (None when the settings declare none)."""
