@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from xdsd.admin.metrics import Metrics
+from xdsd.ca.observer import IssuanceObserver
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, Severity
@@ -147,3 +148,19 @@ def test_two_daemons_in_one_process_share_nothing() -> None:
     assert ("xdsd_responses_total", labels) not in samples(second)
     assert ("xdsd_connected_clients", (("transport", "ads"),)) not in samples(second)
     assert cache2.clients() == ()
+
+
+def test_certificates_issued_renewed_and_identities_refused() -> None:
+    metrics, *_ = setup()
+    observer: IssuanceObserver = metrics  # the CA side's observer, structurally
+    observer.on_issued(renewal=False)
+    observer.on_issued(renewal=False)
+    observer.on_issued(renewal=True)
+    observer.on_identity_refused("token_expired")
+    observer.on_identity_refused("identity_mismatch")
+    observer.on_identity_refused("identity_mismatch")
+    got = samples(metrics)
+    assert got["xdsd_certificates_issued_total", ()] == 3
+    assert got["xdsd_certificate_renewals_total", ()] == 1
+    assert got["xdsd_identity_refused_total", (("reason", "token_expired"),)] == 1
+    assert got["xdsd_identity_refused_total", (("reason", "identity_mismatch"),)] == 2

@@ -137,6 +137,24 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.certificates_issued = Counter(
+            "xdsd_certificates_issued",
+            "Workload certificates xdsd's CA signed for proxies (first ones and renewals).",
+            registry=r,
+        )
+        self.certificate_renewals = Counter(
+            "xdsd_certificate_renewals",
+            "Workload certificates that replaced one the same proxy held (timer renewals, "
+            "re-issues after a CA rotation); also counted in xdsd_certificates_issued.",
+            registry=r,
+        )
+        self.identity_refused = Counter(
+            "xdsd_identity_refused",
+            "Proxies refused a workload identity, by reason (token_expired, token_revoked, "
+            "token_invalid, no_credential, identity_mismatch, ...).",
+            ["reason"],
+            registry=r,
+        )
         self._sent: dict[tuple[str, str], Any] = {}
         self._acked: dict[tuple[str, str], Any] = {}
         self._rejected: dict[tuple[str, str], Any] = {}
@@ -181,6 +199,16 @@ class Metrics:
     def on_refused(self, listener: str, reason: str) -> None:
         """Count a refusal (the transports' ``RefusalObserver``)."""
         self.refused.labels(listener, reason).inc()
+
+    def on_issued(self, *, renewal: bool) -> None:
+        """Count a workload certificate signed (the CA side's ``IssuanceObserver``)."""
+        self.certificates_issued.inc()
+        if renewal:
+            self.certificate_renewals.inc()
+
+    def on_identity_refused(self, reason: str) -> None:
+        """Count a proxy refused its identity, by ``reason`` (``IssuanceObserver``)."""
+        self.identity_refused.labels(reason).inc()
 
     def observe_reload(self, seconds: float, outcome: str) -> None:
         """A reload took ``seconds``; ``outcome`` is applied, unchanged or refused."""
