@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from types import MappingProxyType
 from typing import Generic, Literal, Protocol, TypeVar
 
@@ -91,9 +92,33 @@ class TypeStatus:
 _EMPTY_TYPE = TypeStatus()
 
 
+#: How a client proved who it is (``ClientIdentity.credential``).
+CredentialKind = Literal["token", "certificate"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """The mesh identity xdsd's CA issued to one connected client (``[mesh.ca]``), for
+    the operator's views (``/debug/clients``, the status page, ``xdsd status``,
+    ``/metrics``): the certificate's SPIFFE id, ``serial`` (hex), ``not_before`` and
+    ``not_after`` (aware UTC), how the client proved it (``credential``: an xdsd token
+    or its xDS client certificate), the token's id (empty for a certificate), and how
+    many certificates this client has been issued on this stream (1 at first, one more
+    per renewal or re-issue). Never a key or a token: nothing here is secret."""
+
+    spiffe_id: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    credential: CredentialKind
+    token_id: str = ""
+    issued: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class ClientStatus:
-    """One client (a gRPC stream or a REST poller) as the admin server shows it."""
+    """One client (a gRPC stream or a REST poller) as the admin server shows it;
+    ``identity`` is the certificate xdsd's CA issued it, if any (``ClientIdentity``)."""
 
     client_id: str
     node_id: str
@@ -103,6 +128,7 @@ class ClientStatus:
     connected_at: float
     disconnected_at: float | None = None
     types: Mapping[TypeUrl, TypeStatus] = field(default_factory=lambda: _NO_TYPES)
+    identity: ClientIdentity | None = None
 
     def type_status(self, type_url: TypeUrl) -> TypeStatus:
         """The status of one type (all empty when nothing happened yet)."""
@@ -264,6 +290,14 @@ class SnapshotCache(Generic[K]):
         self._holders.pop(key, None)
         self._release(key)
 
+    def record_identity(self, client_id: str, identity: ClientIdentity | None) -> None:
+        """The client now holds ``identity`` (issued, renewed or re-issued; None: none).
+        A client not recorded (or no longer connected) is ignored."""
+        status = self._clients.get(client_id)
+        if status is None or not status.connected:
+            return
+        self._clients[client_id] = replace(status, identity=identity)
+
     def client(self, client_id: str) -> ClientStatus | None:
         """The record of one client."""
         return self._clients.get(client_id)
@@ -383,4 +417,5 @@ class SnapshotCache(Generic[K]):
             status.connected_at,
             status.disconnected_at,
             MappingProxyType(types),
+            status.identity,
         )
