@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from xdsd.admin.identities import soonest_expiry
 from xdsd.cache.cache import SYNC_STATES, SnapshotCache
 from xdsd.errors import Problem
 from xdsd.resources import SHORT_NAMES, TypeUrl
@@ -253,10 +254,14 @@ class StateCollector(Collector):
         connected: Tally[str] = Tally()
         by_type: Tally[tuple[str, ...]] = Tally()
         sync: Tally[tuple[str, str]] = Tally()
-        for client in self.cache.clients():
+        identities: Tally[tuple[str, ...]] = Tally()
+        clients = self.cache.clients()
+        for client in clients:
             if not client.connected:
                 continue
             connected[client.transport] += 1
+            if client.identity is not None:
+                identities[(client.identity.credential,)] += 1
             for type_url, status in client.types.items():
                 name = type_name(type_url)
                 by_type[client.transport, name] += 1
@@ -280,6 +285,23 @@ class StateCollector(Collector):
             ["type", "state"],
             {(t, s): sync.get((t, s), 0) for t in types for s in SYNC_STATES},
         )
+        yield _gauge(
+            "xdsd_workload_identities",
+            "Connected clients holding a workload certificate xdsd's CA issued, by the "
+            "credential they proved who they are with (token, certificate).",
+            ["credential"],
+            dict(identities),
+        )
+        soonest = soonest_expiry(clients)
+        expiry = GaugeMetricFamily(
+            "xdsd_certificate_soonest_expiry_timestamp_seconds",
+            "When the first of the certificates connected clients hold expires (Unix time; "
+            "absent while none holds one). Alert on it minus time() getting small: "
+            "renewals are not happening.",
+        )
+        if soonest is not None:
+            expiry.add_metric([], soonest)
+        yield expiry
         yield _gauge(
             "xdsd_config_errors",
             "Errors of the last refused reload (0 when the last reload loaded).",
