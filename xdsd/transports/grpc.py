@@ -20,7 +20,17 @@ the streams of one client address are counted, a stream that sends no first requ
 time is ended, a client that sends without reading is cut off (``max_queued_requests``);
 with client certificates, the node a stream names is checked against what its certificate
 may speak for. Each refusal ends that stream only, with RESOURCE_EXHAUSTED,
-DEADLINE_EXCEEDED or PERMISSION_DENIED, logged and reported to ``on_refused``.
+DEADLINE_EXCEEDED, PERMISSION_DENIED or UNAUTHENTICATED, logged and reported to
+``on_refused``.
+
+Identities (``[mesh.ca]``, ``xdsd.transports.identity``): with an ``IdentityProvider``,
+a stream proves who it is when it opens (its bearer token, else its client certificate)
+and gets an ``IdentityLease``; every snapshot the stream sends is then its *view*: its
+class's snapshot (shared by every client of the class) with the lease's resources (the
+client's own ``default`` secret) laid over it. When the lease changes (renewal, a new
+signing authority) the stream is woken and sends its new view, with no reconnect; when
+the lease ends it (revocation, a token that expired before renewal) the stream ends with
+the lease's status.
 
 Logging: each line about a stream carries ``client`` (the stream's id) and ``node`` (its
 node id), and lines about one type ``type`` and ``version``, as ``extra`` fields (see
@@ -44,12 +54,19 @@ from xdsd.errors import TranslationError
 from xdsd.protocol import Event, Nack, NotApplied, ProtocolError, record_events
 from xdsd.resources import SHORT_NAMES
 from xdsd.transports import SnapshotSource
+from xdsd.transports.identity import (
+    Credential,
+    IdentityLease,
+    IdentityProvider,
+    bearer_token,
+)
 from xdsd.transports.limits import (
     AddressCount,
     NodeAuthorizer,
     RefusalObserver,
     Refused,
     StreamLimits,
+    certificate_sans,
     ignore_refusal,
     node_identity,
 )
@@ -154,7 +171,8 @@ class DiscoveryStreams:
     """What both gRPC servers share to serve discovery streams from ``source``: the
     response encoder, stream ids, the open streams, the ``limits`` and streams counted per
     address; ``authorizer`` checks the node of each stream against its client
-    certificate; ``on_refused`` hears of every refusal."""
+    certificate; ``identities`` admits streams and issues their identities (see the
+    module docstring); ``on_refused`` hears of every refusal."""
 
     def __init__(
         self,
@@ -163,6 +181,7 @@ class DiscoveryStreams:
         limits: StreamLimits | None = None,
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        identities: IdentityProvider | None = None,
     ) -> None:
         self.source = source
         self.encoder = ResponseEncoder()
@@ -172,6 +191,7 @@ class DiscoveryStreams:
         self.addresses = AddressCount(self.limits.max_streams_per_address)
         self.authorizer = authorizer
         self.on_refused = on_refused
+        self.identities = identities
 
     async def serve(
         self,
@@ -179,9 +199,12 @@ class DiscoveryStreams:
         stream: MessageStream,
         address: str,
         certificate: Callable[[], dict[str, Any] | None],
+        authorization: Callable[[], Sequence[str | bytes]] = tuple,
     ) -> Ending | None:
         """Serve one stream of ``method`` from the client at ``address`` whose verified
-        certificate ``certificate()`` gives (asked only when nodes are authorized).
+        certificate ``certificate()`` gives (asked only when nodes are authorized or
+        identities issued) and whose ``authorization`` metadata values
+        ``authorization()`` gives (asked only when identities are issued).
         Returns None when the stream ended by itself (the client finished or went away),
         else the status to end it with (a refusal, a protocol error, shutdown); raises
         what the library's stream raised that is its own (e.g. grpclib's GRPCError)."""
@@ -192,7 +215,7 @@ class DiscoveryStreams:
             self.on_refused("grpc", e.reason)
             return e.code, e.message
         try:
-            return await self._serve_counted(method, stream, address, certificate)
+            return await self._serve_counted(method, stream, address, certificate, authorization)
         finally:
             self.addresses.release(address)
 
@@ -202,6 +225,7 @@ class DiscoveryStreams:
         stream: MessageStream,
         address: str,
         certificate: Callable[[], dict[str, Any] | None],
+        authorization: Callable[[], Sequence[str | bytes]],
     ) -> Ending | None:
         client = StreamClient(self.source, stream, method, next(self._ids), self.encoder)
         client.first_request_timeout = self.limits.first_request_timeout
@@ -209,6 +233,8 @@ class DiscoveryStreams:
         if self.authorizer is not None and self.authorizer.enforcing:
             cert, check = certificate(), self.authorizer.check
             client.authorize = lambda node: check(cert, node_identity(node))
+        if self.identities is not None and self.identities.enabled:
+            client.admit = self._admission(certificate, authorization)
         try:
             self.streams.add(client)
             await client.run()
@@ -218,6 +244,32 @@ class DiscoveryStreams:
             self.streams.discard(client)
             client.close()
         return None
+
+    def _admission(
+        self,
+        certificate: Callable[[], dict[str, Any] | None],
+        authorization: Callable[[], Sequence[str | bytes]],
+    ) -> Callable[[Any], IdentityLease | None]:
+        """What admits a stream's node (``StreamClient.admit``): its bearer token, else
+        its client certificate when the node authorizer may judge it (and allows it:
+        else PERMISSION_DENIED), else nothing, handed to the identity provider."""
+        identities, authorizer = self.identities, self.authorizer
+        assert identities is not None
+
+        def admit(node: Any) -> IdentityLease | None:
+            claim = node_identity(node)
+            token = bearer_token(authorization())
+            credential: Credential | None = None
+            if token is not None:
+                credential = Credential("token", token=token)
+            elif authorizer is not None and authorizer.enforcing:
+                cert = certificate()
+                if cert is not None:
+                    authorizer.check(cert, claim)
+                    credential = Credential("certificate", sans=certificate_sans(cert))
+            return identities.admit(claim, credential)
+
+        return admit
 
 
 class StreamClient:
@@ -260,6 +312,13 @@ class StreamClient:
         #: Called with the node's id and service when the stream opens; raises Refused
         #: when this client may not speak for that node.
         self.authorize: Callable[[Any], None] | None = None
+        #: Called with the node when the stream opens, after ``authorize``: the stream's
+        #: identity (None: none) or Refused (see ``DiscoveryStreams._admission``).
+        self.admit: Callable[[Any], IdentityLease | None] | None = None
+        #: The stream's identity, once admitted.
+        self.lease: IdentityLease | None = None
+        #: The last class snapshot (the lease's resources are laid over it).
+        self.base: Snapshot | None = None
 
     def shut_down(self, message: str) -> None:
         """End the stream with UNAVAILABLE and ``message`` once its loop gets to it."""
@@ -270,6 +329,26 @@ class StreamClient:
         self.pending = snapshot
         if not woke:
             self.inbox.put_nowait(_WAKE)
+
+    def _on_lease(self, ending: Refused | None) -> None:
+        """The lease changed (send the new view of the last class snapshot) or must end
+        the stream (``ending``)."""
+        if ending is not None:
+            self.inbox.put_nowait(ending)
+            return
+        if self.lease is not None:
+            self.source.cache.record_identity(self.client_id, self.lease.identity)
+        if self.base is not None:
+            self._on_snapshot(self.base)
+
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        """What this client is sent of its class's ``snapshot``: the snapshot itself, or
+        with a lease the snapshot with the lease's resources laid over it (remembering
+        the class snapshot, so a lease change can send a new view of it)."""
+        self.base = snapshot
+        if self.lease is None:
+            return snapshot
+        return Snapshot.extend(snapshot, self.lease.resources())
 
     async def _read(self) -> None:
         """Put every request read into the inbox, then ``_END`` (or the exception that
@@ -356,7 +435,7 @@ class StreamClient:
         if item is _WAKE:
             snapshot, self.pending = self.pending, None
             if snapshot is not None:
-                await self._send(self.core.on_snapshot(snapshot))
+                await self._send(self.core.on_snapshot(self.view(snapshot)))
             return True
         assert isinstance(item, self.codec.request_type)
         request = self.codec.incoming(item)
@@ -372,12 +451,18 @@ class StreamClient:
         if not first.HasField("node") or not (first.node.id or first.node.cluster):
             raise ProtocolError("INVALID_ARGUMENT", "the first request must carry the node")
         node = first.node
+        self.fields = {"client": self.client_id, "node": node.id}
         if self.authorize is not None:
             self.authorize(node)
-        self.key = self.source.classify(node, self.codec.classify_as(self.core.ads))
-        self.fields = {"client": self.client_id, "node": node.id}
+        key = self.source.classify(node, self.codec.classify_as(self.core.ads))
+        if self.admit is not None:
+            self.lease = self.admit(node)
+        self.key = key
         cache = self.source.cache
         cache.open_client(self.client_id, node_id=node.id, key=self.key, transport=self.transport)
+        if self.lease is not None:
+            cache.record_identity(self.client_id, self.lease.identity)
+            self.lease.listen(self._on_lease)
         snapshot = self.source.snapshot(self.key)
         cache.subscribe(self.key, self._on_snapshot)
         log.info(
@@ -388,7 +473,7 @@ class StreamClient:
         )
         if snapshot is not None:
             # no events yet: the first request is processed right after
-            self.core.on_snapshot(snapshot)
+            self.core.on_snapshot(self.view(snapshot))
 
     async def _send(self, events: Sequence[Event]) -> None:
         for news in record_events(self.source.cache, self.client_id, events):
@@ -405,6 +490,8 @@ class StreamClient:
         """Stop reading and leave client status and the class's subscribers."""
         if self.reader is not None:
             self.reader.cancel()
+        if self.lease is not None:
+            self.lease.close()
         if self.key is not None:
             self.source.cache.unsubscribe(self.key, self._on_snapshot)
             self.source.cache.close_client(self.client_id)

@@ -44,6 +44,7 @@ from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionLimits
 from xdsd.transports.grpc import DiscoveryStreams
+from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
@@ -114,6 +115,13 @@ def peer_certificate(context: Any) -> dict[str, Any] | None:
     return {"subjectAltName": tuple(sans)}
 
 
+def authorization(context: Any) -> list[str | bytes]:
+    """The ``authorization`` metadata values of a grpcio context (usually none or one)."""
+    return [
+        value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION
+    ]
+
+
 def _decoder(request_type: type[Any]) -> Callable[[bytes], Any]:
     """``request_type.FromString``, returning the error instead of raising it."""
 
@@ -153,7 +161,8 @@ class _ContextStream:
 class AioDiscoveryServices:
     """Every method of ``METHODS`` as grpcio generic handlers, served from ``source``
     within ``limits``; ``authorizer`` checks the node of each stream against its client
-    certificate; ``on_refused`` hears of every refusal (see ``DiscoveryStreams``)."""
+    certificate; ``identities`` issues identities; ``on_refused`` hears of every refusal (see
+    ``DiscoveryStreams``)."""
 
     def __init__(
         self,
@@ -162,9 +171,14 @@ class AioDiscoveryServices:
         limits: StreamLimits | None = None,
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        identities: IdentityProvider | None = None,
     ) -> None:
         self.discovery = DiscoveryStreams(
-            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+            source,
+            limits=limits,
+            authorizer=authorizer,
+            on_refused=on_refused,
+            identities=identities,
         )
         #: The open streams (for shutdown).
         self.streams = self.discovery.streams
@@ -196,6 +210,7 @@ class AioDiscoveryServices:
             _ContextStream(context),
             _peer_host(context.peer() or ""),
             lambda: peer_certificate(context),
+            lambda: authorization(context),
         )
         if ending is not None:
             code, details = ending
@@ -215,12 +230,17 @@ class AioServer:
         limits: StreamLimits | None = None,
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        identities: IdentityProvider | None = None,
         tls: PemSource | None = None,
         connections: ConnectionLimits | None = None,
         max_connections: int = 0,
     ) -> None:
         self.services = AioDiscoveryServices(
-            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+            source,
+            limits=limits,
+            authorizer=authorizer,
+            on_refused=on_refused,
+            identities=identities,
         )
         self.tls = tls
         self.connections = connections or ConnectionLimits()

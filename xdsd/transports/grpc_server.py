@@ -41,6 +41,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
 from xdsd.transports.grpc import DiscoveryStreams
+from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
@@ -108,10 +109,19 @@ def peer_certificate(stream: Stream[Any, Any]) -> dict[str, Any] | None:
     return dict(cert) if cert else None
 
 
+def authorization(stream: Stream[Any, Any]) -> list[str | bytes]:
+    """The ``authorization`` metadata values of a grpclib stream (usually none or one)."""
+    metadata = stream.metadata
+    if metadata is None:
+        return []
+    return list(metadata.getall(AUTHORIZATION, []))
+
+
 class DiscoveryServices:
     """The grpclib service object serving every method of ``METHODS`` from ``source``,
     within ``limits``; ``authorizer`` checks the node of each stream against its client
-    certificate; ``on_refused`` hears of every refusal (see ``DiscoveryStreams``)."""
+    certificate; ``identities`` issues identities; ``on_refused`` hears of every refusal (see
+    ``DiscoveryStreams``)."""
 
     def __init__(
         self,
@@ -120,9 +130,14 @@ class DiscoveryServices:
         limits: StreamLimits | None = None,
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        identities: IdentityProvider | None = None,
     ) -> None:
         self.discovery = DiscoveryStreams(
-            source, limits=limits, authorizer=authorizer, on_refused=on_refused
+            source,
+            limits=limits,
+            authorizer=authorizer,
+            on_refused=on_refused,
+            identities=identities,
         )
         #: The open streams (for shutdown).
         self.streams = self.discovery.streams
@@ -148,7 +163,11 @@ class DiscoveryServices:
         discovery = self.discovery
         bounded = BoundedStream(stream, discovery.limits.max_request_bytes)
         ending = await discovery.serve(
-            method, bounded, peer_host(stream), lambda: peer_certificate(stream)
+            method,
+            bounded,
+            peer_host(stream),
+            lambda: peer_certificate(stream),
+            lambda: authorization(stream),
         )
         if ending is not None:
             code, message = ending
