@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -198,6 +199,26 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
     boot.add_argument("--admin-port", type=int, default=15000)
     boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
     _add_tls_client_flags(boot, "xds", "xdsd", "xdsd's", sni_note=" (Envoy)")
+    boot.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="an xdsd token (xdsd token) Envoy sends with every xDS stream; the bootstrap "
+        "then holds a credential (use --output)",
+    )
+    boot.add_argument(
+        "--certificate-dir",
+        default=None,
+        metavar="DIR",
+        help="with --format grpc: the directory `xdsd certificate --out` keeps the client's "
+        "mesh certificate in (a mesh whose certificates xdsd's CA issues)",
+    )
+    boot.add_argument(
+        "--output",
+        default=None,
+        metavar="PATH",
+        help="write the bootstrap here (atomically; 0600 when it holds a token) instead of stdout",
+    )
     boot.set_defaults(run=_bootstrap)
 
 
@@ -413,11 +434,28 @@ def _print_json(value: Any) -> None:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    from xdsd.credentials import read_token
     from xdsd.translate import MeshTranslation, bootstrap, grpc_bootstrap
 
     host, _, port_text = args.xds.rpartition(":")
     if not host or not port_text.isdigit():
         raise UsageError(f"--xds wants HOST:PORT (got {args.xds!r})")
+    if args.token_file and args.format == "grpc":
+        raise UsageError(
+            "--token-file is for Envoy: a proxyless gRPC client cannot send a token on its "
+            "xDS stream; run `xdsd certificate` with the token and give --certificate-dir"
+        )
+    if args.token_file and args.transport == "rest":
+        raise UsageError(
+            "--token-file needs a gRPC transport: REST-JSON polls cannot carry a token; "
+            "a REST proxy proves who it is with a client certificate "
+            "(--xds-tls-cert/--xds-tls-key)"
+        )
+    if args.certificate_dir and args.format != "grpc":
+        raise UsageError(
+            "--certificate-dir is for --format grpc (Envoy gets its certificate over SDS)"
+        )
+    token = read_token(args.token_file) if args.token_file else ""
     client = "grpc" if args.format == "grpc" else "envoy"
     node = _node_class(args, client=client, transport=args.transport)
     kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
@@ -430,13 +468,17 @@ def _bootstrap(args: argparse.Namespace) -> int:
     tls = _xds_tls_flags(args)
     if args.format == "grpc":
         doc = grpc_bootstrap(
-            node_id, node, xds_host=host, xds_port=int(port_text), mesh_tls=_mesh_config(args).mtls
+            node_id,
+            node,
+            xds_host=host,
+            xds_port=int(port_text),
+            mesh_tls=_mesh_config(args).mtls,
+            certificate_dir=os.path.abspath(args.certificate_dir) if args.certificate_dir else "",
         )
         if tls:
             for server in doc["xds_servers"]:
                 server["channel_creds"] = [{"type": "tls", "config": _grpc_tls_config(args)}]
-        json.dump(doc, sys.stdout, indent=2)
-        print()
+        text = json.dumps(doc, indent=2) + "\n"
     else:
         doc = bootstrap(
             node_id,
@@ -445,13 +487,39 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_port=int(port_text),
             transport=args.transport,
             admin_port=args.admin_port,
+            token=token,
         )
         if tls:
             for cluster in doc["static_resources"]["clusters"]:
                 if cluster["name"] == "xds_cluster":
                     cluster["transport_socket"] = _xds_transport_socket(args)
-        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
+        text = yaml.safe_dump(doc, sort_keys=False)
+    _emit_bootstrap(text, args.output, credential=args.token_file if token else None)
     return 0
+
+
+def _emit_bootstrap(text: str, output: str | None, *, credential: str | None) -> None:
+    """Write a bootstrap to ``output`` (atomically; 0600 when it holds the token of the
+    file ``credential``, else 0644) or to stdout, saying on stderr when it holds a
+    credential."""
+    from xdsd.credentials import write_private
+
+    if output:
+        write_private(output, text.encode(), mode=0o600 if credential else 0o644)
+        if credential:
+            print(
+                f"{output}: holds a credential (the token of {credential}): written 0600; "
+                "keep it readable only by the proxy",
+                file=sys.stderr,
+            )
+        return
+    if credential:
+        print(
+            f"warning: this bootstrap holds a credential (the token of {credential}): "
+            "whatever stdout goes to can impersonate the proxy; --output PATH writes it 0600",
+            file=sys.stderr,
+        )
+    sys.stdout.write(text)
 
 
 def _xds_tls_flags(args: argparse.Namespace) -> bool:

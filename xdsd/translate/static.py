@@ -48,6 +48,13 @@ Transport = Literal["grpc", "delta", "rest"]
 #: How long Envoy waits to connect to xdsd before retrying.
 XDS_CONNECT_TIMEOUT = timedelta(seconds=1)
 ADMIN_IP = "127.0.0.1"
+#: The files ``xdsd certificate --out DIR`` keeps in DIR: the chain (leaf first), the
+#: private key and the trust bundle.
+CERTIFICATE_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+BUNDLE_FILE = "ca.pem"
+#: The gRPC metadata key an xdsd token travels in (``authorization: Bearer TOKEN``).
+AUTHORIZATION_HEADER = "authorization"
 _HCM_TYPE = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 
 
@@ -219,6 +226,7 @@ def bootstrap(
     xds_port: int,
     transport: Transport,
     admin_port: int,
+    token: str = "",
 ) -> dict[str, Any]:
     """An Envoy bootstrap (proto3 JSON as a dict) that fetches clusters and listeners
     from xdsd at ``xds_host:xds_port``.
@@ -229,7 +237,18 @@ def bootstrap(
     proxy in that class (its ``config_source`` field is not used: ``transport`` decides).
     Admin listens on 127.0.0.1:``admin_port``; the static cluster ``prometheus_stats``
     leads there, for the stats listener the mesh settings may give every proxy.
+
+    ``token`` (an xdsd token, ``xdsd token``) becomes the ADS service's
+    ``initial_metadata`` ``authorization: Bearer TOKEN``, which Envoy sends with every
+    xDS stream: the returned document then holds a credential. Raises UsageError for a
+    token with ``rest`` (REST-JSON polls carry no gRPC metadata: REST clients prove who
+    they are with a client certificate).
     """
+    if token and transport == "rest":
+        raise UsageError(
+            "a token travels in gRPC metadata, which REST-JSON polls cannot send: "
+            "give a REST proxy a client certificate instead (--xds-tls-cert/--xds-tls-key)"
+        )
     out = bootstrap_pb2.Bootstrap()
     out.node.CopyFrom(node_message(node_id, node))
     _admin(out, admin_port)
@@ -250,7 +269,10 @@ def bootstrap(
         )
         ads.transport_api_version = config_source_pb2.V3
         ads.set_node_on_first_message_only = True
-        ads.grpc_services.add().envoy_grpc.cluster_name = XDS_CLUSTER
+        service = ads.grpc_services.add()
+        service.envoy_grpc.cluster_name = XDS_CLUSTER
+        if token:
+            service.initial_metadata.add(key=AUTHORIZATION_HEADER, value=f"Bearer {token}")
         dynamic.cds_config.CopyFrom(config_source(ConfigSourceKind.ADS))
         dynamic.lds_config.CopyFrom(config_source(ConfigSourceKind.ADS))
     return plain_json(to_json(out))
@@ -263,6 +285,7 @@ def grpc_bootstrap(
     xds_host: str,
     xds_port: int,
     mesh_tls: MeshTLS = NO_MESH_TLS,
+    certificate_dir: str = "",
 ) -> dict[str, Any]:
     """The JSON file ``GRPC_XDS_BOOTSTRAP`` names, for a proxyless gRPC client of class
     ``node``: xdsd as its xDS server (plaintext, xDS v3) and its node.
@@ -273,7 +296,11 @@ def grpc_bootstrap(
     again every minute), and the node says it has them (``mesh_tls``), so xdsd sends it
     mesh mutual TLS; the application must dial with xDS channel credentials. Raises
     UsageError when the templates name workloads by ``{instance_ip}`` and the node has
-    none."""
+    none.
+
+    ``certificate_dir`` (a directory ``xdsd certificate --out`` keeps current, for a mesh
+    whose certificates xdsd's CA issues) is where the provider ``mesh`` reads instead:
+    ``cert.pem``, ``key.pem`` and ``ca.pem`` there, and the node says it has them."""
     host = f"[{xds_host}]" if ":" in xds_host else xds_host
     out: dict[str, Any] = {
         "xds_servers": [
@@ -284,23 +311,36 @@ def grpc_bootstrap(
             }
         ],
     }
-    if mesh_tls.enabled:
+    if certificate_dir:
+        node = dataclasses.replace(node, mesh_tls=True)
+        out["certificate_providers"] = _file_watcher(
+            f"{certificate_dir}/{CERTIFICATE_FILE}",
+            f"{certificate_dir}/{KEY_FILE}",
+            f"{certificate_dir}/{BUNDLE_FILE}",
+        )
+    elif mesh_tls.enabled:
         if mesh_tls.per_workload and not node.instance_ip:
             raise UsageError(
                 "the mesh certificates are per workload ({instance_ip}): give --instance-ip"
             )
         node = dataclasses.replace(node, mesh_tls=True)
         certificate, key = mesh_tls.workload_files(node.namespace, node.service, node.instance_ip)
-        out["certificate_providers"] = {
-            MESH_CERTIFICATE_PROVIDER: {
-                "plugin_name": "file_watcher",
-                "config": {
-                    "certificate_file": certificate,
-                    "private_key_file": key,
-                    "ca_certificate_file": mesh_tls.ca,
-                    "refresh_interval": "60s",
-                },
-            }
-        }
+        out["certificate_providers"] = _file_watcher(certificate, key, mesh_tls.ca)
     out["node"] = plain_json(to_json(node_message(node_id, node)))
     return out
+
+
+def _file_watcher(certificate: str, key: str, ca: str) -> dict[str, Any]:
+    """The ``certificate_providers`` of a gRPC bootstrap: ``mesh``, gRPC's
+    ``file_watcher`` reading these files (again every minute)."""
+    return {
+        MESH_CERTIFICATE_PROVIDER: {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": certificate,
+                "private_key_file": key,
+                "ca_certificate_file": ca,
+                "refresh_interval": "60s",
+            },
+        }
+    }
