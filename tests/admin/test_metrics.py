@@ -151,20 +151,15 @@ def test_two_daemons_in_one_process_share_nothing() -> None:
     assert cache2.clients() == ()
 
 
-def test_certificates_issued_renewed_and_identities_refused() -> None:
+def test_certificates_issued_and_renewed() -> None:
     metrics, *_ = setup()
     observer: IssuanceObserver = metrics  # the CA side's observer, structurally
     observer.on_issued(renewal=False)
     observer.on_issued(renewal=False)
     observer.on_issued(renewal=True)
-    observer.on_identity_refused("token_expired")
-    observer.on_identity_refused("identity_mismatch")
-    observer.on_identity_refused("identity_mismatch")
     got = samples(metrics)
     assert got["xdsd_certificates_issued_total", ()] == 3
     assert got["xdsd_certificate_renewals_total", ()] == 1
-    assert got["xdsd_identity_refused_total", (("reason", "token_expired"),)] == 1
-    assert got["xdsd_identity_refused_total", (("reason", "identity_mismatch"),)] == 2
 
 
 def test_identities_and_the_soonest_expiry_are_read_at_scrape_time() -> None:

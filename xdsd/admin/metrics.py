@@ -132,9 +132,11 @@ class Metrics:
         )
         self.refused = Counter(
             "xdsd_refused",
-            "Streams and requests refused by a limit or by node authorization, by listener "
-            "(grpc, rest) and reason (request_too_large, too_many_streams, "
-            "first_request_timeout, permission_denied).",
+            "Streams and requests refused by a limit, by node authorization or for an "
+            "identity credential, by listener (grpc, rest, admin) and reason "
+            "(request_too_large, too_many_streams, first_request_timeout, "
+            "permission_denied; with [mesh.ca]: token_absent, token_malformed, "
+            "token_forged, token_expired, token_revoked).",
             ["listener", "reason"],
             registry=r,
         )
@@ -147,13 +149,6 @@ class Metrics:
             "xdsd_certificate_renewals",
             "Workload certificates that replaced one the same proxy held (timer renewals, "
             "re-issues after a CA rotation); also counted in xdsd_certificates_issued.",
-            registry=r,
-        )
-        self.identity_refused = Counter(
-            "xdsd_identity_refused",
-            "Proxies refused a workload identity, by reason (token_expired, token_revoked, "
-            "token_invalid, no_credential, identity_mismatch, ...).",
-            ["reason"],
             registry=r,
         )
         self._sent: dict[tuple[str, str], Any] = {}
@@ -206,10 +201,6 @@ class Metrics:
         self.certificates_issued.inc()
         if renewal:
             self.certificate_renewals.inc()
-
-    def on_identity_refused(self, reason: str) -> None:
-        """Count a proxy refused its identity, by ``reason`` (``IssuanceObserver``)."""
-        self.identity_refused.labels(reason).inc()
 
     def observe_reload(self, seconds: float, outcome: str) -> None:
         """A reload took ``seconds``; ``outcome`` is applied, unchanged or refused."""

@@ -2,12 +2,11 @@
 ``Metrics`` implements it; ``xdsd/app.py`` wires it), so that ``admin`` never imports
 ``ca``.
 
-Who calls what: whoever signs a workload certificate for a proxy calls ``on_issued`` once
-per certificate (``renewal=True`` when it replaces one the same proxy already held: a
-timer renewal, or a re-issue after CA rotation); whoever refuses a proxy its identity
-(no, bad, expired, revoked or forged token; a node claiming another service or namespace
-than its credential) calls ``on_identity_refused`` with a short snake_case reason. The
-calls are cheap counter increments and never raise.
+Whoever signs a workload certificate for a proxy calls ``on_issued`` once per certificate
+(``renewal=True`` when it replaces one the same stream already held: a timer renewal, or a
+re-issue by a new signing authority). The call is a cheap counter increment and never
+raises. Refusals are not reported here: a refused stream is a ``Refused`` the transports
+count by its reason (``xdsd_refused_total``), like every other refusal.
 """
 
 from __future__ import annotations
@@ -16,23 +15,15 @@ from typing import Protocol
 
 
 class IssuanceObserver(Protocol):
-    """Told of each workload certificate issued and each identity refused."""
+    """Told of each workload certificate issued."""
 
     def on_issued(self, *, renewal: bool) -> None:
         """A workload certificate was signed for a proxy (``renewal``: it replaces one the
         proxy held)."""
-
-    def on_identity_refused(self, reason: str) -> None:
-        """A proxy was refused an identity; ``reason`` is a short snake_case word (e.g.
-        ``token_expired``, ``token_revoked``, ``token_invalid``, ``no_credential``,
-        ``identity_mismatch``)."""
 
 
 class NoObserver:
     """An ``IssuanceObserver`` that counts nothing (the default where none is wired)."""
 
     def on_issued(self, *, renewal: bool) -> None:
-        """Nothing."""
-
-    def on_identity_refused(self, reason: str) -> None:
         """Nothing."""
