@@ -117,9 +117,7 @@ def peer_certificate(context: Any) -> dict[str, Any] | None:
 
 def authorization(context: Any) -> list[str | bytes]:
     """The ``authorization`` metadata values of a grpcio context (usually none or one)."""
-    return [
-        value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION
-    ]
+    return [value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION]
 
 
 def _decoder(request_type: type[Any]) -> Callable[[bytes], Any]:

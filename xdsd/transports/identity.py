@@ -111,9 +111,7 @@ def bearer_token(values: Sequence[str | bytes]) -> str | None:
     scheme, _, token = raw.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != BEARER or not token:
-        raise unauthenticated(
-            "token_malformed", "the authorization metadata is not 'Bearer TOKEN'"
-        )
+        raise unauthenticated("token_malformed", "the authorization metadata is not 'Bearer TOKEN'")
     return token
 
 

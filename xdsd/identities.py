@@ -1,0 +1,362 @@
+"""Issuing identities to connected proxies: the ``IdentityProvider`` the gRPC streams are
+given when ``[mesh.ca]`` is on (``xdsd.transports.identity``), joining the CA
+(``xdsd.ca``) to the streams (``xdsd.transports``) as ``xdsd.access`` joins node
+authorization to them; the daemon wires it (``xdsd.app``).
+
+How this works: ``Identities.admit`` judges a stream's credential against what its node
+claims — an xdsd token must verify (``verify``: malformed, forged, expired or revoked
+tokens are UNAUTHENTICATED) and name the node's service and namespace (else
+PERMISSION_DENIED); a client certificate has already been judged by the node authorizer
+— and issues the proxy a fresh key pair and certificate (``issue``), held as a
+``Lease``: the ``default`` secret of that client only (``workload_secret``), never
+shared with another client, never written anywhere. Each lease is due for renewal at
+``renew_fraction`` of its certificate's life; ``run`` (a task of the daemon) renews the
+due ones — a new key and certificate, the stream woken with its new view — unless the
+lease's token has expired or been revoked since, which ends the stream with
+UNAUTHENTICATED instead. ``update`` (SIGHUP) takes new settings: revoked token ids end
+their streams at once; a new signing authority makes every lease due again, spread over
+``REISSUE_SPREAD`` seconds so that the re-issue does not stall the event loop.
+
+Proxyless gRPC clients (role ``proxyless``) get no key over xDS: they read certificates
+from files (``xdsd certificate``), so no lease; they need no credential either (what
+they are sent holds no secret), but one they present must still verify and match.
+Gateways are admitted by a client certificate only (an ``authorized_nodes`` grant, as
+the node authorizer decides today): a token binds a service and namespace, not the
+labels that choose which Gateways' server keys a gateway receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from xdsd.ca.authority import IssuedCertificate
+from xdsd.ca.sds import workload_secret
+from xdsd.ca.tokens import InvalidToken, TokenClaims
+from xdsd.cache.cache import ClientIdentity, CredentialKind
+from xdsd.resources import Resource
+from xdsd.transports.identity import (
+    Credential,
+    LeaseListener,
+    permission_denied,
+    unauthenticated,
+)
+from xdsd.transports.limits import NodeIdentity, Refused
+
+log = logging.getLogger(__name__)
+
+#: Seconds over which a new signing authority's re-issue of every lease is spread.
+REISSUE_SPREAD = 10.0
+#: Seconds before a failed issuance is tried again.
+RETRY_AFTER = 5.0
+#: How many leases ``run`` renews before letting other tasks run.
+RENEWALS_PER_TURN = 8
+
+#: Issues a key pair and certificate for (namespace, service); raises on failure.
+Issue = Callable[[str, str], IssuedCertificate]
+#: Verifies a token (claims) or raises InvalidToken.
+Verify = Callable[[str], TokenClaims]
+
+_TOKEN_REFUSALS = {
+    "malformed": "the token is malformed",
+    "forged": "the token's signature does not verify (signed by another key?)",
+    "expired": "the token has expired",
+    "revoked": "the token has been revoked ([mesh.ca] revoked_tokens)",
+}
+
+
+def token_refusal(error: InvalidToken, token_id: str = "") -> Refused:
+    """The UNAUTHENTICATED refusal of a token ``verify`` refused (counted as
+    ``token_REASON``). Its message never holds the token, only its id when known."""
+    reason = error.reason if error.reason in _TOKEN_REFUSALS else "malformed"
+    what = _TOKEN_REFUSALS[reason]
+    if token_id:
+        what += f" (token id {token_id})"
+    return unauthenticated(f"token_{reason}", what)
+
+
+class Lease:
+    """One connected proxy's issued identity (an ``IdentityLease``): its node, how it
+    proved itself, its current certificate and ``default`` secret, and when it is due for
+    renewal. Made by ``Identities.admit``."""
+
+    def __init__(
+        self,
+        owner: Identities,
+        node: NodeIdentity,
+        kind: CredentialKind,
+        claims: TokenClaims | None,
+        certificate: IssuedCertificate,
+    ) -> None:
+        self._owner = owner
+        self.node = node
+        self.kind: CredentialKind = kind
+        self.claims = claims
+        self.issued = 0
+        self.certificate = certificate
+        self._resource = workload_secret(certificate)
+        self.identity = self._identity()
+        self.due = owner.due_time(certificate)
+        self._listener: LeaseListener | None = None
+        self.closed = False
+
+    def _identity(self) -> ClientIdentity:
+        self.issued += 1
+        c = self.certificate
+        return ClientIdentity(
+            c.spiffe_id,
+            c.serial,
+            c.not_before,
+            c.not_after,
+            self.kind,
+            self.claims.token_id if self.claims is not None else "",
+            self.issued,
+        )
+
+    def resources(self) -> Sequence[Resource]:
+        """The client's ``default`` secret now."""
+        return (self._resource,)
+
+    def listen(self, listener: LeaseListener) -> None:
+        """Call ``listener`` when the secret changes (None) or the stream must end."""
+        self._listener = listener
+
+    def close(self) -> None:
+        """Stop renewing (the stream ended)."""
+        if not self.closed:
+            self.closed = True
+            self._owner.forget(self)
+
+    def replace(self, certificate: IssuedCertificate) -> None:
+        """Hold ``certificate`` from now on and tell the stream."""
+        self.certificate = certificate
+        self._resource = workload_secret(certificate)
+        self.identity = self._identity()
+        self.due = self._owner.due_time(certificate)
+        if self._listener is not None:
+            self._listener(None)
+
+    def end(self, refusal: Refused) -> None:
+        """End the stream with ``refusal`` (and stop renewing)."""
+        self.close()
+        if self._listener is not None:
+            self._listener(refusal)
+
+
+class Identities:
+    """Admits streams and keeps their identities current (see the module docstring).
+
+    ``issue`` makes a certificate for (namespace, service); ``verify`` checks a token;
+    ``trust_domain`` names the SPIFFE ids; ``renew_fraction`` of a certificate's life is
+    when it is renewed; ``revoked`` are revoked token ids (also refused here, whatever
+    ``verify`` does); ``on_refused`` counts refusals found while renewing (listener
+    ``grpc``); ``clock`` is the wall clock (seconds since the epoch; injectable for
+    tests). Not thread-safe: everything runs on the event loop."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        *,
+        issue: Issue,
+        verify: Verify,
+        trust_domain: str,
+        renew_fraction: float = 0.5,
+        revoked: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.issue = issue
+        self.verify = verify
+        self.trust_domain = trust_domain
+        self.renew_fraction = renew_fraction
+        self.revoked = revoked
+        self.clock = clock
+        self.leases: set[Lease] = set()
+        #: Counts: certificates issued (first issue), renewed (renewals and re-issues).
+        self.issued_total = 0
+        self.renewed_total = 0
+        self._changed = asyncio.Event()
+
+    # -- admission ---------------------------------------------------------------------
+
+    def admit(self, node: NodeIdentity, credential: Credential | None) -> Lease | None:
+        """The ``IdentityProvider.admit`` of ``xdsd.transports.identity``."""
+        claims: TokenClaims | None = None
+        if credential is None:
+            if node.role == "proxyless":
+                return None
+            raise unauthenticated(
+                "token_absent",
+                "no credential: the stream must carry 'authorization: Bearer TOKEN' "
+                "metadata (xdsd token; xdsd bootstrap --token-file) or a client certificate",
+            )
+        if credential.kind == "token":
+            claims = self._verified(credential.token)
+            if node.role == "gateway":
+                raise permission_denied(
+                    f"token {claims.token_id} may not speak for gateway {node.node_id!r}: "
+                    "a gateway proves itself with a client certificate (authorized_nodes)"
+                )
+            if (claims.namespace, claims.service) != (node.namespace, node.service):
+                raise permission_denied(
+                    f"token {claims.token_id} is for service {claims.service!r} in namespace "
+                    f"{claims.namespace!r}; node {node.node_id!r} claims service "
+                    f"{node.service!r} in namespace {node.namespace!r}"
+                )
+        if node.role == "proxyless":
+            return None  # no key over xDS: proxyless gRPC reads certificate files
+        certificate = self.issue(node.namespace, node.service)
+        kind: CredentialKind = "token" if claims is not None else "certificate"
+        lease = Lease(self, node, kind, claims, certificate)
+        self.leases.add(lease)
+        self.issued_total += 1
+        self._changed.set()
+        log.info(
+            "identity issued: %s serial %s until %s (%s%s)",
+            certificate.spiffe_id,
+            certificate.serial,
+            certificate.not_after.isoformat(),
+            kind,
+            f" {claims.token_id}" if claims is not None else "",
+            extra={"node": node.node_id},
+        )
+        return lease
+
+    def _verified(self, token: str) -> TokenClaims:
+        """The claims of ``token``, or Refused (UNAUTHENTICATED)."""
+        try:
+            claims = self.verify(token)
+        except InvalidToken as e:
+            raise token_refusal(e) from None
+        ending = self._token_ending(claims)
+        if ending is not None:
+            raise ending
+        return claims
+
+    def _token_ending(self, claims: TokenClaims) -> Refused | None:
+        """Why a token admitted earlier no longer holds (revoked, expired), if so."""
+        if claims.token_id in self.revoked:
+            return token_refusal(InvalidToken("revoked", ""), claims.token_id)
+        if claims.expires <= self.now():
+            return token_refusal(InvalidToken("expired", ""), claims.token_id)
+        return None
+
+    # -- renewal -----------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The clock as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def due_time(self, certificate: IssuedCertificate) -> float:
+        """When ``certificate`` is renewed (seconds since the epoch)."""
+        start, end = certificate.not_before.timestamp(), certificate.not_after.timestamp()
+        return start + (end - start) * self.renew_fraction
+
+    def forget(self, lease: Lease) -> None:
+        """``lease`` is no longer renewed."""
+        self.leases.discard(lease)
+
+    def next_due(self) -> float | None:
+        """When the next lease is due (None: no lease)."""
+        return min((lease.due for lease in self.leases), default=None)
+
+    def renew_due(self, limit: int = 0) -> int:
+        """Renew up to ``limit`` (0: every) lease due now; returns how many were
+        handled (renewed, ended or put off after a failed issue)."""
+        now = self.clock()
+        due = sorted((lease for lease in self.leases if lease.due <= now), key=lambda x: x.due)
+        if limit:
+            due = due[:limit]
+        for lease in due:
+            self._renew(lease, now)
+        return len(due)
+
+    def _renew(self, lease: Lease, now: float) -> None:
+        if lease.claims is not None:
+            ending = self._token_ending(lease.claims)
+            if ending is not None:
+                log.warning(
+                    "not renewing %s: %s",
+                    lease.certificate.spiffe_id,
+                    ending.message,
+                    extra={"node": lease.node.node_id, "reason": ending.reason},
+                )
+                lease.end(ending)
+                return
+        try:
+            certificate = self.issue(lease.node.namespace, lease.node.service)
+        except Exception:  # the CA failed: keep the current certificate, try again soon
+            log.exception(
+                "cannot renew %s; trying again in %g s",
+                lease.certificate.spiffe_id,
+                RETRY_AFTER,
+                extra={"node": lease.node.node_id},
+            )
+            lease.due = now + RETRY_AFTER
+            return
+        self.renewed_total += 1
+        lease.replace(certificate)
+        log.info(
+            "identity renewed: %s serial %s until %s",
+            certificate.spiffe_id,
+            certificate.serial,
+            certificate.not_after.isoformat(),
+            extra={"node": lease.node.node_id},
+        )
+
+    async def run(self) -> None:
+        """Renew leases as they fall due, forever (a task of the daemon)."""
+        while True:
+            self._changed.clear()
+            while self.renew_due(RENEWALS_PER_TURN):
+                await asyncio.sleep(0)
+            due = self.next_due()
+            delay = None if due is None else max(0.0, due - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay)
+
+    # -- settings ----------------------------------------------------------------------
+
+    def update(
+        self,
+        *,
+        issue: Issue,
+        verify: Verify,
+        renew_fraction: float,
+        revoked: frozenset[str],
+        reissue: bool,
+    ) -> None:
+        """New ``[mesh.ca]`` settings (SIGHUP): streams of newly revoked tokens end now;
+        with ``reissue`` (another signing authority) every lease is re-issued within
+        ``REISSUE_SPREAD`` seconds."""
+        self.issue, self.verify = issue, verify
+        self.renew_fraction = renew_fraction
+        newly = revoked - self.revoked
+        self.revoked = revoked
+        if newly:
+            for lease in sorted(self.leases, key=lambda x: x.node.node_id):
+                if lease.claims is not None and lease.claims.token_id in newly:
+                    refusal = token_refusal(InvalidToken("revoked", ""), lease.claims.token_id)
+                    log.warning(
+                        "ending the stream of %s: %s",
+                        lease.certificate.spiffe_id,
+                        refusal.message,
+                        extra={"node": lease.node.node_id, "reason": refusal.reason},
+                    )
+                    lease.end(refusal)
+        if reissue and self.leases:
+            now = self.clock()
+            ordered = sorted(self.leases, key=lambda x: x.due)
+            step = REISSUE_SPREAD / len(ordered)
+            for i, lease in enumerate(ordered):
+                lease.due = min(lease.due, now + i * step)
+            log.info(
+                "re-issuing %d identities from the new signing authority within %g s",
+                len(ordered),
+                REISSUE_SPREAD,
+            )
+        self._changed.set()
