@@ -11,7 +11,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from xdsd.admin.metrics import Metrics
-from xdsd.ca.observer import IssuanceObserver
 from xdsd.cache.cache import ClientIdentity, CredentialKind, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, Severity
@@ -151,15 +150,15 @@ def test_two_daemons_in_one_process_share_nothing() -> None:
     assert cache2.clients() == ()
 
 
-def test_certificates_issued_and_renewed() -> None:
+def test_certificates_issued_and_renewed_are_read_at_scrape_time() -> None:
     metrics, *_ = setup()
-    observer: IssuanceObserver = metrics  # the CA side's observer, structurally
-    observer.on_issued(renewal=False)
-    observer.on_issued(renewal=False)
-    observer.on_issued(renewal=True)
+    counts = [0, 0]
+    metrics.track_issuance(lambda: (counts[0], counts[1]))
+    assert samples(metrics)["xdsd_certificates_issued_total", ()] == 0
+    counts[:] = [2, 5]  # two proxies, five renewals between them
     got = samples(metrics)
-    assert got["xdsd_certificates_issued_total", ()] == 3
-    assert got["xdsd_certificate_renewals_total", ()] == 1
+    assert got["xdsd_certificates_issued_total", ()] == 7
+    assert got["xdsd_certificate_renewals_total", ()] == 5
 
 
 def test_identities_and_the_soonest_expiry_are_read_at_scrape_time() -> None:

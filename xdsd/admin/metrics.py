@@ -5,10 +5,12 @@ How this works: events are counted where they happen, and states are read when s
 the cache records increments a counter (the labelled child is looked up once per label
 pair and kept, so the serving path pays an increment, not a label lookup), and each ACK
 that answers a recorded response observes its push-to-ACK latency. Reloads are timed by
-the daemon (``observe_reload``). Everything that is a state — connected clients, their
-sync state per type, config errors and warnings, the version of each type per node class
-— is computed from the cache and the configuration when ``/metrics`` is scraped, so it
-costs nothing between scrapes. No metric lives in a module global: two daemons in one
+the daemon (``observe_reload``); the certificates xdsd's CA issued are counted by the CA
+side and read when scraped (``track_issuance``). Everything that is a state — connected
+clients, their sync state per type and identities, config errors and warnings, the
+version of each type per node class, the soonest certificate expiry — is computed from
+the cache and the configuration when ``/metrics`` is scraped, so it costs nothing
+between scrapes. No metric lives in a module global: two daemons in one
 process (tests) never share a value.
 """
 
@@ -140,17 +142,6 @@ class Metrics:
             ["listener", "reason"],
             registry=r,
         )
-        self.certificates_issued = Counter(
-            "xdsd_certificates_issued",
-            "Workload certificates xdsd's CA signed for proxies (first ones and renewals).",
-            registry=r,
-        )
-        self.certificate_renewals = Counter(
-            "xdsd_certificate_renewals",
-            "Workload certificates that replaced one the same proxy held (timer renewals, "
-            "re-issues after a CA rotation); also counted in xdsd_certificates_issued.",
-            registry=r,
-        )
         self._sent: dict[tuple[str, str], Any] = {}
         self._acked: dict[tuple[str, str], Any] = {}
         self._rejected: dict[tuple[str, str], Any] = {}
@@ -196,12 +187,6 @@ class Metrics:
         """Count a refusal (the transports' ``RefusalObserver``)."""
         self.refused.labels(listener, reason).inc()
 
-    def on_issued(self, *, renewal: bool) -> None:
-        """Count a workload certificate signed (the CA side's ``IssuanceObserver``)."""
-        self.certificates_issued.inc()
-        if renewal:
-            self.certificate_renewals.inc()
-
     def observe_reload(self, seconds: float, outcome: str) -> None:
         """A reload took ``seconds``; ``outcome`` is applied, unchanged or refused."""
         self.reload_duration.labels(outcome).observe(seconds)
@@ -214,6 +199,38 @@ class Metrics:
         """Export ``count()`` (log lines dropped so far, ``logs.dropped_log_lines``) as
         ``xdsd_log_records_dropped_total`` at every scrape."""
         self.registry.register(_LogDrops(count))
+
+    def track_issuance(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Export ``counts()`` — (first certificates issued, renewals and re-issues) of
+        xdsd's CA since the start (``Identities.issued_total``, ``renewed_total``) — at
+        every scrape, as ``xdsd_certificates_issued_total`` (both) and
+        ``xdsd_certificate_renewals_total``."""
+        self.registry.register(_Issuance(counts))
+
+
+class _Issuance(Collector):
+    """``xdsd_certificates_issued_total`` and ``xdsd_certificate_renewals_total``, read
+    when scraped."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        """The counters, as they are now."""
+        first, renewed = self.counts()
+        issued = CounterMetricFamily(
+            "xdsd_certificates_issued",
+            "Workload certificates xdsd's CA signed for proxies (first ones and renewals).",
+        )
+        issued.add_metric([], first + renewed)
+        yield issued
+        renewals = CounterMetricFamily(
+            "xdsd_certificate_renewals",
+            "Workload certificates that replaced one the same stream held (timer renewals, "
+            "re-issues by a new signing authority); also in xdsd_certificates_issued.",
+        )
+        renewals.add_metric([], renewed)
+        yield renewals
 
 
 class _LogDrops(Collector):
