@@ -1,4 +1,4 @@
-"""The ``xdsd`` command: serve | validate | render | bootstrap | status | demo.
+"""The ``xdsd`` command: serve | validate | render | bootstrap | status | token | demo.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
@@ -83,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_validate_command,
         _add_render_command,
         _add_bootstrap_command,
+        _add_token_command,
         _add_demo_command,
     ):
         add(sub)
@@ -236,6 +237,26 @@ def _add_demo_command(sub: Subcommands) -> None:
     )
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
     demo.set_defaults(run=_demo)
+
+
+def _add_token_command(sub: Subcommands) -> None:
+    """The ``xdsd token`` subcommand and its flags."""
+    token = sub.add_parser(
+        "token",
+        help="print a token a proxy of SERVICE gets its mesh certificate with ([mesh.ca])",
+    )
+    token.add_argument("--service", required=True, metavar="NAME")
+    token.add_argument("--namespace", default="default", metavar="NS", help="(default: default)")
+    token.add_argument(
+        "--ttl", default="720h", metavar="DURATION", help='how long it is valid (default: "720h")'
+    )
+    token.add_argument(
+        "--settings",
+        default=None,
+        metavar="FILE",
+        help="xdsd's settings file: its [mesh.ca] names the token key",
+    )
+    token.set_defaults(run=_token)
 
 
 def _add_tls_client_flags(
@@ -584,6 +605,34 @@ def _grpc_tls_config(args: argparse.Namespace) -> dict[str, str]:
         config["certificate_file"] = args.xds_tls_cert
         config["private_key_file"] = args.xds_tls_key
     return config
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Mint a token: the token alone on stdout, its id and expiry on stderr."""
+    from xdsd.ca.tokens import TokenAuthority
+    from xdsd.located import Document, Fields, Report
+
+    if not args.settings:
+        raise UsageError("token needs --settings: the settings file whose [mesh.ca] signs it")
+    ca = _settings(args).mesh.ca
+    if ca is None:
+        raise UsageError(f"{args.settings}: has no [mesh.ca]: xdsd issues no tokens without it")
+    report = Report(Document("--ttl", 0, {"ttl": args.ttl}, {}), ())
+    ttl = Fields(report, (), {"ttl": args.ttl}).duration("ttl")
+    if ttl is None or ttl.total_seconds() <= 0:
+        raise UsageError(f'--ttl {args.ttl!r}: must be a positive duration like "720h" or "30m"')
+    try:
+        minted = TokenAuthority(ca).mint(args.namespace, args.service, ttl.total_seconds())
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    claims = minted.claims
+    print(minted.token)
+    print(
+        f"token {claims.token_id} for service {claims.service} in namespace "
+        f"{claims.namespace}, valid until {claims.expires.isoformat(timespec='seconds')}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

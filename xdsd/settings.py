@@ -9,6 +9,7 @@ file, the line and the key, like config errors: both are read with ``xdsd.locate
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -26,10 +27,13 @@ from xdsd.located import Document, FieldPath, Fields, Report, index_toml, toml_e
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
+    WORKLOAD_KEY_TYPES,
     AccessLog,
+    CAAuthority,
     ExtAuthzKind,
     ExtensionProvider,
     LogEncoding,
+    MeshCA,
     MeshConfig,
     MeshTLS,
     MTLSMode,
@@ -523,6 +527,7 @@ _MESH_KEYS = (
     "tracing",
     "mtls",
     "extension_providers",
+    "ca",
 )
 _POLICIES = tuple(p.value for p in OutboundPolicy)
 _ENCODINGS = tuple(e.value for e in LogEncoding)
@@ -543,9 +548,10 @@ def _mesh_config(top: Fields) -> MeshConfig | None:
         "access_log": _access_log(table),
         "prometheus": _prometheus(table),
         "tracing": _tracing(table),
-        "mtls": _mesh_tls(table),
+        "mtls": _mesh_tls(table, issued=table.has("ca")),
         "extension_providers": _extension_providers(table),
     }
+    parts["ca"] = _mesh_ca(table, parts["mtls"])
     _refuse_unknown(table, _MESH_KEYS)
     return replace(config, **{name: part for name, part in parts.items() if part is not None})
 
@@ -637,11 +643,12 @@ def _collector(tracing: Fields) -> Address | None:
     return address
 
 
-def _mesh_tls(mesh: Fields) -> MeshTLS | None:
+def _mesh_tls(mesh: Fields, *, issued: bool = False) -> MeshTLS | None:
     """The ``[mesh.mtls]`` table. Paths are made absolute against the settings file's
     directory; the certificate and key paths must be templates naming the proxy
     (``{service}`` or ``{instance_ip}``), since a service's identity is in its
-    certificate."""
+    certificate. ``issued``: ``[mesh.ca]`` is given, so xdsd's CA issues the
+    certificates and the files must not be named (the two are alternatives)."""
     known = ("mode", "ca", "certificate", "private_key", "trust_domain", "trust_domain_aliases")
     table = _table(mesh, "mtls", known)
     if table is None:
@@ -654,8 +661,15 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
         out = replace(out, mode=MTLSMode(mode))
     paths: dict[str, str] = {}
     for name in ("ca", "certificate", "private_key"):
+        if issued and table.has(name):
+            table.error(
+                name,
+                "[mesh.ca] issues the mesh's certificates: certificate files and [mesh.ca] "
+                "are alternatives; remove one",
+            )
+            continue
         if not table.has(name):
-            if out.enabled:
+            if out.enabled and not issued:
                 table.error(name, "missing: mutual TLS needs it")
             continue
         item = table.value(name, _is_text, "a file path")
@@ -681,6 +695,7 @@ def _mesh_tls(mesh: Fields) -> MeshTLS | None:
         private_key=paths.get("private_key", ""),
         trust_domain=trust_domain,
         trust_domain_aliases=tuple(aliases),
+        issued=issued,
     )
 
 
@@ -896,3 +911,144 @@ def _is_header_values(value: Any) -> bool:
     return isinstance(value, dict) and all(
         _HEADER_NAME.fullmatch(k) is not None and isinstance(v, str) for k, v in value.items()
     )
+
+
+# -- [mesh.ca] ------------------------------------------------------------------------------
+
+_CA_KEYS = (
+    "state_dir",
+    "workload_ttl",
+    "renew_at",
+    "key_type",
+    "token_key",
+    "revoked_tokens",
+    "signing",
+    "authorities",
+)
+_AUTHORITY_KEYS = ("name", "cert", "key")
+#: The shortest and longest ``workload_ttl`` (seconds: tests rotate in seconds; 90 days).
+MIN_WORKLOAD_TTL_SECONDS = 1.0
+MAX_WORKLOAD_TTL_SECONDS = 90 * 86400.0
+#: A name xdsd keeps a generated authority under (a directory of ``state_dir``).
+_AUTHORITY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+#: A token id (``xdsd token`` prints it).
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _mesh_ca(mesh: Fields, mtls: MeshTLS | None) -> MeshCA | None:
+    """The ``[mesh.ca]`` table (None when absent): xdsd's own CA. It needs ``[mesh.mtls]``
+    with a mode (its trust domain names the identities). Paths are made absolute against
+    the settings file's directory; what the files hold is checked when the CA loads."""
+    table = _table(mesh, "ca", _CA_KEYS)
+    if table is None:
+        return None
+    if mtls is None or not mtls.enabled:
+        table.error(
+            None,
+            "xdsd's CA issues mesh mutual TLS certificates: it needs [mesh.mtls] with "
+            "mode PERMISSIVE or STRICT (and its trust_domain)",
+        )
+    base = _base_directory(table)
+    origin = Origin(table.report.doc.path, table.report.doc.lines.get(table.path, 0))
+    state_dir = table.value("state_dir", _is_text, "a directory path")
+    if not table.has("state_dir"):
+        table.error("state_dir", "missing: xdsd's CA keeps what it generates there")
+    ttl = _seconds(table, "workload_ttl") if table.has("workload_ttl") else 86400.0
+    if table.has("workload_ttl") and not (
+        MIN_WORKLOAD_TTL_SECONDS <= ttl <= MAX_WORKLOAD_TTL_SECONDS
+    ):
+        table.error(
+            "workload_ttl",
+            f"must be from {MIN_WORKLOAD_TTL_SECONDS:g}s to {MAX_WORKLOAD_TTL_SECONDS / 86400:g} "
+            f"days (got {ttl:g}s)",
+        )
+    renew = table.value(
+        "renew_at", _is_fraction, "a fraction of the certificate's life, between 0 and 1", 0.5
+    )
+    key_type = table.choice("key_type", WORKLOAD_KEY_TYPES, default=WORKLOAD_KEY_TYPES[0])
+    token_key = table.value("token_key", _is_text, "a file path", "")
+    revoked = table.value(
+        "revoked_tokens",
+        lambda v: (
+            isinstance(v, list) and all(isinstance(x, str) and _TOKEN_ID.fullmatch(x) for x in v)
+        ),
+        "a list of token ids (as xdsd token prints them)",
+        [],
+    )
+    authorities = _ca_authorities(table, base)
+    names = [a.name for a in authorities] or ["default"]
+    signing = table.value("signing", _is_text, "the name of an authority", "")
+    if signing and signing not in names:
+        hint = difflib.get_close_matches(signing, names, n=1, cutoff=0.6)
+        did = f"did you mean {hint[0]!r}? " if hint else ""
+        table.error("signing", f"names no authority; {did}authorities: {', '.join(names)}")
+    _refuse_unknown_hinted(table, _CA_KEYS)
+    return MeshCA(
+        state_dir=os.path.normpath(os.path.join(base, state_dir or ".")),
+        authorities=authorities,
+        signing=signing,
+        workload_ttl_seconds=ttl if ttl else 86400.0,
+        renew_fraction=float(renew),
+        key_type=key_type or WORKLOAD_KEY_TYPES[0],
+        token_key=os.path.normpath(os.path.join(base, token_key)) if token_key else "",
+        revoked_tokens=tuple(revoked),
+        origin=origin,
+    )
+
+
+def _ca_authorities(table: Fields, base: str) -> tuple[CAAuthority, ...]:
+    """``[[mesh.ca.authorities]]``: each a unique ``name`` with ``cert`` and ``key``
+    (the operator's CA) or neither (generated in the state directory)."""
+    what = "a list of tables ([[mesh.ca.authorities]])"
+    value = table.value("authorities", _is_tables, what)
+    if value is None:
+        return ()
+    out: list[CAAuthority] = []
+    seen: dict[str, int] = {}
+    source = table.report.doc
+    for index, item in enumerate(value):
+        path = (*table.path, "authorities", index)
+        entry = _spelled(table.report, path, item, _AUTHORITY_KEYS)
+        what = "a name (letters, digits, '.', '_' and '-'; at most 64)"
+        name = entry.value(
+            "name", lambda v: isinstance(v, str) and bool(_AUTHORITY_NAME.fullmatch(v)), what
+        )
+        if not entry.has("name"):
+            entry.error(None, "names no authority: give it a name")
+        files = {k: entry.value(k, _is_text, "a file path", "") for k in ("cert", "key")}
+        if bool(files["cert"]) != bool(files["key"]):
+            missing = "key" if files["cert"] else "cert"
+            entry.error(
+                missing,
+                "missing: give cert and key (the operator's CA), or neither (xdsd generates one)",
+            )
+        _refuse_unknown_hinted(entry, _AUTHORITY_KEYS)
+        if name is None:
+            continue
+        if name in seen:
+            entry.error("name", f"repeats authority {name!r} (first at line {seen[name]})")
+            continue
+        seen[name] = source.line_of((*path, "name"))
+        paths = {k: os.path.normpath(os.path.join(base, v)) if v else "" for k, v in files.items()}
+        out.append(CAAuthority(name, paths["cert"], paths["key"]))
+    if value == []:
+        table.error("authorities", "is empty: leave it out for one generated authority")
+    return tuple(out)
+
+
+def _base_directory(table: Fields) -> str:
+    """The directory relative paths of ``table`` are read from: the settings file's."""
+    source = table.report.doc.path
+    return os.path.dirname(os.path.abspath(source)) if os.path.isfile(source) else os.getcwd()
+
+
+def _is_fraction(value: Any) -> bool:
+    return _is_number(value) and 0 < value < 1
+
+
+def _refuse_unknown_hinted(table: Fields, known: tuple[str, ...]) -> None:
+    """Record every key of ``table`` not read as unknown, with the closest known key."""
+    for key in table.unread():
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        did = f"did you mean {hint[0]!r}? " if hint else ""
+        table.error(key, f"unknown setting; {did}known: {', '.join(known)}")

@@ -32,7 +32,7 @@ from xdsd.ca.files import (
     write_private_files,
 )
 from xdsd.errors import XdsdError
-from xdsd.model.mesh_config import CAAuthority, MeshCA
+from xdsd.model.mesh_config import WORKLOAD_KEY_TYPES, CAAuthority, MeshCA
 
 __all__ = [
     "KEY_TYPES",
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: The workload key types ``key_type`` may name.
-KEY_TYPES = ("ecdsa-p256", "rsa-2048")
+KEY_TYPES = WORKLOAD_KEY_TYPES
 #: The largest CSR ``sign_csr`` reads (a P-256 CSR is about 500 bytes, an RSA-4096 one 2 KB).
 MAX_CSR_BYTES = 16384
 #: How far before its issue a workload certificate's validity starts (proxies' clocks

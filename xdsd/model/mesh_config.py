@@ -203,6 +203,10 @@ class MeshTLS:
 NO_MESH_TLS = MeshTLS()
 
 
+#: The workload key types ``[mesh.ca] key_type`` may name (the first is the default).
+WORKLOAD_KEY_TYPES = ("ecdsa-p256", "rsa-2048")
+
+
 @dataclass(frozen=True, slots=True)
 class CAAuthority:
     """One certificate authority of ``[mesh.ca]`` (``[[mesh.ca.authorities]]``): the
