@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from xdsd.ca.authority import IssuedCertificate
+from xdsd.ca.authority import IssuedCertificate, IssueRefused
 from xdsd.ca.sds import workload_secret
 from xdsd.ca.tokens import InvalidToken, TokenClaims
 from xdsd.cache.cache import ClientIdentity, CredentialKind
@@ -209,7 +209,12 @@ class Identities:
                 )
         if node.role == "proxyless":
             return None  # no key over xDS: proxyless gRPC reads certificate files
-        certificate = self.issue(node.namespace, node.service)
+        try:
+            certificate = self.issue(node.namespace, node.service)
+        except IssueRefused as e:
+            raise Refused(
+                "FAILED_PRECONDITION", 412, "identity_not_issued", f"no identity issued: {e}"
+            ) from None
         kind: CredentialKind = "token" if claims is not None else "certificate"
         lease = Lease(self, node, kind, claims, certificate)
         self.leases.add(lease)
@@ -253,8 +258,7 @@ class Identities:
 
     def due_time(self, certificate: IssuedCertificate) -> float:
         """When ``certificate`` is renewed (seconds since the epoch)."""
-        start, end = certificate.not_before.timestamp(), certificate.not_after.timestamp()
-        return start + (end - start) * self.renew_fraction
+        return certificate.renew_at(self.renew_fraction).timestamp()
 
     def forget(self, lease: Lease) -> None:
         """``lease`` is no longer renewed."""

@@ -20,7 +20,9 @@ from xdsd.settings import NodeGrant, Settings
 
 #: Called with (listener, reason) for every refusal: ``grpc``, ``rest`` or ``admin``, and
 #: ``request_too_large``, ``too_many_streams``, ``first_request_timeout``,
-#: ``permission_denied``, ``slow_reader``, ``too_many_node_classes``, or for connections
+#: ``permission_denied``, ``slow_reader``, ``too_many_node_classes``, with ``[mesh.ca]``
+#: (``xdsd.transports.identity``) ``token_absent``, ``token_malformed``, ``token_forged``,
+#: ``token_expired``, ``token_revoked`` and ``identity_not_issued``, or for connections
 #: (``xdsd.transports.connections``) ``too_many_connections``,
 #: ``too_many_connections_from_address``, ``out_of_descriptors``, ``handshake_timeout``,
 #: ``idle_timeout`` and ``rapid_reset``.
