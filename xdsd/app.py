@@ -37,7 +37,7 @@ from xdsd.access import admin_node_access, authorize_mesh
 from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
-from xdsd.errors import ConfigError, UsageError
+from xdsd.errors import ConfigError, UsageError, XdsdError
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
     DaemonListener,
@@ -70,8 +70,9 @@ from xdsd.transports.connections import (
     raise_descriptor_limit,
     serve_http,
 )
-from xdsd.transports.grpc_server import DiscoveryServices, GrpcServer
+from xdsd.transports.grpc_server import CertificateService, DiscoveryServices, GrpcServer
 from xdsd.transports.limits import NodeAuthorizer, StreamLimits
+from xdsd.transports.signing import CertificateSigner, SigningEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,11 @@ class Daemon:
         self.gate = ConnectionGate(
             ConnectionLimits.from_settings(settings), on_refused=self.metrics.on_refused
         )
+        #: The certificate signing method's behaviour (``xdsd certificate``); signing only
+        #: with ``[mesh.ca]``.
+        self.signing = SigningEndpoint(
+            self._signer(settings.mesh), on_refused=self.metrics.on_refused
+        )
         #: The servers, in the order they start and close (admin last: ``/readyz`` stays
         #: reachable while the streams end).
         self.listeners = self._make_listeners()
@@ -162,6 +168,32 @@ class Daemon:
         self._watcher: asyncio.Task[None] | None = None
         #: The other tasks of ``run``'s group, cancelled at the end of a shutdown.
         self._background: list[asyncio.Task[None]] = []
+
+    def _signer(self, mesh: MeshConfig) -> CertificateSigner | None:
+        """The signer of ``mesh``'s ``[mesh.ca]`` (None without one): its CA and token
+        authority, built here (raises CAError when they cannot be used) and replaced by
+        ``_renew_signer`` when a reload changes ``[mesh.ca]``."""
+        if mesh.ca is None:
+            return None
+        from xdsd.ca.authority import CertificateAuthority
+        from xdsd.ca.signing import TokenSigner
+        from xdsd.ca.tokens import TokenAuthority
+
+        self._ca_config = mesh.ca
+        self._authority = CertificateAuthority(mesh.ca, mesh.mtls.trust_domain)
+        self._tokens = TokenAuthority(mesh.ca)
+        return TokenSigner(lambda: self._authority, lambda: self._tokens)
+
+    def _renew_signer(self, mesh: MeshConfig) -> None:
+        """After a reload with ``mesh``: a changed ``[mesh.ca]`` (authorities, revoked
+        tokens) signs the next request; one that cannot be used is logged and the
+        current one kept."""
+        if mesh.ca == getattr(self, "_ca_config", None):
+            return
+        try:
+            self.signing.signer = self._signer(mesh)
+        except XdsdError as e:
+            log.error("[mesh.ca] refused, the current CA keeps signing: %s", e)
 
     def _make_listeners(self) -> list[DaemonListener]:
         settings, certificates = self.settings, self.certificates
@@ -237,6 +269,7 @@ class Daemon:
                 tls=certificates.current if certificates is not None else None,
                 connections=self.gate.limits,
                 max_connections=self.gate.max_connections,
+                signing=self.signing,
             )
             return GrpcioListener(aio_server, address, note=note)
         services = DiscoveryServices(
@@ -245,8 +278,11 @@ class Daemon:
             authorizer=self.authorizer,
             on_refused=self.metrics.on_refused,
         )
+        signing = CertificateService(self.signing, max_request_bytes=limits.max_request_bytes)
         server = GrpcServer(
-            [services], gate=self.gate, resets_per_second=limits.max_stream_resets_per_second
+            [services, signing],
+            gate=self.gate,
+            resets_per_second=limits.max_stream_resets_per_second,
         )
         return GrpclibListener(
             server,
@@ -358,6 +394,7 @@ class Daemon:
             if mesh is not None:
                 self.state.set_mesh_config(mesh)
                 authorize_mesh(self.authorizer, self.settings, mesh)
+                self._renew_signer(mesh)
             if self.certificates is not None:
                 # xdsd's own certificate: a few stats, then (if they changed) new contexts
                 self.certificates.reload(force=requested)

@@ -1,4 +1,5 @@
-"""The ``xdsd`` command: serve | validate | render | bootstrap | status | token | demo.
+"""The ``xdsd`` command: serve | validate | render | bootstrap | certificate | status |
+token | demo.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
@@ -84,6 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_render_command,
         _add_bootstrap_command,
         _add_token_command,
+        _add_certificate_command,
         _add_demo_command,
     ):
         add(sub)
@@ -221,6 +223,13 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
         help="write the bootstrap here (atomically; 0600 when it holds a token) instead of stdout",
     )
     boot.set_defaults(run=_bootstrap)
+
+
+def _add_certificate_command(sub: Subcommands) -> None:
+    """The ``xdsd certificate`` subcommand (``xdsd.certificate``)."""
+    from xdsd.certificate import add_command
+
+    add_command(sub)
 
 
 def _add_demo_command(sub: Subcommands) -> None:

@@ -111,3 +111,17 @@ class InconsistentSnapshotError(XdsdError):
 
 class UsageError(XdsdError):
     """A command was called with arguments that cannot work (the CLI exits 2)."""
+
+
+class CredentialRefused(XdsdError):
+    """A client's credential (an xdsd token, a client certificate) does not entitle it to
+    what it asked for. ``code`` is the gRPC status it gets (``UNAUTHENTICATED``: the
+    credential is absent or does not verify; ``PERMISSION_DENIED``: it names someone
+    else; ``INVALID_ARGUMENT``: the request itself cannot be served), ``reason`` a short
+    word it is counted by (``token_expired``, ``identity_mismatch``, ...). The message
+    never quotes the credential."""
+
+    def __init__(self, code: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason

@@ -38,8 +38,10 @@ from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
+from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
+from xdsd.errors import CredentialRefused
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionLimits
@@ -52,6 +54,12 @@ from xdsd.transports.limits import (
     ignore_refusal,
 )
 from xdsd.transports.methods import METHODS, Method
+from xdsd.transports.signing import (
+    AUTHORIZATION,
+    CERTIFICATE_SERVICE,
+    SIGN_NAME,
+    SigningEndpoint,
+)
 from xdsd.transports.wire import EncodedResponse
 
 
@@ -217,9 +225,34 @@ class AioDiscoveryServices:
             )
 
 
+def signing_handler(endpoint: SigningEndpoint) -> grpc.GenericRpcHandler:
+    """``xdsd.transports.signing``'s method as a grpcio generic handler (a request that
+    does not decode reaches ``endpoint`` as None: INVALID_ARGUMENT)."""
+
+    async def sign(request: Any, context: Any) -> Any:
+        authorization = [
+            value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION
+        ]
+        if isinstance(request, DecodeError):
+            request = None
+        try:
+            return await endpoint.sign(request, authorization, _peer_host(context.peer() or ""))
+        except CredentialRefused as e:
+            await context.abort(
+                grpc.StatusCode.__members__.get(e.code, grpc.StatusCode.INVALID_ARGUMENT), str(e)
+            )
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        sign,
+        request_deserializer=_decoder(struct_pb2.Struct),
+        response_serializer=struct_pb2.Struct.SerializeToString,
+    )
+    return grpc.method_handlers_generic_handler(CERTIFICATE_SERVICE, {SIGN_NAME: handler})
+
+
 class AioServer:
     """A grpcio asyncio server serving ``AioDiscoveryServices`` (over TLS with ``tls``,
-    see the module docstring)."""
+    see the module docstring) and, with ``signing``, the certificate signing method."""
 
     def __init__(
         self,
@@ -232,6 +265,7 @@ class AioServer:
         tls: PemSource | None = None,
         connections: ConnectionLimits | None = None,
         max_connections: int = 0,
+        signing: SigningEndpoint | None = None,
     ) -> None:
         self.services = AioDiscoveryServices(
             source,
@@ -241,6 +275,7 @@ class AioServer:
             identities=identities,
         )
         self.tls = tls
+        self.signing = signing
         self.connections = connections or ConnectionLimits()
         self.max_connections = max_connections or self.connections.max_connections
         self.server: grpc.aio.Server | None = None
@@ -267,6 +302,8 @@ class AioServer:
             )
         server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(self.services.handlers())
+        if self.signing is not None:
+            server.add_generic_rpc_handlers([signing_handler(self.signing)])
         if self.tls is not None:
             self.port = server.add_secure_port(str(address), server_credentials(self.tls))
         else:

@@ -29,6 +29,8 @@ import ssl
 from collections.abc import Callable, Collection
 from typing import Any
 
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 from grpclib.const import Cardinality, Status
 from grpclib.const import Handler as MethodHandler
 from grpclib.exceptions import GRPCError
@@ -37,6 +39,7 @@ from grpclib.server import Handler, Server, Stream
 from h2.errors import ErrorCodes
 from h2.events import StreamReset
 
+from xdsd.errors import CredentialRefused
 from xdsd.protocol import ProtocolError
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
@@ -45,11 +48,13 @@ from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
+    Refused,
     StreamLimits,
     ignore_refusal,
     too_large,
 )
 from xdsd.transports.methods import METHODS, Method
+from xdsd.transports.signing import AUTHORIZATION, SIGN_METHOD, SigningEndpoint
 from xdsd.transports.wire import EncodedResponse
 
 log = logging.getLogger(__name__)
@@ -172,6 +177,43 @@ class DiscoveryServices:
         if ending is not None:
             code, message = ending
             raise GRPCError(Status.__members__.get(code, Status.INVALID_ARGUMENT), message)
+
+
+class CertificateService:
+    """The grpclib service object of ``xdsd.transports.signing``'s signing method: a
+    unary call whose request is bounded by ``max_request_bytes`` before it is read, served
+    by ``endpoint``; a refusal ends it with the refusal's status."""
+
+    def __init__(self, endpoint: SigningEndpoint, *, max_request_bytes: int) -> None:
+        self.endpoint = endpoint
+        self.max_request_bytes = max_request_bytes
+
+    def __mapping__(self) -> dict[str, MethodHandler]:
+        return {
+            SIGN_METHOD: MethodHandler(
+                self._sign, Cardinality.UNARY_UNARY, struct_pb2.Struct, struct_pb2.Struct
+            )
+        }
+
+    async def _sign(self, stream: Stream[Any, Any]) -> None:
+        try:
+            request = await BoundedStream(stream, self.max_request_bytes).recv_message()
+        except DecodeError:
+            request = None
+        except Refused as e:
+            self.endpoint.on_refused("grpc", e.reason)
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, e.message) from None
+        except ProtocolError as e:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(e)) from None
+        metadata = stream.metadata
+        authorization = list(metadata.getall(AUTHORIZATION, [])) if metadata is not None else []
+        try:
+            response = await self.endpoint.sign(request, authorization, peer_host(stream))
+        except CredentialRefused as e:
+            raise GRPCError(
+                Status.__members__.get(e.code, Status.INVALID_ARGUMENT), str(e)
+            ) from None
+        await stream.send_message(response)
 
 
 class CostedH2Protocol(H2Protocol):
