@@ -643,3 +643,27 @@ def test_a_bad_proxy_file_fails_only_its_class_and_is_read_again_when_fixed(
     fixed = loader.load([str(api_key)])
     assert not fixed.warnings
     assert fixed.mesh.certificate(str(api_key)) == good
+
+
+def test_with_issued_identities_a_class_gets_the_bundle_and_no_default(tmp_path: Path) -> None:
+    """xdsd's CA issues ``default`` per connected proxy: no certificate file is read, a
+    class snapshot holds only ``ROOTCA`` (the bundle), and it names ``default`` without
+    holding it; another bundle (an authority added) changes ``ROOTCA``."""
+    tls = MeshTLS(mode=MTLSMode.STRICT, trust_domain=TRUST, issued=True, bundle=b"BUNDLE-1")
+    tr = translation(tmp_path, tls)  # no pki/ at all: the loader needs no file
+    web = tr.snapshot_for(WEB)
+    secrets = web.get(SECRET)
+    assert set(secrets) == {"ROOTCA"}
+    assert secrets["ROOTCA"].message.validation_context.trusted_ca.inline_bytes == b"BUNDLE-1"
+    api = upstream_tls(web.get(CLUSTER)["outbound|8081||api.default.svc.cluster.local"].message)
+    assert api is not None
+    assert [c.name for c in api.common_tls_context.tls_certificate_sds_secret_configs] == [
+        "default"
+    ]
+    assert set(tr.snapshot_for(INGRESS).get(SECRET)) == {"ROOTCA"}
+    grown = translation(tmp_path, dataclasses.replace(tls, bundle=b"BUNDLE-1\nBUNDLE-2"))
+    rootca = grown.snapshot_for(WEB).get(SECRET)["ROOTCA"]
+    assert rootca.message.validation_context.trusted_ca.inline_bytes == b"BUNDLE-1\nBUNDLE-2"
+    # without the bundle (the daemon has not loaded its CA) the class is refused
+    with pytest.raises(TranslationError, match="trust bundle"):
+        translation(tmp_path, dataclasses.replace(tls, bundle=b"")).snapshot_for(WEB)

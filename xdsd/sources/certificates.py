@@ -127,8 +127,9 @@ def mesh_certificate_refs(
 
     A directory that cannot be listed (or a path that cannot be stat'ed) while matching
     is an error on the template's field, appended to ``problems``; without
-    ``problems``, raises OSError."""
-    if not mtls.enabled:
+    ``problems``, raises OSError. None when xdsd's CA issues the certificates
+    (``issued``): no file is needed then."""
+    if not mtls.enabled or mtls.issued:
         return []
     refs = [CertificateRef(mtls.ca, "mesh.mtls.ca", mtls.origin)]
     templates = (("certificate", mtls.certificate), ("private_key", mtls.private_key))

@@ -43,7 +43,9 @@ class Chosen(NamedTuple):
 
 class Assembly:
     """The snapshots of one translation, per class, and what each class chose (handed to
-    the next translation). Not thread-safe."""
+    the next translation); a class's snapshot may name the ``supplied`` (type URL, name)
+    pairs without holding them (each client's own ``default`` secret, when xdsd's CA
+    issues it). Not thread-safe."""
 
     def __init__(
         self,
@@ -52,8 +54,11 @@ class Assembly:
         raw: RawResources,
         timings: dict[str, float],
         previous: Assembly | None,
+        supplied: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         self._bases = bases
+        #: What a class's snapshot may name without holding (``mesh_tls.issued_secrets``).
+        self._supplied = supplied
         self._raw = raw
         self._timings = timings
         #: The snapshot of each class built so far.
@@ -102,7 +107,7 @@ class Assembly:
             problems.extend(_patch_problems(snapshot, chosen, changes))
         if problems:
             raise TranslationError(problems)
-        snapshot.check_consistency()
+        snapshot.check_consistency(supplied=self._supplied)
         self._timings["snapshot"] += time.perf_counter() - started
         return snapshot
 

@@ -91,7 +91,7 @@ from xdsd.translate.consistent import Assembly
 from xdsd.translate.defaults import apply_mesh_config
 from xdsd.translate.filters import EnvoyFilters, Patched, Slot
 from xdsd.translate.memo import CHECK_MEMO_ENV, Memo, Selections
-from xdsd.translate.mesh_tls import mesh_identity
+from xdsd.translate.mesh_tls import issued_secrets, mesh_identity
 from xdsd.translate.node import NO_LOCALITY, ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.parts import ClassParts
 from xdsd.translate.patch_spec import Patch
@@ -164,6 +164,7 @@ class MeshTranslation:
             raw=self._raw,
             timings=self.timings,
             previous=previous._assembly if previous else None,
+            supplied=issued_secrets(mesh_config.mtls),
         )
         self._scoping = Scoping(
             mesh,

@@ -6,7 +6,11 @@ DestinationRule says otherwise (``with_mesh_tls``, applied to a cluster's spec b
 is built, so the memo key holds the TLS it gets; endpoints whose workload is DISABLE get
 plaintext, see ``peer_authentication``), and every Envoy or MOSN class gets two
 secrets of its own, its workload certificate and the mesh CA (``mesh_identity``), which
-the base's clusters name without holding them (``shared.CLASS_SECRETS``).
+the base's clusters name without holding them (``shared.CLASS_SECRETS``). When xdsd's CA
+issues the certificates (``MeshTLS.issued``), a class gets only the CA's trust bundle:
+its ``default`` is each connected proxy's own, added by the server to that client's view
+(``xdsd.identities``), so a class snapshot names it without holding it
+(``issued_secrets``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import dataclasses
 
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import ClientTLS, Location, TLSMode, TrafficPolicy
-from xdsd.model.mesh_config import ISTIO_MUTUAL_WITHOUT_MESH_TLS, MeshTLS
-from xdsd.resources import Resource
+from xdsd.model.mesh_config import ISTIO_MUTUAL_WITHOUT_MESH_TLS, WORKLOAD_SECRET, MeshTLS
+from xdsd.resources import SECRET, Resource
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster
 from xdsd.translate.node import NodeClass, is_wildcard
 from xdsd.translate.secrets import Secrets
@@ -59,14 +63,35 @@ def with_mesh_tls(spec: OutboundCluster, flavor: ClusterFlavor, mtls: MeshTLS) -
     return dataclasses.replace(spec, policy=policy, auto_mtls=auto)
 
 
+def issued_secrets(mtls: MeshTLS) -> frozenset[tuple[str, str]]:
+    """What a class snapshot may name without holding it: ``default`` when xdsd's CA
+    issues it per connected proxy (else nothing)."""
+    return frozenset({(SECRET, WORKLOAD_SECRET)}) if mtls.enabled and mtls.issued else frozenset()
+
+
 def mesh_identity(
     node: NodeClass, ip: str, mtls: MeshTLS, secrets: Secrets
-) -> tuple[Resource, Resource]:
+) -> tuple[Resource, ...]:
     """The mesh mutual TLS secrets of ``node``: its own certificate (from the
     ``[mesh.mtls]`` templates filled in with its namespace, service and inbound
-    address ``ip``) and the mesh CA. Raises TranslationError (naming the settings) when
-    its files were not found."""
+    address ``ip``) and the mesh CA; with ``issued`` only the CA's trust bundle
+    (``bundle``). Raises TranslationError (naming the settings) when its files were not
+    found, or the bundle is not set."""
     where = mtls.origin
+    if mtls.issued:
+        if not mtls.bundle:
+            raise TranslationError(
+                [
+                    Problem(
+                        where.path,
+                        where.line,
+                        "mesh.ca",
+                        "xdsd's CA issues the mesh certificates, and its trust bundle is "
+                        "not loaded",
+                    )
+                ]
+            )
+        return (secrets.mesh_bundle(mtls.bundle),)
     if mtls.per_workload and (not ip or is_wildcard(ip)):
         raise TranslationError(
             [

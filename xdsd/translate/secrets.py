@@ -13,7 +13,10 @@ classes):
 - with mesh mutual TLS, ``default`` (the proxy's own certificate) and ``ROOTCA`` (the
   mesh's CA), as Istio names them: the clusters and inbound listeners that name them are
   shared by every class, and each class is sent its own ``default``
-  (``Secrets.mesh_identity``).
+  (``Secrets.mesh_identity``); when xdsd's CA issues the certificates
+  (``MeshTLS.issued``) a class gets only ``ROOTCA``, the CA's trust bundle
+  (``Secrets.mesh_bundle``), and each connected proxy its own ``default`` from the server
+  (``xdsd.identities``).
 
 The bytes come from the mesh (``Mesh.certificates``, read by the sources): translation
 does no I/O. A class receives exactly the secrets its clusters and listeners reference
@@ -94,6 +97,7 @@ class Secrets:
         self._files = mesh
         self._built: dict[str, Resource] = {}
         self._identities: dict[str, tuple[Resource, Resource]] = {}
+        self._bundles: dict[bytes, Resource] = {}
 
     def get(self, name: str) -> Resource | None:
         """The ``Secret`` named ``name`` (None when the name is not one xdsd makes or a
@@ -126,6 +130,16 @@ class Secrets:
                 Resource.of(WORKLOAD_SECRET, own),
                 Resource.of(ROOT_CA_SECRET, root),
             )
+        return found
+
+    def mesh_bundle(self, bundle: bytes) -> Resource:
+        """The mesh's trust bundle (PEM of every trusted authority of xdsd's CA) as
+        ``ROOT_CA_SECRET``."""
+        found = self._bundles.get(bundle)
+        if found is None:
+            root = secret_pb2.Secret(name=ROOT_CA_SECRET)
+            root.validation_context.trusted_ca.inline_bytes = bundle
+            found = self._bundles[bundle] = Resource.of(ROOT_CA_SECRET, root)
         return found
 
     def _build(self, name: str) -> Any | None:

@@ -45,6 +45,7 @@ from xdsd.resources.v2 import v3_type
 from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionGate, Listener, serve_http
+from xdsd.transports.identity import IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     NodeIdentity,
@@ -61,6 +62,18 @@ PATHS: dict[str, TypeUrl] = {short: type_url for type_url, short in SHORT_NAMES.
 _NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name", "userAgentName")
 #: ``{`` then, optionally, a ``version_info`` of plain characters (no escapes) written first.
 _VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
+
+
+#: The refusal of a REST poller's proxy while xdsd's CA issues the mesh's certificates:
+#: identities are leases of gRPC streams (issued when one opens, renewed while it is open,
+#: ended by revocation), and a poller has no stream to tie its key to.
+REST_WITHOUT_IDENTITY = Refused(
+    "PERMISSION_DENIED",
+    403,
+    "identity_over_rest",
+    "xdsd's CA ([mesh.ca]) issues mesh certificates over gRPC streams only: a REST "
+    "client gets no identity; connect this proxy over gRPC (ADS)",
+)
 
 
 class _ParsedPoll(NamedTuple):
@@ -150,10 +163,12 @@ class RestDiscovery:
         max_body: int = 4 << 20,
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
+        identities: IdentityProvider | None = None,
     ) -> None:
         self.source = source
         self.max_body = max_body
         self.authorizer = authorizer
+        self.identities = identities
         self.on_refused = on_refused
         self.renderer = JsonRenderer()
         self.sessions = sessions if sessions is not None else RestSessions()
@@ -252,6 +267,9 @@ class RestDiscovery:
         node_id = identity.node_id
         if self.authorizer is not None:
             self.authorizer.check(peer_cert, identity)
+        identities = self.identities
+        if identities is not None and identities.enabled and identity.role != "proxyless":
+            raise REST_WITHOUT_IDENTITY
         try:
             snapshot = self.source.snapshot(key)
         except ProtocolError as e:
