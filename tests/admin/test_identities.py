@@ -3,12 +3,19 @@ and when a certificate counts as expiring soon."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from xdsd.admin import client_json
 from xdsd.admin.identities import expiring_soon, soonest_expiry
+from xdsd.ca.authority import CertificateAuthority
+from xdsd.ca.sds import workload_secret
 from xdsd.cache.cache import ClientIdentity, SnapshotCache
+from xdsd.model.mesh_config import MeshCA
+from xdsd.resources import to_json
+from xdsd.resources.redaction import REDACTED, redact
 
 DAY = 86400.0
 
@@ -64,3 +71,20 @@ def test_soonest_expiry_of_connected_clients_only() -> None:
         cache.record_identity(name, identity(start))
     cache.close_client("c")
     assert soonest_expiry(cache.clients()) == 50.0 + DAY
+
+
+def test_a_workload_secret_in_a_dump_keeps_its_chain_and_loses_its_key(tmp_path: Path) -> None:
+    """The ``default`` secret xdsd's CA makes (a real key pair), shown as the config dump
+    shows resources: the private key is redacted in every form (PEM text, base64)."""
+    ca = CertificateAuthority(MeshCA(state_dir=str(tmp_path / "state")), "mesh.test")
+    issued = ca.issue("default", "web")
+    assert b"PRIVATE KEY" in issued.key_pem  # there was a key to leak
+    resource = workload_secret(issued)
+    assert resource.parsed is not None
+    shown = redact({"@type": resource.type_url, **to_json(resource.parsed)})
+    text = json.dumps(shown)
+    assert "PRIVATE KEY" not in text
+    assert base64.b64encode(issued.key_pem).decode()[:40] not in text
+    tls = shown["tls_certificate"]
+    assert tls["private_key"] == {"inline_bytes": REDACTED}
+    assert base64.b64decode(tls["certificate_chain"]["inline_bytes"]) == issued.chain_pem
