@@ -38,6 +38,7 @@ from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import ConfigError, UsageError, XdsdError
+from xdsd.identities import MeshAuthority
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
     DaemonListener,
@@ -123,11 +124,15 @@ class Daemon:
         self.backstop = backstop
         self.metrics = Metrics(version=__version__)
         self.cache: SnapshotCache[NodeClass] = SnapshotCache(observer=self.metrics)
+        #: xdsd's own CA (``[mesh.ca]``), issuing every proxy's identity; its ``mesh`` is
+        #: the settings' with the trust bundle. Raises CAError (one line) when unusable.
+        self.authority = MeshAuthority(settings.mesh) if settings.mesh.ca is not None else None
+        self.identities = self.authority.identities if self.authority is not None else None
         self.state = MeshState(
             settings.config_dir,
             self.cache,
             root_namespace=settings.root_namespace,
-            mesh_config=settings.mesh,
+            mesh_config=self.authority.mesh if self.authority is not None else settings.mesh,
             max_classes=settings.max_node_classes,
             limits=ParseLimits.of(settings),
         )
@@ -211,6 +216,7 @@ class Daemon:
                 max_body=settings.max_request_bytes,
                 authorizer=self.authorizer,
                 on_refused=self.metrics.on_refused,
+                identities=self.identities,
             )
             timing_routes = discovery.timing_routes()
             rest = settings.rest
@@ -266,6 +272,7 @@ class Daemon:
                 limits=limits,
                 authorizer=self.authorizer,
                 on_refused=self.metrics.on_refused,
+                identities=self.identities,
                 tls=certificates.current if certificates is not None else None,
                 connections=self.gate.limits,
                 max_connections=self.gate.max_connections,
@@ -277,6 +284,7 @@ class Daemon:
             limits=limits,
             authorizer=self.authorizer,
             on_refused=self.metrics.on_refused,
+            identities=self.identities,
         )
         signing = CertificateService(self.signing, max_request_bytes=limits.max_request_bytes)
         server = GrpcServer(
@@ -305,6 +313,10 @@ class Daemon:
                 tasks.create_task(self._requested_reloads(), name="requested reloads"),
                 tasks.create_task(self.notifier.keep_alive(), name="watchdog"),
             ]
+            if self.identities is not None:
+                self._background.append(
+                    tasks.create_task(self.identities.run(), name="identity renewals")
+                )
             if ready is not None:
                 ready.set()
             try:
@@ -392,6 +404,8 @@ class Daemon:
             if requested:
                 self.readiness.reloading()
             if mesh is not None:
+                mesh = self._mesh_ca(mesh)
+            if mesh is not None:
                 self.state.set_mesh_config(mesh)
                 authorize_mesh(self.authorizer, self.settings, mesh)
                 self._renew_signer(mesh)
@@ -409,6 +423,18 @@ class Daemon:
             result = await asyncio.to_thread(self.state.load, paths, exclusive=False)
             self._apply(result, started)
             self.readiness.update()
+
+    def _mesh_ca(self, mesh: MeshConfig) -> MeshConfig | None:
+        """``mesh`` (SIGHUP's ``[mesh]``) as translation gets it: with the trust bundle of
+        the CA built again from its ``[mesh.ca]`` (``MeshAuthority.reconfigure``); None,
+        keeping the current ``[mesh]`` (logged), when that CA cannot be used or
+        ``[mesh.ca]`` was added or removed (that needs a restart)."""
+        if self.authority is not None:
+            return self.authority.reconfigure(mesh)
+        if mesh.ca is not None:
+            log.error("[mesh.ca] added: turning xdsd's CA on needs a restart; keeping [mesh]")
+            return None
+        return mesh
 
     def _apply(self, result: LoadResult | ConfigError, started: float) -> None:
         applied = self.state.apply(result)

@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from xdsd.ca.authority import IssuedCertificate, IssueRefused
+from xdsd.ca.authority import CertificateAuthority, IssuedCertificate, IssueRefused
+from xdsd.ca.files import CAError
 from xdsd.ca.sds import workload_secret
-from xdsd.ca.tokens import InvalidToken, TokenClaims
+from xdsd.ca.tokens import InvalidToken, TokenAuthority, TokenClaims, token_id_of
 from xdsd.cache.cache import ClientIdentity, CredentialKind
+from xdsd.model.mesh_config import MeshConfig
 from xdsd.resources import Resource
 from xdsd.transports.identity import (
     Credential,
@@ -235,8 +238,10 @@ class Identities:
         """The claims of ``token``, or Refused (UNAUTHENTICATED)."""
         try:
             claims = self.verify(token)
-        except InvalidToken as e:
-            raise token_refusal(e) from None
+        except InvalidToken as e:  # the id a token claims, for logs (never the token)
+            raise token_refusal(
+                e, token_id_of(token) if e.reason in ("expired", "revoked") else ""
+            ) from None
         ending = self._token_ending(claims)
         if ending is not None:
             raise ending
@@ -364,3 +369,80 @@ class Identities:
                 REISSUE_SPREAD,
             )
         self._changed.set()
+
+
+# -- the daemon's CA ---------------------------------------------------------------------
+
+
+class MeshAuthority:
+    """The daemon's CA of ``[mesh.ca]`` and what it gives the streams: the
+    ``CertificateAuthority`` and ``TokenAuthority`` built from ``mesh`` (raises CAError,
+    naming the file and the reason, when either cannot be used), the ``Identities``
+    serving from them, and ``mesh`` with the trust bundle set (``MeshTLS.bundle``: the
+    translation's ROOTCA)."""
+
+    def __init__(self, mesh: MeshConfig, *, clock: Callable[[], float] = time.time) -> None:
+        ca_settings = mesh.ca
+        if ca_settings is None:
+            raise ValueError("MeshAuthority needs [mesh.ca]")
+        self.ca = CertificateAuthority(ca_settings, mesh.mtls.trust_domain)
+        self.tokens = TokenAuthority(ca_settings)
+        self.identities = Identities(
+            issue=self.ca.issue,
+            verify=self.tokens.verify,
+            trust_domain=mesh.mtls.trust_domain,
+            renew_fraction=ca_settings.renew_fraction,
+            revoked=frozenset(ca_settings.revoked_tokens),
+            clock=clock,
+        )
+        self.mesh = with_bundle(mesh, self.ca)
+        log.info(
+            "mesh CA: authorities %s, signing %s",
+            ", ".join(self.ca.authority_names),
+            self.ca.signing_name,
+        )
+
+    def reconfigure(self, mesh: MeshConfig) -> MeshConfig | None:
+        """New ``[mesh]`` settings (SIGHUP): the CA and tokens built again from its
+        ``[mesh.ca]`` and handed to ``identities`` (revoked tokens' streams end now; a
+        new signing authority re-issues every identity, spread out; an authority added
+        or removed changes the bundle), and ``mesh`` with the new bundle. None, keeping
+        everything as it was (logged), when the new CA cannot be used or ``[mesh.ca]``
+        was removed (turning xdsd's CA on or off needs a restart)."""
+        new = mesh.ca
+        if new is None:
+            log.error("[mesh.ca] removed: turning xdsd's CA off needs a restart; keeping it")
+            return None
+        try:
+            ca = CertificateAuthority(new, mesh.mtls.trust_domain)
+            tokens = TokenAuthority(new)
+        except CAError as e:
+            log.error("[mesh.ca] refused, keeping the current CA: %s", e)
+            return None
+        old = self.ca
+        reissue = (
+            ca.signing_name != old.signing_name
+            or new.signing_authority != old.config.signing_authority
+            or new.key_type != old.config.key_type
+            or ca.trust_domain != old.trust_domain
+        )
+        self.ca, self.tokens = ca, tokens
+        self.identities.trust_domain = ca.trust_domain
+        self.identities.update(
+            issue=ca.issue,
+            verify=tokens.verify,
+            renew_fraction=new.renew_fraction,
+            revoked=frozenset(new.revoked_tokens),
+            reissue=reissue,
+        )
+        if ca.bundle_pem() != old.bundle_pem():
+            log.info("mesh CA: trust bundle now %s", ", ".join(ca.authority_names))
+        self.mesh = with_bundle(mesh, ca)
+        return self.mesh
+
+
+def with_bundle(mesh: MeshConfig, ca: CertificateAuthority) -> MeshConfig:
+    """``mesh`` whose mutual TLS trusts ``ca``'s bundle (``MeshTLS.bundle``)."""
+    return dataclasses.replace(
+        mesh, mtls=dataclasses.replace(mesh.mtls, issued=True, bundle=ca.bundle_pem())
+    )
