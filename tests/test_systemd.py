@@ -161,3 +161,37 @@ def test_serve_notifies_ready_watchdog_reloading_and_stopping(
         assert inbox.count("STOPPING=1") == 1
     finally:
         inbox.sock.close()
+
+
+CERTIFICATE_UNITS = ("xdsd-certificate@.service", "xdsd-certificate@.timer")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_certificate_units_verify_and_are_hardened(tmp_path: Path) -> None:
+    """The `xdsd certificate` service and timer templates, as an instance, pass
+    `systemd-analyze verify` without a word and the service's offline security check."""
+    import subprocess
+
+    xdsd = shutil.which("xdsd", path=str(Path(sys.executable).parent))
+    assert xdsd is not None
+    for name in CERTIFICATE_UNITS:
+        text = (UNIT.parent / name).read_text()
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/xdsd", xdsd))
+    service = (UNIT.parent / CERTIFICATE_UNITS[0]).read_text()
+    for line in ("Type=oneshot", "--renew-before", "--out /var/lib/xdsd-certificate/%i"):
+        assert line in service, line
+    assert "OnUnitActiveSec=" in (UNIT.parent / CERTIFICATE_UNITS[1]).read_text()
+    instances = [str(tmp_path / n.replace("@.", "@checkout.")) for n in CERTIFICATE_UNITS]
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", *instances], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and "xdsd-certificate" not in verify.stderr, verify.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", instances[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
+    assert found is not None, security.stdout[-2000:]
+    assert float(found.group(1)) <= 2.0, security.stdout[-2000:]
