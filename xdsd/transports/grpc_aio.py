@@ -55,7 +55,6 @@ from xdsd.transports.limits import (
 )
 from xdsd.transports.methods import METHODS, Method
 from xdsd.transports.signing import (
-    AUTHORIZATION,
     CERTIFICATE_SERVICE,
     SIGN_NAME,
     SigningEndpoint,
