@@ -80,9 +80,9 @@ class AdminViews:
         self.listening = False
         self.node_access: NodeAccess | None = None
         self.policies: ClassPolicies = no_policies
-        #: ``[mesh.ca] renew_fraction`` (the daemon sets it): when a certificate counts
-        #: as expiring soon (``identities.expiring_soon``).
-        self.renew_fraction = DEFAULT_RENEW_FRACTION
+        #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
+        #: certificate counts as expiring soon (``identities.expiring_soon``).
+        self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
 
@@ -132,7 +132,7 @@ class AdminViews:
             clients=clients,
             snapshots=snapshots,
             policies={key: self.policies(key) for key in keys},
-            renew_fraction=self.renew_fraction,
+            renew_fraction=self.renew_fraction(),
         )
         return web.Response(
             text=render_status_page(view),
@@ -147,7 +147,7 @@ class AdminViews:
         now = self.clock()
         return web.json_response(
             [
-                client_json(c, self.policies(c.key), now=now, renew_fraction=self.renew_fraction)
+                client_json(c, self.policies(c.key), now=now, renew_fraction=self.renew_fraction())
                 for c in self.cache.clients()
                 if node is None or c.node_id == node
             ]
@@ -200,7 +200,7 @@ class AdminViews:
                         c,
                         self.policies(c.key),
                         now=self.clock(),
-                        renew_fraction=self.renew_fraction,
+                        renew_fraction=self.renew_fraction(),
                     )
                     for c in found
                 ],
