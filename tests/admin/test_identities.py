@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def test_client_json_carries_the_identity_and_nothing_secret() -> None:
         "spiffe_id": "spiffe://mesh.test/ns/shop/sa/web",
         "serial": "7f3a",
         "not_before": 0.0,
+        "issued_at": None,
         "not_after": DAY,
         "expires_in": DAY / 2,
         "expiring_soon": False,
@@ -61,6 +63,10 @@ def test_expiring_soon_is_a_late_renewal() -> None:
     assert expiring_soon(issued, DAY + 1)  # expired
     assert not expiring_soon(issued, DAY * 0.85, renew_fraction=0.8)
     assert expiring_soon(issued, DAY * 0.91, renew_fraction=0.8)
+    # A short-lived certificate whose not_before is backdated 5 minutes for clock skew:
+    # its life counts from when it was made, not from not_before.
+    short = replace(identity(-300.0, life=320.0), issued_at=datetime.fromtimestamp(0.0, UTC))
+    assert not expiring_soon(short, 10.0) and expiring_soon(short, 16.0)
 
 
 def test_soonest_expiry_of_connected_clients_only() -> None:

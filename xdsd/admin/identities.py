@@ -24,26 +24,30 @@ def expiring_soon(
     identity: ClientIdentity, now: float, renew_fraction: float = DEFAULT_RENEW_FRACTION
 ) -> bool:
     """True when ``identity``'s certificate has less than ``(1 - renew_fraction) / 2`` of
-    its life left at ``now`` (seconds since the epoch), or has expired."""
-    not_before = identity.not_before.timestamp()
+    its life left at ``now`` (seconds since the epoch), or has expired. Its life counts
+    from ``issued_at`` (``not_before`` is backdated for clock skew), else ``not_before``."""
+    start = (identity.issued_at or identity.not_before).timestamp()
     not_after = identity.not_after.timestamp()
     left = not_after - now
     if left <= 0:
         return True
-    return left < (not_after - not_before) * (1.0 - renew_fraction) / 2.0
+    return left < (not_after - start) * (1.0 - renew_fraction) / 2.0
 
 
 def identity_json(
     identity: ClientIdentity, now: float, renew_fraction: float = DEFAULT_RENEW_FRACTION
 ) -> dict[str, Any]:
-    """``identity`` as JSON: SPIFFE id, serial, validity (seconds since the epoch),
-    credential kind, token id, how many certificates this stream was issued, and at
-    ``now`` the seconds left (``expires_in``) and the ``expiring_soon`` flag."""
+    """``identity`` as JSON: SPIFFE id, serial, validity and when it was made (seconds
+    since the epoch; ``issued_at`` null when unknown), credential kind, token id, how many
+    certificates this stream was issued, and at ``now`` the seconds left
+    (``expires_in``) and the ``expiring_soon`` flag."""
     not_after = identity.not_after.timestamp()
+    issued_at = identity.issued_at
     return {
         "spiffe_id": identity.spiffe_id,
         "serial": identity.serial,
         "not_before": identity.not_before.timestamp(),
+        "issued_at": issued_at.timestamp() if issued_at is not None else None,
         "not_after": not_after,
         "expires_in": not_after - now,
         "expiring_soon": expiring_soon(identity, now, renew_fraction),
