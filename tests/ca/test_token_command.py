@@ -29,8 +29,8 @@ def settings(tmp_path: Path) -> Path:
 def test_token_verifies_with_the_daemons_settings(
     settings: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["token", "--service", "web", "--namespace", "shop", "--ttl", "2h",
-                 "--settings", str(settings)])  # fmt: skip
+    flags = ["--service", "web", "--namespace", "shop", "--ttl", "2h"]
+    code = main(["token", *flags, "--settings", str(settings)])
     out, err = capsys.readouterr()
     assert code == 0
     assert out.count("\n") == 1 and out.endswith("\n") and out.count(".") == 2

@@ -226,7 +226,7 @@ class CertificateAuthority:
             csr = x509.load_pem_x509_csr(csr_pem)
             signed = csr.is_signature_valid
             public = csr.public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm):
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
             raise IssueRefused("csr", "the CSR is not a PEM certificate request") from None
         if not signed:
             raise IssueRefused("csr", "the CSR's signature does not verify")
