@@ -188,6 +188,10 @@ class Daemon:
         from xdsd.ca.signing import TokenSigner
         from xdsd.ca.tokens import TokenAuthority
 
+        authority = self.authority
+        if authority is not None:  # the one CA that also issues the streams' identities
+            return TokenSigner(lambda: authority.ca, lambda: authority.tokens)
+
         self._ca_config = mesh.ca
         self._authority = CertificateAuthority(mesh.ca, mesh.mtls.trust_domain)
         self._tokens = TokenAuthority(mesh.ca)
@@ -197,8 +201,8 @@ class Daemon:
         """After a reload with ``mesh``: a changed ``[mesh.ca]`` (authorities, revoked
         tokens) signs the next request; one that cannot be used is logged and the
         current one kept."""
-        if mesh.ca == getattr(self, "_ca_config", None):
-            return
+        if self.authority is not None or mesh.ca == getattr(self, "_ca_config", None):
+            return  # MeshAuthority.reconfigure replaced the CA the signer reads
         try:
             self.signing.signer = self._signer(mesh)
         except XdsdError as e:

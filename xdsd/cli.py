@@ -1,5 +1,5 @@
-"""The ``xdsd`` command: serve | validate | render | bootstrap | certificate | status |
-token | demo.
+"""The ``xdsd`` command: serve | validate | render | bootstrap | status | token |
+certificate | demo.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback

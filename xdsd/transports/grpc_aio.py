@@ -46,7 +46,7 @@ from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionLimits
 from xdsd.transports.grpc import DiscoveryStreams
-from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
+from xdsd.transports.identity import IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,

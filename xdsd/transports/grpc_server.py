@@ -44,7 +44,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
 from xdsd.transports.grpc import DiscoveryStreams
-from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
+from xdsd.transports.identity import IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
