@@ -61,8 +61,6 @@ DATA_LINK = "..data"
 VERSION_PREFIX = ".xdsd-"
 #: How long the daemon gets to answer.
 CALL_TIMEOUT_SECONDS = 30.0
-#: The largest response read (a chain and a bundle are a few kilobytes).
-MAX_RESPONSE_BYTES = 1 << 20
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -131,16 +131,32 @@ def test_certificate_is_made_verified_renewed_and_refused(world: World) -> None:
     # valid for longer than asked: nothing to do, nothing changes
     serial = leaf.serial_number
     proc = world.certificate(
-        "--service", "client", "--namespace", "shop", "--token-file", str(token),
-        "--out", str(out), "--renew-before", "1h",
-    )  # fmt: skip
+        "--service",
+        "client",
+        "--namespace",
+        "shop",
+        "--token-file",
+        str(token),
+        "--out",
+        str(out),
+        "--renew-before",
+        "1h",
+    )
     assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
     assert leaf_of(out).serial_number == serial and (out / "key.pem").read_bytes() == key_pem
     # due (a 24 h certificate is not valid for 25 h more): renewed, with a new key
     proc = world.certificate(
-        "--service", "client", "--namespace", "shop", "--token-file", str(token),
-        "--out", str(out), "--renew-before", "25h",
-    )  # fmt: skip
+        "--service",
+        "client",
+        "--namespace",
+        "shop",
+        "--token-file",
+        str(token),
+        "--out",
+        str(out),
+        "--renew-before",
+        "25h",
+    )
     assert proc.returncode == 0, proc.stderr
     assert leaf_of(out).serial_number != serial and (out / "key.pem").read_bytes() != key_pem
     assert verifies(out)
@@ -149,9 +165,15 @@ def test_certificate_is_made_verified_renewed_and_refused(world: World) -> None:
 
     # a token for client cannot get another identity
     proc = world.certificate(
-        "--service", "other", "--namespace", "shop", "--token-file", str(token), "--out",
+        "--service",
+        "other",
+        "--namespace",
+        "shop",
+        "--token-file",
+        str(token),
+        "--out",
         str(world.root / "other"),
-    )  # fmt: skip
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "PERMISSION_DENIED" in proc.stderr
     assert "shop/client" in proc.stderr and "Traceback" not in proc.stderr
@@ -165,9 +187,15 @@ def test_certificate_is_made_verified_renewed_and_refused(world: World) -> None:
     forged = world.root / "forged-token"
     forged.write_text(TokenAuthority(forged_ca).mint("shop", "client", 3600).token)
     proc = world.certificate(
-        "--service", "client", "--namespace", "shop", "--token-file", str(forged), "--out",
+        "--service",
+        "client",
+        "--namespace",
+        "shop",
+        "--token-file",
+        str(forged),
+        "--out",
         str(out),
-    )  # fmt: skip
+    )
     assert proc.returncode == 1 and "UNAUTHENTICATED" in proc.stderr, proc.stderr
     assert leaf_of(out).serial_number != serial  # the renewed pair stays
     metrics = world.metrics()
@@ -187,12 +215,23 @@ def test_without_ca_the_daemon_says_so(tmp_path: Path) -> None:
         token.write_text("a.b.c")
         proc = subprocess.run(
             [
-                sys.executable, "-m", "xdsd.cli", "certificate", "--service", "a",
-                "--token-file", str(token), "--xds", f"127.0.0.1:{xdsd.grpc_port}",
-                "--out", str(tmp_path / "out"),
+                sys.executable,
+                "-m",
+                "xdsd.cli",
+                "certificate",
+                "--service",
+                "a",
+                "--token-file",
+                str(token),
+                "--xds",
+                f"127.0.0.1:{xdsd.grpc_port}",
+                "--out",
+                str(tmp_path / "out"),
             ],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 1
         assert "FAILED_PRECONDITION" in proc.stderr and "[mesh.ca]" in proc.stderr
         assert proc.stderr.count("\n") == 1
@@ -207,11 +246,22 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     token.write_text("a.b.c")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "xdsd.cli", "certificate", "--service", "a",
-            "--token-file", str(token), "--xds", f"127.0.0.1:{free_port()}",
-            "--out", str(tmp_path / "out"),
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "certificate",
+            "--service",
+            "a",
+            "--token-file",
+            str(token),
+            "--xds",
+            f"127.0.0.1:{free_port()}",
+            "--out",
+            str(tmp_path / "out"),
         ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "cannot reach xdsd" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
