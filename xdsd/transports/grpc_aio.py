@@ -55,6 +55,7 @@ from xdsd.transports.limits import (
 )
 from xdsd.transports.methods import METHODS, Method
 from xdsd.transports.signing import (
+    AUTHORIZATION,
     CERTIFICATE_SERVICE,
     SIGN_NAME,
     SigningEndpoint,

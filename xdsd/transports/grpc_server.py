@@ -54,7 +54,7 @@ from xdsd.transports.limits import (
     too_large,
 )
 from xdsd.transports.methods import METHODS, Method
-from xdsd.transports.signing import SIGN_METHOD, SigningEndpoint
+from xdsd.transports.signing import AUTHORIZATION, SIGN_METHOD, SigningEndpoint
 from xdsd.transports.wire import EncodedResponse
 
 log = logging.getLogger(__name__)
