@@ -8,10 +8,11 @@ EDS, LDS, RDS); a connection that fails (refused, reset) is counted and retried 
 
 ``restart``: with N clients synced, the daemon is stopped (SIGTERM) and a new one started
 on the same port. Timed from the new daemon's readiness (``/readyz``; also reported from
-its process start) until every client reopened its stream and is in sync again (a resumed client sends its subscriptions with the versions
-it holds; unchanged CDS/LDS are rightly not resent, so "in sync" is EDS and RDS ACKed,
-RDS coming last). Connection failures while no daemon listens are expected and reported
-apart from those after it is up.
+its process start) until every client reopened its stream and is in sync again (a
+resumed client sends its subscriptions with the versions it holds; unchanged CDS/LDS are
+rightly not resent, so "in sync" is EDS and RDS ACKed, RDS coming last). Connection
+failures while no daemon listens are expected and reported apart from those after it is
+up.
 
 ``--identities`` (default on) runs the same storm a second time, in the same run, with
 xdsd as the mesh's CA (``[mesh.ca]``, STRICT mesh mTLS): every client carries an xdsd token
