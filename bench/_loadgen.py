@@ -206,6 +206,9 @@ class ClientSpec:
     port: int
     classes: int = 10
     fat: int = 0  # node size in bytes sent on every request (0: node only once)
+    #: One xdsd token per class (``svc-{c:05d}`` in namespace default), carried by each of
+    #: its clients, which then get a workload certificate; empty: no tokens.
+    tokens: tuple[str, ...] = ()
 
 
 def _node(i: int, spec: ClientSpec) -> Any:
@@ -227,7 +230,13 @@ class _Worker:
         self.conn = conn
         self.spec = spec
         self.clients = [
-            XdsClient(_node(i, spec), on_ack=self._on_ack, fat_node=spec.fat > 0) for i in ids
+            XdsClient(
+                _node(i, spec),
+                on_ack=self._on_ack,
+                fat_node=spec.fat > 0,
+                token=spec.tokens[i % spec.classes] if spec.tokens else "",
+            )
+            for i in ids
         ]
         self.tasks: list[asyncio.Task[None]] = []
         self.armed: list[str] = []
@@ -277,6 +286,7 @@ class _Worker:
             "failures": sum(c.failures for c in self.clients),
             "ends": sum(c.ends for c in self.clients),
             "resources": sum(sum(c.resources.values()) for c in self.clients),
+            "certificates": sum(c.certificates for c in self.clients),
             "errors": sorted({c.error for c in self.clients if c.error})[:5],
             "synced_at": [c.synced_at if c.synced() else None for c in self.clients],
             "cpu": _cpu(),
@@ -374,6 +384,7 @@ class LoadGen:
             "failures": sum(p["failures"] for p in parts),
             "ends": sum(p["ends"] for p in parts),
             "resources": sum(p["resources"] for p in parts),
+            "certificates": sum(p["certificates"] for p in parts),
             "errors": sorted({e for p in parts for e in p["errors"]})[:5],
             "synced_at": [t for p in parts for t in p["synced_at"]],
             "cpu": sum(p["cpu"] for p in parts),

@@ -7,6 +7,12 @@ is parsed (``DiscoveryResponse`` and every resource's ``Any``) and ACKed with it
 ``version_info`` and ``response_nonce``; the receive time and version of each type are
 recorded (``time.time()``, comparable with other processes on the machine).
 
+With a ``token`` (``xdsd token``), the client carries it as Envoy does with a bootstrap of
+``xdsd bootstrap --token-file`` (``authorization: Bearer TOKEN`` metadata on the stream)
+and, once clusters arrived, subscribes to its SDS ``default`` secret, the workload
+certificate and key xdsd's CA issues it; it is synced only once that secret (a certificate
+chain and a key) arrived and was ACKed.
+
 Simplification: a CDS response is ACKed as soon as its new EDS subscription is sent, where
 Envoy ACKs it after the EDS response warmed the clusters; the server holds LDS/RDS a little
 less long than it would for Envoy.
@@ -28,6 +34,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 from grpclib.client import Channel
@@ -39,14 +46,18 @@ CDS = PREFIX + "envoy.config.cluster.v3.Cluster"
 EDS = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = PREFIX + "envoy.config.listener.v3.Listener"
 RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SDS = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPES = (CDS, EDS, LDS, RDS)
-SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds", SDS: "sds"}
 MESSAGES = {
     CDS: cluster_pb2.Cluster,
     EDS: endpoint_pb2.ClusterLoadAssignment,
     LDS: listener_pb2.Listener,
     RDS: route_pb2.RouteConfiguration,
+    SDS: secret_pb2.Secret,
 }
+#: The SDS secret of a proxy's own certificate and key.
+WORKLOAD_SECRET = "default"
 HCM_TYPE = PREFIX + (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
@@ -84,13 +95,18 @@ class XdsClient:
     """One simulated Envoy. ``on_ack(client)`` is called after every ACK is written.
 
     ``fat_node``: send the node on every request (as Envoy does without
-    ``set_node_on_first_message_only``) instead of only on the first.
+    ``set_node_on_first_message_only``) instead of only on the first. ``token``: prove
+    the node's service with it and get a workload certificate (module docstring).
     """
 
     node: base_pb2.Node
     on_ack: Callable[[XdsClient], None] = lambda _c: None
     fat_node: bool = False
-    types: dict[str, TypeRecord] = field(default_factory=lambda: {t: TypeRecord() for t in TYPES})
+    token: str = field(default="", repr=False)
+    types: dict[str, TypeRecord] = field(
+        default_factory=lambda: {t: TypeRecord() for t in (*TYPES, SDS)}
+    )
+    certificates: int = 0  # workload certificates received (first one and renewals)
     resources: dict[str, int] = field(default_factory=dict)  # type → count held
     connected: bool = False
     failures: int = 0  # connections or streams that failed to open
@@ -106,7 +122,9 @@ class XdsClient:
         """True once the current stream delivered a full configuration: every type ACKed
         on it, or, on a stream resumed after a reconnect (where the server rightly resends
         no unchanged CDS/LDS), EDS and RDS ACKed on it (RDS comes last in push order)."""
-        need = (EDS, RDS) if self.resumed else TYPES
+        need: tuple[str, ...] = (EDS, RDS) if self.resumed else TYPES
+        if self.token:
+            need += (SDS,)
         return all(t in self.session_acks for t in need)
 
     def _request(
@@ -158,12 +176,14 @@ class XdsClient:
 
     async def _session(self, host: str, port: int) -> None:
         channel = Channel(host, port)
+        metadata = {"authorization": f"Bearer {self.token}"} if self.token else None
         try:
             async with channel.request(
                 ADS_PATH,
                 Cardinality.STREAM_STREAM,
                 discovery_pb2.DiscoveryRequest,
                 discovery_pb2.DiscoveryResponse,
+                metadata=metadata,
             ) as stream:
                 self._sent_first = False
                 self.session_acks = set()
@@ -173,7 +193,7 @@ class XdsClient:
                 self.connected = self._opened = True
                 requested_lds = self.resumed
                 if self.resumed:
-                    for t in (EDS, LDS, RDS):
+                    for t in (EDS, LDS, RDS, *((SDS,) if self.token else ())):
                         held = self._request(t, self.types[t].names, ack=False, held=True)
                         await stream.send_message(held)
                 while True:
@@ -204,12 +224,27 @@ class XdsClient:
                         if not requested_lds:
                             requested_lds = True
                             follow.append(self._request(LDS, ack=False))
+                            if self.token:
+                                self.types[SDS].names = (WORKLOAD_SECRET,)
+                                follow.append(self._request(SDS, (WORKLOAD_SECRET,), ack=False))
                     elif type_url == LDS:
                         self.resources[LDS] = len(parsed)
                         rds = _route_names(parsed)
                         if rds != self.types[RDS].names:
                             self.types[RDS].names = rds
                             follow.append(self._request(RDS, rds))
+                    elif type_url == SDS:
+                        own = [
+                            p
+                            for p in parsed
+                            if p.name == WORKLOAD_SECRET
+                            and p.tls_certificate.certificate_chain.inline_bytes
+                            and p.tls_certificate.private_key.inline_bytes
+                        ]
+                        if not own:
+                            raise RuntimeError("an SDS response without the workload secret")
+                        self.certificates += 1
+                        self.resources[SDS] = len(parsed)
                     else:
                         self.resources[type_url] = self.resources.get(type_url, 0) + len(parsed)
                     ack = self._request(type_url, record.names)

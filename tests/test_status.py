@@ -322,3 +322,49 @@ def test_policies_of_each_proxy_are_listed_below_the_table() -> None:
     assert {p["node_id"]: p["policies"] for p in as_json}["secured"] == list(
         by_node["secured"].policies
     )
+
+
+def test_identities_their_expiry_and_one_expiring_soon() -> None:
+    def identity(serial: str, not_after: float, soon: bool = False) -> dict[str, Any]:
+        return {
+            "spiffe_id": f"spiffe://mesh.test/ns/shop/sa/{serial}",
+            "serial": serial,
+            "not_after": not_after,
+            "credential": "token",
+            "token_id": f"tok-{serial}",
+            "expiring_soon": soon,
+        }
+
+    synced = {"clusters": {"sent_version": "1", "acked_version": "1", "sent_at": 0.0}}
+    clients = [
+        {**_client(synced), "node_id": "fresh", "identity": identity("a1", 1000.0 + 86399)},
+        {**_client(synced), "node_id": "late", "identity": identity("b2", 1000.0 + 90, True)},
+        {**_client(synced), "node_id": "dead", "identity": identity("c3", 999.0)},
+        {**_client(synced), "node_id": "none"},
+        {**_client(synced), "node_id": "junk", "identity": "not a mapping"},
+    ]
+    status = summarize(clients, [], now=1000.0, stale_after=60)
+    by_node = {p.node_id: p for p in status.proxies}
+    fresh = by_node["fresh"].identity
+    assert fresh is not None and fresh.spiffe_id == "spiffe://mesh.test/ns/shop/sa/a1"
+    assert fresh.expires_in == 86399 and not fresh.expiring_soon
+    assert not by_node["fresh"].failing
+    assert by_node["late"].failing and by_node["dead"].failing  # expired counts too
+    assert by_node["none"].identity is None and by_node["junk"].identity is None
+    assert status.exit_code == 1
+    table = render_table(status)
+    rows = {line.split()[0]: line for line in table.splitlines()[1:6]}
+    assert rows["fresh"].endswith("23h59m") and rows["late"].endswith("EXPIRING 1m30s")
+    assert rows["dead"].endswith("EXPIRED") and rows["none"].endswith("-")
+    below = table.split("identities:\n", 1)[1].splitlines()
+    assert below[0] == "  dead: spiffe://mesh.test/ns/shop/sa/c3 (token tok-c3) serial c3, EXPIRED"
+    assert below[2] == (
+        "  late: spiffe://mesh.test/ns/shop/sa/b2 (token tok-b2) serial b2, expires in "
+        "1m30s - EXPIRING SOON (not renewed in time)"
+    )
+    assert "identities: 3, 2 expiring soon" in table
+    as_json = {p["node_id"]: p["identity"] for p in to_json(status)["proxies"]}
+    assert as_json["late"]["expiring_soon"] and as_json["none"] is None
+    # A daemon without a CA reports no identities: no column, no section, exit 0.
+    plain = render_table(summarize([{**_client(synced), "node_id": "x"}], [], now=0, stale_after=1))
+    assert "CERT" not in plain and "identities" not in plain

@@ -146,6 +146,10 @@ class Daemon:
             config_dir=settings.config_dir,
         )
         self.views.policies = self.state.policies
+        if self.identities is not None:
+            identities = self.identities
+            self.views.renew_fraction = lambda: identities.renew_fraction
+            self.metrics.track_issuance(lambda: (identities.issued_total, identities.renewed_total))
         self.readiness = Readiness(self.notifier, self.views, self.state)
         self.readiness.trouble = self.views.trouble = self.trouble
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)

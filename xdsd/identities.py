@@ -118,6 +118,7 @@ class Lease:
             self.kind,
             self.claims.token_id if self.claims is not None else "",
             self.issued,
+            c.issued_at,
         )
 
     def resources(self) -> Sequence[Resource]:

@@ -13,10 +13,14 @@ HTTPS with a ``client_context`` (an admin listener with ``admin_tls``);
 - ``PENDING``: sent, not acknowledged yet, more recently than that;
 - ``NOT SENT``: nothing of that type was sent (not asked for, or nothing to send).
 
-A proxy is *failing* when any of its types is NACKED, NOT APPLIED or STALE; the command
-exits 1 then (0 when none is), 3 when the admin server cannot be reached. Each proxy also
-carries the security policies that apply to it and its inbound ports' mutual TLS modes
-(``policies`` of ``/debug/clients``), listed below the table.
+A proxy is *failing* when any of its types is NACKED, NOT APPLIED or STALE, or when the
+workload certificate xdsd's CA issued it is expiring soon (past the point where it should
+have been renewed, see ``identity`` of ``/debug/clients``) or expired; the command exits 1
+then (0 when none is), 3 when the admin server cannot be reached. Each proxy also carries
+the security policies that apply to it and its inbound ports' mutual TLS modes
+(``policies`` of ``/debug/clients``), listed below the table, and its identity (SPIFFE
+id, credential, certificate serial and expiry: the ``CERT`` column says how long its
+certificate has left), listed below that.
 """
 
 from __future__ import annotations
@@ -93,11 +97,31 @@ class ProxyState:
     policies: tuple[str, ...] = ()
     #: Each inbound port's mutual TLS mode (port as a string → mode).
     mtls: dict[str, str] = field(default_factory=dict)
+    #: The workload identity xdsd issued it (None: it has none).
+    identity: Identity | None = None
 
     @property
     def failing(self) -> bool:
-        """Some type is NACKED, NOT APPLIED or STALE."""
-        return any(t.state in FAILING for t in self.types.values())
+        """Some type is NACKED, NOT APPLIED or STALE, or its certificate is expiring soon
+        (or expired)."""
+        return any(t.state in FAILING for t in self.types.values()) or (
+            self.identity is not None and self.identity.expiring_soon
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A proxy's workload identity as ``/debug/clients`` reports it."""
+
+    spiffe_id: str
+    serial: str
+    #: ``token`` or ``certificate`` (the xDS client certificate), as the daemon says.
+    credential: str
+    token_id: str
+    #: Seconds until its certificate expires at the daemon's ``now`` (negative: expired).
+    expires_in: float | None
+    #: The daemon's flag: the certificate is past the point it should have been renewed.
+    expiring_soon: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +293,7 @@ def summarize(clients: list[Any], problems: list[Any], *, now: float, stale_afte
                 types=types,
                 policies=policy_names(client.get("policies")),
                 mtls=_mtls(client.get("policies")),
+                identity=_identity(client.get("identity"), now),
             )
         )
     proxies.sort(key=lambda p: (p.node_id, p.client_id))
@@ -297,6 +322,56 @@ def _mtls(policies: Any) -> dict[str, str]:
     """The ``mtls`` of a client's ``policies`` JSON (port → mode)."""
     found = policies.get("mtls") if isinstance(policies, dict) else None
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _identity(found: Any, now: float) -> Identity | None:
+    """A client's ``identity`` JSON as an ``Identity`` (None when absent or not a
+    mapping). ``expires_in`` is computed from ``not_after`` at ``now``; a certificate
+    already expired counts as expiring soon whatever the daemon said."""
+    if not isinstance(found, dict):
+        return None
+    not_after = found.get("not_after")
+    expires_in = not_after - now if isinstance(not_after, int | float) else None
+    return Identity(
+        spiffe_id=str(found.get("spiffe_id") or "?"),
+        serial=str(found.get("serial") or ""),
+        credential=str(found.get("credential") or ""),
+        token_id=str(found.get("token_id") or ""),
+        expires_in=expires_in,
+        expiring_soon=bool(found.get("expiring_soon"))
+        or (expires_in is not None and expires_in <= 0),
+    )
+
+
+def duration_text(seconds: float) -> str:
+    """``2d3h``, ``5h12m``, ``4m30s``, ``12s`` (the two largest units); ``expired`` at or
+    below zero."""
+    if seconds <= 0:
+        return "expired"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{s}s"
+    return f"{s}s"
+
+
+def cert_cell(identity: Identity | None) -> str:
+    """The ``CERT`` column: ``-`` without an identity, else how long its certificate has
+    left, upper-case ``EXPIRING`` (or ``EXPIRED``) when it is expiring soon."""
+    if identity is None:
+        return "-"
+    if identity.expires_in is None:
+        return "?"
+    left = duration_text(identity.expires_in)
+    if identity.expires_in <= 0:
+        return "EXPIRED"
+    return f"EXPIRING {left}" if identity.expiring_soon else left
 
 
 def _type_state(status: dict[str, Any], now: float, stale_after: float) -> TypeState:
@@ -348,7 +423,8 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
     for proxy in status.proxies:
         names += [n for n in proxy.types if n not in names]
     headings = [TYPE_COLUMNS.get(n, n.upper()) for n in names]
-    rows = [["NAME", "SERVICE", "TRANSPORT", *headings]]
+    with_identity = any(p.identity is not None for p in status.proxies)
+    rows = [["NAME", "SERVICE", "TRANSPORT", *headings, *(["CERT"] if with_identity else [])]]
     details = []
     for p in status.proxies:
         cells = []
@@ -364,6 +440,8 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
                     text = text[: error_width - 3] + "..."
                 heading = TYPE_COLUMNS.get(n, n.upper())
                 details.append(f"  {p.node_id} {heading} version {t.sent_version}: {text}")
+        if with_identity:
+            cells.append(cert_cell(p.identity))
         rows.append([p.node_id, p.service, p.transport, *cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -379,12 +457,33 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
             lines.append(f"  {p.node_id}: {', '.join(p.policies) or 'none'}")
             if modes:
                 lines.append(f"  {' ' * len(p.node_id)}  mTLS: {modes}")
+    identities = [(p.node_id, p.identity) for p in status.proxies if p.identity is not None]
+    if identities:
+        lines += ["", "identities:"]
+        lines += [f"  {node}: {_identity_text(identity)}" for node, identity in identities]
     for problem in status.errors:
         lines.append(f"config error: {_problem_text(problem)}")
     for problem in status.warnings:
         lines.append(f"config warning: {_problem_text(problem)}")
     lines += ["", summary_line(status)]
     return "\n".join(lines) + "\n"
+
+
+def _identity_text(identity: Identity) -> str:
+    """``SPIFFE_ID (token ID) serial S, expires in 23h59m`` (``EXPIRING SOON`` flagged)."""
+    credential = identity.credential or "?"
+    if identity.token_id:
+        credential += f" {identity.token_id}"
+    text = f"{identity.spiffe_id} ({credential}) serial {identity.serial or '?'}"
+    if identity.expires_in is not None:
+        text += (
+            ", EXPIRED"
+            if identity.expires_in <= 0
+            else f", expires in {duration_text(identity.expires_in)}"
+        )
+    if identity.expiring_soon and (identity.expires_in or 0) > 0:
+        text += " - EXPIRING SOON (not renewed in time)"
+    return text
 
 
 def _enforced(mtls: dict[str, str]) -> bool:
@@ -415,6 +514,10 @@ def summary_line(status: Status) -> str:
         f"{count({PENDING})} pending; config: {len(status.errors)} errors, "
         f"{len(status.warnings)} warnings"
     )
+    identified = [p.identity for p in status.proxies if p.identity is not None]
+    if identified:
+        soon = sum(i.expiring_soon for i in identified)
+        text += f"; identities: {len(identified)}, {soon} expiring soon"
     if status.errors:
         text += " (the last good configuration is being served)"
     return text
@@ -432,6 +535,16 @@ def to_json(status: Status) -> dict[str, Any]:
                 "failing": p.failing,
                 "policies": list(p.policies),
                 "mtls": p.mtls,
+                "identity": None
+                if p.identity is None
+                else {
+                    "spiffe_id": p.identity.spiffe_id,
+                    "serial": p.identity.serial,
+                    "credential": p.identity.credential,
+                    "token_id": p.identity.token_id,
+                    "expires_in": p.identity.expires_in,
+                    "expiring_soon": p.identity.expiring_soon,
+                },
                 "types": {
                     n: {
                         "state": t.state,

@@ -4,13 +4,14 @@ registry per daemon."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from envoy.config.cluster.v3 import cluster_pb2
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from xdsd.admin.metrics import Metrics
-from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.cache import ClientIdentity, CredentialKind, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, Severity
 from xdsd.resources import CLUSTER, LISTENER, Resource, Version
@@ -147,3 +148,46 @@ def test_two_daemons_in_one_process_share_nothing() -> None:
     assert ("xdsd_responses_total", labels) not in samples(second)
     assert ("xdsd_connected_clients", (("transport", "ads"),)) not in samples(second)
     assert cache2.clients() == ()
+
+
+def test_certificates_issued_and_renewed_are_read_at_scrape_time() -> None:
+    metrics, *_ = setup()
+    counts = [0, 0]
+    metrics.track_issuance(lambda: (counts[0], counts[1]))
+    assert samples(metrics)["xdsd_certificates_issued_total", ()] == 0
+    counts[:] = [2, 5]  # two proxies, five renewals between them
+    got = samples(metrics)
+    assert got["xdsd_certificates_issued_total", ()] == 7
+    assert got["xdsd_certificate_renewals_total", ()] == 5
+
+
+def test_identities_and_the_soonest_expiry_are_read_at_scrape_time() -> None:
+    metrics, cache, _, _ = setup()
+    got = samples(metrics)
+    assert ("xdsd_certificate_soonest_expiry_timestamp_seconds", ()) not in got
+
+    def identity(not_after: float, credential: CredentialKind) -> ClientIdentity:
+        return ClientIdentity(
+            "spiffe://mesh.test/ns/default/sa/web",
+            "01",
+            datetime.fromtimestamp(not_after - 100, UTC),
+            datetime.fromtimestamp(not_after, UTC),
+            credential,
+        )
+
+    holders: list[tuple[str, float, CredentialKind]] = [
+        ("a", 5000.0, "token"),
+        ("b", 4000.0, "certificate"),
+    ]
+    for name, not_after, credential in holders:
+        cache.open_client(name, node_id=name, key="k", transport="ads")
+        cache.record_identity(name, identity(not_after, credential))
+    cache.open_client("gone", node_id="g", key="k", transport="ads")
+    cache.record_identity("gone", identity(3000.0, "token"))
+    cache.close_client("gone")  # a disconnected client's certificate is nobody's concern
+    got = samples(metrics)
+    assert got["xdsd_certificate_soonest_expiry_timestamp_seconds", ()] == 4000.0
+    assert got["xdsd_workload_identities", (("credential", "token"),)] == 1
+    assert got["xdsd_workload_identities", (("credential", "certificate"),)] == 1
+    cache.record_identity("b", identity(6000.0, "certificate"))  # renewed
+    assert samples(metrics)["xdsd_certificate_soonest_expiry_timestamp_seconds", ()] == 5000.0

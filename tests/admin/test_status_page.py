@@ -4,11 +4,12 @@ client or a config file controls is escaped."""
 from __future__ import annotations
 
 import html.parser
+from datetime import UTC, datetime
 
 from envoy.config.cluster.v3 import cluster_pb2
 
 from xdsd.admin.status_page import StatusView, render_status_page
-from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.cache import ClientIdentity, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, Severity
 from xdsd.resources import CLUSTER, ENDPOINT, Resource, Version
@@ -150,3 +151,42 @@ def test_policies_per_class_and_under_each_proxy_escaped() -> None:
 def test_no_policies_says_so() -> None:
     page = render_status_page(view(fleet(), policies={EVIL: {"mtls": {}}}))
     assert "No security policy applies to any node class." in "".join(parse(page).text)
+
+
+def _identity(serial: str, not_before: float, not_after: float, token: str = "") -> ClientIdentity:
+    return ClientIdentity(
+        f"spiffe://mesh.test/ns/shop/sa/{EVIL}",
+        serial,
+        datetime.fromtimestamp(not_before, UTC),
+        datetime.fromtimestamp(not_after, UTC),
+        "token" if token else "certificate",
+        token_id=token,
+    )
+
+
+def test_identity_and_expiry_per_proxy_with_the_ones_expiring_soon_flagged() -> None:
+    cache = fleet()
+    now = 1000.0 + 3725
+    # 24 h life: fresh (2 h in), late (22 h in: past 3/4 of its life), none for c2.
+    cache.record_identity("c1", _identity("0a1b", now - 7200, now + 79200, token=EVIL))
+    cache.open_client("c4", node_id="late", key=EVIL, transport="ads")
+    cache.record_identity("c4", _identity("0c2d", now - 79200, now + 7200))
+    page = render_status_page(view(cache, clients=cache.clients(), now=now))
+    assert EVIL not in page  # the token id and SPIFFE id are escaped too
+    doc = parse(page)
+    cells = {a.get("data-serial"): a for tag, a in doc.tags if tag == "td" and "data-serial" in a}
+    assert set(cells) == {"0a1b", "0c2d"}
+    assert cells["0a1b"]["class"] == "identity"
+    assert cells["0c2d"]["class"] == "identity expiring"
+    assert cells["0a1b"]["data-spiffe"] == f"spiffe://mesh.test/ns/shop/sa/{EVIL}"
+    text = "".join(doc.text)
+    assert "expires in 22 h 0 min" in text and "expires in 2 h 0 min · expiring soon" in text
+    assert "2 with an identity" in text and "1 expiring soon" in text
+    # With renewal set at 95 % of the life, two hours left of 24 is not late yet.
+    page = render_status_page(view(cache, clients=cache.clients(), now=now, renew_fraction=0.95))
+    assert "0 expiring soon" in page and "identity expiring" not in page
+
+
+def test_no_identity_column_without_a_ca() -> None:
+    page = render_status_page(view(fleet()))
+    assert "<th>Identity</th>" not in page and "with an identity" not in page

@@ -8,7 +8,9 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/metrics`` in Prometheus' text format (``metrics.py``);
 - ``/debug/clients`` (per client: node, class, transport, when it connected and, per type,
   the version sent and acknowledged with their wall-clock times (seconds since the epoch),
-  the sync state and the last NACK; ``?node=ID`` keeps one node's);
+  the sync state and the last NACK; the workload identity xdsd's CA issued it, if any —
+  SPIFFE id, serial, validity, credential, token id, ``expiring_soon``, never a key:
+  ``identities.py``; ``?node=ID`` keeps one node's);
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
@@ -30,6 +32,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from xdsd.admin.identities import DEFAULT_RENEW_FRACTION, identity_json
 from xdsd.admin.metrics import ConfigState, Metrics
 from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
@@ -77,6 +80,9 @@ class AdminViews:
         self.listening = False
         self.node_access: NodeAccess | None = None
         self.policies: ClassPolicies = no_policies
+        #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
+        #: certificate counts as expiring soon (``identities.expiring_soon``).
+        self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
 
@@ -126,6 +132,7 @@ class AdminViews:
             clients=clients,
             snapshots=snapshots,
             policies={key: self.policies(key) for key in keys},
+            renew_fraction=self.renew_fraction(),
         )
         return web.Response(
             text=render_status_page(view),
@@ -137,9 +144,10 @@ class AdminViews:
         """Every client's sync state and its class's security policies (``?node=ID``:
         that node's clients only)."""
         node = request.query.get("node")
+        now = self.clock()
         return web.json_response(
             [
-                client_json(c, self.policies(c.key))
+                client_json(c, self.policies(c.key), now=now, renew_fraction=self.renew_fraction())
                 for c in self.cache.clients()
                 if node is None or c.node_id == node
             ]
@@ -187,7 +195,15 @@ class AdminViews:
                 "transport": client.transport,
                 "connected": client.connected,
                 "policies": self.policies(client.key),
-                "clients": [client_json(c, self.policies(c.key)) for c in found],
+                "clients": [
+                    client_json(
+                        c,
+                        self.policies(c.key),
+                        now=self.clock(),
+                        renew_fraction=self.renew_fraction(),
+                    )
+                    for c in found
+                ],
                 **dump,
             }
         )
@@ -211,9 +227,16 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
-def client_json(client: ClientStatus, policies: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def client_json(
+    client: ClientStatus,
+    policies: Mapping[str, Any] | None = None,
+    *,
+    now: float | None = None,
+    renew_fraction: float = DEFAULT_RENEW_FRACTION,
+) -> dict[str, Any]:
     """A client's status as JSON, with ``policies`` (its class's security policies,
-    ``ClassPolicies``) when given."""
+    ``ClassPolicies``) when given, and ``identity`` (``identities.identity_json`` at
+    ``now``, the current time when None; null without one)."""
     types = {}
     for type_url, status in client.types.items():
         nack = status.nack
@@ -243,6 +266,9 @@ def client_json(client: ClientStatus, policies: Mapping[str, Any] | None = None)
         "connected_at": client.connected_at,
         "disconnected_at": client.disconnected_at,
         "types": types,
+        "identity": None
+        if client.identity is None
+        else identity_json(client.identity, time.time() if now is None else now, renew_fraction),
         **({"policies": policies} if policies is not None else {}),
     }
 

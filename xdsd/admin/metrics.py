@@ -5,10 +5,12 @@ How this works: events are counted where they happen, and states are read when s
 the cache records increments a counter (the labelled child is looked up once per label
 pair and kept, so the serving path pays an increment, not a label lookup), and each ACK
 that answers a recorded response observes its push-to-ACK latency. Reloads are timed by
-the daemon (``observe_reload``). Everything that is a state — connected clients, their
-sync state per type, config errors and warnings, the version of each type per node class
-— is computed from the cache and the configuration when ``/metrics`` is scraped, so it
-costs nothing between scrapes. No metric lives in a module global: two daemons in one
+the daemon (``observe_reload``); the certificates xdsd's CA issued are counted by the CA
+side and read when scraped (``track_issuance``). Everything that is a state — connected
+clients, their sync state per type and identities, config errors and warnings, the
+version of each type per node class, the soonest certificate expiry — is computed from
+the cache and the configuration when ``/metrics`` is scraped, so it costs nothing
+between scrapes. No metric lives in a module global: two daemons in one
 process (tests) never share a value.
 """
 
@@ -24,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from xdsd.admin.identities import soonest_expiry
 from xdsd.cache.cache import SYNC_STATES, SnapshotCache
 from xdsd.errors import Problem
 from xdsd.resources import SHORT_NAMES, TypeUrl
@@ -131,9 +134,11 @@ class Metrics:
         )
         self.refused = Counter(
             "xdsd_refused",
-            "Streams and requests refused by a limit or by node authorization, by listener "
-            "(grpc, rest) and reason (request_too_large, too_many_streams, "
-            "first_request_timeout, permission_denied).",
+            "Streams and requests refused by a limit, by node authorization or for an "
+            "identity credential, by listener (grpc, rest, admin) and reason "
+            "(request_too_large, too_many_streams, first_request_timeout, "
+            "permission_denied; with [mesh.ca]: token_absent, token_malformed, "
+            "token_forged, token_expired, token_revoked).",
             ["listener", "reason"],
             registry=r,
         )
@@ -195,6 +200,38 @@ class Metrics:
         ``xdsd_log_records_dropped_total`` at every scrape."""
         self.registry.register(_LogDrops(count))
 
+    def track_issuance(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Export ``counts()`` — (first certificates issued, renewals and re-issues) of
+        xdsd's CA since the start (``Identities.issued_total``, ``renewed_total``) — at
+        every scrape, as ``xdsd_certificates_issued_total`` (both) and
+        ``xdsd_certificate_renewals_total``."""
+        self.registry.register(_Issuance(counts))
+
+
+class _Issuance(Collector):
+    """``xdsd_certificates_issued_total`` and ``xdsd_certificate_renewals_total``, read
+    when scraped."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        """The counters, as they are now."""
+        first, renewed = self.counts()
+        issued = CounterMetricFamily(
+            "xdsd_certificates_issued",
+            "Workload certificates xdsd's CA signed for proxies (first ones and renewals).",
+        )
+        issued.add_metric([], first + renewed)
+        yield issued
+        renewals = CounterMetricFamily(
+            "xdsd_certificate_renewals",
+            "Workload certificates that replaced one the same stream held (timer renewals, "
+            "re-issues by a new signing authority); also in xdsd_certificates_issued.",
+        )
+        renewals.add_metric([], renewed)
+        yield renewals
+
 
 class _LogDrops(Collector):
     """``xdsd_log_records_dropped_total``, read when scraped."""
@@ -225,10 +262,14 @@ class StateCollector(Collector):
         connected: Tally[str] = Tally()
         by_type: Tally[tuple[str, ...]] = Tally()
         sync: Tally[tuple[str, str]] = Tally()
-        for client in self.cache.clients():
+        identities: Tally[tuple[str, ...]] = Tally()
+        clients = self.cache.clients()
+        for client in clients:
             if not client.connected:
                 continue
             connected[client.transport] += 1
+            if client.identity is not None:
+                identities[(client.identity.credential,)] += 1
             for type_url, status in client.types.items():
                 name = type_name(type_url)
                 by_type[client.transport, name] += 1
@@ -252,6 +293,23 @@ class StateCollector(Collector):
             ["type", "state"],
             {(t, s): sync.get((t, s), 0) for t in types for s in SYNC_STATES},
         )
+        yield _gauge(
+            "xdsd_workload_identities",
+            "Connected clients holding a workload certificate xdsd's CA issued, by the "
+            "credential they proved who they are with (token, certificate).",
+            ["credential"],
+            dict(identities),
+        )
+        soonest = soonest_expiry(clients)
+        expiry = GaugeMetricFamily(
+            "xdsd_certificate_soonest_expiry_timestamp_seconds",
+            "When the first of the certificates connected clients hold expires (Unix time; "
+            "absent while none holds one). Alert on it minus time() getting small: "
+            "renewals are not happening.",
+        )
+        if soonest is not None:
+            expiry.add_metric([], soonest)
+        yield expiry
         yield _gauge(
             "xdsd_config_errors",
             "Errors of the last refused reload (0 when the last reload loaded).",

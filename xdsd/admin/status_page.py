@@ -1,5 +1,10 @@
 """The status page: one plain HTML page of proxies, configuration and versions.
 
+Each proxy with a workload identity from xdsd's CA shows it in an *Identity* column: its
+SPIFFE id, how it proved it (token id, or its client certificate), the certificate's
+serial and how long it has left, flagged *expiring soon* (``identities.expiring_soon``);
+the header counts those expiring soon.
+
 ``render_status_page`` is a pure function of a ``StatusView`` (what the admin server read
 from the cache and the configuration at request time) and returns the whole page. Every
 value that comes from a client or a config file (node ids, NACK messages, paths, class
@@ -15,7 +20,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xdsd.cache.cache import SYNC_STATES, ClientStatus, SyncState, TypeStatus
+from xdsd.admin.identities import DEFAULT_RENEW_FRACTION, expiring_soon
+from xdsd.cache.cache import SYNC_STATES, ClientIdentity, ClientStatus, SyncState, TypeStatus
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
 from xdsd.resources import PUSH_ORDER, SHORT_NAMES, TypeUrl
@@ -58,6 +64,8 @@ td.nacked, td.not_applied { background: #fdecea; white-space: normal; }
 .summary span { margin-right: 1.2em; }
 ul.problems { padding-left: 1.2em; } ul.problems li { margin: .2em 0; }
 td.policy ul { margin: 0; padding-left: 1.1em; } .policies { font-size: 12px; }
+td.identity { font-size: 12px; } td.identity.expiring { background: #fdecea; }
+.expiring { color: #b3261e; font-weight: 600; }
 footer { margin-top: 2em; color: #6b7380; font-size: 12px; }
 """
 
@@ -77,6 +85,8 @@ class StatusView:
     snapshots: Mapping[Hashable, Snapshot]
     #: The security policies of each class shown (``admin.ClassPolicies``' JSON).
     policies: Mapping[Hashable, Mapping[str, Any]] = field(default_factory=dict)
+    #: ``[mesh.ca] renew_fraction``: when a certificate counts as expiring soon.
+    renew_fraction: float = DEFAULT_RENEW_FRACTION
 
 
 def render_status_page(view: StatusView) -> str:
@@ -93,7 +103,7 @@ def render_status_page(view: StatusView) -> str:
         f"<style>{_STYLE}</style></head><body>",
         _header(view, connected),
         _config_section(view),
-        _proxies_section(connected, types, view.now, view.policies),
+        _proxies_section(connected, types, view.now, view.policies, view.renew_fraction),
         _versions_section(view, connected, types),
         _policies_section(view, connected),
         _disconnected_section(gone, view.now),
@@ -125,6 +135,14 @@ def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
         for s, n in states.items()
         if n or s == "in_sync"
     )
+    identities = [c.identity for c in connected if c.identity is not None]
+    if identities:
+        soon = sum(expiring_soon(i, view.now, view.renew_fraction) for i in identities)
+        summary += (
+            f' <span id="count-identities">{len(identities)} with an identity</span>'
+            f'<span id="count-expiring" class="{"expiring" if soon else "in_sync"}">'
+            f"{soon} expiring soon</span>"
+        )
     return (
         "<header><h1>xdsd</h1>"
         f"<p>version {_e(view.version)} · up {_duration(view.now - view.started_at)} · "
@@ -154,6 +172,7 @@ def _proxies_section(
     types: Sequence[TypeUrl],
     now: float,
     policies: Mapping[Hashable, Mapping[str, Any]],
+    renew_fraction: float = DEFAULT_RENEW_FRACTION,
 ) -> str:
     out = ['<section id="proxies"><h2>Proxies</h2>']
     if not connected:
@@ -161,7 +180,10 @@ def _proxies_section(
         return "".join(out)
     rank = {s: i for i, s in enumerate(SYNC_STATES)}
     ordered = sorted(connected, key=lambda c: (rank[_worst(c)], c.node_id, c.client_id))
+    with_identity = any(c.identity is not None for c in connected)
     out.append("<table><thead><tr><th>Node</th><th>Transport</th><th>Connected</th>")
+    if with_identity:
+        out.append("<th>Identity</th>")
     out.extend(f"<th>{_e(_short(t))}</th>" for t in types)
     out.append("</tr></thead><tbody>")
     for client in ordered[:MAX_ROWS]:
@@ -174,6 +196,8 @@ def _proxies_section(
             f"<td>{_e(client.transport)}</td>"
             f"<td>{_ago(now, client.connected_at)}</td>"
         )
+        if with_identity:
+            out.append(_identity_cell(client.identity, now, renew_fraction))
         for type_url in types:
             status = client.types.get(type_url)
             out.append(_type_cell(type_url, status, now))
@@ -186,6 +210,25 @@ def _proxies_section(
         )
     out.append("</section>")
     return "".join(out)
+
+
+def _identity_cell(identity: ClientIdentity | None, now: float, renew_fraction: float) -> str:
+    if identity is None:
+        return '<td class="identity none">—</td>'
+    soon = expiring_soon(identity, now, renew_fraction)
+    left = identity.not_after.timestamp() - now
+    proof = f"token <code>{_e(identity.token_id)}</code>" if identity.token_id else ""
+    if not proof:
+        proof = "client certificate" if identity.credential == "certificate" else "token"
+    expiry = f"expires in {_duration(left)}" if left > 0 else "EXPIRED"
+    if soon:
+        expiry = f'<span class="expiring">{expiry} · expiring soon</span>'
+    return (
+        f'<td class="identity{" expiring" if soon else ""}" '
+        f'data-spiffe="{_e(identity.spiffe_id)}" data-serial="{_e(identity.serial)}">'
+        f"<code>{_e(identity.spiffe_id)}</code><br>by {proof}<br>"
+        f"serial <code>{_e(identity.serial)}</code><br>{expiry}</td>"
+    )
 
 
 def _type_cell(type_url: TypeUrl, status: TypeStatus | None, now: float) -> str:

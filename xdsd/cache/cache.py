@@ -113,6 +113,9 @@ class ClientIdentity:
     credential: CredentialKind
     token_id: str = ""
     issued: int = 1
+    #: When the certificate was made (``not_before`` is backdated for clock skew); None:
+    #: unknown, ``not_before`` stands in. Its renewal is timed from here.
+    issued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
