@@ -37,7 +37,7 @@ from xdsd.access import admin_node_access, authorize_mesh
 from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
-from xdsd.errors import ConfigError, UsageError, XdsdError
+from xdsd.errors import ConfigError, UsageError
 from xdsd.identities import MeshAuthority
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
@@ -162,9 +162,7 @@ class Daemon:
         )
         #: The certificate signing method's behaviour (``xdsd certificate``); signing only
         #: with ``[mesh.ca]``.
-        self.signing = SigningEndpoint(
-            self._signer(settings.mesh), on_refused=self.metrics.on_refused
-        )
+        self.signing = SigningEndpoint(self._signer(), on_refused=self.metrics.on_refused)
         #: The servers, in the order they start and close (admin last: ``/readyz`` stays
         #: reachable while the streams end).
         self.listeners = self._make_listeners()
@@ -178,35 +176,16 @@ class Daemon:
         #: The other tasks of ``run``'s group, cancelled at the end of a shutdown.
         self._background: list[asyncio.Task[None]] = []
 
-    def _signer(self, mesh: MeshConfig) -> CertificateSigner | None:
-        """The signer of ``mesh``'s ``[mesh.ca]`` (None without one): its CA and token
-        authority, built here (raises CAError when they cannot be used) and replaced by
-        ``_renew_signer`` when a reload changes ``[mesh.ca]``."""
-        if mesh.ca is None:
-            return None
-        from xdsd.ca.authority import CertificateAuthority
-        from xdsd.ca.signing import TokenSigner
-        from xdsd.ca.tokens import TokenAuthority
-
+    def _signer(self) -> CertificateSigner | None:
+        """The signer of ``xdsd certificate`` requests: the CA and token authority of
+        ``self.authority`` (the one that also issues the streams' identities, replaced in
+        place when a reload changes ``[mesh.ca]``); None without ``[mesh.ca]``."""
         authority = self.authority
-        if authority is not None:  # the one CA that also issues the streams' identities
-            return TokenSigner(lambda: authority.ca, lambda: authority.tokens)
+        if authority is None:
+            return None
+        from xdsd.ca.signing import TokenSigner
 
-        self._ca_config = mesh.ca
-        self._authority = CertificateAuthority(mesh.ca, mesh.mtls.trust_domain)
-        self._tokens = TokenAuthority(mesh.ca)
-        return TokenSigner(lambda: self._authority, lambda: self._tokens)
-
-    def _renew_signer(self, mesh: MeshConfig) -> None:
-        """After a reload with ``mesh``: a changed ``[mesh.ca]`` (authorities, revoked
-        tokens) signs the next request; one that cannot be used is logged and the
-        current one kept."""
-        if self.authority is not None or mesh.ca == getattr(self, "_ca_config", None):
-            return  # MeshAuthority.reconfigure replaced the CA the signer reads
-        try:
-            self.signing.signer = self._signer(mesh)
-        except XdsdError as e:
-            log.error("[mesh.ca] refused, the current CA keeps signing: %s", e)
+        return TokenSigner(lambda: authority.ca, lambda: authority.tokens)
 
     def _make_listeners(self) -> list[DaemonListener]:
         settings, certificates = self.settings, self.certificates
@@ -416,7 +395,6 @@ class Daemon:
             if mesh is not None:
                 self.state.set_mesh_config(mesh)
                 authorize_mesh(self.authorizer, self.settings, mesh)
-                self._renew_signer(mesh)
             if self.certificates is not None:
                 # xdsd's own certificate: a few stats, then (if they changed) new contexts
                 self.certificates.reload(force=requested)
