@@ -3,7 +3,9 @@ bootstrap carries only a token (``xdsd bootstrap --token-file``): they speak STR
 mTLS to each other, the callee's application learns the caller's SPIFFE id (XFCC), and
 Envoy's ``/certs`` shows the issued certificate. Streams whose token does not hold — for
 another service, expired, revoked (ended on SIGHUP while connected), forged, absent — end
-with the right gRPC status and get no ``default`` secret (real grpcio ADS clients)."""
+with the right gRPC status and get no ``default`` secret (real grpcio ADS clients). Every
+case runs once per gRPC server implementation (``xdsd serve --grpc-impl``: grpclib,
+grpcio)."""
 
 from __future__ import annotations
 
@@ -75,9 +77,11 @@ class World:
         return path
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("issued")
+@pytest.fixture(scope="module", params=["grpclib", "grpcio"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    root = tmp_path_factory.mktemp(f"issued-{request.param}")
     state = root / "state"
     with TrafficMesh(root) as mesh:
         path = root / "settings.toml"
@@ -85,7 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ca = Settings.from_file(str(path)).mesh.ca
         assert ca is not None
         tokens = TokenAuthority(ca)  # generates the token key xdsd will read
-        mesh.xdsd_args = ["--settings", str(path)]
+        mesh.xdsd_args = ["--settings", str(path), "--grpc-impl", request.param]
         app_port = free_port()
         app = mesh.upstream("web-app", host="127.0.0.1", port=app_port)
         w = World(root, mesh, path, state, tokens, None, None, app)  # type: ignore[arg-type]
