@@ -163,11 +163,12 @@ def first_response_over_tls(
     key: bytes | None = None,
     chain: bytes | None = None,
     server_name: str,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> discovery_pb2.DiscoveryResponse | Any:
     """Open an ADS stream to xdsd on 127.0.0.1:``port`` over TLS (trusting ``root``,
     expecting ``server_name``, presenting the client certificate ``chain``/``key`` when
-    given), send ``request``; return the first response, or the ``grpc.RpcError`` the
-    stream ended with."""
+    given, sending ``metadata``), send ``request``; return the first response, or the
+    ``grpc.RpcError`` the stream ended with."""
     import grpc
 
     credentials = grpc.ssl_channel_credentials(
@@ -178,7 +179,9 @@ def first_response_over_tls(
         credentials,
         options=[("grpc.ssl_target_name_override", server_name)],
     ) as channel:
-        call = channel.stream_stream(ADS_PATH)(iter([request.SerializeToString()]), timeout=20)
+        call = channel.stream_stream(ADS_PATH)(
+            iter([request.SerializeToString()]), timeout=20, metadata=metadata
+        )
         try:
             first = discovery_pb2.DiscoveryResponse.FromString(next(call))
         except grpc.RpcError as e:

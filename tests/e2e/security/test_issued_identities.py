@@ -1,32 +1,42 @@
 """Identities issued by xdsd's own CA (``[mesh.ca]``) to real Envoy sidecars whose
 bootstrap carries only a token (``xdsd bootstrap --token-file``): they speak STRICT mesh
 mTLS to each other, the callee's application learns the caller's SPIFFE id (XFCC), and
-Envoy's ``/certs`` shows the issued certificate. Streams whose token does not hold — for
-another service, expired, revoked (ended on SIGHUP while connected), forged, absent — end
-with the right gRPC status and get no ``default`` secret (real grpcio ADS clients)."""
+Envoy's ``/certs`` shows the issued certificate. A proxyless gRPC client whose certificate
+files ``xdsd certificate`` fetched with a token calls through such a sidecar over the
+same STRICT mTLS, and the sidecar's application sees its SPIFFE id. Streams whose token
+does not hold — for another service, expired, revoked (ended on SIGHUP while connected),
+forged, absent — end with the right gRPC status and get no ``default`` secret (real
+grpcio ADS clients). Every case runs once per gRPC server implementation (``xdsd serve
+--grpc-impl``: grpclib, grpcio)."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import json
+import os
 import queue
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.e2e.upstreams import Upstream
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 from xdsd.ca.tokens import TokenAuthority
 from xdsd.settings import Settings
 
@@ -75,9 +85,11 @@ class World:
         return path
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("issued")
+@pytest.fixture(scope="module", params=["grpclib", "grpcio"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    root = tmp_path_factory.mktemp(f"issued-{request.param}")
     state = root / "state"
     with TrafficMesh(root) as mesh:
         path = root / "settings.toml"
@@ -85,7 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ca = Settings.from_file(str(path)).mesh.ca
         assert ca is not None
         tokens = TokenAuthority(ca)  # generates the token key xdsd will read
-        mesh.xdsd_args = ["--settings", str(path)]
+        mesh.xdsd_args = ["--settings", str(path), "--grpc-impl", request.param]
         app_port = free_port()
         app = mesh.upstream("web-app", host="127.0.0.1", port=app_port)
         w = World(root, mesh, path, state, tokens, None, None, app)  # type: ignore[arg-type]
@@ -257,3 +269,124 @@ def test_a_revoked_token_ends_its_connected_stream_on_sighup(world: World) -> No
     code, _ = refused_with(world, sidecar_node("revoked-2", "client"), token)
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert call_web(world) == 200
+
+
+def xfcc_echo(port: int) -> grpc.Server:
+    """A gRPC application on 127.0.0.1:``port`` whose ``/test.Echo/Who`` answers the URI
+    of the ``x-forwarded-client-cert`` its sidecar added (``none`` without one)."""
+
+    def who(request: bytes, context: grpc.ServicerContext) -> bytes:
+        headers = dict(context.invocation_metadata())
+        header = str(headers.get("x-forwarded-client-cert", ""))
+        details = dict(part.split("=", 1) for part in header.split(";") if "=" in part)
+        return details.get("URI", "none").encode()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xdsd.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_proxyless_client_with_xdsd_certificate_files_speaks_mesh_mtls(
+    world: World, tmp_path: Path
+) -> None:
+    """A proxyless gRPC client (grpcio, xDS channel credentials) whose bootstrap is
+    ``xdsd bootstrap --format grpc --certificate-dir DIR``, DIR written by ``xdsd
+    certificate`` with a token against the running daemon, calls greeter through its
+    token-only Envoy sidecar over STRICT mesh mTLS: greeter's application sees the
+    client's SPIFFE id. The same client without the files is refused by the sidecar."""
+    assert world.mesh.xdsd is not None
+    xds = f"127.0.0.1:{world.mesh.xdsd.grpc_port}"
+    app_port = free_port()
+    app = xfcc_echo(app_port)
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        greeter = world.mesh.start(
+            "greeter",
+            app_port=app_port,
+            protocol="GRPC",
+            bootstrap_args=("--token-file", str(world.token_file("greeter"))),
+        )
+        out = tmp_path / "caller-certificate"
+        fetched = cli(
+            "certificate",
+            "--service",
+            "caller",
+            "--token-file",
+            str(world.token_file("caller")),
+            "--xds",
+            xds,
+            "--out",
+            str(out),
+        )
+        assert fetched.returncode == 0, fetched.stderr
+        leaf = x509.load_pem_x509_certificates((out / "cert.pem").read_bytes())[0]
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [identity("caller")]
+
+        def start_client(certificate_dir: Path | None) -> queue.Queue[str]:
+            argv = ["bootstrap", "--service", "caller", "--format", "grpc", "--xds", xds]
+            if certificate_dir is not None:
+                argv += ["--certificate-dir", str(certificate_dir)]
+            boot = cli(*argv)
+            assert boot.returncode == 0, boot.stderr
+            doc = json.loads(boot.stdout)
+            assert ("certificate_providers" in doc) is (certificate_dir is not None), doc
+            path = tmp_path / f"bootstrap-{len(clients)}.json"
+            path.write_text(boot.stdout)
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).parents[1] / "grpc_client.py"),
+                    f"greeter:{greeter.inbound_port}",
+                    "--xds-credentials",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(path)},
+            )
+            clients.append(client)
+            seen: queue.Queue[str] = queue.Queue()
+            threading.Thread(
+                target=lambda: [seen.put(line.strip()) for line in client.stdout or []],
+                daemon=True,
+            ).start()
+            return seen
+
+        def answers(seen: queue.Queue[str], n: int) -> list[str]:
+            return [seen.get(timeout=30) for _ in range(n)]
+
+        secured = start_client(out)
+        wait_until(
+            lambda: answers(secured, 3) == [identity("caller")] * 3,
+            timeout=60,
+            what="the proxyless client's calls, its SPIFFE id seen by greeter's app",
+        )
+        handshakes = greeter.stats().get(f"listener.inbound_{greeter.inbound_port}.ssl.handshake")
+        assert handshakes, "greeter's inbound listener completed no TLS handshake"
+        # Without the files: plaintext, which the STRICT sidecar refuses in its handshake.
+        failed = f"listener.inbound_{greeter.inbound_port}.ssl.connection_error"
+        before = greeter.stats().get(failed, 0)
+        plain = start_client(None)
+        got = answers(plain, 1)  # waits out the client's 5 s deadline
+        assert got[0].startswith("error"), got
+        assert greeter.stats().get(failed, 0) > before
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+        app.stop(None)
