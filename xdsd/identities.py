@@ -33,12 +33,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 from xdsd.ca.authority import CertificateAuthority, IssuedCertificate, IssueRefused
 from xdsd.ca.files import CAError
 from xdsd.ca.sds import workload_secret
-from xdsd.ca.tokens import InvalidToken, TokenAuthority, TokenClaims, token_id_of
+from xdsd.ca.tokens import (
+    InvalidToken,
+    TokenAuthority,
+    TokenClaims,
+    token_expired,
+    token_id_of,
+)
 from xdsd.cache.cache import ClientIdentity, CredentialKind
 from xdsd.model.mesh_config import MeshConfig
 from xdsd.resources import Resource
@@ -248,18 +253,15 @@ class Identities:
         return claims
 
     def _token_ending(self, claims: TokenClaims) -> Refused | None:
-        """Why a token admitted earlier no longer holds (revoked, expired), if so."""
+        """Why a token admitted earlier no longer holds (revoked, or expired by
+        ``tokens.token_expired``, the rule ``verify`` applies), if so."""
         if claims.token_id in self.revoked:
             return token_refusal(InvalidToken("revoked", ""), claims.token_id)
-        if claims.expires <= self.now():
+        if token_expired(claims.expires.timestamp(), self.clock()):
             return token_refusal(InvalidToken("expired", ""), claims.token_id)
         return None
 
     # -- renewal -----------------------------------------------------------------------
-
-    def now(self) -> datetime:
-        """The clock as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.clock(), UTC)
 
     def due_time(self, certificate: IssuedCertificate) -> float:
         """When ``certificate`` is renewed (seconds since the epoch)."""
