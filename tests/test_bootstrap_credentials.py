@@ -128,7 +128,7 @@ def test_rest_and_proxyless_grpc_cannot_carry_a_token(token_file: Path) -> None:
         ["bootstrap", "--service", "a", "--transport", "rest", "--token-file", str(token_file)]
     )
     assert code == 2 and "REST-JSON polls cannot carry a token" in stderr
-    assert "client certificate" in stderr
+    assert "client certificate" in stderr and "tls_client_ca" in stderr
     code, _, stderr = run(
         ["bootstrap", "--service", "a", "--format", "grpc", "--token-file", str(token_file)]
     )

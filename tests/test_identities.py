@@ -13,7 +13,13 @@ from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from xdsd.ca.authority import CertificateAuthority
-from xdsd.ca.tokens import InvalidToken, TokenClaims
+from xdsd.ca.tokens import (
+    EXPIRY_SKEW_SECONDS,
+    InvalidToken,
+    TokenAuthority,
+    TokenClaims,
+    token_expired,
+)
 from xdsd.cache.snapshot import Snapshot
 from xdsd.identities import REISSUE_SPREAD, Identities
 from xdsd.model.mesh_config import WORKLOAD_SECRET, CAAuthority, MeshCA
@@ -153,6 +159,33 @@ def test_expired_revoked_and_absent_are_unauthenticated(tmp_path: Path) -> None:
     assert refused.reason == "token_expired"
     refused = _refusal(lambda: ids.admit(WEB, None))
     assert (refused.code, refused.reason) == ("UNAUTHENTICATED", "token_absent")
+
+
+@pytest.mark.parametrize("past", [0.0, EXPIRY_SKEW_SECONDS - 1, EXPIRY_SKEW_SECONDS + 1, 600.0])
+def test_admission_and_verify_share_the_expiry_rule(tmp_path: Path, past: float) -> None:
+    """A token ``past`` seconds after its ``exp`` is taken by both ``verify`` and admission
+    while within the skew allowance, and refused (``token_expired``) by both after it."""
+    clock = Clock()
+    tokens = TokenAuthority(MeshCA(state_dir=str(tmp_path / "state")))
+    minted = tokens.mint("shop", "web", 60)
+    ca = _ca(tmp_path)
+    ids = Identities(
+        issue=ca.issue,
+        verify=lambda t: tokens.verify(t, now=clock.now),
+        trust_domain=TD,
+        clock=clock,
+    )
+    clock.now = minted.claims.expires.timestamp() + past
+    taken = not token_expired(minted.claims.expires.timestamp(), clock.now)
+    assert taken == (past <= EXPIRY_SKEW_SECONDS)
+    if taken:
+        tokens.verify(minted.token, now=clock.now)
+        assert ids.admit(WEB, Credential("token", token=minted.token)) is not None
+    else:
+        with pytest.raises(InvalidToken):
+            tokens.verify(minted.token, now=clock.now)
+        refused = _refusal(lambda: ids.admit(WEB, Credential("token", token=minted.token)))
+        assert refused.reason == "token_expired"
 
 
 def test_proxyless_clients_need_no_credential_and_get_no_key(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ from google.protobuf import struct_pb2
 
 from xdsd.credentials import read_token, write_private
 from xdsd.errors import UsageError, XdsdError
-from xdsd.transports.signing import AUTHORIZATION, SIGN_METHOD
+from xdsd.transports.identity import AUTHORIZATION
+from xdsd.transports.signing import SIGN_METHOD
 
 #: The files of the directory, its link to the current version, and the versions' prefix.
 CERTIFICATE_FILE = "cert.pem"

@@ -478,8 +478,9 @@ def _bootstrap(args: argparse.Namespace) -> int:
     if args.token_file and args.transport == "rest":
         raise UsageError(
             "--token-file needs a gRPC transport: REST-JSON polls cannot carry a token; "
-            "a REST proxy proves who it is with a client certificate "
-            "(--xds-tls-cert/--xds-tls-key)"
+            "under [mesh.ca] a REST proxy gets its identity only for its xDS client "
+            "certificate (--xds-tls-cert/--xds-tls-key; the daemon needs tls_client_ca), "
+            "whose SAN must be its mesh identity or match an authorized_nodes grant"
         )
     if args.certificate_dir and args.format != "grpc":
         raise UsageError(

@@ -17,6 +17,12 @@ UNAUTHENTICATED instead. ``update`` (SIGHUP) takes new settings: revoked token i
 their streams at once; a new signing authority makes every lease due again, spread over
 ``REISSUE_SPREAD`` seconds so that the re-issue does not stall the event loop.
 
+A REST poller has no stream to push to or end: its lease is ``polled``
+(``xdsd.transports.rest_identity`` holds it per poller, from a client certificate only,
+since a poll carries no metadata); ``run`` leaves it alone and ``Lease.refresh``, called
+on each of its polls, renews it once due, so the poll after the renewal time gets the new
+secret. A new signing authority makes it due like every lease.
+
 Proxyless gRPC clients (role ``proxyless``) get no key over xDS: they read certificates
 from files (``xdsd certificate``), so no lease; they need no credential either (what
 they are sent holds no secret), but one they present must still verify and match.
@@ -33,14 +39,19 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 from xdsd.ca.authority import CertificateAuthority, IssuedCertificate, IssueRefused
 from xdsd.ca.files import CAError
 from xdsd.ca.sds import workload_secret
-from xdsd.ca.tokens import InvalidToken, TokenAuthority, TokenClaims, token_id_of
+from xdsd.ca.tokens import (
+    InvalidToken,
+    TokenAuthority,
+    TokenClaims,
+    token_expired,
+    token_id_of,
+)
 from xdsd.cache.cache import ClientIdentity, CredentialKind
-from xdsd.model.mesh_config import MeshConfig
+from xdsd.model.mesh_config import WORKLOAD_SECRET, MeshConfig
 from xdsd.resources import Resource
 from xdsd.transports.identity import (
     Credential,
@@ -94,11 +105,17 @@ class Lease:
         kind: CredentialKind,
         claims: TokenClaims | None,
         certificate: IssuedCertificate,
+        *,
+        polled: bool = False,
     ) -> None:
         self._owner = owner
         self.node = node
         self.kind: CredentialKind = kind
         self.claims = claims
+        #: Held by a REST poller: renewed by ``refresh`` when it polls, not by ``run``.
+        self.polled = polled
+        #: Why the lease ended (revocation, a token expired at renewal), once it has.
+        self.ending: Refused | None = None
         self.issued = 0
         self.certificate = certificate
         self._resource = workload_secret(certificate)
@@ -144,8 +161,19 @@ class Lease:
         if self._listener is not None:
             self._listener(None)
 
+    def refresh(self) -> None:
+        """A polled lease's holder polls: renew it now when it is due (the poll then
+        gets the new secret). Raises the refusal that ended the lease, if it has ended."""
+        if self.ending is None and not self.closed:
+            now = self._owner.clock()
+            if self.due <= now:
+                self._owner.renew(self, now)
+        if self.ending is not None:
+            raise self.ending
+
     def end(self, refusal: Refused) -> None:
         """End the stream with ``refusal`` (and stop renewing)."""
+        self.ending = refusal
         self.close()
         if self._listener is not None:
             self._listener(refusal)
@@ -162,6 +190,8 @@ class Identities:
     tests). Not thread-safe: everything runs on the event loop."""
 
     enabled = True
+    #: The names of the resources a lease holds.
+    issued_names = frozenset({WORKLOAD_SECRET})
 
     def __init__(
         self,
@@ -187,8 +217,11 @@ class Identities:
 
     # -- admission ---------------------------------------------------------------------
 
-    def admit(self, node: NodeIdentity, credential: Credential | None) -> Lease | None:
-        """The ``IdentityProvider.admit`` of ``xdsd.transports.identity``."""
+    def admit(
+        self, node: NodeIdentity, credential: Credential | None, *, polled: bool = False
+    ) -> Lease | None:
+        """The ``IdentityProvider.admit`` of ``xdsd.transports.identity``; a ``polled``
+        lease (a REST poller's) is renewed by its ``refresh``, not by ``run``."""
         claims: TokenClaims | None = None
         if credential is None:
             if node.role == "proxyless":
@@ -220,17 +253,18 @@ class Identities:
                 "FAILED_PRECONDITION", 412, "identity_not_issued", f"no identity issued: {e}"
             ) from None
         kind: CredentialKind = "token" if claims is not None else "certificate"
-        lease = Lease(self, node, kind, claims, certificate)
+        lease = Lease(self, node, kind, claims, certificate, polled=polled)
         self.leases.add(lease)
         self.issued_total += 1
         self._changed.set()
         log.info(
-            "identity issued: %s serial %s until %s (%s%s)",
+            "identity issued: %s serial %s until %s (%s%s%s)",
             certificate.spiffe_id,
             certificate.serial,
             certificate.not_after.isoformat(),
             kind,
             f" {claims.token_id}" if claims is not None else "",
+            ", REST" if polled else "",
             extra={"node": node.node_id},
         )
         return lease
@@ -249,18 +283,15 @@ class Identities:
         return claims
 
     def _token_ending(self, claims: TokenClaims) -> Refused | None:
-        """Why a token admitted earlier no longer holds (revoked, expired), if so."""
+        """Why a token admitted earlier no longer holds (revoked, or expired by
+        ``tokens.token_expired``, the rule ``verify`` applies), if so."""
         if claims.token_id in self.revoked:
             return token_refusal(InvalidToken("revoked", ""), claims.token_id)
-        if claims.expires <= self.now():
+        if token_expired(claims.expires.timestamp(), self.clock()):
             return token_refusal(InvalidToken("expired", ""), claims.token_id)
         return None
 
     # -- renewal -----------------------------------------------------------------------
-
-    def now(self) -> datetime:
-        """The clock as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.clock(), UTC)
 
     def due_time(self, certificate: IssuedCertificate) -> float:
         """When ``certificate`` is renewed (seconds since the epoch)."""
@@ -271,21 +302,29 @@ class Identities:
         self.leases.discard(lease)
 
     def next_due(self) -> float | None:
-        """When the next lease is due (None: no lease)."""
-        return min((lease.due for lease in self.leases), default=None)
+        """When the next lease ``run`` renews is due (None: none; polled leases are
+        renewed by their ``refresh``)."""
+        return min((lease.due for lease in self.leases if not lease.polled), default=None)
 
     def renew_due(self, limit: int = 0) -> int:
-        """Renew up to ``limit`` (0: every) lease due now; returns how many were
-        handled (renewed, ended or put off after a failed issue)."""
+        """Renew up to ``limit`` (0: every) lease due now (not the polled ones, see
+        ``Lease.refresh``); returns how many were handled (renewed, ended or put off
+        after a failed issue)."""
         now = self.clock()
-        due = sorted((lease for lease in self.leases if lease.due <= now), key=lambda x: x.due)
+        due = sorted(
+            (lease for lease in self.leases if lease.due <= now and not lease.polled),
+            key=lambda x: x.due,
+        )
         if limit:
             due = due[:limit]
         for lease in due:
-            self._renew(lease, now)
+            self.renew(lease, now)
         return len(due)
 
-    def _renew(self, lease: Lease, now: float) -> None:
+    def renew(self, lease: Lease, now: float) -> None:
+        """Renew ``lease`` (due at ``now``): a new key and certificate, or its end when
+        its token no longer holds; after a failed issue it is due again ``RETRY_AFTER``
+        seconds later."""
         if lease.claims is not None:
             ending = self._token_ending(lease.claims)
             if ending is not None:

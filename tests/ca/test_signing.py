@@ -19,7 +19,7 @@ from xdsd.ca.signing import TokenSigner
 from xdsd.ca.tokens import TokenAuthority
 from xdsd.errors import CredentialRefused
 from xdsd.model.mesh_config import MeshCA
-from xdsd.transports.signing import bearer_token, parse_request
+from xdsd.transports.signing import parse_request, request_token
 
 
 def csr() -> bytes:
@@ -101,14 +101,14 @@ def test_forged_token(
 )
 def test_malformed_authorization(values: list[str | bytes]) -> None:
     with pytest.raises(CredentialRefused) as info:
-        bearer_token(values)
+        request_token(values)
     assert (info.value.code, info.value.reason) == ("UNAUTHENTICATED", "token_malformed")
 
 
 def test_bearer_token() -> None:
-    assert bearer_token([]) is None
-    assert bearer_token(["bearer abc"]) == "abc"
-    assert bearer_token([b"Bearer abc "]) == "abc"
+    assert request_token([]) is None
+    assert request_token(["bearer abc"]) == "abc"
+    assert request_token([b"Bearer abc "]) == "abc"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.fuzzing import deadline, fuzz_settings
 from xdsd.errors import CredentialRefused
-from xdsd.transports.signing import bearer_token, parse_request
+from xdsd.transports.signing import parse_request, request_token
 
 FIELD_NAMES = st.sampled_from(["namespace", "service", "csr", "extra", ""])
 VALUES = st.one_of(
@@ -51,7 +51,7 @@ def test_fuzz_signing_request_fields(fields: dict[str, object]) -> None:
 def test_fuzz_authorization_metadata(values: list[str | bytes]) -> None:
     with deadline("signing.authorization"):
         try:
-            token = bearer_token(values)
+            token = request_token(values)
         except CredentialRefused as e:
             assert (e.code, e.reason) == ("UNAUTHENTICATED", "token_malformed")
             assert all(str(v) not in str(e) for v in values if len(v) > 8)

@@ -50,6 +50,14 @@ _HEADER_KEYS = frozenset({"alg", "typ", "kid"})
 _CLAIM_KEYS = frozenset({"iss", "ns", "svc", "jti", "iat", "exp"})
 
 
+def token_expired(expires: float, now: float) -> bool:
+    """The one rule for a token's expiry, applied wherever a token is judged (``verify``,
+    and ``xdsd.identities`` when it admits or renews): a token whose ``exp`` is
+    ``expires`` (seconds since the epoch) has expired at ``now`` once ``now`` is more
+    than ``EXPIRY_SKEW_SECONDS`` past it."""
+    return now > expires + EXPIRY_SKEW_SECONDS
+
+
 class InvalidToken(Exception):
     """A token that is malformed, forged, expired or revoked; ``reason`` says which (one of
     ``REASONS``). The message never quotes the token."""
@@ -162,7 +170,7 @@ class TokenAuthority:
             raise InvalidToken("malformed", "the token's claims are not an xdsd token's")
         at = time.time() if now is None else now
         when = datetime.fromtimestamp(expires, UTC)
-        if at > expires + EXPIRY_SKEW_SECONDS:
+        if token_expired(expires, at):
             raise InvalidToken(
                 "expired", f"token {token_id} expired at {when.isoformat(timespec='seconds')}"
             )

@@ -136,11 +136,11 @@ class JsonRenderer:
         )
         self.renders = 0  # how many renderings were made (for tests and metrics)
 
-    def render(self, response: Response, *, v2: bool = False) -> bytes:
+    def render(self, response: Response, *, v2: bool = False, keep: bool = True) -> bytes:
         """The UTF-8 JSON body of ``response`` (named the v2 way for a v2 client, see
-        ``resources.v2``). Responses with a nonce (not REST) are rendered every time and
-        not kept."""
-        if response.nonce:
+        ``resources.v2``). Responses with a nonce (not REST), and those not to ``keep``
+        (one client's own secret), are rendered every time and not kept."""
+        if response.nonce or not keep:
             return self._encode(response, v2)
         key = (response.type_url, response.version, response.names, v2)
         body = self._cache.get(key)

@@ -185,6 +185,16 @@ class RestSessions:
         """How many clients are remembered."""
         return len(self._clients)
 
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds without a poll after which a client is forgotten."""
+        return self._idle_timeout
+
+    @property
+    def max_clients(self) -> int:
+        """How many clients are remembered at most."""
+        return self._max_clients
+
     def poller_count(self) -> int:
         """How many pollers are remembered, over every client."""
         return sum(len(p) for c in self._clients.values() for p in c.pollers.values())

@@ -46,7 +46,7 @@ from xdsd.settings import Address
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import ConnectionLimits
 from xdsd.transports.grpc import DiscoveryStreams
-from xdsd.transports.identity import IdentityProvider
+from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
@@ -54,12 +54,7 @@ from xdsd.transports.limits import (
     ignore_refusal,
 )
 from xdsd.transports.methods import METHODS, Method
-from xdsd.transports.signing import (
-    AUTHORIZATION,
-    CERTIFICATE_SERVICE,
-    SIGN_NAME,
-    SigningEndpoint,
-)
+from xdsd.transports.signing import CERTIFICATE_SERVICE, SIGN_NAME, SigningEndpoint
 from xdsd.transports.wire import EncodedResponse
 
 

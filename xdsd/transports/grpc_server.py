@@ -44,7 +44,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.transports import SnapshotSource
 from xdsd.transports.connections import Connection, ConnectionGate, Listener, TokenBucket
 from xdsd.transports.grpc import DiscoveryStreams
-from xdsd.transports.identity import IdentityProvider
+from xdsd.transports.identity import AUTHORIZATION, IdentityProvider
 from xdsd.transports.limits import (
     NodeAuthorizer,
     RefusalObserver,
@@ -54,7 +54,7 @@ from xdsd.transports.limits import (
     too_large,
 )
 from xdsd.transports.methods import METHODS, Method
-from xdsd.transports.signing import AUTHORIZATION, SIGN_METHOD, SigningEndpoint
+from xdsd.transports.signing import SIGN_METHOD, SigningEndpoint
 from xdsd.transports.wire import EncodedResponse
 
 log = logging.getLogger(__name__)

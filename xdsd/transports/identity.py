@@ -10,7 +10,9 @@ checks it against what the node claims (``NodeIdentity``) and returns an
 ``IdentityLease``: the client's own resources (its ``default`` secret), which the stream
 lays over its class's snapshot (``Snapshot.extend``), kept current by the provider
 (renewal, re-issue by a new signing authority, revocation), which calls the stream back
-whenever they change or the stream must end. A refusal is ``Refused``:
+whenever they change or the stream must end. A REST poller, which has no stream and
+sends no metadata, proves itself with its client certificate only, and its lease is
+renewed when it polls (``xdsd.transports.rest_identity``). A refusal is ``Refused``:
 UNAUTHENTICATED for a credential that does not verify (reasons ``token_malformed``,
 ``token_forged``, ``token_expired``, ``token_revoked``, ``token_absent``),
 PERMISSION_DENIED (``permission_denied``) for one that names someone else.
@@ -71,6 +73,12 @@ class IdentityLease(Protocol):
         """The stream ended: stop renewing (idempotent)."""
         ...
 
+    def refresh(self) -> None:
+        """A ``polled`` lease's holder polls (REST: no stream to call back): renew it now
+        when it is due, so that ``resources`` are current. Raises the Refused that ended
+        the lease, once it has ended."""
+        ...
+
 
 class IdentityProvider(Protocol):
     """Admits streams and issues their identities (``xdsd.ca.identities``)."""
@@ -80,11 +88,19 @@ class IdentityProvider(Protocol):
         """True when streams must prove who they are (``[mesh.ca]`` is on)."""
         ...
 
-    def admit(self, node: NodeIdentity, credential: Credential | None) -> IdentityLease | None:
+    @property
+    def issued_names(self) -> frozenset[str]:
+        """The names of the resources a lease holds (``default``)."""
+        ...
+
+    def admit(
+        self, node: NodeIdentity, credential: Credential | None, *, polled: bool = False
+    ) -> IdentityLease | None:
         """The identity of the stream whose node claims ``node`` and which proved
         ``credential`` (None: nothing); None when the node gets no identity over xDS
-        (proxyless gRPC). Raises Refused (UNAUTHENTICATED for a missing or invalid
-        credential, PERMISSION_DENIED for one that names another node)."""
+        (proxyless gRPC). A ``polled`` lease (a REST poller's) is renewed by its
+        ``refresh`` and calls no listener. Raises Refused (UNAUTHENTICATED for a missing
+        or invalid credential, PERMISSION_DENIED for one that names another node)."""
         ...
 
 

@@ -25,7 +25,8 @@ from xdsd.settings import NodeGrant, Settings
 #: ``token_expired``, ``token_revoked`` and ``identity_not_issued``, or for connections
 #: (``xdsd.transports.connections``) ``too_many_connections``,
 #: ``too_many_connections_from_address``, ``out_of_descriptors``, ``handshake_timeout``,
-#: ``idle_timeout`` and ``rapid_reset``; REST under ``[mesh.ca]``: ``identity_over_rest``.
+#: ``idle_timeout`` and ``rapid_reset``; REST under ``[mesh.ca]`` without a client
+#: certificate: ``identity_over_rest``.
 RefusalObserver = Callable[[str, str], None]
 
 

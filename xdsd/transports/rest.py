@@ -6,7 +6,10 @@ they need, and keeps removed clusters while its routes still use them): 200 with
 JSON (rendered once per content and reused), 304 when the poller already holds the version
 or must wait, 400 for a body that is not a JSON ``DiscoveryRequest``, 404 for an unknown
 type path, 413 for a body over ``max_request_bytes``, 403 for a node the client
-certificate may not speak for, 503 while no configuration has loaded. Clients that stop
+certificate may not speak for, 503 while no configuration has loaded. Under xdsd's CA
+(``[mesh.ca]``) a proxy's client certificate is also its credential: it gets its own
+``default`` secret on its SDS polls, and a poll without one is 403
+(``xdsd.transports.rest_identity``). Clients that stop
 polling are forgotten after a while and shown disconnected.
 
 Envoy sends its whole node (~77 KB of JSON from Envoy 1.40) on every poll, and an unchanged
@@ -55,6 +58,7 @@ from xdsd.transports.limits import (
     node_identity,
     too_large,
 )
+from xdsd.transports.rest_identity import PolledIdentities, rest_credential
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +66,6 @@ PATHS: dict[str, TypeUrl] = {short: type_url for type_url, short in SHORT_NAMES.
 _NODE_FIELDS = ("id", "cluster", "metadata", "locality", "user_agent_name", "userAgentName")
 #: ``{`` then, optionally, a ``version_info`` of plain characters (no escapes) written first.
 _VERSION_PREFIX = re.compile(rb'\{(?:"version_info":"([0-9A-Za-z+._-]*)",)?')
-
-
-#: The refusal of a REST poller's proxy while xdsd's CA issues the mesh's certificates:
-#: identities are leases of gRPC streams (issued when one opens, renewed while it is open,
-#: ended by revocation), and a poller has no stream to tie its key to.
-REST_WITHOUT_IDENTITY = Refused(
-    "PERMISSION_DENIED",
-    403,
-    "identity_over_rest",
-    "xdsd's CA ([mesh.ca]) issues mesh certificates over gRPC streams only: a REST "
-    "client gets no identity; connect this proxy over gRPC (ADS)",
-)
 
 
 class _ParsedPoll(NamedTuple):
@@ -172,6 +164,14 @@ class RestDiscovery:
         self.on_refused = on_refused
         self.renderer = JsonRenderer()
         self.sessions = sessions if sessions is not None else RestSessions()
+        #: The pollers' own identities under ``[mesh.ca]`` (None: the CA is off).
+        self.leases: PolledIdentities | None = None
+        if identities is not None and identities.enabled:
+            self.leases = PolledIdentities(
+                identities,
+                idle_timeout=self.sessions.idle_timeout,
+                max_leases=self.sessions.max_clients,
+            )
         self.timings = PollTimings()
         self._known: dict[str, Any] = {}  # client id → node class key, while remembered
         # (type, length, hash of the body) → what it says, least recently used first
@@ -186,6 +186,7 @@ class RestDiscovery:
         application.router.add_post("/v3/discovery:{type}", self.handle)
         application.router.add_post("/v2/discovery:{type}", self.handle_v2)
         application.on_cleanup.append(self._log_timings)
+        application.on_cleanup.append(self._close_leases)
         return application
 
     def timing_routes(self) -> list[web.RouteDef]:
@@ -199,6 +200,10 @@ class RestDiscovery:
         if request.query.get("reset") in ("1", "true"):
             self.timings.reset()
         return web.json_response(body)
+
+    async def _close_leases(self, app: web.Application) -> None:
+        if self.leases is not None:
+            self.leases.close()
 
     async def _log_timings(self, app: web.Application) -> None:
         for status, figures in self.timings.summary().items():
@@ -226,7 +231,8 @@ class RestDiscovery:
             return self._refused(request, too_large(None, self.max_body))
         started, cpu = time.perf_counter_ns(), time.thread_time_ns()
         peer_cert = None
-        if self.authorizer is not None and request.transport is not None:
+        wants_cert = self.authorizer is not None or self.leases is not None
+        if wants_cert and request.transport is not None:
             peer_cert = request.transport.get_extra_info("peercert")
         try:
             response = self.answer(type_url, raw, v2=v2, peer_cert=peer_cert)
@@ -259,7 +265,10 @@ class RestDiscovery:
     ) -> web.Response:
         """The response to one poll of ``type_url`` whose body is ``raw`` (a v2 client's
         when ``v2``: it names v2 types, and is answered with v2 names). With an
-        authorizer, raises Refused when ``peer_cert`` may not speak for the body's node."""
+        authorizer, raises Refused when ``peer_cert`` may not speak for the body's node.
+        Under ``[mesh.ca]`` a proxy's poll needs that certificate (else Refused,
+        ``REST_CERTIFICATE_REQUIRED``), and its SDS polls are answered from its view, with
+        its own ``default`` secret (``rest_identity.PolledIdentities``)."""
         parsed = self._parse(type_url, raw, v2=v2)
         if isinstance(parsed, web.Response):
             return parsed
@@ -267,9 +276,10 @@ class RestDiscovery:
         node_id = identity.node_id
         if self.authorizer is not None:
             self.authorizer.check(peer_cert, identity)
-        identities = self.identities
-        if identities is not None and identities.enabled and identity.role != "proxyless":
-            raise REST_WITHOUT_IDENTITY
+        leases = self.leases
+        if leases is not None and identity.role == "proxyless":
+            leases = None  # no key over xDS: proxyless gRPC reads certificate files
+        credential = rest_credential(self.authorizer, peer_cert) if leases is not None else None
         try:
             snapshot = self.source.snapshot(key)
         except ProtocolError as e:
@@ -285,6 +295,14 @@ class RestDiscovery:
         if self._known.get(client_id) != key or cache.client(client_id) is None:
             cache.open_client(client_id, node_id=node_id, key=key, transport="rest")
             self._known[client_id] = key
+        private = False
+        if leases is not None and credential is not None and leases.wants(type_url, names):
+            snapshot, lease = leases.view(client_id, identity, credential, snapshot)
+            if lease is not None:
+                private = True  # the client's own secret: for it alone, never cached
+                status = cache.client(client_id)
+                if status is not None and status.identity is not lease.identity:
+                    cache.record_identity(client_id, lease.identity)
         poll = self.sessions.on_poll(client_id, snapshot, type_url, names, version_info)
         self._record(poll, client_id, node_id, type_url, version_info)
         result = poll.answer
@@ -318,7 +336,7 @@ class RestDiscovery:
                 },
             )
         return web.Response(
-            body=self.renderer.render(result, v2=v2),
+            body=self.renderer.render(result, v2=v2, keep=not private),
             content_type="application/json",
             headers={"X-Xdsd-Version": result.version},
         )
@@ -332,6 +350,8 @@ class RestDiscovery:
         cache = self.source.cache
         for gone in poll.forgotten:
             self._known.pop(gone, None)
+            if self.leases is not None:
+                self.leases.drop(gone)
             cache.close_client(gone)
             log.info("stopped polling, forgotten", extra={"client": gone})
         report = poll.report

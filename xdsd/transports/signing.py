@@ -36,7 +36,8 @@ from typing import Any, Protocol
 from google.protobuf import struct_pb2
 
 from xdsd.errors import CredentialRefused
-from xdsd.transports.limits import RefusalObserver, ignore_refusal
+from xdsd.transports.identity import bearer_token
+from xdsd.transports.limits import RefusalObserver, Refused, ignore_refusal
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ log = logging.getLogger(__name__)
 CERTIFICATE_SERVICE = "xdsd.ca.v1.CertificateService"
 SIGN_NAME = "Sign"
 SIGN_METHOD = f"/{CERTIFICATE_SERVICE}/{SIGN_NAME}"
-#: The metadata key the token arrives in, and its scheme.
-AUTHORIZATION = "authorization"
-BEARER = "bearer"
-#: The longest ``authorization`` value read (a token is a few hundred bytes).
-MAX_AUTHORIZATION_BYTES = 8192
 #: The request's fields (all strings).
 REQUEST_FIELDS = ("namespace", "service", "csr")
 #: What a refusal of a request that is not a signing request is counted as.
@@ -84,31 +80,16 @@ class CertificateSigner(Protocol):
         ...
 
 
-def bearer_token(values: Sequence[str | bytes]) -> str | None:
-    """The token of the ``authorization`` metadata ``values`` (None when there is none).
-    Raises CredentialRefused (UNAUTHENTICATED, ``token_malformed``) for more than one
-    value, a scheme other than Bearer, or an empty, oversized or non-ASCII value."""
-    if not values:
-        return None
-    if len(values) > 1:
-        raise _malformed("more than one authorization metadata value")
-    raw = values[0]
-    if len(raw) > MAX_AUTHORIZATION_BYTES:
-        raise _malformed(f"the authorization metadata is over {MAX_AUTHORIZATION_BYTES} bytes")
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise _malformed("the authorization metadata is not ASCII") from None
-    scheme, _, token = raw.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != BEARER or not token:
-        raise _malformed("the authorization metadata is not 'Bearer TOKEN'")
-    return token
-
-
-def _malformed(message: str) -> CredentialRefused:
-    return CredentialRefused("UNAUTHENTICATED", "token_malformed", message)
+def request_token(values: Sequence[str | bytes]) -> str | None:
+    """The token of a signing request's ``authorization`` metadata ``values`` (None when
+    there is none), read as the xDS streams read it (``identity.bearer_token``). Raises
+    CredentialRefused with that refusal's status and reason (UNAUTHENTICATED,
+    ``token_malformed``) for more than one value, a scheme other than Bearer, or an
+    empty, oversized or non-ASCII value."""
+    try:
+        return bearer_token(values)
+    except Refused as e:
+        raise CredentialRefused(e.code, e.reason, e.message) from None
 
 
 def parse_request(request: Any) -> tuple[str, str, bytes]:
@@ -174,7 +155,7 @@ class SigningEndpoint:
                     "ca_off",
                     "xdsd does not issue certificates: its settings have no [mesh.ca]",
                 )
-            token = bearer_token(authorization)
+            token = request_token(authorization)
             namespace, service, csr = parse_request(request)
             asked = f"{namespace[:64]}/{service[:64]}"
             signed = await asyncio.to_thread(self.signer.sign, token, namespace, service, csr)
