@@ -140,8 +140,7 @@ def test_demo_with_a_missing_envoy() -> None:
     assert done.returncode == 1
     assert_no_traceback(done)
     assert done.stderr.strip() == (
-        "xdsd: error: --envoy /nonexistent/envoy: no executable file there: "
-        "give the Envoy binary"
+        "xdsd: error: --envoy /nonexistent/envoy: no executable file there: give the Envoy binary"
     )
 
 
@@ -150,7 +149,10 @@ def test_demo_with_a_missing_envoy() -> None:
     [
         ("localhost", "xdsd: error: --admin wants HOST:PORT, with the port (got 'localhost')"),
         ("127.0.0.1:99999", "xdsd: error: --admin wants HOST:PORT (got '127.0.0.1:99999')"),
-        ("ftp://x:1", "xdsd: error: --admin wants HOST:PORT or https://HOST:PORT (got 'ftp://x:1')"),
+        (
+            "ftp://x:1",
+            "xdsd: error: --admin wants HOST:PORT or https://HOST:PORT (got 'ftp://x:1')",
+        ),
     ],
 )
 def test_status_with_a_bad_admin_value_is_usage(admin: str, line: str) -> None:
