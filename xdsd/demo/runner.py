@@ -290,7 +290,7 @@ def banner(layout: Layout, workdir: Path, supervisor: Supervisor) -> str:
         "               (set the weights to 50/50, then 0/100, save, and curl again)",
         "  4. mistake:  set a weight there to -1 and save: the status page and `xdsd status`",
         "               name the file, line and field; the last good configuration keeps serving",
-        "  5. your own: README.md, \"Point a proxy at it\": a bootstrap and an Envoy of your own",
+        '  5. your own: README.md, "Point a proxy at it": a bootstrap and an Envoy of your own',
         "",
         f"  debug:      http://{admin}/debug/clients   http://{admin}/debug/errors",
         f"  proxies:    admin of each Envoy on its address, port {ENVOY_ADMIN_PORT} "
