@@ -180,18 +180,13 @@ def test_bootstrap_without_a_config_dir_warns_it_did_not_check() -> None:
 
 def test_bootstrap_warns_of_an_instance_ip_this_host_does_not_have() -> None:
     # 192.0.2.11 (TEST-NET-1) is never an address of a test machine; 127.0.0.11 always is
-    far = xdsd(
-        "bootstrap", "--config-dir", str(EXAMPLE_CONFIG), "--service", "productpage",
-        "--instance-ip", "192.0.2.11",
-    )  # fmt: skip
+    node = ("bootstrap", "--config-dir", str(EXAMPLE_CONFIG), "--service", "productpage")
+    far = xdsd(*node, "--instance-ip", "192.0.2.11")
     assert far.returncode == 0 and far.stdout
     assert far.stderr.strip() == (
         "warning: --instance-ip 192.0.2.11 is not an address of this host: an Envoy here "
         "cannot bind its listeners on it (fine if the proxy runs on the host that has it; "
         "on this machine use a 127.x address)"
     )
-    near = xdsd(
-        "bootstrap", "--config-dir", str(EXAMPLE_CONFIG), "--service", "productpage",
-        "--instance-ip", "127.0.0.11",
-    )  # fmt: skip
+    near = xdsd(*node, "--instance-ip", "127.0.0.11")
     assert near.returncode == 0 and near.stderr == ""
