@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port, port_open, wait_until
+from tests.harness import free_port, loopback_block, port_open, wait_until
 from tests.paths import EXAMPLE_CONFIG
 
 
@@ -169,3 +169,18 @@ def test_status_with_nothing_listening_exits_3() -> None:
     assert_no_traceback(done)
     assert len(done.stderr.strip().splitlines()) == 1
     assert f"cannot reach xdsd's admin server at 127.0.0.1:{port}" in done.stderr
+
+
+def test_demo_on_a_block_in_use_says_so_before_starting_anything(tmp_path: Path) -> None:
+    block = loopback_block()
+    with socket.socket() as taken:
+        taken.bind((f"{block}.1", 19001))
+        taken.listen()
+        done = xdsd("demo", "--block", block, "--dir", str(tmp_path / "demo"))
+    assert done.returncode == 1
+    assert_no_traceback(done)
+    assert done.stderr.strip() == (
+        f"xdsd: error: {block}.1:19001 is in use (another xdsd demo on {block}?): stop it, "
+        "or give another loopback block, e.g. --block 127.0.11"
+    )
+    assert not (tmp_path / "demo" / "logs" / "xdsd.log").exists()  # nothing was started

@@ -199,6 +199,32 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def check_ports_free(layout: Layout, block: str) -> None:
+    """Raise DemoError, naming the first, when an address the demo's xdsd or gateway
+    would listen on is taken (most likely by another demo on the same block)."""
+    import errno
+    import socket
+
+    wanted = [
+        (layout.xds_host, XDS_PORT),
+        (layout.xds_host, REST_PORT),
+        (layout.xds_host, ADMIN_PORT),
+        (layout.gateway_address, GATEWAY_PORT),
+    ]
+    for host, port in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    continue  # not ours to judge here: starting will say what is wrong
+                raise DemoError(
+                    f"{host}:{port} is in use (another xdsd demo on {block}?): stop it, or "
+                    "give another loopback block, e.g. --block 127.0.11"
+                ) from None
+
+
 def start_mesh(supervisor: Supervisor, layout: Layout, workdir: Path, envoy: str) -> None:
     """Start xdsd, every proxy and every application; wait for the gateway to answer."""
     config, boots = workdir / "config", workdir / "bootstrap"
@@ -321,6 +347,7 @@ def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         names = ("productpage-v1", "reviews-v1", "reviews-v2", "ratings-v1")
         layout = loopback_layout(block, {n: free_loopback_port() for n in names})
+        check_ports_free(layout, block)
         write_files(workdir / "config", config_files(layout))
         write_files(workdir / "bootstrap", bootstrap_files(layout))
         return _supervise(layout, workdir, envoy_path)
