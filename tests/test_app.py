@@ -15,7 +15,7 @@ from tests.harness import free_port, port_open
 from tests.paths import EXAMPLE_CONFIG
 from xdsd.app import Daemon
 from xdsd.cache.snapshot import Snapshot
-from xdsd.errors import ConfigError
+from xdsd.errors import ConfigError, StartupError
 from xdsd.resources import ENDPOINT
 from xdsd.settings import Address, Settings
 from xdsd.state import MeshState
@@ -148,8 +148,8 @@ def test_a_daemon_reloads_before_it_runs(tmp_path: Path) -> None:
 
 
 def test_a_start_that_cannot_bind_closes_what_it_bound(tmp_path: Path) -> None:
-    """The admin address is taken: ``start`` raises OSError, and the gRPC and REST
-    listeners it had bound before are closed again."""
+    """The admin address is taken: ``start`` raises StartupError naming the address and
+    the flag, and the gRPC and REST listeners it had bound before are closed again."""
     config = tmp_path / "config"
     shutil.copytree(EXAMPLE_CONFIG, config)
     grpc, rest = free_port(), free_port()
@@ -166,7 +166,7 @@ def test_a_start_that_cannot_bind_closes_what_it_bound(tmp_path: Path) -> None:
 
         async def main() -> None:
             daemon = Daemon(settings)
-            with pytest.raises(OSError):
+            with pytest.raises(StartupError, match=f"127.0.0.1:{admin} for admin.*--admin"):
                 await daemon.start()
             assert [listener.name for listener in daemon.listeners] == [
                 "gRPC xDS",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ from xdsd.access import admin_node_access, authorize_mesh
 from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
-from xdsd.errors import ConfigError, UsageError
+from xdsd.errors import ConfigError, StartupError, UsageError
 from xdsd.identities import MeshAuthority
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
@@ -313,13 +314,23 @@ class Daemon:
 
     async def start(self) -> None:
         """Load the directory (on the loop: nothing is served yet), then bind every
-        listener in order. Raises OSError when one cannot bind, after closing those
-        already bound."""
+        listener in order. Raises StartupError when the config directory does not exist
+        (a mistyped path: nothing would ever be served) or a listener cannot bind (after
+        closing those already bound)."""
         set_log_queue_lines(self.settings.log_queue_lines)
+        config_dir = self.settings.config_dir
+        if not os.path.isdir(config_dir):
+            raise StartupError(
+                f"config directory {config_dir} does not exist (or is not a directory): "
+                "create it, or give --config-dir DIR (settings key config_dir)"
+            )
         self._apply(self.state.load(), time.perf_counter())
         try:
             for listener in self.listeners:
-                bound = await listener.start()
+                try:
+                    bound = await listener.start()
+                except OSError as e:
+                    raise _listen_error(listener, e) from None
                 self._started.append(listener)
                 log.info("%s listening on %s%s", listener.name, bound, listener.note)
         except BaseException:
@@ -556,6 +567,27 @@ def _reread_mesh(settings_path: str | None) -> MeshConfig | None:
         return None
     log.info("settings %s read again: [mesh] applies now, other settings at restart", settings_path)
     return mesh
+
+
+#: The flag (and settings key) that chooses each listener's address, by listener name.
+_LISTENER_SETTINGS = {"gRPC xDS": "grpc", "REST xDS": "rest", "admin": "admin"}
+
+
+def _listen_error(listener: DaemonListener, error: OSError) -> StartupError:
+    """One line saying which address of which listener cannot be bound, why, and which
+    flag or settings key moves it."""
+    key = _LISTENER_SETTINGS.get(listener.name, listener.name)
+    why = (error.strerror or str(error)).lower()
+    hint = {
+        errno.EADDRINUSE: "is another xdsd running?",
+        errno.EADDRNOTAVAIL: "it is not an address of this host",
+        errno.EACCES: "ports below 1024 need privileges",
+    }.get(error.errno or 0, "")
+    return StartupError(
+        f"cannot listen on {listener.address} for {listener.name}: {why}"
+        + (f" ({hint})" if hint else "")
+        + f"; choose another with --{key} HOST:PORT (settings key {key})"
+    )
 
 
 def _tls_note(settings: Settings) -> str:

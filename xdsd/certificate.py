@@ -104,13 +104,32 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     cmd = sub.add_parser(
         "certificate",
         help="get a proxyless gRPC client's mesh certificate from xdsd (key made here)",
+        description="Make a private key here, send a certificate request with an xdsd "
+        "token to the running\ndaemon, and keep the certificate, key and CA bundle in DIR "
+        "(replaced atomically), where a\nproxyless gRPC client's bootstrap (bootstrap "
+        "--format grpc --certificate-dir DIR) finds\nthem. The key never leaves this host.",
+        epilog="example:\n  xdsd certificate --service reviews --token-file reviews.token "
+        "--xds 127.0.0.1:18000 \\\n      --out /var/lib/reviews/certs --renew-before 12h",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmd.add_argument("--service", required=True, help="the service the certificate names")
-    cmd.add_argument("--namespace", default="default")
+    cmd.add_argument(
+        "--service", required=True, metavar="NAME", help="the service the certificate names"
+    )
+    cmd.add_argument(
+        "--namespace",
+        default="default",
+        metavar="NS",
+        help="the service's namespace (default: default)",
+    )
     cmd.add_argument(
         "--token-file", required=True, metavar="FILE", help="an xdsd token for this service"
     )
-    cmd.add_argument("--xds", default="127.0.0.1:18000", metavar="HOST:PORT")
+    cmd.add_argument(
+        "--xds",
+        default="127.0.0.1:18000",
+        metavar="HOST:PORT",
+        help="xdsd's gRPC address (serve's --grpc) (default: 127.0.0.1:18000)",
+    )
     cmd.add_argument(
         "--xds-tls-ca",
         default=None,

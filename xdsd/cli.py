@@ -2,8 +2,13 @@
 demo.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
-``path:line: field: message`` lines on stderr, 2 wrong usage. No command prints a traceback
-for a user's mistake.
+``path:line: field: message`` lines on stderr, or ``serve`` cannot start (an address in use,
+a missing config directory: one ``xdsd: error:`` line), 2 wrong usage, 3 ``status`` cannot
+reach the admin server, 130 interrupted (Ctrl-C) before ``serve`` or ``demo`` took over the
+signal (they then exit 0). No command prints a traceback for a user's mistake.
+
+Every subcommand has a description and an example (``xdsd COMMAND --help``); the global
+flags (``--log-level``, ``--log-format``) are accepted before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -66,17 +71,15 @@ if TYPE_CHECKING:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xdsd", description="A file-backed xDS control plane for Envoy and gRPC."
+        prog="xdsd",
+        description="A file-backed xDS control plane for Envoy and gRPC: it watches a "
+        "directory of service\nand traffic-rule files and serves every proxy its "
+        "configuration.\n\n`xdsd COMMAND --help` describes each command, with an example.",
+        epilog="exit codes: 0 ok, 1 the configuration cannot work (or serve cannot start), "
+        "2 wrong usage,\n3 status cannot reach xdsd\n\nexample:\n  xdsd demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=list(LOG_FORMATS),
-        help="text (readable, the default) or json (one object per line)",
-    )
+    _add_global_flags(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_serve_command,
@@ -89,21 +92,84 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_demo_command,
     ):
         add(sub)
+    for command in sub.choices.values():
+        # after the subcommand too: `xdsd serve --log-level debug`
+        _add_global_flags(command, suppress=True)
     return parser
+
+
+def _add_global_flags(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """``--log-level`` and ``--log-format``: on the top-level parser with their defaults;
+    on a subcommand (``suppress``) without, so that a flag given before the subcommand is
+    kept unless the subcommand's own overrides it."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log lines written to stderr (default: info)",
+        **(default or {"default": "info"}),
+    )
+    p.add_argument(
+        "--log-format",
+        choices=list(LOG_FORMATS),
+        help="text (readable, the default) or json (one object per line)",
+        **(default or {"default": "text"}),
+    )
+
+
+def _command(
+    sub: Subcommands, name: str, *, summary: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name``: ``summary`` in ``xdsd --help``; ``description`` (kept as
+    written) and ``example`` (shell lines) in ``xdsd NAME --help``."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _add_serve_command(sub: Subcommands) -> None:
     """The ``xdsd serve`` subcommand and its flags."""
-    serve = sub.add_parser("serve", help="serve xDS over gRPC and REST, following the config dir")
-    serve.add_argument("--config-dir", default=None, help=f"(default: {DEFAULT_CONFIG_DIR})")
-    serve.add_argument(
-        "--grpc", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_GRPC})"
+    serve = _command(
+        sub,
+        "serve",
+        summary="serve xDS over gRPC and REST, following the config dir",
+        description="Run the control plane: load the config directory, serve every proxy its "
+        "configuration over\ngRPC ADS (SotW and delta) and REST-JSON, and apply each saved "
+        "edit within a second. An edit\nthat does not load is refused and the last good "
+        "configuration keeps serving. The admin\nserver has the status page (/), /metrics "
+        "and /debug/*. Flags override the settings file.\nSIGTERM or Ctrl-C stops it (exit "
+        "0); an address in use or a missing config directory ends it\nat once (exit 1, one "
+        "line naming the flag).",
+        example="xdsd serve --config-dir config --log-level debug\n"
+        "xdsd serve --settings /etc/xdsd/xdsd.toml",
     )
     serve.add_argument(
-        "--rest", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_REST})"
+        "--config-dir",
+        default=None,
+        metavar="DIR",
+        help=f"the directory of service and rule files to serve (default: {DEFAULT_CONFIG_DIR})",
     )
     serve.add_argument(
-        "--admin", default=None, metavar="HOST:PORT", help=f"(default: {DEFAULT_ADMIN})"
+        "--grpc",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"where proxies reach gRPC xDS (default: {DEFAULT_GRPC})",
+    )
+    serve.add_argument(
+        "--rest",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"where proxies poll REST-JSON xDS (default: {DEFAULT_REST})",
+    )
+    serve.add_argument(
+        "--admin",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"the status page, /metrics and /debug/* (default: {DEFAULT_ADMIN})",
     )
     serve.add_argument(
         "--grpc-impl",
@@ -124,14 +190,24 @@ def _add_serve_command(sub: Subcommands) -> None:
 
 def _add_status_command(sub: Subcommands) -> None:
     """The ``xdsd status`` subcommand and its flags."""
-    status = sub.add_parser(
-        "status", help="every connected proxy's sync state (exit 1: some NACK or are stale)"
+    status = _command(
+        sub,
+        "status",
+        summary="every connected proxy's sync state (exit 1: some NACK or are stale)",
+        description="Ask a running xdsd's admin server which proxies are connected and, for "
+        "each type of\nresource, whether the proxy has acknowledged the latest version. "
+        "Exit 0 when every proxy is\nin sync, 1 when some rejected (NACK) or have not "
+        "acknowledged in time, 3 when the admin\nserver cannot be reached.",
+        example=f"xdsd status                          # xdsd serve's default admin, "
+        f"{DEFAULT_ADMIN}\nxdsd status --admin 127.0.10.1:19001  # the demo's admin "
+        "(its banner prints this)",
     )
     status.add_argument(
         "--admin",
         default=DEFAULT_ADMIN,
         metavar="HOST:PORT",
-        help="xdsd's admin address (https://HOST:PORT: over TLS, trusting the system's CAs)",
+        help="xdsd's admin address (https://HOST:PORT: over TLS, trusting the system's CAs) "
+        f"(default: {DEFAULT_ADMIN})",
     )
     _add_tls_client_flags(status, "admin", "admin (admin_tls)", "admin's")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -147,9 +223,24 @@ def _add_status_command(sub: Subcommands) -> None:
 
 def _add_validate_command(sub: Subcommands) -> None:
     """The ``xdsd validate`` subcommand and its flags."""
-    validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
-    validate.add_argument("dir", nargs="?", default=None, metavar="DIR")
-    validate.add_argument("--config-dir", default=None)
+    validate = _command(
+        sub,
+        "validate",
+        summary="check a config directory; exit 1 on errors",
+        description="Load a config directory the way serve does and report every error as "
+        "path:line: field:\nmessage (exit 1), or a one-line summary (exit 0). Run it before "
+        "saving into a directory\nxdsd serves, or in CI.",
+        example="xdsd validate config\nxdsd validate --strict --settings xdsd.toml config",
+    )
+    validate.add_argument(
+        "dir",
+        nargs="?",
+        default=None,
+        metavar="DIR",
+        help=f"the config directory to check (default: {DEFAULT_CONFIG_DIR})",
+    )
+    # the old spelling, still accepted: `validate DIR` is the one form (see _config_dir)
+    validate.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
     validate.add_argument(
         "--settings",
@@ -162,17 +253,42 @@ def _add_validate_command(sub: Subcommands) -> None:
 
 def _add_render_command(sub: Subcommands) -> None:
     """The ``xdsd render`` subcommand and its flags."""
-    render = sub.add_parser("render", help="print the resources a node would receive")
-    render.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
+    render = _command(
+        sub,
+        "render",
+        summary="print the resources a node would receive",
+        description="Print, as proto3 JSON, the listeners, routes, clusters, endpoints and "
+        "secrets xdsd would\nsend a proxy of SERVICE with these labels, without running "
+        "xdsd. Indented on a terminal,\ncompact into a pipe (--pretty, --compact choose).",
+        example="xdsd render --config-dir config --service reviews --label version=v2\n"
+        "xdsd render --config-dir config --service productpage --static > envoy.json",
+    )
+    render.add_argument(
+        "--config-dir",
+        default=DEFAULT_CONFIG_DIR,
+        metavar="DIR",
+        help=f"the config directory to render from (default: {DEFAULT_CONFIG_DIR})",
+    )
     _add_node_flags(render)
-    render.add_argument("--client", default="envoy", choices=["envoy", "grpc", "mosn"])
+    render.add_argument(
+        "--client",
+        default="envoy",
+        choices=["envoy", "grpc", "mosn"],
+        help="what kind of client asks (default: envoy)",
+    )
     render.add_argument(
         "--transport",
         default="grpc",
         choices=["grpc", "delta", "rest"],
         help="the config source the node uses (changes how clusters find their endpoints)",
     )
-    render.add_argument("--admin-port", type=int, default=15000, help="admin port (--static)")
+    render.add_argument(
+        "--admin-port",
+        type=int,
+        default=15000,
+        metavar="PORT",
+        help="with --static: the port of Envoy's own admin interface (default: 15000)",
+    )
     render.add_argument(
         "--settings",
         default=None,
@@ -182,13 +298,46 @@ def _add_render_command(sub: Subcommands) -> None:
     render.add_argument(
         "--static", action="store_true", help="print a complete Envoy config with resources inline"
     )
+    layout = render.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--pretty",
+        dest="pretty",
+        action="store_const",
+        const=True,
+        default=None,
+        help="indent the JSON (the default on a terminal)",
+    )
+    layout.add_argument(
+        "--compact",
+        dest="pretty",
+        action="store_const",
+        const=False,
+        help="one line of JSON (the default into a pipe or file)",
+    )
     render.set_defaults(run=_render)
 
 
 def _add_bootstrap_command(sub: Subcommands) -> None:
     """The ``xdsd bootstrap`` subcommand and its flags."""
-    boot = sub.add_parser("bootstrap", help="print an Envoy (or gRPC) bootstrap pointing at xdsd")
-    boot.add_argument("--config-dir", default=None, help="check the node against this config")
+    boot = _command(
+        sub,
+        "bootstrap",
+        summary="print an Envoy (or gRPC) bootstrap pointing at xdsd",
+        description="Print the bootstrap a proxy of SERVICE starts with: who it is (node id, "
+        "service, labels)\nand where xdsd is; everything else it then gets from xdsd. With "
+        "--config-dir (or a\n--settings file naming config_dir) the service is checked to "
+        "exist there (exit 1 if not);\n--instance-ip is checked to be an address of this "
+        "host (a warning if not: Envoy could\nnot bind its inbound listeners here).",
+        example="xdsd bootstrap --config-dir config --service productpage "
+        "--instance-ip 127.0.0.11 \\\n    --admin-port 15011 --output productpage.yaml\n"
+        "envoy -c productpage.yaml      # or .venv/bin/envoy",
+    )
+    boot.add_argument(
+        "--config-dir",
+        default=None,
+        metavar="DIR",
+        help="check the service and node against this config directory",
+    )
     boot.add_argument(
         "--settings",
         default=None,
@@ -197,10 +346,33 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
         "grpc and [mesh.mtls]: give the client its mesh certificates",
     )
     _add_node_flags(boot)
-    boot.add_argument("--xds", default=DEFAULT_GRPC, metavar="HOST:PORT")
-    boot.add_argument("--transport", default="grpc", choices=["grpc", "delta", "rest"])
-    boot.add_argument("--admin-port", type=int, default=15000)
-    boot.add_argument("--format", default="envoy", choices=["envoy", "grpc"])
+    boot.add_argument(
+        "--xds",
+        default=DEFAULT_GRPC,
+        metavar="HOST:PORT",
+        help="where the proxy reaches xdsd: serve's --grpc, or --rest with --transport rest "
+        f"(default: {DEFAULT_GRPC})",
+    )
+    boot.add_argument(
+        "--transport",
+        default="grpc",
+        choices=["grpc", "delta", "rest"],
+        help="how the proxy asks: gRPC ADS, incremental (delta) gRPC, or REST-JSON polls "
+        "(default: grpc)",
+    )
+    boot.add_argument(
+        "--admin-port",
+        type=int,
+        default=15000,
+        metavar="PORT",
+        help="the port of Envoy's own admin interface, on 127.0.0.1 (default: 15000)",
+    )
+    boot.add_argument(
+        "--format",
+        default="envoy",
+        choices=["envoy", "grpc"],
+        help="an Envoy bootstrap (YAML) or a proxyless gRPC client's (JSON) (default: envoy)",
+    )
     _add_tls_client_flags(boot, "xds", "xdsd", "xdsd's", sni_note=" (Envoy)")
     boot.add_argument(
         "--token-file",
@@ -234,8 +406,16 @@ def _add_certificate_command(sub: Subcommands) -> None:
 
 def _add_demo_command(sub: Subcommands) -> None:
     """The ``xdsd demo`` subcommand and its flags."""
-    demo = sub.add_parser(
-        "demo", help="run a demo mesh here: xdsd, Envoys, an ingress gateway, small services"
+    demo = _command(
+        sub,
+        "demo",
+        summary="run a demo mesh here: xdsd, Envoys, an ingress gateway, small services",
+        description="Start a whole mesh on this machine's loopback addresses (127.0.10.x): "
+        "xdsd, one Envoy per\nproxy, an ingress gateway and four small services. Once a "
+        "request crosses the mesh it\nprints what to try: the status page, `xdsd status "
+        "--admin ...`, the canary file to edit.\nCtrl-C stops every process it started "
+        "(exit 0); a process that dies stops the rest (exit 1).",
+        example="xdsd demo\nxdsd demo --dir /tmp/demo --block 127.0.20",
     )
     demo.add_argument("--dir", default=None, help="keep config and logs here (default: a temp dir)")
     demo.add_argument(
@@ -250,12 +430,26 @@ def _add_demo_command(sub: Subcommands) -> None:
 
 def _add_token_command(sub: Subcommands) -> None:
     """The ``xdsd token`` subcommand and its flags."""
-    token = sub.add_parser(
+    token = _command(
+        sub,
         "token",
-        help="print a token a proxy of SERVICE gets its mesh certificate with ([mesh.ca])",
+        summary="print a token a proxy of SERVICE gets its mesh certificate with ([mesh.ca])",
+        description="Mint a signed token for one service with the key of the settings "
+        "file's [mesh.ca]: the token\nalone on stdout, its id and expiry on stderr. A proxy "
+        "presents it to get its mesh\ncertificate (bootstrap --token-file, certificate "
+        "--token-file).",
+        example="xdsd token --settings /etc/xdsd/xdsd.toml --service reviews --ttl 24h "
+        "> reviews.token",
     )
-    token.add_argument("--service", required=True, metavar="NAME")
-    token.add_argument("--namespace", default="default", metavar="NS", help="(default: default)")
+    token.add_argument(
+        "--service", required=True, metavar="NAME", help="the service the token speaks for"
+    )
+    token.add_argument(
+        "--namespace",
+        default="default",
+        metavar="NS",
+        help="the service's namespace (default: default)",
+    )
     token.add_argument(
         "--ttl", default="720h", metavar="DURATION", help='how long it is valid (default: "720h")'
     )
@@ -296,20 +490,66 @@ def _add_tls_client_flags(
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--service", required=True, help="the service this proxy fronts (node.cluster)")
-    p.add_argument("--node-id", default=None, help="(default: SERVICE-sidecar, SERVICE-gateway)")
-    p.add_argument("--namespace", default="default")
-    p.add_argument("--label", action="append", default=[], metavar="K=V")
-    p.add_argument("--role", default="sidecar", choices=["sidecar", "gateway"])
-    p.add_argument("--instance-ip", default="", help="inbound bind address")
-    p.add_argument("--outbound-ip", default="127.0.0.1", help="outbound bind address")
-    p.add_argument("--locality", default="", metavar="R/Z/S")
+    p.add_argument(
+        "--node-id",
+        default=None,
+        metavar="ID",
+        help="the proxy's node id, unique per proxy (default: SERVICE-sidecar, SERVICE-gateway)",
+    )
+    p.add_argument(
+        "--namespace",
+        default="default",
+        metavar="NS",
+        help="the service's namespace (default: default)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a label of this workload, as subsets and selectors match (repeat for more)",
+    )
+    p.add_argument(
+        "--role",
+        default="sidecar",
+        choices=["sidecar", "gateway"],
+        help="a sidecar in front of one workload, or a gateway a Gateway selects "
+        "(default: sidecar)",
+    )
+    p.add_argument(
+        "--instance-ip",
+        default="",
+        metavar="IP",
+        help="the address inbound listeners bind: one of the host's own (default: the "
+        "service's, else 0.0.0.0)",
+    )
+    p.add_argument(
+        "--outbound-ip",
+        default="127.0.0.1",
+        metavar="IP",
+        help="the address outbound listeners bind, where the application calls other "
+        "services (default: 127.0.0.1)",
+    )
+    p.add_argument(
+        "--locality",
+        default="",
+        metavar="R/Z/S",
+        help="region/zone/subzone, for locality-aware load balancing (default: none)",
+    )
 
 
 def _config_dir(args: argparse.Namespace) -> str:
+    """``validate``'s directory: DIR; the old ``--config-dir`` still works, with a
+    warning."""
     given = getattr(args, "dir", None)
     flag = args.config_dir
-    if given and flag and given != flag:
-        raise UsageError("give the config directory once (DIR or --config-dir)")
+    if given and flag:
+        raise UsageError("give the config directory once, as DIR: xdsd validate DIR")
+    if flag:
+        print(
+            f"warning: validate --config-dir is deprecated: write xdsd validate {flag}",
+            file=sys.stderr,
+        )
     result: str = given or flag or DEFAULT_CONFIG_DIR
     return result
 
@@ -441,7 +681,7 @@ def _render(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             mesh_config=mesh_config,
         )
-        _print_json(config)
+        _print_json(config, pretty=args.pretty)
         return 0
     snapshot = MeshTranslation(result.mesh, mesh_config=mesh_config).snapshot_for(node)
     out: dict[str, Any] = {"versions": {}, "resources": {}}
@@ -451,14 +691,16 @@ def _render(args: argparse.Namespace) -> int:
         out["resources"][short] = [
             {"@type": type_url, **to_json(r.message)} for r in resources.values()
         ]
-    _print_json(out)
+    _print_json(out, pretty=args.pretty)
     return 0
 
 
-def _print_json(value: Any) -> None:
-    """Indented for a terminal; compact (and C-encoded: the fast path, see
-    ``docs/architecture.md``, "Departures") into a pipe or file."""
-    indent = 2 if sys.stdout.isatty() else None
+def _print_json(value: Any, *, pretty: bool | None = None) -> None:
+    """Indented with ``pretty`` (by default: when stdout is a terminal); else compact
+    (and C-encoded: the fast path, see ``docs/architecture.md``, "Departures")."""
+    if pretty is None:
+        pretty = sys.stdout.isatty()
+    indent = 2 if pretty else None
     sys.stdout.write(json.dumps(value, indent=indent))
     sys.stdout.write("\n")
 
@@ -491,11 +733,20 @@ def _bootstrap(args: argparse.Namespace) -> int:
     node = _node_class(args, client=client, transport=args.transport)
     kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
     node_id = args.node_id or f"{args.service}-{kind}"
-    if args.config_dir:
-        result = _load(args.config_dir, args)
-        _check_service(result, node)
+    _check_local_address("--instance-ip", args.instance_ip)
+    _check_local_address("--outbound-ip", args.outbound_ip)
+    config_dir = _known_config_dir(args)
+    if config_dir:
+        result = _load(config_dir, args)
+        _require_service(result, node, config_dir)
         # Raises on address collisions (and, with mesh mTLS, a missing certificate).
         MeshTranslation(result.mesh, mesh_config=_mesh_config(args)).snapshot_for(node)
+    elif node.role.value == "sidecar":
+        print(
+            f"warning: service {node.namespace}/{node.service} not checked: give "
+            "--config-dir DIR to check that the config has it",
+            file=sys.stderr,
+        )
     tls = _xds_tls_flags(args)
     if args.format == "grpc":
         doc = grpc_bootstrap(
@@ -527,6 +778,75 @@ def _bootstrap(args: argparse.Namespace) -> int:
         text = yaml.safe_dump(doc, sort_keys=False)
     _emit_bootstrap(text, args.output, credential=args.token_file if token else None)
     return 0
+
+
+def _known_config_dir(args: argparse.Namespace) -> str:
+    """The config directory ``bootstrap`` checks against: ``--config-dir``, else the
+    ``config_dir`` a ``--settings`` file sets; "" when neither says."""
+    from xdsd.settings import Settings
+
+    if args.config_dir:
+        return str(args.config_dir)
+    if args.settings:
+        configured: str = _settings(args).config_dir
+        if configured != Settings().config_dir:
+            return configured
+    return ""
+
+
+def _require_service(result: LoadResult, node: Any, config_dir: str) -> None:
+    """Raise ConfigError when ``node`` is a sidecar of a service ``config_dir`` does not
+    have (a bootstrap for it would get outbound configuration only: most likely a typo);
+    a gateway is checked as ``_check_service`` does (a warning)."""
+    import difflib
+
+    from xdsd.translate import Role
+
+    if node.role is Role.GATEWAY or result.mesh.service_by_name(node.namespace, node.service):
+        _check_service(result, node)
+        return
+    names = sorted({s.name for s in result.mesh.services if s.namespace == node.namespace})
+    hint = difflib.get_close_matches(node.service, names, n=1, cutoff=0.6)
+    did = f"did you mean {hint[0]!r}? " if hint else ""
+    raise ConfigError(
+        [
+            Problem(
+                config_dir,
+                0,
+                "--service",
+                f"no service {node.namespace}/{node.service}; {did}services in namespace "
+                f"{node.namespace}: {', '.join(names) or 'none'}",
+            )
+        ]
+    )
+
+
+def _check_local_address(flag: str, ip: str) -> None:
+    """Warn on stderr when ``ip`` is not an address of this host (binding it fails with
+    EADDRNOTAVAIL): an Envoy here could not bind the listeners on it. Says nothing when
+    it cannot tell (not an IP address, another error)."""
+    import errno
+    import ipaddress
+    import socket
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return
+    if address.is_unspecified:
+        return
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            print(
+                f"warning: {flag} {ip} is not an address of this host: an Envoy here "
+                "cannot bind its listeners on it (fine if the proxy runs on the host that "
+                "has it; on this machine use a 127.x address)",
+                file=sys.stderr,
+            )
 
 
 def _emit_bootstrap(text: str, output: str | None, *, credential: str | None) -> None:

