@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from xdsd.cache.cache import ClientStatus, TypeStatus
+from xdsd.settings import DEFAULT_STALE_AFTER as DEFAULT_STALE_AFTER
 
 #: A type's state as the admin server reports it (``/debug/clients`` ``state``).
 ProxyState = Literal["nacked", "not_applied", "stale", "pending", "in_sync"]
@@ -47,8 +48,6 @@ STATE_WORDS: Mapping[ProxyState, str] = {
 }
 #: The states that make a proxy a problem (``xdsd status`` exits 1).
 FAILING_STATES: frozenset[ProxyState] = frozenset({"nacked", "not_applied", "stale"})
-#: The ``stale_after`` setting's default, in seconds.
-DEFAULT_STALE_AFTER = 10.0
 
 
 def type_state(status: TypeStatus, now: float, stale_after: float) -> ProxyState:

@@ -428,4 +428,5 @@ class SnapshotCache(Generic[K]):
             status.disconnected_at,
             MappingProxyType(types),
             status.identity,
+            status.agent,
         )
