@@ -66,8 +66,12 @@ def test_status_of_a_synced_envoy_a_nacking_and_a_stale_client(mesh: EchoMesh) -
         "EDS",
         "LDS",
         "RDS",
+        "AGENT",
     ]
     assert "client-grpc  default/client  ads" in table
+    # the Envoy version the real Envoy reported in its node
+    agent = next(line for line in table.splitlines() if line.startswith("client-grpc")).split()[-1]
+    assert agent.startswith("envoy/1."), agent
     assert "1 proxy: 1 synced, 0 NACKing" in table
 
     nacking = AdsClient(
@@ -89,7 +93,7 @@ def test_status_of_a_synced_envoy_a_nacking_and_a_stale_client(mesh: EchoMesh) -
         }
         assert lines["sim-nack"].split()[3] == NACKED
         assert lines["sim-silent"].split()[3] == STALE
-        assert lines["client-grpc"].split()[3:] == [SYNCED] * 4
+        assert lines["client-grpc"].split()[3:7] == [SYNCED] * 4
         rejection = next(
             line for line in result.stdout.splitlines() if line.startswith("  sim-nack CDS")
         )
@@ -368,3 +372,89 @@ def test_identities_their_expiry_and_one_expiring_soon() -> None:
     # A daemon without a CA reports no identities: no column, no section, exit 0.
     plain = render_table(summarize([{**_client(synced), "node_id": "x"}], [], now=0, stale_after=1))
     assert "CERT" not in plain and "identities" not in plain
+
+
+def test_the_daemons_stale_verdict_and_threshold_are_used_unless_overridden() -> None:
+    sent = {"sent_version": "2", "acked_version": "1", "sent_at": 99.0, "state": "stale"}
+    status = summarize([_client({"clusters": sent})], [], now=100.0, daemon_stale_after=0.5)
+    assert status.proxies[0].types["clusters"].state == STALE and status.exit_code == 1
+    assert "1 stale (no ACK after 0.5s)" in render_table(status)
+    # --stale-after decides here instead
+    status = summarize([_client({"clusters": sent})], [], now=100.0, stale_after=5)
+    assert status.proxies[0].types["clusters"].state == PENDING and status.exit_code == 0
+
+
+EXPECTED = {
+    "expected": 3,
+    "absent": [
+        {
+            "namespace": "shop",
+            "service": "reviews",
+            "address": "10.0.0.12",
+            "origin": "Service shop/reviews (reviews.yaml:1)",
+            "last_seen": {"node_id": "reviews-2", "agent": "envoy 1.40.0", "disconnected_at": 40},
+        },
+        {
+            "namespace": "shop",
+            "service": "",
+            "address": "10.0.0.20",
+            "origin": "WorkloadEntry shop/vm (vm.yaml:1)",
+            "last_seen": None,
+        },
+    ],
+}
+
+
+def test_disconnected_and_absent_proxies_are_listed_and_counted() -> None:
+    gone = {
+        **_client({}),
+        "node_id": "reviews-2",
+        "connected": False,
+        "disconnected_at": 40.0,
+        "agent": "envoy 1.40.0",
+    }
+    back = {**_client({}), "node_id": "n", "connected": False, "disconnected_at": 30.0}
+    old = {**_client({}), "node_id": "long-gone", "connected": False, "disconnected_at": -4000}
+    synced = {"sent_version": "1", "acked_version": "1", "sent_at": 1.0, "state": "in_sync"}
+    clients = [{**_client({"clusters": synced}), "agent": "envoy 1.40.0"}, gone, back, old]
+    status = summarize(clients, [], now=100.0, daemon_stale_after=10, expected=EXPECTED)
+    assert [g.node_id for g in status.disconnected] == ["reviews-2"]  # n came back
+    assert status.exit_code == 0  # neither disconnected nor absent proxies fail
+    text = render_table(status)
+    assert "  reviews-2 (shop/reviews (gateway), ads, envoy 1.40.0) DISCONNECTED 1m0s ago" in text
+    assert (
+        "  shop/reviews 10.0.0.12 ABSENT - last seen: reviews-2, disconnected 1m0s ago"
+        " - from Service shop/reviews (reviews.yaml:1)" in text
+    )
+    assert "  shop/* 10.0.0.20 ABSENT - never seen - from WorkloadEntry shop/vm" in text
+    assert text.splitlines()[0].split()[-1] == "AGENT" and "envoy/1.40.0" in text
+    assert text.rstrip().endswith(
+        "1 proxy: 1 synced, 0 NACKing, 0 stale (no ACK after 10s), 0 pending; "
+        "1 disconnected; 2 of 3 expected absent; config: 0 errors, 0 warnings"
+    )
+    as_json = to_json(status)
+    assert as_json["summary"] == {
+        "total": 1,
+        "synced": 1,
+        "pending": 0,
+        "stale": 0,
+        "nacked": 0,
+        "failing": 0,
+        "disconnected": 1,
+        "expected": 3,
+        "absent": 2,
+        "identities": 0,
+        "expiring_soon": 0,
+        "config_errors": 0,
+        "config_warnings": 0,
+    }
+    assert as_json["disconnected"][0]["state"] == "DISCONNECTED"
+    assert as_json["absent"][1] == {
+        "service": "shop/*",
+        "address": "10.0.0.20",
+        "origin": "WorkloadEntry shop/vm (vm.yaml:1)",
+        "state": "ABSENT",
+        "last_seen": None,
+        "ago": None,
+    }
+    assert as_json["proxies"][0]["agent"] == "envoy 1.40.0"

@@ -147,6 +147,9 @@ class Daemon:
             config_dir=settings.config_dir,
         )
         self.views.policies = self.state.policies
+        self.views.expected = self.state.expected_proxies
+        self.views.workload = self.state.workload
+        self.views.stale_after = settings.stale_after
         if self.identities is not None:
             identities = self.identities
             self.views.renew_fraction = lambda: identities.renew_fraction

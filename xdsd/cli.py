@@ -214,9 +214,10 @@ def _add_status_command(sub: Subcommands) -> None:
     status.add_argument(
         "--stale-after",
         type=float,
-        default=10.0,
+        default=None,
         metavar="SECONDS",
-        help="a version sent and not ACKed for longer is STALE (default: 10)",
+        help="a version sent and not ACKed for longer is STALE (default: the daemon's "
+        "stale_after setting, as on its status page)",
     )
     status.set_defaults(run=_status)
 
@@ -968,7 +969,7 @@ def _token(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from xdsd import status
 
-    if args.stale_after < 0:
+    if args.stale_after is not None and args.stale_after < 0:
         raise UsageError("--stale-after must not be negative")
     tls = None
     if args.admin_tls_ca or args.admin_tls_cert or args.admin_tls_key or args.admin_tls_server_name:
@@ -979,13 +980,18 @@ def _status(args: argparse.Namespace) -> int:
             server_name=args.admin_tls_server_name,
         )
     try:
-        clients, problems, now = status.fetch(
-            args.admin, tls=tls, server_name=args.admin_tls_server_name
-        )
+        read = status.fetch(args.admin, tls=tls, server_name=args.admin_tls_server_name)
     except status.AdminUnreachable as e:
         print(f"xdsd status: {e}", file=sys.stderr)
         return status.EXIT_UNREACHABLE
-    result = status.summarize(clients, problems, now=now, stale_after=args.stale_after)
+    result = status.summarize(
+        read.clients,
+        read.problems,
+        now=read.now,
+        stale_after=args.stale_after,
+        daemon_stale_after=read.stale_after,
+        expected=read.expected,
+    )
     if args.json:
         _print_json(status.to_json(result))
     else:

@@ -74,6 +74,10 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+#: ``stale_after``'s default: seconds without an answer before a proxy is stale.
+DEFAULT_STALE_AFTER = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``xdsd serve`` needs to know, with its defaults (``docs/operations.md``).
@@ -132,6 +136,10 @@ class Settings:
     ``tls_client_ca``). Both ``grpc_impl``s serve TLS. The
     three files are read again, without a restart, when they change and on SIGHUP
     (``xdsd.tls.ServerCertificates``); the settings themselves are read at start.
+
+    ``stale_after`` is how long (seconds) a proxy may leave a version it was sent
+    neither acknowledged nor rejected before the status page, ``/debug/clients`` and
+    ``xdsd status`` call it *stale* (a problem: ``xdsd status`` exits 1).
     """
 
     config_dir: str = "config"
@@ -171,6 +179,7 @@ class Settings:
     authorized_nodes: tuple[NodeGrant, ...] = ()
     admin_sans: tuple[str, ...] = ()
     log_queue_lines: int = 10_000
+    stale_after: float = DEFAULT_STALE_AFTER
 
     @property
     def tls(self) -> bool:

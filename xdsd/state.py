@@ -17,11 +17,14 @@ import time
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
+from xdsd.admin.proxies import ExpectedProxy, Workload
 from xdsd.cache.cache import SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, InternalError, Problem, TranslationError
+from xdsd.model.mesh import Mesh
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
+from xdsd.model.service import Location, Resolution
 from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
@@ -77,6 +80,7 @@ class MeshState:
         self._retranslate = False
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
+        self._expected: tuple[Mesh | None, tuple[ExpectedProxy, ...]] = (None, ())
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
         self.warnings: tuple[Problem, ...] = ()
@@ -312,6 +316,24 @@ class MeshState:
             shown = found[key] = applied_policies(translation, key).as_json()
         return shown
 
+    def expected_proxies(self) -> tuple[ExpectedProxy, ...]:
+        """The proxies the loaded configuration expects (``expected_proxies``; none
+        before a configuration loaded), computed once per mesh."""
+        mesh = self.loaded.mesh if self.loaded is not None else None
+        if mesh is None:
+            return ()
+        if self._expected[0] is not mesh:
+            self._expected = (mesh, expected_proxies(mesh))
+        return self._expected[1]
+
+    @staticmethod
+    def workload(key: Hashable) -> Workload | None:
+        """Where the proxies of node class ``key`` are: its namespace, service, role and
+        ``instance_ip`` (None for a key that is not a ``NodeClass``)."""
+        if not isinstance(key, NodeClass):
+            return None
+        return Workload(key.namespace, key.service, key.role.value, key.instance_ip)
+
     def snapshot(self, key: Hashable) -> Snapshot | None:
         """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``).
 
@@ -407,3 +429,27 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
                 gc.collect(1)
             gc.freeze()
             gc.enable()
+
+
+def expected_proxies(mesh: Mesh) -> tuple[ExpectedProxy, ...]:
+    """One expected proxy per endpoint of each Service file (statically resolved,
+    inside the mesh; a ServiceEntry's hosts are someone else's) and per WorkloadEntry
+    (which names no service: any sidecar of its namespace at its address covers it)."""
+    out = []
+    for service in mesh.services:
+        if (
+            service.entry
+            or service.location is not Location.MESH_INTERNAL
+            or service.resolution is not Resolution.STATIC
+        ):
+            continue
+        origin = f"Service {service.namespace}/{service.name} ({service.origin})"
+        out += [
+            ExpectedProxy(service.namespace, service.name, e.address, origin)
+            for e in service.endpoints
+        ]
+    for entry in mesh.workload_entries:
+        if entry.endpoint.address:
+            origin = f"WorkloadEntry {entry.namespace}/{entry.name} ({entry.origin})"
+            out.append(ExpectedProxy(entry.namespace, "", entry.endpoint.address, origin))
+    return tuple(out)

@@ -1,15 +1,18 @@
 """``xdsd status``: every connected proxy's sync state, as a table (like ``istioctl
 proxy-status``) or JSON, read from a running daemon's admin server.
 
-How this works: ``fetch`` reads ``/debug/clients`` and ``/debug/errors`` over HTTP, or
-HTTPS with a ``client_context`` (an admin listener with ``admin_tls``);
-``summarize`` (pure) gives each connected client, per type, one state:
+How this works: ``fetch`` reads ``/debug/clients``, ``/debug/errors`` and
+``/debug/expected`` over HTTP, or HTTPS with a ``client_context`` (an admin listener with
+``admin_tls``); ``summarize`` (pure) gives each connected client, per type, one state,
+the daemon's (the words of the status page, upper-cased):
 
 - ``SYNCED``: the version last sent is the version last acknowledged;
 - ``NACKED``: the client rejected the version last sent (its error is kept);
 - ``NOT APPLIED``: a REST client did not advance to the version it was served (REST's way
   of rejecting: it carries no error);
-- ``STALE``: sent, neither acknowledged nor rejected for longer than ``stale_after``;
+- ``STALE``: sent, neither acknowledged nor rejected for longer than the daemon's
+  ``stale_after`` setting (``X-Xdsd-Stale-After``; ``--stale-after`` decides here
+  instead when given);
 - ``PENDING``: sent, not acknowledged yet, more recently than that;
 - ``NOT SENT``: nothing of that type was sent (not asked for, or nothing to send).
 
@@ -20,11 +23,19 @@ then (0 when none is), 3 when the admin server cannot be reached. Each proxy als
 the security policies that apply to it and its inbound ports' mutual TLS modes
 (``policies`` of ``/debug/clients``), listed below the table, and its identity (SPIFFE
 id, credential, certificate serial and expiry: the ``CERT`` column says how long its
-certificate has left), listed below that.
+certificate has left), listed below that; its ``AGENT`` column is what it says it is
+(``envoy/1.36.2``).
+
+Below them: proxies that disconnected in the last ``DISCONNECTED_SHOWN`` seconds and have
+not come back under the same node id (``DISCONNECTED``, with when), and the endpoints
+the configuration expects that no connected sidecar covers (*expected but absent*, the
+daemon's ``/debug/expected``). Neither makes the exit code 1: an endpoint may run without
+a sidecar on purpose, and a proxy may leave for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.client
 import json
@@ -45,7 +56,18 @@ SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
     "PENDING",
     "NOT SENT",
 )
+DISCONNECTED, ABSENT = "DISCONNECTED", "ABSENT"
 FAILING = frozenset({NACKED, NOT_APPLIED, STALE})
+#: The daemon's state names (``/debug/clients`` ``state``) and their words here.
+DAEMON_STATES = {
+    "in_sync": SYNCED,
+    "nacked": NACKED,
+    "not_applied": NOT_APPLIED,
+    "stale": STALE,
+    "pending": PENDING,
+}
+#: Disconnected proxies are listed for this long (seconds) after they left.
+DISCONNECTED_SHOWN = 3600.0
 
 #: Column order and heading of the types /debug/clients names; others follow, upper-cased.
 TYPE_COLUMNS = {
@@ -99,6 +121,8 @@ class ProxyState:
     mtls: dict[str, str] = field(default_factory=dict)
     #: The workload identity xdsd issued it (None: it has none).
     identity: Identity | None = None
+    #: What it says it is (``envoy 1.36.2``; "" when it says nothing).
+    agent: str = ""
 
     @property
     def failing(self) -> bool:
@@ -125,18 +149,57 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
+class Gone:
+    """A proxy that disconnected and has not come back under its node id."""
+
+    node_id: str
+    service: str
+    transport: str
+    agent: str
+    ago: float  # seconds since it disconnected
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """An endpoint the configuration expects a proxy at, with none connected."""
+
+    service: str  # NAMESPACE/NAME, NAMESPACE/* for a WorkloadEntry
+    address: str
+    origin: str
+    last_seen: str  # the node id last seen there ("" never)
+    ago: float | None  # seconds since it disconnected
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
-    """What the daemon reported: proxies and config problems."""
+    """What the daemon reported: proxies, config problems, recently disconnected proxies
+    and absent ones; ``stale_after`` the threshold states were decided with (None: the
+    daemon did not say), ``expected`` how many proxies the configuration expects (None:
+    the daemon did not say)."""
 
     proxies: tuple[ProxyState, ...]
     errors: tuple[dict[str, Any], ...]
     warnings: tuple[dict[str, Any], ...]
-    stale_after: float
+    stale_after: float | None
+    disconnected: tuple[Gone, ...] = ()
+    absent: tuple[Absent, ...] = ()
+    expected: int | None = None
 
     @property
     def exit_code(self) -> int:
         """1 when any proxy is failing, else 0."""
         return EXIT_FAILING if any(p.failing for p in self.proxies) else EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What ``fetch`` read from a daemon (JSON as it came)."""
+
+    clients: list[Any]
+    problems: list[Any]
+    expected: Any  # /debug/expected, None from a daemon without it
+    now: float
+    stale_after: float | None
 
 
 def client_context(
@@ -197,9 +260,11 @@ def fetch(
     timeout: float = 5.0,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
-) -> tuple[list[Any], list[Any], float]:
-    """``/debug/clients``, ``/debug/errors`` and the daemon's clock (its ``Date`` header,
-    else ours) from the admin server at ``HOST:PORT`` or ``http(s)://HOST:PORT``. With
+) -> Reading:
+    """``/debug/clients``, ``/debug/errors``, ``/debug/expected`` (None from a daemon
+    without it), the daemon's ``stale_after`` (its ``X-Xdsd-Stale-After`` header) and
+    clock (its ``Date`` header, else ours) from the admin server at ``HOST:PORT`` or
+    ``http(s)://HOST:PORT``. With
     ``tls`` (``client_context``), or an ``https://`` address, it is reached over TLS,
     checking ``server_name`` in its certificate when given. Raises AdminUnreachable;
     UsageError for an address that is not one."""
@@ -217,7 +282,8 @@ def fetch(
         raise UsageError(f"--admin wants HOST:PORT, with the port (got {admin!r})")
     results: list[Any] = []
     now = time.time()
-    for path in ("/debug/clients", "/debug/errors"):
+    stale_after: float | None = None
+    for path in ("/debug/clients", "/debug/errors", "/debug/expected"):
         where = f"{base.rstrip('/')}{path}"
         connection: http.client.HTTPConnection
         if url.scheme == "https":
@@ -234,12 +300,19 @@ def fetch(
             connection.request("GET", url.path.rstrip("/") + path)
             response = connection.getresponse()
             body = response.read()
+            if response.status == 404 and path == "/debug/expected":
+                results.append(None)  # a daemon from before it
+                continue
             if response.status != 200:
                 raise AdminUnreachable(
                     f"{where} answered {response.status} {response.reason}: is it xdsd's "
                     "admin address?"
                 )
             results.append(json.loads(body))
+            threshold = response.getheader("X-Xdsd-Stale-After")
+            if threshold:
+                with contextlib.suppress(ValueError):
+                    stale_after = float(threshold)
             date = response.getheader("Date")
             if date:
                 now = max(now, email.utils.parsedate_to_datetime(date).timestamp())
@@ -271,16 +344,32 @@ def fetch(
             ) from None
         finally:
             connection.close()
-    return results[0], results[1], now
+    return Reading(results[0], results[1], results[2], now, stale_after)
 
 
-def summarize(clients: list[Any], problems: list[Any], *, now: float, stale_after: float) -> Status:
+def summarize(
+    clients: list[Any],
+    problems: list[Any],
+    *,
+    now: float,
+    stale_after: float | None = None,
+    daemon_stale_after: float | None = None,
+    expected: Any = None,
+) -> Status:
     """The status of every connected client in ``clients`` (``/debug/clients``) at
     ``now`` (seconds since the epoch, the daemon's clock); ``problems`` is
-    ``/debug/errors`` (entries with ``severity: warning`` are warnings)."""
+    ``/debug/errors`` (entries with ``severity: warning`` are warnings), ``expected``
+    ``/debug/expected`` (None: not known). Each type's state is the daemon's (decided
+    with ``daemon_stale_after``), or, with ``stale_after``, decided here with it."""
     proxies = []
+    connected_ids = {c.get("node_id") for c in clients if c.get("connected", True)}
+    gone: dict[str, Gone] = {}
     for client in clients:
         if not client.get("connected", True):
+            left = _gone(client, now)
+            known = gone.get(left.node_id) if left is not None else None
+            if left is not None and left.node_id not in connected_ids:
+                gone[left.node_id] = left if known is None or left.ago < known.ago else known
             continue
         types = {
             name: _type_state(status, now, stale_after)
@@ -296,12 +385,59 @@ def summarize(clients: list[Any], problems: list[Any], *, now: float, stale_afte
                 policies=policy_names(client.get("policies")),
                 mtls=_mtls(client.get("policies")),
                 identity=_identity(client.get("identity"), now),
+                agent=str(client.get("agent") or ""),
             )
         )
     proxies.sort(key=lambda p: (p.node_id, p.client_id))
     warnings = tuple(p for p in problems if p.get("severity") == "warning")
     errors = tuple(p for p in problems if p.get("severity") != "warning")
-    return Status(tuple(proxies), errors, warnings, stale_after)
+    return Status(
+        tuple(proxies),
+        errors,
+        warnings,
+        stale_after if stale_after is not None else daemon_stale_after,
+        disconnected=tuple(sorted(gone.values(), key=lambda g: (g.ago, g.node_id))),
+        absent=_absent(expected, now),
+        expected=expected.get("expected") if isinstance(expected, dict) else None,
+    )
+
+
+def _gone(client: dict[str, Any], now: float) -> Gone | None:
+    """A disconnected client of ``/debug/clients`` as ``Gone`` (None: it left more than
+    ``DISCONNECTED_SHOWN`` seconds ago, or says not when)."""
+    at = client.get("disconnected_at")
+    if not isinstance(at, int | float) or now - at > DISCONNECTED_SHOWN:
+        return None
+    return Gone(
+        node_id=client.get("node_id") or "?",
+        service=_service(client.get("class", "")),
+        transport=str(client.get("transport", "")),
+        agent=str(client.get("agent") or ""),
+        ago=max(0.0, now - at),
+    )
+
+
+def _absent(expected: Any, now: float) -> tuple[Absent, ...]:
+    """The ``absent`` of ``/debug/expected`` (nothing when it is not that)."""
+    if not isinstance(expected, dict):
+        return ()
+    out = []
+    for item in expected.get("absent") or ():
+        if not isinstance(item, dict):
+            continue
+        seen = item.get("last_seen")
+        seen = seen if isinstance(seen, dict) else {}
+        at = seen.get("disconnected_at")
+        out.append(
+            Absent(
+                service=f"{item.get('namespace')}/{item.get('service') or '*'}",
+                address=str(item.get("address", "")),
+                origin=str(item.get("origin", "")),
+                last_seen=str(seen.get("node_id") or ""),
+                ago=max(0.0, now - at) if isinstance(at, int | float) else None,
+            )
+        )
+    return tuple(out)
 
 
 def policy_names(policies: Any) -> tuple[str, ...]:
@@ -376,7 +512,7 @@ def cert_cell(identity: Identity | None) -> str:
     return f"EXPIRING {left}" if identity.expiring_soon else left
 
 
-def _type_state(status: dict[str, Any], now: float, stale_after: float) -> TypeState:
+def _type_state(status: dict[str, Any], now: float, stale_after: float | None) -> TypeState:
     sent, acked = status.get("sent_version"), status.get("acked_version")
     sent_at = status.get("sent_at")
     age = max(0.0, now - sent_at) if isinstance(sent_at, int | float) else None
@@ -389,7 +525,9 @@ def _type_state(status: dict[str, Any], now: float, stale_after: float) -> TypeS
         state = NOT_APPLIED
     elif acked == sent:
         state = SYNCED
-    elif age is not None and age > stale_after:
+    elif stale_after is None and status.get("state") == "stale":
+        state = STALE  # the daemon's verdict
+    elif stale_after is not None and age is not None and age > stale_after:
         state = STALE
     else:
         state = PENDING
@@ -426,7 +564,17 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
         names += [n for n in proxy.types if n not in names]
     headings = [TYPE_COLUMNS.get(n, n.upper()) for n in names]
     with_identity = any(p.identity is not None for p in status.proxies)
-    rows = [["NAME", "SERVICE", "TRANSPORT", *headings, *(["CERT"] if with_identity else [])]]
+    with_agent = any(p.agent for p in status.proxies)
+    rows = [
+        [
+            "NAME",
+            "SERVICE",
+            "TRANSPORT",
+            *headings,
+            *(["CERT"] if with_identity else []),
+            *(["AGENT"] if with_agent else []),
+        ]
+    ]
     details = []
     for p in status.proxies:
         cells = []
@@ -444,6 +592,8 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
                 details.append(f"  {p.node_id} {heading} version {t.sent_version}: {text}")
         if with_identity:
             cells.append(cert_cell(p.identity))
+        if with_agent:
+            cells.append(p.agent.replace(" ", "/") or "-")
         rows.append([p.node_id, p.service, p.transport, *cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -463,6 +613,22 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
     if identities:
         lines += ["", "identities:"]
         lines += [f"  {node}: {_identity_text(identity)}" for node, identity in identities]
+    if status.disconnected:
+        lines += ["", f"disconnected (in the last {DISCONNECTED_SHOWN / 60:g} minutes):"]
+        for g in status.disconnected:
+            agent = f", {g.agent}" if g.agent else ""
+            lines.append(
+                f"  {g.node_id} ({g.service}, {g.transport}{agent}) {DISCONNECTED} "
+                f"{duration_text(g.ago) if g.ago >= 1 else '0s'} ago"
+            )
+    if status.absent:
+        lines += ["", "expected but absent (no connected sidecar at the address):"]
+        for a in status.absent:
+            seen = "never seen"
+            if a.last_seen:
+                when = f" {duration_text(a.ago) if a.ago >= 1 else '0s'} ago" if a.ago else ""
+                seen = f"last seen: {a.last_seen}, disconnected{when}"
+            lines.append(f"  {a.service} {a.address} {ABSENT} - {seen} - from {a.origin}")
     for problem in status.errors:
         lines.append(f"config error: {_problem_text(problem)}")
     for problem in status.warnings:
@@ -500,29 +666,64 @@ def _problem_text(problem: dict[str, Any]) -> str:
     )
 
 
-def summary_line(status: Status) -> str:
-    """``N proxies: S synced, K NACKing, T stale; config: E errors, W warnings``."""
+def summary_counts(status: Status) -> dict[str, int | None]:
+    """The counts ``summary_line`` says, as ``--json``'s ``summary``: proxies
+    (``total``, ``synced``, ``pending``, ``stale``, ``nacked`` — NACKed or not applied —,
+    ``failing``), ``disconnected``, ``expected`` and ``absent`` proxies (``expected`` None
+    when the daemon did not say), ``identities`` and ``expiring_soon``,
+    ``config_errors`` and ``config_warnings``."""
 
     def count(states: frozenset[str] | set[str]) -> int:
         return sum(any(t.state in states for t in p.types.values()) for p in status.proxies)
 
-    n = len(status.proxies)
-    synced = sum(
-        all(t.state in (SYNCED, NOT_SENT) for t in p.types.values()) for p in status.proxies
-    )
-    text = (
-        f"{n} prox{'y' if n == 1 else 'ies'}: {synced} synced, {count({NACKED, NOT_APPLIED})} "
-        f"NACKing, {count({STALE})} stale (no ACK after {status.stale_after:g}s), "
-        f"{count({PENDING})} pending; config: {len(status.errors)} errors, "
-        f"{len(status.warnings)} warnings"
-    )
     identified = [p.identity for p in status.proxies if p.identity is not None]
-    if identified:
-        soon = sum(i.expiring_soon for i in identified)
-        text += f"; identities: {len(identified)}, {soon} expiring soon"
+    return {
+        "total": len(status.proxies),
+        "synced": sum(
+            all(t.state in (SYNCED, NOT_SENT) for t in p.types.values()) for p in status.proxies
+        ),
+        "pending": count({PENDING}),
+        "stale": count({STALE}),
+        "nacked": count({NACKED, NOT_APPLIED}),
+        "failing": sum(p.failing for p in status.proxies),
+        "disconnected": len(status.disconnected),
+        "expected": status.expected,
+        "absent": len(status.absent),
+        "identities": len(identified),
+        "expiring_soon": sum(i.expiring_soon for i in identified),
+        "config_errors": len(status.errors),
+        "config_warnings": len(status.warnings),
+    }
+
+
+def summary_line(status: Status) -> str:
+    """``N proxies: S synced, K NACKing, T stale (no ACK after Xs), P pending; D
+    disconnected, A of E expected absent; config: E errors, W warnings`` (the parts
+    about disconnected and absent proxies only when there are some)."""
+    c = summary_counts(status)
+    n = c["total"]
+    after = f"{status.stale_after:g}s" if status.stale_after is not None else "the daemon's limit"
+    text = (
+        f"{n} prox{'y' if n == 1 else 'ies'}: {c['synced']} synced, {c['nacked']} NACKing, "
+        f"{c['stale']} stale (no ACK after {after}), {c['pending']} pending"
+    )
+    if c["disconnected"]:
+        text += f"; {c['disconnected']} disconnected"
+    if c["absent"]:
+        of = f" of {c['expected']} expected" if c["expected"] is not None else ""
+        text += f"; {c['absent']}{of} absent"
+    text += f"; config: {_count(c['config_errors'], 'error')}, "
+    text += _count(c["config_warnings"], "warning")
+    if c["identities"]:
+        text += f"; identities: {c['identities']}, {c['expiring_soon']} expiring soon"
     if status.errors:
         text += " (the last good configuration is being served)"
     return text
+
+
+def _count(n: int | None, noun: str) -> str:
+    """``1 error``, ``2 errors``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def to_json(status: Status) -> dict[str, Any]:
@@ -534,6 +735,7 @@ def to_json(status: Status) -> dict[str, Any]:
                 "client_id": p.client_id,
                 "service": p.service,
                 "transport": p.transport,
+                "agent": p.agent,
                 "failing": p.failing,
                 "policies": list(p.policies),
                 "mtls": p.mtls,
@@ -560,8 +762,30 @@ def to_json(status: Status) -> dict[str, Any]:
             }
             for p in status.proxies
         ],
+        "disconnected": [
+            {
+                "node_id": g.node_id,
+                "service": g.service,
+                "transport": g.transport,
+                "agent": g.agent,
+                "state": DISCONNECTED,
+                "ago": g.ago,
+            }
+            for g in status.disconnected
+        ],
+        "absent": [
+            {
+                "service": a.service,
+                "address": a.address,
+                "origin": a.origin,
+                "state": ABSENT,
+                "last_seen": a.last_seen or None,
+                "ago": a.ago,
+            }
+            for a in status.absent
+        ],
         "config": {"errors": list(status.errors), "warnings": list(status.warnings)},
         "stale_after": status.stale_after,
-        "summary": summary_line(status),
+        "summary": summary_counts(status),
         "exit_code": status.exit_code,
     }

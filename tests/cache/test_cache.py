@@ -234,3 +234,13 @@ def test_evict_unheld_keeps_every_held_class() -> None:
     assert cache.evict_unheld() == 2
     assert sorted(cache.keys()) == ["polled", "watched"]
     assert cache.held("watched") and cache.held("polled") and not cache.held("orphan-1")
+
+
+def test_a_clients_agent_stays_through_sends_acks_and_closing() -> None:
+    cache: SnapshotCache[str] = SnapshotCache(clock=lambda: 1.0)
+    cache.open_client("c", node_id="n", key="k", transport="ads", agent="envoy 1.36.2")
+    cache.record_sent("c", CLUSTER, Version("v1"), "1")
+    cache.record_ack("c", CLUSTER, Version("v1"), "1")
+    assert (found := cache.client("c")) is not None and found.agent == "envoy 1.36.2"
+    cache.close_client("c")
+    assert (gone := cache.client("c")) is not None and gone.agent == "envoy 1.36.2"

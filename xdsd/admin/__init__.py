@@ -10,7 +10,13 @@ Read-only views over the snapshot cache and the configuration's state:
   the version sent and acknowledged with their wall-clock times (seconds since the epoch),
   the sync state and the last NACK; the workload identity xdsd's CA issued it, if any —
   SPIFFE id, serial, validity, credential, token id, ``expiring_soon``, never a key:
-  ``identities.py``; ``?node=ID`` keeps one node's);
+  ``identities.py``; what the client says it is, ``agent``, e.g. ``envoy 1.36.2``;
+  ``?node=ID`` keeps one node's); each type's ``state`` is ``in_sync``, ``pending``,
+  ``stale`` (no answer for longer than the ``stale_after`` setting, which the
+  ``X-Xdsd-Stale-After`` header gives), ``nacked`` or ``not_applied`` (``proxies.py``);
+- ``/debug/expected`` (the proxies the configuration expects, one per Service endpoint
+  and WorkloadEntry, and those of them no connected proxy covers, ``absent``, with the
+  client last seen there: ``proxies.absent``);
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +40,14 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from xdsd.admin.identities import DEFAULT_RENEW_FRACTION, identity_json
 from xdsd.admin.metrics import ConfigState, Metrics
+from xdsd.admin.proxies import (
+    DEFAULT_STALE_AFTER,
+    Absence,
+    ExpectedProxy,
+    Workload,
+    absent,
+    type_state,
+)
 from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
@@ -46,11 +60,26 @@ from xdsd.resources.redaction import redact
 NodeAccess = Callable[[Mapping[str, Any] | None, ClientStatus], bool]
 #: The security policies that apply to a node class, as JSON (``MeshState.policies``).
 ClassPolicies = Callable[[Hashable], Mapping[str, Any]]
+#: The proxies the current configuration expects (one per Service endpoint and
+#: WorkloadEntry).
+ExpectedProxies = Callable[[], Sequence[ExpectedProxy]]
+#: Where a node class puts its proxies (None: a class that is no workload's).
+WorkloadOf = Callable[[Hashable], Workload | None]
 
 
 def no_policies(_key: Hashable) -> Mapping[str, Any]:
     """The ``policies`` hook of views over no mesh: nothing applies."""
     return {}
+
+
+def no_expected() -> Sequence[ExpectedProxy]:
+    """The ``expected`` hook of views over no mesh: no proxy is expected."""
+    return ()
+
+
+def no_workload(_key: Hashable) -> Workload | None:
+    """The ``workload`` hook of views over no mesh: no class is placed."""
+    return None
 
 
 class AdminViews:
@@ -59,7 +88,10 @@ class AdminViews:
     ``node_access`` (None: everyone) decides who may see a node's resources
     (``/debug/config_dump``); a refusal is answered 403 and counted as
     ``xdsd_refused_total{listener="admin",reason="permission_denied"}``. ``policies``
-    gives the security policies of a node class (``ClassPolicies``)."""
+    gives the security policies of a node class (``ClassPolicies``); ``expected`` the
+    proxies the configuration expects and ``workload`` where a class's proxies are
+    (``/debug/expected``); ``stale_after`` (the setting) when a proxy that does not
+    answer is stale."""
 
     def __init__(
         self,
@@ -80,6 +112,10 @@ class AdminViews:
         self.listening = False
         self.node_access: NodeAccess | None = None
         self.policies: ClassPolicies = no_policies
+        self.expected: ExpectedProxies = no_expected
+        self.workload: WorkloadOf = no_workload
+        #: Seconds a version may go unanswered before its client is stale.
+        self.stale_after = DEFAULT_STALE_AFTER
         #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
         #: certificate counts as expiring soon (``identities.expiring_soon``).
         self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
@@ -96,6 +132,7 @@ class AdminViews:
         application.router.add_get("/debug/clients", self.clients)
         application.router.add_get("/debug/config_dump", self.config_dump)
         application.router.add_get("/debug/errors", self.config_errors)
+        application.router.add_get("/debug/expected", self.expected_proxies)
         return application
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -112,7 +149,7 @@ class AdminViews:
             body["reason"] = trouble
         return web.json_response(body, status=200 if ready else 503)
 
-    async def status_page(self, _request: web.Request) -> web.Response:
+    async def status_page(self, request: web.Request) -> web.Response:
         """The HTML status page."""
         snapshots = {}
         for key in self.cache.keys():  # noqa: SIM118 - a cache, not a dict
@@ -121,6 +158,7 @@ class AdminViews:
                 snapshots[key] = snapshot
         clients = self.cache.clients()
         keys = {*snapshots, *(c.key for c in clients if c.connected)}
+        workloads = self._workloads(clients)
         view = StatusView(
             version=self.version,
             started_at=self.metrics.started_at,
@@ -133,6 +171,11 @@ class AdminViews:
             snapshots=snapshots,
             policies={key: self.policies(key) for key in keys},
             renew_fraction=self.renew_fraction(),
+            stale_after=self.stale_after,
+            workloads=workloads,
+            absent=tuple(absent(self.expected(), clients, workloads)),
+            service_filter=request.query.get("service", ""),
+            state_filter=request.query.get("state", ""),
         )
         return web.Response(
             text=render_status_page(view),
@@ -142,16 +185,45 @@ class AdminViews:
 
     async def clients(self, request: web.Request) -> web.Response:
         """Every client's sync state and its class's security policies (``?node=ID``:
-        that node's clients only)."""
+        that node's clients only); the ``X-Xdsd-Stale-After`` header is the
+        ``stale_after`` its states were decided with."""
         node = request.query.get("node")
         now = self.clock()
         return web.json_response(
             [
-                client_json(c, self.policies(c.key), now=now, renew_fraction=self.renew_fraction())
+                client_json(
+                    c,
+                    self.policies(c.key),
+                    now=now,
+                    renew_fraction=self.renew_fraction(),
+                    stale_after=self.stale_after,
+                )
                 for c in self.cache.clients()
                 if node is None or c.node_id == node
-            ]
+            ],
+            headers={"X-Xdsd-Stale-After": f"{self.stale_after:g}"},
         )
+
+    async def expected_proxies(self, _request: web.Request) -> web.Response:
+        """``expected``: how many proxies the configuration expects; ``absent``: those no
+        connected client covers (``proxies.absent``), each with the client last seen
+        there (node id, agent, when it disconnected) or null."""
+        clients = self.cache.clients()
+        expected = self.expected()
+        found = absent(expected, clients, self._workloads(clients))
+        return web.json_response(
+            {"expected": len(expected), "absent": [absence_json(a) for a in found]}
+        )
+
+    def _workloads(self, clients: Sequence[ClientStatus]) -> dict[Hashable, Workload]:
+        """The ``workload`` of each client's class (classes without one left out)."""
+        out: dict[Hashable, Workload] = {}
+        for client in clients:
+            if client.key not in out:
+                w = self.workload(client.key)
+                if w is not None:
+                    out[client.key] = w
+        return out
 
     async def config_dump(self, request: web.Request) -> web.Response:
         """What node ``?node=ID`` is served: the snapshot of its class (every type, proto3
@@ -201,6 +273,7 @@ class AdminViews:
                         self.policies(c.key),
                         now=self.clock(),
                         renew_fraction=self.renew_fraction(),
+                        stale_after=self.stale_after,
                     )
                     for c in found
                 ],
@@ -227,21 +300,42 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
+def absence_json(absence: Absence) -> dict[str, Any]:
+    """An expected proxy that is absent, as JSON (``service`` "" for a WorkloadEntry)."""
+    e, seen = absence.expected, absence.last_seen
+    return {
+        "namespace": e.namespace,
+        "service": e.service,
+        "address": e.address,
+        "origin": e.origin,
+        "last_seen": None
+        if seen is None
+        else {
+            "node_id": seen.node_id,
+            "agent": seen.agent,
+            "disconnected_at": seen.disconnected_at,
+        },
+    }
+
+
 def client_json(
     client: ClientStatus,
     policies: Mapping[str, Any] | None = None,
     *,
     now: float | None = None,
     renew_fraction: float = DEFAULT_RENEW_FRACTION,
+    stale_after: float = DEFAULT_STALE_AFTER,
 ) -> dict[str, Any]:
     """A client's status as JSON, with ``policies`` (its class's security policies,
     ``ClassPolicies``) when given, and ``identity`` (``identities.identity_json`` at
-    ``now``, the current time when None; null without one)."""
+    ``now``, the current time when None; null without one). Each type's ``state`` is
+    ``proxies.type_state`` at ``now`` with ``stale_after``."""
+    at = time.time() if now is None else now
     types = {}
     for type_url, status in client.types.items():
         nack = status.nack
         types[SHORT_NAMES.get(type_url, type_url)] = {
-            "state": status.state,
+            "state": type_state(status, at, stale_after),
             "sent_version": status.sent_version,
             "sent_nonce": status.sent_nonce,
             "sent_at": status.sent_at,
@@ -262,13 +356,14 @@ def client_json(
         "node_id": client.node_id,
         "class": str(client.key),
         "transport": client.transport,
+        "agent": client.agent,
         "connected": client.connected,
         "connected_at": client.connected_at,
         "disconnected_at": client.disconnected_at,
         "types": types,
         "identity": None
         if client.identity is None
-        else identity_json(client.identity, time.time() if now is None else now, renew_fraction),
+        else identity_json(client.identity, at, renew_fraction),
         **({"policies": policies} if policies is not None else {}),
     }
 

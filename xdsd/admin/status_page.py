@@ -8,8 +8,20 @@ the header counts those expiring soon.
 ``render_status_page`` is a pure function of a ``StatusView`` (what the admin server read
 from the cache and the configuration at request time) and returns the whole page. Every
 value that comes from a client or a config file (node ids, NACK messages, paths, class
-descriptions) is escaped. The page refreshes itself with a ``<meta http-equiv=refresh>``:
-no script.
+descriptions) is escaped. The page refreshes itself with a ``<meta http-equiv=refresh>``.
+
+States use one vocabulary with ``xdsd status`` (``proxies.STATE_WORDS``): a type sent
+and unanswered for longer than ``stale_after`` is *stale*, as there. Below the proxies,
+*Expected but absent* lists the endpoints no connected sidecar covers
+(``proxies.absent``), with the client last seen there. The tab title starts with the
+count of problems, ``(3) xdsd ...``: proxies NACKing, not applying or stale, absent
+endpoints, and configuration errors.
+
+Filtering by service and state: every proxy and absent row carries ``data-service`` and
+``data-state``; a plain GET form (``?service=&state=``) hides the other rows on the
+server, so it works without script; a small inline script applies the same filter at
+once when a choice changes (and reads ``#service=...&state=...`` too), keeping the
+choice in the address so the refresh keeps it.
 """
 
 from __future__ import annotations
@@ -21,7 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xdsd.admin.identities import DEFAULT_RENEW_FRACTION, expiring_soon
-from xdsd.cache.cache import SYNC_STATES, ClientIdentity, ClientStatus, SyncState, TypeStatus
+from xdsd.admin.proxies import (
+    DEFAULT_STALE_AFTER,
+    FAILING_STATES,
+    PROXY_STATES,
+    STATE_WORDS,
+    Absence,
+    ProxyState,
+    Workload,
+    client_state,
+    type_state,
+)
+from xdsd.cache.cache import ClientIdentity, ClientStatus, TypeStatus
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
 from xdsd.resources import PUSH_ORDER, SHORT_NAMES, TypeUrl
@@ -38,12 +61,42 @@ POLICY_KINDS = (
     ("request_authentications", "RequestAuthentication"),
 )
 
-_STATE_TEXT = {
-    "in_sync": "in sync",
-    "pending": "pending",
-    "nacked": "NACKed",
-    "not_applied": "not applied",
-}
+#: The states the filter offers: a proxy's, and ``absent`` (an expected endpoint).
+FILTER_STATES: tuple[str, ...] = (*PROXY_STATES, "absent")
+_STATE_TEXT: Mapping[str, str] = {**{str(k): v for k, v in STATE_WORDS.items()}, "absent": "absent"}
+
+_SCRIPT = """
+(function () {
+  var form = document.getElementById('filter');
+  if (!form) return;
+  var given = new URLSearchParams(location.search);
+  new URLSearchParams(location.hash.slice(1)).forEach(function (v, k) { given.set(k, v); });
+  ['service', 'state'].forEach(function (k) {
+    if (given.has(k)) form.elements[k].value = given.get(k);
+  });
+  function apply() {
+    var service = form.elements.service.value, state = form.elements.state.value;
+    var shown = 0;
+    document.querySelectorAll('tr[data-state]').forEach(function (row) {
+      var hide = (service && row.dataset.service !== service) ||
+                 (state && row.dataset.state !== state);
+      row.hidden = !!hide;
+      if (!hide) shown += 1;
+    });
+    document.getElementById('filter-shown').textContent =
+      service || state ? shown + ' rows shown' : '';
+    var query = new URLSearchParams();
+    if (service) query.set('service', service);
+    if (state) query.set('state', state);
+    var q = query.toString();
+    history.replaceState(null, '', location.pathname + (q ? '?' + q : ''));
+  }
+  form.addEventListener('change', apply);
+  form.addEventListener('submit', function (e) { e.preventDefault(); apply(); });
+  document.getElementById('filter-apply').hidden = true;
+  apply();
+})();
+"""
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em 2em; color: #1d232b; }
@@ -57,8 +110,10 @@ code { font: 12px ui-monospace, monospace; }
 .class { color: #4a5563; font-size: 12px; }
 .state { white-space: nowrap; }
 span.in_sync, p.in_sync { color: #17663a; } span.pending { color: #8a5a00; }
-span.nacked, span.not_applied, .error, .message { color: #b3261e; }
-td.nacked, td.not_applied { background: #fdecea; white-space: normal; }
+span.nacked, span.not_applied, span.stale, span.absent, .error, .message { color: #b3261e; }
+td.nacked, td.not_applied, td.stale { background: #fdecea; white-space: normal; }
+form#filter { margin: .6em 0; } form#filter label { margin-right: 1em; }
+tr[hidden] { display: none; }
 .warning { color: #8a5a00; }
 .message { font: 12px ui-monospace, monospace; white-space: pre-wrap; max-width: 60em; }
 .summary span { margin-right: 1.2em; }
@@ -87,6 +142,26 @@ class StatusView:
     policies: Mapping[Hashable, Mapping[str, Any]] = field(default_factory=dict)
     #: ``[mesh.ca] renew_fraction``: when a certificate counts as expiring soon.
     renew_fraction: float = DEFAULT_RENEW_FRACTION
+    #: The ``stale_after`` setting: seconds a version may go unanswered.
+    stale_after: float = DEFAULT_STALE_AFTER
+    #: Where each node class's proxies are (``proxies.Workload``), by class.
+    workloads: Mapping[Hashable, Workload] = field(default_factory=dict)
+    #: The expected proxies no connected client covers.
+    absent: Sequence[Absence] = ()
+    #: The filter asked for (``?service=NAMESPACE/NAME&state=STATE``; "" shows all).
+    service_filter: str = ""
+    state_filter: str = ""
+
+
+def problem_count(view: StatusView) -> int:
+    """What the tab title counts: connected proxies NACKing, not applying or stale,
+    absent expected proxies, and configuration errors."""
+    failing = sum(
+        client_state(c, view.now, view.stale_after) in FAILING_STATES
+        for c in view.clients
+        if c.connected
+    )
+    return failing + len(view.absent) + len(view.errors)
 
 
 def render_status_page(view: StatusView) -> str:
@@ -94,33 +169,40 @@ def render_status_page(view: StatusView) -> str:
     connected = [c for c in view.clients if c.connected]
     gone = [c for c in view.clients if not c.connected]
     types = _types_shown(connected, view.snapshots)
+    problems = problem_count(view)
+    flag = f"({problems}) " if problems else ""
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>xdsd status: {_proxies(len(connected))}</title>",
+        f"<title>{flag}xdsd status: {_proxies(len(connected))}</title>",
         f"<style>{_STYLE}</style></head><body>",
         _header(view, connected),
         _config_section(view),
-        _proxies_section(connected, types, view.now, view.policies, view.renew_fraction),
+        _filter_form(view, connected),
+        _proxies_section(connected, types, view),
+        _absent_section(view),
         _versions_section(view, connected, types),
         _policies_section(view, connected),
         _disconnected_section(gone, view.now),
         "<footer>This page refreshes every "
         f'{REFRESH_SECONDS} s. As JSON: <a href="/debug/clients">/debug/clients</a>, '
         '<a href="/debug/errors">/debug/errors</a>, '
+        '<a href="/debug/expected">/debug/expected</a>, '
         "<code>/debug/config_dump?node=ID</code>; for Prometheus: "
         '<a href="/metrics">/metrics</a>.</footer>',
+        f"<script>{_SCRIPT}</script>",
         "</body></html>",
     ]
     return "\n".join(parts)
 
 
 def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
-    states: dict[SyncState, int] = dict.fromkeys(SYNC_STATES, 0)
+    states: dict[str, int] = dict.fromkeys(PROXY_STATES, 0)
     for client in connected:
-        states[_worst(client)] += 1
+        states[client_state(client, view.now, view.stale_after)] += 1
+    states["absent"] = len(view.absent)
     if not view.loaded:
         config = '<span class="error">no configuration loaded</span>'
     elif view.errors:
@@ -135,6 +217,8 @@ def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
         for s, n in states.items()
         if n or s == "in_sync"
     )
+    if states["stale"]:
+        summary += f" <span>(stale: no answer for over {view.stale_after:g} s)</span>"
     identities = [c.identity for c in connected if c.identity is not None]
     if identities:
         soon = sum(expiring_soon(i, view.now, view.renew_fraction) for i in identities)
@@ -167,32 +251,69 @@ def _config_section(view: StatusView) -> str:
     return "".join(out)
 
 
+def _filter_form(view: StatusView, connected: Sequence[ClientStatus]) -> str:
+    """The service and state filter: a GET form (works without script)."""
+    services = sorted(
+        {w.name for c in connected if (w := view.workloads.get(c.key)) is not None}
+        | {a.expected.name for a in view.absent}
+        | ({view.service_filter} if view.service_filter else set())
+    )
+    service_options = ['<option value="">all services</option>'] + [
+        f'<option value="{_e(n)}"{" selected" if n == view.service_filter else ""}>{_e(n)}</option>'
+        for n in services
+    ]
+    state_options = ['<option value="">all states</option>'] + [
+        f'<option value="{s}"{" selected" if s == view.state_filter else ""}>'
+        f"{_e(_STATE_TEXT[s])}</option>"
+        for s in FILTER_STATES
+    ]
+    return (
+        '<form id="filter" method="get" action="/">'
+        f'<label>Service <select name="service">{"".join(service_options)}</select></label>'
+        f'<label>State <select name="state">{"".join(state_options)}</select></label>'
+        '<button type="submit" id="filter-apply">Filter</button> '
+        '<span id="filter-shown"></span></form>'
+    )
+
+
+def _hidden(view: StatusView, service: str, state: str) -> str:
+    """`` hidden`` when the filter asked for leaves the row out."""
+    out = (view.service_filter and service != view.service_filter) or (
+        view.state_filter and state != view.state_filter
+    )
+    return " hidden" if out else ""
+
+
 def _proxies_section(
-    connected: Sequence[ClientStatus],
-    types: Sequence[TypeUrl],
-    now: float,
-    policies: Mapping[Hashable, Mapping[str, Any]],
-    renew_fraction: float = DEFAULT_RENEW_FRACTION,
+    connected: Sequence[ClientStatus], types: Sequence[TypeUrl], view: StatusView
 ) -> str:
+    now, policies, renew_fraction = view.now, view.policies, view.renew_fraction
     out = ['<section id="proxies"><h2>Proxies</h2>']
     if not connected:
         out.append("<p>No proxy is connected.</p></section>")
         return "".join(out)
-    rank = {s: i for i, s in enumerate(SYNC_STATES)}
-    ordered = sorted(connected, key=lambda c: (rank[_worst(c)], c.node_id, c.client_id))
+    rank = {s: i for i, s in enumerate(PROXY_STATES)}
+    states = {c.client_id: client_state(c, now, view.stale_after) for c in connected}
+    ordered = sorted(connected, key=lambda c: (rank[states[c.client_id]], c.node_id, c.client_id))
     with_identity = any(c.identity is not None for c in connected)
-    out.append("<table><thead><tr><th>Node</th><th>Transport</th><th>Connected</th>")
+    out.append("<table><thead><tr><th>Node</th><th>Envoy</th><th>Transport</th><th>Connected</th>")
     if with_identity:
         out.append("<th>Identity</th>")
     out.extend(f"<th>{_e(_short(t))}</th>" for t in types)
     out.append("</tr></thead><tbody>")
     for client in ordered[:MAX_ROWS]:
         link = "/debug/config_dump?" + urllib.parse.urlencode({"node": client.node_id})
+        state = states[client.client_id]
+        workload = view.workloads.get(client.key)
+        service = workload.name if workload is not None else ""
         out.append(
-            f'<tr class="proxy {_worst(client)}" data-node="{_e(client.node_id)}">'
+            f'<tr class="proxy {state}" data-node="{_e(client.node_id)}" '
+            f'data-service="{_e(service)}" data-state="{state}"'
+            f"{_hidden(view, service, state)}>"
             f'<td><a href="{_e(link)}">{_e(client.node_id or "(no id)")}</a>'
             f'<div class="class">{_e(str(client.key))}</div>'
             f"{_policies_line(policies.get(client.key))}</td>"
+            f'<td class="agent">{_e(client.agent) or "—"}</td>'
             f"<td>{_e(client.transport)}</td>"
             f"<td>{_ago(now, client.connected_at)}</td>"
         )
@@ -200,13 +321,54 @@ def _proxies_section(
             out.append(_identity_cell(client.identity, now, renew_fraction))
         for type_url in types:
             status = client.types.get(type_url)
-            out.append(_type_cell(type_url, status, now))
+            out.append(_type_cell(type_url, status, now, view.stale_after))
         out.append("</tr>")
     out.append("</tbody></table>")
     if len(ordered) > MAX_ROWS:
         out.append(
             f"<p>… and {len(ordered) - MAX_ROWS} more (all of them in "
             '<a href="/debug/clients">/debug/clients</a>).</p>'
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _absent_section(view: StatusView) -> str:
+    """The expected proxies no connected client covers."""
+    out = ['<section id="absent"><h2>Expected but absent</h2>']
+    if not view.absent:
+        out.append(
+            '<p class="in_sync">Every endpoint of the configuration has a connected '
+            "proxy.</p></section>"
+        )
+        return "".join(out)
+    out.append(
+        "<p>Endpoints of the configuration (Service endpoints, WorkloadEntries) that no "
+        "connected sidecar covers: matched by namespace, service and the node's "
+        "<code>instance_ip</code>.</p>"
+        "<table><thead><tr><th>Service</th><th>Address</th><th>From</th>"
+        "<th>Last seen</th></tr></thead><tbody>"
+    )
+    for absence in view.absent[:MAX_ROWS]:
+        e, seen = absence.expected, absence.last_seen
+        last = "never (since xdsd started)"
+        if seen is not None:
+            agent = f", {_e(seen.agent)}" if seen.agent else ""
+            last = (
+                f"<code>{_e(seen.node_id or '(no id)')}</code>{agent}, disconnected "
+                f"{_ago(view.now, seen.disconnected_at)}"
+            )
+        out.append(
+            f'<tr class="absent" data-service="{_e(e.name)}" data-state="absent" '
+            f'data-address="{_e(e.address)}"{_hidden(view, e.name, "absent")}>'
+            f"<td>{_e(e.name)}</td><td><code>{_e(e.address)}</code></td>"
+            f'<td class="class">{_e(e.origin)}</td><td>{last}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    if len(view.absent) > MAX_ROWS:
+        out.append(
+            f"<p>… and {len(view.absent) - MAX_ROWS} more (all of them in "
+            '<a href="/debug/expected">/debug/expected</a>).</p>'
         )
     out.append("</section>")
     return "".join(out)
@@ -231,17 +393,17 @@ def _identity_cell(identity: ClientIdentity | None, now: float, renew_fraction: 
     )
 
 
-def _type_cell(type_url: TypeUrl, status: TypeStatus | None, now: float) -> str:
+def _type_cell(type_url: TypeUrl, status: TypeStatus | None, now: float, stale_after: float) -> str:
     name = _e(_short(type_url))
     if status is None:
         return f'<td class="state none" data-type="{name}">—</td>'
-    state = status.state
+    state: ProxyState = type_state(status, now, stale_after)
     lines = [f'<span class="{state}">{_STATE_TEXT[state]}</span>']
     if state == "in_sync":
         lines.append(f"<code>{_e(status.acked_version or '')}</code>")
     elif state == "pending" and status.sent_version is None:
         lines.append("nothing sent yet")
-    elif state == "pending":
+    elif state in ("pending", "stale"):
         sent = status.sent_version or ""
         lines.append(f"sent <code>{_e(sent)}</code> {_ago(now, status.sent_at)}")
         if status.acked_version:
@@ -377,11 +539,6 @@ def _types_shown(
     return [t for t in PUSH_ORDER if t in seen] + sorted(
         TypeUrl(t) for t in seen if t not in PUSH_ORDER
     )
-
-
-def _worst(client: ClientStatus) -> SyncState:
-    states = {status.state for status in client.types.values()}
-    return next((s for s in SYNC_STATES if s in states), "pending")
 
 
 def _proxies(n: int) -> str:

@@ -132,6 +132,10 @@ class ClientStatus:
     disconnected_at: float | None = None
     types: Mapping[TypeUrl, TypeStatus] = field(default_factory=lambda: _NO_TYPES)
     identity: ClientIdentity | None = None
+    #: What the client says it is, from its node when the stream opened (e.g. ``envoy
+    #: 1.36.2``: ``user_agent_name`` and ``user_agent_build_version``); "" when it says
+    #: nothing.
+    agent: str = ""
 
     def type_status(self, type_url: TypeUrl) -> TypeStatus:
         """The status of one type (all empty when nothing happened yet)."""
@@ -261,13 +265,16 @@ class SnapshotCache(Generic[K]):
 
     # -- client status -----------------------------------------------------------------
 
-    def open_client(self, client_id: str, *, node_id: str, key: K, transport: str) -> None:
+    def open_client(
+        self, client_id: str, *, node_id: str, key: K, transport: str, agent: str = ""
+    ) -> None:
         """Start the record of a connected client (replacing any old one of that id); it
-        holds ``key`` until closed or replaced."""
+        holds ``key`` until closed or replaced. ``agent`` is what the client says it is
+        (``ClientStatus.agent``)."""
         self._gone.pop(client_id, None)
         old = self._clients.get(client_id)
         self._clients[client_id] = ClientStatus(
-            client_id, node_id, key, transport, True, self._clock()
+            client_id, node_id, key, transport, True, self._clock(), agent=agent
         )
         self._holders[key] = self._holders.get(key, 0) + 1
         if old is not None and old.connected:
@@ -421,4 +428,5 @@ class SnapshotCache(Generic[K]):
             status.disconnected_at,
             MappingProxyType(types),
             status.identity,
+            status.agent,
         )

@@ -183,6 +183,22 @@ def trim_node(node: base_pb2.Node) -> base_pb2.Node:
     return kept
 
 
+def user_agent(node: base_pb2.Node) -> str:
+    """What a node says it is: ``user_agent_name`` and its version (``envoy 1.36.2``, from
+    ``user_agent_build_version``'s semantic version, or ``user_agent_version``), at most
+    100 characters of text a client chose; "" when it says nothing."""
+    name = node.user_agent_name.strip()
+    which = node.WhichOneof("user_agent_version_type")
+    version = ""
+    if which == "user_agent_build_version":
+        v = node.user_agent_build_version.version
+        version = f"{v.major_number}.{v.minor_number}.{v.patch}"
+    elif which == "user_agent_version":
+        version = node.user_agent_version.strip()
+    text = " ".join(part for part in (name, version) if part)
+    return "".join(c if c.isprintable() else "?" for c in text[:100])
+
+
 def requested_type(asked: str, stream_type: TypeUrl | None, known: Collection[TypeUrl]) -> TypeUrl:
     """The type a request is for: ``asked`` (its ``type_url``) on an ADS stream
     (``stream_type`` None), where it is required; on a per-type stream, the stream's own

@@ -51,7 +51,7 @@ from grpclib.exceptions import GRPCError
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import TranslationError
-from xdsd.protocol import Event, Nack, NotApplied, ProtocolError, record_events
+from xdsd.protocol import Event, Nack, NotApplied, ProtocolError, record_events, user_agent
 from xdsd.resources import SHORT_NAMES
 from xdsd.transports import SnapshotSource
 from xdsd.transports.identity import (
@@ -459,7 +459,13 @@ class StreamClient:
             self.lease = self.admit(node)
         self.key = key
         cache = self.source.cache
-        cache.open_client(self.client_id, node_id=node.id, key=self.key, transport=self.transport)
+        cache.open_client(
+            self.client_id,
+            node_id=node.id,
+            key=self.key,
+            transport=self.transport,
+            agent=user_agent(node),
+        )
         if self.lease is not None:
             cache.record_identity(self.client_id, self.lease.identity)
             self.lease.listen(self._on_lease)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.harness import Xdsd, wait_until, write_atomically
+from tests.xds_clients import AdsClient
 
 NODE = "client-sidecar"
 TYPES = ("clusters", "endpoints", "listeners", "routes")
@@ -297,7 +298,8 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     doc = Dom(dom.stdout)
-    assert doc.title == "xdsd status: 1 proxy", doc.title
+    # the web service's endpoint has no sidecar: absent, one problem
+    assert doc.title == "(1) xdsd status: 1 proxy", doc.title
     assert doc.row(NODE)["class"] == "proxy in_sync"
     assert [doc.cell_class(NODE, t) for t in TYPES] == ["state in_sync"] * 4
     assert doc.refresh == "5"
@@ -337,6 +339,71 @@ def test_a_rest_client_shows_with_its_transport(world: World) -> None:
     assert "2 proxies connected" in doc.text
 
 
+def _dump_dom(chromium: str, profile: Path, url: str) -> Dom:
+    """The page at ``url`` as headless Chromium builds it (its script run)."""
+    argv = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        f"--user-data-dir={profile}",
+        "--dump-dom",
+        url,
+    ]
+    dom = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return Dom(dom.stdout)
+
+
+def test_stale_absent_filter_and_envoy_version_in_headless_chromium(
+    world: World, tmp_path: Path
+) -> None:
+    """A client that never answers is *stale* (as in ``xdsd status``) after the
+    daemon's ``stale_after``; the web endpoint, which has no sidecar, is listed as
+    absent; the tab title counts both; the real Envoy's version is shown; the filter
+    hides rows by state and service, with the script (``#state=``) and without it
+    (``?state=``, the server)."""
+    chromium = _chromium()
+    wait_until(world.in_sync, what="every type ACKed")
+    silent = AdsClient(world.xdsd.grpc_port, "sim-silent", "sim", mode="silent")
+    try:
+
+        def stale() -> bool:
+            found = world.xdsd.admin("/debug/clients?node=sim-silent")
+            return any(c["types"].get("clusters", {}).get("state") == "stale" for c in found)
+
+        wait_until(stale, timeout=60, what="the silent client stale after stale_after (10 s)")
+        web = world.xdsd.admin("/debug/expected")["absent"]
+        assert [(a["namespace"], a["service"]) for a in web] == [("default", "web")], web
+
+        doc = _dump_dom(chromium, tmp_path / "p1", world.url("/#state=stale"))
+        # one stale proxy and one absent endpoint (the REST poller, if connected, is in sync)
+        assert doc.title.startswith("(2) xdsd status: "), doc.title
+        assert doc.row("sim-silent")["data-state"] == "stale"
+        assert "hidden" not in doc.row("sim-silent")
+        assert "hidden" in doc.row(NODE)  # hidden by the script: the server sent it all
+        assert doc.cell_class("sim-silent", "clusters") == "state stale"
+        assert "1 stale" in doc.text and "pending" not in doc.cells.values()
+        assert doc.agents[NODE].startswith("envoy 1."), doc.agents  # the real Envoy's
+        assert doc.agents["sim-silent"] == "envoy"
+        (absent,) = doc.absent
+        assert absent["data-service"] == "default/web" and "hidden" in absent
+        assert absent["data-address"] == web[0]["address"]
+
+        doc = _dump_dom(chromium, tmp_path / "p2", world.url("/#service=default/web"))
+        assert "hidden" not in doc.absent[0] and "hidden" in doc.row("sim-silent")
+
+        # without script: the form's GET, filtered on the server
+        server = Dom(world.get("/?state=absent")[2])
+        assert "hidden" in server.row(NODE) and "hidden" in server.row("sim-silent")
+        assert "hidden" not in server.absent[0]
+    finally:
+        silent.stop()
+
+
 class Dom(HTMLParser):
     """The parts of the status page the tests read: rows by node, cells by type."""
 
@@ -346,6 +413,11 @@ class Dom(HTMLParser):
         self.cells: dict[tuple[str, str], str] = {}
         self.refresh = ""
         self.title = ""
+        #: The agent (Envoy version) cell of each proxy row, by node.
+        self.agents: dict[str, str] = {}
+        #: The attributes of each expected-but-absent row.
+        self.absent: list[dict[str, str]] = []
+        self._agent = False
         self._row = ""
         self._in_title = False
         self._text: list[str] = []
@@ -357,8 +429,13 @@ class Dom(HTMLParser):
         if tag == "tr" and "data-node" in a:
             self._row = a["data-node"]
             self.rows[self._row] = a
+        elif tag == "tr" and a.get("data-state") == "absent":
+            self.absent.append(a)
         elif tag == "td" and "data-type" in a and self._row:
             self.cells[self._row, a["data-type"]] = a["class"]
+        elif tag == "td" and a.get("class") == "agent" and self._row:
+            self._agent = True
+            self.agents[self._row] = ""
         elif tag == "meta" and a.get("http-equiv") == "refresh":
             self.refresh = a["content"]
         elif tag == "title":
@@ -369,11 +446,15 @@ class Dom(HTMLParser):
             self._row = ""
         elif tag == "title":
             self._in_title = False
+        elif tag == "td":
+            self._agent = False
 
     def handle_data(self, data: str) -> None:
         self._text.append(data)
         if self._in_title:
             self.title += data
+        if self._agent:
+            self.agents[self._row] += data
 
     def row(self, node: str) -> dict[str, str]:
         assert node in self.rows, sorted(self.rows)
