@@ -117,11 +117,11 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
             "d.yaml": DR,
             "v.yaml": vs("    - destination: {host: reviews, subset: v9}\n"),
         },
-        ["v.yaml:1:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
+        ["v.yaml:9:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
     ),
     "unknown destination": (
         {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: ratings}\n")},
-        ["v.yaml:1:", "http[0].route[0].destination.host", "no service named 'ratings'"],
+        ["v.yaml:9:", "http[0].route[0].destination.host", "no service named 'ratings'"],
     ),
     "unsupported istio field": (
         {
@@ -178,7 +178,7 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
     ),
     "two destination rules for one host": (
         {"s.toml": SERVICE, "d.yaml": DR, "e.yaml": DR.replace("name: reviews", "name: other", 1)},
-        ["d.yaml:1: host:", "already has DestinationRule 'other'", "e.yaml:1"],
+        ["d.yaml:6: host:", "already has DestinationRule 'other'", "e.yaml:1"],
     ),
     "service without ports": (
         {"s.yaml": "kind: Service\nname: x\n"},
