@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
+from xdsd.errors import ConfigError, TranslationError, UsageError, XdsdError
 from xdsd.logs import LOG_FORMATS, configure_logging
 from xdsd.model import Locality
+from xdsd.plurals import counted
 from xdsd.sources import LoadResult, load_directory
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         for p in (*e.problems, *e.warnings):
             print(p, file=sys.stderr)
-        n = len(e.problems)
-        print(f"error: configuration refused ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+        print(
+            f"error: configuration refused ({counted(len(e.problems), 'error')})", file=sys.stderr
+        )
         return 1
     except TranslationError as e:
         for p in e.problems:
-            print(p, file=sys.stderr)
+            # A problem of the node the command describes has no file to name.
+            text = str(p) if p.path != "<node>" else "error: " + str(p).removeprefix("<node>: ")
+            print(text, file=sys.stderr)
         return 1
     except UsageError as e:
         print(f"xdsd: error: {e}", file=sys.stderr)
@@ -327,7 +331,20 @@ def _mesh_config(args: argparse.Namespace) -> Any:
     return _settings(args).mesh
 
 
+def _require_directory(path: str) -> None:
+    """Raise ``XdsdError`` (one line, exit 1) when the config directory ``path`` is missing
+    or not a directory: there is no configuration to refuse."""
+    if not os.path.exists(path):
+        raise XdsdError(
+            f"config directory {path} does not exist: give the directory that holds your "
+            "service and rule files"
+        )
+    if not os.path.isdir(path):
+        raise XdsdError(f"{path} is not a directory: give the directory that holds the files")
+
+
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
+    _require_directory(path)
     mesh = _mesh_config(args)
     result = load_directory(path, mesh_tls=mesh.mtls, extension_providers=mesh.extension_providers)
     for w in result.warnings:
@@ -339,6 +356,7 @@ def _validate(args: argparse.Namespace) -> int:
     from xdsd.sources.limits import ParseLimits
 
     path = _config_dir(args)
+    _require_directory(path)
     settings = _settings(args)
     result = load_directory(
         path,
@@ -352,11 +370,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(w, file=sys.stderr)
     mesh = result.mesh
     print(
-        f"{path}: ok: {len(result.files)} files, {len(mesh.services)} services, "
-        f"{len(mesh.virtual_services)} virtual services, "
-        f"{len(mesh.destination_rules)} destination rules, "
-        f"{len(mesh.raw_resources)} raw Envoy resources"
-        + (f", {len(result.warnings)} warnings" if result.warnings else "")
+        f"{path}: ok: {counted(len(result.files), 'file')}, "
+        f"{counted(len(mesh.services), 'service')}, "
+        f"{counted(len(mesh.virtual_services), 'virtual service')}, "
+        f"{counted(len(mesh.destination_rules), 'destination rule')}, "
+        f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
+        + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
     return 0
 
@@ -401,25 +420,15 @@ def _check_service(result: LoadResult, node: Any) -> None:
         if not any(selects(g, node.labels) for g in result.mesh.gateways):
             labels = ", ".join(f"{k}={v}" for k, v in node.labels) or "none"
             print(
-                Problem(
-                    "<node>",
-                    0,
-                    "labels",
-                    f"no Gateway selects a gateway with labels {labels}: it gets clusters "
-                    "only (give --label K=V as a Gateway's selector says)",
-                ).as_warning(),
+                f"warning: --label: no Gateway selects a gateway with labels {labels}: it "
+                "gets clusters only (give --label K=V as a Gateway's selector says)",
                 file=sys.stderr,
             )
         return
     if result.mesh.service_by_name(node.namespace, node.service) is None:
         print(
-            Problem(
-                "<node>",
-                0,
-                "service",
-                f"no service {node.namespace}/{node.service} in the config: "
-                "the proxy gets outbound configuration only",
-            ).as_warning(),
+            f"warning: --service: no service {node.namespace}/{node.service} in the config: "
+            "the proxy gets outbound configuration only",
             file=sys.stderr,
         )
 

@@ -30,6 +30,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from xdsd.plurals import counted
+
 #: Log formats ``--log-format`` accepts.
 LOG_FORMATS = ("text", "json")
 #: How many formatted lines wait for the writer at most before lines are dropped.
@@ -163,8 +165,8 @@ class QueueingHandler(logging.Handler):
                     logging.WARNING,
                     __file__,
                     0,
-                    "%d log lines dropped: the log stream did not keep up",
-                    (count,),
+                    "%s dropped: the log stream did not keep up",
+                    (counted(count, "log line"),),
                     None,
                 )
                 self._put(self.format(summary))

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xdsd.errors import UsageError, XdsdError
+from xdsd.plurals import counted
 
 SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
     "SYNCED",
@@ -511,8 +512,8 @@ def summary_line(status: Status) -> str:
     text = (
         f"{n} prox{'y' if n == 1 else 'ies'}: {synced} synced, {count({NACKED, NOT_APPLIED})} "
         f"NACKing, {count({STALE})} stale (no ACK after {status.stale_after:g}s), "
-        f"{count({PENDING})} pending; config: {len(status.errors)} errors, "
-        f"{len(status.warnings)} warnings"
+        f"{count({PENDING})} pending; config: {counted(len(status.errors), 'error')}, "
+        f"{counted(len(status.warnings), 'warning')}"
     )
     identified = [p.identity for p in status.proxies if p.identity is not None]
     if identified:
