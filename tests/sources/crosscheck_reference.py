@@ -25,6 +25,7 @@ from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
 from xdsd.sources.crosscheck.authorization import http_only_problems
+from xdsd.sources.crosscheck.endpoints import endpoint_problems
 from xdsd.sources.crosscheck.gateways import gateway_problems
 from xdsd.sources.crosscheck.hosts import host_hint
 from xdsd.sources.crosscheck.index import did_you_mean
@@ -97,6 +98,10 @@ def cross_check(
     mesh = Mesh(tuple(services), (), tuple(rules), (), **kinds)  # type: ignore[arg-type]
     _check_hosts(mesh.services, entries, problems)
     _check_destination_rules(mesh, problems)
+    # Services without endpoints, subsets selecting none (by service key).
+    entry_keys = {e.key: e for e in entries}
+    for svc in mesh.services:
+        problems.extend(endpoint_problems(svc, mesh.destination_rule(svc), entry_keys))
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
     defined = {g.key for g in others["Gateway"] if isinstance(g, Gateway)}
