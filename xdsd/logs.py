@@ -30,8 +30,6 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from xdsd.plurals import counted
-
 #: Log formats ``--log-format`` accepts.
 LOG_FORMATS = ("text", "json")
 #: How many formatted lines wait for the writer at most before lines are dropped.
@@ -165,8 +163,8 @@ class QueueingHandler(logging.Handler):
                     logging.WARNING,
                     __file__,
                     0,
-                    "%s dropped: the log stream did not keep up",
-                    (counted(count, "log line"),),
+                    "%d log line%s dropped: the log stream did not keep up",
+                    (count, "" if count == 1 else "s"),
                     None,
                 )
                 self._put(self.format(summary))

@@ -185,8 +185,8 @@ class MeshState:
                 log.error("config: %s", problem)
             if len(e.problems) > MAX_LOGGED_PROBLEMS:
                 log.error(
-                    "config: ... and %s more (xdsd validate lists them all)",
-                    counted(len(e.problems) - MAX_LOGGED_PROBLEMS, "error"),
+                    "config: ... and %s (xdsd validate lists them all)",
+                    counted(len(e.problems) - MAX_LOGGED_PROBLEMS, "more error"),
                 )
             log.error(
                 "config refused (%s); still serving the last good configuration",
@@ -200,8 +200,8 @@ class MeshState:
             log.warning("config: %s", warning)
         if len(result.warnings) > MAX_LOGGED_PROBLEMS:
             log.warning(
-                "config: ... and %s more",
-                counted(len(result.warnings) - MAX_LOGGED_PROBLEMS, "warning"),
+                "config: ... and %s",
+                counted(len(result.warnings) - MAX_LOGGED_PROBLEMS, "more warning"),
             )
         if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
             log.info("config reloaded: no change")
