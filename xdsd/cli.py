@@ -156,6 +156,15 @@ def _add_validate_command(sub: Subcommands) -> None:
     validate.add_argument("--config-dir", default=None)
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
     validate.add_argument(
+        "--envoy",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also run every node class's rendered configuration through `envoy --mode "
+        "validate` (the Envoy of the [demo] extra, or PATH)",
+    )
+    validate.add_argument(
         "--settings",
         default=None,
         metavar="FILE",
@@ -355,6 +364,8 @@ def _load(path: str, args: argparse.Namespace) -> LoadResult:
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.sources.limits import ParseLimits
 
+    if args.envoy and os.path.isdir(args.envoy) and args.dir is None:
+        args.dir, args.envoy = args.envoy, ""  # `validate --envoy DIR`: the default Envoy
     path = _config_dir(args)
     _require_directory(path)
     settings = _settings(args)
@@ -369,6 +380,8 @@ def _validate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    if args.envoy is not None and not _validate_with_envoy(result, settings.mesh, args.envoy):
+        return 1
     print(
         f"{path}: ok: {counted(len(result.files), 'file')}, "
         f"{counted(len(mesh.services), 'service')}, "
@@ -378,6 +391,39 @@ def _validate(args: argparse.Namespace) -> int:
         + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
     return 0
+
+
+def _validate_with_envoy(result: LoadResult, mesh_config: Any, envoy: str) -> bool:
+    """``validate --envoy``: every class the directory implies through Envoy; prints
+    the classes accepted (stdout) and each rejection against its files (stderr).
+    True when Envoy accepted every class."""
+    from xdsd.demo.runner import find_envoy
+    from xdsd.envoy_validation import validate_classes
+
+    accepted, rejections, unrendered = validate_classes(
+        result.mesh, mesh_config, find_envoy(envoy or None)
+    )
+    for problem in unrendered:
+        print(problem, file=sys.stderr)
+    for r in rejections:
+        how = "" if r.pinned else " (one of these EnvoyFilter patches or raw resources?)"
+        for cause in r.causes:
+            field = f" {cause.field}:" if cause.field else ""
+            print(
+                f"{cause.path}:{cause.line}:{field} Envoy rejects the {r.what}{how}: {r.message}",
+                file=sys.stderr,
+            )
+        if not r.causes:
+            print(f"error: Envoy rejects the {r.what}: {r.message}", file=sys.stderr)
+    if accepted:
+        print(
+            f"envoy: accepted {counted(len(accepted), 'class', 'classes')}: " + "; ".join(accepted)
+        )
+    if rejections or unrendered:
+        refused = counted(len(rejections) + len(unrendered), "class", "classes")
+        print(f"error: Envoy refused {refused}", file=sys.stderr)
+        return False
+    return True
 
 
 def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any:
