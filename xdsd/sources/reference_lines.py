@@ -14,7 +14,6 @@ Pure: reads the parsed document only.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,31 +26,38 @@ _DESTINATION_FIELDS: tuple[FieldPath, ...] = (("host",), ("subset",), ("port", "
 
 
 def with_reference_lines(obj: MeshObject, doc: Document, base: FieldPath) -> MeshObject:
-    """``obj`` with the lines of its referring fields recorded (``obj`` itself for a kind
-    without any, or when it has none); ``base`` is where the spec starts in ``doc``
-    (``("spec",)`` for an Istio-shaped document)."""
+    """``obj``, just parsed from ``doc`` and not yet shared, with the lines of its
+    referring fields recorded in its ``lines`` (set in place); ``base`` is where the spec
+    starts in ``doc`` (``("spec",)`` for an Istio-shaped document)."""
     if isinstance(obj, VirtualService):
-        paths = list(_virtual_service_paths(_spec(doc, base)))
+        paths = [(format_path(p), p) for p in _virtual_service_paths(_spec(doc, base))]
     elif isinstance(obj, DestinationRule):
-        paths = [("host",), *_items(_spec(doc, base), "subsets")]
+        # the common kind by the thousand: paths spelled without ``format_path``
+        paths = [("host", ("host",))]
+        paths.extend((f"subsets[{i}]", ("subsets", i)) for i in range(len(obj.subsets)))
     elif isinstance(obj, Service):
         if not obj.hosts:
             return obj  # a service's name is its document's first lines: nothing to add
-        paths = [("name",), *_items(_spec(doc, base), "hosts")]
+        paths = [(format_path(p), p) for p in (("name",), *_items(_spec(doc, base), "hosts"))]
     elif isinstance(obj, ServiceEntry):
-        paths = [("workloadSelector",), *_items(_spec(doc, base), "hosts")]
+        spec = _spec(doc, base)
+        paths = [(format_path(p), p) for p in (("workloadSelector",), *_items(spec, "hosts"))]
     elif isinstance(obj, Sidecar):
-        paths = [("workloadSelector",)]
+        paths = [("workloadSelector", ("workloadSelector",))]
     else:
         return obj
+    table = doc.lines
+    first = doc.line
     lines = tuple(
-        (format_path(path), line)
-        for path in paths
-        if (line := doc.line_of((*base, *path))) and line != doc.line
+        (field, line)
+        for field, path in paths
+        if (line := table.get((*base, *path)) or doc.line_of((*base, *path))) != first
     )
-    if not lines:
-        return obj
-    return dataclasses.replace(obj, lines=lines)
+    if lines:
+        # ``obj`` was made from ``doc`` a moment ago and is seen by no one else yet:
+        # setting the field in place spares a copy per object (thousands per load).
+        object.__setattr__(obj, "lines", lines)
+    return obj
 
 
 def _spec(doc: Document, base: FieldPath) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from xdsd.errors import Problem, Severity
-from xdsd.model import DestinationRule, Resolution, ResourceKey, Service, Subset
+from xdsd.model import DestinationRule, Resolution, ResourceKey, Service
 from xdsd.model.networking import ServiceEntry
 from xdsd.sources.crosscheck.index import file_under, problem_at
 
@@ -84,8 +84,14 @@ def endpoint_problems(
     if rule is None:
         return []
     problems = []
+    labelled: list[set[tuple[str, str]]] | None = None
     for i, subset in enumerate(rule.subsets):
-        if not any(_selects(subset, e.labels) for e in svc.endpoints):
+        if not subset.labels:
+            continue  # selects every endpoint
+        if labelled is None:
+            labelled = [set(e.labels) for e in svc.endpoints]
+        wanted = set(subset.labels)
+        if not any(wanted <= labels for labels in labelled):
             field = f"subsets[{i}]"
             wanted = ", ".join(f"{k}={v}" for k, v in subset.labels)
             problems.append(
@@ -100,8 +106,3 @@ def endpoint_problems(
                 )
             )
     return problems
-
-
-def _selects(subset: Subset, labels: tuple[tuple[str, str], ...]) -> bool:
-    have = dict(labels)
-    return all(have.get(k) == v for k, v in subset.labels)
