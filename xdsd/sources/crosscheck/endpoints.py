@@ -93,13 +93,13 @@ def endpoint_problems(
         wanted = set(subset.labels)
         if not any(wanted <= labels for labels in labelled):
             field = f"subsets[{i}]"
-            wanted = ", ".join(f"{k}={v}" for k, v in subset.labels)
+            shown = ", ".join(f"{k}={v}" for k, v in subset.labels)
             problems.append(
                 problem_at(
                     rule.origin,
                     field,
                     f"subset {subset.name!r} selects no endpoint of {svc.key} (none is "
-                    f"labelled {wanted}): traffic routed to it fails with 503 (no healthy "
+                    f"labelled {shown}): traffic routed to it fails with 503 (no healthy "
                     "upstream)",
                     Severity.WARNING,
                     rule.lines,
