@@ -20,7 +20,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.located": ("xdsd.errors",),
     "xdsd.model": ("xdsd.model", "xdsd.errors"),
     "xdsd.resources": ("xdsd.resources",),
-    "xdsd.sources": ("xdsd.sources", "xdsd.model", "xdsd.errors", "xdsd.resources", "xdsd.located"),
+    "xdsd.sources": (
+        "xdsd.sources",
+        "xdsd.model",
+        "xdsd.errors",
+        "xdsd.resources",
+        "xdsd.located",
+        "xdsd.plurals",
+    ),
     "xdsd.translate": (
         "xdsd.translate",
         "xdsd.model",
@@ -35,7 +42,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.notify": (),
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
-    "xdsd.status": ("xdsd.errors",),
+    "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
+    "xdsd.plurals": (),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
     "xdsd.transports": (

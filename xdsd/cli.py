@@ -26,6 +26,7 @@ import yaml
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
 from xdsd.logs import LOG_FORMATS, configure_logging
 from xdsd.model import Locality
+from xdsd.plurals import counted
 from xdsd.sources import LoadResult, load_directory
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         for p in (*e.problems, *e.warnings):
             print(p, file=sys.stderr)
-        n = len(e.problems)
-        print(f"error: configuration refused ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+        print(
+            f"error: configuration refused ({counted(len(e.problems), 'error')})", file=sys.stderr
+        )
         return 1
     except TranslationError as e:
         for p in e.problems:
-            print(p, file=sys.stderr)
+            # A problem of the node the command describes has no file to name.
+            text = str(p) if p.path != "<node>" else "error: " + str(p).removeprefix("<node>: ")
+            print(text, file=sys.stderr)
         return 1
     except UsageError as e:
         print(f"xdsd: error: {e}", file=sys.stderr)
@@ -243,6 +247,15 @@ def _add_validate_command(sub: Subcommands) -> None:
     # the old spelling, still accepted: `validate DIR` is the one form (see _config_dir)
     validate.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    validate.add_argument(
+        "--envoy",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also run every node class's rendered configuration through `envoy --mode "
+        "validate` (the Envoy of the [demo] extra, or PATH)",
+    )
     validate.add_argument(
         "--settings",
         default=None,
@@ -568,7 +581,20 @@ def _mesh_config(args: argparse.Namespace) -> Any:
     return _settings(args).mesh
 
 
+def _require_directory(path: str) -> None:
+    """Raise ``XdsdError`` (one line, exit 1) when the config directory ``path`` is missing
+    or not a directory: there is no configuration to refuse."""
+    if not os.path.exists(path):
+        raise XdsdError(
+            f"config directory {path} does not exist: give the directory that holds your "
+            "service and rule files"
+        )
+    if not os.path.isdir(path):
+        raise XdsdError(f"{path} is not a directory: give the directory that holds the files")
+
+
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
+    _require_directory(path)
     mesh = _mesh_config(args)
     result = load_directory(path, mesh_tls=mesh.mtls, extension_providers=mesh.extension_providers)
     for w in result.warnings:
@@ -579,7 +605,10 @@ def _load(path: str, args: argparse.Namespace) -> LoadResult:
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.sources.limits import ParseLimits
 
+    if args.envoy and os.path.isdir(args.envoy) and args.dir is None:
+        args.dir, args.envoy = args.envoy, ""  # `validate --envoy DIR`: the default Envoy
     path = _config_dir(args)
+    _require_directory(path)
     settings = _settings(args)
     result = load_directory(
         path,
@@ -592,14 +621,50 @@ def _validate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    if args.envoy is not None and not _validate_with_envoy(result, settings.mesh, args.envoy):
+        return 1
     print(
-        f"{path}: ok: {len(result.files)} files, {len(mesh.services)} services, "
-        f"{len(mesh.virtual_services)} virtual services, "
-        f"{len(mesh.destination_rules)} destination rules, "
-        f"{len(mesh.raw_resources)} raw Envoy resources"
-        + (f", {len(result.warnings)} warnings" if result.warnings else "")
+        f"{path}: ok: {counted(len(result.files), 'file')}, "
+        f"{counted(len(mesh.services), 'service')}, "
+        f"{counted(len(mesh.virtual_services), 'virtual service')}, "
+        f"{counted(len(mesh.destination_rules), 'destination rule')}, "
+        f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
+        + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
     return 0
+
+
+def _validate_with_envoy(result: LoadResult, mesh_config: Any, envoy: str) -> bool:
+    """``validate --envoy``: every class the directory implies through Envoy; prints
+    the classes accepted (stdout) and each rejection against its files (stderr).
+    True when Envoy accepted every class."""
+    from xdsd.demo.runner import find_envoy
+    from xdsd.envoy_validation import validate_classes
+
+    accepted, rejections, unrendered = validate_classes(
+        result.mesh, mesh_config, find_envoy(envoy or None)
+    )
+    for problem in unrendered:
+        print(problem, file=sys.stderr)
+    for r in rejections:
+        how = "" if r.pinned else " (one of these EnvoyFilter patches or raw resources?)"
+        for cause in r.causes:
+            field = f" {cause.field}:" if cause.field else ""
+            print(
+                f"{cause.path}:{cause.line}:{field} Envoy rejects the {r.what}{how}: {r.message}",
+                file=sys.stderr,
+            )
+        if not r.causes:
+            print(f"error: Envoy rejects the {r.what}: {r.message}", file=sys.stderr)
+    if accepted:
+        print(
+            f"envoy: accepted {counted(len(accepted), 'class', 'classes')}: " + "; ".join(accepted)
+        )
+    if rejections or unrendered:
+        refused = counted(len(rejections) + len(unrendered), "class", "classes")
+        print(f"error: Envoy refused {refused}", file=sys.stderr)
+        return False
+    return True
 
 
 def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any:
@@ -642,25 +707,15 @@ def _check_service(result: LoadResult, node: Any) -> None:
         if not any(selects(g, node.labels) for g in result.mesh.gateways):
             labels = ", ".join(f"{k}={v}" for k, v in node.labels) or "none"
             print(
-                Problem(
-                    "<node>",
-                    0,
-                    "labels",
-                    f"no Gateway selects a gateway with labels {labels}: it gets clusters "
-                    "only (give --label K=V as a Gateway's selector says)",
-                ).as_warning(),
+                f"warning: --label: no Gateway selects a gateway with labels {labels}: it "
+                "gets clusters only (give --label K=V as a Gateway's selector says)",
                 file=sys.stderr,
             )
         return
     if result.mesh.service_by_name(node.namespace, node.service) is None:
         print(
-            Problem(
-                "<node>",
-                0,
-                "service",
-                f"no service {node.namespace}/{node.service} in the config: "
-                "the proxy gets outbound configuration only",
-            ).as_warning(),
+            f"warning: --service: no service {node.namespace}/{node.service} in the config: "
+            "the proxy gets outbound configuration only",
             file=sys.stderr,
         )
 
@@ -799,16 +854,15 @@ def _require_service(result: LoadResult, node: Any, config_dir: str) -> None:
     """Raise ConfigError when ``node`` is a sidecar of a service ``config_dir`` does not
     have (a bootstrap for it would get outbound configuration only: most likely a typo);
     a gateway is checked as ``_check_service`` does (a warning)."""
-    import difflib
-
+    from xdsd.located import closest
     from xdsd.translate import Role
 
     if node.role is Role.GATEWAY or result.mesh.service_by_name(node.namespace, node.service):
         _check_service(result, node)
         return
     names = sorted({s.name for s in result.mesh.services if s.namespace == node.namespace})
-    hint = difflib.get_close_matches(node.service, names, n=1, cutoff=0.6)
-    did = f"did you mean {hint[0]!r}? " if hint else ""
+    hint = closest(node.service, names)
+    did = f"did you mean {hint!r}? " if hint else ""
     raise ConfigError(
         [
             Problem(

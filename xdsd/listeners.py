@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from xdsd.plurals import counted
 from xdsd.settings import Address
 from xdsd.transports.connections import Listener
 from xdsd.transports.grpc import OpenStreams
@@ -87,10 +88,12 @@ async def end_streams(streams: OpenStreams, deadline: Deadline) -> None:
     count = len(streams)
     left = await streams.close_all(SHUTDOWN_MESSAGE, deadline.left())
     if count:
-        log.info("ended %d streams with UNAVAILABLE", count - left)
+        log.info("ended %s with UNAVAILABLE", counted(count - left, "stream"))
     if left:
         log.warning(
-            "%d streams still open after %.1f s (clients not reading): cut", left, deadline.grace
+            "%s still open after %.1f s (clients not reading): cut",
+            counted(left, "stream"),
+            deadline.grace,
         )
 
 

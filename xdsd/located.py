@@ -463,12 +463,14 @@ class Fields:
                 self.error(key, f"is not supported by xdsd yet{suffix}; remove it")
             else:
                 known = sorted(self.read | set(unsupported))
-                hint = _closest(str(key), known)
+                hint = closest(str(key), known)
                 did = f"; did you mean {hint!r}?" if hint else ""
                 self.error(key, f"unknown field{did}")
 
 
-def _closest(word: str, choices: list[str]) -> str:
+def closest(word: str, choices: Collection[str]) -> str:
+    """The one of ``choices`` nearest to ``word`` when it is near enough to be what was
+    meant (a misspelling), else ""."""
     found = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
     return found[0] if found else ""
 

@@ -163,8 +163,8 @@ class QueueingHandler(logging.Handler):
                     logging.WARNING,
                     __file__,
                     0,
-                    "%d log lines dropped: the log stream did not keep up",
-                    (count,),
+                    "%d log line%s dropped: the log stream did not keep up",
+                    (count, "" if count == 1 else "s"),
                     None,
                 )
                 self._put(self.format(summary))

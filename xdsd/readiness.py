@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from xdsd.admin import AdminViews
 from xdsd.notify import Notifier
+from xdsd.plurals import counted
 from xdsd.state import MeshState
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,13 @@ class Readiness:
     def _text(self) -> str:
         state = self.state
         if state.loaded is None:
-            errors = len(state.errors)
-            return f"waiting for a valid configuration in {state.config_dir}: {errors} errors"
+            errors = counted(len(state.errors), "error")
+            return f"waiting for a valid configuration in {state.config_dir}: {errors}"
         mesh = state.loaded.mesh
-        text = f"serving {len(mesh.services)} services from {state.config_dir}"
+        text = f"serving {counted(len(mesh.services), 'service')} from {state.config_dir}"
         if state.errors:
-            text += f"; last edit refused ({len(state.errors)} errors), serving the last good one"
+            refused = counted(len(state.errors), "error")
+            text += f"; last edit refused ({refused}), serving the last good one"
         trouble = self.trouble()
         if trouble:
             text += f"; NOT RELOADING: {trouble}"

@@ -25,6 +25,7 @@ from xdsd.model.mesh import Mesh
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
 from xdsd.model.networking import ROOT_NAMESPACE
 from xdsd.model.service import Location, Resolution
+from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
@@ -188,21 +189,19 @@ class MeshState:
                 log.error("config: %s", problem)
             if len(e.problems) > MAX_LOGGED_PROBLEMS:
                 log.error(
-                    "config: ... and %d more errors (xdsd validate lists them all)",
-                    len(e.problems) - MAX_LOGGED_PROBLEMS,
+                    "config: ... and %s (xdsd validate lists them all)",
+                    counted(len(e.problems) - MAX_LOGGED_PROBLEMS, "more error"),
                 )
             if self.loaded is None:
                 log.error(
-                    "config refused (%d error%s); nothing loaded yet: proxies get no "
+                    "config refused (%s); nothing loaded yet: proxies get no "
                     "configuration until the files are fixed",
-                    len(e.problems),
-                    "" if len(e.problems) == 1 else "s",
+                    counted(len(e.problems), "error"),
                 )
             else:
                 log.error(
-                    "config refused (%d error%s); still serving the last good configuration",
-                    len(e.problems),
-                    "" if len(e.problems) == 1 else "s",
+                    "config refused (%s); still serving the last good configuration",
+                    counted(len(e.problems), "error"),
                 )
             return False
         self.internal_errors = 0
@@ -212,7 +211,8 @@ class MeshState:
             log.warning("config: %s", warning)
         if len(result.warnings) > MAX_LOGGED_PROBLEMS:
             log.warning(
-                "config: ... and %d more warnings", len(result.warnings) - MAX_LOGGED_PROBLEMS
+                "config: ... and %s",
+                counted(len(result.warnings) - MAX_LOGGED_PROBLEMS, "more warning"),
             )
         if self.loaded is not None and result.mesh == self.loaded.mesh and not self._retranslate:
             log.info("config reloaded: no change")
@@ -224,11 +224,11 @@ class MeshState:
         assert self.translation is not None
         self.last_timings = {**result.timings, **self.translation.timings}
         log.info(
-            "config loaded: %d services, %d rules (%d files read); %d classes updated; %.1f ms: %s",
-            len(result.mesh.services),
-            len(result.mesh.virtual_services) + len(result.mesh.destination_rules),
-            result.reread,
-            changed,
+            "config loaded: %s, %s (%s read); %s updated; %.1f ms: %s",
+            counted(len(result.mesh.services), "service"),
+            counted(len(result.mesh.virtual_services) + len(result.mesh.destination_rules), "rule"),
+            counted(result.reread, "file"),
+            counted(changed, "class", "classes"),
             (sum(result.timings.values()) + time.perf_counter() - started) * 1000,
             ", ".join(f"{k} {v * 1000:.1f}" for k, v in self.last_timings.items()),
         )
@@ -261,7 +261,7 @@ class MeshState:
             return False
         with _building():
             changed = self._translate_and_publish()
-        log.info("mesh defaults changed: %d classes updated", changed)
+        log.info("mesh defaults changed: %s updated", counted(changed, "class", "classes"))
         return True
 
     def _translate_and_publish(self) -> int:

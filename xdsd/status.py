@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xdsd.errors import UsageError, XdsdError
+from xdsd.plurals import counted
 
 SYNCED, NACKED, NOT_APPLIED, STALE, PENDING, NOT_SENT = (
     "SYNCED",
@@ -712,18 +713,13 @@ def summary_line(status: Status) -> str:
     if c["absent"]:
         of = f" of {c['expected']} expected" if c["expected"] is not None else ""
         text += f"; {c['absent']}{of} absent"
-    text += f"; config: {_count(c['config_errors'], 'error')}, "
-    text += _count(c["config_warnings"], "warning")
+    text += f"; config: {counted(c['config_errors'] or 0, 'error')}, "
+    text += counted(c["config_warnings"] or 0, "warning")
     if c["identities"]:
         text += f"; identities: {c['identities']}, {c['expiring_soon']} expiring soon"
     if status.errors:
         text += " (the last good configuration is being served)"
     return text
-
-
-def _count(n: int | None, noun: str) -> str:
-    """``1 error``, ``2 errors``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def to_json(status: Status) -> dict[str, Any]:

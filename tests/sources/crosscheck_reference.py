@@ -11,6 +11,7 @@ import dataclasses
 from xdsd.errors import Problem, Severity
 from xdsd.model import (
     DestinationRule,
+    FieldLines,
     Mesh,
     MeshObject,
     Origin,
@@ -18,12 +19,16 @@ from xdsd.model import (
     ResourceKey,
     Service,
     VirtualService,
+    line_of,
 )
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
 from xdsd.sources.crosscheck.authorization import http_only_problems
+from xdsd.sources.crosscheck.endpoints import endpoint_problems
 from xdsd.sources.crosscheck.gateways import gateway_problems
+from xdsd.sources.crosscheck.hosts import host_hint
+from xdsd.sources.crosscheck.index import did_you_mean
 from xdsd.sources.crosscheck.jwt_issuers import conflict_problems, service_conflicts
 from xdsd.sources.listing import list_config_files
 from xdsd.sources.service_entry import entry_services
@@ -93,6 +98,10 @@ def cross_check(
     mesh = Mesh(tuple(services), (), tuple(rules), (), **kinds)  # type: ignore[arg-type]
     _check_hosts(mesh.services, entries, problems)
     _check_destination_rules(mesh, problems)
+    # Services without endpoints, subsets selecting none (by service key).
+    entry_keys = {e.key: e for e in entries}
+    for svc in mesh.services:
+        problems.extend(endpoint_problems(svc, mesh.destination_rule(svc), entry_keys))
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
     defined = {g.key for g in others["Gateway"] if isinstance(g, Gateway)}
@@ -130,8 +139,19 @@ def mesh_sorted(virtual: list[VirtualService]) -> list[VirtualService]:
     return sorted(virtual, key=lambda v: v.key)
 
 
-def _at(origin: Origin, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
-    return Problem(origin.path, origin.line, field, message, severity)
+def _at(
+    origin: Origin,
+    field: str,
+    message: str,
+    severity: Severity = Severity.ERROR,
+    lines: FieldLines = (),
+) -> Problem:
+    return Problem(origin.path, line_of(lines, field, origin.line), field, message, severity)
+
+
+def _hint(mesh: Mesh, host: str, namespace: str) -> str:
+    """A near name for ``host`` among every host name of the mesh."""
+    return host_hint(mesh._hosts, host, namespace)
 
 
 def _field(svc: Service, i: int, entries: list[ServiceEntry]) -> str:
@@ -157,6 +177,7 @@ def _check_hosts(
                         svc.origin,
                         _field(svc, i, entries),
                         f"host {host!r} is already a name of {other.key} ({other.origin})",
+                        lines=svc.lines,
                     )
                 )
             owners.setdefault(host, svc)
@@ -171,8 +192,10 @@ def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:
                 _at(
                     rule.origin,
                     "host",
-                    f"no service named {rule.host!r}: rule ignored until one is defined",
+                    f"no service named {rule.host!r}: rule ignored until one is defined"
+                    + _hint(mesh, rule.host, rule.namespace),
                     Severity.WARNING,
+                    rule.lines,
                 )
             )
             continue
@@ -184,6 +207,7 @@ def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:
                     "host",
                     f"{svc.key} already has DestinationRule {other.name!r} ({other.origin}); "
                     "merge them into one",
+                    lines=rule.lines,
                 )
             )
             continue
@@ -207,8 +231,10 @@ def _check_virtual_service(
                 _at(
                     vs.origin,
                     f"hosts[{i}]",
-                    f"no service named {host!r}: this host is ignored until one is defined",
+                    f"no service named {host!r}: this host is ignored until one is defined"
+                    + _hint(mesh, host, vs.namespace),
                     Severity.WARNING,
+                    vs.lines,
                 )
             )
     routes = []
@@ -222,7 +248,13 @@ def _check_virtual_service(
                 # A rule only gateways use routes there with 503, as Istio does.
                 severity = Severity.ERROR if _applies_to_mesh(vs) else Severity.WARNING
                 problems.append(
-                    _at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
+                    _at(
+                        vs.origin,
+                        f"{field}.host",
+                        f"no service named {dest.host!r}" + _hint(mesh, dest.host, vs.namespace),
+                        severity,
+                        vs.lines,
+                    )
                 )
                 destinations.append(rd)
                 continue
@@ -233,6 +265,7 @@ def _check_virtual_service(
                         vs.origin,
                         f"{field}.port.number",
                         f"{svc.key} has no port {dest.port} (ports: {numbers})",
+                        lines=vs.lines,
                     )
                 )
             elif not dest.port and len(svc.ports) == 1:
@@ -243,6 +276,7 @@ def _check_virtual_service(
                         vs.origin,
                         f"{field}.port.number",
                         f"is required: {svc.key} has several ports",
+                        lines=vs.lines,
                     )
                 )
             if dest.subset:
@@ -251,6 +285,7 @@ def _check_virtual_service(
                     where = (
                         f"DestinationRule {rule.name!r} ({rule.origin}) defines "
                         + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
+                        + did_you_mean(dest.subset, [s.name for s in rule.subsets])
                         if rule is not None
                         else "no DestinationRule defines subsets for it"
                     )
@@ -259,6 +294,7 @@ def _check_virtual_service(
                             vs.origin,
                             f"{field}.subset",
                             f"subset {dest.subset!r} of {svc.key} is not defined: {where}",
+                            lines=vs.lines,
                         )
                     )
             destinations.append(dataclasses.replace(rd, destination=dest))
@@ -285,6 +321,7 @@ def _check_vs_overlap(
                         f"hosts[{i}]",
                         f"{svc.key} is already routed by VirtualService {other.name!r} "
                         f"({other.origin}); merge the two rules",
+                        lines=vs.lines,
                     )
                 )
                 continue

@@ -107,7 +107,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "empty fault": (rule("    fault: {}\n"), ["http[0].fault", "must set delay or abort"]),
     "mirror unknown host": (
         rule("    mirror: {host: nowhere}\n"),
-        ["v.yaml:1:", "http[0].mirror.host", "no service named 'nowhere'"],
+        ["v.yaml:8:", "http[0].mirror.host", "no service named 'nowhere'"],
     ),
     "mirror undefined subset": (
         rule(

@@ -117,11 +117,11 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
             "d.yaml": DR,
             "v.yaml": vs("    - destination: {host: reviews, subset: v9}\n"),
         },
-        ["v.yaml:1:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
+        ["v.yaml:9:", "http[0].route[0].destination.subset", "'v9'", "defines 'v1'"],
     ),
     "unknown destination": (
         {"s.toml": SERVICE, "v.yaml": vs("    - destination: {host: ratings}\n")},
-        ["v.yaml:1:", "http[0].route[0].destination.host", "no service named 'ratings'"],
+        ["v.yaml:9:", "http[0].route[0].destination.host", "no service named 'ratings'"],
     ),
     "unsupported istio field": (
         {
@@ -178,7 +178,7 @@ CASES: dict[str, tuple[dict[str, str | bytes | None], list[str]]] = {
     ),
     "two destination rules for one host": (
         {"s.toml": SERVICE, "d.yaml": DR, "e.yaml": DR.replace("name: reviews", "name: other", 1)},
-        ["d.yaml:1: host:", "already has DestinationRule 'other'", "e.yaml:1"],
+        ["d.yaml:6: host:", "already has DestinationRule 'other'", "e.yaml:1"],
     ),
     "service without ports": (
         {"s.yaml": "kind: Service\nname: x\n"},
@@ -381,16 +381,61 @@ def test_bad_input_exits_1_naming_file_line_field(
         assert fragment in err, f"{fragment!r} not in:\n{err}"
 
 
-def test_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["validate", str(tmp_path / "nope")]) == 1
-    assert "nope: config directory does not exist" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["validate", "render"])
+def test_missing_directory_is_said_missing(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One line that it is missing: there was no configuration to refuse."""
+    missing = tmp_path / "nope"
+    argv = [command, str(missing)] if command == "validate" else [command, "--config-dir"]
+    if command == "render":
+        argv += [str(missing), "--service", "reviews"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"xdsd: error: config directory {missing} does not exist: give the directory that "
+        "holds your service and rule files\n"
+    )
 
 
 def test_file_given_as_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     f = tmp_path / "reviews.toml"
     f.write_text(SERVICE)
     assert main(["validate", str(f)]) == 1
-    assert "reviews.toml: is not a directory" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"xdsd: error: {f} is not a directory: give the directory that holds the files\n"
+    )
+
+
+def test_counts_are_singular_for_one(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """ "1 file, 1 service, 1 virtual service", "1 error" (not "1 errors")."""
+    _materialize(
+        tmp_path,
+        {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs("    - destination: {host: reviews}\n")},
+    )
+    assert main(["validate", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (
+        f"{tmp_path}: ok: 3 files, 1 service, 1 virtual service, 1 destination rule, "
+        "0 raw Envoy resources\n"
+    )
+    (tmp_path / "v.yaml").write_text(vs("    - destination: {host: nowhere}\n"))
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.endswith("\nerror: configuration refused (1 error)\n")
+
+
+def test_a_misspelled_weight_is_reported_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No knock-on "all weights are zero" after the misspelled field."""
+    route = (
+        "    - destination: {host: reviews, subset: v1}\n      wieght: 90\n"
+        "    - destination: {host: reviews, subset: v1}\n      weight: 0\n"
+    )
+    _materialize(tmp_path, {"s.toml": SERVICE, "d.yaml": DR, "v.yaml": vs(route)})
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{tmp_path}/v.yaml:10: http[0].route[0].wieght: unknown field; did you mean "
+        "'weight'?\nerror: configuration refused (1 error)\n"
+    )
 
 
 def test_every_error_is_reported_at_once(
@@ -429,3 +474,19 @@ def test_failover_without_outlier_detection_is_a_warning(tmp_path: Path) -> None
     warnings = [str(w) for w in load_directory(str(tmp_path)).warnings]
     assert len(warnings) == 1, warnings
     assert "d.yaml:7: warning: trafficPolicy: localityLbSetting failover needs" in (warnings[0])
+
+
+def test_render_warnings_name_the_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A warning about the node described by flags names the flag, not a file."""
+    _materialize(tmp_path, {"s.toml": SERVICE})
+    assert main(["render", "--config-dir", str(tmp_path), "--service", "nosuch"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: --service: no service default/nosuch in the config: the proxy gets "
+        "outbound configuration only\n"
+    )
+    argv = ["render", "--config-dir", str(tmp_path), "--service", "gw", "--role", "gateway"]
+    assert main([*argv, "--label", "istio=ingress"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: --label: no Gateway selects a gateway with labels istio=ingress: it gets "
+        "clusters only (give --label K=V as a Gateway's selector says)\n"
+    )

@@ -130,7 +130,7 @@ def test_overlapping_selectors_and_allow_any_are_warnings(tmp_path: Path) -> Non
     warnings = [str(w) for w in load_directory(str(tmp_path)).warnings]
     assert any(
         w.startswith(
-            f"{tmp_path}/b.yaml:1: warning: workloadSelector: a workload labelled "
+            f"{tmp_path}/b.yaml:5: warning: workloadSelector: a workload labelled "
             "app=r, version=v1 is selected by Sidecar a"
         )
         for w in warnings

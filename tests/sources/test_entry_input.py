@@ -104,7 +104,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
             ),
         },
         [
-            "e.yaml:1: hosts[1]:",
+            "e.yaml:5: hosts[1]:",
             "host 'web.default.svc.cluster.local' is already a name of Service default/web (",
             "s.toml:1)",
         ],
@@ -117,7 +117,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
             ),
         },
         [
-            "b.yaml:1: hosts[0]:",
+            "b.yaml:5: hosts[0]:",
             "already a name of ServiceEntry default/a/x.example.com",
             "a.yaml:1",
         ],
@@ -148,7 +148,7 @@ CASES: dict[str, tuple[dict[str, str], list[str]]] = {
             "w.yaml": workload("vm", "{address: vm.example.net, labels: {app: vm}}"),
         },
         [
-            "e.yaml:1: workloadSelector:",
+            "e.yaml:8: workloadSelector:",
             "WorkloadEntry default/vm (",
             "w.yaml:1)",
             "'vm.example.net' is not an IP address",

@@ -9,7 +9,10 @@ import pytest
 
 from xdsd.cli import main
 
-SERVICE = 'kind = "Service"\nname = "reviews"\n\n[[ports]]\nnumber = 9080\nprotocol = "HTTP"\n'
+SERVICE = (
+    'kind = "Service"\nname = "reviews"\n\n[[ports]]\nnumber = 9080\nprotocol = "HTTP"\n'
+    '\n[[endpoints]]\naddress = "10.0.0.1"\n'
+)
 
 GOOD = """\
 apiVersion: networking.istio.io/v1alpha3

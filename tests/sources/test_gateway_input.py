@@ -186,7 +186,7 @@ def test_virtual_service_naming_an_unknown_gateway_is_a_warning(tmp_path: Path) 
     )
     result = load_directory(str(tmp_path))
     warnings = [str(w) for w in result.warnings]
-    assert any("vs.yaml:1: warning: gateways[1]: no Gateway other/gw" in w for w in warnings), (
+    assert any("vs.yaml:6: warning: gateways[1]: no Gateway other/gw" in w for w in warnings), (
         warnings
     )
     assert any("gateways[2]: no Gateway default/missing" in w for w in warnings), warnings

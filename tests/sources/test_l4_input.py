@@ -156,7 +156,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "tcp destination to no service (validate checks it too)": (
         "  tcp:\n  - route: [{destination: {host: nowhere}}]\n",
-        ["vs.yaml:1:", "tcp[0].route[0].destination.host", "no service named 'nowhere'"],
+        ["vs.yaml:7:", "tcp[0].route[0].destination.host", "no service named 'nowhere'"],
     ),
     "tcp destination subset not defined": (
         "  tcp:\n  - route: [{destination: {host: db, subset: v9}}]\n",

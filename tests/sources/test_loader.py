@@ -119,7 +119,7 @@ def test_rule_for_unknown_host_is_a_warning_and_strict_refuses(tmp_path: Path) -
     result = load_directory(str(tmp_path / "c"))
     (warning,) = result.warnings
     assert warning.severity is Severity.WARNING
-    assert warning.field == "hosts[0]" and warning.line == 1 and "ghost" in warning.message
+    assert warning.field == "hosts[0]" and warning.line == 5 and "ghost" in warning.message
 
     from xdsd.cli import main
 

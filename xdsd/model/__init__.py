@@ -55,6 +55,7 @@ from xdsd.model.service import (
     CertificateFile,
     CertificateRef,
     Endpoint,
+    FieldLines,
     HealthCheck,
     Locality,
     Location,
@@ -64,6 +65,7 @@ from xdsd.model.service import (
     Resolution,
     ResourceKey,
     Service,
+    line_of,
 )
 
 __all__ = [
@@ -82,6 +84,7 @@ __all__ = [
     "Fault",
     "FaultAbort",
     "FaultDelay",
+    "FieldLines",
     "HTTPMatch",
     "HTTPRoute",
     "HashKind",
@@ -124,5 +127,6 @@ __all__ = [
     "TcpPool",
     "TrafficPolicy",
     "VirtualService",
+    "line_of",
     "merge_policies",
 ]

@@ -19,6 +19,7 @@ from xdsd.model.service import (
     DEFAULT_NAMESPACE,
     NO_ORIGIN,
     CertificateRef,
+    FieldLines,
     Locality,
     Origin,
     Protocol,
@@ -85,6 +86,8 @@ class ServiceEntry:
     export_to: tuple[str, ...] = ()
     subject_alt_names: tuple[str, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    #: The lines of the fields the cross-checks report about.
+    lines: FieldLines = field(default=(), compare=False, repr=False)
     key: ResourceKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -226,6 +229,8 @@ class Sidecar:
     ingress: tuple[IngressListener, ...] = ()
     outbound_policy: OutboundPolicy | None = None
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    #: The lines of the fields the cross-checks report about.
+    lines: FieldLines = field(default=(), compare=False, repr=False)
     key: ResourceKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

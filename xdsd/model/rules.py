@@ -15,6 +15,7 @@ from xdsd.model.service import (
     DEFAULT_NAMESPACE,
     NO_ORIGIN,
     CertificateRef,
+    FieldLines,
     Origin,
     ResourceKey,
 )
@@ -294,6 +295,8 @@ class VirtualService:
     tls: tuple[L4Route, ...] = ()
     export_to: tuple[str, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    #: The lines of the fields the cross-checks report about (references, subsets).
+    lines: FieldLines = field(default=(), compare=False, repr=False)
     #: The rule's identity (derived once, never compared nor passed).
     key: ResourceKey = field(init=False, compare=False, repr=False)
 
@@ -543,6 +546,8 @@ class DestinationRule:
     subsets: tuple[Subset, ...] = ()
     export_to: tuple[str, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    #: The lines of the fields the cross-checks report about (references, subsets).
+    lines: FieldLines = field(default=(), compare=False, repr=False)
     #: The rule's identity (derived once, never compared nor passed).
     key: ResourceKey = field(init=False, compare=False, repr=False)
 

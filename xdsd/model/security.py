@@ -17,18 +17,8 @@ from enum import Enum
 
 from xdsd.model.mesh_config import MTLSMode
 from xdsd.model.service import DEFAULT_NAMESPACE, NO_ORIGIN, Origin, ResourceKey
-
-#: Field paths of a document and their 1-based lines (``("rules[0].to[0].operation.paths",
-#: 12)``): what translation needs to word a warning or an error at the field's own line.
-FieldLines = tuple[tuple[str, int], ...]
-
-
-def line_of(lines: FieldLines, path: str, default: int = 0) -> int:
-    """The line of field ``path`` in ``lines`` (``default`` when not recorded)."""
-    for key, line in lines:
-        if key == path:
-            return line
-    return default
+from xdsd.model.service import FieldLines as FieldLines
+from xdsd.model.service import line_of as line_of
 
 
 @dataclass(frozen=True, slots=True)

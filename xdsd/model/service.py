@@ -28,6 +28,19 @@ class Origin:
 
 NO_ORIGIN = Origin("<none>")
 
+#: Field paths of a document and their 1-based lines (``("rules[0].to[0].operation.paths",
+#: 12)``): what a check needs to word a warning or an error at the field's own line. Kept
+#: on model objects as a field that never takes part in equality.
+FieldLines = tuple[tuple[str, int], ...]
+
+
+def line_of(lines: FieldLines, path: str, default: int = 0) -> int:
+    """The line of field ``path`` in ``lines`` (``default`` when not recorded)."""
+    for key, line in lines:
+        if key == path:
+            return line
+    return default
+
 
 @dataclass(frozen=True, slots=True)
 class CertificateRef:
@@ -232,6 +245,8 @@ class Service:
     #: The identities a ServiceEntry host's workloads present (its ``subjectAltNames``:
     #: what callers check under mesh mutual TLS).
     subject_alt_names: tuple[str, ...] = ()
+    #: The lines of the names (``name``, ``hosts[N]``) the cross-checks report about.
+    lines: FieldLines = field(default=(), compare=False, repr=False)
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.
     #: The service's identity.

@@ -27,6 +27,7 @@ from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
 from xdsd.sources.peer_authentication import parse_peer_authentication
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
+from xdsd.sources.reference_lines import with_reference_lines
 from xdsd.sources.request_authentication import parse_request_authentication
 from xdsd.sources.service import parse_service
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
@@ -87,9 +88,10 @@ def parse_document(
             Problem(doc.path, doc.line, "", "a resource must be a mapping with kind and name")
         )
         return None
+    base: FieldPath = ("spec",) if "spec" in value or "metadata" in value else ()
     fast = parse_plain_document(doc, value, problems, root)
     if fast is not None:
-        return fast
+        return with_reference_lines(fast, doc, base)
     top = Fields(Report(doc, ()), (), value)
     kind = top.string("kind", required=True)
     api_version = top.string("apiVersion")
@@ -131,9 +133,9 @@ def parse_document(
             result = parser(spec, name, namespace, Origin(doc.path, doc.line))
             problems.extend(report.problems)
     problems.extend(top.report.problems)
-    if top.report.failed:
+    if top.report.failed or result is None:
         return None
-    return result
+    return with_reference_lines(result, doc, base)
 
 
 _ISTIO_API_VERSIONS = frozenset(f"{ISTIO_NETWORKING}/{v}" for v in ISTIO_VERSIONS)

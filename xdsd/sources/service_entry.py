@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from xdsd.errors import Problem, Severity
 from xdsd.located import Fields, is_ip
-from xdsd.model import Endpoint, Origin, Port, Protocol, Resolution, Service
+from xdsd.model import Endpoint, Origin, Port, Protocol, Resolution, Service, line_of
 from xdsd.model.networking import (
     EntryPort,
     EntryResolution,
@@ -253,7 +253,7 @@ def entry_services(
                 problems.append(
                     Problem(
                         entry.origin.path,
-                        entry.origin.line,
+                        line_of(entry.lines, "workloadSelector", entry.origin.line),
                         "workloadSelector",
                         f"selects {workload.key} ({workload.origin}), whose address "
                         f"{address!r} is not an IP address: resolution STATIC needs IP "
@@ -282,6 +282,7 @@ def entry_services(
                 endpoints=endpoints,
                 resolution=resolution,
                 origin=entry.origin,
+                lines=entry.lines,
                 entry=entry.name,
                 location=entry.location,
                 subject_alt_names=entry.subject_alt_names,

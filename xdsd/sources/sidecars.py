@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from xdsd.errors import Problem, Severity
+from xdsd.model import line_of
 from xdsd.model.networking import Sidecar
 
 
@@ -44,7 +45,7 @@ def sidecar_problems(sidecars: Sequence[Sidecar]) -> list[Problem]:
                     problems.append(
                         Problem(
                             later.origin.path,
-                            later.origin.line,
+                            line_of(later.lines, "workloadSelector", later.origin.line),
                             "workloadSelector",
                             f"a workload labelled {_labels(first, later)} is selected by "
                             f"Sidecar {first.name} ({first.origin}) too, which applies to it "

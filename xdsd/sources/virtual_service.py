@@ -76,7 +76,11 @@ def parse_virtual_service(
 def _parse_http_route(f: Fields) -> HTTPRoute:
     name = f.string("name")
     match = f.parse_list("match", _parse_match)
+    before = len(f.report.problems)
     route = f.parse_list("route", _parse_route_destination)
+    # A destination with an error (a misspelled ``weight``) says enough: no knock-on
+    # "all weights are zero" after it.
+    route_failed = any(p.severity is Severity.ERROR for p in f.report.problems[before:])
     redirect = _parse_redirect(f.obj("redirect"))
     direct = _parse_direct_response(f.obj("directResponse"))
     rewrite = _parse_rewrite(f.obj("rewrite"))
@@ -90,7 +94,7 @@ def _parse_http_route(f: Fields) -> HTTPRoute:
         for other in ("rewrite", "fault", "mirror", "mirrors"):
             if f.has(other):
                 f.error(other, f"cannot be used with {actions[0]} (there is no upstream)")
-    route = _normalize_weights(f, route) if f.has("route") else ()
+    route = _normalize_weights(f, route, check_zero=not route_failed) if f.has("route") else ()
     timeout = f.duration("timeout")
     retries = _parse_retries(f.obj("retries"))
     mirrors = _parse_mirrors(f)
@@ -140,16 +144,17 @@ def _parse_retries(retry: Fields | None) -> Retries | None:
 
 
 def _normalize_weights(
-    f: Fields, route: tuple[RouteDestination, ...]
+    f: Fields, route: tuple[RouteDestination, ...], *, check_zero: bool = True
 ) -> tuple[RouteDestination, ...]:
     """Istio's rule: a lone destination takes all traffic; otherwise an omitted weight is 0.
-    Weights are relative; all-zero weights route nowhere and are refused."""
+    Weights are relative; all-zero weights route nowhere and are refused (when
+    ``check_zero``: not after an error in a destination, which may be the weight's)."""
     if len(route) == 1 and route[0].weight in (-1, 0):
         if route[0].weight == 0:
             f.report.add((*f.path, "route", 0, "weight"), "must not be 0 for the only destination")
         return (RouteDestination(route[0].destination, 100, route[0].headers),)
     fixed = tuple(RouteDestination(r.destination, max(r.weight, 0), r.headers) for r in route)
-    if fixed and not any(r.weight for r in fixed):
+    if check_zero and fixed and not any(r.weight for r in fixed):
         f.error("route", "all weights are zero: at least one destination needs a weight")
     return fixed
 
@@ -511,7 +516,9 @@ def _parse_tls_route(f: Fields, hosts: tuple[str, ...]) -> L4Route:
 
 
 def _parse_l4_destinations(f: Fields) -> tuple[RouteDestination, ...]:
+    before = len(f.report.problems)
     route = f.parse_list("route", _parse_route_destination)
+    route_failed = any(p.severity is Severity.ERROR for p in f.report.problems[before:])
     if not f.has("route"):
         f.error("route", "is required: where the connections go")
     for i, rd in enumerate(route):
@@ -519,7 +526,7 @@ def _parse_l4_destinations(f: Fields) -> tuple[RouteDestination, ...]:
             f.report.add(
                 (*f.path, "route", i, "headers"), "only http routes can change headers; remove it"
             )
-    return _normalize_weights(f, route)
+    return _normalize_weights(f, route, check_zero=not route_failed)
 
 
 def _parse_l4_match(f: Fields, tls_hosts: tuple[str, ...] | None) -> L4Match:

@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import watchfiles
 
+from xdsd.plurals import counted
+
 log = logging.getLogger(__name__)
 
 # vim swap/backup and its 4913 probe, emacs locks and autosaves, generic temp and backups.
@@ -111,7 +113,11 @@ class ConfigWatcher:
                     ignore_permission_denied=True,
                 ):
                     paths = {p for _, p in changes}
-                    log.info("config change detected: %d paths, e.g. %s", len(paths), min(paths))
+                    log.info(
+                        "config change detected: %s, e.g. %s",
+                        counted(len(paths), "path"),
+                        min(paths),
+                    )
                     await self._report(paths)
             except FileNotFoundError:
                 log.warning("config directory %s disappeared; waiting for it", self.config_dir)

@@ -66,7 +66,7 @@ def test_shutdown_is_bounded_and_a_second_sigterm_exits_at_once(mesh: EchoMesh) 
         assert _exit_code(xdsd.proc, "xdsd to exit after the grace") == 0
     finally:
         stuck.stop()
-    assert "1 streams still open after 1.0 s (clients not reading): cut" in xdsd.log()
+    assert "1 stream still open after 1.0 s (clients not reading): cut" in xdsd.log()
     xdsd.stop()
 
     # With a grace far longer than the test waits, only the second signal can end it.
@@ -118,5 +118,5 @@ def test_sighup_rereads_every_file(mesh: EchoMesh) -> None:
     mesh.wait_for("v2")
     after = wait_until(lambda: (v := routes_acked()) != before and v, what="new routes ACKed")
     assert after != before
-    assert "(1 files read)" in xdsd.log().split("SIGHUP: reloading")[-1]
+    assert "(1 file read)" in xdsd.log().split("SIGHUP: reloading")[-1]
     assert xdsd.alive()

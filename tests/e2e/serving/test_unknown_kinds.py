@@ -68,7 +68,7 @@ def test_validate_warns_by_default(tmp_path: Path, capsys: pytest.CaptureFixture
         f"{config / 'group.yaml'}:2: warning: kind: WorkloadGroup is not supported by xdsd "
         "yet: ignored" in captured.err
     ), captured.err
-    assert "1 warnings" in captured.out
+    assert "1 warning" in captured.out
     settings = _settings(tmp_path, refuse=False)
     assert main(["validate", "--settings", str(settings), str(config)]) == 0
 

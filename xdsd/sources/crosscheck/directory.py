@@ -20,6 +20,7 @@ from xdsd.model import (
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.sources.crosscheck.authorization import HttpOnlyWarnings
 from xdsd.sources.crosscheck.definitions import Definitions
+from xdsd.sources.crosscheck.endpoints import EndpointWarnings
 from xdsd.sources.crosscheck.entries import EntryServices
 from xdsd.sources.crosscheck.gateways import GatewayReferences
 from xdsd.sources.crosscheck.hosts import HostOwners, ServiceChange
@@ -77,6 +78,7 @@ class CrossCheck:
         self._entries = EntryServices()
         self._hosts = HostOwners()
         self._targets = RuleTargets()
+        self._endpoints = EndpointWarnings()
         self._checks = VirtualServiceChecks()
         self._gateways = GatewayReferences()
         self._http_only = HttpOnlyWarnings()
@@ -137,6 +139,12 @@ class CrossCheck:
         hosts = self._hosts.update(services, self._services, self._others["ServiceEntry"])
         owners = self._hosts.owners
         applied = self._targets.update(rules, hosts, self._rules, owners)
+        self._endpoints.update(
+            set(services) | applied,
+            self._services,
+            self._targets.applied,
+            self._others["ServiceEntry"],
+        )
         checked = self._checks.update(
             virtual, hosts, applied, self._virtual, owners, self._targets.applied
         )
@@ -159,6 +167,7 @@ class CrossCheck:
         out.extend(self._entries.problems())
         out.extend(self._hosts.problems())
         out.extend(self._targets.problems())
+        out.extend(self._endpoints.problems())
         out.extend(self._checks.problems())
         out.extend(self._gateways.problems())
         out.extend(self._http_only.problems())

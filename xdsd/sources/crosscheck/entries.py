@@ -60,7 +60,12 @@ class EntryServices:
             kept = []
             for svc in found:
                 old = before.pop(svc.key, None)
-                if old is not None and old == svc and old.origin == svc.origin:
+                if (
+                    old is not None
+                    and old == svc
+                    and old.origin == svc.origin
+                    and old.lines == svc.lines
+                ):
                     svc = old
                 else:
                     services[svc.key] = svc

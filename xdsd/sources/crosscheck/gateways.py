@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from xdsd.errors import Problem, Severity
 from xdsd.model import ResourceKey, VirtualService
 from xdsd.model.networking import gateway_key
-from xdsd.sources.crosscheck.index import NONE, file_under, problem_at, unindex
+from xdsd.sources.crosscheck.index import NONE, did_you_mean, file_under, problem_at, unindex
 
 
 class GatewayReferences:
@@ -18,6 +18,8 @@ class GatewayReferences:
         self._named: dict[ResourceKey, tuple[ResourceKey, ...]] = {}
         self._by_gateway: dict[ResourceKey, set[ResourceKey]] = {}
         self._problems: dict[ResourceKey, list[Problem]] = {}
+        # The VirtualServices naming a Gateway that is not defined.
+        self._unknown: set[ResourceKey] = set()
 
     def update(
         self,
@@ -33,14 +35,21 @@ class GatewayReferences:
         recheck = set(virtual)
         for gw in gateways:
             recheck |= self._by_gateway.get(gw, NONE)
+        if gateways:
+            recheck |= self._unknown  # their hints depend on every Gateway's name
         for key in recheck:
             for gw in self._named.pop(key, ()):
                 unindex(self._by_gateway, gw, key)
             vs = virtual_services.get(key)
             if vs is None:
                 self._problems.pop(key, None)
+                self._unknown.discard(key)
                 continue
             named, problems = gateway_problems(vs, defined)
+            if problems:
+                self._unknown.add(key)
+            else:
+                self._unknown.discard(key)
             self._named[key] = named
             for gw in named:
                 self._by_gateway.setdefault(gw, set()).add(key)
@@ -55,7 +64,8 @@ def gateway_problems(
     vs: VirtualService, defined: Collection[ResourceKey]
 ) -> tuple[tuple[ResourceKey, ...], list[Problem]]:
     """The Gateways ``vs`` names in ``gateways`` (``mesh`` left out), and a warning for
-    each that is not in ``defined``."""
+    each that is not in ``defined`` (naming a defined Gateway of that namespace whose name
+    is near, as the reference was written)."""
     named: list[ResourceKey] = []
     problems: list[Problem] = []
     for i, reference in enumerate(vs.gateways):
@@ -64,13 +74,17 @@ def gateway_problems(
             continue
         named.append(gw)
         if gw not in defined:
+            near = did_you_mean(gw.name, [k.name for k in defined if k.namespace == gw.namespace])
+            if near and "/" in reference:
+                near = near.replace("mean '", f"mean '{gw.namespace}/", 1)
             problems.append(
                 problem_at(
                     vs.origin,
                     f"gateways[{i}]",
                     f"no Gateway {gw.namespace}/{gw.name}: the rule applies to it once "
-                    "one is defined",
+                    "one is defined" + near,
                     Severity.WARNING,
+                    vs.lines,
                 )
             )
     return tuple(named), problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from xdsd.errors import Problem
+from xdsd.located import closest
 from xdsd.model import ResourceKey, Service
 from xdsd.model.mesh import qualify_host
 from xdsd.model.networking import ServiceEntry
@@ -86,6 +87,21 @@ def resolve(
     return owners.get(qualified)
 
 
+def host_hint(owners: Mapping[str, Service], host: str, namespace: str) -> str:
+    """``"; did you mean 'reviews'?"`` for a ``host`` no service answers to from
+    ``namespace`` when a known name differs from it only by a misspelled first label
+    (compared in the form written: ``reveiws`` finds ``reviews`` of the namespace,
+    ``reveiws.prod`` finds ``reviews`` of ``prod``); "" when none is near."""
+    first, _, rest = qualify_host(host, namespace).partition(".")
+    candidates = set()
+    for name in owners:
+        label, _, tail = name.partition(".")
+        if tail == rest and label != first:
+            candidates.add(label)
+    near = closest(first, candidates)
+    return f"; did you mean {near + host[len(first) :]!r}?" if near else ""
+
+
 def _host_problems(
     svc: Service, owners: Mapping[str, Service], entries: Mapping[ResourceKey, object]
 ) -> list[Problem]:
@@ -100,6 +116,7 @@ def _host_problems(
                     svc.origin,
                     host_field(svc, i, entries),
                     f"host {host!r} is already a name of {other.key} ({other.origin})",
+                    lines=svc.lines,
                 )
             )
     return problems

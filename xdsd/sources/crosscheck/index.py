@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from typing import TypeVar
 
 from xdsd.errors import Problem, Severity
-from xdsd.model import Origin, ResourceKey
+from xdsd.located import closest
+from xdsd.model import FieldLines, Origin, ResourceKey, line_of
 
 H = TypeVar("H", bound=Hashable)
 V = TypeVar("V")
@@ -46,7 +47,19 @@ def file_under(
 
 
 def problem_at(
-    origin: Origin, field: str, message: str, severity: Severity = Severity.ERROR
+    origin: Origin,
+    field: str,
+    message: str,
+    severity: Severity = Severity.ERROR,
+    lines: FieldLines = (),
 ) -> Problem:
-    """A problem at ``field`` of the resource defined at ``origin``."""
-    return Problem(origin.path, origin.line, field, message, severity)
+    """A problem at ``field`` of the resource defined at ``origin``: on the field's own
+    line when ``lines`` (the resource's) has it, else on the resource's first line."""
+    return Problem(origin.path, line_of(lines, field, origin.line), field, message, severity)
+
+
+def did_you_mean(word: str, choices: Collection[str]) -> str:
+    """``"; did you mean 'x'?"`` when one of ``choices`` is near ``word`` (a misspelling),
+    else ""; the ending of a message naming what was not found."""
+    found = closest(word, [c for c in choices if c != word])
+    return f"; did you mean {found!r}?" if found else ""

@@ -19,7 +19,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
-from xdsd.sources.crosscheck.index import problem_at
+from xdsd.sources.crosscheck.index import did_you_mean, problem_at
 
 
 class Lookup(Protocol):
@@ -27,6 +27,9 @@ class Lookup(Protocol):
 
     def service(self, host: str, namespace: str) -> Service | None: ...
     def destination_rule(self, service: Service) -> DestinationRule | None: ...
+    def hint(self, host: str, namespace: str) -> str:
+        """``"; did you mean 'x'?"`` for a ``host`` no service answers to, or ""."""
+        ...
 
 
 def applies_to_mesh(vs: VirtualService) -> bool:
@@ -49,8 +52,10 @@ def check_virtual_service(
                 problem_at(
                     vs.origin,
                     f"hosts[{i}]",
-                    f"no service named {host!r}: this host is ignored until one is defined",
+                    f"no service named {host!r}: this host is ignored until one is defined"
+                    + mesh.hint(host, vs.namespace),
                     Severity.WARNING,
+                    vs.lines,
                 )
             )
     routes = []
@@ -126,7 +131,13 @@ def _check_destination(
         # A rule only gateways use routes there with 503, as Istio does.
         severity = Severity.ERROR if applies_to_mesh(vs) else Severity.WARNING
         problems.append(
-            problem_at(vs.origin, f"{field}.host", f"no service named {dest.host!r}", severity)
+            problem_at(
+                vs.origin,
+                f"{field}.host",
+                f"no service named {dest.host!r}" + mesh.hint(dest.host, vs.namespace),
+                severity,
+                vs.lines,
+            )
         )
         return dest
     if dest.port and svc.port(dest.port) is None:
@@ -136,6 +147,7 @@ def _check_destination(
                 vs.origin,
                 f"{field}.port.number",
                 f"{svc.key} has no port {dest.port} (ports: {numbers})",
+                lines=vs.lines,
             )
         )
     elif not dest.port and len(svc.ports) == 1:
@@ -143,7 +155,10 @@ def _check_destination(
     elif not dest.port and not any_port:
         problems.append(
             problem_at(
-                vs.origin, f"{field}.port.number", f"is required: {svc.key} has several ports"
+                vs.origin,
+                f"{field}.port.number",
+                f"is required: {svc.key} has several ports",
+                lines=vs.lines,
             )
         )
     if dest.subset:
@@ -152,6 +167,7 @@ def _check_destination(
             where = (
                 f"DestinationRule {rule.name!r} ({rule.origin}) defines "
                 + (", ".join(repr(s.name) for s in rule.subsets) or "no subsets")
+                + did_you_mean(dest.subset, [s.name for s in rule.subsets])
                 if rule is not None
                 else "no DestinationRule defines subsets for it"
             )
@@ -160,6 +176,7 @@ def _check_destination(
                     vs.origin,
                     f"{field}.subset",
                     f"subset {dest.subset!r} of {svc.key} is not defined: {where}",
+                    lines=vs.lines,
                 )
             )
     return dest

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, ResourceKey, Service
-from xdsd.sources.crosscheck.hosts import resolve
+from xdsd.sources.crosscheck.hosts import host_hint, resolve
 from xdsd.sources.crosscheck.index import NONE, problem_at, unindex
 
 
@@ -38,6 +38,8 @@ class RuleTargets:
         resolve_again = set(changed)
         for host in hosts:
             resolve_again |= self._by_host.get(host, NONE)
+        if hosts:  # the hints of rules for no service depend on every host name
+            resolve_again |= {k for k, target in self._target.items() if target is None}
         affected: set[ResourceKey] = set()
         for key in resolve_again:
             old_target = self._target.pop(key, None)
@@ -61,8 +63,10 @@ class RuleTargets:
                 self._problems[key] = problem_at(
                     rule.origin,
                     "host",
-                    f"no service named {rule.host!r}: rule ignored until one is defined",
+                    f"no service named {rule.host!r}: rule ignored until one is defined"
+                    + host_hint(owners, rule.host, rule.namespace),
                     Severity.WARNING,
+                    rule.lines,
                 )
             else:
                 self._targeted.setdefault(target, set()).add(key)
@@ -96,6 +100,7 @@ class RuleTargets:
                     "host",
                     f"{svc_key} already has DestinationRule {first.name!r} ({first.origin}); "
                     "merge them into one",
+                    lines=rules[key].lines,
                 )
         return applied_changed
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from xdsd.errors import Problem
 from xdsd.model import DestinationRule, ResourceKey, Service, VirtualService
-from xdsd.sources.crosscheck.hosts import resolve
+from xdsd.sources.crosscheck.hosts import host_hint, resolve
 from xdsd.sources.crosscheck.index import NONE, file_under, problem_at, unindex
 from xdsd.sources.crosscheck.routes import applies_to_mesh, check_virtual_service
 
@@ -27,6 +27,8 @@ class VirtualServiceChecks:
         self._targets: dict[ResourceKey, tuple[ResourceKey | None, ...]] = {}
         self._routed: dict[ResourceKey, set[ResourceKey]] = {}
         self._overlap_problems: dict[ResourceKey, list[Problem]] = {}
+        # The VirtualServices that named an unknown host (and got a hint for it).
+        self._hinted: set[ResourceKey] = set()
 
     def update(
         self,
@@ -46,11 +48,14 @@ class VirtualServiceChecks:
         recheck = set(changed)
         for host in hosts:
             recheck |= self._by_host.get(host, NONE)
+        if hosts:
+            recheck |= self._hinted  # their hints depend on every host name
         for svc_key in applied:
             recheck |= self._by_rule.get(svc_key, NONE)
         affected: set[ResourceKey] = set()
         for key in recheck:
             self._forget_lookups(key, affected)
+            self._hinted.discard(key)
             vs = virtual.get(key)
             if vs is None:
                 self.checked.pop(key, None)
@@ -59,7 +64,12 @@ class VirtualServiceChecks:
                 continue
             lookup = RecordingLookup(owners, rules)
             problems: list[Problem] = []
-            self.checked[key] = check_virtual_service(lookup, vs, problems)
+            checked = check_virtual_service(lookup, vs, problems)
+            before = self.checked.get(key)
+            # Checked again only for what it looked up, and still the same: keep the object.
+            self.checked[key] = before if before == checked and key not in changed else checked
+            if lookup.hinted:
+                self._hinted.add(key)
             file_under(self._problems, key, problems)
             if applies_to_mesh(vs):
                 targets = tuple(
@@ -117,6 +127,7 @@ class VirtualServiceChecks:
                         f"hosts[{i}]",
                         f"{target} is already routed by VirtualService {other.name!r} "
                         f"({other.origin}); merge the two rules",
+                        lines=vs.lines,
                     )
                 )
         return problems
@@ -131,7 +142,7 @@ class VirtualServiceChecks:
 class RecordingLookup:
     """``Mesh``'s lookups over the kept indexes, remembering what was looked up."""
 
-    __slots__ = ("_applied", "_owners", "hosts", "rules")
+    __slots__ = ("_applied", "_owners", "hinted", "hosts", "rules")
 
     def __init__(
         self, owners: Mapping[str, Service], applied: Mapping[ResourceKey, DestinationRule]
@@ -140,6 +151,8 @@ class RecordingLookup:
         self._applied = applied
         self.hosts: list[str] = []
         self.rules: list[ResourceKey] = []
+        #: True once a hint was asked for (it depends on every host name).
+        self.hinted = False
 
     def service(self, host: str, namespace: str) -> Service | None:
         """The service ``host`` names from ``namespace`` (``Mesh.service``)."""
@@ -149,3 +162,8 @@ class RecordingLookup:
         """The DestinationRule applied to ``service``."""
         self.rules.append(service.key)
         return self._applied.get(service.key)
+
+    def hint(self, host: str, namespace: str) -> str:
+        """A near name for ``host`` (``hosts.host_hint``)."""
+        self.hinted = True
+        return host_hint(self._owners, host, namespace)
