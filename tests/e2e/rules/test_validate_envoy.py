@@ -96,6 +96,5 @@ def test_a_missing_envoy_is_one_line(config: Path) -> None:
     done = _validate("--envoy=/nonexistent/envoy", str(config))
     assert done.returncode == 1
     assert done.stderr == (
-        "xdsd: error: cannot run Envoy at /nonexistent/envoy: No such file or directory; "
-        "give --envoy PATH\n"
+        "xdsd: error: --envoy /nonexistent/envoy: no executable file there: give the Envoy binary\n"
     )
