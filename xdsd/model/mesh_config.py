@@ -9,6 +9,7 @@ Frozen values, so a translation can key what it builds by them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 
 from xdsd.model.networking import OutboundPolicy
@@ -291,6 +292,34 @@ class ExtensionProvider:
     origin: Origin = field(default=NO_ORIGIN, compare=False)
 
 
+#: The default block virtual addresses are allocated from: a /16 inside 127.0.0.0/8,
+#: which Linux delivers to the loopback interface with no set-up.
+DEFAULT_VIRTUAL_ADDRESSES = "127.240.0.0/16"
+#: The default port of a sidecar's DNS listener (on its outbound address).
+DEFAULT_DNS_PORT = 15053
+
+
+@dataclass(frozen=True, slots=True)
+class MeshDNS:
+    """``[mesh.dns]``: virtual addresses per service and the sidecars' DNS listeners.
+
+    ``virtual_addresses`` is the IPv4 block addresses are allocated from (its size
+    decides the allocation; a node may name another block of at least that size, e.g.
+    when several sidecars share a host); ``virtual_addresses_v6`` an optional IPv6 block
+    (AAAA answers; empty: AAAA answers are empty). ``upstream`` are the resolvers
+    (``IP`` or ``IP:PORT``) that names outside the mesh are forwarded to (empty: the
+    proxy host's own, or what the node's bootstrap names). ``ttl`` is the TTL of the
+    answers for mesh names. ``enabled`` false gives no sidecar virtual-address listeners
+    or DNS listener, whatever its bootstrap asks.
+    """
+
+    enabled: bool = True
+    virtual_addresses: str = DEFAULT_VIRTUAL_ADDRESSES
+    virtual_addresses_v6: str = ""
+    upstream: tuple[str, ...] = ()
+    ttl: timedelta = timedelta(seconds=30)
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     """Every mesh-wide proxy default. The defaults change nothing: no access log, no stats
@@ -304,6 +333,8 @@ class MeshConfig:
     extension_providers: tuple[ExtensionProvider, ...] = ()
     #: xdsd's own CA (``[mesh.ca]``); None: certificates come from ``mtls``'s files.
     ca: MeshCA | None = None
+    #: Virtual addresses and the sidecars' DNS (``[mesh.dns]``).
+    dns: MeshDNS = field(default_factory=MeshDNS)
 
     def extension_provider(self, name: str) -> ExtensionProvider | None:
         """The extension provider called ``name`` (None when the settings declare none)."""

@@ -245,6 +245,10 @@ class Service:
     #: The identities a ServiceEntry host's workloads present (its ``subjectAltNames``:
     #: what callers check under mesh mutual TLS).
     subject_alt_names: tuple[str, ...] = ()
+    #: The virtual addresses its file names (an xdsd Service's ``address``, a
+    #: ServiceEntry's ``addresses``: IP literals, or CIDRs for an entry); empty: one is
+    #: allocated from the mesh's block (``translate/virtual_addresses.py``).
+    addresses: tuple[str, ...] = ()
     #: The lines of the names (``name``, ``hosts[N]``) the cross-checks report about.
     lines: FieldLines = field(default=(), compare=False, repr=False)
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots

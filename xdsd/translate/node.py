@@ -73,6 +73,15 @@ class NodeClass:
     #: A proxyless gRPC client whose bootstrap holds the mesh's certificates (the
     #: certificate provider ``mesh``): it is sent mesh mutual TLS (``clusters``).
     mesh_tls: bool = False
+    #: The IPv4 block (CIDR) this sidecar's virtual-address listeners live in (empty:
+    #: none; metadata ``virtual_addresses``): a listener on ``VIP:PORT`` per port of
+    #: every service it can see (``translate/virtual_addresses.py``).
+    virtual_addresses: str = ""
+    #: ``IP:PORT`` of this sidecar's DNS listener (empty: none; metadata ``dns``).
+    dns: str = ""
+    #: Resolvers (``IP`` or ``IP:PORT``) its DNS listener forwards other names to
+    #: (metadata ``dns_upstream``; empty: the settings' ``[mesh.dns] upstream``).
+    dns_upstream: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
@@ -96,6 +105,10 @@ class NodeClass:
             parts.append(f"out={self.outbound_ip}")
         if self.mesh_tls:
             parts.append("mesh-tls")
+        if self.virtual_addresses:
+            parts.append(f"vips={self.virtual_addresses}")
+        if self.dns:
+            parts.append(f"dns={self.dns}")
         return " ".join(parts)
 
 
@@ -119,6 +132,9 @@ METADATA_FIELDS = (
     "outbound_ip",
     "client",
     "mesh_tls",
+    "virtual_addresses",
+    "dns",
+    "dns_upstream",
 )
 
 
@@ -176,6 +192,58 @@ class _Metadata:
     mesh_tls: bool
     instance_ip: str
     outbound_ip: str
+    virtual_addresses: str
+    dns: str
+    dns_upstream: tuple[str, ...]
+
+
+def _is_block(value: Any) -> bool:
+    """An IPv4 network in CIDR notation with host bits zero, or empty (not given)."""
+    if not isinstance(value, str):
+        return False
+    if not value:
+        return True
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return False
+    return network.version == 4 and network.num_addresses >= 4
+
+
+def _is_host_port(value: Any) -> bool:
+    """``IP:PORT`` (``[IPv6]:PORT``) with a port in 1..65535, or empty (not given)."""
+    if not isinstance(value, str):
+        return False
+    return not value or split_host_port(value) is not None
+
+
+def _is_resolver(value: Any) -> bool:
+    """A resolver: an IP literal, or ``IP:PORT``."""
+    return isinstance(value, str) and bool(value) and (is_ip(value) or _is_host_port(value))
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``(IP, PORT)`` of ``IP:PORT`` or ``[IPv6]:PORT``; None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            return None
+    elif ":" in host:
+        return None
+    return (host, int(port)) if is_ip(host) else None
+
+
+def _read_resolvers(metadata: Fields) -> tuple[str, ...]:
+    """``metadata.dns_upstream``: a list of resolvers (``IP`` or ``IP:PORT``)."""
+    listed = metadata.value(
+        "dns_upstream",
+        lambda v: isinstance(v, list) and len(v) <= 8 and all(_is_resolver(x) for x in v),
+        "a list of at most 8 resolvers, IP or IP:PORT",
+    )
+    return tuple(listed) if listed else ()
 
 
 def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
@@ -197,6 +265,11 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
     mesh_tls = metadata.boolean("mesh_tls")
     instance_ip = metadata.value("instance_ip", _is_address, "an IP address", "")
     outbound_ip = metadata.value("outbound_ip", _is_address, "an IP address", "")
+    blocks = metadata.value(
+        "virtual_addresses", _is_block, "an IPv4 network in CIDR notation (127.240.0.0/16)", ""
+    )
+    dns = metadata.value("dns", _is_host_port, "IP:PORT", "")
+    dns_upstream = _read_resolvers(metadata)
     return _Metadata(
         namespace=namespace,
         role=Role(role),
@@ -205,6 +278,9 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
         mesh_tls=mesh_tls,
         instance_ip=instance_ip,
         outbound_ip=outbound_ip or DEFAULT_OUTBOUND_IP,
+        virtual_addresses=blocks,
+        dns=dns,
+        dns_upstream=dns_upstream,
     )
 
 
@@ -234,7 +310,9 @@ def node_class_from_node(
     ``client`` (``envoy`` | ``grpc`` | ``mosn``: the client kind, overriding what
     ``user_agent_name`` says; MOSN sends no ``user_agent_name``, only ``id``, ``cluster``
     and ``metadata``, so a MOSN node is known by this field), ``mesh_tls`` (true: a
-    proxyless gRPC client with the mesh's certificates in its bootstrap). Every other
+    proxyless gRPC client with the mesh's certificates in its bootstrap),
+    ``virtual_addresses`` (an IPv4 CIDR), ``dns`` (``IP:PORT``) and ``dns_upstream`` (a
+    list of ``IP`` or ``IP:PORT``): a sidecar's virtual addresses and DNS. Every other
     field is ignored. The metadata is read with ``xdsd.located.Fields``, as config
     documents are.
 
@@ -264,6 +342,9 @@ def node_class_from_node(
         instance_ip=read.instance_ip,
         outbound_ip=read.outbound_ip,
         mesh_tls=read.mesh_tls and read.client is ClientKind.GRPC,
+        virtual_addresses=read.virtual_addresses,
+        dns=read.dns,
+        dns_upstream=read.dns_upstream,
     )
 
 
