@@ -104,6 +104,7 @@ from xdsd.translate.scoping import Scoping
 from xdsd.translate.secrets import Secrets
 from xdsd.translate.shared import SharedClusters
 from xdsd.translate.sidecar_scope import Scope
+from xdsd.translate.virtual_addresses import VirtualAddresses
 
 
 class MeshTranslation:
@@ -217,6 +218,12 @@ class MeshTranslation:
         """The service ``node`` fronts, if the mesh defines it."""
         return self._scoping.own_service(node)
 
+    def virtual_addresses(self) -> VirtualAddresses:
+        """Every service's virtual address slot or pinned addresses (see
+        ``virtual_addresses``). Raises TranslationError when the settings' block is too
+        small for the mesh."""
+        return self._parts.virtual_addresses()
+
     def port_groups(self) -> list[PortGroup]:
         """Every port number used by a service, ascending, with the service ports on it."""
         return self._scoping.port_groups()
@@ -320,6 +327,11 @@ class MeshTranslation:
             out.append(lambda: parts.inbound(node, scope, source))
             out.append(lambda: parts.outbound(node.outbound_ip, source, style, caller, scope))
             out.append(lambda: parts.l4_listeners(node, scope))
+            if node.client is ClientKind.ENVOY and self.mesh_config.dns.enabled:
+                if node.virtual_addresses:
+                    out.append(lambda: parts.virtual_listeners(node, scope, source, style, caller))
+                if node.dns:
+                    out.append(lambda: parts.dns_listener(node, scope))
         if node.locality != NO_LOCALITY:
             out.append(lambda: parts.local_assignments(node, scope))
         if self.mesh_config.mtls.enabled and node.client is not ClientKind.GRPC:

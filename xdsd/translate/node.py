@@ -82,6 +82,9 @@ class NodeClass:
     #: Resolvers (``IP`` or ``IP:PORT``) its DNS listener forwards other names to
     #: (metadata ``dns_upstream``; empty: the settings' ``[mesh.dns] upstream``).
     dns_upstream: tuple[str, ...] = ()
+    #: The port of this sidecar's capture listener (0: none; metadata ``capture``): the
+    #: original-destination listener ``xdsd capture``'s rules redirect outbound TCP to.
+    capture: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
@@ -135,6 +138,7 @@ METADATA_FIELDS = (
     "virtual_addresses",
     "dns",
     "dns_upstream",
+    "capture",
 )
 
 
@@ -195,6 +199,7 @@ class _Metadata:
     virtual_addresses: str
     dns: str
     dns_upstream: tuple[str, ...]
+    capture: int
 
 
 def _is_block(value: Any) -> bool:
@@ -270,6 +275,12 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
     )
     dns = metadata.value("dns", _is_host_port, "IP:PORT", "")
     dns_upstream = _read_resolvers(metadata)
+    capture = metadata.value(
+        "capture",
+        lambda v: isinstance(v, float) and v.is_integer() and 0 <= v < 65536,
+        "a port number",
+        0.0,
+    )
     return _Metadata(
         namespace=namespace,
         role=Role(role),
@@ -281,6 +292,7 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
         virtual_addresses=blocks,
         dns=dns,
         dns_upstream=dns_upstream,
+        capture=int(capture),
     )
 
 
@@ -312,7 +324,8 @@ def node_class_from_node(
     and ``metadata``, so a MOSN node is known by this field), ``mesh_tls`` (true: a
     proxyless gRPC client with the mesh's certificates in its bootstrap),
     ``virtual_addresses`` (an IPv4 CIDR), ``dns`` (``IP:PORT``) and ``dns_upstream`` (a
-    list of ``IP`` or ``IP:PORT``): a sidecar's virtual addresses and DNS. Every other
+    list of ``IP`` or ``IP:PORT``): a sidecar's virtual addresses and DNS; ``capture``
+    (a port): its original-destination capture listener. Every other
     field is ignored. The metadata is read with ``xdsd.located.Fields``, as config
     documents are.
 
@@ -345,6 +358,7 @@ def node_class_from_node(
         virtual_addresses=read.virtual_addresses,
         dns=read.dns,
         dns_upstream=read.dns_upstream,
+        capture=read.capture,
     )
 
 

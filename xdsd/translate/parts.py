@@ -78,6 +78,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
+from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, allocate
 from xdsd.translate.workload_security import WorkloadPolicies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
@@ -123,6 +124,40 @@ class ClassParts:
         # gateway, caller, style).
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
+        self._virtual: VirtualAddresses | None = None
+
+    def virtual_addresses(self) -> VirtualAddresses:
+        """Every service's virtual address slot (or pinned addresses), allocated once per
+        translation from the block of ``[mesh.dns]`` (``virtual_addresses.allocate``).
+        Raises TranslationError when the block is too small for the mesh."""
+        if self._virtual is None:
+            block = AddressBlock.parse(self._mesh_config.dns.virtual_addresses)
+            try:
+                self._virtual = allocate(self.mesh.services, block)
+            except ValueError as err:
+                raise TranslationError(
+                    [Problem("<settings>", 0, "mesh.dns.virtual_addresses", str(err))]
+                ) from None
+        return self._virtual
+
+    def virtual_listeners(
+        self,
+        node: NodeClass,
+        scope: Scope,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
+    ) -> tuple[Resource, ...]:
+        """An Envoy sidecar's listeners on ``VIP:PORT``, one per port of each service
+        ``scope`` lets it see, its VIPs in the block ``node.virtual_addresses`` (issue
+        19: not built yet)."""
+        return ()
+
+    def dns_listener(self, node: NodeClass, scope: Scope) -> tuple[Resource, ...]:
+        """An Envoy sidecar's UDP DNS listener on ``node.dns``, answering the names of
+        the services ``scope`` lets it see with their virtual addresses (issue 19: not
+        built yet)."""
+        return ()
 
     def _rules(self) -> dict[ResourceKey, VirtualService]:
         """The mesh's VirtualService of each service (computed once)."""

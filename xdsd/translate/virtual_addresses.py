@@ -36,7 +36,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from xdsd.model import ResourceKey, Service
+from xdsd.model import Protocol, Resolution, ResourceKey, Service
 
 #: Rounds of hashed candidates before the remaining services take the next free slot.
 ROUNDS = 16
@@ -95,6 +95,19 @@ def candidate(ident: str, attempt: int, size: int) -> int:
     """The ``attempt``-th candidate slot of identity ``ident`` in a block of ``size``."""
     digest = hashlib.blake2b(f"{ident}#{attempt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % size
+
+
+def reachable_by_address(service: Service) -> bool:
+    """True when a sidecar's listeners on the service's virtual address can carry
+    every port of it, so DNS may answer its names with that address. False only for a
+    resolution NONE wildcard host with a TCP port: a connection to the address carries
+    neither the name asked (HTTP has Host, TLS has SNI) nor the real destination, so
+    such names are forwarded to the upstream resolvers instead (the application then
+    connects to the real address, outside the mesh unless ``xdsd capture`` sends it to
+    the sidecar)."""
+    if service.resolution is not Resolution.NONE or not service.name.startswith("*"):
+        return True
+    return all(p.protocol is not Protocol.TCP for p in service.ports)
 
 
 def rank(ident: str) -> bytes:
