@@ -40,11 +40,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from xdsd.model.networking import WorkloadGroup
 from xdsd.model.registrations import Health, Registration, RegistrySettings
 from xdsd.model.service import Locality, ResourceKey
 from xdsd.registry.store import MemoryStore, RegistrationStore, StoreUnavailable
+from xdsd.registry.views import registrations_json
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +379,23 @@ class Registry:
     def held(self) -> Mapping[str, Registration]:
         """This replica's registrations, by key (pending writes included)."""
         return dict(self._held)
+
+    def counts(self) -> dict[str, Any]:
+        """What the metrics export: ``registered``, ``expired``, ``refused`` (by
+        reason), ``current`` (the store's), ``held`` (this replica's),
+        ``store_failures``."""
+        return {
+            "registered": self.registered_total,
+            "expired": self.expired_total,
+            "refused": dict(self.refused),
+            "current": len(self.store.current()),
+            "held": len(self._held),
+            "store_failures": self.store_failures,
+        }
+
+    def view(self) -> dict[str, Any]:
+        """``/debug/registrations`` (``views.registrations_json``)."""
+        return registrations_json(self.replica, self.store.current().values(), self.connected)
 
     def connected(self, key: str) -> bool:
         """True while a stream of this replica holds ``key``."""
