@@ -375,7 +375,7 @@ def is_wildcard(address: str) -> bool:
 WORKLOAD_GROUP_FIELD = "workload_group"
 
 
-def _is_group_name(value: Any) -> bool:
+def is_group_name(value: Any) -> bool:
     """A WorkloadGroup name: a DNS label of at most 63 characters, or empty."""
     if not isinstance(value, str):
         return False
@@ -400,7 +400,7 @@ def workload_group_of(node: Any) -> str:
     data = {WORKLOAD_GROUP_FIELD: _plain(given[WORKLOAD_GROUP_FIELD])}
     report = Report(Document(NODE_PATH, 0, data), ())
     group: str = Fields(report, ("metadata",), data).value(
-        WORKLOAD_GROUP_FIELD, _is_group_name, "a WorkloadGroup name (a DNS label)", ""
+        WORKLOAD_GROUP_FIELD, is_group_name, "a WorkloadGroup name (a DNS label)", ""
     )
     if report.problems:
         raise TranslationError(report.problems)
