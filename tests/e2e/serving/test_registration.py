@@ -248,6 +248,29 @@ def test_registered_sidecars_serve_come_and_go(mesh: Mesh) -> None:
     view = mesh.registered()
     assert view["api-1"]["group"] == "api" and view["api-1"]["address"] == f"{mesh.block}.11"
     assert view["api-1"]["connected"] is True and view["api-1"]["health"] == "UNKNOWN"
+    # seen in config_dump, the status page and `xdsd status`
+    dump = mesh.xdsd.admin("/debug/config_dump?node=api-1")
+    assert [r["address"] for r in dump["registrations"]] == [f"{mesh.block}.11"]
+    page = __import__("urllib.request").request.urlopen(
+        f"http://127.0.0.1:{mesh.xdsd.admin_port}/", timeout=5
+    )
+    assert "Registered workloads" in page.read().decode()
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "status",
+            "--admin",
+            f"127.0.0.1:{mesh.xdsd.admin_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "registered workloads:" in shown.stdout, shown.stdout
+    assert f"default/api {mesh.block}.12 node api-2 (connected" in shown.stdout, shown.stdout
+    assert mesh.metric("xdsd_registrations_current") == 3
     mesh.caller()
     wait_until(lambda: mesh.ask() == 200, what="the caller to reach api")
     for _ in range(60):
