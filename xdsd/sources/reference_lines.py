@@ -36,12 +36,15 @@ def with_reference_lines(obj: MeshObject, doc: Document, base: FieldPath) -> Mes
         paths = [("host", ("host",))]
         paths.extend((f"subsets[{i}]", ("subsets", i)) for i in range(len(obj.subsets)))
     elif isinstance(obj, Service):
-        if not obj.hosts:
+        if not obj.hosts and not obj.addresses:
             return obj  # a service's name is its document's first lines: nothing to add
-        paths = [(format_path(p), p) for p in (("name",), *_items(_spec(doc, base), "hosts"))]
+        spec = _spec(doc, base)
+        found = (("name",), *_items(spec, "hosts"), *([("address",)] if obj.addresses else []))
+        paths = [(format_path(p), p) for p in found]
     elif isinstance(obj, ServiceEntry):
         spec = _spec(doc, base)
-        paths = [(format_path(p), p) for p in (("workloadSelector",), *_items(spec, "hosts"))]
+        found = (("workloadSelector",), *_items(spec, "hosts"), *_items(spec, "addresses"))
+        paths = [(format_path(p), p) for p in found]
     elif isinstance(obj, Sidecar):
         paths = [("workloadSelector", ("workloadSelector",))]
     else:
