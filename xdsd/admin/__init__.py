@@ -20,7 +20,10 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
-- ``/debug/errors`` (the current config errors, then the warnings, with file and line).
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line);
+- ``/debug/addresses`` (``[mesh.dns]``'s blocks and every service's virtual addresses:
+  key, namespace, fqdn, names, addresses, pinned by its file or allocated, and its slot;
+  the ``addresses`` hook the daemon sets, ``MeshState.addresses``).
 
 Each client of ``/debug/clients`` and ``/debug/config_dump``, and each class on the status
 page, carries the security policies that apply to its node class (``policies``, a hook
@@ -65,6 +68,13 @@ ClassPolicies = Callable[[Hashable], Mapping[str, Any]]
 ExpectedProxies = Callable[[], Sequence[ExpectedProxy]]
 #: Where a node class puts its proxies (None: a class that is no workload's).
 WorkloadOf = Callable[[Hashable], Workload | None]
+#: Every service's virtual addresses, as ``/debug/addresses`` shows them.
+Addresses = Callable[[], Mapping[str, Any]]
+
+
+def no_addresses() -> Mapping[str, Any]:
+    """The ``addresses`` hook of views over no mesh: no service."""
+    return {"enabled": False, "block": "", "block_v6": "", "services": []}
 
 
 def no_policies(_key: Hashable) -> Mapping[str, Any]:
@@ -90,7 +100,8 @@ class AdminViews:
     ``xdsd_refused_total{listener="admin",reason="permission_denied"}``. ``policies``
     gives the security policies of a node class (``ClassPolicies``); ``expected`` the
     proxies the configuration expects and ``workload`` where a class's proxies are
-    (``/debug/expected``); ``stale_after`` (the setting) when a proxy that does not
+    (``/debug/expected``); ``addresses`` every service's virtual addresses
+    (``/debug/addresses``); ``stale_after`` (the setting) when a proxy that does not
     answer is stale."""
 
     def __init__(
@@ -114,6 +125,8 @@ class AdminViews:
         self.policies: ClassPolicies = no_policies
         self.expected: ExpectedProxies = no_expected
         self.workload: WorkloadOf = no_workload
+        #: Every service's virtual addresses (``/debug/addresses``).
+        self.addresses: Addresses = no_addresses
         #: Seconds a version may go unanswered before its client is stale.
         self.stale_after = DEFAULT_STALE_AFTER
         #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
@@ -133,6 +146,7 @@ class AdminViews:
         application.router.add_get("/debug/config_dump", self.config_dump)
         application.router.add_get("/debug/errors", self.config_errors)
         application.router.add_get("/debug/expected", self.expected_proxies)
+        application.router.add_get("/debug/addresses", self.virtual_addresses)
         return application
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -214,6 +228,11 @@ class AdminViews:
         return web.json_response(
             {"expected": len(expected), "absent": [absence_json(a) for a in found]}
         )
+
+    async def virtual_addresses(self, _request: web.Request) -> web.Response:
+        """``[mesh.dns]``'s blocks and every service's virtual addresses (the
+        ``addresses`` hook)."""
+        return web.json_response(dict(self.addresses()))
 
     def _workloads(self, clients: Sequence[ClientStatus]) -> dict[Hashable, Workload]:
         """The ``workload`` of each client's class (classes without one left out)."""

@@ -78,7 +78,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
-from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, allocate
+from xdsd.translate.virtual_addresses import VirtualAddresses, allocate_for
 from xdsd.translate.workload_security import WorkloadPolicies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
@@ -131,13 +131,7 @@ class ClassParts:
         translation from the block of ``[mesh.dns]`` (``virtual_addresses.allocate``).
         Raises TranslationError when the block is too small for the mesh."""
         if self._virtual is None:
-            block = AddressBlock.parse(self._mesh_config.dns.virtual_addresses)
-            try:
-                self._virtual = allocate(self.mesh.services, block)
-            except ValueError as err:
-                raise TranslationError(
-                    [Problem("<settings>", 0, "mesh.dns.virtual_addresses", str(err))]
-                ) from None
+            self._virtual = allocate_for(self.mesh.services, self._mesh_config.dns)
         return self._virtual
 
     def virtual_listeners(

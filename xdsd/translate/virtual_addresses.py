@@ -36,7 +36,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from xdsd.errors import Problem, TranslationError
 from xdsd.model import Protocol, Resolution, ResourceKey, Service
+from xdsd.model.service import NO_ORIGIN
+from xdsd.model.mesh_config import MeshDNS
 
 #: Rounds of hashed candidates before the remaining services take the next free slot.
 ROUNDS = 16
@@ -199,3 +202,26 @@ def allocate(services: Iterable[Service], block: AddressBlock) -> VirtualAddress
         taken.add(slot)
         slots[waiting[ident]] = slot
     return VirtualAddresses(size, slots, pinned)
+
+
+def allocate_for(services: Iterable[Service], dns: MeshDNS) -> VirtualAddresses:
+    """``allocate`` in the block of the settings' ``[mesh.dns]``. Raises TranslationError
+    naming the settings file's ``virtual_addresses`` line (``dns.origin``; ``<settings>``
+    for the default) and the key ``mesh.dns.virtual_addresses`` when the block has fewer
+    free slots than the services that need one."""
+    block = AddressBlock.parse(dns.virtual_addresses)
+    try:
+        return allocate(services, block)
+    except ValueError as err:
+        path = dns.origin.path if dns.origin != NO_ORIGIN else "<settings>"
+        raise TranslationError(
+            [
+                Problem(
+                    path,
+                    dns.origin.line,
+                    "mesh.dns.virtual_addresses",
+                    f"{err}: give [mesh.dns] virtual_addresses a larger block, or pin some "
+                    "services' addresses outside it",
+                )
+            ]
+        ) from None
