@@ -7,10 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import deadline, fuzz_settings
 from xdsd.errors import ConfigError
 from xdsd.model.mesh_config import DEFAULT_VIRTUAL_ADDRESSES, MeshDNS
 from xdsd.settings import Settings
+from xdsd.translate.virtual_addresses import AddressBlock
 
 
 def _load(tmp_path: Path, text: str) -> Settings:
@@ -155,3 +159,66 @@ def test_every_mistake_is_reported_in_one_pass(tmp_path: Path) -> None:
         '[mesh.dns]\nvirtual_addresses = "x"\nupstream = ["y"]\nttl = "z"\nenabled = 1\n',
     )
     assert sorted(p.split(":")[1] for p in problems) == ["2", "3", "4", "5"], problems
+
+
+_DNS_KEYS = st.sampled_from(
+    [
+        "enabled",
+        "virtual_addresses",
+        "virtual-addresses",
+        "virtual_addresses_v6",
+        "upstream",
+        "ttl",
+        "bogus",
+    ]
+)
+_DNS_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "127.240.0.0/16",
+            "10.0.0.0/30",
+            "10.0.0.0/31",
+            "0.0.0.0/0",
+            "fd00::/112",
+            "fd00::/8",
+            "::/0",
+            "1.1.1.1",
+            "1.1.1.1:53",
+            "[::1]:53",
+            "[::1]",
+            "1.1.1.1:99999999999999999999",
+            "30s",
+            "25h",
+            "-1s",
+        ]
+    ),
+)
+_DNS_VALUES = st.recursive(
+    _DNS_SCALARS,
+    lambda inner: st.lists(inner, max_size=9) | st.dictionaries(_DNS_KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@fuzz_settings()
+@given(st.dictionaries(_DNS_KEYS, _DNS_VALUES, max_size=6))
+def test_fuzz_dns_tables_are_read_or_refused_by_name(table: dict[str, object]) -> None:
+    """Any [mesh.dns] table gives a MeshDNS the allocation can use, or a ConfigError
+    whose every problem names a key under mesh.dns (never another exception)."""
+    with deadline("test_fuzz_dns_tables_are_read_or_refused_by_name"):
+        try:
+            dns = Settings().merged({"mesh": {"dns": table}}, source="s").mesh.dns
+        except ConfigError as e:
+            assert all(p.field.startswith("mesh.dns") for p in e.problems), e
+            return
+        block = AddressBlock.parse(dns.virtual_addresses)
+        assert 2 <= block.size <= 2**24 - 2
+        if dns.virtual_addresses_v6:
+            assert AddressBlock.parse(dns.virtual_addresses_v6).size >= block.size
+        assert len(dns.upstream) <= 8
+        assert 0 <= dns.ttl.total_seconds() <= 86400
