@@ -634,7 +634,7 @@ def _validate(args: argparse.Namespace) -> int:
         from xdsd.translate.virtual_addresses import allocate_for
 
         # a block too small for the mesh: TranslationError, the settings' line (exit 1)
-        allocation = allocate_for(mesh.services, dns)
+        allocation = allocate_for(mesh.services, dns).result
     if args.envoy is not None and not _validate_with_envoy(result, settings.mesh, args.envoy):
         return 1
     print(

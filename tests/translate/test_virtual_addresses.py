@@ -260,3 +260,27 @@ def test_rows_and_table_show_pinned_and_allocated_addresses() -> None:
         web.addresses[0],
         web.addresses[1],
     ]
+
+
+def test_a_translation_takes_the_allocation_over_when_its_inputs_are_equal() -> None:
+    """Nearly every edit (routes, endpoints) leaves the services' keys, identities and
+    pinned addresses alone: the next translation reuses the allocation instead of making
+    it again; a new service, a new pin or a new block make a new one."""
+    listed = services(300)
+    first = MeshTranslation(Mesh(tuple(listed)))
+    allocation = first.virtual_addresses()
+    edited = [Service(s.name, s.namespace, (Port(81, Protocol.TCP),)) for s in listed]
+    second = MeshTranslation(Mesh(tuple(edited)), previous=first)
+    assert second.virtual_addresses() is allocation
+    # Through a translation that never allocated (no sidecar asked), too.
+    third = MeshTranslation(Mesh(tuple(edited)), previous=second)
+    fourth = MeshTranslation(Mesh(tuple(listed)), previous=third)
+    assert fourth.virtual_addresses() is allocation
+    grown = MeshTranslation(Mesh((*listed, svc("newcomer"))), previous=first)
+    assert grown.virtual_addresses() is not allocation
+    assert grown.virtual_addresses() == allocate([*listed, svc("newcomer")], BLOCK)
+    pinned = MeshTranslation(Mesh((*listed[1:], svc("s0", "ns0", "10.0.0.1"))), previous=first)
+    assert pinned.virtual_addresses().pinned == {listed[0].key: ("10.0.0.1",)}
+    other = MeshConfig(dns=MeshDNS(virtual_addresses="127.9.0.0/16"))
+    moved = MeshTranslation(Mesh(tuple(listed)), previous=first, mesh_config=other)
+    assert moved.virtual_addresses() is not allocation

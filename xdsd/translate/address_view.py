@@ -118,8 +118,8 @@ def moves(
     """The services allocated an address both ``before`` and ``after`` (each a
     ``[mesh.dns]`` and the allocation made in its block) whose address differs, by key.
     A service that pins an address, on either side, is not a move: its file changed."""
-    if before is None:
-        return []
+    if before is None or (before[1] is after[1] and before[0] == after[0]):
+        return []  # the allocation was taken over: nothing moved
     old_block = AddressBlock.parse(before[0].virtual_addresses)
     new_block = AddressBlock.parse(after[0].virtual_addresses)
     same_block = old_block == new_block

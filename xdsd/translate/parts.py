@@ -78,7 +78,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
-from xdsd.translate.virtual_addresses import VirtualAddresses, allocate_for
+from xdsd.translate.virtual_addresses import Allocated, VirtualAddresses, allocate_for
 from xdsd.translate.workload_security import WorkloadPolicies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
@@ -124,15 +124,24 @@ class ClassParts:
         # gateway, caller, style).
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
-        self._virtual: VirtualAddresses | None = None
+        self._virtual: Allocated | None = None
+        self._previous_virtual: Allocated | None = None
 
     def virtual_addresses(self) -> VirtualAddresses:
         """Every service's virtual address slot (or pinned addresses), allocated once per
         translation from the block of ``[mesh.dns]`` (``virtual_addresses.allocate``).
         Raises TranslationError when the block is too small for the mesh."""
         if self._virtual is None:
-            self._virtual = allocate_for(self.mesh.services, self._mesh_config.dns)
-        return self._virtual
+            self._virtual = allocate_for(
+                self.mesh.services, self._mesh_config.dns, self._previous_virtual
+            )
+        return self._virtual.result
+
+    def take_over_addresses(self, previous: ClassParts) -> None:
+        """Let ``virtual_addresses`` reuse ``previous``'s allocation (that of the
+        translation this one replaces) when it was made from the same block and services
+        (``virtual_addresses.Allocated``)."""
+        self._previous_virtual = previous._virtual or previous._previous_virtual
 
     def virtual_listeners(
         self,
