@@ -5,9 +5,11 @@ read: a destination naming no service, a subset no DestinationRule defines, a ho
 services claim. So that it names the referring field's own line rather than the
 document's first, ``with_reference_lines`` records, when a document is read, the line of
 each field that refers to another resource (and of each subset, which other checks point
-at) in the object's ``lines`` (a ``FieldLines``, outside equality). Paths are spelled the
-way the checks spell them (``http[0].route[1].destination.host``); a path the document
-does not hold gets no line, and the check falls back to the document's line.
+at, and of a Service's ``address`` and a ServiceEntry's ``addresses[N]``, which the
+check of pinned addresses points at) in the object's ``lines`` (a ``FieldLines``,
+outside equality). Paths are spelled the way the checks spell them
+(``http[0].route[1].destination.host``); a path the document does not hold gets no
+line, and the check falls back to the document's line.
 
 Pure: reads the parsed document only.
 """
