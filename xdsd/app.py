@@ -141,6 +141,8 @@ class Daemon:
         )
         self.metrics.track(self.cache, self.state)
         self.metrics.track_log_drops(dropped_log_lines)
+        state = self.state
+        self.metrics.track_address_moves(lambda: state.address_moves)
         self.views = AdminViews(
             self.cache,
             config=self.state,
@@ -151,6 +153,7 @@ class Daemon:
         self.views.policies = self.state.policies
         self.views.expected = self.state.expected_proxies
         self.views.workload = self.state.workload
+        self.views.addresses = self.state.addresses
         self.views.stale_after = settings.stale_after
         if self.identities is not None:
             identities = self.identities

@@ -235,7 +235,8 @@ def _add_validate_command(sub: Subcommands) -> None:
         description="Load a config directory the way serve does and report every error as "
         "path:line: field:\nmessage (exit 1), or a one-line summary (exit 0). Run it before "
         "saving into a directory\nxdsd serves, or in CI.",
-        example="xdsd validate config\nxdsd validate --strict --settings xdsd.toml config",
+        example="xdsd validate config\nxdsd validate --strict --settings xdsd.toml config\n"
+        "xdsd validate --addresses --settings xdsd.toml config",
     )
     validate.add_argument(
         "dir",
@@ -263,6 +264,12 @@ def _add_validate_command(sub: Subcommands) -> None:
         help="check against this settings file's [mesh] (e.g. ISTIO_MUTUAL needs [mesh.mtls])",
     )
     _add_registrations_flags(validate)
+    validate.add_argument(
+        "--addresses",
+        action="store_true",
+        help="then print every service's virtual address (ADDRESS SERVICE NAMES; * pinned by "
+        "its file, the others allocated from --settings' [mesh.dns] block)",
+    )
     validate.set_defaults(run=_validate)
 
 
@@ -684,6 +691,13 @@ def _validate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    dns = settings.mesh.dns
+    allocation = None
+    if dns.enabled or args.addresses:
+        from xdsd.translate.virtual_addresses import allocate_for
+
+        # a block too small for the mesh: TranslationError, the settings' line (exit 1)
+        allocation = allocate_for(mesh.services, dns).result
     if args.envoy is not None and not _validate_with_envoy(result, settings.mesh, args.envoy):
         return 1
     print(
@@ -694,6 +708,15 @@ def _validate(args: argparse.Namespace) -> int:
         f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
         + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
+    if args.addresses and allocation is not None:
+        from xdsd.translate.address_view import address_rows, address_table
+
+        print()
+        for line in address_table(address_rows(mesh.services, allocation, dns)):
+            print(line)
+        how = "" if dns.enabled else " ([mesh.dns] is off: no sidecar listens on them)"
+        blocks = " and ".join(b for b in (dns.virtual_addresses, dns.virtual_addresses_v6) if b)
+        print(f"* pinned by its file; the others allocated from {blocks}{how}")
     return 0
 
 

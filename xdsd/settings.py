@@ -10,6 +10,7 @@ file, the line and the key, like config errors: both are read with ``xdsd.locate
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -24,7 +25,16 @@ from typing import Any
 from envoy.type.v3 import http_status_pb2
 
 from xdsd.errors import ConfigError, Problem
-from xdsd.located import Document, FieldPath, Fields, Report, index_toml, toml_error
+from xdsd.located import (
+    Document,
+    FieldPath,
+    Fields,
+    Report,
+    index_toml,
+    is_ip,
+    split_host_port,
+    toml_error,
+)
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
@@ -36,6 +46,7 @@ from xdsd.model.mesh_config import (
     LogEncoding,
     MeshCA,
     MeshConfig,
+    MeshDNS,
     MeshTLS,
     MTLSMode,
     PrometheusStats,
@@ -587,6 +598,7 @@ _MESH_KEYS = (
     "mtls",
     "extension_providers",
     "ca",
+    "dns",
 )
 _POLICIES = tuple(p.value for p in OutboundPolicy)
 _ENCODINGS = tuple(e.value for e in LogEncoding)
@@ -609,6 +621,7 @@ def _mesh_config(top: Fields) -> MeshConfig | None:
         "tracing": _tracing(table),
         "mtls": _mesh_tls(table, issued=table.has("ca")),
         "extension_providers": _extension_providers(table),
+        "dns": _mesh_dns(table),
     }
     parts["ca"] = _mesh_ca(table, parts["mtls"])
     _refuse_unknown(table, _MESH_KEYS)
@@ -1111,3 +1124,118 @@ def _refuse_unknown_hinted(table: Fields, known: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         did = f"did you mean {hint[0]!r}? " if hint else ""
         table.error(key, f"unknown setting; {did}known: {', '.join(known)}")
+
+
+# -- [mesh.dns] ------------------------------------------------------------------------------
+
+_DNS_KEYS = ("enabled", "virtual_addresses", "virtual_addresses_v6", "upstream", "ttl")
+#: The prefix lengths an IPv4 block of virtual addresses may have: a /8 at most (the whole
+#: of 127.0.0.0/8), a /30 at least (two addresses).
+MIN_BLOCK_PREFIX, MAX_BLOCK_PREFIX = 8, 30
+#: The most resolvers ``upstream`` may name (what Envoy's DNS filter is sensibly given).
+MAX_UPSTREAM_RESOLVERS = 8
+#: The longest TTL of the answers for mesh names (a day), in seconds.
+MAX_DNS_TTL_SECONDS = 86400
+
+
+def _mesh_dns(mesh: Fields) -> MeshDNS | None:
+    """The ``[mesh.dns]`` table (None when absent): the block virtual addresses are
+    allocated from, an optional IPv6 block (at least as many addresses: a service's slot
+    is the same in both), the upstream resolvers (``IP`` or ``IP:PORT``, at most
+    ``MAX_UPSTREAM_RESOLVERS``) and the TTL of mesh answers (whole seconds, 0 to a day).
+    ``origin`` is the line of ``virtual_addresses`` (the table's without it)."""
+    table = _table(mesh, "dns", _DNS_KEYS)
+    if table is None:
+        return None
+    default = MeshDNS()
+    enabled = table.boolean("enabled", default=default.enabled)
+    block = table.value(
+        "virtual_addresses",
+        _is_v4_block,
+        f"an IPv4 network in CIDR notation, /{MIN_BLOCK_PREFIX} to /{MAX_BLOCK_PREFIX}, "
+        "host bits zero (e.g. 127.240.0.0/16)",
+        default.virtual_addresses,
+    )
+    block_v6 = table.value(
+        "virtual_addresses_v6",
+        _is_v6_block,
+        'an IPv6 network in CIDR notation, host bits zero (e.g. "fd00:ec::/112"), or ""',
+        default.virtual_addresses_v6,
+    )
+    if block_v6 and _slots(block_v6) < _slots(block):
+        table.error(
+            "virtual_addresses_v6",
+            f"has fewer addresses than virtual_addresses ({block}): give it at least "
+            f"/{128 - (32 - int(block.rsplit('/', 1)[1]))}, so every service's slot has an "
+            "IPv6 address too",
+        )
+    upstream = table.value(
+        "upstream",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) <= MAX_UPSTREAM_RESOLVERS
+            and all(_is_resolver(x) for x in v)
+        ),
+        f'a list of at most {MAX_UPSTREAM_RESOLVERS} resolvers, "IP" or "IP:PORT" ("[IPv6]:PORT")',
+        [],
+    )
+    ttl = default.ttl
+    if table.has("ttl"):
+        seconds = _seconds(table, "ttl")
+        if not (seconds.is_integer() and 0 <= seconds <= MAX_DNS_TTL_SECONDS):
+            table.error("ttl", f"must be whole seconds from 0s to 24h (got {seconds:g}s)")
+        else:
+            ttl = timedelta(seconds=seconds)
+    doc = table.report.doc
+    line = doc.lines.get((*table.path, "virtual_addresses")) or doc.lines.get(table.path, 0)
+    _refuse_unknown_hinted(table, _DNS_KEYS)
+    return MeshDNS(
+        enabled=enabled,
+        virtual_addresses=block,
+        virtual_addresses_v6=block_v6,
+        upstream=tuple(upstream),
+        ttl=ttl,
+        origin=Origin(doc.path, line),
+    )
+
+
+def _network(value: Any, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network ``value`` names in CIDR notation with host bits zero (of IP
+    ``version``), else None."""
+    if not isinstance(value, str) or "/" not in value or len(value) > 64:
+        return None
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return None
+    return network if network.version == version else None
+
+
+def _is_v4_block(value: Any) -> bool:
+    network = _network(value, 4)
+    return network is not None and MIN_BLOCK_PREFIX <= network.prefixlen <= MAX_BLOCK_PREFIX
+
+
+def _is_v6_block(value: Any) -> bool:
+    if value == "":
+        return True
+    network = _network(value, 6)
+    return network is not None and network.prefixlen <= 126
+
+
+def _slots(block: str) -> int:
+    """How many services a block has room for (``translate.virtual_addresses``'s
+    ``AddressBlock.size``: the network address, and IPv4's broadcast, are never used;
+    capped at 2**32)."""
+    network = ipaddress.ip_network(block)
+    reserved = 2 if network.version == 4 else 1
+    return int(min(network.num_addresses - reserved, 2**32))
+
+
+def _is_resolver(value: Any) -> bool:
+    """A resolver: an IP literal, or ``IP:PORT`` (``[IPv6]:PORT``)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and (is_ip(value) or split_host_port(value) is not None)
+    )

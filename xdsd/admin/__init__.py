@@ -24,6 +24,9 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/registrations`` (the registered workloads: group, address, node, since,
   health, the replica holding each; ``registrations`` hook; a node's own are in its
   ``/debug/config_dump`` too).
+- ``/debug/addresses`` (``[mesh.dns]``'s blocks and every service's virtual addresses:
+  key, namespace, fqdn, names, addresses, pinned by its file or allocated, and its slot;
+  the ``addresses`` hook the daemon sets, ``MeshState.addresses``).
 
 Each client of ``/debug/clients`` and ``/debug/config_dump``, and each class on the status
 page, carries the security policies that apply to its node class (``policies``, a hook
@@ -68,6 +71,13 @@ ClassPolicies = Callable[[Hashable], Mapping[str, Any]]
 ExpectedProxies = Callable[[], Sequence[ExpectedProxy]]
 #: Where a node class puts its proxies (None: a class that is no workload's).
 WorkloadOf = Callable[[Hashable], Workload | None]
+#: Every service's virtual addresses, as ``/debug/addresses`` shows them.
+Addresses = Callable[[], Mapping[str, Any]]
+
+
+def no_addresses() -> Mapping[str, Any]:
+    """The ``addresses`` hook of views over no mesh: no service."""
+    return {"enabled": False, "block": "", "block_v6": "", "services": []}
 
 
 def no_policies(_key: Hashable) -> Mapping[str, Any]:
@@ -93,7 +103,8 @@ class AdminViews:
     ``xdsd_refused_total{listener="admin",reason="permission_denied"}``. ``policies``
     gives the security policies of a node class (``ClassPolicies``); ``expected`` the
     proxies the configuration expects and ``workload`` where a class's proxies are
-    (``/debug/expected``); ``stale_after`` (the setting) when a proxy that does not
+    (``/debug/expected``); ``addresses`` every service's virtual addresses
+    (``/debug/addresses``); ``stale_after`` (the setting) when a proxy that does not
     answer is stale."""
 
     def __init__(
@@ -117,6 +128,8 @@ class AdminViews:
         self.policies: ClassPolicies = no_policies
         self.expected: ExpectedProxies = no_expected
         self.workload: WorkloadOf = no_workload
+        #: Every service's virtual addresses (``/debug/addresses``).
+        self.addresses: Addresses = no_addresses
         #: Seconds a version may go unanswered before its client is stale.
         self.stale_after = DEFAULT_STALE_AFTER
         #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
@@ -143,6 +156,7 @@ class AdminViews:
         application.router.add_get("/debug/errors", self.config_errors)
         application.router.add_get("/debug/expected", self.expected_proxies)
         application.router.add_get("/debug/registrations", self.registered)
+        application.router.add_get("/debug/addresses", self.virtual_addresses)
         return application
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -225,6 +239,14 @@ class AdminViews:
         return web.json_response(
             {"expected": len(expected), "absent": [absence_json(a) for a in found]}
         )
+
+    async def virtual_addresses(self, _request: web.Request) -> web.Response:
+        """``[mesh.dns]``'s blocks and every service's virtual addresses (the
+        ``addresses`` hook)."""
+        # Rows for a large mesh take a while (tens of ms per 10,000 services, once per
+        # configuration): off the serving loop.
+        shown = await asyncio.to_thread(self.addresses)
+        return web.json_response(dict(shown))
 
     def _workloads(self, clients: Sequence[ClientStatus]) -> dict[Hashable, Workload]:
         """The ``workload`` of each client's class (classes without one left out)."""

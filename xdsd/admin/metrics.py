@@ -200,6 +200,12 @@ class Metrics:
         ``xdsd_log_records_dropped_total`` at every scrape."""
         self.registry.register(_LogDrops(count))
 
+    def track_address_moves(self, count: Callable[[], int]) -> None:
+        """Export ``count()`` (services whose allocated virtual address a reload moved
+        since the start, ``MeshState.address_moves``) as
+        ``xdsd_virtual_address_moves_total`` at every scrape."""
+        self.registry.register(_AddressMoves(count))
+
     def track_issuance(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Export ``counts()`` — (first certificates issued, renewals and re-issues) of
         xdsd's CA since the start (``Identities.issued_total``, ``renewed_total``) — at
@@ -280,6 +286,23 @@ class _Issuance(Collector):
         )
         renewals.add_metric([], renewed)
         yield renewals
+
+
+class _AddressMoves(Collector):
+    """``xdsd_virtual_address_moves_total``, read when scraped."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter, as it is now."""
+        family = CounterMetricFamily(
+            "xdsd_virtual_address_moves",
+            "Services whose allocated virtual address a reload moved (a newcomer won its "
+            "slot, or the block changed); pin an address with `address` to keep it.",
+        )
+        family.add_metric([], self.count())
+        yield family
 
 
 class _LogDrops(Collector):

@@ -252,7 +252,8 @@ class Service:
     #: ServiceEntry's ``addresses``: IP literals, or CIDRs for an entry); empty: one is
     #: allocated from the mesh's block (``translate/virtual_addresses.py``).
     addresses: tuple[str, ...] = ()
-    #: The lines of the names (``name``, ``hosts[N]``) the cross-checks report about.
+    #: The lines of the fields the cross-checks report about: the names (``name``,
+    #: ``hosts[N]``) and pinned addresses (``address``, an entry's ``addresses[N]``).
     lines: FieldLines = field(default=(), compare=False, repr=False)
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any
 
 from xdsd.errors import TranslationError
-from xdsd.located import NULL, Document, Fields, Report, is_ip
+from xdsd.located import NULL, Document, Fields, Report, is_ip, split_host_port
 from xdsd.model import DEFAULT_NAMESPACE, Locality
 
 DEFAULT_OUTBOUND_IP = "127.0.0.1"
@@ -225,20 +225,6 @@ def _is_host_port(value: Any) -> bool:
 def _is_resolver(value: Any) -> bool:
     """A resolver: an IP literal, or ``IP:PORT``."""
     return isinstance(value, str) and bool(value) and (is_ip(value) or _is_host_port(value))
-
-
-def split_host_port(text: str) -> tuple[str, int] | None:
-    """``(IP, PORT)`` of ``IP:PORT`` or ``[IPv6]:PORT``; None when it is not one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            return None
-    elif ":" in host:
-        return None
-    return (host, int(port)) if is_ip(host) else None
 
 
 def _read_resolvers(metadata: Fields) -> tuple[str, ...]:

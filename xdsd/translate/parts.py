@@ -85,7 +85,12 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
-from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, allocate
+from xdsd.translate.virtual_addresses import (
+    AddressBlock,
+    Allocated,
+    VirtualAddresses,
+    allocate_for,
+)
 from xdsd.translate.virtual_listeners import (
     VirtualPlan,
     bind_problems,
@@ -142,7 +147,8 @@ class ClassParts:
         # gateway, caller, style).
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
-        self._virtual: VirtualAddresses | None = None
+        self._virtual: Allocated | None = None
+        self._previous_virtual: Allocated | None = None
         # Virtual-address listeners: plans per (block, scope), TCP/TLS plans per (service
         # keys, port, caller), bind problems per what the node binds besides.
         self._vip_plans: dict[tuple[AddressBlock, Scope], VirtualPlan] = {}
@@ -155,14 +161,16 @@ class ClassParts:
         translation from the block of ``[mesh.dns]`` (``virtual_addresses.allocate``).
         Raises TranslationError when the block is too small for the mesh."""
         if self._virtual is None:
-            block = AddressBlock.parse(self._mesh_config.dns.virtual_addresses)
-            try:
-                self._virtual = allocate(self.mesh.services, block)
-            except ValueError as err:
-                raise TranslationError(
-                    [Problem("<settings>", 0, "mesh.dns.virtual_addresses", str(err))]
-                ) from None
-        return self._virtual
+            self._virtual = allocate_for(
+                self.mesh.services, self._mesh_config.dns, self._previous_virtual
+            )
+        return self._virtual.result
+
+    def take_over_addresses(self, previous: ClassParts) -> None:
+        """Let ``virtual_addresses`` reuse ``previous``'s allocation (that of the
+        translation this one replaces) when it was made from the same block and services
+        (``virtual_addresses.Allocated``)."""
+        self._previous_virtual = previous._virtual or previous._previous_virtual
 
     def serves_virtual(self, node: NodeClass) -> bool:
         """True when ``node`` gets virtual-address listeners: an Envoy sidecar whose

@@ -18,6 +18,7 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.mesh import OTHER_KINDS
+from xdsd.sources.crosscheck.addresses import PinnedAddresses
 from xdsd.sources.crosscheck.authorization import HttpOnlyWarnings
 from xdsd.sources.crosscheck.definitions import Definitions
 from xdsd.sources.crosscheck.endpoints import EndpointWarnings
@@ -81,6 +82,7 @@ class CrossCheck:
         self._hosts = HostOwners()
         self._targets = RuleTargets()
         self._endpoints = EndpointWarnings()
+        self._pinned = PinnedAddresses()
         self._checks = VirtualServiceChecks()
         self._gateways = GatewayReferences()
         self._http_only = HttpOnlyWarnings()
@@ -148,6 +150,7 @@ class CrossCheck:
             self._targets.applied,
             self._others["ServiceEntry"],
         )
+        self._pinned.update(services, self._services)
         checked = self._checks.update(
             virtual, hosts, applied, self._virtual, owners, self._targets.applied
         )
@@ -171,6 +174,7 @@ class CrossCheck:
         out.extend(self._hosts.problems())
         out.extend(self._targets.problems())
         out.extend(self._endpoints.problems())
+        out.extend(self._pinned.problems())
         out.extend(self._checks.problems())
         out.extend(self._gateways.problems())
         out.extend(self._http_only.problems())
