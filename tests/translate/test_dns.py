@@ -16,7 +16,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 from google.protobuf import struct_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import fuzz_settings
 from tests.harness import envoy_accepts
 from tests.translate.meshes import http, service
 from xdsd.errors import TranslationError
@@ -381,3 +384,35 @@ def test_hostile_dns_metadata_refuses_the_node(metadata: dict[str, object], fiel
     with pytest.raises(TranslationError) as err:
         node_class_from_node(make_node(**metadata), config_source=ConfigSourceKind.ADS)
     assert [(p.path, p.field) for p in err.value.problems] == [("<node>", field)]
+
+
+_ADDRESS_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"\[?[0-9a-f:.%]{0,30}\]?(:[0-9]{0,6})?", fullmatch=True),
+    st.sampled_from(["127.0.0.1:53", "[::1]:15053", "10.0.0.1", "0.0.0.0:53", "[fe80::1%lo]:53"]),
+)
+
+
+@fuzz_settings()
+@given(dns=_ADDRESS_TEXT, upstream=st.lists(_ADDRESS_TEXT, max_size=3))
+def test_fuzz_dns_metadata_is_refused_or_translated(dns: str, upstream: list[str]) -> None:
+    """Whatever a node sends as ``dns``/``dns_upstream``: its class is refused with the
+    field named, or its DNS listener is built (or refused as a loop) and Envoy-shaped."""
+    try:
+        node = node_class_from_node(
+            make_node(dns=dns, dns_upstream=upstream), config_source=ConfigSourceKind.ADS
+        )
+    except TranslationError as err:
+        assert {p.field for p in err.problems} <= {"metadata.dns", "metadata.dns_upstream"}
+        return
+    node = dataclasses.replace(node, instance_ip="127.0.0.2", outbound_ip="127.0.0.10")
+    try:
+        snapshot = MeshTranslation(BOOKINFO).snapshot_for(node)
+    except TranslationError as err:
+        assert [p.field for p in err.problems] == ["metadata.dns_upstream"]
+        return
+    found = dns_listener(snapshot)
+    assert (found is None) == (not dns)
+    if found is not None:
+        resolvers = filter_config(found).client_config
+        assert resolvers.max_pending_lookups == MAX_PENDING_LOOKUPS
