@@ -33,6 +33,14 @@ from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
 from xdsd.resources import SECRET, Resource
 from xdsd.translate import jwt_authn
+from xdsd.translate.capture import (
+    blackhole_cluster,
+    capture_listener,
+    capture_problems,
+    passthrough_cluster,
+    plan_virtual_listeners,
+    virtual_listener,
+)
 from xdsd.translate.clusters import build_inbound_cluster, outbound_clusters
 from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
 from xdsd.translate.gateways import (
@@ -63,7 +71,7 @@ from xdsd.translate.listeners import (
 from xdsd.translate.locality import CallerKey, LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.memo import Memo, Selections
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
-from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass, is_wildcard
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import check_binds, check_port_groups
 from xdsd.translate.policy_index import PolicyIndex
@@ -326,6 +334,48 @@ class ClassParts:
             out.append(self._memo.resource(outbound_l4_listener, address, plan))
         if problems:
             raise TranslationError(problems)
+        return out
+
+    def capture(
+        self, node: NodeClass, scope: Scope, source: ConfigSourceKind = ConfigSourceKind.ADS
+    ) -> tuple[Resource, ...]:
+        """An Envoy sidecar's capture listener on ``node.outbound_ip:node.capture``, the
+        virtual listeners of the services its default per-port listeners serve (as far
+        as ``scope`` lets it see), and the passthrough or black hole clusters (see
+        ``capture``). Memoized by (addresses, port, caller, scope, config source).
+        Raises TranslationError when the capture port collides with another listener."""
+        if self._l4_by_caller is None:
+            self._l4_by_caller = caller_dependent(self.mesh)
+        caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
+        own = self._scoping.own_service(node)
+        problems = capture_problems(
+            node.capture,
+            node.outbound_ip,
+            self._scoping.instance_ip(node),
+            [g.number for g, _ in self._scoping.default_groups(scope, node.outbound_ip)],
+            [p.number for p in own.ports] if own is not None else [],
+            HTTP_PROXY_PORT,
+        )
+        if problems:
+            raise TranslationError(problems)
+        return self._selections.get(
+            self._capture, node.outbound_ip, node.capture, caller, scope, source
+        )
+
+    def _capture(
+        self, ip: str, port: int, caller: L4Caller, scope: Scope, source: ConfigSourceKind
+    ) -> list[Resource]:
+        """The selection ``capture`` memoizes."""
+        memo = self._memo
+        block = scope.registry_only
+        out = [memo.resource(capture_listener, ip, port, block), memo.resource(blackhole_cluster)]
+        if not block:
+            out.append(memo.resource(passthrough_cluster))
+        if is_wildcard(ip):
+            return out  # the per-port listeners on 0.0.0.0 take the connections
+        groups = [g for g, _ in self._scoping.default_groups(scope, ip)]
+        plans = plan_virtual_listeners(self.mesh, self._rules(), groups, caller, block)
+        out.extend(memo.resource(virtual_listener, plan, source) for plan in plans)
         return out
 
     # -- gateways -------------------------------------------------------------------
