@@ -43,6 +43,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
+    "xdsd.capture": ("xdsd.errors",),
     "xdsd.plurals": (),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
