@@ -289,11 +289,38 @@ def test_capture_port_on_the_inbound_listener_address() -> None:
     assert CAPTURE_LISTENER in listeners(mesh(own, sidecars=(sidecar,)), elsewhere)
 
 
-@pytest.mark.parametrize("value", [-1, 65536, 1.5, "15006", math.nan, True, [15006], None])
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        65536,
+        1.5,
+        math.nan,
+        math.inf,
+        True,
+        [15006],
+        None,
+        "",
+        "-1",
+        "65536",
+        " 15006",
+        "15006.0",
+        "0x10",
+        "\u0661\u0662",
+        "1" * 10_000,
+    ],
+)
 def test_hostile_capture_metadata_refuses_the_node(value: object) -> None:
     with pytest.raises(TranslationError) as err:
         node_class_from_node(make_node(capture=value), config_source=ConfigSourceKind.ADS)
     assert [p.field for p in err.value.problems] == ["metadata.capture"]
+
+
+@pytest.mark.parametrize(("value", "port"), [(15006, 15006), ("15006", 15006), (0, 0)])
+def test_capture_metadata_as_a_number_or_its_digits(value: object, port: int) -> None:
+    """Envoy hands a YAML bootstrap's metadata scalars over as strings."""
+    node = node_class_from_node(make_node(capture=value), config_source=ConfigSourceKind.ADS)
+    assert node.capture == port
 
 
 def test_shared_between_classes_and_translations() -> None:
