@@ -373,3 +373,14 @@ def test_envoy_accepts_capture(tmp_path: Path) -> None:
             timeout=120,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_http_services_of_a_port_share_one_chain() -> None:
+    """Every HTTP service of a port routes by the same route configuration: one chain
+    matching all their destinations (LDS stays small with many services)."""
+    api = service("api", http(9080), endpoints=(Endpoint("10.0.4.1"), Endpoint("10.0.4.2")))
+    found = listeners(mesh(api))
+    assert chains(found["capture|9080"].message) == [
+        (("10.0.4.1/32", "10.0.4.2/32", "192.168.7.7/32"), (), "rds:9080"),
+        ((), (), PASSTHROUGH_CLUSTER),
+    ]

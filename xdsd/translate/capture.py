@@ -13,9 +13,10 @@ virtual address) goes through the mesh:
 - a service is dialled at each IP endpoint's address on the port the endpoint serves
   (``Endpoint.port_for``: its target port) and at each address its file pins
   (``Service.addresses``, IPs or CIDRs) on the service port;
-- an HTTP service port: a filter chain matched by those addresses, an HTTP connection
-  manager with the per-port route configuration (RDS, named like the service port): the
-  Host header decides, as on the per-port listener;
+- an HTTP service port: a filter chain matched by those addresses (one for all the
+  HTTP services of the port), an HTTP connection manager with the per-port route
+  configuration (RDS, named like the service port): the Host header decides, as on the
+  per-port listener;
 - a TCP/TLS service port: the chains of the service's own outbound listener (``l4``: its
   tcp/tls rules as the caller sees them), each catch-all chain matched by the service's
   addresses instead; chains a rule's ``destinationSubnets`` matches keep their subnets
@@ -163,7 +164,7 @@ def plan_virtual_listeners(
                     by_port.setdefault(number, []).append(CaptureChain(cidrs, tcp=chain))
     out = []
     for number in sorted(by_port):
-        chains = _unshadowed(by_port[number])
+        chains = _merged(_unshadowed(by_port[number]))
         if chains:
             out.append(VirtualListenerPlan(number, chains, registry_only))
     return tuple(out)
@@ -186,6 +187,22 @@ def _unshadowed(chains: Sequence[CaptureChain]) -> tuple[CaptureChain, ...]:
         elif kept:
             out.append(CaptureChain(kept, chain.routes, chain.tcp))
     return tuple(out)
+
+
+def _merged(chains: Sequence[CaptureChain]) -> tuple[CaptureChain, ...]:
+    """``chains`` with those that do the same (same routes, same TCP chain) made one, at
+    the first one's place, matching all their destinations: every HTTP service of a port
+    shares one chain and one connection manager (their matches are disjoint, so order
+    among them does not matter)."""
+    order: list[tuple[str, FilterChainPlan | None]] = []
+    cidrs: dict[tuple[str, FilterChainPlan | None], list[str]] = {}
+    for chain in chains:
+        key = (chain.routes, chain.tcp)
+        if key not in cidrs:
+            order.append(key)
+            cidrs[key] = []
+        cidrs[key].extend(chain.prefix_ranges)
+    return tuple(CaptureChain(tuple(cidrs[k]), k[0], k[1]) for k in order)
 
 
 def capture_problems(
