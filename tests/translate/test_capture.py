@@ -384,3 +384,32 @@ def test_http_services_of_a_port_share_one_chain() -> None:
         (("10.0.4.1/32", "10.0.4.2/32", "192.168.7.7/32"), (), "rds:9080"),
         ((), (), PASSTHROUGH_CLUSTER),
     ]
+
+
+def test_with_virtual_addresses_services_sharing_a_port_are_told_apart(tmp_path: Path) -> None:
+    """A sidecar with virtual addresses may see two TCP services on one port (no per-port
+    listener there): captured connections are told apart by the address dialled; a real
+    Envoy accepts the VIP and capture listeners together."""
+    twin = service("twin", tcp(7000), endpoints=(Endpoint("10.0.5.1"),))
+    web2 = service("web2", http(7000), endpoints=(Endpoint("10.0.5.2"),))
+    node = dataclasses.replace(NODE, virtual_addresses="127.240.0.0/16")
+    snapshot = MeshTranslation(mesh(twin, web2)).snapshot_for(node)
+    found = snapshot.get(LISTENER)
+    assert "outbound|127.0.0.1|7000" not in found  # ambiguous: no per-port listener
+    assert any(n.startswith("outbound|127.240.") for n in found)  # VIP listeners
+    assert chains(found["capture|7000"].message) == [
+        (("10.0.5.2/32",), (), "rds:7000"),
+        (("10.0.3.1/32",), (), f"outbound|7000||{OTHER}"),
+        (("10.0.5.1/32",), (), f"outbound|7000||{FQDN.format('twin')}"),
+        ((), (), PASSTHROUGH_CLUSTER),
+    ]
+    boot = render_static(mesh(twin, web2), node, admin_port=0)
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(boot))
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

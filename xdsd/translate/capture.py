@@ -18,9 +18,10 @@ virtual address) goes through the mesh:
   configuration (RDS, named like the service port): the Host header decides, as on the
   per-port listener;
 - a TCP/TLS service port: the chains of the service's own outbound listener (``l4``: its
-  tcp/tls rules as the caller sees them), each catch-all chain matched by the service's
-  addresses instead; chains a rule's ``destinationSubnets`` matches keep their subnets
-  (on the service port);
+  tcp/tls rules as the caller sees them; a TLS service's own chain after its SNI rules'
+  chains, as on a virtual-address listener), each catch-all chain matched by the
+  service's addresses instead; chains a rule's ``destinationSubnets`` matches keep their
+  subnets (on the service port). Services sharing a port are told apart by address;
 - everything else — a destination no reachable service has — goes to the default chain:
   ``PassthroughCluster`` (an ORIGINAL_DST cluster, connecting where the application
   dialled) under ALLOW_ANY, ``BlackHoleCluster`` (no endpoints: the connection is closed)
@@ -144,15 +145,15 @@ def plan_virtual_listeners(
     service that cannot be translated."""
     by_port: dict[int, list[CaptureChain]] = {}
     for group in groups:
-        if group.http:
-            for service, port in group.http:
-                routes = port_route_name(group.number)
-                for number, cidrs in destinations(service, port).items():
-                    by_port.setdefault(number, []).append(CaptureChain(cidrs, routes=routes))
-            continue  # TCP ports among HTTP ones are refused by the port checks
+        for service, port in group.http:
+            routes = port_route_name(group.number)
+            for number, cidrs in destinations(service, port).items():
+                by_port.setdefault(number, []).append(CaptureChain(cidrs, routes=routes))
+        # TCP/TLS services each by their own destinations, even where several share the
+        # port (which a per-port listener cannot tell apart)
         for service, port in group.tcp:
             own = PortGroup(group.number, ((service, port),))
-            plan = plan_l4_listener(mesh, rules, own, caller)
+            plan = plan_l4_listener(mesh, rules, own, caller, own_default=True)
             where = destinations(service, port)
             for chain in plan.chains:
                 if chain.prefix_ranges:
