@@ -43,6 +43,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
+    "xdsd.capture": ("xdsd.errors",),
     "xdsd.plurals": (),
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),

@@ -75,7 +75,8 @@ def _plain(value: Any) -> Any:
 
 def node_metadata(node: NodeClass) -> Any:
     """The ``node.metadata`` Struct xdsd reads back (see ``node_class_from_node``):
-    namespace, labels, role, outbound_ip and, when set, instance_ip."""
+    namespace, labels, role, outbound_ip and, when set, instance_ip, mesh_tls and
+    capture."""
     metadata = struct_pb2.Struct()
     metadata.update(
         {
@@ -89,6 +90,9 @@ def node_metadata(node: NodeClass) -> Any:
         metadata.update({"instance_ip": node.instance_ip})
     if node.mesh_tls:
         metadata.update({"mesh_tls": True})
+    if node.capture:
+        # a string: Envoy hands a YAML bootstrap's scalars over as strings anyway
+        metadata.update({"capture": str(node.capture)})
     return metadata
 
 
