@@ -18,6 +18,7 @@ import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from typing import Any
 
 from envoy.type.v3 import http_status_pb2
@@ -42,6 +43,7 @@ from xdsd.model.mesh_config import (
     TracingProvider,
 )
 from xdsd.model.networking import OutboundPolicy
+from xdsd.model.registrations import DEFAULT_REGISTRY_SETTINGS, RegistrySettings
 from xdsd.model.service import Origin
 
 #: The largest settings file read.
@@ -180,6 +182,8 @@ class Settings:
     admin_sans: tuple[str, ...] = ()
     log_queue_lines: int = 10_000
     stale_after: float = DEFAULT_STALE_AFTER
+    #: ``[registry]``: registered workloads (WorkloadGroup auto-registration).
+    registry: RegistrySettings = DEFAULT_REGISTRY_SETTINGS
 
     @property
     def tls(self) -> bool:
@@ -479,6 +483,8 @@ def _read_setting(top: Fields, name: str, current: Any) -> Any:
     how a plain value is read: true or false, a number, a count, a string."""
     if name == "mesh":
         return _mesh_config(top)
+    if name == "registry":
+        return _registry_settings(top, current)
     if name == "authorized_nodes":
         return _authorized_nodes(top)
     if name == "admin_sans":
@@ -525,6 +531,50 @@ def _address(top: Fields, name: str) -> Address | None:
 
 def _is_address(value: Any) -> bool:
     return value in ("", False) or isinstance(value, str)
+
+
+# -- the [registry] table -------------------------------------------------------------
+
+_REGISTRY_KEYS = ("grace", "max_registrations", "replica")
+
+
+def _registry_settings(top: Fields, current: RegistrySettings) -> RegistrySettings:
+    """The ``[registry]`` table (``current`` when absent): ``grace`` (seconds, or a
+    duration like ``"10s"``; how long a registration outlives its sidecar's
+    disconnection), ``max_registrations`` (positive), ``replica`` (this daemon's name
+    among replicas; default host name and process id)."""
+    table = _table(top, "registry", _REGISTRY_KEYS)
+    if table is None:
+        return current
+    out = current
+    if table.has("grace"):
+        raw: Any = table.data.get("grace")
+        if _is_number(raw) and math.isfinite(raw) and 0 <= raw <= 86_400:
+            table.read.add("grace")
+            out = replace(out, grace=timedelta(seconds=float(raw)))
+        elif _is_number(raw):
+            table.read.add("grace")
+            table.error("grace", f"must be from 0 to 86400 seconds (got {raw})")
+        else:
+            grace = table.duration("grace")
+            if grace is not None:
+                out = replace(out, grace=grace)
+    count = table.value("max_registrations", _is_positive, "a positive integer", None)
+    if count is not None:
+        out = replace(out, max_registrations=int(count))
+    replica = table.value("replica", _is_replica, "a name (letters, digits, '.', '_', '-')", None)
+    if replica is not None:
+        out = replace(out, replica=replica)
+    _refuse_unknown(table, _REGISTRY_KEYS)
+    return out
+
+
+def _is_replica(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 253
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+    )
 
 
 # -- the [mesh] table -----------------------------------------------------------------

@@ -23,7 +23,8 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, InternalError, Problem, TranslationError
 from xdsd.model.mesh import Mesh
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
-from xdsd.model.networking import ROOT_NAMESPACE
+from xdsd.model.networking import ROOT_NAMESPACE, WorkloadGroup
+from xdsd.model.registrations import Registration
 from xdsd.model.service import Location, Resolution
 from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
@@ -82,6 +83,7 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self._expected: tuple[Mesh | None, tuple[ExpectedProxy, ...]] = (None, ())
+        self._groups: tuple[Mesh | None, dict[tuple[str, str], WorkloadGroup]] = (None, {})
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
         self.warnings: tuple[Problem, ...] = ()
@@ -98,6 +100,21 @@ class MeshState:
             None,
             {},
         )
+
+    def set_registrations(self, registrations: Iterable[Registration]) -> None:
+        """Merge ``registrations`` into the next load (``load([])`` then reads no file:
+        see ``DirectoryLoader.registrations``)."""
+        self._loader.registrations = tuple(registrations)
+
+    def group(self, namespace: str, name: str) -> WorkloadGroup | None:
+        """The WorkloadGroup ``namespace/name`` of the loaded mesh (None: none loaded,
+        or no such group)."""
+        mesh = self.loaded.mesh if self.loaded is not None else None
+        if mesh is None:
+            return None
+        if self._groups[0] is not mesh:
+            self._groups = (mesh, {(g.namespace, g.name): g for g in mesh.workload_groups})
+        return self._groups[1].get((namespace, name))
 
     @property
     def certificate_paths(self) -> frozenset[str]:

@@ -20,7 +20,10 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
-- ``/debug/errors`` (the current config errors, then the warnings, with file and line).
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line);
+- ``/debug/registrations`` (the registered workloads: group, address, node, since,
+  health, the replica holding each; ``registrations`` hook; a node's own are in its
+  ``/debug/config_dump`` too).
 
 Each client of ``/debug/clients`` and ``/debug/config_dump``, and each class on the status
 page, carries the security policies that apply to its node class (``policies``, a hook
@@ -121,6 +124,12 @@ class AdminViews:
         self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
+        #: The registered workloads as ``/debug/registrations`` shows them (a hook the
+        #: daemon sets: ``xdsd.registry.views.registrations_json``).
+        self.registrations: Callable[[], Mapping[str, Any]] = lambda: {
+            "replica": "",
+            "registrations": [],
+        }
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -133,6 +142,7 @@ class AdminViews:
         application.router.add_get("/debug/config_dump", self.config_dump)
         application.router.add_get("/debug/errors", self.config_errors)
         application.router.add_get("/debug/expected", self.expected_proxies)
+        application.router.add_get("/debug/registrations", self.registered)
         return application
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -174,6 +184,7 @@ class AdminViews:
             stale_after=self.stale_after,
             workloads=workloads,
             absent=tuple(absent(self.expected(), clients, workloads)),
+            registrations=tuple(self.registrations().get("registrations", ())),
             service_filter=request.query.get("service", ""),
             state_filter=request.query.get("state", ""),
         )
@@ -267,6 +278,11 @@ class AdminViews:
                 "transport": client.transport,
                 "connected": client.connected,
                 "policies": self.policies(client.key),
+                "registrations": [
+                    r
+                    for r in self.registrations().get("registrations", ())
+                    if r.get("node") == node
+                ],
                 "clients": [
                     client_json(
                         c,
@@ -280,6 +296,12 @@ class AdminViews:
                 **dump,
             }
         )
+
+    async def registered(self, _request: web.Request) -> web.Response:
+        """The registered workloads: this replica's name and every registration the
+        store holds (group, address, node, since, health, replica; ``connected`` when a
+        stream of this replica holds it)."""
+        return web.json_response(self.registrations())
 
     async def config_errors(self, _request: web.Request) -> web.Response:
         """The errors of the last refused reload (none when the last one loaded), then the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -206,6 +206,55 @@ class Metrics:
         every scrape, as ``xdsd_certificates_issued_total`` (both) and
         ``xdsd_certificate_renewals_total``."""
         self.registry.register(_Issuance(counts))
+
+    def track_registry(self, counts: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the registry's ``counts()`` (``Registry.counts``: ``registered``,
+        ``expired``, ``refused`` by reason, ``current``, ``held``) at every scrape, as
+        ``xdsd_registrations_total``, ``xdsd_registration_expiries_total``,
+        ``xdsd_registrations_refused_total{reason}``, ``xdsd_registrations`` (every
+        replica's, as the store holds them) and ``xdsd_registrations_held`` (this
+        replica's)."""
+        self.registry.register(_Registrations(counts))
+
+
+class _Registrations(Collector):
+    """The registry's counters and gauges, read when scraped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, Any]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        """The registry's figures, as they are now."""
+        counts = self.counts()
+        registered = CounterMetricFamily(
+            "xdsd_registrations", "Workloads admitted into a WorkloadGroup (new registrations)."
+        )
+        registered.add_metric([], counts.get("registered", 0))
+        yield registered
+        expired = CounterMetricFamily(
+            "xdsd_registration_expiries",
+            "Registrations removed after their sidecar's grace period ended.",
+        )
+        expired.add_metric([], counts.get("expired", 0))
+        yield expired
+        refused = CounterMetricFamily(
+            "xdsd_registrations_refused",
+            "Registrations refused, by reason (unknown_group, other_service, ...).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(counts.get("refused", {}).items()):
+            refused.add_metric([reason], n)
+        yield refused
+        current = GaugeMetricFamily(
+            "xdsd_registrations_current", "Registered workloads the store holds (every replica's)."
+        )
+        current.add_metric([], counts.get("current", 0))
+        yield current
+        held = GaugeMetricFamily(
+            "xdsd_registrations_held", "Registered workloads this replica holds."
+        )
+        held.add_metric([], counts.get("held", 0))
+        yield held
 
 
 class _Issuance(Collector):

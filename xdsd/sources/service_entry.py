@@ -60,10 +60,24 @@ def parse_entry_port(f: Fields) -> EntryPort | None:
     return EntryPort(number, protocol, name, target, protocol_name or "TCP")
 
 
-def parse_workload(f: Fields, *, port_names: set[str] | None = None) -> WorkloadEndpoint | None:
-    """An endpoint of a ServiceEntry or the spec of a WorkloadEntry. ``port_names``
-    (a ServiceEntry's) limits the keys of ``ports``; None accepts any name."""
-    address = f.string("address", required=True)
+def parse_workload(
+    f: Fields, *, port_names: set[str] | None = None, template: bool = False
+) -> WorkloadEndpoint | None:
+    """An endpoint of a ServiceEntry, the spec of a WorkloadEntry or (``template``) a
+    WorkloadGroup's template, whose address must be empty (each registered workload
+    brings its own). ``port_names`` (a ServiceEntry's) limits the keys of ``ports``; None
+    accepts any name."""
+    if template:
+        address = f.string("address")
+        if address:
+            f.error(
+                "address",
+                "must be empty in a WorkloadGroup's template: each workload registers at "
+                "its own address (xdsd bootstrap --instance-ip IP)",
+            )
+        address = ""
+    else:
+        address = f.string("address", required=True)
     labels = f.labels("labels")
     ports = read_port_map(f, port_names, "this ServiceEntry")
     locality = read_locality(f)
@@ -71,7 +85,7 @@ def parse_workload(f: Fields, *, port_names: set[str] | None = None) -> Workload
     network = f.string("network")
     account = f.string("serviceAccount")
     f.finish()
-    if not address:
+    if not address and not template:
         return None
     return WorkloadEndpoint(address, labels, ports, locality, weight, network, account)
 
@@ -305,5 +319,10 @@ def _endpoint(workload: WorkloadEndpoint, ports: tuple[Port, ...]) -> Endpoint:
         if number != port.number:
             serves.append((port.name, number))
     return Endpoint(
-        workload.address, workload.labels, workload.locality, workload.weight, tuple(serves)
+        workload.address,
+        workload.labels,
+        workload.locality,
+        workload.weight,
+        tuple(serves),
+        workload.healthy,
     )

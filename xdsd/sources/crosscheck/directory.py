@@ -26,6 +26,7 @@ from xdsd.sources.crosscheck.gateways import GatewayReferences
 from xdsd.sources.crosscheck.hosts import HostOwners, ServiceChange
 from xdsd.sources.crosscheck.index import replace_entry
 from xdsd.sources.crosscheck.jwt_issuers import IssuerConflicts
+from xdsd.sources.crosscheck.registered import RegisteredEndpoints
 from xdsd.sources.crosscheck.rules import RuleTargets
 from xdsd.sources.crosscheck.virtual_services import VirtualServiceChecks
 
@@ -76,6 +77,7 @@ class CrossCheck:
         self._others: dict[str, dict[ResourceKey, MeshObject]] = {k: {} for k in OTHER_KINDS}
         # One index per concern.
         self._entries = EntryServices()
+        self._registered = RegisteredEndpoints()
         self._hosts = HostOwners()
         self._targets = RuleTargets()
         self._endpoints = EndpointWarnings()
@@ -136,6 +138,7 @@ class CrossCheck:
                 others, self._others["ServiceEntry"], self._others["WorkloadEntry"], self._services
             )
         )
+        self._registered.update(others, self._others["WorkloadEntry"], self._services, services)
         hosts = self._hosts.update(services, self._services, self._others["ServiceEntry"])
         owners = self._hosts.owners
         applied = self._targets.update(rules, hosts, self._rules, owners)
