@@ -1190,6 +1190,7 @@ def _status(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         daemon_stale_after=read.stale_after,
         expected=read.expected,
+        registrations=read.registrations,
     )
     if args.json:
         _print_json(status.to_json(result))

@@ -332,6 +332,14 @@ class Registry:
         self._held[key] = left
         self._write(key, left)
         heapq.heappush(self._deadlines, (now + self.grace, key))
+        if len(self._deadlines) > 2 * len(self._held) + 16:
+            # reconnects leave stale deadlines behind: keep the heap bounded by the keys
+            self._deadlines = [
+                (r.disconnected + self.grace, k)
+                for k, r in self._held.items()
+                if r.disconnected and not self._streams.get(k)
+            ]
+            heapq.heapify(self._deadlines)
         log.info("registry: %s disconnected; removed in %.1f s unless it returns", key, self.grace)
 
     def expire(self, now: float | None = None) -> int:

@@ -21,7 +21,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
@@ -210,7 +210,7 @@ def _lb_endpoint(
     endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
     body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint
     if unhealthy:
-        body += _HEALTH_STATUS + varint(base_pb2.UNHEALTHY)
+        body += _HEALTH_STATUS + varint(health_check_pb2.UNHEALTHY)
     if plaintext:
         body += _PLAINTEXT_METADATA
     body += _lb_weight(weight)
@@ -249,7 +249,7 @@ def assignment_of_groups(
             lb = lle.lb_endpoints.add()
             set_address(lb.endpoint.address, member.address, member.port_for(port))
             if not member.healthy:
-                lb.health_status = base_pb2.UNHEALTHY
+                lb.health_status = health_check_pb2.UNHEALTHY
             if member in plaintext:
                 lb.metadata.MergeFromString(plaintext_metadata())
             lb.load_balancing_weight.value = endpoint_weight(member)
