@@ -523,11 +523,12 @@ class Daemon:
     def degraded(self) -> str:
         """Why the daemon serves with less than it should, without being unready (""
         when it does not): the registration store cannot reach its backend (etcd), so
-        registrations are the last known. ``/readyz`` says it as ``degraded`` (still
-        200: every replica losing etcd at once must not take the control plane out of
-        its load balancer), the status line and the log too."""
+        registrations are the last known, or it read only ``max_registrations`` of
+        them. ``/readyz`` says it as ``degraded`` (still 200: every replica losing etcd
+        at once must not take the control plane out of its load balancer), the status
+        line and the log too."""
         state = self.store.state()
-        return "" if state.connected else f"registrations: {state.detail}"
+        return f"registrations: {state.detail}" if state.detail else ""
 
     def _store_figures(self) -> tuple[bool, Mapping[str, int]]:
         counts = getattr(self.store, "counts", {})
