@@ -64,6 +64,15 @@ spec:
     serviceAccount: api
 """
 
+PROBE = """\
+  probe:
+    httpGet: {{path: /ready, port: {port}}}
+    periodSeconds: 1
+    timeoutSeconds: 1
+    failureThreshold: 1
+    successThreshold: 1
+"""
+
 SETTINGS = """\
 [registry]
 grace = {grace}
@@ -81,7 +90,7 @@ class Replicas:
     """etcd, two xdsd replicas on one config directory, the application behind every
     api sidecar, the sidecars."""
 
-    def __init__(self, root: Path, binary: str) -> None:
+    def __init__(self, root: Path, binary: str, *, probe_port: int = 0) -> None:
         self.root = root
         self.etcd = Etcd(root, binary)
         self.block = loopback_block()
@@ -94,7 +103,8 @@ class Replicas:
         (config / "client.toml").write_text(
             CLIENT.format(port=free_port(self.client_ip), target=free_port(), ip=self.client_ip)
         )
-        (config / "group.yaml").write_text(GROUP)
+        probe = PROBE.format(port=probe_port) if probe_port else ""
+        (config / "group.yaml").write_text(GROUP + probe)
         self.app = Backend("app", "127.0.0.1", target)
         self.xdsd: dict[str, Xdsd] = {}
         for name in ("r1", "r2"):
@@ -321,3 +331,51 @@ def test_replicas_share_registrations_fail_over_and_outlive_etcd(replicas: Repli
     world.xdsd["r1"].stop()
     assert world.etcd.leases() == set()
     assert world.etcd.keys("/e2e/") == {}
+
+
+def test_a_failing_probe_takes_a_workload_out_of_every_callers_endpoints(
+    tmp_path: Path,
+) -> None:
+    """The probe runs in replica 2 (which holds the workloads); its verdict reaches the
+    caller on replica 1 through etcd: a workload whose probe fails gets no traffic, and
+    gets it back when the probe passes again."""
+    binary = etcd_binary()
+    if binary is None:
+        pytest.skip("etcd not installed (apt-get install etcd-server; .ci/run does)")
+    probe_port = free_port()
+    world = Replicas(tmp_path, binary, probe_port=probe_port)
+    health: dict[str, Backend] = {}
+    try:
+        for n, name in ((1, "api-1"), (2, "api-2")):
+            # what each workload's probe asks, at the workload's own address
+            health[name] = Backend(f"{name}-ready", f"{world.block}.{10 + n}", probe_port)
+            world.workload(name, n)
+        registered = lambda: world.registered("r1")  # noqa: E731
+        wait_until(
+            lambda: all(registered().get(n, {}).get("health") == "HEALTHY" for n in health),
+            what="both HEALTHY, seen from r1",
+        )
+        world.caller()
+        wait_until(lambda: world.ask() == 200, what="the caller to reach api")
+        with Traffic(world) as traffic:
+            traffic.more()
+            assert world.served("api-1") > 0 and world.served("api-2") > 0
+            health["api-1"].stop()  # api-1's probe fails from now on
+            wait_until(
+                lambda: registered()["api-1"]["health"] == "UNHEALTHY", what="api-1 UNHEALTHY"
+            )
+            wait_until(lambda: world.caller_endpoints() == 1, what="the caller drops api-1")
+            before = world.served("api-1")
+            traffic.more(40)
+            assert world.served("api-1") == before, "an UNHEALTHY workload got traffic"
+            health["api-1"] = Backend("api-1-ready", f"{world.block}.11", probe_port)
+            wait_until(lambda: registered()["api-1"]["health"] == "HEALTHY", what="recovered")
+            wait_until(lambda: world.served("api-1") > before, what="api-1 serves again")
+        assert traffic.failures == [], traffic.failures[:5]
+        assert world.metric("r2", "xdsd_probe_failures_total") >= 1
+        assert world.metric("r2", 'xdsd_probe_transitions_total{health="UNHEALTHY"}') == 1
+        assert world.metric("r1", "xdsd_probe_checks_total") == 0  # not r1's to probe
+    finally:
+        for backend in health.values():
+            backend.stop()
+        world.stop()
