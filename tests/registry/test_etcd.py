@@ -106,7 +106,7 @@ def test_replicas_see_each_others_registrations(etcd: Etcd) -> None:
             await a.put(reg("10.0.0.1"))
             assert "default/api/10.0.0.1" in a.current()  # at once on the writer
             await eventually(lambda: "default/api/10.0.0.1" in b.current(), what="b sees it")
-            assert b_changes, "b's listener was told"
+            await eventually(lambda: b_changes, what="b's listener to be told")
             stored = etcd.keys(KEYS)
             value, lease = stored[KEYS + "default/api/10.0.0.1"]
             assert lease == a.lease and value["replica"] == "a"
