@@ -31,6 +31,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from xdsd import __version__
@@ -50,9 +52,15 @@ from xdsd.listeners import (
 )
 from xdsd.logs import dropped_log_lines, set_log_queue_lines
 from xdsd.model.mesh_config import MeshConfig
+from xdsd.model.networking import ReadinessProbe
+from xdsd.model.registrations import RegistrySettings
+from xdsd.model.service import ResourceKey
 from xdsd.notify import Notifier
 from xdsd.readiness import Readiness
-from xdsd.registry.registry import Registry
+from xdsd.registry.etcd import EtcdStore
+from xdsd.registry.probes import Prober
+from xdsd.registry.registry import Registry, default_replica
+from xdsd.registry.store import MemoryStore, RegistrationStore
 from xdsd.settings import Address, Settings
 from xdsd.sources import LoadResult
 from xdsd.sources.limits import ParseLimits
@@ -79,6 +87,15 @@ from xdsd.transports.signing import CertificateSigner, SigningEndpoint
 from xdsd.workloads import WorkloadRegistrar
 
 log = logging.getLogger(__name__)
+
+
+def registration_store(settings: RegistrySettings) -> RegistrationStore:
+    """Where registrations are kept: etcd, shared by replicas, under ``[registry.etcd]``
+    (``settings.replica`` names this one); else in this daemon (``MemoryStore``)."""
+    if settings.etcd is None:
+        return MemoryStore()
+    return EtcdStore(settings.etcd, settings.replica, max_keys=settings.max_registrations)
+
 
 #: What other modules, tests and benchmarks import from here (``MeshState`` and its limits
 #: live in ``xdsd.state``, ``SHUTDOWN_MESSAGE`` in ``xdsd.listeners``).
@@ -162,13 +179,24 @@ class Daemon:
         #: Registered workloads (WorkloadGroup auto-registration, ``[registry]``): the
         #: registry streams attach their nodes to; each change is merged into the mesh
         #: by ``_registration_reloads`` without reading the directory.
-        self.registry = Registry(settings.registry, groups=self.state.group)
+        registry_settings = settings.registry
+        if not registry_settings.replica:
+            registry_settings = replace(registry_settings, replica=default_replica())
+        self.store = registration_store(registry_settings)
+        self.registry = Registry(registry_settings, self.store, groups=self.state.group)
+        #: The probes of the workloads this replica holds (``xdsd.registry.probes``).
+        self.prober = Prober(
+            held=self.registry.held, probe_of=self._probe_of, report=self.registry.set_health
+        )
         self._registrations_changed = asyncio.Event()
         self.registrar = WorkloadRegistrar(self.registry)
         self.views.registrations = self.registry.view
         self.metrics.track_registry(self.registry.counts)
+        self.metrics.track_store(self._store_figures)
+        self.metrics.track_probes(lambda: dict(self.prober.counts))
         self.readiness = Readiness(self.notifier, self.views, self.state)
         self.readiness.trouble = self.views.trouble = self.trouble
+        self.readiness.degraded = self.views.degraded = self.degraded
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)
         authorize_mesh(self.authorizer, settings, settings.mesh)
         if settings.admin_tls and settings.tls_client_ca:
@@ -325,6 +353,7 @@ class Daemon:
                 )
             self._background += [
                 tasks.create_task(self.registry.run(), name="registry"),
+                tasks.create_task(self.prober.run(), name="probes"),
                 tasks.create_task(self._registration_reloads(), name="registrations"),
             ]
             if ready is not None:
@@ -493,6 +522,24 @@ class Daemon:
         finally:
             self._watcher_ended = True
             self.readiness.update()
+
+    def degraded(self) -> str:
+        """Why the daemon serves with less than it should, without being unready (""
+        when it does not): the registration store cannot reach its backend (etcd), so
+        registrations are the last known, or it read only ``max_registrations`` of
+        them. ``/readyz`` says it as ``degraded`` (still 200: every replica losing etcd
+        at once must not take the control plane out of its load balancer), the status
+        line and the log too."""
+        state = self.store.state()
+        return f"registrations: {state.detail}" if state.detail else ""
+
+    def _store_figures(self) -> tuple[bool, Mapping[str, int]]:
+        counts = getattr(self.store, "counts", {})
+        return self.store.state().connected, dict(counts)
+
+    def _probe_of(self, group: ResourceKey) -> ReadinessProbe | None:
+        found = self.state.group(group.namespace, group.name)
+        return found.probe if found is not None else None
 
     async def _registration_reloads(self) -> None:
         """Merge each change of the registrations into the mesh (a load of no file,

@@ -396,10 +396,12 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
     )
     boot.add_argument(
         "--xds",
-        default=DEFAULT_GRPC,
-        metavar="HOST:PORT",
+        action="append",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT...]",
         help="where the proxy reaches xdsd: serve's --grpc, or --rest with --transport rest "
-        f"(default: {DEFAULT_GRPC})",
+        f"(default: {DEFAULT_GRPC}); several xdsd replicas: repeat it or separate with "
+        "commas, and Envoy fails over between them",
     )
     boot.add_argument(
         "--transport",
@@ -928,9 +930,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from xdsd.credentials import read_token
     from xdsd.translate import MeshTranslation, bootstrap, grpc_bootstrap
 
-    host, _, port_text = args.xds.rpartition(":")
-    if not host or not port_text.isdigit():
-        raise UsageError(f"--xds wants HOST:PORT (got {args.xds!r})")
+    (host, port), *replicas = _xds_addresses(args.xds or [DEFAULT_GRPC])
+    port_text = str(port)
     if args.token_file and args.format == "grpc":
         raise UsageError(
             "--token-file is for Envoy: a proxyless gRPC client cannot send a token on its "
@@ -980,6 +981,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             xds_port=int(port_text),
             mesh_tls=_mesh_config(args).mtls,
             certificate_dir=os.path.abspath(args.certificate_dir) if args.certificate_dir else "",
+            replicas=replicas,
         )
         if tls:
             for server in doc["xds_servers"]:
@@ -994,6 +996,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             transport=args.transport,
             admin_port=args.admin_port,
             token=token,
+            replicas=replicas,
         )
         if tls:
             for cluster in doc["static_resources"]["clusters"]:
@@ -1054,6 +1057,28 @@ def _require_group(result: LoadResult, node: Any, group: str, config_dir: str) -
     else:
         return
     raise ConfigError([Problem(config_dir, 0, "--workload-group", message)])
+
+
+#: The most xdsd addresses one bootstrap lists.
+MAX_XDS_ADDRESSES = 16
+
+
+def _xds_addresses(values: list[str]) -> list[tuple[str, int]]:
+    """``--xds`` values (each ``HOST:PORT``, or several separated by commas) as (host,
+    port) pairs, in order. Raises UsageError naming what is wrong."""
+    out: list[tuple[str, int]] = []
+    for value in values:
+        for text in value.split(","):
+            host, _, port = text.strip().rpartition(":")
+            host = host.strip("[]")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UsageError(f"--xds wants HOST:PORT (got {text.strip()!r})")
+            if (host, int(port)) in out:
+                raise UsageError(f"--xds names {text.strip()} twice")
+            out.append((host, int(port)))
+    if len(out) > MAX_XDS_ADDRESSES:
+        raise UsageError(f"--xds names {len(out)} addresses; at most {MAX_XDS_ADDRESSES}")
+    return out
 
 
 def _known_config_dir(args: argparse.Namespace) -> str:

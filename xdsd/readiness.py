@@ -33,6 +33,9 @@ class Readiness:
         self._status = ""
         #: Why the reloader cannot make progress ("" when it can): part of the status.
         self.trouble: Callable[[], str] = lambda: ""
+        #: What the daemon serves without ("" when nothing): part of the status, not of
+        #: readiness (etcd unreachable: registrations as last known).
+        self.degraded: Callable[[], str] = lambda: ""
 
     def reloading(self) -> None:
         """A requested reload (SIGHUP) begins; ``update`` ends it."""
@@ -75,4 +78,7 @@ class Readiness:
         trouble = self.trouble()
         if trouble:
             text += f"; NOT RELOADING: {trouble}"
+        degraded = self.degraded()
+        if degraded:
+            text += f"; {degraded}"
         return text

@@ -54,7 +54,7 @@ from xdsd.model.mesh_config import (
     TracingProvider,
 )
 from xdsd.model.networking import OutboundPolicy
-from xdsd.model.registrations import DEFAULT_REGISTRY_SETTINGS, RegistrySettings
+from xdsd.model.registrations import DEFAULT_REGISTRY_SETTINGS, EtcdSettings, RegistrySettings
 from xdsd.model.service import Origin
 
 #: The largest settings file read.
@@ -546,7 +546,7 @@ def _is_address(value: Any) -> bool:
 
 # -- the [registry] table -------------------------------------------------------------
 
-_REGISTRY_KEYS = ("grace", "max_registrations", "replica")
+_REGISTRY_KEYS = ("grace", "max_registrations", "replica", "etcd")
 
 
 def _registry_settings(top: Fields, current: RegistrySettings) -> RegistrySettings:
@@ -576,6 +576,8 @@ def _registry_settings(top: Fields, current: RegistrySettings) -> RegistrySettin
     replica = table.value("replica", _is_replica, "a name (letters, digits, '.', '_', '-')", None)
     if replica is not None:
         out = replace(out, replica=replica)
+    if table.has("etcd"):
+        out = replace(out, etcd=_registry_etcd(table))
     _refuse_unknown(table, _REGISTRY_KEYS)
     return out
 
@@ -586,6 +588,80 @@ def _is_replica(value: Any) -> bool:
         and 0 < len(value) <= 253
         and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
     )
+
+
+# -- the [registry.etcd] table -------------------------------------------------------
+
+_ETCD_KEYS = ("endpoints", "prefix", "lease_ttl", "timeout")
+#: The most etcd endpoints listed.
+MAX_ETCD_ENDPOINTS = 16
+#: The range of ``lease_ttl`` (seconds): etcd's shortest lease, an hour.
+ETCD_LEASE_TTL_RANGE = (2.0, 3600.0)
+#: The range of ``timeout`` (seconds).
+ETCD_TIMEOUT_RANGE = (0.05, 60.0)
+_ETCD_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?")
+_ETCD_PREFIX = re.compile(r"/[A-Za-z0-9._/-]{0,200}")
+
+
+def _registry_etcd(registry: Fields) -> EtcdSettings | None:
+    """``[registry.etcd]``: where replicas share registrations (None when absent or not a
+    table, which is recorded). ``endpoints`` a list of etcd client URLs
+    (``"http://HOST:PORT"``; tried in order, the next after a failure), ``prefix`` the
+    key prefix (``"/xdsd"``), ``lease_ttl`` the TTL of each replica's lease and
+    ``timeout`` for one request (seconds, or durations like ``"10s"``); the timeout must
+    be under a third of the TTL (the keep-alive's period)."""
+    table = _table(registry, "etcd", _ETCD_KEYS)
+    if table is None:
+        return None
+    default = EtcdSettings(endpoints=())
+    what = f'a list of etcd client URLs like "http://127.0.0.1:2379" (at most {MAX_ETCD_ENDPOINTS})'
+    endpoints = table.value("endpoints", _is_etcd_endpoints, what, [])
+    if not table.has("endpoints"):
+        table.error(None, 'needs endpoints, e.g. endpoints = ["http://127.0.0.1:2379"]')
+    what = "a key prefix starting with '/' (letters, digits, '.', '_', '-', '/')"
+    prefix = table.value("prefix", lambda v: bool(_is_text(v) and _ETCD_PREFIX.fullmatch(v)), what)
+    ttl = _bounded_seconds(table, "lease_ttl", ETCD_LEASE_TTL_RANGE, default.lease_ttl)
+    timeout = _bounded_seconds(table, "timeout", ETCD_TIMEOUT_RANGE, default.timeout)
+    if timeout * 3 > ttl:
+        key = "timeout" if table.has("timeout") else "lease_ttl"
+        table.error(
+            key,
+            f"timeout ({timeout.total_seconds():g}s) must be at most a third of lease_ttl "
+            f"({ttl.total_seconds():g}s): the lease is kept alive every third of it",
+        )
+    _refuse_unknown_hinted(table, _ETCD_KEYS)
+    return EtcdSettings(
+        endpoints=tuple(e.rstrip("/") for e in endpoints),
+        prefix=(prefix.rstrip("/") or "/") if prefix else default.prefix,
+        lease_ttl=ttl,
+        timeout=timeout,
+    )
+
+
+def _is_etcd_endpoints(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_ETCD_ENDPOINTS
+        and all(isinstance(x, str) and _ETCD_ENDPOINT.fullmatch(x) for x in value)
+    )
+
+
+def _bounded_seconds(
+    table: Fields, key: str, bounds: tuple[float, float], default: timedelta
+) -> timedelta:
+    """A duration ``key`` (seconds, or ``"10s"``) within ``bounds``; ``default`` when
+    absent or wrong (recorded)."""
+    if not table.has(key):
+        return default
+    before = len(table.report.problems)
+    seconds = _seconds(table, key)
+    if len(table.report.problems) > before:
+        return default
+    low, high = bounds
+    if not low <= seconds <= high:
+        table.error(key, f"must be from {low:g}s to {high:g}s (got {seconds:g}s)")
+        return default
+    return timedelta(seconds=seconds)
 
 
 # -- the [mesh] table -----------------------------------------------------------------

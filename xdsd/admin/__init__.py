@@ -137,6 +137,9 @@ class AdminViews:
         self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
+        #: Why the daemon serves with less than it should, though ready ("" when it
+        #: does not): ``/readyz`` stays 200 and says it as ``degraded``.
+        self.degraded: Callable[[], str] = lambda: ""
         #: The registered workloads as ``/debug/registrations`` shows them (a hook the
         #: daemon sets: ``xdsd.registry.views.registrations_json``).
         self.registrations: Callable[[], Mapping[str, Any]] = lambda: {
@@ -165,12 +168,17 @@ class AdminViews:
 
     async def readyz(self, _request: web.Request) -> web.Response:
         """503 until a configuration loaded and the xDS listeners are bound, and while
-        the reloader cannot make progress (``trouble``, given as ``reason``)."""
+        the reloader cannot make progress (``trouble``, given as ``reason``); what makes
+        it serve with less without being unready (``degraded``: etcd unreachable) is
+        given as ``degraded``, still 200."""
         trouble = self.trouble()
         ready = self.listening and self.config.loaded is not None and not trouble
         body: dict[str, Any] = {"ready": ready}
         if trouble:
             body["reason"] = trouble
+        degraded = self.degraded()
+        if degraded:
+            body["degraded"] = degraded
         return web.json_response(body, status=200 if ready else 503)
 
     async def status_page(self, request: web.Request) -> web.Response:

@@ -222,6 +222,20 @@ class Metrics:
         replica's)."""
         self.registry.register(_Registrations(counts))
 
+    def track_store(self, figures: Callable[[], tuple[bool, Mapping[str, int]]]) -> None:
+        """Export the registration store's state at every scrape: ``figures()`` gives
+        whether it reaches its backend and its event counters (``EtcdStore.counts``:
+        ``unreachable``, ``resync``, ``lease_granted``, ``lease_lost``, ``value_skipped``,
+        ``key_skipped``, ``error``), as ``xdsd_registry_store_connected`` (1 or 0) and
+        ``xdsd_registry_store_events_total{event}``."""
+        self.registry.register(_StoreFigures(figures))
+
+    def track_probes(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export the prober's counters (``Prober.counts``) at every scrape:
+        ``xdsd_probe_checks_total``, ``xdsd_probe_failures_total`` (checks that failed)
+        and ``xdsd_probe_transitions_total{health}`` (HEALTHY, UNHEALTHY)."""
+        self.registry.register(_ProbeFigures(counts))
+
 
 class _Registrations(Collector):
     """The registry's counters and gauges, read when scraped."""
@@ -261,6 +275,63 @@ class _Registrations(Collector):
         )
         held.add_metric([], counts.get("held", 0))
         yield held
+
+
+class _StoreFigures(Collector):
+    """The registration store's state and events, read when scraped."""
+
+    def __init__(self, figures: Callable[[], tuple[bool, Mapping[str, int]]]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        """The store's figures, as they are now."""
+        connected, counts = self.figures()
+        state = GaugeMetricFamily(
+            "xdsd_registry_store_connected",
+            "1 while the registration store reaches its backend (etcd), else 0: "
+            "registrations are the last known.",
+        )
+        state.add_metric([], 1 if connected else 0)
+        yield state
+        events = CounterMetricFamily(
+            "xdsd_registry_store_events",
+            "Registration store events (unreachable, resync, lease_granted, lease_lost, "
+            "value_skipped, key_skipped, error).",
+            labels=["event"],
+        )
+        for event, n in sorted(counts.items()):
+            events.add_metric([event], n)
+        yield events
+
+
+class _ProbeFigures(Collector):
+    """The prober's counters, read when scraped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        """The probes' figures, as they are now."""
+        counts = self.counts()
+        checks = CounterMetricFamily(
+            "xdsd_probe_checks", "Health probe checks of registered workloads."
+        )
+        checks.add_metric([], counts.get("checks", 0))
+        yield checks
+        failures = CounterMetricFamily(
+            "xdsd_probe_failures",
+            "Health probe checks that failed (refused, timed out, bad status).",
+        )
+        failures.add_metric([], counts.get("failures", 0))
+        yield failures
+        transitions = CounterMetricFamily(
+            "xdsd_probe_transitions",
+            "Registered workloads judged HEALTHY or UNHEALTHY by their probe's thresholds.",
+            labels=["health"],
+        )
+        for health in ("HEALTHY", "UNHEALTHY"):
+            transitions.add_metric([health], counts.get(health.lower(), 0))
+        yield transitions
 
 
 class _Issuance(Collector):

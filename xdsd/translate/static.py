@@ -13,7 +13,7 @@ and only turned into a JSON-able dict at the end.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -205,21 +205,58 @@ def _inline_routes(message: Any, snapshot: Snapshot) -> Any:
     return listener
 
 
-def _xds_cluster(xds_host: str, xds_port: int, *, http2: bool) -> Any:
+def _xds_cluster(
+    xds_host: str, xds_port: int, *, http2: bool, replicas: Sequence[tuple[str, int]] = ()
+) -> Any:
     """The static cluster that leads to xdsd (HTTP/2 for gRPC: without it Envoy 1.40
-    hangs on the xDS stream)."""
-    kind = cluster_pb2.Cluster.STATIC if is_ip(xds_host) else cluster_pb2.Cluster.STRICT_DNS
+    hangs on the xDS stream). With ``replicas`` (more xdsd replicas), each address is an
+    endpoint of it at the next priority (the first preferred while it accepts
+    connections, then the next), with the failover policy of ``_failover``."""
+    addresses = [(xds_host, xds_port), *replicas]
+    static = all(is_ip(host) for host, _ in addresses)  # STRICT_DNS takes IPs too
+    kind = cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS
     cluster = cluster_pb2.Cluster(name=XDS_CLUSTER, type=kind)
     cluster.connect_timeout.CopyFrom(duration(XDS_CONNECT_TIMEOUT))
     cluster.load_assignment.cluster_name = XDS_CLUSTER
-    sock = cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address
-    sock.socket_address.address = xds_host
-    sock.socket_address.port_value = xds_port
+    for priority, (host, port) in enumerate(addresses):
+        endpoints = cluster.load_assignment.endpoints.add(priority=priority)
+        sock = endpoints.lb_endpoints.add().endpoint.address
+        sock.socket_address.address = host
+        sock.socket_address.port_value = port
     if http2:
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(
             http2_protocol_options()
         )
+    if replicas:
+        _failover(cluster)
     return cluster
+
+
+#: How long a replica Envoy could not connect to is left aside (then tried again).
+XDS_EJECTION_TIME = timedelta(seconds=10)
+#: The ADS stream's reconnection backoff with replicas: first and longest wait.
+XDS_RETRY_BASE = timedelta(milliseconds=250)
+XDS_RETRY_MAX = timedelta(seconds=2)
+
+
+def _failover(cluster: Any) -> None:
+    """The policy of an ``xds_cluster`` of several xdsd replicas, one per priority in
+    the order given: a proxy's stream goes to the first replica that accepts
+    connections. A replica Envoy cannot connect to is ejected at once (outlier detection
+    on local-origin failures, for ``XDS_EJECTION_TIME``), so the stream's next attempt
+    (``XDS_RETRY_BASE``) goes to the next priority; no panic routing to replicas known
+    dead. No active health check: a stream never moves back on its own (a replica's
+    return causes no reconnect), and proxies times replicas checks would load every
+    replica for nothing. Proxies spread over replicas by listing them in different
+    orders."""
+    outlier = cluster.outlier_detection
+    outlier.split_external_local_origin_errors = True
+    outlier.consecutive_local_origin_failure.value = 1
+    outlier.enforcing_consecutive_local_origin_failure.value = 100
+    outlier.interval.CopyFrom(duration(timedelta(seconds=1)))
+    outlier.base_ejection_time.CopyFrom(duration(XDS_EJECTION_TIME))
+    outlier.max_ejection_percent.value = 100
+    cluster.common_lb_config.healthy_panic_threshold.value = 0
 
 
 def bootstrap(
@@ -231,9 +268,12 @@ def bootstrap(
     transport: Transport,
     admin_port: int,
     token: str = "",
+    replicas: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """An Envoy bootstrap (proto3 JSON as a dict) that fetches clusters and listeners
-    from xdsd at ``xds_host:xds_port``.
+    from xdsd at ``xds_host:xds_port`` — or from any of several replicas, with
+    ``replicas`` (more ``(host, port)``): one cluster of them all that Envoy fails over
+    in (``_failover``), its ADS stream reconnecting within ``XDS_RETRY_MAX``.
 
     ``grpc``: state-of-the-world ADS; ``delta``: incremental ADS (both send the node only
     on the first message and reach xdsd over HTTP/2); ``rest``: REST-JSON polling every
@@ -257,7 +297,7 @@ def bootstrap(
     out.node.CopyFrom(node_message(node_id, node))
     _admin(out, admin_port)
     out.static_resources.clusters.append(
-        _xds_cluster(xds_host, xds_port, http2=transport != "rest")
+        _xds_cluster(xds_host, xds_port, http2=transport != "rest", replicas=replicas)
     )
     out.static_resources.clusters.append(admin_cluster(ADMIN_IP, admin_port))
     dynamic = out.dynamic_resources
@@ -275,6 +315,10 @@ def bootstrap(
         ads.set_node_on_first_message_only = True
         service = ads.grpc_services.add()
         service.envoy_grpc.cluster_name = XDS_CLUSTER
+        if replicas:
+            back_off = service.envoy_grpc.retry_policy.retry_back_off
+            back_off.base_interval.CopyFrom(duration(XDS_RETRY_BASE))
+            back_off.max_interval.CopyFrom(duration(XDS_RETRY_MAX))
         if token:
             service.initial_metadata.add(key=AUTHORIZATION_HEADER, value=f"Bearer {token}")
         dynamic.cds_config.CopyFrom(config_source(ConfigSourceKind.ADS))
@@ -290,6 +334,7 @@ def grpc_bootstrap(
     xds_port: int,
     mesh_tls: MeshTLS = NO_MESH_TLS,
     certificate_dir: str = "",
+    replicas: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """The JSON file ``GRPC_XDS_BOOTSTRAP`` names, for a proxyless gRPC client of class
     ``node``: xdsd as its xDS server (plaintext, xDS v3) and its node.
@@ -304,15 +349,18 @@ def grpc_bootstrap(
 
     ``certificate_dir`` (a directory ``xdsd certificate --out`` keeps current, for a mesh
     whose certificates xdsd's CA issues) is where the provider ``mesh`` reads instead:
-    ``cert.pem``, ``key.pem`` and ``ca.pem`` there, and the node says it has them."""
-    host = f"[{xds_host}]" if ":" in xds_host else xds_host
+    ``cert.pem``, ``key.pem`` and ``ca.pem`` there, and the node says it has them.
+
+    ``replicas`` (more xdsd replicas) follow the first in ``xds_servers``: gRPC's xDS
+    fallback (gRFC A71) moves to the next when one cannot be reached."""
     out: dict[str, Any] = {
         "xds_servers": [
             {
-                "server_uri": f"{host}:{xds_port}",
+                "server_uri": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                 "channel_creds": [{"type": "insecure"}],
                 "server_features": ["xds_v3"],
             }
+            for host, port in [(xds_host, xds_port), *replicas]
         ],
     }
     if certificate_dir:

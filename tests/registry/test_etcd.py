@@ -1,0 +1,342 @@
+"""EtcdStore against a real etcd: two stores are two replicas sharing it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.etcd import Etcd, b64
+from tests.harness import free_port
+from xdsd.model.registrations import EtcdSettings, Health, Registration
+from xdsd.model.service import Locality, ResourceKey
+from xdsd.registry import codec
+from xdsd.registry.etcd import EtcdStore, _Resync, prefix_end
+from xdsd.registry.store import StoreUnavailable
+
+T = TypeVar("T")
+PREFIX = "/t"
+KEYS = PREFIX + "/registrations/"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+def settings(*endpoints: str, ttl: float = 2.0) -> EtcdSettings:
+    return EtcdSettings(
+        endpoints=endpoints,
+        prefix=PREFIX,
+        lease_ttl=timedelta(seconds=ttl),
+        timeout=timedelta(seconds=1),
+    )
+
+
+def reg(address: str, replica: str = "a", group: str = "api", **kw: Any) -> Registration:
+    return Registration(
+        group=ResourceKey("WorkloadGroup", "default", group),
+        address=address,
+        node_id=f"{group}-{address}",
+        labels=(("app", group),),
+        locality=Locality("eu", "z1"),
+        replica=replica,
+        **{"since": 1000.0, **kw},
+    )
+
+
+async def started(server: Etcd, replica: str, **kw: Any) -> tuple[EtcdStore, list[int]]:
+    changes: list[int] = []
+    store = EtcdStore(settings(server.url, **kw), replica)
+    await store.start(lambda: changes.append(len(store.current())))
+    return store, changes
+
+
+async def crash(store: EtcdStore) -> None:
+    """End a store as a killed replica would: no revoke."""
+    assert store._task is not None and store._session is not None
+    store._task.cancel()
+    await asyncio.gather(store._task, return_exceptions=True)
+    await store._session.close()
+
+
+def test_codec_round_trips_and_refuses_what_is_wrong() -> None:
+    one = reg("10.0.0.1", disconnected=5.0, health=Health.UNHEALTHY)
+    assert codec.decode(codec.encode(one)) == one
+    for broken, field in [
+        (b"[", "not JSON"),
+        (b"[]", "object"),
+        (b'{"group": {"kind": "W", "namespace": "n"}}', "group.name"),
+        (json.dumps({**codec.to_json(one), "health": "SICK"}).encode(), "health"),
+        (json.dumps({**codec.to_json(one), "since": "x"}).encode(), "since"),
+        (json.dumps({**codec.to_json(one), "labels": {"a": 1}}).encode(), "labels.a"),
+        (json.dumps({**codec.to_json(one), "address": ""}).encode(), "address"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            codec.decode(broken)
+
+
+def test_prefix_end() -> None:
+    assert prefix_end(b"/x/") == b"/x0"
+    assert prefix_end(b"a\xff") == b"b"
+
+
+def test_replicas_see_each_others_registrations(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, b_changes = await started(etcd, "b")
+        try:
+            assert a.state().connected and b.state().connected
+            await a.put(reg("10.0.0.1"))
+            assert "default/api/10.0.0.1" in a.current()  # at once on the writer
+            await eventually(lambda: "default/api/10.0.0.1" in b.current(), what="b sees it")
+            await eventually(lambda: b_changes, what="b's listener to be told")
+            stored = etcd.keys(KEYS)
+            value, lease = stored[KEYS + "default/api/10.0.0.1"]
+            assert lease == a.lease and value["replica"] == "a"
+            # a changed registration replaces the value, still under a's lease
+            await a.put(reg("10.0.0.1", health=Health.UNHEALTHY))
+            await eventually(lambda: b.current()["default/api/10.0.0.1"].health is Health.UNHEALTHY)
+            await a.delete("default/api/10.0.0.1")
+            assert a.current() == {}
+            await eventually(lambda: not b.current(), what="b sees it go")
+            assert etcd.keys(KEYS) == {}
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+
+
+def test_close_revokes_and_a_killed_replica_goes_with_its_lease(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, _ = await started(etcd, "b")
+        c, _ = await started(etcd, "c")
+        try:
+            await a.put(reg("10.0.0.1"))
+            await c.put(reg("10.0.0.3", replica="c"))
+            await eventually(lambda: len(b.current()) == 2)
+            lease_a, lease_c = a.lease, c.lease
+            await a.close()  # revoked: gone at once
+            assert lease_a not in etcd.leases()
+            await eventually(lambda: list(b.current()) == ["default/api/10.0.0.3"])
+            killed = time.monotonic()
+            await crash(c)  # no revoke: etcd deletes them with the lease, one TTL later
+            assert lease_c in etcd.leases()
+            await eventually(lambda: not b.current(), timeout=10, what="the lease to expire")
+            assert time.monotonic() - killed > 1.0  # not before the TTL (2 s) ran out
+            assert lease_c not in etcd.leases()
+        finally:
+            await b.close()
+
+    run(scenario())
+
+
+def test_a_moved_workload_is_not_deleted_by_its_old_replica(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, _ = await started(etcd, "b")
+        try:
+            await a.put(reg("10.0.0.1"))
+            await b.put(reg("10.0.0.1", replica="b"))  # the workload reconnected to b
+            await a.delete("default/api/10.0.0.1")  # a's grace ran out
+            await eventually(lambda: a.current().get("default/api/10.0.0.1"), what="a sees b's")
+            assert a.current()["default/api/10.0.0.1"].replica == "b"
+            value, lease = etcd.keys(KEYS)[KEYS + "default/api/10.0.0.1"]
+            assert (value["replica"], lease) == ("b", b.lease)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+
+
+def test_a_lost_lease_is_granted_again_and_registrations_restored(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a", ttl=3.0)
+        b, _ = await started(etcd, "b", ttl=3.0)
+        try:
+            await a.put(reg("10.0.0.1"))
+            await a.put(reg("10.0.0.2"))
+            lost = a.lease
+            etcd.call("/v3/lease/revoke", {"ID": str(lost)})  # blocks the loop: a sees later
+            await b.put(reg("10.0.0.2", replica="b"))  # meanwhile a workload moved to b
+            await eventually(lambda: a.lease not in (0, lost), what="a new lease")
+            await eventually(lambda: len(etcd.keys(KEYS)) == 2, what="restored")
+            stored = etcd.keys(KEYS)
+            assert stored[KEYS + "default/api/10.0.0.1"] == (
+                codec.to_json(reg("10.0.0.1")),
+                a.lease,
+            )
+            assert stored[KEYS + "default/api/10.0.0.2"][0]["replica"] == "b"
+            await eventually(lambda: len(b.current()) == 2)
+            assert a.counts["lease_lost"] == 1 and a.counts["lease_granted"] == 2
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+
+
+def test_etcd_down_keeps_serving_then_converges(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a", ttl=30.0)
+        b, _ = await started(etcd, "b", ttl=30.0)
+        try:
+            await a.put(reg("10.0.0.1"))
+            await eventually(lambda: len(b.current()) == 1)
+            etcd.stop()
+            await eventually(lambda: not a.state().connected, what="a to notice")
+            state = a.state()
+            assert "etcd unreachable since" in state.detail
+            assert "serving the last known 1 registrations" in state.detail
+            assert a.counts["unreachable"] == 1
+            with pytest.raises(StoreUnavailable, match="unreachable"):
+                await a.put(reg("10.0.0.2"))
+            await a.delete("default/api/10.0.0.1")
+            # a serves its own writes; b keeps what it last knew
+            assert list(a.current()) == ["default/api/10.0.0.2"]
+            assert list(b.current()) == ["default/api/10.0.0.1"]
+            etcd.start()
+            await eventually(lambda: a.state().connected and b.state().connected, timeout=20)
+            await eventually(lambda: list(b.current()) == ["default/api/10.0.0.2"], what="b")
+            assert list(etcd.keys(KEYS)) == [KEYS + "default/api/10.0.0.2"]
+            assert a.state().detail == ""
+        finally:
+            await a.close()
+            await b.close()
+        assert etcd.keys(KEYS) == {}
+
+    run(scenario())
+
+
+def test_unreachable_at_start_then_a_second_endpoint(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        lonely = EtcdStore(settings(nowhere), "x")
+        began = time.monotonic()
+        await lonely.start(lambda: None)
+        assert time.monotonic() - began < 5
+        assert not lonely.state().connected and nowhere in lonely.state().detail
+        with pytest.raises(StoreUnavailable):
+            await lonely.put(reg("10.0.0.9"))
+        assert list(lonely.current()) == ["default/api/10.0.0.9"]
+        await lonely.close()
+        both = EtcdStore(settings(nowhere, etcd.url), "y")
+        await both.start(lambda: None)
+        try:
+            await eventually(lambda: both.state().connected)
+            await both.put(reg("10.0.0.1", replica="y"))
+            assert list(etcd.keys(KEYS)) == [KEYS + "default/api/10.0.0.1"]
+        finally:
+            await both.close()
+
+    run(scenario())
+
+
+def test_hostile_values_are_skipped_and_keys_bounded(etcd: Etcd) -> None:
+    good = codec.encode(reg("10.0.0.1"))
+    etcd.call("/v3/kv/put", {"key": b64(KEYS + "default/api/10.0.0.1"), "value": b64(good)})
+    etcd.call("/v3/kv/put", {"key": b64(KEYS + "default/api/10.0.0.2"), "value": b64("{")})
+    wrong = codec.encode(reg("10.0.0.7"))  # a value under another registration's key
+    etcd.call("/v3/kv/put", {"key": b64(KEYS + "default/api/10.0.0.3"), "value": b64(wrong)})
+    big = b" " * 70_000 + good
+    etcd.call("/v3/kv/put", {"key": b64(KEYS + "default/api/10.0.0.4"), "value": b64(big)})
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            assert list(a.current()) == ["default/api/10.0.0.1"]
+            assert a.counts["value_skipped"] == 3
+            # live too: a bad value put later is skipped, and replaces the good one
+            etcd.call("/v3/kv/put", {"key": b64(KEYS + "default/api/10.0.0.1"), "value": "eA=="})
+            await eventually(lambda: not a.current())
+            assert a.counts["value_skipped"] == 4
+        finally:
+            await a.close()
+        for n in range(5):
+            value = b64(codec.encode(reg(f"10.0.1.{n}")))
+            etcd.call("/v3/kv/put", {"key": b64(KEYS + f"default/api/10.0.1.{n}"), "value": value})
+        small = EtcdStore(settings(etcd.url), "s", max_keys=3)
+        await small.start(lambda: None)
+        try:
+            assert len(small.current()) == 3
+            assert "more than max_registrations (3)" in small.state().detail
+            assert small.state().connected
+        finally:
+            await small.close()
+
+    run(scenario())
+
+
+def test_a_compacted_watch_starts_again_from_a_range(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            for n in range(3):
+                await a.put(reg("10.0.0.1", since=float(n)))
+            revision = int(etcd.call("/v3/kv/range", {"key": b64("x")})["header"]["revision"])
+            etcd.call("/v3/kv/compaction", {"revision": str(revision)})
+            a._revision = 1  # as if the watch broke long ago
+            with pytest.raises(_Resync, match="compacted"):
+                await a._watch()
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_a_flood_of_registrations_leaves_no_lease_nor_key(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        stores = [(await started(etcd, name))[0] for name in ("a", "b")]
+
+        async def cycle(store: EtcdStore, n: int) -> None:
+            one = reg(f"10.0.{n // 200}.{n % 200}", replica=store.replica)
+            await store.put(one)
+            await store.delete(one.key)
+
+        work: list[Awaitable[None]] = [cycle(s, n) for n in range(200) for s in stores]
+        try:
+            await asyncio.gather(*work)
+            await eventually(lambda: all(not s.current() for s in stores))
+            assert all(s.state().connected for s in stores)
+        finally:
+            for store in stores:
+                await store.close()
+        assert etcd.keys(KEYS) == {}
+        assert etcd.leases() == set()
+
+    run(scenario())
+
+
+def test_raw_keys_are_where_the_docs_say(etcd: Etcd) -> None:
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            await a.put(reg("10.0.0.1", group="pay"))
+        finally:
+            found = etcd.call(
+                "/v3/kv/range", {"key": b64(KEYS), "range_end": b64("/t/registrationt")}
+            )
+            await a.close()
+        keys = [base64.b64decode(kv["key"]).decode() for kv in found["kvs"]]
+        assert keys == ["/t/registrations/default/pay/10.0.0.1"]
+
+    run(scenario())
