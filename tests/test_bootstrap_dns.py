@@ -194,6 +194,24 @@ def test_resolver_files(host: Path, tmp_path: Path) -> None:
     assert code == 2 and "resolv.conf can only name port 53" in err
     assert not other.exists()
 
+    # nor when the bootstrap is refused (here: a service the config does not have)
+    (tmp_path / "config").mkdir()
+    code, _, err = run(
+        [
+            "bootstrap",
+            "--config-dir",
+            str(tmp_path / "config"),
+            "--service",
+            "reviews",
+            "--resolver-config",
+            "resolved",
+            "--resolver-file",
+            str(other),
+        ]
+    )
+    assert code == 1 and "no service default/reviews" in err
+    assert not other.exists()
+
 
 def test_upstreams_skip_the_sidecar_itself(host: Path) -> None:
     (host / "resolv.conf").write_text("nameserver 127.0.10.53\nnameserver 192.0.2.1\n")

@@ -888,19 +888,30 @@ def _bootstrap(args: argparse.Namespace) -> int:
                 if cluster["name"] == "xds_cluster":
                     cluster["transport_socket"] = _xds_transport_socket(args)
         text = advice + yaml.safe_dump(doc, sort_keys=False)
+    if args.resolver_file:
+        _write_resolver_file(args.resolver_file, args.resolver_text, args.resolver_config)
     _emit_bootstrap(text, args.output, credential=args.token_file if token else None)
     return 0
+
+
+def _write_resolver_file(path: str, text: str, kind: str) -> None:
+    """Write ``--resolver-file`` (atomically, 0644; its directory made when missing)."""
+    from xdsd.credentials import write_private
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_private(path, text.encode(), mode=0o644)
+    print(f"{path}: written ({kind})", file=sys.stderr)
 
 
 def _mesh_dns(args: argparse.Namespace, node: Any) -> tuple[Any, str]:
     """``node`` with the mesh DNS of the flags (an Envoy sidecar: virtual addresses, DNS
     listener and its upstreams, by default on; none with ``--no-dns``, for a gateway or a
     proxyless gRPC client), and the resolver advice to print as YAML comments ("" when
-    none). Writes ``--resolver-file``. UsageError for bad or contradictory flags."""
+    none); the text of ``--resolver-file`` in ``args.resolver_text``. UsageError for
+    bad or contradictory flags."""
     import dataclasses
 
     from xdsd import resolver
-    from xdsd.credentials import write_private
     from xdsd.translate import ClientKind, Role
 
     given = [
@@ -964,11 +975,10 @@ def _mesh_dns(args: argparse.Namespace, node: Any) -> tuple[Any, str]:
                 file=sys.stderr,
             )
         upstreams = found.resolvers
-    if args.resolver_file:
-        text = resolver.resolver_config(args.resolver_config, dns, node.namespace, upstreams)
-        os.makedirs(os.path.dirname(os.path.abspath(args.resolver_file)), exist_ok=True)
-        write_private(args.resolver_file, text.encode(), mode=0o644)
-        print(f"{args.resolver_file}: written ({args.resolver_config})", file=sys.stderr)
+    if args.resolver_file:  # checked now, written once the bootstrap is good
+        args.resolver_text = resolver.resolver_config(
+            args.resolver_config, dns, node.namespace, upstreams
+        )
     node = dataclasses.replace(
         node,
         virtual_addresses=block,
