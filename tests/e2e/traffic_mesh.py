@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
 import ssl
 import subprocess
@@ -26,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.e2e.certs import CertFiles, TlsSession, client_tls_context
 from tests.e2e.upstreams import Reply, TcpEcho, Upstream
@@ -349,6 +352,7 @@ class TrafficMesh:
         app_port: int = 0,
         protocol: str = "HTTP",
         namespace: str = "",
+        metadata: dict[str, Any] | None = None,
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
         is written here, on its own address); return it once Envoy is LIVE.
@@ -357,7 +361,9 @@ class TrafficMesh:
         ``bootstrap_args`` are more ``xdsd bootstrap`` flags (e.g. ``--xds-tls-ca``).
         ``app_port`` is where the client's own application listens on 127.0.0.1 (its
         service's targetPort; default: a free port nobody listens on), speaking
-        ``protocol``; ``namespace`` is the service's and the node's (default: default)."""
+        ``protocol``; ``namespace`` is the service's and the node's (default: default).
+        ``metadata`` is laid over the bootstrap's node metadata (e.g. a
+        ``virtual_addresses`` block)."""
         ip, outbound_ip = self.ip(), self.ip()
         inbound_port = free_port(ip)
         lines = f'kind = "Service"\nname = "{name}"\n'
@@ -407,7 +413,12 @@ class TrafficMesh:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         path = self.root / f"envoy-{name}.yaml"
-        path.write_text(proc.stdout)
+        text = proc.stdout
+        if metadata:
+            bootstrap = yaml.safe_load(text)
+            bootstrap["node"].setdefault("metadata", {}).update(metadata)
+            text = json.dumps(bootstrap)  # YAML reads JSON
+        path.write_text(text)
         extra = ("--drain-time-s", str(drain_time_s)) if drain_time_s else ()
         envoy = Envoy(path, admin_port, self.root, extra)
         self._things.append(envoy)

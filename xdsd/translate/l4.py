@@ -112,9 +112,14 @@ def plan_l4_listener(
     rules: Mapping[ResourceKey, VirtualService],
     group: PortGroup,
     caller: L4Caller,
+    *,
+    own_default: bool = False,
 ) -> L4ListenerPlan:
     """The plan of ``group``'s outbound listener for ``caller`` (see the module doc);
     ``rules`` is the VirtualService of each service (``routes.virtual_service_index``).
+    ``own_default`` gives each TLS service its own chain after its rules' chains even
+    when some of them apply (a virtual-address listener: a connection to the service's
+    address whose SNI no rule names still belongs to the service).
 
     Raises TranslationError naming the rule's file for every destination of the rules of
     the port's services that cannot be translated (unknown service, port or subset, or an
@@ -126,7 +131,9 @@ def plan_l4_listener(
     for service, port in group.tcp:
         vs = rules.get(service.key)
         if port.protocol is Protocol.TLS:
-            chains.extend(_tls_chains(mesh, vs, service, port, caller, several, problems))
+            chains.extend(
+                _tls_chains(mesh, vs, service, port, caller, several, problems, own_default)
+            )
         else:
             chains.extend(_tcp_chains(mesh, vs, service, port, caller, problems))
     if problems:
@@ -210,6 +217,7 @@ def _tls_chains(
     caller: L4Caller,
     several: bool,
     problems: list[Problem],
+    own_default: bool = False,
 ) -> list[FilterChainPlan]:
     out: list[FilterChainPlan] = []
     handled: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
@@ -227,7 +235,7 @@ def _tls_chains(
             handled.add(key)
             names = () if "*" in match.sni_hosts else match.sni_hosts
             out.append(FilterChainPlan(clusters, names, match.destination_subnets))
-    if not out:
+    if not out or own_default:
         names = tuple(service.host_names) if several else ()
         out.append(FilterChainPlan(_own(service, port), names))
     return out

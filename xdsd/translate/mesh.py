@@ -325,10 +325,11 @@ class MeshTranslation:
             out.append(lambda: parts.gateway(node, source, style))
         elif node.role is Role.SIDECAR:
             out.append(lambda: parts.inbound(node, scope, source))
-            out.append(lambda: parts.outbound(node.outbound_ip, source, style, caller, scope))
+            vips = parts.serves_virtual(node)
+            out.append(lambda: parts.outbound(node.outbound_ip, source, style, caller, scope, vips))
             out.append(lambda: parts.l4_listeners(node, scope))
             if node.client is ClientKind.ENVOY and self.mesh_config.dns.enabled:
-                if node.virtual_addresses:
+                if vips:
                     out.append(lambda: parts.virtual_listeners(node, scope, source, style, caller))
                 if node.dns:
                     out.append(lambda: parts.dns_listener(node, scope))

@@ -24,8 +24,10 @@ from xdsd.model import (
     Locality,
     Mesh,
     Port,
+    Protocol,
     Resolution,
     ResourceKey,
+    Service,
     TrafficPolicy,
     VirtualService,
 )
@@ -33,7 +35,11 @@ from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
 from xdsd.resources import SECRET, Resource
 from xdsd.translate import jwt_authn
-from xdsd.translate.clusters import build_inbound_cluster, outbound_clusters
+from xdsd.translate.clusters import (
+    build_inbound_cluster,
+    outbound_cluster_name,
+    outbound_clusters,
+)
 from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
 from xdsd.translate.gateways import (
     RoutePlan,
@@ -53,6 +59,7 @@ from xdsd.translate.l4 import (
 )
 from xdsd.translate.listeners import (
     HTTP_PROXY_PORT,
+    HTTP_PROXY_ROUTES,
     api_listener,
     http_proxy_listener,
     inbound_listener,
@@ -63,9 +70,9 @@ from xdsd.translate.listeners import (
 from xdsd.translate.locality import CallerKey, LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.memo import Memo, Selections
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
-from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
+from xdsd.translate.node import NODE_PATH, ClientKind, ConfigSourceKind, NodeClass, Role
 from xdsd.translate.peer_authentication import CalleeModes
-from xdsd.translate.placement import check_binds, check_port_groups
+from xdsd.translate.placement import PortGroup, ambiguous, check_binds, check_port_groups
 from xdsd.translate.policy_index import PolicyIndex
 from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
@@ -79,6 +86,17 @@ from xdsd.translate.sidecar_ports import (
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
 from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, allocate
+from xdsd.translate.virtual_listeners import (
+    VirtualPlan,
+    bind_problems,
+    dns_cluster,
+    is_forward,
+    node_sockets,
+    plan_virtual,
+    virtual_http_listener,
+    virtual_l4_listener,
+    with_dns_clusters,
+)
 from xdsd.translate.workload_security import WorkloadPolicies
 
 #: The VirtualServices bound to each Gateway of a route configuration's servers, each
@@ -125,6 +143,12 @@ class ClassParts:
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
         self._virtual: VirtualAddresses | None = None
+        # Virtual-address listeners: plans per (block, scope), TCP/TLS plans per (service
+        # keys, port, caller), bind problems per what the node binds besides.
+        self._vip_plans: dict[tuple[AddressBlock, Scope], VirtualPlan] = {}
+        self._vip_l4_plans: dict[tuple[Hashable, ...], L4ListenerPlan] = {}
+        self._vip_checks: dict[tuple[Hashable, ...], list[Problem]] = {}
+        self._unambiguous_groups: dict[int, PortGroup] | None = None
 
     def virtual_addresses(self) -> VirtualAddresses:
         """Every service's virtual address slot (or pinned addresses), allocated once per
@@ -140,6 +164,18 @@ class ClassParts:
                 ) from None
         return self._virtual
 
+    def serves_virtual(self, node: NodeClass) -> bool:
+        """True when ``node`` gets virtual-address listeners: an Envoy sidecar whose
+        metadata names a block, while ``[mesh.dns]`` is enabled. Such a class goes
+        without the per-port listeners of ports several services cannot share
+        (``placement.ambiguous``), which are errors for other classes."""
+        return (
+            node.role is Role.SIDECAR
+            and node.client is ClientKind.ENVOY
+            and self._mesh_config.dns.enabled
+            and bool(node.virtual_addresses)
+        )
+
     def virtual_listeners(
         self,
         node: NodeClass,
@@ -149,9 +185,186 @@ class ClassParts:
         caller: Caller,
     ) -> tuple[Resource, ...]:
         """An Envoy sidecar's listeners on ``VIP:PORT``, one per port of each service
-        ``scope`` lets it see, its VIPs in the block ``node.virtual_addresses`` (issue
-        19: not built yet)."""
-        return ()
+        ``scope`` lets it see, its VIPs in the block ``node.virtual_addresses`` (see
+        ``virtual_listeners``), with the route configurations and DNS clusters they
+        name. A selection keyed by the block, the outbound address, how the class
+        fetches and matches, the caller and the scope.
+
+        Raises TranslationError when the node's block is smaller than the settings'
+        (slots would fall outside it), for pairs that cannot share a listener, rules
+        that cannot be translated, and VIP listeners that would collide with the node's
+        other sockets (``virtual_listeners.bind_problems``)."""
+        if not self.serves_virtual(node):
+            return ()
+        virtual = self.virtual_addresses()
+        try:
+            block = AddressBlock.parse(node.virtual_addresses)
+        except ValueError as err:  # the node reader checks it: this is a guard
+            raise TranslationError([Problem(NODE_PATH, 0, "virtual_addresses", str(err))]) from None
+        if block.size < virtual.size:
+            settings = self._mesh_config.dns.virtual_addresses
+            raise TranslationError(
+                [
+                    Problem(
+                        NODE_PATH,
+                        0,
+                        "virtual_addresses",
+                        f"the node's block {node.virtual_addresses} has {block.size} "
+                        f"addresses, fewer than the {virtual.size} of the settings' block "
+                        f"{settings} (mesh.dns.virtual_addresses) that addresses are "
+                        f"allocated in: give the node a block at least as large as "
+                        f"{settings}",
+                    )
+                ]
+            )
+        if self._l4_by_caller is None:
+            self._l4_by_caller = caller_dependent(self.mesh)
+        l4_caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
+        problems: list[Problem] = []
+        out: tuple[Resource, ...] = ()
+        try:
+            out = self._selections.get(
+                self._virtual_part,
+                node.virtual_addresses,
+                node.outbound_ip,
+                source,
+                style,
+                caller,
+                l4_caller,
+                scope,
+            )
+        except TranslationError as err:
+            problems.extend(err.problems)
+        problems.extend(p for p in self._virtual_binds(node, scope, block) if p not in problems)
+        if problems:
+            raise TranslationError(problems)
+        return out
+
+    def _virtual_plan(self, block: AddressBlock, scope: Scope) -> VirtualPlan:
+        """The VIP listeners of a block and scope (computed once per translation)."""
+        key = (block, scope)
+        found = self._vip_plans.get(key)
+        if found is None:
+            found = plan_virtual(self.mesh.services, scope, self.virtual_addresses(), block)
+            self._vip_plans[key] = found
+        return found
+
+    def _virtual_part(
+        self,
+        block_text: str,
+        ip: str,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
+        l4_caller: L4Caller,
+        scope: Scope,
+    ) -> list[Resource]:
+        """The selection ``virtual_listeners`` memoizes."""
+        plan = self._virtual_plan(AddressBlock.parse(block_text), scope)
+        problems = list(plan.problems)
+        memo = self._memo
+        block = scope.registry_only
+        routes: dict[tuple[ResourceKey, int], tuple[str, PortGroup, Hashable]] = {}
+        for group, view in self._scoping.default_groups(scope, ip):
+            for service, _ in group.http:
+                routes[(service.key, group.number)] = (port_route_name(group.number), group, view)
+        for bind, group, view in self._scoping.explicit_groups(scope):
+            for service, _ in group.http:
+                name = explicit_route_name(bind, group.number)
+                routes.setdefault((service.key, group.number), (name, group, view))
+        out: list[Resource] = []
+        rest = source is ConfigSourceKind.REST
+        for pair in plan.pairs:
+            service, port = pair.members[0]
+            if port.protocol.is_http:
+                if is_forward(pair):  # the route configuration comes with ``outbound``
+                    listener = memo.resource(
+                        virtual_http_listener, pair.vip, pair.port, HTTP_PROXY_ROUTES, source, True
+                    )
+                    out.append(listener)
+                    continue
+                found = routes.get((service.key, pair.port))
+                if found is None:  # no listener of the scope serves the port
+                    continue
+                name, group, view = found
+                try:
+                    out.append(
+                        self._routes.port_routes(
+                            group, style, caller, view=view, name=name, block_unknown=block
+                        )
+                    )
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+                    continue
+                out.append(memo.resource(virtual_http_listener, pair.vip, pair.port, name, source))
+                continue
+            tls = port.protocol is Protocol.TLS
+            forward = tuple(
+                outbound_cluster_name(p.number, "", s.fqdn)
+                for s, p in pair.members
+                if tls and s.resolution is Resolution.NONE
+            )
+            direct = tuple(
+                m for m in pair.members if not (tls and m[0].resolution is Resolution.NONE)
+            )
+            l4 = L4ListenerPlan(pair.port, ())
+            if direct:
+                try:
+                    l4 = self._virtual_l4_plan(direct, pair.port, l4_caller)
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+                    continue
+                l4, targets = with_dns_clusters(self.mesh, l4)
+                for t in targets:
+                    rule = self.mesh.destination_rule(t.service)
+                    out.append(memo.resource(dns_cluster, t.service, t.port, t.subset, rule, rest))
+            out.append(memo.resource(virtual_l4_listener, pair.vip, l4, tls, forward))
+        if problems:
+            raise TranslationError(problems)
+        return out
+
+    def _virtual_l4_plan(
+        self, members: tuple[tuple[Service, Port], ...], number: int, caller: L4Caller
+    ) -> L4ListenerPlan:
+        """The TCP/TLS plan of the services on one VIP listener (``l4``, each TLS service
+        with its own chain after its rules'), per translation."""
+        key = (tuple(s.key for s, _ in members), number, caller)
+        found = self._vip_l4_plans.get(key)
+        if found is None:
+            group = PortGroup(number, members)
+            found = plan_l4_listener(self.mesh, self._rules(), group, caller, own_default=True)
+            self._vip_l4_plans[key] = found
+        return found
+
+    def _virtual_binds(self, node: NodeClass, scope: Scope, block: AddressBlock) -> list[Problem]:
+        """The collisions of ``node``'s VIP listeners with its other sockets (memoized by
+        what they depend on)."""
+        own, instance_ip = self._listening(node)
+        own_ports = own.ports if own is not None else ()
+        key = (block, scope, own_ports, instance_ip, node.outbound_ip)
+        found = self._vip_checks.get(key)
+        if found is None:
+            per_port = [
+                g.number
+                for g, _ in self._scoping.default_groups(scope, node.outbound_ip)
+                if not ambiguous(g)
+            ]
+            explicit = [(b, g.number) for b, g, _ in self._scoping.explicit_groups(scope)]
+            sockets = node_sockets(own, instance_ip, node.outbound_ip, per_port, explicit)
+            plan = self._virtual_plan(block, scope)
+            found = bind_problems(plan.pairs, sockets, node.outbound_ip)
+            self._vip_checks[key] = found
+        return found
+
+    def _listening(self, node: NodeClass) -> tuple[Service | None, str]:
+        """The service whose ports ``node``'s inbound listeners serve (its Sidecar's
+        ingress listeners, when it has some) and the address they bind."""
+        scoping = self._scoping
+        own = scoping.own_service(node)
+        sidecar = scoping.sidecar(node)
+        if sidecar is not None and sidecar.ingress:
+            own = ingress_service(sidecar, own, node.service, node.namespace)
+        return own, scoping.instance_ip(node)
 
     def dns_listener(self, node: NodeClass, scope: Scope) -> tuple[Resource, ...]:
         """An Envoy sidecar's UDP DNS listener on ``node.dns``, answering the names of
@@ -187,17 +400,24 @@ class ClassParts:
         listeners can bind. Under mesh mutual TLS the listeners take what its mode lets
         in (their secrets fetched the way ``source`` says)."""
         scoping = self._scoping
-        own = scoping.own_service(node)
-        instance_ip = scoping.instance_ip(node)
+        own, instance_ip = self._listening(node)
         sidecar = scoping.sidecar(node)
-        if sidecar is not None and sidecar.ingress:
-            own = ingress_service(sidecar, own, node.service, node.namespace)
+        # A class with virtual addresses reaches the services of an ambiguous port on
+        # their own addresses and goes without that port's per-port listener.
+        vips = self.serves_virtual(node)
         if scope is EVERYTHING or scope is EVERYTHING_REGISTRY_ONLY:
-            problems = scoping.port_group_problems() + check_binds(
-                own, instance_ip, node.outbound_ip, scoping.groups_by_number(), HTTP_PROXY_PORT
-            )
+            if vips:
+                problems = check_binds(
+                    own, instance_ip, node.outbound_ip, self._unambiguous(), HTTP_PROXY_PORT
+                )
+            else:
+                problems = scoping.port_group_problems() + check_binds(
+                    own, instance_ip, node.outbound_ip, scoping.groups_by_number(), HTTP_PROXY_PORT
+                )
         else:
             groups = scoping.default_groups(scope, node.outbound_ip)
+            if vips:
+                groups = [(g, v) for g, v in groups if not ambiguous(g)]
             explicit = scoping.explicit_groups(scope)
             problems = check_port_groups([g for g, _ in groups] + [g for _, g, _ in explicit])
             problems += check_binds(
@@ -228,6 +448,14 @@ class ClassParts:
             out.extend(jwt_authn.jwks_clusters(policies, memo))  # its listeners fetch through
         return out
 
+    def _unambiguous(self) -> dict[int, PortGroup]:
+        """The mesh's port groups that can have a per-port listener, by number."""
+        if self._unambiguous_groups is None:
+            self._unambiguous_groups = {
+                n: g for n, g in self._scoping.groups_by_number().items() if not ambiguous(g)
+            }
+        return self._unambiguous_groups
+
     def outbound(
         self,
         ip: str,
@@ -235,11 +463,13 @@ class ClassParts:
         style: MatcherStyle,
         caller: Caller,
         scope: Scope = EVERYTHING,
+        vips: bool = False,
     ) -> tuple[Resource, ...]:
         """Outbound HTTP listeners on ``ip`` (and on the bind addresses of explicit
         egress listeners) and the route configurations they name, as ``caller`` sees them
-        and as far as ``scope`` lets it see."""
-        return self._selections.get(self._outbound, ip, source, style, caller, scope)
+        and as far as ``scope`` lets it see; with ``vips`` (a class with virtual-address
+        listeners) without the per-port listeners of ambiguous ports."""
+        return self._selections.get(self._outbound, ip, source, style, caller, scope, vips)
 
     def _outbound(
         self,
@@ -248,6 +478,7 @@ class ClassParts:
         style: MatcherStyle,
         caller: Caller,
         scope: Scope,
+        vips: bool,
     ) -> list[Resource]:
         """The selection ``outbound`` memoizes."""
         block = scope.registry_only
@@ -256,6 +487,8 @@ class ClassParts:
         problems: list[Problem] = []
         routes = self._routes
         for group, view in self._scoping.default_groups(scope, ip):
+            if vips and ambiguous(group):
+                continue
             if group.http:
                 out.append(memo.resource(outbound_http_listener, ip, group.number, source))
                 try:
@@ -297,18 +530,23 @@ class ClassParts:
         """The outbound listeners of the TCP/TLS ports on ``node.outbound_ip``. They depend
         on the node's namespace and labels only when some tcp/tls match looks at them, so
         the selection is keyed by those only then (see ``l4``). A MOSN node is refused a
-        listener it would apply only in part (see ``mosn.l4_problems``)."""
+        listener it would apply only in part (see ``mosn.l4_problems``). A class with
+        virtual-address listeners goes without those of ambiguous ports."""
         if self._l4_by_caller is None:
             self._l4_by_caller = caller_dependent(self.mesh)
         caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
         mosn = node.client is ClientKind.MOSN
-        return self._selections.get(self._l4, node.outbound_ip, caller, mosn, scope)
+        vips = self.serves_virtual(node)
+        return self._selections.get(self._l4, node.outbound_ip, caller, mosn, scope, vips)
 
-    def _l4(self, ip: str, caller: L4Caller, mosn: bool, scope: Scope) -> list[Resource]:
+    def _l4(
+        self, ip: str, caller: L4Caller, mosn: bool, scope: Scope, vips: bool
+    ) -> list[Resource]:
         """The selection ``l4_listeners`` memoizes."""
         out: list[Resource] = []
         problems: list[Problem] = []
-        wanted = [(ip, g, v) for g, v in self._scoping.default_groups(scope, ip)]
+        default = self._scoping.default_groups(scope, ip)
+        wanted = [(ip, g, v) for g, v in default if not (vips and ambiguous(g))]
         wanted += [(b or ip, g, v) for b, g, v in self._scoping.explicit_groups(scope)]
         for address, group, view in wanted:
             if group.http or not group.tcp:

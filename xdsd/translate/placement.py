@@ -88,6 +88,20 @@ def check_port_groups(groups: Sequence[PortGroup]) -> list[Problem]:
     return [problem for group in groups for problem in _protocol_mix(group)]
 
 
+def ambiguous(group: PortGroup) -> bool:
+    """True when ``group``'s port cannot have one outbound listener (what
+    ``check_port_groups`` reports about it): two plain TCP services, TCP next to TLS, or
+    HTTP next to TCP/TLS. A sidecar with virtual addresses reaches each of those services
+    on its own address instead, and goes without the port's per-port listener."""
+    tcp = group.tcp
+    if not tcp:
+        return False
+    if group.http:
+        return True
+    plain = sum(1 for _, p in tcp if p.protocol is not Protocol.TLS)
+    return plain > 1 or (plain == 1 and len(tcp) > 1)
+
+
 def check_binds(
     own: Service | None,
     instance_ip: str,
