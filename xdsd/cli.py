@@ -985,7 +985,29 @@ def _mesh_dns(args: argparse.Namespace, node: Any) -> tuple[Any, str]:
         dns=resolver.host_port(*dns),
         dns_upstream=upstreams,
     )
+    _check_metadata(node)
     return node, resolver.advice(dns, node.namespace, upstreams)
+
+
+def _check_metadata(node: Any) -> None:
+    """Raise UsageError, naming the flag, when xdsd would refuse the mesh DNS metadata of
+    ``node`` as it reads a node (``node_class_from_node``): a bootstrap never carries a
+    value the daemon refuses."""
+    from xdsd.translate import ConfigSourceKind
+    from xdsd.translate.node import node_class_from_node
+    from xdsd.translate.static import node_message
+
+    flags = {
+        "virtual_addresses": "--virtual-addresses",
+        "dns": "--dns",
+        "dns_upstream": "--dns-upstream",
+    }
+    try:
+        node_class_from_node(node_message("check", node), config_source=ConfigSourceKind.ADS)
+    except TranslationError as e:
+        problem = e.problems[0]
+        key = problem.field.split(".")[-1] if problem.field else ""
+        raise UsageError(f"{flags.get(key, key)}: {problem.message}") from None
 
 
 def _is_wildcard(ip: str) -> bool:

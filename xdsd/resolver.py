@@ -100,6 +100,12 @@ def parse_dns(text: str) -> tuple[str, int]:
             f"--dns wants IP:PORT, an address of this host and a port 1-65535 "
             f"(e.g. 127.0.0.1:{DEFAULT_DNS_PORT}); got {text!r}"
         )
+    address = ipaddress.ip_address(parsed[0])
+    if address.is_unspecified or address.is_multicast:
+        raise UsageError(
+            f"--dns {text}: one address of this host, not {address} (a DNS listener on "
+            "every interface would be an open resolver)"
+        )
     return parsed
 
 

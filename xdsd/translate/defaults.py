@@ -51,6 +51,8 @@ def apply_mesh_config(
         if resource.type_url != LISTENER:
             continue
         sock = resource.message.address.socket_address
+        if sock.protocol == sock.UDP:
+            continue  # a UDP listener (DNS) shares no port with the TCP stats listener
         if sock.port_value == stats.port and overlaps(sock.address, ip):
             return [
                 Problem(

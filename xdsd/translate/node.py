@@ -222,9 +222,37 @@ def _is_host_port(value: Any) -> bool:
     return not value or split_host_port(value) is not None
 
 
+def _is_dns_address(value: Any) -> bool:
+    """The DNS listener's ``IP:PORT`` (``_is_host_port``) on a unicast address, or empty
+    (not given): not the any-address (an open resolver on every interface), a multicast
+    or broadcast address, or an IPv6 address with a scope (Envoy cannot bind it)."""
+    if not _is_host_port(value):
+        return False
+    found = split_host_port(value)
+    return found is None or _is_unicast(found[0])
+
+
 def _is_resolver(value: Any) -> bool:
-    """A resolver: an IP literal, or ``IP:PORT``."""
-    return isinstance(value, str) and bool(value) and (is_ip(value) or _is_host_port(value))
+    """A resolver: a unicast IP literal (``_is_unicast``), or ``IP:PORT`` of one."""
+    if not isinstance(value, str) or not value:
+        return False
+    if is_ip(value):
+        return _is_unicast(value)
+    found = split_host_port(value)
+    return found is not None and _is_unicast(found[0])
+
+
+def _is_unicast(host: str) -> bool:
+    """An IP literal a socket can be bound to or sent to as one host: not the
+    any-address, multicast, the IPv4 broadcast address, or IPv6 with a scope."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return False
+    broadcast = ip == ipaddress.IPv4Address("255.255.255.255")
+    return not (ip.is_unspecified or ip.is_multicast or broadcast)
 
 
 def split_host_port(text: str) -> tuple[str, int] | None:
@@ -246,7 +274,7 @@ def _read_resolvers(metadata: Fields) -> tuple[str, ...]:
     listed = metadata.value(
         "dns_upstream",
         lambda v: isinstance(v, list) and len(v) <= 8 and all(_is_resolver(x) for x in v),
-        "a list of at most 8 resolvers, IP or IP:PORT",
+        "a list of at most 8 resolvers, IP or IP:PORT of a unicast address",
     )
     return tuple(listed) if listed else ()
 
@@ -273,7 +301,9 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
     blocks = metadata.value(
         "virtual_addresses", _is_block, "an IPv4 network in CIDR notation (127.240.0.0/16)", ""
     )
-    dns = metadata.value("dns", _is_host_port, "IP:PORT", "")
+    dns = metadata.value(
+        "dns", _is_dns_address, "IP:PORT of a unicast address (127.0.0.1:15053)", ""
+    )
     dns_upstream = _read_resolvers(metadata)
     capture = metadata.value(
         "capture",

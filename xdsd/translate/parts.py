@@ -40,6 +40,8 @@ from xdsd.translate.clusters import (
     outbound_cluster_name,
     outbound_clusters,
 )
+from xdsd.translate.dns import dns_listener as build_dns_listener
+from xdsd.translate.dns import dns_table, upstream_loops
 from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
 from xdsd.translate.gateways import (
     RoutePlan,
@@ -70,7 +72,14 @@ from xdsd.translate.listeners import (
 from xdsd.translate.locality import CallerKey, LocalityPolicy, caller_key, locality_policy, localize
 from xdsd.translate.memo import Memo, Selections
 from xdsd.translate.mosn import l4_problems as mosn_l4_problems
-from xdsd.translate.node import NODE_PATH, ClientKind, ConfigSourceKind, NodeClass, Role
+from xdsd.translate.node import (
+    NODE_PATH,
+    ClientKind,
+    ConfigSourceKind,
+    NodeClass,
+    Role,
+    split_host_port,
+)
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import PortGroup, ambiguous, check_binds, check_port_groups
 from xdsd.translate.policy_index import PolicyIndex
@@ -367,10 +376,79 @@ class ClassParts:
         return own, scoping.instance_ip(node)
 
     def dns_listener(self, node: NodeClass, scope: Scope) -> tuple[Resource, ...]:
-        """An Envoy sidecar's UDP DNS listener on ``node.dns``, answering the names of
-        the services ``scope`` lets it see with their virtual addresses (issue 19: not
-        built yet)."""
-        return ()
+        """An Envoy sidecar's UDP DNS listener ``dns|IP|PORT`` on ``node.dns`` (see
+        ``translate/dns.py``): the names of the services ``scope`` lets it see, answered
+        with their virtual addresses in the node's block (``node.virtual_addresses``,
+        else the settings'), AAAA from ``[mesh.dns] virtual_addresses_v6``; every other
+        name forwarded to ``node.dns_upstream``, else ``[mesh.dns] upstream``, else the
+        proxy host's resolvers. Nothing when ``node.dns`` is empty. A selection keyed by
+        the listener's address, the namespace (short names), what the scope shows, the
+        block and the upstream resolvers; the listener itself is memoized by its table,
+        so classes that see the same names share it. Raises TranslationError when the
+        node's block is smaller than the allocation's, or an upstream resolver is the
+        listener itself (a forwarding loop)."""
+        found = split_host_port(node.dns)
+        if found is None:
+            return ()
+        dns = self._mesh_config.dns
+        upstream = node.dns_upstream or dns.upstream
+        block = node.virtual_addresses or dns.virtual_addresses
+        return self._selections.get(
+            self._dns, found, node.namespace, scope.visible, block, upstream
+        )
+
+    def _dns(
+        self,
+        address: tuple[str, int],
+        namespace: str,
+        visible: frozenset[ResourceKey] | None,
+        block_text: str,
+        upstream: tuple[str, ...],
+    ) -> list[Resource]:
+        """The selection ``dns_listener`` memoizes."""
+        ip, port = address
+        dns = self._mesh_config.dns
+        problems = upstream_loops(
+            ip, port, upstream, from_node=bool(upstream) and upstream != dns.upstream
+        )
+        if problems:
+            raise TranslationError(problems)
+        virtual = self.virtual_addresses()
+        block = AddressBlock.parse(block_text)
+        block_v6 = (
+            AddressBlock.parse(dns.virtual_addresses_v6) if dns.virtual_addresses_v6 else None
+        )
+        services = (
+            self.mesh.services
+            if visible is None
+            else [s for s in self.mesh.services if s.key in visible]
+        )
+        if block.size < virtual.size:
+            raise TranslationError(
+                [
+                    Problem(
+                        NODE_PATH,
+                        0,
+                        "metadata.virtual_addresses",
+                        f"{block_text} has {block.size} addresses, fewer than the mesh's "
+                        f"block {dns.virtual_addresses} ({virtual.size})",
+                    )
+                ]
+            )
+        if block_v6 is not None and block_v6.size < virtual.size:
+            raise TranslationError(
+                [
+                    Problem(
+                        "<settings>",
+                        0,
+                        "mesh.dns.virtual_addresses_v6",
+                        f"{dns.virtual_addresses_v6} has {block_v6.size} addresses, fewer "
+                        f"than the IPv4 block {dns.virtual_addresses} ({virtual.size})",
+                    )
+                ]
+            )
+        table = dns_table(services, namespace, virtual, block, block_v6)
+        return [self._memo.resource(build_dns_listener, ip, port, table, upstream, dns.ttl)]
 
     def _rules(self) -> dict[ResourceKey, VirtualService]:
         """The mesh's VirtualService of each service (computed once)."""
