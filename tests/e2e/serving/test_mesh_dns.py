@@ -34,12 +34,13 @@ from xdsd.resolver import nameservers
 DNS = ("127.0.10.53", 53)
 VIRTUAL_ADDRESSES = "127.240.0.0/16"
 XDS_PORT, ADMIN_PORT, ENVOY_ADMIN = 18000, 19001, 15000
-#: Backends: (name, address, port) — the services' endpoints.
-HTTP_BACKENDS = (("reviews-v1", "127.0.1.21", 9081), ("reviews-v2", "127.0.1.22", 9081))
+#: Backends: (name, address, port) — the services' endpoints, on the service ports (no
+#: sidecar in front of them: the client's sidecar connects to them directly).
+HTTP_BACKENDS = (("reviews-v1", "127.0.1.21", 9080), ("reviews-v2", "127.0.1.22", 9080))
 TCP_BACKENDS = (
-    ("ledger-a", "127.0.1.31", 5433),
-    ("ledger-b", "127.0.1.32", 5433),
-    ("cache", "127.0.1.41", 6380),
+    ("ledger-a", "127.0.1.31", 5432),
+    ("ledger-b", "127.0.1.32", 5432),
+    ("cache", "127.0.1.41", 6379),
 )
 
 SERVICES = """\
@@ -54,7 +55,7 @@ apiVersion: xdsd.io/v1
 kind: Service
 metadata: {name: reviews}
 spec:
-  ports: [{name: http, number: 9080, protocol: HTTP, targetPort: 9081}]
+  ports: [{name: http, number: 9080, protocol: HTTP}]
   endpoints:
   - {address: 127.0.1.21, labels: {app: reviews, version: v1}}
   - {address: 127.0.1.22, labels: {app: reviews, version: v2}}
@@ -63,21 +64,21 @@ apiVersion: xdsd.io/v1
 kind: Service
 metadata: {name: ledger-a}
 spec:
-  ports: [{name: tcp, number: 5432, protocol: TCP, targetPort: 5433}]
+  ports: [{name: tcp, number: 5432, protocol: TCP}]
   endpoints: [{address: 127.0.1.31}]
 ---
 apiVersion: xdsd.io/v1
 kind: Service
 metadata: {name: ledger-b}
 spec:
-  ports: [{name: tcp, number: 5432, protocol: TCP, targetPort: 5433}]
+  ports: [{name: tcp, number: 5432, protocol: TCP}]
   endpoints: [{address: 127.0.1.32}]
 ---
 apiVersion: xdsd.io/v1
 kind: Service
 metadata: {name: cache}
 spec:
-  ports: [{name: tcp, number: 6379, protocol: TCP, targetPort: 6380}]
+  ports: [{name: tcp, number: 6379, protocol: TCP}]
   endpoints: [{address: 127.0.1.41}]
 ---
 apiVersion: networking.istio.io/v1
@@ -327,14 +328,18 @@ def run(ns: str, processes: list[Process], tmp: Path) -> None:
     assert f"outbound|{vip}|9080" in listeners, listeners
 
     def curl_reviews() -> str:
-        body = client("curl", "-sS", "--max-time", "5", "http://reviews:9080/")
-        return str(json.loads(body)["backend"])
+        body = client("curl", "-sS", "--max-time", "5", "-i", "http://reviews:9080/")
+        head, _, rest = body.partition("\n\n")  # text mode: CRLF read as LF
+        assert head.startswith("HTTP/1.1 200"), body
+        return str(json.loads(rest)["backend"])
 
     wait_until(lambda: curl_reviews() == "reviews-v1", timeout=60, what="curl to reach reviews")
     assert {curl_reviews() for _ in range(5)} == {"reviews-v1"}
     page = json.loads(client(python, "-c", CLIENT, "http", "http://reviews:9080/"))
     assert page["backend"] == "reviews-v1"
-    assert page["headers"]["Host"] == "reviews:9080"
+    headers = {k.lower(): v for k, v in page["headers"].items()}
+    assert headers["host"] == "reviews:9080"
+    assert "x-request-id" in headers and "x-forwarded-proto" in headers  # through Envoy
 
     # TCP by name: two services on one port, and another, each its own backend
     for name, port in (("ledger-a", 5432), ("ledger-b", 5432), ("cache", 6379)):
