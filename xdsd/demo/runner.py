@@ -403,7 +403,8 @@ def by_name(layout: Layout, workdir: Path) -> list[str]:
         f"  3. by name:  curl --resolve productpage:{SERVICE_PORT}:{vip} {url}",
         f"               (productpage's virtual address; {layout.dns_workload}'s sidecar answers "
         "DNS:",
-        f"               dig @{ip} -p {port} productpage.default.svc.cluster.local)",
+        f"               dig @{ip}{'' if port == 53 else f' -p {port}'} "
+        "productpage.default.svc.cluster.local)",
     ]
     resolv = workdir / "resolv.conf"
     if port == 53 and resolv.exists():

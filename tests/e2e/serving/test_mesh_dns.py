@@ -18,10 +18,12 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,18 @@ from tests.harness import Process, envoy_binary, wait_until, write_atomically
 from tests.paths import REPO
 from xdsd.resolver import nameservers
 
+#: The sidecar runs as nobody with CAP_NET_BIND_SERVICE (bit 10) as its only capability.
+NOBODY = 65534
+CAP_NET_BIND_SERVICE = 10
+UNPRIVILEGED = (
+    "setpriv",
+    f"--reuid={NOBODY}",
+    f"--regid={NOBODY}",
+    "--clear-groups",
+    "--inh-caps=-all,+net_bind_service",
+    "--ambient-caps=-all,+net_bind_service",
+    "--bounding-set=-all,+net_bind_service",
+)
 #: Where the sidecar's DNS listens: resolv.conf can name port 53 only.
 DNS = ("127.0.10.53", 53)
 VIRTUAL_ADDRESSES = "127.240.0.0/16"
@@ -139,7 +153,12 @@ def missing() -> str:
     """Why this host cannot run the test ("" when it can)."""
     if os.geteuid() != 0:
         return "needs root: it creates a network namespace and a mount namespace"
-    for tool, why in (("ip", "iproute2"), ("unshare", "util-linux"), ("curl", "curl")):
+    for tool, why in (
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("setpriv", "util-linux"),
+        ("curl", "curl"),
+    ):
         if shutil.which(tool) is None:
             return f"needs `{tool}` ({why})"
     probe = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True)
@@ -191,11 +210,16 @@ def started(things: list[Process]) -> Iterator[None]:
 
 def test_unchanged_clients_call_services_by_name(namespace: str, tmp_path: Path) -> None:
     processes: list[Process] = []
-    with started(processes):
-        run(namespace, processes, tmp_path)
+    cleanups: list[Callable[[], None]] = []
+    try:
+        with started(processes):
+            run(namespace, processes, cleanups, tmp_path)
+    finally:
+        for cleanup in cleanups:
+            cleanup()
 
 
-def run(ns: str, processes: list[Process], tmp: Path) -> None:
+def run(ns: str, processes: list[Process], cleanups: list[Callable[[], None]], tmp: Path) -> None:
     config = tmp / "config"
     write_atomically(config / "services.yaml", SERVICES)
     write_atomically(config / "canary.yaml", CANARY.format(v1=100, v2=0))
@@ -288,12 +312,20 @@ def run(ns: str, processes: list[Process], tmp: Path) -> None:
     )
     assert made.returncode == 0, made.stderr
     assert nameservers((tmp / "resolv.conf").read_text()) == [DNS[0]]
+    # Envoy as an unprivileged user with CAP_NET_BIND_SERVICE alone, as the sidecar unit
+    # runs it (systemd/xdsd-sidecar.service): that is enough for port 53
+    shared = Path(tempfile.mkdtemp(prefix="xdsd-mesh-dns-"))
+    cleanups.append(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o755)
+    shutil.copy(tmp / "client.yaml", shared / "client.yaml")
+    (shared / "client.yaml").chmod(0o644)
     envoy = start(
         "envoy",
         [
+            *UNPRIVILEGED,
             envoy_binary(),
             "-c",
-            str(tmp / "client.yaml"),
+            str(shared / "client.yaml"),
             "--disable-hot-restart",
             "--concurrency",
             "1",
@@ -319,6 +351,16 @@ def run(ns: str, processes: list[Process], tmp: Path) -> None:
         what="reviews to resolve in the client's namespace",
     )
     assert ipaddress.ip_address(vip) in block, vip
+
+    # the DNS socket on port 53 is held by nobody, with one capability
+    sockets = in_ns("ss", "-Hulnp", f"sport = :{DNS[1]}").stdout
+    (holder,) = {int(pid) for pid in re.findall(r"pid=(\d+)", sockets)}
+    status = Path(f"/proc/{holder}/status").read_text()
+    assert re.search(rf"^Uid:\s+{NOBODY}\s", status, re.M), status
+    capabilities = re.search(r"^CapEff:\s+([0-9a-f]+)$", status, re.M)
+    assert capabilities, status
+    assert int(capabilities[1], 16) == 1 << CAP_NET_BIND_SERVICE, capabilities[1]
+
     for name in ("reviews.default", "reviews.default.svc.cluster.local"):
         assert client(python, "-c", CLIENT, "resolve", name) == vip
     addresses = {n: client(python, "-c", CLIENT, "resolve", n) for n in ("ledger-a", "ledger-b")}
