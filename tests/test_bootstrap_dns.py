@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,17 @@ import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import deadline, fuzz_settings
 from tests.harness import envoy_accepts
 from xdsd import resolver
 from xdsd.cli import main
 from xdsd.errors import UsageError
 from xdsd.translate import ConfigSourceKind, NodeClass, bootstrap
 from xdsd.translate.node import node_class_from_node
+from xdsd.translate.static import node_message
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -218,6 +223,13 @@ def test_resolver_files(host: Path, tmp_path: Path) -> None:
     assert not other.exists()
 
 
+def test_upstreams_skip_addresses_no_query_can_go_to(host: Path) -> None:
+    (host / "resolv.conf").write_text("nameserver 0.0.0.0\nnameserver 192.0.2.1\n")
+    doc, _, err = boot()
+    assert doc["node"]["metadata"]["dns_upstream"] == ["192.0.2.1"]
+    assert "names 0.0.0.0: not an address a query can be sent to" in err
+
+
 def test_upstreams_skip_the_sidecar_itself(host: Path) -> None:
     (host / "resolv.conf").write_text("nameserver 127.0.10.53\nnameserver 192.0.2.1\n")
     doc, _, err = boot("--dns", "127.0.10.53:53")
@@ -286,3 +298,38 @@ def test_snippets() -> None:
         "svc.cluster.local",
         "cluster.local",
     )
+
+
+_LINE = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda a: f"nameserver {a}", st.ip_addresses().map(str)),
+    st.builds(lambda a: f"nameserver {a}", st.text(max_size=40)),
+    st.sampled_from(
+        [
+            "nameserver 127.0.0.53",
+            "nameserver fe80::1%eth0",
+            "nameserver",
+            "nameserver 0.0.0.0",
+            "nameserver ff02::1",
+        ]
+    ),
+)
+
+
+@fuzz_settings()
+@given(lines=st.lists(_LINE, max_size=20), own_port=st.sampled_from([53, 15053]))
+def test_fuzz_host_resolv_conf(tmp_path_factory: Any, lines: list[str], own_port: int) -> None:
+    """Whatever the host's resolv.conf holds: the upstreams are unicast IP literals xdsd's
+    node metadata accepts, at most 8, never the sidecar itself nor resolved's stub."""
+    with deadline("test_fuzz_host_resolv_conf"):
+        path = tmp_path_factory.mktemp("resolv") / "resolv.conf"
+        path.write_text("\n".join(lines), errors="surrogatepass")
+        own = ("127.0.0.53", own_port)
+        found = resolver.host_upstreams(
+            own, resolv_conf=str(path), resolved_upstreams="/nonexistent"
+        )
+        assert len(found.resolvers) <= resolver.MAX_UPSTREAMS
+        for address in found.resolvers:
+            assert ipaddress.ip_address(address) and address not in resolver.RESOLVED_STUBS
+        node = NodeClass(service="a", dns="127.0.0.53:15053", dns_upstream=found.resolvers)
+        read_back({"node": json_format.MessageToDict(node_message("a", node))})

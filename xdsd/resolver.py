@@ -159,6 +159,14 @@ class Upstreams:
     notes: tuple[str, ...] = ()
 
 
+def _is_unicast(address: str) -> bool:
+    """An IP literal a query can be sent to as one host: not the any-address, multicast
+    or the IPv4 broadcast address (what node metadata ``dns_upstream`` refuses)."""
+    ip = ipaddress.ip_address(address)
+    broadcast = ip == ipaddress.IPv4Address("255.255.255.255")
+    return not (ip.is_unspecified or ip.is_multicast or broadcast)
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -198,6 +206,13 @@ def host_upstreams(
                 "names to the sidecar)"
             )
         servers = [s for s in real if s not in servers] + servers
+    unusable = [s for s in servers if not _is_unicast(s)]
+    if unusable:
+        servers = [s for s in servers if s not in unusable]
+        notes.append(
+            f"{resolv_conf} names {', '.join(unusable)}: not an address a query can be "
+            "sent to as one host, left out"
+        )
     own_ip, own_port = own
     if own_port == 53 and own_ip in servers:
         servers.remove(own_ip)
