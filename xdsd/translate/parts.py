@@ -217,7 +217,7 @@ class ClassParts:
                     Problem(
                         NODE_PATH,
                         0,
-                        "virtual_addresses",
+                        "metadata.virtual_addresses",
                         f"the node's block {node.virtual_addresses} has {block.size} "
                         f"addresses, fewer than the {virtual.size} of the settings' block "
                         f"{settings} (mesh.dns.virtual_addresses) that addresses are "
@@ -393,8 +393,10 @@ class ClassParts:
         dns = self._mesh_config.dns
         upstream = node.dns_upstream or dns.upstream
         block = node.virtual_addresses or dns.virtual_addresses
+        # a node block too small is the virtual listeners' problem when they are built
+        checked = self.serves_virtual(node)
         return self._selections.get(
-            self._dns, found, node.namespace, scope.visible, block, upstream
+            self._dns, found, node.namespace, scope.visible, block, upstream, checked
         )
 
     def _dns(
@@ -404,8 +406,10 @@ class ClassParts:
         visible: frozenset[ResourceKey] | None,
         block_text: str,
         upstream: tuple[str, ...],
+        block_checked: bool = False,
     ) -> list[Resource]:
-        """The selection ``dns_listener`` memoizes."""
+        """The selection ``dns_listener`` memoizes (``block_checked``: the block's size is
+        reported by ``virtual_listeners``, not again here)."""
         ip, port = address
         dns = self._mesh_config.dns
         problems = upstream_loops(
@@ -423,6 +427,8 @@ class ClassParts:
             if visible is None
             else [s for s in self.mesh.services if s.key in visible]
         )
+        if block.size < virtual.size and block_checked:
+            return []  # virtual_listeners refuses the node, naming the block once
         if block.size < virtual.size:
             raise TranslationError(
                 [
