@@ -44,7 +44,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
     "xdsd.plurals": (),
-    "xdsd.resolver": ("xdsd.errors", "xdsd.model", "xdsd.translate.node"),
+    "xdsd.resolver": ("xdsd.errors", "xdsd.model", "xdsd.located"),
+    "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
     "xdsd.transports": (

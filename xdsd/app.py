@@ -52,6 +52,7 @@ from xdsd.logs import dropped_log_lines, set_log_queue_lines
 from xdsd.model.mesh_config import MeshConfig
 from xdsd.notify import Notifier
 from xdsd.readiness import Readiness
+from xdsd.registry.registry import Registry
 from xdsd.settings import Address, Settings
 from xdsd.sources import LoadResult
 from xdsd.sources.limits import ParseLimits
@@ -75,6 +76,7 @@ from xdsd.transports.connections import (
 from xdsd.transports.grpc_server import CertificateService, DiscoveryServices, GrpcServer
 from xdsd.transports.limits import NodeAuthorizer, StreamLimits
 from xdsd.transports.signing import CertificateSigner, SigningEndpoint
+from xdsd.workloads import WorkloadRegistrar
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ class Daemon:
         )
         self.metrics.track(self.cache, self.state)
         self.metrics.track_log_drops(dropped_log_lines)
+        state = self.state
+        self.metrics.track_address_moves(lambda: state.address_moves)
         self.views = AdminViews(
             self.cache,
             config=self.state,
@@ -149,11 +153,20 @@ class Daemon:
         self.views.policies = self.state.policies
         self.views.expected = self.state.expected_proxies
         self.views.workload = self.state.workload
+        self.views.addresses = self.state.addresses
         self.views.stale_after = settings.stale_after
         if self.identities is not None:
             identities = self.identities
             self.views.renew_fraction = lambda: identities.renew_fraction
             self.metrics.track_issuance(lambda: (identities.issued_total, identities.renewed_total))
+        #: Registered workloads (WorkloadGroup auto-registration, ``[registry]``): the
+        #: registry streams attach their nodes to; each change is merged into the mesh
+        #: by ``_registration_reloads`` without reading the directory.
+        self.registry = Registry(settings.registry, groups=self.state.group)
+        self._registrations_changed = asyncio.Event()
+        self.registrar = WorkloadRegistrar(self.registry)
+        self.views.registrations = self.registry.view
+        self.metrics.track_registry(self.registry.counts)
         self.readiness = Readiness(self.notifier, self.views, self.state)
         self.readiness.trouble = self.views.trouble = self.trouble
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)
@@ -269,6 +282,7 @@ class Daemon:
                 max_connections=self.gate.max_connections,
                 signing=self.signing,
             )
+            aio_server.services.discovery.registrar = self.registrar
             return GrpcioListener(aio_server, address, note=note)
         services = DiscoveryServices(
             self.state,
@@ -277,6 +291,7 @@ class Daemon:
             on_refused=self.metrics.on_refused,
             identities=self.identities,
         )
+        services.discovery.registrar = self.registrar
         signing = CertificateService(self.signing, max_request_bytes=limits.max_request_bytes)
         server = GrpcServer(
             [services, signing],
@@ -308,6 +323,10 @@ class Daemon:
                 self._background.append(
                     tasks.create_task(self.identities.run(), name="identity renewals")
                 )
+            self._background += [
+                tasks.create_task(self.registry.run(), name="registry"),
+                tasks.create_task(self._registration_reloads(), name="registrations"),
+            ]
             if ready is not None:
                 ready.set()
             try:
@@ -328,6 +347,7 @@ class Daemon:
                 "create it, or give --config-dir DIR (settings key config_dir)"
             )
         self._apply(self.state.load(), time.perf_counter())
+        await self.registry.start(self._registrations_changed.set)
         try:
             for listener in self.listeners:
                 try:
@@ -368,6 +388,10 @@ class Daemon:
             await listener.close(deadline)
         for task in self._background:
             task.cancel()
+        try:
+            await self.registry.close()
+        except Exception:
+            log.exception("closing the registry's store")
         self.notifier.close()
         log.info("stopped")
 
@@ -468,6 +492,26 @@ class Daemon:
                 log.exception("the config watcher stopped: edits are not seen until a restart")
         finally:
             self._watcher_ended = True
+            self.readiness.update()
+
+    async def _registration_reloads(self) -> None:
+        """Merge each change of the registrations into the mesh (a load of no file,
+        ``MeshState.set_registrations``), one reload at a time with the others; changes
+        meanwhile are merged by the next round. Never ends on an error."""
+        while True:
+            await self._registrations_changed.wait()
+            self._registrations_changed.clear()
+            started = time.perf_counter()
+            try:
+                async with self._reloading:
+                    self.state.set_registrations(self.registry.current().values())
+                    result = await asyncio.to_thread(self.state.load, [], exclusive=False)
+                    self._apply(result, started)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("internal error merging registrations")
+                self._apply(internal_error(self.settings.config_dir, "registering", e), started)
             self.readiness.update()
 
     async def _requested_reloads(self) -> None:

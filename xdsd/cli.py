@@ -237,7 +237,8 @@ def _add_validate_command(sub: Subcommands) -> None:
         description="Load a config directory the way serve does and report every error as "
         "path:line: field:\nmessage (exit 1), or a one-line summary (exit 0). Run it before "
         "saving into a directory\nxdsd serves, or in CI.",
-        example="xdsd validate config\nxdsd validate --strict --settings xdsd.toml config",
+        example="xdsd validate config\nxdsd validate --strict --settings xdsd.toml config\n"
+        "xdsd validate --addresses --settings xdsd.toml config",
     )
     validate.add_argument(
         "dir",
@@ -264,7 +265,31 @@ def _add_validate_command(sub: Subcommands) -> None:
         metavar="FILE",
         help="check against this settings file's [mesh] (e.g. ISTIO_MUTUAL needs [mesh.mtls])",
     )
+    _add_registrations_flags(validate)
+    validate.add_argument(
+        "--addresses",
+        action="store_true",
+        help="then print every service's virtual address (ADDRESS SERVICE NAMES; * pinned by "
+        "its file, the others allocated from --settings' [mesh.dns] block)",
+    )
     validate.set_defaults(run=_validate)
+
+
+def _add_registrations_flags(p: argparse.ArgumentParser) -> None:
+    """``--registrations FILE`` and ``--registrations-from ADMIN`` (validate, render)."""
+    given = p.add_mutually_exclusive_group()
+    given.add_argument(
+        "--registrations",
+        default=None,
+        metavar="FILE",
+        help="merge the registered workloads of this file (JSON, as /debug/registrations gives it)",
+    )
+    given.add_argument(
+        "--registrations-from",
+        default=None,
+        metavar="ADMIN",
+        help="merge the registered workloads a running xdsd holds (its admin HOST:PORT or URL)",
+    )
 
 
 def _add_render_command(sub: Subcommands) -> None:
@@ -314,6 +339,7 @@ def _add_render_command(sub: Subcommands) -> None:
     render.add_argument(
         "--static", action="store_true", help="print a complete Envoy config with resources inline"
     )
+    _add_registrations_flags(render)
     layout = render.add_mutually_exclusive_group()
     layout.add_argument(
         "--pretty",
@@ -362,6 +388,13 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
         "grpc and [mesh.mtls]: give the client its mesh certificates",
     )
     _add_node_flags(boot)
+    boot.add_argument(
+        "--workload-group",
+        default="",
+        metavar="GROUP",
+        help="register this sidecar into WorkloadGroup GROUP of --namespace while it is "
+        "connected (needs --instance-ip: the workload's address)",
+    )
     boot.add_argument(
         "--xds",
         default=DEFAULT_GRPC,
@@ -648,16 +681,54 @@ def _require_directory(path: str) -> None:
         raise XdsdError(f"{path} is not a directory: give the directory that holds the files")
 
 
+def _registrations(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The registrations ``--registrations FILE`` or ``--registrations-from ADMIN``
+    give (none without either). Raises XdsdError (one line) when they cannot be read."""
+    from xdsd.registry.views import parse_registrations
+
+    path = getattr(args, "registrations", None)
+    admin: str = getattr(args, "registrations_from", None) or ""
+    if not path and not admin:
+        return ()
+    try:
+        if path:
+            with open(path, "rb") as fh:
+                raw = fh.read(64 << 20)
+        else:
+            import urllib.request
+
+            url = admin if "://" in admin else f"http://{admin}"
+            url = url.rstrip("/") + "/debug/registrations"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                raw = answer.read(64 << 20)
+        return parse_registrations(json.loads(raw))
+    except (OSError, ValueError) as e:
+        raise XdsdError(f"registrations from {path or admin}: {e}") from None
+
+
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
+    from xdsd.sources import DirectoryLoader
+
     _require_directory(path)
     mesh = _mesh_config(args)
-    result = load_directory(path, mesh_tls=mesh.mtls, extension_providers=mesh.extension_providers)
+    registrations = _registrations(args)
+    if registrations:
+        loader = DirectoryLoader(path)
+        loader.mesh_tls = mesh.mtls
+        loader.extension_providers = mesh.extension_providers
+        loader.registrations = registrations
+        result = loader.load()
+    else:
+        result = load_directory(
+            path, mesh_tls=mesh.mtls, extension_providers=mesh.extension_providers
+        )
     for w in result.warnings:
         print(w, file=sys.stderr)
     return result
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from xdsd.sources import DirectoryLoader
     from xdsd.sources.limits import ParseLimits
 
     if args.envoy and os.path.isdir(args.envoy) and args.dir is None:
@@ -665,17 +736,23 @@ def _validate(args: argparse.Namespace) -> int:
     path = _config_dir(args)
     _require_directory(path)
     settings = _settings(args)
-    result = load_directory(
-        path,
-        mesh_tls=settings.mesh.mtls,
-        limits=ParseLimits.of(settings),
-        extension_providers=settings.mesh.extension_providers,
-    )
+    loader = DirectoryLoader(path, limits=ParseLimits.of(settings))
+    loader.mesh_tls = settings.mesh.mtls
+    loader.extension_providers = settings.mesh.extension_providers
+    loader.registrations = _registrations(args)
+    result = loader.load()
     if args.strict and result.warnings:
         raise ConfigError([w.as_error() for w in result.warnings])
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    dns = settings.mesh.dns
+    allocation = None
+    if dns.enabled or args.addresses:
+        from xdsd.translate.virtual_addresses import allocate_for
+
+        # a block too small for the mesh: TranslationError, the settings' line (exit 1)
+        allocation = allocate_for(mesh.services, dns).result
     if args.envoy is not None and not _validate_with_envoy(result, settings.mesh, args.envoy):
         return 1
     print(
@@ -686,6 +763,15 @@ def _validate(args: argparse.Namespace) -> int:
         f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
         + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
+    if args.addresses and allocation is not None:
+        from xdsd.translate.address_view import address_rows, address_table
+
+        print()
+        for line in address_table(address_rows(mesh.services, allocation, dns)):
+            print(line)
+        how = "" if dns.enabled else " ([mesh.dns] is off: no sidecar listens on them)"
+        blocks = " and ".join(b for b in (dns.virtual_addresses, dns.virtual_addresses_v6) if b)
+        print(f"* pinned by its file; the others allocated from {blocks}{how}")
     return 0
 
 
@@ -847,10 +933,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
     node_id = args.node_id or f"{args.service}-{kind}"
     _check_local_address("--instance-ip", args.instance_ip)
     _check_local_address("--outbound-ip", args.outbound_ip)
+    group = args.workload_group
+    if group:
+        _check_registration(args, node)
     config_dir = _known_config_dir(args)
     if config_dir:
         result = _load(config_dir, args)
         _require_service(result, node, config_dir)
+        if group:
+            _require_group(result, node, group, config_dir)
         # Raises on address collisions (and, with mesh mTLS, a missing certificate).
         MeshTranslation(result.mesh, mesh_config=_mesh_config(args)).snapshot_for(node)
     elif node.role.value == "sidecar":
@@ -887,6 +978,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             for cluster in doc["static_resources"]["clusters"]:
                 if cluster["name"] == "xds_cluster":
                     cluster["transport_socket"] = _xds_transport_socket(args)
+        if group:
+            doc["node"].setdefault("metadata", {})["workload_group"] = group
         text = advice + yaml.safe_dump(doc, sort_keys=False)
     if args.resolver_file:
         _write_resolver_file(args.resolver_file, args.resolver_text, args.resolver_config)
@@ -1014,6 +1107,56 @@ def _is_wildcard(ip: str) -> bool:
     from xdsd.translate.node import is_wildcard
 
     return is_wildcard(ip)
+
+
+def _check_registration(args: argparse.Namespace, node: Any) -> None:
+    """Raise UsageError when ``--workload-group`` cannot work with the other flags."""
+    import ipaddress
+
+    from xdsd.translate.node import is_group_name
+
+    group = args.workload_group
+    if not is_group_name(group):
+        raise UsageError(f"--workload-group wants a WorkloadGroup name (got {group!r})")
+    if node.role.value != "sidecar":
+        raise UsageError("--workload-group is for a sidecar (not --role gateway)")
+    if args.format == "grpc" or args.transport == "rest":
+        raise UsageError(
+            "--workload-group needs an Envoy on a gRPC stream (registration lasts while "
+            "the stream is open): not --format grpc, not --transport rest"
+        )
+    try:
+        address = ipaddress.ip_address(args.instance_ip)
+    except ValueError:
+        address = None
+    if address is None or address.is_unspecified:
+        raise UsageError(
+            "--workload-group needs --instance-ip IP: the address the workload registers at"
+        )
+
+
+def _require_group(result: LoadResult, node: Any, group: str, config_dir: str) -> None:
+    """Raise ConfigError when ``config_dir`` has no WorkloadGroup ``group`` in the
+    node's namespace whose ``app`` label names the node's service (xdsd would refuse
+    the registration)."""
+    found = next(
+        (
+            g
+            for g in result.mesh.workload_groups
+            if g.namespace == node.namespace and g.name == group
+        ),
+        None,
+    )
+    if found is None:
+        message = f"no WorkloadGroup {node.namespace}/{group}"
+    elif found.service != node.service:
+        message = (
+            f"WorkloadGroup {node.namespace}/{group} serves {found.service or 'no service'} "
+            f"(its app label), not {node.service}: xdsd would refuse the registration"
+        )
+    else:
+        return
+    raise ConfigError([Problem(config_dir, 0, "--workload-group", message)])
 
 
 def _known_config_dir(args: argparse.Namespace) -> str:
@@ -1225,6 +1368,7 @@ def _status(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         daemon_stale_after=read.stale_after,
         expected=read.expected,
+        registrations=read.registrations,
     )
     if args.json:
         _print_json(status.to_json(result))

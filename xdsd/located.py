@@ -497,3 +497,18 @@ def is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``(IP, PORT)`` of ``IP:PORT`` or ``[IPv6]:PORT`` with a port in 1..65535; None when
+    ``text`` is not one (a host name, a bare IP, an IPv6 address without brackets)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            return None
+    elif ":" in host:
+        return None
+    return (host, int(port)) if is_ip(host) else None

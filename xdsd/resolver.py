@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from xdsd.errors import UsageError
+from xdsd.located import split_host_port
 from xdsd.model.mesh_config import DEFAULT_DNS_PORT
 from xdsd.model.service import DOMAIN_SUFFIX
 
@@ -81,15 +82,6 @@ def is_loopback_block(cidr: str) -> bool:
     loopback interface with no set-up)."""
     network = ipaddress.ip_network(cidr)
     return network.network_address.is_loopback and network.broadcast_address.is_loopback
-
-
-def split_host_port(text: str) -> tuple[str, int] | None:
-    """``(IP, PORT)`` of ``IP:PORT`` or ``[IPv6]:PORT``; None when it is not one (as node
-    metadata reads them: ``xdsd.translate.node.split_host_port``, imported when called so
-    that the CLI starts without the translation)."""
-    from xdsd.translate.node import split_host_port as split
-
-    return split(text)
 
 
 def parse_dns(text: str) -> tuple[str, int]:

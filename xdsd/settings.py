@@ -10,6 +10,7 @@ file, the line and the key, like config errors: both are read with ``xdsd.locate
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -18,12 +19,22 @@ import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from typing import Any
 
 from envoy.type.v3 import http_status_pb2
 
 from xdsd.errors import ConfigError, Problem
-from xdsd.located import Document, FieldPath, Fields, Report, index_toml, toml_error
+from xdsd.located import (
+    Document,
+    FieldPath,
+    Fields,
+    Report,
+    index_toml,
+    is_ip,
+    split_host_port,
+    toml_error,
+)
 from xdsd.model.mesh_config import (
     DEFAULT_MESH_CONFIG,
     MTLS_PLACEHOLDERS,
@@ -35,6 +46,7 @@ from xdsd.model.mesh_config import (
     LogEncoding,
     MeshCA,
     MeshConfig,
+    MeshDNS,
     MeshTLS,
     MTLSMode,
     PrometheusStats,
@@ -42,6 +54,7 @@ from xdsd.model.mesh_config import (
     TracingProvider,
 )
 from xdsd.model.networking import OutboundPolicy
+from xdsd.model.registrations import DEFAULT_REGISTRY_SETTINGS, RegistrySettings
 from xdsd.model.service import Origin
 
 #: The largest settings file read.
@@ -180,6 +193,8 @@ class Settings:
     admin_sans: tuple[str, ...] = ()
     log_queue_lines: int = 10_000
     stale_after: float = DEFAULT_STALE_AFTER
+    #: ``[registry]``: registered workloads (WorkloadGroup auto-registration).
+    registry: RegistrySettings = DEFAULT_REGISTRY_SETTINGS
 
     @property
     def tls(self) -> bool:
@@ -479,6 +494,8 @@ def _read_setting(top: Fields, name: str, current: Any) -> Any:
     how a plain value is read: true or false, a number, a count, a string."""
     if name == "mesh":
         return _mesh_config(top)
+    if name == "registry":
+        return _registry_settings(top, current)
     if name == "authorized_nodes":
         return _authorized_nodes(top)
     if name == "admin_sans":
@@ -527,6 +544,50 @@ def _is_address(value: Any) -> bool:
     return value in ("", False) or isinstance(value, str)
 
 
+# -- the [registry] table -------------------------------------------------------------
+
+_REGISTRY_KEYS = ("grace", "max_registrations", "replica")
+
+
+def _registry_settings(top: Fields, current: RegistrySettings) -> RegistrySettings:
+    """The ``[registry]`` table (``current`` when absent): ``grace`` (seconds, or a
+    duration like ``"10s"``; how long a registration outlives its sidecar's
+    disconnection), ``max_registrations`` (positive), ``replica`` (this daemon's name
+    among replicas; default host name and process id)."""
+    table = _table(top, "registry", _REGISTRY_KEYS)
+    if table is None:
+        return current
+    out = current
+    if table.has("grace"):
+        raw: Any = table.data.get("grace")
+        if _is_number(raw) and math.isfinite(raw) and 0 <= raw <= 86_400:
+            table.read.add("grace")
+            out = replace(out, grace=timedelta(seconds=float(raw)))
+        elif _is_number(raw):
+            table.read.add("grace")
+            table.error("grace", f"must be from 0 to 86400 seconds (got {raw})")
+        else:
+            grace = table.duration("grace")
+            if grace is not None:
+                out = replace(out, grace=grace)
+    count = table.value("max_registrations", _is_positive, "a positive integer", None)
+    if count is not None:
+        out = replace(out, max_registrations=int(count))
+    replica = table.value("replica", _is_replica, "a name (letters, digits, '.', '_', '-')", None)
+    if replica is not None:
+        out = replace(out, replica=replica)
+    _refuse_unknown(table, _REGISTRY_KEYS)
+    return out
+
+
+def _is_replica(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 253
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+    )
+
+
 # -- the [mesh] table -----------------------------------------------------------------
 
 _MESH_KEYS = (
@@ -537,6 +598,7 @@ _MESH_KEYS = (
     "mtls",
     "extension_providers",
     "ca",
+    "dns",
 )
 _POLICIES = tuple(p.value for p in OutboundPolicy)
 _ENCODINGS = tuple(e.value for e in LogEncoding)
@@ -559,6 +621,7 @@ def _mesh_config(top: Fields) -> MeshConfig | None:
         "tracing": _tracing(table),
         "mtls": _mesh_tls(table, issued=table.has("ca")),
         "extension_providers": _extension_providers(table),
+        "dns": _mesh_dns(table),
     }
     parts["ca"] = _mesh_ca(table, parts["mtls"])
     _refuse_unknown(table, _MESH_KEYS)
@@ -1061,3 +1124,118 @@ def _refuse_unknown_hinted(table: Fields, known: tuple[str, ...]) -> None:
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         did = f"did you mean {hint[0]!r}? " if hint else ""
         table.error(key, f"unknown setting; {did}known: {', '.join(known)}")
+
+
+# -- [mesh.dns] ------------------------------------------------------------------------------
+
+_DNS_KEYS = ("enabled", "virtual_addresses", "virtual_addresses_v6", "upstream", "ttl")
+#: The prefix lengths an IPv4 block of virtual addresses may have: a /8 at most (the whole
+#: of 127.0.0.0/8), a /30 at least (two addresses).
+MIN_BLOCK_PREFIX, MAX_BLOCK_PREFIX = 8, 30
+#: The most resolvers ``upstream`` may name (what Envoy's DNS filter is sensibly given).
+MAX_UPSTREAM_RESOLVERS = 8
+#: The longest TTL of the answers for mesh names (a day), in seconds.
+MAX_DNS_TTL_SECONDS = 86400
+
+
+def _mesh_dns(mesh: Fields) -> MeshDNS | None:
+    """The ``[mesh.dns]`` table (None when absent): the block virtual addresses are
+    allocated from, an optional IPv6 block (at least as many addresses: a service's slot
+    is the same in both), the upstream resolvers (``IP`` or ``IP:PORT``, at most
+    ``MAX_UPSTREAM_RESOLVERS``) and the TTL of mesh answers (whole seconds, 0 to a day).
+    ``origin`` is the line of ``virtual_addresses`` (the table's without it)."""
+    table = _table(mesh, "dns", _DNS_KEYS)
+    if table is None:
+        return None
+    default = MeshDNS()
+    enabled = table.boolean("enabled", default=default.enabled)
+    block = table.value(
+        "virtual_addresses",
+        _is_v4_block,
+        f"an IPv4 network in CIDR notation, /{MIN_BLOCK_PREFIX} to /{MAX_BLOCK_PREFIX}, "
+        "host bits zero (e.g. 127.240.0.0/16)",
+        default.virtual_addresses,
+    )
+    block_v6 = table.value(
+        "virtual_addresses_v6",
+        _is_v6_block,
+        'an IPv6 network in CIDR notation, host bits zero (e.g. "fd00:ec::/112"), or ""',
+        default.virtual_addresses_v6,
+    )
+    if block_v6 and _slots(block_v6) < _slots(block):
+        table.error(
+            "virtual_addresses_v6",
+            f"has fewer addresses than virtual_addresses ({block}): give it at least "
+            f"/{128 - (32 - int(block.rsplit('/', 1)[1]))}, so every service's slot has an "
+            "IPv6 address too",
+        )
+    upstream = table.value(
+        "upstream",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) <= MAX_UPSTREAM_RESOLVERS
+            and all(_is_resolver(x) for x in v)
+        ),
+        f'a list of at most {MAX_UPSTREAM_RESOLVERS} resolvers, "IP" or "IP:PORT" ("[IPv6]:PORT")',
+        [],
+    )
+    ttl = default.ttl
+    if table.has("ttl"):
+        seconds = _seconds(table, "ttl")
+        if not (seconds.is_integer() and 0 <= seconds <= MAX_DNS_TTL_SECONDS):
+            table.error("ttl", f"must be whole seconds from 0s to 24h (got {seconds:g}s)")
+        else:
+            ttl = timedelta(seconds=seconds)
+    doc = table.report.doc
+    line = doc.lines.get((*table.path, "virtual_addresses")) or doc.lines.get(table.path, 0)
+    _refuse_unknown_hinted(table, _DNS_KEYS)
+    return MeshDNS(
+        enabled=enabled,
+        virtual_addresses=block,
+        virtual_addresses_v6=block_v6,
+        upstream=tuple(upstream),
+        ttl=ttl,
+        origin=Origin(doc.path, line),
+    )
+
+
+def _network(value: Any, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network ``value`` names in CIDR notation with host bits zero (of IP
+    ``version``), else None."""
+    if not isinstance(value, str) or "/" not in value or len(value) > 64:
+        return None
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        return None
+    return network if network.version == version else None
+
+
+def _is_v4_block(value: Any) -> bool:
+    network = _network(value, 4)
+    return network is not None and MIN_BLOCK_PREFIX <= network.prefixlen <= MAX_BLOCK_PREFIX
+
+
+def _is_v6_block(value: Any) -> bool:
+    if value == "":
+        return True
+    network = _network(value, 6)
+    return network is not None and network.prefixlen <= 126
+
+
+def _slots(block: str) -> int:
+    """How many services a block has room for (``translate.virtual_addresses``'s
+    ``AddressBlock.size``: the network address, and IPv4's broadcast, are never used;
+    capped at 2**32)."""
+    network = ipaddress.ip_network(block)
+    reserved = 2 if network.version == 4 else 1
+    return int(min(network.num_addresses - reserved, 2**32))
+
+
+def _is_resolver(value: Any) -> bool:
+    """A resolver: an IP literal, or ``IP:PORT`` (``[IPv6]:PORT``)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and (is_ip(value) or split_host_port(value) is not None)
+    )

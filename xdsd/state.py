@@ -23,14 +23,17 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import ConfigError, InternalError, Problem, TranslationError
 from xdsd.model.mesh import Mesh
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig
-from xdsd.model.networking import ROOT_NAMESPACE
+from xdsd.model.networking import ROOT_NAMESPACE, WorkloadGroup
+from xdsd.model.registrations import Registration
 from xdsd.model.service import Location, Resolution
 from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
+from xdsd.translate.address_view import address_rows, moves
 from xdsd.translate.policy_view import NO_APPLIED_POLICIES, applied_policies
+from xdsd.translate.virtual_addresses import VirtualAddresses
 from xdsd.transports.limits import Refused
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 #: out): a file of a million broken documents must not flood the log or the admin.
 MAX_LOGGED_PROBLEMS = 100
 MAX_KEPT_PROBLEMS = 1000
+#: A reload that moves more services' virtual addresses logs this many of them one by one
+#: (then how many more there were).
+MAX_LOGGED_MOVES = 100
 #: After this many reload attempts in a row ended in an internal error, the reloader is
 #: reported as unable to make progress (``/readyz`` 503, systemd's status).
 STUCK_AFTER = 3
@@ -82,6 +88,7 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self._expected: tuple[Mesh | None, tuple[ExpectedProxy, ...]] = (None, ())
+        self._groups: tuple[Mesh | None, dict[tuple[str, str], WorkloadGroup]] = (None, {})
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
         self.warnings: tuple[Problem, ...] = ()
@@ -98,6 +105,29 @@ class MeshState:
             None,
             {},
         )
+        #: Services whose allocated virtual address a reload moved, since the start
+        #: (``xdsd_virtual_address_moves_total``).
+        self.address_moves = 0
+        # The [mesh.dns] and allocation of the translation being served (None while
+        # [mesh.dns] is off), which the next one's is compared with.
+        self._allocation: tuple[MeshConfig, VirtualAddresses] | None = None
+        # ``/debug/addresses`` as JSON, for the translation it was made from.
+        self._addresses: tuple[MeshTranslation | None, dict[str, Any]] = (None, {})
+
+    def set_registrations(self, registrations: Iterable[Registration]) -> None:
+        """Merge ``registrations`` into the next load (``load([])`` then reads no file:
+        see ``DirectoryLoader.registrations``)."""
+        self._loader.registrations = tuple(registrations)
+
+    def group(self, namespace: str, name: str) -> WorkloadGroup | None:
+        """The WorkloadGroup ``namespace/name`` of the loaded mesh (None: none loaded,
+        or no such group)."""
+        mesh = self.loaded.mesh if self.loaded is not None else None
+        if mesh is None:
+            return None
+        if self._groups[0] is not mesh:
+            self._groups = (mesh, {(g.namespace, g.name): g for g in mesh.workload_groups})
+        return self._groups[1].get((namespace, name))
 
     @property
     def certificate_paths(self) -> frozenset[str]:
@@ -218,9 +248,14 @@ class MeshState:
             log.info("config reloaded: no change")
             self.loaded = result
             return False
+        previous, retranslate = self.loaded, self._retranslate
         self.loaded = result
         self._retranslate = False
-        changed = self._translate_and_publish()
+        try:
+            changed = self._translate_and_publish()
+        except TranslationError as e:  # before anything was published: the block is too small
+            self.loaded, self._retranslate = previous, retranslate
+            return self._apply(ConfigError(e.problems, result.warnings))
         assert self.translation is not None
         self.last_timings = {**result.timings, **self.translation.timings}
         log.info(
@@ -249,6 +284,7 @@ class MeshState:
             mesh_config.mtls != self.mesh_config.mtls
             or mesh_config.extension_providers != self.mesh_config.extension_providers
         )
+        before = self.mesh_config
         self.mesh_config = mesh_config
         self._loader.mesh_tls = mesh_config.mtls
         self._loader.extension_providers = mesh_config.extension_providers
@@ -259,22 +295,36 @@ class MeshState:
             # succeeds with these settings: translating it now would fail every class.
             self._retranslate = True
             return False
-        with _building():
-            changed = self._translate_and_publish()
+        try:
+            with _building():
+                changed = self._translate_and_publish()
+        except TranslationError as e:  # [mesh.dns]'s new block cannot hold the mesh
+            for problem in e.problems:
+                log.error("settings: %s", problem)
+            log.error("mesh defaults refused; keeping the current ones")
+            self.mesh_config = before
+            self._loader.mesh_tls = before.mtls
+            self._loader.extension_providers = before.extension_providers
+            return False
         log.info("mesh defaults changed: %s updated", counted(changed, "class", "classes"))
         return True
 
     def _translate_and_publish(self) -> int:
         """Translate the loaded mesh with the current defaults and publish a snapshot for
         every class a client holds (a stream, or a REST poller still remembered: the
-        cache's ``held``; the others are forgotten); return how many changed."""
+        cache's ``held``; the others are forgotten); return how many changed.
+
+        Raises TranslationError, having published nothing, when ``[mesh.dns]``'s block
+        cannot hold the mesh's services (``virtual_addresses.allocate_for``)."""
         assert self.loaded is not None
-        self.translation = MeshTranslation(
+        translation = MeshTranslation(
             self.loaded.mesh,
             previous=self.translation,
             root_namespace=self.root_namespace,
             mesh_config=self.mesh_config,
         )
+        self._note_addresses(translation)
+        self.translation = translation
         changed = 0
         self._cache.evict_unheld()
         for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
@@ -286,6 +336,63 @@ class MeshState:
             if self._cache.set(key, snapshot):
                 changed += 1
         return changed
+
+    def _note_addresses(self, translation: MeshTranslation) -> None:
+        """Allocate the virtual addresses of ``translation`` (when ``[mesh.dns]`` is on)
+        and warn about every service whose address moved since the one served: the
+        allocation's stability limit (``translate/virtual_addresses.py``), or a new
+        block. Raises TranslationError when the block is too small."""
+        if not self.mesh_config.dns.enabled:
+            self._allocation = None
+            return
+        allocation = (self.mesh_config, translation.virtual_addresses())
+        before = self._allocation
+        moved = moves(
+            (before[0].dns, before[1]) if before is not None else None,
+            (self.mesh_config.dns, allocation[1]),
+        )
+        self._allocation = allocation
+        if not moved:
+            return
+        self.address_moves += len(moved)
+        for move in moved[:MAX_LOGGED_MOVES]:
+            log.warning(
+                "virtual address of %s moved from %s to %s (clients holding the old one "
+                "from DNS lose it; pin it with `address` in its file to keep it)",
+                move.key,
+                move.old,
+                move.new,
+            )
+        if len(moved) > MAX_LOGGED_MOVES:
+            log.warning(
+                "... and %s moved",
+                counted(
+                    len(moved) - MAX_LOGGED_MOVES, "more virtual address", "more virtual addresses"
+                ),
+            )
+
+    def addresses(self) -> dict[str, Any]:
+        """``/debug/addresses``: ``[mesh.dns]``'s blocks (``enabled``, ``block``,
+        ``block_v6``) and, while it is on, every service's virtual addresses (key,
+        namespace, fqdn, names, addresses, ``pinned`` or allocated ``slot``:
+        ``address_view.AddressRow``), in key order; computed once per translation."""
+        translation = self.translation
+        if self._addresses[0] is translation and translation is not None:
+            return self._addresses[1]
+        dns = translation.mesh_config.dns if translation is not None else self.mesh_config.dns
+        rows: list[dict[str, Any]] = []
+        if translation is not None and dns.enabled:
+            # allocated when it was translated (``_note_addresses``): remembered by it
+            allocation = translation.virtual_addresses()
+            rows = [r.as_json() for r in address_rows(translation.mesh.services, allocation, dns)]
+        shown: dict[str, Any] = {
+            "enabled": dns.enabled,
+            "block": dns.virtual_addresses,
+            "block_v6": dns.virtual_addresses_v6,
+            "services": rows,
+        }
+        self._addresses = (translation, shown)
+        return shown
 
     def classify(self, node: Any, transport: str) -> Hashable:
         """The node class of an xDS node (see ``SnapshotSource.classify``)."""

@@ -185,6 +185,8 @@ class Status:
     disconnected: tuple[Gone, ...] = ()
     absent: tuple[Absent, ...] = ()
     expected: int | None = None
+    #: The registered workloads (``/debug/registrations``' items, as they came).
+    registrations: tuple[dict[str, Any], ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -201,6 +203,7 @@ class Reading:
     expected: Any  # /debug/expected, None from a daemon without it
     now: float
     stale_after: float | None
+    registrations: Any = None  # /debug/registrations, None from a daemon without it
 
 
 def client_context(
@@ -284,7 +287,8 @@ def fetch(
     results: list[Any] = []
     now = time.time()
     stale_after: float | None = None
-    for path in ("/debug/clients", "/debug/errors", "/debug/expected"):
+    optional = ("/debug/expected", "/debug/registrations")
+    for path in ("/debug/clients", "/debug/errors", *optional):
         where = f"{base.rstrip('/')}{path}"
         connection: http.client.HTTPConnection
         if url.scheme == "https":
@@ -301,7 +305,7 @@ def fetch(
             connection.request("GET", url.path.rstrip("/") + path)
             response = connection.getresponse()
             body = response.read()
-            if response.status == 404 and path == "/debug/expected":
+            if response.status == 404 and path in optional:
                 results.append(None)  # a daemon from before it
                 continue
             if response.status != 200:
@@ -345,7 +349,7 @@ def fetch(
             ) from None
         finally:
             connection.close()
-    return Reading(results[0], results[1], results[2], now, stale_after)
+    return Reading(results[0], results[1], results[2], now, stale_after, results[3])
 
 
 def summarize(
@@ -356,6 +360,7 @@ def summarize(
     stale_after: float | None = None,
     daemon_stale_after: float | None = None,
     expected: Any = None,
+    registrations: Any = None,
 ) -> Status:
     """The status of every connected client in ``clients`` (``/debug/clients``) at
     ``now`` (seconds since the epoch, the daemon's clock); ``problems`` is
@@ -400,7 +405,16 @@ def summarize(
         disconnected=tuple(sorted(gone.values(), key=lambda g: (g.ago, g.node_id))),
         absent=_absent(expected, now),
         expected=expected.get("expected") if isinstance(expected, dict) else None,
+        registrations=_registrations(registrations),
     )
+
+
+def _registrations(view: Any) -> tuple[dict[str, Any], ...]:
+    """The items of ``/debug/registrations`` (nothing when it is not that)."""
+    items = view.get("registrations") if isinstance(view, dict) else None
+    if not isinstance(items, list):
+        return ()
+    return tuple(i for i in items if isinstance(i, dict))
 
 
 def _gone(client: dict[str, Any], now: float) -> Gone | None:
@@ -630,6 +644,16 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
                 when = f" {duration_text(a.ago) if a.ago >= 1 else '0s'} ago" if a.ago else ""
                 seen = f"last seen: {a.last_seen}, disconnected{when}"
             lines.append(f"  {a.service} {a.address} {ABSENT} - {seen} - from {a.origin}")
+    if status.registrations:
+        lines += ["", "registered workloads:"]
+        for r in status.registrations:
+            left = r.get("disconnected") or 0
+            state = "connected" if not left else "left, in its grace period"
+            lines.append(
+                f"  {r.get('namespace')}/{r.get('group')} {r.get('address')} "
+                f"node {r.get('node')} ({state}, {r.get('health')}, replica "
+                f"{r.get('replica')})"
+            )
     for problem in status.errors:
         lines.append(f"config error: {_problem_text(problem)}")
     for problem in status.warnings:
@@ -780,6 +804,7 @@ def to_json(status: Status) -> dict[str, Any]:
             }
             for a in status.absent
         ],
+        "registrations": list(status.registrations),
         "config": {"errors": list(status.errors), "warnings": list(status.warnings)},
         "stale_after": status.stale_after,
         "summary": summary_counts(status),

@@ -24,6 +24,7 @@ from xdsd.model import (
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
+from xdsd.sources.crosscheck.addresses import clash_problem, clashing_port, pinned
 from xdsd.sources.crosscheck.authorization import http_only_problems
 from xdsd.sources.crosscheck.endpoints import endpoint_problems
 from xdsd.sources.crosscheck.gateways import gateway_problems
@@ -102,6 +103,7 @@ def cross_check(
     entry_keys = {e.key: e for e in entries}
     for svc in mesh.services:
         problems.extend(endpoint_problems(svc, mesh.destination_rule(svc), entry_keys))
+    _check_pinned_addresses(mesh.services, problems)
     checked = tuple(_check_virtual_service(mesh, vs, problems) for vs in mesh_sorted(virtual))
     _check_vs_overlap(mesh, checked, problems)
     defined = {g.key for g in others["Gateway"] if isinstance(g, Gateway)}
@@ -181,6 +183,21 @@ def _check_hosts(
                     )
                 )
             owners.setdefault(host, svc)
+
+
+def _check_pinned_addresses(services: tuple[Service, ...], problems: list[Problem]) -> None:
+    """``services`` in key order: each single address pinned by a service that an earlier
+    one pins too, with a port number both have, TCP on either side."""
+    earlier: dict[str, list[tuple[Service, str]]] = {}
+    for svc in services:
+        for address, field in pinned(svc):
+            claimants = earlier.setdefault(address, [])
+            for other, other_field in claimants:
+                port = clashing_port(svc, other)
+                if port is not None:
+                    problems.append(clash_problem(svc, field, address, other, other_field, port))
+                    break
+            claimants.append((svc, field))
 
 
 def _check_destination_rules(mesh: Mesh, problems: list[Problem]) -> None:

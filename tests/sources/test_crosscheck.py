@@ -54,6 +54,7 @@ KINDS = (
     "is not an IP address",
     "HTTP-only",
     "one rule per issuer",
+    "is also pinned by",
 )
 ISTIO = "networking.istio.io/v1"
 #: Hosts of ServiceEntries: their own, shared with services, and a service's full name.
@@ -80,8 +81,11 @@ def service(rng: random.Random) -> str:
         ]
     )
     version = rng.choice(["v1", "v2"])
+    address = rng.choice(
+        ["", "", "address: 10.1.1.1\n", "address: 10.1.1.1\n", "address: fd00::1\n"]
+    )
     return (
-        f"kind: Service\nname: {name}\n{hosts}ports: {ports}\n"
+        f"kind: Service\nname: {name}\n{hosts}{address}ports: {ports}\n"
         f"endpoints: [{{address: 10.0.0.{rng.randint(1, 9)}, labels: {{version: {version}}}}}]\n"
     )
 
@@ -90,6 +94,9 @@ def service_entry(rng: random.Random) -> str:
     hosts = rng.sample(ENTRY_HOSTS, rng.randint(1, 2))
     namespace = rng.choice(["", "", "namespace: other\n"])
     resolution = rng.choice(["STATIC", "DNS"])
+    addresses = rng.choice(
+        ["", "", "addresses: [10.1.1.1]\n", "addresses: [10.1.1.0/24, fd00::1/128]\n"]
+    )
     ports = rng.choice(
         [
             "[{number: 80, name: http, protocol: HTTP}]",
@@ -106,7 +113,7 @@ def service_entry(rng: random.Random) -> str:
         selected = rng.choice(["", "endpoints: [{address: ext.example.net}]\n"])
     return (
         f"apiVersion: {ISTIO}\nkind: ServiceEntry\nname: e{rng.randint(1, 3)}\n{namespace}hosts: [{', '.join(hosts)}]\n"
-        f"ports: {ports}\nresolution: {resolution}\n{selected}"
+        f"{addresses}ports: {ports}\nresolution: {resolution}\n{selected}"
     )
 
 
@@ -245,7 +252,8 @@ def tame(rng: random.Random, root: Path, slot: str) -> str:
     if rng.random() < 0.3:
         docs.append(
             f"kind: Service\nname: t-{own}\nports: [{{number: 3306, protocol: TCP}}]\n"
-            f"endpoints: [{{address: 10.0.5.{rng.randint(1, 9)}, labels: {{version: v1}}}}]\n"
+            + (f"address: 10.1.2.{rng.randint(1, 3)}\n" if rng.random() < 0.3 else "")
+            + f"endpoints: [{{address: 10.0.5.{rng.randint(1, 9)}, labels: {{version: v1}}}}]\n"
         )
     if rng.random() < 0.3:
         docs.append(authorization_policy(rng).replace("name: p", f"name: p-{own}-"))

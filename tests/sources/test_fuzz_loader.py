@@ -98,6 +98,23 @@ spec:
   - issuer: https://c.test
     jwksUri: https://login.c.test/keys
 """
+#: Virtual addresses files pin: a Service's ``address``, a ServiceEntry's ``addresses``.
+PINNED = """\
+kind: Service
+name: pinned
+address: 127.240.3.4
+ports: [{number: 5432, protocol: TCP}, {number: 80, protocol: HTTP}]
+endpoints: [{address: 10.0.9.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pinned-entry}
+spec:
+  hosts: [db.pinned.example]
+  addresses: [10.77.0.0/24, 10.77.1.1, "fd00::77/128"]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: DNS
+"""
 RAW_CLUSTER = {
     "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
     "name": "raw-backend",
@@ -145,7 +162,7 @@ def _seeds() -> list[tuple[bool, Any]]:
     docs += [
         (False, d)
         for d in yaml.safe_load_all(
-            WORKLOAD_ENTRY + "---\n" + LUA + "---\n" + REQUEST_AUTHENTICATION
+            WORKLOAD_ENTRY + "---\n" + LUA + "---\n" + REQUEST_AUTHENTICATION + "---\n" + PINNED
         )
     ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
@@ -172,6 +189,7 @@ ODD_TEXT = st.one_of(
             "\u2028",
             "a\tb",
             "10.0.0.1",
+            "10.0.0.0/24",
             "::1",
             "*",
             "-",
@@ -357,8 +375,11 @@ NODES = (
 
 
 def check_translation(mesh: Mesh) -> None:
-    """Every node class gets a consistent snapshot or a TranslationError."""
+    """Every node class gets a consistent snapshot or a TranslationError, and every
+    service a virtual address (the default block holds any mesh a fuzzed file makes)."""
     translation = MeshTranslation(mesh)
+    allocated = translation.virtual_addresses()
+    assert set(allocated.slots) | set(allocated.pinned) == {s.key for s in mesh.services}
     for node in NODES:
         try:
             snapshot = translation.snapshot_for(node)

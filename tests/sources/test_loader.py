@@ -129,14 +129,14 @@ def test_rule_for_unknown_host_is_a_warning_and_strict_refuses(tmp_path: Path) -
 
 def test_unsupported_kinds_are_named(tmp_path: Path) -> None:
     (tmp_path / "gw.yaml").write_text(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: gw}\n"
+        "apiVersion: networking.istio.io/v1\nkind: ProxyConfig\nmetadata: {name: gw}\n"
         "spec: {}\n---\n"
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: p}\n"
         "spec: {}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: k8s}\nspec: {}\n"
     )
     result = load_directory(str(tmp_path))
     text = "\n".join(str(w) for w in result.warnings)
-    assert "gw.yaml:2: warning: kind: WorkloadGroup is not supported" in text
+    assert "gw.yaml:2: warning: kind: ProxyConfig is not supported" in text
     assert "gw.yaml:7: warning: kind: Widget (example.com/v1)" in text
     assert "gw.yaml:11: warning: apiVersion: a Kubernetes v1 Service" in text
 

@@ -20,7 +20,13 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
-- ``/debug/errors`` (the current config errors, then the warnings, with file and line).
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line);
+- ``/debug/registrations`` (the registered workloads: group, address, node, since,
+  health, the replica holding each; ``registrations`` hook; a node's own are in its
+  ``/debug/config_dump`` too).
+- ``/debug/addresses`` (``[mesh.dns]``'s blocks and every service's virtual addresses:
+  key, namespace, fqdn, names, addresses, pinned by its file or allocated, and its slot;
+  the ``addresses`` hook the daemon sets, ``MeshState.addresses``).
 
 Each client of ``/debug/clients`` and ``/debug/config_dump``, and each class on the status
 page, carries the security policies that apply to its node class (``policies``, a hook
@@ -65,6 +71,13 @@ ClassPolicies = Callable[[Hashable], Mapping[str, Any]]
 ExpectedProxies = Callable[[], Sequence[ExpectedProxy]]
 #: Where a node class puts its proxies (None: a class that is no workload's).
 WorkloadOf = Callable[[Hashable], Workload | None]
+#: Every service's virtual addresses, as ``/debug/addresses`` shows them.
+Addresses = Callable[[], Mapping[str, Any]]
+
+
+def no_addresses() -> Mapping[str, Any]:
+    """The ``addresses`` hook of views over no mesh: no service."""
+    return {"enabled": False, "block": "", "block_v6": "", "services": []}
 
 
 def no_policies(_key: Hashable) -> Mapping[str, Any]:
@@ -90,7 +103,8 @@ class AdminViews:
     ``xdsd_refused_total{listener="admin",reason="permission_denied"}``. ``policies``
     gives the security policies of a node class (``ClassPolicies``); ``expected`` the
     proxies the configuration expects and ``workload`` where a class's proxies are
-    (``/debug/expected``); ``stale_after`` (the setting) when a proxy that does not
+    (``/debug/expected``); ``addresses`` every service's virtual addresses
+    (``/debug/addresses``); ``stale_after`` (the setting) when a proxy that does not
     answer is stale."""
 
     def __init__(
@@ -114,6 +128,8 @@ class AdminViews:
         self.policies: ClassPolicies = no_policies
         self.expected: ExpectedProxies = no_expected
         self.workload: WorkloadOf = no_workload
+        #: Every service's virtual addresses (``/debug/addresses``).
+        self.addresses: Addresses = no_addresses
         #: Seconds a version may go unanswered before its client is stale.
         self.stale_after = DEFAULT_STALE_AFTER
         #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
@@ -121,6 +137,12 @@ class AdminViews:
         self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
+        #: The registered workloads as ``/debug/registrations`` shows them (a hook the
+        #: daemon sets: ``xdsd.registry.views.registrations_json``).
+        self.registrations: Callable[[], Mapping[str, Any]] = lambda: {
+            "replica": "",
+            "registrations": [],
+        }
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -133,6 +155,8 @@ class AdminViews:
         application.router.add_get("/debug/config_dump", self.config_dump)
         application.router.add_get("/debug/errors", self.config_errors)
         application.router.add_get("/debug/expected", self.expected_proxies)
+        application.router.add_get("/debug/registrations", self.registered)
+        application.router.add_get("/debug/addresses", self.virtual_addresses)
         return application
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -174,6 +198,7 @@ class AdminViews:
             stale_after=self.stale_after,
             workloads=workloads,
             absent=tuple(absent(self.expected(), clients, workloads)),
+            registrations=tuple(self.registrations().get("registrations", ())),
             service_filter=request.query.get("service", ""),
             state_filter=request.query.get("state", ""),
         )
@@ -214,6 +239,14 @@ class AdminViews:
         return web.json_response(
             {"expected": len(expected), "absent": [absence_json(a) for a in found]}
         )
+
+    async def virtual_addresses(self, _request: web.Request) -> web.Response:
+        """``[mesh.dns]``'s blocks and every service's virtual addresses (the
+        ``addresses`` hook)."""
+        # Rows for a large mesh take a while (tens of ms per 10,000 services, once per
+        # configuration): off the serving loop.
+        shown = await asyncio.to_thread(self.addresses)
+        return web.json_response(dict(shown))
 
     def _workloads(self, clients: Sequence[ClientStatus]) -> dict[Hashable, Workload]:
         """The ``workload`` of each client's class (classes without one left out)."""
@@ -267,6 +300,11 @@ class AdminViews:
                 "transport": client.transport,
                 "connected": client.connected,
                 "policies": self.policies(client.key),
+                "registrations": [
+                    r
+                    for r in self.registrations().get("registrations", ())
+                    if r.get("node") == node
+                ],
                 "clients": [
                     client_json(
                         c,
@@ -280,6 +318,12 @@ class AdminViews:
                 **dump,
             }
         )
+
+    async def registered(self, _request: web.Request) -> web.Response:
+        """The registered workloads: this replica's name and every registration the
+        store holds (group, address, node, since, health, replica; ``connected`` when a
+        stream of this replica holds it)."""
+        return web.json_response(self.registrations())
 
     async def config_errors(self, _request: web.Request) -> web.Response:
         """The errors of the last refused reload (none when the last one loaded), then the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -200,12 +200,67 @@ class Metrics:
         ``xdsd_log_records_dropped_total`` at every scrape."""
         self.registry.register(_LogDrops(count))
 
+    def track_address_moves(self, count: Callable[[], int]) -> None:
+        """Export ``count()`` (services whose allocated virtual address a reload moved
+        since the start, ``MeshState.address_moves``) as
+        ``xdsd_virtual_address_moves_total`` at every scrape."""
+        self.registry.register(_AddressMoves(count))
+
     def track_issuance(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Export ``counts()`` — (first certificates issued, renewals and re-issues) of
         xdsd's CA since the start (``Identities.issued_total``, ``renewed_total``) — at
         every scrape, as ``xdsd_certificates_issued_total`` (both) and
         ``xdsd_certificate_renewals_total``."""
         self.registry.register(_Issuance(counts))
+
+    def track_registry(self, counts: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the registry's ``counts()`` (``Registry.counts``: ``registered``,
+        ``expired``, ``refused`` by reason, ``current``, ``held``) at every scrape, as
+        ``xdsd_registrations_total``, ``xdsd_registration_expiries_total``,
+        ``xdsd_registrations_refused_total{reason}``, ``xdsd_registrations`` (every
+        replica's, as the store holds them) and ``xdsd_registrations_held`` (this
+        replica's)."""
+        self.registry.register(_Registrations(counts))
+
+
+class _Registrations(Collector):
+    """The registry's counters and gauges, read when scraped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, Any]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        """The registry's figures, as they are now."""
+        counts = self.counts()
+        registered = CounterMetricFamily(
+            "xdsd_registrations", "Workloads admitted into a WorkloadGroup (new registrations)."
+        )
+        registered.add_metric([], counts.get("registered", 0))
+        yield registered
+        expired = CounterMetricFamily(
+            "xdsd_registration_expiries",
+            "Registrations removed after their sidecar's grace period ended.",
+        )
+        expired.add_metric([], counts.get("expired", 0))
+        yield expired
+        refused = CounterMetricFamily(
+            "xdsd_registrations_refused",
+            "Registrations refused, by reason (unknown_group, other_service, ...).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(counts.get("refused", {}).items()):
+            refused.add_metric([reason], n)
+        yield refused
+        current = GaugeMetricFamily(
+            "xdsd_registrations_current", "Registered workloads the store holds (every replica's)."
+        )
+        current.add_metric([], counts.get("current", 0))
+        yield current
+        held = GaugeMetricFamily(
+            "xdsd_registrations_held", "Registered workloads this replica holds."
+        )
+        held.add_metric([], counts.get("held", 0))
+        yield held
 
 
 class _Issuance(Collector):
@@ -231,6 +286,23 @@ class _Issuance(Collector):
         )
         renewals.add_metric([], renewed)
         yield renewals
+
+
+class _AddressMoves(Collector):
+    """``xdsd_virtual_address_moves_total``, read when scraped."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[Metric]:
+        """The counter, as it is now."""
+        family = CounterMetricFamily(
+            "xdsd_virtual_address_moves",
+            "Services whose allocated virtual address a reload moved (a newcomer won its "
+            "slot, or the block changed); pin an address with `address` to keep it.",
+        )
+        family.add_metric([], self.count())
+        yield family
 
 
 class _LogDrops(Collector):

@@ -151,6 +151,8 @@ class StatusView:
     #: The filter asked for (``?service=NAMESPACE/NAME&state=STATE``; "" shows all).
     service_filter: str = ""
     state_filter: str = ""
+    #: The registered workloads (``/debug/registrations``' items).
+    registrations: Sequence[Mapping[str, Any]] = ()
 
 
 def problem_count(view: StatusView) -> int:
@@ -183,6 +185,7 @@ def render_status_page(view: StatusView) -> str:
         _filter_form(view, connected),
         _proxies_section(connected, types, view),
         _absent_section(view),
+        _registrations_section(view),
         _versions_section(view, connected, types),
         _policies_section(view, connected),
         _disconnected_section(gone, view.now),
@@ -190,6 +193,7 @@ def render_status_page(view: StatusView) -> str:
         f'{REFRESH_SECONDS} s. As JSON: <a href="/debug/clients">/debug/clients</a>, '
         '<a href="/debug/errors">/debug/errors</a>, '
         '<a href="/debug/expected">/debug/expected</a>, '
+        '<a href="/debug/registrations">/debug/registrations</a>, '
         "<code>/debug/config_dump?node=ID</code>; for Prometheus: "
         '<a href="/metrics">/metrics</a>.</footer>',
         f"<script>{_SCRIPT}</script>",
@@ -329,6 +333,35 @@ def _proxies_section(
             f"<p>… and {len(ordered) - MAX_ROWS} more (all of them in "
             '<a href="/debug/clients">/debug/clients</a>).</p>'
         )
+    out.append("</section>")
+    return "".join(out)
+
+
+def _registrations_section(view: StatusView) -> str:
+    """The registered workloads (WorkloadGroup auto-registration); nothing without any."""
+    if not view.registrations:
+        return ""
+    out = [
+        '<section id="registrations"><h2>Registered workloads</h2>'
+        "<table><thead><tr><th>Group</th><th>Address</th><th>Node</th><th>Since</th>"
+        "<th>Health</th><th>Replica</th><th>State</th></tr></thead><tbody>"
+    ]
+    for r in view.registrations[:MAX_ROWS]:
+        disconnected = float(r.get("disconnected") or 0)
+        state = f"left {_ago(view.now, disconnected)}" if disconnected else "connected"
+        health = str(r.get("health", ""))
+        out.append(
+            f'<tr class="registration" data-health="{_e(health)}">'
+            f"<td>{_e(str(r.get('namespace')))}/{_e(str(r.get('group')))}</td>"
+            f"<td><code>{_e(str(r.get('address')))}</code></td>"
+            f"<td><code>{_e(str(r.get('node')))}</code></td>"
+            f"<td>{_ago(view.now, float(r.get('since') or 0))}</td>"
+            f"<td>{_e(health)}</td><td>{_e(str(r.get('replica')))}</td>"
+            f"<td>{_e(state)}</td></tr>"
+        )
+    out.append("</tbody></table>")
+    if len(view.registrations) > MAX_ROWS:
+        out.append(f"<p>... and {len(view.registrations) - MAX_ROWS} more.</p>")
     out.append("</section>")
     return "".join(out)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from xdsd.model.networking import EnvoyFilter, Gateway, ServiceEntry, Sidecar, WorkloadEntry
+from xdsd.model.networking import (
+    EnvoyFilter,
+    Gateway,
+    ServiceEntry,
+    Sidecar,
+    WorkloadEntry,
+    WorkloadGroup,
+)
 from xdsd.model.rules import DestinationRule, VirtualService
 from xdsd.model.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from xdsd.model.service import (
@@ -44,6 +51,7 @@ MeshObject = (
     | EnvoyFilter
     | ServiceEntry
     | WorkloadEntry
+    | WorkloadGroup
     | AuthorizationPolicy
     | PeerAuthentication
     | RequestAuthentication
@@ -57,6 +65,7 @@ OTHER_KINDS = {
     "EnvoyFilter": "envoy_filters",
     "ServiceEntry": "service_entries",
     "WorkloadEntry": "workload_entries",
+    "WorkloadGroup": "workload_groups",
     "AuthorizationPolicy": "authorization_policies",
     "PeerAuthentication": "peer_authentications",
     "RequestAuthentication": "request_authentications",
@@ -81,6 +90,9 @@ class Mesh:
     envoy_filters: tuple[EnvoyFilter, ...] = ()
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
+    #: WorkloadGroups (files only); registered workloads are among ``workload_entries``
+    #: (their ``group`` set) and the endpoints of the services they serve.
+    workload_groups: tuple[WorkloadGroup, ...] = ()
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()

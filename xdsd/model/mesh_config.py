@@ -310,7 +310,9 @@ class MeshDNS:
     (``IP`` or ``IP:PORT``) that names outside the mesh are forwarded to (empty: the
     proxy host's own, or what the node's bootstrap names). ``ttl`` is the TTL of the
     answers for mesh names. ``enabled`` false gives no sidecar virtual-address listeners
-    or DNS listener, whatever its bootstrap asks.
+    or DNS listener, whatever its bootstrap asks. ``origin`` is where the settings file
+    sets ``virtual_addresses`` (its line; the table's when it keeps the default): what a
+    problem of the allocation (a block too small for the mesh) names.
     """
 
     enabled: bool = True
@@ -318,6 +320,7 @@ class MeshDNS:
     virtual_addresses_v6: str = ""
     upstream: tuple[str, ...] = ()
     ttl: timedelta = timedelta(seconds=30)
+    origin: Origin = field(default=NO_ORIGIN, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,9 @@ class WorkloadEndpoint:
     weight: int = 1
     network: str = ""
     service_account: str = ""
+    #: False for a registered workload its group's probe judged UNHEALTHY (its
+    #: endpoints are sent with ``health_status: UNHEALTHY``); files always say True.
+    healthy: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +105,91 @@ class WorkloadEntry:
     namespace: str = DEFAULT_NAMESPACE
     endpoint: WorkloadEndpoint = WorkloadEndpoint("")
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    #: For a registered workload (not a file's): the WorkloadGroup it registered into,
+    #: and the xdsd Service of its namespace it is an endpoint of (the group's ``app``
+    #: label; see ``docs/rules.md``, "WorkloadGroup").
+    group: str = ""
+    service: str = ""
     key: ResourceKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", ResourceKey("WorkloadEntry", self.namespace, self.name))
+
+
+class ProbeScheme(Enum):
+    """How an HTTP probe connects."""
+
+    HTTP = "HTTP"
+    HTTPS = "HTTPS"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProbe:
+    """A probe's ``httpGet``: GET ``path`` on ``port`` of the workload (of ``host``
+    instead, when given: Kubernetes' meaning), over ``scheme``, with ``headers``; healthy
+    on a status from 200 to 399."""
+
+    port: int
+    path: str = "/"
+    host: str = ""
+    scheme: ProbeScheme = ProbeScheme.HTTP
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProbe:
+    """A probe's ``tcpSocket``: healthy when a TCP connection to ``port`` of the
+    workload opens."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessProbe:
+    """Istio's ReadinessProbe of a WorkloadGroup (Kubernetes' timing defaults): one of
+    ``http_get`` and ``tcp_socket``; the first check ``initial_delay`` seconds after
+    registration, then every ``period``, each given ``timeout``; ``success_threshold``
+    successes in a row make a workload healthy, ``failure_threshold`` failures in a row
+    unhealthy."""
+
+    http_get: HttpProbe | None = None
+    tcp_socket: TcpProbe | None = None
+    initial_delay_seconds: int = 0
+    timeout_seconds: int = 1
+    period_seconds: int = 10
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadGroup:
+    """Istio's WorkloadGroup: what every workload that registers into it gets. ``labels``
+    and ``annotations`` are its ``metadata`` (for the entries); ``template`` the entries'
+    spec (no address: each registered workload brings its own); ``probe`` how their
+    health is judged (None: not probed)."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    template: WorkloadEndpoint = WorkloadEndpoint("")
+    probe: ReadinessProbe | None = None
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("WorkloadGroup", self.namespace, self.name))
+
+    @property
+    def entry_labels(self) -> tuple[tuple[str, str], ...]:
+        """The labels every entry of the group carries: ``metadata.labels`` with
+        ``template.labels`` over them, sorted by key."""
+        return tuple(sorted({**dict(self.labels), **dict(self.template.labels)}.items()))
+
+    @property
+    def service(self) -> str:
+        """The service its workloads serve: the ``app`` entry label ("" without one)."""
+        return dict(self.entry_labels).get("app", "")
 
 
 class ServerTLSMode(Enum):

@@ -167,11 +167,14 @@ class Endpoint:
     locality: Locality = Locality()
     weight: int = 1
     ports: tuple[tuple[str, int], ...] = ()
+    #: False for a registered workload its group's probe judged UNHEALTHY: sent with
+    #: ``health_status: UNHEALTHY`` (callers send it nothing).
+    healthy: bool = True
     # Endpoints are hashed as parts of translation keys, many times per reload.
     _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        fields = (self.address, self.labels, self.locality, self.weight, self.ports)
+        fields = (self.address, self.labels, self.locality, self.weight, self.ports, self.healthy)
         object.__setattr__(self, "_hash", hash(fields))
 
     def __hash__(self) -> int:
@@ -249,7 +252,8 @@ class Service:
     #: ServiceEntry's ``addresses``: IP literals, or CIDRs for an entry); empty: one is
     #: allocated from the mesh's block (``translate/virtual_addresses.py``).
     addresses: tuple[str, ...] = ()
-    #: The lines of the names (``name``, ``hosts[N]``) the cross-checks report about.
+    #: The lines of the fields the cross-checks report about: the names (``name``,
+    #: ``hosts[N]``) and pinned addresses (``address``, an entry's ``addresses[N]``).
     lines: FieldLines = field(default=(), compare=False, repr=False)
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.

@@ -32,6 +32,7 @@ from xdsd.sources.request_authentication import parse_request_authentication
 from xdsd.sources.service import parse_service
 from xdsd.sources.service_entry import parse_service_entry, parse_workload_entry
 from xdsd.sources.virtual_service import parse_virtual_service
+from xdsd.sources.workload_group import parse_workload_group
 
 #: A kind's parser: (spec, name, namespace, origin) → the model object.
 Parser = Callable[[Fields, str, str, Origin], MeshObject]
@@ -40,11 +41,12 @@ XDSD_API = "xdsd.io/v1"
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 #: networking.istio.io kinds that later xdsd versions implement; ignored with a warning.
-LATER_KINDS = frozenset({"WorkloadGroup", "ProxyConfig"})
+LATER_KINDS = frozenset({"ProxyConfig"})
 #: Istio kinds parsed into the mesh besides VirtualService and DestinationRule.
 OTHER_PARSERS: dict[str, Parser] = {
     "ServiceEntry": parse_service_entry,
     "WorkloadEntry": parse_workload_entry,
+    "WorkloadGroup": parse_workload_group,
     "Gateway": parse_gateway,
     "Sidecar": parse_sidecar,
     "EnvoyFilter": parse_envoy_filter,

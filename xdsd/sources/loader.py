@@ -22,6 +22,7 @@ from xdsd.model import (
     Mesh,
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, ExtensionProvider, MeshTLS
+from xdsd.model.registrations import Registration
 from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
@@ -29,6 +30,12 @@ from xdsd.sources.crosscheck.providers import provider_problems
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.peer_authentication import peer_authentication_problems
+from xdsd.sources.registered import (
+    NO_ENTRIES,
+    REGISTRATIONS_PATH,
+    RegisteredEntries,
+    registered_entries,
+)
 from xdsd.sources.sidecars import sidecar_problems
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,10 @@ class DirectoryLoader:
         #: The settings' ``[[mesh.extension_providers]]``: what CUSTOM
         #: AuthorizationPolicies may name (``crosscheck.providers``).
         self.extension_providers: tuple[ExtensionProvider, ...] = ()
+        #: The registered workloads merged into every load (``sources.registered``: a
+        #: synthetic file after the real ones); set it, then ``load([])`` merges a
+        #: change without reading the directory again.
+        self.registrations: tuple[Registration, ...] = ()
 
     def _reset(self) -> None:
         """Forget every file, listing, check and memo: the next load is a cold one."""
@@ -127,6 +138,8 @@ class DirectoryLoader:
         # The bytes of the files kept (what counts against ``max_config_bytes``).
         self._bytes = 0
         self._certificates = CertificateFiles(self.root)
+        # What the synthetic registrations file held at the last load.
+        self._registered: RegisteredEntries = NO_ENTRIES
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -183,7 +196,18 @@ class DirectoryLoader:
                 self._failed.discard(path)
         self._bytes = budget.limit - budget.left
         parsed = time.perf_counter()
+        order = {**order, REGISTRATIONS_PATH: len(order)}
         mesh = self._check.update(changes, order)
+        registered = registered_entries(
+            mesh.workload_groups,
+            self.registrations,
+            (e.key for e in mesh.workload_entries if not e.group),
+            self._registered,
+        )
+        if registered != self._registered:
+            change: Change = (REGISTRATIONS_PATH, self._registered, registered)
+            mesh = self._check.update([change], order)
+            self._registered = registered
         certificates = self._certificates.read(mesh, self.mesh_tls, touched, changes)
         mesh = certificates.mesh
         self.certificate_paths = self._certificates.paths

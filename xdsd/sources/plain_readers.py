@@ -26,8 +26,9 @@ from xdsd.model import (
     Service,
     Subset,
 )
+from xdsd.sources.service import is_virtual_address
 
-_SERVICE_KEYS = frozenset({"resolution", "hosts", "ports", "endpoints"})
+_SERVICE_KEYS = frozenset({"resolution", "hosts", "ports", "endpoints", "address"})
 _PORT_KEYS = frozenset({"number", "protocol", "targetPort", "name"})
 _ENDPOINT_KEYS = frozenset({"address", "labels", "locality", "weight", "ports"})
 #: What a plain Service may say (NONE is refused, with a reason, by ``parse_service``).
@@ -91,6 +92,13 @@ def parse_plain_service(
         names.add(port_name)
         ports.append(Port(number, protocol, port_name, target or 0))
     names.discard("")
+    address = data.get("address")
+    if address is None or address == "":
+        addresses: tuple[str, ...] = ()
+    elif type(address) is str and is_virtual_address(address):
+        addresses = (address,)
+    else:
+        return None
     endpoint_items = data.get("endpoints")
     if endpoint_items is None:
         endpoint_items = []
@@ -111,6 +119,7 @@ def parse_plain_service(
         hosts=hosts,
         resolution=resolution,
         origin=origin,
+        addresses=addresses,
     )
 
 

@@ -5,9 +5,11 @@ read: a destination naming no service, a subset no DestinationRule defines, a ho
 services claim. So that it names the referring field's own line rather than the
 document's first, ``with_reference_lines`` records, when a document is read, the line of
 each field that refers to another resource (and of each subset, which other checks point
-at) in the object's ``lines`` (a ``FieldLines``, outside equality). Paths are spelled the
-way the checks spell them (``http[0].route[1].destination.host``); a path the document
-does not hold gets no line, and the check falls back to the document's line.
+at, and of a Service's ``address`` and a ServiceEntry's ``addresses[N]``, which the
+check of pinned addresses points at) in the object's ``lines`` (a ``FieldLines``,
+outside equality). Paths are spelled the way the checks spell them
+(``http[0].route[1].destination.host``); a path the document does not hold gets no
+line, and the check falls back to the document's line.
 
 Pure: reads the parsed document only.
 """
@@ -36,12 +38,15 @@ def with_reference_lines(obj: MeshObject, doc: Document, base: FieldPath) -> Mes
         paths = [("host", ("host",))]
         paths.extend((f"subsets[{i}]", ("subsets", i)) for i in range(len(obj.subsets)))
     elif isinstance(obj, Service):
-        if not obj.hosts:
+        if not obj.hosts and not obj.addresses:
             return obj  # a service's name is its document's first lines: nothing to add
-        paths = [(format_path(p), p) for p in (("name",), *_items(_spec(doc, base), "hosts"))]
+        spec = _spec(doc, base)
+        found = (("name",), *_items(spec, "hosts"), *([("address",)] if obj.addresses else []))
+        paths = [(format_path(p), p) for p in found]
     elif isinstance(obj, ServiceEntry):
         spec = _spec(doc, base)
-        paths = [(format_path(p), p) for p in (("workloadSelector",), *_items(spec, "hosts"))]
+        found = (("workloadSelector",), *_items(spec, "hosts"), *_items(spec, "addresses"))
+        paths = [(format_path(p), p) for p in found]
     elif isinstance(obj, Sidecar):
         paths = [("workloadSelector", ("workloadSelector",))]
     else:

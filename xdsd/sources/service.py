@@ -9,6 +9,7 @@ ServiceEntry and Gateway parsers.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Collection
 from datetime import timedelta
@@ -28,7 +29,8 @@ from xdsd.model import (
 
 def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Service:
     """An xdsd Service spec (``docs/rules.md``, "Service: xdsd's own kind"), with an optional
-    ``healthCheck`` (see ``_parse_health_check``)."""
+    ``healthCheck`` (see ``_parse_health_check``) and an optional ``address``, the
+    service's virtual address (``is_virtual_address``) as ``Service.addresses``."""
     resolution = spec.enum("resolution", Resolution, Resolution.STATIC)
     if resolution is Resolution.NONE:
         spec.error(
@@ -56,6 +58,10 @@ def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Se
             endpoints.append(endpoint)
     check = spec.obj("healthCheck")
     health_check = _parse_health_check(check) if check is not None else None
+    address = spec.string("address")
+    if address and not is_virtual_address(address):
+        spec.error("address", f"{VIRTUAL_ADDRESS_WANTED} (got {address[:60]!r})")
+        address = ""
     spec.finish()
     return Service(
         name=name,
@@ -66,6 +72,41 @@ def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Se
         resolution=resolution,
         origin=origin,
         health_check=health_check,
+        addresses=(address,) if address else (),
+    )
+
+
+#: What a virtual address a file pins must be (the message of a wrong one).
+VIRTUAL_ADDRESS_WANTED = (
+    "must be one IP address, IPv4 or IPv6 (the service's virtual address, e.g. "
+    '"127.240.0.10"; not unspecified, multicast or broadcast)'
+)
+
+
+def is_virtual_address(text: str, *, ranges: bool = False) -> bool:
+    """True when ``text`` can be a virtual address a file pins: one IPv4 or IPv6
+    literal (no zone), not the unspecified address, a multicast or the broadcast
+    address, none of which a listener can serve a service on. ``ranges``: a CIDR range
+    (``10.0.0.0/24``, host bits allowed as Istio allows them; not ``/0``) is one too, as a
+    ServiceEntry's ``addresses`` may hold."""
+    if not 0 < len(text) <= 64 or "%" in text:
+        return False
+    try:
+        if "/" in text:
+            if not ranges:
+                return False
+            network = ipaddress.ip_network(text, strict=False)
+            if network.prefixlen == 0:
+                return False
+            ip = network.network_address
+        else:
+            ip = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return not (
+        ip.is_unspecified
+        or ip.is_multicast
+        or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"))
     )
 
 

@@ -9,6 +9,7 @@ loader once every file is read.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from xdsd.errors import Problem, Severity
@@ -22,7 +23,7 @@ from xdsd.model.networking import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from xdsd.sources.service import read_locality, read_port_map
+from xdsd.sources.service import is_virtual_address, read_locality, read_port_map
 
 #: Istio port protocols → how xdsd treats them (anything opaque is TCP).
 PROTOCOLS: dict[str, Protocol] = {
@@ -60,10 +61,24 @@ def parse_entry_port(f: Fields) -> EntryPort | None:
     return EntryPort(number, protocol, name, target, protocol_name or "TCP")
 
 
-def parse_workload(f: Fields, *, port_names: set[str] | None = None) -> WorkloadEndpoint | None:
-    """An endpoint of a ServiceEntry or the spec of a WorkloadEntry. ``port_names``
-    (a ServiceEntry's) limits the keys of ``ports``; None accepts any name."""
-    address = f.string("address", required=True)
+def parse_workload(
+    f: Fields, *, port_names: set[str] | None = None, template: bool = False
+) -> WorkloadEndpoint | None:
+    """An endpoint of a ServiceEntry, the spec of a WorkloadEntry or (``template``) a
+    WorkloadGroup's template, whose address must be empty (each registered workload
+    brings its own). ``port_names`` (a ServiceEntry's) limits the keys of ``ports``; None
+    accepts any name."""
+    if template:
+        address = f.string("address")
+        if address:
+            f.error(
+                "address",
+                "must be empty in a WorkloadGroup's template: each workload registers at "
+                "its own address (xdsd bootstrap --instance-ip IP)",
+            )
+        address = ""
+    else:
+        address = f.string("address", required=True)
     labels = f.labels("labels")
     ports = read_port_map(f, port_names, "this ServiceEntry")
     locality = read_locality(f)
@@ -71,7 +86,7 @@ def parse_workload(f: Fields, *, port_names: set[str] | None = None) -> Workload
     network = f.string("network")
     account = f.string("serviceAccount")
     f.finish()
-    if not address:
+    if not address and not template:
         return None
     return WorkloadEndpoint(address, labels, ports, locality, weight, network, account)
 
@@ -80,7 +95,8 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
     """An Istio ServiceEntry. Rules checked here: hosts and ports required; ``endpoints``
     and ``workloadSelector`` exclude each other; STATIC endpoints are IP addresses (or
     ``unix:///path`` sockets); DNS entries without endpoints resolve their hosts, which
-    must then not be wildcards. ``addresses`` are kept but only warned about."""
+    must then not be wildcards. ``addresses`` are IP addresses or CIDR ranges
+    (``service.is_virtual_address``), each once; every host's service gets them."""
     hosts = spec.strings("hosts", required=True)
     ports = spec.parse_list("ports", parse_entry_port)
     location = spec.enum("location", Location, Location.MESH_EXTERNAL)
@@ -103,13 +119,7 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
         sel.finish()
         if spec.has("endpoints"):
             spec.error("workloadSelector", "excludes endpoints: give one or the other")
-    addresses = spec.strings("addresses")
-    if addresses:
-        spec.warn(
-            "addresses",
-            "virtual IPs are not captured on xdsd's VM sidecars (no iptables): callers reach "
-            "this entry by host name through the HTTP proxy or on its per-port listener",
-        )
+    addresses = _addresses(spec)
     export_to = spec.strings("exportTo")
     sans = spec.strings("subjectAltNames")
     spec.finish()
@@ -128,6 +138,30 @@ def parse_service_entry(spec: Fields, name: str, namespace: str, origin: Origin)
         sans,
         origin=origin,
     )
+
+
+def _addresses(spec: Fields) -> tuple[str, ...]:
+    """``addresses``: the entry's virtual addresses, IP literals or CIDR ranges (as
+    Istio's), none listed twice (compared as addresses: ``10.0.0.1`` and
+    ``10.0.0.1/32`` are one)."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for i, text in enumerate(spec.strings("addresses")):
+        at = (*spec.path, "addresses", i)
+        if not is_virtual_address(text, ranges=True):
+            spec.report.add(
+                at,
+                "must be an IP address or a CIDR range (e.g. 10.0.0.1 or 10.0.0.0/24; not "
+                f"unspecified, multicast or broadcast; got {text[:60]!r})",
+            )
+            continue
+        network = str(ipaddress.ip_network(text, strict=False))
+        if network in seen:
+            spec.report.add(at, f"{text!r} is listed twice (addresses[{seen[network]}])")
+            continue
+        seen[network] = i
+        out.append(text)
+    return tuple(out)
 
 
 def _check_entry(
@@ -286,6 +320,7 @@ def entry_services(
                 entry=entry.name,
                 location=entry.location,
                 subject_alt_names=entry.subject_alt_names,
+                addresses=entry.addresses,
             )
         )
     return tuple(services), problems
@@ -305,5 +340,10 @@ def _endpoint(workload: WorkloadEndpoint, ports: tuple[Port, ...]) -> Endpoint:
         if number != port.number:
             serves.append((port.name, number))
     return Endpoint(
-        workload.address, workload.labels, workload.locality, workload.weight, tuple(serves)
+        workload.address,
+        workload.labels,
+        workload.locality,
+        workload.weight,
+        tuple(serves),
+        workload.healthy,
     )

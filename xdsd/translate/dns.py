@@ -46,11 +46,12 @@ from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2
 
 from xdsd.errors import Problem
+from xdsd.located import split_host_port
 from xdsd.model import Service
 from xdsd.model.service import DOMAIN_SUFFIX
 from xdsd.resources import pack
 from xdsd.translate.config_sources import duration
-from xdsd.translate.node import NODE_PATH, split_host_port
+from xdsd.translate.node import NODE_PATH
 from xdsd.translate.placement import overlaps
 from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, reachable_by_address
 

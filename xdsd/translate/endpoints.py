@@ -21,7 +21,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
@@ -126,6 +126,7 @@ def assignment_payload(
             i,
             e.weight if e.weight > 1 else 1,  # endpoint_weight
             bool(plaintext) and e in plaintext,
+            e.healthy,
         )
         for i, e in enumerate(endpoints)
     )
@@ -134,8 +135,8 @@ def assignment_payload(
     for where, group in groupby(rows, key=_FIRST):
         parts = [_locality(where)]
         total = 0
-        for _, address, port_number, _, weight, plain in group:
-            parts.append(lb_endpoint(address, port_number, weight, plain))
+        for _, address, port_number, _, weight, plain, healthy in group:
+            parts.append(lb_endpoint(address, port_number, weight, plain, not healthy))
             total += weight
         parts.append(_lle_weight(total))
         out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
@@ -151,6 +152,7 @@ _LLE_ENDPOINTS = tag(_CLA, "endpoints")[1]
 _LLE_LOCALITY = tag(_LLE, "locality")[1]
 _LLE_LB_ENDPOINTS = tag(_LLE, "lb_endpoints")[1]
 _LB_ENDPOINT = tag(_LB, "endpoint")[1]
+_HEALTH_STATUS = tag(_LB, "health_status")[0]
 _PLAINTEXT_METADATA = delimited(tag(_LB, "metadata")[1], plaintext_metadata())
 _ENDPOINT_ADDRESS = tag(endpoint_components_pb2.Endpoint, "address")[1]
 _SOCKET_ADDRESS = tag(address_pb2.Address, "socket_address")[1]
@@ -189,11 +191,14 @@ def _lle_weight(weight: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=16384)
-def _lb_endpoint(address: str, port: int, weight: int, plaintext: bool = False) -> bytes:
+def _lb_endpoint(
+    address: str, port: int, weight: int, plaintext: bool = False, unhealthy: bool = False
+) -> bytes:
     """One ``lb_endpoints`` field: the socket address (its port is in a oneof, so it is
-    written even when 0), the plaintext metadata when ``plaintext``, and the endpoint's
-    weight. Remembered for a while: a service's endpoints are written again in its
-    subsets' assignments."""
+    written even when 0), ``health_status: UNHEALTHY`` when ``unhealthy`` (a registered
+    workload its probe failed), the plaintext metadata when ``plaintext``, and the
+    endpoint's weight. Remembered for a while: a service's endpoints are written again
+    in its subsets' assignments."""
     if address.startswith(UNIX_PREFIX):
         address_field = delimited(
             _PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode())
@@ -204,6 +209,8 @@ def _lb_endpoint(address: str, port: int, weight: int, plaintext: bool = False) 
         address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
     endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
     body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint
+    if unhealthy:
+        body += _HEALTH_STATUS + varint(health_check_pb2.UNHEALTHY)
     if plaintext:
         body += _PLAINTEXT_METADATA
     body += _lb_weight(weight)
@@ -241,6 +248,8 @@ def assignment_of_groups(
         for member in group.members:
             lb = lle.lb_endpoints.add()
             set_address(lb.endpoint.address, member.address, member.port_for(port))
+            if not member.healthy:
+                lb.health_status = health_check_pb2.UNHEALTHY
             if member in plaintext:
                 lb.metadata.MergeFromString(plaintext_metadata())
             lb.load_balancing_weight.value = endpoint_weight(member)

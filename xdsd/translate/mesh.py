@@ -182,6 +182,8 @@ class MeshTranslation:
             secrets=self._secrets,
             mesh_config=mesh_config,
         )
+        if previous is not None:
+            self._parts.take_over_addresses(previous._parts)
         self._filters = EnvoyFilters(mesh, root_namespace=root_namespace, memo=self._memo)
 
     # -- public ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any
 
 from xdsd.errors import TranslationError
-from xdsd.located import NULL, Document, Fields, Report, is_ip
+from xdsd.located import NULL, Document, Fields, Report, is_ip, split_host_port
 from xdsd.model import DEFAULT_NAMESPACE, Locality
 
 DEFAULT_OUTBOUND_IP = "127.0.0.1"
@@ -255,20 +255,6 @@ def _is_unicast(host: str) -> bool:
     return not (ip.is_unspecified or ip.is_multicast or broadcast)
 
 
-def split_host_port(text: str) -> tuple[str, int] | None:
-    """``(IP, PORT)`` of ``IP:PORT`` or ``[IPv6]:PORT``; None when it is not one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            return None
-    elif ":" in host:
-        return None
-    return (host, int(port)) if is_ip(host) else None
-
-
 def _read_resolvers(metadata: Fields) -> tuple[str, ...]:
     """``metadata.dns_upstream``: a list of resolvers (``IP`` or ``IP:PORT``)."""
     listed = metadata.value(
@@ -398,3 +384,40 @@ def is_wildcard(address: str) -> bool:
         return ipaddress.ip_address(address).is_unspecified
     except ValueError:
         return False
+
+
+#: The ``node.metadata`` field naming the WorkloadGroup a sidecar registers into (read
+#: by ``workload_group_of``, not part of the node class: it decides no resource).
+WORKLOAD_GROUP_FIELD = "workload_group"
+
+
+def is_group_name(value: Any) -> bool:
+    """A WorkloadGroup name: a DNS label of at most 63 characters, or empty."""
+    if not isinstance(value, str):
+        return False
+    if not value:
+        return True
+    return (
+        len(value) <= 63
+        and value[0] != "-"
+        and value[-1] != "-"
+        and all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in value)
+    )
+
+
+def workload_group_of(node: Any) -> str:
+    """The WorkloadGroup ``node`` asks to register into (``node.metadata.
+    workload_group``; "" when none: the node does not register). Its address is the
+    node class's ``instance_ip``, its namespace the class's. Raises TranslationError
+    (path ``<node>``) when the value is not a group name."""
+    given = node.metadata.fields
+    if WORKLOAD_GROUP_FIELD not in given:
+        return ""
+    data = {WORKLOAD_GROUP_FIELD: _plain(given[WORKLOAD_GROUP_FIELD])}
+    report = Report(Document(NODE_PATH, 0, data), ())
+    group: str = Fields(report, ("metadata",), data).value(
+        WORKLOAD_GROUP_FIELD, is_group_name, "a WorkloadGroup name (a DNS label)", ""
+    )
+    if report.problems:
+        raise TranslationError(report.problems)
+    return group

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from xdsd.errors import Problem, TranslationError
+from xdsd.located import split_host_port
 from xdsd.model import (
     DestinationRule,
     Endpoint,
@@ -78,7 +79,6 @@ from xdsd.translate.node import (
     ConfigSourceKind,
     NodeClass,
     Role,
-    split_host_port,
 )
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import PortGroup, ambiguous, check_binds, check_port_groups
@@ -94,7 +94,12 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
-from xdsd.translate.virtual_addresses import AddressBlock, VirtualAddresses, allocate
+from xdsd.translate.virtual_addresses import (
+    AddressBlock,
+    Allocated,
+    VirtualAddresses,
+    allocate_for,
+)
 from xdsd.translate.virtual_listeners import (
     VirtualPlan,
     bind_problems,
@@ -151,7 +156,8 @@ class ClassParts:
         # gateway, caller, style).
         self._bound: dict[ResourceKey, tuple[VirtualService, ...]] | None = None
         self._gateway_routes: dict[tuple[Hashable, ...], list[Any]] = {}
-        self._virtual: VirtualAddresses | None = None
+        self._virtual: Allocated | None = None
+        self._previous_virtual: Allocated | None = None
         # Virtual-address listeners: plans per (block, scope), TCP/TLS plans per (service
         # keys, port, caller), bind problems per what the node binds besides.
         self._vip_plans: dict[tuple[AddressBlock, Scope], VirtualPlan] = {}
@@ -164,14 +170,41 @@ class ClassParts:
         translation from the block of ``[mesh.dns]`` (``virtual_addresses.allocate``).
         Raises TranslationError when the block is too small for the mesh."""
         if self._virtual is None:
-            block = AddressBlock.parse(self._mesh_config.dns.virtual_addresses)
-            try:
-                self._virtual = allocate(self.mesh.services, block)
-            except ValueError as err:
-                raise TranslationError(
-                    [Problem("<settings>", 0, "mesh.dns.virtual_addresses", str(err))]
-                ) from None
-        return self._virtual
+            self._virtual = allocate_for(
+                self.mesh.services, self._mesh_config.dns, self._previous_virtual
+            )
+        return self._virtual.result
+
+    def take_over_addresses(self, previous: ClassParts) -> None:
+        """Let ``virtual_addresses`` reuse ``previous``'s allocation (that of the
+        translation this one replaces) when it was made from the same block and services
+        (``virtual_addresses.Allocated``)."""
+        self._previous_virtual = previous._virtual or previous._previous_virtual
+
+    def node_block(self, text: str) -> AddressBlock:
+        """The block ``text`` (a node's ``virtual_addresses``, or the settings') checked
+        against the allocation: it must hold at least as many addresses as the settings'
+        block, or slots would fall outside it. Raises TranslationError (one problem, the
+        same for every part that asks, so it is reported once) otherwise."""
+        virtual = self.virtual_addresses()
+        settings = self._mesh_config.dns.virtual_addresses
+        try:
+            block = AddressBlock.parse(text)
+        except ValueError as err:  # the node reader checks it: this is a guard
+            problem = Problem(NODE_PATH, 0, "metadata.virtual_addresses", str(err))
+            raise TranslationError([problem]) from None
+        if block.size < virtual.size:
+            problem = Problem(
+                NODE_PATH,
+                0,
+                "metadata.virtual_addresses",
+                f"the node's block {text} has {block.size} addresses, fewer than the "
+                f"{virtual.size} of the settings' block {settings} "
+                f"(mesh.dns.virtual_addresses) that addresses are allocated in: give the "
+                f"node a block at least as large as {settings}",
+            )
+            raise TranslationError([problem])
+        return block
 
     def serves_virtual(self, node: NodeClass) -> bool:
         """True when ``node`` gets virtual-address listeners: an Envoy sidecar whose
@@ -205,27 +238,7 @@ class ClassParts:
         other sockets (``virtual_listeners.bind_problems``)."""
         if not self.serves_virtual(node):
             return ()
-        virtual = self.virtual_addresses()
-        try:
-            block = AddressBlock.parse(node.virtual_addresses)
-        except ValueError as err:  # the node reader checks it: this is a guard
-            raise TranslationError([Problem(NODE_PATH, 0, "virtual_addresses", str(err))]) from None
-        if block.size < virtual.size:
-            settings = self._mesh_config.dns.virtual_addresses
-            raise TranslationError(
-                [
-                    Problem(
-                        NODE_PATH,
-                        0,
-                        "metadata.virtual_addresses",
-                        f"the node's block {node.virtual_addresses} has {block.size} "
-                        f"addresses, fewer than the {virtual.size} of the settings' block "
-                        f"{settings} (mesh.dns.virtual_addresses) that addresses are "
-                        f"allocated in: give the node a block at least as large as "
-                        f"{settings}",
-                    )
-                ]
-            )
+        block = self.node_block(node.virtual_addresses)
         if self._l4_by_caller is None:
             self._l4_by_caller = caller_dependent(self.mesh)
         l4_caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
@@ -393,10 +406,8 @@ class ClassParts:
         dns = self._mesh_config.dns
         upstream = node.dns_upstream or dns.upstream
         block = node.virtual_addresses or dns.virtual_addresses
-        # a node block too small is the virtual listeners' problem when they are built
-        checked = self.serves_virtual(node)
         return self._selections.get(
-            self._dns, found, node.namespace, scope.visible, block, upstream, checked
+            self._dns, found, node.namespace, scope.visible, block, upstream
         )
 
     def _dns(
@@ -406,10 +417,8 @@ class ClassParts:
         visible: frozenset[ResourceKey] | None,
         block_text: str,
         upstream: tuple[str, ...],
-        block_checked: bool = False,
     ) -> list[Resource]:
-        """The selection ``dns_listener`` memoizes (``block_checked``: the block's size is
-        reported by ``virtual_listeners``, not again here)."""
+        """The selection ``dns_listener`` memoizes."""
         ip, port = address
         dns = self._mesh_config.dns
         problems = upstream_loops(
@@ -418,7 +427,7 @@ class ClassParts:
         if problems:
             raise TranslationError(problems)
         virtual = self.virtual_addresses()
-        block = AddressBlock.parse(block_text)
+        block = self.node_block(block_text)
         block_v6 = (
             AddressBlock.parse(dns.virtual_addresses_v6) if dns.virtual_addresses_v6 else None
         )
@@ -427,20 +436,6 @@ class ClassParts:
             if visible is None
             else [s for s in self.mesh.services if s.key in visible]
         )
-        if block.size < virtual.size and block_checked:
-            return []  # virtual_listeners refuses the node, naming the block once
-        if block.size < virtual.size:
-            raise TranslationError(
-                [
-                    Problem(
-                        NODE_PATH,
-                        0,
-                        "metadata.virtual_addresses",
-                        f"{block_text} has {block.size} addresses, fewer than the mesh's "
-                        f"block {dns.virtual_addresses} ({virtual.size})",
-                    )
-                ]
-            )
         if block_v6 is not None and block_v6.size < virtual.size:
             raise TranslationError(
                 [

@@ -6,7 +6,7 @@ a ``SnapshotSource``, which the app provides.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from xdsd.cache.cache import SnapshotCache
@@ -30,4 +30,15 @@ class SnapshotSource(Protocol):
         """The current snapshot for ``key``, built on first use and kept current in the
         cache from then on; None while no configuration has loaded yet. Raises
         TranslationError when the mesh cannot be translated for this class."""
+        ...
+
+
+class StreamRegistrar(Protocol):
+    """What registers a gRPC stream's node as a workload (``xdsd.workloads``)."""
+
+    def attach(self, node: Any, key: Hashable) -> Callable[[], None] | None:
+        """Called when a stream opens, after its node was authorized and classified
+        (``key``): None when the node does not register, else what to call when the
+        stream ends. Raises ``limits.Refused`` for a refused registration (the stream
+        ends with its status)."""
         ...

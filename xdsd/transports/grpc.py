@@ -53,7 +53,7 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import TranslationError
 from xdsd.protocol import Event, Nack, NotApplied, ProtocolError, record_events, user_agent
 from xdsd.resources import SHORT_NAMES
-from xdsd.transports import SnapshotSource
+from xdsd.transports import SnapshotSource, StreamRegistrar
 from xdsd.transports.identity import (
     Credential,
     IdentityLease,
@@ -172,7 +172,8 @@ class DiscoveryStreams:
     response encoder, stream ids, the open streams, the ``limits`` and streams counted per
     address; ``authorizer`` checks the node of each stream against its client
     certificate; ``identities`` admits streams and issues their identities (see the
-    module docstring); ``on_refused`` hears of every refusal."""
+    module docstring); ``registrar`` registers a node that names a WorkloadGroup as a
+    workload while its stream is open; ``on_refused`` hears of every refusal."""
 
     def __init__(
         self,
@@ -182,8 +183,10 @@ class DiscoveryStreams:
         authorizer: NodeAuthorizer | None = None,
         on_refused: RefusalObserver = ignore_refusal,
         identities: IdentityProvider | None = None,
+        registrar: StreamRegistrar | None = None,
     ) -> None:
         self.source = source
+        self.registrar = registrar
         self.encoder = ResponseEncoder()
         self._ids = itertools.count(1)
         self.streams = OpenStreams()
@@ -235,6 +238,8 @@ class DiscoveryStreams:
             client.authorize = lambda node: check(cert, node_identity(node))
         if self.identities is not None and self.identities.enabled:
             client.admit = self._admission(certificate, authorization)
+        if self.registrar is not None:
+            client.register = self.registrar.attach
         try:
             self.streams.add(client)
             await client.run()
@@ -317,6 +322,11 @@ class StreamClient:
         self.admit: Callable[[Any], IdentityLease | None] | None = None
         #: The stream's identity, once admitted.
         self.lease: IdentityLease | None = None
+        #: Called with the node and its class when the stream opens, after ``admit``:
+        #: registers a workload (see ``StreamRegistrar``); raises Refused.
+        self.register: Callable[[Any, Hashable], Callable[[], None] | None] | None = None
+        #: Ends the stream's hold on its registration (None: not registered).
+        self.detach: Callable[[], None] | None = None
         #: The last class snapshot (the lease's resources are laid over it).
         self.base: Snapshot | None = None
 
@@ -457,6 +467,8 @@ class StreamClient:
         key = self.source.classify(node, self.codec.classify_as(self.core.ads))
         if self.admit is not None:
             self.lease = self.admit(node)
+        if self.register is not None:
+            self.detach = self.register(node, key)
         self.key = key
         cache = self.source.cache
         cache.open_client(
@@ -498,6 +510,9 @@ class StreamClient:
             self.reader.cancel()
         if self.lease is not None:
             self.lease.close()
+        if self.detach is not None:
+            detach, self.detach = self.detach, None
+            detach()
         if self.key is not None:
             self.source.cache.unsubscribe(self.key, self._on_snapshot)
             self.source.cache.close_client(self.client_id)

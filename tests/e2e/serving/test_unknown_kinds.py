@@ -27,9 +27,9 @@ protocol = "http"
 address = "10.0.0.1"
 """
 
-WORKLOAD_GROUP = """\
+PROXY_CONFIG = """\
 apiVersion: networking.istio.io/v1
-kind: WorkloadGroup
+kind: ProxyConfig
 metadata: {name: reviews}
 spec: {}
 """
@@ -50,7 +50,7 @@ def _directory(root: Path) -> Path:
     config = root / "config"
     config.mkdir()
     (config / "reviews.toml").write_text(SERVICE.format(name="reviews"))
-    (config / "group.yaml").write_text(WORKLOAD_GROUP)
+    (config / "group.yaml").write_text(PROXY_CONFIG)
     return config
 
 
@@ -65,7 +65,7 @@ def test_validate_warns_by_default(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["validate", str(config)]) == 0
     captured = capsys.readouterr()
     assert (
-        f"{config / 'group.yaml'}:2: warning: kind: WorkloadGroup is not supported by xdsd "
+        f"{config / 'group.yaml'}:2: warning: kind: ProxyConfig is not supported by xdsd "
         "yet: ignored" in captured.err
     ), captured.err
     assert "1 warning" in captured.out
@@ -79,13 +79,13 @@ def test_validate_strict_makes_an_unknown_kind_an_error(
     config = _directory(tmp_path)
     assert main(["validate", "--strict", str(config)]) == 1
     err = capsys.readouterr().err
-    assert f"{config / 'group.yaml'}:2: kind: WorkloadGroup is not supported" in err, err
+    assert f"{config / 'group.yaml'}:2: kind: ProxyConfig is not supported" in err, err
 
 
 @pytest.mark.parametrize(
     ("name", "text", "line", "field", "message"),
     [
-        ("group.yaml", WORKLOAD_GROUP, 2, "kind", "WorkloadGroup is not supported by xdsd yet"),
+        ("group.yaml", PROXY_CONFIG, 2, "kind", "ProxyConfig is not supported by xdsd yet"),
         ("extra.yaml", CONFIG_MAP, 2, "kind", "ConfigMap (v1) is not supported by xdsd"),
         (
             "k8s.yaml",

@@ -1,7 +1,8 @@
 """Cross-checks: resources of a whole directory checked against each other, incrementally.
 
 Duplicates across files, host names claimed twice, rules for unknown hosts, destinations
-naming unknown services, ports or subsets, two rules for one service. ServiceEntries
+naming unknown services, ports or subsets, two rules for one service, one virtual
+address pinned by two services whose TCP ports collide. ServiceEntries
 become services here (one per host, ``service_entry.entry_services``), with the
 WorkloadEntries they select, and take part in every check like the services of files.
 
@@ -25,7 +26,8 @@ object in the next mesh.
 One module per concern, each holding its own indexes: ``definitions`` (winners and
 duplicates by key), ``entries`` (services derived from ServiceEntries), ``hosts`` (the
 owner of each host name), ``rules`` (the DestinationRule applied to each service),
-``virtual_services`` (checked VirtualServices, what they looked up, overlaps; the check
+``addresses`` (one virtual address pinned by two services a connection to it cannot tell
+apart), ``virtual_services`` (checked VirtualServices, what they looked up, overlaps; the check
 of one rule itself is ``routes``), ``gateways`` (Gateways named by VirtualServices),
 ``authorization`` (AuthorizationPolicies' HTTP-only fields on TCP/TLS ports),
 ``jwt_issuers`` (one issuer in two RequestAuthentications of one workload).

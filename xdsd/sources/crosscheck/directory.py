@@ -18,6 +18,7 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.mesh import OTHER_KINDS
+from xdsd.sources.crosscheck.addresses import PinnedAddresses
 from xdsd.sources.crosscheck.authorization import HttpOnlyWarnings
 from xdsd.sources.crosscheck.definitions import Definitions
 from xdsd.sources.crosscheck.endpoints import EndpointWarnings
@@ -26,6 +27,7 @@ from xdsd.sources.crosscheck.gateways import GatewayReferences
 from xdsd.sources.crosscheck.hosts import HostOwners, ServiceChange
 from xdsd.sources.crosscheck.index import replace_entry
 from xdsd.sources.crosscheck.jwt_issuers import IssuerConflicts
+from xdsd.sources.crosscheck.registered import RegisteredEndpoints
 from xdsd.sources.crosscheck.rules import RuleTargets
 from xdsd.sources.crosscheck.virtual_services import VirtualServiceChecks
 
@@ -76,9 +78,11 @@ class CrossCheck:
         self._others: dict[str, dict[ResourceKey, MeshObject]] = {k: {} for k in OTHER_KINDS}
         # One index per concern.
         self._entries = EntryServices()
+        self._registered = RegisteredEndpoints()
         self._hosts = HostOwners()
         self._targets = RuleTargets()
         self._endpoints = EndpointWarnings()
+        self._pinned = PinnedAddresses()
         self._checks = VirtualServiceChecks()
         self._gateways = GatewayReferences()
         self._http_only = HttpOnlyWarnings()
@@ -136,6 +140,7 @@ class CrossCheck:
                 others, self._others["ServiceEntry"], self._others["WorkloadEntry"], self._services
             )
         )
+        self._registered.update(others, self._others["WorkloadEntry"], self._services, services)
         hosts = self._hosts.update(services, self._services, self._others["ServiceEntry"])
         owners = self._hosts.owners
         applied = self._targets.update(rules, hosts, self._rules, owners)
@@ -145,6 +150,7 @@ class CrossCheck:
             self._targets.applied,
             self._others["ServiceEntry"],
         )
+        self._pinned.update(services, self._services)
         checked = self._checks.update(
             virtual, hosts, applied, self._virtual, owners, self._targets.applied
         )
@@ -168,6 +174,7 @@ class CrossCheck:
         out.extend(self._hosts.problems())
         out.extend(self._targets.problems())
         out.extend(self._endpoints.problems())
+        out.extend(self._pinned.problems())
         out.extend(self._checks.problems())
         out.extend(self._gateways.problems())
         out.extend(self._http_only.problems())
