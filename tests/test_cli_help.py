@@ -45,6 +45,7 @@ def test_every_subcommand_and_option_is_described() -> None:
         "token",
         "certificate",
         "demo",
+        "capture",
     }
     for name, parser in found.items():
         assert parser.description, f"{name}: no description"

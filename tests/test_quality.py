@@ -43,6 +43,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.tls": ("xdsd.errors", "xdsd.settings"),
     "xdsd.logs": (),
     "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
+    "xdsd.capture": ("xdsd.errors",),
     "xdsd.plurals": (),
     "xdsd.resolver": ("xdsd.errors", "xdsd.model", "xdsd.located"),
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),

@@ -1,5 +1,5 @@
 """The ``xdsd`` command: serve | validate | render | bootstrap | certificate | status | token |
-demo.
+demo | capture.
 
 Exit codes: 0 success, 1 the configuration (or the node asked for) cannot work, with
 ``path:line: field: message`` lines on stderr, or ``serve`` cannot start (an address in use,
@@ -96,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_token_command,
         _add_certificate_command,
         _add_demo_command,
+        _add_capture_command,
     ):
         add(sub)
     for command in sub.choices.values():
@@ -504,6 +505,82 @@ def _add_certificate_command(sub: Subcommands) -> None:
     from xdsd.certificate import add_command
 
     add_command(sub)
+
+
+def _add_capture_command(sub: Subcommands) -> None:
+    """The ``xdsd capture`` subcommand and its flags."""
+    from xdsd.capture import CHAIN, DEFAULT_CAPTURE_PORT, DEFAULT_PROXY_USER
+
+    capture = _command(
+        sub,
+        "capture",
+        summary="print, apply or remove the iptables rules sending outbound TCP to the sidecar",
+        description="Istio's VM capture, made explicit and reversible: iptables rules in the "
+        f"nat table, in a chain\nof xdsd's own ({CHAIN}, jumped to from OUTPUT), that "
+        "redirect this host's outbound TCP to\nthe sidecar's capture port, except loopback "
+        "traffic, the sidecar's own user, xdsd's ports\nand the ports and networks you "
+        "exclude. The sidecar must have the same port as node\nmetadata `capture`. ACTION: "
+        "print (the default: the shell commands, no root needed),\napply (idempotent), "
+        "remove (exactly what apply added), status (exit 0 when applied as\nthe flags say, "
+        "1 otherwise). apply, remove and status need root and iptables.",
+        example="xdsd capture --proxy-user envoy                 # print the rules\n"
+        "sudo xdsd capture apply --proxy-user envoy --exclude-ports 22\n"
+        "sudo xdsd capture status --proxy-user envoy --exclude-ports 22\n"
+        "sudo xdsd capture remove",
+    )
+    capture.add_argument(
+        "action",
+        nargs="?",
+        default="print",
+        choices=["print", "apply", "remove", "status"],
+        help="what to do (default: print)",
+    )
+    capture.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_CAPTURE_PORT,
+        help=f"the sidecar's capture port, its node metadata `capture` (default: "
+        f"{DEFAULT_CAPTURE_PORT})",
+    )
+    capture.add_argument(
+        "--proxy-user",
+        default=DEFAULT_PROXY_USER,
+        metavar="USER",
+        help="the user the sidecar runs as (a name or uid; not root): its connections are "
+        f"not captured (default: {DEFAULT_PROXY_USER})",
+    )
+    capture.add_argument(
+        "--xdsd-ports",
+        default=",".join(a.rsplit(":", 1)[1] for a in (DEFAULT_GRPC, DEFAULT_REST, DEFAULT_ADMIN)),
+        metavar="PORTS",
+        help="xdsd's ports, never captured (so that xdsd stays reachable under "
+        "REGISTRY_ONLY) (default: %(default)s)",
+    )
+    capture.add_argument(
+        "--exclude-ports",
+        default="",
+        metavar="PORTS",
+        help="more destination ports never captured, comma-separated (e.g. 22)",
+    )
+    capture.add_argument(
+        "--exclude-cidrs",
+        default="",
+        metavar="NETWORKS",
+        help="destination IPv4 networks never captured, comma-separated (e.g. 169.254.169.254/32)",
+    )
+    capture.add_argument(
+        "--iptables",
+        default="",
+        metavar="PATH",
+        help="the iptables command (default: `iptables` on PATH or in /usr/sbin, the "
+        "system's chosen backend)",
+    )
+    capture.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="apply/remove: print the commands that would change the nat table, change nothing",
+    )
+    capture.set_defaults(run=_capture)
 
 
 def _add_demo_command(sub: Subcommands) -> None:
@@ -1375,6 +1452,53 @@ def _status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(status.render_table(result))
     return result.exit_code
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from xdsd import capture
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a port number (1-65535)")
+    excluded = capture.parse_ports(args.xdsd_ports, "--xdsd-ports") + capture.parse_ports(
+        args.exclude_ports, "--exclude-ports"
+    )
+    cidrs = capture.parse_cidrs(args.exclude_cidrs, "--exclude-cidrs")
+    if args.action == "remove":
+        rules = None
+    else:
+        uid = capture.user_id(args.proxy_user)
+        rules = capture.CaptureRules(args.port, uid, excluded, cidrs)
+    if args.action == "print":
+        assert rules is not None
+        sys.stdout.write(rules.script(args.iptables or "iptables"))
+        return 0
+    capture.require_root(args.action)
+    iptables = capture.Iptables(capture.find_iptables(args.iptables), dry_run=args.dry_run)
+    if args.action == "status":
+        assert rules is not None
+        found = iptables.status()
+        applied = found.matches(rules)
+        jumps = f"{found.jumps} jump{'s' if found.jumps != 1 else ''} from OUTPUT"
+        if found.rules is None:
+            print(f"not applied: no {capture.CHAIN} chain, {jumps}")
+        else:
+            state = "applied" if applied else "applied, but not as these flags say"
+            print(f"{state}: {jumps} to {capture.CHAIN}:")
+            for line in found.rules:
+                print(f"  {line}")
+        return 0 if applied else 1
+    if args.action == "apply":
+        assert rules is not None
+        if not iptables.apply(rules):
+            print(f"already applied: {capture.CHAIN} redirects to port {args.port}")
+        elif not args.dry_run:
+            print(f"applied: outbound TCP goes to port {args.port}; undo: xdsd capture remove")
+        return 0
+    if not iptables.remove():
+        print(f"nothing to remove: no {capture.CHAIN} chain or jump")
+    elif not args.dry_run:
+        print(f"removed: the {capture.CHAIN} chain and its jump from OUTPUT")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -335,6 +335,8 @@ class MeshTranslation:
                     out.append(lambda: parts.virtual_listeners(node, scope, source, style, caller))
                 if node.dns:
                     out.append(lambda: parts.dns_listener(node, scope))
+            if node.client is ClientKind.ENVOY and node.capture:
+                out.append(lambda: parts.capture(node, scope, source, style, caller))
         if node.locality != NO_LOCALITY:
             out.append(lambda: parts.local_assignments(node, scope))
         if self.mesh_config.mtls.enabled and node.client is not ClientKind.GRPC:

@@ -202,6 +202,14 @@ class _Metadata:
     capture: int
 
 
+def _is_port(value: Any) -> bool:
+    """A port number (0: none): a whole number, or its decimal digits as a string (Envoy
+    hands YAML bootstraps' metadata scalars over as strings)."""
+    if isinstance(value, str):
+        return 0 < len(value) <= 5 and value.isascii() and value.isdigit() and int(value) < 65536
+    return isinstance(value, float) and value.is_integer() and 0 <= value < 65536
+
+
 def _is_block(value: Any) -> bool:
     """An IPv4 network in CIDR notation with host bits zero, or empty (not given)."""
     if not isinstance(value, str):
@@ -291,12 +299,7 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
         "dns", _is_dns_address, "IP:PORT of a unicast address (127.0.0.1:15053)", ""
     )
     dns_upstream = _read_resolvers(metadata)
-    capture = metadata.value(
-        "capture",
-        lambda v: isinstance(v, float) and v.is_integer() and 0 <= v < 65536,
-        "a port number",
-        0.0,
-    )
+    capture = metadata.value("capture", _is_port, "a port number", 0.0)
     return _Metadata(
         namespace=namespace,
         role=Role(role),
@@ -308,7 +311,7 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
         virtual_addresses=blocks,
         dns=dns,
         dns_upstream=dns_upstream,
-        capture=int(capture),
+        capture=int(capture),  # a float or a string of digits, checked
     )
 
 

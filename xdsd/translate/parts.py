@@ -36,6 +36,14 @@ from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
 from xdsd.resources import SECRET, Resource
 from xdsd.translate import jwt_authn
+from xdsd.translate.capture import (
+    blackhole_cluster,
+    capture_listener,
+    capture_problems,
+    passthrough_cluster,
+    plan_virtual_listeners,
+    virtual_listener,
+)
 from xdsd.translate.clusters import (
     build_inbound_cluster,
     outbound_cluster_name,
@@ -79,12 +87,13 @@ from xdsd.translate.node import (
     ConfigSourceKind,
     NodeClass,
     Role,
+    is_wildcard,
 )
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.placement import PortGroup, ambiguous, check_binds, check_port_groups
 from xdsd.translate.policy_index import PolicyIndex
 from xdsd.translate.route_configs import RouteConfigs
-from xdsd.translate.route_matches import Caller, MatcherStyle, caller_of, relevance_of
+from xdsd.translate.route_matches import NO_CALLER, Caller, MatcherStyle, caller_of, relevance_of
 from xdsd.translate.routes import virtual_service_index
 from xdsd.translate.scoping import Scoping
 from xdsd.translate.secrets import Secrets
@@ -643,6 +652,78 @@ class ClassParts:
             out.append(self._memo.resource(outbound_l4_listener, address, plan))
         if problems:
             raise TranslationError(problems)
+        return out
+
+    def capture(
+        self,
+        node: NodeClass,
+        scope: Scope,
+        source: ConfigSourceKind = ConfigSourceKind.ADS,
+        style: MatcherStyle = MatcherStyle.STRING_MATCH,
+        caller: Caller = NO_CALLER,
+    ) -> tuple[Resource, ...]:
+        """An Envoy sidecar's capture listener on ``node.outbound_ip:node.capture``, the
+        virtual listeners of the services its default per-port listeners serve (as far
+        as ``scope`` lets it see) with the per-port route configurations they name (as
+        ``caller`` sees them, in ``style``), and the passthrough or black hole clusters
+        (see ``capture``). Memoized by (addresses, port, callers, scope, config source,
+        style). Raises TranslationError when the capture port collides with another
+        listener."""
+        if self._l4_by_caller is None:
+            self._l4_by_caller = caller_dependent(self.mesh)
+        l4_caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
+        own = self._scoping.own_service(node)
+        vips = self.serves_virtual(node)
+        default = self._scoping.default_groups(scope, node.outbound_ip)
+        problems = capture_problems(
+            node.capture,
+            node.outbound_ip,
+            self._scoping.instance_ip(node),
+            [g.number for g, _ in default if not (vips and ambiguous(g))],
+            [p.number for p in own.ports] if own is not None else [],
+            HTTP_PROXY_PORT,
+        )
+        if problems:
+            raise TranslationError(problems)
+        return self._selections.get(
+            self._capture, node.outbound_ip, node.capture, l4_caller, scope, source, style, caller
+        )
+
+    def _capture(
+        self,
+        ip: str,
+        port: int,
+        l4_caller: L4Caller,
+        scope: Scope,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
+    ) -> list[Resource]:
+        """The selection ``capture`` memoizes."""
+        memo = self._memo
+        block = scope.registry_only
+        out = [memo.resource(capture_listener, ip, port, block), memo.resource(blackhole_cluster)]
+        if not block:
+            out.append(memo.resource(passthrough_cluster))
+        if is_wildcard(ip):
+            return out  # the per-port listeners on 0.0.0.0 take the connections
+        default = self._scoping.default_groups(scope, ip)
+        problems: list[Problem] = []
+        for group, view in default:
+            if group.http:  # the same object ``outbound`` (or the VIP part) gives
+                try:
+                    out.append(
+                        self._routes.port_routes(
+                            group, style, caller, view=view, block_unknown=block
+                        )
+                    )
+                except TranslationError as err:
+                    problems.extend(p for p in err.problems if p not in problems)
+        if problems:
+            raise TranslationError(problems)
+        groups = [g for g, _ in default]
+        plans = plan_virtual_listeners(self.mesh, self._rules(), groups, l4_caller, block)
+        out.extend(memo.resource(virtual_listener, plan, source) for plan in plans)
         return out
 
     # -- gateways -------------------------------------------------------------------
