@@ -45,6 +45,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.status": ("xdsd.errors", "xdsd.plurals"),
     "xdsd.capture": ("xdsd.errors",),
     "xdsd.plurals": (),
+    "xdsd.resolver": ("xdsd.errors", "xdsd.model", "xdsd.located"),
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),

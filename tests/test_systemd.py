@@ -65,6 +65,43 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert float(found.group(1)) <= 2.0, security.stdout[-2000:]  # "OK" or better
 
 
+SIDECAR_UNIT = UNIT.with_name("xdsd-sidecar.service")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_sidecar_unit_binds_port_53_with_one_capability(tmp_path: Path) -> None:
+    """The Envoy sidecar unit of "Mesh DNS" verifies, gets CAP_NET_BIND_SERVICE (and no
+    other capability) for a DNS listener on port 53, and is hardened ("OK")."""
+    import subprocess
+
+    from tests.harness import envoy_binary
+
+    text = SIDECAR_UNIT.read_text()
+    for line in (
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n",
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "Before=nss-lookup.target",
+    ):
+        assert line in text, line
+    unit = tmp_path / SIDECAR_UNIT.name
+    unit.write_text(text.replace("/usr/local/bin/envoy", envoy_binary()))
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and unit.name not in verify.stderr, verify.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(rf"Overall exposure level for {unit.name}: ([\d.]+)", security.stdout)
+    assert found is not None, security.stdout[-2000:]
+    assert float(found.group(1)) <= 2.0, security.stdout[-2000:]
+
+
 def test_notifier_addresses(tmp_path: Path) -> None:
     path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

@@ -26,7 +26,9 @@ import yaml
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
 from xdsd.logs import LOG_FORMATS, configure_logging
 from xdsd.model import Locality
+from xdsd.model.mesh_config import DEFAULT_DNS_PORT, DEFAULT_VIRTUAL_ADDRESSES
 from xdsd.plurals import counted
+from xdsd.resolver import RESOLVED_DROPIN, RESOLVER_CONFIGS
 from xdsd.sources import LoadResult, load_directory
 
 log = logging.getLogger(__name__)
@@ -444,7 +446,60 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
         metavar="PATH",
         help="write the bootstrap here (atomically; 0600 when it holds a token) instead of stdout",
     )
+    _add_dns_flags(boot)
     boot.set_defaults(run=_bootstrap)
+
+
+def _add_dns_flags(boot: argparse.ArgumentParser) -> None:
+    """``xdsd bootstrap``'s mesh DNS flags (an Envoy sidecar's virtual addresses and DNS
+    listener, ``xdsd.resolver``)."""
+    dns = boot.add_argument_group(
+        "mesh DNS (Envoy sidecars)",
+        "A sidecar gets a listener on a virtual address per service and a DNS listener "
+        'answering mesh names with them\n(docs/operations.md, "Mesh DNS"). The '
+        "bootstrap prints, as comments, what to put in the host's resolver.",
+    )
+    dns.add_argument(
+        "--virtual-addresses",
+        default=None,
+        metavar="CIDR",
+        help=f"the IPv4 block of this sidecar's virtual addresses (default: "
+        f"{DEFAULT_VIRTUAL_ADDRESSES}); several sidecars on one host need a block each",
+    )
+    dns.add_argument(
+        "--dns",
+        default=None,
+        metavar="IP:PORT",
+        help=f"where its DNS listener binds (default: OUTBOUND_IP:{DEFAULT_DNS_PORT}); "
+        "/etc/resolv.conf can name port 53 only",
+    )
+    dns.add_argument(
+        "--dns-upstream",
+        action="append",
+        default=[],
+        metavar="IP[:PORT]",
+        help="a resolver it forwards names outside the mesh to (repeat for more; default: "
+        "the nameservers of /etc/resolv.conf now, without the sidecar itself and "
+        "without systemd-resolved's stub)",
+    )
+    dns.add_argument(
+        "--no-dns",
+        action="store_true",
+        help="no virtual addresses and no DNS listener (bootstraps before mesh DNS)",
+    )
+    dns.add_argument(
+        "--resolver-config",
+        default=None,
+        choices=RESOLVER_CONFIGS,
+        help="with --resolver-file: write the host's resolver configuration, an "
+        "/etc/resolv.conf or a systemd-resolved drop-in",
+    )
+    dns.add_argument(
+        "--resolver-file",
+        default=None,
+        metavar="PATH",
+        help=f"where --resolver-config writes it (e.g. /etc/resolv.conf, {RESOLVED_DROPIN})",
+    )
 
 
 def _add_certificate_command(sub: Subcommands) -> None:
@@ -951,6 +1006,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     token = read_token(args.token_file) if args.token_file else ""
     client = "grpc" if args.format == "grpc" else "envoy"
     node = _node_class(args, client=client, transport=args.transport)
+    node, advice = _mesh_dns(args, node)
     kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
     node_id = args.node_id or f"{args.service}-{kind}"
     _check_local_address("--instance-ip", args.instance_ip)
@@ -1004,9 +1060,133 @@ def _bootstrap(args: argparse.Namespace) -> int:
                     cluster["transport_socket"] = _xds_transport_socket(args)
         if group:
             doc["node"].setdefault("metadata", {})["workload_group"] = group
-        text = yaml.safe_dump(doc, sort_keys=False)
+        text = advice + yaml.safe_dump(doc, sort_keys=False)
+    if args.resolver_file:
+        _write_resolver_file(args.resolver_file, args.resolver_text, args.resolver_config)
     _emit_bootstrap(text, args.output, credential=args.token_file if token else None)
     return 0
+
+
+def _write_resolver_file(path: str, text: str, kind: str) -> None:
+    """Write ``--resolver-file`` (atomically, 0644; its directory made when missing)."""
+    from xdsd.credentials import write_private
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_private(path, text.encode(), mode=0o644)
+    print(f"{path}: written ({kind})", file=sys.stderr)
+
+
+def _mesh_dns(args: argparse.Namespace, node: Any) -> tuple[Any, str]:
+    """``node`` with the mesh DNS of the flags (an Envoy sidecar: virtual addresses, DNS
+    listener and its upstreams, by default on; none with ``--no-dns``, for a gateway or a
+    proxyless gRPC client), and the resolver advice to print as YAML comments ("" when
+    none); the text of ``--resolver-file`` in ``args.resolver_text``. UsageError for
+    bad or contradictory flags."""
+    import dataclasses
+
+    from xdsd import resolver
+    from xdsd.translate import ClientKind, Role
+
+    given = [
+        flag
+        for flag, value in (
+            ("--virtual-addresses", args.virtual_addresses),
+            ("--dns", args.dns),
+            ("--dns-upstream", args.dns_upstream),
+            ("--resolver-config", args.resolver_config),
+            ("--resolver-file", args.resolver_file),
+        )
+        if value
+    ]
+    if bool(args.resolver_config) != bool(args.resolver_file):
+        raise UsageError("--resolver-config and --resolver-file go together")
+    sidecar = node.client is ClientKind.ENVOY and node.role is Role.SIDECAR
+    if not sidecar or args.no_dns:
+        if given and args.no_dns:
+            raise UsageError(f"{given[0]} and --no-dns contradict each other")
+        if given:
+            raise UsageError(
+                f"{given[0]} is for an Envoy sidecar's mesh DNS: a gateway or a proxyless "
+                "gRPC client gets none"
+            )
+        return node, ""
+    block = resolver.parse_virtual_addresses(args.virtual_addresses or DEFAULT_VIRTUAL_ADDRESSES)
+    settings_block = _mesh_config(args).dns.virtual_addresses
+    if resolver.block_size(block) < resolver.block_size(settings_block):
+        raise UsageError(
+            f"--virtual-addresses {block} is smaller than the settings' block "
+            f"{settings_block}: a sidecar's block needs room for every address of it"
+        )
+    if not resolver.is_loopback_block(block):
+        print(
+            f"warning: --virtual-addresses {block} is outside 127.0.0.0/8: its addresses "
+            "must be on an interface of this host for Envoy to bind them",
+            file=sys.stderr,
+        )
+    outbound = "127.0.0.1" if _is_wildcard(node.outbound_ip) else node.outbound_ip
+    dns = resolver.parse_dns(args.dns or resolver.host_port(outbound, DEFAULT_DNS_PORT))
+    if args.dns:
+        _check_local_address("--dns", dns[0])
+    if args.dns_upstream:
+        parsed = [resolver.parse_upstream(u) for u in args.dns_upstream]
+        if len(parsed) > resolver.MAX_UPSTREAMS:
+            raise UsageError(f"--dns-upstream: at most {resolver.MAX_UPSTREAMS} resolvers")
+        if dns in parsed:
+            raise UsageError(
+                f"--dns-upstream {resolver.host_port(*dns)} is the sidecar's own DNS: it "
+                "would forward names to itself"
+            )
+        upstreams = tuple(resolver.resolver_text(ip, port) for ip, port in parsed)
+    else:
+        found = resolver.host_upstreams(dns)
+        for note in found.notes:
+            print(f"note: --dns-upstream: {note}", file=sys.stderr)
+        if not found.resolvers:
+            print(
+                "warning: no upstream resolver for names outside the mesh: give "
+                "--dns-upstream IP (or [mesh.dns] upstream in the settings)",
+                file=sys.stderr,
+            )
+        upstreams = found.resolvers
+    if args.resolver_file:  # checked now, written once the bootstrap is good
+        args.resolver_text = resolver.resolver_config(
+            args.resolver_config, dns, node.namespace, upstreams
+        )
+    node = dataclasses.replace(
+        node,
+        virtual_addresses=block,
+        dns=resolver.host_port(*dns),
+        dns_upstream=upstreams,
+    )
+    _check_metadata(node)
+    return node, resolver.advice(dns, node.namespace, upstreams)
+
+
+def _check_metadata(node: Any) -> None:
+    """Raise UsageError, naming the flag, when xdsd would refuse the mesh DNS metadata of
+    ``node`` as it reads a node (``node_class_from_node``): a bootstrap never carries a
+    value the daemon refuses."""
+    from xdsd.translate import ConfigSourceKind
+    from xdsd.translate.node import node_class_from_node
+    from xdsd.translate.static import node_message
+
+    flags = {
+        "virtual_addresses": "--virtual-addresses",
+        "dns": "--dns",
+        "dns_upstream": "--dns-upstream",
+    }
+    try:
+        node_class_from_node(node_message("check", node), config_source=ConfigSourceKind.ADS)
+    except TranslationError as e:
+        problem = e.problems[0]
+        key = problem.field.split(".")[-1] if problem.field else ""
+        raise UsageError(f"{flags.get(key, key)}: {problem.message}") from None
+
+
+def _is_wildcard(ip: str) -> bool:
+    from xdsd.translate.node import is_wildcard
+
+    return is_wildcard(ip)
 
 
 def _check_registration(args: argparse.Namespace, node: Any) -> None:

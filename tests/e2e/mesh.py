@@ -153,6 +153,7 @@ class EchoMesh:
                 transport,
                 "--admin-port",
                 str(admin_port),
+                "--no-dns",
             ],
             capture_output=True,
             text=True,

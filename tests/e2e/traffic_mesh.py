@@ -34,6 +34,10 @@ from tests.e2e.certs import CertFiles, TlsSession, client_tls_context
 from tests.e2e.upstreams import Reply, TcpEcho, Upstream
 from tests.harness import Envoy, Xdsd, free_port, loopback_block, wait_until, write_atomically
 
+#: ``xdsd bootstrap``'s mesh DNS flags: a sidecar given none of them gets ``--no-dns`` (the
+#: tests start many sidecars on one host, which would share the default VIP block).
+DNS_FLAGS = ("--virtual-addresses", "--dns", "--dns-upstream", "--resolver-config")
+
 
 @dataclass
 class Sidecar:
@@ -403,6 +407,8 @@ class TrafficMesh:
             argv += ["--namespace", namespace]
         if locality:
             argv += ["--locality", locality]
+        if not any(flag in DNS_FLAGS for flag in bootstrap_args):
+            argv.append("--no-dns")  # many sidecars on one host: no shared VIP block
         argv += bootstrap_args
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr

@@ -15,6 +15,7 @@ its weights decide how much of the traffic reaches ``reviews`` v2.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ class Layout:
     xds_host: str
     gateway_address: str
     admin_on_own_address: bool = False
+    #: Mesh DNS: the one workload whose sidecar gets virtual addresses and a DNS
+    #: listener ("": none), its block, its DNS ``IP:PORT`` and the upstreams its DNS
+    #: forwards other names to. One sidecar only: several sidecars on one host would
+    #: each need a block of their own.
+    dns_workload: str = ""
+    virtual_addresses: str = ""
+    dns: str = ""
+    dns_upstream: tuple[str, ...] = ()
+
+    def dns_address(self) -> tuple[str, int]:
+        """(IP, PORT) of the DNS listener of ``dns_workload``'s sidecar."""
+        host, _, port = self.dns.rpartition(":")
+        return host, int(port)
 
     def workload(self, name: str) -> Workload:
         """The workload named ``service-version``; KeyError if there is none."""
@@ -122,18 +136,54 @@ def standard_layout(
     return Layout(tuple(workloads), xds_host, gateway_address, admin_on_own_address)
 
 
-def loopback_layout(block: str, app_ports: dict[str, int]) -> Layout:
+#: The workload of ``xdsd demo`` whose sidecar answers DNS and listens on virtual
+#: addresses (the user's shell calls the mesh through it).
+DNS_WORKLOAD = "productpage-v1"
+
+
+def virtual_address_block(block: str) -> str:
+    """The virtual addresses of ``xdsd demo`` on loopback block ``127.A.B``: the /16
+    ``127.(A+1).0.0/16`` (as large as the default block, which a node's must be),
+    outside ``127.A.B`` and never the default ``127.240.0.0/16``, which a sidecar of the
+    user's own on this host may have (241 then; 254 for A = 255)."""
+    second = int(block.split(".")[1]) + 1
+    if second == 240:
+        second = 241
+    elif second == 256:
+        second = 254
+    return f"127.{second}.0.0/16"
+
+
+def loopback_layout(
+    block: str,
+    app_ports: dict[str, int],
+    *,
+    dns_port: int = 0,
+    dns_upstream: tuple[str, ...] = (),
+) -> Layout:
     """The layout of ``xdsd demo``: everything on the loopback block ``block``
     (``127.A.B``): xdsd on ``.1``, the gateway on ``.2``, workloads on ``.11``, ``.21``,
-    ``.22``, ``.31`` with their sidecars' outbound listeners on ``.111`` ... ``.131``."""
+    ``.22``, ``.31`` with their sidecars' outbound listeners on ``.111`` ... ``.131``.
+    With ``dns_port``, productpage's sidecar answers DNS on ``.53:DNS_PORT`` (forwarding
+    other names to ``dns_upstream``) and listens on the virtual addresses of
+    ``virtual_address_block``."""
     hosts = {"productpage-v1": 11, "reviews-v1": 21, "reviews-v2": 22, "ratings-v1": 31}
-    return standard_layout(
+    layout = standard_layout(
         {name: f"{block}.{n}" for name, n in hosts.items()},
         {name: f"{block}.{n + 100}" for name, n in hosts.items()},
         app_ports,
         xds_host=f"{block}.1",
         gateway_address=f"{block}.2",
         admin_on_own_address=True,
+    )
+    if not dns_port:
+        return layout
+    return dataclasses.replace(
+        layout,
+        dns_workload=DNS_WORKLOAD,
+        virtual_addresses=virtual_address_block(block),
+        dns=f"{block}.53:{dns_port}",
+        dns_upstream=dns_upstream,
     )
 
 
@@ -260,13 +310,22 @@ def gateway_node(layout: Layout) -> NodeClass:
     )
 
 
-def workload_node(workload: Workload) -> NodeClass:
-    """A workload's sidecar node class."""
-    return NodeClass(
+def workload_node(workload: Workload, layout: Layout | None = None) -> NodeClass:
+    """A workload's sidecar node class (with the layout's mesh DNS when it is the
+    layout's ``dns_workload``)."""
+    node = NodeClass(
         service=workload.service,
         labels=workload.labels,
         instance_ip=workload.address,
         outbound_ip=workload.outbound_ip,
+    )
+    if layout is None or workload.name != layout.dns_workload:
+        return node
+    return dataclasses.replace(
+        node,
+        virtual_addresses=layout.virtual_addresses,
+        dns=layout.dns,
+        dns_upstream=layout.dns_upstream,
     )
 
 
@@ -274,7 +333,7 @@ def bootstrap_files(layout: Layout) -> dict[str, str]:
     """One Envoy bootstrap (YAML) per proxy: ``ingressgateway.yaml`` and
     ``WORKLOAD.yaml`` (e.g. ``reviews-v2.yaml``), all pointing at ``layout.xds_host``."""
     nodes = [("ingressgateway", gateway_node(layout), layout.gateway_address)]
-    nodes += [(w.name, workload_node(w), w.address) for w in layout.workloads]
+    nodes += [(w.name, workload_node(w, layout), w.address) for w in layout.workloads]
     out: dict[str, str] = {}
     for name, node, address in nodes:
         doc: dict[str, Any] = bootstrap(

@@ -36,6 +36,7 @@ from xdsd.demo.mesh import (
     ENVOY_ADMIN_PORT,
     GATEWAY_PORT,
     REST_PORT,
+    SERVICE_PORT,
     XDS_PORT,
     Layout,
     bootstrap_files,
@@ -44,6 +45,8 @@ from xdsd.demo.mesh import (
     write_files,
 )
 from xdsd.errors import UsageError, XdsdError
+from xdsd.model.mesh_config import DEFAULT_DNS_PORT
+from xdsd.resolver import host_upstreams, resolv_conf
 
 #: Default loopback block (``127.A.B``) of the demo.
 DEFAULT_BLOCK = "127.0.10"
@@ -167,14 +170,63 @@ def free_loopback_port() -> int:
 
 def _gateway_answers(layout: Layout) -> bool:
     """True when a request through the gateway crossed the mesh (HTTP 200)."""
-    conn = http.client.HTTPConnection(layout.gateway_address, GATEWAY_PORT, timeout=5)
+    return _answers(layout.gateway_address, GATEWAY_PORT, "")
+
+
+def _answers(host: str, port: int, name: str) -> bool:
+    """True when ``GET /`` on host:port (Host ``name``, when given) answers 200."""
+    conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", "/", headers={"Host": name} if name else {})
         return conn.getresponse().status == 200
     except (OSError, http.client.HTTPException):
         return False
     finally:
         conn.close()
+
+
+def dns_port() -> int:
+    """The port of the demo's DNS listener: 53 when Envoy may bind it (root, or a host
+    whose ``net.ipv4.ip_unprivileged_port_start`` allows it), so that a resolv.conf can
+    name it; else ``DEFAULT_DNS_PORT``."""
+    if os.geteuid() == 0:
+        return 53
+    with contextlib.suppress(OSError, ValueError):
+        start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()
+        if int(start) <= 53:
+            return 53
+    return DEFAULT_DNS_PORT
+
+
+def virtual_address(layout: Layout, config_dir: Path, service: str) -> str:
+    """The virtual address of ``service`` (namespace default) on the demo's DNS sidecar,
+    as xdsd allocates it from the demo's config directory (deterministic: the same
+    directory gives the same addresses). Raises DemoError when it has none."""
+    from xdsd.sources import load_directory
+    from xdsd.translate import MeshTranslation
+    from xdsd.translate.virtual_addresses import AddressBlock
+
+    mesh = load_directory(str(config_dir)).mesh
+    found = mesh.service_by_name("default", service)
+    if found is None:
+        raise DemoError(f"no service {service} in {config_dir}")
+    allocation = MeshTranslation(mesh).virtual_addresses()
+    block = AddressBlock.parse(layout.virtual_addresses)
+    addresses = allocation.addresses_of(found.key, block)
+    if not addresses:
+        raise DemoError(f"service {service} has no virtual address")
+    return addresses[0]
+
+
+def write_resolv_conf(layout: Layout, workdir: Path) -> Path | None:
+    """``WORKDIR/resolv.conf`` naming the demo's DNS (None when it is not on port 53,
+    which is all a resolv.conf can name)."""
+    ip, port = layout.dns_address()
+    if port != 53:
+        return None
+    path = workdir / "resolv.conf"
+    path.write_text(resolv_conf((ip, port), "default", layout.dns_upstream))
+    return path
 
 
 def _wait(check: Callable[[], bool], supervisor: Supervisor, what: str) -> None:
@@ -279,6 +331,13 @@ def start_mesh(supervisor: Supervisor, layout: Layout, workdir: Path, envoy: str
             argv += ["--call", url]
         supervisor.start(w.name, argv)
     _wait(lambda: _gateway_answers(layout), supervisor, "waiting for the gateway to answer")
+    if layout.dns_workload:
+        vip = virtual_address(layout, config, "productpage")
+        _wait(
+            lambda: _answers(vip, SERVICE_PORT, "productpage"),
+            supervisor,
+            f"waiting for productpage's virtual address {vip} to answer",
+        )
 
 
 def xdsd_command() -> str:
@@ -312,11 +371,12 @@ def banner(layout: Layout, workdir: Path, supervisor: Supervisor) -> str:
         "               where `xdsd serve` listens by default, not the demo)",
         f"  2. try:      curl {gw}",
         "               (gateway -> productpage -> reviews; reviews v2 also calls ratings)",
-        f"  3. canary:   edit {canary}",
+        *by_name(layout, workdir),
+        f"  4. canary:   edit {canary}",
         "               (set the weights to 50/50, then 0/100, save, and curl again)",
-        "  4. mistake:  set a weight there to -1 and save: the status page and `xdsd status`",
+        "  5. mistake:  set a weight there to -1 and save: the status page and `xdsd status`",
         "               name the file, line and field; the last good configuration keeps serving",
-        '  5. your own: README.md, "Point a proxy at it": a bootstrap and an Envoy of your own',
+        '  6. your own: README.md, "Point a proxy at it": a bootstrap and an Envoy of your own',
         "",
         f"  debug:      http://{admin}/debug/clients   http://{admin}/debug/errors",
         f"  proxies:    admin of each Envoy on its address, port {ENVOY_ADMIN_PORT} "
@@ -327,6 +387,40 @@ def banner(layout: Layout, workdir: Path, supervisor: Supervisor) -> str:
     lines += [f"              {c.name:<24} pid {c.proc.pid}" for c in supervisor.children]
     lines += ["", "Ctrl-C stops everything."]
     return "\n".join(lines)
+
+
+def by_name(layout: Layout, workdir: Path) -> list[str]:
+    """The banner's step 3: calling services by name through productpage's sidecar (its
+    DNS and virtual addresses): ``curl --resolve`` with productpage's address, how to ask
+    the DNS, and — when the DNS is on port 53 — a shell whose /etc/resolv.conf names it
+    (a mount namespace of its own: the host's resolver is untouched)."""
+    if not layout.dns_workload:
+        return []
+    ip, port = layout.dns_address()
+    vip = virtual_address(layout, workdir / "config", "productpage")
+    url = f"http://productpage:{SERVICE_PORT}/"
+    lines = [
+        f"  3. by name:  curl --resolve productpage:{SERVICE_PORT}:{vip} {url}",
+        f"               (productpage's virtual address; {layout.dns_workload}'s sidecar answers "
+        "DNS:",
+        f"               dig @{ip}{'' if port == 53 else f' -p {port}'} "
+        "productpage.default.svc.cluster.local)",
+    ]
+    resolv = workdir / "resolv.conf"
+    if port == 53 and resolv.exists():
+        mount = f"mount --bind {resolv} /etc/resolv.conf"
+        lines += [
+            "               a shell whose resolver is that DNS (your own /etc/resolv.conf "
+            "is untouched):",
+            f"""               unshare --mount sh -c '{mount} && exec "${{SHELL:-/bin/sh}}"'""",
+            f"               then: curl {url}   (or http://reviews:{SERVICE_PORT}/)",
+        ]
+    else:
+        lines += [
+            "               (as root the demo's DNS is on port 53 and it prints a shell whose",
+            "               /etc/resolv.conf names it: curl http://productpage:9080/ as is)",
+        ]
+    return lines
 
 
 def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
@@ -346,10 +440,14 @@ def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
         logs = workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         names = ("productpage-v1", "reviews-v1", "reviews-v2", "ratings-v1")
-        layout = loopback_layout(block, {n: free_loopback_port() for n in names})
+        port = dns_port()
+        upstreams = host_upstreams((f"{block}.53", port)).resolvers
+        ports = {n: free_loopback_port() for n in names}
+        layout = loopback_layout(block, ports, dns_port=port, dns_upstream=upstreams)
         check_ports_free(layout, block)
         write_files(workdir / "config", config_files(layout))
         write_files(workdir / "bootstrap", bootstrap_files(layout))
+        write_resolv_conf(layout, workdir)
         return _supervise(layout, workdir, envoy_path)
     finally:
         if not directory:

@@ -75,8 +75,8 @@ def _plain(value: Any) -> Any:
 
 def node_metadata(node: NodeClass) -> Any:
     """The ``node.metadata`` Struct xdsd reads back (see ``node_class_from_node``):
-    namespace, labels, role, outbound_ip and, when set, instance_ip, mesh_tls and
-    capture."""
+    namespace, labels, role, outbound_ip and, when set, instance_ip, mesh_tls, mesh DNS
+    (virtual_addresses, dns, dns_upstream) and capture."""
     metadata = struct_pb2.Struct()
     metadata.update(
         {
@@ -90,6 +90,12 @@ def node_metadata(node: NodeClass) -> Any:
         metadata.update({"instance_ip": node.instance_ip})
     if node.mesh_tls:
         metadata.update({"mesh_tls": True})
+    if node.virtual_addresses:
+        metadata.update({"virtual_addresses": node.virtual_addresses})
+    if node.dns:
+        metadata.update({"dns": node.dns})
+    if node.dns_upstream:
+        metadata.update({"dns_upstream": list(node.dns_upstream)})
     if node.capture:
         # a string: Envoy hands a YAML bootstrap's scalars over as strings anyway
         metadata.update({"capture": str(node.capture)})

@@ -176,8 +176,8 @@ def test_the_banner_leads_to_the_status_page_status_and_a_mistake(demo: Demo) ->
     page = re.search(r"1\. look: +open http://([\d.]+):(\d+)/ ", text)
     command = re.search(r"^ +(.+ status --admin [\d.]+:\d+)$", text, re.MULTILINE)
     assert page and command, text
-    assert text.index("1. look:") < text.index("2. try:") < text.index("4. mistake:")
-    assert text.index("4. mistake:") < text.index("5. your own:")
+    assert text.index("1. look:") < text.index("2. try:") < text.index("3. by name:")
+    assert text.index("3. by name:") < text.index("5. mistake:") < text.index("6. your own:")
     status, _, body = http_get(page[1], int(page[2]), "/")
     assert status == 200 and b"<html" in body.lower()
 
@@ -199,6 +199,48 @@ def test_the_banner_leads_to_the_status_page_status_and_a_mistake(demo: Demo) ->
     assert f"config error: {demo.canary}:11: http[0].route[1].weight" in done.stdout
     assert "the last good configuration is being served" in done.stdout
     assert {demo.reviews_version() for _ in range(5)} == {"v1"}
+
+
+def test_services_answer_by_name_as_the_banner_says(demo: Demo) -> None:
+    """Step 3 of the banner: the printed ``curl --resolve`` reaches productpage on its
+    virtual address; as root, the printed shell's /etc/resolv.conf names productpage's
+    sidecar, whose DNS answers, so ``curl http://productpage:9080/`` and
+    ``http://reviews:9080/`` work unchanged in it (and the canary applies to them)."""
+    text = demo.banner
+    resolve = re.search(r"3\. by name: +(curl --resolve \S+ \S+)$", text, re.MULTILINE)
+    assert resolve, text
+    vip = resolve[1].split()[2].rsplit(":", 1)[1]
+    assert not vip.startswith(demo.gateway[0].rsplit(".", 1)[0] + ".")  # a block of its own
+    page = json.loads(curl(shlex.split(resolve[1])))
+    assert page["service"] == "productpage" and page["calls"][0]["service"] == "reviews"
+    if os.geteuid() != 0:
+        assert "as root the demo's DNS is on port 53" in text
+        return
+    shell = re.search(r"unshare --mount sh -c 'mount --bind (\S+) /etc/resolv\.conf", text)
+    assert shell, text
+    resolv_conf = shell[1]
+    assert Path(resolv_conf).read_text().count("nameserver") >= 1
+
+    def by_name(url: str) -> dict[str, object]:
+        script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+        argv = ["unshare", "--mount", "sh", "-c", script, resolv_conf, "curl", "-sS", url]
+        return dict(json.loads(curl(argv)))
+
+    assert by_name("http://productpage:9080/")["service"] == "productpage"
+    assert by_name("http://reviews:9080/") == {"service": "reviews", "version": "v1", "calls": []}
+    write_atomically(demo.canary, CANARY.format(v1=0, v2=100))
+    wait_until(
+        lambda: by_name("http://reviews.default:9080/")["version"] == "v2",
+        what="reviews v2 by name after the canary edit",
+    )
+
+
+def curl(argv: list[str]) -> str:
+    """What ``argv`` (a curl command) prints; AssertionError with its stderr if it fails."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
+    return done.stdout
 
 
 def test_demo_stops_everything_when_a_child_dies(demo: Demo) -> None:
