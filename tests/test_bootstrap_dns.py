@@ -333,3 +333,29 @@ def test_fuzz_host_resolv_conf(tmp_path_factory: Any, lines: list[str], own_port
             assert ipaddress.ip_address(address) and address not in resolver.RESOLVED_STUBS
         node = NodeClass(service="a", dns="127.0.0.53:15053", dns_upstream=found.resolvers)
         read_back({"node": json_format.MessageToDict(node_message("a", node))})
+
+
+def test_capture_flag_gives_the_capture_port(host: Path) -> None:
+    doc, _, _ = boot("--capture", "15002")
+    assert read_back(doc).capture == 15002
+    assert read_back(boot()[0]).capture == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--capture", "0"], None),
+        (["--capture", "70000"], "--capture wants a port"),
+        (["--capture", "-1"], "--capture wants a port"),
+        (["--role", "gateway", "--capture", "15002"], "--capture is for an Envoy sidecar"),
+    ],
+)
+def test_capture_flag_refuses_what_cannot_work(
+    host: Path, flags: list[str], message: str | None
+) -> None:
+    if message is None:  # 0 is "none"
+        doc, _, _ = boot(*flags)
+        assert read_back(doc).capture == 0
+        return
+    code, out, err = run(["bootstrap", "--service", "reviews", *flags])
+    assert code == 2 and out == "" and message in err

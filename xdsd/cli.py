@@ -500,6 +500,14 @@ def _add_dns_flags(boot: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"where --resolver-config writes it (e.g. /etc/resolv.conf, {RESOLVED_DROPIN})",
     )
+    boot.add_argument(
+        "--capture",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="give the sidecar a capture listener on OUTBOUND_IP:PORT, where the rules of "
+        "`xdsd capture` redirect outbound TCP (usually 15002; default: none)",
+    )
 
 
 def _add_certificate_command(sub: Subcommands) -> None:
@@ -1007,6 +1015,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     client = "grpc" if args.format == "grpc" else "envoy"
     node = _node_class(args, client=client, transport=args.transport)
     node, advice = _mesh_dns(args, node)
+    node = _with_capture(args, node)
     kind = "grpc" if client == "grpc" else "gateway" if args.role == "gateway" else "sidecar"
     node_id = args.node_id or f"{args.service}-{kind}"
     _check_local_address("--instance-ip", args.instance_ip)
@@ -1160,6 +1169,22 @@ def _mesh_dns(args: argparse.Namespace, node: Any) -> tuple[Any, str]:
     )
     _check_metadata(node)
     return node, resolver.advice(dns, node.namespace, upstreams)
+
+
+def _with_capture(args: argparse.Namespace, node: Any) -> Any:
+    """``node`` with the capture port of ``--capture`` (an Envoy sidecar only). Raises
+    UsageError for a port outside 1-65535 or another kind of node."""
+    import dataclasses
+
+    from xdsd.translate import ClientKind, Role
+
+    if not args.capture:
+        return node
+    if not 0 < args.capture < 65536:
+        raise UsageError(f"--capture wants a port, 1-65535 (got {args.capture})")
+    if node.client is not ClientKind.ENVOY or node.role is not Role.SIDECAR:
+        raise UsageError("--capture is for an Envoy sidecar: a gateway or gRPC client has none")
+    return dataclasses.replace(node, capture=args.capture)
 
 
 def _check_metadata(node: Any) -> None:
