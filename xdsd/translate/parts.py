@@ -884,7 +884,7 @@ class ClassParts:
             suffix = f":{group.number}"
             for spec in self._routes.vhosts_for_port(group, view):
                 names = [d for d in spec.domains if d.endswith(suffix)]
-                if len(spec.service.ports) == 1:
+                if len(spec.service.routed_ports) == 1:
                     bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
                     bare_seen.update(bare)
                     names.extend(bare)
