@@ -277,7 +277,7 @@ def test_resolution_none_keeps_tcp_and_tls_ports_out_of_routes(tmp_path: Path) -
 def test_resolution_none_on_a_wildcard_tcp_port_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "e.yaml").write_text(
         entry(
-            "  hosts: [\"*.example.com\"]\n  ports: [{number: 443, name: tls, protocol: TLS},"
+            '  hosts: ["*.example.com"]\n  ports: [{number: 443, name: tls, protocol: TLS},'
             " {number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n"
         )
     )
