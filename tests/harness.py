@@ -246,13 +246,21 @@ class Xdsd(Process):
 
 
 class Envoy(Process):
-    """A real Envoy started from a config file; ``ready()`` waits for LIVE."""
+    """A real Envoy started from a config file; ``ready()`` waits for LIVE. ``prefix`` is
+    a command that ends by exec'ing the rest of the argv (e.g. into a mount namespace),
+    so the process stopped is Envoy itself."""
 
     def __init__(
-        self, config_path: Path, admin_port: int, workdir: Path, extra: tuple[str, ...] = ()
+        self,
+        config_path: Path,
+        admin_port: int,
+        workdir: Path,
+        extra: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.admin_port = admin_port
         argv = [
+            *prefix,
             envoy_binary(),
             "-c",
             str(config_path),

@@ -353,6 +353,7 @@ class TrafficMesh:
         protocol: str = "HTTP",
         namespace: str = "",
         metadata: dict[str, Any] | None = None,
+        envoy_prefix: tuple[str, ...] = (),
     ) -> Sidecar:
         """Start xdsd (once) and a sidecar for a client service ``name`` (its service file
         is written here, on its own address); return it once Envoy is LIVE.
@@ -363,7 +364,8 @@ class TrafficMesh:
         service's targetPort; default: a free port nobody listens on), speaking
         ``protocol``; ``namespace`` is the service's and the node's (default: default).
         ``metadata`` is laid over the bootstrap's node metadata (e.g. a
-        ``virtual_addresses`` block)."""
+        ``virtual_addresses`` block). ``envoy_prefix`` runs Envoy under a command that
+        exec's it (``harness.Envoy``'s ``prefix``)."""
         ip, outbound_ip = self.ip(), self.ip()
         inbound_port = free_port(ip)
         lines = f'kind = "Service"\nname = "{name}"\n'
@@ -420,7 +422,7 @@ class TrafficMesh:
             text = json.dumps(bootstrap)  # YAML reads JSON
         path.write_text(text)
         extra = ("--drain-time-s", str(drain_time_s)) if drain_time_s else ()
-        envoy = Envoy(path, admin_port, self.root, extra)
+        envoy = Envoy(path, admin_port, self.root, extra, envoy_prefix)
         self._things.append(envoy)
         envoy.ready()
         sidecar = Sidecar(name, ip, outbound_ip, envoy, self.port, dict(labels or {}), inbound_port)

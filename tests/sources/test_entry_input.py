@@ -256,16 +256,35 @@ def test_bad_input_names_file_line_field(
         assert fragment in err, f"{fragment!r} not in:\n{err}"
 
 
-def test_resolution_none_on_a_tcp_port_is_a_warning(tmp_path: Path) -> None:
+def test_resolution_none_keeps_tcp_and_tls_ports_out_of_routes(tmp_path: Path) -> None:
+    """A NONE entry's TCP/TLS ports are in the model but not routed (per-port listeners,
+    clusters, destinations leave them out); a concrete host's is no warning."""
     (tmp_path / "e.yaml").write_text(
         entry(
             "  hosts: [x.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP},"
+            " {number: 5432, name: pg, protocol: TCP}, {number: 443, name: tls, protocol: TLS}]"
+            "\n  resolution: NONE\n"
+        )
+    )
+    result = load_directory(str(tmp_path))
+    [svc] = result.mesh.services
+    assert [p.number for p in svc.ports] == [80, 5432, 443] and svc.endpoints == ()
+    assert [p.number for p in svc.routed_ports] == [80]
+    assert [svc.address_only(p) for p in svc.ports] == [False, True, True]
+    assert not result.warnings
+
+
+def test_resolution_none_on_a_wildcard_tcp_port_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "e.yaml").write_text(
+        entry(
+            '  hosts: ["*.example.com"]\n  ports: [{number: 443, name: tls, protocol: TLS},'
             " {number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n"
         )
     )
     result = load_directory(str(tmp_path))
     [svc] = result.mesh.services
-    assert [p.number for p in svc.ports] == [80] and svc.endpoints == ()
+    assert [p.number for p in svc.ports] == [443, 5432] and svc.routed_ports == ()
     [warning] = result.warnings
     assert (warning.line, warning.field) == (6, "ports[1]")
-    assert "port 5432 (TCP) is not served" in warning.message
+    assert "port 5432 (TCP) of wildcard host '*.example.com' has no virtual" in warning.message
+    assert "capture" in warning.message

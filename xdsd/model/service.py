@@ -102,7 +102,9 @@ class Resolution(Enum):
 
     ``NONE`` comes only from a ServiceEntry (the xdsd Service kind refuses it): the
     service has no endpoints, and a request goes to the host it names, resolved by DNS
-    when it is made (Envoy's dynamic forward proxy).
+    when it is made (Envoy's dynamic forward proxy). Its TCP and TLS ports carry no name
+    in the request, so only a sidecar that knows where the application connected serves
+    them (``Service.routed_ports``).
     """
 
     STATIC = "STATIC"
@@ -263,8 +265,17 @@ class Service:
     fqdn: str = field(init=False, compare=False, repr=False)
     #: Every name this service answers to, canonical first, without duplicates.
     host_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    #: The ports per-port listeners, clusters, gateways and route destinations use: every
+    #: port but the TCP and TLS ports of a resolution NONE service. Those carry no name
+    #: a per-port listener could go by; only virtual-address listeners (TLS by SNI, TCP by
+    #: the host's resolved address) and capture serve them (``address_only``).
+    routed_ports: tuple[Port, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        routed = self.ports
+        if self.resolution is Resolution.NONE:
+            routed = tuple(p for p in self.ports if p.protocol.is_http)
+        object.__setattr__(self, "routed_ports", routed)
         if self.entry:
             key = ResourceKey("ServiceEntry", self.namespace, f"{self.entry}/{self.name}")
             object.__setattr__(self, "key", key)
@@ -285,3 +296,15 @@ class Service:
             if p.number == number:
                 return p
         return None
+
+    def routed_port(self, number: int) -> Port | None:
+        """The port with this number among ``routed_ports``, if any."""
+        for p in self.routed_ports:
+            if p.number == number:
+                return p
+        return None
+
+    def address_only(self, port: Port) -> bool:
+        """True for a port that only virtual-address listeners and capture serve (a TCP
+        or TLS port of a resolution NONE service; see ``routed_ports``)."""
+        return self.resolution is Resolution.NONE and not port.protocol.is_http

@@ -196,13 +196,15 @@ def _check_entry(
                 (*spec.path, "ports", i, "name"), f"port name {port.name!r} is used twice"
             )
         names.add(port.name)
-        if resolution is EntryResolution.NONE and not port.protocol.is_http:
+        wildcards = [h for h in hosts if h.startswith("*")]
+        if resolution is EntryResolution.NONE and port.protocol is Protocol.TCP and wildcards:
             spec.report.add(
                 (*spec.path, "ports", i),
-                f"port {port.number} ({port.protocol_name}) is not served: resolution NONE "
-                "on a TCP or TLS port means connecting to the original destination address, "
-                "which needs iptables capture that xdsd's sidecars do not have (HTTP ports "
-                "are served through a dynamic forward proxy; use resolution DNS here)",
+                f"port {port.number} (TCP) of wildcard host {wildcards[0]!r} has no virtual "
+                "address (a TCP connection carries no name to go by): only a sidecar with "
+                "capture (xdsd capture) serves it, passing connections through to the "
+                "address the application dialled; list concrete hosts, or use TLS (served "
+                "by SNI) or HTTP",
                 Severity.WARNING,
             )
     if resolution is EntryResolution.NONE and endpoints:
@@ -256,17 +258,14 @@ def entry_services(
     of the entry's namespace whose labels include ``workloadSelector``, or (DNS and
     DNS_ROUND_ROBIN without either) the host itself; an endpoint serves a port on the
     number its ``ports`` map gives for the port's name, else the port's ``targetPort``,
-    else its number. Resolution NONE keeps only the HTTP ports (the parser warned about
-    the others) and has no endpoints; an entry left without ports has no services. A
+    else its number. Resolution NONE has no endpoints; its TCP and TLS ports are kept
+    (``Service.routed_ports`` leaves them out: only virtual-address listeners and capture
+    serve them); an entry without ports has no services. A
     STATIC entry selecting a WorkloadEntry whose address is not an IP address (or
     ``unix://`` path) is an error at the entry.
     """
     resolution = _RESOLUTIONS[entry.resolution]
-    ports = tuple(
-        Port(p.number, p.protocol, p.name, p.target_port)
-        for p in entry.ports
-        if resolution is not Resolution.NONE or p.protocol.is_http
-    )
+    ports = tuple(Port(p.number, p.protocol, p.name, p.target_port) for p in entry.ports)
     problems: list[Problem] = []
     if not ports:
         return (), problems

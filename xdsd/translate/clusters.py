@@ -146,7 +146,7 @@ def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[Ou
     """Every outbound cluster of ``service``: per port, the whole service and then each
     subset of ``rule`` in the rule's order."""
     out: list[OutboundCluster] = []
-    for port in service.ports:
+    for port in service.routed_ports:
         if rule is None:
             out.append(OutboundCluster(service, port))
             continue

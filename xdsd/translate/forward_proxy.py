@@ -12,7 +12,9 @@ request's host by DNS (the port from the Host header, else 80) and the cluster c
 to the answer. Every filter and cluster shares one DNS cache (Envoy requires one
 configuration per cache name), resolving IPv4 first as DNS clusters do. The per-port
 listeners leave NONE services out: a Host header without a port would send requests to
-port 80 whatever port they came in on.
+port 80 whatever port they came in on. A NONE service's TCP and TLS ports are not here
+(``Service.routed_ports``): the virtual-address listeners serve TLS by SNI through the
+same DNS cache (``virtual_listeners``).
 """
 
 from __future__ import annotations

@@ -272,9 +272,9 @@ def _cluster_of(
     if target is None:
         problems.append(_problem(vs, f"{field}.host", f"no service named {dest.host!r}"))
         return None
-    ports = ", ".join(str(p.number) for p in target.ports) or "(none)"
+    ports = ", ".join(str(p.number) for p in target.routed_ports) or "(none)"
     if dest.port:
-        if target.port(dest.port) is None:
+        if target.routed_port(dest.port) is None:
             problems.append(
                 _problem(
                     vs,
@@ -284,10 +284,10 @@ def _cluster_of(
             )
             return None
         number = dest.port
-    elif target.port(listener_port) is not None:
+    elif target.routed_port(listener_port) is not None:
         number = listener_port
-    elif len(target.ports) == 1:
-        number = target.ports[0].number
+    elif len(target.routed_ports) == 1:
+        number = target.routed_ports[0].number
     else:
         problems.append(
             _problem(

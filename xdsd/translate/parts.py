@@ -113,6 +113,7 @@ from xdsd.translate.virtual_listeners import (
     VirtualPlan,
     bind_problems,
     dns_cluster,
+    forward_cluster,
     is_forward,
     node_sockets,
     plan_virtual,
@@ -330,11 +331,11 @@ class ClassParts:
                 out.append(memo.resource(virtual_http_listener, pair.vip, pair.port, name, source))
                 continue
             tls = port.protocol is Protocol.TLS
-            forward = tuple(
-                outbound_cluster_name(p.number, "", s.fqdn)
-                for s, p in pair.members
-                if tls and s.resolution is Resolution.NONE
-            )
+            forwarded = [(s, p) for s, p in pair.members if tls and s.resolution is Resolution.NONE]
+            forward = tuple(outbound_cluster_name(p.number, "", s.fqdn) for s, p in forwarded)
+            for s, p in forwarded:
+                rule = self.mesh.destination_rule(s)
+                out.append(memo.resource(forward_cluster, s, p, rule, rest))
             direct = tuple(
                 m for m in pair.members if not (tls and m[0].resolution is Resolution.NONE)
             )
@@ -884,7 +885,7 @@ class ClassParts:
             suffix = f":{group.number}"
             for spec in self._routes.vhosts_for_port(group, view):
                 names = [d for d in spec.domains if d.endswith(suffix)]
-                if len(spec.service.ports) == 1:
+                if len(spec.service.routed_ports) == 1:
                     bare = [d for d in spec.domains if ":" not in d and d not in bare_seen]
                     bare_seen.update(bare)
                     names.extend(bare)

@@ -276,7 +276,7 @@ class RouteBuilder:
                     continue
                 rule = self._mesh.destination_rule(target)
                 subsets = tuple(s.name for s in rule.subsets) if rule is not None else None
-                targets.append((target.fqdn, target.ports, subsets, rule_hashes(rule)))
+                targets.append((target.fqdn, target.routed_ports, subsets, rule_hashes(rule)))
         return tuple(targets)
 
     def gateway_routes(
@@ -414,7 +414,7 @@ class RouteBuilder:
         """The cluster of a destination reached from a route served on ``port`` (None,
         with a problem when it cannot be translated, or for an unknown host)."""
         target = self._mesh.service(dest.host, vs.namespace)
-        if target is None:
+        if target is None or not target.routed_ports:  # NONE TCP/TLS only: as unknown
             return None
         number = self._destination_port(vs, field, target, dest.port, port, problems)
         if number is None:
@@ -443,7 +443,7 @@ class RouteBuilder:
         problems: list[Problem],
     ) -> int | None:
         if wanted:
-            if target.port(wanted) is None:
+            if target.routed_port(wanted) is None:
                 problems.append(
                     _problem(
                         vs,
@@ -453,10 +453,10 @@ class RouteBuilder:
                 )
                 return None
             return wanted
-        if target.port(listener_port) is not None:
+        if target.routed_port(listener_port) is not None:
             return listener_port
-        if len(target.ports) == 1:
-            return target.ports[0].number
+        if len(target.routed_ports) == 1:
+            return target.routed_ports[0].number
         problems.append(
             _problem(
                 vs,
@@ -564,4 +564,4 @@ def _problem(vs: VirtualService, field: str, message: str) -> Problem:
 
 
 def _port_list(service: Service) -> str:
-    return ", ".join(str(p.number) for p in service.ports) or "(none)"
+    return ", ".join(str(p.number) for p in service.routed_ports) or "(none)"

@@ -72,7 +72,7 @@ class Scoping:
         if self._groups is None:
             by_number: dict[int, list[tuple[Service, Port]]] = {}
             for service in self.mesh.services:
-                for port in service.ports:
+                for port in service.routed_ports:  # NONE TCP/TLS: by address only
                     by_number.setdefault(port.number, []).append((service, port))
             self._groups = [PortGroup(n, tuple(by_number[n])) for n in sorted(by_number)]
         return self._groups
@@ -165,7 +165,7 @@ class Scoping:
             members = []
             for key in e.services:
                 service = self.mesh.service_by_name(key.namespace, key.name)
-                port = service.port(e.port) if service is not None else None
+                port = service.routed_port(e.port) if service is not None else None
                 if service is not None and port is not None:
                     members.append((service, port))
             if members:

@@ -26,8 +26,13 @@ listener, so two TCP services on one port are both reachable.
 - TLS ports: the TLS inspector, the chains of the ``tls`` rules of the services on the
   pair, then each service's own chain (by its names as SNI when several share the pair);
   a NONE service's chain is Envoy's ``sni_dynamic_forward_proxy`` network filter before a
-  TCP proxy to its dynamic forward proxy cluster, so the SNI names the destination (a
-  wildcard host included).
+  TCP proxy to its dynamic forward proxy cluster (``forward_cluster``, added with the
+  listener), so the SNI names the destination (a wildcard host included).
+
+The TCP and TLS ports of NONE services are served here (and by capture) only: the shared
+clusters, per-port listeners and route destinations leave them out
+(``Service.routed_ports``), so a class without virtual addresses gets what it got when the
+sources dropped those ports.
 
 Bind checks (``bind_problems``): pinned addresses can be anything, and a node's block
 may hold its own addresses, so every VIP listener is checked against the node's other
@@ -257,6 +262,18 @@ def dns_cluster(
     cluster.name = name
     cluster.load_assignment.cluster_name = name
     return cluster
+
+
+def forward_cluster(service: Service, port: Port, rule: DestinationRule | None, rest: bool) -> Any:
+    """The dynamic forward proxy cluster ``outbound|PORT||HOST`` of a NONE service's TLS
+    ``port``, under the DestinationRule's policy for the port (fetched the REST way with
+    ``rest``). A class resource of the sidecars with virtual addresses: the shared
+    clusters leave a NONE service's TCP/TLS ports out (``Service.routed_ports``)."""
+    policy = rule.policy_for("", port.number) if rule is not None else None
+    spec = OutboundCluster(service, port, None, policy, rule)
+    return build_outbound_cluster(
+        spec, ClusterFlavor.ENVOY_REST if rest else ClusterFlavor.ENVOY_ADS
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,18 +140,34 @@ def _check_destination(
             )
         )
         return dest
-    if dest.port and svc.port(dest.port) is None:
-        numbers = ", ".join(str(p.number) for p in svc.ports)
+    if not svc.routed_ports:
+        # Only TCP/TLS ports of resolution NONE: as if there were no service (a
+        # gateway's route answers 503).
+        severity = Severity.ERROR if applies_to_mesh(vs) else Severity.WARNING
         problems.append(
             problem_at(
                 vs.origin,
-                f"{field}.port.number",
-                f"{svc.key} has no port {dest.port} (ports: {numbers})",
-                lines=vs.lines,
+                f"{field}.host",
+                f"{svc.key} has only TCP/TLS ports of resolution NONE, which are served by "
+                "the address the application connects to (virtual addresses, capture), "
+                "never as a route's destination",
+                severity,
+                vs.lines,
             )
         )
-    elif not dest.port and len(svc.ports) == 1:
-        dest = dataclasses.replace(dest, port=svc.ports[0].number)
+        return dest
+    if dest.port and svc.routed_port(dest.port) is None:
+        numbers = ", ".join(str(p.number) for p in svc.routed_ports)
+        why = f"{svc.key} has no port {dest.port} (ports: {numbers})"
+        if svc.port(dest.port) is not None:
+            why = (
+                f"port {dest.port} of {svc.key} is a TCP/TLS port of resolution NONE, served "
+                "by the address the application connects to (virtual addresses, capture), "
+                f"never as a route's destination (ports: {numbers})"
+            )
+        problems.append(problem_at(vs.origin, f"{field}.port.number", why, lines=vs.lines))
+    elif not dest.port and len(svc.routed_ports) == 1:
+        dest = dataclasses.replace(dest, port=svc.routed_ports[0].number)
     elif not dest.port and not any_port:
         problems.append(
             problem_at(
