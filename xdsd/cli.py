@@ -45,8 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
-        result: int = args.run(args)
-        return result
+        try:
+            result: int = args.run(args)
+            return result
+        except BaseException:
+            # Log lines go out through a writer thread: let the ones already queued
+            # out before the error line, so the error is the last thing one reads.
+            _flush_logs()
+            raise
     except ConfigError as e:
         for p in (*e.problems, *e.warnings):
             print(p, file=sys.stderr)
@@ -68,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _flush_logs() -> None:
+    """Write out every log line already queued (``logs.QueueingHandler.flush``: bounded
+    by its close timeout)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 if TYPE_CHECKING:
