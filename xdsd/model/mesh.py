@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from xdsd.model.gateway_api import NO_GATEWAY_API, GatewayAPI
 from xdsd.model.networking import (
     EnvoyFilter,
     Gateway,
@@ -96,6 +97,9 @@ class Mesh:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()
+    #: The Gateway API objects as written (their meaning is converted into ``gateways``
+    #: and ``virtual_services``, and their status conditions kept here).
+    gateway_api: GatewayAPI = NO_GATEWAY_API
     #: The certificate and key files the rules name, with their bytes, by path (read by
     #: the sources on every load, so that a file replaced on disk changes the mesh).
     certificates: tuple[CertificateFile, ...] = ()
