@@ -21,8 +21,11 @@ from dataclasses import dataclass
 
 from xdsd.errors import Problem
 from xdsd.model import Service, VirtualService
-from xdsd.model.gateway_api import Condition, GatewayAPI
+from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway
 from xdsd.model.networking import Gateway
+from xdsd.model.service import ResourceKey
+from xdsd.sources.gateway_api.grpc import convert_grpc_routes
+from xdsd.sources.gateway_api.l4 import convert_l4_routes, l4_listeners
 
 #: The label a gateway proxy carries to be the proxy of Gateway NAME (Istio's).
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -43,7 +46,55 @@ class Converted:
 NOTHING = Converted()
 
 
+def istio_gateway_ref(gateway: KubeGateway) -> str:
+    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
+    return f"{gateway.namespace}/{gateway.name}"
+
+
+def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
+    """The Gateways of a GatewayClass naming xdsd's controller, by (namespace, name)."""
+    classes = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
+
+
 def convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). Not built yet: nothing."""
-    return NOTHING
+    (see the module doc). So far: the TLS/TCP/UDP listeners, TLSRoutes, TCPRoutes,
+    UDPRoutes (``l4``) and GRPCRoutes (``grpc``)."""
+    ours = xdsd_gateways(api)
+    gateways: list[Gateway] = []
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    served: dict[ResourceKey, frozenset[str]] = {}
+    for kube in ours.values():
+        part = l4_listeners(kube)
+        served[kube.key] = part.served
+        conditions.extend(part.conditions)
+        problems.extend(part.problems)
+        if part.servers:
+            gateways.append(
+                Gateway(
+                    name=kube.name,
+                    namespace=kube.namespace,
+                    selector=((GATEWAY_NAME_LABEL, kube.name),),
+                    servers=part.servers,
+                    origin=kube.origin,
+                )
+            )
+    l4 = convert_l4_routes(
+        api.routes,
+        ours,
+        istio_gateway_ref,
+        lambda g, listener: listener.name in served.get(g.key, ()),
+        services,
+        api.grants,
+    )
+    grpc_services, grpc_conditions = convert_grpc_routes(
+        api.routes, ours, istio_gateway_ref, services, api.grants
+    )
+    return Converted(
+        tuple(gateways),
+        (*l4.virtual_services, *grpc_services),
+        (*conditions, *l4.conditions, *grpc_conditions),
+        (*problems, *l4.problems),
+    )

@@ -31,7 +31,7 @@ Pure. What each field becomes (``docs/rules.md``, "Gateway API"):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xdsd.model import Service, VirtualService
@@ -39,6 +39,7 @@ from xdsd.model.gateway_api import (
     BackendRef,
     Condition,
     HeaderModifier,
+    KubeGateway,
     ReferenceGrant,
     Route,
     RouteFilter,
@@ -57,8 +58,9 @@ from xdsd.model.rules import (
     StringMatch,
 )
 from xdsd.model.service import Port
-from xdsd.sources.gateway_api.backends import resolve_backend
-from xdsd.sources.gateway_api.l4 import Attachment
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import Attachment, attach
+from xdsd.sources.gateway_api.backends import resolve_destination
 
 #: What a path segment of a gRPC request is, in a regex.
 _SEGMENT = "[^/]+"
@@ -153,13 +155,13 @@ def precedence(
 
 
 def grpc_rules(
-    route: Route,
     attachment: Attachment,
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
 ) -> tuple[tuple[RankedRule, ...], tuple[Condition, ...]]:
     """The ranked http rules ``route`` gives on one listener, and the conditions of its
     rules, filters and backends (see the module doc)."""
+    route = attachment.route
     hostname = attachment.hostnames[0] if attachment.hostnames else ""
     ranked: list[RankedRule] = []
     conditions: list[Condition] = []
@@ -183,7 +185,7 @@ def grpc_rules(
         destinations: list[RouteDestination] = []
         for j, backend in enumerate(rule.backend_refs):
             scope = f"rules[{i}].backendRefs[{j}]"
-            resolved = resolve_backend(route, scope, backend, services, grants, http2_port)
+            resolved = resolve_destination(route, scope, backend, services, grants, http2_port)
             if resolved.refusal is not None:
                 conditions.append(resolved.refusal)
             elif resolved.destination is not None and resolved.weight > 0:
@@ -197,7 +199,7 @@ def grpc_rules(
             if f.mirror is None:
                 continue
             scope = f"rules[{i}].filters[{k}].requestMirror.backendRef"
-            resolved = resolve_backend(
+            resolved = resolve_destination(
                 route, scope, BackendRef(f.mirror), services, grants, http2_port
             )
             if resolved.refusal is not None:
@@ -235,22 +237,57 @@ def grpc_rules(
 
 
 def grpc_virtual_service(
-    route: Route,
     attachment: Attachment,
+    gateway_ref: str,
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
     name: str,
 ) -> tuple[VirtualService, tuple[Condition, ...]]:
-    """``route`` on one listener as a VirtualService of its own (named ``name``), its
-    rules in precedence order, and the conditions (see ``grpc_rules``)."""
-    ranked, conditions = grpc_rules(route, attachment, services, grants)
+    """The GRPCRoute of ``attachment`` on its listener as a VirtualService of its own
+    (``name``, bound to the converted Gateway ``gateway_ref``, hosts the attachment's
+    hostnames), its rules in precedence order, and the conditions (``grpc_rules``)."""
+    route = attachment.route
+    ranked, conditions = grpc_rules(attachment, services, grants)
     rules = tuple(r.rule for r in sorted(ranked, key=lambda r: r.precedence))
     vs = VirtualService(
         name=name,
         namespace=route.namespace,
-        hosts=attachment.hostnames or ("*",),
-        gateways=(attachment.gateway_ref,),
+        hosts=attachment.hostnames,
+        gateways=(gateway_ref,),
         http=rules,
         origin=route.origin,
     )
     return vs, conditions
+
+
+def convert_grpc_routes(
+    routes: Sequence[Route],
+    gateways: Mapping[tuple[str, str], KubeGateway],
+    gateway_ref: Callable[[KubeGateway], str],
+    services: Sequence[Service],
+    grants: Sequence[ReferenceGrant],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[tuple[VirtualService, ...], tuple[Condition, ...]]:
+    """The GRPCRoutes of ``routes`` (others skipped), in key order, attached
+    (``attach.attach``) to ``gateways`` (xdsd's, by (namespace, name)), each attachment
+    a VirtualService ``ROUTE-grpcroute-N`` bound to ``gateway_ref(gateway)``; with the
+    parents' conditions and ``ResolvedRefs``."""
+    out: list[VirtualService] = []
+    conditions: list[Condition] = []
+    for route in sorted(routes, key=lambda r: r.key):
+        if route.kind != "GRPCRoute":
+            continue
+        attachments, parents = attach(route, gateways, namespace_labels)
+        conditions.extend(parents)
+        found: list[Condition] = []
+        for n, attachment in enumerate(attachments):
+            name = f"{route.name}-grpcroute-{n}"
+            vs, more = grpc_virtual_service(
+                attachment, gateway_ref(attachment.gateway), services, grants, name
+            )
+            out.append(vs)
+            found.extend(c for c in more if c not in found)
+        conditions.extend(found)
+        if attachments and not any(c.type == cond.RESOLVED_REFS for c in found):
+            conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
+    return tuple(out), tuple(conditions)

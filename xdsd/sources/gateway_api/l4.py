@@ -27,13 +27,12 @@ connection, as the API asks), each with its ``ResolvedRefs`` condition.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import Service, VirtualService
 from xdsd.model.gateway_api import (
-    GATEWAY_GROUP,
     Condition,
     KubeGateway,
     Listener,
@@ -43,30 +42,9 @@ from xdsd.model.gateway_api import (
 from xdsd.model.networking import EntryPort, Server, ServerTLS, ServerTLSMode
 from xdsd.model.rules import L4Match, L4Route, RouteDestination
 from xdsd.model.service import Protocol, ResourceKey, line_of
-from xdsd.sources.gateway_api.backends import resolve_backend
-
-#: The route kinds each listener protocol takes when ``allowedRoutes.kinds`` is empty.
-DEFAULT_KINDS: dict[str, tuple[str, ...]] = {
-    "HTTP": ("HTTPRoute", "GRPCRoute"),
-    "HTTPS": ("HTTPRoute", "GRPCRoute"),
-    "TLS": ("TLSRoute",),
-    "TCP": ("TCPRoute",),
-    "UDP": ("UDPRoute",),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """A route attached to one listener: the Gateway, the listener, the reference its
-    converted Istio Gateway goes by in a VirtualService's ``gateways`` (``ns/name``),
-    the route's hostnames that hold there (``()`` = any name the listener takes), and
-    the parentRef's scope (``parentRefs[N]``)."""
-
-    gateway: KubeGateway
-    listener: Listener
-    gateway_ref: str
-    hostnames: tuple[str, ...] = ()
-    scope: str = ""
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import Attachment, attach
+from xdsd.sources.gateway_api.backends import resolve_destination
 
 
 def listener_scope(listener: Listener) -> str:
@@ -117,18 +95,6 @@ def unsupported_problem(origin_path: str, line: int, field: str, message: str) -
     return Problem(origin_path, line, field, message, Severity.WARNING)
 
 
-def udp_listener_problem(gateway: KubeGateway, listener: Listener, index: int) -> Problem:
-    """The warning of a UDP listener, at its line."""
-    field = f"spec.listeners[{index}].protocol"
-    return unsupported_problem(
-        gateway.origin.path,
-        line_of(gateway.lines, field, gateway.origin.line),
-        field,
-        f"listener {listener.name!r}: UDP is not served (xdsd's gateways have no UDP "
-        "listeners); the listener is not accepted",
-    )
-
-
 def udp_route(route: Route) -> tuple[Condition, Problem]:
     """A UDPRoute's refusal: its condition and a warning at its line."""
     message = "UDPRoute is not served: xdsd's gateways have no UDP listeners"
@@ -138,54 +104,18 @@ def udp_route(route: Route) -> tuple[Condition, Problem]:
     )
 
 
-def intersect_hostnames(listener: str, route: Sequence[str]) -> tuple[str, ...] | None:
-    """The hostnames a route's ``route`` names and a listener's ``listener`` hostname
-    have in common (the more specific of each pair where one covers the other), in
-    order; ``()`` when neither restricts (any name); None when they share none."""
-    if not route:
-        return (listener,) if listener else ()
-    if not listener:
-        return tuple(dict.fromkeys(h.lower() for h in route))
-    out: list[str] = []
-    own = listener.lower()
-    for host in (h.lower() for h in route):
-        common = host if _covers(own, host) else own if _covers(host, own) else ""
-        if common and common not in out:
-            out.append(common)
-    return tuple(out) or None
-
-
-def _covers(wide: str, name: str) -> bool:
-    """True when ``wide`` (a name or ``*.suffix``) covers every name ``name`` covers."""
-    if wide == name:
-        return True
-    if not wide.startswith("*."):
-        return False
-    suffix = wide[1:]
-    return (name[1:] if name.startswith("*.") else name).endswith(suffix) and len(
-        name.lstrip("*")
-    ) > len(suffix)
-
-
-def kind_allowed(listener: Listener, kind: str) -> bool:
-    """True when ``listener`` takes routes of ``kind``."""
-    kinds = listener.allowed_routes.kinds
-    if kinds:
-        return any(k == kind and g in ("", GATEWAY_GROUP) for g, k in kinds)
-    return kind in DEFAULT_KINDS.get(listener.protocol, ())
-
-
 def l4_virtual_service(
-    route: Route,
     attachment: Attachment,
+    gateway_ref: str,
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
-    origin_name: str,
+    name: str,
 ) -> tuple[VirtualService | None, tuple[Condition, ...]]:
-    """The VirtualService (named ``origin_name``) a TLSRoute or TCPRoute means on one
-    listener, and the conditions of its backends and rules (see the module doc). None
-    when nothing routes (the listener then refuses connections)."""
-    listener = attachment.listener
+    """The VirtualService (``name``, bound to the converted Gateway ``gateway_ref``) a
+    TLSRoute or TCPRoute means on the listener of ``attachment``, and the conditions of
+    its backends and rules (see the module doc). None when nothing routes (the listener
+    then refuses the connections)."""
+    route, listener = attachment.route, attachment.listener
     conditions: list[Condition] = []
     rules: list[L4Route] = []
     lines: list[tuple[str, int]] = []
@@ -193,11 +123,10 @@ def l4_virtual_service(
     for i, rule in enumerate(route.rules):
         if field == "tcp" and i > 0:
             conditions.append(
-                Condition(
+                cond.failed(
                     route.key,
-                    "Accepted",
-                    False,
-                    "UnsupportedValue",
+                    cond.ACCEPTED,
+                    cond.UNSUPPORTED_VALUE,
                     "a TCP listener serves one rule: rules after the first are not served",
                     f"rules[{i}]",
                 )
@@ -206,7 +135,7 @@ def l4_virtual_service(
         destinations: list[RouteDestination] = []
         for j, backend in enumerate(rule.backend_refs):
             scope = f"rules[{i}].backendRefs[{j}]"
-            resolved = resolve_backend(route, scope, backend, services, grants)
+            resolved = resolve_destination(route, scope, backend, services, grants)
             if resolved.refusal is not None:
                 conditions.append(resolved.refusal)
             elif resolved.destination is not None and resolved.weight > 0:
@@ -215,106 +144,22 @@ def l4_virtual_service(
                 destinations.append(RouteDestination(resolved.destination, resolved.weight))
         if not destinations:
             continue
-        match = L4Match(
-            port=listener.port,
-            sni_hosts=(attachment.hostnames or ("*",)) if field == "tls" else (),
-            gateways=(attachment.gateway_ref,),
-        )
+        sni = attachment.hostnames if field == "tls" else ()
+        match = L4Match(port=listener.port, sni_hosts=sni, gateways=(gateway_ref,))
         rules.append(L4Route((match,), tuple(destinations)))
     if not rules:
         return None, tuple(conditions)
-    hosts = (attachment.hostnames or ("*",)) if field == "tls" else ("*",)
     vs = VirtualService(
-        name=origin_name,
+        name=name,
         namespace=route.namespace,
-        hosts=hosts,
-        gateways=(attachment.gateway_ref,),
+        hosts=attachment.hostnames if field == "tls" else ("*",),
+        gateways=(gateway_ref,),
         tls=tuple(rules) if field == "tls" else (),
         tcp=tuple(rules) if field == "tcp" else (),
         origin=route.origin,
         lines=tuple(lines),
     )
     return vs, tuple(conditions)
-
-
-@dataclass(frozen=True, slots=True)
-class Attached:
-    """Where a route's parentRefs attach it: the attachments, and a condition per
-    parentRef (``Accepted`` True, or False with the API's reason)."""
-
-    attachments: tuple[Attachment, ...]
-    conditions: tuple[Condition, ...]
-
-
-def namespace_allowed(gateway: KubeGateway, listener: Listener, namespace: str) -> bool:
-    """True when ``listener`` takes routes of ``namespace`` (``Same``, ``All``;
-    ``Selector`` takes none: namespaces have no labels in files)."""
-    allowed = listener.allowed_routes.namespaces_from
-    return allowed == "All" or (allowed == "Same" and namespace == gateway.namespace)
-
-
-def attach(
-    route: Route,
-    gateways: Mapping[ResourceKey, tuple[KubeGateway, str]],
-    served: Mapping[tuple[ResourceKey, str], bool],
-) -> Attached:
-    """The listeners ``route``'s parentRefs attach it to, among ``gateways`` (xdsd's,
-    by key, each with its converted Gateway's reference); ``served`` says which
-    (gateway, listener name) xdsd serves. A parentRef naming a Gateway that is not
-    xdsd's gets no condition (another controller's); one naming nothing, or no
-    listener that takes the route, gets ``Accepted`` False with the API's reason."""
-    found: list[Attachment] = []
-    conditions: list[Condition] = []
-    for i, parent in enumerate(route.parent_refs):
-        scope = f"parentRefs[{i}]"
-        if parent.group not in ("", GATEWAY_GROUP) or parent.kind not in ("", "Gateway"):
-            conditions.append(
-                Condition(
-                    route.key,
-                    "Accepted",
-                    False,
-                    "NoMatchingParent",
-                    f"a {route.kind} attaches to Gateways only, not to {parent.kind}",
-                    scope,
-                )
-            )
-            continue
-        key = ResourceKey("KubeGateway", parent.namespace or route.namespace, parent.name)
-        entry = gateways.get(key)
-        if entry is None:
-            continue
-        gateway, ref = entry
-        reason = "NoMatchingParent"
-        message = f"Gateway {key.namespace}/{key.name} has no such listener"
-        before = len(found)
-        for listener in gateway.listeners:
-            if parent.section_name and listener.name != parent.section_name:
-                continue
-            if parent.port and listener.port != parent.port:
-                continue
-            if not served.get((key, listener.name), False):
-                continue
-            if not kind_allowed(listener, route.kind) or not namespace_allowed(
-                gateway, listener, route.namespace
-            ):
-                if reason == "NoMatchingParent":
-                    reason = "NotAllowedByListeners"
-                    message = f"no listener of Gateway {key.namespace}/{key.name} takes this route"
-                continue
-            hosts: tuple[str, ...] = ()
-            if route.kind in ("TLSRoute", "GRPCRoute", "HTTPRoute"):
-                common = intersect_hostnames(listener.hostname, route.hostnames)
-                if common is None:
-                    reason = "NoMatchingListenerHostname"
-                    message = "no hostname of the route is the listener's"
-                    continue
-                hosts = common
-            found.append(Attachment(gateway, listener, ref, hosts, scope))
-        if len(found) > before:
-            conditions.append(Condition(route.key, "Accepted", True, "Accepted", "", scope))
-        else:
-            conditions.append(Condition(route.key, "Accepted", False, reason, message, scope))
-    return Attached(tuple(found), tuple(conditions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,14 +173,19 @@ class L4Converted:
 
 def convert_l4_routes(
     routes: Sequence[Route],
-    gateways: Mapping[ResourceKey, tuple[KubeGateway, str]],
-    served: Mapping[tuple[ResourceKey, str], bool],
+    gateways: Mapping[tuple[str, str], KubeGateway],
+    gateway_ref: Callable[[KubeGateway], str],
+    served: Callable[[KubeGateway, Listener], bool],
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> L4Converted:
     """The TLSRoutes, TCPRoutes and UDPRoutes of ``routes`` (others are skipped), in
-    key order, as VirtualServices named ``ROUTE-KIND-N`` (N counting the listeners it
-    attaches to), with their conditions (see ``attach`` and the module doc)."""
+    key order, attached (``attach.attach``) to ``gateways`` (xdsd's, by (namespace,
+    name)), as VirtualServices named ``ROUTE-tlsroute-N``/``ROUTE-tcproute-N`` (N
+    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions.
+    A route attached only to listeners xdsd does not serve (``served`` False: UDP, TLS
+    Terminate) is not accepted there (``UnsupportedValue``)."""
     out: list[VirtualService] = []
     conditions: list[Condition] = []
     problems: list[Problem] = []
@@ -348,33 +198,89 @@ def convert_l4_routes(
             continue
         if route.kind not in ("TLSRoute", "TCPRoute"):
             continue
-        attached = attach(route, gateways, served)
-        conditions.extend(attached.conditions)
+        attachments, parents = attach(route, gateways, namespace_labels)
         refused = False
-        for n, attachment in enumerate(attached.attachments):
-            at = (attachment.gateway.key, attachment.listener.name)
+        usable: dict[int, int] = {}
+        found: list[Condition] = []
+        for n, attachment in enumerate(attachments):
+            listener = attachment.listener
+            if not served(attachment.gateway, listener):
+                continue
+            at = (attachment.gateway.key, listener.name)
             if route.kind == "TCPRoute":
                 owner = taken.setdefault(at, route.key)
                 if owner != route.key:
-                    conditions.append(
-                        Condition(
+                    found.append(
+                        cond.failed(
                             route.key,
-                            "Accepted",
-                            False,
-                            "UnsupportedValue",
-                            f"TCP listener {attachment.listener.name!r} already serves "
-                            f"TCPRoute {owner.namespace}/{owner.name}: a TCP listener "
-                            "serves one route",
-                            attachment.scope,
+                            cond.ACCEPTED,
+                            cond.UNSUPPORTED_VALUE,
+                            f"TCP listener {listener.name!r} already serves TCPRoute "
+                            f"{owner.namespace}/{owner.name}: a TCP listener serves one route",
+                            cond.parent_scope(attachment.parent),
                         )
                     )
                     continue
+            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
             name = f"{route.name}-{route.kind.lower()}-{n}"
-            vs, found = l4_virtual_service(route, attachment, services, grants, name)
-            refused = refused or any(c.type == "ResolvedRefs" for c in found)
-            conditions.extend(c for c in found if c not in conditions)
+            vs, more = l4_virtual_service(
+                attachment, gateway_ref(attachment.gateway), services, grants, name
+            )
+            refused = refused or bool(more)
+            found.extend(c for c in more if c not in found)
             if vs is not None:
                 out.append(vs)
-        if attached.attachments and not refused:
-            conditions.append(Condition(route.key, "ResolvedRefs", True, "ResolvedRefs"))
+        for c in parents:
+            index = int(c.scope.removeprefix("parentRefs[").rstrip("]"))
+            if c.status and not usable.get(index):
+                c = cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.UNSUPPORTED_VALUE,
+                    "the listeners it attaches to are not served (see the Gateway's "
+                    "conditions) or serve another route",
+                    c.scope,
+                )
+            conditions.append(c)
+        conditions.extend(found)
+        if usable and not any(c.type == cond.RESOLVED_REFS for c in found):
+            conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
     return L4Converted(tuple(out), tuple(conditions), tuple(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class L4Listeners:
+    """What the TLS, TCP and UDP listeners of a Gateway give: the servers of those xdsd
+    serves, the names of those listeners, the conditions of those it does not serve and
+    warnings at their lines."""
+
+    servers: tuple[Server, ...] = ()
+    served: frozenset[str] = frozenset()
+    conditions: tuple[Condition, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+
+def l4_listeners(gateway: KubeGateway) -> L4Listeners:
+    """The servers and conditions of ``gateway``'s TLS, TCP and UDP listeners
+    (``listener_server``); other listeners are skipped."""
+    servers: list[Server] = []
+    served: set[str] = set()
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    for i, listener in enumerate(gateway.listeners):
+        got = listener_server(gateway, listener)
+        if isinstance(got, Server):
+            servers.append(got)
+            served.add(listener.name)
+        elif got is not None:
+            conditions.append(got)
+            field = f"spec.listeners[{i}]"
+            problems.append(
+                unsupported_problem(
+                    gateway.origin.path,
+                    line_of(gateway.lines, field, gateway.origin.line),
+                    field,
+                    f"listener {listener.name!r} is not served: {got.message}",
+                )
+            )
+    return L4Listeners(tuple(servers), frozenset(served), tuple(conditions), tuple(problems))
