@@ -288,3 +288,71 @@ def test_other_controllers_gateways_are_left_alone() -> None:
     out = convert(api, SERVICES)
     assert not out.gateways and not out.virtual_services
     assert all(isinstance(c, Condition) and c.target.kind == "TCPRoute" for c in out.conditions)
+
+
+def _policy(name: str, *targets: ObjectRef, ca: ObjectRef | None = None, **kw: Any) -> Any:
+    from xdsd.model.gateway_api import BackendTLSPolicy
+
+    refs = (ca,) if ca is not None else ()
+    return BackendTLSPolicy(name, "default", targets, refs, hostname="db.test", **kw)
+
+
+CA_FILE = ObjectRef("certs/ca.pem", "File", "xdsd.dev")
+
+
+def test_backend_tls_policy_originates_tls_on_the_gateway(tmp_path: Path) -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    from tests.e2e.certs import CertAuthority
+    from xdsd.model.service import CertificateFile
+    from xdsd.resources import CLUSTER
+    from xdsd.sources.gateway_api.convert import convert as convert_all
+
+    ca = CertAuthority(tmp_path / "certs")
+    policy = _policy("p", ObjectRef("db1", "Service"), ca=CA_FILE)
+    api = GatewayAPI(
+        (CLASS,),
+        (_gateway(TCP),),
+        (_route("TCPRoute", "a", RouteRule(backend_refs=(_backend("db1"),))),),
+        backend_tls=(policy,),
+    )
+    out = convert_all(api, SERVICES, str(tmp_path))
+    (rule,) = out.destination_rules
+    assert rule.host == "db1.default.svc.cluster.local"
+    tls = rule.traffic_policy.tls if rule.traffic_policy else None
+    assert tls is not None and tls.sni == "db.test" and tls.subject_alt_names == ("db.test",)
+    assert tls.ca_certificates == str(tmp_path / "certs" / "ca.pem")
+    assert ("Accepted", True, "Accepted", "") in _conditions(out, "BackendTLSPolicy", "p")
+    mesh = Mesh(
+        services=SERVICES,
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+        destination_rules=out.destination_rules,
+        certificates=(CertificateFile(tls.ca_certificates, ca.ca_path.read_bytes()),),
+    )
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    cluster = snapshot.get(CLUSTER)["outbound|9000||db1.default.svc.cluster.local"].message
+    context = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(context)
+    assert context.sni == "db.test"
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_backend_tls_policy_refusals() -> None:
+    from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+
+    policies = (
+        _policy("a-ok", ObjectRef("db1", "Service"), ca=CA_FILE),
+        _policy("b-clash", ObjectRef("db1", "Service"), ca=CA_FILE),
+        _policy("c-system", ObjectRef("db2", "Service"), well_known_ca_certificates="System"),
+        _policy("d-configmap", ObjectRef("db2", "Service"), ca=ObjectRef("ca", "ConfigMap")),
+        _policy("e-none", ObjectRef("nothing", "Service"), ca=CA_FILE),
+    )
+    out = convert_backend_tls(policies, SERVICES, "/cfg")
+    assert [r.host for r in out.destination_rules] == ["db1.default.svc.cluster.local"]
+    found = {(c.target.name, c.type, c.status, c.reason) for c in out.conditions}
+    assert ("b-clash", "Accepted", False, "Conflicted") in found
+    assert ("c-system", "Accepted", False, "NoValidCACertificate") in found
+    assert ("d-configmap", "ResolvedRefs", False, "InvalidKind") in found
+    assert ("d-configmap", "Accepted", False, "NoValidCACertificate") in found
+    assert ("e-none", "ResolvedRefs", False, "BackendNotFound") in found

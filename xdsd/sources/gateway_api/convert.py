@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xdsd.errors import Problem
-from xdsd.model import Service, VirtualService
+from xdsd.model import DestinationRule, Service, VirtualService
 from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway
 from xdsd.model.networking import Gateway
 from xdsd.model.service import ResourceKey
+from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.l4 import convert_l4_routes, l4_listeners
 
@@ -41,6 +42,8 @@ class Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
+    #: The TLS origination BackendTLSPolicies ask for (``backend_tls``).
+    destination_rules: tuple[DestinationRule, ...] = ()
 
 
 NOTHING = Converted()
@@ -57,10 +60,11 @@ def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
     return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
 
 
-def convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
+def convert(api: GatewayAPI, services: Sequence[Service], root: str = "") -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). So far: the TLS/TCP/UDP listeners, TLSRoutes, TCPRoutes,
-    UDPRoutes (``l4``) and GRPCRoutes (``grpc``)."""
+    (see the module doc); files named by path are relative to ``root`` (the config
+    directory). So far: the TLS/TCP/UDP listeners, TLSRoutes, TCPRoutes, UDPRoutes
+    (``l4``), GRPCRoutes (``grpc``) and BackendTLSPolicies (``backend_tls``)."""
     ours = xdsd_gateways(api)
     gateways: list[Gateway] = []
     conditions: list[Condition] = []
@@ -92,9 +96,11 @@ def convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
     grpc_services, grpc_conditions = convert_grpc_routes(
         api.routes, ours, istio_gateway_ref, services, api.grants
     )
+    backend_tls = convert_backend_tls(api.backend_tls, services, root)
     return Converted(
-        tuple(gateways),
-        (*l4.virtual_services, *grpc_services),
-        (*conditions, *l4.conditions, *grpc_conditions),
-        (*problems, *l4.problems),
+        gateways=tuple(gateways),
+        virtual_services=(*l4.virtual_services, *grpc_services),
+        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
+        problems=(*problems, *l4.problems),
+        destination_rules=backend_tls.destination_rules,
     )
