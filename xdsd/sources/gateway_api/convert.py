@@ -12,20 +12,48 @@ have written back; and the problems (errors refuse the load, as for any kind).
 The loader runs it once per load after the files are parsed, and merges its objects
 like those of a file of their own (``<gateway-api>``), so the cross-checks and the
 translation treat them as any other.
+
+Gateways (``gateway_servers``): the Istio Gateway ``gateway-api.NAME`` in the Gateway's
+namespace, selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as
+the listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP,
+HTTPS listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from
+its first certificateRef (``refs.certificate_paths``). Listeners of other protocols
+are not converted here (a warning and ``Accepted`` False ``UnsupportedProtocol``).
+Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
+``Pending``, on the Gateway).
+
+HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
+(``attach.py``) become one VirtualService per (Gateway, hostname), named
+``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
+holding every rule of every route attached with that hostname, one Istio rule per
+match, in the Gateway API's precedence order (``http.precedence``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from xdsd.errors import Problem
+from xdsd.errors import Problem, Severity
 from xdsd.model import Service, VirtualService
-from xdsd.model.gateway_api import Condition, GatewayAPI
-from xdsd.model.networking import Gateway
+from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
+from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
+from xdsd.model.service import Protocol
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.http import http_virtual_services
+from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
+from xdsd.sources.gateway_api.refs import certificate_paths
 
-#: The label a gateway proxy carries to be the proxy of Gateway NAME (Istio's).
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+__all__ = [
+    "CONVERTED_PATH",
+    "GATEWAY_NAME_LABEL",
+    "NOTHING",
+    "PREFIX",
+    "Converted",
+    "convert",
+    "istio_gateway_name",
+]
+
 #: The origin path of what the conversion makes, as a synthetic file.
 CONVERTED_PATH = "<gateway-api>"
 
@@ -43,7 +71,122 @@ class Converted:
 NOTHING = Converted()
 
 
-def convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
+def convert(
+    api: GatewayAPI,
+    services: Sequence[Service],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). Not built yet: nothing."""
-    return NOTHING
+    (see the module doc). ``namespace_labels`` are the labels of the namespaces that
+    listeners' ``allowedRoutes`` selectors look at (none known: a selector selects no
+    namespace)."""
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    for gwc in api.classes:
+        if gwc.name in ours:
+            conditions.append(cond.ok(gwc.key, cond.ACCEPTED))
+    gateways: dict[tuple[str, str], KubeGateway] = {}
+    istio: list[Gateway] = []
+    for gw in api.gateways:
+        if gw.gateway_class_name not in ours:
+            conditions.append(
+                cond.failed(
+                    gw.key,
+                    cond.ACCEPTED,
+                    cond.PENDING,
+                    f"GatewayClass {gw.gateway_class_name!r} is not one of xdsd's (controller "
+                    f"{CONTROLLER_NAME}): this Gateway is ignored",
+                )
+            )
+            continue
+        gateways[(gw.namespace, gw.name)] = gw
+        server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
+        conditions.extend(gw_conditions)
+        problems.extend(gw_problems)
+        istio.append(
+            Gateway(
+                istio_gateway_name(gw.name),
+                gw.namespace,
+                ((GATEWAY_NAME_LABEL, gw.name),),
+                tuple(server_list),
+                origin=gw.origin,
+            )
+        )
+        conditions.append(cond.ok(gw.key, cond.ACCEPTED))
+        conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+    routes = [r for r in api.routes if r.kind == "HTTPRoute"]
+    vss, route_conditions = http_virtual_services(
+        routes, gateways, services, api.grants, namespace_labels or {}
+    )
+    conditions.extend(route_conditions)
+    return Converted(tuple(istio), tuple(vss), tuple(conditions), tuple(problems))
+
+
+def gateway_servers(
+    gw: KubeGateway, api: GatewayAPI
+) -> tuple[list[Server], list[Condition], list[Problem]]:
+    """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
+    and the problems of listeners that are not converted."""
+    servers: list[Server] = []
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    for index, listener in enumerate(gw.listeners):
+        scope = cond.listener_scope(listener.name)
+        server, failure = _server(gw, listener, api)
+        if server is None:
+            reason, message, type_ = failure
+            conditions.append(cond.failed(gw.key, type_, reason, message, scope))
+            conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
+            problems.append(
+                _problem(gw, f"spec.listeners[{index}]", f"listener {listener.name!r}: {message}")
+            )
+            continue
+        servers.append(server)
+        for type_ in (cond.ACCEPTED, cond.RESOLVED_REFS, cond.PROGRAMMED, cond.CONFLICTED):
+            conditions.append(cond.ok(gw.key, type_, scope))
+    return servers, conditions, problems
+
+
+def _server(
+    gw: KubeGateway, listener: Listener, api: GatewayAPI
+) -> tuple[Server | None, tuple[str, str, str]]:
+    """The server of one listener, or None and (reason, message, condition type)."""
+    hosts = (listener.hostname or "*",)
+    if listener.protocol == "HTTP":
+        port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
+        return Server(port, hosts, name=listener.name), ("", "", "")
+    if listener.protocol != "HTTPS":
+        return None, (
+            cond.UNSUPPORTED_PROTOCOL,
+            f"protocol {listener.protocol} is not converted: this listener is not served",
+            cond.ACCEPTED,
+        )
+    tls = listener.tls
+    if tls is None or tls.mode != "Terminate":
+        return None, (
+            cond.UNSUPPORTED_VALUE,
+            "an HTTPS listener needs tls.mode Terminate",
+            cond.ACCEPTED,
+        )
+    if not tls.certificate_refs:
+        return None, (
+            cond.INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs a tls.certificateRefs entry",
+            cond.RESOLVED_REFS,
+        )
+    paths, reason, message = certificate_paths(gw, tls, api)
+    if paths is None:
+        return None, (reason, message, cond.RESOLVED_REFS)
+    certificate, key = paths
+    server_tls = ServerTLS(ServerTLSMode.SIMPLE, server_certificate=certificate, private_key=key)
+    port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
+    return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
+
+
+def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
+    """A warning about ``gw`` at ``field``'s line."""
+    lines = dict(gw.lines)
+    return Problem(
+        gw.origin.path, lines.get(field, gw.origin.line), field, message, Severity.WARNING
+    )
