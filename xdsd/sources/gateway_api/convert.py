@@ -12,24 +12,57 @@ have written back; and the problems (errors refuse the load, as for any kind).
 The loader runs it once per load after the files are parsed, and merges its objects
 like those of a file of their own (``<gateway-api>``), so the cross-checks and the
 translation treat them as any other.
+
+Gateways (``gateway_servers``): the Istio Gateway ``gateway-api.NAME`` in the Gateway's
+namespace, selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as
+the listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP,
+HTTPS listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from
+its first certificateRef (``refs.certificate_paths``). Listeners of other protocols
+become what ``l4.listener_server`` says (TLS Passthrough and TCP servers; UDP and TLS
+Terminate not served: a warning and ``Accepted`` False).
+Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
+``Pending``, on the Gateway).
+
+HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
+(``attach.py``) become one VirtualService per (Gateway, hostname), named
+``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
+holding every rule of every route attached with that hostname, one Istio rule per
+match, in the Gateway API's precedence order (``http.precedence``).
+
+TLSRoutes, TCPRoutes and UDPRoutes (``l4.py``), GRPCRoutes (``grpc.py``): a
+VirtualService per route and listener it attaches to, ``gateway-api.KIND.ROUTE.N`` in
+the route's namespace, bound to the Istio Gateway. BackendTLSPolicies
+(``backend_tls.py``): a DestinationRule per targeted service (``destination_rules``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from xdsd.errors import Problem
+from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
-from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway
-from xdsd.model.networking import Gateway
-from xdsd.model.service import ResourceKey
+from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
+from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
+from xdsd.model.service import Protocol
+from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.grpc import convert_grpc_routes
-from xdsd.sources.gateway_api.l4 import convert_l4_routes, l4_listeners
+from xdsd.sources.gateway_api.http import http_virtual_services
+from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
+from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
+from xdsd.sources.gateway_api.refs import certificate_paths
 
-#: The label a gateway proxy carries to be the proxy of Gateway NAME (Istio's).
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+__all__ = [
+    "CONVERTED_PATH",
+    "GATEWAY_NAME_LABEL",
+    "NOTHING",
+    "PREFIX",
+    "Converted",
+    "convert",
+    "istio_gateway_name",
+]
+
 #: The origin path of what the conversion makes, as a synthetic file.
 CONVERTED_PATH = "<gateway-api>"
 
@@ -49,58 +82,156 @@ class Converted:
 NOTHING = Converted()
 
 
-def istio_gateway_ref(gateway: KubeGateway) -> str:
-    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
-    return f"{gateway.namespace}/{gateway.name}"
-
-
-def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
-    """The Gateways of a GatewayClass naming xdsd's controller, by (namespace, name)."""
-    classes = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
-    return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
-
-
-def convert(api: GatewayAPI, services: Sequence[Service], root: str = "") -> Converted:
+def convert(
+    api: GatewayAPI,
+    services: Sequence[Service],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    root: str = "",
+) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc); files named by path are relative to ``root`` (the config
-    directory). So far: the TLS/TCP/UDP listeners, TLSRoutes, TCPRoutes, UDPRoutes
-    (``l4``), GRPCRoutes (``grpc``) and BackendTLSPolicies (``backend_tls``)."""
-    ours = xdsd_gateways(api)
-    gateways: list[Gateway] = []
+    (see the module doc). ``namespace_labels`` are the labels of the namespaces that
+    listeners' ``allowedRoutes`` selectors look at (none known: a selector selects no
+    namespace); files named by path are relative to ``root`` (the config directory)."""
     conditions: list[Condition] = []
     problems: list[Problem] = []
-    served: dict[ResourceKey, frozenset[str]] = {}
-    for kube in ours.values():
-        part = l4_listeners(kube)
-        served[kube.key] = part.served
-        conditions.extend(part.conditions)
-        problems.extend(part.problems)
-        if part.servers:
-            gateways.append(
-                Gateway(
-                    name=kube.name,
-                    namespace=kube.namespace,
-                    selector=((GATEWAY_NAME_LABEL, kube.name),),
-                    servers=part.servers,
-                    origin=kube.origin,
+    ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    for gwc in api.classes:
+        if gwc.name in ours:
+            conditions.append(cond.ok(gwc.key, cond.ACCEPTED))
+    gateways: dict[tuple[str, str], KubeGateway] = {}
+    istio: list[Gateway] = []
+    # The listeners each Gateway serves (by name): the routes of the others are refused.
+    served: dict[tuple[str, str], set[str]] = {}
+    for gw in api.gateways:
+        if gw.gateway_class_name not in ours:
+            conditions.append(
+                cond.failed(
+                    gw.key,
+                    cond.ACCEPTED,
+                    cond.PENDING,
+                    f"GatewayClass {gw.gateway_class_name!r} is not one of xdsd's (controller "
+                    f"{CONTROLLER_NAME}): this Gateway is ignored",
                 )
             )
+            continue
+        gateways[(gw.namespace, gw.name)] = gw
+        server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
+        served[(gw.namespace, gw.name)] = {s.name for s in server_list}
+        conditions.extend(gw_conditions)
+        problems.extend(gw_problems)
+        istio.append(
+            Gateway(
+                istio_gateway_name(gw.name),
+                gw.namespace,
+                ((GATEWAY_NAME_LABEL, gw.name),),
+                tuple(server_list),
+                origin=gw.origin,
+            )
+        )
+        conditions.append(cond.ok(gw.key, cond.ACCEPTED))
+        conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+    routes = [r for r in api.routes if r.kind == "HTTPRoute"]
+    vss, route_conditions = http_virtual_services(
+        routes, gateways, services, api.grants, namespace_labels or {}
+    )
+    conditions.extend(route_conditions)
     l4 = convert_l4_routes(
         api.routes,
-        ours,
+        gateways,
         istio_gateway_ref,
-        lambda g, listener: listener.name in served.get(g.key, ()),
+        lambda g, listener: listener.name in served.get((g.namespace, g.name), ()),
         services,
         api.grants,
+        namespace_labels,
     )
-    grpc_services, grpc_conditions = convert_grpc_routes(
-        api.routes, ours, istio_gateway_ref, services, api.grants
+    grpc_vss, grpc_conditions = convert_grpc_routes(
+        api.routes, gateways, istio_gateway_ref, services, api.grants, namespace_labels
     )
     backend_tls = convert_backend_tls(api.backend_tls, services, root)
     return Converted(
-        gateways=tuple(gateways),
-        virtual_services=(*l4.virtual_services, *grpc_services),
-        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
-        problems=(*problems, *l4.problems),
-        destination_rules=backend_tls.destination_rules,
+        tuple(istio),
+        (*vss, *l4.virtual_services, *grpc_vss),
+        (*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
+        (*problems, *l4.problems),
+        backend_tls.destination_rules,
+    )
+
+
+def istio_gateway_ref(gateway: KubeGateway) -> str:
+    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
+    return f"{gateway.namespace}/{istio_gateway_name(gateway.name)}"
+
+
+def gateway_servers(
+    gw: KubeGateway, api: GatewayAPI
+) -> tuple[list[Server], list[Condition], list[Problem]]:
+    """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
+    and the problems of listeners that are not converted."""
+    servers: list[Server] = []
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    for index, listener in enumerate(gw.listeners):
+        scope = cond.listener_scope(listener.name)
+        server, failure = _server(gw, listener, api)
+        if server is None:
+            reason, message, type_ = failure
+            conditions.append(cond.failed(gw.key, type_, reason, message, scope))
+            conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
+            problems.append(
+                _problem(gw, f"spec.listeners[{index}]", f"listener {listener.name!r}: {message}")
+            )
+            continue
+        servers.append(server)
+        for type_ in (cond.ACCEPTED, cond.RESOLVED_REFS, cond.PROGRAMMED, cond.CONFLICTED):
+            conditions.append(cond.ok(gw.key, type_, scope))
+    return servers, conditions, problems
+
+
+def _server(
+    gw: KubeGateway, listener: Listener, api: GatewayAPI
+) -> tuple[Server | None, tuple[str, str, str]]:
+    """The server of one listener, or None and (reason, message, condition type)."""
+    hosts = (listener.hostname or "*",)
+    if listener.protocol == "HTTP":
+        port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
+        return Server(port, hosts, name=listener.name), ("", "", "")
+    if listener.protocol in ("TLS", "TCP", "UDP"):
+        got = listener_server(gw, listener)
+        if isinstance(got, Server):
+            return got, ("", "", "")
+        if got is not None:
+            return None, (got.reason, got.message, got.type)
+    if listener.protocol != "HTTPS":
+        return None, (
+            cond.UNSUPPORTED_PROTOCOL,
+            f"protocol {listener.protocol} is not converted: this listener is not served",
+            cond.ACCEPTED,
+        )
+    tls = listener.tls
+    if tls is None or tls.mode != "Terminate":
+        return None, (
+            cond.UNSUPPORTED_VALUE,
+            "an HTTPS listener needs tls.mode Terminate",
+            cond.ACCEPTED,
+        )
+    if not tls.certificate_refs:
+        return None, (
+            cond.INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs a tls.certificateRefs entry",
+            cond.RESOLVED_REFS,
+        )
+    paths, reason, message = certificate_paths(gw, tls, api)
+    if paths is None:
+        return None, (reason, message, cond.RESOLVED_REFS)
+    certificate, key = paths
+    server_tls = ServerTLS(ServerTLSMode.SIMPLE, server_certificate=certificate, private_key=key)
+    port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
+    return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
+
+
+def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
+    """A warning about ``gw`` at ``field``'s line."""
+    lines = dict(gw.lines)
+    return Problem(
+        gw.origin.path, lines.get(field, gw.origin.line), field, message, Severity.WARNING
     )

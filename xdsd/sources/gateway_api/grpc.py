@@ -61,6 +61,7 @@ from xdsd.model.service import Port
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
+from xdsd.sources.gateway_api.names import PREFIX
 
 #: What a path segment of a gRPC request is, in a regex.
 _SEGMENT = "[^/]+"
@@ -270,7 +271,7 @@ def convert_grpc_routes(
 ) -> tuple[tuple[VirtualService, ...], tuple[Condition, ...]]:
     """The GRPCRoutes of ``routes`` (others skipped), in key order, attached
     (``attach.attach``) to ``gateways`` (xdsd's, by (namespace, name)), each attachment
-    a VirtualService ``ROUTE-grpcroute-N`` bound to ``gateway_ref(gateway)``; with the
+    a VirtualService ``gateway-api.grpcroute.ROUTE.N`` bound to ``gateway_ref(gateway)``; with the
     parents' conditions and ``ResolvedRefs``."""
     out: list[VirtualService] = []
     conditions: list[Condition] = []
@@ -281,7 +282,7 @@ def convert_grpc_routes(
         conditions.extend(parents)
         found: list[Condition] = []
         for n, attachment in enumerate(attachments):
-            name = f"{route.name}-grpcroute-{n}"
+            name = f"{PREFIX}grpcroute.{route.name}.{n}"
             vs, more = grpc_virtual_service(
                 attachment, gateway_ref(attachment.gateway), services, grants, name
             )

@@ -45,18 +45,14 @@ from xdsd.model.service import Protocol, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
-
-
-def listener_scope(listener: Listener) -> str:
-    """How a condition names a listener."""
-    return f"listeners[{listener.name}]"
+from xdsd.sources.gateway_api.names import PREFIX
 
 
 def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condition | None:
     """The Gateway server a TLS or TCP listener becomes, or the ``Accepted`` False
     condition of a TLS/TCP/UDP listener xdsd does not serve; None for other
     protocols (HTTP, HTTPS: not this module's)."""
-    scope = listener_scope(listener)
+    scope = cond.listener_scope(listener.name)
     port = EntryPort(listener.port, Protocol.TCP, listener.name, 0, listener.protocol)
     if listener.protocol == "TLS":
         mode = listener.tls.mode if listener.tls is not None else ""
@@ -182,7 +178,7 @@ def convert_l4_routes(
 ) -> L4Converted:
     """The TLSRoutes, TCPRoutes and UDPRoutes of ``routes`` (others are skipped), in
     key order, attached (``attach.attach``) to ``gateways`` (xdsd's, by (namespace,
-    name)), as VirtualServices named ``ROUTE-tlsroute-N``/``ROUTE-tcproute-N`` (N
+    name)), as VirtualServices named ``gateway-api.tlsroute.ROUTE.N`` (or ``tcproute``; N
     counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions.
     A route attached only to listeners xdsd does not serve (``served`` False: UDP, TLS
     Terminate) is not accepted there (``UnsupportedValue``)."""
@@ -222,7 +218,7 @@ def convert_l4_routes(
                     )
                     continue
             usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
-            name = f"{route.name}-{route.kind.lower()}-{n}"
+            name = f"{PREFIX}{route.kind.lower()}.{route.name}.{n}"
             vs, more = l4_virtual_service(
                 attachment, gateway_ref(attachment.gateway), services, grants, name
             )
@@ -246,41 +242,3 @@ def convert_l4_routes(
         if usable and not any(c.type == cond.RESOLVED_REFS for c in found):
             conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
     return L4Converted(tuple(out), tuple(conditions), tuple(problems))
-
-
-@dataclass(frozen=True, slots=True)
-class L4Listeners:
-    """What the TLS, TCP and UDP listeners of a Gateway give: the servers of those xdsd
-    serves, the names of those listeners, the conditions of those it does not serve and
-    warnings at their lines."""
-
-    servers: tuple[Server, ...] = ()
-    served: frozenset[str] = frozenset()
-    conditions: tuple[Condition, ...] = ()
-    problems: tuple[Problem, ...] = ()
-
-
-def l4_listeners(gateway: KubeGateway) -> L4Listeners:
-    """The servers and conditions of ``gateway``'s TLS, TCP and UDP listeners
-    (``listener_server``); other listeners are skipped."""
-    servers: list[Server] = []
-    served: set[str] = set()
-    conditions: list[Condition] = []
-    problems: list[Problem] = []
-    for i, listener in enumerate(gateway.listeners):
-        got = listener_server(gateway, listener)
-        if isinstance(got, Server):
-            servers.append(got)
-            served.add(listener.name)
-        elif got is not None:
-            conditions.append(got)
-            field = f"spec.listeners[{i}]"
-            problems.append(
-                unsupported_problem(
-                    gateway.origin.path,
-                    line_of(gateway.lines, field, gateway.origin.line),
-                    field,
-                    f"listener {listener.name!r} is not served: {got.message}",
-                )
-            )
-    return L4Listeners(tuple(servers), frozenset(served), tuple(conditions), tuple(problems))
