@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,15 @@ def grpc_backend(name: str, host: str, port: int) -> Any:
     return server
 
 
+@dataclass
+class GrpcEndpoint:
+    """Where a gRPC backend listens, as ``TrafficMesh.service`` writes an endpoint."""
+
+    host: str
+    labels: dict[str, str] = field(default_factory=dict)
+    locality: str = ""
+
+
 class World:
     def __init__(self, tmp: Path) -> None:
         self.mesh = m = TrafficMesh(tmp)
@@ -128,14 +138,7 @@ class World:
         for name in ("grpc1", "grpc2"):
             host, ports[name] = m.ip(), free_port()
             self.servers.append(grpc_backend(name, host, ports[name]))
-
-            class Where:
-                labels: dict[str, str] = {}
-                locality = ""
-
-            where = Where()
-            where.host = host  # type: ignore[attr-defined]
-            m.service(name, [where], port=ports[name], protocol="GRPC")  # type: ignore[list-item]
+            m.service(name, [GrpcEndpoint(host)], port=ports[name], protocol="GRPC")  # type: ignore[list-item]
         self.ports = ports
         m.rule("gateway-api", gateway_api(ports))
         self.gateway: GatewayNode = m.start_gateway("edge", {LABEL: "edge"})

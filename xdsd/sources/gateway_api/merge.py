@@ -17,7 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xdsd.errors import Problem
-from xdsd.model import MeshObject, Origin, RawResource, ResourceKey, Service, VirtualService
+from xdsd.model import (
+    DestinationRule,
+    MeshObject,
+    Origin,
+    RawResource,
+    ResourceKey,
+    Service,
+    VirtualService,
+)
 from xdsd.model.gateway_api import CONTROLLER_NAME, NO_GATEWAY_API, Condition, GatewayAPI
 from xdsd.model.networking import Gateway
 from xdsd.sources.gateway_api.convert import convert
@@ -40,23 +48,30 @@ NO_CONVERSION = ConvertedFile()
 
 
 def converted_file(
-    api: GatewayAPI, services: tuple[Service, ...], previous: ConvertedFile = NO_CONVERSION
+    api: GatewayAPI,
+    services: tuple[Service, ...],
+    previous: ConvertedFile = NO_CONVERSION,
+    root: str = "",
 ) -> ConvertedFile:
     """What the conversion of ``api`` over ``services`` makes, as a file; ``previous``
     itself when the inputs are those it was made from (or there is no Gateway API object
     now nor then), else a new one whose objects equal to ``previous``'s are those very
-    objects."""
+    objects. Files named by path are relative to ``root``, the config directory."""
     if not api and not previous.api:
         return previous
     if api == previous.api and services == previous.services:
         return previous
     if not api:
         return NO_CONVERSION
-    out = convert(api, services)
+    out = convert(api, services, root=root)
     problems = (*refused_problems(api), *out.problems)
     before: dict[ResourceKey, MeshObject] = {obj.key: obj for obj, _ in previous.resources}
     resources: list[tuple[MeshObject, Origin]] = []
-    made: list[Gateway | VirtualService] = [*out.gateways, *out.virtual_services]
+    made: list[Gateway | VirtualService | DestinationRule] = [
+        *out.gateways,
+        *out.virtual_services,
+        *out.destination_rules,
+    ]
     for obj in made:
         old = before.get(obj.key)
         kept: MeshObject = obj
