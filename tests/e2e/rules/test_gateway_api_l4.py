@@ -8,6 +8,7 @@ The gateway node is the Gateway's proxy by the label
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -23,7 +24,7 @@ from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
 from tests.harness import free_port
 
 LABEL = "gateway.networking.k8s.io/gateway-name"
-LISTENERS = ("tls", "tcp", "grpc")
+LISTENERS = ("tls", "tcp", "grpc", "vault", "wrong")
 
 
 def gateway_api(ports: dict[str, int]) -> str:
@@ -49,6 +50,12 @@ spec:
   - name: grpc
     port: {ports["grpc"]}
     protocol: HTTP
+  - name: vault
+    port: {ports["vault"]}
+    protocol: TCP
+  - name: wrong
+    port: {ports["wrong"]}
+    protocol: TCP
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TLSRoute
@@ -77,6 +84,40 @@ spec:
   - backendRefs:
     - {{name: pipe1, port: {ports["pipe1"]}, weight: 80}}
     - {{name: pipe2, port: {ports["pipe2"]}, weight: 20}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: vault, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: vault}}]
+  rules:
+  - backendRefs: [{{name: vault, port: {ports["vault-backend"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: wrong, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: wrong}}]
+  rules:
+  - backendRefs: [{{name: impostor, port: {ports["impostor"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: BackendTLSPolicy
+metadata: {{name: vault, namespace: default}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: vault}}]
+  validation:
+    caCertificateRefs: [{{group: xdsd.dev, kind: File, name: certs/ca.pem}}]
+    hostname: vault.example.com
+---
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: BackendTLSPolicy
+metadata: {{name: impostor, namespace: default}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: impostor}}]
+  validation:
+    caCertificateRefs: [{{group: xdsd.dev, kind: File, name: certs/ca.pem}}]
+    hostname: vault.example.com
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -132,6 +173,15 @@ class World:
             context = self.ca.server_context(self.ca.issue(name, [f"{name}.example.com"]))
             echo = m.tcp_upstream(name, ports[name], tls=context)
             m.service(name, [echo], port=ports[name], protocol="TLS")
+        # vault speaks TLS as vault.example.com; impostor as another name of the same CA
+        for name, backend, cert_name in (
+            ("vault", "vault-backend", "vault.example.com"),
+            ("impostor", "impostor", "impostor.example.com"),
+        ):
+            ports[backend] = free_port()
+            context = self.ca.server_context(self.ca.issue(name, [cert_name]))
+            echo = m.tcp_upstream(name, ports[backend], tls=context)
+            m.service(name, [echo], port=ports[backend], protocol="TCP")
         for name in ("pipe1", "pipe2"):
             ports[name] = free_port()
             m.service(name, [m.tcp_upstream(name, ports[name])], port=ports[name], protocol="TCP")
@@ -214,3 +264,21 @@ def test_grpc_route_by_method_and_header(world: World) -> None:
         with pytest.raises(grpc.RpcError) as info:
             channel.unary_unary("/test.Nothing/Who")(b"", timeout=5)
         assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_backend_tls_policy_originates_tls_checked_against_the_hostname(world: World) -> None:
+    """A BackendTLSPolicy (CA file, hostname) on a TCPRoute's backend: the client speaks
+    plain TCP to the gateway, the gateway speaks TLS to the backend (which answers only
+    inside TLS) with SNI and the certificate checked against ``hostname``; a backend
+    whose certificate names another host gets no bytes through."""
+    gw = world.gateway
+    gw.wait_for(lambda: gw.tcp(world.ports["vault"], b"ping") == b"vault:ping", "TLS origination")
+    assert gw.tcp(world.ports["vault"], b"again") == b"vault:again"
+    assert (gw.ip, world.ports["wrong"]) in gw.envoy.listener_addresses()
+    with contextlib.suppress(OSError):
+        assert gw.tcp(world.ports["wrong"], b"ping") == b""
+    cluster = f"cluster.outbound|{world.ports['impostor']}||impostor.default.svc.cluster.local"
+    gw.wait_for(
+        lambda: gw.envoy.stats().get(f"{cluster}.ssl.fail_verify_san", 0) > 0,
+        "the impostor's certificate refused for its name",
+    )

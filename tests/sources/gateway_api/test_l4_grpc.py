@@ -11,7 +11,7 @@ import pytest
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from tests.harness import envoy_accepts
-from xdsd.errors import Severity
+from xdsd.errors import ConfigError, Severity
 from xdsd.model import Endpoint, Mesh, Port, Protocol, Service
 from xdsd.model.gateway_api import (
     CONTROLLER_NAME,
@@ -357,3 +357,40 @@ def test_backend_tls_policy_refusals() -> None:
     assert ("d-configmap", "ResolvedRefs", False, "InvalidKind") in found
     assert ("d-configmap", "Accepted", False, "NoValidCACertificate") in found
     assert ("e-none", "ResolvedRefs", False, "BackendNotFound") in found
+
+
+POLICY_FILES = """\
+kind: Service
+name: db1
+ports: [{number: 9000, protocol: TCP}]
+endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: BackendTLSPolicy
+metadata: {name: db1, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: db1}]
+  validation:
+    caCertificateRefs: [{group: xdsd.dev, kind: File, name: certs/ca.pem}]
+    hostname: db.test
+"""
+
+
+def test_backend_tls_policy_from_files_and_a_clashing_destination_rule(tmp_path: Path) -> None:
+    from tests.pem import write_fake_pem
+    from xdsd.sources import load_directory
+
+    (tmp_path / "certs").mkdir()
+    write_fake_pem(tmp_path / "certs" / "ca.pem")
+    (tmp_path / "a.yaml").write_text(POLICY_FILES)
+    result = load_directory(str(tmp_path))
+    (rule,) = result.mesh.destination_rules
+    assert rule.traffic_policy is not None and rule.traffic_policy.tls is not None
+    assert rule.traffic_policy.tls.ca_certificates == str(tmp_path / "certs" / "ca.pem")
+    (tmp_path / "b.yaml").write_text(
+        "kind: DestinationRule\nname: mine\nhost: db1\ntrafficPolicy: {tls: {mode: DISABLE}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_directory(str(tmp_path))
+    texts = [str(p) for p in info.value.problems]
+    assert any("a.yaml" in t and "b.yaml" in t for t in texts), texts

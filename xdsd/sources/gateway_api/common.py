@@ -11,7 +11,14 @@ from datetime import timedelta
 from typing import TypeVar
 
 from xdsd.located import Fields
-from xdsd.model.gateway_api import GATEWAY_GROUP, HeaderModifier, ObjectRef, StringMatch
+from xdsd.model.gateway_api import (
+    FILE_REF_GROUP,
+    FILE_REF_KIND,
+    GATEWAY_GROUP,
+    HeaderModifier,
+    ObjectRef,
+    StringMatch,
+)
 
 T = TypeVar("T")
 
@@ -317,3 +324,25 @@ def header_modifier(f: Fields) -> HeaderModifier:
     if not (pairs["set"] or pairs["add"] or remove or f.report.failed):
         f.warn(None, "modifies no header: give set, add or remove")
     return HeaderModifier(pairs["set"], pairs["add"], tuple(remove))
+
+
+def is_file_ref(f: Fields) -> bool:
+    """True when the reference ``f`` names a file (group ``xdsd.dev`` or kind ``File``)."""
+    return f.data.get("kind") == FILE_REF_KIND or f.data.get("group") == FILE_REF_GROUP
+
+
+def file_ref(f: Fields) -> ObjectRef | None:
+    """A file by path, ``{group: xdsd.dev, kind: File, name: PATH}`` (the path kept as
+    written; the conversion resolves it against the config directory); None, with the
+    error at its field, when it is not one."""
+    g = f.string("group")
+    k = f.string("kind")
+    path = f.string("name", required=True)
+    f.finish()
+    if g != FILE_REF_GROUP or k != FILE_REF_KIND:
+        f.error(None, f"a file reference is group {FILE_REF_GROUP}, kind {FILE_REF_KIND}")
+        return None
+    if "\x00" in path or len(path) > 4096:
+        f.error("name", "must be a file path")
+        return None
+    return ObjectRef(path, FILE_REF_KIND, FILE_REF_GROUP) if path else None

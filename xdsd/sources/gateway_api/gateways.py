@@ -29,8 +29,10 @@ from xdsd.sources.gateway_api.common import (
     MAX_CERTIFICATE_REFS,
     MAX_LISTENERS,
     bounded_list,
+    file_ref,
     group_field,
     hostname,
+    is_file_ref,
     kind_field,
     name_field,
     namespace_field,
@@ -190,20 +192,8 @@ def _certificate_ref(f: Fields) -> ObjectRef | None:
     """A certificate reference: a Secret (group "", kind ``Secret``), or a file by path
     (``{group: xdsd.dev, kind: File, name: PATH}``, the path kept as written; the
     conversion resolves it against the config directory)."""
-    group = f.data.get("group")
-    kind = f.data.get("kind")
-    if kind == FILE_REF_KIND or group == FILE_REF_GROUP:
-        g = f.string("group")
-        k = f.string("kind")
-        path = f.string("name", required=True)
-        f.finish()
-        if g != FILE_REF_GROUP or k != FILE_REF_KIND:
-            f.error(None, f"a file reference is group {FILE_REF_GROUP}, kind {FILE_REF_KIND}")
-            return None
-        if "\x00" in path or len(path) > 4096:
-            f.error("name", "must be a file path")
-            return None
-        return ObjectRef(path, FILE_REF_KIND, FILE_REF_GROUP) if path else None
+    if is_file_ref(f):
+        return file_ref(f)
     ref = secret_object_ref(f)
     if ref is not None and (ref.group, ref.kind) != ("", "Secret"):
         f.error(

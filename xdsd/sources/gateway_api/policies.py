@@ -15,8 +15,10 @@ from xdsd.model import Origin
 from xdsd.model.gateway_api import BackendTLSPolicy, ObjectRef, ReferenceGrant, TLSSecret
 from xdsd.sources.gateway_api.common import (
     bounded_list,
+    file_ref,
     group_field,
     hostname,
+    is_file_ref,
     kind_field,
     name_field,
     namespace_field,
@@ -103,6 +105,8 @@ def _target_ref(f: Fields) -> ObjectRef | None:
 
 
 def _ca_ref(f: Fields) -> ObjectRef | None:
+    if is_file_ref(f):
+        return file_ref(f)
     if "group" not in f.data:
         f.error("group", 'is required ("" for the core group)')
     group = group_field(f)
