@@ -97,11 +97,14 @@ def test_gateway_becomes_an_istio_gateway_bound_by_label() -> None:
 
 
 def test_unconverted_listener_is_warned_by_name() -> None:
-    gw = KubeGateway("edge", "infra", "xdsd", (Listener("raw", 9000, "TCP"),))
+    gw = KubeGateway("edge", "infra", "xdsd", (Listener("raw", 9000, "UDP"),))
     out = convert(GatewayAPI((CLASS,), (gw,)), SERVICES)
-    assert out.gateways[0].servers == ()
-    assert any("listener 'raw'" in p.message and "TCP" in p.message for p in out.problems)
+    assert out.gateways == ()
+    assert any("listener 'raw' is not served" in p.message for p in out.problems)
     assert any(c.reason == cond.UNSUPPORTED_PROTOCOL for c in out.conditions)
+    https = KubeGateway("edge", "infra", "xdsd", (Listener("s", 443, "HTTPS"),))
+    out = convert(GatewayAPI((CLASS,), (https,)), SERVICES)
+    assert any("listener 's' is not served" in p.message for p in out.problems)
 
 
 def test_precedence_across_routes() -> None:

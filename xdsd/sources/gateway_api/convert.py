@@ -13,12 +13,13 @@ The loader runs it once per load after the files are parsed, and merges its obje
 like those of a file of their own (``<gateway-api>``), so the cross-checks and the
 translation treat them as any other.
 
-Gateways (``gateway_servers``): the Istio Gateway ``gateway-api.NAME`` in the Gateway's
-namespace, selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as
-the listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP,
-HTTPS listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from
-its first certificateRef (``refs.certificate_paths``). Listeners of other protocols
-are not converted here (a warning and ``Accepted`` False ``UnsupportedProtocol``).
+Gateways (``gateway_servers``): the Istio Gateway of the same name and namespace,
+selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as the
+listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP, HTTPS
+listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
+first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
+``l4.listener_server`` says. A listener that is not served is a warning and its
+``Accepted``/``ResolvedRefs`` False with the reason.
 Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
 ``Pending``, on the Gateway).
 
@@ -26,7 +27,9 @@ HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
 (``attach.py``) become one VirtualService per (Gateway, hostname), named
 ``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
 holding every rule of every route attached with that hostname, one Istio rule per
-match, in the Gateway API's precedence order (``http.precedence``).
+match, in the Gateway API's precedence order (``http.precedence``). GRPCRoutes
+(``grpc.py``), TLSRoutes/TCPRoutes/UDPRoutes (``l4.py``) and BackendTLSPolicies
+(``backend_tls.py``) have modules of their own.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from xdsd.errors import Problem, Severity
-from xdsd.model import Service, VirtualService
+from xdsd.model import DestinationRule, Service, VirtualService
 from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
-from xdsd.model.service import Protocol
+from xdsd.model.service import Protocol, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
+from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
 from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
 from xdsd.sources.gateway_api.refs import certificate_paths
 
@@ -52,6 +58,8 @@ __all__ = [
     "Converted",
     "convert",
     "istio_gateway_name",
+    "istio_gateway_ref",
+    "xdsd_gateways",
 ]
 
 #: The origin path of what the conversion makes, as a synthetic file.
@@ -66,19 +74,34 @@ class Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
+    #: The TLS origination BackendTLSPolicies ask for (``backend_tls``).
+    destination_rules: tuple[DestinationRule, ...] = ()
 
 
 NOTHING = Converted()
 
 
+def istio_gateway_ref(gateway: KubeGateway) -> str:
+    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
+    return f"{gateway.namespace}/{istio_gateway_name(gateway.name)}"
+
+
+def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
+    """The Gateways of a GatewayClass naming xdsd's controller, by (namespace, name)."""
+    classes = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
+
+
 def convert(
     api: GatewayAPI,
     services: Sequence[Service],
+    root: str = "",
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). ``namespace_labels`` are the labels of the namespaces that
-    listeners' ``allowedRoutes`` selectors look at (none known: a selector selects no
+    (see the module doc); files named by path are relative to ``root`` (the config
+    directory). ``namespace_labels`` are the labels of the namespaces that listeners'
+    ``allowedRoutes`` selectors look at (none known: a selector selects no
     namespace)."""
     conditions: list[Condition] = []
     problems: list[Problem] = []
@@ -87,6 +110,7 @@ def convert(
         if gwc.name in ours:
             conditions.append(cond.ok(gwc.key, cond.ACCEPTED))
     gateways: dict[tuple[str, str], KubeGateway] = {}
+    served: dict[ResourceKey, frozenset[str]] = {}
     istio: list[Gateway] = []
     for gw in api.gateways:
         if gw.gateway_class_name not in ours:
@@ -102,25 +126,50 @@ def convert(
             continue
         gateways[(gw.namespace, gw.name)] = gw
         server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
+        served[gw.key] = frozenset(server.name for server in server_list)
         conditions.extend(gw_conditions)
         problems.extend(gw_problems)
-        istio.append(
-            Gateway(
-                istio_gateway_name(gw.name),
-                gw.namespace,
-                ((GATEWAY_NAME_LABEL, gw.name),),
-                tuple(server_list),
-                origin=gw.origin,
+        if server_list:  # none served: no Istio Gateway (their conditions say why)
+            istio.append(
+                Gateway(
+                    istio_gateway_name(gw.name),
+                    gw.namespace,
+                    ((GATEWAY_NAME_LABEL, gw.name),),
+                    tuple(server_list),
+                    origin=gw.origin,
+                )
             )
-        )
         conditions.append(cond.ok(gw.key, cond.ACCEPTED))
-        conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+        if server_list:
+            conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+        else:
+            conditions.append(
+                cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, "no listener is served")
+            )
+    labels = namespace_labels or {}
     routes = [r for r in api.routes if r.kind == "HTTPRoute"]
-    vss, route_conditions = http_virtual_services(
-        routes, gateways, services, api.grants, namespace_labels or {}
-    )
+    vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
     conditions.extend(route_conditions)
-    return Converted(tuple(istio), tuple(vss), tuple(conditions), tuple(problems))
+    l4 = convert_l4_routes(
+        api.routes,
+        gateways,
+        istio_gateway_ref,
+        lambda g, listener: listener.name in served.get(g.key, frozenset()),
+        services,
+        api.grants,
+        labels,
+    )
+    grpc_services, grpc_conditions = convert_grpc_routes(
+        api.routes, gateways, istio_gateway_ref, services, api.grants, labels
+    )
+    backend_tls = convert_backend_tls(api.backend_tls, services, root)
+    return Converted(
+        gateways=tuple(istio),
+        virtual_services=(*vss, *l4.virtual_services, *grpc_services),
+        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
+        problems=(*problems, *l4.problems),
+        destination_rules=backend_tls.destination_rules,
+    )
 
 
 def gateway_servers(
@@ -139,7 +188,11 @@ def gateway_servers(
             conditions.append(cond.failed(gw.key, type_, reason, message, scope))
             conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
             problems.append(
-                _problem(gw, f"spec.listeners[{index}]", f"listener {listener.name!r}: {message}")
+                _problem(
+                    gw,
+                    f"spec.listeners[{index}]",
+                    f"listener {listener.name!r} is not served: {message}",
+                )
             )
             continue
         servers.append(server)
@@ -157,9 +210,14 @@ def _server(
         port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
         return Server(port, hosts, name=listener.name), ("", "", "")
     if listener.protocol != "HTTPS":
+        got = listener_server(gw, listener)
+        if isinstance(got, Server):
+            return got, ("", "", "")
+        if got is not None:
+            return None, (got.reason, got.message, got.type)
         return None, (
             cond.UNSUPPORTED_PROTOCOL,
-            f"protocol {listener.protocol} is not converted: this listener is not served",
+            f"protocol {listener.protocol} is not served",
             cond.ACCEPTED,
         )
     tls = listener.tls
@@ -186,7 +244,5 @@ def _server(
 
 def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
     """A warning about ``gw`` at ``field``'s line."""
-    lines = dict(gw.lines)
-    return Problem(
-        gw.origin.path, lines.get(field, gw.origin.line), field, message, Severity.WARNING
-    )
+    line = line_of(gw.lines, field, gw.origin.line)
+    return Problem(gw.origin.path, line, field, message, Severity.WARNING)
