@@ -48,7 +48,7 @@ from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
 from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
 from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
-from xdsd.sources.gateway_api.refs import certificate_paths
+from xdsd.sources.gateway_api.refs import PRIVATE_KEY_OPTION, certificate_paths
 
 __all__ = [
     "CONVERTED_PATH",
@@ -243,7 +243,11 @@ def _server(
         ServerTLSMode.SIMPLE,
         server_certificate=certificate,
         private_key=key,
-        refs=(CertificateRef(certificate, field, at), CertificateRef(key, field, at)),
+        # the key's field ends in "privateKey": it is read as a private key
+        refs=(
+            CertificateRef(certificate, field, at),
+            CertificateRef(key, f"spec.listeners[{index}].tls.options.{PRIVATE_KEY_OPTION}", at),
+        ),
     )
     port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
     return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
