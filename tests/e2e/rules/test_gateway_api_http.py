@@ -48,7 +48,7 @@ spec:
     tls:
       mode: Terminate
       certificateRefs: [{{group: xdsd.dev, kind: File, name: certs/edge.pem}}]
-      options: {{xdsd.dev/privateKey: certs/edge-key.pem}}
+      options: {{xdsd.dev/private-key: certs/edge-key.pem}}
   - {{name: scoped, port: {ports["scoped"]}, protocol: HTTP, hostname: a.example.com}}
 ---
 apiVersion: gateway.networking.k8s.io/v1

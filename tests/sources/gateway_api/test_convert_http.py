@@ -343,7 +343,7 @@ def test_https_listener_certificates_from_secrets_and_files() -> None:
     by_file = ListenerTLS(
         "Terminate",
         (ObjectRef("c.pem", "File", "xdsd.dev"),),
-        (("xdsd.dev/privateKey", "k.pem"),),
+        (("xdsd.dev/private-key", "k.pem"),),
     )
     files = KubeGateway("edge", "infra", "xdsd", (Listener("s", 443, "HTTPS", tls=by_file),))
     (server,) = convert(GatewayAPI((CLASS,), (files,)), SERVICES, "/cfg").gateways[0].servers

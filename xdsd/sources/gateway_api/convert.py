@@ -243,7 +243,7 @@ def _server(
         ServerTLSMode.SIMPLE,
         server_certificate=certificate,
         private_key=key,
-        # the key's field ends in "privateKey": it is read as a private key
+        # the key's field ends in "private-key": it is read as a private key
         refs=(
             CertificateRef(certificate, field, at),
             CertificateRef(key, f"spec.listeners[{index}].tls.options.{PRIVATE_KEY_OPTION}", at),

@@ -140,7 +140,7 @@ def secret_permitted(
 #: is the listener's ``tls.options`` entry ``PRIVATE_KEY_OPTION``.
 FILE_REF_GROUP = "xdsd.dev"
 FILE_REF_KIND = "File"
-PRIVATE_KEY_OPTION = "xdsd.dev/privateKey"
+PRIVATE_KEY_OPTION = "xdsd.dev/private-key"
 #: The pseudo-path under which a Secret's ``tls.crt``/``tls.key`` bytes are served:
 #: ``<secret>/NAMESPACE/NAME/tls.crt`` (the loader gives the certificate files these
 #: paths name the Secret's bytes).
