@@ -88,12 +88,20 @@ status: {parents: []}
 )
 
 
+def certificate_file(root: Path) -> None:
+    """The file GATEWAY's file reference names (the parser checks it exists)."""
+    (root / "certs").mkdir(exist_ok=True)
+    (root / "certs" / "web.pem").write_text("not read by the parser")
+
+
 def load(tmp_path: Path, text: str) -> LoadResult:
+    certificate_file(tmp_path)
     (tmp_path / "doc.yaml").write_text(text)
     return load_directory(str(tmp_path))
 
 
 def errors(tmp_path: Path, text: str) -> list[Problem]:
+    certificate_file(tmp_path)
     (tmp_path / "doc.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
         load_directory(str(tmp_path))
@@ -119,7 +127,7 @@ def test_a_gateway_is_read_field_by_field(tmp_path: Path) -> None:
     assert https.tls is not None and https.tls.mode == "Terminate"
     assert https.tls.certificate_refs == (
         ObjectRef("web-cert", "Secret"),
-        ObjectRef("certs/web.pem", "File", "xdsd.dev"),
+        ObjectRef(str(tmp_path / "certs" / "web.pem"), "File", "xdsd.dev"),
     )
     assert https.tls.options == (("example.com/min-version", "1.2"),)
     assert passthrough.tls is not None and passthrough.tls.mode == "Passthrough"
@@ -374,6 +382,16 @@ def test_a_wrong_route_value_is_an_error_at_its_field(
             "applies only when from is Selector",
         ),
         ("gatewayClassName: xdsd", "gatewayClassname: xdsd", "did you mean 'gatewayClassName'"),
+        (
+            "name: certs/web.pem",
+            "name: certs/none.pem",
+            "name: file 'certs/none.pem' does not exist",
+        ),
+        (
+            "group: xdsd.dev, kind: File",
+            "group: xdsd.dev, kind: Files",
+            "a file reference is group xdsd.dev, kind File",
+        ),
         (
             "  listeners:\n",
             "  infrastructure: {labels: {a: b}}\n  listeners:\n",

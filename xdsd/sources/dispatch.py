@@ -113,7 +113,7 @@ def parse_document(
         elif kind in SECURITY_PARSERS and parser is SECURITY_PARSERS[kind]:
             parser = functools.partial(SECURITY_PARSERS[kind], annotations=_annotations(value))
         elif parser is parse_kube_gateway:
-            parser = functools.partial(parse_kube_gateway, labels=_labels(value))
+            parser = functools.partial(parse_kube_gateway, labels=_labels(value), config_dir=root)
         if parser is not None and (
             api_version.startswith(GATEWAY_API_GROUP + "/") or parser is parse_secret
         ):
