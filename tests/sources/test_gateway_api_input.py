@@ -521,7 +521,6 @@ def test_a_tls_secret_is_read_in_either_form(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("type: Opaque\nstringData: {tls.crt: x}\n", "type: must be kubernetes.io/tls"),
         (
             "type: kubernetes.io/tls\ndata: {tls.crt: '!!notbase64', tls.key: a2V5}\n",
             "is not base64",
@@ -542,6 +541,17 @@ def test_a_bad_secret_never_quotes_its_bytes(tmp_path: Path, body: str, expected
     found = errors(tmp_path, secret(body))
     assert any(expected in f"{p.field}: {p.message}" for p in found), found
     assert all("secretkeymaterial" not in str(p) for p in found)
+
+
+def test_other_secrets_are_kinds_xdsd_does_not_read(tmp_path: Path) -> None:
+    text = secret("type: Opaque\nstringData: {password: MIIEsecretkeymaterial}\n")
+    (warning,) = load(tmp_path, text).warnings
+    assert warning.field == "type" and "Secret of type 'Opaque' is not read" in warning.message
+    assert "secretkeymaterial" not in str(warning)
+    (tmp_path / "doc.yaml").write_text(text)
+    limits = dataclasses.replace(DEFAULT_LIMITS, refuse_unknown_kinds=True)
+    with pytest.raises(ConfigError):
+        load_directory(str(tmp_path), limits=limits)
 
 
 def test_status_is_ignored_and_bounded_input_is_refused(tmp_path: Path) -> None:
