@@ -201,9 +201,9 @@ def _listener_tls(f: Fields, config_dir: str | None) -> ListenerTLS | None:
 
 def _certificate_ref(f: Fields, config_dir: str | None) -> ObjectRef | None:
     """A certificate reference: a Secret (group "", kind ``Secret``), or a file by path
-    (``{group: xdsd.dev, kind: File, name: PATH}``: one PEM file holding the certificate
-    chain and the private key; made absolute against ``config_dir`` and checked to exist
-    when it is given)."""
+    (``{group: xdsd.dev, kind: File, name: PATH}``: the certificate chain's PEM file,
+    its private key's being the listener's ``tls.options`` entry ``xdsd.dev/private-key``;
+    made absolute against ``config_dir`` and checked to exist when it is given)."""
     group = f.data.get("group")
     kind = f.data.get("kind")
     if kind == FILE_REF_KIND or group == FILE_REF_GROUP:
