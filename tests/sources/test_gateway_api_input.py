@@ -88,12 +88,20 @@ status: {parents: []}
 )
 
 
+def certificate_file(root: Path) -> None:
+    """The file GATEWAY's file reference names (the parser checks it exists)."""
+    (root / "certs").mkdir(exist_ok=True)
+    (root / "certs" / "web.pem").write_text("not read by the parser")
+
+
 def load(tmp_path: Path, text: str) -> LoadResult:
+    certificate_file(tmp_path)
     (tmp_path / "doc.yaml").write_text(text)
     return load_directory(str(tmp_path))
 
 
 def errors(tmp_path: Path, text: str) -> list[Problem]:
+    certificate_file(tmp_path)
     (tmp_path / "doc.yaml").write_text(text)
     with pytest.raises(ConfigError) as e:
         load_directory(str(tmp_path))
@@ -119,7 +127,7 @@ def test_a_gateway_is_read_field_by_field(tmp_path: Path) -> None:
     assert https.tls is not None and https.tls.mode == "Terminate"
     assert https.tls.certificate_refs == (
         ObjectRef("web-cert", "Secret"),
-        ObjectRef("certs/web.pem", "File", "xdsd.dev"),
+        ObjectRef(str(tmp_path / "certs" / "web.pem"), "File", "xdsd.dev"),
     )
     assert https.tls.options == (("example.com/min-version", "1.2"),)
     assert passthrough.tls is not None and passthrough.tls.mode == "Passthrough"
@@ -375,6 +383,16 @@ def test_a_wrong_route_value_is_an_error_at_its_field(
         ),
         ("gatewayClassName: xdsd", "gatewayClassname: xdsd", "did you mean 'gatewayClassName'"),
         (
+            "name: certs/web.pem",
+            "name: certs/none.pem",
+            "name: file 'certs/none.pem' does not exist",
+        ),
+        (
+            "group: xdsd.dev, kind: File",
+            "group: xdsd.dev, kind: Files",
+            "a file reference is group xdsd.dev, kind File",
+        ),
+        (
             "  listeners:\n",
             "  infrastructure: {labels: {a: b}}\n  listeners:\n",
             "infrastructure: is not supported by xdsd",
@@ -503,7 +521,6 @@ def test_a_tls_secret_is_read_in_either_form(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("type: Opaque\nstringData: {tls.crt: x}\n", "type: must be kubernetes.io/tls"),
         (
             "type: kubernetes.io/tls\ndata: {tls.crt: '!!notbase64', tls.key: a2V5}\n",
             "is not base64",
@@ -524,6 +541,17 @@ def test_a_bad_secret_never_quotes_its_bytes(tmp_path: Path, body: str, expected
     found = errors(tmp_path, secret(body))
     assert any(expected in f"{p.field}: {p.message}" for p in found), found
     assert all("secretkeymaterial" not in str(p) for p in found)
+
+
+def test_other_secrets_are_kinds_xdsd_does_not_read(tmp_path: Path) -> None:
+    text = secret("type: Opaque\nstringData: {password: MIIEsecretkeymaterial}\n")
+    (warning,) = load(tmp_path, text).warnings
+    assert warning.field == "type" and "Secret of type 'Opaque' is not read" in warning.message
+    assert "secretkeymaterial" not in str(warning)
+    (tmp_path / "doc.yaml").write_text(text)
+    limits = dataclasses.replace(DEFAULT_LIMITS, refuse_unknown_kinds=True)
+    with pytest.raises(ConfigError):
+        load_directory(str(tmp_path), limits=limits)
 
 
 def test_status_is_ignored_and_bounded_input_is_refused(tmp_path: Path) -> None:
