@@ -29,7 +29,7 @@ from xdsd.sources.gateway_api.gateways import parse_kube_gateway
 from xdsd.sources.gateway_api.kinds import GROUP as GATEWAY_API_GROUP
 from xdsd.sources.gateway_api.kinds import PARSERS as GATEWAY_API_PARSERS
 from xdsd.sources.gateway_api.kinds import gateway_api_parser
-from xdsd.sources.gateway_api.policies import parse_secret
+from xdsd.sources.gateway_api.policies import TLS_SECRET_TYPE, parse_secret
 from xdsd.sources.peer_authentication import parse_peer_authentication
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
 from xdsd.sources.reference_lines import with_reference_lines
@@ -113,7 +113,7 @@ def parse_document(
         elif kind in SECURITY_PARSERS and parser is SECURITY_PARSERS[kind]:
             parser = functools.partial(SECURITY_PARSERS[kind], annotations=_annotations(value))
         elif parser is parse_kube_gateway:
-            parser = functools.partial(parse_kube_gateway, labels=_labels(value))
+            parser = functools.partial(parse_kube_gateway, labels=_labels(value), config_dir=root)
         if parser is not None and (
             api_version.startswith(GATEWAY_API_GROUP + "/") or parser is parse_secret
         ):
@@ -247,6 +247,17 @@ def _parser_for(top: Fields, api_version: str, kind: str, refuse_unknown: bool) 
     if kind == "Service" and api_version in ("", XDSD_API):
         return parse_service
     api_parser = gateway_api_parser(group, version, kind)
+    if api_parser is parse_secret and top.data.get("type") != TLS_SECRET_TYPE:
+        shown = top.data.get("type")
+        _not_implemented(
+            top,
+            "type" if shown is not None else "kind",
+            f"a Secret of type {shown if isinstance(shown, str) else 'Opaque'!r:.80} is not "
+            "read by xdsd",
+            f"(it reads Secrets of type {TLS_SECRET_TYPE}, for Gateway API certificates)",
+            refuse_unknown,
+        )
+        return None
     if api_parser is not None:
         return api_parser
     if group == GATEWAY_API_GROUP and kind in GATEWAY_API_PARSERS:

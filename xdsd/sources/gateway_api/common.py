@@ -321,8 +321,6 @@ def header_modifier(f: Fields) -> HeaderModifier:
                 indexed.append((i, name))
         unique_names(f, "remove", indexed, "header")
     f.finish()
-    if not (pairs["set"] or pairs["add"] or remove or f.report.failed):
-        f.warn(None, "modifies no header: give set, add or remove")
     return HeaderModifier(pairs["set"], pairs["add"], tuple(remove))
 
 

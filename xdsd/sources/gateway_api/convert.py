@@ -13,13 +13,13 @@ The loader runs it once per load after the files are parsed, and merges its obje
 like those of a file of their own (``<gateway-api>``), so the cross-checks and the
 translation treat them as any other.
 
-Gateways (``gateway_servers``): the Istio Gateway ``gateway-api.NAME`` in the Gateway's
-namespace, selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as
-the listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP,
-HTTPS listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from
-its first certificateRef (``refs.certificate_paths``). Listeners of other protocols
-become what ``l4.listener_server`` says (TLS Passthrough and TCP servers; UDP and TLS
-Terminate not served: a warning and ``Accepted`` False).
+Gateways (``gateway_servers``): the Istio Gateway of the same name and namespace,
+selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as the
+listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP, HTTPS
+listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
+first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
+``l4.listener_server`` says. A listener that is not served is a warning and its
+``Accepted``/``ResolvedRefs`` False with the reason.
 Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
 ``Pending``, on the Gateway).
 
@@ -27,12 +27,9 @@ HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
 (``attach.py``) become one VirtualService per (Gateway, hostname), named
 ``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
 holding every rule of every route attached with that hostname, one Istio rule per
-match, in the Gateway API's precedence order (``http.precedence``).
-
-TLSRoutes, TCPRoutes and UDPRoutes (``l4.py``), GRPCRoutes (``grpc.py``): a
-VirtualService per route and listener it attaches to, ``gateway-api.KIND.ROUTE.N`` in
-the route's namespace, bound to the Istio Gateway. BackendTLSPolicies
-(``backend_tls.py``): a DestinationRule per targeted service (``destination_rules``).
+match, in the Gateway API's precedence order (``http.precedence``). GRPCRoutes
+(``grpc.py``), TLSRoutes/TCPRoutes/UDPRoutes (``l4.py``) and BackendTLSPolicies
+(``backend_tls.py``) have modules of their own.
 """
 
 from __future__ import annotations
@@ -44,14 +41,14 @@ from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
 from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
-from xdsd.model.service import Protocol
+from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
 from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
 from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
-from xdsd.sources.gateway_api.refs import certificate_paths
+from xdsd.sources.gateway_api.refs import PRIVATE_KEY_OPTION, certificate_paths
 
 __all__ = [
     "CONVERTED_PATH",
@@ -61,6 +58,8 @@ __all__ = [
     "Converted",
     "convert",
     "istio_gateway_name",
+    "istio_gateway_ref",
+    "xdsd_gateways",
 ]
 
 #: The origin path of what the conversion makes, as a synthetic file.
@@ -82,16 +81,28 @@ class Converted:
 NOTHING = Converted()
 
 
+def istio_gateway_ref(gateway: KubeGateway) -> str:
+    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
+    return f"{gateway.namespace}/{istio_gateway_name(gateway.name)}"
+
+
+def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
+    """The Gateways of a GatewayClass naming xdsd's controller, by (namespace, name)."""
+    classes = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
+
+
 def convert(
     api: GatewayAPI,
     services: Sequence[Service],
-    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     root: str = "",
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). ``namespace_labels`` are the labels of the namespaces that
-    listeners' ``allowedRoutes`` selectors look at (none known: a selector selects no
-    namespace); files named by path are relative to ``root`` (the config directory)."""
+    (see the module doc); files named by path are relative to ``root`` (the config
+    directory). ``namespace_labels`` are the labels of the namespaces that listeners'
+    ``allowedRoutes`` selectors look at (none known: a selector selects no
+    namespace)."""
     conditions: list[Condition] = []
     problems: list[Problem] = []
     ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
@@ -99,9 +110,8 @@ def convert(
         if gwc.name in ours:
             conditions.append(cond.ok(gwc.key, cond.ACCEPTED))
     gateways: dict[tuple[str, str], KubeGateway] = {}
+    served: dict[ResourceKey, frozenset[str]] = {}
     istio: list[Gateway] = []
-    # The listeners each Gateway serves (by name): the routes of the others are refused.
-    served: dict[tuple[str, str], set[str]] = {}
     for gw in api.gateways:
         if gw.gateway_class_name not in ours:
             conditions.append(
@@ -115,55 +125,55 @@ def convert(
             )
             continue
         gateways[(gw.namespace, gw.name)] = gw
-        server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
-        served[(gw.namespace, gw.name)] = {s.name for s in server_list}
+        server_list, gw_conditions, gw_problems = gateway_servers(gw, api, root)
+        served[gw.key] = frozenset(server.name for server in server_list)
         conditions.extend(gw_conditions)
         problems.extend(gw_problems)
-        istio.append(
-            Gateway(
-                istio_gateway_name(gw.name),
-                gw.namespace,
-                ((GATEWAY_NAME_LABEL, gw.name),),
-                tuple(server_list),
-                origin=gw.origin,
+        if server_list:  # none served: no Istio Gateway (their conditions say why)
+            istio.append(
+                Gateway(
+                    istio_gateway_name(gw.name),
+                    gw.namespace,
+                    ((GATEWAY_NAME_LABEL, gw.name),),
+                    tuple(server_list),
+                    origin=gw.origin,
+                )
             )
-        )
         conditions.append(cond.ok(gw.key, cond.ACCEPTED))
-        conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+        if server_list:
+            conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+        else:
+            conditions.append(
+                cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, "no listener is served")
+            )
+    labels = namespace_labels or {}
     routes = [r for r in api.routes if r.kind == "HTTPRoute"]
-    vss, route_conditions = http_virtual_services(
-        routes, gateways, services, api.grants, namespace_labels or {}
-    )
+    vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
     conditions.extend(route_conditions)
     l4 = convert_l4_routes(
         api.routes,
         gateways,
         istio_gateway_ref,
-        lambda g, listener: listener.name in served.get((g.namespace, g.name), ()),
+        lambda g, listener: listener.name in served.get(g.key, frozenset()),
         services,
         api.grants,
-        namespace_labels,
+        labels,
     )
-    grpc_vss, grpc_conditions = convert_grpc_routes(
-        api.routes, gateways, istio_gateway_ref, services, api.grants, namespace_labels
+    grpc_services, grpc_conditions = convert_grpc_routes(
+        api.routes, gateways, istio_gateway_ref, services, api.grants, labels
     )
     backend_tls = convert_backend_tls(api.backend_tls, services, root)
     return Converted(
-        tuple(istio),
-        (*vss, *l4.virtual_services, *grpc_vss),
-        (*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
-        (*problems, *l4.problems),
-        backend_tls.destination_rules,
+        gateways=tuple(istio),
+        virtual_services=(*vss, *l4.virtual_services, *grpc_services),
+        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
+        problems=(*problems, *l4.problems),
+        destination_rules=backend_tls.destination_rules,
     )
 
 
-def istio_gateway_ref(gateway: KubeGateway) -> str:
-    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
-    return f"{gateway.namespace}/{istio_gateway_name(gateway.name)}"
-
-
 def gateway_servers(
-    gw: KubeGateway, api: GatewayAPI
+    gw: KubeGateway, api: GatewayAPI, root: str = ""
 ) -> tuple[list[Server], list[Condition], list[Problem]]:
     """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
     and the problems of listeners that are not converted."""
@@ -172,13 +182,17 @@ def gateway_servers(
     problems: list[Problem] = []
     for index, listener in enumerate(gw.listeners):
         scope = cond.listener_scope(listener.name)
-        server, failure = _server(gw, listener, api)
+        server, failure = _server(gw, index, listener, api, root)
         if server is None:
             reason, message, type_ = failure
             conditions.append(cond.failed(gw.key, type_, reason, message, scope))
             conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
             problems.append(
-                _problem(gw, f"spec.listeners[{index}]", f"listener {listener.name!r}: {message}")
+                _problem(
+                    gw,
+                    f"spec.listeners[{index}]",
+                    f"listener {listener.name!r} is not served: {message}",
+                )
             )
             continue
         servers.append(server)
@@ -188,23 +202,22 @@ def gateway_servers(
 
 
 def _server(
-    gw: KubeGateway, listener: Listener, api: GatewayAPI
+    gw: KubeGateway, index: int, listener: Listener, api: GatewayAPI, root: str
 ) -> tuple[Server | None, tuple[str, str, str]]:
     """The server of one listener, or None and (reason, message, condition type)."""
     hosts = (listener.hostname or "*",)
     if listener.protocol == "HTTP":
         port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
         return Server(port, hosts, name=listener.name), ("", "", "")
-    if listener.protocol in ("TLS", "TCP", "UDP"):
+    if listener.protocol != "HTTPS":
         got = listener_server(gw, listener)
         if isinstance(got, Server):
             return got, ("", "", "")
         if got is not None:
             return None, (got.reason, got.message, got.type)
-    if listener.protocol != "HTTPS":
         return None, (
             cond.UNSUPPORTED_PROTOCOL,
-            f"protocol {listener.protocol} is not converted: this listener is not served",
+            f"protocol {listener.protocol} is not served",
             cond.ACCEPTED,
         )
     tls = listener.tls
@@ -220,18 +233,27 @@ def _server(
             "an HTTPS listener needs a tls.certificateRefs entry",
             cond.RESOLVED_REFS,
         )
-    paths, reason, message = certificate_paths(gw, tls, api)
+    paths, reason, message = certificate_paths(gw, tls, api, root)
     if paths is None:
         return None, (reason, message, cond.RESOLVED_REFS)
     certificate, key = paths
-    server_tls = ServerTLS(ServerTLSMode.SIMPLE, server_certificate=certificate, private_key=key)
+    field = f"spec.listeners[{index}].tls.certificateRefs[0]"
+    at = Origin(gw.origin.path, line_of(gw.lines, field, gw.origin.line))
+    server_tls = ServerTLS(
+        ServerTLSMode.SIMPLE,
+        server_certificate=certificate,
+        private_key=key,
+        # the key's field ends in "private-key": it is read as a private key
+        refs=(
+            CertificateRef(certificate, field, at),
+            CertificateRef(key, f"spec.listeners[{index}].tls.options.{PRIVATE_KEY_OPTION}", at),
+        ),
+    )
     port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
     return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
 
 
 def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
     """A warning about ``gw`` at ``field``'s line."""
-    lines = dict(gw.lines)
-    return Problem(
-        gw.origin.path, lines.get(field, gw.origin.line), field, message, Severity.WARNING
-    )
+    line = line_of(gw.lines, field, gw.origin.line)
+    return Problem(gw.origin.path, line, field, message, Severity.WARNING)

@@ -23,16 +23,15 @@ from xdsd.model.gateway_api import (
     ListenerTLS,
     ObjectRef,
 )
+from xdsd.sources.destination_rule import certificate_file
 from xdsd.sources.gateway_api.common import (
     KIND,
     MAX_ADDRESSES,
     MAX_CERTIFICATE_REFS,
     MAX_LISTENERS,
     bounded_list,
-    file_ref,
     group_field,
     hostname,
-    is_file_ref,
     kind_field,
     name_field,
     namespace_field,
@@ -87,12 +86,22 @@ def parse_kube_gateway(
     origin: Origin,
     *,
     labels: tuple[tuple[str, str], ...] = (),
+    config_dir: str | None = None,
 ) -> KubeGateway:
     """A Gateway: ``gatewayClassName``, ``listeners`` (1 to 64, names unique, no two with
     the same port, protocol and hostname), ``addresses`` (at most 16); ``labels`` are the
-    document's ``metadata.labels``."""
+    document's ``metadata.labels``. With ``config_dir``, a certificate given by file path
+    becomes absolute (relative to it) and must exist, as Istio Gateway certificate files
+    (``sources.destination_rule.certificate_file``); without it, it is kept as written."""
     class_name = name_field(spec, "gatewayClassName", required=True)
-    listeners = bounded_list(spec, "listeners", _listener, MAX_LISTENERS, minimum=1, required=True)
+    listeners = bounded_list(
+        spec,
+        "listeners",
+        lambda f: _listener(f, config_dir),
+        MAX_LISTENERS,
+        minimum=1,
+        required=True,
+    )
     _check_listeners(spec, listeners)
     addresses = bounded_list(spec, "addresses", _address, MAX_ADDRESSES)
     refused = tuple(key for key in GATEWAY_REFUSED if key in spec.data)
@@ -136,7 +145,7 @@ def _check_listeners(spec: Fields, listeners: tuple[Listener, ...]) -> None:
         triples.setdefault(triple, i)
 
 
-def _listener(f: Fields) -> Listener | None:
+def _listener(f: Fields, config_dir: str | None) -> Listener | None:
     name = name_field(f, "name", required=True)
     host = ""
     if f.has("hostname"):
@@ -152,7 +161,7 @@ def _listener(f: Fields) -> Listener | None:
         )
         protocol = ""
     tls_f = f.obj("tls")
-    tls = _listener_tls(tls_f) if tls_f is not None else None
+    tls = _listener_tls(tls_f, config_dir) if tls_f is not None else None
     allowed_f = f.obj("allowedRoutes")
     allowed = _allowed_routes(allowed_f) if allowed_f is not None else AllowedRoutes()
     f.finish()
@@ -169,9 +178,11 @@ def _listener(f: Fields) -> Listener | None:
     return Listener(name, port, protocol, host, tls, allowed)
 
 
-def _listener_tls(f: Fields) -> ListenerTLS | None:
+def _listener_tls(f: Fields, config_dir: str | None) -> ListenerTLS | None:
     mode = f.choice("mode", ("Terminate", "Passthrough"), default="Terminate") or "Terminate"
-    refs = bounded_list(f, "certificateRefs", _certificate_ref, MAX_CERTIFICATE_REFS)
+    refs = bounded_list(
+        f, "certificateRefs", lambda r: _certificate_ref(r, config_dir), MAX_CERTIFICATE_REFS
+    )
     options = f.labels("options")
     if len(options) > _MAX_TLS_OPTIONS:
         f.error("options", f"holds {len(options)} entries: the Gateway API allows at most 16")
@@ -188,12 +199,30 @@ def _listener_tls(f: Fields) -> ListenerTLS | None:
     return ListenerTLS(mode, refs, options)
 
 
-def _certificate_ref(f: Fields) -> ObjectRef | None:
+def _certificate_ref(f: Fields, config_dir: str | None) -> ObjectRef | None:
     """A certificate reference: a Secret (group "", kind ``Secret``), or a file by path
-    (``{group: xdsd.dev, kind: File, name: PATH}``, the path kept as written; the
-    conversion resolves it against the config directory)."""
-    if is_file_ref(f):
-        return file_ref(f)
+    (``{group: xdsd.dev, kind: File, name: PATH}``: the certificate chain's PEM file,
+    its private key's being the listener's ``tls.options`` entry ``xdsd.dev/private-key``;
+    made absolute against ``config_dir`` and checked to exist when it is given)."""
+    group = f.data.get("group")
+    kind = f.data.get("kind")
+    if kind == FILE_REF_KIND or group == FILE_REF_GROUP:
+        g = f.string("group")
+        k = f.string("kind")
+        raw = f.data.get("name")
+        if isinstance(raw, str) and ("\x00" in raw or len(raw) > 4096):
+            f.read.add("name")
+            f.error("name", "must be a file path")
+            return None
+        if config_dir is not None and isinstance(raw, str) and raw:
+            path = certificate_file(f, "name", config_dir)
+        else:
+            path = f.string("name", required=True)
+        f.finish()
+        if g != FILE_REF_GROUP or k != FILE_REF_KIND:
+            f.error(None, f"a file reference is group {FILE_REF_GROUP}, kind {FILE_REF_KIND}")
+            return None
+        return ObjectRef(path, FILE_REF_KIND, FILE_REF_GROUP) if path else None
     ref = secret_object_ref(f)
     if ref is not None and (ref.group, ref.kind) != ("", "Secret"):
         f.error(

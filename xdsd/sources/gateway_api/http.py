@@ -64,6 +64,7 @@ from xdsd.model.gateway_api import (
     Condition,
     HeaderModifier,
     KubeGateway,
+    PathModifier,
     ReferenceGrant,
     Route,
     RouteFilter,
@@ -165,9 +166,16 @@ def route_rules(
         name = f"{route.namespace}.{route.name}.{rule.name or i}"
         matches = rule.matches or (RouteMatch(ApiMatch("PathPrefix", "/")),)
         template = _rule(route, rule, services, grants, failures)
+        by_prefix = any(
+            (f.type == "RequestRedirect" and _replaces_prefix(f.redirect_path))
+            or (f.type == "URLRewrite" and _replaces_prefix(f.rewrite_path))
+            for f in rule.filters
+        )
         for j, match in enumerate(matches):
             for k, (block, prefix_part) in enumerate(_blocks(match)):
-                http = _for_block(replace(template, name=name, match=(block,)), prefix_part)
+                http = replace(template, name=name, match=(block,))
+                if by_prefix:
+                    http = _for_block(http, prefix_part)
                 order = (*precedence(match), route.namespace, route.name, i, j, k)
                 out.append(_Rule(order, http))
     return out, failures
@@ -202,21 +210,23 @@ def _header(match: ApiMatch) -> HeaderMatch:
     return HeaderMatch(match.name.lower(), StringMatch(kind, match.value))
 
 
+def _replaces_prefix(path: PathModifier | None) -> bool:
+    return path is not None and path.type == "ReplacePrefixMatch"
+
+
 def _for_block(http: HTTPRoute, prefix_part: str) -> HTTPRoute:
-    """``http`` with a ``ReplacePrefixMatch`` (kept as ``Redirect.prefix`` /
-    ``Rewrite.uri`` = the replacement, marked by a leading NUL) made right for the
-    block: the matched ``/foo/`` of a split prefix becomes the replacement with one
-    trailing slash; a ``/`` prefix a regex on the leading slash."""
-    if http.redirect is not None and http.redirect.prefix.startswith("\0"):
-        value = http.redirect.prefix[1:]
-        if prefix_part == "/":
-            return replace(http, redirect=replace(http.redirect, prefix=_slash(value)))
-        return replace(
-            http,
-            redirect=replace(http.redirect, prefix=_slash(value) if prefix_part else value or "/"),
-        )
-    if http.rewrite is not None and http.rewrite.uri.startswith("\0"):
-        value = http.rewrite.uri[1:]
+    """``http``, whose redirect or rewrite replaces the matched prefix
+    (``Redirect.prefix`` / ``Rewrite.uri`` holding the replacement as written), made
+    right for the block matching ``prefix_part`` ("" for the exact half of a split
+    prefix): the matched ``/foo/`` becomes the replacement with one trailing slash, the
+    exact ``/foo`` the replacement itself; under a ``/`` prefix, a rewrite is a regex on
+    the leading slash."""
+    if http.redirect is not None and http.redirect.prefix:
+        value = http.redirect.prefix
+        prefix = _slash(value) if prefix_part else value or "/"
+        return replace(http, redirect=replace(http.redirect, prefix=prefix))
+    if http.rewrite is not None and http.rewrite.uri:
+        value = http.rewrite.uri
         if prefix_part == "/":
             rewrite = replace(http.rewrite, uri="", uri_regex=RegexRewrite("^/", _slash(value)))
         else:
@@ -328,13 +338,14 @@ def _headers(request: HeaderOperations, response: HeaderOperations) -> Headers |
 
 
 def _redirect(f: RouteFilter) -> Redirect:
-    """A ``RequestRedirect`` (a ``ReplacePrefixMatch`` marked for ``_for_block``)."""
+    """A ``RequestRedirect`` (a ``ReplacePrefixMatch`` as written: ``_for_block``
+    adapts it to each match block)."""
     uri = prefix = ""
     if f.redirect_path is not None:
         if f.redirect_path.type == "ReplaceFullPath":
             uri = f.redirect_path.value or "/"
         else:
-            prefix = "\0" + f.redirect_path.value
+            prefix = f.redirect_path.value
     derive = "" if f.redirect_port or f.redirect_scheme else "FROM_REQUEST_PORT"
     return Redirect(
         uri=uri,
@@ -348,7 +359,8 @@ def _redirect(f: RouteFilter) -> Redirect:
 
 
 def _rewrite(f: RouteFilter) -> Rewrite:
-    """A ``URLRewrite`` (a ``ReplacePrefixMatch`` marked for ``_for_block``)."""
+    """A ``URLRewrite`` (a ``ReplacePrefixMatch`` as written: ``_for_block`` adapts it
+    to each match block)."""
     path = f.rewrite_path
     if path is None:
         return Rewrite(authority=f.rewrite_hostname)
@@ -356,7 +368,7 @@ def _rewrite(f: RouteFilter) -> Rewrite:
         return Rewrite(
             authority=f.rewrite_hostname, uri_regex=RegexRewrite("^/.*", path.value or "/")
         )
-    return Rewrite(uri="\0" + path.value, authority=f.rewrite_hostname)
+    return Rewrite(uri=path.value, authority=f.rewrite_hostname)
 
 
 def _cors(fields: tuple[tuple[str, object], ...]) -> CorsPolicy:

@@ -9,5 +9,7 @@ PREFIX = "gateway-api."
 
 
 def istio_gateway_name(name: str) -> str:
-    """The name of the Istio Gateway made from the Gateway ``name``."""
-    return f"{PREFIX}{name}"
+    """The name of the Istio Gateway made from the Gateway ``name``: the same (its
+    kind tells them apart; an Istio Gateway of that name in that namespace is a
+    duplicate, an error naming both)."""
+    return name
