@@ -261,13 +261,19 @@ def test_grpc_backend_must_speak_http2_and_refusals() -> None:
         _grpc_rule("a.A", "M", _backend("plain")),
         RouteRule(filters=(RouteFilter("ExtensionRef"),), backend_refs=(_backend("grpc1"),)),
     )
+    rules += (_grpc_rule("b.B", "", _backend("grpc1", 3), _backend("missing", 1)),)
     out = _convert(_gateway(HTTP), _route("GRPCRoute", "g", *rules))
     (vs,) = out.virtual_services
-    (only,) = vs.http
-    assert only.direct_response is not None and only.direct_response.status == 500
+    by_path = {r.match[0].uri.value: r for r in vs.http if r.match[0].uri is not None}
+    for path in ("/a.A/M", "/"):
+        status = by_path[path].direct_response
+        assert status is not None and status.status == 500, path
+    shares = [(d.destination.host, d.weight) for d in by_path["/b.B/"].route]
+    assert shares == [("grpc1.default.svc.cluster.local", 3), ("<unresolved-backend>", 1)]
     found = _conditions(out, "GRPCRoute", "g")
     assert ("ResolvedRefs", False, "UnsupportedProtocol", "rules[0].backendRefs[0]") in found
     assert ("Accepted", False, "UnsupportedValue", "rules[1].filters[0]") in found
+    assert ("ResolvedRefs", False, "BackendNotFound", "rules[2].backendRefs[1]") in found
 
 
 def test_grpc_route_not_allowed_on_a_tcp_listener() -> None:

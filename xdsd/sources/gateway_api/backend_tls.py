@@ -36,6 +36,7 @@ from xdsd.model.gateway_api import BackendTLSPolicy, Condition
 from xdsd.model.rules import ClientTLS, DestinationRule, PortTrafficPolicy, TLSMode, TrafficPolicy
 from xdsd.model.service import CertificateRef, Origin, line_of
 from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.names import PREFIX
 
 #: How a CA file is referred to by path (as Gateway listeners' certificates are).
 FILE_GROUP = "xdsd.dev"
@@ -196,7 +197,7 @@ def convert_backend_tls(
         )
         rules.append(
             DestinationRule(
-                name=f"{service.name}-backendtlspolicy",
+                name=f"{PREFIX}backendtlspolicy.{service.name}",
                 host=service.fqdn,
                 namespace=service.namespace,
                 traffic_policy=TrafficPolicy(tls=whole, port_level_settings=ports),

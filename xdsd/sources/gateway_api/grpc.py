@@ -14,14 +14,15 @@ Pure. What each field becomes (``docs/rules.md``, "Gateway API"):
 - ``filters``: RequestHeaderModifier and ResponseHeaderModifier → the rule's header
   operations; RequestMirror → a mirror (its backend resolved as a backendRef); a
   backendRef's own header modifiers → that destination's. Any other filter
-  (ExtensionRef) refuses the rule: ``Accepted`` False, ``UnsupportedValue``, at
-  ``rules[N].filters[K]``.
+  (ExtensionRef) makes the rule answer 500 (as HTTPRoute's): ``Accepted`` False,
+  ``UnsupportedValue``, at ``rules[N].filters[K]``.
 - ``backendRefs``: weighted destinations. The backend's port must speak HTTP/2 upstream:
   an xdsd Service port of protocol GRPC or HTTP2 (xdsd's ports have no ``appProtocol``;
   their protocol is what says it). Another port, a missing Service, a cross-namespace
   one without a ReferenceGrant are ``ResolvedRefs`` False (``UnsupportedProtocol``,
-  ``BackendNotFound``, ``RefNotPermitted``) and left out; a rule with none left (or
-  none written) answers 500.
+  ``BackendNotFound``, ``RefNotPermitted``) and keep their share of the requests,
+  answered 500 (as HTTPRoute's, ``http.py``); a rule with none that resolves (or none
+  written) answers 500.
 - Precedence (the API's, within and across GRPCRoutes of a listener): each match is a
   rule of its own, sorted by the longest exact hostname, the longest hostname, the
   longest service, the longest method, the most header matches, then the route's key
@@ -46,6 +47,8 @@ from xdsd.model.gateway_api import (
     RouteMatch,
 )
 from xdsd.model.rules import (
+    UNRESOLVED_BACKEND_HOST,
+    Destination,
     DirectResponse,
     HeaderMatch,
     HeaderOperations,
@@ -178,22 +181,21 @@ def grpc_rules(
                     "Accepted",
                     False,
                     "UnsupportedValue",
-                    f"filter {kind!r} is not served on a GRPCRoute: the rule is not served",
+                    f"filter {kind!r} is not served on a GRPCRoute: the rule answers 500",
                     f"rules[{i}].filters[{k}]",
                 )
             )
-            continue
         destinations: list[RouteDestination] = []
         for j, backend in enumerate(rule.backend_refs):
             scope = f"rules[{i}].backendRefs[{j}]"
             resolved = resolve_destination(route, scope, backend, services, grants, http2_port)
             if resolved.refusal is not None:
                 conditions.append(resolved.refusal)
-            elif resolved.destination is not None and resolved.weight > 0:
+            if resolved.weight > 0:
+                # a backend that does not resolve keeps its share, answered 500
+                where = resolved.destination or Destination(UNRESOLVED_BACKEND_HOST)
                 destinations.append(
-                    RouteDestination(
-                        resolved.destination, resolved.weight, _headers(backend.filters)
-                    )
+                    RouteDestination(where, resolved.weight, _headers(backend.filters))
                 )
         mirrors: list[Mirror] = []
         for k, f in enumerate(rule.filters):
@@ -208,6 +210,8 @@ def grpc_rules(
             elif resolved.destination is not None:
                 percent = 100.0 if f.mirror_percent is None else f.mirror_percent
                 mirrors.append(Mirror(resolved.destination, percent))
+        if unsupported or all(d.destination.host == UNRESOLVED_BACKEND_HOST for d in destinations):
+            destinations = []
         base = HTTPRoute(
             name=f"{route.namespace}.{route.name}.{rule.name or i}",
             route=tuple(destinations),
