@@ -403,3 +403,33 @@ def test_backend_tls_policy_from_files_and_a_clashing_destination_rule(tmp_path:
         load_directory(str(tmp_path))
     texts = [str(p) for p in info.value.problems]
     assert any("a.yaml" in t and "b.yaml" in t for t in texts), texts
+
+
+def test_backend_tls_policy_with_a_secrets_ca(tmp_path: Path) -> None:
+    """A CA held by a TLS Secret's ``ca.crt``: the rule names its pseudo-path, and the
+    load's certificate files hold the Secret's bytes for it."""
+    import base64
+
+    from tests.pem import FAKE_CERTIFICATE, FAKE_KEY
+    from xdsd.sources import load_directory
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    secret = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db-ca, namespace: default}\n"
+        "type: kubernetes.io/tls\n"
+        f"data: {{tls.crt: {b64(FAKE_CERTIFICATE)}, tls.key: {b64(FAKE_KEY)}, "
+        f"ca.crt: {b64(FAKE_CERTIFICATE)}}}\n"
+    )
+    text = POLICY_FILES.replace(
+        "{group: xdsd.dev, kind: File, name: certs/ca.pem}",
+        '{group: "", kind: Secret, name: db-ca}',
+    )
+    (tmp_path / "a.yaml").write_text(text + "---\n" + secret)
+    mesh = load_directory(str(tmp_path)).mesh
+    (rule,) = mesh.destination_rules
+    tls = rule.traffic_policy.tls if rule.traffic_policy else None
+    assert tls is not None and tls.ca_certificates == "<secret>/default/db-ca/ca.crt"
+    files = {c.path: c.data for c in mesh.certificates}
+    assert files[tls.ca_certificates] == FAKE_CERTIFICATE.encode()

@@ -10,9 +10,11 @@ originate TLS, as a DestinationRule ``trafficPolicy.tls`` of mode SIMPLE would
   ``sectionName`` names one port (by its name; the setting is that port's,
   ``portLevelSettings``), else the whole service. A target that names no Service is
   ``ResolvedRefs`` False ``InvalidKind``/``BackendNotFound`` for that target.
-- ``validation.caCertificateRefs``: one CA file named by path
-  (``{group: xdsd.dev, kind: File, name: PATH}``, relative to the config directory) →
-  ``caCertificates``. ConfigMap- or Secret-held CAs, more than one reference, and
+- ``validation.caCertificateRefs``: one CA, a file named by path
+  (``{group: xdsd.dev, kind: File, name: PATH}``, relative to the config directory) or
+  the ``ca.crt`` of a Secret of the policy's namespace (its pseudo-path
+  ``<secret>/NS/NAME/ca.crt``, whose bytes ``refs.secret_files`` gives) →
+  ``caCertificates``. ConfigMap-held CAs, more than one reference, and
   ``wellKnownCACertificates: System`` (xdsd does not know where the proxy's system
   bundle is) are not served: the policy is not accepted (``Accepted`` False,
   ``NoValidCACertificate``; ``ResolvedRefs`` False ``InvalidCACertificateRef`` or
@@ -32,11 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xdsd.model import Service
-from xdsd.model.gateway_api import BackendTLSPolicy, Condition
+from xdsd.model.gateway_api import BackendTLSPolicy, Condition, TLSSecret
 from xdsd.model.rules import ClientTLS, DestinationRule, PortTrafficPolicy, TLSMode, TrafficPolicy
 from xdsd.model.service import CertificateRef, Origin, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.names import PREFIX
+from xdsd.sources.gateway_api.refs import SECRET_PATH_PREFIX
 
 #: How a CA file is referred to by path (as Gateway listeners' certificates are).
 FILE_GROUP = "xdsd.dev"
@@ -56,9 +59,12 @@ class BackendTLS:
     conditions: tuple[Condition, ...] = ()
 
 
-def client_tls(policy: BackendTLSPolicy, root: str) -> ClientTLS | Condition:
+def client_tls(
+    policy: BackendTLSPolicy, root: str, secrets: Sequence[TLSSecret] = ()
+) -> ClientTLS | Condition:
     """The TLS origination ``policy`` asks for (CA file absolute, under ``root`` when
-    relative), or the condition saying why it cannot be served."""
+    relative; a Secret's ``ca.crt`` by its pseudo-path), or the condition saying why it
+    cannot be served."""
 
     def refuse(reason: str, message: str) -> Condition:
         return cond.failed(policy.key, cond.RESOLVED_REFS, reason, message, "validation")
@@ -77,13 +83,24 @@ def client_tls(policy: BackendTLSPolicy, root: str) -> ClientTLS | Condition:
     if len(refs) != 1:
         return refuse(INVALID_CA_CERTIFICATE_REF, f"give one CA file (got {len(refs)} references)")
     ref = refs[0]
-    if (ref.group, ref.kind) != (FILE_GROUP, FILE_KIND):
+    if (ref.group, ref.kind or "ConfigMap") == ("", "Secret"):
+        secret = next(
+            (x for x in secrets if (x.namespace, x.name) == (policy.namespace, ref.name)), None
+        )
+        if secret is None or not secret.ca_certificate:
+            return refuse(
+                INVALID_CA_CERTIFICATE_REF,
+                f"no Secret {policy.namespace}/{ref.name} with a ca.crt",
+            )
+        path = f"{SECRET_PATH_PREFIX}/{policy.namespace}/{ref.name}/ca.crt"
+    elif (ref.group, ref.kind) == (FILE_GROUP, FILE_KIND):
+        path = os.path.abspath(os.path.join(root, ref.name))
+    else:
         return refuse(
             cond.INVALID_KIND,
             f"a CA held by a {ref.kind or 'ConfigMap'} is not read: name a file "
-            f"({{group: {FILE_GROUP}, kind: {FILE_KIND}, name: PATH}})",
+            f"({{group: {FILE_GROUP}, kind: {FILE_KIND}, name: PATH}}) or a Secret's ca.crt",
         )
-    path = os.path.abspath(os.path.join(root, ref.name))
     field = "spec.validation.caCertificateRefs[0]"
     where = Origin(policy.origin.path, line_of(policy.lines, field, policy.origin.line))
     sans = policy.subject_alt_names or (policy.hostname,)
@@ -97,15 +114,18 @@ def client_tls(policy: BackendTLSPolicy, root: str) -> ClientTLS | Condition:
 
 
 def convert_backend_tls(
-    policies: Sequence[BackendTLSPolicy], services: Sequence[Service], root: str = ""
+    policies: Sequence[BackendTLSPolicy],
+    services: Sequence[Service],
+    root: str = "",
+    secrets: Sequence[TLSSecret] = (),
 ) -> BackendTLS:
     """The DestinationRules and conditions of ``policies`` over ``services`` (module
-    doc); CA paths relative to ``root``."""
+    doc); CA paths relative to ``root``, Secrets' CAs from ``secrets``."""
     by_service: dict[Service, list[tuple[int, ClientTLS, BackendTLSPolicy]]] = {}
     owners: dict[tuple[str, str, int], BackendTLSPolicy] = {}
     conditions: list[Condition] = []
     for policy in sorted(policies, key=lambda p: p.key):
-        tls = client_tls(policy, root)
+        tls = client_tls(policy, root, secrets)
         if isinstance(tls, Condition):
             conditions.append(tls)
             if tls.type != cond.ACCEPTED:

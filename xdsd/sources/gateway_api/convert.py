@@ -162,7 +162,7 @@ def convert(
     grpc_services, grpc_conditions = convert_grpc_routes(
         api.routes, gateways, istio_gateway_ref, services, api.grants, labels
     )
-    backend_tls = convert_backend_tls(api.backend_tls, services, root)
+    backend_tls = convert_backend_tls(api.backend_tls, services, root, api.secrets)
     return Converted(
         gateways=tuple(istio),
         virtual_services=(*vss, *l4.virtual_services, *grpc_services),

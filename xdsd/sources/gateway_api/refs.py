@@ -196,7 +196,7 @@ def _absolute(root: str, path: str) -> str:
 
 def secret_files(api: GatewayAPI, paths: Iterable[str]) -> list[CertificateFile]:
     """The bytes behind the Secret pseudo-paths among ``paths`` (``tls.crt``,
-    ``tls.key`` of ``<secret>/NS/NAME``), from the Secrets of ``api``: what the
+    ``tls.key``, ``ca.crt`` of ``<secret>/NS/NAME``), from the Secrets of ``api``: what the
     certificate files of a load hold for them instead of reading the disk. A path whose
     Secret is gone is left out (the conversion has already refused its listener)."""
     secrets: Sequence[Any] = getattr(api, "secrets", ())
@@ -210,6 +210,10 @@ def secret_files(api: GatewayAPI, paths: Iterable[str]) -> list[CertificateFile]
         secret = by_key.get((namespace, name))
         if secret is None:
             continue
-        data = secret.certificate if item == "tls.crt" else secret.private_key
+        data = {
+            "tls.crt": secret.certificate,
+            "tls.key": secret.private_key,
+            "ca.crt": secret.ca_certificate,
+        }.get(item, b"")
         out.append(CertificateFile(path, data))
     return out
