@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.fuzzing import deadline, fuzz_settings
 from tests.harness import envoy_accepts
 from xdsd.errors import ConfigError, Severity
 from xdsd.model import Endpoint, Mesh, Port, Protocol, Service
@@ -433,3 +436,90 @@ def test_backend_tls_policy_with_a_secrets_ca(tmp_path: Path) -> None:
     assert tls is not None and tls.ca_certificates == "<secret>/default/db-ca/ca.crt"
     files = {c.path: c.data for c in mesh.certificates}
     assert files[tls.ca_certificates] == FAKE_CERTIFICATE.encode()
+
+
+# -- fuzzing: any mix of listeners, L4/gRPC routes and policies converts and translates --
+
+_NAMES = st.sampled_from(["a", "b", "alpha", "db1", "grpc1", "plain", "far", "nothing"])
+_HOSTS = st.sampled_from(["", "*", "a.test", "*.test", "b.test", "*.a.test", "x.org"])
+
+
+@st.composite
+def _listeners(draw: st.DrawFn) -> Listener:
+    protocol = draw(st.sampled_from(["TLS", "TCP", "UDP", "HTTP"]))
+    mode = draw(st.sampled_from(["Passthrough", "Terminate"]))
+    tls = ListenerTLS(mode) if protocol == "TLS" else None
+    port = draw(st.sampled_from([8443, 5432, 8080, 53]))
+    return Listener(draw(st.sampled_from(["l1", "l2", "l3"])), port, protocol, draw(_HOSTS), tls)
+
+
+@st.composite
+def _routes(draw: st.DrawFn) -> Route:
+    kind = draw(st.sampled_from(["TLSRoute", "TCPRoute", "UDPRoute", "GRPCRoute"]))
+    section = draw(st.sampled_from(["", "l1", "l2", "l3"]))
+    parent = ObjectRef("edge", "Gateway", GROUP, section_name=section)
+    rules = []
+    for _ in range(draw(st.integers(0, 3))):
+        backends = tuple(
+            _backend(
+                draw(_NAMES),
+                draw(st.integers(0, 5)),
+                draw(st.sampled_from([0, 9000, 1])),
+                draw(st.sampled_from(["", "other"])),
+            )
+            for _ in range(draw(st.integers(0, 3)))
+        )
+        matches = tuple(
+            RouteMatch(
+                grpc_type=draw(st.sampled_from(["Exact", "RegularExpression"])),
+                grpc_service=draw(st.sampled_from(["", "pkg.Svc", "a\\..*"])),
+                grpc_method=draw(st.sampled_from(["", "Get", "G.t"])),
+            )
+            for _ in range(draw(st.integers(0, 2)))
+        )
+        rules.append(RouteRule(matches=matches, backend_refs=backends))
+    hostnames = tuple(h for h in draw(st.lists(_HOSTS, max_size=3)) if h)
+    name = draw(st.sampled_from(["r1", "r2", "r3"]))
+    return Route(kind, name, "default", (parent,), hostnames, tuple(rules))
+
+
+@fuzz_settings(scale=0.5)
+@given(
+    st.lists(_listeners(), min_size=1, max_size=4, unique_by=lambda x: x.name),
+    st.lists(_routes(), max_size=5, unique_by=lambda r: (r.kind, r.name)),
+    st.lists(
+        st.builds(
+            lambda t, ca: _policy("p" + t, ObjectRef(t, "Service"), ca=ca),
+            _NAMES,
+            st.sampled_from([CA_FILE, ObjectRef("x", "ConfigMap"), None]),
+        ),
+        max_size=3,
+        unique_by=lambda p: p.name,
+    ),
+)
+def test_fuzz_l4_and_grpc_conversion(
+    listeners: list[Listener], routes: list[Route], policies: list[Any]
+) -> None:
+    from tests.pem import FAKE_CERTIFICATE
+    from xdsd.errors import TranslationError
+    from xdsd.model.service import CertificateFile
+
+    with deadline("test_fuzz_l4_and_grpc_conversion"):
+        ports = {}
+        kept = [ports.setdefault(x.port, x) for x in listeners if x.port not in ports]
+        api = GatewayAPI((CLASS,), (_gateway(*kept),), tuple(routes), backend_tls=tuple(policies))
+        out = convert(api, SERVICES, root="/cfg")
+        assert len({vs.key for vs in out.virtual_services}) == len(out.virtual_services)
+        assert all(c.reason for c in out.conditions)
+        mesh = Mesh(
+            services=SERVICES,
+            gateways=out.gateways,
+            virtual_services=out.virtual_services,
+            destination_rules=out.destination_rules,
+            # what the loader reads for the CA file the policies name
+            certificates=(CertificateFile("/cfg/certs/ca.pem", FAKE_CERTIFICATE.encode()),),
+        )
+        try:
+            MeshTranslation(mesh).snapshot_for(NODE)
+        except TranslationError as err:
+            assert all(p.path for p in err.problems)
