@@ -21,6 +21,7 @@ from xdsd.model import (
     VirtualService,
     line_of,
 )
+from xdsd.model.gateway_api import GATEWAY_API_KINDS, GatewayAPI
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.model.networking import Gateway, ServiceEntry, WorkloadEntry
 from xdsd.sources.config_file import parse_config_file
@@ -74,6 +75,7 @@ def cross_check(
     rules: list[DestinationRule] = []
     virtual: list[VirtualService] = []
     others: dict[str, list[MeshObject]] = {kind: [] for kind in OTHER_KINDS}
+    api: dict[str, list[MeshObject]] = {name: [] for name in GATEWAY_API_KINDS.values()}
     for resource in by_key.values():
         if isinstance(resource, Service):
             services.append(resource)
@@ -81,6 +83,8 @@ def cross_check(
             rules.append(resource)
         elif isinstance(resource, VirtualService):
             virtual.append(resource)
+        elif resource.key.kind in GATEWAY_API_KINDS:
+            api[GATEWAY_API_KINDS[resource.key.kind]].append(resource)
         else:
             others[resource.key.kind].append(resource)
     # Each ServiceEntry (in key order) gives a service per host, with the WorkloadEntries
@@ -96,7 +100,10 @@ def cross_check(
         services.extend(derived)
         problems.extend(found)
     kinds = {name: tuple(others[kind]) for kind, name in OTHER_KINDS.items()}
-    mesh = Mesh(tuple(services), (), tuple(rules), (), **kinds)  # type: ignore[arg-type]
+    gateway_api = GatewayAPI(
+        **{name: tuple(sorted(found, key=lambda o: o.key)) for name, found in api.items()}  # type: ignore[arg-type]
+    )
+    mesh = Mesh(tuple(services), (), tuple(rules), (), **kinds, gateway_api=gateway_api)  # type: ignore[arg-type]
     _check_hosts(mesh.services, entries, problems)
     _check_destination_rules(mesh, problems)
     # Services without endpoints, subsets selecting none (by service key).

@@ -6,8 +6,9 @@ few and small) and handed to translation in the mesh (``Mesh.certificates``), wh
 them into SDS secrets. Reading them on every load, rather than once when the rule is
 parsed, is what makes a file replaced on disk reach the proxies: the mesh then differs,
 and the secret's content version changes. A file that cannot be read, or that does not
-hold what its field needs (a PEM certificate; a PEM private key for ``privateKey``), is
-an error on the line of the field that names it.
+hold what its field needs (a PEM certificate; a PEM private key for ``privateKey`` and
+a Gateway API listener's ``xdsd.dev/private-key`` option), is an error on the line of
+the field that names it.
 
 Mesh mutual TLS (``[mesh.mtls]``, ``mesh_certificate_refs``) names its files by path
 templates: every file the templates can name is read (a glob with each placeholder as
@@ -64,7 +65,7 @@ def read_certificates(
             message = data
         elif data is None:
             message = f"{ref.path} is larger than {MAX_CERTIFICATE_BYTES} bytes"
-        elif ref.field.endswith(("privateKey", "private_key")):
+        elif ref.field.endswith(("privateKey", "private_key", "private-key")):
             if _KEY_MARK not in data:
                 message = f"{ref.path} holds no PEM private key (no '...PRIVATE KEY-----' line)"
         elif _CERTIFICATE_MARK not in data:
