@@ -101,7 +101,7 @@ def client_tls(
             f"a CA held by a {ref.kind or 'ConfigMap'} is not read: name a file "
             f"({{group: {FILE_GROUP}, kind: {FILE_KIND}, name: PATH}}) or a Secret's ca.crt",
         )
-    field = "spec.validation.caCertificateRefs[0]"
+    field = "validation.caCertificateRefs[0].name"
     where = Origin(policy.origin.path, line_of(policy.lines, field, policy.origin.line))
     sans = policy.subject_alt_names or (policy.hostname,)
     return ClientTLS(

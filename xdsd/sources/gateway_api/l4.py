@@ -136,7 +136,7 @@ def l4_virtual_service(
                 conditions.append(resolved.refusal)
             elif resolved.destination is not None and resolved.weight > 0:
                 at = f"{field}[{len(rules)}].route[{len(destinations)}].destination.host"
-                lines.append((at, line_of(route.lines, f"spec.{scope}", route.origin.line)))
+                lines.append((at, line_of(route.lines, scope, route.origin.line)))
                 destinations.append(RouteDestination(resolved.destination, resolved.weight))
         if not destinations:
             continue
