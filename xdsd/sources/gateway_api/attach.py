@@ -1,0 +1,215 @@
+"""Which route attaches to which listener of which Gateway, per the Gateway API.
+
+A route's ``parentRefs[i]`` names a Gateway (group ``gateway.networking.k8s.io``, kind
+``Gateway``, namespace the route's unless given), optionally one listener by
+``sectionName`` and/or ``port``. Of the listeners it names, those whose
+``allowedRoutes`` take the route (its kind, and its namespace: ``Same``, ``All`` or
+``Selector`` over the namespace's labels) and whose hostname intersects the route's
+hostnames are the ones it attaches to. When none does, the parent's condition is
+``Accepted`` False with the API's reason for the first filter that left none:
+``NoMatchingParent`` (no such Gateway, or no listener with that section name/port),
+``NotAllowedByListeners``, ``NoMatchingListenerHostname``.
+
+Hostname intersection (``intersect``): a listener without hostname takes the route's
+hostnames; a route without hostnames takes the listener's; otherwise each route
+hostname equal to the listener's, or matched by the listener's wildcard, is kept as is,
+and a wildcard route hostname that matches the listener's hostname gives the
+listener's. A wildcard ``*.example.com`` matches names of one or more labels before
+``.example.com`` (not ``example.com`` itself), and a less specific wildcard matches a
+more specific one. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from xdsd.model.gateway_api import (
+    GATEWAY_GROUP,
+    Condition,
+    KubeGateway,
+    Listener,
+    ObjectRef,
+    Route,
+)
+from xdsd.sources.gateway_api import conditions as cond
+
+#: The route kinds a listener of each protocol takes when ``allowedRoutes.kinds`` is
+#: empty (and the only ones it may list).
+PROTOCOL_KINDS: Mapping[str, tuple[str, ...]] = {
+    "HTTP": ("HTTPRoute", "GRPCRoute"),
+    "HTTPS": ("HTTPRoute", "GRPCRoute"),
+    "TLS": ("TLSRoute",),
+    "TCP": ("TCPRoute",),
+    "UDP": ("UDPRoute",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One route attached to one listener of one Gateway through ``parentRefs[parent]``:
+    ``hostnames`` the intersection of the route's and the listener's (``*`` = any)."""
+
+    route: Route
+    parent: int
+    gateway: KubeGateway
+    listener: Listener
+    hostnames: tuple[str, ...]
+
+
+def wildcard_matches(pattern: str, host: str) -> bool:
+    """Whether the wildcard ``pattern`` (``*.suffix``) covers ``host``: a name with one
+    or more labels before the suffix, or a strictly more specific wildcard. ``*`` alone
+    covers everything; a pattern without wildcard covers only itself."""
+    if pattern == "*":
+        return True
+    if not pattern.startswith("*."):
+        return pattern == host
+    suffix = pattern[1:]  # ".example.com"
+    name = host[1:] if host.startswith("*.") else host
+    return name.endswith(suffix) and len(name) > len(suffix)
+
+
+def intersect(listener_hostname: str, route_hostnames: Sequence[str]) -> tuple[str, ...]:
+    """The hostnames a route serves on a listener (see the module doc); ``("*",)`` when
+    neither restricts; empty when they do not intersect."""
+    if not listener_hostname:
+        return tuple(route_hostnames) or ("*",)
+    if not route_hostnames:
+        return (listener_hostname,)
+    out: list[str] = []
+    for host in route_hostnames:
+        if host == listener_hostname or wildcard_matches(listener_hostname, host):
+            kept = host
+        elif host.startswith("*.") and wildcard_matches(host, listener_hostname):
+            kept = listener_hostname
+        else:
+            continue
+        if kept not in out:
+            out.append(kept)
+    return tuple(out)
+
+
+def allows_kind(listener: Listener, kind: str) -> bool:
+    """Whether ``listener`` takes routes of ``kind`` (its ``allowedRoutes.kinds``, or
+    its protocol's kinds)."""
+    supported = PROTOCOL_KINDS.get(listener.protocol, ())
+    kinds = listener.allowed_routes.kinds
+    if not kinds:
+        return kind in supported
+    return any(k == kind and g in ("", GATEWAY_GROUP) and k in supported for g, k in kinds)
+
+
+def allows_namespace(
+    listener: Listener,
+    gateway: KubeGateway,
+    namespace: str,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    """Whether ``listener`` takes routes of ``namespace``: ``Same`` (the Gateway's),
+    ``All``, or ``Selector`` (every selector label on the namespace, whose labels come
+    from ``namespace_labels``; a namespace without known labels is not selected)."""
+    how = listener.allowed_routes.namespaces_from
+    if how == "All":
+        return True
+    if how == "Selector":
+        labels = namespace_labels.get(namespace, {})
+        return all(labels.get(k) == v for k, v in listener.allowed_routes.selector)
+    return namespace == gateway.namespace
+
+
+def parent_gateway(route: Route, ref: ObjectRef) -> tuple[str, str] | None:
+    """The (namespace, name) of the Gateway ``ref`` names, or None when it names
+    another kind (a Service: GAMMA's)."""
+    if (ref.group or GATEWAY_GROUP) != GATEWAY_GROUP or (ref.kind or "Gateway") != "Gateway":
+        return None
+    return (ref.namespace or route.namespace, ref.name)
+
+
+def attach(
+    route: Route,
+    gateways: Mapping[tuple[str, str], KubeGateway],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[list[Attachment], list[Condition]]:
+    """The listeners ``route`` attaches to through each of its Gateway parents among
+    ``gateways`` (xdsd's, by (namespace, name)), and a condition per such parent:
+    ``Accepted`` True, or False with the reason (module doc). Parents that are not
+    Gateways are skipped (no condition); a Gateway not in ``gateways`` gets
+    ``NoMatchingParent``."""
+    labels = namespace_labels or {}
+    out: list[Attachment] = []
+    conditions: list[Condition] = []
+    for index, ref in enumerate(route.parent_refs):
+        key = parent_gateway(route, ref)
+        if key is None:
+            continue
+        scope = cond.parent_scope(index)
+        gateway = gateways.get(key)
+        if gateway is None:
+            conditions.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.NO_MATCHING_PARENT,
+                    f"no Gateway {key[0]}/{key[1]} of xdsd's GatewayClass",
+                    scope,
+                )
+            )
+            continue
+        named = [
+            listener
+            for listener in gateway.listeners
+            if (not ref.section_name or listener.name == ref.section_name)
+            and (not ref.port or listener.port == ref.port)
+        ]
+        if not named:
+            conditions.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.NO_MATCHING_PARENT,
+                    f"Gateway {key[0]}/{key[1]} has no listener"
+                    + (f" named {ref.section_name!r}" if ref.section_name else "")
+                    + (f" on port {ref.port}" if ref.port else ""),
+                    scope,
+                )
+            )
+            continue
+        allowed = [
+            listener
+            for listener in named
+            if allows_kind(listener, route.kind)
+            and allows_namespace(listener, gateway, route.namespace, labels)
+        ]
+        if not allowed:
+            conditions.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.NOT_ALLOWED_BY_LISTENERS,
+                    f"no listener of Gateway {key[0]}/{key[1]} allows a {route.kind} "
+                    f"from namespace {route.namespace!r}",
+                    scope,
+                )
+            )
+            continue
+        found = False
+        for listener in allowed:
+            hosts = intersect(listener.hostname, route.hostnames)
+            if hosts:
+                found = True
+                out.append(Attachment(route, index, gateway, listener, hosts))
+        if found:
+            conditions.append(cond.ok(route.key, cond.ACCEPTED, scope))
+        else:
+            conditions.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.NO_MATCHING_LISTENER_HOSTNAME,
+                    f"hostnames {', '.join(route.hostnames)} match no listener hostname of "
+                    f"Gateway {key[0]}/{key[1]}",
+                    scope,
+                )
+            )
+    return out, conditions

@@ -1,0 +1,125 @@
+"""References from Gateway API objects to other objects, and the ReferenceGrants that
+permit the ones across namespaces.
+
+A route's ``backendRefs`` (and a mirror's ``backendRef``) name a ``Service`` (core
+group: the xdsd Service of that name in the namespace, ``port`` required to be one of
+its ports when given), a ``networking.istio.io`` ``Hostname`` (the service answering
+to that host: a ServiceEntry host, as Istio's conversion does) or a
+``networking.istio.io`` ``ServiceEntry`` (the services of that entry, its first host).
+A reference into another namespace holds only when a ReferenceGrant in the target's
+namespace lets objects of the referrer's group, kind and namespace refer to the
+target's group, kind and name (``RefNotPermitted`` otherwise). A Gateway's
+``certificateRefs`` to Secrets follow the same rule. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from xdsd.model import Service
+from xdsd.model.gateway_api import GATEWAY_GROUP, ObjectRef, ReferenceGrant
+from xdsd.sources.gateway_api import conditions as cond
+
+#: Istio's API group, whose ``Hostname`` and ``ServiceEntry`` kinds are backends.
+ISTIO_GROUP = "networking.istio.io"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A reference resolved: ``service`` (None when it does not hold), and otherwise
+    the ``ResolvedRefs`` reason and a message."""
+
+    service: Service | None
+    reason: str = ""
+    message: str = ""
+
+
+def permitted(
+    grants: Sequence[ReferenceGrant],
+    from_group: str,
+    from_kind: str,
+    from_namespace: str,
+    to: ObjectRef,
+    to_namespace: str,
+) -> bool:
+    """Whether an object (``from_group``, ``from_kind``) of ``from_namespace`` may refer
+    to ``to`` in ``to_namespace``: always within one namespace, else when a
+    ReferenceGrant of ``to_namespace`` lists both (its ``to`` entry with no name
+    granting every object of that kind)."""
+    if from_namespace == to_namespace:
+        return True
+    for grant in grants:
+        if grant.namespace != to_namespace:
+            continue
+        if (from_group, from_kind, from_namespace) not in grant.from_:
+            continue
+        for group, kind, name in grant.to:
+            if group == to.group and kind == to.kind and (not name or name == to.name):
+                return True
+    return False
+
+
+def resolve_backend(
+    ref: ObjectRef,
+    route_kind: str,
+    route_namespace: str,
+    services: Sequence[Service],
+    grants: Sequence[ReferenceGrant],
+) -> Resolved:
+    """The service ``ref`` (a backend of a ``route_kind`` in ``route_namespace``)
+    names, or why none: ``InvalidKind``, ``RefNotPermitted``, ``BackendNotFound``."""
+    kind = ref.kind or "Service"
+    namespace = ref.namespace or route_namespace
+    what = f"{kind} {namespace}/{ref.name}"
+    if (ref.group, kind) not in (
+        ("", "Service"),
+        (ISTIO_GROUP, "Hostname"),
+        (ISTIO_GROUP, "ServiceEntry"),
+    ):
+        group = f"{ref.group}/" if ref.group else ""
+        return Resolved(None, cond.INVALID_KIND, f"a backend cannot be a {group}{kind}")
+    target = ObjectRef(ref.name, kind, ref.group)
+    if not permitted(grants, GATEWAY_GROUP, route_kind, route_namespace, target, namespace):
+        return Resolved(
+            None,
+            cond.REF_NOT_PERMITTED,
+            f"no ReferenceGrant in namespace {namespace!r} lets a {route_kind} of "
+            f"{route_namespace!r} refer to {what}",
+        )
+    found: Service | None = None
+    if kind == "Service":
+        found = next(
+            (
+                s
+                for s in services
+                if not s.entry and s.namespace == namespace and s.name == ref.name
+            ),
+            None,
+        )
+    elif kind == "Hostname":
+        found = next((s for s in services if s.name == ref.name or ref.name in s.hosts), None)
+    else:
+        found = next(
+            (s for s in services if s.entry == ref.name and s.namespace == namespace), None
+        )
+    if found is None:
+        return Resolved(None, cond.BACKEND_NOT_FOUND, f"no {what}")
+    if ref.port and all(p.number != ref.port for p in found.ports):
+        return Resolved(None, cond.BACKEND_NOT_FOUND, f"{what} has no port {ref.port}")
+    return Resolved(found)
+
+
+def secret_permitted(
+    grants: Sequence[ReferenceGrant], gateway_namespace: str, ref: ObjectRef
+) -> bool:
+    """Whether a Gateway of ``gateway_namespace`` may use the certificate ``ref``."""
+    target = ObjectRef(ref.name, ref.kind or "Secret", ref.group)
+    return permitted(
+        grants,
+        GATEWAY_GROUP,
+        "Gateway",
+        gateway_namespace,
+        target,
+        ref.namespace or gateway_namespace,
+    )
