@@ -31,6 +31,7 @@ from xdsd.model import Service, VirtualService
 from xdsd.model.gateway_api import Condition, ObjectRef, Route
 from xdsd.model.rules import HTTPMatch, HTTPRoute
 from xdsd.model.service import line_of
+from xdsd.sources.gateway_api import conditions as cond
 
 #: The route kinds a Service parent takes.
 MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -84,14 +85,9 @@ def is_service_parent(ref: ObjectRef) -> bool:
     return ref.kind == "Service" and ref.group in ("", "core")
 
 
-def parent_field(index: int) -> str:
-    """The field path of parentRef ``index``."""
-    return f"parentRefs[{index}]"
-
-
 def parent_line(route: Route, index: int) -> int:
     """The line of the route's parentRef ``index`` (its first line when not recorded)."""
-    path = parent_field(index)
+    path = cond.parent_scope(index)
     return line_of(route.lines, path, line_of(route.lines, f"spec.{path}", route.origin.line))
 
 
@@ -121,13 +117,13 @@ def mesh_routes(
             )
         for index, ref in parents:
             binding, refused = _bind(route, index, ref, by_name)
-            scope = parent_field(index)
+            scope = cond.parent_scope(index)
             if binding is None:
                 reason, message = refused
-                conditions.append(Condition(route.key, "Accepted", False, reason, message, scope))
+                conditions.append(cond.failed(route.key, cond.ACCEPTED, reason, message, scope))
                 problems.append(_problem(route, scope, f"not served: {message}"))
                 continue
-            conditions.append(Condition(route.key, "Accepted", True, "Accepted", "", scope))
+            conditions.append(cond.ok(route.key, cond.ACCEPTED, scope))
             conditions.append(_resolved(route, scope, converted))
             service = binding.service
             bound.setdefault((service.namespace, service.name), []).append(
@@ -147,40 +143,43 @@ def _bind(
     namespace = ref.namespace or route.namespace
     if namespace != route.namespace:
         return None, (
-            "UnsupportedValue",
+            cond.UNSUPPORTED_VALUE,
             f"Service {namespace}/{ref.name} is in another namespace: routes for the callers "
             "of one namespace (consumer routes) are not supported",
         )
     service = services.get((namespace, ref.name))
     if service is None:
-        return None, ("NoMatchingParent", f"no Service {namespace}/{ref.name}")
+        return None, (cond.NO_MATCHING_PARENT, f"no Service {namespace}/{ref.name}")
     port = ref.port
     if ref.section_name:
         named = [p for p in service.ports if p.name == ref.section_name]
         if not named:
             return None, (
-                "NoMatchingParent",
+                cond.NO_MATCHING_PARENT,
                 f"Service {namespace}/{ref.name} has no port named {ref.section_name!r}",
             )
         if port and named[0].number != port:
             return None, (
-                "NoMatchingParent",
+                cond.NO_MATCHING_PARENT,
                 f"port {ref.section_name!r} of Service {namespace}/{ref.name} is not {port}",
             )
         port = named[0].number
     if port:
         found = service.routed_port(port)
         if found is None:
-            return None, ("NoMatchingParent", f"Service {namespace}/{ref.name} has no port {port}")
+            return None, (
+                cond.NO_MATCHING_PARENT,
+                f"Service {namespace}/{ref.name} has no port {port}",
+            )
         if not found.protocol.is_http:
             return None, (
-                "UnsupportedValue",
+                cond.UNSUPPORTED_VALUE,
                 f"port {port} of Service {namespace}/{ref.name} is {found.protocol.value}, "
                 f"not a protocol a {route.kind} can route",
             )
     elif not any(p.protocol.is_http for p in service.routed_ports):
         return None, (
-            "UnsupportedValue",
+            cond.UNSUPPORTED_VALUE,
             f"Service {namespace}/{ref.name} has no HTTP port a {route.kind} can route",
         )
     return MeshBinding(route, index, service, port), ("", "")
@@ -189,9 +188,9 @@ def _bind(
 def _resolved(route: Route, scope: str, converted: ConvertedRules) -> Condition:
     """ResolvedRefs for one parent: the first unresolved reference's reason, if any."""
     if not converted.unresolved:
-        return Condition(route.key, "ResolvedRefs", True, "ResolvedRefs", "", scope)
+        return cond.ok(route.key, cond.RESOLVED_REFS, scope)
     reason, message = converted.unresolved[0]
-    return Condition(route.key, "ResolvedRefs", False, reason, message, scope)
+    return cond.failed(route.key, cond.RESOLVED_REFS, reason, message, scope)
 
 
 def _restricted(rules: tuple[HTTPRoute, ...], port: int) -> tuple[HTTPRoute, ...]:
