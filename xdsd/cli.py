@@ -829,6 +829,7 @@ def _load(path: str, args: argparse.Namespace) -> LoadResult:
 
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.sources import DirectoryLoader
+    from xdsd.sources.gateway_api.status import condition_line, mesh_conditions, summary
     from xdsd.sources.limits import ParseLimits
 
     if args.envoy and os.path.isdir(args.envoy) and args.dir is None:
@@ -846,6 +847,10 @@ def _validate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    conditions = mesh_conditions(mesh)
+    for placed in conditions:
+        if not placed.holds:
+            print(condition_line(placed), file=sys.stderr)
     dns = settings.mesh.dns
     allocation = None
     if dns.enabled or args.addresses:
@@ -863,6 +868,8 @@ def _validate(args: argparse.Namespace) -> int:
         f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
         + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
+    if conditions:
+        print(summary(conditions))
     if args.addresses and allocation is not None:
         from xdsd.translate.address_view import address_rows, address_table
 

@@ -29,6 +29,7 @@ from xdsd.model.service import Location, Resolution
 from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
+from xdsd.sources.gateway_api.status import condition_json, mesh_conditions
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.translate.address_view import address_rows, moves
@@ -88,6 +89,7 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self._expected: tuple[Mesh | None, tuple[ExpectedProxy, ...]] = (None, ())
+        self._gateway_status: tuple[Mesh | None, tuple[dict[str, Any], ...]] = (None, ())
         self._groups: tuple[Mesh | None, dict[tuple[str, str], WorkloadGroup]] = (None, {})
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
@@ -432,6 +434,18 @@ class MeshState:
         if self._expected[0] is not mesh:
             self._expected = (mesh, expected_proxies(mesh))
         return self._expected[1]
+
+    def gateway_status(self) -> tuple[dict[str, Any], ...]:
+        """The status conditions of the loaded configuration's Gateway API objects, as
+        ``/debug/errors`` and the status page show them (``condition_json``; none
+        before a configuration loaded), computed once per mesh."""
+        mesh = self.loaded.mesh if self.loaded is not None else None
+        if mesh is None:
+            return ()
+        if self._gateway_status[0] is not mesh:
+            rows = tuple(condition_json(c) for c in mesh_conditions(mesh))
+            self._gateway_status = (mesh, rows)
+        return self._gateway_status[1]
 
     @staticmethod
     def workload(key: Hashable) -> Workload | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xdsd.model.gateway_api import (
+    NO_GATEWAY_API,
     BackendTLSPolicy,
     Condition,
     GatewayAPI,
@@ -25,6 +26,7 @@ from xdsd.model.gateway_api import (
     ReferenceGrant,
     Route,
 )
+from xdsd.model.mesh import Mesh
 from xdsd.model.service import FieldLines, Origin, ResourceKey, line_of
 
 #: Kinds as the API names them, where the model's key differs.
@@ -46,6 +48,15 @@ class PlacedCondition:
         """True when the condition is in its good state."""
         c = self.condition
         return c.status != (c.type in _GOOD_WHEN_FALSE)
+
+
+def mesh_conditions(mesh: Mesh) -> tuple[PlacedCondition, ...]:
+    """The conditions the loader kept on ``mesh``, placed (``place``)."""
+    # Read defensively until the loader keeps both on every mesh it builds.
+    conditions: tuple[Condition, ...] = getattr(mesh, "gateway_conditions", ())
+    if not conditions:
+        return ()
+    return place(conditions, getattr(mesh, "gateway_api", NO_GATEWAY_API))
 
 
 def object_name(key: ResourceKey) -> str:
