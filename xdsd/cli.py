@@ -691,7 +691,19 @@ def _add_tls_client_flags(
 
 
 def _add_node_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--service", required=True, help="the service this proxy fronts (node.cluster)")
+    p.add_argument(
+        "--service",
+        default=None,
+        help="the service this proxy fronts (node.cluster); required but with --gateway, "
+        "whose NAME it defaults to",
+    )
+    p.add_argument(
+        "--gateway",
+        default=None,
+        metavar="NAME",
+        help="with --role gateway: be the proxy of the Gateway API Gateway NAME of "
+        "--namespace (the label gateway.networking.k8s.io/gateway-name=NAME)",
+    )
     p.add_argument(
         "--node-id",
         default=None,
@@ -916,6 +928,7 @@ def _validate_with_envoy(result: LoadResult, mesh_config: Any, envoy: str) -> bo
 
 
 def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any:
+    from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL
     from xdsd.translate import ClientKind, ConfigSourceKind, NodeClass, Role
 
     labels: dict[str, str] = {}
@@ -924,6 +937,19 @@ def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any
         if not sep or not key:
             raise UsageError(f"--label wants K=V (got {item!r})")
         labels[key] = value
+    if args.gateway is not None:
+        if args.role != "gateway":
+            raise UsageError("--gateway NAME is for --role gateway")
+        if not args.gateway or "/" in args.gateway:
+            raise UsageError(
+                f"--gateway wants a Gateway's name (its namespace is --namespace), not "
+                f"{args.gateway!r}"
+            )
+        labels[GATEWAY_NAME_LABEL] = args.gateway
+        if args.service is None:
+            args.service = args.gateway
+    if args.service is None:
+        raise UsageError("--service NAME is required (or --role gateway --gateway NAME)")
     try:
         locality = Locality.parse(args.locality)
     except ValueError as e:

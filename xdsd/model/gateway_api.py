@@ -103,7 +103,12 @@ class Listener:
 
 @dataclass(frozen=True, slots=True)
 class KubeGateway:
-    """A Gateway of the Gateway API (named apart from Istio's ``Gateway``)."""
+    """A Gateway of the Gateway API (named apart from Istio's ``Gateway``).
+
+    ``refused`` names the spec fields given that xdsd does not honour (``tls``,
+    ``infrastructure``...; their lines are in ``lines``): an error when the Gateway is
+    of xdsd's class (``sources.gateway_api.merge``), nothing for another controller's
+    Gateway, which xdsd does not serve."""
 
     name: str
     namespace: str = DEFAULT_NAMESPACE
@@ -111,6 +116,7 @@ class KubeGateway:
     listeners: tuple[Listener, ...] = ()
     addresses: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    refused: tuple[str, ...] = ()
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
     lines: FieldLines = field(default=(), compare=False, repr=False)
     key: ResourceKey = field(init=False, compare=False, repr=False)
@@ -260,15 +266,76 @@ class BackendTLSPolicy:
         object.__setattr__(self, "key", ResourceKey("BackendTLSPolicy", self.namespace, self.name))
 
 
+#: The ``kind`` (``group``) of a certificate reference naming a file by path rather
+#: than a Secret: ``{kind: File, group: xdsd.dev, name: /path/cert.pem}`` (see
+#: ``docs/rules.md``, "Gateway API").
+FILE_REF_KIND = "File"
+FILE_REF_GROUP = "xdsd.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSecret:
+    """A Kubernetes ``Secret`` of type ``kubernetes.io/tls`` read from a file: the PEM
+    bytes of ``tls.crt``, ``tls.key`` and (optional) ``ca.crt``. The bytes are secret:
+    they are left out of ``repr`` and must never reach a log, a message or a status
+    view (the key and the origin may)."""
+
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    certificate: bytes = field(default=b"", repr=False)
+    private_key: bytes = field(default=b"", repr=False)
+    ca_certificate: bytes = field(default=b"", repr=False)
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    lines: FieldLines = field(default=(), compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("Secret", self.namespace, self.name))
+
+
+#: A Gateway API object as parsed (what ``GatewayAPI`` holds).
+GatewayAPIObject = (
+    GatewayClass | KubeGateway | Route | ReferenceGrant | BackendTLSPolicy | TLSSecret
+)
+
+#: The classes of ``GatewayAPIObject``, for ``isinstance``.
+GATEWAY_API_TYPES = (GatewayClass, KubeGateway, Route, ReferenceGrant, BackendTLSPolicy, TLSSecret)
+
+#: The route kinds, as ``Route.kind`` and ``ResourceKey.kind`` spell them.
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute")
+#: The ``ResourceKey.kind`` of each Gateway API object → the ``GatewayAPI`` field
+#: holding it.
+GATEWAY_API_KINDS = {
+    "GatewayClass": "classes",
+    "KubeGateway": "gateways",
+    **{kind: "routes" for kind in ROUTE_KINDS},
+    "ReferenceGrant": "grants",
+    "BackendTLSPolicy": "backend_tls",
+    "Secret": "secrets",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayAPI:
-    """Every Gateway API object of a directory, by kind, each tuple in key order."""
+    """Every Gateway API object of a directory, by kind, each tuple in key order
+    (``routes``: every route kind, by key: kind, namespace, name)."""
 
     classes: tuple[GatewayClass, ...] = ()
     gateways: tuple[KubeGateway, ...] = ()
     routes: tuple[Route, ...] = ()
     grants: tuple[ReferenceGrant, ...] = ()
     backend_tls: tuple[BackendTLSPolicy, ...] = ()
+    secrets: tuple[TLSSecret, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.classes
+            or self.gateways
+            or self.routes
+            or self.grants
+            or self.backend_tls
+            or self.secrets
+        )
 
 
 NO_GATEWAY_API = GatewayAPI()

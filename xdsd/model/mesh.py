@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from xdsd.model.gateway_api import NO_GATEWAY_API, GatewayAPI
+from xdsd.model.gateway_api import NO_GATEWAY_API, Condition, GatewayAPI, GatewayAPIObject
 from xdsd.model.networking import (
     EnvoyFilter,
     Gateway,
@@ -56,6 +56,7 @@ MeshObject = (
     | AuthorizationPolicy
     | PeerAuthentication
     | RequestAuthentication
+    | GatewayAPIObject
 )
 
 
@@ -100,6 +101,10 @@ class Mesh:
     #: The Gateway API objects as written (their meaning is converted into ``gateways``
     #: and ``virtual_services``, and their status conditions kept here).
     gateway_api: GatewayAPI = NO_GATEWAY_API
+    #: The status conditions of the Gateway API objects, as the conversion found them
+    #: (``sources.gateway_api.convert``): what Kubernetes would write back, for the
+    #: status views.
+    gateway_conditions: tuple[Condition, ...] = ()
     #: The certificate and key files the rules name, with their bytes, by path (read by
     #: the sources on every load, so that a file replaced on disk changes the mesh).
     certificates: tuple[CertificateFile, ...] = ()
@@ -152,6 +157,8 @@ class Mesh:
             ("destination_rules", self.destination_rules),
             ("raw_resources", tuple(sorted(raw_resources, key=lambda r: (r.type_url, r.name)))),
             *((name, getattr(self, name)) for name in OTHER_KINDS.values()),
+            ("gateway_api", self.gateway_api),
+            ("gateway_conditions", self.gateway_conditions),
             ("certificates", self.certificates),
             ("_by_path", self._by_path),
             ("_hosts", self._hosts),
@@ -169,6 +176,14 @@ class Mesh:
         ordered = tuple(sorted(certificates, key=lambda c: c.path))
         object.__setattr__(mesh, "certificates", ordered)
         object.__setattr__(mesh, "_by_path", {})
+        return mesh
+
+    def with_gateway_conditions(self, conditions: tuple[Condition, ...]) -> Mesh:
+        """This mesh with other Gateway API status conditions (indexes shared)."""
+        mesh = object.__new__(Mesh)
+        for name in Mesh.__dataclass_fields__:
+            object.__setattr__(mesh, name, getattr(self, name))
+        object.__setattr__(mesh, "gateway_conditions", conditions)
         return mesh
 
     def certificate(self, path: str) -> bytes | None:

@@ -101,6 +101,13 @@ class Headers:
     response: HeaderOperations | None = None
 
 
+#: The destination host of a Gateway API backend that does not resolve (no such
+#: service, or another namespace's without a ReferenceGrant): the Gateway API answers
+#: its share of requests with 500. Translation routes it to a cluster that does not
+#: exist, with 500 as the route's cluster-not-found code; the cross-checks let it be.
+UNRESOLVED_BACKEND_HOST = "<unresolved-backend>"
+
+
 @dataclass(frozen=True, slots=True)
 class RouteDestination:
     """A weighted destination of an HTTP (or TCP/TLS) route, with header changes that apply
@@ -123,6 +130,9 @@ class Redirect:
     derive_port: str = ""
     scheme: str = ""
     code: int = 301
+    #: Replaces the matched prefix of the path instead of the whole path (the Gateway
+    #: API's ``ReplacePrefixMatch``; Istio's HTTPRedirect cannot say it): "" = unused.
+    prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,11 @@ def _ext_authz_refs(authz: Message, refs: list[tuple[str, str]]) -> None:
         refs.append((_CLUSTER, authz.http_service.server_uri.cluster))
 
 
+#: The cluster a route names for a Gateway API backend that does not resolve: absent on
+#: purpose (Envoy answers the route's cluster-not-found code, 500), so not a reference.
+UNRESOLVED_BACKEND_CLUSTER = "gateway-api|unresolved-backend"
+
+
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
     names: dict[tuple[str, str], None] = {}
     for vhost in config.virtual_hosts:
@@ -153,10 +158,11 @@ def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
             if not route.HasField("route"):
                 continue
             action = route.route
-            if action.cluster:
+            if action.cluster and action.cluster != UNRESOLVED_BACKEND_CLUSTER:
                 names[(_CLUSTER, action.cluster)] = None
             for wc in action.weighted_clusters.clusters:
-                names[(_CLUSTER, wc.name)] = None
+                if wc.name != UNRESOLVED_BACKEND_CLUSTER:
+                    names[(_CLUSTER, wc.name)] = None
             for mirror in action.request_mirror_policies:
                 names[(_CLUSTER, mirror.cluster)] = None
     return tuple(names)

@@ -25,6 +25,11 @@ from xdsd.sources.authorization_policy import parse_authorization_policy
 from xdsd.sources.destination_rule import parse_destination_rule
 from xdsd.sources.envoy_filter import parse_envoy_filter
 from xdsd.sources.gateway import parse_gateway, parse_sidecar
+from xdsd.sources.gateway_api.gateways import parse_kube_gateway
+from xdsd.sources.gateway_api.kinds import GROUP as GATEWAY_API_GROUP
+from xdsd.sources.gateway_api.kinds import PARSERS as GATEWAY_API_PARSERS
+from xdsd.sources.gateway_api.kinds import gateway_api_parser
+from xdsd.sources.gateway_api.policies import parse_secret
 from xdsd.sources.peer_authentication import parse_peer_authentication
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
 from xdsd.sources.reference_lines import with_reference_lines
@@ -107,7 +112,23 @@ def parse_document(
             parser = functools.partial(parse_gateway, config_dir=root)
         elif kind in SECURITY_PARSERS and parser is SECURITY_PARSERS[kind]:
             parser = functools.partial(SECURITY_PARSERS[kind], annotations=_annotations(value))
-        if parser is not None:
+        elif parser is parse_kube_gateway:
+            parser = functools.partial(parse_kube_gateway, labels=_labels(value))
+        if parser is not None and (
+            api_version.startswith(GATEWAY_API_GROUP + "/") or parser is parse_secret
+        ):
+            top.read.add("status")  # Kubernetes' output: not the operator's input
+        if parser is parse_secret and istio_shaped:
+            # a Secret has no spec: its fields are at the top level, beside metadata
+            name, namespace = _read_metadata(top)
+            top.read.update(value)
+            top.finish()
+            report = Report(doc, ())
+            skip = ("apiVersion", "kind", "metadata", "status")
+            spec = Fields(report, (), {k: v for k, v in value.items() if k not in skip})
+            result = parser(spec, name, namespace, Origin(doc.path, doc.line))
+            problems.extend(report.problems)
+        elif parser is not None:
             if istio_shaped:
                 name, namespace = _read_metadata(top)
                 spec_value = value.get("spec")
@@ -123,8 +144,9 @@ def parse_document(
             else:
                 name = top.string("name", required=True)
                 namespace = top.string("namespace") or DEFAULT_NAMESPACE
-                for key in ("name", "namespace", "kind", "apiVersion"):
-                    top.read.add(key)
+                for key in ("name", "namespace", "kind", "apiVersion", "status"):
+                    if key != "status" or "status" in top.read:
+                        top.read.add(key)
                 report = Report(doc, ())
                 spec = Fields(report, (), {k: v for k, v in value.items() if k not in top.read})
             if name and kind == "Service" and not _DNS_LABEL.match(name):
@@ -224,6 +246,19 @@ def _parser_for(top: Fields, api_version: str, kind: str, refuse_unknown: bool) 
     group, _, version = api_version.rpartition("/") if "/" in api_version else ("", "", api_version)
     if kind == "Service" and api_version in ("", XDSD_API):
         return parse_service
+    api_parser = gateway_api_parser(group, version, kind)
+    if api_parser is not None:
+        return api_parser
+    if group == GATEWAY_API_GROUP and kind in GATEWAY_API_PARSERS:
+        versions = ", ".join(GATEWAY_API_PARSERS[kind][0])
+        _not_implemented(
+            top,
+            "apiVersion",
+            f"{kind} ({api_version}) is not read by xdsd",
+            f"(it reads {kind} of {GATEWAY_API_GROUP} {versions})",
+            refuse_unknown,
+        )
+        return None
     if kind == "Service" and api_version == "v1":
         _not_implemented(
             top,
@@ -297,6 +332,16 @@ def _annotations(value: dict[str, Any]) -> dict[str, object]:
     meta = value.get("metadata")
     annotations = meta.get("annotations") if isinstance(meta, dict) else None
     return dict(annotations) if isinstance(annotations, dict) else {}
+
+
+def _labels(value: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The string ``metadata.labels`` of an Istio-shaped document, sorted (others are
+    errors ``_read_metadata`` reports)."""
+    meta = value.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict):
+        return ()
+    return tuple(sorted((str(k), v) for k, v in labels.items() if isinstance(v, str)))
 
 
 def _read_metadata(top: Fields) -> tuple[str, str]:

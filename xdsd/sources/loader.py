@@ -27,6 +27,8 @@ from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
 from xdsd.sources.crosscheck.providers import provider_problems
+from xdsd.sources.gateway_api.convert import CONVERTED_PATH
+from xdsd.sources.gateway_api.merge import NO_CONVERSION, ConvertedFile, converted_file
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import as_listed, file_stamp, list_config_files
 from xdsd.sources.peer_authentication import peer_authentication_problems
@@ -140,6 +142,8 @@ class DirectoryLoader:
         self._certificates = CertificateFiles(self.root)
         # What the synthetic registrations file held at the last load.
         self._registered: RegisteredEntries = NO_ENTRIES
+        # What the synthetic Gateway API file held at the last load (and its inputs).
+        self._converted: ConvertedFile = NO_CONVERSION
 
     def load(self, changed: Iterable[str] | None = None) -> LoadResult:
         """Load the directory; ``changed`` names the paths known to have changed since the
@@ -196,7 +200,7 @@ class DirectoryLoader:
                 self._failed.discard(path)
         self._bytes = budget.limit - budget.left
         parsed = time.perf_counter()
-        order = {**order, REGISTRATIONS_PATH: len(order)}
+        order = {**order, REGISTRATIONS_PATH: len(order), CONVERTED_PATH: len(order) + 1}
         mesh = self._check.update(changes, order)
         registered = registered_entries(
             mesh.workload_groups,
@@ -208,6 +212,13 @@ class DirectoryLoader:
             change: Change = (REGISTRATIONS_PATH, self._registered, registered)
             mesh = self._check.update([change], order)
             self._registered = registered
+        converted = converted_file(mesh.gateway_api, mesh.services, self._converted)
+        if converted is not self._converted:
+            change = (CONVERTED_PATH, self._converted, converted)
+            mesh = self._check.update([change], order)
+            self._converted = converted
+        if converted.conditions:
+            mesh = mesh.with_gateway_conditions(converted.conditions)
         certificates = self._certificates.read(mesh, self.mesh_tls, touched, changes)
         mesh = certificates.mesh
         self.certificate_paths = self._certificates.paths

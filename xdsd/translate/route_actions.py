@@ -108,6 +108,8 @@ def redirect_action(redirect: Redirect, port: int) -> Any:
     action = route_components_pb2.RedirectAction(response_code=_REDIRECT_CODES[redirect.code])
     if redirect.uri:
         action.path_redirect = redirect.uri
+    elif redirect.prefix:
+        action.prefix_rewrite = redirect.prefix
     if redirect.authority:
         action.host_redirect = redirect.authority
     if redirect.scheme:

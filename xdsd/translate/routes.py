@@ -52,7 +52,9 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.resources import pack
+from xdsd.resources.references import UNRESOLVED_BACKEND_CLUSTER
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
 from xdsd.translate.hash_policy import add_hash_policies, rule_hashes
@@ -399,6 +401,11 @@ class RouteBuilder:
             name = self._cluster(vs, field, mirror.destination, port, problems)
             if name is not None and mirror.percentage > 0:
                 action.request_mirror_policies.append(mirror_policy(name, mirror.percentage))
+        if any(name == UNRESOLVED_BACKEND_CLUSTER for name, _ in weighted):
+            # The Gateway API's 500 for the share of a backend that does not resolve.
+            action.cluster_not_found_response_code = (
+                route_components_pb2.RouteAction.INTERNAL_SERVER_ERROR
+            )
         _finish_action(action, http.timeout, http.retries)
         add_hash_policies(action, self._mesh)
         return action
@@ -412,7 +419,11 @@ class RouteBuilder:
         problems: list[Problem],
     ) -> str | None:
         """The cluster of a destination reached from a route served on ``port`` (None,
-        with a problem when it cannot be translated, or for an unknown host)."""
+        with a problem when it cannot be translated, or for an unknown host;
+        ``UNRESOLVED_BACKEND_CLUSTER``, which does not exist, for a Gateway API backend
+        that does not resolve)."""
+        if dest.host == UNRESOLVED_BACKEND_HOST:
+            return UNRESOLVED_BACKEND_CLUSTER
         target = self._mesh.service(dest.host, vs.namespace)
         if target is None or not target.routed_ports:  # NONE TCP/TLS only: as unknown
             return None

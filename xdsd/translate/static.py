@@ -205,6 +205,10 @@ def _inline_routes(message: Any, snapshot: Snapshot) -> Any:
             hcm.ClearField("rds")
             if routes is not None:
                 hcm.route_config.CopyFrom(routes.message)
+                # Inline, Envoy would check every cluster a route names by default; RDS
+                # does not (a Gateway API route to an unresolved backend names none).
+                if not hcm.route_config.HasField("validate_clusters"):
+                    hcm.route_config.validate_clusters.value = False
             else:
                 hcm.route_config.name = name
             network_filter.typed_config.CopyFrom(pack(hcm))

@@ -17,6 +17,13 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.gateway_api import (
+    GATEWAY_API_KINDS,
+    GATEWAY_API_TYPES,
+    NO_GATEWAY_API,
+    GatewayAPI,
+    GatewayAPIObject,
+)
 from xdsd.model.mesh import OTHER_KINDS
 from xdsd.sources.crosscheck.addresses import PinnedAddresses
 from xdsd.sources.crosscheck.authorization import HttpOnlyWarnings
@@ -76,6 +83,9 @@ class CrossCheck:
         self._raw: dict[RawKey, RawResource] = {}
         # The kinds kept without indexes (``OTHER_KINDS``): winners by kind and key.
         self._others: dict[str, dict[ResourceKey, MeshObject]] = {k: {} for k in OTHER_KINDS}
+        # The Gateway API objects (winners by key), and what the mesh holds of them.
+        self._api: dict[ResourceKey, GatewayAPIObject] = {}
+        self._api_value: GatewayAPI = NO_GATEWAY_API
         # One index per concern.
         self._entries = EntryServices()
         self._registered = RegisteredEndpoints()
@@ -111,10 +121,14 @@ class CrossCheck:
         rules: set[ResourceKey] = set()
         virtual: set[ResourceKey] = set()
         others: set[ResourceKey] = set()
+        api_changed = False
         for key in touched:
             found = self._defs.winner(key, order)
             winner = found[0] if found is not None else None
-            if key.kind == "Service":
+            if key.kind in GATEWAY_API_KINDS:
+                assert winner is None or isinstance(winner, GATEWAY_API_TYPES)
+                api_changed |= replace_entry(self._api, key, winner)
+            elif key.kind == "Service":
                 assert winner is None or isinstance(winner, Service)
                 old_service = self._services.get(key)
                 if replace_entry(self._services, key, winner):
@@ -158,6 +172,8 @@ class CrossCheck:
         self._gateways.update(checked, gateways, self._virtual, self._others["Gateway"])
         self._http_only.update(others, services, self._others["AuthorizationPolicy"])
         self._issuers.update(others, services, self._others["RequestAuthentication"])
+        if api_changed:
+            self._api_value = _gateway_api(self._api)
         return self._mesh(set(services), rules, checked, raw_touched, others)
 
     def problems(self) -> list[Problem]:
@@ -236,6 +252,8 @@ class CrossCheck:
             ("raw_resources", self._sorted_raw.update(self._raw, raw)),
             ("_hosts", dict(self._hosts.owners)),
             ("_rules", dict(self._targets.applied)),
+            ("gateway_api", self._api_value),
+            ("gateway_conditions", ()),  # the loader's, after the conversion
             ("certificates", ()),  # read by the loader after the checks
             ("_by_path", {}),
         ]
@@ -245,6 +263,14 @@ class CrossCheck:
         for name, value in fields:
             object.__setattr__(mesh, name, value)
         return mesh
+
+
+def _gateway_api(objects: Mapping[ResourceKey, GatewayAPIObject]) -> GatewayAPI:
+    """The ``GatewayAPI`` of ``objects``, each field's tuple in key order."""
+    by_field: dict[str, list[GatewayAPIObject]] = {name: [] for name in GATEWAY_API_KINDS.values()}
+    for key in sorted(objects):
+        by_field[GATEWAY_API_KINDS[key.kind]].append(objects[key])
+    return GatewayAPI(**{name: tuple(found) for name, found in by_field.items()})  # type: ignore[arg-type]
 
 
 class _Sorted(Generic[K, V]):

@@ -19,6 +19,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.sources.crosscheck.index import did_you_mean, problem_at
 
 
@@ -125,7 +126,11 @@ def _check_destination(
 ) -> Destination:
     """Check one destination of ``vs`` (written at ``field``); returns it with its port
     filled in when the service has a single port (``dest`` itself otherwise). Without
-    ``any_port``, a service with several ports needs the port named."""
+    ``any_port``, a service with several ports needs the port named. The Gateway API's
+    unresolved backend (``UNRESOLVED_BACKEND_HOST``) is left as is: its condition says
+    why."""
+    if dest.host == UNRESOLVED_BACKEND_HOST:
+        return dest
     svc = mesh.service(dest.host, vs.namespace)
     if svc is None:
         # A rule only gateways use routes there with 503, as Istio does.

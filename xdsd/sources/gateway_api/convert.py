@@ -12,20 +12,56 @@ have written back; and the problems (errors refuse the load, as for any kind).
 The loader runs it once per load after the files are parsed, and merges its objects
 like those of a file of their own (``<gateway-api>``), so the cross-checks and the
 translation treat them as any other.
+
+Gateways (``gateway_servers``): the Istio Gateway of the same name and namespace,
+selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as the
+listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP, HTTPS
+listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
+first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
+``l4.listener_server`` says. A listener that is not served is a warning and its
+``Accepted``/``ResolvedRefs`` False with the reason.
+Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
+``Pending``, on the Gateway).
+
+HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
+(``attach.py``) become one VirtualService per (Gateway, hostname), named
+``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
+holding every rule of every route attached with that hostname, one Istio rule per
+match, in the Gateway API's precedence order (``http.precedence``). GRPCRoutes
+(``grpc.py``), TLSRoutes/TCPRoutes/UDPRoutes (``l4.py``) and BackendTLSPolicies
+(``backend_tls.py``) have modules of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from xdsd.errors import Problem
-from xdsd.model import Service, VirtualService
-from xdsd.model.gateway_api import Condition, GatewayAPI
-from xdsd.model.networking import Gateway
+from xdsd.errors import Problem, Severity
+from xdsd.model import DestinationRule, Service, VirtualService
+from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
+from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
+from xdsd.model.service import Protocol, ResourceKey, line_of
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+from xdsd.sources.gateway_api.grpc import convert_grpc_routes
+from xdsd.sources.gateway_api.http import http_virtual_services
+from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
+from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
+from xdsd.sources.gateway_api.refs import certificate_paths
 
-#: The label a gateway proxy carries to be the proxy of Gateway NAME (Istio's).
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+__all__ = [
+    "CONVERTED_PATH",
+    "GATEWAY_NAME_LABEL",
+    "NOTHING",
+    "PREFIX",
+    "Converted",
+    "convert",
+    "istio_gateway_name",
+    "istio_gateway_ref",
+    "xdsd_gateways",
+]
+
 #: The origin path of what the conversion makes, as a synthetic file.
 CONVERTED_PATH = "<gateway-api>"
 
@@ -38,12 +74,175 @@ class Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
+    #: The TLS origination BackendTLSPolicies ask for (``backend_tls``).
+    destination_rules: tuple[DestinationRule, ...] = ()
 
 
 NOTHING = Converted()
 
 
-def convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
+def istio_gateway_ref(gateway: KubeGateway) -> str:
+    """How a converted VirtualService names the Istio Gateway of ``gateway``."""
+    return f"{gateway.namespace}/{istio_gateway_name(gateway.name)}"
+
+
+def xdsd_gateways(api: GatewayAPI) -> dict[tuple[str, str], KubeGateway]:
+    """The Gateways of a GatewayClass naming xdsd's controller, by (namespace, name)."""
+    classes = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    return {(g.namespace, g.name): g for g in api.gateways if g.gateway_class_name in classes}
+
+
+def convert(
+    api: GatewayAPI,
+    services: Sequence[Service],
+    root: str = "",
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> Converted:
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
-    (see the module doc). Not built yet: nothing."""
-    return NOTHING
+    (see the module doc); files named by path are relative to ``root`` (the config
+    directory). ``namespace_labels`` are the labels of the namespaces that listeners'
+    ``allowedRoutes`` selectors look at (none known: a selector selects no
+    namespace)."""
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
+    for gwc in api.classes:
+        if gwc.name in ours:
+            conditions.append(cond.ok(gwc.key, cond.ACCEPTED))
+    gateways: dict[tuple[str, str], KubeGateway] = {}
+    served: dict[ResourceKey, frozenset[str]] = {}
+    istio: list[Gateway] = []
+    for gw in api.gateways:
+        if gw.gateway_class_name not in ours:
+            conditions.append(
+                cond.failed(
+                    gw.key,
+                    cond.ACCEPTED,
+                    cond.PENDING,
+                    f"GatewayClass {gw.gateway_class_name!r} is not one of xdsd's (controller "
+                    f"{CONTROLLER_NAME}): this Gateway is ignored",
+                )
+            )
+            continue
+        gateways[(gw.namespace, gw.name)] = gw
+        server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
+        served[gw.key] = frozenset(server.name for server in server_list)
+        conditions.extend(gw_conditions)
+        problems.extend(gw_problems)
+        if server_list:  # none served: no Istio Gateway (their conditions say why)
+            istio.append(
+                Gateway(
+                    istio_gateway_name(gw.name),
+                    gw.namespace,
+                    ((GATEWAY_NAME_LABEL, gw.name),),
+                    tuple(server_list),
+                    origin=gw.origin,
+                )
+            )
+        conditions.append(cond.ok(gw.key, cond.ACCEPTED))
+        if server_list:
+            conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
+        else:
+            conditions.append(
+                cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, "no listener is served")
+            )
+    labels = namespace_labels or {}
+    routes = [r for r in api.routes if r.kind == "HTTPRoute"]
+    vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
+    conditions.extend(route_conditions)
+    l4 = convert_l4_routes(
+        api.routes,
+        gateways,
+        istio_gateway_ref,
+        lambda g, listener: listener.name in served.get(g.key, frozenset()),
+        services,
+        api.grants,
+        labels,
+    )
+    grpc_services, grpc_conditions = convert_grpc_routes(
+        api.routes, gateways, istio_gateway_ref, services, api.grants, labels
+    )
+    backend_tls = convert_backend_tls(api.backend_tls, services, root)
+    return Converted(
+        gateways=tuple(istio),
+        virtual_services=(*vss, *l4.virtual_services, *grpc_services),
+        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
+        problems=(*problems, *l4.problems),
+        destination_rules=backend_tls.destination_rules,
+    )
+
+
+def gateway_servers(
+    gw: KubeGateway, api: GatewayAPI
+) -> tuple[list[Server], list[Condition], list[Problem]]:
+    """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
+    and the problems of listeners that are not converted."""
+    servers: list[Server] = []
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    for index, listener in enumerate(gw.listeners):
+        scope = cond.listener_scope(listener.name)
+        server, failure = _server(gw, listener, api)
+        if server is None:
+            reason, message, type_ = failure
+            conditions.append(cond.failed(gw.key, type_, reason, message, scope))
+            conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
+            problems.append(
+                _problem(
+                    gw,
+                    f"spec.listeners[{index}]",
+                    f"listener {listener.name!r} is not served: {message}",
+                )
+            )
+            continue
+        servers.append(server)
+        for type_ in (cond.ACCEPTED, cond.RESOLVED_REFS, cond.PROGRAMMED, cond.CONFLICTED):
+            conditions.append(cond.ok(gw.key, type_, scope))
+    return servers, conditions, problems
+
+
+def _server(
+    gw: KubeGateway, listener: Listener, api: GatewayAPI
+) -> tuple[Server | None, tuple[str, str, str]]:
+    """The server of one listener, or None and (reason, message, condition type)."""
+    hosts = (listener.hostname or "*",)
+    if listener.protocol == "HTTP":
+        port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
+        return Server(port, hosts, name=listener.name), ("", "", "")
+    if listener.protocol != "HTTPS":
+        got = listener_server(gw, listener)
+        if isinstance(got, Server):
+            return got, ("", "", "")
+        if got is not None:
+            return None, (got.reason, got.message, got.type)
+        return None, (
+            cond.UNSUPPORTED_PROTOCOL,
+            f"protocol {listener.protocol} is not served",
+            cond.ACCEPTED,
+        )
+    tls = listener.tls
+    if tls is None or tls.mode != "Terminate":
+        return None, (
+            cond.UNSUPPORTED_VALUE,
+            "an HTTPS listener needs tls.mode Terminate",
+            cond.ACCEPTED,
+        )
+    if not tls.certificate_refs:
+        return None, (
+            cond.INVALID_CERTIFICATE_REF,
+            "an HTTPS listener needs a tls.certificateRefs entry",
+            cond.RESOLVED_REFS,
+        )
+    paths, reason, message = certificate_paths(gw, tls, api)
+    if paths is None:
+        return None, (reason, message, cond.RESOLVED_REFS)
+    certificate, key = paths
+    server_tls = ServerTLS(ServerTLSMode.SIMPLE, server_certificate=certificate, private_key=key)
+    port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
+    return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
+
+
+def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
+    """A warning about ``gw`` at ``field``'s line."""
+    line = line_of(gw.lines, field, gw.origin.line)
+    return Problem(gw.origin.path, line, field, message, Severity.WARNING)

@@ -16,9 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from xdsd.model import Service
-from xdsd.model.gateway_api import GATEWAY_GROUP, ObjectRef, ReferenceGrant
+from xdsd.model.gateway_api import (
+    GATEWAY_GROUP,
+    GatewayAPI,
+    KubeGateway,
+    ListenerTLS,
+    ObjectRef,
+    ReferenceGrant,
+)
 from xdsd.sources.gateway_api import conditions as cond
 
 #: Istio's API group, whose ``Hostname`` and ``ServiceEntry`` kinds are backends.
@@ -123,3 +131,56 @@ def secret_permitted(
         target,
         ref.namespace or gateway_namespace,
     )
+
+
+#: A certificateRef naming a certificate file by path rather than a Secret
+#: (``{group: xdsd.dev, kind: File, name: certs/gateway.pem}``); its private key file
+#: is the listener's ``tls.options`` entry ``PRIVATE_KEY_OPTION``.
+FILE_REF_GROUP = "xdsd.dev"
+FILE_REF_KIND = "File"
+PRIVATE_KEY_OPTION = "xdsd.dev/private-key"
+#: The pseudo-path under which a Secret's ``tls.crt``/``tls.key`` bytes are served:
+#: ``<secret>/NAMESPACE/NAME/tls.crt`` (the loader gives the certificate files these
+#: paths name the Secret's bytes).
+SECRET_PATH_PREFIX = "<secret>"
+
+
+def certificate_paths(
+    gateway: KubeGateway, tls: ListenerTLS, api: GatewayAPI
+) -> tuple[tuple[str, str] | None, str, str]:
+    """The (certificate, private key) paths of a listener's first certificateRef (as a
+    SIMPLE server names them), or None with the ``ResolvedRefs`` reason and a message:
+    ``InvalidCertificateRef`` (another kind, a Secret that is not there, a File without
+    ``PRIVATE_KEY_OPTION``), ``RefNotPermitted`` (a Secret of another namespace without a
+    ReferenceGrant). Later certificateRefs are not used (one certificate per listener)."""
+    ref = tls.certificate_refs[0]
+    if ref.group == FILE_REF_GROUP and ref.kind == FILE_REF_KIND:
+        key = dict(tls.options).get(PRIVATE_KEY_OPTION, "")
+        if not key:
+            return (
+                None,
+                cond.INVALID_CERTIFICATE_REF,
+                f"a File certificateRef needs its private key file in tls.options "
+                f"{PRIVATE_KEY_OPTION!r}",
+            )
+        return (ref.name, key), "", ""
+    if ref.group or (ref.kind or "Secret") != "Secret":
+        return (
+            None,
+            cond.INVALID_CERTIFICATE_REF,
+            f"a certificateRef is a Secret or a {FILE_REF_GROUP} {FILE_REF_KIND}, not "
+            f"{ref.group}/{ref.kind}",
+        )
+    namespace = ref.namespace or gateway.namespace
+    if not secret_permitted(api.grants, gateway.namespace, ref):
+        return (
+            None,
+            cond.REF_NOT_PERMITTED,
+            f"no ReferenceGrant in namespace {namespace!r} lets Gateways of "
+            f"{gateway.namespace!r} use Secret {namespace}/{ref.name}",
+        )
+    secrets: Sequence[Any] = getattr(api, "secrets", ())
+    if not any(s.namespace == namespace and s.name == ref.name for s in secrets):
+        return None, cond.INVALID_CERTIFICATE_REF, f"no Secret {namespace}/{ref.name}"
+    base = f"{SECRET_PATH_PREFIX}/{namespace}/{ref.name}"
+    return (f"{base}/tls.crt", f"{base}/tls.key"), "", ""

@@ -1,0 +1,362 @@
+"""TLS Passthrough / TCP / UDP listeners, TLSRoute, TCPRoute, UDPRoute and GRPCRoute:
+what ``convert`` makes of them, what the gateway translation makes of that, and that
+Envoy accepts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from tests.harness import envoy_accepts
+from xdsd.errors import Severity
+from xdsd.model import Endpoint, Mesh, Port, Protocol, Service
+from xdsd.model.gateway_api import (
+    CONTROLLER_NAME,
+    BackendRef,
+    Condition,
+    GatewayAPI,
+    GatewayClass,
+    HeaderModifier,
+    KubeGateway,
+    Listener,
+    ListenerTLS,
+    ObjectRef,
+    ReferenceGrant,
+    Route,
+    RouteFilter,
+    RouteMatch,
+    RouteRule,
+    StringMatch,
+)
+from xdsd.model.rules import MatchKind
+from xdsd.resources import LISTENER, ROUTE
+from xdsd.sources.gateway_api.convert import GATEWAY_NAME_LABEL, Converted, convert
+from xdsd.sources.gateway_api.grpc import method_match
+from xdsd.translate import MeshTranslation, NodeClass, Role, render_static
+
+GROUP = "gateway.networking.k8s.io"
+NODE = NodeClass("edge", role=Role.GATEWAY, labels=((GATEWAY_NAME_LABEL, "edge"),))
+CLASS = GatewayClass("xdsd", CONTROLLER_NAME)
+
+
+def _service(name: str, protocol: Protocol, address: str, namespace: str = "default") -> Service:
+    return Service(name, namespace, (Port(9000, protocol),), (Endpoint(address),))
+
+
+SERVICES = (
+    _service("alpha", Protocol.TLS, "10.0.0.1"),
+    _service("beta", Protocol.TLS, "10.0.0.2"),
+    _service("db1", Protocol.TCP, "10.0.0.3"),
+    _service("db2", Protocol.TCP, "10.0.0.4"),
+    _service("grpc1", Protocol.GRPC, "10.0.0.5"),
+    _service("grpc2", Protocol.HTTP2, "10.0.0.6"),
+    _service("plain", Protocol.HTTP, "10.0.0.7"),
+    _service("far", Protocol.TCP, "10.0.0.8", namespace="other"),
+)
+
+PASSTHROUGH = Listener("tls", 8443, "TLS", tls=ListenerTLS("Passthrough"))
+TCP = Listener("tcp", 5432, "TCP")
+HTTP = Listener("http", 8080, "HTTP")
+
+
+def _gateway(*listeners: Listener) -> KubeGateway:
+    return KubeGateway("edge", "default", "xdsd", listeners)
+
+
+def _backend(name: str, weight: int = 1, port: int = 9000, namespace: str = "") -> BackendRef:
+    return BackendRef(ObjectRef(name, "Service", namespace=namespace, port=port), weight)
+
+
+def _route(kind: str, name: str, *rules: RouteRule, hostnames: tuple[str, ...] = ()) -> Route:
+    parent = ObjectRef("edge", "Gateway", GROUP)
+    return Route(kind, name, "default", (parent,), hostnames, rules)
+
+
+def _convert(*objects: Any, grants: tuple[ReferenceGrant, ...] = ()) -> Converted:
+    gateways = tuple(o for o in objects if isinstance(o, KubeGateway))
+    routes = tuple(o for o in objects if isinstance(o, Route))
+    api = GatewayAPI((CLASS,), gateways, routes, grants)
+    return convert(api, SERVICES)
+
+
+def _mesh(out: Converted) -> Mesh:
+    return Mesh(services=SERVICES, gateways=out.gateways, virtual_services=out.virtual_services)
+
+
+def _resources(out: Converted) -> tuple[dict[str, Any], dict[str, Any]]:
+    snapshot = MeshTranslation(_mesh(out)).snapshot_for(NODE)
+    listeners = {n: r.message for n, r in snapshot.get(LISTENER).items()}
+    routes = {n: r.message for n, r in snapshot.get(ROUTE).items()}
+    return listeners, routes
+
+
+def _tcp_proxy(chain: Any) -> Any:
+    proxy = tcp_proxy_pb2.TcpProxy()
+    chain.filters[0].typed_config.Unpack(proxy)
+    return proxy
+
+
+def _conditions(out: Converted, kind: str, name: str) -> set[tuple[str, bool, str, str]]:
+    return {
+        (c.type, c.status, c.reason, c.scope)
+        for c in out.conditions
+        if c.target.kind == kind and c.target.name == name
+    }
+
+
+def test_tls_passthrough_routes_by_sni(tmp_path: Path) -> None:
+    out = _convert(
+        _gateway(PASSTHROUGH),
+        _route(
+            "TLSRoute", "a", RouteRule(backend_refs=(_backend("alpha"),)), hostnames=("a.test",)
+        ),
+        _route("TLSRoute", "b", RouteRule(backend_refs=(_backend("beta"),)), hostnames=("b.test",)),
+    )
+    assert not out.problems
+    (gw,) = out.gateways
+    assert gw.selector == ((GATEWAY_NAME_LABEL, "edge"),)
+    assert gw.servers[0].tls is not None and gw.servers[0].hosts == ("*",)
+    listeners, _ = _resources(out)
+    chains = {
+        tuple(c.filter_chain_match.server_names): _tcp_proxy(c).cluster
+        for c in listeners["0.0.0.0_8443"].filter_chains
+    }
+    assert chains == {
+        ("a.test",): "outbound|9000||alpha.default.svc.cluster.local",
+        ("b.test",): "outbound|9000||beta.default.svc.cluster.local",
+    }
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "TLSRoute", "a")
+    assert ("ResolvedRefs", True, "ResolvedRefs", "") in _conditions(out, "TLSRoute", "a")
+    envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_tls_route_hostname_must_meet_the_listener() -> None:
+    listener = Listener("tls", 8443, "TLS", "*.test", ListenerTLS("Passthrough"))
+    out = _convert(
+        _gateway(listener),
+        _route("TLSRoute", "a", RouteRule(backend_refs=(_backend("alpha"),)), hostnames=("a.org",)),
+    )
+    assert not out.virtual_services
+    assert ("Accepted", False, "NoMatchingListenerHostname", "parentRefs[0]") in _conditions(
+        out, "TLSRoute", "a"
+    )
+
+
+def test_tcp_route_weighted_and_one_route_per_listener(tmp_path: Path) -> None:
+    out = _convert(
+        _gateway(TCP),
+        _route("TCPRoute", "a", RouteRule(backend_refs=(_backend("db1", 80), _backend("db2", 20)))),
+        _route("TCPRoute", "b", RouteRule(backend_refs=(_backend("db2"),))),
+    )
+    listeners, _ = _resources(out)
+    (chain,) = listeners["0.0.0.0_5432"].filter_chains
+    weighted = {c.name: c.weight for c in _tcp_proxy(chain).weighted_clusters.clusters}
+    assert weighted == {
+        "outbound|9000||db1.default.svc.cluster.local": 80,
+        "outbound|9000||db2.default.svc.cluster.local": 20,
+    }
+    assert ("Accepted", False, "UnsupportedValue", "parentRefs[0]") in _conditions(
+        out, "TCPRoute", "b"
+    )
+    envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_tcp_route_missing_and_cross_namespace_backends() -> None:
+    rule = RouteRule(
+        backend_refs=(_backend("nothing"), _backend("far", namespace="other"), _backend("db1"))
+    )
+    out = _convert(_gateway(TCP), _route("TCPRoute", "a", rule))
+    (vs,) = out.virtual_services
+    assert [d.destination.host for d in vs.tcp[0].route] == ["db1.default.svc.cluster.local"]
+    found = _conditions(out, "TCPRoute", "a")
+    assert ("ResolvedRefs", False, "BackendNotFound", "rules[0].backendRefs[0]") in found
+    assert ("ResolvedRefs", False, "RefNotPermitted", "rules[0].backendRefs[1]") in found
+    grant = ReferenceGrant(
+        "let", "other", ((GROUP, "TCPRoute", "default"),), (("", "Service", "far"),)
+    )
+    out = _convert(_gateway(TCP), _route("TCPRoute", "a", rule), grants=(grant,))
+    (vs,) = out.virtual_services
+    assert "far.other.svc.cluster.local" in [d.destination.host for d in vs.tcp[0].route]
+
+
+def test_tcp_route_without_backends_leaves_the_listener_out() -> None:
+    out = _convert(_gateway(TCP), _route("TCPRoute", "a", RouteRule(backend_refs=(_backend("x"),))))
+    listeners, _ = _resources(out)
+    assert "0.0.0.0_5432" not in listeners
+
+
+def test_udp_and_tls_terminate_are_refused_by_name() -> None:
+    udp = Listener("dns", 53, "UDP")
+    term = Listener("term", 9443, "TLS", tls=ListenerTLS("Terminate"))
+    out = _convert(
+        _gateway(udp, term), _route("UDPRoute", "u", RouteRule(backend_refs=(_backend("db1"),)))
+    )
+    gateway = _conditions(out, "KubeGateway", "edge")
+    assert ("Accepted", False, "UnsupportedProtocol", "listeners[dns]") in gateway
+    assert ("Accepted", False, "UnsupportedValue", "listeners[term]") in gateway
+    assert ("Accepted", False, "UnsupportedValue", "") in _conditions(out, "UDPRoute", "u")
+    assert all(p.severity is Severity.WARNING for p in out.problems)
+    texts = [str(p) for p in out.problems]
+    assert any("UDPRoute is not served" in t for t in texts), texts
+    assert any("listener 'dns' is not served" in t for t in texts), texts
+    assert not out.gateways and not out.virtual_services
+
+
+@pytest.mark.parametrize(
+    ("kind", "service", "method", "expected"),
+    [
+        ("Exact", "pkg.Svc", "Get", (MatchKind.EXACT, "/pkg.Svc/Get")),
+        ("Exact", "pkg.Svc", "", (MatchKind.PREFIX, "/pkg.Svc/")),
+        ("Exact", "", "Get", (MatchKind.REGEX, "/[^/]+/Get")),
+        ("Exact", "", "", (MatchKind.PREFIX, "/")),
+        ("RegularExpression", "pkg\\..*", "", (MatchKind.REGEX, "/pkg\\..*/[^/]+")),
+        ("RegularExpression", "", "G.t", (MatchKind.REGEX, "/[^/]+/G.t")),
+    ],
+)
+def test_grpc_method_match(kind: str, service: str, method: str, expected: Any) -> None:
+    got = method_match(RouteMatch(grpc_type=kind, grpc_service=service, grpc_method=method))
+    assert (got.kind, got.value) == expected
+
+
+def _grpc_rule(service: str, method: str, *backends: BackendRef, **kw: Any) -> RouteRule:
+    match = RouteMatch(grpc_type="Exact", grpc_service=service, grpc_method=method, **kw)
+    return RouteRule(matches=(match,), backend_refs=backends)
+
+
+def test_grpc_route_precedence_headers_filters(tmp_path: Path) -> None:
+    header = StringMatch("Exact", "canary", "X-Track")
+    mirror = RouteFilter("RequestMirror", mirror=ObjectRef("grpc2", "Service", port=9000))
+    modifier = RouteFilter(
+        "RequestHeaderModifier", request_header_modifier=HeaderModifier(set=(("x-a", "1"),))
+    )
+    rules = (
+        _grpc_rule("pkg.Svc", "", _backend("grpc1")),
+        RouteRule(
+            matches=(RouteMatch(grpc_service="pkg.Svc", grpc_method="Get", headers=(header,)),),
+            filters=(modifier, mirror),
+            backend_refs=(_backend("grpc2"),),
+        ),
+        _grpc_rule("pkg.Svc", "Get", _backend("grpc1", 3), _backend("grpc2", 1)),
+    )
+    out = _convert(_gateway(HTTP), _route("GRPCRoute", "g", *rules, hostnames=("g.test",)))
+    assert not out.problems
+    (vs,) = out.virtual_services
+    assert vs.hosts == ("g.test",) and vs.gateways == ("default/edge",)
+    first, second, third = vs.http
+    # most specific first: the method with a header, then the method, then the service
+    assert first.match[0].headers[0].name == "x-track"
+    assert first.headers is not None and first.headers.request is not None
+    assert [m.destination.host for m in first.mirrors] == ["grpc2.default.svc.cluster.local"]
+    assert second.match[0].uri is not None and second.match[0].uri.value == "/pkg.Svc/Get"
+    assert [d.weight for d in second.route] == [3, 1]
+    assert third.match[0].uri is not None and third.match[0].uri.kind is MatchKind.PREFIX
+    assert ("ResolvedRefs", True, "ResolvedRefs", "") in _conditions(out, "GRPCRoute", "g")
+
+
+def test_grpc_backend_must_speak_http2_and_refusals() -> None:
+    rules = (
+        _grpc_rule("a.A", "M", _backend("plain")),
+        RouteRule(filters=(RouteFilter("ExtensionRef"),), backend_refs=(_backend("grpc1"),)),
+    )
+    out = _convert(_gateway(HTTP), _route("GRPCRoute", "g", *rules))
+    (vs,) = out.virtual_services
+    (only,) = vs.http
+    assert only.direct_response is not None and only.direct_response.status == 500
+    found = _conditions(out, "GRPCRoute", "g")
+    assert ("ResolvedRefs", False, "UnsupportedProtocol", "rules[0].backendRefs[0]") in found
+    assert ("Accepted", False, "UnsupportedValue", "rules[1].filters[0]") in found
+
+
+def test_grpc_route_not_allowed_on_a_tcp_listener() -> None:
+    out = _convert(
+        _gateway(TCP), _route("GRPCRoute", "g", _grpc_rule("a.A", "", _backend("grpc1")))
+    )
+    assert not out.virtual_services
+    found: set[Any] = _conditions(out, "GRPCRoute", "g")
+    assert ("Accepted", False, "NotAllowedByListeners", "parentRefs[0]") in found
+
+
+def test_other_controllers_gateways_are_left_alone() -> None:
+    api = GatewayAPI(
+        (GatewayClass("other", "example.com/ctl"),),
+        (KubeGateway("edge", "default", "other", (TCP,)),),
+        (_route("TCPRoute", "a", RouteRule(backend_refs=(_backend("db1"),))),),
+    )
+    out = convert(api, SERVICES)
+    assert not out.gateways and not out.virtual_services
+    assert all(
+        isinstance(c, Condition)
+        and (c.target.kind == "TCPRoute" or (c.target.kind, c.reason) == ("KubeGateway", "Pending"))
+        for c in out.conditions
+    )
+
+
+def _policy(name: str, *targets: ObjectRef, ca: ObjectRef | None = None, **kw: Any) -> Any:
+    from xdsd.model.gateway_api import BackendTLSPolicy
+
+    refs = (ca,) if ca is not None else ()
+    return BackendTLSPolicy(name, "default", targets, refs, hostname="db.test", **kw)
+
+
+CA_FILE = ObjectRef("certs/ca.pem", "File", "xdsd.dev")
+
+
+def test_backend_tls_policy_originates_tls_on_the_gateway(tmp_path: Path) -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    from tests.e2e.certs import CertAuthority
+    from xdsd.model.service import CertificateFile
+    from xdsd.resources import CLUSTER
+    from xdsd.sources.gateway_api.convert import convert as convert_all
+
+    ca = CertAuthority(tmp_path / "certs")
+    policy = _policy("p", ObjectRef("db1", "Service"), ca=CA_FILE)
+    api = GatewayAPI(
+        (CLASS,),
+        (_gateway(TCP),),
+        (_route("TCPRoute", "a", RouteRule(backend_refs=(_backend("db1"),))),),
+        backend_tls=(policy,),
+    )
+    out = convert_all(api, SERVICES, str(tmp_path))
+    (rule,) = out.destination_rules
+    assert rule.host == "db1.default.svc.cluster.local"
+    tls = rule.traffic_policy.tls if rule.traffic_policy else None
+    assert tls is not None and tls.sni == "db.test" and tls.subject_alt_names == ("db.test",)
+    assert tls.ca_certificates == str(tmp_path / "certs" / "ca.pem")
+    assert ("Accepted", True, "Accepted", "") in _conditions(out, "BackendTLSPolicy", "p")
+    mesh = Mesh(
+        services=SERVICES,
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+        destination_rules=out.destination_rules,
+        certificates=(CertificateFile(tls.ca_certificates, ca.ca_path.read_bytes()),),
+    )
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    cluster = snapshot.get(CLUSTER)["outbound|9000||db1.default.svc.cluster.local"].message
+    context = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(context)
+    assert context.sni == "db.test"
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_backend_tls_policy_refusals() -> None:
+    from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+
+    policies = (
+        _policy("a-ok", ObjectRef("db1", "Service"), ca=CA_FILE),
+        _policy("b-clash", ObjectRef("db1", "Service"), ca=CA_FILE),
+        _policy("c-system", ObjectRef("db2", "Service"), well_known_ca_certificates="System"),
+        _policy("d-configmap", ObjectRef("db2", "Service"), ca=ObjectRef("ca", "ConfigMap")),
+        _policy("e-none", ObjectRef("nothing", "Service"), ca=CA_FILE),
+    )
+    out = convert_backend_tls(policies, SERVICES, "/cfg")
+    assert [r.host for r in out.destination_rules] == ["db1.default.svc.cluster.local"]
+    found = {(c.target.name, c.type, c.status, c.reason) for c in out.conditions}
+    assert ("b-clash", "Accepted", False, "Conflicted") in found
+    assert ("c-system", "Accepted", False, "NoValidCACertificate") in found
+    assert ("d-configmap", "ResolvedRefs", False, "InvalidKind") in found
+    assert ("d-configmap", "Accepted", False, "NoValidCACertificate") in found
+    assert ("e-none", "ResolvedRefs", False, "BackendNotFound") in found

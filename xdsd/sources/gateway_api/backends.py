@@ -1,0 +1,75 @@
+"""The backends of L4 and gRPC routes: a ``backendRef`` → the ``Destination`` it means.
+
+Pure. ``resolve_destination`` resolves a backendRef with ``refs.resolve_backend``
+(kinds, ReferenceGrants, the service) and then asks for what these routes need: a
+``port`` (the API requires one for a Service; an L4 or gRPC destination is a port), and
+for gRPC a port speaking HTTP/2 (``port_check``). What does not hold is the
+``ResolvedRefs`` False condition Kubernetes would have written, with the API's reason
+(``InvalidKind``, ``RefNotPermitted``, ``BackendNotFound``, ``UnsupportedProtocol``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from xdsd.model import Service
+from xdsd.model.gateway_api import BackendRef, Condition, ReferenceGrant, Route
+from xdsd.model.rules import Destination
+from xdsd.model.service import Port
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.refs import resolve_backend
+
+#: Checks a backend's port: None when it may serve the route, else why not.
+PortCheck = Callable[[Service, Port], str | None]
+#: The reason of a backend whose port does not speak the route's protocol.
+UNSUPPORTED_PROTOCOL = "UnsupportedProtocol"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A backendRef resolved: the destination (None when refused), its weight and, when
+    refused, the ``ResolvedRefs`` condition saying why."""
+
+    destination: Destination | None
+    weight: int
+    refusal: Condition | None = None
+
+
+def resolve_destination(
+    route: Route,
+    scope: str,
+    backend: BackendRef,
+    services: Sequence[Service],
+    grants: Sequence[ReferenceGrant],
+    port_check: PortCheck | None = None,
+) -> Resolved:
+    """What ``backend`` (at ``scope``, e.g. ``rules[0].backendRefs[1]``) of ``route``
+    means: the service's ``Destination`` (its canonical name and the port), or a
+    ``ResolvedRefs`` False condition with the API's reason."""
+
+    def refuse(reason: str, message: str) -> Resolved:
+        return Resolved(
+            None,
+            backend.weight,
+            cond.failed(route.key, cond.RESOLVED_REFS, reason, message, scope),
+        )
+
+    ref = backend.ref
+    found = resolve_backend(ref, route.kind, route.namespace, services, grants)
+    if found.service is None:
+        return refuse(found.reason, found.message)
+    service = found.service
+    number = ref.port or (
+        service.ports[0].number if len(service.ports) == 1 and service.entry else 0
+    )
+    port = next((p for p in service.ports if p.number == number), None)
+    if port is None:
+        return refuse(
+            cond.BACKEND_NOT_FOUND, f"{ref.kind or 'Service'} {ref.name}: port is required"
+        )
+    if port_check is not None:
+        why = port_check(service, port)
+        if why is not None:
+            return refuse(UNSUPPORTED_PROTOCOL, why)
+    return Resolved(Destination(service.fqdn, port=number), backend.weight)

@@ -1,0 +1,319 @@
+"""What the Gateway API parsers share: names, hostnames, references, bounded lists,
+durations, header matches and modifiers, each checked as the API's own validation
+(OpenAPI patterns, limits and CEL rules of ``gateway.networking.k8s.io``) checks it,
+each problem at its field through ``Fields``. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from xdsd.located import Fields
+from xdsd.model.gateway_api import GATEWAY_GROUP, HeaderModifier, ObjectRef, StringMatch
+
+T = TypeVar("T")
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+#: An RFC 1123 subdomain (object names, groups, section names, namespaces are labels).
+SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+DNS_LABEL = re.compile(rf"^{_LABEL}$")
+#: A hostname as the API takes it: a subdomain, optionally ``*.`` first; no IP.
+HOSTNAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+KIND = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+#: The API's Duration: 1 to 4 of NUMBER(h|m|s|ms), each number at most 5 digits.
+_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_IPV4ISH = re.compile(r"^[0-9.]+$")
+
+#: The API's limits (its ``MaxItems``), by what they bound.
+MAX_PARENT_REFS = 32
+MAX_HOSTNAMES = 16
+MAX_RULES = 16
+MAX_MATCHES = 64
+#: The API's CEL bound on the matches of all rules of one HTTPRoute together.
+MAX_TOTAL_MATCHES = 128
+MAX_FILTERS = 16
+MAX_BACKEND_REFS = 16
+MAX_HEADER_MATCHES = 16
+MAX_LISTENERS = 64
+MAX_ADDRESSES = 16
+MAX_CERTIFICATE_REFS = 64
+MAX_WEIGHT = 1_000_000
+MAX_NAME = 253
+MAX_VALUE = 4096
+MAX_PATH = 1024
+
+
+def bounded_list(
+    f: Fields,
+    key: str,
+    parse: Callable[[Fields], T | None],
+    maximum: int,
+    *,
+    minimum: int = 0,
+    required: bool = False,
+) -> tuple[T, ...]:
+    """The mappings of list ``key`` parsed by ``parse``; more than ``maximum`` items is
+    an error at the list (and none is parsed: bounded work), fewer than ``minimum`` too."""
+    raw = f.data.get(key)
+    if isinstance(raw, list) and len(raw) > maximum:
+        f.read.add(key)
+        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {maximum}")
+        return ()
+    if required and raw is None:
+        f.read.add(key)
+        f.error(key, "is required")
+        return ()
+    if isinstance(raw, list) and len(raw) < minimum:
+        f.error(key, f"must hold at least {minimum} item{'s' if minimum > 1 else ''}")
+    return f.parse_list(key, parse)
+
+
+def bounded_strings(f: Fields, key: str, maximum: int) -> tuple[str, ...]:
+    """A list of non-empty strings of at most ``maximum`` items."""
+    raw = f.data.get(key)
+    if isinstance(raw, list) and len(raw) > maximum:
+        f.read.add(key)
+        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {maximum}")
+        return ()
+    return f.strings(key)
+
+
+def name_field(
+    f: Fields, key: str, *, required: bool = False, pattern: re.Pattern[str] = SUBDOMAIN
+) -> str:
+    """A name-like string (object name, section name, group...) matching ``pattern``,
+    at most 253 characters ("" when absent or wrong)."""
+    value = f.string(key, required=required)
+    if not value:
+        return ""
+    if len(value) > MAX_NAME or not pattern.match(value):
+        f.error(key, f"must be a lower-case DNS name (letters, digits, '-', '.'): got {value!r}")
+        return ""
+    return value
+
+
+def namespace_field(f: Fields, key: str = "namespace", *, required: bool = False) -> str:
+    """A namespace: a DNS label of at most 63 characters."""
+    value = f.string(key, required=required)
+    if value and (len(value) > 63 or not DNS_LABEL.match(value)):
+        f.error(key, f"must be a namespace name (a DNS label): got {value!r}")
+        return ""
+    return value
+
+
+def group_field(f: Fields, key: str = "group", *, default: str = "", required: bool = False) -> str:
+    """An API group ("" is the core group; ``default`` when absent)."""
+    if required and key not in f.data:
+        f.error(key, 'is required ("" for the core group)')
+    value = f.string(key, default=default)
+    if value and (len(value) > MAX_NAME or not SUBDOMAIN.match(value)):
+        f.error(key, f'must be an API group (a DNS name, or "" for the core group): {value!r}')
+        return default
+    return value
+
+
+def kind_field(f: Fields, key: str = "kind", *, default: str = "", required: bool = False) -> str:
+    """A kind name (``Service``, ``Gateway``...)."""
+    value = f.string(key, default=default, required=required)
+    if value and (len(value) > 63 or not KIND.match(value)):
+        f.error(key, f"must be a kind name (letters, digits, '-'): got {value!r}")
+        return default
+    return value
+
+
+def hostname(f: Fields, key: str | int, value: object, *, wildcard: bool = True) -> str:
+    """``value`` checked as a Gateway API hostname at ``key`` of ``f`` (no IP address, no
+    port, lower case; ``*.`` first only when ``wildcard``); "" when wrong."""
+    if not isinstance(value, str) or not value:
+        f.error(key, f"must be a non-empty hostname (got {value!r:.60})")
+        return ""
+    if len(value) > MAX_NAME or not HOSTNAME.match(value):
+        f.error(key, f"must be a hostname (lower-case DNS name, '*.' first at most): {value!r:.80}")
+        return ""
+    if _IPV4ISH.match(value):
+        f.error(key, f"must be a hostname, not an IP address: {value!r}")
+        return ""
+    if value.startswith("*.") and not wildcard:
+        f.error(key, f"must not be a wildcard here: {value!r}")
+        return ""
+    return value
+
+
+def hostnames(f: Fields, key: str = "hostnames") -> tuple[str, ...]:
+    """A route's ``hostnames`` (at most 16)."""
+    raw = f.data.get(key)
+    if isinstance(raw, list) and len(raw) > MAX_HOSTNAMES:
+        f.read.add(key)
+        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {MAX_HOSTNAMES}")
+        return ()
+    out: list[str] = []
+    holder = Fields(f.report, (*f.path, key), {})
+    for i, value in f.items(key):
+        host = hostname(holder, i, value)
+        if host:
+            out.append(host)
+    return tuple(out)
+
+
+def parent_ref(f: Fields) -> ObjectRef | None:
+    """A ``parentRefs`` item (ParentReference): group defaults to the Gateway API's,
+    kind to ``Gateway``."""
+    group = group_field(f, default=GATEWAY_GROUP)
+    kind = kind_field(f, default="Gateway")
+    namespace = namespace_field(f)
+    name = name_field(f, "name", required=True)
+    section = name_field(f, "sectionName")
+    port = f.port("port")
+    f.finish()
+    if not name:
+        return None
+    return ObjectRef(name, kind, group, namespace, section, port)
+
+
+def parent_refs(f: Fields) -> tuple[ObjectRef, ...]:
+    """A route's ``parentRefs`` (at most 32; the same parent twice is an error, as the
+    API's CEL rule says)."""
+    refs = bounded_list(f, "parentRefs", parent_ref, MAX_PARENT_REFS)
+    seen: set[ObjectRef] = set()
+    for i, ref in enumerate(refs):
+        if ref in seen:
+            f.report.add((*f.path, "parentRefs", i), f"repeats parent {ref.kind} {ref.name}")
+        seen.add(ref)
+    return refs
+
+
+def backend_object_ref(f: Fields, *, port_required: bool = True) -> ObjectRef | None:
+    """A BackendObjectReference: group "" and kind ``Service`` by default; a Service
+    needs a port (the API's CEL rule)."""
+    group = group_field(f)
+    kind = kind_field(f, default="Service")
+    namespace = namespace_field(f)
+    name = name_field(f, "name", required=True)
+    port = f.port("port")
+    if port_required and kind == "Service" and group == "" and not f.has("port"):
+        f.error("port", "is required when the backend is a Service")
+    return ObjectRef(name, kind, group, namespace, "", port) if name else None
+
+
+def secret_object_ref(f: Fields) -> ObjectRef | None:
+    """A SecretObjectReference: group "" and kind ``Secret`` by default."""
+    group = group_field(f)
+    kind = kind_field(f, default="Secret")
+    namespace = namespace_field(f)
+    name = f.string("name", required=True)
+    f.finish()
+    if not name or len(name) > MAX_NAME:
+        if name:
+            f.error("name", "must be at most 253 characters")
+        return None
+    return ObjectRef(name, kind, group, namespace)
+
+
+def duration(f: Fields, key: str) -> timedelta | None:
+    """A Gateway API Duration (``10s``, ``1h30m``, ``500ms``: 1 to 4 parts of at most 5
+    digits each, units h, m, s, ms)."""
+    value = f.string(key)
+    if not value and not f.has(key):
+        return None
+    if not _DURATION.match(value):
+        f.error(key, f'must be a duration like "10s", "1m30s" or "500ms" (got {value!r:.60})')
+        return None
+    seconds = sum(int(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+def header_name(f: Fields, key: str | int, value: object) -> str:
+    """``value`` checked as an HTTP header name (RFC 7230 token, at most 256)."""
+    if not isinstance(value, str) or not value:
+        f.error(key, f"must be a header name (got {value!r:.60})")
+        return ""
+    if len(value) > 256 or not HEADER_NAME.match(value):
+        f.error(key, f"must be an HTTP header name (a token of at most 256): {value!r:.80}")
+        return ""
+    return value
+
+
+def string_match(f: Fields, types: tuple[str, ...], *, name_max: int = 256) -> StringMatch | None:
+    """A header or query parameter match: ``type`` one of ``types`` (the first is the
+    default), ``name``, ``value`` (at most 4096 characters; a regular expression must
+    compile)."""
+    kind = f.choice("type", types, default=types[0]) or types[0]
+    name = f.string("name", required=True)
+    if name and (len(name) > name_max or not HEADER_NAME.match(name)):
+        f.error("name", f"must be a token of at most {name_max} characters: {name!r:.80}")
+    value = f.string("value", required=True)
+    if len(value) > MAX_VALUE:
+        f.error("value", f"must be at most {MAX_VALUE} characters")
+    elif kind == "RegularExpression":
+        check_regex(f, "value", value)
+    f.finish()
+    return StringMatch(kind, value, name) if name else None
+
+
+def check_regex(f: Fields, key: str, pattern: str) -> None:
+    """An error at ``key`` when ``pattern`` is not a regular expression."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
+        f.error(key, f"is not a valid regular expression: {e}")
+
+
+def unique_names(f: Fields, key: str, names: list[tuple[int, str]], what: str) -> None:
+    """An error at each later item of list ``key`` whose ``what`` repeats one before it
+    (case-insensitively: header names)."""
+    seen: set[str] = set()
+    for i, name in names:
+        folded = name.lower()
+        if folded in seen:
+            f.report.add((*f.path, key, i), f"repeats {what} {name!r}")
+        seen.add(folded)
+
+
+def header_modifier(f: Fields) -> HeaderModifier:
+    """A RequestHeaderModifier / ResponseHeaderModifier: ``set`` and ``add`` (at most
+    16 name/value pairs each), ``remove`` (at most 16 names); a name repeated within a
+    list is an error."""
+    pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+    for key in ("set", "add"):
+        raw = f.data.get(key)
+        if isinstance(raw, list) and len(raw) > MAX_HEADER_MATCHES:
+            f.read.add(key)
+            f.error(key, f"holds {len(raw)} items: the Gateway API allows at most 16")
+            pairs[key] = ()
+            continue
+        found: list[tuple[int, tuple[str, str]]] = []
+        for item in f.objects(key):
+            name = header_name(item, "name", item.data.get("name"))
+            item.read.add("name")
+            value = item.string("value", required=True)
+            if len(value) > MAX_VALUE:
+                item.error("value", f"must be at most {MAX_VALUE} characters")
+            item.finish()
+            index = item.path[-1]
+            if name and isinstance(index, int):
+                found.append((index, (name, value)))
+        unique_names(f, key, [(i, p[0]) for i, p in found], "header")
+        pairs[key] = tuple(p for _, p in found)
+    remove: list[str] = []
+    raw = f.data.get("remove")
+    if isinstance(raw, list) and len(raw) > MAX_HEADER_MATCHES:
+        f.read.add("remove")
+        f.error("remove", f"holds {len(raw)} items: the Gateway API allows at most 16")
+    else:
+        holder = Fields(f.report, (*f.path, "remove"), {})
+        indexed: list[tuple[int, str]] = []
+        for i, value in f.items("remove"):
+            name = header_name(holder, i, value)
+            if name:
+                remove.append(name)
+                indexed.append((i, name))
+        unique_names(f, "remove", indexed, "header")
+    f.finish()
+    if not (pairs["set"] or pairs["add"] or remove or f.report.failed):
+        f.warn(None, "modifies no header: give set, add or remove")
+    return HeaderModifier(pairs["set"], pairs["add"], tuple(remove))

@@ -1,0 +1,286 @@
+"""TLS Passthrough and TCP listeners, TLSRoute, TCPRoute and UDPRoute, as Istio's kinds.
+
+Pure. What each becomes (``docs/rules.md``, "Gateway API"):
+
+- A listener of protocol ``TLS`` with ``tls.mode: Passthrough`` → a Gateway server of
+  protocol TLS, mode PASSTHROUGH, hosts the listener's ``hostname`` (``*`` without
+  one); ``tls.mode: Terminate`` on a TLS listener is not served (the listener's
+  ``Accepted`` False, ``UnsupportedValue``).
+- A listener of protocol ``TCP`` → a Gateway server of protocol TCP, hosts ``*``.
+- A listener of protocol ``UDP`` is refused by name: xdsd's gateways have no UDP
+  listeners (``Accepted`` False, ``UnsupportedProtocol``, and a warning at the
+  Gateway's line), and so is every UDPRoute (``Accepted`` False, ``UnsupportedValue``,
+  and a warning at its line): never served, never silently dropped.
+- A TLSRoute attached to a Passthrough listener → a VirtualService bound to that
+  Gateway, one ``tls`` rule per route rule, matched by ``sniHosts`` = the route's
+  hostnames intersected with the listener's and the listener's port, routing to the
+  rule's weighted backends.
+- A TCPRoute attached to a TCP listener → a VirtualService with one ``tcp`` rule (the
+  listener's port) over its weighted backends. A TCP listener cannot tell connections
+  apart: it serves one route's one rule; another route (in namespace/name order) or
+  rule is not accepted (``Accepted`` False, ``UnsupportedValue``).
+
+Backends that do not resolve (``backends.resolve_backend``) are left out of their rule
+(its connections' share goes to the others; with none left the listener refuses the
+connection, as the API asks), each with its ``ResolvedRefs`` condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from xdsd.errors import Problem, Severity
+from xdsd.model import Service, VirtualService
+from xdsd.model.gateway_api import (
+    Condition,
+    KubeGateway,
+    Listener,
+    ReferenceGrant,
+    Route,
+)
+from xdsd.model.networking import EntryPort, Server, ServerTLS, ServerTLSMode
+from xdsd.model.rules import L4Match, L4Route, RouteDestination
+from xdsd.model.service import Protocol, ResourceKey, line_of
+from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import Attachment, attach
+from xdsd.sources.gateway_api.backends import resolve_destination
+
+
+def listener_scope(listener: Listener) -> str:
+    """How a condition names a listener."""
+    return f"listeners[{listener.name}]"
+
+
+def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condition | None:
+    """The Gateway server a TLS or TCP listener becomes, or the ``Accepted`` False
+    condition of a TLS/TCP/UDP listener xdsd does not serve; None for other
+    protocols (HTTP, HTTPS: not this module's)."""
+    scope = listener_scope(listener)
+    port = EntryPort(listener.port, Protocol.TCP, listener.name, 0, listener.protocol)
+    if listener.protocol == "TLS":
+        mode = listener.tls.mode if listener.tls is not None else ""
+        if mode != "Passthrough":
+            return Condition(
+                gateway.key,
+                "Accepted",
+                False,
+                "UnsupportedValue",
+                f"tls.mode {mode or '(none)'!r} on a TLS listener: xdsd serves TLS "
+                "listeners in Passthrough mode (terminate TLS with an HTTPS listener)",
+                scope,
+            )
+        return Server(
+            EntryPort(listener.port, Protocol.TLS, listener.name, 0, "TLS"),
+            (listener.hostname or "*",),
+            ServerTLS(ServerTLSMode.PASSTHROUGH),
+            name=listener.name,
+        )
+    if listener.protocol == "TCP":
+        return Server(port, ("*",), name=listener.name)
+    if listener.protocol == "UDP":
+        return Condition(
+            gateway.key,
+            "Accepted",
+            False,
+            "UnsupportedProtocol",
+            "UDP listeners are not served: xdsd's gateways have no UDP listeners",
+            scope,
+        )
+    return None
+
+
+def unsupported_problem(origin_path: str, line: int, field: str, message: str) -> Problem:
+    """A warning naming what xdsd does not serve, at its file and line."""
+    return Problem(origin_path, line, field, message, Severity.WARNING)
+
+
+def udp_route(route: Route) -> tuple[Condition, Problem]:
+    """A UDPRoute's refusal: its condition and a warning at its line."""
+    message = "UDPRoute is not served: xdsd's gateways have no UDP listeners"
+    return (
+        Condition(route.key, "Accepted", False, "UnsupportedValue", message),
+        unsupported_problem(route.origin.path, route.origin.line, "kind", message),
+    )
+
+
+def l4_virtual_service(
+    attachment: Attachment,
+    gateway_ref: str,
+    services: Sequence[Service],
+    grants: Sequence[ReferenceGrant],
+    name: str,
+) -> tuple[VirtualService | None, tuple[Condition, ...]]:
+    """The VirtualService (``name``, bound to the converted Gateway ``gateway_ref``) a
+    TLSRoute or TCPRoute means on the listener of ``attachment``, and the conditions of
+    its backends and rules (see the module doc). None when nothing routes (the listener
+    then refuses the connections)."""
+    route, listener = attachment.route, attachment.listener
+    conditions: list[Condition] = []
+    rules: list[L4Route] = []
+    lines: list[tuple[str, int]] = []
+    field = "tls" if route.kind == "TLSRoute" else "tcp"
+    for i, rule in enumerate(route.rules):
+        if field == "tcp" and i > 0:
+            conditions.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.UNSUPPORTED_VALUE,
+                    "a TCP listener serves one rule: rules after the first are not served",
+                    f"rules[{i}]",
+                )
+            )
+            break
+        destinations: list[RouteDestination] = []
+        for j, backend in enumerate(rule.backend_refs):
+            scope = f"rules[{i}].backendRefs[{j}]"
+            resolved = resolve_destination(route, scope, backend, services, grants)
+            if resolved.refusal is not None:
+                conditions.append(resolved.refusal)
+            elif resolved.destination is not None and resolved.weight > 0:
+                at = f"{field}[{len(rules)}].route[{len(destinations)}].destination.host"
+                lines.append((at, line_of(route.lines, f"spec.{scope}", route.origin.line)))
+                destinations.append(RouteDestination(resolved.destination, resolved.weight))
+        if not destinations:
+            continue
+        sni = attachment.hostnames if field == "tls" else ()
+        match = L4Match(port=listener.port, sni_hosts=sni, gateways=(gateway_ref,))
+        rules.append(L4Route((match,), tuple(destinations)))
+    if not rules:
+        return None, tuple(conditions)
+    vs = VirtualService(
+        name=name,
+        namespace=route.namespace,
+        hosts=attachment.hostnames if field == "tls" else ("*",),
+        gateways=(gateway_ref,),
+        tls=tuple(rules) if field == "tls" else (),
+        tcp=tuple(rules) if field == "tcp" else (),
+        origin=route.origin,
+        lines=tuple(lines),
+    )
+    return vs, tuple(conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class L4Converted:
+    """What the L4 routes give: VirtualServices, conditions, problems (warnings)."""
+
+    virtual_services: tuple[VirtualService, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+
+def convert_l4_routes(
+    routes: Sequence[Route],
+    gateways: Mapping[tuple[str, str], KubeGateway],
+    gateway_ref: Callable[[KubeGateway], str],
+    served: Callable[[KubeGateway, Listener], bool],
+    services: Sequence[Service],
+    grants: Sequence[ReferenceGrant],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> L4Converted:
+    """The TLSRoutes, TCPRoutes and UDPRoutes of ``routes`` (others are skipped), in
+    key order, attached (``attach.attach``) to ``gateways`` (xdsd's, by (namespace,
+    name)), as VirtualServices named ``ROUTE-tlsroute-N``/``ROUTE-tcproute-N`` (N
+    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions.
+    A route attached only to listeners xdsd does not serve (``served`` False: UDP, TLS
+    Terminate) is not accepted there (``UnsupportedValue``)."""
+    out: list[VirtualService] = []
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    taken: dict[tuple[ResourceKey, str], ResourceKey] = {}
+    for route in sorted(routes, key=lambda r: r.key):
+        if route.kind == "UDPRoute":
+            condition, problem = udp_route(route)
+            conditions.append(condition)
+            problems.append(problem)
+            continue
+        if route.kind not in ("TLSRoute", "TCPRoute"):
+            continue
+        attachments, parents = attach(route, gateways, namespace_labels)
+        refused = False
+        usable: dict[int, int] = {}
+        found: list[Condition] = []
+        for n, attachment in enumerate(attachments):
+            listener = attachment.listener
+            if not served(attachment.gateway, listener):
+                continue
+            at = (attachment.gateway.key, listener.name)
+            if route.kind == "TCPRoute":
+                owner = taken.setdefault(at, route.key)
+                if owner != route.key:
+                    found.append(
+                        cond.failed(
+                            route.key,
+                            cond.ACCEPTED,
+                            cond.UNSUPPORTED_VALUE,
+                            f"TCP listener {listener.name!r} already serves TCPRoute "
+                            f"{owner.namespace}/{owner.name}: a TCP listener serves one route",
+                            cond.parent_scope(attachment.parent),
+                        )
+                    )
+                    continue
+            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
+            name = f"{route.name}-{route.kind.lower()}-{n}"
+            vs, more = l4_virtual_service(
+                attachment, gateway_ref(attachment.gateway), services, grants, name
+            )
+            refused = refused or bool(more)
+            found.extend(c for c in more if c not in found)
+            if vs is not None:
+                out.append(vs)
+        for c in parents:
+            index = int(c.scope.removeprefix("parentRefs[").rstrip("]"))
+            if c.status and not usable.get(index):
+                c = cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.UNSUPPORTED_VALUE,
+                    "the listeners it attaches to are not served (see the Gateway's "
+                    "conditions) or serve another route",
+                    c.scope,
+                )
+            conditions.append(c)
+        conditions.extend(found)
+        if usable and not any(c.type == cond.RESOLVED_REFS for c in found):
+            conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
+    return L4Converted(tuple(out), tuple(conditions), tuple(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class L4Listeners:
+    """What the TLS, TCP and UDP listeners of a Gateway give: the servers of those xdsd
+    serves, the names of those listeners, the conditions of those it does not serve and
+    warnings at their lines."""
+
+    servers: tuple[Server, ...] = ()
+    served: frozenset[str] = frozenset()
+    conditions: tuple[Condition, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+
+def l4_listeners(gateway: KubeGateway) -> L4Listeners:
+    """The servers and conditions of ``gateway``'s TLS, TCP and UDP listeners
+    (``listener_server``); other listeners are skipped."""
+    servers: list[Server] = []
+    served: set[str] = set()
+    conditions: list[Condition] = []
+    problems: list[Problem] = []
+    for i, listener in enumerate(gateway.listeners):
+        got = listener_server(gateway, listener)
+        if isinstance(got, Server):
+            servers.append(got)
+            served.add(listener.name)
+        elif got is not None:
+            conditions.append(got)
+            field = f"spec.listeners[{i}]"
+            problems.append(
+                unsupported_problem(
+                    gateway.origin.path,
+                    line_of(gateway.lines, field, gateway.origin.line),
+                    field,
+                    f"listener {listener.name!r} is not served: {got.message}",
+                )
+            )
+    return L4Listeners(tuple(servers), frozenset(served), tuple(conditions), tuple(problems))
