@@ -16,6 +16,7 @@ from xdsd.sources.config_file import FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import CrossCheck
 from xdsd.sources.gateway_api.gamma import (
     ConvertedRules,
+    MeshRoutes,
     gamma_source,
     is_service_parent,
     mesh_routes,
@@ -122,15 +123,36 @@ def test_grpc_routes_and_the_core_group_are_mesh_parents() -> None:
 
 def test_other_parents_and_kinds_are_not_mesh_routes() -> None:
     gateway = ObjectRef("ingress", "Gateway", group="gateway.networking.k8s.io")
-    istio_service = ObjectRef("reviews", "Service", group="networking.istio.io")
     assert not is_service_parent(gateway)
-    assert not is_service_parent(istio_service)
-    result = mesh_routes(
-        [route(parents=(gateway, istio_service)), route("tcp", kind="TCPRoute")],
-        SERVICES,
-        fake_rules,
-    )
-    assert result == type(result)()
+    assert mesh_routes([route(parents=(gateway,))], SERVICES, fake_rules) == MeshRoutes()
+
+
+def test_parents_no_conversion_takes_are_refused_by_name() -> None:
+    """A Service with the group left out (the Gateway API's group), an Istio kind, a
+    Service parent of a TCPRoute: not silently dropped."""
+    cases = [
+        (
+            route(parents=(ObjectRef("reviews", "Service", group="gateway.networking.k8s.io"),)),
+            'neither a Gateway nor a Service (a Service parent is group "")',
+        ),
+        (
+            route(parents=(ObjectRef("reviews", "ServiceEntry", group="networking.istio.io"),)),
+            "group networking.istio.io and kind ServiceEntry is neither",
+        ),
+        (route(kind="TCPRoute"), "a TCPRoute cannot have a Service parent"),
+    ]
+    for bad, words in cases:
+        result = mesh_routes([bad], SERVICES, fake_rules)
+        assert result.virtual_services == ()
+        (condition,) = result.conditions
+        assert (condition.type, condition.status, condition.reason) == (
+            "Accepted",
+            False,
+            "UnsupportedValue",
+        )
+        assert words in condition.message, condition.message
+        (problem,) = result.problems
+        assert problem.severity is Severity.WARNING and words in problem.message
 
 
 def test_a_port_restricts_every_rule_to_it() -> None:

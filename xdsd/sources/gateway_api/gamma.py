@@ -8,7 +8,10 @@ parentRef ``port`` (or a ``sectionName`` naming a port) restricts the route to t
 backends — mean what they mean on a Gateway: their conversion is the caller's
 (``RuleConversion``), shared with the ingress conversion.
 
-Each parentRef gets ``Accepted`` (``NoMatchingParent`` for a Service or port that does
+A parentRef that is neither a Gateway (the ingress conversion's) nor a Service of an
+HTTPRoute or GRPCRoute is ``Accepted`` False ``UnsupportedValue`` and a warning (a
+Service with the group left out is the Gateway API group's, not a Service). Each
+Service parentRef gets ``Accepted`` (``NoMatchingParent`` for a Service or port that does
 not exist, ``UnsupportedValue`` for what xdsd does not serve: a Service of another
 namespace — a "consumer" route —, a port that is not HTTP) and, when accepted,
 ``ResolvedRefs`` from the rule conversion. What is not served is also a warning, so it
@@ -28,10 +31,20 @@ from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import Service, VirtualService
-from xdsd.model.gateway_api import Condition, ObjectRef, Route
+from xdsd.model.gateway_api import (
+    Condition,
+    KubeGateway,
+    Listener,
+    ObjectRef,
+    ReferenceGrant,
+    Route,
+)
 from xdsd.model.rules import HTTPMatch, HTTPRoute
 from xdsd.model.service import line_of
 from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import Attachment, parent_gateway
+from xdsd.sources.gateway_api.grpc import grpc_rules
+from xdsd.sources.gateway_api.http import route_rules
 
 #: The route kinds a Service parent takes.
 MESH_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -41,24 +54,54 @@ NAME_SEPARATOR = "~"
 
 @dataclass(frozen=True, slots=True)
 class ConvertedRules:
-    """A route's rules as Istio HTTP routes (in the route's precedence order), and its
-    unresolved references as (reason, message): ``BackendNotFound``,
-    ``RefNotPermitted``, ``InvalidKind``..."""
+    """A route's rules as Istio HTTP routes; ``keys`` (when given, one per rule) the
+    Gateway API precedence they are sorted by among all the rules of a service's routes
+    (else route after route, each route's in its order); its unresolved references as
+    (reason, message): ``BackendNotFound``, ``RefNotPermitted``, ``InvalidKind``...;
+    and any other condition the rules' conversion found."""
 
     rules: tuple[HTTPRoute, ...] = ()
     unresolved: tuple[tuple[str, str], ...] = ()
+    keys: tuple[tuple[object, ...], ...] = ()
+    conditions: tuple[Condition, ...] = ()
 
 
-#: Converts a route's rules for a parent (the ingress conversion's, shared).
+#: Converts a route's rules (the ingress conversion's, shared: ``shared_rules``).
 RuleConversion = Callable[[Route], ConvertedRules]
-#: Orders the rules of every route of one service into one list (Gateway API's
-#: precedence across routes); given (route, its rules) in route key order.
-RuleOrder = Callable[[Sequence[tuple[Route, tuple[HTTPRoute, ...]]]], tuple[HTTPRoute, ...]]
 
 
-def in_route_order(routes: Sequence[tuple[Route, tuple[HTTPRoute, ...]]]) -> tuple[HTTPRoute, ...]:
-    """Every route's rules, route after route (the default ``RuleOrder``)."""
-    return tuple(rule for _route, rules in routes for rule in rules)
+def shared_rules(services: Sequence[Service], grants: Sequence[ReferenceGrant]) -> RuleConversion:
+    """The rule conversion of the ingress routes, for GAMMA: an HTTPRoute's
+    (``http.route_rules``: matches, filters, weighted backends, 500s, precedence) and a
+    GRPCRoute's (``grpc.grpc_rules``)."""
+
+    def convert(route: Route) -> ConvertedRules:
+        if route.kind == "HTTPRoute":
+            ranked, failures = route_rules(route, services, grants)
+            return ConvertedRules(
+                tuple(r.http for r in ranked),
+                tuple(failures),
+                tuple((1, *r.order) for r in ranked),
+            )
+        # grpc_rules reads only the route and the hostname of an attachment.
+        attachment = Attachment(route, 0, _NO_GATEWAY, _NO_LISTENER, ())
+        rules, found = grpc_rules(attachment, services, grants)
+        unresolved = tuple(
+            (c.reason, c.message) for c in found if c.type == cond.RESOLVED_REFS and not c.status
+        )
+        others = tuple(c for c in found if c.type != cond.RESOLVED_REFS)
+        return ConvertedRules(
+            tuple(r.rule for r in rules),
+            unresolved,
+            tuple((0, *r.precedence) for r in rules),  # gRPC's paths before HTTP's
+            others,
+        )
+
+    return convert
+
+
+_NO_GATEWAY = KubeGateway("")
+_NO_LISTENER = Listener("", 0, "HTTP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +138,6 @@ def mesh_routes(
     routes: Sequence[Route],
     services: Sequence[Service],
     convert_rules: RuleConversion,
-    order: RuleOrder = in_route_order,
 ) -> MeshRoutes:
     """The VirtualServices, conditions and problems of the Service parents of
     ``routes`` (see the module doc). Pure; routes without a Service parent give
@@ -103,8 +145,16 @@ def mesh_routes(
     by_name = {(s.namespace, s.name): s for s in services if not s.entry}
     conditions: list[Condition] = []
     problems: list[Problem] = []
-    bound: dict[tuple[str, str], list[tuple[MeshBinding, tuple[HTTPRoute, ...]]]] = {}
+    bound: dict[tuple[str, str], list[tuple[MeshBinding, ConvertedRules]]] = {}
     for route in sorted(routes, key=lambda r: r.key):
+        for index, ref in enumerate(route.parent_refs):
+            why = _other_parent(route, ref)
+            if why:
+                scope = cond.parent_scope(index)
+                conditions.append(
+                    cond.failed(route.key, cond.ACCEPTED, cond.UNSUPPORTED_VALUE, why, scope)
+                )
+                problems.append(_problem(route, scope, f"not served: {why}"))
         if route.kind not in MESH_ROUTE_KINDS:
             continue
         parents = [(i, p) for i, p in enumerate(route.parent_refs) if is_service_parent(p)]
@@ -125,15 +175,30 @@ def mesh_routes(
                 continue
             conditions.append(cond.ok(route.key, cond.ACCEPTED, scope))
             conditions.append(_resolved(route, scope, converted))
+            conditions.extend(c for c in converted.conditions if c not in conditions)
             service = binding.service
             bound.setdefault((service.namespace, service.name), []).append(
-                (binding, _restricted(converted.rules, binding.port))
+                (binding, replace(converted, rules=_restricted(converted.rules, binding.port)))
             )
     out: list[VirtualService] = []
     for key in sorted(bound):
-        pieces = [(b.route, rules) for b, rules in bound[key]]
-        out.append(_virtual_service(bound[key][0][0], order(pieces)))
+        out.append(_virtual_service(bound[key][0][0], _ordered([c for _, c in bound[key]])))
     return MeshRoutes(tuple(out), tuple(conditions), tuple(problems))
+
+
+def _other_parent(route: Route, ref: ObjectRef) -> str:
+    """Why ``ref`` is a parent no conversion takes ("" for a Gateway, and for a Service
+    of a route kind GAMMA takes): the ingress conversion skips what is not a Gateway,
+    and this one what is not a Service, so nothing would say it otherwise."""
+    if parent_gateway(route, ref) is not None:
+        return ""
+    if is_service_parent(ref):
+        if route.kind in MESH_ROUTE_KINDS:
+            return ""
+        return f"a {route.kind} cannot have a Service parent (only HTTPRoutes and GRPCRoutes)"
+    group = ref.group or '""'
+    hint = ' (a Service parent is group "")' if ref.kind == "Service" else ""
+    return f"a parent of group {group} and kind {ref.kind} is neither a Gateway nor a Service{hint}"
 
 
 def _bind(
@@ -183,6 +248,16 @@ def _bind(
             f"Service {namespace}/{ref.name} has no HTTP port a {route.kind} can route",
         )
     return MeshBinding(route, index, service, port), ("", "")
+
+
+def _ordered(converted: Sequence[ConvertedRules]) -> tuple[HTTPRoute, ...]:
+    """The rules of a service's routes (in route key order) in precedence order: by
+    their keys when every route has them, else route after route."""
+    if all(len(c.keys) == len(c.rules) for c in converted):
+        keyed = [(k, r) for c in converted for k, r in zip(c.keys, c.rules, strict=True)]
+        keyed.sort(key=lambda kr: kr[0])
+        return tuple(r for _, r in keyed)
+    return tuple(r for c in converted for r in c.rules)
 
 
 def _resolved(route: Route, scope: str, converted: ConvertedRules) -> Condition:

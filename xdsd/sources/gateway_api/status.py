@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from xdsd.model.gateway_api import (
-    NO_GATEWAY_API,
     BackendTLSPolicy,
     Condition,
     GatewayAPI,
@@ -52,11 +51,7 @@ class PlacedCondition:
 
 def mesh_conditions(mesh: Mesh) -> tuple[PlacedCondition, ...]:
     """The conditions the loader kept on ``mesh``, placed (``place``)."""
-    # Read defensively until the loader keeps both on every mesh it builds.
-    conditions: tuple[Condition, ...] = getattr(mesh, "gateway_conditions", ())
-    if not conditions:
-        return ()
-    return place(conditions, getattr(mesh, "gateway_api", NO_GATEWAY_API))
+    return place(mesh.gateway_conditions, mesh.gateway_api)
 
 
 def object_name(key: ResourceKey) -> str:
