@@ -617,7 +617,7 @@ def _add_demo_command(sub: Subcommands) -> None:
         "request crosses the mesh it\nprints what to try: the status page, `xdsd status "
         "--admin ...`, the canary file to edit.\nCtrl-C stops every process it started "
         "(exit 0); a process that dies stops the rest (exit 1).",
-        example="xdsd demo\nxdsd demo --dir /tmp/demo --block 127.0.20",
+        example="xdsd demo\nxdsd demo --dir /tmp/demo --block 127.0.20\nxdsd demo --api gateway",
     )
     demo.add_argument("--dir", default=None, help="keep config and logs here (default: a temp dir)")
     demo.add_argument(
@@ -627,6 +627,14 @@ def _add_demo_command(sub: Subcommands) -> None:
         help="the loopback block to use (default: 127.0.10)",
     )
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
+    demo.add_argument(
+        "--api",
+        choices=("istio", "gateway"),
+        default="istio",
+        help="write the routing files in Istio's API (Gateway, VirtualService) or the "
+        "Kubernetes Gateway API (GatewayClass, Gateway, HTTPRoutes; the canary a GAMMA "
+        "HTTPRoute)",
+    )
     demo.set_defaults(run=_demo)
 
 
@@ -1600,7 +1608,9 @@ def _capture(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from xdsd.demo.runner import DEFAULT_BLOCK, run_demo
 
-    return run_demo(directory=args.dir, block=args.block or DEFAULT_BLOCK, envoy=args.envoy)
+    return run_demo(
+        directory=args.dir, block=args.block or DEFAULT_BLOCK, envoy=args.envoy, api=args.api
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
