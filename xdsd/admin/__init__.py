@@ -20,7 +20,8 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
-- ``/debug/errors`` (the current config errors, then the warnings, with file and line);
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line,
+  then the Gateway API objects' status conditions: ``gateway_status`` hook);
 - ``/debug/registrations`` (the registered workloads: group, address, node, since,
   health, the replica holding each; ``registrations`` hook; a node's own are in its
   ``/debug/config_dump`` too).
