@@ -62,6 +62,23 @@ KINDS = (
     "EnvoyFilter",
     "PeerAuthentication",
     "RequestAuthentication",
+    # the Gateway API's (issue 21), and the Secret its listeners name
+    "GatewayClass",
+    "HTTPRoute",
+    "GRPCRoute",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
+    "ReferenceGrant",
+    "BackendTLSPolicy",
+    "Secret",
+)
+#: A Secret of type kubernetes.io/tls, in both forms (fake PEM: parsed, never served).
+TLS_SECRET = (
+    "apiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: default}\n"
+    "type: kubernetes.io/tls\n"
+    "data: {tls.crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==}\n"
+    'stringData: {tls.key: "-----BEGIN PRIVATE KEY-----\\nx\\n"}\n'
 )
 WORKLOAD_ENTRY = (
     "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm1}\n"
@@ -154,6 +171,7 @@ def _seeds() -> list[tuple[bool, Any]]:
     files = sorted(EXAMPLE_CONFIG.rglob("*.*"))
     for sub in ("bookinfo", "testdata"):
         files += sorted((CONFORMANCE / "istio" / sub).glob("*.yaml"))
+    files += sorted((CONFORMANCE / "gateway-api" / "examples" / "standard").rglob("*.yaml"))
     docs: list[tuple[bool, Any]] = []
     for f in files:
         docs += [
@@ -166,6 +184,7 @@ def _seeds() -> list[tuple[bool, Any]]:
         )
     ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
+    docs += [(False, d) for d in yaml.safe_load_all(TLS_SECRET)]
     docs.append((True, RAW_CLUSTER))
     return docs
 

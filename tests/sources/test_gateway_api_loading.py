@@ -54,7 +54,7 @@ spec:
 calls: list[int] = []
 
 
-def fake_convert(api: GatewayAPI, services: Sequence[Service]) -> Converted:
+def fake_convert(api: GatewayAPI, services: Sequence[Service], root: str = "") -> Converted:
     """One VirtualService per HTTPRoute to its first backend; an error for a backend
     no service is; a condition per route."""
     calls.append(1)

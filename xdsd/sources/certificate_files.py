@@ -29,6 +29,7 @@ from xdsd.sources.certificates import (
     read_certificates,
 )
 from xdsd.sources.crosscheck.directory import Change, FileContents
+from xdsd.sources.gateway_api.refs import SECRET_PATH_PREFIX, secret_files
 from xdsd.sources.listing import as_listed
 
 
@@ -85,7 +86,11 @@ class CertificateFiles:
         each problem is in the result."""
         self._mesh_tls = mesh_tls
         rule_refs, istio_mutual = self._rule_tls(mesh)
+        # A Gateway API Secret's bytes are in the mesh already (its own config file).
+        secrets = secret_files(mesh.gateway_api, (r.path for r in rule_refs))
+        rule_refs = [r for r in rule_refs if not r.path.startswith(SECRET_PATH_PREFIX + "/")]
         rule_files, problems = read_certificates(rule_refs)
+        rule_files = (*rule_files, *secrets)
         mesh_files, mesh_problems = self._mesh_certificates(touched, changes)
         problems.extend(mesh_problems)
         problems.extend(self._mesh_errors)

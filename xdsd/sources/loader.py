@@ -212,7 +212,7 @@ class DirectoryLoader:
             change: Change = (REGISTRATIONS_PATH, self._registered, registered)
             mesh = self._check.update([change], order)
             self._registered = registered
-        converted = converted_file(mesh.gateway_api, mesh.services, self._converted)
+        converted = converted_file(mesh.gateway_api, mesh.services, self._converted, root=self.root)
         if converted is not self._converted:
             change = (CONVERTED_PATH, self._converted, converted)
             mesh = self._check.update([change], order)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xdsd.model import Service
 from xdsd.model.gateway_api import (
@@ -171,3 +173,28 @@ def test_backend_resolution_and_grants() -> None:
         "g", "apps", ((GROUP, "GRPCRoute", "infra"),), (("", "Service", ""),)
     )
     assert resolve_backend(across, "HTTPRoute", "infra", SERVICES, [grpc_only]).service is None
+
+
+@given(
+    st.sampled_from(["", "a.example.com", "*.example.com", "*.a.example.com", "x.org"]),
+    st.lists(
+        st.sampled_from(
+            [
+                "a.example.com",
+                "b.a.example.com",
+                "*.example.com",
+                "*.a.example.com",
+                "example.com",
+                "x.org",
+                "*.org",
+            ]
+        ),
+        max_size=4,
+    ),
+)
+def test_intersection_is_within_both(listener: str, route: list[str]) -> None:
+    """Every name the intersection gives is covered by the listener's hostname and by
+    one of the route's (or they do not restrict)."""
+    for host in intersect(listener, route):
+        assert not listener or host == listener or wildcard_matches(listener, host)
+        assert not route or any(h == host or wildcard_matches(h, host) for h in route)

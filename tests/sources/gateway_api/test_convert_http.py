@@ -316,3 +316,67 @@ def test_envoy_accepts_the_converted_gateway(tmp_path: Path) -> None:
     out = run(route("r", rule))
     mesh = Mesh(services=SERVICES, gateways=out.gateways, virtual_services=out.virtual_services)
     envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_https_listener_certificates_from_secrets_and_files() -> None:
+    from xdsd.model.gateway_api import ListenerTLS, TLSSecret
+    from xdsd.sources.gateway_api.refs import secret_files
+
+    secret = TLSSecret("edge-cert", "certs", b"CERT", b"KEY")
+    cross = ObjectRef("edge-cert", "Secret", namespace="certs")
+    listener = Listener("s", 443, "HTTPS", tls=ListenerTLS("Terminate", (cross,)))
+    gw = KubeGateway("edge", "infra", "xdsd", (listener,))
+    refused = convert(GatewayAPI((CLASS,), (gw,), secrets=(secret,)), SERVICES)
+    assert not refused.gateways
+    assert any(c.reason == cond.REF_NOT_PERMITTED for c in refused.conditions)
+    grant = ReferenceGrant("g", "certs", ((GROUP, "Gateway", "infra"),), (("", "Secret", ""),))
+    api = GatewayAPI((CLASS,), (gw,), (), (grant,), secrets=(secret,))
+    (server,) = convert(api, SERVICES).gateways[0].servers
+    assert server.tls is not None and server.port.protocol_name == "HTTPS"
+    paths = (server.tls.server_certificate, server.tls.private_key)
+    assert paths == ("<secret>/certs/edge-cert/tls.crt", "<secret>/certs/edge-cert/tls.key")
+    assert [f.data for f in secret_files(api, paths)] == [b"CERT", b"KEY"]
+    missing = GatewayAPI((CLASS,), (gw,), (), (grant,))
+    assert any(
+        c.reason == cond.INVALID_CERTIFICATE_REF for c in convert(missing, SERVICES).conditions
+    )
+    by_file = ListenerTLS(
+        "Terminate",
+        (ObjectRef("c.pem", "File", "xdsd.dev"),),
+        (("xdsd.dev/privateKey", "k.pem"),),
+    )
+    files = KubeGateway("edge", "infra", "xdsd", (Listener("s", 443, "HTTPS", tls=by_file),))
+    (server,) = convert(GatewayAPI((CLASS,), (files,)), SERVICES, "/cfg").gateways[0].servers
+    assert server.tls is not None
+    assert (server.tls.server_certificate, server.tls.private_key) == ("/cfg/c.pem", "/cfg/k.pem")
+    no_key = ListenerTLS("Terminate", (ObjectRef("c.pem", "File", "xdsd.dev"),))
+    nokey = KubeGateway("edge", "infra", "xdsd", (Listener("s", 443, "HTTPS", tls=no_key),))
+    out = convert(GatewayAPI((CLASS,), (nokey,)), SERVICES)
+    assert any(c.reason == cond.INVALID_CERTIFICATE_REF for c in out.conditions)
+
+
+def test_cors_filter() -> None:
+    cors = RouteFilter(
+        "CORS",
+        cors=(
+            ("allowOrigins", ("https://*.example.com", "https://a.org")),
+            ("allowCredentials", True),
+            ("allowMethods", ("GET",)),
+            ("allowHeaders", ("x-a",)),
+            ("exposeHeaders", ("x-b",)),
+            ("maxAge", 60),
+        ),
+    )
+    out = run(
+        route("r", RouteRule(filters=(cors,), backend_refs=(backend("web"),)), section="http")
+    )
+    policy = out.virtual_services[0].http[0].cors_policy
+    assert policy is not None
+    assert [o.value for o in policy.allow_origins] == [r"https://.*\.example\.com", "https://a.org"]
+    assert policy.allow_credentials is True and policy.max_age == timedelta(seconds=60)
+    assert (policy.allow_methods, policy.allow_headers, policy.expose_headers) == (
+        ("GET",),
+        ("x-a",),
+        ("x-b",),
+    )
+    envoy_routes(out)

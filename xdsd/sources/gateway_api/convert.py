@@ -43,7 +43,7 @@ from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
 from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
-from xdsd.model.service import Protocol, ResourceKey, line_of
+from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
@@ -51,7 +51,7 @@ from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
 from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
 from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL, PREFIX, istio_gateway_name
-from xdsd.sources.gateway_api.refs import certificate_paths
+from xdsd.sources.gateway_api.refs import PRIVATE_KEY_OPTION, certificate_paths
 
 __all__ = [
     "CONVERTED_PATH",
@@ -128,7 +128,7 @@ def convert(
             )
             continue
         gateways[(gw.namespace, gw.name)] = gw
-        server_list, gw_conditions, gw_problems = gateway_servers(gw, api)
+        server_list, gw_conditions, gw_problems = gateway_servers(gw, api, root)
         served[gw.key] = frozenset(server.name for server in server_list)
         conditions.extend(gw_conditions)
         problems.extend(gw_problems)
@@ -183,7 +183,7 @@ def convert(
 
 
 def gateway_servers(
-    gw: KubeGateway, api: GatewayAPI
+    gw: KubeGateway, api: GatewayAPI, root: str = ""
 ) -> tuple[list[Server], list[Condition], list[Problem]]:
     """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
     and the problems of listeners that are not converted."""
@@ -192,7 +192,7 @@ def gateway_servers(
     problems: list[Problem] = []
     for index, listener in enumerate(gw.listeners):
         scope = cond.listener_scope(listener.name)
-        server, failure = _server(gw, listener, api)
+        server, failure = _server(gw, index, listener, api, root)
         if server is None:
             reason, message, type_ = failure
             conditions.append(cond.failed(gw.key, type_, reason, message, scope))
@@ -212,7 +212,7 @@ def gateway_servers(
 
 
 def _server(
-    gw: KubeGateway, listener: Listener, api: GatewayAPI
+    gw: KubeGateway, index: int, listener: Listener, api: GatewayAPI, root: str
 ) -> tuple[Server | None, tuple[str, str, str]]:
     """The server of one listener, or None and (reason, message, condition type)."""
     hosts = (listener.hostname or "*",)
@@ -243,11 +243,22 @@ def _server(
             "an HTTPS listener needs a tls.certificateRefs entry",
             cond.RESOLVED_REFS,
         )
-    paths, reason, message = certificate_paths(gw, tls, api)
+    paths, reason, message = certificate_paths(gw, tls, api, root)
     if paths is None:
         return None, (reason, message, cond.RESOLVED_REFS)
     certificate, key = paths
-    server_tls = ServerTLS(ServerTLSMode.SIMPLE, server_certificate=certificate, private_key=key)
+    field = f"spec.listeners[{index}].tls.certificateRefs[0]"
+    at = Origin(gw.origin.path, line_of(gw.lines, field, gw.origin.line))
+    server_tls = ServerTLS(
+        ServerTLSMode.SIMPLE,
+        server_certificate=certificate,
+        private_key=key,
+        # the key's field ends in "privateKey": it is read as a private key
+        refs=(
+            CertificateRef(certificate, field, at),
+            CertificateRef(key, f"spec.listeners[{index}].tls.options.{PRIVATE_KEY_OPTION}", at),
+        ),
+    )
     port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
     return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
 

@@ -40,19 +40,22 @@ NO_CONVERSION = ConvertedFile()
 
 
 def converted_file(
-    api: GatewayAPI, services: tuple[Service, ...], previous: ConvertedFile = NO_CONVERSION
+    api: GatewayAPI,
+    services: tuple[Service, ...],
+    previous: ConvertedFile = NO_CONVERSION,
+    root: str = "",
 ) -> ConvertedFile:
     """What the conversion of ``api`` over ``services`` makes, as a file; ``previous``
     itself when the inputs are those it was made from (or there is no Gateway API object
     now nor then), else a new one whose objects equal to ``previous``'s are those very
-    objects."""
+    objects. Certificate files named by path are relative to ``root``."""
     if not api and not previous.api:
         return previous
     if api == previous.api and services == previous.services:
         return previous
     if not api:
         return NO_CONVERSION
-    out = convert(api, services)
+    out = convert(api, services, root)
     problems = (*refused_problems(api), *out.problems)
     before: dict[ResourceKey, MeshObject] = {obj.key: obj for obj, _ in previous.resources}
     resources: list[tuple[MeshObject, Origin]] = []

@@ -14,7 +14,8 @@ target's group, kind and name (``RefNotPermitted`` otherwise). A Gateway's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from xdsd.model.gateway_api import (
     ObjectRef,
     ReferenceGrant,
 )
+from xdsd.model.service import CertificateFile
 from xdsd.sources.gateway_api import conditions as cond
 
 #: Istio's API group, whose ``Hostname`` and ``ServiceEntry`` kinds are backends.
@@ -138,7 +140,7 @@ def secret_permitted(
 #: is the listener's ``tls.options`` entry ``PRIVATE_KEY_OPTION``.
 FILE_REF_GROUP = "xdsd.dev"
 FILE_REF_KIND = "File"
-PRIVATE_KEY_OPTION = "xdsd.dev/private-key"
+PRIVATE_KEY_OPTION = "xdsd.dev/privateKey"
 #: The pseudo-path under which a Secret's ``tls.crt``/``tls.key`` bytes are served:
 #: ``<secret>/NAMESPACE/NAME/tls.crt`` (the loader gives the certificate files these
 #: paths name the Secret's bytes).
@@ -146,13 +148,14 @@ SECRET_PATH_PREFIX = "<secret>"
 
 
 def certificate_paths(
-    gateway: KubeGateway, tls: ListenerTLS, api: GatewayAPI
+    gateway: KubeGateway, tls: ListenerTLS, api: GatewayAPI, root: str = ""
 ) -> tuple[tuple[str, str] | None, str, str]:
     """The (certificate, private key) paths of a listener's first certificateRef (as a
-    SIMPLE server names them), or None with the ``ResolvedRefs`` reason and a message:
-    ``InvalidCertificateRef`` (another kind, a Secret that is not there, a File without
-    ``PRIVATE_KEY_OPTION``), ``RefNotPermitted`` (a Secret of another namespace without a
-    ReferenceGrant). Later certificateRefs are not used (one certificate per listener)."""
+    SIMPLE server names them; a File's relative to ``root``, made absolute), or None with
+    the ``ResolvedRefs`` reason and a message: ``InvalidCertificateRef`` (another kind, a
+    Secret that is not there, a File without ``PRIVATE_KEY_OPTION``),
+    ``RefNotPermitted`` (a Secret of another namespace without a ReferenceGrant). Later
+    certificateRefs are not used (one certificate per listener)."""
     ref = tls.certificate_refs[0]
     if ref.group == FILE_REF_GROUP and ref.kind == FILE_REF_KIND:
         key = dict(tls.options).get(PRIVATE_KEY_OPTION, "")
@@ -163,7 +166,7 @@ def certificate_paths(
                 f"a File certificateRef needs its private key file in tls.options "
                 f"{PRIVATE_KEY_OPTION!r}",
             )
-        return (ref.name, key), "", ""
+        return (_absolute(root, ref.name), _absolute(root, key)), "", ""
     if ref.group or (ref.kind or "Secret") != "Secret":
         return (
             None,
@@ -184,3 +187,29 @@ def certificate_paths(
         return None, cond.INVALID_CERTIFICATE_REF, f"no Secret {namespace}/{ref.name}"
     base = f"{SECRET_PATH_PREFIX}/{namespace}/{ref.name}"
     return (f"{base}/tls.crt", f"{base}/tls.key"), "", ""
+
+
+def _absolute(root: str, path: str) -> str:
+    """``path`` relative to ``root`` (the config directory), absolute (no I/O)."""
+    return os.path.abspath(os.path.join(root, path)) if root else path
+
+
+def secret_files(api: GatewayAPI, paths: Iterable[str]) -> list[CertificateFile]:
+    """The bytes behind the Secret pseudo-paths among ``paths`` (``tls.crt``,
+    ``tls.key`` of ``<secret>/NS/NAME``), from the Secrets of ``api``: what the
+    certificate files of a load hold for them instead of reading the disk. A path whose
+    Secret is gone is left out (the conversion has already refused its listener)."""
+    secrets: Sequence[Any] = getattr(api, "secrets", ())
+    by_key = {(s.namespace, s.name): s for s in secrets}
+    out: list[CertificateFile] = []
+    for path in paths:
+        if not path.startswith(SECRET_PATH_PREFIX + "/"):
+            continue
+        namespace, _, rest = path[len(SECRET_PATH_PREFIX) + 1 :].partition("/")
+        name, _, item = rest.partition("/")
+        secret = by_key.get((namespace, name))
+        if secret is None:
+            continue
+        data = secret.certificate if item == "tls.crt" else secret.private_key
+        out.append(CertificateFile(path, data))
+    return out

@@ -81,6 +81,8 @@ _BAD_PATH = ("//", "/./", "/../", "%2f", "%2F", "#")
 _GRPC_SERVICE = re.compile(r"^\.?[a-zA-Z_][a-zA-Z_0-9]*(\.[a-zA-Z_][a-zA-Z_0-9]*)*$")
 _GRPC_METHOD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 _MAX_CORS = 64
+#: An HTTPRoute rule's match when it gives none (the API's default).
+DEFAULT_MATCH = RouteMatch(StringMatch("PathPrefix", "/"))
 
 
 def parse_http_route(spec: Fields, name: str, namespace: str, origin: Origin) -> Route:
@@ -170,6 +172,8 @@ def _l4_backend(f: Fields) -> BackendRef | None:
 def _http_rule(f: Fields) -> RouteRule | None:
     name = name_field(f, "name")
     matches = bounded_list(f, "matches", _http_match, MAX_MATCHES)
+    if not f.has("matches"):
+        matches = (DEFAULT_MATCH,)  # the API's default: every path
     filters = _filters(f, HTTP_FILTERS, matches)
     backends = bounded_list(
         f, "backendRefs", lambda b: _http_backend(b, HTTP_FILTERS, matches), MAX_BACKEND_REFS
