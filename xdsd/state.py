@@ -11,6 +11,7 @@ them. The daemon (``xdsd.app``) runs ``load`` in a worker thread and ``apply`` o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -555,7 +556,9 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
 def expected_proxies(mesh: Mesh) -> tuple[ExpectedProxy, ...]:
     """One expected proxy per endpoint of each Service file (statically resolved,
     inside the mesh; a ServiceEntry's hosts are someone else's) and per WorkloadEntry
-    (which names no service: any sidecar of its namespace at its address covers it)."""
+    (which names no service: any sidecar of its namespace at its address covers it).
+    An endpoint address several Services share is covered by a sidecar of any of them
+    (``ExpectedProxy.also``)."""
     out = []
     for service in mesh.services:
         if (
@@ -569,6 +572,17 @@ def expected_proxies(mesh: Mesh) -> tuple[ExpectedProxy, ...]:
             ExpectedProxy(service.namespace, service.name, e.address, origin)
             for e in service.endpoints
         ]
+    # One workload behind several Services (the Gateway API's per-version backends):
+    # a sidecar of any of them covers each.
+    sharing: dict[tuple[str, str], list[str]] = {}
+    for p in out:
+        sharing.setdefault((p.namespace, p.address), []).append(p.service)
+    out = [
+        dataclasses.replace(p, also=tuple(s for s in names if s != p.service))
+        if len(names := sharing[p.namespace, p.address]) > 1
+        else p
+        for p in out
+    ]
     for entry in mesh.workload_entries:
         if entry.endpoint.address:
             origin = f"WorkloadEntry {entry.namespace}/{entry.name} ({entry.origin})"

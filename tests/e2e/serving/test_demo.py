@@ -319,6 +319,15 @@ def test_gateway_api_demo_serves_by_its_gateway_and_the_canary_moves_weights(
     status, _, page = http_get(admin[1], int(admin[2]), "/")
     assert status == 200 and b"Gateway API status" in page
 
+    def absent() -> list[object]:
+        status, _, body = http_get(admin[1], int(admin[2]), "/debug/expected")
+        assert status == 200
+        return list(json.loads(body)["absent"])
+
+    # reviews-v1 and reviews-v2 (the backends' Services) share the reviews workloads'
+    # addresses: their sidecars cover them, nothing is absent
+    wait_until(lambda: absent() == [], what="no proxy absent")
+
     write_atomically(demo.canary, GATEWAY_API_CANARY.format(v1=0, v2=100))
     wait_until(lambda: demo.reviews_version() == "v2", what="reviews v2 to get the traffic")
     assert {demo.reviews_version() for _ in range(10)} == {"v2"}
