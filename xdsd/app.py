@@ -171,6 +171,7 @@ class Daemon:
         self.views.expected = self.state.expected_proxies
         self.views.workload = self.state.workload
         self.views.addresses = self.state.addresses
+        self.views.gateway_status = self.state.gateway_status
         self.views.stale_after = settings.stale_after
         if self.identities is not None:
             identities = self.identities

@@ -617,7 +617,7 @@ def _add_demo_command(sub: Subcommands) -> None:
         "request crosses the mesh it\nprints what to try: the status page, `xdsd status "
         "--admin ...`, the canary file to edit.\nCtrl-C stops every process it started "
         "(exit 0); a process that dies stops the rest (exit 1).",
-        example="xdsd demo\nxdsd demo --dir /tmp/demo --block 127.0.20",
+        example="xdsd demo\nxdsd demo --dir /tmp/demo --block 127.0.20\nxdsd demo --api gateway",
     )
     demo.add_argument("--dir", default=None, help="keep config and logs here (default: a temp dir)")
     demo.add_argument(
@@ -627,6 +627,14 @@ def _add_demo_command(sub: Subcommands) -> None:
         help="the loopback block to use (default: 127.0.10)",
     )
     demo.add_argument("--envoy", default=None, metavar="PATH", help="the Envoy binary to run")
+    demo.add_argument(
+        "--api",
+        choices=("istio", "gateway"),
+        default="istio",
+        help="write the routing files in Istio's API (Gateway, VirtualService) or the "
+        "Kubernetes Gateway API (GatewayClass, Gateway, HTTPRoutes; the canary a GAMMA "
+        "HTTPRoute)",
+    )
     demo.set_defaults(run=_demo)
 
 
@@ -841,6 +849,7 @@ def _load(path: str, args: argparse.Namespace) -> LoadResult:
 
 def _validate(args: argparse.Namespace) -> int:
     from xdsd.sources import DirectoryLoader
+    from xdsd.sources.gateway_api.status import condition_line, mesh_conditions, summary
     from xdsd.sources.limits import ParseLimits
 
     if args.envoy and os.path.isdir(args.envoy) and args.dir is None:
@@ -858,6 +867,10 @@ def _validate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(w, file=sys.stderr)
     mesh = result.mesh
+    conditions = mesh_conditions(mesh)
+    for placed in conditions:
+        if not placed.holds:
+            print(condition_line(placed), file=sys.stderr)
     dns = settings.mesh.dns
     allocation = None
     if dns.enabled or args.addresses:
@@ -875,6 +888,8 @@ def _validate(args: argparse.Namespace) -> int:
         f"{counted(len(mesh.raw_resources), 'raw Envoy resource')}"
         + (f", {counted(len(result.warnings), 'warning')}" if result.warnings else "")
     )
+    if conditions:
+        print(summary(conditions))
     if args.addresses and allocation is not None:
         from xdsd.translate.address_view import address_rows, address_table
 
@@ -1593,7 +1608,9 @@ def _capture(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from xdsd.demo.runner import DEFAULT_BLOCK, run_demo
 
-    return run_demo(directory=args.dir, block=args.block or DEFAULT_BLOCK, envoy=args.envoy)
+    return run_demo(
+        directory=args.dir, block=args.block or DEFAULT_BLOCK, envoy=args.envoy, api=args.api
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

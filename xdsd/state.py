@@ -11,6 +11,7 @@ them. The daemon (``xdsd.app``) runs ``load`` in a worker thread and ``apply`` o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -29,6 +30,7 @@ from xdsd.model.service import Location, Resolution
 from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
+from xdsd.sources.gateway_api.status import condition_json, mesh_conditions
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.translate.address_view import address_rows, moves
@@ -88,6 +90,7 @@ class MeshState:
         self.loaded: LoadResult | None = None
         self.translation: MeshTranslation | None = None
         self._expected: tuple[Mesh | None, tuple[ExpectedProxy, ...]] = (None, ())
+        self._gateway_status: tuple[Mesh | None, tuple[dict[str, Any], ...]] = (None, ())
         self._groups: tuple[Mesh | None, dict[tuple[str, str], WorkloadGroup]] = (None, {})
         self.errors: tuple[Problem, ...] = ()
         #: The warnings of the last load attempt (refused or not).
@@ -433,6 +436,18 @@ class MeshState:
             self._expected = (mesh, expected_proxies(mesh))
         return self._expected[1]
 
+    def gateway_status(self) -> tuple[dict[str, Any], ...]:
+        """The status conditions of the loaded configuration's Gateway API objects, as
+        ``/debug/errors`` and the status page show them (``condition_json``; none
+        before a configuration loaded), computed once per mesh."""
+        mesh = self.loaded.mesh if self.loaded is not None else None
+        if mesh is None:
+            return ()
+        if self._gateway_status[0] is not mesh:
+            rows = tuple(condition_json(c) for c in mesh_conditions(mesh))
+            self._gateway_status = (mesh, rows)
+        return self._gateway_status[1]
+
     @staticmethod
     def workload(key: Hashable) -> Workload | None:
         """Where the proxies of node class ``key`` are: its namespace, service, role and
@@ -541,7 +556,9 @@ def _building(*, exclusive: bool = True) -> Iterator[None]:
 def expected_proxies(mesh: Mesh) -> tuple[ExpectedProxy, ...]:
     """One expected proxy per endpoint of each Service file (statically resolved,
     inside the mesh; a ServiceEntry's hosts are someone else's) and per WorkloadEntry
-    (which names no service: any sidecar of its namespace at its address covers it)."""
+    (which names no service: any sidecar of its namespace at its address covers it).
+    An endpoint address several Services share is covered by a sidecar of any of them
+    (``ExpectedProxy.also``)."""
     out = []
     for service in mesh.services:
         if (
@@ -555,6 +572,17 @@ def expected_proxies(mesh: Mesh) -> tuple[ExpectedProxy, ...]:
             ExpectedProxy(service.namespace, service.name, e.address, origin)
             for e in service.endpoints
         ]
+    # One workload behind several Services (the Gateway API's per-version backends):
+    # a sidecar of any of them covers each.
+    sharing: dict[tuple[str, str], list[str]] = {}
+    for p in out:
+        sharing.setdefault((p.namespace, p.address), []).append(p.service)
+    out = [
+        dataclasses.replace(p, also=tuple(s for s in names if s != p.service))
+        if len(names := sharing[p.namespace, p.address]) > 1
+        else p
+        for p in out
+    ]
     for entry in mesh.workload_entries:
         if entry.endpoint.address:
             origin = f"WorkloadEntry {entry.namespace}/{entry.name} ({entry.origin})"

@@ -64,6 +64,46 @@ def test_endpoints_match_by_namespace_service_and_instance_ip() -> None:
     assert _absent_addresses(cache) == ["10.0.0.2", "10.0.0.3"]
 
 
+def test_a_workload_behind_several_services_is_covered_by_a_sidecar_of_any() -> None:
+    """``web-v1`` (a per-version Service, as the Gateway API's backends are) shares
+    10.0.0.1 with ``web``: the ``web`` sidecar there covers both; not another address."""
+    version = [
+        ExpectedProxy(
+            "default", "web-v1", "10.0.0.1", "Service default/web-v1 (v.yaml:1)", ("web",)
+        ),
+        ExpectedProxy(
+            "default", "web-v1", "10.0.0.3", "Service default/web-v1 (v.yaml:1)", ("web",)
+        ),
+    ]
+    cache = _cache()
+    cache.open_client("a", node_id="a", key="web-a", transport="ads")
+    left = absent([*WEB, *version], cache.clients(), WORKLOADS)
+    assert [(a.expected.service, a.expected.address) for a in left] == [
+        ("web", "10.0.0.2"),
+        ("web", "10.0.0.3"),
+        ("web-v1", "10.0.0.3"),
+    ]
+
+
+def test_expected_proxies_name_the_services_sharing_an_address() -> None:
+    from xdsd.model import Mesh, Service
+    from xdsd.model.service import Endpoint
+    from xdsd.state import expected_proxies
+
+    services = [
+        Service("reviews", endpoints=(Endpoint("10.0.0.1"), Endpoint("10.0.0.2"))),
+        Service("reviews-v1", endpoints=(Endpoint("10.0.0.1"),)),
+    ]
+    found = {
+        (p.service, p.address): p.also for p in expected_proxies(Mesh(services=tuple(services)))
+    }
+    assert found == {
+        ("reviews", "10.0.0.1"): ("reviews-v1",),
+        ("reviews", "10.0.0.2"): (),
+        ("reviews-v1", "10.0.0.1"): ("reviews",),
+    }
+
+
 def test_a_proxy_without_instance_ip_counts_for_one_endpoint_of_its_service() -> None:
     cache = _cache()
     cache.open_client("a", node_id="a", key="web-a", transport="ads")

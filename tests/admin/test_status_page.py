@@ -190,3 +190,45 @@ def test_identity_and_expiry_per_proxy_with_the_ones_expiring_soon_flagged() -> 
 def test_no_identity_column_without_a_ca() -> None:
     page = render_status_page(view(fleet()))
     assert "<th>Identity</th>" not in page and "with an identity" not in page
+
+
+def test_gateway_api_conditions_failing_first_escaped() -> None:
+    cache: SnapshotCache[str] = SnapshotCache()
+    conditions = (
+        {
+            "object": "Gateway shop/web",
+            "scope": "",
+            "type": "Accepted",
+            "status": "True",
+            "reason": "Accepted",
+            "message": "",
+            "holds": True,
+            "path": "gw.yaml",
+            "line": 3,
+        },
+        {
+            "object": f"HTTPRoute shop/{EVIL}",
+            "scope": "parentRefs[0]",
+            "type": "Accepted",
+            "status": "False",
+            "reason": "NotAllowedByListeners",
+            "message": EVIL,
+            "holds": False,
+            "path": "r.yaml",
+            "line": 9,
+        },
+    )
+    page = render_status_page(view(cache, conditions=conditions))
+    assert "<script>alert" not in page
+    doc = parse(page)
+    text = "".join(doc.text)
+    assert "Gateway API status" in text
+    assert "2 objects, 2 conditions" in text and "1 not met" in text
+    rows = [
+        a.get("class")
+        for tag, a in doc.tags
+        if tag == "tr" and "condition" in (a.get("class") or "")
+    ]
+    assert rows == ["condition error", "condition in_sync"]
+    assert "NotAllowedByListeners" in text and "r.yaml:9" in text
+    assert "Gateway API status" not in "".join(parse(render_status_page(view(cache))).text)

@@ -115,6 +115,36 @@ spec:
   - issuer: https://c.test
     jwksUri: https://login.c.test/keys
 """
+#: GAMMA routes (issue 21): an HTTPRoute and a GRPCRoute whose parent is a Service, by
+#: port and by port name, with a header match, weights and a filter.
+GAMMA_ROUTES = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-canary, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - matches:
+    - headers: [{name: end-user, value: jason}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-canary, value: "1"}]}
+    backendRefs:
+    - {name: reviews, port: 9080, weight: 90}
+    - {name: ratings, port: 9080, weight: 10}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: ratings-grpc, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: ratings, sectionName: http}
+  rules:
+  - matches: [{method: {service: ratings.Ratings, method: Get}}]
+    backendRefs: [{name: ratings, port: 9080}]
+"""
 #: Virtual addresses files pin: a Service's ``address``, a ServiceEntry's ``addresses``.
 PINNED = """\
 kind: Service
@@ -185,6 +215,7 @@ def _seeds() -> list[tuple[bool, Any]]:
     ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
     docs += [(False, d) for d in yaml.safe_load_all(TLS_SECRET)]
+    docs += [(False, d) for d in yaml.safe_load_all(GAMMA_ROUTES)]
     docs.append((True, RAW_CLUSTER))
     return docs
 

@@ -20,7 +20,8 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/config_dump?node=ID`` (what that node is served, every type, proto3 JSON, with
   every secret redacted: ``resources.redaction``; under admin mutual TLS only for a
   client certificate that may speak for that node, see ``NodeAccess``);
-- ``/debug/errors`` (the current config errors, then the warnings, with file and line);
+- ``/debug/errors`` (the current config errors, then the warnings, with file and line,
+  then the Gateway API objects' status conditions: ``gateway_status`` hook);
 - ``/debug/registrations`` (the registered workloads: group, address, node, since,
   health, the replica holding each; ``registrations`` hook; a node's own are in its
   ``/debug/config_dump`` too).
@@ -146,6 +147,10 @@ class AdminViews:
             "replica": "",
             "registrations": [],
         }
+        #: The status conditions of the Gateway API objects of the configuration being
+        #: served (a hook the daemon sets: ``MeshState.gateway_status``), each as
+        #: ``sources.gateway_api.status.condition_json`` makes it.
+        self.gateway_status: Callable[[], Sequence[Mapping[str, Any]]] = tuple
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -207,6 +212,7 @@ class AdminViews:
             workloads=workloads,
             absent=tuple(absent(self.expected(), clients, workloads)),
             registrations=tuple(self.registrations().get("registrations", ())),
+            conditions=tuple(self.gateway_status()),
             service_filter=request.query.get("service", ""),
             state_filter=request.query.get("state", ""),
         )
@@ -335,9 +341,12 @@ class AdminViews:
 
     async def config_errors(self, _request: web.Request) -> web.Response:
         """The errors of the last refused reload (none when the last one loaded), then the
-        warnings of the last reload."""
+        warnings of the last reload, then the status conditions of the Gateway API
+        objects served (``severity: condition``, ``holds`` false for one not met)."""
         problems = [*self.config.errors, *self.config.warnings]
-        return web.json_response([problem_json(p) for p in problems])
+        out = [problem_json(p) for p in problems]
+        out.extend(dict(c) for c in self.gateway_status())
+        return web.json_response(out)
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:

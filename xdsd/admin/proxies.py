@@ -12,7 +12,8 @@ seconds (the ``stale_after`` setting) is *stale*. The daemon decides this once, 
 WorkloadEntry: ``ExpectedProxy``, listed by the daemon) with the connected clients
 (each placed by its node class: ``Workload``). The rule:
 
-- a connected sidecar covers the expected endpoint with its namespace, service and
+- a connected sidecar covers the expected endpoint with its namespace, service (or
+  another Service with an endpoint at that address: ``ExpectedProxy.also``) and
   address (its node's ``instance_ip``); a WorkloadEntry names no service, so any
   sidecar of its namespace at its address covers it;
 - a sidecar that reports no ``instance_ip`` (or the any-address) cannot be placed at an
@@ -97,6 +98,10 @@ class ExpectedProxy:
     service: str
     address: str
     origin: str
+    #: The other Services of the namespace with an endpoint at this address (one
+    #: workload behind several Services, e.g. ``reviews`` and ``reviews-v1`` for the
+    #: Gateway API's per-version backends): a sidecar of any of them covers it.
+    also: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -141,7 +146,7 @@ def absent(
             unplaced[w.namespace, w.service] = unplaced.get((w.namespace, w.service), 0) + 1
     left = []
     for e in wanted:
-        if e.service and (e.namespace, e.service, e.address) in exact:
+        if e.service and any((e.namespace, s, e.address) in exact for s in (e.service, *e.also)):
             continue
         if not e.service and (e.namespace, e.address) in anywhere:
             continue

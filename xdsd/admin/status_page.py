@@ -153,6 +153,9 @@ class StatusView:
     state_filter: str = ""
     #: The registered workloads (``/debug/registrations``' items).
     registrations: Sequence[Mapping[str, Any]] = ()
+    #: The Gateway API objects' status conditions (``/debug/errors``' ``condition``
+    #: entries: object, scope, type, status, reason, message, holds, path, line).
+    conditions: Sequence[Mapping[str, Any]] = ()
 
 
 def problem_count(view: StatusView) -> int:
@@ -182,6 +185,7 @@ def render_status_page(view: StatusView) -> str:
         f"<style>{_STYLE}</style></head><body>",
         _header(view, connected),
         _config_section(view),
+        _conditions_section(view),
         _filter_form(view, connected),
         _proxies_section(connected, types, view),
         _absent_section(view),
@@ -252,6 +256,36 @@ def _config_section(view: StatusView) -> str:
             out.append(f'<li class="warning">{_e(str(problem))}</li>')
         out.append("</ul>")
     out.append("</section>")
+    return "".join(out)
+
+
+def _conditions_section(view: StatusView) -> str:
+    """The Gateway API objects' status conditions, those not met first (nothing without
+    Gateway API objects)."""
+    if not view.conditions:
+        return ""
+    rows = sorted(view.conditions, key=lambda c: bool(c.get("holds")))
+    failing = sum(1 for c in rows if not c.get("holds"))
+    objects = len({c.get("object") for c in rows})
+    out = [
+        '<section id="gateway-status"><h2>Gateway API status</h2>',
+        f'<p><span id="count-conditions">{objects} objects, {len(rows)} conditions</span>, '
+        f'<span id="count-conditions-failing" class="{"error" if failing else "in_sync"}">'
+        f"{failing} not met</span></p>",
+        "<table><thead><tr><th>object</th><th>of</th><th>condition</th><th>reason</th>"
+        "<th>message</th><th>file</th></tr></thead><tbody>",
+    ]
+    for c in rows:
+        state = "in_sync" if c.get("holds") else "error"
+        where = f"{c.get('path', '')}:{c.get('line', 0)}" if c.get("line") else c.get("path", "")
+        out.append(
+            f'<tr class="condition {state}"><td>{_e(str(c.get("object", "")))}</td>'
+            f"<td>{_e(str(c.get('scope', '')))}</td>"
+            f'<td class="{state}">{_e(str(c.get("type", "")))}={_e(str(c.get("status", "")))}</td>'
+            f"<td>{_e(str(c.get('reason', '')))}</td><td>{_e(str(c.get('message', '')))}</td>"
+            f"<td><code>{_e(str(where))}</code></td></tr>"
+        )
+    out.append("</tbody></table></section>")
     return "".join(out)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from xdsd.model.gateway_api import CONTROLLER_NAME
+from xdsd.sources.gateway_api.names import GATEWAY_NAME_LABEL
 from xdsd.translate import NodeClass, Role, bootstrap
 
 #: Every service port of the demo (what callers use; sidecars' inbound listeners bind it).
@@ -94,6 +96,10 @@ class Layout:
     virtual_addresses: str = ""
     dns: str = ""
     dns_upstream: tuple[str, ...] = ()
+    #: Which API the routing files are written in: ``istio`` (Gateway, VirtualService,
+    #: DestinationRule subsets) or ``gateway`` (the Gateway API: GatewayClass, Gateway,
+    #: HTTPRoutes, one of them a GAMMA route for the canary; ``xdsd demo --api gateway``).
+    api: str = "istio"
 
     def dns_address(self) -> tuple[str, int]:
         """(IP, PORT) of the DNS listener of ``dns_workload``'s sidecar."""
@@ -250,6 +256,13 @@ def config_files(layout: Layout) -> dict[str, str]:
         f"    defaultEndpoint: 127.0.0.1:{w.app_port}\n"
         for w in layout.workloads
     ]
+    files = {
+        "services.yaml": "# The demo's services: one endpoint per workload.\n" + "---\n".join(docs),
+        "sidecars.yaml": "# Where each workload's application listens, behind its sidecar.\n"
+        + "---\n".join(sidecars),
+    }
+    if layout.api == "gateway":
+        return files | gateway_api_files(layout)
     labels = ", ".join(f"{k}: {v}" for k, v in GATEWAY_LABELS)
     gateway = f"""\
 # The ingress gateway: one HTTP server on port {GATEWAY_PORT}, and every request to productpage.
@@ -288,11 +301,83 @@ spec:
     - destination: {host: reviews, subset: v2}
       weight: 0
 """
-    return {
-        "services.yaml": "# The demo's services: one endpoint per workload.\n" + "---\n".join(docs),
+    return files | {
         "destination-rules.yaml": "# Subsets by version label.\n" + "---\n".join(rules),
-        "sidecars.yaml": "# Where each workload's application listens, behind its sidecar.\n"
-        + "---\n".join(sidecars),
+        "gateway.yaml": gateway,
+        CANARY_FILE: canary,
+    }
+
+
+#: The demo's Gateway (Gateway API); its proxy carries ``GATEWAY_NAME_LABEL: GATEWAY_NAME``.
+GATEWAY_NAME = "demo-gateway"
+
+
+def gateway_api_files(layout: Layout) -> dict[str, str]:
+    """The routing files of ``xdsd demo --api gateway``: a Service per version of a
+    service with several (the Gateway API has no subsets: a backend is a Service), the
+    GatewayClass, the Gateway and the ingress HTTPRoute, and the canary, a GAMMA
+    HTTPRoute whose parent is the ``reviews`` Service."""
+    versioned = []
+    for service in sorted({w.service for w in layout.workloads}):
+        instances = [w for w in layout.workloads if w.service == service]
+        if len(instances) < 2:
+            continue
+        versioned += [
+            f"apiVersion: xdsd.io/v1\nkind: Service\nmetadata: {{name: {w.name}}}\nspec:\n"
+            f"  ports:\n  - {{name: http, number: {SERVICE_PORT}, protocol: HTTP}}\n"
+            f"  endpoints:\n    - address: {w.address}\n"
+            f"      labels: {{app: {w.service}, version: {w.version}}}\n"
+            for w in instances
+        ]
+    gateway = f"""\
+# The ingress gateway (Gateway API): xdsd's GatewayClass, a Gateway with one HTTP
+# listener on port {GATEWAY_PORT} (served by the proxy labelled
+# {GATEWAY_NAME_LABEL}: {GATEWAY_NAME}), and every request to productpage.
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: xdsd}}
+spec: {{controllerName: {CONTROLLER_NAME}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {GATEWAY_NAME}}}
+spec:
+  gatewayClassName: xdsd
+  listeners:
+  - {{name: http, port: {GATEWAY_PORT}, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: productpage-ingress}}
+spec:
+  parentRefs:
+  - {{name: {GATEWAY_NAME}}}
+  rules:
+  - backendRefs:
+    - {{name: productpage, port: {SERVICE_PORT}}}
+"""
+    canary = f"""\
+# The canary (GAMMA): an HTTPRoute whose parent is the reviews Service applies to every
+# sidecar calling reviews. Weights are relative. Try 50/50, then 0/100: xdsd sees the
+# change when you save, and every proxy follows within a second.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews}}
+spec:
+  parentRefs:
+  - {{group: "", kind: Service, name: reviews, port: {SERVICE_PORT}}}
+  rules:
+  - backendRefs:
+    - name: reviews-v1
+      port: {SERVICE_PORT}
+      weight: 100
+    - name: reviews-v2
+      port: {SERVICE_PORT}
+      weight: 0
+"""
+    return {
+        "versions.yaml": "# A Service per version: what the canary's backends name.\n"
+        + "---\n".join(versioned),
         "gateway.yaml": gateway,
         CANARY_FILE: canary,
     }
@@ -301,10 +386,13 @@ spec:
 def gateway_node(layout: Layout) -> NodeClass:
     """The gateway proxy's node class."""
     address = layout.gateway_address
+    labels: tuple[tuple[str, str], ...] = GATEWAY_LABELS
+    if layout.api == "gateway":
+        labels = tuple(sorted((*labels, (GATEWAY_NAME_LABEL, GATEWAY_NAME))))
     return NodeClass(
         service="ingressgateway",
         role=Role.GATEWAY,
-        labels=GATEWAY_LABELS,
+        labels=labels,
         instance_ip=address,
         outbound_ip=address,
     )

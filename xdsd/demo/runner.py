@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import ipaddress
 import os
@@ -373,7 +374,9 @@ def banner(layout: Layout, workdir: Path, supervisor: Supervisor) -> str:
         "               (gateway -> productpage -> reviews; reviews v2 also calls ratings)",
         *by_name(layout, workdir),
         f"  4. canary:   edit {canary}",
-        "               (set the weights to 50/50, then 0/100, save, and curl again)",
+        "               (set the weights to 50/50, then 0/100, save, and curl again"
+        + ("; an HTTPRoute's" if layout.api == "gateway" else "")
+        + ")",
         "  5. mistake:  set a weight there to -1 and save: the status page and `xdsd status`",
         "               name the file, line and field; the last good configuration keeps serving",
         '  6. your own: README.md, "Point a proxy at it": a bootstrap and an Envoy of your own',
@@ -423,11 +426,12 @@ def by_name(layout: Layout, workdir: Path) -> list[str]:
     return lines
 
 
-def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
+def run_demo(*, directory: str | None, block: str, envoy: str | None, api: str = "istio") -> int:
     """Run the demo mesh until SIGINT/SIGTERM (returns 0) or until a child dies
     (returns 1). ``directory`` keeps config, bootstraps and logs (rewritten on each
     start); without it they live in a temporary directory removed on exit. Raises
-    DemoError when the mesh cannot start (after stopping what had started)."""
+    DemoError when the mesh cannot start (after stopping what had started). ``api``
+    is the routing files' API: ``istio`` or ``gateway`` (``mesh.Layout.api``)."""
     try:
         if not ipaddress.ip_address(f"{block}.1").is_loopback or block.count(".") != 2:
             raise ValueError
@@ -444,6 +448,7 @@ def run_demo(*, directory: str | None, block: str, envoy: str | None) -> int:
         upstreams = host_upstreams((f"{block}.53", port)).resolvers
         ports = {n: free_loopback_port() for n in names}
         layout = loopback_layout(block, ports, dns_port=port, dns_upstream=upstreams)
+        layout = dataclasses.replace(layout, api=api)
         check_ports_free(layout, block)
         write_files(workdir / "config", config_files(layout))
         write_files(workdir / "bootstrap", bootstrap_files(layout))

@@ -315,6 +315,50 @@ def test_status_page_in_headless_chromium(world: World, tmp_path: Path) -> None:
     assert data.startswith(b"\x89PNG") and len(data) > 10_000  # a rendered page, not a blank
 
 
+GAMMA_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web-route}}
+spec:
+  parentRefs:
+  - {{group: "", kind: Service, name: web}}
+  - {{group: "", kind: Service, name: nope}}
+  rules:
+  - backendRefs: [{{name: web, port: {port}}}]
+"""
+
+
+def test_gateway_api_conditions_on_the_page_in_headless_chromium(
+    world: World, tmp_path: Path
+) -> None:
+    """A GAMMA route with one parent that does not exist: its conditions are on
+    /debug/errors and on the status page as a browser builds it, the one not met first,
+    with the API's reason and the file; gone with the file."""
+    chromium = _chromium()
+    rule = world.mesh.rule("web-route", GAMMA_ROUTE.format(port=world.mesh.port))
+    try:
+        conditions = wait_until(
+            lambda: [e for e in world.xdsd.admin("/debug/errors") if e["severity"] == "condition"],
+            what="the route's conditions",
+        )
+        failing = [c for c in conditions if not c["holds"]]
+        assert [(c["scope"], c["type"], c["reason"]) for c in failing] == [
+            ("parentRefs[1]", "Accepted", "NoMatchingParent")
+        ]
+        assert failing[0]["path"] == str(rule) and failing[0]["status"] == "False"
+        doc = _dump_dom(chromium, tmp_path / "profile", world.url("/"))
+        assert "Gateway API status" in doc.text and "1 not met" in doc.text
+        assert doc.conditions == ["condition error"] + ["condition in_sync"] * 2
+        assert "NoMatchingParent" in doc.text and f"{rule}:" in doc.text
+        assert world.client.request("web").backend == "web-v1"  # routed by the route
+    finally:
+        rule.unlink()
+    wait_until(
+        lambda: not [e for e in world.xdsd.admin("/debug/errors") if e["severity"] == "condition"],
+        what="the conditions gone with the file",
+    )
+
+
 def test_a_rest_client_shows_with_its_transport(world: World) -> None:
     """A second sidecar polling over REST: listed, in sync, counted under ``rest``."""
     rest = world.mesh.start("poller", transport="rest")
@@ -417,6 +461,8 @@ class Dom(HTMLParser):
         self.agents: dict[str, str] = {}
         #: The attributes of each expected-but-absent row.
         self.absent: list[dict[str, str]] = []
+        #: The class of each Gateway API condition row, in page order.
+        self.conditions: list[str] = []
         self._agent = False
         self._row = ""
         self._in_title = False
@@ -431,6 +477,8 @@ class Dom(HTMLParser):
             self.rows[self._row] = a
         elif tag == "tr" and a.get("data-state") == "absent":
             self.absent.append(a)
+        elif tag == "tr" and a.get("class", "").startswith("condition"):
+            self.conditions.append(a["class"])
         elif tag == "td" and "data-type" in a and self._row:
             self.cells[self._row, a["data-type"]] = a["class"]
         elif tag == "td" and a.get("class") == "agent" and self._row:

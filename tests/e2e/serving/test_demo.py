@@ -35,6 +35,23 @@ spec:
       weight: {v2}
 """
 
+GATEWAY_API_CANARY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews}}
+spec:
+  parentRefs:
+  - {{group: "", kind: Service, name: reviews, port: 9080}}
+  rules:
+  - backendRefs:
+    - name: reviews-v1
+      port: 9080
+      weight: {v1}
+    - name: reviews-v2
+      port: 9080
+      weight: {v2}
+"""
+
 
 @dataclass
 class Demo:
@@ -94,8 +111,9 @@ def assert_nothing_left(demo: Demo, *, reaped: bool = True) -> None:
     assert not port_open(*demo.gateway)
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Demo]:
+@contextlib.contextmanager
+def running_demo(tmp_path: Path, *args: str) -> Iterator[Demo]:
+    """``xdsd demo`` (with ``args``) until its banner; stopped, its group killed, after."""
     out = tmp_path / "demo.out"
     block = loopback_block()
     with open(out, "wb") as fh:
@@ -109,6 +127,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
                 str(tmp_path / "demo"),
                 "--block",
                 block,
+                *args,
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -145,6 +164,18 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
                 if pgid:
                     os.killpg(pgid, signal.SIGKILL)
         proc.wait(10)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    with running_demo(tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+def gateway_demo(tmp_path: Path) -> Iterator[Demo]:
+    with running_demo(tmp_path, "--api", "gateway") as started:
+        yield started
 
 
 def test_demo_serves_shifts_traffic_and_stops_on_ctrl_c(demo: Demo) -> None:
@@ -255,3 +286,71 @@ def test_children_die_with_the_demo_when_it_is_killed(demo: Demo) -> None:
     demo.proc.kill()  # no chance to clean up: the children's parent-death signal does
     demo.proc.wait(10)
     assert_nothing_left(demo, reaped=False)  # orphans are reaped by init, not by us
+
+
+def test_gateway_api_demo_serves_by_its_gateway_and_the_canary_moves_weights(
+    gateway_demo: Demo,
+) -> None:
+    """``xdsd demo --api gateway``: the gateway proxy is the Gateway's by its
+    ``gateway-name`` label (requests through it reach productpage by the ingress
+    HTTPRoute), the canary is a GAMMA HTTPRoute whose weights move the callers' traffic,
+    the conditions are on /debug/errors, and a bad weight is named at its file."""
+    demo = gateway_demo
+    text = demo.canary.read_text()
+    assert "kind: HTTPRoute" in text and "kind: Service, name: reviews" in text
+    assert text.count("weight:") == 2 and "an HTTPRoute's" in demo.banner
+    assert {demo.reviews_version() for _ in range(10)} == {"v1"}
+    admin = re.search(r"1\. look: +open http://([\d.]+):(\d+)/ ", demo.banner)
+    assert admin, demo.banner
+
+    def debug_errors() -> list[dict[str, object]]:
+        status, _, body = http_get(admin[1], int(admin[2]), "/debug/errors")
+        assert status == 200
+        return list(json.loads(body))
+
+    shown = {
+        (e["object"], e["type"], e["status"])
+        for e in debug_errors()
+        if e["severity"] == "condition"
+    }
+    assert ("Gateway default/demo-gateway", "Programmed", "True") in shown
+    assert ("HTTPRoute default/productpage-ingress", "Accepted", "True") in shown
+    assert ("HTTPRoute default/reviews", "Accepted", "True") in shown
+    status, _, page = http_get(admin[1], int(admin[2]), "/")
+    assert status == 200 and b"Gateway API status" in page
+
+    def absent() -> list[object]:
+        status, _, body = http_get(admin[1], int(admin[2]), "/debug/expected")
+        assert status == 200
+        return list(json.loads(body)["absent"])
+
+    # reviews-v1 and reviews-v2 (the backends' Services) share the reviews workloads'
+    # addresses: their sidecars cover them, nothing is absent
+    wait_until(lambda: absent() == [], what="no proxy absent")
+
+    write_atomically(demo.canary, GATEWAY_API_CANARY.format(v1=0, v2=100))
+    wait_until(lambda: demo.reviews_version() == "v2", what="reviews v2 to get the traffic")
+    assert {demo.reviews_version() for _ in range(10)} == {"v2"}
+    write_atomically(demo.canary, GATEWAY_API_CANARY.format(v1=50, v2=50))
+    seen: set[str] = set()
+    wait_until(
+        lambda: seen.add(demo.reviews_version()) or seen == {"v1", "v2"},
+        what="both versions to answer under 50/50",
+    )
+
+    write_atomically(demo.canary, GATEWAY_API_CANARY.format(v1=100, v2=-1))
+    errors = wait_until(
+        lambda: [e for e in debug_errors() if e["severity"] == "error"],
+        what="the mistake to be reported",
+    )
+    (error,) = errors
+    assert (error["path"], error["line"], error["field"]) == (
+        str(demo.canary),
+        14,
+        "rules[0].backendRefs[1].weight",
+    )
+    assert demo.reviews_version() in ("v1", "v2")  # the last good configuration
+
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.proc.wait(60) == 0
+    assert_nothing_left(demo)

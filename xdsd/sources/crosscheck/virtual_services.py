@@ -6,9 +6,11 @@ from collections.abc import Mapping
 
 from xdsd.errors import Problem
 from xdsd.model import DestinationRule, ResourceKey, Service, VirtualService
+from xdsd.model.service import Origin, line_of
 from xdsd.sources.crosscheck.hosts import host_hint, resolve
 from xdsd.sources.crosscheck.index import NONE, file_under, problem_at, unindex
 from xdsd.sources.crosscheck.routes import applies_to_mesh, check_virtual_service
+from xdsd.sources.gateway_api.gamma import gamma_source
 
 
 class VirtualServiceChecks:
@@ -121,15 +123,25 @@ class VirtualServiceChecks:
             first = min(self._routed[target])
             if first != key:
                 other = virtual[first]
-                problems.append(
-                    problem_at(
-                        vs.origin,
-                        f"hosts[{i}]",
-                        f"{target} is already routed by VirtualService {other.name!r} "
-                        f"({other.origin}); merge the two rules",
-                        lines=vs.lines,
+                mine, theirs = gamma_source(vs), gamma_source(other)
+                if mine or theirs:
+                    # GAMMA routes and an Istio VirtualService (GAMMA routes alone make
+                    # one VirtualService per service, never two).
+                    where = other.origin
+                    if theirs:  # at the parentRef naming the service
+                        where = Origin(where.path, line_of(other.lines, "hosts[0]", where.line))
+                    message = (
+                        f"{target} is routed both by {theirs or f'VirtualService {other.name!r}'} "
+                        f"({where}) and by {mine or f'VirtualService {vs.name!r}'}; "
+                        "route a service with the Gateway API or with a VirtualService, "
+                        "not both"
                     )
-                )
+                else:
+                    message = (
+                        f"{target} is already routed by VirtualService {other.name!r} "
+                        f"({other.origin}); merge the two rules"
+                    )
+                problems.append(problem_at(vs.origin, f"hosts[{i}]", message, lines=vs.lines))
         return problems
 
     def problems(self) -> list[Problem]:

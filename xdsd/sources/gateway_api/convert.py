@@ -29,7 +29,9 @@ HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
 holding every rule of every route attached with that hostname, one Istio rule per
 match, in the Gateway API's precedence order (``http.precedence``). GRPCRoutes
 (``grpc.py``), TLSRoutes/TCPRoutes/UDPRoutes (``l4.py``) and BackendTLSPolicies
-(``backend_tls.py``) have modules of their own.
+(``backend_tls.py``) have modules of their own, and so do the HTTPRoutes and GRPCRoutes
+whose parent is a Service (GAMMA, ``gamma.py``: VirtualServices bound to ``mesh``, their
+rules converted by the same functions).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerT
 from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
 from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
 from xdsd.sources.gateway_api.l4 import convert_l4_routes, listener_server
@@ -163,11 +166,18 @@ def convert(
         api.routes, gateways, istio_gateway_ref, services, api.grants, labels
     )
     backend_tls = convert_backend_tls(api.backend_tls, services, root, api.secrets)
+    mesh = mesh_routes(api.routes, services, shared_rules(services, api.grants))
     return Converted(
         gateways=tuple(istio),
-        virtual_services=(*vss, *l4.virtual_services, *grpc_services),
-        conditions=(*conditions, *l4.conditions, *grpc_conditions, *backend_tls.conditions),
-        problems=(*problems, *l4.problems),
+        virtual_services=(*vss, *l4.virtual_services, *grpc_services, *mesh.virtual_services),
+        conditions=(
+            *conditions,
+            *l4.conditions,
+            *grpc_conditions,
+            *backend_tls.conditions,
+            *mesh.conditions,
+        ),
+        problems=(*problems, *l4.problems, *mesh.problems),
         destination_rules=backend_tls.destination_rules,
     )
 
