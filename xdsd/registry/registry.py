@@ -144,7 +144,15 @@ class Registry:
         self.registered_total = 0
         self.expired_total = 0
         self.refused: Counter[str] = Counter()
+        #: Writes the store could not take (each attempt; retried every 0.5 s).
         self.store_failures = 0
+        #: Errors of the background task (logged; it kept going).
+        self.internal_errors = 0
+        #: When the store last became unable to take writes (None: it takes them), and
+        #: the failed attempts since: one warning on entering that state, one summary
+        #: on leaving it (``flush``), however long it lasts.
+        self._failing_since: float | None = None
+        self._failing_attempts = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -172,7 +180,7 @@ class Registry:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.store_failures += 1
+                self.internal_errors += 1
                 log.exception("registry: internal error (kept going)")
             timeout = self._next_deadline()
             self._wake.clear()
@@ -204,11 +212,33 @@ class Registry:
                 else:
                     await self.store.put(registration)
             except StoreUnavailable as e:
-                self.store_failures += 1
-                log.warning("registry: store unavailable, %s kept pending: %s", key, e)
+                self._write_failed(key, e)
                 return
             if self._pending.get(key) is registration:
                 del self._pending[key]
+        if self._failing_since is not None:
+            log.warning(
+                "registry: the store takes writes again after %.1f s (%d attempts failed "
+                "meanwhile); every waiting write is written",
+                max(0.0, self.clock() - self._failing_since),
+                self._failing_attempts,
+            )
+            self._failing_since = None
+            self._failing_attempts = 0
+
+    def _write_failed(self, key: str, error: StoreUnavailable) -> None:
+        """Count a failed write; warn only on the first of a run of them."""
+        self.store_failures += 1
+        self._failing_attempts += 1
+        if self._failing_since is None:
+            self._failing_since = self.clock()
+            log.warning(
+                "registry: the store cannot take writes (%s): %d kept pending (%s first), "
+                "retried every 0.5 s; one line more when they are written",
+                error,
+                len(self._pending),
+                key,
+            )
 
     def _write(self, key: str, registration: Registration | None) -> None:
         self._pending.pop(key, None)  # to the end: writes keep their order
@@ -391,8 +421,10 @@ class Registry:
     def counts(self) -> dict[str, Any]:
         """What the metrics export: ``registered``, ``expired``, ``refused`` (by
         reason), ``current`` (the store's), ``held`` (this replica's),
-        ``store_failures``."""
+        ``store_failures`` (write attempts the store refused), ``pending`` (writes
+        waiting for the store)."""
         return {
+            "pending": len(self._pending),
             "registered": self.registered_total,
             "expired": self.expired_total,
             "refused": dict(self.refused),
