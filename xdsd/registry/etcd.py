@@ -460,6 +460,17 @@ class EtcdStore:
         """The registrations this replica holds (its own writes)."""
         return MappingProxyType(dict(self._own))
 
+    def bookkeeping(self) -> dict[str, int]:
+        """How many entries the store's own maps hold (the view aside): this replica's
+        registrations (``own``), writes not yet seen through the watch (``overlay``),
+        per-key locks (``locks``) and writes waiting for etcd (``waiting``)."""
+        return {
+            "own": len(self._own),
+            "overlay": len(self._overlay),
+            "locks": len(self._locks),
+            "waiting": len(self._unsynced) + len(self._doomed) + len(self._restoring),
+        }
+
     @property
     def lease(self) -> int:
         """This replica's lease id (0 while it has none)."""

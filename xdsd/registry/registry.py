@@ -434,8 +434,29 @@ class Registry:
         }
 
     def view(self) -> dict[str, Any]:
-        """``/debug/registrations`` (``views.registrations_json``)."""
-        return registrations_json(self.replica, self.store.current().values(), self.connected)
+        """``/debug/registrations`` (``views.registrations_json``), with ``bookkeeping``."""
+        view = registrations_json(self.replica, self.store.current().values(), self.connected)
+        view["bookkeeping"] = self.bookkeeping()
+        return view
+
+    def bookkeeping(self) -> dict[str, int]:
+        """How many entries the registry's internal maps hold (``held``, ``streams``,
+        ``deadlines``, ``pending``), its store's (``store_*``, when the store tells) and
+        the event loop's tasks (``tasks``, when called on it): all bounded by what is
+        registered and connected now, so a flood of connections that ended leaves them
+        as they were before it."""
+        sizes = {
+            "held": len(self._held),
+            "streams": len(self._streams),
+            "deadlines": len(self._deadlines),
+            "pending": len(self._pending),
+        }
+        store_sizes = getattr(self.store, "bookkeeping", None)
+        if callable(store_sizes):
+            sizes.update({f"store_{k}": int(v) for k, v in store_sizes().items()})
+        with contextlib.suppress(RuntimeError):  # no running loop
+            sizes["tasks"] = len(asyncio.all_tasks())
+        return sizes
 
     def connected(self, key: str) -> bool:
         """True while a stream of this replica holds ``key``."""
