@@ -164,6 +164,23 @@ class Replicas:
         view = self.xdsd[replica].admin("/debug/registrations")
         return {r["node"]: r for r in view["registrations"]}
 
+    def status(self, replica: str) -> str:
+        """``xdsd status`` against ``replica``."""
+        admin = f"127.0.0.1:{self.xdsd[replica].admin_port}"
+        done = subprocess.run(
+            [sys.executable, "-m", "xdsd.cli", "status", "--admin", admin],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout
+
+    def page(self, replica: str) -> str:
+        """The status page of ``replica``."""
+        port = self.xdsd[replica].admin_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            return str(r.read().decode())
+
     def clients(self, replica: str) -> set[str]:
         clients = self.xdsd[replica].admin("/debug/clients")
         return {c["node_id"] for c in clients if c["connected"]}
@@ -354,6 +371,12 @@ def test_a_replica_stopped_gracefully_leaves_its_workloads_to_the_others(
     wait_until(lambda: names <= set(world.registered("r1")), what="r1 sees them")
     world.caller()
     wait_until(lambda: world.ask() == 200, what="the caller to reach api through r1")
+    # which replica holds each, as r1 shows it: xdsd status, the status page, config_dump
+    shown = world.status("r1")
+    assert "node api-1 (connected, registered" in shown and "held by replica r2)" in shown
+    assert "<td>r2</td>" in world.page("r1")
+    dump = world.xdsd["r2"].admin("/debug/config_dump?node=api-1")
+    assert [r["replica"] for r in dump["registrations"]] == ["r2"]
     with Traffic(world) as traffic:
         traffic.more()
         assert traffic.fewest == 2
@@ -380,6 +403,9 @@ def test_a_replica_stopped_gracefully_leaves_its_workloads_to_the_others(
     # lapses after the grace: no lease is left but r1's
     wait_until(lambda: world.etcd.leases() == r1_lease, timeout=GRACE + 10, what="r2's leases")
     assert len(world.registered("r1")) == 2
+    dump = world.xdsd["r1"].admin("/debug/config_dump?node=api-2")
+    assert [r["replica"] for r in dump["registrations"]] == ["r1"]
+    assert "held by replica r2" not in world.status("r1")
 
 
 def test_a_failing_probe_takes_a_workload_out_of_every_callers_endpoints(
