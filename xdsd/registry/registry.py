@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -51,6 +52,8 @@ from xdsd.registry.views import registrations_json
 log = logging.getLogger(__name__)
 
 _NOWHERE = Locality()
+#: Store writes at once (of different keys) when flushing.
+WRITES_AT_ONCE = 32
 #: The label whose value names the service a group's workloads serve.
 SERVICE_LABEL = "app"
 
@@ -201,21 +204,31 @@ class Registry:
         return None
 
     async def flush(self) -> None:
-        """Write every pending change to the store, in order of arrival. A write the
-        store cannot take now stays pending (StoreUnavailable: the next wake-up retries)."""
+        """Write every pending change to the store, in order of arrival, up to
+        ``WRITES_AT_ONCE`` keys at a time (a key has one pending write, so each key's
+        writes stay in order; etcd's latency is paid once per batch, not per write). A
+        write the store cannot take now stays pending (StoreUnavailable: the next
+        wake-up retries)."""
         while self._pending:
-            key = next(iter(self._pending))
-            registration = self._pending[key]
-            try:
-                if registration is None:
-                    await self.store.delete(key)
-                else:
-                    await self.store.put(registration)
-            except StoreUnavailable as e:
-                self._write_failed(key, e)
+            batch = list(itertools.islice(self._pending.items(), WRITES_AT_ONCE))
+            results = await asyncio.gather(
+                *(self._store_write(key, registration) for key, registration in batch),
+                return_exceptions=True,
+            )
+            failed: tuple[str, StoreUnavailable] | None = None
+            error: BaseException | None = None
+            for (key, registration), result in zip(batch, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    failed = failed or (key, result)
+                elif isinstance(result, BaseException):
+                    error = error or result
+                elif self._pending.get(key) is registration:
+                    del self._pending[key]
+            if error is not None:
+                raise error
+            if failed is not None:
+                self._write_failed(*failed)
                 return
-            if self._pending.get(key) is registration:
-                del self._pending[key]
         if self._failing_since is not None:
             log.warning(
                 "registry: the store takes writes again after %.1f s (%d attempts failed "
@@ -225,6 +238,12 @@ class Registry:
             )
             self._failing_since = None
             self._failing_attempts = 0
+
+    async def _store_write(self, key: str, registration: Registration | None) -> None:
+        if registration is None:
+            await self.store.delete(key)
+        else:
+            await self.store.put(registration)
 
     def _write_failed(self, key: str, error: StoreUnavailable) -> None:
         """Count a failed write; warn only on the first of a run of them."""
