@@ -458,3 +458,42 @@ def test_disconnected_and_absent_proxies_are_listed_and_counted() -> None:
         "ago": None,
     }
     assert as_json["proxies"][0]["agent"] == "envoy 1.40.0"
+
+
+def test_registered_workloads_say_since_when_and_which_replica_holds_them() -> None:
+    """Each registered workload: its group, address, node, state, since when, health and
+    the replica holding it (``/debug/registrations`` of a replica shows every replica's)."""
+    view = {
+        "replica": "xdsd-a",
+        "registrations": [
+            {
+                "namespace": "default",
+                "group": "api",
+                "address": "10.0.0.7",
+                "node": "api-7",
+                "since": 1000.0,
+                "disconnected": 0,
+                "health": "HEALTHY",
+                "replica": "xdsd-b",
+            },
+            {
+                "namespace": "default",
+                "group": "api",
+                "address": "10.0.0.8",
+                "node": "api-8",
+                "since": 1000.0,
+                "disconnected": 1290.0,
+                "health": "UNKNOWN",
+                "replica": "xdsd-a",
+            },
+        ],
+    }
+    text = render_table(summarize([], [], now=1300.0, registrations=view))
+    assert (
+        "default/api 10.0.0.7 node api-7 (connected, registered 5m0s ago, HEALTHY, held by "
+        "replica xdsd-b)"
+    ) in text, text
+    assert (
+        "api-8 (left, in its grace period, registered 5m0s ago, UNKNOWN, held by replica xdsd-a)"
+        in text
+    )

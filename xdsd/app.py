@@ -94,7 +94,12 @@ def registration_store(settings: RegistrySettings) -> RegistrationStore:
     (``settings.replica`` names this one); else in this daemon (``MemoryStore``)."""
     if settings.etcd is None:
         return MemoryStore()
-    return EtcdStore(settings.etcd, settings.replica, max_keys=settings.max_registrations)
+    return EtcdStore(
+        settings.etcd,
+        settings.replica,
+        max_keys=settings.max_registrations,
+        handover=settings.grace.total_seconds(),
+    )
 
 
 #: What other modules, tests and benchmarks import from here (``MeshState`` and its limits

@@ -187,6 +187,8 @@ class Status:
     expected: int | None = None
     #: The registered workloads (``/debug/registrations``' items, as they came).
     registrations: tuple[dict[str, Any], ...] = ()
+    #: The daemon's clock when read (seconds since the epoch; 0: unknown), for "since".
+    now: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -407,6 +409,7 @@ def summarize(
         absent=_absent(expected, now),
         expected=expected.get("expected") if isinstance(expected, dict) else None,
         registrations=_registrations(registrations),
+        now=now,
     )
 
 
@@ -650,9 +653,13 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
         for r in status.registrations:
             left = r.get("disconnected") or 0
             state = "connected" if not left else "left, in its grace period"
+            since = r.get("since")
+            if status.now and isinstance(since, int | float) and since > 0:
+                ago = status.now - since
+                state += f", registered {duration_text(ago) if ago >= 1 else '0s'} ago"
             lines.append(
                 f"  {r.get('namespace')}/{r.get('group')} {r.get('address')} "
-                f"node {r.get('node')} ({state}, {r.get('health')}, replica "
+                f"node {r.get('node')} ({state}, {r.get('health')}, held by replica "
                 f"{r.get('replica')})"
             )
     for problem in status.errors:

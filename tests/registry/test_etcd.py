@@ -149,6 +149,71 @@ def test_close_revokes_and_a_killed_replica_goes_with_its_lease(etcd: Etcd) -> N
     run(scenario())
 
 
+def test_a_graceful_close_hands_registrations_over_for_the_grace(etcd: Etcd) -> None:
+    """close() with a handover: a's registrations stay (marked disconnected) under a
+    lease of the handover, a's own lease is revoked; b takes one over as its workload
+    reconnects there, the other leaves when the handover lease lapses."""
+
+    async def scenario() -> None:
+        a = EtcdStore(settings(etcd.url, ttl=10), "a", handover=2.0)
+        await a.start(lambda: None)
+        b, _ = await started(etcd, "b")
+        try:
+            await a.put(reg("10.0.0.1"))
+            await a.put(reg("10.0.0.2"))
+            await eventually(lambda: len(b.current()) == 2, what="b sees a's")
+            lease_a = a.lease
+            await a.close()
+            closed = time.monotonic()
+            assert lease_a not in etcd.leases()
+            keys = etcd.keys(KEYS)
+            assert len(keys) == 2
+            assert all(v["disconnected"] > 0 and v["replica"] == "a" for v, _ in keys.values())
+            (handover,) = {lease for _, lease in keys.values()}
+            assert handover in etcd.leases() and handover != lease_a
+            assert a.counts["handed_over"] == 2 and not a.counts["lease_left"]
+            await asyncio.sleep(0.3)
+            assert len(b.current()) == 2  # nothing left b's view: no flap
+            await b.put(reg("10.0.0.1", replica="b"))  # its workload registered on b
+            await eventually(lambda: len(b.current()) == 1, timeout=10, what="the lapse")
+            assert time.monotonic() - closed > 1.0  # not before the handover (2 s)
+            assert b.current()["default/api/10.0.0.1"].replica == "b"
+            assert etcd.leases() == {b.lease}
+        finally:
+            await b.close()
+        assert etcd.leases() == set()
+
+    run(scenario())
+
+
+def test_a_disconnected_write_takes_no_key_over(etcd: Etcd) -> None:
+    """A workload left replica a and registered on b: a's late write of it as
+    disconnected (or a's probe verdict on it) leaves b's registration alone, and a lets
+    the key go; a's own disconnected writes still land."""
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, _ = await started(etcd, "b")
+        try:
+            await a.put(reg("10.0.0.1"))
+            await a.put(reg("10.0.0.2"))
+            await b.put(reg("10.0.0.1", replica="b"))
+            await a.put(reg("10.0.0.1", disconnected=2000.0))
+            await a.put(reg("10.0.0.2", disconnected=2000.0))
+            keys = etcd.keys(KEYS)
+            value, lease = keys[KEYS + "default/api/10.0.0.1"]
+            assert (value["replica"], value["disconnected"], lease) == ("b", 0.0, b.lease)
+            value, lease = keys[KEYS + "default/api/10.0.0.2"]
+            assert (value["disconnected"], lease) == (2000.0, a.lease)
+            assert set(a.held()) == {"default/api/10.0.0.2"}
+            await eventually(lambda: a.current()["default/api/10.0.0.1"].replica == "b")
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+
+
 def test_a_moved_workload_is_not_deleted_by_its_old_replica(etcd: Etcd) -> None:
     async def scenario() -> None:
         a, _ = await started(etcd, "a")

@@ -5,14 +5,15 @@ stale, and ``set_health``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
 
 from xdsd.model.networking import WorkloadEndpoint, WorkloadGroup
-from xdsd.model.registrations import Health, RegistrySettings
+from xdsd.model.registrations import Health, Registration, RegistrySettings
 from xdsd.registry.registry import Claim, RegistrationRefused, Registry
-from xdsd.registry.store import MemoryStore
+from xdsd.registry.store import MemoryStore, StoreUnavailable
 
 GROUPS = {
     ("default", "api"): WorkloadGroup("api", labels=(("app", "api"),)),
@@ -214,3 +215,65 @@ def test_the_run_task_expires_on_time() -> None:
         assert changes[0] == 1 and changes[-1] == 0
 
     asyncio.run(scenario())
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore whose writes fail while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def put(self, registration: Registration) -> None:
+        if self.down:
+            raise StoreUnavailable("etcd unreachable since ...")
+        await super().put(registration)
+
+    async def delete(self, key: str) -> None:
+        if self.down:
+            raise StoreUnavailable("etcd unreachable since ...")
+        await super().delete(key)
+
+
+def test_an_unavailable_store_is_one_warning_and_one_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pending writes retried while the store is down: one warning when it starts
+    failing, one line when every waiting write went through — not one per attempt — and
+    the attempts and waiting writes counted for the metrics."""
+    clock = Clock()
+    store = FlakyStore()
+    r = Registry(
+        RegistrySettings(grace=timedelta(seconds=10), replica="r1"),
+        store,
+        groups=lambda ns, name: GROUPS.get((ns, name)),
+        clock=clock,
+    )
+    store.down = True
+    for n in range(5):
+        r.attach(claim(f"10.0.0.{n + 1}", node=f"n{n}"))
+    caplog.set_level(logging.INFO, logger="xdsd.registry.registry")
+
+    async def attempts(n: int) -> None:
+        for _ in range(n):
+            await r.flush()
+            clock.now += 0.5
+
+    asyncio.run(attempts(20))
+    warnings = [m for m in caplog.records if m.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [m.getMessage() for m in warnings]
+    assert "cannot take writes" in warnings[0].getMessage()
+    assert "5 kept pending" in warnings[0].getMessage()
+    assert r.counts()["store_failures"] == 20 and r.counts()["pending"] == 5
+    assert store.current() == {}
+    store.down = False
+    asyncio.run(attempts(3))
+    warnings = [m for m in caplog.records if m.levelno >= logging.WARNING]
+    assert len(warnings) == 2
+    assert "takes writes again after 10.0 s (20 attempts failed" in warnings[1].getMessage()
+    assert len(store.current()) == 5 and r.counts()["pending"] == 0
+    # a second outage warns again, once
+    store.down = True
+    r.attach(claim("10.0.0.9", node="n9"))
+    asyncio.run(attempts(4))
+    assert len([m for m in caplog.records if m.levelno >= logging.WARNING]) == 3

@@ -275,6 +275,18 @@ class _Registrations(Collector):
         )
         held.add_metric([], counts.get("held", 0))
         yield held
+        failures = CounterMetricFamily(
+            "xdsd_registry_write_failures",
+            "Registration writes the store could not take (each attempt; retried).",
+        )
+        failures.add_metric([], counts.get("store_failures", 0))
+        yield failures
+        pending = GaugeMetricFamily(
+            "xdsd_registry_writes_pending",
+            "Registration changes waiting to be written to the store (etcd unreachable).",
+        )
+        pending.add_metric([], counts.get("pending", 0))
+        yield pending
 
 
 class _StoreFigures(Collector):
@@ -296,7 +308,7 @@ class _StoreFigures(Collector):
         events = CounterMetricFamily(
             "xdsd_registry_store_events",
             "Registration store events (unreachable, resync, lease_granted, lease_lost, "
-            "value_skipped, key_skipped, error).",
+            "value_skipped, key_skipped, error, handed_over, lease_left).",
             labels=["event"],
         )
         for event, n in sorted(counts.items()):

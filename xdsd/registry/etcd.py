@@ -11,7 +11,13 @@ etcd deletes its registrations one TTL later. A lease found lost (expired while 
 replica could not reach etcd) is granted again and this replica's registrations written
 again — each only if no other replica took its key meanwhile (a workload that moved).
 ``delete`` removes a key only while it is under this replica's lease, so a replica whose
-workload moved never deletes the new holder's registration. ``close`` revokes the lease.
+workload moved never deletes the new holder's registration, and a disconnected
+registration (a workload that left, perhaps for another replica) is written only where no
+other replica holds its key. A graceful stop (``close``) does not delete this replica's
+registrations — that would take its workloads out of every caller's endpoints until they
+register elsewhere, a flap — but hands them, marked disconnected, to a lease of the
+grace period, and revokes its own: other replicas keep them until their workloads
+register there (taking the keys over) or the grace runs out (the lease lapses).
 
 What every replica sees (``current``) is one range of the prefix (in pages, at one
 revision) followed by a watch from that revision; a broken watch, a compacted revision
@@ -39,10 +45,12 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -78,7 +86,11 @@ EVENTS = (
     "value_skipped",
     "key_skipped",
     "error",
+    "handed_over",
+    "lease_left",
 )
+#: The longest a graceful stop spends handing registrations over (``close``).
+HANDOVER_SECONDS = 3.0
 
 
 class EtcdError(Exception):
@@ -207,7 +219,9 @@ def _reason(error: BaseException) -> str:
 class EtcdStore:
     """The shared store (see the module doc). ``replica`` is this daemon's name among
     replicas (written in each registration it holds); ``max_keys`` bounds what is read
-    and what this replica may hold; ``clock`` gives wall-clock seconds (``state``)."""
+    and what this replica may hold; ``handover`` is how long a graceful stop leaves its
+    registrations to the others (the registry's grace, seconds; 0: they leave at once);
+    ``clock`` gives wall-clock seconds (``state``, the handover's ``disconnected``)."""
 
     def __init__(
         self,
@@ -216,6 +230,7 @@ class EtcdStore:
         *,
         max_keys: int = 10_000,
         max_value_bytes: int = MAX_VALUE_BYTES,
+        handover: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not settings.endpoints:
@@ -225,6 +240,9 @@ class EtcdStore:
         self.max_keys = max_keys
         self.max_value_bytes = max_value_bytes
         self.clock = clock
+        #: Seconds a graceful stop leaves this replica's registrations to the others
+        #: (the registry's grace; ``close``).
+        self.handover = handover
         base = settings.prefix.rstrip("/") + "/registrations/"
         self._prefix = base.encode()
         self._end = prefix_end(self._prefix)
@@ -278,8 +296,13 @@ class EtcdStore:
             log.warning("registrations: etcd not reached yet: %s", self._reason)
 
     async def close(self) -> None:
-        """Stop the background task and revoke the lease (this replica's registrations
-        leave etcd at once); etcd unreachable: they leave when the lease expires."""
+        """Stop the background task and hand this replica's registrations over (a graceful
+        stop, see ``_hand_over``): they stay for the other replicas until their workloads
+        register again elsewhere or ``handover`` seconds pass, then etcd deletes them with
+        the handover lease. Without registrations, or with ``handover`` 0, the lease is
+        revoked (they leave at once). etcd unreachable, or the handover not finished in
+        ``HANDOVER_SECONDS``: the lease is left to lapse one TTL later. No lease outlives
+        its TTL: none is leaked."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -287,18 +310,70 @@ class EtcdStore:
                 await self._task
         if self._lease and self._gateway is not None:
             try:
-                await self._gateway.call("/v3/lease/revoke", {"ID": str(self._lease)})
-            except EtcdError as e:
+                async with asyncio.timeout(HANDOVER_SECONDS):
+                    handed = await self._hand_over()
+                    if handed:
+                        await self._gateway.call("/v3/lease/revoke", {"ID": str(self._lease)})
+            except (EtcdError, TimeoutError) as e:
+                handed = False
                 log.warning(
-                    "registrations: lease not revoked (it expires in %ss): %s", self._ttl, e
+                    "registrations: lease %x left to expire in %ss: %s",
+                    self._lease,
+                    self._ttl,
+                    _reason(e),
                 )
+            if not handed:
+                self.counts["lease_left"] += 1
             self._lease = 0
         if self._session is not None:
             await self._session.close()
 
+    async def _hand_over(self) -> bool:
+        """Move this replica's registrations to a lease of ``handover`` seconds, each marked
+        disconnected and only while it is under this replica's lease (one another replica
+        took is its now); True when every one was moved or taken (the old lease can go).
+        Raises EtcdError."""
+        own = dict(self._own)
+        if not own or self.handover <= 0:
+            return True
+        ttl = max(1, math.ceil(self.handover))
+        answer = await self._call("/v3/lease/grant", {"TTL": str(ttl)})
+        lease = int(answer.get("ID", 0))
+        if not lease:
+            raise EtcdError(f"handover lease not granted: {answer.get('error', answer)}")
+        now = self.clock()
+
+        async def move(key: str, registration: Registration) -> bool:
+            if not registration.disconnected:
+                registration = replace(registration, disconnected=now)
+            raw = _b64(self._etcd_key(key))
+            value = _b64(codec.encode(registration))
+            mine = {"key": raw, "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
+            put = {"request_put": {"key": raw, "value": value, "lease": str(lease)}}
+            moved = await self._call("/v3/kv/txn", {"compare": [mine], "success": [put]})
+            return bool(moved.get("succeeded"))
+
+        moved = 0
+        items = sorted(own.items())
+        while items:
+            batch, items = items[:MAX_IN_FLIGHT], items[MAX_IN_FLIGHT:]
+            moved += sum(await asyncio.gather(*(move(k, r) for k, r in batch)))
+        self.counts["handed_over"] += moved
+        log.info(
+            "registrations: %d of this replica's %d registrations handed to lease %x: kept "
+            "%ss for the other replicas unless their workloads register there",
+            moved,
+            len(own),
+            lease,
+            ttl,
+        )
+        return True
+
     async def put(self, registration: Registration) -> None:
-        """Write ``registration`` under this replica's lease (it holds it from now on,
-        even if another replica did). Raises StoreUnavailable when etcd cannot take it
+        """Write ``registration`` under this replica's lease: a connected one always (it
+        holds it from now on, even if another replica did), a disconnected one only
+        unless another replica holds the key now (its workload moved there: this replica
+        lets it go, ``_put_unless_taken``). Raises StoreUnavailable when etcd cannot take it
         now: it is kept (and seen by this replica) and written when etcd returns — or,
         without keeping it, when this replica already holds ``max_keys`` registrations.
         Raises ValueError for a registration whose value is over ``max_value_bytes``."""
@@ -321,6 +396,11 @@ class EtcdStore:
                 self._overlaid(key, None, registration)
                 raise StoreUnavailable(self._unreachable_text())
             try:
+                if registration.disconnected:
+                    # a workload that left takes no key over: it may have moved
+                    await self._put_unless_taken(key, registration)
+                    self._unsynced.discard(key)
+                    return
                 revision = await self._write(key, value)
             except EtcdError as e:
                 self._unsynced.add(key)
@@ -379,6 +459,17 @@ class EtcdStore:
     def held(self) -> Mapping[str, Registration]:
         """The registrations this replica holds (its own writes)."""
         return MappingProxyType(dict(self._own))
+
+    def bookkeeping(self) -> dict[str, int]:
+        """How many entries the store's own maps hold (the view aside): this replica's
+        registrations (``own``), writes not yet seen through the watch (``overlay``),
+        per-key locks (``locks``) and writes waiting for etcd (``waiting``)."""
+        return {
+            "own": len(self._own),
+            "overlay": len(self._overlay),
+            "locks": len(self._locks),
+            "waiting": len(self._unsynced) + len(self._doomed) + len(self._restoring),
+        }
 
     @property
     def lease(self) -> int:
@@ -558,46 +649,47 @@ class EtcdStore:
         """Write this replica's ``key`` again after a lost lease, unless another replica
         holds it now (then it is no longer this replica's)."""
         registration = self._own.get(key)
-        if registration is None:
-            return
+        if registration is not None:
+            await self._put_unless_taken(key, registration)
+
+    async def _put_unless_taken(self, key: str, registration: Registration) -> bool:
+        """Write ``registration`` under this replica's lease if the key is under it, absent,
+        or holds this replica's own registration (written under a lease since lost);
+        else another replica holds it now: this replica lets the key go (no longer its
+        own, its overlay dropped) and False. Raises EtcdError."""
         raw = _b64(self._etcd_key(key))
         value = _b64(codec.encode(registration))
         put = {"request_put": {"key": raw, "value": value, "lease": str(self._lease)}}
+        mine = {"key": raw, "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
         answer = await self._call(
             "/v3/kv/txn",
-            {
-                "compare": [{"key": raw, "target": "VERSION", "result": "EQUAL", "version": "0"}],
-                "success": [put],
-                "failure": [{"request_range": {"key": raw}}],
-            },
+            {"compare": [mine], "success": [put], "failure": [{"request_range": {"key": raw}}]},
         )
-        if answer.get("succeeded"):
-            self._overlaid(key, _revision(answer), registration)
-            return
-        responses = answer.get("responses") or [{}]
-        kvs = responses[0].get("response_range", {}).get("kvs") or [{}]
-        holder = self._decode(key, kvs[0].get("value"), log_skip=False)
-        if holder is not None and holder.replica == self.replica:
-            mod = str(kvs[0].get("mod_revision", "0"))
-            answer = await self._call(
-                "/v3/kv/txn",
-                {
-                    "compare": [
-                        {"key": raw, "target": "MOD", "result": "EQUAL", "mod_revision": mod}
-                    ],
-                    "success": [put],
-                },
-            )
-            if answer.get("succeeded"):
-                self._overlaid(key, _revision(answer), registration)
-                return
-        log.info(
-            "registrations: %s is held by replica %s now; this replica lets it go",
-            key,
-            holder.replica if holder else "(unreadable)",
-        )
-        self._own.pop(key, None)
-        self._unlaid(key)
+        if not answer.get("succeeded"):
+            responses = answer.get("responses") or [{}]
+            kvs = responses[0].get("response_range", {}).get("kvs") or []
+            if not kvs:
+                absent = {"key": raw, "target": "VERSION", "result": "EQUAL", "version": "0"}
+                answer = await self._call("/v3/kv/txn", {"compare": [absent], "success": [put]})
+                holder = None
+            else:
+                holder = self._decode(key, kvs[0].get("value"), log_skip=False)
+                if holder is not None and holder.replica == self.replica:
+                    mod = str(kvs[0].get("mod_revision", "0"))
+                    same = {"key": raw, "target": "MOD", "result": "EQUAL", "mod_revision": mod}
+                    answer = await self._call("/v3/kv/txn", {"compare": [same], "success": [put]})
+            if not answer.get("succeeded"):
+                log.info(
+                    "registrations: %s is held by replica %s now; this replica lets it go",
+                    key,
+                    holder.replica if holder else "(another)",
+                )
+                if self._own.get(key) is registration:
+                    self._own.pop(key, None)
+                self._unlaid(key)
+                return False
+        self._overlaid(key, _revision(answer), registration)
+        return True
 
     async def _flush(self) -> None:
         """Write what waits: deletes, then puts etcd did not take, then the keys of a lost
@@ -629,7 +721,9 @@ class EtcdStore:
     async def _flush_put(self, key: str) -> None:
         async with self._locked(key):
             registration = self._own.get(key)
-            if registration is not None:
+            if registration is not None and registration.disconnected:
+                await self._put_unless_taken(key, registration)
+            elif registration is not None:
                 revision = await self._write(key, codec.encode(registration))
                 self._overlaid(key, revision, registration)
 

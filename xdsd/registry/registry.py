@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -51,6 +52,8 @@ from xdsd.registry.views import registrations_json
 log = logging.getLogger(__name__)
 
 _NOWHERE = Locality()
+#: Store writes at once (of different keys) when flushing.
+WRITES_AT_ONCE = 32
 #: The label whose value names the service a group's workloads serve.
 SERVICE_LABEL = "app"
 
@@ -144,7 +147,15 @@ class Registry:
         self.registered_total = 0
         self.expired_total = 0
         self.refused: Counter[str] = Counter()
+        #: Writes the store could not take (each attempt; retried every 0.5 s).
         self.store_failures = 0
+        #: Errors of the background task (logged; it kept going).
+        self.internal_errors = 0
+        #: When the store last became unable to take writes (None: it takes them), and
+        #: the failed attempts since: one warning on entering that state, one summary
+        #: on leaving it (``flush``), however long it lasts.
+        self._failing_since: float | None = None
+        self._failing_attempts = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -172,7 +183,7 @@ class Registry:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.store_failures += 1
+                self.internal_errors += 1
                 log.exception("registry: internal error (kept going)")
             timeout = self._next_deadline()
             self._wake.clear()
@@ -193,22 +204,60 @@ class Registry:
         return None
 
     async def flush(self) -> None:
-        """Write every pending change to the store, in order of arrival. A write the
-        store cannot take now stays pending (StoreUnavailable: the next wake-up retries)."""
+        """Write every pending change to the store, in order of arrival, up to
+        ``WRITES_AT_ONCE`` keys at a time (a key has one pending write, so each key's
+        writes stay in order; etcd's latency is paid once per batch, not per write). A
+        write the store cannot take now stays pending (StoreUnavailable: the next
+        wake-up retries)."""
         while self._pending:
-            key = next(iter(self._pending))
-            registration = self._pending[key]
-            try:
-                if registration is None:
-                    await self.store.delete(key)
-                else:
-                    await self.store.put(registration)
-            except StoreUnavailable as e:
-                self.store_failures += 1
-                log.warning("registry: store unavailable, %s kept pending: %s", key, e)
+            batch = list(itertools.islice(self._pending.items(), WRITES_AT_ONCE))
+            results = await asyncio.gather(
+                *(self._store_write(key, registration) for key, registration in batch),
+                return_exceptions=True,
+            )
+            failed: tuple[str, StoreUnavailable] | None = None
+            error: BaseException | None = None
+            for (key, registration), result in zip(batch, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    failed = failed or (key, result)
+                elif isinstance(result, BaseException):
+                    error = error or result
+                elif self._pending.get(key) is registration:
+                    del self._pending[key]
+            if error is not None:
+                raise error
+            if failed is not None:
+                self._write_failed(*failed)
                 return
-            if self._pending.get(key) is registration:
-                del self._pending[key]
+        if self._failing_since is not None:
+            log.warning(
+                "registry: the store takes writes again after %.1f s (%d attempts failed "
+                "meanwhile); every waiting write is written",
+                max(0.0, self.clock() - self._failing_since),
+                self._failing_attempts,
+            )
+            self._failing_since = None
+            self._failing_attempts = 0
+
+    async def _store_write(self, key: str, registration: Registration | None) -> None:
+        if registration is None:
+            await self.store.delete(key)
+        else:
+            await self.store.put(registration)
+
+    def _write_failed(self, key: str, error: StoreUnavailable) -> None:
+        """Count a failed write; warn only on the first of a run of them."""
+        self.store_failures += 1
+        self._failing_attempts += 1
+        if self._failing_since is None:
+            self._failing_since = self.clock()
+            log.warning(
+                "registry: the store cannot take writes (%s): %d kept pending (%s first), "
+                "retried every 0.5 s; one line more when they are written",
+                error,
+                len(self._pending),
+                key,
+            )
 
     def _write(self, key: str, registration: Registration | None) -> None:
         self._pending.pop(key, None)  # to the end: writes keep their order
@@ -391,8 +440,10 @@ class Registry:
     def counts(self) -> dict[str, Any]:
         """What the metrics export: ``registered``, ``expired``, ``refused`` (by
         reason), ``current`` (the store's), ``held`` (this replica's),
-        ``store_failures``."""
+        ``store_failures`` (write attempts the store refused), ``pending`` (writes
+        waiting for the store)."""
         return {
+            "pending": len(self._pending),
             "registered": self.registered_total,
             "expired": self.expired_total,
             "refused": dict(self.refused),
@@ -402,8 +453,29 @@ class Registry:
         }
 
     def view(self) -> dict[str, Any]:
-        """``/debug/registrations`` (``views.registrations_json``)."""
-        return registrations_json(self.replica, self.store.current().values(), self.connected)
+        """``/debug/registrations`` (``views.registrations_json``), with ``bookkeeping``."""
+        view = registrations_json(self.replica, self.store.current().values(), self.connected)
+        view["bookkeeping"] = self.bookkeeping()
+        return view
+
+    def bookkeeping(self) -> dict[str, int]:
+        """How many entries the registry's internal maps hold (``held``, ``streams``,
+        ``deadlines``, ``pending``), its store's (``store_*``, when the store tells) and
+        the event loop's tasks (``tasks``, when called on it): all bounded by what is
+        registered and connected now, so a flood of connections that ended leaves them
+        as they were before it."""
+        sizes = {
+            "held": len(self._held),
+            "streams": len(self._streams),
+            "deadlines": len(self._deadlines),
+            "pending": len(self._pending),
+        }
+        store_sizes = getattr(self.store, "bookkeeping", None)
+        if callable(store_sizes):
+            sizes.update({f"store_{k}": int(v) for k, v in store_sizes().items()})
+        with contextlib.suppress(RuntimeError):  # no running loop
+            sizes["tasks"] = len(asyncio.all_tasks())
+        return sizes
 
     def connected(self, key: str) -> bool:
         """True while a stream of this replica holds ``key``."""

@@ -32,8 +32,9 @@ class RegistrationStore(Protocol):
         event loop, after every change of ``current()``."""
 
     async def close(self) -> None:
-        """Stop; this replica's registrations are released (an etcd store revokes its
-        lease)."""
+        """Stop. The embedded store forgets its registrations; a shared one leaves this
+        replica's to the other replicas for the grace (an etcd store hands them to a
+        lease that lapses), so that a graceful stop is no endpoint flap."""
 
     async def put(self, registration: Registration) -> None:
         """Add or replace a registration held by this replica. Raises StoreUnavailable

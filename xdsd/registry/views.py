@@ -5,7 +5,9 @@ The view is ``{"replica": NAME, "registrations": [ITEM, ...]}``, each item
 ``{"key", "namespace", "group", "address", "node", "labels", "locality", "replica",
 "since", "disconnected", "connected", "health"}`` (times in seconds since the epoch;
 ``disconnected`` 0 while connected; ``connected``: a stream of the answering replica
-holds it). ``parse_registrations`` reads back what it needs of that, checked.
+holds it); the registry adds ``bookkeeping`` (``Registry.bookkeeping``: the sizes of its
+internal maps), which nothing reads back. ``parse_registrations`` reads back what it
+needs of that, checked.
 """
 
 from __future__ import annotations

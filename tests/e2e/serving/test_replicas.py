@@ -4,7 +4,9 @@ real traffic: the caller is connected to replica 1 and the api workloads to repl
 etcd stopped: both replicas keep serving (``/readyz`` 200 and ``degraded``, the metric
 at 0), a workload that joins replica 2 meanwhile reaches replica 1 once etcd is back.
 Replica 2 SIGKILLed: its workloads reconnect to replica 1 within the grace, traffic
-continues and the caller never loses an endpoint. At the end no lease is left."""
+continues and the caller never loses an endpoint. Replica 2 stopped gracefully (SIGTERM):
+its registrations stay until the workloads register on replica 1, no flap. At the end
+no lease is left."""
 
 from __future__ import annotations
 
@@ -161,6 +163,23 @@ class Replicas:
     def registered(self, replica: str) -> dict[str, dict[str, Any]]:
         view = self.xdsd[replica].admin("/debug/registrations")
         return {r["node"]: r for r in view["registrations"]}
+
+    def status(self, replica: str) -> str:
+        """``xdsd status`` against ``replica``."""
+        admin = f"127.0.0.1:{self.xdsd[replica].admin_port}"
+        done = subprocess.run(
+            [sys.executable, "-m", "xdsd.cli", "status", "--admin", admin],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout
+
+    def page(self, replica: str) -> str:
+        """The status page of ``replica``."""
+        port = self.xdsd[replica].admin_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            return str(r.read().decode())
 
     def clients(self, replica: str) -> set[str]:
         clients = self.xdsd[replica].admin("/debug/clients")
@@ -327,10 +346,66 @@ def test_replicas_share_registrations_fail_over_and_outlive_etcd(replicas: Repli
     assert reconnected < GRACE
     assert len(world.registered("r1")) == 3
 
-    # a graceful stop revokes the lease: nothing is left in etcd
+    # a graceful stop of the last replica: its registrations are handed to a lease of
+    # the grace (nobody takes them over), its own lease is revoked; after the grace
+    # nothing is left in etcd
     world.xdsd["r1"].stop()
-    assert world.etcd.leases() == set()
+    left = world.etcd.keys("/e2e/")
+    assert len(left) == 3 and all(value["disconnected"] for value, _ in left.values())
+    wait_until(lambda: world.etcd.leases() == set(), timeout=GRACE + 10, what="the lease")
     assert world.etcd.keys("/e2e/") == {}
+
+
+def test_a_replica_stopped_gracefully_leaves_its_workloads_to_the_others(
+    replicas: Replicas,
+) -> None:
+    """SIGTERM to replica 2, which holds the workloads: their registrations stay in etcd
+    (handed to a lease of the grace) until replica 1 takes them over as they reconnect,
+    so the caller (on replica 1) never loses an endpoint nor a request; afterwards no
+    lease is left but replica 1's."""
+    world = replicas
+    names = {"api-1", "api-2"}
+    world.workload("api-1", 1)
+    world.workload("api-2", 2)
+    wait_until(lambda: names <= world.clients("r2"), what="workloads on r2")
+    wait_until(lambda: names <= set(world.registered("r1")), what="r1 sees them")
+    world.caller()
+    wait_until(lambda: world.ask() == 200, what="the caller to reach api through r1")
+    # which replica holds each, as r1 shows it: xdsd status, the status page, config_dump
+    shown = world.status("r1")
+    assert "node api-1 (connected, registered" in shown and "held by replica r2)" in shown
+    assert "<td>r2</td>" in world.page("r1")
+    dump = world.xdsd["r2"].admin("/debug/config_dump?node=api-1")
+    assert [r["replica"] for r in dump["registrations"]] == ["r2"]
+    with Traffic(world) as traffic:
+        traffic.more()
+        assert traffic.fewest == 2
+        stopped = time.monotonic()
+        assert world.xdsd["r2"].stop() == 0  # SIGTERM: a graceful stop
+        wait_until(lambda: names <= world.clients("r1"), timeout=GRACE, what="reconnected")
+        moved = time.monotonic() - stopped
+        wait_until(
+            lambda: all(
+                r["replica"] == "r1" and r["connected"] for r in world.registered("r1").values()
+            ),
+            what="r1 holds them",
+        )
+        before = {n: world.served(n) for n in names}
+        wait_until(lambda: all(world.served(n) > before[n] for n in names), what="all serve")
+        traffic.more()
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.fewest == 2, "the caller lost an endpoint when r2 stopped"
+    print(f"workloads reconnected to r1 {moved:.2f} s after r2's SIGTERM")
+    keys = world.etcd.keys("/e2e/registrations/")
+    r1_lease = {lease for _, lease in keys.values()}
+    assert len(keys) == 2 and len(r1_lease) == 1
+    # r2's own lease was revoked once its keys were handed over; the handover lease
+    # lapses after the grace: no lease is left but r1's
+    wait_until(lambda: world.etcd.leases() == r1_lease, timeout=GRACE + 10, what="r2's leases")
+    assert len(world.registered("r1")) == 2
+    dump = world.xdsd["r1"].admin("/debug/config_dump?node=api-2")
+    assert [r["replica"] for r in dump["registrations"]] == ["r1"]
+    assert "held by replica r2" not in world.status("r1")
 
 
 def test_a_failing_probe_takes_a_workload_out_of_every_callers_endpoints(
