@@ -163,6 +163,11 @@ def test_tcp_probe_and_what_is_not_probed() -> None:
     run(scenario())
 
 
+def latest(reports: list[tuple[str, Health]]) -> dict[str, Health]:
+    """The last verdict reported for each key."""
+    return dict(reports)
+
+
 def test_initial_delay_timeout_and_bounded_concurrency(app: App) -> None:
     app.delay = 0.3
     probe = ReadinessProbe(
@@ -189,12 +194,12 @@ def test_initial_delay_timeout_and_bounded_concurrency(app: App) -> None:
         try:
             await eventually(lambda: app.requests > 0)
             assert time.monotonic() - began >= 0.9  # initialDelaySeconds
-            await eventually(lambda: len(reports) == 10, timeout=30)
-            assert {h for _, h in reports} == {Health.HEALTHY}
+            # every workload judged healthy (by its latest verdict: on a loaded machine
+            # one probe may time out first and recover at the next period)
+            await eventually(lambda: latest(reports) == dict.fromkeys(held, Health.HEALTHY), 30)
             assert 2 <= app.most_in_flight <= 3  # max_concurrent
-            app.delay = 1.5  # longer than timeoutSeconds
-            await eventually(lambda: len(reports) == 20, timeout=30)
-            assert {h for _, h in reports[10:]} == {Health.UNHEALTHY}
+            app.delay = 2.5  # well beyond timeoutSeconds
+            await eventually(lambda: latest(reports) == dict.fromkeys(held, Health.UNHEALTHY), 30)
         finally:
             await stopped(task)
 
