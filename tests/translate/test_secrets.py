@@ -223,3 +223,25 @@ def test_static_rendering_keeps_the_bytes_as_static_secrets(tmp_path: Path) -> N
     text = str(static["clusters"]) + str(static["listeners"])
     assert "sds_config" not in text and "filename" not in text
     assert client in text and gateway in text
+
+
+def test_a_gateway_api_secrets_certificate_pair_is_found() -> None:
+    """A Gateway API Secret's files are ``<secret>/NS/NAME/tls.crt`` (not absolute
+    paths): the pair is still split where both halves are loaded files."""
+    from xdsd.translate.secrets import Secrets, certificate_secret_name
+
+    files = {
+        "<secret>/default/a~b/tls.crt": b"chain",
+        "<secret>/default/a~b/tls.key": b"key",
+    }
+
+    class Files:
+        def certificate(self, path: str) -> bytes | None:
+            return files.get(path)
+
+    name = certificate_secret_name(*files)
+    found = Secrets(Files()).get(name)  # type: ignore[arg-type]
+    assert found is not None, name
+    assert found.message.tls_certificate.certificate_chain.inline_bytes == b"chain"
+    assert found.message.tls_certificate.private_key.inline_bytes == b"key"
+    assert Secrets(Files()).get(name.replace("tls.key", "other")) is None  # type: ignore[arg-type]

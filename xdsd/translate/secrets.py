@@ -152,10 +152,11 @@ class Secrets:
             return secret
         if not name.startswith(CERTIFICATE_PREFIX):
             return None
-        # Paths are absolute: the key's starts at a "~/"; the split whose both halves
-        # are loaded files is the one (a path may hold "~/" itself).
+        # The key's path starts after a "~" (an absolute path, or a Gateway API Secret's
+        # "<secret>/..."); the split whose both halves are loaded files is the one (a
+        # path may hold "~" itself).
         paths = name[len(CERTIFICATE_PREFIX) :]
-        at = paths.find("~/")
+        at = paths.find("~")
         while at >= 0:
             chain = self._files.certificate(paths[:at])
             private = self._files.certificate(paths[at + 1 :])
@@ -163,7 +164,7 @@ class Secrets:
                 secret.tls_certificate.certificate_chain.inline_bytes = chain
                 secret.tls_certificate.private_key.inline_bytes = private
                 return secret
-            at = paths.find("~/", at + 1)
+            at = paths.find("~", at + 1)
         return None
 
 

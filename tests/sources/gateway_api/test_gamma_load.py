@@ -91,7 +91,7 @@ def test_an_istio_virtual_service_for_the_same_service_refuses_the_load(tmp_path
     (error,) = refused.value.problems
     assert str(error) == (
         f"{config}/vs.yaml:7: hosts[0]: Service default/reviews is routed both by HTTPRoute "
-        f"default/reviews-canary ({config}/route.yaml:1) and by VirtualService 'reviews'; "
+        f"default/reviews-canary ({config}/route.yaml:7) and by VirtualService 'reviews'; "
         "route a service with the Gateway API or with a VirtualService, not both"
     )
 
@@ -111,10 +111,10 @@ def test_validate_prints_each_condition_not_met_and_a_summary(
     config = _config(tmp_path, broken=broken, second=second)
     assert main(["validate", str(config)]) == 0
     out, err = capsys.readouterr()
-    assert f"{config}/broken.yaml:1: HTTPRoute default/reviews-canary: parentRefs[0]: " in err
+    assert f"{config}/broken.yaml:7: HTTPRoute default/reviews-canary: parentRefs[0]: " in err
     assert "Accepted=False NoMatchingParent: no Service default/nope" in err
     assert (
-        f"{config}/second.yaml:1: HTTPRoute default/other: parentRefs[0]: "
+        f"{config}/second.yaml:7: HTTPRoute default/other: parentRefs[0]: "
         "ResolvedRefs=False BackendNotFound: " in err
     )
     assert out.splitlines()[-1] == "Gateway API status: 2 objects, 3 conditions, 2 not met"

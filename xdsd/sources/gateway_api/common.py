@@ -6,7 +6,7 @@ each problem at its field through ``Fields``. Pure: no I/O."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from xdsd.model.gateway_api import (
     ObjectRef,
     StringMatch,
 )
+from xdsd.model.service import FieldLines
 
 T = TypeVar("T")
 
@@ -344,3 +345,41 @@ def file_ref(f: Fields) -> ObjectRef | None:
         f.error("name", "must be a file path")
         return None
     return ObjectRef(path, FILE_REF_KIND, FILE_REF_GROUP) if path else None
+
+
+def item_lines(
+    spec: Fields, lists: Sequence[tuple[str, int, tuple[tuple[str, int], ...]]]
+) -> FieldLines:
+    """The lines of the items of ``spec``'s lists, as conditions' scopes and warnings
+    name them: for each ``(key, limit, nested)``, ``key[N]`` for the first ``limit``
+    items of the list ``key``, and for each ``(inner, inner_limit)`` of ``nested``,
+    ``key[N].inner[M]`` (``parentRefs[0]``, ``rules[1].backendRefs[0]``). Bounded by the
+    limits (the parsers refuse longer lists); a list absent or malformed gives none."""
+    doc, base = spec.report.doc, spec.report.base
+    out: list[tuple[str, int]] = []
+    for key, limit, nested in lists:
+        items = spec.data.get(key)
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items[:limit]):
+            out.append((f"{key}[{i}]", doc.line_of((*base, *spec.path, key, i))))
+            for inner, inner_limit in nested:
+                found = item.get(inner) if isinstance(item, dict) else None
+                for j in range(min(len(found), inner_limit) if isinstance(found, list) else 0):
+                    path = (*base, *spec.path, key, i, inner, j)
+                    out.append((f"{key}[{i}].{inner}[{j}]", doc.line_of(path)))
+    return tuple(out)
+
+
+def field_line(lines: FieldLines, field: str, default: int) -> int:
+    """The line of ``field`` (``spec.`` prefix or not) in ``lines``, else of its nearest
+    recorded ancestor (``listeners[2]`` for ``listeners[2].tls.certificateRefs[0]``),
+    else ``default``."""
+    path = field.removeprefix("spec.")
+    while path:
+        for key, line in lines:
+            if key == path or key == f"spec.{path}":
+                return line
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return default

@@ -43,9 +43,10 @@ from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
 from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
-from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey, line_of
+from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
+from xdsd.sources.gateway_api.common import field_line
 from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
 from xdsd.sources.gateway_api.grpc import convert_grpc_routes
 from xdsd.sources.gateway_api.http import http_virtual_services
@@ -248,7 +249,7 @@ def _server(
         return None, (reason, message, cond.RESOLVED_REFS)
     certificate, key = paths
     field = f"spec.listeners[{index}].tls.certificateRefs[0]"
-    at = Origin(gw.origin.path, line_of(gw.lines, field, gw.origin.line))
+    at = Origin(gw.origin.path, field_line(gw.lines, field, gw.origin.line))
     server_tls = ServerTLS(
         ServerTLSMode.SIMPLE,
         server_certificate=certificate,
@@ -265,5 +266,5 @@ def _server(
 
 def _problem(gw: KubeGateway, field: str, message: str) -> Problem:
     """A warning about ``gw`` at ``field``'s line."""
-    line = line_of(gw.lines, field, gw.origin.line)
+    line = field_line(gw.lines, field, gw.origin.line)
     return Problem(gw.origin.path, line, field, message, Severity.WARNING)

@@ -32,6 +32,7 @@ from xdsd.sources.gateway_api.common import (
     bounded_list,
     group_field,
     hostname,
+    item_lines,
     kind_field,
     name_field,
     namespace_field,
@@ -108,7 +109,9 @@ def parse_kube_gateway(
     spec.read.update(refused)
     spec.finish()
     doc, base = spec.report.doc, spec.report.base
-    lines = tuple((key, doc.line_of((*base, key))) for key in refused)
+    lines = tuple((key, doc.line_of((*base, key))) for key in refused) + item_lines(
+        spec, (("listeners", MAX_LISTENERS, ()),)
+    )
     return KubeGateway(
         name,
         namespace,

@@ -23,11 +23,14 @@ from xdsd.model.gateway_api import (
     RouteRule,
     StringMatch,
 )
+from xdsd.model.service import FieldLines
 from xdsd.sources.gateway_api.common import (
     MAX_BACKEND_REFS,
     MAX_FILTERS,
     MAX_HEADER_MATCHES,
+    MAX_HOSTNAMES,
     MAX_MATCHES,
+    MAX_PARENT_REFS,
     MAX_PATH,
     MAX_RULES,
     MAX_TOTAL_MATCHES,
@@ -40,6 +43,7 @@ from xdsd.sources.gateway_api.common import (
     header_modifier,
     hostname,
     hostnames,
+    item_lines,
     name_field,
     parent_refs,
     string_match,
@@ -96,7 +100,9 @@ def parse_http_route(spec: Fields, name: str, namespace: str, origin: Origin) ->
         spec.error("rules", f"hold {total} matches together: the Gateway API allows at most 128")
     _unique_rule_names(spec, rules)
     spec.finish()
-    return Route("HTTPRoute", name, namespace, parents, hosts, rules, origin=origin)
+    return Route(
+        "HTTPRoute", name, namespace, parents, hosts, rules, origin=origin, lines=route_lines(spec)
+    )
 
 
 def parse_grpc_route(spec: Fields, name: str, namespace: str, origin: Origin) -> Route:
@@ -107,7 +113,9 @@ def parse_grpc_route(spec: Fields, name: str, namespace: str, origin: Origin) ->
     rules = bounded_list(spec, "rules", _grpc_rule, MAX_RULES)
     _unique_rule_names(spec, rules)
     spec.finish()
-    return Route("GRPCRoute", name, namespace, parents, hosts, rules, origin=origin)
+    return Route(
+        "GRPCRoute", name, namespace, parents, hosts, rules, origin=origin, lines=route_lines(spec)
+    )
 
 
 def parse_tcp_route(spec: Fields, name: str, namespace: str, origin: Origin) -> Route:
@@ -133,7 +141,23 @@ def _l4_route(
     rules = bounded_list(spec, "rules", _l4_rule, MAX_RULES, minimum=1, required=True)
     _unique_rule_names(spec, rules)
     spec.finish()
-    return Route(kind, name, namespace, parents, names, rules, origin=origin)
+    return Route(
+        kind, name, namespace, parents, names, rules, origin=origin, lines=route_lines(spec)
+    )
+
+
+#: The lists whose items a route's conditions and warnings name (``parentRefs[0]``,
+#: ``hostnames[1]``, ``rules[0].backendRefs[2]``): their lines go in ``Route.lines``.
+_ROUTE_LISTS = (
+    ("parentRefs", MAX_PARENT_REFS, ()),
+    ("hostnames", MAX_HOSTNAMES, ()),
+    ("rules", MAX_RULES, (("backendRefs", MAX_BACKEND_REFS),)),
+)
+
+
+def route_lines(spec: Fields) -> FieldLines:
+    """The lines of a route's parentRefs, hostnames, rules and their backendRefs."""
+    return item_lines(spec, _ROUTE_LISTS)
 
 
 def _unique_rule_names(spec: Fields, rules: tuple[RouteRule, ...]) -> None:

@@ -26,7 +26,8 @@ from xdsd.model.gateway_api import (
     Route,
 )
 from xdsd.model.mesh import Mesh
-from xdsd.model.service import FieldLines, Origin, ResourceKey, line_of
+from xdsd.model.service import FieldLines, Origin, ResourceKey
+from xdsd.sources.gateway_api.common import field_line
 
 #: Kinds as the API names them, where the model's key differs.
 _KIND_NAMES = {"KubeGateway": "Gateway"}
@@ -91,7 +92,7 @@ def _line(scope: str, origin: Origin, lines: FieldLines, listeners: Sequence[str
             field = f"listeners[{listeners.index(name)}]"
     if not field:
         return origin.line
-    return line_of(lines, field, line_of(lines, f"spec.{field}", origin.line))
+    return field_line(lines, field, origin.line)
 
 
 def condition_line(placed: PlacedCondition) -> str:
