@@ -83,7 +83,10 @@ def test_a_gamma_route_splits_the_callers_traffic(tmp_path: Path) -> None:
         )
         (error,) = errors
         assert error["path"] == str(istio) and error["field"] == "hosts[0]"
-        assert f"HTTPRoute default/reviews-canary ({path}:1)" in error["message"]
+        # named at its parentRefs[0] line (the one after "parentRefs:"), where the route
+        # claims the service
+        claim = 2 + Path(path).read_text().splitlines().index("  parentRefs:")
+        assert f"HTTPRoute default/reviews-canary ({path}:{claim})" in error["message"]
         assert shares(client, 40) == Counter({"reviews-v2": 40})  # the last good one
 
         # the conditions in /debug/errors once it loads again
