@@ -131,6 +131,11 @@ class Daemon:
     section again. With ``backstop`` (the ``xdsd serve`` process, not an in-process
     caller), a shutdown still running ``SHUTDOWN_BACKSTOP`` seconds after its grace ends
     the process with code 1.
+
+    With ``admin_socket`` (a worker of ``xdsd serve --workers``), the admin server listens
+    on that unix socket path instead of ``settings.admin``: plaintext, mode 0600, a stale
+    socket file replaced, removed at close; node access is then the business of the one
+    in front of it (``xdsd.workers.admin.MergedAdmin``), which serves ``settings.admin``.
     """
 
     def __init__(
@@ -141,8 +146,10 @@ class Daemon:
         stop: asyncio.Event | None = None,
         settings_path: str | None = None,
         backstop: bool = False,
+        admin_socket: str | None = None,
     ) -> None:
         self.settings = settings
+        self.admin_socket = admin_socket
         self.notifier = notifier or Notifier(None)
         self.stop = stop or asyncio.Event()
         self.settings_path = settings_path
@@ -205,7 +212,7 @@ class Daemon:
         self.readiness.degraded = self.views.degraded = self.degraded
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)
         authorize_mesh(self.authorizer, settings, settings.mesh)
-        if settings.admin_tls and settings.tls_client_ca:
+        if settings.admin_tls and settings.tls_client_ca and admin_socket is None:
             self.views.node_access = admin_node_access(self.authorizer, settings.admin_sans)
         self.certificates = ServerCertificates(settings) if settings.tls else None
         self.gate = ConnectionGate(
@@ -272,10 +279,12 @@ class Daemon:
                     note=note,
                 )
             )
-        if settings.admin is not None:
-            admin, admin_app = settings.admin, self.views.app()
+        socket_path = self.admin_socket
+        if settings.admin is not None or socket_path is not None:
+            admin = settings.admin or Address("", 0)
+            admin_app = self.views.app()
             admin_app.router.add_routes(timing_routes)
-            admin_tls = http_tls if settings.admin_tls else None
+            admin_tls = http_tls if settings.admin_tls and socket_path is None else None
             listeners.append(
                 HttpListener(
                     "admin",
@@ -288,6 +297,7 @@ class Daemon:
                         idle_timeout=settings.rest_idle_timeout,
                         ssl_context=admin_tls,
                         reserve=ADMIN_RESERVE,
+                        unix_path=socket_path,
                     ),
                     admin,
                     note=note if admin_tls else "",
@@ -388,6 +398,10 @@ class Daemon:
                 try:
                     bound = await listener.start()
                 except OSError as e:
+                    if listener.name == "admin" and self.admin_socket is not None:
+                        raise StartupError(
+                            f"cannot listen on the admin socket {self.admin_socket}: {e}"
+                        ) from None
                     raise _listen_error(listener, e) from None
                 self._started.append(listener)
                 log.info("%s listening on %s%s", listener.name, bound, listener.note)
