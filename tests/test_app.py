@@ -177,3 +177,48 @@ def test_a_start_that_cannot_bind_closes_what_it_bound(tmp_path: Path) -> None:
             assert not port_open("127.0.0.1", grpc) and not port_open("127.0.0.1", rest)
 
         asyncio.run(main())
+
+
+def test_an_admin_socket_replaces_the_admin_address(tmp_path: Path) -> None:
+    """With ``admin_socket`` the admin server listens on that unix socket, mode 0600, in
+    place of ``settings.admin`` (a stale socket file there is replaced; a regular file
+    is refused), answers there, and the file is gone after the shutdown."""
+    import aiohttp
+
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+    admin = free_port()
+    settings = Settings(
+        config_dir=str(config),
+        grpc=Address("127.0.0.1", free_port()),
+        rest=None,
+        admin=Address("127.0.0.1", admin),
+    )
+    path = tmp_path / "admin.sock"
+    with socket.socket(socket.AF_UNIX) as stale:  # a socket file left by a dead worker
+        stale.bind(str(path))
+
+    async def main() -> None:
+        daemon = Daemon(settings, admin_socket=str(path))
+        await daemon.start()
+        try:
+            assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+            assert not port_open("127.0.0.1", admin)
+            connector = aiohttp.UnixConnector(path=str(path))
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get("http://worker/readyz") as response,
+            ):
+                assert response.status == 200
+                assert (await response.json())["ready"] is True
+        finally:
+            await daemon.shutdown(1.0)
+        assert not path.exists()
+
+        path.write_text("not a socket")
+        refused = Daemon(settings, admin_socket=str(path))
+        with pytest.raises(StartupError, match="admin"):
+            await refused.start()
+        assert path.read_text() == "not a socket"
+
+    asyncio.run(main())

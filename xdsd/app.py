@@ -131,6 +131,12 @@ class Daemon:
     section again. With ``backstop`` (the ``xdsd serve`` process, not an in-process
     caller), a shutdown still running ``SHUTDOWN_BACKSTOP`` seconds after its grace ends
     the process with code 1.
+
+    With ``admin_socket`` (a worker of ``xdsd serve --workers``), the admin server listens
+    on that unix socket path instead of ``settings.admin``: plaintext, mode 0600, a stale
+    socket file replaced, removed at close. The merged admin in front of it
+    (``xdsd.workers.admin.MergedAdmin``, serving ``settings.admin`` with its TLS)
+    forwards each admin client's certificate names, which node access then judges.
     """
 
     def __init__(
@@ -141,8 +147,10 @@ class Daemon:
         stop: asyncio.Event | None = None,
         settings_path: str | None = None,
         backstop: bool = False,
+        admin_socket: str | None = None,
     ) -> None:
         self.settings = settings
+        self.admin_socket = admin_socket
         self.notifier = notifier or Notifier(None)
         self.stop = stop or asyncio.Event()
         self.settings_path = settings_path
@@ -207,6 +215,9 @@ class Daemon:
         authorize_mesh(self.authorizer, settings, settings.mesh)
         if settings.admin_tls and settings.tls_client_ca:
             self.views.node_access = admin_node_access(self.authorizer, settings.admin_sans)
+        # Only the supervisor can reach the socket (0600 in its 0700 directory): the
+        # admin client's certificate is the one the merged admin forwards.
+        self.views.forwarded_certificate = admin_socket is not None
         self.certificates = ServerCertificates(settings) if settings.tls else None
         self.gate = ConnectionGate(
             ConnectionLimits.from_settings(settings), on_refused=self.metrics.on_refused
@@ -272,10 +283,12 @@ class Daemon:
                     note=note,
                 )
             )
-        if settings.admin is not None:
-            admin, admin_app = settings.admin, self.views.app()
+        socket_path = self.admin_socket
+        if settings.admin is not None or socket_path is not None:
+            admin = settings.admin or Address("", 0)
+            admin_app = self.views.app()
             admin_app.router.add_routes(timing_routes)
-            admin_tls = http_tls if settings.admin_tls else None
+            admin_tls = http_tls if settings.admin_tls and socket_path is None else None
             listeners.append(
                 HttpListener(
                     "admin",
@@ -288,6 +301,7 @@ class Daemon:
                         idle_timeout=settings.rest_idle_timeout,
                         ssl_context=admin_tls,
                         reserve=ADMIN_RESERVE,
+                        unix_path=socket_path,
                     ),
                     admin,
                     note=note if admin_tls else "",
@@ -388,6 +402,10 @@ class Daemon:
                 try:
                     bound = await listener.start()
                 except OSError as e:
+                    if listener.name == "admin" and self.admin_socket is not None:
+                        raise StartupError(
+                            f"cannot listen on the admin socket {self.admin_socket}: {e}"
+                        ) from None
                     raise _listen_error(listener, e) from None
                 self._started.append(listener)
                 log.info("%s listening on %s%s", listener.name, bound, listener.note)

@@ -170,6 +170,8 @@ class HttpListener:
 
     async def start(self) -> str:
         self._runner, self._listener = await self.serve()
+        if self._listener.unix_path:
+            return self._listener.unix_path
         return str(Address(self.address.host, self._listener.port))
 
     async def close(self, deadline: Deadline) -> None:

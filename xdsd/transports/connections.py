@@ -24,11 +24,14 @@ is closed. The server's protocol says when one starts and ends (``Connection.sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, fields
@@ -259,6 +262,10 @@ class Listener(asyncio.AbstractServer):
         self._loops: list[asyncio.Task[None]] = []
         self._starting: set[asyncio.Task[None]] = set()
         self._serving = False
+        #: The unix socket path bound by ``start_unix`` ("" for a TCP listener), and the
+        #: inode of the file it made (removed at ``close`` only while it is still ours).
+        self.unix_path = ""
+        self._unix_inode = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -299,14 +306,51 @@ class Listener(asyncio.AbstractServer):
         self._serving = True
         self._loops = [loop.create_task(self._accept(sock)) for sock in self._sockets]
 
+    async def start_unix(self, path: str, *, backlog: int = 1024) -> None:
+        """Bind the unix socket ``path`` and start accepting. The socket file is made
+        under a temporary name beside it, given mode 0600 and then renamed onto
+        ``path``, so it is never reachable with looser permissions and a stale socket
+        left there by a process that died is replaced in one step. Raises OSError when
+        ``path`` exists and is not a socket (nothing else is ever replaced), or when it
+        cannot bind (a path too long, a directory that does not exist)."""
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        temporary = f"{path}.{os.getpid()}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sockets.append(sock)
+        try:
+            sock.bind(temporary)
+            os.chmod(temporary, 0o600)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            os.rename(temporary, path)
+        except OSError:
+            self._close_sockets()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        self.unix_path = path
+        self._unix_inode = os.lstat(path).st_ino
+        self._serving = True
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._accept(sock))]
+
     def close(self) -> None:
-        """Stop accepting (the open connections stay)."""
+        """Stop accepting (the open connections stay); a unix socket's file is removed
+        (unless another process replaced it meanwhile)."""
         self._serving = False
         for task in self._loops:
             task.cancel()
         for task in tuple(self._starting):
             task.cancel()
         self._close_sockets()
+        if self.unix_path:
+            with contextlib.suppress(OSError):
+                if os.lstat(self.unix_path).st_ino == self._unix_inode:
+                    os.unlink(self.unix_path)
 
     async def wait_closed(self) -> None:
         """Wait for the accept loops to end (after ``close``)."""
@@ -507,8 +551,10 @@ async def serve_http(
     idle_timeout: float,
     ssl_context: ssl.SSLContext | None = None,
     reserve: int = 0,
+    unix_path: str | None = None,
 ) -> tuple[web.AppRunner, Listener]:
-    """Serve the aiohttp ``app`` on ``host:port`` through the gate (keep-alive connections
+    """Serve the aiohttp ``app`` on ``host:port`` (on the unix socket ``unix_path``
+    instead when given: ``Listener.start_unix``) through the gate (keep-alive connections
     closed after ``idle_timeout`` seconds idle); returns its runner (``cleanup()`` closes
     its connections) and its listener (close it first). Raises OSError when it cannot
     bind."""
@@ -527,7 +573,10 @@ async def serve_http(
         connections=connections,
     )
     try:
-        await listener.start(host, port)
+        if unix_path is not None:
+            await listener.start_unix(unix_path)
+        else:
+            await listener.start(host, port)
     except OSError:
         await runner.cleanup()
         raise
