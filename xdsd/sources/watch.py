@@ -120,12 +120,19 @@ class ConfigWatcher:
         self._since: float | None = None
         self._next: float | None = None
         self._wake = asyncio.Event()
+        # Reads the events queued for the inotify watch now (None: no such watch).
+        self._drain: Callable[[], None] | None = None
 
     def superseded(self) -> bool:
         """True when the batch being reported is out of date and its load should be
         discarded: a change arrived since the batch was taken, and the oldest change it
         holds is younger than ``max_delay`` (older: publish anyway, so that a stream of
         writes that never ends still gets its changes out)."""
+        if self._drain is not None:
+            # Events the kernel queued but the loop has not read yet count too: the
+            # load may have read the very files they are about (a file created, not yet
+            # written), and the loop may turn to this task before it reads them.
+            self._drain()
         return self._generation != self._taken and not self._overdue()
 
     def _overdue(self) -> bool:
@@ -226,6 +233,8 @@ class ConfigWatcher:
             fd = tree.fileno()
 
             def readable() -> None:
+                if failed.done():
+                    return
                 try:
                     self._note(tree.read())
                 except Exception as e:
@@ -234,12 +243,14 @@ class ConfigWatcher:
                         failed.set_exception(e)
 
             loop.add_reader(fd, readable)
+            self._drain = readable
             waiter = asyncio.ensure_future(rewatch.wait())
             try:
                 await asyncio.wait((failed, waiter), return_when=asyncio.FIRST_COMPLETED)
                 if failed.done():
                     failed.result()
             finally:
+                self._drain = None
                 loop.remove_reader(fd)
                 waiter.cancel()
                 if not failed.done():
