@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -443,22 +443,23 @@ class Daemon:
         *,
         requested: bool = False,
         mesh: MeshConfig | None = None,
-        superseded: Callable[[], bool] | None = None,
+        settled: Callable[[bool], Awaitable[bool]] | None = None,
     ) -> bool:
         """Load and apply (see ``MeshState``), one reload at a time: ``paths`` changed
         (None: check every file), ``requested`` (SIGHUP: RELOADING=1 first, own
         certificate read again even if unchanged), ``mesh`` the new ``[mesh]`` defaults.
 
-        ``superseded`` (the watcher's): asked once the load is done; when true, newer
-        changes arrived meanwhile, and the load's result is dropped untouched (not
-        applied, not logged, not counted: the watcher loads again with the newer
-        changes) and False is returned. Otherwise True.
+        ``settled`` (the watcher's ``ConfigWatcher.settled``): awaited once the load is
+        done, with whether it failed; when it says False, newer changes arrived
+        meanwhile, and the load's result is dropped untouched (not applied, not logged,
+        not counted: the watcher loads again with the newer changes) and False is
+        returned. Otherwise True.
 
         Never raises but CancelledError: whatever goes wrong is logged, counted as a
         refused reload, and the next one starts afresh."""
         started = time.perf_counter()
         try:
-            return await self._reload(paths, requested=requested, mesh=mesh, superseded=superseded)
+            return await self._reload(paths, requested=requested, mesh=mesh, settled=settled)
         except Exception as e:
             log.exception("internal error reloading %s", self.settings.config_dir)
             self._apply(internal_error(self.settings.config_dir, "reloading", e), started)
@@ -471,7 +472,7 @@ class Daemon:
         *,
         requested: bool,
         mesh: MeshConfig | None,
-        superseded: Callable[[], bool] | None,
+        settled: Callable[[bool], Awaitable[bool]] | None,
     ) -> bool:
         async with self._reloading:
             if requested:
@@ -493,10 +494,11 @@ class Daemon:
             # so streams keep being served; translation and publishing happen on it.
             started = time.perf_counter()
             result = await asyncio.to_thread(self.state.load, paths, exclusive=False)
-            if superseded is not None and superseded():
-                # Files changed while they were read (a checkout under way): this result
-                # may be a half-written state. The loader kept only what it parsed, which
-                # the next load (of these paths and the newer ones) reads again.
+            if settled is not None and not await settled(isinstance(result, ConfigError)):
+                # Files changed while they were read or just after (a checkout under
+                # way): this result may be a half-written state. The loader kept only
+                # what it parsed, which the next load (of these paths and the newer
+                # ones) reads again.
                 log.debug("load superseded by newer changes: dropped")
                 return False
             self._apply(result, started)
@@ -536,7 +538,7 @@ class Daemon:
         watcher: ConfigWatcher
 
         async def changed(paths: set[str]) -> bool:
-            return await self.reload(paths, superseded=watcher.superseded)
+            return await self.reload(paths, settled=watcher.settled)
 
         watcher = ConfigWatcher(
             settings.config_dir,

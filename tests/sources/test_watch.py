@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from xdsd.sources import watch
 from xdsd.sources.watch import ConfigWatcher, is_editor_temp
 
 
@@ -183,9 +184,10 @@ def _speculative(
 
     async def main() -> list[tuple[set[str], bool | None]]:
         calls: list[tuple[set[str], bool | None]] = []
-        done = asyncio.Event()
+        done, started = asyncio.Event(), asyncio.Event()
 
         async def on_change(paths: set[str]) -> bool | None:
+            started.set()
             result = await load(watcher, paths, len(calls))
             calls.append((paths, result))
             if until(calls):
@@ -199,11 +201,10 @@ def _speculative(
             for _ in range(400):  # the watch is in place once a trigger is reported
                 (root / "trigger.yaml").write_text("x: 1\n")
                 try:
-                    await asyncio.wait_for(asyncio.shield(done.wait()), 0.05)
+                    await asyncio.wait_for(started.wait(), 0.05)
                     break
                 except TimeoutError:
-                    if calls:
-                        break
+                    continue
             await asyncio.wait_for(done.wait(), 20)
             seen = list(calls)
         finally:
@@ -232,7 +233,7 @@ def test_writes_during_a_load_supersede_it_and_are_loaded_with_it(tmp_path: Path
             for i in range(5):
                 (tmp_path / f"burst-{i}.yaml").write_text(f"i: {i}\n")
             await _until(watcher.superseded, "the writes to be noticed")
-        return not watcher.superseded()
+        return await watcher.settled()
 
     calls = _speculative(tmp_path, load, lambda calls: calls[-1][1] is True)
     first, *_, last = calls
@@ -268,9 +269,57 @@ def test_a_lone_write_is_loaded_without_waiting_for_max_delay(tmp_path: Path) ->
     write is still handed over (and published: nothing superseded it)."""
 
     async def load(watcher: ConfigWatcher, paths: set[str], call: int) -> bool:
-        return not watcher.superseded()
+        return await watcher.settled()
 
     calls = _speculative(
         tmp_path, load, lambda calls: calls[-1][1] is True, max_delay=3600.0, quiet_period=0.0
     )
     assert calls[-1][1] is True
+
+
+def test_a_refused_load_is_held_and_dropped_when_a_write_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused load waits ``FAILED_HOLD`` (here: longer than the test) before it may
+    be reported; a write meanwhile supersedes it, and the next load (which succeeds)
+    does not wait that long."""
+    monkeypatch.setattr(watch, "FAILED_HOLD", 3600.0)
+
+    async def load(watcher: ConfigWatcher, paths: set[str], call: int) -> bool:
+        if call == 0:
+            held = asyncio.create_task(watcher.settled(failed=True))
+            (tmp_path / "rest-of-it.yaml").write_text("x: 1\n")
+            return await asyncio.wait_for(held, 20)
+        return await watcher.settled()
+
+    calls = _speculative(tmp_path, load, lambda calls: calls[-1][1] is True, max_delay=3600.0)
+    assert calls[0][1] is False and calls[-1][1] is True
+    assert str(tmp_path / "rest-of-it.yaml") in calls[-1][0]
+
+
+def test_a_load_waits_while_git_holds_the_index_lock(tmp_path: Path) -> None:
+    """While ``.git/index.lock`` exists (a checkout under way) a load is not published;
+    once it is gone, it is."""
+    (tmp_path / ".git").mkdir()
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    assert watch.git_index_lock(str(tmp_path / "sub" / "dir")) == str(lock)
+    waited: list[bool] = []
+
+    async def load(watcher: ConfigWatcher, paths: set[str], call: int) -> bool:
+        held = asyncio.create_task(watcher.settled())
+        await asyncio.sleep(0.2)  # many times the hold of a one-path batch
+        waited.append(not held.done())
+        lock.unlink()
+        return await asyncio.wait_for(held, 20)
+
+    calls = _speculative(tmp_path, load, lambda calls: calls[-1][1] is True, max_delay=3600.0)
+    assert waited[0] and calls[-1][1] is True
+
+
+def test_the_git_lock_of_a_linked_worktree_is_found(tmp_path: Path) -> None:
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / ".git").write_text("gitdir: ../repo/.git/worktrees/wt\n")
+    assert watch.git_index_lock(str(tmp_path / "wt")) == os.path.join(
+        str(tmp_path / "wt"), "../repo/.git/worktrees/wt", "index.lock"
+    )

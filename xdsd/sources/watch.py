@@ -4,16 +4,25 @@ How this works: on Linux the kernel's inotify events are read directly on the ev
 (``sources.inotify``: no polling thread, no batching), so a change is seen within the
 loop's next turn. Once no further event came for ``quiet_period`` (2 ms) the paths
 changed so far are handed to ``on_change`` at once, which starts loading them. The load
-is speculative: if another event arrives before it is done, ``superseded()`` is true and
-``on_change`` discards the load's result without a trace (nothing published, no error
-reported, no refused reload counted) and returns False; the watcher then calls it again
-with the union of the paths, and so on until a load finishes with no event during it.
+is speculative: when it is done, ``on_change`` awaits ``settled()``, which says whether
+it may be published. It may once no event came for the batch's hold time since the
+last one: ``quiet_period`` per path the batch names, at most ``BURST_HOLD`` (50 ms), so
+a lone save waits no longer than its load takes while a change to many files (likely
+still under way) waits a little; a refused load waits ``FAILED_HOLD`` (100 ms: a file
+just created and not yet written is empty, one half written does not parse); and
+while a git command holds the index lock of the repository the directory is in (a
+``git checkout`` writes the work tree holding it), it waits for the lock to go. The
+events the kernel queued are read before each of these judgements, so a load that read
+a file whose event the loop had not read yet is never taken for a quiet one. If
+another event arrives first, the load is superseded: ``on_change`` discards its result
+without a trace (nothing published, no error reported, no refused reload counted) and
+returns False, and the watcher calls it again with the union of the paths, and so on.
 A ``git checkout`` or an rsync of many files therefore becomes one publish of the final
 state, and a half-written state seen along the way (even one that does not load) is
-never reported. ``max_delay`` (0.5 s, from the oldest change not yet published) bounds
-this: past it a load is published even with events during it, so a stream of writes
-that never ends still gets its changes out. Where inotify cannot be read directly,
-``watchfiles`` batches (a 10 ms quiet check) feed the same machinery.
+not reported. ``max_delay`` (0.5 s, from the oldest change not yet published) bounds
+all of this: past it a load is published whatever happens meanwhile, so a stream of
+writes that never ends still gets its changes out. Where inotify cannot be read
+directly, ``watchfiles`` batches (a 10 ms quiet check) feed the same machinery.
 
 Editor temp and swap files and VCS directories are ignored; dot-names are *not*
 ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish a new
@@ -66,6 +75,11 @@ def is_editor_temp(path: str) -> bool:
 
 #: Directories never watched (nor their contents).
 _IGNORED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".idea", "node_modules"})
+#: The longest a load waits after the last event before it is published (a batch of
+#: many paths: ``ConfigWatcher.hold``), and how long a refused load waits before it is
+#: reported.
+BURST_HOLD = 0.05
+FAILED_HOLD = 0.1
 #: The quiet check of ``watchfiles`` where it is used (no inotify, certificate
 #: directories): each check takes the GIL, so it is not made shorter.
 FALLBACK_STEP = 0.01
@@ -86,9 +100,9 @@ class ConfigWatcher:
     """Calls ``on_change(paths)`` for the file events under the config directory (and
     the certificate files), loading speculatively: see the module docstring.
 
-    ``on_change`` returns False when it discarded its load because ``superseded()``
-    said so: it is called again with those paths and the newer ones. Anything else
-    (None, True) means the batch was dealt with."""
+    ``on_change`` awaits ``settled()`` after its load and returns False when it
+    discarded the load because that said so: it is called again with those paths and
+    the newer ones. Anything else (None, True) means the batch was dealt with."""
 
     def __init__(
         self,
@@ -122,6 +136,12 @@ class ConfigWatcher:
         self._wake = asyncio.Event()
         # Reads the events queued for the inotify watch now (None: no such watch).
         self._drain: Callable[[], None] | None = None
+        # When the last event was seen (monotonic), and how many paths the batch being
+        # reported names.
+        self._last = 0.0
+        self._batch = 0
+        # The index lock of the git repository the watched directory is in (None: none).
+        self._git_lock: str | None = None
 
     def superseded(self) -> bool:
         """True when the batch being reported is out of date and its load should be
@@ -138,6 +158,38 @@ class ConfigWatcher:
     def _overdue(self) -> bool:
         return self._since is not None and time.monotonic() - self._since >= self.max_delay
 
+    async def settled(self, failed: bool = False) -> bool:
+        """Wait until the load of the batch being reported may be published: True once
+        no event came for the batch's hold time (``hold``) and no git command holds the
+        index lock of the repository the directory is in (a checkout under way), or
+        once the oldest change is ``max_delay`` old; False as soon as it is superseded
+        (a newer event: discard the load). ``failed``: the load was refused, which is
+        held longer (``FAILED_HOLD``: a file just created and not yet written is empty,
+        one half written does not parse)."""
+        hold = self.hold(failed)
+        while True:
+            if self.superseded():
+                return False
+            if self._overdue():
+                return True
+            left = hold - (time.monotonic() - self._last)
+            if left <= 0 and not self._git_busy():
+                return True
+            await asyncio.sleep(max(left, self.quiet_period, 0.001))
+
+    def hold(self, failed: bool = False) -> float:
+        """How long after the last event the current batch's load may be published:
+        ``quiet_period`` per path the batch names (a change to many files is likely
+        still under way), at most ``BURST_HOLD``; ``FAILED_HOLD`` for a refused load."""
+        if failed:
+            return max(FAILED_HOLD, self.quiet_period)
+        return min(self.quiet_period * max(1, self._batch), max(BURST_HOLD, self.quiet_period))
+
+    def _git_busy(self) -> bool:
+        """True while a git command holds the index lock of the repository the config
+        directory is in (``git checkout`` writes the work tree holding it)."""
+        return self._git_lock is not None and os.path.lexists(self._git_lock)
+
     def _note(self, paths: set[str]) -> None:
         """Changes to ``paths`` were seen: report them (and supersede a load running)."""
         if not paths:
@@ -149,6 +201,7 @@ class ConfigWatcher:
             self._since = now
         if self._next is None:
             self._next = now
+        self._last = now
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -173,7 +226,7 @@ class ConfigWatcher:
                     break
             self._wake.clear()
             paths, self._pending = self._pending, set()
-            self._taken, self._next = self._generation, None
+            self._taken, self._next, self._batch = self._generation, None, len(paths)
             if retry:
                 log.debug("changes during the load: again with %s", counted(len(paths), "path"))
             else:
@@ -197,6 +250,7 @@ class ConfigWatcher:
                 continue
             rewatch = asyncio.Event()
             poller = asyncio.create_task(self._poll_target(target, stop, rewatch))
+            self._git_lock = git_index_lock(target)
             try:
                 if self.use_inotify:
                     await self._inotify(target, rewatch)
@@ -344,6 +398,32 @@ class ConfigWatcher:
         while not stop.is_set() and self._outside() == current:
             await _wait(stop, self.poll_interval)
         rewatch.set()
+
+
+def git_index_lock(directory: str) -> str | None:
+    """The index lock file of the git work tree ``directory`` is in (``.git/index.lock``,
+    or the one of the git directory a ``.git`` file names: a linked worktree); None
+    outside git work trees or when that cannot be read."""
+    current = directory
+    while True:
+        dot_git = os.path.join(current, ".git")
+        if os.path.isdir(dot_git):
+            return os.path.join(dot_git, "index.lock")
+        if os.path.isfile(dot_git):
+            try:
+                with open(dot_git, encoding="utf-8") as f:
+                    lines = f.read(4096).splitlines()
+            except (OSError, UnicodeDecodeError):
+                return None
+            first = lines[0] if lines else ""
+            if not first.startswith("gitdir:"):
+                return None
+            gitdir = os.path.join(current, first.removeprefix("gitdir:").strip())
+            return os.path.join(gitdir, "index.lock")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
 
 
 def _skipped(name: str) -> bool:
