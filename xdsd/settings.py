@@ -160,7 +160,7 @@ class Settings:
     grpc: Address | None = field(default_factory=lambda: Address("127.0.0.1", 18000))
     rest: Address | None = field(default_factory=lambda: Address("127.0.0.1", 18001))
     admin: Address | None = field(default_factory=lambda: Address("127.0.0.1", 19001))
-    quiet_period: float = 0.002
+    quiet_period: float = 0.001
     max_delay: float = 0.5
     grpc_backlog: int = 4096
     grpc_impl: str = "grpclib"

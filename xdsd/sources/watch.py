@@ -2,13 +2,13 @@
 
 How this works: on Linux the kernel's inotify events are read directly on the event loop
 (``sources.inotify``: no polling thread, no batching), so a change is seen within the
-loop's next turn. Once no further event came for ``quiet_period`` (2 ms) the paths
+loop's next turn. Once no further event came for ``quiet_period`` (1 ms) the paths
 changed so far are handed to ``on_change`` at once, which starts loading them. The load
 is speculative: when it is done, ``on_change`` awaits ``settled()``, which says whether
 it may be published. It may once no event came for the batch's hold time since the
-last one: ``quiet_period`` per path the batch names, at most ``BURST_HOLD`` (50 ms), so
-a lone save waits no longer than its load takes while a change to many files (likely
-still under way) waits a little; a refused load waits ``FAILED_HOLD`` (100 ms: a file
+last one: ``quiet_period`` for one path, 2 ms per further path it names, at most
+``BURST_HOLD`` (50 ms), so a lone save waits no longer than its load takes while a
+change to many files (likely still under way) waits a little; a refused load waits ``FAILED_HOLD`` (100 ms: a file
 just created and not yet written is empty, one half written does not parse); and
 while a git command holds the index lock of the repository the directory is in (a
 ``git checkout`` writes the work tree holding it), it waits for the lock to go. The
@@ -76,10 +76,11 @@ def is_editor_temp(path: str) -> bool:
 #: Directories never watched (nor their contents).
 _IGNORED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".idea", "node_modules"})
 #: The longest a load waits after the last event before it is published (a batch of
-#: many paths: ``ConfigWatcher.hold``), and how long a refused load waits before it is
-#: reported.
+#: many paths: ``ConfigWatcher.hold``), how long a refused load waits before it is
+#: reported, and the wait added per path a batch names beyond the first.
 BURST_HOLD = 0.05
 FAILED_HOLD = 0.1
+HOLD_PER_PATH = 0.002
 #: The quiet check of ``watchfiles`` where it is used (no inotify, certificate
 #: directories): each check takes the GIL, so it is not made shorter.
 FALLBACK_STEP = 0.01
@@ -109,7 +110,7 @@ class ConfigWatcher:
         config_dir: str,
         on_change: Callable[[set[str]], Awaitable[bool | None]],
         *,
-        quiet_period: float = 0.002,
+        quiet_period: float = 0.001,
         max_delay: float = 0.5,
         poll_interval: float = 1.0,
         files: Callable[[], Iterable[str]] = frozenset,
@@ -179,11 +180,13 @@ class ConfigWatcher:
 
     def hold(self, failed: bool = False) -> float:
         """How long after the last event the current batch's load may be published:
-        ``quiet_period`` per path the batch names (a change to many files is likely
-        still under way), at most ``BURST_HOLD``; ``FAILED_HOLD`` for a refused load."""
+        ``quiet_period`` for one path, ``HOLD_PER_PATH`` for each path beyond the first
+        (a change to many files is likely still under way), at most ``BURST_HOLD``;
+        ``FAILED_HOLD`` for a refused load."""
         if failed:
             return max(FAILED_HOLD, self.quiet_period)
-        return min(self.quiet_period * max(1, self._batch), max(BURST_HOLD, self.quiet_period))
+        beyond = HOLD_PER_PATH * max(0, self._batch - 1)
+        return max(self.quiet_period, min(beyond, BURST_HOLD))
 
     def _git_busy(self) -> bool:
         """True while a git command holds the index lock of the repository the config
