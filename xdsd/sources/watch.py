@@ -5,24 +5,25 @@ How this works: on Linux the kernel's inotify events are read directly on the ev
 loop's next turn. Once no further event came for ``quiet_period`` (1 ms) the paths
 changed so far are handed to ``on_change`` at once, which starts loading them. The load
 is speculative: when it is done, ``on_change`` awaits ``settled()``, which says whether
-it may be published. It may once no event came for the batch's hold time since the
-last one: ``quiet_period`` for one path, 2 ms per further path it names, at most
+it may be published. It may once no event came for the batch's hold time since the last
+one: ``quiet_period`` for one path, 2 ms per further path it names, at most
 ``BURST_HOLD`` (50 ms), so a lone save waits no longer than its load takes while a
-change to many files (likely still under way) waits a little; a refused load waits ``FAILED_HOLD`` (100 ms: a file
-just created and not yet written is empty, one half written does not parse); and
-while a git command holds the index lock of the repository the directory is in (a
-``git checkout`` writes the work tree holding it), it waits for the lock to go. The
-events the kernel queued are read before each of these judgements, so a load that read
-a file whose event the loop had not read yet is never taken for a quiet one. If
-another event arrives first, the load is superseded: ``on_change`` discards its result
-without a trace (nothing published, no error reported, no refused reload counted) and
-returns False, and the watcher calls it again with the union of the paths, and so on.
-A ``git checkout`` or an rsync of many files therefore becomes one publish of the final
-state, and a half-written state seen along the way (even one that does not load) is
-not reported. ``max_delay`` (0.5 s, from the oldest change not yet published) bounds
-all of this: past it a load is published whatever happens meanwhile, so a stream of
-writes that never ends still gets its changes out. Where inotify cannot be read
-directly, ``watchfiles`` batches (a 10 ms quiet check) feed the same machinery.
+change to many files (likely still under way) waits a little; a refused load waits
+``FAILED_HOLD`` (100 ms: a file just created and not yet written is empty, one half
+written does not parse); and while a git command holds the index lock of the repository
+the directory is in (a ``git checkout`` writes the work tree holding it), it waits for
+the lock to go (and then only ``quiet_period``: the command is done). The events the
+kernel queued are read before each of these judgements, so a load that read a file whose
+event the loop had not read yet is never taken for a quiet one. If another event arrives
+first, the load is superseded: ``on_change`` discards its result without a trace
+(nothing published, no error reported, no refused reload counted) and returns False, and
+the watcher calls it again with the union of the paths, and so on. A ``git checkout`` or
+an rsync of many files therefore becomes one publish of the final state, and a
+half-written state seen along the way (even one that does not load) is not reported.
+``max_delay`` (0.5 s, from the oldest change not yet published) bounds all of this: past
+it a load is published whatever happens meanwhile, so a stream of writes that never ends
+still gets its changes out. Where inotify cannot be read directly, ``watchfiles``
+batches (a 10 ms quiet check) feed the same machinery.
 
 Editor temp and swap files and VCS directories are ignored; dot-names are *not*
 ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish a new
@@ -141,8 +142,10 @@ class ConfigWatcher:
         # reported names.
         self._last = 0.0
         self._batch = 0
-        # The index lock of the git repository the watched directory is in (None: none).
+        # The index lock of the git repository the watched directory is in (None: none),
+        # and whether it was seen held since the last publish.
         self._git_lock: str | None = None
+        self._git_seen = False
 
     def superseded(self) -> bool:
         """True when the batch being reported is out of date and its load should be
@@ -167,14 +170,18 @@ class ConfigWatcher:
         (a newer event: discard the load). ``failed``: the load was refused, which is
         held longer (``FAILED_HOLD``: a file just created and not yet written is empty,
         one half written does not parse)."""
-        hold = self.hold(failed)
         while True:
             if self.superseded():
                 return False
             if self._overdue():
                 return True
+            busy = self._git_busy()
+            self._git_seen = self._git_seen or busy
+            # git's lock released after it was seen held: the command that wrote the
+            # files is done, which says more than any hold could
+            hold = self.quiet_period if self._git_seen and not failed else self.hold(failed)
             left = hold - (time.monotonic() - self._last)
-            if left <= 0 and not self._git_busy():
+            if left <= 0 and not busy:
                 return True
             await asyncio.sleep(max(left, self.quiet_period, 0.001))
 
@@ -241,7 +248,7 @@ class ConfigWatcher:
                 self._pending |= paths
                 self._wake.set()
             else:
-                self._since = self._next
+                self._since, self._git_seen = self._next, False
 
     async def _watch_directory(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
