@@ -2,28 +2,27 @@
 
 How this works: on Linux the kernel's inotify events are read directly on the event loop
 (``sources.inotify``: no polling thread, no batching), so a change is seen within the
-loop's next turn. Once no further event came for ``quiet_period`` (1 ms) the paths
-changed so far are handed to ``on_change`` at once, which starts loading them. The load
-is speculative: when it is done, ``on_change`` awaits ``settled()``, which says whether
-it may be published. It may once no event came for the batch's hold time since the last
-one: ``quiet_period`` for one path, 2 ms per further path it names, at most
-``BURST_HOLD`` (50 ms), so a lone save waits no longer than its load takes while a
-change to many files (likely still under way) waits a little; a refused load waits
-``FAILED_HOLD`` (100 ms: a file just created and not yet written is empty, one half
-written does not parse); and while a git command holds the index lock of the repository
-the directory is in (a ``git checkout`` writes the work tree holding it), it waits for
-the lock to go (and then only ``quiet_period``: the command is done). The events the
-kernel queued are read before each of these judgements, so a load that read a file whose
-event the loop had not read yet is never taken for a quiet one. If another event arrives
-first, the load is superseded: ``on_change`` discards its result without a trace
-(nothing published, no error reported, no refused reload counted) and returns False, and
-the watcher calls it again with the union of the paths, and so on. A ``git checkout`` or
-an rsync of many files therefore becomes one publish of the final state, and a
-half-written state seen along the way (even one that does not load) is not reported.
-``max_delay`` (0.5 s, from the oldest change not yet published) bounds all of this: past
-it a load is published whatever happens meanwhile, so a stream of writes that never ends
-still gets its changes out. Where inotify cannot be read directly, ``watchfiles``
-batches (a 10 ms quiet check) feed the same machinery.
+loop's next turn. Once the files have been quiet for the change's hold (``wait_left``:
+``quiet_period``, 1 ms, for one path; 2 ms more per further path, at most
+``BURST_HOLD``, 50 ms, since a change to many files is likely still under way; and never
+while a git command holds the index lock of the repository the directory is in, as ``git
+checkout`` does while it writes the work tree, after which the hold is ``quiet_period``
+again) the paths changed are handed to ``on_change``, which starts loading them. The
+load is speculative: when it is done, ``on_change`` awaits ``settled()``, which judges
+it the same way (a refused load is held ``FAILED_HOLD``, 100 ms: a file just created and
+not yet written is empty, one half written does not parse) and says whether it may be
+published. The events the kernel queued are read before each judgement, so a load that
+read a file whose event the loop had not read yet is never taken for a quiet one. If
+another event arrives first, the load is superseded: ``on_change`` discards its result
+without a trace (nothing published, no error reported, no refused reload counted) and
+returns False, and the watcher calls it again with the union of the paths, and so on. A
+lone save is thus published as soon as its load is done, while a ``git checkout`` or an
+rsync of many files becomes one publish of the final state, and a half-written state
+seen along the way (even one that does not load) is not reported. ``max_delay`` (0.5 s,
+from the oldest change not yet published) bounds all of this: past it a load is
+published whatever happens meanwhile, so a stream of writes that never ends still gets
+its changes out. Where inotify cannot be read directly, ``watchfiles`` batches (a 10 ms
+quiet check) feed the same machinery.
 
 Editor temp and swap files and VCS directories are ignored; dot-names are *not*
 ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish a new
@@ -164,36 +163,41 @@ class ConfigWatcher:
 
     async def settled(self, failed: bool = False) -> bool:
         """Wait until the load of the batch being reported may be published: True once
-        no event came for the batch's hold time (``hold``) and no git command holds the
-        index lock of the repository the directory is in (a checkout under way), or
-        once the oldest change is ``max_delay`` old; False as soon as it is superseded
-        (a newer event: discard the load). ``failed``: the load was refused, which is
-        held longer (``FAILED_HOLD``: a file just created and not yet written is empty,
-        one half written does not parse)."""
+        the files have been quiet long enough (``wait_left``), or once the oldest change
+        is ``max_delay`` old; False as soon as it is superseded (a newer event: discard
+        the load). ``failed``: the load was refused, which is held longer."""
         while True:
             if self.superseded():
                 return False
             if self._overdue():
                 return True
-            busy = self._git_busy()
-            self._git_seen = self._git_seen or busy
-            # git's lock released after it was seen held: the command that wrote the
-            # files is done, which says more than any hold could
-            hold = self.quiet_period if self._git_seen and not failed else self.hold(failed)
-            left = hold - (time.monotonic() - self._last)
-            if left <= 0 and not busy:
+            left = self.wait_left(self._batch, failed)
+            if left <= 0:
                 return True
-            await asyncio.sleep(max(left, self.quiet_period, 0.001))
+            await asyncio.sleep(max(left, 0.001))
 
-    def hold(self, failed: bool = False) -> float:
-        """How long after the last event the current batch's load may be published:
-        ``quiet_period`` for one path, ``HOLD_PER_PATH`` for each path beyond the first
-        (a change to many files is likely still under way), at most ``BURST_HOLD``;
-        ``FAILED_HOLD`` for a refused load."""
+    def wait_left(self, paths: int, failed: bool = False) -> float:
+        """Seconds until a change of ``paths`` paths may be loaded or published (0: now):
+        the hold since the last event, which is ``quiet_period`` for one path and
+        ``HOLD_PER_PATH`` more for each further one (a change to many files is likely
+        still under way), at most ``BURST_HOLD``; ``FAILED_HOLD`` for a refused load (a
+        file just created and not yet written is empty, one half written does not
+        parse). While a git command holds the index lock of the repository the
+        directory is in (a checkout writes the work tree under it), the wait goes on;
+        once the lock was seen and is gone, the hold is ``quiet_period`` (the command
+        is done)."""
+        busy = self._git_busy()
+        self._git_seen = self._git_seen or busy
+        if busy:
+            return max(self.quiet_period, 0.001)
         if failed:
-            return max(FAILED_HOLD, self.quiet_period)
-        beyond = HOLD_PER_PATH * max(0, self._batch - 1)
-        return max(self.quiet_period, min(beyond, BURST_HOLD))
+            hold = max(FAILED_HOLD, self.quiet_period)
+        elif self._git_seen:
+            hold = self.quiet_period
+        else:
+            beyond = HOLD_PER_PATH * max(0, paths - 1)
+            hold = max(self.quiet_period, min(beyond, BURST_HOLD))
+        return max(0.0, hold - (time.monotonic() - self._last))
 
     def _git_busy(self) -> bool:
         """True while a git command holds the index lock of the repository the config
@@ -229,11 +233,13 @@ class ConfigWatcher:
             await _either(self._wake, stop)
             if stop.is_set():
                 return
-            while not self._overdue():  # settle: no new event for quiet_period
-                seen = self._generation
-                await asyncio.sleep(self.quiet_period)
-                if self._generation == seen:
+            while not self._overdue():  # settle: quiet long enough for this many paths
+                if self._drain is not None:
+                    self._drain()
+                left = self.wait_left(len(self._pending))
+                if left <= 0:
                     break
+                await asyncio.sleep(max(left, 0.001))
             self._wake.clear()
             paths, self._pending = self._pending, set()
             self._taken, self._next, self._batch = self._generation, None, len(paths)
