@@ -4,6 +4,7 @@ and a config directory that is a swapped symlink (git-sync) is followed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -297,24 +298,48 @@ def test_a_refused_load_is_held_and_dropped_when_a_write_follows(
     assert str(tmp_path / "rest-of-it.yaml") in calls[-1][0]
 
 
-def test_a_load_waits_while_git_holds_the_index_lock(tmp_path: Path) -> None:
-    """While ``.git/index.lock`` exists (a checkout under way) a load is not published;
-    once it is gone, it is."""
+def test_nothing_is_loaded_while_git_holds_the_index_lock(tmp_path: Path) -> None:
+    """While ``.git/index.lock`` exists (a checkout under way) a change is not loaded;
+    once it is gone, it is (and published)."""
     (tmp_path / ".git").mkdir()
     lock = tmp_path / ".git" / "index.lock"
-    lock.write_text("")
     assert watch.git_index_lock(str(tmp_path / "sub" / "dir")) == str(lock)
-    waited: list[bool] = []
 
-    async def load(watcher: ConfigWatcher, paths: set[str], call: int) -> bool:
-        held = asyncio.create_task(watcher.settled())
-        await asyncio.sleep(0.2)  # many times the hold of a one-path batch
-        waited.append(not held.done())
-        lock.unlink()
-        return await asyncio.wait_for(held, 20)
+    async def main() -> tuple[int, list[tuple[set[str], bool]]]:
+        calls: list[tuple[set[str], bool]] = []
+        called = asyncio.Event()
 
-    calls = _speculative(tmp_path, load, lambda calls: calls[-1][1] is True, max_delay=3600.0)
-    assert waited[0] and calls[-1][1] is True
+        async def on_change(paths: set[str]) -> bool:
+            calls.append((paths, await watcher.settled()))
+            called.set()
+            return calls[-1][1]
+
+        stop = asyncio.Event()
+        watcher = ConfigWatcher(str(tmp_path), on_change, poll_interval=0.05, max_delay=3600)
+        task = asyncio.create_task(watcher.run(stop))
+        try:
+            for _ in range(200):  # the watch is in place once a probe is loaded
+                (tmp_path / "probe.yaml").write_text("x: 1\n")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(called.wait(), 0.05)
+                    break
+            lock.write_text("")
+            before = len(calls)
+            (tmp_path / "checked-out.yaml").write_text("x: 1\n")
+            await asyncio.sleep(0.2)  # many times the hold of a one-path change
+            during = len(calls) - before
+            lock.unlink()
+            await _until(
+                lambda: any("checked-out" in p for paths, _ in calls for p in paths),
+                "the change to be loaded",
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        return during, calls
+
+    during, calls = asyncio.run(main())
+    assert during == 0 and calls[-1][1] is True
 
 
 def test_the_git_lock_of_a_linked_worktree_is_found(tmp_path: Path) -> None:
