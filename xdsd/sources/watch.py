@@ -4,7 +4,7 @@ How this works: on Linux the kernel's inotify events are read directly on the ev
 (``sources.inotify``: no polling thread, no batching), so a change is seen within the
 loop's next turn. Once the files have been quiet for the change's hold (``wait_left``:
 ``quiet_period``, 1 ms, for one path; 2 ms more per further path, at most
-``BURST_HOLD``, 25 ms, since a change to many files is likely still under way; and never
+``BURST_HOLD``, 50 ms, since a change to many files is likely still under way; and never
 while a git command holds the index lock of the repository the directory is in, as ``git
 checkout`` does while it writes the work tree, after which the hold is ``quiet_period``
 again) the paths changed are handed to ``on_change``, which starts loading them. The
@@ -78,7 +78,7 @@ _IGNORED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".idea", "node_
 #: The longest a load waits after the last event before it is published (a batch of
 #: many paths: ``ConfigWatcher.hold``), how long a refused load waits before it is
 #: reported, and the wait added per path a batch names beyond the first.
-BURST_HOLD = 0.025
+BURST_HOLD = 0.05
 FAILED_HOLD = 0.1
 HOLD_PER_PATH = 0.002
 #: The quiet check of ``watchfiles`` where it is used (no inotify, certificate
