@@ -242,6 +242,8 @@ class ConfigWatcher:
                 await asyncio.sleep(max(left, 0.001))
             self._wake.clear()
             paths, self._pending = self._pending, set()
+            if not paths:
+                continue
             self._taken, self._next, self._batch = self._generation, None, len(paths)
             if retry:
                 log.debug("changes during the load: again with %s", counted(len(paths), "path"))
