@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -461,23 +461,37 @@ class Daemon:
         *,
         requested: bool = False,
         mesh: MeshConfig | None = None,
-    ) -> None:
+        settled: Callable[[bool], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Load and apply (see ``MeshState``), one reload at a time: ``paths`` changed
         (None: check every file), ``requested`` (SIGHUP: RELOADING=1 first, own
         certificate read again even if unchanged), ``mesh`` the new ``[mesh]`` defaults.
+
+        ``settled`` (the watcher's ``ConfigWatcher.settled``): awaited once the load is
+        done, with whether it failed; when it says False, newer changes arrived
+        meanwhile, and the load's result is dropped untouched (not applied, not logged,
+        not counted: the watcher loads again with the newer changes) and False is
+        returned. Otherwise True.
+
         Never raises but CancelledError: whatever goes wrong is logged, counted as a
         refused reload, and the next one starts afresh."""
         started = time.perf_counter()
         try:
-            await self._reload(paths, requested=requested, mesh=mesh)
+            return await self._reload(paths, requested=requested, mesh=mesh, settled=settled)
         except Exception as e:
             log.exception("internal error reloading %s", self.settings.config_dir)
             self._apply(internal_error(self.settings.config_dir, "reloading", e), started)
             self.readiness.update()
+            return True
 
     async def _reload(
-        self, paths: set[str] | None, *, requested: bool, mesh: MeshConfig | None
-    ) -> None:
+        self,
+        paths: set[str] | None,
+        *,
+        requested: bool,
+        mesh: MeshConfig | None,
+        settled: Callable[[bool], Awaitable[bool]] | None,
+    ) -> bool:
         async with self._reloading:
             if requested:
                 self.readiness.reloading()
@@ -493,13 +507,21 @@ class Daemon:
                     own = self.certificates.paths - self.state.certificate_paths
                     paths = {p for p in paths if os.path.abspath(p) not in own}
                     if not paths:  # only xdsd's own certificate files changed
-                        return
+                        return True
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             started = time.perf_counter()
             result = await asyncio.to_thread(self.state.load, paths, exclusive=False)
+            if settled is not None and not await settled(isinstance(result, ConfigError)):
+                # Files changed while they were read or just after (a checkout under
+                # way): this result may be a half-written state. The loader kept only
+                # what it parsed, which the next load (of these paths and the newer
+                # ones) reads again.
+                log.debug("load superseded by newer changes: dropped")
+                return False
             self._apply(result, started)
             self.readiness.update()
+            return True
 
     def _mesh_ca(self, mesh: MeshConfig) -> MeshConfig | None:
         """``mesh`` (SIGHUP's ``[mesh]``) as translation gets it: with the trust bundle of
@@ -531,9 +553,14 @@ class Daemon:
         is logged, and reported as trouble from then on."""
         settings = self.settings
         own = self.certificates.paths if self.certificates is not None else frozenset()
+        watcher: ConfigWatcher
+
+        async def changed(paths: set[str]) -> bool:
+            return await self.reload(paths, settled=watcher.settled)
+
         watcher = ConfigWatcher(
             settings.config_dir,
-            self.reload,
+            changed,
             quiet_period=settings.quiet_period,
             max_delay=settings.max_delay,
             files=lambda: self.state.certificate_paths | own,

@@ -95,8 +95,9 @@ DEFAULT_STALE_AFTER = 10.0
 class Settings:
     """Everything ``xdsd serve`` needs to know, with its defaults (``docs/operations.md``).
 
-    ``quiet_period`` is how long the watcher waits for a burst of file events to go quiet
-    before rebuilding (seconds); ``max_delay`` caps that wait during a long burst.
+    ``quiet_period`` is how long the watcher waits for file events to pause before it
+    starts a (speculative) load (seconds); ``max_delay`` is the longest a change waits
+    to be published while events keep coming (``sources.watch``).
     ``grpc_impl`` picks the gRPC server: ``grpclib`` (pure Python) or ``grpcio``.
     ``root_namespace`` is Istio's MeshConfig ``rootNamespace``: a Sidecar there without
     ``workloadSelector`` applies to every namespace that has none of its own.
@@ -159,7 +160,7 @@ class Settings:
     grpc: Address | None = field(default_factory=lambda: Address("127.0.0.1", 18000))
     rest: Address | None = field(default_factory=lambda: Address("127.0.0.1", 18001))
     admin: Address | None = field(default_factory=lambda: Address("127.0.0.1", 19001))
-    quiet_period: float = 0.01
+    quiet_period: float = 0.001
     max_delay: float = 0.5
     grpc_backlog: int = 4096
     grpc_impl: str = "grpclib"
