@@ -49,6 +49,18 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
+    "xdsd.workers": (
+        "xdsd.workers",
+        "xdsd.app",
+        "xdsd.admin",
+        "xdsd.errors",
+        "xdsd.listeners",
+        "xdsd.notify",
+        "xdsd.plurals",
+        "xdsd.settings",
+        "xdsd.status",
+        "xdsd.transports",
+    ),
     "xdsd.transports": (
         "xdsd.transports",
         "xdsd.protocol",
