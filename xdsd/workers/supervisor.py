@@ -320,7 +320,7 @@ class Supervisor:
                 log.info("worker %d ready again (restart %d)", slot.place.index, slot.restarts)
             self._check_ready()
             self._check_reloaded()
-        elif "STATUS" in lines and self.announced and not self.reloading:
+        elif "STATUS" in lines and not self.reloading:
             self.notifier.status(self._status())
 
     def _check_ready(self) -> None:
