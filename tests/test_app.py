@@ -205,10 +205,12 @@ def test_an_admin_socket_replaces_the_admin_address(tmp_path: Path) -> None:
             assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
             assert not port_open("127.0.0.1", admin)
             connector = aiohttp.UnixConnector(path=str(path))
-            async with aiohttp.ClientSession(connector=connector) as session:
-                async with session.get("http://worker/readyz") as response:
-                    assert response.status == 200
-                    assert (await response.json())["ready"] is True
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get("http://worker/readyz") as response,
+            ):
+                assert response.status == 200
+                assert (await response.json())["ready"] is True
         finally:
             await daemon.shutdown(1.0)
         assert not path.exists()

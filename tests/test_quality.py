@@ -59,6 +59,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "xdsd.plurals",
         "xdsd.settings",
         "xdsd.status",
+        "xdsd.tls",
         "xdsd.transports",
     ),
     "xdsd.transports": (
@@ -69,6 +70,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "xdsd.errors",
         "xdsd.settings",
     ),
+    # xdsd.workers runs daemons (everything, like app); its merge of their admin views
+    # is pure.
+    "xdsd.workers.merge": ("xdsd.admin", "xdsd.cache", "xdsd.errors", "xdsd.resources"),
 }
 # The pure core does no I/O and is not async.
 PURE = (
@@ -78,6 +82,7 @@ PURE = (
     "xdsd.cache.snapshot",
     "xdsd.resources",
     "xdsd.located",
+    "xdsd.workers.merge",
 )
 IO_MODULES = ("asyncio", "socket", "aiohttp", "grpclib", "watchfiles", "subprocess", "threading")
 

@@ -139,8 +139,9 @@ class Daemon:
 
     With ``admin_socket`` (a worker of ``xdsd serve --workers``), the admin server listens
     on that unix socket path instead of ``settings.admin``: plaintext, mode 0600, a stale
-    socket file replaced, removed at close; node access is then the business of the one
-    in front of it (``xdsd.workers.admin.MergedAdmin``), which serves ``settings.admin``.
+    socket file replaced, removed at close. The merged admin in front of it
+    (``xdsd.workers.admin.MergedAdmin``, serving ``settings.admin`` with its TLS)
+    forwards each admin client's certificate names, which node access then judges.
     """
 
     def __init__(
@@ -221,8 +222,11 @@ class Daemon:
         self.readiness.degraded = self.views.degraded = self.degraded
         self.authorizer = NodeAuthorizer(settings.authorized_nodes)
         authorize_mesh(self.authorizer, settings, settings.mesh)
-        if settings.admin_tls and settings.tls_client_ca and admin_socket is None:
+        if settings.admin_tls and settings.tls_client_ca:
             self.views.node_access = admin_node_access(self.authorizer, settings.admin_sans)
+        # Only the supervisor can reach the socket (0600 in its 0700 directory): the
+        # admin client's certificate is the one the merged admin forwards.
+        self.views.forwarded_certificate = admin_socket is not None
         self.certificates = ServerCertificates(settings) if settings.tls else None
         self.gate = ConnectionGate(
             ConnectionLimits.from_settings(settings), on_refused=self.metrics.on_refused

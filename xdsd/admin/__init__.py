@@ -25,6 +25,10 @@ Read-only views over the snapshot cache and the configuration's state:
 - ``/debug/registrations`` (the registered workloads: group, address, node, since,
   health, the replica holding each; ``registrations`` hook; a node's own are in its
   ``/debug/config_dump`` too).
+- ``/debug/daemon`` (what the status page shows beyond the views above — versions and
+  resource counts per node class, each class's policies and workload, start time,
+  whether a configuration is loaded — for the merged admin of ``xdsd serve --workers``,
+  ``xdsd.workers.admin``, to render the page from every worker's).
 - ``/debug/addresses`` (``[mesh.dns]``'s blocks and every service's virtual addresses:
   key, namespace, fqdn, names, addresses, pinned by its file or allocated, and its slot;
   the ``addresses`` hook the daemon sets, ``MeshState.addresses``).
@@ -37,6 +41,7 @@ the daemon sets: the admin server does not read the mesh itself).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -126,6 +131,10 @@ class AdminViews:
         self.clock = clock
         self.listening = False
         self.node_access: NodeAccess | None = None
+        #: Whether the admin client's certificate is the one forwarded in the
+        #: ``PEER_CERTIFICATE_HEADER`` (a worker's admin behind ``xdsd.workers.admin``, on
+        #: a socket only the supervisor reaches) instead of the connection's own.
+        self.forwarded_certificate = False
         self.policies: ClassPolicies = no_policies
         self.expected: ExpectedProxies = no_expected
         self.workload: WorkloadOf = no_workload
@@ -165,7 +174,51 @@ class AdminViews:
         application.router.add_get("/debug/expected", self.expected_proxies)
         application.router.add_get("/debug/registrations", self.registered)
         application.router.add_get("/debug/addresses", self.virtual_addresses)
+        application.router.add_get("/debug/daemon", self.daemon_view)
         return application
+
+    async def daemon_view(self, _request: web.Request) -> web.Response:
+        """What the status page shows beyond the other views, as JSON, so that a merged
+        admin in front of several worker daemons (``xdsd.workers``) can render it:
+        version, start time, config directory, ``loaded``, ``stale_after``,
+        ``renew_fraction``, and per node class (by its text) that has a snapshot or a
+        connected client: ``snapshot`` (per type URL, ``[version, resources]``; null
+        without one), ``policies`` and ``workload`` (null when the class is no
+        workload's)."""
+        classes: dict[str, dict[str, Any]] = {}
+        keys: list[Hashable] = list(self.cache.keys())
+        keys += [c.key for c in self.cache.clients() if c.connected]
+        for key in keys:
+            label = str(key)
+            if label in classes:
+                continue
+            snapshot = self.cache.get(key)
+            workload = self.workload(key)
+            classes[label] = {
+                "snapshot": None
+                if snapshot is None
+                else {t: [v, len(snapshot.get(t))] for t, v in snapshot.versions.items()},
+                "policies": self.policies(key),
+                "workload": None
+                if workload is None
+                else {
+                    "namespace": workload.namespace,
+                    "service": workload.service,
+                    "role": workload.role,
+                    "address": workload.address,
+                },
+            }
+        return web.json_response(
+            {
+                "version": self.version,
+                "started_at": self.metrics.started_at,
+                "config_dir": self.config_dir,
+                "loaded": self.config.loaded is not None,
+                "stale_after": self.stale_after,
+                "renew_fraction": self.renew_fraction(),
+                "classes": classes,
+            }
+        )
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """The process is up."""
@@ -290,8 +343,11 @@ class AdminViews:
             )
         client = max(found, key=lambda c: (c.connected, c.connected_at))
         if self.node_access is not None:
-            transport = request.transport
-            cert = transport.get_extra_info("peercert") if transport is not None else None
+            if self.forwarded_certificate:
+                cert = forwarded_peer(request.headers.get(PEER_CERTIFICATE_HEADER))
+            else:
+                transport = request.transport
+                cert = transport.get_extra_info("peercert") if transport is not None else None
             if not self.node_access(cert, client):
                 self.metrics.on_refused("admin", "permission_denied")
                 return _error(
@@ -347,6 +403,41 @@ class AdminViews:
         out = [problem_json(p) for p in problems]
         out.extend(dict(c) for c in self.gateway_status())
         return web.json_response(out)
+
+
+#: The header in which the merged admin of ``xdsd serve --workers`` forwards its admin
+#: client's certificate names to a worker: ``peer_header`` of ``getpeercert()``.
+PEER_CERTIFICATE_HEADER = "X-Xdsd-Peer-Certificate"
+#: The longest forwarded certificate header read; a longer one is no certificate.
+MAX_PEER_HEADER = 4096
+
+
+def peer_header(cert: Mapping[str, Any] | None) -> str:
+    """The certificate's subject alternative names (all node access reads of it) as
+    the ``PEER_CERTIFICATE_HEADER`` value: JSON, ``null`` without a certificate."""
+    if not cert:
+        return "null"
+    names = [[str(k), str(v)] for k, v in cert.get("subjectAltName", ())]
+    return json.dumps({"subjectAltName": names}, separators=(",", ":"))
+
+
+def forwarded_peer(value: str | None) -> Mapping[str, Any] | None:
+    """``peer_header``'s value read back as ``getpeercert()`` gives it; None (no
+    certificate: node access refuses) when absent, too long or of any other shape."""
+    if not value or len(value) > MAX_PEER_HEADER:
+        return None
+    try:
+        found = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or not isinstance(found.get("subjectAltName"), list):
+        return None
+    names = found["subjectAltName"]
+    if not all(
+        isinstance(n, list) and len(n) == 2 and all(isinstance(p, str) for p in n) for n in names
+    ):
+        return None
+    return {"subjectAltName": tuple((k, v) for k, v in names)}
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:

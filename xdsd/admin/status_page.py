@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import html
 import urllib.parse
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from xdsd.admin.identities import DEFAULT_RENEW_FRACTION, expiring_soon
 from xdsd.admin.proxies import (
@@ -45,7 +45,6 @@ from xdsd.admin.proxies import (
     type_state,
 )
 from xdsd.cache.cache import ClientIdentity, ClientStatus, TypeStatus
-from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
 from xdsd.resources import PUSH_ORDER, SHORT_NAMES, TypeUrl
 
@@ -125,6 +124,26 @@ footer { margin-top: 2em; color: #6b7380; font-size: 12px; }
 """
 
 
+class ClassSnapshot(Protocol):
+    """What the page reads of a node class's snapshot: its versions by type, how many
+    resources of a type it holds (``len(get(type))``) and a type's version. A
+    ``cache.snapshot.Snapshot`` is one; so is a summary read back from a worker's
+    ``/debug/daemon`` (``xdsd.workers.merge``)."""
+
+    @property
+    def versions(self) -> Mapping[TypeUrl, str]:
+        """The version of each type held."""
+        ...
+
+    def get(self, type_url: TypeUrl) -> Sized:
+        """The resources of a type (only counted here)."""
+        ...
+
+    def version(self, type_url: TypeUrl) -> str:
+        """The version of a type."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class StatusView:
     """Everything the page shows, read at request time."""
@@ -137,7 +156,7 @@ class StatusView:
     errors: Sequence[Problem]
     warnings: Sequence[Problem]
     clients: Sequence[ClientStatus]
-    snapshots: Mapping[Hashable, Snapshot]
+    snapshots: Mapping[Hashable, ClassSnapshot]
     #: The security policies of each class shown (``admin.ClassPolicies``' JSON).
     policies: Mapping[Hashable, Mapping[str, Any]] = field(default_factory=dict)
     #: ``[mesh.ca] renew_fraction``: when a certificate counts as expiring soon.
@@ -595,7 +614,7 @@ def _disconnected_section(gone: Sequence[ClientStatus], now: float) -> str:
 
 
 def _types_shown(
-    connected: Sequence[ClientStatus], snapshots: Mapping[Hashable, Snapshot]
+    connected: Sequence[ClientStatus], snapshots: Mapping[Hashable, ClassSnapshot]
 ) -> list[TypeUrl]:
     """The types any connected client was served or any snapshot holds, in push order."""
     seen: set[str] = set()

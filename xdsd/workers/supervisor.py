@@ -168,9 +168,9 @@ class Supervisor:
         self._outcome = _Outcome()
 
     def admin_sockets(self) -> list[str]:
-        """The admin sockets of the workers running now (the merged admin server's
-        sources)."""
-        return [slot.place.admin for slot in self.slots if slot.alive]
+        """The admin socket of every worker, in worker order (the merged admin server's
+        sources; a worker being restarted keeps its place, unusable until it listens)."""
+        return [slot.place.admin for slot in self.slots]
 
     @property
     def answering(self) -> bool:
