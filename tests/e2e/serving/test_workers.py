@@ -227,6 +227,17 @@ def test_two_workers_serve_as_one_daemon(tmp_path: Path, etcd: Etcd) -> None:
 
         wait_until(spread, timeout=60, interval=0.1, what="clients on both workers")
         wait_until(lambda: all(c.version for c in clients), what="every client's clusters")
+        # the admin server sees every worker's clients as one daemon's
+        assert xdsd.admin("/readyz")["ready"] is True
+        listed = {c["node_id"] for c in xdsd.admin("/debug/clients") if c["connected"]}
+        assert {f"client-{i}" for i in range(len(clients))} <= listed, listed
+        status = subprocess.run(
+            [sys.executable, "-m", "xdsd.cli", "status", "--admin", f"127.0.0.1:{xdsd.admin_port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
         before = {c.version for c in clients}
         assert len(before) == 1  # the same files, the same version on both workers
         mesh.set_subsets("v1", "v2", "v3")
