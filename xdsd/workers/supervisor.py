@@ -308,7 +308,7 @@ class Supervisor:
     def _heard(self, slot: _Slot, data: bytes) -> None:
         slot.heard = self.clock()
         lines = dict(
-            line.partition("=")[::2] for line in data.decode(errors="replace").splitlines()
+            line.partition("=")[::2] for line in data.decode(errors="replace").split("\n")
         )
         if "STATUS" in lines:
             slot.status = lines["STATUS"]
