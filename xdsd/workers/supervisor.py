@@ -363,7 +363,8 @@ class Supervisor:
         if pending:
             for slot in live:
                 self._signal(slot, signal.SIGKILL)
-            self._outcome.end(1, "a worker overran its shutdown")
+            log.error("a worker still running after its shutdown's bound: killed")
+            self._outcome.code, self._outcome.reason = 1, "a worker overran its shutdown"
             await asyncio.wait(pending, timeout=1.0)
 
     def kill_all(self) -> None:
