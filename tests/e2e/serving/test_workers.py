@@ -337,3 +337,62 @@ def test_a_port_in_use_is_one_line_from_the_supervisor(tmp_path: Path, etcd: Etc
     assert len(lines) == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port} for gRPC xDS" in lines[0]
     assert "started (pid" not in done.stderr  # refused before any worker started
+
+
+def gone(pid: int) -> bool:
+    """``pid`` has ended (no process, or a zombie left for its parent to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_stuck_worker_is_replaced_and_stops_are_bounded(tmp_path: Path, etcd: Etcd) -> None:
+    """A worker stopped (SIGSTOP: its loop sends no heartbeat) is killed and restarted;
+    with a worker stuck, a second SIGTERM exits at once (143) and kills it; a single
+    SIGTERM ends at the backstop (exit 1), also killing it; a supervisor SIGKILLed takes
+    its workers with it."""
+    mesh = EchoMesh(tmp_path)
+    flags = ["--workers", "2", "--settings", str(settings_file(tmp_path, etcd))]
+    try:
+        xdsd = mesh.start_xdsd(extra=flags)
+        wait_until(lambda: xdsd.admin("/readyz")["ready"], what="ready")
+        stuck = children(xdsd.proc.pid)[0]
+        os.kill(stuck, signal.SIGSTOP)
+        wait_until(
+            lambda: f"(pid {stuck}) not answering" in xdsd.log(), timeout=60, what="the kill"
+        )
+        wait_until(lambda: "ready again (restart 1)" in xdsd.log(), timeout=60, what="restart")
+        assert stuck not in children(xdsd.proc.pid) and len(children(xdsd.proc.pid)) == 2
+        wait_until(lambda: xdsd.admin("/readyz")["ready"], what="ready again")
+
+        # a worker stuck during shutdown: the second SIGTERM exits at once
+        stuck = children(xdsd.proc.pid)[0]
+        os.kill(stuck, signal.SIGSTOP)
+        xdsd.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping 2 workers" in xdsd.log(), what="the shutdown")
+        xdsd.proc.send_signal(signal.SIGTERM)
+        assert xdsd.proc.wait(10) == 128 + signal.SIGTERM
+        wait_until(lambda: gone(stuck), what="the stuck worker killed")
+        xdsd.stop()
+
+        # a single SIGTERM with a worker stuck: the backstop (grace 3 s + 6 s), exit 1
+        xdsd = mesh.start_xdsd(extra=flags)
+        wait_until(lambda: xdsd.admin("/readyz")["ready"], what="ready")
+        stuck = children(xdsd.proc.pid)[1]
+        os.kill(stuck, signal.SIGSTOP)
+        xdsd.proc.send_signal(signal.SIGTERM)
+        assert xdsd.proc.wait(30) == 1
+        assert "a worker overran its shutdown" in xdsd.log()
+        wait_until(lambda: gone(stuck), what="the stuck worker killed")
+        xdsd.stop()
+
+        # the supervisor SIGKILLed: its workers end too (parent-death signal)
+        xdsd = mesh.start_xdsd(extra=flags)
+        wait_until(lambda: xdsd.admin("/readyz")["ready"], what="ready")
+        workers = children(xdsd.proc.pid)
+        xdsd.proc.kill()
+        xdsd.proc.wait(10)
+        wait_until(lambda: all(gone(w) for w in workers), what="the workers to end")
+    finally:
+        mesh.stop()
