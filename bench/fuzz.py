@@ -1,6 +1,6 @@
 """The long fuzzing run: the suite's fuzz targets with a larger budget and fresh inputs.
 
-``python -m bench fuzz [--examples N] [--seeded] [--targets loader,protocol,transport,ca]``
+``python -m bench fuzz [--examples N] [--seeded] [--targets loader,protocol,transport,ca,workers]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``,
 ``tests/protocol/test_fuzz_protocol.py`` and ``tests/transports/test_fuzz_transports.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same

@@ -11,8 +11,9 @@ the private unix socket ``PATH``, which the supervisor's merged admin server rea
 ``READY=1``, ``RELOADING=1``, ``STATUS=``, ``WATCHDOG=1`` and ``STOPPING=1`` notifications
 go to the supervisor, which tells systemd once for all workers.
 
-A worker ends when the supervisor does (Linux ``PR_SET_PDEATHSIG``: SIGTERM), so a
-supervisor killed with SIGKILL leaves no worker serving behind it.
+Every log line of a worker carries the field ``worker=I``. A worker ends when the
+supervisor does (Linux ``PR_SET_PDEATHSIG``: SIGTERM), so a supervisor killed with
+SIGKILL leaves no worker serving behind it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return replace(settings, workers=1, registry=registry)
 
 
+def label_logs(index: int) -> None:
+    """Give every log line of this process the structured field ``worker=INDEX`` (text:
+    ``worker=1:`` before the message; JSON: ``"worker": 1``), so the lines of the
+    workers, which share one stream, say whose they are."""
+
+    def label(record: logging.LogRecord) -> bool:
+        record.worker = index
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(label)
+
+
 def end_with_parent() -> None:
     """Ask Linux to send this process SIGTERM when its parent ends (nothing elsewhere);
     SIGTERM at once when the parent is already gone."""
@@ -108,6 +122,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     those descriptors cannot be used."""
     end_with_parent()
     index: int = args.worker
+    label_logs(index)
     inherited = adopt(parse_fds(args.worker_fds))
     raise_descriptor_limit()
     settings = worker_settings(settings, index)

@@ -215,6 +215,8 @@ def test_two_workers_serve_as_one_daemon(tmp_path: Path, etcd: Etcd) -> None:
         wait_until(lambda: inbox.count("WATCHDOG=1") >= 2, what="watchdog pings")
         workers = children(xdsd.proc.pid)
         assert len(workers) == 2
+        for index in (0, 1):  # each worker's lines say whose they are
+            assert f"INFO xdsd.app: worker={index}: gRPC xDS listening on" in xdsd.log()
         runtime = re.search(r"admin listening on (/\S+)/worker-0\.sock", xdsd.log())
         assert runtime is not None
         assert oct(os.stat(runtime.group(1)).st_mode & 0o777) == "0o700"
