@@ -2,14 +2,16 @@
 real grpcio ADS clients on both workers and a real Envoy, registrations in a real etcd
 (``[registry.etcd]``, which workers > 1 need), systemd notifications on a datagram socket.
 
-Clients land on both workers and get the same versions after an edit; Envoy routes as the
-files say; SIGHUP reaches every worker (RELOADING=1, then one READY=1); the worker holding
+Clients land on both workers and get the same versions after an edit; the merged admin
+lists them all; Envoy routes as the files say; REST polls get one version from whichever
+worker; SIGHUP reaches every worker (RELOADING=1, then one READY=1); the worker holding
 Envoy's stream SIGKILLed is restarted, Envoy reconnects and still follows edits; SIGTERM
 ends every stream with UNAVAILABLE and the shutdown message, STOPPING=1, exit 0, and the
 private runtime directory is gone. Refusals (no etcd, a port in use) are one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from tests.e2e.mesh import EchoMesh, route_to, vs
 from tests.etcd import Etcd, etcd_binary
@@ -248,6 +251,20 @@ def test_two_workers_serve_as_one_daemon(tmp_path: Path, etcd: Etcd) -> None:
             what="every client's new clusters",
         )
         assert len({c.version for c in clients}) == 1
+
+        # REST pollers reach a worker through the shared REST socket: one version
+        polled = set()
+        for i in range(6):  # a new connection each: whichever worker accepts it
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{xdsd.rest_port}/v3/discovery:clusters",
+                data=json_format.MessageToJson(
+                    discovery_pb2.DiscoveryRequest(node=node(f"poller-{i}", mesh.client_ip))
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                polled.add(json.loads(answer.read())["version_info"])
+        assert len(polled) == 1 and "" not in polled, polled
 
         # a real Envoy routes as the files say
         envoy = mesh.start_envoy()
