@@ -15,7 +15,9 @@ worker said ``READY=1``; ``RELOADING=1`` on SIGHUP (forwarded to every worker) a
 ``READY=1`` once every worker reloaded; ``STOPPING=1`` on SIGTERM or SIGINT (forwarded as
 SIGTERM: each worker ends its streams with UNAVAILABLE within ``shutdown_grace``);
 ``WATCHDOG=1`` only while every worker is alive and answering (its own ``WATCHDOG=1``
-heartbeat, sent from its event loop, arrived within ``ANSWER_WITHIN`` seconds). A worker
+heartbeat, sent from its event loop, arrived within ``ANSWER_WITHIN`` seconds; a worker
+still starting — loading the directory on its loop, seconds for a large mesh — counts
+as answering while it lives: ``/readyz`` names it as not ready meanwhile). A worker
 that exits is restarted after a backoff that doubles from ``MIN_BACKOFF`` to
 ``MAX_BACKOFF`` seconds (reset once it served for ``STEADY_AFTER`` seconds); one that
 stops answering is killed and restarted the same way; either is logged. Its clients
@@ -60,7 +62,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between a worker's heartbeats (``WATCHDOG=1`` to the supervisor).
 HEARTBEAT = 1.0
-#: A worker not heard from for this many seconds is not answering: killed and restarted.
+#: A worker that was ready and is not heard from for this many seconds is not answering:
+#: killed and restarted.
 ANSWER_WITHIN = 10.0
 #: The backoff before restarting a worker that exited: doubles from the first to the last.
 MIN_BACKOFF = 0.1
@@ -174,9 +177,12 @@ class Supervisor:
 
     @property
     def answering(self) -> bool:
-        """Every worker is alive and was heard from within ``answer_within`` seconds."""
+        """Every worker is alive and, once ready, was heard from within
+        ``answer_within`` seconds (one still starting counts as answering)."""
         now = self.clock()
-        return all(s.alive and now - s.heard <= self.answer_within for s in self.slots)
+        return all(
+            s.alive and (not s.ready or now - s.heard <= self.answer_within) for s in self.slots
+        )
 
     async def run(self) -> int:
         """Start every worker and keep them running until ``stop`` (or a worker fails at
@@ -270,7 +276,8 @@ class Supervisor:
             slot.backoff = min(self.backoff[1], slot.backoff * 2)
 
     async def _watch(self) -> None:
-        """Every second: kill a worker that stopped answering (its keeper restarts it);
+        """Every second: kill a ready worker that stopped answering (its keeper restarts
+        it; one still starting is given its time, as a single daemon's start is);
         WATCHDOG=1 to systemd every half watchdog interval while every worker answers."""
         interval = self.notifier.watchdog_interval
         last_ping = -float("inf")
@@ -278,7 +285,8 @@ class Supervisor:
             now = self.clock()
             for slot in self.slots:
                 process = slot.process
-                if slot.alive and process is not None and now - slot.heard > self.answer_within:
+                silent = now - slot.heard > self.answer_within
+                if slot.alive and slot.ready and process is not None and silent:
                     log.error(
                         "worker %d (pid %d) not answering for %.1f s: killing it",
                         slot.place.index,
@@ -307,9 +315,7 @@ class Supervisor:
 
     def _heard(self, slot: _Slot, data: bytes) -> None:
         slot.heard = self.clock()
-        lines = dict(
-            line.partition("=")[::2] for line in data.decode(errors="replace").split("\n")
-        )
+        lines = dict(line.partition("=")[::2] for line in data.decode(errors="replace").split("\n"))
         if "STATUS" in lines:
             slot.status = lines["STATUS"]
         if lines.get("READY") == "1":
