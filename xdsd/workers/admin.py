@@ -191,12 +191,10 @@ class MergedAdmin:
             self._sessions[path] = session
         return session
 
-    def _forget_sessions(self, current: Sequence[str]) -> None:
+    async def _forget_sessions(self, current: Sequence[str]) -> None:
         """Close the sessions of sockets no longer listed."""
         for path in [p for p in self._sessions if p not in current]:
-            session = self._sessions.pop(path)
-            task = asyncio.get_running_loop().create_task(session.close())
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            await self._sessions.pop(path).close()
 
     async def ask(
         self,
@@ -209,7 +207,7 @@ class MergedAdmin:
         """Every worker's answer to ``GET path?query`` (JSON, or the text with ``text``),
         in worker order; never raises for a worker."""
         sockets = list(self.sockets())
-        self._forget_sessions(sockets)
+        await self._forget_sessions(sockets)
         return list(
             await asyncio.gather(
                 *(

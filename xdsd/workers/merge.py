@@ -216,8 +216,16 @@ def merge_ready(answers: Sequence[Answer]) -> tuple[bool, Merged]:
 
 def merge_clients(answers: Sequence[Answer]) -> Merged:
     """``/debug/clients``: every worker's clients, each with ``worker`` added and its
-    ``client_id`` made ``WORKER/ID`` (unique across workers)."""
-    found, bad = _each(answers, lambda a: _list_of_dicts(a.body, "the clients"))
+    ``client_id`` made ``WORKER/ID`` (unique across workers). A worker with a client
+    that does not read back (``client_status``) is unusable."""
+
+    def read(a: Answer) -> list[dict[str, Any]]:
+        clients = _list_of_dicts(a.body, "the clients")
+        for client in clients:
+            client_status(client)  # raises Garbage for a client not of its shape
+        return clients
+
+    found, bad = _each(answers, read)
     out = [
         {**client, "client_id": f"{a.worker}/{client.get('client_id')}", "worker": a.worker}
         for a, clients in found
