@@ -23,6 +23,13 @@ is visible. Log-line timestamps have millisecond resolution.
 services (``svc-00000`` and the next K-1, plus the services ``add`` creates, which answer
 to ``*.added.local``): each client then receives K services' clusters, endpoints and
 virtual hosts instead of all of them, and an edit reaches only the clients that see it.
+
+``--workers today,1,2`` runs every case once per entry, side by side in one run: ``today``
+is the daemon of ``--tree`` (a worktree of the baseline), a number is ``xdsd serve
+--workers N`` of this checkout (N > 1 with its registrations in a real etcd started for
+the run, as workers need; the daemon then has every core, not CPU 0 alone). CPU per edit
+is summed over the daemon's processes (supervisor and workers), and also given per
+worker (the busiest worker's share).
 """
 
 from __future__ import annotations
@@ -109,20 +116,27 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run_case(
-    clients: int, services: int, kinds: list[str], edits: int, args: argparse.Namespace
+    clients: int,
+    services: int,
+    kinds: list[str],
+    edits: int,
+    args: argparse.Namespace,
+    workers: str = "",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xdsd-fanout-") as tmp:
         root = Path(tmp)
         config = write_mesh(root, services)
         if args.sidecar_hosts:
             write_sidecar(config, args.sidecar_hosts)
-        daemon = Daemon(config, root / "xdsd.log", profile=args.profile, tree=args.tree)
+        daemon = _daemon(config, root, args, workers)
         load: LoadGen | None = None
         try:
             spec = ClientSpec("127.0.0.1", daemon.grpc_port, classes=min(args.classes, services))
             load = LoadGen(clients, spec, procs=args.procs)
             load.go()
             load.wait_synced(timeout=300)
+            if workers not in ("", "today", "1"):
+                print(f"clients per worker: {spread(daemon.pid, daemon.grpc_port)}", flush=True)
             editor = Editor(config, added_hosts=bool(args.sidecar_hosts))
             spy = None
             if args.pyspy:
@@ -155,6 +169,7 @@ def run_case(
                     if not key.endswith("_cpu")
                 } | {
                     "daemon_cpu_ms": statistics.median(s["daemon_cpu"] for s in samples),
+                    "worker_cpu_ms": statistics.median(s["worker_cpu"] for s in samples),
                     "load_cpu_ms": statistics.median(s["load_cpu"] for s in samples),
                     "samples": samples,
                 }
@@ -184,11 +199,11 @@ def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) 
     types = KINDS[kind]
     load.arm(types)
     daemon.mark()
-    cpu0 = daemon.cpu()
+    cpu0 = tree_cpu(daemon.pid)
     t0 = time.time()
     editor.edit(kind, i)
     done = load.wait_done()
-    cpu1 = daemon.cpu()
+    cpu1 = tree_cpu(daemon.pid)
     detected, _loaded, rebuild_ms = daemon.events()
     for _ in range(50):  # the log line may land just after the last ACK
         if detected is not None and rebuild_ms is not None:
@@ -212,7 +227,8 @@ def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) 
         "first": (min(sent) - t0) * 1000 if sent else float("nan"),
         "last": last * 1000,
         "push": (last - detect) * 1000,
-        "daemon_cpu": (cpu1 - cpu0) * 1000,
+        "daemon_cpu": (sum(cpu1.values()) - sum(cpu0.values())) * 1000,
+        "worker_cpu": max(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) * 1000,
         "load_cpu": done["cpu"] * 1000,
     }
 
@@ -236,7 +252,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=0,
         help="limit every client to this many services with an Istio Sidecar (0: none)",
     )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="run each case per entry: today (the --tree daemon) or a worker count, "
+        "e.g. today,1,2 (default: the one daemon of --tree or this checkout)",
+    )
     args = parser.parse_args(argv)
+    if args.workers:
+        return main_workers(args)
     kinds = args.kinds.split(",")
     results: dict[str, Any] = {}
     print(
@@ -257,4 +281,109 @@ def main(argv: list[str]) -> dict[str, Any]:
                     f"{r['daemon_cpu_ms']:>8.0f}{r['load_cpu_ms']:>6.0f}",
                     flush=True,
                 )
+    return results
+
+
+# -- workers side by side (--workers) ---------------------------------------------------
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds so far of ``pid`` and of each of its children (a
+    supervisor's workers; a child that ended is no longer counted), by process id."""
+    out: dict[int, float] = {}
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
+    for p in pids:
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def spread(pid: int, port: int) -> list[int]:
+    """How many established connections to ``port`` each child of ``pid`` (each worker)
+    holds, from /proc (the kernel's view)."""
+    inodes: set[str] = set()
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    counts = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        held = 0
+        for fd in Path(f"/proc/{child}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+        counts.append(held)
+    return counts
+
+
+def _daemon(config: Path, root: Path, args: argparse.Namespace, workers: str) -> Daemon:
+    """The daemon of one case: ``--tree``'s for ``today`` (and without ``--workers``),
+    else this checkout's with ``--workers N`` (N > 1: every core, registrations in
+    ``args.etcd_url``'s etcd)."""
+    if not workers or workers == "today":
+        return Daemon(config, root / "xdsd.log", profile=args.profile, tree=args.tree)
+    count = int(workers)
+    extra = ["--workers", str(count)]
+    cpus = None
+    if count > 1:
+        settings = root / "xdsd.toml"
+        settings.write_text(
+            f'[registry.etcd]\nendpoints = ["{args.etcd_url}"]\nprefix = "/fanout-{root.name}"\n'
+        )
+        extra += ["--settings", str(settings)]
+        cpus = set(os.sched_getaffinity(0))
+    return Daemon(config, root / "xdsd.log", cpus=cpus, extra=extra)
+
+
+def main_workers(args: argparse.Namespace) -> dict[str, Any]:
+    """``--workers``: each case once per entry, side by side, with CPU per worker."""
+    entries = args.workers.split(",")
+    if "today" in entries and not args.tree:
+        raise SystemExit("--workers today needs --tree (a worktree of the baseline)")
+    kinds = args.kinds.split(",")
+    results: dict[str, Any] = {}
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"{'N':>5} {'S':>5} {'daemon':<8}{'edit':<7}"
+        f"{'push p50':>9}{'p99':>7}{'max':>7} | {'rebuild':>7}{'last p99':>9} | "
+        f"{'cpu xdsd':>8}{'/worker':>8}{'load':>6}  (ms)"
+    )
+    with tempfile.TemporaryDirectory(prefix="xdsd-fanout-etcd-") as tmp:
+        etcd = None
+        if any(e not in ("today", "1") for e in entries):
+            from tests.etcd import Etcd, etcd_binary
+
+            binary = etcd_binary()
+            if binary is None:
+                raise SystemExit("workers > 1 need etcd (Debian: etcd-server)")
+            etcd = Etcd(Path(tmp), binary)
+            args.etcd_url = etcd.url
+        try:
+            for s in (int(x) for x in args.services.split(",")):
+                for n in (int(x) for x in args.clients.split(",")):
+                    for entry in entries:
+                        case = run_case(n, s, kinds, args.edits, args, workers=entry)
+                        results[f"N={n},S={s},daemon={entry}"] = case
+                        for kind, r in case.items():
+                            print(
+                                f"{n:>5} {s:>5} {entry:<8}{kind:<7}"
+                                f"{r['push']['p50']:>9.1f}{r['push']['p99']:>7.1f}"
+                                f"{r['push']['max']:>7.1f} | {r['rebuild']['p50']:>7.1f}"
+                                f"{r['last']['p99']:>9.1f} | {r['daemon_cpu_ms']:>8.0f}"
+                                f"{r['worker_cpu_ms']:>8.0f}{r['load_cpu_ms']:>6.0f}",
+                                flush=True,
+                            )
+        finally:
+            if etcd is not None:
+                etcd.stop()
     return results

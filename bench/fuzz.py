@@ -1,6 +1,6 @@
 """The long fuzzing run: the suite's fuzz targets with a larger budget and fresh inputs.
 
-``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers]``
+``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``,
 ``tests/protocol/test_fuzz_protocol.py`` and ``tests/transports/test_fuzz_transports.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
@@ -26,6 +26,7 @@ TARGETS = {
     "transport": "tests/transports/test_fuzz_transports.py",
     "ca": "tests/ca/test_fuzz_ca.py",
     "workers": "tests/workers/test_fuzz_merge.py",
+    "supervisor": "tests/workers/test_fuzz_workers.py",
 }
 #: Run in the child pytest: prints one line per example count, read back below.
 _TALLY_PLUGIN = """

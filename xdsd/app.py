@@ -29,9 +29,10 @@ import errno
 import logging
 import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -112,8 +113,10 @@ __all__ = [
     "STUCK_AFTER",
     "Daemon",
     "MeshState",
+    "listen_error",
     "run_server",
     "serve",
+    "server_settings",
 ]
 
 #: Exit code after a second SIGTERM/SIGINT cut a shutdown short is 128 + the signal number;
@@ -130,7 +133,9 @@ class Daemon:
     it). ``settings_path`` is the file ``settings`` came from: SIGHUP reads its ``[mesh]``
     section again. With ``backstop`` (the ``xdsd serve`` process, not an in-process
     caller), a shutdown still running ``SHUTDOWN_BACKSTOP`` seconds after its grace ends
-    the process with code 1.
+    the process with code 1. ``inherited`` gives the gRPC and REST listeners listening
+    sockets to serve on (a worker of ``xdsd serve --workers N``; grpclib only: raises
+    UsageError with ``grpc_impl = grpcio``).
 
     With ``admin_socket`` (a worker of ``xdsd serve --workers``), the admin server listens
     on that unix socket path instead of ``settings.admin``: plaintext, mode 0600, a stale
@@ -148,9 +153,13 @@ class Daemon:
         settings_path: str | None = None,
         backstop: bool = False,
         admin_socket: str | None = None,
+        inherited: Mapping[str, Sequence[socket.socket]] | None = None,
     ) -> None:
         self.settings = settings
         self.admin_socket = admin_socket
+        #: Listening sockets bound by a supervisor (``xdsd.workers``), by settings key
+        #: (``grpc``, ``rest``): those listeners serve on them instead of binding.
+        self.inherited = dict(inherited or {})
         self.notifier = notifier or Notifier(None)
         self.stop = stop or asyncio.Event()
         self.settings_path = settings_path
@@ -278,6 +287,7 @@ class Daemon:
                         self.gate,
                         idle_timeout=settings.rest_idle_timeout,
                         ssl_context=http_tls,
+                        sockets=self.inherited.get("rest"),
                     ),
                     rest,
                     note=note,
@@ -313,6 +323,8 @@ class Daemon:
         settings, certificates = self.settings, self.certificates
         limits = StreamLimits.from_settings(settings)
         if settings.grpc_impl == "grpcio":
+            if "grpc" in self.inherited:
+                raise UsageError("workers > 1 need grpc_impl = grpclib (grpcio binds its own port)")
             try:
                 from xdsd.transports.grpc_aio import AioServer
             except ImportError as e:
@@ -353,6 +365,7 @@ class Daemon:
             backlog=settings.grpc_backlog,
             tls=certificates.context("h2") if certificates is not None else None,
             note=note,
+            sockets=self.inherited.get("grpc"),
         )
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -721,7 +734,13 @@ _LISTENER_SETTINGS = {"gRPC xDS": "grpc", "REST xDS": "rest", "admin": "admin"}
 def _listen_error(listener: DaemonListener, error: OSError) -> StartupError:
     """One line saying which address of which listener cannot be bound, why, and which
     flag or settings key moves it."""
-    key = _LISTENER_SETTINGS.get(listener.name, listener.name)
+    return listen_error(listener.name, listener.address, error)
+
+
+def listen_error(name: str, address: Address, error: OSError) -> StartupError:
+    """One line saying that ``address`` of the listener ``name`` ("gRPC xDS", "REST xDS",
+    "admin") cannot be bound, why, and which flag or settings key moves it."""
+    key = _LISTENER_SETTINGS.get(name, name)
     why = (error.strerror or str(error)).lower()
     hint = {
         errno.EADDRINUSE: "is another xdsd running?",
@@ -729,7 +748,7 @@ def _listen_error(listener: DaemonListener, error: OSError) -> StartupError:
         errno.EACCES: "ports below 1024 need privileges",
     }.get(error.errno or 0, "")
     return StartupError(
-        f"cannot listen on {listener.address} for {listener.name}: {why}"
+        f"cannot listen on {address} for {name}: {why}"
         + (f" ({hint})" if hint else "")
         + f"; choose another with --{key} HOST:PORT (settings key {key})"
     )
@@ -742,16 +761,24 @@ def _tls_note(settings: Settings) -> str:
     return " (mTLS)" if settings.tls_client_ca else " (TLS)"
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """``xdsd serve``: settings from file then flags, the descriptor limit raised (see
-    ``raise_descriptor_limit``), then run until stopped."""
+def server_settings(args: argparse.Namespace) -> Settings:
+    """``xdsd serve``'s settings: the file's (``--settings``), then the flags'. Raises
+    ConfigError naming every wrong value."""
     settings = Settings.from_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
-    for name in ("config_dir", "grpc", "rest", "admin", "grpc_impl", "shutdown_grace"):
+    names = ("config_dir", "grpc", "rest", "admin", "grpc_impl", "shutdown_grace", "workers")
+    for name in names:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    settings = settings.merged(overrides, source="command line")
+    return settings.merged(overrides, source="command line")
+
+
+def run_server(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """``xdsd serve`` in one process: ``settings`` (default: ``server_settings``), the
+    descriptor limit raised (see ``raise_descriptor_limit``), then run until stopped."""
+    if settings is None:
+        settings = server_settings(args)
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("descriptor limit (RLIMIT_NOFILE, soft) raised from %d to %d", before, after)

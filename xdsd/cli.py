@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(args.log_level, args.log_format)
     try:
         try:
@@ -205,7 +206,28 @@ def _add_serve_command(sub: Subcommands) -> None:
         metavar="SECONDS",
         help="on SIGTERM, how long open streams get to end (default: 5)",
     )
+    serve.add_argument(
+        "--workers",
+        default=None,
+        type=_workers,
+        metavar="N",
+        help="serving processes sharing the gRPC and REST ports; auto: one per core (default: 1)",
+    )
+    # A worker of `serve --workers N` (xdsd.workers): its index, the listening sockets
+    # it inherits and its admin socket. Not for people.
+    serve.add_argument("--worker", default=None, type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fds", default="", help=argparse.SUPPRESS)
+    serve.add_argument("--admin-socket", default=None, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a positive integer, or ``auto`` (one per core)."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a positive integer or "auto"')
+    return int(text)
 
 
 def _add_status_command(sub: Subcommands) -> None:
@@ -1614,9 +1636,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from xdsd.app import run_server
+    from xdsd.app import run_server, server_settings
 
-    return run_server(args)
+    settings = server_settings(args)
+    if args.worker is not None:
+        from xdsd.workers.worker import run_worker
+
+        return run_worker(args, settings)
+    if settings.workers > 1:
+        from xdsd.workers.supervisor import run_supervisor
+
+        return run_supervisor(args, settings)
+    return run_server(args, settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -99,7 +100,8 @@ async def end_streams(streams: OpenStreams, deadline: Deadline) -> None:
 
 class GrpclibListener:
     """The grpclib gRPC server (``GrpcServer``, its streams in ``streams``) on
-    ``address``, with ``backlog`` and TLS when ``tls`` is given."""
+    ``address``, with ``backlog`` and TLS when ``tls`` is given; with ``sockets``, on
+    those listening sockets (a worker's, bound by the supervisor) instead of binding."""
 
     name = "gRPC xDS"
 
@@ -112,8 +114,10 @@ class GrpclibListener:
         backlog: int,
         tls: ssl.SSLContext | None,
         note: str,
+        sockets: Sequence[socket.socket] | None = None,
     ) -> None:
         self.server = server
+        self.sockets = sockets
         self.streams = streams
         self.address = address
         self.backlog = backlog
@@ -122,7 +126,11 @@ class GrpclibListener:
 
     async def start(self) -> str:
         listener = await self.server.listen(
-            self.address.host, self.address.port, backlog=self.backlog, ssl_context=self.tls
+            self.address.host,
+            self.address.port,
+            backlog=self.backlog,
+            ssl_context=self.tls,
+            sockets=self.sockets,
         )
         return str(Address(self.address.host, listener.port))
 

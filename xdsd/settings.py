@@ -60,6 +60,8 @@ from xdsd.model.service import Origin
 #: The largest settings file read.
 MAX_SETTINGS_BYTES = 1 << 20
 
+#: The most serving processes ``workers`` may ask for.
+MAX_WORKERS = 256
 #: The gRPC server implementations ``grpc_impl`` may name.
 GRPC_IMPLS = ("grpclib", "grpcio")
 
@@ -103,7 +105,9 @@ class Settings:
     ``workloadSelector`` applies to every namespace that has none of its own.
     ``mesh`` holds the mesh-wide proxy defaults (the ``[mesh]`` table of the file).
     ``shutdown_grace`` is how long, after SIGTERM, open streams get to end with their
-    UNAVAILABLE status before they are cut (seconds).
+    UNAVAILABLE status before they are cut (seconds). ``workers`` is how many serving
+    processes share the gRPC and REST ports (``xdsd.workers``; ``"auto"`` in the file or
+    on the command line: one per core); 1 runs the single process.
 
     Limits (``docs/operations.md``, "Limits and hostile clients"): ``max_request_bytes``
     bounds one gRPC message and one REST body; ``max_streams_per_address`` the gRPC
@@ -167,6 +171,7 @@ class Settings:
     root_namespace: str = "istio-system"  # model.networking.ROOT_NAMESPACE
     mesh: MeshConfig = DEFAULT_MESH_CONFIG
     shutdown_grace: float = 5.0
+    workers: int = 1
     max_request_bytes: int = 4 << 20
     max_streams_per_address: int = 1024
     first_request_timeout: float = 10.0
@@ -505,6 +510,9 @@ def _read_setting(top: Fields, name: str, current: Any) -> Any:
         return _address(top, name)
     if name == "grpc_impl":
         return top.choice(name, GRPC_IMPLS, default=current)
+    if name == "workers":
+        value = top.value(name, _is_workers, 'a positive integer or "auto"', current)
+        return cores() if value == "auto" else int(value)
     if isinstance(current, bool):
         return top.boolean(name, default=current)
     if isinstance(current, float):
@@ -514,6 +522,18 @@ def _read_setting(top: Fields, name: str, current: Any) -> Any:
         ok = _is_count if name == "max_connections" else _is_positive
         return int(top.value(name, ok, "a positive integer", current))
     return top.string(name, default=current)
+
+
+def _is_workers(value: Any) -> bool:
+    return value == "auto" or (_is_positive(value) and value <= MAX_WORKERS)
+
+
+def cores() -> int:
+    """How many cores this process may run on (``workers = "auto"``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _is_non_negative(value: Any) -> bool:

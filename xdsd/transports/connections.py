@@ -33,7 +33,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -226,6 +226,39 @@ class ConnectionGate:
         )
 
 
+async def bind(host: str, port: int, *, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets for ``host:port``: one per address the host resolves to (port 0:
+    the same free port for every one), with ``SO_REUSEADDR`` (never ``SO_REUSEPORT``: a
+    second process cannot bind the port too), IPv6 ones IPv6-only. Raises OSError when an
+    address cannot be bound, leaving nothing open."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    seen: set[Any] = set()
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(bound) > 1:  # the same free port for every one
+                address = (address[0], bound[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
 #: Makes a connection's server protocol (grpclib's, aiohttp's) given its ``Connection``.
 ProtocolFactory = Callable[["Connection"], asyncio.BaseProtocol]
 
@@ -277,32 +310,24 @@ class Listener(asyncio.AbstractServer):
         """The port bound (0 before ``start``)."""
         return int(self._sockets[0].getsockname()[1]) if self._sockets else 0
 
-    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 1024,
+        sockets: Sequence[socket.socket] | None = None,
+    ) -> None:
         """Bind ``host:port`` (every address the host resolves to; port 0: a free one) and
-        start accepting. Raises OSError when it cannot bind."""
+        start accepting; with ``sockets`` (listening sockets bound elsewhere: a worker's,
+        inherited from the supervisor, ``xdsd.workers``), accept on those instead of
+        binding. Raises OSError when it cannot bind."""
+        if sockets is None:
+            sockets = await bind(host, port, backlog=backlog)
+        self._sockets = list(sockets)
+        for sock in self._sockets:
+            sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        seen: set[Any] = set()
-        try:
-            for family, kind, proto, _, address in infos:
-                if address in seen:
-                    continue
-                seen.add(address)
-                sock = socket.socket(family, kind, proto)
-                self._sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and len(self._sockets) > 1:  # the same free port for every one
-                    address = (address[0], self.port, *address[2:])
-                sock.bind(address)
-                sock.listen(backlog)
-                sock.setblocking(False)
-        except OSError:
-            self._close_sockets()
-            raise
         self._serving = True
         self._loops = [loop.create_task(self._accept(sock)) for sock in self._sockets]
 
@@ -552,11 +577,13 @@ async def serve_http(
     ssl_context: ssl.SSLContext | None = None,
     reserve: int = 0,
     unix_path: str | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> tuple[web.AppRunner, Listener]:
     """Serve the aiohttp ``app`` on ``host:port`` (on the unix socket ``unix_path``
-    instead when given: ``Listener.start_unix``) through the gate (keep-alive connections
-    closed after ``idle_timeout`` seconds idle); returns its runner (``cleanup()`` closes
-    its connections) and its listener (close it first). Raises OSError when it cannot
+    instead when given: ``Listener.start_unix``; on the listening ``sockets`` when given,
+    see ``Listener.start``) through the gate (keep-alive connections closed after
+    ``idle_timeout`` seconds idle); returns its runner (``cleanup()`` closes its
+    connections) and its listener (close it first). Raises OSError when it cannot
     bind."""
     connections: dict[asyncio.BaseProtocol, Connection] = {}
     app.middlewares.append(tracking_middleware(connections))
@@ -576,7 +603,7 @@ async def serve_http(
         if unix_path is not None:
             await listener.start_unix(unix_path)
         else:
-            await listener.start(host, port)
+            await listener.start(host, port, sockets=sockets)
     except OSError:
         await runner.cleanup()
         raise

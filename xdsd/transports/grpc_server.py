@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -321,13 +322,15 @@ class GrpcServer(Server):
         *,
         backlog: int = 1024,
         ssl_context: ssl.SSLContext | None = None,
+        sockets: Sequence[socket.socket] | None = None,
     ) -> Listener:
-        """Bind and serve (see ``Listener.start``); grpclib's ``close`` and
-        ``wait_closed`` work as with its own ``start``."""
+        """Bind and serve (see ``Listener.start``; with ``sockets``, serve on those
+        listening sockets instead of binding); grpclib's ``close`` and ``wait_closed``
+        work as with its own ``start``."""
         if self._server is not None:
             raise RuntimeError("the server is already listening")
         listener = Listener("grpc", self.gate, self._connection_protocol, ssl_context=ssl_context)
-        await listener.start(host, port, backlog=backlog)
+        await listener.start(host, port, backlog=backlog, sockets=sockets)
         self._server = listener
         self._server_closed_fut = asyncio.get_running_loop().create_future()
         return listener

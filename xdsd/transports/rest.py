@@ -28,11 +28,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -497,10 +498,12 @@ async def start_rest(
     *,
     idle_timeout: float = 60.0,
     ssl_context: ssl.SSLContext | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> tuple[web.AppRunner, Listener]:
     """Bind the REST xDS server for ``discovery`` through ``gate`` (TLS with
     ``ssl_context``; a keep-alive connection idle for ``idle_timeout`` seconds is
-    closed); returns the runner to ``cleanup()`` and the listener to close on shutdown."""
+    closed), or serve it on the listening ``sockets`` given (a worker's); returns the
+    runner to ``cleanup()`` and the listener to close on shutdown."""
     return await serve_http(
         discovery.app(),
         "rest",
@@ -509,4 +512,5 @@ async def start_rest(
         address.port,
         idle_timeout=idle_timeout,
         ssl_context=ssl_context,
+        sockets=sockets,
     )
