@@ -72,6 +72,12 @@ KINDS = (
     "ReferenceGrant",
     "BackendTLSPolicy",
     "Secret",
+    "Namespace",
+)
+#: A Namespace (its labels, for listeners' allowedRoutes selectors).
+NAMESPACE = (
+    "apiVersion: v1\nkind: Namespace\n"
+    "metadata: {name: apps, labels: {shared-gateway: 'true', example.com/tier: gold}}\n"
 )
 #: A Secret of type kubernetes.io/tls, in both forms (fake PEM: parsed, never served).
 TLS_SECRET = (
@@ -215,6 +221,7 @@ def _seeds() -> list[tuple[bool, Any]]:
     ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
     docs += [(False, d) for d in yaml.safe_load_all(TLS_SECRET)]
+    docs += [(False, d) for d in yaml.safe_load_all(NAMESPACE)]
     docs += [(False, d) for d in yaml.safe_load_all(GAMMA_ROUTES)]
     docs.append((True, RAW_CLUSTER))
     return docs

@@ -373,8 +373,43 @@ def test_a_wrong_route_value_is_an_error_at_its_field(
         ("{name: web-cert}", "{name: web-cert, kind: ConfigMap}", "certificates are Secrets"),
         (
             '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
-            "{from: Selector, selector: {matchExpressions: []}}",
-            "matchExpressions: is not supported",
+            "{from: Selector, selector: {matchExpressions: [{key: team, operator: Like, values: [a]}]}}",
+            "matchExpressions[0].operator: must be one of",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchExpressions: [{key: team, operator: In}]}}",
+            "must hold at least one value for operator In",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchExpressions: [{key: team, operator: Exists, values: [a]}]}}",
+            "must be left out for operator Exists",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchExpressions: [{key: 'bad key', operator: Exists}]}}",
+            "is not a label name",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchExpressions: [{operator: Exists}]}}",
+            "key: is required",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchExpressions: [{key: a, operator: In, values: ['-x']}]}}",
+            "must be at most 63 letters",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchLabels: {'team/': a}}}",
+            "is not a label name: its name",
+        ),
+        (
+            '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',
+            "{from: Selector, selector: {matchLabels: {team: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}}}",
+            "must be at most 63",
         ),
         (
             '{from: Selector, selector: {matchLabels: {shared: "yes"}}}',

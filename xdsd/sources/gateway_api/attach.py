@@ -4,7 +4,7 @@ A route's ``parentRefs[i]`` names a Gateway (group ``gateway.networking.k8s.io``
 ``Gateway``, namespace the route's unless given), optionally one listener by
 ``sectionName`` and/or ``port``. Of the listeners it names, those whose
 ``allowedRoutes`` take the route (its kind, and its namespace: ``Same``, ``All`` or
-``Selector`` over the namespace's labels) and whose hostname intersects the route's
+``Selector`` over the namespace's labels, ``selects``) and whose hostname intersects the route's
 hostnames are the ones it attaches to. When none does, the parent's condition is
 ``Accepted`` False with the API's reason for the first filter that left none:
 ``NoMatchingParent`` (no such Gateway, or no listener with that section name/port),
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from xdsd.model.gateway_api import (
     GATEWAY_GROUP,
+    NAMESPACE_NAME_LABEL,
+    AllowedRoutes,
     Condition,
     KubeGateway,
     Listener,
@@ -107,15 +109,43 @@ def allows_namespace(
     namespace_labels: Mapping[str, Mapping[str, str]],
 ) -> bool:
     """Whether ``listener`` takes routes of ``namespace``: ``Same`` (the Gateway's),
-    ``All``, or ``Selector`` (every selector label on the namespace, whose labels come
-    from ``namespace_labels``; a namespace without known labels is not selected)."""
+    ``All``, or ``Selector`` (``selects`` over the namespace's labels, from
+    ``namespace_labels``; a namespace no ``Namespace`` document declares has only the
+    label ``kubernetes.io/metadata.name: NAME``, as Kubernetes gives every namespace)."""
     how = listener.allowed_routes.namespaces_from
     if how == "All":
         return True
     if how == "Selector":
-        labels = namespace_labels.get(namespace, {})
-        return all(labels.get(k) == v for k, v in listener.allowed_routes.selector)
+        labels = namespace_labels.get(namespace)
+        if labels is None:
+            labels = {NAMESPACE_NAME_LABEL: namespace}
+        return selects(listener.allowed_routes, labels)
     return namespace == gateway.namespace
+
+
+def selects(allowed: AllowedRoutes, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (``allowed``'s ``selector`` labels and ``expressions``)
+    matches ``labels``, as Kubernetes' label selectors do: every ``matchLabels`` pair
+    present, and every expression true — ``In``: the label present with one of the
+    values; ``NotIn``: absent, or with none of them; ``Exists``; ``DoesNotExist``. An
+    empty selector matches every namespace."""
+    if not all(labels.get(k) == v for k, v in allowed.selector):
+        return False
+    for req in allowed.expressions:
+        value = labels.get(req.key)
+        if req.operator == "In":
+            ok = value is not None and value in req.values
+        elif req.operator == "NotIn":
+            ok = value is None or value not in req.values
+        elif req.operator == "Exists":
+            ok = value is not None
+        elif req.operator == "DoesNotExist":
+            ok = value is None
+        else:  # the parser admits no other operator: an unknown one selects nothing
+            ok = False
+        if not ok:
+            return False
+    return True
 
 
 def parent_gateway(route: Route, ref: ObjectRef) -> tuple[str, str] | None:

@@ -36,6 +36,9 @@ _DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 _DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _IPV4ISH = re.compile(r"^[0-9.]+$")
+#: A Kubernetes label's name part and value: at most 63 characters, alphanumeric at
+#: both ends, ``-``, ``_``, ``.`` inside (a value may also be empty).
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 #: The API's limits (its ``MaxItems``), by what they bound.
 MAX_PARENT_REFS = 32
@@ -54,6 +57,62 @@ MAX_WEIGHT = 1_000_000
 MAX_NAME = 253
 MAX_VALUE = 4096
 MAX_PATH = 1024
+#: The most labels one object (a Namespace) or one selector's ``matchLabels`` may
+#: hold, and values one ``matchExpressions`` entry: xdsd's bounds (Kubernetes bounds
+#: only the whole object's size).
+MAX_LABELS = 64
+#: The most ``matchExpressions`` entries of one label selector (xdsd's bound).
+MAX_EXPRESSIONS = 16
+
+
+def label_key_problem(key: str) -> str:
+    """What is wrong with ``key`` as a Kubernetes label name (``PREFIX/NAME``, the
+    prefix a DNS subdomain of at most 253 characters, the name as ``_LABEL_NAME``);
+    "" when it is right."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > MAX_NAME or not SUBDOMAIN.match(prefix)):
+        return "its prefix must be a lower-case DNS name of at most 253 characters"
+    if len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            "its name must be 1 to 63 letters, digits, '-', '_', '.', "
+            "beginning and ending with a letter or digit"
+        )
+    return ""
+
+
+def label_value_problem(value: str) -> str:
+    """What is wrong with ``value`` as a Kubernetes label value ("" when right)."""
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return (
+            "must be at most 63 letters, digits, '-', '_', '.', "
+            "beginning and ending with a letter or digit"
+        )
+    return ""
+
+
+def label_map(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    """A mapping of Kubernetes label names to values (``metadata.labels``, a selector's
+    ``matchLabels``), sorted: at most ``MAX_LABELS``, each name and value checked as
+    Kubernetes checks them, a wrong one an error at its own entry (and left out)."""
+    raw = f.data.get(key)
+    if isinstance(raw, dict) and len(raw) > MAX_LABELS:
+        f.read.add(key)
+        f.error(key, f"holds {len(raw)} labels: xdsd reads at most {MAX_LABELS}")
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, value in f.labels(key):
+        # a name too long to be one is not repeated in the field path: at the mapping
+        where = (*f.path, key, name) if len(name) <= MAX_NAME + 64 else (*f.path, key)
+        problem = label_key_problem(name)
+        if problem:
+            f.report.add(where, f"{name!r:.80} is not a label name: {problem}")
+            continue
+        problem = label_value_problem(value)
+        if problem:
+            f.report.add(where, f"label value {value!r:.80} {problem}")
+            continue
+        out.append((name, value))
+    return tuple(out)
 
 
 def bounded_list(

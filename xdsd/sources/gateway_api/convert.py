@@ -105,8 +105,8 @@ def convert(
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
     (see the module doc); files named by path are relative to ``root`` (the config
     directory). ``namespace_labels`` are the labels of the namespaces that listeners'
-    ``allowedRoutes`` selectors look at (none known: a selector selects no
-    namespace)."""
+    ``allowedRoutes`` selectors look at: by default those of ``api``'s ``Namespace``
+    documents (a namespace none declares has only ``kubernetes.io/metadata.name``)."""
     conditions: list[Condition] = []
     problems: list[Problem] = []
     ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
@@ -150,7 +150,7 @@ def convert(
             conditions.append(
                 cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, "no listener is served")
             )
-    labels = namespace_labels or {}
+    labels = api.namespace_labels() if namespace_labels is None else namespace_labels
     routes = [r for r in api.routes if r.kind == "HTTPRoute"]
     vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
     conditions.extend(route_conditions)
