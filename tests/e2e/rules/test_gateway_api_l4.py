@@ -76,6 +76,25 @@ spec:
   - backendRefs: [{{name: beta, port: {ports["beta"]}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: zeta, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tls}}]
+  hostnames: [alpha.example.com]
+  rules:
+  - backendRefs: [{{name: beta, port: {ports["beta"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: grpc}}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /test.Echo/Who}}}}]
+    backendRefs: [{{name: grpc2, port: {ports["grpc2"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
 metadata: {{name: pipe, namespace: default}}
 spec:
@@ -282,3 +301,51 @@ def test_backend_tls_policy_originates_tls_checked_against_the_hostname(world: W
         lambda: gw.envoy.stats().get(f"{cluster}.ssl.fail_verify_san", 0) > 0,
         "the impostor's certificate refused for its name",
     )
+
+
+def test_a_second_tls_route_for_one_sni_routes_nothing(world: World) -> None:
+    """TLSRoutes ``alpha`` and ``zeta`` both name alpha.example.com on one listener:
+    the first by namespace/name (``alpha``) gets every connection, ``zeta`` stays
+    attached (``Accepted`` True) and is warned about at its hostname, naming
+    ``alpha``."""
+    gw, port, ca = world.gateway, world.ports["tls"], world.ca.ca_path
+    for _ in range(10):
+        answer, cert = gw.tls(port, b"hi", "alpha.example.com", ca)
+        assert (answer, common_name(cert)) == (b"alpha:hi", "alpha")
+    errors = world.mesh.errors()
+    (warning,) = [
+        e for e in errors if e["severity"] == "warning" and "TLSRoute default/zeta" in e["message"]
+    ]
+    assert (
+        warning["field"] == "spec.hostnames[0]" and "TLSRoute default/alpha" in warning["message"]
+    )
+    accepted = {
+        (c["object"], c["status"])
+        for c in errors
+        if c["severity"] == "condition" and c["type"] == "Accepted"
+    }
+    assert ("TLSRoute default/zeta", "True") in accepted
+
+
+def test_an_http_route_on_the_grpc_routes_hostname_is_refused(world: World) -> None:
+    """HTTPRoute ``web`` names the GRPCRoute ``echo``'s hostname on the same listener:
+    they are not merged; ``echo`` (first by namespace/name) is served, ``web`` is
+    ``Accepted`` False ``Conflicted`` and its exact path to grpc2 is never taken."""
+    gw = world.gateway
+    target = f"{gw.ip}:{world.ports['grpc']}"
+    options = (("grpc.default_authority", "grpc.example.com"),)
+    with grpc.insecure_channel(target, options=options) as channel:
+        who = channel.unary_unary("/test.Echo/Who")
+        gw.wait_for(lambda: bool(who(b"", timeout=2) == b"grpc1"), "the gRPC route")
+        assert {who(b"", timeout=5) for _ in range(10)} == {b"grpc1"}
+    (refused,) = [
+        c
+        for c in world.mesh.errors()
+        if c["severity"] == "condition" and c["object"] == "HTTPRoute default/web"
+    ]
+    assert (refused["type"], refused["status"], refused["reason"]) == (
+        "Accepted",
+        "False",
+        "Conflicted",
+    )
+    assert "GRPCRoute default/echo" in refused["message"]

@@ -161,10 +161,93 @@ def test_tcp_route_weighted_and_one_route_per_listener(tmp_path: Path) -> None:
         "outbound|9000||db1.default.svc.cluster.local": 80,
         "outbound|9000||db2.default.svc.cluster.local": 20,
     }
-    assert ("Accepted", False, "UnsupportedValue", "parentRefs[0]") in _conditions(
-        out, "TCPRoute", "b"
-    )
+    # as the API's conformance asks: both attached (Accepted), only the first routes;
+    # the second is warned about, naming the first
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "TCPRoute", "b")
+    (warning,) = out.problems
+    assert warning.severity is Severity.WARNING and warning.field == "spec.parentRefs[0]"
+    assert "TCPRoute default/b" in warning.message and "TCPRoute default/a" in warning.message
     envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_two_tls_routes_for_one_sni(tmp_path: Path) -> None:
+    """The first by namespace/name holds the SNI on the listener; the other keeps its
+    other hostnames, is attached, and is warned about at the hostname's line."""
+    out = _convert(
+        _gateway(PASSTHROUGH),
+        _route(
+            "TLSRoute", "a", RouteRule(backend_refs=(_backend("alpha"),)), hostnames=("x.test",)
+        ),
+        _route(
+            "TLSRoute",
+            "b",
+            RouteRule(backend_refs=(_backend("beta"),)),
+            hostnames=("y.test", "x.test"),
+        ),
+    )
+    listeners, _ = _resources(out)
+    chains = {
+        tuple(c.filter_chain_match.server_names): _tcp_proxy(c).cluster
+        for c in listeners["0.0.0.0_8443"].filter_chains
+    }
+    assert chains == {
+        ("x.test",): "outbound|9000||alpha.default.svc.cluster.local",
+        ("y.test",): "outbound|9000||beta.default.svc.cluster.local",
+    }
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "TLSRoute", "b")
+    (warning,) = out.problems
+    assert warning.severity is Severity.WARNING and warning.field == "spec.hostnames[1]"
+    assert "SNI 'x.test'" in warning.message and "TLSRoute default/a" in warning.message
+    envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_http_and_grpc_routes_are_not_merged_on_a_hostname() -> None:
+    """An HTTPRoute and a GRPCRoute with a hostname in common on one listener: the
+    first by namespace/name is accepted, the other is ``Accepted`` False
+    ``Conflicted`` and routes nothing; different hostnames do not conflict."""
+    grpc = _route(
+        "GRPCRoute",
+        "a-grpc",
+        _grpc_rule("pkg.Svc", "", _backend("grpc1")),
+        hostnames=("*.example.com",),
+    )
+    http = _route(
+        "HTTPRoute",
+        "b-http",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.com",),
+    )
+    other = _route(
+        "HTTPRoute",
+        "c-http",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.org",),
+    )
+    out = _convert(_gateway(HTTP), grpc, http, other)
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(
+        out, "GRPCRoute", "a-grpc"
+    )
+    refused = {c for c in out.conditions if c.target.name == "b-http" and c.type == "Accepted"}
+    (condition,) = refused
+    assert (condition.status, condition.reason) == (False, "Conflicted")
+    assert "GRPCRoute default/a-grpc" in condition.message
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(
+        out, "HTTPRoute", "c-http"
+    )
+    hosts = sorted(h for vs in out.virtual_services for h in vs.hosts)
+    assert hosts == ["*.example.com", "web.example.org"]
+    # the other way round: the HTTPRoute first by name wins
+    first = _route(
+        "HTTPRoute",
+        "a-api",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.com",),
+    )
+    out = _convert(_gateway(HTTP), first, grpc)
+    assert ("Accepted", False, "Conflicted", "parentRefs[0]") in _conditions(
+        out, "GRPCRoute", "a-grpc"
+    )
+    assert [vs.hosts for vs in out.virtual_services] == [("web.example.com",)]
 
 
 def test_tcp_route_missing_and_cross_namespace_backends() -> None:

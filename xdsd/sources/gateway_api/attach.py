@@ -10,6 +10,12 @@ hostnames are the ones it attaches to. When none does, the parent's condition is
 ``NoMatchingParent`` (no such Gateway, or no listener with that section name/port),
 ``NotAllowedByListeners``, ``NoMatchingListenerHostname``.
 
+HTTPRoutes and GRPCRoutes are never merged (``kind_conflicts``): where routes of the
+two kinds attach to one listener with hostnames in common, the GRPCRoute API asks that
+exactly one be accepted — the oldest, then the first by ``namespace/name``; files have
+no creation time, so the first by ``namespace/name`` — and the other gets ``Accepted``
+False (reason ``Conflicted``) for that parent, and no attachment through it.
+
 Hostname intersection (``intersect``): a listener without hostname takes the route's
 hostnames; a route without hostnames takes the listener's; otherwise each route
 hostname equal to the listener's, or matched by the listener's wildcard, is kept as is,
@@ -21,7 +27,7 @@ more specific one. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from xdsd.model.gateway_api import (
@@ -34,6 +40,7 @@ from xdsd.model.gateway_api import (
     ObjectRef,
     Route,
 )
+from xdsd.model.service import ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 
 #: The route kinds a listener of each protocol takes when ``allowedRoutes.kinds`` is
@@ -160,13 +167,17 @@ def attach(
     route: Route,
     gateways: Mapping[tuple[str, str], KubeGateway],
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    rejected: Mapping[tuple[ResourceKey, int], str] | None = None,
 ) -> tuple[list[Attachment], list[Condition]]:
     """The listeners ``route`` attaches to through each of its Gateway parents among
     ``gateways`` (xdsd's, by (namespace, name)), and a condition per such parent:
     ``Accepted`` True, or False with the reason (module doc). Parents that are not
     Gateways are skipped (no condition); a Gateway not in ``gateways`` gets
-    ``NoMatchingParent``."""
+    ``NoMatchingParent``; a parent in ``rejected`` (by (route key, parent index), the
+    message: ``kind_conflicts``) gets ``Accepted`` False ``Conflicted`` and attaches
+    nothing."""
     labels = namespace_labels or {}
+    refused = rejected or {}
     out: list[Attachment] = []
     conditions: list[Condition] = []
     for index, ref in enumerate(route.parent_refs):
@@ -223,6 +234,12 @@ def attach(
                 )
             )
             continue
+        conflict = refused.get((route.key, index))
+        if conflict is not None:
+            conditions.append(
+                cond.failed(route.key, cond.ACCEPTED, cond.ROUTE_CONFLICTED, conflict, scope)
+            )
+            continue
         found = False
         for listener in allowed:
             hosts = intersect(listener.hostname, route.hostnames)
@@ -243,3 +260,52 @@ def attach(
                 )
             )
     return out, conditions
+
+
+def hostnames_overlap(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether some request host could match both hostname lists (``*`` any name; a
+    wildcard covers the names and narrower wildcards under it)."""
+    return any(x == y or wildcard_matches(x, y) or wildcard_matches(y, x) for x in a for y in b)
+
+
+def kind_conflicts(
+    routes: Iterable[Route],
+    gateways: Mapping[tuple[str, str], KubeGateway],
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[tuple[ResourceKey, int], str]:
+    """The parents (route key, ``parentRefs`` index) of HTTPRoutes and GRPCRoutes that
+    are refused because a route of the other kind holds a hostname in common on a
+    listener they both attach to (module doc), each with the message naming that route.
+    Routes are taken by namespace/name; a route refused on a listener does not hold
+    its hostnames there."""
+    held: dict[tuple[ResourceKey, str], list[tuple[Route, tuple[str, ...]]]] = {}
+    out: dict[tuple[ResourceKey, int], str] = {}
+    ordered = sorted(
+        (r for r in routes if r.kind in ("HTTPRoute", "GRPCRoute")),
+        key=lambda r: (r.namespace, r.name, r.kind),
+    )
+    for route in ordered:
+        found, _ = attach(route, gateways, namespace_labels)
+        for a in found:
+            at = (a.gateway.key, a.listener.name)
+            winner = next(
+                (
+                    other
+                    for other, hosts in held.get(at, ())
+                    if other.kind != route.kind and hostnames_overlap(hosts, a.hostnames)
+                ),
+                None,
+            )
+            if winner is None:
+                continue
+            out.setdefault(
+                (route.key, a.parent),
+                f"{winner.kind} {winner.namespace}/{winner.name} holds a hostname in common "
+                f"on listener {a.listener.name!r} of Gateway {a.gateway.namespace}/"
+                f"{a.gateway.name} (HTTPRoutes and GRPCRoutes are not merged: the first by "
+                "namespace/name is accepted)",
+            )
+        for a in found:
+            if (route.key, a.parent) not in out:
+                held.setdefault((a.gateway.key, a.listener.name), []).append((route, a.hostnames))
+    return out

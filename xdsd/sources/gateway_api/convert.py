@@ -45,6 +45,7 @@ from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeG
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
 from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import kind_conflicts
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.common import field_line
 from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
@@ -152,7 +153,10 @@ def convert(
             )
     labels = api.namespace_labels() if namespace_labels is None else namespace_labels
     routes = [r for r in api.routes if r.kind == "HTTPRoute"]
-    vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
+    rejected = kind_conflicts(api.routes, gateways, labels)
+    vss, route_conditions = http_virtual_services(
+        routes, gateways, services, api.grants, labels, rejected
+    )
     conditions.extend(route_conditions)
     l4 = convert_l4_routes(
         api.routes,
@@ -164,7 +168,7 @@ def convert(
         labels,
     )
     grpc_services, grpc_conditions = convert_grpc_routes(
-        api.routes, gateways, istio_gateway_ref, services, api.grants, labels
+        api.routes, gateways, istio_gateway_ref, services, api.grants, labels, rejected
     )
     backend_tls = convert_backend_tls(api.backend_tls, services, root, api.secrets)
     mesh = mesh_routes(api.routes, services, shared_rules(services, api.grants))

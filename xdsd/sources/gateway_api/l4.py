@@ -17,8 +17,11 @@ Pure. What each becomes (``docs/rules.md``, "Gateway API"):
   rule's weighted backends.
 - A TCPRoute attached to a TCP listener → a VirtualService with one ``tcp`` rule (the
   listener's port) over its weighted backends. A TCP listener cannot tell connections
-  apart: it serves one route's one rule; another route (in namespace/name order) or
-  rule is not accepted (``Accepted`` False, ``UnsupportedValue``).
+  apart: it serves one route's one rule; a later rule is not accepted (``Accepted``
+  False, ``UnsupportedValue``). Of several TCPRoutes on one listener, and of several
+  TLSRoutes for one SNI hostname on one listener, the first by namespace/name routes;
+  the others stay attached (``Accepted`` True, as the API's conformance tests ask of
+  TCPRoutes) and route nothing there, with a warning naming the route that does.
 
 Backends that do not resolve (``backends.resolve_backend``) are left out of their rule
 (its connections' share goes to the others; with none left the listener refuses the
@@ -28,7 +31,7 @@ connection, as the API asks), each with its ``ResolvedRefs`` condition.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import Service, VirtualService
@@ -89,6 +92,33 @@ def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condit
 def unsupported_problem(origin_path: str, line: int, field: str, message: str) -> Problem:
     """A warning naming what xdsd does not serve, at its file and line."""
     return Problem(origin_path, line, field, message, Severity.WARNING)
+
+
+def _held_problem(
+    route: Route, attachment: Attachment, owner: ResourceKey, hosts: tuple[str, ...]
+) -> Problem:
+    """The warning of a TCPRoute on a TCP listener another route holds, or of a
+    TLSRoute hostname (``hosts``) another TLSRoute holds on its listener: at the
+    hostname's line, else the parent's."""
+    listener = attachment.listener
+    parent = f"parentRefs[{attachment.parent}]"
+    line = line_of(route.lines, parent, route.origin.line)
+    field = f"spec.{parent}"
+    if hosts and hosts[0] in route.hostnames:
+        index = route.hostnames.index(hosts[0])
+        line = line_of(route.lines, f"hostnames[{index}]", line)
+        field = f"spec.hostnames[{index}]"
+    what = f"SNI {hosts[0]!r}" if hosts else "its connections"
+    return Problem(
+        route.origin.path,
+        line,
+        field,
+        f"{route.kind} {route.namespace}/{route.name}: {what} on listener "
+        f"{listener.name!r} of Gateway {attachment.gateway.namespace}/"
+        f"{attachment.gateway.name} go to {owner.kind} {owner.namespace}/{owner.name}, "
+        "the first by namespace/name; this route is attached there but routes none of them",
+        Severity.WARNING,
+    )
 
 
 def udp_route(route: Route) -> tuple[Condition, Problem]:
@@ -186,6 +216,7 @@ def convert_l4_routes(
     conditions: list[Condition] = []
     problems: list[Problem] = []
     taken: dict[tuple[ResourceKey, str], ResourceKey] = {}
+    sni: dict[tuple[ResourceKey, str, str], ResourceKey] = {}
     for route in sorted(routes, key=lambda r: r.key):
         if route.kind == "UDPRoute":
             condition, problem = udp_route(route)
@@ -202,22 +233,24 @@ def convert_l4_routes(
             listener = attachment.listener
             if not served(attachment.gateway, listener):
                 continue
+            # attached (Accepted) even where another route holds the listener or SNI
+            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
             at = (attachment.gateway.key, listener.name)
             if route.kind == "TCPRoute":
                 owner = taken.setdefault(at, route.key)
                 if owner != route.key:
-                    found.append(
-                        cond.failed(
-                            route.key,
-                            cond.ACCEPTED,
-                            cond.UNSUPPORTED_VALUE,
-                            f"TCP listener {listener.name!r} already serves TCPRoute "
-                            f"{owner.namespace}/{owner.name}: a TCP listener serves one route",
-                            cond.parent_scope(attachment.parent),
-                        )
-                    )
+                    problems.append(_held_problem(route, attachment, owner, ()))
                     continue
-            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
+            else:
+                hosts = attachment.hostnames
+                kept = tuple(h for h in hosts if sni.setdefault((*at, h), route.key) == route.key)
+                for host in hosts:
+                    owner = sni[(*at, host)]
+                    if owner != route.key:
+                        problems.append(_held_problem(route, attachment, owner, (host,)))
+                if not kept:
+                    continue
+                attachment = replace(attachment, hostnames=kept)
             name = f"{PREFIX}{route.kind.lower()}.{route.name}.{n}"
             vs, more = l4_virtual_service(
                 attachment, gateway_ref(attachment.gateway), services, grants, name
@@ -233,8 +266,7 @@ def convert_l4_routes(
                     route.key,
                     cond.ACCEPTED,
                     cond.UNSUPPORTED_VALUE,
-                    "the listeners it attaches to are not served (see the Gateway's "
-                    "conditions) or serve another route",
+                    "the listeners it attaches to are not served (see the Gateway's conditions)",
                     c.scope,
                 )
             conditions.append(c)
