@@ -296,7 +296,14 @@ def test_routes_are_sorted_by_key_whatever_the_file_order(tmp_path: Path) -> Non
             "repeats header 'X-B'",
         ),
         ("remove: [x-c]", "remove: ['bad header']", "must be an HTTP header name"),
-        ('value: "^[0-9]+$"', 'value: "(["', "is not a valid regular expression"),
+        ('value: "^[0-9]+$"', 'value: "(["', "is not an RE2 regular expression"),
+        # what Python's re takes and Envoy's RE2 refuses, at the query match's line
+        ('value: "^[0-9]+$"', 'value: "(a)\\\\1"', "invalid escape sequence"),
+        ('value: "^[0-9]+$"', 'value: "a(?=b)"', "invalid perl operator: (?="),
+        ('value: "^[0-9]+$"', 'value: "(?<!a)b"', "invalid perl operator: (?<"),
+        ('value: "^[0-9]+$"', 'value: "a++"', "bad repetition operator"),
+        ('value: "^[0-9]+$"', 'value: "a{1001}"', "invalid repetition size"),
+        ('value: "^[0-9]+$"', 'value: "a{200}"', "RE2 program of size 204, over Envoy's limit"),
         (
             'allowOrigins: ["https://*.example.com"]',
             'allowOrigins: ["*"], allowCredentials: true',

@@ -20,6 +20,7 @@ from xdsd.model.gateway_api import (
     StringMatch,
 )
 from xdsd.model.service import FieldLines
+from xdsd.sources.re2_syntax import re2_problem
 
 T = TypeVar("T")
 
@@ -39,6 +40,9 @@ _IPV4ISH = re.compile(r"^[0-9.]+$")
 #: A Kubernetes label's name part and value: at most 63 characters, alphanumeric at
 #: both ends, ``-``, ``_``, ``.`` inside (a value may also be empty).
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+#: A gRPC method match's missing service or method, in the path regex it becomes.
+GRPC_SEGMENT = "[^/]+"
 
 #: The API's limits (its ``MaxItems``), by what they bound.
 MAX_PARENT_REFS = 32
@@ -322,12 +326,14 @@ def string_match(f: Fields, types: tuple[str, ...], *, name_max: int = 256) -> S
     return StringMatch(kind, value, name) if name else None
 
 
-def check_regex(f: Fields, key: str, pattern: str) -> None:
-    """An error at ``key`` when ``pattern`` is not a regular expression."""
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as e:
-        f.error(key, f"is not a valid regular expression: {e}")
+def check_regex(f: Fields, key: str | None, pattern: str) -> bool:
+    """An error at ``key`` (the mapping itself for None) when Envoy would refuse
+    ``pattern``: not RE2 syntax, or an RE2 program over Envoy's size limit
+    (``re2_syntax.re2_problem``); True when it is accepted."""
+    problem = re2_problem(pattern)
+    if problem:
+        f.error(key, problem)
+    return not problem
 
 
 def unique_names(f: Fields, key: str, names: list[tuple[int, str]], what: str) -> None:

@@ -64,10 +64,11 @@ from xdsd.model.service import Port, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
+from xdsd.sources.gateway_api.common import GRPC_SEGMENT
 from xdsd.sources.gateway_api.names import PREFIX
 
 #: What a path segment of a gRPC request is, in a regex.
-_SEGMENT = "[^/]+"
+_SEGMENT = GRPC_SEGMENT
 #: The filter types a GRPCRoute rule may carry and xdsd serves.
 SERVED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
 

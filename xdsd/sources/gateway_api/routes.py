@@ -25,6 +25,7 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.service import FieldLines
 from xdsd.sources.gateway_api.common import (
+    GRPC_SEGMENT,
     MAX_BACKEND_REFS,
     MAX_FILTERS,
     MAX_HEADER_MATCHES,
@@ -309,9 +310,12 @@ def _grpc_match(f: Fields) -> RouteMatch | None:
             if method and not _GRPC_METHOD.match(method):
                 m.error("method", f"must be a gRPC method name: {method!r:.80}")
         else:
-            for key, value in (("service", service), ("method", method)):
-                if value:
-                    check_regex(m, key, value)
+            fine = all(
+                check_regex(m, k, v) for k, v in (("service", service), ("method", method)) if v
+            )
+            if fine:
+                # what Envoy runs: the path /SERVICE/METHOD (grpc.method_match)
+                check_regex(m, None, f"/{service or GRPC_SEGMENT}/{method or GRPC_SEGMENT}")
     headers = _matches(f, "headers", ("Exact", "RegularExpression"))
     f.finish()
     return RouteMatch(
