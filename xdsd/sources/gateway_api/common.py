@@ -47,6 +47,8 @@ GRPC_SEGMENT = "[^/]+"
 #: The API's limits (its ``MaxItems``), by what they bound.
 MAX_PARENT_REFS = 32
 MAX_HOSTNAMES = 16
+#: A TLSRoute's ``hostnames`` (SNI names): its own, larger bound.
+MAX_TLS_HOSTNAMES = 1024
 MAX_RULES = 16
 MAX_MATCHES = 64
 #: The API's CEL bound on the matches of all rules of one HTTPRoute together.
@@ -61,6 +63,8 @@ MAX_WEIGHT = 1_000_000
 MAX_NAME = 253
 MAX_VALUE = 4096
 MAX_PATH = 1024
+#: A query parameter match's value (the API's bound, shorter than a header's).
+MAX_QUERY_VALUE = 1024
 #: The most labels one object (a Namespace) or one selector's ``matchLabels`` may
 #: hold, and values one ``matchExpressions`` entry: xdsd's bounds (Kubernetes bounds
 #: only the whole object's size).
@@ -215,12 +219,12 @@ def hostname(f: Fields, key: str | int, value: object, *, wildcard: bool = True)
     return value
 
 
-def hostnames(f: Fields, key: str = "hostnames") -> tuple[str, ...]:
-    """A route's ``hostnames`` (at most 16)."""
+def hostnames(f: Fields, key: str = "hostnames", maximum: int = MAX_HOSTNAMES) -> tuple[str, ...]:
+    """A route's ``hostnames`` (at most ``maximum``: 16, a TLSRoute's 1024)."""
     raw = f.data.get(key)
-    if isinstance(raw, list) and len(raw) > MAX_HOSTNAMES:
+    if isinstance(raw, list) and len(raw) > maximum:
         f.read.add(key)
-        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {MAX_HOSTNAMES}")
+        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {maximum}")
         return ()
     out: list[str] = []
     holder = Fields(f.report, (*f.path, key), {})
@@ -309,17 +313,19 @@ def header_name(f: Fields, key: str | int, value: object) -> str:
     return value
 
 
-def string_match(f: Fields, types: tuple[str, ...], *, name_max: int = 256) -> StringMatch | None:
+def string_match(
+    f: Fields, types: tuple[str, ...], *, name_max: int = 256, value_max: int = MAX_VALUE
+) -> StringMatch | None:
     """A header or query parameter match: ``type`` one of ``types`` (the first is the
-    default), ``name``, ``value`` (at most 4096 characters; a regular expression must
-    compile)."""
+    default), ``name``, ``value`` (at most ``value_max`` characters: 4096 for a header,
+    1024 for a query parameter; a regular expression must be one Envoy takes)."""
     kind = f.choice("type", types, default=types[0]) or types[0]
     name = f.string("name", required=True)
     if name and (len(name) > name_max or not HEADER_NAME.match(name)):
         f.error("name", f"must be a token of at most {name_max} characters: {name!r:.80}")
     value = f.string("value", required=True)
-    if len(value) > MAX_VALUE:
-        f.error("value", f"must be at most {MAX_VALUE} characters")
+    if len(value) > value_max:
+        f.error("value", f"must be at most {value_max} characters")
     elif kind == "RegularExpression":
         check_regex(f, "value", value)
     f.finish()

@@ -59,6 +59,7 @@ LISTENER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP", "UDP")
 ADDRESS_TYPES = ("IPAddress", "Hostname", "NamedAddress")
 _CONTROLLER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/.+$")
 _MAX_TLS_OPTIONS = 16
+_MAX_OPTION_VALUE = 4096
 _MAX_ROUTE_KINDS = 8
 
 
@@ -195,11 +196,12 @@ def _listener_tls(f: Fields, config_dir: str | None) -> ListenerTLS | None:
     options = f.labels("options")
     if len(options) > _MAX_TLS_OPTIONS:
         f.error("options", f"holds {len(options)} entries: the Gateway API allows at most 16")
-    for key, _ in options:
+    for key, value in options[: _MAX_TLS_OPTIONS + 1]:
+        where = (*f.path, "options", key) if len(key) <= 253 else (*f.path, "options")
         if len(key) > 253 or not _CONTROLLER.match(key):
-            f.report.add(
-                (*f.path, "options", key), "option names must be domain-prefixed (DOMAIN/NAME)"
-            )
+            f.report.add(where, "option names must be domain-prefixed (DOMAIN/NAME)")
+        elif len(value) > _MAX_OPTION_VALUE:
+            f.report.add(where, f"option values are at most {_MAX_OPTION_VALUE} characters")
     f.finish(LISTENER_TLS_REFUSED)
     if mode == "Terminate" and not refs and not f.has("certificateRefs"):
         f.error("certificateRefs", "is required for mode Terminate: give a certificate")
