@@ -1,7 +1,8 @@
 """The Gateway API project's own examples (``conformance/gateway-api/examples``): every
 standard-channel file loads, alone and with the files of its folder, beside the xdsd
 Services its backendRefs name (written here); the experimental ones load or are refused
-by name. Kinds xdsd does not read (Namespace, ListenerSet) are warnings naming them."""
+by name. Kinds xdsd does not read (ListenerSet) are warnings naming them; the
+examples' Namespaces are read, and give their labels to listeners' selectors."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ FOLDERS = sorted({p.parent for p in STANDARD if p.parent != EXAMPLES / "standard
 #: The protocol of an xdsd Service port a route kind's backend gets.
 PROTOCOLS = {"HTTPRoute": "HTTP", "GRPCRoute": "GRPC", "TLSRoute": "TLS"}
 #: Kinds of the examples xdsd does not read: a warning each, by name.
-NOT_READ = ("Namespace", "ListenerSet")
+NOT_READ = ("ListenerSet",)
 
 
 def _backends(doc: dict[str, Any]) -> list[tuple[str, str, int, str]]:
@@ -116,7 +117,7 @@ def test_every_standard_file_loads(tmp_path: Path, path: Path) -> None:
     kinds = {d.get("kind") for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)}
     api = result.mesh.gateway_api
     read = len(api.classes) + len(api.gateways) + len(api.routes) + len(api.grants)
-    read += len(api.backend_tls)
+    read += len(api.backend_tls) + len(api.namespaces)
     assert read or kinds <= set(NOT_READ), kinds
 
 
@@ -158,3 +159,34 @@ def test_experimental_files_load_or_are_refused_by_name(tmp_path: Path, path: Pa
     except ConfigError as e:
         for problem in e.problems:
             assert "not supported" in problem.message or "not read" in problem.message, str(problem)
+
+
+CROSS = EXAMPLES / "standard" / "cross-namespace-routing"
+CLASS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: shared-gateway-class}
+spec: {controllerName: xdsd.dev/gateway-controller}
+"""
+
+
+@pytest.mark.parametrize("with_namespaces", [True, False])
+def test_the_cross_namespace_example_attaches_by_its_namespaces_labels(
+    tmp_path: Path, with_namespaces: bool
+) -> None:
+    """The guide's shared Gateway takes routes of namespaces labelled
+    ``shared-gateway-access: "true"``: with the example's Namespace documents its
+    routes are accepted; without them, no namespace has the label."""
+    (tmp_path / "class.yaml").write_text(CLASS)
+    files = [CROSS / "gateway.yaml", CROSS / "site-route.yaml", CROSS / "store-route.yaml"]
+    if with_namespaces:
+        files.insert(0, CROSS / "0-namespaces.yaml")
+    mesh = _load(tmp_path, files).mesh
+    accepted = {
+        (c.target.name, c.status, c.reason)
+        for c in mesh.gateway_conditions
+        if c.target.kind == "HTTPRoute" and c.type == "Accepted"
+    }
+    reason = "Accepted" if with_namespaces else "NotAllowedByListeners"
+    routes = ("home", "login", "store")  # site-route.yaml holds two
+    assert accepted == {(name, with_namespaces, reason) for name in routes}
