@@ -22,7 +22,7 @@ STANDARD = sorted((EXAMPLES / "standard").rglob("*.yaml"))
 EXPERIMENTAL = sorted((EXAMPLES / "experimental").rglob("*.yaml"))
 FOLDERS = sorted({p.parent for p in STANDARD if p.parent != EXAMPLES / "standard"})
 #: The protocol of an xdsd Service port a route kind's backend gets.
-PROTOCOLS = {"HTTPRoute": "HTTP", "GRPCRoute": "GRPC", "TLSRoute": "TLS"}
+PROTOCOLS = {"HTTPRoute": "HTTP", "GRPCRoute": "GRPC", "TLSRoute": "TLS", "UDPRoute": "UDP"}
 #: Kinds of the examples xdsd does not read: a warning each, by name.
 NOT_READ = ("ListenerSet",)
 
@@ -86,9 +86,8 @@ def _load(tmp_path: Path, files: list[Path]) -> LoadResult:
     return load_directory(str(tmp_path))
 
 
-#: What a standard file may hold that xdsd does not serve, refused by name: a UDPRoute
-#: (no UDP listeners), a parent that is neither a Gateway nor a Service (GEP-1748's
-#: ServiceImport).
+#: What a standard file may hold that xdsd does not serve, refused by name: a parent
+#: that is neither a Gateway nor a Service (GEP-1748's ServiceImport).
 NOT_SERVED = (
     "is not served",
     "a parent of group multicluster.x-k8s.io and kind ServiceImport is neither",
@@ -97,7 +96,7 @@ NOT_SERVED = (
 
 def _only_not_read_warnings(result: LoadResult) -> None:
     """Every warning names a kind xdsd does not read, or what the conversion does not
-    serve (a UDP listener or route: refused by name)."""
+    serve (refused by name)."""
     for warning in result.warnings:
         message = warning.message
         assert any(f"{kind} (" in message for kind in NOT_READ) or any(
@@ -190,3 +189,17 @@ def test_the_cross_namespace_example_attaches_by_its_namespaces_labels(
     reason = "Accepted" if with_namespaces else "NotAllowedByListeners"
     routes = ("home", "login", "store")  # site-route.yaml holds two
     assert accepted == {(name, with_namespaces, reason) for name in routes}
+
+
+def test_the_udp_example_forwards_to_udp_ports(tmp_path: Path) -> None:
+    """The guide's UDP Gateway (its class made xdsd's): each listener forwards to its
+    UDPRoute's backend, a UDP port of the Service written here."""
+    (tmp_path / "class.yaml").write_text(
+        CLASS.replace("shared-gateway-class", "my-udp-gateway-class")
+    )
+    mesh = _load(tmp_path, [EXAMPLES / "standard" / "basic-udp.yaml"]).mesh
+    (gateway,) = mesh.gateways
+    assert {s.name: s.datagrams_to for s in gateway.servers} == {
+        "foo": ("my-foo-service.default.svc.cluster.local", 6000),
+        "bar": ("my-bar-service.default.svc.cluster.local", 6000),
+    }

@@ -235,6 +235,11 @@ class Server:
     tls: ServerTLS | None = None
     bind: str = ""
     name: str = ""
+    #: A UDP server's backend (port protocol ``UDP``): the canonical host and the UDP
+    #: port every datagram is forwarded to. An xdsd extension, set only by the Gateway
+    #: API's conversion (a UDP listener and its UDPRoute; Istio's Gateway has no UDP);
+    #: empty: the server forwards nothing and gets no listener.
+    datagrams_to: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

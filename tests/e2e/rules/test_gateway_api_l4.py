@@ -1,7 +1,7 @@
 """Gateway API listeners and routes beyond HTTP, proven by real traffic through a real
 gateway Envoy configured by xdsd from Gateway API files: TLS passthrough by SNI
-(TLSRoute), weighted TCP (TCPRoute), and gRPC routed by method and header (GRPCRoute)
-with a real grpcio client.
+(TLSRoute), weighted TCP (TCPRoute), gRPC routed by method and header (GRPCRoute)
+with a real grpcio client, and UDP datagrams forwarded to a UDP echo (UDPRoute).
 
 The gateway node is the Gateway's proxy by the label
 ``gateway.networking.k8s.io/gateway-name: edge``."""
@@ -9,6 +9,8 @@ The gateway node is the Gateway's proxy by the label
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -56,6 +58,17 @@ spec:
   - name: wrong
     port: {ports["wrong"]}
     protocol: TCP
+  - name: udp
+    port: {ports["udp"]}
+    protocol: UDP
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: dgram, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: udp}}]
+  rules:
+  - backendRefs: [{{name: dgram, port: {ports["dgram"]}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TLSRoute
@@ -171,6 +184,55 @@ def grpc_backend(name: str, host: str, port: int) -> Any:
     return server
 
 
+class UdpEcho:
+    """A UDP server on ``host:port`` answering each datagram with ``NAME:`` and the
+    datagram, and counting them; ``stop`` ends its thread."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name, self.host, self.hits = name, host, 0
+        self.labels: dict[str, str] = {}
+        self.locality = ""
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.hits += 1
+            self.sock.sendto(self.name.encode() + b":" + data, peer)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def udp_exchange(host: str, port: int, data: bytes, timeout: float = 1.0) -> bytes:
+    """Send one datagram to ``host:port`` from a new socket (a new session for the
+    gateway) and return the answer (OSError when none comes in ``timeout``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, (host, port))
+        answer, _ = s.recvfrom(65535)
+        return answer
+
+
 @dataclass
 class GrpcEndpoint:
     """Where a gRPC backend listens, as ``TrafficMesh.service`` writes an endpoint."""
@@ -208,6 +270,11 @@ class World:
             host, ports[name] = m.ip(), free_port()
             self.servers.append(grpc_backend(name, host, ports[name]))
             m.service(name, [GrpcEndpoint(host)], port=ports[name], protocol="GRPC")  # type: ignore[list-item]
+        ports["udp"] = free_udp_port(ip)
+        dgram_host = m.ip()
+        ports["dgram"] = free_udp_port(dgram_host)
+        self.udp = UdpEcho("dgram", dgram_host, ports["dgram"])
+        m.service("dgram", [self.udp], port=ports["dgram"], protocol="UDP")  # type: ignore[list-item]
         self.ports = ports
         m.rule("gateway-api", gateway_api(ports))
         self.gateway: GatewayNode = m.start_gateway("edge", {LABEL: "edge"})
@@ -217,6 +284,7 @@ class World:
     def stop(self) -> None:
         for server in self.servers:
             server.stop(0)
+        self.udp.stop()
         self.mesh.stop()
 
 
@@ -349,3 +417,19 @@ def test_an_http_route_on_the_grpc_routes_hostname_is_refused(world: World) -> N
         "Conflicted",
     )
     assert "GRPCRoute default/echo" in refused["message"]
+
+
+def test_udp_route_forwards_datagrams(world: World) -> None:
+    """A UDP listener and a UDPRoute: datagrams sent to the gateway reach the UDP echo
+    behind it and its answers come back to each sender (one session per client
+    socket); the backend saw every one."""
+    gw, port = world.gateway, world.ports["udp"]
+    gw.wait_for(
+        lambda: udp_exchange(gw.ip, port, b"ping") == b"dgram:ping", "the UDP route", timeout=60
+    )
+    before = world.udp.hits
+    for i in range(20):
+        assert udp_exchange(gw.ip, port, f"n{i}".encode(), timeout=5) == f"dgram:n{i}".encode()
+    assert world.udp.hits - before == 20
+    listeners = gw.envoy.listener_addresses()
+    assert (gw.ip, port) in listeners

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2 as udp_route_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import udp_proxy_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,7 +37,7 @@ from xdsd.model.gateway_api import (
     StringMatch,
 )
 from xdsd.model.rules import MatchKind
-from xdsd.resources import LISTENER, ROUTE
+from xdsd.resources import CLUSTER, LISTENER, ROUTE
 from xdsd.sources.gateway_api.convert import GATEWAY_NAME_LABEL, Converted, convert
 from xdsd.sources.gateway_api.grpc import method_match
 from xdsd.translate import MeshTranslation, NodeClass, Role, render_static
@@ -274,21 +276,111 @@ def test_tcp_route_without_backends_leaves_the_listener_out() -> None:
     assert "0.0.0.0_5432" not in listeners
 
 
-def test_udp_and_tls_terminate_are_refused_by_name() -> None:
-    udp = Listener("dns", 53, "UDP")
+def test_tls_terminate_is_refused_by_name() -> None:
     term = Listener("term", 9443, "TLS", tls=ListenerTLS("Terminate"))
-    out = _convert(
-        _gateway(udp, term), _route("UDPRoute", "u", RouteRule(backend_refs=(_backend("db1"),)))
-    )
+    out = _convert(_gateway(term))
     gateway = _conditions(out, "KubeGateway", "edge")
-    assert ("Accepted", False, "UnsupportedProtocol", "listeners[dns]") in gateway
     assert ("Accepted", False, "UnsupportedValue", "listeners[term]") in gateway
-    assert ("Accepted", False, "UnsupportedValue", "") in _conditions(out, "UDPRoute", "u")
     assert all(p.severity is Severity.WARNING for p in out.problems)
     texts = [str(p) for p in out.problems]
-    assert any("UDPRoute is not served" in t for t in texts), texts
-    assert any("listener 'dns' is not served" in t for t in texts), texts
+    assert any("listener 'term' is not served" in t for t in texts), texts
     assert not out.gateways and not out.virtual_services
+
+
+UDP = Listener("dns", 5353, "UDP")
+DATAGRAMS = (
+    _service("dgram", Protocol.UDP, "10.0.0.9"),
+    _service("dgram2", Protocol.UDP, "10.0.0.10"),
+)
+
+
+def _udp(out: Converted) -> dict[str, Any]:
+    mesh = Mesh(
+        services=(*SERVICES, *DATAGRAMS),
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+    )
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    return {n: r.message for n, r in snapshot.get(LISTENER).items()}
+
+
+def _convert_udp(*objects: Any) -> Converted:
+    gateways = tuple(o for o in objects if isinstance(o, KubeGateway))
+    routes = tuple(o for o in objects if isinstance(o, Route))
+    return convert(GatewayAPI((CLASS,), gateways, routes), (*SERVICES, *DATAGRAMS))
+
+
+def test_udp_route_becomes_a_udp_listener(tmp_path: Path) -> None:
+    """A UDP listener and its UDPRoute's one backend: a UDP listener of its own (beside
+    a TCP listener of the same number) proxying datagrams to the backend's cluster; a
+    second UDPRoute on the listener is attached, warned about, and routes nothing."""
+    tcp = Listener("tcp", 5353, "TCP")
+    out = _convert_udp(
+        _gateway(UDP, tcp),
+        _route("UDPRoute", "a", RouteRule(backend_refs=(_backend("dgram"),))),
+        _route("UDPRoute", "b", RouteRule(backend_refs=(_backend("dgram2"),))),
+        _route("TCPRoute", "t", RouteRule(backend_refs=(_backend("db1"),))),
+    )
+    (gw,) = out.gateways
+    udp_server = next(s for s in gw.servers if s.name == "dns")
+    assert udp_server.datagrams_to == ("dgram.default.svc.cluster.local", 9000)
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "UDPRoute", "b")
+    (warning,) = [p for p in out.problems if "UDPRoute default/b" in p.message]
+    assert "UDPRoute default/a" in warning.message
+    listeners = _udp(out)
+    assert set(listeners) == {"0.0.0.0_5353", "0.0.0.0_5353_udp"}
+    udp = listeners["0.0.0.0_5353_udp"]
+    assert udp.address.socket_address.protocol == udp.address.socket_address.UDP
+    (flt,) = udp.listener_filters
+    proxy = udp_proxy_pb2.UdpProxyConfig()
+    flt.typed_config.Unpack(proxy)
+    route = udp_route_pb2.Route()
+    proxy.matcher.on_no_match.action.typed_config.Unpack(route)
+    assert route.cluster == "outbound|9000||dgram.default.svc.cluster.local"
+    mesh = Mesh(
+        services=(*SERVICES, *DATAGRAMS),
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+    )
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_udp_route_refusals() -> None:
+    """Weighted backends across Services (the UDP proxy has one cluster), a backend
+    port that is not UDP, and an HTTP route to a UDP port: each refused by name, and no
+    datagram forwarded."""
+    weighted = RouteRule(backend_refs=(_backend("dgram", 50), _backend("dgram2", 50)))
+    out = _convert_udp(_gateway(UDP), _route("UDPRoute", "w", weighted))
+    assert ("Accepted", False, "UnsupportedValue", "rules[0]") in _conditions(out, "UDPRoute", "w")
+    assert "0.0.0.0_5353_udp" not in _udp(out)
+    out = _convert_udp(
+        _gateway(UDP), _route("UDPRoute", "t", RouteRule(backend_refs=(_backend("db1"),)))
+    )
+    refused = [c for c in out.conditions if c.target.name == "t" and c.type == "ResolvedRefs"]
+    assert [(c.status, c.reason) for c in refused] == [(False, "BackendNotFound")]
+    assert "no UDP port 9000" in refused[0].message
+    assert "0.0.0.0_5353_udp" not in _udp(out)
+    out = _convert_udp(
+        _gateway(TCP), _route("TCPRoute", "x", RouteRule(backend_refs=(_backend("dgram"),)))
+    )
+    (refused_tcp,) = [
+        c for c in out.conditions if c.target.name == "x" and c.type == "ResolvedRefs"
+    ]
+    assert (refused_tcp.status, refused_tcp.reason) == (False, "BackendNotFound")
+
+
+def test_sidecars_take_no_udp_port(tmp_path: Path) -> None:
+    """A Service's UDP port is a cluster, never a sidecar listener."""
+    mesh = Mesh(services=(_service("plain", Protocol.HTTP, "10.0.0.7"), *DATAGRAMS[:1]))
+    node = NodeClass("caller")
+    snapshot = MeshTranslation(mesh).snapshot_for(node)
+    clusters = set(snapshot.get(CLUSTER))
+    assert "outbound|9000||dgram.default.svc.cluster.local" in clusters
+    for listener in (r.message for r in snapshot.get(LISTENER).values()):
+        assert listener.address.socket_address.protocol != listener.address.socket_address.UDP
+        for chain in listener.filter_chains:
+            assert "dgram" not in str(chain), listener.name
+    envoy_accepts(render_static(mesh, node, admin_port=0), tmp_path / "envoy.json")
 
 
 @pytest.mark.parametrize(

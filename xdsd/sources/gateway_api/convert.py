@@ -37,7 +37,7 @@ rules converted by the same functions).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
@@ -167,6 +167,8 @@ def convert(
         api.grants,
         labels,
     )
+    if l4.datagrams:
+        istio = _with_datagrams(istio, dict(l4.datagrams))
     grpc_services, grpc_conditions = convert_grpc_routes(
         api.routes, gateways, istio_gateway_ref, services, api.grants, labels, rejected
     )
@@ -185,6 +187,25 @@ def convert(
         problems=(*problems, *l4.problems, *mesh.problems),
         destination_rules=backend_tls.destination_rules,
     )
+
+
+def _with_datagrams(
+    istio: list[Gateway], targets: Mapping[tuple[ResourceKey, str], tuple[str, int]]
+) -> list[Gateway]:
+    """``istio`` with each UDP server's ``datagrams_to`` set from ``targets`` (by the
+    Gateway API Gateway's key and the listener's name: a converted Gateway has the
+    name, namespace and listener names of its Gateway)."""
+    out: list[Gateway] = []
+    for gateway in istio:
+        key = ResourceKey("KubeGateway", gateway.namespace, gateway.name)
+        servers = tuple(
+            replace(server, datagrams_to=targets.get((key, server.name)))
+            if server.port.protocol is Protocol.UDP
+            else server
+            for server in gateway.servers
+        )
+        out.append(replace(gateway, servers=servers) if servers != gateway.servers else gateway)
+    return out
 
 
 def gateway_servers(

@@ -1,4 +1,5 @@
-"""TLS Passthrough and TCP listeners, TLSRoute, TCPRoute and UDPRoute, as Istio's kinds.
+"""TLS Passthrough, TCP and UDP listeners, TLSRoute, TCPRoute and UDPRoute, as Istio's
+kinds (and, for UDP, an xdsd extension of the Gateway server).
 
 Pure. What each becomes (``docs/rules.md``, "Gateway API"):
 
@@ -7,10 +8,11 @@ Pure. What each becomes (``docs/rules.md``, "Gateway API"):
   one); ``tls.mode: Terminate`` on a TLS listener is not served (the listener's
   ``Accepted`` False, ``UnsupportedValue``).
 - A listener of protocol ``TCP`` → a Gateway server of protocol TCP, hosts ``*``.
-- A listener of protocol ``UDP`` is refused by name: xdsd's gateways have no UDP
-  listeners (``Accepted`` False, ``UnsupportedProtocol``, and a warning at the
-  Gateway's line), and so is every UDPRoute (``Accepted`` False, ``UnsupportedValue``,
-  and a warning at its line): never served, never silently dropped.
+- A listener of protocol ``UDP`` → a Gateway server of protocol UDP, hosts ``*``,
+  whose ``datagrams_to`` ``convert`` sets from its UDPRoute (``udp_backend``): the
+  first rule's one backend, a UDP port of a Service. Envoy's UDP proxy sends a
+  listener's datagrams to one cluster, so several weighted backends are not served
+  (``Accepted`` False, ``UnsupportedValue``); one UDPRoute per listener, as for TCP.
 - A TLSRoute attached to a Passthrough listener → a VirtualService bound to that
   Gateway, one ``tls`` rule per route rule, matched by ``sniHosts`` = the route's
   hostnames intersected with the listener's and the listener's port, routing to the
@@ -53,7 +55,7 @@ from xdsd.sources.gateway_api.names import PREFIX
 
 def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condition | None:
     """The Gateway server a TLS or TCP listener becomes, or the ``Accepted`` False
-    condition of a TLS/TCP/UDP listener xdsd does not serve; None for other
+    condition of a TLS listener xdsd does not serve (Terminate); None for other
     protocols (HTTP, HTTPS: not this module's)."""
     scope = cond.listener_scope(listener.name)
     port = EntryPort(listener.port, Protocol.TCP, listener.name, 0, listener.protocol)
@@ -78,14 +80,8 @@ def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condit
     if listener.protocol == "TCP":
         return Server(port, ("*",), name=listener.name)
     if listener.protocol == "UDP":
-        return Condition(
-            gateway.key,
-            "Accepted",
-            False,
-            "UnsupportedProtocol",
-            "UDP listeners are not served: xdsd's gateways have no UDP listeners",
-            scope,
-        )
+        udp = EntryPort(listener.port, Protocol.UDP, listener.name, 0, "UDP")
+        return Server(udp, ("*",), name=listener.name)
     return None
 
 
@@ -97,7 +93,8 @@ def unsupported_problem(origin_path: str, line: int, field: str, message: str) -
 def _held_problem(
     route: Route, attachment: Attachment, owner: ResourceKey, hosts: tuple[str, ...]
 ) -> Problem:
-    """The warning of a TCPRoute on a TCP listener another route holds, or of a
+    """The warning of a TCPRoute (UDPRoute) on a TCP (UDP) listener another route
+    holds, or of a
     TLSRoute hostname (``hosts``) another TLSRoute holds on its listener: at the
     hostname's line, else the parent's."""
     listener = attachment.listener
@@ -109,6 +106,8 @@ def _held_problem(
         line = line_of(route.lines, f"hostnames[{index}]", line)
         field = f"spec.hostnames[{index}]"
     what = f"SNI {hosts[0]!r}" if hosts else "its connections"
+    if route.kind == "UDPRoute":
+        what = "its datagrams"
     return Problem(
         route.origin.path,
         line,
@@ -121,13 +120,52 @@ def _held_problem(
     )
 
 
-def udp_route(route: Route) -> tuple[Condition, Problem]:
-    """A UDPRoute's refusal: its condition and a warning at its line."""
-    message = "UDPRoute is not served: xdsd's gateways have no UDP listeners"
-    return (
-        Condition(route.key, "Accepted", False, "UnsupportedValue", message),
-        unsupported_problem(route.origin.path, route.origin.line, "kind", message),
-    )
+def udp_backend(
+    attachment: Attachment, services: Sequence[Service], grants: Sequence[ReferenceGrant]
+) -> tuple[tuple[str, int] | None, tuple[Condition, ...]]:
+    """Where a UDPRoute sends the datagrams of the UDP listener of ``attachment``: its
+    first rule's one backend (the canonical host and a UDP port of the Service), and
+    the conditions of its backends and rules. None when nothing is routed: no backend
+    resolves, or several do — Envoy's UDP proxy sends a listener's datagrams to one
+    cluster, so weights across Services are not served (``Accepted`` False
+    ``UnsupportedValue``, never a silent pick of one of them)."""
+    route = attachment.route
+    conditions: list[Condition] = []
+    if len(route.rules) > 1:
+        conditions.append(
+            cond.failed(
+                route.key,
+                cond.ACCEPTED,
+                cond.UNSUPPORTED_VALUE,
+                "a UDP listener serves one rule: rules after the first are not served",
+                "rules[1]",
+            )
+        )
+    if not route.rules:
+        return None, tuple(conditions)
+    targets: list[tuple[str, int]] = []
+    for j, backend in enumerate(route.rules[0].backend_refs):
+        scope = f"rules[0].backendRefs[{j}]"
+        resolved = resolve_destination(route, scope, backend, services, grants)
+        if resolved.refusal is not None:
+            conditions.append(resolved.refusal)
+        elif resolved.destination is not None and resolved.weight > 0:
+            target = (resolved.destination.host, resolved.destination.port)
+            if target not in targets:
+                targets.append(target)
+    if len(targets) > 1:
+        conditions.append(
+            cond.failed(
+                route.key,
+                cond.ACCEPTED,
+                cond.UNSUPPORTED_VALUE,
+                f"{len(targets)} weighted backends: Envoy's UDP proxy forwards a listener's "
+                "datagrams to one cluster, so xdsd serves a UDPRoute rule of one backend",
+                "rules[0]",
+            )
+        )
+        return None, tuple(conditions)
+    return (targets[0] if targets else None), tuple(conditions)
 
 
 def l4_virtual_service(
@@ -195,6 +233,9 @@ class L4Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
+    #: Each UDP listener's backend, by (Gateway key, listener name): the canonical
+    #: host and UDP port its datagrams go to (``Server.datagrams_to``).
+    datagrams: tuple[tuple[tuple[ResourceKey, str], tuple[str, int]], ...] = ()
 
 
 def convert_l4_routes(
@@ -209,21 +250,18 @@ def convert_l4_routes(
     """The TLSRoutes, TCPRoutes and UDPRoutes of ``routes`` (others are skipped), in
     key order, attached (``attach.attach``) to ``gateways`` (xdsd's, by (namespace,
     name)), as VirtualServices named ``gateway-api.tlsroute.ROUTE.N`` (or ``tcproute``; N
-    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions.
-    A route attached only to listeners xdsd does not serve (``served`` False: UDP, TLS
-    Terminate) is not accepted there (``UnsupportedValue``)."""
+    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions;
+    UDPRoutes as ``L4Converted.datagrams`` (no VirtualService). A route attached only
+    to listeners xdsd does not serve (``served`` False: TLS Terminate) is not accepted
+    there (``UnsupportedValue``)."""
     out: list[VirtualService] = []
     conditions: list[Condition] = []
     problems: list[Problem] = []
     taken: dict[tuple[ResourceKey, str], ResourceKey] = {}
     sni: dict[tuple[ResourceKey, str, str], ResourceKey] = {}
+    datagrams: list[tuple[tuple[ResourceKey, str], tuple[str, int]]] = []
     for route in sorted(routes, key=lambda r: r.key):
-        if route.kind == "UDPRoute":
-            condition, problem = udp_route(route)
-            conditions.append(condition)
-            problems.append(problem)
-            continue
-        if route.kind not in ("TLSRoute", "TCPRoute"):
+        if route.kind not in ("TLSRoute", "TCPRoute", "UDPRoute"):
             continue
         attachments, parents = attach(route, gateways, namespace_labels)
         refused = False
@@ -236,11 +274,17 @@ def convert_l4_routes(
             # attached (Accepted) even where another route holds the listener or SNI
             usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
             at = (attachment.gateway.key, listener.name)
-            if route.kind == "TCPRoute":
+            if route.kind in ("TCPRoute", "UDPRoute"):
                 owner = taken.setdefault(at, route.key)
                 if owner != route.key:
                     problems.append(_held_problem(route, attachment, owner, ()))
                     continue
+            if route.kind == "UDPRoute":
+                target, more = udp_backend(attachment, services, grants)
+                found.extend(c for c in more if c not in found)
+                if target is not None:
+                    datagrams.append((at, target))
+                continue
             else:
                 hosts = attachment.hostnames
                 kept = tuple(h for h in hosts if sni.setdefault((*at, h), route.key) == route.key)
@@ -273,4 +317,4 @@ def convert_l4_routes(
         conditions.extend(found)
         if usable and not any(c.type == cond.RESOLVED_REFS for c in found):
             conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
-    return L4Converted(tuple(out), tuple(conditions), tuple(problems))
+    return L4Converted(tuple(out), tuple(conditions), tuple(problems), tuple(datagrams))
