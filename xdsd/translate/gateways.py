@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -69,6 +70,7 @@ from xdsd.model import (
     Port,
     Protocol,
     ResourceKey,
+    Service,
     VirtualService,
 )
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
@@ -76,6 +78,7 @@ from xdsd.resources import pack
 from xdsd.translate import authz, jwt_authn
 from xdsd.translate.cluster_policy import san_matcher, set_tls_socket
 from xdsd.translate.clusters import outbound_cluster_name
+from xdsd.translate.endpoints import endpoint_weight, locality_groups, select_endpoints
 from xdsd.translate.l4 import route_clusters
 from xdsd.translate.listeners import (
     HCM_FILTER,
@@ -146,6 +149,9 @@ class GatewayListenerPlan:
     chains: tuple[ChainPlan, ...]
     #: A UDP listener (one chain: its cluster), for a UDP server.
     udp: bool = False
+    #: A UDP server's backends, (canonical host, port, weight) each
+    #: (``Server.datagrams_to``); several: the cluster ``udp_cluster_name`` of them.
+    datagrams: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def name(self) -> str:
@@ -241,11 +247,12 @@ def plan_gateway(
         first_kind = _kind(members[0][2])
         prefix = f"{bind}_{port}"
         if udp:
-            target = members[0][2].datagrams_to
-            if target is not None:
-                cluster = outbound_cluster_name(target[1], "", target[0])
-                chains.append(ChainPlan(f"{prefix}_udp", clusters=((cluster, 1),)))
-                listeners.append(GatewayListenerPlan(bind, port, tuple(chains), udp=True))
+            targets = members[0][2].datagrams_to
+            if targets:
+                clusters = tuple((outbound_cluster_name(p, "", h), w) for h, p, w in targets)
+                chains.append(ChainPlan(f"{prefix}_udp", clusters=clusters))
+                plan = GatewayListenerPlan(bind, port, tuple(chains), True, targets)
+                listeners.append(plan)
             continue
         if first_kind == "http":
             name = http_route_name(members[0][2], port, members[0][0].key)
@@ -644,7 +651,8 @@ def gateway_listener(
 
 def _udp_listener(plan: GatewayListenerPlan) -> Any:
     """The UDP listener of a UDP server's plan: Envoy's UDP proxy sending every
-    datagram, one session per client address and port, to the plan's one cluster.
+    datagram, one session per client address and port, to the plan's one cluster (its
+    backend's, or ``udp_cluster_name`` for several weighted backends).
     ``SO_REUSEPORT`` is on: Envoy refuses a UDP listener without it when it runs more
     than one worker."""
     listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
@@ -657,6 +665,52 @@ def _udp_listener(plan: GatewayListenerPlan) -> Any:
     config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=chain.stat_prefix)
     action = config.matcher.on_no_match.action
     action.name = "route"
-    action.typed_config.CopyFrom(pack(udp_route_pb2.Route(cluster=chain.clusters[0][0])))
+    cluster = chain.clusters[0][0] if len(chain.clusters) == 1 else udp_cluster_name(plan)
+    action.typed_config.CopyFrom(pack(udp_route_pb2.Route(cluster=cluster)))
     listener.listener_filters.add(name=UDP_PROXY_FILTER).typed_config.CopyFrom(pack(config))
     return listener
+
+
+def udp_cluster_name(plan: GatewayListenerPlan) -> str:
+    """The cluster of a UDP listener with several weighted backends:
+    ``udp|BIND_PORT``."""
+    return f"udp|{plan.bind}_{plan.port}"
+
+
+def udp_weighted_cluster(plan: GatewayListenerPlan, services: tuple[Service, ...]) -> Any:
+    """The cluster ``udp_cluster_name(plan)`` of a UDP listener with several backends
+    (Envoy's UDP proxy has no weighted clusters): STATIC, the endpoints of every
+    backend, each backend a locality of its own (``sub_zone`` ``udp-backend-N``: Envoy
+    refuses two entries of one locality) whose ``load_balancing_weight`` is the
+    backend's weight spread over its localities in proportion to their endpoint weights
+    (times 1000, at least 1), balanced by locality weights. ``services`` are the
+    backends' services, in ``plan.datagrams`` order (STATIC resolution: the conversion
+    refuses others; ``ValueError`` when they are not one per backend)."""
+    cluster = cluster_pb2.Cluster(name=udp_cluster_name(plan))
+    cluster.type = cluster_pb2.Cluster.STATIC
+    cluster.connect_timeout.FromSeconds(5)
+    cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
+    assignment = cluster.load_assignment
+    assignment.cluster_name = cluster.name
+    for index, ((_, number, weight), service) in enumerate(
+        zip(plan.datagrams, services, strict=True)
+    ):
+        port = next((p for p in service.datagram_ports if p.number == number), None)
+        if port is None:  # the conversion names UDP ports only: never
+            continue
+        groups = locality_groups(port, select_endpoints(service, port))
+        total = sum(g.weight for g in groups) or 1
+        for group in groups:
+            entry = assignment.endpoints.add()
+            entry.locality.region = group.locality.region
+            entry.locality.zone = group.locality.zone
+            entry.locality.sub_zone = f"udp-backend-{index}"
+            entry.load_balancing_weight.value = max(1, weight * group.weight * 1000 // total)
+            for endpoint in group.members:
+                lb = entry.lb_endpoints.add()
+                lb.load_balancing_weight.value = endpoint_weight(endpoint)
+                sock = lb.endpoint.address.socket_address
+                sock.protocol = sock.UDP
+                sock.address = endpoint.address
+                sock.port_value = endpoint.port_for(port) if endpoint.ports else number
+    return cluster

@@ -61,6 +61,19 @@ spec:
   - name: udp
     port: {ports["udp"]}
     protocol: UDP
+  - name: udpw
+    port: {ports["udpw"]}
+    protocol: UDP
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: split, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: udpw}}]
+  rules:
+  - backendRefs:
+    - {{name: dgram, port: {ports["dgram"]}, weight: 80}}
+    - {{name: dgram2, port: {ports["dgram2"]}, weight: 20}}
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: UDPRoute
@@ -270,11 +283,14 @@ class World:
             host, ports[name] = m.ip(), free_port()
             self.servers.append(grpc_backend(name, host, ports[name]))
             m.service(name, [GrpcEndpoint(host)], port=ports[name], protocol="GRPC")  # type: ignore[list-item]
-        ports["udp"] = free_udp_port(ip)
-        dgram_host = m.ip()
-        ports["dgram"] = free_udp_port(dgram_host)
-        self.udp = UdpEcho("dgram", dgram_host, ports["dgram"])
-        m.service("dgram", [self.udp], port=ports["dgram"], protocol="UDP")  # type: ignore[list-item]
+        ports["udp"], ports["udpw"] = free_udp_port(ip), free_udp_port(ip)
+        self.echoes: dict[str, UdpEcho] = {}
+        for name in ("dgram", "dgram2"):
+            host = m.ip()
+            ports[name] = free_udp_port(host)
+            self.echoes[name] = UdpEcho(name, host, ports[name])
+            m.service(name, [self.echoes[name]], port=ports[name], protocol="UDP")  # type: ignore[list-item]
+        self.udp = self.echoes["dgram"]
         self.ports = ports
         m.rule("gateway-api", gateway_api(ports))
         self.gateway: GatewayNode = m.start_gateway("edge", {LABEL: "edge"})
@@ -284,7 +300,8 @@ class World:
     def stop(self) -> None:
         for server in self.servers:
             server.stop(0)
-        self.udp.stop()
+        for echo in self.echoes.values():
+            echo.stop()
         self.mesh.stop()
 
 
@@ -433,3 +450,13 @@ def test_udp_route_forwards_datagrams(world: World) -> None:
     assert world.udp.hits - before == 20
     listeners = gw.envoy.listener_addresses()
     assert (gw.ip, port) in listeners
+
+
+def test_weighted_udp_backends(world: World) -> None:
+    """A UDPRoute with weights 80/20: of 200 sessions (a new client socket each), each
+    backend's share is within 10 points of its weight."""
+    gw, port = world.gateway, world.ports["udpw"]
+    gw.wait_for(lambda: udp_exchange(gw.ip, port, b"x").startswith(b"dgram"), "the UDP split")
+    seen = Counter(udp_exchange(gw.ip, port, b"x", timeout=5).split(b":")[0] for _ in range(200))
+    assert set(seen) == {b"dgram", b"dgram2"}, seen
+    assert abs(seen[b"dgram"] / 200 - 0.8) <= 0.10, seen

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.fuzzing import deadline, fuzz_settings
 from tests.harness import envoy_accepts
 from xdsd.errors import ConfigError, Severity
-from xdsd.model import Endpoint, Mesh, Port, Protocol, Service
+from xdsd.model import Endpoint, Mesh, Port, Protocol, Resolution, Service
 from xdsd.model.gateway_api import (
     CONTROLLER_NAME,
     BackendRef,
@@ -323,7 +323,7 @@ def test_udp_route_becomes_a_udp_listener(tmp_path: Path) -> None:
     )
     (gw,) = out.gateways
     udp_server = next(s for s in gw.servers if s.name == "dns")
-    assert udp_server.datagrams_to == ("dgram.default.svc.cluster.local", 9000)
+    assert udp_server.datagrams_to == (("dgram.default.svc.cluster.local", 9000, 1),)
     assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "UDPRoute", "b")
     (warning,) = [p for p in out.problems if "UDPRoute default/b" in p.message]
     assert "UDPRoute default/a" in warning.message
@@ -345,14 +345,42 @@ def test_udp_route_becomes_a_udp_listener(tmp_path: Path) -> None:
     envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
 
 
-def test_udp_route_refusals() -> None:
-    """Weighted backends across Services (the UDP proxy has one cluster), a backend
-    port that is not UDP, and an HTTP route to a UDP port: each refused by name, and no
-    datagram forwarded."""
-    weighted = RouteRule(backend_refs=(_backend("dgram", 50), _backend("dgram2", 50)))
+def test_weighted_udp_backends_are_one_cluster_of_localities(tmp_path: Path) -> None:
+    """Envoy's UDP proxy has no weighted clusters: several backends are one STATIC
+    cluster ``udp|BIND_PORT``, each backend a locality weighted by its weight, under
+    locality-weighted balancing; Envoy accepts it."""
+    weighted = RouteRule(backend_refs=(_backend("dgram", 80), _backend("dgram2", 20)))
     out = _convert_udp(_gateway(UDP), _route("UDPRoute", "w", weighted))
-    assert ("Accepted", False, "UnsupportedValue", "rules[0]") in _conditions(out, "UDPRoute", "w")
-    assert "0.0.0.0_5353_udp" not in _udp(out)
+    (gw,) = out.gateways
+    assert gw.servers[0].datagrams_to == (
+        ("dgram.default.svc.cluster.local", 9000, 80),
+        ("dgram2.default.svc.cluster.local", 9000, 20),
+    )
+    mesh = Mesh(services=(*SERVICES, *DATAGRAMS), gateways=out.gateways, virtual_services=())
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    cluster = snapshot.get(CLUSTER)["udp|0.0.0.0_5353"].message
+    assert cluster.common_lb_config.HasField("locality_weighted_lb_config")
+    shares = {
+        (
+            e.locality.sub_zone,
+            e.lb_endpoints[0].endpoint.address.socket_address.address,
+        ): e.load_balancing_weight.value
+        for e in cluster.load_assignment.endpoints
+    }
+    assert shares == {("udp-backend-0", "10.0.0.9"): 80000, ("udp-backend-1", "10.0.0.10"): 20000}
+    proxy = udp_proxy_pb2.UdpProxyConfig()
+    snapshot.get(LISTENER)["0.0.0.0_5353_udp"].message.listener_filters[0].typed_config.Unpack(
+        proxy
+    )
+    route = udp_route_pb2.Route()
+    proxy.matcher.on_no_match.action.typed_config.Unpack(route)
+    assert route.cluster == "udp|0.0.0.0_5353"
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_udp_route_refusals() -> None:
+    """A backend port that is not UDP, an HTTP route to a UDP port, a DNS-resolved
+    Service among weighted backends: each refused by name, and nothing forwarded."""
     out = _convert_udp(
         _gateway(UDP), _route("UDPRoute", "t", RouteRule(backend_refs=(_backend("db1"),)))
     )
@@ -361,12 +389,25 @@ def test_udp_route_refusals() -> None:
     assert "no UDP port 9000" in refused[0].message
     assert "0.0.0.0_5353_udp" not in _udp(out)
     out = _convert_udp(
-        _gateway(TCP), _route("TCPRoute", "x", RouteRule(backend_refs=(_backend("dgram"),)))
+        _gateway(TCP),
+        _route("TCPRoute", "x", RouteRule(backend_refs=(_backend("db1"), _backend("dgram")))),
     )
     (refused_tcp,) = [
         c for c in out.conditions if c.target.name == "x" and c.type == "ResolvedRefs"
     ]
     assert (refused_tcp.status, refused_tcp.reason) == (False, "BackendNotFound")
+    named = Service(
+        "named",
+        "default",
+        (Port(9000, Protocol.UDP),),
+        (Endpoint("dns.example.com"),),
+        resolution=Resolution.DNS,
+    )
+    weighted = RouteRule(backend_refs=(_backend("dgram", 50), _backend("named", 50)))
+    api = GatewayAPI((CLASS,), (_gateway(UDP),), (_route("UDPRoute", "d", weighted),))
+    out = convert(api, (*SERVICES, *DATAGRAMS, named))
+    assert ("Accepted", False, "UnsupportedValue", "rules[0]") in _conditions(out, "UDPRoute", "d")
+    assert out.gateways[0].servers[0].datagrams_to == ()
 
 
 def test_sidecars_take_no_udp_port(tmp_path: Path) -> None:

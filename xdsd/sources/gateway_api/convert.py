@@ -190,7 +190,8 @@ def convert(
 
 
 def _with_datagrams(
-    istio: list[Gateway], targets: Mapping[tuple[ResourceKey, str], tuple[str, int]]
+    istio: list[Gateway],
+    targets: Mapping[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]],
 ) -> list[Gateway]:
     """``istio`` with each UDP server's ``datagrams_to`` set from ``targets`` (by the
     Gateway API Gateway's key and the listener's name: a converted Gateway has the
@@ -199,7 +200,7 @@ def _with_datagrams(
     for gateway in istio:
         key = ResourceKey("KubeGateway", gateway.namespace, gateway.name)
         servers = tuple(
-            replace(server, datagrams_to=targets.get((key, server.name)))
+            replace(server, datagrams_to=targets.get((key, server.name), ()))
             if server.port.protocol is Protocol.UDP
             else server
             for server in gateway.servers

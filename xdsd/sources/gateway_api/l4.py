@@ -10,9 +10,8 @@ Pure. What each becomes (``docs/rules.md``, "Gateway API"):
 - A listener of protocol ``TCP`` → a Gateway server of protocol TCP, hosts ``*``.
 - A listener of protocol ``UDP`` → a Gateway server of protocol UDP, hosts ``*``,
   whose ``datagrams_to`` ``convert`` sets from its UDPRoute (``udp_backend``): the
-  first rule's one backend, a UDP port of a Service. Envoy's UDP proxy sends a
-  listener's datagrams to one cluster, so several weighted backends are not served
-  (``Accepted`` False, ``UnsupportedValue``); one UDPRoute per listener, as for TCP.
+  first rule's weighted backends, UDP ports of Services; one UDPRoute per listener, as
+  for TCP.
 - A TLSRoute attached to a Passthrough listener → a VirtualService bound to that
   Gateway, one ``tls`` rule per route rule, matched by ``sniHosts`` = the route's
   hostnames intersected with the listener's and the listener's port, routing to the
@@ -46,7 +45,7 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.networking import EntryPort, Server, ServerTLS, ServerTLSMode
 from xdsd.model.rules import L4Match, L4Route, RouteDestination
-from xdsd.model.service import Protocol, ResourceKey, line_of
+from xdsd.model.service import Protocol, Resolution, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
@@ -122,13 +121,14 @@ def _held_problem(
 
 def udp_backend(
     attachment: Attachment, services: Sequence[Service], grants: Sequence[ReferenceGrant]
-) -> tuple[tuple[str, int] | None, tuple[Condition, ...]]:
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[Condition, ...]]:
     """Where a UDPRoute sends the datagrams of the UDP listener of ``attachment``: its
-    first rule's one backend (the canonical host and a UDP port of the Service), and
-    the conditions of its backends and rules. None when nothing is routed: no backend
-    resolves, or several do — Envoy's UDP proxy sends a listener's datagrams to one
-    cluster, so weights across Services are not served (``Accepted`` False
-    ``UnsupportedValue``, never a silent pick of one of them)."""
+    first rule's backends that resolve, with weight above 0 — (canonical host, a UDP
+    port of the Service, weight) each, weights summed per backend — and the conditions
+    of its backends and rules. Several backends become one cluster of their endpoints
+    (``translate.gateways.udp_weighted_cluster``), which needs their addresses: a
+    backend Service of DNS resolution among several is not served (``Accepted`` False
+    ``UnsupportedValue``); alone, it is its own cluster."""
     route = attachment.route
     conditions: list[Condition] = []
     if len(route.rules) > 1:
@@ -142,8 +142,9 @@ def udp_backend(
             )
         )
     if not route.rules:
-        return None, tuple(conditions)
-    targets: list[tuple[str, int]] = []
+        return (), tuple(conditions)
+    weights: dict[tuple[str, int], int] = {}
+    by_host = {s.fqdn: s for s in services}
     for j, backend in enumerate(route.rules[0].backend_refs):
         scope = f"rules[0].backendRefs[{j}]"
         resolved = resolve_destination(route, scope, backend, services, grants)
@@ -151,21 +152,23 @@ def udp_backend(
             conditions.append(resolved.refusal)
         elif resolved.destination is not None and resolved.weight > 0:
             target = (resolved.destination.host, resolved.destination.port)
-            if target not in targets:
-                targets.append(target)
-    if len(targets) > 1:
-        conditions.append(
-            cond.failed(
-                route.key,
-                cond.ACCEPTED,
-                cond.UNSUPPORTED_VALUE,
-                f"{len(targets)} weighted backends: Envoy's UDP proxy forwards a listener's "
-                "datagrams to one cluster, so xdsd serves a UDPRoute rule of one backend",
-                "rules[0]",
-            )
-        )
-        return None, tuple(conditions)
-    return (targets[0] if targets else None), tuple(conditions)
+            weights[target] = weights.get(target, 0) + resolved.weight
+    if len(weights) > 1:
+        for host, _ in weights:
+            service = by_host.get(host)
+            if service is not None and service.resolution is not Resolution.STATIC:
+                conditions.append(
+                    cond.failed(
+                        route.key,
+                        cond.ACCEPTED,
+                        cond.UNSUPPORTED_VALUE,
+                        f"{host} resolves its endpoints by DNS: weighted UDP backends are "
+                        "one cluster of their endpoints' addresses, so each must list them",
+                        "rules[0]",
+                    )
+                )
+                return (), tuple(conditions)
+    return tuple((h, p, w) for (h, p), w in weights.items()), tuple(conditions)
 
 
 def l4_virtual_service(
@@ -233,9 +236,9 @@ class L4Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
-    #: Each UDP listener's backend, by (Gateway key, listener name): the canonical
-    #: host and UDP port its datagrams go to (``Server.datagrams_to``).
-    datagrams: tuple[tuple[tuple[ResourceKey, str], tuple[str, int]], ...] = ()
+    #: Each UDP listener's backends, by (Gateway key, listener name): (canonical host,
+    #: UDP port, weight) each (``Server.datagrams_to``).
+    datagrams: tuple[tuple[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]], ...] = ()
 
 
 def convert_l4_routes(
@@ -259,7 +262,7 @@ def convert_l4_routes(
     problems: list[Problem] = []
     taken: dict[tuple[ResourceKey, str], ResourceKey] = {}
     sni: dict[tuple[ResourceKey, str, str], ResourceKey] = {}
-    datagrams: list[tuple[tuple[ResourceKey, str], tuple[str, int]]] = []
+    datagrams: list[tuple[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]]] = []
     for route in sorted(routes, key=lambda r: r.key):
         if route.kind not in ("TLSRoute", "TCPRoute", "UDPRoute"):
             continue
@@ -280,10 +283,10 @@ def convert_l4_routes(
                     problems.append(_held_problem(route, attachment, owner, ()))
                     continue
             if route.kind == "UDPRoute":
-                target, more = udp_backend(attachment, services, grants)
+                targets, more = udp_backend(attachment, services, grants)
                 found.extend(c for c in more if c not in found)
-                if target is not None:
-                    datagrams.append((at, target))
+                if targets:
+                    datagrams.append((at, targets))
                 continue
             else:
                 hosts = attachment.hostnames
