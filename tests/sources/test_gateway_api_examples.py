@@ -200,6 +200,6 @@ def test_the_udp_example_forwards_to_udp_ports(tmp_path: Path) -> None:
     mesh = _load(tmp_path, [EXAMPLES / "standard" / "basic-udp.yaml"]).mesh
     (gateway,) = mesh.gateways
     assert {s.name: s.datagrams_to for s in gateway.servers} == {
-        "foo": ("my-foo-service.default.svc.cluster.local", 6000),
-        "bar": ("my-bar-service.default.svc.cluster.local", 6000),
+        "foo": (("my-foo-service.default.svc.cluster.local", 6000, 1),),
+        "bar": (("my-bar-service.default.svc.cluster.local", 6000, 1),),
     }
