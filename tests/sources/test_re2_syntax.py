@@ -143,3 +143,27 @@ def test_a_regex_envoy_refuses_is_an_error_at_its_field(
     (problem,) = e.value.problems
     assert (problem.field, problem.line) == (field, 7), problem
     assert expected in problem.message
+
+
+@pytest.mark.parametrize(
+    ("match", "field", "expected"),
+    [
+        ("uri: {regex: '/(a)\\1'}", "http[0].match[0].uri.regex", "invalid escape sequence"),
+        ("headers: {x: {regex: 'a(?=b)'}}", "http[0].match[0].headers.x.regex", "invalid perl"),
+        ("uri: {regex: 'a{200}'}", "http[0].match[0].uri.regex", "over Envoy's limit"),
+    ],
+)
+def test_an_istio_regex_envoy_refuses_is_an_error_at_its_field(
+    tmp_path: Path, match: str, field: str, expected: str
+) -> None:
+    """The same judge for Istio's VirtualService regexes."""
+    (tmp_path / "vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\n"
+        "spec:\n  hosts: [web]\n  http:\n  - match:\n    - "
+        + match
+        + "\n    route: [{destination: {host: web}}]\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_directory(str(tmp_path))
+    found = [p for p in e.value.problems if expected in p.message]
+    assert found and found[0].field == field and found[0].line == 8, e.value.problems
