@@ -268,6 +268,51 @@ def hostnames_overlap(a: Sequence[str], b: Sequence[str]) -> bool:
     return any(x == y or wildcard_matches(x, y) or wildcard_matches(y, x) for x in a for y in b)
 
 
+class _Held:
+    """The hostnames the routes of one kind hold on one listener, indexed: exact names
+    by name (a dict look-up), wildcards (``*``, ``*.suffix``) in a list; each with its
+    route and the order it was taken in (the first holder wins)."""
+
+    __slots__ = ("exact", "wild")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, tuple[int, Route]] = {}
+        self.wild: list[tuple[str, int, Route]] = []
+
+    def add(self, order: int, route: Route, hosts: Sequence[str]) -> None:
+        for host in hosts:
+            if host.startswith("*"):
+                self.wild.append((host, order, route))
+            else:
+                self.exact.setdefault(host, (order, route))
+
+    def first_overlap(self, hosts: Sequence[str]) -> Route | None:
+        """The earliest holder of a hostname some request host could match in both
+        ``hosts`` and the held names (``hostnames_overlap``), or None."""
+        best: tuple[int, Route] | None = None
+
+        def take(order: int, route: Route) -> None:
+            nonlocal best
+            if best is None or order < best[0]:
+                best = (order, route)
+
+        for host in hosts:
+            if host.startswith("*"):  # a wildcard: any held name it covers
+                for name, found in self.exact.items():
+                    if wildcard_matches(host, name):
+                        take(*found)
+            elif host in self.exact:
+                take(*self.exact[host])
+            for pattern, order, route in self.wild:
+                if (
+                    pattern == host
+                    or wildcard_matches(pattern, host)
+                    or (host.startswith("*") and wildcard_matches(host, pattern))
+                ):
+                    take(order, route)
+        return best[1] if best is not None else None
+
+
 def kind_conflicts(
     routes: Iterable[Route],
     gateways: Mapping[tuple[str, str], KubeGateway],
@@ -277,25 +322,21 @@ def kind_conflicts(
     are refused because a route of the other kind holds a hostname in common on a
     listener they both attach to (module doc), each with the message naming that route.
     Routes are taken by namespace/name; a route refused on a listener does not hold
-    its hostnames there."""
-    held: dict[tuple[ResourceKey, str], list[tuple[Route, tuple[str, ...]]]] = {}
+    its hostnames there. Exact names are looked up, not compared pairwise: the cost
+    grows with the routes and the wildcards, not with their product."""
+    # by (Gateway, listener, kind): a route is compared with the other kind's only
+    held: dict[tuple[ResourceKey, str, str], _Held] = {}
     out: dict[tuple[ResourceKey, int], str] = {}
     ordered = sorted(
         (r for r in routes if r.kind in ("HTTPRoute", "GRPCRoute")),
         key=lambda r: (r.namespace, r.name, r.kind),
     )
-    for route in ordered:
+    for order, route in enumerate(ordered):
+        other_kind = "GRPCRoute" if route.kind == "HTTPRoute" else "HTTPRoute"
         found, _ = attach(route, gateways, namespace_labels)
         for a in found:
-            at = (a.gateway.key, a.listener.name)
-            winner = next(
-                (
-                    other
-                    for other, hosts in held.get(at, ())
-                    if other.kind != route.kind and hostnames_overlap(hosts, a.hostnames)
-                ),
-                None,
-            )
+            others = held.get((a.gateway.key, a.listener.name, other_kind))
+            winner = others.first_overlap(a.hostnames) if others is not None else None
             if winner is None:
                 continue
             out.setdefault(
@@ -307,5 +348,6 @@ def kind_conflicts(
             )
         for a in found:
             if (route.key, a.parent) not in out:
-                held.setdefault((a.gateway.key, a.listener.name), []).append((route, a.hostnames))
+                at = (a.gateway.key, a.listener.name, route.kind)
+                held.setdefault(at, _Held()).add(order, route, a.hostnames)
     return out
