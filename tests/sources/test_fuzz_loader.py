@@ -72,7 +72,36 @@ KINDS = (
     "ReferenceGrant",
     "BackendTLSPolicy",
     "Secret",
+    "Namespace",
 )
+#: A Namespace (its labels, for listeners' allowedRoutes selectors).
+NAMESPACE = (
+    "apiVersion: v1\nkind: Namespace\n"
+    "metadata: {name: apps, labels: {shared-gateway: 'true', example.com/tier: gold}}\n"
+)
+#: A UDP listener, its UDPRoute and a Service's UDP port (issue 21).
+UDP_GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: udp-edge}
+spec:
+  gatewayClassName: xdsd
+  listeners: [{name: dns, port: 5353, protocol: UDP}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {name: dns}
+spec:
+  parentRefs: [{name: udp-edge, sectionName: dns}]
+  rules: [{backendRefs: [{name: resolver, port: 53}]}]
+---
+apiVersion: xdsd.io/v1
+kind: Service
+metadata: {name: resolver}
+spec:
+  ports: [{number: 53, protocol: UDP}, {number: 8053, protocol: TCP}]
+  endpoints: [{address: 10.0.0.53}]
+"""
 #: A Secret of type kubernetes.io/tls, in both forms (fake PEM: parsed, never served).
 TLS_SECRET = (
     "apiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: default}\n"
@@ -215,6 +244,8 @@ def _seeds() -> list[tuple[bool, Any]]:
     ]
     docs += [(False, d) for d in yaml.safe_load_all(PEER_AUTHENTICATION)]
     docs += [(False, d) for d in yaml.safe_load_all(TLS_SECRET)]
+    docs += [(False, d) for d in yaml.safe_load_all(NAMESPACE)]
+    docs += [(False, d) for d in yaml.safe_load_all(UDP_GATEWAY)]
     docs += [(False, d) for d in yaml.safe_load_all(GAMMA_ROUTES)]
     docs.append((True, RAW_CLUSTER))
     return docs

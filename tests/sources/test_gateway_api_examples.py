@@ -1,7 +1,8 @@
 """The Gateway API project's own examples (``conformance/gateway-api/examples``): every
 standard-channel file loads, alone and with the files of its folder, beside the xdsd
 Services its backendRefs name (written here); the experimental ones load or are refused
-by name. Kinds xdsd does not read (Namespace, ListenerSet) are warnings naming them."""
+by name. Kinds xdsd does not read (ListenerSet) are warnings naming them; the
+examples' Namespaces are read, and give their labels to listeners' selectors."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ STANDARD = sorted((EXAMPLES / "standard").rglob("*.yaml"))
 EXPERIMENTAL = sorted((EXAMPLES / "experimental").rglob("*.yaml"))
 FOLDERS = sorted({p.parent for p in STANDARD if p.parent != EXAMPLES / "standard"})
 #: The protocol of an xdsd Service port a route kind's backend gets.
-PROTOCOLS = {"HTTPRoute": "HTTP", "GRPCRoute": "GRPC", "TLSRoute": "TLS"}
+PROTOCOLS = {"HTTPRoute": "HTTP", "GRPCRoute": "GRPC", "TLSRoute": "TLS", "UDPRoute": "UDP"}
 #: Kinds of the examples xdsd does not read: a warning each, by name.
-NOT_READ = ("Namespace", "ListenerSet")
+NOT_READ = ("ListenerSet",)
 
 
 def _backends(doc: dict[str, Any]) -> list[tuple[str, str, int, str]]:
@@ -85,9 +86,8 @@ def _load(tmp_path: Path, files: list[Path]) -> LoadResult:
     return load_directory(str(tmp_path))
 
 
-#: What a standard file may hold that xdsd does not serve, refused by name: a UDPRoute
-#: (no UDP listeners), a parent that is neither a Gateway nor a Service (GEP-1748's
-#: ServiceImport).
+#: What a standard file may hold that xdsd does not serve, refused by name: a parent
+#: that is neither a Gateway nor a Service (GEP-1748's ServiceImport).
 NOT_SERVED = (
     "is not served",
     "a parent of group multicluster.x-k8s.io and kind ServiceImport is neither",
@@ -96,7 +96,7 @@ NOT_SERVED = (
 
 def _only_not_read_warnings(result: LoadResult) -> None:
     """Every warning names a kind xdsd does not read, or what the conversion does not
-    serve (a UDP listener or route: refused by name)."""
+    serve (refused by name)."""
     for warning in result.warnings:
         message = warning.message
         assert any(f"{kind} (" in message for kind in NOT_READ) or any(
@@ -116,7 +116,7 @@ def test_every_standard_file_loads(tmp_path: Path, path: Path) -> None:
     kinds = {d.get("kind") for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)}
     api = result.mesh.gateway_api
     read = len(api.classes) + len(api.gateways) + len(api.routes) + len(api.grants)
-    read += len(api.backend_tls)
+    read += len(api.backend_tls) + len(api.namespaces)
     assert read or kinds <= set(NOT_READ), kinds
 
 
@@ -158,3 +158,48 @@ def test_experimental_files_load_or_are_refused_by_name(tmp_path: Path, path: Pa
     except ConfigError as e:
         for problem in e.problems:
             assert "not supported" in problem.message or "not read" in problem.message, str(problem)
+
+
+CROSS = EXAMPLES / "standard" / "cross-namespace-routing"
+CLASS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: shared-gateway-class}
+spec: {controllerName: xdsd.dev/gateway-controller}
+"""
+
+
+@pytest.mark.parametrize("with_namespaces", [True, False])
+def test_the_cross_namespace_example_attaches_by_its_namespaces_labels(
+    tmp_path: Path, with_namespaces: bool
+) -> None:
+    """The guide's shared Gateway takes routes of namespaces labelled
+    ``shared-gateway-access: "true"``: with the example's Namespace documents its
+    routes are accepted; without them, no namespace has the label."""
+    (tmp_path / "class.yaml").write_text(CLASS)
+    files = [CROSS / "gateway.yaml", CROSS / "site-route.yaml", CROSS / "store-route.yaml"]
+    if with_namespaces:
+        files.insert(0, CROSS / "0-namespaces.yaml")
+    mesh = _load(tmp_path, files).mesh
+    accepted = {
+        (c.target.name, c.status, c.reason)
+        for c in mesh.gateway_conditions
+        if c.target.kind == "HTTPRoute" and c.type == "Accepted"
+    }
+    reason = "Accepted" if with_namespaces else "NotAllowedByListeners"
+    routes = ("home", "login", "store")  # site-route.yaml holds two
+    assert accepted == {(name, with_namespaces, reason) for name in routes}
+
+
+def test_the_udp_example_forwards_to_udp_ports(tmp_path: Path) -> None:
+    """The guide's UDP Gateway (its class made xdsd's): each listener forwards to its
+    UDPRoute's backend, a UDP port of the Service written here."""
+    (tmp_path / "class.yaml").write_text(
+        CLASS.replace("shared-gateway-class", "my-udp-gateway-class")
+    )
+    mesh = _load(tmp_path, [EXAMPLES / "standard" / "basic-udp.yaml"]).mesh
+    (gateway,) = mesh.gateways
+    assert {s.name: s.datagrams_to for s in gateway.servers} == {
+        "foo": (("my-foo-service.default.svc.cluster.local", 6000, 1),),
+        "bar": (("my-bar-service.default.svc.cluster.local", 6000, 1),),
+    }

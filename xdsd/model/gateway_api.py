@@ -79,14 +79,25 @@ class ListenerTLS:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelRequirement:
+    """One ``matchExpressions`` entry of a label selector: ``operator`` In, NotIn,
+    Exists or DoesNotExist over the label ``key`` (``values``: In/NotIn only)."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AllowedRoutes:
     """A listener's ``allowedRoutes``: ``namespaces_from`` Same, All or Selector (with
-    ``selector`` labels), and the route ``kinds`` it takes (empty: those of its
-    protocol)."""
+    ``selector`` labels and ``expressions``, every one required), and the route
+    ``kinds`` it takes (empty: those of its protocol)."""
 
     namespaces_from: str = "Same"
     selector: tuple[tuple[str, str], ...] = ()
     kinds: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[LabelRequirement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,13 +304,47 @@ class TLSSecret:
         object.__setattr__(self, "key", ResourceKey("Secret", self.namespace, self.name))
 
 
+#: The label Kubernetes sets on every namespace: its own name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True, slots=True)
+class KubeNamespace:
+    """A Kubernetes ``Namespace`` (core ``v1``) read from a file: its name and labels,
+    which listeners' ``allowedRoutes.namespaces.selector`` look at. ``labels`` always
+    hold ``NAMESPACE_NAME_LABEL: name``, as Kubernetes sets it."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
+    lines: FieldLines = field(default=(), compare=False, repr=False)
+    key: ResourceKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", ResourceKey("Namespace", "", self.name))
+
+
 #: A Gateway API object as parsed (what ``GatewayAPI`` holds).
 GatewayAPIObject = (
-    GatewayClass | KubeGateway | Route | ReferenceGrant | BackendTLSPolicy | TLSSecret
+    GatewayClass
+    | KubeGateway
+    | Route
+    | ReferenceGrant
+    | BackendTLSPolicy
+    | TLSSecret
+    | KubeNamespace
 )
 
 #: The classes of ``GatewayAPIObject``, for ``isinstance``.
-GATEWAY_API_TYPES = (GatewayClass, KubeGateway, Route, ReferenceGrant, BackendTLSPolicy, TLSSecret)
+GATEWAY_API_TYPES = (
+    GatewayClass,
+    KubeGateway,
+    Route,
+    ReferenceGrant,
+    BackendTLSPolicy,
+    TLSSecret,
+    KubeNamespace,
+)
 
 #: The route kinds, as ``Route.kind`` and ``ResourceKey.kind`` spell them.
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute")
@@ -312,6 +357,7 @@ GATEWAY_API_KINDS = {
     "ReferenceGrant": "grants",
     "BackendTLSPolicy": "backend_tls",
     "Secret": "secrets",
+    "Namespace": "namespaces",
 }
 
 
@@ -326,6 +372,7 @@ class GatewayAPI:
     grants: tuple[ReferenceGrant, ...] = ()
     backend_tls: tuple[BackendTLSPolicy, ...] = ()
     secrets: tuple[TLSSecret, ...] = ()
+    namespaces: tuple[KubeNamespace, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(
@@ -335,7 +382,13 @@ class GatewayAPI:
             or self.grants
             or self.backend_tls
             or self.secrets
+            or self.namespaces
         )
+
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """The labels of every namespace declared by a ``Namespace`` document, by
+        name (a namespace not declared has only ``NAMESPACE_NAME_LABEL``)."""
+        return {ns.name: dict(ns.labels) for ns in self.namespaces}
 
 
 NO_GATEWAY_API = GatewayAPI()

@@ -235,6 +235,12 @@ class Server:
     tls: ServerTLS | None = None
     bind: str = ""
     name: str = ""
+    #: A UDP server's backends (port protocol ``UDP``): (canonical host, UDP port,
+    #: weight) each; a datagram session goes to one of them in proportion to its weight.
+    #: An xdsd extension, set only by the Gateway API's conversion (a UDP listener and
+    #: its UDPRoute; Istio's Gateway has no UDP); empty: the server forwards nothing and
+    #: gets no listener.
+    datagrams_to: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

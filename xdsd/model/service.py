@@ -85,6 +85,9 @@ class Protocol(Enum):
     GRPC = "GRPC"
     TCP = "TCP"
     TLS = "TLS"
+    #: Datagrams: a port of a Service's ``datagram_ports``, which only a gateway's UDP
+    #: listener (a Gateway API UDPRoute) forwards to; sidecars carry no UDP.
+    UDP = "UDP"
 
     @property
     def is_http(self) -> bool:
@@ -257,6 +260,11 @@ class Service:
     #: The lines of the fields the cross-checks report about: the names (``name``,
     #: ``hosts[N]``) and pinned addresses (``address``, an entry's ``addresses[N]``).
     lines: FieldLines = field(default=(), compare=False, repr=False)
+    #: Its UDP ports (protocol ``UDP``), kept apart from ``ports`` (a UDP port given in
+    #: ``ports`` is moved here on construction): no sidecar listener takes them; they
+    #: get clusters (``translate.clusters``), which a gateway's UDP listener forwards
+    #: datagrams to (a Gateway API UDPRoute's backends).
+    datagram_ports: tuple[Port, ...] = ()
     # Derived once (a mesh reads them hundreds of thousands of times per load), as slots
     # rather than properties; never compared, never passed.
     #: The service's identity.
@@ -272,6 +280,13 @@ class Service:
     routed_ports: tuple[Port, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if any(p.protocol is Protocol.UDP for p in self.ports):
+            # a UDP port is never a stream port: kept apart, whoever built the service
+            udp = tuple(p for p in self.ports if p.protocol is Protocol.UDP)
+            object.__setattr__(self, "datagram_ports", (*self.datagram_ports, *udp))
+            object.__setattr__(
+                self, "ports", tuple(p for p in self.ports if p.protocol is not Protocol.UDP)
+            )
         routed = self.ports
         if self.resolution is Resolution.NONE:
             routed = tuple(p for p in self.ports if p.protocol.is_http)

@@ -29,6 +29,11 @@ from xdsd.sources.gateway_api.gateways import parse_kube_gateway
 from xdsd.sources.gateway_api.kinds import GROUP as GATEWAY_API_GROUP
 from xdsd.sources.gateway_api.kinds import PARSERS as GATEWAY_API_PARSERS
 from xdsd.sources.gateway_api.kinds import gateway_api_parser
+from xdsd.sources.gateway_api.namespaces import (
+    NAMESPACE_API_VERSION,
+    NAMESPACE_KIND,
+    parse_namespace,
+)
 from xdsd.sources.gateway_api.policies import TLS_SECRET_TYPE, parse_secret
 from xdsd.sources.peer_authentication import parse_peer_authentication
 from xdsd.sources.plain_readers import parse_plain_destination_rule, parse_plain_service
@@ -104,7 +109,16 @@ def parse_document(
     api_version = top.string("apiVersion")
     istio_shaped = "spec" in value or "metadata" in value
     result: MeshObject | None = None
-    if kind and not top.report.failed:
+    if kind == NAMESPACE_KIND and api_version == NAMESPACE_API_VERSION:
+        # a Namespace (for its labels): cluster-scoped, its fields in metadata
+        meta = top.obj("metadata", required=True)
+        spec_fields = top.obj("spec")
+        top.read.add("status")  # Kubernetes' output
+        if meta is not None:
+            meta.read.update(_K8S_METADATA)
+            result = parse_namespace(meta, spec_fields, Origin(doc.path, doc.line))
+        top.finish()
+    elif kind and not top.report.failed:
         parser = _parser_for(top, api_version, kind, refuse_unknown)
         if parser is parse_destination_rule:
             parser = functools.partial(parse_destination_rule, config_dir=root)

@@ -114,7 +114,7 @@ def parse_plain_service(
     return Service(
         name=name,
         namespace=namespace,
-        ports=tuple(ports),
+        ports=tuple(ports),  # its UDP ports go to datagram_ports (Service)
         endpoints=tuple(endpoints),
         hosts=hosts,
         resolution=resolution,

@@ -66,7 +66,7 @@ def parse_service(spec: Fields, name: str, namespace: str, origin: Origin) -> Se
     return Service(
         name=name,
         namespace=namespace,
-        ports=ports,
+        ports=tuple(ports),  # its UDP ports go to datagram_ports (Service)
         endpoints=tuple(endpoints),
         hosts=hosts,
         resolution=resolution,
@@ -176,7 +176,7 @@ def _parse_port(f: Fields) -> Port | None:
     number = f.port("number", required=True)
     protocol = f.enum("protocol", Protocol, Protocol.TCP) if f.has("protocol") else None
     if protocol is None:
-        f.error("protocol", "is required: one of HTTP, HTTP2, GRPC, TCP, TLS")
+        f.error("protocol", "is required: one of HTTP, HTTP2, GRPC, TCP, TLS, UDP")
         protocol = Protocol.TCP
     target = f.port("targetPort")
     name = f.string("name")

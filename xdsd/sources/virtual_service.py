@@ -40,6 +40,7 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.rules import GRPC_STATUS_NAMES, MatchKind
+from xdsd.sources.re2_syntax import re2_problem
 
 # Fields of Istio's API that xdsd does not translate yet: named in errors, never dropped.
 VS_UNSUPPORTED = ("exportTo",)
@@ -185,10 +186,11 @@ def _string_match(f: Fields | None, *, empty_is_present: bool = False) -> String
 
 
 def _check_regex(f: Fields, key: str, pattern: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        f.error(key, f"is not a valid regular expression: {e}")
+    """An error at ``key`` when Envoy would refuse ``pattern`` (``re2_syntax``: RE2's
+    syntax, and its program size limit)."""
+    problem = re2_problem(pattern)
+    if problem:
+        f.error(key, problem)
 
 
 def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[HeaderMatch, ...]:

@@ -143,10 +143,14 @@ class OutboundCluster:
 
 
 def outbound_clusters(service: Service, rule: DestinationRule | None) -> list[OutboundCluster]:
-    """Every outbound cluster of ``service``: per port, the whole service and then each
-    subset of ``rule`` in the rule's order."""
+    """Every outbound cluster of ``service``: per port (its UDP ports after the others),
+    the whole service and then each subset of ``rule`` in the rule's order."""
     out: list[OutboundCluster] = []
-    for port in service.routed_ports:
+    # UDP ports get clusters too (a gateway's UDP listener forwards to them), but one
+    # number is one cluster: a UDP port beside a stream port of its number shares it
+    numbers = {p.number for p in service.routed_ports}
+    datagrams = tuple(p for p in service.datagram_ports if p.number not in numbers)
+    for port in (*service.routed_ports, *datagrams):
         if rule is None:
             out.append(OutboundCluster(service, port))
             continue

@@ -19,6 +19,10 @@ equal plans share one resource):
   the VirtualServices bound to the gateway (the first rule that applies, as Istio);
   PASSTHROUGH servers get a filter chain per applying ``tls`` match block, matched by its
   ``sniHosts``, each a TCP proxy (``l4.route_clusters``), TLS not terminated.
+- UDP servers (only the Gateway API's conversion makes them: ``Server.datagrams_to``)
+  get a UDP listener of their own, ``BIND_PORT_udp`` (a TCP listener may hold the same
+  port number), running Envoy's UDP proxy to the backend's cluster; one UDP server per
+  bind and port.
 - Servers that cannot share a listener are a translation error naming both (Istio drops
   the later one with a log line; xdsd refuses rather than serve half of what was
   written): on one port and bind, either every server is plain HTTP, or every server
@@ -48,10 +52,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2 as udp_route_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import udp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
 from xdsd.errors import Problem, TranslationError
@@ -63,12 +70,15 @@ from xdsd.model import (
     Port,
     Protocol,
     ResourceKey,
+    Service,
     VirtualService,
 )
 from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
 from xdsd.resources import pack
 from xdsd.translate import authz, jwt_authn
 from xdsd.translate.cluster_policy import san_matcher, set_tls_socket
+from xdsd.translate.clusters import outbound_cluster_name
+from xdsd.translate.endpoints import endpoint_weight, locality_groups, select_endpoints
 from xdsd.translate.l4 import route_clusters
 from xdsd.translate.listeners import (
     HCM_FILTER,
@@ -83,6 +93,8 @@ from xdsd.translate.route_matches import Caller
 from xdsd.translate.secrets import add_certificate, add_mesh_identity, add_validation
 from xdsd.translate.workload_security import NO_POLICIES, WorkloadPolicies
 
+#: The listener filter of a UDP server's listener.
+UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
 #: Server protocols whose servers merge into one plain HTTP connection manager.
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 #: ALPN a TLS-terminating HTTPS server offers (Istio's).
@@ -135,11 +147,16 @@ class GatewayListenerPlan:
     bind: str
     port: int
     chains: tuple[ChainPlan, ...]
+    #: A UDP listener (one chain: its cluster), for a UDP server.
+    udp: bool = False
+    #: A UDP server's backends, (canonical host, port, weight) each
+    #: (``Server.datagrams_to``); several: the cluster ``udp_cluster_name`` of them.
+    datagrams: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def name(self) -> str:
-        """Istio's gateway listener name, ``BIND_PORT``."""
-        return f"{self.bind}_{self.port}"
+        """Istio's gateway listener name, ``BIND_PORT`` (``BIND_PORT_udp`` for UDP)."""
+        return f"{self.bind}_{self.port}" + ("_udp" if self.udp else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +197,12 @@ def http_route_name(server: Server, port: int, gateway: ResourceKey) -> str:
 
 def _kind(server: Server) -> str:
     """How a server is served: ``http`` (plain, merged), ``https`` (TLS terminated, then
-    routes), ``tls`` (TLS terminated or passed through, then TCP) or ``tcp``."""
+    routes), ``tls`` (TLS terminated or passed through, then TCP), ``tcp`` or ``udp``."""
     protocol = server.port.protocol_name
     if protocol in HTTP_PROTOCOLS:
         return "http"
+    if server.port.protocol is Protocol.UDP:
+        return "udp"
     tls = server.tls
     if protocol == "HTTPS" and tls is not None and tls.mode in _TERMINATING:
         return "https"
@@ -212,20 +231,29 @@ def plan_gateway(
     listener, and the VirtualService's for tcp/tls destinations that cannot be
     translated.
     """
-    groups: dict[tuple[str, int], list[tuple[Gateway, int, Server]]] = {}
+    groups: dict[tuple[str, int, bool], list[tuple[Gateway, int, Server]]] = {}
     for gw in gateways:
         for i, server in enumerate(gw.servers):
             bind = server.bind or address
-            groups.setdefault((bind, server.port.number), []).append((gw, i, server))
+            udp = _kind(server) == "udp"
+            groups.setdefault((bind, server.port.number, udp), []).append((gw, i, server))
     problems: list[Problem] = []
     listeners: list[GatewayListenerPlan] = []
     routes: dict[str, list[tuple[ResourceKey, Server]]] = {}
-    for (bind, port), members in groups.items():
+    for (bind, port, udp), members in groups.items():
         if not _compatible(members, problems):
             continue
         chains: list[ChainPlan] = []
         first_kind = _kind(members[0][2])
         prefix = f"{bind}_{port}"
+        if udp:
+            targets = members[0][2].datagrams_to
+            if targets:
+                clusters = tuple((outbound_cluster_name(p, "", h), w) for h, p, w in targets)
+                chains.append(ChainPlan(f"{prefix}_udp", clusters=clusters))
+                plan = GatewayListenerPlan(bind, port, tuple(chains), True, targets)
+                listeners.append(plan)
+            continue
         if first_kind == "http":
             name = http_route_name(members[0][2], port, members[0][0].key)
             chains.append(ChainPlan(prefix, route_name=name))
@@ -282,6 +310,8 @@ def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Probl
             clash = f"plain HTTP and TLS servers cannot share port {server.port.number}"
         elif "tcp" in (kind, first_kind) and (gw.key, i) != (first_gw.key, first_i):
             clash = f"a TCP server cannot share port {server.port.number}"
+        elif kind == "udp" and (gw.key, i) != (first_gw.key, first_i):
+            clash = f"a UDP server cannot share UDP port {server.port.number}"
         elif kind != "http":
             for name in sni_hosts(server) or ("*",):
                 owner = seen.setdefault(name, (gw, i))
@@ -579,6 +609,8 @@ def gateway_listener(
     select the gateway node) put the security filters of a sidecar's inbound side in
     every chain: ``jwt_authn`` then the authorization filters before the router, the
     authorization network filters before the TCP proxy."""
+    if plan.udp:
+        return _udp_listener(plan)
     listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
     sock = listener.address.socket_address
     sock.address = plan.bind
@@ -615,3 +647,70 @@ def gateway_listener(
                 proxy.weighted_clusters.clusters.add(name=name, weight=weight)
         chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
     return listener
+
+
+def _udp_listener(plan: GatewayListenerPlan) -> Any:
+    """The UDP listener of a UDP server's plan: Envoy's UDP proxy sending every
+    datagram, one session per client address and port, to the plan's one cluster (its
+    backend's, or ``udp_cluster_name`` for several weighted backends).
+    ``SO_REUSEPORT`` is on: Envoy refuses a UDP listener without it when it runs more
+    than one worker."""
+    listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
+    sock = listener.address.socket_address
+    sock.protocol = sock.UDP
+    sock.address = plan.bind
+    sock.port_value = plan.port
+    listener.enable_reuse_port.value = True
+    (chain,) = plan.chains
+    config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=chain.stat_prefix)
+    action = config.matcher.on_no_match.action
+    action.name = "route"
+    cluster = chain.clusters[0][0] if len(chain.clusters) == 1 else udp_cluster_name(plan)
+    action.typed_config.CopyFrom(pack(udp_route_pb2.Route(cluster=cluster)))
+    listener.listener_filters.add(name=UDP_PROXY_FILTER).typed_config.CopyFrom(pack(config))
+    return listener
+
+
+def udp_cluster_name(plan: GatewayListenerPlan) -> str:
+    """The cluster of a UDP listener with several weighted backends:
+    ``udp|BIND_PORT``."""
+    return f"udp|{plan.bind}_{plan.port}"
+
+
+def udp_weighted_cluster(plan: GatewayListenerPlan, services: tuple[Service, ...]) -> Any:
+    """The cluster ``udp_cluster_name(plan)`` of a UDP listener with several backends
+    (Envoy's UDP proxy has no weighted clusters): STATIC, the endpoints of every
+    backend, each backend a locality of its own (``sub_zone`` ``udp-backend-N``: Envoy
+    refuses two entries of one locality) whose ``load_balancing_weight`` is the
+    backend's weight spread over its localities in proportion to their endpoint weights
+    (times 1000, at least 1), balanced by locality weights. ``services`` are the
+    backends' services, in ``plan.datagrams`` order (STATIC resolution: the conversion
+    refuses others; ``ValueError`` when they are not one per backend)."""
+    cluster = cluster_pb2.Cluster(name=udp_cluster_name(plan))
+    cluster.type = cluster_pb2.Cluster.STATIC
+    cluster.connect_timeout.FromSeconds(5)
+    cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
+    assignment = cluster.load_assignment
+    assignment.cluster_name = cluster.name
+    for index, ((_, number, weight), service) in enumerate(
+        zip(plan.datagrams, services, strict=True)
+    ):
+        port = next((p for p in service.datagram_ports if p.number == number), None)
+        if port is None:  # the conversion names UDP ports only: never
+            continue
+        groups = locality_groups(port, select_endpoints(service, port))
+        total = sum(g.weight for g in groups) or 1
+        for group in groups:
+            entry = assignment.endpoints.add()
+            entry.locality.region = group.locality.region
+            entry.locality.zone = group.locality.zone
+            entry.locality.sub_zone = f"udp-backend-{index}"
+            entry.load_balancing_weight.value = max(1, weight * group.weight * 1000 // total)
+            for endpoint in group.members:
+                lb = entry.lb_endpoints.add()
+                lb.load_balancing_weight.value = endpoint_weight(endpoint)
+                sock = lb.endpoint.address.socket_address
+                sock.protocol = sock.UDP
+                sock.address = endpoint.address
+                sock.port_value = endpoint.port_for(port) if endpoint.ports else number
+    return cluster

@@ -60,6 +60,7 @@ from xdsd.translate.gateways import (
     gateway_route_configuration,
     plan_gateway,
     selects,
+    udp_weighted_cluster,
 )
 from xdsd.translate.l4 import (
     ANY_CALLER,
@@ -772,6 +773,12 @@ class ClassParts:
             memo.resource(gateway_listener, listener, source, policies)
             for listener in plan.listeners
         ]
+        for listener in plan.listeners:
+            if listener.udp and len(listener.datagrams) > 1:  # several weighted backends
+                found = [self.mesh.service(h, "") for h, _, _ in listener.datagrams]
+                known = tuple(s for s in found if s is not None)
+                if len(known) == len(found):  # the conversion resolved each: always
+                    out.append(memo.resource(udp_weighted_cluster, listener, known))
         out.extend(jwt_authn.jwks_clusters(policies, memo))
         secrets = {n for r in out for t, n in r.references if t == SECRET}
         out.extend(s for s in map(self._secrets.get, sorted(secrets)) if s is not None)

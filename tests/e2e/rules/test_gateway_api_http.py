@@ -1,7 +1,7 @@
 """Gateway API Gateways and HTTPRoutes, proven by real traffic through a real gateway
 Envoy configured by xdsd from Gateway API files: precedence between overlapping routes,
 hostname intersection, a cross-namespace backend refused (500) then allowed by a
-ReferenceGrant, HTTPS termination with certificate files, weighted backends, and the
+ReferenceGrant, a listener's namespace selector over Namespace documents, HTTPS termination with certificate files, weighted backends, and the
 redirect, rewrite, mirror and header filters.
 
 The gateway node is started as ``xdsd bootstrap --role gateway --gateway edge`` (the
@@ -20,7 +20,7 @@ from tests.e2e.traffic_mesh import GatewayNode, TrafficMesh
 from tests.e2e.upstreams import Upstream
 from tests.harness import free_port
 
-LISTENERS = ("http", "https", "scoped")
+LISTENERS = ("http", "https", "scoped", "shared")
 SERVICES = ("web", "api", "v1", "v2", "shadow")
 
 
@@ -50,6 +50,37 @@ spec:
       certificateRefs: [{{group: xdsd.dev, kind: File, name: certs/edge.pem}}]
       options: {{xdsd.dev/private-key: certs/edge-key.pem}}
   - {{name: scoped, port: {ports["scoped"]}, protocol: HTTP, hostname: a.example.com}}
+  - name: shared
+    port: {ports["shared"]}
+    protocol: HTTP
+    allowedRoutes:
+      namespaces:
+        from: Selector
+        selector:
+          matchLabels: {{shared-gateway: "true"}}
+          matchExpressions: [{{key: env, operator: NotIn, values: [dev]}}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: apps, labels: {{shared-gateway: "true", env: prod}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: selected, namespace: apps}}
+spec:
+  parentRefs: [{{name: edge, namespace: default, sectionName: shared}}]
+  hostnames: [selected.example.com]
+  rules:
+  - backendRefs: [{{name: other, port: {port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: unselected, namespace: lab}}
+spec:
+  parentRefs: [{{name: edge, namespace: default, sectionName: shared}}]
+  hostnames: [unselected.example.com]
+  rules:
+  - backendRefs: [{{name: stray, port: {port}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -179,6 +210,8 @@ class World:
             m.service(name, [self.up[name]])
         self.up["other"] = m.upstream("other")
         m.service("other", [self.up["other"]], namespace="apps")
+        self.up["stray"] = m.upstream("stray")
+        m.service("stray", [self.up["stray"]], namespace="lab")
         m.rule("gateway-api", gateway_api(self.ports, m.port))
         self.gateway: GatewayNode = m.start_gateway(
             "edge", {}, bootstrap_args=("--gateway", "edge")
@@ -242,6 +275,30 @@ def test_cross_namespace_backend_refused_then_granted(world: World) -> None:
         grant.unlink()
     gw.wait_for(
         lambda: gw.request(port, "cross.example.com", "/").status == 500, "the grant removed"
+    )
+
+
+def test_namespace_selector_of_a_listener(world: World) -> None:
+    """A listener taking the routes of namespaces labelled ``shared-gateway: "true"``
+    (a Namespace document): the route of ``apps`` is served; the route of ``lab``, a
+    namespace no document labels, is ``NotAllowedByListeners`` and gets no traffic."""
+    gw, port = world.gateway, world.ports["shared"]
+    assert gw.request(port, "selected.example.com", "/").backend == "other"
+    refused = gw.request(port, "unselected.example.com", "/")
+    assert (refused.status, refused.backend) == (404, "")
+    assert world.up["stray"].hits == 0
+    conditions = {
+        (c["object"], c["scope"], c["type"]): (c["status"], c["reason"])
+        for c in world.mesh.errors()
+        if c["severity"] == "condition"
+    }
+    assert conditions[("HTTPRoute apps/selected", "parentRefs[0]", "Accepted")] == (
+        "True",
+        "Accepted",
+    )
+    assert conditions[("HTTPRoute lab/unselected", "parentRefs[0]", "Accepted")] == (
+        "False",
+        "NotAllowedByListeners",
     )
 
 

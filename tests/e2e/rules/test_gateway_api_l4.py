@@ -1,7 +1,7 @@
 """Gateway API listeners and routes beyond HTTP, proven by real traffic through a real
 gateway Envoy configured by xdsd from Gateway API files: TLS passthrough by SNI
-(TLSRoute), weighted TCP (TCPRoute), and gRPC routed by method and header (GRPCRoute)
-with a real grpcio client.
+(TLSRoute), weighted TCP (TCPRoute), gRPC routed by method and header (GRPCRoute)
+with a real grpcio client, and UDP datagrams forwarded to a UDP echo (UDPRoute).
 
 The gateway node is the Gateway's proxy by the label
 ``gateway.networking.k8s.io/gateway-name: edge``."""
@@ -9,6 +9,8 @@ The gateway node is the Gateway's proxy by the label
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -56,6 +58,30 @@ spec:
   - name: wrong
     port: {ports["wrong"]}
     protocol: TCP
+  - name: udp
+    port: {ports["udp"]}
+    protocol: UDP
+  - name: udpw
+    port: {ports["udpw"]}
+    protocol: UDP
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: split, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: udpw}}]
+  rules:
+  - backendRefs:
+    - {{name: dgram, port: {ports["dgram"]}, weight: 80}}
+    - {{name: dgram2, port: {ports["dgram2"]}, weight: 20}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {{name: dgram, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: udp}}]
+  rules:
+  - backendRefs: [{{name: dgram, port: {ports["dgram"]}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TLSRoute
@@ -74,6 +100,25 @@ spec:
   hostnames: [beta.example.com]
   rules:
   - backendRefs: [{{name: beta, port: {ports["beta"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {{name: zeta, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: tls}}]
+  hostnames: [alpha.example.com]
+  rules:
+  - backendRefs: [{{name: beta, port: {ports["beta"]}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: edge, sectionName: grpc}}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /test.Echo/Who}}}}]
+    backendRefs: [{{name: grpc2, port: {ports["grpc2"]}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
@@ -152,6 +197,55 @@ def grpc_backend(name: str, host: str, port: int) -> Any:
     return server
 
 
+class UdpEcho:
+    """A UDP server on ``host:port`` answering each datagram with ``NAME:`` and the
+    datagram, and counting them; ``stop`` ends its thread."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name, self.host, self.hits = name, host, 0
+        self.labels: dict[str, str] = {}
+        self.locality = ""
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.hits += 1
+            self.sock.sendto(self.name.encode() + b":" + data, peer)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def udp_exchange(host: str, port: int, data: bytes, timeout: float = 1.0) -> bytes:
+    """Send one datagram to ``host:port`` from a new socket (a new session for the
+    gateway) and return the answer (OSError when none comes in ``timeout``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, (host, port))
+        answer, _ = s.recvfrom(65535)
+        return answer
+
+
 @dataclass
 class GrpcEndpoint:
     """Where a gRPC backend listens, as ``TrafficMesh.service`` writes an endpoint."""
@@ -189,6 +283,14 @@ class World:
             host, ports[name] = m.ip(), free_port()
             self.servers.append(grpc_backend(name, host, ports[name]))
             m.service(name, [GrpcEndpoint(host)], port=ports[name], protocol="GRPC")  # type: ignore[list-item]
+        ports["udp"], ports["udpw"] = free_udp_port(ip), free_udp_port(ip)
+        self.echoes: dict[str, UdpEcho] = {}
+        for name in ("dgram", "dgram2"):
+            host = m.ip()
+            ports[name] = free_udp_port(host)
+            self.echoes[name] = UdpEcho(name, host, ports[name])
+            m.service(name, [self.echoes[name]], port=ports[name], protocol="UDP")  # type: ignore[list-item]
+        self.udp = self.echoes["dgram"]
         self.ports = ports
         m.rule("gateway-api", gateway_api(ports))
         self.gateway: GatewayNode = m.start_gateway("edge", {LABEL: "edge"})
@@ -198,6 +300,8 @@ class World:
     def stop(self) -> None:
         for server in self.servers:
             server.stop(0)
+        for echo in self.echoes.values():
+            echo.stop()
         self.mesh.stop()
 
 
@@ -282,3 +386,77 @@ def test_backend_tls_policy_originates_tls_checked_against_the_hostname(world: W
         lambda: gw.envoy.stats().get(f"{cluster}.ssl.fail_verify_san", 0) > 0,
         "the impostor's certificate refused for its name",
     )
+
+
+def test_a_second_tls_route_for_one_sni_routes_nothing(world: World) -> None:
+    """TLSRoutes ``alpha`` and ``zeta`` both name alpha.example.com on one listener:
+    the first by namespace/name (``alpha``) gets every connection, ``zeta`` stays
+    attached (``Accepted`` True) and is warned about at its hostname, naming
+    ``alpha``."""
+    gw, port, ca = world.gateway, world.ports["tls"], world.ca.ca_path
+    for _ in range(10):
+        answer, cert = gw.tls(port, b"hi", "alpha.example.com", ca)
+        assert (answer, common_name(cert)) == (b"alpha:hi", "alpha")
+    errors = world.mesh.errors()
+    (warning,) = [
+        e for e in errors if e["severity"] == "warning" and "TLSRoute default/zeta" in e["message"]
+    ]
+    assert (
+        warning["field"] == "spec.hostnames[0]" and "TLSRoute default/alpha" in warning["message"]
+    )
+    accepted = {
+        (c["object"], c["status"])
+        for c in errors
+        if c["severity"] == "condition" and c["type"] == "Accepted"
+    }
+    assert ("TLSRoute default/zeta", "True") in accepted
+
+
+def test_an_http_route_on_the_grpc_routes_hostname_is_refused(world: World) -> None:
+    """HTTPRoute ``web`` names the GRPCRoute ``echo``'s hostname on the same listener:
+    they are not merged; ``echo`` (first by namespace/name) is served, ``web`` is
+    ``Accepted`` False ``Conflicted`` and its exact path to grpc2 is never taken."""
+    gw = world.gateway
+    target = f"{gw.ip}:{world.ports['grpc']}"
+    options = (("grpc.default_authority", "grpc.example.com"),)
+    with grpc.insecure_channel(target, options=options) as channel:
+        who = channel.unary_unary("/test.Echo/Who")
+        gw.wait_for(lambda: bool(who(b"", timeout=2) == b"grpc1"), "the gRPC route")
+        assert {who(b"", timeout=5) for _ in range(10)} == {b"grpc1"}
+    (refused,) = [
+        c
+        for c in world.mesh.errors()
+        if c["severity"] == "condition" and c["object"] == "HTTPRoute default/web"
+    ]
+    assert (refused["type"], refused["status"], refused["reason"]) == (
+        "Accepted",
+        "False",
+        "Conflicted",
+    )
+    assert "GRPCRoute default/echo" in refused["message"]
+
+
+def test_udp_route_forwards_datagrams(world: World) -> None:
+    """A UDP listener and a UDPRoute: datagrams sent to the gateway reach the UDP echo
+    behind it and its answers come back to each sender (one session per client
+    socket); the backend saw every one."""
+    gw, port = world.gateway, world.ports["udp"]
+    gw.wait_for(
+        lambda: udp_exchange(gw.ip, port, b"ping") == b"dgram:ping", "the UDP route", timeout=60
+    )
+    before = world.udp.hits
+    for i in range(20):
+        assert udp_exchange(gw.ip, port, f"n{i}".encode(), timeout=5) == f"dgram:n{i}".encode()
+    assert world.udp.hits - before == 20
+    listeners = gw.envoy.listener_addresses()
+    assert (gw.ip, port) in listeners
+
+
+def test_weighted_udp_backends(world: World) -> None:
+    """A UDPRoute with weights 80/20: of 200 sessions (a new client socket each), each
+    backend's share is within 10 points of its weight."""
+    gw, port = world.gateway, world.ports["udpw"]
+    gw.wait_for(lambda: udp_exchange(gw.ip, port, b"x").startswith(b"dgram"), "the UDP split")
+    seen = Counter(udp_exchange(gw.ip, port, b"x", timeout=5).split(b":")[0] for _ in range(200))
+    assert set(seen) == {b"dgram", b"dgram2"}, seen
+    assert abs(seen[b"dgram"] / 200 - 0.8) <= 0.10, seen

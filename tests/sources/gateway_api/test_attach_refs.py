@@ -17,7 +17,13 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.service import Port, Protocol
 from xdsd.sources.gateway_api import conditions as cond
-from xdsd.sources.gateway_api.attach import attach, intersect, wildcard_matches
+from xdsd.sources.gateway_api.attach import (
+    attach,
+    hostnames_overlap,
+    intersect,
+    kind_conflicts,
+    wildcard_matches,
+)
 from xdsd.sources.gateway_api.refs import resolve_backend
 
 GROUP = "gateway.networking.k8s.io"
@@ -198,3 +204,52 @@ def test_intersection_is_within_both(listener: str, route: list[str]) -> None:
     for host in intersect(listener, route):
         assert not listener or host == listener or wildcard_matches(listener, host)
         assert not route or any(h == host or wildcard_matches(h, host) for h in route)
+
+
+_HOSTS = st.sampled_from(
+    [
+        "*",
+        "*.example.com",
+        "*.a.example.com",
+        "a.example.com",
+        "b.example.com",
+        "x.a.example.com",
+        "other.org",
+    ]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["HTTPRoute", "GRPCRoute"]), st.lists(_HOSTS, max_size=3)),
+        max_size=8,
+    )
+)
+def test_kind_conflicts_match_the_pairwise_rule(specs: list[tuple[str, list[str]]]) -> None:
+    """The indexed look-up gives what comparing every pair gives: in namespace/name
+    order, a route loses to the first route of the other kind still holding a
+    hostname in common."""
+    gw = _gateway(HTTP)
+    routes = [
+        Route(
+            kind,
+            f"r{i}",
+            "infra",
+            (ObjectRef("gw", "Gateway", GROUP),),
+            tuple(dict.fromkeys(hosts)),
+        )
+        for i, (kind, hosts) in enumerate(specs)
+    ]
+    found = kind_conflicts(routes, {("infra", "gw"): gw})
+    expected: dict[str, str] = {}
+    holding: list[tuple[Route, tuple[str, ...]]] = []
+    for route in sorted(routes, key=lambda r: (r.namespace, r.name, r.kind)):
+        hosts = intersect("", route.hostnames)
+        winner = next(
+            (o for o, h in holding if o.kind != route.kind and hostnames_overlap(h, hosts)), None
+        )
+        if winner is None:
+            holding.append((route, hosts))
+        else:
+            expected[route.name] = winner.name
+    assert {k.name: m.split(" ")[1].split("/")[1] for (k, _), m in found.items()} == expected

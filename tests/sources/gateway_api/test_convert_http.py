@@ -19,6 +19,7 @@ from xdsd.model.gateway_api import (
     HeaderModifier,
     KubeGateway,
     Listener,
+    ListenerTLS,
     ObjectRef,
     PathModifier,
     ReferenceGrant,
@@ -97,11 +98,12 @@ def test_gateway_becomes_an_istio_gateway_bound_by_label() -> None:
 
 
 def test_unconverted_listener_is_warned_by_name() -> None:
-    gw = KubeGateway("edge", "infra", "xdsd", (Listener("raw", 9000, "UDP"),))
+    terminate = ListenerTLS("Terminate", (ObjectRef("c", "Secret"),))
+    gw = KubeGateway("edge", "infra", "xdsd", (Listener("raw", 9000, "TLS", tls=terminate),))
     out = convert(GatewayAPI((CLASS,), (gw,)), SERVICES)
     assert out.gateways == ()
     assert any("listener 'raw' is not served" in p.message for p in out.problems)
-    assert any(c.reason == cond.UNSUPPORTED_PROTOCOL for c in out.conditions)
+    assert any(c.reason == cond.UNSUPPORTED_VALUE for c in out.conditions)
     https = KubeGateway("edge", "infra", "xdsd", (Listener("s", 443, "HTTPS"),))
     out = convert(GatewayAPI((CLASS,), (https,)), SERVICES)
     assert any("listener 's' is not served" in p.message for p in out.problems)

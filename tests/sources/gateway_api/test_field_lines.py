@@ -26,8 +26,9 @@ spec:
     protocol: HTTP
     port: 80
   - name: dns
-    protocol: UDP
+    protocol: TLS
     port: 53
+    tls: {mode: Terminate, certificateRefs: [{name: c}]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute

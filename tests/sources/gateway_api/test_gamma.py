@@ -293,3 +293,29 @@ def test_an_istio_virtual_service_and_a_gamma_route_for_one_service_are_refused(
     (error,) = [p for p in check.problems() if p.severity is Severity.ERROR]
     assert str(error).startswith("vs2.yaml:3: hosts[0]: Service default/reviews is routed both ")
     assert "HTTPRoute default/canary (canary.yaml:7)" in error.message
+
+
+def test_a_grpc_route_and_an_http_route_for_one_service_are_not_merged() -> None:
+    """GEP-1294: the GRPCRoute applies, the HTTPRoute's parent is ``Accepted`` False
+    ``Conflicted`` with a warning naming the GRPCRoute; an HTTPRoute for another
+    Service is not in conflict."""
+    grpc = route("g", kind="GRPCRoute", parents=(service_ref(port=9080),))
+    http = route("a-http")
+    other_port = route("b-http", parents=(service_ref("reviews-v1"),))
+    out = mesh_routes([grpc, http, other_port], SERVICES, fake_rules)
+    accepted = {
+        (c.target.kind, c.target.name): (c.status, c.reason)
+        for c in out.conditions
+        if c.type == "Accepted"
+    }
+    assert accepted[("GRPCRoute", "g")] == (True, "Accepted")
+    assert accepted[("HTTPRoute", "a-http")] == (False, "Conflicted")
+    assert accepted[("HTTPRoute", "b-http")] == (True, "Accepted")
+    (warning,) = [
+        p for p in out.problems if "a-http" in p.message or "GRPCRoute default/g" in p.message
+    ]
+    assert "GRPCRoute default/g" in warning.message and warning.severity is Severity.WARNING
+    assert sorted(vs.name for vs in out.virtual_services) == [
+        "GRPCRoute~g~reviews",
+        "HTTPRoute~b-http~reviews-v1",
+    ]

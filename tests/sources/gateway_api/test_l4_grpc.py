@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2 as udp_route_pb2
+from envoy.extensions.filters.udp.udp_proxy.v3 import udp_proxy_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzzing import deadline, fuzz_settings
 from tests.harness import envoy_accepts
 from xdsd.errors import ConfigError, Severity
-from xdsd.model import Endpoint, Mesh, Port, Protocol, Service
+from xdsd.model import Endpoint, Mesh, Port, Protocol, Resolution, Service
 from xdsd.model.gateway_api import (
     CONTROLLER_NAME,
     BackendRef,
@@ -35,7 +37,7 @@ from xdsd.model.gateway_api import (
     StringMatch,
 )
 from xdsd.model.rules import MatchKind
-from xdsd.resources import LISTENER, ROUTE
+from xdsd.resources import CLUSTER, LISTENER, ROUTE
 from xdsd.sources.gateway_api.convert import GATEWAY_NAME_LABEL, Converted, convert
 from xdsd.sources.gateway_api.grpc import method_match
 from xdsd.translate import MeshTranslation, NodeClass, Role, render_static
@@ -161,10 +163,93 @@ def test_tcp_route_weighted_and_one_route_per_listener(tmp_path: Path) -> None:
         "outbound|9000||db1.default.svc.cluster.local": 80,
         "outbound|9000||db2.default.svc.cluster.local": 20,
     }
-    assert ("Accepted", False, "UnsupportedValue", "parentRefs[0]") in _conditions(
-        out, "TCPRoute", "b"
-    )
+    # as the API's conformance asks: both attached (Accepted), only the first routes;
+    # the second is warned about, naming the first
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "TCPRoute", "b")
+    (warning,) = out.problems
+    assert warning.severity is Severity.WARNING and warning.field == "spec.parentRefs[0]"
+    assert "TCPRoute default/b" in warning.message and "TCPRoute default/a" in warning.message
     envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_two_tls_routes_for_one_sni(tmp_path: Path) -> None:
+    """The first by namespace/name holds the SNI on the listener; the other keeps its
+    other hostnames, is attached, and is warned about at the hostname's line."""
+    out = _convert(
+        _gateway(PASSTHROUGH),
+        _route(
+            "TLSRoute", "a", RouteRule(backend_refs=(_backend("alpha"),)), hostnames=("x.test",)
+        ),
+        _route(
+            "TLSRoute",
+            "b",
+            RouteRule(backend_refs=(_backend("beta"),)),
+            hostnames=("y.test", "x.test"),
+        ),
+    )
+    listeners, _ = _resources(out)
+    chains = {
+        tuple(c.filter_chain_match.server_names): _tcp_proxy(c).cluster
+        for c in listeners["0.0.0.0_8443"].filter_chains
+    }
+    assert chains == {
+        ("x.test",): "outbound|9000||alpha.default.svc.cluster.local",
+        ("y.test",): "outbound|9000||beta.default.svc.cluster.local",
+    }
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "TLSRoute", "b")
+    (warning,) = out.problems
+    assert warning.severity is Severity.WARNING and warning.field == "spec.hostnames[1]"
+    assert "SNI 'x.test'" in warning.message and "TLSRoute default/a" in warning.message
+    envoy_accepts(render_static(_mesh(out), NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_http_and_grpc_routes_are_not_merged_on_a_hostname() -> None:
+    """An HTTPRoute and a GRPCRoute with a hostname in common on one listener: the
+    first by namespace/name is accepted, the other is ``Accepted`` False
+    ``Conflicted`` and routes nothing; different hostnames do not conflict."""
+    grpc = _route(
+        "GRPCRoute",
+        "a-grpc",
+        _grpc_rule("pkg.Svc", "", _backend("grpc1")),
+        hostnames=("*.example.com",),
+    )
+    http = _route(
+        "HTTPRoute",
+        "b-http",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.com",),
+    )
+    other = _route(
+        "HTTPRoute",
+        "c-http",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.org",),
+    )
+    out = _convert(_gateway(HTTP), grpc, http, other)
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(
+        out, "GRPCRoute", "a-grpc"
+    )
+    refused = {c for c in out.conditions if c.target.name == "b-http" and c.type == "Accepted"}
+    (condition,) = refused
+    assert (condition.status, condition.reason) == (False, "Conflicted")
+    assert "GRPCRoute default/a-grpc" in condition.message
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(
+        out, "HTTPRoute", "c-http"
+    )
+    hosts = sorted(h for vs in out.virtual_services for h in vs.hosts)
+    assert hosts == ["*.example.com", "web.example.org"]
+    # the other way round: the HTTPRoute first by name wins
+    first = _route(
+        "HTTPRoute",
+        "a-api",
+        RouteRule(backend_refs=(_backend("plain"),)),
+        hostnames=("web.example.com",),
+    )
+    out = _convert(_gateway(HTTP), first, grpc)
+    assert ("Accepted", False, "Conflicted", "parentRefs[0]") in _conditions(
+        out, "GRPCRoute", "a-grpc"
+    )
+    assert [vs.hosts for vs in out.virtual_services] == [("web.example.com",)]
 
 
 def test_tcp_route_missing_and_cross_namespace_backends() -> None:
@@ -191,21 +276,152 @@ def test_tcp_route_without_backends_leaves_the_listener_out() -> None:
     assert "0.0.0.0_5432" not in listeners
 
 
-def test_udp_and_tls_terminate_are_refused_by_name() -> None:
-    udp = Listener("dns", 53, "UDP")
+def test_tls_terminate_is_refused_by_name() -> None:
     term = Listener("term", 9443, "TLS", tls=ListenerTLS("Terminate"))
-    out = _convert(
-        _gateway(udp, term), _route("UDPRoute", "u", RouteRule(backend_refs=(_backend("db1"),)))
-    )
+    out = _convert(_gateway(term))
     gateway = _conditions(out, "KubeGateway", "edge")
-    assert ("Accepted", False, "UnsupportedProtocol", "listeners[dns]") in gateway
     assert ("Accepted", False, "UnsupportedValue", "listeners[term]") in gateway
-    assert ("Accepted", False, "UnsupportedValue", "") in _conditions(out, "UDPRoute", "u")
     assert all(p.severity is Severity.WARNING for p in out.problems)
     texts = [str(p) for p in out.problems]
-    assert any("UDPRoute is not served" in t for t in texts), texts
-    assert any("listener 'dns' is not served" in t for t in texts), texts
+    assert any("listener 'term' is not served" in t for t in texts), texts
     assert not out.gateways and not out.virtual_services
+
+
+UDP = Listener("dns", 5353, "UDP")
+DATAGRAMS = (
+    _service("dgram", Protocol.UDP, "10.0.0.9"),
+    _service("dgram2", Protocol.UDP, "10.0.0.10"),
+)
+
+
+def _udp(out: Converted) -> dict[str, Any]:
+    mesh = Mesh(
+        services=(*SERVICES, *DATAGRAMS),
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+    )
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    return {n: r.message for n, r in snapshot.get(LISTENER).items()}
+
+
+def _convert_udp(*objects: Any) -> Converted:
+    gateways = tuple(o for o in objects if isinstance(o, KubeGateway))
+    routes = tuple(o for o in objects if isinstance(o, Route))
+    return convert(GatewayAPI((CLASS,), gateways, routes), (*SERVICES, *DATAGRAMS))
+
+
+def test_udp_route_becomes_a_udp_listener(tmp_path: Path) -> None:
+    """A UDP listener and its UDPRoute's one backend: a UDP listener of its own (beside
+    a TCP listener of the same number) proxying datagrams to the backend's cluster; a
+    second UDPRoute on the listener is attached, warned about, and routes nothing."""
+    tcp = Listener("tcp", 5353, "TCP")
+    out = _convert_udp(
+        _gateway(UDP, tcp),
+        _route("UDPRoute", "a", RouteRule(backend_refs=(_backend("dgram"),))),
+        _route("UDPRoute", "b", RouteRule(backend_refs=(_backend("dgram2"),))),
+        _route("TCPRoute", "t", RouteRule(backend_refs=(_backend("db1"),))),
+    )
+    (gw,) = out.gateways
+    udp_server = next(s for s in gw.servers if s.name == "dns")
+    assert udp_server.datagrams_to == (("dgram.default.svc.cluster.local", 9000, 1),)
+    assert ("Accepted", True, "Accepted", "parentRefs[0]") in _conditions(out, "UDPRoute", "b")
+    (warning,) = [p for p in out.problems if "UDPRoute default/b" in p.message]
+    assert "UDPRoute default/a" in warning.message
+    listeners = _udp(out)
+    assert set(listeners) == {"0.0.0.0_5353", "0.0.0.0_5353_udp"}
+    udp = listeners["0.0.0.0_5353_udp"]
+    assert udp.address.socket_address.protocol == udp.address.socket_address.UDP
+    (flt,) = udp.listener_filters
+    proxy = udp_proxy_pb2.UdpProxyConfig()
+    flt.typed_config.Unpack(proxy)
+    route = udp_route_pb2.Route()
+    proxy.matcher.on_no_match.action.typed_config.Unpack(route)
+    assert route.cluster == "outbound|9000||dgram.default.svc.cluster.local"
+    mesh = Mesh(
+        services=(*SERVICES, *DATAGRAMS),
+        gateways=out.gateways,
+        virtual_services=out.virtual_services,
+    )
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_weighted_udp_backends_are_one_cluster_of_localities(tmp_path: Path) -> None:
+    """Envoy's UDP proxy has no weighted clusters: several backends are one STATIC
+    cluster ``udp|BIND_PORT``, each backend a locality weighted by its weight, under
+    locality-weighted balancing; Envoy accepts it."""
+    weighted = RouteRule(backend_refs=(_backend("dgram", 80), _backend("dgram2", 20)))
+    out = _convert_udp(_gateway(UDP), _route("UDPRoute", "w", weighted))
+    (gw,) = out.gateways
+    assert gw.servers[0].datagrams_to == (
+        ("dgram.default.svc.cluster.local", 9000, 80),
+        ("dgram2.default.svc.cluster.local", 9000, 20),
+    )
+    mesh = Mesh(services=(*SERVICES, *DATAGRAMS), gateways=out.gateways, virtual_services=())
+    snapshot = MeshTranslation(mesh).snapshot_for(NODE)
+    cluster = snapshot.get(CLUSTER)["udp|0.0.0.0_5353"].message
+    assert cluster.common_lb_config.HasField("locality_weighted_lb_config")
+    shares = {
+        (
+            e.locality.sub_zone,
+            e.lb_endpoints[0].endpoint.address.socket_address.address,
+        ): e.load_balancing_weight.value
+        for e in cluster.load_assignment.endpoints
+    }
+    assert shares == {("udp-backend-0", "10.0.0.9"): 80000, ("udp-backend-1", "10.0.0.10"): 20000}
+    proxy = udp_proxy_pb2.UdpProxyConfig()
+    snapshot.get(LISTENER)["0.0.0.0_5353_udp"].message.listener_filters[0].typed_config.Unpack(
+        proxy
+    )
+    route = udp_route_pb2.Route()
+    proxy.matcher.on_no_match.action.typed_config.Unpack(route)
+    assert route.cluster == "udp|0.0.0.0_5353"
+    envoy_accepts(render_static(mesh, NODE, admin_port=0), tmp_path / "envoy.json")
+
+
+def test_udp_route_refusals() -> None:
+    """A backend port that is not UDP, an HTTP route to a UDP port, a DNS-resolved
+    Service among weighted backends: each refused by name, and nothing forwarded."""
+    out = _convert_udp(
+        _gateway(UDP), _route("UDPRoute", "t", RouteRule(backend_refs=(_backend("db1"),)))
+    )
+    refused = [c for c in out.conditions if c.target.name == "t" and c.type == "ResolvedRefs"]
+    assert [(c.status, c.reason) for c in refused] == [(False, "BackendNotFound")]
+    assert "no UDP port 9000" in refused[0].message
+    assert "0.0.0.0_5353_udp" not in _udp(out)
+    out = _convert_udp(
+        _gateway(TCP),
+        _route("TCPRoute", "x", RouteRule(backend_refs=(_backend("db1"), _backend("dgram")))),
+    )
+    (refused_tcp,) = [
+        c for c in out.conditions if c.target.name == "x" and c.type == "ResolvedRefs"
+    ]
+    assert (refused_tcp.status, refused_tcp.reason) == (False, "BackendNotFound")
+    named = Service(
+        "named",
+        "default",
+        (Port(9000, Protocol.UDP),),
+        (Endpoint("dns.example.com"),),
+        resolution=Resolution.DNS,
+    )
+    weighted = RouteRule(backend_refs=(_backend("dgram", 50), _backend("named", 50)))
+    api = GatewayAPI((CLASS,), (_gateway(UDP),), (_route("UDPRoute", "d", weighted),))
+    out = convert(api, (*SERVICES, *DATAGRAMS, named))
+    assert ("Accepted", False, "UnsupportedValue", "rules[0]") in _conditions(out, "UDPRoute", "d")
+    assert out.gateways[0].servers[0].datagrams_to == ()
+
+
+def test_sidecars_take_no_udp_port(tmp_path: Path) -> None:
+    """A Service's UDP port is a cluster, never a sidecar listener."""
+    mesh = Mesh(services=(_service("plain", Protocol.HTTP, "10.0.0.7"), *DATAGRAMS[:1]))
+    node = NodeClass("caller")
+    snapshot = MeshTranslation(mesh).snapshot_for(node)
+    clusters = set(snapshot.get(CLUSTER))
+    assert "outbound|9000||dgram.default.svc.cluster.local" in clusters
+    for listener in (r.message for r in snapshot.get(LISTENER).values()):
+        assert listener.address.socket_address.protocol != listener.address.socket_address.UDP
+        for chain in listener.filter_chains:
+            assert "dgram" not in str(chain), listener.name
+    envoy_accepts(render_static(mesh, node, admin_port=0), tmp_path / "envoy.json")
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 Pure. ``resolve_destination`` resolves a backendRef with ``refs.resolve_backend``
 (kinds, ReferenceGrants, the service) and then asks for what these routes need: a
-``port`` (the API requires one for a Service; an L4 or gRPC destination is a port), and
-for gRPC a port speaking HTTP/2 (``port_check``). What does not hold is the
+``port`` (the API requires one for a Service; an L4 or gRPC destination is a port; a
+UDPRoute's is one of the Service's UDP ports), and for gRPC a port speaking HTTP/2
+(``port_check``). What does not hold is the
 ``ResolvedRefs`` False condition Kubernetes would have written, with the API's reason
 (``InvalidKind``, ``RefNotPermitted``, ``BackendNotFound``, ``UnsupportedProtocol``).
 """
@@ -63,7 +64,8 @@ def resolve_destination(
     number = ref.port or (
         service.ports[0].number if len(service.ports) == 1 and service.entry else 0
     )
-    port = next((p for p in service.ports if p.number == number), None)
+    ports = service.datagram_ports if route.kind == "UDPRoute" else service.ports
+    port = next((p for p in ports if p.number == number), None)
     if port is None:
         return refuse(
             cond.BACKEND_NOT_FOUND, f"{ref.kind or 'Service'} {ref.name}: port is required"

@@ -20,6 +20,7 @@ from xdsd.model.gateway_api import (
     StringMatch,
 )
 from xdsd.model.service import FieldLines
+from xdsd.sources.re2_syntax import re2_problem
 
 T = TypeVar("T")
 
@@ -36,10 +37,18 @@ _DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 _DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _IPV4ISH = re.compile(r"^[0-9.]+$")
+#: A Kubernetes label's name part and value: at most 63 characters, alphanumeric at
+#: both ends, ``-``, ``_``, ``.`` inside (a value may also be empty).
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+#: A gRPC method match's missing service or method, in the path regex it becomes.
+GRPC_SEGMENT = "[^/]+"
 
 #: The API's limits (its ``MaxItems``), by what they bound.
 MAX_PARENT_REFS = 32
 MAX_HOSTNAMES = 16
+#: A TLSRoute's ``hostnames`` (SNI names): its own, larger bound.
+MAX_TLS_HOSTNAMES = 1024
 MAX_RULES = 16
 MAX_MATCHES = 64
 #: The API's CEL bound on the matches of all rules of one HTTPRoute together.
@@ -54,6 +63,64 @@ MAX_WEIGHT = 1_000_000
 MAX_NAME = 253
 MAX_VALUE = 4096
 MAX_PATH = 1024
+#: A query parameter match's value (the API's bound, shorter than a header's).
+MAX_QUERY_VALUE = 1024
+#: The most labels one object (a Namespace) or one selector's ``matchLabels`` may
+#: hold, and values one ``matchExpressions`` entry: xdsd's bounds (Kubernetes bounds
+#: only the whole object's size).
+MAX_LABELS = 64
+#: The most ``matchExpressions`` entries of one label selector (xdsd's bound).
+MAX_EXPRESSIONS = 16
+
+
+def label_key_problem(key: str) -> str:
+    """What is wrong with ``key`` as a Kubernetes label name (``PREFIX/NAME``, the
+    prefix a DNS subdomain of at most 253 characters, the name as ``_LABEL_NAME``);
+    "" when it is right."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > MAX_NAME or not SUBDOMAIN.match(prefix)):
+        return "its prefix must be a lower-case DNS name of at most 253 characters"
+    if len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            "its name must be 1 to 63 letters, digits, '-', '_', '.', "
+            "beginning and ending with a letter or digit"
+        )
+    return ""
+
+
+def label_value_problem(value: str) -> str:
+    """What is wrong with ``value`` as a Kubernetes label value ("" when right)."""
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return (
+            "must be at most 63 letters, digits, '-', '_', '.', "
+            "beginning and ending with a letter or digit"
+        )
+    return ""
+
+
+def label_map(f: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    """A mapping of Kubernetes label names to values (``metadata.labels``, a selector's
+    ``matchLabels``), sorted: at most ``MAX_LABELS``, each name and value checked as
+    Kubernetes checks them, a wrong one an error at its own entry (and left out)."""
+    raw = f.data.get(key)
+    if isinstance(raw, dict) and len(raw) > MAX_LABELS:
+        f.read.add(key)
+        f.error(key, f"holds {len(raw)} labels: xdsd reads at most {MAX_LABELS}")
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, value in f.labels(key):
+        # a name too long to be one is not repeated in the field path: at the mapping
+        where = (*f.path, key, name) if len(name) <= MAX_NAME + 64 else (*f.path, key)
+        problem = label_key_problem(name)
+        if problem:
+            f.report.add(where, f"{name!r:.80} is not a label name: {problem}")
+            continue
+        problem = label_value_problem(value)
+        if problem:
+            f.report.add(where, f"label value {value!r:.80} {problem}")
+            continue
+        out.append((name, value))
+    return tuple(out)
 
 
 def bounded_list(
@@ -152,12 +219,12 @@ def hostname(f: Fields, key: str | int, value: object, *, wildcard: bool = True)
     return value
 
 
-def hostnames(f: Fields, key: str = "hostnames") -> tuple[str, ...]:
-    """A route's ``hostnames`` (at most 16)."""
+def hostnames(f: Fields, key: str = "hostnames", maximum: int = MAX_HOSTNAMES) -> tuple[str, ...]:
+    """A route's ``hostnames`` (at most ``maximum``: 16, a TLSRoute's 1024)."""
     raw = f.data.get(key)
-    if isinstance(raw, list) and len(raw) > MAX_HOSTNAMES:
+    if isinstance(raw, list) and len(raw) > maximum:
         f.read.add(key)
-        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {MAX_HOSTNAMES}")
+        f.error(key, f"holds {len(raw)} items: the Gateway API allows at most {maximum}")
         return ()
     out: list[str] = []
     holder = Fields(f.report, (*f.path, key), {})
@@ -246,29 +313,33 @@ def header_name(f: Fields, key: str | int, value: object) -> str:
     return value
 
 
-def string_match(f: Fields, types: tuple[str, ...], *, name_max: int = 256) -> StringMatch | None:
+def string_match(
+    f: Fields, types: tuple[str, ...], *, name_max: int = 256, value_max: int = MAX_VALUE
+) -> StringMatch | None:
     """A header or query parameter match: ``type`` one of ``types`` (the first is the
-    default), ``name``, ``value`` (at most 4096 characters; a regular expression must
-    compile)."""
+    default), ``name``, ``value`` (at most ``value_max`` characters: 4096 for a header,
+    1024 for a query parameter; a regular expression must be one Envoy takes)."""
     kind = f.choice("type", types, default=types[0]) or types[0]
     name = f.string("name", required=True)
     if name and (len(name) > name_max or not HEADER_NAME.match(name)):
         f.error("name", f"must be a token of at most {name_max} characters: {name!r:.80}")
     value = f.string("value", required=True)
-    if len(value) > MAX_VALUE:
-        f.error("value", f"must be at most {MAX_VALUE} characters")
+    if len(value) > value_max:
+        f.error("value", f"must be at most {value_max} characters")
     elif kind == "RegularExpression":
         check_regex(f, "value", value)
     f.finish()
     return StringMatch(kind, value, name) if name else None
 
 
-def check_regex(f: Fields, key: str, pattern: str) -> None:
-    """An error at ``key`` when ``pattern`` is not a regular expression."""
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as e:
-        f.error(key, f"is not a valid regular expression: {e}")
+def check_regex(f: Fields, key: str | None, pattern: str) -> bool:
+    """An error at ``key`` (the mapping itself for None) when Envoy would refuse
+    ``pattern``: not RE2 syntax, or an RE2 program over Envoy's size limit
+    (``re2_syntax.re2_problem``); True when it is accepted."""
+    problem = re2_problem(pattern)
+    if problem:
+        f.error(key, problem)
+    return not problem
 
 
 def unique_names(f: Fields, key: str, names: list[tuple[int, str]], what: str) -> None:

@@ -35,6 +35,10 @@ INVALID = "Invalid"
 HOSTNAME_CONFLICT = "HostnameConflict"
 PROTOCOL_CONFLICT = "ProtocolConflict"
 NO_CONFLICTS = "NoConflicts"
+#: A route's ``Accepted`` False reason when a route of another type holds its
+#: hostname on the listener (GEP-1294's ``RouteReasonConflicted``; the GRPCRoute API
+#: asks for ``Accepted`` False there without naming a reason).
+ROUTE_CONFLICTED = "Conflicted"
 
 
 def ok(target: ResourceKey, type_: str, scope: str = "", message: str = "") -> Condition:

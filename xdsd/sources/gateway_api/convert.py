@@ -37,7 +37,7 @@ rules converted by the same functions).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
@@ -45,6 +45,7 @@ from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeG
 from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
 from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
+from xdsd.sources.gateway_api.attach import kind_conflicts
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.common import field_line
 from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
@@ -105,8 +106,8 @@ def convert(
     """The Istio-shaped objects, conditions and problems of ``api`` over ``services``
     (see the module doc); files named by path are relative to ``root`` (the config
     directory). ``namespace_labels`` are the labels of the namespaces that listeners'
-    ``allowedRoutes`` selectors look at (none known: a selector selects no
-    namespace)."""
+    ``allowedRoutes`` selectors look at: by default those of ``api``'s ``Namespace``
+    documents (a namespace none declares has only ``kubernetes.io/metadata.name``)."""
     conditions: list[Condition] = []
     problems: list[Problem] = []
     ours = {c.name for c in api.classes if c.controller_name == CONTROLLER_NAME}
@@ -150,9 +151,12 @@ def convert(
             conditions.append(
                 cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, "no listener is served")
             )
-    labels = namespace_labels or {}
+    labels = api.namespace_labels() if namespace_labels is None else namespace_labels
     routes = [r for r in api.routes if r.kind == "HTTPRoute"]
-    vss, route_conditions = http_virtual_services(routes, gateways, services, api.grants, labels)
+    rejected = kind_conflicts(api.routes, gateways, labels)
+    vss, route_conditions = http_virtual_services(
+        routes, gateways, services, api.grants, labels, rejected
+    )
     conditions.extend(route_conditions)
     l4 = convert_l4_routes(
         api.routes,
@@ -163,8 +167,10 @@ def convert(
         api.grants,
         labels,
     )
+    if l4.datagrams:
+        istio = _with_datagrams(istio, dict(l4.datagrams))
     grpc_services, grpc_conditions = convert_grpc_routes(
-        api.routes, gateways, istio_gateway_ref, services, api.grants, labels
+        api.routes, gateways, istio_gateway_ref, services, api.grants, labels, rejected
     )
     backend_tls = convert_backend_tls(api.backend_tls, services, root, api.secrets)
     mesh = mesh_routes(api.routes, services, shared_rules(services, api.grants))
@@ -181,6 +187,26 @@ def convert(
         problems=(*problems, *l4.problems, *mesh.problems),
         destination_rules=backend_tls.destination_rules,
     )
+
+
+def _with_datagrams(
+    istio: list[Gateway],
+    targets: Mapping[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]],
+) -> list[Gateway]:
+    """``istio`` with each UDP server's ``datagrams_to`` set from ``targets`` (by the
+    Gateway API Gateway's key and the listener's name: a converted Gateway has the
+    name, namespace and listener names of its Gateway)."""
+    out: list[Gateway] = []
+    for gateway in istio:
+        key = ResourceKey("KubeGateway", gateway.namespace, gateway.name)
+        servers = tuple(
+            replace(server, datagrams_to=targets.get((key, server.name), ()))
+            if server.port.protocol is Protocol.UDP
+            else server
+            for server in gateway.servers
+        )
+        out.append(replace(gateway, servers=servers) if servers != gateway.servers else gateway)
+    return out
 
 
 def gateway_servers(

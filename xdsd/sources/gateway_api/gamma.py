@@ -17,6 +17,11 @@ namespace — a "consumer" route —, a port that is not HTTP) and, when accepte
 ``ResolvedRefs`` from the rule conversion. What is not served is also a warning, so it
 is never dropped silently.
 
+A GRPCRoute and an HTTPRoute for one Service (on the same port, or either on all its
+ports) are not merged: as GEP-1294 says of route kinds bound to one Service and port,
+the GRPCRoute is applied and the HTTPRoute's parent is ``Accepted`` False
+``Conflicted``, with a warning naming the GRPCRoute.
+
 A generated VirtualService is named ``KIND~ROUTE~SERVICE`` (its first route, by key
 order, and its service: ``~`` cannot be in a Kubernetes name, so it never meets an
 operator's VirtualService key); ``gamma_source`` reads that back, so the check refusing
@@ -146,6 +151,7 @@ def mesh_routes(
     conditions: list[Condition] = []
     problems: list[Problem] = []
     bound: dict[tuple[str, str], list[tuple[MeshBinding, ConvertedRules]]] = {}
+    grpc = _grpc_bindings(routes, by_name)
     for route in sorted(routes, key=lambda r: r.key):
         for index, ref in enumerate(route.parent_refs):
             why = _other_parent(route, ref)
@@ -173,6 +179,19 @@ def mesh_routes(
                 conditions.append(cond.failed(route.key, cond.ACCEPTED, reason, message, scope))
                 problems.append(_problem(route, scope, f"not served: {message}"))
                 continue
+            holder = _grpc_holder(binding, grpc) if route.kind == "HTTPRoute" else None
+            if holder is not None:
+                message = (
+                    f"GRPCRoute {holder.namespace}/{holder.name} routes the callers of Service "
+                    f"{binding.service.namespace}/{binding.service.name} on this port: a "
+                    "GRPCRoute and an HTTPRoute for one Service are not merged, the GRPCRoute "
+                    "applies"
+                )
+                conditions.append(
+                    cond.failed(route.key, cond.ACCEPTED, cond.ROUTE_CONFLICTED, message, scope)
+                )
+                problems.append(_problem(route, scope, f"not served: {message}"))
+                continue
             conditions.append(cond.ok(route.key, cond.ACCEPTED, scope))
             conditions.append(_resolved(route, scope, converted))
             conditions.extend(c for c in converted.conditions if c not in conditions)
@@ -184,6 +203,35 @@ def mesh_routes(
     for key in sorted(bound):
         out.append(_virtual_service(bound[key][0][0], _ordered([c for _, c in bound[key]])))
     return MeshRoutes(tuple(out), tuple(conditions), tuple(problems))
+
+
+def _grpc_bindings(
+    routes: Sequence[Route], services: dict[tuple[str, str], Service]
+) -> dict[tuple[str, str], list[tuple[int, Route]]]:
+    """The (port, GRPCRoute) bound to each Service (by namespace, name)."""
+    out: dict[tuple[str, str], list[tuple[int, Route]]] = {}
+    for route in sorted(routes, key=lambda r: r.key):
+        if route.kind != "GRPCRoute":
+            continue
+        for index, ref in enumerate(route.parent_refs):
+            if not is_service_parent(ref):
+                continue
+            binding, _ = _bind(route, index, ref, services)
+            if binding is not None:
+                key = (binding.service.namespace, binding.service.name)
+                out.setdefault(key, []).append((binding.port, route))
+    return out
+
+
+def _grpc_holder(
+    binding: MeshBinding, grpc: dict[tuple[str, str], list[tuple[int, Route]]]
+) -> Route | None:
+    """The first GRPCRoute bound to ``binding``'s Service on a port in common with it
+    (port 0: every port), or None."""
+    for port, route in grpc.get((binding.service.namespace, binding.service.name), ()):
+        if not port or not binding.port or port == binding.port:
+            return route
+    return None
 
 
 def _other_parent(route: Route, ref: ObjectRef) -> str:

@@ -19,6 +19,7 @@ from xdsd.model.gateway_api import (
     AllowedRoutes,
     GatewayClass,
     KubeGateway,
+    LabelRequirement,
     Listener,
     ListenerTLS,
     ObjectRef,
@@ -28,12 +29,17 @@ from xdsd.sources.gateway_api.common import (
     KIND,
     MAX_ADDRESSES,
     MAX_CERTIFICATE_REFS,
+    MAX_EXPRESSIONS,
+    MAX_LABELS,
     MAX_LISTENERS,
     bounded_list,
     group_field,
     hostname,
     item_lines,
     kind_field,
+    label_key_problem,
+    label_map,
+    label_value_problem,
     name_field,
     namespace_field,
     secret_object_ref,
@@ -47,12 +53,13 @@ CLASS_REFUSED = ("parametersRef",)
 GATEWAY_REFUSED = ("infrastructure", "backendTLS", "allowedListeners", "tls")
 #: Listener TLS fields the conversion does not honour.
 LISTENER_TLS_REFUSED = ("frontendValidation",)
-#: ``allowedRoutes.namespaces.selector`` fields refused (labels only).
-SELECTOR_REFUSED = ("matchExpressions",)
+#: A label selector's ``matchExpressions`` operators, as Kubernetes defines them.
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 LISTENER_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP", "UDP")
 ADDRESS_TYPES = ("IPAddress", "Hostname", "NamedAddress")
 _CONTROLLER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/.+$")
 _MAX_TLS_OPTIONS = 16
+_MAX_OPTION_VALUE = 4096
 _MAX_ROUTE_KINDS = 8
 
 
@@ -189,11 +196,12 @@ def _listener_tls(f: Fields, config_dir: str | None) -> ListenerTLS | None:
     options = f.labels("options")
     if len(options) > _MAX_TLS_OPTIONS:
         f.error("options", f"holds {len(options)} entries: the Gateway API allows at most 16")
-    for key, _ in options:
+    for key, value in options[: _MAX_TLS_OPTIONS + 1]:
+        where = (*f.path, "options", key) if len(key) <= 253 else (*f.path, "options")
         if len(key) > 253 or not _CONTROLLER.match(key):
-            f.report.add(
-                (*f.path, "options", key), "option names must be domain-prefixed (DOMAIN/NAME)"
-            )
+            f.report.add(where, "option names must be domain-prefixed (DOMAIN/NAME)")
+        elif len(value) > _MAX_OPTION_VALUE:
+            f.report.add(where, f"option values are at most {_MAX_OPTION_VALUE} characters")
     f.finish(LISTENER_TLS_REFUSED)
     if mode == "Terminate" and not refs and not f.has("certificateRefs"):
         f.error("certificateRefs", "is required for mode Terminate: give a certificate")
@@ -240,13 +248,15 @@ def _certificate_ref(f: Fields, config_dir: str | None) -> ObjectRef | None:
 def _allowed_routes(f: Fields) -> AllowedRoutes:
     namespaces_from = "Same"
     selector: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[LabelRequirement, ...] = ()
     ns = f.obj("namespaces")
     if ns is not None:
         namespaces_from = ns.choice("from", ("All", "Same", "Selector"), default="Same") or "Same"
         sel = ns.obj("selector")
         if sel is not None:
-            selector = sel.labels("matchLabels")
-            sel.finish(SELECTOR_REFUSED)
+            selector = label_map(sel, "matchLabels")
+            expressions = bounded_list(sel, "matchExpressions", _label_requirement, MAX_EXPRESSIONS)
+            sel.finish()
         ns.finish()
         if namespaces_from == "Selector" and sel is None:
             ns.error("selector", "is required when from is Selector")
@@ -267,7 +277,44 @@ def _allowed_routes(f: Fields) -> AllowedRoutes:
             if kind:
                 kinds.append((group, kind))
     f.finish()
-    return AllowedRoutes(namespaces_from, selector, tuple(kinds))
+    return AllowedRoutes(namespaces_from, selector, tuple(kinds), expressions)
+
+
+def _label_requirement(f: Fields) -> LabelRequirement | None:
+    """One ``matchExpressions`` entry: ``key`` a label name, ``operator`` In, NotIn
+    (``values`` 1 to ``MAX_LABELS`` label values), Exists, DoesNotExist (no
+    ``values``), as Kubernetes validates a label selector."""
+    key = f.string("key", required=True)
+    if "operator" not in f.data:
+        f.error("operator", "is required")
+    operator = f.choice("operator", SELECTOR_OPERATORS)
+    raw = f.data.get("values")
+    values: tuple[str, ...] = ()
+    if isinstance(raw, list) and len(raw) > MAX_LABELS:
+        f.read.add("values")
+        f.error("values", f"holds {len(raw)} items: xdsd reads at most {MAX_LABELS}")
+    else:
+        values = f.strings("values")
+    f.finish()
+    if key:
+        problem = label_key_problem(key)
+        if problem:
+            f.error("key", f"{key!r:.80} is not a label name: {problem}")
+            return None
+    for index, value in enumerate(values):
+        problem = label_value_problem(value)
+        if problem:
+            f.error("values", f"[{index}] {value!r:.80} {problem}")
+            return None
+    if operator in ("In", "NotIn") and not values:
+        f.error("values", f"must hold at least one value for operator {operator}")
+        return None
+    if operator in ("Exists", "DoesNotExist") and "values" in f.data:
+        f.error("values", f"must be left out for operator {operator}")
+        return None
+    if not key or not operator:
+        return None
+    return LabelRequirement(key, operator, values)
 
 
 def _address(f: Fields) -> str | None:

@@ -60,14 +60,15 @@ from xdsd.model.rules import (
     RouteDestination,
     StringMatch,
 )
-from xdsd.model.service import Port
+from xdsd.model.service import Port, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
+from xdsd.sources.gateway_api.common import GRPC_SEGMENT
 from xdsd.sources.gateway_api.names import PREFIX
 
 #: What a path segment of a gRPC request is, in a regex.
-_SEGMENT = "[^/]+"
+_SEGMENT = GRPC_SEGMENT
 #: The filter types a GRPCRoute rule may carry and xdsd serves.
 SERVED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
 
@@ -272,17 +273,19 @@ def convert_grpc_routes(
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    rejected: Mapping[tuple[ResourceKey, int], str] | None = None,
 ) -> tuple[tuple[VirtualService, ...], tuple[Condition, ...]]:
     """The GRPCRoutes of ``routes`` (others skipped), in key order, attached
     (``attach.attach``) to ``gateways`` (xdsd's, by (namespace, name)), each attachment
     a VirtualService ``gateway-api.grpcroute.ROUTE.N`` bound to ``gateway_ref(gateway)``; with the
-    parents' conditions and ``ResolvedRefs``."""
+    parents' conditions and ``ResolvedRefs``; the parents in ``rejected``
+    (``attach.kind_conflicts``) attach nothing."""
     out: list[VirtualService] = []
     conditions: list[Condition] = []
     for route in sorted(routes, key=lambda r: r.key):
         if route.kind != "GRPCRoute":
             continue
-        attachments, parents = attach(route, gateways, namespace_labels)
+        attachments, parents = attach(route, gateways, namespace_labels, rejected)
         conditions.extend(parents)
         found: list[Condition] = []
         for n, attachment in enumerate(attachments):

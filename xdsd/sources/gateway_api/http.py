@@ -73,6 +73,7 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.gateway_api import StringMatch as ApiMatch
 from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
+from xdsd.model.service import ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import attach
 from xdsd.sources.gateway_api.names import PREFIX, istio_gateway_name
@@ -109,14 +110,16 @@ def http_virtual_services(
     services: Sequence[Service],
     grants: Sequence[ReferenceGrant],
     namespace_labels: Mapping[str, Mapping[str, str]],
+    rejected: Mapping[tuple[ResourceKey, int], str] | None = None,
 ) -> tuple[list[VirtualService], list[Condition]]:
     """The VirtualServices of ``routes`` (HTTPRoutes) on ``gateways`` (xdsd's, by
-    (namespace, name)) and every route's conditions."""
+    (namespace, name)) and every route's conditions; the parents in ``rejected``
+    (``attach.kind_conflicts``) attach nothing."""
     conditions: list[Condition] = []
     groups: dict[tuple[str, str, str], list[_Rule]] = {}
     origins: dict[tuple[str, str, str], Route] = {}
     for route in sorted(routes, key=lambda r: (r.namespace, r.name)):
-        found, attached = attach(route, gateways, namespace_labels)
+        found, attached = attach(route, gateways, namespace_labels, rejected)
         conditions.extend(attached)
         if not found:
             continue

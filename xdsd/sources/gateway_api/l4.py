@@ -1,4 +1,5 @@
-"""TLS Passthrough and TCP listeners, TLSRoute, TCPRoute and UDPRoute, as Istio's kinds.
+"""TLS Passthrough, TCP and UDP listeners, TLSRoute, TCPRoute and UDPRoute, as Istio's
+kinds (and, for UDP, an xdsd extension of the Gateway server).
 
 Pure. What each becomes (``docs/rules.md``, "Gateway API"):
 
@@ -7,18 +8,21 @@ Pure. What each becomes (``docs/rules.md``, "Gateway API"):
   one); ``tls.mode: Terminate`` on a TLS listener is not served (the listener's
   ``Accepted`` False, ``UnsupportedValue``).
 - A listener of protocol ``TCP`` → a Gateway server of protocol TCP, hosts ``*``.
-- A listener of protocol ``UDP`` is refused by name: xdsd's gateways have no UDP
-  listeners (``Accepted`` False, ``UnsupportedProtocol``, and a warning at the
-  Gateway's line), and so is every UDPRoute (``Accepted`` False, ``UnsupportedValue``,
-  and a warning at its line): never served, never silently dropped.
+- A listener of protocol ``UDP`` → a Gateway server of protocol UDP, hosts ``*``,
+  whose ``datagrams_to`` ``convert`` sets from its UDPRoute (``udp_backend``): the
+  first rule's weighted backends, UDP ports of Services; one UDPRoute per listener, as
+  for TCP.
 - A TLSRoute attached to a Passthrough listener → a VirtualService bound to that
   Gateway, one ``tls`` rule per route rule, matched by ``sniHosts`` = the route's
   hostnames intersected with the listener's and the listener's port, routing to the
   rule's weighted backends.
 - A TCPRoute attached to a TCP listener → a VirtualService with one ``tcp`` rule (the
   listener's port) over its weighted backends. A TCP listener cannot tell connections
-  apart: it serves one route's one rule; another route (in namespace/name order) or
-  rule is not accepted (``Accepted`` False, ``UnsupportedValue``).
+  apart: it serves one route's one rule; a later rule is not accepted (``Accepted``
+  False, ``UnsupportedValue``). Of several TCPRoutes on one listener, and of several
+  TLSRoutes for one SNI hostname on one listener, the first by namespace/name routes;
+  the others stay attached (``Accepted`` True, as the API's conformance tests ask of
+  TCPRoutes) and route nothing there, with a warning naming the route that does.
 
 Backends that do not resolve (``backends.resolve_backend``) are left out of their rule
 (its connections' share goes to the others; with none left the listener refuses the
@@ -28,7 +32,7 @@ connection, as the API asks), each with its ``ResolvedRefs`` condition.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import Service, VirtualService
@@ -41,7 +45,7 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.networking import EntryPort, Server, ServerTLS, ServerTLSMode
 from xdsd.model.rules import L4Match, L4Route, RouteDestination
-from xdsd.model.service import Protocol, ResourceKey, line_of
+from xdsd.model.service import Protocol, Resolution, ResourceKey, line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
 from xdsd.sources.gateway_api.backends import resolve_destination
@@ -50,7 +54,7 @@ from xdsd.sources.gateway_api.names import PREFIX
 
 def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condition | None:
     """The Gateway server a TLS or TCP listener becomes, or the ``Accepted`` False
-    condition of a TLS/TCP/UDP listener xdsd does not serve; None for other
+    condition of a TLS listener xdsd does not serve (Terminate); None for other
     protocols (HTTP, HTTPS: not this module's)."""
     scope = cond.listener_scope(listener.name)
     port = EntryPort(listener.port, Protocol.TCP, listener.name, 0, listener.protocol)
@@ -75,14 +79,8 @@ def listener_server(gateway: KubeGateway, listener: Listener) -> Server | Condit
     if listener.protocol == "TCP":
         return Server(port, ("*",), name=listener.name)
     if listener.protocol == "UDP":
-        return Condition(
-            gateway.key,
-            "Accepted",
-            False,
-            "UnsupportedProtocol",
-            "UDP listeners are not served: xdsd's gateways have no UDP listeners",
-            scope,
-        )
+        udp = EntryPort(listener.port, Protocol.UDP, listener.name, 0, "UDP")
+        return Server(udp, ("*",), name=listener.name)
     return None
 
 
@@ -91,13 +89,86 @@ def unsupported_problem(origin_path: str, line: int, field: str, message: str) -
     return Problem(origin_path, line, field, message, Severity.WARNING)
 
 
-def udp_route(route: Route) -> tuple[Condition, Problem]:
-    """A UDPRoute's refusal: its condition and a warning at its line."""
-    message = "UDPRoute is not served: xdsd's gateways have no UDP listeners"
-    return (
-        Condition(route.key, "Accepted", False, "UnsupportedValue", message),
-        unsupported_problem(route.origin.path, route.origin.line, "kind", message),
+def _held_problem(
+    route: Route, attachment: Attachment, owner: ResourceKey, hosts: tuple[str, ...]
+) -> Problem:
+    """The warning of a TCPRoute (UDPRoute) on a TCP (UDP) listener another route
+    holds, or of a
+    TLSRoute hostname (``hosts``) another TLSRoute holds on its listener: at the
+    hostname's line, else the parent's."""
+    listener = attachment.listener
+    parent = f"parentRefs[{attachment.parent}]"
+    line = line_of(route.lines, parent, route.origin.line)
+    field = f"spec.{parent}"
+    if hosts and hosts[0] in route.hostnames:
+        index = route.hostnames.index(hosts[0])
+        line = line_of(route.lines, f"hostnames[{index}]", line)
+        field = f"spec.hostnames[{index}]"
+    what = f"SNI {hosts[0]!r}" if hosts else "its connections"
+    if route.kind == "UDPRoute":
+        what = "its datagrams"
+    return Problem(
+        route.origin.path,
+        line,
+        field,
+        f"{route.kind} {route.namespace}/{route.name}: {what} on listener "
+        f"{listener.name!r} of Gateway {attachment.gateway.namespace}/"
+        f"{attachment.gateway.name} go to {owner.kind} {owner.namespace}/{owner.name}, "
+        "the first by namespace/name; this route is attached there but routes none of them",
+        Severity.WARNING,
     )
+
+
+def udp_backend(
+    attachment: Attachment, services: Sequence[Service], grants: Sequence[ReferenceGrant]
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[Condition, ...]]:
+    """Where a UDPRoute sends the datagrams of the UDP listener of ``attachment``: its
+    first rule's backends that resolve, with weight above 0 — (canonical host, a UDP
+    port of the Service, weight) each, weights summed per backend — and the conditions
+    of its backends and rules. Several backends become one cluster of their endpoints
+    (``translate.gateways.udp_weighted_cluster``), which needs their addresses: a
+    backend Service of DNS resolution among several is not served (``Accepted`` False
+    ``UnsupportedValue``); alone, it is its own cluster."""
+    route = attachment.route
+    conditions: list[Condition] = []
+    if len(route.rules) > 1:
+        conditions.append(
+            cond.failed(
+                route.key,
+                cond.ACCEPTED,
+                cond.UNSUPPORTED_VALUE,
+                "a UDP listener serves one rule: rules after the first are not served",
+                "rules[1]",
+            )
+        )
+    if not route.rules:
+        return (), tuple(conditions)
+    weights: dict[tuple[str, int], int] = {}
+    by_host = {s.fqdn: s for s in services}
+    for j, backend in enumerate(route.rules[0].backend_refs):
+        scope = f"rules[0].backendRefs[{j}]"
+        resolved = resolve_destination(route, scope, backend, services, grants)
+        if resolved.refusal is not None:
+            conditions.append(resolved.refusal)
+        elif resolved.destination is not None and resolved.weight > 0:
+            target = (resolved.destination.host, resolved.destination.port)
+            weights[target] = weights.get(target, 0) + resolved.weight
+    if len(weights) > 1:
+        for host, _ in weights:
+            service = by_host.get(host)
+            if service is not None and service.resolution is not Resolution.STATIC:
+                conditions.append(
+                    cond.failed(
+                        route.key,
+                        cond.ACCEPTED,
+                        cond.UNSUPPORTED_VALUE,
+                        f"{host} resolves its endpoints by DNS: weighted UDP backends are "
+                        "one cluster of their endpoints' addresses, so each must list them",
+                        "rules[0]",
+                    )
+                )
+                return (), tuple(conditions)
+    return tuple((h, p, w) for (h, p), w in weights.items()), tuple(conditions)
 
 
 def l4_virtual_service(
@@ -165,6 +236,9 @@ class L4Converted:
     virtual_services: tuple[VirtualService, ...] = ()
     conditions: tuple[Condition, ...] = ()
     problems: tuple[Problem, ...] = ()
+    #: Each UDP listener's backends, by (Gateway key, listener name): (canonical host,
+    #: UDP port, weight) each (``Server.datagrams_to``).
+    datagrams: tuple[tuple[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]], ...] = ()
 
 
 def convert_l4_routes(
@@ -179,20 +253,18 @@ def convert_l4_routes(
     """The TLSRoutes, TCPRoutes and UDPRoutes of ``routes`` (others are skipped), in
     key order, attached (``attach.attach``) to ``gateways`` (xdsd's, by (namespace,
     name)), as VirtualServices named ``gateway-api.tlsroute.ROUTE.N`` (or ``tcproute``; N
-    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions.
-    A route attached only to listeners xdsd does not serve (``served`` False: UDP, TLS
-    Terminate) is not accepted there (``UnsupportedValue``)."""
+    counting its attachments) bound to ``gateway_ref(gateway)``, with their conditions;
+    UDPRoutes as ``L4Converted.datagrams`` (no VirtualService). A route attached only
+    to listeners xdsd does not serve (``served`` False: TLS Terminate) is not accepted
+    there (``UnsupportedValue``)."""
     out: list[VirtualService] = []
     conditions: list[Condition] = []
     problems: list[Problem] = []
     taken: dict[tuple[ResourceKey, str], ResourceKey] = {}
+    sni: dict[tuple[ResourceKey, str, str], ResourceKey] = {}
+    datagrams: list[tuple[tuple[ResourceKey, str], tuple[tuple[str, int, int], ...]]] = []
     for route in sorted(routes, key=lambda r: r.key):
-        if route.kind == "UDPRoute":
-            condition, problem = udp_route(route)
-            conditions.append(condition)
-            problems.append(problem)
-            continue
-        if route.kind not in ("TLSRoute", "TCPRoute"):
+        if route.kind not in ("TLSRoute", "TCPRoute", "UDPRoute"):
             continue
         attachments, parents = attach(route, gateways, namespace_labels)
         refused = False
@@ -202,22 +274,30 @@ def convert_l4_routes(
             listener = attachment.listener
             if not served(attachment.gateway, listener):
                 continue
+            # attached (Accepted) even where another route holds the listener or SNI
+            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
             at = (attachment.gateway.key, listener.name)
-            if route.kind == "TCPRoute":
+            if route.kind in ("TCPRoute", "UDPRoute"):
                 owner = taken.setdefault(at, route.key)
                 if owner != route.key:
-                    found.append(
-                        cond.failed(
-                            route.key,
-                            cond.ACCEPTED,
-                            cond.UNSUPPORTED_VALUE,
-                            f"TCP listener {listener.name!r} already serves TCPRoute "
-                            f"{owner.namespace}/{owner.name}: a TCP listener serves one route",
-                            cond.parent_scope(attachment.parent),
-                        )
-                    )
+                    problems.append(_held_problem(route, attachment, owner, ()))
                     continue
-            usable[attachment.parent] = usable.get(attachment.parent, 0) + 1
+            if route.kind == "UDPRoute":
+                targets, more = udp_backend(attachment, services, grants)
+                found.extend(c for c in more if c not in found)
+                if targets:
+                    datagrams.append((at, targets))
+                continue
+            else:
+                hosts = attachment.hostnames
+                kept = tuple(h for h in hosts if sni.setdefault((*at, h), route.key) == route.key)
+                for host in hosts:
+                    owner = sni[(*at, host)]
+                    if owner != route.key:
+                        problems.append(_held_problem(route, attachment, owner, (host,)))
+                if not kept:
+                    continue
+                attachment = replace(attachment, hostnames=kept)
             name = f"{PREFIX}{route.kind.lower()}.{route.name}.{n}"
             vs, more = l4_virtual_service(
                 attachment, gateway_ref(attachment.gateway), services, grants, name
@@ -233,12 +313,11 @@ def convert_l4_routes(
                     route.key,
                     cond.ACCEPTED,
                     cond.UNSUPPORTED_VALUE,
-                    "the listeners it attaches to are not served (see the Gateway's "
-                    "conditions) or serve another route",
+                    "the listeners it attaches to are not served (see the Gateway's conditions)",
                     c.scope,
                 )
             conditions.append(c)
         conditions.extend(found)
         if usable and not any(c.type == cond.RESOLVED_REFS for c in found):
             conditions.append(cond.ok(route.key, cond.RESOLVED_REFS))
-    return L4Converted(tuple(out), tuple(conditions), tuple(problems))
+    return L4Converted(tuple(out), tuple(conditions), tuple(problems), tuple(datagrams))

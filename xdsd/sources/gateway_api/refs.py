@@ -115,8 +115,11 @@ def resolve_backend(
         )
     if found is None:
         return Resolved(None, cond.BACKEND_NOT_FOUND, f"no {what}")
-    if ref.port and all(p.number != ref.port for p in found.ports):
-        return Resolved(None, cond.BACKEND_NOT_FOUND, f"{what} has no port {ref.port}")
+    # a UDPRoute's backends are UDP ports, every other route's stream ports
+    ports = found.datagram_ports if route_kind == "UDPRoute" else found.ports
+    if ref.port and all(p.number != ref.port for p in ports):
+        udp = "UDP " if route_kind == "UDPRoute" else ""
+        return Resolved(None, cond.BACKEND_NOT_FOUND, f"{what} has no {udp}port {ref.port}")
     return Resolved(found)
 
 

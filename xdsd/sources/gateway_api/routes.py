@@ -25,6 +25,7 @@ from xdsd.model.gateway_api import (
 )
 from xdsd.model.service import FieldLines
 from xdsd.sources.gateway_api.common import (
+    GRPC_SEGMENT,
     MAX_BACKEND_REFS,
     MAX_FILTERS,
     MAX_HEADER_MATCHES,
@@ -32,8 +33,11 @@ from xdsd.sources.gateway_api.common import (
     MAX_MATCHES,
     MAX_PARENT_REFS,
     MAX_PATH,
+    MAX_QUERY_VALUE,
     MAX_RULES,
+    MAX_TLS_HOSTNAMES,
     MAX_TOTAL_MATCHES,
+    MAX_VALUE,
     MAX_WEIGHT,
     backend_object_ref,
     bounded_list,
@@ -95,9 +99,7 @@ def parse_http_route(spec: Fields, name: str, namespace: str, origin: Origin) ->
     parents = parent_refs(spec)
     hosts = hostnames(spec)
     rules = bounded_list(spec, "rules", _http_rule, MAX_RULES)
-    total = sum(len(r.matches) for r in rules)
-    if total > MAX_TOTAL_MATCHES:
-        spec.error("rules", f"hold {total} matches together: the Gateway API allows at most 128")
+    _total_matches(spec)
     _unique_rule_names(spec, rules)
     spec.finish()
     return Route(
@@ -111,11 +113,28 @@ def parse_grpc_route(spec: Fields, name: str, namespace: str, origin: Origin) ->
     parents = parent_refs(spec)
     hosts = hostnames(spec)
     rules = bounded_list(spec, "rules", _grpc_rule, MAX_RULES)
+    _total_matches(spec)
     _unique_rule_names(spec, rules)
     spec.finish()
     return Route(
         "GRPCRoute", name, namespace, parents, hosts, rules, origin=origin, lines=route_lines(spec)
     )
+
+
+def _total_matches(spec: Fields) -> None:
+    """The API's bound on the matches written in all rules of one route together (a
+    rule without ``matches`` counts none, as the API's rule counts)."""
+    raw = spec.data.get("rules")
+    if not isinstance(raw, list) or len(raw) > MAX_RULES:
+        return
+    total = sum(
+        len(r["matches"]) for r in raw if isinstance(r, dict) and isinstance(r.get("matches"), list)
+    )
+    if total > MAX_TOTAL_MATCHES:
+        spec.error(
+            "rules",
+            f"hold {total} matches together: the Gateway API allows at most {MAX_TOTAL_MATCHES}",
+        )
 
 
 def parse_tcp_route(spec: Fields, name: str, namespace: str, origin: Origin) -> Route:
@@ -129,7 +148,8 @@ def parse_udp_route(spec: Fields, name: str, namespace: str, origin: Origin) -> 
 
 
 def parse_tls_route(spec: Fields, name: str, namespace: str, origin: Origin) -> Route:
-    """A TLSRoute: parentRefs, hostnames (SNI), 1 to 16 rules of 1 to 16 backendRefs."""
+    """A TLSRoute: parentRefs, hostnames (SNI, at most 1024), 1 to 16 rules of 1 to 16
+    backendRefs."""
     return _l4_route("TLSRoute", spec, name, namespace, origin, hosts=True)
 
 
@@ -137,7 +157,7 @@ def _l4_route(
     kind: str, spec: Fields, name: str, namespace: str, origin: Origin, *, hosts: bool
 ) -> Route:
     parents = parent_refs(spec)
-    names = hostnames(spec) if hosts else ()
+    names = hostnames(spec, maximum=MAX_TLS_HOSTNAMES) if hosts else ()
     rules = bounded_list(spec, "rules", _l4_rule, MAX_RULES, minimum=1, required=True)
     _unique_rule_names(spec, rules)
     spec.finish()
@@ -280,7 +300,10 @@ def _path_match(f: Fields) -> StringMatch | None:
 
 
 def _matches(f: Fields, key: str, types: tuple[str, ...]) -> tuple[StringMatch, ...]:
-    found = bounded_list(f, key, lambda m: string_match(m, types), MAX_HEADER_MATCHES)
+    most = MAX_QUERY_VALUE if key == "queryParams" else MAX_VALUE
+    found = bounded_list(
+        f, key, lambda m: string_match(m, types, value_max=most), MAX_HEADER_MATCHES
+    )
     seen: set[str] = set()
     for i, match in enumerate(found):
         folded = match.name.lower() if key == "headers" else match.name
@@ -309,9 +332,12 @@ def _grpc_match(f: Fields) -> RouteMatch | None:
             if method and not _GRPC_METHOD.match(method):
                 m.error("method", f"must be a gRPC method name: {method!r:.80}")
         else:
-            for key, value in (("service", service), ("method", method)):
-                if value:
-                    check_regex(m, key, value)
+            fine = all(
+                check_regex(m, k, v) for k, v in (("service", service), ("method", method)) if v
+            )
+            if fine:
+                # what Envoy runs: the path /SERVICE/METHOD (grpc.method_match)
+                check_regex(m, None, f"/{service or GRPC_SEGMENT}/{method or GRPC_SEGMENT}")
     headers = _matches(f, "headers", ("Exact", "RegularExpression"))
     f.finish()
     return RouteMatch(
