@@ -37,7 +37,13 @@ from xdsd.translate.clusters import (
     is_eds,
 )
 from xdsd.translate.config_sources import config_source
-from xdsd.translate.endpoints import assignment_resource, select_endpoints
+from xdsd.translate.endpoints import (
+    _sorted_payload,
+    assignment_payload,
+    assignment_resource,
+    load_assignment,
+    select_endpoints,
+)
 from xdsd.translate.memo import Memo
 from xdsd.translate.mesh_tls import with_mesh_tls
 from xdsd.translate.node import ConfigSourceKind
@@ -178,3 +184,32 @@ def test_builders_take_subsets_from_one_ordering_of_the_service() -> None:
                 made = builders.assignment(spec)
                 assert made == assignment_resource(spec.name, spec.port, want)
                 assert made.payload == assignment_resource(spec.name, spec.port, want).payload
+
+
+def test_assignment_bytes_in_one_pass_or_sorted_are_the_message_built_by_fields() -> None:
+    """In ``select_endpoints`` order (one pass) or any other (sorted first), with equal
+    localities as distinct objects, repeated addresses, named ports and plaintext
+    endpoints: the same bytes as sorting first (``_sorted_payload``, which
+    ``test_endpoints`` holds to the message built field by field), ties in the given
+    order."""
+    rng = random.Random(11)
+    port = http(9080)
+    for _ in range(300):
+        endpoints = [
+            Endpoint(
+                f"10.0.0.{rng.randrange(4)}",
+                locality=rng.choice([Locality(), Locality("r1", "z1"), Locality("r1", "z1")]),
+                weight=rng.randrange(1, 3),
+                ports=rng.choice([(), (("http", 7000 + rng.randrange(2)),)]),
+                healthy=rng.random() > 0.2,
+            )
+            for _ in range(rng.randrange(0, 9))
+        ]
+        plaintext = frozenset(e for e in endpoints if rng.random() < 0.3)
+        svc = service("s", port, endpoints=tuple(endpoints))
+        for given in (select_endpoints(svc, port), endpoints):
+            want = _sorted_payload("c", port, given, plaintext)
+            assert assignment_payload("c", port, given, plaintext) == want
+            assert assignment_payload("c", port, iter(given), plaintext) == want
+            message = load_assignment("c", port, given, plaintext)
+            assert message.SerializeToString(deterministic=True) == want
