@@ -657,14 +657,16 @@ def _block_all_field() -> bytes:
     route = block.routes.add(name=BLOCK_ALL)
     route.match.prefix = "/"
     route.direct_response.status = BLOCKED_STATUS
-    return config.SerializeToString(deterministic=True)
+    data: bytes = config.SerializeToString(deterministic=True)
+    return data
 
 
 def _tail() -> bytes:
     """The fields ``route_configuration`` sets besides name and virtual hosts."""
     config = route_pb2.RouteConfiguration()
     config.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
-    return config.SerializeToString(deterministic=True)
+    data: bytes = config.SerializeToString(deterministic=True)
+    return data
 
 
 _BLOCK_ALL_FIELD = _block_all_field()
