@@ -101,3 +101,29 @@ def test_wire_route_configuration_raises_what_the_message_raises() -> None:
     with pytest.raises(TranslationError) as got:
         builder.route_configuration_resource("http_proxy", vhosts)
     assert got.value.problems == want.value.problems and got.value.problems
+
+
+def test_routes_encoded_once_and_taken_over_while_their_routes_are_reused() -> None:
+    """A builder for the next mesh takes over the encoding of the routes it reuses (the
+    same memo entry) and encodes again those it builds again; its configurations are
+    still exactly ``Resource.of`` of the messages."""
+    mesh = bookinfo()
+    first = RouteBuilder(mesh, MatcherStyle.STRING_MATCH)
+    pairs = [(s, p) for s in mesh.services for p in s.ports if p.protocol.is_http]
+    vhosts = dedupe_domains((s, p, proxy_domains(s, p.number)) for s, p in pairs)
+    first.route_configuration_resource("http_proxy", vhosts)
+    vs = mesh.virtual_services[0]
+    edited = dataclasses.replace(
+        mesh, virtual_services=(dataclasses.replace(vs, http=vs.http[1:]),)
+    )
+    second = RouteBuilder(
+        edited, MatcherStyle.STRING_MATCH, previous=first.memo, previous_encoded=first.encoded
+    )
+    pairs = [(s, p) for s in edited.services for p in s.ports if p.protocol.is_http]
+    vhosts = dedupe_domains((s, p, proxy_domains(s, p.number)) for s, p in pairs)
+    made = second.route_configuration_resource("http_proxy", vhosts)
+    assert_same(made, Resource.of("http_proxy", second.route_configuration("http_proxy", vhosts)))
+    reviews = next(k for k in second.encoded if k[0] == vs.key or k[0][-1] == "reviews")
+    assert second.encoded[reviews] is not first.encoded[reviews]  # its rule changed
+    kept = [k for k in second.encoded if k != reviews]
+    assert kept and all(second.encoded[k] is first.encoded[k] for k in kept)

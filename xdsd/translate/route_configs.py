@@ -60,7 +60,7 @@ class RouteConfigs:
         self._group_inputs: dict[tuple[int, MatcherStyle, Hashable], tuple[Hashable, ...]] = {}
         self._prev_configs = previous._configs if previous is not None else {}
         self._prev_routes = (
-            {style: b.memo for style, b in previous._builders.items()}
+            {style: (b.memo, b.encoded) for style, b in previous._builders.items()}
             if previous is not None
             else {}
         )
@@ -69,7 +69,8 @@ class RouteConfigs:
         """The route builder of ``style`` (routes per service port, memoized)."""
         found = self._builders.get(style)
         if found is None:
-            found = RouteBuilder(self.mesh, style, previous=self._prev_routes.get(style))
+            memo, encoded = self._prev_routes.get(style, (None, None))
+            found = RouteBuilder(self.mesh, style, previous=memo, previous_encoded=encoded)
             self._builders[style] = found
         return found
 

@@ -142,6 +142,9 @@ def dedupe_domains(candidates: Iterable[tuple[Service, Port, list[str]]]) -> lis
 
 #: The memo key of the routes of a virtual host: (service, port, caller).
 RoutesKey = tuple[ResourceKey, int, Caller]
+#: A routes memo entry (what the routes are made of, the routes), the routes' encoding as
+#: ``VirtualHost.routes`` fields, and the clusters they reference.
+EncodedRoutes = tuple[tuple[Hashable, list[Any]], bytes, tuple[tuple[str, str], ...]]
 
 
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
@@ -169,6 +172,7 @@ class RouteBuilder:
         style: MatcherStyle,
         *,
         previous: Mapping[RoutesKey, tuple[Hashable, list[Any]]] | None = None,
+        previous_encoded: Mapping[RoutesKey, EncodedRoutes] | None = None,
     ) -> None:
         self._mesh = mesh
         self._style = style
@@ -178,10 +182,12 @@ class RouteBuilder:
         # for the next mesh reuses the routes whose inputs compare equal (``previous=``,
         # the ``memo`` of the builder of the same style for the previous mesh).
         self.memo: dict[RoutesKey, tuple[Hashable, list[Any]]] = {}
-        # The same keys → the routes' encoding as ``VirtualHost.routes`` fields, and the
-        # clusters they reference (for ``route_configuration_resource``; this builder's
-        # routes only, so a reused routes list is encoded again once per mesh).
-        self._encoded: dict[RoutesKey, tuple[bytes, tuple[tuple[str, str], ...]]] = {}
+        # The same keys → the routes' encoding as ``VirtualHost.routes`` fields and the
+        # clusters they reference (``route_configuration_resource``), with the memo entry
+        # they were encoded from; taken over from the previous builder (``previous_encoded``,
+        # its ``encoded``) while that entry is the one reused.
+        self.encoded: dict[RoutesKey, EncodedRoutes] = {}
+        self._previous_encoded = previous_encoded if previous_encoded is not None else {}
         self._previous = previous if previous is not None else {}
 
     def relevance(self) -> Relevance:
@@ -260,17 +266,22 @@ class RouteBuilder:
         """``routes(service, port, caller)`` as ``VirtualHost.routes`` fields (each
         route's deterministic encoding) and the clusters they reference."""
         key = self._routes_key(service, port, caller)
-        found = self._encoded.get(key)
+        found = self.encoded.get(key)
         if found is None:
-            routes = self.memo[key][1]
-            found = (
-                b"".join(
-                    delimited(_VH_ROUTES, r.SerializeToString(deterministic=True)) for r in routes
-                ),
-                route_refs(routes),
-            )
-            self._encoded[key] = found
-        return found
+            entry = self.memo[key]
+            found = self._previous_encoded.get(key)
+            if found is None or found[0] is not entry:
+                routes = entry[1]
+                found = (
+                    entry,
+                    b"".join(
+                        delimited(_VH_ROUTES, r.SerializeToString(deterministic=True))
+                        for r in routes
+                    ),
+                    route_refs(routes),
+                )
+            self.encoded[key] = found
+        return found[1], found[2]
 
     def route_configuration_resource(
         self,
