@@ -3,11 +3,14 @@
 How this works: building a message field by field costs a Python call per field and an
 object per nested message; a large mesh has hundreds of thousands of endpoints. Their
 messages are instead written as protobuf wire bytes here (length-delimited fields, varints:
-the whole encoding they need) and parsed once by the generated class (``FromString``, in
-C). Field numbers are read from the message descriptors, never written by hand. Parsing
-makes the message exactly what the bytes say, and ``Resource.of`` encodes it again
-deterministically, so the encoding of a resource does not depend on how it was built
-(tests compare both ways of building).
+the whole encoding they need). Field numbers are read from the message descriptors, never
+written by hand. Bytes written in field-number order, as the deterministic encoder writes
+them, become a ``Resource`` as they are (``Resource.encoded``: ClusterLoadAssignments,
+EDS clusters cut from a template with ``top_level_fields``, route configurations spliced
+from each route list's encoding); others are parsed by the generated class
+(``FromString``, in C) and encoded again by ``Resource.of``. Either way the encoding of a
+resource does not depend on how it was built (tests compare each writer's bytes with
+``Resource.of`` of the message built field by field).
 """
 
 from __future__ import annotations
