@@ -23,14 +23,27 @@ conditions) next to it without them: cold build, each further class, one service
 changed, and one policy's file changed (a policy selecting a watched class; the
 mesh-wide one, which every class takes), with the ratios.
 
+With ``--baseline TREE`` (a checkout of other code, e.g. ``git worktree add ../base REV``),
+the largest mesh is measured side by side instead: ``--runs`` times, alternately with
+TREE's code and this tree's, a cold build in a fresh Python process (``MeshState.reload``
+then the first class's snapshot, imports excluded; wall, CPU, peak RSS), then in
+``--edit-runs`` fresh processes per tree, alternately, the one-file change (``--edits``
+edits) and its peak RSS; medians,
+p99 and the load average. Both trees must produce the same snapshots (checked: a digest
+of every watched class's resources and versions).
+
 ``python -m bench rebuild [--services 100,1000,10000] [--endpoints 10] [--edits 20]
-[--runs 3] [--mtls] [--policies 1000]``
+[--runs 3] [--mtls] [--policies 1000] [--baseline TREE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -198,8 +211,22 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=0,
         help="also measure the largest mesh with this many AuthorizationPolicies",
     )
+    parser.add_argument(
+        "--edit-runs",
+        type=int,
+        default=1,
+        help="with --baseline: fresh processes per tree measuring the edits, alternately",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a checkout of other code: the largest mesh built alternately with it and this "
+        "tree, each build in a fresh process",
+    )
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.services.split(","))
+    if args.baseline:
+        return side_by_side(Path(args.baseline).resolve(), sizes[-1], args)
     results: dict[str, Any] = {"endpoints": args.endpoints, "mtls": args.mtls, "cold": {}}
     with tempfile.TemporaryDirectory() as tmp:
         config = Path()
@@ -293,3 +320,121 @@ def _print_policies(results: dict[str, Any]) -> None:
     for key in ("one_file", "one_policy", "mesh_wide_policy"):
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r[key]["phases_p50_ms"].items())
         print(f"  {key} p50 phases ms: {phases}")
+
+
+#: What a fresh process runs (``python -c``, the measured tree first on ``sys.path``):
+#: argv: config directory, "cold" or "edits", the number of edits. Prints one JSON line.
+_FRESH = """
+import hashlib, json, resource, sys, time
+t, c = time.perf_counter(), time.process_time()
+from xdsd.app import MeshState
+from bench.rebuild import _classes, one_file
+from pathlib import Path
+config, mode, edits = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = {}
+if mode == "cold":
+    t, c = time.perf_counter(), time.process_time()
+    state = MeshState(config)
+    state.reload()
+    out["load"] = time.perf_counter() - t
+    state.snapshot(_classes()[0])
+    out["cold"], out["cpu"] = time.perf_counter() - t, time.process_time() - c
+    digest = hashlib.sha256()
+    for node in _classes():
+        snapshot = state.snapshot(node)
+        digest.update(repr(sorted(snapshot.versions.items())).encode())
+        for type_url in sorted(snapshot.resources):
+            for name, r in snapshot.resources[type_url].items():
+                digest.update(f"{type_url}{name}{r.digest}{r.references}".encode() + r.payload)
+    out["digest"] = digest.hexdigest()
+else:
+    out = one_file(Path(config), edits)
+out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def _fresh(tree: Path, config: Path, mode: str, edits: int) -> dict[str, Any]:
+    """One fresh process running ``_FRESH`` with ``tree``'s code."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(config), mode, str(edits)],
+        env=env,
+        cwd=str(tree),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise RuntimeError(f"{tree}: {mode} run failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``--baseline``: the cold build and the one-file change of ``services`` services,
+    alternately with ``baseline``'s code and this tree's, each in fresh processes."""
+    here = Path(__file__).resolve().parent.parent
+    trees = {"baseline": baseline, "this tree": here}
+    cold_runs: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
+    edits: dict[str, list[dict[str, Any]]] = {}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_mesh(Path(tmp), services, endpoints=args.endpoints)
+        for _ in range(args.runs):
+            for label, tree in trees.items():
+                cold_runs[label].append(_fresh(tree, config, "cold", 0))
+                loads.append(os.getloadavg()[0])
+        for run in range(args.edit_runs):
+            for i, (label, tree) in enumerate(trees.items()):
+                # a mesh of its own: the edits write the same addresses in turn
+                root = Path(tmp) / f"edits-{run}-{i}"
+                fresh = write_mesh(root, services, endpoints=args.endpoints)
+                edits.setdefault(label, []).append(_fresh(tree, fresh, "edits", args.edits))
+                loads.append(os.getloadavg()[0])
+    digests = {label: {r["digest"] for r in runs} for label, runs in cold_runs.items()}
+    same = len(set().union(*digests.values())) == 1
+    out: dict[str, Any] = {"services": services, "runs": args.runs, "same_snapshots": same}
+    print(
+        f"{services} services, {args.endpoints} endpoints each; cold build (reload + first "
+        f"class) in {args.runs} fresh processes per tree, alternately; load average "
+        f"{min(loads):.2f}-{max(loads):.2f}"
+    )
+    print(
+        f"{'':11}{'cold p50':>10}{'p99':>8}{'min':>8}{'load p50':>10}{'CPU p50':>9}"
+        f"{'RSS MB':>8}{'edit p50':>10}{'p99':>9}{'max':>9}{'RSS MB':>8}"
+    )
+    print(f"(edits: {args.edit_runs} fresh processes per tree, alternately; p50 their median)")
+    for label, runs in cold_runs.items():
+        colds = [r["cold"] for r in runs]
+        row = {
+            "cold_p50_s": round(statistics.median(colds), 3),
+            "cold_p99_s": round(_p99(colds), 3),
+            "cold_min_s": round(min(colds), 3),
+            "cold_runs_s": [round(c, 3) for c in colds],
+            "load_p50_s": round(statistics.median(r["load"] for r in runs), 3),
+            "cpu_p50_s": round(statistics.median(r["cpu"] for r in runs), 3),
+            "cold_rss_mb": round(statistics.median(r["rss_mb"] for r in runs), 1),
+            "one_file": edits[label],
+        }
+        out[label] = row
+        e = {
+            "p50_ms": statistics.median(r["p50_ms"] for r in edits[label]),
+            "p99_ms": max(r["p99_ms"] for r in edits[label]),
+            "max_ms": max(r["max_ms"] for r in edits[label]),
+            "rss_mb": max(r["rss_mb"] for r in edits[label]),
+        }
+        row["one_file_summary"] = e
+        print(
+            f"{label:11}{row['cold_p50_s']:>9.2f}s{row['cold_p99_s']:>7.2f}s"
+            f"{row['cold_min_s']:>7.2f}s{row['load_p50_s']:>9.2f}s{row['cpu_p50_s']:>8.2f}s"
+            f"{row['cold_rss_mb']:>8.0f}{e['p50_ms']:>8.1f}ms{e['p99_ms']:>7.1f}ms"
+            f"{e['max_ms']:>7.1f}ms{e['rss_mb']:>8.0f}"
+        )
+    print(f"same snapshots from both trees: {same}")
+    return out

@@ -10,6 +10,9 @@ those Secrets. Computed once, when a ``Resource`` is made.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -154,15 +157,27 @@ UNRESOLVED_BACKEND_CLUSTER = "gateway-api|unresolved-backend"
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
     names: dict[tuple[str, str], None] = {}
     for vhost in config.virtual_hosts:
-        for route in vhost.routes:
-            if not route.HasField("route"):
-                continue
-            action = route.route
-            if action.cluster and action.cluster != UNRESOLVED_BACKEND_CLUSTER:
-                names[(_CLUSTER, action.cluster)] = None
-            for wc in action.weighted_clusters.clusters:
-                if wc.name != UNRESOLVED_BACKEND_CLUSTER:
-                    names[(_CLUSTER, wc.name)] = None
-            for mirror in action.request_mirror_policies:
-                names[(_CLUSTER, mirror.cluster)] = None
+        _add_route_refs(vhost.routes, names)
     return tuple(names)
+
+
+def route_refs(routes: Iterable[Message]) -> Refs:
+    """The clusters ``routes`` (``Route`` messages) send to or mirror to, in the order
+    ``references_of`` lists them for a route configuration holding them."""
+    names: dict[tuple[str, str], None] = {}
+    _add_route_refs(routes, names)
+    return tuple(names)
+
+
+def _add_route_refs(routes: Iterable[Any], names: dict[tuple[str, str], None]) -> None:
+    for route in routes:
+        if not route.HasField("route"):
+            continue
+        action = route.route
+        if action.cluster and action.cluster != UNRESOLVED_BACKEND_CLUSTER:
+            names[(_CLUSTER, action.cluster)] = None
+        for wc in action.weighted_clusters.clusters:
+            if wc.name != UNRESOLVED_BACKEND_CLUSTER:
+                names[(_CLUSTER, wc.name)] = None
+        for mirror in action.request_mirror_policies:
+            names[(_CLUSTER, mirror.cluster)] = None

@@ -44,7 +44,8 @@ from xdsd.model import (
     TrafficPolicy,
 )
 from xdsd.model.rules import SimpleLB
-from xdsd.resources import pack
+from xdsd.resources import CLUSTER, ENDPOINT, SECRET, Resource, pack
+from xdsd.resources.references import references_of
 from xdsd.translate.cluster_policy import (
     CONNECT_TIMEOUT,
     apply_health_check,
@@ -60,7 +61,7 @@ from xdsd.translate.endpoints import load_assignment, select_endpoints
 from xdsd.translate.forward_proxy import make_forward_proxy_cluster
 from xdsd.translate.node import ClientKind, ConfigSourceKind, NodeClass
 from xdsd.translate.peer_authentication import add_plaintext_match
-from xdsd.translate.wire import delimited, tag
+from xdsd.translate.wire import delimited, tag, top_level_fields
 
 #: Where an application listens behind its sidecar.
 LOCALHOST = "127.0.0.1"
@@ -181,12 +182,8 @@ def build_outbound_cluster(spec: OutboundCluster, flavor: ClusterFlavor) -> Any:
     name = spec.name
     if is_eds(spec, flavor):
         # Only the name differs between EDS clusters of one flavor, port and policy: their
-        # wire bytes are the name's followed by a template's (see ``wire``; parsing merges
-        # the two ``eds_cluster_config`` fields).
-        head = delimited(_CLUSTER_NAME, name.encode()) + delimited(
-            _EDS_CONFIG, delimited(_EDS_SERVICE_NAME, name.encode())
-        )
-        return cluster_pb2.Cluster.FromString(head + _eds_template(spec, flavor))
+        # wire bytes are a template's with the name written in (see ``EdsTemplate``).
+        return cluster_pb2.Cluster.FromString(eds_template(spec, flavor).payload(name))
     cluster = cluster_pb2.Cluster(name=name)
     if spec.service.resolution is Resolution.NONE:
         _configure(cluster, spec, flavor)
@@ -230,18 +227,81 @@ def _configure(cluster: Any, spec: OutboundCluster, flavor: ClusterFlavor) -> No
 _CLUSTER_NAME = tag(cluster_pb2.Cluster, "name")[1]
 _EDS_CONFIG = tag(cluster_pb2.Cluster, "eds_cluster_config")[1]
 _EDS_SERVICE_NAME = tag(cluster_pb2.Cluster.EdsClusterConfig, "service_name")[1]
-#: Unnamed EDS clusters' wire bytes by (flavor, port, policy, health check); only
+
+
+@dataclass(frozen=True, slots=True)
+class EdsTemplate:
+    """The deterministic encoding of an EDS cluster without its name, cut where the name
+    goes: a cluster named N is ``name(N) + before + eds_cluster_config(eds_config +
+    service_name(N)) + after``, which is what ``encode`` gives for it (the encoder writes
+    fields in number order; ``name`` is field 1, ``eds_cluster_config`` the field that
+    follows ``type``, ``service_name`` the field after ``eds_config``; tested equal to
+    ``Resource.of`` of the parsed cluster). ``secrets``: the SDS secrets the template's
+    transport socket names (``references_of``), the same for every name."""
+
+    before: bytes
+    eds_config: bytes
+    after: bytes
+    secrets: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, encoded: bytes) -> EdsTemplate:
+        """Cut the deterministic encoding of an unnamed EDS cluster (no ``name``, an
+        ``eds_cluster_config`` without ``service_name``). Raises ValueError when the
+        bytes are not of that shape."""
+        fields = top_level_fields(encoded)
+        spans = [span for number, span in fields if number == _EDS_CONFIG_NUMBER]
+        if len(spans) != 1 or any(number == _NAME_NUMBER for number, _ in fields):
+            raise ValueError("not an unnamed EDS cluster's encoding")
+        start, body, end = spans[0]
+        config = encoded[body:end]
+        if any(number != _EDS_CONFIG_SOURCE_NUMBER for number, _ in top_level_fields(config)):
+            raise ValueError("eds_cluster_config holds more than its config source")
+        refs = references_of(cluster_pb2.Cluster.FromString(encoded))
+        secrets = tuple(ref for ref in refs if ref[0] == SECRET)
+        return cls(encoded[:start], config, encoded[end:], secrets)
+
+    def payload(self, name: str) -> bytes:
+        """The deterministic encoding of this cluster named ``name``."""
+        raw = name.encode()
+        return b"".join(
+            (
+                delimited(_CLUSTER_NAME, raw),
+                self.before,
+                delimited(_EDS_CONFIG, self.eds_config + delimited(_EDS_SERVICE_NAME, raw)),
+                self.after,
+            )
+        )
+
+
+_NAME_NUMBER = cluster_pb2.Cluster.DESCRIPTOR.fields_by_name["name"].number
+_EDS_CONFIG_NUMBER = cluster_pb2.Cluster.DESCRIPTOR.fields_by_name["eds_cluster_config"].number
+_EDS_CONFIG_SOURCE_NUMBER = cluster_pb2.Cluster.EdsClusterConfig.DESCRIPTOR.fields_by_name[
+    "eds_config"
+].number
+
+
+def eds_cluster_resource(name: str, template: EdsTemplate) -> Resource:
+    """``Resource.of`` the EDS cluster ``name`` of ``template``, made from its encoding
+    without building, parsing or encoding a message (a memo build: ``BaseBuilders``)."""
+    return Resource.encoded(
+        name, CLUSTER, template.payload(name), ((ENDPOINT, name), *template.secrets)
+    )
+
+
+#: Unnamed EDS clusters' templates by (flavor, port, policy, health check); only
 #: successes are kept, so a policy that cannot be translated raises again, naming each
 #: rule that uses it.
 _EDS_TEMPLATES: dict[
-    tuple[ClusterFlavor, Port, TrafficPolicy | None, HealthCheck | None, bool], bytes
+    tuple[ClusterFlavor, Port, TrafficPolicy | None, HealthCheck | None, bool], EdsTemplate
 ] = {}
 _MAX_TEMPLATES = 4096
 
 
-def _eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> bytes:
-    """The wire bytes of ``spec``'s EDS cluster without its name (meshes have few distinct
-    (flavor, port, policy, health check, auto mTLS) keys: each is built once)."""
+def eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> EdsTemplate:
+    """The template of ``spec``'s EDS cluster for ``flavor`` (meshes have few distinct
+    (flavor, port, policy, health check, auto mTLS) keys: each is built once). Raises
+    TranslationError as ``build_outbound_cluster`` does."""
     key = (flavor, spec.port, spec.policy, spec.health_check, spec.auto_mtls)
     found = _EDS_TEMPLATES.get(key)
     if found is None:
@@ -250,7 +310,7 @@ def _eds_template(spec: OutboundCluster, flavor: ClusterFlavor) -> bytes:
         kind = ConfigSourceKind.REST if rest else ConfigSourceKind.ADS
         cluster.eds_cluster_config.eds_config.CopyFrom(config_source(kind))
         _configure(cluster, spec, flavor)
-        found = cluster.SerializeToString(deterministic=True)
+        found = EdsTemplate.of(cluster.SerializeToString(deterministic=True))
         if len(_EDS_TEMPLATES) >= _MAX_TEMPLATES:
             _EDS_TEMPLATES.clear()
         _EDS_TEMPLATES[key] = found

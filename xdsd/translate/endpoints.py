@@ -116,6 +116,57 @@ def assignment_payload(
 ) -> bytes:
     """The deterministic encoding of ``load_assignment(cluster_name, port, endpoints,
     plaintext)``: fields in number order, as ``encode`` writes them."""
+    if not isinstance(endpoints, tuple | list):
+        endpoints = tuple(endpoints)  # read twice when not in order
+    number = port.number
+    out = [delimited(_CLA_NAME, cluster_name.encode())]
+    lb_endpoint = _lb_endpoint
+    check = bool(plaintext)
+    # One pass when the endpoints come in (locality, address, port) order, as
+    # ``select_endpoints`` gives them: a locality's group ends where the next begins.
+    where: tuple[str, str, str] | None = None
+    last_locality: Locality | None = None
+    last_address, last_port = "", -1
+    parts: list[bytes] = []
+    total = 0
+    for e in endpoints:
+        locality = e.locality
+        address = e.address
+        port_number = e.port_for(port) if e.ports else number
+        if locality is not last_locality:
+            key = (locality.region, locality.zone, locality.sub_zone)
+            if key != where:
+                if where is not None:
+                    if key < where:
+                        return _sorted_payload(cluster_name, port, endpoints, plaintext)
+                    parts.append(_lle_weight(total))
+                    out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
+                where = key
+                parts = [_locality(key)]
+                total = 0
+                last_address, last_port = "", -1
+            last_locality = locality
+        if address < last_address or (address == last_address and port_number < last_port):
+            return _sorted_payload(cluster_name, port, endpoints, plaintext)
+        last_address, last_port = address, port_number
+        weight = e.weight if e.weight > 1 else 1  # endpoint_weight
+        parts.append(
+            lb_endpoint(address, port_number, weight, check and e in plaintext, not e.healthy)
+        )
+        total += weight
+    if where is not None:
+        parts.append(_lle_weight(total))
+        out.append(delimited(_LLE_ENDPOINTS, b"".join(parts)))
+    return b"".join(out)
+
+
+def _sorted_payload(
+    cluster_name: str,
+    port: Port,
+    endpoints: Iterable[Endpoint],
+    plaintext: Collection[Endpoint],
+) -> bytes:
+    """``assignment_payload`` of endpoints in any order: sorted first."""
     # (locality, address, port), then the given order: a stable sort by that key.
     number = port.number
     rows = sorted(

@@ -25,7 +25,6 @@ that see the same services share them, across reloads too.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
 
 from xdsd.model import Mesh, Resolution
 from xdsd.resources import Resource
@@ -61,7 +60,7 @@ class RouteConfigs:
         self._group_inputs: dict[tuple[int, MatcherStyle, Hashable], tuple[Hashable, ...]] = {}
         self._prev_configs = previous._configs if previous is not None else {}
         self._prev_routes = (
-            {style: b.memo for style, b in previous._builders.items()}
+            {style: (b.memo, b.encoded) for style, b in previous._builders.items()}
             if previous is not None
             else {}
         )
@@ -70,7 +69,8 @@ class RouteConfigs:
         """The route builder of ``style`` (routes per service port, memoized)."""
         found = self._builders.get(style)
         if found is None:
-            found = RouteBuilder(self.mesh, style, previous=self._prev_routes.get(style))
+            memo, encoded = self._prev_routes.get(style, (None, None))
+            found = RouteBuilder(self.mesh, style, previous=memo, previous_encoded=encoded)
             self._builders[style] = found
         return found
 
@@ -119,7 +119,7 @@ class RouteConfigs:
         return self._config(
             (name, style, caller, view, block_unknown),
             self._inputs_of_group(group, style, view),
-            lambda: builder.route_configuration(
+            lambda: builder.route_configuration_resource(
                 name, self.vhosts_for_port(group, view), caller, block_unknown=block_unknown
             ),
         )
@@ -139,13 +139,13 @@ class RouteConfigs:
         Raises TranslationError as ``port_routes`` does."""
         builder = self.builder(style)
 
-        def build() -> Any:
+        def build() -> Resource:
             vhosts = dedupe_domains(
                 (service, port, proxy_domains(service, port.number))
                 for group in groups
                 for service, port in group.http
             )
-            return builder.route_configuration(
+            return builder.route_configuration_resource(
                 HTTP_PROXY_ROUTES, vhosts, caller, block_unknown=block_unknown
             )
 
@@ -175,7 +175,7 @@ class RouteConfigs:
         return found
 
     def _config(
-        self, key: ConfigKey, inputs: tuple[Hashable, ...], build: Callable[[], Any]
+        self, key: ConfigKey, inputs: tuple[Hashable, ...], build: Callable[[], Resource]
     ) -> Resource:
         """The route configuration ``build`` makes, memoized in this translation and taken
         over from the previous one when its ``inputs`` compare equal."""
@@ -185,6 +185,6 @@ class RouteConfigs:
             if old is not None and old.inputs == inputs:
                 found = old
             else:
-                found = RouteConfigEntry(inputs, Resource.of(key[0], build()))
+                found = RouteConfigEntry(inputs, build())
             self._configs[key] = found
         return found.resource

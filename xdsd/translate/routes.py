@@ -53,8 +53,8 @@ from xdsd.model import (
     VirtualService,
 )
 from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
-from xdsd.resources import pack
-from xdsd.resources.references import UNRESOLVED_BACKEND_CLUSTER
+from xdsd.resources import ROUTE, Resource, pack
+from xdsd.resources.references import UNRESOLVED_BACKEND_CLUSTER, route_refs
 from xdsd.translate.clusters import inbound_cluster_name, outbound_cluster_name
 from xdsd.translate.config_sources import duration
 from xdsd.translate.hash_policy import add_hash_policies, rule_hashes
@@ -80,6 +80,7 @@ from xdsd.translate.route_matches import (
     set_match,
 )
 from xdsd.translate.route_matches import MatcherStyle as MatcherStyle  # re-exported
+from xdsd.translate.wire import delimited, tag
 
 #: Istio's default retry policy.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -141,6 +142,9 @@ def dedupe_domains(candidates: Iterable[tuple[Service, Port, list[str]]]) -> lis
 
 #: The memo key of the routes of a virtual host: (service, port, caller).
 RoutesKey = tuple[ResourceKey, int, Caller]
+#: A routes memo entry (what the routes are made of, the routes), the routes' encoding as
+#: ``VirtualHost.routes`` fields, and the clusters they reference.
+EncodedRoutes = tuple[tuple[Hashable, list[Any]], bytes, tuple[tuple[str, str], ...]]
 
 
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
@@ -168,6 +172,7 @@ class RouteBuilder:
         style: MatcherStyle,
         *,
         previous: Mapping[RoutesKey, tuple[Hashable, list[Any]]] | None = None,
+        previous_encoded: Mapping[RoutesKey, EncodedRoutes] | None = None,
     ) -> None:
         self._mesh = mesh
         self._style = style
@@ -177,6 +182,12 @@ class RouteBuilder:
         # for the next mesh reuses the routes whose inputs compare equal (``previous=``,
         # the ``memo`` of the builder of the same style for the previous mesh).
         self.memo: dict[RoutesKey, tuple[Hashable, list[Any]]] = {}
+        # The same keys → the routes' encoding as ``VirtualHost.routes`` fields and the
+        # clusters they reference (``route_configuration_resource``), with the memo entry
+        # they were encoded from; taken over from the previous builder (``previous_encoded``,
+        # its ``encoded``) while that entry is the one reused.
+        self.encoded: dict[RoutesKey, EncodedRoutes] = {}
+        self._previous_encoded = previous_encoded if previous_encoded is not None else {}
         self._previous = previous if previous is not None else {}
 
     def relevance(self) -> Relevance:
@@ -222,6 +233,11 @@ class RouteBuilder:
         """The routes of ``service``'s virtual host for ``port`` as ``caller`` sees them
         (memoized per the part of ``caller`` the service's rule looks at, and reused from
         the previous builder when what they are made of is unchanged)."""
+        return self.memo[self._routes_key(service, port, caller)][1]
+
+    def _routes_key(self, service: Service, port: int, caller: Caller) -> RoutesKey:
+        """The memo key of ``routes(service, port, caller)``, its routes built if they
+        were not yet. Raises TranslationError as ``route_configuration`` does."""
         vs = self._rules.get(service.key)
         if vs is not None and caller is not NO_CALLER:
             caller = caller_of(caller.labels, caller.namespace or "", self._relevance_of(vs))
@@ -242,7 +258,66 @@ class RouteBuilder:
                     self._rule_routes(vs, port, lambda m: applies_to_sidecar(m, caller)),
                 )
             self.memo[key] = found
-        return found[1]
+        return key
+
+    def _encoded_routes(
+        self, service: Service, port: int, caller: Caller
+    ) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        """``routes(service, port, caller)`` as ``VirtualHost.routes`` fields (each
+        route's deterministic encoding) and the clusters they reference."""
+        key = self._routes_key(service, port, caller)
+        found = self.encoded.get(key)
+        if found is None:
+            entry = self.memo[key]
+            found = self._previous_encoded.get(key)
+            if found is None or found[0] is not entry:
+                routes = entry[1]
+                found = (
+                    entry,
+                    b"".join(
+                        delimited(_VH_ROUTES, r.SerializeToString(deterministic=True))
+                        for r in routes
+                    ),
+                    route_refs(routes),
+                )
+            self.encoded[key] = found
+        return found[1], found[2]
+
+    def route_configuration_resource(
+        self,
+        name: str,
+        vhosts: Sequence[VirtualHostSpec],
+        caller: Caller = NO_CALLER,
+        *,
+        block_unknown: bool = False,
+    ) -> Resource:
+        """``Resource.of(name, route_configuration(name, vhosts, caller,
+        block_unknown=block_unknown))``, written as wire bytes from each route list's
+        encoding (kept per routes, so a service's routes are encoded once for its port's
+        configuration and the HTTP proxy's): ``name`` and ``virtual_hosts`` are fields 1
+        and 2, written first, and the configuration's other fields follow as ``encode``
+        writes them (tested equal to ``Resource.of``, references included). Raises
+        TranslationError as ``route_configuration`` does."""
+        parts = [delimited(_RC_NAME, name.encode())] if name else []
+        refs: dict[tuple[str, str], None] = {}
+        problems: list[Problem] = []
+        for spec in vhosts:
+            try:
+                routes, routes_refs = self._encoded_routes(spec.service, spec.port.number, caller)
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+                continue
+            body = [delimited(_VH_NAME, spec.name.encode())] if spec.name else []
+            body.extend(delimited(_VH_DOMAINS, d.encode()) for d in spec.domains)
+            body.append(routes)
+            parts.append(delimited(_RC_VHOSTS, b"".join(body)))
+            refs.update(dict.fromkeys(routes_refs))
+        if problems:
+            raise TranslationError(problems)
+        if block_unknown:
+            parts.append(_BLOCK_ALL_FIELD)
+        parts.append(_RC_TAIL)
+        return Resource.encoded(name, ROUTE, b"".join(parts), tuple(refs))
 
     def _relevance_of(self, vs: VirtualService) -> Relevance:
         found = self._relevance.get(vs.key)
@@ -576,3 +651,34 @@ def _problem(vs: VirtualService, field: str, message: str) -> Problem:
 
 def _port_list(service: Service) -> str:
     return ", ".join(str(p.number) for p in service.routed_ports) or "(none)"
+
+
+_RC_NAME = tag(route_pb2.RouteConfiguration, "name")[1]
+_RC_VHOSTS = tag(route_pb2.RouteConfiguration, "virtual_hosts")[1]
+_VH_NAME = tag(route_components_pb2.VirtualHost, "name")[1]
+_VH_DOMAINS = tag(route_components_pb2.VirtualHost, "domains")[1]
+_VH_ROUTES = tag(route_components_pb2.VirtualHost, "routes")[1]
+
+
+def _block_all_field() -> bytes:
+    """The ``virtual_hosts`` field of ``route_configuration``'s ``block_all`` host."""
+    config = route_pb2.RouteConfiguration()
+    block = config.virtual_hosts.add(name=BLOCK_ALL)
+    block.domains.append("*")
+    route = block.routes.add(name=BLOCK_ALL)
+    route.match.prefix = "/"
+    route.direct_response.status = BLOCKED_STATUS
+    data: bytes = config.SerializeToString(deterministic=True)
+    return data
+
+
+def _tail() -> bytes:
+    """The fields ``route_configuration`` sets besides name and virtual hosts."""
+    config = route_pb2.RouteConfiguration()
+    config.max_direct_response_body_size_bytes.value = MAX_DIRECT_RESPONSE_BODY
+    data: bytes = config.SerializeToString(deterministic=True)
+    return data
+
+
+_BLOCK_ALL_FIELD = _block_all_field()
+_RC_TAIL = _tail()

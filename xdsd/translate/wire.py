@@ -3,11 +3,14 @@
 How this works: building a message field by field costs a Python call per field and an
 object per nested message; a large mesh has hundreds of thousands of endpoints. Their
 messages are instead written as protobuf wire bytes here (length-delimited fields, varints:
-the whole encoding they need) and parsed once by the generated class (``FromString``, in
-C). Field numbers are read from the message descriptors, never written by hand. Parsing
-makes the message exactly what the bytes say, and ``Resource.of`` encodes it again
-deterministically, so the encoding of a resource does not depend on how it was built
-(tests compare both ways of building).
+the whole encoding they need). Field numbers are read from the message descriptors, never
+written by hand. Bytes written in field-number order, as the deterministic encoder writes
+them, become a ``Resource`` as they are (``Resource.encoded``: ClusterLoadAssignments,
+EDS clusters cut from a template with ``top_level_fields``, route configurations spliced
+from each route list's encoding); others are parsed by the generated class
+(``FromString``, in C) and encoded again by ``Resource.of``. Either way the encoding of a
+resource does not depend on how it was built (tests compare each writer's bytes with
+``Resource.of`` of the message built field by field).
 """
 
 from __future__ import annotations
@@ -43,3 +46,47 @@ def tag(message: Any, field: str) -> tuple[bytes, bytes]:
 def delimited(key: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message) with key ``key``."""
     return key + varint(len(payload)) + payload
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``data[at:]`` and the offset after it. Raises ValueError when the
+    bytes end inside it."""
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def top_level_fields(data: bytes) -> list[tuple[int, tuple[int, int, int]]]:
+    """The fields of an encoded message, in the order written: ``(number, (start,
+    body, end))``, where ``data[start:end]`` is the whole field and ``data[body:end]``
+    its value (a length-delimited field's payload without key and length). Raises
+    ValueError for bytes that are not a well-formed encoding (groups included)."""
+    out: list[tuple[int, tuple[int, int, int]]] = []
+    at = 0
+    while at < len(data):
+        start = at
+        key, at = _read_varint(data, at)
+        wire = key & 7
+        if wire == _WIRE_VARINT:
+            body = at
+            _, at = _read_varint(data, at)
+        elif wire == _WIRE_BYTES:
+            length, body = _read_varint(data, at)
+            at = body + length
+        elif wire == 1:  # fixed 64 bits
+            body, at = at, at + 8
+        elif wire == 5:  # fixed 32 bits
+            body, at = at, at + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if at > len(data):
+            raise ValueError("truncated field")
+        out.append((key >> 3, (start, body, at)))
+    return out
