@@ -103,7 +103,7 @@ def read_ok(cache: BuildCache) -> CachedBuild:
 
 
 def test_round_trip_gives_the_same_snapshots(written: tuple[Path, MeshState, BuildCache]) -> None:
-    config, state, cache = written
+    _, state, cache = written
     found = read_ok(cache)
     assert found.check() == ""
     assert set(found.classes) == set(CLASSES)
@@ -153,9 +153,7 @@ def test_other_version_or_settings_is_refused(
     written: tuple[Path, MeshState, BuildCache],
 ) -> None:
     _, _, cache = written
-    assert "another xdsd version or under other settings" in str(
-        cache.read(fingerprint("another"))
-    )
+    assert "another xdsd version or under other settings" in str(cache.read(fingerprint("another")))
 
 
 def test_other_format_is_refused(
