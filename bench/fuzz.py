@@ -25,6 +25,7 @@ TARGETS = {
     "protocol": "tests/protocol/test_fuzz_protocol.py",
     "transport": "tests/transports/test_fuzz_transports.py",
     "ca": "tests/ca/test_fuzz_ca.py",
+    "restart_cache": "tests/test_fuzz_restart_cache.py",
 }
 #: Run in the child pytest: prints one line per example count, read back below.
 _TALLY_PLUGIN = """

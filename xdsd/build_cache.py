@@ -55,7 +55,7 @@ from enum import Enum
 from typing import Any
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.errors import XdsdError
+from xdsd.errors import InconsistentSnapshotError, XdsdError
 from xdsd.model.mesh_config import WORKLOAD_SECRET
 from xdsd.resources import PUSH_ORDER, SECRET, Resource, TypeUrl
 from xdsd.sources.listing import Stamp, list_config_files
@@ -385,7 +385,9 @@ class BuildCache:
             return _decode(body, expected_fingerprint, max_classes)
         except _Refused as e:
             return str(e)
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
+        except InconsistentSnapshotError as e:
+            return f"its snapshots are inconsistent ({e})"
+        except Exception as e:  # what the checks above did not foresee: still refused
             return f"malformed ({type(e).__name__})"
 
     def clear(self) -> None:
