@@ -40,6 +40,7 @@ fsync'ed): a reader sees the old cache or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import hmac
 import json
@@ -381,14 +382,25 @@ class BuildCache:
         body, mac = data[:-_MAC_BYTES], data[-_MAC_BYTES:]
         if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), mac):
             return "its integrity check fails (truncated, corrupt, tampered with, or not ours)"
+        # Like a build (``state._building``): hundreds of thousands of objects that all
+        # survive and form no cycles; a collection meanwhile would walk them again and
+        # again, and later full ones too, so the collector waits and they are frozen.
+        enabled = gc.isenabled()
+        gc.disable()
         try:
-            return _decode(body, expected_fingerprint, max_classes)
+            found = _decode(body, expected_fingerprint, max_classes)
+            if enabled:
+                gc.freeze()
+            return found
         except _Refused as e:
             return str(e)
         except InconsistentSnapshotError as e:
             return f"its snapshots are inconsistent ({e})"
         except Exception as e:  # what the checks above did not foresee: still refused
             return f"malformed ({type(e).__name__})"
+        finally:
+            if enabled:
+                gc.enable()
 
     def clear(self) -> None:
         """Remove the cache file (the key stays)."""
