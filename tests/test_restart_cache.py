@@ -269,13 +269,18 @@ def test_file_added_or_removed_while_down_is_found(
 
 
 def test_a_file_that_is_not_read_as_loaded_is_not_written(
-    written: tuple[Path, MeshState, BuildCache],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file changed after the load read it, whose bytes as loaded were never hashed:
     the next load writes the cache, not this one (which would pair the new bytes' hash
-    with the old build). One hashed by an earlier write keeps that hash (of the bytes
-    loaded), so the cache written is found stale at start."""
-    config, state, cache = written
+    with the old build). One hashed by an earlier write, long enough after its last
+    change, keeps that hash (of the bytes loaded), so the cache written is found stale
+    at start. (Here "long enough" is made 0 s: the files were just written.)"""
+    monkeypatch.setattr(build_cache, "RACY_SECONDS", 0.0)
+    config = write_config(tmp_path)
+    state = loaded_state(config)
+    cache = BuildCache(str(tmp_path / "state"))
+    assert cache.write(capture(state, config))
     (config / "services" / "reviews.toml").write_text(SERVICE.format(name="reviews", address="1"))
     fresh = BuildCache(os.path.join(cache.directory, "..", "fresh"))
     assert not fresh.write(capture(state, config))

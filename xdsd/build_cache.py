@@ -249,8 +249,8 @@ class BuildCache:
         self.path = os.path.join(self.directory, CACHE_FILE)
         self.max_bytes = max_bytes
         self._key = _key(os.path.join(self.directory, KEY_FILE))
-        # path → (stamp, digest) of the files hashed by earlier writes
-        self._hashes: dict[str, tuple[Stamp, str]] = {}
+        # path → (stamp, digest, hashed at less RACY_SECONDS) of earlier writes' hashes
+        self._hashes: dict[str, tuple[Stamp, str, int]] = {}
         #: Bytes and seconds of the last write (0 when none), for logs and benchmarks.
         self.last_write: tuple[int, float] = (0, 0.0)
 
@@ -261,18 +261,19 @@ class BuildCache:
         file's stamp is no longer the one the load read it at. Raises OSError when the
         state directory cannot be written."""
         started = time.perf_counter()
-        written_ns = time.time_ns()
         files: list[list[Any]] = []
-        hashes: dict[str, tuple[Stamp, str]] = {}
+        hashes: dict[str, tuple[Stamp, str, int]] = {}
+        racy = int(RACY_SECONDS * 1e9)
         for path in capture.files:
             stamp = capture.stamps.get(path)
             known = self._hashes.get(path)
             if stamp is None:
                 log.debug("restart cache not written: %s was not read", path)
                 return False
-            if known is not None and known[0] == stamp:
-                digest = known[1]
-            else:
+            # a hash is reused only if it was taken long enough after the file's last
+            # change (then the stamp unchanged since means the bytes are)
+            if known is None or known[0] != stamp or max(stamp[3], stamp[4]) >= known[2]:
+                hashed_at = time.time_ns() - racy
                 try:
                     digest, now = _hash_file(path)
                 except OSError:
@@ -280,9 +281,13 @@ class BuildCache:
                 if now != stamp:
                     log.debug("restart cache not written: %s changed since it was loaded", path)
                     return False
-            hashes[path] = (stamp, digest)
-            files.append([path, *stamp, digest])
+                known = (stamp, digest, hashed_at)
+            hashes[path] = known
+            files.append([path, *stamp, known[1]])
         watched = [_record_json(_record(p)) for p in sorted(capture.watched)]
+        # After every hash was taken: a file changed less than RACY_SECONDS before this
+        # is hashed again at start, whichever write hashed it.
+        written_ns = time.time_ns()
         types = list(PUSH_ORDER)
         type_index = {t: i for i, t in enumerate(types)}
         index: dict[int, int] = {}
