@@ -358,3 +358,38 @@ def test_state_replaces_a_cached_build_that_differs(
         state.cache.subscribe(key, lambda _s, k=key: calls.append(k))
     assert state.reload()
     assert CLASSES[0] in calls
+
+
+def test_admin_says_ready_and_verifying_while_the_cached_build_is_served(tmp_path: Path) -> None:
+    """``/readyz`` 200 and ``/debug/errors``' ``info`` item while the cached build is
+    served before any load; neither once a load is applied."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from xdsd.admin import AdminViews
+    from xdsd.admin.metrics import Metrics
+
+    config = write_config(tmp_path)
+    state = MeshState(str(config))
+    views = AdminViews(state.cache, config=state, metrics=Metrics(version="t"), version="t")
+    views.cached = lambda: state.cached
+    views.listening = True
+
+    async def get(path: str) -> tuple[int, object]:
+        async with TestClient(TestServer(views.app())) as client:
+            response = await client.get(path)
+            return response.status, await response.json()
+
+    assert asyncio.run(get("/readyz"))[0] == 503  # nothing loaded, nothing cached
+    state.publish_cached({}, "3 services, 0 classes, written then")
+    status, body = asyncio.run(get("/readyz"))
+    assert status == 200 and body == {"ready": True}
+    _, errors = asyncio.run(get("/debug/errors"))
+    assert isinstance(errors, list) and errors[0]["severity"] == "info"
+    assert "serving the cached build (3 services" in errors[0]["text"]
+    assert state.reload()
+    assert state.cached == ""
+    _, errors = asyncio.run(get("/debug/errors"))
+    assert not [e for e in errors if e["severity"] == "info"]  # type: ignore[union-attr]
+    assert asyncio.run(get("/readyz"))[0] == 200
