@@ -27,6 +27,7 @@ TARGETS = {
     "ca": "tests/ca/test_fuzz_ca.py",
     "workers": "tests/workers/test_fuzz_merge.py",
     "supervisor": "tests/workers/test_fuzz_workers.py",
+    "restart_cache": "tests/test_fuzz_restart_cache.py",
 }
 #: Run in the child pytest: prints one line per example count, read back below.
 _TALLY_PLUGIN = """

@@ -48,6 +48,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.resolver": ("xdsd.errors", "xdsd.model", "xdsd.located"),
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
+    "xdsd.build_cache": (
+        "xdsd.cache",
+        "xdsd.errors",
+        "xdsd.model",
+        "xdsd.resources",
+        "xdsd.sources.listing",
+        "xdsd.translate",
+    ),
     "xdsd.admin": ("xdsd.admin", "xdsd.cache", "xdsd.settings", "xdsd.errors", "xdsd.resources"),
     "xdsd.workers": (
         "xdsd.workers",

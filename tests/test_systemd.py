@@ -45,6 +45,7 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "ReadOnlyPaths=/etc/xdsd",
+        "StateDirectory=xdsd",  # $STATE_DIRECTORY: the restart cache
         "CapabilityBoundingSet=\n",
     ):
         assert line in text, line

@@ -40,6 +40,7 @@ from xdsd import __version__
 from xdsd.access import admin_node_access, authorize_mesh
 from xdsd.admin import AdminViews
 from xdsd.admin.metrics import Metrics
+from xdsd.build_cache import BuildCache, CachedBuild, CacheRefused, Capture, fingerprint
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import ConfigError, StartupError, UsageError
 from xdsd.identities import MeshAuthority
@@ -57,6 +58,7 @@ from xdsd.model.networking import ReadinessProbe
 from xdsd.model.registrations import RegistrySettings
 from xdsd.model.service import ResourceKey
 from xdsd.notify import Notifier
+from xdsd.plurals import counted
 from xdsd.readiness import Readiness
 from xdsd.registry.etcd import EtcdStore
 from xdsd.registry.probes import Prober
@@ -118,6 +120,10 @@ __all__ = [
     "serve",
     "server_settings",
 ]
+
+#: Seconds between a load (or a new class) and the restart cache's write: pushes go first,
+#: and a burst of reloads is written once.
+CACHE_WRITE_DELAY = 1.0
 
 #: Exit code after a second SIGTERM/SIGINT cut a shutdown short is 128 + the signal number;
 #: after a shutdown that overran its bound (``shutdown_grace`` + this many seconds), 1.
@@ -241,6 +247,14 @@ class Daemon:
         self._reloading = asyncio.Lock()
         #: Forced reloads (SIGHUP) waiting to run, each with the ``[mesh]`` read for it.
         self._requested: asyncio.Queue[MeshConfig | None] = asyncio.Queue()
+        #: The restart cache (``xdsd.build_cache``), opened by ``start``; None: off.
+        self.restart_cache: BuildCache | None = None
+        # Set when the restart cache should be written again (a load, a new class).
+        self._cache_wanted = asyncio.Event()
+        self.state.on_new_class = self._cache_wanted.set
+        self.views.cached = self.readiness.cached = lambda: self.state.cached
+        # True from a start served from the restart cache until its full load ran.
+        self._verifying = False
         self._watcher_ended = False
         self._shut_down = False
         self._watcher: asyncio.Task[None] | None = None
@@ -380,6 +394,14 @@ class Daemon:
                 tasks.create_task(self._requested_reloads(), name="requested reloads"),
                 tasks.create_task(self.notifier.keep_alive(), name="watchdog"),
             ]
+            if self._verifying:
+                self._background.append(
+                    tasks.create_task(self._verify_cached(), name="verifying load")
+                )
+            if self.restart_cache is not None:
+                self._background.append(
+                    tasks.create_task(self._write_restart_cache(), name="restart cache")
+                )
             if self.identities is not None:
                 self._background.append(
                     tasks.create_task(self.identities.run(), name="identity renewals")
@@ -408,7 +430,14 @@ class Daemon:
                 f"config directory {config_dir} does not exist (or is not a directory): "
                 "create it, or give --config-dir DIR (settings key config_dir)"
             )
-        self._apply(self.state.load(), time.perf_counter())
+        self.restart_cache = self._open_restart_cache()
+        cached = self._read_restart_cache()
+        if cached is not None:
+            # served at once; the full load runs in the background (``_verify_cached``)
+            self.state.publish_cached(cached.classes, cached.describe())
+            self._verifying = True
+        else:
+            self._apply(self.state.load(), time.perf_counter())
         await self.registry.start(self._registrations_changed.set)
         try:
             for listener in self.listeners:
@@ -536,6 +565,125 @@ class Daemon:
             self.readiness.update()
             return True
 
+    def _open_restart_cache(self) -> BuildCache | None:
+        """The restart cache in ``state_dir`` (None, said in one log line, when off or
+        when the directory or its key cannot be used: the daemon then starts cold)."""
+        settings = self.settings
+        if not settings.state_dir:
+            log.info("restart cache off: no state_dir (every start is a cold build)")
+            return None
+        if not settings.restart_cache:
+            log.info("restart cache off (restart_cache = false, --no-cache)")
+            return None
+        try:
+            return BuildCache(settings.state_dir, max_bytes=settings.max_restart_cache_bytes)
+        except CacheRefused as e:
+            log.error("restart cache off: %s", e)
+            return None
+
+    def _fingerprint(self) -> str:
+        """What a cached build depends on besides the files: xdsd's version, the config
+        directory, the settings that reach loading and translation."""
+        settings = self.settings
+        return fingerprint(
+            __version__,
+            os.path.realpath(settings.config_dir),
+            settings.root_namespace,
+            self.state.mesh_config,
+            ParseLimits.of(settings),
+        )
+
+    def _read_restart_cache(self) -> CachedBuild | None:
+        """The restart cache's build when it is intact, made under these settings and
+        still what the directory holds; else None, having logged why in one line.
+        Never raises."""
+        cache = self.restart_cache
+        if cache is None:
+            return None
+        started = time.perf_counter()
+        try:
+            found = cache.read(self._fingerprint(), max_classes=self.settings.max_node_classes)
+            why = found if isinstance(found, str) else found.check()
+            if not why and not isinstance(found, str) and not found.classes:
+                why = "it holds no node class"
+        except Exception:
+            log.exception("internal error reading the restart cache %s; cold start", cache.path)
+            return None
+        if why or isinstance(found, str):
+            log.info("restart cache not used: %s; cold start", why)
+            return None
+        log.info(
+            "serving the restart cache's build (%s), read and checked against %s in "
+            "%.0f ms; the full load verifies it in the background",
+            found.describe(),
+            self.settings.config_dir,
+            (time.perf_counter() - started) * 1000,
+        )
+        return found
+
+    async def _verify_cached(self) -> None:
+        """The full load after a start from the restart cache: the same versions (nothing
+        re-sent) or, when something differs, published as any reload."""
+        await self.reload(None)
+        if self.state.loaded is not None:
+            log.info("full load done: the restart cache's build is replaced by it")
+        self._verifying = False
+
+    def _capture(self) -> Capture | None:
+        """What the restart cache should hold now: the last load's files and stamps and
+        every class's snapshot; None while it would not be a good build (no load applied
+        yet, the last load refused)."""
+        state = self.state
+        if state.loaded is None or state.errors or state.cached:
+            return None
+        classes = {}
+        for key in self.cache.keys():  # noqa: SIM118 - a cache, not a dict
+            snapshot = self.cache.get(key)
+            if isinstance(key, NodeClass) and snapshot is not None:
+                classes[key] = snapshot
+        return Capture(
+            self.settings.config_dir,
+            self._fingerprint(),
+            state.loaded.files,
+            state.file_stamps(),
+            state.certificate_paths,
+            classes,
+            len(state.loaded.mesh.services),
+        )
+
+    async def _write_restart_cache(self) -> None:
+        """Write the restart cache ``CACHE_WRITE_DELAY`` after each good load or new
+        class (a burst written once), in a worker thread. Never ends on an error: a
+        failed write is logged and the next one tried."""
+        cache = self.restart_cache
+        assert cache is not None
+        while True:
+            await self._cache_wanted.wait()
+            await asyncio.sleep(CACHE_WRITE_DELAY)
+            self._cache_wanted.clear()
+            async with self._reloading:  # the loader's stamps are the applied load's
+                capture = self._capture()
+            if capture is None:
+                continue
+            try:
+                written = await asyncio.to_thread(cache.write, capture)
+            except asyncio.CancelledError:
+                raise
+            except OSError as e:
+                log.warning("restart cache not written to %s: %s", cache.path, e.strerror or e)
+                continue
+            except Exception:
+                log.exception("internal error writing the restart cache")
+                continue
+            if written:
+                size, seconds = cache.last_write
+                log.info(
+                    "restart cache written: %s, %d bytes in %.0f ms",
+                    counted(len(capture.classes), "class", "classes"),
+                    size,
+                    seconds * 1000,
+                )
+
     def _mesh_ca(self, mesh: MeshConfig) -> MeshConfig | None:
         """``mesh`` (SIGHUP's ``[mesh]``) as translation gets it: with the trust bundle of
         the CA built again from its ``[mesh.ca]`` (``MeshAuthority.reconfigure``); None,
@@ -550,6 +698,8 @@ class Daemon:
 
     def _apply(self, result: LoadResult | ConfigError, started: float) -> None:
         applied = self.state.apply(result)
+        if isinstance(result, LoadResult) and self.state.loaded is result:
+            self._cache_wanted.set()
         outcome = "refused" if self.state.errors else "applied" if applied else "unchanged"
         self.metrics.observe_reload(time.perf_counter() - started, outcome)
 
@@ -766,11 +916,25 @@ def server_settings(args: argparse.Namespace) -> Settings:
     ConfigError naming every wrong value."""
     settings = Settings.from_file(args.settings) if args.settings else Settings()
     overrides: dict[str, Any] = {}
-    names = ("config_dir", "grpc", "rest", "admin", "grpc_impl", "shutdown_grace", "workers")
+    names = (
+        "config_dir",
+        "grpc",
+        "rest",
+        "admin",
+        "grpc_impl",
+        "shutdown_grace",
+        "workers",
+        "state_dir",
+        "restart_cache",
+    )
     for name in names:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    # systemd's StateDirectory= (several are separated by ":"; the first is xdsd's)
+    systemd_state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if "state_dir" not in overrides and not settings.state_dir and systemd_state:
+        overrides["state_dir"] = systemd_state
     return settings.merged(overrides, source="command line")
 
 

@@ -207,6 +207,21 @@ def _add_serve_command(sub: Subcommands) -> None:
         help="on SIGTERM, how long open streams get to end (default: 5)",
     )
     serve.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the restart cache (the last good build) here and serve from it at start "
+        "(default: $STATE_DIRECTORY under systemd, else none)",
+    )
+    serve.add_argument(
+        "--no-cache",
+        dest="restart_cache",
+        action="store_const",
+        const=False,
+        default=None,
+        help="neither read nor write the restart cache: every start is a cold build",
+    )
+    serve.add_argument(
         "--workers",
         default=None,
         type=_workers,

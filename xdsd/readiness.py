@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class Readiness:
-    """Tells systemd when xdsd is ready (the ``/readyz`` condition: a configuration loaded
-    and the listeners bound), reloading, and what its status is (with ``NOT RELOADING``
-    and the reason while ``trouble`` gives one: ``/readyz`` is 503 then)."""
+    """Tells systemd when xdsd is ready (the ``/readyz`` condition: a configuration loaded,
+    or the restart cache's build served, and the listeners bound), reloading, and what
+    its status is (with ``NOT RELOADING`` and the reason while ``trouble`` gives one:
+    ``/readyz`` is 503 then)."""
 
     def __init__(self, notifier: Notifier, views: AdminViews, state: MeshState) -> None:
         self.notifier = notifier
@@ -36,6 +37,9 @@ class Readiness:
         #: What the daemon serves without ("" when nothing): part of the status, not of
         #: readiness (etcd unreachable: registrations as last known).
         self.degraded: Callable[[], str] = lambda: ""
+        #: The restart cache's build being served until the first full load ("" when
+        #: none: ``MeshState.cached``); ready meanwhile.
+        self.cached: Callable[[], str] = lambda: ""
 
     def reloading(self) -> None:
         """A requested reload (SIGHUP) begins; ``update`` ends it."""
@@ -48,7 +52,7 @@ class Readiness:
         ended), else a STATUS= line when the status text changed."""
         status = self._text()
         if not self.announced:
-            if self.views.listening and self.state.loaded is not None:
+            if self.views.listening and (self.state.loaded is not None or self.cached()):
                 self.announced = True
                 self._status = status
                 self.notifier.ready(status)
@@ -67,6 +71,13 @@ class Readiness:
 
     def _text(self) -> str:
         state = self.state
+        cached = self.cached()
+        if state.loaded is None and cached:
+            text = f"serving the cached build ({cached}) of {state.config_dir}, verifying"
+            if state.errors:
+                refused = counted(len(state.errors), "error")
+                text += f"; its full load refused ({refused})"
+            return text
         if state.loaded is None:
             errors = counted(len(state.errors), "error")
             return f"waiting for a valid configuration in {state.config_dir}: {errors}"

@@ -199,6 +199,13 @@ class Settings:
     admin_sans: tuple[str, ...] = ()
     log_queue_lines: int = 10_000
     stale_after: float = DEFAULT_STALE_AFTER
+    #: Where xdsd keeps its restart cache (``xdsd.build_cache``); "" (the default when
+    #: systemd sets no ``$STATE_DIRECTORY``): no cache, every start is a cold build.
+    state_dir: str = ""
+    #: False: no restart cache is read or written even with a ``state_dir``.
+    restart_cache: bool = True
+    #: The largest restart cache written or read (bytes).
+    max_restart_cache_bytes: int = 1 << 30
     #: ``[registry]``: registered workloads (WorkloadGroup auto-registration).
     registry: RegistrySettings = DEFAULT_REGISTRY_SETTINGS
 

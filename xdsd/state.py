@@ -15,7 +15,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from xdsd.admin.proxies import ExpectedProxy, Workload
@@ -32,6 +32,7 @@ from xdsd.protocol import ProtocolError
 from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.gateway_api.status import condition_json, mesh_conditions
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
+from xdsd.sources.listing import Stamp
 from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
 from xdsd.translate.address_view import address_rows, moves
 from xdsd.translate.policy_view import NO_APPLIED_POLICIES, applied_policies
@@ -116,6 +117,26 @@ class MeshState:
         self._allocation: tuple[MeshConfig, VirtualAddresses] | None = None
         # ``/debug/addresses`` as JSON, for the translation it was made from.
         self._addresses: tuple[MeshTranslation | None, dict[str, Any]] = (None, {})
+        #: What the restart cache's build being served says of itself (``publish_cached``)
+        #: until the first load is applied; "" when none is.
+        self.cached = ""
+        #: Called after a class's snapshot was built on first use (the daemon writes the
+        #: restart cache again).
+        self.on_new_class: Callable[[], None] = lambda: None
+
+    def publish_cached(self, classes: Mapping[NodeClass, Snapshot], description: str) -> None:
+        """Serve ``classes``' snapshots (the restart cache's, checked against the
+        directory: ``xdsd.build_cache``) before any load: their clients are answered at
+        once; a client of another class waits for the first load, as for a new class.
+        The first load applied replaces them (same versions: nothing is re-sent)."""
+        for key, snapshot in classes.items():
+            self._cache.set(key, snapshot)
+        self.cached = description
+
+    def file_stamps(self) -> dict[str, Stamp | None]:
+        """The stamp of each config file of the last load attempt, as read
+        (``DirectoryLoader.stamps``)."""
+        return self._loader.stamps()
 
     def set_registrations(self, registrations: Iterable[Registration]) -> None:
         """Merge ``registrations`` into the next load (``load([])`` then reads no file:
@@ -260,6 +281,7 @@ class MeshState:
             self.loaded, self._retranslate = previous, retranslate
             return self._apply(ConfigError(e.problems, result.warnings))
         assert self.translation is not None
+        self.cached = ""
         self.last_timings = {**result.timings, **self.translation.timings}
         log.info(
             "config loaded: %s, %s (%s read); %s updated; %.1f ms: %s",
@@ -330,7 +352,9 @@ class MeshState:
         self.translation = translation
         changed = 0
         self._cache.evict_unheld()
-        for key in self._cache.keys():  # noqa: SIM118 - a cache, not a dict
+        # held classes without a snapshot too: clients that came while nothing was
+        # loaded, or while the restart cache's classes were served
+        for key in dict.fromkeys([*self._cache.keys(), *self._cache.held_keys()]):
             try:
                 snapshot = self.translation.snapshot_for(key)
             except TranslationError as e:
@@ -479,6 +503,7 @@ class MeshState:
         with _building():  # the first class of a flavor builds every cluster of the mesh
             snapshot = self.translation.snapshot_for(key)
             self._cache.set(key, snapshot)
+        self.on_new_class()
         return snapshot
 
 

@@ -399,7 +399,8 @@ def summarize(
     proxies.sort(key=lambda p: (p.node_id, p.client_id))
     warnings = tuple(p for p in problems if p.get("severity") == "warning")
     # Gateway API status conditions (``severity: condition``) are neither.
-    errors = tuple(p for p in problems if p.get("severity") not in ("warning", "condition"))
+    # the restart cache's build being verified (``severity: info``) is neither either
+    errors = tuple(p for p in problems if p.get("severity") not in ("warning", "condition", "info"))
     return Status(
         tuple(proxies),
         errors,

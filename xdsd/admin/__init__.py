@@ -145,6 +145,9 @@ class AdminViews:
         #: ``[mesh.ca] renew_at`` as it is now (a hook the daemon sets): when a
         #: certificate counts as expiring soon (``identities.expiring_soon``).
         self.renew_fraction: Callable[[], float] = lambda: DEFAULT_RENEW_FRACTION
+        #: The restart cache's build served until the first full load ("" when none):
+        #: ready meanwhile, and said on ``/debug/errors`` and the status page.
+        self.cached: Callable[[], str] = lambda: ""
         #: Why the daemon cannot take edits ("" when it can): ``/readyz`` is 503 meanwhile.
         self.trouble: Callable[[], str] = lambda: ""
         #: Why the daemon serves with less than it should, though ready ("" when it
@@ -230,7 +233,8 @@ class AdminViews:
         it serve with less without being unready (``degraded``: etcd unreachable) is
         given as ``degraded``, still 200."""
         trouble = self.trouble()
-        ready = self.listening and self.config.loaded is not None and not trouble
+        serving = self.config.loaded is not None or bool(self.cached())
+        ready = self.listening and serving and not trouble
         body: dict[str, Any] = {"ready": ready}
         if trouble:
             body["reason"] = trouble
@@ -254,7 +258,7 @@ class AdminViews:
             started_at=self.metrics.started_at,
             now=self.clock(),
             config_dir=self.config_dir,
-            loaded=self.config.loaded is not None,
+            loaded=self.config.loaded is not None or bool(self.cached()),
             errors=tuple(self.config.errors),
             warnings=tuple(self.config.warnings),
             clients=clients,
@@ -401,6 +405,20 @@ class AdminViews:
         objects served (``severity: condition``, ``holds`` false for one not met)."""
         problems = [*self.config.errors, *self.config.warnings]
         out = [problem_json(p) for p in problems]
+        cached = self.cached()
+        if cached and self.config.loaded is None:
+            text = f"serving the cached build ({cached}), verifying"
+            out.insert(
+                0,
+                {
+                    "severity": "info",
+                    "path": self.config_dir,
+                    "line": 0,
+                    "field": "",
+                    "message": text,
+                    "text": text,
+                },
+            )
         out.extend(dict(c) for c in self.gateway_status())
         return web.json_response(out)
 

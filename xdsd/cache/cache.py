@@ -209,6 +209,11 @@ class SnapshotCache(Generic[K]):
         """Every key that has a snapshot."""
         return tuple(self._snapshots)
 
+    def held_keys(self) -> tuple[K, ...]:
+        """Every key a client holds (``held``), with a snapshot or still waiting for
+        one."""
+        return tuple(dict.fromkeys([*self._watchers, *self._holders]))
+
     def discard(self, key: K) -> None:
         """Forget the snapshot of ``key`` (watchers stay and see the next ``set``)."""
         self._snapshots.pop(key, None)

@@ -30,7 +30,7 @@ from xdsd.sources.crosscheck.providers import provider_problems
 from xdsd.sources.gateway_api.convert import CONVERTED_PATH
 from xdsd.sources.gateway_api.merge import NO_CONVERSION, ConvertedFile, converted_file
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
-from xdsd.sources.listing import as_listed, file_stamp, list_config_files
+from xdsd.sources.listing import Stamp, as_listed, file_stamp, list_config_files
 from xdsd.sources.peer_authentication import peer_authentication_problems
 from xdsd.sources.registered import (
     NO_ENTRIES,
@@ -237,6 +237,11 @@ class DirectoryLoader:
         timings = {"list": listed - started, "parse": parsed - listed, "check": checked - parsed}
         reread = sum(1 for _, _, new in changes if new is not None)
         return LoadResult(mesh, warnings, files, timings, reread)
+
+    def stamps(self) -> dict[str, Stamp | None]:
+        """The stamp of every file the last load kept, as it was when read (the restart
+        cache records them: ``xdsd.build_cache``)."""
+        return {path: entry.stamp for path, entry in self._files.items()}
 
     def _budget(self, kept: int) -> Budget:
         """What the files read by this load may add to the ``kept`` bytes."""

@@ -1,0 +1,692 @@
+"""The restart cache: the last good build, kept in the state directory, served at start.
+
+What it holds (one file, ``STATE_DIR/restart-cache``): a header saying which format, xdsd
+version and settings (``fingerprint``) wrote it; every config file of the load it was made
+from, with its stamp (device, inode, size, mtime, ctime) and the SHA-256 of its bytes; the
+certificate files and directories that load read or watched (files with stamp and hash, a
+directory with its names, an absent path as absent); and the snapshot of every node class
+held at the time, as resources (type URL, name, digest, references) whose bytes follow
+the header, each resource stored once however many classes share it, with each class's
+versions. A keyed hash (HMAC-SHA-256, key ``STATE_DIR/restart-cache.key``, 0600,
+generated once) ends the file.
+
+How a cache is accepted (``BuildCache.read`` then ``CachedBuild.check``): the file is at
+most ``max_bytes`` (checked before reading it), ends with the right HMAC (checked before
+anything in it is parsed: the header is JSON, the resources are bytes that are never
+executed), has this format, this xdsd version and these settings, and parses into what
+it says (types, counts, lengths; every resource's digest recomputed from its bytes and
+every class's versions recomputed and compared). Then the config directory is listed
+(names only, as the loader lists it) and must list exactly the recorded files, in order;
+each file is stat'ed: a stamp equal to the recorded one, taken long enough after the
+file's last change (``RACY_SECONDS``: a file changed again within the timestamp
+granularity of its last change could keep its stamp), counts as unchanged; any other
+stamp of the same size is read and its hash compared; a different size is a change. The
+certificate paths are checked the same way. Anything else is a reason, logged in one line,
+and the cache is not used.
+
+What the HMAC protects against, and what not: a torn or truncated write, a flipped bit,
+a file from another daemon or host (another key), and someone who can write the state
+directory's cache file but cannot read the key. Not against someone running as xdsd's
+user (who can read the key, and can edit the config directory anyway).
+
+The writer (``BuildCache.write``) runs in a worker thread, after a load was published:
+each file's hash is reused while its stamp is the one it was hashed at; a file whose
+stamp is no longer the one the load read it at is a change on its way (the next load
+writes the cache again), and nothing is written. The file is written to a temporary file
+in the state directory, fsync'ed and renamed over the previous one (then the directory
+fsync'ed): a reader sees the old cache or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from xdsd.cache.snapshot import Snapshot
+from xdsd.errors import InconsistentSnapshotError, XdsdError
+from xdsd.model.mesh_config import WORKLOAD_SECRET
+from xdsd.resources import PUSH_ORDER, SECRET, Resource, TypeUrl
+from xdsd.sources.listing import Stamp, list_config_files
+from xdsd.translate import ConfigSourceKind, NodeClass
+from xdsd.translate.node import ClientKind, Role
+
+log = logging.getLogger(__name__)
+
+#: The cache format; another one is ignored (a new xdsd version is too).
+FORMAT = 1
+CACHE_FILE = "restart-cache"
+KEY_FILE = "restart-cache.key"
+MAGIC = b"xdsd restart cache\n"
+_LENGTH = struct.Struct(">Q")
+_MAC_BYTES = 32
+#: A file whose last change (mtime or ctime) is less than this before its hash was taken
+#: may have changed again without its stamp changing (coarse timestamps): its bytes are
+#: hashed again at start rather than trusted by stamp.
+RACY_SECONDS = 2.0
+#: The default bound on the cache file (settings ``max_restart_cache_bytes``).
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class CacheRefused(XdsdError):
+    """The state directory or its cache cannot be used (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A config or certificate path as the cached build saw it: ``kind`` ``file`` (with
+    its stamp and the SHA-256 of its bytes), ``dir`` (with its entries' names) or
+    ``absent``."""
+
+    path: str
+    kind: str
+    stamp: Stamp | None = None
+    digest: str = ""
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """What one write records: the load's listed files and their stamps as the loader
+    read them, the certificate paths it read or watched, the classes' snapshots, the
+    services count (for the status line) and the settings' ``fingerprint``."""
+
+    config_dir: str
+    fingerprint: str
+    files: tuple[str, ...]
+    stamps: Mapping[str, Stamp | None]
+    watched: frozenset[str]
+    classes: Mapping[NodeClass, Snapshot]
+    services: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBuild:
+    """A cache read back, its integrity checked: the classes' snapshots to serve, and
+    what must still be checked against the directory (``check``)."""
+
+    config_dir: str
+    written_ns: int
+    services: int
+    files: tuple[FileRecord, ...]
+    watched: tuple[FileRecord, ...]
+    classes: Mapping[NodeClass, Snapshot] = field(repr=False)
+
+    def describe(self) -> str:
+        """``N services, C classes, written at TIME`` for logs and the status line."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.written_ns / 1e9))
+        services = f"{self.services} service" + ("" if self.services == 1 else "s")
+        classes = f"{len(self.classes)} class" + ("" if len(self.classes) == 1 else "es")
+        return f"{services}, {classes}, written {when}"
+
+    def check(self) -> str:
+        """Why the cached build is not what the directory holds now ("" when it is): a
+        file added, removed, renamed or changed, a certificate path changed, the
+        directory not listable."""
+        problems: list[Any] = []
+        listed = list_config_files(self.config_dir, problems)
+        if problems:
+            return f"the config directory cannot be listed ({problems[0]})"
+        recorded = [r.path for r in self.files]
+        if listed != recorded:
+            added = sorted(set(listed) - set(recorded))
+            removed = sorted(set(recorded) - set(listed))
+            if added:
+                return f"{added[0]} was added since (and {len(added) - 1} more)"
+            if removed:
+                return f"{removed[0]} was removed since (and {len(removed) - 1} more)"
+            return "the config files are listed in another order"
+        racy_after = self.written_ns - int(RACY_SECONDS * 1e9)
+        for record in (*self.files, *self.watched):
+            why = _changed(record, racy_after)
+            if why:
+                return f"{record.path} {why} since"
+        return ""
+
+
+def _changed(record: FileRecord, racy_after: int) -> str:
+    """How ``record``'s path differs from what was recorded ("" when it does not)."""
+    try:
+        st = os.stat(record.path)
+    except FileNotFoundError:
+        return "" if record.kind == "absent" else "was removed"
+    except OSError as e:
+        return f"cannot be stat'ed ({e.strerror})"
+    if record.kind == "absent":
+        return "appeared"
+    if stat.S_ISDIR(st.st_mode):
+        if record.kind != "dir":
+            return "became a directory"
+        try:
+            names = tuple(sorted(os.listdir(record.path)))
+        except OSError as e:
+            return f"cannot be listed ({e.strerror})"
+        return "" if names == record.names else "had files added or removed"
+    if record.kind != "file" or record.stamp is None:
+        return "became a file"
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if st.st_size != record.stamp[2]:
+        return "changed size"
+    recorded = record.stamp
+    if stamp == recorded and max(recorded[3], recorded[4]) < racy_after:
+        return ""
+    try:
+        digest, _ = _hash_file(record.path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return "" if digest == record.digest else "changed"
+
+
+def _hash_file(path: str) -> tuple[str, Stamp]:
+    """The SHA-256 (hex) of the regular file ``path`` and its stamp when opened. Raises
+    OSError (also for a file that is not regular)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest(), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def fingerprint(*parts: object) -> str:
+    """A digest of what a build depends on besides the files (the format, xdsd's
+    version, the settings that reach translation): a cache made under another is
+    ignored. ``parts`` must have deterministic ``repr``s (frozen dataclasses, tuples)."""
+    return hashlib.sha256(repr((FORMAT, *parts)).encode()).hexdigest()
+
+
+def state_directory(path: str) -> str:
+    """``path`` (absolute), created 0700 when missing. Raises CacheRefused when it is
+    not a directory, is not owned by this user, or is writable by group or others
+    (someone else could replace the cache, or the key)."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        raise CacheRefused(f"{path}: cannot create the state directory: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CacheRefused(f"{path}: the state directory is not a directory")
+    if st.st_uid != os.geteuid():
+        raise CacheRefused(
+            f"{path}: the state directory belongs to uid {st.st_uid}, not to xdsd's user "
+            f"(uid {os.geteuid()})"
+        )
+    if st.st_mode & 0o022:
+        raise CacheRefused(
+            f"{path}: the state directory is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); chmod go-w it"
+        )
+    return path
+
+
+class BuildCache:
+    """The restart cache of one daemon in ``directory`` (see the module docstring).
+
+    Construction checks the directory (``state_directory``) and reads or creates the key;
+    raises CacheRefused when either cannot be used. ``write`` and ``read`` may run in a
+    worker thread, one at a time."""
+
+    def __init__(self, directory: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.directory = state_directory(directory)
+        self.path = os.path.join(self.directory, CACHE_FILE)
+        self.max_bytes = max_bytes
+        self._key = _key(os.path.join(self.directory, KEY_FILE))
+        # path → (stamp, digest, hashed at less RACY_SECONDS) of earlier writes' hashes
+        self._hashes: dict[str, tuple[Stamp, str, int]] = {}
+        #: Bytes and seconds of the last write (0 when none), for logs and benchmarks.
+        self.last_write: tuple[int, float] = (0, 0.0)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, capture: Capture) -> bool:
+        """Write ``capture`` atomically; False (nothing written, logged at debug) when a
+        file's stamp is no longer the one the load read it at. Raises OSError when the
+        state directory cannot be written."""
+        started = time.perf_counter()
+        files: list[list[Any]] = []
+        hashes: dict[str, tuple[Stamp, str, int]] = {}
+        racy = int(RACY_SECONDS * 1e9)
+        for path in capture.files:
+            stamp = capture.stamps.get(path)
+            known = self._hashes.get(path)
+            if stamp is None:
+                log.debug("restart cache not written: %s was not read", path)
+                return False
+            # a hash is reused only if it was taken long enough after the file's last
+            # change (then the stamp unchanged since means the bytes are)
+            if known is None or known[0] != stamp or max(stamp[3], stamp[4]) >= known[2]:
+                hashed_at = time.time_ns() - racy
+                try:
+                    digest, now = _hash_file(path)
+                except OSError:
+                    return False
+                if now != stamp:
+                    log.debug("restart cache not written: %s changed since it was loaded", path)
+                    return False
+                known = (stamp, digest, hashed_at)
+            hashes[path] = known
+            files.append([path, *stamp, known[1]])
+        watched = [_record_json(_record(p)) for p in sorted(capture.watched)]
+        # After every hash was taken: a file changed less than RACY_SECONDS before this
+        # is hashed again at start, whichever write hashed it.
+        written_ns = time.time_ns()
+        types = list(PUSH_ORDER)
+        type_index = {t: i for i, t in enumerate(types)}
+        index: dict[int, int] = {}
+        kinds: list[int] = []
+        names: list[str] = []
+        digests: list[str] = []
+        lengths: list[int] = []
+        references: dict[int, list[tuple[str, str]]] = {}
+        payloads: list[bytes] = []
+        rows: list[tuple[NodeClass, Snapshot, dict[tuple[TypeUrl, str], int]]] = []
+        for key, snapshot in capture.classes.items():
+            members: dict[tuple[TypeUrl, str], int] = {}
+            for type_url, bucket in snapshot.resources.items():
+                if type_url not in type_index:
+                    type_index[type_url] = len(types)
+                    types.append(type_url)
+                for r in bucket.values():
+                    at = index.get(id(r))
+                    if at is None:
+                        at = index[id(r)] = len(kinds)
+                        kinds.append(type_index[r.type_url])
+                        names.append(r.name)
+                        digests.append(r.digest)
+                        lengths.append(len(r.payload))
+                        if r.references:
+                            references[at] = list(r.references)
+                        payloads.append(r.payload)
+                    members[type_url, r.name] = at
+            rows.append((key, snapshot, members))
+        # What every class holds (the same resource) is stored once as ``common``; each
+        # class as what it adds to it.
+        common: dict[tuple[TypeUrl, str], int] = dict(rows[0][2]) if rows else {}
+        for _, _, members in rows[1:]:
+            common = {k: i for k, i in common.items() if members.get(k) == i}
+        classes = [
+            {
+                "key": _key_json(key),
+                "versions": dict(snapshot.versions),
+                "added": [i for k, i in members.items() if k not in common],
+            }
+            for key, snapshot, members in rows
+        ]
+        table = {
+            "kinds": kinds,
+            "names": names,
+            "digests": digests,
+            "lengths": lengths,
+            "references": [[i, refs] for i, refs in references.items()],
+        }
+        header = {
+            "format": FORMAT,
+            "fingerprint": capture.fingerprint,
+            "config_dir": capture.config_dir,
+            "written_ns": written_ns,
+            "services": capture.services,
+            "files": files,
+            "watched": watched,
+            "types": types,
+            "resources": table,
+            "common": list(common.values()),
+            "classes": classes,
+        }
+        head = json.dumps(header, separators=(",", ":")).encode()
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        parts = [MAGIC, _LENGTH.pack(len(head)), head, *payloads]
+        for part in parts:
+            mac.update(part)
+        size = sum(map(len, parts)) + _MAC_BYTES
+        if size > self.max_bytes:
+            log.warning(
+                "restart cache not written: %d bytes, over max_restart_cache_bytes (%d)",
+                size,
+                self.max_bytes,
+            )
+            return False
+        _write_atomically(self.path, [*parts, mac.digest()])
+        self._hashes = hashes
+        self.last_write = (size, time.perf_counter() - started)
+        return True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, expected_fingerprint: str, *, max_classes: int = 10000) -> CachedBuild | str:
+        """The cache, its integrity, format, version and settings checked (not yet the
+        directory: ``CachedBuild.check``); else why it cannot be used (a missing cache
+        says so too). Never raises."""
+        try:
+            data = _read_bounded(self.path, self.max_bytes)
+        except FileNotFoundError:
+            return "no restart cache yet"
+        except _TooLarge as e:
+            return str(e)
+        except OSError as e:
+            return f"cannot read {self.path}: {e.strerror}"
+        if len(data) < len(MAGIC) + _LENGTH.size + _MAC_BYTES or not data.startswith(MAGIC):
+            return "not a restart cache (or truncated)"
+        body, mac = data[:-_MAC_BYTES], data[-_MAC_BYTES:]
+        if not hmac.compare_digest(hmac.new(self._key, body, hashlib.sha256).digest(), mac):
+            return "its integrity check fails (truncated, corrupt, tampered with, or not ours)"
+        # Like a build (``state._building``): hundreds of thousands of objects that all
+        # survive and form no cycles; a collection meanwhile would walk them again and
+        # again, and later full ones too, so the collector waits and they are frozen.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            found = _decode(body, expected_fingerprint, max_classes)
+            if enabled:
+                gc.freeze()
+            return found
+        except _Refused as e:
+            return str(e)
+        except InconsistentSnapshotError as e:
+            return f"its snapshots are inconsistent ({e})"
+        except Exception as e:  # what the checks above did not foresee: still refused
+            return f"malformed ({type(e).__name__})"
+        finally:
+            if enabled:
+                gc.enable()
+
+    def clear(self) -> None:
+        """Remove the cache file (the key stays)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _Refused(Exception):
+    pass
+
+
+class _TooLarge(OSError):
+    pass
+
+
+def _decode(body: bytes, expected_fingerprint: str, max_classes: int) -> CachedBuild:
+    start = len(MAGIC)
+    (head_length,) = _LENGTH.unpack_from(body, start)
+    start += _LENGTH.size
+    if head_length > len(body) - start:
+        raise _Refused("malformed (header length)")
+    header = json.loads(body[start : start + head_length])
+    blob = memoryview(body)[start + head_length :]
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise _Refused("written in another cache format")
+    if header.get("fingerprint") != expected_fingerprint:
+        raise _Refused(
+            "written by another xdsd version or under other settings (config_dir, [mesh], "
+            "limits, root_namespace)"
+        )
+    config_dir = _text(header["config_dir"])
+    written_ns = _int(header["written_ns"])
+    services = _int(header["services"])
+    files = tuple(_file_record(row) for row in _list(header["files"]))
+    watched = tuple(_record_from_json(row) for row in _list(header["watched"]))
+    types = [TypeUrl(_text(t)) for t in _list(header["types"])]
+    # What follows was written by this daemon (the HMAC holds): its shape is trusted,
+    # every value is still checked where it is used (an index out of range, a wrong
+    # type raise, and the caller says "malformed").
+    table = header["resources"]
+    kinds, names, digests, lengths = (
+        _list(table[k]) for k in ("kinds", "names", "digests", "lengths")
+    )
+    count = len(kinds)
+    if not len(names) == len(digests) == len(lengths) == count:
+        raise _Refused("malformed (resource table)")
+    refs: dict[int, tuple[tuple[str, str], ...]] = {
+        i: tuple(map(tuple, r)) for i, r in _list(table["references"])
+    }
+    if sum(lengths) != len(blob):
+        raise _Refused("malformed (resource bytes)")
+    resources: list[Resource] = []
+    offset = 0
+    encoded = Resource.encoded
+    none: tuple[tuple[str, str], ...] = ()
+    for i in range(count):
+        end = offset + lengths[i]
+        r = encoded(names[i], types[kinds[i]], bytes(blob[offset:end]), refs.get(i, none))
+        offset = end
+        if r.digest != digests[i]:
+            raise _Refused(f"resource {r.name!r}'s bytes do not match its digest")
+        resources.append(r)
+    if not all(type(n) is str for n in names) or offset != len(blob):
+        raise _Refused("malformed (resource table)")
+    rows = _list(header["classes"])
+    if len(rows) > max_classes:
+        raise _Refused(f"{len(rows)} classes, over max_node_classes ({max_classes})")
+    added = [[resources[i] for i in _list(_dict(row)["added"])] for row in rows]
+    # ``common`` may name what every class adds (each its own), and a class the
+    # per-connection ``default`` secret (xdsd's CA): both are supplied to it.
+    supplied = (
+        set.intersection(*({(r.type_url, r.name) for r in resources_of} for resources_of in added))
+        if added
+        else set()
+    )
+    common = Snapshot.build((resources[i] for i in _list(header["common"])), check=False)
+    common.check_consistency(supplied={*supplied, (SECRET, WORKLOAD_SECRET)})
+    classes: dict[NodeClass, Snapshot] = {}
+    for row, extra in zip(rows, added, strict=True):
+        key = _key_from_json(row["key"])
+        snapshot = Snapshot.extend(common, extra, check=False)
+        snapshot.check_consistency(supplied={(SECRET, WORKLOAD_SECRET)})
+        if dict(snapshot.versions) != row["versions"]:
+            raise _Refused(f"class {key}'s versions do not match its resources")
+        classes[key] = snapshot
+    return CachedBuild(config_dir, written_ns, services, files, watched, classes)
+
+
+def _read_bounded(path: str, max_bytes: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > max_bytes:
+            raise _TooLarge(
+                0, f"{st.st_size} bytes, over max_restart_cache_bytes ({max_bytes}): not read"
+            )
+        chunks = []
+        left = max_bytes + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 24))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise _TooLarge(0, f"over max_restart_cache_bytes ({max_bytes}): not read")
+    return data
+
+
+def _write_atomically(path: str, parts: Iterable[bytes]) -> None:
+    directory = os.path.dirname(path)
+    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for part in parts:
+                fh.write(part)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _key(path: str) -> bytes:
+    """The HMAC key at ``path`` (32 bytes, 0600, ours), generated when missing. Raises
+    CacheRefused when it cannot be used."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise CacheRefused(f"{path}: cannot create the restart cache key: {e.strerror}") from None
+    else:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+            fh.flush()
+            os.fsync(fh.fileno())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            key = os.read(fd, 65)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise CacheRefused(f"{path}: cannot read the restart cache key: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise CacheRefused(
+            f"{path}: the restart cache key must be a regular file of xdsd's user, mode 0600"
+        )
+    if len(key) != 32:
+        raise CacheRefused(f"{path}: the restart cache key is not 32 bytes; remove it")
+    return key
+
+
+def _record(path: str) -> FileRecord:
+    """What ``path`` (a certificate file or watched directory) is now."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return FileRecord(path, "absent")
+    except OSError:
+        return FileRecord(path, "absent", digest="unreadable")  # never equal to a check
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            return FileRecord(path, "dir", names=tuple(sorted(os.listdir(path))))
+        except OSError:
+            return FileRecord(path, "absent", digest="unreadable")
+    try:
+        digest, stamp = _hash_file(path)
+    except OSError:
+        return FileRecord(path, "absent", digest="unreadable")
+    return FileRecord(path, "file", stamp, digest)
+
+
+def _record_json(record: FileRecord) -> list[Any]:
+    return [record.path, record.kind, record.stamp, record.digest, list(record.names)]
+
+
+def _record_from_json(row: object) -> FileRecord:
+    path, kind, stamp, digest, names = _list(row, 5)
+    if kind not in ("file", "dir", "absent"):
+        raise _Refused("malformed (watched path)")
+    if _text(digest) == "unreadable":
+        raise _Refused(f"{path} could not be read when the cache was written")
+    return FileRecord(
+        _text(path),
+        kind,
+        _stamp(stamp) if stamp is not None else None,
+        digest,
+        tuple(_text(n) for n in _list(names)),
+    )
+
+
+def _file_record(row: object) -> FileRecord:
+    """A config file's row (path, the five stamp numbers, digest), checked cheaply: one
+    per file, 20,000 at 10,000 services."""
+    path, dev, ino, size, mtime, ctime, digest = _list(row, 7)
+    stamp = (dev, ino, size, mtime, ctime)
+    if type(path) is not str or type(digest) is not str or any(type(v) is not int for v in stamp):
+        raise _Refused("malformed (file)")
+    return FileRecord(path, "file", stamp, digest)
+
+
+def _stamp(values: object) -> Stamp:
+    a, b, c, d, e = (_int(v) for v in _list(values, 5))
+    return (a, b, c, d, e)
+
+
+def _key_json(key: NodeClass) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(key):
+        value = getattr(key, f.name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif f.name == "locality":
+            value = [value.region, value.zone, value.sub_zone]
+        out[f.name] = value
+    return out
+
+
+_ENUMS: dict[str, type[Enum]] = {
+    "role": Role,
+    "client": ClientKind,
+    "config_source": ConfigSourceKind,
+}
+
+
+def _key_from_json(data: object) -> NodeClass:
+    """A ``NodeClass`` from ``_key_json``'s form; raises _Refused for anything else."""
+    if not isinstance(data, dict) or set(data) != {f.name for f in fields(NodeClass)}:
+        raise _Refused("malformed (node class)")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _ENUMS:
+            values[name] = _ENUMS[name](value)
+        elif name == "locality":
+            from xdsd.model import Locality
+
+            region, zone, sub_zone = (_text(v) for v in _list(value, 3))
+            values[name] = Locality(region, zone, sub_zone)
+        elif name == "labels":
+            values[name] = tuple((_text(k), _text(v)) for k, v in (_list(p, 2) for p in value))
+        elif name == "dns_upstream":
+            values[name] = tuple(_text(v) for v in _list(value))
+        elif isinstance(value, bool | int | str):
+            values[name] = value
+        else:
+            raise _Refused(f"malformed (node class field {name})")
+    return NodeClass(**values)
+
+
+def _list(value: object, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise _Refused("malformed (a list expected)")
+    return value
+
+
+def _dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Refused("malformed (a mapping expected)")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Refused("malformed (a string expected)")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Refused("malformed (a number expected)")
+    return value
