@@ -222,3 +222,38 @@ def test_an_admin_socket_replaces_the_admin_address(tmp_path: Path) -> None:
         assert path.read_text() == "not a socket"
 
     asyncio.run(main())
+
+
+def test_only_a_daemon_that_writes_the_cache_writes_it(tmp_path: Path) -> None:
+    """Workers of ``serve --workers`` share one state directory; all but the first are
+    built with ``writes_cache=False``: they read the restart cache but never write it.
+    Two daemons load the same directory side by side, each with its own state
+    directory; once the writing one's cache is on disk, the other's is still absent."""
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE_CONFIG, config)
+
+    def settings(state: str) -> Settings:
+        return Settings(
+            config_dir=str(config),
+            grpc=Address("127.0.0.1", free_port()),
+            rest=None,
+            admin=None,
+            state_dir=str(tmp_path / state),
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        writer = Daemon(settings("writer"), stop=stop)
+        reader = Daemon(settings("reader"), stop=stop, writes_cache=False)
+        runs = [asyncio.create_task(d.run()) for d in (reader, writer)]
+        try:
+            async with asyncio.timeout(30):
+                while not (tmp_path / "writer" / "restart-cache").exists():
+                    await asyncio.sleep(0.05)
+            assert not (tmp_path / "reader" / "restart-cache").exists()
+            assert (tmp_path / "reader" / "restart-cache.key").exists()  # it did read
+        finally:
+            stop.set()
+            await asyncio.gather(*runs)
+
+    asyncio.run(main())

@@ -393,3 +393,17 @@ def test_admin_says_ready_and_verifying_while_the_cached_build_is_served(tmp_pat
     _, errors = asyncio.run(get("/debug/errors"))
     assert not [e for e in errors if e["severity"] == "info"]  # type: ignore[union-attr]
     assert asyncio.run(get("/readyz"))[0] == 200
+
+
+def test_processes_creating_the_key_at_once_agree_on_it(tmp_path: Path) -> None:
+    """Workers sharing a state directory may create the key at the same moment: each
+    gets the same whole 32-byte key (it is linked into place only when complete)."""
+    import multiprocessing
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(8) as pool:
+        keys = pool.map(build_cache._key, [str(state / build_cache.KEY_FILE)] * 32)
+    assert len(set(keys)) == 1 and len(keys[0]) == 32
+    assert [p.name for p in state.iterdir()] == [build_cache.KEY_FILE]

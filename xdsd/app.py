@@ -148,6 +148,10 @@ class Daemon:
     socket file replaced, removed at close. The merged admin in front of it
     (``xdsd.workers.admin.MergedAdmin``, serving ``settings.admin`` with its TLS)
     forwards each admin client's certificate names, which node access then judges.
+
+    ``writes_cache`` False (workers of ``xdsd serve --workers`` but the first): the restart
+    cache is read at start but never written, so sibling workers sharing one state
+    directory do not each rewrite it.
     """
 
     def __init__(
@@ -160,8 +164,10 @@ class Daemon:
         backstop: bool = False,
         admin_socket: str | None = None,
         inherited: Mapping[str, Sequence[socket.socket]] | None = None,
+        writes_cache: bool = True,
     ) -> None:
         self.settings = settings
+        self.writes_cache = writes_cache
         self.admin_socket = admin_socket
         #: Listening sockets bound by a supervisor (``xdsd.workers``), by settings key
         #: (``grpc``, ``rest``): those listeners serve on them instead of binding.
@@ -398,7 +404,7 @@ class Daemon:
                 self._background.append(
                     tasks.create_task(self._verify_cached(), name="verifying load")
                 )
-            if self.restart_cache is not None:
+            if self.restart_cache is not None and self.writes_cache:
                 self._background.append(
                     tasks.create_task(self._write_restart_cache(), name="restart cache")
                 )

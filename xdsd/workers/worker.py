@@ -136,6 +136,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
             backstop=True,
             inherited=inherited,
             admin_socket=args.admin_socket,
+            writes_cache=index == 0,
         )
         await daemon.run()
 
