@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_ext_authz_pb2
@@ -46,6 +46,8 @@ def references_of(message: Message) -> Refs:
         return _listener_refs(message)
     if isinstance(message, route_pb2.RouteConfiguration):
         return _route_config_refs(message)
+    if isinstance(message, route_components_pb2.VirtualHost):
+        return _vhost_refs(message)
     return ()
 
 
@@ -152,17 +154,26 @@ UNRESOLVED_BACKEND_CLUSTER = "gateway-api|unresolved-backend"
 
 
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
+    """The clusters of its inline virtual hosts (those served by VHDS are resources of
+    their own, checked as such)."""
     names: dict[tuple[str, str], None] = {}
     for vhost in config.virtual_hosts:
-        for route in vhost.routes:
-            if not route.HasField("route"):
-                continue
-            action = route.route
-            if action.cluster and action.cluster != UNRESOLVED_BACKEND_CLUSTER:
-                names[(_CLUSTER, action.cluster)] = None
-            for wc in action.weighted_clusters.clusters:
-                if wc.name != UNRESOLVED_BACKEND_CLUSTER:
-                    names[(_CLUSTER, wc.name)] = None
-            for mirror in action.request_mirror_policies:
-                names[(_CLUSTER, mirror.cluster)] = None
+        names.update(dict.fromkeys(_vhost_refs(vhost)))
+    return tuple(names)
+
+
+def _vhost_refs(vhost: route_components_pb2.VirtualHost) -> Refs:
+    """The clusters the routes of a virtual host name (destinations and mirrors)."""
+    names: dict[tuple[str, str], None] = {}
+    for route in vhost.routes:
+        if not route.HasField("route"):
+            continue
+        action = route.route
+        if action.cluster and action.cluster != UNRESOLVED_BACKEND_CLUSTER:
+            names[(_CLUSTER, action.cluster)] = None
+        for wc in action.weighted_clusters.clusters:
+            if wc.name != UNRESOLVED_BACKEND_CLUSTER:
+                names[(_CLUSTER, wc.name)] = None
+        for mirror in action.request_mirror_policies:
+            names[(_CLUSTER, mirror.cluster)] = None
     return tuple(names)
