@@ -272,11 +272,11 @@ def record_events(
 
 
 __all__ = [
+    "DELTA_ADS_TYPES",
     "SERVED_TYPES",
     "WILDCARD",
     "Ack",
     "DeltaResponse",
-    "DELTA_ADS_TYPES",
     "Event",
     "Nack",
     "NotApplied",

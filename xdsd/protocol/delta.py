@@ -64,6 +64,7 @@ from xdsd.protocol import (
     resource_version,
     trim_node,
 )
+from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, index_of
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -76,13 +77,11 @@ from xdsd.resources import (
     TypeUrl,
     Version,
 )
-from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, index_of
 
 DeltaEvent = DeltaResponse | Ack | Nack
 #: The order a delta ADS stream answers types in: RDS's virtual hosts right after it.
-_DELTA_ORDER = (*PUSH_ORDER[: PUSH_ORDER.index(ROUTE) + 1], VIRTUAL_HOST) + PUSH_ORDER[
-    PUSH_ORDER.index(ROUTE) + 1 :
-]
+_AFTER_ROUTE = PUSH_ORDER.index(ROUTE) + 1
+_DELTA_ORDER = (*PUSH_ORDER[:_AFTER_ROUTE], VIRTUAL_HOST, *PUSH_ORDER[_AFTER_ROUTE:])
 #: Types that wait while clusters warm (they name clusters).
 _NAMING_CLUSTERS = (LISTENER, ROUTE, VIRTUAL_HOST)
 

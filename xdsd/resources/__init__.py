@@ -62,7 +62,8 @@ def message_class(type_url: TypeUrl) -> type[Message]:
     """The message class of a served type (``MESSAGE_CLASSES``, or the virtual host of
     VHDS). Raises KeyError for any other type."""
     if type_url == VIRTUAL_HOST:
-        return route_components_pb2.VirtualHost
+        vhost: type[Message] = route_components_pb2.VirtualHost
+        return vhost
     return MESSAGE_CLASSES[type_url]
 
 

@@ -49,7 +49,6 @@ from xdsd.translate.clusters import (
     outbound_cluster_name,
     outbound_clusters,
 )
-from xdsd.translate.vhds import split_route_configuration
 from xdsd.translate.dns import dns_listener as build_dns_listener
 from xdsd.translate.dns import dns_table, upstream_loops
 from xdsd.translate.endpoints import assignment_of_groups, locality_groups, select_endpoints
@@ -104,6 +103,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
+from xdsd.translate.vhds import split_route_configuration
 from xdsd.translate.virtual_addresses import (
     AddressBlock,
     Allocated,
@@ -562,9 +562,7 @@ class ClassParts:
         listeners) without the per-port listeners of ambiguous ports; with ``vhds``, the
         listeners run the on-demand filter and the route configurations are split into
         their virtual hosts (``vhds.split_route_configuration``)."""
-        return self._selections.get(
-            self._outbound, ip, source, style, caller, scope, vips, vhds
-        )
+        return self._selections.get(self._outbound, ip, source, style, caller, scope, vips, vhds)
 
     def _outbound(
         self,
