@@ -330,7 +330,13 @@ class MeshTranslation:
             vips = parts.serves_virtual(node)
             # Virtual-address and capture listeners name the per-port route
             # configurations too, without the on-demand filter: such classes keep them whole.
-            vhds = node.vhds and node.client is ClientKind.ENVOY and not vips and not node.capture
+            vhds = (
+                node.vhds
+                and node.config_source is ConfigSourceKind.DELTA
+                and node.client is ClientKind.ENVOY
+                and not vips
+                and not node.capture
+            )
             out.append(
                 lambda: parts.outbound(node.outbound_ip, source, style, caller, scope, vips, vhds)
             )
