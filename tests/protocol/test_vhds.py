@@ -3,12 +3,18 @@ and the translation that splits a route configuration into them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fuzzing import fuzz_settings
 from tests.protocol.test_delta import Client, responses
 from xdsd.cache.snapshot import Snapshot
-from xdsd.protocol import ProtocolError, resource_version
+from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
 from xdsd.protocol.delta import DeltaStream
 from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
 from xdsd.resources import VIRTUAL_HOST, Resource
@@ -129,3 +135,80 @@ def test_split_route_configuration() -> None:
     config.virtual_hosts.add(name="any", domains=["*"])
     whole = Resource.of("80", config)
     assert split_route_configuration(whole) == (whole,)  # a catch-all stays inline
+
+
+ALIASES = st.one_of(
+    st.sampled_from(
+        ["80", "http_proxy", "80/echo", "80/echo:80", "80/x.example.com", "80/api.v1", "81/a"]
+    ),
+    st.text(max_size=40),  # garbage: control characters, no "/", unicode
+)
+SNAPSHOTS = st.lists(st.sampled_from(range(len(BASE) + 2)), max_size=6)
+
+
+def _snapshot_of(picks: list[int]) -> Snapshot:
+    extra = (vhost("80/echo", "echo", "echo:80", body="b"), vhost("80/new", "new"))
+    chosen: dict[str, Resource] = {}
+    for i in picks:
+        r = (*BASE, *extra)[i]
+        chosen[r.name] = r
+    return snap(*chosen.values())
+
+
+@fuzz_settings()
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("subscribe"), st.lists(ALIASES, max_size=4)),
+            st.tuples(st.just("unsubscribe"), st.lists(ALIASES, max_size=2)),
+            st.tuples(st.just("answer"), st.booleans()),
+            st.tuples(st.just("snapshot"), SNAPSHOTS),
+        ),
+        max_size=30,
+    )
+)
+def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
+    """Random VHDS subscriptions (garbage included), answers and snapshot changes: no
+    exception; every virtual host sent is the current snapshot's and answers aliases the
+    client subscribed to; after the client answers everything, each subscribed alias that
+    resolves is held at its virtual host's current version."""
+    current = snap(*BASE)
+    stream = DeltaStream(snapshot=current)
+    client = Client(stream)
+    subscribed: set[str] = set()
+    outstanding: list[DeltaResponse] = []
+
+    def check(events: list[Any]) -> None:
+        for r in responses(events):
+            assert r.type_url == VIRTUAL_HOST
+            for resource, aliases in zip(r.resources, r.aliases, strict=True):
+                assert current.get(VIRTUAL_HOST)[resource.name] is resource
+                assert set(aliases) <= subscribed
+            assert set(r.unresolved) <= subscribed
+            outstanding.append(r)
+
+    check(client.request(VIRTUAL_HOST, []))
+    for kind, arg in steps:
+        if kind == "subscribe":
+            subscribed |= set(arg)
+            check(client.request(VIRTUAL_HOST, arg))
+        elif kind == "unsubscribe":
+            subscribed -= set(arg)
+            check(client.request(VIRTUAL_HOST, [], arg))
+        elif kind == "answer" and outstanding:
+            r = outstanding.pop()
+            check(client.request(VIRTUAL_HOST, nonce=r.nonce, error="no" if arg else None))
+        elif kind == "snapshot":
+            current = _snapshot_of(arg)
+            check(stream.on_snapshot(current))
+    for _ in range(10):
+        if not outstanding:
+            break
+        check(client.ack(outstanding.pop()))
+    assert not outstanding
+    index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+    held = stream.held(VIRTUAL_HOST)
+    for alias in subscribed:
+        target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
+        if "/" in alias and target is not None:
+            assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
