@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-
 from hypothesis import given
 from hypothesis import strategies as st
 
