@@ -112,6 +112,27 @@ def test_reconnect_holding_a_virtual_host_is_sent_nothing() -> None:
     assert all(not r.names and not r.removed for r in got), got
 
 
+def test_reconnect_after_an_edit_and_a_removal() -> None:
+    """A client resuming with an old version of echo and a virtual host that is gone: echo
+    is sent (for its alias), the gone one announced removed."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    got = responses(
+        client.request(
+            VIRTUAL_HOST,
+            ["80", "80/echo:80"],
+            initial={"80/echo": "old", "80/gone": "v"},
+        )
+    )
+    assert [(r.names, r.aliases, r.removed) for r in got] == [
+        (("80/echo",), (("80/echo:80",),), ("80/gone",))
+    ]
+    client.ack(got[0])
+    # asked again after that: answered again, though held
+    got = responses(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert [r.aliases for r in got] == [(("80/echo:80",),)]
+
+
 def test_hostile_names_are_bounded() -> None:
     client = Client(DeltaStream(snapshot=snap(*BASE)))
     with pytest.raises(ProtocolError):

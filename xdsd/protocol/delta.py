@@ -38,6 +38,8 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   (Envoy's subscription to a route configuration's namespace) gets a response, empty if
   nothing else is due, so that Envoy's VHDS starts. Subscribing again to a name already
   subscribed (Envoy asks again when a host still has no virtual host) answers it again.
+  On a reconnect, an alias whose virtual host the client says it holds at the current
+  version (``initial_resource_versions``, by the virtual host's name) is not sent again.
   A virtual host no held alias resolves to any more is announced removed by its name.
   At most ``MAX_VIRTUAL_HOST_NAMES`` names of at most ``MAX_ALIAS_LENGTH`` characters.
 """
@@ -105,6 +107,7 @@ class _DeltaType:
     version: str = ""  # its system version
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
     vhosts: set[str] = field(default_factory=set)  # VHDS: virtual hosts the client holds
+    asked: set[str] = field(default_factory=set)  # VHDS: aliases asked for after the first
 
 
 class DeltaStream:
@@ -183,6 +186,7 @@ class DeltaStream:
                     if again:
                         state.absent.discard(name)
                         state.held.pop(name, None)
+                        state.asked.add(name)
                 state.names.add(name)
                 state.dropped.discard(name)
         if vhds and len(state.names) > MAX_VIRTUAL_HOST_NAMES:
@@ -289,6 +293,11 @@ class DeltaStream:
         due: dict[str, list[str]] = {}
         unresolved: list[str] = []
         namespaces = False
+        gone: set[str] = set()  # held since a reconnect, by a name that no longer exists
+        for name in [n for n in state.held if n not in state.names and n not in bucket]:
+            if name not in state.sent:
+                state.held.pop(name)
+                gone.add(name)
         for alias in sorted(state.names):
             if "/" not in alias:
                 namespaces = namespaces or alias not in state.absent
@@ -296,7 +305,8 @@ class DeltaStream:
                 continue
             target = alias if alias in bucket else index.resolve(alias)
             if target is None:
-                state.held.pop(alias, None)
+                if state.held.pop(alias, None) is not None and alias not in state.sent:
+                    gone.add(alias)
                 state.sent.pop(alias, None)
                 if alias not in state.absent:
                     unresolved.append(alias)
@@ -305,9 +315,15 @@ class DeltaStream:
             resource = bucket[target]
             version = resource_version(resource)
             old = state.sent.get(alias)
-            if old is None and state.held.get(alias) == version:
-                state.sent[alias] = resource  # held since before a reconnect
+            held_before = state.held.get(alias) == version or (
+                alias not in state.asked and state.held.get(target) == version
+            )
+            if old is None and held_before:
+                # held since before a reconnect (by its name or under this alias)
+                state.held[alias] = version
+                state.sent[alias] = resource
                 continue
+            state.asked.discard(alias)
             if state.held.get(alias) != version or old is None or old.name != target:
                 due.setdefault(target, []).append(alias)
                 state.held[alias] = version
@@ -316,12 +332,13 @@ class DeltaStream:
         for alias in state.dropped:
             state.held.pop(alias, None)
             state.sent.pop(alias, None)
+            state.asked.discard(alias)
         state.dropped.clear()
         for alias in [a for a in state.sent if a not in state.names]:
             state.held.pop(alias, None)
             state.sent.pop(alias, None)
         still = {r.name for r in state.sent.values()}
-        removed = tuple(sorted(state.vhosts - still))
+        removed = tuple(sorted((state.vhosts - still) | gone))
         state.vhosts = still
         if not due and not unresolved and not removed and not namespaces:
             return None
