@@ -23,6 +23,11 @@ is visible. Log-line timestamps have millisecond resolution.
 services (``svc-00000`` and the next K-1, plus the services ``add`` creates, which answer
 to ``*.added.local``): each client then receives K services' clusters, endpoints and
 virtual hosts instead of all of them, and an edit reaches only the clients that see it.
+
+``--delta`` runs delta ADS clients (``_deltaclient``) with VHDS (``--no-vhds``: without),
+each subscribed to the virtual hosts of ``--calls`` services, ``svc-00000`` among them
+(the one edited), so a route edit reaches every client as virtual hosts. ``KB/client``
+is what each client received per edit (every mode).
 """
 
 from __future__ import annotations
