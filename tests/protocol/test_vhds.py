@@ -10,7 +10,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import fuzz_settings
+from tests.fuzzing import deadline, fuzz_settings
 from tests.protocol.test_delta import Client, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
@@ -192,43 +192,44 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
     exception; every virtual host sent is the current snapshot's and answers aliases the
     client subscribed to; after the client answers everything, each subscribed alias that
     resolves is held at its virtual host's current version."""
-    current = snap(*BASE)
-    stream = DeltaStream(snapshot=current)
-    client = Client(stream)
-    subscribed: set[str] = set()
-    outstanding: list[DeltaResponse] = []
+    with deadline("protocol.vhds"):
+        current = snap(*BASE)
+        stream = DeltaStream(snapshot=current)
+        client = Client(stream)
+        subscribed: set[str] = set()
+        outstanding: list[DeltaResponse] = []
 
-    def check(events: list[Any]) -> None:
-        for r in responses(events):
-            assert r.type_url == VIRTUAL_HOST
-            for resource, aliases in zip(r.resources, r.aliases, strict=True):
-                assert current.get(VIRTUAL_HOST)[resource.name] is resource
-                assert set(aliases) <= subscribed
-            assert set(r.unresolved) <= subscribed
-            outstanding.append(r)
+        def check(events: list[Any]) -> None:
+            for r in responses(events):
+                assert r.type_url == VIRTUAL_HOST
+                for resource, aliases in zip(r.resources, r.aliases, strict=True):
+                    assert current.get(VIRTUAL_HOST)[resource.name] is resource
+                    assert set(aliases) <= subscribed
+                assert set(r.unresolved) <= subscribed
+                outstanding.append(r)
 
-    check(client.request(VIRTUAL_HOST, []))
-    for kind, arg in steps:
-        if kind == "subscribe":
-            subscribed |= set(arg)
-            check(client.request(VIRTUAL_HOST, arg))
-        elif kind == "unsubscribe":
-            subscribed -= set(arg)
-            check(client.request(VIRTUAL_HOST, [], arg))
-        elif kind == "answer" and outstanding:
-            r = outstanding.pop()
-            check(client.request(VIRTUAL_HOST, nonce=r.nonce, error="no" if arg else None))
-        elif kind == "snapshot":
-            current = _snapshot_of(arg)
-            check(stream.on_snapshot(current))
-    for _ in range(10):
-        if not outstanding:
-            break
-        check(client.ack(outstanding.pop()))
-    assert not outstanding
-    index = VirtualHostIndex(current.get(VIRTUAL_HOST))
-    held = stream.held(VIRTUAL_HOST)
-    for alias in subscribed:
-        target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
-        if "/" in alias and target is not None:
-            assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
+        check(client.request(VIRTUAL_HOST, []))
+        for kind, arg in steps:
+            if kind == "subscribe":
+                subscribed |= set(arg)
+                check(client.request(VIRTUAL_HOST, arg))
+            elif kind == "unsubscribe":
+                subscribed -= set(arg)
+                check(client.request(VIRTUAL_HOST, [], arg))
+            elif kind == "answer" and outstanding:
+                r = outstanding.pop()
+                check(client.request(VIRTUAL_HOST, nonce=r.nonce, error="no" if arg else None))
+            elif kind == "snapshot":
+                current = _snapshot_of(arg)
+                check(stream.on_snapshot(current))
+        for _ in range(10):
+            if not outstanding:
+                break
+            check(client.ack(outstanding.pop()))
+        assert not outstanding
+        index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+        held = stream.held(VIRTUAL_HOST)
+        for alias in subscribed:
+            target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
+            if "/" in alias and target is not None:
+                assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
