@@ -111,6 +111,8 @@ class Daemon:
             f"127.0.0.1:{self.grpc_port}",
             "--admin",
             f"127.0.0.1:{self.admin_port}",
+            "--rest",  # not the default port: other daemons may run on this machine
+            f"127.0.0.1:{free_port()}",
             *(extra or []),
         ]
         impl = os.environ.get("XDSD_GRPC_IMPL")  # A/B the gRPC server implementation
@@ -209,6 +211,13 @@ class ClientSpec:
     #: One xdsd token per class (``svc-{c:05d}`` in namespace default), carried by each of
     #: its clients, which then get a workload certificate; empty: no tokens.
     tokens: tuple[str, ...] = ()
+    #: Delta clients (``_deltaclient``) instead of SotW; with ``vhds``, each calls
+    #: ``calls`` services (``svc-00000`` and the ones after its own class's), of the
+    #: mesh's ``services``, on ports ``8000 + i % 20`` (``meshgen``).
+    delta: bool = False
+    vhds: bool = True
+    calls: int = 5
+    services: int = 0
 
 
 def _node(i: int, spec: ClientSpec) -> Any:
@@ -221,6 +230,19 @@ def _node(i: int, spec: ClientSpec) -> Any:
     )
 
 
+def _delta_client(i: int, spec: ClientSpec, on_ack: Any) -> Any:
+    """Client ``i`` of a ``--delta`` load (see ``ClientSpec.delta``)."""
+    from bench._deltaclient import DeltaXdsClient
+
+    node = _node(i, spec)
+    if spec.vhds:
+        node.metadata.update({"vhds": "true"})
+    mesh = max(spec.services, 1)
+    picked = [0] + [(i % spec.classes + k) % mesh for k in range(1, spec.calls)]
+    calls = tuple(dict.fromkeys((f"svc-{j:05d}", 8000 + j % 20) for j in picked))
+    return DeltaXdsClient(node, on_ack=on_ack, vhds=spec.vhds, calls=calls)
+
+
 class _Worker:
     """Runs in a load process: its clients and the pipe to the parent."""
 
@@ -229,20 +251,25 @@ class _Worker:
     ) -> None:
         self.conn = conn
         self.spec = spec
-        self.clients = [
-            XdsClient(
-                _node(i, spec),
-                on_ack=self._on_ack,
-                fat_node=spec.fat > 0,
-                token=spec.tokens[i % spec.classes] if spec.tokens else "",
-            )
-            for i in ids
-        ]
+        self.clients: list[Any] = (
+            [_delta_client(i, spec, self._on_ack) for i in ids]
+            if spec.delta
+            else [
+                XdsClient(
+                    _node(i, spec),
+                    on_ack=self._on_ack,
+                    fat_node=spec.fat > 0,
+                    token=spec.tokens[i % spec.classes] if spec.tokens else "",
+                )
+                for i in ids
+            ]
+        )
         self.tasks: list[asyncio.Task[None]] = []
         self.armed: list[str] = []
         self.baseline: dict[int, tuple[str, ...]] = {}
         self.done: set[int] = set()
         self.cpu0 = 0.0
+        self.bytes0 = 0
 
     def _versions(self, client: XdsClient) -> tuple[str, ...]:
         return tuple(client.types[t].version for t in self.armed)
@@ -263,7 +290,10 @@ class _Worker:
             for c in self.clients
         ]
         self.armed = []
-        self.conn.send(("done", {"clients": per_client, "cpu": _cpu() - self.cpu0}))
+        received = sum(getattr(c, "received_bytes", 0) for c in self.clients) - self.bytes0
+        self.conn.send(
+            ("done", {"clients": per_client, "cpu": _cpu() - self.cpu0, "bytes": received})
+        )
 
     def _on_command(self) -> None:
         cmd, arg = self.conn.recv()
@@ -272,6 +302,7 @@ class _Worker:
             self.baseline = {id(c): self._versions(c) for c in self.clients}
             self.done = set()
             self.cpu0 = _cpu()
+            self.bytes0 = sum(getattr(c, "received_bytes", 0) for c in self.clients)
             self.conn.send(("armed", None))
         elif cmd == "status":
             self.conn.send(("status", self._status()))
@@ -388,6 +419,7 @@ class LoadGen:
             "errors": sorted({e for p in parts for e in p["errors"]})[:5],
             "synced_at": [t for p in parts for t in p["synced_at"]],
             "cpu": sum(p["cpu"] for p in parts),
+            "bytes": sum(p.get("bytes", 0) for p in parts),
         }
 
     def wait_synced(self, timeout: float = 120.0) -> dict[str, Any]:
@@ -409,6 +441,7 @@ class LoadGen:
         return {
             "clients": [c for p in parts for c in p["clients"]],
             "cpu": sum(p["cpu"] for p in parts),
+            "bytes": sum(p.get("bytes", 0) for p in parts),
         }
 
     def stop(self) -> None:

@@ -48,7 +48,9 @@ LDS = PREFIX + "envoy.config.listener.v3.Listener"
 RDS = PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SDS = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPES = (CDS, EDS, LDS, RDS)
-SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds", SDS: "sds"}
+#: VHDS's virtual hosts (delta clients only, ``_deltaclient``).
+VHDS_TYPE = PREFIX + "envoy.config.route.v3.VirtualHost"
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds", SDS: "sds", VHDS_TYPE: "vhds"}
 MESSAGES = {
     CDS: cluster_pb2.Cluster,
     EDS: endpoint_pb2.ClusterLoadAssignment,
@@ -107,6 +109,7 @@ class XdsClient:
         default_factory=lambda: {t: TypeRecord() for t in (*TYPES, SDS)}
     )
     certificates: int = 0  # workload certificates received (first one and renewals)
+    received_bytes: int = 0  # the encoded size of every response received
     resources: dict[str, int] = field(default_factory=dict)  # type → count held
     connected: bool = False
     failures: int = 0  # connections or streams that failed to open
@@ -201,6 +204,7 @@ class XdsClient:
                     if resp is None:
                         return
                     now = time.time()
+                    self.received_bytes += resp.ByteSize()
                     type_url = resp.type_url
                     message = MESSAGES[type_url]
                     parsed = [message.FromString(a.value) for a in resp.resources]

@@ -30,6 +30,11 @@ is the daemon of ``--tree`` (a worktree of the baseline), a number is ``xdsd ser
 the run, as workers need; the daemon then has every core, not CPU 0 alone). CPU per edit
 is summed over the daemon's processes (supervisor and workers), and also given per
 worker (the busiest worker's share).
+
+``--delta`` runs delta ADS clients (``_deltaclient``) with VHDS (``--no-vhds``: without),
+each subscribed to the virtual hosts of ``--calls`` services, ``svc-00000`` among them
+(the one edited), so a route edit reaches every client as virtual hosts. ``KB/client``
+is what each client received per edit (every mode).
 """
 
 from __future__ import annotations
@@ -53,7 +58,34 @@ KINDS: dict[str, list[str]] = {
     "endpoint": ["eds"],
     "add": ["cds", "eds", "rds"],
 }
-ADMIN_NAMES = {"cds": "clusters", "eds": "endpoints", "lds": "listeners", "rds": "routes"}
+ADMIN_NAMES = {
+    "cds": "clusters",
+    "eds": "endpoints",
+    "lds": "listeners",
+    "rds": "routes",
+    "vhds": "type.googleapis.com/envoy.config.route.v3.VirtualHost",
+}
+
+
+def delta_kinds(args: argparse.Namespace) -> dict[str, list[str]]:
+    """``KINDS`` as ``--delta`` clients see them: with VHDS a route edit reaches them as
+    virtual hosts."""
+    if not args.delta or args.no_vhds:
+        return KINDS
+    return KINDS | {"route": ["vhds"], "add": ["cds", "eds"]}
+
+
+def add_delta_flags(parser: argparse.ArgumentParser) -> None:
+    """``--delta``, ``--no-vhds``, ``--calls``: delta clients (``_deltaclient``)."""
+    parser.add_argument(
+        "--delta",
+        action="store_true",
+        help="delta ADS clients (with VHDS unless --no-vhds) instead of SotW",
+    )
+    parser.add_argument("--no-vhds", action="store_true", help="with --delta: no VHDS")
+    parser.add_argument(
+        "--calls", type=int, default=5, help="with --delta: services each client calls (VHDS)"
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -131,7 +163,15 @@ def run_case(
         daemon = _daemon(config, root, args, workers)
         load: LoadGen | None = None
         try:
-            spec = ClientSpec("127.0.0.1", daemon.grpc_port, classes=min(args.classes, services))
+            spec = ClientSpec(
+                "127.0.0.1",
+                daemon.grpc_port,
+                classes=min(args.classes, services),
+                delta=args.delta,
+                vhds=not args.no_vhds,
+                calls=args.calls,
+                services=services,
+            )
             load = LoadGen(clients, spec, procs=args.procs)
             load.go()
             load.wait_synced(timeout=300)
@@ -161,7 +201,7 @@ def run_case(
             for kind in kinds:
                 samples: list[dict[str, float]] = []
                 for i in range(edits):
-                    samples.append(_one_edit(daemon, load, editor, kind, i))
+                    samples.append(_one_edit(daemon, load, editor, kind, i, delta_kinds(args)))
                     time.sleep(args.settle)
                 out[kind] = {
                     key: _summary([s[key] for s in samples])
@@ -195,8 +235,15 @@ def write_sidecar(config: Path, hosts: int) -> None:
     )
 
 
-def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) -> dict[str, float]:
-    types = KINDS[kind]
+def _one_edit(
+    daemon: Daemon,
+    load: LoadGen,
+    editor: Editor,
+    kind: str,
+    i: int,
+    kinds: dict[str, list[str]] = KINDS,
+) -> dict[str, float]:
+    types = kinds[kind]
     load.arm(types)
     daemon.mark()
     cpu0 = tree_cpu(daemon.pid)
@@ -230,6 +277,7 @@ def _one_edit(daemon: Daemon, load: LoadGen, editor: Editor, kind: str, i: int) 
         "daemon_cpu": (sum(cpu1.values()) - sum(cpu0.values())) * 1000,
         "worker_cpu": max(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1) * 1000,
         "load_cpu": done["cpu"] * 1000,
+        "kb_per_client": done.get("bytes", 0) / max(1, len(done["clients"])) / 1024,
     }
 
 
@@ -258,6 +306,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="run each case per entry: today (the --tree daemon) or a worker count, "
         "e.g. today,1,2 (default: the one daemon of --tree or this checkout)",
     )
+    add_delta_flags(parser)
     args = parser.parse_args(argv)
     if args.workers:
         return main_workers(args)
@@ -266,7 +315,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(
         f"{'N':>5} {'S':>5} {'edit':<9}"
         f"{'push p50':>9}{'p99':>7}{'max':>7} | {'detect':>6}{'rebuild':>8}{'first':>7}"
-        f"{'last p99':>9} | {'cpu xdsd':>8}{'load':>6}  (ms)"
+        f"{'last p99':>9} | {'cpu xdsd':>8}{'load':>6}  (ms) {'KB/client':>9}"
     )
     for s in (int(x) for x in args.services.split(",")):
         for n in (int(x) for x in args.clients.split(",")):
@@ -278,7 +327,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                     f"{r['push']['p50']:>9.1f}{r['push']['p99']:>7.1f}{r['push']['max']:>7.1f} | "
                     f"{r['detect']['p50']:>6.1f}{r['rebuild']['p50']:>8.1f}"
                     f"{r['first']['p50']:>7.1f}{r['last']['p99']:>9.1f} | "
-                    f"{r['daemon_cpu_ms']:>8.0f}{r['load_cpu_ms']:>6.0f}",
+                    f"{r['daemon_cpu_ms']:>8.0f}{r['load_cpu_ms']:>6.0f}       "
+                    f"{r['kb_per_client']['p50']:>9.2f}",
                     flush=True,
                 )
     return results

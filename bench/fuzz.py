@@ -1,8 +1,9 @@
 """The long fuzzing run: the suite's fuzz targets with a larger budget and fresh inputs.
 
-``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor]``
+``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor,vhds]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``,
-``tests/protocol/test_fuzz_protocol.py`` and ``tests/transports/test_fuzz_transports.py``
+``tests/protocol/test_fuzz_protocol.py``, ``tests/transports/test_fuzz_transports.py`` and
+the VHDS subscriptions of ``tests/protocol/test_vhds.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
 knob), random rather than derandomized unless ``--seeded``. Prints per target the examples
 run, whether it failed (with the shrunk failing input Hypothesis reports) and the time.
@@ -28,6 +29,7 @@ TARGETS = {
     "workers": "tests/workers/test_fuzz_merge.py",
     "supervisor": "tests/workers/test_fuzz_workers.py",
     "restart_cache": "tests/test_fuzz_restart_cache.py",
+    "vhds": "tests/protocol/test_vhds.py::test_vhds_streams_keep_their_promises",
 }
 #: Run in the child pytest: prints one line per example count, read back below.
 _TALLY_PLUGIN = """

@@ -463,6 +463,13 @@ def _add_bootstrap_command(sub: Subcommands) -> None:
         "(default: grpc)",
     )
     boot.add_argument(
+        "--no-vhds",
+        dest="vhds",
+        action="store_false",
+        help="with --transport delta: take every outbound route configuration whole, not "
+        "its virtual hosts on demand (VHDS, the default for delta Envoy sidecars)",
+    )
+    boot.add_argument(
         "--admin-port",
         type=int,
         default=15000,
@@ -1015,6 +1022,7 @@ def _node_class(args: argparse.Namespace, *, client: str, transport: str) -> Any
         config_source=sources[transport],
         instance_ip=args.instance_ip,
         outbound_ip=args.outbound_ip,
+        vhds=transport == "delta" and client == "envoy" and getattr(args, "vhds", False),
     )
 
 

@@ -129,7 +129,12 @@ class EchoMesh:
         self.xdsd = Xdsd(self.config, self.root, **kwargs)  # type: ignore[arg-type]
         return self.xdsd
 
-    def start_envoy(self, transport: str = "grpc", extra: tuple[str, ...] = ()) -> Envoy:
+    def start_envoy(
+        self,
+        transport: str = "grpc",
+        extra: tuple[str, ...] = (),
+        bootstrap: tuple[str, ...] = (),
+    ) -> Envoy:
         assert self.xdsd is not None
         admin_port = free_port()
         port = self.xdsd.grpc_port if transport != "rest" else self.xdsd.rest_port
@@ -154,6 +159,7 @@ class EchoMesh:
                 "--admin-port",
                 str(admin_port),
                 "--no-dns",
+                *bootstrap,
             ],
             capture_output=True,
             text=True,

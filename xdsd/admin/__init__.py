@@ -64,7 +64,7 @@ from xdsd.admin.status_page import StatusView, render_status_page
 from xdsd.cache.cache import ClientStatus, SnapshotCache
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem
-from xdsd.resources import MESSAGE_CLASSES, SHORT_NAMES, Resource, to_json
+from xdsd.resources import SHORT_NAMES, Resource, message_class, to_json
 from xdsd.resources.redaction import redact
 
 #: Decides whether the admin client with this certificate (``getpeercert()``; None
@@ -559,7 +559,7 @@ def _message_of(resource: Resource) -> Message:
     does not keep a parsed copy of every resource alive)."""
     if resource.parsed is not None:
         return resource.parsed
-    return MESSAGE_CLASSES[resource.type_url].FromString(resource.payload)
+    return message_class(resource.type_url).FromString(resource.payload)
 
 
 def _error(status: int, message: str) -> web.Response:

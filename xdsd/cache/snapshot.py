@@ -20,13 +20,16 @@ tokens; only the added resources' references need checking, since the base was c
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from xdsd.errors import InconsistentSnapshotError
 from xdsd.resources import PUSH_ORDER, SHORT_NAMES, Resource, TypeUrl, Version
 
+T = TypeVar("T")
+_MISSING: Any = object()
 EMPTY_VERSION = Version("")
 _MASK = (1 << 64) - 1
 
@@ -60,6 +63,7 @@ class Snapshot:
     # for an extended snapshot, only what was added to a base that was already closed.
     _unchecked: tuple[Resource, ...] | None = field(default=None, compare=False, repr=False)
     _closed: bool = field(default=False, compare=False, repr=False)
+    _derived: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, resources: Iterable[Resource], *, check: bool = True) -> Snapshot:
@@ -169,6 +173,15 @@ class Snapshot:
             found = _version_of(bucket[n] for n in key[1] if n in bucket)
             self._name_versions[key] = found
         return found
+
+    def derived(self, key: Hashable, compute: Callable[[Snapshot], T]) -> T:
+        """``compute(self)``, computed once per snapshot and ``key`` (e.g. an index of
+        its resources that every stream of the class reads). ``compute`` must depend on
+        the snapshot alone."""
+        found = self._derived.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._derived[key] = compute(self)
+        return found  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.resources.values())

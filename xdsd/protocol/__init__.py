@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import XdsdError
-from xdsd.resources import CLUSTER, PUSH_ORDER, Resource, TypeUrl, Version
+from xdsd.resources import CLUSTER, PUSH_ORDER, VIRTUAL_HOST, Resource, TypeUrl, Version
 
 K = TypeVar("K", bound=Hashable)
 
@@ -121,25 +121,36 @@ def resource_version(resource: Resource) -> str:
 class DeltaResponse:
     """A delta response to send: ``resources`` (changed, in name order) and ``removed``
     names of ``type_url``; ``version`` is the snapshot's version of the type (the
-    ``system_version_info``, for status and debugging only)."""
+    ``system_version_info``, for status and debugging only).
+
+    VHDS only: ``aliases``, when not empty, holds per resource (same order) the aliases
+    it answers; ``unresolved`` are aliases that name no virtual host, each sent as a
+    resource of that name and alias with no content (how Envoy learns its on-demand
+    request has no answer)."""
 
     type_url: TypeUrl
     version: Version
     nonce: str
     resources: tuple[Resource, ...]
     removed: tuple[str, ...]
+    aliases: tuple[tuple[str, ...], ...] = ()
+    unresolved: tuple[str, ...] = ()
 
     def to_proto(self) -> discovery_pb2.DeltaDiscoveryResponse:
         """The ``DeltaDiscoveryResponse`` message for this response."""
+        aliases = self.aliases or ((),) * len(self.resources)
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=self.version,
             type_url=self.type_url,
             nonce=self.nonce,
             resources=[
-                discovery_pb2.Resource(
-                    name=r.name, version=resource_version(r), resource=r.to_any()
-                )
-                for r in self.resources
+                *(
+                    discovery_pb2.Resource(
+                        name=r.name, version=resource_version(r), resource=r.to_any(), aliases=a
+                    )
+                    for r, a in zip(self.resources, aliases, strict=True)
+                ),
+                *(discovery_pb2.Resource(name=n, aliases=[n]) for n in self.unresolved),
             ],
             removed_resources=list(self.removed),
         )
@@ -156,10 +167,13 @@ Event = Response | DeltaResponse | Ack | Nack | NotApplied
 
 #: The types the protocol cores serve.
 SERVED_TYPES: frozenset[TypeUrl] = frozenset(PUSH_ORDER)
+#: The types a delta ADS stream serves: those and VHDS's virtual hosts.
+DELTA_ADS_TYPES: frozenset[TypeUrl] = SERVED_TYPES | {VIRTUAL_HOST}
 
 
 def clusters_referenced(resources: Iterable[Resource]) -> set[str]:
-    """The clusters ``resources`` (listeners, route configurations) reference."""
+    """The clusters ``resources`` (listeners, route configurations, virtual hosts)
+    reference."""
     return {name for r in resources for t, name in r.references if t == CLUSTER}
 
 
@@ -258,6 +272,7 @@ def record_events(
 
 
 __all__ = [
+    "DELTA_ADS_TYPES",
     "SERVED_TYPES",
     "WILDCARD",
     "Ack",

@@ -29,6 +29,22 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   until it is answered and makes those clusters' assignments due again (Envoy warms a
   cluster until it gets one). A removed cluster is announced removed only once no listener
   or route configuration the client holds references it.
+- A type whose snapshot version is the one what was due was last worked out for, with no
+  subscription change since, has nothing due and is not looked at again (a route edit
+  costs no pass over every cluster per client).
+- VHDS (``VirtualHost``, ADS only, after RDS and held like it while clusters warm): each
+  subscribed name is an alias ``ROUTE_CONFIG/HOST`` resolved against the snapshot
+  (``vhosts.VirtualHostIndex``; a virtual host's own name resolves to itself) and kept
+  by alias: the virtual host it resolves to is sent, with the aliases now due, when the
+  client does not hold its version under that alias; an alias that resolves to nothing
+  is answered once as a resource of that name with no content; a name without ``/``
+  (Envoy's subscription to a route configuration's namespace) gets a response, empty if
+  nothing else is due, so that Envoy's VHDS starts. Subscribing again to a name already
+  subscribed (Envoy asks again when a host still has no virtual host) answers it again.
+  On a reconnect, an alias whose virtual host the client says it holds at the current
+  version (``initial_resource_versions``, by the virtual host's name) is not sent again.
+  A virtual host no held alias resolves to any more is announced removed by its name.
+  At most ``MAX_VIRTUAL_HOST_NAMES`` names of at most ``MAX_ALIAS_LENGTH`` characters.
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import (
+    DELTA_ADS_TYPES,
     SERVED_TYPES,
     WILDCARD,
     Ack,
@@ -52,12 +69,14 @@ from xdsd.protocol import (
     resource_version,
     trim_node,
 )
+from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, index_of
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     PUSH_ORDER,
     ROUTE,
+    VIRTUAL_HOST,
     WILDCARD_TYPES,
     Resource,
     TypeUrl,
@@ -65,6 +84,11 @@ from xdsd.resources import (
 )
 
 DeltaEvent = DeltaResponse | Ack | Nack
+#: The order a delta ADS stream answers types in: RDS's virtual hosts right after it.
+_AFTER_ROUTE = PUSH_ORDER.index(ROUTE) + 1
+_DELTA_ORDER = (*PUSH_ORDER[:_AFTER_ROUTE], VIRTUAL_HOST, *PUSH_ORDER[_AFTER_ROUTE:])
+#: Types that wait while clusters warm (they name clusters).
+_NAMING_CLUSTERS = (LISTENER, ROUTE, VIRTUAL_HOST)
 
 
 @dataclass(slots=True)
@@ -85,6 +109,13 @@ class _DeltaType:
     rejected: dict[str, str] = field(default_factory=dict)  # NACKed: name → version
     version: str = ""  # its system version
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
+    vhosts: set[str] = field(default_factory=set)  # VHDS: virtual hosts the client holds
+    asked: set[str] = field(default_factory=set)  # VHDS: aliases asked for after the first
+    # The type's snapshot version when what is due was last worked out, and nothing that
+    # decides it (subscription, holding) changed since: nothing is due while the version
+    # stays ("": work it out). Saves a pass over every resource per client per push.
+    clean: str = ""
+    keeping: bool = False  # CDS: removed clusters not yet announced (still referenced)
 
 
 class DeltaStream:
@@ -137,6 +168,7 @@ class DeltaStream:
         type_url = self._type_of(request)
         events: list[DeltaEvent] = []
         state = self._types.get(type_url)
+        again = state is not None  # a later request: VHDS names subscribed again are due
         if state is None:
             state = self._types[type_url] = _DeltaType()
             state.held.update(request.initial_resource_versions)
@@ -152,12 +184,26 @@ class DeltaStream:
                     state.rejected.pop(name, None)
             state.nonce = ""
             state.updates_in_flight = False
+        vhds = type_url == VIRTUAL_HOST
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            state.clean = ""
         for name in request.resource_names_subscribe:
-            if name == WILDCARD:
+            if name == WILDCARD and not vhds:
                 state.wildcard = True
             else:
+                if vhds:
+                    _check_alias(name)
+                    if again:
+                        state.absent.discard(name)
+                        state.held.pop(name, None)
+                        state.asked.add(name)
                 state.names.add(name)
                 state.dropped.discard(name)
+        if vhds and len(state.names) > MAX_VIRTUAL_HOST_NAMES:
+            raise ProtocolError(
+                "INVALID_ARGUMENT",
+                f"subscribed to more than {MAX_VIRTUAL_HOST_NAMES} virtual host names",
+            )
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 state.wildcard = False
@@ -181,7 +227,8 @@ class DeltaStream:
         return self._push()
 
     def _type_of(self, request: discovery_pb2.DeltaDiscoveryRequest) -> TypeUrl:
-        return requested_type(request.type_url, self._type_url, SERVED_TYPES)
+        served = DELTA_ADS_TYPES if self._type_url is None else SERVED_TYPES
+        return requested_type(request.type_url, self._type_url, served)
 
     def _push(self) -> list[DeltaResponse]:
         snap = self._snapshot
@@ -189,13 +236,22 @@ class DeltaStream:
             return []
         out: list[DeltaResponse] = []
         # CDS once more at the end: removals that the LDS/RDS just sent released.
-        for type_url in (*PUSH_ORDER, CLUSTER):
+        for type_url in (*_DELTA_ORDER, CLUSTER):
             state = self._types.get(type_url)
-            if state is None or state.nonce:
+            if state is None or state.nonce or state.clean == snap.version(type_url):
                 continue
-            if type_url in (LISTENER, ROUTE) and self._clusters_warming(snap):
+            if type_url in _NAMING_CLUSTERS and self._clusters_warming(snap):
                 continue
-            response = self._respond(type_url, state, snap)
+            if type_url == VIRTUAL_HOST:
+                response = self._respond_vhosts(state, snap)
+            else:
+                response = self._respond(type_url, state, snap)
+            state.clean = snap.version(type_url)
+            if response is not None and type_url in _NAMING_CLUSTERS:
+                # what they reference decides whether CDS still keeps removed clusters
+                clusters = self._types.get(CLUSTER)
+                if clusters is not None and clusters.keeping:
+                    clusters.clean = ""
             if response is not None:
                 out.append(response)
         return out
@@ -220,7 +276,9 @@ class DeltaStream:
         removed = {n for n in state.dropped if n not in wanted or n not in bucket}
         removed.update(n for n in state.held if n not in bucket or n not in wanted)
         if type_url == CLUSTER and self.ads:
-            removed -= self._clusters_still_used()
+            kept = removed & self._clusters_still_used()
+            removed -= kept
+            state.keeping = bool(kept)
         missing = {n for n in state.names if n not in bucket and n not in state.held}
         removed.update(missing - state.absent)
         first_wildcard = not state.responded and state.wildcard and not state.resumed
@@ -246,11 +304,84 @@ class DeltaStream:
             type_url, snap.version(type_url), state.nonce, tuple(changed), tuple(sorted(removed))
         )
 
+    def _respond_vhosts(self, state: _DeltaType, snap: Snapshot) -> DeltaResponse | None:
+        """The VHDS response due (see the module docstring), or None."""
+        bucket = snap.get(VIRTUAL_HOST)
+        index = index_of(snap)
+        due: dict[str, list[str]] = {}
+        unresolved: list[str] = []
+        namespaces = False
+        gone: set[str] = set()  # held since a reconnect, by a name that no longer exists
+        for name in [n for n in state.held if n not in state.names and n not in bucket]:
+            if name not in state.sent:
+                state.held.pop(name)
+                gone.add(name)
+        for alias in sorted(state.names):
+            if "/" not in alias:
+                namespaces = namespaces or alias not in state.absent
+                state.absent.add(alias)
+                continue
+            target = alias if alias in bucket else index.resolve(alias)
+            if target is None:
+                if state.held.pop(alias, None) is not None and alias not in state.sent:
+                    gone.add(alias)
+                state.sent.pop(alias, None)
+                if alias not in state.absent:
+                    unresolved.append(alias)
+                    state.absent.add(alias)
+                continue
+            resource = bucket[target]
+            version = resource_version(resource)
+            old = state.sent.get(alias)
+            held_before = state.held.get(alias) == version or (
+                alias not in state.asked and state.held.get(target) == version
+            )
+            if old is None and held_before:
+                # held since before a reconnect (by its name or under this alias)
+                state.held[alias] = version
+                state.sent[alias] = resource
+                continue
+            state.asked.discard(alias)
+            if state.held.get(alias) != version or old is None or old.name != target:
+                due.setdefault(target, []).append(alias)
+                state.held[alias] = version
+                state.sent[alias] = resource
+                state.absent.discard(alias)
+        for alias in state.dropped:
+            state.held.pop(alias, None)
+            state.sent.pop(alias, None)
+            state.asked.discard(alias)
+        state.dropped.clear()
+        for alias in [a for a in state.sent if a not in state.names]:
+            state.held.pop(alias, None)
+            state.sent.pop(alias, None)
+        still = {r.name for r in state.sent.values()}
+        removed = tuple(sorted((state.vhosts - still) | gone))
+        state.vhosts = still
+        if not due and not unresolved and not removed and not namespaces:
+            return None
+        changed = tuple(bucket[n] for n in sorted(due))
+        state.in_flight = {r.name: resource_version(r) for r in changed}
+        self._counter += 1
+        state.nonce = str(self._counter)
+        state.version = snap.version(VIRTUAL_HOST)
+        state.responded = True
+        return DeltaResponse(
+            VIRTUAL_HOST,
+            state.version,
+            state.nonce,
+            changed,
+            removed,
+            aliases=tuple(tuple(due[r.name]) for r in changed),
+            unresolved=tuple(unresolved),
+        )
+
     def _clusters_still_used(self) -> set[str]:
-        """Clusters a listener or route configuration the client holds references."""
+        """Clusters a listener, route configuration or virtual host the client holds
+        references."""
         return clusters_referenced(
             r
-            for type_url in (LISTENER, ROUTE)
+            for type_url in _NAMING_CLUSTERS
             if (state := self._types.get(type_url)) is not None
             for r in state.sent.values()
         )
@@ -267,6 +398,7 @@ class DeltaStream:
             for type_url, name in r.references:
                 if type_url == ENDPOINT:
                     endpoints.held.pop(name, None)
+                    endpoints.clean = ""
 
     def _clusters_warming(self, snap: Snapshot) -> bool:
         """ADS only: LDS and RDS wait while a CDS response that adds or changes clusters
@@ -276,9 +408,19 @@ class DeltaStream:
             return False
         if state.nonce and state.updates_in_flight:
             return True
+        if state.clean == snap.version(CLUSTER):
+            return False  # everything due was sent
         bucket = snap.get(CLUSTER)
         wanted = self._wanted(state, snap, CLUSTER)
         return any(n in bucket and state.held.get(n) != resource_version(bucket[n]) for n in wanted)
+
+
+def _check_alias(name: str) -> None:
+    """Refuse a VHDS name longer than ``MAX_ALIAS_LENGTH`` (ProtocolError)."""
+    if len(name) > MAX_ALIAS_LENGTH:
+        raise ProtocolError(
+            "INVALID_ARGUMENT", f"a virtual host name longer than {MAX_ALIAS_LENGTH} characters"
+        )
 
 
 def _answer(

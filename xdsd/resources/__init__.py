@@ -16,7 +16,7 @@ from typing import Any, NewType
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
 from google.protobuf.message import Message
@@ -30,6 +30,9 @@ ENDPOINT = TypeUrl(TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment
 LISTENER = TypeUrl(TYPE_PREFIX + "envoy.config.listener.v3.Listener")
 ROUTE = TypeUrl(TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration")
 SECRET = TypeUrl(TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret")
+#: A virtual host served on its own (VHDS, delta clients only): not in ``PUSH_ORDER``,
+#: ``SHORT_NAMES`` or ``MESSAGE_CLASSES`` (no REST path, no raw resource of this type).
+VIRTUAL_HOST = TypeUrl(TYPE_PREFIX + "envoy.config.route.v3.VirtualHost")
 
 #: The types a snapshot holds, in make-before-break push order (CDS, EDS, LDS, RDS, SDS).
 PUSH_ORDER: tuple[TypeUrl, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
@@ -53,6 +56,15 @@ MESSAGE_CLASSES: dict[TypeUrl, type[Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
     SECRET: secret_pb2.Secret,
 }
+
+
+def message_class(type_url: TypeUrl) -> type[Message]:
+    """The message class of a served type (``MESSAGE_CLASSES``, or the virtual host of
+    VHDS). Raises KeyError for any other type."""
+    if type_url == VIRTUAL_HOST:
+        vhost: type[Message] = route_components_pb2.VirtualHost
+        return vhost
+    return MESSAGE_CLASSES[type_url]
 
 
 def type_url_of(message: Message) -> TypeUrl:
@@ -104,7 +116,7 @@ class Resource:
         was made from its encoding)."""
         found = self.parsed
         if found is None:
-            found = MESSAGE_CLASSES[self.type_url].FromString(self.payload)
+            found = message_class(self.type_url).FromString(self.payload)
             object.__setattr__(self, "parsed", found)
         return found
 

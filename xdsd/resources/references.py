@@ -15,7 +15,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as tcp_ext_authz_pb2
@@ -49,6 +49,8 @@ def references_of(message: Message) -> Refs:
         return _listener_refs(message)
     if isinstance(message, route_pb2.RouteConfiguration):
         return _route_config_refs(message)
+    if isinstance(message, route_components_pb2.VirtualHost):
+        return _vhost_refs(message)
     return ()
 
 
@@ -155,9 +157,18 @@ UNRESOLVED_BACKEND_CLUSTER = "gateway-api|unresolved-backend"
 
 
 def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
+    """The clusters of its inline virtual hosts (those served by VHDS are resources of
+    their own, checked as such)."""
     names: dict[tuple[str, str], None] = {}
     for vhost in config.virtual_hosts:
         _add_route_refs(vhost.routes, names)
+    return tuple(names)
+
+
+def _vhost_refs(vhost: route_components_pb2.VirtualHost) -> Refs:
+    """The clusters the routes of a virtual host name (destinations and mirrors)."""
+    names: dict[tuple[str, str], None] = {}
+    _add_route_refs(vhost.routes, names)
     return tuple(names)
 
 

@@ -42,6 +42,7 @@ from xdsd.translate.peer_authentication import effective_mode
 from xdsd.translate.route_actions import CORS_FILTER, FAULT_FILTER
 from xdsd.translate.routes import inbound_route_configuration
 from xdsd.translate.secrets import add_mesh_identity
+from xdsd.translate.vhds import ON_DEMAND_FILTER, on_demand_filter_config
 from xdsd.translate.workload_security import NO_POLICIES, NamedFilter, WorkloadPolicies
 
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -86,6 +87,7 @@ def http_connection_manager(
     filters: tuple[str, ...] = (),
     websocket: bool = True,
     configured: Sequence[NamedFilter] = (),
+    on_demand: bool = False,
 ) -> Any:
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
@@ -94,7 +96,8 @@ def http_connection_manager(
     with their default configuration, after the ``configured`` filters (name, typed
     config: the security filters of an inbound listener). ``websocket`` lets requests
     upgrade to WebSocket, as Istio's listeners do (off for proxyless gRPC, which has no
-    upgrades)."""
+    upgrades). ``on_demand`` (a VHDS class) runs the on-demand filter first, so that a
+    virtual host is fetched before any filter reads the route."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
@@ -108,6 +111,9 @@ def http_connection_manager(
         hcm.http_protocol_options.allow_absolute_url.value = True
     if websocket:
         hcm.upgrade_configs.add(upgrade_type="websocket")
+    if on_demand:
+        first = hcm.http_filters.add(name=ON_DEMAND_FILTER)
+        first.typed_config.CopyFrom(pack(on_demand_filter_config()))
     for name, typed in configured:
         hcm.http_filters.add(name=name).typed_config.CopyFrom(pack(typed))
     for name in filters:
@@ -212,16 +218,20 @@ def inbound_listener(
 
 
 def outbound_http_listener(
-    ip: str, port: int, source: ConfigSourceKind, route_name: str = ""
+    ip: str, port: int, source: ConfigSourceKind, route_name: str = "", on_demand: bool = False
 ) -> Any:
     """The listener on ``ip:port`` for HTTP services on ``port``; its routes are the route
-    configuration ``route_name`` (default: named like the port)."""
+    configuration ``route_name`` (default: named like the port); ``on_demand``: virtual
+    hosts fetched by VHDS (``http_connection_manager``)."""
     stat_prefix = f"outbound_{port}"
     listener = _socket_listener(
         outbound_listener_name(ip, port), ip, port, base_pb2.OUTBOUND, stat_prefix
     )
     config = http_connection_manager(
-        stat_prefix, rds=(route_name or port_route_name(port), source), filters=RULE_FILTERS
+        stat_prefix,
+        rds=(route_name or port_route_name(port), source),
+        filters=RULE_FILTERS,
+        on_demand=on_demand,
     )
     _add_filter(listener, HCM_FILTER, config)
     return listener
@@ -261,11 +271,14 @@ def outbound_l4_listener(ip: str, plan: L4ListenerPlan) -> Any:
     return listener
 
 
-def http_proxy_listener(ip: str, source: ConfigSourceKind, forward: bool = False) -> Any:
+def http_proxy_listener(
+    ip: str, source: ConfigSourceKind, forward: bool = False, on_demand: bool = False
+) -> Any:
     """The outbound HTTP proxy on ``ip:15001`` (the application's ``HTTP_PROXY``): routes
     by Host over every HTTP service, from the route configuration ``http_proxy``. With
     ``forward`` (the mesh has services of resolution NONE), the dynamic forward proxy
-    filter runs last before the router (see ``forward_proxy``)."""
+    filter runs last before the router (see ``forward_proxy``); ``on_demand`` as for
+    ``outbound_http_listener``."""
     listener = _socket_listener(
         HTTP_PROXY_LISTENER, ip, HTTP_PROXY_PORT, base_pb2.OUTBOUND, HTTP_PROXY_LISTENER
     )
@@ -274,6 +287,7 @@ def http_proxy_listener(ip: str, source: ConfigSourceKind, forward: bool = False
         rds=(HTTP_PROXY_ROUTES, source),
         allow_absolute_url=True,
         filters=(*RULE_FILTERS, FORWARD_PROXY_FILTER) if forward else RULE_FILTERS,
+        on_demand=on_demand,
     )
     _add_filter(listener, HCM_FILTER, config)
     return listener

@@ -328,7 +328,18 @@ class MeshTranslation:
         elif node.role is Role.SIDECAR:
             out.append(lambda: parts.inbound(node, scope, source))
             vips = parts.serves_virtual(node)
-            out.append(lambda: parts.outbound(node.outbound_ip, source, style, caller, scope, vips))
+            # Virtual-address and capture listeners name the per-port route
+            # configurations too, without the on-demand filter: such classes keep them whole.
+            vhds = (
+                node.vhds
+                and node.config_source is ConfigSourceKind.DELTA
+                and node.client is ClientKind.ENVOY
+                and not vips
+                and not node.capture
+            )
+            out.append(
+                lambda: parts.outbound(node.outbound_ip, source, style, caller, scope, vips, vhds)
+            )
             out.append(lambda: parts.l4_listeners(node, scope))
             if node.client is ClientKind.ENVOY and self.mesh_config.dns.enabled:
                 if vips:

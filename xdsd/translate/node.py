@@ -85,6 +85,10 @@ class NodeClass:
     #: The port of this sidecar's capture listener (0: none; metadata ``capture``): the
     #: original-destination listener ``xdsd capture``'s rules redirect outbound TCP to.
     capture: int = 0
+    #: A delta client whose outbound route configurations come with their virtual hosts
+    #: as resources of their own, fetched on demand (VHDS; metadata ``vhds``, honoured on
+    #: delta streams only: ``translate/vhds.py``).
+    vhds: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(sorted(dict(self.labels).items())))
@@ -112,6 +116,8 @@ class NodeClass:
             parts.append(f"vips={self.virtual_addresses}")
         if self.dns:
             parts.append(f"dns={self.dns}")
+        if self.vhds:
+            parts.append("vhds")
         return " ".join(parts)
 
 
@@ -139,6 +145,7 @@ METADATA_FIELDS = (
     "dns",
     "dns_upstream",
     "capture",
+    "vhds",
 )
 
 
@@ -200,6 +207,7 @@ class _Metadata:
     dns: str
     dns_upstream: tuple[str, ...]
     capture: int
+    vhds: bool
 
 
 def _is_port(value: Any) -> bool:
@@ -208,6 +216,12 @@ def _is_port(value: Any) -> bool:
     if isinstance(value, str):
         return 0 < len(value) <= 5 and value.isascii() and value.isdigit() and int(value) < 65536
     return isinstance(value, float) and value.is_integer() and 0 <= value < 65536
+
+
+def _is_flag(value: Any) -> bool:
+    """A boolean, or ``true``/``false`` as a string (how Envoy hands a YAML bootstrap's
+    metadata scalars over)."""
+    return isinstance(value, bool) or value in ("true", "false")
 
 
 def _is_block(value: Any) -> bool:
@@ -300,6 +314,7 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
     )
     dns_upstream = _read_resolvers(metadata)
     capture = metadata.value("capture", _is_port, "a port number", 0.0)
+    vhds = metadata.value("vhds", _is_flag, "true or false", False) in (True, "true")
     return _Metadata(
         namespace=namespace,
         role=Role(role),
@@ -312,6 +327,7 @@ def _read_metadata(metadata: Fields, user_agent_name: str) -> _Metadata:
         dns=dns,
         dns_upstream=dns_upstream,
         capture=int(capture),  # a float or a string of digits, checked
+        vhds=vhds,
     )
 
 
@@ -344,7 +360,10 @@ def node_class_from_node(
     proxyless gRPC client with the mesh's certificates in its bootstrap),
     ``virtual_addresses`` (an IPv4 CIDR), ``dns`` (``IP:PORT``) and ``dns_upstream`` (a
     list of ``IP`` or ``IP:PORT``): a sidecar's virtual addresses and DNS; ``capture``
-    (a port): its original-destination capture listener. Every other
+    (a port): its original-destination capture listener; ``vhds`` (a boolean): virtual
+    hosts by VHDS, honoured only when ``config_source`` is DELTA (Envoy takes VHDS on a
+    delta stream only; on any other stream the field is read, checked and ignored). Every
+    other
     field is ignored. The metadata is read with ``xdsd.located.Fields``, as config
     documents are.
 
@@ -378,6 +397,7 @@ def node_class_from_node(
         dns=read.dns,
         dns_upstream=read.dns_upstream,
         capture=read.capture,
+        vhds=read.vhds and config_source is ConfigSourceKind.DELTA,
     )
 
 

@@ -34,7 +34,7 @@ from xdsd.model import (
 )
 from xdsd.model.mesh_config import MeshConfig
 from xdsd.model.networking import Gateway
-from xdsd.resources import SECRET, Resource
+from xdsd.resources import ROUTE, SECRET, Resource
 from xdsd.translate import jwt_authn
 from xdsd.translate.capture import (
     blackhole_cluster,
@@ -104,6 +104,7 @@ from xdsd.translate.sidecar_ports import (
     ingress_service,
 )
 from xdsd.translate.sidecar_scope import EVERYTHING, EVERYTHING_REGISTRY_ONLY, Scope
+from xdsd.translate.vhds import split_route_configuration
 from xdsd.translate.virtual_addresses import (
     AddressBlock,
     Allocated,
@@ -554,12 +555,15 @@ class ClassParts:
         caller: Caller,
         scope: Scope = EVERYTHING,
         vips: bool = False,
+        vhds: bool = False,
     ) -> tuple[Resource, ...]:
         """Outbound HTTP listeners on ``ip`` (and on the bind addresses of explicit
         egress listeners) and the route configurations they name, as ``caller`` sees them
         and as far as ``scope`` lets it see; with ``vips`` (a class with virtual-address
-        listeners) without the per-port listeners of ambiguous ports."""
-        return self._selections.get(self._outbound, ip, source, style, caller, scope, vips)
+        listeners) without the per-port listeners of ambiguous ports; with ``vhds``, the
+        listeners run the on-demand filter and the route configurations are split into
+        their virtual hosts (``vhds.split_route_configuration``)."""
+        return self._selections.get(self._outbound, ip, source, style, caller, scope, vips, vhds)
 
     def _outbound(
         self,
@@ -569,8 +573,31 @@ class ClassParts:
         caller: Caller,
         scope: Scope,
         vips: bool,
+        vhds: bool,
     ) -> list[Resource]:
         """The selection ``outbound`` memoizes."""
+        out = self._outbound_whole(ip, source, style, caller, scope, vips, vhds)
+        if not vhds:
+            return out
+        split: list[Resource] = []
+        for r in out:
+            if r.type_url == ROUTE:
+                split.extend(self._memo.get(split_route_configuration, r))
+            else:
+                split.append(r)
+        return split
+
+    def _outbound_whole(
+        self,
+        ip: str,
+        source: ConfigSourceKind,
+        style: MatcherStyle,
+        caller: Caller,
+        scope: Scope,
+        vips: bool,
+        on_demand: bool,
+    ) -> list[Resource]:
+        """The resources of ``_outbound``, route configurations whole."""
         block = scope.registry_only
         memo = self._memo
         out: list[Resource] = []
@@ -580,7 +607,9 @@ class ClassParts:
             if vips and ambiguous(group):
                 continue
             if group.http:
-                out.append(memo.resource(outbound_http_listener, ip, group.number, source))
+                out.append(
+                    memo.resource(outbound_http_listener, ip, group.number, source, "", on_demand)
+                )
                 try:
                     out.append(
                         routes.port_routes(group, style, caller, view=view, block_unknown=block)
@@ -592,7 +621,11 @@ class ClassParts:
                 continue
             name = explicit_route_name(bind, group.number)
             address = bind or ip
-            out.append(memo.resource(outbound_http_listener, address, group.number, source, name))
+            out.append(
+                memo.resource(
+                    outbound_http_listener, address, group.number, source, name, on_demand
+                )
+            )
             try:
                 out.append(
                     routes.port_routes(
@@ -602,7 +635,7 @@ class ClassParts:
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
         forward = self._scoping.forwards()
-        out.append(memo.resource(http_proxy_listener, ip, source, forward))
+        out.append(memo.resource(http_proxy_listener, ip, source, forward, on_demand))
         visible = self._scoping.visible_groups(scope)
         try:
             out.append(

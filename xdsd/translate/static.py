@@ -76,7 +76,7 @@ def _plain(value: Any) -> Any:
 def node_metadata(node: NodeClass) -> Any:
     """The ``node.metadata`` Struct xdsd reads back (see ``node_class_from_node``):
     namespace, labels, role, outbound_ip and, when set, instance_ip, mesh_tls, mesh DNS
-    (virtual_addresses, dns, dns_upstream) and capture."""
+    (virtual_addresses, dns, dns_upstream), capture and vhds."""
     metadata = struct_pb2.Struct()
     metadata.update(
         {
@@ -99,6 +99,8 @@ def node_metadata(node: NodeClass) -> Any:
     if node.capture:
         # a string: Envoy hands a YAML bootstrap's scalars over as strings anyway
         metadata.update({"capture": str(node.capture)})
+    if node.vhds:
+        metadata.update({"vhds": "true"})  # a string, as for capture
     return metadata
 
 

@@ -33,7 +33,16 @@ from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, Event, Response
 from xdsd.protocol.delta import DeltaStream
 from xdsd.protocol.sotw import SotwStream
-from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT_NAMES, TypeUrl
+from xdsd.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    SHORT_NAMES,
+    VIRTUAL_HOST,
+    TypeUrl,
+)
 from xdsd.resources.v2 import v3_type
 from xdsd.transports.wire import BodyWriter, write_delta, write_sotw, write_v2
 
@@ -59,6 +68,9 @@ class Core(Protocol):
 
 
 def _kind(type_url: str) -> str:
+    """A type's short name for logs (``virtual_hosts`` for VHDS)."""
+    if type_url == VIRTUAL_HOST:
+        return "virtual_hosts"
     return SHORT_NAMES.get(TypeUrl(type_url), type_url)
 
 

@@ -86,7 +86,8 @@ def write_delta(response: DeltaResponse) -> bytes:
 
 def content_key(write: BodyWriter, response: AnyResponse) -> Hashable:
     """What determines the body ``write`` makes of ``response``: the writer itself, the
-    type, the version, the resources' names and digests, and (delta) the removed names."""
+    type, the version, the resources' names and digests, and (delta) the removed names,
+    aliases and unresolved aliases."""
     resources = response.resources
     return (
         write,
@@ -95,6 +96,7 @@ def content_key(write: BodyWriter, response: AnyResponse) -> Hashable:
         tuple([r.name for r in resources]),
         tuple([r.digest for r in resources]),
         response.removed if isinstance(response, DeltaResponse) else (),
+        (response.aliases, response.unresolved) if isinstance(response, DeltaResponse) else (),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh import EchoMesh, Prober, route_to, vs
-from tests.harness import Xdsd, wait_until, write_atomically
+from tests.harness import Xdsd, http_get, wait_until, write_atomically
 
 SENT = re.compile(r"sending delta (\w+) version=\S+ nonce=\S+ resources=(\d+) removed=(\d+)")
 
@@ -59,12 +59,15 @@ def test_delta_envoy_follows_edits_without_failing_a_request(mesh: EchoMesh, imp
     assert ("(grpcio)" in xdsd.log()) == (impl == "grpcio")
 
 
-def test_an_edit_sends_only_what_changed(mesh: EchoMesh) -> None:
-    """A route edit sends route configurations only (the port's and the HTTP proxy's),
+@pytest.mark.parametrize("vhds", [True, False])
+def test_an_edit_sends_only_what_changed(mesh: EchoMesh, vhds: bool) -> None:
+    """A route edit sends the changed virtual hosts only (VHDS: echo's of the port's
+    configuration and of the HTTP proxy's), or without VHDS the two route configurations,
     nothing of the clusters, endpoints or listeners the client already has."""
     xdsd = mesh.start_xdsd()
-    envoy = mesh.start_envoy("delta")
+    envoy = mesh.start_envoy("delta", bootstrap=() if vhds else ("--no-vhds",))
     mesh.wait_for("v1")
+    mesh.wait_for("v1", "proxy")
     wait_until(
         lambda: envoy.stats().get("http.outbound_http_proxy.rds.http_proxy.update_success", 0) >= 1,
         what="routes",
@@ -72,10 +75,10 @@ def test_an_edit_sends_only_what_changed(mesh: EchoMesh) -> None:
     before = len(sent(xdsd.log()))
     write_atomically(mesh.rules, vs(route_to({"v2": 100})))
     mesh.wait_for("v2")
-    wait_until(lambda: len(sent(xdsd.log())) > before, what="the delta response")
+    wait_until(lambda: sum(n for _, n, _ in sent(xdsd.log())[before:]) >= 2, what="responses")
     after = sent(xdsd.log())[before:]
-    assert {t for t, _, _ in after} == {"routes"}, after
-    assert sum(n for _, n, _ in after) == 2, after  # "PORT" and "http_proxy"
+    assert {t for t, _, _ in after} == {"virtual_hosts" if vhds else "routes"}, after
+    assert sum(n for _, n, _ in after) == 2, after  # echo's of "PORT" and "http_proxy"
     # an endpoint-only edit: EDS with the changed assignments only
     before = len(sent(xdsd.log()))
     mesh.set_subsets("v1", "v2", "v3")  # a new subset: its cluster and its endpoints
@@ -83,6 +86,41 @@ def test_an_edit_sends_only_what_changed(mesh: EchoMesh) -> None:
     wait_until(lambda: any(t == "endpoints" for t, _, _ in sent(xdsd.log())[before:]), what="EDS")
     cds = [n for t, n, _ in sent(xdsd.log())[before:] if t == "clusters"]
     assert cds == [1], cds  # only the new v3 cluster
+
+
+def test_vhds_fetches_on_demand_and_drops_what_leaves(mesh: EchoMesh) -> None:
+    """VHDS with a real Envoy: no virtual host is sent before a request needs it; the
+    first request to a host fetches it (on-demand filter) and is routed; an unknown host
+    is answered 404 at once (not held until a timeout); a service that leaves the mesh is
+    removed (404 again); the route configurations themselves carry no virtual host."""
+    xdsd = mesh.start_xdsd()
+    envoy = mesh.start_envoy("delta")
+    wait_until(lambda: envoy.stats().get("listener_manager.lds.update_success", 0) >= 1, what="LDS")
+    wait_until(
+        lambda: envoy.stats().get("http.outbound_http_proxy.rds.http_proxy.update_success", 0) >= 1,
+        what="routes",
+    )
+    assert not [n for t, n, _ in sent(xdsd.log()) if t == "virtual_hosts" and n], "pushed"
+    mesh.wait_for("v1")  # fetched on demand
+    mesh.wait_for("v1", "proxy")
+    clients = xdsd.admin("/debug/clients")
+    assert str(clients[0]["class"]).endswith(" vhds"), clients
+    status, _, _ = http_get(mesh.outbound_ip, mesh.port, "/", {"Host": "nowhere.example"})
+    assert status == 404
+    held = [n for t, n, _ in sent(xdsd.log()) if t == "virtual_hosts"]
+    assert sum(held) == 2, held  # echo's, once per route configuration
+    (mesh.config / "services" / "echo.toml").unlink()
+    mesh.rules.unlink()
+    wait_until(
+        lambda: any(t == "virtual_hosts" and r for t, _, r in sent(xdsd.log())),
+        what="the virtual hosts removed",
+    )
+    # (the port's listener went with its last service; the HTTP proxy stays)
+    proxy = f"http://echo:{mesh.port}/"
+    wait_until(
+        lambda: http_get(mesh.outbound_ip, 15001, proxy_url=proxy)[0] == 404,
+        what="echo no longer routed",
+    )
 
 
 def test_restart_sends_nothing_envoy_already_has(mesh: EchoMesh) -> None:

@@ -1,0 +1,235 @@
+"""DeltaStream's VHDS: virtual hosts subscribed by alias, answered, updated, removed;
+and the translation that splits a route configuration into them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fuzzing import deadline, fuzz_settings
+from tests.protocol.test_delta import Client, responses
+from xdsd.cache.snapshot import Snapshot
+from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
+from xdsd.protocol.delta import DeltaStream
+from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
+from xdsd.resources import VIRTUAL_HOST, Resource
+from xdsd.translate.vhds import split_route_configuration
+
+
+def vhost(name: str, *domains: str, body: str = "") -> Resource:
+    v = route_components_pb2.VirtualHost(name=name, domains=list(domains))
+    route = v.routes.add()
+    route.match.prefix = "/"
+    route.direct_response.status = 200
+    route.direct_response.body.inline_string = body
+    return Resource.of(name, v)
+
+
+def snap(*resources: Resource) -> Snapshot:
+    return Snapshot.build(resources)
+
+
+BASE = (
+    vhost("80/echo", "echo", "echo:80", body="a"),
+    vhost("80/wild", "*.example.com"),
+    vhost("80/pre", "api.*"),
+    vhost("http_proxy/echo", "echo:80"),
+)
+
+
+@pytest.mark.parametrize(
+    ("alias", "resolved"),
+    [
+        ("80/echo", "80/echo"),
+        ("80/ECHO:80", "80/echo"),
+        ("80/a.b.example.com", "80/wild"),
+        ("80/example.com", None),
+        ("80/api.internal", "80/pre"),
+        ("http_proxy/echo", None),  # that configuration has echo:80 only
+        ("http_proxy/echo:80", "http_proxy/echo"),
+        ("81/echo", None),
+        ("echo", None),
+        ("80/", None),
+        ("80/\x00garbage\xff", None),
+    ],
+)
+def test_alias_resolution(alias: str, resolved: str | None) -> None:
+    assert VirtualHostIndex(snap(*BASE).get(VIRTUAL_HOST)).resolve(alias) == resolved
+
+
+def test_on_demand_subscription_update_and_removal() -> None:
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    # Envoy's first VHDS request names the route configuration: an empty answer
+    first = responses(client.request(VIRTUAL_HOST, ["80"]))
+    assert [(r.names, r.removed, r.unresolved) for r in first] == [((), (), ())]
+    client.ack(first[0])
+    # an on-demand request: the virtual host, with the alias
+    got = responses(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert [(r.names, r.aliases) for r in got] == [(("80/echo",), (("80/echo:80",),))]
+    proto = got[0].to_proto()
+    assert list(proto.resources[0].aliases) == ["80/echo:80"]
+    client.ack(got[0])
+    # an unknown host: a resource of the alias's name, without content, once
+    got = responses(client.request(VIRTUAL_HOST, ["80/nowhere"]))
+    assert [(r.names, r.unresolved) for r in got] == [((), ("80/nowhere",))]
+    proto = got[0].to_proto()
+    assert not proto.resources[0].HasField("resource")
+    assert list(proto.resources[0].aliases) == ["80/nowhere"]
+    client.ack(got[0])
+    # asked again (Envoy still has no virtual host for it): answered again
+    got = responses(client.request(VIRTUAL_HOST, ["80/nowhere"]))
+    assert [r.unresolved for r in got] == [("80/nowhere",)]
+    client.ack(got[0])
+    # an edit of echo: only echo, to this client; other virtual hosts change nothing
+    edited = (vhost("80/echo", "echo", "echo:80", body="b"), *BASE[1:])
+    got = stream.on_snapshot(snap(*edited))
+    assert [r.names for r in got] == [("80/echo",)]
+    client.ack(got[0])
+    # a virtual host the client never asked for changes: nothing is sent
+    assert (
+        stream.on_snapshot(snap(*edited[:3], vhost("http_proxy/echo", "echo:80", body="x"))) == []
+    )
+    # echo leaves the mesh: removed by its name
+    got = stream.on_snapshot(snap(*edited[1:]))
+    assert [r.removed for r in got] == [("80/echo",)]
+
+
+def test_reconnect_holding_a_virtual_host_is_sent_nothing() -> None:
+    resource = BASE[0]
+
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    got = responses(
+        client.request(
+            VIRTUAL_HOST, ["80", "80/echo"], initial={"80/echo": resource_version(resource)}
+        )
+    )
+    assert all(not r.names and not r.removed for r in got), got
+
+
+def test_reconnect_after_an_edit_and_a_removal() -> None:
+    """A client resuming with an old version of echo and a virtual host that is gone: echo
+    is sent (for its alias), the gone one announced removed."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    got = responses(
+        client.request(
+            VIRTUAL_HOST,
+            ["80", "80/echo:80"],
+            initial={"80/echo": "old", "80/gone": "v"},
+        )
+    )
+    assert [(r.names, r.aliases, r.removed) for r in got] == [
+        (("80/echo",), (("80/echo:80",),), ("80/gone",))
+    ]
+    client.ack(got[0])
+    # asked again after that: answered again, though held
+    got = responses(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert [r.aliases for r in got] == [(("80/echo:80",),)]
+
+
+def test_hostile_names_are_bounded() -> None:
+    client = Client(DeltaStream(snapshot=snap(*BASE)))
+    with pytest.raises(ProtocolError):
+        client.request(VIRTUAL_HOST, ["80/" + "a" * MAX_ALIAS_LENGTH])
+    client = Client(DeltaStream(snapshot=snap(*BASE)))
+    with pytest.raises(ProtocolError):
+        client.request(VIRTUAL_HOST, [f"80/h{i}" for i in range(5000)])
+
+
+def test_split_route_configuration() -> None:
+    config = route_pb2.RouteConfiguration(name="80")
+    config.virtual_hosts.append(BASE[0].message)  # type: ignore[arg-type]
+    config.virtual_hosts[0].name = "echo"
+    bare, *hosts = split_route_configuration(Resource.of("80", config))
+    assert not bare.message.virtual_hosts  # type: ignore[attr-defined]
+    assert bare.message.vhds.config_source.HasField("ads")  # type: ignore[attr-defined]
+    assert [(h.name, h.type_url, h.message.name) for h in hosts] == [  # type: ignore[attr-defined]
+        ("80/echo", VIRTUAL_HOST, "80/echo")
+    ]
+    config.virtual_hosts.add(name="any", domains=["*"])
+    whole = Resource.of("80", config)
+    assert split_route_configuration(whole) == (whole,)  # a catch-all stays inline
+
+
+ALIASES = st.one_of(
+    st.sampled_from(
+        ["80", "http_proxy", "80/echo", "80/echo:80", "80/x.example.com", "80/api.v1", "81/a"]
+    ),
+    st.text(max_size=40),  # garbage: control characters, no "/", unicode
+)
+SNAPSHOTS = st.lists(st.sampled_from(range(len(BASE) + 2)), max_size=6)
+
+
+def _snapshot_of(picks: list[int]) -> Snapshot:
+    extra = (vhost("80/echo", "echo", "echo:80", body="b"), vhost("80/new", "new"))
+    chosen: dict[str, Resource] = {}
+    for i in picks:
+        r = (*BASE, *extra)[i]
+        chosen[r.name] = r
+    return snap(*chosen.values())
+
+
+@fuzz_settings()
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("subscribe"), st.lists(ALIASES, max_size=4)),
+            st.tuples(st.just("unsubscribe"), st.lists(ALIASES, max_size=2)),
+            st.tuples(st.just("answer"), st.booleans()),
+            st.tuples(st.just("snapshot"), SNAPSHOTS),
+        ),
+        max_size=30,
+    )
+)
+def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
+    """Random VHDS subscriptions (garbage included), answers and snapshot changes: no
+    exception; every virtual host sent is the current snapshot's and answers aliases the
+    client subscribed to; after the client answers everything, each subscribed alias that
+    resolves is held at its virtual host's current version."""
+    with deadline("protocol.vhds"):
+        current = snap(*BASE)
+        stream = DeltaStream(snapshot=current)
+        client = Client(stream)
+        subscribed: set[str] = set()
+        outstanding: list[DeltaResponse] = []
+
+        def check(events: list[Any]) -> None:
+            for r in responses(events):
+                assert r.type_url == VIRTUAL_HOST
+                for resource, aliases in zip(r.resources, r.aliases, strict=True):
+                    assert current.get(VIRTUAL_HOST)[resource.name] is resource
+                    assert set(aliases) <= subscribed
+                assert set(r.unresolved) <= subscribed
+                outstanding.append(r)
+
+        check(client.request(VIRTUAL_HOST, []))
+        for kind, arg in steps:
+            if kind == "subscribe":
+                subscribed |= set(arg)
+                check(client.request(VIRTUAL_HOST, arg))
+            elif kind == "unsubscribe":
+                subscribed -= set(arg)
+                check(client.request(VIRTUAL_HOST, [], arg))
+            elif kind == "answer" and outstanding:
+                r = outstanding.pop()
+                check(client.request(VIRTUAL_HOST, nonce=r.nonce, error="no" if arg else None))
+            elif kind == "snapshot":
+                current = _snapshot_of(arg)
+                check(stream.on_snapshot(current))
+        for _ in range(10):
+            if not outstanding:
+                break
+            check(client.ack(outstanding.pop()))
+        assert not outstanding
+        index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+        held = stream.held(VIRTUAL_HOST)
+        for alias in subscribed:
+            target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
+            if "/" in alias and target is not None:
+                assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
