@@ -149,7 +149,33 @@ class CachedBuild:
                 return f"{removed[0]} was removed since (and {len(removed) - 1} more)"
             return "the config files are listed in another order"
         racy_after = self.written_ns - int(RACY_SECONDS * 1e9)
-        for record in (*self.files, *self.watched):
+        stat_ = os.stat
+        for record in self.files:
+            # the common case inline (20,000 files at 10,000 services): the same stamp,
+            # taken long enough after the file's last change; anything else, or a stat
+            # that fails, is looked at closely by ``_changed``
+            kept = record.stamp
+            try:
+                st = stat_(record.path)
+            except OSError:
+                st = None
+            if (
+                st is not None
+                and kept is not None
+                and kept[4] < racy_after
+                and kept[3] < racy_after
+                and st.st_mtime_ns == kept[3]
+                and st.st_ctime_ns == kept[4]
+                and st.st_size == kept[2]
+                and st.st_ino == kept[1]
+                and st.st_dev == kept[0]
+                and stat.S_ISREG(st.st_mode)
+            ):
+                continue
+            why = _changed(record, racy_after)
+            if why:
+                return f"{record.path} {why} since"
+        for record in self.watched:
             why = _changed(record, racy_after)
             if why:
                 return f"{record.path} {why} since"
@@ -458,16 +484,20 @@ def _decode(body: bytes, expected_fingerprint: str, max_classes: int) -> CachedB
     if sum(lengths) != len(blob):
         raise _Refused("malformed (resource bytes)")
     resources: list[Resource] = []
+    append = resources.append
     offset = 0
     encoded = Resource.encoded
     none: tuple[tuple[str, str], ...] = ()
-    for i in range(count):
-        end = offset + lengths[i]
-        r = encoded(names[i], types[kinds[i]], bytes(blob[offset:end]), refs.get(i, none))
+    get_refs = refs.get
+    for i, (name, kind, length, digest) in enumerate(
+        zip(names, kinds, lengths, digests, strict=True)
+    ):
+        end = offset + length
+        r = encoded(name, types[kind], bytes(blob[offset:end]), get_refs(i, none))
         offset = end
-        if r.digest != digests[i]:
+        if r.digest != digest:
             raise _Refused(f"resource {r.name!r}'s bytes do not match its digest")
-        resources.append(r)
+        append(r)
     if not all(type(n) is str for n in names) or offset != len(blob):
         raise _Refused("malformed (resource table)")
     rows = _list(header["classes"])
@@ -622,10 +652,17 @@ def _file_record(row: object) -> FileRecord:
     """A config file's row (path, the five stamp numbers, digest), checked cheaply: one
     per file, 20,000 at 10,000 services."""
     path, dev, ino, size, mtime, ctime, digest = _list(row, 7)
-    stamp = (dev, ino, size, mtime, ctime)
-    if type(path) is not str or type(digest) is not str or any(type(v) is not int for v in stamp):
+    if (
+        type(path) is not str
+        or type(digest) is not str
+        or type(dev) is not int
+        or type(ino) is not int
+        or type(size) is not int
+        or type(mtime) is not int
+        or type(ctime) is not int
+    ):
         raise _Refused("malformed (file)")
-    return FileRecord(path, "file", stamp, digest)
+    return FileRecord(path, "file", (dev, ino, size, mtime, ctime), digest)
 
 
 def _stamp(values: object) -> Stamp:
