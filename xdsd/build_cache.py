@@ -58,7 +58,7 @@ from typing import Any
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import InconsistentSnapshotError, XdsdError
 from xdsd.model.mesh_config import WORKLOAD_SECRET
-from xdsd.resources import PUSH_ORDER, SECRET, Resource, TypeUrl
+from xdsd.resources import PUSH_ORDER, SECRET, Resource, TypeUrl, content_hash
 from xdsd.sources.listing import Stamp, list_config_files
 from xdsd.translate import ConfigSourceKind, NodeClass
 from xdsd.translate.node import ClientKind, Role
@@ -66,7 +66,7 @@ from xdsd.translate.node import ClientKind, Role
 log = logging.getLogger(__name__)
 
 #: The cache format; another one is ignored (a new xdsd version is too).
-FORMAT = 1
+FORMAT = 2
 CACHE_FILE = "restart-cache"
 KEY_FILE = "restart-cache.key"
 MAGIC = b"xdsd restart cache\n"
@@ -320,6 +320,7 @@ class BuildCache:
         kinds: list[int] = []
         names: list[str] = []
         digests: list[str] = []
+        tokens: list[int] = []
         lengths: list[int] = []
         references: dict[int, list[tuple[str, str]]] = {}
         payloads: list[bytes] = []
@@ -337,6 +338,7 @@ class BuildCache:
                         kinds.append(type_index[r.type_url])
                         names.append(r.name)
                         digests.append(r.digest)
+                        tokens.append(r.token)
                         lengths.append(len(r.payload))
                         if r.references:
                             references[at] = list(r.references)
@@ -360,6 +362,7 @@ class BuildCache:
             "kinds": kinds,
             "names": names,
             "digests": digests,
+            "tokens": tokens,
             "lengths": lengths,
             "references": [[i, refs] for i, refs in references.items()],
         }
@@ -472,12 +475,16 @@ def _decode(body: bytes, expected_fingerprint: str, max_classes: int) -> CachedB
     # every value is still checked where it is used (an index out of range, a wrong
     # type raise, and the caller says "malformed").
     table = header["resources"]
-    kinds, names, digests, lengths = (
-        _list(table[k]) for k in ("kinds", "names", "digests", "lengths")
+    kinds, names, digests, tokens, lengths = (
+        _list(table[k]) for k in ("kinds", "names", "digests", "tokens", "lengths")
     )
     count = len(kinds)
-    if not len(names) == len(digests) == len(lengths) == count:
+    if not len(names) == len(digests) == len(tokens) == len(lengths) == count:
         raise _Refused("malformed (resource table)")
+    if tokens and (
+        not all(type(t) is int for t in tokens) or min(tokens) < 0 or max(tokens) >= 1 << 64
+    ):
+        raise _Refused("malformed (resource tokens)")
     refs: dict[int, tuple[tuple[str, str], ...]] = {
         i: tuple(map(tuple, r)) for i, r in _list(table["references"])
     }
@@ -486,18 +493,20 @@ def _decode(body: bytes, expected_fingerprint: str, max_classes: int) -> CachedB
     resources: list[Resource] = []
     append = resources.append
     offset = 0
-    encoded = Resource.encoded
+    restored = Resource.restored
     none: tuple[tuple[str, str], ...] = ()
     get_refs = refs.get
-    for i, (name, kind, length, digest) in enumerate(
-        zip(names, kinds, lengths, digests, strict=True)
+    for i, (name, kind, length, digest, token) in enumerate(
+        zip(names, kinds, lengths, digests, tokens, strict=True)
     ):
         end = offset + length
-        r = encoded(name, types[kind], bytes(blob[offset:end]), get_refs(i, none))
+        payload = bytes(blob[offset:end])
         offset = end
-        if r.digest != digest:
-            raise _Refused(f"resource {r.name!r}'s bytes do not match its digest")
-        append(r)
+        # the digest is recomputed (the snapshot's diffs trust it to name these bytes);
+        # the token is kept as written (the versions, compared below, are its sums)
+        if content_hash(payload) != digest:
+            raise _Refused(f"resource {name!r}'s bytes do not match its digest")
+        append(restored(name, types[kind], payload, digest, get_refs(i, none), token))
     if not all(type(n) is str for n in names) or offset != len(blob):
         raise _Refused("malformed (resource table)")
     rows = _list(header["classes"])
