@@ -17,13 +17,23 @@ full load that verifies it afterwards (off the serving path); and the cost of wr
 cache after a load: the first write (every file hashed) and a later one (hashes reused by
 stamp), in the worker thread that does it in the daemon.
 
-``python -m bench restart [--services 10000] [--endpoints 10] [--runs 5] [--classes 5]``
+Side by side with another tree (``--baseline TREE``, e.g. ``git worktree add --detach
+/tmp/base main``): its daemons are spawned too (``cwd`` and ``PYTHONPATH`` = the tree), from
+their own cache, alternately with this tree's, and the in-process read + check + publish
+runs in one child process per tree (each writes its own cache from one load, then reads it
+when told), the children told in turn. Both trees' bytecode is compiled first
+(``compileall``), as an installed xdsd has it (``pip install`` compiles; a source tree run
+with ``PYTHONDONTWRITEBYTECODE=1`` would compile every module at every start: ``--source``).
+
+``python -m bench restart [--services 10000] [--endpoints 10] [--runs 5] [--classes 5]
+[--baseline TREE] [--source]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -144,6 +154,101 @@ def in_process(config: Path, state_dir: Path, runs: int, classes: int) -> dict[s
     }
 
 
+#: The in-process child (``side_by_side``): run with the tree's xdsd first on the path;
+#: writes a cache of ``classes`` classes from one load, prints ``ready``, then for each
+#: line on stdin times read + check + publish and prints its wall and CPU seconds.
+_READER = """
+import json, sys, time
+from pathlib import Path
+from bench.rebuild import _classes
+from xdsd.build_cache import BuildCache, Capture, fingerprint
+from xdsd.state import MeshState
+config, state_dir, classes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+keys = _classes()[:classes]
+state = MeshState(config)
+state.reload()
+for key in keys:
+    state.snapshot(key)
+held = {key: s for key in keys if (s := state.cache.get(key)) is not None}
+capture = Capture(config, fingerprint("bench"), state.loaded.files, state.file_stamps(),
+                  state.certificate_paths, held, len(state.loaded.mesh.services))
+cache = BuildCache(state_dir)
+assert cache.write(capture)
+versions = {key: dict(s.versions) for key, s in held.items()}
+del state, held, capture
+print("ready", flush=True)
+for _ in sys.stdin:
+    t, c = time.perf_counter(), time.process_time()
+    found = cache.read(fingerprint("bench"), max_classes=10000)
+    assert not isinstance(found, str), found
+    assert found.check() == ""
+    fresh = MeshState(config)
+    fresh.publish_cached(found.classes, found.describe())
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    for key, v in versions.items():
+        got = fresh.cache.get(key)
+        assert got is not None and dict(got.versions) == v, "wrong versions"
+    del found, fresh
+    print(json.dumps([wall, cpu]), flush=True)
+"""
+
+
+def _tree_env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def side_by_side(
+    config: Path, state_dir: Path, trees: dict[str, Path], runs: int, classes: int
+) -> dict[str, Any]:
+    """Read + check + publish of the cache, one child process per tree, told in turn
+    (``runs`` each): medians and p99 of wall and CPU time per tree."""
+    children: dict[str, Any] = {}
+    for label, tree in trees.items():
+        directory = state_dir / f"side-{label}"
+        children[label] = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(config), str(directory), str(classes)],
+            cwd=tree,
+            env=_tree_env(tree),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        for label, child in children.items():  # one at a time: setting up is a load
+            line = child.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"{label}: the reader did not start ({line!r})")
+        walls: dict[str, list[float]] = {label: [] for label in trees}
+        cpus: dict[str, list[float]] = {label: [] for label in trees}
+        for i in range(runs):
+            order = list(children) if i % 2 == 0 else list(reversed(children))
+            for label in order:
+                child = children[label]
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                wall, cpu = json.loads(child.stdout.readline())
+                walls[label].append(wall)
+                cpus[label].append(cpu)
+    finally:
+        for child in children.values():
+            child.stdin.close()
+            child.wait(60)
+    return {
+        label: {**_summary(walls[label]), "cpu_p50_ms": _ms(statistics.median(cpus[label]))}
+        for label in trees
+    }
+
+
+def compile_bytecode(tree: Path) -> None:
+    """Compile ``tree``'s xdsd to bytecode beside its sources (what an install does)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(tree / "xdsd")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    )
+
+
 # -- process ----------------------------------------------------------------------------
 
 
@@ -239,7 +344,9 @@ async def _measure(
     return ready_at, served, version
 
 
-def _serve(config: Path, workdir: Path, flags: list[str], log_name: str) -> tuple[Any, int, int]:
+def _serve(
+    config: Path, workdir: Path, flags: list[str], log_name: str, tree: Path
+) -> tuple[Any, int, int]:
     grpc, rest, admin = _free_port(), _free_port(), _free_port()
     log = open(workdir / log_name, "wb")  # noqa: SIM115 - closed with the process
     argv = [
@@ -257,7 +364,9 @@ def _serve(config: Path, workdir: Path, flags: list[str], log_name: str) -> tupl
         f"127.0.0.1:{admin}",
         *flags,
     ]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=_tree_env(tree)
+    )
     proc.log = log  # type: ignore[attr-defined]
     return proc, grpc, admin
 
@@ -279,37 +388,48 @@ def _stop(proc: Any) -> None:
     proc.log.close()
 
 
-def processes(config: Path, workdir: Path, runs: int) -> dict[str, Any]:
-    """Spawn → ready and spawn → first client served, cold and from the cache,
-    alternately (``runs`` of each)."""
+def processes(config: Path, workdir: Path, runs: int, trees: dict[str, Path]) -> dict[str, Any]:
+    """Spawn → ready and spawn → first client served: cold (this tree) and from the
+    cache (each tree's own), alternately (``runs`` of each)."""
     key = _classes()[0]
     node = _node(key)
-    state_dir = workdir / "daemon-state"
-    # a first daemon writes the cache, after a client of the class connected
-    proc, grpc, admin = _serve(config, workdir, ["--state-dir", str(state_dir)], "first.log")
-    try:
-        _, _, expected = asyncio.run(_measure(grpc, admin, node, time.perf_counter()))
-        asyncio.run(_hold(grpc, node, workdir / "first.log"))
-    finally:
-        _stop(proc)
+    expected = ""
+    for label, tree in trees.items():
+        # a first daemon of each tree writes its cache, after a client of the class connected
+        state_dir = workdir / f"daemon-state-{label}"
+        log = f"first-{label}.log"
+        proc, grpc, admin = _serve(config, workdir, ["--state-dir", str(state_dir)], log, tree)
+        try:
+            _, _, version = asyncio.run(_measure(grpc, admin, node, time.perf_counter()))
+            asyncio.run(_hold(grpc, node, workdir / log))
+        finally:
+            _stop(proc)
+        expected = expected or version
+        assert version == expected, f"{label}: version {version}, expected {expected}"
+    modes = ["cold", *(f"cache:{label}" for label in trees)]
     figures: dict[str, dict[str, list[float]]] = {
-        "cold": {"ready": [], "served": [], "cpu": []},
-        "cache": {"ready": [], "served": [], "cpu": []},
+        mode: {"ready": [], "served": [], "cpu": []} for mode in modes
     }
+    this = next(iter(trees.values()))
     for i in range(runs):
-        order = ("cold", "cache") if i % 2 == 0 else ("cache", "cold")
+        order = modes if i % 2 == 0 else list(reversed(modes))
         for mode in order:
-            flags = ["--no-cache"] if mode == "cold" else ["--state-dir", str(state_dir)]
+            if mode == "cold":
+                flags, tree = ["--no-cache"], this
+            else:
+                label = mode.split(":", 1)[1]
+                flags, tree = ["--state-dir", str(workdir / f"daemon-state-{label}")], trees[label]
+            log_name = f"{mode.replace(':', '-')}-{i}.log"
             t0 = time.perf_counter()
-            proc, grpc, admin = _serve(config, workdir, flags, f"{mode}-{i}.log")
+            proc, grpc, admin = _serve(config, workdir, flags, log_name, tree)
             try:
                 ready, served, version = asyncio.run(_measure(grpc, admin, node, t0))
                 cpu = _cpu_seconds(proc.pid)
             finally:
                 _stop(proc)
-            text = (workdir / f"{mode}-{i}.log").read_text(errors="replace")
-            if mode == "cache" and "serving the restart cache's build" not in text:
-                raise RuntimeError("the cache was not used:\n" + text[-3000:])
+            text = (workdir / log_name).read_text(errors="replace")
+            if mode != "cold" and "serving the restart cache's build" not in text:
+                raise RuntimeError(f"{mode}: the cache was not used:\n" + text[-3000:])
             assert version == expected, f"{mode}: version {version}, expected {expected}"
             figures[mode]["ready"].append(ready)
             figures[mode]["served"].append(served)
@@ -326,15 +446,30 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--classes", type=int, default=5, help="classes held (in process)")
     parser.add_argument("--no-process", action="store_true", help="in process only")
+    parser.add_argument(
+        "--baseline", type=Path, help="another tree (a git worktree) to run side by side"
+    )
+    parser.add_argument(
+        "--source", action="store_true", help="do not compile the trees' bytecode first"
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"services": args.services, "endpoints": args.endpoints}
+    trees = {"this": Path(__file__).resolve().parents[1]}
+    if args.baseline is not None:
+        trees["baseline"] = args.baseline.resolve()
+    if not args.source:
+        for tree in trees.values():
+            compile_bytecode(tree)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = write_mesh(root, args.services, endpoints=args.endpoints)
         (root / "state").mkdir(mode=0o700)
         results["in_process"] = in_process(config, root / "state", args.runs, args.classes)
+        results["side_by_side"] = side_by_side(
+            config, root / "state", trees, args.runs, args.classes
+        )
         if not args.no_process:
-            results["process"] = processes(config, root, args.runs)
+            results["process"] = processes(config, root, args.runs, trees)
     results["load_average"] = os.getloadavg()
     r = results["in_process"]
     print(
@@ -355,10 +490,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(
         f"  CPU p50: cold {r['cold']['cpu_p50_ms']:.0f} ms, cache {r['cache']['cpu_p50_ms']:.0f} ms"
     )
+    print(f"{'read + check + publish, one child per tree':44}{'p50':>10}{'p99':>10}{'CPU p50':>10}")
+    for label, f in results["side_by_side"].items():
+        name = f"cache: {label} ({trees[label]})"
+        print(f"{name:44}{f['p50_ms']:>8.0f}ms{f['p99_ms']:>8.0f}ms{f['cpu_p50_ms']:>8.0f}ms")
     if "process" in results:
         p = results["process"]
         print(f"{'xdsd serve, from spawn (imports included)':44}{'p50':>10}{'p99':>10}")
-        for mode in ("cold", "cache"):
+        for mode in p:
             for what, label in (
                 ("ready", "/readyz 200"),
                 ("served", "first client served"),

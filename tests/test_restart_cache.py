@@ -196,9 +196,11 @@ def _signed(cache: BuildCache, header: bytes, blob: bytes = b"") -> None:
     [
         b"not json",
         b"[]",
-        b'{"format": 1}',
-        json.dumps({"format": 1, "fingerprint": FINGERPRINT}).encode(),
-        b'{"format": 1, "fingerprint": "' + FINGERPRINT.encode() + b'", "config_dir": 5}',
+        json.dumps({"format": build_cache.FORMAT}).encode(),
+        json.dumps({"format": build_cache.FORMAT, "fingerprint": FINGERPRINT}).encode(),
+        json.dumps(
+            {"format": build_cache.FORMAT, "fingerprint": FINGERPRINT, "config_dir": 5}
+        ).encode(),
         b"[" * 100_000,
     ],
 )
@@ -223,6 +225,27 @@ def test_resource_whose_bytes_do_not_match_its_digest_is_refused(
     blob[-1] ^= 0x01  # the last resource's bytes, re-signed with the key
     _signed(cache, header, bytes(blob))
     assert "do not match its digest" in str(cache.read(FINGERPRINT))
+
+
+@pytest.mark.parametrize("token", [0, 12345, -1, 1 << 64, "7", 1.5, True])
+def test_resource_whose_token_is_not_its_own_is_refused(
+    written: tuple[Path, MeshState, BuildCache], token: object
+) -> None:
+    """Tokens are kept as written (not recomputed at start): one that is not the
+    resource's own shows as versions that are not the sums of the class's tokens, or is
+    malformed; either way the cache is refused."""
+    _, _, cache = written
+    data = Path(cache.path).read_bytes()[: -build_cache._MAC_BYTES]
+    start = len(build_cache.MAGIC)
+    (length,) = struct.unpack_from(">Q", data, start)
+    header = json.loads(data[start + 8 : start + 8 + length])
+    tokens = header["resources"]["tokens"]
+    assert tokens[0] != token
+    tokens[0] = token
+    _signed(cache, json.dumps(header).encode(), data[start + 8 + length :])
+    why = cache.read(FINGERPRINT)
+    assert isinstance(why, str)
+    assert "versions do not match" in why or "malformed" in why
 
 
 def test_file_edited_while_down_is_found(written: tuple[Path, MeshState, BuildCache]) -> None:

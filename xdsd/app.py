@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xdsd import __version__
 from xdsd.access import admin_node_access, authorize_mesh
@@ -43,7 +43,6 @@ from xdsd.admin.metrics import Metrics
 from xdsd.build_cache import BuildCache, CachedBuild, CacheRefused, Capture, fingerprint
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import ConfigError, StartupError, UsageError
-from xdsd.identities import MeshAuthority
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
     DaemonListener,
@@ -60,7 +59,6 @@ from xdsd.model.service import ResourceKey
 from xdsd.notify import Notifier
 from xdsd.plurals import counted
 from xdsd.readiness import Readiness
-from xdsd.registry.etcd import EtcdStore
 from xdsd.registry.probes import Prober
 from xdsd.registry.registry import Registry, default_replica
 from xdsd.registry.store import MemoryStore, RegistrationStore
@@ -89,6 +87,9 @@ from xdsd.transports.limits import NodeAuthorizer, StreamLimits
 from xdsd.transports.signing import CertificateSigner, SigningEndpoint
 from xdsd.workloads import WorkloadRegistrar
 
+if TYPE_CHECKING:
+    from xdsd.identities import MeshAuthority
+
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +98,8 @@ def registration_store(settings: RegistrySettings) -> RegistrationStore:
     (``settings.replica`` names this one); else in this daemon (``MemoryStore``)."""
     if settings.etcd is None:
         return MemoryStore()
+    from xdsd.registry.etcd import EtcdStore  # only then: its client is not on every start
+
     return EtcdStore(
         settings.etcd,
         settings.replica,
@@ -180,7 +183,12 @@ class Daemon:
         self.cache: SnapshotCache[NodeClass] = SnapshotCache(observer=self.metrics)
         #: xdsd's own CA (``[mesh.ca]``), issuing every proxy's identity; its ``mesh`` is
         #: the settings' with the trust bundle. Raises CAError (one line) when unusable.
-        self.authority = MeshAuthority(settings.mesh) if settings.mesh.ca is not None else None
+        #: Imported only then (``cryptography``'s x509 is ~40 ms of a start without it).
+        self.authority: MeshAuthority | None = None
+        if settings.mesh.ca is not None:
+            from xdsd.identities import MeshAuthority
+
+            self.authority = MeshAuthority(settings.mesh)
         self.identities = self.authority.identities if self.authority is not None else None
         self.state = MeshState(
             settings.config_dir,

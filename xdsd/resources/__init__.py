@@ -77,6 +77,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def token_of(name: str, digest: str) -> int:
+    """A resource's ``token``: 64 bits of the SHA-256 of its name and digest."""
+    h = hashlib.sha256(f"{name}\0{digest}".encode()).digest()
+    return int.from_bytes(h[:8], "big")
+
+
 def encode(message: Message) -> bytes:
     """The deterministic wire encoding of a message (maps in key order)."""
     data: bytes = message.SerializeToString(deterministic=True)
@@ -103,12 +109,13 @@ class Resource:
     references: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
     #: 64 bits of a hash of (name, digest): a type's version is the sum of its resources'
     #: tokens (see ``xdsd.cache.snapshot``), so adding, removing or replacing one resource
-    #: updates a version without visiting the others. Derived, never passed.
-    token: int = field(init=False, compare=False, repr=False)
+    #: updates a version without visiting the others. Derived (``token_of``) unless given
+    #: by ``restored``; never passed otherwise.
+    token: int = field(default=-1, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        h = hashlib.sha256(f"{self.name}\0{self.digest}".encode()).digest()
-        object.__setattr__(self, "token", int.from_bytes(h[:8], "big"))
+        if self.token < 0:
+            object.__setattr__(self, "token", token_of(self.name, self.digest))
 
     @property
     def message(self) -> Message:
@@ -144,6 +151,22 @@ class Resource:
         ``references`` what ``references_of`` finds in it (the writers of such payloads
         test both against ``Resource.of``)."""
         return cls(name, type_url, None, payload, content_hash(payload), references)
+
+    @classmethod
+    def restored(
+        cls,
+        name: str,
+        type_url: TypeUrl,
+        payload: bytes,
+        digest: str,
+        references: tuple[tuple[str, str], ...],
+        token: int,
+    ) -> Resource:
+        """A resource as ``encoded`` made it, from what a trusted record of it kept (the
+        restart cache, whose keyed hash covers them): the caller guarantees ``digest`` is
+        ``content_hash(payload)`` and ``token`` is ``token_of(name, digest)``; neither is
+        recomputed here."""
+        return cls(name, type_url, None, payload, digest, references, token)
 
     def to_any(self) -> any_pb2.Any:
         """The resource as a ``google.protobuf.Any`` built from the cached bytes."""
