@@ -253,3 +253,43 @@ def test_settings_name_the_limits(tmp_path: Path) -> None:
         Settings.from_file(str(path))
     assert "max_streams_per_address" in str(info.value)
     assert Settings().max_request_bytes == 4 << 20
+
+
+DELTA_ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+VHDS = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
+
+
+def _vhds_node() -> base_pb2.Node:
+    node = _node()
+    node.metadata.update({"vhds": True})
+    return node
+
+
+@pytest.mark.parametrize(
+    ("names", "fragment"),
+    [
+        ([f"80/host-{i}" for i in range(5000)], "more than 4096 virtual host names"),
+        (["80/" + "h" * 2000], "longer than 1024 characters"),
+    ],
+    ids=["alias-flood", "alias-too-long"],
+)
+def test_vhds_subscription_floods_end_their_stream(
+    mesh: TrafficMesh,
+    client: Sidecar,
+    names: list[str],
+    fragment: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A delta client asking for thousands of virtual hosts on demand, or one absurdly
+    long name, gets INVALID_ARGUMENT on its own stream; the Envoy is still served."""
+    message = discovery_pb2.DeltaDiscoveryRequest(
+        node=_vhds_node(), type_url=VHDS, resource_names_subscribe=names
+    ).SerializeToString()
+    with grpc.insecure_channel(_grpc_target(mesh)) as channel:
+        call = channel.stream_stream(DELTA_ADS)
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(iter([message]), timeout=30))
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert fragment in (error.details() or "")
+    _still_served_and_routing(mesh, client, f"after-{request.node.callspec.id}")
