@@ -16,6 +16,7 @@ back to the nearest ancestor known.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import tomllib
@@ -111,7 +112,38 @@ def _nesting_check(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
 
 
 # libyaml's parser when PyYAML was built with it (faster, same nodes and marks).
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseSafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+#: The longest scalar whose implicit tag is remembered (``_implicit_tag``).
+_MEMO_SCALAR_CHARS = 64
+
+
+@functools.lru_cache(maxsize=4096)
+def _implicit_tag(kind: type[yaml.Node], value: str | None, implicit: tuple[bool, bool]) -> str:
+    """``SafeLoader.resolve(kind, value, implicit)``: a function of its arguments alone
+    (the safe loader's implicit resolvers are fixed, it has no path resolvers), so it is
+    remembered; a mesh's files repeat the same keys and values by the thousand."""
+    tag: str = _BaseSafeLoader.resolve(_BaseSafeLoader, kind, value, implicit)
+    return tag
+
+
+class _SafeLoader(_BaseSafeLoader):  # type: ignore[misc]
+    """The safe loader, resolving tags through ``_implicit_tag`` and skipping the path
+    resolvers' bookkeeping (the safe loader has none): same nodes, same tags, less
+    Python per node. Only short scalars are remembered, so the memo stays small
+    whatever the files hold."""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if value is None or len(value) <= _MEMO_SCALAR_CHARS:
+            return _implicit_tag(kind, value, implicit)
+        tag: str = _BaseSafeLoader.resolve(self, kind, value, implicit)
+        return tag
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        """Nothing to do: no path resolvers."""
+
+    def ascend_resolver(self) -> None:
+        """Nothing to do: no path resolvers."""
 
 
 class _DuplicateKey(Exception):
@@ -176,6 +208,7 @@ class _NotPlain(Exception):
 
 
 _STR = "tag:yaml.org,2002:str"
+_SCALAR = yaml.ScalarNode
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _CORE_SCALARS = frozenset(
@@ -259,9 +292,15 @@ class _YamlWalk:
                     line = key_node.start_mark.line + 1
                     raise _DuplicateKey(line, format_path((*path, name)))
                 names.add(name)
-                key = self.plain(key_node, (), {}, again)
+                if key_node.tag == _STR and not again:
+                    key = key_node.value  # what ``plain`` gives for it, without the call
+                else:
+                    key = self.plain(key_node, (), {}, again)
                 field = (*path, name)
-                out[key] = self.plain(value_node, field, lines, again)
+                if value_node.tag == _STR and not again and type(value_node) is _SCALAR:
+                    out[key] = value_node.value  # a string: ``plain`` without the call
+                else:
+                    out[key] = self.plain(value_node, field, lines, again)
                 lines[field] = key_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
