@@ -283,25 +283,23 @@ class _YamlWalk:
         self.seen.add(key_id)
         if isinstance(node, yaml.MappingNode) and tag == _MAP:
             out: dict[Any, Any] = {}
-            names: set[str] = set()
             for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                if type(key_node) is not _SCALAR or key_node.value == "<<":
                     raise _NotPlain
-                name = str(key_node.value)
-                if name in names:
-                    line = key_node.start_mark.line + 1
-                    raise _DuplicateKey(line, format_path((*path, name)))
-                names.add(name)
+                name: str = key_node.value  # a scalar node's value is its text
+                field = (*path, name)
+                key_line = key_node.start_mark.line + 1
+                if field in lines:  # only an earlier key of this mapping records it
+                    raise _DuplicateKey(key_line, format_path(field))
                 if key_node.tag == _STR and not again:
-                    key = key_node.value  # what ``plain`` gives for it, without the call
+                    key = name  # what ``plain`` gives for it, without the call
                 else:
                     key = self.plain(key_node, (), {}, again)
-                field = (*path, name)
                 if value_node.tag == _STR and not again and type(value_node) is _SCALAR:
                     out[key] = value_node.value  # a string: ``plain`` without the call
                 else:
                     out[key] = self.plain(value_node, field, lines, again)
-                lines[field] = key_node.start_mark.line + 1
+                lines[field] = key_line
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
             return [self.plain(item, (*path, i), lines, again) for i, item in enumerate(node.value)]
