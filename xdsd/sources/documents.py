@@ -20,6 +20,7 @@ import functools
 import json
 import re
 import tomllib
+from collections.abc import Hashable
 from typing import Any
 
 import toml_rs
@@ -119,10 +120,12 @@ _MEMO_SCALAR_CHARS = 64
 
 
 @functools.lru_cache(maxsize=4096)
-def _implicit_tag(kind: type[yaml.Node], value: str | None, implicit: tuple[bool, bool]) -> str:
-    """``SafeLoader.resolve(kind, value, implicit)``: a function of its arguments alone
-    (the safe loader's implicit resolvers are fixed, it has no path resolvers), so it is
-    remembered; a mesh's files repeat the same keys and values by the thousand."""
+def _implicit_tag(kind: type, value: str | None, implicit: Hashable) -> str:
+    """``SafeLoader.resolve(kind, value, implicit)`` (``kind``: a node class;
+    ``implicit``: a pair of flags for a scalar, one flag for a collection): a function of
+    its arguments alone (the safe loader's implicit resolvers are fixed, it has no path
+    resolvers), so it is remembered; a mesh's files repeat the same keys and values by
+    the thousand."""
     tag: str = _BaseSafeLoader.resolve(_BaseSafeLoader, kind, value, implicit)
     return tag
 
@@ -133,7 +136,7 @@ class _SafeLoader(_BaseSafeLoader):  # type: ignore[misc]
     Python per node. Only short scalars are remembered, so the memo stays small
     whatever the files hold."""
 
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+    def resolve(self, kind: type, value: str | None, implicit: Hashable) -> str:
         if value is None or len(value) <= _MEMO_SCALAR_CHARS:
             return _implicit_tag(kind, value, implicit)
         tag: str = _BaseSafeLoader.resolve(self, kind, value, implicit)
