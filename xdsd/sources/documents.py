@@ -11,6 +11,12 @@ re-scanned by a small locating scanner; TOML, whose parsers keep no positions, i
 indexed from its table headers and ``key =`` lines (``located.index_toml``) (inline
 tables and arrays map to the line of their key). Asking for the line of a path falls
 back to the nearest ancestor known.
+
+YAML is composed by libyaml when PyYAML has it, with each short scalar's tag remembered
+(``_implicit_tag``), and a document of plain mappings, lists and core scalars becomes its
+value and its lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other
+tags, aliases beyond the limits) goes through PyYAML's constructor after the checks of
+``_yaml_shape``. Either way the values, lines and errors are PyYAML's.
 """
 
 from __future__ import annotations
