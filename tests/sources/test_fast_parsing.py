@@ -144,6 +144,22 @@ def test_fast_yaml_equals_pyyaml(case: str) -> None:
     assert _typed(got) == _typed(want)
 
 
+def test_remembered_yaml_tags_are_pyyamls() -> None:
+    """The tags remembered from one file serve the next ones: every scalar read again
+    (now from the memo) is still what PyYAML gives; a long scalar is never remembered."""
+    text = VALID_YAML["scalars"]
+    first = [doc.value for doc in parse_file("x.yaml", text.encode())]
+    again = [doc.value for doc in parse_file("y.yaml", text.encode())]
+    assert _typed(first) == _typed(again) == _typed(_pyyaml(text))
+    long_number = "1" * (documents._MEMO_SCALAR_CHARS + 1)
+    documents._implicit_tag.cache_clear()
+    value = parse_file("z.yaml", f"n: {long_number}\ns: {'x' * 500}\n".encode())[0].value
+    assert value == {"n": int(long_number), "s": "x" * 500}
+    # the mapping's tag and the keys "n" and "s"; not the long values
+    assert documents._implicit_tag.cache_info().currsize == 3
+    assert documents._implicit_tag.cache_info().maxsize is not None
+
+
 def test_fast_yaml_lines_equal_the_node_index() -> None:
     import yaml
 
@@ -161,6 +177,11 @@ def test_fast_yaml_lines_equal_the_node_index() -> None:
         ("kind: Service\nname: a\nname: b\n", 3, "name"),
         ("spec:\n  http:\n  - route: []\n    route: []\n", 4, "spec.http[0].route"),
         ("a: {'x': 1, x: 2}\n", 1, "a.x"),
+        # keys that construct to different values but are spelled the same
+        ("1: a\n'1': b\n", 2, "1"),
+        ("yes: 1\n'yes': 2\n", 2, "yes"),
+        # a duplicate inside a mapping reached again through an alias
+        ("a: &x {k: 1}\nb: *x\nc: {k: 1, k: 2}\n", 3, "c.k"),
     ],
 )
 def test_duplicate_yaml_keys_name_line_and_field(text: str, line: int, field: str) -> None:

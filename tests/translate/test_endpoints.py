@@ -137,6 +137,8 @@ MANY = tuple(
         ("c", ENDPOINTS),
         ("outbound|9080|v1|reviews.default.svc.cluster.local", MANY),
         ("é" * 200, MANY[:3]),  # multi-byte lengths
+        # an address (and so each enclosing message) longer than a one-byte length
+        ("long address", (Endpoint("h" * 130 + ".example.com"), Endpoint("a" * 100 + ".io"))),
         ("empty", ()),
         ("same address twice", (Endpoint("10.0.0.1", weight=3), Endpoint("10.0.0.1", weight=2))),
         ("unsorted input", tuple(reversed(MANY))),

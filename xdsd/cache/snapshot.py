@@ -23,7 +23,7 @@ import bisect
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from xdsd.errors import InconsistentSnapshotError
 from xdsd.resources import PUSH_ORDER, SHORT_NAMES, Resource, TypeUrl, Version
@@ -141,9 +141,11 @@ class Snapshot:
             candidates: Iterable[Resource] = self._unchecked
         else:
             candidates = (r for bucket in self.resources.values() for r in bucket.values())
+        buckets = cast("Mapping[str, Mapping[str, Resource]]", self.resources)  # TypeUrl: a str
         for r in candidates:
             for type_url, name in r.references:
-                if name not in self.resources.get(TypeUrl(type_url), {}) and (
+                bucket = buckets.get(type_url)
+                if (bucket is None or name not in bucket) and (
                     not supplied or (type_url, name) not in supplied
                 ):
                     kind = SHORT_NAMES.get(TypeUrl(type_url), type_url)

@@ -11,14 +11,22 @@ re-scanned by a small locating scanner; TOML, whose parsers keep no positions, i
 indexed from its table headers and ``key =`` lines (``located.index_toml``) (inline
 tables and arrays map to the line of their key). Asking for the line of a path falls
 back to the nearest ancestor known.
+
+YAML is composed by libyaml when PyYAML has it, with each short scalar's tag remembered
+(``_implicit_tag``), and a document of plain mappings, lists and core scalars becomes its
+value and its lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other
+tags, aliases beyond the limits) goes through PyYAML's constructor after the checks of
+``_yaml_shape``. Either way the values, lines and errors are PyYAML's.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 import tomllib
+from collections.abc import Hashable
 from typing import Any
 
 import toml_rs
@@ -111,7 +119,40 @@ def _nesting_check(path: str, data: bytes, limits: ParseLimits) -> Problem | Non
 
 
 # libyaml's parser when PyYAML was built with it (faster, same nodes and marks).
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseSafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+#: The longest scalar whose implicit tag is remembered (``_implicit_tag``).
+_MEMO_SCALAR_CHARS = 64
+
+
+@functools.lru_cache(maxsize=4096)
+def _implicit_tag(kind: type, value: str | None, implicit: Hashable) -> str:
+    """``SafeLoader.resolve(kind, value, implicit)`` (``kind``: a node class;
+    ``implicit``: a pair of flags for a scalar, one flag for a collection): a function of
+    its arguments alone (the safe loader's implicit resolvers are fixed, it has no path
+    resolvers), so it is remembered; a mesh's files repeat the same keys and values by
+    the thousand."""
+    tag: str = _BaseSafeLoader.resolve(_BaseSafeLoader, kind, value, implicit)
+    return tag
+
+
+class _SafeLoader(_BaseSafeLoader):  # type: ignore[misc]
+    """The safe loader, resolving tags through ``_implicit_tag`` and skipping the path
+    resolvers' bookkeeping (the safe loader has none): same nodes, same tags, less
+    Python per node. Only short scalars are remembered, so the memo stays small
+    whatever the files hold."""
+
+    def resolve(self, kind: type, value: str | None, implicit: Hashable) -> str:
+        if value is None or len(value) <= _MEMO_SCALAR_CHARS:
+            return _implicit_tag(kind, value, implicit)
+        tag: str = _BaseSafeLoader.resolve(self, kind, value, implicit)
+        return tag
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        """Nothing to do: no path resolvers."""
+
+    def ascend_resolver(self) -> None:
+        """Nothing to do: no path resolvers."""
 
 
 class _DuplicateKey(Exception):
@@ -176,6 +217,7 @@ class _NotPlain(Exception):
 
 
 _STR = "tag:yaml.org,2002:str"
+_SCALAR = yaml.ScalarNode
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _CORE_SCALARS = frozenset(
@@ -250,19 +292,23 @@ class _YamlWalk:
         self.seen.add(key_id)
         if isinstance(node, yaml.MappingNode) and tag == _MAP:
             out: dict[Any, Any] = {}
-            names: set[str] = set()
             for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                if type(key_node) is not _SCALAR or key_node.value == "<<":
                     raise _NotPlain
-                name = str(key_node.value)
-                if name in names:
-                    line = key_node.start_mark.line + 1
-                    raise _DuplicateKey(line, format_path((*path, name)))
-                names.add(name)
-                key = self.plain(key_node, (), {}, again)
+                name: str = key_node.value  # a scalar node's value is its text
                 field = (*path, name)
-                out[key] = self.plain(value_node, field, lines, again)
-                lines[field] = key_node.start_mark.line + 1
+                key_line = key_node.start_mark.line + 1
+                if field in lines:  # only an earlier key of this mapping records it
+                    raise _DuplicateKey(key_line, format_path(field))
+                if key_node.tag == _STR and not again:
+                    key = name  # what ``plain`` gives for it, without the call
+                else:
+                    key = self.plain(key_node, (), {}, again)
+                if value_node.tag == _STR and not again and type(value_node) is _SCALAR:
+                    out[key] = value_node.value  # a string: ``plain`` without the call
+                else:
+                    out[key] = self.plain(value_node, field, lines, again)
+                lines[field] = key_line
             return out
         if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
             return [self.plain(item, (*path, i), lines, again) for i, item in enumerate(node.value)]

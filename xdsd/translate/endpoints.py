@@ -28,7 +28,7 @@ from google.protobuf import wrappers_pb2
 from xdsd.model import Endpoint, Locality, Port, Service
 from xdsd.resources import ENDPOINT, Resource
 from xdsd.translate.peer_authentication import plaintext_metadata
-from xdsd.translate.wire import delimited, tag, varint
+from xdsd.translate.wire import SMALL_VARINTS, delimited, tag, varint
 
 
 def endpoint_weight(endpoint: Endpoint) -> int:
@@ -255,17 +255,30 @@ def _lb_endpoint(
             _PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode())
         )
     else:
+        # lengths below 0x80 (nearly all) are their own one-byte varint: no call
+        small = SMALL_VARINTS
         host = address.encode()
-        socket = _SOCKET_HOST + varint(len(host)) + host + _SOCKET_PORT + varint(port)
-        address_field = _SOCKET_ADDRESS + varint(len(socket)) + socket
-    endpoint = _ENDPOINT_ADDRESS + varint(len(address_field)) + address_field
-    body = _LB_ENDPOINT + varint(len(endpoint)) + endpoint
+        n = len(host)
+        socket = _SOCKET_HOST + (small[n] if n < 0x80 else varint(n)) + host + _port_value(port)
+        n = len(socket)
+        address_field = _SOCKET_ADDRESS + (small[n] if n < 0x80 else varint(n)) + socket
+    n = len(address_field)
+    endpoint = _ENDPOINT_ADDRESS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + address_field
+    n = len(endpoint)
+    body = _LB_ENDPOINT + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + endpoint
     if unhealthy:
         body += _HEALTH_STATUS + varint(health_check_pb2.UNHEALTHY)
     if plaintext:
         body += _PLAINTEXT_METADATA
     body += _lb_weight(weight)
-    return _LLE_LB_ENDPOINTS + varint(len(body)) + body
+    n = len(body)
+    return _LLE_LB_ENDPOINTS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _port_value(port: int) -> bytes:
+    """A ``SocketAddress``' ``port_value`` field (written even when 0: it is in a oneof)."""
+    return _SOCKET_PORT + varint(port)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -34,6 +34,9 @@ def varint(value: int) -> bytes:
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
+#: ``varint(n)`` for n below 0x80 (one byte), to index where a call per field would cost:
+#: ``SMALL_VARINTS[n] if n < 0x80 else varint(n)``.
+SMALL_VARINTS: tuple[bytes, ...] = tuple(_SMALL)
 
 
 def tag(message: Any, field: str) -> tuple[bytes, bytes]:

@@ -84,14 +84,13 @@ def endpoint_problems(
     if rule is None:
         return []
     problems = []
-    labelled: list[set[tuple[str, str]]] | None = None
+    endpoints = svc.endpoints
     for i, subset in enumerate(rule.subsets):
         if not subset.labels:
             continue  # selects every endpoint
-        if labelled is None:
-            labelled = [set(e.labels) for e in svc.endpoints]
-        wanted = set(subset.labels)
-        if not any(wanted <= labels for labels in labelled):
+        # stops at the first endpoint selected: nearly always one of the first
+        selector = subset.labels
+        if not any(e.matches(selector) for e in endpoints):
             field = f"subsets[{i}]"
             shown = ", ".join(f"{k}={v}" for k, v in subset.labels)
             problems.append(
