@@ -3,7 +3,9 @@ default way for delta (``xdsd bootstrap --transport delta`` with mesh DNS: virtu
 addresses and a DNS listener, here on a free port) is served its route configurations
 without virtual hosts; a request to a service's virtual address makes Envoy fetch the
 virtual host named by the Host header it sees (``web:PORT``, or ``web``) and is routed;
-a route edit is sent as that virtual host alone and moves the traffic on the VIP."""
+a route edit is sent as that virtual host alone and moves the traffic on the VIP. A
+resolution NONE entry's VIP listener (the HTTP proxy's route configuration and the
+dynamic forward proxy) is served the same way."""
 
 from __future__ import annotations
 
@@ -42,6 +44,20 @@ spec:
 """
 
 
+def entry(port: int) -> str:
+    """A ServiceEntry of resolution NONE for ``localhost:port`` (HTTP)."""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext}}
+spec:
+  hosts: [localhost]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+"""
+
+
 def sent(log: str) -> list[tuple[str, int, int]]:
     """(type, resources, removed) of every delta response in an xdsd log, in order."""
     return [(t, int(n), int(r)) for t, n, r in SENT.findall(log)]
@@ -64,6 +80,8 @@ def test_a_vip_request_fetches_its_virtual_host_and_follows_edits(tmp_path: Path
         block = f"127.{random.choice([n for n in range(100, 240) if n != taken])}.0.0/16"
         m.service("web", [m.upstream("web-1", version="v1"), m.upstream("web-2", version="v2")])
         m.rule("web", rules("v1"))
+        ext = m.upstream_on("ext")  # on 127.0.0.1, where ``localhost`` resolves
+        m.rule("ext", entry(ext.port))
         dns = ("--virtual-addresses", block, "--dns", f"127.0.0.1:{free_port()}")
         c = m.start(transport="delta", bootstrap_args=dns)
         assert m.xdsd is not None
@@ -71,11 +89,10 @@ def test_a_vip_request_fetches_its_virtual_host_and_follows_edits(tmp_path: Path
         loaded = load_directory(str(m.config)).mesh
         web = loaded.service_by_name("default", "web")
         assert web is not None
-        (vip,) = (
-            MeshTranslation(loaded)
-            .virtual_addresses()
-            .addresses_of(web.key, AddressBlock.parse(block))
-        )
+        allocation = MeshTranslation(loaded).virtual_addresses()
+        (vip,) = allocation.addresses_of(web.key, AddressBlock.parse(block))
+        none = next(s for s in loaded.services if s.name == "localhost")
+        (ext_vip,) = allocation.addresses_of(none.key, AddressBlock.parse(block))
         c.wait_for(lambda: (vip, port) in c.envoy.listener_addresses(), "the VIP listener")
         wait_until(
             lambda: route_config(c.envoy.admin_json("/config_dump"), str(port)) is not None,
@@ -104,6 +121,25 @@ def test_a_vip_request_fetches_its_virtual_host_and_follows_edits(tmp_path: Path
         held = [v["name"] for v in config.get("virtual_hosts", ())]
         assert held == [f"{port}/{WEB}:{port}"], held  # the one host asked for
         assert c.request("nowhere.example", port=port, address=vip).status == 404
+
+        # The NONE entry's VIP: its virtual host fetched from the HTTP proxy's routes.
+        before = len(sent(xdsd.log()))
+        c.wait_for(
+            lambda: (
+                c.request(f"localhost:{ext.port}", port=ext.port, address=ext_vip).headers.get(
+                    "x-backend"
+                )
+                == "ext"
+            ),
+            "the NONE entry via its VIP",
+        )
+        fetched = [n for t, n, _ in sent(xdsd.log())[before:] if t == "virtual_hosts" and n]
+        assert sum(fetched) == 1, fetched
+        proxy = route_config(c.envoy.admin_json("/config_dump"), "http_proxy")
+        assert proxy is not None
+        assert [v["name"] for v in proxy.get("virtual_hosts", ())] == [
+            f"http_proxy/localhost:{ext.port}"
+        ]
 
         # A route edit: sent as web's virtual host alone; the VIP follows it.
         before = len(sent(xdsd.log()))
