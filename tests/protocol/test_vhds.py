@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzzing import deadline, fuzz_settings
-from tests.protocol.test_delta import Client, responses
+from tests.protocol.test_delta import Client, only, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
 from xdsd.protocol.delta import DeltaStream
 from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
-from xdsd.resources import VIRTUAL_HOST, Resource
+from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
 from xdsd.translate.vhds import split_route_configuration
 
 
@@ -97,6 +97,45 @@ def test_on_demand_subscription_update_and_removal() -> None:
     # echo leaves the mesh: removed by its name
     got = stream.on_snapshot(snap(*edited[1:]))
     assert [r.removed for r in got] == [("80/echo",)]
+
+
+def _config(name: str, *domains: str) -> tuple[Resource, ...]:
+    """Route configuration ``name`` with a virtual host of ``domains``, as VHDS serves it
+    (split unless a domain is the catch-all)."""
+    config = route_pb2.RouteConfiguration(name=name)
+    config.virtual_hosts.add(name="echo", domains=list(domains)).routes.add().match.prefix = "/"
+    return split_route_configuration(Resource.of(name, config))
+
+
+def test_vhds_route_configurations_are_started_after_rds() -> None:
+    """Envoy's VHDS subscription for a route configuration waits for a response naming
+    something in its namespace (it never subscribes to the namespace itself): the VHDS
+    response after each RDS response that gives the client a configuration with ``vhds``
+    announces ``CONFIG/`` removed, once per configuration; whole ones get nothing."""
+    split, whole = _config("80", "echo"), _config("81", "*")
+    assert len(split) == 2 and len(whole) == 1
+    stream = DeltaStream(snapshot=snap(*split, *whole))
+    client = Client(stream)
+    client.ack(only(client.request(ROUTE, ["80", "81"]), ROUTE))
+    first = only(client.request(VIRTUAL_HOST), VIRTUAL_HOST)  # Envoy's: no names
+    assert (first.names, first.removed) == ((), ("80/",))
+    assert responses(client.ack(first)) == []
+    # a fetch as usual; the configuration is not started again
+    got = only(client.request(VIRTUAL_HOST, ["80/echo"]), VIRTUAL_HOST)
+    assert (got.names, got.removed) == (("80/echo",), ())
+    client.ack(got)
+    # a new configuration with vhds: RDS, then its start (only its own)
+    grown = snap(*split, *whole, *_config("82", "other"))
+    assert stream.on_snapshot(grown) == []  # not subscribed yet
+    rds, vhds = responses(client.request(ROUTE, ["82"]))
+    assert (rds.type_url, rds.names) == (ROUTE, ("82",))
+    assert (vhds.type_url, vhds.names, vhds.removed) == (VIRTUAL_HOST, (), ("82/",))
+    client.ack(rds)
+    client.ack(vhds)
+    # it leaves, and comes back: started again
+    client.ack(only(client.request(ROUTE, unsubscribe=["82"]), ROUTE))
+    rds, vhds = responses(client.request(ROUTE, ["82"]))
+    assert vhds.removed == ("82/",)
 
 
 def test_reconnect_holding_a_virtual_host_is_sent_nothing() -> None:
