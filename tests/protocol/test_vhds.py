@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzzing import deadline, fuzz_settings
-from tests.protocol.test_delta import Client, responses
+from tests.protocol.test_delta import Client, only, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
 from xdsd.protocol.delta import DeltaStream
 from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
-from xdsd.resources import VIRTUAL_HOST, Resource
+from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
 from xdsd.translate.vhds import split_route_configuration
 
 
@@ -99,6 +99,45 @@ def test_on_demand_subscription_update_and_removal() -> None:
     assert [r.removed for r in got] == [("80/echo",)]
 
 
+def _config(name: str, *domains: str) -> tuple[Resource, ...]:
+    """Route configuration ``name`` with a virtual host of ``domains``, as VHDS serves it
+    (split unless a domain is the catch-all)."""
+    config = route_pb2.RouteConfiguration(name=name)
+    config.virtual_hosts.add(name="echo", domains=list(domains)).routes.add().match.prefix = "/"
+    return split_route_configuration(Resource.of(name, config))
+
+
+def test_vhds_route_configurations_are_started_after_rds() -> None:
+    """Envoy's VHDS subscription for a route configuration waits for a response naming
+    something in its namespace (it never subscribes to the namespace itself): the VHDS
+    response after each RDS response that gives the client a configuration with ``vhds``
+    announces ``CONFIG/`` removed, once per configuration; whole ones get nothing."""
+    split, whole = _config("80", "echo"), _config("81", "*")
+    assert len(split) == 2 and len(whole) == 1
+    stream = DeltaStream(snapshot=snap(*split, *whole))
+    client = Client(stream)
+    client.ack(only(client.request(ROUTE, ["80", "81"]), ROUTE))
+    first = only(client.request(VIRTUAL_HOST), VIRTUAL_HOST)  # Envoy's: no names
+    assert (first.names, first.removed) == ((), ("80/",))
+    assert responses(client.ack(first)) == []
+    # a fetch as usual; the configuration is not started again
+    got = only(client.request(VIRTUAL_HOST, ["80/echo"]), VIRTUAL_HOST)
+    assert (got.names, got.removed) == (("80/echo",), ())
+    client.ack(got)
+    # a new configuration with vhds: RDS, then its start (only its own)
+    grown = snap(*split, *whole, *_config("82", "other"))
+    assert stream.on_snapshot(grown) == []  # not subscribed yet
+    rds, vhds = responses(client.request(ROUTE, ["82"]))
+    assert (rds.type_url, rds.names) == (ROUTE, ("82",))
+    assert (vhds.type_url, vhds.names, vhds.removed) == (VIRTUAL_HOST, (), ("82/",))
+    client.ack(rds)
+    client.ack(vhds)
+    # it leaves, and comes back: started again
+    client.ack(only(client.request(ROUTE, unsubscribe=["82"]), ROUTE))
+    rds, vhds = responses(client.request(ROUTE, ["82"]))
+    assert vhds.removed == ("82/",)
+
+
 def test_reconnect_holding_a_virtual_host_is_sent_nothing() -> None:
     resource = BASE[0]
 
@@ -166,13 +205,19 @@ ALIASES = st.one_of(
 SNAPSHOTS = st.lists(st.sampled_from(range(len(BASE) + 2)), max_size=6)
 
 
+#: Route configurations: "80" and "82" served by VHDS (bare), "81" whole (a catch-all).
+CONFIGS = (_config("80", "echo")[0], _config("81", "*")[0], _config("82", "x")[0])
+VHDS_CONFIGS = {"80", "82"}
+
+
 def _snapshot_of(picks: list[int]) -> Snapshot:
     extra = (vhost("80/echo", "echo", "echo:80", body="b"), vhost("80/new", "new"))
     chosen: dict[str, Resource] = {}
     for i in picks:
         r = (*BASE, *extra)[i]
         chosen[r.name] = r
-    return snap(*chosen.values())
+    configs = [c for c in CONFIGS if c.name != "82" or 5 in picks]  # 82 comes and goes
+    return snap(*chosen.values(), *configs)
 
 
 @fuzz_settings()
@@ -183,6 +228,10 @@ def _snapshot_of(picks: list[int]) -> Snapshot:
             st.tuples(st.just("unsubscribe"), st.lists(ALIASES, max_size=2)),
             st.tuples(st.just("answer"), st.booleans()),
             st.tuples(st.just("snapshot"), SNAPSHOTS),
+            st.tuples(
+                st.sampled_from(["routes", "unroute"]),
+                st.lists(st.sampled_from(["80", "81", "82", "83"]), max_size=3),
+            ),
         ),
         max_size=30,
     )
@@ -191,22 +240,34 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
     """Random VHDS subscriptions (garbage included), answers and snapshot changes: no
     exception; every virtual host sent is the current snapshot's and answers aliases the
     client subscribed to; after the client answers everything, each subscribed alias that
-    resolves is held at its virtual host's current version."""
+    resolves is held at its virtual host's current version. With route configurations
+    subscribed and dropped too: a VHDS start (``CONFIG/`` removed) names only a
+    configuration with ``vhds`` the client holds, and every one it holds at the end was
+    started since it was last given."""
     with deadline("protocol.vhds"):
-        current = snap(*BASE)
+        current = snap(*BASE, *CONFIGS[:2])
         stream = DeltaStream(snapshot=current)
         client = Client(stream)
         subscribed: set[str] = set()
         outstanding: list[DeltaResponse] = []
+        started: set[str] = set()  # VHDS configurations started since last given
 
         def check(events: list[Any]) -> None:
             for r in responses(events):
+                outstanding.append(r)
+                if r.type_url == ROUTE:
+                    started.difference_update(r.names)
+                    started.difference_update(r.removed)
+                    continue
                 assert r.type_url == VIRTUAL_HOST
+                for name in (n for n in r.removed if n.endswith("/")):
+                    config = name[:-1]
+                    assert config in VHDS_CONFIGS and config in stream.held(ROUTE), name
+                    started.add(config)
                 for resource, aliases in zip(r.resources, r.aliases, strict=True):
                     assert current.get(VIRTUAL_HOST)[resource.name] is resource
                     assert set(aliases) <= subscribed
                 assert set(r.unresolved) <= subscribed
-                outstanding.append(r)
 
         check(client.request(VIRTUAL_HOST, []))
         for kind, arg in steps:
@@ -218,15 +279,20 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
                 check(client.request(VIRTUAL_HOST, [], arg))
             elif kind == "answer" and outstanding:
                 r = outstanding.pop()
-                check(client.request(VIRTUAL_HOST, nonce=r.nonce, error="no" if arg else None))
+                check(client.request(r.type_url, nonce=r.nonce, error="no" if arg else None))
             elif kind == "snapshot":
                 current = _snapshot_of(arg)
                 check(stream.on_snapshot(current))
-        for _ in range(10):
+            elif kind == "routes":
+                check(client.request(ROUTE, arg))
+            elif kind == "unroute":
+                check(client.request(ROUTE, [], arg))
+        for _ in range(20):
             if not outstanding:
                 break
             check(client.ack(outstanding.pop()))
         assert not outstanding
+        assert VHDS_CONFIGS.intersection(stream.held(ROUTE)) <= started
         index = VirtualHostIndex(current.get(VIRTUAL_HOST))
         held = stream.held(VIRTUAL_HOST)
         for alias in subscribed:

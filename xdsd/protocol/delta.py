@@ -41,6 +41,14 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   (Envoy's subscription to a route configuration's namespace) gets a response, empty if
   nothing else is due, so that Envoy's VHDS starts. Subscribing again to a name already
   subscribed (Envoy asks again when a host still has no virtual host) answers it again.
+  Envoy does not send those namespace names, though: its VHDS subscription for a route
+  configuration matches by namespace locally and waits (its listeners warming, 15 s by
+  default) until a response carries a name in that namespace. So every route
+  configuration with a ``vhds`` source the client is sent (or holds after a reconnect)
+  is *started* once, by the next VHDS response after the RDS one: it announces
+  ``ROUTE_CONFIG/`` removed (a name no virtual host has; removing it changes nothing in
+  Envoy but completes that subscription's first fetch). A configuration that leaves
+  and comes back is started again.
   On a reconnect, an alias whose virtual host the client says it holds at the current
   version (``initial_resource_versions``, by the virtual host's name) is not sent again.
   A virtual host no held alias resolves to any more is announced removed by its name.
@@ -69,7 +77,12 @@ from xdsd.protocol import (
     resource_version,
     trim_node,
 )
-from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, index_of
+from xdsd.protocol.vhosts import (
+    MAX_ALIAS_LENGTH,
+    MAX_VIRTUAL_HOST_NAMES,
+    index_of,
+    vhds_configs,
+)
 from xdsd.resources import (
     CLUSTER,
     ENDPOINT,
@@ -111,6 +124,7 @@ class _DeltaType:
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
     vhosts: set[str] = field(default_factory=set)  # VHDS: virtual hosts the client holds
     asked: set[str] = field(default_factory=set)  # VHDS: aliases asked for after the first
+    started: set[str] = field(default_factory=set)  # VHDS: route configurations started
     # The type's snapshot version when what is due was last worked out, and nothing that
     # decides it (subscription, holding) changed since: nothing is due while the version
     # stays ("": work it out). Saves a pass over every resource per client per push.
@@ -247,6 +261,10 @@ class DeltaStream:
             else:
                 response = self._respond(type_url, state, snap)
             state.clean = snap.version(type_url)
+            if response is not None and type_url == ROUTE:
+                vhosts = self._types.get(VIRTUAL_HOST)
+                if vhosts is not None:
+                    vhosts.clean = ""  # a route configuration VHDS must start may be new
             if response is not None and type_url in _NAMING_CLUSTERS:
                 # what they reference decides whether CDS still keeps removed clusters
                 clusters = self._types.get(CLUSTER)
@@ -356,7 +374,8 @@ class DeltaStream:
             state.held.pop(alias, None)
             state.sent.pop(alias, None)
         still = {r.name for r in state.sent.values()}
-        removed = tuple(sorted((state.vhosts - still) | gone))
+        starters = self._vhds_starters(state, snap)
+        removed = tuple(sorted((state.vhosts - still) | gone | starters))
         state.vhosts = still
         if not due and not unresolved and not removed and not namespaces:
             return None
@@ -375,6 +394,16 @@ class DeltaStream:
             aliases=tuple(tuple(due[r.name]) for r in changed),
             unresolved=tuple(unresolved),
         )
+
+    def _vhds_starters(self, state: _DeltaType, snap: Snapshot) -> set[str]:
+        """The names ``ROUTE_CONFIG/`` that start the VHDS route configurations the client
+        holds and that were not started yet (see the module docstring); notes them as
+        started, and forgets those it no longer holds."""
+        routes = self._types.get(ROUTE)
+        holding = vhds_configs(snap).intersection(routes.held) if routes is not None else set()
+        new = holding - state.started
+        state.started = set(holding)
+        return {f"{config}/" for config in new}
 
     def _clusters_still_used(self) -> set[str]:
         """Clusters a listener, route configuration or virtual host the client holds

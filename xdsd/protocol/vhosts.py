@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from envoy.config.route.v3 import route_components_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 
 from xdsd.cache.snapshot import Snapshot
-from xdsd.resources import VIRTUAL_HOST, Resource
+from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
 
 #: The longest alias a stream may subscribe to (a route configuration name and a host).
 MAX_ALIAS_LENGTH = 1024
@@ -77,3 +77,23 @@ def _build(snapshot: Snapshot) -> VirtualHostIndex:
 def index_of(snapshot: Snapshot) -> VirtualHostIndex:
     """The snapshot's index, built on first use and kept with the snapshot."""
     return snapshot.derived(VirtualHostIndex, _build)
+
+
+class _VhdsConfigs:
+    """The key of ``vhds_configs`` in ``Snapshot.derived``."""
+
+
+def _vhds_configs(snapshot: Snapshot) -> frozenset[str]:
+    out = []
+    for name, resource in snapshot.get(ROUTE).items():
+        config = resource.message
+        assert isinstance(config, route_pb2.RouteConfiguration)
+        if config.HasField("vhds"):
+            out.append(name)
+    return frozenset(out)
+
+
+def vhds_configs(snapshot: Snapshot) -> frozenset[str]:
+    """The names of the snapshot's route configurations served by VHDS (those with a
+    ``vhds`` source), computed once per snapshot."""
+    return snapshot.derived(_VhdsConfigs, _vhds_configs)

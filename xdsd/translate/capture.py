@@ -286,12 +286,14 @@ def _default_chain(listener: listener_pb2.Listener, stat_prefix: str, registry_o
     chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
 
 
-def virtual_listener(plan: VirtualListenerPlan, source: ConfigSourceKind) -> listener_pb2.Listener:
+def virtual_listener(
+    plan: VirtualListenerPlan, source: ConfigSourceKind, on_demand: bool = False
+) -> listener_pb2.Listener:
     """``capture|PORT`` on ``0.0.0.0:PORT``, not bound: a chain per chain of ``plan``
     matched by destination address (and SNI, with the TLS inspector when a chain looks at
     it), HTTP chains routing by the route configuration they name (fetched the way
-    ``source`` says), TCP chains proxying to their clusters; the default chain for the
-    rest."""
+    ``source`` says; with ``on_demand``, a VHDS class, the on-demand filter first), TCP
+    chains proxying to their clusters; the default chain for the rest."""
     name = virtual_listener_name(plan.port)
     stat_prefix = name.replace("|", "_")
     listener = _listener(name, "0.0.0.0", plan.port)
@@ -310,6 +312,7 @@ def virtual_listener(plan: VirtualListenerPlan, source: ConfigSourceKind) -> lis
                 f"{stat_prefix}_{spec.routes}",
                 rds=(spec.routes, source),
                 filters=RULE_FILTERS,
+                on_demand=on_demand,
             )
             chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(hcm))
             continue

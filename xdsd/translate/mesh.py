@@ -329,13 +329,11 @@ class MeshTranslation:
             out.append(lambda: parts.inbound(node, scope, source))
             vips = parts.serves_virtual(node)
             # Virtual-address and capture listeners name the per-port route
-            # configurations too, without the on-demand filter: such classes keep them whole.
+            # configurations too: with VHDS they run the on-demand filter as well.
             vhds = (
                 node.vhds
                 and node.config_source is ConfigSourceKind.DELTA
                 and node.client is ClientKind.ENVOY
-                and not vips
-                and not node.capture
             )
             out.append(
                 lambda: parts.outbound(node.outbound_ip, source, style, caller, scope, vips, vhds)
@@ -343,11 +341,13 @@ class MeshTranslation:
             out.append(lambda: parts.l4_listeners(node, scope))
             if node.client is ClientKind.ENVOY and self.mesh_config.dns.enabled:
                 if vips:
-                    out.append(lambda: parts.virtual_listeners(node, scope, source, style, caller))
+                    out.append(
+                        lambda: parts.virtual_listeners(node, scope, source, style, caller, vhds)
+                    )
                 if node.dns:
                     out.append(lambda: parts.dns_listener(node, scope))
             if node.client is ClientKind.ENVOY and node.capture:
-                out.append(lambda: parts.capture(node, scope, source, style, caller))
+                out.append(lambda: parts.capture(node, scope, source, style, caller, vhds))
         if node.locality != NO_LOCALITY:
             out.append(lambda: parts.local_assignments(node, scope))
         if self.mesh_config.mtls.enabled and node.client is not ClientKind.GRPC:

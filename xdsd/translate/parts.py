@@ -237,12 +237,15 @@ class ClassParts:
         source: ConfigSourceKind,
         style: MatcherStyle,
         caller: Caller,
+        vhds: bool = False,
     ) -> tuple[Resource, ...]:
         """An Envoy sidecar's listeners on ``VIP:PORT``, one per port of each service
         ``scope`` lets it see, its VIPs in the block ``node.virtual_addresses`` (see
         ``virtual_listeners``), with the route configurations and DNS clusters they
-        name. A selection keyed by the block, the outbound address, how the class
-        fetches and matches, the caller and the scope.
+        name; with ``vhds``, the HTTP listeners run the on-demand filter and the route
+        configurations are split as ``outbound`` splits them (the same resources). A
+        selection keyed by the block, the outbound address, how the class fetches and
+        matches, the caller, the scope and ``vhds``.
 
         Raises TranslationError when the node's block is smaller than the settings'
         (slots would fall outside it), for pairs that cannot share a listener, rules
@@ -266,6 +269,7 @@ class ClassParts:
                 caller,
                 l4_caller,
                 scope,
+                vhds,
             )
         except TranslationError as err:
             problems.extend(err.problems)
@@ -292,6 +296,7 @@ class ClassParts:
         caller: Caller,
         l4_caller: L4Caller,
         scope: Scope,
+        vhds: bool,
     ) -> list[Resource]:
         """The selection ``virtual_listeners`` memoizes."""
         plan = self._virtual_plan(AddressBlock.parse(block_text), scope)
@@ -313,7 +318,13 @@ class ClassParts:
             if port.protocol.is_http:
                 if is_forward(pair):  # the route configuration comes with ``outbound``
                     listener = memo.resource(
-                        virtual_http_listener, pair.vip, pair.port, HTTP_PROXY_ROUTES, source, True
+                        virtual_http_listener,
+                        pair.vip,
+                        pair.port,
+                        HTTP_PROXY_ROUTES,
+                        source,
+                        True,
+                        vhds,
                     )
                     out.append(listener)
                     continue
@@ -322,15 +333,18 @@ class ClassParts:
                     continue
                 name, group, view = found
                 try:
-                    out.append(
-                        self._routes.port_routes(
-                            group, style, caller, view=view, name=name, block_unknown=block
-                        )
+                    config = self._routes.port_routes(
+                        group, style, caller, view=view, name=name, block_unknown=block
                     )
                 except TranslationError as err:
                     problems.extend(p for p in err.problems if p not in problems)
                     continue
-                out.append(memo.resource(virtual_http_listener, pair.vip, pair.port, name, source))
+                out.extend(self._split([config]) if vhds else (config,))
+                out.append(
+                    memo.resource(
+                        virtual_http_listener, pair.vip, pair.port, name, source, False, vhds
+                    )
+                )
                 continue
             tls = port.protocol is Protocol.TLS
             forwarded = [(s, p) for s, p in pair.members if tls and s.resolution is Resolution.NONE]
@@ -577,10 +591,14 @@ class ClassParts:
     ) -> list[Resource]:
         """The selection ``outbound`` memoizes."""
         out = self._outbound_whole(ip, source, style, caller, scope, vips, vhds)
-        if not vhds:
-            return out
+        return self._split(out) if vhds else out
+
+    def _split(self, resources: Iterable[Resource]) -> list[Resource]:
+        """``resources`` with each route configuration as VHDS serves it
+        (``vhds.split_route_configuration``, memoized: every part that names a route
+        configuration gives the same resources for it)."""
         split: list[Resource] = []
-        for r in out:
+        for r in resources:
             if r.type_url == ROUTE:
                 split.extend(self._memo.get(split_route_configuration, r))
             else:
@@ -696,14 +714,16 @@ class ClassParts:
         source: ConfigSourceKind = ConfigSourceKind.ADS,
         style: MatcherStyle = MatcherStyle.STRING_MATCH,
         caller: Caller = NO_CALLER,
+        vhds: bool = False,
     ) -> tuple[Resource, ...]:
         """An Envoy sidecar's capture listener on ``node.outbound_ip:node.capture``, the
         virtual listeners of the services its default per-port listeners serve (as far
         as ``scope`` lets it see) with the per-port route configurations they name (as
         ``caller`` sees them, in ``style``), and the passthrough or black hole clusters
-        (see ``capture``). Memoized by (addresses, port, callers, scope, config source,
-        style). Raises TranslationError when the capture port collides with another
-        listener."""
+        (see ``capture``); with ``vhds``, the HTTP chains run the on-demand filter and
+        the route configurations are split as ``outbound`` splits them. Memoized by
+        (addresses, port, callers, scope, config source, style, vhds). Raises
+        TranslationError when the capture port collides with another listener."""
         if self._l4_by_caller is None:
             self._l4_by_caller = caller_dependent(self.mesh)
         l4_caller = L4Caller(node.namespace, node.labels) if self._l4_by_caller else ANY_CALLER
@@ -721,7 +741,15 @@ class ClassParts:
         if problems:
             raise TranslationError(problems)
         return self._selections.get(
-            self._capture, node.outbound_ip, node.capture, l4_caller, scope, source, style, caller
+            self._capture,
+            node.outbound_ip,
+            node.capture,
+            l4_caller,
+            scope,
+            source,
+            style,
+            caller,
+            vhds,
         )
 
     def _capture(
@@ -733,6 +761,7 @@ class ClassParts:
         source: ConfigSourceKind,
         style: MatcherStyle,
         caller: Caller,
+        vhds: bool,
     ) -> list[Resource]:
         """The selection ``capture`` memoizes."""
         memo = self._memo
@@ -758,8 +787,8 @@ class ClassParts:
             raise TranslationError(problems)
         groups = [g for g, _ in default]
         plans = plan_virtual_listeners(self.mesh, self._rules(), groups, l4_caller, block)
-        out.extend(memo.resource(virtual_listener, plan, source) for plan in plans)
-        return out
+        out.extend(memo.resource(virtual_listener, plan, source, vhds) for plan in plans)
+        return self._split(out) if vhds else out
 
     # -- gateways -------------------------------------------------------------------
 

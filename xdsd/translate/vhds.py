@@ -8,13 +8,17 @@ type ``VirtualHost``, named ``ROUTE_CONFIG/VHOST`` (Envoy files a VHDS resource 
 the route configuration whose name comes before the last ``/``, and removes a virtual
 host by that same name, so the message's ``name`` is the resource name too). Envoy asks
 for a virtual host when a request's host matches none it holds, through the on-demand
-filter (``ON_DEMAND_FILTER``), which the class's outbound listeners run first, before the
-filters that read the route; the stream resolves that request's alias
-(``ROUTE_CONFIG/HOST``) to a virtual host (``xdsd.protocol.vhosts``).
+filter (``ON_DEMAND_FILTER``), which every HTTP listener of the class naming those
+configurations runs first, before the filters that read the route (the per-port,
+explicit egress and HTTP proxy listeners, the virtual-address listeners and the capture
+listeners' HTTP chains); the stream resolves that request's alias
+(``ROUTE_CONFIG/HOST``, the Host the listener saw) to a virtual host
+(``xdsd.protocol.vhosts``).
 
 A route configuration with a catch-all virtual host (domain ``*``: the REGISTRY_ONLY
-answer of a Sidecar-limited class, the dynamic forward proxy) stays whole: a request
-matching the catch-all never makes Envoy ask for the virtual host of its real host.
+answer) stays whole: a request matching the catch-all never makes Envoy ask for the
+virtual host of its real host. (Resolution NONE services have no catch-all: their
+domains are their hosts, so the HTTP proxy's configuration is split with them in it.)
 Builders here are pure functions of their arguments (memoizable).
 """
 

@@ -190,15 +190,23 @@ def is_forward(pair: VirtualPair) -> bool:
 
 
 def virtual_http_listener(
-    vip: str, port: int, route_name: str, source: ConfigSourceKind, forward: bool = False
+    vip: str,
+    port: int,
+    route_name: str,
+    source: ConfigSourceKind,
+    forward: bool = False,
+    on_demand: bool = False,
 ) -> Any:
     """The listener ``outbound|VIP|PORT`` of HTTP services: routes by Host from the route
     configuration ``route_name`` (fetched the way ``source`` says); with ``forward``, the
-    dynamic forward proxy filter runs before the router (resolution NONE)."""
+    dynamic forward proxy filter runs before the router (resolution NONE); with
+    ``on_demand`` (a VHDS class), the on-demand filter runs first (``translate.vhds``)."""
     stat_prefix = f"outbound_{vip}_{port}"
     listener = _listener(vip, port, stat_prefix)
     filters = (*RULE_FILTERS, FORWARD_PROXY_FILTER) if forward else RULE_FILTERS
-    config = http_connection_manager(stat_prefix, rds=(route_name, source), filters=filters)
+    config = http_connection_manager(
+        stat_prefix, rds=(route_name, source), filters=filters, on_demand=on_demand
+    )
     chain = listener.filter_chains.add()
     chain.filters.add(name=HCM_FILTER).typed_config.CopyFrom(pack(config))
     return listener

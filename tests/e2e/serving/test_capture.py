@@ -21,12 +21,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness import Process, envoy_binary, wait_until, write_atomically
 from xdsd.translate import NodeClass
-from xdsd.translate.static import bootstrap
+from xdsd.translate.static import Transport, bootstrap
 
 CAPTURE_PORT = 15002
 XDS_PORT = 18000
@@ -164,7 +165,12 @@ spec:
 """
 
 
-def test_capture_routes_endpoint_addresses_through_the_sidecar(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "delta"])
+def test_capture_routes_endpoint_addresses_through_the_sidecar(
+    tmp_path: Path, transport: Transport
+) -> None:
+    """Over SotW ADS, and over delta ADS with VHDS (the capture listener's HTTP chains
+    fetch the virtual host of the Host they see on demand)."""
     if why := missing():
         pytest.skip(why)
     config = tmp_path / "config"
@@ -173,7 +179,7 @@ def test_capture_routes_endpoint_addresses_through_the_sidecar(tmp_path: Path) -
         for name, text in files(prefix).items():
             write_atomically(config / name, text)
         try:
-            scenario(vm, far, prefix, config, tmp_path, processes)
+            scenario(vm, far, prefix, config, tmp_path, processes, transport)
         finally:
             for p in reversed(processes):
                 with contextlib.suppress(Exception):
@@ -181,7 +187,13 @@ def test_capture_routes_endpoint_addresses_through_the_sidecar(tmp_path: Path) -
 
 
 def scenario(
-    vm: str, far: str, prefix: str, config: Path, tmp: Path, processes: list[Process]
+    vm: str,
+    far: str,
+    prefix: str,
+    config: Path,
+    tmp: Path,
+    processes: list[Process],
+    transport: Transport = "grpc",
 ) -> None:
     def ns(name: str, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", name, *argv]
@@ -210,13 +222,13 @@ def scenario(
         tmp / "xdsd.log",
     )
     processes.append(xdsd)
-    node = NodeClass(service="app", capture=CAPTURE_PORT)
+    node = NodeClass(service="app", capture=CAPTURE_PORT, vhds=transport == "delta")
     boot = bootstrap(
         "vm-1",
         node,
         xds_host="127.0.0.1",
         xds_port=XDS_PORT,
-        transport="grpc",
+        transport=transport,
         admin_port=ENVOY_ADMIN,
     )
     assert boot["node"]["metadata"]["capture"] == str(CAPTURE_PORT)
@@ -282,10 +294,19 @@ def scenario(
     assert nat_table(vm) != before
 
     # through the sidecar: same answer, counted by the service's cluster
+    # (listeners show in /listeners while they warm: wait until they serve)
+    wait_until(lambda: stat("listener_manager.workers_started") == 1, what="Envoy serving")
     assert app(7000) == "alpha"
     assert stat(alpha) == 1
     assert stat("listener.capture_7000.downstream_cx_total") == 1
     assert app(8080, http_host="web") == "web"
+    web_config = _route_config(admin("/config_dump"), "8080")
+    if transport == "delta":  # VHDS: the one virtual host the request asked for
+        assert "vhds" in web_config, web_config
+        held = [v["name"] for v in web_config.get("virtual_hosts", ())]
+        assert held == ["8080/web.default.svc.cluster.local:8080"], held
+    else:
+        assert "vhds" not in web_config and web_config["virtual_hosts"]
     # the routing rules apply to a connection dialled to alpha's (and web's) endpoint
     write_atomically(config / "rules" / "capture.yaml", RULES)
     wait_until(lambda: app(7000) == "beta", timeout=60, what="alpha's traffic to go to beta")
@@ -304,6 +325,18 @@ def scenario(
     assert stat("listener.capture_7000.downstream_cx_total") == captured
     for p in processes:
         assert p.alive(), p.argv[:6]
+    # no subscription waited out its initial fetch (VHDS: every route configuration started)
+    assert "initial fetch timed out" not in envoy.log()
+
+
+def _route_config(dump_text: str, name: str) -> dict[str, Any]:
+    """The dynamic route configuration ``name`` of an Envoy ``/config_dump``."""
+    for section in json.loads(dump_text)["configs"]:
+        for entry in section.get("dynamic_route_configs", ()):
+            config: dict[str, Any] = entry["route_config"]
+            if config.get("name") == name:
+                return config
+    raise AssertionError(f"no route configuration {name}")
 
 
 def test_without_root_it_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,10 +109,12 @@ def test_vhds_fetches_on_demand_and_drops_what_leaves(mesh: EchoMesh) -> None:
     assert status == 404
     held = [n for t, n, _ in sent(xdsd.log()) if t == "virtual_hosts"]
     assert sum(held) == 2, held  # echo's, once per route configuration
+    assert "initial fetch timed out" not in envoy.log()  # every VHDS subscription started
+    before = len(sent(xdsd.log()))  # (the route configurations' starts announce removals)
     (mesh.config / "services" / "echo.toml").unlink()
     mesh.rules.unlink()
     wait_until(
-        lambda: any(t == "virtual_hosts" and r for t, _, r in sent(xdsd.log())),
+        lambda: any(t == "virtual_hosts" and r for t, _, r in sent(xdsd.log())[before:]),
         what="the virtual hosts removed",
     )
     # (the port's listener went with its last service; the HTTP proxy stays)
