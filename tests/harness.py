@@ -317,3 +317,28 @@ def running(*things: Any) -> Iterator[None]:
         for thing in reversed(things):
             with contextlib.suppress(Exception):
                 thing.stop()
+
+
+class Inbox:
+    """systemd's side of ``NOTIFY_SOCKET``: every notification received on a datagram
+    socket, in order (each a list of its lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[list[str]] = []
+
+    def read(self) -> list[list[str]]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(65536).decode().split("\n"))
+            except BlockingIOError:
+                return self.messages
+
+    def count(self, line: str) -> int:
+        return sum(line in m for m in self.read())
+
+    def index(self, line: str, start: int = 0) -> int:
+        messages = self.read()
+        return next(i for i in range(start, len(messages)) if line in messages[i])

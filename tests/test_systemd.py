@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.mesh import EchoMesh
-from tests.harness import Xdsd, port_open, wait_until
+from tests.harness import Inbox, Xdsd, port_open, wait_until
 from xdsd.notify import Notifier
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "xdsd.service"
@@ -125,30 +125,6 @@ def test_notifier_addresses(tmp_path: Path) -> None:
     assert other.watchdog_interval is None and not other.enabled and not other.ready()
     gone = Notifier(str(tmp_path / "nobody-listens"))
     assert not gone.ready()  # logged, never raised
-
-
-class Inbox:
-    """Every notification received on a datagram socket, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[list[str]] = []
-
-    def read(self) -> list[list[str]]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode().split("\n"))
-            except BlockingIOError:
-                return self.messages
-
-    def count(self, line: str) -> int:
-        return sum(line in m for m in self.read())
-
-    def index(self, line: str, start: int = 0) -> int:
-        messages = self.read()
-        return next(i for i in range(start, len(messages)) if line in messages[i])
 
 
 @pytest.fixture

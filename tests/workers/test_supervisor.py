@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import Inbox
 from xdsd.errors import StartupError
 from xdsd.model.registrations import EtcdSettings, RegistrySettings
 from xdsd.notify import Notifier
@@ -64,26 +65,6 @@ class Spawner:
 
     def current(self, index: int) -> FakeWorker:
         return [w for w in self.made if w.place.index == index][-1]
-
-
-class Inbox:
-    """systemd's side: every notification the supervisor sent."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[list[str]] = []
-
-    def read(self) -> list[list[str]]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode().split("\n"))
-            except BlockingIOError:
-                return self.messages
-
-    def count(self, line: str) -> int:
-        return sum(line in m for m in self.read())
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
