@@ -49,6 +49,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "xdsd.registry": ("xdsd.registry", "xdsd.errors", "xdsd.model", "xdsd.settings"),
     "xdsd.ca": ("xdsd.ca", "xdsd.errors", "xdsd.model", "xdsd.resources", "xdsd.settings"),
     "xdsd.build_cache": (
+        "xdsd.ca.files",
         "xdsd.cache",
         "xdsd.errors",
         "xdsd.model",

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from xdsd.ca.files import CAError, write_private_file
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import InconsistentSnapshotError, XdsdError
 from xdsd.model.mesh_config import WORKLOAD_SECRET
@@ -580,26 +581,14 @@ def _write_atomically(path: str, parts: Iterable[bytes]) -> None:
 
 def _key(path: str) -> bytes:
     """The HMAC key at ``path`` (32 bytes, 0600, ours), generated when missing. Raises
-    CacheRefused when it cannot be used. Creation is atomic (written under a temporary
-    name, then linked to ``path`` only if absent), so processes sharing the state
+    CacheRefused when it cannot be used. Creation is atomic (``write_private_file``:
+    written aside, then linked in place only if absent), so processes sharing the state
     directory (workers) never read a half-written key."""
     if not os.path.lexists(path):
-        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secrets.token_bytes(32))
-                fh.flush()
-                os.fsync(fh.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        except OSError as e:
-            raise CacheRefused(
-                f"{path}: cannot create the restart cache key: {e.strerror}"
-            ) from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            write_private_file(path, secrets.token_bytes(32))
+        except CAError as e:
+            raise CacheRefused(f"cannot create the restart cache key: {e}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
