@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import re
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,33 +39,12 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from tests.e2e.serving.test_checkout import SERVICE, SERVICES, commit_branch, git
 from tests.harness import Xdsd, wait_until
 from tests.xds_clients import AdsClient
 
-SERVICES = 100
-SERVICE = """kind = "Service"
-name = "{name}"
-
-[[ports]]
-name = "http"
-number = {port}
-protocol = "HTTP"
-
-[[endpoints]]
-address = "10.1.{high}.{low}"
-"""
 _CLUSTER = re.compile(r"^outbound\|(\d+)\|\|(s\d{3})\.")
 PORTS = (9080, 9081)
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def _text(i: int, port: int) -> str:
@@ -77,14 +55,10 @@ def _repository(repo: Path) -> None:
     """``repo``: a git repository with branches ``a`` (port 9080) and ``b`` (9081),
     ``a`` checked out."""
     repo.mkdir()
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     for branch, port in zip(("a", "b"), PORTS, strict=True):
-        _git(repo, "checkout", "-q", "-B", branch)
-        for i in range(SERVICES):
-            (repo / f"s{i:03d}.toml").write_text(_text(i, port))
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", branch)
-    _git(repo, "checkout", "-q", "a")
+        commit_branch(repo, branch, port)
+    git(repo, "checkout", "-q", "a")
 
 
 def _state(response: discovery_pb2.DiscoveryResponse) -> dict[str, int]:
@@ -104,7 +78,7 @@ def _uniform(port: int) -> dict[str, int]:
 
 
 def _git_checkout(repo: Path, port: int) -> dict[str, int]:
-    _git(repo, "checkout", "-q", "a" if port == PORTS[0] else "b")
+    git(repo, "checkout", "-q", "a" if port == PORTS[0] else "b")
     return _uniform(port)
 
 

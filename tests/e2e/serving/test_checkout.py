@@ -29,7 +29,8 @@ address = "10.1.{high}.{low}"
 _PORT = re.compile(r"^outbound\|(\d+)\|\|s\d{3}\.")
 
 
-def _git(repo: Path, *args: str) -> None:
+def git(repo: Path, *args: str) -> None:
+    """Run git in ``repo`` (an author of its own, output captured; raises on failure)."""
     subprocess.run(
         ["git", "-c", "user.name=xdsd", "-c", "user.email=xdsd@example.invalid", *args],
         cwd=repo,
@@ -39,14 +40,14 @@ def _git(repo: Path, *args: str) -> None:
     )
 
 
-def _branch(repo: Path, name: str, port: int) -> None:
+def commit_branch(repo: Path, name: str, port: int) -> None:
     """Commit on branch ``name`` every service at ``port``."""
-    _git(repo, "checkout", "-q", "-B", name)
+    git(repo, "checkout", "-q", "-B", name)
     for i in range(SERVICES):
         text = SERVICE.format(name=f"s{i:03d}", port=port, high=i // 200, low=i % 200 + 1)
         (repo / f"s{i:03d}.toml").write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", name)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", name)
 
 
 def _ports(response: discovery_pb2.DiscoveryResponse) -> set[int]:
@@ -64,17 +65,17 @@ def _ports(response: discovery_pb2.DiscoveryResponse) -> set[int]:
 def test_a_checkout_of_a_hundred_files_is_one_new_version(tmp_path: Path) -> None:
     repo = tmp_path / "config"
     repo.mkdir()
-    _git(repo, "init", "-q")
-    _branch(repo, "a", 9080)
-    _branch(repo, "b", 9081)
-    _git(repo, "checkout", "-q", "a")
+    git(repo, "init", "-q")
+    commit_branch(repo, "a", 9080)
+    commit_branch(repo, "b", 9081)
+    git(repo, "checkout", "-q", "a")
     xdsd = Xdsd(repo, tmp_path)
     client = AdsClient(xdsd.grpc_port, "client-1", "client")  # a class outside the mesh
     try:
         wait_until(lambda: client.responses and _ports(client.responses[-1]) == {9080})
         for i, (branch, port) in enumerate([("b", 9081), ("a", 9080)] * 3):
             before = len(client.responses)
-            _git(repo, "checkout", "-q", branch)
+            git(repo, "checkout", "-q", branch)
             wait_until(
                 lambda port=port: _ports(client.responses[-1]) == {port},  # type: ignore[misc]
                 what=f"checkout {i} of {branch} to reach the client",
