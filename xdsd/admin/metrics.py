@@ -246,47 +246,66 @@ class _Registrations(Collector):
     def collect(self) -> Iterator[Metric]:
         """The registry's figures, as they are now."""
         counts = self.counts()
-        registered = CounterMetricFamily(
-            "xdsd_registrations", "Workloads admitted into a WorkloadGroup (new registrations)."
-        )
-        registered.add_metric([], counts.get("registered", 0))
-        yield registered
-        expired = CounterMetricFamily(
-            "xdsd_registration_expiries",
-            "Registrations removed after their sidecar's grace period ended.",
-        )
-        expired.add_metric([], counts.get("expired", 0))
-        yield expired
-        refused = CounterMetricFamily(
-            "xdsd_registrations_refused",
-            "Registrations refused, by reason (unknown_group, other_service, ...).",
-            labels=["reason"],
-        )
-        for reason, n in sorted(counts.get("refused", {}).items()):
-            refused.add_metric([reason], n)
-        yield refused
-        current = GaugeMetricFamily(
-            "xdsd_registrations_current", "Registered workloads the store holds (every replica's)."
-        )
-        current.add_metric([], counts.get("current", 0))
-        yield current
-        held = GaugeMetricFamily(
-            "xdsd_registrations_held", "Registered workloads this replica holds."
-        )
-        held.add_metric([], counts.get("held", 0))
-        yield held
-        failures = CounterMetricFamily(
-            "xdsd_registry_write_failures",
-            "Registration writes the store could not take (each attempt; retried).",
-        )
-        failures.add_metric([], counts.get("store_failures", 0))
-        yield failures
-        pending = GaugeMetricFamily(
-            "xdsd_registry_writes_pending",
-            "Registration changes waiting to be written to the store (etcd unreachable).",
-        )
-        pending.add_metric([], counts.get("pending", 0))
-        yield pending
+        for family, name, text, key in _REGISTRY_FIGURES:
+            if key == "refused":
+                refused = family(name, text, labels=["reason"])
+                for reason, n in sorted(counts.get("refused", {}).items()):
+                    refused.add_metric([reason], n)
+                yield refused
+                continue
+            metric = family(name, text)
+            metric.add_metric([], counts.get(key, 0))
+            yield metric
+
+
+#: The registry's figures in the order they are exposed: (family, name, help, the key of
+#: ``Registry.counts`` read; ``refused`` is a mapping by reason).
+_REGISTRY_FIGURES: tuple[
+    tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, str], ...
+] = (
+    (
+        CounterMetricFamily,
+        "xdsd_registrations",
+        "Workloads admitted into a WorkloadGroup (new registrations).",
+        "registered",
+    ),
+    (
+        CounterMetricFamily,
+        "xdsd_registration_expiries",
+        "Registrations removed after their sidecar's grace period ended.",
+        "expired",
+    ),
+    (
+        CounterMetricFamily,
+        "xdsd_registrations_refused",
+        "Registrations refused, by reason (unknown_group, other_service, ...).",
+        "refused",
+    ),
+    (
+        GaugeMetricFamily,
+        "xdsd_registrations_current",
+        "Registered workloads the store holds (every replica's).",
+        "current",
+    ),
+    (
+        GaugeMetricFamily,
+        "xdsd_registrations_held",
+        "Registered workloads this replica holds.",
+        "held",
+    ),
+    (
+        CounterMetricFamily,
+        "xdsd_registry_write_failures",
+        "Registration writes the store could not take (each attempt; retried).",
+        "store_failures",
+    ),
+    (
+        GaugeMetricFamily,
+        "xdsd_registry_writes_pending",
+        "Registration changes waiting to be written to the store (etcd unreachable).",
+        "pending",
+    ),
+)
 
 
 class _StoreFigures(Collector):
