@@ -15,8 +15,6 @@ load generator's worker reads of ``XdsClient``.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from bench._xdsclient import CDS, EDS, LDS, MESSAGES, RDS, TypeRecord, _route_names
+from bench._xdsclient import CDS, EDS, LDS, MESSAGES, RDS, TypeRecord, _route_names, follow
 
 DELTA_ADS_PATH = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 VHDS = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
@@ -68,23 +66,7 @@ class DeltaXdsClient:
     ) -> None:
         """Connect and follow the server until cancelled (a failed connection retried
         until ``retry_until``, time.monotonic())."""
-        while True:
-            self._opened = False
-            try:
-                await self._session(host, port)
-                self.ends += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if self._opened:
-                    self.ends += 1
-                else:
-                    self.failures += 1
-                self.error = repr(e)
-                self.connected = False
-                if time.monotonic() >= retry_until:
-                    return
-                await asyncio.sleep(retry_delay * (0.5 + random.random()))
+        await follow(self, host, port, retry_until=retry_until, retry_delay=retry_delay)
 
     def _aliases(self, route_configs: tuple[str, ...]) -> list[str]:
         out = list(route_configs)

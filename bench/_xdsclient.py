@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -159,23 +160,7 @@ class XdsClient:
         at once (resuming: every subscription re-sent with the versions held, as Envoy
         does); a connection that fails is counted and retried after ``retry_delay`` (with
         jitter) until ``retry_until`` (time.monotonic())."""
-        while True:
-            self._opened = False
-            try:
-                await self._session(host, port)
-                self.ends += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # connection refused, reset, stream error
-                if self._opened:
-                    self.ends += 1
-                else:
-                    self.failures += 1
-                self.error = repr(e)
-                self.connected = False
-                if time.monotonic() >= retry_until:
-                    return
-                await asyncio.sleep(retry_delay * (0.5 + random.random()))
+        await follow(self, host, port, retry_until=retry_until, retry_delay=retry_delay)
 
     async def _session(self, host: str, port: int) -> None:
         channel = Channel(host, port)
@@ -263,6 +248,44 @@ class XdsClient:
         finally:
             self.connected = False
             channel.close()
+
+
+class Follower(Protocol):
+    """A simulated client ``follow`` keeps connected: its session and its counters."""
+
+    _opened: bool
+    ends: int
+    failures: int
+    error: str
+    connected: bool
+
+    async def _session(self, host: str, port: int) -> None: ...
+
+
+async def follow(
+    client: Follower, host: str, port: int, *, retry_until: float, retry_delay: float
+) -> None:
+    """Run ``client``'s sessions until cancelled: a stream that ends is reopened at once;
+    a connection that fails is counted (``failures`` before the stream opened, else
+    ``ends``) and retried after ``retry_delay`` (with jitter) until ``retry_until``
+    (time.monotonic())."""
+    while True:
+        client._opened = False
+        try:
+            await client._session(host, port)
+            client.ends += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # connection refused, reset, stream error
+            if client._opened:
+                client.ends += 1
+            else:
+                client.failures += 1
+            client.error = repr(e)
+            client.connected = False
+            if time.monotonic() >= retry_until:
+                return
+            await asyncio.sleep(retry_delay * (0.5 + random.random()))
 
 
 def _route_names(listeners: list[listener_pb2.Listener]) -> tuple[str, ...]:
