@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from xdsd.model import Service
 from xdsd.model.gateway_api import (
+    FILE_REF_GROUP,
+    FILE_REF_KIND,
     GATEWAY_GROUP,
     GatewayAPI,
     KubeGateway,
@@ -139,10 +140,8 @@ def secret_permitted(
 
 
 #: A certificateRef naming a certificate file by path rather than a Secret
-#: (``{group: xdsd.dev, kind: File, name: certs/gateway.pem}``); its private key file
-#: is the listener's ``tls.options`` entry ``PRIVATE_KEY_OPTION``.
-FILE_REF_GROUP = "xdsd.dev"
-FILE_REF_KIND = "File"
+#: (``{group: FILE_REF_GROUP, kind: FILE_REF_KIND, name: certs/gateway.pem}``); its
+#: private key file is the listener's ``tls.options`` entry ``PRIVATE_KEY_OPTION``.
 PRIVATE_KEY_OPTION = "xdsd.dev/private-key"
 #: The pseudo-path under which a Secret's ``tls.crt``/``tls.key`` bytes are served:
 #: ``<secret>/NAMESPACE/NAME/tls.crt`` (the loader gives the certificate files these
@@ -185,8 +184,7 @@ def certificate_paths(
             f"no ReferenceGrant in namespace {namespace!r} lets Gateways of "
             f"{gateway.namespace!r} use Secret {namespace}/{ref.name}",
         )
-    secrets: Sequence[Any] = getattr(api, "secrets", ())
-    if not any(s.namespace == namespace and s.name == ref.name for s in secrets):
+    if not any(s.namespace == namespace and s.name == ref.name for s in api.secrets):
         return None, cond.INVALID_CERTIFICATE_REF, f"no Secret {namespace}/{ref.name}"
     base = f"{SECRET_PATH_PREFIX}/{namespace}/{ref.name}"
     return (f"{base}/tls.crt", f"{base}/tls.key"), "", ""
@@ -202,8 +200,7 @@ def secret_files(api: GatewayAPI, paths: Iterable[str]) -> list[CertificateFile]
     ``tls.key``, ``ca.crt`` of ``<secret>/NS/NAME``), from the Secrets of ``api``: what the
     certificate files of a load hold for them instead of reading the disk. A path whose
     Secret is gone is left out (the conversion has already refused its listener)."""
-    secrets: Sequence[Any] = getattr(api, "secrets", ())
-    by_key = {(s.namespace, s.name): s for s in secrets}
+    by_key = {(s.namespace, s.name): s for s in api.secrets}
     out: list[CertificateFile] = []
     for path in paths:
         if not path.startswith(SECRET_PATH_PREFIX + "/"):
