@@ -50,7 +50,7 @@ def references_of(message: Message) -> Refs:
     if isinstance(message, route_pb2.RouteConfiguration):
         return _route_config_refs(message)
     if isinstance(message, route_components_pb2.VirtualHost):
-        return _vhost_refs(message)
+        return route_refs(message.routes)
     return ()
 
 
@@ -162,13 +162,6 @@ def _route_config_refs(config: route_pb2.RouteConfiguration) -> Refs:
     names: dict[tuple[str, str], None] = {}
     for vhost in config.virtual_hosts:
         _add_route_refs(vhost.routes, names)
-    return tuple(names)
-
-
-def _vhost_refs(vhost: route_components_pb2.VirtualHost) -> Refs:
-    """The clusters the routes of a virtual host name (destinations and mirrors)."""
-    names: dict[tuple[str, str], None] = {}
-    _add_route_refs(vhost.routes, names)
     return tuple(names)
 
 
