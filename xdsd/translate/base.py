@@ -27,7 +27,7 @@ from xdsd.translate.clusters import (
     eds_template,
     is_eds,
 )
-from xdsd.translate.endpoints import assignment_resource, select_endpoints
+from xdsd.translate.endpoints import assignment_resource, filter_endpoints, select_endpoints
 from xdsd.translate.memo import Memo
 from xdsd.translate.mesh_tls import with_mesh_tls
 from xdsd.translate.peer_authentication import CalleeModes
@@ -81,9 +81,4 @@ class BaseBuilders:
         else:
             ordered = select_endpoints(service, port)
             self._ordered = (service, port, ordered)
-        if not selector:
-            return ordered
-        if len(selector) == 1:
-            pair = selector[0]
-            return tuple([e for e in ordered if pair in e.labels])
-        return tuple([e for e in ordered if e.matches(selector)])
+        return filter_endpoints(ordered, selector)

@@ -41,15 +41,22 @@ def select_endpoints(
 ) -> tuple[Endpoint, ...]:
     """The endpoints of ``service`` whose labels include ``selector`` (all of them for an
     empty selector), in (locality, address, port) order."""
-    if not selector:
-        chosen = [*service.endpoints]
-    elif len(selector) == 1:  # a subset's one label: Endpoint.matches without a call
-        pair = selector[0]
-        chosen = [e for e in service.endpoints if pair in e.labels]
-    else:
-        chosen = [e for e in service.endpoints if e.matches(selector)]
+    chosen = list(filter_endpoints(service.endpoints, selector))
     chosen.sort(key=lambda e: (_order(e.locality), e.address, e.port_for(port), e.weight, e.labels))
     return tuple(chosen)
+
+
+def filter_endpoints(
+    endpoints: tuple[Endpoint, ...], selector: tuple[tuple[str, str], ...]
+) -> tuple[Endpoint, ...]:
+    """The ``endpoints`` whose labels include ``selector`` (all for an empty one), in
+    their order."""
+    if not selector:
+        return endpoints
+    if len(selector) == 1:  # a subset's one label: Endpoint.matches without a call
+        pair = selector[0]
+        return tuple([e for e in endpoints if pair in e.labels])
+    return tuple([e for e in endpoints if e.matches(selector)])
 
 
 def _order(locality: Locality) -> tuple[str, str, str]:
