@@ -341,3 +341,14 @@ def test_metric_rules() -> None:
     assert metric_rule("xdsd_acks", "xdsd_acks_created") == "min"
     assert metric_rule("xdsd_start_time_seconds", "xdsd_start_time_seconds") == "min"
     assert metric_rule("xdsd_build_info", "xdsd_build_info") == "union"
+
+
+def test_only_gateway_api_conditions_are_shown_as_conditions() -> None:
+    """The restart cache's notice (``severity: info``) is no Gateway API condition: the
+    merged page files only ``condition`` items as conditions."""
+    summary, unusable = merge_daemon([Answer("0", 200, _daemon("v1"))])
+    condition = {"severity": "condition", "object": "Gateway x"}
+    info = {"severity": "info", "path": "", "message": "serving the cached build, verifying"}
+    inputs = PageInputs(summary, [], [condition, info], {"expected": 0}, {}, unusable)
+    view = status_view(inputs, now=1.0)
+    assert list(view.conditions) == [condition] and not view.errors

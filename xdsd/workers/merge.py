@@ -611,7 +611,7 @@ def status_view(
             except (Garbage, TypeError, ValueError):
                 continue
             (errors if problem.severity is Severity.ERROR else warnings).append(problem)
-        else:
+        elif item.get("severity") == "condition":  # Gateway API status conditions
             conditions.append(item)
     absent: list[Absence] = []
     for item in inputs.expected.get("absent", ()):
