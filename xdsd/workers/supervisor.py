@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from xdsd.app import SHUTDOWN_BACKSTOP, listen_error
 from xdsd.errors import StartupError
@@ -57,6 +57,9 @@ from xdsd.transports.connections import (
     raise_descriptor_limit,
 )
 from xdsd.workers.worker import fds_argument
+
+if TYPE_CHECKING:
+    from xdsd.workers.admin import MergedAdmin
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +500,7 @@ async def _supervise(settings: Settings, argv: Sequence[str]) -> int:
             except OSError as e:
                 raise listen_error("admin", settings.admin, e) from None
             log.info("admin listening on %s (every worker's view)", bound)
-        _handle_signals(supervisor)
+        _handle_signals(supervisor, admin)
         log.info("starting %s", counted(settings.workers, "worker"))
         return await supervisor.run()
     finally:
@@ -509,11 +512,17 @@ async def _supervise(settings: Settings, argv: Sequence[str]) -> int:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
-def _handle_signals(supervisor: Supervisor) -> None:
-    """SIGHUP reloads every worker; SIGTERM/SIGINT stop them (a second one kills them and
-    exits at once, code 128 + signal)."""
+def _handle_signals(supervisor: Supervisor, admin: MergedAdmin | None) -> None:
+    """SIGHUP reloads every worker and the merged admin's certificate; SIGTERM/SIGINT
+    stop the workers (a second one kills them and exits at once, code 128 + signal)."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+
+    def on_hup() -> None:
+        supervisor.request_reload()
+        if admin is not None:
+            admin.reload_certificates()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     def on_stop(signum: signal.Signals) -> None:
         if supervisor.stopping:
