@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -62,8 +63,10 @@ _READ_SIZE = 64 * 1024
 MAX_DIRECTORIES = 10000
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """The C library, when it has inotify (Linux), else None."""
+    """The C library, when it has inotify (Linux), else None (looked up once: finding it
+    runs ``ldconfig``)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     except OSError:
