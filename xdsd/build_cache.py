@@ -437,11 +437,6 @@ class BuildCache:
             if enabled:
                 gc.enable()
 
-    def clear(self) -> None:
-        """Remove the cache file (the key stays)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
 
 class _Refused(Exception):
     pass
