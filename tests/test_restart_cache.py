@@ -10,6 +10,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -430,3 +431,30 @@ def test_processes_creating_the_key_at_once_agree_on_it(tmp_path: Path) -> None:
         keys = pool.map(build_cache._key, [str(state / build_cache.KEY_FILE)] * 32)
     assert len(set(keys)) == 1 and len(keys[0]) == 32
     assert [p.name for p in state.iterdir()] == [build_cache.KEY_FILE]
+
+
+def test_a_write_after_a_cached_start_hashes_no_unchanged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted daemon adopts the hashes of the cached build it accepted: its first
+    write hashes no file whose stamp is unchanged (with no racy window here, every file's
+    last change is before the cache was written), and writes the same file list."""
+    monkeypatch.setattr(build_cache, "RACY_SECONDS", 0.0)
+    config = write_config(tmp_path)
+    state = loaded_state(config)
+    assert BuildCache(str(tmp_path / "state")).write(capture(state, config))
+    restarted = BuildCache(str(tmp_path / "state"))
+    found = read_ok(restarted)
+    assert found.check() == ""
+    restarted.adopt(found)
+    hashed: list[str] = []
+    real = build_cache._hash_file
+
+    def counting(path: str) -> Any:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(build_cache, "_hash_file", counting)
+    assert restarted.write(capture(state, config))
+    assert hashed == []
+    assert read_ok(restarted).files == found.files

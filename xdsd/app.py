@@ -626,6 +626,7 @@ class Daemon:
         if why or isinstance(found, str):
             log.info("restart cache not used: %s; cold start", why)
             return None
+        cache.adopt(found)
         log.info(
             "serving the restart cache's build (%s), read and checked against %s in "
             "%.0f ms; the full load verifies it in the background",

@@ -283,6 +283,18 @@ class BuildCache:
 
     # -- writing -------------------------------------------------------------------------
 
+    def adopt(self, found: CachedBuild) -> None:
+        """Take the file hashes of ``found`` (a cached build ``check`` has just accepted)
+        as this cache's known hashes, so the first write after a cached start hashes no
+        file again whose stamp is unchanged. Only records that ``check`` trusted by stamp
+        (their last change ``RACY_SECONDS`` before the cache was written) are taken, under
+        the same rule ``write`` reuses its own hashes by."""
+        racy_after = found.written_ns - int(RACY_SECONDS * 1e9)
+        for record in found.files:
+            stamp = record.stamp
+            if record.kind == "file" and stamp is not None and max(stamp[3], stamp[4]) < racy_after:
+                self._hashes[record.path] = (stamp, record.digest, racy_after)
+
     def write(self, capture: Capture) -> bool:
         """Write ``capture`` atomically; False (nothing written, logged at debug) when a
         file's stamp is no longer the one the load read it at. Raises OSError when the
