@@ -266,9 +266,7 @@ class Daemon:
         # Set when the restart cache should be written again (a load, a new class).
         self._cache_wanted = asyncio.Event()
         self.state.on_new_class = self._cache_wanted.set
-        self.views.cached = self.readiness.cached = lambda: self.state.cached
-        # True from a start served from the restart cache until its full load ran.
-        self._verifying = False
+        self.views.cached = lambda: self.state.cached
         self._watcher_ended = False
         self._shut_down = False
         self._watcher: asyncio.Task[None] | None = None
@@ -408,7 +406,7 @@ class Daemon:
                 tasks.create_task(self._requested_reloads(), name="requested reloads"),
                 tasks.create_task(self.notifier.keep_alive(), name="watchdog"),
             ]
-            if self._verifying:
+            if self.state.cached:  # started from the restart cache: verify it
                 self._background.append(
                     tasks.create_task(self._verify_cached(), name="verifying load")
                 )
@@ -449,7 +447,6 @@ class Daemon:
         if cached is not None:
             # served at once; the full load runs in the background (``_verify_cached``)
             self.state.publish_cached(cached.classes, cached.describe())
-            self._verifying = True
         else:
             self._apply(self.state.load(), time.perf_counter())
         await self.registry.start(self._registrations_changed.set)
@@ -642,7 +639,6 @@ class Daemon:
         await self.reload(None)
         if self.state.loaded is not None:
             log.info("full load done: the restart cache's build is replaced by it")
-        self._verifying = False
 
     def _capture(self) -> Capture | None:
         """What the restart cache should hold now: the last load's files and stamps and

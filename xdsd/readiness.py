@@ -37,9 +37,6 @@ class Readiness:
         #: What the daemon serves without ("" when nothing): part of the status, not of
         #: readiness (etcd unreachable: registrations as last known).
         self.degraded: Callable[[], str] = lambda: ""
-        #: The restart cache's build being served until the first full load ("" when
-        #: none: ``MeshState.cached``); ready meanwhile.
-        self.cached: Callable[[], str] = lambda: ""
 
     def reloading(self) -> None:
         """A requested reload (SIGHUP) begins; ``update`` ends it."""
@@ -52,7 +49,7 @@ class Readiness:
         ended), else a STATUS= line when the status text changed."""
         status = self._text()
         if not self.announced:
-            if self.views.listening and (self.state.loaded is not None or self.cached()):
+            if self.views.listening and (self.state.loaded is not None or self.state.cached):
                 self.announced = True
                 self._status = status
                 self.notifier.ready(status)
@@ -71,7 +68,7 @@ class Readiness:
 
     def _text(self) -> str:
         state = self.state
-        cached = self.cached()
+        cached = self.state.cached
         if state.loaded is None and cached:
             text = f"serving the cached build ({cached}) of {state.config_dir}, verifying"
             if state.errors:
