@@ -59,13 +59,14 @@ _CORE = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "nu
 
 #: Characters that never appear in a file of the subset (comments, quotes, anchors,
 #: aliases, tags, directives, block scalars, complex keys, escapes, tabs, CRs).
-_OUTSIDE = re.compile(r"[#&*!%|>'\"?`\\\t\r]|[^\x20-\x7e\n]")
+_OUTSIDE = re.compile(r"[^\n $()+-=@-\[\]-_a-{}~]")  # printable ASCII but !"#%&'*>?\`|
 _KEY = r"[A-Za-z0-9_./][A-Za-z0-9_./-]*"
-#: ``key:`` or ``key: rest`` (rest starting with no space).
-_ENTRY = re.compile(rf"({_KEY}):(?: ([^ ].*))?", re.ASCII)
 #: A block plain scalar: no leading indicator, no ``: ``, no trailing ``:`` (``#`` and
 #: the rest are already excluded by ``_OUTSIDE``).
-_BLOCK_SCALAR = re.compile(r"(?:[A-Za-z0-9_./+~=()$^;]|-(?=[^ ]))(?:[^:]|:(?=[^ ]))*", re.ASCII)
+_SCALAR = r"(?:[A-Za-z0-9_./+~=()$^;]|-(?=[^ ]))[^:]*(?::(?=[^ ])[^:]*)*"
+_BLOCK_SCALAR = re.compile(_SCALAR, re.ASCII)
+#: A block mapping entry: ``key:``, ``key: scalar`` or ``key: {flow...`` / ``[flow...``.
+_ENTRY = re.compile(rf"({_KEY}):(?: (?:({_SCALAR})|([{{\[].*)))?", re.ASCII)
 #: The tokens of a one-line flow collection: brackets, ``: ``, ``, `` and plain scalars.
 _FLOW_TOKEN = re.compile(
     r"[{}\[\]]|: |, |(?:[A-Za-z0-9_./+~=()$^;]|-(?=[^ ,\]}]))[A-Za-z0-9_./+~=()$^;-]*", re.ASCII
@@ -73,6 +74,7 @@ _FLOW_TOKEN = re.compile(
 
 
 _OPENERS = frozenset("{[")
+_DASH_ENDS = frozenset(("", " "))  # what follows a dash that starts a list entry
 _NOT_SCALAR = frozenset(("{", "}", "[", "]", ": ", ", "))
 #: The first characters of the plain scalars PyYAML's resolver may give a tag other
 #: than a string (its implicit resolvers are keyed by first character; None would be a
@@ -165,83 +167,100 @@ class _Reader:
             raise _Outside
         self.lines[path] = self.numbers[i]
         text = self.texts[i]
-        if text[0] == "-" and (len(text) == 1 or text[1] == " "):
+        if text[0] == "-" and text[1:2] in _DASH_ENDS:
             return self._list(i, indent, path)
-        return self._mapping(i, indent, path)
+        return self._mapping(i, indent, path, _ENTRY.fullmatch(text))
 
-    def _mapping(self, i: int, indent: int, path: FieldPath) -> tuple[Any, int]:
+    def _mapping(
+        self, i: int, indent: int, path: FieldPath, m: re.Match[str] | None
+    ) -> tuple[Any, int]:
+        """The block mapping whose first entry is content line ``i`` (matched: ``m``)."""
         out: dict[str, Any] = {}
         indents, texts, numbers, lines = self.indents, self.texts, self.numbers, self.lines
-        while indents[i] == indent:
-            m = _ENTRY.fullmatch(texts[i])
+        special = self.special
+        while True:
             if m is None:
                 raise _Outside
-            key, rest = m.group(1, 2)
-            if key in out or (key[0] in self.special and self.resolve(key) != _STR):
+            key, scalar, flow = m.group(1, 2, 3)
+            if key in out or (key[0] in special and self.resolve(key) != _STR):
                 raise _Outside
             field = (*path, key)
             number = numbers[i]
-            if rest is not None:
-                out[key] = self._inline(rest, field, number)
-                i += 1
+            i += 1
+            if scalar is not None:
+                out[key] = scalar if scalar[0] not in special else self._scalar(scalar)
                 if indents[i] > indent:  # a multi-line scalar, or worse
                     raise _Outside
+            elif flow is not None:
+                out[key] = self._flow_line(flow, field, number)
+                if indents[i] > indent:
+                    raise _Outside
             else:
-                i += 1
                 below = indents[i]
                 if below > indent:
                     out[key], i = self._block(i, below, field)
-                elif below == indent and texts[i][0] == "-" and texts[i][1:2] in ("", " "):
-                    out[key], i = self._list(i, indent, field, check=True)
+                elif below == indent and texts[i][0] == "-" and texts[i][1:2] in _DASH_ENDS:
+                    if len(field) >= self.max_depth:
+                        raise _Outside
+                    lines[field] = numbers[i]
+                    out[key], i = self._list(i, indent, field, same=True)
                 else:
                     out[key] = None  # ``key:`` alone: null
             lines[field] = number
+            if indents[i] != indent:
+                break
+            m = _ENTRY.fullmatch(texts[i])
         if indents[i] > indent:
             raise _Outside
         return out, i
 
-    def _list(self, i: int, indent: int, path: FieldPath, check: bool = False) -> tuple[Any, int]:
-        if check:
-            if len(path) >= self.max_depth:
-                raise _Outside
-            self.lines[path] = self.numbers[i]
+    def _list(self, i: int, indent: int, path: FieldPath, same: bool = False) -> tuple[Any, int]:
+        """The block list whose first entry is content line ``i``; ``same``: it is the
+        value of a key at its own indentation (a line after it may be the next key)."""
         out: list[Any] = []
-        indents, texts, numbers = self.indents, self.texts, self.numbers
+        indents, texts, numbers, lines = self.indents, self.texts, self.numbers, self.lines
+        inner = indent + 2
         while indents[i] == indent and texts[i][0] == "-":
             text = texts[i]
-            if text[:2] != "- " or text[2] == " ":
-                raise _Outside  # not an entry, ``-`` alone, or an odd indentation
+            if text[1:2] != " " or text[2] == " ":
+                raise _Outside  # ``-`` alone, ``-x``, or an odd indentation
             field = (*path, len(out))
-            rest = text[2:]
-            if _ENTRY.fullmatch(rest) is not None:
+            m = _ENTRY.fullmatch(text, 2)
+            if m is not None:
                 # ``- key: ...``: a mapping indented two past the dash
-                indents[i] = indent + 2
-                texts[i] = rest
-                value, i = self._block(i, indent + 2, field)
+                if len(field) >= self.max_depth:
+                    raise _Outside
+                lines[field] = numbers[i]
+                indents[i] = inner
+                value, i = self._mapping(i, inner, field, m)
                 out.append(value)
                 continue
-            out.append(self._inline(rest, field, numbers[i]))
+            out.append(self._inline(text[2:], field, numbers[i]))
             i += 1
             if indents[i] > indent:
                 raise _Outside
-        if indents[i] == indent and not check:  # a list's line must be an entry
+        if indents[i] == indent and not same:  # a list's line must be an entry
             raise _Outside
         return out, i
 
     def _inline(self, text: str, path: FieldPath, number: int) -> Any:
-        """The value written on one line after ``key: `` or ``- ``."""
+        """The value written on one line after ``- ``."""
         if text[0] in _OPENERS:
-            tokens = _FLOW_TOKEN.findall(text)
-            if sum(map(len, tokens)) != len(text):
-                raise _Outside
-            value, at = self._flow(tokens, 0, path, number)
-            if at != len(tokens):
-                raise _Outside
-            return value
+            return self._flow_line(text, path, number)
         if _BLOCK_SCALAR.fullmatch(text) is None:
             raise _Outside
         self.lines[path] = number
         return self._scalar(text)
+
+    def _flow_line(self, text: str, path: FieldPath, number: int) -> Any:
+        """The flow collection that is the rest of a line."""
+        tokens = _FLOW_TOKEN.findall(text)
+        if sum(map(len, tokens)) != len(text):
+            raise _Outside
+        value, at = self._flow(tokens, 0, path, number)
+        if at != len(tokens):
+            raise _Outside
+        return value
 
     def _flow(self, tokens: list[str], at: int, path: FieldPath, number: int) -> tuple[Any, int]:
         """The flow collection opening at ``tokens[at]``, and the index after it."""
