@@ -246,6 +246,39 @@ def test_warnings_on_plainly_read_files_name_their_lines(tmp_path: Path) -> None
     assert (8, "subsets[1]") in found, found  # subset v9 selects no endpoint
 
 
+HOSTILE = {
+    "indentation 5,000 levels deep": "".join(f"{' ' * (2 * i)}a:\n" for i in range(5000)) + "b\n",
+    "flow mappings 100,000 deep": "a: " + "{a: " * 100_000 + "b" + "}" * 100_000 + "\n",
+    "flow lists 100,000 deep": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "lists of mappings 2,000 deep": "".join(f"{' ' * (2 * i)}- a:\n" for i in range(2000)),
+    "a 1 MB scalar ending in a colon": "a: " + "b:" * 500_000 + "\n",
+    "a 1 MB key": "a" * 1_000_000 + ": b\n",
+    "100,000 keys": "".join(f"k{i}: v\n" for i in range(100_000)),
+    "100,000 keys, one repeated": "".join(f"k{i % 99_999}: v\n" for i in range(100_000)),
+    "30,000 documents": "a: b\n---\n" * 30_000,
+    "a 1 MB flow list": "a: [" + ", ".join(["b"] * 200_000) + "]\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_texts_are_read_or_refused_within_the_limits(case: str) -> None:
+    """Deep, long, repeated: each text is read by the reader exactly as libyaml reads
+    it, or left to libyaml, which refuses it under the limits; nothing raises anything
+    but ParseFailure, and nothing hangs."""
+    text = HOSTILE[case]
+    with deadline(f"plain yaml: {case}", seconds=60):
+        taken = plain(text)
+        try:
+            docs = parse_file("f.yaml", text.encode())
+        except ParseFailure:
+            assert taken is None
+            return
+        if taken is not None:
+            assert [(d.line, typed(d.value), d.lines) for d in docs] == [
+                (line, typed(value), lines) for line, value, lines in taken
+            ]
+
+
 # -- generated and mutated texts ---------------------------------------------------------
 
 _SCALARS = st.sampled_from(
