@@ -12,11 +12,15 @@ indexed from its table headers and ``key =`` lines (``located.index_toml``) (inl
 tables and arrays map to the line of their key). Asking for the line of a path falls
 back to the nearest ancestor known.
 
-YAML is composed by libyaml when PyYAML has it, with each short scalar's tag remembered
-(``_implicit_tag``), and a document of plain mappings, lists and core scalars becomes its
-value and its lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other
-tags, aliases beyond the limits) goes through PyYAML's constructor after the checks of
-``_yaml_shape``. Either way the values, lines and errors are PyYAML's.
+YAML in the plain subset most config files are written in (block mappings and lists,
+one-line flow collections, plain scalars: ``plain_yaml``) is read line by line, with
+PyYAML's resolver and safe constructor for its scalars: the same values and lines,
+without composing nodes. Any other YAML, and any YAML with an error, is composed by
+libyaml when PyYAML has it, with each short scalar's tag remembered (``_implicit_tag``),
+and a document of plain mappings, lists and core scalars becomes its value and its
+lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other tags, aliases
+beyond the limits) goes through PyYAML's constructor after the checks of
+``_yaml_shape``. Every way, the values, lines and errors are PyYAML's.
 """
 
 from __future__ import annotations
