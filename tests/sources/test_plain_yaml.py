@@ -98,6 +98,11 @@ TAKEN = [
     "networking.istio.io/v1: x\n_a: 1\n./x: 2\n",
     "a: []\n",
     "a: [[], [x]]\n",
+    "# the header\n# two lines\na: b\n",
+    "a:\n  # a comment, indented less than what follows\n    b: c\n#\n  # another\nd: e\n",
+    "- a\n# between entries\n- b\n",
+    "# before the marker\n---\n# after it\na: b\n---\n#\nc: d\n",
+    "a:\n#comment at column 0\n- b\n",
 ]
 
 
@@ -114,6 +119,10 @@ LEFT = [
     "---\n",
     "a: b\n---\n",
     "a: b # comment\n",
+    "a: b#c\n",
+    "a: {b: c} # comment\n",
+    "# only a comment\n",
+    "a: b\n---\n# an empty document\n",
     "a: 'b'\n",
     'a: "b"\n',
     "a: &x b\nc: *x\n",
@@ -179,6 +188,8 @@ def test_the_reader_leaves_everything_else_to_libyaml(text: str) -> None:
         ("a: b\nc: d: e\n", 2, ""),
         ("a:\n  b: c\n d: e\n", 3, ""),
         ("a: b\n---\nc: [d\n", 4, ""),
+        ("# header\nkind: x\n# note\nkind: y\n", 4, "kind"),
+        ("# header\n\na:\n  # b\n  c: d\n  # e\n  c: f\n", 7, "a.c"),
     ],
 )
 def test_errors_in_texts_near_the_subset_keep_their_lines(text: str, line: int, field: str) -> None:

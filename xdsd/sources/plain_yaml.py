@@ -14,9 +14,10 @@ documents, lines included, on the shapes below and on generated and mutated text
 
 The subset (anything else is None):
 
-- ``\\n`` line ends, ASCII printable characters and spaces only; no tab, no ``#``
-  (comments), no quotes, no anchors, aliases, tags, directives, block scalars, complex
-  keys (``& * ! % | > ' " ? \\``` and ``\\\\`` never appear);
+- ``\\n`` line ends, ASCII printable characters and spaces only; no tab; comments only
+  on lines of their own (a line whose first character after its indentation is ``#``;
+  any other ``#`` is outside); no quotes, anchors, aliases, tags, directives, block
+  scalars, complex keys (``& * ! % | > ' " ? \\``` and ``\\\\`` never appear);
 - documents separated by lines that are exactly ``---`` (one may come first), each
   holding a block mapping or a block list that starts in column 0;
 - block mapping entries ``key: value`` or ``key:`` (its value on the lines below, more
@@ -57,9 +58,10 @@ _STR = "tag:yaml.org,2002:str"
 #: The non-string tags of the core schema (what ``documents._YamlWalk.plain`` constructs).
 _CORE = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null", "timestamp"))
 
-#: Characters that never appear in a file of the subset (comments, quotes, anchors,
-#: aliases, tags, directives, block scalars, complex keys, escapes, tabs, CRs).
-_OUTSIDE = re.compile(r"[^\n $()+-=@-\[\]-_a-{}~]")  # printable ASCII but !"#%&'*>?\`|
+#: Characters that never appear in a file of the subset (quotes, anchors, aliases,
+#: tags, directives, block scalars, complex keys, escapes, tabs, CRs; ``#`` only starts
+#: a comment line).
+_OUTSIDE = re.compile(r"[^\n #$()+-=@-\[\]-_a-{}~]")  # printable ASCII but !"%&'*>?\`|
 _KEY = r"[A-Za-z0-9_./][A-Za-z0-9_./-]*"
 #: A block plain scalar: no leading indicator, no ``: ``, no trailing ``:`` (``#`` and
 #: the rest are already excluded by ``_OUTSIDE``).
@@ -124,8 +126,10 @@ class _Reader:
         numbers: list[int] = []
         for number, line in enumerate(text.split("\n"), 1):
             content = line.lstrip(" ")
-            if not content:
+            if not content or content[0] == "#":  # blank, or a comment line
                 continue
+            if "#" in content:  # a comment after content, or a ``#`` in a scalar
+                raise _Outside
             if line.startswith(("---", "...")):
                 if line != "---":
                     raise _Outside
