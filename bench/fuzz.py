@@ -1,7 +1,8 @@
 """The long fuzzing run: the suite's fuzz targets with a larger budget and fresh inputs.
 
 ``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor,vhds]``
-runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``,
+runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``, the plain YAML
+reader against libyaml (``tests/sources/test_plain_yaml.py``),
 ``tests/protocol/test_fuzz_protocol.py``, ``tests/transports/test_fuzz_transports.py`` and
 the VHDS subscriptions of ``tests/protocol/test_vhds.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
@@ -23,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {
     "loader": "tests/sources/test_fuzz_loader.py",
+    "plain_yaml": "tests/sources/test_plain_yaml.py::test_fuzz_plain_yaml_agrees_with_libyaml",
     "protocol": "tests/protocol/test_fuzz_protocol.py",
     "transport": "tests/transports/test_fuzz_transports.py",
     "ca": "tests/ca/test_fuzz_ca.py",

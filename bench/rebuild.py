@@ -337,6 +337,7 @@ if mode == "cold":
     state = MeshState(config)
     state.reload()
     out["load"] = time.perf_counter() - t
+    out["load_cpu"] = time.process_time() - c
     state.snapshot(_classes()[0])
     out["cold"], out["cpu"] = time.perf_counter() - t, time.process_time() - c
     digest = hashlib.sha256()
@@ -435,6 +436,14 @@ def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dic
             f"{row['cold_min_s']:>7.2f}s{row['load_p50_s']:>9.2f}s{row['cpu_p50_s']:>8.2f}s"
             f"{row['cold_rss_mb']:>8.0f}{e['p50_ms']:>8.1f}ms{e['p99_ms']:>7.1f}ms"
             f"{e['max_ms']:>7.1f}ms{e['rss_mb']:>8.0f}"
+        )
+    for label, runs in cold_runs.items():
+        load_cpu = [r["load_cpu"] for r in runs]
+        cpu = [r["cpu"] for r in runs]
+        out[label]["load_cpu_p50_s"] = round(statistics.median(load_cpu), 3)
+        print(
+            f"{label}: load (MeshState.reload) CPU p50 {statistics.median(load_cpu):.2f} s, "
+            f"p99 {_p99(load_cpu):.2f} s; cold CPU p99 {_p99(cpu):.2f} s"
         )
     print(f"same snapshots from both trees: {same}")
     return out

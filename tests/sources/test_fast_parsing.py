@@ -152,12 +152,22 @@ def test_remembered_yaml_tags_are_pyyamls() -> None:
     again = [doc.value for doc in parse_file("y.yaml", text.encode())]
     assert _typed(first) == _typed(again) == _typed(_pyyaml(text))
     long_number = "1" * (documents._MEMO_SCALAR_CHARS + 1)
+    text = f"n: {long_number}\ns: {'x' * 500}\n"
     documents._implicit_tag.cache_clear()
-    value = parse_file("z.yaml", f"n: {long_number}\ns: {'x' * 500}\n".encode())[0].value
+    documents._remembered_scalar.cache_clear()
+    # read by ``plain_yaml``: only the key "n" is resolved ("s" cannot be anything but
+    # a string), and the long values are neither resolved from nor put in the memos
+    value = parse_file("z.yaml", text.encode())[0].value
     assert value == {"n": int(long_number), "s": "x" * 500}
-    # the mapping's tag and the keys "n" and "s"; not the long values
+    assert documents._implicit_tag.cache_info().currsize == 1
+    assert documents._remembered_scalar.cache_info().currsize == 0
+    # composed by libyaml: the mapping's tag and the keys "n" and "s"; not the values
+    documents._implicit_tag.cache_clear()
+    docs = documents._compose_yaml("z.yaml", text, documents.DEFAULT_LIMITS)
+    assert docs[0].value == value
     assert documents._implicit_tag.cache_info().currsize == 3
     assert documents._implicit_tag.cache_info().maxsize is not None
+    assert documents._remembered_scalar.cache_info().maxsize is not None
 
 
 def test_fast_yaml_lines_equal_the_node_index() -> None:

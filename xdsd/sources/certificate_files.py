@@ -120,9 +120,13 @@ class CertificateFiles:
             if found is None or found[0] is not rule:
                 settings = rule.client_tls()
                 found = (
-                    rule,
-                    tuple(r for tls in settings for r in tls.refs),
-                    tuple(t.mode_at for t in settings if t.mode_at is not None),
+                    (rule, (), ())  # the common rule: no TLS settings
+                    if not settings
+                    else (
+                        rule,
+                        tuple(r for tls in settings for r in tls.refs),
+                        tuple(t.mode_at for t in settings if t.mode_at is not None),
+                    )
                 )
             fresh[rule.key] = found
             refs.extend(found[1])

@@ -10,6 +10,7 @@ model object (``dispatch.parse_document``) or, under ``envoy/``, a raw Envoy res
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -165,8 +166,14 @@ def read_config_bytes(path: str, limits: ParseLimits, budget: Budget | None) -> 
 def first_part(root: str, path: str) -> str:
     """The first component of ``path`` below ``root``: ``os.path.relpath``'s, without
     its cost for the paths the listing makes (``root`` joined with the rest)."""
-    head = os.path.join(root, "")
+    head = _directory_prefix(root)
     rest = path[len(head) :]
     if path.startswith(head) and not rest.startswith(".") and os.sep + "." not in rest:
         return rest.split(os.sep, 1)[0]
     return os.path.relpath(path, root).split(os.sep)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _directory_prefix(root: str) -> str:
+    """``os.path.join(root, "")``: once per config directory, not once per file."""
+    return os.path.join(root, "")

@@ -12,11 +12,15 @@ indexed from its table headers and ``key =`` lines (``located.index_toml``) (inl
 tables and arrays map to the line of their key). Asking for the line of a path falls
 back to the nearest ancestor known.
 
-YAML is composed by libyaml when PyYAML has it, with each short scalar's tag remembered
-(``_implicit_tag``), and a document of plain mappings, lists and core scalars becomes its
-value and its lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other
-tags, aliases beyond the limits) goes through PyYAML's constructor after the checks of
-``_yaml_shape``. Either way the values, lines and errors are PyYAML's.
+YAML in the plain subset most config files are written in (block mappings and lists,
+one-line flow collections, plain scalars: ``plain_yaml``) is read line by line, with
+PyYAML's resolver and safe constructor for its scalars: the same values and lines,
+without composing nodes. Any other YAML, and any YAML with an error, is composed by
+libyaml when PyYAML has it, with each short scalar's tag remembered (``_implicit_tag``),
+and a document of plain mappings, lists and core scalars becomes its value and its
+lines in one walk (``_YamlWalk.plain``); anything else (merge keys, other tags, aliases
+beyond the limits) goes through PyYAML's constructor after the checks of
+``_yaml_shape``. Every way, the values, lines and errors are PyYAML's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from xdsd.sources.limits import (
     size_problem,
     too_many_documents,
 )
+from xdsd.sources.plain_yaml import read_plain_yaml
 
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
@@ -160,7 +165,42 @@ class _DuplicateKey(Exception):
         self.line, self.key = line, key
 
 
+def _plain_tag(text: str) -> str:
+    """The tag PyYAML gives the plain scalar ``text`` (``plain_yaml``'s resolver)."""
+    if len(text) <= _MEMO_SCALAR_CHARS:
+        return _implicit_tag(yaml.ScalarNode, text, _PLAIN)
+    tag: str = _BaseSafeLoader.resolve(_BaseSafeLoader, yaml.ScalarNode, text, _PLAIN)
+    return tag
+
+
+_PLAIN = (True, False)  # the implicit flags of a plain scalar
+
+
+def _core_scalar(tag: str, text: str) -> Any:
+    """The value PyYAML's safe constructor gives the plain scalar ``text`` of the core
+    schema's non-string ``tag`` (an int, float, bool, None, date or datetime: immutable,
+    so short ones are remembered)."""
+    if len(text) <= _MEMO_SCALAR_CHARS:
+        return _remembered_scalar(tag, text)
+    return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_scalar(tag: str, text: str) -> Any:
+    return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, text))
+
+
 def _parse_yaml(path: str, text: str, limits: ParseLimits) -> list[Document]:
+    plain = read_plain_yaml(
+        text, _plain_tag, _core_scalar, limits.max_nesting_depth, limits.max_documents_per_file
+    )
+    if plain is not None:
+        return [Document(path, line, value, lines) for line, value, lines in plain]
+    return _compose_yaml(path, text, limits)
+
+
+def _compose_yaml(path: str, text: str, limits: ParseLimits) -> list[Document]:
+    """``_parse_yaml`` by libyaml's composer: every YAML file ``plain_yaml`` does not take."""
     loader = _SafeLoader(text)
     docs: list[Document] = []
     count = 0
