@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NewType
 
@@ -167,6 +168,42 @@ class Resource:
         ``content_hash(payload)`` and ``token`` is ``token_of(name, digest)``; neither is
         recomputed here."""
         return cls(name, type_url, None, payload, digest, references, token)
+
+    @classmethod
+    def restored_all(
+        cls,
+        names: Iterable[str],
+        type_urls: Iterable[TypeUrl],
+        payloads: Iterable[bytes],
+        digests: Iterable[str],
+        references: Iterable[tuple[tuple[str, str], ...]],
+        tokens: Iterable[int],
+    ) -> list[Resource]:
+        """``restored`` for many resources at once (the restart cache's tens of
+        thousands), under the same guarantees from the caller; the iterables must have
+        one item per resource (ValueError otherwise). Fills the slots directly: half the
+        cost of the frozen dataclass's ``__init__``, which sets each field through
+        ``object.__setattr__`` and runs ``__post_init__`` (nothing to derive here)."""
+        new = object.__new__
+        set_name, set_type, set_parsed, set_payload, set_digest, set_references, set_token = (
+            getattr(cls, f).__set__
+            for f in ("name", "type_url", "parsed", "payload", "digest", "references", "token")
+        )
+        out: list[Resource] = []
+        append = out.append
+        for name, type_url, payload, digest, refs, token in zip(
+            names, type_urls, payloads, digests, references, tokens, strict=True
+        ):
+            r = new(cls)
+            set_name(r, name)
+            set_type(r, type_url)
+            set_parsed(r, None)
+            set_payload(r, payload)
+            set_digest(r, digest)
+            set_references(r, refs)
+            set_token(r, token)
+            append(r)
+        return out
 
     def to_any(self) -> any_pb2.Any:
         """The resource as a ``google.protobuf.Any`` built from the cached bytes."""
