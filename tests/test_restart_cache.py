@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import struct
+import subprocess
 import sys
 from array import array
 from pathlib import Path
@@ -601,3 +602,31 @@ def test_a_write_after_a_cached_start_hashes_no_unchanged_file(
     assert restarted.write(capture(state, config))
     assert hashed == []
     assert read_ok(restarted).files == found.files
+
+
+def test_the_daemon_is_imported_without_the_parsers_and_the_translation(tmp_path: Path) -> None:
+    """A start from the restart cache serves before the first load: ``xdsd serve``'s
+    modules (the daemon, the command line) import no parser, yaml, toml, translation
+    builder or cryptography; the first load and translation import them."""
+    code = (
+        "import sys, xdsd.cli, xdsd.app\n"
+        "heavy = ('xdsd.sources.loader', 'xdsd.sources.documents', 'xdsd.translate.mesh', "
+        "'xdsd.translate.static', 'yaml', 'toml_rs', 'cryptography', 'xdsd.certificate')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "from xdsd.state import MeshState\n"
+        "state = MeshState(sys.argv[1])\n"
+        "assert state.certificate_paths == frozenset()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "assert state.reload()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    config = write_config(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.splitlines()
+    assert out[0] == "[]" and out[1] == "[]", out
+    assert "xdsd.sources.loader" in out[2] and "xdsd.translate.mesh" in out[2], out

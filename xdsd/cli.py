@@ -22,15 +22,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from xdsd.errors import ConfigError, Problem, TranslationError, UsageError, XdsdError
 from xdsd.logs import LOG_FORMATS, configure_logging
 from xdsd.model import Locality
 from xdsd.model.mesh_config import DEFAULT_DNS_PORT, DEFAULT_VIRTUAL_ADDRESSES
 from xdsd.plurals import counted
 from xdsd.resolver import RESOLVED_DROPIN, RESOLVER_CONFIGS
-from xdsd.sources import LoadResult, load_directory
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +83,8 @@ def _flush_logs() -> None:
 
 
 if TYPE_CHECKING:
+    from xdsd.sources import LoadResult
+
     #: What ``add_subparsers`` returns: where each ``_add_*_command`` adds its subcommand.
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -935,7 +934,7 @@ def _registrations(args: argparse.Namespace) -> tuple[Any, ...]:
 
 
 def _load(path: str, args: argparse.Namespace) -> LoadResult:
-    from xdsd.sources import DirectoryLoader
+    from xdsd.sources import DirectoryLoader, load_directory
 
     _require_directory(path)
     mesh = _mesh_config(args)
@@ -1232,6 +1231,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
                     cluster["transport_socket"] = _xds_transport_socket(args)
         if group:
             doc["node"].setdefault("metadata", {})["workload_group"] = group
+        import yaml
+
         text = advice + yaml.safe_dump(doc, sort_keys=False)
     if args.resolver_file:
         _write_resolver_file(args.resolver_file, args.resolver_text, args.resolver_config)

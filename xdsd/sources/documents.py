@@ -45,8 +45,6 @@ from xdsd.sources.limits import (
 
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
-SUFFIXES = (".yaml", ".yml", ".json", ".toml")
-
 
 class ParseFailure(Exception):
     """A file could not be parsed; ``problem`` says where and why."""
