@@ -709,7 +709,7 @@ def _decode(body: bytes, size: int, expected_fingerprint: str, max_classes: int)
         tokens,
     )
     # the classes
-    members = _array("I", s_members, len(s_members) // 4, "members")
+    members = _array("I", s_members, len(s_members) // array("I").itemsize, "members")
     if members and max(members) >= count:
         raise _Refused("malformed (a resource index out of range)")
     sizes = [n_common, *(_int(_dict(row)["added"]) for row in rows)]
