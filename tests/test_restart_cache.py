@@ -607,11 +607,13 @@ def test_a_write_after_a_cached_start_hashes_no_unchanged_file(
 def test_the_daemon_is_imported_without_the_parsers_and_the_translation(tmp_path: Path) -> None:
     """A start from the restart cache serves before the first load: ``xdsd serve``'s
     modules (the daemon, the command line) import no parser, yaml, toml, translation
-    builder or cryptography; the first load and translation import them."""
+    builder, cryptography or the resources' message classes; the first load and
+    translation import them."""
     code = (
         "import sys, xdsd.cli, xdsd.app\n"
         "heavy = ('xdsd.sources.loader', 'xdsd.sources.documents', 'xdsd.translate.mesh', "
-        "'xdsd.translate.static', 'yaml', 'toml_rs', 'cryptography', 'xdsd.certificate')\n"
+        "'xdsd.translate.static', 'yaml', 'toml_rs', 'cryptography', 'xdsd.certificate', "
+        "'envoy.config.cluster.v3.cluster_pb2')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "from xdsd.state import MeshState\n"
         "state = MeshState(sys.argv[1])\n"
@@ -630,3 +632,4 @@ def test_the_daemon_is_imported_without_the_parsers_and_the_translation(tmp_path
     ).stdout.splitlines()
     assert out[0] == "[]" and out[1] == "[]", out
     assert "xdsd.sources.loader" in out[2] and "xdsd.translate.mesh" in out[2], out
+    assert "envoy.config.cluster.v3.cluster_pb2" in out[2], out

@@ -12,13 +12,9 @@ import importlib
 import pkgutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
 from google.protobuf.message import Message
 
@@ -50,13 +46,40 @@ SHORT_NAMES: dict[TypeUrl, str] = {
 #: Types for which an empty subscription is a wildcard and every response is complete.
 WILDCARD_TYPES: frozenset[TypeUrl] = frozenset({CLUSTER, LISTENER})
 
-MESSAGE_CLASSES: dict[TypeUrl, type[Message]] = {
-    CLUSTER: cluster_pb2.Cluster,
-    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-    LISTENER: listener_pb2.Listener,
-    ROUTE: route_pb2.RouteConfiguration,
-    SECRET: secret_pb2.Secret,
-}
+if TYPE_CHECKING:
+    #: The message class of each type in ``PUSH_ORDER`` (imported on first use: see
+    #: ``__getattr__``).
+    MESSAGE_CLASSES: dict[TypeUrl, type[Message]]
+
+
+def _message_classes() -> dict[TypeUrl, type[Message]]:
+    """``MESSAGE_CLASSES``, made (and the cluster, endpoint, listener and secret
+    modules imported: ~0.1 s, cluster_pb2 most of it) on first use. Serving sends
+    resources' bytes and never needs them; parsing, rendering and JSON views do. A start
+    from the restart cache serves before that (``docs/architecture.md``)."""
+    found = globals().get("MESSAGE_CLASSES")
+    if found is None:
+        from envoy.config.cluster.v3 import cluster_pb2
+        from envoy.config.endpoint.v3 import endpoint_pb2
+        from envoy.config.listener.v3 import listener_pb2
+        from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+        found = {
+            CLUSTER: cluster_pb2.Cluster,
+            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            LISTENER: listener_pb2.Listener,
+            ROUTE: route_pb2.RouteConfiguration,
+            SECRET: secret_pb2.Secret,
+        }
+        globals()["MESSAGE_CLASSES"] = found
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    """``MESSAGE_CLASSES``, made on first use (``_message_classes``)."""
+    if name == "MESSAGE_CLASSES":
+        return _message_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def message_class(type_url: TypeUrl) -> type[Message]:
@@ -65,7 +88,7 @@ def message_class(type_url: TypeUrl) -> type[Message]:
     if type_url == VIRTUAL_HOST:
         vhost: type[Message] = route_components_pb2.VirtualHost
         return vhost
-    return MESSAGE_CLASSES[type_url]
+    return _message_classes()[type_url]
 
 
 def type_url_of(message: Message) -> TypeUrl:
