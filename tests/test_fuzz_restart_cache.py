@@ -1,6 +1,7 @@
 """Fuzzing the restart cache's reader (``BuildCache.read``): any bytes as the cache file,
-and any header or resource bytes carrying a valid HMAC (what only a bug in xdsd could
-write), give a reason or a build whose every class is consistent, never an exception."""
+and any header value, section (``build_cache.SECTIONS``: the binary tables of format 3)
+or byte carrying a valid HMAC (what only a bug in xdsd could write), give a reason or a
+build whose every class is consistent, never an exception."""
 
 from __future__ import annotations
 
@@ -102,6 +103,35 @@ def test_signed_but_mutated_header_is_refused_or_consistent(
     body = build_cache.MAGIC + struct.pack(">Q", len(head)) + head + blob
     with deadline("restart_cache_header"):
         _read(cache, _signed(cache, body))
+
+
+@given(data=st.data())
+@fuzz_settings()
+def test_signed_but_mutated_section_is_refused_or_consistent(
+    genuine: tuple[BuildCache, bytes], data: st.DataObject
+) -> None:
+    """One section of the genuine cache replaced by any bytes, or cut, or extended,
+    re-signed: the tables' bounds checks decide."""
+    cache, original = genuine
+    size = len(original) - 32
+    start = len(build_cache.MAGIC)
+    (length,) = struct.unpack_from(">Q", original, start)
+    head = original[start : start + 8 + length]
+    sections = [
+        bytes(s) for s in build_cache._sections(memoryview(original)[:size], start + 8 + length)
+    ]
+    at = data.draw(st.integers(0, len(sections) - 1))
+    section = sections[at]
+    how = data.draw(st.sampled_from(["replace", "cut", "extend"]))
+    if how == "replace":
+        sections[at] = data.draw(st.binary(max_size=64))
+    elif how == "cut":
+        sections[at] = section[: data.draw(st.integers(0, max(0, len(section) - 1)))]
+    else:
+        sections[at] = section + data.draw(st.binary(min_size=1, max_size=16))
+    blob = b"".join(struct.pack(">Q", len(s)) + s for s in sections)
+    with deadline("restart_cache_section"):
+        _read(cache, _signed(cache, build_cache.MAGIC + head + blob))
 
 
 @given(cut=st.integers(0, 10_000), flip=st.integers(0, 255))

@@ -9,6 +9,9 @@ import hmac
 import json
 import os
 import struct
+import subprocess
+import sys
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ import pytest
 from xdsd import build_cache
 from xdsd.build_cache import BuildCache, CachedBuild, CacheRefused, Capture, fingerprint
 from xdsd.cache.cache import SnapshotCache
+from xdsd.cache.snapshot import Snapshot
+from xdsd.resources import CLUSTER, Resource, content_hash
 from xdsd.state import MeshState
 from xdsd.translate import NodeClass
 
@@ -214,39 +219,178 @@ def test_malformed_cache_with_a_valid_hmac_is_refused(
     assert isinstance(why, str)
 
 
-def test_resource_whose_bytes_do_not_match_its_digest_is_refused(
-    written: tuple[Path, MeshState, BuildCache],
-) -> None:
-    _, _, cache = written
-    data = Path(cache.path).read_bytes()[: -build_cache._MAC_BYTES]
-    start = len(build_cache.MAGIC)
-    (length,) = struct.unpack_from(">Q", data, start)
-    header = data[start + 8 : start + 8 + length]
-    blob = bytearray(data[start + 8 + length :])
-    blob[-1] ^= 0x01  # the last resource's bytes, re-signed with the key
-    _signed(cache, header, bytes(blob))
-    assert "do not match its digest" in str(cache.read(FINGERPRINT))
-
-
-@pytest.mark.parametrize("token", [0, 12345, -1, 1 << 64, "7", 1.5, True])
-def test_resource_whose_token_is_not_its_own_is_refused(
-    written: tuple[Path, MeshState, BuildCache], token: object
-) -> None:
-    """Tokens are kept as written (not recomputed at start): one that is not the
-    resource's own shows as versions that are not the sums of the class's tokens, or is
-    malformed; either way the cache is refused."""
-    _, _, cache = written
-    data = Path(cache.path).read_bytes()[: -build_cache._MAC_BYTES]
+def _parts(cache: BuildCache) -> tuple[dict[str, Any], list[bytes]]:
+    """The header and the sections (``build_cache.SECTIONS``) of the cache file."""
+    data = Path(cache.path).read_bytes()
+    size = len(data) - build_cache._MAC_BYTES
     start = len(build_cache.MAGIC)
     (length,) = struct.unpack_from(">Q", data, start)
     header = json.loads(data[start + 8 : start + 8 + length])
-    tokens = header["resources"]["tokens"]
+    sections = build_cache._sections(memoryview(data)[:size], start + 8 + length)
+    return header, [bytes(section) for section in sections]
+
+
+def _signed_parts(cache: BuildCache, header: dict[str, Any], sections: list[bytes]) -> None:
+    """A cache file of ``header`` and ``sections`` with a valid HMAC."""
+    blob = b"".join(struct.pack(">Q", len(section)) + section for section in sections)
+    _signed(cache, json.dumps(header).encode(), blob)
+
+
+def _section(name: str) -> int:
+    return build_cache.SECTIONS.index(name)
+
+
+def test_the_round_trip_keeps_every_resource_whole(
+    written: tuple[Path, MeshState, BuildCache],
+) -> None:
+    """Digests are not recomputed at start (the HMAC vouches for the bytes): the format
+    itself must give every resource back with the bytes its digest names."""
+    _, state, cache = written
+    found = read_ok(cache)
+    for key, snapshot in found.classes.items():
+        original = state.cache.get(key)
+        assert original is not None
+        for type_url, bucket in snapshot.resources.items():
+            assert list(bucket) == list(original.get(type_url))
+            for name, r in bucket.items():
+                assert content_hash(r.payload) == r.digest
+                kept = original.get(type_url)[name]
+                assert (r.payload, r.references, r.token) == (
+                    kept.payload,
+                    kept.references,
+                    kept.token,
+                )
+
+
+def test_a_resource_changed_without_the_key_is_refused(
+    written: tuple[Path, MeshState, BuildCache],
+) -> None:
+    """A resource's bytes changed in place (one bit of the last one's, and a whole
+    resource swapped for another of the same length) fail the HMAC: what start relies on
+    instead of recomputing 60,000 digests."""
+    _, _, cache = written
+    original = Path(cache.path).read_bytes()
+    _, sections = _parts(cache)
+    data = bytearray(original)
+    data[-build_cache._MAC_BYTES - 1] ^= 0x01
+    Path(cache.path).write_bytes(bytes(data))
+    assert "integrity check fails" in str(cache.read(FINGERPRINT))
+    payloads = sections[_section("payloads")]
+    swapped = payloads[1:] + payloads[:1]
+    size = len(original) - build_cache._MAC_BYTES
+    Path(cache.path).write_bytes(original[: size - len(payloads)] + swapped + original[size:])
+    assert "integrity check fails" in str(cache.read(FINGERPRINT))
+
+
+@pytest.mark.parametrize("token", [0, 12345, (1 << 64) - 1])
+def test_resource_whose_token_is_not_its_own_is_refused(
+    written: tuple[Path, MeshState, BuildCache], token: int
+) -> None:
+    """Tokens are kept as written (not recomputed at start): one that is not the
+    resource's own shows as versions that are not the sums of the class's tokens, and
+    the cache is refused."""
+    _, _, cache = written
+    header, sections = _parts(cache)
+    tokens = array("Q")
+    tokens.frombytes(sections[_section("tokens")])
     assert tokens[0] != token
     tokens[0] = token
-    _signed(cache, json.dumps(header).encode(), data[start + 8 + length :])
+    sections[_section("tokens")] = tokens.tobytes()
+    _signed_parts(cache, header, sections)
     why = cache.read(FINGERPRINT)
     assert isinstance(why, str)
-    assert "versions do not match" in why or "malformed" in why
+    assert "versions do not match" in why
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("kinds", lambda b: b"\xff\xff" + b[2:]),  # a type index out of range
+        ("lengths", lambda b: b[:-8]),  # one length short
+        ("lengths", lambda b: (1 << 40).to_bytes(8, sys.byteorder) + b[8:]),  # too long
+        ("names", lambda b: b + b"\0extra"),  # one name too many
+        ("names", lambda b: b"\xff" + b),  # not UTF-8
+        ("digests", lambda b: b[:-1]),  # one character short
+        ("reference counts", lambda b: b"\x07\x00\x00\x00" + b[4:]),  # counts off
+        ("members", lambda b: b + b"\xff\xff\xff\x7f"),  # an index out of range
+        ("members", lambda b: b[:-4]),  # a class's resource missing
+        ("members", lambda b: b + b"\x00"),  # not whole items
+        ("file ids", lambda b: b[:-8]),  # a file's stamp short
+        ("file paths", lambda b: b + b"\0/x.toml"),  # one path too many
+        ("file digests", lambda b: b[:-1]),
+    ],
+)
+def test_malformed_sections_with_a_valid_hmac_are_refused(
+    written: tuple[Path, MeshState, BuildCache], name: str, change: Any
+) -> None:
+    """What only a bug in xdsd (or a holder of the key) could write: every table's
+    bounds are checked, and such a cache is refused, never served or raised."""
+    _, _, cache = written
+    header, sections = _parts(cache)
+    at = _section(name)
+    sections[at] = change(sections[at])
+    _signed_parts(cache, header, sections)
+    why = cache.read(FINGERPRINT)
+    assert isinstance(why, str) and "malformed" in why, why
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda h: h.update(byteorder="big" if sys.byteorder == "little" else "little"),
+        lambda h: h.update(resources=h["resources"] + 1),
+        lambda h: h.update(references=-1),
+        lambda h: h.update(common=h["common"] + 1),
+        lambda h: h.update(files=h["files"] + 1),
+        lambda h: h.update(types=h["types"][:2]),
+        lambda h: h["classes"][0].update(added=10**9),
+    ],
+)
+def test_a_signed_header_that_does_not_fit_its_sections_is_refused(
+    written: tuple[Path, MeshState, BuildCache], change: Any
+) -> None:
+    _, _, cache = written
+    header, sections = _parts(cache)
+    change(header)
+    _signed_parts(cache, header, sections)
+    why = cache.read(FINGERPRINT)
+    assert isinstance(why, str) and why, why
+
+
+def test_a_section_missing_or_added_is_refused(
+    written: tuple[Path, MeshState, BuildCache],
+) -> None:
+    _, _, cache = written
+    header, sections = _parts(cache)
+    _signed_parts(cache, header, sections[:-1])
+    assert "malformed" in str(cache.read(FINGERPRINT))
+    _signed_parts(cache, header, [*sections, b"more"])
+    assert "malformed" in str(cache.read(FINGERPRINT))
+
+
+def test_a_resource_name_with_a_nul_is_not_written(
+    written: tuple[Path, MeshState, BuildCache],
+) -> None:
+    """Names are stored NUL-separated: a name holding NUL (no valid mesh makes one) is
+    not written at all rather than written wrong; the previous cache stays."""
+    config, state, cache = written
+    before = Path(cache.path).read_bytes()
+    key = CLASSES[0]
+    snapshot = state.cache.get(key)
+    assert snapshot is not None
+    odd = Resource.restored("bad\0name", CLUSTER, b"", "0" * 16, (), 1)
+    classes = {key: Snapshot.extend(snapshot, [odd], check=False)}
+    odd_capture = Capture(
+        str(config),
+        FINGERPRINT,
+        state.loaded.files,  # type: ignore[union-attr]
+        state.file_stamps(),
+        state.certificate_paths,
+        classes,
+        3,
+    )
+    assert not cache.write(odd_capture)
+    assert Path(cache.path).read_bytes() == before
 
 
 def test_file_edited_while_down_is_found(written: tuple[Path, MeshState, BuildCache]) -> None:
@@ -458,3 +602,34 @@ def test_a_write_after_a_cached_start_hashes_no_unchanged_file(
     assert restarted.write(capture(state, config))
     assert hashed == []
     assert read_ok(restarted).files == found.files
+
+
+def test_the_daemon_is_imported_without_the_parsers_and_the_translation(tmp_path: Path) -> None:
+    """A start from the restart cache serves before the first load: ``xdsd serve``'s
+    modules (the daemon, the command line) import no parser, yaml, toml, translation
+    builder, cryptography or the resources' message classes; the first load and
+    translation import them."""
+    code = (
+        "import sys, xdsd.cli, xdsd.app\n"
+        "heavy = ('xdsd.sources.loader', 'xdsd.sources.documents', 'xdsd.translate.mesh', "
+        "'xdsd.translate.static', 'yaml', 'toml_rs', 'cryptography', 'xdsd.certificate', "
+        "'envoy.config.cluster.v3.cluster_pb2')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "from xdsd.state import MeshState\n"
+        "state = MeshState(sys.argv[1])\n"
+        "assert state.certificate_paths == frozenset()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "assert state.reload()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    config = write_config(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout.splitlines()
+    assert out[0] == "[]" and out[1] == "[]", out
+    assert "xdsd.sources.loader" in out[2] and "xdsd.translate.mesh" in out[2], out
+    assert "envoy.config.cluster.v3.cluster_pb2" in out[2], out

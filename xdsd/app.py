@@ -63,7 +63,6 @@ from xdsd.registry.probes import Prober
 from xdsd.registry.registry import Registry, default_replica
 from xdsd.registry.store import MemoryStore, RegistrationStore
 from xdsd.settings import Address, Settings
-from xdsd.sources import LoadResult
 from xdsd.sources.limits import ParseLimits
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.state import (
@@ -89,6 +88,7 @@ from xdsd.workloads import WorkloadRegistrar
 
 if TYPE_CHECKING:
     from xdsd.identities import MeshAuthority
+    from xdsd.sources import LoadResult
 
 log = logging.getLogger(__name__)
 
@@ -709,7 +709,7 @@ class Daemon:
 
     def _apply(self, result: LoadResult | ConfigError, started: float) -> None:
         applied = self.state.apply(result)
-        if isinstance(result, LoadResult) and self.state.loaded is result:
+        if not isinstance(result, ConfigError) and self.state.loaded is result:
             self._cache_wanted.set()
         outcome = "refused" if self.state.errors else "applied" if applied else "unchanged"
         self.metrics.observe_reload(time.perf_counter() - started, outcome)

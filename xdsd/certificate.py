@@ -99,68 +99,6 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``xdsd certificate`` subcommand and its flags."""
-    cmd = sub.add_parser(
-        "certificate",
-        help="get a proxyless gRPC client's mesh certificate from xdsd (key made here)",
-        description="Make a private key here, send a certificate request with an xdsd "
-        "token to the running\ndaemon, and keep the certificate, key and CA bundle in DIR "
-        "(replaced atomically), where a\nproxyless gRPC client's bootstrap (bootstrap "
-        "--format grpc --certificate-dir DIR) finds\nthem. The key never leaves this host.",
-        epilog="example:\n  xdsd certificate --service reviews --token-file reviews.token "
-        "--xds 127.0.0.1:18000 \\\n      --out /var/lib/reviews/certs --renew-before 12h",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cmd.add_argument(
-        "--service", required=True, metavar="NAME", help="the service the certificate names"
-    )
-    cmd.add_argument(
-        "--namespace",
-        default="default",
-        metavar="NS",
-        help="the service's namespace (default: default)",
-    )
-    cmd.add_argument(
-        "--token-file", required=True, metavar="FILE", help="an xdsd token for this service"
-    )
-    cmd.add_argument(
-        "--xds",
-        default="127.0.0.1:18000",
-        metavar="HOST:PORT",
-        help="xdsd's gRPC address (serve's --grpc) (default: 127.0.0.1:18000)",
-    )
-    cmd.add_argument(
-        "--xds-tls-ca",
-        default=None,
-        metavar="FILE",
-        help="reach xdsd over TLS, verifying its certificate against this CA (PEM)",
-    )
-    cmd.add_argument(
-        "--xds-tls-cert",
-        default=None,
-        metavar="FILE",
-        help="reach xdsd over TLS, presenting this client certificate (with --xds-tls-key)",
-    )
-    cmd.add_argument("--xds-tls-key", default=None, metavar="FILE", help="its private key")
-    cmd.add_argument(
-        "--xds-tls-server-name",
-        default=None,
-        metavar="NAME",
-        help="the DNS SAN xdsd's certificate must carry",
-    )
-    cmd.add_argument(
-        "--out", required=True, metavar="DIR", help="keep cert.pem, key.pem, ca.pem here"
-    )
-    cmd.add_argument(
-        "--renew-before",
-        default=None,
-        metavar="DURATION",
-        help="do nothing while the certificate in DIR is valid for longer (e.g. 12h)",
-    )
-    cmd.set_defaults(run=run)
-
-
 def run(args: argparse.Namespace) -> int:
     """``xdsd certificate`` (see the module docstring)."""
     host, _, port_text = args.xds.rpartition(":")

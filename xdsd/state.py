@@ -6,6 +6,12 @@ the snapshots of every watched class after each successful reload, or when the m
 proxy defaults change. Its ``load`` and ``apply`` are the reload boundary: whatever goes
 wrong in them becomes a refused reload (``InternalError``), never an exception out of
 them. The daemon (``xdsd.app``) runs ``load`` in a worker thread and ``apply`` on the loop.
+
+Imported on first use, not with this module: the loader (``xdsd.sources.loader``, with
+every parser, yaml and toml: made by the first ``load``), the translation
+(``xdsd.translate.mesh``: by the first translation) and the policy view. A start from
+the restart cache serves its snapshots before any of them is needed, and ~0.15-0.3 s of
+imports sooner (``docs/architecture.md``, "Restart cache").
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xdsd.admin.proxies import ExpectedProxy, Workload
 from xdsd.cache.cache import SnapshotCache
@@ -29,15 +35,17 @@ from xdsd.model.registrations import Registration
 from xdsd.model.service import Location, Resolution
 from xdsd.plurals import counted
 from xdsd.protocol import ProtocolError
-from xdsd.sources import DirectoryLoader, LoadResult
 from xdsd.sources.gateway_api.status import condition_json, mesh_conditions
 from xdsd.sources.limits import DEFAULT_LIMITS, ParseLimits
 from xdsd.sources.listing import Stamp
-from xdsd.translate import ConfigSourceKind, MeshTranslation, NodeClass, node_class_from_node
+from xdsd.translate import ConfigSourceKind, NodeClass, node_class_from_node
 from xdsd.translate.address_view import address_rows, moves
-from xdsd.translate.policy_view import NO_APPLIED_POLICIES, applied_policies
 from xdsd.translate.virtual_addresses import VirtualAddresses
 from xdsd.transports.limits import Refused
+
+if TYPE_CHECKING:
+    from xdsd.sources.loader import DirectoryLoader, LoadResult
+    from xdsd.translate.mesh import MeshTranslation
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +90,10 @@ class MeshState:
         #: The mesh-wide proxy defaults every class gets (settings' ``[mesh]``).
         self.mesh_config = mesh_config
         self._cache: SnapshotCache[NodeClass] = cache if cache is not None else SnapshotCache()
-        self._loader = DirectoryLoader(config_dir, limits=limits)
-        self._loader.mesh_tls = mesh_config.mtls
-        self._loader.extension_providers = mesh_config.extension_providers
+        self._limits = limits
+        # The loader, made by the first use of ``_loader`` (see the module docstring).
+        self._directory_loader: DirectoryLoader | None = None
+        self._registrations: tuple[Registration, ...] = ()
         # Set when the mesh defaults changed in a way the next load must translate even
         # if the directory did not change (mesh mutual TLS: its files come with the load).
         self._retranslate = False
@@ -133,6 +142,29 @@ class MeshState:
             self._cache.set(key, snapshot)
         self.cached = description
 
+    @property
+    def _loader(self) -> DirectoryLoader:
+        """The directory loader, made (and its module imported) on first use, with the
+        current mesh defaults."""
+        loader = self._directory_loader
+        if loader is None:
+            from xdsd.sources.loader import DirectoryLoader
+
+            loader = DirectoryLoader(self.config_dir, limits=self._limits)
+            loader.mesh_tls = self.mesh_config.mtls
+            loader.extension_providers = self.mesh_config.extension_providers
+            loader.registrations = self._registrations
+            self._directory_loader = loader
+        return loader
+
+    def _configure_loader(self) -> None:
+        """Give the loader (when made: ``_loader`` gives a new one these) the current
+        mesh defaults it checks files against."""
+        loader = self._directory_loader
+        if loader is not None:
+            loader.mesh_tls = self.mesh_config.mtls
+            loader.extension_providers = self.mesh_config.extension_providers
+
     def file_stamps(self) -> dict[str, Stamp | None]:
         """The stamp of each config file of the last load attempt, as read
         (``DirectoryLoader.stamps``)."""
@@ -141,7 +173,9 @@ class MeshState:
     def set_registrations(self, registrations: Iterable[Registration]) -> None:
         """Merge ``registrations`` into the next load (``load([])`` then reads no file:
         see ``DirectoryLoader.registrations``)."""
-        self._loader.registrations = tuple(registrations)
+        self._registrations = tuple(registrations)
+        if self._directory_loader is not None:  # else the loader, when made, takes them
+            self._directory_loader.registrations = self._registrations
 
     def group(self, namespace: str, name: str) -> WorkloadGroup | None:
         """The WorkloadGroup ``namespace/name`` of the loaded mesh (None: none loaded,
@@ -156,8 +190,10 @@ class MeshState:
     @property
     def certificate_paths(self) -> frozenset[str]:
         """The certificate and key files the last load attempt's rules named (their
-        directories are watched besides the config directory)."""
-        return self._loader.certificate_paths
+        directories are watched besides the config directory; none before the first
+        load)."""
+        loader = self._directory_loader
+        return loader.certificate_paths if loader is not None else frozenset()
 
     @property
     def cache(self) -> SnapshotCache[NodeClass]:
@@ -311,8 +347,7 @@ class MeshState:
         )
         before = self.mesh_config
         self.mesh_config = mesh_config
-        self._loader.mesh_tls = mesh_config.mtls
-        self._loader.extension_providers = mesh_config.extension_providers
+        self._configure_loader()
         if self.loaded is None:
             return False
         if needs_load or self._retranslate:
@@ -328,8 +363,7 @@ class MeshState:
                 log.error("settings: %s", problem)
             log.error("mesh defaults refused; keeping the current ones")
             self.mesh_config = before
-            self._loader.mesh_tls = before.mtls
-            self._loader.extension_providers = before.extension_providers
+            self._configure_loader()
             return False
         log.info("mesh defaults changed: %s updated", counted(changed, "class", "classes"))
         return True
@@ -342,6 +376,8 @@ class MeshState:
         Raises TranslationError, having published nothing, when ``[mesh.dns]``'s block
         cannot hold the mesh's services (``virtual_addresses.allocate_for``)."""
         assert self.loaded is not None
+        from xdsd.translate.mesh import MeshTranslation
+
         translation = MeshTranslation(
             self.loaded.mesh,
             previous=self.translation,
@@ -438,6 +474,8 @@ class MeshState:
         translation and its inbound ports' mutual TLS modes, as the admin server shows
         them (``policy_view.AppliedPolicies.as_json``; none before a configuration
         loaded). Computed once per class and translation."""
+        from xdsd.translate.policy_view import NO_APPLIED_POLICIES, applied_policies
+
         translation = self.translation
         if not isinstance(key, NodeClass) or translation is None:
             return NO_APPLIED_POLICIES.as_json()

@@ -89,3 +89,22 @@ def test_bodies_keyed_by_writer_and_removed_names() -> None:
         )
         assert list(decoded.removed_resources) == list(removed)
     assert (encoder.hits, encoder.misses) == (0, 4)
+
+
+@pytest.mark.parametrize("version", ["", "v1", "0123456789abcdef"])
+@pytest.mark.parametrize("size", [0, 1, 100, 127, 128, 16_383, 16_384, 70_000, 2_100_000])
+def test_sotw_body_written_directly_equals_protobufs(version: str, size: int) -> None:
+    """``write_sotw`` writes the message's wire form itself (no ``Any`` per resource):
+    byte for byte protobuf's, across every varint width of the lengths, an empty payload
+    (protobuf leaves the field out) and an empty version."""
+    payload = cluster_pb2.Cluster(name="c", alt_stat_name="x" * size).SerializeToString()
+    resources = (
+        Resource.encoded("a", CLUSTER, payload, ()),
+        Resource.encoded("b", CLUSTER, b"", ()),
+        *_clusters(3),
+    )
+    response = Response(CLUSTER, Version(version), "", resources)
+    expected = response.to_proto().SerializeToString()
+    assert write_sotw(response) == expected
+    empty = Response(CLUSTER, Version(version), "", ())
+    assert write_sotw(empty) == empty.to_proto().SerializeToString()

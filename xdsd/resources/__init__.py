@@ -10,14 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import any_pb2, descriptor_pool, json_format, symbol_database
 from google.protobuf.message import Message
 
@@ -49,13 +46,40 @@ SHORT_NAMES: dict[TypeUrl, str] = {
 #: Types for which an empty subscription is a wildcard and every response is complete.
 WILDCARD_TYPES: frozenset[TypeUrl] = frozenset({CLUSTER, LISTENER})
 
-MESSAGE_CLASSES: dict[TypeUrl, type[Message]] = {
-    CLUSTER: cluster_pb2.Cluster,
-    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-    LISTENER: listener_pb2.Listener,
-    ROUTE: route_pb2.RouteConfiguration,
-    SECRET: secret_pb2.Secret,
-}
+if TYPE_CHECKING:
+    #: The message class of each type in ``PUSH_ORDER`` (imported on first use: see
+    #: ``__getattr__``).
+    MESSAGE_CLASSES: dict[TypeUrl, type[Message]]
+
+
+def _message_classes() -> dict[TypeUrl, type[Message]]:
+    """``MESSAGE_CLASSES``, made (and the cluster, endpoint, listener and secret
+    modules imported: ~0.1 s, cluster_pb2 most of it) on first use. Serving sends
+    resources' bytes and never needs them; parsing, rendering and JSON views do. A start
+    from the restart cache serves before that (``docs/architecture.md``)."""
+    found = globals().get("MESSAGE_CLASSES")
+    if found is None:
+        from envoy.config.cluster.v3 import cluster_pb2
+        from envoy.config.endpoint.v3 import endpoint_pb2
+        from envoy.config.listener.v3 import listener_pb2
+        from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+        found = {
+            CLUSTER: cluster_pb2.Cluster,
+            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            LISTENER: listener_pb2.Listener,
+            ROUTE: route_pb2.RouteConfiguration,
+            SECRET: secret_pb2.Secret,
+        }
+        globals()["MESSAGE_CLASSES"] = found
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    """``MESSAGE_CLASSES``, made on first use (``_message_classes``)."""
+    if name == "MESSAGE_CLASSES":
+        return _message_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def message_class(type_url: TypeUrl) -> type[Message]:
@@ -64,7 +88,7 @@ def message_class(type_url: TypeUrl) -> type[Message]:
     if type_url == VIRTUAL_HOST:
         vhost: type[Message] = route_components_pb2.VirtualHost
         return vhost
-    return MESSAGE_CLASSES[type_url]
+    return _message_classes()[type_url]
 
 
 def type_url_of(message: Message) -> TypeUrl:
@@ -167,6 +191,42 @@ class Resource:
         ``content_hash(payload)`` and ``token`` is ``token_of(name, digest)``; neither is
         recomputed here."""
         return cls(name, type_url, None, payload, digest, references, token)
+
+    @classmethod
+    def restored_all(
+        cls,
+        names: Iterable[str],
+        type_urls: Iterable[TypeUrl],
+        payloads: Iterable[bytes],
+        digests: Iterable[str],
+        references: Iterable[tuple[tuple[str, str], ...]],
+        tokens: Iterable[int],
+    ) -> list[Resource]:
+        """``restored`` for many resources at once (the restart cache's tens of
+        thousands), under the same guarantees from the caller; the iterables must have
+        one item per resource (ValueError otherwise). Fills the slots directly: half the
+        cost of the frozen dataclass's ``__init__``, which sets each field through
+        ``object.__setattr__`` and runs ``__post_init__`` (nothing to derive here)."""
+        new = object.__new__
+        set_name, set_type, set_parsed, set_payload, set_digest, set_references, set_token = (
+            getattr(cls, f).__set__
+            for f in ("name", "type_url", "parsed", "payload", "digest", "references", "token")
+        )
+        out: list[Resource] = []
+        append = out.append
+        for name, type_url, payload, digest, refs, token in zip(
+            names, type_urls, payloads, digests, references, tokens, strict=True
+        ):
+            r = new(cls)
+            set_name(r, name)
+            set_type(r, type_url)
+            set_parsed(r, None)
+            set_payload(r, payload)
+            set_digest(r, digest)
+            set_references(r, refs)
+            set_token(r, token)
+            append(r)
+        return out
 
     def to_any(self) -> any_pb2.Any:
         """The resource as a ``google.protobuf.Any`` built from the cached bytes."""

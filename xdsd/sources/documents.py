@@ -50,8 +50,6 @@ from xdsd.sources.plain_yaml import read_plain_yaml
 
 _scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
-SUFFIXES = (".yaml", ".yml", ".json", ".toml")
-
 
 class ParseFailure(Exception):
     """A file could not be parsed; ``problem`` says where and why."""

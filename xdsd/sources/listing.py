@@ -20,7 +20,9 @@ import os
 import stat
 
 from xdsd.errors import Problem
-from xdsd.sources.documents import SUFFIXES
+
+#: The names of config files (``xdsd.sources.documents`` parses each by its suffix).
+SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 
 #: (device, inode, size, mtime_ns, ctime_ns) of a file, following symbolic links.
 Stamp = tuple[int, int, int, int, int]
