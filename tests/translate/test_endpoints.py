@@ -14,6 +14,7 @@ from xdsd.translate.endpoints import (
     assignment_resource,
     endpoint_rows,
     load_assignment,
+    ordered_rows,
     select_endpoints,
 )
 
@@ -245,3 +246,21 @@ def test_plaintext_endpoints_written_as_field_by_field() -> None:
     assert (
         made.payload == Resource.of("c", reference_assignment("c", PORT, chosen, plaintext)).payload
     )
+
+
+#: Ties on (locality, address, port): weights and labels decide, then the given order.
+TIES = (
+    Endpoint("10.0.0.1", (("version", "v2"),), weight=3),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=3),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2, healthy=False),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2),
+)
+
+
+@pytest.mark.parametrize("endpoints", [ENDPOINTS, MANY, ODD, TIES, tuple(reversed(MANY)), ()])
+def test_ordered_rows_are_select_endpoints_and_their_rows(endpoints: Any) -> None:
+    ordered, rows = ordered_rows(PORT, endpoints)
+    want = select_endpoints(service("s", PORT, endpoints=endpoints), PORT)
+    assert [id(e) for e in ordered] == [id(e) for e in want]
+    assert rows == endpoint_rows(PORT, want)

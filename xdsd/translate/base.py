@@ -33,9 +33,8 @@ from xdsd.translate.endpoints import (
     EndpointRow,
     assignment_of_rows,
     assignment_resource,
-    endpoint_rows,
     filter_endpoints,
-    select_endpoints,
+    ordered_rows,
 )
 from xdsd.translate.memo import Memo
 from xdsd.translate.mesh_tls import with_mesh_tls
@@ -92,8 +91,7 @@ class BaseBuilders:
         last = self._ordered
         if last is not None and last[0] is service and last[1] is port:
             return last[2], last[3]
-        ordered = select_endpoints(service, port)
-        rows = endpoint_rows(port, ordered)
+        ordered, rows = ordered_rows(port, service.endpoints)
         self._ordered = (service, port, ordered, rows)
         return ordered, rows
 

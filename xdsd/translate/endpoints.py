@@ -221,16 +221,41 @@ def endpoint_rows(port: Port, endpoints: Iterable[Endpoint]) -> tuple[EndpointRo
     given, none of them marked plaintext. Each endpoint is encoded once here, so the
     assignments of a service's subsets, which hold some of its endpoints, join rows
     instead of encoding their endpoints again."""
+    return ordered_rows(port, endpoints, sort=False)[1]
+
+
+def ordered_rows(
+    port: Port, endpoints: Iterable[Endpoint], *, sort: bool = True
+) -> tuple[tuple[Endpoint, ...], tuple[EndpointRow, ...]]:
+    """``endpoints`` in the order ``select_endpoints`` gives (kept as given without
+    ``sort``), and their ``endpoint_rows``: one pass computes both the sort key and the
+    row of each endpoint."""
     number = port.number
-    lb_endpoint = _lb_endpoint
-    out = []
-    for e in endpoints:
+    decorated = []
+    for i, e in enumerate(endpoints):
         loc = e.locality
-        weight = e.weight if e.weight > 1 else 1  # endpoint_weight
-        port_number = e.port_for(port) if e.ports else number
-        encoded = lb_endpoint(e.address, port_number, weight, False, not e.healthy)
-        out.append(((loc.region, loc.zone, loc.sub_zone), encoded, weight))
-    return tuple(out)
+        decorated.append(
+            (
+                (loc.region, loc.zone, loc.sub_zone),
+                e.address,
+                e.port_for(port) if e.ports else number,
+                e.weight,
+                e.labels,
+                i,  # a stable sort: ties keep the given order, endpoints are not compared
+                e,
+            )
+        )
+    if sort:
+        decorated.sort()
+    lb_endpoint = _lb_endpoint
+    rows = []
+    for where, address, port_number, weight, _, _, e in decorated:
+        weight = weight if weight > 1 else 1  # endpoint_weight
+        rows.append(
+            (where, lb_endpoint(address, port_number, weight, False, not e.healthy), weight)
+        )
+    ordered = tuple([d[6] for d in decorated])
+    return ordered, tuple(rows)
 
 
 def assignment_of_rows(cluster_name: str, rows: tuple[EndpointRow, ...]) -> Resource:
