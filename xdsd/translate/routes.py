@@ -190,6 +190,9 @@ class RouteBuilder:
         self.encoded: dict[RoutesKey, EncodedRoutes] = {}
         self._previous_encoded = previous_encoded if previous_encoded is not None else {}
         self._previous = previous if previous is not None else {}
+        # ``inputs`` by (service, port): a port's configuration and the HTTP proxy's
+        # both ask, and so does the first build of the routes.
+        self._inputs: dict[tuple[ResourceKey, int], Hashable] = {}
         # ``_default_route`` without its cluster and hash policy (never handed out).
         self._default_template: Any = None
 
@@ -334,10 +337,16 @@ class RouteBuilder:
         (besides the caller), as a value that compares equal exactly when they would be
         built the same (and is cheap to compare for a service without a
         VirtualService)."""
-        vs = self._rules.get(service.key)
-        if vs is None:
-            return (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
-        return (service.fqdn, port, vs, self.rule_inputs(vs))
+        key = (service.key, port)
+        found = self._inputs.get(key)
+        if found is None:
+            vs = self._rules.get(service.key)
+            if vs is None:
+                found = (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
+            else:
+                found = (service.fqdn, port, vs, self.rule_inputs(vs))
+            self._inputs[key] = found
+        return found
 
     def rule_inputs(self, vs: VirtualService) -> tuple[Hashable, ...]:
         """What the routes of ``vs`` take from the rest of the mesh: for each destination
