@@ -6,9 +6,11 @@ How this works: a cluster's spec is first given the TLS mesh mutual TLS adds
 the spec and the flavor it is built in. An EDS cluster does not hold its endpoints (its
 ClusterLoadAssignment does): it is keyed by its name and its flavor's template
 (``clusters.EdsTemplate``), so an endpoint edit re-encodes the assignment only. A
-service's assignments (the whole service's, each subset's) take their endpoints from one
-ordering of the service's endpoints per port, filtered (the order ``select_endpoints``
-gives). A DNS cluster carries no config source
+service's assignments (the whole service's, each subset's) are joined from one encoding
+of the service's endpoints per port (``endpoints.ordered_rows``: each endpoint encoded
+once, in the order ``select_endpoints`` gives), filtered; they are built once per spec
+in a translation, not memoized (the next translation takes unchanged services'
+assignments over with their ``ServiceParts``). A DNS cluster carries no config source
 (unless its TLS certificates come by SDS), so Envoy classes of either config source share
 one, built in the ADS flavor.
 """
@@ -42,7 +44,8 @@ from xdsd.translate.peer_authentication import CalleeModes
 
 
 class BaseBuilders:
-    """``cluster`` and ``assignment`` for ``SharedClusters.base``, memoized."""
+    """``cluster`` and ``assignment`` for ``SharedClusters.base``, each built once per
+    translation (see the module docstring)."""
 
     def __init__(self, memo: Memo, mtls: MeshTLS, callee: CalleeModes | None = None) -> None:
         """``callee``: which endpoints callers reach in plaintext (None: none)."""
@@ -54,6 +57,9 @@ class BaseBuilders:
         self._ordered: (
             tuple[Service, Port, tuple[Endpoint, ...], tuple[EndpointRow, ...]] | None
         ) = None
+
+        # ``assignment`` of plaintext-free specs, by the spec's id.
+        self._assignments: dict[int, tuple[OutboundCluster, Resource]] = {}
 
     def cluster(self, spec: OutboundCluster, flavor: ClusterFlavor) -> Resource:
         """The outbound cluster of ``spec`` for ``flavor``. Raises TranslationError when
@@ -79,9 +85,15 @@ class BaseBuilders:
                 return self._memo.resource(
                     assignment_resource, spec.name, port, endpoints, plaintext
                 )
-        return self._memo.resource(
-            assignment_of_rows, spec.name, self._rows(service, port, selector)
-        )
+        # Built once per spec object in this translation (the flavors of a mesh share
+        # the specs of its ServiceParts; the spec is kept, so its id is not reused),
+        # not memoized: a key would hold every encoded endpoint alive, and the next
+        # translation takes unchanged services' assignments over with their parts.
+        found = self._assignments.get(id(spec))
+        if found is None:
+            found = (spec, assignment_of_rows(spec.name, self._rows(service, port, selector)))
+            self._assignments[id(spec)] = found
+        return found[1]
 
     def _ordering(
         self, service: Service, port: Port

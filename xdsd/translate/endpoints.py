@@ -264,8 +264,7 @@ def assignment_of_rows(cluster_name: str, rows: tuple[EndpointRow, ...]) -> Reso
     gives (any filtering of it keeps that order): rows of one locality are consecutive,
     and each group is written in the order given (tested equal to ``Resource.of`` of the
     message built field by field). Raises ValueError, as the generated class does, when
-    a locality's weight does not fit 32 bits. A memo build (``BaseBuilders``): its key
-    is made of strings, bytes and ints, which hash in C."""
+    a locality's weight does not fit 32 bits."""
     raw = cluster_name.encode()
     n = len(raw)
     out = [_CLA_NAME, SMALL_VARINTS[n] if n < 0x80 else varint(n), raw]
