@@ -195,6 +195,9 @@ class RouteBuilder:
         self._inputs: dict[tuple[ResourceKey, int], Hashable] = {}
         # ``_default_route`` without its cluster and hash policy (never handed out).
         self._default_template: Any = None
+        # Whether some DestinationRule of the mesh has a consistent hash (None: not
+        # looked at yet).
+        self._hashing: bool | None = None
 
     def relevance(self) -> Relevance:
         """What tells callers apart anywhere in the mesh's rules."""
@@ -393,7 +396,14 @@ class RouteBuilder:
         route = route_components_pb2.Route()
         route.CopyFrom(template)
         route.route.cluster = outbound_cluster_name(port, "", service.fqdn)
-        add_hash_policies(route.route, self._mesh)
+        if self._hashing is None:
+            # Whether any rule has a consistent hash (what ``add_hash_policies`` looks
+            # for: ``rule_hashes`` holds every one a rule writes).
+            self._hashing = any(
+                h is not None for rule in self._mesh.destination_rules for h in rule_hashes(rule)
+            )
+        if self._hashing:
+            add_hash_policies(route.route, self._mesh)
         return route
 
     def _rule_routes(
