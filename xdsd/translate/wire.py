@@ -26,6 +26,8 @@ def varint(value: int) -> bytes:
     """The base-128 varint encoding of a non-negative integer."""
     if value < 0x80:
         return _SMALL[value]
+    if value < 0x4000:  # two bytes: a message of up to 16 KB
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
