@@ -209,9 +209,13 @@ EndpointRow = tuple[tuple[str, str, str], bytes, int]
 def _locality_field(where: tuple[str, str, str], rows: Sequence[EndpointRow]) -> bytes:
     """An ``endpoints`` field: the ``LocalityLbEndpoints`` of ``rows``, all of locality
     ``where``."""
-    body = b"".join(
-        (_locality(where), *[row[1] for row in rows], _lle_weight(sum([row[2] for row in rows])))
-    )
+    parts = [_locality(where)]
+    total = 0
+    for _, encoded, weight in rows:
+        parts.append(encoded)
+        total += weight
+    parts.append(_lle_weight(total))
+    body = b"".join(parts)
     n = len(body)
     return _LLE_ENDPOINTS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + body
 
