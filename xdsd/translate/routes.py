@@ -190,14 +190,8 @@ class RouteBuilder:
         self.encoded: dict[RoutesKey, EncodedRoutes] = {}
         self._previous_encoded = previous_encoded if previous_encoded is not None else {}
         self._previous = previous if previous is not None else {}
-        # ``inputs`` by (service, port): a port's configuration and the HTTP proxy's
-        # both ask, and so does the first build of the routes.
-        self._inputs: dict[tuple[ResourceKey, int], Hashable] = {}
         # ``_default_route`` without its cluster and hash policy (never handed out).
         self._default_template: Any = None
-        # Whether some DestinationRule of the mesh has a consistent hash (None: not
-        # looked at yet).
-        self._hashing: bool | None = None
 
     def relevance(self) -> Relevance:
         """What tells callers apart anywhere in the mesh's rules."""
@@ -340,16 +334,10 @@ class RouteBuilder:
         (besides the caller), as a value that compares equal exactly when they would be
         built the same (and is cheap to compare for a service without a
         VirtualService)."""
-        key = (service.key, port)
-        found = self._inputs.get(key)
-        if found is None:
-            vs = self._rules.get(service.key)
-            if vs is None:
-                found = (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
-            else:
-                found = (service.fqdn, port, vs, self.rule_inputs(vs))
-            self._inputs[key] = found
-        return found
+        vs = self._rules.get(service.key)
+        if vs is None:
+            return (service.fqdn, port, rule_hashes(self._mesh.destination_rule(service)))
+        return (service.fqdn, port, vs, self.rule_inputs(vs))
 
     def rule_inputs(self, vs: VirtualService) -> tuple[Hashable, ...]:
         """What the routes of ``vs`` take from the rest of the mesh: for each destination
@@ -396,14 +384,7 @@ class RouteBuilder:
         route = route_components_pb2.Route()
         route.CopyFrom(template)
         route.route.cluster = outbound_cluster_name(port, "", service.fqdn)
-        if self._hashing is None:
-            # Whether any rule has a consistent hash (what ``add_hash_policies`` looks
-            # for: ``rule_hashes`` holds every one a rule writes).
-            self._hashing = any(
-                h is not None for rule in self._mesh.destination_rules for h in rule_hashes(rule)
-            )
-        if self._hashing:
-            add_hash_policies(route.route, self._mesh)
+        add_hash_policies(route.route, self._mesh)
         return route
 
     def _rule_routes(
