@@ -489,3 +489,26 @@ def test_weighted_destinations_get_each_distinct_hash_once() -> None:
     add_hash_policies(action, mesh)
     kinds = [p.WhichOneof("policy_specifier") for p in action.hash_policy]
     assert kinds == ["header", "connection_properties"]
+
+
+def test_default_routes_take_a_port_level_hash_and_none_without_one() -> None:
+    """The default route's hash policy comes from wherever a rule writes it (here only
+    a port's settings); a mesh whose rules hash nothing gives default routes none."""
+    web = service("web", http(81), endpoints=(Endpoint("1.1.1.1"),))
+    other = service("other", http(81), endpoints=(Endpoint("1.1.1.2"),))
+    port_only = TrafficPolicy(
+        port_level_settings=(PortTrafficPolicy(81, LoadBalancer(consistent_hash=QUERY)),)
+    )
+    hashed = Mesh((web, other), (), (DestinationRule("web", "web", traffic_policy=port_only),))
+    builder = RouteBuilder(hashed, MatcherStyle.STRING_MATCH)
+    (route,) = builder.routes(web, 81)
+    assert [p.WhichOneof("policy_specifier") for p in route.route.hash_policy] == [
+        "query_parameter"
+    ]
+    (plain,) = builder.routes(other, 81)
+    assert not plain.route.hash_policy
+    unhashed = Mesh((web,), (), (DestinationRule("web", "web", traffic_policy=TrafficPolicy()),))
+    (route,) = RouteBuilder(unhashed, MatcherStyle.STRING_MATCH).routes(web, 81)
+    assert not route.route.hash_policy and route.route.cluster.endswith(
+        "web.default.svc.cluster.local"
+    )

@@ -9,7 +9,14 @@ import pytest
 from tests.translate.meshes import http, service
 from xdsd.model import Endpoint, Locality, Port, Protocol
 from xdsd.resources import Resource
-from xdsd.translate.endpoints import assignment_resource, load_assignment, select_endpoints
+from xdsd.translate.endpoints import (
+    assignment_of_rows,
+    assignment_resource,
+    endpoint_rows,
+    load_assignment,
+    ordered_rows,
+    select_endpoints,
+)
 
 PORT = Port(9080, Protocol.HTTP, "http")
 ENDPOINTS = (
@@ -90,12 +97,17 @@ def test_weight_zero_is_sent_as_one() -> None:
     assert cla.endpoints[0].load_balancing_weight.value == 1
 
 
-def reference_assignment(cluster_name: str, port: Port, endpoints: Any) -> Any:
+def reference_assignment(
+    cluster_name: str, port: Port, endpoints: Any, plaintext: Any = frozenset()
+) -> Any:
     """The assignment built field by field with the generated classes (what
     ``load_assignment`` writes as wire bytes)."""
     from itertools import groupby
 
+    from envoy.config.core.v3 import health_check_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from xdsd.translate.peer_authentication import plaintext_metadata
 
     def where(e: Endpoint) -> tuple[str, str, str]:
         return (e.locality.region, e.locality.zone, e.locality.sub_zone)
@@ -110,9 +122,16 @@ def reference_assignment(cluster_name: str, port: Port, endpoints: Any) -> Any:
         lle.load_balancing_weight.value = sum(max(e.weight, 1) for e in members)
         for member in members:
             lb = lle.lb_endpoints.add()
-            sock = lb.endpoint.address.socket_address
-            sock.address = member.address
-            sock.port_value = member.port_for(port)
+            if member.address.startswith("unix://"):
+                lb.endpoint.address.pipe.path = member.address[len("unix://") :]
+            else:
+                sock = lb.endpoint.address.socket_address
+                sock.address = member.address
+                sock.port_value = member.port_for(port)
+            if not member.healthy:
+                lb.health_status = health_check_pb2.UNHEALTHY
+            if member in plaintext:
+                lb.metadata.MergeFromString(plaintext_metadata())
             lb.load_balancing_weight.value = max(member.weight, 1)
     return cla
 
@@ -131,6 +150,19 @@ MANY = tuple(
 )
 
 
+#: Unhealthy endpoints, Unix domain sockets, long host names, one locality.
+ODD = tuple(
+    Endpoint(
+        f"unix:///run/s{i}.sock" if i % 3 == 0 else "x" * (i * 9) + f"{i}.example.com",
+        (("version", f"v{i % 2}"),),
+        Locality("eu") if i % 5 else Locality(),
+        weight=i,
+        healthy=bool(i % 4),
+    )
+    for i in range(30)
+)
+
+
 @pytest.mark.parametrize(
     ("name", "endpoints"),
     [
@@ -142,6 +174,7 @@ MANY = tuple(
         ("empty", ()),
         ("same address twice", (Endpoint("10.0.0.1", weight=3), Endpoint("10.0.0.1", weight=2))),
         ("unsorted input", tuple(reversed(MANY))),
+        ("odd endpoints", ODD),
     ],
 )
 def test_wire_built_assignment_equals_field_by_field(name: str, endpoints: Any) -> None:
@@ -181,3 +214,53 @@ def test_a_locality_weight_over_32_bits_is_refused_as_field_by_field() -> None:
         reference_assignment("c", PORT, heavy)
     with pytest.raises(ValueError, match="out of range"):
         load_assignment("c", PORT, heavy)
+
+
+@pytest.mark.parametrize("endpoints", [ENDPOINTS, MANY, ODD, MANY[:1], ()])
+def test_assignments_joined_from_rows_equal_field_by_field(endpoints: Any) -> None:
+    """``assignment_of_rows`` (a service's endpoints encoded once, its subsets' rows
+    picked from them) writes what the generated classes do, each subset included."""
+    svc = service("s", PORT, endpoints=endpoints)
+    ordered = select_endpoints(svc, PORT)
+    rows = endpoint_rows(PORT, ordered)
+    for selector in ((), (("version", "v1"),), (("version", "v2"),), (("version", "v0"),)):
+        picked = tuple(r for e, r in zip(ordered, rows, strict=True) if e.matches(selector))
+        chosen = select_endpoints(svc, PORT, selector)
+        made = assignment_of_rows("outbound|9080|v1|s", picked)
+        reference = Resource.of(
+            "outbound|9080|v1|s", reference_assignment("outbound|9080|v1|s", PORT, chosen)
+        )
+        assert made.payload == reference.payload
+        assert (made.digest, made.token, made.references) == (
+            reference.digest,
+            reference.token,
+            reference.references,
+        )
+        assert made.payload == assignment_resource(made.name, PORT, chosen).payload
+
+
+def test_plaintext_endpoints_written_as_field_by_field() -> None:
+    chosen = select_endpoints(service("s", PORT, endpoints=ODD), PORT)
+    plaintext = frozenset(chosen[::3])
+    made = assignment_resource("c", PORT, chosen, plaintext)
+    assert (
+        made.payload == Resource.of("c", reference_assignment("c", PORT, chosen, plaintext)).payload
+    )
+
+
+#: Ties on (locality, address, port): weights and labels decide, then the given order.
+TIES = (
+    Endpoint("10.0.0.1", (("version", "v2"),), weight=3),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=3),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2, healthy=False),
+    Endpoint("10.0.0.1", (("version", "v1"),), weight=2),
+)
+
+
+@pytest.mark.parametrize("endpoints", [ENDPOINTS, MANY, ODD, TIES, tuple(reversed(MANY)), ()])
+def test_ordered_rows_are_select_endpoints_and_their_rows(endpoints: Any) -> None:
+    ordered, rows = ordered_rows(PORT, endpoints)
+    want = select_endpoints(service("s", PORT, endpoints=endpoints), PORT)
+    assert [id(e) for e in ordered] == [id(e) for e in want]
+    assert rows == endpoint_rows(PORT, want)

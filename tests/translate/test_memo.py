@@ -141,3 +141,18 @@ def test_checking_mode_catches_a_stale_resource_across_translations(
         MeshTranslation(mesh, previous=first).snapshot_for(node)
     unchecked = MeshTranslation(mesh, previous=first, check_memo=False).snapshot_for(node)
     assert "outbound_http_proxy" in unchecked.get(LISTENER)
+
+
+def test_keys_of_one_hash_keep_their_own_values() -> None:
+    """CPython hashes -1 and -2 alike: two keys of one hash are told apart by equality,
+    in this translation's memo and in the previous one's."""
+    assert hash(("x", -1)) == hash(("x", -2))
+    first = Memo()
+    assert first.get(pure, "x", -1) == ("x", -1)
+    assert first.get(pure, "x", -2) == ("x", -2)
+    assert first.get(pure, "x", -1) == ("x", -1)
+    later = Memo(previous=first)
+    one = later.get(pure, "x", -2)
+    assert one == ("x", -2) and one is first.get(pure, "x", -2)
+    assert later.get(pure, "x", -1) is first.get(pure, "x", -1)
+    assert later.get(pure, "y", -1) == ("y", -1)

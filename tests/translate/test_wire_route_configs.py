@@ -127,3 +127,30 @@ def test_routes_encoded_once_and_taken_over_while_their_routes_are_reused() -> N
     assert second.encoded[reviews] is not first.encoded[reviews]  # its rule changed
     kept = [k for k in second.encoded if k != reviews]
     assert kept and all(second.encoded[k] is first.encoded[k] for k in kept)
+
+
+def test_long_and_multibyte_names_and_domains_equal_the_messages() -> None:
+    """Lengths past one varint byte (a domain, the virtual host, the configuration's
+    name), multi-byte characters and a domain given twice."""
+    mesh = bookinfo()
+    builder = RouteBuilder(mesh, MatcherStyle.STRING_MATCH)
+    service, port = next((s, p) for s in mesh.services for p in s.ports if p.protocol.is_http)
+    domains = ["é" * 100, "a" * 300 + ".example", "x", "x", "b" * 127, "c" * 128]
+    vhosts = dedupe_domains([(service, port, domains)])
+    assert vhosts[0].domains == ("é" * 100, "a" * 300 + ".example", "x", "b" * 127, "c" * 128)
+    for name in ("n" * 200, "9080"):
+        made = builder.route_configuration_resource(name, vhosts)
+        assert_same(made, Resource.of(name, builder.route_configuration(name, vhosts)))
+
+
+def test_a_domain_claimed_before_is_left_out() -> None:
+    mesh = bookinfo()
+    pairs = [(s, p) for s in mesh.services for p in s.ports if p.protocol.is_http][:3]
+    vhosts = dedupe_domains(
+        [
+            (pairs[0][0], pairs[0][1], ["a", "b", "a"]),
+            (pairs[1][0], pairs[1][1], ["b", "c", "c"]),
+            (pairs[2][0], pairs[2][1], ["a", "c"]),
+        ]
+    )
+    assert [v.domains for v in vhosts] == [("a", "b"), ("c",)]

@@ -74,8 +74,11 @@ class Snapshot:
         a resource references a name its snapshot lacks (see ``references_of``).
         """
         by_type = _group(resources, {t: {} for t in PUSH_ORDER})
+        # Names sorted alone (strings compare faster than (name, resource) pairs).
         frozen = {
-            t: MappingProxyType(dict(sorted(bucket.items()))) for t, bucket in by_type.items()
+            t: MappingProxyType(dict(zip(names, map(bucket.__getitem__, names), strict=True)))
+            for t, bucket in by_type.items()
+            for names in (sorted(bucket),)
         }
         sums = {t: sum(r.token for r in bucket.values()) for t, bucket in frozen.items()}
         versions = {t: _format(total) for t, total in sums.items()}

@@ -15,7 +15,7 @@ match looks for.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -201,6 +201,84 @@ def _sorted_payload(
     return b"".join(out)
 
 
+#: One endpoint as ``assignment_of_rows`` takes it: its locality's sort key, its
+#: ``lb_endpoints`` field (``_lb_endpoint``) and its weight (``endpoint_weight``).
+EndpointRow = tuple[tuple[str, str, str], bytes, int]
+
+
+def _locality_field(where: tuple[str, str, str], rows: Sequence[EndpointRow]) -> bytes:
+    """An ``endpoints`` field: the ``LocalityLbEndpoints`` of ``rows``, all of locality
+    ``where``."""
+    parts = [_locality(where)]
+    total = 0
+    for _, encoded, weight in rows:
+        parts.append(encoded)
+        total += weight
+    parts.append(_lle_weight(total))
+    body = b"".join(parts)
+    n = len(body)
+    return _LLE_ENDPOINTS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + body
+
+
+def endpoint_rows(port: Port, endpoints: Iterable[Endpoint]) -> tuple[EndpointRow, ...]:
+    """``endpoints`` (serving ``port``) as rows for ``assignment_of_rows``, in the order
+    given, none of them marked plaintext. Each endpoint is encoded once here, so the
+    assignments of a service's subsets, which hold some of its endpoints, join rows
+    instead of encoding their endpoints again."""
+    return ordered_rows(port, endpoints, sort=False)[1]
+
+
+def ordered_rows(
+    port: Port, endpoints: Iterable[Endpoint], *, sort: bool = True
+) -> tuple[tuple[Endpoint, ...], tuple[EndpointRow, ...]]:
+    """``endpoints`` in the order ``select_endpoints`` gives (kept as given without
+    ``sort``), and their ``endpoint_rows``: one pass computes both the sort key and the
+    row of each endpoint."""
+    number = port.number
+    decorated = []
+    for i, e in enumerate(endpoints):
+        loc = e.locality
+        decorated.append(
+            (
+                (loc.region, loc.zone, loc.sub_zone),
+                e.address,
+                e.port_for(port) if e.ports else number,
+                e.weight,
+                e.labels,
+                i,  # a stable sort: ties keep the given order, endpoints are not compared
+                e,
+            )
+        )
+    if sort:
+        decorated.sort()
+    lb_endpoint = _lb_endpoint
+    rows = []
+    for where, address, port_number, weight, _, _, e in decorated:
+        weight = weight if weight > 1 else 1  # endpoint_weight
+        rows.append(
+            (where, lb_endpoint(address, port_number, weight, False, not e.healthy), weight)
+        )
+    ordered = tuple([d[6] for d in decorated])
+    return ordered, tuple(rows)
+
+
+def assignment_of_rows(cluster_name: str, rows: tuple[EndpointRow, ...]) -> Resource:
+    """``assignment_resource(cluster_name, port, endpoints)`` for ``rows =
+    endpoint_rows(port, endpoints)``, ``endpoints`` in the order ``select_endpoints``
+    gives (any filtering of it keeps that order): rows of one locality are consecutive,
+    and each group is written in the order given (tested equal to ``Resource.of`` of the
+    message built field by field). Raises ValueError, as the generated class does, when
+    a locality's weight does not fit 32 bits."""
+    raw = cluster_name.encode()
+    n = len(raw)
+    out = [_CLA_NAME, SMALL_VARINTS[n] if n < 0x80 else varint(n), raw]
+    if rows and rows[0][0] == rows[-1][0]:  # one locality (they come in order)
+        out.append(_locality_field(rows[0][0], rows))
+    else:
+        out.extend(_locality_field(where, list(group)) for where, group in groupby(rows, _FIRST))
+    return Resource.encoded(cluster_name, ENDPOINT, b"".join(out), ())
+
+
 _FIRST = itemgetter(0)
 _CLA = endpoint_pb2.ClusterLoadAssignment
 _LLE = endpoint_components_pb2.LocalityLbEndpoints
@@ -248,38 +326,67 @@ def _lle_weight(weight: int) -> bytes:
     return delimited(_LLE_WEIGHT, _uint32_value(weight))
 
 
-@functools.lru_cache(maxsize=16384)
 def _lb_endpoint(
     address: str, port: int, weight: int, plaintext: bool = False, unhealthy: bool = False
 ) -> bytes:
     """One ``lb_endpoints`` field: the socket address (its port is in a oneof, so it is
     written even when 0), ``health_status: UNHEALTHY`` when ``unhealthy`` (a registered
     workload its probe failed), the plaintext metadata when ``plaintext``, and the
-    endpoint's weight. Remembered for a while: a service's endpoints are written again
-    in its subsets' assignments."""
+    endpoint's weight. A socket address is the host's bytes between a head and a tail
+    that depend only on the host's length and the other arguments (``_lb_frame``)."""
     if address.startswith(UNIX_PREFIX):
-        address_field = delimited(
-            _PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode())
+        return _pipe_lb_endpoint(address, weight, plaintext, unhealthy)
+    host = address.encode()
+    head, tail = _lb_frame(len(host), port, weight, plaintext, unhealthy)
+    return head + host + tail
+
+
+@functools.lru_cache(maxsize=4096)
+def _lb_frame(
+    n: int, port: int, weight: int, plaintext: bool, unhealthy: bool
+) -> tuple[bytes, bytes]:
+    """What ``_lb_endpoint`` writes before and after a socket address' host of ``n``
+    bytes: the keys and lengths of the enclosing messages, then the port, health status,
+    metadata and weight."""
+    tail = _port_value(port)
+    socket = len(_SOCKET_HOST) + len(varint(n)) + n + len(tail)
+    address = len(_SOCKET_ADDRESS) + len(varint(socket)) + socket
+    endpoint = len(_ENDPOINT_ADDRESS) + len(varint(address)) + address
+    after = _lb_after(weight, plaintext, unhealthy)
+    body = len(_LB_ENDPOINT) + len(varint(endpoint)) + endpoint + len(after)
+    head = b"".join(
+        (
+            _LLE_LB_ENDPOINTS,
+            varint(body),
+            _LB_ENDPOINT,
+            varint(endpoint),
+            _ENDPOINT_ADDRESS,
+            varint(address),
+            _SOCKET_ADDRESS,
+            varint(socket),
+            _SOCKET_HOST,
+            varint(n),
         )
-    else:
-        # lengths below 0x80 (nearly all) are their own one-byte varint: no call
-        small = SMALL_VARINTS
-        host = address.encode()
-        n = len(host)
-        socket = _SOCKET_HOST + (small[n] if n < 0x80 else varint(n)) + host + _port_value(port)
-        n = len(socket)
-        address_field = _SOCKET_ADDRESS + (small[n] if n < 0x80 else varint(n)) + socket
-    n = len(address_field)
-    endpoint = _ENDPOINT_ADDRESS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + address_field
-    n = len(endpoint)
-    body = _LB_ENDPOINT + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + endpoint
+    )
+    return head, tail + after
+
+
+def _lb_after(weight: int, plaintext: bool, unhealthy: bool) -> bytes:
+    """An ``LbEndpoint``'s fields after its ``endpoint``, in number order."""
+    out = b""
     if unhealthy:
-        body += _HEALTH_STATUS + varint(health_check_pb2.UNHEALTHY)
+        out += _HEALTH_STATUS + varint(health_check_pb2.UNHEALTHY)
     if plaintext:
-        body += _PLAINTEXT_METADATA
-    body += _lb_weight(weight)
-    n = len(body)
-    return _LLE_LB_ENDPOINTS + (SMALL_VARINTS[n] if n < 0x80 else varint(n)) + body
+        out += _PLAINTEXT_METADATA
+    return out + _lb_weight(weight)
+
+
+def _pipe_lb_endpoint(address: str, weight: int, plaintext: bool, unhealthy: bool) -> bytes:
+    """``_lb_endpoint`` of a ``unix://`` address: a ``pipe``."""
+    address_field = delimited(_PIPE, delimited(_PIPE_PATH, address[len(UNIX_PREFIX) :].encode()))
+    endpoint = delimited(_ENDPOINT_ADDRESS, address_field)
+    body = delimited(_LB_ENDPOINT, endpoint) + _lb_after(weight, plaintext, unhealthy)
+    return delimited(_LLE_LB_ENDPOINTS, body)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -81,7 +81,10 @@ class Memo:
     taken over by the next one (see the module docstring). Not thread-safe."""
 
     def __init__(self, *, previous: Memo | None = None, check: bool = False) -> None:
-        self._values: dict[_Key, Any] = {}
+        # By the hash of the key ``(build, *args)``: the keys with that hash and their
+        # values (a key's hash is computed once per lookup, in C; the dict's own keys
+        # are ints, which hash and compare without a Python call).
+        self._values: dict[int, list[tuple[tuple[Hashable, ...], Any]]] = {}
         # Only what ``previous`` built itself (or reused), never its own fallback: no
         # chain of old translations is kept alive.
         self._fallback = previous._values if previous is not None else {}
@@ -109,15 +112,22 @@ class Memo:
         if build not in self._builds:
             _check_build(build)
             self._builds.add(build)
-        key = _Key((build, *args))
-        found = self._values.get(key)
+        key = (build, *args)
+        h = hash(key)
+        mine = self._values.get(h)
+        found = _find(mine, key) if mine is not None else None
         if found is None:
-            found = self._fallback.get(key)
-            if found is None:
+            old = self._fallback.get(h)
+            found = _find(old, key) if old is not None else None
+            built = found is None
+            if built:
                 found = _build(build, args, context, wrap)
-                self._values[key] = found
+            if mine is None:
+                self._values[h] = [(key, found)]
+            else:
+                mine.append((key, found))
+            if built:
                 return found
-            self._values[key] = found
         if self.check:
             fresh = _build(build, args, context, wrap)
             if fingerprint(fresh) != fingerprint(found):
@@ -128,23 +138,12 @@ class Memo:
         return found
 
 
-class _Key:
-    """A memo key: ``(build, *args)`` with its hash computed once (a tuple of frozen
-    dataclasses rehashes every field on every lookup, and a miss looks up twice)."""
-
-    __slots__ = ("_hash", "items")
-
-    def __init__(self, items: tuple[Hashable, ...]) -> None:
-        self.items = items
-        self._hash = hash(items)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Key) and (
-            self is other or (self._hash == other._hash and self.items == other.items)
-        )
+def _find(entries: list[tuple[tuple[Hashable, ...], Any]], key: tuple[Hashable, ...]) -> Any:
+    """The value of ``key`` among ``entries`` (keys of one hash), or None."""
+    for stored, value in entries:
+        if stored is key or stored == key:
+            return value
+    return None
 
 
 def _build(build: Callable[..., Any], args: tuple[Any, ...], context: Any, wrap: bool) -> Any:

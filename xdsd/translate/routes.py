@@ -80,7 +80,7 @@ from xdsd.translate.route_matches import (
     set_match,
 )
 from xdsd.translate.route_matches import MatcherStyle as MatcherStyle  # re-exported
-from xdsd.translate.wire import delimited, tag
+from xdsd.translate.wire import delimited, strings, tag
 
 #: Istio's default retry policy.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -133,10 +133,11 @@ def dedupe_domains(candidates: Iterable[tuple[Service, Port, list[str]]]) -> lis
     seen: set[str] = set()
     out: list[VirtualHostSpec] = []
     for service, port, domains in candidates:
-        mine = [d for d in dict.fromkeys(domains) if d not in seen]
-        seen.update(mine)
+        fresh = dict.fromkeys(domains)
+        mine = tuple(fresh) if seen.isdisjoint(fresh) else tuple(d for d in fresh if d not in seen)
+        seen.update(fresh)
         if mine:
-            out.append(VirtualHostSpec(service, port, tuple(mine)))
+            out.append(VirtualHostSpec(service, port, mine))
     return out
 
 
@@ -189,6 +190,8 @@ class RouteBuilder:
         self.encoded: dict[RoutesKey, EncodedRoutes] = {}
         self._previous_encoded = previous_encoded if previous_encoded is not None else {}
         self._previous = previous if previous is not None else {}
+        # ``_default_route`` without its cluster and hash policy (never handed out).
+        self._default_template: Any = None
 
     def relevance(self) -> Relevance:
         """What tells callers apart anywhere in the mesh's rules."""
@@ -299,25 +302,25 @@ class RouteBuilder:
         writes them (tested equal to ``Resource.of``, references included). Raises
         TranslationError as ``route_configuration`` does."""
         parts = [delimited(_RC_NAME, name.encode())] if name else []
-        refs: dict[tuple[str, str], None] = {}
+        refs: list[tuple[str, str]] = []
         problems: list[Problem] = []
+        encoded_routes = self._encoded_routes
         for spec in vhosts:
             try:
-                routes, routes_refs = self._encoded_routes(spec.service, spec.port.number, caller)
+                routes, routes_refs = encoded_routes(spec.service, spec.port.number, caller)
             except TranslationError as err:
                 problems.extend(p for p in err.problems if p not in problems)
                 continue
-            body = [delimited(_VH_NAME, spec.name.encode())] if spec.name else []
-            body.extend(delimited(_VH_DOMAINS, d.encode()) for d in spec.domains)
-            body.append(routes)
-            parts.append(delimited(_RC_VHOSTS, b"".join(body)))
-            refs.update(dict.fromkeys(routes_refs))
+            vhost_name = spec.name
+            head = delimited(_VH_NAME, vhost_name.encode()) if vhost_name else b""
+            parts.append(delimited(_RC_VHOSTS, head + strings(_VH_DOMAINS, spec.domains) + routes))
+            refs += routes_refs
         if problems:
             raise TranslationError(problems)
         if block_unknown:
             parts.append(_BLOCK_ALL_FIELD)
         parts.append(_RC_TAIL)
-        return Resource.encoded(name, ROUTE, b"".join(parts), tuple(refs))
+        return Resource.encoded(name, ROUTE, b"".join(parts), tuple(dict.fromkeys(refs)))
 
     def _relevance_of(self, vs: VirtualService) -> Relevance:
         found = self._relevance.get(vs.key)
@@ -368,10 +371,19 @@ class RouteBuilder:
         return self._rule_routes(vs, port, applies)
 
     def _default_route(self, service: Service, port: int) -> Any:
-        route = route_components_pb2.Route(name="default")
-        route.match.prefix = "/"
+        """The one route of a service without a VirtualService: everything to its own
+        cluster, Istio's default timeout and retries, the cluster's hash policy. Copied
+        from a template made once per builder (the same message as setting each field:
+        a message's encoding does not depend on the order its fields were set in)."""
+        template = self._default_template
+        if template is None:
+            template = route_components_pb2.Route(name="default")
+            template.match.prefix = "/"
+            _finish_action(template.route, None, None)
+            self._default_template = template
+        route = route_components_pb2.Route()
+        route.CopyFrom(template)
         route.route.cluster = outbound_cluster_name(port, "", service.fqdn)
-        _finish_action(route.route, None, None)
         add_hash_policies(route.route, self._mesh)
         return route
 

@@ -15,6 +15,7 @@ resource does not depend on how it was built (tests compare each writer's bytes 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 _WIRE_VARINT = 0
@@ -25,6 +26,8 @@ def varint(value: int) -> bytes:
     """The base-128 varint encoding of a non-negative integer."""
     if value < 0x80:
         return _SMALL[value]
+    if value < 0x4000:  # two bytes: a message of up to 16 KB
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -48,7 +51,20 @@ def tag(message: Any, field: str) -> tuple[bytes, bytes]:
 
 def delimited(key: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message) with key ``key``."""
-    return key + varint(len(payload)) + payload
+    n = len(payload)
+    return key + (_SMALL[n] if n < 0x80 else varint(n)) + payload
+
+
+def strings(key: bytes, values: Iterable[str]) -> bytes:
+    """A repeated string field with key ``key`` holding ``values`` in order: each
+    value's field, joined."""
+    out: list[bytes] = []
+    small = _SMALL
+    for value in values:
+        raw = value.encode()
+        n = len(raw)
+        out += (key, small[n] if n < 0x80 else varint(n), raw)
+    return b"".join(out)
 
 
 def _read_varint(data: bytes, at: int) -> tuple[int, int]:
