@@ -171,6 +171,15 @@ LEFT = [
     "a: `b\n",
     "plain scalar\n",
     "a b: c\n",
+    # punctuation where a flow mapping's value goes (a review found these read as text)
+    "a: {b: , }\n",
+    "a: {b: }}\n",
+    "a: {b: ]}\n",
+    "a: {b: : }\n",
+    "a: [{b: }, c: d}]\n",
+    # a scalar PyYAML resolves but cannot build, before a syntax error
+    "a: 2024-13-45\nb: [c\n",
+    "a: 0x_\nb: {c: d}}\n",
 ]
 
 
@@ -196,6 +205,28 @@ def test_errors_in_texts_near_the_subset_keep_their_lines(text: str, line: int, 
     with pytest.raises(ParseFailure) as caught:
         _parse_yaml("f.yaml", text, DEFAULT_LIMITS)
     assert (caught.value.problem.line, caught.value.problem.field) == (line, field)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [("a: {b: }}\n", 1), ("a: 2024-13-45\nb: [c\n", 3), ("a: 0x_\nb: {c: d}}\n", 2)],
+)
+def test_syntax_errors_after_what_the_reader_took_are_libyamls(text: str, line: int) -> None:
+    """A file the reader gives up on part-way is judged by libyaml, which names the
+    syntax error's line (not a value error from a scalar read before it)."""
+    with pytest.raises(ParseFailure, match="YAML syntax error") as caught:
+        parse_file("f.yaml", text.encode(), DEFAULT_LIMITS)
+    assert caught.value.problem.line == line
+
+
+def test_a_raised_depth_limit_is_never_a_recursion_error() -> None:
+    """With ``max_nesting_depth`` raised past what the recursive reader can follow, the
+    text goes to libyaml, which reads it."""
+    limits = ParseLimits(max_nesting_depth=5000)
+    deep = "".join(f"{' ' * (2 * i)}a:\n" for i in range(900)) + " " * 1800 + "b: c\n"
+    assert plain(deep, limits) is None
+    value = parse_file("f.yaml", deep.encode(), limits)
+    assert value
 
 
 def test_limits_are_the_libyaml_paths() -> None:

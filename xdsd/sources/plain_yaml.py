@@ -99,7 +99,11 @@ def read_plain_yaml(
         return None
     try:
         return _Reader(text, resolve, construct, max_depth).documents(max_documents)
-    except (_Outside, IndexError):  # IndexError: a line or a flow collection cut short
+    # IndexError: a line or a flow collection cut short. ValueError: a scalar PyYAML
+    # resolves but cannot build (``2024-13-45``, ``0x_``), which libyaml reports after
+    # any syntax error earlier in the file. RecursionError: a depth limit raised past
+    # what these recursive readers can follow. libyaml judges all three.
+    except (_Outside, IndexError, ValueError, RecursionError):
         return None
 
 
@@ -285,6 +289,8 @@ class _Reader:
                 token = tokens[at + 2]
                 if token in _OPENERS:
                     out[key], at = self._flow(tokens, at + 2, field, number)
+                elif token in _NOT_SCALAR:  # ``{k: }``, ``{k: , }``: libyaml's to judge
+                    raise _Outside
                 else:
                     out[key] = self._scalar(token)
                     at += 3
