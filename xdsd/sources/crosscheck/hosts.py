@@ -43,11 +43,11 @@ class HostOwners:
                     hosts.add(host)
             if new is not None:
                 for host in (new.fqdn, *new.hosts):
-                    found = self._claims.get(host)
-                    if found is None:
+                    claimed = self._claims.get(host)
+                    if claimed is None:
                         self._claims[host] = {key}
                     else:
-                        found.add(key)
+                        claimed.add(key)
                     hosts.add(host)
             else:
                 self._problems.pop(key, None)
