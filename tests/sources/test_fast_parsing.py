@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from xdsd.located import Document
+from xdsd.model import Endpoint, Locality
+from xdsd.model.service import make_endpoint
 from xdsd.sources import config_file, dispatch, documents, plain_readers
 from xdsd.sources.config_file import parse_config_file
 from xdsd.sources.documents import ParseFailure, parse_file
@@ -435,3 +437,48 @@ def test_files_are_read_as_open_reads_them(tmp_path: Path) -> None:
             caught.value.errno,
             caught.value.strerror,
         )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("10.0.0.1", (), Locality(), 1, ()),
+        ("fd00::1", (("a", "1"), ("b", "2")), Locality("r", "z", "s"), 7, (("http", 8080),)),
+        ("10.0.0.2", (("version", "v1"),), Locality("r"), 2**31 - 1, ()),
+    ],
+)
+def test_made_endpoints_equal_constructed_ones(args: tuple[Any, ...]) -> None:
+    """``make_endpoint`` sets the slots the dataclass's ``__init__`` sets, and the same
+    hash (translation keys hash endpoints: a different hash would split equal keys)."""
+    made, built = make_endpoint(*args), Endpoint(*args)
+    assert made == built and repr(made) == repr(built)
+    assert hash(made) == hash(built) and made.healthy
+    assert made != Endpoint(*args, healthy=False)
+
+
+def test_label_pairs_are_sorted_and_remembered_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A label mapping's pairs are sorted whatever order they were written in, also when
+    an equal mapping in another order was read before; the memo keeps at most its bound
+    of entries and no long label text."""
+    memo: dict[Any, Any] = {}
+    monkeypatch.setattr(plain_readers, "_LABEL_PAIRS", memo)
+    monkeypatch.setattr(plain_readers, "_LABEL_PAIRS_MAX", 3)
+
+    def labels_of(labels: dict[str, Any]) -> Any:
+        found = plain_readers._plain_endpoint(
+            {"address": "10.0.0.1", "labels": labels}, True, set()
+        )
+        return None if found is None else found.labels
+
+    forward = labels_of({"b": "2", "a": "1"})
+    assert forward == (("a", "1"), ("b", "2"))
+    assert labels_of({"a": "1", "b": "2"}) == forward
+    assert labels_of({"b": "2", "a": "1"}) is forward  # remembered: one tuple shared
+    assert labels_of({"b": 2, "a": "1"}) is None  # types checked before the memo
+    assert labels_of({"long": "x" * 300}) == (("long", "x" * 300),)
+    assert len(memo) == 2  # the long mapping was not kept
+    for i in range(10):
+        assert labels_of({"n": str(i)}) == (("n", str(i)),)
+    assert len(memo) == 3

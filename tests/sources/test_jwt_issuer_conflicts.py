@@ -125,3 +125,25 @@ def test_reloads_follow_services_and_policies_as_a_cold_load(tmp_path: Path) -> 
         assert warm == cold, f"step {i}"
         found = warm if isinstance(warm, list) else []
         assert len([p for p in found if "one rule per issuer" in p]) == count, f"step {i}: {found}"
+
+
+def test_removing_every_policy_at_once_clears_the_conflict(tmp_path: Path) -> None:
+    """With no RequestAuthentication left, no service keeps a conflict (the check skips
+    its per-service lookups then), as a cold load finds."""
+    root = tmp_path / "config"
+    _materialize(
+        root,
+        {
+            "web.yaml": WEB,
+            "a.yaml": authn("a", "default", V1, "i"),
+            "b.yaml": authn("b", "default", APP, "i"),
+        },
+    )
+    loader = DirectoryLoader(str(root))
+    with pytest.raises(ConfigError) as info:
+        loader.load(None)
+    assert any("one rule per issuer" in str(p) for p in info.value.problems)
+    (root / "a.yaml").unlink()
+    (root / "b.yaml").unlink()
+    warm = loader.load({str(root / "a.yaml"), str(root / "b.yaml")}).mesh
+    assert warm == load_directory(str(root)).mesh

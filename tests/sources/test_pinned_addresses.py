@@ -286,3 +286,24 @@ def test_fixing_one_side_clears_the_error_incrementally(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         loader.load({str(tmp_path / "a.yaml")})
     assert "is also pinned by Service default/alpha" in str(info.value)
+
+
+def test_dropping_the_address_clears_the_other_sides_error(tmp_path: Path) -> None:
+    """A service that stops pinning an address frees it for the one that clashed with it
+    (its old pin is forgotten although it now pins nothing), and pinning it again
+    brings the error back."""
+    from xdsd.sources import DirectoryLoader
+
+    _write(
+        tmp_path, {"a.yaml": service("alpha", "10.4.0.1"), "b.yaml": service("beta", "10.4.0.1")}
+    )
+    loader = DirectoryLoader(str(tmp_path))
+    with pytest.raises(ConfigError):
+        loader.load()
+    (tmp_path / "a.yaml").write_text(service("alpha", None))
+    mesh = loader.load({str(tmp_path / "a.yaml")}).mesh
+    assert [s.addresses for s in mesh.services] == [(), ("10.4.0.1",)]
+    (tmp_path / "a.yaml").write_text(service("alpha", "10.4.0.1"))
+    with pytest.raises(ConfigError) as info:
+        loader.load({str(tmp_path / "a.yaml")})
+    assert "is also pinned by Service default/alpha" in str(info.value)

@@ -10,6 +10,9 @@ import pytest
 
 from xdsd.cli import main
 from xdsd.errors import ConfigError
+from xdsd.located import Document
+from xdsd.model import DestinationRule, Subset
+from xdsd.sources.reference_lines import with_reference_lines
 
 SERVICES = """\
 kind: Service
@@ -258,3 +261,21 @@ def test_a_hint_follows_the_names_as_they_change(tmp_path: Path) -> None:
     expected = reference_load(str(tmp_path))[1]
     assert [str(p) for p in second.value.problems] == [str(p) for p in expected]
     assert second.value.problems[0].message.endswith("; did you mean 'reviews'?")
+
+
+@pytest.mark.parametrize("base", [("spec",), ()])
+@pytest.mark.parametrize("subsets", [0, 1, 3])
+def test_a_rules_fields_get_their_own_lines(base: tuple[str, ...], subsets: int) -> None:
+    """``host`` and each ``subsets[N]`` get the line of their own path under ``base``
+    (the paths are made once per shape and shared by every such rule); a field on the
+    document's first line, or not in its line table, gets none."""
+    lines = {(*base, "host"): 5}
+    lines.update({(*base, "subsets", i): 7 + i for i in range(subsets) if i != 1})
+    doc = Document("r.yaml", 1, {}, lines)
+    rule = DestinationRule(
+        "r", "reviews", subsets=tuple(Subset(f"v{i}", (), None) for i in range(subsets))
+    )
+    found = with_reference_lines(rule, doc, base)
+    assert found is rule
+    expected = [("host", 5)] + [(f"subsets[{i}]", 7 + i) for i in range(subsets) if i != 1]
+    assert list(rule.lines) == expected

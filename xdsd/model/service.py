@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -196,6 +197,48 @@ class Endpoint:
             if name == port.name:
                 return number
         return port.number
+
+
+def _endpoint_maker() -> Callable[
+    [str, tuple[tuple[str, str], ...], Locality, int, tuple[tuple[str, int], ...]], Endpoint
+]:
+    """A maker of healthy ``Endpoint`` objects from (address, labels, locality, weight,
+    ports), equal to ``Endpoint(address, labels, locality, weight, ports)`` and with the
+    same hash, made by setting each slot through its descriptor: half the time of the
+    frozen dataclass's ``__init__`` (which sets each field through
+    ``object.__setattr__`` and then calls ``__post_init__``), for the 100,000 endpoints
+    of a large mesh's files. The caller guarantees the types, as the dataclass's
+    ``__init__`` does not check them either."""
+    slot = Endpoint.__dict__
+    set_address, set_labels, set_locality, set_weight, set_ports, set_healthy, set_hash = (
+        slot[f].__set__
+        for f in ("address", "labels", "locality", "weight", "ports", "healthy", "_hash")
+    )
+    new = object.__new__
+
+    def made(
+        address: str,
+        labels: tuple[tuple[str, str], ...],
+        locality: Locality,
+        weight: int,
+        ports: tuple[tuple[str, int], ...],
+    ) -> Endpoint:
+        e: Endpoint = new(Endpoint)
+        set_address(e, address)
+        set_labels(e, labels)
+        set_locality(e, locality)
+        set_weight(e, weight)
+        set_ports(e, ports)
+        set_healthy(e, True)
+        # the tuple __post_init__ hashes
+        set_hash(e, hash((address, labels, locality, weight, ports, True)))
+        return e
+
+    return made
+
+
+#: ``Endpoint(address, labels, locality, weight, ports)``, made faster (``_endpoint_maker``).
+make_endpoint = _endpoint_maker()
 
 
 @dataclass(frozen=True, slots=True)

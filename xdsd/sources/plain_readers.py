@@ -26,6 +26,7 @@ from xdsd.model import (
     Service,
     Subset,
 )
+from xdsd.model.service import make_endpoint
 from xdsd.sources.service import is_virtual_address
 
 _SERVICE_KEYS = frozenset({"resolution", "hosts", "ports", "endpoints", "address"})
@@ -136,10 +137,19 @@ def _plain_endpoint(item: dict[str, Any], static: bool, port_names: set[str]) ->
     else:
         if type(labels) is not dict:
             return None
-        for key, value in labels.items():
+        written = tuple(labels.items())
+        size = 0
+        for key, value in written:
             if type(key) is not str or type(value) is not str:
                 return None
-        label_pairs = tuple(sorted(labels.items()))
+            size += len(key) + len(value)
+        known = _LABEL_PAIRS.get(written)
+        if known is not None:
+            label_pairs = known
+        else:
+            label_pairs = tuple(sorted(written))
+            if len(_LABEL_PAIRS) < _LABEL_PAIRS_MAX and size <= _LABEL_TEXT_MAX:
+                _LABEL_PAIRS[written] = label_pairs
     locality = item.get("locality")
     if locality is None or locality == "":
         where = _NO_LOCALITY
@@ -165,7 +175,7 @@ def _plain_endpoint(item: dict[str, Any], static: bool, port_names: set[str]) ->
                 return None
             pairs.append((key, number))
         ports = tuple(pairs)
-    return Endpoint(address, label_pairs, where, weight, ports)
+    return make_endpoint(address, label_pairs, where, weight, ports)
 
 
 _RULE_KEYS = frozenset({"host", "subsets"})
@@ -212,6 +222,15 @@ def parse_plain_destination_rule(
 
 
 _NO_LOCALITY = Locality()
+
+#: The sorted label pairs of the label mappings endpoints were written with, by their
+#: pairs in written order (a mesh writes few label sets, shared by thousands of
+#: endpoints, which then share the tuples): sorting is what is saved, the types are
+#: checked first for every endpoint. At most ``_LABEL_PAIRS_MAX`` of them are kept, each
+#: of at most ``_LABEL_TEXT_MAX`` characters, whatever the files say (~0.5 MB at most).
+_LABEL_PAIRS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_LABEL_PAIRS_MAX = 1024
+_LABEL_TEXT_MAX = 256
 
 
 @functools.lru_cache(maxsize=1024)

@@ -16,6 +16,7 @@ Pure: reads the parsed document only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,9 +35,18 @@ def with_reference_lines(obj: MeshObject, doc: Document, base: FieldPath) -> Mes
     if isinstance(obj, VirtualService):
         paths = [(format_path(p), p) for p in _virtual_service_paths(_spec(doc, base))]
     elif isinstance(obj, DestinationRule):
-        # the common kind by the thousand: paths spelled without ``format_path``
-        paths = [("host", ("host",))]
-        paths.extend((f"subsets[{i}]", ("subsets", i)) for i in range(len(obj.subsets)))
+        # the common kind by the thousand: its fields and their whole paths made once
+        # per (base, number of subsets)
+        table = doc.lines
+        first = doc.line
+        lines = tuple(
+            (field, line)
+            for field, whole in _rule_paths(base, len(obj.subsets))
+            if (line := table.get(whole) or doc.line_of(whole)) != first
+        )
+        if lines:
+            object.__setattr__(obj, "lines", lines)  # as below
+        return obj
     elif isinstance(obj, Service):
         if not obj.hosts and not obj.addresses:
             return obj  # a service's name is its document's first lines: nothing to add
@@ -63,6 +73,17 @@ def with_reference_lines(obj: MeshObject, doc: Document, base: FieldPath) -> Mes
         # setting the field in place spares a copy per object (thousands per load).
         object.__setattr__(obj, "lines", lines)
     return obj
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_paths(base: FieldPath, subsets: int) -> tuple[tuple[str, FieldPath], ...]:
+    """The fields of a DestinationRule with ``subsets`` subsets that checks point at
+    (``host``, ``subsets[N]``), each with its whole path in a document whose spec is at
+    ``base``."""
+    return (
+        ("host", (*base, "host")),
+        *((f"subsets[{i}]", (*base, "subsets", i)) for i in range(subsets)),
+    )
 
 
 def _spec(doc: Document, base: FieldPath) -> Any:

@@ -104,15 +104,18 @@ class PinnedAddresses:
         clash with (``services``: every service by key, as it now is)."""
         touched: set[str] = set()
         recheck: set[ResourceKey] = set()
+        # A service without ``addresses`` pins nothing (``pinned`` gives none): most of a
+        # large mesh's, skipped without a call.
         for key, (old, new) in changed.items():
-            if old is not None:
+            if old is not None and old.addresses:
                 for address, _ in pinned(old):
                     unindex(self._pins, address, key)
                     touched.add(address)
             if new is not None:
-                for address, _ in pinned(new):
-                    self._pins.setdefault(address, set()).add(key)
-                    touched.add(address)
+                if new.addresses:
+                    for address, _ in pinned(new):
+                        self._pins.setdefault(address, set()).add(key)
+                        touched.add(address)
                 recheck.add(key)
             else:
                 self._problems.pop(key, None)
@@ -123,6 +126,9 @@ class PinnedAddresses:
                 recheck |= keys
         for key in recheck:
             svc = services[key]
+            if not svc.addresses:  # no clash to find (``service_clashes`` finds none)
+                self._problems.pop(key, None)
+                continue
             for address, _ in pinned(svc):
                 if address not in claimants:
                     claimants[address] = [services[k] for k in sorted(self._pins[address])]

@@ -293,6 +293,6 @@ class _Sorted(Generic[K, V]):
                 self.values = tuple(values)
             return self.values
         keys = sorted(table)
-        self.values = tuple(table[k] for k in keys)
-        self._positions = {k: i for i, k in enumerate(keys)}
+        self.values = tuple(map(table.__getitem__, keys))
+        self._positions = dict(zip(keys, range(len(keys)), strict=True))
         return self.values

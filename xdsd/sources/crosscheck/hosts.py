@@ -43,7 +43,11 @@ class HostOwners:
                     hosts.add(host)
             if new is not None:
                 for host in (new.fqdn, *new.hosts):
-                    self._claims.setdefault(host, set()).add(key)
+                    claimed = self._claims.get(host)
+                    if claimed is None:
+                        self._claims[host] = {key}
+                    else:
+                        claimed.add(key)
                     hosts.add(host)
             else:
                 self._problems.pop(key, None)
@@ -61,8 +65,14 @@ class HostOwners:
                 self.owners[host] = owner
                 owners_changed.add(host)
             recheck |= claims
+        owners = self.owners
         for key in recheck:
-            found = _host_problems(services[key], self.owners, entries)
+            svc = services[key]
+            if all(owners[host] is svc for host in (svc.fqdn, *svc.hosts)):
+                # owner of every name it claims: nothing for ``_host_problems`` to find
+                self._problems.pop(key, None)
+                continue
+            found = _host_problems(svc, owners, entries)
             if found:
                 self._problems[key] = found
             else:

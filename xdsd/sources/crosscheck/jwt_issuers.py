@@ -166,6 +166,12 @@ class IssuerConflicts:
                     for k, svc in table.items()
                     if k not in recheck and any(_reaches(p, svc) for p in reached)
                 )
+        if not self._policies:
+            # No RequestAuthentication at all: no service has two to conflict (what the
+            # loop below finds, without a lookup per service of a large mesh).
+            for key in recheck:
+                self._conflicts.pop(key, None)
+            return
         for key in recheck:
             svc = self._services.get(key.namespace, {}).get(key)
             if svc is None:

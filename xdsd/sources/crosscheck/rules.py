@@ -55,8 +55,13 @@ class RuleTargets:
             lookups: list[str] = []
             svc = resolve(owners, rule.host, rule.namespace, lookups)
             self._lookups[key] = tuple(lookups)
+            by_host = self._by_host
             for host in lookups:
-                self._by_host.setdefault(host, set()).add(key)
+                keys = by_host.get(host)
+                if keys is None:
+                    by_host[host] = {key}
+                else:
+                    keys.add(key)
             target = svc.key if svc is not None else None
             self._target[key] = target
             if target is None:
@@ -69,7 +74,11 @@ class RuleTargets:
                     rule.lines,
                 )
             else:
-                self._targeted.setdefault(target, set()).add(key)
+                targeted = self._targeted.get(target)
+                if targeted is None:
+                    self._targeted[target] = {key}
+                else:
+                    targeted.add(key)
                 affected.add(target)
         return self._apply(affected, rules)
 
@@ -85,6 +94,14 @@ class RuleTargets:
                 self._targeted.pop(svc_key, None)
                 if self.applied.pop(svc_key, None) is not None:
                     applied_changed.add(svc_key)
+                continue
+            if len(claimants) == 1:  # what the general case below gives for one
+                (only,) = claimants
+                rule = rules[only]
+                if self.applied.get(svc_key) is not rule:
+                    self.applied[svc_key] = rule
+                    applied_changed.add(svc_key)
+                self._problems.pop(only, None)
                 continue
             ordered = sorted(claimants)
             first = rules[ordered[0]]
