@@ -82,7 +82,7 @@ from enum import Enum
 from itertools import accumulate, pairwise
 from typing import Any
 
-from xdsd.ca.files import CAError, write_private_file
+from xdsd.ca.files import CAError, owned_directory, write_private_file
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import InconsistentSnapshotError, XdsdError
 from xdsd.model.mesh_config import WORKLOAD_SECRET
@@ -284,26 +284,19 @@ def fingerprint(*parts: object) -> str:
 def state_directory(path: str) -> str:
     """``path`` (absolute), created 0700 when missing. Raises CacheRefused when it is
     not a directory, is not owned by this user, or is writable by group or others
-    (someone else could replace the cache, or the key)."""
-    path = os.path.abspath(path)
+    (someone else could replace the cache, or the key). A symbolic link is followed
+    (systemd's ``StateDirectory=`` may be one)."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-    except OSError as e:
-        raise CacheRefused(f"{path}: cannot create the state directory: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CacheRefused(f"{path}: the state directory is not a directory")
-    if st.st_uid != os.geteuid():
-        raise CacheRefused(
-            f"{path}: the state directory belongs to uid {st.st_uid}, not to xdsd's user "
-            f"(uid {os.geteuid()})"
+        return owned_directory(
+            os.path.abspath(path),
+            what="the state directory",
+            forbidden=0o022,
+            opened="writable by group or others",
+            fix="; chmod go-w it",
+            follow_symlinks=True,
         )
-    if st.st_mode & 0o022:
-        raise CacheRefused(
-            f"{path}: the state directory is writable by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); chmod go-w it"
-        )
-    return path
+    except CAError as e:
+        raise CacheRefused(str(e)) from None
 
 
 class BuildCache:

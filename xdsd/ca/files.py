@@ -32,23 +32,36 @@ def state_directory(path: str) -> str:
     """The state directory ``path`` (absolute), created 0700 when missing; raises CAError
     when it is not a directory, is not owned by this user or is accessible by group or
     others."""
+    return owned_directory(
+        path,
+        what="the CA state directory",
+        forbidden=0o077,
+        opened="accessible by group or others",
+        fix=": it holds private keys; chmod 700 it",
+        follow_symlinks=False,
+    )
+
+
+def owned_directory(
+    path: str, *, what: str, forbidden: int, opened: str, fix: str, follow_symlinks: bool
+) -> str:
+    """``path``, created 0700 when missing; raises CAError (naming ``what``) when it is
+    not a directory, is not owned by this user, or has a mode bit of ``forbidden``
+    (said as ``opened``, followed by ``fix``). The one check behind the CA's state
+    directory and the restart cache's (``xdsd.build_cache.state_directory``)."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(path, follow_symlinks=follow_symlinks)
     except OSError as e:
-        raise CAError(f"{path}: cannot create the CA state directory: {e.strerror}") from None
+        raise CAError(f"{path}: cannot create {what}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise CAError(f"{path}: the CA state directory is not a directory")
+        raise CAError(f"{path}: {what} is not a directory")
     if st.st_uid != os.geteuid():
         raise CAError(
-            f"{path}: the CA state directory belongs to uid {st.st_uid}, not to xdsd's "
-            f"user (uid {os.geteuid()})"
+            f"{path}: {what} belongs to uid {st.st_uid}, not to xdsd's user (uid {os.geteuid()})"
         )
-    if st.st_mode & 0o077:
-        raise CAError(
-            f"{path}: the CA state directory is accessible by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}): it holds private keys; chmod 700 it"
-        )
+    if st.st_mode & forbidden:
+        raise CAError(f"{path}: {what} is {opened} (mode {stat.S_IMODE(st.st_mode):04o}){fix}")
     return path
 
 
