@@ -849,23 +849,6 @@ def _record_from_json(row: object) -> FileRecord:
     )
 
 
-def _file_record(row: object) -> FileRecord:
-    """A config file's row (path, the five stamp numbers, digest), checked cheaply: one
-    per file, 20,000 at 10,000 services."""
-    path, dev, ino, size, mtime, ctime, digest = _list(row, 7)
-    if (
-        type(path) is not str
-        or type(digest) is not str
-        or type(dev) is not int
-        or type(ino) is not int
-        or type(size) is not int
-        or type(mtime) is not int
-        or type(ctime) is not int
-    ):
-        raise _Refused("malformed (file)")
-    return FileRecord(path, "file", (dev, ino, size, mtime, ctime), digest)
-
-
 def _stamp(values: object) -> Stamp:
     a, b, c, d, e = (_int(v) for v in _list(values, 5))
     return (a, b, c, d, e)
