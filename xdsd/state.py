@@ -44,6 +44,7 @@ from xdsd.translate.virtual_addresses import VirtualAddresses
 from xdsd.transports.limits import Refused
 
 if TYPE_CHECKING:
+    from xdsd.forked import Split
     from xdsd.sources.loader import DirectoryLoader, LoadResult
     from xdsd.translate.mesh import MeshTranslation
 
@@ -81,8 +82,13 @@ class MeshState:
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
         max_classes: int = 10000,
         limits: ParseLimits = DEFAULT_LIMITS,
+        split: Split | None = None,
     ) -> None:
+        """``split``: how a cold build hands a share of its work to another process
+        (``forked.ForkSplit``; None: all of it is done here). Only loads that have the
+        process to themselves (``load(exclusive=True)``) and translations use it."""
         self.config_dir = config_dir
+        self._split = split
         #: The most node classes with a snapshot (``Settings.max_node_classes``).
         self.max_classes = max_classes
         #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
@@ -227,7 +233,9 @@ class MeshState:
         ``InternalError`` (the loader starts afresh next time)."""
         try:
             with _building(exclusive=exclusive):
-                return self._loader.load(changed)
+                loader = self._loader
+                loader.split = self._split if exclusive else None
+                return loader.load(changed)
         except ConfigError as e:
             return e
         except Exception as e:
@@ -383,6 +391,7 @@ class MeshState:
             previous=self.translation,
             root_namespace=self.root_namespace,
             mesh_config=self.mesh_config,
+            split=self._split,
         )
         self._note_addresses(translation)
         self.translation = translation

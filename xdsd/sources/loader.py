@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xdsd.errors import ConfigError, Problem, Severity
@@ -41,6 +41,9 @@ from xdsd.sources.registered import (
 from xdsd.sources.sidecars import sidecar_problems
 
 log = logging.getLogger(__name__)
+
+#: ``xdsd.forked.Split``: work run elsewhere, returning bytes; its collect, or None.
+Split = Callable[[Callable[[], bytes]], Callable[[], bytes | None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ class DirectoryLoader:
         #: The settings' ``[[mesh.extension_providers]]``: what CUSTOM
         #: AuthorizationPolicies may name (``crosscheck.providers``).
         self.extension_providers: tuple[ExtensionProvider, ...] = ()
+        #: How a cold load hands a share of its files to another process
+        #: (``xdsd.forked.ForkSplit``); None: every file is read here.
+        self.split: Split | None = None
         #: The registered workloads merged into every load (``sources.registered``: a
         #: synthetic file after the real ones); set it, then ``load([])`` merges a
         #: change without reading the directory again.

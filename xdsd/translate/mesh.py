@@ -102,7 +102,7 @@ from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import MatcherStyle
 from xdsd.translate.scoping import Scoping
 from xdsd.translate.secrets import Secrets
-from xdsd.translate.shared import SharedClusters
+from xdsd.translate.shared import SharedClusters, Split
 from xdsd.translate.sidecar_scope import Scope
 from xdsd.translate.virtual_addresses import VirtualAddresses
 
@@ -126,10 +126,13 @@ class MeshTranslation:
         root_namespace: str = ROOT_NAMESPACE,
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
         check_memo: bool | None = None,
+        split: Split | None = None,
     ) -> None:
         """``previous``: the translation of the mesh this one replaces, whose resources
         are reused where their inputs are equal. ``check_memo``: rebuild and compare on
-        every memo hit (default: when the environment says ``XDSD_CHECK_MEMO=1``)."""
+        every memo hit (default: when the environment says ``XDSD_CHECK_MEMO=1``).
+        ``split``: how a cold translation hands a share of its work to another process
+        (``xdsd.forked.ForkSplit``; None: all of it is done here)."""
         if previous is not None and previous.mesh_config.mtls != mesh_config.mtls:
             # Mesh mutual TLS changes every cluster of the mesh's own services, which
             # are otherwise taken over by the identity of their service's objects.
@@ -152,6 +155,7 @@ class MeshTranslation:
             previous=previous._bases if previous else None,
             timings=self.timings,
             callee=callee,
+            split=split,
         )
         self._routes: RouteConfigs = RouteConfigs(
             mesh, previous=previous._routes if previous else None

@@ -46,6 +46,10 @@ class Delta(NamedTuple):
     removed: list[tuple[TypeUrl, str]]
 
 
+#: ``xdsd.forked.Split`` (the core does no I/O: it is handed one): work run elsewhere,
+#: returning bytes; its collect, or None.
+Split = Callable[[Callable[[], bytes]], Callable[[], bytes | None] | None]
+
 #: Which base: the flavor, and the services of a scoped base (None: every service).
 BaseKey = tuple[ClusterFlavor, frozenset[ResourceKey] | None]
 
@@ -65,10 +69,13 @@ class SharedClusters:
         previous: SharedClusters | None,
         timings: dict[str, float],
         callee: CalleeModes | None = None,
+        split: Split | None = None,
     ) -> None:
         """``callee``: which endpoints callers reach in plaintext (what a service's
-        assignments read besides the service and its rule; None: none)."""
+        assignments read besides the service and its rule; None: none). ``split``: how
+        a cold build hands a share of the services to another process (None: none)."""
         self.mesh = mesh
+        self._split = split
         self._callee = callee
         self._timings = timings
         # Only what this translation used is handed on: no chain of translations is kept.
