@@ -50,6 +50,7 @@ from google.protobuf import struct_pb2
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
+from bench._trees import compile_bytecode
 from bench.meshgen import write_mesh
 from bench.rebuild import _classes
 from xdsd.build_cache import BuildCache, Capture, fingerprint
@@ -237,16 +238,6 @@ def side_by_side(
         label: {**_summary(walls[label]), "cpu_p50_ms": _ms(statistics.median(cpus[label]))}
         for label in trees
     }
-
-
-def compile_bytecode(tree: Path) -> None:
-    """Compile ``tree``'s xdsd to bytecode beside its sources (what an install does)."""
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(tree / "xdsd")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-    )
 
 
 # -- process ----------------------------------------------------------------------------
