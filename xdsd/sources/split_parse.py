@@ -10,8 +10,8 @@ is the parent's to redo, so the load is exactly the serial one:
   the child cannot log) is sent as None: the parent parses it again itself, reporting
   and logging as a serial load does;
 - ``decode`` gives None for bytes that are not exactly the results of the paths asked
-  for (a child that failed, truncated or garbled bytes, other paths, another shape):
-  the parent parses the whole share.
+  for (a child that failed, truncated or garbled bytes: a BLAKE2b digest leads the
+  pickle; other paths, another shape): the parent parses the whole share.
 
 The bytes are a pickle, made by a ``pickle.Pickler`` whose private dispatch table
 reduces every frozen, slotted dataclass of ``xdsd.model`` (and ``FileResult``) to its
@@ -34,6 +34,7 @@ makers (``_Unpickler.find_class``), so a garbled pickle cannot call anything els
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import io
 import operator
@@ -56,6 +57,8 @@ SPLIT_FILES = 2_000
 #: little less than half for both to finish together (``docs/performance.md``).
 CHILD_SHARE = 0.44
 
+#: Bytes of the digest before the pickle (a byte changed on the way is seen).
+_DIGEST = 16
 _new = object.__new__
 _Setter = Callable[[object, object], None]
 # Each maker's class, by the class: the slot setters of its fields, in field order.
@@ -79,7 +82,8 @@ def encode(paths: tuple[str, ...], results: list[FileResult | None]) -> bytes:
     """The bytes of ``paths`` and their ``results`` (see the module docstring)."""
     out = io.BytesIO()
     _Pickler(out, pickle.HIGHEST_PROTOCOL).dump((paths, results))
-    return out.getvalue()
+    data = out.getvalue()
+    return hashlib.blake2b(data, digest_size=_DIGEST).digest() + data
 
 
 def decode(data: bytes, paths: Sequence[str]) -> list[FileResult | None] | None:
@@ -87,6 +91,9 @@ def decode(data: bytes, paths: Sequence[str]) -> list[FileResult | None] | None:
     file to parse again); None when ``data`` is anything else (then parse them all).
     Reads only our own child's bytes (see the module docstring); never raises for
     them."""
+    digest, data = data[:_DIGEST], data[_DIGEST:]
+    if hashlib.blake2b(data, digest_size=_DIGEST).digest() != digest:
+        return None
     try:
         value = _Unpickler(io.BytesIO(data)).load()
     except Exception:  # truncated, garbled, a global refused: parse them here
