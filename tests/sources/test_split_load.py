@@ -362,8 +362,7 @@ def test_unreadable_files_give_the_same_problems(tmp_path: Path) -> None:
             if path.is_dir():
                 path.chmod(0o755)
         script = textwrap.dedent(f"""
-            import hashlib
-import json
+            import json
             from xdsd.errors import ConfigError
             from xdsd.forked import ForkSplit
             from xdsd.sources import DirectoryLoader, split_parse
