@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.meshgen import write_mesh
+from bench.rebuild import _classes
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG
 from xdsd.errors import ConfigError
 from xdsd.forked import ForkSplit, Work
@@ -26,6 +27,7 @@ from xdsd.sources import DirectoryLoader, config_file, split_parse
 from xdsd.sources.config_file import FileResult, parse_config_file
 from xdsd.sources.limits import ParseLimits
 from xdsd.sources.listing import list_config_files
+from xdsd.state import MeshState
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = os.geteuid() == 0
@@ -397,3 +399,18 @@ def test_unreadable_files_give_the_same_problems(tmp_path: Path) -> None:
         assert split_info[1] >= 2  # the child's unreadable files, read again here
     finally:
         shutil.rmtree(config)
+
+
+def test_the_daemon_s_state_with_a_split_publishes_the_same_snapshot(tmp_path: Path) -> None:
+    """``MeshState`` hands its split to the loader for its exclusive loads: the same
+    snapshot (resources and versions) as without."""
+    config = write_mesh(tmp_path, 40, endpoints=3, ports=4)
+    node = _classes()[0]
+    serial = MeshState(str(config))
+    assert serial.reload()
+    split = MeshState(str(config), split=ForkSplit(timeout=60))
+    assert split.reload()
+    assert split._loader.last_split is not None and split._loader.last_split[1] == 0
+    one, other = serial.snapshot(node), split.snapshot(node)
+    assert one is not None and other is not None
+    assert one.versions == other.versions and one == other
