@@ -24,6 +24,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {
     "loader": "tests/sources/test_fuzz_loader.py",
+    "split_parse": (
+        "tests/sources/test_split_load.py::test_fuzz_decode_of_changed_child_bytes_never_raises"
+    ),
     "plain_yaml": "tests/sources/test_plain_yaml.py::test_fuzz_plain_yaml_agrees_with_libyaml",
     "protocol": "tests/protocol/test_fuzz_protocol.py",
     "transport": "tests/transports/test_fuzz_transports.py",

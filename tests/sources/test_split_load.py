@@ -17,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench.meshgen import write_mesh
 from bench.rebuild import _classes
+from tests.fuzzing import deadline, fuzz_settings
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG
 from xdsd.errors import ConfigError
 from xdsd.forked import ForkSplit, Work
@@ -414,3 +417,39 @@ def test_the_daemon_s_state_with_a_split_publishes_the_same_snapshot(tmp_path: P
     one, other = serial.snapshot(node), split.snapshot(node)
     assert one is not None and other is not None
     assert one.versions == other.versions and one == other
+
+
+def _sample_encoding() -> tuple[tuple[str, ...], bytes]:
+    """The paths and the bytes of a child's share of the example config."""
+    paths = tuple(list_config_files(str(EXAMPLE_CONFIG), []))
+    results = [parse_config_file(str(EXAMPLE_CONFIG), p) for p in paths]
+    return paths, split_parse.encode(paths, [r if not r.problems else None for r in results])
+
+
+_SAMPLE = _sample_encoding()
+
+
+@fuzz_settings(scale=3)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 1 << 30), st.integers(0, 255)), max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, 1 << 30)),
+)
+def test_fuzz_decode_of_changed_child_bytes_never_raises(
+    edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    """Whatever the pickle says (its digest made right, as a child could only by
+    pickling it), ``decode`` gives None or exactly one plain result or None per path."""
+    paths, data = _SAMPLE
+    raw = bytearray(data[split_parse._DIGEST :])
+    for at, value in edits:
+        raw[at % len(raw)] = value
+    if cut is not None:
+        raw = raw[: cut % (len(raw) + 1)]
+    digest = hashlib.blake2b(bytes(raw), digest_size=split_parse._DIGEST).digest()
+    with deadline("split_parse"):
+        back = split_parse.decode(digest + bytes(raw), paths)
+    if back is not None:
+        assert len(back) == len(paths)
+        assert all(r is None or (type(r) is FileResult and not r.problems) for r in back)
+    if not edits and cut is None:
+        assert back is not None

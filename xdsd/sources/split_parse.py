@@ -27,8 +27,9 @@ parent's singletons; the shared label tuples and localities are shared within th
 child's share (the pickle's memo), as they are within a serial load.
 
 ``decode`` only ever reads the bytes of our own child, never anything from outside the
-process; even so it refuses any global outside ``xdsd``'s model and this module's
-makers (``_Unpickler.find_class``), so a garbled pickle cannot call anything else.
+process (a digest guards it on the way); even so it refuses any global but the classes
+of ``xdsd.model``, ``datetime.timedelta`` and this module's makers
+(``_Unpickler.find_class``): a garbled pickle could not call anything else.
 """
 
 from __future__ import annotations
@@ -277,12 +278,15 @@ _MAKER_NAMES = frozenset({"_remake", "_service", *(f.__name__ for f in _OWN_MAKE
 
 
 class _Unpickler(pickle.Unpickler):
-    """An unpickler that finds only the model's globals and this module's makers."""
+    """An unpickler that finds only the model's classes and this module's makers."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module == __name__ and name in _MAKER_NAMES:
             return globals()[name]
-        model = module == "xdsd.model" or module.startswith("xdsd.model.")
-        if (model or (module, name) in _ALLOWED) and "." not in name:
+        if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a model global")
+        if module.startswith("xdsd.model.") and "." not in name:
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__ == module:
+                return found  # a class of the model's (an enum's members come by value)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a model class")
