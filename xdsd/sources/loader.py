@@ -105,6 +105,10 @@ class DirectoryLoader:
     model objects, which lets translation recognise them by identity. All or nothing still
     holds: a load with any error raises ConfigError and the caller keeps what it had.
 
+    With ``split`` set, a load that must parse many files (a cold one) parses the tail of
+    them in another process (``_parse_many``, ``split_parse``); the result is the serial
+    load's, file by file (``tests/sources/test_split_load.py``).
+
     A load that raises anything but ConfigError (a bug, memory) forgets everything the
     loader kept, so the next load is a cold one and gives what a cold load gives (never
     a half-updated state: files counted twice, "duplicate ... also defined at" itself).
