@@ -54,15 +54,19 @@ from xdsd.sources.limits import ParseLimits
 #: (below, the fork and the bytes cost more than they save). Tests lower it.
 SPLIT_FILES = 2_000
 #: The share of the files to parse that goes to the child: the child parses and
-#: encodes, the parent parses and decodes (about 0.4 of a parse), so the child takes a
-#: little less than half for both to finish together (``docs/performance.md``).
-CHILD_SHARE = 0.44
+#: encodes (about 0.35 of a parse, and its first writes to each page it shares with the
+#: parent cost a copy), the parent parses and decodes (about 0.35 of a parse), so the
+#: child takes less than half for both to finish together: measured on the generated
+#: 10,000-service mesh (``bench.meshgen``), the parent waits ~0.02 s for it at 0.40 and
+#: ~0.15 s at 0.44.
+CHILD_SHARE = 0.42
 
 #: Bytes of the digest before the pickle (a byte changed on the way is seen).
 _DIGEST = 16
 _new = object.__new__
 _Setter = Callable[[object, object], None]
-# Each maker's class, by the class: the slot setters of its fields, in field order.
+# By class, the slot setters of its fields in field order: a table filled once at
+# import (``_reducers``), read by the makers.
 _SETTERS: dict[type, tuple[_Setter, ...]] = {}
 #: A reducer: an object → its maker and the maker's arguments.
 _Reducer = Callable[[Any], tuple[Callable[..., Any], tuple[Any, ...]]]
