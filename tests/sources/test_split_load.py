@@ -4,6 +4,7 @@ and log lines, whatever the files hold and whatever the child does."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -453,3 +454,27 @@ def test_fuzz_decode_of_changed_child_bytes_never_raises(
         assert all(r is None or (type(r) is FileResult and not r.problems) for r in back)
     if not edits and cut is None:
         assert back is not None
+
+
+def test_a_split_build_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
+    """``MeshState`` freezes a build's survivors unwalked (``state._building``): a split
+    load (its closures, pickler, unpickler, the remade objects) makes no cycles either."""
+    config = write_mesh(tmp_path, 20, endpoints=2, ports=3)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.unfreeze()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        state = MeshState(str(config), split=ForkSplit(timeout=60))
+        assert state.reload()
+        assert state._loader.last_split is not None
+        gc.unfreeze()
+        gc.collect()
+        assert sorted({f"{type(o).__module__}.{type(o).__name__}" for o in gc.garbage}) == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
