@@ -39,6 +39,7 @@ import hashlib
 import importlib
 import io
 import operator
+import os
 import pickle
 import pkgutil
 from collections.abc import Callable, Sequence
@@ -70,6 +71,30 @@ _Setter = Callable[[object, object], None]
 _SETTERS: dict[type, tuple[_Setter, ...]] = {}
 #: A reducer: an object → its maker and the maker's arguments.
 _Reducer = Callable[[Any], tuple[Callable[..., Any], tuple[Any, ...]]]
+
+
+def spare_core() -> bool:
+    """True when a core looks free for the child right now: fewer processes running or
+    waiting to run than the machine has cores (``/proc/loadavg``'s fourth field counts
+    them, this process included); True when that cannot be read. A second process on a
+    busy machine only shares the same core: measured, the split then slows a load down
+    (``docs/performance.md``)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            text = f.read(256)
+    except OSError:
+        return True
+    return spare_core_in(text, os.cpu_count() or 1)
+
+
+def spare_core_in(loadavg: bytes, cpus: int) -> bool:
+    """``spare_core`` for the text of ``/proc/loadavg`` and ``cpus`` cores (True when
+    the text is not what Linux writes)."""
+    try:
+        running = int(loadavg.split()[3].split(b"/")[0])
+    except (IndexError, ValueError):
+        return True
+    return running < cpus
 
 
 def parse_share(root: str, paths: Sequence[str], limits: ParseLimits) -> bytes:
