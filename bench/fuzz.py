@@ -2,7 +2,8 @@
 
 ``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor,vhds]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``, the plain YAML
-reader against libyaml (``tests/sources/test_plain_yaml.py``),
+reader against libyaml (``tests/sources/test_plain_yaml.py``), the decoding of a split
+load's child bytes (``tests/sources/test_split_load.py``),
 ``tests/protocol/test_fuzz_protocol.py``, ``tests/transports/test_fuzz_transports.py`` and
 the VHDS subscriptions of ``tests/protocol/test_vhds.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
