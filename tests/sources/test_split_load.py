@@ -188,7 +188,7 @@ def broken_directory(root: Path) -> Path:
         "  ports: [{number: 80, protocol: HTTP}]\n  bogus: 1\n"
     )
     for i in range(6):
-        (bad / f"j-good-{i}.yaml").write_text(
+        (bad / f"0-good-{i}.yaml").write_text(
             f"apiVersion: xdsd.io/v1\nkind: Service\nmetadata: {{name: extra-{i}}}\nspec:\n"
             f"  ports: [{{number: 80, protocol: HTTP}}]\n  endpoints: [{{address: 10.9.0.{i + 1}}}]\n"
         )
