@@ -65,6 +65,10 @@ The pipeline, one module per stage (``snapshot_for``):
 5. *raw* (``raw``): the raw resources, replacing generated ones of the same name;
 6. *consistent* (``consistent``): the snapshot, checked.
 
+A cold build of a large mesh hands a share of the base's services to another process
+first (``shared.SharedClusters.prepare``, when a ``split`` is given) and builds the parts
+while it works; the problems are reported in the order above all the same.
+
 Every resource is built through one ``memo.Memo`` keyed by its build function and
 arguments (never by hand), which the next translation looks up too; with
 ``XDSD_CHECK_MEMO=1`` every hit is rebuilt and compared (the translate tests run so).

@@ -110,6 +110,8 @@ class SharedClusters:
         self._prev_file_secrets = previous._file_secrets if previous is not None else {}
         # Per flavor value: a share of its cold build handed to ``split`` (``prepare``).
         self._pending: dict[str, _Pending] = {}
+        # The flavor values whose build ``prepare`` has considered handing on.
+        self._asked: set[str] = set()
 
     def base(
         self,
@@ -214,8 +216,9 @@ class SharedClusters:
         ``SPLIT_THRESHOLD`` services to build, no child could be made). Raises nothing:
         what cannot be built is left to ``base``, which reports it."""
         tag = flavor.value
-        if self._split is None or flavor in self._changed or tag in self._pending:
+        if self._split is None or flavor in self._changed or tag in self._asked:
             return False
+        self._asked.add(tag)
         pending = self._start(flavor, cluster, assignment, CHILD_SHARE)
         if pending is None:
             return False
@@ -294,7 +297,7 @@ class SharedClusters:
         """
         tag = flavor.value
         pending = self._pending.pop(tag, None)
-        if pending is None and self._split is not None:
+        if pending is None and self._split is not None and tag not in self._asked:
             pending = self._start(flavor, cluster, assignment, SOLO_SHARE)
         bound = pending.bound if pending is not None else self._bind()
         problems: list[Problem] = []
