@@ -66,8 +66,8 @@ SPLIT_THRESHOLD = 1000
 #: the base (the two processes build the services only). Measured: the child also pays
 #: for the fork and for the pages it touches, and this process for taking its
 #: resources over (docs/performance.md, "Cold build over two cores").
-CHILD_SHARE = 0.6
-SOLO_SHARE = 0.45
+CHILD_SHARE = 0.75
+SOLO_SHARE = 0.5
 
 #: Which base: the flavor, and the services of a scoped base (None: every service).
 BaseKey = tuple[ClusterFlavor, frozenset[ResourceKey] | None]
