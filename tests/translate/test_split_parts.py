@@ -342,3 +342,27 @@ def test_incremental_translations_after_a_split_cold_build(tmp_path: Path) -> No
     assert len(serial) == 5
     assert all(a != b for a, b in itertools.pairwise(serial))  # each edit shows
     assert forked == serial
+
+
+def test_mesh_state_with_a_split_serves_the_serial_snapshots(tmp_path: Path) -> None:
+    """Through the daemon's ``MeshState`` (which hands its split to the translation):
+    the first classes' snapshots and a reload's are the serial ones."""
+    from xdsd.state import MeshState
+
+    config = generated(tmp_path)
+    split = Counted()
+    states = [MeshState(str(config)), MeshState(str(config), split=split)]
+    got = []
+    for state in states:
+        state.reload()
+        first = [full(s) for s in map(state.snapshot, CLASSES) if s is not None]
+        got.append(first)
+    assert len(got[0]) == len(CLASSES) and got[1] == got[0]
+    assert split.given and all(split.given)
+    target = config / "services" / "svc-00027.toml"
+    target.write_text(target.read_text().replace('address = "10.', 'address = "11.', 1))
+    again = []
+    for state in states:
+        state.reload()
+        again.append([full(s) for s in map(state.snapshot, CLASSES) if s is not None])
+    assert again[1] == again[0] != got[0]
