@@ -65,6 +65,10 @@ The pipeline, one module per stage (``snapshot_for``):
 5. *raw* (``raw``): the raw resources, replacing generated ones of the same name;
 6. *consistent* (``consistent``): the snapshot, checked.
 
+A cold build of a large mesh hands a share of the base's services to another process
+first (``shared.SharedClusters.prepare``, when a ``split`` is given) and builds the parts
+while it works; the problems are reported in the order above all the same.
+
 Every resource is built through one ``memo.Memo`` keyed by its build function and
 arguments (never by hand), which the next translation looks up too; with
 ``XDSD_CHECK_MEMO=1`` every hit is rebuilt and compared (the translate tests run so).
@@ -259,21 +263,28 @@ class MeshTranslation:
         flavor = cluster_flavor(node)
         problems: list[Problem] = []
         scope = self._with_providers(node, self._scoping.scope(node))
+        builders = self._base_builders
+        # A cold build of many services starts a child building a share of them now,
+        # which works while the parts are built here; the problems are reported in the
+        # same order either way (the base's first).
+        overlap = self._bases.prepare(flavor, builders.cluster, builders.assignment, builders.adopt)
+        chosen: dict[Slot, Resource] = {}
+        part_problems = self._build_parts(node, scope, chosen) if overlap else []
         base: Snapshot | None = None
         try:
-            builders = self._base_builders
             base = self._bases.base(
-                flavor, builders.cluster, builders.assignment, scope.clusters, self._secrets.get
+                flavor,
+                builders.cluster,
+                builders.assignment,
+                scope.clusters,
+                self._secrets.get,
+                builders.adopt,
             )
         except TranslationError as err:
             problems.extend(err.problems)
-        chosen: dict[Slot, Resource] = {}
-        for part in self._parts_of(node, scope):
-            try:
-                for r in part():
-                    chosen[(r.type_url, r.name)] = r  # later parts replace earlier ones
-            except TranslationError as err:
-                problems.extend(p for p in err.problems if p not in problems)
+        if not overlap:
+            part_problems = self._build_parts(node, scope, chosen)
+        problems.extend(p for p in part_problems if p not in problems)
         if not problems and node.client is not ClientKind.GRPC:
             ip = self._scoping.instance_ip(node)
             problems.extend(apply_mesh_config(self._memo, self.mesh_config, node, ip, chosen))
@@ -294,6 +305,21 @@ class MeshTranslation:
         if problems or base is None:
             raise TranslationError(problems)
         return self._assembly.consistent(node, flavor, base, chosen, changes, scope.clusters)
+
+    def _build_parts(
+        self, node: NodeClass, scope: Scope, chosen: dict[Slot, Resource]
+    ) -> list[Problem]:
+        """Stage *parts*: ``node``'s parts put into ``chosen`` in order (a later one
+        replaces an earlier one of the same type and name); their problems, each once,
+        in order."""
+        problems: list[Problem] = []
+        for part in self._parts_of(node, scope):
+            try:
+                for r in part():
+                    chosen[(r.type_url, r.name)] = r  # later parts replace earlier ones
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
+        return problems
 
     def _with_providers(self, node: NodeClass, scope: Scope) -> Scope:
         """``scope`` with the services of the extension providers ``node``'s CUSTOM
