@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xdsd.forked import ForkSplit
+from xdsd import forked
+from xdsd.forked import ForkSplit, spare_core_in
 
 
 def _wait_gone(pid: int, deadline: float = 10.0) -> bool:
@@ -33,7 +34,7 @@ def _wait_gone(pid: int, deadline: float = 10.0) -> bool:
 
 
 def test_returns_what_the_work_returned_however_large() -> None:
-    split = ForkSplit()
+    split = ForkSplit(when_idle=False)
     payload = os.urandom(3 << 20)  # beyond any pipe buffer: read while written
     collect = split(lambda: payload[::-1])
     assert collect is not None
@@ -42,7 +43,9 @@ def test_returns_what_the_work_returned_however_large() -> None:
 
 def test_the_child_sees_the_parent_objects_as_at_the_fork() -> None:
     table = {i: str(i) * 3 for i in range(1000)}
-    collect = ForkSplit()(lambda: "".join(table[i] for i in range(0, 1000, 7)).encode())
+    collect = ForkSplit(when_idle=False)(
+        lambda: "".join(table[i] for i in range(0, 1000, 7)).encode()
+    )
     table.clear()  # the parent's change after the fork is not the child's
     assert collect is not None
     assert collect() == "".join(str(i) * 3 for i in range(0, 1000, 7)).encode()
@@ -52,7 +55,7 @@ def test_a_work_that_raises_gives_none() -> None:
     def work() -> bytes:
         raise ValueError("boom")
 
-    collect = ForkSplit()(work)
+    collect = ForkSplit(when_idle=False)(work)
     assert collect is not None
     assert collect() is None
 
@@ -62,7 +65,7 @@ def test_a_child_killed_gives_none() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
         return b"never"
 
-    collect = ForkSplit()(work)
+    collect = ForkSplit(when_idle=False)(work)
     assert collect is not None
     assert collect() is None
 
@@ -71,7 +74,7 @@ def test_a_child_that_exits_early_gives_none() -> None:
     def work() -> bytes:
         os._exit(0)
 
-    collect = ForkSplit()(work)
+    collect = ForkSplit(when_idle=False)(work)
     assert collect is not None
     assert collect() is None
 
@@ -84,7 +87,7 @@ def test_a_child_past_its_timeout_is_killed_and_reaped(tmp_path: Path) -> None:
         time.sleep(30)
         return b"late"
 
-    collect = ForkSplit(timeout=1.0)(work)
+    collect = ForkSplit(timeout=1.0, when_idle=False)(work)
     assert collect is not None
     started = time.monotonic()
     assert collect() is None
@@ -101,7 +104,7 @@ def test_a_collect_never_called_leaves_a_child_that_ends_itself(tmp_path: Path) 
         marker.write_text(str(os.getpid()))
         return b"x" * (4 << 20)  # blocks on the full pipe: nobody reads
 
-    split = ForkSplit(timeout=1.0)
+    split = ForkSplit(timeout=1.0, when_idle=False)
     collect = split(work)
     assert collect is not None
     deadline = time.monotonic() + 10
@@ -123,7 +126,7 @@ def test_the_child_holds_none_of_the_parent_descriptors() -> None:
                 return b"closed"
             return b"open"
 
-        collect = ForkSplit()(work)
+        collect = ForkSplit(when_idle=False)(work)
         assert collect is not None
         assert collect() == b"closed"
         # and the parent's end works, and closing it is seen at once by the peer
@@ -144,7 +147,7 @@ def test_the_child_logs_nothing_and_drops_the_daemons_signal_handlers() -> None:
             logging.getLogger("xdsd").error("from the child")
             return f"{logging.root.manager.disable}:{signal.getsignal(signal.SIGTERM)}".encode()
 
-        collect = ForkSplit()(work)
+        collect = ForkSplit(when_idle=False)(work)
         assert collect is not None
         assert collect() == f"{logging.CRITICAL}:{signal.SIG_DFL}".encode()
     finally:
@@ -160,7 +163,7 @@ def test_sigterm_ends_the_child_and_the_parent_does_the_work(tmp_path: Path) -> 
         time.sleep(30)
         return b"late"
 
-    collect = ForkSplit(timeout=60)(work)
+    collect = ForkSplit(timeout=60, when_idle=False)(work)
     assert collect is not None
     deadline = time.monotonic() + 10
     while not marker.exists() or not marker.read_text():
@@ -171,7 +174,7 @@ def test_sigterm_ends_the_child_and_the_parent_does_the_work(tmp_path: Path) -> 
 
 
 def test_collect_twice_is_a_bug() -> None:
-    collect = ForkSplit()(lambda: b"once")
+    collect = ForkSplit(when_idle=False)(lambda: b"once")
     assert collect is not None
     assert collect() == b"once"
     with pytest.raises(RuntimeError):
@@ -180,3 +183,26 @@ def test_collect_twice_is_a_bug() -> None:
 
 def test_for_machine_is_none_when_turned_off() -> None:
     assert ForkSplit.for_machine(enabled=False) is None
+
+
+def test_no_core_to_spare_no_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forked, "spare_core", lambda: False)
+    assert ForkSplit()(lambda: b"never run") is None
+    collect = ForkSplit(when_idle=False)(lambda: b"run")
+    assert collect is not None
+    assert collect() == b"run"
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus", "spare"),
+    [
+        (b"0.52 0.40 0.33 1/78 2642\n", 2, True),  # only this process runs
+        (b"1.52 1.40 1.33 2/78 2642\n", 2, False),  # another one runs too
+        (b"1.52 1.40 1.33 2/78 2642\n", 4, True),
+        (b"3.0 3.0 3.0 4/90 1\n", 4, False),
+        (b"", 2, True),  # not Linux's text: assume a core is free
+        (b"0.1 0.1 0.1 x/78 1\n", 2, True),
+    ],
+)
+def test_a_spare_core_is_read_from_the_running_count(text: bytes, cpus: int, spare: bool) -> None:
+    assert spare_core_in(text, cpus) is spare

@@ -66,12 +66,42 @@ _CHUNK = 1 << 20
 log = logging.getLogger(__name__)
 
 
+def spare_core() -> bool:
+    """True when a core looks free for the child right now: fewer processes running or
+    waiting to run than the machine has cores (``/proc/loadavg``'s fourth field counts
+    them, this process included); True when that cannot be read. A second process on a
+    busy machine only shares the same core: measured on a shared 2-core machine, the
+    split load is then 0.3-0.4 s slower than the serial one at 10,000 services."""
+    try:
+        fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 256)
+        finally:
+            os.close(fd)
+    except OSError:
+        return True
+    return spare_core_in(text, cores())
+
+
+def spare_core_in(loadavg: bytes, cpus: int) -> bool:
+    """``spare_core`` for the text of ``/proc/loadavg`` and ``cpus`` cores (True when
+    the text is not what Linux writes)."""
+    try:
+        running = int(loadavg.split()[3].split(b"/")[0])
+    except (IndexError, ValueError):
+        return True
+    return running < cpus
+
+
 class ForkSplit:
     """Runs work in forked children (see the module docstring). Not thread-safe: one
     thread starts and collects its children."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, when_idle: bool = True) -> None:
+        """``when_idle``: fork only when a core looks free (``spare_core``); a child on
+        a busy machine shares the parent's core and makes the build slower."""
         self.timeout = timeout
+        self.when_idle = when_idle
         # Children started and not reaped yet (a collect never called).
         self._children: set[int] = set()
 
@@ -84,8 +114,11 @@ class ForkSplit:
         return cls()
 
     def __call__(self, work: Work) -> Collect | None:
-        """Fork a child running ``work``; its collect, or None when it cannot fork."""
+        """Fork a child running ``work``; its collect, or None when it cannot fork or
+        (``when_idle``) no core is free."""
         self._reap_finished()
+        if self.when_idle and not spare_core():
+            return None
         try:
             read_end, write_end = os.pipe()
         except OSError as e:

@@ -25,6 +25,7 @@ from bench.meshgen import write_mesh
 from bench.rebuild import _classes
 from tests.fuzzing import deadline, fuzz_settings
 from tests.paths import CONFORMANCE, EXAMPLE_CONFIG
+from xdsd import forked
 from xdsd.errors import ConfigError
 from xdsd.forked import ForkSplit, Work
 from xdsd.sources import DirectoryLoader, config_file, split_parse
@@ -42,7 +43,7 @@ def low_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     """Split from two files on (small directories split as a large one would), whatever
     else the machine runs."""
     monkeypatch.setattr(split_parse, "SPLIT_FILES", 2)
-    monkeypatch.setattr(split_parse, "spare_core", lambda: True)
+    monkeypatch.setattr(forked, "spare_core", lambda: True)
 
 
 class Tampered(ForkSplit):
@@ -375,7 +376,8 @@ def test_unreadable_files_give_the_same_problems(tmp_path: Path) -> None:
             from xdsd.forked import ForkSplit
             from xdsd.sources import DirectoryLoader, split_parse
             split_parse.SPLIT_FILES = 2
-            split_parse.spare_core = lambda: True
+            import xdsd.forked
+            xdsd.forked.spare_core = lambda: True
             out = []
             for split in (None, ForkSplit(timeout=60)):
                 loader = DirectoryLoader({str(config)!r})
@@ -481,28 +483,3 @@ def test_a_split_build_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
-
-
-def test_no_core_to_spare_no_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_mesh(tmp_path, 10, endpoints=2, ports=3)
-    monkeypatch.setattr(split_parse, "spare_core", lambda: False)
-    forks: list[Work] = []
-    loader = DirectoryLoader(str(config))
-    loader.split = lambda work: forks.append(work)  # type: ignore[func-returns-value]
-    assert outcome(loader) == outcome(DirectoryLoader(str(config)))
-    assert forks == [] and loader.last_split is None
-
-
-@pytest.mark.parametrize(
-    ("text", "cpus", "spare"),
-    [
-        (b"0.52 0.40 0.33 1/78 2642\n", 2, True),  # only this process runs
-        (b"1.52 1.40 1.33 2/78 2642\n", 2, False),  # another one runs too
-        (b"1.52 1.40 1.33 2/78 2642\n", 4, True),
-        (b"3.0 3.0 3.0 4/90 1\n", 4, False),
-        (b"", 2, True),  # not Linux's text: assume a core is free
-        (b"0.1 0.1 0.1 x/78 1\n", 2, True),
-    ],
-)
-def test_a_spare_core_is_read_from_the_running_count(text: bytes, cpus: int, spare: bool) -> None:
-    assert split_parse.spare_core_in(text, cpus) is spare

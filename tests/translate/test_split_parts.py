@@ -65,7 +65,7 @@ class Counted:
     """A split that records what its children gave (None: no bytes)."""
 
     def __init__(self, change: Callable[[Work], Collect | None] | None = None) -> None:
-        self.fork = ForkSplit()
+        self.fork = ForkSplit(when_idle=False)
         self.change = change
         self.given: list[bytes | None] = []
 
@@ -133,7 +133,7 @@ def test_a_child_for_the_first_flavor_only_then_serial(tmp_path: Path) -> None:
     """The REST and gRPC flavors built here after a child built the ADS flavor's share
     (their assignments taken over from it) are the serial ones."""
     mesh = load_directory(str(generated(tmp_path))).mesh
-    fork = ForkSplit()
+    fork = ForkSplit(when_idle=False)
     calls: list[int] = []
 
     def once(work: Work) -> Collect | None:
@@ -200,7 +200,7 @@ def test_mesh_mtls_on(tmp_path: Path) -> None:
 
 def _tampered(change: Callable[[tuple[list[object], ...]], tuple[object, ...]]) -> Split:
     """A split whose child's bytes are decoded, changed and encoded again."""
-    fork = ForkSplit()
+    fork = ForkSplit(when_idle=False)
 
     def split(work: Work) -> Collect | None:
         collect = fork(work)
@@ -217,7 +217,7 @@ def _tampered(change: Callable[[tuple[list[object], ...]], tuple[object, ...]]) 
 
 
 def _child_does(make: Callable[[Work], Work]) -> Split:
-    fork = ForkSplit()
+    fork = ForkSplit(when_idle=False)
     return lambda work: fork(make(work))
 
 

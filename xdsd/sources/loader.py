@@ -275,9 +275,9 @@ class DirectoryLoader:
     def _parse_many(self, paths: list[str], budget: Budget) -> dict[str, FileResult]:
         """Each of ``paths`` parsed, in their order, charging ``budget`` as one by one.
 
-        With ``split`` set, at least ``SPLIT_FILES`` of them and a core to spare
-        (``split_parse.spare_core``), a tail of ``paths`` goes to another process
-        (``split_parse``) while the head is parsed here; its
+        With ``split`` set and at least ``SPLIT_FILES`` of them, a tail of ``paths`` goes
+        to another process (``split_parse``; ``forked.ForkSplit`` forks only with a core
+        to spare) while the head is parsed here; its
         results are then taken in order, each charged to ``budget`` as the serial read
         would charge it, and a file the child could not give cleanly (a problem, beyond
         the budget, or every file when its bytes are not exactly their results) is
@@ -285,7 +285,7 @@ class DirectoryLoader:
         count = len(paths)
         share = int(count * split_parse.CHILD_SHARE) if count >= split_parse.SPLIT_FILES else 0
         collect = None
-        if self.split is not None and share > 0 and split_parse.spare_core():
+        if self.split is not None and share > 0:
             tail = paths[len(paths) - share :]
             root, limits = self.root, self.limits
             collect = self.split(lambda: split_parse.parse_share(root, tail, limits))

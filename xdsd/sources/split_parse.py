@@ -1,7 +1,7 @@
 """A share of a cold load's files parsed in another process, its results sent back as bytes.
 
 ``DirectoryLoader`` hands the tail of a large cold load's files to ``xdsd.forked``'s
-split when a core is free (``spare_core``): the child runs ``parse_share``
+split (which forks only when a core is free: ``forked.spare_core``): the child runs ``parse_share``
 (``parse_config_file`` on each file, without the load's ``Budget``, which only the
 parent can count) and returns ``encode``'s bytes; the parent, having parsed its own
 share, turns them back with ``decode``. Whatever goes wrong
@@ -40,7 +40,6 @@ import hashlib
 import importlib
 import io
 import operator
-import os
 import pickle
 import pkgutil
 from collections.abc import Callable, Sequence
@@ -73,30 +72,6 @@ _Setter = Callable[[object, object], None]
 _SETTERS: dict[type, tuple[_Setter, ...]] = {}
 #: A reducer: an object → its maker and the maker's arguments.
 _Reducer = Callable[[Any], tuple[Callable[..., Any], tuple[Any, ...]]]
-
-
-def spare_core() -> bool:
-    """True when a core looks free for the child right now: fewer processes running or
-    waiting to run than the machine has cores (``/proc/loadavg``'s fourth field counts
-    them, this process included); True when that cannot be read. A second process on a
-    busy machine only shares the same core: measured on a shared 2-core machine, the
-    split load is then 0.3-0.4 s slower than the serial one at 10,000 services."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            text = f.read(256)
-    except OSError:
-        return True
-    return spare_core_in(text, os.cpu_count() or 1)
-
-
-def spare_core_in(loadavg: bytes, cpus: int) -> bool:
-    """``spare_core`` for the text of ``/proc/loadavg`` and ``cpus`` cores (True when
-    the text is not what Linux writes)."""
-    try:
-        running = int(loadavg.split()[3].split(b"/")[0])
-    except (IndexError, ValueError):
-        return True
-    return running < cpus
 
 
 def parse_share(root: str, paths: Sequence[str], limits: ParseLimits) -> bytes:
