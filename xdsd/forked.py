@@ -9,7 +9,8 @@ crosses, so ``work`` must return the cheapest form of its result (encoded resour
 pickled model objects).
 
 Contract (``ForkSplit.__call__``): ``split(work)`` returns a *collect* callable, or None
-when no child can be made (forking is off, the machine has one core, ``fork`` failed);
+when no child can be made (forking is off, the machine has one core, no core is free at
+that moment, ``fork`` failed);
 the caller then does the work itself. ``collect()`` returns ``work()``'s bytes, or None
 when the child failed in any way (raised, was killed, exited early, wrote less than it
 said, or did not finish within ``timeout`` seconds of the fork, when it is killed); it
