@@ -206,3 +206,76 @@ def test_no_core_to_spare_no_fork(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_a_spare_core_is_read_from_the_running_count(text: bytes, cpus: int, spare: bool) -> None:
     assert spare_core_in(text, cpus) is spare
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_abandon_ends_every_child_whose_collect_was_not_called(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+
+    def work() -> bytes:
+        marker.write_text(str(os.getpid()))
+        return b"x" * (4 << 20)  # blocks on the full pipe: nobody reads
+
+    split = ForkSplit(when_idle=False)
+    before = _open_descriptors()
+    collect = split(work)
+    assert collect is not None
+    deadline = time.monotonic() + 10
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert split.abandon() == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(int(marker.read_text()), os.WNOHANG)  # killed and reaped
+    assert _open_descriptors() == before  # its pipe closed
+    with pytest.raises(RuntimeError):
+        collect()
+    assert split.abandon() == 0
+
+
+def test_a_child_sending_more_than_max_bytes_failed() -> None:
+    split = ForkSplit(when_idle=False, max_bytes=1000)
+    collect = split(lambda: b"y" * 5000)
+    assert collect is not None
+    assert collect() is None
+    collect = split(lambda: b"y" * 1000)
+    assert collect is not None
+    assert collect() == b"y" * 1000
+
+
+def test_a_build_that_raises_between_fork_and_collect_leaves_no_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's state ends what a failed build left: the class parts raising (a bug)
+    after the translation's child was made."""
+    from bench.meshgen import write_mesh
+    from xdsd.state import MeshState
+    from xdsd.translate import NodeClass, mesh, shared
+
+    config = write_mesh(tmp_path, 40, endpoints=2)
+    monkeypatch.setattr(shared, "SPLIT_THRESHOLD", 2)
+    split = ForkSplit(when_idle=False)
+    state = MeshState(str(config), split=split)
+    assert state.reload()
+    started: list[object] = []
+    real_call = ForkSplit.__call__
+
+    def counting(self: ForkSplit, work: object) -> object:
+        found = real_call(self, work)  # type: ignore[arg-type]
+        started.append(found)
+        return found
+
+    def boom(*args: object) -> list[object]:
+        raise ValueError("a bug in a listener builder")
+
+    monkeypatch.setattr(ForkSplit, "__call__", counting)
+    monkeypatch.setattr(mesh.MeshTranslation, "_build_parts", boom)
+    before = _open_descriptors()
+    with pytest.raises(ValueError):
+        state.snapshot(NodeClass(service="svc-00001"))
+    assert started and started[0] is not None  # a child was made
+    assert split._pending == {}
+    assert _open_descriptors() == before

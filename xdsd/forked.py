@@ -15,8 +15,9 @@ the caller then does the work itself. ``collect()`` returns ``work()``'s bytes, 
 when the child failed in any way (raised, was killed, exited early, wrote less than it
 said, or did not finish within ``timeout`` seconds of the fork, when it is killed); it
 always reaps the child, and may be called once. A caller that does not call it (it
-raised) leaves a child that ends itself at the same deadline (``SIGALRM``, default
-action) and is reaped by the next ``collect`` of this ``ForkSplit`` or at exit. So a
+raised) leaves a child that ``abandon`` ends (the daemon's state calls it after every
+load and translation), and that would end itself at the same deadline anyway
+(``SIGALRM``, default action). So a
 caller is correct whatever the child does: None means "do it yourself", and bytes are
 exactly what ``work()`` returned in the child.
 
@@ -61,6 +62,9 @@ Split = Callable[[Work], Collect | None]
 DEFAULT_TIMEOUT = 120.0
 #: The signals whose handlers the child drops (the daemon's, and Ctrl-C's).
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: The most a child may send (bytes): a cold build's share is a fraction of the config
+#: files' bytes (``max_config_bytes``, 256 MiB by default) or of the encoded resources.
+DEFAULT_MAX_BYTES = 2 << 30
 _HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 20
 
@@ -98,13 +102,21 @@ class ForkSplit:
     """Runs work in forked children (see the module docstring). Not thread-safe: one
     thread starts and collects its children."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, when_idle: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        when_idle: bool = True,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         """``when_idle``: fork only when a core looks free (``spare_core``); a child on
-        a busy machine shares the parent's core and makes the build slower."""
+        a busy machine shares the parent's core and makes the build slower.
+        ``max_bytes``: the most a child may send (more: it failed)."""
         self.timeout = timeout
         self.when_idle = when_idle
-        # Children started and not reaped yet (a collect never called).
-        self._children: set[int] = set()
+        self.max_bytes = max_bytes
+        # The children whose collect has not been called: pid → the pipe's read end.
+        self._pending: dict[int, int] = {}
 
     @classmethod
     def for_machine(cls, enabled: bool = True) -> ForkSplit | None:
@@ -117,7 +129,6 @@ class ForkSplit:
     def __call__(self, work: Work) -> Collect | None:
         """Fork a child running ``work``; its collect, or None when it cannot fork or
         (``when_idle``) no core is free."""
-        self._reap_finished()
         if self.when_idle and not spare_core():
             return None
         try:
@@ -135,20 +146,16 @@ class ForkSplit:
         if pid == 0:  # the child: never returns
             _child(work, write_end, self.timeout)
         os.close(write_end)
-        self._children.add(pid)
-        started = time.monotonic()
-        done = False
+        self._pending[pid] = read_end
+        deadline = time.monotonic() + self.timeout
 
         def collect() -> bytes | None:
-            nonlocal done
-            if done:
-                raise RuntimeError("collected twice")
-            done = True
+            if self._pending.pop(pid, None) is None:
+                raise RuntimeError("collected twice, or after abandon()")
             try:
-                data = _read_all(read_end, started + self.timeout)
+                data = _read_all(read_end, deadline, _HEADER.size + self.max_bytes)
             finally:
-                os.close(read_end)
-                self._end(pid, kill=True)
+                _end(pid, read_end)
             if data is None or len(data) < _HEADER.size:
                 return None
             (size,) = _HEADER.unpack_from(data)
@@ -158,30 +165,32 @@ class ForkSplit:
 
         return collect
 
-    def _end(self, pid: int, *, kill: bool) -> None:
-        """Reap ``pid`` (killed first when ``kill``: it wrote everything or failed)."""
-        if kill:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        self._children.discard(pid)
-
-    def _reap_finished(self) -> None:
-        """Reap the children of collects never called that have ended."""
-        for pid in list(self._children):
-            try:
-                ended, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                ended = pid
-            if ended:
-                self._children.discard(pid)
+    def abandon(self) -> int:
+        """End every child whose collect was not called (its caller raised): killed,
+        reaped, its pipe closed; their collects may no longer be called. Returns how
+        many there were. The daemon's state calls it after every load and translation,
+        so a failure between a fork and its collect leaks nothing."""
+        pending, self._pending = self._pending, {}
+        for pid, read_end in pending.items():
+            _end(pid, read_end)
+        return len(pending)
 
 
-def _read_all(fd: int, deadline: float) -> bytes | None:
+def _end(pid: int, read_end: int) -> None:
+    """Close the pipe of ``pid``, kill it (it wrote everything, failed or is abandoned)
+    and reap it: a pid is killed only while it is still our unreaped child."""
+    os.close(read_end)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _read_all(fd: int, deadline: float, most: int) -> bytes | None:
     """Everything the child writes up to its end of the pipe closing; None at the
-    deadline."""
+    deadline or beyond ``most`` bytes."""
     chunks: list[bytes] = []
+    size = 0
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while True:
@@ -196,6 +205,9 @@ def _read_all(fd: int, deadline: float) -> bytes | None:
             continue
         if not chunk:
             return b"".join(chunks)
+        size += len(chunk)
+        if size > most:
+            return None
         chunks.append(chunk)
 
 
@@ -205,10 +217,11 @@ def _child(work: Work, fd: int, timeout: float) -> None:
     try:
         _detach(fd, timeout)
         data = work()
-        view = memoryview(_HEADER.pack(len(data)) + data)
-        while view:
-            written = os.write(fd, view[:_CHUNK])
-            view = view[written:]
+        for part in (_HEADER.pack(len(data)), data):
+            view = memoryview(part)
+            while view:
+                written = os.write(fd, view[:_CHUNK])
+                view = view[written:]
         status = 0
     except BaseException:  # any failure: the parent does the work
         status = 1
@@ -226,9 +239,24 @@ def _detach(fd: int, timeout: float) -> None:
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(max(1, int(timeout + 0.999)))
-    os.closerange(3, fd)
-    os.closerange(fd + 1, _max_fd())
+    _close_inherited(fd)
     logging.disable(logging.CRITICAL)
+
+
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor above the standard three but ``keep``: those
+    ``/proc/self/fd`` lists (a loop over every possible number would take minutes under a
+    huge descriptor limit without ``close_range``), else up to the limit."""
+    try:
+        listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        os.closerange(3, keep)
+        os.closerange(keep + 1, _max_fd())
+        return
+    for fd in listed:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):  # the listing's own, already closed
+                os.close(fd)
 
 
 def _max_fd() -> int:

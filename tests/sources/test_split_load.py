@@ -483,3 +483,66 @@ def test_a_split_build_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+def test_the_child_reads_nothing_beyond_the_budget_left_at_the_fork(tmp_path: Path) -> None:
+    """A hostile directory of large files costs the child no more than the serial load:
+    a file beyond what was left of ``max_config_bytes`` when the child was made is not
+    read there (it comes back as None, for the parent to charge and refuse in order)."""
+    config = write_mesh(tmp_path, 20, endpoints=4, ports=2)
+    paths = list_config_files(str(config), [])
+    sizes = [os.stat(p).st_size for p in paths]
+    read: list[str] = []
+    real = split_parse.parse_config_file
+
+    def counting(root: str, path: str, **kw: object) -> FileResult:
+        entry = real(root, path, **kw)  # type: ignore[arg-type]
+        if not entry.problems:
+            read.append(path)
+        return entry
+
+    left = sum(sizes[:5]) + sizes[5] // 2  # room for five files and half of the sixth
+    split_parse.parse_config_file = counting  # type: ignore[assignment]
+    try:
+        data = split_parse.parse_share(str(config), paths, ParseLimits(), left)
+    finally:
+        split_parse.parse_config_file = real  # type: ignore[assignment]
+    results = split_parse.decode(data, paths)
+    assert results is not None
+    assert read == paths[:5]
+    assert [r is not None for r in results] == [True] * 5 + [False] * (len(paths) - 5)
+
+
+def test_a_directory_beyond_the_budget_splits_to_the_serial_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_mesh(tmp_path, 30, endpoints=4, ports=2)
+    total = sum(os.stat(p).st_size for p in list_config_files(str(config), []))
+    for share in (0.2, 0.5, 0.9):
+        both(config, caplog, limits=ParseLimits(max_config_bytes=int(total * share)))
+
+
+def test_decode_never_raises_for_a_half_made_object() -> None:
+    """A pickle of an allowed class whose slots were never set (``copyreg.__newobj__``)
+    where a result's problems belong: None, not an exception from using it."""
+    import copyreg
+    import io
+
+    from xdsd.model import gateway_api
+
+    class Fake:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (copyreg.__newobj__, (Fake,))
+
+    Fake.__module__, Fake.__qualname__ = gateway_api.__name__, "GatewayAPI"
+    entry = split_parse._file_result((1, 2, 3, 4, 5), (), (), Fake())  # type: ignore[arg-type]
+    real = gateway_api.GatewayAPI
+    gateway_api.GatewayAPI = Fake  # type: ignore[misc,assignment]
+    try:
+        out = io.BytesIO()
+        split_parse._Pickler(out, pickle.HIGHEST_PROTOCOL).dump((("p",), [entry]))
+    finally:
+        gateway_api.GatewayAPI = real  # type: ignore[misc]
+    raw = out.getvalue()
+    data = hashlib.blake2b(raw, digest_size=16).digest() + raw
+    assert split_parse.decode(data, ["p"]) is None

@@ -287,8 +287,8 @@ class DirectoryLoader:
         collect = None
         if self.split is not None and share > 0:
             tail = paths[len(paths) - share :]
-            root, limits = self.root, self.limits
-            collect = self.split(lambda: split_parse.parse_share(root, tail, limits))
+            root, limits, left = self.root, self.limits, budget.left
+            collect = self.split(lambda: split_parse.parse_share(root, tail, limits, left))
         if collect is None:
             return {p: self._read(p, budget) for p in paths}
         head = paths[: len(paths) - share]

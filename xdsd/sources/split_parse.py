@@ -1,11 +1,13 @@
 """A share of a cold load's files parsed in another process, its results sent back as bytes.
 
 ``DirectoryLoader`` hands the tail of a large cold load's files to ``xdsd.forked``'s
-split (which forks only when a core is free: ``forked.spare_core``): the child runs ``parse_share``
-(``parse_config_file`` on each file, without the load's ``Budget``, which only the
-parent can count) and returns ``encode``'s bytes; the parent, having parsed its own
-share, turns them back with ``decode``. Whatever goes wrong
-is the parent's to redo, so the load is exactly the serial one:
+split (which forks only when a core is free: ``forked.spare_core``): the child runs
+``parse_share`` (``parse_config_file`` on each file, under what was left of the load's
+``Budget`` when it was made: only the parent can charge it in listing order, but nothing
+the child reads can be beyond that, so a hostile directory costs the child no more than
+the serial load) and returns ``encode``'s bytes; the parent, having parsed its own
+share, turns them back with ``decode``. Whatever goes wrong is the parent's to redo, so
+the load is exactly the serial one:
 
 - a file whose result has any problem (an error, a warning, an internal error, which
   the child cannot log) is sent as None: the parent parses it again itself, reporting
@@ -48,7 +50,7 @@ from typing import Any
 import xdsd.model
 from xdsd.model import Endpoint, Origin, Service
 from xdsd.model.rules import Subset
-from xdsd.sources.config_file import FileResult, parse_config_file
+from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.limits import ParseLimits
 
 #: A cold load parses its files in two processes from this many files to parse on
@@ -74,13 +76,17 @@ _SETTERS: dict[type, tuple[_Setter, ...]] = {}
 _Reducer = Callable[[Any], tuple[Callable[..., Any], tuple[Any, ...]]]
 
 
-def parse_share(root: str, paths: Sequence[str], limits: ParseLimits) -> bytes:
-    """Parse ``paths`` (files of the config directory ``root``) under ``limits`` but no
-    budget; the bytes ``decode`` turns back into their results, None for each file
-    with a problem (for the parent to parse again)."""
+def parse_share(root: str, paths: Sequence[str], limits: ParseLimits, left: int) -> bytes:
+    """Parse ``paths`` (files of the config directory ``root``) under ``limits``, with
+    ``left`` bytes of the load's budget (what it had when the child was made: the
+    parent's own share only uses more of it, so a file beyond ``left`` is beyond the
+    budget in the serial order too, and is not read here either); the bytes ``decode``
+    turns back into their results, None for each file with a problem (for the parent to
+    parse again, charging the budget in order)."""
+    budget = Budget(left, limits.max_config_bytes)
     results: list[FileResult | None] = []
     for path in paths:
-        entry = parse_config_file(root, path, limits=limits)
+        entry = parse_config_file(root, path, limits=limits, budget=budget)
         results.append(None if entry.problems else entry)
     return encode(tuple(paths), results)
 
@@ -98,17 +104,24 @@ def decode(data: bytes, paths: Sequence[str]) -> list[FileResult | None] | None:
     file to parse again); None when ``data`` is anything else (then parse them all).
     Reads only our own child's bytes (see the module docstring); never raises for
     them."""
+    try:
+        return _decoded(data, paths)
+    except Exception:  # truncated, garbled, a global refused, a half-made object
+        return None
+
+
+def _decoded(data: bytes, paths: Sequence[str]) -> list[FileResult | None] | None:
+    """``decode``, which may raise for bytes that are not ``encode``'s."""
     digest, data = data[:_DIGEST], data[_DIGEST:]
     if hashlib.blake2b(data, digest_size=_DIGEST).digest() != digest:
         return None
-    try:
-        value = _Unpickler(io.BytesIO(data)).load()
-    except Exception:  # truncated, garbled, a global refused: parse them here
-        return None
+    value = _Unpickler(io.BytesIO(data)).load()
     if type(value) is not tuple or len(value) != 2:
         return None
     sent, results = value
     if type(sent) is not tuple or type(results) is not list or len(results) != len(paths):
+        return None
+    if len(sent) != len(paths) or any(type(p) is not str for p in sent):
         return None
     if list(sent) != list(paths):
         return None
@@ -120,7 +133,7 @@ def decode(data: bytes, paths: Sequence[str]) -> list[FileResult | None] | None:
 
 def _plain_result(entry: object) -> bool:
     """True for a ``FileResult`` of a file read without problems."""
-    if type(entry) is not FileResult or entry.problems:
+    if type(entry) is not FileResult or type(entry.problems) is not tuple or entry.problems:
         return False
     stamp = entry.stamp
     return (
