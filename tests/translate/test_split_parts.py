@@ -81,6 +81,10 @@ class Counted:
 
         return counted
 
+    def abandon(self) -> int:
+        """``ForkSplit.abandon`` of the real split (what ``MeshState`` calls)."""
+        return self.fork.abandon()
+
 
 def generated(root: Path, sidecar: bool = True) -> Path:
     config = write_mesh(root, SERVICES)
