@@ -2,8 +2,7 @@
 
 ``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor,vhds]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``, the plain YAML
-reader against libyaml (``tests/sources/test_plain_yaml.py``), the decoding of a split
-load's child bytes (``tests/sources/test_split_load.py``),
+reader against libyaml (``tests/sources/test_plain_yaml.py``),
 ``tests/protocol/test_fuzz_protocol.py``, ``tests/transports/test_fuzz_transports.py`` and
 the VHDS subscriptions of ``tests/protocol/test_vhds.py``
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
@@ -25,9 +24,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {
     "loader": "tests/sources/test_fuzz_loader.py",
-    "split_parse": (
-        "tests/sources/test_split_load.py::test_fuzz_decode_of_changed_child_bytes_never_raises"
-    ),
     "plain_yaml": "tests/sources/test_plain_yaml.py::test_fuzz_plain_yaml_agrees_with_libyaml",
     "protocol": "tests/protocol/test_fuzz_protocol.py",
     "transport": "tests/transports/test_fuzz_transports.py",

@@ -23,22 +23,18 @@ conditions) next to it without them: cold build, each further class, one service
 changed, and one policy's file changed (a policy selecting a watched class; the
 mesh-wide one, which every class takes), with the ratios.
 
-Cold builds run as the daemon's do: with a share of the work in a forked child
-(``xdsd.forked``, the settings' ``fork_builds``) when the machine has two cores;
-``--one-core`` turns it off. CPU time is this process's; the child's is reported apart.
-
 With ``--baseline TREE`` (a checkout of other code, e.g. ``git worktree add ../base REV``),
 the largest mesh is measured side by side instead: ``--runs`` times, alternately with
-TREE's code and this tree's (and, with ``--one-core``, this tree's without the forked
-child), a cold build in a fresh Python process (``MeshState.reload`` then the first
-class's snapshot, imports excluded; wall, CPU, peak RSS; the forked child's CPU and peak
-RSS), then in ``--edit-runs`` fresh processes per tree, alternately, the one-file change
-(``--edits`` edits) and its peak RSS; medians, p99 and the load average. Every row must
-produce the same snapshots (checked: a digest of every watched class's resources and
-versions).
+TREE's code and this tree's, a cold build in a fresh Python process (``MeshState.reload``
+then the first class's snapshot, imports excluded; wall, CPU, peak RSS), then in
+``--edit-runs`` fresh processes per tree, alternately, the one-file change (``--edits``
+edits) and its peak RSS; medians, p99 and the load average. Both trees' bytecode is
+compiled first, so that neither compiles the modules its load imports lazily while
+timed. Both trees must produce the same snapshots (checked: a digest of every watched
+class's resources and versions).
 
 ``python -m bench rebuild [--services 100,1000,10000] [--endpoints 10] [--edits 20]
-[--runs 3] [--mtls] [--policies 1000] [--baseline TREE] [--one-core]``
+[--runs 3] [--mtls] [--policies 1000] [--baseline TREE]``
 """
 
 from __future__ import annotations
@@ -57,7 +53,6 @@ from typing import Any
 from bench._trees import compile_bytecode
 from bench.meshgen import policy_text, write_mesh, write_policies
 from xdsd.app import MeshState
-from xdsd.forked import ForkSplit
 from xdsd.model.mesh_config import DEFAULT_MESH_CONFIG, MeshConfig, MeshTLS, MTLSMode
 from xdsd.translate import NodeClass
 
@@ -105,20 +100,17 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def cold(
-    config: Path, runs: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG, split: bool = True
-) -> dict[str, Any]:
+def cold(config: Path, runs: int, mesh: MeshConfig = DEFAULT_MESH_CONFIG) -> dict[str, Any]:
     """Median cold-build figures (ms) over ``runs`` in-process builds, the way the daemon
-    builds: ``MeshState.reload`` then a class's first snapshot, with a share of the work
-    in a forked child when ``split`` (the daemon's ``fork_builds``) and the machine has
-    two cores. Wall and CPU time of this process (the child's is not counted)."""
+    builds: ``MeshState.reload`` then a class's first snapshot. Wall and CPU time (the
+    machine is shared: CPU time is the steadier figure)."""
     wall: dict[str, list[float]] = {"load": [], "first": [], "more": []}
     cpu: dict[str, list[float]] = {"load": [], "first": [], "more": []}
     size = 0
     for _ in range(runs):
         classes = _classes()
         marks = [(time.perf_counter(), time.process_time())]
-        state = MeshState(str(config), mesh_config=mesh, split=ForkSplit.for_machine(split))
+        state = MeshState(str(config), mesh_config=mesh)
         state.reload()
         marks.append((time.perf_counter(), time.process_time()))
         first = state.snapshot(classes[0])
@@ -216,12 +208,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=3, help="cold builds per size")
     parser.add_argument("--mtls", action="store_true", help="with mesh mutual TLS (STRICT)")
     parser.add_argument(
-        "--one-core",
-        action="store_true",
-        help="build without the forked child (fork_builds = false); with --baseline, a "
-        "third row: this tree on one core",
-    )
-    parser.add_argument(
         "--policies",
         type=int,
         default=0,
@@ -249,7 +235,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         for n in sizes:
             config = write_mesh(Path(tmp) / str(n), n, endpoints=args.endpoints)
             mesh = mesh_tls(Path(tmp) / str(n), n) if args.mtls else DEFAULT_MESH_CONFIG
-            results["cold"][str(n)] = cold(config, args.runs, mesh, split=not args.one_core)
+            results["cold"][str(n)] = cold(config, args.runs, mesh)
         results["one_file"] = one_file(config, args.edits, mesh)
         results["one_file"]["services"] = sizes[-1]
         if args.policies:
@@ -348,14 +334,9 @@ from bench.rebuild import _classes, one_file
 from pathlib import Path
 config, mode, edits = sys.argv[1], sys.argv[2], int(sys.argv[3])
 out = {}
-kw = {}
-import inspect
-if mode == "cold" and sys.argv[4] == "split" and "split" in inspect.signature(MeshState).parameters:
-    from xdsd.forked import ForkSplit  # the daemon's default where the tree has it
-    kw["split"] = ForkSplit.for_machine()
 if mode == "cold":
     t, c = time.perf_counter(), time.process_time()
-    state = MeshState(config, **kw)
+    state = MeshState(config)
     state.reload()
     out["load"] = time.perf_counter() - t
     out["load_cpu"] = time.process_time() - c
@@ -372,19 +353,15 @@ if mode == "cold":
 else:
     out = one_file(Path(config), edits)
 out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-children = resource.getrusage(resource.RUSAGE_CHILDREN)
-out["child_cpu"] = children.ru_utime + children.ru_stime
-out["child_rss_mb"] = children.ru_maxrss / 1024
 print(json.dumps(out))
 """
 
 
-def _fresh(tree: Path, config: Path, mode: str, edits: int, split: bool = True) -> dict[str, Any]:
-    """One fresh process running ``_FRESH`` with ``tree``'s code (and its forked child
-    when ``split`` and the tree has one)."""
+def _fresh(tree: Path, config: Path, mode: str, edits: int) -> dict[str, Any]:
+    """One fresh process running ``_FRESH`` with ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-c", _FRESH, str(config), mode, str(edits), "split" if split else "-"],
+        [sys.executable, "-c", _FRESH, str(config), mode, str(edits)],
         env=env,
         cwd=str(tree),
         capture_output=True,
@@ -407,10 +384,8 @@ def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dic
     alternately with ``baseline``'s code and this tree's, each in fresh processes."""
     here = Path(__file__).resolve().parent.parent
     trees = {"baseline": baseline, "this tree": here}
-    for tree in (baseline, here):  # the lazy imports a load makes: read, not compiled
+    for tree in trees.values():  # the lazy imports a load makes: read, not compiled
         compile_bytecode(tree)
-    if args.one_core:
-        trees["one core"] = here  # this tree with fork_builds = false
     cold_runs: dict[str, list[dict[str, Any]]] = {k: [] for k in trees}
     edits: dict[str, list[dict[str, Any]]] = {}
     loads = [os.getloadavg()[0]]
@@ -418,13 +393,10 @@ def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dic
         config = write_mesh(Path(tmp), services, endpoints=args.endpoints)
         for _ in range(args.runs):
             for label, tree in trees.items():
-                split = label != "one core"
-                cold_runs[label].append(_fresh(tree, config, "cold", 0, split))
+                cold_runs[label].append(_fresh(tree, config, "cold", 0))
                 loads.append(os.getloadavg()[0])
         for run in range(args.edit_runs):
             for i, (label, tree) in enumerate(trees.items()):
-                if label == "one core":
-                    continue  # the edits do not fork: the same as "this tree"
                 # a mesh of its own: the edits write the same addresses in turn
                 root = Path(tmp) / f"edits-{run}-{i}"
                 fresh = write_mesh(root, services, endpoints=args.endpoints)
@@ -453,17 +425,14 @@ def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dic
             "load_p50_s": round(statistics.median(r["load"] for r in runs), 3),
             "cpu_p50_s": round(statistics.median(r["cpu"] for r in runs), 3),
             "cold_rss_mb": round(statistics.median(r["rss_mb"] for r in runs), 1),
-            "child_cpu_p50_s": round(statistics.median(r.get("child_cpu", 0.0) for r in runs), 3),
-            "child_rss_mb": round(statistics.median(r.get("child_rss_mb", 0.0) for r in runs), 1),
-            "one_file": edits.get(label, edits["this tree"]),
+            "one_file": edits[label],
         }
         out[label] = row
-        runs_edits = row["one_file"]
         e = {
-            "p50_ms": statistics.median(r["p50_ms"] for r in runs_edits),
-            "p99_ms": max(r["p99_ms"] for r in runs_edits),
-            "max_ms": max(r["max_ms"] for r in runs_edits),
-            "rss_mb": max(r["rss_mb"] for r in runs_edits),
+            "p50_ms": statistics.median(r["p50_ms"] for r in edits[label]),
+            "p99_ms": max(r["p99_ms"] for r in edits[label]),
+            "max_ms": max(r["max_ms"] for r in edits[label]),
+            "rss_mb": max(r["rss_mb"] for r in edits[label]),
         }
         row["one_file_summary"] = e
         print(
@@ -478,9 +447,7 @@ def side_by_side(baseline: Path, services: int, args: argparse.Namespace) -> dic
         out[label]["load_cpu_p50_s"] = round(statistics.median(load_cpu), 3)
         print(
             f"{label}: load (MeshState.reload) CPU p50 {statistics.median(load_cpu):.2f} s, "
-            f"p99 {_p99(load_cpu):.2f} s; cold CPU p99 {_p99(cpu):.2f} s; forked child "
-            f"CPU p50 {out[label]['child_cpu_p50_s']:.2f} s, peak RSS "
-            f"{out[label]['child_rss_mb']:.0f} MB"
+            f"p99 {_p99(load_cpu):.2f} s; cold CPU p99 {_p99(cpu):.2f} s"
         )
-    print(f"same snapshots from every row: {same}")
+    print(f"same snapshots from both trees: {same}")
     return out

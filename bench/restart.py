@@ -19,16 +19,14 @@ stamp), in the worker thread that does it in the daemon.
 
 Side by side with another tree (``--baseline TREE``, e.g. ``git worktree add --detach
 /tmp/base main``): its daemons are spawned too (``cwd`` and ``PYTHONPATH`` = the tree), cold
-and from their own cache, alternately with this tree's (``--one-core``: this tree's cold
-start with ``fork_builds = false`` too; the daemon's CPU time and, apart, its forked
-children's), and the in-process read + check + publish
+and from their own cache, alternately with this tree's, and the in-process read + check + publish
 runs in one child process per tree (each writes its own cache from one load, then reads it
 when told), the children told in turn. Both trees' bytecode is compiled first
 (``compileall``), as an installed xdsd has it (``pip install`` compiles; a source tree run
 with ``PYTHONDONTWRITEBYTECODE=1`` would compile every module at every start: ``--source``).
 
 ``python -m bench restart [--services 10000] [--endpoints 10] [--runs 5] [--classes 5]
-[--baseline TREE] [--source] [--one-core]``
+[--baseline TREE] [--source]``
 """
 
 from __future__ import annotations
@@ -364,13 +362,11 @@ def _serve(
     return proc, grpc, admin
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """The CPU time (user + system) process ``pid`` has used so far, and that of its
-    children it reaped (the cold build's forked children: ``xdsd.forked``) (Linux)."""
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far (Linux)."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop(proc: Any) -> None:
@@ -383,12 +379,9 @@ def _stop(proc: Any) -> None:
     proc.log.close()
 
 
-def processes(
-    config: Path, workdir: Path, runs: int, trees: dict[str, Path], one_core: bool = False
-) -> dict[str, Any]:
+def processes(config: Path, workdir: Path, runs: int, trees: dict[str, Path]) -> dict[str, Any]:
     """Spawn → ready and spawn → first client served: cold and from the cache (each
-    tree's own), alternately (``runs`` of each); with ``one_core``, this tree cold with
-    ``fork_builds = false`` too."""
+    tree's own), alternately (``runs`` of each)."""
     key = _classes()[0]
     node = _node(key)
     expected = ""
@@ -404,23 +397,14 @@ def processes(
             _stop(proc)
         expected = expected or version
         assert version == expected, f"{label}: version {version}, expected {expected}"
-    modes = [
-        *(f"cold:{label}" for label in trees),
-        *(["cold:one core"] if one_core else []),
-        *(f"cache:{label}" for label in trees),
-    ]
+    modes = [*(f"cold:{label}" for label in trees), *(f"cache:{label}" for label in trees)]
     figures: dict[str, dict[str, list[float]]] = {
-        mode: {"ready": [], "served": [], "cpu": [], "children_cpu": []} for mode in modes
+        mode: {"ready": [], "served": [], "cpu": []} for mode in modes
     }
-    this = next(iter(trees.values()))
-    one_core_settings = workdir / "one-core.toml"
-    one_core_settings.write_text("fork_builds = false\n")
     for i in range(runs):
         order = modes if i % 2 == 0 else list(reversed(modes))
         for mode in order:
-            if mode == "cold:one core":
-                flags, tree = ["--no-cache", "--settings", str(one_core_settings)], this
-            elif mode.startswith("cold:"):
+            if mode.startswith("cold:"):
                 flags, tree = ["--no-cache"], trees[mode.split(":", 1)[1]]
             else:
                 label = mode.split(":", 1)[1]
@@ -430,7 +414,7 @@ def processes(
             proc, grpc, admin = _serve(config, workdir, flags, log_name, tree)
             try:
                 ready, served, version = asyncio.run(_measure(grpc, admin, node, t0))
-                cpu, children_cpu = _cpu_seconds(proc.pid)
+                cpu = _cpu_seconds(proc.pid)
             finally:
                 _stop(proc)
             text = (workdir / log_name).read_text(errors="replace")
@@ -440,7 +424,6 @@ def processes(
             figures[mode]["ready"].append(ready)
             figures[mode]["served"].append(served)
             figures[mode]["cpu"].append(cpu)
-            figures[mode]["children_cpu"].append(children_cpu)
     return {
         mode: {what: _summary(values) for what, values in f.items()} for mode, f in figures.items()
     }
@@ -459,11 +442,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument(
         "--source", action="store_true", help="do not compile the trees' bytecode first"
     )
-    parser.add_argument(
-        "--one-core",
-        action="store_true",
-        help="also this tree's cold start with fork_builds = false (no forked child)",
-    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"services": args.services, "endpoints": args.endpoints}
     trees = {"this": Path(__file__).resolve().parents[1]}
@@ -481,7 +459,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             config, root / "state", trees, args.runs, args.classes
         )
         if not args.no_process:
-            results["process"] = processes(config, root, args.runs, trees, args.one_core)
+            results["process"] = processes(config, root, args.runs, trees)
     results["load_average"] = os.getloadavg()
     r = results["in_process"]
     print(
@@ -514,7 +492,6 @@ def main(argv: list[str]) -> dict[str, Any]:
                 ("ready", "/readyz 200"),
                 ("served", "first client served"),
                 ("cpu", "its CPU time until then"),
-                ("children_cpu", "its forked children's CPU time"),
             ):
                 f = p[mode][what]
                 name = f"{mode}: {label}"

@@ -34,27 +34,6 @@ def test_file_values_apply_and_flags_win(tmp_path: Path) -> None:
     assert flagged.config_dir == "other" and flagged.grpc == settings.grpc
 
 
-def test_fork_builds_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
-    import asyncio
-
-    from xdsd.app import Daemon
-    from xdsd.forked import ForkSplit
-
-    async def split_of(settings: Settings) -> object:
-        return Daemon(settings).state._split  # a daemon is made in its event loop
-
-    path = tmp_path / "xdsd.toml"
-    path.write_text(f'config_dir = "{tmp_path}"\nfork_builds = false\n')
-    off = Settings.from_file(str(path))
-    assert Settings().fork_builds is True and off.fork_builds is False
-    assert asyncio.run(split_of(off)) is None
-    on = asyncio.run(split_of(Settings(config_dir=str(tmp_path))))
-    if ForkSplit.for_machine() is None:  # one core here: nothing to fork for
-        assert on is None
-    else:
-        assert isinstance(on, ForkSplit)
-
-
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

@@ -43,7 +43,6 @@ from xdsd.admin.metrics import Metrics
 from xdsd.build_cache import BuildCache, CachedBuild, CacheRefused, Capture, fingerprint
 from xdsd.cache.cache import SnapshotCache
 from xdsd.errors import ConfigError, StartupError, UsageError
-from xdsd.forked import ForkSplit
 from xdsd.listeners import (
     SHUTDOWN_MESSAGE,
     DaemonListener,
@@ -198,7 +197,6 @@ class Daemon:
             mesh_config=self.authority.mesh if self.authority is not None else settings.mesh,
             max_classes=settings.max_node_classes,
             limits=ParseLimits.of(settings),
-            split=ForkSplit.for_machine(settings.fork_builds),
         )
         self.metrics.track(self.cache, self.state)
         self.metrics.track_log_drops(dropped_log_lines)

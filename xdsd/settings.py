@@ -206,9 +206,6 @@ class Settings:
     restart_cache: bool = True
     #: The largest restart cache written or read (bytes).
     max_restart_cache_bytes: int = 1 << 30
-    #: True: a cold build of a large mesh hands a share of its work to a forked child
-    #: process when this process may use two cores or more (``xdsd.forked``).
-    fork_builds: bool = True
     #: ``[registry]``: registered workloads (WorkloadGroup auto-registration).
     registry: RegistrySettings = DEFAULT_REGISTRY_SETTINGS
 

@@ -44,7 +44,6 @@ from xdsd.translate.virtual_addresses import VirtualAddresses
 from xdsd.transports.limits import Refused
 
 if TYPE_CHECKING:
-    from xdsd.forked import ForkSplit
     from xdsd.sources.loader import DirectoryLoader, LoadResult
     from xdsd.translate.mesh import MeshTranslation
 
@@ -82,15 +81,8 @@ class MeshState:
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
         max_classes: int = 10000,
         limits: ParseLimits = DEFAULT_LIMITS,
-        split: ForkSplit | None = None,
     ) -> None:
-        """``split``: how a cold build hands a share of its work to another process
-        (None: all of it is done here). Only loads that have the process to themselves
-        (``load(exclusive=True)``) and translations use it, from one thread (the event
-        loop's), and after each of them every child still pending (its caller raised)
-        is ended (``ForkSplit.abandon``)."""
         self.config_dir = config_dir
-        self._split = split
         #: The most node classes with a snapshot (``Settings.max_node_classes``).
         self.max_classes = max_classes
         #: Istio's root namespace: where Sidecars without selector apply mesh-wide.
@@ -235,13 +227,7 @@ class MeshState:
         ``InternalError`` (the loader starts afresh next time)."""
         try:
             with _building(exclusive=exclusive):
-                loader = self._loader
-                loader.split = self._split if exclusive else None
-                try:
-                    return loader.load(changed)
-                finally:
-                    if exclusive:
-                        self._abandon()
+                return self._loader.load(changed)
         except ConfigError as e:
             return e
         except Exception as e:
@@ -397,7 +383,6 @@ class MeshState:
             previous=self.translation,
             root_namespace=self.root_namespace,
             mesh_config=self.mesh_config,
-            split=self._split,
         )
         self._note_addresses(translation)
         self.translation = translation
@@ -405,17 +390,14 @@ class MeshState:
         self._cache.evict_unheld()
         # held classes without a snapshot too: clients that came while nothing was
         # loaded, or while the restart cache's classes were served
-        try:
-            for key in dict.fromkeys([*self._cache.keys(), *self._cache.held_keys()]):
-                try:
-                    snapshot = self.translation.snapshot_for(key)
-                except TranslationError as e:
-                    log.error("node class %s cannot be configured: %s", key, e)
-                    continue
-                if self._cache.set(key, snapshot):
-                    changed += 1
-        finally:
-            self._abandon()
+        for key in dict.fromkeys([*self._cache.keys(), *self._cache.held_keys()]):
+            try:
+                snapshot = self.translation.snapshot_for(key)
+            except TranslationError as e:
+                log.error("node class %s cannot be configured: %s", key, e)
+                continue
+            if self._cache.set(key, snapshot):
+                changed += 1
         return changed
 
     def _note_addresses(self, translation: MeshTranslation) -> None:
@@ -536,12 +518,6 @@ class MeshState:
             return None
         return Workload(key.namespace, key.service, key.role.value, key.instance_ip)
 
-    def _abandon(self) -> None:
-        """End the split's children whose collect was never called (a build raised
-        between the fork and the collect), logging how many."""
-        if self._split is not None and (ended := self._split.abandon()):
-            log.warning("ended %d build child process(es) a failed build left", ended)
-
     def snapshot(self, key: Hashable) -> Snapshot | None:
         """The snapshot for ``key``, built on first use (see ``SnapshotSource.snapshot``).
 
@@ -563,10 +539,7 @@ class MeshState:
                     "(max_node_classes): no snapshot for a new one",
                 )
         with _building():  # the first class of a flavor builds every cluster of the mesh
-            try:
-                snapshot = self.translation.snapshot_for(key)
-            finally:
-                self._abandon()
+            snapshot = self.translation.snapshot_for(key)
             self._cache.set(key, snapshot)
         self.on_new_class()
         return snapshot

@@ -262,5 +262,4 @@ def test_worker_settings_name_each_replica_apart() -> None:
     named = Settings(workers=4, registry=RegistrySettings(replica="xdsd-a"))
     assert worker_settings(named, 2).registry.replica == "xdsd-a-worker2"
     assert worker_settings(named, 2).workers == 1
-    assert worker_settings(named, 2).fork_builds is False  # the siblings use the cores
     assert worker_settings(Settings(workers=2), 0).registry.replica == ""

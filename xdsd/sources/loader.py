@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from xdsd.errors import ConfigError, Problem, Severity
@@ -23,7 +23,6 @@ from xdsd.model import (
 )
 from xdsd.model.mesh_config import NO_MESH_TLS, ExtensionProvider, MeshTLS
 from xdsd.model.registrations import Registration
-from xdsd.sources import split_parse
 from xdsd.sources.certificate_files import CertificateFiles
 from xdsd.sources.config_file import Budget, FileResult, parse_config_file
 from xdsd.sources.crosscheck.directory import Change, CrossCheck
@@ -42,9 +41,6 @@ from xdsd.sources.registered import (
 from xdsd.sources.sidecars import sidecar_problems
 
 log = logging.getLogger(__name__)
-
-#: ``xdsd.forked.Split``: work run elsewhere, returning bytes; its collect, or None.
-Split = Callable[[Callable[[], bytes]], Callable[[], bytes | None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +101,6 @@ class DirectoryLoader:
     model objects, which lets translation recognise them by identity. All or nothing still
     holds: a load with any error raises ConfigError and the caller keeps what it had.
 
-    With ``split`` set, a load that must parse many files (a cold one) parses the tail of
-    them in another process (``_parse_many``, ``split_parse``); the result is the serial
-    load's, file by file (``tests/sources/test_split_load.py``).
-
     A load that raises anything but ConfigError (a bug, memory) forgets everything the
     loader kept, so the next load is a cold one and gives what a cold load gives (never
     a half-updated state: files counted twice, "duplicate ... also defined at" itself).
@@ -132,12 +124,6 @@ class DirectoryLoader:
         #: The settings' ``[[mesh.extension_providers]]``: what CUSTOM
         #: AuthorizationPolicies may name (``crosscheck.providers``).
         self.extension_providers: tuple[ExtensionProvider, ...] = ()
-        #: How a cold load hands a share of its files to another process
-        #: (``xdsd.forked.ForkSplit``); None: every file is read here.
-        self.split: Split | None = None
-        #: The last load's split, when it had one: (files handed to the other process,
-        #: files of them parsed here again); for tests and benchmarks.
-        self.last_split: tuple[int, int] | None = None
         #: The registered workloads merged into every load (``sources.registered``: a
         #: synthetic file after the real ones); set it, then ``load([])`` merges a
         #: change without reading the directory again.
@@ -179,7 +165,6 @@ class DirectoryLoader:
 
     def _load(self, changed: Iterable[str] | None) -> LoadResult:
         started = time.perf_counter()
-        self.last_split = None
         touched = None if changed is None else {os.path.normpath(p) for p in changed}
         if changed is not None:  # certificate files are read on every load anyway
             changed = [p for p in changed if not self._certificates.holds(p)]
@@ -203,13 +188,11 @@ class DirectoryLoader:
             old = self._files
             kept = sum(_size(e) for p, e in old.items() if p in order and p not in stale)
             budget = self._budget(kept)
-            todo = [path for path in files if path in stale or path not in old]
-            results = self._parse_many(todo, budget)
             self._files = {}
             for path in files:
                 entry = old.pop(path, None)
                 if entry is None or path in stale:
-                    changes.append((path, entry, self._keep(path, results[path])))
+                    changes.append((path, entry, self._parse(path, budget)))
                 else:
                     self._files[path] = entry
             for path, entry in old.items():
@@ -268,54 +251,7 @@ class DirectoryLoader:
     def _parse(self, path: str, budget: Budget) -> FileResult:
         """Parse ``path`` again and keep the result (in listing order: a path already
         kept keeps its place)."""
-        return self._keep(
-            path, parse_config_file(self.root, path, limits=self.limits, budget=budget)
-        )
-
-    def _parse_many(self, paths: list[str], budget: Budget) -> dict[str, FileResult]:
-        """Each of ``paths`` parsed, in their order, charging ``budget`` as one by one.
-
-        With ``split`` set and at least ``SPLIT_FILES`` of them, a tail of ``paths`` goes
-        to another process (``split_parse``; ``forked.ForkSplit`` forks only with a core
-        to spare) while the head is parsed here; its
-        results are then taken in order, each charged to ``budget`` as the serial read
-        would charge it, and a file the child could not give cleanly (a problem, beyond
-        the budget, or every file when its bytes are not exactly their results) is
-        parsed here: the result is the serial one, file by file."""
-        count = len(paths)
-        share = int(count * split_parse.CHILD_SHARE) if count >= split_parse.SPLIT_FILES else 0
-        collect = None
-        if self.split is not None and share > 0:
-            tail = paths[len(paths) - share :]
-            root, limits, left = self.root, self.limits, budget.left
-            collect = self.split(lambda: split_parse.parse_share(root, tail, limits, left))
-        if collect is None:
-            return {p: self._read(p, budget) for p in paths}
-        head = paths[: len(paths) - share]
-        parsed = {p: self._read(p, budget) for p in head}
-        results = split_parse.decode(data, tail) if (data := collect()) is not None else None
-        if results is None:
-            results = [None] * len(tail)
-        redone = 0
-        for path, entry in zip(tail, results, strict=True):
-            if entry is not None and entry.stamp is not None:
-                budget.left -= entry.stamp[2]
-                if budget.left >= 0:
-                    parsed[path] = entry
-                    continue
-                budget.left += entry.stamp[2]
-            redone += 1
-            parsed[path] = self._read(path, budget)
-        self.last_split = (share, redone)
-        return parsed
-
-    def _read(self, path: str, budget: Budget) -> FileResult:
-        """``path`` parsed, charging ``budget`` (nothing kept)."""
-        return parse_config_file(self.root, path, limits=self.limits, budget=budget)
-
-    def _keep(self, path: str, entry: FileResult) -> FileResult:
-        """Keep ``entry`` as ``path``'s result (in listing order: a path already kept
-        keeps its place) and note whether it failed."""
+        entry = parse_config_file(self.root, path, limits=self.limits, budget=budget)
         self._files[path] = entry
         if entry.problems and entry.failed:
             self._failed.add(path)

@@ -95,24 +95,6 @@ class BaseBuilders:
             self._assignments[id(spec)] = found
         return found[1]
 
-    def adopt(self, made: list[tuple[OutboundCluster, Resource]]) -> None:
-        """Remember each ``(spec, resource)`` of ``made`` as ``assignment(spec)``, built
-        elsewhere by the same code (a cold build's share built in a forked child:
-        ``SharedClusters.prepare``): kept as ``assignment`` keeps what it builds (by the
-        spec's id, for the mesh's other flavors), unless the spec's namespace has
-        plaintext inputs (then ``assignment`` may build through the memo, and builds it
-        again when asked)."""
-        callee = self._callee
-        found = self._assignments
-        plain: dict[str, bool] = {}
-        for spec, resource in made:
-            namespace = spec.service.namespace
-            free = plain.get(namespace)
-            if free is None:
-                free = plain[namespace] = callee is None or not callee.inputs(namespace)
-            if free:
-                found.setdefault(id(spec), (spec, resource))
-
     def _ordering(
         self, service: Service, port: Port
     ) -> tuple[tuple[Endpoint, ...], tuple[EndpointRow, ...]]:

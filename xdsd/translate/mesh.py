@@ -65,10 +65,6 @@ The pipeline, one module per stage (``snapshot_for``):
 5. *raw* (``raw``): the raw resources, replacing generated ones of the same name;
 6. *consistent* (``consistent``): the snapshot, checked.
 
-A cold build of a large mesh hands a share of the base's services to another process
-first (``shared.SharedClusters.prepare``, when a ``split`` is given) and builds the parts
-while it works; the problems are reported in the order above all the same.
-
 Every resource is built through one ``memo.Memo`` keyed by its build function and
 arguments (never by hand), which the next translation looks up too; with
 ``XDSD_CHECK_MEMO=1`` every hit is rebuilt and compared (the translate tests run so).
@@ -106,7 +102,7 @@ from xdsd.translate.route_configs import RouteConfigs
 from xdsd.translate.route_matches import MatcherStyle
 from xdsd.translate.scoping import Scoping
 from xdsd.translate.secrets import Secrets
-from xdsd.translate.shared import SharedClusters, Split
+from xdsd.translate.shared import SharedClusters
 from xdsd.translate.sidecar_scope import Scope
 from xdsd.translate.virtual_addresses import VirtualAddresses
 
@@ -130,13 +126,10 @@ class MeshTranslation:
         root_namespace: str = ROOT_NAMESPACE,
         mesh_config: MeshConfig = DEFAULT_MESH_CONFIG,
         check_memo: bool | None = None,
-        split: Split | None = None,
     ) -> None:
         """``previous``: the translation of the mesh this one replaces, whose resources
         are reused where their inputs are equal. ``check_memo``: rebuild and compare on
-        every memo hit (default: when the environment says ``XDSD_CHECK_MEMO=1``).
-        ``split``: how a cold translation hands a share of its work to another process
-        (``xdsd.forked.ForkSplit``; None: all of it is done here)."""
+        every memo hit (default: when the environment says ``XDSD_CHECK_MEMO=1``)."""
         if previous is not None and previous.mesh_config.mtls != mesh_config.mtls:
             # Mesh mutual TLS changes every cluster of the mesh's own services, which
             # are otherwise taken over by the identity of their service's objects.
@@ -159,7 +152,6 @@ class MeshTranslation:
             previous=previous._bases if previous else None,
             timings=self.timings,
             callee=callee,
-            split=split,
         )
         self._routes: RouteConfigs = RouteConfigs(
             mesh, previous=previous._routes if previous else None
@@ -263,28 +255,21 @@ class MeshTranslation:
         flavor = cluster_flavor(node)
         problems: list[Problem] = []
         scope = self._with_providers(node, self._scoping.scope(node))
-        builders = self._base_builders
-        # A cold build of many services starts a child building a share of them now,
-        # which works while the parts are built here; the problems are reported in the
-        # same order either way (the base's first).
-        overlap = self._bases.prepare(flavor, builders.cluster, builders.assignment, builders.adopt)
-        chosen: dict[Slot, Resource] = {}
-        part_problems = self._build_parts(node, scope, chosen) if overlap else []
         base: Snapshot | None = None
         try:
+            builders = self._base_builders
             base = self._bases.base(
-                flavor,
-                builders.cluster,
-                builders.assignment,
-                scope.clusters,
-                self._secrets.get,
-                builders.adopt,
+                flavor, builders.cluster, builders.assignment, scope.clusters, self._secrets.get
             )
         except TranslationError as err:
             problems.extend(err.problems)
-        if not overlap:
-            part_problems = self._build_parts(node, scope, chosen)
-        problems.extend(p for p in part_problems if p not in problems)
+        chosen: dict[Slot, Resource] = {}
+        for part in self._parts_of(node, scope):
+            try:
+                for r in part():
+                    chosen[(r.type_url, r.name)] = r  # later parts replace earlier ones
+            except TranslationError as err:
+                problems.extend(p for p in err.problems if p not in problems)
         if not problems and node.client is not ClientKind.GRPC:
             ip = self._scoping.instance_ip(node)
             problems.extend(apply_mesh_config(self._memo, self.mesh_config, node, ip, chosen))
@@ -305,21 +290,6 @@ class MeshTranslation:
         if problems or base is None:
             raise TranslationError(problems)
         return self._assembly.consistent(node, flavor, base, chosen, changes, scope.clusters)
-
-    def _build_parts(
-        self, node: NodeClass, scope: Scope, chosen: dict[Slot, Resource]
-    ) -> list[Problem]:
-        """Stage *parts*: ``node``'s parts put into ``chosen`` in order (a later one
-        replaces an earlier one of the same type and name); their problems, each once,
-        in order."""
-        problems: list[Problem] = []
-        for part in self._parts_of(node, scope):
-            try:
-                for r in part():
-                    chosen[(r.type_url, r.name)] = r  # later parts replace earlier ones
-            except TranslationError as err:
-                problems.extend(p for p in err.problems if p not in problems)
-        return problems
 
     def _with_providers(self, node: NodeClass, scope: Scope) -> Scope:
         """``scope`` with the services of the extension providers ``node``'s CUSTOM

@@ -18,17 +18,15 @@ it.
 
 from __future__ import annotations
 
-import logging
-import marshal
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from xdsd.cache.snapshot import Snapshot
 from xdsd.errors import Problem, TranslationError
 from xdsd.model import Mesh, ResourceKey
 from xdsd.model.mesh_config import ROOT_CA_SECRET, WORKLOAD_SECRET
-from xdsd.resources import CLUSTER, ENDPOINT, SECRET, Resource, TypeUrl
+from xdsd.resources import CLUSTER, SECRET, Resource, TypeUrl
 from xdsd.translate.clusters import ClusterFlavor, OutboundCluster, is_eds
 from xdsd.translate.peer_authentication import CalleeModes
 from xdsd.translate.reuse import ServiceParts
@@ -37,8 +35,6 @@ from xdsd.translate.reuse import ServiceParts
 #: differ per class and are added to each class's snapshot (``MeshTranslation``).
 CLASS_SECRETS = frozenset({(SECRET, WORKLOAD_SECRET), (SECRET, ROOT_CA_SECRET)})
 _CLASS_SECRET_NAMES = frozenset(name for _, name in CLASS_SECRETS)
-
-log = logging.getLogger(__name__)
 
 
 class Delta(NamedTuple):
@@ -49,25 +45,6 @@ class Delta(NamedTuple):
     #: (type, name) of resources taken out.
     removed: list[tuple[TypeUrl, str]]
 
-
-#: ``xdsd.forked.Split`` (the core does no I/O: it is handed one): work run elsewhere,
-#: returning bytes; its collect, or None.
-Split = Callable[[Callable[[], bytes]], Callable[[], bytes | None] | None]
-
-#: Told of the assignments another process built, with their specs
-#: (``SharedClusters.base``).
-Adopt = Callable[[list[tuple[OutboundCluster, Resource]]], None]
-
-#: A flavor's build hands a share to ``split`` when at least this many services need
-#: their resources built (a cold translation of a large mesh; tests lower it).
-SPLIT_THRESHOLD = 1000
-#: The share of those services the child builds when it starts before the class's other
-#: parts are built (``prepare``: they are built here meanwhile), and when it starts with
-#: the base (the two processes build the services only). Measured: the child also pays
-#: for the fork and for the pages it touches, and this process for taking its
-#: resources over (docs/performance.md, "Cold build over two cores").
-CHILD_SHARE = 0.75
-SOLO_SHARE = 0.5
 
 #: Which base: the flavor, and the services of a scoped base (None: every service).
 BaseKey = tuple[ClusterFlavor, frozenset[ResourceKey] | None]
@@ -88,13 +65,10 @@ class SharedClusters:
         previous: SharedClusters | None,
         timings: dict[str, float],
         callee: CalleeModes | None = None,
-        split: Split | None = None,
     ) -> None:
         """``callee``: which endpoints callers reach in plaintext (what a service's
-        assignments read besides the service and its rule; None: none). ``split``: how
-        a cold build hands a share of the services to another process (None: none)."""
+        assignments read besides the service and its rule; None: none)."""
         self.mesh = mesh
-        self._split = split
         self._callee = callee
         self._timings = timings
         # Only what this translation used is handed on: no chain of translations is kept.
@@ -108,10 +82,6 @@ class SharedClusters:
         self._prev_parts = previous._parts if previous is not None else {}
         self._prev_bases = previous._bases if previous is not None else {}
         self._prev_file_secrets = previous._file_secrets if previous is not None else {}
-        # Per flavor value: a share of its cold build handed to ``split`` (``prepare``).
-        self._pending: dict[str, _Pending] = {}
-        # The flavor values whose build ``prepare`` has considered handing on.
-        self._asked: set[str] = set()
 
     def base(
         self,
@@ -120,14 +90,11 @@ class SharedClusters:
         assignment: Callable[[OutboundCluster], Resource],
         scope: frozenset[ResourceKey] | None = None,
         secret: Callable[[str], Resource | None] = lambda name: None,
-        adopt: Adopt | None = None,
     ) -> Snapshot:
         """The outbound clusters of ``flavor`` and the assignments of the EDS ones, of
         every service or only of the services ``scope`` names, and the SDS secrets those
         clusters name; ``cluster(spec, flavor)``, ``assignment(spec)`` and
-        ``secret(name)`` build one resource each; ``adopt(spec, assignment)`` is told
-        of every assignment another process built (``prepare``), to remember it as
-        ``assignment`` would have.
+        ``secret(name)`` build one resource each.
 
         Raises TranslationError (remembered, raised again on every call) when a
         cluster cannot be built.
@@ -138,7 +105,7 @@ class SharedClusters:
             changed = self._changed.get(flavor)
             if changed is None:
                 try:
-                    changed = self._build_parts(flavor, cluster, assignment, adopt)
+                    changed = self._build_parts(flavor, cluster, assignment)
                 except TranslationError as err:
                     changed = TranslationError(err.problems)  # without its traceback
                 self._changed[flavor] = changed
@@ -201,149 +168,48 @@ class SharedClusters:
         (None when it was built from scratch)."""
         return self._deltas.get((flavor, scope))
 
-    def prepare(
-        self,
-        flavor: ClusterFlavor,
-        cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
-        assignment: Callable[[OutboundCluster], Resource],
-        adopt: Adopt | None = None,
-    ) -> bool:
-        """Start handing a share of ``flavor``'s cold build to ``split`` now, so that it
-        runs while the caller builds something else before calling ``base`` (which
-        collects it; ``cluster``, ``assignment`` and ``adopt`` must be the ones given
-        to ``base``). True when a share was handed on; False when there is nothing to
-        hand (no split, the parts are built or being built, fewer than
-        ``SPLIT_THRESHOLD`` services to build, no child could be made). Raises nothing:
-        what cannot be built is left to ``base``, which reports it."""
-        tag = flavor.value
-        if self._split is None or flavor in self._changed or tag in self._asked:
-            return False
-        self._asked.add(tag)
-        pending = self._start(flavor, cluster, assignment, CHILD_SHARE)
-        if pending is None:
-            return False
-        self._pending[tag] = pending
-        return True
-
-    def _start(
-        self,
-        flavor: ClusterFlavor,
-        cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
-        assignment: Callable[[OutboundCluster], Resource],
-        share: float,
-    ) -> _Pending | None:
-        """Every service's parts bound, and a child building the last ``share`` of the
-        services whose ``flavor`` resources are missing, when there are at least
-        ``SPLIT_THRESHOLD`` of them; else None."""
-        split = self._split
-        if split is None:
-            return None
-        try:
-            bound = self._bind()
-        except TranslationError:
-            return None  # ``_build_parts`` meets it again and reports it
-        tag = flavor.value
-        todo = [i for i, (_, parts) in enumerate(bound) if tag not in parts.clusters]
-        if len(todo) < SPLIT_THRESHOLD:
-            return None
-        start = todo[min(len(todo) - 1, int(len(todo) * (1.0 - share)))]
-
-        def work() -> bytes:
-            return _built_share(bound, start, flavor, cluster, assignment)
-
-        collect = split(work)
-        if collect is None:
-            return None
-        return _Pending(bound, start, collect)
-
-    def _bind(self) -> list[tuple[ResourceKey, ServiceParts]]:
-        """Every service with its parts, in the mesh's order: taken over from the
-        previous translation when its inputs are the same, else new (nothing built)."""
-        mine, previous = self._parts, self._prev_parts
-        rule_of = self.mesh.destination_rule
-        callee = self._callee
-        bound: list[tuple[ResourceKey, ServiceParts]] = []
-        for service in self.mesh.services:
-            key = service.key
-            parts = mine.get(key)
-            if parts is None:
-                rule = rule_of(service)
-                peer = callee.inputs(service.namespace) if callee is not None else ()
-                old = previous.get(key)
-                if old is not None and old.reusable_for(service, rule, peer):
-                    parts = old.rebound(service, rule, peer)
-                else:
-                    parts = ServiceParts.of(service, rule, peer)
-                mine[key] = parts
-            bound.append((key, parts))
-        return bound
-
     def _build_parts(
         self,
         flavor: ClusterFlavor,
         cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
         assignment: Callable[[OutboundCluster], Resource],
-        adopt: Adopt | None = None,
     ) -> list[ResourceKey]:
         """Build what is missing of every service's ``flavor`` resources; returns the
         services whose resources differ from the previous translation's (one pass: this
-        runs on every reload, over every service).
-
-        A cold build of many services hands its last services to ``split`` (started by
-        ``prepare``, or here) and builds the others meanwhile; it then takes the child's
-        resources over and builds, in order, whatever the child did not give (a service
-        whose cluster failed, or all of them when the child failed): so every problem
-        comes from this process, in the serial order, and the result is the serial one.
-        """
-        tag = flavor.value
-        pending = self._pending.pop(tag, None)
-        if pending is None and self._split is not None and tag not in self._asked:
-            pending = self._start(flavor, cluster, assignment, SOLO_SHARE)
-        bound = pending.bound if pending is not None else self._bind()
+        runs on every reload, over every service)."""
         problems: list[Problem] = []
         changed: list[ResourceKey] = []
-        if pending is None:
-            self._build_range(bound, flavor, cluster, assignment, problems, changed)
-        else:
-            self._build_range(
-                bound[: pending.start], flavor, cluster, assignment, problems, changed
-            )
-            self._adopt(pending, flavor, adopt)
-            self._build_range(
-                bound[pending.start :], flavor, cluster, assignment, problems, changed
-            )
-        if problems:
-            raise TranslationError(problems)
-        return changed
-
-    def _build_range(
-        self,
-        bound: list[tuple[ResourceKey, ServiceParts]],
-        flavor: ClusterFlavor,
-        cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
-        assignment: Callable[[OutboundCluster], Resource],
-        problems: list[Problem],
-        changed: list[ResourceKey],
-    ) -> None:
-        """``_build_parts`` over ``bound``, in order: the problems and changed services
-        are appended."""
-        previous = self._prev_parts
+        mine, previous = self._parts, self._prev_parts
+        rule_of = self.mesh.destination_rule
         tag = flavor.value  # a str key: enum members hash in Python
-        for key, parts in bound:
+        callee = self._callee
+        for service in self.mesh.services:
+            key = service.key
+            parts = mine.get(key)
             old = previous.get(key)
+            if parts is None:
+                rule = rule_of(service)
+                peer = callee.inputs(service.namespace) if callee is not None else ()
+                if old is not None and old.reusable_for(service, rule, peer):
+                    parts = old.rebound(service, rule, peer)
+                else:
+                    parts = ServiceParts.of(service, rule, peer)
+                mine[key] = parts
             if parts is old and tag in parts.clusters and tag in parts.assignments:
                 continue  # the very same parts, already built for this flavor
             clusters = parts.clusters.get(tag)
             if clusters is None:
                 try:
-                    clusters = _clusters_of(parts, flavor, cluster)
+                    clusters = tuple(cluster(spec, flavor) for spec in parts.specs)
                 except TranslationError as err:
                     problems.extend(p for p in err.problems if p not in problems)
                     continue
                 parts.clusters[tag] = clusters
             assignments = parts.assignments.get(tag)
             if assignments is None:
-                assignments = _assignments_of(parts, flavor, assignment)
+                assignments = tuple(
+                    assignment(spec) for spec in parts.specs if is_eds(spec, flavor)
+                )
                 parts.assignments[tag] = assignments
             if (
                 old is None
@@ -351,47 +217,9 @@ class SharedClusters:
                 or old.assignments.get(tag) is not assignments
             ):
                 changed.append(key)
-
-    def _adopt(self, pending: _Pending, flavor: ClusterFlavor, adopt: Adopt | None) -> None:
-        """Take over the resources the child built (nothing when it failed or what it
-        gave is not exactly a subset of the services it was asked for, each with the
-        resources the serial build makes: the build then does them here)."""
-        data = pending.collect()
-        if data is None:
-            log.debug("a build child gave nothing: building its share here")
-            return
-        tag = flavor.value
-        found = _decoded(data, pending, tag)
-        if found is None:
-            log.debug("a build child's resources do not fit: building its share here")
-            return
-        indices, counts, resources = found
-        bound = pending.bound
-        at = 0
-        adopted: list[
-            tuple[ServiceParts, tuple[Resource, ...], tuple[Resource, ...], list[OutboundCluster]]
-        ] = []
-        for index, (n_clusters, n_assignments) in zip(indices, counts, strict=True):
-            parts = bound[index][1]
-            eds = [spec for spec in parts.specs if is_eds(spec, flavor)]
-            if n_clusters != len(parts.specs) or n_assignments != len(eds):
-                log.debug("a build child's resources do not fit: building its share here")
-                return
-            clusters = tuple(resources[at : at + n_clusters])
-            at += n_clusters
-            assignments = tuple(resources[at : at + n_assignments])
-            at += n_assignments
-            if any(r.name != spec.name for r, spec in zip(assignments, eds, strict=True)):
-                log.debug("a build child's resources do not fit: building its share here")
-                return
-            adopted.append((parts, clusters, assignments, eds))
-        made: list[tuple[OutboundCluster, Resource]] = []
-        for parts, clusters, assignments, eds in adopted:
-            parts.clusters[tag] = clusters
-            parts.assignments[tag] = assignments
-            made += zip(eds, assignments, strict=True)
-        if adopt is not None:
-            adopt(made)
+        if problems:
+            raise TranslationError(problems)
+        return changed
 
     def _changes(
         self, flavor: ClusterFlavor, changed: list[ResourceKey], *, gone: bool = True
@@ -420,126 +248,6 @@ class SharedClusters:
                 for r in (*old.clusters.get(tag, ()), *old.assignments.get(tag, ()))
             )
         return Delta(added, removed)
-
-
-class _Pending(NamedTuple):
-    """A share of a flavor's cold build handed to another process."""
-
-    #: Every service with its parts, in the mesh's order (``SharedClusters._bind``).
-    bound: list[tuple[ResourceKey, ServiceParts]]
-    #: The child builds the services of ``bound[start:]`` that were not built.
-    start: int
-    collect: Callable[[], bytes | None]
-
-
-def _clusters_of(
-    parts: ServiceParts,
-    flavor: ClusterFlavor,
-    cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
-) -> tuple[Resource, ...]:
-    """The ``flavor`` clusters of ``parts``' specs. Raises TranslationError."""
-    return tuple(cluster(spec, flavor) for spec in parts.specs)
-
-
-def _assignments_of(
-    parts: ServiceParts,
-    flavor: ClusterFlavor,
-    assignment: Callable[[OutboundCluster], Resource],
-) -> tuple[Resource, ...]:
-    """The assignments of ``parts``' EDS clusters in ``flavor``."""
-    return tuple(assignment(spec) for spec in parts.specs if is_eds(spec, flavor))
-
-
-def _built_share(
-    bound: list[tuple[ResourceKey, ServiceParts]],
-    start: int,
-    flavor: ClusterFlavor,
-    cluster: Callable[[OutboundCluster, ClusterFlavor], Resource],
-    assignment: Callable[[OutboundCluster], Resource],
-) -> bytes:
-    """What a child builds (run in it): the ``flavor`` resources of the services of
-    ``bound[start:]`` that lack them, built as ``_build_range`` builds them, encoded for
-    ``_decoded``; a service whose clusters raise TranslationError is left out (the
-    parent builds it and reports its problems)."""
-    tag = flavor.value
-    indices: list[int] = []
-    counts: list[int] = []  # per service: clusters, assignments
-    names: list[str] = []
-    payloads: list[bytes] = []
-    digests: list[str] = []
-    references: list[tuple[tuple[str, str], ...]] = []
-    tokens: list[int] = []
-    for index in range(start, len(bound)):
-        parts = bound[index][1]
-        if tag in parts.clusters:
-            continue
-        try:
-            clusters = _clusters_of(parts, flavor, cluster)
-        except TranslationError:
-            continue
-        assignments = _assignments_of(parts, flavor, assignment)
-        if any(r.type_url != CLUSTER for r in clusters) or any(
-            r.type_url != ENDPOINT for r in assignments
-        ):
-            raise ValueError("a built share holds clusters, then assignments")
-        indices.append(index)
-        counts += (len(clusters), len(assignments))
-        for r in (*clusters, *assignments):
-            names.append(r.name)
-            payloads.append(r.payload)
-            digests.append(r.digest)
-            references.append(r.references)
-            tokens.append(r.token)
-    return marshal.dumps((indices, counts, names, payloads, digests, references, tokens))
-
-
-def _decoded(
-    data: bytes, pending: _Pending, tag: str
-) -> tuple[list[int], list[tuple[int, int]], list[Resource]] | None:
-    """The services a child built (their indices in ``pending.bound``, ascending, each
-    unbuilt and at or past ``pending.start``), their numbers of clusters and assignments
-    and those resources in order, from what ``_built_share`` encoded; None when ``data``
-    is not such an encoding."""
-    try:
-        decoded = marshal.loads(data)
-        indices, counts, names, payloads, digests, references, tokens = decoded
-    except (EOFError, ValueError, TypeError):
-        return None
-    lists = (indices, counts, names, payloads, digests, references, tokens)
-    if any(type(x) is not list for x in lists):
-        return None
-    total = len(names)
-    if len(counts) != 2 * len(indices) or any(len(x) != total for x in lists[3:]):
-        return None
-    bound, last = pending.bound, pending.start - 1
-    for index in indices:
-        if type(index) is not int or not last < index < len(bound):
-            return None
-        if tag in bound[index][1].clusters:
-            return None
-        last = index
-    if not _all_of(int, counts) or min(counts, default=0) < 0 or sum(counts) != total:
-        return None
-    if not (
-        _all_of(str, names)
-        and _all_of(str, digests)
-        and _all_of(bytes, payloads)
-        and _all_of(tuple, references)
-        and _all_of(int, tokens)
-    ):
-        return None
-    types: list[TypeUrl] = []
-    for n_clusters, n_assignments in zip(counts[::2], counts[1::2], strict=True):
-        types += [CLUSTER] * n_clusters
-        types += [ENDPOINT] * n_assignments
-    resources = Resource.restored_all(names, types, payloads, digests, references, tokens)
-    pairs = list(zip(counts[::2], counts[1::2], strict=True))
-    return indices, pairs, resources
-
-
-def _all_of(kind: type, values: list[Any]) -> bool:
-    """True when every item of ``values`` is exactly of type ``kind`` (or none is)."""
-    return set(map(type, values)) <= {kind}
 
 
 def _names_file_secrets(resources: Iterable[Resource]) -> bool:

@@ -81,14 +81,13 @@ def adopt(fds: Mapping[str, Sequence[int]]) -> dict[str, list[socket.socket]]:
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
-    """``settings`` as worker ``index`` runs them: one process, building without forked
-    helpers (its siblings use the other cores), and its registry replica named apart
-    from its siblings' when ``[registry] replica`` names the daemon (each worker is a
-    replica of its own)."""
+    """``settings`` as worker ``index`` runs them: one process, and its registry replica
+    named apart from its siblings' when ``[registry] replica`` names the daemon (each
+    worker is a replica of its own)."""
     registry = settings.registry
     if registry.replica:
         registry = replace(registry, replica=f"{registry.replica}-worker{index}")
-    return replace(settings, workers=1, fork_builds=False, registry=registry)
+    return replace(settings, workers=1, registry=registry)
 
 
 def label_logs(index: int) -> None:
