@@ -155,6 +155,13 @@ class Daemon:
     ``writes_cache`` False (workers of ``xdsd serve --workers`` but the first): the restart
     cache is read at start but never written, so sibling workers sharing one state
     directory do not each rewrite it.
+
+    ``hold_until_loaded`` (a worker restarted while its siblings serve): when the start
+    has no configuration to serve (the directory's load was refused and no restart
+    cache was used), the gRPC and REST listeners are started only after the first load
+    that succeeds; the admin server starts at once. Their inherited sockets' accept
+    queue meanwhile goes to the siblings, which serve the last good build, instead of
+    this worker taking its share of new clients and giving them nothing.
     """
 
     def __init__(
@@ -168,9 +175,13 @@ class Daemon:
         admin_socket: str | None = None,
         inherited: Mapping[str, Sequence[socket.socket]] | None = None,
         writes_cache: bool = True,
+        hold_until_loaded: bool = False,
     ) -> None:
         self.settings = settings
         self.writes_cache = writes_cache
+        self.hold_until_loaded = hold_until_loaded
+        #: Listeners not started yet: held until a configuration loads (``hold_until_loaded``).
+        self._held: list[DaemonListener] = []
         self.admin_socket = admin_socket
         #: Listening sockets bound by a supervisor (``xdsd.workers``), by settings key
         #: (``grpc``, ``rest``): those listeners serve on them instead of binding.
@@ -450,18 +461,18 @@ class Daemon:
         else:
             self._apply(self.state.load(), time.perf_counter())
         await self.registry.start(self._registrations_changed.set)
+        hold = self.hold_until_loaded and not self._serving_a_configuration()
         try:
             for listener in self.listeners:
-                try:
-                    bound = await listener.start()
-                except OSError as e:
-                    if listener.name == "admin" and self.admin_socket is not None:
-                        raise StartupError(
-                            f"cannot listen on the admin socket {self.admin_socket}: {e}"
-                        ) from None
-                    raise _listen_error(listener, e) from None
-                self._started.append(listener)
-                log.info("%s listening on %s%s", listener.name, bound, listener.note)
+                if hold and listener.name != "admin":
+                    self._held.append(listener)
+                    log.warning(
+                        "%s held: no configuration loaded; it accepts once a load succeeds "
+                        "(the other workers serve meanwhile)",
+                        listener.name,
+                    )
+                    continue
+                await self._start_listener(listener)
         except BaseException:
             deadline = Deadline.after(0.0)
             for listener in self._started:
@@ -470,6 +481,39 @@ class Daemon:
             raise
         self.views.listening = True
         self.readiness.update()
+
+    def _serving_a_configuration(self) -> bool:
+        """A configuration is loaded, or the restart cache's build is published."""
+        return self.state.loaded is not None or bool(self.state.cached)
+
+    async def _start_listener(self, listener: DaemonListener) -> None:
+        """Start ``listener`` and count it started. Raises StartupError when it cannot
+        listen."""
+        try:
+            bound = await listener.start()
+        except OSError as e:
+            if listener.name == "admin" and self.admin_socket is not None:
+                raise StartupError(
+                    f"cannot listen on the admin socket {self.admin_socket}: {e}"
+                ) from None
+            raise _listen_error(listener, e) from None
+        self._started.append(listener)
+        log.info("%s listening on %s%s", listener.name, bound, listener.note)
+
+    async def _release_held(self) -> None:
+        """Start the listeners held until a configuration loads, once one has. One that
+        cannot start (its inherited socket unusable: not expected) ends the daemon, as
+        at start: a worker serving nothing would otherwise look alive."""
+        if not self._held or not self._serving_a_configuration() or self._shut_down:
+            return
+        held, self._held = self._held, []
+        for listener in held:
+            try:
+                await self._start_listener(listener)
+            except StartupError as e:
+                log.error("%s", e)
+                self.stop.set()
+                return
 
     async def shutdown(self, grace: float) -> None:
         """End serving in stages: ``/readyz`` 503 and STOPPING=1, the watcher stopped,
@@ -573,6 +617,7 @@ class Daemon:
                 log.debug("load superseded by newer changes: dropped")
                 return False
             self._apply(result, started)
+            await self._release_held()
             self.readiness.update()
             return True
 

@@ -233,6 +233,8 @@ def _add_serve_command(sub: Subcommands) -> None:
     serve.add_argument("--worker", default=None, type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-fds", default="", help=argparse.SUPPRESS)
     serve.add_argument("--admin-socket", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", default=None, type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--restarted", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
 
@@ -1660,6 +1662,7 @@ def _status(args: argparse.Namespace) -> int:
         daemon_stale_after=read.stale_after,
         expected=read.expected,
         registrations=read.registrations,
+        unusable_workers=read.unusable_workers,
     )
     if args.json:
         _print_json(status.to_json(result))

@@ -67,7 +67,7 @@ def test_fuzz_worker_notifications(datagrams: list[bytes]) -> None:
         async def main() -> tuple[bool, bool]:
             places: list[WorkerPlace] = []
 
-            async def spawn(place: WorkerPlace) -> _Held:
+            async def spawn(place: WorkerPlace, restarted: bool) -> _Held:
                 places.append(place)
                 return _Held()
 

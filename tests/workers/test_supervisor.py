@@ -33,6 +33,7 @@ class FakeWorker:
         self.pid = pid
         self.returncode: int | None = None
         self.signals: list[int] = []
+        self.restarted = False
         self.notifier = Notifier(place.notify)
         self._ended = asyncio.Event()
 
@@ -58,8 +59,9 @@ class Spawner:
     def __init__(self) -> None:
         self.made: list[FakeWorker] = []
 
-    async def __call__(self, place: WorkerPlace) -> FakeWorker:
+    async def __call__(self, place: WorkerPlace, restarted: bool) -> FakeWorker:
         worker = FakeWorker(place, 1000 + len(self.made))
+        worker.restarted = restarted
         self.made.append(worker)
         return worker
 
@@ -144,6 +146,40 @@ def test_ready_once_every_worker_is_and_sighup_reaches_every_worker(
 
     assert supervising(tmp_path, inbox, body) == 0
     assert inbox.count("STOPPING=1") == 1
+
+
+def test_a_sighup_reaches_a_starting_worker_only_once_it_is_ready(
+    tmp_path: Path, inbox: Inbox
+) -> None:
+    """A worker still starting has no SIGHUP handler (the signal would end it): it gets
+    the SIGHUP once it says READY=1, and a reload does not wait for it."""
+
+    async def body(supervisor: Supervisor, spawner: Spawner) -> None:
+        await until(lambda: len(spawner.made) == 2, "both workers")
+        spawner.current(0).notifier.ready("serving")
+        await until(lambda: supervisor.slots[0].ready, "worker 0 ready")
+        supervisor.request_reload()  # before the daemon's READY=1: worker 1 is starting
+        assert spawner.current(0).signals == [signal.SIGHUP]
+        assert spawner.current(1).signals == []
+        spawner.current(1).notifier.ready("serving")
+        await until(lambda: spawner.current(1).signals == [signal.SIGHUP], "the late SIGHUP")
+        spawner.current(0).notifier.ready("serving")
+        await until(lambda: inbox.count("READY=1") == 1, "READY=1")
+
+        # once announced: a restarted worker still starting gets it late too, and the
+        # reload is over once the ready ones reloaded
+        spawner.current(1).end(9)
+        await until(lambda: len(spawner.made) == 3, "worker 1 restarted")
+        assert spawner.current(1).restarted and not spawner.made[0].restarted
+        supervisor.request_reload()
+        assert spawner.current(1).signals == []
+        await until(lambda: inbox.count("RELOADING=1") == 1, "RELOADING=1")
+        spawner.current(0).notifier.ready("serving")
+        await until(lambda: inbox.count("READY=1") == 2, "READY=1 after the reload")
+        spawner.current(1).notifier.ready("serving")
+        await until(lambda: spawner.current(1).signals == [signal.SIGHUP], "the late SIGHUP")
+
+    assert supervising(tmp_path, inbox, body) == 0
 
 
 def test_a_worker_that_ends_is_restarted_and_the_watchdog_waits_for_it(

@@ -11,8 +11,9 @@ admin server and a datagram socket for its notifications, both in a private runt
 directory (0700, removed at exit).
 
 systemd is told by the supervisor alone (``NotifyAccess=main``): ``READY=1`` once every
-worker said ``READY=1``; ``RELOADING=1`` on SIGHUP (forwarded to every worker) and
-``READY=1`` once every worker reloaded; ``STOPPING=1`` on SIGTERM or SIGINT (forwarded as
+worker said ``READY=1``; ``RELOADING=1`` on SIGHUP (forwarded to every ready
+worker, and to one still starting once it is ready) and ``READY=1`` once every worker
+that was ready reloaded; ``STOPPING=1`` on SIGTERM or SIGINT (forwarded as
 SIGTERM: each worker ends its streams with UNAVAILABLE within ``shutdown_grace``);
 ``WATCHDOG=1`` only while every worker is alive and answering (its own ``WATCHDOG=1``
 heartbeat, sent from its event loop, arrived within ``ANSWER_WITHIN`` seconds; a worker
@@ -21,7 +22,9 @@ as answering while it lives: ``/readyz`` names it as not ready meanwhile). A wor
 that exits is restarted after a backoff that doubles from ``MIN_BACKOFF`` to
 ``MAX_BACKOFF`` seconds (reset once it served for ``STEADY_AFTER`` seconds); one that
 stops answering is killed and restarted the same way; either is logged. Its clients
-reconnect, and the accept queue gives them to the other workers.
+reconnect, and the accept queue gives them to the other workers. A restarted worker
+accepts only once it has loaded a configuration (``--restarted``), so a refused edit
+in the directory meanwhile does not give its share of new clients nothing.
 
 A worker that exits before every worker was ready ends the supervisor with its exit code
 (the worker has printed why): what fails one worker at startup fails them all.
@@ -102,8 +105,9 @@ class WorkerPlace:
     notify: str
 
 
-#: Starts one worker (``Supervisor``'s ``spawn``): given its place, the running process.
-Spawn = Callable[[WorkerPlace], Awaitable[WorkerProcess]]
+#: Starts one worker (``Supervisor``'s ``spawn``): given its place and whether it replaces
+#: one that ended (``restarted``), the running process.
+Spawn = Callable[[WorkerPlace, bool], Awaitable[WorkerProcess]]
 
 
 @dataclass(slots=True)
@@ -115,6 +119,8 @@ class _Slot:
     process: WorkerProcess | None = None
     ready: bool = False
     reloading: bool = False
+    #: A SIGHUP came while this worker was starting: sent once it is ready.
+    hup_pending: bool = False
     heard: float = 0.0
     started: float = 0.0
     status: str = ""
@@ -232,15 +238,23 @@ class Supervisor:
         self._outcome.end(0, reason)
 
     def request_reload(self) -> None:
-        """SIGHUP: RELOADING=1, then SIGHUP to every worker; READY=1 once each reloaded."""
+        """SIGHUP: RELOADING=1, then SIGHUP to every ready worker; READY=1 once each
+        reloaded. A worker still starting has no SIGHUP handler yet (the signal would
+        end it): it gets its SIGHUP once it says READY=1, and the reload does not wait
+        for it (it may be held for long, e.g. a restarted worker waiting for a good
+        load)."""
         log.info("SIGHUP: every worker reloads")
-        live = [slot for slot in self.slots if slot.alive]
         if self.announced:
             self.reloading = True
             self.notifier.reloading()
-        for slot in live:
-            slot.reloading = True
-            self._signal(slot, signal.SIGHUP)
+        for slot in self.slots:
+            if not slot.alive:
+                continue
+            if slot.ready:
+                slot.reloading = True
+                self._signal(slot, signal.SIGHUP)
+            else:
+                slot.hup_pending = True
         self._check_reloaded()
 
     async def _keep(self, slot: _Slot) -> None:
@@ -249,10 +263,10 @@ class Supervisor:
         while not self._outcome.done.is_set():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(slot.place.admin)
-            slot.ready = slot.reloading = False
+            slot.ready = slot.reloading = slot.hup_pending = False
             slot.heard = slot.started = self.clock()
             try:
-                slot.process = await self.spawn(slot.place)
+                slot.process = await self.spawn(slot.place, slot.restarts > 0)
             except OSError as e:
                 log.error("cannot start worker %d: %s", index, e)
                 code = 1
@@ -327,6 +341,9 @@ class Supervisor:
             slot.reloading = False
             if first and slot.restarts:
                 log.info("worker %d ready again (restart %d)", slot.place.index, slot.restarts)
+            if slot.hup_pending:
+                slot.hup_pending = False
+                self._signal(slot, signal.SIGHUP)
             self._check_ready()
             self._check_reloaded()
         elif "STATUS" in lines and not self.reloading:
@@ -440,11 +457,15 @@ def process_spawner(
     """Starts a worker as ``python -m xdsd.cli ARGV --worker I ...`` (``argv`` is the
     supervisor's own command line after the program name) inheriting ``sockets``, its
     notifications and ``heartbeat``-second watchdog pings sent to its place's socket, in
-    a session of its own (a terminal's Ctrl-C reaches the supervisor, which stops it)."""
+    a session of its own (a terminal's Ctrl-C reaches the supervisor, which stops it),
+    told this process's pid (it ends when this process is no longer its parent) and, when
+    it replaces one that ended, ``--restarted``."""
     fds = [sock.fileno() for socks in sockets.values() for sock in socks]
     env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", "LISTEN_FDS")}
 
-    async def spawn(place: WorkerPlace) -> WorkerProcess:
+    supervisor = str(os.getpid())
+
+    async def spawn(place: WorkerPlace, restarted: bool) -> WorkerProcess:
         worker_env = {
             **env,
             "NOTIFY_SOCKET": place.notify,
@@ -461,6 +482,9 @@ def process_spawner(
             fds_argument(sockets),
             "--admin-socket",
             place.admin,
+            "--supervisor-pid",
+            supervisor,
+            *(["--restarted"] if restarted else []),
             pass_fds=fds,
             env=worker_env,
             start_new_session=True,

@@ -1,7 +1,8 @@
 """One worker of ``xdsd serve --workers N``: a ``Daemon`` on inherited listening sockets.
 
 How this works: the supervisor (``xdsd.workers.supervisor``) starts each worker as
-``xdsd serve ... --worker I --worker-fds grpc=3,4;rest=5 --admin-socket PATH``, with those
+``xdsd serve ... --worker I --worker-fds grpc=3,4;rest=5 --admin-socket PATH
+--supervisor-pid PID`` (and ``--restarted`` when it replaces one that ended), with those
 descriptors inherited (``pass_fds``), ``NOTIFY_SOCKET`` naming the supervisor's datagram
 socket for this worker (not systemd's) and ``WATCHDOG_USEC`` asking for a heartbeat. The
 worker then runs the daemon exactly as a single process does (its own snapshots built
@@ -103,10 +104,13 @@ def label_logs(index: int) -> None:
         handler.addFilter(label)
 
 
-def end_with_parent() -> None:
+def end_with_parent(supervisor: int | None) -> None:
     """Ask Linux to send this process SIGTERM when its parent ends (nothing elsewhere);
-    SIGTERM at once when the parent is already gone."""
-    parent = os.getppid()
+    SIGTERM at once when the parent is already gone: when the parent is no longer
+    ``supervisor`` (the pid the supervisor gave on the command line: a worker starts
+    ~0.2 s before it gets here, and a supervisor killed meanwhile left it to a reaper),
+    or, without ``supervisor``, when it changed during the call."""
+    parent = os.getppid() if supervisor is None else supervisor
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -119,8 +123,14 @@ def end_with_parent() -> None:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """``xdsd serve --worker I``: serve as worker ``I`` on the inherited sockets of
     ``--worker-fds`` until stopped (see the module docstring). Raises UsageError when
-    those descriptors cannot be used."""
-    end_with_parent()
+    those descriptors cannot be used.
+
+    With ``--restarted`` (the supervisor restarting a worker that ended while its
+    siblings serve), the gRPC and REST listeners accept only once a configuration is
+    loaded (``Daemon``'s ``hold_until_loaded``): a worker whose directory holds a refused
+    edit would otherwise take its share of new clients and give them nothing, while
+    its siblings serve the last good build."""
+    end_with_parent(args.supervisor_pid)
     index: int = args.worker
     label_logs(index)
     inherited = adopt(parse_fds(args.worker_fds))
@@ -137,6 +147,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
             inherited=inherited,
             admin_socket=args.admin_socket,
             writes_cache=index == 0,
+            hold_until_loaded=bool(args.restarted),
         )
         await daemon.run()
 
