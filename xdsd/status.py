@@ -31,6 +31,13 @@ not come back under the same node id (``DISCONNECTED``, with when), and the endp
 the configuration expects that no connected sidecar covers (*expected but absent*, the
 daemon's ``/debug/expected``). Neither makes the exit code 1: an endpoint may run without
 a sidecar on purpose, and a proxy may leave for good.
+
+A daemon of several workers (``xdsd serve --workers N``) answers for all of them, naming
+in ``X-Xdsd-Workers-Unusable`` any worker whose answer it could not use (dead, hung past
+its 5 s deadline, or answering garbage): their proxies are missing from what it says, so
+the command prints which workers those are and exits 1, never a partial list as if
+whole. The command waits ``FETCH_TIMEOUT`` seconds per request, longer than that
+deadline, so one hung worker gives a named partial view, not "cannot reach".
 """
 
 from __future__ import annotations
@@ -89,6 +96,12 @@ POLICY_KINDS = (
 
 #: Exit codes.
 EXIT_OK, EXIT_FAILING, EXIT_UNREACHABLE = 0, 1, 3
+#: Seconds ``fetch`` waits for each answer: above a multi-worker daemon's per-worker
+#: deadline (5 s), after which it answers without the workers that did not.
+FETCH_TIMEOUT = 10.0
+#: The header naming the workers left out of an answer, and the most of it kept.
+UNUSABLE_HEADER = "X-Xdsd-Workers-Unusable"
+MAX_UNUSABLE_TEXT = 2000
 
 
 class AdminUnreachable(XdsdError):
@@ -189,11 +202,15 @@ class Status:
     registrations: tuple[dict[str, Any], ...] = ()
     #: The daemon's clock when read (seconds since the epoch; 0: unknown), for "since".
     now: float = 0.0
+    #: The workers whose answers the daemon left out, with why ("" when none was).
+    unusable_workers: str = ""
 
     @property
     def exit_code(self) -> int:
-        """1 when any proxy is failing, else 0."""
-        return EXIT_FAILING if any(p.failing for p in self.proxies) else EXIT_OK
+        """1 when any proxy is failing or some worker's view is missing, else 0."""
+        if self.unusable_workers or any(p.failing for p in self.proxies):
+            return EXIT_FAILING
+        return EXIT_OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +223,8 @@ class Reading:
     now: float
     stale_after: float | None
     registrations: Any = None  # /debug/registrations, None from a daemon without it
+    #: ``X-Xdsd-Workers-Unusable`` of the answers, distinct parts joined ("": none).
+    unusable_workers: str = ""
 
 
 def client_context(
@@ -263,7 +282,7 @@ class _HttpsConnection(http.client.HTTPSConnection):
 def fetch(
     admin: str,
     *,
-    timeout: float = 5.0,
+    timeout: float = FETCH_TIMEOUT,
     tls: ssl.SSLContext | None = None,
     server_name: str | None = None,
 ) -> Reading:
@@ -289,6 +308,7 @@ def fetch(
     results: list[Any] = []
     now = time.time()
     stale_after: float | None = None
+    unusable: list[str] = []
     optional = ("/debug/expected", "/debug/registrations")
     for path in ("/debug/clients", "/debug/errors", *optional):
         where = f"{base.rstrip('/')}{path}"
@@ -316,6 +336,11 @@ def fetch(
                     "admin address?"
                 )
             results.append(json.loads(body))
+            said = response.getheader(UNUSABLE_HEADER) or ""
+            said = "".join(c if " " <= c <= "~" else "?" for c in said[:MAX_UNUSABLE_TEXT])
+            for part in said.split("; "):
+                if part and part not in unusable:
+                    unusable.append(part)
             threshold = response.getheader("X-Xdsd-Stale-After")
             if threshold:
                 with contextlib.suppress(ValueError):
@@ -351,7 +376,15 @@ def fetch(
             ) from None
         finally:
             connection.close()
-    return Reading(results[0], results[1], results[2], now, stale_after, results[3])
+    return Reading(
+        results[0],
+        results[1],
+        results[2],
+        now,
+        stale_after,
+        results[3],
+        "; ".join(unusable)[:MAX_UNUSABLE_TEXT],
+    )
 
 
 def summarize(
@@ -363,11 +396,13 @@ def summarize(
     daemon_stale_after: float | None = None,
     expected: Any = None,
     registrations: Any = None,
+    unusable_workers: str = "",
 ) -> Status:
     """The status of every connected client in ``clients`` (``/debug/clients``) at
     ``now`` (seconds since the epoch, the daemon's clock); ``problems`` is
     ``/debug/errors`` (entries with ``severity: warning`` are warnings), ``expected``
-    ``/debug/expected`` (None: not known). Each type's state is the daemon's (decided
+    ``/debug/expected`` (None: not known), ``unusable_workers`` the workers the daemon
+    left out (``Reading.unusable_workers``). Each type's state is the daemon's (decided
     with ``daemon_stale_after``), or, with ``stale_after``, decided here with it."""
     proxies = []
     connected_ids = {c.get("node_id") for c in clients if c.get("connected", True)}
@@ -411,6 +446,7 @@ def summarize(
         expected=expected.get("expected") if isinstance(expected, dict) else None,
         registrations=_registrations(registrations),
         now=now,
+        unusable_workers=unusable_workers,
     )
 
 
@@ -667,6 +703,11 @@ def render_table(status: Status, *, error_width: int = 100) -> str:
         lines.append(f"config error: {_problem_text(problem)}")
     for problem in status.warnings:
         lines.append(f"config warning: {_problem_text(problem)}")
+    if status.unusable_workers:
+        lines += [
+            "",
+            f"not shown, their workers did not answer usably: {status.unusable_workers}",
+        ]
     lines += ["", summary_line(status)]
     return "\n".join(lines) + "\n"
 
@@ -816,6 +857,7 @@ def to_json(status: Status) -> dict[str, Any]:
         "registrations": list(status.registrations),
         "config": {"errors": list(status.errors), "warnings": list(status.warnings)},
         "stale_after": status.stale_after,
+        "unusable_workers": status.unusable_workers,
         "summary": summary_counts(status),
         "exit_code": status.exit_code,
     }

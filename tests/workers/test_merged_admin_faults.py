@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from xdsd import status
 from xdsd.admin import AdminViews, forwarded_peer, peer_header
 from xdsd.admin.metrics import Metrics
 from xdsd.cache.cache import SnapshotCache
@@ -26,7 +27,7 @@ from xdsd.listeners import Deadline
 from xdsd.settings import Address, Settings
 from xdsd.transports.connections import ConnectionGate, serve_http
 from xdsd.transports.rest import RestDiscovery
-from xdsd.workers.admin import ROUTES, UNUSABLE_HEADER, MergedAdmin
+from xdsd.workers.admin import ROUTES, UNUSABLE_HEADER, WORKER_TIMEOUT, MergedAdmin
 
 MAX_BODY = 256 << 10
 
@@ -138,6 +139,88 @@ async def _faulty_workers(tmp_path: Path) -> None:
             assert r.status == 404
         async with session.get(f"{base}/healthz") as r:
             assert r.status == 200 and (await r.json())["workers"]["0"] == "ok"
+
+
+def _nested(depth: int) -> web.Application:
+    async def answer(_request: web.Request) -> web.Response:
+        body = b"[" * depth + b"]" * depth
+        return web.Response(body=body, content_type="application/json")
+
+    return _fake(answer)
+
+
+def test_deeply_nested_answers_are_named_not_a_failed_view(tmp_path: Path) -> None:
+    """A worker's JSON nested past the decoder's recursion limit, or past what the
+    merged view could encode again, is an unusable answer like garbage: every view is
+    still served, that worker named."""
+
+    async def main() -> None:
+        gate = ConnectionGate()
+        sockets = [str(tmp_path / f"w{n}.sock") for n in range(3)]
+        served = [
+            await _serve(_worker_views().app(), sockets[0], gate),
+            await _serve(_nested(100_000), sockets[1], gate),  # the decoder gives up
+            await _serve(_nested(900), sockets[2], gate),  # decodes; too deep to merge
+        ]
+        settings = Settings(admin=Address("127.0.0.1", 0))
+        admin = MergedAdmin(settings, lambda: sockets, gate, timeout=2.0)
+        base = f"http://{await admin.start()}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                for path in ROUTES:
+                    async with session.get(f"{base}{path}") as r:
+                        assert r.status in (200, 400, 503), (path, r.status)
+                async with session.get(f"{base}/debug/clients") as r:
+                    assert r.status == 200
+                    named = r.headers[UNUSABLE_HEADER]
+                    assert "worker 1: answered garbage" in named, named
+                    assert "worker 2: answered JSON nested over" in named, named
+                async with session.get(f"{base}/healthz") as r:
+                    assert r.status == 200
+        finally:
+            await admin.close(Deadline.after(1.0))
+            for runner, listener in served:
+                listener.close()
+                await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_status_names_the_workers_missing_from_its_view(tmp_path: Path) -> None:
+    """``xdsd status`` through a merged admin with one worker hung past its deadline and
+    one gone: it still reads the rest (it waits longer than the merged admin does),
+    prints which workers are missing and why, and exits 1, not 0 as if whole."""
+
+    async def main() -> None:
+        gate = ConnectionGate()
+        sockets = [str(tmp_path / f"w{n}.sock") for n in range(3)]
+        served = [
+            await _serve(_worker_views().app(), sockets[0], gate),
+            await _serve(_fake(_slow), sockets[1], gate),
+        ]  # sockets[2]: gone
+        settings = Settings(admin=Address("127.0.0.1", 0))
+        admin = MergedAdmin(settings, lambda: sockets, gate, timeout=0.5)
+        bound = await admin.start()
+        try:
+            read = await asyncio.to_thread(status.fetch, str(bound))
+        finally:
+            await admin.close(Deadline.after(1.0))
+            for runner, listener in served:
+                listener.close()
+                await runner.cleanup()
+        assert "worker 1: no answer within 0.5 s" in read.unusable_workers
+        assert "worker 2: unreachable" in read.unusable_workers
+        result = status.summarize(
+            read.clients, read.problems, now=read.now, unusable_workers=read.unusable_workers
+        )
+        assert result.exit_code == status.EXIT_FAILING
+        table = status.render_table(result)
+        assert "not shown, their workers did not answer usably: worker 1: no answer" in table
+        assert status.to_json(result)["unusable_workers"] == read.unusable_workers
+        assert status.summarize([], [], now=read.now).exit_code == status.EXIT_OK
+
+    assert status.FETCH_TIMEOUT > WORKER_TIMEOUT
+    asyncio.run(main())
 
 
 def test_every_route_of_a_workers_admin_is_merged() -> None:

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 WORKER_TIMEOUT = 5.0
 #: The most bytes of one worker's answer read (a longer one is unusable).
 MAX_WORKER_BODY = 64 << 20
+#: The deepest nesting of a worker's JSON answer used (ours nest a few levels, a proxy's
+#: metadata at most protobuf's 100): a deeper one would fail the merged view's encoding.
+MAX_WORKER_DEPTH = 160
 #: The header naming the workers whose answer was left out of a merged view, with why.
 UNUSABLE_HEADER = "X-Xdsd-Workers-Unusable"
 #: The admin routes merged (every route a worker's admin serves; the status page at /).
@@ -249,10 +252,13 @@ class MergedAdmin:
             return Answer(worker, error=f"internal error: {type(e).__name__}")
         try:
             body: Any = raw.decode() if text else json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return Answer(
                 worker, status, error="answered garbage: not " + ("text" if text else "JSON")
             )
+        if not text and not _nested_within(body, MAX_WORKER_DEPTH):
+            deep = f"answered JSON nested over {MAX_WORKER_DEPTH} deep"
+            return Answer(worker, status, error=deep)
         return Answer(worker, status, body, headers=kept)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -440,6 +446,20 @@ def _workload_json(workload: Workload | None) -> dict[str, str] | None:
         "role": workload.role,
         "address": workload.address,
     }
+
+
+def _nested_within(value: Any, limit: int) -> bool:
+    """Whether no list or object in the decoded JSON ``value`` lies more than ``limit``
+    levels deep (walked without recursion: the value may be as deep as the decoder
+    allows)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return True
 
 
 def _header_text(unusable: Mapping[str, str]) -> str:
