@@ -276,6 +276,12 @@ class Daemon:
         self.restart_cache: BuildCache | None = None
         # Set when the restart cache should be written again (a load, a new class).
         self._cache_wanted = asyncio.Event()
+        #: When the load under way began and when the applied one did (``time.time_ns``),
+        #: and whether a load was dropped since the last one applied (the loader's stamps
+        #: are then not the applied load's): what the restart cache's capture checks.
+        self._loading_ns = 0
+        self._loaded_ns = 0
+        self._dropped_load = False
         self.state.on_new_class = self._cache_wanted.set
         self.views.cached = lambda: self.state.cached
         self._watcher_ended = False
@@ -459,6 +465,7 @@ class Daemon:
             # served at once; the full load runs in the background (``_verify_cached``)
             self.state.publish_cached(cached.classes, cached.describe())
         else:
+            self._loading_ns = time.time_ns()
             self._apply(self.state.load(), time.perf_counter())
         await self.registry.start(self._registrations_changed.set)
         hold = self.hold_until_loaded and not self._serving_a_configuration()
@@ -608,6 +615,7 @@ class Daemon:
             # Reading and parsing (seconds for a large directory) happen off the loop,
             # so streams keep being served; translation and publishing happen on it.
             started = time.perf_counter()
+            self._loading_ns = time.time_ns()
             result = await asyncio.to_thread(self.state.load, paths, exclusive=False)
             if settled is not None and not await settled(isinstance(result, ConfigError)):
                 # Files changed while they were read or just after (a checkout under
@@ -615,6 +623,7 @@ class Daemon:
                 # what it parsed, which the next load (of these paths and the newer
                 # ones) reads again.
                 log.debug("load superseded by newer changes: dropped")
+                self._dropped_load = True
                 return False
             self._apply(result, started)
             await self._release_held()
@@ -688,9 +697,17 @@ class Daemon:
     def _capture(self) -> Capture | None:
         """What the restart cache should hold now: the last load's files and stamps and
         every class's snapshot; None while it would not be a good build (no load applied
-        yet, the last load refused)."""
+        yet, the last load refused), while the loader's stamps are not the applied
+        load's (a load was dropped since: the next one applied writes the cache), and
+        while the build holds workloads registered in this process's memory (no
+        ``[registry.etcd]``: they end with the process, so a start could not serve them;
+        registrations kept in etcd outlive it, and the registry read at start brings any
+        change)."""
         state = self.state
-        if state.loaded is None or state.errors or state.cached:
+        if state.loaded is None or state.errors or state.cached or self._dropped_load:
+            return None
+        if self.settings.registry.etcd is None and state.registrations:
+            log.debug("restart cache not written: the build holds in-memory registrations")
             return None
         classes = {}
         for key in self.cache.keys():  # noqa: SIM118 - a cache, not a dict
@@ -705,6 +722,8 @@ class Daemon:
             state.certificate_paths,
             classes,
             len(state.loaded.mesh.services),
+            {c.path: c.data for c in state.loaded.mesh.certificates},
+            self._loaded_ns,
         )
 
     async def _write_restart_cache(self) -> None:
@@ -754,7 +773,9 @@ class Daemon:
 
     def _apply(self, result: LoadResult | ConfigError, started: float) -> None:
         applied = self.state.apply(result)
+        self._dropped_load = False
         if not isinstance(result, ConfigError) and self.state.loaded is result:
+            self._loaded_ns = self._loading_ns
             self._cache_wanted.set()
         outcome = "refused" if self.state.errors else "applied" if applied else "unchanged"
         self.metrics.observe_reload(time.perf_counter() - started, outcome)
@@ -822,6 +843,7 @@ class Daemon:
             try:
                 async with self._reloading:
                     self.state.set_registrations(self.registry.current().values())
+                    self._loading_ns = time.time_ns()
                     result = await asyncio.to_thread(self.state.load, [], exclusive=False)
                     self._apply(result, started)
             except asyncio.CancelledError:

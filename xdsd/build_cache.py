@@ -55,7 +55,9 @@ user (who can read the key, and can edit the config directory anyway).
 The writer (``BuildCache.write``) runs in a worker thread, after a load was published:
 each file's hash is reused while its stamp is the one it was hashed at; a file whose
 stamp is no longer the one the load read it at is a change on its way (the next load
-writes the cache again), and nothing is written; nor is a build with a resource name
+writes the cache again), and nothing is written; likewise a certificate file whose
+bytes are not those the build holds, or a watched path (a directory) changed since the
+load began (``Capture``); nor is a build with a resource name
 holding NUL (which no valid mesh makes: names are NUL-separated). The file is written to
 a temporary file in the state directory, fsync'ed and renamed over the previous one (then
 the directory fsync'ed): a reader sees the old cache or the new one, never a mix.
@@ -129,7 +131,13 @@ class FileRecord:
 class Capture:
     """What one write records: the load's listed files and their stamps as the loader
     read them, the certificate paths it read or watched, the classes' snapshots, the
-    services count (for the status line) and the settings' ``fingerprint``."""
+    services count (for the status line) and the settings' ``fingerprint``.
+
+    ``certificates`` are the bytes the load built from, by path, and ``loaded_ns`` the
+    wall-clock time (ns) the load began: a certificate file whose bytes now differ from
+    those, and any other watched path (a directory, a certificate file the load could
+    not use) changed since the load began, is a change on its way, and nothing is
+    written (0: not known, that check skipped)."""
 
     config_dir: str
     fingerprint: str
@@ -138,6 +146,8 @@ class Capture:
     watched: frozenset[str]
     classes: Mapping[NodeClass, Snapshot]
     services: int
+    certificates: Mapping[str, bytes] = field(default_factory=dict)
+    loaded_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +367,13 @@ class BuildCache:
                 known = (stamp, digest, hashed_at)
             hashes[path] = known
             files.append((path, stamp, known[1]))
-        watched = [_record_json(_record(p)) for p in sorted(capture.watched)]
+        watched = []
+        for path in sorted(capture.watched):
+            record = _record(path)
+            if _changed_since_load(record, capture):
+                log.debug("restart cache not written: %s changed since it was loaded", path)
+                return False
+            watched.append(_record_json(record))
         # After every hash was taken: a file changed less than RACY_SECONDS before this
         # is hashed again at start, whichever write hashed it.
         written_ns = time.time_ns()
@@ -828,6 +844,25 @@ def _record(path: str) -> FileRecord:
     except OSError:
         return FileRecord(path, "absent", digest="unreadable")
     return FileRecord(path, "file", stamp, digest)
+
+
+def _changed_since_load(record: FileRecord, capture: Capture) -> bool:
+    """Whether the watched path of ``record`` (taken now) may differ from what the load
+    of ``capture`` built from: a certificate file's bytes other than those the load
+    held, or (a directory, a file the load did not hold) a change time at or after the
+    load's start. An absent path is what it was unless the load held its bytes."""
+    held = capture.certificates.get(record.path)
+    if record.kind == "file" and held is not None:
+        return hashlib.sha256(held).hexdigest() != record.digest
+    if record.kind == "absent":
+        return held is not None
+    if not capture.loaded_ns:
+        return False
+    try:
+        st = os.stat(record.path)
+    except OSError:
+        return True
+    return max(st.st_mtime_ns, st.st_ctime_ns) >= capture.loaded_ns
 
 
 def _record_json(record: FileRecord) -> list[Any]:

@@ -170,6 +170,11 @@ class MeshState:
         (``DirectoryLoader.stamps``)."""
         return self._loader.stamps()
 
+    @property
+    def registrations(self) -> tuple[Registration, ...]:
+        """The registrations merged into every load (``set_registrations``)."""
+        return self._registrations
+
     def set_registrations(self, registrations: Iterable[Registration]) -> None:
         """Merge ``registrations`` into the next load (``load([])`` then reads no file:
         see ``DirectoryLoader.registrations``)."""
