@@ -1,6 +1,7 @@
 """Reading inotify directly (``sources.inotify``): paths as the kernel reports them, new
-directories watched, moved-out ones forgotten, a full queue reported as the root, a
-vanished root raised, and links that loop watched once."""
+directories watched, moved-out ones forgotten, a full queue reported as the root and
+followed by watches built again for the tree as it now is, a vanished root raised, and
+links that loop watched once."""
 
 from __future__ import annotations
 
