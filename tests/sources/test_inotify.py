@@ -1,6 +1,7 @@
 """Reading inotify directly (``sources.inotify``): paths as the kernel reports them, new
-directories watched, moved-out ones forgotten, a full queue reported as the root, a
-vanished root raised, and links that loop watched once."""
+directories watched, moved-out ones forgotten, a full queue reported as the root and
+followed by watches built again for the tree as it now is, a vanished root raised, and
+links that loop watched once."""
 
 from __future__ import annotations
 
@@ -71,6 +72,58 @@ def test_a_full_kernel_queue_is_reported_as_the_root(tmp_path: Path) -> None:
         for i in range(limit // 2 + 10):  # each file: IN_CREATE and IN_CLOSE_WRITE
             (tmp_path / f"f{i}.yaml").write_bytes(b"")
         assert str(tmp_path) in tree.read()
+
+
+def _overflow(tree: TreeWatch, scratch: Path) -> None:
+    """Queue more events than the kernel keeps (``max_queued_events``) on ``tree``
+    without reading: whatever happens next until the read is lost."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 50000:
+        pytest.skip(f"max_queued_events is {limit}: too many files to write")
+    for i in range(limit // 2 + 10):  # each file: IN_CREATE and IN_CLOSE_WRITE
+        (scratch / f"f{i}.yaml").write_bytes(b"")
+
+
+def test_after_a_full_queue_the_watches_cover_the_tree_as_it_now_is(tmp_path: Path) -> None:
+    """Directories created, renamed or moved out while events were being lost: once the
+    overflow is read, new ones are watched, renamed ones report their new paths and
+    moved-out ones report nothing (the watch set is built again from the tree)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for name in ("scratch", "old", "leaving"):
+        (root / name).mkdir(parents=True)
+    outside.mkdir()
+    with TreeWatch(str(root), skip=_skip) as tree:
+        _overflow(tree, root / "scratch")
+        (root / "new" / "deeper").mkdir(parents=True)
+        os.rename(root / "old", root / "renamed")
+        os.rename(root / "leaving", outside / "leaving")
+        assert str(root) in tree.read()
+        (root / "new" / "c.yaml").write_text("x: 1\n")
+        (root / "new" / "deeper" / "d.yaml").write_text("x: 1\n")
+        (root / "renamed" / "e.yaml").write_text("x: 1\n")
+        (outside / "leaving" / "f.yaml").write_text("x: 1\n")
+        assert tree.read() == {
+            str(root / "new" / "c.yaml"),
+            str(root / "new" / "deeper" / "d.yaml"),
+            str(root / "renamed" / "e.yaml"),
+        }
+        assert sorted(tree._dirs.values()) == [
+            str(root),
+            str(root / "new"),
+            str(root / "new" / "deeper"),
+            str(root / "renamed"),
+            str(root / "scratch"),
+        ]
+
+
+def test_a_root_removed_while_the_queue_was_full_raises_file_not_found(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with TreeWatch(str(root), skip=_skip) as tree:
+        _overflow(tree, root)
+        shutil.rmtree(root)
+        with pytest.raises(FileNotFoundError):
+            tree.read()
 
 
 def test_a_root_that_is_removed_raises_file_not_found(tmp_path: Path) -> None:

@@ -11,9 +11,13 @@ watches. ``read`` turns what the kernel queued into the paths that changed.
 
 Faults: a full kernel queue (``IN_Q_OVERFLOW``: events were lost) is reported as the
 root itself, which the loader treats as "anything may have changed" (a listing and a
-stat of every file). The root deleted, moved or unmounted raises ``FileNotFoundError``
-from ``read``; running out of watches or descriptors raises ``OSError`` from ``open``
-or ``read``. The caller sets the watch up again.
+stat of every file); the lost events may also have been directories created, renamed or
+moved out, so once the queue is read the watch set is built again from the tree as it
+now is (``TreeWatch.rewatch``: a directory created during the overflow is watched from
+then on, one renamed is reported under its new path, one moved out no more). The root
+deleted, moved or unmounted raises ``FileNotFoundError`` from ``read`` (also when that
+was among the events lost); running out of watches or descriptors raises ``OSError``
+from ``__init__`` or ``read``. The caller sets the watch up again.
 """
 
 from __future__ import annotations
@@ -172,22 +176,50 @@ class TreeWatch:
     def read(self) -> set[str]:
         """The paths changed since the last call (empty when nothing is queued).
 
+        After a full queue (events were lost) the root is among them, and once the
+        queue is read the watches are set up again from the tree as it now is
+        (``rewatch``).
+
         Raises FileNotFoundError once the root is deleted, moved or unmounted, OSError
         when a new directory cannot be watched."""
         changed: set[str] = set()
+        overflowed = False
         while True:
             try:
                 data = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
-                return changed
+                break
             if not data:
-                return changed
-            self._parse(data, changed)
+                break
+            overflowed = self._parse(data, changed) or overflowed
+        if overflowed:
+            self.rewatch()
+        return changed
+
+    def rewatch(self) -> None:
+        """Build the watch set again from the tree as it is now: after events were lost
+        the watches no longer match it (a directory created meanwhile unwatched, one
+        renamed watched under its old path, one moved out still watched). Every
+        directory under the root is watched again (a directory already watched keeps
+        its watch descriptor, now under the path it has today); the watches of those no
+        longer under the root are dropped.
+
+        Raises FileNotFoundError when the root is gone, OSError as ``__init__`` does
+        (the watch is then unusable: close it and set it up again)."""
+        old, self._dirs = self._dirs, {}
+        root_wd = self._add_tree(self.root)
+        if root_wd < 0 or root_wd != self._root_wd:
+            raise self._gone()  # deleted, or another directory now has the root's name
+        for wd in old.keys() - self._dirs.keys():
+            self._libc.inotify_rm_watch(self._fd, wd)  # an error: gone already
 
     def _gone(self) -> FileNotFoundError:
         return FileNotFoundError(errno.ENOENT, "the watched directory is gone", self.root)
 
-    def _parse(self, data: bytes, changed: set[str]) -> None:
+    def _parse(self, data: bytes, changed: set[str]) -> bool:
+        """Add the paths the events in ``data`` name to ``changed``; True when the
+        kernel's queue overflowed (``read`` then calls ``rewatch``)."""
+        overflowed = False
         offset = 0
         while offset + _HEADER.size <= len(data):
             wd, mask, _cookie, size = _HEADER.unpack_from(data, offset)
@@ -196,6 +228,7 @@ class TreeWatch:
             offset += size
             if mask & IN_Q_OVERFLOW:
                 changed.add(self.root)
+                overflowed = True
                 continue
             if wd == self._root_wd and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
                 raise self._gone()
@@ -218,6 +251,7 @@ class TreeWatch:
             elif mask & (IN_CREATE | IN_MOVED_TO) and (mask & IN_ISDIR or os.path.isdir(path)):
                 self._add_tree(path)  # a directory, or a link to one, came in
             changed.add(path)
+        return overflowed
 
 
 def _os_error(call: str, path: str, code: int | None = None) -> OSError:

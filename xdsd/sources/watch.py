@@ -27,7 +27,9 @@ quiet check) feed the same machinery.
 Editor temp and swap files and VCS directories are ignored; dot-names are *not*
 ignored for triggering, because Kubernetes ConfigMap volumes and git-sync publish a new
 version by renaming a ``..data`` symlink. A full kernel queue (events lost) is reported
-as the directory itself, which makes the loader check every file. When the config
+as the directory itself, which makes the loader check every file, and the watches are
+set up again for the tree as it then is (``inotify.TreeWatch.rewatch``), so a directory
+created while events were lost is watched from then on. When the config
 directory itself is a symlink that is swapped to a new target, the watch is
 re-established on the new target (its real path is checked every ``poll_interval``).
 
