@@ -14,9 +14,9 @@ from tests.fuzzing import deadline, fuzz_settings
 from tests.protocol.test_delta import Client, only, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
-from xdsd.protocol.delta import DeltaStream
+from xdsd.protocol.delta import DeltaStream, disjoint
 from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
-from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
+from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource, Version
 from xdsd.translate.vhds import split_route_configuration
 
 
@@ -260,6 +260,7 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
                     started.difference_update(r.removed)
                     continue
                 assert r.type_url == VIRTUAL_HOST
+                assert not _added_and_removed(r), r
                 for name in (n for n in r.removed if n.endswith("/")):
                     config = name[:-1]
                     assert config in VHDS_CONFIGS and config in stream.held(ROUTE), name
@@ -299,3 +300,54 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
             target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
             if "/" in alias and target is not None:
                 assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
+
+
+def _added_and_removed(response: DeltaResponse) -> set[str]:
+    """The names ``response``'s message both carries and removes (Envoy rejects it)."""
+    proto = response.to_proto()
+    return {r.name for r in proto.resources} & set(proto.removed_resources)
+
+
+def test_a_virtual_host_named_like_its_alias_is_removed_not_also_unresolved() -> None:
+    """``CONFIG/FQDN:PORT`` is a virtual host's name and one of its domains: an alias of
+    that name, when the virtual host leaves, is announced removed only (Envoy rejects a
+    response naming it in both lists); asked again, it is answered as unresolved."""
+    echo = vhost("80/echo:80", "echo", "echo:80")
+    stream = DeltaStream(snapshot=snap(echo))
+    client = Client(stream)
+    client.ack(responses(client.request(VIRTUAL_HOST, ["80"]))[0])
+    got = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert got.names == ("80/echo:80",)
+    client.ack(got)
+    gone = only(stream.on_snapshot(snap(vhost("80/other:80", "other"))))
+    assert (gone.names, gone.removed, gone.unresolved) == ((), ("80/echo:80",), ())
+    assert not _added_and_removed(gone)
+    client.ack(gone)
+    again = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert (again.unresolved, again.removed) == (("80/echo:80",), ())
+
+
+def test_a_reconnect_holding_a_virtual_host_now_gone_is_sent_its_removal_only() -> None:
+    stream = DeltaStream(snapshot=snap(vhost("80/other:80", "other")))
+    client = Client(stream)
+    got = only(client.request(VIRTUAL_HOST, ["80", "80/echo:80"], initial={"80/echo:80": "v1"}))
+    assert (got.names, got.removed, got.unresolved) == ((), ("80/echo:80",), ())
+    assert not _added_and_removed(got)
+
+
+def test_no_delta_response_adds_and_removes_a_name() -> None:
+    """The final guard: content wins over a removal, a removal over an unresolved name."""
+    echo = BASE[0]
+    both = DeltaResponse(
+        VIRTUAL_HOST,
+        Version("1"),
+        "1",
+        (echo,),
+        ("80/echo", "80/x"),
+        ((echo.name,),),
+        unresolved=("80/x", "80/echo", "80/y"),
+    )
+    fixed = disjoint(both)
+    assert (fixed.names, fixed.removed, fixed.unresolved) == (("80/echo",), ("80/x",), ("80/y",))
+    assert not _added_and_removed(fixed)
+    assert disjoint(fixed) is fixed

@@ -58,7 +58,7 @@ holds, by name, as far as the stream knows: the per-resource version it was last
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -271,7 +271,7 @@ class DeltaStream:
                 if clusters is not None and clusters.keeping:
                     clusters.clean = ""
             if response is not None:
-                out.append(response)
+                out.append(disjoint(response))
         return out
 
     def _wanted(self, state: _DeltaType, snap: Snapshot, type_url: TypeUrl) -> set[str]:
@@ -377,6 +377,9 @@ class DeltaStream:
         starters = self._vhds_starters(state, snap)
         removed = tuple(sorted((state.vhosts - still) | gone | starters))
         state.vhosts = still
+        # An alias that is also the name of a virtual host now gone (``CONFIG/FQDN:PORT``
+        # is both): its removal answers it; it stays absent, so a re-ask is answered.
+        unresolved = [a for a in unresolved if a not in removed]
         if not due and not unresolved and not removed and not namespaces:
             return None
         changed = tuple(bucket[n] for n in sorted(due))
@@ -442,6 +445,20 @@ class DeltaStream:
         bucket = snap.get(CLUSTER)
         wanted = self._wanted(state, snap, CLUSTER)
         return any(n in bucket and state.held.get(n) != resource_version(bucket[n]) for n in wanted)
+
+
+def disjoint(response: DeltaResponse) -> DeltaResponse:
+    """``response`` with no name both added and removed (Envoy rejects such a response
+    whole): a resource sent with content is not also removed, and a name removed is not
+    also sent as unresolved. The protocol never builds such a response; this is the
+    final guard of every delta response."""
+    added = set(response.names)
+    removed = tuple(n for n in response.removed if n not in added)
+    gone = added.union(removed)
+    unresolved = tuple(n for n in response.unresolved if n not in gone)
+    if removed == response.removed and unresolved == response.unresolved:
+        return response
+    return replace(response, removed=removed, unresolved=unresolved)
 
 
 def _check_alias(name: str) -> None:
