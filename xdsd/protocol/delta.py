@@ -18,7 +18,8 @@ holds, by name, as far as the stream knows: the per-resource version it was last
 - A response carries the subscribed resources whose version differs from what the client
   holds, and in ``removed_resources`` the names the client holds that are gone or no longer
   subscribed, and the subscribed names that do not exist (once each, so the client stops
-  waiting for them).
+  waiting for them). No name is both added and removed in one response (Envoy rejects
+  such a response whole); ``disjoint`` guards every response.
 - A NACKed response leaves its content recorded as held, so it is not sent again until it
   changes; its resources are recorded as rejected, by name (``rejected``, and named in the
   NACK event's message), until a later version of each is ACKed.
@@ -37,7 +38,10 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   (``vhosts.VirtualHostIndex``; a virtual host's own name resolves to itself) and kept
   by alias: the virtual host it resolves to is sent, with the aliases now due, when the
   client does not hold its version under that alias; an alias that resolves to nothing
-  is answered once as a resource of that name with no content; a name without ``/``
+  is answered once as a resource of that name with no content, unless that name is
+  announced removed in the same response (an alias ``CONFIG/FQDN:PORT`` is also the
+  name of the virtual host it resolves to: when that virtual host leaves, its removal
+  answers the alias, which stays counted as absent); a name without ``/``
   (Envoy's subscription to a route configuration's namespace) gets a response, empty if
   nothing else is due, so that Envoy's VHDS starts. Subscribing again to a name already
   subscribed (Envoy asks again when a host still has no virtual host) answers it again.
