@@ -14,8 +14,8 @@ from tests.fuzzing import deadline, fuzz_settings
 from tests.protocol.test_delta import Client, only, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
-from xdsd.protocol.delta import DeltaStream, disjoint
-from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
+from xdsd.protocol.delta import MAX_SUBSCRIBED_NAMES, DeltaStream, disjoint
+from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, VirtualHostIndex
 from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource, Version
 from xdsd.translate.vhds import split_route_configuration
 
@@ -176,9 +176,88 @@ def test_hostile_names_are_bounded() -> None:
     client = Client(DeltaStream(snapshot=snap(*BASE)))
     with pytest.raises(ProtocolError):
         client.request(VIRTUAL_HOST, ["80/" + "a" * MAX_ALIAS_LENGTH])
+    # namespace names (no "/") are never forgotten: beyond the per-type bound, refused
     client = Client(DeltaStream(snapshot=snap(*BASE)))
-    with pytest.raises(ProtocolError):
-        client.request(VIRTUAL_HOST, [f"80/h{i}" for i in range(5000)])
+    client.request(VIRTUAL_HOST, [f"c{i}" for i in range(MAX_SUBSCRIBED_NAMES)])
+    with pytest.raises(ProtocolError) as refused:
+        client.request(VIRTUAL_HOST, ["c"])
+    assert refused.value.code == "RESOURCE_EXHAUSTED"
+
+
+def _bounded(stream: DeltaStream) -> None:
+    """Every set the stream keeps of VHDS aliases is within the bound."""
+    state = stream._types[VIRTUAL_HOST]
+    for kept in (state.names, state.order, state.asked, state.absent, state.held, state.sent):
+        assert len(kept) <= MAX_VIRTUAL_HOST_NAMES + 1, len(kept)  # (+ the namespace "80")
+
+
+def test_many_unresolved_aliases_are_forgotten_first_and_the_stream_stays() -> None:
+    """Traffic with ever new Host headers (Envoy subscribes one alias per host, never
+    unsubscribes): beyond the bound the least recently asked unresolved aliases are
+    forgotten, not the resolved ones; the stream stays up and answers a re-ask."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.ack(only(client.request(VIRTUAL_HOST, ["80"])))
+    echo = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert echo.names == ("80/echo",)
+    client.ack(echo)
+    flood = [f"80/h{i}.nowhere" for i in range(MAX_VIRTUAL_HOST_NAMES + 500)]
+    for i in range(0, len(flood), 100):  # (answered in batches: quicker, the same path)
+        got = only(client.request(VIRTUAL_HOST, flood[i : i + 100]))
+        assert (got.names, got.removed) == ((), ())
+        assert set(got.unresolved) == set(flood[i : i + 100])
+        client.ack(got)
+        _bounded(stream)
+    assert stream.held(VIRTUAL_HOST)["80/echo:80"] == resource_version(BASE[0])
+    # the oldest were forgotten: asked again, answered again, like a new alias
+    again = only(client.request(VIRTUAL_HOST, [flood[0]]))
+    assert again.unresolved == (flood[0],)
+    client.ack(again)
+    _bounded(stream)
+    # and an edit of echo still reaches this client
+    edited = (vhost("80/echo", "echo", "echo:80", body="b"), *BASE[1:])
+    assert [r.names for r in stream.on_snapshot(snap(*edited))] == [("80/echo",)]
+
+
+def test_resolved_aliases_are_forgotten_when_nothing_else_is_and_hosts_removed() -> None:
+    """With only resolved aliases beyond the bound, the least recently asked are
+    forgotten; a virtual host no remaining alias resolves to is announced removed, and
+    sent again when its alias is asked again."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.ack(only(client.request(VIRTUAL_HOST, ["80"])))
+    client.ack(only(client.request(VIRTUAL_HOST, ["80/echo:80", "80/echo"])))
+    wild = [f"80/h{i}.example.com" for i in range(MAX_VIRTUAL_HOST_NAMES)]
+    first = only(client.request(VIRTUAL_HOST, wild[:2000]))
+    assert first.names == ("80/wild",)
+    client.ack(first)
+    # echo's two aliases are now the least recently asked: forgotten, echo removed
+    got = only(client.request(VIRTUAL_HOST, wild[2000:]))
+    assert (got.names, got.removed) == (("80/wild",), ("80/echo",))
+    assert set(got.aliases[0]) == set(wild[2000:])
+    client.ack(got)
+    _bounded(stream)
+    assert "80/echo" not in stream.held(VIRTUAL_HOST)
+    again = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert (again.names, again.aliases) == (("80/echo",), (("80/echo:80",),))
+    client.ack(again)
+    _bounded(stream)
+
+
+def test_unsubscribing_forgets_an_alias_everywhere() -> None:
+    """Subscribe, subscribe again, unsubscribe, with ever new aliases and no answer: the
+    stream keeps nothing of them."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.request(VIRTUAL_HOST, ["80"])
+    for i in range(20_000):
+        name = f"80/h{i}.example"
+        client.request(VIRTUAL_HOST, [name])
+        client.request(VIRTUAL_HOST, [name])
+        client.request(VIRTUAL_HOST, unsubscribe=[name])
+    state = stream._types[VIRTUAL_HOST]
+    assert (state.names, state.asked, state.order, state.absent) == ({"80"}, set(), {}, {"80"})
+    assert not state.held and not state.sent
 
 
 def test_split_route_configuration() -> None:

@@ -55,14 +55,27 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   and comes back is started again.
   On a reconnect, an alias whose virtual host the client says it holds at the current
   version (``initial_resource_versions``, by the virtual host's name) is not sent again.
-  A virtual host no held alias resolves to any more is announced removed by its name.
-  At most ``MAX_VIRTUAL_HOST_NAMES`` names of at most ``MAX_ALIAS_LENGTH`` characters.
+  A virtual host no held alias resolves to any more is announced removed by its name
+  (one the client said it holds on a reconnect too).
+  Envoy subscribes an alias per distinct Host header and never unsubscribes, so the
+  aliases are a memory bound, not a failure: the stream keeps them in ask order (asking
+  again makes an alias the most recent) and beyond ``MAX_VIRTUAL_HOST_NAMES`` forgets
+  the least recently asked ones, first those that resolve to no virtual host, then
+  the others. A forgotten alias is as if never asked: a virtual host no remaining alias
+  resolves to is announced removed (Envoy asks again at its next request for that host),
+  and asking again is answered like a new alias. Names without ``/`` are never
+  forgotten. Unsubscribing forgets an alias at once. A name longer than
+  ``MAX_ALIAS_LENGTH`` characters is malformed (INVALID_ARGUMENT).
+- Every type (VHDS's names without ``/`` included): more than ``MAX_SUBSCRIBED_NAMES``
+  names subscribed, or said to be held on a reconnect, ends the stream with
+  RESOURCE_EXHAUSTED (a hostile client: real meshes stay far below).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -101,6 +114,11 @@ from xdsd.resources import (
 )
 
 DeltaEvent = DeltaResponse | Ack | Nack
+#: How many names of one type a stream may be subscribed to (or say it holds when it
+#: reconnects). A mesh of 10,000 services with subsets subscribes some 30,000 EDS names;
+#: 2**18 leaves room for ten times that (names of real meshes are under 256 characters:
+#: some 50 MB per type at most) and stops a client that would hold millions.
+MAX_SUBSCRIBED_NAMES = 1 << 18
 #: The order a delta ADS stream answers types in: RDS's virtual hosts right after it.
 _AFTER_ROUTE = PUSH_ORDER.index(ROUTE) + 1
 _DELTA_ORDER = (*PUSH_ORDER[:_AFTER_ROUTE], VIRTUAL_HOST, *PUSH_ORDER[_AFTER_ROUTE:])
@@ -128,6 +146,8 @@ class _DeltaType:
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
     vhosts: set[str] = field(default_factory=set)  # VHDS: virtual hosts the client holds
     asked: set[str] = field(default_factory=set)  # VHDS: aliases asked for after the first
+    # VHDS: the aliases (names with "/") in ask order, least recently asked first
+    order: dict[str, None] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)  # VHDS: route configurations started
     # The type's snapshot version when what is due was last worked out, and nothing that
     # decides it (subscription, holding) changed since: nothing is due while the version
@@ -187,10 +207,15 @@ class DeltaStream:
         events: list[DeltaEvent] = []
         state = self._types.get(type_url)
         again = state is not None  # a later request: VHDS names subscribed again are due
+        vhds = type_url == VIRTUAL_HOST
         if state is None:
+            _check_count(type_url, len(request.initial_resource_versions))
             state = self._types[type_url] = _DeltaType()
             state.held.update(request.initial_resource_versions)
             state.resumed = bool(request.initial_resource_versions)
+            if vhds:
+                # what it holds and no remaining alias resolves to is announced removed
+                state.vhosts = set(request.initial_resource_versions)
             if type_url in WILDCARD_TYPES and not request.resource_names_subscribe:
                 state.wildcard = True  # the legacy wildcard: a first request naming nothing
         elif state.nonce and request.response_nonce == state.nonce:
@@ -202,7 +227,6 @@ class DeltaStream:
                     state.rejected.pop(name, None)
             state.nonce = ""
             state.updates_in_flight = False
-        vhds = type_url == VIRTUAL_HOST
         if request.resource_names_subscribe or request.resource_names_unsubscribe:
             state.clean = ""
         for name in request.resource_names_subscribe:
@@ -215,21 +239,25 @@ class DeltaStream:
                         state.absent.discard(name)
                         state.held.pop(name, None)
                         state.asked.add(name)
+                    if "/" in name:
+                        state.order.pop(name, None)  # asked again: the most recent
+                        state.order[name] = None
                 state.names.add(name)
                 state.dropped.discard(name)
-        if vhds and len(state.names) > MAX_VIRTUAL_HOST_NAMES:
-            raise ProtocolError(
-                "INVALID_ARGUMENT",
-                f"subscribed to more than {MAX_VIRTUAL_HOST_NAMES} virtual host names",
-            )
+        if vhds and len(state.order) > MAX_VIRTUAL_HOST_NAMES:
+            self._forget_aliases(state, len(state.order) - MAX_VIRTUAL_HOST_NAMES)
+        _check_count(type_url, len(state.names))
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 state.wildcard = False
                 continue
             state.names.discard(name)
             state.absent.discard(name)
-            if name in state.held:
+            if name in state.held or name in state.sent:
                 state.dropped.add(name)
+            if vhds:
+                state.asked.discard(name)
+                state.order.pop(name, None)
         events.extend(self._push())
         snap = self._snapshot
         if state.resumed and not state.responded and not state.confirmed and snap is not None:
@@ -402,6 +430,32 @@ class DeltaStream:
             unresolved=tuple(unresolved),
         )
 
+    def _forget_aliases(self, state: _DeltaType, count: int) -> None:
+        """Forget ``count`` VHDS aliases, least recently asked first: those that resolve to
+        no virtual host of the current snapshot, then those that do (see the module
+        docstring). A forgotten alias is no longer held or sent: the next VHDS response
+        announces removed each virtual host no remaining alias resolves to."""
+        snap = self._snapshot
+        bucket = snap.get(VIRTUAL_HOST) if snap is not None else {}
+        index = index_of(snap) if snap is not None else None
+
+        def resolves(alias: str) -> bool:
+            return alias in bucket or (index is not None and index.resolve(alias) is not None)
+
+        victims = list(islice((a for a in state.order if not resolves(a)), count))
+        if len(victims) < count:
+            chosen = set(victims)
+            rest = (a for a in state.order if a not in chosen)
+            victims.extend(islice(rest, count - len(victims)))
+        for alias in victims:
+            del state.order[alias]
+            state.names.discard(alias)
+            state.absent.discard(alias)
+            state.asked.discard(alias)
+            state.dropped.discard(alias)
+            state.held.pop(alias, None)
+            state.sent.pop(alias, None)
+
     def _vhds_starters(self, state: _DeltaType, snap: Snapshot) -> set[str]:
         """The names ``ROUTE_CONFIG/`` that start the VHDS route configurations the client
         holds and that were not started yet (see the module docstring); notes them as
@@ -463,6 +517,16 @@ def disjoint(response: DeltaResponse) -> DeltaResponse:
     if removed == response.removed and unresolved == response.unresolved:
         return response
     return replace(response, removed=removed, unresolved=unresolved)
+
+
+def _check_count(type_url: TypeUrl, count: int) -> None:
+    """Refuse (ProtocolError RESOURCE_EXHAUSTED) ``count`` names of one type, subscribed
+    or said to be held, beyond ``MAX_SUBSCRIBED_NAMES``."""
+    if count > MAX_SUBSCRIBED_NAMES:
+        raise ProtocolError(
+            "RESOURCE_EXHAUSTED",
+            f"more than {MAX_SUBSCRIBED_NAMES} names of {type_url.rpartition('.')[2]}",
+        )
 
 
 def _check_alias(name: str) -> None:
