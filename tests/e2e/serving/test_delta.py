@@ -6,13 +6,16 @@ sent nothing it already has."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.mesh import EchoMesh, Prober, route_to, vs
 from tests.harness import Envoy, Xdsd, http_get, wait_until, write_atomically
+from xdsd.protocol.vhosts import MAX_VIRTUAL_HOST_NAMES
 
 SENT = re.compile(r"sending delta (\w+) version=\S+ nonce=\S+ resources=(\d+) removed=(\d+)")
 
@@ -180,3 +183,27 @@ def test_vhds_removes_a_virtual_host_asked_for_by_its_own_name(mesh: EchoMesh) -
     assert f"http_proxy/{host}" not in _virtual_hosts(envoy, "http_proxy")
     assert "duplicate name" not in envoy.log()
     assert envoy.stats().get("http.outbound_http_proxy.vhds.http_proxy.update_rejected", 0) == 0
+
+
+def test_vhds_traffic_with_ever_new_hosts_does_not_cut_envoy_off(mesh: EchoMesh) -> None:
+    """More distinct Host headers than a stream keeps VHDS aliases for (Envoy subscribes
+    one per host and never unsubscribes): xdsd forgets the oldest unknown ones instead
+    of ending the stream, so Envoy stays connected, a real host still routes and an edit
+    still reaches it."""
+    xdsd = mesh.start_xdsd()
+    envoy = mesh.start_envoy("delta")
+    mesh.wait_for("v1")
+
+    def unknown(i: int) -> int:
+        return http_get(mesh.outbound_ip, mesh.port, "/", {"Host": f"h{i}.nowhere"})[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(unknown, range(MAX_VIRTUAL_HOST_NAMES + 200)))
+    assert set(statuses) == {404}, Counter(statuses)
+    assert "ending stream" not in xdsd.log()
+    assert envoy.stats().get("control_plane.connected_state") == 1
+    mesh.wait_for("v1")  # echo still routes (its alias was not forgotten: it resolves)
+    write_atomically(mesh.rules, vs(route_to({"v2": 100})))
+    mesh.wait_for("v2")  # and an edit still arrives
+    assert unknown(0) == 404  # a forgotten host, asked again, is answered again
+    assert "ending stream" not in xdsd.log()
