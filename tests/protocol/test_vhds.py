@@ -277,7 +277,16 @@ def test_split_route_configuration() -> None:
 
 ALIASES = st.one_of(
     st.sampled_from(
-        ["80", "http_proxy", "80/echo", "80/echo:80", "80/x.example.com", "80/api.v1", "81/a"]
+        [
+            "80",
+            "http_proxy",
+            "80/echo",
+            "80/echo:80",
+            "80/x.example.com",
+            "80/api.v1",
+            "81/a",
+            "80/new",  # both a virtual host's name and one of its domains
+        ]
     ),
     st.text(max_size=40),  # garbage: control characters, no "/", unicode
 )
@@ -305,6 +314,10 @@ def _snapshot_of(picks: list[int]) -> Snapshot:
         st.one_of(
             st.tuples(st.just("subscribe"), st.lists(ALIASES, max_size=4)),
             st.tuples(st.just("unsubscribe"), st.lists(ALIASES, max_size=2)),
+            # hostile: more new hosts than the stream keeps aliases for, or a host
+            # subscribed twice and unsubscribed
+            st.tuples(st.just("flood"), st.integers(-50, 50)),
+            st.tuples(st.just("cycle"), st.integers(1, 20)),
             st.tuples(st.just("answer"), st.booleans()),
             st.tuples(st.just("snapshot"), SNAPSHOTS),
             st.tuples(
@@ -322,12 +335,16 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
     resolves is held at its virtual host's current version. With route configurations
     subscribed and dropped too: a VHDS start (``CONFIG/`` removed) names only a
     configuration with ``vhds`` the client holds, and every one it holds at the end was
-    started since it was last given."""
+    started since it was last given. No response adds and removes a name. Hostile
+    floods of new hosts and subscribe/unsubscribe cycles: the stream stays up, keeps at
+    most ``MAX_VIRTUAL_HOST_NAMES`` aliases, and forgets unresolved aliases first."""
     with deadline("protocol.vhds"):
         current = snap(*BASE, *CONFIGS[:2])
         stream = DeltaStream(snapshot=current)
         client = Client(stream)
-        subscribed: set[str] = set()
+        subscribed: set[str] = set()  # every alias ever subscribed and not unsubscribed
+        promised: set[str] = set()  # those the stream may not forget
+        fresh = iter(range(1 << 30))
         outstanding: list[DeltaResponse] = []
         started: set[str] = set()  # VHDS configurations started since last given
 
@@ -353,10 +370,29 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
         for kind, arg in steps:
             if kind == "subscribe":
                 subscribed |= set(arg)
+                promised |= set(arg)
                 check(client.request(VIRTUAL_HOST, arg))
             elif kind == "unsubscribe":
                 subscribed -= set(arg)
+                promised -= set(arg)
                 check(client.request(VIRTUAL_HOST, [], arg))
+            elif kind == "flood":
+                # forgets unresolved aliases first: those resolving now are kept
+                index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+                promised = {
+                    a for a in promised if a in current.get(VIRTUAL_HOST) or index.resolve(a)
+                }
+                hosts = [f"80/h{next(fresh)}.flood" for _ in range(MAX_VIRTUAL_HOST_NAMES + arg)]
+                subscribed |= set(hosts)
+                check(client.request(VIRTUAL_HOST, hosts))
+            elif kind == "cycle":
+                for _ in range(arg):
+                    name = f"80/c{next(fresh)}.cycle"
+                    subscribed.add(name)
+                    check(client.request(VIRTUAL_HOST, [name]))
+                    check(client.request(VIRTUAL_HOST, [name]))
+                    subscribed.discard(name)
+                    check(client.request(VIRTUAL_HOST, [], [name]))
             elif kind == "answer" and outstanding:
                 r = outstanding.pop()
                 check(client.request(r.type_url, nonce=r.nonce, error="no" if arg else None))
@@ -374,8 +410,12 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
         assert not outstanding
         assert VHDS_CONFIGS.intersection(stream.held(ROUTE)) <= started
         index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+        state = stream._types[VIRTUAL_HOST]
+        assert len(state.order) <= MAX_VIRTUAL_HOST_NAMES
+        assert set(state.asked) | set(state.absent) | set(state.order) <= state.names
+        assert not any(n.endswith(".cycle") for n in state.names | set(state.held))
         held = stream.held(VIRTUAL_HOST)
-        for alias in subscribed:
+        for alias in promised:
             target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
             if "/" in alias and target is not None:
                 assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
