@@ -510,6 +510,13 @@ def disjoint(response: DeltaResponse) -> DeltaResponse:
     whole): a resource sent with content is not also removed, and a name removed is not
     also sent as unresolved. The protocol never builds such a response; this is the
     final guard of every delta response."""
+    if not response.removed and not response.unresolved:
+        return response  # the usual push: nothing removed, nothing unresolved
+    taken = set(response.removed).union(response.unresolved)
+    if taken.isdisjoint(response.names) and (
+        not response.unresolved or set(response.unresolved).isdisjoint(response.removed)
+    ):
+        return response
     added = set(response.names)
     removed = tuple(n for n in response.removed if n not in added)
     gone = added.union(removed)
