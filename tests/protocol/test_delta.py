@@ -11,7 +11,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from tests.protocol.test_sotw import NODE, cluster, endpoints, listener, mesh, routes
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import Ack, DeltaResponse, Nack, ProtocolError, resource_version
-from xdsd.protocol.delta import DeltaEvent, DeltaStream
+from xdsd.protocol.delta import MAX_SUBSCRIBED_NAMES, DeltaEvent, DeltaStream
 from xdsd.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TypeUrl
 
 
@@ -233,3 +233,24 @@ def test_node_is_kept_trimmed() -> None:
     stream.on_request(big)
     assert stream.node is not None and stream.node.id == NODE.id
     assert len(stream.node.extensions) == 0
+
+
+@pytest.mark.parametrize("type_url", [CLUSTER, ENDPOINT, LISTENER, ROUTE])
+def test_subscribed_names_are_bounded_per_type(type_url: TypeUrl) -> None:
+    """A client subscribing to ever more names of one type is refused past the bound
+    (RESOURCE_EXHAUSTED), and so is a reconnect saying it holds more than that; another
+    type's names do not count."""
+    _, client = ads(mesh())
+    half = MAX_SUBSCRIBED_NAMES // 2
+    client.request(type_url, [f"a{i}" for i in range(half)])
+    client.request(type_url, [f"a{i}" for i in range(half)])  # the same names again
+    client.request(type_url, [f"b{i}" for i in range(half)])
+    other = CLUSTER if type_url != CLUSTER else ENDPOINT
+    client.request(other, [f"c{i}" for i in range(half)])
+    with pytest.raises(ProtocolError) as refused:
+        client.request(type_url, ["one more"])
+    assert refused.value.code == "RESOURCE_EXHAUSTED"
+    held = {f"a{i}": "v" for i in range(MAX_SUBSCRIBED_NAMES + 1)}
+    with pytest.raises(ProtocolError) as refused:
+        ads(mesh())[1].request(type_url, ["a0"], initial=held)
+    assert refused.value.code == "RESOURCE_EXHAUSTED"

@@ -14,9 +14,9 @@ from tests.fuzzing import deadline, fuzz_settings
 from tests.protocol.test_delta import Client, only, responses
 from xdsd.cache.snapshot import Snapshot
 from xdsd.protocol import DeltaResponse, ProtocolError, resource_version
-from xdsd.protocol.delta import DeltaStream
-from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, VirtualHostIndex
-from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
+from xdsd.protocol.delta import MAX_SUBSCRIBED_NAMES, DeltaStream, disjoint
+from xdsd.protocol.vhosts import MAX_ALIAS_LENGTH, MAX_VIRTUAL_HOST_NAMES, VirtualHostIndex
+from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource, Version
 from xdsd.translate.vhds import split_route_configuration
 
 
@@ -176,9 +176,88 @@ def test_hostile_names_are_bounded() -> None:
     client = Client(DeltaStream(snapshot=snap(*BASE)))
     with pytest.raises(ProtocolError):
         client.request(VIRTUAL_HOST, ["80/" + "a" * MAX_ALIAS_LENGTH])
+    # namespace names (no "/") are never forgotten: beyond the per-type bound, refused
     client = Client(DeltaStream(snapshot=snap(*BASE)))
-    with pytest.raises(ProtocolError):
-        client.request(VIRTUAL_HOST, [f"80/h{i}" for i in range(5000)])
+    client.request(VIRTUAL_HOST, [f"c{i}" for i in range(MAX_SUBSCRIBED_NAMES)])
+    with pytest.raises(ProtocolError) as refused:
+        client.request(VIRTUAL_HOST, ["c"])
+    assert refused.value.code == "RESOURCE_EXHAUSTED"
+
+
+def _bounded(stream: DeltaStream) -> None:
+    """Every set the stream keeps of VHDS aliases is within the bound."""
+    state = stream._types[VIRTUAL_HOST]
+    for kept in (state.names, state.order, state.asked, state.absent, state.held, state.sent):
+        assert len(kept) <= MAX_VIRTUAL_HOST_NAMES + 1, len(kept)  # (+ the namespace "80")
+
+
+def test_many_unresolved_aliases_are_forgotten_first_and_the_stream_stays() -> None:
+    """Traffic with ever new Host headers (Envoy subscribes one alias per host, never
+    unsubscribes): beyond the bound the least recently asked unresolved aliases are
+    forgotten, not the resolved ones; the stream stays up and answers a re-ask."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.ack(only(client.request(VIRTUAL_HOST, ["80"])))
+    echo = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert echo.names == ("80/echo",)
+    client.ack(echo)
+    flood = [f"80/h{i}.nowhere" for i in range(MAX_VIRTUAL_HOST_NAMES + 500)]
+    for i in range(0, len(flood), 100):  # (answered in batches: quicker, the same path)
+        got = only(client.request(VIRTUAL_HOST, flood[i : i + 100]))
+        assert (got.names, got.removed) == ((), ())
+        assert set(got.unresolved) == set(flood[i : i + 100])
+        client.ack(got)
+        _bounded(stream)
+    assert stream.held(VIRTUAL_HOST)["80/echo:80"] == resource_version(BASE[0])
+    # the oldest were forgotten: asked again, answered again, like a new alias
+    again = only(client.request(VIRTUAL_HOST, [flood[0]]))
+    assert again.unresolved == (flood[0],)
+    client.ack(again)
+    _bounded(stream)
+    # and an edit of echo still reaches this client
+    edited = (vhost("80/echo", "echo", "echo:80", body="b"), *BASE[1:])
+    assert [r.names for r in stream.on_snapshot(snap(*edited))] == [("80/echo",)]
+
+
+def test_resolved_aliases_are_forgotten_when_nothing_else_is_and_hosts_removed() -> None:
+    """With only resolved aliases beyond the bound, the least recently asked are
+    forgotten; a virtual host no remaining alias resolves to is announced removed, and
+    sent again when its alias is asked again."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.ack(only(client.request(VIRTUAL_HOST, ["80"])))
+    client.ack(only(client.request(VIRTUAL_HOST, ["80/echo:80", "80/echo"])))
+    wild = [f"80/h{i}.example.com" for i in range(MAX_VIRTUAL_HOST_NAMES)]
+    first = only(client.request(VIRTUAL_HOST, wild[:2000]))
+    assert first.names == ("80/wild",)
+    client.ack(first)
+    # echo's two aliases are now the least recently asked: forgotten, echo removed
+    got = only(client.request(VIRTUAL_HOST, wild[2000:]))
+    assert (got.names, got.removed) == (("80/wild",), ("80/echo",))
+    assert set(got.aliases[0]) == set(wild[2000:])
+    client.ack(got)
+    _bounded(stream)
+    assert "80/echo" not in stream.held(VIRTUAL_HOST)
+    again = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert (again.names, again.aliases) == (("80/echo",), (("80/echo:80",),))
+    client.ack(again)
+    _bounded(stream)
+
+
+def test_unsubscribing_forgets_an_alias_everywhere() -> None:
+    """Subscribe, subscribe again, unsubscribe, with ever new aliases and no answer: the
+    stream keeps nothing of them."""
+    stream = DeltaStream(snapshot=snap(*BASE))
+    client = Client(stream)
+    client.request(VIRTUAL_HOST, ["80"])
+    for i in range(20_000):
+        name = f"80/h{i}.example"
+        client.request(VIRTUAL_HOST, [name])
+        client.request(VIRTUAL_HOST, [name])
+        client.request(VIRTUAL_HOST, unsubscribe=[name])
+    state = stream._types[VIRTUAL_HOST]
+    assert (state.names, state.asked, state.order, state.absent) == ({"80"}, set(), {}, {"80"})
+    assert not state.held and not state.sent
 
 
 def test_split_route_configuration() -> None:
@@ -198,7 +277,16 @@ def test_split_route_configuration() -> None:
 
 ALIASES = st.one_of(
     st.sampled_from(
-        ["80", "http_proxy", "80/echo", "80/echo:80", "80/x.example.com", "80/api.v1", "81/a"]
+        [
+            "80",
+            "http_proxy",
+            "80/echo",
+            "80/echo:80",
+            "80/x.example.com",
+            "80/api.v1",
+            "81/a",
+            "80/new",  # both a virtual host's name and one of its domains
+        ]
     ),
     st.text(max_size=40),  # garbage: control characters, no "/", unicode
 )
@@ -226,6 +314,10 @@ def _snapshot_of(picks: list[int]) -> Snapshot:
         st.one_of(
             st.tuples(st.just("subscribe"), st.lists(ALIASES, max_size=4)),
             st.tuples(st.just("unsubscribe"), st.lists(ALIASES, max_size=2)),
+            # hostile: more new hosts than the stream keeps aliases for, or a host
+            # subscribed twice and unsubscribed
+            st.tuples(st.just("flood"), st.integers(-50, 50)),
+            st.tuples(st.just("cycle"), st.integers(1, 20)),
             st.tuples(st.just("answer"), st.booleans()),
             st.tuples(st.just("snapshot"), SNAPSHOTS),
             st.tuples(
@@ -243,12 +335,16 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
     resolves is held at its virtual host's current version. With route configurations
     subscribed and dropped too: a VHDS start (``CONFIG/`` removed) names only a
     configuration with ``vhds`` the client holds, and every one it holds at the end was
-    started since it was last given."""
+    started since it was last given. No response adds and removes a name. Hostile
+    floods of new hosts and subscribe/unsubscribe cycles: the stream stays up, keeps at
+    most ``MAX_VIRTUAL_HOST_NAMES`` aliases, and forgets unresolved aliases first."""
     with deadline("protocol.vhds"):
         current = snap(*BASE, *CONFIGS[:2])
         stream = DeltaStream(snapshot=current)
         client = Client(stream)
-        subscribed: set[str] = set()
+        subscribed: set[str] = set()  # every alias ever subscribed and not unsubscribed
+        promised: set[str] = set()  # those the stream may not forget
+        fresh = iter(range(1 << 30))
         outstanding: list[DeltaResponse] = []
         started: set[str] = set()  # VHDS configurations started since last given
 
@@ -260,6 +356,7 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
                     started.difference_update(r.removed)
                     continue
                 assert r.type_url == VIRTUAL_HOST
+                assert not _added_and_removed(r), r
                 for name in (n for n in r.removed if n.endswith("/")):
                     config = name[:-1]
                     assert config in VHDS_CONFIGS and config in stream.held(ROUTE), name
@@ -273,10 +370,29 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
         for kind, arg in steps:
             if kind == "subscribe":
                 subscribed |= set(arg)
+                promised |= set(arg)
                 check(client.request(VIRTUAL_HOST, arg))
             elif kind == "unsubscribe":
                 subscribed -= set(arg)
+                promised -= set(arg)
                 check(client.request(VIRTUAL_HOST, [], arg))
+            elif kind == "flood":
+                # forgets unresolved aliases first: those resolving now are kept
+                index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+                promised = {
+                    a for a in promised if a in current.get(VIRTUAL_HOST) or index.resolve(a)
+                }
+                hosts = [f"80/h{next(fresh)}.flood" for _ in range(MAX_VIRTUAL_HOST_NAMES + arg)]
+                subscribed |= set(hosts)
+                check(client.request(VIRTUAL_HOST, hosts))
+            elif kind == "cycle":
+                for _ in range(arg):
+                    name = f"80/c{next(fresh)}.cycle"
+                    subscribed.add(name)
+                    check(client.request(VIRTUAL_HOST, [name]))
+                    check(client.request(VIRTUAL_HOST, [name]))
+                    subscribed.discard(name)
+                    check(client.request(VIRTUAL_HOST, [], [name]))
             elif kind == "answer" and outstanding:
                 r = outstanding.pop()
                 check(client.request(r.type_url, nonce=r.nonce, error="no" if arg else None))
@@ -294,8 +410,63 @@ def test_vhds_streams_keep_their_promises(steps: list[tuple[str, Any]]) -> None:
         assert not outstanding
         assert VHDS_CONFIGS.intersection(stream.held(ROUTE)) <= started
         index = VirtualHostIndex(current.get(VIRTUAL_HOST))
+        state = stream._types[VIRTUAL_HOST]
+        assert len(state.order) <= MAX_VIRTUAL_HOST_NAMES
+        assert set(state.asked) | set(state.absent) | set(state.order) <= state.names
+        assert not any(n.endswith(".cycle") for n in state.names | set(state.held))
         held = stream.held(VIRTUAL_HOST)
-        for alias in subscribed:
+        for alias in promised:
             target = alias if alias in current.get(VIRTUAL_HOST) else index.resolve(alias)
             if "/" in alias and target is not None:
                 assert held[alias] == resource_version(current.get(VIRTUAL_HOST)[target])
+
+
+def _added_and_removed(response: DeltaResponse) -> set[str]:
+    """The names ``response``'s message both carries and removes (Envoy rejects it)."""
+    proto = response.to_proto()
+    return {r.name for r in proto.resources} & set(proto.removed_resources)
+
+
+def test_a_virtual_host_named_like_its_alias_is_removed_not_also_unresolved() -> None:
+    """``CONFIG/FQDN:PORT`` is a virtual host's name and one of its domains: an alias of
+    that name, when the virtual host leaves, is announced removed only (Envoy rejects a
+    response naming it in both lists); asked again, it is answered as unresolved."""
+    echo = vhost("80/echo:80", "echo", "echo:80")
+    stream = DeltaStream(snapshot=snap(echo))
+    client = Client(stream)
+    client.ack(responses(client.request(VIRTUAL_HOST, ["80"]))[0])
+    got = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert got.names == ("80/echo:80",)
+    client.ack(got)
+    gone = only(stream.on_snapshot(snap(vhost("80/other:80", "other"))))
+    assert (gone.names, gone.removed, gone.unresolved) == ((), ("80/echo:80",), ())
+    assert not _added_and_removed(gone)
+    client.ack(gone)
+    again = only(client.request(VIRTUAL_HOST, ["80/echo:80"]))
+    assert (again.unresolved, again.removed) == (("80/echo:80",), ())
+
+
+def test_a_reconnect_holding_a_virtual_host_now_gone_is_sent_its_removal_only() -> None:
+    stream = DeltaStream(snapshot=snap(vhost("80/other:80", "other")))
+    client = Client(stream)
+    got = only(client.request(VIRTUAL_HOST, ["80", "80/echo:80"], initial={"80/echo:80": "v1"}))
+    assert (got.names, got.removed, got.unresolved) == ((), ("80/echo:80",), ())
+    assert not _added_and_removed(got)
+
+
+def test_no_delta_response_adds_and_removes_a_name() -> None:
+    """The final guard: content wins over a removal, a removal over an unresolved name."""
+    echo = BASE[0]
+    both = DeltaResponse(
+        VIRTUAL_HOST,
+        Version("1"),
+        "1",
+        (echo,),
+        ("80/echo", "80/x"),
+        ((echo.name,),),
+        unresolved=("80/x", "80/echo", "80/y"),
+    )
+    fixed = disjoint(both)
+    assert (fixed.names, fixed.removed, fixed.unresolved) == (("80/echo",), ("80/x",), ("80/y",))
+    assert not _added_and_removed(fixed)
+    assert disjoint(fixed) is fixed

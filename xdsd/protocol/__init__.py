@@ -29,7 +29,7 @@ K = TypeVar("K", bound=Hashable)
 WILDCARD = "*"
 
 #: gRPC status code names a protocol core may end a stream with.
-StatusCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"]
+StatusCode = Literal["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"]
 
 
 class ProtocolError(XdsdError):

@@ -18,7 +18,8 @@ holds, by name, as far as the stream knows: the per-resource version it was last
 - A response carries the subscribed resources whose version differs from what the client
   holds, and in ``removed_resources`` the names the client holds that are gone or no longer
   subscribed, and the subscribed names that do not exist (once each, so the client stops
-  waiting for them).
+  waiting for them). No name is both added and removed in one response (Envoy rejects
+  such a response whole); ``disjoint`` guards every response.
 - A NACKed response leaves its content recorded as held, so it is not sent again until it
   changes; its resources are recorded as rejected, by name (``rejected``, and named in the
   NACK event's message), until a later version of each is ACKed.
@@ -37,7 +38,10 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   (``vhosts.VirtualHostIndex``; a virtual host's own name resolves to itself) and kept
   by alias: the virtual host it resolves to is sent, with the aliases now due, when the
   client does not hold its version under that alias; an alias that resolves to nothing
-  is answered once as a resource of that name with no content; a name without ``/``
+  is answered once as a resource of that name with no content, unless that name is
+  announced removed in the same response (an alias ``CONFIG/FQDN:PORT`` is also the
+  name of the virtual host it resolves to: when that virtual host leaves, its removal
+  answers the alias, which stays counted as absent); a name without ``/``
   (Envoy's subscription to a route configuration's namespace) gets a response, empty if
   nothing else is due, so that Envoy's VHDS starts. Subscribing again to a name already
   subscribed (Envoy asks again when a host still has no virtual host) answers it again.
@@ -51,14 +55,27 @@ holds, by name, as far as the stream knows: the per-resource version it was last
   and comes back is started again.
   On a reconnect, an alias whose virtual host the client says it holds at the current
   version (``initial_resource_versions``, by the virtual host's name) is not sent again.
-  A virtual host no held alias resolves to any more is announced removed by its name.
-  At most ``MAX_VIRTUAL_HOST_NAMES`` names of at most ``MAX_ALIAS_LENGTH`` characters.
+  A virtual host no held alias resolves to any more is announced removed by its name
+  (one the client said it holds on a reconnect too).
+  Envoy subscribes an alias per distinct Host header and never unsubscribes, so the
+  aliases are a memory bound, not a failure: the stream keeps them in ask order (asking
+  again makes an alias the most recent) and beyond ``MAX_VIRTUAL_HOST_NAMES`` forgets
+  the least recently asked ones, first those that resolve to no virtual host, then
+  the others. A forgotten alias is as if never asked: a virtual host no remaining alias
+  resolves to is announced removed (Envoy asks again at its next request for that host),
+  and asking again is answered like a new alias. Names without ``/`` are never
+  forgotten. Unsubscribing forgets an alias at once. A name longer than
+  ``MAX_ALIAS_LENGTH`` characters is malformed (INVALID_ARGUMENT).
+- Every type (VHDS's names without ``/`` included): more than ``MAX_SUBSCRIBED_NAMES``
+  names subscribed, or said to be held on a reconnect, ends the stream with
+  RESOURCE_EXHAUSTED (a hostile client: real meshes stay far below).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import islice
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -97,6 +114,11 @@ from xdsd.resources import (
 )
 
 DeltaEvent = DeltaResponse | Ack | Nack
+#: How many names of one type a stream may be subscribed to (or say it holds when it
+#: reconnects). A mesh of 10,000 services with subsets subscribes some 30,000 EDS names;
+#: 2**18 leaves room for ten times that (names of real meshes are under 256 characters:
+#: some 50 MB per type at most) and stops a client that would hold millions.
+MAX_SUBSCRIBED_NAMES = 1 << 18
 #: The order a delta ADS stream answers types in: RDS's virtual hosts right after it.
 _AFTER_ROUTE = PUSH_ORDER.index(ROUTE) + 1
 _DELTA_ORDER = (*PUSH_ORDER[:_AFTER_ROUTE], VIRTUAL_HOST, *PUSH_ORDER[_AFTER_ROUTE:])
@@ -124,6 +146,8 @@ class _DeltaType:
     updates_in_flight: bool = False  # CDS: the outstanding response adds or changes clusters
     vhosts: set[str] = field(default_factory=set)  # VHDS: virtual hosts the client holds
     asked: set[str] = field(default_factory=set)  # VHDS: aliases asked for after the first
+    # VHDS: the aliases (names with "/") in ask order, least recently asked first
+    order: dict[str, None] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)  # VHDS: route configurations started
     # The type's snapshot version when what is due was last worked out, and nothing that
     # decides it (subscription, holding) changed since: nothing is due while the version
@@ -183,10 +207,15 @@ class DeltaStream:
         events: list[DeltaEvent] = []
         state = self._types.get(type_url)
         again = state is not None  # a later request: VHDS names subscribed again are due
+        vhds = type_url == VIRTUAL_HOST
         if state is None:
+            _check_count(type_url, len(request.initial_resource_versions))
             state = self._types[type_url] = _DeltaType()
             state.held.update(request.initial_resource_versions)
             state.resumed = bool(request.initial_resource_versions)
+            if vhds:
+                # what it holds and no remaining alias resolves to is announced removed
+                state.vhosts = set(request.initial_resource_versions)
             if type_url in WILDCARD_TYPES and not request.resource_names_subscribe:
                 state.wildcard = True  # the legacy wildcard: a first request naming nothing
         elif state.nonce and request.response_nonce == state.nonce:
@@ -198,7 +227,6 @@ class DeltaStream:
                     state.rejected.pop(name, None)
             state.nonce = ""
             state.updates_in_flight = False
-        vhds = type_url == VIRTUAL_HOST
         if request.resource_names_subscribe or request.resource_names_unsubscribe:
             state.clean = ""
         for name in request.resource_names_subscribe:
@@ -211,21 +239,25 @@ class DeltaStream:
                         state.absent.discard(name)
                         state.held.pop(name, None)
                         state.asked.add(name)
+                    if "/" in name:
+                        state.order.pop(name, None)  # asked again: the most recent
+                        state.order[name] = None
                 state.names.add(name)
                 state.dropped.discard(name)
-        if vhds and len(state.names) > MAX_VIRTUAL_HOST_NAMES:
-            raise ProtocolError(
-                "INVALID_ARGUMENT",
-                f"subscribed to more than {MAX_VIRTUAL_HOST_NAMES} virtual host names",
-            )
+        if vhds and len(state.order) > MAX_VIRTUAL_HOST_NAMES:
+            self._forget_aliases(state, len(state.order) - MAX_VIRTUAL_HOST_NAMES)
+        _check_count(type_url, len(state.names))
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 state.wildcard = False
                 continue
             state.names.discard(name)
             state.absent.discard(name)
-            if name in state.held:
+            if name in state.held or name in state.sent:
                 state.dropped.add(name)
+            if vhds:
+                state.asked.discard(name)
+                state.order.pop(name, None)
         events.extend(self._push())
         snap = self._snapshot
         if state.resumed and not state.responded and not state.confirmed and snap is not None:
@@ -271,7 +303,7 @@ class DeltaStream:
                 if clusters is not None and clusters.keeping:
                     clusters.clean = ""
             if response is not None:
-                out.append(response)
+                out.append(disjoint(response))
         return out
 
     def _wanted(self, state: _DeltaType, snap: Snapshot, type_url: TypeUrl) -> set[str]:
@@ -377,6 +409,9 @@ class DeltaStream:
         starters = self._vhds_starters(state, snap)
         removed = tuple(sorted((state.vhosts - still) | gone | starters))
         state.vhosts = still
+        # An alias that is also the name of a virtual host now gone (``CONFIG/FQDN:PORT``
+        # is both): its removal answers it; it stays absent, so a re-ask is answered.
+        unresolved = [a for a in unresolved if a not in removed]
         if not due and not unresolved and not removed and not namespaces:
             return None
         changed = tuple(bucket[n] for n in sorted(due))
@@ -394,6 +429,32 @@ class DeltaStream:
             aliases=tuple(tuple(due[r.name]) for r in changed),
             unresolved=tuple(unresolved),
         )
+
+    def _forget_aliases(self, state: _DeltaType, count: int) -> None:
+        """Forget ``count`` VHDS aliases, least recently asked first: those that resolve to
+        no virtual host of the current snapshot, then those that do (see the module
+        docstring). A forgotten alias is no longer held or sent: the next VHDS response
+        announces removed each virtual host no remaining alias resolves to."""
+        snap = self._snapshot
+        bucket = snap.get(VIRTUAL_HOST) if snap is not None else {}
+        index = index_of(snap) if snap is not None else None
+
+        def resolves(alias: str) -> bool:
+            return alias in bucket or (index is not None and index.resolve(alias) is not None)
+
+        victims = list(islice((a for a in state.order if not resolves(a)), count))
+        if len(victims) < count:
+            chosen = set(victims)
+            rest = (a for a in state.order if a not in chosen)
+            victims.extend(islice(rest, count - len(victims)))
+        for alias in victims:
+            del state.order[alias]
+            state.names.discard(alias)
+            state.absent.discard(alias)
+            state.asked.discard(alias)
+            state.dropped.discard(alias)
+            state.held.pop(alias, None)
+            state.sent.pop(alias, None)
 
     def _vhds_starters(self, state: _DeltaType, snap: Snapshot) -> set[str]:
         """The names ``ROUTE_CONFIG/`` that start the VHDS route configurations the client
@@ -442,6 +503,37 @@ class DeltaStream:
         bucket = snap.get(CLUSTER)
         wanted = self._wanted(state, snap, CLUSTER)
         return any(n in bucket and state.held.get(n) != resource_version(bucket[n]) for n in wanted)
+
+
+def disjoint(response: DeltaResponse) -> DeltaResponse:
+    """``response`` with no name both added and removed (Envoy rejects such a response
+    whole): a resource sent with content is not also removed, and a name removed is not
+    also sent as unresolved. The protocol never builds such a response; this is the
+    final guard of every delta response."""
+    if not response.removed and not response.unresolved:
+        return response  # the usual push: nothing removed, nothing unresolved
+    taken = set(response.removed).union(response.unresolved)
+    if taken.isdisjoint(response.names) and (
+        not response.unresolved or set(response.unresolved).isdisjoint(response.removed)
+    ):
+        return response
+    added = set(response.names)
+    removed = tuple(n for n in response.removed if n not in added)
+    gone = added.union(removed)
+    unresolved = tuple(n for n in response.unresolved if n not in gone)
+    if removed == response.removed and unresolved == response.unresolved:
+        return response
+    return replace(response, removed=removed, unresolved=unresolved)
+
+
+def _check_count(type_url: TypeUrl, count: int) -> None:
+    """Refuse (ProtocolError RESOURCE_EXHAUSTED) ``count`` names of one type, subscribed
+    or said to be held, beyond ``MAX_SUBSCRIBED_NAMES``."""
+    if count > MAX_SUBSCRIBED_NAMES:
+        raise ProtocolError(
+            "RESOURCE_EXHAUSTED",
+            f"more than {MAX_SUBSCRIBED_NAMES} names of {type_url.rpartition('.')[2]}",
+        )
 
 
 def _check_alias(name: str) -> None:

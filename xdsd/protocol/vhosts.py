@@ -22,7 +22,8 @@ from xdsd.resources import ROUTE, VIRTUAL_HOST, Resource
 
 #: The longest alias a stream may subscribe to (a route configuration name and a host).
 MAX_ALIAS_LENGTH = 1024
-#: How many virtual-host names one stream may be subscribed to at once.
+#: How many VHDS aliases one stream keeps; beyond it, it forgets the least recently asked
+#: (``xdsd.protocol.delta``). Envoy subscribes one per distinct Host header it saw.
 MAX_VIRTUAL_HOST_NAMES = 4096
 
 

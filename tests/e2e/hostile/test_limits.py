@@ -23,6 +23,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from tests.e2e.traffic_mesh import Sidecar, TrafficMesh
 from tests.harness import wait_until
 from tests.xds_clients import AdsClient
+from xdsd.protocol.delta import MAX_SUBSCRIBED_NAMES
+from xdsd.protocol.vhosts import MAX_VIRTUAL_HOST_NAMES
+from xdsd.resources import CLUSTER
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -266,30 +269,53 @@ def _vhds_node() -> base_pb2.Node:
 
 
 @pytest.mark.parametrize(
-    ("names", "fragment"),
+    ("type_url", "names", "code", "fragment"),
     [
-        ([f"80/host-{i}" for i in range(5000)], "more than 4096 virtual host names"),
-        (["80/" + "h" * 2000], "longer than 1024 characters"),
+        (VHDS, ["80/" + "h" * 2000], "INVALID_ARGUMENT", "longer than 1024 characters"),
+        # names without "/" (route configuration namespaces) are never forgotten
+        (VHDS, [f"c{i}" for i in range(MAX_SUBSCRIBED_NAMES + 1)], "RESOURCE_EXHAUSTED", ""),
+        (CLUSTER, [f"c{i}" for i in range(MAX_SUBSCRIBED_NAMES + 1)], "RESOURCE_EXHAUSTED", ""),
     ],
-    ids=["alias-flood", "alias-too-long"],
+    ids=["alias-too-long", "namespace-flood", "cluster-flood"],
 )
-def test_vhds_subscription_floods_end_their_stream(
+def test_delta_subscription_floods_end_their_stream(
     mesh: TrafficMesh,
     client: Sidecar,
+    type_url: str,
     names: list[str],
+    code: str,
     fragment: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    """A delta client asking for thousands of virtual hosts on demand, or one absurdly
-    long name, gets INVALID_ARGUMENT on its own stream; the Envoy is still served."""
+    """A delta client asking for an absurdly long virtual-host name, or for more names
+    of one type than any mesh has, gets a status on its own stream; the Envoy is still
+    served."""
     message = discovery_pb2.DeltaDiscoveryRequest(
-        node=_vhds_node(), type_url=VHDS, resource_names_subscribe=names
+        node=_vhds_node(), type_url=type_url, resource_names_subscribe=names
     ).SerializeToString()
     with grpc.insecure_channel(_grpc_target(mesh)) as channel:
         call = channel.stream_stream(DELTA_ADS)
         with pytest.raises(grpc.RpcError) as info:
             list(call(iter([message]), timeout=30))
     error = info.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.code() == getattr(grpc.StatusCode, code), error.details()
     assert fragment in (error.details() or "")
     _still_served_and_routing(mesh, client, f"after-{request.node.callspec.id}")
+
+
+def test_a_vhds_alias_flood_is_answered_and_bounded(mesh: TrafficMesh, client: Sidecar) -> None:
+    """Thousands of virtual-host aliases at once (what traffic with ever new Host headers
+    makes an Envoy ask for): the stream stays and answers the ones it keeps, the most
+    recently asked, as unresolved; the Envoy is still served."""
+    names = [f"80/host-{i}" for i in range(MAX_VIRTUAL_HOST_NAMES + 904)]
+    message = discovery_pb2.DeltaDiscoveryRequest(
+        node=_vhds_node(), type_url=VHDS, resource_names_subscribe=names
+    ).SerializeToString()
+    with grpc.insecure_channel(_grpc_target(mesh)) as channel:
+        call = channel.stream_stream(DELTA_ADS)
+        responses = call(iter([message]), timeout=30)
+        first = discovery_pb2.DeltaDiscoveryResponse.FromString(next(responses))
+        responses.cancel()
+    answered = {r.name for r in first.resources if not r.HasField("resource")}
+    assert answered == set(names[-MAX_VIRTUAL_HOST_NAMES:])
+    _still_served_and_routing(mesh, client, "after-alias-flood")

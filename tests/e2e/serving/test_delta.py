@@ -6,13 +6,16 @@ sent nothing it already has."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.mesh import EchoMesh, Prober, route_to, vs
-from tests.harness import Xdsd, http_get, wait_until, write_atomically
+from tests.harness import Envoy, Xdsd, http_get, wait_until, write_atomically
+from xdsd.protocol.vhosts import MAX_VIRTUAL_HOST_NAMES
 
 SENT = re.compile(r"sending delta (\w+) version=\S+ nonce=\S+ resources=(\d+) removed=(\d+)")
 
@@ -146,3 +149,61 @@ def test_restart_sends_nothing_envoy_already_has(mesh: EchoMesh) -> None:
     # and it is still served: an edit after the restart arrives
     write_atomically(mesh.rules, vs(route_to({"v2": 100})))
     mesh.wait_for("v2")
+
+
+def _virtual_hosts(envoy: Envoy, config: str) -> list[str]:
+    """The names of the virtual hosts Envoy holds for route configuration ``config``."""
+    for section in envoy.admin_json("/config_dump")["configs"]:
+        for entry in section.get("dynamic_route_configs", ()):
+            if entry["route_config"].get("name") == config:
+                return [v["name"] for v in entry["route_config"].get("virtual_hosts", ())]
+    return []
+
+
+def test_vhds_removes_a_virtual_host_asked_for_by_its_own_name(mesh: EchoMesh) -> None:
+    """A request to ``FQDN:PORT`` through the HTTP proxy asks for the alias
+    ``http_proxy/FQDN:PORT``, which is also the name of the virtual host it resolves to.
+    When the service leaves, Envoy accepts the removal (no response naming it both sent
+    and removed) and answers 404, the virtual host gone from its configuration."""
+    mesh.start_xdsd()
+    envoy = mesh.start_envoy("delta")
+    host = f"echo.default.svc.cluster.local:{mesh.port}"
+    proxy = f"http://{host}/"
+    wait_until(
+        lambda: http_get(mesh.outbound_ip, 15001, proxy_url=proxy)[0] == 200,
+        what="echo routed by its FQDN",
+    )
+    assert f"http_proxy/{host}" in _virtual_hosts(envoy, "http_proxy")
+    (mesh.config / "services" / "echo.toml").unlink()
+    mesh.rules.unlink()
+    wait_until(
+        lambda: http_get(mesh.outbound_ip, 15001, proxy_url=proxy)[0] == 404,
+        what="echo no longer routed",
+    )
+    assert f"http_proxy/{host}" not in _virtual_hosts(envoy, "http_proxy")
+    assert "duplicate name" not in envoy.log()
+    assert envoy.stats().get("http.outbound_http_proxy.vhds.http_proxy.update_rejected", 0) == 0
+
+
+def test_vhds_traffic_with_ever_new_hosts_does_not_cut_envoy_off(mesh: EchoMesh) -> None:
+    """More distinct Host headers than a stream keeps VHDS aliases for (Envoy subscribes
+    one per host and never unsubscribes): xdsd forgets the oldest unknown ones instead
+    of ending the stream, so Envoy stays connected, a real host still routes and an edit
+    still reaches it."""
+    xdsd = mesh.start_xdsd()
+    envoy = mesh.start_envoy("delta")
+    mesh.wait_for("v1")
+
+    def unknown(i: int) -> int:
+        return http_get(mesh.outbound_ip, mesh.port, "/", {"Host": f"h{i}.nowhere"})[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(unknown, range(MAX_VIRTUAL_HOST_NAMES + 200)))
+    assert set(statuses) == {404}, Counter(statuses)
+    assert "ending stream" not in xdsd.log()
+    assert envoy.stats().get("control_plane.connected_state") == 1
+    mesh.wait_for("v1")  # echo still routes (its alias was not forgotten: it resolves)
+    write_atomically(mesh.rules, vs(route_to({"v2": 100})))
+    mesh.wait_for("v2")  # and an edit still arrives
+    assert unknown(0) == 404  # a forgotten host, asked again, is answered again
+    assert "ending stream" not in xdsd.log()
