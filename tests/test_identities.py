@@ -420,9 +420,7 @@ def _trusted(chain: bytes, bundle: bytes) -> bool:
 
 
 @pytest.mark.parametrize("how", ["files-replaced-in-place", "generated-made-again"])
-def test_a_signer_replaced_under_the_same_name_reissues_everyone(
-    tmp_path: Path, how: str
-) -> None:
+def test_a_signer_replaced_under_the_same_name_reissues_everyone(tmp_path: Path, how: str) -> None:
     """The settings do not change, the signing certificate does (an operator's CA renewed
     at the same paths; a generated one whose state directory was deleted): every lease is
     re-issued from it within the spread, so each proxy's certificate is trusted by the
