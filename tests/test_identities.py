@@ -4,15 +4,19 @@ a stream sends (``StreamClient.view``)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from xdsd.ca.authority import CertificateAuthority
+from xdsd.ca.authority import CertificateAuthority, _new_root
 from xdsd.ca.tokens import (
     EXPIRY_SKEW_SECONDS,
     InvalidToken,
@@ -21,9 +25,10 @@ from xdsd.ca.tokens import (
     token_expired,
 )
 from xdsd.cache.snapshot import Snapshot
-from xdsd.identities import REISSUE_SPREAD, Identities
-from xdsd.model.mesh_config import WORKLOAD_SECRET, CAAuthority, MeshCA
+from xdsd.identities import REISSUE_SPREAD, Identities, MeshAuthority
+from xdsd.model.mesh_config import WORKLOAD_SECRET, CAAuthority, MeshCA, MeshConfig
 from xdsd.resources import SECRET, Resource
+from xdsd.settings import Settings
 from xdsd.transports.identity import Credential, bearer_token
 from xdsd.transports.limits import NodeIdentity, Refused
 
@@ -313,3 +318,137 @@ def test_bearer_tokens_are_read(values: tuple[str | bytes, ...], expected: str |
 def test_malformed_authorization_is_refused(values: tuple[str | bytes, ...]) -> None:
     refused = _refusal(lambda: bearer_token(values))
     assert (refused.code, refused.reason) == ("UNAUTHENTICATED", "token_malformed")
+
+
+# -- replacing the token key or the signing authority (SIGHUP) --------------------------
+
+
+def _write_token_key(path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _mesh(tmp_path: Path, extra: str = "") -> MeshConfig:
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'[mesh.mtls]\nmode = "STRICT"\ntrust_domain = "{TD}"\n\n'
+        f'[mesh.ca]\nstate_dir = "{tmp_path / "state"}"\nworkload_ttl = "60s"\n{extra}'
+    )
+    return Settings.from_file(str(settings)).mesh
+
+
+def test_a_new_token_key_ends_streams_of_old_tokens_at_once(tmp_path: Path) -> None:
+    """Replacing a leaked token key cuts off the streams already open with a token of
+    that key (as it refuses new ones), and they are never renewed again; a stream whose
+    token the new key signed stays and is renewed."""
+    clock = Clock()
+    old, new = tmp_path / "old.key", tmp_path / "new.key"
+    _write_token_key(old)
+    _write_token_key(new)
+    authority = MeshAuthority(_mesh(tmp_path, f'token_key = "{old}"\n'), clock=clock)
+    stale = authority.tokens.mint("shop", "web", 10 * 365 * 86400).token
+    lease = authority.identities.admit(WEB, Credential("token", token=stale))
+    assert lease is not None
+    heard: list[Refused | None] = []
+    lease.listen(heard.append)
+    assert authority.reconfigure(_mesh(tmp_path, f'token_key = "{new}"\n')) is not None
+    assert [(r.code, r.reason) if r else None for r in heard] == [
+        ("UNAUTHENTICATED", "token_forged")
+    ]
+    assert lease.ending is not None and lease not in authority.identities.leases
+    assert stale not in heard[0].message  # type: ignore[union-attr]
+    refused = _refusal(lambda: authority.identities.admit(WEB, Credential("token", token=stale)))
+    assert refused.reason == "token_forged"
+    # a stream with a token of the new key is admitted, and renewed across the same SIGHUP
+    fresh = authority.tokens.mint("shop", "web", 3600).token
+    kept = authority.identities.admit(WEB, Credential("token", token=fresh))
+    assert kept is not None
+    assert authority.reconfigure(_mesh(tmp_path, f'token_key = "{new}"\n')) is not None
+    assert kept.ending is None
+    first = kept.certificate.serial
+    renewed = authority.identities.renewed_total
+    for _ in range(3):
+        clock.now += 120
+        authority.identities.renew_due()
+    assert kept.ending is None and kept.certificate.serial != first
+    assert authority.identities.renewed_total == renewed + 3
+
+
+def test_renewal_verifies_the_token_again(tmp_path: Path) -> None:
+    """A lease whose token the current ``verify`` refuses is ended at its renewal, not
+    renewed, even when ``update`` was not told the key changed."""
+    clock = Clock()
+    ids = _identities(tmp_path, clock)
+    lease = ids.admit(WEB, Credential("token", token="tok-web"))
+    assert lease is not None
+    heard: list[Refused | None] = []
+    lease.listen(heard.append)
+
+    def refuse_all(token: str) -> TokenClaims:
+        raise InvalidToken("forged", "another key")
+
+    ids.verify = refuse_all
+    clock.now = ids.next_due() or 0.0
+    ids.renew_due()
+    assert [r.reason if r else None for r in heard] == ["token_forged"]
+    assert lease.identity.issued == 1 and not ids.leases
+
+
+def _operator_ca(tmp_path: Path) -> None:
+    cert, key = _new_root("corp", TD, datetime.now(UTC))
+    (tmp_path / "ca.crt").write_bytes(cert)
+    (tmp_path / "ca.key").write_bytes(key)
+    (tmp_path / "ca.key").chmod(0o600)
+
+
+def _trusted(chain: bytes, bundle: bytes) -> bool:
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    for root in x509.load_pem_x509_certificates(bundle):
+        try:
+            leaf.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["files-replaced-in-place", "generated-made-again"])
+def test_a_signer_replaced_under_the_same_name_reissues_everyone(tmp_path: Path, how: str) -> None:
+    """The settings do not change, the signing certificate does (an operator's CA renewed
+    at the same paths; a generated one whose state directory was deleted): every lease is
+    re-issued from it within the spread, so each proxy's certificate is trusted by the
+    new bundle. A SIGHUP that changes nothing re-issues nothing."""
+    clock = Clock()
+    extra = ""
+    if how == "files-replaced-in-place":
+        _operator_ca(tmp_path)
+        extra = (
+            f'\n[[mesh.ca.authorities]]\nname = "corp"\n'
+            f'cert = "{tmp_path / "ca.crt"}"\nkey = "{tmp_path / "ca.key"}"\n'
+        )
+    authority = MeshAuthority(_mesh(tmp_path, extra), clock=clock)
+    token = authority.tokens.mint("shop", "web", 3600).token
+    lease = authority.identities.admit(WEB, Credential("token", token=token))
+    assert lease is not None
+    due = lease.due
+    assert authority.reconfigure(_mesh(tmp_path, extra)) is not None
+    assert lease.due == due  # the same signer: nothing to re-issue
+    if how == "files-replaced-in-place":
+        _operator_ca(tmp_path)
+    else:
+        shutil.rmtree(tmp_path / "state" / "default")
+    mesh = authority.reconfigure(_mesh(tmp_path, extra))
+    assert mesh is not None and mesh.mtls.bundle is not None
+    assert not _trusted(lease.certificate.chain_pem, mesh.mtls.bundle)
+    assert lease.due <= clock.now + REISSUE_SPREAD
+    clock.now += REISSUE_SPREAD
+    authority.identities.renew_due()
+    assert _trusted(lease.certificate.chain_pem, mesh.mtls.bundle)
+    assert lease.identity.issued == 2

@@ -22,8 +22,14 @@ change while it read). The version before the current one is kept (a reader that
 resolved its links just before the switch can still open it); older ones are removed.
 
 ``--renew-before D``: when ``DIR`` already holds a certificate for the same identity that
-matches its key and is valid for more than ``D``, nothing is done (exit 0), so a systemd
-timer can run the command every few minutes and only renewals reach the daemon.
+matches its key and is valid for more than ``D``, the daemon is only asked what it
+trusts and signs with now (a *check*: the signing method without a CSR; a token
+verification, nothing signed). When ``ca.pem`` is the daemon's bundle and the
+certificate was issued by its signing authority, nothing is done (exit 0); otherwise —
+the CA is being rotated — the certificate is renewed at once, so ``ca.pem`` gains a new
+authority as soon as the daemon trusts it and the certificate is re-issued as soon as
+another authority signs. A systemd timer can run the command every few minutes: only
+checks and the needed renewals reach the daemon.
 
 Exit codes: 0 written (or nothing to do), 1 refused by the daemon, unreachable, or a file
 that cannot be used (one line on stderr saying which), 2 wrong usage.
@@ -44,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -70,6 +77,15 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 class CertificateError(XdsdError):
     """The daemon refused or could not be reached, or a file cannot be used: one line,
     never quoting the token or the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What the daemon trusts and signs with now (its answer to a check): its bundle,
+    and its signing authority's certificate (first) with the chain above it (PEM)."""
+
+    bundle_pem: bytes
+    signer_pem: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +123,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     renew_before = parse_duration(args.renew_before) if args.renew_before else None
     context = _tls_context(args)
+    address = (host.strip("[]"), int(port_text))
+    token = read_token(args.token_file)
     if renew_before is not None:
         until = still_valid(out, args.namespace, args.service, renew_before)
         if until is not None:
-            print(f"{out}: valid until {until.isoformat()}: nothing to do")
-            return 0
-    token = read_token(args.token_file)
+            current = _current(asyncio.run(_call(*address, context, args, token, None)))
+            stale = outdated(out, current)
+            if stale is None:
+                print(f"{out}: valid until {until.isoformat()}: nothing to do")
+                return 0
+            print(f"{out}: {stale}: renewing")
     key = ec.generate_private_key(ec.SECP256R1())
     csr = _csr(key, args.service)
-    issued = asyncio.run(
-        _request(host.strip("[]"), int(port_text), context, args, token, args.namespace, csr)
-    )
+    issued = _issued(asyncio.run(_call(*address, context, args, token, csr)))
     _check_answer(issued, key)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -165,17 +184,17 @@ def _csr(key: ec.EllipticCurvePrivateKey, service: str) -> bytes:
     return request.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-async def _request(
+async def _call(
     host: str,
     port: int,
     context: ssl.SSLContext | None,
     args: argparse.Namespace,
     token: str,
-    namespace: str,
-    csr: bytes,
-) -> Issued:
-    """Ask the daemon to sign ``csr``; raises CertificateError (refused, unreachable or
-    a malformed answer)."""
+    csr: bytes | None,
+) -> struct_pb2.Struct:
+    """Ask the daemon to sign ``csr`` (None: only check, see ``xdsd.transports.signing``)
+    for ``args``' service and namespace; its answer. Raises CertificateError (refused or
+    unreachable)."""
     from grpclib.client import Channel, UnaryUnaryMethod
     from grpclib.config import Configuration
     from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -184,7 +203,10 @@ async def _request(
     channel = Channel(host, port, ssl=context, config=config)
     method = UnaryUnaryMethod(channel, SIGN_METHOD, struct_pb2.Struct, struct_pb2.Struct)
     request = struct_pb2.Struct()
-    request.update({"namespace": namespace, "service": args.service, "csr": csr.decode()})
+    fields = {"namespace": args.namespace, "service": args.service}
+    if csr is not None:
+        fields["csr"] = csr.decode()
+    request.update(fields)
     try:
         response = await method(
             request,
@@ -201,7 +223,43 @@ async def _request(
         ) from None
     finally:
         channel.close()
-    return _issued(response)
+    return response
+
+
+def _current(response: struct_pb2.Struct) -> Current:
+    """The answer to a check; raises CertificateError when a field is missing or holds
+    no PEM certificate."""
+    values: list[bytes] = []
+    for name in ("ca_bundle", "signer"):
+        value = response.fields.get(name)
+        if value is None or value.WhichOneof("kind") != "string_value":
+            raise CertificateError(f"xdsd's answer has no {name}")
+        values.append(value.string_value.encode())
+    try:
+        for pem in values:
+            x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise CertificateError("xdsd's answer holds no PEM certificate") from None
+    return Current(values[0], values[1])
+
+
+def outdated(directory: Path, current: Current) -> str | None:
+    """Why the files of ``directory`` are not current with the daemon's CA (``ca.pem``
+    is not its bundle; the certificate was not issued by its signing authority), or
+    None when they are."""
+    try:
+        bundle = (directory / BUNDLE_FILE).read_bytes()
+        leaf = x509.load_pem_x509_certificates((directory / CERTIFICATE_FILE).read_bytes())[0]
+    except (OSError, ValueError):
+        return "the files cannot be read"
+    if bundle != current.bundle_pem:
+        return "the daemon's trust bundle changed"
+    signer = x509.load_pem_x509_certificates(current.signer_pem)[0]
+    try:
+        leaf.verify_directly_issued_by(signer)
+    except (ValueError, TypeError, InvalidSignature):
+        return "another authority signs now"
+    return None
 
 
 def _issued(response: struct_pb2.Struct) -> Issued:

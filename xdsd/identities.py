@@ -12,10 +12,14 @@ PERMISSION_DENIED); a client certificate has already been judged by the node aut
 shared with another client, never written anywhere. Each lease is due for renewal at
 ``renew_fraction`` of its certificate's life; ``run`` (a task of the daemon) renews the
 due ones — a new key and certificate, the stream woken with its new view — unless the
-lease's token has expired or been revoked since, which ends the stream with
-UNAUTHENTICATED instead. ``update`` (SIGHUP) takes new settings: revoked token ids end
-their streams at once; a new signing authority makes every lease due again, spread over
-``REISSUE_SPREAD`` seconds so that the re-issue does not stall the event loop.
+lease's token no longer holds — ``verify`` is run on it again: expired, revoked, or not
+signed by today's token key — which ends the stream with UNAUTHENTICATED instead.
+``update`` (SIGHUP) takes new settings: revoked token ids end their streams at once; a
+new token key has every lease's token verified again at once, ending the streams whose
+token it does not verify (``token_forged``: replacing a leaked key cuts off what was
+forged with it); a new signing authority (another signing certificate, whatever its
+name) makes every lease due again, spread over ``REISSUE_SPREAD`` seconds so that the
+re-issue does not stall the event loop.
 
 A REST poller has no stream to push to or end: its lease is ``polled``
 (``xdsd.transports.rest_identity`` holds it per poller, from a client certificate only,
@@ -95,8 +99,12 @@ def token_refusal(error: InvalidToken, token_id: str = "") -> Refused:
 
 class Lease:
     """One connected proxy's issued identity (an ``IdentityLease``): its node, how it
-    proved itself, its current certificate and ``default`` secret, and when it is due for
-    renewal. Made by ``Identities.admit``."""
+    proved itself (and the token, when a token, to verify it again), its current
+    certificate and ``default`` secret, and when it is due for renewal. Made by
+    ``Identities.admit``."""
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.node.node_id} {self.kind} serial {self.certificate.serial}>"
 
     def __init__(
         self,
@@ -106,12 +114,17 @@ class Lease:
         claims: TokenClaims | None,
         certificate: IssuedCertificate,
         *,
+        token: str = "",
         polled: bool = False,
     ) -> None:
         self._owner = owner
         self.node = node
         self.kind: CredentialKind = kind
         self.claims = claims
+        #: The token the stream presented ("" for a certificate credential), kept so that
+        #: it is verified again at each renewal and when the token key is replaced. It
+        #: never appears in ``repr``, logs or views (only ``claims.token_id`` does).
+        self.token = token
         #: Held by a REST poller: renewed by ``refresh`` when it polls, not by ``run``.
         self.polled = polled
         #: Why the lease ended (revocation, a token expired at renewal), once it has.
@@ -253,7 +266,8 @@ class Identities:
                 "FAILED_PRECONDITION", 412, "identity_not_issued", f"no identity issued: {e}"
             ) from None
         kind: CredentialKind = "token" if claims is not None else "certificate"
-        lease = Lease(self, node, kind, claims, certificate, polled=polled)
+        token = credential.token if claims is not None else ""
+        lease = Lease(self, node, kind, claims, certificate, token=token, polled=polled)
         self.leases.add(lease)
         self.issued_total += 1
         self._changed.set()
@@ -291,6 +305,18 @@ class Identities:
             return token_refusal(InvalidToken("expired", ""), claims.token_id)
         return None
 
+    def _lease_ending(self, lease: Lease) -> Refused | None:
+        """Why the token ``lease`` was admitted with no longer holds, judged as a new
+        stream's would be (``verify`` now, then ``_token_ending``), if so; None for a
+        lease without a token."""
+        if lease.claims is None:
+            return None
+        try:
+            self._verified(lease.token)
+        except Refused as refusal:
+            return refusal
+        return None
+
     # -- renewal -----------------------------------------------------------------------
 
     def due_time(self, certificate: IssuedCertificate) -> float:
@@ -323,10 +349,11 @@ class Identities:
 
     def renew(self, lease: Lease, now: float) -> None:
         """Renew ``lease`` (due at ``now``): a new key and certificate, or its end when
-        its token no longer holds; after a failed issue it is due again ``RETRY_AFTER``
-        seconds later."""
+        its token no longer holds (``verify`` run again on it: forged by today's key,
+        expired or revoked: the refusal a new stream with it would get); after a failed
+        issue it is due again ``RETRY_AFTER`` seconds later."""
         if lease.claims is not None:
-            ending = self._token_ending(lease.claims)
+            ending = self._lease_ending(lease)
             if ending is not None:
                 log.warning(
                     "not renewing %s: %s",
@@ -378,18 +405,29 @@ class Identities:
         renew_fraction: float,
         revoked: frozenset[str],
         reissue: bool,
+        reverify: bool = False,
     ) -> None:
         """New ``[mesh.ca]`` settings (SIGHUP): streams of newly revoked tokens end now;
-        with ``reissue`` (another signing authority) every lease is re-issued within
-        ``REISSUE_SPREAD`` seconds."""
+        with ``reverify`` (another token key: ``verify`` now judges tokens differently)
+        every token lease's token is verified again with the new ``verify`` and the
+        streams whose token fails end now (``token_forged`` for a token of the old key);
+        with ``reissue`` (another signing authority) every remaining lease is re-issued
+        within ``REISSUE_SPREAD`` seconds."""
         self.issue, self.verify = issue, verify
         self.renew_fraction = renew_fraction
         newly = revoked - self.revoked
         self.revoked = revoked
-        if newly:
+        if newly or reverify:
             for lease in sorted(self.leases, key=lambda x: x.node.node_id):
-                if lease.claims is not None and lease.claims.token_id in newly:
-                    refusal = token_refusal(InvalidToken("revoked", ""), lease.claims.token_id)
+                if lease.claims is None:
+                    continue
+                if lease.claims.token_id in newly:
+                    refusal: Refused | None = token_refusal(
+                        InvalidToken("revoked", ""), lease.claims.token_id
+                    )
+                else:
+                    refusal = self._lease_ending(lease) if reverify else None
+                if refusal is not None:
                     log.warning(
                         "ending the stream of %s: %s",
                         lease.certificate.spiffe_id,
@@ -445,8 +483,10 @@ class MeshAuthority:
     def reconfigure(self, mesh: MeshConfig) -> MeshConfig | None:
         """New ``[mesh]`` settings (SIGHUP): the CA and tokens built again from its
         ``[mesh.ca]`` and handed to ``identities`` (revoked tokens' streams end now; a
-        new signing authority re-issues every identity, spread out; an authority added
-        or removed changes the bundle), and ``mesh`` with the new bundle. None, keeping
+        new token key ends every stream whose token it does not verify; a new signing
+        authority — another signing certificate, even under the same name and files —
+        re-issues every identity, spread out; an authority added or removed changes the
+        bundle), and ``mesh`` with the new bundle. None, keeping
         everything as it was (logged), when the new CA cannot be used or ``[mesh.ca]``
         was removed (turning xdsd's CA on or off needs a restart)."""
         new = mesh.ca
@@ -460,12 +500,15 @@ class MeshAuthority:
             log.error("[mesh.ca] refused, keeping the current CA: %s", e)
             return None
         old = self.ca
+        # Decided by what signs, not by the settings naming it: a CA renewed in place
+        # (same name and files, new certificate) or a generated one made again (its
+        # state directory deleted) is another signer though the settings are the same.
         reissue = (
-            ca.signing_name != old.signing_name
-            or new.signing_authority != old.config.signing_authority
+            ca.signer_pem() != old.signer_pem()
             or new.key_type != old.config.key_type
             or ca.trust_domain != old.trust_domain
         )
+        reverify = tokens.public_key != self.tokens.public_key
         self.ca, self.tokens = ca, tokens
         self.identities.trust_domain = ca.trust_domain
         self.identities.update(
@@ -474,6 +517,7 @@ class MeshAuthority:
             renew_fraction=new.renew_fraction,
             revoked=frozenset(new.revoked_tokens),
             reissue=reissue,
+            reverify=reverify,
         )
         if ca.bundle_pem() != old.bundle_pem():
             log.info("mesh CA: trust bundle now %s", ", ".join(ca.authority_names))

@@ -78,6 +78,30 @@ def test_signs_for_the_tokens_identity_only(
     assert (e.code, e.reason) == ("UNAUTHENTICATED", "token_revoked")
 
 
+def test_a_check_judges_the_token_and_signs_nothing(
+    parts: tuple[MeshCA, CertificateAuthority, TokenAuthority], tmp_path: Path
+) -> None:
+    _, authority, tokens = parts
+    signed: list[int] = []
+    signer = TokenSigner(lambda: authority, lambda: tokens, on_signed=lambda: signed.append(1))
+    signer.check(tokens.mint("shop", "a", 600).token, "shop", "a")
+    assert signed == []
+    assert signer.signer_pem() == authority.signer_pem()
+    leaf = x509.load_pem_x509_certificates(
+        signer.sign(tokens.mint("shop", "a", 600).token, "shop", "a", csr()).chain_pem
+    )[0]
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificates(signer.signer_pem())[0])
+    other = TokenAuthority(MeshCA(state_dir=str(tmp_path / "other")))
+    for token, ns, svc, reason in (
+        (None, "shop", "a", "token_absent"),
+        (other.mint("shop", "a", 600).token, "shop", "a", "token_forged"),
+        (tokens.mint("shop", "a", 600).token, "shop", "b", "identity_mismatch"),
+    ):
+        with pytest.raises(CredentialRefused) as info:
+            signer.check(token, ns, svc)
+        assert info.value.reason == reason
+
+
 def test_forged_token(
     parts: tuple[MeshCA, CertificateAuthority, TokenAuthority], tmp_path: Path
 ) -> None:
@@ -115,8 +139,10 @@ def test_bearer_token() -> None:
     "fields",
     [
         {},
-        {"namespace": "a", "service": "b"},
+        {"namespace": "a"},
+        {"service": "b", "csr": "x"},
         {"namespace": "a", "service": "b", "csr": ""},
+        {"namespace": "a", "service": "b", "csr": 3},
         {"namespace": "a", "service": 3, "csr": "x"},
         {"namespace": "a", "service": "b", "csr": "x", "extra": "y"},
         {"namespace": ["a"], "service": "b", "csr": "x"},
@@ -136,3 +162,9 @@ def test_a_signing_request() -> None:
     message = struct_pb2.Struct()
     message.update({"namespace": "a", "service": "b", "csr": "PEM"})
     assert parse_request(message) == ("a", "b", b"PEM")
+
+
+def test_a_request_without_csr_is_a_check() -> None:
+    message = struct_pb2.Struct()
+    message.update({"namespace": "a", "service": "b"})
+    assert parse_request(message) == ("a", "b", None)

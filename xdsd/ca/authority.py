@@ -143,6 +143,7 @@ class CertificateAuthority:
             c.public_bytes(serialization.Encoding.PEM) for c in self._signing.intermediates
         )
         issuer = self._signing.cert
+        self._signer = issuer.public_bytes(serialization.Encoding.PEM) + self._chain_tail
         self._issuer_name = issuer.subject
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(
             issuer.public_key()  # type: ignore[arg-type]
@@ -173,6 +174,14 @@ class CertificateAuthority:
         """The PEM certificates of every trusted authority's root, in the settings' order
         (each once)."""
         return self._bundle
+
+    def signer_pem(self) -> bytes:
+        """The PEM certificate of the signing authority, then the chain above it that
+        issued certificates carry (short of a self-signed root): what identifies the
+        signer. Two CAs with the same ``signer_pem`` issue certificates that chain the
+        same way; a certificate or key replaced under the same name or files gives
+        another one."""
+        return self._signer
 
     def identity(self, namespace: str, service: str) -> str:
         """The SPIFFE id of ``service`` in ``namespace``; raises IssueRefused when either

@@ -47,6 +47,20 @@ class TokenSigner:
     ) -> IssuedCertificate:
         """A certificate for the key of ``csr_pem`` as ``service`` in ``namespace``.
         Raises CredentialRefused (see the module docstring)."""
+        self.check(token, namespace, service)
+        try:
+            issued = self.authority().sign_csr(csr_pem, namespace, service)
+        except IssueRefused as e:
+            if e.reason == "expired":
+                raise CredentialRefused("UNAVAILABLE", "ca_expired", str(e)) from None
+            raise CredentialRefused("INVALID_ARGUMENT", "bad_csr", str(e)) from None
+        self.on_signed()
+        return issued
+
+    def check(self, token: str | None, namespace: str, service: str) -> None:
+        """Judge ``token`` for ``service`` in ``namespace`` as ``sign`` does, signing
+        nothing (the check of ``xdsd certificate --renew-before``). Raises
+        CredentialRefused."""
         if token is None:
             raise CredentialRefused(
                 "UNAUTHENTICATED",
@@ -64,15 +78,11 @@ class TokenSigner:
                 f"token {claims.token_id} is for {claims.namespace}/{claims.service}, "
                 f"not {namespace[:64]}/{service[:64]}",
             )
-        try:
-            issued = self.authority().sign_csr(csr_pem, namespace, service)
-        except IssueRefused as e:
-            if e.reason == "expired":
-                raise CredentialRefused("UNAVAILABLE", "ca_expired", str(e)) from None
-            raise CredentialRefused("INVALID_ARGUMENT", "bad_csr", str(e)) from None
-        self.on_signed()
-        return issued
 
     def bundle_pem(self) -> bytes:
         """The trust bundle of the current CA."""
         return self.authority().bundle_pem()
+
+    def signer_pem(self) -> bytes:
+        """The current CA's signing certificate and the chain above it."""
+        return self.authority().signer_pem()

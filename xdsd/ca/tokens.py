@@ -101,6 +101,9 @@ class TokenAuthority:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self._public = self._key.public_key()
+        #: The raw Ed25519 public key: two authorities with the same one accept the same
+        #: tokens (revocation aside).
+        self.public_key = raw
         self.key_id = _b64encode(raw[:8])
         self._header = _b64encode(
             json.dumps(

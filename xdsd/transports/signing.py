@@ -15,6 +15,15 @@ fields ``namespace``, ``service`` and ``csr`` (PEM); the response ``certificate_
 is INVALID_ARGUMENT; the request message is bounded by ``max_request_bytes`` before it is
 read, the CSR by the CA (``xdsd.ca.authority.MAX_CSR_BYTES``).
 
+A request without ``csr`` is a *check*: nothing is signed, the token is judged as for a
+signing, and the response holds ``ca_bundle`` and ``signer`` (PEM: the signing
+authority's certificate and the chain above it that issued certificates carry). ``xdsd
+certificate --renew-before`` asks this at each run, so that a certificate with long to
+live is still renewed when the CA rotates: when its ``ca.pem`` is not the bundle, or its
+certificate was not issued by the signer. It is the same method, parser, bound and
+refusals as a signing (one path to keep hostile-proof on both gRPC servers), and it
+costs a token verification, not a key pair or a signature.
+
 The transports do not know the CA: the daemon gives the service a ``CertificateSigner``
 (``xdsd.ca.signing.TokenSigner``, only when ``[mesh.ca]`` is on). The signer verifies the
 token (absent, malformed, forged, expired or revoked: UNAUTHENTICATED), checks that the
@@ -75,8 +84,18 @@ class CertificateSigner(Protocol):
         to call from a worker thread."""
         ...
 
+    def check(self, token: str | None, namespace: str, service: str) -> None:
+        """Judge ``token`` as ``sign`` does for ``service`` in ``namespace``, signing
+        nothing. Raises CredentialRefused."""
+        ...
+
     def bundle_pem(self) -> bytes:
         """The PEM certificates of every authority the mesh trusts now."""
+        ...
+
+    def signer_pem(self) -> bytes:
+        """The PEM certificate of the signing authority now, then the chain above it
+        that issued certificates carry."""
         ...
 
 
@@ -92,10 +111,11 @@ def request_token(values: Sequence[str | bytes]) -> str | None:
         raise CredentialRefused(e.code, e.reason, e.message) from None
 
 
-def parse_request(request: Any) -> tuple[str, str, bytes]:
-    """The namespace, service and CSR (PEM bytes) of a signing request. Raises
-    CredentialRefused (INVALID_ARGUMENT) for a message that is not a Struct with the
-    three string fields, or that has others."""
+def parse_request(request: Any) -> tuple[str, str, bytes | None]:
+    """The namespace, service and CSR (PEM bytes; None for a check, which has no
+    ``csr`` field) of a signing request. Raises CredentialRefused (INVALID_ARGUMENT) for
+    a message that is not a Struct with the string fields, for an empty one, or for one
+    that has others."""
     if not isinstance(request, struct_pb2.Struct):
         raise CredentialRefused("INVALID_ARGUMENT", BAD_REQUEST, "not a signing request")
     fields = request.fields
@@ -107,12 +127,17 @@ def parse_request(request: Any) -> tuple[str, str, bytes]:
     values: list[str] = []
     for name in REQUEST_FIELDS:
         value = fields.get(name)
+        if name == "csr" and value is None:
+            values.append("")
+            continue
         if value is None or value.WhichOneof("kind") != "string_value" or not value.string_value:
             raise CredentialRefused(
                 "INVALID_ARGUMENT", BAD_REQUEST, f"{name}: a non-empty string is required"
             )
         values.append(value.string_value)
     namespace, service, csr = values
+    if not csr:
+        return namespace, service, None
     return namespace, service, csr.encode("utf-8", "surrogateescape")
 
 
@@ -128,6 +153,13 @@ def response_message(signed: SignedCertificate, bundle_pem: bytes) -> struct_pb2
             "not_after": signed.not_after.isoformat(),
         }
     )
+    return response
+
+
+def check_message(bundle_pem: bytes, signer_pem: bytes) -> struct_pb2.Struct:
+    """The response to a check (see the module docstring)."""
+    response = struct_pb2.Struct()
+    response.update({"ca_bundle": bundle_pem.decode("ascii"), "signer": signer_pem.decode("ascii")})
     return response
 
 
@@ -158,6 +190,10 @@ class SigningEndpoint:
             token = request_token(authorization)
             namespace, service, csr = parse_request(request)
             asked = f"{namespace[:64]}/{service[:64]}"
+            if csr is None:
+                await asyncio.to_thread(self.signer.check, token, namespace, service)
+                log.debug("certificate check for %s from %s", asked, peer or "?")
+                return check_message(self.signer.bundle_pem(), self.signer.signer_pem())
             signed = await asyncio.to_thread(self.signer.sign, token, namespace, service, csr)
             bundle = self.signer.bundle_pem()
         except CredentialRefused as e:

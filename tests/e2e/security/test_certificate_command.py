@@ -4,6 +4,7 @@ bundle, ``--renew-before`` skips and renews, refusals are one line, exit 1, and 
 
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.harness import Xdsd
+from tests.harness import Xdsd, wait_until
 from xdsd.ca.tokens import TokenAuthority
 from xdsd.settings import Settings
 
@@ -265,3 +266,72 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "cannot reach xdsd" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def rotation_settings(authorities: list[str], signing: str) -> str:
+    text = SETTINGS + f'signing = "{signing}"\n'
+    for name in authorities:
+        text += f'\n[[mesh.ca.authorities]]\nname = "{name}"\n'
+    return text
+
+
+def roots(directory: Path) -> list[str]:
+    pem = (directory / "ca.pem").read_bytes()
+    return [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(pem)]
+
+
+def test_renew_before_follows_a_ca_rotation(world: World) -> None:
+    """The documented rotation (a new authority trusted next to the old; the new one
+    signing; the old one removed), each step a settings change and SIGHUP, with the
+    timer's ``--renew-before 12h``: the certificate has long to live throughout, yet
+    ``ca.pem`` gains the new root at the first step, the certificate is re-issued by the
+    new authority at the second, and ``ca.pem`` loses the old root at the third; a run
+    with nothing changed does nothing."""
+    world.settings_path.write_text(rotation_settings(["old"], "old"))
+    world.xdsd.proc.send_signal(signal.SIGHUP)
+    token = world.token_file("client")
+    out = world.root / "certs"
+    args = ("--service", "client", "--namespace", "shop", "--token-file", str(token))
+    args += ("--out", str(out))
+
+    def renew() -> subprocess.CompletedProcess[str]:
+        proc = world.certificate(*args, "--renew-before", "12h")
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    # the daemon has reloaded when a fresh certificate is issued by "old"
+    def issued_by(name: str) -> bool:
+        proc = world.certificate(*args)
+        assert proc.returncode == 0, proc.stderr
+        return f"CN=xdsd CA {name}," in leaf_of(out).issuer.rfc4514_string()
+
+    wait_until(lambda: issued_by("old"), what="the daemon signs with old")
+    old_root = roots(out)
+    assert len(old_root) == 1 and "nothing to do" in renew().stdout
+    serial = leaf_of(out).serial_number
+
+    # 1. new is trusted next to old: ca.pem gains it (and the certificate is renewed)
+    world.settings_path.write_text(rotation_settings(["old", "new"], "old"))
+    world.xdsd.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(roots(out)) == 2 or not renew(), what="ca.pem trusts both")
+    assert roots(out)[0] == old_root[0] and leaf_of(out).serial_number != serial
+    assert leaf_of(out).issuer.rfc4514_string() == old_root[0] and verifies(out)
+    assert "nothing to do" in renew().stdout
+
+    # 2. new signs: the certificate is re-issued by it
+    world.settings_path.write_text(rotation_settings(["old", "new"], "new"))
+    world.xdsd.proc.send_signal(signal.SIGHUP)
+    new_root = roots(out)[1]
+    wait_until(
+        lambda: leaf_of(out).issuer.rfc4514_string() == new_root or not renew(),
+        what="re-issued by new",
+    )
+    assert verifies(out) and roots(out) == [old_root[0], new_root]
+    assert "nothing to do" in renew().stdout
+
+    # 3. old is removed: ca.pem holds only new
+    world.settings_path.write_text(rotation_settings(["new"], "new"))
+    world.xdsd.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: roots(out) == [new_root] or not renew(), what="ca.pem trusts only new")
+    assert verifies(out) and leaf_of(out).issuer.rfc4514_string() == new_root
+    assert "nothing to do" in renew().stdout
