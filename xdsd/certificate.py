@@ -29,10 +29,13 @@ certificate was issued by its signing authority, nothing is done (exit 0); other
 the CA is being rotated — the certificate is renewed at once, so ``ca.pem`` gains a new
 authority as soon as the daemon trusts it and the certificate is re-issued as soon as
 another authority signs. A systemd timer can run the command every few minutes: only
-checks and the needed renewals reach the daemon.
+checks and the needed renewals reach the daemon. A daemon that cannot be reached for
+that check (stopped, restarting, shutting down) leaves the still-valid certificate as it
+is, with one line on stderr, and exits 0: the next run checks again.
 
-Exit codes: 0 written (or nothing to do), 1 refused by the daemon, unreachable, or a file
-that cannot be used (one line on stderr saying which), 2 wrong usage.
+Exit codes: 0 written (or nothing to do), 1 refused by the daemon, unreachable when a
+certificate is needed, or a file that cannot be used (one line on stderr saying which),
+2 wrong usage.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import os
 import re
 import shutil
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,6 +81,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 class CertificateError(XdsdError):
     """The daemon refused or could not be reached, or a file cannot be used: one line,
     never quoting the token or the key."""
+
+
+class Unreachable(CertificateError):
+    """The daemon could not be reached (or is shutting down): no answer, not a refusal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +136,17 @@ def run(args: argparse.Namespace) -> int:
     if renew_before is not None:
         until = still_valid(out, args.namespace, args.service, renew_before)
         if until is not None:
-            current = _current(asyncio.run(_call(*address, context, args, token, None)))
+            try:
+                current = _current(asyncio.run(_call(*address, context, args, token, None)))
+            except Unreachable as e:
+                # still valid for longer than asked: a daemon down for a while (a restart)
+                # is no reason to fail the timer; the next run checks again
+                print(
+                    f"xdsd certificate: {out}: valid until {until.isoformat()}; not checked "
+                    f"against the daemon's authority ({e})",
+                    file=sys.stderr,
+                )
+                return 0
             stale = outdated(out, current)
             if stale is None:
                 print(f"{out}: valid until {until.isoformat()}: nothing to do")
@@ -214,13 +232,14 @@ async def _call(
             metadata=[(AUTHORIZATION, f"Bearer {token}")],
         )
     except GRPCError as e:
-        raise CertificateError(
-            f"xdsd at {args.xds} refused: {e.status.name}: {e.message or ''}".rstrip(": ")
-        ) from None
-    except (TimeoutError, OSError, StreamTerminatedError, ssl.SSLError) as e:
-        raise CertificateError(
-            f"cannot reach xdsd at {args.xds}: {e or type(e).__name__}"
-        ) from None
+        said = f"xdsd at {args.xds} refused: {e.status.name}: {e.message or ''}".rstrip(": ")
+        if e.status.name == "UNAVAILABLE":
+            raise Unreachable(said) from None
+        raise CertificateError(said) from None
+    except ssl.SSLError as e:
+        raise CertificateError(f"cannot reach xdsd at {args.xds}: {e}") from None
+    except (TimeoutError, OSError, StreamTerminatedError) as e:
+        raise Unreachable(f"cannot reach xdsd at {args.xds}: {e or type(e).__name__}") from None
     finally:
         channel.close()
     return response

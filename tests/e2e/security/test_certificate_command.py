@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.harness import Xdsd, wait_until
+from tests.harness import Xdsd, free_port, wait_until
 from xdsd.ca.tokens import TokenAuthority
 from xdsd.settings import Settings
 
@@ -145,6 +145,30 @@ def test_certificate_is_made_verified_renewed_and_refused(world: World) -> None:
     )
     assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
     assert leaf_of(out).serial_number == serial and (out / "key.pem").read_bytes() == key_pem
+    # the daemon unreachable for that check (a restart): still valid, left alone, exit 0
+    unreachable = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xdsd.cli",
+            "certificate",
+            "--xds",
+            f"127.0.0.1:{free_port()}",
+            *("--service", "client", "--namespace", "shop", "--token-file", str(token)),
+            *("--out", str(out), "--renew-before", "1h"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unreachable.returncode == 0, unreachable.stderr
+    assert "not checked against the daemon's authority (cannot reach" in unreachable.stderr
+    assert leaf_of(out).serial_number == serial and (out / "key.pem").read_bytes() == key_pem
+    # ... but when a certificate is due, an unreachable daemon fails the run
+    due = subprocess.run(
+        [*unreachable.args[:-1], "25h"], capture_output=True, text=True, timeout=120
+    )
+    assert due.returncode == 1 and "cannot reach xdsd" in due.stderr, due.stderr
     # due (a 24 h certificate is not valid for 25 h more): renewed, with a new key
     proc = world.certificate(
         "--service",
@@ -241,8 +265,6 @@ def test_without_ca_the_daemon_says_so(tmp_path: Path) -> None:
 
 
 def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
-    from tests.harness import free_port
-
     token = tmp_path / "token"
     token.write_text("a.b.c")
     proc = subprocess.run(
