@@ -97,9 +97,9 @@ def _all_hcms(translation: MeshTranslation, node: NodeClass) -> list[tuple[str, 
 def _assert_base(name: str, hcm: Any) -> None:
     assert hcm.HasField("normalize_path") and hcm.normalize_path.value is True, name
     assert hcm.merge_slashes is False, name
-    assert (
-        hcm.path_with_escaped_slashes_action == hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED
-    ), name
+    assert hcm.path_with_escaped_slashes_action == hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED, (
+        name
+    )
 
 
 @pytest.fixture(scope="module")
