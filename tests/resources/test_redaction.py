@@ -97,3 +97,73 @@ def test_a_pem_key_quoted_in_a_message_is_redacted() -> None:
     assert redact_text("nothing secret") == "nothing secret"
     problem = Problem("envoy/x.yaml", 3, "private_key", f"bad value {KEY}")
     assert "S3CR3TKEYMATERIAL" not in str(problem) and "[redacted]" in str(problem)
+
+
+HMAC = "SFMyNTYtU0VDUkVULUtFWQ"
+
+
+def _jwt_provider_json(**source: str) -> dict[str, object]:
+    """A jwt_authn filter config with one provider whose local_jwks is ``source``, as
+    the admin server shows it."""
+    from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+
+    config = jwt_pb2.JwtAuthentication()
+    provider = config.providers["p"]
+    provider.issuer = "https://issuer.test"
+    for name, value in source.items():
+        if name == "inline_bytes":
+            provider.local_jwks.inline_bytes = value.encode()
+        else:
+            setattr(provider.local_jwks, name, value)
+    return to_json(pack(config))
+
+
+def test_a_symmetric_jwt_key_is_redacted_and_the_public_members_kept() -> None:
+    jwks = {
+        "keys": [
+            {"kty": "oct", "alg": "HS256", "kid": "h1", "k": HMAC},
+            {"kty": "RSA", "kid": "r1", "n": "PUBLIC-N", "e": "AQAB", "d": "PRIVATE-D"},
+            {"kty": "EC", "crv": "P-256", "x": "PX", "y": "PY", "d": "PRIVATE-ECD"},
+            {"kty": "oct", "k": HMAC, "extra": {"nested": HMAC}},
+        ]
+    }
+    shown = redact(_jwt_provider_json(inline_string=json.dumps(jwks)))
+    text = json.dumps(shown)
+    assert HMAC not in text and "PRIVATE-D" not in text and "PRIVATE-ECD" not in text
+    inline = json.loads(shown["providers"]["p"]["local_jwks"]["inline_string"])
+    assert inline == {
+        "keys": [
+            {"kty": "oct", "alg": "HS256", "kid": "h1", "k": REDACTED},
+            {"kty": "RSA", "kid": "r1", "n": "PUBLIC-N", "e": "AQAB", "d": REDACTED},
+            {"kty": "EC", "crv": "P-256", "x": "PX", "y": "PY", "d": REDACTED},
+            {"kty": "oct", "k": REDACTED, "extra": REDACTED},
+        ]
+    }
+    assert shown["providers"]["p"]["issuer"] == "https://issuer.test"
+
+
+def test_inline_key_set_bytes_and_odd_documents_are_redacted_whole() -> None:
+    def shown(**source: str) -> object:
+        return redact(_jwt_provider_json(**source))["providers"]["p"]["local_jwks"]  # type: ignore[index]
+
+    document = json.dumps({"keys": [{"kty": "oct", "k": HMAC}]})
+    assert shown(inline_bytes=document) == {"inline_bytes": REDACTED}
+    for odd in (
+        HMAC,  # not JSON
+        json.dumps([{"kty": "oct", "k": HMAC}]),  # not an object
+        json.dumps({"keys": [{"kty": "oct", "k": HMAC}], "other": HMAC}),  # more members
+        json.dumps({"keys": [HMAC]}),  # a key that is not an object
+        json.dumps({"keys": {"k": HMAC}}),  # keys not a list
+        "[" * 100_000 + HMAC,  # deeper than json can go
+    ):
+        assert shown(inline_string=odd) == {"inline_string": REDACTED}, odd[:40]
+    # A key set read from a file keeps its file name: it says where, not what.
+    assert shown(filename="/etc/jwks.json") == {"filename": "/etc/jwks.json"}
+
+
+def test_a_camel_case_key_set_is_redacted_too() -> None:
+    document = json.dumps({"keys": [{"kty": "oct", "kid": "h", "k": HMAC}]})
+    shown = redact({"localJwks": {"inlineString": document}})
+    assert json.loads(shown["localJwks"]["inlineString"]) == {
+        "keys": [{"kty": "oct", "kid": "h", "k": REDACTED}]
+    }

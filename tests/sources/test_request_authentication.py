@@ -275,3 +275,35 @@ def test_usable_key_sets_pass() -> None:
 def test_jwks_uris(uri: str, problem: str) -> None:
     got = jwks_uri_problem(uri)
     assert (problem in got) if problem else got == ""
+
+
+HMAC_KEY = "U0VDUkVULUhNQUMtS0VZ"
+
+
+@pytest.mark.parametrize(
+    "jwks_field",
+    [
+        f"{{keys: [{{kty: oct, k: {HMAC_KEY}}}]}}",
+        f"[{HMAC_KEY}]",
+        json.dumps(f'{{"keys": [{{"kty": "oct", "k": "{HMAC_KEY}"'),
+        json.dumps(json.dumps({"keys": [{"kty": HMAC_KEY, "k": HMAC_KEY}]})),
+        json.dumps(json.dumps({"keys": [{"kty": "EC", "crv": HMAC_KEY, "x": "a", "y": "b"}]})),
+    ],
+    ids=["mapping", "list", "broken-json", "kty", "crv"],
+)
+def test_a_refused_jwks_is_named_without_its_content(jwks_field: str) -> None:
+    """A JWKS may hold a symmetric key that signs tokens: its refusal says where and
+    why, and quotes none of it (one error, at the jwks line)."""
+    found = errors(f"  jwtRules:\n  - issuer: a\n    jwks: {jwks_field}\n")
+    assert [(line, field) for line, field, _ in found] == [(7, "jwtRules[0].jwks")], found
+    assert not any(HMAC_KEY[:8] in message for _, _, message in found), found
+
+
+def test_a_jwt_rule_does_not_show_its_key_set_in_its_repr() -> None:
+    document = json.dumps({"keys": [{"kty": "oct", "k": HMAC_KEY}]})
+    found, problems = parse(
+        HEAD + f"  jwtRules:\n  - issuer: a\n    jwks: {json.dumps(document)}\n"
+    )
+    assert found is not None and not problems, problems
+    assert found.jwt_rules[0].jwks == document
+    assert HMAC_KEY not in repr(found)

@@ -172,12 +172,13 @@ class ClaimToHeader:
 @dataclass(frozen=True, slots=True)
 class JwtRule:
     """``jwtRules[]``: tokens of one issuer. ``jwks`` is the JWKS document (a string, as
-    Istio has it); else ``jwks_uri`` is fetched by Envoy. ``timeout_seconds`` bounds that
-    fetch (0: Envoy's default)."""
+    Istio has it; left out of ``repr``: a symmetric key in it signs tokens); else
+    ``jwks_uri`` is fetched by Envoy. ``timeout_seconds`` bounds that fetch (0: Envoy's
+    default)."""
 
     issuer: str
     audiences: tuple[str, ...] = ()
-    jwks: str = ""
+    jwks: str = field(default="", repr=False)
     jwks_uri: str = ""
     from_headers: tuple[JwtHeader, ...] = ()
     from_params: tuple[str, ...] = ()

@@ -10,11 +10,20 @@ without being it. The field names are those of Envoy's messages that carry key m
 (``TlsCertificate``: ``private_key``, ``password``, ``pkcs12``,
 ``private_key_provider``; ``session_ticket_keys`` of a ``DownstreamTlsContext`` or a
 ``Secret``; a ``Secret``'s ``generic_secret``), so a new extension that reuses them is
-covered too. Everything else is left as it is, field for field.
+covered too.
+
+A JWT provider's ``local_jwks`` (``jwt_authn``: the JWKS inline, which may hold a
+symmetric ``oct`` key that signs tokens, or a private key pasted by mistake) is
+redacted member by member: its inline JSON keeps each key's public members
+(``JWK_PUBLIC_MEMBERS``: ``kid``, ``kty``, ``alg``, RSA's ``n`` and ``e``, a curve
+point...) and every other member's value is replaced by ``REDACTED``; inline bytes, or
+text that is not a JWKS object, are replaced whole. A key set read from a file keeps its
+file name. Everything else is left as it is, field for field.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -34,6 +43,16 @@ SECRET_FIELDS = frozenset(
 #: Fields inside a secret field that say where it comes from, not what it is.
 REFERENCES = frozenset({"filename", "environment_variable", "provider_name", "@type", "path"})
 
+#: The JWK members that are public (RFC 7517, RFC 7518, RFC 8037): a key's other
+#: members (``k`` of an ``oct`` key, ``d``, ``p``, ``q``... of a private key, anything
+#: unknown) are secret.
+JWK_PUBLIC_MEMBERS = frozenset(
+    {"kty", "kid", "alg", "use", "key_ops", "n", "e", "crv", "x", "y", "x5c", "x5t", "x5u"}
+    | {"x5t#S256"}
+)
+#: The field of a JWT provider that holds its key set inline.
+_LOCAL_JWKS = "local_jwks"
+
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -42,13 +61,56 @@ def redact(value: Any) -> Any:
     replaced by ``REDACTED`` (see the module docstring). Returns a new tree; ``value`` is
     not changed. Field names are matched as written or in snake_case."""
     if isinstance(value, dict):
-        return {
-            key: _redacted(item) if _snake(key) in SECRET_FIELDS else redact(item)
-            for key, item in value.items()
-        }
+        return {key: _redact_field(_snake(key), item) for key, item in value.items()}
     if isinstance(value, list):
         return [redact(item) for item in value]
     return value
+
+
+def _redact_field(name: str, item: Any) -> Any:
+    """The value ``item`` of the field ``name`` (snake_case), redacted."""
+    if name in SECRET_FIELDS:
+        return _redacted(item)
+    if name == _LOCAL_JWKS:
+        return _redacted_key_set(item)
+    return redact(item)
+
+
+def _redacted_key_set(source: Any) -> Any:
+    """A ``local_jwks`` data source: inline text as ``redacted_jwks`` makes it, a file
+    name or environment variable's name kept, anything else replaced."""
+    if not isinstance(source, dict):
+        return _redacted(source)
+    out: dict[str, Any] = {}
+    for key, item in source.items():
+        name = _snake(key)
+        if name == "inline_string" and isinstance(item, str):
+            out[key] = redacted_jwks(item)
+        elif name in REFERENCES and not isinstance(item, dict | list):
+            out[key] = item
+        else:
+            out[key] = _redacted(item)
+    return out
+
+
+def redacted_jwks(text: str) -> str:
+    """The JWKS ``text`` with each key's members other than ``JWK_PUBLIC_MEMBERS``
+    replaced by ``REDACTED`` (JSON again, members in their order); ``REDACTED`` itself
+    when ``text`` is not a JSON object whose ``keys`` is a list of objects, or has
+    members beside ``keys``. Never raises."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return REDACTED
+    if not isinstance(document, dict) or set(document) != {"keys"}:
+        return REDACTED
+    keys = document["keys"]
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        return REDACTED
+    shown = [
+        {m: v if m in JWK_PUBLIC_MEMBERS else REDACTED for m, v in key.items()} for key in keys
+    ]
+    return json.dumps({"keys": shown})
 
 
 def _redacted(value: Any) -> Any:

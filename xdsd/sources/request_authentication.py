@@ -120,7 +120,7 @@ def _jwt_rule(item: Fields) -> JwtRule | None:
     before = len(item.report.problems)
     issuer = item.string("issuer", required=True)
     audiences = item.strings("audiences")
-    jwks = item.string("jwks")
+    jwks, jwks_typed = _jwks_field(item)
     jwks_uri = item.string("jwksUri")
     if item.has("jwks") and item.has("jwksUri"):
         item.error("jwksUri", "set one of jwks and jwksUri, not both")
@@ -134,7 +134,7 @@ def _jwt_rule(item: Fields) -> JwtRule | None:
         problem = jwks_problem(jwks)
         if problem:
             item.error("jwks", problem)
-    elif item.has("jwks"):
+    elif item.has("jwks") and jwks_typed:
         item.error("jwks", "must not be empty")
     if jwks_uri:
         problem = jwks_uri_problem(jwks_uri)
@@ -196,10 +196,34 @@ def _claim_to_header(item: Fields) -> ClaimToHeader | None:
     return ClaimToHeader(header, claim) if header and claim else None
 
 
+#: How a wrong ``jwks`` value is named (by its type, never its content).
+_KINDS: dict[type, str] = {
+    dict: "mapping",
+    list: "list",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+}
+
+
+def _jwks_field(item: Fields) -> tuple[str, bool]:
+    """The ``jwks`` string ("" when absent) and whether its type was right. A JWKS may
+    hold a symmetric (``oct``) key, which signs tokens: a value of another type is an
+    error that names its type only, never the value."""
+    value = item.value("jwks", lambda _: True, "a string")
+    if value is None or isinstance(value, str):
+        return value or "", True
+    kind = _KINDS.get(type(value), "value of another type")
+    item.error("jwks", f"must be a string (a JWKS as JSON text), not a {kind}")
+    return "", False
+
+
 def jwks_problem(text: str) -> str:
     """What is wrong with the JWKS document ``text`` ("" when Envoy can use every key of
     it): not JSON, not an object with a non-empty ``keys`` list, a key of a type Envoy
-    does not take or without the members its type needs. Never raises."""
+    does not take or without the members its type needs. Never raises. The text never
+    quotes ``text`` (a symmetric key in it signs tokens): it names places and members,
+    not values."""
     if nesting_problem("jwks.json", text.encode("utf-8", "surrogatepass"), _JWKS_SHAPE):
         return f"is not a JWKS: it nests deeper than a JWKS does ({JWKS_MAX_DEPTH} levels)"
     try:
@@ -224,15 +248,14 @@ def _key_problem(key: Any) -> str:
         return "must be a JSON object"
     kty = key.get("kty")
     if kty not in _KEY_TYPES:
-        return f"kty must be one of {', '.join(_KEY_TYPES)} (got {_short(repr(kty))})"
+        return f"kty must be one of {', '.join(_KEY_TYPES)}"
     members, curves = _KEY_TYPES[kty]
     for member in members:
         value = key.get(member)
         if not isinstance(value, str) or not value:
             return f"a key of kty {kty} needs {member!r} (a non-empty string)"
     if curves is not None and key["crv"] not in curves:
-        allowed, got = ", ".join(curves), _short(repr(key["crv"]))
-        return f"crv of a key of kty {kty} must be one of {allowed} (got {got})"
+        return f"crv of a key of kty {kty} must be one of {', '.join(curves)}"
     return ""
 
 

@@ -88,6 +88,7 @@ def http_connection_manager(
     websocket: bool = True,
     configured: Sequence[NamedFilter] = (),
     on_demand: bool = False,
+    normalize_paths: bool = True,
 ) -> Any:
     """An HTTP connection manager (codec AUTO, router filter last) whose routes come by
     RDS (``rds`` = (route configuration name, how the client fetches it)) or inline
@@ -97,10 +98,19 @@ def http_connection_manager(
     config: the security filters of an inbound listener). ``websocket`` lets requests
     upgrade to WebSocket, as Istio's listeners do (off for proxyless gRPC, which has no
     upgrades). ``on_demand`` (a VHDS class) runs the on-demand filter first, so that a
-    virtual host is fetched before any filter reads the route."""
+    virtual host is fetched before any filter reads the route.
+
+    ``normalize_paths`` (the default) sets ``set_base_path_normalization``: every filter
+    (an AuthorizationPolicy's RBAC filter above all), the route match and the upstream
+    see the path the application will resolve, so a policy on ``/admin*`` cannot be
+    passed by ``/public/../admin`` or ``/%61dmin``. Off only for a proxyless gRPC
+    client's API listener, which has no filter that reads the path and does not
+    normalize."""
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix, codec_type=hcm_pb2.HttpConnectionManager.AUTO
     )
+    if normalize_paths:
+        set_base_path_normalization(hcm)
     if rds is not None:
         name, kind = rds
         hcm.rds.route_config_name = name
@@ -121,6 +131,17 @@ def http_connection_manager(
     router = hcm.http_filters.add(name=ROUTER_FILTER)
     router.typed_config.CopyFrom(pack(router_pb2.Router()))
     return hcm
+
+
+def set_base_path_normalization(hcm: Any) -> None:
+    """Set Istio's default (BASE) path normalization on the connection manager ``hcm``:
+    RFC 3986 normalization (``normalize_path``: dot segments removed, percent-encoded
+    unreserved characters such as ``%61`` or ``%2e`` decoded, before any filter or the
+    route sees the path), escaped slashes (``%2F``, ``%5C``) left as sent, and adjacent
+    slashes not merged. Envoy applies none of this unless told."""
+    hcm.normalize_path.value = True
+    hcm.merge_slashes = False
+    hcm.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED
 
 
 def _socket_listener(name: str, ip: str, port: int, direction: int, stat_prefix: str) -> Any:
@@ -303,6 +324,7 @@ def api_listener(name: str, route_config_name: str) -> Any:
         rds=(route_config_name, ConfigSourceKind.ADS),
         filters=(FAULT_FILTER,),
         websocket=False,
+        normalize_paths=False,
     )
     listener.api_listener.api_listener.CopyFrom(pack(hcm))
     return listener

@@ -248,3 +248,93 @@ def test_a_key_in_a_file_that_fails_to_parse_is_not_quoted(world: World) -> None
         broken.unlink()
     assert world.mesh.xdsd is not None
     assert leaks(world.mesh.xdsd.log()) == []
+
+
+#: A symmetric (HMAC) JWT key: whoever reads it can sign tokens the sidecars accept.
+HMAC_KEY = "U0VDUkVULUhNQUMtS0VZLURPLU5PVC1TSE9X"
+
+
+def _request_authentication(jwks: str) -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+        "metadata: {name: hmac, namespace: default}\n"
+        f"spec:\n  jwtRules:\n  - issuer: https://hmac.issuer.test\n    jwks: {jwks}\n"
+    )
+
+
+def _local_jwks(tree: object) -> Iterator[dict[str, str]]:
+    """Every ``local_jwks`` in a config dump."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "local_jwks":
+                yield value
+            else:
+                yield from _local_jwks(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _local_jwks(item)
+
+
+def test_config_dump_redacts_a_symmetric_jwt_key(world: World) -> None:
+    """The inline JWKS of a RequestAuthentication reaches the sidecar (its jwt_authn
+    filter), and the dump shows the key's public members but not its ``k``."""
+    jwks = {"keys": [{"kty": "oct", "alg": "HS256", "kid": "hmac-1", "k": HMAC_KEY}]}
+    rule = world.mesh.config / "rules" / "hmac.yaml"
+    write_atomically(rule, _request_authentication(json.dumps(json.dumps(jwks))))
+    try:
+
+        def dumped() -> str:
+            status, body = world.admin("/debug/config_dump?node=web-sidecar", world.ops)
+            return body if status == 200 and "hmac.issuer.test" in body else ""
+
+        body = wait_until(dumped, what="the JWT provider in web's dump")
+        assert HMAC_KEY not in body
+        assert HMAC_KEY[:12] not in body
+        providers = list(_local_jwks(json.loads(body)))
+        assert len(providers) == 1, body
+        shown = json.loads(providers[0]["inline_string"])
+        assert shown == {
+            "keys": [{"kty": "oct", "alg": "HS256", "kid": "hmac-1", "k": "[redacted]"}]
+        }
+    finally:
+        rule.unlink()
+    assert world.mesh.xdsd is not None
+    assert HMAC_KEY not in world.mesh.xdsd.log()
+
+
+@pytest.mark.parametrize(
+    "jwks",
+    [
+        # Not a string: a mapping holding the key.
+        f"{{keys: [{{kty: oct, k: {HMAC_KEY}}}]}}",
+        # Not a string: a list of it.
+        f"[{HMAC_KEY}]",
+        # A string that is no JSON, cut after the key.
+        json.dumps(f'{{"keys": [{{"kty": "oct", "k": "{HMAC_KEY}"}}'),
+        # The key in the member xdsd checks the value of.
+        json.dumps(json.dumps({"keys": [{"kty": HMAC_KEY, "k": HMAC_KEY}]})),
+    ],
+    ids=["mapping", "list", "broken-json", "in-kty"],
+)
+def test_a_refused_jwks_is_not_quoted(world: World, jwks: str) -> None:
+    """A RequestAuthentication whose jwks is refused is named on ``/debug/errors`` (and
+    the log) by its file and line, without its key."""
+    rule = world.mesh.config / "rules" / "hmac-broken.yaml"
+    write_atomically(rule, _request_authentication(jwks))
+    try:
+
+        def refused() -> str:
+            body = world.admin("/debug/errors", world.ops)[1]
+            return body if "hmac-broken.yaml" in body and "jwks" in body else ""
+
+        body = wait_until(refused, what="the broken JWKS refused")
+        assert HMAC_KEY[:12] not in body, body
+    finally:
+        rule.unlink()
+
+    def cleared() -> bool:
+        return "hmac-broken.yaml" not in world.admin("/debug/errors", world.ops)[1]
+
+    wait_until(cleared, what="the broken JWKS gone")
+    assert world.mesh.xdsd is not None
+    assert HMAC_KEY[:12] not in world.mesh.xdsd.log()

@@ -293,6 +293,20 @@ def test_policies_selecting_the_gateway_deny_paths(w: World) -> None:
     assert w.tcp(w.allowed) == b""
 
 
+def test_gateway_normalizes_paths_before_its_policies(w: World) -> None:
+    """Dot segments and percent-encoded letters do not pass the gateway's DENY on
+    ``/admin/*``: the path is normalized before RBAC (Istio's BASE), and the upstream is
+    handed the normalized path."""
+    w.policies(SELECTION)
+    w.until(lambda: w.status("/admin") == 403, "the gateway's DENY policy")
+    hits = w.web.hits
+    for path in ("/public/../admin/x", "/./admin/x", "/%61dmin/x", "/public/%2e%2e/admin"):
+        assert w.status(path) == 403, path
+    assert w.web.hits == hits
+    assert w.status("/public/../ok") == 200
+    assert [s.path for s in w.web.seen[hits:]] == ["/ok"]
+
+
 def jwt_recipe(jwks_uri: str) -> str:
     """The ingress recipe: a RequestAuthentication with a remote key set and an ALLOW
     for any request principal, both selecting the gateway."""
