@@ -1,10 +1,11 @@
 """The long fuzzing run: the suite's fuzz targets with a larger budget and fresh inputs.
 
-``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,workers,supervisor,vhds]``
+``python -m bench fuzz [--examples N] [--seeded] [--targets loader,...,vhds,redaction]``
 runs every Hypothesis target of ``tests/sources/test_fuzz_loader.py``, the plain YAML
 reader against libyaml (``tests/sources/test_plain_yaml.py``),
 ``tests/protocol/test_fuzz_protocol.py``, ``tests/transports/test_fuzz_transports.py`` and
-the VHDS subscriptions of ``tests/protocol/test_vhds.py``
+the VHDS subscriptions of ``tests/protocol/test_vhds.py`` and the config dump's
+redaction of JWT key sets (``tests/resources/test_fuzz_redaction.py``)
 with ``N`` examples per unit of budget (the suite uses 30; ``XDSD_FUZZ_EXAMPLES`` is the same
 knob), random rather than derandomized unless ``--seeded``. Prints per target the examples
 run, whether it failed (with the shrunk failing input Hypothesis reports) and the time.
@@ -32,6 +33,7 @@ TARGETS = {
     "supervisor": "tests/workers/test_fuzz_workers.py",
     "restart_cache": "tests/test_fuzz_restart_cache.py",
     "vhds": "tests/protocol/test_vhds.py::test_vhds_streams_keep_their_promises",
+    "redaction": "tests/resources/test_fuzz_redaction.py",
 }
 #: Run in the child pytest: prints one line per example count, read back below.
 _TALLY_PLUGIN = """

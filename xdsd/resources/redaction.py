@@ -110,7 +110,10 @@ def redacted_jwks(text: str) -> str:
     shown = [
         {m: v if m in JWK_PUBLIC_MEMBERS else REDACTED for m, v in key.items()} for key in keys
     ]
-    return json.dumps({"keys": shown})
+    try:
+        return json.dumps({"keys": shown})
+    except RecursionError:  # a public member nested as deep as the decoder allowed
+        return REDACTED
 
 
 def _redacted(value: Any) -> Any:
