@@ -140,7 +140,7 @@ def _names_ports(policy: AuthorizationPolicy) -> bool:
     return any(
         any(op.ports or op.not_ports for op in rule.operations)
         or any(c.key == "destination.port" for c in rule.conditions)
-        for rule in policy.rules
+        for rule in policy.rules or ()
     )
 
 
