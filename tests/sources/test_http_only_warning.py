@@ -156,6 +156,17 @@ def test_rules_that_cannot_apply_or_need_no_http_do_not_warn(
     assert bool(warnings(tmp_path)) is warned
 
 
+@pytest.mark.parametrize(("port", "warned"), [("13306", True), ("3306", False)])
+def test_a_rule_names_the_workload_port(tmp_path: Path, port: str, warned: bool) -> None:
+    # policies name the workload's port (targetPort), not the Service's
+    targeted = MYSQL.replace(
+        "number: 3306, protocol: TCP", "number: 3306, protocol: TCP, targetPort: 13306"
+    )
+    spec = f"spec:\n  rules:\n  - to: [{{operation: {{ports: ['{port}'], paths: [/a]}}}}]\n"
+    _materialize(tmp_path, {"mysql.yaml": targeted, "authz.yaml": policy(spec)})
+    assert bool(warnings(tmp_path)) is warned
+
+
 def test_http_ports_only_do_not_warn(tmp_path: Path) -> None:
     _materialize(tmp_path, {"web.yaml": WEB, "authz.yaml": policy(DENY_SPEC, "shop")})
     assert warnings(tmp_path) == []

@@ -4,6 +4,8 @@ of ``test_authz_goldens``)."""
 
 from __future__ import annotations
 
+from google.protobuf.json_format import MessageToDict
+
 from tests.translate.test_authz_goldens import Request, evaluate
 from xdsd.model import Port
 from xdsd.model.mesh_config import ExtAuthzKind, ExtensionProvider
@@ -171,3 +173,61 @@ def test_custom_without_usable_provider_denies() -> None:
     assert [n for n, _ in filters] == [authz.HTTP_RBAC]
     assert evaluate(filters, Request(headers={":method": "GET"}))[0] == "deny"
     assert evaluate(filters, Request(headers={":method": "POST"}))[0] == "allow"
+
+
+def _verdict(policies: WorkloadPolicies, port: Port, destination_port: int) -> str:
+    """The verdict of ``policies``' filters on the listener of ``port`` for a request
+    Envoy sees on ``destination_port`` (the port the listener binds)."""
+    filters = [(name, MessageToDict(typed)) for name, typed in authz.http_filters(policies, port)]
+    return evaluate(filters, Request(destination_port=destination_port))[0]
+
+
+def test_ports_name_the_workload_port_not_the_service_port() -> None:
+    # Service port 80 (the listener's), targetPort 8080 (the workload's): policies name
+    # 8080, Envoy sees 80.
+    port = Port(80, Protocol.HTTP, "http", 8080)
+    on = AuthorizationRule(operations=(Operation(ports=("8080",)),))
+    service = AuthorizationRule(operations=(Operation(ports=("80",)),))
+    other = AuthorizationRule(operations=(Operation(not_ports=("8080",)),))
+    when = AuthorizationRule(conditions=(Condition("destination.port", ("8080",)),))
+    deny = AuthorizationAction.DENY
+    allow = AuthorizationAction.ALLOW
+    assert _verdict(_wp(_policy("d", deny, on)), port, 80) == "deny"
+    assert _verdict(_wp(_policy("d", deny, when)), port, 80) == "deny"
+    # the service port names no port of the workload: a DENY denies nothing there...
+    assert _verdict(_wp(_policy("d", deny, service)), port, 80) == "allow"
+    # ... and an ALLOW allows nothing there
+    assert _verdict(_wp(_policy("a", allow, service)), port, 80) == "deny"
+    assert _verdict(_wp(_policy("a", allow, on)), port, 80) == "allow"
+    # notPorts [targetPort]: not this workload port, so an ALLOW of it allows nothing
+    assert _verdict(_wp(_policy("a", allow, other)), port, 80) == "deny"
+    assert _verdict(_wp(_policy("d", deny, other)), port, 80) == "allow"
+
+
+def test_ports_of_a_sidecar_ingress_port_are_its_number() -> None:
+    # A Sidecar ingress port 9080 forwarding to 127.0.0.1:8080: the workload port is 9080.
+    port = Port(9080, Protocol.TCP, "tcp", 8080, policy_port=9080)
+    assert port.workload_port == 9080
+    deny_ingress = _policy(
+        "d", AuthorizationAction.DENY, AuthorizationRule(operations=(Operation(ports=("9080",)),))
+    )
+    deny_endpoint = _policy(
+        "d", AuthorizationAction.DENY, AuthorizationRule(operations=(Operation(ports=("8080",)),))
+    )
+    filters = [(n, MessageToDict(t)) for n, t in authz.network_filters(_wp(deny_ingress), port)]
+    assert evaluate(filters, Request(destination_port=9080, headers=None))[0] == "deny"
+    filters = [(n, MessageToDict(t)) for n, t in authz.network_filters(_wp(deny_endpoint), port)]
+    assert evaluate(filters, Request(destination_port=9080, headers=None))[0] == "allow"
+
+
+def test_ports_as_written_where_the_workload_port_is_the_listeners() -> None:
+    # no targetPort (and gateways): the filters are those of the goldens, shared
+    rule = AuthorizationRule(operations=(Operation(ports=("80",)),))
+    policies = _wp(_policy("d", AuthorizationAction.DENY, rule))
+    plain = [(n, MessageToDict(t)) for n, t in authz.http_filters(policies, HTTP)]
+    assert plain == authz.filter_dicts(policies, False)
+    # a targetPort without any port in the policies: shared with the plain port's
+    targeted = authz.http_filters(
+        _wp(_policy("x", AuthorizationAction.DENY, GET)), Port(81, Protocol.HTTP, "", 8081)
+    )
+    assert targeted == authz.http_filters(_wp(_policy("x", AuthorizationAction.DENY, GET)), HTTP)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from tests.harness import envoy_accepts
+from xdsd.errors import TranslationError
 from xdsd.resources import LISTENER
 from xdsd.sources import load_directory
 from xdsd.translate import MeshTranslation, NodeClass, Role, render_static
@@ -108,3 +110,71 @@ def test_gateway_listeners_enforce_the_policies_selecting_the_node(tmp_path: Pat
     # Envoy takes the selected gateway's configuration.
     node = _gateway((("istio", "ingressgateway"),))
     envoy_accepts(render_static(mesh, node, admin_port=19000), tmp_path / "gw.json")
+
+
+UDP_GATEWAY = """\
+kind: Service
+name: dgram
+ports: [{number: 5353, protocol: UDP}]
+endpoints: [{address: 10.0.0.5}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: xdsd}
+spec: {controllerName: xdsd.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: xdsd
+  listeners:
+  - {name: udp, port: 5353, protocol: UDP}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: UDPRoute
+metadata: {name: dgram, namespace: default}
+spec:
+  parentRefs: [{name: edge, sectionName: udp}]
+  rules:
+  - backendRefs: [{name: dgram, port: 5353}]
+"""
+EDGE = NodeClass(
+    "edge", "default", Role.GATEWAY, labels=(("gateway.networking.k8s.io/gateway-name", "edge"),)
+)
+
+
+def _authz(name: str, spec: str) -> str:
+    return (
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: default}}\nspec:\n"
+        "  selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: edge}}\n" + spec
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["  action: DENY\n  rules: [{}]\n", "  rules:\n  - from: [{source: {namespaces: [a]}}]\n"],
+)
+def test_a_policy_on_a_gateway_with_a_udp_listener_is_refused(tmp_path: Path, spec: str) -> None:
+    # Envoy's UDP proxy has no RBAC: the policy could not be enforced on the datagrams.
+    (tmp_path / "mesh.yaml").write_text(UDP_GATEWAY)
+    mesh = load_directory(str(tmp_path)).mesh
+    listeners = MeshTranslation(mesh).snapshot_for(EDGE).get(LISTENER)
+    assert "0.0.0.0_5353_udp" in listeners  # without a policy: served
+    (tmp_path / "mesh.yaml").write_text(UDP_GATEWAY + _authz("deny-all", spec))
+    mesh = load_directory(str(tmp_path)).mesh
+    with pytest.raises(TranslationError) as caught:
+        MeshTranslation(mesh).snapshot_for(EDGE)
+    (problem,) = caught.value.problems
+    line = UDP_GATEWAY.count("\n") + 2  # the policy's apiVersion line
+    assert (problem.path, problem.line) == (str(tmp_path / "mesh.yaml"), line)
+    assert "AuthorizationPolicy default/deny-all" in problem.message
+    assert "UDP listener 0.0.0.0:5353" in problem.message
+    # a dry-run policy enforces nothing: the gateway is served
+    dry = _authz("dry", "  rules: [{}]\n").replace(
+        "namespace: default}", "namespace: default, annotations: {istio.io/dry-run: 'true'}}"
+    )
+    (tmp_path / "mesh.yaml").write_text(UDP_GATEWAY + dry)
+    mesh = load_directory(str(tmp_path)).mesh
+    assert "0.0.0.0_5353_udp" in MeshTranslation(mesh).snapshot_for(EDGE).get(LISTENER)

@@ -247,3 +247,35 @@ def test_the_port_key_is_the_target_port() -> None:
     keyed = pa("default", S, WEB, ((8080, D),))
     assert mode_of((keyed,), port.effective_target_port, P) is D
     assert mode_of((pa("default", S, WEB, ((80, D),)),), port.effective_target_port, P) is S
+
+
+SIDECAR = """
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: web, namespace: default}
+spec:
+  workloadSelector: {labels: {app: web}}
+  ingress:
+  - port: {number: 9080, protocol: HTTP, name: http}
+    defaultEndpoint: 127.0.0.1:7070
+"""
+
+
+@pytest.mark.parametrize(("key", "strict"), [(9080, True), (7070, False), (8080, False)])
+def test_a_sidecar_ingress_port_is_keyed_by_its_number(
+    tmp_path: Path, key: int, strict: bool
+) -> None:
+    # Istio keys an ingress listener's port-level mode by the ingress port's number
+    # (its workload port), not by the defaultEndpoint's port it forwards to.
+    pki(tmp_path)
+    tls = mesh_tls(tmp_path, MTLSMode.PERMISSIVE)
+    level = policy(
+        f"  selector: {{matchLabels: {{app: web}}}}\n  portLevelMtls:\n    {key}: {{mode: STRICT}}\n"
+    )
+    tr = translate(tmp_path, SIDECAR + level, tls)
+    assert [secure(c) for c in chains(tr, 9080)] == ([True] if strict else [True, False])
+    # the listener still forwards to the default endpoint
+    cluster = tr.snapshot_for(WEB_NODE).get(CLUSTER)["inbound|9080||"].message
+    sock = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert sock.port_value == 7070

@@ -150,17 +150,28 @@ class Locality:
 @dataclass(frozen=True, slots=True)
 class Port:
     """A service port. ``number`` is what callers use (and what inbound listeners bind);
-    ``target_port`` is where the application listens behind its sidecar."""
+    ``target_port`` is where the application listens behind its sidecar.
+    ``policy_port``, when set, is the workload port security policies name this port by
+    instead of the target port (a Sidecar ingress listener: its own number, while the
+    traffic goes on to its ``defaultEndpoint``)."""
 
     number: int
     protocol: Protocol
     name: str = ""
     target_port: int = 0
+    policy_port: int = 0
 
     @property
     def effective_target_port(self) -> int:
         """``target_port``, or ``number`` when no target port was given."""
         return self.target_port or self.number
+
+    @property
+    def workload_port(self) -> int:
+        """The port PeerAuthentication's ``portLevelMtls`` keys and AuthorizationPolicy's
+        ``ports``/``destination.port`` name this port by (Istio's workload port):
+        ``policy_port``, else ``effective_target_port``."""
+        return self.policy_port or self.effective_target_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,20 @@ whatever the issuer, so ``jwt_authn`` must be configured with ``payload_in_metad
 payload`` (a request principal ``ISS/SUB`` is the payload's ``iss`` and ``sub``); ipBlocks
 and ``source.ip`` the direct peer address; remoteIpBlocks and ``remote.ip`` the
 client address Envoy trusts (XFF); hosts ``:authority`` (any case); ports and
-``destination.port`` the destination port; methods ``:method``; paths the path without
+``destination.port`` the destination port (see below); methods ``:method``; paths the path without
 query (``{*}``/``{**}`` templates through Envoy's ``uri_template``); headers the header;
 ``destination.ip``, ``connection.sni`` and ``experimental.envoy.filters.*`` what Envoy
 names so. Values: ``*`` is presence, ``*x`` a suffix, ``x*`` a prefix, else exact.
+
+Ports name the *workload's* port, as in Istio (``Port.workload_port``: a Service port's
+``targetPort``, a Sidecar ingress listener's own number), while Envoy sees the port its
+listener binds (a sidecar's inbound listener binds the Service port's ``number``). So on
+a listener of port ``number`` whose workload port differs, a policy port equal to that
+workload port becomes ``destinationPort: number`` and any other policy port a rule that
+never matches (no port of this listener has it): an ALLOW naming only other ports allows
+nothing here, a DENY naming only other ports denies nothing here, ``notPorts`` of another
+port holds. Where the two are equal (and on gateways, whose listeners bind the port the
+policy names) ports are written as given.
 
 On a TCP port (network filters) the fields only HTTP has are Istio's way: an ALLOW rule
 that needs one never matches (it is left out); DENY, AUDIT and CUSTOM rules match without
@@ -87,32 +97,61 @@ _URI_TEMPLATE_TYPE = (
 _REGISTERED = (uri_template_match_pb2.UriTemplateMatchConfig,)
 
 _ANY: dict[str, Any] = {"any": True}
+#: A permission nothing matches.
+_NEVER: dict[str, Any] = {"notRule": _ANY}
 _REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 JsonDict = dict[str, Any]
 
 
+#: A policy port as Envoy sees it on one listener: (workload port, listener port).
+PortMap = tuple[tuple[int, int], ...]
+
+
 def http_filters(policies: WorkloadPolicies, port: Port) -> list[NamedFilter]:
-    """The HTTP filters enforcing ``policies``' AuthorizationPolicies on HTTP ``port``, in
+    """The HTTP filters enforcing ``policies``' AuthorizationPolicies on the listener of
+    HTTP ``port`` (bound on ``port.number``; policies name ``port.workload_port``), in
     the order they run (before the router; after ``jwt_authn``)."""
     if not policies.authorization:
         return []
-    return list(_filters(policies, False))
+    return list(_filters(policies, False, _port_map(policies, port)))
 
 
 def network_filters(policies: WorkloadPolicies, port: Port) -> list[NamedFilter]:
-    """The network filters enforcing ``policies``' AuthorizationPolicies on TCP/TLS
-    ``port``, in the order they run (before the TCP proxy)."""
+    """The network filters enforcing ``policies``' AuthorizationPolicies on the listener
+    of TCP/TLS ``port`` (as for ``http_filters``), in the order they run (before the TCP
+    proxy)."""
     if not policies.authorization:
         return []
-    return list(_filters(policies, True))
+    return list(_filters(policies, True, _port_map(policies, port)))
+
+
+def _port_map(policies: WorkloadPolicies, port: Port) -> PortMap | None:
+    """How policy ports translate on the listener of ``port``: None (as written) when
+    the workload port is the listener's or no policy names a port, so that listeners
+    share their filters whenever ports make no difference."""
+    if port.workload_port == port.number or not any(
+        _names_ports(p) for p in policies.authorization
+    ):
+        return None
+    return ((port.workload_port, port.number),)
+
+
+def _names_ports(policy: AuthorizationPolicy) -> bool:
+    return any(
+        any(op.ports or op.not_ports for op in rule.operations)
+        or any(c.key == "destination.port" for c in rule.conditions)
+        for rule in policy.rules or ()
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _filters(policies: WorkloadPolicies, tcp: bool) -> tuple[NamedFilter, ...]:
+def _filters(
+    policies: WorkloadPolicies, tcp: bool, ports: PortMap | None
+) -> tuple[NamedFilter, ...]:
     """The filters, as JSON then messages (memoized: shared by every port and class with
-    the same policies)."""
+    the same policies and port map)."""
     out: list[NamedFilter] = []
-    for name, config in filter_dicts(policies, tcp):
+    for name, config in filter_dicts(policies, tcp, ports):
         out.append((name, json_format.ParseDict(config, _message(name))))
     return tuple(out)
 
@@ -126,11 +165,14 @@ def _message(name: str) -> Any:
     }[name]()
 
 
-def filter_dicts(policies: WorkloadPolicies, tcp: bool) -> list[tuple[str, JsonDict]]:
+def filter_dicts(
+    policies: WorkloadPolicies, tcp: bool, ports: PortMap | None = None
+) -> list[tuple[str, JsonDict]]:
     """The filters as (name, proto3 JSON of the typed config), in order: what
     ``http_filters``/``network_filters`` return before conversion (tests compare these
-    with Istio's goldens)."""
-    ctx = _Context(policies.trust_domain, policies.trust_domain_aliases, tcp)
+    with Istio's goldens). ``ports``: the listener's (workload port, bound port) pairs,
+    policy ports matching only those (see the module docstring); None: as written."""
+    ctx = _Context(policies.trust_domain, policies.trust_domain_aliases, tcp, ports)
     rbac = NETWORK_RBAC if tcp else HTTP_RBAC
     by_action: dict[AuthorizationAction, list[AuthorizationPolicy]] = {
         a: [] for a in AuthorizationAction
@@ -154,10 +196,21 @@ def filter_dicts(policies: WorkloadPolicies, tcp: bool) -> list[tuple[str, JsonD
 class _Context:
     """What translating one workload's rules needs besides the rules."""
 
-    def __init__(self, trust_domain: str, aliases: Sequence[str], tcp: bool) -> None:
+    def __init__(
+        self, trust_domain: str, aliases: Sequence[str], tcp: bool, ports: PortMap | None
+    ) -> None:
         self.trust_domains = (trust_domain, *(a for a in aliases if a != trust_domain))
         self.aliased = len(self.trust_domains) > 1
         self.tcp = tcp
+        self.ports = ports
+
+    def destination_port(self, value: str) -> list[JsonDict]:
+        """The permissions matching workload port ``value`` (see the module docstring)."""
+        number = int(value)
+        if self.ports is None:
+            return [{"destinationPort": number}]
+        bound = [{"destinationPort": n} for w, n in self.ports if w == number]
+        return bound or [_NEVER]
 
 
 def _rbac_filter(
@@ -354,7 +407,7 @@ def _rule(
             "destination.port",
             "connection.sni",
         ) or condition.key.startswith("experimental."):
-            permission_conditions.extend(_permission_condition(condition))
+            permission_conditions.extend(_permission_condition(ctx, condition))
         else:
             principal_conditions.extend(_principal_condition(ctx, condition, namespace))
     permissions = [
@@ -446,7 +499,7 @@ def _operation(ctx: _Context, op: Operation) -> list[JsonDict]:
         )
         _pair(rules, op.methods, op.not_methods, lambda v: [_header(":method", v)], principal=False)
         _pair(rules, op.paths, op.not_paths, lambda v: [_path(v)], principal=False)
-    _pair(rules, op.ports, op.not_ports, lambda v: [{"destinationPort": int(v)}], principal=False)
+    _pair(rules, op.ports, op.not_ports, ctx.destination_port, principal=False)
     return rules
 
 
@@ -484,15 +537,13 @@ def _principal_condition(ctx: _Context, c: Condition, namespace: str) -> list[Js
     return ids
 
 
-def _permission_condition(c: Condition) -> list[JsonDict]:
+def _permission_condition(ctx: _Context, c: Condition) -> list[JsonDict]:
     rules: list[JsonDict] = []
     key = c.key
     if key == "destination.ip":
         _pair(rules, c.values, c.not_values, lambda v: [_cidr("destinationIp", v)], principal=False)
     elif key == "destination.port":
-        _pair(
-            rules, c.values, c.not_values, lambda v: [{"destinationPort": int(v)}], principal=False
-        )
+        _pair(rules, c.values, c.not_values, ctx.destination_port, principal=False)
     elif key == "connection.sni":
         _pair(
             rules,

@@ -22,7 +22,10 @@ equal plans share one resource):
 - UDP servers (only the Gateway API's conversion makes them: ``Server.datagrams_to``)
   get a UDP listener of their own, ``BIND_PORT_udp`` (a TCP listener may hold the same
   port number), running Envoy's UDP proxy to the backend's cluster; one UDP server per
-  bind and port.
+  bind and port. Envoy's UDP proxy has no RBAC, so an AuthorizationPolicy (other than a
+  dry-run one) that selects a gateway node with a UDP listener cannot be enforced there:
+  that node's configuration is a translation error naming each such policy at its line
+  (security fails closed: its datagrams are never let through unchecked).
 - Servers that cannot share a listener are a translation error naming both (Istio drops
   the later one with a log line; xdsd refuses rather than serve half of what was
   written): on one port and bind, either every server is plain HTTP, or every server
@@ -608,8 +611,13 @@ def gateway_listener(
     chain matches SNI, a filter chain per chain plan in order. ``policies`` (those that
     select the gateway node) put the security filters of a sidecar's inbound side in
     every chain: ``jwt_authn`` then the authorization filters before the router, the
-    authorization network filters before the TCP proxy."""
+    authorization network filters before the TCP proxy. Raises TranslationError for a
+    UDP listener when ``policies`` hold an AuthorizationPolicy to enforce
+    (``udp_policy_problems``)."""
     if plan.udp:
+        problems = udp_policy_problems(plan, policies)
+        if problems:
+            raise TranslationError(problems)
         return _udp_listener(plan)
     listener = listener_pb2.Listener(name=plan.name, stat_prefix=plan.name)
     sock = listener.address.socket_address
@@ -647,6 +655,27 @@ def gateway_listener(
                 proxy.weighted_clusters.clusters.add(name=name, weight=weight)
         chain.filters.add(name=TCP_PROXY_FILTER).typed_config.CopyFrom(pack(proxy))
     return listener
+
+
+def udp_policy_problems(plan: GatewayListenerPlan, policies: WorkloadPolicies) -> list[Problem]:
+    """An error at each AuthorizationPolicy of ``policies`` that enforces something
+    (dry-run ones enforce nothing) when ``plan`` is a UDP listener: Envoy's UDP proxy
+    has no RBAC, so nothing could enforce it there. Empty otherwise."""
+    if not plan.udp:
+        return []
+    return [
+        Problem(
+            policy.origin.path,
+            policy.origin.line,
+            "",
+            f"AuthorizationPolicy {policy.namespace}/{policy.name} selects a gateway node "
+            f"with the UDP listener {plan.bind}:{plan.port}, where it cannot be enforced "
+            "(Envoy's UDP proxy has no RBAC): that node gets no configuration until no "
+            "AuthorizationPolicy selects it or it serves no UDP",
+        )
+        for policy in policies.authorization
+        if not policy.dry_run
+    ]
 
 
 def _udp_listener(plan: GatewayListenerPlan) -> Any:

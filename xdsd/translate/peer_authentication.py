@@ -7,9 +7,10 @@ namespace, no selector), a port-level mode over its policy's; UNSET inherits the
 below, and the mode of ``[mesh.mtls]`` is the default under everything. A root-namespace
 policy with a selector counts for nothing (Istio ignores it; the sources refuse it).
 
-A port-level key is the *workload's* port, as in Istio: the port the application listens
-on behind its sidecar, which is a Service port's ``targetPort`` (its ``number`` when it
-has none), not the number callers dial.
+A port-level key is the *workload's* port (``Port.workload_port``), as in Istio: the port
+the application listens on behind its sidecar, which is a Service port's ``targetPort``
+(its ``number`` when it has none), not the number callers dial; for a Sidecar ingress
+listener, the ingress port's ``number`` (not its ``defaultEndpoint``'s port).
 
 The callee's side (``effective_mode``) is the inbound listener's mode. The callers' side
 is Istio's auto mTLS turned around: every cluster to a mesh service to which mesh mutual
@@ -81,10 +82,10 @@ def mode_of(
 
 def effective_mode(policies: WorkloadPolicies, port: Port, default: MTLSMode) -> MTLSMode:
     """The mutual TLS mode of inbound ``port`` of a workload under ``policies``
-    (``default``: the settings' mode), keyed by the port's ``effective_target_port``."""
+    (``default``: the settings' mode), keyed by the port's ``workload_port``."""
     if not policies.peer_authentication:
         return default
-    return mode_of(policies.peer_authentication, port.effective_target_port, default)
+    return mode_of(policies.peer_authentication, port.workload_port, default)
 
 
 def _disables(policy: PeerAuthentication) -> bool:
@@ -128,7 +129,7 @@ class CalleeModes:
         policies = self.inputs(service.namespace)
         if not policies:
             return frozenset()
-        workload_port = port.effective_target_port
+        workload_port = port.workload_port
         default = self._mtls.mode
         out = set()
         for endpoint in endpoints:

@@ -36,7 +36,10 @@ def ingress_service(sidecar: Sidecar, own: Service | None, name: str, namespace:
     """The node's service as its Sidecar's ingress listeners present it: one port per
     ingress listener (number and protocol as written), its target the default endpoint's
     port, or without one the service's own target for that port number (else the number
-    itself). Problems about these ports belong to the Sidecar's file."""
+    itself). Its workload port (``Port.workload_port``: what PeerAuthentication and
+    AuthorizationPolicy name it by) is the ingress port's number, whatever the target,
+    as in Istio (an ingress listener has no target port of its own). Problems about
+    these ports belong to the Sidecar's file."""
     ports = []
     for listener in sidecar.ingress:
         number = listener.port.number
@@ -44,7 +47,9 @@ def ingress_service(sidecar: Sidecar, own: Service | None, name: str, namespace:
         if not target:
             own_port = own.port(number) if own is not None else None
             target = own_port.effective_target_port if own_port is not None else number
-        ports.append(Port(number, listener.port.protocol, listener.port.name, target))
+        ports.append(
+            Port(number, listener.port.protocol, listener.port.name, target, policy_port=number)
+        )
     base = own if own is not None else Service(name, namespace)
     return dataclasses.replace(base, ports=tuple(ports), origin=sidecar.origin)
 

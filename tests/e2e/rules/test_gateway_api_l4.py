@@ -9,6 +9,7 @@ The gateway node is the Gateway's proxy by the label
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections import Counter
@@ -460,3 +461,27 @@ def test_weighted_udp_backends(world: World) -> None:
     seen = Counter(udp_exchange(gw.ip, port, b"x", timeout=5).split(b":")[0] for _ in range(200))
     assert set(seen) == {b"dgram", b"dgram2"}, seen
     assert abs(seen[b"dgram"] / 200 - 0.8) <= 0.10, seen
+
+
+def test_an_authorization_policy_on_the_udp_gateway_is_refused(world: World) -> None:
+    """Envoy's UDP proxy has no RBAC: a DENY-all AuthorizationPolicy selecting the gateway
+    node cannot be enforced on its datagrams, so the node's new configuration is refused
+    with an error naming the policy's file and line, and nothing of it is half applied
+    (no RBAC filter reaches the gateway's TCP listeners)."""
+    gw, mesh = world.gateway, world.mesh
+    assert mesh.xdsd is not None
+    gw.wait_for(lambda: udp_exchange(gw.ip, world.ports["udp"], b"ping") == b"dgram:ping", "UDP")
+    path = mesh.rule(
+        "deny-gateway",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: deny-gateway, namespace: default}\n"
+        f"spec:\n  selector: {{matchLabels: {{{LABEL}: edge}}}}\n  action: DENY\n  rules: [{{}}]\n",
+    )
+    try:
+        wanted = f"{path}:1: AuthorizationPolicy default/deny-gateway selects a gateway node"
+        gw.wait_for(lambda: wanted in mesh.xdsd.log(), "the refusal in xdsd's log")  # type: ignore[union-attr]
+        assert f"UDP listener {gw.ip}:{world.ports['udp']}" in mesh.xdsd.log()
+        dump = json.dumps(gw.envoy.admin_json("/config_dump?resource=dynamic_listeners"))
+        assert "envoy.filters.network.rbac" not in dump and "envoy.filters.http.rbac" not in dump
+    finally:
+        path.unlink()

@@ -61,6 +61,29 @@ def test_not_forms_of_sources(w: World) -> None:
     assert w.call(w.intruder) == 200
 
 
+def test_ports_name_the_workload_port_not_the_service_port(w: World) -> None:
+    # web's Service port is what callers dial (and its listener binds); its targetPort
+    # (the application's port) is the workload port policies name, as in Istio.
+    service_port, target_port = w.web.inbound_port, w.app.port
+    assert service_port != target_port
+    deny = "  action: DENY\n  rules:\n  - to:\n    - operation: {{ports: ['{}']}}\n"
+    w.policies(policy(deny.format(target_port)))
+    w.until(lambda: w.call(w.client) == 403, "DENY of the workload port")
+    assert w.call(w.intruder) == 403
+    # the Service port is no port of the workload: this DENY denies nothing
+    w.policies(policy(deny.format(service_port)))
+    w.until(lambda: w.call(w.client) == 200, "DENY of the service port matches nothing")
+    assert w.call(w.intruder) == 200
+    # ALLOW of anything but the workload port allows nothing on it
+    w.policies(policy(f"  rules:\n  - to:\n    - operation: {{notPorts: ['{target_port}']}}\n"))
+    w.until(lambda: w.call(w.client) == 403, "ALLOW notPorts [workload port]")
+    w.policies(policy(f"  rules:\n  - to:\n    - operation: {{ports: ['{target_port}']}}\n"))
+    w.until(lambda: w.call(w.client) == 200, "ALLOW ports [workload port]")
+    when = f"  action: DENY\n  rules:\n  - when:\n    - {{key: destination.port, values: ['{target_port}']}}\n"
+    w.policies(policy(when))
+    w.until(lambda: w.call(w.client) == 403, "DENY when destination.port is the workload port")
+
+
 def test_ip_blocks(w: World) -> None:
     # Both sidecars connect from the loopback network.
     w.policies(policy("  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/8]}\n"))
@@ -73,7 +96,7 @@ def test_ip_blocks(w: World) -> None:
 
 
 def test_methods_paths_hosts_and_ports(w: World) -> None:
-    port = w.web.inbound_port
+    port = w.app.port  # the workload port: the Service port's targetPort
     w.policies(
         policy(
             "  rules:\n  - to:\n    - operation:\n"

@@ -225,3 +225,31 @@ def test_disable_turns_the_callers_sidecar_to_plaintext(
         assert through_sidecar(world) == 200
     assert len(world.app.seen) == 3
     assert all("x-forwarded-client-cert" not in seen.headers for seen in world.app.seen)
+
+
+def test_port_level_mode_of_a_sidecar_ingress_port_is_keyed_by_its_number(
+    world: World, policies: Callable[[str], None]
+) -> None:
+    """A Sidecar ingress listener's workload port is its own number (as in Istio), not the
+    port of the ``defaultEndpoint`` it forwards to: a port-level STRICT keyed by the
+    number refuses plaintext, one keyed by the endpoint's port names no port of web."""
+    port, app = world.web.inbound_port, world.app.port
+    sidecar = world.mesh.rule(
+        "sidecar",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\n"
+        "metadata: {name: web, namespace: default}\nspec:\n"
+        "  workloadSelector: {labels: {app: web}}\n"
+        f"  ingress:\n  - port: {{number: {port}, protocol: HTTP, name: http}}\n"
+        f"    defaultEndpoint: 127.0.0.1:{app}\n",
+    )
+    try:
+        policies(peer(WEB_SELECTOR + f"  portLevelMtls:\n    {port}: {{mode: STRICT}}\n"))
+        wait_until(lambda: refused(world), what="STRICT on the ingress port's number")
+        world.client.wait_for(lambda: through_sidecar(world) == 200, "client → web under STRICT")
+        policies(peer(WEB_SELECTOR + f"  portLevelMtls:\n    {app}: {{mode: STRICT}}\n"))
+        world.web.wait_for(lambda: plaintext_get(world) == 200, "the endpoint's port: no port")
+    finally:
+        sidecar.unlink()
+        world.web.wait_for(
+            lambda: plaintext_get(world, world.health_inbound) == 200, "web's own ports again"
+        )

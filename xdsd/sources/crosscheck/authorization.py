@@ -15,7 +15,8 @@ selector, with at least one endpoint (an endpoint of the file, or a WorkloadEntr
 entry selects) whose labels the selector selects. A service whose endpoints carry no
 labels is out of scope of every policy with a selector (no warning: the rule is still
 enforced as above on any node it applies to). A rule whose every operation names
-``ports`` without the port's number does not warn for that port. Gateways are not
+``ports`` without the port's workload port (its ``targetPort``, else its number) does
+not warn for that port. Gateways are not
 considered.
 """
 
@@ -50,11 +51,12 @@ def in_scope(policy: AuthorizationPolicy, svc: Service) -> bool:
 
 
 def _applies_on(rule: AuthorizationRule, port: Port) -> bool:
-    """False when every operation of ``rule`` names ports and none is ``port``'s."""
+    """False when every operation of ``rule`` names ports and none is ``port``'s
+    workload port (its ``targetPort``: policies name workload ports)."""
     ops = rule.operations
     if not ops or not all(op.ports for op in ops):
         return True
-    number = str(port.number)
+    number = str(port.workload_port)
     return any(number in op.ports for op in ops)
 
 
