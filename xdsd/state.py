@@ -106,6 +106,8 @@ class MeshState:
         #: The warnings of the last load attempt (refused or not).
         self.warnings: tuple[Problem, ...] = ()
         self.failed_reloads = 0
+        # Why node classes cannot be configured from what is loaded (``class_errors``).
+        self._class_errors: dict[NodeClass, tuple[Problem, ...]] = {}
         #: Reload attempts in a row that ended in an internal error (``InternalError``).
         self.internal_errors = 0
         #: Seconds per phase of the last reload that loaded the directory: ``list``,
@@ -169,6 +171,21 @@ class MeshState:
         """The stamp of each config file of the last load attempt, as read
         (``DirectoryLoader.stamps``)."""
         return self._loader.stamps()
+
+    @property
+    def class_errors(self) -> tuple[Problem, ...]:
+        """Why node classes cannot be configured from what is loaded (a load can succeed
+        while one class's configuration cannot be built: two of its listeners on one
+        address, a security policy its node cannot enforce): each problem with its class
+        named first. Such a class keeps its last good configuration (a new one gets
+        none); ``/debug/errors`` and ``xdsd status`` show these as errors. At most
+        ``MAX_KEPT_PROBLEMS``; empty when every class builds."""
+        found = [
+            dataclasses.replace(p, message=f"node class {_class_name(key)}: {p.message}")
+            for key, problems in self._class_errors.items()
+            for p in problems
+        ]
+        return _bounded(tuple(found), MAX_KEPT_PROBLEMS)
 
     @property
     def registrations(self) -> tuple[Registration, ...]:
@@ -393,6 +410,7 @@ class MeshState:
         self.translation = translation
         changed = 0
         self._cache.evict_unheld()
+        self._class_errors = {}
         # held classes without a snapshot too: clients that came while nothing was
         # loaded, or while the restart cache's classes were served
         for key in dict.fromkeys([*self._cache.keys(), *self._cache.held_keys()]):
@@ -400,6 +418,7 @@ class MeshState:
                 snapshot = self.translation.snapshot_for(key)
             except TranslationError as e:
                 log.error("node class %s cannot be configured: %s", key, e)
+                self._class_errors[key] = e.problems
                 continue
             if self._cache.set(key, snapshot):
                 changed += 1
@@ -544,10 +563,21 @@ class MeshState:
                     "(max_node_classes): no snapshot for a new one",
                 )
         with _building():  # the first class of a flavor builds every cluster of the mesh
-            snapshot = self.translation.snapshot_for(key)
+            try:
+                snapshot = self.translation.snapshot_for(key)
+            except TranslationError as e:
+                self._class_errors[key] = e.problems
+                raise
             self._cache.set(key, snapshot)
+            self._class_errors.pop(key, None)
         self.on_new_class()
         return snapshot
+
+
+def _class_name(key: NodeClass) -> str:
+    """``ROLE NAMESPACE/SERVICE`` of a node class, with its labels when it has some."""
+    labels = ",".join(f"{k}={v}" for k, v in key.labels)
+    return f"{key.role.value} {key.namespace}/{key.service}" + (f" [{labels}]" if labels else "")
 
 
 def internal_error(config_dir: str, doing: str, error: BaseException) -> InternalError:

@@ -31,6 +31,7 @@ class Config:
     warnings: tuple[Problem, ...] = ()
     failed_reloads: int = 0
     loaded: object | None = field(default_factory=object)
+    class_errors: tuple[Problem, ...] = ()
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

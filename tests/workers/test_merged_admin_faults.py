@@ -36,6 +36,7 @@ class Config:
     errors: tuple[Any, ...] = ()
     warnings: tuple[Any, ...] = ()
     failed_reloads = 0
+    class_errors: tuple[Any, ...] = ()
     loaded: object | None = object()
 
 

@@ -260,6 +260,7 @@ class AdminViews:
             config_dir=self.config_dir,
             loaded=self.config.loaded is not None or bool(self.cached()),
             errors=tuple(self.config.errors),
+            class_errors=tuple(self.config.class_errors),
             warnings=tuple(self.config.warnings),
             clients=clients,
             snapshots=snapshots,
@@ -400,10 +401,12 @@ class AdminViews:
         return web.json_response(self.registrations())
 
     async def config_errors(self, _request: web.Request) -> web.Response:
-        """The errors of the last refused reload (none when the last one loaded), then the
-        warnings of the last reload, then the status conditions of the Gateway API
-        objects served (``severity: condition``, ``holds`` false for one not met)."""
-        problems = [*self.config.errors, *self.config.warnings]
+        """The errors of the last refused reload (none when the last one loaded), the
+        node classes the loaded configuration cannot configure (errors naming their
+        class), then the warnings of the last reload, then the status conditions of the
+        Gateway API objects served (``severity: condition``, ``holds`` false for one not
+        met)."""
+        problems = [*self.config.errors, *self.config.class_errors, *self.config.warnings]
         out = [problem_json(p) for p in problems]
         cached = self.cached()
         if cached and self.config.loaded is None:

@@ -73,6 +73,12 @@ class ConfigState(Protocol):
         ...
 
     @property
+    def class_errors(self) -> Sequence[Problem]:
+        """Why node classes cannot be configured from what is loaded (each naming its
+        class; empty when every class builds)."""
+        ...
+
+    @property
     def loaded(self) -> object | None:
         """The configuration being served; None before the first good load."""
         ...

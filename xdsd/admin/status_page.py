@@ -175,6 +175,9 @@ class StatusView:
     #: The Gateway API objects' status conditions (``/debug/errors``' ``condition``
     #: entries: object, scope, type, status, reason, message, holds, path, line).
     conditions: Sequence[Mapping[str, Any]] = ()
+    #: The node classes the loaded configuration cannot configure (``MeshState``'s
+    #: ``class_errors``): errors, though the last reload was not refused.
+    class_errors: Sequence[Problem] = ()
 
 
 def problem_count(view: StatusView) -> int:
@@ -185,7 +188,7 @@ def problem_count(view: StatusView) -> int:
         for c in view.clients
         if c.connected
     )
-    return failing + len(view.absent) + len(view.errors)
+    return failing + len(view.absent) + len(view.errors) + len(view.class_errors)
 
 
 def render_status_page(view: StatusView) -> str:
@@ -237,6 +240,11 @@ def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
             f'<span class="error">{len(view.errors)} errors: last reload refused, serving the '
             "last good configuration</span>"
         )
+    elif view.class_errors:
+        config = (
+            f'<span class="error">{len(view.class_errors)} errors: some node classes cannot '
+            "be configured, each serving its last good configuration</span>"
+        )
     else:
         config = '<span class="in_sync">loaded</span>'
     summary = " ".join(
@@ -265,11 +273,11 @@ def _header(view: StatusView, connected: Sequence[ClientStatus]) -> str:
 
 def _config_section(view: StatusView) -> str:
     out = ['<section id="config"><h2>Configuration errors and warnings</h2>']
-    if not view.errors and not view.warnings:
+    if not view.errors and not view.class_errors and not view.warnings:
         out.append('<p class="in_sync">No errors or warnings.</p>')
     else:
         out.append('<ul class="problems">')
-        for problem in view.errors:
+        for problem in [*view.errors, *view.class_errors]:
             out.append(f'<li class="error">{_e(str(problem))}</li>')
         for problem in view.warnings:
             out.append(f'<li class="warning">{_e(str(problem))}</li>')
