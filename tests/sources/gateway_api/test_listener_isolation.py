@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import envoy_accepts
+from tests.pem import write_fake_pem
 from xdsd.model import HTTPMatch, HTTPRoute, Mesh, Service, StringMatch, VirtualService
 from xdsd.model.gateway_api import (
     CONTROLLER_NAME,
@@ -29,6 +30,7 @@ from xdsd.model.networking import EntryPort, Gateway, Server
 from xdsd.model.rules import Destination, MatchKind, RouteDestination
 from xdsd.model.service import Endpoint, Port, Protocol
 from xdsd.resources import ROUTE
+from xdsd.sources import load_directory
 from xdsd.sources.gateway_api.convert import GATEWAY_NAME_LABEL, Converted, convert
 from xdsd.translate import MeshTranslation, NodeClass, Role, render_static
 
@@ -161,6 +163,91 @@ def test_listeners_on_other_ports_do_not_shadow_each_other() -> None:
     mesh = mesh_of(convert_all(gw, admin, named))
     assert virtual_hosts(mesh) == {"admin.example.com": ["tenant.named.0"]}
     assert virtual_hosts(mesh, "http.8080") == {"admin.example.com": ["infra.admin.0"]}
+
+
+HTTPS_FILES = """\
+kind: Service
+name: web
+namespace: infra
+ports: [{number: 8080, protocol: HTTP}]
+endpoints: [{address: 10.0.0.1}]
+---
+kind: Service
+name: evil
+namespace: tenant
+ports: [{number: 8080, protocol: HTTP}]
+endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: xdsd}
+spec: {controllerName: xdsd.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: xdsd
+  listeners:
+  - name: admin
+    port: 443
+    protocol: HTTPS
+    hostname: admin.example.com
+    tls:
+      certificateRefs: [{group: xdsd.dev, kind: File, name: gw.pem}]
+      options: {xdsd.dev/private-key: gw-key.pem}
+  - name: open
+    port: 443
+    protocol: HTTPS
+    allowedRoutes: {namespaces: {from: All}}
+    tls:
+      certificateRefs: [{group: xdsd.dev, kind: File, name: gw.pem}]
+      options: {xdsd.dev/private-key: gw-key.pem}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: admin, namespace: infra}
+spec:
+  parentRefs: [{name: edge, sectionName: admin}]
+  rules: [{backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hijack, namespace: tenant}
+spec:
+  parentRefs: [{name: edge, namespace: infra}]
+  hostnames: [admin.example.com]
+  rules: [{backendRefs: [{name: evil, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: anywhere, namespace: tenant}
+spec:
+  parentRefs: [{name: edge, namespace: infra, sectionName: open}]
+  rules:
+  - matches: [{path: {type: Exact, value: /}}]
+    backendRefs: [{name: evil, port: 8080}]
+"""
+
+
+def test_https_listeners_keep_their_names_apart_in_each_route_configuration(
+    tmp_path: Path,
+) -> None:
+    """HTTPS listeners have a route configuration each (chosen by SNI): the open
+    listener's has a 404 virtual host for ``admin.example.com`` (a request whose Host
+    is not its SNI name), the admin listener's only its own routes."""
+    for name in ("gw.pem", "gw-key.pem"):
+        write_fake_pem(tmp_path / name)
+    (tmp_path / "gateway.yaml").write_text(HTTPS_FILES)
+    loaded = load_directory(str(tmp_path))
+    assert not loaded.warnings
+    assert virtual_hosts(loaded.mesh, "https.443.admin.edge.infra") == {
+        "admin.example.com": ["infra.admin.0"]
+    }
+    assert virtual_hosts(loaded.mesh, "https.443.open.edge.infra") == {
+        "admin.example.com": [],
+        "*": ["tenant.anywhere.0"],
+    }
 
 
 def test_envoy_accepts_the_isolated_route_configuration(tmp_path: Path) -> None:
