@@ -39,7 +39,13 @@ domain = the name, name ``host:PORT``), holding the routes of their http rules; 
 hosts with identical routes are collapsed into one with several domains; catch-all routes
 move after the others; a server with ``httpsRedirect`` marks its virtual hosts (and adds
 one per host of its own) ``require_tls: ALL``, which Envoy answers with a 301 to https;
-no virtual host at all gives one ``*`` virtual host with no routes (404). Hosts are
+no virtual host at all gives one ``*`` virtual host with no routes (404). Two xdsd
+extensions, set only by the Gateway API's conversion, isolate its listeners: a
+VirtualService with ``listener`` set is served only by the server of that name, and an
+isolated server (``Server.listener_isolation``) leaves a name that the host of a more
+specific isolated server of the same listener covers to that server (its
+``RoutePlan.listener_hosts``), each of whose names (but ``*``) gets a virtual host even
+without routes (404), in every route configuration of the listener. Hosts are
 matched ignoring the port (``ignore_port_in_host_matching``), as Istio. A match block
 applies on a gateway when its ``port`` is empty or the server's, and its ``gateways``
 name the server's gateway, or, without ``gateways``, its ``sourceLabels`` and
