@@ -241,6 +241,13 @@ class Server:
     #: its UDPRoute; Istio's Gateway has no UDP); empty: the server forwards nothing and
     #: gets no listener.
     datagrams_to: tuple[tuple[str, int, int], ...] = ()
+    #: Listener isolation, an xdsd extension set only by the Gateway API's conversion
+    #: (each HTTP or HTTPS listener a server): the server serves only the
+    #: VirtualServices bound to it by name (``VirtualService.listener``) or to no
+    #: server; a name of its that the hosts of a more specific isolated server on the
+    #: same port cover is left to that server; and its hosts get a virtual host even
+    #: with no route (404), so a less specific server never answers for them.
+    listener_isolation: bool = False
 
 
 @dataclass(frozen=True, slots=True)

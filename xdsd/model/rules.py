@@ -304,6 +304,10 @@ class VirtualService:
     tcp: tuple[L4Route, ...] = ()
     tls: tuple[L4Route, ...] = ()
     export_to: tuple[str, ...] = ()
+    #: The one server (by name) of its gateways that serves it, an xdsd extension set
+    #: only by the Gateway API's conversion (the listener its routes attached
+    #: through); empty: every server whose hosts meet its own (Istio's binding).
+    listener: str = ""
     origin: Origin = field(default=NO_ORIGIN, compare=False, repr=False)
     #: The lines of the fields the cross-checks report about (references, subsets).
     lines: FieldLines = field(default=(), compare=False, repr=False)

@@ -42,7 +42,13 @@ domain = the name, name ``host:PORT``), holding the routes of their http rules; 
 hosts with identical routes are collapsed into one with several domains; catch-all routes
 move after the others; a server with ``httpsRedirect`` marks its virtual hosts (and adds
 one per host of its own) ``require_tls: ALL``, which Envoy answers with a 301 to https;
-no virtual host at all gives one ``*`` virtual host with no routes (404). Hosts are
+no virtual host at all gives one ``*`` virtual host with no routes (404). Two xdsd
+extensions, set only by the Gateway API's conversion, isolate its listeners: a
+VirtualService with ``listener`` set is served only by the server of that name, and an
+isolated server (``Server.listener_isolation``) leaves a name that the host of a more
+specific isolated server of the same listener covers to that server (its
+``RoutePlan.listener_hosts``), each of whose names (but ``*``) gets a virtual host even
+without routes (404), in every route configuration of the listener. Hosts are
 matched ignoring the port (``ignore_port_in_host_matching``), as Istio. A match block
 applies on a gateway when its ``port`` is empty or the server's, and its ``gateways``
 name the server's gateway, or, without ``gateways``, its ``sourceLabels`` and
@@ -121,11 +127,14 @@ _TLS_VERSIONS = {
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     """A route configuration of a gateway: its name, the port its servers listen on,
-    and the servers it serves (each with the key of its Gateway)."""
+    the servers it serves (each with the key of its Gateway), and the hosts of every
+    isolated server (``Server.listener_isolation``) on its listener, lower case, each
+    once (those of servers whose route configuration is another, too)."""
 
     name: str
     port: int
     servers: tuple[tuple[ResourceKey, Server], ...]
+    listener_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +252,11 @@ def plan_gateway(
     problems: list[Problem] = []
     listeners: list[GatewayListenerPlan] = []
     routes: dict[str, list[tuple[ResourceKey, Server]]] = {}
+    isolated: dict[str, tuple[str, ...]] = {}
     for (bind, port, udp), members in groups.items():
         if not _compatible(members, problems):
             continue
+        hosts = _isolated_hosts(server for _, _, server in members)
         chains: list[ChainPlan] = []
         first_kind = _kind(members[0][2])
         prefix = f"{bind}_{port}"
@@ -262,6 +273,7 @@ def plan_gateway(
             chains.append(ChainPlan(prefix, route_name=name))
             for gw, _, server in members:
                 routes.setdefault(name, []).append((gw.key, server))
+            isolated[name] = hosts
         others = [] if first_kind == "http" else members
         # Names of TLS-terminating servers, which passthrough rules may not take.
         claimed = {
@@ -276,6 +288,7 @@ def plan_gateway(
             if _kind(server) == "https":
                 name = http_route_name(server, port, gw.key)
                 routes.setdefault(name, []).append((gw.key, server))
+                isolated[name] = hosts
                 chains.append(ChainPlan(server.name or prefix, names, tls, True, name))
             elif tls is not None and tls.mode is ServerTLSMode.PASSTHROUGH:
                 chains.extend(
@@ -292,10 +305,21 @@ def plan_gateway(
     if problems:
         raise TranslationError(problems)
     route_plans = tuple(
-        RoutePlan(name, servers[0][1].port.number, tuple(servers))
+        RoutePlan(name, servers[0][1].port.number, tuple(servers), isolated.get(name, ()))
         for name, servers in routes.items()
     )
     return GatewayPlan(tuple(listeners), route_plans)
+
+
+def _isolated_hosts(servers: Iterable[Server]) -> tuple[str, ...]:
+    """The hosts of the isolated servers among ``servers`` (those of one listener),
+    without namespace, lower case, each once, in order."""
+    found: dict[str, None] = {}
+    for server in servers:
+        if server.listener_isolation:
+            for host in server.hosts:
+                found.setdefault(host.rpartition("/")[2].lower(), None)
+    return tuple(found)
 
 
 def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Problem]) -> bool:
@@ -484,7 +508,11 @@ def gateway_route_configuration(
         redirect = server.tls is not None and server.tls.https_redirect
         port = server.port.number
         for vs in bound.get(gw, ()):
+            if vs.listener and vs.listener != server.name:
+                continue
             names = common_hosts(server, gw, vs)
+            if server.listener_isolation:
+                names = [n for n in names if not _shadowed(n, server, plan.listener_hosts)]
             if not names:
                 continue
             try:
@@ -508,6 +536,12 @@ def gateway_route_configuration(
                     vhost = vhosts[name] = route_components_pb2.VirtualHost(name=f"{name}:{port}")
                     vhost.domains.append(name)
                 vhost.require_tls = route_components_pb2.VirtualHost.ALL
+    for name in plan.listener_hosts:
+        # an isolated server's own name answers 404 without routes, never by the
+        # routes of a less specific one ("*" is the least specific: nothing to guard)
+        if name != "*" and name not in vhosts:
+            vhost = vhosts[name] = route_components_pb2.VirtualHost(name=f"{name}:{plan.port}")
+            vhost.domains.append(name)
     if problems:
         raise TranslationError(problems)
     config = route_pb2.RouteConfiguration(name=plan.name)
@@ -521,6 +555,18 @@ def gateway_route_configuration(
         _catch_all_last(vhost)
         config.virtual_hosts.append(vhost)
     return config
+
+
+def _shadowed(name: str, server: Server, listener_hosts: tuple[str, ...]) -> bool:
+    """True when ``name`` (of isolated ``server``) is covered by the host of a more
+    specific isolated server on the same listener: a host within one of ``server``'s
+    own hosts but none of them (listener isolation: that server's routes alone serve
+    it)."""
+    own = [h.rpartition("/")[2].lower() for h in server.hosts]
+    return any(
+        host not in own and _within(name, host) and any(_within(host, o) for o in own)
+        for host in listener_hosts
+    )
 
 
 def _collapsed(vhosts: Mapping[str, Any]) -> list[Any]:

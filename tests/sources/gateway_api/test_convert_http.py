@@ -154,15 +154,30 @@ def test_ties_go_to_namespace_name_order() -> None:
     assert [r.name for r in envoy_routes(out)] == ["infra.m.0", "infra.z.0"]
 
 
-def test_hostname_intersection_gives_one_virtual_service_per_host() -> None:
+def test_hostname_intersection_gives_one_virtual_service_per_listener_and_host() -> None:
     rule = RouteRule(backend_refs=(backend("web"),))
     out = run(route("r", rule, hostnames=("a.example.com", "other.org")))
-    hosts = sorted(vs.hosts for vs in out.virtual_services)
+    hosts = sorted((vs.listener, vs.hosts) for vs in out.virtual_services)
     # listener "http" (no hostname) takes both; listener "a" only a.example.com
-    assert hosts == [("a.example.com",), ("other.org",)]
-    by_host = {vs.hosts[0]: vs for vs in out.virtual_services}
-    assert {m.port for h in by_host["a.example.com"].http for m in h.match} == {80, 8080}
-    assert {m.port for h in by_host["other.org"].http for m in h.match} == {80}
+    assert hosts == [
+        ("a", ("a.example.com",)),
+        ("http", ("a.example.com",)),
+        ("http", ("other.org",)),
+    ]
+    ports = {
+        (vs.listener, vs.hosts[0]): {m.port for h in vs.http for m in h.match}
+        for vs in out.virtual_services
+    }
+    assert ports == {
+        ("a", "a.example.com"): {8080},
+        ("http", "a.example.com"): {80},
+        ("http", "other.org"): {80},
+    }
+    assert sorted(vs.name for vs in out.virtual_services) == [
+        "gateway-api.edge~a~a.example.com",
+        "gateway-api.edge~http~a.example.com",
+        "gateway-api.edge~http~other.org",
+    ]
 
 
 def test_missing_and_refused_backends_answer_500_for_their_share() -> None:

@@ -15,7 +15,8 @@ translation treat them as any other.
 
 Gateways (``gateway_servers``): the Istio Gateway of the same name and namespace,
 selector ``{GATEWAY_NAME_LABEL: NAME}``, one server per listener named as the
-listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP, HTTPS
+listener, hosts its hostname (``*`` without one), HTTP and HTTPS ones isolated
+(``Server.listener_isolation``: each serves only its own routes); HTTP listeners plain HTTP, HTTPS
 listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
 first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
 ``l4.listener_server`` says. A listener that is not served is a warning and its
@@ -24,9 +25,10 @@ Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` Fal
 ``Pending``, on the Gateway).
 
 HTTPRoutes (``http.py``): the routes attached to a Gateway's listeners
-(``attach.py``) become one VirtualService per (Gateway, hostname), named
-``gateway-api.GATEWAY.HOST`` in the Gateway's namespace, bound to its Istio Gateway,
-holding every rule of every route attached with that hostname, one Istio rule per
+(``attach.py``) become one VirtualService per (Gateway, listener, hostname), named
+``gateway-api.GATEWAY~LISTENER~HOST`` in the Gateway's namespace, bound to its Istio
+Gateway and served on that listener's server alone, holding every rule of every route
+attached to the listener with that hostname, one Istio rule per
 match, in the Gateway API's precedence order (``http.precedence``). GRPCRoutes
 (``grpc.py``), TLSRoutes/TCPRoutes/UDPRoutes (``l4.py``) and BackendTLSPolicies
 (``backend_tls.py``) have modules of their own, and so do the HTTPRoutes and GRPCRoutes
@@ -245,7 +247,7 @@ def _server(
     hosts = (listener.hostname or "*",)
     if listener.protocol == "HTTP":
         port = EntryPort(listener.port, Protocol.HTTP, listener.name, protocol_name="HTTP")
-        return Server(port, hosts, name=listener.name), ("", "", "")
+        return Server(port, hosts, name=listener.name, listener_isolation=True), ("", "", "")
     if listener.protocol != "HTTPS":
         got = listener_server(gw, listener)
         if isinstance(got, Server):
@@ -287,7 +289,8 @@ def _server(
         ),
     )
     port = EntryPort(listener.port, Protocol.TLS, listener.name, protocol_name="HTTPS")
-    return Server(port, hosts, server_tls, name=listener.name), ("", "", "")
+    server = Server(port, hosts, server_tls, name=listener.name, listener_isolation=True)
+    return server, ("", "", "")
 
 
 def _problem(gw: KubeGateway, field: str, message: str) -> Problem:

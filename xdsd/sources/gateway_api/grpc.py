@@ -251,7 +251,8 @@ def grpc_virtual_service(
 ) -> tuple[VirtualService, tuple[Condition, ...]]:
     """The GRPCRoute of ``attachment`` on its listener as a VirtualService of its own
     (``name``, bound to the converted Gateway ``gateway_ref``, hosts the attachment's
-    hostnames), its rules in precedence order, and the conditions (``grpc_rules``)."""
+    hostnames, served on the attachment's listener alone), its rules in precedence
+    order, and the conditions (``grpc_rules``)."""
     route = attachment.route
     ranked, conditions = grpc_rules(attachment, services, grants)
     rules = tuple(r.rule for r in sorted(ranked, key=lambda r: r.precedence))
@@ -261,6 +262,7 @@ def grpc_virtual_service(
         hosts=attachment.hostnames,
         gateways=(gateway_ref,),
         http=rules,
+        listener=attachment.listener.name,
         origin=route.origin,
     )
     return vs, conditions

@@ -1,11 +1,16 @@
 """HTTPRoutes attached to Gateways, as VirtualServices bound to their Istio Gateways.
 
-One VirtualService per (Gateway, hostname): every rule of every HTTPRoute attached to
-one of the Gateway's listeners with that hostname (the intersection of the route's and
-the listener's, ``attach.intersect``), one Istio rule per match (a rule without
-matches matches ``PathPrefix /``), its match block carrying the listener's port so a
-route attached to one listener is not served on another. Rules are ordered by the
-Gateway API's precedence (``precedence``) across all those routes: an ``Exact`` path,
+One VirtualService per (Gateway, listener, hostname), ``gateway-api.GATEWAY~LISTENER~HOST``:
+every rule of every HTTPRoute attached to that listener with that hostname (the
+intersection of the route's and the listener's, ``attach.intersect``), one Istio rule
+per match (a rule without matches matches ``PathPrefix /``), bound to that listener's
+server alone (``VirtualService.listener``; its match blocks carry the listener's port
+too). That is the Gateway API's listener isolation: the converted servers are isolated
+(``Server.listener_isolation``), so a request for a name that a more specific
+listener's hostname covers is routed by that listener's routes only (404 when it has
+none), never by a route attached to a less specific listener of the same port, even
+one naming that host. Rules are ordered by the Gateway API's precedence
+(``precedence``) across all those routes: an ``Exact`` path,
 then a ``RegularExpression`` path (an implementation-specific rank: before prefixes, so
 a regex is not shadowed by ``/``), then the longest ``PathPrefix``; then a method
 match; then the most header matches; then the most query parameter matches; ties go to
@@ -116,8 +121,8 @@ def http_virtual_services(
     (namespace, name)) and every route's conditions; the parents in ``rejected``
     (``attach.kind_conflicts``) attach nothing."""
     conditions: list[Condition] = []
-    groups: dict[tuple[str, str, str], list[_Rule]] = {}
-    origins: dict[tuple[str, str, str], Route] = {}
+    groups: dict[tuple[str, str, str, str], list[_Rule]] = {}
+    origins: dict[tuple[str, str, str, str], Route] = {}
     for route in sorted(routes, key=lambda r: (r.namespace, r.name)):
         found, attached = attach(route, gateways, namespace_labels, rejected)
         conditions.extend(attached)
@@ -136,23 +141,25 @@ def http_virtual_services(
                 conditions.append(cond.ok(route.key, cond.RESOLVED_REFS, scope))
         for a in found:
             for host in a.hostnames:
-                group = (a.gateway.namespace, a.gateway.name, host)
+                group = (a.gateway.namespace, a.gateway.name, a.listener.name, host)
                 origins.setdefault(group, route)
                 bucket = groups.setdefault(group, [])
                 for rule in rules:
                     blocks = tuple(replace(m, port=a.listener.port) for m in rule.http.match)
                     bucket.append(_Rule(rule.order, replace(rule.http, match=blocks)))
     out: list[VirtualService] = []
-    for (namespace, name, host), rules in sorted(groups.items()):
+    for group, rules in sorted(groups.items()):
+        namespace, name, listener, host = group
         rules.sort(key=lambda r: r.order)
         out.append(
             VirtualService(
-                f"{PREFIX}{name}.{host.replace('*', '_')}",
+                f"{PREFIX}{name}~{listener}~{host.replace('*', '_')}",
                 namespace,
                 (host,),
                 (f"{namespace}/{istio_gateway_name(name)}",),
                 tuple(r.http for r in rules),
-                origin=origins[(namespace, name, host)].origin,
+                listener=listener,
+                origin=origins[group].origin,
             )
         )
     return out, conditions
