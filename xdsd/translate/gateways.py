@@ -26,8 +26,10 @@ equal plans share one resource):
 - Servers that cannot share a listener are a translation error naming both (Istio drops
   the later one with a log line; xdsd refuses rather than serve half of what was
   written): on one port and bind, either every server is plain HTTP, or every server
-  carries TLS with distinct SNI hosts, or there is a single TCP server. A listener with
-  no filter chain (a TCP server no rule routes) is left out.
+  carries TLS with distinct SNI hosts, or there is a single TCP server
+  (``networking.sharing_clashes``, which the Gateway API conversion applies to its
+  listeners too). A listener with no filter chain (a TCP server no rule routes) is
+  left out.
 
 Route configurations (Istio's ``buildGatewayHTTPRouteConfig``): for each server, the
 VirtualServices bound to its gateway (``gateways`` names it as ``name`` in the rule's

@@ -19,7 +19,12 @@ listener, hosts its hostname (``*`` without one); HTTP listeners plain HTTP, HTT
 listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
 first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
 ``l4.listener_server`` says. A listener that is not served is a warning and its
-``Accepted``/``ResolvedRefs`` False with the reason.
+``Accepted``/``ResolvedRefs`` False with the reason. Listeners that cannot share their
+port (``listener_conflicts``: the gateway translation's own rule,
+``networking.sharing_clashes``) are all left out, ``Conflicted`` True, so the rest of
+the Gateway is served; a Gateway with a listener not served is ``Accepted`` True with
+reason ``ListenersNotValid``. A listener whose ``allowedRoutes.kinds`` lists a kind it
+cannot take has ``ResolvedRefs`` False, ``InvalidRouteKinds``.
 Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
 ``Pending``, on the Gateway).
 
