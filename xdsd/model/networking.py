@@ -266,6 +266,86 @@ class Gateway:
         object.__setattr__(self, "key", ResourceKey("Gateway", self.namespace, self.name))
 
 
+#: Server protocols whose servers merge into one plain HTTP connection manager.
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+#: The server TLS modes that terminate TLS on the gateway.
+TERMINATING_MODES = (
+    ServerTLSMode.SIMPLE,
+    ServerTLSMode.MUTUAL,
+    ServerTLSMode.OPTIONAL_MUTUAL,
+    ServerTLSMode.ISTIO_MUTUAL,
+)
+
+
+def server_kind(server: Server) -> str:
+    """How a server is served: ``http`` (plain, merged), ``https`` (TLS terminated, then
+    routes), ``tls`` (TLS terminated or passed through, then TCP), ``tcp`` or ``udp``."""
+    protocol = server.port.protocol_name
+    if protocol in HTTP_PROTOCOLS:
+        return "http"
+    if server.port.protocol is Protocol.UDP:
+        return "udp"
+    tls = server.tls
+    if protocol == "HTTPS" and tls is not None and tls.mode in TERMINATING_MODES:
+        return "https"
+    if protocol in ("HTTPS", "TLS"):
+        return "tls"
+    return "tcp"
+
+
+def sni_hosts(server: Server) -> tuple[str, ...]:
+    """The SNI names a TLS server's filter chain matches: its hosts without namespace,
+    sorted, each once; none (any name) when one is ``*``."""
+    names = sorted({h.rpartition("/")[2].lower() for h in server.hosts})
+    return () if "*" in names else tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class SharingClash:
+    """Why the server at ``index`` cannot share a listener with the one at ``other``
+    (indexes into what ``sharing_clashes`` was given): ``message`` says it; ``host``
+    is the SNI name both claim ("" when their protocols cannot share the port)."""
+
+    index: int
+    other: int
+    message: str
+    host: str = ""
+
+
+def sharing_clashes(servers: tuple[Server, ...]) -> tuple[SharingClash, ...]:
+    """The servers of one bind and port (UDP servers apart from the others: they are
+    another socket) that cannot share its listener, each once, with the server it
+    clashes with. The rule the gateway translation enforces and the Gateway API's
+    listener conflicts follow: either every server is plain HTTP, or every server
+    carries TLS with distinct SNI hosts (``*`` for none), or there is a single TCP
+    server, or a single UDP server. The first server sets the port's kind: a server
+    of another kind clashes with it; a server whose SNI host an earlier one holds
+    clashes with that one. Pure."""
+    if not servers:
+        return ()
+    first_kind = server_kind(servers[0])
+    seen: dict[str, int] = {}
+    out: list[SharingClash] = []
+    for i, server in enumerate(servers):
+        kind = server_kind(server)
+        number = server.port.number
+        if (kind == "http") != (first_kind == "http"):
+            message = f"plain HTTP and TLS servers cannot share port {number}"
+            out.append(SharingClash(i, 0, message))
+        elif "tcp" in (kind, first_kind) and i:
+            out.append(SharingClash(i, 0, f"a TCP server cannot share port {number}"))
+        elif kind == "udp" and i:
+            out.append(SharingClash(i, 0, f"a UDP server cannot share UDP port {number}"))
+        elif kind != "http":
+            for name in sni_hosts(server) or ("*",):
+                owner = seen.setdefault(name, i)
+                if owner != i:
+                    message = f"SNI host {name!r} is served on port {number} already"
+                    out.append(SharingClash(i, owner, message, name))
+                    break
+    return tuple(out)
+
+
 #: The gateway name that binds a VirtualService (or a match block) to sidecars.
 MESH_GATEWAY_NAME = "mesh"
 

@@ -29,8 +29,10 @@ equal plans share one resource):
 - Servers that cannot share a listener are a translation error naming both (Istio drops
   the later one with a log line; xdsd refuses rather than serve half of what was
   written): on one port and bind, either every server is plain HTTP, or every server
-  carries TLS with distinct SNI hosts, or there is a single TCP server. A listener with
-  no filter chain (a TCP server no rule routes) is left out.
+  carries TLS with distinct SNI hosts, or there is a single TCP server
+  (``networking.sharing_clashes``, which the Gateway API conversion applies to its
+  listeners too). A listener with no filter chain (a TCP server no rule routes) is
+  left out.
 
 Route configurations (Istio's ``buildGatewayHTTPRouteConfig``): for each server, the
 VirtualServices bound to its gateway (``gateways`` names it as ``name`` in the rule's
@@ -82,7 +84,18 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
-from xdsd.model.networking import Gateway, Server, ServerTLS, ServerTLSMode, gateway_key
+from xdsd.model.networking import (
+    HTTP_PROTOCOLS,
+    TERMINATING_MODES,
+    Gateway,
+    Server,
+    ServerTLS,
+    ServerTLSMode,
+    gateway_key,
+    sharing_clashes,
+    sni_hosts,
+)
+from xdsd.model.networking import server_kind as _kind
 from xdsd.resources import pack
 from xdsd.translate import authz, jwt_authn
 from xdsd.translate.cluster_policy import san_matcher, set_tls_socket
@@ -104,16 +117,9 @@ from xdsd.translate.workload_security import NO_POLICIES, WorkloadPolicies
 
 #: The listener filter of a UDP server's listener.
 UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
-#: Server protocols whose servers merge into one plain HTTP connection manager.
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 #: ALPN a TLS-terminating HTTPS server offers (Istio's).
 HTTPS_ALPN = ("h2", "http/1.1")
-_TERMINATING = (
-    ServerTLSMode.SIMPLE,
-    ServerTLSMode.MUTUAL,
-    ServerTLSMode.OPTIONAL_MUTUAL,
-    ServerTLSMode.ISTIO_MUTUAL,
-)
+_TERMINATING = TERMINATING_MODES
 _VALIDATING = (ServerTLSMode.MUTUAL, ServerTLSMode.OPTIONAL_MUTUAL)
 _TLS_VERSIONS = {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO,
@@ -205,29 +211,6 @@ def http_route_name(server: Server, port: int, gateway: ResourceKey) -> str:
     if server.port.protocol_name in HTTP_PROTOCOLS:
         return f"http.{port}{bind}"
     return f"https.{port}.{server.port.name}.{gateway.name}.{gateway.namespace}{bind}"
-
-
-def _kind(server: Server) -> str:
-    """How a server is served: ``http`` (plain, merged), ``https`` (TLS terminated, then
-    routes), ``tls`` (TLS terminated or passed through, then TCP), ``tcp`` or ``udp``."""
-    protocol = server.port.protocol_name
-    if protocol in HTTP_PROTOCOLS:
-        return "http"
-    if server.port.protocol is Protocol.UDP:
-        return "udp"
-    tls = server.tls
-    if protocol == "HTTPS" and tls is not None and tls.mode in _TERMINATING:
-        return "https"
-    if protocol in ("HTTPS", "TLS"):
-        return "tls"
-    return "tcp"
-
-
-def sni_hosts(server: Server) -> tuple[str, ...]:
-    """The SNI names a TLS server's filter chain matches: its hosts without namespace,
-    sorted, each once; none (any name) when one is ``*``."""
-    names = sorted({h.rpartition("/")[2].lower() for h in server.hosts})
-    return () if "*" in names else tuple(names)
 
 
 def plan_gateway(
@@ -323,42 +306,24 @@ def _isolated_hosts(servers: Iterable[Server]) -> tuple[str, ...]:
 
 
 def _compatible(members: list[tuple[Gateway, int, Server]], problems: list[Problem]) -> bool:
-    """Check that the servers of one bind and port can share a listener (see the module
-    doc); a problem names the first server that cannot."""
-    first_gw, first_i, first = members[0]
-    first_kind = _kind(first)
-    seen: dict[str, tuple[Gateway, int]] = {}
-    ok = True
-    for gw, i, server in members:
-        kind = _kind(server)
-        other, j = first_gw, first_i
-        clash = ""
-        if (kind == "http") != (first_kind == "http"):
-            clash = f"plain HTTP and TLS servers cannot share port {server.port.number}"
-        elif "tcp" in (kind, first_kind) and (gw.key, i) != (first_gw.key, first_i):
-            clash = f"a TCP server cannot share port {server.port.number}"
-        elif kind == "udp" and (gw.key, i) != (first_gw.key, first_i):
-            clash = f"a UDP server cannot share UDP port {server.port.number}"
-        elif kind != "http":
-            for name in sni_hosts(server) or ("*",):
-                owner = seen.setdefault(name, (gw, i))
-                if (owner[0].key, owner[1]) != (gw.key, i):
-                    other, j = owner
-                    clash = f"SNI host {name!r} is served on port {server.port.number} already"
-                    break
-        if clash:
-            problems.append(
-                Problem(
-                    gw.origin.path,
-                    gw.origin.line,
-                    f"servers[{i}]",
-                    f"{clash} (by servers[{j}] of Gateway {other.namespace}/{other.name}, "
-                    f"{other.origin}): give it another port or bind address, or select "
-                    "the gateways on different nodes",
-                )
+    """Check that the servers of one bind and port can share a listener
+    (``networking.sharing_clashes``, see the module doc); a problem names each server
+    that cannot."""
+    clashes = sharing_clashes(tuple(server for _, _, server in members))
+    for clash in clashes:
+        gw, i, _ = members[clash.index]
+        other, j, _ = members[clash.other]
+        problems.append(
+            Problem(
+                gw.origin.path,
+                gw.origin.line,
+                f"servers[{i}]",
+                f"{clash.message} (by servers[{j}] of Gateway {other.namespace}/{other.name}, "
+                f"{other.origin}): give it another port or bind address, or select "
+                "the gateways on different nodes",
             )
-            ok = False
-    return ok
+        )
+    return not clashes
 
 
 def common_hosts(server: Server, gateway: ResourceKey, vs: VirtualService) -> list[str]:

@@ -253,3 +253,32 @@ def test_kind_conflicts_match_the_pairwise_rule(specs: list[tuple[str, list[str]
         else:
             expected[route.name] = winner.name
     assert {k.name: m.split(" ")[1].split("/")[1] for (k, _), m in found.items()} == expected
+
+
+def test_a_hostname_backend_is_a_full_host_never_a_short_name() -> None:
+    """An Istio ``Hostname`` names a literal host: a Service's short name must not
+    reach a Service of another namespace (no ReferenceGrant is asked for a Hostname);
+    its full name, a declared host and a ServiceEntry host do."""
+    secret = Service("payments", "finance", (Port(8080, Protocol.HTTP),))
+    declared = Service("pay", "finance", (Port(8080, Protocol.HTTP),), hosts=("pay.example.com",))
+    entry = Service("api.example.com", "finance", (Port(443, Protocol.TLS),), entry="ext")
+    services = [secret, declared, entry]
+
+    def host(name: str, port: int = 8080) -> Service | None:
+        ref = ObjectRef(name, "Hostname", "networking.istio.io", port=port)
+        return resolve_backend(ref, "HTTPRoute", "tenant", services, []).service
+
+    assert host("payments") is None
+    assert host("payments.finance") is None
+    short = resolve_backend(
+        ObjectRef("payments", "Hostname", "networking.istio.io"),
+        "HTTPRoute",
+        "tenant",
+        services,
+        [],
+    )
+    assert short.reason == cond.BACKEND_NOT_FOUND
+    assert host("payments.finance.svc.cluster.local") is secret
+    assert host("Payments.Finance.svc.cluster.local") is secret
+    assert host("pay.example.com") is declared
+    assert host("api.example.com", 443) is entry

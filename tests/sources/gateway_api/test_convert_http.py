@@ -397,3 +397,36 @@ def test_cors_filter() -> None:
         ("x-b",),
     )
     envoy_routes(out)
+
+
+def test_backend_filters_other_than_headers_answer_500_and_are_reported() -> None:
+    """A rewrite, redirect, mirror or CORS on one backendRef cannot be applied to that
+    destination alone: the rule answers 500 and the route says so at the filter."""
+    filters = (
+        RouteFilter("URLRewrite", rewrite_hostname="internal.example.com"),
+        RouteFilter("RequestRedirect", redirect_hostname="elsewhere.example.com"),
+        RouteFilter("RequestMirror", mirror=ObjectRef("api", "Service", "", "apps", 8080)),
+        RouteFilter("CORS", cors=(("allowOrigins", ("https://a.org",)),)),
+    )
+    header = RouteFilter(
+        "RequestHeaderModifier", request_header_modifier=HeaderModifier(set=(("x-a", "1"),))
+    )
+    for f in filters:
+        bad = BackendRef(ObjectRef("web", "Service", port=8080), 1, (header, f))
+        fine = BackendRef(ObjectRef("web", "Service", port=8080), 1, (header,))
+        rules = (
+            RouteRule(matches=(RouteMatch(StringMatch("Exact", "/bad")),), backend_refs=(bad,)),
+            RouteRule(matches=(RouteMatch(StringMatch("Exact", "/ok")),), backend_refs=(fine,)),
+        )
+        out = run(route("r", *rules, section="http"))
+        by_name = {r.match.path: r for r in envoy_routes(out)}
+        assert by_name["/bad"].direct_response.status == 500, f.type
+        assert by_name["/ok"].WhichOneof("action") == "route", f.type
+        refusals = [
+            (c.status, c.reason, c.scope)
+            for c in out.conditions
+            if c.target.kind == "HTTPRoute"
+            and c.type == cond.ACCEPTED
+            and c.scope.startswith("rules")
+        ]
+        assert refusals == [(False, cond.UNSUPPORTED_VALUE, "rules[0].backendRefs[0].filters[1]")]

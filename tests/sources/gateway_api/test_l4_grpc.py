@@ -739,3 +739,31 @@ def test_fuzz_l4_and_grpc_conversion(
             MeshTranslation(mesh).snapshot_for(NODE)
         except TranslationError as err:
             assert all(p.path for p in err.problems)
+
+
+def test_a_backend_filter_other_than_headers_answers_500_and_is_reported() -> None:
+    """A RequestMirror on a GRPCRoute backendRef is never dropped silently: the rule
+    answers 500 and the route says why, at the filter; a header modifier there is
+    that destination's."""
+    mirror = RouteFilter("RequestMirror", mirror=ObjectRef("grpc2", "Service", port=9000))
+    modifier = RouteFilter(
+        "RequestHeaderModifier", request_header_modifier=HeaderModifier(set=(("x-a", "1"),))
+    )
+    mirrored = BackendRef(ObjectRef("grpc1", "Service", port=9000), 1, (modifier, mirror))
+    headed = BackendRef(ObjectRef("grpc1", "Service", port=9000), 1, (modifier,))
+    rules = (
+        RouteRule(matches=(RouteMatch(grpc_service="a.A"),), backend_refs=(mirrored,)),
+        RouteRule(matches=(RouteMatch(grpc_service="b.B"),), backend_refs=(headed,)),
+    )
+    out = _convert(_gateway(HTTP), _route("GRPCRoute", "g", *rules))
+    (vs,) = out.virtual_services
+    by_path = {r.match[0].uri.value: r for r in vs.http if r.match[0].uri is not None}
+    refused = by_path["/a.A/"]
+    assert refused.direct_response is not None and refused.direct_response.status == 500
+    assert not refused.mirrors and not refused.route
+    served = by_path["/b.B/"]
+    assert served.direct_response is None and served.route[0].headers is not None
+    found = _conditions(out, "GRPCRoute", "g")
+    assert ("Accepted", False, "UnsupportedValue", "rules[0].backendRefs[0].filters[1]") in found
+    assert not [c for c in found if c[3].startswith("rules[1]")]
+    _resources(out)  # translates

@@ -75,3 +75,33 @@ def resolve_destination(
         if why is not None:
             return refuse(UNSUPPORTED_PROTOCOL, why)
     return Resolved(Destination(service.fqdn, port=number), backend.weight)
+
+
+#: The filters a backendRef may carry that xdsd applies to that destination alone (its
+#: header operations); any other (a mirror, a redirect, a rewrite, CORS) cannot be
+#: scoped to one destination, so its rule answers 500 (``backend_filter_refusals``).
+BACKEND_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier")
+
+
+def backend_filter_refusals(route: Route, rule_index: int) -> tuple[Condition, ...]:
+    """For each filter of a backendRef of ``route.rules[rule_index]`` not in
+    ``BACKEND_FILTERS``: ``Accepted`` False, ``UnsupportedValue``, scoped
+    ``rules[N].backendRefs[M].filters[K]``. The API never lets a filter be skipped, so
+    a rule with any of these answers 500 (HTTPRoute and GRPCRoute alike): empty means
+    the rule's backend filters are all served."""
+    out: list[Condition] = []
+    for m, backend in enumerate(route.rules[rule_index].backend_refs):
+        for k, f in enumerate(backend.filters):
+            if f.type in BACKEND_FILTERS:
+                continue
+            out.append(
+                cond.failed(
+                    route.key,
+                    cond.ACCEPTED,
+                    cond.UNSUPPORTED_VALUE,
+                    f"filter {f.type!r} is not served on a backendRef (only header "
+                    "modifiers are): the rule answers 500",
+                    f"rules[{rule_index}].backendRefs[{m}].filters[{k}]",
+                )
+            )
+    return tuple(out)

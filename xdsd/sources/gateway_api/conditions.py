@@ -35,6 +35,9 @@ INVALID = "Invalid"
 HOSTNAME_CONFLICT = "HostnameConflict"
 PROTOCOL_CONFLICT = "ProtocolConflict"
 NO_CONFLICTS = "NoConflicts"
+#: A Gateway's ``Accepted`` reason when some of its listeners are not served (True
+#: while others are).
+LISTENERS_NOT_VALID = "ListenersNotValid"
 #: A route's ``Accepted`` False reason when a route of another type holds its
 #: hostname on the listener (GEP-1294's ``RouteReasonConflicted``; the GRPCRoute API
 #: asks for ``Accepted`` False there without naming a reason).

@@ -20,7 +20,12 @@ listener, hosts its hostname (``*`` without one), HTTP and HTTPS ones isolated
 listeners ``tls.mode: Terminate`` a SIMPLE server whose certificate comes from its
 first certificateRef (``refs.certificate_paths``); TLS, TCP and UDP listeners as
 ``l4.listener_server`` says. A listener that is not served is a warning and its
-``Accepted``/``ResolvedRefs`` False with the reason.
+``Accepted``/``ResolvedRefs`` False with the reason. Listeners that cannot share their
+port (``listener_conflicts``: the gateway translation's own rule,
+``networking.sharing_clashes``) are all left out, ``Conflicted`` True, so the rest of
+the Gateway is served; a Gateway with a listener not served is ``Accepted`` True with
+reason ``ListenersNotValid``. A listener whose ``allowedRoutes.kinds`` lists a kind it
+cannot take has ``ResolvedRefs`` False, ``InvalidRouteKinds``.
 Gateways of a class whose controller is not xdsd's are ignored (``Accepted`` False,
 ``Pending``, on the Gateway).
 
@@ -43,11 +48,26 @@ from dataclasses import dataclass, replace
 
 from xdsd.errors import Problem, Severity
 from xdsd.model import DestinationRule, Service, VirtualService
-from xdsd.model.gateway_api import CONTROLLER_NAME, Condition, GatewayAPI, KubeGateway, Listener
-from xdsd.model.networking import EntryPort, Gateway, Server, ServerTLS, ServerTLSMode
+from xdsd.model.gateway_api import (
+    CONTROLLER_NAME,
+    GATEWAY_GROUP,
+    Condition,
+    GatewayAPI,
+    KubeGateway,
+    Listener,
+)
+from xdsd.model.networking import (
+    EntryPort,
+    Gateway,
+    Server,
+    ServerTLS,
+    ServerTLSMode,
+    server_kind,
+    sharing_clashes,
+)
 from xdsd.model.service import CertificateRef, Origin, Protocol, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
-from xdsd.sources.gateway_api.attach import kind_conflicts
+from xdsd.sources.gateway_api.attach import PROTOCOL_KINDS, kind_conflicts
 from xdsd.sources.gateway_api.backend_tls import convert_backend_tls
 from xdsd.sources.gateway_api.common import field_line
 from xdsd.sources.gateway_api.gamma import mesh_routes, shared_rules
@@ -146,7 +166,14 @@ def convert(
                     origin=gw.origin,
                 )
             )
-        conditions.append(cond.ok(gw.key, cond.ACCEPTED))
+        invalid = [repr(li.name) for li in gw.listeners if li.name not in served[gw.key]]
+        if invalid:
+            message = f"listeners {', '.join(invalid)} are not served (their conditions say why)"
+            conditions.append(
+                Condition(gw.key, cond.ACCEPTED, True, cond.LISTENERS_NOT_VALID, message)
+            )
+        else:
+            conditions.append(cond.ok(gw.key, cond.ACCEPTED))
         if server_list:
             conditions.append(cond.ok(gw.key, cond.PROGRAMMED))
         else:
@@ -214,30 +241,104 @@ def _with_datagrams(
 def gateway_servers(
     gw: KubeGateway, api: GatewayAPI, root: str = ""
 ) -> tuple[list[Server], list[Condition], list[Problem]]:
-    """The servers of ``gw``'s HTTP and HTTPS listeners, a condition set per listener,
-    and the problems of listeners that are not converted."""
+    """The servers of ``gw``'s listeners, a condition set per listener (in listener
+    order), and the problems of listeners that are not served.
+
+    A listener that cannot be converted (``_server``) is not served. Listeners whose
+    servers cannot share their port (``listener_conflicts``: the rule the gateway
+    translation enforces) are all left out, ``Conflicted`` True (``ProtocolConflict``
+    or ``HostnameConflict``), ``Accepted`` and ``Programmed`` False, each a warning
+    naming the other; the others are served. A served listener whose
+    ``allowedRoutes.kinds`` lists a kind it cannot take has ``ResolvedRefs`` False
+    (``InvalidRouteKinds``) and takes the kinds it can."""
+    made = [
+        (index, listener, *_server(gw, index, listener, api, root))
+        for index, listener in enumerate(gw.listeners)
+    ]
+    conflicts = listener_conflicts(
+        [(listener.name, server) for _, listener, server, _ in made if server is not None]
+    )
     servers: list[Server] = []
     conditions: list[Condition] = []
     problems: list[Problem] = []
-    for index, listener in enumerate(gw.listeners):
+    for index, listener, server, failure in made:
         scope = cond.listener_scope(listener.name)
-        server, failure = _server(gw, index, listener, api, root)
+        field = f"spec.listeners[{index}]"
         if server is None:
             reason, message, type_ = failure
             conditions.append(cond.failed(gw.key, type_, reason, message, scope))
             conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
             problems.append(
-                _problem(
-                    gw,
-                    f"spec.listeners[{index}]",
-                    f"listener {listener.name!r} is not served: {message}",
-                )
+                _problem(gw, field, f"listener {listener.name!r} is not served: {message}")
+            )
+            continue
+        conflict = conflicts.get(listener.name)
+        if conflict is not None:
+            reason, message = conflict
+            for type_ in (cond.ACCEPTED, cond.CONFLICTED):
+                conditions.append(cond.failed(gw.key, type_, reason, message, scope))
+            conditions.append(cond.failed(gw.key, cond.PROGRAMMED, cond.INVALID, message, scope))
+            problems.append(
+                _problem(gw, field, f"listener {listener.name!r} is not served: {message}")
             )
             continue
         servers.append(server)
-        for type_ in (cond.ACCEPTED, cond.RESOLVED_REFS, cond.PROGRAMMED, cond.CONFLICTED):
+        conditions.append(cond.ok(gw.key, cond.ACCEPTED, scope))
+        unsupported = invalid_route_kinds(listener)
+        if unsupported:
+            names = ", ".join(f"{g or GATEWAY_GROUP}/{k}" for g, k in unsupported)
+            takes = ", ".join(PROTOCOL_KINDS.get(listener.protocol, ()))
+            message = (
+                f"allowedRoutes.kinds lists {names}, which a {listener.protocol} listener "
+                f"cannot take (it takes {takes})"
+            )
+            conditions.append(
+                cond.failed(gw.key, cond.RESOLVED_REFS, cond.INVALID_ROUTE_KINDS, message, scope)
+            )
+        else:
+            conditions.append(cond.ok(gw.key, cond.RESOLVED_REFS, scope))
+        for type_ in (cond.PROGRAMMED, cond.CONFLICTED):
             conditions.append(cond.ok(gw.key, type_, scope))
     return servers, conditions, problems
+
+
+def listener_conflicts(servers: Sequence[tuple[str, Server]]) -> dict[str, tuple[str, str]]:
+    """The listeners (by name, with their servers, of one Gateway) that conflict on a
+    port, each with the ``Conflicted`` reason and a message naming the first listener it
+    conflicts with. Two listeners on one port (UDP apart from the others) conflict when
+    their two servers could not share a listener (``networking.sharing_clashes``, the
+    rule the gateway translation enforces): ``HostnameConflict`` when both claim one
+    SNI host, ``ProtocolConflict`` otherwise (plain HTTP with TLS, TCP or UDP with
+    anything). Every listener of a conflicting pair is marked (the API: listeners that
+    are not distinct are all conflicted), so the rest can share their port."""
+    ports: dict[tuple[int, bool], list[tuple[str, Server]]] = {}
+    for name, server in servers:
+        key = (server.port.number, server_kind(server) == "udp")
+        ports.setdefault(key, []).append((name, server))
+    out: dict[str, tuple[str, str]] = {}
+    for members in ports.values():
+        for a, (first, first_server) in enumerate(members):
+            for second, second_server in members[a + 1 :]:
+                clashes = sharing_clashes((first_server, second_server))
+                if not clashes:
+                    continue
+                clash = clashes[0]
+                reason = cond.HOSTNAME_CONFLICT if clash.host else cond.PROTOCOL_CONFLICT
+                out.setdefault(first, (reason, f"{clash.message} (listener {second!r})"))
+                out.setdefault(second, (reason, f"{clash.message} (listener {first!r})"))
+    return out
+
+
+def invalid_route_kinds(listener: Listener) -> tuple[tuple[str, str], ...]:
+    """The (group, kind) entries of ``listener``'s ``allowedRoutes.kinds`` it cannot
+    take: another group than the Gateway API's, or a kind its protocol does not carry
+    (``attach.PROTOCOL_KINDS``); the API's ``InvalidRouteKinds``."""
+    supported = PROTOCOL_KINDS.get(listener.protocol, ())
+    return tuple(
+        (group, kind)
+        for group, kind in listener.allowed_routes.kinds
+        if group not in ("", GATEWAY_GROUP) or kind not in supported
+    )
 
 
 def _server(

@@ -48,6 +48,7 @@ from xdsd.model.rules import HTTPMatch, HTTPRoute
 from xdsd.model.service import line_of
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, parent_gateway
+from xdsd.sources.gateway_api.backends import backend_filter_refusals
 from xdsd.sources.gateway_api.grpc import grpc_rules
 from xdsd.sources.gateway_api.http import route_rules
 
@@ -87,6 +88,9 @@ def shared_rules(services: Sequence[Service], grants: Sequence[ReferenceGrant]) 
                 tuple(r.http for r in ranked),
                 tuple(failures),
                 tuple((1, *r.order) for r in ranked),
+                tuple(
+                    c for i in range(len(route.rules)) for c in backend_filter_refusals(route, i)
+                ),
             )
         # grpc_rules reads only the route and the hostname of an attachment.
         attachment = Attachment(route, 0, _NO_GATEWAY, _NO_LISTENER, ())

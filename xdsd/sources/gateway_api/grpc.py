@@ -15,7 +15,9 @@ Pure. What each field becomes (``docs/rules.md``, "Gateway API"):
   operations; RequestMirror → a mirror (its backend resolved as a backendRef); a
   backendRef's own header modifiers → that destination's. Any other filter
   (ExtensionRef) makes the rule answer 500 (as HTTPRoute's): ``Accepted`` False,
-  ``UnsupportedValue``, at ``rules[N].filters[K]``.
+  ``UnsupportedValue``, at ``rules[N].filters[K]``; so does any other filter of a
+  backendRef (a RequestMirror there: ``backends.backend_filter_refusals``), at
+  ``rules[N].backendRefs[M].filters[K]``.
 - ``backendRefs``: weighted destinations. The backend's port must speak HTTP/2 upstream:
   an xdsd Service port of protocol GRPC or HTTP2 (xdsd's ports have no ``appProtocol``;
   their protocol is what says it). Another port, a missing Service, a cross-namespace
@@ -63,7 +65,7 @@ from xdsd.model.rules import (
 from xdsd.model.service import Port, ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import Attachment, attach
-from xdsd.sources.gateway_api.backends import resolve_destination
+from xdsd.sources.gateway_api.backends import backend_filter_refusals, resolve_destination
 from xdsd.sources.gateway_api.common import GRPC_SEGMENT
 from xdsd.sources.gateway_api.names import PREFIX
 
@@ -186,6 +188,8 @@ def grpc_rules(
                     f"rules[{i}].filters[{k}]",
                 )
             )
+        refusals = backend_filter_refusals(route, i)
+        conditions.extend(refusals)
         destinations: list[RouteDestination] = []
         for j, backend in enumerate(rule.backend_refs):
             scope = f"rules[{i}].backendRefs[{j}]"
@@ -211,7 +215,11 @@ def grpc_rules(
             elif resolved.destination is not None:
                 percent = 100.0 if f.mirror_percent is None else f.mirror_percent
                 mirrors.append(Mirror(resolved.destination, percent))
-        if unsupported or all(d.destination.host == UNRESOLVED_BACKEND_HOST for d in destinations):
+        if (
+            unsupported
+            or refusals
+            or all(d.destination.host == UNRESOLVED_BACKEND_HOST for d in destinations)
+        ):
             destinations = []
         base = HTTPRoute(
             name=f"{route.namespace}.{route.name}.{rule.name or i}",

@@ -28,7 +28,11 @@ listener's port; ``ReplacePrefixMatch`` with ``Redirect.prefix``); ``URLRewrite`
 ``ReplacePrefixMatch`` the matched prefix); ``RequestMirror`` → ``mirrors`` (percent or
 fraction; a mirror whose backend does not resolve is left out, with its condition);
 ``CORS`` → ``corsPolicy``. Any other filter type cannot be honoured: the rule answers
-500, as the API requires for a filter that cannot be applied.
+500, as the API requires for a filter that cannot be applied. A backendRef's filters
+other than the header modifiers (a redirect, rewrite, mirror or CORS on one backend)
+cannot be honoured either: the rule answers 500 and the route gets ``Accepted`` False,
+``UnsupportedValue``, at ``rules[N].backendRefs[M].filters[K]``
+(``backends.backend_filter_refusals``).
 
 Backends: weight 0 is left out; no backend, or all of weight 0, answers 500; a backend
 that does not resolve (``refs.resolve_backend``) is ``UNRESOLVED_BACKEND_HOST``, whose
@@ -81,6 +85,7 @@ from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.model.service import ResourceKey
 from xdsd.sources.gateway_api import conditions as cond
 from xdsd.sources.gateway_api.attach import attach
+from xdsd.sources.gateway_api.backends import BACKEND_FILTERS, backend_filter_refusals
 from xdsd.sources.gateway_api.names import PREFIX, istio_gateway_name
 from xdsd.sources.gateway_api.refs import Resolved, resolve_backend
 
@@ -129,6 +134,8 @@ def http_virtual_services(
         if not found:
             continue
         rules, failures = route_rules(route, services, grants)
+        for i in range(len(route.rules)):
+            conditions.extend(backend_filter_refusals(route, i))
         for parent in sorted({a.parent for a in found}):
             scope = cond.parent_scope(parent)
             if failures:
@@ -301,6 +308,8 @@ def _rule(
         headers=headers,
     )
     destinations: list[RouteDestination] = []
+    if any(f.type not in BACKEND_FILTERS for b in rule.backend_refs for f in b.filters):
+        unsupported = True  # backends.backend_filter_refusals reports them
     for backend in rule.backend_refs:
         resolved = resolve_backend(backend.ref, route.kind, route.namespace, services, grants)
         if resolved.service is None:
@@ -314,8 +323,6 @@ def _rule(
                 per = _merge(per, f.request_header_modifier)
             elif f.type == "ResponseHeaderModifier" and f.response_header_modifier is not None:
                 per_response = _merge(per_response, f.response_header_modifier)
-            else:
-                unsupported = True
         dest = (
             _destination(resolved, backend.ref.port)
             if resolved.service is not None

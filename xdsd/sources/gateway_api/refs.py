@@ -79,7 +79,13 @@ def resolve_backend(
     grants: Sequence[ReferenceGrant],
 ) -> Resolved:
     """The service ``ref`` (a backend of a ``route_kind`` in ``route_namespace``)
-    names, or why none: ``InvalidKind``, ``RefNotPermitted``, ``BackendNotFound``."""
+    names, or why none: ``InvalidKind``, ``RefNotPermitted``, ``BackendNotFound``.
+
+    A ``Service`` is looked up by name in its namespace (the route's unless given;
+    another needs a ReferenceGrant), a ``ServiceEntry`` by entry name likewise; an
+    Istio ``Hostname`` names a literal host: a Service's full name
+    (``NAME.NAMESPACE.svc.cluster.local``), a host a Service declares, or a ServiceEntry
+    host, never a short name."""
     kind = ref.kind or "Service"
     namespace = ref.namespace or route_namespace
     what = f"{kind} {namespace}/{ref.name}"
@@ -109,7 +115,13 @@ def resolve_backend(
             None,
         )
     elif kind == "Hostname":
-        found = next((s for s in services if s.name == ref.name or ref.name in s.hosts), None)
+        # a literal host: a service's full name, a host it declares, a ServiceEntry
+        # host (whose fqdn is the host); never a short name, which would reach a
+        # Service of any namespace without a ReferenceGrant
+        host = ref.name.lower()
+        found = next(
+            (s for s in services if any(host == h.lower() for h in (s.fqdn, *s.hosts))), None
+        )
     else:
         found = next(
             (s for s in services if s.entry == ref.name and s.namespace == namespace), None
