@@ -20,6 +20,13 @@ GROUPS = {
     ("default", "web"): WorkloadGroup("web", template=WorkloadEndpoint("", (("app", "web"),))),
     ("default", "bare"): WorkloadGroup("bare"),
     ("other", "api"): WorkloadGroup("api", "other", labels=(("app", "api"),)),
+    ("default", "api-sa"): WorkloadGroup(
+        "api-sa", labels=(("app", "api"),), template=WorkloadEndpoint("", service_account="pay")
+    ),
+    ("default", "api-own-sa"): WorkloadGroup(
+        "api-own-sa", labels=(("app", "api"),), template=WorkloadEndpoint("", service_account="api")
+    ),
+    ("default", "web2"): WorkloadGroup("web2", labels=(("app", "web"),)),
 }
 
 
@@ -121,6 +128,7 @@ def test_streams_of_one_node_hold_it_until_the_last_closes() -> None:
         ({"address": ""}, "INVALID_ARGUMENT", "bad_address"),
         ({"address": "0.0.0.0"}, "INVALID_ARGUMENT", "bad_address"),
         ({"labels": (("app", "payments"),)}, "INVALID_ARGUMENT", "label_conflict"),
+        ({"group": "api-sa"}, "PERMISSION_DENIED", "service_account"),
     ],
 )
 def test_bad_registrations_are_refused_and_counted(
@@ -146,6 +154,25 @@ def test_an_address_held_by_a_connected_node_is_refused_then_taken_over() -> Non
     (reg,) = r.current().values()
     assert reg.node_id == "n2" and reg.since == clock.now
     b.close()
+
+
+def test_a_template_service_account_must_be_the_nodes() -> None:
+    r = registry(Clock())
+    r.attach(claim(group="api-own-sa")).close()  # the node's own: admitted
+
+
+def test_a_copied_node_id_takes_no_address_another_group_holds() -> None:
+    """A node id is what a client sends: a node of ``web`` copying the id of a connected
+    ``api`` node is refused that node's address, as any other node would be."""
+    r = registry(Clock())
+    held = r.attach(claim(node="api-1"))
+    with pytest.raises(RegistrationRefused) as e:
+        r.attach(claim(node="api-1", service="web", group="web2"))
+    assert e.value.reason == "address_in_use"
+    again = r.attach(claim(node="api-1"))  # the same node, same group: its own
+    assert len(r.held()) == 1
+    again.close()
+    held.close()
 
 
 def test_the_registry_is_bounded() -> None:

@@ -15,9 +15,12 @@ was (the same entry, so no version change: no flap). ``expire`` removes what is 
 
 Admission (see ``docs/operations.md``, "Registered workloads"): the group must exist in
 the node's namespace (``groups``); its entries' ``app`` label (the group's
-``metadata.labels`` or ``template.labels``) must be the node's service (``node.cluster``);
-the address must be an IP literal and not held by another node's connected registration
-(one whose node has left may be taken over); the registry holds at most
+``metadata.labels`` or ``template.labels``) must be the node's service (``node.cluster``),
+and a ``template.serviceAccount``, when set, the node's service too (its identity's
+service account, as Istio checks); the address must be an IP literal and not held by a
+connected registration other than this node's own in this group (a node id is the
+client's word: a copied one takes no other group's address; one whose node has left
+may be taken over); the registry holds at most
 ``max_registrations``. The credential check is the stream's own (``NodeAuthorizer`` and
 identities judge the node's service, namespace and labels before it is attached), so a
 node can only ever register into a group of a service its credential speaks for.
@@ -306,6 +309,17 @@ class Registry:
                 f"{claim.service!r} registers only into a group whose {SERVICE_LABEL} "
                 "label names its service",
             )
+        account = group.template.service_account
+        if account and account != claim.service:
+            # Istio refuses a proxy whose verified service account is not the template's;
+            # a node's identity here is its service (``spiffe://TD/ns/NS/sa/SERVICE``)
+            raise RegistrationRefused(
+                "PERMISSION_DENIED",
+                "service_account",
+                f"WorkloadGroup {claim.namespace}/{claim.group}'s template.serviceAccount is "
+                f"{account!r}: a node of service {claim.service!r} (identity "
+                f"sa/{claim.service}) does not register into it",
+            )
         given = dict(group.entry_labels)
         for name, value in claim.labels:
             if given.get(name, value) != value:
@@ -320,7 +334,12 @@ class Registry:
         held = self._held.get(key)
         known = {**self.store.current(), **self._held}
         for other_key, other in known.items():
-            if other.address != claim.address or other.node_id == claim.node_id:
+            # Only the same registration of the same node id is the claimant's own (a
+            # reconnect): a node id is whatever a client sends, so a copied one must not
+            # take an address another group's connected node holds.
+            if other.address != claim.address or (
+                other_key == key and other.node_id == claim.node_id
+            ):
                 continue
             if other_key in self._held:
                 live = bool(self._streams.get(other_key))
