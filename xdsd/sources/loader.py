@@ -170,8 +170,12 @@ class DirectoryLoader:
             changed = [p for p in changed if not self._certificates.holds(p)]
         named = None if changed is None else {as_listed(self.root, p) for p in changed}
         changes: list[Change] = []
-        if named is not None and self._listing is not None and self._same_files(named):
-            files, listing_problems, order = self._listing
+        # the last listing is reused only when it found no problem: a dangling link or a
+        # directory that could not be read may have been mended since with no event under
+        # the directory (a link's target outside it appeared, a descriptor was freed)
+        kept = self._listing
+        if named is not None and kept is not None and not kept[1] and self._same_files(named):
+            files, listing_problems, order = kept
             listed = time.perf_counter()
             again = named | self._failed
             budget = self._budget(self._bytes - sum(_size(self._files[p]) for p in again))
