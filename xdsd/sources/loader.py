@@ -173,9 +173,9 @@ class DirectoryLoader:
         # the last listing is reused only when it found no problem: a dangling link or a
         # directory that could not be read may have been mended since with no event under
         # the directory (a link's target outside it appeared, a descriptor was freed)
-        kept = self._listing
-        if named is not None and kept is not None and not kept[1] and self._same_files(named):
-            files, listing_problems, order = kept
+        listing = self._listing
+        if named is not None and listing is not None and not listing[1] and self._same_files(named):
+            files, listing_problems, order = listing
             listed = time.perf_counter()
             again = named | self._failed
             budget = self._budget(self._bytes - sum(_size(self._files[p]) for p in again))
