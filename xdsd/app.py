@@ -12,7 +12,10 @@ one deadline (every open stream ends with a status), the remaining tasks cancell
 
 ``reload`` is the reload boundary seen from the loop: the directory is read in a worker
 thread (``MeshState.load``), translated and published on the loop (``MeshState.apply``),
-and any exception becomes a refused reload. SIGHUP forces a reload of the directory, of
+and any exception becomes a refused reload. A load refused for a fault of the machine
+(out of descriptors, a directory it may not read: ``listing.environment_fault``) is tried
+again by itself with a growing wait (``RETRY_FIRST``), since nothing may change under the
+directory when the fault ends. SIGHUP forces a reload of the directory, of
 the settings file's ``[mesh]`` section and of xdsd's own certificate files (which are also
 watched, and reloaded when they change). systemd is told about all of it
 (``xdsd.readiness``, ``xdsd.notify``).

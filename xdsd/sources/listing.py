@@ -10,7 +10,9 @@ Anything the kernel refuses while listing (a directory that cannot be opened or 
 ``EACCES``, ``EMFILE``/``ENFILE`` when the process is out of descriptors, ``ENOMEM``,
 ``EIO``; an entry whose type or link cannot be read) is a problem naming the path and
 the error, never a directory taken as empty or an entry skipped: the whole load is then
-refused, and what is served stays as it was.
+refused, and what is served stays as it was. ``environment_fault`` tells such a failure
+of the machine (it may clear with no edit: the daemon tries the load again) from a
+problem of the files.
 """
 
 from __future__ import annotations
