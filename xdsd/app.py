@@ -12,7 +12,10 @@ one deadline (every open stream ends with a status), the remaining tasks cancell
 
 ``reload`` is the reload boundary seen from the loop: the directory is read in a worker
 thread (``MeshState.load``), translated and published on the loop (``MeshState.apply``),
-and any exception becomes a refused reload. SIGHUP forces a reload of the directory, of
+and any exception becomes a refused reload. A load refused for a fault of the machine
+(out of descriptors, a directory it may not read: ``listing.environment_fault``) is tried
+again by itself with a growing wait (``RETRY_FIRST``), since nothing may change under the
+directory when the fault ends. SIGHUP forces a reload of the directory, of
 the settings file's ``[mesh]`` section and of xdsd's own certificate files (which are also
 watched, and reloaded when they change). systemd is told about all of it
 (``xdsd.readiness``, ``xdsd.notify``).
@@ -64,6 +67,7 @@ from xdsd.registry.registry import Registry, default_replica
 from xdsd.registry.store import MemoryStore, RegistrationStore
 from xdsd.settings import Address, Settings
 from xdsd.sources.limits import ParseLimits
+from xdsd.sources.listing import environment_fault
 from xdsd.sources.watch import ConfigWatcher
 from xdsd.state import (
     MAX_KEPT_PROBLEMS,
@@ -127,6 +131,14 @@ __all__ = [
 #: Seconds between a load (or a new class) and the restart cache's write: pushes go first,
 #: and a burst of reloads is written once.
 CACHE_WRITE_DELAY = 1.0
+
+#: A load refused for a fault of the machine rather than of the files (out of
+#: descriptors, a directory the daemon may not read: ``environment_fault``) is tried
+#: again by itself, no edit needed: first after this many seconds, then after twice as
+#: long each time, at most ``RETRY_LONGEST`` apart, until a load succeeds or one is
+#: refused for the files themselves.
+RETRY_FIRST = 1.0
+RETRY_LONGEST = 30.0
 
 #: Exit code after a second SIGTERM/SIGINT cut a shutdown short is 128 + the signal number;
 #: after a shutdown that overran its bound (``shutdown_grace`` + this many seconds), 1.
@@ -282,6 +294,14 @@ class Daemon:
         self._loading_ns = 0
         self._loaded_ns = 0
         self._dropped_load = False
+        #: The refusal being tried again (``RETRY_FIRST``): the symbols of its OS
+        #: errors ("" while there is none) and its first such problem; when the next try
+        #: is due (monotonic) and the wait after that one; set while a try is due.
+        self._fault = ""
+        self._fault_problem = ""
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_FIRST
+        self._retry_due = asyncio.Event()
         self.state.on_new_class = self._cache_wanted.set
         self.views.cached = lambda: self.state.cached
         self._watcher_ended = False
@@ -421,6 +441,7 @@ class Daemon:
             self._watcher = tasks.create_task(self._watch(), name="config watcher")
             self._background = [
                 tasks.create_task(self._requested_reloads(), name="requested reloads"),
+                tasks.create_task(self._retry_refused(), name="retries after faults"),
                 tasks.create_task(self.notifier.keep_alive(), name="watchdog"),
             ]
             if self.state.cached:  # started from the restart cache: verify it
@@ -566,10 +587,13 @@ class Daemon:
         requested: bool = False,
         mesh: MeshConfig | None = None,
         settled: Callable[[bool], Awaitable[bool]] | None = None,
+        retry: bool = False,
     ) -> bool:
         """Load and apply (see ``MeshState``), one reload at a time: ``paths`` changed
         (None: check every file), ``requested`` (SIGHUP: RELOADING=1 first, own
-        certificate read again even if unchanged), ``mesh`` the new ``[mesh]`` defaults.
+        certificate read again even if unchanged), ``mesh`` the new ``[mesh]`` defaults,
+        ``retry``: a load tried again after a fault of the machine (``RETRY_FIRST``;
+        refused again for the same fault, it is logged at debug level only).
 
         ``settled`` (the watcher's ``ConfigWatcher.settled``): awaited once the load is
         done, with whether it failed; when it says False, newer changes arrived
@@ -581,7 +605,9 @@ class Daemon:
         refused reload, and the next one starts afresh."""
         started = time.perf_counter()
         try:
-            return await self._reload(paths, requested=requested, mesh=mesh, settled=settled)
+            return await self._reload(
+                paths, requested=requested, mesh=mesh, settled=settled, retry=retry
+            )
         except Exception as e:
             log.exception("internal error reloading %s", self.settings.config_dir)
             self._apply(internal_error(self.settings.config_dir, "reloading", e), started)
@@ -595,6 +621,7 @@ class Daemon:
         requested: bool,
         mesh: MeshConfig | None,
         settled: Callable[[bool], Awaitable[bool]] | None,
+        retry: bool = False,
     ) -> bool:
         async with self._reloading:
             if requested:
@@ -625,7 +652,7 @@ class Daemon:
                 log.debug("load superseded by newer changes: dropped")
                 self._dropped_load = True
                 return False
-            self._apply(result, started)
+            self._apply(result, started, retry=retry)
             await self._release_held()
             self.readiness.update()
             return True
@@ -771,14 +798,64 @@ class Daemon:
             return None
         return mesh
 
-    def _apply(self, result: LoadResult | ConfigError, started: float) -> None:
-        applied = self.state.apply(result)
+    def _apply(
+        self, result: LoadResult | ConfigError, started: float, *, retry: bool = False
+    ) -> None:
+        """Apply a load's result (``MeshState.apply``), count it, and try it again later
+        when it was refused for a fault of the machine (``_after_fault``). ``retry``: it
+        is such a try (refused again for the same fault: logged at debug level)."""
+        faults = _faults(result)
+        applied = self.state.apply(result, quiet=retry and bool(faults) and faults == self._fault)
+        self._after_fault(result, faults)
         self._dropped_load = False
         if not isinstance(result, ConfigError) and self.state.loaded is result:
             self._loaded_ns = self._loading_ns
             self._cache_wanted.set()
         outcome = "refused" if self.state.errors else "applied" if applied else "unchanged"
         self.metrics.observe_reload(time.perf_counter() - started, outcome)
+
+    def _after_fault(self, result: LoadResult | ConfigError, faults: str) -> None:
+        """Schedule the next try of a load refused for a fault of the machine (``faults``:
+        the symbols of its OS errors, ``ENVIRONMENT_ERRORS``), after a wait that doubles
+        from ``RETRY_FIRST`` to ``RETRY_LONGEST``; or end the episode (a load applied, or
+        refused for the files themselves: the next edit is what mends that). Logged once
+        when an episode begins and once when it ends, not at every try."""
+        if not faults:
+            if self._fault and not self.state.errors:
+                log.info("config loaded: the fault (%s) has cleared", self._fault)
+            self._fault = self._fault_problem = ""
+            self._retry_wait = RETRY_FIRST
+            self._retry_due.clear()
+            return
+        problems = result.problems if isinstance(result, ConfigError) else ()
+        if not self._fault:
+            log.warning(
+                "config refused for a fault of the machine, not of the files (%s): "
+                "loading again in %.0f s, then less often (every %.0f s at most) until a "
+                "load succeeds, with no edit needed",
+                faults,
+                self._retry_wait,
+                RETRY_LONGEST,
+            )
+        self._fault = faults
+        self._fault_problem = next((str(p) for p in problems if environment_fault(p)), faults)
+        self._retry_at = time.monotonic() + self._retry_wait
+        self._retry_wait = min(self._retry_wait * 2, RETRY_LONGEST)
+        self._retry_due.set()
+
+    async def _retry_refused(self) -> None:
+        """Load again (every file checked) when a try of a load refused for a fault of
+        the machine is due (``_after_fault``); never ends on an error (``reload``
+        raises none)."""
+        while True:
+            await self._retry_due.wait()
+            left = self._retry_at - time.monotonic()
+            if left > 0:  # not yet; the time is looked at again (a newer refusal moves it)
+                await asyncio.sleep(left)
+                continue
+            self._retry_due.clear()
+            log.debug("loading %s again after %s", self.settings.config_dir, self._fault)
+            await self.reload(None, retry=True)
 
     def trouble(self) -> str:
         """Why the reloader cannot make progress ("" when it can): the watcher stopped,
@@ -820,9 +897,21 @@ class Daemon:
         registrations are the last known, or it read only ``max_registrations`` of
         them. ``/readyz`` says it as ``degraded`` (still 200: every replica losing etcd
         at once must not take the control plane out of its load balancer), the status
-        line and the log too."""
+        line and the log too.
+
+        Also a load refused for a fault of the machine that is being tried again
+        (``RETRY_FIRST``): the last good configuration is served meanwhile."""
+        parts = []
+        if self._fault:
+            left = max(0.0, self._retry_at - time.monotonic())
+            parts.append(
+                f"config refused for a fault of the machine ({self._fault_problem}): "
+                f"loading again in {left:.0f} s"
+            )
         state = self.store.state()
-        return f"registrations: {state.detail}" if state.detail else ""
+        if state.detail:
+            parts.append(f"registrations: {state.detail}")
+        return "; ".join(parts)
 
     def _store_figures(self) -> tuple[bool, Mapping[str, int]]:
         counts = getattr(self.store, "counts", {})
@@ -872,6 +961,15 @@ class Daemon:
             _exit_now(f"{signum.name} during shutdown: exiting now", 128 + signum)
         log.info("%s: shutting down", signum.name)
         self.stop.set()
+
+
+def _faults(result: LoadResult | ConfigError) -> str:
+    """The symbols of the OS errors (``EMFILE, EACCES``) that say the refusal ``result``
+    is a fault of the machine (``environment_fault``); "" for a load applied or one
+    refused for the files alone."""
+    if not isinstance(result, ConfigError):
+        return ""
+    return ", ".join(sorted({f for p in result.problems if (f := environment_fault(p))}))
 
 
 async def serve(

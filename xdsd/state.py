@@ -267,9 +267,11 @@ class MeshState:
             )
         return ""
 
-    def apply(self, result: LoadResult | ConfigError) -> bool:
+    def apply(self, result: LoadResult | ConfigError, *, quiet: bool = False) -> bool:
         """The second half of ``reload``, on the serving thread: keep the last good
         configuration on an error, else translate and publish (see ``reload``).
+        ``quiet``: a refusal is logged at debug level only (a load tried again for a
+        fault of the machine that was logged already).
 
         Never raises: an exception while translating or publishing is logged with its
         traceback and handled as a refused load (``InternalError``); the configuration
@@ -277,7 +279,7 @@ class MeshState:
         loaded, translation = self.loaded, self.translation
         try:
             with _building():
-                applied = self._apply(result)
+                applied = self._apply(result, quiet)
         except Exception as e:
             log.exception("internal error applying the configuration of %s", self.config_dir)
             self.loaded, self.translation = loaded, translation
@@ -289,29 +291,33 @@ class MeshState:
                 return self._apply(result)
         return applied
 
-    def _apply(self, result: LoadResult | ConfigError) -> bool:
+    def _apply(self, result: LoadResult | ConfigError, quiet: bool = False) -> bool:
         started = time.perf_counter()
         if isinstance(result, ConfigError):
             e = result
+            level = logging.DEBUG if quiet else logging.ERROR
             self.failed_reloads += 1
             self.internal_errors = self.internal_errors + 1 if isinstance(e, InternalError) else 0
             self.errors = _bounded(e.problems, MAX_KEPT_PROBLEMS)
             self.warnings = _bounded(e.warnings, MAX_KEPT_PROBLEMS)
             for problem in e.problems[:MAX_LOGGED_PROBLEMS]:
-                log.error("config: %s", problem)
+                log.log(level, "config: %s", problem)
             if len(e.problems) > MAX_LOGGED_PROBLEMS:
-                log.error(
+                log.log(
+                    level,
                     "config: ... and %s (xdsd validate lists them all)",
                     counted(len(e.problems) - MAX_LOGGED_PROBLEMS, "more error"),
                 )
             if self.loaded is None:
-                log.error(
+                log.log(
+                    level,
                     "config refused (%s); nothing loaded yet: proxies get no "
                     "configuration until the files are fixed",
                     counted(len(e.problems), "error"),
                 )
             else:
-                log.error(
+                log.log(
+                    level,
                     "config refused (%s); still serving the last good configuration",
                     counted(len(e.problems), "error"),
                 )

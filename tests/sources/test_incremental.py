@@ -149,6 +149,33 @@ def test_a_file_that_failed_is_read_again_even_when_not_named(config: Path) -> N
     assert result.mesh.service_by_name("default", "late") is not None
 
 
+def test_a_listing_with_problems_is_not_reused_for_a_later_edit(
+    config: Path, tmp_path: Path
+) -> None:
+    # A dangling link refuses the load; its target then appears outside the directory
+    # (no event under it) and a known file is edited: the load names only that file,
+    # and must give what a cold load gives, not the first listing's problem again.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = config / "services" / "x.yaml"
+    link.symlink_to(outside / "x.yaml")
+    loader = DirectoryLoader(str(config))
+    first = warm(loader, None)
+    assert isinstance(first, list) and any("dangling symbolic link" in p for p in first)
+    (outside / "x.yaml").write_text(service_yaml("x"))
+    edited = config / "services" / "late.yaml"
+    edited.write_text(service_yaml("late"))
+    assert isinstance(warm(loader, None), LoadResult)  # a new file: listed again anyway
+    os.unlink(outside / "x.yaml")
+    assert isinstance(warm(loader, {str(link)}), list)  # dangling again: refused
+    (outside / "x.yaml").write_text(service_yaml("x"))
+    edited.write_text(service_yaml("late", "10.9.0.2"))
+    result = warm(loader, {str(edited)})
+    assert isinstance(result, LoadResult), result
+    assert same(result, cold(config))
+    assert result.mesh.service_by_name("default", "x") is not None
+
+
 def test_a_forced_reload_finds_changes_nobody_named(config: Path) -> None:
     loader = DirectoryLoader(str(config))
     loader.load()

@@ -5,8 +5,14 @@ links that loop watched once."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import resource
+import select
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +164,156 @@ def test_a_tree_beyond_the_directory_limit_is_refused(
         (tmp_path / name).mkdir()
     with pytest.raises(OSError, match="more than 3 directories"):
         TreeWatch(str(tmp_path), skip=_skip)
+
+
+# --- directories that cannot be watched or listed --------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can reach (``tmp_path`` is its owner's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="xdsd-inotify-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for sub in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                sub.chmod(0o755)
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run as a user without root's permission override (as the daemon does under
+    ``DynamicUser``); nothing to do for a test that is not root."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@contextlib.contextmanager
+def out_of_descriptors() -> Iterator[None]:
+    """No descriptor left to open: the soft limit lowered and the rest taken."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken: list[int] = []
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open("/dev/null", os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_subtree_that_cannot_be_listed_for_want_of_descriptors_raises(tmp_path: Path) -> None:
+    # A tree moved in while the process is out of descriptors: listing it fails with
+    # EMFILE, and no event would say when that clears. ``read`` raises (the caller
+    # sets the watch up again later) instead of leaving team/sub unwatched for good.
+    root, staging = tmp_path / "root", tmp_path / "staging"
+    root.mkdir()
+    (staging / "team" / "sub").mkdir(parents=True)
+    with TreeWatch(str(root), skip=_skip) as tree:
+        os.rename(staging / "team", root / "team")
+        select.select([tree.fileno()], [], [], 5)  # the event is queued (no descriptor used)
+        with out_of_descriptors(), pytest.raises(OSError) as raised:
+            tree.read()
+        assert raised.value.errno == errno.EMFILE
+    with TreeWatch(str(root), skip=_skip) as tree:  # set up again: the whole tree watched
+        (root / "team" / "sub" / "s.toml").write_text("x = 1\n")
+        assert tree.read() == {str(root / "team" / "sub" / "s.toml")}
+
+
+def test_a_directory_that_may_not_be_read_is_watched_once_its_mode_changes(
+    open_dir: Path,
+) -> None:
+    # rsync creates a directory 0700 and sets its mode at the end; the daemon runs as
+    # another user. The directory is kept aside, and watched (its subtree too) when its
+    # parent reports the change of its mode.
+    root = open_dir / "config"
+    root.mkdir()
+    root.chmod(0o755)
+    team = root / "team"
+    with TreeWatch(str(root), skip=_skip) as tree:
+        team.mkdir()
+        (team / "sub").mkdir()
+        team.chmod(0o000)
+        with unprivileged():
+            assert str(team) in tree.read()
+        assert tree.pending == {str(team)}
+        (team / "sub" / "t.toml").write_text("x = 1\n")  # unseen: not watched yet
+        team.chmod(0o755)
+        with unprivileged():
+            assert str(team) in tree.read()
+        assert tree.pending == set()
+        (team / "sub" / "t.toml").write_text("x = 2\n")
+        (team / "u.toml").write_text("x = 2\n")
+        with unprivileged():
+            assert tree.read() == {str(team / "sub" / "t.toml"), str(team / "u.toml")}
+
+
+def test_a_directory_watched_but_not_listable_is_listed_once_its_mode_changes(
+    open_dir: Path,
+) -> None:
+    # Readable but not searchable (0444): team is watched and listed, but what is in
+    # it cannot be reached, so team/sub is kept aside until team's mode changes.
+    root = open_dir / "config"
+    (root / "team" / "sub").mkdir(parents=True)
+    for path in (root, root / "team", root / "team" / "sub"):
+        path.chmod(0o755)
+    (root / "team").chmod(0o444)
+    with unprivileged():
+        tree = TreeWatch(str(root), skip=_skip)
+    with tree:
+        assert tree.pending == {str(root / "team" / "sub")}
+        (root / "team").chmod(0o755)
+        with unprivileged():
+            assert str(root / "team") in tree.read()
+        assert tree.pending == set()
+        (root / "team" / "sub" / "s.toml").write_text("x = 1\n")
+        assert tree.read() == {str(root / "team" / "sub" / "s.toml")}
+
+
+def test_a_change_of_the_roots_own_mode_is_reported_as_the_root(open_dir: Path) -> None:
+    # Nothing watches the root's parent: its own watch reports the change, as the root
+    # (the loader then checks every file: a directory it could not list may be readable).
+    root = open_dir / "config"
+    root.mkdir()
+    root.chmod(0o755)
+    with TreeWatch(str(root), skip=_skip) as tree:
+        root.chmod(0o311)
+        root.chmod(0o755)
+        assert tree.read() == {str(root)}
+
+
+def test_directories_under_a_root_that_may_not_be_searched_are_watched_once_it_may(
+    open_dir: Path,
+) -> None:
+    # The root readable but not searchable (0444): watched, its subdirectories not
+    # reachable. Its own watch reports the change of its mode (nothing watches its
+    # parent): they are watched then, and the root is reported.
+    root = open_dir / "config"
+    (root / "team").mkdir(parents=True)
+    (root / "team").chmod(0o755)
+    root.chmod(0o444)
+    with unprivileged():
+        tree = TreeWatch(str(root), skip=_skip)
+    with tree:
+        assert tree.pending == {str(root / "team")}
+        root.chmod(0o755)
+        with unprivileged():
+            assert tree.read() == {str(root)}
+        assert tree.pending == set()
+        (root / "team" / "t.toml").write_text("x = 1\n")
+        assert tree.read() == {str(root / "team" / "t.toml")}

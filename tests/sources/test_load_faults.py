@@ -8,6 +8,7 @@ progress; the watcher outlives a failing reload."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from xdsd.app import MAX_KEPT_PROBLEMS, MAX_LOGGED_PROBLEMS, STUCK_AFTER, MeshSt
 from xdsd.errors import ConfigError, InternalError, Problem
 from xdsd.sources import DirectoryLoader, config_file, load_directory
 from xdsd.sources.crosscheck.directory import CrossCheck
+from xdsd.sources.listing import environment_fault, os_problem
 from xdsd.sources.watch import ConfigWatcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -358,3 +360,17 @@ def test_readiness_reports_a_reloader_that_cannot_make_progress(
             await asyncio.wait_for(task, 30)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("code", "fault"),
+    [(errno.EMFILE, "EMFILE"), (errno.EACCES, "EACCES"), (errno.EIO, "EIO"), (errno.ELOOP, "")],
+)
+def test_an_os_error_of_the_machine_is_told_from_one_of_the_files(code: int, fault: str) -> None:
+    # what the daemon tries again by itself (``environment_fault``), from the problem
+    # the listing or a read makes of the OS error; never a problem of the files
+    problem = os_problem("/c/a.toml", "read", OSError(code, os.strerror(code)))
+    assert environment_fault(problem) == fault
+    quoted = Problem("/c/a.toml", 3, "name", "cannot parse: EMFILE: quoted from the file")
+    assert environment_fault(quoted) == ""
+    assert environment_fault(Problem("/c/a.toml", 0, "", "dangling symbolic link")) == ""

@@ -17,7 +17,16 @@ now is (``TreeWatch.rewatch``: a directory created during the overflow is watche
 then on, one renamed is reported under its new path, one moved out no more). The root
 deleted, moved or unmounted raises ``FileNotFoundError`` from ``read`` (also when that
 was among the events lost); running out of watches or descriptors raises ``OSError``
-from ``__init__`` or ``read``. The caller sets the watch up again.
+from ``__init__`` or ``read``, as does any other failure to watch or list a directory of
+the tree but two: one gone meanwhile (nothing to watch), and one the process may not
+read (``EACCES``, ``EPERM``: a directory created ``0700`` and opened up later, as rsync
+does). The caller sets the watch up again (after a pause: what ran out may be freed by
+then) and treats the whole tree as changed. A directory that may not be read is kept
+aside and watched (its subtree too) as soon as an event says its mode or owner changed
+(``IN_ATTRIB``, which its parent's watch reports; the root's own watch for the root):
+no event could say when a descriptor is freed, but a permission only changes with one.
+A change of the root's own mode or owner is reported as the root (the loader then checks
+every file: a directory it could not list may be readable now).
 """
 
 from __future__ import annotations
@@ -62,6 +71,10 @@ _CLOEXEC = os.O_CLOEXEC
 _HEADER = struct.Struct("iIII")
 #: Bytes read at a time (the kernel never splits an event across reads).
 _READ_SIZE = 64 * 1024
+#: A directory that is gone or no directory: nothing to watch (the listing says what).
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+#: A directory the process may not read: watched once its mode or owner changes.
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
 #: The most directories watched under one root: a tree beyond it is refused (OSError),
 #: so a runaway directory cannot use up the user's watches.
 MAX_DIRECTORIES = 10000
@@ -103,6 +116,9 @@ class TreeWatch:
         self._fd: int = fd
         #: watch descriptor → the directory it watches (as reached from ``root``)
         self._dirs: dict[int, str] = {}
+        #: directories the process may not read or list (``_DENIED``): watched, with
+        #: what is under them, when an event says their mode or owner changed
+        self.pending: set[str] = set()
         self._root_wd = -1
         try:
             self._root_wd = self._add_tree(root)
@@ -130,7 +146,13 @@ class TreeWatch:
 
     def _add_tree(self, top: str) -> int:
         """Watch ``top`` and the directories under it; the watch descriptor of ``top``
-        (-1 when it is gone already: a directory that vanished is not an error)."""
+        (-1 when it is gone already: a directory that vanished is not an error, or when
+        it may not be read: it is then kept in ``pending``). A directory that may not be
+        read or listed is kept in ``pending`` (``_DENIED``).
+
+        Raises OSError for any other failure to watch or list a directory (out of
+        descriptors, memory or watches; an I/O error): never a subtree left unwatched
+        in silence."""
         first = -1
         stack = [top]
         while stack:
@@ -142,18 +164,27 @@ class TreeWatch:
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), _WATCHED)
             if wd < 0:
                 code = ctypes.get_errno()
-                if code in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                    continue  # gone, replaced by a file, or unreadable: nothing to watch
+                if code in _GONE:
+                    continue  # gone, or replaced by a file: nothing to watch
+                if code in _DENIED and path != self.root:
+                    self.pending.add(path)
+                    continue
                 raise _os_error("inotify_add_watch", path, code)
             if path == top:
                 first = wd
             if wd in self._dirs:  # the same directory reached twice (links): watched once
                 continue
             self._dirs[wd] = path
+            self.pending.discard(path)
             try:
                 entries = list(os.scandir(path))
-            except OSError:
-                continue
+            except OSError as e:
+                if e.errno in _GONE:
+                    continue
+                if e.errno in _DENIED:
+                    self.pending.add(path)
+                    continue
+                raise
             for entry in entries:
                 # the entry's type first: it is known from the listing (no system call
                 # but for a symbolic link), and a directory holding 20,000 config files
@@ -161,13 +192,32 @@ class TreeWatch:
                 try:
                     if entry.is_dir(follow_symlinks=True) and not self._skip(entry.name):
                         stack.append(entry.path)
-                except OSError:
-                    continue
+                except OSError as e:
+                    if e.errno in _DENIED:
+                        self.pending.add(path)  # its entries cannot be looked at
+                    elif e.errno not in _GONE:
+                        raise
         return first
+
+    def _retry(self, top: str) -> None:
+        """Watch the directories of ``pending`` that are ``top`` or under it (and their
+        subtrees) again: the mode or owner of ``top`` changed, so they may be readable
+        now. Raises OSError as ``_add_tree`` does."""
+        prefix = os.path.join(top, "")
+        again = sorted(p for p in self.pending if p == top or p.startswith(prefix))
+        if not again:
+            return
+        self.pending.difference_update(again)
+        for path in again:
+            for wd, watched in list(self._dirs.items()):
+                if watched == path:  # watched, but not listed: list it this time
+                    del self._dirs[wd]
+            self._add_tree(path)
 
     def _drop_tree(self, top: str) -> None:
         """Forget the watches of ``top`` and everything under it (moved away)."""
         prefix = os.path.join(top, "")
+        self.pending = {p for p in self.pending if p != top and not p.startswith(prefix)}
         for wd, path in list(self._dirs.items()):
             if path == top or path.startswith(prefix):
                 del self._dirs[wd]
@@ -207,6 +257,7 @@ class TreeWatch:
         Raises FileNotFoundError when the root is gone, OSError as ``__init__`` does
         (the watch is then unusable: close it and set it up again)."""
         old, self._dirs = self._dirs, {}
+        self.pending = set()
         root_wd = self._add_tree(self.root)
         if root_wd < 0 or root_wd != self._root_wd:
             raise self._gone()  # deleted, or another directory now has the root's name
@@ -240,12 +291,18 @@ class TreeWatch:
                 if wd == self._root_wd:
                     raise self._gone()
                 continue
-            if not raw:
-                continue  # about the directory itself: its parent reports it
+            if not raw:  # about the directory itself: its parent reports it, but for the root
+                if mask & IN_ATTRIB and self.pending:
+                    self._retry(directory)  # the root, or one it could not list
+                if mask & IN_ATTRIB and wd == self._root_wd:
+                    changed.add(self.root)
+                continue
             name = os.fsdecode(raw)
             if self._skip(name):
                 continue
             path = os.path.join(directory, name)
+            if mask & IN_ATTRIB and self.pending:
+                self._retry(path)  # its mode or owner changed: it may be readable now
             if mask & IN_ISDIR and mask & IN_MOVED_FROM:
                 self._drop_tree(path)
             elif mask & (IN_CREATE | IN_MOVED_TO) and (mask & IN_ISDIR or os.path.isdir(path)):

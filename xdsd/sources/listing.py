@@ -10,13 +10,16 @@ Anything the kernel refuses while listing (a directory that cannot be opened or 
 ``EACCES``, ``EMFILE``/``ENFILE`` when the process is out of descriptors, ``ENOMEM``,
 ``EIO``; an entry whose type or link cannot be read) is a problem naming the path and
 the error, never a directory taken as empty or an entry skipped: the whole load is then
-refused, and what is served stays as it was.
+refused, and what is served stays as it was. ``environment_fault`` tells such a failure
+of the machine (it may clear with no edit: the daemon tries the load again) from a
+problem of the files.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 from xdsd.errors import Problem
@@ -44,6 +47,34 @@ def os_problem(path: str, what: str, error: OSError) -> Problem:
     name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
     text = error.strerror or str(error)
     return Problem(path, 0, "", f"cannot {what}: {f'{name}: ' if name else ''}{text}")
+
+
+#: The OS errors that say something about the machine, not the files: out of
+#: descriptors or memory, an I/O error, a permission the daemon lacks (a directory mode
+#: or owner being changed), a stale network file system handle. A load refused for one
+#: of them is tried again once it may have cleared (``environment_fault``).
+ENVIRONMENT_ERRORS = frozenset(
+    {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EIO", "EACCES", "EPERM", "EAGAIN", "EBUSY"}
+    | {"ESTALE", "ETIMEDOUT", "EINTR"}
+)
+# "cannot <what>: <SYMBOL>: <text>": what ``os_problem`` and the certificate files'
+# readers make of an OS error.
+_OS_PROBLEM = re.compile(r"^cannot [^\n]*?: (E[A-Z0-9]+): ([^\n]*)$")
+
+
+def environment_fault(problem: Problem) -> str:
+    """The symbol of the OS error behind ``problem`` (``EMFILE``) when it is one of
+    ``ENVIRONMENT_ERRORS`` (a failure of the machine, not of the files: it may clear
+    with no edit); "" otherwise (a problem of the files themselves, or an OS error such
+    as ``ELOOP`` that only an edit mends). Told by the message ``os_problem`` makes,
+    with the error's own text (a parser's message quoting a file does not count)."""
+    found = _OS_PROBLEM.match(problem.message)
+    if found is None or found.group(1) not in ENVIRONMENT_ERRORS:
+        return ""
+    code = getattr(errno, found.group(1), None)
+    if code is None or not found.group(2).startswith(os.strerror(code)):
+        return ""
+    return found.group(1)
 
 
 def list_config_files(root: str, problems: list[Problem]) -> list[str]:

@@ -86,20 +86,22 @@ class DirectoryLoader:
 
     How this works: the result of parsing each file (``FileResult``: model objects and
     problems, not the documents) is kept by path, and the cross-checks' state
-    (``CrossCheck``) is kept with it. When ``changed`` names only files of the last
-    listing that are still regular files, the directory is not listed and nothing else
-    is looked at: those files and the files that had an error (retried every time) are
-    parsed again. Otherwise the directory is listed (names only: no stat per file) and
-    parsed again are: files it has not seen, the files named, files that had an error,
-    and, when ``changed`` is None (a forced reload, SIGHUP) or names something that is not
-    a config file of the listing (a directory, a ``..data`` symlink swap, the directory
-    itself), every file whose stamp (inode, size, times) differs from when it was read;
-    files no longer listed are forgotten. Either way only the files parsed again (and
-    the ones gone) are handed to the cross-checks, which re-check what they affect; the
-    result (mesh, problems, their order) is exactly what a cold ``load_directory`` gives
-    (``tests/sources/test_incremental.py``), and unchanged files contribute the very same
-    model objects, which lets translation recognise them by identity. All or nothing still
-    holds: a load with any error raises ConfigError and the caller keeps what it had.
+    (``CrossCheck``) is kept with it. When ``changed`` names only files of the last listing
+    that are still regular files, and that listing found no problem (a dangling link or an
+    unreadable directory may have been mended since with no event under the directory), the
+    directory is not listed and nothing else is looked at: those files and the files that
+    had an error (retried every time) are parsed again. Otherwise the directory is listed
+    (names only: no stat per file) and parsed again are: files it has not seen, the files
+    named, files that had an error, and, when ``changed`` is None (a forced reload, SIGHUP)
+    or names something that is not a config file of the listing (a directory, a ``..data``
+    symlink swap, the directory itself), every file whose stamp (inode, size, times) differs
+    from when it was read; files no longer listed are forgotten. Either way only the files
+    parsed again (and the ones gone) are handed to the cross-checks, which re-check what
+    they affect; the result (mesh, problems, their order) is exactly what a cold
+    ``load_directory`` gives (``tests/sources/test_incremental.py``), and unchanged files
+    contribute the very same model objects, which lets translation recognise them by
+    identity. All or nothing still holds: a load with any error raises ConfigError and the
+    caller keeps what it had.
 
     A load that raises anything but ConfigError (a bug, memory) forgets everything the
     loader kept, so the next load is a cold one and gives what a cold load gives (never
@@ -170,8 +172,12 @@ class DirectoryLoader:
             changed = [p for p in changed if not self._certificates.holds(p)]
         named = None if changed is None else {as_listed(self.root, p) for p in changed}
         changes: list[Change] = []
-        if named is not None and self._listing is not None and self._same_files(named):
-            files, listing_problems, order = self._listing
+        # the last listing is reused only when it found no problem: a dangling link or a
+        # directory that could not be read may have been mended since with no event under
+        # the directory (a link's target outside it appeared, a descriptor was freed)
+        listing = self._listing
+        if named is not None and listing is not None and not listing[1] and self._same_files(named):
+            files, listing_problems, order = listing
             listed = time.perf_counter()
             again = named | self._failed
             budget = self._budget(self._bytes - sum(_size(self._files[p]) for p in again))

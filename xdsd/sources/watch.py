@@ -42,8 +42,10 @@ names other files moves the watch there within that time.
 
 The watcher outlives whatever goes wrong: an exception from ``on_change`` is logged with
 its traceback and the next batch is reported as usual; an error from the watch itself
-(inotify out of descriptors or watches, a directory that cannot be read) is logged and
-the watch is set up again after ``poll_interval``.
+(inotify out of descriptors or watches, a directory that cannot be watched or listed for
+want of them) is logged and the watch is set up again after ``poll_interval``, followed
+by a reload of every file. A directory the daemon may not read is watched once its mode
+changes (``inotify.TreeWatch.pending``).
 """
 
 from __future__ import annotations
