@@ -180,6 +180,11 @@ def _string_match(f: Fields | None, *, empty_is_present: bool = False) -> String
     if len(found) != 1:
         f.error(None, "must set exactly one of exact, prefix, regex")
         return None
+    if found[0].kind is not MatchKind.EXACT and not found[0].value:
+        # Envoy's StringMatcher.prefix and RegexMatcher.regex must not be empty: it would
+        # refuse the whole RouteConfiguration, so an empty one is refused here instead.
+        f.error(found[0].kind.value, "must not be empty")
+        return None
     if found[0].kind is MatchKind.REGEX:
         _check_regex(f, "regex", found[0].value)
     return found[0]
