@@ -179,6 +179,18 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ),
 }
 
+# JWT claim conditions: taken as a header name no request carries, ``withoutHeaders``
+# would match every request (fail open); refused instead, at the condition's line.
+for _key in ("headers", "withoutHeaders"):
+    CASES[f"{_key} on a JWT claim"] = (
+        rule(f"    match:\n    - {_key}:\n        '@request.auth.claims.role': {{exact: admin}}\n"),
+        ["v.yaml:10:", f"http[0].match[0].{_key}.@request.auth.claims.role", "not supported"],
+    )
+    CASES[f"{_key} on an @ name"] = (
+        rule(f"    match:\n    - {_key}:\n        '@source': {{}}\n"),
+        ["v.yaml:10:", f"http[0].match[0].{_key}.@source", "not an HTTP header name"],
+    )
+
 # Envoy refuses an empty StringMatcher prefix and an empty regex, and with them the whole
 # route configuration of the port: refused here, wherever a StringMatch is read.
 _EMPTY_PLACES = {

@@ -199,7 +199,11 @@ def _check_regex(f: Fields, key: str, pattern: str) -> None:
 
 
 def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[HeaderMatch, ...]:
-    """A map of names to StringMatch (``{}`` = present), sorted by name."""
+    """A map of names to StringMatch (``{}`` = present), sorted by name. For headers
+    (``lower``), a name starting with ``@`` is refused: it is no HTTP header, and Istio's
+    ``@request.auth.claims.*`` (JWT claim routing) is not supported; taken as a header
+    name it would never be present, and ``withoutHeaders`` would then match every
+    request (fail open)."""
     out: list[HeaderMatch] = []
     conditions = f.obj(key)
     if conditions is None:
@@ -207,6 +211,14 @@ def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[Head
     for name in sorted(conditions.data):
         item = conditions.obj(name, required=True)
         if item is None:
+            continue
+        if lower and name.startswith("@"):
+            what = (
+                "JWT claim conditions (@request.auth.claims) are not supported"
+                if name.startswith("@request.auth.claims")
+                else "is not an HTTP header name"
+            )
+            conditions.error(name, f"{what}: refused rather than matched as a header")
             continue
         out.append(
             HeaderMatch(name.lower() if lower else name, _string_match(item, empty_is_present=True))
