@@ -194,7 +194,6 @@ for _key in ("headers", "withoutHeaders"):
 # Envoy refuses an empty StringMatcher prefix and an empty regex, and with them the whole
 # route configuration of the port: refused here, wherever a StringMatch is read.
 _EMPTY_PLACES = {
-    "uri": ("    match:\n    - uri: {KIND: ''}\n", "v.yaml:9:", "http[0].match[0].uri.KIND"),
     "authority": (
         "    match:\n    - authority: {KIND: ''}\n",
         "v.yaml:9:",
@@ -237,6 +236,11 @@ for _place, (_text, _line, _field) in _EMPTY_PLACES.items():
             rule(_text.replace("KIND", _kind)),
             [_line, _field.replace("KIND", _kind), "must not be empty"],
         )
+# The uri's empty prefix is kept (Envoy's RouteMatch.prefix may be empty; see below).
+CASES["empty regex in uri"] = (
+    rule("    match:\n    - uri: {regex: ''}\n"),
+    ["v.yaml:9:", "http[0].match[0].uri.regex", "must not be empty"],
+)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -271,7 +275,9 @@ def test_fault_without_percentage_is_a_warning(tmp_path: Path) -> None:
 
 def test_empty_exact_matches_are_kept_and_envoy_accepts_them(tmp_path: Path) -> None:
     """``exact: ''`` stays allowed (Envoy's StringMatcher.exact and RouteMatch.path may be
-    empty): loaded from files, translated, and accepted by ``envoy --mode validate``."""
+    empty), and so does the uri's ``prefix: ''`` (Envoy's RouteMatch.prefix may be empty:
+    every path; Istio accepts it): loaded from files, translated, and accepted by
+    ``envoy --mode validate``."""
     (tmp_path / "s.toml").write_text(SERVICE)
     (tmp_path / "v.yaml").write_text(
         HEAD.replace(
@@ -282,14 +288,16 @@ def test_empty_exact_matches_are_kept_and_envoy_accepts_them(tmp_path: Path) -> 
             "      headers: {x-a: {exact: ''}}\n"
             "      withoutHeaders: {x-b: {exact: ''}}\n"
             "      queryParams: {q: {exact: ''}}\n"
+            "    - uri: {prefix: ''}\n"
             "    corsPolicy: {allowOrigins: [{exact: ''}]}\n"
             "    route:",
         )
     )
     result = load_directory(tmp_path)  # raises on an error
     (http,) = result.mesh.virtual_services[0].http
-    (block,) = http.match
+    block, any_path = http.match
     assert block.uri == StringMatch(MatchKind.EXACT, "")
+    assert any_path.uri == StringMatch(MatchKind.PREFIX, "")
     assert [h.match for h in block.headers] == [StringMatch(MatchKind.EXACT, "")]
     node = NodeClass("client", instance_ip="127.0.0.2", outbound_ip="127.0.0.10")
     envoy_accepts(render_static(result.mesh, node, admin_port=0), tmp_path / "envoy.json")
