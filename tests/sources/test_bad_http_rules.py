@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import envoy_accepts
 from tests.sources.test_bad_input import DR, SERVICE
 from xdsd.cli import main
+from xdsd.model import StringMatch
+from xdsd.model.rules import MatchKind
 from xdsd.sources.loader import load_directory
+from xdsd.translate import NodeClass
+from xdsd.translate.static import render_static
 
 HEAD = (
     "apiVersion: networking.istio.io/v1\n"
@@ -174,6 +179,69 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ),
 }
 
+# JWT claim conditions: taken as a header name no request carries, ``withoutHeaders``
+# would match every request (fail open); refused instead, at the condition's line.
+for _key in ("headers", "withoutHeaders"):
+    CASES[f"{_key} on a JWT claim"] = (
+        rule(f"    match:\n    - {_key}:\n        '@request.auth.claims.role': {{exact: admin}}\n"),
+        ["v.yaml:10:", f"http[0].match[0].{_key}.@request.auth.claims.role", "not supported"],
+    )
+    CASES[f"{_key} on an @ name"] = (
+        rule(f"    match:\n    - {_key}:\n        '@source': {{}}\n"),
+        ["v.yaml:10:", f"http[0].match[0].{_key}.@source", "not an HTTP header name"],
+    )
+
+# Envoy refuses an empty StringMatcher prefix and an empty regex, and with them the whole
+# route configuration of the port: refused here, wherever a StringMatch is read.
+_EMPTY_PLACES = {
+    "authority": (
+        "    match:\n    - authority: {KIND: ''}\n",
+        "v.yaml:9:",
+        "http[0].match[0].authority.KIND",
+    ),
+    "method": (
+        "    match:\n    - method: {KIND: ''}\n",
+        "v.yaml:9:",
+        "http[0].match[0].method.KIND",
+    ),
+    "scheme": (
+        "    match:\n    - scheme: {KIND: ''}\n",
+        "v.yaml:9:",
+        "http[0].match[0].scheme.KIND",
+    ),
+    "headers": (
+        "    match:\n    - headers:\n        x-a: {KIND: ''}\n",
+        "v.yaml:10:",
+        "http[0].match[0].headers.x-a.KIND",
+    ),
+    "withoutHeaders": (
+        "    match:\n    - withoutHeaders:\n        x-a: {KIND: ''}\n",
+        "v.yaml:10:",
+        "http[0].match[0].withoutHeaders.x-a.KIND",
+    ),
+    "queryParams": (
+        "    match:\n    - queryParams:\n        q: {KIND: ''}\n",
+        "v.yaml:10:",
+        "http[0].match[0].queryParams.q.KIND",
+    ),
+    "cors origin": (
+        "    corsPolicy:\n      allowOrigins:\n      - {KIND: ''}\n",
+        "v.yaml:10:",
+        "http[0].corsPolicy.allowOrigins[0].KIND",
+    ),
+}
+for _place, (_text, _line, _field) in _EMPTY_PLACES.items():
+    for _kind in ("prefix", "regex"):
+        CASES[f"empty {_kind} in {_place}"] = (
+            rule(_text.replace("KIND", _kind)),
+            [_line, _field.replace("KIND", _kind), "must not be empty"],
+        )
+# The uri's empty prefix is kept (Envoy's RouteMatch.prefix may be empty; see below).
+CASES["empty regex in uri"] = (
+    rule("    match:\n    - uri: {regex: ''}\n"),
+    ["v.yaml:9:", "http[0].match[0].uri.regex", "must not be empty"],
+)
+
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_http_rule_names_file_line_field(
@@ -203,3 +271,33 @@ def test_fault_without_percentage_is_a_warning(tmp_path: Path) -> None:
     (http,) = result.mesh.virtual_services[0].http
     assert http.fault is not None and http.fault.abort is not None
     assert http.fault.abort.percentage == 0.0
+
+
+def test_empty_exact_matches_are_kept_and_envoy_accepts_them(tmp_path: Path) -> None:
+    """``exact: ''`` stays allowed (Envoy's StringMatcher.exact and RouteMatch.path may be
+    empty), and so does the uri's ``prefix: ''`` (Envoy's RouteMatch.prefix may be empty:
+    every path; Istio accepts it): loaded from files, translated, and accepted by
+    ``envoy --mode validate``."""
+    (tmp_path / "s.toml").write_text(SERVICE)
+    (tmp_path / "v.yaml").write_text(
+        HEAD.replace(
+            "  - route:",
+            "  - match:\n"
+            "    - uri: {exact: ''}\n"
+            "      authority: {exact: ''}\n"
+            "      headers: {x-a: {exact: ''}}\n"
+            "      withoutHeaders: {x-b: {exact: ''}}\n"
+            "      queryParams: {q: {exact: ''}}\n"
+            "    - uri: {prefix: ''}\n"
+            "    corsPolicy: {allowOrigins: [{exact: ''}]}\n"
+            "    route:",
+        )
+    )
+    result = load_directory(tmp_path)  # raises on an error
+    (http,) = result.mesh.virtual_services[0].http
+    block, any_path = http.match
+    assert block.uri == StringMatch(MatchKind.EXACT, "")
+    assert any_path.uri == StringMatch(MatchKind.PREFIX, "")
+    assert [h.match for h in block.headers] == [StringMatch(MatchKind.EXACT, "")]
+    node = NodeClass("client", instance_ip="127.0.0.2", outbound_ip="127.0.0.10")
+    envoy_accepts(render_static(result.mesh, node, admin_port=0), tmp_path / "envoy.json")

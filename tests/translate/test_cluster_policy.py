@@ -380,9 +380,11 @@ TWO_PORTS = service(
 
 
 def test_port_level_and_subset_policies_merge_per_cluster() -> None:
-    """Istio's merge: port-level over top level, subset over rule, field by field."""
+    """Istio's merge: a port-level entry replaces all four fields of its level (nothing
+    inherited); a subset's top-level fields replace the rule's one by one."""
     five = OutlierDetection(consecutive_5xx_errors=5)
     one = OutlierDetection(consecutive_5xx_errors=1)
+    seven = OutlierDetection(consecutive_5xx_errors=7)
     rule = DestinationRule(
         "web",
         "web",
@@ -393,16 +395,42 @@ def test_port_level_and_subset_policies_merge_per_cluster() -> None:
                 PortTrafficPolicy(81, connection_pool=ConnectionPool(TcpPool(2))),
             ),
         ),
-        subsets=(Subset("v1", (), TrafficPolicy(outlier_detection=one)),),
+        subsets=(
+            Subset("v1", (), TrafficPolicy(outlier_detection=one)),
+            Subset(
+                "v2",
+                (),
+                TrafficPolicy(
+                    outlier_detection=seven,
+                    port_level_settings=(
+                        PortTrafficPolicy(81, connection_pool=ConnectionPool(TcpPool(3))),
+                    ),
+                ),
+            ),
+        ),
     )
     got = {
         (c.port.number, c.name.split("|")[2]): cluster_json(c.policy, TWO_PORTS)
         for c in outbound_clusters(TWO_PORTS, rule)
     }
     conns = {k: v["circuit_breakers"]["thresholds"][0]["max_connections"] for k, v in got.items()}
-    errors = {k: v["outlier_detection"]["consecutive_5xx"] for k, v in got.items()}
-    assert conns == {(80, ""): 10, (80, "v1"): 10, (81, ""): 2, (81, "v1"): 2}
-    assert errors == {(80, ""): 5, (80, "v1"): 1, (81, ""): 5, (81, "v1"): 1}
+    errors = {
+        k: v["outlier_detection"]["consecutive_5xx"]
+        for k, v in got.items()
+        if "outlier_detection" in v
+    }
+    assert conns == {
+        (80, ""): 10,
+        (80, "v1"): 10,
+        (80, "v2"): 10,
+        (81, ""): 2,
+        (81, "v1"): 2,
+        (81, "v2"): 3,
+    }
+    # Port 81's entry sets no outlierDetection: none there (the top level's 5 is not
+    # inherited); subset v1's own field still applies over it; v2's port-level entry
+    # replaces its subset's fields too.
+    assert errors == {(80, ""): 5, (80, "v1"): 1, (80, "v2"): 7, (81, "v1"): 1}
 
 
 HEADER = ConsistentHash(HashKind.HEADER, "x-user")

@@ -482,7 +482,8 @@ class ClientTLS:
 
 @dataclass(frozen=True, slots=True)
 class PortTrafficPolicy:
-    """A policy for one service port; its fields override the enclosing policy's."""
+    """A policy for one service port; it replaces the enclosing policy's four fields
+    (none is inherited), as in Istio."""
 
     port: int
     load_balancer: LoadBalancer | None = None
@@ -493,8 +494,8 @@ class PortTrafficPolicy:
 
 @dataclass(frozen=True, slots=True)
 class TrafficPolicy:
-    """Per-destination policy: each field, when set, overrides the same field of the
-    enclosing policy (subset over rule, port-level over both), as in Istio."""
+    """Per-destination policy: a subset's field, when set, overrides the rule's; a
+    port-level entry replaces all four fields of the level it is in, as in Istio."""
 
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
@@ -503,8 +504,10 @@ class TrafficPolicy:
     port_level_settings: tuple[PortTrafficPolicy, ...] = ()
 
     def for_port(self, port: int) -> TrafficPolicy:
-        """This policy with the settings of ``port`` applied (no port-level settings
-        left)."""
+        """This policy at ``port`` (no port-level settings left). As in Istio, a
+        port-level entry for ``port`` is not merged with the top level: it replaces all
+        four fields, a field it leaves unset being unset (Envoy's default), not the top
+        level's."""
         found = next((p for p in self.port_level_settings if p.port == port), None)
         if found is None:
             if not self.port_level_settings:
@@ -513,10 +516,7 @@ class TrafficPolicy:
                 self.load_balancer, self.connection_pool, self.outlier_detection, self.tls
             )
         return TrafficPolicy(
-            found.load_balancer or self.load_balancer,
-            found.connection_pool or self.connection_pool,
-            found.outlier_detection or self.outlier_detection,
-            found.tls or self.tls,
+            found.load_balancer, found.connection_pool, found.outlier_detection, found.tls
         )
 
 
@@ -524,19 +524,25 @@ def merge_policies(
     outer: TrafficPolicy | None, inner: TrafficPolicy | None, port: int
 ) -> TrafficPolicy | None:
     """Istio's merge for a subset on a port: start from the rule's policy (``outer``) at
-    ``port``, then each field the subset's policy (``inner``) sets at ``port`` replaces the
-    rule's. None when neither sets anything."""
+    ``port`` (see ``TrafficPolicy.for_port``); each field the subset's policy (``inner``)
+    sets at its top level replaces the rule's; then a port-level entry of the subset for
+    ``port`` replaces all four fields (unset ones become unset). None when neither sets
+    anything."""
     if outer is None and inner is None:
         return None
     base = outer.for_port(port) if outer is not None else TrafficPolicy()
     if inner is None:
         return base
-    top = inner.for_port(port)
+    found = next((p for p in inner.port_level_settings if p.port == port), None)
+    if found is not None:
+        return TrafficPolicy(
+            found.load_balancer, found.connection_pool, found.outlier_detection, found.tls
+        )
     return TrafficPolicy(
-        top.load_balancer or base.load_balancer,
-        top.connection_pool or base.connection_pool,
-        top.outlier_detection or base.outlier_detection,
-        top.tls or base.tls,
+        inner.load_balancer or base.load_balancer,
+        inner.connection_pool or base.connection_pool,
+        inner.outlier_detection or base.outlier_detection,
+        inner.tls or base.tls,
     )
 
 

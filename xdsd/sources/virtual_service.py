@@ -160,10 +160,14 @@ def _normalize_weights(
     return fixed
 
 
-def _string_match(f: Fields | None, *, empty_is_present: bool = False) -> StringMatch | None:
+def _string_match(
+    f: Fields | None, *, empty_is_present: bool = False, empty_prefix: bool = False
+) -> StringMatch | None:
     """Istio's StringMatch (exactly one of exact, prefix, regex). With
     ``empty_is_present`` (header and query parameter conditions) ``{}`` and Istio's
-    ``regex: "*"`` mean "is present" and give None without a problem."""
+    ``regex: "*"`` mean "is present" and give None without a problem. An empty regex is
+    an error, and so is an empty prefix unless ``empty_prefix`` (the uri: Envoy's
+    ``RouteMatch.prefix`` may be empty and matches every path, as in Istio)."""
     if f is None:
         return None
     found = []
@@ -180,6 +184,14 @@ def _string_match(f: Fields | None, *, empty_is_present: bool = False) -> String
     if len(found) != 1:
         f.error(None, "must set exactly one of exact, prefix, regex")
         return None
+    kind = found[0].kind
+    if not found[0].value and (
+        kind is MatchKind.REGEX or (kind is MatchKind.PREFIX and not empty_prefix)
+    ):
+        # Envoy's StringMatcher.prefix and RegexMatcher.regex must not be empty: it would
+        # refuse the whole RouteConfiguration, so an empty one is refused here instead.
+        f.error(found[0].kind.value, "must not be empty")
+        return None
     if found[0].kind is MatchKind.REGEX:
         _check_regex(f, "regex", found[0].value)
     return found[0]
@@ -194,7 +206,11 @@ def _check_regex(f: Fields, key: str, pattern: str) -> None:
 
 
 def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[HeaderMatch, ...]:
-    """A map of names to StringMatch (``{}`` = present), sorted by name."""
+    """A map of names to StringMatch (``{}`` = present), sorted by name. For headers
+    (``lower``), a name starting with ``@`` is refused: it is no HTTP header, and Istio's
+    ``@request.auth.claims.*`` (JWT claim routing) is not supported; taken as a header
+    name it would never be present, and ``withoutHeaders`` would then match every
+    request (fail open)."""
     out: list[HeaderMatch] = []
     conditions = f.obj(key)
     if conditions is None:
@@ -202,6 +218,14 @@ def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[Head
     for name in sorted(conditions.data):
         item = conditions.obj(name, required=True)
         if item is None:
+            continue
+        if lower and name.startswith("@"):
+            what = (
+                "JWT claim conditions (@request.auth.claims) are not supported"
+                if name.startswith("@request.auth.claims")
+                else "is not an HTTP header name"
+            )
+            conditions.error(name, f"{what}: refused rather than matched as a header")
             continue
         out.append(
             HeaderMatch(name.lower() if lower else name, _string_match(item, empty_is_present=True))
@@ -211,7 +235,7 @@ def _header_conditions(f: Fields, key: str, *, lower: bool = True) -> tuple[Head
 
 def _parse_match(f: Fields) -> HTTPMatch:
     name = f.string("name")
-    uri = _string_match(f.obj("uri"))
+    uri = _string_match(f.obj("uri"), empty_prefix=True)
     method = _string_match(f.obj("method"))
     scheme = _string_match(f.obj("scheme"))
     authority = _string_match(f.obj("authority"))

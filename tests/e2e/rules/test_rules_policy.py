@@ -119,6 +119,21 @@ spec:
       clientCertificate: certs/client.pem
       privateKey: certs/client-key.pem
       sni: backend.tls.test
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: port-own-policy}
+spec:
+  host: port-own-policy
+  trafficPolicy:
+    tls:
+      mode: SIMPLE
+      caCertificates: certs/ca.pem
+      sni: backend.tls.test
+    portLevelSettings:
+    - port: {number: PORT}
+      connectionPool:
+        tcp: {maxConnections: 100}
 """
 
 
@@ -149,6 +164,8 @@ class World:
         m.service("tls-simple", [self.tls_simple])
         m.service("tls-mutual", [self.tls_mutual])
         m.service("tls-wrong-ca", [self.tls_wrong])
+        self.port_own = m.upstream("port-own-policy")  # plaintext
+        m.service("port-own-policy", [self.port_own])
         m.rule("policies", RULES.replace("PORT", str(m.port)))
         self.client: Sidecar = m.start(locality="r1/z1")
 
@@ -288,6 +305,17 @@ def test_tls_mutual_origination_and_wrong_ca(world: World) -> None:
     assert reply.status == 503 and reply.backend == "", reply
     assert world.tls_wrong.hits == 0
     assert cluster_stat(c, "tls-wrong-ca", "ssl.fail_verify_error") >= 1
+
+
+def test_port_level_settings_do_not_inherit_the_top_level_tls(world: World) -> None:
+    """A ``portLevelSettings`` entry replaces the top-level policy for its port, as in
+    Istio: the top-level ``tls: SIMPLE`` does not reach a port whose entry sets only a
+    connection pool, so the sidecar speaks plaintext to the plaintext upstream."""
+    c = world.client
+    serving(c, "port-own-policy")
+    reply = c.request("port-own-policy", "/plain")
+    assert reply.status == 200 and reply.backend == "port-own-policy"
+    assert cluster_stat(c, "port-own-policy", "ssl.handshake") == 0
 
 
 def test_tls_origination_by_a_rest_client_polls_its_secrets(world: World) -> None:
