@@ -140,7 +140,7 @@ def _parse_retries(retry: Fields | None) -> Retries | None:
     backoff = retry.duration("backoff")
     retry.finish(RETRY_UNSUPPORTED)
     return Retries(
-        attempts, per_try, retry_on, ignore_previous is not False, remote is True, backoff
+        attempts, per_try, retry_on, ignore_previous, remote is True, backoff
     )
 
 
