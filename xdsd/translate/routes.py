@@ -8,7 +8,9 @@ port and the mesh's rules, so ``RouteBuilder`` makes them once per (service, por
 every route configuration that holds that service port reuses them.
 
 Rules: the VirtualService that applies to a service is the first by key that names one of
-its hosts and is bound to the mesh (``gateways`` empty or holding ``mesh``). Its HTTP
+its hosts and is bound to the mesh (``gateways`` empty or holding ``mesh``); failing one,
+the mesh-bound VirtualService with the most specific wildcard host (``*.suffix``, ``*``)
+matching one of its names (``virtual_service_index``), as Istio. Its HTTP
 rules become routes in order, one route per match block (blocks are ORed; a block bound to
 another ``port`` is left out); a rule without match blocks matches everything. A service
 without a VirtualService gets one route to its own cluster. As in Istio, a service with a
@@ -150,18 +152,42 @@ EncodedRoutes = tuple[tuple[Hashable, list[Any]], bytes, tuple[tuple[str, str], 
 
 
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
-    """The VirtualService that routes each service's mesh traffic: the first by key that
-    is bound to the mesh and names the service (hosts resolved in the rule's namespace;
-    unknown hosts are skipped, sources already warned about them)."""
+    """The VirtualService that routes each service's mesh traffic, among those bound to
+    the mesh, as Istio picks it: one naming the service exactly (hosts resolved in the
+    rule's namespace; unknown hosts are skipped, sources already warned about them), else
+    one whose wildcard host (``*``, ``*.suffix``, see ``wildcard_matches``) matches one of
+    the service's names, the most specific (longest) wildcard first. Between rules naming
+    the same host (or the same wildcard), the first by key (the cross-checks refuse the
+    second)."""
     index: dict[ResourceKey, VirtualService] = {}
+    wildcards: dict[str, VirtualService] = {}
     for vs in mesh.virtual_services:
         if vs.gateways and MESH_GATEWAY not in vs.gateways:
             continue
         for host in vs.hosts:
+            if host.startswith("*"):
+                wildcards.setdefault(host.lower(), vs)
+                continue
             target = mesh.service(host, vs.namespace)
             if target is not None:
                 index.setdefault(target.key, vs)
+    if wildcards:
+        by_specificity = sorted(wildcards, key=lambda w: (-len(w), w))
+        for svc in mesh.services:
+            if svc.key in index:
+                continue
+            for pattern in by_specificity:
+                if any(wildcard_matches(pattern, name) for name in (svc.fqdn, *svc.hosts)):
+                    index[svc.key] = wildcards[pattern]
+                    break
     return index
+
+
+def wildcard_matches(pattern: str, name: str) -> bool:
+    """True when the wildcard host ``pattern`` (``*`` or ``*`` then a suffix, as Istio
+    writes them) matches the host name ``name`` (case-insensitive): ``*`` matches every
+    name, ``*.example.com`` every name ending in ``.example.com``."""
+    return name.lower().endswith(pattern[1:].lower())
 
 
 class RouteBuilder:
