@@ -25,6 +25,7 @@ from xdsd.model import (
     Subset,
     VirtualService,
 )
+from xdsd.model.mesh import wildcard_matches
 from xdsd.model.rules import MatchKind
 from xdsd.translate.routes import (
     DEFAULT_RETRY_ON,
@@ -35,7 +36,6 @@ from xdsd.translate.routes import (
     proxy_domains,
     retry_policy,
     virtual_service_index,
-    wildcard_matches,
 )
 
 REVIEWS = FQDN.format("reviews")

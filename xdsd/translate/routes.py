@@ -55,6 +55,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.mesh import is_wildcard, wildcard_matches
 from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.resources import ROUTE, Resource, pack
 from xdsd.resources.references import UNRESOLVED_BACKEND_CLUSTER, route_refs
@@ -155,17 +156,17 @@ def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
     """The VirtualService that routes each service's mesh traffic, among those bound to
     the mesh, as Istio picks it: one naming the service exactly (hosts resolved in the
     rule's namespace; unknown hosts are skipped, sources already warned about them), else
-    one whose wildcard host (``*``, ``*.suffix``, see ``wildcard_matches``) matches one of
-    the service's names, the most specific (longest) wildcard first. Between rules naming
-    the same host (or the same wildcard), the first by key (the cross-checks refuse the
-    second)."""
+    one whose wildcard host (``*``, ``*.suffix``: ``model.mesh.wildcard_matches``)
+    matches the service's full name or an extra host, the longest wildcard first.
+    Between rules naming the same host (or the same wildcard), the first by key (the
+    cross-checks refuse the second)."""
     index: dict[ResourceKey, VirtualService] = {}
     wildcards: dict[str, VirtualService] = {}
     for vs in mesh.virtual_services:
         if vs.gateways and MESH_GATEWAY not in vs.gateways:
             continue
         for host in vs.hosts:
-            if host.startswith("*"):
+            if is_wildcard(host):
                 wildcards.setdefault(host.lower(), vs)
                 continue
             target = mesh.service(host, vs.namespace)
@@ -181,13 +182,6 @@ def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
                     index[svc.key] = wildcards[pattern]
                     break
     return index
-
-
-def wildcard_matches(pattern: str, name: str) -> bool:
-    """True when the wildcard host ``pattern`` (``*`` or ``*`` then a suffix, as Istio
-    writes them) matches the host name ``name`` (case-insensitive): ``*`` matches every
-    name, ``*.example.com`` every name ending in ``.example.com``."""
-    return name.lower().endswith(pattern[1:].lower())
 
 
 class RouteBuilder:
