@@ -248,7 +248,21 @@ def _check_virtual_service(
     """Check a VirtualService's references; returns it with destination ports filled in
     where the destination service has a single port."""
     for i, host in enumerate(vs.hosts):
-        if "*" in host or not _applies_to_mesh(vs):
+        if not _applies_to_mesh(vs):
+            continue
+        if host.startswith("*"):
+            suffix = host[1:].lower()
+            if not any(name.lower().endswith(suffix) for name in mesh._hosts):
+                problems.append(
+                    _at(
+                        vs.origin,
+                        f"hosts[{i}]",
+                        f"no service name matches {host!r}: this wildcard is ignored until "
+                        "one does",
+                        Severity.WARNING,
+                        vs.lines,
+                    )
+                )
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(
@@ -330,10 +344,24 @@ def _check_vs_overlap(
     mesh: Mesh, virtual: tuple[VirtualService, ...], problems: list[Problem]
 ) -> None:
     claimed: dict[ResourceKey, VirtualService] = {}
+    wildcards: dict[str, VirtualService] = {}
     for vs in virtual:
         if not _applies_to_mesh(vs):
             continue
         for i, host in enumerate(vs.hosts):
+            if host.startswith("*"):
+                first = wildcards.setdefault(host.lower(), vs)
+                if first.key != vs.key:
+                    problems.append(
+                        _at(
+                            vs.origin,
+                            f"hosts[{i}]",
+                            f"{host!r} is already routed by VirtualService {first.name!r} "
+                            f"({first.origin}); merge the two rules",
+                            lines=vs.lines,
+                        )
+                    )
+                continue
             svc = mesh.service(host, vs.namespace)
             if svc is None:
                 continue

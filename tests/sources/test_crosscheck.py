@@ -11,6 +11,7 @@ errors and warnings, in the same order.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -47,9 +48,11 @@ KINDS = (
     "rule ignored",
     "host is ignored",
     "no service named",
+    "no service name matches",
     "has no port",
     "is required",
     "is not defined",
+    "' is already routed",
     "already routed",
     "is not an IP address",
     "HTTP-only",
@@ -195,6 +198,8 @@ def virtual_service(rng: random.Random) -> str:
     hosts = rng.sample(
         [*NAMES, "shared.example", "*.example", "ghost", "ext.example"], rng.randint(1, 2)
     )
+    if rng.random() < 0.3:  # wildcards: a service's namespace, or matching nothing
+        hosts = [rng.choice(["*.default.svc.cluster.local", "*.none.example"])]
     gateways = rng.choice(["", "", "gateways: [gw]\n", "gateways: [mesh, gw]\n"])
     routes = ""
     count = rng.randint(1, 2)
@@ -205,7 +210,7 @@ def virtual_service(rng: random.Random) -> str:
         weight = ", weight: 50" if count > 1 else ""
         routes += f"  - {{destination: {{host: {host}{subset}{port}}}{weight}}}\n"
     return (
-        f"kind: VirtualService\nname: v{rng.randint(1, 3)}\nhosts: [{', '.join(hosts)}]\n"
+        f"kind: VirtualService\nname: v{rng.randint(1, 3)}\nhosts: {json.dumps(hosts)}\n"
         f"{gateways}http:\n- route:\n{routes}"
     )
 

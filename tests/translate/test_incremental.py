@@ -120,6 +120,16 @@ kind: WorkloadEntry
 metadata: {name: vm1}
 spec: {address: 10.0.8.1, labels: {app: other}}
 """
+WILDCARD = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: everything}
+spec:
+  hosts: ["*.default.svc.cluster.local"]
+  http:
+  - route:
+    - destination: {host: details, port: {number: 9080}}
+"""
 CHECK = 'healthCheck = { path = "/healthz", interval = "5s" }'
 EDITS = [
     replace_in(Path("services/details.toml"), "10.0.0.21", "10.0.0.77"),  # endpoints only
@@ -176,7 +186,17 @@ EDITS = [
     replace_in(Path("rules/entries.yaml"), "resolution: NONE", "resolution: STATIC"),
     delete("rules/workloads.yaml"),
     delete("rules/entries.yaml"),
+    # A wildcard VirtualService routes every service without its own (reviews keeps its
+    # own), then a service it matches appears, its destination changes, and it goes.
+    write("rules/wildcard.yaml", WILDCARD),
+    write("services/extra.toml", NEW_SERVICE),
+    replace_in(Path("rules/wildcard.yaml"), "host: details", "host: ratings"),
+    replace_in(Path("rules/wildcard.yaml"), '"*.default.svc.cluster.local"', '"*"'),
+    delete("services/extra.toml"),
+    delete("rules/wildcard.yaml"),
 ]
+#: The edits that must be loaded (not refused): a refused one would test nothing.
+MUST_LOAD = {len(EDITS) - 6, len(EDITS) - 5, len(EDITS) - 4, len(EDITS) - 3}
 
 
 @pytest.fixture
@@ -196,6 +216,7 @@ def test_chained_translations_equal_cold_ones_after_every_edit(config: Path) -> 
         try:
             mesh = loader.load(changed).mesh
         except ConfigError:
+            assert number not in MUST_LOAD
             continue  # refused: the previous translation stays, as in MeshState
         translation = MeshTranslation(mesh, previous=translation)
         fresh = MeshTranslation(load_directory(str(config)).mesh)

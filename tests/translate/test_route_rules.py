@@ -21,6 +21,7 @@ from envoy.type.v3 import percent_pb2
 from tests.harness import envoy_binary
 from tests.translate.meshes import FQDN, hcm_of, http, service
 from xdsd.model import (
+    ConsistentHash,
     CorsPolicy,
     Destination,
     DestinationRule,
@@ -29,11 +30,13 @@ from xdsd.model import (
     Fault,
     FaultAbort,
     FaultDelay,
+    HashKind,
     HeaderMatch,
     HeaderOperations,
     Headers,
     HTTPMatch,
     HTTPRoute,
+    LoadBalancer,
     Mesh,
     Mirror,
     Origin,
@@ -44,6 +47,7 @@ from xdsd.model import (
     RouteDestination,
     StringMatch,
     Subset,
+    TrafficPolicy,
     VirtualService,
 )
 from xdsd.model.rules import MatchKind
@@ -492,6 +496,49 @@ def test_retry_options(
         else None
     )
     assert got == backoff
+
+
+def hashed_routes(*routes: HTTPRoute) -> list[Any]:
+    """The routes of ``routes`` for ``shop`` whose DestinationRule hashes on x-user."""
+    plain = mesh_of(*routes)
+    hashing = LoadBalancer(consistent_hash=ConsistentHash(HashKind.HEADER, "x-user"))
+    (rule,) = plain.destination_rules
+    rule = dataclasses.replace(rule, traffic_policy=TrafficPolicy(hashing))
+    mesh = Mesh(plain.services, plain.virtual_services, (rule,))
+    svc = mesh.service_by_name("default", "shop")
+    assert svc is not None
+    return RouteBuilder(mesh, MatcherStyle.STRING_MATCH).routes(svc, 8080)
+
+
+@pytest.mark.parametrize(
+    ("retries", "destinations", "previous_hosts"),
+    [
+        # One destination with a consistent hash: retries stay on the hashed host...
+        (None, (to(),), False),
+        (Retries(2, retry_on="5xx"), (to(),), False),
+        (Retries(2, retry_ignore_previous_hosts=False), (to(),), False),
+        # ...unless the rule asks for other hosts.
+        (Retries(2, retry_ignore_previous_hosts=True), (to(),), True),
+        # Several destinations: Istio's default keeps the predicate.
+        (Retries(2), (to("v1", 50), to("v2", 50)), True),
+        (None, (to("v1", 50), to("v2", 50)), True),
+    ],
+)
+def test_retries_under_a_consistent_hash(
+    retries: Retries | None, destinations: tuple[RouteDestination, ...], previous_hosts: bool
+) -> None:
+    (route,) = hashed_routes(HTTPRoute("r", route=destinations, retries=retries))
+    assert route.route.hash_policy[0].header.header_name == "x-user"
+    names = [p.name for p in route.route.retry_policy.retry_host_predicate]
+    assert names == (["envoy.retry_host_predicates.previous_hosts"] if previous_hosts else [])
+    assert route.route.retry_policy.num_retries.value == (retries.attempts if retries else 2)
+
+
+def test_retries_without_a_consistent_hash_avoid_previous_hosts() -> None:
+    (route,) = routes_of(HTTPRoute("r", route=(to(),), retries=Retries(2, retry_on="5xx")))
+    assert not route.route.hash_policy
+    names = [p.name for p in route.route.retry_policy.retry_host_predicate]
+    assert names == ["envoy.retry_host_predicates.previous_hosts"]
 
 
 def test_rule_filters_come_before_the_router() -> None:

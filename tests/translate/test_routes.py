@@ -25,6 +25,7 @@ from xdsd.model import (
     Subset,
     VirtualService,
 )
+from xdsd.model.mesh import wildcard_matches
 from xdsd.model.rules import MatchKind
 from xdsd.translate.routes import (
     DEFAULT_RETRY_ON,
@@ -34,6 +35,7 @@ from xdsd.translate.routes import (
     port_domains,
     proxy_domains,
     retry_policy,
+    virtual_service_index,
 )
 
 REVIEWS = FQDN.format("reviews")
@@ -390,3 +392,63 @@ def test_colliding_domains_stay_with_the_first_service_by_key() -> None:
         f"{REVIEWS}:9080",
         "reviews.prod.svc.cluster.local:9080",
     ]
+
+
+def wildcard_mesh(*extra: VirtualService) -> Mesh:
+    """web, maintenance, api (own VirtualService, also named api.example.com) in default;
+    billing in prod; a VirtualService sending all of ``*.default.svc.cluster.local`` to
+    maintenance; plus ``extra``."""
+
+    def to(host: str) -> HTTPRoute:
+        return HTTPRoute("all", route=(RouteDestination(Destination(host), 100),))
+
+    services = (
+        service("web", http(8080)),
+        service("maintenance", http(8080)),
+        service("api", http(8080), hosts=("api.example.com",)),
+        service("billing", http(8080), namespace="prod"),
+    )
+    rules = (
+        VirtualService("api", hosts=("api",), http=(to("api"),)),
+        VirtualService("down", hosts=("*.default.svc.cluster.local",), http=(to("maintenance"),)),
+        *extra,
+    )
+    return Mesh(services=services, virtual_services=rules)
+
+
+def routed_by(mesh: Mesh) -> dict[str, str]:
+    """Service name -> the name of the VirtualService that routes it."""
+    index = virtual_service_index(mesh)
+    return {svc.name: index[svc.key].name for svc in mesh.services if svc.key in index}
+
+
+def test_a_wildcard_host_routes_every_service_it_matches() -> None:
+    mesh = wildcard_mesh()
+    # Exact beats wildcard: api keeps its own; billing (prod) does not match.
+    assert routed_by(mesh) == {"web": "down", "maintenance": "down", "api": "api"}
+    (route,) = routes_of(mesh, "web", 8080)
+    assert route.route.cluster == "outbound|8080||" + FQDN.format("maintenance")
+    (own,) = routes_of(mesh, "api", 8080)
+    assert own.route.cluster == "outbound|8080||" + FQDN.format("api")
+
+
+def test_the_most_specific_wildcard_wins() -> None:
+    everything = VirtualService("a-everything", hosts=("*",))
+    entries = VirtualService("b-entries", hosts=("*.example.com",))
+    prod = VirtualService("c-prod", hosts=("*.prod.svc.cluster.local",), gateways=("edge",))
+    mesh = wildcard_mesh(everything, entries, prod)
+    # ``*`` is less specific than ``*.default...``; a gateway-only rule is not the mesh's;
+    # an exact host beats ``*.example.com`` on api's extra name.
+    assert routed_by(mesh) == {
+        "web": "down",
+        "maintenance": "down",
+        "api": "api",
+        "billing": "a-everything",
+    }
+    assert wildcard_matches("*.Example.com", "API.example.com")
+    assert not wildcard_matches("*.example.com", "example.com")
+
+
+def test_of_two_rules_with_one_wildcard_the_first_by_key_applies() -> None:
+    mesh = wildcard_mesh(VirtualService("a-down", hosts=("*.default.svc.cluster.local",)))
+    assert routed_by(mesh)["web"] == "a-down"

@@ -213,6 +213,11 @@ class Mesh:
             return found
         return self._hosts.get(qualify_host(host, namespace))
 
+    def matches(self, pattern: str) -> bool:
+        """True when the wildcard host ``pattern`` matches a service's full name or one of
+        its extra ``hosts`` (``wildcard_matches``)."""
+        return any(wildcard_matches(pattern, name) for name in self._hosts)
+
     def service_by_name(self, namespace: str, name: str) -> Service | None:
         """The service with this namespace and name."""
         return self._hosts.get(f"{name}.{namespace}.{DOMAIN_SUFFIX}")
@@ -221,6 +226,19 @@ class Mesh:
         """The DestinationRule that applies to ``service``, preferring one in the service's
         own namespace (Istio's lookup order), else the first by key."""
         return self._rules.get(service.key)
+
+
+def is_wildcard(host: str) -> bool:
+    """True for a wildcard host as Istio writes one: ``*`` or ``*`` then a suffix."""
+    return host.startswith("*")
+
+
+def wildcard_matches(pattern: str, name: str) -> bool:
+    """True when the wildcard host ``pattern`` (``is_wildcard``) matches the host name
+    ``name``, ignoring case: ``*`` matches every name, ``*.example.com`` every name ending
+    in ``.example.com``. Never qualified with a namespace (as in Istio, a wildcard is a
+    full name)."""
+    return name.lower().endswith(pattern[1:].lower())
 
 
 def qualify_host(host: str, namespace: str) -> str:

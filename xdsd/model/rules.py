@@ -237,14 +237,16 @@ class CorsPolicy:
 @dataclass(frozen=True, slots=True)
 class Retries:
     """Istio's HTTPRetry. ``attempts`` 0 disables retries. ``retry_ignore_previous_hosts``
-    avoids hosts already tried (Istio's default); ``retry_remote_localities`` lets retries
+    avoids hosts already tried when true, never when false; None (not written) takes
+    Istio's default, which depends on the route (see ``routes.retry_policy``);
+    ``retry_remote_localities`` lets retries
     go to other localities; ``backoff`` is the base interval between attempts (None:
     Envoy's 25 ms)."""
 
     attempts: int
     per_try_timeout: timedelta | None = None
     retry_on: str = ""
-    retry_ignore_previous_hosts: bool = True
+    retry_ignore_previous_hosts: bool | None = None
     retry_remote_localities: bool = False
     backoff: timedelta | None = None
 

@@ -139,9 +139,7 @@ def _parse_retries(retry: Fields | None) -> Retries | None:
     remote = _boolean(retry, "retryRemoteLocalities")
     backoff = retry.duration("backoff")
     retry.finish(RETRY_UNSUPPORTED)
-    return Retries(
-        attempts, per_try, retry_on, ignore_previous is not False, remote is True, backoff
-    )
+    return Retries(attempts, per_try, retry_on, ignore_previous, remote is True, backoff)
 
 
 def _normalize_weights(

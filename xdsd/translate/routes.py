@@ -8,12 +8,15 @@ port and the mesh's rules, so ``RouteBuilder`` makes them once per (service, por
 every route configuration that holds that service port reuses them.
 
 Rules: the VirtualService that applies to a service is the first by key that names one of
-its hosts and is bound to the mesh (``gateways`` empty or holding ``mesh``). Its HTTP
+its hosts and is bound to the mesh (``gateways`` empty or holding ``mesh``); failing one,
+the mesh-bound VirtualService with the most specific wildcard host (``*.suffix``, ``*``)
+matching one of its names (``virtual_service_index``), as Istio. Its HTTP
 rules become routes in order, one route per match block (blocks are ORed; a block bound to
 another ``port`` is left out); a rule without match blocks matches everything. A service
 without a VirtualService gets one route to its own cluster. As in Istio, a service with a
 VirtualService gets only the VirtualService's routes: a request no rule matches is a 404.
-Timeouts default to 0s (no timeout) and retries to Istio's default policy.
+Timeouts default to 0s (no timeout) and retries to Istio's default policy (without the
+previous-hosts predicate on a rule's lone destination with a consistent hash, as Istio).
 Match blocks become ``RouteMatch``es in ``route_matches``; what a rule does besides
 choosing clusters (redirect, direct response, fault, CORS, mirrors, header changes) is
 written by ``route_actions``.
@@ -52,6 +55,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.mesh import is_wildcard, wildcard_matches
 from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.resources import ROUTE, Resource, pack
 from xdsd.resources.references import UNRESOLVED_BACKEND_CLUSTER, route_refs
@@ -149,17 +153,34 @@ EncodedRoutes = tuple[tuple[Hashable, list[Any]], bytes, tuple[tuple[str, str], 
 
 
 def virtual_service_index(mesh: Mesh) -> dict[ResourceKey, VirtualService]:
-    """The VirtualService that routes each service's mesh traffic: the first by key that
-    is bound to the mesh and names the service (hosts resolved in the rule's namespace;
-    unknown hosts are skipped, sources already warned about them)."""
+    """The VirtualService that routes each service's mesh traffic, among those bound to
+    the mesh, as Istio picks it: one naming the service exactly (hosts resolved in the
+    rule's namespace; unknown hosts are skipped, sources already warned about them), else
+    one whose wildcard host (``*``, ``*.suffix``: ``model.mesh.wildcard_matches``)
+    matches the service's full name or an extra host, the longest wildcard first.
+    Between rules naming the same host (or the same wildcard), the first by key (the
+    cross-checks refuse the second)."""
     index: dict[ResourceKey, VirtualService] = {}
+    wildcards: dict[str, VirtualService] = {}
     for vs in mesh.virtual_services:
         if vs.gateways and MESH_GATEWAY not in vs.gateways:
             continue
         for host in vs.hosts:
+            if is_wildcard(host):
+                wildcards.setdefault(host.lower(), vs)
+                continue
             target = mesh.service(host, vs.namespace)
             if target is not None:
                 index.setdefault(target.key, vs)
+    if wildcards:
+        by_specificity = sorted(wildcards, key=lambda w: (-len(w), w))
+        for svc in mesh.services:
+            if svc.key in index:
+                continue
+            for pattern in by_specificity:
+                if any(wildcard_matches(pattern, name) for name in (svc.fqdn, *svc.hosts)):
+                    index[svc.key] = wildcards[pattern]
+                    break
     return index
 
 
@@ -493,8 +514,11 @@ class RouteBuilder:
             action.cluster_not_found_response_code = (
                 route_components_pb2.RouteAction.INTERNAL_SERVER_ERROR
             )
-        _finish_action(action, http.timeout, http.retries)
         add_hash_policies(action, self._mesh)
+        # Istio keeps retries on the hashed host when the rule has one destination and
+        # it has a consistent hash (counted as written, before weights merge).
+        hashed = len(http.route) == 1 and bool(action.cluster) and bool(action.hash_policy)
+        _finish_action(action, http.timeout, http.retries, hashed=hashed)
         return action
 
     def _cluster(
@@ -579,15 +603,18 @@ def inbound_route_configuration(port: Port) -> Any:
     return config
 
 
-def retry_policy(retries: Retries | None) -> Any | None:
+def retry_policy(retries: Retries | None, *, hashed: bool = False) -> Any | None:
     """Istio's translation of HTTPRetry: None (no retries) for ``attempts: 0``; Istio's
     default policy (2 retries on connect-failure, refused-stream, unavailable, cancelled
-    and retriable status codes, avoiding hosts already tried) when the rule says nothing;
-    otherwise the default with the rule's attempts, per-try timeout and ``retryOn`` (whose
-    numbers become retriable status codes), without the previous-hosts predicate for
-    ``retryIgnorePreviousHosts: false``, with the previous-priorities retry priority
-    (update frequency 2, as Istio) for ``retryRemoteLocalities: true`` and the base
-    interval ``backoff``."""
+    and retriable status codes) when the rule says nothing; otherwise the default with the
+    rule's attempts, per-try timeout and ``retryOn`` (whose numbers become retriable
+    status codes), with the previous-priorities retry priority (update frequency 2, as
+    Istio) for ``retryRemoteLocalities: true`` and the base interval ``backoff``.
+
+    The previous-hosts predicate (a retry avoids hosts already tried) is what
+    ``retryIgnorePreviousHosts`` says when it is written; when it is not, it is there
+    except for a ``hashed`` route (one destination with a consistent hash), whose retries
+    stay on the hashed host, as Istio's ``ConvertPolicy`` does."""
     if retries is not None and retries.attempts <= 0:
         return None
     policy = route_components_pb2.RetryPolicy(
@@ -595,7 +622,8 @@ def retry_policy(retries: Retries | None) -> Any | None:
         host_selection_retry_max_attempts=HOST_SELECTION_RETRY_MAX_ATTEMPTS,
     )
     policy.num_retries.value = DEFAULT_RETRIES
-    if retries is None or retries.retry_ignore_previous_hosts:
+    explicit = retries.retry_ignore_previous_hosts if retries is not None else None
+    if (not hashed) if explicit is None else explicit:
         predicate = policy.retry_host_predicate.add(name=PREVIOUS_HOSTS)
         predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
     if retries is None:
@@ -621,10 +649,12 @@ def retry_policy(retries: Retries | None) -> Any | None:
     return policy
 
 
-def _finish_action(action: Any, timeout: timedelta | None, retries: Retries | None) -> None:
+def _finish_action(
+    action: Any, timeout: timedelta | None, retries: Retries | None, *, hashed: bool = False
+) -> None:
     # An explicit 0s disables Envoy's 15 s default, as Istio does.
     action.timeout.CopyFrom(duration(timeout or timedelta(0)))
-    policy = retry_policy(retries)
+    policy = retry_policy(retries, hashed=hashed)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
 

@@ -19,6 +19,7 @@ from xdsd.model import (
     Service,
     VirtualService,
 )
+from xdsd.model.mesh import is_wildcard
 from xdsd.model.rules import UNRESOLVED_BACKEND_HOST
 from xdsd.sources.crosscheck.index import did_you_mean, problem_at
 
@@ -27,6 +28,10 @@ class Lookup(Protocol):
     """What a VirtualService check asks of the mesh (``Mesh`` answers it too)."""
 
     def service(self, host: str, namespace: str) -> Service | None: ...
+    def matches(self, pattern: str) -> bool:
+        """True when the wildcard host ``pattern`` matches some service's name."""
+        ...
+
     def destination_rule(self, service: Service) -> DestinationRule | None: ...
     def hint(self, host: str, namespace: str) -> str:
         """``"; did you mean 'x'?"`` for a ``host`` no service answers to, or ""."""
@@ -44,9 +49,23 @@ def check_virtual_service(
     """Check a VirtualService's references; returns it with destination ports filled in
     where the destination service has a single port (``vs`` itself when nothing is).
     Hosts are looked up only for rules that apply to sidecars: a gateway's hosts are the
-    names clients outside use, not services."""
+    names clients outside use, not services. A wildcard host (``*``, ``*.suffix``) that
+    matches no service's name is warned about, as an unknown host is."""
     for i, host in enumerate(vs.hosts):
-        if "*" in host or not applies_to_mesh(vs):
+        if not applies_to_mesh(vs):
+            continue
+        if is_wildcard(host):
+            if not mesh.matches(host):
+                problems.append(
+                    problem_at(
+                        vs.origin,
+                        f"hosts[{i}]",
+                        f"no service name matches {host!r}: this wildcard is ignored until one "
+                        "does",
+                        Severity.WARNING,
+                        vs.lines,
+                    )
+                )
             continue
         if mesh.service(host, vs.namespace) is None:
             problems.append(

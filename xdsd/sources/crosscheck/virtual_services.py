@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from xdsd.errors import Problem
 from xdsd.model import DestinationRule, ResourceKey, Service, VirtualService
+from xdsd.model.mesh import is_wildcard, wildcard_matches
 from xdsd.model.service import Origin, line_of
 from xdsd.sources.crosscheck.hosts import host_hint, resolve
 from xdsd.sources.crosscheck.index import NONE, file_under, problem_at, unindex
@@ -29,6 +30,11 @@ class VirtualServiceChecks:
         self._targets: dict[ResourceKey, tuple[ResourceKey | None, ...]] = {}
         self._routed: dict[ResourceKey, set[ResourceKey]] = {}
         self._overlap_problems: dict[ResourceKey, list[Problem]] = {}
+        # The wildcard hosts of each rule that applies to sidecars, and the rules naming
+        # each wildcard (lower case): two rules with one wildcard overlap like two rules
+        # naming one service.
+        self._wildcards: dict[ResourceKey, tuple[str, ...]] = {}
+        self._wild_routed: dict[str, set[ResourceKey]] = {}
         # The VirtualServices that named an unknown host (and got a hint for it).
         self._hinted: set[ResourceKey] = set()
 
@@ -55,8 +61,9 @@ class VirtualServiceChecks:
         for svc_key in applied:
             recheck |= self._by_rule.get(svc_key, NONE)
         affected: set[ResourceKey] = set()
+        wild: set[str] = set()
         for key in recheck:
-            self._forget_lookups(key, affected)
+            self._forget_lookups(key, affected, wild)
             self._hinted.discard(key)
             vs = virtual.get(key)
             if vs is None:
@@ -83,6 +90,12 @@ class VirtualServiceChecks:
                     if target is not None:
                         self._routed.setdefault(target, set()).add(key)
                         affected.add(target)
+                patterns = tuple(h.lower() for h in vs.hosts if is_wildcard(h))
+                if patterns:
+                    self._wildcards[key] = patterns
+                    for pattern in patterns:
+                        self._wild_routed.setdefault(pattern, set()).add(key)
+                        wild.add(pattern)
             self._lookups[key] = (tuple(lookup.hosts), tuple(lookup.rules))
             for host in lookup.hosts:
                 self._by_host.setdefault(host, set()).add(key)
@@ -95,13 +108,22 @@ class VirtualServiceChecks:
                 overlaps |= routers
             else:
                 self._routed.pop(svc_key, None)
+        for pattern in wild:
+            routers = self._wild_routed.get(pattern)
+            if routers:
+                overlaps |= routers
+            else:
+                self._wild_routed.pop(pattern, None)
         for key in overlaps:
             file_under(self._overlap_problems, key, self._overlap(key, virtual))
         return recheck
 
-    def _forget_lookups(self, key: ResourceKey, affected: set[ResourceKey]) -> None:
+    def _forget_lookups(self, key: ResourceKey, affected: set[ResourceKey], wild: set[str]) -> None:
         """Take ``key`` out of the reverse indexes; the services it routed go to
-        ``affected``."""
+        ``affected``, its wildcard hosts to ``wild``."""
+        for pattern in self._wildcards.pop(key, ()):
+            self._wild_routed[pattern].discard(key)
+            wild.add(pattern)
         looked_up, rules_read = self._lookups.pop(key, ((), ()))
         for host in looked_up:
             unindex(self._by_host, host, key)
@@ -119,6 +141,18 @@ class VirtualServiceChecks:
         problems: list[Problem] = []
         for i, target in enumerate(self._targets.get(key, ())):
             if target is None:
+                host = vs.hosts[i]
+                if is_wildcard(host):
+                    first = min(self._wild_routed[host.lower()])
+                    if first != key:
+                        other = virtual[first]
+                        message = (
+                            f"{host!r} is already routed by VirtualService {other.name!r} "
+                            f"({other.origin}); merge the two rules"
+                        )
+                        problems.append(
+                            problem_at(vs.origin, f"hosts[{i}]", message, lines=vs.lines)
+                        )
                 continue
             first = min(self._routed[target])
             if first != key:
@@ -163,12 +197,19 @@ class RecordingLookup:
         self._applied = applied
         self.hosts: list[str] = []
         self.rules: list[ResourceKey] = []
-        #: True once a hint was asked for (it depends on every host name).
+        #: True once a hint or a wildcard match was asked for (it depends on every host
+        #: name).
         self.hinted = False
 
     def service(self, host: str, namespace: str) -> Service | None:
         """The service ``host`` names from ``namespace`` (``Mesh.service``)."""
         return resolve(self._owners, host, namespace, self.hosts)
+
+    def matches(self, pattern: str) -> bool:
+        """True when the wildcard host ``pattern`` matches a known host name (which
+        depends on every host name, as a hint does)."""
+        self.hinted = True
+        return any(wildcard_matches(pattern, name) for name in self._owners)
 
     def destination_rule(self, service: Service) -> DestinationRule | None:
         """The DestinationRule applied to ``service``."""
