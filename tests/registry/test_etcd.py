@@ -17,6 +17,7 @@ from tests.harness import free_port
 from xdsd.model.registrations import EtcdSettings, Health, Registration
 from xdsd.model.service import Locality, ResourceKey
 from xdsd.registry import codec
+from xdsd.registry import etcd as etcd_module
 from xdsd.registry.etcd import EtcdStore, _Resync, prefix_end
 from xdsd.registry.store import StoreUnavailable
 
@@ -347,6 +348,57 @@ def test_hostile_values_are_skipped_and_keys_bounded(etcd: Etcd) -> None:
             assert small.state().connected
         finally:
             await small.close()
+
+    run(scenario())
+
+
+def put_raw(server: Etcd, key: str, value: bytes) -> None:
+    server.call("/v3/kv/put", {"key": b64(KEYS + key), "value": b64(value)})
+
+
+def test_big_values_are_skipped_and_the_rest_read(etcd: Etcd) -> None:
+    """etcd takes values up to 1.5 MiB: five of them make one page's answer over the
+    response bound; the page is read again in smaller ones, the big values skipped, the
+    registrations around them read and the watch started."""
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+    for n in range(5):
+        put_raw(etcd, f"default/zz/10.9.0.{n}", b" " * 1_400_000)
+    put_raw(etcd, "default/zzz/10.0.0.2", codec.encode(reg("10.0.0.2", group="zzz")))
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            assert a.state().connected, a.state().detail
+            assert sorted(a.current()) == ["default/api/10.0.0.1", "default/zzz/10.0.0.2"]
+            assert a.counts["value_skipped"] == 5 and a.counts["unreachable"] == 0
+            put_raw(etcd, "default/api/10.0.0.3", codec.encode(reg("10.0.0.3")))
+            await eventually(lambda: "default/api/10.0.0.3" in a.current(), what="the watch")
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_a_key_too_big_alone_is_skipped_by_name(
+    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single value whose answer is over the response bound (lowered here: etcd may be
+    run with a larger request limit) is skipped by reading its name alone."""
+    monkeypatch.setattr(etcd_module, "MAX_RESPONSE_BYTES", 1_000_000)
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+    put_raw(etcd, "default/api/10.0.0.5", b" " * 900_000)  # base64: over the bound alone
+    put_raw(etcd, "default/api/10.0.0.6", b" " * 400_000)  # two at once are over it
+    put_raw(etcd, "default/api/10.0.0.7", b" " * 400_000)
+    put_raw(etcd, "default/api/10.0.0.9", codec.encode(reg("10.0.0.9")))
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            assert a.state().connected, a.state().detail
+            assert sorted(a.current()) == ["default/api/10.0.0.1", "default/api/10.0.0.9"]
+            assert a.counts["value_skipped"] == 3
+        finally:
+            await a.close()
 
     run(scenario())
 

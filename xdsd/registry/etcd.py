@@ -68,6 +68,9 @@ MAX_VALUE_BYTES = 64 * 1024
 RANGE_PAGE = 100
 #: The largest response read (a page of the largest values, base64, with room).
 MAX_RESPONSE_BYTES = RANGE_PAGE * (MAX_VALUE_BYTES * 4 // 3 + 1024) + 65536
+#: Malformed or too big values a range reads past, beyond ``max_keys`` registrations:
+#: ``max(max_keys, SKIP_MARGIN)``. Then it stops: the rest is not read (``state`` says so).
+SKIP_MARGIN = 1000
 #: The largest single watch message (events of one revision batch); beyond: a resync.
 MAX_WATCH_MESSAGE_BYTES = 32 << 20
 #: Writes at once when this replica's registrations are written again.
@@ -99,6 +102,10 @@ class EtcdError(Exception):
     def __init__(self, message: str, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AnswerTooBig(EtcdError):
+    """An answer over ``MAX_RESPONSE_BYTES`` (etcd reachable; the request asked too much)."""
 
 
 class _Resync(Exception):
@@ -159,7 +166,7 @@ class Gateway:
             self._failed()
             raise EtcdError(f"{endpoint}: {_reason(e)}") from None
         if len(raw) > MAX_RESPONSE_BYTES:
-            raise EtcdError(f"{endpoint}{path}: answer over {MAX_RESPONSE_BYTES} bytes")
+            raise AnswerTooBig(f"{endpoint}{path}: answer over {MAX_RESPONSE_BYTES} bytes")
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -735,39 +742,75 @@ class EtcdStore:
 
     async def _read_all(self) -> None:
         """Read every registration under the prefix (pages at one revision) as the new
-        view."""
-        revision = total = 0
+        view. A page whose answer is over ``MAX_RESPONSE_BYTES`` (big values: etcd takes
+        values up to 1.5 MiB by default) is asked again with half the keys, down to one;
+        a single key whose answer is still too big is skipped (counted ``value_skipped``)
+        by reading its name alone. At most ``max_keys`` registrations are read and
+        ``max_keys + max(max_keys, SKIP_MARGIN)`` keys scanned (skipped values count, so a
+        flood of junk keys cannot make a read unbounded): beyond, the rest is not read and
+        ``state`` says so."""
+        revision = total = scanned = skipped = 0
         view: dict[str, tuple[int, Registration]] = {}
         start = self._prefix
-        while len(view) < self.max_keys:
+        limit = RANGE_PAGE
+        most = self.max_keys + max(self.max_keys, SKIP_MARGIN)
+        while len(view) < self.max_keys and scanned < most:
             body: dict[str, Any] = {
                 "key": _b64(start),
                 "range_end": _b64(self._end),
-                "limit": str(RANGE_PAGE),
+                "limit": str(min(limit, most - scanned)),
             }
             if revision:
                 body["revision"] = str(revision)
-            answer = await self._call("/v3/kv/range", body)
+            try:
+                answer = await self._call("/v3/kv/range", body)
+            except AnswerTooBig:
+                if limit > 1:
+                    limit //= 2
+                    continue
+                answer = await self._call("/v3/kv/range", {**body, "keys_only": True})
+                kvs = answer.get("kvs") or []
+                if not revision:
+                    revision, total = _revision(answer), int(answer.get("count", 0))
+                if kvs:
+                    raw = _unb64(kvs[0].get("key"))
+                    self.counts["value_skipped"] += 1
+                    log.warning(
+                        "registrations: etcd key %s skipped: its value is over %d bytes",
+                        raw[len(self._prefix) :].decode(errors="replace")[:200],
+                        MAX_RESPONSE_BYTES,
+                    )
+                    scanned += 1
+                    skipped += 1
+                    start = raw + b"\x00"
+                if not answer.get("more") or not kvs:
+                    break
+                continue
+            limit = min(RANGE_PAGE, limit * 2)
             if not revision:
                 revision, total = _revision(answer), int(answer.get("count", 0))
             kvs = answer.get("kvs") or []
             for kv in kvs:
                 if len(view) >= self.max_keys:
                     break
+                scanned += 1
                 raw = _unb64(kv.get("key"))
                 key = raw[len(self._prefix) :].decode(errors="replace")
                 registration = self._decode(key, kv.get("value"))
                 if registration is not None:
                     view[key] = (int(kv.get("mod_revision", 0)), registration)
+                else:
+                    skipped += 1
                 start = raw + b"\x00"
             if not answer.get("more") or not kvs:
                 break
         self._notice = ""
-        if total > self.max_keys and len(view) >= self.max_keys:
-            self.counts["key_skipped"] += total - len(view)
+        if total > scanned and (len(view) >= self.max_keys or scanned >= most):
+            self.counts["key_skipped"] += total - scanned
             self._notice = (
-                f"etcd holds {total} registrations, more than max_registrations "
-                f"({self.max_keys}): the first {len(view)} read"
+                f"etcd holds {total} keys under the prefix, more than max_registrations "
+                f"({self.max_keys}) allows: {len(view)} registrations read, {skipped} "
+                f"values skipped, {total - scanned} keys not read"
             )
             log.error("registrations: %s", self._notice)
         self._view = view
