@@ -403,6 +403,60 @@ def test_a_key_too_big_alone_is_skipped_by_name(
     run(scenario())
 
 
+def test_the_lease_is_kept_alive_through_a_slow_read(
+    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the view longer than the lease's TTL (a big prefix, a slow etcd) does
+    not let etcd delete this replica's registrations: the keep-alive runs meanwhile."""
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a", ttl=2)
+        try:
+            await a.put(reg("10.0.0.1"))
+            key = b64(KEYS + "default/api/10.0.0.1")
+            created = etcd.call("/v3/kv/range", {"key": key})["kvs"][0]["create_revision"]
+            read = a._read_all
+            done = asyncio.Event()
+
+            async def slow_read() -> None:
+                await asyncio.sleep(5)  # the fault: etcd slower than the 2 s TTL
+                await read()
+                done.set()
+
+            monkeypatch.setattr(a, "_read_all", slow_read)
+            a._trouble.set()  # a write failed: the session starts again, reading slowly
+            await asyncio.wait_for(done.wait(), 30)
+            kvs = etcd.call("/v3/kv/range", {"key": key}).get("kvs", [])
+            assert kvs and kvs[0]["create_revision"] == created, "deleted meanwhile"
+            assert a.counts["lease_lost"] == 0 and a.counts["lease_granted"] == 1
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_junk_keys_bound_the_read(etcd: Etcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Malformed values count toward the keys a read scans: a flood of them cannot make
+    it unbounded; what is beyond is not read and ``state`` says so."""
+    monkeypatch.setattr(etcd_module, "SKIP_MARGIN", 10)
+    for n in range(40):
+        put_raw(etcd, f"default/aaa/x{n:03d}", b"x")
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+
+    async def scenario() -> None:
+        a = EtcdStore(settings(etcd.url), "a", max_keys=5)
+        await a.start(lambda: None)
+        try:
+            assert a.state().connected
+            assert dict(a.current()) == {}
+            assert a.counts["value_skipped"] == 15 and a.counts["key_skipped"] == 26
+            assert "26 keys not read" in a.state().detail
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
 def test_a_compacted_watch_starts_again_from_a_range(etcd: Etcd) -> None:
     async def scenario() -> None:
         a, _ = await started(etcd, "a")

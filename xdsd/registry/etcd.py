@@ -268,6 +268,7 @@ class EtcdStore:
         self._since = clock()
         self._notice = ""
         self._synced = asyncio.Event()
+        self._in_sync = False  # this session has read the view
         self._trouble = asyncio.Event()
         # what etcd holds, as last read: key → (mod revision, registration)
         self._view: dict[str, tuple[int, Registration]] = {}
@@ -486,13 +487,15 @@ class EtcdStore:
     # -- the background task -------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Connect, then keep the lease alive, watch and write what waits, until a
-        failure; then wait (backoff) and start again. Never ends but by cancellation."""
+        """Sessions, one after another: the lease checked (or granted again), then, with
+        the lease kept alive all along, what waits written, the view read, and the watch
+        and the writer run until a failure; then wait (backoff) and start again. Never
+        ends but by cancellation."""
         backoff = BACKOFF_MIN
         while True:
+            self._in_sync = False
             try:
-                await self._connect()
-                backoff = BACKOFF_MIN
+                await self._lease_checked()
                 await self._session_tasks()
             except asyncio.CancelledError:
                 raise
@@ -507,6 +510,8 @@ class EtcdStore:
                 self.counts["error"] += 1
                 log.exception("registrations: the etcd store failed; trying again")
                 self._unreachable(f"internal error: {e!r}")
+            if self._in_sync:
+                backoff = BACKOFF_MIN
             delay = backoff * random.uniform(0.5, 1.0)
             backoff = min(backoff * 2, BACKOFF_MAX)
             await asyncio.sleep(delay)
@@ -515,8 +520,9 @@ class EtcdStore:
         if not task.cancelled() and task.exception() is not None:
             log.error("registrations: the etcd store stopped", exc_info=task.exception())
 
-    async def _connect(self) -> None:
-        """The lease (kept, or granted again), what waited written, the view read."""
+    async def _lease_checked(self) -> None:
+        """The lease kept, or granted again (this replica's keys then to be written
+        again)."""
         self._trouble.clear()
         if self._lease and await self._keep_alive_once() <= 0:
             self.counts["lease_lost"] += 1
@@ -529,6 +535,11 @@ class EtcdStore:
         if not self._lease:
             self._lease = await self._grant()
             self._restoring |= set(self._own) - self._unsynced
+
+    async def _connect(self) -> None:
+        """What waited written, the view read (the lease kept alive meanwhile by the
+        session's keep-alive: a read longer than the TTL must not let etcd delete this
+        replica's registrations)."""
         await self._flush()
         await self._read_all()
         if not self._connected:
@@ -540,13 +551,19 @@ class EtcdStore:
                 )
             self._connected = True
             self._reason = ""
+        self._in_sync = True
         self._synced.set()
 
+    async def _synced_then_watch(self) -> None:
+        await self._connect()
+        await self._watch()
+
     async def _session_tasks(self) -> None:
-        """Run the keep-alive, the watch and the writer until one of them fails."""
+        """Run the keep-alive, the read then the watch, and the writer until one of them
+        fails."""
         tasks = [
             asyncio.create_task(self._keep_alive()),
-            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._synced_then_watch()),
             asyncio.create_task(self._writer()),
         ]
         try:
