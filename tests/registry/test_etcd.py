@@ -54,7 +54,7 @@ def reg(address: str, replica: str = "a", group: str = "api", **kw: Any) -> Regi
     return Registration(
         group=ResourceKey("WorkloadGroup", "default", group),
         address=address,
-        node_id=f"{group}-{address}",
+        node_id=kw.pop("node_id", f"{group}-{address}"),
         labels=(("app", group),),
         locality=Locality("eu", "z1"),
         replica=replica,
@@ -424,7 +424,7 @@ def test_the_lease_is_kept_alive_through_a_slow_read(
                 done.set()
 
             monkeypatch.setattr(a, "_read_all", slow_read)
-            a._trouble.set()  # a write failed: the session starts again, reading slowly
+            a._troubled()  # a write failed: the session starts again, reading slowly
             await asyncio.wait_for(done.wait(), 30)
             kvs = etcd.call("/v3/kv/range", {"key": key}).get("kvs", [])
             assert kvs and kvs[0]["create_revision"] == created, "deleted meanwhile"
@@ -453,6 +453,36 @@ def test_junk_keys_bound_the_read(etcd: Etcd, monkeypatch: pytest.MonkeyPatch) -
             assert "26 keys not read" in a.state().detail
         finally:
             await a.close()
+
+    run(scenario())
+
+
+def test_a_connected_key_taken_then_freed_is_written_again(etcd: Etcd) -> None:
+    """A replica whose connected registration another replica overwrote (both admitted
+    the address at once) keeps it while the other holds it live, and writes it again as
+    soon as the key is free (deleted, or left there disconnected)."""
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, _ = await started(etcd, "b")
+        try:
+            key = "default/api/10.0.0.1"
+            await a.put(reg("10.0.0.1", node_id="na"))
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb"))  # last writer wins
+            await eventually(lambda: a.current()[key].node_id == "nb")
+            assert etcd.keys(KEYS)[KEYS + key][1] == b.lease  # not written back: b is live
+            await b.delete(key)
+            await eventually(lambda: etcd.keys(KEYS).get(KEYS + key, (0, 0))[1] == a.lease)
+            assert a.current()[key].node_id == "na"
+            # taken again, then left there disconnected: a's connected one comes back
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb"))
+            await eventually(lambda: etcd.keys(KEYS)[KEYS + key][1] == b.lease)
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb", disconnected=5.0))
+            await eventually(lambda: etcd.keys(KEYS).get(KEYS + key, (0, 0))[1] == a.lease)
+            assert etcd.keys(KEYS)[KEYS + key][0]["node_id"] == "na"
+        finally:
+            await a.close()
+            await b.close()
 
     run(scenario())
 

@@ -270,6 +270,7 @@ class EtcdStore:
         self._synced = asyncio.Event()
         self._in_sync = False  # this session has read the view
         self._trouble = asyncio.Event()
+        self._wake = asyncio.Event()  # the writer has something to do
         # what etcd holds, as last read: key → (mod revision, registration)
         self._view: dict[str, tuple[int, Registration]] = {}
         self._revision = 0
@@ -280,6 +281,7 @@ class EtcdStore:
         self._unsynced: set[str] = set()  # own puts etcd has not taken yet
         self._restoring: set[str] = set()  # own keys to write again after a lost lease
         self._doomed: set[str] = set()  # own deletes etcd has not taken yet
+        self._reclaiming: set[str] = set()  # own connected keys to write again (_reclaim)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._merged: Mapping[str, Registration] | None = None
         self._delivered: Mapping[str, Registration] = MappingProxyType({})
@@ -413,7 +415,7 @@ class EtcdStore:
             except EtcdError as e:
                 self._unsynced.add(key)
                 self._overlaid(key, None, registration)
-                self._trouble.set()
+                self._troubled()
                 raise StoreUnavailable(str(e)) from None
             self._unsynced.discard(key)
             self._overlaid(key, revision, registration)
@@ -436,7 +438,7 @@ class EtcdStore:
                 revision = await self._delete_if_held(key)
             except EtcdError:
                 self._doom(key)
-                self._trouble.set()
+                self._troubled()
                 return
             self._doomed.discard(key)
             if revision:
@@ -553,6 +555,7 @@ class EtcdStore:
             self._reason = ""
         self._in_sync = True
         self._synced.set()
+        self._wake.set()  # writes refused while the view was read: the writer takes them
 
     async def _synced_then_watch(self) -> None:
         await self._connect()
@@ -585,10 +588,19 @@ class EtcdStore:
                 raise _Resync(f"lease {self._lease:x} lost")
 
     async def _writer(self) -> None:
-        """End the session when a write could not reach etcd (``_trouble``): the next one
-        checks the lease and writes what waits."""
-        await self._trouble.wait()
-        raise EtcdError("a write failed")
+        """Write what waits when woken (``_wake``): writes made while the view was being
+        read, keys to reclaim (``_reclaim``); end the session when a write could not
+        reach etcd (``_trouble``): the next one checks the lease and writes what waits."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._trouble.is_set():
+                raise EtcdError("a write failed")
+            await self._flush()
+
+    def _troubled(self) -> None:
+        self._trouble.set()
+        self._wake.set()
 
     async def _watch(self) -> None:
         body = {
@@ -717,10 +729,12 @@ class EtcdStore:
 
     async def _flush(self) -> None:
         """Write what waits: deletes, then puts etcd did not take, then the keys of a lost
-        lease (each under its key's lock, ``FLUSH_CONCURRENCY`` at a time)."""
+        lease, then the keys to reclaim (each under its key's lock, ``FLUSH_CONCURRENCY``
+        at a time)."""
         await self._each(self._doomed, self._flush_delete)
         await self._each(self._unsynced, self._flush_put)
         await self._each(self._restoring, self._flush_restore)
+        await self._each(self._reclaiming, self._flush_reclaim)
 
     async def _each(self, keys: set[str], write: Callable[[str], Awaitable[None]]) -> None:
         pending = sorted(keys)
@@ -750,6 +764,40 @@ class EtcdStore:
             elif registration is not None:
                 revision = await self._write(key, codec.encode(registration))
                 self._overlaid(key, revision, registration)
+
+    async def _flush_reclaim(self, key: str) -> None:
+        async with self._locked(key):
+            registration = self._own.get(key)
+            if registration is None or registration.disconnected:
+                return
+            entry = self._view.get(key)
+            if entry is not None and not self._free(entry[1]):
+                return  # held by a live node again meanwhile (or already this one's)
+            revision = await self._write(key, codec.encode(registration))
+            log.info("registrations: %s written again: its node is still connected here", key)
+            self._overlaid(key, revision, registration)
+
+    def _free(self, there: Registration | None) -> bool:
+        """Whether a key holding ``there`` (None: absent or malformed) is free for this
+        replica's connected registration of it: nothing there, or another replica's
+        disconnected one (a node that left; this replica's is connected)."""
+        return there is None or (there.replica != self.replica and bool(there.disconnected))
+
+    def _reclaim(self, key: str, there: Registration | None, at: int) -> None:
+        """etcd holds ``there`` at ``key`` as of revision ``at``: when this replica holds
+        a connected registration of it and the key is free (``_free``), write it again
+        (the writer task). Two replicas may admit one address at once (each checks what
+        it has seen); the last write wins in etcd, and the other replica's node, still
+        connected, would be published nowhere once the winner's left: it is written again
+        as soon as the key is free."""
+        mine = self._own.get(key)
+        if mine is None or mine.disconnected or not self._free(there):
+            return
+        written, value = self._overlay.get(key, (0, None))
+        if value is not None and (written is None or written > at):
+            return  # this replica's own write is on its way, or later than ``there``
+        self._reclaiming.add(key)
+        self._wake.set()
 
     async def _flush_restore(self, key: str) -> None:
         async with self._locked(key):
@@ -837,6 +885,9 @@ class EtcdStore:
             for key, entry in self._overlay.items()
             if entry[0] is None or entry[0] > revision
         }
+        for key in list(self._own) if not self._notice else ():  # a whole view only
+            entry = view.get(key)
+            self._reclaim(key, entry[1] if entry else None, revision)
         self._changed()
 
     def _apply(self, events: list[Any]) -> None:
@@ -854,6 +905,7 @@ class EtcdStore:
             last = max(last, revision)
             if event.get("type") == "DELETE":
                 self._view.pop(key, None)
+                self._reclaim(key, None, revision)
                 continue
             if key not in self._view and len(self._view) >= self.max_keys:
                 self.counts["key_skipped"] += 1
@@ -867,6 +919,7 @@ class EtcdStore:
                 self._view.pop(key, None)
             else:
                 self._view[key] = (revision, registration)
+            self._reclaim(key, registration, revision)
         self._revision = last
         for key in [k for k, (r, _) in self._overlay.items() if r is not None and r <= last]:
             del self._overlay[key]
