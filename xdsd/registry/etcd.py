@@ -6,7 +6,8 @@ no protobuf stubs, no extra dependency.
 
 Keys and leases. Each registration is the key ``PREFIX/registrations/NS/GROUP/ADDRESS``
 with the registration as JSON (``codec``) under this replica's one lease, granted at
-start and kept alive every third of its TTL. A replica that dies stops keeping it alive:
+start and kept alive every third of its TTL for as long as a session lasts (the read of
+the view included, however long it takes). A replica that dies stops keeping it alive:
 etcd deletes its registrations one TTL later. A lease found lost (expired while this
 replica could not reach etcd) is granted again and this replica's registrations written
 again — each only if no other replica took its key meanwhile (a workload that moved).
@@ -18,6 +19,9 @@ registrations — that would take its workloads out of every caller's endpoints 
 register elsewhere, a flap — but hands them, marked disconnected, to a lease of the
 grace period, and revokes its own: other replicas keep them until their workloads
 register there (taking the keys over) or the grace runs out (the lease lapses).
+Two replicas may admit one address at once (each checks what it has seen); the last
+write wins; the other keeps its node connected and writes its registration again as soon
+as the key is free (deleted, or left disconnected by the winner: ``_reclaim``).
 
 What every replica sees (``current``) is one range of the prefix (in pages, at one
 revision) followed by a watch from that revision; a broken watch, a compacted revision
@@ -32,9 +36,11 @@ not take the whole mesh's control plane out of its load balancer), ``put`` raise
 background task retries with a backoff, then writes what waited and resynchronises.
 
 Bounds: ``max_keys`` registrations read (the first by key; beyond, skipped and said in
-``state``), ``max_value_bytes`` per value (a bigger or malformed value is skipped, logged
+``state``) and ``max_keys + max(max_keys, SKIP_MARGIN)`` keys scanned by a range,
+``max_value_bytes`` per value (a bigger or malformed value is skipped, logged
 and counted), one watch message (``MAX_WATCH_MESSAGE_BYTES``; beyond, a resync), one
-response (``MAX_RESPONSE_BYTES``), and a timeout on every request (the settings'
+response (``MAX_RESPONSE_BYTES``; a range page beyond it is asked again with fewer keys,
+a single key beyond it skipped), and a timeout on every request (the settings'
 ``timeout``; the watch stream has it for connecting, its liveness is the keep-alive's).
 """
 
