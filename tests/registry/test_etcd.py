@@ -17,6 +17,7 @@ from tests.harness import free_port
 from xdsd.model.registrations import EtcdSettings, Health, Registration
 from xdsd.model.service import Locality, ResourceKey
 from xdsd.registry import codec
+from xdsd.registry import etcd as etcd_module
 from xdsd.registry.etcd import EtcdStore, _Resync, prefix_end
 from xdsd.registry.store import StoreUnavailable
 
@@ -53,7 +54,7 @@ def reg(address: str, replica: str = "a", group: str = "api", **kw: Any) -> Regi
     return Registration(
         group=ResourceKey("WorkloadGroup", "default", group),
         address=address,
-        node_id=f"{group}-{address}",
+        node_id=kw.pop("node_id", f"{group}-{address}"),
         labels=(("app", group),),
         locality=Locality("eu", "z1"),
         replica=replica,
@@ -347,6 +348,141 @@ def test_hostile_values_are_skipped_and_keys_bounded(etcd: Etcd) -> None:
             assert small.state().connected
         finally:
             await small.close()
+
+    run(scenario())
+
+
+def put_raw(server: Etcd, key: str, value: bytes) -> None:
+    server.call("/v3/kv/put", {"key": b64(KEYS + key), "value": b64(value)})
+
+
+def test_big_values_are_skipped_and_the_rest_read(etcd: Etcd) -> None:
+    """etcd takes values up to 1.5 MiB: five of them make one page's answer over the
+    response bound; the page is read again in smaller ones, the big values skipped, the
+    registrations around them read and the watch started."""
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+    for n in range(5):
+        put_raw(etcd, f"default/zz/10.9.0.{n}", b" " * 1_400_000)
+    put_raw(etcd, "default/zzz/10.0.0.2", codec.encode(reg("10.0.0.2", group="zzz")))
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            assert a.state().connected, a.state().detail
+            assert sorted(a.current()) == ["default/api/10.0.0.1", "default/zzz/10.0.0.2"]
+            assert a.counts["value_skipped"] == 5 and a.counts["unreachable"] == 0
+            put_raw(etcd, "default/api/10.0.0.3", codec.encode(reg("10.0.0.3")))
+            await eventually(lambda: "default/api/10.0.0.3" in a.current(), what="the watch")
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_a_key_too_big_alone_is_skipped_by_name(
+    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single value whose answer is over the response bound (lowered here: etcd may be
+    run with a larger request limit) is skipped by reading its name alone."""
+    monkeypatch.setattr(etcd_module, "MAX_RESPONSE_BYTES", 1_000_000)
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+    put_raw(etcd, "default/api/10.0.0.5", b" " * 900_000)  # base64: over the bound alone
+    put_raw(etcd, "default/api/10.0.0.6", b" " * 400_000)  # two at once are over it
+    put_raw(etcd, "default/api/10.0.0.7", b" " * 400_000)
+    put_raw(etcd, "default/api/10.0.0.9", codec.encode(reg("10.0.0.9")))
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        try:
+            assert a.state().connected, a.state().detail
+            assert sorted(a.current()) == ["default/api/10.0.0.1", "default/api/10.0.0.9"]
+            assert a.counts["value_skipped"] == 3
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_the_lease_is_kept_alive_through_a_slow_read(
+    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the view longer than the lease's TTL (a big prefix, a slow etcd) does
+    not let etcd delete this replica's registrations: the keep-alive runs meanwhile."""
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a", ttl=2)
+        try:
+            await a.put(reg("10.0.0.1"))
+            key = b64(KEYS + "default/api/10.0.0.1")
+            created = etcd.call("/v3/kv/range", {"key": key})["kvs"][0]["create_revision"]
+            read = a._read_all
+            done = asyncio.Event()
+
+            async def slow_read() -> None:
+                await asyncio.sleep(5)  # the fault: etcd slower than the 2 s TTL
+                await read()
+                done.set()
+
+            monkeypatch.setattr(a, "_read_all", slow_read)
+            a._troubled()  # a write failed: the session starts again, reading slowly
+            await asyncio.wait_for(done.wait(), 30)
+            kvs = etcd.call("/v3/kv/range", {"key": key}).get("kvs", [])
+            assert kvs and kvs[0]["create_revision"] == created, "deleted meanwhile"
+            assert a.counts["lease_lost"] == 0 and a.counts["lease_granted"] == 1
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_junk_keys_bound_the_read(etcd: Etcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Malformed values count toward the keys a read scans: a flood of them cannot make
+    it unbounded; what is beyond is not read and ``state`` says so."""
+    monkeypatch.setattr(etcd_module, "SKIP_MARGIN", 10)
+    for n in range(40):
+        put_raw(etcd, f"default/aaa/x{n:03d}", b"x")
+    put_raw(etcd, "default/api/10.0.0.1", codec.encode(reg("10.0.0.1")))
+
+    async def scenario() -> None:
+        a = EtcdStore(settings(etcd.url), "a", max_keys=5)
+        await a.start(lambda: None)
+        try:
+            assert a.state().connected
+            assert dict(a.current()) == {}
+            assert a.counts["value_skipped"] == 15 and a.counts["key_skipped"] == 26
+            assert "26 keys not read" in a.state().detail
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_a_connected_key_taken_then_freed_is_written_again(etcd: Etcd) -> None:
+    """A replica whose connected registration another replica overwrote (both admitted
+    the address at once) keeps it while the other holds it live, and writes it again as
+    soon as the key is free (deleted, or left there disconnected)."""
+
+    async def scenario() -> None:
+        a, _ = await started(etcd, "a")
+        b, _ = await started(etcd, "b")
+        try:
+            key = "default/api/10.0.0.1"
+            await a.put(reg("10.0.0.1", node_id="na"))
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb"))  # last writer wins
+            await eventually(lambda: a.current()[key].node_id == "nb")
+            assert etcd.keys(KEYS)[KEYS + key][1] == b.lease  # not written back: b is live
+            await b.delete(key)
+            await eventually(lambda: etcd.keys(KEYS).get(KEYS + key, (0, 0))[1] == a.lease)
+            assert a.current()[key].node_id == "na"
+            # taken again, then left there disconnected: a's connected one comes back
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb"))
+            await eventually(lambda: etcd.keys(KEYS)[KEYS + key][1] == b.lease)
+            await b.put(reg("10.0.0.1", replica="b", node_id="nb", disconnected=5.0))
+            await eventually(lambda: etcd.keys(KEYS).get(KEYS + key, (0, 0))[1] == a.lease)
+            assert etcd.keys(KEYS)[KEYS + key][0]["node_id"] == "na"
+        finally:
+            await a.close()
+            await b.close()
 
     run(scenario())
 

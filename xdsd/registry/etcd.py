@@ -6,7 +6,8 @@ no protobuf stubs, no extra dependency.
 
 Keys and leases. Each registration is the key ``PREFIX/registrations/NS/GROUP/ADDRESS``
 with the registration as JSON (``codec``) under this replica's one lease, granted at
-start and kept alive every third of its TTL. A replica that dies stops keeping it alive:
+start and kept alive every third of its TTL for as long as a session lasts (the read of
+the view included, however long it takes). A replica that dies stops keeping it alive:
 etcd deletes its registrations one TTL later. A lease found lost (expired while this
 replica could not reach etcd) is granted again and this replica's registrations written
 again — each only if no other replica took its key meanwhile (a workload that moved).
@@ -18,6 +19,9 @@ registrations — that would take its workloads out of every caller's endpoints 
 register elsewhere, a flap — but hands them, marked disconnected, to a lease of the
 grace period, and revokes its own: other replicas keep them until their workloads
 register there (taking the keys over) or the grace runs out (the lease lapses).
+Two replicas may admit one address at once (each checks what it has seen); the last
+write wins; the other keeps its node connected and writes its registration again as soon
+as the key is free (deleted, or left disconnected by the winner: ``_reclaim``).
 
 What every replica sees (``current``) is one range of the prefix (in pages, at one
 revision) followed by a watch from that revision; a broken watch, a compacted revision
@@ -32,9 +36,11 @@ not take the whole mesh's control plane out of its load balancer), ``put`` raise
 background task retries with a backoff, then writes what waited and resynchronises.
 
 Bounds: ``max_keys`` registrations read (the first by key; beyond, skipped and said in
-``state``), ``max_value_bytes`` per value (a bigger or malformed value is skipped, logged
+``state``) and ``max_keys + max(max_keys, SKIP_MARGIN)`` keys scanned by a range,
+``max_value_bytes`` per value (a bigger or malformed value is skipped, logged
 and counted), one watch message (``MAX_WATCH_MESSAGE_BYTES``; beyond, a resync), one
-response (``MAX_RESPONSE_BYTES``), and a timeout on every request (the settings'
+response (``MAX_RESPONSE_BYTES``; a range page beyond it is asked again with fewer keys,
+a single key beyond it skipped), and a timeout on every request (the settings'
 ``timeout``; the watch stream has it for connecting, its liveness is the keep-alive's).
 """
 
@@ -68,6 +74,9 @@ MAX_VALUE_BYTES = 64 * 1024
 RANGE_PAGE = 100
 #: The largest response read (a page of the largest values, base64, with room).
 MAX_RESPONSE_BYTES = RANGE_PAGE * (MAX_VALUE_BYTES * 4 // 3 + 1024) + 65536
+#: Malformed or too big values a range reads past, beyond ``max_keys`` registrations:
+#: ``max(max_keys, SKIP_MARGIN)``. Then it stops: the rest is not read (``state`` says so).
+SKIP_MARGIN = 1000
 #: The largest single watch message (events of one revision batch); beyond: a resync.
 MAX_WATCH_MESSAGE_BYTES = 32 << 20
 #: Writes at once when this replica's registrations are written again.
@@ -99,6 +108,10 @@ class EtcdError(Exception):
     def __init__(self, message: str, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AnswerTooBig(EtcdError):
+    """An answer over ``MAX_RESPONSE_BYTES`` (etcd reachable; the request asked too much)."""
 
 
 class _Resync(Exception):
@@ -159,7 +172,7 @@ class Gateway:
             self._failed()
             raise EtcdError(f"{endpoint}: {_reason(e)}") from None
         if len(raw) > MAX_RESPONSE_BYTES:
-            raise EtcdError(f"{endpoint}{path}: answer over {MAX_RESPONSE_BYTES} bytes")
+            raise AnswerTooBig(f"{endpoint}{path}: answer over {MAX_RESPONSE_BYTES} bytes")
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -261,7 +274,9 @@ class EtcdStore:
         self._since = clock()
         self._notice = ""
         self._synced = asyncio.Event()
+        self._in_sync = False  # this session has read the view
         self._trouble = asyncio.Event()
+        self._wake = asyncio.Event()  # the writer has something to do
         # what etcd holds, as last read: key → (mod revision, registration)
         self._view: dict[str, tuple[int, Registration]] = {}
         self._revision = 0
@@ -272,6 +287,7 @@ class EtcdStore:
         self._unsynced: set[str] = set()  # own puts etcd has not taken yet
         self._restoring: set[str] = set()  # own keys to write again after a lost lease
         self._doomed: set[str] = set()  # own deletes etcd has not taken yet
+        self._reclaiming: set[str] = set()  # own connected keys to write again (_reclaim)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._merged: Mapping[str, Registration] | None = None
         self._delivered: Mapping[str, Registration] = MappingProxyType({})
@@ -405,7 +421,7 @@ class EtcdStore:
             except EtcdError as e:
                 self._unsynced.add(key)
                 self._overlaid(key, None, registration)
-                self._trouble.set()
+                self._troubled()
                 raise StoreUnavailable(str(e)) from None
             self._unsynced.discard(key)
             self._overlaid(key, revision, registration)
@@ -428,7 +444,7 @@ class EtcdStore:
                 revision = await self._delete_if_held(key)
             except EtcdError:
                 self._doom(key)
-                self._trouble.set()
+                self._troubled()
                 return
             self._doomed.discard(key)
             if revision:
@@ -479,13 +495,15 @@ class EtcdStore:
     # -- the background task -------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Connect, then keep the lease alive, watch and write what waits, until a
-        failure; then wait (backoff) and start again. Never ends but by cancellation."""
+        """Sessions, one after another: the lease checked (or granted again), then, with
+        the lease kept alive all along, what waits written, the view read, and the watch
+        and the writer run until a failure; then wait (backoff) and start again. Never
+        ends but by cancellation."""
         backoff = BACKOFF_MIN
         while True:
+            self._in_sync = False
             try:
-                await self._connect()
-                backoff = BACKOFF_MIN
+                await self._lease_checked()
                 await self._session_tasks()
             except asyncio.CancelledError:
                 raise
@@ -500,6 +518,8 @@ class EtcdStore:
                 self.counts["error"] += 1
                 log.exception("registrations: the etcd store failed; trying again")
                 self._unreachable(f"internal error: {e!r}")
+            if self._in_sync:
+                backoff = BACKOFF_MIN
             delay = backoff * random.uniform(0.5, 1.0)
             backoff = min(backoff * 2, BACKOFF_MAX)
             await asyncio.sleep(delay)
@@ -508,8 +528,9 @@ class EtcdStore:
         if not task.cancelled() and task.exception() is not None:
             log.error("registrations: the etcd store stopped", exc_info=task.exception())
 
-    async def _connect(self) -> None:
-        """The lease (kept, or granted again), what waited written, the view read."""
+    async def _lease_checked(self) -> None:
+        """The lease kept, or granted again (this replica's keys then to be written
+        again)."""
         self._trouble.clear()
         if self._lease and await self._keep_alive_once() <= 0:
             self.counts["lease_lost"] += 1
@@ -522,6 +543,11 @@ class EtcdStore:
         if not self._lease:
             self._lease = await self._grant()
             self._restoring |= set(self._own) - self._unsynced
+
+    async def _connect(self) -> None:
+        """What waited written, the view read (the lease kept alive meanwhile by the
+        session's keep-alive: a read longer than the TTL must not let etcd delete this
+        replica's registrations)."""
         await self._flush()
         await self._read_all()
         if not self._connected:
@@ -533,13 +559,20 @@ class EtcdStore:
                 )
             self._connected = True
             self._reason = ""
+        self._in_sync = True
         self._synced.set()
+        self._wake.set()  # writes refused while the view was read: the writer takes them
+
+    async def _synced_then_watch(self) -> None:
+        await self._connect()
+        await self._watch()
 
     async def _session_tasks(self) -> None:
-        """Run the keep-alive, the watch and the writer until one of them fails."""
+        """Run the keep-alive, the read then the watch, and the writer until one of them
+        fails."""
         tasks = [
             asyncio.create_task(self._keep_alive()),
-            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._synced_then_watch()),
             asyncio.create_task(self._writer()),
         ]
         try:
@@ -561,10 +594,19 @@ class EtcdStore:
                 raise _Resync(f"lease {self._lease:x} lost")
 
     async def _writer(self) -> None:
-        """End the session when a write could not reach etcd (``_trouble``): the next one
-        checks the lease and writes what waits."""
-        await self._trouble.wait()
-        raise EtcdError("a write failed")
+        """Write what waits when woken (``_wake``): writes made while the view was being
+        read, keys to reclaim (``_reclaim``); end the session when a write could not
+        reach etcd (``_trouble``): the next one checks the lease and writes what waits."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._trouble.is_set():
+                raise EtcdError("a write failed")
+            await self._flush()
+
+    def _troubled(self) -> None:
+        self._trouble.set()
+        self._wake.set()
 
     async def _watch(self) -> None:
         body = {
@@ -693,10 +735,12 @@ class EtcdStore:
 
     async def _flush(self) -> None:
         """Write what waits: deletes, then puts etcd did not take, then the keys of a lost
-        lease (each under its key's lock, ``FLUSH_CONCURRENCY`` at a time)."""
+        lease, then the keys to reclaim (each under its key's lock, ``FLUSH_CONCURRENCY``
+        at a time)."""
         await self._each(self._doomed, self._flush_delete)
         await self._each(self._unsynced, self._flush_put)
         await self._each(self._restoring, self._flush_restore)
+        await self._each(self._reclaiming, self._flush_reclaim)
 
     async def _each(self, keys: set[str], write: Callable[[str], Awaitable[None]]) -> None:
         pending = sorted(keys)
@@ -727,6 +771,40 @@ class EtcdStore:
                 revision = await self._write(key, codec.encode(registration))
                 self._overlaid(key, revision, registration)
 
+    async def _flush_reclaim(self, key: str) -> None:
+        async with self._locked(key):
+            registration = self._own.get(key)
+            if registration is None or registration.disconnected:
+                return
+            entry = self._view.get(key)
+            if entry is not None and not self._free(entry[1]):
+                return  # held by a live node again meanwhile (or already this one's)
+            revision = await self._write(key, codec.encode(registration))
+            log.info("registrations: %s written again: its node is still connected here", key)
+            self._overlaid(key, revision, registration)
+
+    def _free(self, there: Registration | None) -> bool:
+        """Whether a key holding ``there`` (None: absent or malformed) is free for this
+        replica's connected registration of it: nothing there, or another replica's
+        disconnected one (a node that left; this replica's is connected)."""
+        return there is None or (there.replica != self.replica and bool(there.disconnected))
+
+    def _reclaim(self, key: str, there: Registration | None, at: int) -> None:
+        """etcd holds ``there`` at ``key`` as of revision ``at``: when this replica holds
+        a connected registration of it and the key is free (``_free``), write it again
+        (the writer task). Two replicas may admit one address at once (each checks what
+        it has seen); the last write wins in etcd, and the other replica's node, still
+        connected, would be published nowhere once the winner's left: it is written again
+        as soon as the key is free."""
+        mine = self._own.get(key)
+        if mine is None or mine.disconnected or not self._free(there):
+            return
+        written, value = self._overlay.get(key, (0, None))
+        if value is not None and (written is None or written > at):
+            return  # this replica's own write is on its way, or later than ``there``
+        self._reclaiming.add(key)
+        self._wake.set()
+
     async def _flush_restore(self, key: str) -> None:
         async with self._locked(key):
             await self._restore(key)
@@ -735,39 +813,75 @@ class EtcdStore:
 
     async def _read_all(self) -> None:
         """Read every registration under the prefix (pages at one revision) as the new
-        view."""
-        revision = total = 0
+        view. A page whose answer is over ``MAX_RESPONSE_BYTES`` (big values: etcd takes
+        values up to 1.5 MiB by default) is asked again with half the keys, down to one;
+        a single key whose answer is still too big is skipped (counted ``value_skipped``)
+        by reading its name alone. At most ``max_keys`` registrations are read and
+        ``max_keys + max(max_keys, SKIP_MARGIN)`` keys scanned (skipped values count, so a
+        flood of junk keys cannot make a read unbounded): beyond, the rest is not read and
+        ``state`` says so."""
+        revision = total = scanned = skipped = 0
         view: dict[str, tuple[int, Registration]] = {}
         start = self._prefix
-        while len(view) < self.max_keys:
+        limit = RANGE_PAGE
+        most = self.max_keys + max(self.max_keys, SKIP_MARGIN)
+        while len(view) < self.max_keys and scanned < most:
             body: dict[str, Any] = {
                 "key": _b64(start),
                 "range_end": _b64(self._end),
-                "limit": str(RANGE_PAGE),
+                "limit": str(min(limit, most - scanned)),
             }
             if revision:
                 body["revision"] = str(revision)
-            answer = await self._call("/v3/kv/range", body)
+            try:
+                answer = await self._call("/v3/kv/range", body)
+            except AnswerTooBig:
+                if limit > 1:
+                    limit //= 2
+                    continue
+                answer = await self._call("/v3/kv/range", {**body, "keys_only": True})
+                kvs = answer.get("kvs") or []
+                if not revision:
+                    revision, total = _revision(answer), int(answer.get("count", 0))
+                if kvs:
+                    raw = _unb64(kvs[0].get("key"))
+                    self.counts["value_skipped"] += 1
+                    log.warning(
+                        "registrations: etcd key %s skipped: its value is over %d bytes",
+                        raw[len(self._prefix) :].decode(errors="replace")[:200],
+                        MAX_RESPONSE_BYTES,
+                    )
+                    scanned += 1
+                    skipped += 1
+                    start = raw + b"\x00"
+                if not answer.get("more") or not kvs:
+                    break
+                continue
+            limit = min(RANGE_PAGE, limit * 2)
             if not revision:
                 revision, total = _revision(answer), int(answer.get("count", 0))
             kvs = answer.get("kvs") or []
             for kv in kvs:
                 if len(view) >= self.max_keys:
                     break
+                scanned += 1
                 raw = _unb64(kv.get("key"))
                 key = raw[len(self._prefix) :].decode(errors="replace")
                 registration = self._decode(key, kv.get("value"))
                 if registration is not None:
                     view[key] = (int(kv.get("mod_revision", 0)), registration)
+                else:
+                    skipped += 1
                 start = raw + b"\x00"
             if not answer.get("more") or not kvs:
                 break
         self._notice = ""
-        if total > self.max_keys and len(view) >= self.max_keys:
-            self.counts["key_skipped"] += total - len(view)
+        if total > scanned and (len(view) >= self.max_keys or scanned >= most):
+            self.counts["key_skipped"] += total - scanned
             self._notice = (
-                f"etcd holds {total} registrations, more than max_registrations "
-                f"({self.max_keys}): the first {len(view)} read"
+                f"etcd holds {total} keys under the prefix, more than max_registrations "
+                f"({self.max_keys}) allows: {len(view)} registrations read, {skipped} "
+                f"values skipped, {total - scanned} keys not read"
             )
             log.error("registrations: %s", self._notice)
         self._view = view
@@ -777,6 +891,9 @@ class EtcdStore:
             for key, entry in self._overlay.items()
             if entry[0] is None or entry[0] > revision
         }
+        for key in list(self._own) if not self._notice else ():  # a whole view only
+            entry = view.get(key)
+            self._reclaim(key, entry[1] if entry else None, revision)
         self._changed()
 
     def _apply(self, events: list[Any]) -> None:
@@ -794,6 +911,7 @@ class EtcdStore:
             last = max(last, revision)
             if event.get("type") == "DELETE":
                 self._view.pop(key, None)
+                self._reclaim(key, None, revision)
                 continue
             if key not in self._view and len(self._view) >= self.max_keys:
                 self.counts["key_skipped"] += 1
@@ -807,6 +925,7 @@ class EtcdStore:
                 self._view.pop(key, None)
             else:
                 self._view[key] = (revision, registration)
+            self._reclaim(key, registration, revision)
         self._revision = last
         for key in [k for k, (r, _) in self._overlay.items() if r is not None and r <= last]:
             del self._overlay[key]
