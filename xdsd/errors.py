@@ -7,6 +7,7 @@ admin server. Nothing here imports anything else from xdsd.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,7 +45,10 @@ class Problem:
     path inside the document (``http[0].route[1].weight``), empty when the problem is with
     the document as a whole. A PEM private key quoted in ``message`` (a parser's
     excerpt of what it could not read) is redacted (``redact_text``), so no output made
-    from a problem shows one.
+    from a problem shows one. ``os_error`` is the symbol of the OS error behind a
+    failure to read (``EMFILE``; "" for a problem of the files themselves): what tells a
+    fault of the machine, which may clear with no edit (``listing.environment_fault``);
+    it takes no part in equality and is not shown.
     """
 
     path: str
@@ -52,6 +56,7 @@ class Problem:
     field: str
     message: str
     severity: Severity = Severity.ERROR
+    os_error: str = dataclasses.field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "message", redact_text(self.message))
@@ -65,11 +70,11 @@ class Problem:
 
     def as_warning(self) -> Problem:
         """The same problem with warning severity."""
-        return Problem(self.path, self.line, self.field, self.message, Severity.WARNING)
+        return dataclasses.replace(self, severity=Severity.WARNING)
 
     def as_error(self) -> Problem:
         """The same problem with error severity."""
-        return Problem(self.path, self.line, self.field, self.message, Severity.ERROR)
+        return dataclasses.replace(self, severity=Severity.ERROR)
 
 
 class XdsdError(Exception):

@@ -52,7 +52,7 @@ def read_certificates(
     already has its bytes), and a problem on the naming field for each file that cannot
     be read or does not hold PEM data of its kind. With ``unusable``, the paths of those
     files are added to it and they are left out of the files returned."""
-    files: dict[str, bytes | str | None] = {}
+    files: dict[str, bytes | tuple[str, str] | None] = {}
     problems: list[Problem] = []
     known = cache or {}
     for ref in refs:
@@ -60,9 +60,9 @@ def read_certificates(
             cached = known.get(ref.path)
             files[ref.path] = cached if cached is not None else _read(ref.path)
         data = files[ref.path]
-        message = ""
-        if isinstance(data, str):
-            message = data
+        message = fault = ""
+        if isinstance(data, tuple):
+            message, fault = data
         elif data is None:
             message = f"{ref.path} is larger than {MAX_CERTIFICATE_BYTES} bytes"
         elif ref.field.endswith(("privateKey", "private_key", "private-key")):
@@ -71,7 +71,9 @@ def read_certificates(
         elif _CERTIFICATE_MARK not in data:
             message = f"{ref.path} holds no PEM certificate (no '{_CERTIFICATE_MARK.decode()}')"
         if message:
-            problems.append(Problem(ref.origin.path, ref.origin.line, ref.field, message))
+            problems.append(
+                Problem(ref.origin.path, ref.origin.line, ref.field, message, os_error=fault)
+            )
             if unusable is not None:
                 unusable.add(ref.path)
     dropped = unusable or set()
@@ -83,16 +85,17 @@ def read_certificates(
     return loaded, problems
 
 
-def _read(path: str) -> bytes | str | None:
-    """The bytes of ``path``, why it cannot be read, or None when it is too large."""
+def _read(path: str) -> bytes | tuple[str, str] | None:
+    """The bytes of ``path``; why it cannot be read, with the symbol of the OS error
+    behind it ("" when none); or None when it is too large."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
-        return f"cannot read {path}: {_os_error(e)}"
+        return _unreadable(path, e)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return f"cannot read {path}: not a regular file"
+            return f"cannot read {path}: not a regular file", ""
         if st.st_size > MAX_CERTIFICATE_BYTES:
             return None
         chunks = []
@@ -101,7 +104,7 @@ def _read(path: str) -> bytes | str | None:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as e:
-        return f"cannot read {path}: {_os_error(e)}"
+        return _unreadable(path, e)
     finally:
         os.close(fd)
     if size > MAX_CERTIFICATE_BYTES:
@@ -109,11 +112,17 @@ def _read(path: str) -> bytes | str | None:
     return b"".join(chunks)
 
 
-def _os_error(error: OSError) -> str:
-    """``EACCES: Permission denied``: an OS error's symbol and text."""
+def _unreadable(path: str, error: OSError) -> tuple[str, str]:
+    """Why ``path`` cannot be read, and the OS error's symbol (``EACCES``)."""
+    text, name = _os_error(error)
+    return f"cannot read {path}: {text}", name
+
+
+def _os_error(error: OSError) -> tuple[str, str]:
+    """``EACCES: Permission denied``: an OS error's symbol and text, and the symbol."""
     name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
     text = error.strerror or str(error)
-    return f"{name}: {text}" if name else text
+    return (f"{name}: {text}" if name else text), name
 
 
 def mesh_certificate_refs(
@@ -144,9 +153,16 @@ def mesh_certificate_refs(
             if problems is None:
                 raise
             where = e.filename if e.filename is not None else template
-            message = f"cannot look for the files of {template!r} in {where}: {_os_error(e)}"
+            text, fault = _os_error(e)
+            message = f"cannot look for the files of {template!r} in {where}: {text}"
             problems.append(
-                Problem(mtls.origin.path, mtls.origin.line, f"mesh.mtls.{field}", message)
+                Problem(
+                    mtls.origin.path,
+                    mtls.origin.line,
+                    f"mesh.mtls.{field}",
+                    message,
+                    os_error=fault,
+                )
             )
             continue
         for path in sorted(matched):

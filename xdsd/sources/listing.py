@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 
 from xdsd.errors import Problem
@@ -46,7 +45,8 @@ def os_problem(path: str, what: str, error: OSError) -> Problem:
     symbol (``EMFILE``) and its text."""
     name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
     text = error.strerror or str(error)
-    return Problem(path, 0, "", f"cannot {what}: {f'{name}: ' if name else ''}{text}")
+    message = f"cannot {what}: {f'{name}: ' if name else ''}{text}"
+    return Problem(path, 0, "", message, os_error=name)
 
 
 #: The OS errors that say something about the machine, not the files: out of
@@ -57,24 +57,14 @@ ENVIRONMENT_ERRORS = frozenset(
     {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EIO", "EACCES", "EPERM", "EAGAIN", "EBUSY"}
     | {"ESTALE", "ETIMEDOUT", "EINTR"}
 )
-# "cannot <what>: <SYMBOL>: <text>": what ``os_problem`` and the certificate files'
-# readers make of an OS error.
-_OS_PROBLEM = re.compile(r"^cannot [^\n]*?: (E[A-Z0-9]+): ([^\n]*)$")
 
 
 def environment_fault(problem: Problem) -> str:
-    """The symbol of the OS error behind ``problem`` (``EMFILE``) when it is one of
-    ``ENVIRONMENT_ERRORS`` (a failure of the machine, not of the files: it may clear
-    with no edit); "" otherwise (a problem of the files themselves, or an OS error such
-    as ``ELOOP`` that only an edit mends). Told by the message ``os_problem`` makes,
-    with the error's own text (a parser's message quoting a file does not count)."""
-    found = _OS_PROBLEM.match(problem.message)
-    if found is None or found.group(1) not in ENVIRONMENT_ERRORS:
-        return ""
-    code = getattr(errno, found.group(1), None)
-    if code is None or not found.group(2).startswith(os.strerror(code)):
-        return ""
-    return found.group(1)
+    """The symbol of the OS error behind ``problem`` (``EMFILE``, its ``os_error``) when
+    it is one of ``ENVIRONMENT_ERRORS`` (a failure of the machine, not of the files: it
+    may clear with no edit); "" otherwise (a problem of the files themselves, or an OS
+    error such as ``ELOOP`` that only an edit mends)."""
+    return problem.os_error if problem.os_error in ENVIRONMENT_ERRORS else ""
 
 
 def list_config_files(root: str, problems: list[Problem]) -> list[str]:
