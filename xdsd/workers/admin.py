@@ -40,6 +40,7 @@ from xdsd.listeners import Deadline, HttpListener
 from xdsd.settings import Address, Settings
 from xdsd.tls import ServerCertificates
 from xdsd.transports.connections import ADMIN_RESERVE, ConnectionGate, serve_http
+from xdsd.transports.rest import json_depth
 from xdsd.workers.merge import (
     Answer,
     Merged,
@@ -256,7 +257,7 @@ class MergedAdmin:
             return Answer(
                 worker, status, error="answered garbage: not " + ("text" if text else "JSON")
             )
-        if not text and not _nested_within(body, MAX_WORKER_DEPTH):
+        if not text and json_depth(raw) > MAX_WORKER_DEPTH:
             deep = f"answered JSON nested over {MAX_WORKER_DEPTH} deep"
             return Answer(worker, status, error=deep)
         return Answer(worker, status, body, headers=kept)
@@ -446,20 +447,6 @@ def _workload_json(workload: Workload | None) -> dict[str, str] | None:
         "role": workload.role,
         "address": workload.address,
     }
-
-
-def _nested_within(value: Any, limit: int) -> bool:
-    """Whether no list or object in the decoded JSON ``value`` lies more than ``limit``
-    levels deep (walked without recursion: the value may be as deep as the decoder
-    allows)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        children = item.values() if type(item) is dict else item if type(item) is list else ()
-        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
-    return True
 
 
 def _header_text(unusable: Mapping[str, str]) -> str:
